@@ -1,1 +1,608 @@
-//! TODO
+//! Fetch + verify: records and blobs from an author's PDS, believed only after they check out
+//! against the author's DID key (signed commit → MST proof → record block; blob → its CID).
+//!
+//! Owns: the XRPC calls `com.atproto.sync.getRecord`, `com.atproto.sync.getBlob` and
+//! `com.atproto.repo.listRecords` (hints only), size caps, PDS error mapping, and the
+//! verification chain. Must not touch: DID resolution or caching (the caller passes the PDS URL
+//! and the key it resolved), bundle semantics, or storage.
+
+pub mod blob;
+pub mod car;
+pub mod commit;
+pub mod mst;
+
+#[cfg(test)]
+mod client_tests;
+#[cfg(test)]
+pub(crate) mod testutil;
+
+use std::time::Duration;
+
+use atrund_identity::PublicKey;
+use cid::Cid;
+use ipld_core::ipld::Ipld;
+use serde::Deserialize;
+
+/// Most block sections accepted in a `sync.getRecord` CAR (a proof is ~depth+2 blocks).
+pub const MAX_PROOF_BLOCKS: usize = 1000;
+/// Cap on one `listRecords` JSON page (100 records of any size the PDS stores).
+pub const MAX_LIST_PAGE_BYTES: u64 = 8 * 1024 * 1024;
+/// Cap on a PDS error body we read to learn `{error, message}`.
+const MAX_ERROR_BODY_BYTES: u64 = 64 * 1024;
+
+/// Everything that can go wrong fetching or verifying repo data.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// the PDS URL is not https (http is allowed only to a loopback host in test mode)
+    #[error("PDS URL {0} is not https; plain http is only allowed to localhost/127.0.0.1/[::1] with allow_http_loopback set. Fix the DID document's PDS endpoint or the config")]
+    InsecureUrl(String),
+    /// the PDS could not be reached, timed out, or answered 5xx
+    #[error("the PDS could not be reached or failed ({0}); retry later or check the PDS")]
+    PdsUnreachable(String),
+    /// the PDS answered with a non-2xx status we don't map to anything more specific
+    #[error("the PDS answered HTTP {status} {error}: {message}; check the request and the PDS")]
+    PdsError {
+        status: u16,
+        error: String,
+        message: String,
+    },
+    /// a response or structure exceeded a size cap
+    #[error(
+        "{what} exceeds the limit of {limit}; raise the limit in the config if this is legitimate"
+    )]
+    TooLarge { what: &'static str, limit: u64 },
+    /// the CAR bytes are malformed
+    #[error(
+        "the PDS sent an invalid CAR file ({0}); the PDS is broken or the response was corrupted"
+    )]
+    CarInvalid(String),
+    /// a CAR block's bytes do not hash to its CID
+    #[error("CAR block {cid} does not hash to its CID; the data was tampered with or corrupted, do not use it")]
+    BlockHashMismatch { cid: String },
+    /// the signed commit is missing, malformed, or not repo version 3
+    #[error("the repo commit is invalid ({0}); the PDS is broken or the data was tampered with")]
+    CommitInvalid(String),
+    /// the commit belongs to another DID than the one asked for
+    #[error(
+        "the commit is for {found}, not {expected}; the PDS served another repo, do not use it"
+    )]
+    CommitDidMismatch { expected: String, found: String },
+    /// the commit signature does not verify with the DID's signing key
+    #[error("the commit signature does not verify with the DID's key ({0}); re-resolve the DID (the key may have rotated) and retry once, else treat the data as forged")]
+    BadCommitSignature(String),
+    /// the MST is malformed (ordering, layers, bounds, caps, decoding)
+    #[error("the repo's MST is invalid ({0}); the PDS is broken or the data was tampered with")]
+    MstInvalid(String),
+    /// a block needed to prove presence or absence is missing from the CAR
+    #[error("the CAR does not contain a complete MST proof ({0}); the PDS sent an incomplete proof, retry or report it")]
+    IncompleteProof(String),
+    /// the record block is not a valid record for this collection, or does not decode as asked
+    #[error("the record is invalid ({0}); the author must republish a valid record")]
+    RecordDecode(String),
+    /// the PDS says the record does not exist (without a proof)
+    #[error("the PDS says the record does not exist; check the collection and rkey")]
+    RecordNotFound,
+    /// the PDS does not host this repo
+    #[error("the PDS does not host repo {0}; re-resolve the DID, the account may have moved")]
+    RepoNotFound(String),
+    /// the PDS says the blob does not exist (or is not referenced by any record)
+    #[error(
+        "the PDS does not have the blob; the author must upload it and reference it from a record"
+    )]
+    BlobNotFound,
+    /// the blob ref is not a CIDv1/raw/sha2-256 CID
+    #[error("the blob reference is not usable ({0}); the author must republish the record with a raw sha2-256 blob ref")]
+    BlobRefInvalid(String),
+    /// the blob bytes do not hash to the CID in the record
+    #[error(
+        "blob bytes do not hash to {cid}; the data was tampered with or corrupted, do not use it"
+    )]
+    BlobHashMismatch { cid: String },
+    /// the blob is not the size the record declares
+    #[error("blob is {actual} bytes but the record declares {expected}; do not use it")]
+    BlobSizeMismatch { expected: u64, actual: u64 },
+    /// the repo is taken down, deactivated or suspended
+    #[error("the repo is unavailable ({error}: {message}); the account is taken down, deactivated or suspended")]
+    RepoUnavailable { error: String, message: String },
+    /// the caller passed an invalid argument (collection, rkey, DID)
+    #[error("invalid request: {0}; fix the caller's input")]
+    InvalidInput(String),
+    /// the HTTP client could not be built
+    #[error("could not build the HTTP client ({0}); check the TLS setup")]
+    ClientBuild(String),
+}
+
+impl FetchError {
+    /// Stable PascalCase name, used as the HTTP error name.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FetchError::InsecureUrl(_) => "InsecureUrl",
+            FetchError::PdsUnreachable(_) => "PdsUnreachable",
+            FetchError::PdsError { .. } => "PdsError",
+            FetchError::TooLarge { .. } => "ResponseTooLarge",
+            FetchError::CarInvalid(_) => "CarInvalid",
+            FetchError::BlockHashMismatch { .. } => "BlockHashMismatch",
+            FetchError::CommitInvalid(_) => "CommitInvalid",
+            FetchError::CommitDidMismatch { .. } => "CommitDidMismatch",
+            FetchError::BadCommitSignature(_) => "CommitSignatureInvalid",
+            FetchError::MstInvalid(_) | FetchError::IncompleteProof(_) => "MstProofInvalid",
+            FetchError::RecordDecode(_) => "RecordInvalid",
+            FetchError::RecordNotFound => "RecordNotFound",
+            FetchError::RepoNotFound(_) => "RepoNotFound",
+            FetchError::BlobNotFound => "BlobNotFound",
+            FetchError::BlobRefInvalid(_) => "BlobRefInvalid",
+            FetchError::BlobHashMismatch { .. } => "BlobHashMismatch",
+            FetchError::BlobSizeMismatch { .. } => "BlobSizeMismatch",
+            FetchError::RepoUnavailable { .. } => "RepoUnavailable",
+            FetchError::InvalidInput(_) => "InvalidRequest",
+            FetchError::ClientBuild(_) => "HttpClientInit",
+        }
+    }
+}
+
+/// Network limits for fetching.
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    /// Whole-request timeout (connect + headers + body).
+    pub timeout: Duration,
+    /// Largest `sync.getRecord` CAR accepted.
+    pub max_car_bytes: u64,
+    /// Largest blob accepted.
+    pub max_blob_bytes: u64,
+    /// Allow plain http to localhost/127.0.0.1/[::1] (tests, local PDS).
+    pub allow_http_loopback: bool,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            timeout: Duration::from_secs(10),
+            max_car_bytes: 1024 * 1024,
+            max_blob_bytes: 20 * 1024 * 1024,
+            allow_http_loopback: false,
+        }
+    }
+}
+
+/// A record proven to be in the author's repo at `rev`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedRecord {
+    /// CID of the record block (equal to the MST value).
+    pub cid: Cid,
+    /// The record's DAG-CBOR block, exactly as hashed.
+    pub bytes: Vec<u8>,
+    /// Revision of the signed commit that proves it.
+    pub rev: String,
+    /// CID of that commit.
+    pub commit_cid: Cid,
+}
+
+impl VerifiedRecord {
+    /// Decodes the record block into `T`.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, FetchError> {
+        serde_ipld_dagcbor::from_slice(&self.bytes)
+            .map_err(|e| FetchError::RecordDecode(e.to_string()))
+    }
+}
+
+/// Verifies a `sync.getRecord` CAR without any network: block hashes, the commit (DID and
+/// signature), the MST path to `collection/rkey`, and the record block (CID and `$type`).
+/// `Ok(None)` means the CAR proves the record does not exist.
+pub fn verify_record_car(
+    car_bytes: &[u8],
+    did: &str,
+    key: &PublicKey,
+    collection: &str,
+    rkey: &str,
+    max_car_bytes: u64,
+) -> Result<Option<VerifiedRecord>, FetchError> {
+    validate_record_path(collection, rkey)?;
+    let car = car::parse_with_limits(
+        car_bytes,
+        car::CarLimits {
+            max_bytes: max_car_bytes,
+            max_blocks: MAX_PROOF_BLOCKS,
+        },
+    )?;
+    let commit_cid = match car.roots.as_slice() {
+        [root] => *root,
+        _ => {
+            return Err(FetchError::CarInvalid(format!(
+                "expected one root (the commit), found {}",
+                car.roots.len()
+            )))
+        }
+    };
+    if commit_cid.codec() != car::DAG_CBOR {
+        return Err(FetchError::CommitInvalid(
+            "root is not a dag-cbor CID".into(),
+        ));
+    }
+    let commit_block = car
+        .get(&commit_cid)
+        .ok_or_else(|| FetchError::CommitInvalid("the commit block is not in the CAR".into()))?;
+    let commit = commit::verify(commit_block, did, key)?;
+    let Some(record_cid) = mst::lookup(&car, &commit.data, &format!("{collection}/{rkey}"))? else {
+        return Ok(None);
+    };
+    if record_cid.codec() != car::DAG_CBOR {
+        return Err(FetchError::RecordDecode(format!(
+            "record CID {record_cid} is not dag-cbor"
+        )));
+    }
+    let bytes = car.get(&record_cid).ok_or_else(|| {
+        FetchError::IncompleteProof(format!("record block {record_cid} is not in the CAR"))
+    })?;
+    let value: Ipld = serde_ipld_dagcbor::from_slice(bytes)
+        .map_err(|e| FetchError::RecordDecode(format!("record is not DAG-CBOR: {e}")))?;
+    match &value {
+        Ipld::Map(m) => match m.get("$type") {
+            Some(Ipld::String(t)) if t == collection => {}
+            Some(Ipld::String(t)) => {
+                return Err(FetchError::RecordDecode(format!(
+                    "record $type {t} does not match collection {collection}"
+                )))
+            }
+            _ => {
+                return Err(FetchError::RecordDecode(
+                    "record has no $type string".into(),
+                ))
+            }
+        },
+        _ => return Err(FetchError::RecordDecode("record is not a map".into())),
+    }
+    Ok(Some(VerifiedRecord {
+        cid: record_cid,
+        bytes: bytes.to_vec(),
+        rev: commit.rev,
+        commit_cid,
+    }))
+}
+
+/// Checks a collection NSID and record key well enough that `collection/rkey` is unambiguous.
+pub fn validate_record_path(collection: &str, rkey: &str) -> Result<(), FetchError> {
+    let nsid_ok = !collection.is_empty()
+        && collection.len() <= 317
+        && collection.contains('.')
+        && collection
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-');
+    if !nsid_ok {
+        return Err(FetchError::InvalidInput(format!(
+            "collection {collection:?} is not an NSID"
+        )));
+    }
+    if !is_rkey(rkey) {
+        return Err(FetchError::InvalidInput(format!(
+            "rkey {rkey:?} is not a valid record key"
+        )));
+    }
+    Ok(())
+}
+
+fn is_rkey(rkey: &str) -> bool {
+    !rkey.is_empty()
+        && rkey.len() <= 512
+        && rkey != "."
+        && rkey != ".."
+        && rkey
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b".-_:~".contains(&c))
+}
+
+/// Rejects anything but https, or http to a loopback host when allowed.
+pub fn check_url(url: &url::Url, allow_http_loopback: bool) -> Result<(), FetchError> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_http_loopback && is_loopback(url) => Ok(()),
+        _ => Err(FetchError::InsecureUrl(url.to_string())),
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip == std::net::Ipv4Addr::LOCALHOST,
+        Some(url::Host::Ipv6(ip)) => ip == std::net::Ipv6Addr::LOCALHOST,
+        None => false,
+    }
+}
+
+/// Which call an error came from, to map "not found" answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Record,
+    Blob,
+    List,
+}
+
+/// HTTP client for a PDS. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RepoClient {
+    http: reqwest::Client,
+    cfg: FetchConfig,
+}
+
+impl RepoClient {
+    /// Builds the client: rustls, no redirects (a PDS has no business redirecting sync calls),
+    /// the configured timeout on every request.
+    pub fn new(cfg: FetchConfig) -> Result<Self, FetchError> {
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout)
+            .user_agent(concat!("at-rund/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| FetchError::ClientBuild(e.to_string()))?;
+        Ok(RepoClient { http, cfg })
+    }
+
+    /// The limits this client enforces.
+    pub fn config(&self) -> &FetchConfig {
+        &self.cfg
+    }
+
+    /// `com.atproto.sync.getRecord` → verified. `Ok(None)` when the CAR proves the record does
+    /// not exist.
+    pub async fn get_record(
+        &self,
+        pds: &url::Url,
+        did: &str,
+        key: &PublicKey,
+        collection: &str,
+        rkey: &str,
+    ) -> Result<Option<VerifiedRecord>, FetchError> {
+        validate_did(did)?;
+        validate_record_path(collection, rkey)?;
+        let url = self.xrpc(
+            pds,
+            "com.atproto.sync.getRecord",
+            &[("did", did), ("collection", collection), ("rkey", rkey)],
+        )?;
+        let resp = self
+            .send(url, "application/vnd.ipld.car", Call::Record)
+            .await?;
+        let limit = self.cfg.max_car_bytes;
+        let body = read_capped(resp, limit, || FetchError::TooLarge {
+            what: "getRecord CAR",
+            limit,
+        })
+        .await?;
+        let out = verify_record_car(&body, did, key, collection, rkey, limit)?;
+        tracing::debug!(
+            did,
+            collection,
+            rkey,
+            found = out.is_some(),
+            "record verified"
+        );
+        Ok(out)
+    }
+
+    /// `com.atproto.sync.getBlob`, streamed with the size cap enforced while reading, then
+    /// verified against `cid` and `size` (which must come from a verified record).
+    pub async fn get_blob(
+        &self,
+        pds: &url::Url,
+        did: &str,
+        cid: &Cid,
+        size: u64,
+    ) -> Result<bytes::Bytes, FetchError> {
+        validate_did(did)?;
+        blob::check_blob_cid(cid)?;
+        if size > self.cfg.max_blob_bytes {
+            return Err(FetchError::TooLarge {
+                what: "blob",
+                limit: self.cfg.max_blob_bytes,
+            });
+        }
+        let cid_str = cid.to_string();
+        let url = self.xrpc(
+            pds,
+            "com.atproto.sync.getBlob",
+            &[("did", did), ("cid", &cid_str)],
+        )?;
+        let resp = self.send(url, "*/*", Call::Blob).await?;
+        if let Some(len) = resp.content_length().filter(|len| *len != size) {
+            return Err(FetchError::BlobSizeMismatch {
+                expected: size,
+                actual: len,
+            });
+        }
+        // The record fixes the size, so any byte past it is already a mismatch: stop reading.
+        let body = read_capped(resp, size, || FetchError::BlobSizeMismatch {
+            expected: size,
+            actual: size.saturating_add(1),
+        })
+        .await?;
+        blob::verify_blob(&body, cid, size)?;
+        Ok(bytes::Bytes::from(body))
+    }
+
+    /// `com.atproto.repo.listRecords` page-walk returning `(rkey, cid)` hints. UNVERIFIED: use
+    /// only to find which rkey holds a record CID, then verify with [`RepoClient::get_record`].
+    pub async fn list_record_cids(
+        &self,
+        pds: &url::Url,
+        did: &str,
+        collection: &str,
+        max_pages: usize,
+    ) -> Result<Vec<(String, Cid)>, FetchError> {
+        validate_did(did)?;
+        validate_record_path(collection, "x")?;
+        let prefix = format!("at://{did}/{collection}/");
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..max_pages {
+            let mut params = vec![("repo", did), ("collection", collection), ("limit", "100")];
+            if let Some(c) = cursor.as_deref() {
+                params.push(("cursor", c));
+            }
+            let url = self.xrpc(pds, "com.atproto.repo.listRecords", &params)?;
+            let resp = self.send(url, "application/json", Call::List).await?;
+            let body = read_capped(resp, MAX_LIST_PAGE_BYTES, || FetchError::TooLarge {
+                what: "listRecords page",
+                limit: MAX_LIST_PAGE_BYTES,
+            })
+            .await?;
+            let page: ListPage =
+                serde_json::from_slice(&body).map_err(|e| FetchError::PdsError {
+                    status: 200,
+                    error: "InvalidResponse".into(),
+                    message: format!("listRecords JSON did not parse: {e}"),
+                })?;
+            let n = page.records.len();
+            for item in page.records {
+                let rkey = item.uri.strip_prefix(&prefix).filter(|r| is_rkey(r));
+                match (rkey, item.cid.parse::<Cid>()) {
+                    (Some(rkey), Ok(cid)) => out.push((rkey.to_string(), cid)),
+                    _ => tracing::debug!(uri = item.uri, "skipping malformed listRecords entry"),
+                }
+            }
+            match page.cursor {
+                Some(next) if n > 0 && cursor.as_deref() != Some(next.as_str()) => {
+                    cursor = Some(next)
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn xrpc(
+        &self,
+        pds: &url::Url,
+        nsid: &str,
+        params: &[(&str, &str)],
+    ) -> Result<url::Url, FetchError> {
+        check_url(pds, self.cfg.allow_http_loopback)?;
+        let mut url = pds
+            .join(&format!("/xrpc/{nsid}"))
+            .map_err(|e| FetchError::InvalidInput(format!("bad PDS URL {pds}: {e}")))?;
+        url.query_pairs_mut().clear().extend_pairs(params);
+        url.set_fragment(None);
+        Ok(url)
+    }
+
+    async fn send(
+        &self,
+        url: url::Url,
+        accept: &str,
+        call: Call,
+    ) -> Result<reqwest::Response, FetchError> {
+        let resp = self
+            .http
+            .get(url)
+            .header(reqwest::header::ACCEPT, accept)
+            .send()
+            .await
+            .map_err(unreachable_err)?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = read_capped(resp, MAX_ERROR_BODY_BYTES, || FetchError::TooLarge {
+            what: "PDS error body",
+            limit: MAX_ERROR_BODY_BYTES,
+        })
+        .await
+        .unwrap_or_default();
+        Err(map_pds_error(status.as_u16(), &body, call))
+    }
+}
+
+fn validate_did(did: &str) -> Result<(), FetchError> {
+    let ok = did.starts_with("did:")
+        && did.len() <= 2048
+        && did
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._:%-".contains(&c));
+    if ok {
+        Ok(())
+    } else {
+        Err(FetchError::InvalidInput(format!("{did:?} is not a DID")))
+    }
+}
+
+#[derive(Deserialize)]
+struct ListPage {
+    records: Vec<ListItem>,
+    cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ListItem {
+    uri: String,
+    cid: String,
+}
+
+#[derive(Deserialize, Default)]
+struct XrpcError {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    message: String,
+}
+
+fn map_pds_error(status: u16, body: &[u8], call: Call) -> FetchError {
+    let XrpcError { error, message } = serde_json::from_slice(body).unwrap_or_default();
+    match error.as_str() {
+        "RepoTakendown" | "RepoDeactivated" | "RepoSuspended" => {
+            return FetchError::RepoUnavailable { error, message }
+        }
+        "RepoNotFound" => return FetchError::RepoNotFound(message),
+        _ => {}
+    }
+    if status == 400 || status == 404 {
+        let blob_missing = error == "BlobNotFound"
+            || (error == "InvalidRequest"
+                && message.to_ascii_lowercase().contains("blob not found"));
+        if call == Call::Blob && blob_missing {
+            return FetchError::BlobNotFound;
+        }
+        if call == Call::Record && error == "RecordNotFound" {
+            return FetchError::RecordNotFound;
+        }
+    }
+    if status >= 500 {
+        return FetchError::PdsUnreachable(format!("HTTP {status} {error}: {message}"));
+    }
+    FetchError::PdsError {
+        status,
+        error,
+        message,
+    }
+}
+
+fn unreachable_err(e: reqwest::Error) -> FetchError {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    FetchError::PdsUnreachable(format!("{what}: {e}"))
+}
+
+/// Reads a body, failing with `overflow()` as soon as it would exceed `limit` bytes
+/// (checked against Content-Length first, then while streaming).
+async fn read_capped(
+    mut resp: reqwest::Response,
+    limit: u64,
+    overflow: impl Fn() -> FetchError,
+) -> Result<Vec<u8>, FetchError> {
+    if resp.content_length().is_some_and(|len| len > limit) {
+        return Err(overflow());
+    }
+    let initial = resp.content_length().unwrap_or(0).min(limit).min(1 << 20);
+    let mut buf = Vec::with_capacity(initial as usize);
+    while let Some(chunk) = resp.chunk().await.map_err(unreachable_err)? {
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Err(overflow());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
