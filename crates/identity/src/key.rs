@@ -168,7 +168,9 @@ enum Curve {
 
 fn decode_multibase(s: &str) -> Result<Vec<u8>, KeyError> {
     let b58 = s.strip_prefix('z').ok_or(KeyError::NotMultibase)?;
-    bs58::decode(b58).into_vec().map_err(|_| KeyError::BadBase58)
+    bs58::decode(b58)
+        .into_vec()
+        .map_err(|_| KeyError::BadBase58)
 }
 
 #[cfg(test)]
@@ -196,7 +198,10 @@ mod tests {
         // Flip S to its high form: same maths, but forbidden.
         let (r, s) = sig.split_scalars();
         let high = k256::ecdsa::Signature::from_scalars(r, -*s).unwrap();
-        assert_eq!(parsed.verify(b"hello", &high.to_bytes()), Err(KeyError::HighS));
+        assert_eq!(
+            parsed.verify(b"hello", &high.to_bytes()),
+            Err(KeyError::HighS)
+        );
     }
 
     #[test]
@@ -210,7 +215,10 @@ mod tests {
         assert_eq!(parsed.verify(b"msg", &sig.to_bytes()), Ok(()));
         let (r, s) = sig.split_scalars();
         let high = p256::ecdsa::Signature::from_scalars(r, -*s).unwrap();
-        assert_eq!(parsed.verify(b"msg", &high.to_bytes()), Err(KeyError::HighS));
+        assert_eq!(
+            parsed.verify(b"msg", &high.to_bytes()),
+            Err(KeyError::HighS)
+        );
     }
 
     #[test]
@@ -232,7 +240,10 @@ mod tests {
         assert!(PublicKey::from_verification_method("Ed25519VerificationKey2020", "z6Mk").is_err());
         let sk = k256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
         let pk = PublicKey::K256(*sk.verifying_key());
-        assert_eq!(pk.verify(b"x", &[0u8; 63]), Err(KeyError::BadSignatureEncoding));
+        assert_eq!(
+            pk.verify(b"x", &[0u8; 63]),
+            Err(KeyError::BadSignatureEncoding)
+        );
         assert!(pk.verify(b"x", &[0u8; 64]).is_err());
     }
 }
