@@ -1,1 +1,363 @@
-//! TODO
+//! The operator's configuration: typed sections with embedded defaults (the daemon runs with no
+//! file), overlaid by an optional TOML file and then by `ATRUND_*` environment variables, checked
+//! in one place ([`Config::validate`]) with errors that name the key and where its value came from.
+//!
+//! Owns: the config schema, its defaults, loading/merging ([`load`]), validation, and rendering
+//! the effective config ([`Config::to_toml`]). Must not touch: the network, files other than the
+//! config file it is given, or the process environment (callers pass the environment in, so tests
+//! and reloads stay deterministic; [`process_env`] is the one helper that reads it).
+//!
+//! The defaults live in `impl Default` below and are serialised to a TOML table at load time, so
+//! the key list, the env variable names and the documented defaults all come from one source.
+
+mod error;
+mod load;
+mod render;
+mod syntax;
+mod validate;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+pub use error::{ConfigError, Source};
+pub use load::{env_var_name, known_env_vars, process_env, ENV_EXCEPTIONS, ENV_PREFIX};
+pub use syntax::{is_valid_did, is_valid_handle};
+pub use validate::is_loopback;
+
+/// One MiB, for readable defaults.
+const MIB: u64 = 1024 * 1024;
+
+/// The whole effective configuration. Build it with [`Config::load`]; every field is public so
+/// other crates can read it, and [`Config::validate`] is the one place that checks it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address and port the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Where the runner keeps its bundle store, keys and state.
+    pub data_dir: PathBuf,
+    /// PLC directory used to resolve `did:plc`.
+    pub plc_url: Url,
+    /// Permit plain-http PDS, PLC and did:web endpoints on loopback hosts (development only).
+    pub allow_http: bool,
+    /// Whose code may run here.
+    pub policy: AuthorPolicy,
+    /// Sandbox backend.
+    pub isolation: Isolation,
+    pub identity: IdentitySection,
+    pub fetch: FetchSection,
+    pub http: HttpSection,
+    pub deno: DenoSection,
+    pub limits: LimitsSection,
+    pub permissions: PermissionCaps,
+    /// Where each key's value came from (default, file, environment), for error messages and
+    /// `check-config`. Not part of the schema.
+    #[serde(skip)]
+    sources: load::Provenance,
+}
+
+/// Whose bundles may run. The default is an empty allow-list: nothing runs until the operator
+/// chooses. TOML: `policy = "open"` or `policy = ["did:plc:...", "alice.example.com"]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthorPolicy {
+    /// Anyone's code may run.
+    Open,
+    /// Only these DIDs (exact) or handles (case-insensitive, after verification) may run code.
+    /// Empty means nobody (the default).
+    AllowList(Vec<String>),
+}
+
+impl Default for AuthorPolicy {
+    fn default() -> Self {
+        AuthorPolicy::AllowList(Vec::new())
+    }
+}
+
+/// Sandbox backend. Only `none` is available in this version; the others parse so that the
+/// error can say so plainly instead of "unknown variant".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Deno permission flags, hardened (see docs/configuration.md).
+    #[default]
+    None,
+    Auto,
+    Container,
+    Microvm,
+    Firecracker,
+}
+
+impl Isolation {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::None => "none",
+            Isolation::Auto => "auto",
+            Isolation::Container => "container",
+            Isolation::Microvm => "microvm",
+            Isolation::Firecracker => "firecracker",
+        }
+    }
+}
+
+/// DID and handle resolution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySection {
+    /// Timeout of one resolution request (PLC, did:web, DNS, well-known).
+    pub timeout_ms: u64,
+    /// After this long a cached identity is served but refreshed in the background.
+    pub cache_stale_secs: u64,
+    /// After this long a cached identity is no longer served.
+    pub cache_max_secs: u64,
+    /// How long a failed resolution is remembered.
+    pub cache_error_secs: u64,
+    /// XRPC service whose `com.atproto.identity.resolveHandle` resolves handles (dev and tests);
+    /// unset means DNS TXT and `/.well-known/atproto-did`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle_resolver: Option<Url>,
+    /// Use DNS TXT `_atproto.<handle>` records when resolving handles.
+    pub dns: bool,
+    /// Use `https://<handle>/.well-known/atproto-did` when resolving handles.
+    pub well_known: bool,
+}
+
+impl Default for IdentitySection {
+    fn default() -> Self {
+        IdentitySection {
+            timeout_ms: 3000,
+            cache_stale_secs: 3600,
+            cache_max_secs: 86400,
+            cache_error_secs: 120,
+            handle_resolver: None,
+            dns: true,
+            well_known: true,
+        }
+    }
+}
+
+/// Fetching records and blobs from PDSes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchSection {
+    /// Timeout of one fetch from a PDS.
+    pub timeout_ms: u64,
+    /// Largest record (and its proof) accepted.
+    pub max_record_bytes: u64,
+    /// Largest code blob accepted.
+    pub max_bundle_bytes: u64,
+    /// How long a resolved `latest` is trusted before it is checked again.
+    pub revalidate_secs: u64,
+}
+
+impl Default for FetchSection {
+    fn default() -> Self {
+        FetchSection {
+            timeout_ms: 10_000,
+            max_record_bytes: MIB,
+            max_bundle_bytes: 20 * MIB,
+            revalidate_secs: 30,
+        }
+    }
+}
+
+/// The runner's own HTTP server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Largest request body forwarded to a bundle (413 beyond).
+    pub max_request_body_bytes: u64,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            max_request_body_bytes: 10 * MIB,
+        }
+    }
+}
+
+/// The Deno runtime.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenoSection {
+    /// Path of the `deno` binary; unset means `deno` on `PATH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+/// A limit: what a bundle gets when it asks for nothing, and the most it may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitRange {
+    pub default: u64,
+    pub max: u64,
+}
+
+/// Per-bundle limits; each is capped by the operator and requested in the bundle's manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Wall-clock time of one request.
+    pub timeout_ms: LimitRange,
+    /// Memory of one instance.
+    pub memory_mib: LimitRange,
+    /// CPU time of one request.
+    pub cpu_ms: LimitRange,
+    /// Requests one instance serves at once.
+    pub concurrency: LimitRange,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            timeout_ms: LimitRange {
+                default: 10_000,
+                max: 60_000,
+            },
+            memory_mib: LimitRange {
+                default: 128,
+                max: 512,
+            },
+            cpu_ms: LimitRange {
+                default: 10_000,
+                max: 60_000,
+            },
+            concurrency: LimitRange {
+                default: 8,
+                max: 64,
+            },
+        }
+    }
+}
+
+/// What bundles may ask for. A bundle asking for more is refused, never silently reduced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionCaps {
+    /// Bundles may ask for network hosts (their `net` list is then enforced).
+    pub net: bool,
+    /// Bundles may ask to read paths inside their own data dir.
+    pub read: bool,
+    /// Bundles may ask to write paths inside their own data dir.
+    pub write: bool,
+    /// Commands bundles may ask to run.
+    pub run: Vec<String>,
+    /// Bundles may ask for FFI (native libraries: effectively no sandbox).
+    pub ffi: bool,
+    /// Bundles may ask for system information APIs.
+    pub sys: bool,
+}
+
+impl Default for PermissionCaps {
+    fn default() -> Self {
+        PermissionCaps {
+            net: true,
+            read: true,
+            write: true,
+            run: Vec::new(),
+            ffi: false,
+            sys: false,
+        }
+    }
+}
+
+impl Default for Config {
+    /// The embedded defaults, with `data_dir` as computed from an empty environment
+    /// (`./.at-rund-data`). [`Config::load`] computes it from the real environment.
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 3000)),
+            data_dir: PathBuf::from(load::FALLBACK_DATA_DIR),
+            plc_url: default_plc_url(),
+            allow_http: false,
+            policy: AuthorPolicy::default(),
+            isolation: Isolation::None,
+            identity: IdentitySection::default(),
+            fetch: FetchSection::default(),
+            http: HttpSection::default(),
+            deno: DenoSection::default(),
+            limits: LimitsSection::default(),
+            permissions: PermissionCaps::default(),
+            sources: load::Provenance::default(),
+        }
+    }
+}
+
+fn default_plc_url() -> Url {
+    Url::parse("https://plc.directory").expect("constant URL parses")
+}
+
+impl Config {
+    /// Where the value of `key` (dotted, e.g. `limits.timeout_ms.max`) came from.
+    pub fn source_of(&self, key: &str) -> Source {
+        self.sources.get(key)
+    }
+}
+
+impl AuthorPolicy {
+    /// The allow-list entries, or `None` for [`AuthorPolicy::Open`].
+    pub fn entries(&self) -> Option<&[String]> {
+        match self {
+            AuthorPolicy::Open => None,
+            AuthorPolicy::AllowList(v) => Some(v),
+        }
+    }
+
+    /// One line for logs and `describeRunner`: `open`, `closed (no authors allowed)`, or
+    /// `allow-list: a, b`.
+    pub fn describe(&self) -> String {
+        match self.entries() {
+            None => "open".into(),
+            Some([]) => "closed (no authors allowed; set ATRUND_POLICY)".into(),
+            Some(list) => format!("allow-list: {}", list.join(", ")),
+        }
+    }
+
+    /// True when no author may run code (an empty allow-list).
+    pub fn is_closed(&self) -> bool {
+        self.entries().is_some_and(|e| e.is_empty())
+    }
+}
+
+impl Serialize for AuthorPolicy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.entries() {
+            None => s.serialize_str("open"),
+            Some(list) => list.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AuthorPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = AuthorPolicy;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"open\" or a list of DIDs and handles")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<AuthorPolicy, E> {
+                if v == "open" {
+                    Ok(AuthorPolicy::Open)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<AuthorPolicy, A::Error> {
+                let mut v = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    v.push(s);
+                }
+                Ok(AuthorPolicy::AllowList(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

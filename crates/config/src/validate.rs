@@ -1,0 +1,168 @@
+//! [`Config::validate`]: the one place that decides whether a parsed config is acceptable.
+//! Must not touch: parsing or merging (see `load`); it only reads the typed config.
+
+use url::{Host, Url};
+
+use crate::{is_valid_did, is_valid_handle, AuthorPolicy, Config, ConfigError, Isolation};
+
+impl Config {
+    /// Checks every cross-field and semantic rule. Errors name the key and where it was set.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_string(),
+            origin: self.source_of(key),
+            message,
+        };
+
+        if self.isolation != Isolation::None {
+            return Err(invalid(
+                "isolation",
+                format!(
+                    "isolation \"{}\" is not available yet in this version; use isolation = \"none\" (ATRUND_ISOLATION=none)",
+                    self.isolation.as_str()
+                ),
+            ));
+        }
+
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "data_dir",
+                "must not be empty; give a directory path".into(),
+            ));
+        }
+
+        self.check_service_url("plc_url", &self.plc_url)?;
+        if let Some(u) = &self.identity.handle_resolver {
+            self.check_service_url("identity.handle_resolver", u)?;
+        }
+
+        if let AuthorPolicy::AllowList(entries) = &self.policy {
+            for e in entries {
+                if !(is_valid_did(e) || is_valid_handle(e)) {
+                    let hint = if e.starts_with('@') {
+                        " (write handles without the leading '@')"
+                    } else {
+                        ""
+                    };
+                    return Err(invalid(
+                        "policy",
+                        format!(
+                            "entry '{e}' is neither a DID (did:plc:... or did:web:...) nor a handle (alice.example.com){hint}; use \"open\" or a list of DIDs and handles"
+                        ),
+                    ));
+                }
+            }
+        }
+
+        let id = &self.identity;
+        let positive = [
+            ("identity.timeout_ms", id.timeout_ms),
+            ("identity.cache_max_secs", id.cache_max_secs),
+            ("fetch.timeout_ms", self.fetch.timeout_ms),
+            ("fetch.max_record_bytes", self.fetch.max_record_bytes),
+            ("fetch.max_bundle_bytes", self.fetch.max_bundle_bytes),
+            (
+                "http.max_request_body_bytes",
+                self.http.max_request_body_bytes,
+            ),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0".into()));
+            }
+        }
+        if id.cache_stale_secs > id.cache_max_secs {
+            return Err(invalid(
+                "identity.cache_stale_secs",
+                format!(
+                    "{} is above identity.cache_max_secs ({}); an entry must turn stale before it expires",
+                    id.cache_stale_secs, id.cache_max_secs
+                ),
+            ));
+        }
+
+        if let Some(p) = &self.deno.path {
+            if p.as_os_str().is_empty() {
+                return Err(invalid(
+                    "deno.path",
+                    "must not be empty; give the deno binary's path or leave it unset to use PATH"
+                        .into(),
+                ));
+            }
+        }
+
+        let l = &self.limits;
+        for (name, r) in [
+            ("timeout_ms", l.timeout_ms),
+            ("memory_mib", l.memory_mib),
+            ("cpu_ms", l.cpu_ms),
+            ("concurrency", l.concurrency),
+        ] {
+            if r.default == 0 {
+                return Err(invalid(
+                    &format!("limits.{name}.default"),
+                    "must be greater than 0".into(),
+                ));
+            }
+            if r.default > r.max {
+                return Err(invalid(
+                    &format!("limits.{name}.default"),
+                    format!(
+                        "default {} is above max {}; raise limits.{name}.max or lower the default",
+                        r.default, r.max
+                    ),
+                ));
+            }
+        }
+
+        for cmd in &self.permissions.run {
+            if cmd.trim().is_empty() || cmd.contains([',', '\0']) || cmd.trim() != cmd {
+                return Err(invalid(
+                    "permissions.run",
+                    format!("entry '{cmd}' must be a command name or path, without commas or surrounding spaces"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// https anywhere; http only with `allow_http` and a loopback host.
+    fn check_service_url(&self, key: &str, u: &Url) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            key: key.to_string(),
+            origin: self.source_of(key),
+            message,
+        };
+        if u.host_str().is_none_or(str::is_empty) {
+            return Err(invalid(format!(
+                "'{u}' has no host; use a URL such as https://plc.directory"
+            )));
+        }
+        match u.scheme() {
+            "https" => Ok(()),
+            "http" if self.allow_http && is_loopback(u) => Ok(()),
+            "http" if self.allow_http => Err(invalid(format!(
+                "'{u}' uses plain http on a host that is not loopback; allow_http permits http only for localhost, 127.0.0.0/8 and ::1; use https"
+            ))),
+            "http" => Err(invalid(format!(
+                "'{u}' uses plain http; use https, or for a loopback development server set allow_http = true (ATRUND_ALLOW_HTTP=1)"
+            ))),
+            other => Err(invalid(format!(
+                "'{u}' has scheme '{other}'; use an https URL"
+            ))),
+        }
+    }
+}
+
+/// True for `localhost` (and `*.localhost`), 127.0.0.0/8 and ::1.
+pub fn is_loopback(u: &Url) -> bool {
+    match u.host() {
+        Some(Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}

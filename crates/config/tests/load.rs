@@ -1,0 +1,667 @@
+//! Loading, merging, env overrides and validation through the public API.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use atrund_config::{
+    known_env_vars, AuthorPolicy, Config, ConfigError, Isolation, LimitRange, Source,
+};
+
+const FILE: &str = "/etc/at-rund/config.toml";
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn load(file: Option<&str>, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::load_str(file.map(|t| (Path::new(FILE), t)), &env(pairs))
+}
+
+fn err(file: Option<&str>, pairs: &[(&str, &str)]) -> ConfigError {
+    match load(file, pairs) {
+        Ok(c) => panic!("expected an error, got {c:?}"),
+        Err(e) => e,
+    }
+}
+
+fn file_src() -> Source {
+    Source::File(PathBuf::from(FILE))
+}
+
+#[test]
+fn no_file_gives_defaults() {
+    let c = load(None, &[]).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:3000");
+    assert_eq!(c.plc_url.as_str(), "https://plc.directory/");
+    assert!(!c.allow_http);
+    assert_eq!(c.policy, AuthorPolicy::AllowList(vec![]));
+    assert!(c.policy.is_closed());
+    assert_eq!(c.isolation, Isolation::None);
+    assert_eq!(c.data_dir, PathBuf::from("./.at-rund-data"));
+    assert_eq!(c.identity.timeout_ms, 3000);
+    assert_eq!(c.identity.cache_stale_secs, 3600);
+    assert_eq!(c.identity.cache_max_secs, 86400);
+    assert_eq!(c.identity.cache_error_secs, 120);
+    assert!(c.identity.dns);
+    assert_eq!(c.identity.handle_resolver, None);
+    assert_eq!(c.fetch.max_record_bytes, 1 << 20);
+    assert_eq!(c.fetch.max_bundle_bytes, 20 << 20);
+    assert_eq!(c.fetch.revalidate_secs, 30);
+    assert_eq!(c.http.max_request_body_bytes, 10 << 20);
+    assert_eq!(c.deno.path, None);
+    assert_eq!(
+        c.limits.timeout_ms,
+        LimitRange {
+            default: 10_000,
+            max: 60_000
+        }
+    );
+    assert_eq!(
+        c.limits.memory_mib,
+        LimitRange {
+            default: 128,
+            max: 512
+        }
+    );
+    assert_eq!(
+        c.limits.concurrency,
+        LimitRange {
+            default: 8,
+            max: 64
+        }
+    );
+    assert!(c.permissions.net && c.permissions.read && c.permissions.write);
+    assert!(!c.permissions.ffi && !c.permissions.sys && c.permissions.run.is_empty());
+    assert_eq!(c.source_of("listen"), Source::Default);
+    // Config::default() is the same set of values.
+    assert_eq!(c, Config::default());
+    assert!(Config::default().validate().is_ok());
+}
+
+#[test]
+fn data_dir_is_computed_from_the_environment() {
+    let c = load(None, &[("XDG_DATA_HOME", "/xdg"), ("HOME", "/home/op")]).unwrap();
+    assert_eq!(c.data_dir, PathBuf::from("/xdg/at-rund"));
+    assert!(matches!(c.source_of("data_dir"), Source::Computed(s) if s.contains("XDG_DATA_HOME")));
+    let c = load(None, &[("HOME", "/home/op")]).unwrap();
+    assert_eq!(c.data_dir, PathBuf::from("/home/op/.local/share/at-rund"));
+    // A relative or empty XDG_DATA_HOME is ignored, as the XDG spec says.
+    let c = load(None, &[("XDG_DATA_HOME", "rel"), ("HOME", "/h")]).unwrap();
+    assert_eq!(c.data_dir, PathBuf::from("/h/.local/share/at-rund"));
+    let c = load(None, &[("XDG_DATA_HOME", ""), ("HOME", "")]).unwrap();
+    assert_eq!(c.data_dir, PathBuf::from("./.at-rund-data"));
+    // File and env still win.
+    let c = load(Some("data_dir = \"/srv/at\""), &[("HOME", "/h")]).unwrap();
+    assert_eq!(c.data_dir, PathBuf::from("/srv/at"));
+    let c = load(None, &[("HOME", "/h"), ("ATRUND_DATA_DIR", "/var/x")]).unwrap();
+    assert_eq!(c.data_dir, PathBuf::from("/var/x"));
+}
+
+#[test]
+fn file_keys_are_read_and_merge_with_defaults() {
+    let c = load(
+        Some(
+            r#"
+listen = "0.0.0.0:8080"
+policy = ["did:plc:abc123", "alice.test"]
+
+[identity]
+dns = false
+
+[limits.timeout_ms]
+max = 30000
+
+[limits]
+memory_mib = { default = 64, max = 256 }
+concurrency.max = 16
+
+[permissions]
+run = ["ffmpeg"]
+ffi = true
+"#,
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(
+        c.policy,
+        AuthorPolicy::AllowList(vec!["did:plc:abc123".into(), "alice.test".into()])
+    );
+    assert!(!c.identity.dns);
+    assert_eq!(
+        c.identity.timeout_ms, 3000,
+        "untouched key keeps its default"
+    );
+    assert_eq!(
+        c.limits.timeout_ms,
+        LimitRange {
+            default: 10_000,
+            max: 30_000
+        }
+    );
+    assert_eq!(
+        c.limits.memory_mib,
+        LimitRange {
+            default: 64,
+            max: 256
+        }
+    );
+    assert_eq!(
+        c.limits.concurrency,
+        LimitRange {
+            default: 8,
+            max: 16
+        }
+    );
+    assert_eq!(c.permissions.run, vec!["ffmpeg".to_string()]);
+    assert!(c.permissions.ffi);
+    assert_eq!(c.source_of("listen"), file_src());
+    assert_eq!(c.source_of("limits.timeout_ms.max"), file_src());
+    assert_eq!(c.source_of("limits.timeout_ms.default"), Source::Default);
+    let c = load(Some("policy = \"open\""), &[]).unwrap();
+    assert_eq!(c.policy, AuthorPolicy::Open);
+}
+
+#[test]
+fn env_overrides_file() {
+    let c = load(
+        Some("listen = \"0.0.0.0:8080\"\n[limits.timeout_ms]\nmax = 30000\n"),
+        &[
+            ("ATRUND_LISTEN", "127.0.0.1:9999"),
+            ("ATRUND_LIMITS_TIMEOUT_MS_MAX", "45000"),
+            ("ATRUND_LIMITS_TIMEOUT_MS_DEFAULT", "2000"),
+            ("ATRUND_IDENTITY_DNS", "0"),
+            ("ATRUND_PERMISSIONS_RUN", " ffmpeg , convert "),
+            ("ATRUND_PERMISSIONS_NET", "false"),
+            ("ATRUND_PLC_URL", "https://plc.example.com"),
+            ("ATRUND_FETCH_MAX_BUNDLE_BYTES", "1000"),
+            ("ATRUND_POLICY", "open"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:9999");
+    assert_eq!(
+        c.limits.timeout_ms,
+        LimitRange {
+            default: 2000,
+            max: 45_000
+        }
+    );
+    assert!(!c.identity.dns);
+    assert_eq!(c.permissions.run, vec!["ffmpeg", "convert"]);
+    assert!(!c.permissions.net);
+    assert_eq!(c.plc_url.as_str(), "https://plc.example.com/");
+    assert_eq!(c.fetch.max_bundle_bytes, 1000);
+    assert_eq!(c.policy, AuthorPolicy::Open);
+    assert_eq!(c.source_of("listen"), Source::Env("ATRUND_LISTEN".into()));
+    assert_eq!(
+        c.source_of("limits.timeout_ms.max"),
+        Source::Env("ATRUND_LIMITS_TIMEOUT_MS_MAX".into())
+    );
+    // An empty list from env clears the file's list.
+    let c = load(
+        Some("[permissions]\nrun = [\"git\"]"),
+        &[("ATRUND_PERMISSIONS_RUN", "")],
+    )
+    .unwrap();
+    assert!(c.permissions.run.is_empty());
+}
+
+#[test]
+fn optional_keys() {
+    let c = load(
+        None,
+        &[
+            ("ATRUND_DENO_PATH", "/opt/deno/bin/deno"),
+            ("ATRUND_ALLOW_HTTP", "1"),
+            ("ATRUND_IDENTITY_HANDLE_RESOLVER", "http://127.0.0.1:2583"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.deno.path, Some(PathBuf::from("/opt/deno/bin/deno")));
+    assert_eq!(
+        c.identity.handle_resolver.as_ref().map(|u| u.as_str()),
+        Some("http://127.0.0.1:2583/")
+    );
+    let c = load(Some("[deno]\npath = \"/x/deno\""), &[]).unwrap();
+    assert_eq!(c.deno.path, Some(PathBuf::from("/x/deno")));
+    // An empty env value unsets an optional key set by the file.
+    let c = load(
+        Some("[deno]\npath = \"/x/deno\""),
+        &[("ATRUND_DENO_PATH", "")],
+    )
+    .unwrap();
+    assert_eq!(c.deno.path, None);
+    let e = err(Some("[deno]\npath = \"\""), &[]);
+    assert_eq!((e.code(), e.key()), ("ConfigInvalid", Some("deno.path")));
+}
+
+#[test]
+fn unknown_file_keys_are_refused() {
+    let e = err(Some("listn = \"0.0.0.0:1\""), &[]);
+    assert_eq!(e.code(), "ConfigUnknownKey");
+    assert_eq!(e.key(), Some("listn"));
+    let msg = e.to_string();
+    assert!(msg.contains(FILE) && msg.contains("listen"), "{msg}");
+
+    let e = err(Some("[limits.timeout_ms]\nmaximum = 5"), &[]);
+    assert_eq!(e.key(), Some("limits.timeout_ms.maximum"));
+    assert!(e.to_string().contains("default, max"), "{e}");
+
+    let e = err(Some("[sandbox]\nkind = \"none\""), &[]);
+    assert_eq!(e.key(), Some("sandbox"));
+}
+
+#[test]
+fn unknown_env_vars_are_refused_except_the_listed_ones() {
+    let e = err(None, &[("ATRUND_LISTN", "0.0.0.0:1")]);
+    assert_eq!(e.code(), "ConfigUnknownEnv");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("ATRUND_LISTN") && msg.contains("did you mean ATRUND_LISTEN"),
+        "{msg}"
+    );
+    let e = err(None, &[("ATRUND_IDENTITY", "x")]);
+    assert_eq!(e.code(), "ConfigUnknownEnv", "a section is not a key");
+    // Exceptions and foreign variables are ignored.
+    load(
+        None,
+        &[
+            ("ATRUND_LOG", "debug"),
+            ("ATRUND_CONFIG", "/etc/x.toml"),
+            ("ATRUND_TEST_PDS", "http://127.0.0.1:1"),
+            ("PATH", "/bin"),
+            ("atrund_listen", "garbage"),
+        ],
+    )
+    .unwrap();
+}
+
+#[test]
+fn bools() {
+    for (v, want) in [
+        ("1", true),
+        ("true", true),
+        ("TRUE", true),
+        ("0", false),
+        ("false", false),
+    ] {
+        let c = load(None, &[("ATRUND_ALLOW_HTTP", v)]).unwrap();
+        assert_eq!(c.allow_http, want, "{v}");
+    }
+    for v in ["yes", "", "2", "on"] {
+        let e = err(None, &[("ATRUND_ALLOW_HTTP", v)]);
+        assert_eq!(e.code(), "ConfigBadValue");
+        assert_eq!(e.key(), Some("allow_http"));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("ATRUND_ALLOW_HTTP") && msg.contains("1, 0, true or false"),
+            "{msg}"
+        );
+    }
+    let e = err(Some("allow_http = \"yes\""), &[]);
+    assert_eq!(e.key(), Some("allow_http"));
+    assert!(e.to_string().contains("true or false"), "{e}");
+}
+
+#[test]
+fn bad_listen() {
+    let e = err(None, &[("ATRUND_LISTEN", "localhost")]);
+    assert_eq!(e.code(), "ConfigBadValue");
+    assert_eq!(e.key(), Some("listen"));
+    let msg = e.to_string();
+    assert!(
+        msg.contains("ATRUND_LISTEN") && msg.contains("address:port"),
+        "{msg}"
+    );
+    let e = err(Some("listen = \"1.2.3.4:99999\""), &[]);
+    assert_eq!(e.key(), Some("listen"));
+    assert!(e.to_string().contains(FILE), "{e}");
+    let e = err(Some("listen = 3000"), &[]);
+    assert_eq!(e.key(), Some("listen"));
+    assert!(e.to_string().contains("address:port"), "{e}");
+    assert!(load(None, &[("ATRUND_LISTEN", "[::1]:0")]).is_ok());
+}
+
+#[test]
+fn wrong_types_and_numbers() {
+    let e = err(Some("[fetch]\ntimeout_ms = \"10\""), &[]);
+    assert_eq!(e.key(), Some("fetch.timeout_ms"));
+    assert!(e.to_string().contains("whole number"), "{e}");
+    let e = err(Some("[fetch]\ntimeout_ms = -1"), &[]);
+    assert_eq!(e.key(), Some("fetch.timeout_ms"));
+    let e = err(Some("identity = 5"), &[]);
+    assert_eq!((e.code(), e.key()), ("ConfigBadValue", Some("identity")));
+    let e = err(Some("[limits]\ntimeout_ms = 5000"), &[]);
+    assert_eq!(e.key(), Some("limits.timeout_ms"));
+    assert!(e.to_string().contains("default, max"), "{e}");
+    let e = err(Some("[permissions]\nrun = [\"a\", 1]"), &[]);
+    assert_eq!(e.key(), Some("permissions.run"));
+    for v in ["ten", "-5", "1.5", "", "99999999999999999999"] {
+        let e = err(None, &[("ATRUND_FETCH_TIMEOUT_MS", v)]);
+        assert_eq!(e.key(), Some("fetch.timeout_ms"), "{v}");
+        assert!(e.to_string().contains("ATRUND_FETCH_TIMEOUT_MS"));
+    }
+    let e = err(None, &[("ATRUND_FETCH_TIMEOUT_MS", "0")]);
+    assert_eq!(
+        (e.code(), e.key()),
+        ("ConfigInvalid", Some("fetch.timeout_ms"))
+    );
+    let e = err(None, &[("ATRUND_IDENTITY_CACHE_STALE_SECS", "100000")]);
+    assert_eq!(e.key(), Some("identity.cache_stale_secs"));
+}
+
+#[test]
+fn limit_default_above_max_is_refused() {
+    let e = err(
+        None,
+        &[
+            ("ATRUND_LIMITS_MEMORY_MIB_DEFAULT", "1024"),
+            ("ATRUND_LIMITS_MEMORY_MIB_MAX", "512"),
+        ],
+    );
+    assert_eq!(e.code(), "ConfigInvalid");
+    assert_eq!(e.key(), Some("limits.memory_mib.default"));
+    let msg = e.to_string();
+    assert!(
+        msg.contains("1024")
+            && msg.contains("512")
+            && msg.contains("ATRUND_LIMITS_MEMORY_MIB_DEFAULT"),
+        "{msg}"
+    );
+    let e = err(Some("[limits.cpu_ms]\ndefault = 0"), &[]);
+    assert_eq!(e.key(), Some("limits.cpu_ms.default"));
+    assert!(e.to_string().contains(FILE));
+}
+
+#[test]
+fn isolation_other_than_none_is_refused_plainly() {
+    for mode in ["auto", "container", "microvm", "firecracker"] {
+        let e = err(Some(&format!("isolation = \"{mode}\"")), &[]);
+        assert_eq!((e.code(), e.key()), ("ConfigInvalid", Some("isolation")));
+        let msg = e.to_string();
+        assert!(
+            msg.contains(mode)
+                && msg.contains("not available yet")
+                && msg.contains("isolation = \"none\""),
+            "{msg}"
+        );
+    }
+    let e = err(None, &[("ATRUND_ISOLATION", "docker")]);
+    assert_eq!((e.code(), e.key()), ("ConfigBadValue", Some("isolation")));
+    assert!(e.to_string().contains("container"), "{e}");
+    assert!(load(None, &[("ATRUND_ISOLATION", "none")]).is_ok());
+}
+
+#[test]
+fn policy_parsing() {
+    let c = load(
+        None,
+        &[(
+            "ATRUND_POLICY",
+            " did:plc:abc , Alice.Test,did:web:example.com ",
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        c.policy,
+        AuthorPolicy::AllowList(vec![
+            "did:plc:abc".into(),
+            "Alice.Test".into(),
+            "did:web:example.com".into()
+        ])
+    );
+    assert_eq!(
+        c.policy.describe(),
+        "allow-list: did:plc:abc, Alice.Test, did:web:example.com"
+    );
+    let c = load(None, &[("ATRUND_POLICY", " OPEN ")]).unwrap();
+    assert_eq!(c.policy, AuthorPolicy::Open);
+    assert_eq!(c.policy.describe(), "open");
+    assert!(AuthorPolicy::default().describe().starts_with("closed"));
+    // An empty value is the empty allow-list, overriding the file.
+    let c = load(Some("policy = \"open\""), &[("ATRUND_POLICY", "")]).unwrap();
+    assert!(c.policy.is_closed());
+
+    for bad in ["a.test,,b.test", "a.test,", ",a.test"] {
+        let e = err(None, &[("ATRUND_POLICY", bad)]);
+        assert_eq!(
+            (e.code(), e.key()),
+            ("ConfigBadValue", Some("policy")),
+            "{bad}"
+        );
+        assert!(e.to_string().contains("empty entries"), "{e}");
+    }
+    for bad in [
+        "alice",
+        "did:plc:",
+        "open,alice.test",
+        "@alice.test",
+        "http://x.test",
+    ] {
+        let e = err(None, &[("ATRUND_POLICY", bad)]);
+        assert_eq!(
+            (e.code(), e.key()),
+            ("ConfigInvalid", Some("policy")),
+            "{bad}"
+        );
+        assert!(e.to_string().contains("ATRUND_POLICY"), "{e}");
+    }
+    let e = err(None, &[("ATRUND_POLICY", "@alice.test")]);
+    assert!(e.to_string().contains("without the leading '@'"), "{e}");
+    let e = err(Some("policy = \"closed\""), &[]);
+    assert_eq!((e.code(), e.key()), ("ConfigBadValue", Some("policy")));
+    assert!(e.to_string().contains("\"open\" or a list"), "{e}");
+    let e = err(Some("policy = [\" alice.test\"]"), &[]);
+    assert_eq!(e.key(), Some("policy"));
+    let e = err(Some("policy = 1"), &[]);
+    assert_eq!(e.key(), Some("policy"));
+}
+
+#[test]
+fn plain_http_only_for_loopback_with_allow_http() {
+    let e = err(None, &[("ATRUND_PLC_URL", "http://127.0.0.1:2582")]);
+    assert_eq!((e.code(), e.key()), ("ConfigInvalid", Some("plc_url")));
+    assert!(e.to_string().contains("ATRUND_ALLOW_HTTP=1"), "{e}");
+    for ok in [
+        "http://127.0.0.1:2582",
+        "http://localhost:1",
+        "http://[::1]:5",
+    ] {
+        let c = load(
+            None,
+            &[("ATRUND_PLC_URL", ok), ("ATRUND_ALLOW_HTTP", "true")],
+        )
+        .unwrap();
+        assert_eq!(c.plc_url.scheme(), "http");
+    }
+    let e = err(
+        None,
+        &[
+            ("ATRUND_PLC_URL", "http://plc.example.com"),
+            ("ATRUND_ALLOW_HTTP", "1"),
+        ],
+    );
+    assert!(e.to_string().contains("not loopback"), "{e}");
+    for bad in [
+        "ftp://plc.example.com",
+        "file:///etc/passwd",
+        "mailto:x@y.z",
+    ] {
+        let e = err(None, &[("ATRUND_PLC_URL", bad)]);
+        assert_eq!(e.key(), Some("plc_url"), "{bad}");
+    }
+    let e = err(None, &[("ATRUND_PLC_URL", "plc.directory")]);
+    assert_eq!((e.code(), e.key()), ("ConfigBadValue", Some("plc_url")));
+    let e = err(
+        None,
+        &[("ATRUND_IDENTITY_HANDLE_RESOLVER", "http://127.0.0.1:1")],
+    );
+    assert_eq!(e.key(), Some("identity.handle_resolver"));
+}
+
+#[test]
+fn permissions_run_entries() {
+    let e = err(Some("[permissions]\nrun = [\"\"]"), &[]);
+    assert_eq!(e.key(), Some("permissions.run"));
+    let e = err(Some("[permissions]\nrun = [\"a,b\"]"), &[]);
+    assert_eq!(e.key(), Some("permissions.run"));
+    let e = err(None, &[("ATRUND_PERMISSIONS_RUN", "ffmpeg,,git")]);
+    assert_eq!(
+        (e.code(), e.key()),
+        ("ConfigBadValue", Some("permissions.run"))
+    );
+}
+
+#[test]
+fn garbage_toml_does_not_panic() {
+    let e = err(Some("listen = "), &[]);
+    assert_eq!(e.code(), "ConfigSyntax");
+    assert!(
+        e.to_string().contains(FILE) && e.to_string().contains("line 1"),
+        "{e}"
+    );
+    let e = err(Some("\n\n[limits\n"), &[]);
+    assert!(e.to_string().contains("line 3"), "{e}");
+    let inputs = [
+        "\0\0\0",
+        "[[[",
+        "listen = \"\u{1F600}\"",
+        "a.b.c.d.e = 1",
+        "[limits.timeout_ms.default]\nx = 1",
+        "limits = []",
+        "policy = [[\"a\"]]",
+        "policy = [1, 2]",
+        "isolation = []",
+        "listen = { a = 1 }",
+        "[fetch]\nmax_bundle_bytes = 1e9",
+        "data_dir = 1979-05-27",
+        &"[".repeat(10_000),
+        &"a = [".repeat(1000),
+    ];
+    for input in inputs {
+        assert!(load(Some(input), &[]).is_err(), "{input:?}");
+    }
+    // Pseudo-random byte soup: any result is fine, a panic is not.
+    let mut x: u32 = 12345;
+    for _ in 0..300 {
+        let s: String = (0..64)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                b"[]=\"'.,\n #abcz019_-{}"[(x >> 16) as usize % 21] as char
+            })
+            .collect();
+        let _ = load(Some(&s), &[]);
+    }
+}
+
+#[test]
+fn missing_file_is_unreadable() {
+    let e = Config::load(Some(Path::new("/nonexistent/at-rund.toml")), &env(&[])).unwrap_err();
+    assert_eq!(e.code(), "ConfigUnreadable");
+    assert!(e.to_string().contains("/nonexistent/at-rund.toml"));
+    // And a real file works through the same path.
+    let dir = std::env::temp_dir().join(format!("atrund-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("c.toml");
+    std::fs::write(&p, "listen = \"127.0.0.1:4000\"\n").unwrap();
+    let c = Config::load(Some(&p), std::iter::empty::<(String, String)>()).unwrap();
+    assert_eq!(c.listen.port(), 4000);
+    assert_eq!(c.source_of("listen"), Source::File(p.clone()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn to_toml_round_trips_and_names_sources() {
+    let c = load(
+        Some("policy = [\"alice.test\"]\n[limits.timeout_ms]\nmax = 30000\n"),
+        &[
+            ("HOME", "/home/op"),
+            ("ATRUND_LISTEN", "127.0.0.1:9000"),
+            ("ATRUND_DENO_PATH", "/usr/bin/deno"),
+        ],
+    )
+    .unwrap();
+    let text = c.to_toml();
+    assert!(
+        text.contains("listen = \"127.0.0.1:9000\"  # from environment variable ATRUND_LISTEN"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "data_dir = \"/home/op/.local/share/at-rund\"  # from the computed default (from HOME)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("max = 30000  # from config file {FILE}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("# handle_resolver is unset (ATRUND_IDENTITY_HANDLE_RESOLVER)"),
+        "{text}"
+    );
+    assert!(text.contains("[limits.timeout_ms]"), "{text}");
+    let again = load(Some(&text), &[]).unwrap();
+    assert_eq!(again, c);
+    let d = load(None, &[]).unwrap();
+    assert_eq!(load(Some(&d.to_toml()), &[]).unwrap(), d);
+}
+
+#[test]
+fn env_var_names_are_unique_and_contractual() {
+    let vars = known_env_vars().unwrap();
+    let mut names: Vec<&str> = vars.iter().map(|(v, _)| v.as_str()).collect();
+    let n = names.len();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), n, "two keys map to the same variable");
+    for must in [
+        "ATRUND_LISTEN",
+        "ATRUND_PLC_URL",
+        "ATRUND_DATA_DIR",
+        "ATRUND_ALLOW_HTTP",
+        "ATRUND_POLICY",
+        "ATRUND_ISOLATION",
+        "ATRUND_LIMITS_TIMEOUT_MS_DEFAULT",
+        "ATRUND_DENO_PATH",
+        "ATRUND_IDENTITY_HANDLE_RESOLVER",
+    ] {
+        assert!(names.contains(&must), "{must}");
+    }
+    // Every listed variable is accepted by the loader.
+    for (var, key) in &vars {
+        let e = load(None, &[(var.as_str(), "\u{1}")]);
+        if let Err(e) = e {
+            assert_ne!(e.code(), "ConfigUnknownEnv", "{var} ({key})");
+        }
+    }
+}
+
+#[test]
+fn docs_list_every_variable_and_exception() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+    let docs = std::fs::read_to_string(&path).unwrap();
+    for (var, key) in known_env_vars().unwrap() {
+        assert!(
+            docs.contains(&format!("`{var}`")),
+            "{var} ({key}) missing from docs"
+        );
+    }
+    for e in atrund_config::ENV_EXCEPTIONS {
+        assert!(docs.contains(&format!("`{e}`")), "{e} missing from docs");
+    }
+    // Every TOML example in the docs loads.
+    let mut blocks = 0;
+    for part in docs.split("```toml\n").skip(1) {
+        let example = part.split("```").next().unwrap();
+        let c = load(Some(example), &[]).unwrap_or_else(|e| panic!("{e}\n{example}"));
+        assert_ne!(c, Config::default());
+        blocks += 1;
+    }
+    assert!(blocks > 0);
+}
