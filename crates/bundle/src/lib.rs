@@ -1,6 +1,14 @@
-//! Bundles: the `dev.atrund.*` record types and manifest, the version selectors of the invocation
-//! route, and the content-addressed on-disk store of verified bundle code.
+//! Bundles: the `dev.atrund.*` record types and manifest (`record`), the version selectors of the
+//! invocation route (`selector`), the content-addressed on-disk store of verified code (`store`),
+//! and the fetch + verify pipeline that ties identity, repo proofs and the store together
+//! (`source`).
 
 pub mod record;
+pub mod selector;
+pub mod source;
+pub mod store;
 
 pub use record::{BlobRef, BundleRecord, Manifest, Permissions, ReleaseRecord};
+pub use selector::VersionSelector;
+pub use source::{BundleError, BundleSource, LoadedBundle, SourceConfig};
+pub use store::BundleStore;

@@ -1,0 +1,367 @@
+//! From "author + name + version selector" to verified code on disk: follows the release pointer,
+//! fetches the bundle record through a verified commit proof, and fetches the code blob by the
+//! CID that record names, storing it content-addressed.
+//!
+//! Owns: the order of the fetch/verify steps and the in-memory cache of resolved records. Must
+//! not touch: policy (the caller checks who may run before calling `load`) or execution.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use atrund_identity::{IdentityError, IdentityResolver, ResolvedDid};
+use atrund_repo::{FetchError, RepoClient, VerifiedRecord};
+
+use crate::record::{
+    bundle_rkey, validate_name, BundleRecord, RecordError, ReleaseRecord, BUNDLE_COLLECTION,
+    RELEASE_COLLECTION,
+};
+use crate::selector::VersionSelector;
+use crate::store::BundleStore;
+
+/// Why a bundle could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// the author's identity could not be resolved
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// a fetch from the author's PDS failed or did not verify
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// the record is not well-formed
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// the author has published no release of this bundle
+    #[error("{author} has no release named '{name}' (no dev.atrund.release record); publish one with `at-run deploy`")]
+    NoSuchRelease { author: String, name: String },
+    /// the author has not published this version
+    #[error("{author} has not published '{name}' version {version}")]
+    NoSuchVersion {
+        author: String,
+        name: String,
+        version: String,
+    },
+    /// no bundle record of the author has this CID
+    #[error("{author} has no dev.atrund.bundle record of '{name}' with CID {cid}")]
+    NoSuchRecord {
+        author: String,
+        name: String,
+        cid: String,
+    },
+    /// the release pointer names a record version that is no longer in the repository
+    #[error("release '{name}' points at record CID {expected}, but the repository now holds {actual} at that key; the author must re-point the release")]
+    ReleaseMismatch {
+        name: String,
+        expected: String,
+        actual: String,
+    },
+    /// the code blob is larger than this runner accepts
+    #[error("bundle code is {size} bytes, over this runner's limit of {limit} bytes (fetch.max_bundle_bytes)")]
+    TooLarge { size: u64, limit: u64 },
+    /// the bundle store on disk failed
+    #[error("bundle store error at {path}: {source}; check the data dir's permissions and free space")]
+    Store {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl BundleError {
+    /// Stable error name for the HTTP layer.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BundleError::Identity(e) => e.code(),
+            BundleError::Fetch(e) => e.code(),
+            BundleError::Record(_) => "BundleInvalid",
+            BundleError::NoSuchRelease { .. } => "BundleNotFound",
+            BundleError::NoSuchVersion { .. } => "VersionNotFound",
+            BundleError::NoSuchRecord { .. } => "VersionNotFound",
+            BundleError::ReleaseMismatch { .. } => "ReleaseInvalid",
+            BundleError::TooLarge { .. } => "BundleTooLarge",
+            BundleError::Store { .. } => "StoreError",
+        }
+    }
+}
+
+/// A verified bundle version whose code is on disk.
+#[derive(Debug, Clone)]
+pub struct LoadedBundle {
+    pub author: String,
+    pub name: String,
+    pub version: String,
+    /// CID of the `dev.atrund.bundle` record: identifies exactly what runs.
+    pub record_cid: String,
+    pub record: BundleRecord,
+    pub code_path: PathBuf,
+}
+
+/// Settings for [`BundleSource`].
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Largest code blob accepted.
+    pub max_bundle_bytes: u64,
+    /// How long a resolved `latest` (or a pinned version) is reused before the record is
+    /// fetched and verified again. Code is never refetched for an unchanged CID.
+    pub revalidate: Duration,
+    /// How many listRecords pages to scan when a request pins a record CID.
+    pub max_list_pages: usize,
+}
+
+type CacheKey = (String, String, String); // (did, name, selector)
+
+/// The fetch + verify pipeline.
+#[derive(Clone)]
+pub struct BundleSource {
+    identity: IdentityResolver,
+    repo: RepoClient,
+    store: BundleStore,
+    cfg: SourceConfig,
+    cache: Arc<Mutex<HashMap<CacheKey, (Instant, Arc<LoadedBundle>)>>>,
+}
+
+impl BundleSource {
+    pub fn new(
+        identity: IdentityResolver,
+        repo: RepoClient,
+        store: BundleStore,
+        cfg: SourceConfig,
+    ) -> Self {
+        Self {
+            identity,
+            repo,
+            store,
+            cfg,
+            cache: Arc::default(),
+        }
+    }
+
+    /// Loads `name` at `selector` from the author's repository, verified end to end.
+    pub async fn load(
+        &self,
+        author: &ResolvedDid,
+        name: &str,
+        selector: &VersionSelector,
+    ) -> Result<Arc<LoadedBundle>, BundleError> {
+        validate_name(name)?;
+        let key = (
+            author.did.as_str().to_string(),
+            name.to_string(),
+            selector.to_string(),
+        );
+        if let Some(hit) = self.cached(&key) {
+            return Ok(hit);
+        }
+        let (rkey, record) = match self.fetch_record(author, name, selector).await {
+            Err(BundleError::Fetch(e)) if e.code() == "CommitSignatureInvalid" => {
+                // The author may have rotated keys since we cached their DID document: resolve
+                // it again once, then retry. A second failure is final.
+                let fresh = self.identity.refresh_did(&author.did).await?;
+                self.fetch_record(&fresh, name, selector).await?
+            }
+            other => other?,
+        };
+        let bundle: BundleRecord = record.decode()?;
+        bundle.validate(&rkey)?;
+        if bundle.name != name {
+            return Err(RecordError::KeyMismatch {
+                rkey,
+                name: bundle.name,
+                version: bundle.version,
+            }
+            .into());
+        }
+        let code_path = self.code(author, &bundle).await?;
+        let loaded = Arc::new(LoadedBundle {
+            author: author.did.as_str().to_string(),
+            name: bundle.name.clone(),
+            version: bundle.version.clone(),
+            record_cid: record.cid.to_string(),
+            record: bundle,
+            code_path,
+        });
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(key, (Instant::now(), loaded.clone()));
+        }
+        Ok(loaded)
+    }
+
+    fn cached(&self, key: &CacheKey) -> Option<Arc<LoadedBundle>> {
+        let cache = self.cache.lock().ok()?;
+        let (at, hit) = cache.get(key)?;
+        (at.elapsed() < self.cfg.revalidate && hit.code_path.exists()).then(|| hit.clone())
+    }
+
+    /// Returns the bundle record's key and its verified bytes.
+    async fn fetch_record(
+        &self,
+        author: &ResolvedDid,
+        name: &str,
+        selector: &VersionSelector,
+    ) -> Result<(String, VerifiedRecord), BundleError> {
+        let did = author.did.as_str();
+        let get = |collection: &'static str, rkey: String| async move {
+            self.repo
+                .get_record(&author.pds, did, &author.signing_key, collection, &rkey)
+                .await
+                .map(|r| r.map(|r| (rkey, r)))
+        };
+        match selector {
+            VersionSelector::Latest => {
+                let (_, release) =
+                    get(RELEASE_COLLECTION, name.to_string())
+                        .await?
+                        .ok_or_else(|| BundleError::NoSuchRelease {
+                            author: did.to_string(),
+                            name: name.to_string(),
+                        })?;
+                let release: ReleaseRecord = release.decode()?;
+                let rkey = release_target_rkey(did, name, &release)?;
+                let (rkey, record) =
+                    get(BUNDLE_COLLECTION, rkey.clone())
+                        .await?
+                        .ok_or_else(|| BundleError::NoSuchVersion {
+                            author: did.to_string(),
+                            name: name.to_string(),
+                            version: rkey.clone(),
+                        })?;
+                if record.cid.to_string() != release.bundle.cid {
+                    return Err(BundleError::ReleaseMismatch {
+                        name: name.to_string(),
+                        expected: release.bundle.cid,
+                        actual: record.cid.to_string(),
+                    });
+                }
+                Ok((rkey, record))
+            }
+            VersionSelector::Version(v) => get(BUNDLE_COLLECTION, bundle_rkey(name, v))
+                .await?
+                .ok_or_else(|| BundleError::NoSuchVersion {
+                    author: did.to_string(),
+                    name: name.to_string(),
+                    version: v.clone(),
+                }),
+            VersionSelector::RecordCid(want) => {
+                let not_found = || BundleError::NoSuchRecord {
+                    author: did.to_string(),
+                    name: name.to_string(),
+                    cid: want.to_string(),
+                };
+                // listRecords is unauthenticated: it only tells us which key to prove.
+                let hints = self
+                    .repo
+                    .list_record_cids(&author.pds, did, BUNDLE_COLLECTION, self.cfg.max_list_pages)
+                    .await?;
+                let prefix = format!("{name}:");
+                let rkey = hints
+                    .into_iter()
+                    .find(|(rkey, c)| c == want && rkey.starts_with(&prefix))
+                    .map(|(rkey, _)| rkey)
+                    .ok_or_else(not_found)?;
+                let (rkey, record) = get(BUNDLE_COLLECTION, rkey).await?.ok_or_else(not_found)?;
+                if &record.cid != want {
+                    return Err(not_found());
+                }
+                Ok((rkey, record))
+            }
+        }
+    }
+
+    /// The code for a verified record: from the store, or fetched, verified and stored.
+    async fn code(
+        &self,
+        author: &ResolvedDid,
+        bundle: &BundleRecord,
+    ) -> Result<PathBuf, BundleError> {
+        let code = &bundle.code;
+        if code.size > self.cfg.max_bundle_bytes {
+            return Err(BundleError::TooLarge {
+                size: code.size,
+                limit: self.cfg.max_bundle_bytes,
+            });
+        }
+        if let Some(path) = self.store.get(&code.cid, code.size) {
+            return Ok(path);
+        }
+        let bytes = self
+            .repo
+            .get_blob(&author.pds, author.did.as_str(), &code.cid, code.size)
+            .await?;
+        let store = self.store.clone();
+        let cid = code.cid;
+        tokio::task::spawn_blocking(move || store.put(&cid, &bytes))
+            .await
+            .map_err(|e| BundleError::Store {
+                path: PathBuf::new(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .map_err(|source| BundleError::Store {
+                path: PathBuf::from(cid.to_string()),
+                source,
+            })
+    }
+}
+
+/// The bundle record key a release points at; the URI must name the same repo and collection.
+fn release_target_rkey(
+    did: &str,
+    name: &str,
+    release: &ReleaseRecord,
+) -> Result<String, RecordError> {
+    let bad = || RecordError::BadReleaseTarget {
+        name: name.to_string(),
+        uri: release.bundle.uri.clone(),
+    };
+    let rest = release
+        .bundle
+        .uri
+        .strip_prefix("at://")
+        .and_then(|r| r.strip_prefix(did))
+        .and_then(|r| r.strip_prefix('/'))
+        .and_then(|r| r.strip_prefix(BUNDLE_COLLECTION))
+        .and_then(|r| r.strip_prefix('/'))
+        .ok_or_else(bad)?;
+    if release.name != name || !rest.starts_with(&format!("{name}:")) || rest.contains('/') {
+        return Err(bad());
+    }
+    Ok(rest.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::StrongRef;
+
+    fn release(uri: &str) -> ReleaseRecord {
+        ReleaseRecord {
+            name: "hello".into(),
+            bundle: StrongRef {
+                uri: uri.into(),
+                cid: "bafy".into(),
+            },
+            updated_at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn release_must_point_into_the_same_repo_and_name() {
+        let did = "did:plc:abcdefghijklmnopqrstuvwx";
+        let ok = release(&format!("at://{did}/dev.atrund.bundle/hello:1.0.0"));
+        assert_eq!(
+            release_target_rkey(did, "hello", &ok).unwrap(),
+            "hello:1.0.0"
+        );
+        for uri in [
+            "at://did:plc:other/dev.atrund.bundle/hello:1.0.0".to_string(),
+            format!("at://{did}/dev.atrund.release/hello"),
+            format!("at://{did}/dev.atrund.bundle/other:1.0.0"),
+            format!("at://{did}/dev.atrund.bundle/hello:1.0.0/x"),
+            format!("{did}/dev.atrund.bundle/hello:1.0.0"),
+        ] {
+            assert!(
+                release_target_rkey(did, "hello", &release(&uri)).is_err(),
+                "{uri}"
+            );
+        }
+    }
+}
