@@ -1,0 +1,91 @@
+//! Errors of the sandbox layer, with the stable names and HTTP statuses callers see.
+//!
+//! Owns: what each failure is called and how much of it a caller may learn. Messages never carry
+//! raw Deno load errors, stack traces or secret values (isolation.md §2.4); details go to logs.
+
+/// Why starting or calling an instance failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// the Deno binary was not found
+    #[error("the Deno binary was not found ({0}); install it with `npm install deno@2.9.6` (or run scripts/setup.sh in the at-rund repo) and set its path in the config or put `deno` on PATH")]
+    DenoNotFound(String),
+    /// the instance could not be started
+    #[error("the bundle could not be started: {0}")]
+    StartFailed(String),
+    /// the instance did not become ready in time
+    #[error("the bundle did not become ready within {0} ms; it may do slow work at load time, or the machine is overloaded")]
+    StartTimedOut(u64),
+    /// the bundle has no such endpoint
+    #[error("this bundle has no endpoint '{0}'; check the endpoint name in the URL")]
+    EndpointNotFound(String),
+    /// the endpoint does not accept this HTTP method
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// the input failed the endpoint's validation
+    #[error("invalid input: {0}")]
+    BadInput(String),
+    /// the handler threw
+    #[error("the bundle failed: {0}")]
+    BundleFailed(String),
+    /// the instance process exited
+    #[error("the bundle's process exited ({0}); retry, and if it keeps happening ask the bundle's author (the runner's log has details)")]
+    BundleCrashed(String),
+    /// the request exceeded its wall-clock limit
+    #[error("the bundle did not answer within {0} ms and was stopped; make the handler faster or ask for a larger timeoutMs")]
+    TimedOut(u64),
+    /// the instance is draining
+    #[error("this instance is shutting down; retry the request")]
+    Draining,
+}
+
+impl SandboxError {
+    /// Stable error name, used as the HTTP `error` field.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::DenoNotFound(_) => "DenoNotFound",
+            Self::StartFailed(_) => "StartFailed",
+            Self::StartTimedOut(_) => "StartTimedOut",
+            Self::EndpointNotFound(_) => "EndpointNotFound",
+            Self::MethodNotAllowed(_) => "MethodNotAllowed",
+            Self::BadInput(_) => "InvalidInput",
+            Self::BundleFailed(_) => "BundleFailed",
+            Self::BundleCrashed(_) => "BundleCrashed",
+            Self::TimedOut(_) => "TimedOut",
+            Self::Draining => "Draining",
+        }
+    }
+
+    /// HTTP status the error maps to.
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            Self::DenoNotFound(_) => S::INTERNAL_SERVER_ERROR,
+            Self::StartFailed(_) | Self::BundleFailed(_) | Self::BundleCrashed(_) => S::BAD_GATEWAY,
+            Self::StartTimedOut(_) | Self::TimedOut(_) => S::GATEWAY_TIMEOUT,
+            Self::EndpointNotFound(_) => S::NOT_FOUND,
+            Self::MethodNotAllowed(_) => S::METHOD_NOT_ALLOWED,
+            Self::BadInput(_) => S::BAD_REQUEST,
+            Self::Draining => S::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_statuses() {
+        let e = SandboxError::EndpointNotFound("x".into());
+        assert_eq!((e.code(), e.status().as_u16()), ("EndpointNotFound", 404));
+        let e = SandboxError::BadInput("field 'a' is required".into());
+        assert_eq!((e.code(), e.status().as_u16()), ("InvalidInput", 400));
+        let e = SandboxError::TimedOut(5);
+        assert_eq!((e.code(), e.status().as_u16()), ("TimedOut", 504));
+        let e = SandboxError::BundleCrashed("exit status: 1".into());
+        assert_eq!((e.code(), e.status().as_u16()), ("BundleCrashed", 502));
+        assert!(SandboxError::DenoNotFound("x".into())
+            .to_string()
+            .contains("npm install deno@2.9.6"));
+    }
+}

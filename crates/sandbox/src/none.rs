@@ -1,0 +1,894 @@
+//! The `none` backend: one `deno run` process per instance, confined only by Deno's permission
+//! flags (no OS-level confinement yet: see isolation.md §2.3 for what that leaves open), serving
+//! the embedded shim's HTTP/1.1 on a Unix socket in the work dir, proxied with hyper.
+//!
+//! Owns: the Deno command line, the process (own process group, killed on drop, on timeout and on
+//! shutdown), its output (to tracing, line-capped) and the proxying of calls. Must not: choose
+//! permissions or limits (they arrive checked in `InstanceSpec`), or log env values.
+//!
+//! One connection per call: a Unix-socket connect plus an HTTP/1.1 handshake costs tens of
+//! microseconds, and it keeps a streamed response from holding up the next call.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{oneshot, watch, Notify};
+
+use crate::output::for_each_line;
+use crate::{
+    DenoBinary, Executor, Instance, InstanceSpec, InstanceStats, Invocation, SandboxError,
+    SHIM_SOURCE,
+};
+
+/// File name of the shim inside the work dir.
+const SHIM_FILE: &str = "at-run-exec.ts";
+/// File name of the socket inside the work dir.
+const SOCKET_FILE: &str = "rpc.sock";
+/// Linux `sun_path` holds 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+/// Largest structured error body read from the shim.
+const MAX_ERROR_BODY: usize = 16 * 1024;
+/// Longest message relayed from the shim (it runs in the bundle's realm, so it is untrusted).
+const MAX_ERROR_MESSAGE: usize = 500;
+/// Header naming the endpoint on calls to the shim.
+const ENDPOINT_HEADER: &str = "x-atrund-endpoint";
+/// Header by which the shim marks a structured failure.
+const ERROR_HEADER: &str = "x-atrund-error";
+/// Headers reserved between at-rund and the shim.
+const RESERVED_PREFIX: &str = "x-atrund-";
+/// How long to wait for the exit status after a broken connection, to tell a crash apart.
+const CRASH_GRACE: Duration = Duration::from_millis(500);
+
+/// The `none` executor.
+#[derive(Debug, Clone)]
+pub struct NoneExecutor {
+    deno: DenoBinary,
+}
+
+impl NoneExecutor {
+    pub fn new(deno: DenoBinary) -> Self {
+        Self { deno }
+    }
+}
+
+/// The Deno arguments for one instance, permissions included.
+pub(crate) fn deno_args(
+    spec: &InstanceSpec,
+    shim: &Path,
+    socket: &Path,
+) -> Result<Vec<OsString>, SandboxError> {
+    let p = &spec.permissions;
+    let socket_s = flag_item("socket path", path_str(socket)?)?;
+    let bundle_s = flag_item("bundle path", path_str(&spec.bundle_file)?)?;
+    let data = |rel: &String| -> Result<String, SandboxError> {
+        let joined = spec.data_dir.join(rel);
+        Ok(flag_item("data path", path_str(&joined)?)?.to_string())
+    };
+
+    let mut read = vec![bundle_s.to_string(), socket_s.to_string()];
+    for r in &p.read {
+        read.push(data(r)?);
+    }
+    let mut write = vec![socket_s.to_string()];
+    for w in &p.write {
+        write.push(data(w)?);
+    }
+    // Deno.serve({ path }) also asks for net access to `unix:<path>`.
+    let mut net = vec![format!("unix:{socket_s}")];
+    for n in &p.net {
+        net.push(flag_item("net entry", n)?.to_string());
+    }
+
+    let mut args: Vec<OsString> = [
+        "run",
+        "--no-prompt",
+        "--no-remote",
+        "--no-npm",
+        "--cached-only",
+        "--no-config",
+        "--no-lock",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    args.push(format!("--v8-flags=--max-old-space-size={}", spec.memory_mib).into());
+    args.push(format!("--allow-read={}", read.join(",")).into());
+    args.push(format!("--allow-write={}", write.join(",")).into());
+    args.push(format!("--allow-net={}", net.join(",")).into());
+    if !p.run.is_empty() {
+        let run: Vec<&str> = p
+            .run
+            .iter()
+            .map(|r| flag_item("run entry", r))
+            .collect::<Result<_, _>>()?;
+        args.push(format!("--allow-run={}", run.join(",")).into());
+    }
+    if p.ffi {
+        args.push("--allow-ffi".into());
+    }
+    if p.sys {
+        args.push("--allow-sys".into());
+    }
+    if !spec.env.is_empty() {
+        let names: Vec<&str> = spec
+            .env
+            .iter()
+            .map(|(k, _)| env_name(k))
+            .collect::<Result<_, _>>()?;
+        args.push(format!("--allow-env={}", names.join(",")).into());
+    }
+    args.push(shim.as_os_str().to_owned());
+    args.push(spec.bundle_file.as_os_str().to_owned());
+    args.push(socket.as_os_str().to_owned());
+    Ok(args)
+}
+
+fn path_str(p: &Path) -> Result<&str, SandboxError> {
+    p.to_str().ok_or_else(|| {
+        SandboxError::StartFailed(format!(
+            "path '{}' is not UTF-8; use UTF-8 paths for the runner's directories",
+            p.display()
+        ))
+    })
+}
+
+/// Deno splits permission lists at commas, so an item with one would widen the grant.
+fn flag_item<'a>(what: &str, s: &'a str) -> Result<&'a str, SandboxError> {
+    if s.is_empty() || s.contains([',', '\0', '\n']) {
+        return Err(SandboxError::StartFailed(format!(
+            "{what} '{s}' is empty or contains a comma or control character, which Deno's permission flags cannot express"
+        )));
+    }
+    Ok(s)
+}
+
+/// Names only; env values are secrets and never appear in errors or logs.
+fn env_name(k: &str) -> Result<&str, SandboxError> {
+    let valid = !k.is_empty()
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !k.starts_with(|c: char| c.is_ascii_digit());
+    if !valid || k.starts_with("DENO_") || k.starts_with("LD_") || k == "NO_COLOR" {
+        return Err(SandboxError::StartFailed(format!(
+            "secret name '{k}' is not allowed: use letters, digits and '_', not starting with a digit, DENO_ or LD_"
+        )));
+    }
+    Ok(k)
+}
+
+/// What the shim said on stdout before it was ready.
+enum StartSignal {
+    Ready,
+    LoadFailed(String),
+}
+
+fn parse_signal(line: &str) -> Option<StartSignal> {
+    if !line.starts_with("{\"atrund\":") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    match v.get("atrund")?.as_str()? {
+        "ready" if v.get("abi").and_then(|a| a.as_u64()) == Some(u64::from(crate::ABI_VERSION)) => {
+            Some(StartSignal::Ready)
+        }
+        "load-failed" => {
+            let name = v.get("name").and_then(|n| n.as_str()).unwrap_or("Error");
+            let safe = name.len() <= 40 && name.chars().all(|c| c.is_ascii_alphabetic());
+            Some(StartSignal::LoadFailed(
+                if safe { name } else { "Error" }.to_string(),
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn remove_work_dir(id: &str, dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(instance = id, dir = %dir.display(), error = %e, "could not remove the instance work dir")
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Executor for NoneExecutor {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+
+    async fn warm(&self, spec: InstanceSpec) -> Result<Arc<dyn Instance>, SandboxError> {
+        let started_at = Instant::now();
+        let socket = spec.work_dir.join(SOCKET_FILE);
+        let shim = spec.work_dir.join(SHIM_FILE);
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(SandboxError::StartFailed(format!(
+                "socket path '{}' is longer than {MAX_SOCKET_PATH} bytes; configure a shorter work directory",
+                socket.display()
+            )));
+        }
+        let args = deno_args(&spec, &shim, &socket)?;
+        let io_err = |what: &str, p: &Path, e: std::io::Error| {
+            SandboxError::StartFailed(format!(
+                "could not {what} '{}': {e}; check the runner's directories",
+                p.display()
+            ))
+        };
+        for dir in [&spec.work_dir, &spec.deno_dir, &spec.data_dir] {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| io_err("create", dir, e))?;
+        }
+        // A stale socket from a crashed predecessor would make the listen fail.
+        let _ = tokio::fs::remove_file(&socket).await;
+        tokio::fs::write(&shim, SHIM_SOURCE)
+            .await
+            .map_err(|e| io_err("write the shim to", &shim, e))?;
+
+        let mut cmd = tokio::process::Command::new(self.deno.path());
+        cmd.args(&args)
+            .env_clear()
+            .env("DENO_DIR", &spec.deno_dir)
+            .env("DENO_NO_UPDATE_CHECK", "1")
+            .env("NO_COLOR", "1")
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            // Relative paths in the bundle then mean what the manifest means: data-dir relative.
+            .current_dir(&spec.data_dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                remove_work_dir(&spec.id, &spec.work_dir);
+                return Err(SandboxError::StartFailed(format!(
+                    "could not spawn '{}': {e}",
+                    self.deno.path().display()
+                )));
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        let id: Arc<str> = spec.id.as_str().into();
+
+        let (ready_tx, ready_rx) = oneshot::channel::<StartSignal>();
+        if let Some(out) = child.stdout.take() {
+            let id = id.clone();
+            tokio::spawn(async move {
+                let mut ready_tx = Some(ready_tx);
+                for_each_line(out, |line| {
+                    if ready_tx.is_some() {
+                        if let Some(sig) = parse_signal(line) {
+                            if let Some(tx) = ready_tx.take() {
+                                let _ = tx.send(sig);
+                            }
+                            return;
+                        }
+                    }
+                    tracing::info!(instance = &*id, stream = "stdout", "{line}");
+                })
+                .await;
+            });
+        }
+        if let Some(err) = child.stderr.take() {
+            let id = id.clone();
+            tokio::spawn(async move {
+                for_each_line(err, |line| {
+                    tracing::warn!(instance = &*id, stream = "stderr", "{line}");
+                })
+                .await;
+            });
+        }
+
+        // The reaper owns the child: it alone waits and signals, so a kill never hits a
+        // recycled pid (the zombie holds the pid until it is reaped here).
+        let kill = Arc::new(Notify::new());
+        let (exit_tx, exit_rx) = watch::channel::<Option<String>>(None);
+        {
+            let kill = kill.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                let status = tokio::select! {
+                    s = child.wait() => s,
+                    _ = kill.notified() => {
+                        if let Ok(p) = i32::try_from(pid) {
+                            let _ = nix::sys::signal::killpg(
+                                nix::unistd::Pid::from_raw(p),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
+                        let _ = child.start_kill();
+                        child.wait().await
+                    }
+                };
+                let text = match status {
+                    Ok(s) => s.to_string(),
+                    Err(e) => format!("unknown status: {e}"),
+                };
+                tracing::debug!(instance = &*id, status = %text, "instance process ended");
+                let _ = exit_tx.send(Some(text));
+            });
+        }
+
+        let inner = Arc::new(Inner {
+            id: id.clone(),
+            socket,
+            work_dir: spec.work_dir.clone(),
+            request_timeout: spec.request_timeout,
+            pid,
+            started_at,
+            kill,
+            killed: std::sync::atomic::AtomicBool::new(false),
+            exit_rx,
+            idle: Notify::new(),
+            state: Mutex::new(State {
+                in_flight: 0,
+                served: 0,
+                last_used: started_at,
+                draining: false,
+            }),
+        });
+
+        let mut exit_wait = inner.exit_rx.clone();
+        let mut ready_rx = ready_rx;
+        let outcome = tokio::time::timeout(spec.start_timeout, async {
+            let sig = tokio::select! {
+                sig = &mut ready_rx => sig.ok(),
+                // The exit can be seen before the reader has passed on the last stdout line.
+                _ = exit_wait.changed() => tokio::time::timeout(CRASH_GRACE, &mut ready_rx)
+                    .await
+                    .ok()
+                    .and_then(|s| s.ok()),
+            };
+            match sig {
+                Some(StartSignal::Ready) => Ok(()),
+                Some(StartSignal::LoadFailed(name)) => Err(SandboxError::StartFailed(format!(
+                    "the bundle failed to load ({name}); the runner's log has the details"
+                ))),
+                // stdout closed without a signal: the process is going away.
+                None => Err(crashed_at_start(&mut exit_wait).await),
+            }
+        })
+        .await;
+        match outcome {
+            Ok(Ok(())) => {
+                tracing::debug!(
+                    instance = &*id,
+                    pid,
+                    ms = started_at.elapsed().as_millis() as u64,
+                    "instance ready"
+                );
+                Ok(Arc::new(NoneInstance { inner }))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(instance = &*id, error = %e, "instance failed to start");
+                inner.kill_now();
+                Err(e)
+            }
+            Err(_) => {
+                inner.kill_now();
+                Err(SandboxError::StartTimedOut(
+                    spec.start_timeout.as_millis() as u64
+                ))
+            }
+        }
+    }
+}
+
+async fn crashed_at_start(exit: &mut watch::Receiver<Option<String>>) -> SandboxError {
+    let _ = tokio::time::timeout(CRASH_GRACE, exit.wait_for(|s| s.is_some()))
+        .await
+        .map(|r| r.is_ok());
+    let status = exit
+        .borrow()
+        .clone()
+        .unwrap_or_else(|| "still running".into());
+    SandboxError::StartFailed(format!(
+        "the runtime exited before it was ready ({status}); the runner's log has the details"
+    ))
+}
+
+struct State {
+    in_flight: usize,
+    served: u64,
+    last_used: Instant,
+    draining: bool,
+}
+
+struct Inner {
+    id: Arc<str>,
+    socket: PathBuf,
+    work_dir: PathBuf,
+    request_timeout: Duration,
+    pid: u32,
+    started_at: Instant,
+    kill: Arc<Notify>,
+    killed: std::sync::atomic::AtomicBool,
+    exit_rx: watch::Receiver<Option<String>>,
+    /// Notified when `in_flight` drops to zero.
+    idle: Notify,
+    state: Mutex<State>,
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere; the counters are still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn kill_now(&self) {
+        self.killed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.kill.notify_one();
+    }
+
+    fn exit_status(&self) -> Option<String> {
+        self.exit_rx.borrow().clone()
+    }
+
+    fn timed_out(&self) -> SandboxError {
+        tracing::warn!(
+            instance = &*self.id,
+            "request timed out; killing the instance"
+        );
+        self.kill_now();
+        SandboxError::TimedOut(self.request_timeout.as_millis() as u64)
+    }
+
+    /// After a broken connection: a crash if the process ended, else a generic failure.
+    async fn broken(&self, e: &str) -> SandboxError {
+        let mut rx = self.exit_rx.clone();
+        let _ = tokio::time::timeout(CRASH_GRACE, rx.wait_for(|s| s.is_some()))
+            .await
+            .map(|r| r.is_ok());
+        tracing::warn!(instance = &*self.id, error = %e, "call to the instance failed");
+        match self.exit_status() {
+            Some(status) => SandboxError::BundleCrashed(status),
+            None => SandboxError::BundleFailed(
+                "the runtime did not answer properly; the runner's log has details".into(),
+            ),
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.kill.notify_one();
+        remove_work_dir(&self.id, &self.work_dir);
+    }
+}
+
+/// Counts a call as in flight until its response body ends or is dropped.
+struct InFlight(Arc<Inner>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut st = self.0.state();
+        st.in_flight = st.in_flight.saturating_sub(1);
+        st.last_used = Instant::now();
+        if st.in_flight == 0 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// One `none` instance.
+pub struct NoneInstance {
+    inner: Arc<Inner>,
+}
+
+impl NoneInstance {
+    fn begin(&self) -> Result<InFlight, SandboxError> {
+        if !self.is_alive() {
+            return Err(SandboxError::BundleCrashed(
+                self.inner.exit_status().unwrap_or_else(|| "killed".into()),
+            ));
+        }
+        let mut st = self.inner.state();
+        if st.draining {
+            return Err(SandboxError::Draining);
+        }
+        st.in_flight += 1;
+        st.served += 1;
+        st.last_used = Instant::now();
+        Ok(InFlight(self.inner.clone()))
+    }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+    )
+}
+
+/// The request as the shim receives it.
+fn to_shim_request(call: Invocation) -> Result<http::Request<axum::body::Body>, SandboxError> {
+    let endpoint = HeaderValue::from_str(&call.endpoint)
+        .map_err(|_| SandboxError::EndpointNotFound(call.endpoint.clone()))?;
+    let (parts, body) = call.request.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .filter(|s| s.starts_with('/'))
+        .unwrap_or("/");
+    let mut req = http::Request::builder()
+        .method(parts.method)
+        .uri(path)
+        .body(body)
+        .map_err(|e| SandboxError::BadInput(format!("the request path is not valid: {e}")))?;
+    let headers = req.headers_mut();
+    for (name, value) in &parts.headers {
+        if !is_hop_by_hop(name) && !name.as_str().starts_with(RESERVED_PREFIX) {
+            headers.append(name, value.clone());
+        }
+    }
+    if headers.get(http::header::HOST).is_none_or(|h| h.is_empty()) {
+        headers.insert(http::header::HOST, HeaderValue::from_static("localhost"));
+    }
+    headers.insert(ENDPOINT_HEADER, endpoint);
+    Ok(req)
+}
+
+/// The structured failure the shim reported, as a `SandboxError`.
+async fn shim_error(
+    name: &str,
+    endpoint: &str,
+    body: hyper::body::Incoming,
+    deadline: tokio::time::Instant,
+) -> Result<SandboxError, ()> {
+    let limited = http_body_util::Limited::new(body, MAX_ERROR_BODY);
+    let bytes = tokio::time::timeout_at(deadline, limited.collect())
+        .await
+        .map_err(|_| ())?
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("message")?.as_str().map(clean_message))
+        .unwrap_or_else(|| "no details".into());
+    Ok(match name {
+        "EndpointNotFound" => SandboxError::EndpointNotFound(endpoint.to_string()),
+        "InvalidInput" => SandboxError::BadInput(message),
+        "MethodNotAllowed" => SandboxError::MethodNotAllowed(message),
+        _ => SandboxError::BundleFailed(message),
+    })
+}
+
+fn clean_message(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_ERROR_MESSAGE)
+        .collect()
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The response body on its way out: enforces the request deadline and ends the in-flight count.
+struct TrackedBody {
+    body: hyper::body::Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    guard: Option<InFlight>,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(guard) = &this.guard else {
+            return Poll::Ready(None);
+        };
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            let err = guard.0.timed_out();
+            this.guard = None;
+            return Poll::Ready(Some(Err(Box::new(err))));
+        }
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.guard = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.guard = None;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            other => other.map_err(|e| Box::new(e) as BoxError),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.guard.is_none() || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[async_trait::async_trait]
+impl Instance for NoneInstance {
+    async fn execute(
+        &self,
+        call: Invocation,
+    ) -> Result<http::Response<axum::body::Body>, SandboxError> {
+        let guard = self.begin()?;
+        let inner = &self.inner;
+        let deadline = tokio::time::Instant::now() + inner.request_timeout;
+        let endpoint = call.endpoint.clone();
+        let req = to_shim_request(call)?;
+
+        let sent = tokio::time::timeout_at(deadline, async {
+            let stream = tokio::net::UnixStream::connect(&inner.socket)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            sender.send_request(req).await.map_err(|e| e.to_string())
+        })
+        .await;
+        let res = match sent {
+            Err(_) => return Err(inner.timed_out()),
+            Ok(Err(e)) => return Err(inner.broken(&e).await),
+            Ok(Ok(res)) => res,
+        };
+
+        let (mut parts, body) = res.into_parts();
+        if let Some(name) = parts.headers.get(ERROR_HEADER) {
+            let name = name.to_str().unwrap_or("BundleFailed").to_string();
+            return match shim_error(&name, &endpoint, body, deadline).await {
+                Ok(e) => Err(e),
+                Err(()) => Err(inner.timed_out()),
+            };
+        }
+        let reserved: Vec<HeaderName> = parts
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with(RESERVED_PREFIX) || is_hop_by_hop(k))
+            .cloned()
+            .collect();
+        for k in reserved {
+            parts.headers.remove(k);
+        }
+        let body = TrackedBody {
+            body,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            guard: Some(guard),
+        };
+        Ok(http::Response::from_parts(
+            parts,
+            axum::body::Body::new(body),
+        ))
+    }
+
+    fn stats(&self) -> InstanceStats {
+        let st = self.inner.state();
+        InstanceStats {
+            in_flight: st.in_flight,
+            served: st.served,
+            started_at: self.inner.started_at,
+            last_used: st.last_used,
+            pid: self.is_alive().then_some(self.inner.pid),
+        }
+    }
+
+    async fn drain(&self) {
+        self.inner.state().draining = true;
+        loop {
+            let idle = self.inner.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.inner.state().in_flight == 0 || !self.is_alive() {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    async fn shutdown(&self) {
+        self.inner.state().draining = true;
+        self.inner.kill_now();
+        let mut rx = self.inner.exit_rx.clone();
+        let exited = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.is_some()))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false);
+        if !exited {
+            tracing::error!(
+                instance = &*self.inner.id,
+                pid = self.inner.pid,
+                "instance did not exit after SIGKILL"
+            );
+        }
+        remove_work_dir(&self.inner.id, &self.inner.work_dir);
+    }
+
+    fn is_alive(&self) -> bool {
+        !self.inner.killed.load(std::sync::atomic::Ordering::SeqCst)
+            && self.inner.exit_rx.borrow().is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> InstanceSpec {
+        InstanceSpec {
+            id: "i1".into(),
+            bundle_file: "/store/ab.js".into(),
+            work_dir: "/run/w/i1".into(),
+            data_dir: "/data/b".into(),
+            deno_dir: "/deno/b".into(),
+            permissions: Default::default(),
+            env: vec![],
+            memory_mib: 128,
+            request_timeout: Duration::from_secs(1),
+            start_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn args(s: &InstanceSpec) -> Result<Vec<String>, SandboxError> {
+        Ok(deno_args(
+            s,
+            Path::new("/run/w/i1/shim.ts"),
+            Path::new("/run/w/i1/s.sock"),
+        )?
+        .into_iter()
+        .map(|a| a.into_string().unwrap())
+        .collect())
+    }
+
+    #[test]
+    fn minimal_flags() {
+        let a = args(&spec()).unwrap();
+        for f in [
+            "--no-prompt",
+            "--no-remote",
+            "--no-npm",
+            "--cached-only",
+            "--no-config",
+            "--no-lock",
+            "--v8-flags=--max-old-space-size=128",
+            "--allow-read=/store/ab.js,/run/w/i1/s.sock",
+            "--allow-write=/run/w/i1/s.sock",
+            "--allow-net=unix:/run/w/i1/s.sock",
+        ] {
+            assert!(a.contains(&f.to_string()), "{f} missing in {a:?}");
+        }
+        assert!(!a.iter().any(|x| x.starts_with("--allow-env")
+            || x.starts_with("--allow-run")
+            || x == "--allow-all"
+            || x == "-A"
+            || x == "--allow-sys"
+            || x == "--allow-ffi"));
+        assert_eq!(
+            &a[a.len() - 3..],
+            ["/run/w/i1/shim.ts", "/store/ab.js", "/run/w/i1/s.sock"]
+        );
+    }
+
+    #[test]
+    fn manifest_permissions_become_flags() {
+        let mut s = spec();
+        s.permissions.net = vec!["example.com:443".into()];
+        s.permissions.read = vec!["in".into()];
+        s.permissions.write = vec!["out/x".into()];
+        s.permissions.run = vec!["ffmpeg".into()];
+        s.permissions.sys = true;
+        s.permissions.ffi = true;
+        s.env = vec![("API_KEY".into(), "secret-value".into())];
+        let a = args(&s).unwrap();
+        for f in [
+            "--allow-read=/store/ab.js,/run/w/i1/s.sock,/data/b/in",
+            "--allow-write=/run/w/i1/s.sock,/data/b/out/x",
+            "--allow-net=unix:/run/w/i1/s.sock,example.com:443",
+            "--allow-run=ffmpeg",
+            "--allow-sys",
+            "--allow-ffi",
+            "--allow-env=API_KEY",
+        ] {
+            assert!(a.contains(&f.to_string()), "{f} missing in {a:?}");
+        }
+        assert!(!a.iter().any(|x| x.contains("secret-value")));
+    }
+
+    #[test]
+    fn commas_and_bad_env_names_are_refused() {
+        let mut s = spec();
+        s.permissions.read = vec!["a,/etc".into()];
+        assert_eq!(args(&s).unwrap_err().code(), "StartFailed");
+        let mut s = spec();
+        s.permissions.net = vec!["a.com,b.com".into()];
+        assert!(args(&s).is_err());
+        let mut s = spec();
+        s.data_dir = "/data/x,/etc".into();
+        s.permissions.write = vec!["w".into()];
+        assert!(args(&s).is_err());
+        for bad in ["DENO_DIR", "LD_PRELOAD", "A,B", "", "1X", "A=B", "NO_COLOR"] {
+            let mut s = spec();
+            s.env = vec![(bad.into(), "v".into())];
+            let e = args(&s).unwrap_err();
+            assert!(!e.to_string().contains("=v"), "{e}");
+        }
+    }
+
+    #[test]
+    fn start_signals() {
+        assert!(matches!(
+            parse_signal(r#"{"atrund":"ready","abi":1}"#),
+            Some(StartSignal::Ready)
+        ));
+        assert!(parse_signal(r#"{"atrund":"ready","abi":2}"#).is_none());
+        assert!(matches!(
+            parse_signal(r#"{"atrund":"load-failed","name":"SyntaxError"}"#),
+            Some(StartSignal::LoadFailed(n)) if n == "SyntaxError"
+        ));
+        assert!(matches!(
+            parse_signal(r#"{"atrund":"load-failed","name":"root:x:0:0:root:/root:/bin/bash"}"#),
+            Some(StartSignal::LoadFailed(n)) if n == "Error"
+        ));
+        for junk in [
+            "",
+            "ready",
+            "{\"atrund\":",
+            "{\"atrund\":1}",
+            "{\"atrund\":\"x\"}",
+            "\u{0}",
+        ] {
+            assert!(parse_signal(junk).is_none(), "{junk}");
+        }
+    }
+
+    #[test]
+    fn shim_request_strips_reserved_and_sets_endpoint() {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/a/b?x=1")
+            .header("x-atrund-endpoint", "evil")
+            .header("x-atrund-error", "EndpointNotFound")
+            .header("connection", "close")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let out = to_shim_request(Invocation {
+            endpoint: "greet".into(),
+            request: req,
+        })
+        .unwrap();
+        assert_eq!(out.uri(), "/a/b?x=1");
+        assert_eq!(out.headers()["x-atrund-endpoint"], "greet");
+        assert!(out.headers().get("x-atrund-error").is_none());
+        assert!(out.headers().get("connection").is_none());
+        assert_eq!(out.headers()["host"], "localhost");
+        assert_eq!(out.headers()["content-type"], "application/json");
+        let bad = to_shim_request(Invocation {
+            endpoint: "a\nb".into(),
+            request: http::Request::new(axum::body::Body::empty()),
+        });
+        assert_eq!(bad.unwrap_err().code(), "EndpointNotFound");
+    }
+}

@@ -1,0 +1,1 @@
+export const atrundAbi = 2; export const ok = { handler: () => 1 };

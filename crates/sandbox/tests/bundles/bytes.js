@@ -1,0 +1,65 @@
+// Binary and streamed responses.
+export const bytes = {
+  handler: () => {
+    const all = new Uint8Array(256);
+    for (let i = 0; i < 256; i++) all[i] = i;
+    return new Response(all, { headers: { "content-type": "application/octet-stream" } });
+  },
+};
+
+export const stream = {
+  handler: () => {
+    let n = 0;
+    const body = new ReadableStream({
+      async pull(c) {
+        if (n === 5) return c.close();
+        await new Promise((r) => setTimeout(r, 10));
+        c.enqueue(new TextEncoder().encode(`chunk${n++};`));
+      },
+    });
+    return new Response(body, { status: 201, headers: { "x-kind": "stream", "x-atrund-error": "EndpointNotFound" } });
+  },
+};
+
+export const boom = {
+  handler: () => {
+    throw new Error("secret detail /etc/shadow");
+  },
+};
+
+export const echo = {
+  handler: async (input, ctx) => ({
+    input: input ?? null,
+    method: ctx.request.method,
+    path: new URL(ctx.request.url).pathname,
+    search: new URL(ctx.request.url).search,
+    rest: ctx.rest,
+    endpoint: ctx.endpoint,
+    body: ctx.request.body ? await ctx.request.text() : null,
+    internal: ctx.request.headers.get("x-atrund-endpoint"),
+  }),
+};
+
+export const typed = {
+  method: "POST",
+  input: {
+    validate: (v) =>
+      typeof v?.text === "string" ? { ok: true } : { ok: false, field: "text", message: "must be a string" },
+  },
+  handler: ({ text }) => ({ text }),
+};
+
+export const spin = {
+  handler: () => {
+    while (true) { /* blocks the event loop */ }
+  },
+};
+
+export const notAnEndpoint = 42;
+
+export const oom = {
+  handler: () => {
+    const keep = [];
+    while (true) keep.push(new Array(1e6).fill(1.5));
+  },
+};

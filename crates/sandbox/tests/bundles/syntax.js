@@ -1,0 +1,2 @@
+export const ok = { handler: () => 1 };
+const leaked = "SECRET-LINE-CONTENT" +;

@@ -1,0 +1,203 @@
+// at-run-exec: the Deno runtime shim of at-rund, bundle ABI v1 (docs/bundle-abi.md).
+//
+// Owns: loading one bundle, serving its endpoints as HTTP/1.1 on a Unix socket that at-rund
+// proxies to, mapping input and results, and reporting failures in a structured way.
+// Must not: relay stack traces or raw load errors to callers (they can quote files, see
+// isolation.md §2.4), nor widen what the bundle may do (permissions come from Deno's flags).
+//
+// Usage: deno run <flags> main.ts <bundle file> <socket path>
+// at-rund embeds this file in its binary and writes it into the instance's work dir.
+
+/** The bundle ABI this shim implements. */
+export const ABI_VERSION = 1;
+
+/** Header by which at-rund names the endpoint to call (set by at-rund, never by callers). */
+const ENDPOINT_HEADER = "x-atrund-endpoint";
+/** Header by which this shim reports a structured failure to at-rund. */
+const ERROR_HEADER = "x-atrund-error";
+/** Prefix of headers reserved for at-rund and the shim; stripped in both directions. */
+const RESERVED_PREFIX = "x-atrund-";
+
+type Schema = { validate(value: unknown): { ok: true } | { ok: false; field?: string; message?: string } };
+type Ctx = { request: Request; endpoint: string; rest: string; query: URLSearchParams };
+type Endpoint = { method?: string; input?: unknown; handler: (input: unknown, ctx: Ctx) => unknown };
+
+/** One line on stdout for at-rund; a bundle printing the same line only confuses its own instance. */
+function signal(obj: Record<string, unknown>): void {
+  console.log(JSON.stringify({ atrund: obj.event, ...obj, event: undefined }));
+}
+
+/** Only a short, letters-only error class name leaves the process; never the message. */
+function errorName(e: unknown): string {
+  const n = (e as { name?: unknown } | null)?.name;
+  return typeof n === "string" && /^[A-Za-z]{1,40}$/.test(n) ? n : "Error";
+}
+
+function fail(status: number, error: string, message: string): Response {
+  return new Response(JSON.stringify({ error, message }), {
+    status,
+    headers: { "content-type": "application/json", [ERROR_HEADER]: error },
+  });
+}
+
+function isEndpoint(v: unknown): v is Endpoint {
+  return typeof v === "object" && v !== null && typeof (v as Endpoint).handler === "function";
+}
+
+function isJson(contentType: string | null): boolean {
+  if (!contentType) return false;
+  const mime = contentType.split(";")[0].trim().toLowerCase();
+  return mime === "application/json" || mime.endsWith("+json");
+}
+
+/** Query string as an object; a key given more than once becomes an array, in order. */
+function queryObject(q: URLSearchParams): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = Object.create(null);
+  for (const [k, v] of q) {
+    const prev = out[k];
+    if (prev === undefined) out[k] = v;
+    else if (Array.isArray(prev)) prev.push(v);
+    else out[k] = [prev, v];
+  }
+  return out;
+}
+
+/** Path and query of the raw request URL (Deno spells Unix-socket URLs `http+unix://host/...`). */
+function pathAndQuery(raw: string): string {
+  const afterScheme = raw.indexOf("://");
+  const slash = raw.indexOf("/", afterScheme < 0 ? 0 : afterScheme + 3);
+  return slash < 0 ? "/" : raw.slice(slash);
+}
+
+function callerUrl(req: Request): URL {
+  const path = pathAndQuery(req.url);
+  const host = req.headers.get("host") ?? "localhost";
+  try {
+    return new URL(path, `http://${host}`);
+  } catch {
+    return new URL(path, "http://localhost");
+  }
+}
+
+function methodAllowed(declared: string | undefined, method: string): boolean {
+  if (declared === undefined) return true;
+  const d = declared.toUpperCase();
+  return d === "ANY" || d === method || (d === "GET" && method === "HEAD");
+}
+
+/** Copies a bundle's response without reserved headers, so a bundle cannot fake a shim error. */
+function passThrough(res: Response): Response {
+  const headers = new Headers();
+  for (const [k, v] of res.headers) {
+    if (!k.toLowerCase().startsWith(RESERVED_PREFIX)) headers.append(k, v);
+  }
+  return new Response(res.body, { status: res.status, statusText: res.statusText, headers });
+}
+
+async function call(mod: Record<string, unknown>, req: Request): Promise<Response> {
+  const name = req.headers.get(ENDPOINT_HEADER) ?? "";
+  const ep = Object.hasOwn(mod, name) ? mod[name] : undefined;
+  if (!isEndpoint(ep)) {
+    return fail(404, "EndpointNotFound", `this bundle has no endpoint '${name}'`);
+  }
+  if (!methodAllowed(ep.method, req.method)) {
+    return fail(405, "MethodNotAllowed", `endpoint '${name}' accepts ${String(ep.method).toUpperCase()}, not ${req.method}`);
+  }
+
+  const url = callerUrl(req);
+  const headers = new Headers();
+  for (const [k, v] of req.headers) {
+    if (!k.toLowerCase().startsWith(RESERVED_PREFIX)) headers.append(k, v);
+  }
+
+  let input: unknown = undefined;
+  let body: BodyInit | null = req.body;
+  if (req.method === "GET" || req.method === "HEAD") {
+    input = queryObject(url.searchParams);
+    body = null;
+  } else if (isJson(req.headers.get("content-type"))) {
+    // Read the body once and hand the text on, so ctx.request stays readable.
+    const text = await req.text();
+    body = text;
+    if (text.trim() !== "") {
+      try {
+        input = JSON.parse(text);
+      } catch {
+        return fail(400, "InvalidInput", "the request body is not valid JSON");
+      }
+    }
+  }
+
+  const schema = ep.input as Schema | undefined;
+  if (schema && typeof schema.validate === "function") {
+    let verdict;
+    try {
+      verdict = schema.validate(input);
+    } catch (e) {
+      console.error(`endpoint '${name}': input validator threw:`, e);
+      return fail(502, "BundleFailed", `the input validator of endpoint '${name}' failed; the runner's log has details`);
+    }
+    if (!verdict || verdict.ok !== true) {
+      const field = verdict && typeof verdict.field === "string" ? verdict.field : "";
+      const why = verdict && typeof verdict.message === "string" ? verdict.message : "is invalid";
+      const where = field === "" ? "input" : `input field '${field}'`;
+      return fail(400, "InvalidInput", `${where} ${why}`);
+    }
+  }
+
+  const request = new Request(url, { method: req.method, headers, body, signal: req.signal });
+  const rest = url.pathname === "/" ? "" : url.pathname;
+  try {
+    const out = await ep.handler(input, { request, endpoint: name, rest, query: url.searchParams });
+    if (out instanceof Response) return passThrough(out);
+    if (out === undefined) return new Response(null, { status: 204 });
+    return new Response(JSON.stringify(out), { headers: { "content-type": "application/json" } });
+  } catch (e) {
+    // Logged for the operator only; the caller learns the class name at most.
+    console.error(`endpoint '${name}' threw:`, e);
+    return fail(502, "BundleFailed", `endpoint '${name}' threw ${errorName(e)}; the runner's log has details`);
+  }
+}
+
+async function main(): Promise<void> {
+  const [bundle, socket] = Deno.args;
+  if (!bundle || !socket) {
+    console.error("usage: main.ts <bundle file> <socket path>");
+    Deno.exit(64);
+  }
+  let mod: Record<string, unknown>;
+  try {
+    // A computed specifier on purpose: Deno then checks the bundle's whole import tree against
+    // --allow-read, which refuses literal imports of files outside it (isolation.md §2.4).
+    const url = "file://" + bundle.split("/").map(encodeURIComponent).join("/");
+    mod = await import(url);
+    const abi = mod.atrundAbi;
+    if (abi !== undefined && abi !== ABI_VERSION) {
+      console.error(`bundle declares ABI ${String(abi)}; this shim implements ABI ${ABI_VERSION}`);
+      signal({ event: "load-failed", name: "AbiMismatch" });
+      Deno.exit(70);
+    }
+  } catch (e) {
+    console.error("bundle failed to load:", e);
+    signal({ event: "load-failed", name: errorName(e) });
+    Deno.exit(70);
+  }
+
+  Deno.serve({
+    path: socket,
+    onListen() {
+      signal({ event: "ready", abi: ABI_VERSION });
+    },
+    onError(e) {
+      console.error("shim error:", e);
+      return fail(502, "BundleFailed", "the runtime shim failed; the runner's log has details");
+    },
+  }, (req) => {
+    if (new URL(pathAndQuery(req.url), "http://x").pathname === "/__atrund/ready" && !req.headers.has(ENDPOINT_HEADER)) {
+      return Response.json({ abi: ABI_VERSION });
+    }
+    return call(mod, req);
+  });
+}
+
+if (import.meta.main) await main();
