@@ -260,7 +260,9 @@ impl BundleRecord {
             self.code.mime_type.as_str(),
             "application/javascript" | "text/javascript"
         ) {
-            return Err(RecordError::UnsupportedCodeType(self.code.mime_type.clone()));
+            return Err(RecordError::UnsupportedCodeType(
+                self.code.mime_type.clone(),
+            ));
         }
         self.manifest.validate()
     }

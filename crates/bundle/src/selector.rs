@@ -53,7 +53,10 @@ mod tests {
 
     #[test]
     fn parses_each_form() {
-        assert_eq!(VersionSelector::parse("latest"), Ok(VersionSelector::Latest));
+        assert_eq!(
+            VersionSelector::parse("latest"),
+            Ok(VersionSelector::Latest)
+        );
         assert_eq!(
             VersionSelector::parse("1.2.3"),
             Ok(VersionSelector::Version("1.2.3".into()))

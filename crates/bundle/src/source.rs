@@ -60,7 +60,9 @@ pub enum BundleError {
     #[error("bundle code is {size} bytes, over this runner's limit of {limit} bytes (fetch.max_bundle_bytes)")]
     TooLarge { size: u64, limit: u64 },
     /// the bundle store on disk failed
-    #[error("bundle store error at {path}: {source}; check the data dir's permissions and free space")]
+    #[error(
+        "bundle store error at {path}: {source}; check the data dir's permissions and free space"
+    )]
     Store {
         path: PathBuf,
         source: std::io::Error,
@@ -109,6 +111,7 @@ pub struct SourceConfig {
 }
 
 type CacheKey = (String, String, String); // (did, name, selector)
+type RecordCache = Mutex<HashMap<CacheKey, (Instant, Arc<LoadedBundle>)>>;
 
 /// The fetch + verify pipeline.
 #[derive(Clone)]
@@ -117,7 +120,7 @@ pub struct BundleSource {
     repo: RepoClient,
     store: BundleStore,
     cfg: SourceConfig,
-    cache: Arc<Mutex<HashMap<CacheKey, (Instant, Arc<LoadedBundle>)>>>,
+    cache: Arc<RecordCache>,
 }
 
 impl BundleSource {
@@ -208,23 +211,22 @@ impl BundleSource {
         };
         match selector {
             VersionSelector::Latest => {
-                let (_, release) =
-                    get(RELEASE_COLLECTION, name.to_string())
-                        .await?
-                        .ok_or_else(|| BundleError::NoSuchRelease {
-                            author: did.to_string(),
-                            name: name.to_string(),
-                        })?;
+                let (_, release) = get(RELEASE_COLLECTION, name.to_string())
+                    .await?
+                    .ok_or_else(|| BundleError::NoSuchRelease {
+                        author: did.to_string(),
+                        name: name.to_string(),
+                    })?;
                 let release: ReleaseRecord = release.decode()?;
                 let rkey = release_target_rkey(did, name, &release)?;
                 let (rkey, record) =
-                    get(BUNDLE_COLLECTION, rkey.clone())
-                        .await?
-                        .ok_or_else(|| BundleError::NoSuchVersion {
+                    get(BUNDLE_COLLECTION, rkey.clone()).await?.ok_or_else(|| {
+                        BundleError::NoSuchVersion {
                             author: did.to_string(),
                             name: name.to_string(),
                             version: rkey.clone(),
-                        })?;
+                        }
+                    })?;
                 if record.cid.to_string() != release.bundle.cid {
                     return Err(BundleError::ReleaseMismatch {
                         name: name.to_string(),

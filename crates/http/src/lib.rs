@@ -1,1 +1,376 @@
-//! TODO
+//! The runner's HTTP API: the invocation route, health and readiness, and describeRunner.
+//!
+//! Owns: routing, request parsing, the order of the pipeline steps (identity → policy → fetch →
+//! permission caps → pool), body limits and the error → status mapping (`error`). Must not touch:
+//! how identities are resolved, records verified or instances isolated; it calls those crates.
+
+pub mod error;
+pub mod local;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use tokio::sync::watch;
+
+use atrund_bundle::{Manifest, VersionSelector};
+use atrund_config::Config;
+use atrund_identity::{AtIdentifier, IdentityResolver};
+use atrund_policy::EffectiveLimits;
+use atrund_pool::{InstanceKey, Pool};
+use atrund_sandbox::{InstanceSpec, Invocation};
+
+pub use error::ApiError;
+pub use local::LocalBundle;
+
+/// Author segment that names the local dev bundle.
+pub const LOCAL_AUTHOR: &str = "local";
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub identity: IdentityResolver,
+    pub source: atrund_bundle::BundleSource,
+    pub pool: Arc<Pool>,
+    /// Set in `at-rund dev`.
+    pub local: Option<Arc<LocalBundle>>,
+    /// Deno's version string, for describeRunner.
+    pub runtime_version: String,
+    /// `true` once shutdown has begun: readiness fails and new invocations get 503.
+    pub draining: watch::Receiver<bool>,
+}
+
+/// The runner's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/xrpc/dev.atrund.describeRunner", get(describe_runner))
+        .route(
+            "/bundle/{author}/{name}/{version}/{endpoint}",
+            any(invoke_root),
+        )
+        .route(
+            "/bundle/{author}/{name}/{version}/{endpoint}/{*rest}",
+            any(invoke_rest),
+        )
+        .fallback(|| async {
+            ApiError::new(
+                "NotFound",
+                "no such route; bundles are served at /bundle/{did-or-handle}/{name}/{version}/{endpoint}",
+            )
+        })
+        .with_state(state)
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    if *st.draining.borrow() {
+        ApiError::new("Draining", "this runner is shutting down").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn describe_runner(State(st): State<AppState>) -> Response {
+    let c = &st.config;
+    axum::Json(serde_json::json!({
+        "software": { "name": "at-rund", "version": env!("CARGO_PKG_VERSION") },
+        "isolation": st.pool.backend(),
+        "runtimes": [ { "name": "deno", "version": st.runtime_version } ],
+        "policy": { "authors": c.policy.describe() },
+        "permissions": c.permissions,
+        "limits": c.limits,
+        "maxRequestBodyBytes": c.http.max_request_body_bytes,
+    }))
+    .into_response()
+}
+
+type RouteParams = (String, String, String, String);
+
+async fn invoke_root(
+    State(st): State<AppState>,
+    Path((author, name, version, endpoint)): Path<RouteParams>,
+    req: Request,
+) -> Response {
+    invoke(st, author, name, version, endpoint, String::new(), req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn invoke_rest(
+    State(st): State<AppState>,
+    Path((author, name, version, endpoint, rest)): Path<(String, String, String, String, String)>,
+    req: Request,
+) -> Response {
+    invoke(st, author, name, version, endpoint, rest, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// What runs for one invocation, once the pipeline has resolved it.
+struct Target {
+    key: InstanceKey,
+    manifest: Manifest,
+    code: PathBuf,
+    author_dir: String,
+    name: String,
+}
+
+#[tracing::instrument(name = "invoke", skip_all, fields(%author, %name, %version, %endpoint))]
+async fn invoke(
+    st: AppState,
+    author: String,
+    name: String,
+    version: String,
+    endpoint: String,
+    rest: String,
+    req: Request,
+) -> Result<Response, ApiError> {
+    if *st.draining.borrow() {
+        return Err(ApiError::new(
+            "Draining",
+            "this runner is shutting down and takes no new requests",
+        ));
+    }
+    let selector = VersionSelector::parse(&version)?;
+    atrund_bundle::record::validate_name(&name)?;
+    if !is_identifier(&endpoint) {
+        return Err(ApiError::new(
+            "EndpointInvalid",
+            format!(
+                "endpoint '{endpoint}' is not a valid endpoint name (letters, digits, _ and $)"
+            ),
+        ));
+    }
+
+    let target = if author == LOCAL_AUTHOR && st.local.is_some() {
+        local_target(&st, &name, &selector).await?
+    } else {
+        remote_target(&st, &author, &name, &selector).await?
+    };
+    let limits =
+        atrund_policy::check_manifest(&st.config.permissions, &st.config.limits, &target.manifest)?;
+    check_endpoint(&target.manifest, &endpoint, req.method())?;
+
+    let (parts, body) = req.into_parts();
+    let max = st.config.http.max_request_body_bytes;
+    let body = axum::body::to_bytes(body, usize::try_from(max).unwrap_or(usize::MAX))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                "PayloadTooLarge",
+                format!("request body is over this runner's limit of {max} bytes"),
+            )
+        })?;
+    let uri = rest_uri(&rest, &parts.uri)?;
+    let mut inner = http::Request::builder()
+        .method(parts.method)
+        .uri(uri)
+        .version(parts.version);
+    if let Some(h) = inner.headers_mut() {
+        *h = parts.headers;
+    }
+    let request = inner
+        .body(Body::from(body))
+        .map_err(|e| ApiError::new("InvalidRequest", e.to_string()))?;
+
+    let spec = || instance_spec(&st, &target, &limits);
+    let resp = st
+        .pool
+        .execute(
+            target.key.clone(),
+            usize::try_from(limits.concurrency).unwrap_or(usize::MAX),
+            spec,
+            Invocation { endpoint, request },
+        )
+        .await?;
+    Ok(resp)
+}
+
+async fn remote_target(
+    st: &AppState,
+    author: &str,
+    name: &str,
+    selector: &VersionSelector,
+) -> Result<Target, ApiError> {
+    let id: AtIdentifier = author.parse()?;
+    let (resolved, handle) = st.identity.resolve(&id).await?;
+    atrund_policy::check_author(
+        &st.config.policy,
+        resolved.did.as_str(),
+        handle.as_ref().map(|h| h.as_str()),
+    )?;
+    let bundle = st.source.load(&resolved, name, selector).await?;
+    Ok(Target {
+        key: InstanceKey {
+            author: bundle.author.clone(),
+            record_cid: bundle.record_cid.clone(),
+        },
+        manifest: bundle.record.manifest.clone(),
+        code: bundle.code_path.clone(),
+        author_dir: safe_dir_name(&bundle.author),
+        name: bundle.name.clone(),
+    })
+}
+
+async fn local_target(
+    st: &AppState,
+    name: &str,
+    selector: &VersionSelector,
+) -> Result<Target, ApiError> {
+    let Some(local) = st.local.as_ref().filter(|l| l.name == name) else {
+        return Err(ApiError::new(
+            "BundleNotFound",
+            format!("this dev runner serves only the local bundle, not '{name}'"),
+        ));
+    };
+    if *selector != VersionSelector::Latest {
+        return Err(ApiError::new(
+            "VersionNotFound",
+            "the local dev bundle has only the version 'latest'",
+        ));
+    }
+    let snap = local.snapshot()?;
+    if let Some(old) = snap.replaced {
+        tracing::info!(bundle = %name, "code changed on disk; replacing the instance");
+        st.pool
+            .retire(&InstanceKey {
+                author: LOCAL_AUTHOR.into(),
+                record_cid: old,
+            })
+            .await;
+    }
+    Ok(Target {
+        key: InstanceKey {
+            author: LOCAL_AUTHOR.into(),
+            record_cid: snap.key,
+        },
+        manifest: snap.manifest,
+        code: local.entry.clone(),
+        author_dir: LOCAL_AUTHOR.into(),
+        name: local.name.clone(),
+    })
+}
+
+/// A declared endpoint list is authoritative: undeclared names are 404, wrong methods 405.
+fn check_endpoint(manifest: &Manifest, endpoint: &str, method: &Method) -> Result<(), ApiError> {
+    let Some(decl) = manifest.endpoint(endpoint) else {
+        return Err(ApiError::new(
+            "EndpointNotFound",
+            format!("this bundle declares no endpoint '{endpoint}'"),
+        ));
+    };
+    match decl.method.as_deref() {
+        None | Some("ANY") => Ok(()),
+        Some(m) if m == method.as_str() => Ok(()),
+        Some("GET") if method == Method::HEAD => Ok(()),
+        Some(m) => Err(ApiError::new(
+            "MethodNotAllowed",
+            format!("endpoint '{endpoint}' accepts {m}, not {method}"),
+        )),
+    }
+}
+
+fn instance_spec(st: &AppState, t: &Target, limits: &EffectiveLimits) -> InstanceSpec {
+    let data_root = &st.config.data_dir;
+    let id = format!(
+        "{}-{}",
+        t.key.record_cid.chars().rev().take(12).collect::<String>(),
+        next_instance_number()
+    );
+    InstanceSpec {
+        work_dir: data_root.join("run").join(&id),
+        id,
+        bundle_file: t.code.clone(),
+        data_dir: data_root.join("data").join(&t.author_dir).join(&t.name),
+        deno_dir: data_root.join("deno").join(&t.author_dir).join(&t.name),
+        permissions: t.manifest.permissions.clone(),
+        env: Vec::new(),
+        memory_mib: limits.memory_mib,
+        request_timeout: Duration::from_millis(limits.timeout_ms),
+        start_timeout: Duration::from_secs(10),
+    }
+}
+
+fn next_instance_number() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The URI the bundle sees: the rest of the path after the endpoint, and the query string.
+fn rest_uri(rest: &str, original: &Uri) -> Result<Uri, ApiError> {
+    let mut s = format!("/{rest}");
+    if let Some(q) = original.query() {
+        s.push('?');
+        s.push_str(q);
+    }
+    s.parse()
+        .map_err(|_| ApiError::new("InvalidRequest", "the request path is not a valid URI"))
+}
+
+/// DIDs contain ':' and '%'; keep directory names to a portable set.
+fn safe_dir_name(did: &str) -> String {
+    did.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == '$')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+        && s.len() <= 128
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rest_uri_keeps_query() {
+        let u: Uri = "/bundle/a/b/latest/e/x/y?q=1&r=2".parse().unwrap();
+        assert_eq!(rest_uri("x/y", &u).unwrap(), "/x/y?q=1&r=2");
+        let u: Uri = "/bundle/a/b/latest/e".parse().unwrap();
+        assert_eq!(rest_uri("", &u).unwrap(), "/");
+    }
+
+    #[test]
+    fn endpoint_method_rules() {
+        let m: Manifest = serde_json::from_str(
+            r#"{"endpoints":[{"name":"g","method":"GET"},{"name":"a"},{"name":"p","method":"POST"}]}"#,
+        )
+        .unwrap();
+        assert!(check_endpoint(&m, "g", &Method::GET).is_ok());
+        assert!(check_endpoint(&m, "g", &Method::HEAD).is_ok());
+        assert_eq!(
+            check_endpoint(&m, "g", &Method::POST).unwrap_err().code,
+            "MethodNotAllowed"
+        );
+        assert!(check_endpoint(&m, "a", &Method::DELETE).is_ok());
+        assert_eq!(
+            check_endpoint(&m, "zz", &Method::GET).unwrap_err().code,
+            "EndpointNotFound"
+        );
+    }
+
+    #[test]
+    fn dir_names_are_portable() {
+        assert_eq!(
+            safe_dir_name("did:web:localhost%3A1234"),
+            "did_web_localhost_3A1234"
+        );
+    }
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs what at-rund needs on a fresh Debian machine, idempotently:
+#   scripts/setup.sh          pinned Deno (tools/deno, from npm)
+#   scripts/setup.sh --test   also the local PLC + PDS test network (tests/atproto-net, from npm)
+# Node.js and npm come from Debian when missing. Nothing is installed outside the repo except
+# Debian packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_test_net=0
+[ "${1:-}" = "--test" ] && with_test_net=1
+
+need_apt=()
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
+if [ "$with_test_net" = 1 ]; then
+  # better-sqlite3 (a PDS dependency) compiles from source: it needs a C++ toolchain and python3.
+  command -v g++ >/dev/null || need_apt+=(g++)
+  command -v make >/dev/null || need_apt+=(make)
+  command -v python3 >/dev/null || need_apt+=(python3)
+fi
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need_apt[*]}" >&2
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# node-gyp must use the installed Node's headers: the machine cannot download them.
+npm_config_nodedir="$(dirname "$(dirname "$(command -v node)")")"
+export npm_config_nodedir
+
+# npm ci only when the lockfile changed since the last install (or nothing is installed).
+install_npm_dir() {
+  local dir=$1 marker=$1/node_modules/.at-rund-lock
+  if [ -f "$marker" ] && cmp -s "$dir/package-lock.json" "$marker"; then
+    return 0
+  fi
+  echo "setup: npm ci in $dir" >&2
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  cp "$dir/package-lock.json" "$marker"
+}
+
+install_npm_dir tools/deno
+deno=tools/deno/node_modules/deno/deno
+"$deno" --version >/dev/null || { echo "setup: $deno does not run" >&2; exit 1; }
+echo "setup: deno ready at $deno ($("$deno" --version | head -n1))" >&2
+
+if [ "$with_test_net" = 1 ]; then
+  install_npm_dir tests/atproto-net
+  echo "setup: test network installed in tests/atproto-net" >&2
+fi
