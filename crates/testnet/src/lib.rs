@@ -1,1 +1,397 @@
-//! TODO
+//! Test-only: a real ATProto network (PLC directory + PDS on 127.0.0.1) for integration tests of
+//! the other crates, started from `tests/atproto-net/harness.js`, plus the location of the pinned
+//! Deno binary.
+//!
+//! Owns: spawning the Node harness once per test binary, parsing its ready line, creating
+//! throw-away accounts. Must not touch: anything outside the harness's own temp dir and loopback.
+//!
+//! This crate is a dev-dependency only, so it reports failures by panicking with a message that
+//! says what to do (a test helper's failure *is* a test failure); there is no error enum.
+//!
+//! Skip rule, shared by [`shared`] and [`deno_path`]: when a component is not installed the
+//! helpers return `None` and print why, so `cargo test` passes on a bare developer machine; when
+//! the environment variable `CI` is `true` they panic instead, so a missing install cannot make CI
+//! pass silently.
+//!
+//! The Node process stops when the test binary exits: the harness exits on stdin EOF, and its
+//! stdin pipe is held in a static that lives until the process ends, when the OS closes it.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+/// How long the harness may take to print its ready line. It takes about 2 s on a quiet machine
+/// but 8-12 s next to a parallel compile (measured), so leave generous room.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const READY_PREFIX: &str = "ATPROTO_TEST_NETWORK_READY ";
+/// Keep only the end of the harness's stderr, for failure messages.
+const STDERR_TAIL_BYTES: usize = 16 * 1024;
+
+/// An account on the test PDS.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Account {
+    pub did: String,
+    pub handle: String,
+    pub password: String,
+}
+
+/// A running PLC directory + PDS, shared by every test in one test binary.
+pub struct TestNet {
+    /// `http://127.0.0.1:<port>` of the PLC directory.
+    pub plc_url: String,
+    /// `http://localhost:<port>`: the PDS's public URL, as written in DID documents.
+    pub pds_url: String,
+    /// `alice.test`, a `did:plc` account.
+    pub alice: Account,
+    /// `carol.test`, a `did:web:localhost%3A<port>` account.
+    pub carol: Account,
+    /// Where carol's `did.json` is served (`http://localhost:<port>/.well-known/did.json`).
+    pub carol_did_doc_url: String,
+    /// A `did:plc` whose PLC history ends in a tombstone (the PLC answers 410 for it).
+    pub tombstoned_did: String,
+    /// Wall time from spawning the harness to its ready line.
+    pub startup: Duration,
+    next_account: AtomicU64,
+    http: reqwest::Client,
+    // Held only so the pipe stays open (see the module doc); never written.
+    _stdin: Mutex<ChildStdin>,
+    _child: Mutex<Child>,
+}
+
+impl std::fmt::Debug for TestNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNet")
+            .field("plc_url", &self.plc_url)
+            .field("pds_url", &self.pds_url)
+            .field("alice", &self.alice.did)
+            .field("carol", &self.carol.did)
+            .field("tombstoned_did", &self.tombstoned_did)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Ready {
+    plc_url: String,
+    pds_url: String,
+    alice: Account,
+    carol: Account,
+    carol_did_doc_url: String,
+    tombstoned_did: String,
+}
+
+/// The repository root (`CARGO_MANIFEST_DIR/../..`).
+pub fn repo_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| manifest.to_path_buf())
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// `None` with a printed reason on a developer machine; a panic in CI.
+fn missing<T>(what: &str, fix: &str) -> Option<T> {
+    if in_ci() {
+        panic!("{what} is missing and CI=true, so this test cannot be skipped: {fix}");
+    }
+    eprintln!("SKIPPED: {what} is missing ({fix}); set CI=true to make this a failure");
+    None
+}
+
+/// The one network of this test binary, started on first use. `None` (test should return early)
+/// when `tests/atproto-net/node_modules` is not installed and `CI` is not `true`.
+///
+/// Panics if the harness cannot start, or when it is not installed and `CI=true`.
+pub fn shared() -> Option<&'static TestNet> {
+    // A failed start is remembered, so the other tests of the binary fail at once instead of
+    // each retrying (and possibly waiting out the timeout again).
+    static NET: OnceLock<Result<Option<TestNet>, String>> = OnceLock::new();
+    let net = NET.get_or_init(|| {
+        std::panic::catch_unwind(|| {
+            let dir = repo_root().join("tests").join("atproto-net");
+            if !dir.join("node_modules").is_dir() {
+                return missing(
+                    &format!("{}", dir.join("node_modules").display()),
+                    "run `npm ci` in tests/atproto-net (needs Node 20 and a C++ toolchain)",
+                );
+            }
+            Some(start(&dir))
+        })
+        .map_err(|payload| {
+            payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into())
+        })
+    });
+    match net {
+        Ok(net) => net.as_ref(),
+        Err(msg) => panic!("the ATProto test network could not be started: {msg}"),
+    }
+}
+
+fn start(dir: &Path) -> TestNet {
+    let node = std::env::var_os("ATRUND_TEST_NODE").unwrap_or_else(|| "node".into());
+    let began = Instant::now();
+    let mut child = Command::new(&node)
+        .arg("harness.js")
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "could not run `{} harness.js` in {}: {e}; install Node 20 or set ATRUND_TEST_NODE",
+                node.to_string_lossy(),
+                dir.display()
+            )
+        });
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        panic!("the harness's stdio pipes were not created");
+    };
+
+    let tail = Arc::new(Mutex::new(String::new()));
+    spawn_stderr_collector(stderr, Arc::clone(&tail));
+
+    // Read stdout on a thread so the wait can time out; keep draining afterwards so the harness
+    // never blocks on a full pipe.
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if !sent {
+                if let Some(json) = line.strip_prefix(READY_PREFIX) {
+                    sent = tx.send(json.to_string()).is_ok();
+                }
+            }
+        }
+    });
+
+    let json = match rx.recv_timeout(READY_TIMEOUT) {
+        Ok(json) => json,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            // Give the stderr thread a moment to read what the harness printed last.
+            std::thread::sleep(Duration::from_millis(200));
+            let reason = match e {
+                mpsc::RecvTimeoutError::Timeout => {
+                    format!("no ready line within {} s", READY_TIMEOUT.as_secs())
+                }
+                mpsc::RecvTimeoutError::Disconnected => "it exited before its ready line".into(),
+            };
+            panic!(
+                "the ATProto test network (tests/atproto-net/harness.js) failed to start: {reason}.\n\
+                 Its stderr ended with:\n{}\n\
+                 Try `node harness.js` in tests/atproto-net by hand; reinstall with `npm ci` there.",
+                lock_str(&tail)
+            );
+        }
+    };
+    let startup = began.elapsed();
+    let ready: Ready = serde_json::from_str(&json).unwrap_or_else(|e| {
+        panic!("the harness's ready line is not the expected JSON ({e}): {json}")
+    });
+    eprintln!(
+        "atproto test network ready in {} ms: plc={} pds={}",
+        startup.as_millis(),
+        ready.plc_url,
+        ready.pds_url
+    );
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_else(|e| panic!("could not build an HTTP client: {e}"));
+    TestNet {
+        plc_url: ready.plc_url,
+        pds_url: ready.pds_url,
+        alice: ready.alice,
+        carol: ready.carol,
+        carol_did_doc_url: ready.carol_did_doc_url,
+        tombstoned_did: ready.tombstoned_did,
+        startup,
+        next_account: AtomicU64::new(1),
+        http,
+        _stdin: Mutex::new(stdin),
+        _child: Mutex::new(child),
+    }
+}
+
+fn spawn_stderr_collector(mut stderr: impl Read + Send + 'static, tail: Arc<Mutex<String>>) {
+    let echo = std::env::var_os("ATRUND_TESTNET_LOG").is_some();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match stderr.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let chunk = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
+            if echo {
+                eprint!("{chunk}");
+            }
+            if let Ok(mut t) = tail.lock() {
+                t.push_str(&chunk);
+                if t.len() > STDERR_TAIL_BYTES {
+                    let mut cut = t.len() - STDERR_TAIL_BYTES;
+                    while !t.is_char_boundary(cut) {
+                        cut += 1;
+                    }
+                    t.drain(..cut);
+                }
+            }
+        }
+    });
+}
+
+fn lock_str(s: &Mutex<String>) -> String {
+    s.lock().map(|g| g.clone()).unwrap_or_default()
+}
+
+/// A handle's first label from a caller's prefix: lowercase `[a-z0-9]`, starting with a letter,
+/// 3-18 characters with the counter (the PDS's limits for service handles).
+fn handle_label(prefix: &str, n: u64) -> String {
+    let mut p: String = prefix
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if !p.starts_with(|c: char| c.is_ascii_lowercase()) {
+        p.insert(0, 'u');
+    }
+    let n = n.to_string();
+    p.truncate(18usize.saturating_sub(n.len()));
+    while p.len() + n.len() < 3 {
+        p.push('x');
+    }
+    p + &n
+}
+
+impl TestNet {
+    /// A fresh `did:plc` account `<prefix><n>.test` (password `hunter2-password`), so each test
+    /// owns its repo. Panics if the PDS refuses.
+    pub async fn create_account(&self, handle_prefix: &str) -> Account {
+        let n = self.next_account.fetch_add(1, Ordering::Relaxed);
+        let label = handle_label(handle_prefix, n);
+        let handle = format!("{label}.test");
+        let password = "hunter2-password".to_string();
+        let body = serde_json::json!({
+            "handle": handle,
+            "email": format!("{label}@example.com"),
+            "password": password,
+        });
+        let url = format!("{}/xrpc/com.atproto.server.createAccount", self.pds_url);
+        let res = self
+            .http
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("createAccount {handle}: request to {url} failed: {e}"));
+        let status = res.status();
+        let text = res
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("createAccount {handle}: reading the response failed: {e}"));
+        if !status.is_success() {
+            panic!("createAccount {handle}: PDS answered {status}: {text}");
+        }
+        #[derive(Deserialize)]
+        struct Created {
+            did: String,
+            handle: String,
+        }
+        let created: Created = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("createAccount {handle}: unexpected response ({e}): {text}")
+        });
+        Account {
+            did: created.did,
+            handle: created.handle,
+            password,
+        }
+    }
+
+    /// An HTTP client for talking to this network (no proxy, 30 s timeout).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+/// The pinned Deno binary: `ATRUND_TEST_DENO`, else `<repo>/tools/deno/node_modules/deno/deno`.
+/// `None` with a printed reason when it is not installed and `CI` is not `true`; panics in CI.
+pub fn deno_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ATRUND_TEST_DENO") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Some(p);
+        }
+        // Explicitly configured but wrong: always a failure, never a skip.
+        panic!(
+            "ATRUND_TEST_DENO points at {}, which is not a file; fix or unset it",
+            p.display()
+        );
+    }
+    let p = repo_root()
+        .join("tools")
+        .join("deno")
+        .join("node_modules")
+        .join("deno")
+        .join("deno");
+    if p.is_file() {
+        Some(p)
+    } else {
+        missing(
+            &format!("the Deno binary {}", p.display()),
+            "run `npm ci` in tools/deno, or set ATRUND_TEST_DENO",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handle_labels_respect_pds_limits() {
+        for (prefix, n) in [
+            ("deploy", 1),
+            ("", 7),
+            ("A", 1),
+            ("9lives", 12),
+            ("Hello World!", 3),
+            ("a-very-long-prefix-that-goes-on", 123456),
+            ("ünï", 1),
+        ] {
+            let l = handle_label(prefix, n);
+            assert!((3..=18).contains(&l.len()), "{prefix:?} -> {l}");
+            assert!(l.starts_with(|c: char| c.is_ascii_lowercase()), "{l}");
+            assert!(l
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+            assert!(l.ends_with(&n.to_string()), "{l}");
+        }
+        assert_eq!(handle_label("deploy", 1), "deploy1");
+    }
+
+    #[test]
+    fn repo_root_holds_the_workspace() {
+        assert!(repo_root().join("Cargo.toml").is_file());
+    }
+}

@@ -1,0 +1,524 @@
+//! `at-run deploy`: publish one immutable bundle version (`dev.atrund.bundle`, rkey
+//! `{name}:{version}`) to the author's PDS and, unless `--no-release`, point the release record
+//! (`dev.atrund.release`, rkey `{name}`) at it.
+//!
+//! Owns: the local checks (name, version, manifest, code file) done before any network call, and
+//! the publish sequence createSession -> uploadBlob -> putRecord(bundle) -> putRecord(release).
+//! Must not touch: anything but the bundle/manifest files it is given and the author's own repo.
+//! The password is only ever sent in the createSession body; it is never printed.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use atrund_bundle::record::{
+    bundle_rkey, parse_version, validate_name, BUNDLE_COLLECTION, RELEASE_COLLECTION,
+};
+use atrund_bundle::Manifest;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::xrpc::{Client, XrpcError};
+
+/// Largest code blob the `dev.atrund.bundle` lexicon allows (`code.maxSize`).
+pub const MAX_CODE_BYTES: u64 = 50 * 1024 * 1024;
+/// `description` limits from the lexicon (bytes / graphemes; chars are counted, which is stricter).
+const MAX_DESCRIPTION_BYTES: usize = 3000;
+const MAX_DESCRIPTION_CHARS: usize = 300;
+const CODE_MIME: &str = "application/javascript";
+
+/// An app password. Its `Debug` never shows the value.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl std::str::FromStr for Password {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Password(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+/// Arguments of `at-run deploy`.
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    /// The bundle: a single ESM JavaScript file.
+    pub file: PathBuf,
+    /// Bundle name: 1-64 of a-z, 0-9 and '-', starting with a letter.
+    #[arg(long)]
+    pub name: String,
+    /// Semantic version of this publication, e.g. 1.2.0 (no '+build' part). Published versions are
+    /// immutable.
+    #[arg(long)]
+    pub version: String,
+    /// Manifest file [default: manifest.json beside FILE].
+    #[arg(long, value_name = "PATH")]
+    pub manifest: Option<PathBuf>,
+    /// Human description stored in the record (at most 300 characters).
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// Publish the version without moving the release pointer (`latest`) to it.
+    #[arg(long)]
+    pub no_release: bool,
+    /// Your PDS, e.g. https://pds.example.com.
+    #[arg(long, env = "ATRUN_PDS", value_name = "URL")]
+    pub pds: Option<String>,
+    /// Your handle or DID.
+    #[arg(long, env = "ATRUN_IDENTIFIER", value_name = "HANDLE_OR_DID")]
+    pub identifier: Option<String>,
+    /// An app password (create one in your PDS's settings; never your main password).
+    #[arg(
+        long,
+        env = "ATRUN_PASSWORD",
+        hide_env_values = true,
+        value_name = "APP_PASSWORD"
+    )]
+    pub password: Option<Password>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A strong reference to a written record.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RecordRef {
+    pub uri: String,
+    pub cid: String,
+}
+
+/// The uploaded code blob.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BlobInfo {
+    pub cid: String,
+    pub size: u64,
+    pub mime_type: String,
+}
+
+/// What `deploy` published.
+#[derive(Debug, Clone, Serialize)]
+pub struct Published {
+    pub did: String,
+    pub handle: String,
+    pub name: String,
+    pub version: String,
+    pub bundle: RecordRef,
+    pub blob: BlobInfo,
+    pub release: Option<RecordRef>,
+}
+
+impl Published {
+    /// Human-readable summary.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "published {} {} for {} ({})\n  bundle:  {}\n  cid:     {}\n  code:    {} ({} bytes, {})\n",
+            self.name,
+            self.version,
+            self.handle,
+            self.did,
+            self.bundle.uri,
+            self.bundle.cid,
+            self.blob.cid,
+            self.blob.size,
+            self.blob.mime_type
+        );
+        match &self.release {
+            Some(r) => s.push_str(&format!(
+                "  release: {} -> {} (cid {})\n",
+                r.uri, self.version, r.cid
+            )),
+            None => s.push_str("  release: not moved (--no-release)\n"),
+        }
+        s
+    }
+}
+
+/// Everything checked locally before the network is used.
+#[derive(Debug)]
+struct Prepared {
+    code: Vec<u8>,
+    manifest: Manifest,
+    pds: String,
+    identifier: String,
+    password: Password,
+}
+
+/// `manifest.json` in the bundle file's directory.
+fn default_manifest_path(file: &Path) -> PathBuf {
+    file.parent()
+        .unwrap_or_else(|| Path::new(""))
+        .join("manifest.json")
+}
+
+/// Parses and validates a manifest's text; `origin` names it in errors.
+pub fn parse_manifest(text: &str, origin: &str) -> anyhow::Result<Manifest> {
+    // serde's derived structs also accept a JSON array; a manifest is an object, nothing else.
+    if !text.trim_start().starts_with('{') {
+        bail!("manifest {origin} must be a JSON object, e.g. {{\"endpoints\":[{{\"name\":\"hello\"}}]}}");
+    }
+    let manifest: Manifest = serde_json::from_str(text).with_context(|| {
+        format!("manifest {origin} is not a valid at-rund manifest (unknown fields are refused)")
+    })?;
+    manifest
+        .validate()
+        .with_context(|| format!("manifest {origin} was rejected"))?;
+    Ok(manifest)
+}
+
+/// Checks the PDS URL; plain http is refused except on loopback, since the password goes to it.
+pub fn check_pds_url(pds: &str) -> anyhow::Result<String> {
+    let url = reqwest::Url::parse(pds)
+        .with_context(|| format!("--pds '{pds}' is not a URL; use e.g. https://pds.example.com"))?;
+    let loopback = matches!(
+        url.host_str(),
+        Some("localhost" | "127.0.0.1" | "[::1]" | "::1")
+    );
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => bail!(
+            "--pds '{pds}' uses plain http, which would send your password unencrypted; use https:// (http is only allowed for localhost)"
+        ),
+        other => bail!("--pds '{pds}' has scheme '{other}'; use https://"),
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        bail!("--pds '{pds}' must be just the PDS origin, e.g. https://pds.example.com");
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+fn prepare(args: &DeployArgs) -> anyhow::Result<Prepared> {
+    validate_name(&args.name).context("--name")?;
+    parse_version(&args.version).context("--version")?;
+    if let Some(d) = &args.description {
+        if d.len() > MAX_DESCRIPTION_BYTES || d.chars().count() > MAX_DESCRIPTION_CHARS {
+            bail!("--description is too long: use at most {MAX_DESCRIPTION_CHARS} characters");
+        }
+    }
+
+    let manifest_path = args
+        .manifest
+        .clone()
+        .unwrap_or_else(|| default_manifest_path(&args.file));
+    let text = std::fs::read_to_string(&manifest_path).with_context(|| {
+        format!(
+            "could not read the manifest {}; create manifest.json beside the bundle or pass --manifest",
+            manifest_path.display()
+        )
+    })?;
+    let manifest = parse_manifest(&text, &manifest_path.display().to_string())?;
+
+    let meta = std::fs::metadata(&args.file)
+        .with_context(|| format!("could not read the bundle file {}", args.file.display()))?;
+    if !meta.is_file() {
+        bail!(
+            "{} is not a file; pass the bundle's single ESM .js file",
+            args.file.display()
+        );
+    }
+    if meta.len() > MAX_CODE_BYTES {
+        bail!(
+            "{} is {} bytes; bundles may be at most {MAX_CODE_BYTES} bytes (50 MiB)",
+            args.file.display(),
+            meta.len()
+        );
+    }
+    let code = std::fs::read(&args.file)
+        .with_context(|| format!("could not read the bundle file {}", args.file.display()))?;
+    if code.is_empty() {
+        bail!("{} is empty; build the bundle first", args.file.display());
+    }
+    if std::str::from_utf8(&code).is_err() {
+        bail!(
+            "{} is not UTF-8 text; a bundle is a single JavaScript (ESM) file",
+            args.file.display()
+        );
+    }
+
+    let pds = args
+        .pds
+        .as_deref()
+        .context("no PDS given: pass --pds URL or set ATRUN_PDS")?;
+    let pds = check_pds_url(pds)?;
+    let identifier = args
+        .identifier
+        .clone()
+        .filter(|s| !s.trim().is_empty())
+        .context("no account given: pass --identifier HANDLE_OR_DID or set ATRUN_IDENTIFIER")?;
+    let password = args
+        .password
+        .clone()
+        .filter(|p| !p.0.is_empty())
+        .context("no password given: set ATRUN_PASSWORD (or --password) to an app password")?;
+    Ok(Prepared {
+        code,
+        manifest,
+        pds,
+        identifier: identifier.trim().to_string(),
+        password,
+    })
+}
+
+fn already_published(name: &str, version: &str, uri: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "version {version} of '{name}' is already published ({uri}); bundles are immutable, so bump the version"
+    )
+}
+
+/// Runs the whole deploy.
+pub async fn run(args: &DeployArgs) -> anyhow::Result<Published> {
+    let p = prepare(args)?;
+    let client = Client::new(&p.pds).context("could not set up the HTTP client")?;
+
+    let session = client
+        .create_session(&p.identifier, &p.password.0)
+        .await
+        .with_context(|| format!("could not log in as '{}'", p.identifier))?;
+    if session.active == Some(false) {
+        bail!(
+            "account {} is not active on its PDS (status: {}); reactivate it before deploying",
+            session.handle,
+            session.status.as_deref().unwrap_or("unknown")
+        );
+    }
+
+    let rkey = bundle_rkey(&args.name, &args.version);
+    let bundle_uri = format!("at://{}/{BUNDLE_COLLECTION}/{rkey}", session.did);
+    // Checked before uploading so that a repeated deploy fails fast and clearly; the putRecord
+    // below still refuses atomically if another deploy wins the race.
+    if client
+        .get_record(&session.did, BUNDLE_COLLECTION, &rkey)
+        .await
+        .context("could not check whether this version already exists")?
+        .is_some()
+    {
+        return Err(already_published(&args.name, &args.version, &bundle_uri));
+    }
+
+    let size = p.code.len() as u64;
+    let (blob, blob_cid) = client
+        .upload_blob(&session, p.code, CODE_MIME)
+        .await
+        .context("could not upload the bundle code")?;
+    let mime_type = blob
+        .get("mimeType")
+        .and_then(Value::as_str)
+        .unwrap_or(CODE_MIME)
+        .to_string();
+
+    let manifest = serde_json::to_value(&p.manifest).context("could not encode the manifest")?;
+    let mut record = json!({
+        "$type": BUNDLE_COLLECTION,
+        "name": args.name,
+        "version": args.version,
+        "runtime": "deno",
+        "code": blob,
+        "manifest": manifest,
+        "createdAt": crate::time::now_rfc3339(),
+    });
+    if let (Some(d), Some(obj)) = (&args.description, record.as_object_mut()) {
+        obj.insert("description".into(), Value::String(d.clone()));
+    }
+    let bundle = match client
+        .put_record(&session, BUNDLE_COLLECTION, &rkey, &record, true)
+        .await
+    {
+        Ok(w) => w,
+        Err(e @ XrpcError::Pds { .. }) if e.pds_error() == Some("InvalidSwap") => {
+            return Err(already_published(&args.name, &args.version, &bundle_uri));
+        }
+        Err(e) => return Err(e).context("could not write the bundle record"),
+    };
+
+    let release = if args.no_release {
+        None
+    } else {
+        let record = json!({
+            "$type": RELEASE_COLLECTION,
+            "name": args.name,
+            "bundle": { "uri": bundle.uri, "cid": bundle.cid },
+            "updatedAt": crate::time::now_rfc3339(),
+        });
+        let w = client
+            .put_record(&session, RELEASE_COLLECTION, &args.name, &record, false)
+            .await
+            .with_context(|| {
+                format!(
+                    "version {} was published ({}), but the release pointer could not be moved to it; \
+                     rerunning deploy for this version will refuse, so publish a new version",
+                    args.version, bundle.uri
+                )
+            })?;
+        Some(RecordRef {
+            uri: w.uri,
+            cid: w.cid,
+        })
+    };
+
+    Ok(Published {
+        did: session.did,
+        handle: session.handle,
+        name: args.name.clone(),
+        version: args.version.clone(),
+        bundle: RecordRef {
+            uri: bundle.uri,
+            cid: bundle.cid,
+        },
+        blob: BlobInfo {
+            cid: blob_cid,
+            size,
+            mime_type,
+        },
+        release,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(dir: &Path) -> DeployArgs {
+        DeployArgs {
+            file: dir.join("main.js"),
+            name: "hello".into(),
+            version: "1.0.0".into(),
+            manifest: None,
+            description: None,
+            no_release: false,
+            pds: Some("http://localhost:1".into()),
+            identifier: Some("alice.test".into()),
+            password: Some(Password("secret-app-password".into())),
+            json: false,
+        }
+    }
+
+    fn bundle_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("main.js"), "export function greet() {}\n").expect("write");
+        std::fs::write(
+            dir.path().join("manifest.json"),
+            r#"{"endpoints":[{"name":"greet"}]}"#,
+        )
+        .expect("write");
+        dir
+    }
+
+    fn err(a: &DeployArgs) -> String {
+        format!("{:#}", prepare(a).expect_err("should fail"))
+    }
+
+    #[test]
+    fn prepare_accepts_a_good_bundle() {
+        let dir = bundle_dir();
+        let p = prepare(&args(dir.path())).expect("valid");
+        assert_eq!(p.manifest.endpoints.len(), 1);
+        assert_eq!(p.pds, "http://localhost:1");
+        assert!(!format!("{p:?}").contains("secret-app-password"));
+    }
+
+    #[test]
+    fn prepare_rejects_bad_input_with_clear_messages() {
+        let dir = bundle_dir();
+        let mut a = args(dir.path());
+        a.name = "Bad_Name".into();
+        assert!(err(&a).contains("bundle name 'Bad_Name' is invalid"));
+
+        let mut a = args(dir.path());
+        a.version = "1.0".into();
+        assert!(err(&a).contains("version '1.0' is invalid"));
+
+        let mut a = args(dir.path());
+        a.manifest = Some(dir.path().join("nope.json"));
+        assert!(err(&a).contains("--manifest"));
+
+        std::fs::write(
+            dir.path().join("bad.json"),
+            r#"{"permissions":{"gpu":true}}"#,
+        )
+        .expect("write");
+        let mut a = args(dir.path());
+        a.manifest = Some(dir.path().join("bad.json"));
+        assert!(err(&a).contains("unknown field"), "{}", err(&a));
+
+        std::fs::write(
+            dir.path().join("bad2.json"),
+            r#"{"endpoints":[{"name":"a-b"}]}"#,
+        )
+        .expect("write");
+        a.manifest = Some(dir.path().join("bad2.json"));
+        assert!(err(&a).contains("JavaScript identifier"));
+
+        let mut a = args(dir.path());
+        a.file = dir.path().join("missing.js");
+        assert!(err(&a).contains("could not read the bundle file"));
+
+        std::fs::write(dir.path().join("empty.js"), "").expect("write");
+        let mut a = args(dir.path());
+        a.file = dir.path().join("empty.js");
+        assert!(err(&a).contains("empty"));
+
+        std::fs::write(dir.path().join("bin.js"), [0xff, 0xfe, 0x00]).expect("write");
+        a.file = dir.path().join("bin.js");
+        assert!(err(&a).contains("UTF-8"));
+
+        let mut a = args(dir.path());
+        a.description = Some("x".repeat(301));
+        assert!(err(&a).contains("--description"));
+
+        let mut a = args(dir.path());
+        a.password = None;
+        assert!(err(&a).contains("ATRUN_PASSWORD"));
+        let mut a = args(dir.path());
+        a.identifier = Some("  ".into());
+        assert!(err(&a).contains("ATRUN_IDENTIFIER"));
+        let mut a = args(dir.path());
+        a.pds = None;
+        assert!(err(&a).contains("ATRUN_PDS"));
+    }
+
+    #[test]
+    fn pds_urls() {
+        assert_eq!(
+            check_pds_url("https://pds.example.com/").expect("ok"),
+            "https://pds.example.com"
+        );
+        assert!(check_pds_url("http://localhost:2583").is_ok());
+        assert!(check_pds_url("http://127.0.0.1:2583").is_ok());
+        assert!(check_pds_url("http://[::1]:2583").is_ok());
+        for bad in [
+            "http://pds.example.com",
+            "ftp://x",
+            "pds.example.com",
+            "",
+            "https://a/?q=1",
+        ] {
+            assert!(check_pds_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn manifest_parser_never_panics() {
+        for text in [
+            "",
+            "{",
+            "null",
+            "[]",
+            "{\"endpoints\":5}",
+            "\u{0}",
+            "{\"limits\":{\"cpuMs\":-1}}",
+        ] {
+            assert!(parse_manifest(text, "t").is_err(), "{text}");
+        }
+        assert!(parse_manifest("{}", "t").is_ok());
+    }
+
+    #[test]
+    fn password_debug_is_redacted() {
+        let p: Password = "hunter2".parse().expect("infallible");
+        assert!(!format!("{p:?}").contains("hunter2"));
+    }
+}

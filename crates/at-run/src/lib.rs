@@ -1,0 +1,6 @@
+//! The author CLI's commands as a library, so the daemon's end-to-end tests publish through
+//! exactly the code `at-run` runs. `main.rs` is only the command-line edge.
+
+pub mod deploy;
+pub mod time;
+pub mod xrpc;
