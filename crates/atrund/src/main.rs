@@ -85,8 +85,10 @@ fn main() -> std::process::ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ATRUND_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
@@ -195,7 +197,10 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
                 config.listen
             )
         })?;
-    tracing::info!(addr = %config.listen, "listening");
+    let addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    tracing::info!(%addr, "listening");
 
     let mut shutdown_rx = drain_rx;
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {

@@ -1,0 +1,365 @@
+//! End to end: publish with `at-run`'s deploy code to the real PDS of the local test network, then
+//! invoke through a real `at-rund serve` process running real Deno. One network per test binary;
+//! each test has its own account and its own runner process.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use atrund_testnet::{Account, TestNet};
+use serde_json::{json, Value};
+
+/// A running `at-rund serve`.
+struct Runner {
+    child: Child,
+    base: String,
+    data: tempfile::TempDir,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- at-rund log ----\n{}",
+                self.log.lock().map(|l| l.clone()).unwrap_or_default()
+            );
+        }
+    }
+}
+
+impl Runner {
+    fn start(net: &TestNet, deno: &Path, env: &[(&str, &str)]) -> Runner {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_at-rund"));
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("ATRUND_LISTEN", "127.0.0.1:0")
+            .env("ATRUND_PLC_URL", &net.plc_url)
+            .env("ATRUND_ALLOW_HTTP", "1")
+            .env("ATRUND_DATA_DIR", data.path())
+            .env("ATRUND_DENO_PATH", deno)
+            .env("ATRUND_IDENTITY_HANDLE_RESOLVER", &net.pds_url)
+            .env("ATRUND_IDENTITY_DNS", "false")
+            .env("ATRUND_IDENTITY_WELL_KNOWN", "false")
+            .env("ATRUND_FETCH_REVALIDATE_SECS", "0")
+            .env("ATRUND_LOG", "info,atrund=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn at-rund");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line
+                    .contains("listening")
+                    .then(|| line.split("addr=").nth(1))
+                    .flatten()
+                {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                if let Ok(mut l) = log2.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "at-rund did not start listening within 30 s; log:\n{}",
+                    log.lock().map(|l| l.clone()).unwrap_or_default()
+                );
+            }
+        };
+        Runner {
+            child,
+            base: format!("http://{addr}"),
+            data,
+            log,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+}
+
+fn setup() -> Option<(&'static TestNet, PathBuf)> {
+    let net = atrund_testnet::shared()?;
+    let deno = atrund_testnet::deno_path()?;
+    Some((net, deno))
+}
+
+fn repo(path: &str) -> PathBuf {
+    atrund_testnet::repo_root().join(path)
+}
+
+/// Publishes `code` with `manifest` as `name@version` for `account`, through at-run's deploy.
+async fn deploy(
+    net: &TestNet,
+    account: &Account,
+    code: &str,
+    manifest: &Value,
+    name: &str,
+    version: &str,
+) -> at_run::deploy::Published {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("main.js");
+    std::fs::write(&file, code).expect("write bundle");
+    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).expect("manifest");
+    let args = at_run::deploy::DeployArgs {
+        file,
+        name: name.to_string(),
+        version: version.to_string(),
+        manifest: None,
+        description: None,
+        no_release: false,
+        pds: Some(net.pds_url.clone()),
+        identifier: Some(account.handle.clone()),
+        password: Some(account.password.parse().expect("password")),
+        json: false,
+    };
+    at_run::deploy::run(&args)
+        .await
+        .unwrap_or_else(|e| panic!("deploy {name}@{version} failed: {e:#}"))
+}
+
+async fn get(url: &str) -> (u16, Value) {
+    let resp = reqwest::get(url).await.expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+fn hello_code() -> String {
+    std::fs::read_to_string(repo("examples/hello/main.js")).expect("examples/hello/main.js")
+}
+
+fn hello_manifest() -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(repo("examples/hello/manifest.json")).expect("manifest"),
+    )
+    .expect("manifest json")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_then_invoke_by_did_and_handle_latest_and_pinned() {
+    let Some((net, deno)) = setup() else { return };
+    let acct = net.create_account("e2e").await;
+    let v1 = deploy(
+        net,
+        &acct,
+        &hello_code(),
+        &hello_manifest(),
+        "hello",
+        "1.0.0",
+    )
+    .await;
+    let runner = Runner::start(net, &deno, &[("ATRUND_POLICY", "open")]);
+
+    for who in [&acct.did, &acct.handle] {
+        let (s, b) = get(&runner.url(&format!("/bundle/{who}/hello/latest/greet?name=Ada"))).await;
+        assert_eq!((s, b), (200, json!({"message": "Hello, Ada!"})), "by {who}");
+    }
+    let resp = reqwest::Client::new()
+        .post(runner.url(&format!("/bundle/{}/hello/1.0.0/shout", acct.did)))
+        .json(&json!({"text": "hi there"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.json::<Value>().await.expect("json"),
+        json!({"text": "HI THERE", "length": 8})
+    );
+
+    // A second version moves `latest`; the pinned version and the record CID still answer the
+    // old way.
+    let v2_code = hello_code().replace("Hello", "Howdy");
+    deploy(net, &acct, &v2_code, &hello_manifest(), "hello", "2.0.0").await;
+    let base = format!("/bundle/{}/hello", acct.did);
+    let (_, b) = get(&runner.url(&format!("{base}/latest/greet?name=Ada"))).await;
+    assert_eq!(b, json!({"message": "Howdy, Ada!"}));
+    let (_, b) = get(&runner.url(&format!("{base}/1.0.0/greet?name=Ada"))).await;
+    assert_eq!(b, json!({"message": "Hello, Ada!"}));
+    let (s, b) = get(&runner.url(&format!("{base}/{}/greet?name=Ada", v1.bundle.cid))).await;
+    assert_eq!((s, b), (200, json!({"message": "Hello, Ada!"})));
+
+    // What is not there, by name.
+    for (path, status, name) in [
+        (format!("{base}/9.9.9/greet"), 404, "VersionNotFound"),
+        (
+            format!("/bundle/{}/nothing/latest/greet", acct.did),
+            404,
+            "BundleNotFound",
+        ),
+        (format!("{base}/latest/undeclared"), 404, "EndpointNotFound"),
+        (format!("{base}/not-a-version/greet"), 400, "VersionInvalid"),
+        (format!("{base}/latest/shout"), 405, "MethodNotAllowed"),
+    ] {
+        let (s, b) = get(&runner.url(&path)).await;
+        assert_eq!(
+            (s, b["error"].as_str()),
+            (status, Some(name)),
+            "{path}: {b}"
+        );
+    }
+
+    // The code is stored once, by CID; a second runner start reuses nothing but the disk.
+    let stored: Vec<_> = std::fs::read_dir(runner.data.path().join("bundles"))
+        .expect("bundles dir")
+        .collect();
+    assert_eq!(stored.len(), 2, "one entry per published code blob");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_and_streamed_responses_pass_through() {
+    let Some((net, deno)) = setup() else { return };
+    let acct = net.create_account("media").await;
+    let code = r#"
+export const bytes = { handler: () => new Response(new Uint8Array([...Array(256).keys()]), {
+  status: 201, headers: { "content-type": "application/octet-stream", "cache-control": "max-age=60" } }) };
+export const stream = { handler: () => {
+  let i = 0;
+  const body = new ReadableStream({ async pull(c) {
+    if (i === 5) { c.close(); return; }
+    await new Promise((r) => setTimeout(r, 20));
+    c.enqueue(new TextEncoder().encode(`chunk${i++};`));
+  } });
+  return new Response(body, { headers: { "content-type": "text/plain" } });
+} };
+"#;
+    let manifest = json!({"endpoints": [{"name": "bytes", "method": "GET"}, {"name": "stream"}]});
+    deploy(net, &acct, code, &manifest, "media", "0.1.0").await;
+    let runner = Runner::start(net, &deno, &[("ATRUND_POLICY", &acct.did)]);
+
+    let resp = reqwest::get(runner.url(&format!("/bundle/{}/media/latest/bytes", acct.did)))
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["cache-control"], "max-age=60");
+    let body = resp.bytes().await.expect("body");
+    assert_eq!(body.to_vec(), (0..=255u8).collect::<Vec<_>>());
+
+    let mut resp = reqwest::get(runner.url(&format!("/bundle/{}/media/latest/stream", acct.did)))
+        .await
+        .expect("get");
+    let mut chunks = Vec::new();
+    while let Some(c) = resp.chunk().await.expect("chunk") {
+        chunks.push(c);
+    }
+    let all: Vec<u8> = chunks.concat();
+    assert_eq!(
+        String::from_utf8(all).expect("utf8"),
+        "chunk0;chunk1;chunk2;chunk3;chunk4;"
+    );
+    assert!(
+        chunks.len() > 1,
+        "the body arrived in one piece: not streamed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn undeclared_file_env_and_host_get_permission_errors_not_data() {
+    let Some((net, deno)) = setup() else { return };
+    let acct = net.create_account("snoop").await;
+    // A listener the bundle is not allowed to reach: it must never see a connection.
+    let bait = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    bait.set_nonblocking(true).expect("nonblocking");
+    let port = bait.local_addr().expect("addr").port();
+    let secret_dir = tempfile::tempdir().expect("temp");
+    let secret = secret_dir.path().join("secret.txt");
+    std::fs::write(&secret, "canary-e2e-7d1f").expect("write secret");
+    let code = format!(
+        r#"
+async function attempt(f) {{
+  try {{ return {{ leaked: String(await f()) }}; }} catch (e) {{ return {{ error: e?.name ?? "unknown" }}; }}
+}}
+export const file = {{ handler: () => attempt(() => Deno.readTextFile({secret:?})) }};
+export const env = {{ handler: () => attempt(() => Deno.env.get("HOME") ?? Deno.env.get("PATH")) }};
+export const host = {{ handler: () => attempt(() => fetch("http://127.0.0.1:{port}/").then((r) => r.status)) }};
+"#,
+        secret = secret.display().to_string()
+    );
+    let manifest = json!({"endpoints": [{"name": "file"}, {"name": "env"}, {"name": "host"}],
+                          "permissions": {"net": ["example.com:443"]}});
+    deploy(net, &acct, &code, &manifest, "snoop", "1.0.0").await;
+    let runner = Runner::start(
+        net,
+        &deno,
+        &[("ATRUND_POLICY", "open"), ("HOME", "/root-canary")],
+    );
+    for ep in ["file", "env", "host"] {
+        let (s, b) = get(&runner.url(&format!("/bundle/{}/snoop/latest/{ep}", acct.did))).await;
+        assert_eq!(s, 200, "{ep}: {b}");
+        assert!(b.get("leaked").is_none(), "{ep} leaked: {b}");
+        let name = b["error"].as_str().unwrap_or_default();
+        assert!(
+            matches!(name, "NotCapable" | "PermissionDenied"),
+            "{ep}: expected Deno's permission error, got {b}"
+        );
+    }
+    assert!(
+        bait.accept().is_err(),
+        "the undeclared host received a connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_and_policy_refusals_have_their_own_names() {
+    let Some((net, deno)) = setup() else { return };
+    let acct = net.create_account("refuse").await;
+    let greedy = json!({"endpoints": [{"name": "greet"}], "permissions": {"run": ["ls"]}});
+    deploy(net, &acct, &hello_code(), &greedy, "greedy", "1.0.0").await;
+    let open = Runner::start(net, &deno, &[("ATRUND_POLICY", "open")]);
+    for (who, status, name) in [
+        ("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", 404, "DidNotFound"),
+        (net.tombstoned_did.as_str(), 410, "DidTombstoned"),
+        ("did:plc:nope", 400, "DidInvalid"),
+        ("did:example:123", 400, "DidMethodUnsupported"),
+    ] {
+        let (s, b) = get(&open.url(&format!("/bundle/{who}/hello/latest/greet"))).await;
+        assert_eq!((s, b["error"].as_str()), (status, Some(name)), "{who}: {b}");
+    }
+    let (s, b) = get(&open.url(&format!("/bundle/{}/greedy/latest/greet", acct.did))).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (403, Some("PermissionNotAllowed")),
+        "{b}"
+    );
+    assert!(
+        b["message"].as_str().unwrap_or_default().contains("ls"),
+        "{b}"
+    );
+
+    // An allowlist that does not name this author, and the default (closed) policy.
+    let listed = Runner::start(net, &deno, &[("ATRUND_POLICY", &net.alice.did)]);
+    let (s, b) = get(&listed.url(&format!("/bundle/{}/greedy/latest/greet", acct.did))).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (403, Some("AuthorNotAllowed")),
+        "{b}"
+    );
+    let closed = Runner::start(net, &deno, &[]);
+    let (s, b) = get(&closed.url(&format!("/bundle/{}/greedy/latest/greet", acct.did))).await;
+    assert_eq!((s, b["error"].as_str()), (403, Some("PolicyClosed")), "{b}");
+    assert!(b["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("ATRUND_POLICY"));
+}
