@@ -363,3 +363,115 @@ async fn identity_and_policy_refusals_have_their_own_names() {
         .unwrap_or_default()
         .contains("ATRUND_POLICY"));
 }
+
+/// Sets or (with `{}`) clears the override of carol's served did:web document.
+async fn override_carol_doc(net: &TestNet, body: Value) {
+    let url = net
+        .carol_did_doc_url
+        .replace("/.well-known/did.json", "/__test/did-doc-override");
+    let resp = reqwest::Client::new()
+        .put(url)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("override did doc");
+    assert_eq!(resp.status(), 204);
+}
+
+/// A PDS in front of the real one that flips the first byte of every blob it serves: what a
+/// malicious or broken PDS could do, and what the real one never will.
+async fn start_blob_tampering_proxy(pds: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind proxy");
+    let port = listener.local_addr().expect("addr").port();
+    let client = reqwest::Client::new();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (client, pds) = (client.clone(), pds.clone());
+        async move {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default();
+            let upstream = client
+                .get(format!("{pds}{pq}"))
+                .send()
+                .await
+                .expect("upstream");
+            let status = upstream.status().as_u16();
+            let ctype = upstream
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/octet-stream")
+                .to_string();
+            let mut body = upstream.bytes().await.expect("body").to_vec();
+            if pq.starts_with("/xrpc/com.atproto.sync.getBlob") {
+                if let Some(b) = body.first_mut() {
+                    *b ^= 0xff;
+                }
+            }
+            axum::http::Response::builder()
+                .status(status)
+                .header("content-type", ctype)
+                .body(axum::body::Body::from(body))
+                .expect("response")
+        }
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://localhost:{port}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn did_web_author_works_and_forged_commits_and_tampered_blobs_are_refused() {
+    let Some((net, deno)) = setup() else { return };
+    let carol = &net.carol;
+    deploy(
+        net,
+        carol,
+        &hello_code(),
+        &hello_manifest(),
+        "webby",
+        "1.0.0",
+    )
+    .await;
+    let path = format!("/bundle/{}/webby/latest/greet?name=Web", carol.did);
+
+    let honest = Runner::start(net, &deno, &[("ATRUND_POLICY", "open")]);
+    let (s, b) = get(&honest.url(&path)).await;
+    assert_eq!((s, b), (200, json!({"message": "Hello, Web!"})));
+    drop(honest);
+
+    // The DID document now names a key that did not sign the repo's commits.
+    let stranger = k256::ecdsa::SigningKey::from_slice(&[42u8; 32]).expect("key");
+    let stranger = atrund_identity::PublicKey::K256(*stranger.verifying_key());
+    override_carol_doc(net, json!({"atprotoKey": stranger.to_multikey()})).await;
+    let forged = Runner::start(net, &deno, &[("ATRUND_POLICY", "open")]);
+    let (s, b) = get(&forged.url(&path)).await;
+    override_carol_doc(net, json!({})).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (502, Some("CommitSignatureInvalid")),
+        "{b}"
+    );
+    drop(forged);
+
+    // The document points at a PDS that alters blob bytes.
+    let proxy = start_blob_tampering_proxy(net.pds_url.clone()).await;
+    override_carol_doc(net, json!({ "pds": proxy })).await;
+    let tampered = Runner::start(net, &deno, &[("ATRUND_POLICY", "open")]);
+    let (s, b) = get(&tampered.url(&path)).await;
+    override_carol_doc(net, json!({})).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (502, Some("BlobHashMismatch")),
+        "{b}"
+    );
+    let stored = std::fs::read_dir(tampered.data.path().join("bundles"))
+        .expect("bundles dir")
+        .count();
+    assert_eq!(stored, 0, "bytes that failed verification were stored");
+}

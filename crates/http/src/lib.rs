@@ -150,6 +150,9 @@ async fn invoke(
         ));
     }
 
+    // The route parameter is percent-decoded, which would turn `did:web:localhost%3A8080` into
+    // a different DID: take the author segment from the raw path instead.
+    let author = raw_segment(req.uri(), 2).unwrap_or(author);
     let target = if author == LOCAL_AUTHOR && st.local.is_some() {
         local_target(&st, &name, &selector).await?
     } else {
@@ -304,6 +307,11 @@ fn next_instance_number() -> u64 {
     N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The `n`th `/`-separated segment of the URI's path, as sent (not percent-decoded).
+fn raw_segment(uri: &Uri, n: usize) -> Option<String> {
+    uri.path().split('/').nth(n).map(str::to_string)
+}
+
 /// The URI the bundle sees: the rest of the path after the endpoint, and the query string.
 fn rest_uri(rest: &str, original: &Uri) -> Result<Uri, ApiError> {
     let mut s = format!("/{rest}");
@@ -345,6 +353,14 @@ mod tests {
         assert_eq!(rest_uri("x/y", &u).unwrap(), "/x/y?q=1&r=2");
         let u: Uri = "/bundle/a/b/latest/e".parse().unwrap();
         assert_eq!(rest_uri("", &u).unwrap(), "/");
+    }
+
+    #[test]
+    fn author_segment_keeps_percent_encoding() {
+        let u: Uri = "/bundle/did:web:localhost%3A8080/b/latest/e"
+            .parse()
+            .unwrap();
+        assert_eq!(raw_segment(&u, 2).unwrap(), "did:web:localhost%3A8080");
     }
 
     #[test]
