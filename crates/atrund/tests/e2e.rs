@@ -34,9 +34,13 @@ impl Drop for Runner {
 
 impl Runner {
     fn start(net: &TestNet, deno: &Path, env: &[(&str, &str)]) -> Runner {
+        Self::start_with_args(net, deno, &["serve"], env)
+    }
+
+    fn start_with_args(net: &TestNet, deno: &Path, args: &[&str], env: &[(&str, &str)]) -> Runner {
         let data = tempfile::tempdir().expect("temp dir");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_at-rund"));
-        cmd.arg("serve")
+        cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("ATRUND_LISTEN", "127.0.0.1:0")
@@ -474,4 +478,69 @@ async fn did_web_author_works_and_forged_commits_and_tampered_blobs_are_refused(
         .expect("bundles dir")
         .count();
     assert_eq!(stored, 0, "bytes that failed verification were stored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_mode_serves_a_folder_and_picks_up_edits() {
+    let Some((net, deno)) = setup() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("main.js"), hello_code()).expect("code");
+    std::fs::write(
+        dir.path().join("manifest.json"),
+        hello_manifest().to_string(),
+    )
+    .expect("manifest");
+    let folder = dir.path().to_str().expect("utf-8 path");
+    let runner = Runner::start_with_args(net, &deno, &["dev", folder, "--name", "demo"], &[]);
+    let url = runner.url("/bundle/local/demo/latest/greet?name=Dev");
+    assert_eq!(get(&url).await, (200, json!({"message": "Hello, Dev!"})));
+    std::fs::write(
+        dir.path().join("main.js"),
+        hello_code().replace("Hello", "Edited"),
+    )
+    .expect("edit");
+    assert_eq!(get(&url).await, (200, json!({"message": "Edited, Dev!"})));
+    let (s, b) = get(&runner.url("/bundle/local/other/latest/greet")).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (404, Some("BundleNotFound")),
+        "{b}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_bodies_over_the_limit_are_refused_with_413() {
+    let Some((net, deno)) = setup() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("main.js"), hello_code()).expect("code");
+    std::fs::write(
+        dir.path().join("manifest.json"),
+        hello_manifest().to_string(),
+    )
+    .expect("manifest");
+    let folder = dir.path().to_str().expect("utf-8 path");
+    let runner = Runner::start_with_args(
+        net,
+        &deno,
+        &["dev", folder, "--name", "small"],
+        &[("ATRUND_HTTP_MAX_REQUEST_BODY_BYTES", "1024")],
+    );
+    let url = runner.url("/bundle/local/small/latest/shout");
+    let client = reqwest::Client::new();
+    let ok = client
+        .post(&url)
+        .json(&json!({"text": "a".repeat(900)}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(ok.status(), 200);
+    let big = client
+        .post(&url)
+        .json(&json!({"text": "a".repeat(2000)}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(big.status(), 413);
+    let b: Value = big.json().await.expect("json");
+    assert_eq!(b["error"], "PayloadTooLarge", "{b}");
 }
