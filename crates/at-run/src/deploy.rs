@@ -37,6 +37,13 @@ impl std::str::FromStr for Password {
     }
 }
 
+impl Password {
+    /// The password, for the createSession body only.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
 impl std::fmt::Debug for Password {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Password(<redacted>)")

@@ -2,5 +2,6 @@
 //! exactly the code `at-run` runs. `main.rs` is only the command-line edge.
 
 pub mod deploy;
+pub mod secrets;
 pub mod time;
 pub mod xrpc;

@@ -1,9 +1,9 @@
-//! `at-run`, the author CLI of at-rund. Today: `deploy`, which publishes a bundle version to the
-//! author's own PDS. The command-line edge: parses arguments, runs the command, prints the result
+//! `at-run`, the author CLI of at-rund: `deploy`, which publishes a bundle version to the
+//! author's own PDS, and `secrets`, which seals values for one runner. The command-line edge: parses arguments, runs the command, prints the result
 //! or the error chain (anyhow) and sets the exit code. Must not touch: anything a command module
 //! does not own; the password is never printed.
 
-use at_run::{deploy, xrpc};
+use at_run::{deploy, secrets, xrpc};
 
 use std::process::ExitCode;
 
@@ -24,6 +24,11 @@ struct Cli {
 enum Command {
     /// Publish a bundle version (dev.atrund.bundle) and move its release pointer to it.
     Deploy(deploy::DeployArgs),
+    /// Seal secrets for one runner (`set`, `unset`, `list`); values are never printed.
+    Secrets {
+        #[command(subcommand)]
+        command: secrets::SecretsCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -39,6 +44,33 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Secrets { command } => {
+            let (verb, result) = match &command {
+                secrets::SecretsCommand::Set { target, pairs } => {
+                    let sealed = secrets::parse_pairs(pairs);
+                    (
+                        "sealed",
+                        sealed.and_then(|p| rt.block_on(secrets::set(target, &p))),
+                    )
+                }
+                secrets::SecretsCommand::Unset { target, names } => {
+                    ("removed", rt.block_on(secrets::unset(target, names)))
+                }
+                secrets::SecretsCommand::List { target } => {
+                    ("listed", rt.block_on(secrets::list(target)))
+                }
+            };
+            match result {
+                Ok(outcome) => {
+                    print!("{}", outcome.render(verb));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Deploy(args) => match rt.block_on(deploy::run(&args)) {
             Ok(published) => {
                 if args.json {

@@ -281,6 +281,29 @@ impl Client {
     }
 }
 
+impl Client {
+    /// `com.atproto.repo.deleteRecord` (succeeds when there is nothing to delete).
+    pub async fn delete_record(
+        &self,
+        session: &Session,
+        collection: &str,
+        rkey: &str,
+    ) -> Result<(), XrpcError> {
+        const NSID: &str = "com.atproto.repo.deleteRecord";
+        let body = serde_json::json!({
+            "repo": session.did,
+            "collection": collection,
+            "rkey": rkey,
+        });
+        let req = self
+            .http
+            .post(self.url(NSID))
+            .bearer_auth(&session.access_jwt)
+            .json(&body);
+        self.send(NSID, req).await.map(|_| ())
+    }
+}
+
 fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", s.get(..i).unwrap_or(s)),

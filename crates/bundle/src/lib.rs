@@ -10,5 +10,5 @@ pub mod store;
 
 pub use record::{BlobRef, BundleRecord, Manifest, Permissions, ReleaseRecord};
 pub use selector::VersionSelector;
-pub use source::{BundleError, BundleSource, LoadedBundle, SourceConfig};
+pub use source::{BundleError, BundleSource, LoadedBundle, LoadedSecrets, SourceConfig};
 pub use store::BundleStore;

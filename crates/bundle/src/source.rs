@@ -2,6 +2,10 @@
 //! fetches the bundle record through a verified commit proof, and fetches the code blob by the
 //! CID that record names, storing it content-addressed.
 //!
+//! Also loads a bundle's sealed `dev.atrund.secrets` record for this runner's keys
+//! ([`BundleSource::load_secrets`]): proven like the bundle record, an absence proven by the MST
+//! means "no secrets". It never opens the record: that needs the runner's secret key.
+//!
 //! Owns: the order of the fetch/verify steps and the in-memory cache of resolved records. Must
 //! not touch: policy (the caller checks who may run before calling `load`) or execution.
 
@@ -12,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use atrund_identity::{IdentityError, IdentityResolver, ResolvedDid};
 use atrund_repo::{FetchError, RepoClient, VerifiedRecord};
+use atrund_secrets::{secrets_rkey, RunnerPublicKey, SecretsRecord, SECRETS_COLLECTION};
 
 use crate::record::{
     bundle_rkey, validate_name, BundleRecord, RecordError, ReleaseRecord, BUNDLE_COLLECTION,
@@ -59,6 +64,9 @@ pub enum BundleError {
     /// the code blob is larger than this runner accepts
     #[error("bundle code is {size} bytes, over this runner's limit of {limit} bytes (fetch.max_bundle_bytes)")]
     TooLarge { size: u64, limit: u64 },
+    /// the author's dev.atrund.secrets record does not decode
+    #[error("the dev.atrund.secrets record at {rkey} does not decode: {detail}; the author should run `at-run secrets set` again")]
+    SecretsRecord { rkey: String, detail: String },
     /// the bundle store on disk failed
     #[error(
         "bundle store error at {path}: {source}; check the data dir's permissions and free space"
@@ -81,6 +89,7 @@ impl BundleError {
             BundleError::NoSuchRecord { .. } => "VersionNotFound",
             BundleError::ReleaseMismatch { .. } => "ReleaseInvalid",
             BundleError::TooLarge { .. } => "BundleTooLarge",
+            BundleError::SecretsRecord { .. } => "SecretsInvalid",
             BundleError::Store { .. } => "StoreError",
         }
     }
@@ -113,6 +122,19 @@ pub struct SourceConfig {
 type CacheKey = (String, String, String); // (did, name, selector)
 type RecordCache = Mutex<HashMap<CacheKey, (Instant, Arc<LoadedBundle>)>>;
 
+/// A bundle's verified, still sealed, secrets record for this runner.
+#[derive(Debug, Clone)]
+pub struct LoadedSecrets {
+    /// CID of the record: part of what identifies an instance, so a changed secret reaches the
+    /// next new instance.
+    pub cid: String,
+    pub rkey: String,
+    pub record: SecretsRecord,
+}
+
+type SecretsKey = (String, String, Vec<RunnerPublicKey>); // (did, name, runner keys)
+type SecretsCache = Mutex<HashMap<SecretsKey, (Instant, Option<Arc<LoadedSecrets>>)>>;
+
 /// The fetch + verify pipeline.
 #[derive(Clone)]
 pub struct BundleSource {
@@ -121,6 +143,7 @@ pub struct BundleSource {
     store: BundleStore,
     cfg: SourceConfig,
     cache: Arc<RecordCache>,
+    secrets: Arc<SecretsCache>,
 }
 
 impl BundleSource {
@@ -136,7 +159,86 @@ impl BundleSource {
             store,
             cfg,
             cache: Arc::default(),
+            secrets: Arc::default(),
         }
+    }
+
+    /// The author's `dev.atrund.secrets` record of bundle `name` for the first of `keys` (this
+    /// runner's current key, then previous keys still in their grace period) that has one, each
+    /// lookup proven by a signed commit; `None` when the repository proves there is none.
+    /// Cached like bundle records (`revalidate`).
+    pub async fn load_secrets(
+        &self,
+        author: &ResolvedDid,
+        name: &str,
+        keys: &[RunnerPublicKey],
+    ) -> Result<Option<Arc<LoadedSecrets>>, BundleError> {
+        validate_name(name)?;
+        let key = (
+            author.did.as_str().to_string(),
+            name.to_string(),
+            keys.to_vec(),
+        );
+        if let Ok(cache) = self.secrets.lock() {
+            if let Some((at, hit)) = cache.get(&key) {
+                if at.elapsed() < self.cfg.revalidate {
+                    return Ok(hit.clone());
+                }
+            }
+        }
+        let found = match self.fetch_secrets(author, name, keys).await {
+            Err(BundleError::Fetch(e)) if e.code() == "CommitSignatureInvalid" => {
+                let fresh = self.identity.refresh_did(&author.did).await?;
+                self.fetch_secrets(&fresh, name, keys).await?
+            }
+            other => other?,
+        };
+        if let Ok(mut cache) = self.secrets.lock() {
+            cache.insert(key, (Instant::now(), found.clone()));
+        }
+        Ok(found)
+    }
+
+    async fn fetch_secrets(
+        &self,
+        author: &ResolvedDid,
+        name: &str,
+        keys: &[RunnerPublicKey],
+    ) -> Result<Option<Arc<LoadedSecrets>>, BundleError> {
+        let did = author.did.as_str();
+        for k in keys {
+            let rkey = secrets_rkey(name, k);
+            // A PDS that answers "not found" without a proof could only hide secrets, which
+            // denies service (reads of the names fail) but reveals nothing: treat it as absent.
+            let record = match self
+                .repo
+                .get_record(
+                    &author.pds,
+                    did,
+                    &author.signing_key,
+                    SECRETS_COLLECTION,
+                    &rkey,
+                )
+                .await
+            {
+                Ok(Some(r)) => r,
+                Ok(None) | Err(FetchError::RecordNotFound) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let decoded: SecretsRecord =
+                record
+                    .decode()
+                    .map_err(|e: FetchError| BundleError::SecretsRecord {
+                        rkey: rkey.clone(),
+                        detail: e.to_string(),
+                    })?;
+            return Ok(Some(Arc::new(LoadedSecrets {
+                cid: record.cid.to_string(),
+                rkey,
+                record: decoded,
+            })));
+        }
+        Ok(None)
     }
 
     /// Loads `name` at `selector` from the author's repository, verified end to end.

@@ -1,0 +1,455 @@
+//! `at-run secrets set|unset|list`: seal values to one runner's public key and keep them in the
+//! author's repo as a `dev.atrund.secrets` record at `{bundle}:{runner key fingerprint}`.
+//!
+//! Owns: fetching the runner's key from its describeRunner, sealing, merging with the entries
+//! already in the record (their values cannot be read back, so other names keep their sealed
+//! bytes), and writing or deleting the record. Must not touch: any value beyond sealing it; no
+//! value is printed, logged or put in an error, and `list` shows names only.
+
+use anyhow::{bail, Context};
+use atrund_bundle::record::validate_name;
+use atrund_secrets::{
+    secrets_rkey, validate_secret_name, RunnerPublicKey, SealedEntry, SecretValue, SecretsRecord,
+    MAX_ENTRIES, MAX_VALUE_BYTES, SECRETS_COLLECTION,
+};
+use serde::Serialize;
+
+use crate::deploy::{check_pds_url, Password};
+use crate::xrpc::{Client, Session};
+
+/// Which bundle, which runner, which account.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TargetArgs {
+    /// The runner these secrets are for (its /xrpc/dev.atrund.describeRunner gives the key).
+    #[arg(long, env = "ATRUN_RUNNER", value_name = "URL")]
+    pub runner: String,
+    /// Expected runner public key (multibase); the command refuses if the runner announces
+    /// another. Use it when you got the key from the operator out of band.
+    #[arg(long, value_name = "KEY")]
+    pub runner_key: Option<String>,
+    /// Bundle name.
+    #[arg(long)]
+    pub name: String,
+    /// Your PDS, e.g. https://pds.example.com.
+    #[arg(long, env = "ATRUN_PDS", value_name = "URL")]
+    pub pds: Option<String>,
+    /// Your handle or DID.
+    #[arg(long, env = "ATRUN_IDENTIFIER", value_name = "HANDLE_OR_DID")]
+    pub identifier: Option<String>,
+    /// An app password (not needed by `list`).
+    #[arg(
+        long,
+        env = "ATRUN_PASSWORD",
+        hide_env_values = true,
+        value_name = "APP_PASSWORD"
+    )]
+    pub password: Option<Password>,
+}
+
+/// `NAME=VALUE`, or `NAME` to take the value from the environment variable of that name (keeps
+/// it out of shell history and `ps`). `Debug` never shows the value.
+#[derive(Clone)]
+pub struct SecretArg {
+    pub name: String,
+    pub value: SecretValue,
+}
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}=<redacted>", self.name)
+    }
+}
+
+impl std::str::FromStr for SecretArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, value) = match s.split_once('=') {
+            Some((n, v)) => (n.to_string(), v.to_string()),
+            None => {
+                let v = std::env::var(s).map_err(|_| {
+                    format!("'{s}' has no '=VALUE' and no environment variable {s} is set")
+                })?;
+                (s.to_string(), v)
+            }
+        };
+        validate_secret_name(&name).map_err(|e| e.to_string())?;
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(format!(
+                "the value of {name} is {} bytes; at most {MAX_VALUE_BYTES} are allowed",
+                value.len()
+            ));
+        }
+        if value.contains('\0') {
+            return Err(format!(
+                "the value of {name} contains a NUL byte, which an environment cannot hold"
+            ));
+        }
+        Ok(SecretArg {
+            name,
+            value: SecretValue::new(value),
+        })
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SecretsCommand {
+    /// Seal NAME=VALUE pairs for one runner and store them (other names already set are kept).
+    Set {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// NAME=VALUE, or NAME to read the value from the environment variable NAME. Parsed by
+        /// [`SecretArg`], not clap, whose errors would echo the value.
+        #[arg(required = true, value_name = "NAME[=VALUE]")]
+        pairs: Vec<String>,
+    },
+    /// Remove secrets by name (the record is deleted when none are left).
+    Unset {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Show the names of the secrets set for a runner (values cannot be read back).
+    List {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+}
+
+/// What a command did; names only.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    /// The record's URI (it may no longer exist after `unset`).
+    pub uri: String,
+    /// CID of the written record; `None` when nothing is stored.
+    pub cid: Option<String>,
+    pub runner_key: String,
+    /// Names now stored, in record order.
+    pub names: Vec<String>,
+    /// Names this command changed (set or removed).
+    pub changed: Vec<String>,
+}
+
+impl Outcome {
+    pub fn render(&self, verb: &str) -> String {
+        let mut s = format!(
+            "{verb} {} for runner key {}\n  record: {}\n",
+            if self.changed.is_empty() {
+                "nothing".to_string()
+            } else {
+                self.changed.join(", ")
+            },
+            self.runner_key,
+            self.uri
+        );
+        if self.names.is_empty() {
+            s.push_str("  names:  (none)\n");
+        } else {
+            s.push_str(&format!("  names:  {}\n", self.names.join(", ")));
+        }
+        s
+    }
+}
+
+/// Checks the runner URL: https, or http on loopback only (a key fetched over plain http from
+/// elsewhere could be swapped by anyone on the path, and the values sealed to theirs).
+pub fn check_runner_url(runner: &str) -> anyhow::Result<String> {
+    let url = reqwest::Url::parse(runner).with_context(|| {
+        format!("--runner '{runner}' is not a URL; use e.g. https://runner.example.com")
+    })?;
+    let loopback = matches!(
+        url.host_str(),
+        Some("localhost" | "127.0.0.1" | "[::1]" | "::1")
+    );
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => bail!(
+            "--runner '{runner}' uses plain http, so its key could be replaced in transit; use https:// (or pass --runner-key from the operator)"
+        ),
+        other => bail!("--runner '{runner}' has scheme '{other}'; use https://"),
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+/// The runner's public key from its describeRunner (checked against `--runner-key` if given).
+pub async fn runner_key(t: &TargetArgs) -> anyhow::Result<RunnerPublicKey> {
+    let expected = t
+        .runner_key
+        .as_deref()
+        .map(RunnerPublicKey::from_multibase)
+        .transpose()
+        .context("--runner-key")?;
+    let base = match check_runner_url(&t.runner) {
+        Ok(b) => b,
+        // A pinned key makes the transport irrelevant: it is what we seal to.
+        Err(_) if expected.is_some() && t.runner.starts_with("http://") => {
+            t.runner.trim_end_matches('/').to_string()
+        }
+        Err(e) => return Err(e),
+    };
+    let url = format!("{base}/xrpc/dev.atrund.describeRunner");
+    let resp = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .context("could not set up the HTTP client")?
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("could not reach the runner at {base}; check --runner"))?;
+    if !resp.status().is_success() {
+        bail!(
+            "{url} answered HTTP {}; check that --runner is an at-rund runner",
+            resp.status().as_u16()
+        );
+    }
+    let body: serde_json::Value = resp
+        .json()
+        .await
+        .with_context(|| format!("{url} did not return JSON; check --runner"))?;
+    let announced = body
+        .get("publicKey")
+        .and_then(|k| k.as_str())
+        .with_context(|| {
+            format!("{url} has no publicKey; the runner is too old to take secrets")
+        })?;
+    let key = RunnerPublicKey::from_multibase(announced)
+        .with_context(|| format!("the publicKey announced by {url}"))?;
+    if let Some(want) = expected {
+        if want != key {
+            bail!(
+                "the runner at {base} announces key {key}, not the --runner-key {want}; do not send it secrets until the operator confirms its key"
+            );
+        }
+    }
+    Ok(key)
+}
+
+struct Account {
+    client: Client,
+    repo: String,
+}
+
+fn account(t: &TargetArgs) -> anyhow::Result<Account> {
+    validate_name(&t.name).context("--name")?;
+    let pds = t
+        .pds
+        .as_deref()
+        .context("no PDS given: pass --pds URL or set ATRUN_PDS")?;
+    let pds = check_pds_url(pds)?;
+    let repo = t
+        .identifier
+        .clone()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .context("no account given: pass --identifier HANDLE_OR_DID or set ATRUN_IDENTIFIER")?;
+    let client = Client::new(&pds).context("could not set up the HTTP client")?;
+    Ok(Account { client, repo })
+}
+
+async fn login(t: &TargetArgs, a: &Account) -> anyhow::Result<Session> {
+    let password = t
+        .password
+        .as_ref()
+        .filter(|p| !p.expose().is_empty())
+        .context("no password given: set ATRUN_PASSWORD (or --password) to an app password")?;
+    let session = a
+        .client
+        .create_session(&a.repo, password.expose())
+        .await
+        .with_context(|| format!("could not log in as '{}'", a.repo))?;
+    if session.active == Some(false) {
+        bail!(
+            "account {} is not active on its PDS (status: {})",
+            session.handle,
+            session.status.as_deref().unwrap_or("unknown")
+        );
+    }
+    Ok(session)
+}
+
+/// The record now stored for this bundle and runner key, if any.
+async fn current(a: &Account, repo: &str, rkey: &str) -> anyhow::Result<Option<SecretsRecord>> {
+    let Some(v) = a
+        .client
+        .get_record(repo, SECRETS_COLLECTION, rkey)
+        .await
+        .context("could not read the current secrets record")?
+    else {
+        return Ok(None);
+    };
+    let value = v.get("value").context("getRecord returned no value")?;
+    let rec = SecretsRecord::from_json(value).map_err(|e| {
+        anyhow::anyhow!(
+            "the stored secrets record at {rkey} is not valid ({e}); unset every name to delete it"
+        )
+    })?;
+    Ok(Some(rec))
+}
+
+fn names(r: &SecretsRecord) -> Vec<String> {
+    r.entries.iter().map(|e| e.name.clone()).collect()
+}
+
+/// Parses `NAME[=VALUE]` arguments; errors name the argument's name part only.
+pub fn parse_pairs(args: &[String]) -> anyhow::Result<Vec<SecretArg>> {
+    args.iter()
+        .map(|a| a.parse::<SecretArg>().map_err(anyhow::Error::msg))
+        .collect()
+}
+
+/// `set`: seals each value for the runner's key and writes the merged record.
+pub async fn set(t: &TargetArgs, pairs: &[SecretArg]) -> anyhow::Result<Outcome> {
+    let a = account(t)?;
+    let key = runner_key(t).await?;
+    let session = login(t, &a).await?;
+    let rkey = secrets_rkey(&t.name, &key);
+    let mut entries: Vec<SealedEntry> = match current(&a, &session.did, &rkey).await? {
+        // Sealed for another key (written by hand?): those values cannot be kept.
+        Some(r) if r.runner_key == key.to_multibase() && r.name == t.name => r.entries,
+        _ => Vec::new(),
+    };
+    let mut changed = Vec::new();
+    for p in pairs {
+        let sealed = key.seal(&p.name, p.value.expose().as_bytes())?;
+        match entries.iter_mut().find(|e| e.name == p.name) {
+            Some(e) => e.sealed = sealed,
+            None => entries.push(SealedEntry {
+                name: p.name.clone(),
+                sealed,
+            }),
+        }
+        if !changed.contains(&p.name) {
+            changed.push(p.name.clone());
+        }
+    }
+    if entries.len() > MAX_ENTRIES {
+        bail!("a bundle may have at most {MAX_ENTRIES} secrets per runner; unset some first");
+    }
+    let record = SecretsRecord {
+        name: t.name.clone(),
+        runner_key: key.to_multibase(),
+        entries,
+        updated_at: crate::time::now_rfc3339(),
+    };
+    record.validate(&t.name)?;
+    let w = a
+        .client
+        .put_record(
+            &session,
+            SECRETS_COLLECTION,
+            &rkey,
+            &record.to_json(),
+            false,
+        )
+        .await
+        .context("could not write the secrets record")?;
+    Ok(Outcome {
+        uri: w.uri,
+        cid: Some(w.cid),
+        runner_key: key.to_multibase(),
+        names: names(&record),
+        changed,
+    })
+}
+
+/// `unset`: removes entries by name; deletes the record when none are left.
+pub async fn unset(t: &TargetArgs, remove: &[String]) -> anyhow::Result<Outcome> {
+    let a = account(t)?;
+    let key = runner_key(t).await?;
+    let session = login(t, &a).await?;
+    let rkey = secrets_rkey(&t.name, &key);
+    let uri = format!("at://{}/{SECRETS_COLLECTION}/{rkey}", session.did);
+    let Some(mut record) = current(&a, &session.did, &rkey).await? else {
+        return Ok(Outcome {
+            uri,
+            cid: None,
+            runner_key: key.to_multibase(),
+            names: Vec::new(),
+            changed: Vec::new(),
+        });
+    };
+    let before = names(&record);
+    record.entries.retain(|e| !remove.contains(&e.name));
+    let changed: Vec<String> = before.into_iter().filter(|n| remove.contains(n)).collect();
+    if record.entries.is_empty() {
+        a.client
+            .delete_record(&session, SECRETS_COLLECTION, &rkey)
+            .await
+            .context("could not delete the secrets record")?;
+        return Ok(Outcome {
+            uri,
+            cid: None,
+            runner_key: key.to_multibase(),
+            names: Vec::new(),
+            changed,
+        });
+    }
+    record.updated_at = crate::time::now_rfc3339();
+    let w = a
+        .client
+        .put_record(
+            &session,
+            SECRETS_COLLECTION,
+            &rkey,
+            &record.to_json(),
+            false,
+        )
+        .await
+        .context("could not write the secrets record")?;
+    Ok(Outcome {
+        uri: w.uri,
+        cid: Some(w.cid),
+        runner_key: key.to_multibase(),
+        names: names(&record),
+        changed,
+    })
+}
+
+/// `list`: the names stored for this bundle and runner (no login needed: names are public).
+pub async fn list(t: &TargetArgs) -> anyhow::Result<Outcome> {
+    let a = account(t)?;
+    let key = runner_key(t).await?;
+    let rkey = secrets_rkey(&t.name, &key);
+    let record = current(&a, &a.repo, &rkey).await?;
+    Ok(Outcome {
+        uri: format!("at://{}/{SECRETS_COLLECTION}/{rkey}", a.repo),
+        cid: None,
+        runner_key: key.to_multibase(),
+        names: record.as_ref().map(names).unwrap_or_default(),
+        changed: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_args_parse_and_never_show_values() {
+        let a: SecretArg = "API_TOKEN=s3cr3t=x".parse().unwrap();
+        assert_eq!(a.name, "API_TOKEN");
+        assert_eq!(a.value.expose(), "s3cr3t=x");
+        assert!(!format!("{a:?}").contains("s3cr3t"));
+        for bad in ["DENO_DIR=x", "1A=x", "=x", "A-B=x", "HTTPS_PROXY=x"] {
+            let e = bad.parse::<SecretArg>().unwrap_err();
+            assert!(!e.contains("=x"), "{e}");
+        }
+        let big = format!("A={}", "x".repeat(MAX_VALUE_BYTES + 1));
+        assert!(big.parse::<SecretArg>().unwrap_err().contains("bytes"));
+        assert!("AT_RUN_TEST_SURELY_UNSET_VAR".parse::<SecretArg>().is_err());
+    }
+
+    #[test]
+    fn runner_urls() {
+        assert_eq!(
+            check_runner_url("https://r.example.com/").unwrap(),
+            "https://r.example.com"
+        );
+        assert!(check_runner_url("http://127.0.0.1:3000").is_ok());
+        for bad in ["http://r.example.com", "ftp://x", "r.example.com"] {
+            assert!(check_runner_url(bad).is_err(), "{bad}");
+        }
+    }
+}

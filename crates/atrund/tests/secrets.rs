@@ -1,0 +1,516 @@
+//! Secrets end to end: `at-run secrets` (the library the CLI runs) seals values to a real
+//! `at-rund serve`'s key and writes them to the real test PDS; the runner proves, opens and
+//! injects them as the bundle's only readable environment. Every test ends by grepping the
+//! runner's log and every file under its data dir for the values it used.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use at_run::secrets::{SecretArg, TargetArgs};
+use atrund_secrets::{secrets_rkey, RunnerKeys, RunnerPublicKey, SealedEntry, SecretsRecord};
+use atrund_testnet::{Account, TestNet};
+use serde_json::{json, Value};
+use sha2::Digest;
+
+/// A running `at-rund serve` (as in e2e.rs, plus a data dir that can outlive one process).
+struct Runner {
+    child: Child,
+    base: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- at-rund log ----\n{}", self.log());
+        }
+    }
+}
+
+fn runner_cmd(net: &TestNet, deno: &Path, data: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_at-rund"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("ATRUND_LISTEN", "127.0.0.1:0")
+        .env("ATRUND_PLC_URL", &net.plc_url)
+        .env("ATRUND_ALLOW_HTTP", "1")
+        .env("ATRUND_DATA_DIR", data)
+        .env("ATRUND_DENO_PATH", deno)
+        .env("ATRUND_IDENTITY_HANDLE_RESOLVER", &net.pds_url)
+        .env("ATRUND_IDENTITY_DNS", "false")
+        .env("ATRUND_IDENTITY_WELL_KNOWN", "false")
+        .env("ATRUND_FETCH_REVALIDATE_SECS", "0")
+        .env("ATRUND_POLICY", "open")
+        .env("ATRUND_POOL_ADMIN_LISTEN", "off")
+        .env("ATRUND_LOG", "debug,hyper=info,reqwest=info,h2=info")
+        .stdin(Stdio::null());
+    cmd
+}
+
+impl Runner {
+    fn start(net: &TestNet, deno: &Path, data: &Path) -> Runner {
+        let mut child = runner_cmd(net, deno, data, &["serve"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn at-rund");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line
+                    .contains("listening")
+                    .then(|| line.split("addr=").nth(1))
+                    .flatten()
+                {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                if let Ok(mut l) = log2.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "at-rund did not start listening within 30 s; log:\n{}",
+                    log.lock().map(|l| l.clone()).unwrap_or_default()
+                );
+            }
+        };
+        Runner {
+            child,
+            base: format!("http://{addr}"),
+            log,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Stops the process (so its log is complete) and returns the log.
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(200));
+        self.log()
+    }
+}
+
+fn setup() -> Option<(&'static TestNet, PathBuf)> {
+    let net = atrund_testnet::shared()?;
+    let deno = atrund_testnet::deno_path()?;
+    Some((net, deno))
+}
+
+async fn deploy(net: &TestNet, account: &Account, code: &str, manifest: &Value, name: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("main.js");
+    std::fs::write(&file, code).expect("write bundle");
+    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).expect("manifest");
+    let args = at_run::deploy::DeployArgs {
+        file,
+        name: name.to_string(),
+        version: "1.0.0".to_string(),
+        manifest: None,
+        description: None,
+        no_release: false,
+        pds: Some(net.pds_url.clone()),
+        identifier: Some(account.handle.clone()),
+        password: Some(account.password.parse().expect("password")),
+        json: false,
+    };
+    at_run::deploy::run(&args)
+        .await
+        .unwrap_or_else(|e| panic!("deploy {name} failed: {e:#}"));
+}
+
+fn target(net: &TestNet, acct: &Account, runner: &Runner, name: &str) -> TargetArgs {
+    TargetArgs {
+        runner: runner.base.clone(),
+        runner_key: None,
+        name: name.to_string(),
+        pds: Some(net.pds_url.clone()),
+        identifier: Some(acct.handle.clone()),
+        password: Some(acct.password.parse().expect("password")),
+    }
+}
+
+fn pairs(p: &[(&str, &str)]) -> Vec<SecretArg> {
+    p.iter()
+        .map(|(n, v)| format!("{n}={v}").parse().expect("secret arg"))
+        .collect()
+}
+
+async fn get(url: &str) -> (u16, Value) {
+    let resp = reqwest::get(url).await.expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+fn sha_hex(s: &str) -> String {
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Reports, per name, a hash of the value (never the value), or the error reading it raised.
+const VAULT: &str = r#"
+async function sha(s) {
+  const d = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(s));
+  return [...new Uint8Array(d)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+async function read(name) {
+  try {
+    const v = Deno.env.get(name);
+    return v === undefined ? "unset" : await sha(v);
+  } catch (e) {
+    return e?.name ?? "unknown";
+  }
+}
+export const check = { handler: async () => ({
+  API_TOKEN: await read("API_TOKEN"), OTHER: await read("OTHER"),
+  HOME: await read("HOME"), PATH: await read("PATH"),
+}) };
+export const boom = { handler: () => { throw new Error("the handler failed on purpose"); } };
+"#;
+
+fn vault_manifest() -> Value {
+    json!({"endpoints": [{"name": "check", "method": "GET"}, {"name": "boom"}]})
+}
+
+/// Every file under `dir`, recursively (sockets and other specials skipped).
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => out.extend(files(&p)),
+            Ok(t) if t.is_file() => out.push(p),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// No canary in the log or in any file under the data dir.
+fn assert_no_canary(log: &str, data: &Path, canaries: &[&str]) {
+    let all = files(data);
+    assert!(
+        !all.is_empty(),
+        "the data dir is empty: nothing was checked"
+    );
+    for c in canaries {
+        assert!(!log.contains(c), "canary {c} is in the runner's log");
+        for f in &all {
+            let bytes = std::fs::read(f).unwrap_or_default();
+            assert!(
+                !bytes.windows(c.len()).any(|w| w == c.as_bytes()),
+                "canary {c} is in {}",
+                f.display()
+            );
+        }
+    }
+}
+
+/// The `micros=` of each "secrets decrypted" debug line.
+fn decrypt_micros(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("secrets decrypted"))
+        .filter_map(|l| l.split("micros=").nth(1))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_reach_the_bundle_as_its_only_env_and_changes_reach_new_instances() {
+    let Some((net, deno)) = setup() else { return };
+    let acct = net.create_account("vault").await;
+    deploy(net, &acct, VAULT, &vault_manifest(), "vault").await;
+    let data = tempfile::tempdir().expect("temp dir");
+    let runner = Runner::start(net, &deno, data.path());
+
+    // The key: created with mode 0600 and announced by describeRunner.
+    let key_file = data.path().join("runner-key.json");
+    let mode = std::fs::metadata(&key_file)
+        .expect("key file")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let (s, d) = get(&runner.url("/xrpc/dev.atrund.describeRunner")).await;
+    assert_eq!(s, 200);
+    let announced = d["publicKey"].as_str().expect("publicKey").to_string();
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(&key_file).expect("read")).expect("json");
+    assert_eq!(file["current"]["publicKey"], announced.as_str());
+
+    let check = runner.url(&format!("/bundle/{}/vault/latest/check", acct.did));
+    // No secrets yet: the repository proves there is no record; nothing is readable.
+    let (s, b) = get(&check).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["API_TOKEN"], "NotCapable", "{b}");
+
+    let (first, other) = ("canary-first-5b1e0c", "canary-other-77d2a9");
+    let t = target(net, &acct, &runner, "vault");
+    let out = at_run::secrets::set(&t, &pairs(&[("API_TOKEN", first), ("OTHER", other)]))
+        .await
+        .expect("secrets set");
+    assert_eq!(out.names, ["API_TOKEN", "OTHER"]);
+    assert_eq!(out.runner_key, announced);
+    assert!(!out.render("sealed").contains(first));
+
+    let (s, b) = get(&check).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["API_TOKEN"], sha_hex(first), "{b}");
+    assert_eq!(b["OTHER"], sha_hex(other), "{b}");
+    // Names that are not secrets stay unreadable.
+    assert_eq!(b["HOME"], "NotCapable", "{b}");
+    assert_eq!(b["PATH"], "NotCapable", "{b}");
+
+    // A changed secret reaches the next new instance; `set` keeps OTHER's sealed bytes.
+    let second = "canary-second-c40f31";
+    at_run::secrets::set(&t, &pairs(&[("API_TOKEN", second)]))
+        .await
+        .expect("secrets set again");
+    let (_, b) = get(&check).await;
+    assert_eq!(b["API_TOKEN"], sha_hex(second), "{b}");
+    assert_eq!(b["OTHER"], sha_hex(other), "{b}");
+
+    // unset removes a name (from the env of the next instance too); list shows names only.
+    let out = at_run::secrets::unset(&t, &["OTHER".to_string()])
+        .await
+        .expect("unset");
+    assert_eq!(
+        (out.names.as_slice(), out.changed.as_slice()),
+        (&["API_TOKEN".to_string()][..], &["OTHER".to_string()][..])
+    );
+    let listed = at_run::secrets::list(&t).await.expect("list");
+    assert_eq!(listed.names, ["API_TOKEN"]);
+    let (_, b) = get(&check).await;
+    assert_eq!(b["API_TOKEN"], sha_hex(second), "{b}");
+    assert_eq!(b["OTHER"], "NotCapable", "{b}");
+
+    // A bundle that throws, while its secrets are loaded.
+    let (s, _) = get(&runner.url(&format!("/bundle/{}/vault/latest/boom", acct.did))).await;
+    assert!(s >= 500, "boom answered {s}");
+
+    // Unset everything: the record is deleted and the bundle has no env again.
+    let out = at_run::secrets::unset(&t, &["API_TOKEN".to_string()])
+        .await
+        .expect("unset all");
+    assert!(out.cid.is_none() && out.names.is_empty());
+    let (_, b) = get(&check).await;
+    assert_eq!(b["API_TOKEN"], "NotCapable", "{b}");
+
+    let log = runner.stop();
+    let micros = decrypt_micros(&log);
+    assert!(
+        micros.len() >= 3,
+        "expected a decryption per record version: {micros:?}"
+    );
+    let mut sorted = micros.clone();
+    sorted.sort_unstable();
+    eprintln!(
+        "time to decrypt (debug build, per record version): median {} µs over {:?}",
+        sorted[sorted.len() / 2],
+        micros
+    );
+    assert_no_canary(&log, data.path(), &[first, other, second]);
+}
+
+/// Writes a secrets record by hand (what a confused or malicious tool could write).
+async fn put_secrets(net: &TestNet, acct: &Account, rkey: &str, record: &SecretsRecord) {
+    let client = at_run::xrpc::Client::new(&net.pds_url).expect("client");
+    let session = client
+        .create_session(&acct.handle, &acct.password)
+        .await
+        .expect("login");
+    client
+        .put_record(
+            &session,
+            atrund_secrets::SECRETS_COLLECTION,
+            rkey,
+            &record.to_json(),
+            false,
+        )
+        .await
+        .expect("put record");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_sealed_for_another_runner_key_are_refused_by_name() {
+    let Some((net, deno)) = setup() else { return };
+    let acct = net.create_account("wrongkey").await;
+    deploy(net, &acct, VAULT, &vault_manifest(), "vault").await;
+    let data = tempfile::tempdir().expect("temp dir");
+    let runner = Runner::start(net, &deno, data.path());
+    let (_, d) = get(&runner.url("/xrpc/dev.atrund.describeRunner")).await;
+    let ours = RunnerPublicKey::from_multibase(d["publicKey"].as_str().expect("key")).expect("mb");
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let (theirs, _) = RunnerKeys::load_or_create(&elsewhere.path().join("k.json"), Duration::ZERO)
+        .expect("other runner's key");
+    let theirs = theirs.public_key();
+    let canary = "canary-wrongkey-9e3d44";
+    let sealed = theirs.seal("API_TOKEN", canary.as_bytes()).expect("seal");
+    let rkey = secrets_rkey("vault", &ours);
+    let check = runner.url(&format!("/bundle/{}/vault/latest/check", acct.did));
+
+    // Sealed for, and saying, another runner's key, at this runner's record key.
+    let mut record = SecretsRecord {
+        name: "vault".into(),
+        runner_key: theirs.to_multibase(),
+        entries: vec![SealedEntry {
+            name: "API_TOKEN".into(),
+            sealed: sealed.clone(),
+        }],
+        updated_at: "2026-01-01T00:00:00.000Z".into(),
+    };
+    put_secrets(net, &acct, &rkey, &record).await;
+    let (s, b) = get(&check).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (502, Some("SecretsNotForThisRunner")),
+        "{b}"
+    );
+    let msg = b["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("at-run secrets set"), "{msg}");
+
+    // Claims this runner's key, but the value was sealed to another.
+    record.runner_key = ours.to_multibase();
+    put_secrets(net, &acct, &rkey, &record).await;
+    let (s, b) = get(&check).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (502, Some("SecretsUndecryptable")),
+        "{b}"
+    );
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("API_TOKEN"),
+        "{b}"
+    );
+
+    // A name the runner reserves.
+    record.entries[0] = SealedEntry {
+        name: "LD_PRELOAD".into(),
+        sealed: ours.seal("LD_PRELOAD", canary.as_bytes()).expect("seal"),
+    };
+    put_secrets(net, &acct, &rkey, &record).await;
+    let (s, b) = get(&check).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (502, Some("SecretsInvalid")),
+        "{b}"
+    );
+
+    // Records for other runners, at their own keys, are simply not this runner's business.
+    let mut theirs_record = record.clone();
+    theirs_record.runner_key = theirs.to_multibase();
+    theirs_record.entries[0] = SealedEntry {
+        name: "API_TOKEN".into(),
+        sealed,
+    };
+    put_secrets(net, &acct, &secrets_rkey("vault", &theirs), &theirs_record).await;
+    at_run::secrets::unset(
+        &target(net, &acct, &runner, "vault"),
+        &["LD_PRELOAD".into()],
+    )
+    .await
+    .expect("unset");
+    let (s, b) = get(&check).await;
+    assert_eq!((s, &b["API_TOKEN"]), (200, &json!("NotCapable")), "{b}");
+
+    let log = runner.stop();
+    assert_no_canary(&log, data.path(), &[canary]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_file_mode_keygen_and_rotation_grace() {
+    let Some((net, deno)) = setup() else { return };
+    let acct = net.create_account("rotate").await;
+    deploy(net, &acct, VAULT, &vault_manifest(), "vault").await;
+    let data = tempfile::tempdir().expect("temp dir");
+
+    // keygen creates the key (0600) and prints the public key; a second run keeps it.
+    let keygen = |args: &[&str]| {
+        let out = runner_cmd(net, &deno, data.path(), args)
+            .output()
+            .expect("run keygen");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string()
+    };
+    let first = keygen(&["keygen"]);
+    assert!(RunnerPublicKey::from_multibase(&first).is_ok(), "{first}");
+    assert_eq!(keygen(&["keygen"]), first);
+
+    // Set a secret for that key.
+    let runner = Runner::start(net, &deno, data.path());
+    let canary = "canary-rotate-2a6b90";
+    at_run::secrets::set(
+        &target(net, &acct, &runner, "vault"),
+        &pairs(&[("API_TOKEN", canary)]),
+    )
+    .await
+    .expect("set");
+    let mut log = runner.stop();
+
+    // Rotate: the new key is announced, the record sealed to the old one still opens (grace).
+    let rotated = keygen(&["keygen", "--rotate"]);
+    assert_ne!(rotated, first);
+    let runner = Runner::start(net, &deno, data.path());
+    let (_, d) = get(&runner.url("/xrpc/dev.atrund.describeRunner")).await;
+    assert_eq!(d["publicKey"], rotated.as_str());
+    let check = runner.url(&format!("/bundle/{}/vault/latest/check", acct.did));
+    let (s, b) = get(&check).await;
+    assert_eq!((s, &b["API_TOKEN"]), (200, &json!(sha_hex(canary))), "{b}");
+    log.push_str(&runner.stop());
+
+    // A key file others can read: the runner refuses to start and says how to fix it.
+    let key_file = data.path().join("runner-key.json");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = runner_cmd(net, &deno, data.path(), &["serve"])
+        .output()
+        .expect("run serve");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("chmod 600") && err.contains(&key_file.display().to_string()),
+        "{err}"
+    );
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+
+    assert_no_canary(&log, data.path(), &[canary]);
+}
