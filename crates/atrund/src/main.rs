@@ -16,7 +16,7 @@ use atrund_http::{AppState, LocalBundle};
 use atrund_identity::{IdentityConfig, IdentityResolver};
 use atrund_pool::Pool;
 use atrund_repo::{FetchConfig, RepoClient};
-use atrund_sandbox::{DenoBinary, NoneExecutor};
+use atrund_sandbox::{runner_id_for, CgroupManager, DenoBinary, NoneExecutor};
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +54,17 @@ enum Command {
     },
     /// Validate the configuration and print the effective result.
     CheckConfig {
+        /// TOML config file (as for `serve`).
+        #[arg(long, env = "ATRUND_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Create the runner's X25519 key file (secrets.key_file) if there is none, and print the
+    /// public key; with --rotate, make a new key and keep the old one for decryption for
+    /// secrets.rotation_grace_secs. Restart the runner to use a rotated key.
+    Keygen {
+        /// Replace the current key (authors must then run `at-run secrets set` again).
+        #[arg(long)]
+        rotate: bool,
         /// TOML config file (as for `serve`).
         #[arg(long, env = "ATRUND_CONFIG")]
         config: Option<PathBuf>,
@@ -106,6 +117,33 @@ async fn run(cli: Cli) -> Result<()> {
             eprintln!("configuration is valid");
             Ok(())
         }
+        Command::Keygen { rotate, config } => {
+            let cfg = load_config(config.as_deref())?;
+            let (path, grace) = (cfg.key_file(), key_grace(&cfg));
+            let keys = if rotate {
+                let keys = atrund_secrets::RunnerKeys::rotate(&path, grace)?;
+                eprintln!(
+                    "rotated the runner key in {}; the previous key decrypts for {} s more; restart the runner",
+                    path.display(),
+                    grace.as_secs()
+                );
+                keys
+            } else {
+                let (keys, status) = atrund_secrets::RunnerKeys::load_or_create(&path, grace)?;
+                match status {
+                    atrund_secrets::KeyFileStatus::Created => {
+                        eprintln!("created {}", path.display())
+                    }
+                    atrund_secrets::KeyFileStatus::Loaded { .. } => eprintln!(
+                        "{} already exists (use --rotate to replace its key)",
+                        path.display()
+                    ),
+                }
+                keys
+            };
+            println!("{}", keys.public_key());
+            Ok(())
+        }
         Command::Serve { config } => serve(load_config(config.as_deref())?, None).await,
         Command::Dev {
             dir,
@@ -125,6 +163,7 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     let data_dir = config.data_dir.clone();
     prepare_data_dir(&data_dir)?;
     tracing::info!(data_dir = %data_dir.display(), "data dir ready");
+    let secrets = Arc::new(atrund_secrets::Opener::new(load_keys(&config)?));
 
     let deno = DenoBinary::locate(config.deno.path.as_deref())?;
     let runtime_version = deno.version().await?;
@@ -160,12 +199,22 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
             max_list_pages: 20,
         },
     );
-    let executor = Arc::new(NoneExecutor::new(deno));
+    // Cgroups of this runner (its id comes from the data dir); leftovers of a crash are swept.
+    let cgroups = Arc::new(CgroupManager::start(&runner_id_for(&data_dir)));
+    let executor = Arc::new(NoneExecutor::new(deno).with_cgroups(cgroups.clone()));
+    let enforcement = Arc::new(atrund_sandbox::Executor::enforcement(&*executor));
+    for e in enforcement.iter() {
+        if e.enforced {
+            tracing::info!(limit = e.limit, how = %e.how, "limit enforced");
+        } else {
+            tracing::warn!(limit = e.limit, why = %e.how, "limit NOT enforced (docs/limits.md)");
+        }
+    }
     tracing::warn!(
         "isolation = \"none\": bundles run as Deno processes with permission flags only; \
          see docs/security.md for what this does not contain"
     );
-    let pool = Arc::new(Pool::new(executor));
+    let pool = Pool::new(executor, pool_config(&config.pool));
     if config.allow_http {
         tracing::warn!("allow_http is on: plain-http PDS and did:web are accepted for loopback hosts (development only)");
     }
@@ -179,7 +228,9 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         pool: pool.clone(),
         local: local.map(Arc::new),
         runtime_version,
+        secrets,
         draining: drain_rx.clone(),
+        enforcement,
     };
     if let Some(l) = &state.local {
         tracing::info!(
@@ -188,6 +239,7 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
             "serving local bundle"
         );
     }
+    let prewarm_state = state.clone();
     let app = atrund_http::router(state);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -202,16 +254,149 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         .context("cannot read the listening address")?;
     tracing::info!(%addr, "listening");
 
-    let mut shutdown_rx = drain_rx;
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = shutdown_rx.wait_for(|d| *d).await;
+    if let Some(admin_addr) = config.pool.admin_addr(config.listen) {
+        let admin = tokio::net::TcpListener::bind(admin_addr)
+            .await
+            .with_context(|| {
+                format!("cannot bind the admin endpoint on {admin_addr} (pool.admin_listen / ATRUND_POOL_ADMIN_LISTEN; \"off\" disables it)")
+            })?;
+        let bound = admin
+            .local_addr()
+            .context("cannot read the admin address")?;
+        if !bound.ip().is_loopback() {
+            tracing::warn!(admin = %bound, "the admin endpoint has no authentication and is not on loopback");
+        }
+        tracing::info!(admin = %bound, "admin endpoint up: GET /admin/pool");
+        let admin_app = atrund_http::admin_router(pool.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(admin, admin_app).await {
+                tracing::error!(error = %e, "admin endpoint failed");
+            }
+        });
+    }
+    if !config.pool.prewarm.is_empty() {
+        tokio::spawn(prewarm_loop(
+            prewarm_state,
+            config.pool.prewarm.clone(),
+            usize::try_from(config.pool.prewarm_instances).unwrap_or(1),
+        ));
+    }
+
+    // Drain: the listener stays open so /readyz can answer 503 and new invocations get 503
+    // Draining, while admitted requests get up to the grace to finish; then instances stop and
+    // the server closes its (now idle) connections.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .await
     });
     tokio::spawn(wait_for_signals(drain_tx));
-    server.await.context("HTTP server failed")?;
+    let mut drain_signal = drain_rx;
+    tokio::select! {
+        r = &mut server => {
+            r.context("HTTP server task failed")?.context("HTTP server failed")?;
+            pool.shutdown().await;
+            return Ok(());
+        }
+        _ = drain_signal.wait_for(|d| *d) => {}
+    }
+    let grace = Duration::from_millis(config.pool.drain_grace_ms);
+    if pool.drain(grace).await {
+        tracing::info!("in-flight requests finished");
+    } else {
+        tracing::warn!(
+            in_flight = pool.stats().requests_in_flight,
+            grace_ms = config.pool.drain_grace_ms,
+            "drain grace over; stopping instances with requests still in flight"
+        );
+    }
     tracing::info!("stopping instances");
     pool.shutdown().await;
+    if let Err(e) = cgroups.remove_parents() {
+        tracing::warn!(error = %e, "could not remove the runner's cgroups");
+    }
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(r)) => r.context("HTTP server failed")?,
+        Ok(Err(e)) => return Err(e).context("HTTP server task failed"),
+        Err(_) => tracing::warn!("connections still open 5 s after the drain; exiting"),
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn key_grace(config: &Config) -> Duration {
+    Duration::from_secs(config.secrets.rotation_grace_secs)
+}
+
+/// The runner's keypair: loaded, or created (mode 0600) on first start.
+fn load_keys(config: &Config) -> Result<atrund_secrets::RunnerKeys> {
+    let path = config.key_file();
+    let (keys, status) = atrund_secrets::RunnerKeys::load_or_create(&path, key_grace(config))?;
+    let public_key = keys.public_key().to_multibase();
+    match status {
+        atrund_secrets::KeyFileStatus::Created => {
+            tracing::info!(file = %path.display(), %public_key, "runner key created")
+        }
+        atrund_secrets::KeyFileStatus::Loaded { pruned } => tracing::info!(
+            file = %path.display(),
+            %public_key,
+            previous_keys_expired = pruned,
+            "runner key loaded"
+        ),
+    }
+    Ok(keys)
+}
+
+fn pool_config(p: &atrund_config::PoolSection) -> atrund_pool::PoolConfig {
+    let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    atrund_pool::PoolConfig {
+        max_instances: n(p.max_instances),
+        max_instances_per_bundle: n(p.max_instances_per_bundle),
+        max_instances_per_author: n(p.max_instances_per_author),
+        idle_timeout: Duration::from_millis(p.idle_timeout_ms),
+        memory_budget_bytes: p.memory_budget_mib.saturating_mul(1024 * 1024),
+        busy_wait: Duration::from_millis(p.busy_wait_ms),
+        crash_backoff: Duration::from_millis(p.crash_backoff_ms),
+        crash_backoff_max: Duration::from_millis(p.crash_backoff_max_ms),
+    }
+}
+
+/// Keeps the `pool.prewarm` bundles warm, re-resolving every 30 s so that a new `latest` is
+/// warmed (and the one it replaced unpinned).
+async fn prewarm_loop(st: AppState, entries: Vec<String>, instances: usize) {
+    let mut pinned: Vec<Option<atrund_pool::InstanceKey>> = vec![None; entries.len()];
+    loop {
+        for (entry, last) in entries.iter().zip(pinned.iter_mut()) {
+            if st.pool.is_draining() {
+                return;
+            }
+            let Some((author, name, version)) = atrund_config::PoolSection::parse_prewarm(entry)
+            else {
+                continue;
+            };
+            match atrund_http::prewarm(&st, author, name, version, instances).await {
+                Ok(key) => {
+                    if last.as_ref().is_some_and(|k| *k != key) {
+                        if let Some(old) = last.take() {
+                            st.pool.unpin(&old);
+                        }
+                    }
+                    if last.is_none() {
+                        tracing::info!(bundle = %entry, record = %key.record_cid, instances, "pre-warmed");
+                    }
+                    *last = Some(key);
+                }
+                Err(e) => {
+                    tracing::warn!(bundle = %entry, error = %e.code, message = %e.message, "pre-warm failed; retrying in 30 s")
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
 }
 
 /// First SIGTERM/SIGINT starts a graceful drain; a second one exits at once.

@@ -21,6 +21,18 @@ struct Runner {
 
 impl Drop for Runner {
     fn drop(&mut self) {
+        // A graceful stop, so the runner removes its instances and cgroups; SIGKILL only if it
+        // does not exit in time.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {

@@ -53,6 +53,8 @@ pub struct Config {
     pub deno: DenoSection,
     pub limits: LimitsSection,
     pub permissions: PermissionCaps,
+    pub pool: PoolSection,
+    pub secrets: SecretsSection,
     /// Where each key's value came from (default, file, environment), for error messages and
     /// `check-config`. Not part of the schema.
     #[serde(skip)]
@@ -209,6 +211,15 @@ pub struct LimitsSection {
     pub cpu_ms: LimitRange,
     /// Requests one instance serves at once.
     pub concurrency: LimitRange,
+    /// Tasks (processes and threads; Deno's threads count) of one instance, its cgroup's
+    /// `pids.max`. Operator-only; at least 32.
+    pub pids: u64,
+    /// CPU quota of one instance, percent of one CPU (200 = two). Operator-only.
+    pub cpu_quota_percent: u64,
+    /// Open files of one instance (RLIMIT_NOFILE). Operator-only.
+    pub open_files: u64,
+    /// Largest response body relayed from a bundle. Operator-only.
+    pub max_response_bytes: u64,
 }
 
 impl Default for LimitsSection {
@@ -230,6 +241,10 @@ impl Default for LimitsSection {
                 default: 8,
                 max: 64,
             },
+            pids: 64,
+            cpu_quota_percent: 100,
+            open_files: 1024,
+            max_response_bytes: 32 * MIB,
         }
     }
 }
@@ -265,6 +280,85 @@ impl Default for PermissionCaps {
     }
 }
 
+/// Warm instances: how many, for how long, how much memory, and what happens when full.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    /// Instances (running or starting) across all bundles.
+    pub max_instances: u64,
+    /// Instances of one bundle version.
+    pub max_instances_per_bundle: u64,
+    /// Instances of all bundles of one author DID.
+    pub max_instances_per_author: u64,
+    /// An instance with no request in flight for this long after its last response is stopped.
+    pub idle_timeout_ms: u64,
+    /// Resident memory of all instances together; idle ones are evicted (least recently used)
+    /// beyond it. 0 = no budget.
+    pub memory_budget_mib: u64,
+    /// How long a request waits for a free slot before it gets 429 Busy.
+    pub busy_wait_ms: u64,
+    /// Back-off after the second consecutive crash of a bundle; doubles per crash.
+    pub crash_backoff_ms: u64,
+    /// Longest crash back-off.
+    pub crash_backoff_max_ms: u64,
+    /// Bundles kept warm from start-up: `author/name/version` (DID or handle, as in the URL).
+    pub prewarm: Vec<String>,
+    /// Instances kept warm for each `prewarm` bundle.
+    pub prewarm_instances: u64,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take before instances are stopped.
+    pub drain_grace_ms: u64,
+    /// Admin endpoint (`GET /admin/pool`): `auto` (127.0.0.1, the main port + 1; an ephemeral
+    /// port when the main port is 0), an address such as `127.0.0.1:3001`, or `off`.
+    pub admin_listen: String,
+}
+
+impl Default for PoolSection {
+    fn default() -> Self {
+        PoolSection {
+            max_instances: 64,
+            max_instances_per_bundle: 4,
+            max_instances_per_author: 16,
+            idle_timeout_ms: 300_000,
+            memory_budget_mib: 2048,
+            busy_wait_ms: 100,
+            crash_backoff_ms: 500,
+            crash_backoff_max_ms: 30_000,
+            prewarm: Vec::new(),
+            prewarm_instances: 1,
+            drain_grace_ms: 25_000,
+            admin_listen: "auto".into(),
+        }
+    }
+}
+
+impl PoolSection {
+    /// The admin endpoint's address for a main listener on `main`, or `None` when `off`.
+    /// Call after [`Config::validate`], which rejects anything else.
+    pub fn admin_addr(&self, main: SocketAddr) -> Option<SocketAddr> {
+        match self.admin_listen.as_str() {
+            "off" => None,
+            "auto" => {
+                let port = if main.port() == 0 {
+                    0
+                } else {
+                    main.port().checked_add(1).unwrap_or(0)
+                };
+                Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)))
+            }
+            other => other.parse().ok(),
+        }
+    }
+
+    /// A `prewarm` entry split into author, name and version, or `None` if it has not three
+    /// non-empty `/`-separated parts.
+    pub fn parse_prewarm(entry: &str) -> Option<(&str, &str, &str)> {
+        let mut it = entry.split('/');
+        let (a, n, v) = (it.next()?, it.next()?, it.next()?);
+        (it.next().is_none() && !a.is_empty() && !n.is_empty() && !v.is_empty())
+            .then_some((a, n, v))
+    }
+}
+
 impl Default for Config {
     /// The embedded defaults, with `data_dir` as computed from an empty environment
     /// (`./.at-rund-data`). [`Config::load`] computes it from the real environment.
@@ -282,8 +376,40 @@ impl Default for Config {
             deno: DenoSection::default(),
             limits: LimitsSection::default(),
             permissions: PermissionCaps::default(),
+            pool: PoolSection::default(),
+            secrets: SecretsSection::default(),
             sources: load::Provenance::default(),
         }
+    }
+}
+
+/// The runner's X25519 keypair, to which authors seal their bundles' secrets (docs/secrets.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSection {
+    /// Key file (created with mode 0600 on first start); unset means `<data_dir>/runner-key.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// How long a key replaced by `at-rund keygen --rotate` still decrypts.
+    pub rotation_grace_secs: u64,
+}
+
+impl Default for SecretsSection {
+    fn default() -> Self {
+        SecretsSection {
+            key_file: None,
+            rotation_grace_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+impl Config {
+    /// The runner key file: `secrets.key_file`, else `<data_dir>/runner-key.json`.
+    pub fn key_file(&self) -> PathBuf {
+        self.secrets
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("runner-key.json"))
     }
 }
 

@@ -27,6 +27,7 @@ pub(crate) const FALLBACK_DATA_DIR: &str = "./.at-rund-data";
 const OPTIONAL_KEYS: &[(&str, Kind)] = &[
     ("identity.handle_resolver", Kind::Str),
     ("deno.path", Kind::Str),
+    ("secrets.key_file", Kind::Str),
 ];
 
 /// Type of a leaf key, taken from its default value.

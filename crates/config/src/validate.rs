@@ -115,6 +115,33 @@ impl Config {
             }
         }
 
+        if l.pids < 32 {
+            return Err(invalid(
+                "limits.pids",
+                format!(
+                    "{} is too low: Deno's own threads count as tasks, so use at least 32",
+                    l.pids
+                ),
+            ));
+        }
+        for (key, v) in [
+            ("limits.cpu_quota_percent", l.cpu_quota_percent),
+            ("limits.max_response_bytes", l.max_response_bytes),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0".into()));
+            }
+        }
+        if l.open_files < 64 {
+            return Err(invalid(
+                "limits.open_files",
+                format!(
+                    "{} is too low for Deno to start; use at least 64",
+                    l.open_files
+                ),
+            ));
+        }
+
         for cmd in &self.permissions.run {
             if cmd.trim().is_empty() || cmd.contains([',', '\0']) || cmd.trim() != cmd {
                 return Err(invalid(
@@ -122,6 +149,57 @@ impl Config {
                     format!("entry '{cmd}' must be a command name or path, without commas or surrounding spaces"),
                 ));
             }
+        }
+
+        let p = &self.pool;
+        for (key, v) in [
+            ("pool.max_instances", p.max_instances),
+            ("pool.max_instances_per_bundle", p.max_instances_per_bundle),
+            ("pool.max_instances_per_author", p.max_instances_per_author),
+            ("pool.idle_timeout_ms", p.idle_timeout_ms),
+            ("pool.drain_grace_ms", p.drain_grace_ms),
+            ("pool.prewarm_instances", p.prewarm_instances),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0".into()));
+            }
+        }
+        if p.prewarm_instances > p.max_instances_per_bundle {
+            return Err(invalid(
+                "pool.prewarm_instances",
+                format!(
+                    "{} is above pool.max_instances_per_bundle ({}); lower it or raise the cap",
+                    p.prewarm_instances, p.max_instances_per_bundle
+                ),
+            ));
+        }
+        if p.crash_backoff_ms > p.crash_backoff_max_ms {
+            return Err(invalid(
+                "pool.crash_backoff_ms",
+                format!(
+                    "{} is above pool.crash_backoff_max_ms ({})",
+                    p.crash_backoff_ms, p.crash_backoff_max_ms
+                ),
+            ));
+        }
+        for e in &p.prewarm {
+            if crate::PoolSection::parse_prewarm(e).is_none() {
+                return Err(invalid(
+                    "pool.prewarm",
+                    format!("entry '{e}' is not author/name/version, such as did:plc:abc/hello/latest or alice.example.com/hello/1.2.0"),
+                ));
+            }
+        }
+        if !matches!(p.admin_listen.as_str(), "auto" | "off")
+            && p.admin_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "pool.admin_listen",
+                format!(
+                    "'{}' is not auto, off or an address:port such as 127.0.0.1:3001",
+                    p.admin_listen
+                ),
+            ));
         }
         Ok(())
     }

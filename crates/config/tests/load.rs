@@ -379,6 +379,19 @@ fn limit_default_above_max_is_refused() {
 }
 
 #[test]
+fn operator_only_limits_are_checked() {
+    let e = err(None, &[("ATRUND_LIMITS_PIDS", "16")]);
+    assert_eq!(e.key(), Some("limits.pids"));
+    assert!(e.to_string().contains("at least 32"), "{e}");
+    let e = err(None, &[("ATRUND_LIMITS_OPEN_FILES", "10")]);
+    assert_eq!(e.key(), Some("limits.open_files"));
+    let e = err(Some("[limits]\nmax_response_bytes = 0"), &[]);
+    assert_eq!(e.key(), Some("limits.max_response_bytes"));
+    let e = err(None, &[("ATRUND_LIMITS_CPU_QUOTA_PERCENT", "0")]);
+    assert_eq!(e.key(), Some("limits.cpu_quota_percent"));
+}
+
+#[test]
 fn isolation_other_than_none_is_refused_plainly() {
     for mode in ["auto", "container", "microvm", "firecracker"] {
         let e = err(Some(&format!("isolation = \"{mode}\"")), &[]);

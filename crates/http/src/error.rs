@@ -10,6 +10,8 @@ use axum::response::{IntoResponse, Response};
 pub struct ApiError {
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (429 without one gets 1).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -17,6 +19,7 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
@@ -69,9 +72,16 @@ pub fn status_for(code: &str) -> StatusCode {
         | "BlobNotFound"
         | "BlobRefInvalid"
         | "BlobHashMismatch"
-        | "BlobSizeMismatch" => StatusCode::BAD_GATEWAY,
-        "Draining" | "DenoNotFound" => StatusCode::SERVICE_UNAVAILABLE,
-        "TimedOut" | "StartTimedOut" => StatusCode::GATEWAY_TIMEOUT,
+        | "BlobSizeMismatch"
+        // The author's secrets record is not for this runner or does not open: the author's
+        // data is wrong for this runner, like a bundle record that does not verify.
+        | "SecretsInvalid"
+        | "SecretsNotForThisRunner"
+        | "SecretsUndecryptable"
+        | "MemoryLimitExceeded"
+        | "TooManyProcesses" => StatusCode::BAD_GATEWAY,
+        "Draining" | "DenoNotFound" | "BundleCrashLooping" => StatusCode::SERVICE_UNAVAILABLE,
+        "TimedOut" | "StartTimedOut" | "CpuLimitExceeded" => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -81,9 +91,13 @@ impl IntoResponse for ApiError {
         let status = status_for(self.code);
         let body = serde_json::json!({ "error": self.code, "message": self.message });
         let mut resp = (status, axum::Json(body)).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let retry = match self.retry_after {
+            Some(secs) => Some(HeaderValue::from(secs)),
+            None if status == StatusCode::TOO_MANY_REQUESTS => Some(HeaderValue::from_static("1")),
+            None => None,
+        };
+        if let Some(v) = retry {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
         resp
     }
@@ -103,8 +117,17 @@ from_coded!(
     atrund_identity::IdentityError,
     atrund_bundle::BundleError,
     atrund_policy::PolicyError,
-    atrund_pool::PoolError
+    atrund_secrets::SecretsError
 );
+
+impl From<atrund_pool::PoolError> for ApiError {
+    fn from(e: atrund_pool::PoolError) -> Self {
+        ApiError {
+            retry_after: e.retry_after_secs(),
+            ..ApiError::new(e.code(), e.to_string())
+        }
+    }
+}
 
 impl From<atrund_bundle::record::RecordError> for ApiError {
     fn from(e: atrund_bundle::record::RecordError) -> Self {
@@ -132,6 +155,17 @@ mod tests {
         assert_eq!(status_for("BundleFailed"), 502);
         assert_eq!(status_for("Draining"), 503);
         assert_eq!(status_for("TimedOut"), 504);
+        assert_eq!(status_for("CpuLimitExceeded"), 504);
+        assert_eq!(status_for("MemoryLimitExceeded"), 502);
+        assert_eq!(status_for("TooManyProcesses"), 502);
+        for s in [
+            "SecretsNotForThisRunner",
+            "SecretsUndecryptable",
+            "SecretsInvalid",
+        ] {
+            assert_eq!(status_for(s), 502, "{s}");
+        }
+        assert_eq!(status_for("ResponseTooLarge"), 502);
         assert_eq!(status_for("SomethingNew"), 500);
     }
 
@@ -140,5 +174,13 @@ mod tests {
         let resp = ApiError::new("Busy", "full").into_response();
         assert_eq!(resp.status(), 429);
         assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let e = atrund_pool::PoolError::CrashLooping {
+            crashes: 3,
+            last_exit: "exit status: 1".into(),
+            retry_after_secs: 7,
+        };
+        let resp = ApiError::from(e).into_response();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "7");
     }
 }

@@ -43,8 +43,12 @@ pub struct AppState {
     pub local: Option<Arc<LocalBundle>>,
     /// Deno's version string, for describeRunner.
     pub runtime_version: String,
+    /// The runner's keypair and the opened secrets of running bundles (docs/secrets.md).
+    pub secrets: Arc<atrund_secrets::Opener>,
     /// `true` once shutdown has begun: readiness fails and new invocations get 503.
     pub draining: watch::Receiver<bool>,
+    /// What the sandbox enforces, limit by limit, for describeRunner (docs/limits.md).
+    pub enforcement: Arc<Vec<atrund_sandbox::Enforcement>>,
 }
 
 /// The runner's routes.
@@ -84,9 +88,12 @@ async fn describe_runner(State(st): State<AppState>) -> Response {
         "software": { "name": "at-rund", "version": env!("CARGO_PKG_VERSION") },
         "isolation": st.pool.backend(),
         "runtimes": [ { "name": "deno", "version": st.runtime_version } ],
+        // X25519, multibase (z + base58btc of 0xec01 + key): what `at-run secrets set` seals to.
+        "publicKey": st.secrets.public_key().to_multibase(),
         "policy": { "authors": c.policy.describe() },
         "permissions": c.permissions,
         "limits": c.limits,
+        "enforcement": *st.enforcement,
         "maxRequestBodyBytes": c.http.max_request_body_bytes,
     }))
     .into_response()
@@ -114,6 +121,47 @@ async fn invoke_rest(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
+/// The admin routes, for a separate listener bound to loopback by default: `GET /admin/pool`
+/// answers the pool's counters and instances as JSON. No authentication: never expose it.
+pub fn admin_router(pool: Arc<Pool>) -> Router {
+    Router::new().route(
+        "/admin/pool",
+        get(move || {
+            let pool = pool.clone();
+            async move { axum::Json(pool.stats()) }
+        }),
+    )
+}
+
+/// Keeps `instances` instances of the bundle `author/name/version` warm: resolves it through the
+/// same pipeline as a request (identity, policy, verified fetch, permission caps) and hands the
+/// pool a spec factory. Calling it again re-resolves, so a new `latest` gets warmed too; the
+/// returned key lets the caller unpin the one it replaced.
+pub async fn prewarm(
+    st: &AppState,
+    author: &str,
+    name: &str,
+    version: &str,
+    instances: usize,
+) -> Result<InstanceKey, ApiError> {
+    let selector = VersionSelector::parse(version)?;
+    let target = if author == LOCAL_AUTHOR && st.local.is_some() {
+        local_target(st, name, &selector).await?
+    } else {
+        remote_target(st, author, name, &selector).await?
+    };
+    let limits =
+        atrund_policy::check_manifest(&st.config.permissions, &st.config.limits, &target.manifest)?;
+    let concurrency = usize::try_from(limits.concurrency).unwrap_or(usize::MAX);
+    let key = target.key.clone();
+    let st2 = st.clone();
+    let factory: atrund_pool::SpecFactory = Arc::new(move || instance_spec(&st2, &target, &limits));
+    st.pool
+        .keep_warm(key.clone(), instances, concurrency, factory)
+        .await?;
+    Ok(key)
+}
+
 /// What runs for one invocation, once the pipeline has resolved it.
 struct Target {
     key: InstanceKey,
@@ -121,6 +169,8 @@ struct Target {
     code: PathBuf,
     author_dir: String,
     name: String,
+    /// Opened secrets; their names are the instance's only `--allow-env`.
+    secrets: Option<Arc<atrund_secrets::SecretEnv>>,
 }
 
 #[tracing::instrument(name = "invoke", skip_all, fields(%author, %name, %version, %endpoint))]
@@ -139,6 +189,9 @@ async fn invoke(
             "this runner is shutting down and takes no new requests",
         ));
     }
+    // Counts this request as in flight until it returns (its body is counted by the pool), so a
+    // drain waits for it.
+    let _ticket = st.pool.admit()?;
     let selector = VersionSelector::parse(&version)?;
     atrund_bundle::record::validate_name(&name)?;
     if !is_identifier(&endpoint) {
@@ -211,15 +264,30 @@ async fn remote_target(
         handle.as_ref().map(|h| h.as_str()),
     )?;
     let bundle = st.source.load(&resolved, name, selector).await?;
+    // Secrets belong to the bundle name, not a version; their record CID joins the instance key
+    // (`{bundle cid}+{secrets cid}`) so a changed secret reaches the next new instance.
+    let did = resolved.did.as_str();
+    let lookup = st.secrets.keys().lookup_keys();
+    let (record_cid, secrets) = match st.source.load_secrets(&resolved, name, &lookup).await? {
+        Some(s) => {
+            let env = st.secrets.open(did, name, &s.cid, &s.record)?;
+            (format!("{}+{}", bundle.record_cid, s.cid), Some(env))
+        }
+        None => {
+            st.secrets.forget(did, name);
+            (bundle.record_cid.clone(), None)
+        }
+    };
     Ok(Target {
         key: InstanceKey {
             author: bundle.author.clone(),
-            record_cid: bundle.record_cid.clone(),
+            record_cid,
         },
         manifest: bundle.record.manifest.clone(),
         code: bundle.code_path.clone(),
         author_dir: safe_dir_name(&bundle.author),
         name: bundle.name.clone(),
+        secrets,
     })
 }
 
@@ -259,6 +327,7 @@ async fn local_target(
         code: local.entry.clone(),
         author_dir: LOCAL_AUTHOR.into(),
         name: local.name.clone(),
+        secrets: None,
     })
 }
 
@@ -295,10 +364,21 @@ fn instance_spec(st: &AppState, t: &Target, limits: &EffectiveLimits) -> Instanc
         data_dir: data_root.join("data").join(&t.author_dir).join(&t.name),
         deno_dir: data_root.join("deno").join(&t.author_dir).join(&t.name),
         permissions: t.manifest.permissions.clone(),
-        env: Vec::new(),
+        env: t
+            .secrets
+            .as_ref()
+            .map(|s| s.to_env_pairs())
+            .unwrap_or_default(),
         memory_mib: limits.memory_mib,
         request_timeout: Duration::from_millis(limits.timeout_ms),
         start_timeout: Duration::from_secs(10),
+        limits: atrund_sandbox::ResourceLimits {
+            pids: st.config.limits.pids,
+            cpu_quota_percent: st.config.limits.cpu_quota_percent,
+            cpu_budget: Some(Duration::from_millis(limits.cpu_ms)),
+            open_files: st.config.limits.open_files,
+            max_response_bytes: st.config.limits.max_response_bytes,
+        },
     }
 }
 

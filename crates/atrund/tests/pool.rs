@@ -1,0 +1,339 @@
+//! The pool against real Deno through a real `at-rund dev` process (no PDS needed): warm reuse,
+//! idle reaping, crash replacement, Busy when full, and the graceful drain on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// A running `at-rund dev` serving a test bundle.
+struct Runner {
+    child: Child,
+    base: String,
+    admin: String,
+    data: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- at-rund log ----\n{}",
+                self.log.lock().map(|l| l.clone()).unwrap_or_default()
+            );
+        }
+    }
+}
+
+const CODE: &str = r#"
+export const pid = { method: "GET", handler: () => ({ pid: Deno.pid }) };
+export const slow = {
+  method: "GET",
+  handler: async ({ ms = "500" }) => {
+    await new Promise((r) => setTimeout(r, Number(ms)));
+    return { pid: Deno.pid, slept: Number(ms) };
+  },
+};
+export const crash = { method: "GET", handler: () => Deno.exit(3) };
+"#;
+
+impl Runner {
+    fn start(deno: &Path, concurrency: u64, env: &[(&str, &str)]) -> Runner {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("main.js"), CODE).expect("code");
+        let manifest = json!({
+            "endpoints": [
+                { "name": "pid", "method": "GET" },
+                { "name": "slow", "method": "GET" },
+                { "name": "crash", "method": "GET" }
+            ],
+            "limits": { "concurrency": concurrency }
+        });
+        std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).expect("manifest");
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_at-rund"));
+        cmd.args(["dev", dir.path().to_str().expect("utf-8"), "--name", "t"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("ATRUND_LISTEN", "127.0.0.1:0")
+            .env("ATRUND_DATA_DIR", data.path())
+            .env("ATRUND_DENO_PATH", deno)
+            .env("ATRUND_LOG", "info,atrund=debug,atrund_pool=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn at-rund");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening") {
+                    if let Some(a) = line.split("addr=").nth(1) {
+                        let _ = tx.send(("main", a.trim().to_string()));
+                    }
+                }
+                if line.contains("admin endpoint up") {
+                    if let Some(a) = line.split("admin=").nth(1) {
+                        let a = a.split_whitespace().next().unwrap_or_default();
+                        let _ = tx.send(("admin", a.to_string()));
+                    }
+                }
+                if let Ok(mut l) = log2.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let (mut base, mut admin) = (None, None);
+        while base.is_none() || admin.is_none() {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(("main", a)) => base = Some(format!("http://{a}")),
+                Ok((_, a)) => admin = Some(format!("http://{a}")),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "at-rund did not start within 30 s; log:\n{}",
+                        log.lock().map(|l| l.clone()).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Runner {
+            child,
+            base: base.unwrap_or_default(),
+            admin: admin.unwrap_or_default(),
+            data,
+            _dir: dir,
+            log,
+        }
+    }
+
+    fn url(&self, endpoint: &str) -> String {
+        format!("{}/bundle/local/t/latest/{endpoint}", self.base)
+    }
+
+    async fn stats(&self) -> Value {
+        get(&format!("{}/admin/pool", self.admin)).await.1
+    }
+
+    /// Polls the admin stats until `f` holds (30 s at most).
+    async fn wait_stats(&self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..300 {
+            let s = self.stats().await;
+            if f(&s) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "timed out waiting for {what}; stats: {}",
+            self.stats().await
+        );
+    }
+}
+
+/// Deno for the tests: `None` (skip, with a reason) on a developer machine without it; a
+/// failure under CI=true (atrund-testnet's rule).
+fn deno() -> Option<PathBuf> {
+    atrund_testnet::deno_path()
+}
+
+async fn get(url: &str) -> (u16, Value) {
+    let resp = reqwest::get(url).await.expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn pid_alive(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_reuse_then_idle_reap() {
+    let Some(deno) = deno() else { return };
+    let r = Runner::start(&deno, 8, &[("ATRUND_POOL_IDLE_TIMEOUT_MS", "1500")]);
+    let (s1, b1) = get(&r.url("pid")).await;
+    let (s2, b2) = get(&r.url("pid")).await;
+    assert_eq!((s1, s2), (200, 200), "{b1} {b2}");
+    let pid = b1["pid"].as_u64().expect("pid");
+    assert_eq!(
+        b2["pid"].as_u64(),
+        Some(pid),
+        "the warm instance served both"
+    );
+    let s = r.stats().await;
+    assert_eq!(
+        (s["cold_hits"].as_u64(), s["warm_hits"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+    assert_eq!(s["instances"][0]["pid"].as_u64(), Some(pid), "{s}");
+    assert!(
+        s["instances"][0]["rss_bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 1 << 20),
+        "{s}"
+    );
+
+    // Idle past the timeout: stopped and its process gone; the next request starts a new one.
+    r.wait_stats("the idle reap", |s| {
+        s["idle_reaped"] == 1 && s["instances"] == json!([])
+    })
+    .await;
+    for _ in 0..50 {
+        if !pid_alive(pid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !pid_alive(pid),
+        "reaped instance's process {pid} still runs"
+    );
+    let (s3, b3) = get(&r.url("pid")).await;
+    assert_eq!(s3, 200);
+    assert_ne!(b3["pid"].as_u64(), Some(pid));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_request_is_never_reaped() {
+    let Some(deno) = deno() else { return };
+    // The request outlasts the idle timeout several times over.
+    let r = Runner::start(&deno, 8, &[("ATRUND_POOL_IDLE_TIMEOUT_MS", "300")]);
+    let (s, b) = get(&format!("{}?ms=2500", r.url("slow"))).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["slept"], 2500);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_gets_502_with_the_exit_status_and_a_fresh_instance() {
+    let Some(deno) = deno() else { return };
+    let r = Runner::start(&deno, 8, &[]);
+    let (_, b) = get(&r.url("pid")).await;
+    let pid = b["pid"].as_u64().expect("pid");
+    let (s, b) = get(&r.url("crash")).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (502, Some("BundleCrashed")),
+        "{b}"
+    );
+    assert!(
+        b["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("exit status: 3")),
+        "{b}"
+    );
+    let (s, b) = get(&r.url("pid")).await;
+    assert_eq!(s, 200, "{b}");
+    assert_ne!(b["pid"].as_u64(), Some(pid), "a new instance serves");
+    let st = r.stats().await;
+    assert_eq!(st["crashes"], 1, "{st}");
+    assert_eq!(st["cold_hits"], 2, "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_bundle_answers_busy_with_retry_after() {
+    let Some(deno) = deno() else { return };
+    let r = Runner::start(
+        &deno,
+        1,
+        &[
+            ("ATRUND_POOL_MAX_INSTANCES_PER_BUNDLE", "1"),
+            ("ATRUND_POOL_BUSY_WAIT_MS", "50"),
+        ],
+    );
+    let slow = tokio::spawn(get_owned(format!("{}?ms=4000", r.url("slow"))));
+    r.wait_stats("the slow request in flight", |s| s["busy"] == 1)
+        .await;
+    let resp = reqwest::get(r.url("pid")).await.expect("request");
+    assert_eq!(resp.status().as_u16(), 429);
+    assert_eq!(
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let b: Value = resp.json().await.expect("json");
+    assert_eq!(b["error"], "Busy", "{b}");
+    assert_eq!(slow.await.expect("task").0, 200);
+    assert_eq!(
+        get(&r.url("pid")).await.0,
+        200,
+        "free again once the slow one ended"
+    );
+}
+
+async fn get_owned(url: String) -> (u16, Value) {
+    get(&url).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_requests_then_exits_0() {
+    let Some(deno) = deno() else { return };
+    let mut r = Runner::start(&deno, 8, &[("ATRUND_POOL_DRAIN_GRACE_MS", "30000")]);
+    assert_eq!(get(&r.url("pid")).await.0, 200);
+    let n = 5;
+    let slow: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(get_owned(format!("{}?ms=3000", r.url("slow")))))
+        .collect();
+    r.wait_stats("all slow requests in flight", |s| {
+        s["instances"][0]["in_flight"] == n
+    })
+    .await;
+    let pid = r.child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+
+    // While draining: not ready, and new invocations are refused.
+    let mut saw_503 = false;
+    for _ in 0..50 {
+        let (s, b) = get(&format!("{}/readyz", r.base)).await;
+        if s == 503 {
+            assert_eq!(b["error"], "Draining");
+            saw_503 = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(saw_503, "/readyz never answered 503 during the drain");
+    let (s, b) = get(&r.url("pid")).await;
+    assert_eq!((s, b["error"].as_str()), (503, Some("Draining")), "{b}");
+
+    for t in slow {
+        let (s, b) = t.await.expect("task");
+        assert_eq!(s, 200, "an in-flight request failed during the drain: {b}");
+        assert_eq!(b["slept"], 3000);
+    }
+    let mut status = None;
+    for _ in 0..150 {
+        if let Some(st) = r.child.try_wait().expect("wait") {
+            status = Some(st);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = status.expect("at-rund did not exit after the drain");
+    assert!(status.success(), "exit status {status}");
+    let run = r.data.path().join("run");
+    let left: Vec<_> = std::fs::read_dir(&run).expect("run dir").collect();
+    assert!(left.is_empty(), "instance dirs left behind: {left:?}");
+}
