@@ -1,0 +1,496 @@
+#!/usr/bin/env python3
+"""at-rund benchmark: every figure beside a baseline measured in the same run.
+
+Run through bench/run.sh (it installs wrk and builds the release binaries). Touches 127.0.0.1
+only, stops every process it started, and ends by itself. See bench/README.md.
+"""
+
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DENO = os.environ.get("ATRUND_TEST_DENO") or os.path.join(ROOT, "tools/deno/node_modules/deno/deno")
+AT_RUND = os.path.join(ROOT, "target/release/at-rund")
+AT_RUN = os.path.join(ROOT, "target/release/at-run")
+HARNESS = os.path.join(ROOT, "tests/atproto-net/harness.js")
+DURATION = int(os.environ.get("BENCH_SECONDS", "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+COLD_SAMPLES = int(os.environ.get("BENCH_COLD_SAMPLES", "15"))
+PDS_SAMPLES = int(os.environ.get("BENCH_PDS_SAMPLES", "8"))
+# Servers (at-rund and its Deno, or Deno alone) on CPU 0, the load tool on CPU 1, as in
+# shared/reference/anchors.md §1.9: unpinned runs on this kind of VM vary 2-5x.
+PIN = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2 and os.environ.get("BENCH_PIN", "1") == "1"
+
+HANDLER_BODY = '{ message: "Hello, world!" }'
+BUNDLE = (
+    'export const hello = { method: "GET", handler: () => (%s) };\n'
+    'export const slow = { method: "GET", handler: async ({ ms = "1000" }) => {\n'
+    '  await new Promise((r) => setTimeout(r, Number(ms))); return { ok: true }; } };\n' % HANDLER_BODY
+)
+MANIFEST = {
+    "endpoints": [{"name": "hello", "method": "GET"}, {"name": "slow", "method": "GET"}],
+    "limits": {"concurrency": 64},
+}
+DIRECT = (
+    "const port = Number(Deno.args[0]);\n"
+    "Deno.serve({ hostname: '127.0.0.1', port, onListen() {} }, () => Response.json(%s));\n" % HANDLER_BODY
+)
+
+procs = []
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def pinned(cmd, cpu):
+    return (["taskset", "-c", str(cpu)] + cmd) if PIN else cmd
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(cmd, env=None, stderr=None, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL):
+    p = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=stderr or subprocess.DEVNULL, stdin=stdin,
+                         start_new_session=True)
+    procs.append(p)
+    return p
+
+
+def stop(p, sig=signal.SIGTERM, timeout=15):
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    if p in procs:
+        procs.remove(p)
+
+
+def get(url, timeout=30):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.read()
+
+
+def timed_get(url):
+    t = time.perf_counter()
+    status, body = get(url)
+    ms = (time.perf_counter() - t) * 1000
+    if status != 200:
+        raise RuntimeError(f"{url} answered {status}: {body[:200]!r}")
+    return ms
+
+
+def wait_http(url, deadline_s=30):
+    end = time.time() + deadline_s
+    while time.time() < end:
+        try:
+            if get(url, timeout=2)[0] == 200:
+                return
+        except Exception:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} never answered 200")
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def p(values, q):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))]
+
+
+# ---------------------------------------------------------------- at-rund process
+
+
+class AtRund:
+    runs = 0
+
+    def __init__(self, args, env_extra, data_dir):
+        os.makedirs(data_dir, exist_ok=True)
+        AtRund.runs += 1
+        self.log_path = f"{data_dir}.{AtRund.runs}.log"
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "ATRUND_LISTEN": "127.0.0.1:0",
+            "ATRUND_DATA_DIR": data_dir,
+            "ATRUND_DENO_PATH": DENO,
+            "ATRUND_POOL_ADMIN_LISTEN": "auto",
+            "ATRUND_LOG": "info",
+        }
+        env.update(env_extra)
+        self.logf = open(self.log_path, "a")
+        self.proc = spawn(pinned([AT_RUND] + args, 0), env=env, stderr=self.logf)
+        self.base = self.admin = None
+        end = time.time() + 30
+        while time.time() < end and not (self.base and self.admin):
+            with open(self.log_path) as f:
+                text = f.read()
+            text = text[: text.rfind("\n") + 1]  # complete lines only
+            m = re.search(r"listening.*addr=(\S+)", text)
+            a = re.search(r"admin endpoint up.*admin=(\S+)|admin=(\S+).*admin endpoint up", text)
+            if m:
+                self.base = "http://" + m.group(1)
+            if a:
+                self.admin = "http://" + (a.group(1) or a.group(2))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        if not (self.base and self.admin):
+            raise RuntimeError("at-rund did not start:\n" + open(self.log_path).read()[-3000:])
+
+    def stats(self):
+        return json.loads(get(self.admin + "/admin/pool")[1])
+
+    def wait(self, what, pred, deadline_s=60):
+        end = time.time() + deadline_s
+        while time.time() < end:
+            s = self.stats()
+            if pred(s):
+                return s
+            time.sleep(0.02)
+        raise RuntimeError(f"timed out waiting for {what}: {self.stats()}")
+
+    def stop(self):
+        stop(self.proc)
+        self.logf.close()
+
+
+# ---------------------------------------------------------------- load tool
+
+
+def wrk(url, conns):
+    threads = 1 if conns == 1 else 2
+    cmd = pinned(["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{DURATION}s", "--latency", url], 1)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=DURATION + 30).stdout
+
+    def dur(s):
+        m = re.match(r"([\d.]+)(us|ms|s)", s)
+        v, u = float(m.group(1)), m.group(2)
+        return v / 1000 if u == "us" else v if u == "ms" else v * 1000
+
+    res = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    for q in ("50", "99"):
+        m = re.search(rf"^\s+{q}(?:\.000)?%\s+(\S+)", out, re.M)
+        res[f"p{q}_ms"] = dur(m.group(1))
+    errs = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["non2xx"] = int(errs.group(1)) if errs else 0
+    return res
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def start_direct(tmp):
+    path = os.path.join(tmp, "direct.js")
+    with open(path, "w") as f:
+        f.write(DIRECT)
+    port = free_port()
+    proc = spawn(pinned([DENO, "run", "--allow-net=127.0.0.1:%d" % port, path, str(port)], 0),
+                 env={"PATH": os.environ.get("PATH", ""), "DENO_DIR": os.path.join(tmp, "deno-dir"), "NO_COLOR": "1"})
+    url = f"http://127.0.0.1:{port}/"
+    return proc, url
+
+
+def bare_spawn_samples(tmp, n):
+    """Spawn `deno run` of the direct server, measure spawn to first HTTP 200."""
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        proc, url = start_direct(tmp)
+        while True:
+            try:
+                if get(url, timeout=2)[0] == 200:
+                    break
+            except Exception:
+                time.sleep(0.001)
+        out.append((time.perf_counter() - t) * 1000)
+        stop(proc, signal.SIGKILL)
+    return out
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+def write_bundle(tmp, name="bench"):
+    d = os.path.join(tmp, name)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "main.js"), "w") as f:
+        f.write(BUNDLE)
+    with open(os.path.join(d, "manifest.json"), "w") as f:
+        json.dump(MANIFEST, f)
+    return d
+
+
+def warm(tmp, results):
+    direct, direct_url = start_direct(tmp)
+    wait_http(direct_url)
+    bundle = write_bundle(tmp)
+    data = os.path.join(tmp, "data-warm")
+    r = AtRund(["dev", bundle, "--name", "bench"], {}, data)
+    via_url = r.base + "/bundle/local/bench/latest/hello"
+    wait_http(via_url)
+    rows = {"direct": {1: [], 50: []}, "at-rund": {1: [], 50: []}}
+    for _ in range(ROUNDS):
+        for conns in (1, 50):
+            for name, url in (("direct", direct_url), ("at-rund", via_url)):
+                rows[name][conns].append(wrk(url, conns))
+    r.stop()
+    stop(direct)
+
+    def med(name, conns, k):
+        return statistics.median(x[k] for x in rows[name][conns])
+
+    w = {}
+    for name in rows:
+        w[name] = {
+            "c1_p50_ms": med(name, 1, "p50_ms"),
+            "c1_p99_ms": med(name, 1, "p99_ms"),
+            "c50_rps": med(name, 50, "rps"),
+            "non2xx": sum(x["non2xx"] for c in (1, 50) for x in rows[name][c]),
+        }
+    results["warm"] = w
+
+
+def cold_disk(tmp, results):
+    bundle = write_bundle(tmp)
+    data = os.path.join(tmp, "data-cold")
+    # A short idle timeout empties the pool between samples.
+    r = AtRund(["dev", bundle, "--name", "bench"], {"ATRUND_POOL_IDLE_TIMEOUT_MS": "100"}, data)
+    url = r.base + "/bundle/local/bench/latest/hello"
+    samples = []
+    timed_get(url)  # first start also writes DENO_DIR caches; not counted
+    for _ in range(COLD_SAMPLES):
+        r.wait("an empty pool", lambda s: not s["instances"] and s["starting"] == 0)
+        samples.append(timed_get(url))
+    st = r.stats()
+    r.stop()
+    bare = bare_spawn_samples(tmp, COLD_SAMPLES)
+    results["cold_disk"] = {"at-rund_ms": samples, "bare_ms": bare, "cold_hits": st["cold_hits"]}
+
+
+def memory(tmp, results):
+    bundle = write_bundle(tmp)
+    data = os.path.join(tmp, "data-mem")
+    n = 8
+    r = AtRund(["dev", bundle, "--name", "bench"],
+               {"ATRUND_POOL_MAX_INSTANCES_PER_BUNDLE": str(n)}, data)
+    time.sleep(1)
+    idle = rss_kib(r.proc.pid if not PIN else child_pid(r.proc.pid))
+    timed_get(r.base + "/bundle/local/bench/latest/hello")
+    pid = r.proc.pid if not PIN else child_pid(r.proc.pid)
+    one = rss_kib(pid)
+    # Concurrency 1 per instance for this run is set by sending n slow requests at once to a
+    # bundle limited to 1: use a second bundle folder with that limit.
+    r.stop()
+    d = write_bundle(tmp, "bench-c1")
+    with open(os.path.join(d, "manifest.json"), "w") as f:
+        json.dump(dict(MANIFEST, limits={"concurrency": 1}), f)
+    r = AtRund(["dev", d, "--name", "bench"],
+               {"ATRUND_POOL_MAX_INSTANCES_PER_BUNDLE": str(n), "ATRUND_POOL_BUSY_WAIT_MS": "5000"}, data)
+    pid = r.proc.pid if not PIN else child_pid(r.proc.pid)
+    timed_get(r.base + "/bundle/local/bench/latest/hello")
+    r1 = rss_kib(pid)
+    import threading
+    ths = [threading.Thread(target=timed_get, args=(r.base + "/bundle/local/bench/latest/slow?ms=1500",)) for _ in range(n)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    s = r.wait(f"{n} warm instances", lambda s: len(s["instances"]) == n and s["busy"] == 0)
+    rn = rss_kib(pid)
+    deno = [i["rss_bytes"] / 1024 for i in s["instances"] if i["rss_bytes"]]
+    r.stop()
+    results["memory"] = {
+        "idle_kib": idle,
+        "after_first_request_kib": one,
+        "per_instance_kib": (rn - r1) / (n - 1),
+        "instances": n,
+        "deno_instance_kib": statistics.median(deno),
+    }
+
+
+def child_pid(pid):
+    """Under taskset, the at-rund process is taskset's exec'd self: same pid."""
+    return pid
+
+
+def pds(tmp, results):
+    if not os.path.exists(HARNESS) or not shutil.which("node"):
+        log("skipping the PDS scenario: no node or no tests/atproto-net/harness.js")
+        return
+    harness = spawn(["node", HARNESS], env=dict(os.environ, EXIT_ON_STDIN_EOF="0"),
+                    stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    line = harness.stdout.readline().decode()
+    if not line.startswith("ATPROTO_TEST_NETWORK_READY "):
+        raise RuntimeError("harness did not start: " + line)
+    net = json.loads(line.split(" ", 1)[1])
+    alice = net["alice"]
+    bundle = write_bundle(tmp, "pds-bench")
+    versions = [f"1.0.{i}" for i in range(PDS_SAMPLES + 1)]
+    for v in versions:
+        subprocess.run([AT_RUN, "deploy", "--name", "bench", "--version", v, "--pds", net["pdsUrl"],
+                        "--identifier", alice["handle"], "--password", alice["password"],
+                        os.path.join(bundle, "main.js")], check=True, capture_output=True, timeout=60)
+    env = {
+        "ATRUND_PLC_URL": net["plcUrl"],
+        "ATRUND_ALLOW_HTTP": "1",
+        "ATRUND_POLICY": "open",
+        "ATRUND_IDENTITY_HANDLE_RESOLVER": net["pdsUrl"],
+        "ATRUND_IDENTITY_DNS": "false",
+        "ATRUND_IDENTITY_WELL_KNOWN": "false",
+    }
+    data = os.path.join(tmp, "data-pds")
+    r = AtRund(["serve"], env, data)
+    base = f"{r.base}/bundle/{alice['did']}/bench"
+    timed_get(f"{base}/{versions[0]}/hello")  # resolves and caches the identity; not counted
+    samples = [timed_get(f"{base}/{v}/hello") for v in versions[1:]]
+    r.stop()
+
+    # Pre-warm: the first request after start, without and with pool.prewarm (store on disk).
+    r = AtRund(["serve"], env, data)
+    base = f"{r.base}/bundle/{alice['did']}/bench"
+    first_cold = timed_get(f"{base}/latest/hello")
+    r.stop()
+    r = AtRund(["serve"], dict(env, ATRUND_POOL_PREWARM=f"{alice['did']}/bench/latest"), data)
+    r.wait("the pre-warmed instance", lambda s: len(s["instances"]) == 1)
+    base = f"{r.base}/bundle/{alice['did']}/bench"
+    first_prewarmed = timed_get(f"{base}/latest/hello")
+    st = r.stats()
+    r.stop()
+    stop(harness)
+    results["pds"] = {
+        "cold_pds_ms": samples,
+        "first_request_cold_ms": first_cold,
+        "first_request_prewarmed_ms": first_prewarmed,
+        "prewarmed_was_warm_hit": st["warm_hits"] == 1 and st["cold_hits"] == 0,
+    }
+
+
+# ---------------------------------------------------------------- report
+
+
+def report(res):
+    out = []
+    add = out.append
+    w = res.get("warm")
+    if w:
+        d, a = w["direct"], w["at-rund"]
+        add("## Warm invoke: at-rund vs Deno.serve directly (same handler)\n")
+        add("| figure | Deno.serve direct | through at-rund | ratio / added | DESIGN §7 target |")
+        add("|---|---|---|---|---|")
+        add(f"| c=1 p50 latency | {d['c1_p50_ms']*1000:.0f} µs | {a['c1_p50_ms']*1000:.0f} µs | +{(a['c1_p50_ms']-d['c1_p50_ms'])*1000:.0f} µs | ≤ +150 µs |")
+        add(f"| c=1 p99 latency | {d['c1_p99_ms']*1000:.0f} µs | {a['c1_p99_ms']*1000:.0f} µs | +{(a['c1_p99_ms']-d['c1_p99_ms'])*1000:.0f} µs | — |")
+        add(f"| c=50 throughput | {d['c50_rps']:.0f} req/s | {a['c50_rps']:.0f} req/s | {a['c50_rps']/d['c50_rps']*100:.0f} % | ≥ 70 % |")
+        add(f"\nnon-2xx responses: direct {d['non2xx']}, at-rund {a['non2xx']}\n")
+    c = res.get("cold_disk")
+    if c:
+        am, bm = statistics.median(c["at-rund_ms"]), statistics.median(c["bare_ms"])
+        add("## Cold start, bundle on disk, no warm instance\n")
+        add("| figure | bare Deno spawn → first 200 | at-rund request → 200 | ratio | target |")
+        add("|---|---|---|---|---|")
+        add(f"| p50 | {bm:.1f} ms | {am:.1f} ms | {am/bm:.2f}× | ≤ 1.3× |")
+        add(f"| p90 | {p(c['bare_ms'], 90):.1f} ms | {p(c['at-rund_ms'], 90):.1f} ms | {p(c['at-rund_ms'], 90)/p(c['bare_ms'], 90):.2f}× | — |")
+        add(f"\n{len(c['at-rund_ms'])} samples each; cold hits counted by the pool: {c['cold_hits']}\n")
+    pd = res.get("pds")
+    if pd and c:
+        bm = statistics.median(c["bare_ms"])
+        pm = statistics.median(pd["cold_pds_ms"])
+        add("## Cold start from the local PDS (bundle not cached, verified)\n")
+        add("| figure | bare Deno spawn → first 200 | at-rund | added | target |")
+        add("|---|---|---|---|---|")
+        add(f"| p50 | {bm:.1f} ms | {pm:.1f} ms | +{pm-bm:.1f} ms | ≤ +100 ms |")
+        add(f"| max | {max(c['bare_ms']):.1f} ms | {max(pd['cold_pds_ms']):.1f} ms | — | — |")
+        add(f"\n{len(pd['cold_pds_ms'])} samples: each a version never fetched before (records, proofs, blob, verify, store, start)\n")
+        add("## Pre-warm: first request after start (bundle in the store)\n")
+        add("| without pre-warm | with `pool.prewarm` | saved |")
+        add("|---|---|---|")
+        add(f"| {pd['first_request_cold_ms']:.1f} ms | {pd['first_request_prewarmed_ms']:.1f} ms | {pd['first_request_cold_ms']-pd['first_request_prewarmed_ms']:.1f} ms |")
+        add(f"\nthe pre-warmed request was a warm hit: {pd['prewarmed_was_warm_hit']}\n")
+    m = res.get("memory")
+    if m:
+        add("## Memory\n")
+        add("| figure | measured | baseline | target |")
+        add("|---|---|---|---|")
+        add(f"| at-rund RSS idle | {m['idle_kib']/1024:.1f} MiB | — | ≤ 30 MiB |")
+        add(f"| at-rund RSS per warm instance | {m['per_instance_kib']:.0f} KiB | a Deno instance's own RSS: {m['deno_instance_kib']/1024:.1f} MiB | ≤ 1 MiB |")
+        add(f"\n({m['instances']} warm instances; at-rund RSS after its first request: {m['after_first_request_kib']/1024:.1f} MiB)\n")
+    return "\n".join(out)
+
+
+def machine():
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    deno_v = subprocess.run([DENO, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu": cpu, "cpus": os.cpu_count(), "mem_gib": round(mem, 1), "kernel": platform.release(),
+        "deno": deno_v, "wrk": (wrk_v.stdout + wrk_v.stderr).split("\n")[0], "pinned": PIN,
+        "seconds_per_wrk_run": DURATION, "rounds": ROUNDS, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    }
+
+
+def main():
+    for b in (AT_RUND, DENO):
+        if not os.path.exists(b):
+            sys.exit(f"missing {b}: run bench/run.sh (it builds the release binaries)")
+    only = set(sys.argv[1:]) or {"warm", "cold", "memory", "pds"}
+    res = {"machine": machine()}
+    tmp = tempfile.mkdtemp(prefix="atrund-bench-")
+    try:
+        if "warm" in only:
+            log("warm invoke (wrk) ..."); warm(tmp, res)
+        if "cold" in only:
+            log("cold start from disk ..."); cold_disk(tmp, res)
+        if "memory" in only:
+            log("memory ..."); memory(tmp, res)
+        if "pds" in only:
+            log("cold start from the local PDS ..."); pds(tmp, res)
+    finally:
+        for pr in list(procs):
+            stop(pr, signal.SIGKILL)
+        if os.environ.get("BENCH_KEEP") == "1":
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    text = report(res)
+    print(f"machine: {json.dumps(res['machine'])}\n")
+    print(text)
+    os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
+    with open(os.path.join(ROOT, "bench/results/latest.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    with open(os.path.join(ROOT, "bench/results/latest.md"), "w") as f:
+        f.write(f"machine: `{json.dumps(res['machine'])}`\n\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
