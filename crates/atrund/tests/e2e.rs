@@ -2,46 +2,18 @@
 //! invoke through a real `at-rund serve` process running real Deno. One network per test binary;
 //! each test has its own account and its own runner process.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use atrund_testnet::{Account, TestNet};
+use common::{get, Daemon};
 use serde_json::{json, Value};
 
-/// A running `at-rund serve`.
+/// A running `at-rund` against the test network, with its own data dir.
 struct Runner {
-    child: Child,
-    base: String,
+    daemon: Daemon,
     data: tempfile::TempDir,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        // A graceful stop, so the runner removes its instances and cgroups; SIGKILL only if it
-        // does not exit in time.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while std::time::Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- at-rund log ----\n{}",
-                self.log.lock().map(|l| l.clone()).unwrap_or_default()
-            );
-        }
-    }
 }
 
 impl Runner {
@@ -51,66 +23,19 @@ impl Runner {
 
     fn start_with_args(net: &TestNet, deno: &Path, args: &[&str], env: &[(&str, &str)]) -> Runner {
         let data = tempfile::tempdir().expect("temp dir");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_at-rund"));
-        cmd.args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("ATRUND_LISTEN", "127.0.0.1:0")
-            .env("ATRUND_PLC_URL", &net.plc_url)
-            .env("ATRUND_ALLOW_HTTP", "1")
-            .env("ATRUND_DATA_DIR", data.path())
-            .env("ATRUND_DENO_PATH", deno)
-            .env("ATRUND_IDENTITY_HANDLE_RESOLVER", &net.pds_url)
-            .env("ATRUND_IDENTITY_DNS", "false")
-            .env("ATRUND_IDENTITY_WELL_KNOWN", "false")
-            .env("ATRUND_FETCH_REVALIDATE_SECS", "0")
-            .env("ATRUND_LOG", "info,atrund=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let mut cmd = common::command(deno, data.path());
+        common::use_test_net(&mut cmd, net).args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn at-rund");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line
-                    .contains("listening")
-                    .then(|| line.split("addr=").nth(1))
-                    .flatten()
-                {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-                if let Ok(mut l) = log2.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "at-rund did not start listening within 30 s; log:\n{}",
-                    log.lock().map(|l| l.clone()).unwrap_or_default()
-                );
-            }
-        };
         Runner {
-            child,
-            base: format!("http://{addr}"),
+            daemon: Daemon::spawn(&mut cmd, false),
             data,
-            log,
         }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
+        self.daemon.url(path)
     }
 }
 
@@ -152,14 +77,6 @@ async fn deploy(
     at_run::deploy::run(&args)
         .await
         .unwrap_or_else(|e| panic!("deploy {name}@{version} failed: {e:#}"))
-}
-
-async fn get(url: &str) -> (u16, Value) {
-    let resp = reqwest::get(url).await.expect("request");
-    let status = resp.status().as_u16();
-    let text = resp.text().await.expect("body");
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, body)
 }
 
 fn hello_code() -> String {

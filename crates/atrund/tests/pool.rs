@@ -1,35 +1,21 @@
 //! The pool against real Deno through a real `at-rund dev` process (no PDS needed): warm reuse,
 //! idle reaping, crash replacement, Busy when full, and the graceful drain on SIGTERM.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
+
+use common::{get, Daemon};
 
 use serde_json::{json, Value};
 
 /// A running `at-rund dev` serving a test bundle.
 struct Runner {
-    child: Child,
-    base: String,
-    admin: String,
+    daemon: Daemon,
     data: tempfile::TempDir,
     _dir: tempfile::TempDir,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- at-rund log ----\n{}",
-                self.log.lock().map(|l| l.clone()).unwrap_or_default()
-            );
-        }
-    }
 }
 
 const CODE: &str = r#"
@@ -58,74 +44,30 @@ impl Runner {
         });
         std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).expect("manifest");
         let data = tempfile::tempdir().expect("temp dir");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_at-rund"));
+        let mut cmd = common::command(deno, data.path());
         cmd.args(["dev", dir.path().to_str().expect("utf-8"), "--name", "t"])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("ATRUND_LISTEN", "127.0.0.1:0")
-            .env("ATRUND_DATA_DIR", data.path())
-            .env("ATRUND_DENO_PATH", deno)
-            .env("ATRUND_LOG", "info,atrund=debug,atrund_pool=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env("ATRUND_LOG", "info,atrund=debug,atrund_pool=debug");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn at-rund");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening") {
-                    if let Some(a) = line.split("addr=").nth(1) {
-                        let _ = tx.send(("main", a.trim().to_string()));
-                    }
-                }
-                if line.contains("admin endpoint up") {
-                    if let Some(a) = line.split("admin=").nth(1) {
-                        let a = a.split_whitespace().next().unwrap_or_default();
-                        let _ = tx.send(("admin", a.to_string()));
-                    }
-                }
-                if let Ok(mut l) = log2.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-        });
-        let (mut base, mut admin) = (None, None);
-        while base.is_none() || admin.is_none() {
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(("main", a)) => base = Some(format!("http://{a}")),
-                Ok((_, a)) => admin = Some(format!("http://{a}")),
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!(
-                        "at-rund did not start within 30 s; log:\n{}",
-                        log.lock().map(|l| l.clone()).unwrap_or_default()
-                    );
-                }
-            }
-        }
         Runner {
-            child,
-            base: base.unwrap_or_default(),
-            admin: admin.unwrap_or_default(),
+            daemon: Daemon::spawn(&mut cmd, true),
             data,
             _dir: dir,
-            log,
         }
     }
 
     fn url(&self, endpoint: &str) -> String {
-        format!("{}/bundle/local/t/latest/{endpoint}", self.base)
+        format!("{}/bundle/local/t/latest/{endpoint}", self.daemon.base)
     }
 
     async fn stats(&self) -> Value {
-        get(&format!("{}/admin/pool", self.admin)).await.1
+        get(&format!(
+            "{}/admin/pool",
+            self.daemon.admin.as_deref().unwrap_or_default()
+        ))
+        .await
+        .1
     }
 
     /// Polls the admin stats until `f` holds (30 s at most).
@@ -148,16 +90,6 @@ impl Runner {
 /// failure under CI=true (atrund-testnet's rule).
 fn deno() -> Option<PathBuf> {
     atrund_testnet::deno_path()
-}
-
-async fn get(url: &str) -> (u16, Value) {
-    let resp = reqwest::get(url).await.expect("request");
-    let status = resp.status().as_u16();
-    let text = resp.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 fn pid_alive(pid: u64) -> bool {
@@ -296,7 +228,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
         s["instances"][0]["in_flight"] == n
     })
     .await;
-    let pid = r.child.id().to_string();
+    let pid = r.daemon.pid().to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -306,7 +238,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     // While draining: not ready, and new invocations are refused.
     let mut saw_503 = false;
     for _ in 0..50 {
-        let (s, b) = get(&format!("{}/readyz", r.base)).await;
+        let (s, b) = get(&format!("{}/readyz", r.daemon.base)).await;
         if s == 503 {
             assert_eq!(b["error"], "Draining");
             saw_503 = true;
@@ -323,15 +255,10 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
         assert_eq!(s, 200, "an in-flight request failed during the drain: {b}");
         assert_eq!(b["slept"], 3000);
     }
-    let mut status = None;
-    for _ in 0..150 {
-        if let Some(st) = r.child.try_wait().expect("wait") {
-            status = Some(st);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let status = status.expect("at-rund did not exit after the drain");
+    let status = r
+        .daemon
+        .wait_exit(Duration::from_secs(15))
+        .expect("at-rund did not exit after the drain");
     assert!(status.success(), "exit status {status}");
     let run = r.data.path().join("run");
     let left: Vec<_> = std::fs::read_dir(&run).expect("run dir").collect();

@@ -3,12 +3,14 @@
 //! injects them as the bundle's only readable environment. Every test ends by grepping the
 //! runner's log and every file under its data dir for the values it used.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
+
+use common::Daemon;
 
 use at_run::secrets::{SecretArg, TargetArgs};
 use atrund_secrets::{secrets_rkey, RunnerKeys, RunnerPublicKey, SealedEntry, SecretsRecord};
@@ -16,101 +18,36 @@ use atrund_testnet::{Account, TestNet};
 use serde_json::{json, Value};
 use sha2::Digest;
 
-/// A running `at-rund serve` (as in e2e.rs, plus a data dir that can outlive one process).
+/// A running `at-rund serve` against the test network, with a data dir that can outlive one
+/// process (the caller owns it).
 struct Runner {
-    child: Child,
-    base: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- at-rund log ----\n{}", self.log());
-        }
-    }
+    daemon: Daemon,
 }
 
 fn runner_cmd(net: &TestNet, deno: &Path, data: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_at-rund"));
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("ATRUND_LISTEN", "127.0.0.1:0")
-        .env("ATRUND_PLC_URL", &net.plc_url)
-        .env("ATRUND_ALLOW_HTTP", "1")
-        .env("ATRUND_DATA_DIR", data)
-        .env("ATRUND_DENO_PATH", deno)
-        .env("ATRUND_IDENTITY_HANDLE_RESOLVER", &net.pds_url)
-        .env("ATRUND_IDENTITY_DNS", "false")
-        .env("ATRUND_IDENTITY_WELL_KNOWN", "false")
-        .env("ATRUND_FETCH_REVALIDATE_SECS", "0")
+    let mut cmd = common::command(deno, data);
+    common::use_test_net(&mut cmd, net)
+        .args(args)
         .env("ATRUND_POLICY", "open")
         .env("ATRUND_POOL_ADMIN_LISTEN", "off")
-        .env("ATRUND_LOG", "debug,hyper=info,reqwest=info,h2=info")
-        .stdin(Stdio::null());
+        .env("ATRUND_LOG", "debug,hyper=info,reqwest=info,h2=info");
     cmd
 }
 
 impl Runner {
     fn start(net: &TestNet, deno: &Path, data: &Path) -> Runner {
-        let mut child = runner_cmd(net, deno, data, &["serve"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn at-rund");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line
-                    .contains("listening")
-                    .then(|| line.split("addr=").nth(1))
-                    .flatten()
-                {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-                if let Ok(mut l) = log2.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "at-rund did not start listening within 30 s; log:\n{}",
-                    log.lock().map(|l| l.clone()).unwrap_or_default()
-                );
-            }
-        };
         Runner {
-            child,
-            base: format!("http://{addr}"),
-            log,
+            daemon: Daemon::spawn(&mut runner_cmd(net, deno, data, &["serve"]), false),
         }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+        self.daemon.url(path)
     }
 
     /// Stops the process (so its log is complete) and returns the log.
     fn stop(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::thread::sleep(Duration::from_millis(200));
-        self.log()
+        self.daemon.stop()
     }
 }
 
@@ -144,7 +81,7 @@ async fn deploy(net: &TestNet, account: &Account, code: &str, manifest: &Value, 
 
 fn target(net: &TestNet, acct: &Account, runner: &Runner, name: &str) -> TargetArgs {
     TargetArgs {
-        runner: runner.base.clone(),
+        runner: runner.daemon.base.clone(),
         runner_key: None,
         name: name.to_string(),
         pds: Some(net.pds_url.clone()),

@@ -214,8 +214,11 @@ fn start(dir: &Path) -> TestNet {
         ready.plc_url,
         ready.pds_url
     );
+    // Each #[tokio::test] has its own runtime, and a pooled connection dies with the runtime
+    // that opened it: keep no idle connections, so no test reuses another test's dead one.
     let http = reqwest::Client::builder()
         .no_proxy()
+        .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap_or_else(|e| panic!("could not build an HTTP client: {e}"));
