@@ -13,6 +13,8 @@ with_test_net=0
 need_apt=()
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
+# isolation = "container" / "auto" (docs/security.md).
+command -v bwrap >/dev/null || need_apt+=(bubblewrap)
 if [ "$with_test_net" = 1 ]; then
   # better-sqlite3 (a PDS dependency) compiles from source: it needs a C++ toolchain and python3.
   command -v g++ >/dev/null || need_apt+=(g++)

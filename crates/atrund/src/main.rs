@@ -16,7 +16,10 @@ use atrund_http::{AppState, LocalBundle};
 use atrund_identity::{IdentityConfig, IdentityResolver};
 use atrund_pool::Pool;
 use atrund_repo::{FetchConfig, RepoClient};
-use atrund_sandbox::{runner_id_for, CgroupManager, DenoBinary, NoneExecutor};
+use atrund_sandbox::{
+    runner_id_for, CgroupManager, ContainerConfig, ContainerExecutor, DenoBinary, Enforcement,
+    Executor, NoneExecutor,
+};
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +64,12 @@ enum Command {
     /// Create the runner's X25519 key file (secrets.key_file) if there is none, and print the
     /// public key; with --rotate, make a new key and keep the old one for decryption for
     /// secrets.rotation_grace_secs. Restart the runner to use a rotated key.
+    /// PID 1 inside a container instance (internal: started by the container backend).
+    #[command(hide = true)]
+    SandboxInit {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     Keygen {
         /// Replace the current key (authors must then run `at-run secrets set` again).
         #[arg(long)]
@@ -73,6 +82,11 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Before logging and the async runtime: PID 1 of a sandbox stays single-threaded until it
+    // has confined itself.
+    if let Command::SandboxInit { args } = &cli.command {
+        return atrund_sandbox::init::main(args);
+    }
     init_logging();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -145,6 +159,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Serve { config } => serve(load_config(config.as_deref())?, None).await,
+        Command::SandboxInit { .. } => Ok(()),
         Command::Dev {
             dir,
             name,
@@ -201,8 +216,10 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     );
     // Cgroups of this runner (its id comes from the data dir); leftovers of a crash are swept.
     let cgroups = Arc::new(CgroupManager::start(&runner_id_for(&data_dir)));
-    let executor = Arc::new(NoneExecutor::new(deno).with_cgroups(cgroups.clone()));
-    let enforcement = Arc::new(atrund_sandbox::Executor::enforcement(&*executor));
+    let (executor, isolation) = pick_executor(&config, deno, cgroups.clone(), &data_dir).await?;
+    let mut enforcement = executor.enforcement();
+    enforcement.push(isolation);
+    let enforcement = Arc::new(enforcement);
     for e in enforcement.iter() {
         if e.enforced {
             tracing::info!(limit = e.limit, how = %e.how, "limit enforced");
@@ -210,10 +227,12 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
             tracing::warn!(limit = e.limit, why = %e.how, "limit NOT enforced (docs/limits.md)");
         }
     }
-    tracing::warn!(
-        "isolation = \"none\": bundles run as Deno processes with permission flags only; \
-         see docs/security.md for what this does not contain"
-    );
+    if executor.name() == "none" {
+        tracing::warn!(
+            "isolation = \"none\": bundles run as Deno processes with permission flags and a \
+             cgroup only; see docs/security.md for what this does not contain"
+        );
+    }
     let pool = Pool::new(executor, pool_config(&config.pool));
     if config.allow_http {
         tracing::warn!("allow_http is on: plain-http PDS and did:web are accepted for loopback hosts (development only)");
@@ -326,6 +345,138 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The executor for `isolation`, and the describeRunner entry that says which one and why.
+/// Order for "auto": [microVM: not available yet] → container → none (with a loud warning).
+async fn pick_executor(
+    config: &Config,
+    deno: DenoBinary,
+    cgroups: Arc<CgroupManager>,
+    data_dir: &Path,
+) -> Result<(Arc<dyn Executor>, Enforcement)> {
+    use atrund_config::Isolation;
+    let note = |enforced: bool, how: String| Enforcement {
+        limit: "isolation",
+        enforced,
+        how,
+    };
+    let none = || Arc::new(NoneExecutor::new(deno.clone()).with_cgroups(cgroups.clone()));
+    match config.isolation {
+        Isolation::None => Ok((
+            none(),
+            note(
+                false,
+                "none, as configured: Deno flags + cgroup only (docs/security.md)".into(),
+            ),
+        )),
+        Isolation::Container => {
+            let exec = container_executor(config, deno.clone(), cgroups.clone(), data_dir)
+                .await
+                .map_err(|why| {
+                    anyhow::anyhow!(
+                        "isolation = \"container\" is not possible on this machine: {why}"
+                    )
+                })?;
+            tracing::info!("isolation: container (bubblewrap + Landlock + seccomp + egress proxy)");
+            Ok((exec, note(true, "container, as configured".into())))
+        }
+        Isolation::Auto => {
+            let microvm = "microvm: not available in this version";
+            match container_executor(config, deno.clone(), cgroups.clone(), data_dir).await {
+                Ok(exec) => {
+                    tracing::info!("isolation auto: container ({microvm})");
+                    Ok((
+                        exec,
+                        note(true, format!("auto chose container ({microvm})")),
+                    ))
+                }
+                Err(why) => {
+                    tracing::warn!(
+                        "ISOLATION IS WEAK: isolation = \"auto\" fell back to \"none\" because the \
+                         container backend is not possible here: {why}. Bundles run with Deno flags and \
+                         a cgroup only (docs/security.md). Install bubblewrap and run as root to fix."
+                    );
+                    Ok((
+                        none(),
+                        note(
+                            false,
+                            format!("auto fell back to none: {microvm}; container: {why}"),
+                        ),
+                    ))
+                }
+            }
+        }
+        Isolation::Microvm | Isolation::Firecracker => {
+            anyhow::bail!(
+                "isolation \"{}\" is not available yet",
+                config.isolation.as_str()
+            )
+        }
+    }
+}
+
+/// The container backend, if this machine can run it: bwrap found, every cgroup limit usable,
+/// the root assembled, and a real sandbox started once (the probe).
+async fn container_executor(
+    config: &Config,
+    deno: DenoBinary,
+    cgroups: Arc<CgroupManager>,
+    data_dir: &Path,
+) -> std::result::Result<Arc<dyn Executor>, String> {
+    let bwrap = atrund_sandbox::find_bwrap(
+        Some(Path::new(&config.container.bwrap)).filter(|p| p.components().count() > 1),
+    )
+    .ok_or_else(|| {
+        format!(
+            "bubblewrap ('{}') not found; install it with `apt-get install -y bubblewrap` (container.bwrap)",
+            config.container.bwrap
+        )
+    })?;
+    let missing: Vec<String> = NoneExecutor::new(deno.clone())
+        .with_cgroups(cgroups.clone())
+        .enforcement()
+        .into_iter()
+        .filter(|e| !e.enforced)
+        .map(|e| format!("{}: {}", e.limit, e.how))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "cgroup limits unavailable ({})",
+            missing.join("; ")
+        ));
+    }
+    let init = std::env::current_exe()
+        .map_err(|e| format!("cannot find the at-rund binary for the sandbox's PID 1: {e}"))?;
+    let parse = |list: &[String]| -> std::result::Result<Vec<atrund_egress::IpNet>, String> {
+        list.iter()
+            .map(|c| c.parse().map_err(|e| format!("egress range '{c}': {e}")))
+            .collect()
+    };
+    let proxy = atrund_egress::EgressProxy::start(atrund_egress::EgressConfig {
+        allow_cidrs: parse(&config.egress.allow_cidrs)?,
+        deny_cidrs: parse(&config.egress.deny_cidrs)?,
+        ..atrund_egress::EgressConfig::default()
+    })
+    .await
+    .map_err(|e| format!("egress proxy: {e}"))?;
+    tracing::info!(addr = %proxy.local_addr(), "egress proxy listening");
+    let cfg = ContainerConfig {
+        bwrap,
+        deno,
+        init: (init, vec!["sandbox-init".into()]),
+        rootfs_dir: data_dir.join("rootfs"),
+        tmp_mib: config.container.tmp_mib,
+    };
+    let exec = tokio::task::spawn_blocking(move || ContainerExecutor::new(cfg))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?
+        .with_cgroups(cgroups)
+        .with_egress(Arc::new(proxy));
+    tracing::info!(rootfs = %exec.rootfs().path().display(), libs = exec.rootfs().libs().len(), "container root ready");
+    exec.probe().await?;
+    Ok(Arc::new(exec))
 }
 
 fn key_grace(config: &Config) -> Duration {

@@ -55,6 +55,8 @@ pub struct Config {
     pub permissions: PermissionCaps,
     pub pool: PoolSection,
     pub secrets: SecretsSection,
+    pub container: ContainerSection,
+    pub egress: EgressSection,
     /// Where each key's value came from (default, file, environment), for error messages and
     /// `check-config`. Not part of the schema.
     #[serde(skip)]
@@ -78,15 +80,17 @@ impl Default for AuthorPolicy {
     }
 }
 
-/// Sandbox backend. Only `none` is available in this version; the others parse so that the
-/// error can say so plainly instead of "unknown variant".
+/// Sandbox backend. `microvm`/`firecracker` are not available in this version; they parse so
+/// that the error can say so plainly instead of "unknown variant".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {
     /// Deno permission flags, hardened (see docs/configuration.md).
     #[default]
     None,
+    /// The strongest backend this machine supports (a microVM later; container; else none).
     Auto,
+    /// bubblewrap namespaces + read-only minimal root + Landlock + seccomp + cgroup.
     Container,
     Microvm,
     Firecracker,
@@ -378,6 +382,8 @@ impl Default for Config {
             permissions: PermissionCaps::default(),
             pool: PoolSection::default(),
             secrets: SecretsSection::default(),
+            container: ContainerSection::default(),
+            egress: EgressSection::default(),
             sources: load::Provenance::default(),
         }
     }
@@ -401,6 +407,35 @@ impl Default for SecretsSection {
             rotation_grace_secs: 7 * 24 * 3600,
         }
     }
+}
+
+/// The `container` isolation backend (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSection {
+    /// The bubblewrap binary: a path, or a name looked up on `PATH`.
+    pub bwrap: String,
+    /// Size cap of each instance's `/tmp` (a tmpfs, charged to the instance's memory).
+    pub tmp_mib: u64,
+}
+
+impl Default for ContainerSection {
+    fn default() -> Self {
+        ContainerSection {
+            bwrap: "bwrap".into(),
+            tmp_mib: 64,
+        }
+    }
+}
+
+/// The egress proxy of container instances (docs/egress.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSection {
+    /// Special-purpose address ranges (CIDR) opened anyway, e.g. a LAN service.
+    pub allow_cidrs: Vec<String>,
+    /// Ranges refused in addition to the built-in ones; wins over `allow_cidrs`.
+    pub deny_cidrs: Vec<String>,
 }
 
 impl Config {

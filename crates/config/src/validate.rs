@@ -14,13 +14,33 @@ impl Config {
             message,
         };
 
-        if self.isolation != Isolation::None {
+        if matches!(self.isolation, Isolation::Microvm | Isolation::Firecracker) {
             return Err(invalid(
                 "isolation",
                 format!(
-                    "isolation \"{}\" is not available yet in this version; use isolation = \"none\" (ATRUND_ISOLATION=none)",
+                    "isolation \"{}\" is not available yet in this version; use \"container\", \"auto\" or \"none\" (ATRUND_ISOLATION)",
                     self.isolation.as_str()
                 ),
+            ));
+        }
+
+        for (key, list) in [
+            ("egress.allow_cidrs", &self.egress.allow_cidrs),
+            ("egress.deny_cidrs", &self.egress.deny_cidrs),
+        ] {
+            if let Some(bad) = list.iter().find(|c| !is_cidr(c)) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "'{bad}' is not an address range; write it like 192.168.1.0/24 or fd00::/8"
+                    ),
+                ));
+            }
+        }
+        if self.container.tmp_mib == 0 || self.container.bwrap.is_empty() {
+            return Err(invalid(
+                "container",
+                "container.tmp_mib must be at least 1 and container.bwrap must name the bubblewrap binary".into(),
             ));
         }
 
@@ -242,5 +262,20 @@ pub fn is_loopback(u: &Url) -> bool {
         Some(Host::Ipv4(ip)) => ip.is_loopback(),
         Some(Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
+    }
+}
+
+/// `addr/prefix` with a prefix that fits the address family.
+fn is_cidr(s: &str) -> bool {
+    let Some((addr, len)) = s.split_once('/') else {
+        return false;
+    };
+    let Ok(len) = len.parse::<u8>() else {
+        return false;
+    };
+    match addr.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => len <= 32,
+        Ok(std::net::IpAddr::V6(_)) => len <= 128,
+        Err(_) => false,
     }
 }

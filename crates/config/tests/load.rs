@@ -392,22 +392,42 @@ fn operator_only_limits_are_checked() {
 }
 
 #[test]
-fn isolation_other_than_none_is_refused_plainly() {
-    for mode in ["auto", "container", "microvm", "firecracker"] {
+fn microvm_isolation_is_refused_plainly_and_container_auto_load() {
+    for mode in ["microvm", "firecracker"] {
         let e = err(Some(&format!("isolation = \"{mode}\"")), &[]);
         assert_eq!((e.code(), e.key()), ("ConfigInvalid", Some("isolation")));
         let msg = e.to_string();
         assert!(
-            msg.contains(mode)
-                && msg.contains("not available yet")
-                && msg.contains("isolation = \"none\""),
+            msg.contains(mode) && msg.contains("not available yet") && msg.contains("container"),
             "{msg}"
+        );
+    }
+    for mode in ["none", "auto", "container"] {
+        assert_eq!(
+            load(None, &[("ATRUND_ISOLATION", mode)])
+                .unwrap()
+                .isolation
+                .as_str(),
+            mode
         );
     }
     let e = err(None, &[("ATRUND_ISOLATION", "docker")]);
     assert_eq!((e.code(), e.key()), ("ConfigBadValue", Some("isolation")));
     assert!(e.to_string().contains("container"), "{e}");
-    assert!(load(None, &[("ATRUND_ISOLATION", "none")]).is_ok());
+    let c = load(
+        None,
+        &[
+            ("ATRUND_EGRESS_ALLOW_CIDRS", "192.168.1.0/24,fd00::/8"),
+            ("ATRUND_CONTAINER_TMP_MIB", "16"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.egress.allow_cidrs.len(), 2);
+    assert_eq!(c.container.tmp_mib, 16);
+    for bad in ["10.0.0.0", "10.0.0.0/33", "x/8"] {
+        let e = err(None, &[("ATRUND_EGRESS_DENY_CIDRS", bad)]);
+        assert_eq!(e.key(), Some("egress.deny_cidrs"), "{bad}");
+    }
 }
 
 #[test]

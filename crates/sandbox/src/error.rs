@@ -36,6 +36,18 @@ pub enum SandboxError {
     /// the instance is draining
     #[error("this instance is shutting down; retry the request")]
     Draining,
+    /// the instance went over its memory limit and was killed
+    #[error("the bundle used more than its memory limit of {0} MiB and was stopped; use less memory per instance or ask for a larger memoryMib")]
+    MemoryLimitExceeded(u64),
+    /// the call used more than its CPU-time budget and the instance was killed
+    #[error("the bundle used more than its CPU budget of {0} ms during this request and was stopped; do less work per request or ask for a larger cpuMs")]
+    CpuLimitExceeded(u64),
+    /// the instance tried to run more tasks than allowed and was killed
+    #[error("the bundle tried to run more than {0} threads and processes (each Worker and subprocess counts) and was stopped; start fewer Workers or subprocesses")]
+    TooManyProcesses(u64),
+    /// the response body is over the runner's limit; the instance was killed
+    #[error("the bundle's response is larger than this runner's limit of {0} bytes and was cut; return less data per response")]
+    ResponseTooLarge(u64),
 }
 
 impl SandboxError {
@@ -52,6 +64,10 @@ impl SandboxError {
             Self::BundleCrashed(_) => "BundleCrashed",
             Self::TimedOut(_) => "TimedOut",
             Self::Draining => "Draining",
+            Self::MemoryLimitExceeded(_) => "MemoryLimitExceeded",
+            Self::CpuLimitExceeded(_) => "CpuLimitExceeded",
+            Self::TooManyProcesses(_) => "TooManyProcesses",
+            Self::ResponseTooLarge(_) => "ResponseTooLarge",
         }
     }
 
@@ -60,8 +76,15 @@ impl SandboxError {
         use http::StatusCode as S;
         match self {
             Self::DenoNotFound(_) => S::INTERNAL_SERVER_ERROR,
-            Self::StartFailed(_) | Self::BundleFailed(_) | Self::BundleCrashed(_) => S::BAD_GATEWAY,
-            Self::StartTimedOut(_) | Self::TimedOut(_) => S::GATEWAY_TIMEOUT,
+            Self::StartFailed(_)
+            | Self::BundleFailed(_)
+            | Self::BundleCrashed(_)
+            | Self::MemoryLimitExceeded(_)
+            | Self::TooManyProcesses(_)
+            | Self::ResponseTooLarge(_) => S::BAD_GATEWAY,
+            Self::StartTimedOut(_) | Self::TimedOut(_) | Self::CpuLimitExceeded(_) => {
+                S::GATEWAY_TIMEOUT
+            }
             Self::EndpointNotFound(_) => S::NOT_FOUND,
             Self::MethodNotAllowed(_) => S::METHOD_NOT_ALLOWED,
             Self::BadInput(_) => S::BAD_REQUEST,
@@ -84,6 +107,18 @@ mod tests {
         assert_eq!((e.code(), e.status().as_u16()), ("TimedOut", 504));
         let e = SandboxError::BundleCrashed("exit status: 1".into());
         assert_eq!((e.code(), e.status().as_u16()), ("BundleCrashed", 502));
+        for (e, code, status) in [
+            (
+                SandboxError::MemoryLimitExceeded(64),
+                "MemoryLimitExceeded",
+                502,
+            ),
+            (SandboxError::CpuLimitExceeded(100), "CpuLimitExceeded", 504),
+            (SandboxError::TooManyProcesses(32), "TooManyProcesses", 502),
+            (SandboxError::ResponseTooLarge(10), "ResponseTooLarge", 502),
+        ] {
+            assert_eq!((e.code(), e.status().as_u16()), (code, status));
+        }
         assert!(SandboxError::DenoNotFound("x".into())
             .to_string()
             .contains("npm install deno@2.9.6"));

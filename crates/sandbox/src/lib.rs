@@ -1,22 +1,32 @@
 //! Sandbox backends: the executor interface between the pool and the processes that run bundle
-//! code, and the `none` backend (Deno permission flags only) behind it.
+//! code, the `none` backend (Deno permission flags only) and the `container` backend (bubblewrap
+//! namespaces, a minimal read-only root, Landlock and seccomp from our own PID 1) behind it.
 //!
 //! Owns: starting, calling, draining and killing one runtime instance, and the embedded Deno
 //! shim (`runtime/exec/main.ts`). Must not: decide which bundles may run or with which limits
 //! (policy and pool do), fetch or verify code (bundle store does), or keep instances (pool does).
 
+pub mod cgroup;
+mod confine;
+mod container;
 mod deno;
 mod error;
+pub mod init;
 mod none;
 mod output;
+mod rootfs;
+mod sys;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use cgroup::{runner_id_for, CgroupManager};
+pub use container::{find_bwrap, ContainerConfig, ContainerExecutor};
 pub use deno::DenoBinary;
 pub use error::SandboxError;
 pub use none::NoneExecutor;
+pub use rootfs::Rootfs;
 
 /// The runtime shim, embedded so that the binary and its shim never drift apart.
 pub const SHIM_SOURCE: &str = include_str!("../../../runtime/exec/main.ts");
@@ -24,8 +34,9 @@ pub const SHIM_SOURCE: &str = include_str!("../../../runtime/exec/main.ts");
 /// The bundle ABI version the embedded shim implements (docs/bundle-abi.md).
 pub const ABI_VERSION: u32 = 1;
 
-/// Everything a backend needs to start one instance of one bundle version.
-#[derive(Debug, Clone)]
+/// Everything a backend needs to start one instance of one bundle version. `Debug` shows the
+/// names of `env`, never its values.
+#[derive(Clone)]
 pub struct InstanceSpec {
     /// Unique per instance, safe for file names.
     pub id: String,
@@ -39,14 +50,69 @@ pub struct InstanceSpec {
     pub deno_dir: PathBuf,
     /// Already checked against operator policy.
     pub permissions: atrund_bundle::Permissions,
-    /// Secrets later (names become `--allow-env`); empty now. Never log values.
+    /// The bundle's decrypted secrets; their names are its only `--allow-env`. Never log values.
     pub env: Vec<(String, String)>,
-    /// V8 heap flag now (cgroups come later).
+    /// Memory of the instance: its cgroup's limit (swap included) and, in addition, the V8
+    /// heap flag.
     pub memory_mib: u64,
     /// Wall clock per request, response body included.
     pub request_timeout: Duration,
     /// Spawn to ready.
     pub start_timeout: Duration,
+    /// The other per-instance and per-request limits (docs/limits.md).
+    pub limits: ResourceLimits,
+}
+
+/// Limits beyond memory and the wall clock, already within the operator's caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceLimits {
+    /// Tasks (processes and threads: Deno threads count) in the instance's cgroup.
+    pub pids: u64,
+    /// CPU quota of the instance, percent of one CPU.
+    pub cpu_quota_percent: u64,
+    /// CPU time the instance may use while one call is in flight; `None` for no budget.
+    pub cpu_budget: Option<Duration>,
+    /// RLIMIT_NOFILE of the instance process.
+    pub open_files: u64,
+    /// Largest response body relayed; a bigger one is refused or cut (`ResponseTooLarge`).
+    pub max_response_bytes: u64,
+}
+
+impl Default for ResourceLimits {
+    /// The operator defaults of docs/configuration.md.
+    fn default() -> Self {
+        Self {
+            pids: 64,
+            cpu_quota_percent: 100,
+            cpu_budget: Some(Duration::from_secs(10)),
+            open_files: 1024,
+            max_response_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// Whether a backend enforces one limit, and how (or why not). Logged at start and shown by
+/// describeRunner, so a limit that cannot be enforced is never skipped silently.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Enforcement {
+    /// `memory`, `cpuQuota`, `cpuTime`, `pids`, `openFiles`, `timeout`, `responseBody`.
+    pub limit: &'static str,
+    pub enforced: bool,
+    /// How it is enforced, or why it is not.
+    pub how: String,
+}
+
+impl std::fmt::Debug for InstanceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("InstanceSpec")
+            .field("id", &self.id)
+            .field("bundle_file", &self.bundle_file)
+            .field("permissions", &self.permissions)
+            .field("env_names", &env)
+            .field("memory_mib", &self.memory_mib)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One call of one endpoint.
@@ -78,6 +144,10 @@ pub struct InstanceStats {
 pub trait Executor: Send + Sync {
     /// Backend name as in the config: "none", later "container", "microvm".
     fn name(&self) -> &'static str;
+    /// What this backend enforces on this machine, limit by limit.
+    fn enforcement(&self) -> Vec<Enforcement> {
+        Vec::new()
+    }
     /// Starts an instance and returns once it is ready to serve.
     async fn warm(&self, spec: InstanceSpec) -> Result<Arc<dyn Instance>, SandboxError>;
 }

@@ -3,8 +3,11 @@
 //! the embedded shim's HTTP/1.1 on a Unix socket in the work dir, proxied with hyper.
 //!
 //! Owns: the Deno command line, the process (own process group, killed on drop, on timeout and on
-//! shutdown), its output (to tracing, line-capped) and the proxying of calls. Must not: choose
-//! permissions or limits (they arrive checked in `InstanceSpec`), or log env values.
+//! shutdown), its output (to tracing, line-capped), the proxying of calls, and enforcing the
+//! resource limits of docs/limits.md: the instance's cgroup (from `cgroup`), RLIMIT_NOFILE, the
+//! wall clock, the CPU budget per call and the response cap, each breach with its own error.
+//! Must not: choose permissions or limits (they arrive checked in `InstanceSpec`), or log env
+//! values.
 //!
 //! One connection per call: a Unix-socket connect plus an HTTP/1.1 handshake costs tens of
 //! microseconds, and it keeps a streamed response from holding up the next call.
@@ -24,10 +27,11 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{oneshot, watch, Notify};
 
+use crate::cgroup::{CgroupLimits, CgroupManager, Counters, InstanceCgroup};
 use crate::output::for_each_line;
 use crate::{
-    DenoBinary, Executor, Instance, InstanceSpec, InstanceStats, Invocation, SandboxError,
-    SHIM_SOURCE,
+    sys, DenoBinary, Enforcement, Executor, Instance, InstanceSpec, InstanceStats, Invocation,
+    SandboxError, SHIM_SOURCE,
 };
 
 /// File name of the shim inside the work dir.
@@ -48,16 +52,37 @@ const ERROR_HEADER: &str = "x-atrund-error";
 const RESERVED_PREFIX: &str = "x-atrund-";
 /// How long to wait for the exit status after a broken connection, to tell a crash apart.
 const CRASH_GRACE: Duration = Duration::from_millis(500);
+/// How often the CPU budget of a call in flight is checked.
+const CPU_POLL: Duration = Duration::from_millis(10);
 
 /// The `none` executor.
 #[derive(Debug, Clone)]
 pub struct NoneExecutor {
     deno: DenoBinary,
+    /// `None`: no cgroups (memory is then capped by the V8 heap flag only, which ArrayBuffers
+    /// escape); reported by [`Executor::enforcement`].
+    cgroups: Option<Arc<CgroupManager>>,
+    /// The daemon's hard RLIMIT_NOFILE: the most an instance can be given.
+    nofile_hard: Option<u64>,
 }
 
 impl NoneExecutor {
     pub fn new(deno: DenoBinary) -> Self {
-        Self { deno }
+        Self {
+            deno,
+            cgroups: None,
+            nofile_hard: sys::nofile_hard_limit(),
+        }
+    }
+
+    /// Puts every instance into its own cgroup under `manager`'s parents.
+    pub fn with_cgroups(mut self, manager: Arc<CgroupManager>) -> Self {
+        self.cgroups = Some(manager);
+        self
+    }
+
+    fn open_files(&self, asked: u64) -> u64 {
+        self.nofile_hard.map_or(asked, |hard| asked.min(hard))
     }
 }
 
@@ -165,6 +190,70 @@ fn env_name(k: &str) -> Result<&str, SandboxError> {
     Ok(k)
 }
 
+/// What the shared process machinery enforces, given the cgroups and the daemon's file limit.
+pub(crate) fn enforcement_for(
+    cgroups: Option<&Arc<CgroupManager>>,
+    nofile_hard: Option<u64>,
+) -> Vec<Enforcement> {
+    let mut out = Vec::new();
+    let mut add = |limit: &'static str, r: Result<String, String>| {
+        let (enforced, how) = match r {
+            Ok(h) => (true, h),
+            Err(w) => (false, w),
+        };
+        out.push(Enforcement {
+            limit,
+            enforced,
+            how,
+        });
+    };
+    match cgroups {
+        Some(m) => {
+            for (limit, r) in m.slots() {
+                let r = match (limit, r) {
+                    ("memory", Ok(h)) => Ok(format!("{h}; V8 heap flag in addition")),
+                    ("memory", Err(w)) => Err(format!(
+                        "only the V8 heap flag, which ArrayBuffers escape: {w}"
+                    )),
+                    ("cpuTime", Ok(h)) => Ok(format!(
+                        "{h}, sampled every {} ms while a call is in flight",
+                        CPU_POLL.as_millis()
+                    )),
+                    (_, r) => r,
+                };
+                add(limit, r);
+            }
+        }
+        None => {
+            let why = "cgroups are not set up for this executor".to_string();
+            add(
+                "memory",
+                Err(format!(
+                    "only the V8 heap flag, which ArrayBuffers escape: {why}"
+                )),
+            );
+            for l in ["cpuQuota", "cpuTime", "pids"] {
+                add(l, Err(why.clone()));
+            }
+        }
+    }
+    add(
+        "openFiles",
+        Ok(match nofile_hard {
+            Some(h) => {
+                format!("RLIMIT_NOFILE set before exec, at most the runner's own hard limit {h}")
+            }
+            None => "RLIMIT_NOFILE set before exec".into(),
+        }),
+    );
+    add(
+        "timeout",
+        Ok("wall clock per call, response body included; the instance is killed".into()),
+    );
+    add("responseBody", Ok("Content-Length checked before any byte, streamed bytes counted; the instance is killed".into()));
+    out
+}
+
 /// What the shim said on stdout before it was ready.
 enum StartSignal {
     Ready,
@@ -207,33 +296,15 @@ impl Executor for NoneExecutor {
         "none"
     }
 
+    fn enforcement(&self) -> Vec<Enforcement> {
+        enforcement_for(self.cgroups.as_ref(), self.nofile_hard)
+    }
+
     async fn warm(&self, spec: InstanceSpec) -> Result<Arc<dyn Instance>, SandboxError> {
         let started_at = Instant::now();
-        let socket = spec.work_dir.join(SOCKET_FILE);
-        let shim = spec.work_dir.join(SHIM_FILE);
-        if socket.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(SandboxError::StartFailed(format!(
-                "socket path '{}' is longer than {MAX_SOCKET_PATH} bytes; configure a shorter work directory",
-                socket.display()
-            )));
-        }
+        let (socket, shim) = work_paths(&spec)?;
         let args = deno_args(&spec, &shim, &socket)?;
-        let io_err = |what: &str, p: &Path, e: std::io::Error| {
-            SandboxError::StartFailed(format!(
-                "could not {what} '{}': {e}; check the runner's directories",
-                p.display()
-            ))
-        };
-        for dir in [&spec.work_dir, &spec.deno_dir, &spec.data_dir] {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .map_err(|e| io_err("create", dir, e))?;
-        }
-        // A stale socket from a crashed predecessor would make the listen fail.
-        let _ = tokio::fs::remove_file(&socket).await;
-        tokio::fs::write(&shim, SHIM_SOURCE)
-            .await
-            .map_err(|e| io_err("write the shim to", &shim, e))?;
+        prepare_work_dir(&spec, &socket, &shim).await?;
 
         let mut cmd = tokio::process::Command::new(self.deno.path());
         cmd.args(&args)
@@ -249,13 +320,126 @@ impl Executor for NoneExecutor {
             .stderr(std::process::Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        launch(Launch {
+            spec: &spec,
+            cmd,
+            program: self.deno.path(),
+            socket,
+            cgroups: self.cgroups.as_ref(),
+            nofile: self.open_files(spec.limits.open_files),
+            started_at,
+            keep: Vec::new(),
+        })
+        .await
+    }
+}
+
+/// The socket and shim paths of an instance.
+pub(crate) fn work_paths(spec: &InstanceSpec) -> Result<(PathBuf, PathBuf), SandboxError> {
+    let socket = spec.work_dir.join(SOCKET_FILE);
+    let shim = spec.work_dir.join(SHIM_FILE);
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(SandboxError::StartFailed(format!(
+            "socket path '{}' is longer than {MAX_SOCKET_PATH} bytes; configure a shorter work directory",
+            socket.display()
+        )));
+    }
+    Ok((socket, shim))
+}
+
+pub(crate) fn io_err(what: &str, p: &Path, e: std::io::Error) -> SandboxError {
+    SandboxError::StartFailed(format!(
+        "could not {what} '{}': {e}; check the runner's directories",
+        p.display()
+    ))
+}
+
+/// Creates the instance's dirs, removes a stale socket and writes the shim.
+pub(crate) async fn prepare_work_dir(
+    spec: &InstanceSpec,
+    socket: &Path,
+    shim: &Path,
+) -> Result<(), SandboxError> {
+    for dir in [&spec.work_dir, &spec.deno_dir, &spec.data_dir] {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| io_err("create", dir, e))?;
+    }
+    // A stale socket from a crashed predecessor would make the listen fail.
+    let _ = tokio::fs::remove_file(socket).await;
+    tokio::fs::write(shim, SHIM_SOURCE)
+        .await
+        .map_err(|e| io_err("write the shim to", shim, e))
+}
+
+/// What a backend hands to [`launch`]: a fully built command (program, arguments, environment,
+/// stdio piped, own process group) that ends up running the shim on `socket`.
+pub(crate) struct Launch<'a> {
+    pub spec: &'a InstanceSpec,
+    pub cmd: tokio::process::Command,
+    /// For error messages.
+    pub program: &'a Path,
+    pub socket: PathBuf,
+    pub cgroups: Option<&'a Arc<CgroupManager>>,
+    /// RLIMIT_NOFILE of the process.
+    pub nofile: u64,
+    pub started_at: Instant,
+    /// Dropped with the instance (e.g. the container's egress registration and forwarder).
+    pub keep: Vec<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+/// The process machinery shared by the backends: the instance cgroup (joined before exec), the
+/// spawn, stdout/stderr to tracing, the reaper, and waiting for the shim's ready signal.
+pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxError> {
+    let Launch {
+        spec,
+        mut cmd,
+        program,
+        socket,
+        cgroups,
+        nofile,
+        started_at,
+        keep,
+    } = l;
+    {
+        let cgroup = match cgroups {
+            Some(m) => {
+                let t = Instant::now();
+                let cg = m.create(
+                    &spec.id,
+                    CgroupLimits {
+                        memory_mib: spec.memory_mib,
+                        pids: spec.limits.pids,
+                        cpu_quota_percent: spec.limits.cpu_quota_percent,
+                    },
+                );
+                match cg {
+                    Ok(cg) => {
+                        tracing::debug!(instance = %spec.id, us = t.elapsed().as_micros() as u64, "instance cgroup created");
+                        Some(Arc::new(cg))
+                    }
+                    Err(e) => {
+                        remove_work_dir(&spec.id, &spec.work_dir);
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
+        sys::install(
+            &mut cmd,
+            sys::ChildSetup {
+                procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+                nofile: Some(nofile),
+            },
+        );
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
                 remove_work_dir(&spec.id, &spec.work_dir);
                 return Err(SandboxError::StartFailed(format!(
                     "could not spawn '{}': {e}",
-                    self.deno.path().display()
+                    program.display()
                 )));
             }
         };
@@ -294,10 +478,11 @@ impl Executor for NoneExecutor {
         // The reaper owns the child: it alone waits and signals, so a kill never hits a
         // recycled pid (the zombie holds the pid until it is reaped here).
         let kill = Arc::new(Notify::new());
-        let (exit_tx, exit_rx) = watch::channel::<Option<String>>(None);
+        let (exit_tx, exit_rx) = watch::channel::<Option<Exit>>(None);
         {
             let kill = kill.clone();
             let id = id.clone();
+            let cgroup = cgroup.clone();
             tokio::spawn(async move {
                 let status = tokio::select! {
                     s = child.wait() => s,
@@ -317,7 +502,29 @@ impl Executor for NoneExecutor {
                     Err(e) => format!("unknown status: {e}"),
                 };
                 tracing::debug!(instance = &*id, status = %text, "instance process ended");
-                let _ = exit_tx.send(Some(text));
+                // Counters first: they are gone with the cgroup.
+                let counters = cgroup.as_ref().map(|c| c.counters()).unwrap_or_default();
+                exit_tx.send_replace(Some(Exit {
+                    status: text,
+                    counters,
+                    cleaned: cgroup.is_none(),
+                }));
+                if let Some(cg) = cgroup {
+                    match tokio::task::spawn_blocking(move || cg.remove()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(instance = &*id, error = %e, "could not remove the instance cgroup")
+                        }
+                        Err(e) => {
+                            tracing::error!(instance = &*id, error = %e, "cgroup removal panicked")
+                        }
+                    }
+                    exit_tx.send_modify(|e| {
+                        if let Some(e) = e {
+                            e.cleaned = true;
+                        }
+                    });
+                }
             });
         }
 
@@ -326,6 +533,11 @@ impl Executor for NoneExecutor {
             socket,
             work_dir: spec.work_dir.clone(),
             request_timeout: spec.request_timeout,
+            memory_mib: spec.memory_mib,
+            limits: spec.limits,
+            cgroup,
+            _keep: keep,
+            breach: Mutex::new(None),
             pid,
             started_at,
             kill,
@@ -386,13 +598,14 @@ impl Executor for NoneExecutor {
     }
 }
 
-async fn crashed_at_start(exit: &mut watch::Receiver<Option<String>>) -> SandboxError {
+async fn crashed_at_start(exit: &mut watch::Receiver<Option<Exit>>) -> SandboxError {
     let _ = tokio::time::timeout(CRASH_GRACE, exit.wait_for(|s| s.is_some()))
         .await
         .map(|r| r.is_ok());
     let status = exit
         .borrow()
-        .clone()
+        .as_ref()
+        .map(|e| e.status.clone())
         .unwrap_or_else(|| "still running".into());
     SandboxError::StartFailed(format!(
         "the runtime exited before it was ready ({status}); the runner's log has the details"
@@ -406,16 +619,43 @@ struct State {
     draining: bool,
 }
 
+/// How the process ended, as the reaper saw it.
+#[derive(Debug, Clone)]
+struct Exit {
+    status: String,
+    /// Breach counters read just before the cgroup was removed.
+    counters: Counters,
+    /// The cgroup (if any) is removed.
+    cleaned: bool,
+}
+
+/// Which limit an instance broke; the first one wins and names the error of every call that
+/// fails with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Breach {
+    Memory,
+    Cpu,
+    Pids,
+    Response,
+    Timeout,
+}
+
 struct Inner {
     id: Arc<str>,
     socket: PathBuf,
     work_dir: PathBuf,
     request_timeout: Duration,
+    memory_mib: u64,
+    limits: crate::ResourceLimits,
+    cgroup: Option<Arc<InstanceCgroup>>,
+    /// Backend resources that live as long as the instance.
+    _keep: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    breach: Mutex<Option<Breach>>,
     pid: u32,
     started_at: Instant,
     kill: Arc<Notify>,
     killed: std::sync::atomic::AtomicBool,
-    exit_rx: watch::Receiver<Option<String>>,
+    exit_rx: watch::Receiver<Option<Exit>>,
     /// Notified when `in_flight` drops to zero.
     idle: Notify,
     state: Mutex<State>,
@@ -433,24 +673,84 @@ impl Inner {
     }
 
     fn exit_status(&self) -> Option<String> {
-        self.exit_rx.borrow().clone()
+        self.exit_rx.borrow().as_ref().map(|e| e.status.clone())
     }
 
     fn timed_out(&self) -> SandboxError {
-        tracing::warn!(
-            instance = &*self.id,
-            "request timed out; killing the instance"
-        );
-        self.kill_now();
-        SandboxError::TimedOut(self.request_timeout.as_millis() as u64)
+        self.breach(Breach::Timeout)
     }
 
-    /// After a broken connection: a crash if the process ended, else a generic failure.
-    async fn broken(&self, e: &str) -> SandboxError {
+    /// Records a breach (the first one sticks), kills the instance and returns the error that
+    /// names it. The cgroup goes with the process (the reaper removes it).
+    fn breach(&self, b: Breach) -> SandboxError {
+        let first = {
+            let mut g = self.breach.lock().unwrap_or_else(|p| p.into_inner());
+            *g.get_or_insert(b)
+        };
+        let err = self.breach_error(first);
+        if !self.killed.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::warn!(
+                instance = &*self.id,
+                error = err.code(),
+                "{err}; killing the instance"
+            );
+        }
+        self.kill_now();
+        err
+    }
+
+    fn breach_error(&self, b: Breach) -> SandboxError {
+        match b {
+            Breach::Memory => SandboxError::MemoryLimitExceeded(self.memory_mib),
+            Breach::Cpu => SandboxError::CpuLimitExceeded(
+                self.limits.cpu_budget.unwrap_or_default().as_millis() as u64,
+            ),
+            Breach::Pids => SandboxError::TooManyProcesses(self.limits.pids),
+            Breach::Response => SandboxError::ResponseTooLarge(self.limits.max_response_bytes),
+            Breach::Timeout => SandboxError::TimedOut(self.request_timeout.as_millis() as u64),
+        }
+    }
+
+    /// The cgroup's breach counters: live while it exists, else as the reaper last read them.
+    fn counters(&self) -> Counters {
+        let live = self
+            .cgroup
+            .as_ref()
+            .map(|c| c.counters())
+            .unwrap_or_default();
+        // The reaper publishes its reading before removing the cgroup, so a reading of a removed
+        // cgroup is replaced by it here.
+        match self.exit_rx.borrow().as_ref() {
+            Some(e) => e.counters,
+            None => live,
+        }
+    }
+
+    /// A breach that explains a failed call: one already recorded, or a counter that moved
+    /// since the call began.
+    fn breach_since(&self, start: Counters) -> Option<Breach> {
+        if let Some(b) = *self.breach.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Some(b);
+        }
+        let now = self.counters();
+        if now.oom_kills > start.oom_kills {
+            Some(Breach::Memory)
+        } else if now.pids_refused > start.pids_refused {
+            Some(Breach::Pids)
+        } else {
+            None
+        }
+    }
+
+    /// After a broken connection: a breach, a crash if the process ended, else a generic failure.
+    async fn broken(&self, e: &str, start: Counters) -> SandboxError {
         let mut rx = self.exit_rx.clone();
         let _ = tokio::time::timeout(CRASH_GRACE, rx.wait_for(|s| s.is_some()))
             .await
             .map(|r| r.is_ok());
+        if let Some(b) = self.breach_since(start) {
+            return self.breach(b);
+        }
         tracing::warn!(instance = &*self.id, error = %e, "call to the instance failed");
         match self.exit_status() {
             Some(status) => SandboxError::BundleCrashed(status),
@@ -458,6 +758,35 @@ impl Inner {
                 "the runtime did not answer properly; the runner's log has details".into(),
             ),
         }
+    }
+
+    /// Kills the instance when the CPU it used since `at_start` passes the budget; ends when
+    /// `stop` fires (the call is over) or the cgroup is gone.
+    fn watch_cpu(self: &Arc<Self>, stop: oneshot::Receiver<()>) {
+        let (Some(budget), Some(cg)) = (self.limits.cpu_budget, self.cgroup.clone()) else {
+            return;
+        };
+        let Some(at_start) = cg.cpu_usage() else {
+            return;
+        };
+        let inner = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut stop = stop;
+            let mut tick = tokio::time::interval(CPU_POLL);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(used) = cg.cpu_usage() else { return };
+                if used.saturating_sub(at_start) > budget {
+                    if let Some(inner) = inner.upgrade() {
+                        inner.breach(Breach::Cpu);
+                    }
+                    return;
+                }
+            }
+        });
     }
 }
 
@@ -469,15 +798,19 @@ impl Drop for Inner {
 }
 
 /// Counts a call as in flight until its response body ends or is dropped.
-struct InFlight(Arc<Inner>);
+/// Dropping it also stops the call's CPU watch.
+struct InFlight {
+    inner: Arc<Inner>,
+    _stop_cpu_watch: oneshot::Sender<()>,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut st = self.0.state();
+        let mut st = self.inner.state();
         st.in_flight = st.in_flight.saturating_sub(1);
         st.last_used = Instant::now();
         if st.in_flight == 0 {
-            self.0.idle.notify_waiters();
+            self.inner.idle.notify_waiters();
         }
     }
 }
@@ -501,7 +834,13 @@ impl NoneInstance {
         st.in_flight += 1;
         st.served += 1;
         st.last_used = Instant::now();
-        Ok(InFlight(self.inner.clone()))
+        drop(st);
+        let (stop, stopped) = oneshot::channel();
+        self.inner.watch_cpu(stopped);
+        Ok(InFlight {
+            inner: self.inner.clone(),
+            _stop_cpu_watch: stop,
+        })
     }
 }
 
@@ -586,6 +925,10 @@ struct TrackedBody {
     body: hyper::body::Incoming,
     deadline: Pin<Box<tokio::time::Sleep>>,
     guard: Option<InFlight>,
+    /// Bytes relayed so far, against `ResourceLimits::max_response_bytes`.
+    sent: u64,
+    /// Breach counters when the call began, to name a death mid-stream.
+    start: Counters,
 }
 
 impl http_body::Body for TrackedBody {
@@ -601,7 +944,7 @@ impl http_body::Body for TrackedBody {
             return Poll::Ready(None);
         };
         if this.deadline.as_mut().poll(cx).is_ready() {
-            let err = guard.0.timed_out();
+            let err = guard.inner.timed_out();
             this.guard = None;
             return Poll::Ready(Some(Err(Box::new(err))));
         }
@@ -611,10 +954,26 @@ impl http_body::Body for TrackedBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
+                let err: BoxError = match guard.inner.breach_since(this.start) {
+                    Some(b) => Box::new(guard.inner.breach(b)),
+                    None => Box::new(e),
+                };
                 this.guard = None;
-                Poll::Ready(Some(Err(Box::new(e))))
+                Poll::Ready(Some(Err(err)))
             }
-            other => other.map_err(|e| Box::new(e) as BoxError),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent = this.sent.saturating_add(data.len() as u64);
+                    // Cut before relaying the frame that passes the cap.
+                    if this.sent > guard.inner.limits.max_response_bytes {
+                        let err = guard.inner.breach(Breach::Response);
+                        this.guard = None;
+                        return Poll::Ready(Some(Err(Box::new(err))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -635,6 +994,7 @@ impl Instance for NoneInstance {
     ) -> Result<http::Response<axum::body::Body>, SandboxError> {
         let guard = self.begin()?;
         let inner = &self.inner;
+        let start = inner.counters();
         let deadline = tokio::time::Instant::now() + inner.request_timeout;
         let endpoint = call.endpoint.clone();
         let req = to_shim_request(call)?;
@@ -652,7 +1012,7 @@ impl Instance for NoneInstance {
         .await;
         let res = match sent {
             Err(_) => return Err(inner.timed_out()),
-            Ok(Err(e)) => return Err(inner.broken(&e).await),
+            Ok(Err(e)) => return Err(inner.broken(&e, start).await),
             Ok(Ok(res)) => res,
         };
 
@@ -660,9 +1020,20 @@ impl Instance for NoneInstance {
         if let Some(name) = parts.headers.get(ERROR_HEADER) {
             let name = name.to_str().unwrap_or("BundleFailed").to_string();
             return match shim_error(&name, &endpoint, body, deadline).await {
-                Ok(e) => Err(e),
+                // A Worker that could not get a thread surfaces as a thrown error.
+                Ok(e) => Err(match inner.breach_since(start) {
+                    Some(b) => inner.breach(b),
+                    None => e,
+                }),
                 Err(()) => Err(inner.timed_out()),
             };
+        }
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > inner.limits.max_response_bytes) {
+            return Err(inner.breach(Breach::Response));
         }
         let reserved: Vec<HeaderName> = parts
             .headers
@@ -677,6 +1048,8 @@ impl Instance for NoneInstance {
             body,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             guard: Some(guard),
+            sent: 0,
+            start,
         };
         Ok(http::Response::from_parts(
             parts,
@@ -712,7 +1085,9 @@ impl Instance for NoneInstance {
         self.inner.state().draining = true;
         self.inner.kill_now();
         let mut rx = self.inner.exit_rx.clone();
-        let exited = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.is_some()))
+        // Exited and its cgroup removed.
+        let done = |s: &Option<Exit>| s.as_ref().is_some_and(|e| e.cleaned);
+        let exited = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(done))
             .await
             .map(|r| r.is_ok())
             .unwrap_or(false);
@@ -720,7 +1095,7 @@ impl Instance for NoneInstance {
             tracing::error!(
                 instance = &*self.inner.id,
                 pid = self.inner.pid,
-                "instance did not exit after SIGKILL"
+                "instance did not exit (or its cgroup was not removed) after SIGKILL"
             );
         }
         remove_work_dir(&self.inner.id, &self.inner.work_dir);
@@ -748,6 +1123,7 @@ mod tests {
             memory_mib: 128,
             request_timeout: Duration::from_secs(1),
             start_timeout: Duration::from_secs(1),
+            limits: Default::default(),
         }
     }
 

@@ -65,6 +65,7 @@ impl Env {
             memory_mib: 128,
             request_timeout: Duration::from_secs(5),
             start_timeout: Duration::from_secs(10),
+            limits: Default::default(),
         }
     }
 

@@ -1,0 +1,512 @@
+//! The `container` backend: each instance runs under bubblewrap in new user, mount, pid, net,
+//! ipc, uts and cgroup namespaces, with a minimal read-only root (`rootfs`), uid/gid 65534, no
+//! capabilities, and our own PID 1 (`init`) that adds no_new_privs, Landlock and seccomp before it
+//! starts Deno. The network namespace has only `lo`: no veth, no route. Egress goes to
+//! `127.0.0.1:3128` inside, where init forwards to a Unix socket in the work dir, where this
+//! module forwards to at-rund's egress proxy with a per-instance token (`atrund-egress`).
+//!
+//! Mounts inside: `/` the root (ro), `/bin/deno` and `/sbin/init` (ro binds of the host
+//! binaries), `/bundle/<file>` (ro), `/work` (the instance work dir: shim, socket, init config;
+//! rw), `/deno` (the bundle's DENO_DIR; rw), `/data/<path>` for each manifest `read` (ro) and
+//! `write` (rw) path and nothing else of the data dir, `/tmp` (tmpfs with a size cap), `/proc`
+//! (the instance's own pid namespace), `/dev` (null, zero, random, urandom, tty, full).
+//!
+//! Owns: the bwrap command line, the init config, the data-dir binds, the instance's egress
+//! registration and the host side of its proxy socket, and the start-up probe. Must not: spawn,
+//! reap, proxy calls or enforce limits itself (the machinery shared with `none` does: the cgroup
+//! is joined before bwrap is exec'd, so everything inside is accounted), or choose permissions.
+//!
+//! Clean-up: mounts, the network namespace and every process inside end with the namespace when
+//! PID 1 exits (or bwrap dies: `--die-with-parent`; the daemon: `PR_SET_PDEATHSIG`); the work dir
+//! and cgroup go with the instance as in `none`, and are swept at start-up after a crash.
+
+use std::ffi::OsString;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use atrund_egress::{EgressPolicy, EgressProxy, NetRule};
+
+use crate::cgroup::CgroupManager;
+use crate::init::{InitConfig, ProxyForward};
+use crate::none::{self, Launch};
+use crate::rootfs::{Rootfs, DENO_IN_ROOT, INIT_IN_ROOT};
+use crate::{sys, DenoBinary, Enforcement, Executor, Instance, InstanceSpec, SandboxError};
+
+/// The proxy forwarder's port on the sandbox's loopback.
+pub const PROXY_PORT: u16 = 3128;
+/// The host side of the proxy socket, in the work dir.
+const EGRESS_SOCKET: &str = "egress.sock";
+const INIT_CONFIG: &str = "init.json";
+/// The unprivileged user inside (nobody).
+const SANDBOX_ID: &str = "65534";
+/// Mount points inside.
+const WORK: &str = "/work";
+const DENO_DIR: &str = "/deno";
+const DATA: &str = "/data";
+const BUNDLE: &str = "/bundle";
+
+/// Settings of the container backend.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    /// The bubblewrap binary ([`find_bwrap`]).
+    pub bwrap: PathBuf,
+    pub deno: DenoBinary,
+    /// The program that runs [`crate::init::main`] and the arguments before the config path:
+    /// `(at-rund, ["sandbox-init"])` in the daemon.
+    pub init: (PathBuf, Vec<String>),
+    /// Where the root file systems are assembled (`<data_dir>/rootfs`).
+    pub rootfs_dir: PathBuf,
+    /// Size of the instance's `/tmp` (tmpfs, also charged to its memory cgroup).
+    pub tmp_mib: u64,
+}
+
+/// The `container` executor.
+#[derive(Clone)]
+pub struct ContainerExecutor {
+    cfg: ContainerConfig,
+    rootfs: Rootfs,
+    cgroups: Option<Arc<CgroupManager>>,
+    egress: Option<Arc<EgressProxy>>,
+    nofile_hard: Option<u64>,
+}
+
+impl std::fmt::Debug for ContainerExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerExecutor")
+            .field("cfg", &self.cfg)
+            .field("rootfs", &self.rootfs.path())
+            .field("egress", &self.egress.as_ref().map(|e| e.local_addr()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// `bwrap` on PATH (or the configured path), if executable.
+pub fn find_bwrap(configured: Option<&Path>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let ok = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if let Some(p) = configured {
+        return ok(p).then(|| p.to_path_buf());
+    }
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path_var)
+        .map(|d| d.join("bwrap"))
+        .find(|p| ok(p))
+}
+
+impl ContainerExecutor {
+    /// Assembles (or reuses) the root file system. Blocking: runs `ldd` and copies libraries.
+    pub fn new(cfg: ContainerConfig) -> Result<Self, SandboxError> {
+        let rootfs = Rootfs::assemble(&cfg.rootfs_dir, &[cfg.deno.path(), &cfg.init.0])?;
+        Ok(Self {
+            cfg,
+            rootfs,
+            cgroups: None,
+            egress: None,
+            nofile_hard: sys::nofile_hard_limit(),
+        })
+    }
+
+    /// Puts every instance into its own cgroup under `manager`'s parents.
+    pub fn with_cgroups(mut self, manager: Arc<CgroupManager>) -> Self {
+        self.cgroups = Some(manager);
+        self
+    }
+
+    /// Gives instances egress through `proxy` (their manifest's `net` rules); without it they
+    /// have no network at all.
+    pub fn with_egress(mut self, proxy: Arc<EgressProxy>) -> Self {
+        self.egress = Some(proxy);
+        self
+    }
+
+    pub fn rootfs(&self) -> &Rootfs {
+        &self.rootfs
+    }
+
+    /// Runs `deno --version` inside a sandbox built like an instance's: proves that bwrap can
+    /// create the namespaces here and that the root has what the runtime needs.
+    pub async fn probe(&self) -> Result<(), String> {
+        let mut args = self.base_args();
+        args.extend(["--", DENO_IN_ROOT, "--version"].iter().map(OsString::from));
+        let out = tokio::process::Command::new(&self.cfg.bwrap)
+            .args(&args)
+            .env_clear()
+            .env("DENO_NO_UPDATE_CHECK", "1")
+            .env("NO_COLOR", "1")
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(10), out)
+            .await
+            .map_err(|_| "bwrap did not finish within 10 s".to_string())?
+            .map_err(|e| format!("cannot run '{}': {e}", self.cfg.bwrap.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() && stdout.starts_with("deno ") {
+            Ok(())
+        } else {
+            Err(format!(
+                "bwrap failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// Namespaces, identity and the root: the part of the command line every sandbox shares.
+    fn base_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = [
+            "--unshare-all",
+            // --unshare-all only tries the user namespace; --disable-userns needs it for sure.
+            "--unshare-user",
+            "--disable-userns",
+            "--die-with-parent",
+            "--new-session",
+            // Our init is PID 1 (it reaps and relays signals), not bwrap's own reaper.
+            "--as-pid-1",
+            "--cap-drop",
+            "ALL",
+            "--uid",
+            SANDBOX_ID,
+            "--gid",
+            SANDBOX_ID,
+            "--hostname",
+            "sandbox",
+            "--ro-bind",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        a.push(self.rootfs.path().into());
+        a.push("/".into());
+        a.push("--ro-bind".into());
+        a.push(self.cfg.deno.path().into());
+        a.push(DENO_IN_ROOT.into());
+        a.push("--ro-bind".into());
+        a.push(self.cfg.init.0.clone().into());
+        a.push(INIT_IN_ROOT.into());
+        for x in ["--proc", "/proc", "--dev", "/dev"] {
+            a.push(x.into());
+        }
+        a
+    }
+
+    /// The full bwrap command line of one instance.
+    fn instance_args(&self, spec: &InstanceSpec, data: &DataBinds) -> Vec<OsString> {
+        let mut a = self.base_args();
+        let mut push = |xs: &[&std::ffi::OsStr]| a.extend(xs.iter().map(|x| x.to_os_string()));
+        let tmp_bytes = self.cfg.tmp_mib.saturating_mul(1024 * 1024).to_string();
+        push(&[
+            "--perms".as_ref(),
+            "1777".as_ref(),
+            "--size".as_ref(),
+            tmp_bytes.as_ref(),
+            "--tmpfs".as_ref(),
+            "/tmp".as_ref(),
+        ]);
+        let bundle_in = bundle_path_inside(spec);
+        push(&["--tmpfs".as_ref(), BUNDLE.as_ref()]);
+        push(&[
+            "--ro-bind".as_ref(),
+            spec.bundle_file.as_os_str(),
+            bundle_in.as_os_str(),
+        ]);
+        push(&["--remount-ro".as_ref(), BUNDLE.as_ref()]);
+        push(&["--bind".as_ref(), spec.work_dir.as_os_str(), WORK.as_ref()]);
+        push(&[
+            "--bind".as_ref(),
+            spec.deno_dir.as_os_str(),
+            DENO_DIR.as_ref(),
+        ]);
+        push(&["--tmpfs".as_ref(), DATA.as_ref()]);
+        for (host, inside, rw) in &data.binds {
+            let flag = if *rw { "--bind" } else { "--ro-bind" };
+            push(&[flag.as_ref(), host.as_os_str(), inside.as_os_str()]);
+        }
+        push(&["--remount-ro".as_ref(), DATA.as_ref()]);
+        push(&["--chdir".as_ref(), DATA.as_ref(), "--".as_ref()]);
+        push(&[INIT_IN_ROOT.as_ref()]);
+        for x in &self.cfg.init.1 {
+            push(&[x.as_ref()]);
+        }
+        let cfg = Path::new(WORK).join(INIT_CONFIG);
+        push(&[cfg.as_os_str()]);
+        a
+    }
+}
+
+/// `/bundle/<file name>`: the extension tells Deno the module type.
+fn bundle_path_inside(spec: &InstanceSpec) -> PathBuf {
+    let name = spec
+        .bundle_file
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "main.js".into());
+    Path::new(BUNDLE).join(name)
+}
+
+/// The data-dir paths an instance gets: (host path, path inside, writable).
+#[derive(Debug, Default)]
+struct DataBinds {
+    binds: Vec<(PathBuf, PathBuf, bool)>,
+}
+
+/// A manifest path must stay inside the data dir: plain names only.
+fn relative_data_path(rel: &str) -> Result<&Path, SandboxError> {
+    let p = Path::new(rel);
+    if rel.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(SandboxError::StartFailed(format!(
+            "data path '{rel}' must be relative, without '..' or '.'"
+        )));
+    }
+    Ok(p)
+}
+
+/// Creates the write paths (as dirs) and finds the read paths that exist. A path whose real
+/// location leaves the data dir (a symlink the bundle planted earlier) is refused: bwrap would
+/// follow it on the host.
+fn data_binds(spec: &InstanceSpec) -> Result<DataBinds, SandboxError> {
+    let root = std::fs::canonicalize(&spec.data_dir)
+        .map_err(|e| none::io_err("resolve", &spec.data_dir, e))?;
+    let mut out = DataBinds::default();
+    let p = &spec.permissions;
+    let entries = p
+        .read
+        .iter()
+        .map(|r| (r, false))
+        .chain(p.write.iter().map(|w| (w, true)));
+    for (rel, rw) in entries {
+        let rel_path = relative_data_path(rel)?;
+        let host = root.join(rel_path);
+        if rw {
+            std::fs::create_dir_all(&host).map_err(|e| none::io_err("create", &host, e))?;
+        }
+        let Ok(real) = std::fs::canonicalize(&host) else {
+            continue; // a read path that does not exist: nothing to see
+        };
+        if !real.starts_with(&root) {
+            return Err(SandboxError::StartFailed(format!(
+                "data path '{rel}' leads outside the bundle's data dir (a symlink?); remove it"
+            )));
+        }
+        // A later write bind of the same path wins over a read bind.
+        out.binds.retain(|(h, _, _)| h != &real);
+        out.binds.push((real, Path::new(DATA).join(rel_path), rw));
+    }
+    Ok(out)
+}
+
+fn is_proxy_var(name: &str) -> bool {
+    matches!(
+        name.to_ascii_uppercase().as_str(),
+        "HTTP_PROXY" | "HTTPS_PROXY" | "ALL_PROXY" | "NO_PROXY"
+    )
+}
+
+/// Appends `extra` to the value of the `--allow-<what>=` flag.
+fn widen(args: &mut [OsString], flag: &str, extra: &str) {
+    for a in args.iter_mut() {
+        if let Some(v) = a.to_str().and_then(|s| s.strip_prefix(flag)) {
+            *a = format!("{flag}{v},{extra}").into();
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serves the instance's proxy socket: each connection is copied to the egress proxy.
+fn egress_forwarder(
+    socket: &Path,
+    proxy: std::net::SocketAddr,
+) -> Result<AbortOnDrop, SandboxError> {
+    let _ = std::fs::remove_file(socket);
+    let listener =
+        tokio::net::UnixListener::bind(socket).map_err(|e| none::io_err("listen on", socket, e))?;
+    Ok(AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let Ok((mut unix, _)) = listener.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            };
+            tokio::spawn(async move {
+                if let Ok(mut tcp) = tokio::net::TcpStream::connect(proxy).await {
+                    let _ = tcp.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut unix, &mut tcp).await;
+                }
+            });
+        }
+    })))
+}
+
+#[async_trait::async_trait]
+impl Executor for ContainerExecutor {
+    fn name(&self) -> &'static str {
+        "container"
+    }
+
+    fn enforcement(&self) -> Vec<Enforcement> {
+        none::enforcement_for(self.cgroups.as_ref(), self.nofile_hard)
+    }
+
+    async fn warm(&self, spec: InstanceSpec) -> Result<Arc<dyn Instance>, SandboxError> {
+        let started_at = Instant::now();
+        if let Some((k, _)) = spec.env.iter().find(|(k, _)| is_proxy_var(k)) {
+            return Err(SandboxError::StartFailed(format!(
+                "secret name '{k}' is reserved for the runner's egress proxy; rename the secret"
+            )));
+        }
+        let (socket, shim) = none::work_paths(&spec)?;
+        none::prepare_work_dir(&spec, &socket, &shim).await?;
+        let fail = |e: SandboxError| {
+            let _ = std::fs::remove_dir_all(&spec.work_dir);
+            e
+        };
+        let data = data_binds(&spec).map_err(fail)?;
+
+        // Deno's flags, with the paths as seen inside.
+        let inside = InstanceSpec {
+            bundle_file: bundle_path_inside(&spec),
+            work_dir: WORK.into(),
+            data_dir: DATA.into(),
+            deno_dir: DENO_DIR.into(),
+            ..spec.clone()
+        };
+        let socket_in = Path::new(WORK).join(socket.file_name().unwrap_or_default());
+        let shim_in = Path::new(WORK).join(shim.file_name().unwrap_or_default());
+        let mut deno_args = none::deno_args(&inside, &shim_in, &socket_in).map_err(fail)?;
+        widen(&mut deno_args, "--allow-read=", "/tmp");
+        widen(&mut deno_args, "--allow-write=", "/tmp");
+        let mut argv = vec![DENO_IN_ROOT.to_string()];
+        argv.extend(
+            deno_args
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned()),
+        );
+
+        let mut keep: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
+        let mut proxy_env = None;
+        if let Some(proxy) = &self.egress {
+            let allow = NetRule::parse_list(&spec.permissions.net).map_err(|e| {
+                fail(SandboxError::StartFailed(format!(
+                    "the manifest's net list cannot be enforced: {e}"
+                )))
+            })?;
+            let token = atrund_egress::new_token()
+                .map_err(|e| fail(SandboxError::StartFailed(e.to_string())))?;
+            let reg = proxy
+                .register(
+                    token.clone(),
+                    EgressPolicy {
+                        bundle_label: spec.id.clone(),
+                        allow,
+                    },
+                )
+                .map_err(|e| fail(SandboxError::StartFailed(e.to_string())))?;
+            let fwd = egress_forwarder(&spec.work_dir.join(EGRESS_SOCKET), proxy.local_addr())
+                .map_err(fail)?;
+            keep.push(Box::new(reg));
+            keep.push(Box::new(fwd));
+            proxy_env = Some(atrund_egress::proxy_url(
+                &token,
+                std::net::SocketAddr::from(([127, 0, 0, 1], PROXY_PORT)),
+            ));
+        }
+
+        let mut read_write: Vec<PathBuf> = vec![WORK.into(), DENO_DIR.into(), "/tmp".into()];
+        let mut read_only: Vec<PathBuf> = [
+            "/bin", "/sbin", "/lib", "/lib64", "/usr", "/etc", BUNDLE, DATA, "/proc", "/dev",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        read_write.push("/dev/null".into());
+        for (_, inside, rw) in &data.binds {
+            if *rw {
+                read_write.push(inside.clone());
+            } else {
+                read_only.push(inside.clone());
+            }
+        }
+        let init = InitConfig {
+            argv,
+            read_only,
+            read_write,
+            proxy: proxy_env.as_ref().map(|_| ProxyForward {
+                port: PROXY_PORT,
+                socket: Path::new(WORK).join(EGRESS_SOCKET),
+            }),
+        };
+        let init_path = spec.work_dir.join(INIT_CONFIG);
+        let json = serde_json::to_vec(&init)
+            .map_err(|e| fail(SandboxError::StartFailed(format!("init config: {e}"))))?;
+        std::fs::write(&init_path, json).map_err(|e| fail(none::io_err("write", &init_path, e)))?;
+
+        let mut cmd = tokio::process::Command::new(&self.cfg.bwrap);
+        // The environment passes through bwrap and init to Deno: secret values stay out of any
+        // command line (argv is world-readable in /proc; environ is not).
+        cmd.args(self.instance_args(&spec, &data))
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .env("DENO_DIR", DENO_DIR)
+            .env("DENO_NO_UPDATE_CHECK", "1")
+            .env("NO_COLOR", "1")
+            .env("HOME", "/tmp")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(url) = &proxy_env {
+            cmd.env("HTTP_PROXY", url).env("HTTPS_PROXY", url);
+        }
+        none::launch(Launch {
+            spec: &spec,
+            cmd,
+            program: &self.cfg.bwrap,
+            socket,
+            cgroups: self.cgroups.as_ref(),
+            nofile: self
+                .nofile_hard
+                .map_or(spec.limits.open_files, |h| spec.limits.open_files.min(h)),
+            started_at,
+            keep,
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_paths_stay_inside() {
+        for bad in ["", "/etc", "../x", "a/../../b", "./a"] {
+            assert!(relative_data_path(bad).is_err(), "{bad}");
+        }
+        assert!(relative_data_path("out/x").is_ok());
+    }
+
+    #[test]
+    fn proxy_vars_are_reserved() {
+        assert!(is_proxy_var("https_proxy"));
+        assert!(is_proxy_var("HTTP_PROXY"));
+        assert!(!is_proxy_var("API_KEY"));
+    }
+
+    #[test]
+    fn widen_appends_to_the_flag() {
+        let mut a: Vec<OsString> = vec!["--allow-read=/a".into(), "--allow-write=/b".into()];
+        widen(&mut a, "--allow-read=", "/tmp");
+        assert_eq!(a[0], "--allow-read=/a,/tmp");
+        assert_eq!(a[1], "--allow-write=/b");
+    }
+}

@@ -1,0 +1,99 @@
+//! The crate's only `unsafe`: what the child does between fork and exec (join its cgroups, cap
+//! its open files), reading the daemon's own open-file limit, and the signal handler of the
+//! container's PID 1 (`init`).
+//!
+//! Owns: the pre-exec hook. Must not: allocate, lock or log after fork (only async-signal-safe
+//! calls on data prepared before fork), or touch anything but the child itself.
+
+use std::ffi::CString;
+
+use nix::libc;
+
+/// What the child applies to itself before exec.
+#[derive(Debug, Default)]
+pub(crate) struct ChildSetup {
+    /// `cgroup.procs` files to write "0" (the writer itself) into.
+    pub procs: Vec<CString>,
+    /// RLIMIT_NOFILE, soft and hard.
+    pub nofile: Option<u64>,
+}
+
+/// The daemon's hard RLIMIT_NOFILE; a child cannot get more without CAP_SYS_RESOURCE.
+// rlim_t is u64 here but not on every target.
+#[allow(clippy::unnecessary_cast)]
+pub(crate) fn nofile_hard_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the rlimit we own; no other memory is touched.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+    (rc == 0).then_some(r.rlim_max as u64)
+}
+
+/// Installs the pre-exec hook on `cmd`.
+///
+/// The child always gets `PR_SET_PDEATHSIG(SIGKILL)`: if the daemon dies without shutting its
+/// instances down (SIGKILL, a crash), the kernel kills them instead of leaving orphans that hold
+/// memory and cgroups. The signal follows the *thread* that forked; tokio spawns from its worker
+/// threads, which live as long as the runtime (the daemon never uses `block_in_place`).
+pub(crate) fn install(cmd: &mut tokio::process::Command, setup: ChildSetup) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec. It only calls prctl, getppid,
+    // open, write, close and setrlimit (async-signal-safe) on C strings and numbers built before
+    // the fork, and it allocates nothing: errors are built from errno with `last_os_error`.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The daemon may have died between fork and prctl: then nobody would kill us.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            for path in &setup.procs {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if n != 1 {
+                    return Err(err);
+                }
+            }
+            if let Some(n) = setup.nofile {
+                let r = libc::rlimit {
+                    rlim_cur: n as libc::rlim_t,
+                    rlim_max: n as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Gives `signals` a (no-op) handler. For PID 1 of a pid namespace the kernel drops signals
+/// from outside whose disposition is the default, even when they are blocked and waited for
+/// with `sigwait`; with a handler installed they are delivered (and `sigwait` takes them
+/// before the handler could run, as they stay blocked).
+pub(crate) fn catch_signals(signals: &[nix::sys::signal::Signal]) -> nix::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    let action = SigAction::new(
+        SigHandler::Handler(ignore_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for s in signals {
+        // SAFETY: the handler is an empty function, async-signal-safe by construction; it
+        // replaces the default disposition only (no previous handler is relied upon).
+        unsafe { sigaction(*s, &action) }?;
+    }
+    Ok(())
+}

@@ -1,0 +1,139 @@
+// A hostile bundle (crates/sandbox/tests/hostile.rs, container.rs): each endpoint tries one
+// escape and reports what happened: { leaked } with the data if it got out, else
+// { error, message }. Endpoints whose name starts with `os` use FFI to ask libc directly, so they
+// test the OS layer beneath Deno's permission flags (they need the `ffi` permission).
+// __SECRET__ is replaced by the test with the path of a host file the bundle must not read.
+
+async function attempt(f) {
+  try {
+    return { leaked: String(await f()) };
+  } catch (e) {
+    return { error: e?.name ?? "unknown", message: String(e?.message ?? "").slice(0, 200) };
+  }
+}
+
+export const read = { handler: ({ path }) => attempt(() => Deno.readTextFile(path)) };
+export const write = { handler: ({ path }) => attempt(() => Deno.writeTextFile(path, "x").then(() => "written")) };
+export const env = { handler: () => attempt(() => JSON.stringify(Deno.env.toObject())) };
+export const literalImport = {
+  handler: () => attempt(() => import("file://__SECRET__", { with: { type: "text" } }).then((m) => m.default)),
+};
+export const fetchUrl = {
+  handler: ({ url }) =>
+    attempt(async () => {
+      const r = await fetch(url, { signal: AbortSignal.timeout(4000) });
+      return `${r.status} ${await r.text()}`;
+    }),
+};
+export const connect = {
+  handler: ({ host, port }) =>
+    attempt(async () => {
+      const c = await Deno.connect({ hostname: host, port: Number(port) });
+      c.close();
+      return "connected";
+    }),
+};
+export const listen = {
+  handler: ({ port }) =>
+    attempt(() => {
+      const l = Deno.listen({ hostname: "0.0.0.0", port: Number(port) });
+      l.close();
+      return "listening";
+    }),
+};
+export const spawn = {
+  handler: () => attempt(() => new Deno.Command("/bin/sh", { args: ["-c", "echo spawned"] }).output().then((o) => new TextDecoder().decode(o.stdout))),
+};
+export const fillTmp = {
+  handler: () =>
+    attempt(async () => {
+      const chunk = new Uint8Array(1 << 20);
+      const f = await Deno.open("/tmp/fill", { write: true, create: true });
+      let n = 0;
+      try {
+        for (; n < 256; n++) await f.write(chunk);
+      } finally {
+        f.close();
+      }
+      return `wrote ${n} MiB`;
+    }),
+};
+export const big = {
+  handler: () => {
+    const MIB = new Uint8Array(1 << 20);
+    let n = 0;
+    return new Response(new ReadableStream({
+      pull(c) {
+        if (n++ === 1024) return c.close();
+        c.enqueue(MIB);
+      },
+    }));
+  },
+};
+export const hog = {
+  handler: () => {
+    const keep = [];
+    while (true) keep.push(new Uint8Array(1 << 20).fill(1));
+  },
+};
+export const spin = { handler: () => { while (true) { /* burn */ } } };
+export const workers = {
+  handler: async () => {
+    const src = "setInterval(() => {}, 1000);";
+    const url = URL.createObjectURL(new Blob([src], { type: "application/javascript" }));
+    const all = [];
+    for (let i = 0; i < 400; i++) all.push(new Worker(url, { type: "module" }));
+    await new Promise((r) => setTimeout(r, 2000));
+    return { workers: all.length };
+  },
+};
+let ticks = 0;
+export const timers = {
+  handler: () => {
+    setInterval(() => { ticks++; }, 10);
+    return { started: true };
+  },
+};
+export const ticksSoFar = { handler: () => ({ ticks }) };
+
+// ---- FFI: the OS layer ----
+let libc;
+function c() {
+  libc ??= Deno.dlopen("libc.so.6", {
+    open: { parameters: ["buffer", "i32", "i32"], result: "i32" },
+    read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+    close: { parameters: ["i32"], result: "i32" },
+    unshare: { parameters: ["i32"], result: "i32" },
+    mount: { parameters: ["buffer", "buffer", "buffer", "u64", "pointer"], result: "i32" },
+    ptrace: { parameters: ["i64", "i32", "pointer", "pointer"], result: "i64" },
+    kill: { parameters: ["i32", "i32"], result: "i32" },
+    __errno_location: { parameters: [], result: "pointer" },
+  }).symbols;
+  return libc;
+}
+const cstr = (s) => new TextEncoder().encode(s + "\0");
+const errno = () => new Deno.UnsafePointerView(c().__errno_location()).getInt32();
+function sys(rc) {
+  rc = Number(rc);
+  return rc < 0 ? { rc, errno: errno() } : { rc, errno: 0 };
+}
+
+export const osRead = {
+  handler: ({ path }) => {
+    const fd = c().open(cstr(path), 0, 0);
+    if (fd < 0) return { errno: errno() };
+    const buf = new Uint8Array(1 << 16);
+    const n = Number(c().read(fd, buf, buf.length));
+    c().close(fd);
+    return { text: new TextDecoder().decode(buf.subarray(0, Math.max(n, 0))) };
+  },
+};
+// O_WRONLY|O_CREAT|O_TRUNC
+export const osWrite = { handler: ({ path }) => sys(c().open(cstr(path), 0o1101, 0o644)) };
+export const osUnshare = { handler: () => sys(c().unshare(0x04000000 /* CLONE_NEWUTS */)) };
+export const osMount = {
+  handler: () => sys(c().mount(cstr("none"), cstr("/nonexistent-atrund-test"), cstr("tmpfs"), 0n, null)),
+};
+export const osPtrace = { handler: () => sys(c().ptrace(0n /* PTRACE_TRACEME */, 0, null, null)) };
+// Signal 0: checks whether the signal could be sent, sends nothing.
+export const osKill = { handler: ({ pid }) => sys(c().kill(Number(pid), 0)) };

@@ -1,0 +1,208 @@
+//! The `container` backend against real bwrap, Deno, cgroups and the egress proxy (as root):
+//! calls work, and inside the sandbox the process has seccomp, no_new_privs, no capabilities,
+//! only `lo`, a read-only bundle and no host files. Skips with the reason when a piece is
+//! missing, fails instead when CI=true.
+
+mod common;
+
+use common::*;
+
+#[tokio::test]
+async fn hello_runs_in_a_container() {
+    let Some(env) = Env::new("hello", Mode::Container).await else {
+        return;
+    };
+    let inst = env.warm(env.spec("hello", &hello())).await;
+    hello_answers(&*inst).await;
+    inst.shutdown().await;
+    assert!(!env.root.join("w/hello").exists(), "work dir left behind");
+}
+
+#[tokio::test]
+async fn inside_seccomp_no_caps_only_lo_readonly_bundle() {
+    let Some(env) = Env::new("inside", Mode::Container).await else {
+        return;
+    };
+    let secret = secret_file(&env);
+    let b = hostile(&env, &secret);
+    let mut spec = env.spec("inside", &b);
+    spec.permissions.ffi = true;
+    let inst = env.warm(spec).await;
+
+    let status = call_json(&*inst, q("osRead", &[("path", "/proc/self/status")]))
+        .await
+        .unwrap();
+    let status = status["text"].as_str().unwrap().to_string();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}:")))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("{k} missing in {status}"))
+    };
+    assert_eq!(field("Seccomp"), "2");
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("CapEff"), "0000000000000000");
+    assert_eq!(field("CapBnd"), "0000000000000000");
+    assert!(field("Uid").starts_with("65534"), "{}", field("Uid"));
+
+    let dev = call_json(&*inst, q("osRead", &[("path", "/proc/net/dev")]))
+        .await
+        .unwrap();
+    let ifaces: Vec<&str> = dev["text"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(str::trim))
+        .collect();
+    assert_eq!(ifaces, ["lo"]);
+
+    // The bundle and the root are read-only; the host's files are not there.
+    for path in ["/bundle/hostile.js", "/bundle/new.js", "/bin/new", "/etc/x"] {
+        let v = call_json(&*inst, q("osWrite", &[("path", path)]))
+            .await
+            .unwrap();
+        assert_eq!(v["rc"], -1, "{path}: {v}");
+        assert!(
+            v["errno"] == 30 || v["errno"] == 13,
+            "{path}: expected EROFS or EACCES, got {v}"
+        );
+    }
+    let v = call_json(&*inst, q("osRead", &[("path", secret.to_str().unwrap())]))
+        .await
+        .unwrap();
+    assert_eq!(v["errno"], 2, "{v}");
+    // PID 1 (our init) is not dumpable: its environ is closed to Deno.
+    let v = call_json(&*inst, q("osRead", &[("path", "/proc/1/environ")]))
+        .await
+        .unwrap();
+    assert!(v.get("errno").is_some(), "{v}");
+    // /tmp is writable (tmpfs).
+    let v = call_json(&*inst, q("osWrite", &[("path", "/tmp/ok")]))
+        .await
+        .unwrap();
+    assert!(v["rc"].as_i64().unwrap() >= 0, "{v}");
+    inst.shutdown().await;
+}
+
+#[tokio::test]
+async fn egress_goes_only_through_the_proxy() {
+    // This proxy may reach the host's loopback (as an operator's allow_cidrs would), so that an
+    // allowed fetch has somewhere to go without leaving the machine.
+    let cfg = atrund_egress::EgressConfig {
+        allow_cidrs: vec!["127.0.0.1/32".parse().unwrap()],
+        ..Default::default()
+    };
+    let Some(env) = Env::with_egress("egress", Mode::Container, cfg).await else {
+        return;
+    };
+    let (port, _svc) = loopback_service().await;
+    let (other, _svc2) = loopback_service().await;
+    let secret = secret_file(&env);
+    let b = hostile(&env, &secret);
+    let mut spec = env.spec("egress", &b);
+    spec.permissions.net = vec![format!("127.0.0.1:{port}")];
+    let inst = env.warm(spec).await;
+    let url = format!("http://127.0.0.1:{port}/");
+    let v = call_json(&*inst, q("fetchUrl", &[("url", &url)]))
+        .await
+        .unwrap();
+    assert_eq!(v["leaked"], "200 hi", "{v}");
+    // Not in net: refused (by Deno's flags first, and by the proxy's rules behind them).
+    let url = format!("http://127.0.0.1:{other}/");
+    let v = call_json(&*inst, q("fetchUrl", &[("url", &url)]))
+        .await
+        .unwrap();
+    assert!(v.get("error").is_some(), "{v}");
+    // Around the proxy: Landlock allows TCP connects to the forwarder's port only, and the
+    // sandbox's 127.0.0.1 is its own anyway.
+    let v = call_json(
+        &*inst,
+        q(
+            "connect",
+            &[("host", "127.0.0.1"), ("port", &port.to_string())],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(v["error"], "PermissionDenied", "{v}");
+    assert!(env.proxy.stats().allowed >= 1);
+    inst.shutdown().await;
+}
+
+/// The host pid of the instance's PID 1 (bwrap's child).
+fn init_pid(bwrap: u32) -> i32 {
+    let children = std::fs::read_to_string(format!("/proc/{bwrap}/task/{bwrap}/children")).unwrap();
+    children.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn sigterm_to_pid1_reaches_deno() {
+    let Some(env) = Env::new("sigterm", Mode::Container).await else {
+        return;
+    };
+    let inst = env.warm(env.spec("sigterm", &hello())).await;
+    let init = init_pid(inst.stats().pid.unwrap());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(init),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let t = std::time::Instant::now();
+    while inst.is_alive() && t.elapsed() < std::time::Duration::from_secs(5) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!inst.is_alive(), "Deno kept running after SIGTERM to PID 1");
+    inst.shutdown().await;
+}
+
+/// Cold start (spawn to ready, hello bundle, warm DENO_DIR), interleaved, median of 15:
+/// bare Deno (the `none` backend without cgroups), `none` (+ cgroup), `container`.
+/// `cargo test -p atrund-sandbox --test container -- --ignored --nocapture cold_start`
+#[tokio::test]
+#[ignore]
+async fn cold_start_bench() {
+    let Some(ctr) = Env::new("bench-c", Mode::Container).await else {
+        return;
+    };
+    let Some(none) = Env::new("bench-n", Mode::None).await else {
+        return;
+    };
+    let deno = atrund_sandbox::DenoBinary::locate(Some(
+        &std::env::var_os("ATRUND_TEST_DENO")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| repo().join("tools/deno/node_modules/deno/deno")),
+    ))
+    .unwrap();
+    let bare = atrund_sandbox::NoneExecutor::new(deno);
+    use atrund_sandbox::Executor;
+    let mut t = [Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..17 {
+        for (k, env) in [&none, &none, &ctr].iter().enumerate() {
+            let spec = env.spec(&format!("b{k}-{i}"), &hello());
+            let start = std::time::Instant::now();
+            let inst = if k == 0 {
+                bare.warm(spec).await.unwrap()
+            } else {
+                env.exec.warm(spec).await.unwrap()
+            };
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            hello_answers(&*inst).await;
+            inst.shutdown().await;
+            if i >= 2 {
+                t[k].push(ms); // the first two warm the DENO_DIR and page cache
+            }
+        }
+    }
+    for (name, v) in ["bare deno", "none", "container"].iter().zip(t.iter_mut()) {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        eprintln!(
+            "{name:<10} median {:.1} ms (min {:.1}, max {:.1}, n {})",
+            v[v.len() / 2],
+            v[0],
+            v[v.len() - 1],
+            v.len()
+        );
+    }
+}

@@ -1,0 +1,345 @@
+//! The hostile-bundle suite (docs/security.md has the table): each case is one escape attempt
+//! by tests/bundles/hostile.js, run in `container` mode (everything must be contained) and in
+//! `none` mode (the expected column documents what `none` cannot stop). After every case a
+//! separate hello instance must still answer: the runner keeps serving other bundles.
+//!
+//! Network cases talk only to services on 127.0.0.1 started here, and to the egress proxy,
+//! whose resolver is a fixed map; cases that would leave the machine in `none` mode (a
+//! metadata or private address) are not run there ("not exercised" in the table).
+
+mod common;
+
+use std::time::Duration;
+
+use atrund_sandbox::InstanceSpec;
+use common::*;
+
+/// One outcome: did the bundle get out?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Out {
+    Contained,
+    Escaped,
+    /// Not run in this mode (it would leave loopback or disturb the test process).
+    Skip,
+}
+use Out::*;
+
+struct Case {
+    name: &'static str,
+    endpoint: &'static str,
+    query: Vec<(&'static str, String)>,
+    ffi: bool,
+    /// Expected in container mode, in none mode.
+    expect: (Out, Out),
+}
+
+struct Ctx {
+    secret: String,
+    port: u16,
+    other_port: u16,
+    other_pid: u32,
+}
+
+fn cases(c: &Ctx) -> Vec<Case> {
+    let secret = c.secret.clone();
+    let dotdot = format!("{}{}", "../".repeat(12), secret.trim_start_matches('/'));
+    let url = |host: &str, port: u16| format!("http://{host}:{port}/");
+    let case = |name, endpoint, query: Vec<(&'static str, String)>, ffi, expect| Case {
+        name,
+        endpoint,
+        query,
+        ffi,
+        expect,
+    };
+    vec![
+        case(
+            "read via ..",
+            "read",
+            vec![("path", dotdot)],
+            false,
+            (Contained, Contained),
+        ),
+        case(
+            "read absolute path",
+            "read",
+            vec![("path", secret.clone())],
+            false,
+            (Contained, Contained),
+        ),
+        case(
+            "read via symlink in data dir",
+            "read",
+            vec![("path", "in/link".into())],
+            false,
+            (Contained, Escaped),
+        ),
+        case(
+            "literal import of a host file",
+            "literalImport",
+            vec![],
+            false,
+            (Contained, Contained),
+        ),
+        case(
+            "read /proc/1/environ",
+            "read",
+            vec![("path", "/proc/1/environ".into())],
+            false,
+            (Contained, Contained),
+        ),
+        case(
+            "read the host env",
+            "env",
+            vec![],
+            false,
+            (Contained, Contained),
+        ),
+        case(
+            "write outside the data dir",
+            "write",
+            vec![("path", "/tmp/atrund-hostile-pwned".into())],
+            false,
+            (Contained, Contained),
+        ),
+        case(
+            "fetch a host not in net",
+            "fetchUrl",
+            vec![("url", url("127.0.0.1", c.other_port))],
+            false,
+            (Contained, Contained),
+        ),
+        case(
+            "fetch host 127.0.0.1 service (in net)",
+            "fetchUrl",
+            vec![("url", url("127.0.0.1", c.port))],
+            false,
+            (Contained, Escaped),
+        ),
+        case(
+            "fetch 169.254.169.254 (in net)",
+            "fetchUrl",
+            vec![("url", url("169.254.169.254", 80))],
+            false,
+            (Contained, Skip),
+        ),
+        case(
+            "fetch a private address (in net)",
+            "fetchUrl",
+            vec![("url", url("private.test", 80))],
+            false,
+            (Contained, Skip),
+        ),
+        case(
+            "fetch a name resolving to loopback (in net)",
+            "fetchUrl",
+            vec![("url", url("localhost", c.port))],
+            false,
+            (Contained, Escaped),
+        ),
+        case(
+            "direct TCP to host 127.0.0.1 (in net)",
+            "connect",
+            vec![("host", "127.0.0.1".into()), ("port", c.port.to_string())],
+            false,
+            (Contained, Escaped),
+        ),
+        case(
+            "listen on a port",
+            "listen",
+            vec![("port", "0".into())],
+            false,
+            (Contained, Contained),
+        ),
+        case(
+            "spawn a process",
+            "spawn",
+            vec![],
+            false,
+            (Contained, Contained),
+        ),
+        case(
+            "thread bomb (Workers)",
+            "workers",
+            vec![],
+            false,
+            (Contained, Contained),
+        ),
+        case("memory bomb", "hog", vec![], false, (Contained, Contained)),
+        case("CPU spin", "spin", vec![], false, (Contained, Contained)),
+        case(
+            "fill /tmp",
+            "fillTmp",
+            vec![],
+            false,
+            (Contained, Contained),
+        ),
+        case(
+            "answer with 1 GiB",
+            "big",
+            vec![],
+            false,
+            (Contained, Contained),
+        ),
+        case(
+            "timers after the response",
+            "timers",
+            vec![],
+            false,
+            (Escaped, Escaped),
+        ),
+        case("ptrace (FFI)", "osPtrace", vec![], true, (Contained, Skip)),
+        case(
+            "unshare (FFI)",
+            "osUnshare",
+            vec![],
+            true,
+            (Contained, Escaped),
+        ),
+        case("mount (FFI)", "osMount", vec![], true, (Contained, Escaped)),
+        case(
+            "signal another instance (FFI)",
+            "osKill",
+            vec![("pid", c.other_pid.to_string())],
+            true,
+            (Contained, Escaped),
+        ),
+        case(
+            "read a host file (FFI)",
+            "osRead",
+            vec![("path", secret)],
+            true,
+            (Contained, Escaped),
+        ),
+    ]
+}
+
+/// What the answer says about escaping.
+fn judge(case: &Case, ctx: &Ctx, res: &Result<serde_json::Value, String>) -> Out {
+    let Ok(v) = res else {
+        // A limit breach (the instance was killed) or a refused call.
+        return Contained;
+    };
+    let leaked = v["leaked"].as_str().unwrap_or("");
+    let escaped = match case.endpoint {
+        "read" | "literalImport" | "osRead" => {
+            leaked.contains("TOP-SECRET")
+                || v["text"].as_str().is_some_and(|t| t.contains("TOP-SECRET"))
+        }
+        "env" => leaked.contains("PATH") || leaked.contains("HOME"),
+        "write" => std::path::Path::new("/tmp/atrund-hostile-pwned").exists(),
+        "fetchUrl" => leaked.starts_with("200"),
+        "connect" => leaked == "connected",
+        "listen" => leaked == "listening",
+        "spawn" => leaked.contains("spawned"),
+        "fillTmp" => leaked.contains("256 MiB"),
+        "workers" => v["workers"].as_u64() == Some(400),
+        "osPtrace" | "osUnshare" | "osKill" => v["rc"] == 0,
+        // ENOENT for the missing target: the mount itself would have been allowed.
+        "osMount" => v["rc"] == 0 || v["errno"] == 2,
+        "timers" | "big" | "hog" | "spin" => true,
+        other => panic!("no judge for {other} ({})", ctx.port),
+    };
+    if escaped {
+        Escaped
+    } else {
+        Contained
+    }
+}
+
+async fn suite(mode: Mode) {
+    let Some(env) = Env::new(if mode == Mode::None { "hn" } else { "hc" }, mode).await else {
+        return;
+    };
+    let secret = secret_file(&env);
+    let b = hostile(&env, &secret);
+    let (port, _svc) = loopback_service().await;
+    let (other_port, _svc2) = loopback_service().await;
+    // data/in/link -> the secret: what a bundle could plant with its write permission.
+    let data_in = env.root.join("data/in");
+    std::fs::create_dir_all(&data_in).unwrap();
+    std::os::unix::fs::symlink(&secret, data_in.join("link")).unwrap();
+    let _ = std::fs::remove_file("/tmp/atrund-hostile-pwned");
+
+    let hello_inst = env.warm(env.spec("bystander", &hello())).await;
+    let ctx = Ctx {
+        secret: secret.to_str().unwrap().to_string(),
+        port,
+        other_port,
+        other_pid: hello_inst.stats().pid.unwrap(),
+    };
+    let spec = |i: usize, ffi: bool| -> InstanceSpec {
+        let mut s = env.spec(&format!("h{i}"), &b);
+        s.permissions.read = vec!["in".into()];
+        s.permissions.write = vec!["out".into()];
+        s.permissions.net = vec![
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            "169.254.169.254:80".into(),
+            "private.test:80".into(),
+        ];
+        s.permissions.ffi = ffi;
+        s.memory_mib = 96;
+        s.limits.pids = 48;
+        s.limits.cpu_budget = Some(Duration::from_millis(500));
+        s
+    };
+    let mut failures = Vec::new();
+    let mut table = Vec::new();
+    for (i, case) in cases(&ctx).iter().enumerate() {
+        let expect = if mode == Mode::Container {
+            case.expect.0
+        } else {
+            case.expect.1
+        };
+        if expect == Skip {
+            table.push(format!("{:<45} not exercised", case.name));
+            continue;
+        }
+        let inst = env.warm(spec(i, case.ffi)).await;
+        let query: Vec<(&str, &str)> = case.query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let res = tokio::time::timeout(
+            Duration::from_secs(30),
+            call_json(&*inst, q(case.endpoint, &query)),
+        )
+        .await
+        .unwrap_or_else(|_| Err("no answer in 30 s".into()));
+        let mut got = judge(case, &ctx, &res);
+        if case.endpoint == "timers" && res.is_ok() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let t = call_json(&*inst, q("ticksSoFar", &[])).await.unwrap();
+            got = if t["ticks"].as_u64().unwrap_or(0) > 0 {
+                Escaped
+            } else {
+                Contained
+            };
+        }
+        let shown = match &res {
+            Ok(v) => v.to_string().chars().take(120).collect::<String>(),
+            Err(e) => e.clone(),
+        };
+        table.push(format!("{:<45} {got:?} ({shown})", case.name));
+        if got != expect {
+            failures.push(format!(
+                "{}: expected {expect:?}, got {got:?}: {shown}",
+                case.name
+            ));
+        }
+        inst.shutdown().await;
+        // The runner keeps serving other bundles.
+        hello_answers(&*hello_inst).await;
+    }
+    let _ = std::fs::remove_file("/tmp/atrund-hostile-pwned");
+    hello_inst.shutdown().await;
+    eprintln!("mode {mode:?}:\n  {}", table.join("\n  "));
+    assert!(failures.is_empty(), "{mode:?}:\n{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn hostile_bundles_in_container_mode() {
+    suite(Mode::Container).await;
+}
+
+#[tokio::test]
+async fn hostile_bundles_in_none_mode() {
+    suite(Mode::None).await;
+}
