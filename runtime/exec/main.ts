@@ -40,8 +40,12 @@ function fail(status: number, error: string, message: string): Response {
   });
 }
 
+/** Exports tagged as tasks (`task()` of @at-run/runtime) have a handler but are never served. */
+const TASK_TAG = "dev.atrund.task";
+
 function isEndpoint(v: unknown): v is Endpoint {
-  return typeof v === "object" && v !== null && typeof (v as Endpoint).handler === "function";
+  return typeof v === "object" && v !== null && typeof (v as Endpoint).handler === "function" &&
+    (v as { $type?: unknown }).$type !== TASK_TAG;
 }
 
 function isJson(contentType: string | null): boolean {

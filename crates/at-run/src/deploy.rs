@@ -17,7 +17,7 @@ use atrund_bundle::Manifest;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::xrpc::{Client, XrpcError};
+use crate::xrpc::{Client, Session, XrpcError};
 
 /// Largest code blob the `dev.atrund.bundle` lexicon allows (`code.maxSize`).
 pub const MAX_CODE_BYTES: u64 = 50 * 1024 * 1024;
@@ -236,15 +236,7 @@ fn prepare(args: &DeployArgs) -> anyhow::Result<Prepared> {
     }
     let code = std::fs::read(&args.file)
         .with_context(|| format!("could not read the bundle file {}", args.file.display()))?;
-    if code.is_empty() {
-        bail!("{} is empty; build the bundle first", args.file.display());
-    }
-    if std::str::from_utf8(&code).is_err() {
-        bail!(
-            "{} is not UTF-8 text; a bundle is a single JavaScript (ESM) file",
-            args.file.display()
-        );
-    }
+    check_code(&code, &args.file.display().to_string())?;
 
     let pds = args
         .pds
@@ -271,18 +263,19 @@ fn prepare(args: &DeployArgs) -> anyhow::Result<Prepared> {
 }
 
 fn already_published(name: &str, version: &str, uri: &str) -> anyhow::Error {
-    anyhow::anyhow!(
-        "version {version} of '{name}' is already published ({uri}); bundles are immutable, so bump the version"
-    )
+    crate::error::Failure::VersionExists(format!(
+        "version {version} of '{name}' is already published ({uri}); bundles are immutable, so bump the version (\"version\" in at-run.json, or --version)"
+    ))
+    .into()
 }
 
-/// Runs the whole deploy.
+/// Runs the whole deploy of a prebuilt file (the library entry point the daemon's tests use).
 pub async fn run(args: &DeployArgs) -> anyhow::Result<Published> {
     let p = prepare(args)?;
     let client = Client::new(&p.pds).context("could not set up the HTTP client")?;
 
     let session = client
-        .create_session(&p.identifier, &p.password.0)
+        .create_session(&p.identifier, p.password.expose())
         .await
         .with_context(|| format!("could not log in as '{}'", p.identifier))?;
     if session.active == Some(false) {
@@ -292,8 +285,57 @@ pub async fn run(args: &DeployArgs) -> anyhow::Result<Published> {
             session.status.as_deref().unwrap_or("unknown")
         );
     }
+    publish(
+        &client,
+        &session,
+        Publish {
+            code: p.code,
+            manifest: &p.manifest,
+            name: &args.name,
+            version: &args.version,
+            description: args.description.as_deref(),
+            no_release: args.no_release,
+        },
+        |_| {},
+    )
+    .await
+}
 
-    let rkey = bundle_rkey(&args.name, &args.version);
+/// One version to publish.
+pub struct Publish<'a> {
+    pub code: Vec<u8>,
+    pub manifest: &'a Manifest,
+    pub name: &'a str,
+    pub version: &'a str,
+    pub description: Option<&'a str>,
+    pub no_release: bool,
+}
+
+/// Checks the code a deploy would upload (size, UTF-8, not empty).
+pub fn check_code(code: &[u8], origin: &str) -> anyhow::Result<()> {
+    if code.len() as u64 > MAX_CODE_BYTES {
+        bail!(
+            "{origin} is {} bytes; bundles may be at most {MAX_CODE_BYTES} bytes (50 MiB)",
+            code.len()
+        );
+    }
+    if code.is_empty() {
+        bail!("{origin} is empty; build the bundle first");
+    }
+    if std::str::from_utf8(code).is_err() {
+        bail!("{origin} is not UTF-8 text; a bundle is a single JavaScript (ESM) file");
+    }
+    Ok(())
+}
+
+/// uploadBlob -> putRecord(bundle) -> putRecord(release), with `progress` told each step.
+pub async fn publish(
+    client: &Client,
+    session: &Session,
+    p: Publish<'_>,
+    progress: impl Fn(&str),
+) -> anyhow::Result<Published> {
+    let rkey = bundle_rkey(p.name, p.version);
     let bundle_uri = format!("at://{}/{BUNDLE_COLLECTION}/{rkey}", session.did);
     // Checked before uploading so that a repeated deploy fails fast and clearly; the putRecord
     // below still refuses atomically if another deploy wins the race.
@@ -303,12 +345,13 @@ pub async fn run(args: &DeployArgs) -> anyhow::Result<Published> {
         .context("could not check whether this version already exists")?
         .is_some()
     {
-        return Err(already_published(&args.name, &args.version, &bundle_uri));
+        return Err(already_published(p.name, p.version, &bundle_uri));
     }
 
     let size = p.code.len() as u64;
+    progress(&format!("uploading {size} bytes of code"));
     let (blob, blob_cid) = client
-        .upload_blob(&session, p.code, CODE_MIME)
+        .upload_blob(session, p.code, CODE_MIME)
         .await
         .context("could not upload the bundle code")?;
     let mime_type = blob
@@ -317,60 +360,55 @@ pub async fn run(args: &DeployArgs) -> anyhow::Result<Published> {
         .unwrap_or(CODE_MIME)
         .to_string();
 
-    let manifest = serde_json::to_value(&p.manifest).context("could not encode the manifest")?;
+    progress(&format!("writing {bundle_uri}"));
+    let manifest = serde_json::to_value(p.manifest).context("could not encode the manifest")?;
     let mut record = json!({
         "$type": BUNDLE_COLLECTION,
-        "name": args.name,
-        "version": args.version,
+        "name": p.name,
+        "version": p.version,
         "runtime": "deno",
         "code": blob,
         "manifest": manifest,
         "createdAt": crate::time::now_rfc3339(),
     });
-    if let (Some(d), Some(obj)) = (&args.description, record.as_object_mut()) {
-        obj.insert("description".into(), Value::String(d.clone()));
+    if let (Some(d), Some(obj)) = (p.description, record.as_object_mut()) {
+        obj.insert("description".into(), Value::String(d.to_string()));
     }
     let bundle = match client
-        .put_record(&session, BUNDLE_COLLECTION, &rkey, &record, true)
+        .put_record(session, BUNDLE_COLLECTION, &rkey, &record, true)
         .await
     {
         Ok(w) => w,
         Err(e @ XrpcError::Pds { .. }) if e.pds_error() == Some("InvalidSwap") => {
-            return Err(already_published(&args.name, &args.version, &bundle_uri));
+            return Err(already_published(p.name, p.version, &bundle_uri));
         }
         Err(e) => return Err(e).context("could not write the bundle record"),
     };
 
-    let release = if args.no_release {
+    let release = if p.no_release {
         None
     } else {
-        let record = json!({
-            "$type": RELEASE_COLLECTION,
-            "name": args.name,
-            "bundle": { "uri": bundle.uri, "cid": bundle.cid },
-            "updatedAt": crate::time::now_rfc3339(),
-        });
-        let w = client
-            .put_record(&session, RELEASE_COLLECTION, &args.name, &record, false)
+        progress(&format!(
+            "moving the release pointer of {} to {}",
+            p.name, p.version
+        ));
+        let w = point_release(client, session, p.name, &bundle.uri, &bundle.cid)
             .await
             .with_context(|| {
                 format!(
                     "version {} was published ({}), but the release pointer could not be moved to it; \
-                     rerunning deploy for this version will refuse, so publish a new version",
-                    args.version, bundle.uri
+                     run `at-run rollback {} {}` to move it",
+                    p.version, bundle.uri, p.name, p.version
                 )
             })?;
-        Some(RecordRef {
-            uri: w.uri,
-            cid: w.cid,
-        })
+        Some(w)
     };
 
     Ok(Published {
-        did: session.did,
-        handle: session.handle,
-        name: args.name.clone(),
-        version: args.version.clone(),
+        did: session.did.clone(),
+        handle: session.handle.clone(),
+        name: p.name.to_string(),
+        version: p.version.to_string(),
         bundle: RecordRef {
             uri: bundle.uri,
             cid: bundle.cid,
@@ -382,6 +420,186 @@ pub async fn run(args: &DeployArgs) -> anyhow::Result<Published> {
         },
         release,
     })
+}
+
+/// Writes `dev.atrund.release/{name}` pointing at the given bundle record.
+pub async fn point_release(
+    client: &Client,
+    session: &Session,
+    name: &str,
+    uri: &str,
+    cid: &str,
+) -> anyhow::Result<RecordRef> {
+    let record = json!({
+        "$type": RELEASE_COLLECTION,
+        "name": name,
+        "bundle": { "uri": uri, "cid": cid },
+        "updatedAt": crate::time::now_rfc3339(),
+    });
+    let w = client
+        .put_record(session, RELEASE_COLLECTION, name, &record, false)
+        .await
+        .context("could not write the release record")?;
+    Ok(RecordRef {
+        uri: w.uri,
+        cid: w.cid,
+    })
+}
+
+/// Arguments of the `at-run deploy` command.
+#[derive(Debug, clap::Args)]
+pub struct DeployCmd {
+    /// The project folder (built first), or a prebuilt single-file .js bundle (then --name,
+    /// --version and a manifest.json beside it are needed).
+    #[arg(default_value = ".")]
+    pub path: PathBuf,
+    /// Bundle name [default: "name" in at-run.json].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Version to publish [default: "version" in at-run.json]. Published versions are immutable.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Manifest file for a prebuilt bundle [default: manifest.json beside it].
+    #[arg(long, value_name = "PATH")]
+    pub manifest: Option<PathBuf>,
+    /// Human description stored in the record (at most 300 characters).
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// Publish the version without moving the release pointer (`latest`) to it.
+    #[arg(long)]
+    pub no_release: bool,
+    /// Build and check everything, upload nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub auth: crate::auth::AuthArgs,
+}
+
+/// What `deploy --dry-run` would publish.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRun {
+    pub dry_run: bool,
+    pub name: String,
+    pub version: String,
+    pub code: PathBuf,
+    pub bytes: u64,
+    pub manifest: Manifest,
+}
+
+impl DryRun {
+    pub fn render(&self) -> String {
+        format!(
+            "dry run: would publish {} {} ({} bytes from {}); nothing was uploaded\n",
+            self.name,
+            self.version,
+            self.bytes,
+            self.code.display()
+        )
+    }
+}
+
+/// Either what was published or, with `--dry-run`, what would have been.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum DeployOutcome {
+    Published(Published),
+    DryRun(DryRun),
+}
+
+impl DeployOutcome {
+    pub fn render(&self) -> String {
+        match self {
+            DeployOutcome::Published(p) => p.render(),
+            DeployOutcome::DryRun(d) => d.render(),
+        }
+    }
+}
+
+/// `at-run deploy`: build (for a project) + manifest + publish.
+pub async fn run_cmd(
+    a: &DeployCmd,
+    deno: impl FnOnce() -> anyhow::Result<crate::deno::Deno>,
+    progress: impl Fn(&str),
+) -> anyhow::Result<DeployOutcome> {
+    let (code_path, manifest, name, version, description) = if a.path.is_file() {
+        let name = a
+            .name
+            .clone()
+            .context("--name is needed when deploying a prebuilt .js file")?;
+        let version = a
+            .version
+            .clone()
+            .context("--version is needed when deploying a prebuilt .js file")?;
+        let mpath = a
+            .manifest
+            .clone()
+            .unwrap_or_else(|| default_manifest_path(&a.path));
+        let text = std::fs::read_to_string(&mpath).with_context(|| {
+            format!(
+                "could not read the manifest {}; create manifest.json beside the bundle or pass --manifest",
+                mpath.display()
+            )
+        })?;
+        let m = parse_manifest(&text, &mpath.display().to_string())?;
+        (a.path.clone(), m, name, version, a.description.clone())
+    } else {
+        let project = crate::project::Project::load(&a.path)?;
+        let deno = deno()?;
+        progress("building");
+        let built = crate::build::build(&deno, &project, &Default::default())?;
+        for w in &built.warnings {
+            progress(&format!("warning: {w}"));
+        }
+        progress(&format!(
+            "built {} bytes in {} ms",
+            built.bytes, built.millis
+        ));
+        (
+            built.code,
+            built.manifest,
+            a.name.clone().unwrap_or(project.file.name),
+            a.version.clone().unwrap_or(project.file.version),
+            a.description.clone().or(project.file.description),
+        )
+    };
+    validate_name(&name).context("bundle name")?;
+    parse_version(&version).context("version")?;
+    if let Some(d) = &description {
+        if d.len() > MAX_DESCRIPTION_BYTES || d.chars().count() > MAX_DESCRIPTION_CHARS {
+            bail!("the description is too long: use at most {MAX_DESCRIPTION_CHARS} characters");
+        }
+    }
+    let code = std::fs::read(&code_path)
+        .with_context(|| format!("could not read the bundle file {}", code_path.display()))?;
+    check_code(&code, &code_path.display().to_string())?;
+    if a.dry_run {
+        return Ok(DeployOutcome::DryRun(DryRun {
+            dry_run: true,
+            name,
+            version,
+            code: code_path,
+            bytes: code.len() as u64,
+            manifest,
+        }));
+    }
+    progress("logging in");
+    let (client, session) = crate::auth::session(&a.auth).await?;
+    let published = publish(
+        &client,
+        &session,
+        Publish {
+            code,
+            manifest: &manifest,
+            name: &name,
+            version: &version,
+            description: description.as_deref(),
+            no_release: a.no_release,
+        },
+        progress,
+    )
+    .await?;
+    Ok(DeployOutcome::Published(published))
 }
 
 #[cfg(test)]

@@ -1,34 +1,137 @@
-//! `at-run`, the author CLI of at-rund: `deploy`, which publishes a bundle version to the
-//! author's own PDS, and `secrets`, which seals values for one runner. The command-line edge: parses arguments, runs the command, prints the result
-//! or the error chain (anyhow) and sets the exit code. Must not touch: anything a command module
-//! does not own; the password is never printed.
+//! `at-run`, the author CLI of at-rund: `init`, `build`, `dev`, `deploy`, `rollback`, `ls`,
+//! `login`, `test`, `check` and `secrets`. The command-line edge: parses arguments, runs the
+//! command, prints the result (text, or one JSON object with `--json`), reports progress on
+//! stderr, and turns errors into a message, a stable name and an exit code (`error::exit`).
+//! Must not touch: anything a command module does not own; passwords and tokens are never
+//! printed.
 
-use at_run::{deploy, secrets, xrpc};
+use at_run::{auth, build, deno, deploy, dev, error, project, releases, runner, secrets};
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+const EXIT_CODES: &str = "Exit codes: 0 ok, 1 failed, 2 bad usage, 3 build failed, 4 not logged in or credentials refused, \
+5 `test` had failures or `check` found incompatibilities, 6 PDS/runner/Deno unreachable or missing, \
+7 version already published or not found.";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "at-run",
     version,
-    about = "Publish serverless bundles to your ATProto PDS for at-rund runners"
+    about = "Build, run locally, publish and test serverless bundles on your ATProto PDS for at-rund runners",
+    after_help = EXIT_CODES
 )]
 struct Cli {
+    /// Print the result as one JSON object on stdout (errors: {"error": NAME, "message": ...}).
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress messages on stderr.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// The Deno binary [default: $ATRUN_DENO, else `deno` on PATH].
+    #[arg(long, global = true, value_name = "PATH")]
+    deno: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Publish a bundle version (dev.atrund.bundle) and move its release pointer to it.
-    Deploy(deploy::DeployArgs),
+    /// Create a new project (at-run.json, deno.json, main.ts, a vendored @at-run/runtime).
+    Init {
+        /// Folder to create it in.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Bundle name [default: the folder's name].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Bundle the project into one ESM file and extract its manifest (dist/main.js + dist/manifest.json).
+    Build {
+        /// Project folder.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Output folder [default: DIR/dist].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Serve the project locally with at-rund and rebuild on every saved edit.
+    Dev(dev::DevArgs),
+    /// Build and publish a version (dev.atrund.bundle) and move `latest` to it.
+    Deploy(deploy::DeployCmd),
+    /// Point `latest` of NAME back at an already published VERSION.
+    Rollback {
+        name: String,
+        version: String,
+        #[command(flatten)]
+        auth: auth::AuthArgs,
+    },
+    /// List your published bundles and versions, and which one `latest` points at.
+    Ls {
+        /// Only this bundle.
+        name: Option<String>,
+        #[command(flatten)]
+        auth: auth::AuthArgs,
+    },
+    /// Log in to your PDS with an app password and store the session (mode 0600).
+    Login {
+        #[command(flatten)]
+        auth: auth::AuthArgs,
+    },
+    /// Delete the stored session.
+    Logout,
+    /// Call every endpoint of a deployed version on a runner with sample inputs from its manifest.
+    Test {
+        /// Project folder (for the bundle name).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The runner, e.g. https://runner.example.com.
+        #[arg(long, env = "ATRUN_RUNNER", value_name = "URL")]
+        runner: String,
+        /// Bundle name [default: from at-run.json].
+        #[arg(long)]
+        name: Option<String>,
+        /// Version to test: a version or `latest`.
+        #[arg(long, default_value = "latest")]
+        version: String,
+        #[command(flatten)]
+        auth: auth::AuthArgs,
+    },
+    /// Check the project against a runner: permissions, limits, author policy, size, runtime.
+    Check {
+        /// Project folder.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The runner, e.g. https://runner.example.com.
+        #[arg(long, env = "ATRUN_RUNNER", value_name = "URL")]
+        runner: String,
+        #[command(flatten)]
+        auth: auth::AuthArgs,
+    },
     /// Seal secrets for one runner (`set`, `unset`, `list`); values are never printed.
     Secrets {
         #[command(subcommand)]
         command: secrets::SecretsCommand,
     },
+}
+
+/// A command's result: text for people, JSON for scripts.
+struct Output {
+    text: String,
+    json: serde_json::Value,
+    /// Set when the command ran but its verdict is a failure (`test`, `check`).
+    failure: Option<error::Failure>,
+}
+
+fn out<T: Serialize>(value: &T, text: String) -> anyhow::Result<Output> {
+    Ok(Output {
+        text,
+        json: serde_json::to_value(value)?,
+        failure: None,
+    })
 }
 
 fn main() -> ExitCode {
@@ -43,63 +146,191 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json = cli.json;
+    match rt.block_on(run(cli)) {
+        Ok(o) => {
+            if json {
+                println!("{}", o.json);
+            } else {
+                print!("{}", o.text);
+            }
+            match o.failure {
+                None => ExitCode::SUCCESS,
+                Some(f) => {
+                    eprintln!("error: {f}");
+                    ExitCode::from(f.exit_code())
+                }
+            }
+        }
+        Err(e) => {
+            let (code, exit) = error::classify(&e);
+            eprintln!("error: {e:#}");
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "error": code, "message": format!("{e:#}") })
+                );
+            }
+            ExitCode::from(exit)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<Output> {
+    let quiet = cli.quiet;
+    let progress = move |m: &str| {
+        if !quiet {
+            eprintln!("{m}…");
+        }
+    };
+    let deno_path = cli.deno.clone();
+    let find_deno =
+        move || -> anyhow::Result<deno::Deno> { Ok(deno::Deno::locate(deno_path.as_deref())?) };
     match cli.command {
+        Command::Init { dir, name } => {
+            let (name, files) = project::init(&dir, name.as_deref())?;
+            let shown = dir.display().to_string();
+            let text = format!(
+                "created {name} in {shown}:\n{}\nnext:\n  cd {shown}\n  at-run dev            # serve it locally, reloading on save\n  at-run login --pds URL --identifier HANDLE\n  at-run deploy\n",
+                files
+                    .iter()
+                    .map(|f| format!("  {}", f.strip_prefix(&dir).unwrap_or(f).display()))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            out(
+                &serde_json::json!({ "name": name, "dir": dir, "files": files }),
+                text,
+            )
+        }
+        Command::Build { dir, out: out_dir } => {
+            let p = project::Project::load(&dir)?;
+            let d = find_deno()?;
+            progress("building");
+            let b = build::build(
+                &d,
+                &p,
+                &build::BuildOptions {
+                    out: out_dir,
+                    sourcemap: false,
+                },
+            )?;
+            let text = b.render();
+            out(&b, text)
+        }
+        Command::Dev(args) => {
+            let d = find_deno()?;
+            dev::run(&args, &d, cli.json).await?;
+            Ok(Output {
+                text: String::new(),
+                json: serde_json::json!({ "event": "stopped" }),
+                failure: None,
+            })
+        }
+        Command::Deploy(args) => {
+            let r = deploy::run_cmd(&args, find_deno, progress).await?;
+            let text = r.render();
+            out(&r, text)
+        }
+        Command::Rollback {
+            name,
+            version,
+            auth,
+        } => {
+            let r = releases::rollback(&auth, &name, &version).await?;
+            let text = r.render();
+            out(&r, text)
+        }
+        Command::Ls { name, auth } => {
+            let l = releases::list(&auth, name.as_deref()).await?;
+            let text = l.render();
+            out(&l, text)
+        }
+        Command::Login { auth } => {
+            let i = auth::login(&auth).await?;
+            let text = format!(
+                "logged in as {} ({}) on {}\n  session stored in {} (mode 0600)\n",
+                i.handle,
+                i.did,
+                i.pds,
+                i.session_file.display()
+            );
+            out(&i, text)
+        }
+        Command::Logout => {
+            let removed = auth::logout()?;
+            let text = if removed {
+                "logged out (session deleted)\n".to_string()
+            } else {
+                "no session was stored\n".to_string()
+            };
+            out(&serde_json::json!({ "removed": removed }), text)
+        }
+        Command::Test {
+            dir,
+            runner,
+            name,
+            version,
+            auth,
+        } => {
+            let name = match name {
+                Some(n) => n,
+                None => project::Project::load(&dir)?.file.name,
+            };
+            progress(&format!("calling the endpoints of {name} {version}"));
+            let r = runner::test(&auth, &runner, &name, &version).await?;
+            let mut o = out(&r, r.render())?;
+            if r.failed > 0 {
+                o.failure = Some(error::Failure::TestsFailed {
+                    failed: r.failed,
+                    total: r.calls.len(),
+                });
+            }
+            Ok(o)
+        }
+        Command::Check { dir, runner, auth } => {
+            let p = project::Project::load(&dir)?;
+            let d = find_deno()?;
+            progress("building");
+            let b = build::build(&d, &p, &Default::default())?;
+            progress("asking the runner");
+            let desc = runner::describe(&runner).await?;
+            let who = auth::reader(&auth)
+                .ok()
+                .and_then(|_| auth::load().ok().flatten())
+                .map(|s| (s.did, s.handle));
+            let r = runner::compare(
+                &runner,
+                &desc,
+                &b.manifest,
+                b.bytes,
+                &d.version,
+                who.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+            );
+            let failed = r.checks.iter().filter(|c| !c.ok).count();
+            let mut o = out(&r, r.render())?;
+            if failed > 0 {
+                o.failure = Some(error::Failure::Incompatible(failed));
+            }
+            Ok(o)
+        }
         Command::Secrets { command } => {
             let (verb, result) = match &command {
                 secrets::SecretsCommand::Set { target, pairs } => {
                     let sealed = secrets::parse_pairs(pairs);
-                    (
-                        "sealed",
-                        sealed.and_then(|p| rt.block_on(secrets::set(target, &p))),
-                    )
+                    match sealed {
+                        Ok(p) => ("sealed", secrets::set(target, &p).await),
+                        Err(e) => ("sealed", Err(e)),
+                    }
                 }
                 secrets::SecretsCommand::Unset { target, names } => {
-                    ("removed", rt.block_on(secrets::unset(target, names)))
+                    ("removed", secrets::unset(target, names).await)
                 }
-                secrets::SecretsCommand::List { target } => {
-                    ("listed", rt.block_on(secrets::list(target)))
-                }
+                secrets::SecretsCommand::List { target } => ("listed", secrets::list(target).await),
             };
-            match result {
-                Ok(outcome) => {
-                    print!("{}", outcome.render(verb));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            let outcome = result?;
+            let text = outcome.render(verb);
+            out(&outcome, text)
         }
-        Command::Deploy(args) => match rt.block_on(deploy::run(&args)) {
-            Ok(published) => {
-                if args.json {
-                    match serde_json::to_string(&published) {
-                        Ok(s) => println!("{s}"),
-                        Err(e) => {
-                            eprintln!("error: could not encode the result as JSON: {e}");
-                            return ExitCode::FAILURE;
-                        }
-                    }
-                } else {
-                    print!("{}", published.render());
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                if args.json {
-                    let code = e
-                        .chain()
-                        .find_map(|c| c.downcast_ref::<xrpc::XrpcError>())
-                        .map_or("DeployFailed", xrpc::XrpcError::code);
-                    println!(
-                        "{}",
-                        serde_json::json!({ "error": code, "message": format!("{e:#}") })
-                    );
-                }
-                ExitCode::FAILURE
-            }
-        },
     }
 }

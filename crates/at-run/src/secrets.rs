@@ -233,27 +233,48 @@ struct Account {
 
 fn account(t: &TargetArgs) -> anyhow::Result<Account> {
     validate_name(&t.name).context("--name")?;
-    let pds = t
-        .pds
-        .as_deref()
-        .context("no PDS given: pass --pds URL or set ATRUN_PDS")?;
-    let pds = check_pds_url(pds)?;
-    let repo = t
-        .identifier
-        .clone()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .context("no account given: pass --identifier HANDLE_OR_DID or set ATRUN_IDENTIFIER")?;
+    // Without --pds/--identifier, the account stored by `at-run login`.
+    let stored = if t.pds.is_none() || t.identifier.is_none() {
+        crate::auth::load()?
+    } else {
+        None
+    };
+    let pds = match (t.pds.as_deref(), &stored) {
+        (Some(p), _) => p.to_string(),
+        (None, Some(s)) => s.pds.clone(),
+        (None, None) => {
+            anyhow::bail!("no PDS given: pass --pds URL or set ATRUN_PDS (or run `at-run login`)")
+        }
+    };
+    let pds = check_pds_url(&pds)?;
+    let repo = match (
+        t.identifier
+            .clone()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty()),
+        &stored,
+    ) {
+        (Some(i), _) => i,
+        (None, Some(s)) => s.did.clone(),
+        (None, None) => anyhow::bail!(
+            "no account given: pass --identifier HANDLE_OR_DID or set ATRUN_IDENTIFIER (or run `at-run login`)"
+        ),
+    };
     let client = Client::new(&pds).context("could not set up the HTTP client")?;
     Ok(Account { client, repo })
 }
 
 async fn login(t: &TargetArgs, a: &Account) -> anyhow::Result<Session> {
-    let password = t
-        .password
-        .as_ref()
-        .filter(|p| !p.expose().is_empty())
-        .context("no password given: set ATRUN_PASSWORD (or --password) to an app password")?;
+    let Some(password) = t.password.as_ref().filter(|p| !p.expose().is_empty()) else {
+        // No password: the session stored by `at-run login` (refreshed when needed).
+        let (_, session) = crate::auth::session(&crate::auth::AuthArgs {
+            pds: t.pds.clone(),
+            identifier: t.identifier.clone(),
+            password: None,
+        })
+        .await?;
+        return Ok(session);
+    };
     let session = a
         .client
         .create_session(&a.repo, password.expose())

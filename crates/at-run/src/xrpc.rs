@@ -97,6 +97,9 @@ pub struct Session {
     pub did: String,
     pub handle: String,
     pub access_jwt: String,
+    /// Given by createSession and refreshSession; stored by `at-run login`.
+    #[serde(default)]
+    pub refresh_jwt: Option<String>,
     #[serde(default)]
     pub active: Option<bool>,
     #[serde(default)]
@@ -301,6 +304,54 @@ impl Client {
             .bearer_auth(&session.access_jwt)
             .json(&body);
         self.send(NSID, req).await.map(|_| ())
+    }
+}
+
+impl Client {
+    /// `com.atproto.server.refreshSession`: new tokens for a refresh token.
+    pub async fn refresh_session(&self, refresh_jwt: &str) -> Result<Session, XrpcError> {
+        const NSID: &str = "com.atproto.server.refreshSession";
+        let req = self.http.post(self.url(NSID)).bearer_auth(refresh_jwt);
+        let v = self.send(NSID, req).await?;
+        Self::parse(NSID, v)
+    }
+
+    /// `com.atproto.repo.listRecords`, every page (at most `max_pages` of 100).
+    pub async fn list_records(
+        &self,
+        repo: &str,
+        collection: &str,
+        max_pages: usize,
+    ) -> Result<Vec<Value>, XrpcError> {
+        const NSID: &str = "com.atproto.repo.listRecords";
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..max_pages {
+            let mut q = vec![
+                ("repo", repo.to_string()),
+                ("collection", collection.to_string()),
+                ("limit", "100".to_string()),
+            ];
+            if let Some(c) = &cursor {
+                q.push(("cursor", c.clone()));
+            }
+            let v = self
+                .send(NSID, self.http.get(self.url(NSID)).query(&q))
+                .await?;
+            let records =
+                v.get("records")
+                    .and_then(Value::as_array)
+                    .ok_or(XrpcError::BadResponse {
+                        nsid: NSID,
+                        detail: "no 'records' array".into(),
+                    })?;
+            out.extend(records.iter().cloned());
+            cursor = v.get("cursor").and_then(Value::as_str).map(String::from);
+            if cursor.is_none() || records.is_empty() {
+                break;
+            }
+        }
+        Ok(out)
     }
 }
 

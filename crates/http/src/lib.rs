@@ -95,6 +95,8 @@ async fn describe_runner(State(st): State<AppState>) -> Response {
         "limits": c.limits,
         "enforcement": *st.enforcement,
         "maxRequestBodyBytes": c.http.max_request_body_bytes,
+        // Largest code blob this runner fetches (`at-run check` compares bundles with it).
+        "maxBundleBytes": c.fetch.max_bundle_bytes,
     }))
     .into_response()
 }

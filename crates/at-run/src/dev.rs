@@ -1,0 +1,296 @@
+//! `at-run dev`: the local loop. Builds the project (with an inline source map, so stack traces
+//! name the source files) into `.at-run/dev/`, runs the real daemon on it (`at-rund dev`), and
+//! polls the project every 50 ms; a saved edit is rebuilt at once, and at-rund serves the new
+//! build on the next request (it hashes the code per request). A failed build is shown with
+//! file:line and the last good build keeps serving.
+//!
+//! Owns: the watch loop and the at-rund child process (stopped with SIGTERM when `dev` stops).
+//! Must not touch: the project's sources; anything published.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use serde_json::json;
+
+use crate::build::{build, BuildOptions};
+use crate::deno::Deno;
+use crate::error::Failure;
+use crate::project::Project;
+
+/// How often the project is scanned for changes.
+const POLL: Duration = Duration::from_millis(50);
+/// Folders never watched (outputs and dependencies).
+const IGNORED: [&str; 4] = ["dist", ".at-run", "node_modules", ".git"];
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Project folder.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 8787)]
+    pub port: u16,
+    /// The at-rund binary [default: next to at-run, else on PATH].
+    #[arg(long, env = "ATRUN_RUNNER_BIN", value_name = "PATH")]
+    pub runner_bin: Option<PathBuf>,
+    /// Show every log line of at-rund, not only the bundle's output and errors.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+/// `at-rund`: explicit, else beside this executable, else on PATH.
+pub fn locate_runner(explicit: Option<&Path>) -> Result<PathBuf, Failure> {
+    if let Some(p) = explicit {
+        return if p.is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(Failure::RunnerBinMissing(format!(
+                "at-rund was not found at {} (--runner-bin / ATRUN_RUNNER_BIN): fix the path, or build it with `cargo build -p atrund`",
+                p.display()
+            )))
+        };
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("at-rund")))
+        .filter(|p| p.is_file());
+    beside
+        .or_else(|| crate::deno::find_on_path("at-rund"))
+        .ok_or_else(|| {
+            Failure::RunnerBinMissing(
+                "at-rund (the runner) was not found next to at-run or on PATH: build it with `cargo build -p atrund` (or install it), or pass --runner-bin PATH".into(),
+            )
+        })
+}
+
+/// Fingerprint of the watched files: path, size and mtime of each.
+fn scan(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                let name = e.file_name();
+                if d == dir && IGNORED.iter().any(|i| name == *i) {
+                    continue;
+                }
+                stack.push(p);
+            } else {
+                out.push((p, m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// One line of output: JSON events with `--json`, text otherwise.
+fn say(json_out: bool, event: serde_json::Value, text: &str) {
+    if json_out {
+        println!("{event}");
+    } else {
+        println!("{text}");
+    }
+}
+
+/// Pulls the message out of an at-rund log line about bundle output (`stream=...`), with the
+/// project's paths made relative (`lib/greeting.ts:2:9`) and the shim's own frames dropped.
+fn bundle_line(line: &str, project_url: &str) -> Option<String> {
+    if !line.contains("stream=") {
+        return None;
+    }
+    let msg = line.split_once(": ").map(|(_, m)| m).unwrap_or(line);
+    let msg = msg.split(" instance=").next().unwrap_or(msg);
+    // The shim's frames, Deno's internals, and Deno's per-instance notice about request.signal.
+    if msg.contains("at-run-exec.ts") || msg.contains("(ext:") || msg.contains("legacy behavior") {
+        return None;
+    }
+    Some(msg.replace(project_url, ""))
+}
+
+/// Runs until at-rund exits or at-run gets SIGINT/SIGTERM.
+pub async fn run(args: &DevArgs, deno: &Deno, json_out: bool) -> anyhow::Result<()> {
+    let project = Project::load(&args.dir)?;
+    let runner = locate_runner(args.runner_bin.as_deref())?;
+    let out = project.dir.join(".at-run").join("dev");
+    let opts = BuildOptions {
+        out: Some(out.clone()),
+        sourcemap: true,
+    };
+    // The first build must succeed: there is nothing to serve otherwise.
+    let built = build(deno, &project, &opts)?;
+    say(
+        json_out,
+        json!({"event": "built", "millis": built.millis, "endpoints": built.manifest.endpoints.iter().map(|e| &e.name).collect::<Vec<_>>()}),
+        &format!("built in {} ms", built.millis),
+    );
+    let data = project.dir.join(".at-run").join("dev-data");
+    std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
+    let mut child = tokio::process::Command::new(&runner)
+        .arg("dev")
+        .arg(&out)
+        .args(["--name", &project.file.name])
+        .env("ATRUND_LISTEN", format!("127.0.0.1:{}", args.port))
+        .env("ATRUND_DATA_DIR", &data)
+        .env("ATRUND_DENO_PATH", deno.path())
+        .env("ATRUND_POOL_ADMIN_LISTEN", "off")
+        .env("ATRUND_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("could not start {}", runner.display()))?;
+    let pid = child.id();
+    let stderr = child.stderr.take().context("at-rund stderr")?;
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<String>();
+    let verbose = args.verbose;
+    let project_url = format!("file://{}/", project.dir.display());
+    // Blocking reader thread: tokio's child stderr is converted to a std handle for simplicity.
+    let std_err = stderr.into_owned_fd().context("at-rund stderr")?;
+    std::thread::spawn(move || {
+        for line in BufReader::new(std::fs::File::from(std_err))
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(addr) = line
+                .contains("listening")
+                .then(|| line.split("addr=").nth(1))
+                .flatten()
+            {
+                let _ = addr_tx.send(addr.trim().to_string());
+            }
+            if verbose {
+                eprintln!("[at-rund] {line}");
+            } else if let Some(m) = bundle_line(&line, &project_url) {
+                eprintln!("  | {m}");
+            } else if line.contains(" ERROR ") {
+                eprintln!("[at-rund] {line}");
+            }
+        }
+    });
+    let addr = tokio::task::spawn_blocking(move || addr_rx.recv_timeout(Duration::from_secs(30)))
+        .await
+        .context("waiting for at-rund")?
+        .map_err(|_| {
+            Failure::RunnerUnreachable(format!(
+                "at-rund did not start listening on 127.0.0.1:{} within 30 s (is the port taken? try --port 0 or --verbose)",
+                args.port
+            ))
+        })?;
+    let base = format!("http://{addr}/bundle/local/{}/latest", project.file.name);
+    say(
+        json_out,
+        json!({"event": "ready", "url": base, "addr": addr}),
+        &format!(
+            "serving {} at {base}/{{endpoint}}\n{}\nwatching {} for changes (Ctrl-C to stop)",
+            project.file.name,
+            built
+                .manifest
+                .endpoints
+                .iter()
+                .map(|e| format!(
+                    "  {} {base}/{}",
+                    e.method.as_deref().unwrap_or("ANY"),
+                    e.name
+                ))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            project.dir.display()
+        ),
+    );
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch SIGTERM")?;
+    let mut seen = scan(&project.dir);
+    let result = loop {
+        tokio::select! {
+            st = child.wait() => {
+                break Err(anyhow::anyhow!("at-rund stopped ({}); rerun with --verbose to see its log", st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())));
+            }
+            _ = sigterm.recv() => break Ok(()),
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = tokio::time::sleep(POLL) => {
+                let now = scan(&project.dir);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                let t = Instant::now();
+                let p = match Project::load(&args.dir) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        say(json_out, json!({"event": "buildFailed", "message": format!("{e:#}")}), &format!("error: {e:#}"));
+                        continue;
+                    }
+                };
+                match build(deno, &p, &opts) {
+                    Ok(b) => say(
+                        json_out,
+                        json!({"event": "rebuilt", "millis": t.elapsed().as_millis() as u64}),
+                        &format!("rebuilt in {} ms{}", t.elapsed().as_millis(), b.warnings.iter().map(|w| format!("\n  warning: {w}")).collect::<String>()),
+                    ),
+                    Err(e) => say(
+                        json_out,
+                        json!({"event": "buildFailed", "message": format!("{e:#}")}),
+                        &format!("error: {e:#}\n(still serving the last good build)"),
+                    ),
+                }
+            }
+        }
+    };
+    // A graceful stop, so at-rund stops its Deno instances.
+    if let Some(pid) = pid {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundle_output_lines_are_extracted() {
+        let l = "2026-01-01T00:00:00Z  WARN atrund_sandbox::none: endpoint 'x' threw: Error: boom instance=ab12 stream=\"stderr\"";
+        assert_eq!(
+            bundle_line(l, "file:///p/").as_deref(),
+            Some("endpoint 'x' threw: Error: boom")
+        );
+        let l = "WARN atrund_sandbox::none:     at greeting (file:///p/lib/g.ts:2:9) instance=a stream=\"stderr\"";
+        assert_eq!(
+            bundle_line(l, "file:///p/").as_deref(),
+            Some("    at greeting (lib/g.ts:2:9)")
+        );
+        assert_eq!(bundle_line("INFO listening addr=1", "file:///p/"), None);
+    }
+
+    #[test]
+    fn scan_ignores_outputs() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(d.path().join("dist")).expect("mkdir");
+        std::fs::create_dir_all(d.path().join("lib")).expect("mkdir");
+        std::fs::write(d.path().join("dist/main.js"), "x").expect("write");
+        std::fs::write(d.path().join("lib/a.ts"), "x").expect("write");
+        let s = scan(d.path());
+        assert_eq!(s.len(), 1);
+        assert!(s[0].0.ends_with("lib/a.ts"));
+    }
+}

@@ -1,0 +1,598 @@
+//! `at-run check --runner URL` and `at-run test --runner URL`: what a runner says about itself
+//! (`GET /xrpc/dev.atrund.describeRunner`) compared with a bundle, and calls of every endpoint of
+//! a deployed version with sample inputs taken from its manifest.
+//!
+//! Owns: the comparisons and the sample inputs. Must not touch: the author's records (reads only).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use atrund_bundle::record::{bundle_rkey, BUNDLE_COLLECTION, RELEASE_COLLECTION};
+use atrund_bundle::Manifest;
+use atrund_policy::{check_manifest, LimitsSection, PermissionCaps};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use crate::auth::{self, AuthArgs};
+use crate::error::Failure;
+
+fn http() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("could not set up the HTTP client")
+}
+
+/// `describeRunner` of `runner`.
+pub async fn describe(runner: &str) -> anyhow::Result<Value> {
+    let base = runner.trim_end_matches('/');
+    let url = format!("{base}/xrpc/dev.atrund.describeRunner");
+    let resp = http()?.get(&url).send().await.map_err(|e| {
+        Failure::RunnerUnreachable(format!(
+            "could not reach the runner at {base} ({e}); check --runner"
+        ))
+    })?;
+    if !resp.status().is_success() {
+        return Err(Failure::RunnerUnreachable(format!(
+            "{url} answered HTTP {}; check that --runner is an at-rund runner",
+            resp.status().as_u16()
+        ))
+        .into());
+    }
+    resp.json()
+        .await
+        .with_context(|| format!("{url} did not return JSON; check --runner"))
+}
+
+/// One line of `check`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub runner: String,
+    pub compatible: bool,
+    pub checks: Vec<Check>,
+    /// Things that do not stop the bundle from running but are worth knowing.
+    pub notes: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn render(&self) -> String {
+        let mut s = format!("runner {}\n", self.runner);
+        for c in &self.checks {
+            s.push_str(&format!(
+                "  {} {:<12} {}\n",
+                if c.ok { "ok  " } else { "FAIL" },
+                c.name,
+                c.detail
+            ));
+        }
+        for n in &self.notes {
+            s.push_str(&format!("  note: {n}\n"));
+        }
+        s.push_str(if self.compatible {
+            "compatible\n"
+        } else {
+            "NOT compatible\n"
+        });
+        s
+    }
+}
+
+/// Compares a built bundle with what the runner announces.
+pub fn compare(
+    runner: &str,
+    desc: &Value,
+    manifest: &Manifest,
+    code_bytes: u64,
+    local_deno: &str,
+    author: Option<(&str, &str)>,
+) -> CheckReport {
+    let mut checks = Vec::new();
+    let mut notes = Vec::new();
+    let mut push = |name: &str, r: Result<String, String>| {
+        let (ok, detail) = match r {
+            Ok(d) => (true, d),
+            Err(d) => (false, d),
+        };
+        checks.push(Check {
+            name: name.into(),
+            ok,
+            detail,
+        });
+    };
+
+    // Runtime.
+    let remote = desc
+        .pointer("/runtimes/0/version")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    // "deno 2.9.6 (stable, ...)" or "2.9.6": the first word that starts with a digit.
+    let remote_v = remote
+        .split_whitespace()
+        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))
+        .unwrap_or("");
+    let (rl, rr) = (
+        crate::deno::parse_major_minor(local_deno),
+        crate::deno::parse_major_minor(remote_v),
+    );
+    push(
+        "runtime",
+        if remote_v.is_empty() {
+            Err("the runner announces no Deno runtime".into())
+        } else if rl.0 != rr.0 {
+            Err(format!(
+                "built with Deno {local_deno}, the runner runs Deno {remote_v} (another major version)"
+            ))
+        } else {
+            if rr < rl {
+                notes.push(format!(
+                    "the runner's Deno {remote_v} is older than your {local_deno}: avoid APIs newer than {remote_v}"
+                ));
+            }
+            Ok(format!("deno {remote_v} (local {local_deno})"))
+        },
+    );
+
+    // Author policy.
+    let policy = desc
+        .pointer("/policy/authors")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    push(
+        "author",
+        if policy == "open" {
+            Ok("the runner is open to every author".into())
+        } else if policy.starts_with("closed") {
+            Err("the runner allows no authors yet (ask its operator)".into())
+        } else if let Some(list) = policy.strip_prefix("allow-list: ") {
+            let entries: Vec<&str> = list.split(", ").collect();
+            match author {
+                Some((did, handle))
+                    if entries
+                        .iter()
+                        .any(|e| *e == did || e.eq_ignore_ascii_case(handle)) =>
+                {
+                    Ok(format!("{handle} is on the allow-list"))
+                }
+                Some((_, handle)) => Err(format!(
+                    "{handle} is not on the runner's allow-list ({list}); ask its operator to add your DID"
+                )),
+                None => {
+                    notes.push("log in (`at-run login`) to check the author allow-list".into());
+                    Ok(format!("allow-list: {list}"))
+                }
+            }
+        } else {
+            Ok(format!("policy: {policy}"))
+        },
+    );
+
+    // Permissions and limits, one aspect at a time so that every problem is listed.
+    let caps: Option<PermissionCaps> = serde_json::from_value(desc["permissions"].clone()).ok();
+    let limits: Option<LimitsSection> = serde_json::from_value(desc["limits"].clone()).ok();
+    match (caps, limits) {
+        (Some(caps), Some(limits)) => {
+            let mut parts: Vec<(String, Manifest)> = Vec::new();
+            let p = &manifest.permissions;
+            let base = Manifest::default();
+            let with = |f: &dyn Fn(&mut Manifest)| {
+                let mut m = base.clone();
+                f(&mut m);
+                m
+            };
+            if !p.net.is_empty() {
+                parts.push(("net".into(), with(&|m| m.permissions.net = p.net.clone())));
+            }
+            if !p.read.is_empty() {
+                parts.push(("read".into(), with(&|m| m.permissions.read = p.read.clone())));
+            }
+            if !p.write.is_empty() {
+                parts.push(("write".into(), with(&|m| m.permissions.write = p.write.clone())));
+            }
+            for r in &p.run {
+                parts.push((format!("run {r}"), with(&|m| m.permissions.run = vec![r.clone()])));
+            }
+            if p.ffi {
+                parts.push(("ffi".into(), with(&|m| m.permissions.ffi = true)));
+            }
+            if p.sys {
+                parts.push(("sys".into(), with(&|m| m.permissions.sys = true)));
+            }
+            let l = &manifest.limits;
+            for (k, v) in [
+                ("timeoutMs", l.timeout_ms),
+                ("memoryMib", l.memory_mib),
+                ("cpuMs", l.cpu_ms),
+                ("concurrency", l.concurrency),
+            ] {
+                if v.is_some() {
+                    parts.push((
+                        format!("limits.{k}"),
+                        with(&|m| match k {
+                            "timeoutMs" => m.limits.timeout_ms = v,
+                            "memoryMib" => m.limits.memory_mib = v,
+                            "cpuMs" => m.limits.cpu_ms = v,
+                            _ => m.limits.concurrency = v,
+                        }),
+                    ));
+                }
+            }
+            if !manifest.tasks.is_empty() {
+                parts.push(("tasks".into(), with(&|m| m.tasks = manifest.tasks.clone())));
+            }
+            if parts.is_empty() {
+                push("permissions", Ok("asks for nothing beyond the defaults".into()));
+            }
+            for (name, m) in parts {
+                push(
+                    &name,
+                    check_manifest(&caps, &limits, &m)
+                        .map(|_| "allowed".to_string())
+                        .map_err(|e| e.to_string()),
+                );
+            }
+            match check_manifest(&caps, &limits, manifest) {
+                Ok(eff) => notes.push(format!(
+                    "runs with timeoutMs={} memoryMib={} cpuMs={} concurrency={}",
+                    eff.timeout_ms, eff.memory_mib, eff.cpu_ms, eff.concurrency
+                )),
+                Err(e) => push("manifest", Err(e.to_string())),
+            }
+        }
+        _ => push(
+            "permissions",
+            Err("the runner's describeRunner has no readable permissions/limits; is it an older at-rund?".into()),
+        ),
+    }
+
+    // Size.
+    let max = desc
+        .get("maxBundleBytes")
+        .and_then(Value::as_u64)
+        .unwrap_or(crate::deploy::MAX_CODE_BYTES)
+        .min(crate::deploy::MAX_CODE_BYTES);
+    push(
+        "size",
+        if code_bytes <= max {
+            Ok(format!("{code_bytes} bytes (runner takes up to {max})"))
+        } else {
+            Err(format!(
+                "the bundle is {code_bytes} bytes; this runner takes at most {max}: drop dependencies or minify"
+            ))
+        },
+    );
+
+    if let Some(enf) = desc.get("enforcement").and_then(Value::as_array) {
+        for e in enf {
+            if e.get("enforced") == Some(&Value::Bool(false)) {
+                notes.push(format!(
+                    "the runner does not enforce {}",
+                    e.get("limit").and_then(Value::as_str).unwrap_or("?")
+                ));
+            }
+        }
+    }
+    let compatible = checks.iter().all(|c| c.ok);
+    CheckReport {
+        runner: runner.to_string(),
+        compatible,
+        checks,
+        notes,
+    }
+}
+
+/// A sample value for a JSON Schema: its first example, else one built from its type.
+pub fn sample(schema: &Value) -> Value {
+    if let Some(ex) = schema.pointer("/examples/0") {
+        return ex.clone();
+    }
+    if let Some(e) = schema.pointer("/enum/0") {
+        return e.clone();
+    }
+    match schema.get("type").and_then(Value::as_str) {
+        Some("object") => {
+            let required: Vec<&str> = schema
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let mut out = Map::new();
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                for (k, p) in props {
+                    if required.contains(&k.as_str()) || p.get("examples").is_some() {
+                        out.insert(k.clone(), sample(p));
+                    }
+                }
+            }
+            Value::Object(out)
+        }
+        Some("string") => {
+            let n = schema.get("minimum").and_then(Value::as_f64).unwrap_or(1.0);
+            match schema.get("format").and_then(Value::as_str) {
+                Some("number" | "integer") => json!(n.to_string().trim_end_matches(".0")),
+                _ => {
+                    let min = schema.get("minLength").and_then(Value::as_u64).unwrap_or(1);
+                    json!("x".repeat(usize::try_from(min.max(1)).unwrap_or(1)))
+                }
+            }
+        }
+        Some("integer") | Some("number") => {
+            json!(schema.get("minimum").and_then(Value::as_f64).unwrap_or(1.0))
+        }
+        Some("boolean") => json!(true),
+        Some("array") => json!([]),
+        _ => Value::Null,
+    }
+}
+
+/// The query string of a GET sample (arrays repeat the key).
+fn query_pairs(v: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(o) = v.as_object() {
+        for (k, x) in o {
+            let one = |x: &Value| match x {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            match x {
+                Value::Array(a) => out.extend(a.iter().map(|i| (k.clone(), one(i)))),
+                Value::Null => {}
+                other => out.push((k.clone(), one(other))),
+            }
+        }
+    }
+    out
+}
+
+/// One endpoint call of `test`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Call {
+    pub endpoint: String,
+    pub method: String,
+    pub url: String,
+    pub status: Option<u16>,
+    pub millis: u64,
+    pub pass: bool,
+    /// Why it failed (the runner's error name and message), when it did.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TestReport {
+    pub runner: String,
+    pub did: String,
+    pub name: String,
+    pub version: String,
+    pub passed: usize,
+    pub failed: usize,
+    pub calls: Vec<Call>,
+}
+
+impl TestReport {
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "testing {} {} by {} on {}\n",
+            self.name, self.version, self.did, self.runner
+        );
+        for c in &self.calls {
+            s.push_str(&format!(
+                "  {} {:<7} {:<20} {:>4} {:>6} ms{}\n",
+                if c.pass { "pass" } else { "FAIL" },
+                c.method,
+                c.endpoint,
+                c.status
+                    .map(|x| x.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                c.millis,
+                c.error
+                    .as_deref()
+                    .map(|e| format!("  {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+        s.push_str(&format!("{} passed, {} failed\n", self.passed, self.failed));
+        s
+    }
+}
+
+/// `at-run test --runner URL`: every endpoint of `name@version` (a version or `latest`).
+pub async fn test(
+    a: &AuthArgs,
+    runner: &str,
+    name: &str,
+    version: &str,
+) -> anyhow::Result<TestReport> {
+    let (client, repo) = auth::reader(a)?;
+    // The manifest of the version under test, from the author's repo.
+    let rkey = if version == "latest" {
+        let rel = client
+            .get_record(&repo, RELEASE_COLLECTION, name)
+            .await
+            .context("could not read the release record")?
+            .ok_or_else(|| {
+                Failure::VersionNotFound(format!(
+                    "{name} has no release (latest); deploy it first or pass --version"
+                ))
+            })?;
+        let uri = rel
+            .pointer("/value/bundle/uri")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        uri.rsplit('/').next().unwrap_or("").to_string()
+    } else {
+        bundle_rkey(name, version)
+    };
+    let rec = client
+        .get_record(&repo, BUNDLE_COLLECTION, &rkey)
+        .await
+        .context("could not read the bundle record")?
+        .ok_or_else(|| {
+            Failure::VersionNotFound(format!(
+                "{rkey} is not published by {repo}; see `at-run ls`"
+            ))
+        })?;
+    let did = rec
+        .get("uri")
+        .and_then(Value::as_str)
+        .and_then(|u| u.strip_prefix("at://"))
+        .and_then(|u| u.split('/').next())
+        .unwrap_or(&repo)
+        .to_string();
+    let manifest: Manifest = serde_json::from_value(rec["value"]["manifest"].clone())
+        .context("the published manifest is not readable")?;
+    let base = runner.trim_end_matches('/');
+    let http = http()?;
+    let mut calls = Vec::new();
+    for e in &manifest.endpoints {
+        let method = match e.method.as_deref() {
+            None | Some("ANY") => "GET",
+            Some(m) => m,
+        }
+        .to_string();
+        let input = e.input.as_ref().map(sample);
+        let url = format!("{base}/bundle/{did}/{name}/{version}/{}", e.name);
+        let mut req = http.request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET),
+            &url,
+        );
+        match (&input, method.as_str()) {
+            (Some(i), "GET" | "HEAD" | "DELETE" | "OPTIONS") => req = req.query(&query_pairs(i)),
+            (Some(i), _) => req = req.json(i),
+            (None, _) => {}
+        }
+        let t = Instant::now();
+        let res = req.send().await;
+        let millis = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let call = match res {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let body = r.text().await.unwrap_or_default();
+                let pass = status < 400;
+                let error = (!pass).then(|| {
+                    serde_json::from_str::<Value>(&body)
+                        .ok()
+                        .map(|v| {
+                            format!(
+                                "{}: {}",
+                                v["error"].as_str().unwrap_or("?"),
+                                v["message"].as_str().unwrap_or("")
+                            )
+                        })
+                        .unwrap_or_else(|| body.chars().take(200).collect())
+                });
+                Call {
+                    endpoint: e.name.clone(),
+                    method,
+                    url,
+                    status: Some(status),
+                    millis,
+                    pass,
+                    error,
+                }
+            }
+            Err(err) => Call {
+                endpoint: e.name.clone(),
+                method,
+                url,
+                status: None,
+                millis,
+                pass: false,
+                error: Some(format!("could not reach the runner: {err}")),
+            },
+        };
+        calls.push(call);
+    }
+    let failed = calls.iter().filter(|c| !c.pass).count();
+    Ok(TestReport {
+        runner: base.to_string(),
+        did,
+        name: name.to_string(),
+        version: version.to_string(),
+        passed: calls.len() - failed,
+        failed,
+        calls,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_follow_the_schema() {
+        let s = json!({"type":"object","properties":{
+            "name":{"type":"string","examples":["Ada"]},
+            "size":{"type":"string","format":"number","minimum":16},
+            "opt":{"type":"boolean"},
+            "fmt":{"type":"string","enum":["png","svg"]}},
+            "required":["size","fmt"]});
+        assert_eq!(sample(&s), json!({"name":"Ada","size":"16","fmt":"png"}));
+        assert_eq!(sample(&json!({"examples":[{"a":1}]})), json!({"a":1}));
+        assert_eq!(
+            sample(&json!({"type":"string","minLength":3})),
+            json!("xxx")
+        );
+        assert_eq!(
+            query_pairs(&json!({"a":"1","b":["x","y"],"c":2})),
+            vec![
+                ("a".to_string(), "1".to_string()),
+                ("b".to_string(), "x".to_string()),
+                ("b".to_string(), "y".to_string()),
+                ("c".to_string(), "2".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn compare_lists_every_problem() {
+        let desc = json!({
+            "runtimes":[{"name":"deno","version":"deno 2.9.6 (stable, release, x86_64-unknown-linux-gnu)"}],
+            "policy":{"authors":"allow-list: did:plc:someone"},
+            "permissions":{"net":false,"read":true,"write":true,"run":[],"ffi":false,"sys":false},
+            "limits":{"timeout_ms":{"default":1000,"max":2000},"memory_mib":{"default":128,"max":256},
+                      "cpu_ms":{"default":1000,"max":2000},"concurrency":{"default":1,"max":4},
+                      "pids":64,"cpu_quota_percent":100,"open_files":256,"max_response_bytes":1000},
+            "enforcement":[{"limit":"cpuMs","enforced":false,"how":"x"}],
+        });
+        let m: Manifest = serde_json::from_value(json!({
+            "permissions":{"net":["example.com"],"sys":true},
+            "limits":{"timeoutMs":5000}
+        }))
+        .expect("manifest");
+        let r = compare(
+            "http://r",
+            &desc,
+            &m,
+            10,
+            "2.9.6",
+            Some(("did:plc:me", "me.test")),
+        );
+        assert!(!r.compatible);
+        let failed: Vec<&str> = r
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.name.as_str())
+            .collect();
+        for want in ["author", "net", "sys", "limits.timeoutMs"] {
+            assert!(failed.contains(&want), "{want} missing from {failed:?}");
+        }
+        assert!(r.notes.iter().any(|n| n.contains("cpuMs")));
+        let ok = compare(
+            "http://r",
+            &desc,
+            &Manifest::default(),
+            10,
+            "2.9.6",
+            Some(("did:plc:someone", "x")),
+        );
+        assert!(ok.compatible, "{}", ok.render());
+    }
+}
