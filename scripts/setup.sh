@@ -52,3 +52,11 @@ if [ "$with_test_net" = 1 ]; then
   install_npm_dir tests/atproto-net
   echo "setup: test network installed in tests/atproto-net" >&2
 fi
+
+# `at-run build` uses `deno bundle`, which fetches esbuild from npm into DENO_DIR on first use:
+# fetch it here, so builds (and the tests) work without the registry afterwards.
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+echo 'export const ready = true;' > "$scratch/a.ts"
+"$deno" bundle --quiet --output "$scratch/out.js" "$scratch/a.ts" >/dev/null \
+  || { echo "setup: deno bundle failed (it needs the npm registry once, for esbuild)" >&2; exit 1; }
