@@ -437,7 +437,8 @@ async fn container_executor(
         .with_cgroups(cgroups.clone())
         .enforcement()
         .into_iter()
-        .filter(|e| !e.enforced)
+        // Only the cgroup limits: the container's PID 1 applies Landlock and seccomp itself.
+        .filter(|e| !e.enforced && !matches!(e.limit, "landlock" | "seccomp"))
         .map(|e| format!("{}: {}", e.limit, e.how))
         .collect();
     if !missing.is_empty() {

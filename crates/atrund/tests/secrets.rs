@@ -130,10 +130,18 @@ export const check = { handler: async () => ({
   HOME: await read("HOME"), PATH: await read("PATH"),
 }) };
 export const boom = { handler: () => { throw new Error("the handler failed on purpose"); } };
+// Prints its own secrets: the runner must log them masked.
+export const leak = { handler: () => {
+  console.log(`token=${Deno.env.get("API_TOKEN")};`);
+  console.error(`other=${Deno.env.get("OTHER")};`);
+  return { printed: true };
+} };
 "#;
 
 fn vault_manifest() -> Value {
-    json!({"endpoints": [{"name": "check", "method": "GET"}, {"name": "boom"}]})
+    json!({"endpoints": [
+        {"name": "check", "method": "GET"}, {"name": "boom"}, {"name": "leak", "method": "GET"}
+    ]})
 }
 
 /// Every file under `dir`, recursively (sockets and other specials skipped).
@@ -227,6 +235,9 @@ async fn secrets_reach_the_bundle_as_its_only_env_and_changes_reach_new_instance
     // Names that are not secrets stay unreadable.
     assert_eq!(b["HOME"], "NotCapable", "{b}");
     assert_eq!(b["PATH"], "NotCapable", "{b}");
+    // A bundle printing its secrets (stdout and stderr).
+    let (s, b) = get(&runner.url(&format!("/bundle/{}/vault/latest/leak", acct.did))).await;
+    assert_eq!(s, 200, "{b}");
 
     // A changed secret reaches the next new instance; `set` keeps OTHER's sealed bytes.
     let second = "canary-second-c40f31";
@@ -277,6 +288,15 @@ async fn secrets_reach_the_bundle_as_its_only_env_and_changes_reach_new_instance
         micros
     );
     assert_no_canary(&log, data.path(), &[first, other, second]);
+    // Masked, not dropped: the operator still sees that the bundle printed a secret.
+    assert!(
+        log.contains("token=[secret API_TOKEN];"),
+        "no masked stdout line"
+    );
+    assert!(
+        log.contains("other=[secret OTHER];"),
+        "no masked stderr line"
+    );
 }
 
 /// Writes a secrets record by hand (what a confused or malicious tool could write).

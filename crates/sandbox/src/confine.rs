@@ -1,18 +1,19 @@
-//! What a process inside a container instance may do, as kernel policy: the seccomp filters and
-//! the Landlock ruleset that the sandbox's PID 1 (`init`) applies to itself before it starts Deno
-//! (children inherit both, and neither can be lifted).
+//! What a sandboxed process may do, as kernel policy: the seccomp filters and the Landlock
+//! ruleset that the container's PID 1 (`init`) applies to itself before it starts Deno, and that
+//! a `none` instance applies to itself between fork and exec (`host_confine`, `sys`). Children
+//! inherit both, and neither can be lifted.
 //!
 //! Owns: the syscall deny list (isolation.md §3.1), `clone` with namespace flags, `clone3` →
-//! ENOSYS, and the Landlock rules (paths read-only or read-write, TCP connect to the proxy port
+//! ENOSYS, and the Landlock rules (paths read-only or read-write, TCP connect to listed ports
 //! only, no TCP bind, signals and abstract Unix sockets scoped to the sandbox). Must not: decide
-//! which paths an instance gets (the container backend does) or touch any process but the caller.
+//! which paths an instance gets (the backends do) or touch any process but the caller.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use landlock::{
-    Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, PathBeneath, PathFd, Ruleset,
-    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath, PathFd,
+    Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 use nix::libc;
 use seccompiler::{
@@ -79,10 +80,8 @@ fn arch() -> Result<TargetArch, String> {
 /// ENOSYS (whose flags the first filter can inspect), and Deno needs threads.
 pub(crate) fn seccomp_filters() -> Result<[BpfProgram; 2], String> {
     let arch = arch()?;
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED
-        .iter()
-        .map(|(_, nr)| (*nr, Vec::new()))
-        .collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        DENIED.iter().map(|(_, nr)| (*nr, Vec::new())).collect();
     let clone_rules = CLONE_NEW
         .iter()
         .map(|flag| {
@@ -117,6 +116,28 @@ pub(crate) fn seccomp_filters() -> Result<[BpfProgram; 2], String> {
     ])
 }
 
+/// Both filters as the kernel takes them (`struct sock_filter`), for a child that installs them
+/// between fork and exec without allocating.
+pub(crate) fn kernel_filters() -> Result<Vec<Vec<libc::sock_filter>>, String> {
+    seccomp_filters()?
+        .iter()
+        .map(|prog| {
+            if prog.len() > usize::from(u16::MAX) {
+                return Err(format!("seccomp: filter of {} instructions", prog.len()));
+            }
+            Ok(prog
+                .iter()
+                .map(|i| libc::sock_filter {
+                    code: i.code,
+                    jt: i.jt,
+                    jf: i.jf,
+                    k: i.k,
+                })
+                .collect())
+        })
+        .collect()
+}
+
 /// Installs both filters on the calling thread (threads and children created later inherit
 /// them). Needs no_new_privs first.
 pub(crate) fn apply_seccomp() -> Result<(), String> {
@@ -133,20 +154,38 @@ pub(crate) struct LandlockRules {
     pub read_only: Vec<PathBuf>,
     /// Everything a file system allows, beneath these.
     pub read_write: Vec<PathBuf>,
-    /// TCP ports the sandbox may connect to (on its own loopback: the proxy forwarder).
+    /// TCP ports the sandbox may connect to (container: the proxy forwarder on its own
+    /// loopback; none: the ports of the manifest's `net` entries).
     pub connect_ports: Vec<u16>,
+    /// TCP connect to any port (a `net` entry without a port); TCP bind stays refused.
+    pub connect_any_port: bool,
 }
 
 /// Restricts the calling thread (and what it starts later). Best effort across kernels: the
 /// status says how much the kernel enforced.
 pub(crate) fn apply_landlock(rules: &LandlockRules) -> Result<RulesetStatus, String> {
+    let status = landlock_ruleset(rules)?
+        .restrict_self()
+        .map_err(|e| format!("landlock: {e}"))?;
+    Ok(status.ruleset)
+}
+
+/// The ruleset, built but not applied: [`apply_landlock`] applies it to the caller; a `none`
+/// instance takes its file descriptor into the child (`landlock_restrict_self` after fork).
+/// Without Landlock in the kernel it holds no file descriptor.
+pub(crate) fn landlock_ruleset(rules: &LandlockRules) -> Result<RulesetCreated, String> {
     let abi = ABI::V6;
     let err = |e: landlock::RulesetError| format!("landlock: {e}");
+    let net: BitFlags<AccessNet> = if rules.connect_any_port {
+        AccessNet::BindTcp.into()
+    } else {
+        AccessNet::from_all(abi)
+    };
     let mut rs = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(abi))
         .map_err(err)?
-        .handle_access(AccessNet::from_all(abi))
+        .handle_access(net)
         .map_err(err)?
         .scope(Scope::from_all(abi))
         .map_err(err)?
@@ -174,13 +213,14 @@ pub(crate) fn apply_landlock(rules: &LandlockRules) -> Result<RulesetStatus, Str
         let fd = PathFd::new(path).map_err(|e| format!("landlock: {}: {e}", path.display()))?;
         rs = rs.add_rule(PathBeneath::new(fd, access)).map_err(err)?;
     }
-    for port in &rules.connect_ports {
-        rs = rs
-            .add_rule(NetPort::new(*port, AccessNet::ConnectTcp))
-            .map_err(err)?;
+    if !rules.connect_any_port {
+        for port in &rules.connect_ports {
+            rs = rs
+                .add_rule(NetPort::new(*port, AccessNet::ConnectTcp))
+                .map_err(err)?;
+        }
     }
-    let status = rs.restrict_self().map_err(err)?;
-    Ok(status.ruleset)
+    Ok(rs)
 }
 
 #[cfg(test)]

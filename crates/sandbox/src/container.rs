@@ -478,6 +478,7 @@ impl Executor for ContainerExecutor {
                 .map_or(spec.limits.open_files, |h| spec.limits.open_files.min(h)),
             started_at,
             keep,
+            confine: None,
         })
         .await
     }

@@ -1,15 +1,78 @@
-//! Splitting an instance's stdout/stderr into bounded lines.
+//! Splitting an instance's stdout/stderr into bounded lines, with the instance's secret values
+//! masked before a line reaches the log.
 //!
-//! Owns: the line cap, so a bundle printing one endless line cannot grow our memory. Hand-rolled
-//! because `AsyncBufReadExt::lines` buffers a whole line, however long, before returning it.
+//! Owns: the line cap, so a bundle printing one endless line cannot grow our memory (hand-rolled
+//! because `AsyncBufReadExt::lines` buffers a whole line, however long, before returning it), and
+//! the masking: each secret value of at least [`MIN_MASKED`] bytes becomes `[secret NAME]`, also
+//! where the cap cuts a line inside a value. Masking catches a bundle printing its own secret; it
+//! cannot catch one set on leaking it (encoded, split across lines or reversed).
+
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Longest line kept; the rest of a longer line is dropped and the line is marked.
 pub(crate) const MAX_LINE: usize = 2048;
 
-/// Calls `on_line` for each line of `reader` (lossy UTF-8, without the newline) until EOF or error.
-pub(crate) async fn for_each_line<R, F>(mut reader: R, mut on_line: F)
+/// Shorter values are not masked: they would mask ordinary words and numbers.
+pub(crate) const MIN_MASKED: usize = 4;
+
+/// The secret values of one instance and their names, longest value first (so a value that
+/// contains another is masked whole).
+#[derive(Clone, Default)]
+pub(crate) struct Masker {
+    secrets: Arc<Vec<(String, String)>>,
+}
+
+impl std::fmt::Debug for Masker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.secrets.iter().map(|(_, n)| n.as_str()).collect();
+        f.debug_struct("Masker").field("names", &names).finish()
+    }
+}
+
+impl Masker {
+    /// From the instance's environment: (name, value) pairs.
+    pub(crate) fn new(env: &[(String, String)]) -> Self {
+        let mut secrets: Vec<(String, String)> = env
+            .iter()
+            .filter(|(_, v)| v.len() >= MIN_MASKED)
+            .map(|(k, v)| (v.clone(), k.clone()))
+            .collect();
+        secrets.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+        Self {
+            secrets: Arc::new(secrets),
+        }
+    }
+
+    /// `line` with every secret value replaced; when `cut`, a tail that begins a value (the
+    /// cap fell inside it) is replaced too.
+    pub(crate) fn mask(&self, line: &str, cut: bool) -> String {
+        if self.secrets.is_empty() {
+            return line.to_string();
+        }
+        let mut out = String::with_capacity(line.len());
+        let mut rest = line;
+        'scan: while let Some(c) = rest.chars().next() {
+            for (value, name) in self.secrets.iter() {
+                if rest.starts_with(value.as_str()) || (cut && value.starts_with(rest)) {
+                    out.push_str("[secret ");
+                    out.push_str(name);
+                    out.push(']');
+                    rest = rest.get(value.len().min(rest.len())..).unwrap_or("");
+                    continue 'scan;
+                }
+            }
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+        out
+    }
+}
+
+/// Calls `on_line` for each line of `reader` (lossy UTF-8, without the newline, secrets
+/// masked) until EOF or error.
+pub(crate) async fn for_each_line<R, F>(mut reader: R, masker: &Masker, mut on_line: F)
 where
     R: AsyncRead + Unpin,
     F: FnMut(&str),
@@ -18,7 +81,14 @@ where
     let mut line: Vec<u8> = Vec::with_capacity(256);
     let mut truncated = false;
     let mut emit = |line: &mut Vec<u8>, truncated: &mut bool| {
-        let mut text = String::from_utf8_lossy(line).into_owned();
+        let lossy = String::from_utf8_lossy(line);
+        // The cap may split a character; its replacement mark would hide a cut value.
+        let whole = if *truncated {
+            lossy.trim_end_matches('\u{FFFD}')
+        } else {
+            &lossy
+        };
+        let mut text = masker.mask(whole, *truncated);
         if *truncated {
             text.push_str(" …[line truncated]");
         }
@@ -51,9 +121,60 @@ mod tests {
     use super::*;
 
     async fn lines(input: &[u8]) -> Vec<String> {
+        masked(input, &Masker::default()).await
+    }
+
+    async fn masked(input: &[u8], m: &Masker) -> Vec<String> {
         let mut out = Vec::new();
-        for_each_line(input, |l| out.push(l.to_string())).await;
+        for_each_line(input, m, |l| out.push(l.to_string())).await;
         out
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Masker {
+        let e: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Masker::new(&e)
+    }
+
+    #[tokio::test]
+    async fn secret_values_are_masked() {
+        let m = env(&[
+            ("API_KEY", "sk-live-123"),
+            ("LONGER", "sk-live-123-and-more"),
+            ("PIN", "123"),
+            ("UNI", "päss—wört"),
+        ]);
+        let got = masked(
+            "key=sk-live-123 x sk-live-123-and-more\npin 123 päss—wört!\nsk-live-12\n".as_bytes(),
+            &m,
+        )
+        .await;
+        assert_eq!(
+            got,
+            [
+                "key=[secret API_KEY] x [secret LONGER]",
+                // Values under 4 bytes stay: they would mask ordinary text.
+                "pin 123 [secret UNI]!",
+                // Not the whole value: nothing to mask.
+                "sk-live-12",
+            ]
+        );
+        assert!(!format!("{m:?}").contains("sk-live"));
+    }
+
+    #[tokio::test]
+    async fn a_value_cut_by_the_line_cap_is_masked() {
+        let value = "0123456789abcdef";
+        let m = env(&[("TOKEN", value)]);
+        let mut input = vec![b'x'; MAX_LINE - 5];
+        input.extend_from_slice(value.as_bytes());
+        input.push(b'\n');
+        let got = masked(&input, &m).await;
+        assert_eq!(got.len(), 1);
+        assert!(!got[0].contains("01234"), "{}", &got[0][MAX_LINE - 20..]);
+        assert!(got[0].ends_with("[secret TOKEN] …[line truncated]"));
     }
 
     #[tokio::test]

@@ -1,7 +1,10 @@
 //! The hostile-bundle suite (docs/security.md has the table): each case is one escape attempt
 //! by tests/bundles/hostile.js, run in `container` mode (everything must be contained) and in
-//! `none` mode (the expected column documents what `none` cannot stop). After every case a
-//! separate hello instance must still answer: the runner keeps serving other bundles.
+//! `none` mode (the expected column documents what `none` cannot stop). Where `none` contains a
+//! case only by its Landlock/seccomp layer, the answer must also carry that layer's error (EPERM,
+//! EACCES), so a case that Deno happened to refuse does not pass for one the kernel refused.
+//! After every case a separate hello instance must still answer: the runner keeps serving
+//! other bundles.
 //!
 //! Network cases talk only to services on 127.0.0.1 started here, and to the egress proxy,
 //! whose resolver is a fixed map; cases that would leave the machine in `none` mode (a
@@ -31,10 +34,27 @@ struct Case {
     ffi: bool,
     /// Expected in container mode, in none mode.
     expect: (Out, Out),
+    /// In none mode: text the answer must contain (the kernel layer's error).
+    none_sign: Option<&'static str>,
 }
+
+impl Case {
+    fn none_sign(mut self, s: &'static str) -> Self {
+        self.none_sign = Some(s);
+        self
+    }
+}
+
+/// The answers of the kernel layer in none mode: seccomp or Landlock scope (EPERM), Landlock
+/// file or TCP rule (EACCES; Deno names it PermissionDenied).
+const EPERM: &str = r#""errno":1,"#;
+const EACCES: &str = r#""errno":13"#;
+const DENO_EACCES: &str = "PermissionDenied";
 
 struct Ctx {
     secret: String,
+    /// A host path next to the secret that no instance may create.
+    pwned: String,
     port: u16,
     other_port: u16,
     other_pid: u32,
@@ -50,6 +70,7 @@ fn cases(c: &Ctx) -> Vec<Case> {
         query,
         ffi,
         expect,
+        none_sign: None,
     };
     vec![
         case(
@@ -71,8 +92,9 @@ fn cases(c: &Ctx) -> Vec<Case> {
             "read",
             vec![("path", "in/link".into())],
             false,
-            (Contained, Escaped),
-        ),
+            (Contained, Contained),
+        )
+        .none_sign(DENO_EACCES),
         case(
             "literal import of a host file",
             "literalImport",
@@ -187,29 +209,81 @@ fn cases(c: &Ctx) -> Vec<Case> {
             false,
             (Escaped, Escaped),
         ),
-        case("ptrace (FFI)", "osPtrace", vec![], true, (Contained, Skip)),
+        case(
+            "ptrace (FFI)",
+            "osPtrace",
+            vec![],
+            true,
+            (Contained, Contained),
+        )
+        .none_sign(EPERM),
         case(
             "unshare (FFI)",
             "osUnshare",
             vec![],
             true,
-            (Contained, Escaped),
-        ),
-        case("mount (FFI)", "osMount", vec![], true, (Contained, Escaped)),
+            (Contained, Contained),
+        )
+        .none_sign(EPERM),
+        case(
+            "mount (FFI)",
+            "osMount",
+            vec![],
+            true,
+            (Contained, Contained),
+        )
+        .none_sign(EPERM),
         case(
             "signal another instance (FFI)",
             "osKill",
             vec![("pid", c.other_pid.to_string())],
             true,
-            (Contained, Escaped),
-        ),
+            (Contained, Contained),
+        )
+        .none_sign(EPERM),
         case(
             "read a host file (FFI)",
             "osRead",
             vec![("path", secret)],
             true,
-            (Contained, Escaped),
-        ),
+            (Contained, Contained),
+        )
+        .none_sign(EACCES),
+        case(
+            "read the runner's /proc/<pid>/cmdline (FFI)",
+            "osReadProc",
+            vec![("path", format!("/proc/{}/cmdline", std::process::id()))],
+            true,
+            (Contained, Contained),
+        )
+        .none_sign(EACCES),
+        case(
+            "write outside the data dir (FFI)",
+            "osWrite",
+            vec![("path", c.pwned.clone())],
+            true,
+            (Contained, Contained),
+        )
+        .none_sign(EACCES),
+        case(
+            "direct TCP to a port not in net (FFI)",
+            "osConnect",
+            vec![
+                ("host", "127.0.0.1".into()),
+                ("port", c.other_port.to_string()),
+            ],
+            true,
+            (Contained, Contained),
+        )
+        .none_sign(EACCES),
+        case(
+            "listen on a TCP port (FFI)",
+            "osBind",
+            vec![],
+            true,
+            (Contained, Contained),
+        )
+        .none_sign(EACCES),
     ]
 }
 
@@ -225,6 +299,9 @@ fn judge(case: &Case, ctx: &Ctx, res: &Result<serde_json::Value, String>) -> Out
             leaked.contains("TOP-SECRET")
                 || v["text"].as_str().is_some_and(|t| t.contains("TOP-SECRET"))
         }
+        // The test binary's name is in its command line.
+        "osReadProc" => v["text"].as_str().is_some_and(|t| t.contains("hostile")),
+        "osWrite" => std::path::Path::new(&ctx.pwned).exists(),
         "env" => leaked.contains("PATH") || leaked.contains("HOME"),
         "write" => std::path::Path::new("/tmp/atrund-hostile-pwned").exists(),
         "fetchUrl" => leaked.starts_with("200"),
@@ -233,7 +310,7 @@ fn judge(case: &Case, ctx: &Ctx, res: &Result<serde_json::Value, String>) -> Out
         "spawn" => leaked.contains("spawned"),
         "fillTmp" => leaked.contains("256 MiB"),
         "workers" => v["workers"].as_u64() == Some(400),
-        "osPtrace" | "osUnshare" | "osKill" => v["rc"] == 0,
+        "osPtrace" | "osUnshare" | "osKill" | "osConnect" | "osBind" => v["rc"] == 0,
         // ENOENT for the missing target: the mount itself would have been allowed.
         "osMount" => v["rc"] == 0 || v["errno"] == 2,
         "timers" | "big" | "hog" | "spin" => true,
@@ -261,8 +338,10 @@ async fn suite(mode: Mode) {
     let _ = std::fs::remove_file("/tmp/atrund-hostile-pwned");
 
     let hello_inst = env.warm(env.spec("bystander", &hello())).await;
+    let pwned = secret.with_file_name("pwned");
     let ctx = Ctx {
         secret: secret.to_str().unwrap().to_string(),
+        pwned: pwned.to_str().unwrap().to_string(),
         port,
         other_port,
         other_pid: hello_inst.stats().pid.unwrap(),
@@ -324,11 +403,20 @@ async fn suite(mode: Mode) {
                 case.name
             ));
         }
+        if let (Mode::None, Some(sign)) = (mode, case.none_sign) {
+            if !res.as_ref().is_ok_and(|v| v.to_string().contains(sign)) {
+                failures.push(format!(
+                    "{}: not refused by the kernel layer (expected {sign}): {shown}",
+                    case.name
+                ));
+            }
+        }
         inst.shutdown().await;
         // The runner keeps serving other bundles.
         hello_answers(&*hello_inst).await;
     }
     let _ = std::fs::remove_file("/tmp/atrund-hostile-pwned");
+    let _ = std::fs::remove_file(&pwned);
     hello_inst.shutdown().await;
     eprintln!("mode {mode:?}:\n  {}", table.join("\n  "));
     assert!(failures.is_empty(), "{mode:?}:\n{}", failures.join("\n"));

@@ -107,6 +107,9 @@ function c() {
     mount: { parameters: ["buffer", "buffer", "buffer", "u64", "pointer"], result: "i32" },
     ptrace: { parameters: ["i64", "i32", "pointer", "pointer"], result: "i64" },
     kill: { parameters: ["i32", "i32"], result: "i32" },
+    socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+    connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+    bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
     __errno_location: { parameters: [], result: "pointer" },
   }).symbols;
   return libc;
@@ -128,6 +131,8 @@ export const osRead = {
     return { text: new TextDecoder().decode(buf.subarray(0, Math.max(n, 0))) };
   },
 };
+// The same call, judged by the test as a /proc read (text from another process).
+export const osReadProc = osRead;
 // O_WRONLY|O_CREAT|O_TRUNC
 export const osWrite = { handler: ({ path }) => sys(c().open(cstr(path), 0o1101, 0o644)) };
 export const osUnshare = { handler: () => sys(c().unshare(0x04000000 /* CLONE_NEWUTS */)) };
@@ -137,3 +142,22 @@ export const osMount = {
 export const osPtrace = { handler: () => sys(c().ptrace(0n /* PTRACE_TRACEME */, 0, null, null)) };
 // Signal 0: checks whether the signal could be sent, sends nothing.
 export const osKill = { handler: ({ pid }) => sys(c().kill(Number(pid), 0)) };
+// struct sockaddr_in for an IPv4 literal (x86-64/aarch64: little-endian family).
+function sockaddr(host, port) {
+  const a = new Uint8Array(16);
+  const v = new DataView(a.buffer);
+  v.setUint16(0, 2 /* AF_INET */, true);
+  v.setUint16(2, Number(port), false);
+  host.split(".").forEach((b, i) => (a[4 + i] = Number(b)));
+  return a;
+}
+// TCP around Deno's --allow-net: socket(AF_INET, SOCK_STREAM) then connect or bind.
+function tcp(op, host, port) {
+  const fd = c().socket(2, 1, 0);
+  if (fd < 0) return sys(fd);
+  const r = sys(c()[op](fd, sockaddr(host, port), 16));
+  c().close(fd);
+  return r;
+}
+export const osConnect = { handler: ({ host, port }) => tcp("connect", host, port) };
+export const osBind = { handler: () => tcp("bind", "127.0.0.1", 0) };
