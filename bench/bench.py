@@ -339,23 +339,14 @@ def child_pid(pid):
     return pid
 
 
-def pds(tmp, results):
-    if not os.path.exists(HARNESS) or not shutil.which("node"):
-        log("skipping the PDS scenario: no node or no tests/atproto-net/harness.js")
-        return
-    harness = spawn(["node", HARNESS], env=dict(os.environ, EXIT_ON_STDIN_EOF="0"),
+def start_net():
+    # The test network on CPU 1 with wrk: it idles during the measurements.
+    harness = spawn(pinned(["node", HARNESS], 1), env=dict(os.environ, EXIT_ON_STDIN_EOF="0"),
                     stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     line = harness.stdout.readline().decode()
     if not line.startswith("ATPROTO_TEST_NETWORK_READY "):
         raise RuntimeError("harness did not start: " + line)
     net = json.loads(line.split(" ", 1)[1])
-    alice = net["alice"]
-    bundle = write_bundle(tmp, "pds-bench")
-    versions = [f"1.0.{i}" for i in range(PDS_SAMPLES + 1)]
-    for v in versions:
-        subprocess.run([AT_RUN, "deploy", "--name", "bench", "--version", v, "--pds", net["pdsUrl"],
-                        "--identifier", alice["handle"], "--password", alice["password"],
-                        os.path.join(bundle, "main.js")], check=True, capture_output=True, timeout=60)
     env = {
         "ATRUND_PLC_URL": net["plcUrl"],
         "ATRUND_ALLOW_HTTP": "1",
@@ -364,6 +355,59 @@ def pds(tmp, results):
         "ATRUND_IDENTITY_DNS": "false",
         "ATRUND_IDENTITY_WELL_KNOWN": "false",
     }
+    return harness, net, env
+
+
+def deploy(net, bundle_dir, version):
+    alice = net["alice"]
+    subprocess.run([AT_RUN, "deploy", "--name", "bench", "--version", version, "--pds", net["pdsUrl"],
+                    "--identifier", alice["handle"], "--password", alice["password"],
+                    os.path.join(bundle_dir, "main.js")], check=True, capture_output=True, timeout=60)
+
+
+def warm_serve(tmp, results):
+    """The warm scenario through `at-rund serve` (what operators run): a published, verified
+    bundle by DID and pinned version; the direct Deno baseline is measured again beside it."""
+    if not os.path.exists(HARNESS) or not shutil.which("node"):
+        log("skipping the serve scenario: no node or no tests/atproto-net/harness.js")
+        return
+    harness, net, env = start_net()
+    bundle = write_bundle(tmp, "serve-bench")
+    deploy(net, bundle, "1.0.0")
+    r = AtRund(["serve"], env, os.path.join(tmp, "data-serve"))
+    via_url = f"{r.base}/bundle/{net['alice']['did']}/bench/1.0.0/hello"
+    wait_http(via_url)
+    direct, direct_url = start_direct(tmp)
+    wait_http(direct_url)
+    rows = {"direct": {1: [], 50: []}, "at-rund serve": {1: [], 50: []}}
+    for _ in range(ROUNDS):
+        for conns in (1, 50):
+            for name, url in (("direct", direct_url), ("at-rund serve", via_url)):
+                rows[name][conns].append(wrk(url, conns))
+    r.stop()
+    stop(direct)
+    stop(harness)
+    w = {}
+    for name in rows:
+        w[name] = {
+            "c1_p50_ms": statistics.median(x["p50_ms"] for x in rows[name][1]),
+            "c1_p99_ms": statistics.median(x["p99_ms"] for x in rows[name][1]),
+            "c50_rps": statistics.median(x["rps"] for x in rows[name][50]),
+            "non2xx": sum(x["non2xx"] for c in (1, 50) for x in rows[name][c]),
+        }
+    results["warm_serve"] = w
+
+
+def pds(tmp, results):
+    if not os.path.exists(HARNESS) or not shutil.which("node"):
+        log("skipping the PDS scenario: no node or no tests/atproto-net/harness.js")
+        return
+    harness, net, env = start_net()
+    alice = net["alice"]
+    bundle = write_bundle(tmp, "pds-bench")
+    versions = [f"1.0.{i}" for i in range(PDS_SAMPLES + 1)]
+    for v in versions:
+        deploy(net, bundle, v)
     data = os.path.join(tmp, "data-pds")
     r = AtRund(["serve"], env, data)
     base = f"{r.base}/bundle/{alice['did']}/bench"
@@ -407,6 +451,16 @@ def report(res):
         add(f"| c=1 p99 latency | {d['c1_p99_ms']*1000:.0f} µs | {a['c1_p99_ms']*1000:.0f} µs | +{(a['c1_p99_ms']-d['c1_p99_ms'])*1000:.0f} µs | — |")
         add(f"| c=50 throughput | {d['c50_rps']:.0f} req/s | {a['c50_rps']:.0f} req/s | {a['c50_rps']/d['c50_rps']*100:.0f} % | ≥ 70 % |")
         add(f"\nnon-2xx responses: direct {d['non2xx']}, at-rund {a['non2xx']}\n")
+    ws = res.get("warm_serve")
+    if ws:
+        d, a = ws["direct"], ws["at-rund serve"]
+        add("## Warm invoke through `at-rund serve` (published bundle, pinned version) vs Deno.serve\n")
+        add("| figure | Deno.serve direct | through at-rund serve | ratio / added | DESIGN §7 target |")
+        add("|---|---|---|---|---|")
+        add(f"| c=1 p50 latency | {d['c1_p50_ms']*1000:.0f} µs | {a['c1_p50_ms']*1000:.0f} µs | +{(a['c1_p50_ms']-d['c1_p50_ms'])*1000:.0f} µs | ≤ +150 µs |")
+        add(f"| c=1 p99 latency | {d['c1_p99_ms']*1000:.0f} µs | {a['c1_p99_ms']*1000:.0f} µs | +{(a['c1_p99_ms']-d['c1_p99_ms'])*1000:.0f} µs | — |")
+        add(f"| c=50 throughput | {d['c50_rps']:.0f} req/s | {a['c50_rps']:.0f} req/s | {a['c50_rps']/d['c50_rps']*100:.0f} % | ≥ 70 % |")
+        add(f"\nnon-2xx responses: direct {d['non2xx']}, at-rund serve {a['non2xx']}\n")
     c = res.get("cold_disk")
     if c:
         am, bm = statistics.median(c["at-rund_ms"]), statistics.median(c["bare_ms"])
@@ -463,12 +517,14 @@ def main():
     for b in (AT_RUND, DENO):
         if not os.path.exists(b):
             sys.exit(f"missing {b}: run bench/run.sh (it builds the release binaries)")
-    only = set(sys.argv[1:]) or {"warm", "cold", "memory", "pds"}
+    only = set(sys.argv[1:]) or {"warm", "serve", "cold", "memory", "pds"}
     res = {"machine": machine()}
     tmp = tempfile.mkdtemp(prefix="atrund-bench-")
     try:
         if "warm" in only:
             log("warm invoke (wrk) ..."); warm(tmp, res)
+        if "serve" in only:
+            log("warm invoke through serve (wrk) ..."); warm_serve(tmp, res)
         if "cold" in only:
             log("cold start from disk ..."); cold_disk(tmp, res)
         if "memory" in only:

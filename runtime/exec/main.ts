@@ -91,6 +91,15 @@ function methodAllowed(declared: string | undefined, method: string): boolean {
 
 /** Copies a bundle's response without reserved headers, so a bundle cannot fake a shim error. */
 function passThrough(res: Response): Response {
+  let reserved = false;
+  for (const k of res.headers.keys()) {
+    if (k.toLowerCase().startsWith(RESERVED_PREFIX)) {
+      reserved = true;
+      break;
+    }
+  }
+  // Nothing to remove from a response the bundle built: it goes out as it is.
+  if (!reserved && res.type === "default") return res;
   const headers = new Headers();
   for (const [k, v] of res.headers) {
     if (!k.toLowerCase().startsWith(RESERVED_PREFIX)) headers.append(k, v);
@@ -109,17 +118,17 @@ async function call(mod: Record<string, unknown>, req: Request): Promise<Respons
   }
 
   const url = callerUrl(req);
-  const headers = new Headers();
-  for (const [k, v] of req.headers) {
-    if (!k.toLowerCase().startsWith(RESERVED_PREFIX)) headers.append(k, v);
-  }
 
   let input: unknown = undefined;
   let body: BodyInit | null = req.body;
+  // Whether ctx.request can be built on first use: its body is settled (none, or text read here).
+  let lazy = false;
   if (req.method === "GET" || req.method === "HEAD") {
     input = queryObject(url.searchParams);
     body = null;
+    lazy = true;
   } else if (isJson(req.headers.get("content-type"))) {
+    lazy = true;
     // Read the body once and hand the text on, so ctx.request stays readable.
     const text = await req.text();
     body = text;
@@ -149,10 +158,27 @@ async function call(mod: Record<string, unknown>, req: Request): Promise<Respons
     }
   }
 
-  const request = new Request(url, { method: req.method, headers, body, signal: req.signal });
+  // Building a Request (and touching req.signal) costs more than the rest of a small call, so
+  // ctx.request is made when the handler first reads it; a streamed body is handed on now.
+  const makeRequest = (): Request => {
+    const headers = new Headers();
+    for (const [k, v] of req.headers) {
+      if (!k.toLowerCase().startsWith(RESERVED_PREFIX)) headers.append(k, v);
+    }
+    return new Request(url, { method: req.method, headers, body, signal: req.signal });
+  };
+  let request: Request | undefined = lazy ? undefined : makeRequest();
   const rest = url.pathname === "/" ? "" : url.pathname;
+  const ctx: Ctx = {
+    get request(): Request {
+      return request ??= makeRequest();
+    },
+    endpoint: name,
+    rest,
+    query: url.searchParams,
+  };
   try {
-    const out = await ep.handler(input, { request, endpoint: name, rest, query: url.searchParams });
+    const out = await ep.handler(input, ctx);
     if (out instanceof Response) return passThrough(out);
     if (out === undefined) return new Response(null, { status: 204 });
     return new Response(JSON.stringify(out), { headers: { "content-type": "application/json" } });
@@ -197,7 +223,8 @@ async function main(): Promise<void> {
       return fail(502, "BundleFailed", "the runtime shim failed; the runner's log has details");
     },
   }, (req) => {
-    if (new URL(pathAndQuery(req.url), "http://x").pathname === "/__atrund/ready" && !req.headers.has(ENDPOINT_HEADER)) {
+    // at-rund names an endpoint on every call, so the URL is parsed only for a probe.
+    if (!req.headers.has(ENDPOINT_HEADER) && new URL(pathAndQuery(req.url), "http://x").pathname === "/__atrund/ready") {
       return Response.json({ abi: ABI_VERSION });
     }
     return call(mod, req);

@@ -2,12 +2,18 @@
 //! served at `/bundle/local/{name}/latest/{endpoint}` through the same pool and sandbox as
 //! published bundles, with no PDS and no network.
 //!
-//! Owns: reading the folder on each request and noticing edits (the code's hash is part of the
+//! Owns: checking the folder on each request and noticing edits (the code's hash is part of the
 //! instance key, so an edit is served by a fresh instance on the next request). Must not touch:
 //! identity or fetching.
+//!
+//! A request stats the two files and reads and hashes them only when a stat changed (size,
+//! mtime, ctime, inode) or when the last read was too close to a write to trust the timestamps
+//! (a second write within the file system's timestamp granularity would not show).
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use sha2::Digest;
 
@@ -17,13 +23,67 @@ use atrund_bundle::Manifest;
 /// Code file names tried in order when `--entry` is not given.
 pub const ENTRY_CANDIDATES: [&str; 3] = ["main.js", "main.ts", "bundle.js"];
 
+/// Files changed this recently are read again on the next request even if their stat is the
+/// same: timestamps are only as fine as the file system's clock tick.
+const RACY: Duration = Duration::from_secs(1);
+
 /// A bundle served from a local folder.
 #[derive(Debug)]
 pub struct LocalBundle {
     pub name: String,
     pub dir: PathBuf,
     pub entry: PathBuf,
-    last_key: Mutex<Option<String>>,
+    last: Mutex<Option<Read>>,
+    /// Full reads so far (the tests check that unchanged files are not read again).
+    reads: std::sync::atomic::AtomicU64,
+}
+
+/// The last full read of the folder.
+#[derive(Debug)]
+struct Read {
+    key: String,
+    manifest: Manifest,
+    /// Stats of manifest and code taken before the read; `None` when they cannot be trusted.
+    stamps: Option<[Stamp; 2]>,
+}
+
+/// What changes when a file is written or replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Self> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+
+    /// Old enough that a later write within the same timestamp tick is impossible.
+    fn settled(&self, now: SystemTime) -> bool {
+        let newest = self.mtime.max(self.ctime);
+        let Ok(now) = now.duration_since(SystemTime::UNIX_EPOCH) else {
+            return false;
+        };
+        let Ok(now_s) = i64::try_from(now.as_secs()) else {
+            return false;
+        };
+        // Whole seconds are enough for a one-second window.
+        newest
+            .0
+            .saturating_add(i64::try_from(RACY.as_secs()).unwrap_or(1))
+            < now_s
+    }
 }
 
 /// What one request sees of the folder.
@@ -69,16 +129,43 @@ impl LocalBundle {
             name,
             dir,
             entry,
-            last_key: Mutex::new(None),
+            last: Mutex::new(None),
+            reads: Default::default(),
         };
         bundle.snapshot().map_err(|e| e.message)?;
         Ok(bundle)
     }
 
-    /// Reads the folder now.
+    /// The folder as of now: from the last read when neither file changed since, else read
+    /// and hashed again.
     pub fn snapshot(&self) -> Result<LocalSnapshot, ApiError> {
         let manifest_path = self.dir.join("manifest.json");
-        let manifest_text = std::fs::read(&manifest_path).map_err(|e| {
+        let stamps = Stamp::of(&manifest_path).zip(Stamp::of(&self.entry));
+        if let Some((m, c)) = stamps {
+            let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(r) = last.as_ref().filter(|r| r.stamps == Some([m, c])) {
+                return Ok(LocalSnapshot {
+                    manifest: r.manifest.clone(),
+                    key: r.key.clone(),
+                    replaced: None,
+                });
+            }
+        }
+        let now = SystemTime::now();
+        let trusted = stamps
+            .filter(|(m, c)| m.settled(now) && c.settled(now))
+            .map(|(m, c)| [m, c]);
+        self.read(&manifest_path, trusted)
+    }
+
+    fn read(
+        &self,
+        manifest_path: &Path,
+        stamps: Option<[Stamp; 2]>,
+    ) -> Result<LocalSnapshot, ApiError> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let manifest_text = std::fs::read(manifest_path).map_err(|e| {
             ApiError::new(
                 "BundleInvalid",
                 format!("cannot read {}: {e}", manifest_path.display()),
@@ -104,12 +191,16 @@ impl LocalBundle {
         h.update(&manifest_text);
         let digest = h.finalize();
         let key = format!("local-{}", hex(&digest[..16]));
-        let mut last = self.last_key.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let replaced = match last.as_ref() {
-            Some(prev) if *prev != key => Some(prev.clone()),
+            Some(prev) if prev.key != key => Some(prev.key.clone()),
             _ => None,
         };
-        *last = Some(key.clone());
+        *last = Some(Read {
+            key: key.clone(),
+            manifest: manifest.clone(),
+            stamps,
+        });
         Ok(LocalSnapshot {
             manifest,
             key,
@@ -144,6 +235,37 @@ mod tests {
         assert_eq!(s2.replaced.as_deref(), Some(s1.key.as_str()));
         std::fs::write(dir.path().join("manifest.json"), r#"{"nope":1}"#).unwrap();
         assert_eq!(b.snapshot().err().unwrap().code, "BundleInvalid");
+    }
+
+    #[test]
+    fn unchanged_files_are_not_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("main.js"), "export const a = 1;").unwrap();
+        std::fs::write(
+            dir.path().join("manifest.json"),
+            r#"{"endpoints":[{"name":"a"}]}"#,
+        )
+        .unwrap();
+        let b = LocalBundle::open(dir.path(), Some("demo"), None).unwrap();
+        let reads = || b.reads.load(std::sync::atomic::Ordering::Relaxed);
+        // Just written: the timestamps cannot be trusted yet, so every request reads.
+        let n = reads();
+        b.snapshot().unwrap();
+        assert_eq!(reads(), n + 1);
+        std::thread::sleep(RACY + Duration::from_millis(1100));
+        let s1 = b.snapshot().unwrap();
+        let n = reads();
+        let s2 = b.snapshot().unwrap();
+        assert_eq!(reads(), n, "an unchanged folder was read again");
+        assert_eq!((s1.key.as_str(), s2.replaced), (s2.key.as_str(), None));
+        // Same size, new content: noticed on the next request.
+        std::fs::write(dir.path().join("main.js"), "export const a = 2;").unwrap();
+        let s3 = b.snapshot().unwrap();
+        assert_ne!(s3.key, s1.key);
+        assert_eq!(s3.replaced.as_deref(), Some(s1.key.as_str()));
+        let n = reads();
+        b.snapshot().unwrap();
+        assert_eq!(reads(), n + 1, "a file written just now must be read again");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Sandbox backends: the executor interface between the pool and the processes that run bundle
-//! code, the `none` backend (Deno permission flags only) and the `container` backend (bubblewrap
-//! namespaces, a minimal read-only root, Landlock and seccomp from our own PID 1) behind it.
+//! code, the `none` backend (Deno permission flags, plus Landlock and seccomp applied before
+//! exec) and the `container` backend (bubblewrap namespaces, a minimal read-only root, Landlock
+//! and seccomp from our own PID 1) behind it.
 //!
 //! Owns: starting, calling, draining and killing one runtime instance, and the embedded Deno
 //! shim (`runtime/exec/main.ts`). Must not: decide which bundles may run or with which limits
@@ -11,10 +12,13 @@ mod confine;
 mod container;
 mod deno;
 mod error;
+mod host_confine;
 pub mod init;
 mod none;
 mod output;
 mod rootfs;
+mod sampler;
+mod shim_conn;
 mod sys;
 
 use std::path::PathBuf;
@@ -95,7 +99,8 @@ impl Default for ResourceLimits {
 /// describeRunner, so a limit that cannot be enforced is never skipped silently.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Enforcement {
-    /// `memory`, `cpuQuota`, `cpuTime`, `pids`, `openFiles`, `timeout`, `responseBody`.
+    /// `memory`, `cpuQuota`, `cpuTime`, `pids`, `openFiles`, `timeout`, `responseBody`; the
+    /// `none` backend adds `landlock` and `seccomp` (its kernel confinement).
     pub limit: &'static str,
     pub enforced: bool,
     /// How it is enforced, or why it is not.

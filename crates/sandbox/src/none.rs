@@ -1,16 +1,20 @@
-//! The `none` backend: one `deno run` process per instance, confined only by Deno's permission
-//! flags (no OS-level confinement yet: see isolation.md §2.3 for what that leaves open), serving
-//! the embedded shim's HTTP/1.1 on a Unix socket in the work dir, proxied with hyper.
+//! The `none` backend: one `deno run` process per instance, confined by Deno's permission flags
+//! and, beneath them, by what works without namespaces (`host_confine`: no_new_privs, Landlock,
+//! seccomp, applied by the child before exec; docs/security.md says what that leaves open),
+//! serving the embedded shim's HTTP/1.1 on a Unix socket in the work dir, proxied with hyper.
 //!
 //! Owns: the Deno command line, the process (own process group, killed on drop, on timeout and on
-//! shutdown), its output (to tracing, line-capped), the proxying of calls, and enforcing the
-//! resource limits of docs/limits.md: the instance's cgroup (from `cgroup`), RLIMIT_NOFILE, the
-//! wall clock, the CPU budget per call and the response cap, each breach with its own error.
+//! shutdown), its output (to tracing, line-capped, secret values masked), the proxying of calls,
+//! and enforcing the resource limits of docs/limits.md: the instance's cgroup (from `cgroup`),
+//! RLIMIT_NOFILE, the wall clock, the CPU budget per call and the response cap, each breach with
+//! its own error.
 //! Must not: choose permissions or limits (they arrive checked in `InstanceSpec`), or log env
 //! values.
 //!
-//! One connection per call: a Unix-socket connect plus an HTTP/1.1 handshake costs tens of
-//! microseconds, and it keeps a streamed response from holding up the next call.
+//! Calls go over keep-alive connections to the shim (`shim_conn`): a connect, accept and
+//! handshake per call cost more than the rest of a small call. The CPU budget and the breach
+//! counters are sampled by one task per instance while calls are in flight (`sampler`), not
+//! read per call.
 
 use std::ffi::OsString;
 use std::future::Future;
@@ -24,11 +28,13 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http_body::Frame;
 use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::cgroup::{CgroupLimits, CgroupManager, Counters, InstanceCgroup};
-use crate::output::for_each_line;
+use crate::host_confine::HostConfinement;
+use crate::output::{for_each_line, Masker};
+use crate::sampler::{Sampler, SamplerOwner, CPU_POLL};
+use crate::shim_conn::{ShimConns, ShimSender};
 use crate::{
     sys, DenoBinary, Enforcement, Executor, Instance, InstanceSpec, InstanceStats, Invocation,
     SandboxError, SHIM_SOURCE,
@@ -52,8 +58,6 @@ const ERROR_HEADER: &str = "x-atrund-error";
 const RESERVED_PREFIX: &str = "x-atrund-";
 /// How long to wait for the exit status after a broken connection, to tell a crash apart.
 const CRASH_GRACE: Duration = Duration::from_millis(500);
-/// How often the CPU budget of a call in flight is checked.
-const CPU_POLL: Duration = Duration::from_millis(10);
 
 /// The `none` executor.
 #[derive(Debug, Clone)]
@@ -64,6 +68,8 @@ pub struct NoneExecutor {
     cgroups: Option<Arc<CgroupManager>>,
     /// The daemon's hard RLIMIT_NOFILE: the most an instance can be given.
     nofile_hard: Option<u64>,
+    /// Landlock and seccomp as far as this kernel offers them (`host_confine`).
+    confinement: HostConfinement,
 }
 
 impl NoneExecutor {
@@ -72,7 +78,15 @@ impl NoneExecutor {
             deno,
             cgroups: None,
             nofile_hard: sys::nofile_hard_limit(),
+            confinement: HostConfinement::probe(),
         }
+    }
+
+    /// Landlock and seccomp for every instance (on by default). Off only to measure what they
+    /// cost; the enforcement list then says they are off.
+    pub fn with_os_confinement(mut self, on: bool) -> Self {
+        self.confinement.set_enabled(on);
+        self
     }
 
     /// Puts every instance into its own cgroup under `manager`'s parents.
@@ -297,14 +311,24 @@ impl Executor for NoneExecutor {
     }
 
     fn enforcement(&self) -> Vec<Enforcement> {
-        enforcement_for(self.cgroups.as_ref(), self.nofile_hard)
+        let mut e = enforcement_for(self.cgroups.as_ref(), self.nofile_hard);
+        e.extend(self.confinement.enforcement());
+        e
     }
 
     async fn warm(&self, spec: InstanceSpec) -> Result<Arc<dyn Instance>, SandboxError> {
         let started_at = Instant::now();
-        let (socket, shim) = work_paths(&spec)?;
+        let (socket, _) = work_paths(&spec)?;
+        // One shim path per bundle, not per instance: Deno caches the shim's transpiled form in
+        // DENO_DIR keyed by its path, so a per-instance path would grow DENO_DIR/gen forever.
+        let shim = spec.deno_dir.join(SHIM_FILE);
         let args = deno_args(&spec, &shim, &socket)?;
         prepare_work_dir(&spec, &socket, &shim).await?;
+        // Built here, before fork: the child only makes the syscalls.
+        let confine = self
+            .confinement
+            .prepare(&spec, self.deno.path())
+            .inspect_err(|_| remove_work_dir(&spec.id, &spec.work_dir))?;
 
         let mut cmd = tokio::process::Command::new(self.deno.path());
         cmd.args(&args)
@@ -329,6 +353,7 @@ impl Executor for NoneExecutor {
             nofile: self.open_files(spec.limits.open_files),
             started_at,
             keep: Vec::new(),
+            confine,
         })
         .await
     }
@@ -367,9 +392,18 @@ pub(crate) async fn prepare_work_dir(
     }
     // A stale socket from a crashed predecessor would make the listen fail.
     let _ = tokio::fs::remove_file(socket).await;
-    tokio::fs::write(shim, SHIM_SOURCE)
+    if tokio::fs::read(shim).await.ok().as_deref() == Some(SHIM_SOURCE.as_bytes()) {
+        return Ok(());
+    }
+    // Written beside and renamed into place: instances of one bundle may start together and
+    // share this path, and none may see a half-written shim.
+    let tmp = shim.with_extension(format!("tmp-{}", spec.id));
+    tokio::fs::write(&tmp, SHIM_SOURCE)
         .await
-        .map_err(|e| io_err("write the shim to", shim, e))
+        .map_err(|e| io_err("write the shim to", &tmp, e))?;
+    tokio::fs::rename(&tmp, shim)
+        .await
+        .map_err(|e| io_err("move the shim to", shim, e))
 }
 
 /// What a backend hands to [`launch`]: a fully built command (program, arguments, environment,
@@ -386,6 +420,9 @@ pub(crate) struct Launch<'a> {
     pub started_at: Instant,
     /// Dropped with the instance (e.g. the container's egress registration and forwarder).
     pub keep: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    /// Landlock and seccomp the process applies to itself before exec (`none` only: the
+    /// container's PID 1 confines itself).
+    pub confine: Option<sys::Confinement>,
 }
 
 /// The process machinery shared by the backends: the instance cgroup (joined before exec), the
@@ -400,6 +437,7 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
         nofile,
         started_at,
         keep,
+        confine,
     } = l;
     {
         let cgroup = match cgroups {
@@ -431,6 +469,7 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
             sys::ChildSetup {
                 procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
                 nofile: Some(nofile),
+                confine,
             },
         );
         let mut child = match cmd.spawn() {
@@ -443,15 +482,20 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
                 )));
             }
         };
+        // Closes the Landlock ruleset's descriptor in the daemon (the child has applied it).
+        drop(cmd);
         let pid = child.id().unwrap_or(0);
         let id: Arc<str> = spec.id.as_str().into();
 
         let (ready_tx, ready_rx) = oneshot::channel::<StartSignal>();
+        // A bundle that prints its own secret must not put it into the runner's log.
+        let masker = Masker::new(&spec.env);
         if let Some(out) = child.stdout.take() {
             let id = id.clone();
+            let masker = masker.clone();
             tokio::spawn(async move {
                 let mut ready_tx = Some(ready_tx);
-                for_each_line(out, |line| {
+                for_each_line(out, &masker, |line| {
                     if ready_tx.is_some() {
                         if let Some(sig) = parse_signal(line) {
                             if let Some(tx) = ready_tx.take() {
@@ -468,7 +512,7 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
         if let Some(err) = child.stderr.take() {
             let id = id.clone();
             tokio::spawn(async move {
-                for_each_line(err, |line| {
+                for_each_line(err, &masker, |line| {
                     tracing::warn!(instance = &*id, stream = "stderr", "{line}");
                 })
                 .await;
@@ -530,11 +574,14 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
 
         let inner = Arc::new(Inner {
             id: id.clone(),
-            socket,
+            conns: ShimConns::new(socket),
             work_dir: spec.work_dir.clone(),
             request_timeout: spec.request_timeout,
             memory_mib: spec.memory_mib,
             limits: spec.limits,
+            sampler: cgroup
+                .clone()
+                .map(|cg| Arc::new(Sampler::new(cg, spec.limits.cpu_budget))),
             cgroup,
             _keep: keep,
             breach: Mutex::new(None),
@@ -642,11 +689,14 @@ enum Breach {
 
 struct Inner {
     id: Arc<str>,
-    socket: PathBuf,
+    /// Keep-alive connections to the shim's socket.
+    conns: ShimConns,
     work_dir: PathBuf,
     request_timeout: Duration,
     memory_mib: u64,
     limits: crate::ResourceLimits,
+    /// CPU budget and breach counters of the calls in flight (with a cgroup only).
+    sampler: Option<Arc<Sampler>>,
     cgroup: Option<Arc<InstanceCgroup>>,
     /// Backend resources that live as long as the instance.
     _keep: Vec<Box<dyn std::any::Any + Send + Sync>>,
@@ -759,34 +809,15 @@ impl Inner {
             ),
         }
     }
+}
 
-    /// Kills the instance when the CPU it used since `at_start` passes the budget; ends when
-    /// `stop` fires (the call is over) or the cgroup is gone.
-    fn watch_cpu(self: &Arc<Self>, stop: oneshot::Receiver<()>) {
-        let (Some(budget), Some(cg)) = (self.limits.cpu_budget, self.cgroup.clone()) else {
-            return;
-        };
-        let Some(at_start) = cg.cpu_usage() else {
-            return;
-        };
-        let inner = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut stop = stop;
-            let mut tick = tokio::time::interval(CPU_POLL);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => return,
-                    _ = tick.tick() => {}
-                }
-                let Some(used) = cg.cpu_usage() else { return };
-                if used.saturating_sub(at_start) > budget {
-                    if let Some(inner) = inner.upgrade() {
-                        inner.breach(Breach::Cpu);
-                    }
-                    return;
-                }
-            }
-        });
+impl SamplerOwner for Inner {
+    fn alive(&self) -> bool {
+        !self.killed.load(std::sync::atomic::Ordering::SeqCst) && self.exit_rx.borrow().is_none()
+    }
+
+    fn over_budget(&self) {
+        self.breach(Breach::Cpu);
     }
 }
 
@@ -798,14 +829,20 @@ impl Drop for Inner {
 }
 
 /// Counts a call as in flight until its response body ends or is dropped.
-/// Dropping it also stops the call's CPU watch.
+/// Dropping it also ends the call's CPU budget.
 struct InFlight {
     inner: Arc<Inner>,
-    _stop_cpu_watch: oneshot::Sender<()>,
+    /// Breach counters when the call began, to name a death during it.
+    start: Counters,
+    /// The call's number in the sampler.
+    call: Option<u64>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        if let (Some(s), Some(id)) = (&self.inner.sampler, self.call) {
+            s.end(id);
+        }
         let mut st = self.inner.state();
         st.in_flight = st.in_flight.saturating_sub(1);
         st.last_used = Instant::now();
@@ -835,11 +872,17 @@ impl NoneInstance {
         st.served += 1;
         st.last_used = Instant::now();
         drop(st);
-        let (stop, stopped) = oneshot::channel();
-        self.inner.watch_cpu(stopped);
+        let (start, call) = match &self.inner.sampler {
+            Some(s) => {
+                let c = s.begin(&self.inner);
+                (c.counters, Some(c.id))
+            }
+            None => (Counters::default(), None),
+        };
         Ok(InFlight {
             inner: self.inner.clone(),
-            _stop_cpu_watch: stop,
+            start,
+            call,
         })
     }
 }
@@ -858,32 +901,42 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// The request as the shim receives it.
-fn to_shim_request(call: Invocation) -> Result<http::Request<axum::body::Body>, SandboxError> {
-    let endpoint = HeaderValue::from_str(&call.endpoint)
-        .map_err(|_| SandboxError::EndpointNotFound(call.endpoint.clone()))?;
-    let (parts, body) = call.request.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .filter(|s| s.starts_with('/'))
-        .unwrap_or("/");
-    let mut req = http::Request::builder()
-        .method(parts.method)
-        .uri(path)
-        .body(body)
-        .map_err(|e| SandboxError::BadInput(format!("the request path is not valid: {e}")))?;
-    let headers = req.headers_mut();
-    for (name, value) in &parts.headers {
-        if !is_hop_by_hop(name) && !name.as_str().starts_with(RESERVED_PREFIX) {
-            headers.append(name, value.clone());
+/// Reuses the caller's parts (no copy of the headers) and drops what must not reach the shim.
+fn to_shim_request(
+    endpoint: &str,
+    request: http::Request<axum::body::Body>,
+) -> Result<http::Request<axum::body::Body>, SandboxError> {
+    let endpoint_value = HeaderValue::from_str(endpoint)
+        .map_err(|_| SandboxError::EndpointNotFound(endpoint.to_string()))?;
+    let (mut parts, body) = request.into_parts();
+    let origin_form = parts.uri.scheme().is_none()
+        && parts.uri.authority().is_none()
+        && parts.uri.path().starts_with('/');
+    if !origin_form {
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .filter(|s| s.starts_with('/'))
+            .unwrap_or("/");
+        parts.uri = http::Uri::try_from(path)
+            .map_err(|e| SandboxError::BadInput(format!("the request path is not valid: {e}")))?;
+    }
+    parts.version = http::Version::HTTP_11;
+    parts.extensions.clear();
+    let headers = &mut parts.headers;
+    let strip = |k: &HeaderName| is_hop_by_hop(k) || k.as_str().starts_with(RESERVED_PREFIX);
+    if headers.keys().any(strip) {
+        let names: Vec<HeaderName> = headers.keys().filter(|k| strip(k)).cloned().collect();
+        for k in names {
+            headers.remove(k);
         }
     }
     if headers.get(http::header::HOST).is_none_or(|h| h.is_empty()) {
         headers.insert(http::header::HOST, HeaderValue::from_static("localhost"));
     }
-    headers.insert(ENDPOINT_HEADER, endpoint);
-    Ok(req)
+    headers.insert(ENDPOINT_HEADER, endpoint_value);
+    Ok(http::Request::from_parts(parts, body))
 }
 
 /// The structured failure the shim reported, as a `SandboxError`.
@@ -927,8 +980,34 @@ struct TrackedBody {
     guard: Option<InFlight>,
     /// Bytes relayed so far, against `ResourceLimits::max_response_bytes`.
     sent: u64,
-    /// Breach counters when the call began, to name a death mid-stream.
-    start: Counters,
+    /// The connection the body arrives on: kept for the next call once the body has ended,
+    /// closed (dropped) when it ends otherwise.
+    conn: Option<ShimSender>,
+}
+
+impl TrackedBody {
+    /// The body ended cleanly: its connection is free for the next call.
+    fn finish(&mut self) {
+        if let (Some(conn), Some(guard)) = (self.conn.take(), &self.guard) {
+            guard.inner.conns.put_back(conn);
+        }
+        self.guard = None;
+    }
+
+    /// The body failed or was cut: its connection is not reused.
+    fn fail(&mut self) {
+        self.conn = None;
+        self.guard = None;
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        // A body the server never polls because it is known to be empty still ended cleanly.
+        if self.guard.is_some() && http_body::Body::is_end_stream(&self.body) {
+            self.finish();
+        }
+    }
 }
 
 impl http_body::Body for TrackedBody {
@@ -945,20 +1024,20 @@ impl http_body::Body for TrackedBody {
         };
         if this.deadline.as_mut().poll(cx).is_ready() {
             let err = guard.inner.timed_out();
-            this.guard = None;
+            this.fail();
             return Poll::Ready(Some(Err(Box::new(err))));
         }
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(None) => {
-                this.guard = None;
+                this.finish();
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
-                let err: BoxError = match guard.inner.breach_since(this.start) {
+                let err: BoxError = match guard.inner.breach_since(guard.start) {
                     Some(b) => Box::new(guard.inner.breach(b)),
                     None => Box::new(e),
                 };
-                this.guard = None;
+                this.fail();
                 Poll::Ready(Some(Err(err)))
             }
             Poll::Ready(Some(Ok(frame))) => {
@@ -967,7 +1046,7 @@ impl http_body::Body for TrackedBody {
                     // Cut before relaying the frame that passes the cap.
                     if this.sent > guard.inner.limits.max_response_bytes {
                         let err = guard.inner.breach(Breach::Response);
-                        this.guard = None;
+                        this.fail();
                         return Poll::Ready(Some(Err(Box::new(err))));
                     }
                 }
@@ -994,32 +1073,23 @@ impl Instance for NoneInstance {
     ) -> Result<http::Response<axum::body::Body>, SandboxError> {
         let guard = self.begin()?;
         let inner = &self.inner;
-        let start = inner.counters();
+        let start = guard.start;
         let deadline = tokio::time::Instant::now() + inner.request_timeout;
-        let endpoint = call.endpoint.clone();
-        let req = to_shim_request(call)?;
+        let req = to_shim_request(&call.endpoint, call.request)?;
 
-        let sent = tokio::time::timeout_at(deadline, async {
-            let stream = tokio::net::UnixStream::connect(&inner.socket)
-                .await
-                .map_err(|e| e.to_string())?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
-            sender.send_request(req).await.map_err(|e| e.to_string())
-        })
-        .await;
-        let res = match sent {
+        let sent = tokio::time::timeout_at(deadline, inner.conns.send(req)).await;
+        let (res, conn) = match sent {
             Err(_) => return Err(inner.timed_out()),
             Ok(Err(e)) => return Err(inner.broken(&e, start).await),
-            Ok(Ok(res)) => res,
+            Ok(Ok(r)) => r,
         };
 
         let (mut parts, body) = res.into_parts();
         if let Some(name) = parts.headers.get(ERROR_HEADER) {
+            // Rare: the connection is not kept (its body may be left unread).
+            drop(conn);
             let name = name.to_str().unwrap_or("BundleFailed").to_string();
-            return match shim_error(&name, &endpoint, body, deadline).await {
+            return match shim_error(&name, &call.endpoint, body, deadline).await {
                 // A Worker that could not get a thread surfaces as a thrown error.
                 Ok(e) => Err(match inner.breach_since(start) {
                     Some(b) => inner.breach(b),
@@ -1035,21 +1105,20 @@ impl Instance for NoneInstance {
         if declared.is_some_and(|n| n > inner.limits.max_response_bytes) {
             return Err(inner.breach(Breach::Response));
         }
-        let reserved: Vec<HeaderName> = parts
-            .headers
-            .keys()
-            .filter(|k| k.as_str().starts_with(RESERVED_PREFIX) || is_hop_by_hop(k))
-            .cloned()
-            .collect();
-        for k in reserved {
-            parts.headers.remove(k);
+        let strip = |k: &HeaderName| k.as_str().starts_with(RESERVED_PREFIX) || is_hop_by_hop(k);
+        if parts.headers.keys().any(strip) {
+            let reserved: Vec<HeaderName> =
+                parts.headers.keys().filter(|k| strip(k)).cloned().collect();
+            for k in reserved {
+                parts.headers.remove(k);
+            }
         }
         let body = TrackedBody {
             body,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             guard: Some(guard),
             sent: 0,
-            start,
+            conn: Some(conn),
         };
         Ok(http::Response::from_parts(
             parts,
@@ -1250,21 +1319,23 @@ mod tests {
             .header("content-type", "application/json")
             .body(axum::body::Body::empty())
             .unwrap();
-        let out = to_shim_request(Invocation {
-            endpoint: "greet".into(),
-            request: req,
-        })
-        .unwrap();
+        let out = to_shim_request("greet", req).unwrap();
         assert_eq!(out.uri(), "/a/b?x=1");
         assert_eq!(out.headers()["x-atrund-endpoint"], "greet");
         assert!(out.headers().get("x-atrund-error").is_none());
         assert!(out.headers().get("connection").is_none());
         assert_eq!(out.headers()["host"], "localhost");
         assert_eq!(out.headers()["content-type"], "application/json");
-        let bad = to_shim_request(Invocation {
-            endpoint: "a\nb".into(),
-            request: http::Request::new(axum::body::Body::empty()),
-        });
+        let bad = to_shim_request("a\nb", http::Request::new(axum::body::Body::empty()));
         assert_eq!(bad.unwrap_err().code(), "EndpointNotFound");
+        // Absolute-form and HTTP/2 requests still reach the shim as origin-form HTTP/1.1.
+        let abs = http::Request::builder()
+            .uri("http://example.com/x?y=1")
+            .version(http::Version::HTTP_2)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let out = to_shim_request("e", abs).unwrap();
+        assert_eq!(out.uri(), "/x?y=1");
+        assert_eq!(out.version(), http::Version::HTTP_11);
     }
 }

@@ -370,6 +370,75 @@ async fn load_failures_do_not_leak_source() {
     assert_eq!(e.code(), "StartFailed");
 }
 
+/// Sockets the process holds open (the shim's listener plus accepted connections).
+fn socket_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|l| l.to_string_lossy().starts_with("socket:"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn calls_reuse_one_connection_and_crashes_on_it_are_crashes() {
+    let Some(env) = Env::new() else { return };
+    let inst = env.warm("keep", &bundle("bytes.js")).await;
+    let pid = inst.stats().pid.unwrap();
+    let before = socket_fds(pid);
+    for _ in 0..5 {
+        let res = inst.execute(call("bytes", "GET", "/", None)).await.unwrap();
+        assert_eq!(body_bytes(res).await.len(), 256);
+    }
+    // Structured failures and empty bodies leave the next call working too.
+    let e = inst
+        .execute(call("boom", "GET", "/", None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "BundleFailed");
+    let res = inst
+        .execute(call("bytes", "HEAD", "/", None))
+        .await
+        .unwrap();
+    assert!(body_bytes(res).await.is_empty());
+    let res = inst.execute(call("bytes", "GET", "/", None)).await.unwrap();
+    assert_eq!(body_bytes(res).await.len(), 256);
+    // Closed connections take a moment to disappear from the shim's side.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = socket_fds(pid);
+    assert!(
+        held > before && held <= before + 2,
+        "sequential calls should share one kept connection: {before} sockets before, {held} after"
+    );
+    // The process dies on a kept connection: the call is a crash, as on a fresh one.
+    let e = inst
+        .execute(call("oom", "GET", "/", None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "BundleCrashed", "{e}");
+
+    // Killed while idle with a kept connection: the next call says so too.
+    let inst = env.warm("keep2", &bundle("bytes.js")).await;
+    let res = inst.execute(call("bytes", "GET", "/", None)).await.unwrap();
+    assert_eq!(body_bytes(res).await.len(), 256);
+    let pid = inst.stats().pid.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let t = Instant::now();
+    while inst.is_alive() && t.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let e = inst
+        .execute(call("bytes", "GET", "/", None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "BundleCrashed", "{e}");
+}
+
 #[tokio::test]
 async fn dropped_instance_kills_its_process() {
     let Some(env) = Env::new() else { return };
@@ -450,4 +519,75 @@ async fn measure_start_and_latency() {
     );
     assert!(starts[5] < Duration::from_secs(5));
     inst.shutdown().await;
+}
+
+/// Spawn-to-ready with and without Landlock + seccomp, interleaved in one run (15 each); prints
+/// the medians. Also proves that a confined instance serves and reports its confinement.
+#[tokio::test]
+async fn measure_os_confinement_cost() {
+    let Some(env) = Env::new() else { return };
+    let plain = NoneExecutor::new(deno().unwrap()).with_os_confinement(false);
+    for e in [&env.exec, &plain] {
+        let report = e.enforcement();
+        let landlock = report.iter().find(|e| e.limit == "landlock").unwrap();
+        let seccomp = report.iter().find(|e| e.limit == "seccomp").unwrap();
+        eprintln!("MEASURE {landlock:?}\nMEASURE {seccomp:?}");
+    }
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for i in 0..15 {
+        for (exec, times, tag) in [(&env.exec, &mut on, "c"), (&plain, &mut off, "p")] {
+            let t = Instant::now();
+            let inst = exec
+                .warm(env.spec(&format!("{tag}{i}"), &hello()))
+                .await
+                .unwrap();
+            times.push(t.elapsed());
+            let v = json(&*inst, call("greet", "GET", "/?name=Ada", None)).await;
+            assert_eq!(v["message"], "Hello, Ada!");
+            inst.shutdown().await;
+        }
+    }
+    on.sort();
+    off.sort();
+    eprintln!(
+        "MEASURE spawn-to-ready median (n=15, interleaved): confined {:?} (min {:?}, max {:?}); \
+         unconfined {:?} (min {:?}, max {:?})",
+        on[7], on[0], on[14], off[7], off[0], off[14]
+    );
+}
+
+/// Under Landlock the manifest's grants still work: a declared file to read, a declared file to
+/// write that does not exist yet, and TCP to a listed port.
+#[tokio::test]
+async fn declared_grants_work_under_os_confinement() {
+    let Some(env) = Env::new() else { return };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            drop(s);
+        }
+    });
+    let mut spec = env.spec("grants", &bundle("hostile.js"));
+    spec.permissions.read = vec!["in.txt".into()];
+    spec.permissions.write = vec!["out.txt".into()];
+    spec.permissions.net = vec![format!("127.0.0.1:{port}")];
+    std::fs::create_dir_all(&spec.data_dir).unwrap();
+    std::fs::write(spec.data_dir.join("in.txt"), "granted").unwrap();
+    let data = spec.data_dir.clone();
+    let inst = env.exec.warm(spec).await.unwrap();
+    let get = |ep: &str, q: &str| call(ep, "GET", &format!("/?{q}"), None);
+    let v = json(&*inst, get("read", "path=in.txt")).await;
+    assert_eq!(v["leaked"], "granted", "{v}");
+    let v = json(&*inst, get("write", "path=out.txt")).await;
+    assert_eq!(v["leaked"], "written", "{v}");
+    assert_eq!(std::fs::read_to_string(data.join("out.txt")).unwrap(), "x");
+    let v = json(
+        &*inst,
+        get("connect", &format!("host=127.0.0.1&port={port}")),
+    )
+    .await;
+    assert_eq!(v["leaked"], "connected", "{v}");
+    inst.shutdown().await;
+    server.abort();
 }
