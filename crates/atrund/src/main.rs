@@ -215,7 +215,10 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         },
     );
     // Cgroups of this runner (its id comes from the data dir); leftovers of a crash are swept.
-    let cgroups = Arc::new(CgroupManager::start(&runner_id_for(&data_dir)));
+    let cgroups = Arc::new(
+        CgroupManager::start(&runner_id_for(&data_dir))
+            .with_freeze_after_idle(config.limits.freeze_after_idle()),
+    );
     let (executor, isolation) = pick_executor(&config, deno, cgroups.clone(), &data_dir).await?;
     let mut enforcement = executor.enforcement();
     enforcement.push(isolation);
@@ -437,8 +440,9 @@ async fn container_executor(
         .with_cgroups(cgroups.clone())
         .enforcement()
         .into_iter()
-        // Only the cgroup limits: the container's PID 1 applies Landlock and seccomp itself.
-        .filter(|e| !e.enforced && !matches!(e.limit, "landlock" | "seccomp"))
+        // Only the cgroup limits: the container's PID 1 applies Landlock and seccomp itself, and
+        // the idle freezer is reported but not required.
+        .filter(|e| !e.enforced && !matches!(e.limit, "landlock" | "seccomp" | "idleFreeze"))
         .map(|e| format!("{}: {}", e.limit, e.how))
         .collect();
     if !missing.is_empty() {

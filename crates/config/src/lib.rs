@@ -224,6 +224,20 @@ pub struct LimitsSection {
     pub open_files: u64,
     /// Largest response body relayed from a bundle. Operator-only.
     pub max_response_bytes: u64,
+    /// Freeze an instance's cgroup while it has no call in flight, so timers left running after
+    /// a response do no work between calls. Operator-only.
+    pub freeze_idle: bool,
+    /// How long an instance must have had no call in flight before it is frozen (0: as soon as
+    /// the last call ends). Operator-only.
+    pub freeze_after_idle_ms: u64,
+}
+
+impl LimitsSection {
+    /// When idle instances are frozen; `None` when `freeze_idle` is off.
+    pub fn freeze_after_idle(&self) -> Option<std::time::Duration> {
+        self.freeze_idle
+            .then(|| std::time::Duration::from_millis(self.freeze_after_idle_ms))
+    }
 }
 
 impl Default for LimitsSection {
@@ -249,6 +263,8 @@ impl Default for LimitsSection {
             cpu_quota_percent: 100,
             open_files: 1024,
             max_response_bytes: 32 * MIB,
+            freeze_idle: true,
+            freeze_after_idle_ms: 50,
         }
     }
 }

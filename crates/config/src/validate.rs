@@ -152,6 +152,15 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0".into()));
             }
         }
+        if l.freeze_after_idle_ms > 3_600_000 {
+            return Err(invalid(
+                "limits.freeze_after_idle_ms",
+                format!(
+                    "{} is more than an hour; use at most 3600000, or set limits.freeze_idle = false to never freeze",
+                    l.freeze_after_idle_ms
+                ),
+            ));
+        }
         if l.open_files < 64 {
             return Err(invalid(
                 "limits.open_files",

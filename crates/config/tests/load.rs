@@ -392,6 +392,25 @@ fn operator_only_limits_are_checked() {
 }
 
 #[test]
+fn idle_freeze_keys() {
+    let c = load(None, &[]).unwrap();
+    assert_eq!(
+        c.limits.freeze_after_idle(),
+        Some(std::time::Duration::from_millis(50))
+    );
+    let c = load(None, &[("ATRUND_LIMITS_FREEZE_AFTER_IDLE_MS", "0")]).unwrap();
+    assert_eq!(
+        c.limits.freeze_after_idle(),
+        Some(std::time::Duration::ZERO)
+    );
+    let c = load(Some("[limits]\nfreeze_idle = false"), &[]).unwrap();
+    assert_eq!(c.limits.freeze_after_idle(), None);
+    let e = err(None, &[("ATRUND_LIMITS_FREEZE_AFTER_IDLE_MS", "3600001")]);
+    assert_eq!(e.key(), Some("limits.freeze_after_idle_ms"));
+    assert!(e.to_string().contains("freeze_idle = false"), "{e}");
+}
+
+#[test]
 fn microvm_isolation_is_refused_plainly_and_container_auto_load() {
     for mode in ["microvm", "firecracker"] {
         let e = err(Some(&format!("isolation = \"{mode}\"")), &[]);

@@ -12,6 +12,7 @@ mod confine;
 mod container;
 mod deno;
 mod error;
+mod freeze;
 mod host_confine;
 pub mod init;
 mod none;
@@ -99,8 +100,8 @@ impl Default for ResourceLimits {
 /// describeRunner, so a limit that cannot be enforced is never skipped silently.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Enforcement {
-    /// `memory`, `cpuQuota`, `cpuTime`, `pids`, `openFiles`, `timeout`, `responseBody`; the
-    /// `none` backend adds `landlock` and `seccomp` (its kernel confinement).
+    /// `memory`, `cpuQuota`, `cpuTime`, `pids`, `idleFreeze`, `openFiles`, `timeout`,
+    /// `responseBody`; the `none` backend adds `landlock` and `seccomp` (its kernel confinement).
     pub limit: &'static str,
     pub enforced: bool,
     /// How it is enforced, or why it is not.

@@ -58,6 +58,8 @@ struct Ctx {
     port: u16,
     other_port: u16,
     other_pid: u32,
+    /// Idle instances are frozen here (the cgroup freezer is usable and on).
+    freezer: bool,
 }
 
 fn cases(c: &Ctx) -> Vec<Case> {
@@ -207,7 +209,11 @@ fn cases(c: &Ctx) -> Vec<Case> {
             "timers",
             vec![],
             false,
-            (Escaped, Escaped),
+            if c.freezer {
+                (Contained, Contained)
+            } else {
+                (Escaped, Escaped)
+            },
         ),
         case(
             "ptrace (FFI)",
@@ -323,6 +329,37 @@ fn judge(case: &Case, ctx: &Ctx, res: &Result<serde_json::Value, String>) -> Out
     }
 }
 
+/// Does the timer the bundle left running keep working while the instance is idle? Watched
+/// through the counter file it writes, not by a call (a call thaws a frozen instance).
+async fn timers_after_response(env: &Env, inst: &dyn atrund_sandbox::Instance, id: &str) -> Out {
+    let file = env.root.join("data/out/ticks");
+    if env.mgr.freeze_after_idle().is_some() {
+        // Past the grace: wait until the freezer has done its work (bounded, not timed).
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while env.mgr.instance_frozen(id) != Some(true) && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    } else {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let read = || std::fs::read_to_string(&file).expect("the timers endpoint writes out/ticks");
+    let before = read();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = read();
+    // The next call is answered (a frozen instance is thawed first), its counter where the file
+    // left it or beyond.
+    let t = call_json(inst, q("ticksSoFar", &[])).await.unwrap();
+    assert!(
+        t["ticks"].as_u64().unwrap() >= after.trim().parse::<u64>().unwrap_or(0),
+        "{t} vs file {after}"
+    );
+    if before == after {
+        Contained
+    } else {
+        Escaped
+    }
+}
+
 async fn suite(mode: Mode) {
     let Some(env) = Env::new(if mode == Mode::None { "hn" } else { "hc" }, mode).await else {
         return;
@@ -335,6 +372,8 @@ async fn suite(mode: Mode) {
     let data_in = env.root.join("data/in");
     std::fs::create_dir_all(&data_in).unwrap();
     std::os::unix::fs::symlink(&secret, data_in.join("link")).unwrap();
+    // The timers case writes its counter here (none mode does not create write paths).
+    std::fs::create_dir_all(env.root.join("data/out")).unwrap();
     let _ = std::fs::remove_file("/tmp/atrund-hostile-pwned");
 
     let hello_inst = env.warm(env.spec("bystander", &hello())).await;
@@ -345,6 +384,7 @@ async fn suite(mode: Mode) {
         port,
         other_port,
         other_pid: hello_inst.stats().pid.unwrap(),
+        freezer: env.mgr.freeze_after_idle().is_some(),
     };
     let spec = |i: usize, ffi: bool| -> InstanceSpec {
         let mut s = env.spec(&format!("h{i}"), &b);
@@ -383,14 +423,11 @@ async fn suite(mode: Mode) {
         .await
         .unwrap_or_else(|_| Err("no answer in 30 s".into()));
         let mut got = judge(case, &ctx, &res);
-        if case.endpoint == "timers" && res.is_ok() {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let t = call_json(&*inst, q("ticksSoFar", &[])).await.unwrap();
-            got = if t["ticks"].as_u64().unwrap_or(0) > 0 {
-                Escaped
-            } else {
-                Contained
-            };
+        if case.endpoint == "timers" {
+            match &res {
+                Ok(_) => got = timers_after_response(&env, &*inst, &format!("h{i}")).await,
+                Err(e) => failures.push(format!("{}: the call failed: {e}", case.name)),
+            }
         }
         let shown = match &res {
             Ok(v) => v.to_string().chars().take(120).collect::<String>(),

@@ -87,10 +87,15 @@ export const workers = {
     return { workers: all.length };
   },
 };
+// The counter also goes to out/ticks (write permission), so the test can watch it without a call.
 let ticks = 0;
 export const timers = {
   handler: () => {
-    setInterval(() => { ticks++; }, 10);
+    Deno.writeTextFileSync("out/ticks", "0");
+    setInterval(() => {
+      ticks++;
+      try { Deno.writeTextFileSync("out/ticks", String(ticks)); } catch { /* still counts */ }
+    }, 10);
     return { started: true };
   },
 };
