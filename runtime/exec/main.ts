@@ -5,7 +5,7 @@
 // Must not: relay stack traces or raw load errors to callers (they can quote files, see
 // isolation.md §2.4), nor widen what the bundle may do (permissions come from Deno's flags).
 //
-// Usage: deno run <flags> main.ts <bundle file> <socket path>
+// Usage: deno run <flags> main.ts <bundle file> <socket path>, then `go\n` on stdin.
 // at-rund embeds this file in its binary and writes it into the instance's work dir.
 
 /** The bundle ABI this shim implements. */
@@ -189,11 +189,32 @@ async function call(mod: Record<string, unknown>, req: Request): Promise<Respons
   }
 }
 
+/**
+ * Waits for at-rund's `go\n` on stdin: it is sent once this process is inside the instance's
+ * cgroup, so no bundle code runs outside it (Deno itself starts meanwhile). Anything else, or
+ * end of input first, means at-rund gave up on this instance.
+ */
+async function awaitGo(): Promise<boolean> {
+  const want = [0x67, 0x6f, 0x0a];
+  const got = new Uint8Array(want.length);
+  let n = 0;
+  while (n < got.length) {
+    const r = await Deno.stdin.read(got.subarray(n));
+    if (r === null) return false;
+    n += r;
+  }
+  return got.every((b, i) => b === want[i]);
+}
+
 async function main(): Promise<void> {
   const [bundle, socket] = Deno.args;
   if (!bundle || !socket) {
     console.error("usage: main.ts <bundle file> <socket path>");
     Deno.exit(64);
+  }
+  if (!(await awaitGo())) {
+    console.error("no go from at-rund on stdin; not loading the bundle");
+    Deno.exit(71);
   }
   let mod: Record<string, unknown>;
   try {

@@ -175,8 +175,12 @@ pub fn compare(
     );
 
     // Permissions and limits, one aspect at a time so that every problem is listed.
-    let caps: Option<PermissionCaps> = serde_json::from_value(desc["permissions"].clone()).ok();
-    let limits: Option<LimitsSection> = serde_json::from_value(desc["limits"].clone()).ok();
+    let caps = serde_json::from_value::<RunnerCaps>(desc["permissions"].clone())
+        .ok()
+        .map(PermissionCaps::from);
+    let limits = serde_json::from_value::<RunnerLimits>(desc["limits"].clone())
+        .ok()
+        .map(LimitsSection::from);
     match (caps, limits) {
         (Some(caps), Some(limits)) => {
             let mut parts: Vec<(String, Manifest)> = Vec::new();
@@ -519,6 +523,54 @@ pub async fn test(
         failed,
         calls,
     })
+}
+
+/// The parts of describeRunner's `permissions` a manifest is checked against. Read leniently
+/// (unknown fields ignored), so a runner newer or older than this CLI can still be checked.
+#[derive(serde::Deserialize)]
+struct RunnerCaps {
+    net: bool,
+    read: bool,
+    write: bool,
+    #[serde(default)]
+    run: Vec<String>,
+    ffi: bool,
+    sys: bool,
+}
+
+impl From<RunnerCaps> for PermissionCaps {
+    fn from(c: RunnerCaps) -> Self {
+        PermissionCaps {
+            net: c.net,
+            read: c.read,
+            write: c.write,
+            run: c.run,
+            ffi: c.ffi,
+            sys: c.sys,
+        }
+    }
+}
+
+/// The limits a manifest may ask for, from describeRunner's `limits`; operator-only keys are
+/// ignored (they change between versions and no manifest can ask for them).
+#[derive(serde::Deserialize)]
+struct RunnerLimits {
+    timeout_ms: atrund_policy::LimitRange,
+    memory_mib: atrund_policy::LimitRange,
+    cpu_ms: atrund_policy::LimitRange,
+    concurrency: atrund_policy::LimitRange,
+}
+
+impl From<RunnerLimits> for LimitsSection {
+    fn from(l: RunnerLimits) -> Self {
+        LimitsSection {
+            timeout_ms: l.timeout_ms,
+            memory_mib: l.memory_mib,
+            cpu_ms: l.cpu_ms,
+            concurrency: l.concurrency,
+            ..LimitsSection::default()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,11 +3,14 @@
 //! children a crashed run left behind are swept when the manager starts.
 //!
 //! Owns: probing which hierarchy to use (cgroup v2 when `memory`, `cpu` and `pids` are available
-//! there, else the v1 `memory` (+`memsw`), `cpu`, `cpuacct` and `pids` hierarchies), the limit
-//! files, the breach counters (`oom_kill`, `pids.events max`) and the CPU usage counter. Must
+//! there, else the v1 `memory` (+`memsw`), `cpu`, `cpuacct`, `pids` and `freezer` hierarchies),
+//! the limit files, the breach counters (`oom_kill`, `pids.events max`), the CPU usage counter,
+//! and the freezer files (v1 `freezer.state`, v2 `cgroup.freeze`; *when* to freeze is
+//! `freeze`'s business; removal thaws after killing, since v1 frozen tasks do not die). Must
 //! not touch: cgroups outside its own parent (other runners, the machine's supervisor), or
-//! processes other than those inside its own children. Putting the child process into its cgroup
-//! happens in `sys` (before exec, so no instruction of Deno runs outside it).
+//! processes other than those inside its own children or the one it is asked to place. Putting
+//! the process into its cgroup: `InstanceCgroup::place` from the daemon for `none` (Deno starts
+//! meanwhile; the shim imports the bundle only after it), `sys` before exec for `container`.
 //!
 //! Plain files rather than the `cgroups-rs` crate: about a dozen files are involved, the child
 //! needs raw `cgroup.procs` paths for its async-signal-safe pre-exec write anyway, and the
@@ -32,6 +35,8 @@ const CHILD_PREFIX: &str = "i-";
 const CFS_PERIOD_US: u64 = 100_000;
 /// How long removal keeps retrying while exiting processes still hold a cgroup.
 const REMOVE_PATIENCE: Duration = Duration::from_secs(3);
+/// Default of `limits.freeze_after_idle_ms`.
+pub const DEFAULT_FREEZE_AFTER_IDLE: Duration = Duration::from_millis(50);
 
 /// A stable id for one runner on one host, from its data dir: two runners with different data
 /// dirs never share cgroups, and a restarted runner finds (and sweeps) its own leftovers.
@@ -76,6 +81,11 @@ pub struct CgroupManager {
     cpu: Slot,
     cpuacct: Slot,
     pids: Slot,
+    /// v1 `freezer` hierarchy, or the v2 parent when it has `cgroup.freeze`.
+    freezer: Slot,
+    /// Freeze an instance after this long with no call in flight; `None`: never (the operator's
+    /// `limits.freeze_idle = false`).
+    freeze_after_idle: Option<Duration>,
 }
 
 impl CgroupManager {
@@ -99,7 +109,13 @@ impl CgroupManager {
                 }
             }
         }
-        for slot in [&mut m.memory, &mut m.cpu, &mut m.cpuacct, &mut m.pids] {
+        for slot in [
+            &mut m.memory,
+            &mut m.cpu,
+            &mut m.cpuacct,
+            &mut m.pids,
+            &mut m.freezer,
+        ] {
             if let Ok(dir) = slot {
                 if let Err(e) = std::fs::create_dir(&*dir) {
                     if e.kind() != ErrorKind::AlreadyExists {
@@ -108,6 +124,16 @@ impl CgroupManager {
                             dir.display()
                         ));
                     }
+                }
+            }
+        }
+        if m.version == Some(CgroupVersion::V2) {
+            if let Ok(p) = &m.freezer {
+                if !p.join("cgroup.freeze").exists() {
+                    m.freezer = Err(format!(
+                        "{} has no cgroup.freeze (the v2 freezer needs Linux 5.2 or later)",
+                        p.display()
+                    ));
                 }
             }
         }
@@ -127,6 +153,8 @@ impl CgroupManager {
             cpu: Err(String::new()),
             cpuacct: Err(String::new()),
             pids: Err(String::new()),
+            freezer: Err(String::new()),
+            freeze_after_idle: Some(DEFAULT_FREEZE_AFTER_IDLE),
         };
         let parent_name = format!("{PARENT_PREFIX}{runner_id}");
         let valid_id = !runner_id.is_empty()
@@ -176,7 +204,9 @@ impl CgroupManager {
                 m.memory = Ok(dir.clone());
                 m.cpu = Ok(dir.clone());
                 m.cpuacct = Ok(dir.clone());
-                m.pids = Ok(dir);
+                m.pids = Ok(dir.clone());
+                // The v2 freezer is core (no controller); checked once the parent exists.
+                m.freezer = Ok(dir);
                 return m;
             }
         }
@@ -201,6 +231,7 @@ impl CgroupManager {
         m.cpu = find("cpu");
         m.cpuacct = find("cpuacct");
         m.pids = find("pids");
+        m.freezer = find("freezer");
         if let Ok(p) = &m.memory {
             m.memsw = p
                 .parent()
@@ -213,7 +244,48 @@ impl CgroupManager {
         self.memory = Err(why.clone());
         self.cpu = Err(why.clone());
         self.cpuacct = Err(why.clone());
-        self.pids = Err(why);
+        self.pids = Err(why.clone());
+        self.freezer = Err(why);
+    }
+
+    /// Freeze instances after `after` with no call in flight (`Duration::ZERO`: as soon as the
+    /// last call ends); `None` turns freezing off. Only instances created afterwards see it.
+    pub fn with_freeze_after_idle(mut self, after: Option<Duration>) -> Self {
+        self.freeze_after_idle = after;
+        self
+    }
+
+    /// When idle instances are frozen: `None` when freezing is off or the freezer is unusable.
+    pub fn freeze_after_idle(&self) -> Option<Duration> {
+        self.freezer.as_ref().ok().and(self.freeze_after_idle)
+    }
+
+    /// Whether the cgroup of instance `instance_id` is frozen now (`None`: no freezer, or no such
+    /// cgroup). For tests and diagnostics; the executor keeps its own state.
+    pub fn instance_frozen(&self, instance_id: &str) -> Option<bool> {
+        let dir = self
+            .freezer
+            .as_ref()
+            .ok()?
+            .join(format!("{CHILD_PREFIX}{instance_id}"));
+        read_frozen(self.version?, &dir)
+    }
+
+    /// The idle freezer: enforced here and how, or why not (`idleFreeze` in the enforcement list).
+    pub(crate) fn freezer_slot(&self) -> Result<String, String> {
+        let dir = self.freezer.as_ref().map_err(|e| e.clone())?;
+        let Some(after) = self.freeze_after_idle else {
+            return Err("turned off (limits.freeze_idle = false): an instance's timers run between calls until the pool reaps it".into());
+        };
+        let how = match self.version {
+            Some(CgroupVersion::V2) => "cgroup v2 cgroup.freeze",
+            _ => "cgroup v1 freezer.state",
+        };
+        Ok(format!(
+            "{how} under {}: an instance with no call in flight for {} ms is frozen, thawed before its next call",
+            dir.display(),
+            after.as_millis()
+        ))
     }
 
     pub fn runner_id(&self) -> &str {
@@ -224,13 +296,19 @@ impl CgroupManager {
         self.version
     }
 
-    /// Every parent dir in use (one per hierarchy).
+    /// Every parent dir in use (one per hierarchy), the freezer's first: removal goes in this
+    /// order, and v1 tasks only die once their freezer cgroup is thawed.
     pub fn parents(&self) -> Vec<PathBuf> {
         let set: BTreeSet<PathBuf> = [&self.memory, &self.cpu, &self.cpuacct, &self.pids]
             .into_iter()
             .filter_map(|s| s.as_ref().ok().cloned())
             .collect();
-        set.into_iter().collect()
+        let freezer = self.freezer.as_ref().ok();
+        freezer
+            .cloned()
+            .into_iter()
+            .chain(set.into_iter().filter(|p| Some(p) != freezer))
+            .collect()
     }
 
     /// For each limit: whether it is enforced here, and how, or why not.
@@ -286,6 +364,8 @@ impl CgroupManager {
             memory: child(&self.memory),
             cpuacct: child(&self.cpuacct),
             pids: child(&self.pids),
+            freezer: child(&self.freezer),
+            freeze_after_idle: self.freeze_after_idle,
             removed: AtomicBool::new(false),
         };
         for d in &cg.dirs {
@@ -400,22 +480,52 @@ fn enable_v2_controllers(parent: &Path) -> std::io::Result<()> {
 /// Kills what runs in `dir` and removes it, retrying while exiting tasks still hold it.
 fn remove_dir(dir: &Path, until: Instant) -> std::io::Result<()> {
     loop {
-        if dir.join("cgroup.kill").exists() {
-            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-        } else if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
+        kill_all(dir);
+        // Killed tasks of a frozen cgroup die only once thawed (v1; v2 kills frozen tasks).
+        thaw_dir(dir);
         match std::fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
             Err(e) if Instant::now() >= until => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
+    }
+}
+
+/// SIGKILL to every task in `dir` (`cgroup.kill` where the kernel has it).
+fn kill_all(dir: &Path) {
+    if dir.join("cgroup.kill").exists() {
+        let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    } else if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Thaws `dir` if it is a freezer cgroup (either version); other dirs are left alone.
+fn thaw_dir(dir: &Path) {
+    for (file, value) in [("freezer.state", "THAWED"), ("cgroup.freeze", "0")] {
+        let f = dir.join(file);
+        if f.exists() {
+            let _ = std::fs::write(f, value);
+        }
+    }
+}
+
+/// Whether the freezer cgroup `dir` is frozen: v1 `freezer.state` reads `FROZEN` (not
+/// `FREEZING`), v2 `cgroup.events` has `frozen 1`.
+fn read_frozen(version: CgroupVersion, dir: &Path) -> Option<bool> {
+    match version {
+        CgroupVersion::V1 => std::fs::read_to_string(dir.join("freezer.state"))
+            .ok()
+            .map(|s| s.trim() == "FROZEN"),
+        CgroupVersion::V2 => std::fs::read_to_string(dir.join("cgroup.events"))
+            .ok()
+            .map(|s| keyed(&s, "frozen") == Some(1)),
     }
 }
 
@@ -428,6 +538,10 @@ pub struct InstanceCgroup {
     memory: Option<PathBuf>,
     cpuacct: Option<PathBuf>,
     pids: Option<PathBuf>,
+    /// The freezer dir (v1 `freezer` hierarchy, v2 the one dir), if the freezer is usable.
+    freezer: Option<PathBuf>,
+    /// The manager's setting when this cgroup was created.
+    freeze_after_idle: Option<Duration>,
     removed: AtomicBool,
 }
 
@@ -447,6 +561,39 @@ impl InstanceCgroup {
             .iter()
             .filter_map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()).ok())
             .collect()
+    }
+
+    /// Moves the running process `pid` (every thread of it) into each hierarchy's dir, then
+    /// checks that every `cgroup.procs` lists it. Blocking: on cgroup v1 the first write waits
+    /// for an RCU grace period (~10 ms). The caller must not have reaped `pid` (a recycled pid
+    /// would move a stranger). Memory the process allocated before stays charged where it was:
+    /// v1 `memory.move_charge_at_immigrate` is gone from current kernels (EINVAL on 6.18).
+    pub(crate) fn place(&self, pid: u32) -> Result<(), SandboxError> {
+        if pid == 0 {
+            // "0" means the writer: the daemon itself.
+            return Err(SandboxError::StartFailed(
+                "no pid to place in the cgroup".into(),
+            ));
+        }
+        let pid_s = pid.to_string();
+        for d in &self.dirs {
+            let procs = d.join("cgroup.procs");
+            std::fs::write(&procs, &pid_s).map_err(|e| start_err("write", &procs, e))?;
+        }
+        for d in &self.dirs {
+            let procs = d.join("cgroup.procs");
+            let listed = std::fs::read_to_string(&procs)
+                .map_err(|e| start_err("read", &procs, e))?
+                .lines()
+                .any(|l| l.trim() == pid_s);
+            if !listed {
+                return Err(SandboxError::StartFailed(format!(
+                    "process {pid} is not in {} after it was moved there",
+                    procs.display()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The dirs, one per hierarchy.
@@ -470,6 +617,46 @@ impl InstanceCgroup {
             )
             .map(Duration::from_micros),
         }
+    }
+
+    /// After how long with no call in flight this instance is to be frozen (`None`: never, or
+    /// no freezer).
+    pub(crate) fn freeze_after_idle(&self) -> Option<Duration> {
+        self.freezer.as_ref().and(self.freeze_after_idle)
+    }
+
+    /// Asks the kernel to freeze every task (v1 `FROZEN`, v2 `cgroup.freeze = 1`). Returns at
+    /// once; [`InstanceCgroup::frozen`] says when it is done.
+    pub(crate) fn freeze(&self) -> std::io::Result<()> {
+        self.write_freezer("FROZEN", "1")
+    }
+
+    /// Thaws every task (v1 `THAWED`, v2 `cgroup.freeze = 0`); they are runnable on return.
+    pub(crate) fn thaw(&self) -> std::io::Result<()> {
+        self.write_freezer("THAWED", "0")
+    }
+
+    fn write_freezer(&self, v1: &str, v2: &str) -> std::io::Result<()> {
+        let dir = self.freezer.as_ref().ok_or(ErrorKind::Unsupported)?;
+        match self.version {
+            CgroupVersion::V1 => std::fs::write(dir.join("freezer.state"), v1),
+            CgroupVersion::V2 => std::fs::write(dir.join("cgroup.freeze"), v2),
+        }
+    }
+
+    /// Whether every task is frozen now (`None`: no freezer, or the cgroup is gone).
+    pub(crate) fn frozen(&self) -> Option<bool> {
+        read_frozen(self.version, self.freezer.as_ref()?)
+    }
+
+    /// SIGKILL to every task, then thaw so that they die (v1 frozen tasks sleep through a
+    /// SIGKILL until thawed). Killing first means no bundle code runs after the thaw. Reading
+    /// `cgroup.procs` and then signalling is safe from pid reuse here: a frozen task cannot exit.
+    pub(crate) fn kill_frozen(&self) {
+        if let Some(dir) = &self.freezer {
+            kill_all(dir);
+        }
+        let _ = self.thaw();
     }
 
     /// The breach counters now (zero for what cannot be read).
@@ -577,6 +764,29 @@ mod tests {
         let m = probe("proc /proc proc rw 0 0\n", None);
         assert_eq!(m.version, None);
         assert!(m.parents().is_empty());
+    }
+
+    #[test]
+    fn freezer_probe_and_order() {
+        let m = probe(
+            "cgroup ROOT/memory cgroup rw,memory 0 0\ncgroup ROOT/freezer cgroup rw,freezer 0 0\n",
+            None,
+        );
+        assert!(m.freezer.as_ref().unwrap().ends_with("freezer/at-rund-r1"));
+        // The freezer's parent comes first: removal thaws before the other dirs are waited on.
+        assert!(m.parents()[0].ends_with("freezer/at-rund-r1"));
+        assert_eq!(m.parents().len(), 2);
+        assert_eq!(m.freeze_after_idle(), Some(DEFAULT_FREEZE_AFTER_IDLE));
+        let off = m.with_freeze_after_idle(None);
+        assert_eq!(off.freeze_after_idle(), None);
+        assert!(off
+            .freezer_slot()
+            .unwrap_err()
+            .contains("freeze_idle = false"));
+        let m = probe("cgroup ROOT/memory cgroup rw,memory 0 0\n", None);
+        assert!(m.freezer.as_ref().unwrap_err().contains("'freezer'"));
+        assert_eq!(m.freeze_after_idle(), None);
+        assert!(m.freezer_slot().is_err());
     }
 
     #[test]

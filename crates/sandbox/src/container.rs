@@ -29,7 +29,7 @@ use atrund_egress::{EgressPolicy, EgressProxy, NetRule};
 
 use crate::cgroup::CgroupManager;
 use crate::init::{InitConfig, ProxyForward};
-use crate::none::{self, Launch};
+use crate::none::{self, Join, Launch};
 use crate::rootfs::{Rootfs, DENO_IN_ROOT, INIT_IN_ROOT};
 use crate::{sys, DenoBinary, Enforcement, Executor, Instance, InstanceSpec, SandboxError};
 
@@ -459,7 +459,6 @@ impl Executor for ContainerExecutor {
             .env("DENO_NO_UPDATE_CHECK", "1")
             .env("NO_COLOR", "1")
             .env("HOME", "/tmp")
-            .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .process_group(0)
@@ -479,6 +478,8 @@ impl Executor for ContainerExecutor {
             started_at,
             keep,
             confine: None,
+            // bwrap and init fork before Deno runs: a later move of bwrap's pid would miss them.
+            join: Join::BeforeExec,
         })
         .await
     }

@@ -5,8 +5,9 @@
 //!
 //! Owns: the Deno command line, the process (own process group, killed on drop, on timeout and on
 //! shutdown), its output (to tracing, line-capped, secret values masked), the proxying of calls,
-//! and enforcing the resource limits of docs/limits.md: the instance's cgroup (from `cgroup`),
-//! RLIMIT_NOFILE, the wall clock, the CPU budget per call and the response cap, each breach with
+//! and enforcing the resource limits of docs/limits.md: the instance's cgroup (from `cgroup`;
+//! the process is placed in it while Deno starts, and the shim loads the bundle only after the
+//! `go` sent then, see `Join`), RLIMIT_NOFILE, the wall clock, the CPU budget per call and the response cap, each breach with
 //! its own error.
 //! Must not: choose permissions or limits (they arrive checked in `InstanceSpec`), or log env
 //! values.
@@ -14,7 +15,9 @@
 //! Calls go over keep-alive connections to the shim (`shim_conn`): a connect, accept and
 //! handshake per call cost more than the rest of a small call. The CPU budget and the breach
 //! counters are sampled by one task per instance while calls are in flight (`sampler`), not
-//! read per call.
+//! read per call. An idle instance is frozen after a grace and thawed when a call begins
+//! (`freeze`); a kept connection to a frozen shim stays open, nothing is written to it before
+//! the thaw.
 
 use std::ffi::OsString;
 use std::future::Future;
@@ -31,6 +34,7 @@ use http_body_util::BodyExt;
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::cgroup::{CgroupLimits, CgroupManager, Counters, InstanceCgroup};
+use crate::freeze::IdleFreezer;
 use crate::host_confine::HostConfinement;
 use crate::output::{for_each_line, Masker};
 use crate::sampler::{Sampler, SamplerOwner, CPU_POLL};
@@ -70,6 +74,8 @@ pub struct NoneExecutor {
     nofile_hard: Option<u64>,
     /// Landlock and seccomp as far as this kernel offers them (`host_confine`).
     confinement: HostConfinement,
+    /// How the process gets into its cgroup (`Join`).
+    join: Join,
 }
 
 impl NoneExecutor {
@@ -79,7 +85,19 @@ impl NoneExecutor {
             cgroups: None,
             nofile_hard: sys::nofile_hard_limit(),
             confinement: HostConfinement::probe(),
+            join: Join::AfterSpawn,
         }
+    }
+
+    /// Joins the cgroup in the child before exec, as the container backend must, instead of
+    /// placing the process while Deno starts. Only to measure what that costs at start.
+    pub fn with_cgroup_join_before_exec(mut self, on: bool) -> Self {
+        self.join = if on {
+            Join::BeforeExec
+        } else {
+            Join::AfterSpawn
+        };
+        self
     }
 
     /// Landlock and seccomp for every instance (on by default). Off only to measure what they
@@ -237,6 +255,12 @@ pub(crate) fn enforcement_for(
                 };
                 add(limit, r);
             }
+            add(
+                "idleFreeze",
+                m.freezer_slot().map_err(|w| {
+                    format!("timers a bundle leaves running keep working between calls: {w}")
+                }),
+            );
         }
         None => {
             let why = "cgroups are not set up for this executor".to_string();
@@ -246,7 +270,7 @@ pub(crate) fn enforcement_for(
                     "only the V8 heap flag, which ArrayBuffers escape: {why}"
                 )),
             );
-            for l in ["cpuQuota", "cpuTime", "pids"] {
+            for l in ["cpuQuota", "cpuTime", "pids", "idleFreeze"] {
                 add(l, Err(why.clone()));
             }
         }
@@ -339,7 +363,6 @@ impl Executor for NoneExecutor {
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             // Relative paths in the bundle then mean what the manifest means: data-dir relative.
             .current_dir(&spec.data_dir)
-            .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .process_group(0)
@@ -354,6 +377,7 @@ impl Executor for NoneExecutor {
             started_at,
             keep: Vec::new(),
             confine,
+            join: self.join,
         })
         .await
     }
@@ -423,10 +447,27 @@ pub(crate) struct Launch<'a> {
     /// Landlock and seccomp the process applies to itself before exec (`none` only: the
     /// container's PID 1 confines itself).
     pub confine: Option<sys::Confinement>,
+    pub join: Join,
 }
 
-/// The process machinery shared by the backends: the instance cgroup (joined before exec), the
-/// spawn, stdout/stderr to tracing, the reaper, and waiting for the shim's ready signal.
+/// How a process gets into its instance cgroup. Either way the bundle's first instruction runs
+/// inside it: the shim imports the bundle only after `go` on its stdin, sent once placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Join {
+    /// The child writes `0` to each `cgroup.procs` before exec. Serial: on cgroup v1 the first
+    /// write waits for an RCU grace period (~10 ms) before Deno can start. Needed when the
+    /// process forks before the shim runs (bwrap, the container's init), which a later move
+    /// would miss.
+    BeforeExec,
+    /// Deno starts at once; the daemon moves its pid in from a blocking thread meanwhile.
+    AfterSpawn,
+}
+
+/// What the shim waits for on stdin before it imports the bundle.
+const GO: &[u8] = b"go\n";
+
+/// The process machinery shared by the backends: the instance cgroup (`Join`), the spawn,
+/// stdout/stderr to tracing, the go signal, the reaper, and waiting for the shim's ready signal.
 pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxError> {
     let Launch {
         spec,
@@ -438,6 +479,7 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
         started_at,
         keep,
         confine,
+        join,
     } = l;
     {
         let cgroup = match cgroups {
@@ -464,14 +506,19 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
             }
             None => None,
         };
+        let procs = match (&cgroup, join) {
+            (Some(c), Join::BeforeExec) => c.procs_files(),
+            _ => Vec::new(),
+        };
         sys::install(
             &mut cmd,
             sys::ChildSetup {
-                procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+                procs,
                 nofile: Some(nofile),
                 confine,
             },
         );
+        cmd.stdin(std::process::Stdio::piped());
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -484,7 +531,28 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
         };
         // Closes the Landlock ruleset's descriptor in the daemon (the child has applied it).
         drop(cmd);
-        let pid = child.id().unwrap_or(0);
+        // Not yet reaped, so it has a pid (0 would make `place` move the daemon itself).
+        let pid = child.id().filter(|p| *p != 0);
+        let placing = match (&cgroup, join, pid) {
+            (Some(cg), Join::AfterSpawn, Some(pid)) => {
+                let cg = cg.clone();
+                let t = Instant::now();
+                let id = spec.id.clone();
+                Some(tokio::task::spawn_blocking(move || {
+                    let r = cg.place(pid);
+                    tracing::debug!(instance = %id, us = t.elapsed().as_micros() as u64, "instance placed in its cgroup");
+                    r
+                }))
+            }
+            (Some(_), Join::AfterSpawn, None) => Some(tokio::task::spawn_blocking(|| {
+                Err(SandboxError::StartFailed(
+                    "the spawned runtime has no pid to place in its cgroup".into(),
+                ))
+            })),
+            _ => None,
+        };
+        let pid = pid.unwrap_or(0);
+        let go = child.stdin.take();
         let id: Arc<str> = spec.id.as_str().into();
 
         let (ready_tx, ready_rx) = oneshot::channel::<StartSignal>();
@@ -517,6 +585,55 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
                 })
                 .await;
             });
+        }
+
+        // Awaited before the reaper exists: nothing reaps the child while its pid is written.
+        if let Some(placing) = placing {
+            let placed = placing.await.unwrap_or_else(|e| {
+                Err(SandboxError::StartFailed(format!(
+                    "placing the runtime in its cgroup failed: {e}"
+                )))
+            });
+            if let Err(e) = placed {
+                let e = match child.try_wait() {
+                    // Reaped now: its pid and group are no longer ours to signal.
+                    Ok(Some(status)) => SandboxError::StartFailed(format!(
+                        "the runtime exited before it was ready ({status}); the runner's log has the details"
+                    )),
+                    _ => {
+                        if let Ok(p) = i32::try_from(pid) {
+                            let _ = nix::sys::signal::killpg(
+                                nix::unistd::Pid::from_raw(p),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
+                        let _ = child.start_kill();
+                        let _ = child.wait().await;
+                        e
+                    }
+                };
+                tracing::warn!(instance = &*id, error = %e, "instance failed to start");
+                if let Some(cg) = cgroup {
+                    if let Ok(Err(err)) = tokio::task::spawn_blocking(move || cg.remove()).await {
+                        tracing::error!(instance = &*id, error = %err, "could not remove the instance cgroup");
+                    }
+                }
+                remove_work_dir(&spec.id, &spec.work_dir);
+                return Err(e);
+            }
+        }
+        // Placed (or joined before exec): the shim may import the bundle. A failed write means
+        // the process is gone, which the wait for the ready signal reports.
+        tracing::debug!(
+            instance = &*id,
+            us = started_at.elapsed().as_micros() as u64,
+            "go sent"
+        );
+        if let Some(mut go) = go {
+            use tokio::io::AsyncWriteExt;
+            if let Err(e) = go.write_all(GO).await {
+                tracing::debug!(instance = &*id, error = %e, "could not send go to the shim");
+            }
         }
 
         // The reaper owns the child: it alone waits and signals, so a kill never hits a
@@ -582,6 +699,7 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
             sampler: cgroup
                 .clone()
                 .map(|cg| Arc::new(Sampler::new(cg, spec.limits.cpu_budget))),
+            freezer: cgroup.as_ref().and_then(IdleFreezer::new),
             cgroup,
             _keep: keep,
             breach: Mutex::new(None),
@@ -628,6 +746,9 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
                     ms = started_at.elapsed().as_millis() as u64,
                     "instance ready"
                 );
+                if let Some(f) = &inner.freezer {
+                    f.arm();
+                }
                 Ok(Arc::new(NoneInstance { inner }))
             }
             Ok(Err(e)) => {
@@ -697,6 +818,8 @@ struct Inner {
     limits: crate::ResourceLimits,
     /// CPU budget and breach counters of the calls in flight (with a cgroup only).
     sampler: Option<Arc<Sampler>>,
+    /// Freezes the cgroup while no call is in flight (with a usable freezer, unless turned off).
+    freezer: Option<Arc<IdleFreezer>>,
     cgroup: Option<Arc<InstanceCgroup>>,
     /// Backend resources that live as long as the instance.
     _keep: Vec<Box<dyn std::any::Any + Send + Sync>>,
@@ -720,6 +843,10 @@ impl Inner {
     fn kill_now(&self) {
         self.killed.store(true, std::sync::atomic::Ordering::SeqCst);
         self.kill.notify_one();
+        // A frozen process would not die of the reaper's SIGKILL (v1) until thawed.
+        if let Some(f) = &self.freezer {
+            f.kill();
+        }
     }
 
     fn exit_status(&self) -> Option<String> {
@@ -824,6 +951,9 @@ impl SamplerOwner for Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.kill.notify_one();
+        if let Some(f) = &self.freezer {
+            f.kill();
+        }
         remove_work_dir(&self.id, &self.work_dir);
     }
 }
@@ -836,12 +966,17 @@ struct InFlight {
     start: Counters,
     /// The call's number in the sampler.
     call: Option<u64>,
+    /// The idle freezer let this call in (it counts as busy there).
+    entered: bool,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let (Some(s), Some(id)) = (&self.inner.sampler, self.call) {
             s.end(id);
+        }
+        if let (Some(f), true) = (&self.inner.freezer, self.entered) {
+            f.leave();
         }
         let mut st = self.inner.state();
         st.in_flight = st.in_flight.saturating_sub(1);
@@ -872,18 +1007,28 @@ impl NoneInstance {
         st.served += 1;
         st.last_used = Instant::now();
         drop(st);
-        let (start, call) = match &self.inner.sampler {
-            Some(s) => {
-                let c = s.begin(&self.inner);
-                (c.counters, Some(c.id))
-            }
-            None => (Counters::default(), None),
-        };
-        Ok(InFlight {
+        let mut guard = InFlight {
             inner: self.inner.clone(),
-            start,
-            call,
-        })
+            start: Counters::default(),
+            call: None,
+            entered: false,
+        };
+        // Thawed before anything is sent, and before the sampler's reading that starts the
+        // call's CPU budget.
+        if let Some(f) = &self.inner.freezer {
+            if let Err(e) = f.enter() {
+                tracing::error!(instance = &*self.inner.id, error = %e, "killing the instance");
+                self.inner.kill_now();
+                return Err(SandboxError::BundleCrashed(format!("{e}; killed")));
+            }
+            guard.entered = true;
+        }
+        if let Some(s) = &self.inner.sampler {
+            let c = s.begin(&self.inner);
+            guard.start = c.counters;
+            guard.call = Some(c.id);
+        }
+        Ok(guard)
     }
 }
 

@@ -1,5 +1,6 @@
-//! The crate's only `unsafe`: what the child does between fork and exec (join its cgroups, cap
-//! its open files, and for `none` instances no_new_privs, Landlock and seccomp), reading the
+//! The crate's only `unsafe`: what the child does between fork and exec (join its cgroups for
+//! `container` instances, cap its open files, and for `none` instances no_new_privs, Landlock
+//! and seccomp; `none` is placed in its cgroup from the daemon, `none::Join`), reading the
 //! daemon's own open-file limit, probing the kernel for Landlock and seccomp, and the signal
 //! handler of the container's PID 1 (`init`).
 //!
@@ -14,7 +15,8 @@ use nix::libc;
 /// What the child applies to itself before exec.
 #[derive(Debug, Default)]
 pub(crate) struct ChildSetup {
-    /// `cgroup.procs` files to write "0" (the writer itself) into.
+    /// `cgroup.procs` files to write "0" (the writer itself) into; empty when the daemon places
+    /// the process after spawn.
     pub procs: Vec<CString>,
     /// RLIMIT_NOFILE, soft and hard.
     pub nofile: Option<u64>,

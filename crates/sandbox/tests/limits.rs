@@ -58,7 +58,8 @@ impl Env {
         let missing: Vec<String> = exec
             .enforcement()
             .into_iter()
-            .filter(|e| !e.enforced)
+            // The idle freezer has its own tests (freeze.rs).
+            .filter(|e| !e.enforced && e.limit != "idleFreeze")
             .map(|e| format!("{}: {}", e.limit, e.how))
             .collect();
         if !missing.is_empty() {
@@ -311,6 +312,84 @@ async fn leftovers_of_a_crashed_run_are_swept_at_start() {
     env.assert_clean();
 }
 
+/// An instance of `tests/bundles/placement.js` on `exec`, and what its `where` endpoint says.
+async fn placement_instance(
+    env: &Env,
+    exec: &NoneExecutor,
+    id: &str,
+) -> (Arc<dyn Instance>, serde_json::Value) {
+    let mut spec = env.spec(id);
+    spec.bundle_file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/bundles/placement.js")
+        .canonicalize()
+        .unwrap();
+    spec.memory_mib = 256;
+    // Landlock (when on) refuses all of /proc to cat as well.
+    spec.permissions.run = vec!["/bin/cat".into()];
+    let inst = exec.warm(spec).await.unwrap();
+    let res = inst.execute(call("where")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (inst, serde_json::from_slice(&body).unwrap())
+}
+
+/// Bytes charged to the instance's memory cgroup now.
+fn memory_charged(env: &Env, id: &str) -> u64 {
+    env.mgr
+        .parents()
+        .iter()
+        .map(|p| p.join(format!("i-{id}")))
+        .find_map(|d| {
+            ["memory.usage_in_bytes", "memory.current"]
+                .iter()
+                .find_map(|f| std::fs::read_to_string(d.join(f)).ok())
+        })
+        .expect("the instance has a memory cgroup")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The bundle's top-level code already runs in the instance's cgroup, in every hierarchy: Deno
+/// starts before the daemon places it, but the shim imports the bundle only after that.
+#[tokio::test]
+async fn bundle_code_runs_only_after_placement() {
+    let Some(env) = Env::new("place") else { return };
+    // Only without Landlock can the bundle read its /proc/<pid>/cgroup.
+    let open = NoneExecutor::new(env.deno.clone())
+        .with_cgroups(env.mgr.clone())
+        .with_os_confinement(false);
+    let (inst, out) = placement_instance(&env, &open, "open").await;
+    let seen = out["cgroup"].as_str().unwrap();
+    let mine = format!(
+        "/{}{}/i-open",
+        atrund_sandbox::cgroup::PARENT_PREFIX,
+        env.mgr.runner_id()
+    );
+    let inside = seen
+        .lines()
+        .filter(|l| l.rsplit(':').next().is_some_and(|p| p == mine))
+        .count();
+    assert_eq!(
+        inside,
+        env.mgr.parents().len(),
+        "at import time the bundle was in:\n{seen}"
+    );
+    inst.shutdown().await;
+
+    // With Landlock and seccomp as in production: the 64 MiB the bundle touched at import time
+    // are charged to its own memory cgroup (pages stay charged where they were first touched).
+    let (inst, out) = placement_instance(&env, &env.exec, "confined").await;
+    assert!(out["cgroup"].as_str().unwrap().starts_with("unreadable"));
+    let charged = memory_charged(&env, "confined");
+    assert!(
+        charged >= 64 << 20,
+        "only {charged} bytes charged to the instance: the bundle ran outside its memory cgroup"
+    );
+    inst.shutdown().await;
+    env.assert_clean();
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -336,21 +415,45 @@ async fn measure_cgroup_cost() {
         teardown.push(t.elapsed());
     }
     let plain = NoneExecutor::new(env.deno.clone());
-    let mut ready = [Vec::new(), Vec::new()];
-    for i in 0..10 {
-        for (k, exec) in [&plain, &env.exec].into_iter().enumerate() {
+    // The cgroup joined in the child before exec, as before the post-spawn placement.
+    let early = NoneExecutor::new(env.deno.clone())
+        .with_cgroups(env.mgr.clone())
+        .with_cgroup_join_before_exec(true);
+    let mut ready = [Vec::new(), Vec::new(), Vec::new()];
+    // Charged to the instance's memory cgroup at ready: what Deno allocated before a post-spawn
+    // placement stays charged to the daemon's cgroup.
+    let mut charged = [Vec::new(), Vec::new()];
+    for i in 0..15 {
+        for (k, exec) in [&plain, &early, &env.exec].into_iter().enumerate() {
+            let id = format!("r{k}-{i}");
             let t = Instant::now();
-            let inst = exec.warm(env.spec(&format!("r{k}-{i}"))).await.unwrap();
+            let inst = exec.warm(env.spec(&id)).await.unwrap();
             ready[k].push(t.elapsed());
+            if k > 0 {
+                charged[k - 1].push(memory_charged(&env, &id));
+            }
             inst.shutdown().await;
         }
     }
+    for c in &mut charged {
+        c.sort_unstable();
+    }
     eprintln!(
-        "cgroup cost per instance (median of 20): set-up {:?}, teardown {:?}; spawn-to-ready (median of 10): without cgroups {:?}, with cgroups {:?}",
+        "charged to the instance's memory cgroup at ready (median, min..max of 15): joined before exec {} KiB ({}..{}), placed after spawn {} KiB ({}..{})",
+        charged[0][7] >> 10,
+        charged[0][0] >> 10,
+        charged[0][14] >> 10,
+        charged[1][7] >> 10,
+        charged[1][0] >> 10,
+        charged[1][14] >> 10
+    );
+    eprintln!(
+        "cgroup cost per instance (median of 20): set-up {:?}, teardown {:?}; spawn-to-ready (median of 15, interleaved): without cgroups {:?}, joined before exec {:?}, placed after spawn {:?}",
         median(setup),
         median(teardown),
         median(ready[0].clone()),
-        median(ready[1].clone())
+        median(ready[1].clone()),
+        median(ready[2].clone())
     );
     env.assert_clean();
 }

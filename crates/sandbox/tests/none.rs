@@ -591,3 +591,71 @@ async fn declared_grants_work_under_os_confinement() {
     inst.shutdown().await;
     server.abort();
 }
+
+/// The shim imports the bundle only after at-rund's `go` on stdin, which at-rund sends once the
+/// process is in its cgroup: without it (end of input, or other bytes) no bundle code runs.
+#[test]
+fn shim_imports_the_bundle_only_after_go() {
+    use std::io::{BufRead, Write};
+    use std::process::{Command, Stdio};
+    let Some(deno) = deno() else { return };
+    let tmp = tempfile::Builder::new()
+        .prefix("go")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let shim = tmp.path().join("shim.ts");
+    std::fs::write(&shim, atrund_sandbox::SHIM_SOURCE).unwrap();
+    let socket = tmp.path().join("s.sock");
+    let bundle = bundle("announce.js");
+    let spawn = || {
+        Command::new(deno.path())
+            .args(["run", "--no-prompt", "--cached-only", "--no-config"])
+            .arg(format!(
+                "--allow-read={},{}",
+                bundle.display(),
+                socket.display()
+            ))
+            .arg(format!("--allow-write={}", socket.display()))
+            .arg(format!("--allow-net=unix:{}", socket.display()))
+            .arg(&shim)
+            .arg(&bundle)
+            .arg(&socket)
+            .env("DENO_DIR", tmp.path().join("deno"))
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    for input in [&b""[..], b"no\n", b"g"] {
+        let mut child = spawn();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        // A shim that does not wait serves forever: stop it rather than hang the test.
+        let until = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(71), "{input:?}: {stdout}");
+        assert!(
+            !stdout.contains("bundle top-level ran") && !stdout.contains("ready"),
+            "{input:?}: the bundle ran without go: {stdout}"
+        );
+    }
+    let mut child = spawn();
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "bundle top-level ran");
+    assert_eq!(
+        lines.next().unwrap().unwrap(),
+        format!(
+            r#"{{"atrund":"ready","abi":{}}}"#,
+            atrund_sandbox::ABI_VERSION
+        )
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
