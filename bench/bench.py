@@ -141,6 +141,8 @@ class AtRund:
             "ATRUND_DENO_PATH": DENO,
             "ATRUND_POOL_ADMIN_LISTEN": "auto",
             "ATRUND_LOG": "info",
+            # The figures of record are for `none`; BENCH_ISOLATION=container measures that mode.
+            "ATRUND_ISOLATION": os.environ.get("BENCH_ISOLATION", "none"),
         }
         env.update(env_extra)
         self.logf = open(self.log_path, "a")
@@ -151,7 +153,7 @@ class AtRund:
             with open(self.log_path) as f:
                 text = f.read()
             text = text[: text.rfind("\n") + 1]  # complete lines only
-            m = re.search(r"listening.*addr=(\S+)", text)
+            m = re.search(r"http api listening.*addr=(\S+)", text)
             a = re.search(r"admin endpoint up.*admin=(\S+)|admin=(\S+).*admin endpoint up", text)
             if m:
                 self.base = "http://" + m.group(1)

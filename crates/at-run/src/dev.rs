@@ -163,7 +163,7 @@ pub async fn run(args: &DevArgs, deno: &Deno, json_out: bool) -> anyhow::Result<
             .map_while(Result::ok)
         {
             if let Some(addr) = line
-                .contains("listening")
+                .contains("http api listening")
                 .then(|| line.split("addr=").nth(1))
                 .flatten()
             {

@@ -225,7 +225,7 @@ impl Runner {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line
-                    .contains("listening")
+                    .contains("http api listening")
                     .then(|| line.split("addr=").nth(1))
                     .flatten()
                 {
@@ -878,7 +878,7 @@ async fn a_task_export_is_never_served_as_an_endpoint() {
             if let Some(a) = line
                 .split("addr=")
                 .nth(1)
-                .filter(|_| line.contains("listening"))
+                .filter(|_| line.contains("http api listening"))
             {
                 let _ = tx.send(a.trim().to_string());
             }

@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+
+/// The log message that announces the HTTP API's address (`... http api listening addr=IP:PORT`).
+const LISTENING_MESSAGE: &str = "http api listening";
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
@@ -274,7 +277,8 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     let addr = listener
         .local_addr()
         .context("cannot read the listening address")?;
-    tracing::info!(%addr, "listening");
+    // Scripts and tests find the address by this exact message: keep it stable.
+    tracing::info!(%addr, "{}", LISTENING_MESSAGE);
 
     if let Some(admin_addr) = config.pool.admin_addr(config.listen) {
         let admin = tokio::net::TcpListener::bind(admin_addr)

@@ -232,20 +232,40 @@ export const host = {{ handler: () => attempt(() => fetch("http://127.0.0.1:{por
     let manifest = json!({"endpoints": [{"name": "file"}, {"name": "env"}, {"name": "host"}],
                           "permissions": {"net": ["example.com:443"]}});
     deploy(net, &acct, &code, &manifest, "snoop", "1.0.0").await;
-    let runner = Runner::start(
-        net,
-        &deno,
-        &[("ATRUND_POLICY", "open"), ("HOME", "/root-canary")],
-    );
-    for ep in ["file", "env", "host"] {
-        let (s, b) = get(&runner.url(&format!("/bundle/{}/snoop/latest/{ep}", acct.did))).await;
-        assert_eq!(s, 200, "{ep}: {b}");
-        assert!(b.get("leaked").is_none(), "{ep} leaked: {b}");
-        let name = b["error"].as_str().unwrap_or_default();
-        assert!(
-            matches!(name, "NotCapable" | "PermissionDenied"),
-            "{ep}: expected Deno's permission error, got {b}"
+    // In `none` the host file exists and Deno's permission check is what refuses it; in
+    // `container` the file is not even in the sandbox's root (NotFound after the check passes
+    // for paths the sandbox grants, NotCapable otherwise).
+    for (isolation, file_errors) in [
+        ("none", &["NotCapable", "PermissionDenied"][..]),
+        (
+            "container",
+            &["NotCapable", "PermissionDenied", "NotFound"][..],
+        ),
+    ] {
+        let runner = Runner::start(
+            net,
+            &deno,
+            &[
+                ("ATRUND_POLICY", "open"),
+                ("ATRUND_ISOLATION", isolation),
+                ("HOME", "/root-canary"),
+            ],
         );
+        for ep in ["file", "env", "host"] {
+            let (s, b) = get(&runner.url(&format!("/bundle/{}/snoop/latest/{ep}", acct.did))).await;
+            assert_eq!(s, 200, "{isolation} {ep}: {b}");
+            assert!(b.get("leaked").is_none(), "{isolation} {ep} leaked: {b}");
+            let name = b["error"].as_str().unwrap_or_default();
+            let allowed = if ep == "file" {
+                file_errors
+            } else {
+                &["NotCapable", "PermissionDenied"][..]
+            };
+            assert!(
+                allowed.contains(&name),
+                "{isolation} {ep}: expected one of {allowed:?}, got {b}"
+            );
+        }
     }
     assert!(
         bait.accept().is_err(),

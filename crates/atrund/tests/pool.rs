@@ -45,7 +45,9 @@ impl Runner {
         std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).expect("manifest");
         let data = tempfile::tempdir().expect("temp dir");
         let mut cmd = common::command(deno, data.path());
+        // These tests follow instances by their host pids, which only `none` shows.
         cmd.args(["dev", dir.path().to_str().expect("utf-8"), "--name", "t"])
+            .env("ATRUND_ISOLATION", "none")
             .env("ATRUND_LOG", "info,atrund=debug,atrund_pool=debug");
         for (k, v) in env {
             cmd.env(k, v);

@@ -389,7 +389,7 @@ impl Default for Config {
             plc_url: default_plc_url(),
             allow_http: false,
             policy: AuthorPolicy::default(),
-            isolation: Isolation::None,
+            isolation: Isolation::Auto,
             identity: IdentitySection::default(),
             fetch: FetchSection::default(),
             http: HttpSection::default(),

@@ -39,7 +39,7 @@ fn no_file_gives_defaults() {
     assert!(!c.allow_http);
     assert_eq!(c.policy, AuthorPolicy::AllowList(vec![]));
     assert!(c.policy.is_closed());
-    assert_eq!(c.isolation, Isolation::None);
+    assert_eq!(c.isolation, Isolation::Auto);
     assert_eq!(c.data_dir, PathBuf::from("./.at-rund-data"));
     assert_eq!(c.identity.timeout_ms, 3000);
     assert_eq!(c.identity.cache_stale_secs, 3600);

@@ -48,7 +48,7 @@ pub fn use_test_net<'a>(cmd: &'a mut Command, net: &TestNet) -> &'a mut Command 
 }
 
 impl Daemon {
-    /// Spawns `cmd` and waits (30 s at most) for its "listening" line, and its "admin endpoint
+    /// Spawns `cmd` and waits (30 s at most) for its "http api listening" line, and its "admin endpoint
     /// up" line when `want_admin`.
     pub fn spawn(cmd: &mut Command, want_admin: bool) -> Daemon {
         let mut child = cmd
@@ -63,7 +63,7 @@ impl Daemon {
         let log2 = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening") {
+                if line.contains("http api listening") {
                     if let Some(a) = line.split("addr=").nth(1) {
                         let _ = tx.send((false, a.trim().to_string()));
                     }
