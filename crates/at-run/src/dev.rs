@@ -93,11 +93,31 @@ fn scan(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
 }
 
 /// One line of output: JSON events with `--json`, text otherwise.
+///
+/// A closed stdout (the reader went away) must not end the loop with a panic: the runner would
+/// then be left to `Drop` instead of the graceful stop below.
 fn say(json_out: bool, event: serde_json::Value, text: &str) {
-    if json_out {
-        println!("{event}");
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = if json_out {
+        writeln!(out, "{event}")
     } else {
-        println!("{text}");
+        writeln!(out, "{text}")
+    };
+}
+
+/// Sends SIGTERM to the runner when dropped (any exit path, a panic included), so at-rund stops
+/// its instances itself. SIGKILL would leave them behind: an idle instance is frozen, and a
+/// frozen process does not die of its parent-death signal.
+struct TermOnDrop(Option<u32>);
+
+impl Drop for TermOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
     }
 }
 
@@ -147,10 +167,10 @@ pub async fn run(args: &DevArgs, deno: &Deno, json_out: bool) -> anyhow::Result<
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("could not start {}", runner.display()))?;
     let pid = child.id();
+    let mut term_guard = TermOnDrop(pid);
     let stderr = child.stderr.take().context("at-rund stderr")?;
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<String>();
     let verbose = args.verbose;
@@ -249,6 +269,7 @@ pub async fn run(args: &DevArgs, deno: &Deno, json_out: bool) -> anyhow::Result<
         }
     };
     // A graceful stop, so at-rund stops its Deno instances.
+    term_guard.0 = None;
     if let Some(pid) = pid {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])

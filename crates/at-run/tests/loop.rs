@@ -782,6 +782,13 @@ async fn authoring_doc_commands_all_run() {
                 l.clear();
             }
             assert!(!addr.is_empty(), "at-run dev never became ready");
+            // Keep reading its events, so it never writes into a closed pipe.
+            std::thread::spawn(move || {
+                let mut sink = String::new();
+                while reader.read_line(&mut sink).unwrap_or(0) > 0 {
+                    sink.clear();
+                }
+            });
             dev = Some((Stopper(child), addr));
             ran.push(line.clone());
             continue;
