@@ -14,8 +14,7 @@ use atrund_secrets::{
 };
 use serde::Serialize;
 
-use crate::deploy::{check_pds_url, Password};
-use crate::xrpc::{Client, Session};
+use crate::xrpc::Client;
 
 /// Which bundle, which runner, which account.
 #[derive(Debug, Clone, clap::Args)]
@@ -30,20 +29,9 @@ pub struct TargetArgs {
     /// Bundle name.
     #[arg(long)]
     pub name: String,
-    /// Your PDS, e.g. https://pds.example.com.
-    #[arg(long, env = "ATRUN_PDS", value_name = "URL")]
-    pub pds: Option<String>,
-    /// Your handle or DID.
-    #[arg(long, env = "ATRUN_IDENTIFIER", value_name = "HANDLE_OR_DID")]
-    pub identifier: Option<String>,
-    /// An app password (not needed by `list`).
-    #[arg(
-        long,
-        env = "ATRUN_PASSWORD",
-        hide_env_values = true,
-        value_name = "APP_PASSWORD"
-    )]
-    pub password: Option<Password>,
+    /// The author's account (`list` needs no password: names are public).
+    #[command(flatten)]
+    pub auth: crate::auth::AuthArgs,
 }
 
 /// `NAME=VALUE`, or `NAME` to take the value from the environment variable of that name (keeps
@@ -226,74 +214,9 @@ pub async fn runner_key(t: &TargetArgs) -> anyhow::Result<RunnerPublicKey> {
     Ok(key)
 }
 
-struct Account {
-    client: Client,
-    repo: String,
-}
-
-fn account(t: &TargetArgs) -> anyhow::Result<Account> {
-    validate_name(&t.name).context("--name")?;
-    // Without --pds/--identifier, the account stored by `at-run login`.
-    let stored = if t.pds.is_none() || t.identifier.is_none() {
-        crate::auth::load()?
-    } else {
-        None
-    };
-    let pds = match (t.pds.as_deref(), &stored) {
-        (Some(p), _) => p.to_string(),
-        (None, Some(s)) => s.pds.clone(),
-        (None, None) => {
-            anyhow::bail!("no PDS given: pass --pds URL or set ATRUN_PDS (or run `at-run login`)")
-        }
-    };
-    let pds = check_pds_url(&pds)?;
-    let repo = match (
-        t.identifier
-            .clone()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty()),
-        &stored,
-    ) {
-        (Some(i), _) => i,
-        (None, Some(s)) => s.did.clone(),
-        (None, None) => anyhow::bail!(
-            "no account given: pass --identifier HANDLE_OR_DID or set ATRUN_IDENTIFIER (or run `at-run login`)"
-        ),
-    };
-    let client = Client::new(&pds).context("could not set up the HTTP client")?;
-    Ok(Account { client, repo })
-}
-
-async fn login(t: &TargetArgs, a: &Account) -> anyhow::Result<Session> {
-    let Some(password) = t.password.as_ref().filter(|p| !p.expose().is_empty()) else {
-        // No password: the session stored by `at-run login` (refreshed when needed).
-        let (_, session) = crate::auth::session(&crate::auth::AuthArgs {
-            pds: t.pds.clone(),
-            identifier: t.identifier.clone(),
-            password: None,
-        })
-        .await?;
-        return Ok(session);
-    };
-    let session = a
-        .client
-        .create_session(&a.repo, password.expose())
-        .await
-        .with_context(|| format!("could not log in as '{}'", a.repo))?;
-    if session.active == Some(false) {
-        bail!(
-            "account {} is not active on its PDS (status: {})",
-            session.handle,
-            session.status.as_deref().unwrap_or("unknown")
-        );
-    }
-    Ok(session)
-}
-
 /// The record now stored for this bundle and runner key, if any.
-async fn current(a: &Account, repo: &str, rkey: &str) -> anyhow::Result<Option<SecretsRecord>> {
-    let Some(v) = a
-        .client
+async fn current(client: &Client, repo: &str, rkey: &str) -> anyhow::Result<Option<SecretsRecord>> {
+    let Some(v) = client
         .get_record(repo, SECRETS_COLLECTION, rkey)
         .await
         .context("could not read the current secrets record")?
@@ -322,11 +245,11 @@ pub fn parse_pairs(args: &[String]) -> anyhow::Result<Vec<SecretArg>> {
 
 /// `set`: seals each value for the runner's key and writes the merged record.
 pub async fn set(t: &TargetArgs, pairs: &[SecretArg]) -> anyhow::Result<Outcome> {
-    let a = account(t)?;
+    validate_name(&t.name).context("--name")?;
+    let (client, session) = crate::auth::session(&t.auth).await?;
     let key = runner_key(t).await?;
-    let session = login(t, &a).await?;
     let rkey = secrets_rkey(&t.name, &key);
-    let mut entries: Vec<SealedEntry> = match current(&a, &session.did, &rkey).await? {
+    let mut entries: Vec<SealedEntry> = match current(&client, &session.did, &rkey).await? {
         // Sealed for another key (written by hand?): those values cannot be kept.
         Some(r) if r.runner_key == key.to_multibase() && r.name == t.name => r.entries,
         _ => Vec::new(),
@@ -355,8 +278,7 @@ pub async fn set(t: &TargetArgs, pairs: &[SecretArg]) -> anyhow::Result<Outcome>
         updated_at: crate::time::now_rfc3339(),
     };
     record.validate(&t.name)?;
-    let w = a
-        .client
+    let w = client
         .put_record(
             &session,
             SECRETS_COLLECTION,
@@ -377,12 +299,12 @@ pub async fn set(t: &TargetArgs, pairs: &[SecretArg]) -> anyhow::Result<Outcome>
 
 /// `unset`: removes entries by name; deletes the record when none are left.
 pub async fn unset(t: &TargetArgs, remove: &[String]) -> anyhow::Result<Outcome> {
-    let a = account(t)?;
+    validate_name(&t.name).context("--name")?;
+    let (client, session) = crate::auth::session(&t.auth).await?;
     let key = runner_key(t).await?;
-    let session = login(t, &a).await?;
     let rkey = secrets_rkey(&t.name, &key);
     let uri = format!("at://{}/{SECRETS_COLLECTION}/{rkey}", session.did);
-    let Some(mut record) = current(&a, &session.did, &rkey).await? else {
+    let Some(mut record) = current(&client, &session.did, &rkey).await? else {
         return Ok(Outcome {
             uri,
             cid: None,
@@ -395,7 +317,7 @@ pub async fn unset(t: &TargetArgs, remove: &[String]) -> anyhow::Result<Outcome>
     record.entries.retain(|e| !remove.contains(&e.name));
     let changed: Vec<String> = before.into_iter().filter(|n| remove.contains(n)).collect();
     if record.entries.is_empty() {
-        a.client
+        client
             .delete_record(&session, SECRETS_COLLECTION, &rkey)
             .await
             .context("could not delete the secrets record")?;
@@ -408,8 +330,7 @@ pub async fn unset(t: &TargetArgs, remove: &[String]) -> anyhow::Result<Outcome>
         });
     }
     record.updated_at = crate::time::now_rfc3339();
-    let w = a
-        .client
+    let w = client
         .put_record(
             &session,
             SECRETS_COLLECTION,
@@ -430,12 +351,13 @@ pub async fn unset(t: &TargetArgs, remove: &[String]) -> anyhow::Result<Outcome>
 
 /// `list`: the names stored for this bundle and runner (no login needed: names are public).
 pub async fn list(t: &TargetArgs) -> anyhow::Result<Outcome> {
-    let a = account(t)?;
+    validate_name(&t.name).context("--name")?;
+    let (client, repo) = crate::auth::reader(&t.auth)?;
     let key = runner_key(t).await?;
     let rkey = secrets_rkey(&t.name, &key);
-    let record = current(&a, &a.repo, &rkey).await?;
+    let record = current(&client, &repo, &rkey).await?;
     Ok(Outcome {
-        uri: format!("at://{}/{SECRETS_COLLECTION}/{rkey}", a.repo),
+        uri: format!("at://{}/{SECRETS_COLLECTION}/{rkey}", repo),
         cid: None,
         runner_key: key.to_multibase(),
         names: record.as_ref().map(names).unwrap_or_default(),

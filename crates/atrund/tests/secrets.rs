@@ -84,9 +84,11 @@ fn target(net: &TestNet, acct: &Account, runner: &Runner, name: &str) -> TargetA
         runner: runner.daemon.base.clone(),
         runner_key: None,
         name: name.to_string(),
-        pds: Some(net.pds_url.clone()),
-        identifier: Some(acct.handle.clone()),
-        password: Some(acct.password.parse().expect("password")),
+        auth: at_run::auth::AuthArgs {
+            pds: Some(net.pds_url.clone()),
+            identifier: Some(acct.handle.clone()),
+            password: Some(acct.password.parse().expect("password")),
+        },
     }
 }
 
