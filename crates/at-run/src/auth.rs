@@ -150,17 +150,7 @@ pub struct LoginInfo {
 
 /// `at-run login`: createSession and store it.
 pub async fn login(a: &AuthArgs) -> anyhow::Result<LoginInfo> {
-    let pds = a
-        .pds
-        .as_deref()
-        .context("no PDS given: pass --pds URL (e.g. https://bsky.social) or set ATRUN_PDS")?;
-    let pds = check_pds_url(pds)?;
-    let identifier = a
-        .identifier
-        .as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .context("no account given: pass --identifier HANDLE_OR_DID or set ATRUN_IDENTIFIER")?;
+    let (pds, identifier) = pds_and_identifier(a, "(e.g. https://bsky.social)")?;
     let password = a
         .password
         .as_ref()
@@ -244,17 +234,7 @@ pub async fn session(a: &AuthArgs) -> anyhow::Result<(Client, Session)> {
     let Some(password) = password else {
         return Err(Failure::NotLoggedIn(String::new()).into());
     };
-    let pds = a
-        .pds
-        .as_deref()
-        .context("no PDS given: pass --pds URL or set ATRUN_PDS (or log in with `at-run login`)")?;
-    let pds = check_pds_url(pds)?;
-    let identifier = a
-        .identifier
-        .as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .context("no account given: pass --identifier HANDLE_OR_DID or set ATRUN_IDENTIFIER")?;
+    let (pds, identifier) = pds_and_identifier(a, "(or log in with `at-run login`)")?;
     let client = Client::new(&pds).context("could not set up the HTTP client")?;
     let s = client
         .create_session(identifier, password.expose())
@@ -268,6 +248,23 @@ pub async fn session(a: &AuthArgs) -> anyhow::Result<(Client, Session)> {
         );
     }
     Ok((client, s))
+}
+
+/// The PDS (checked) and the account the arguments name, both required; `pds_hint` ends the
+/// message when the PDS is missing.
+fn pds_and_identifier<'a>(a: &'a AuthArgs, pds_hint: &str) -> anyhow::Result<(String, &'a str)> {
+    let pds = a
+        .pds
+        .as_deref()
+        .with_context(|| format!("no PDS given: pass --pds URL or set ATRUN_PDS {pds_hint}"))?;
+    let pds = check_pds_url(pds)?;
+    let identifier = a
+        .identifier
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .context("no account given: pass --identifier HANDLE_OR_DID or set ATRUN_IDENTIFIER")?;
+    Ok((pds, identifier))
 }
 
 /// The stored session, if it is for the given `pds` / `identifier` (when given).
