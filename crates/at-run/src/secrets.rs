@@ -1,7 +1,8 @@
 //! `at-run secrets set|unset|list`: seal values to one runner's public key and keep them in the
 //! author's repo as a `dev.atrund.secrets` record at `{bundle}:{runner key fingerprint}`.
 //!
-//! Owns: fetching the runner's key from its describeRunner, sealing, merging with the entries
+//! Owns: fetching the runner's key from its describeRunner, sealing each value in an envelope
+//! bound to this author, bundle, name and runner key (docs/secrets.md), merging with the entries
 //! already in the record (their values cannot be read back, so other names keep their sealed
 //! bytes), and writing or deleting the record. Must not touch: any value beyond sealing it; no
 //! value is printed, logged or put in an error, and `list` shows names only.
@@ -9,8 +10,8 @@
 use anyhow::{bail, Context};
 use atrund_bundle::record::validate_name;
 use atrund_secrets::{
-    secrets_rkey, validate_secret_name, RunnerPublicKey, SealedEntry, SecretValue, SecretsRecord,
-    MAX_ENTRIES, MAX_VALUE_BYTES, SECRETS_COLLECTION,
+    seal_bound, secrets_rkey, validate_secret_name, Binding, RunnerPublicKey, SealedEntry,
+    SecretValue, SecretsRecord, MAX_ENTRIES, MAX_VALUE_BYTES, RECORD_FORMAT, SECRETS_COLLECTION,
 };
 use serde::Serialize;
 
@@ -117,6 +118,10 @@ pub struct Outcome {
     pub names: Vec<String>,
     /// Names this command changed (set or removed).
     pub changed: Vec<String>,
+    /// Names of the stored record that `set` could not keep (sealed in the old unbound format,
+    /// for another key or bundle): their values cannot be read back, so set them again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<String>,
 }
 
 impl Outcome {
@@ -135,6 +140,12 @@ impl Outcome {
             s.push_str("  names:  (none)\n");
         } else {
             s.push_str(&format!("  names:  {}\n", self.names.join(", ")));
+        }
+        if !self.dropped.is_empty() {
+            s.push_str(&format!(
+                "  dropped: {} (sealed in an old format or for another key; set them again)\n",
+                self.dropped.join(", ")
+            ));
         }
         s
     }
@@ -249,14 +260,31 @@ pub async fn set(t: &TargetArgs, pairs: &[SecretArg]) -> anyhow::Result<Outcome>
     let (client, session) = crate::auth::session(&t.auth).await?;
     let key = runner_key(t).await?;
     let rkey = secrets_rkey(&t.name, &key);
-    let mut entries: Vec<SealedEntry> = match current(&client, &session.did, &rkey).await? {
-        // Sealed for another key (written by hand?): those values cannot be kept.
-        Some(r) if r.runner_key == key.to_multibase() && r.name == t.name => r.entries,
-        _ => Vec::new(),
-    };
+    let (mut entries, mut dropped): (Vec<SealedEntry>, Vec<String>) =
+        match current(&client, &session.did, &rkey).await? {
+            Some(r)
+                if r.format == Some(RECORD_FORMAT)
+                    && r.runner_key == key.to_multibase()
+                    && r.name == t.name =>
+            {
+                (r.entries, Vec::new())
+            }
+            // Old unbound format, or sealed for another key (written by hand?): those values
+            // cannot be re-sealed, only reported.
+            Some(r) => (Vec::new(), names(&r)),
+            None => (Vec::new(), Vec::new()),
+        };
     let mut changed = Vec::new();
     for p in pairs {
-        let sealed = key.seal(&p.name, p.value.expose().as_bytes())?;
+        // Bound to this author, bundle, name and runner key: a copy elsewhere opens nothing.
+        let place = Binding {
+            did: &session.did,
+            bundle: &t.name,
+            name: &p.name,
+            runner_key: &key,
+        };
+        let sealed = seal_bound(&place, p.value.expose())?;
+        dropped.retain(|d| d != &p.name);
         match entries.iter_mut().find(|e| e.name == p.name) {
             Some(e) => e.sealed = sealed,
             None => entries.push(SealedEntry {
@@ -272,6 +300,7 @@ pub async fn set(t: &TargetArgs, pairs: &[SecretArg]) -> anyhow::Result<Outcome>
         bail!("a bundle may have at most {MAX_ENTRIES} secrets per runner; unset some first");
     }
     let record = SecretsRecord {
+        format: Some(RECORD_FORMAT),
         name: t.name.clone(),
         runner_key: key.to_multibase(),
         entries,
@@ -294,6 +323,7 @@ pub async fn set(t: &TargetArgs, pairs: &[SecretArg]) -> anyhow::Result<Outcome>
         runner_key: key.to_multibase(),
         names: names(&record),
         changed,
+        dropped,
     })
 }
 
@@ -311,6 +341,7 @@ pub async fn unset(t: &TargetArgs, remove: &[String]) -> anyhow::Result<Outcome>
             runner_key: key.to_multibase(),
             names: Vec::new(),
             changed: Vec::new(),
+            dropped: Vec::new(),
         });
     };
     let before = names(&record);
@@ -327,6 +358,7 @@ pub async fn unset(t: &TargetArgs, remove: &[String]) -> anyhow::Result<Outcome>
             runner_key: key.to_multibase(),
             names: Vec::new(),
             changed,
+            dropped: Vec::new(),
         });
     }
     record.updated_at = crate::time::now_rfc3339();
@@ -346,6 +378,7 @@ pub async fn unset(t: &TargetArgs, remove: &[String]) -> anyhow::Result<Outcome>
         runner_key: key.to_multibase(),
         names: names(&record),
         changed,
+        dropped: Vec::new(),
     })
 }
 
@@ -362,6 +395,7 @@ pub async fn list(t: &TargetArgs) -> anyhow::Result<Outcome> {
         runner_key: key.to_multibase(),
         names: record.as_ref().map(names).unwrap_or_default(),
         changed: Vec::new(),
+        dropped: Vec::new(),
     })
 }
 

@@ -13,7 +13,9 @@ use std::time::Duration;
 use common::Daemon;
 
 use at_run::secrets::{SecretArg, TargetArgs};
-use atrund_secrets::{secrets_rkey, RunnerKeys, RunnerPublicKey, SealedEntry, SecretsRecord};
+use atrund_secrets::{
+    secrets_rkey, Binding, RunnerKeys, RunnerPublicKey, SealedEntry, SecretsRecord, RECORD_FORMAT,
+};
 use atrund_testnet::{Account, TestNet};
 use serde_json::{json, Value};
 use sha2::Digest;
@@ -334,12 +336,25 @@ async fn records_sealed_for_another_runner_key_are_refused_by_name() {
         .expect("other runner's key");
     let theirs = theirs.public_key();
     let canary = "canary-wrongkey-9e3d44";
-    let sealed = theirs.seal("API_TOKEN", canary.as_bytes()).expect("seal");
+    let bound = |name: &'static str, key: &RunnerPublicKey| {
+        atrund_secrets::seal_bound(
+            &Binding {
+                did: &acct.did,
+                bundle: "vault",
+                name,
+                runner_key: key,
+            },
+            canary,
+        )
+        .expect("seal")
+    };
+    let sealed = bound("API_TOKEN", &theirs);
     let rkey = secrets_rkey("vault", &ours);
     let check = runner.url(&format!("/bundle/{}/vault/latest/check", acct.did));
 
     // Sealed for, and saying, another runner's key, at this runner's record key.
     let mut record = SecretsRecord {
+        format: Some(RECORD_FORMAT),
         name: "vault".into(),
         runner_key: theirs.to_multibase(),
         entries: vec![SealedEntry {
@@ -378,7 +393,7 @@ async fn records_sealed_for_another_runner_key_are_refused_by_name() {
     // A name the runner reserves.
     record.entries[0] = SealedEntry {
         name: "LD_PRELOAD".into(),
-        sealed: ours.seal("LD_PRELOAD", canary.as_bytes()).expect("seal"),
+        sealed: bound("LD_PRELOAD", &ours),
     };
     put_secrets(net, &acct, &rkey, &record).await;
     let (s, b) = get(&check).await;
@@ -405,6 +420,134 @@ async fn records_sealed_for_another_runner_key_are_refused_by_name() {
     let (s, b) = get(&check).await;
     assert_eq!((s, &b["API_TOKEN"]), (200, &json!("NotCapable")), "{b}");
 
+    let log = runner.stop();
+    assert_no_canary(&log, data.path(), &[canary]);
+}
+
+/// The stored record of `acct` at `rkey`, as the PDS serves it to anyone.
+async fn read_secrets(net: &TestNet, acct: &Account, rkey: &str) -> SecretsRecord {
+    let client = at_run::xrpc::Client::new(&net.pds_url).expect("client");
+    let v = client
+        .get_record(&acct.did, atrund_secrets::SECRETS_COLLECTION, rkey)
+        .await
+        .expect("getRecord")
+        .expect("the record exists");
+    SecretsRecord::from_json(&v["value"]).expect("record")
+}
+
+/// The attack of issue 9: author B copies author A's public secrets record into B's own repo
+/// (under B's bundle of the same name, and under another name), and A's own record is copied
+/// under A's other bundle. Each copy gets `SecretBindingMismatch` and no value; A keeps working.
+#[tokio::test(flavor = "multi_thread")]
+async fn copied_secrets_records_open_nothing() {
+    let Some((net, deno)) = setup() else { return };
+    let victim = net.create_account("victim").await;
+    let thief = net.create_account("thief").await;
+    deploy(net, &victim, VAULT, &vault_manifest(), "vault").await;
+    deploy(net, &victim, VAULT, &vault_manifest(), "sibling").await;
+    deploy(net, &thief, VAULT, &vault_manifest(), "vault").await;
+    deploy(net, &thief, VAULT, &vault_manifest(), "loot").await;
+    let data = tempfile::tempdir().expect("temp dir");
+    let runner = Runner::start(net, &deno, data.path());
+    let (_, d) = get(&runner.url("/xrpc/dev.atrund.describeRunner")).await;
+    let key = RunnerPublicKey::from_multibase(d["publicKey"].as_str().expect("key")).expect("mb");
+
+    let canary = "canary-victim-0b7c52";
+    at_run::secrets::set(
+        &target(net, &victim, &runner, "vault"),
+        &pairs(&[("API_TOKEN", canary)]),
+    )
+    .await
+    .expect("victim sets a secret");
+    let check = |acct: &Account, bundle: &str| {
+        runner.url(&format!("/bundle/{}/{bundle}/latest/check", acct.did))
+    };
+    let (s, b) = get(&check(&victim, "vault")).await;
+    assert_eq!((s, &b["API_TOKEN"]), (200, &json!(sha_hex(canary))), "{b}");
+
+    // Anyone can read the victim's record from the PDS.
+    let stolen = read_secrets(net, &victim, &secrets_rkey("vault", &key)).await;
+    assert_eq!(stolen.entries.len(), 1);
+    let refused = |b: &Value| {
+        let text = b.to_string();
+        assert!(
+            !text.contains(canary) && !text.contains(&sha_hex(canary)),
+            "a value leaked: {text}"
+        );
+    };
+
+    // 1. Into the thief's repo, same bundle name, same runner-key fingerprint.
+    put_secrets(net, &thief, &secrets_rkey("vault", &key), &stolen).await;
+    let (s, b) = get(&check(&thief, "vault")).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (502, Some("SecretBindingMismatch")),
+        "{b}"
+    );
+    refused(&b);
+    let msg = b["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("another author") && msg.contains("at-run secrets set"), "{msg}");
+
+    // 2. Into the thief's repo under another bundle name.
+    let mut renamed = stolen.clone();
+    renamed.name = "loot".into();
+    put_secrets(net, &thief, &secrets_rkey("loot", &key), &renamed).await;
+    let (s, b) = get(&check(&thief, "loot")).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (502, Some("SecretBindingMismatch")),
+        "{b}"
+    );
+    refused(&b);
+
+    // 3. Within the victim's own account: bundle "vault"'s entries under bundle "sibling".
+    let mut sibling = stolen.clone();
+    sibling.name = "sibling".into();
+    put_secrets(net, &victim, &secrets_rkey("sibling", &key), &sibling).await;
+    let (s, b) = get(&check(&victim, "sibling")).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (502, Some("SecretBindingMismatch")),
+        "{b}"
+    );
+    assert!(
+        b["message"].as_str().unwrap_or_default().contains("another bundle"),
+        "{b}"
+    );
+    refused(&b);
+
+    // 4. A record in the old, unbound format (a bare sealed value) is refused as outdated.
+    let old = SecretsRecord {
+        format: None,
+        entries: vec![SealedEntry {
+            name: "API_TOKEN".into(),
+            sealed: key.seal("API_TOKEN", canary.as_bytes()).expect("seal"),
+        }],
+        ..renamed.clone()
+    };
+    put_secrets(net, &thief, &secrets_rkey("loot", &key), &old).await;
+    let (s, b) = get(&check(&thief, "loot")).await;
+    assert_eq!((s, b["error"].as_str()), (502, Some("SecretsOutdated")), "{b}");
+    assert!(
+        b["message"].as_str().unwrap_or_default().contains("at-run secrets set"),
+        "{b}"
+    );
+    refused(&b);
+    // `set` over an outdated record reports the names it could not keep.
+    let out = at_run::secrets::set(
+        &target(net, &thief, &runner, "loot"),
+        &pairs(&[("OTHER", "canary-thief-own-1f2e")]),
+    )
+    .await
+    .expect("set over an old record");
+    assert_eq!(out.dropped, ["API_TOKEN"]);
+    assert!(out.render("sealed").contains("set them again"));
+    let (s, b) = get(&check(&thief, "loot")).await;
+    assert_eq!((s, &b["API_TOKEN"]), (200, &json!("NotCapable")), "{b}");
+
+    // The victim is untouched.
+    let (s, b) = get(&check(&victim, "vault")).await;
+    assert_eq!((s, &b["API_TOKEN"]), (200, &json!(sha_hex(canary))), "{b}");
     let log = runner.stop();
     assert_no_canary(&log, data.path(), &[canary]);
 }

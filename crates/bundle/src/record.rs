@@ -207,7 +207,7 @@ impl Manifest {
         for p in self.permissions.read.iter().chain(&self.permissions.write) {
             if !is_relative_data_path(p) {
                 return bad(format!(
-                    "path '{p}' in read/write must be relative to the bundle's data dir, without '..'"
+                    "path '{p}' in read/write must be relative to the bundle's data dir, made of plain names (no '/' at the start, no '.', '..' or empty segments); to grant the whole data dir, list the folders in it"
                 ));
             }
         }
@@ -307,7 +307,7 @@ fn is_relative_data_path(p: &str) -> bool {
     !p.is_empty()
         && !p.starts_with('/')
         && !p.contains('\0')
-        && p.split('/').all(|seg| !seg.is_empty() && seg != "..")
+        && p.split('/').all(|seg| !seg.is_empty() && seg != ".." && seg != ".")
 }
 
 #[cfg(test)]
@@ -346,6 +346,10 @@ mod tests {
             r#"{"permissions":{"read":["../etc"]}}"#,
             r#"{"permissions":{"read":["/etc"]}}"#,
             r#"{"permissions":{"write":["a//b"]}}"#,
+            r#"{"permissions":{"write":["."]}}"#,
+            r#"{"permissions":{"read":["./a"]}}"#,
+            r#"{"permissions":{"read":["a/."]}}"#,
+            r#"{"permissions":{"read":["a/./b"]}}"#,
             r#"{"permissions":{"net":["a,b"]}}"#,
             r#"{"limits":{"memoryMib":0}}"#,
         ] {

@@ -78,6 +78,8 @@ pub fn status_for(code: &str) -> StatusCode {
         | "SecretsInvalid"
         | "SecretsNotForThisRunner"
         | "SecretsUndecryptable"
+        | "SecretsOutdated"
+        | "SecretBindingMismatch"
         | "MemoryLimitExceeded"
         | "TooManyProcesses" => StatusCode::BAD_GATEWAY,
         "Draining" | "DenoNotFound" | "BundleCrashLooping" => StatusCode::SERVICE_UNAVAILABLE,
@@ -162,6 +164,8 @@ mod tests {
             "SecretsNotForThisRunner",
             "SecretsUndecryptable",
             "SecretsInvalid",
+            "SecretsOutdated",
+            "SecretBindingMismatch",
         ] {
             assert_eq!(status_for(s), 502, "{s}");
         }

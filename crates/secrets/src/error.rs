@@ -36,6 +36,16 @@ pub enum SecretsError {
         record_key: String,
         runner_key: String,
     },
+    /// the record predates bound values (format 2), so its values could have been copied
+    #[error("the dev.atrund.secrets record of '{bundle}' is in an old format whose values are not bound to their author, bundle and name, so this runner will not open it; the author should run `at-run secrets set` again for every secret of this bundle")]
+    Outdated { bundle: String },
+    /// a value opened, but it was sealed for another place
+    #[error("secret '{name}' of '{bundle}' was sealed for {}, not for this one: a sealed value opens only for the author, bundle, secret name and runner key it was sealed for, so values copied from another record are refused; the author should run `at-run secrets set` for this bundle", field.describe())]
+    BindingMismatch {
+        bundle: String,
+        name: String,
+        field: crate::envelope::BindingField,
+    },
     /// a sealed value did not open with this runner's key
     #[error("secret '{name}' of '{bundle}' cannot be decrypted with this runner's key (sealed for another key, or altered); the author should run `at-run secrets set` again")]
     Undecryptable { bundle: String, name: String },
@@ -56,6 +66,8 @@ impl SecretsError {
             SecretsError::Invalid { .. } => "SecretsInvalid",
             SecretsError::NotForThisRunner { .. } => "SecretsNotForThisRunner",
             SecretsError::Undecryptable { .. } => "SecretsUndecryptable",
+            SecretsError::Outdated { .. } => "SecretsOutdated",
+            SecretsError::BindingMismatch { .. } => "SecretBindingMismatch",
             SecretsError::SealFailed { .. } => "SealFailed",
         }
     }

@@ -15,6 +15,7 @@ use crypto_box::aead::OsRng;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::envelope::{check_bound, Binding};
 use crate::record::SecretsRecord;
 use crate::value::{SecretEnv, SecretValue};
 use crate::{RunnerPublicKey, SecretsError};
@@ -299,8 +300,15 @@ impl RunnerKeys {
         )
     }
 
-    /// Checks `record` belongs to bundle `bundle` and this runner, and opens every value.
-    pub fn open(&self, bundle: &str, record: &SecretsRecord) -> Result<SecretEnv, SecretsError> {
+    /// Checks `record` (proven from `did`'s repository) belongs to bundle `bundle` and this
+    /// runner, opens every value, and checks each was sealed for exactly this author, bundle,
+    /// name and runner key (`envelope`).
+    pub fn open(
+        &self,
+        did: &str,
+        bundle: &str,
+        record: &SecretsRecord,
+    ) -> Result<SecretEnv, SecretsError> {
         record.validate(bundle)?;
         let record_key = RunnerPublicKey::from_multibase(&record.runner_key).map_err(|_| {
             SecretsError::Invalid {
@@ -322,17 +330,20 @@ impl RunnerKeys {
                 name: e.name.clone(),
             };
             let plain = Zeroizing::new(held.secret.unseal(&e.sealed).map_err(|_| undecryptable())?);
-            let text = std::str::from_utf8(&plain).map_err(|_| SecretsError::Invalid {
-                bundle: bundle.to_string(),
-                detail: format!("the value of '{}' is not UTF-8 text", e.name),
-            })?;
-            if text.contains('\0') {
+            let place = Binding {
+                did,
+                bundle,
+                name: &e.name,
+                runner_key: &held.public,
+            };
+            let value = check_bound(&plain, &place)?;
+            if value.contains('\0') {
                 return Err(SecretsError::Invalid {
                     bundle: bundle.to_string(),
                     detail: format!("the value of '{}' contains a NUL byte", e.name),
                 });
             }
-            out.push((e.name.clone(), SecretValue::new(text.to_string())));
+            out.push((e.name.clone(), SecretValue::new(value.to_string())));
         }
         Ok(SecretEnv(out))
     }
@@ -343,16 +354,28 @@ mod tests {
     use super::*;
     use crate::record::SealedEntry;
 
+    const DID: &str = "did:plc:author";
+
     fn record(keys: &RunnerKeys, pairs: &[(&str, &str)]) -> SecretsRecord {
         let pk = keys.public_key();
         SecretsRecord {
+            format: Some(crate::RECORD_FORMAT),
             name: "hello".into(),
             runner_key: pk.to_multibase(),
             entries: pairs
                 .iter()
                 .map(|(n, v)| SealedEntry {
                     name: n.to_string(),
-                    sealed: pk.seal(n, v.as_bytes()).unwrap(),
+                    sealed: crate::seal_bound(
+                        &Binding {
+                            did: DID,
+                            bundle: "hello",
+                            name: n,
+                            runner_key: &pk,
+                        },
+                        v,
+                    )
+                    .unwrap(),
                 })
                 .collect(),
             updated_at: "2026-01-01T00:00:00Z".into(),
@@ -425,20 +448,20 @@ mod tests {
             &keys,
             &[("API_TOKEN", "tok-123"), ("DB_URL", "postgres://x")],
         );
-        let env = keys.open("hello", &rec).unwrap();
+        let env = keys.open(DID, "hello", &rec).unwrap();
         let got: Vec<_> = env.iter().map(|(n, v)| (n, v.expose())).collect();
         assert_eq!(got, [("API_TOKEN", "tok-123"), ("DB_URL", "postgres://x")]);
         assert!(!format!("{env:?}").contains("tok-123"));
 
         // Sealed for another runner, and saying so.
         let e = keys
-            .open("hello", &record(&other, &[("A", "v")]))
+            .open(DID, "hello", &record(&other, &[("A", "v")]))
             .unwrap_err();
         assert_eq!(e.code(), "SecretsNotForThisRunner");
         // Claims this runner's key but was sealed to another.
         let mut forged = record(&other, &[("A", "v")]);
         forged.runner_key = keys.public_key().to_multibase();
-        let e = keys.open("hello", &forged).unwrap_err();
+        let e = keys.open(DID, "hello", &forged).unwrap_err();
         assert_eq!(e.code(), "SecretsUndecryptable");
         assert!(e.to_string().contains("'A'"));
         // One flipped bit anywhere.
@@ -446,15 +469,46 @@ mod tests {
             let mut t = rec.clone();
             t.entries[0].sealed[i] ^= 1;
             assert_eq!(
-                keys.open("hello", &t).unwrap_err().code(),
+                keys.open(DID, "hello", &t).unwrap_err().code(),
                 "SecretsUndecryptable",
                 "bit at {i}"
             );
         }
         // A record for another bundle name.
         assert_eq!(
-            keys.open("other", &rec).unwrap_err().code(),
+            keys.open(DID, "other", &rec).unwrap_err().code(),
             "SecretsInvalid"
+        );
+        // The copy attack: the same record proven from another author's repository, and its
+        // entries under another bundle's name or swapped between names.
+        let e = keys.open("did:plc:thief", "hello", &rec).unwrap_err();
+        assert_eq!(e.code(), "SecretBindingMismatch");
+        assert!(e.to_string().contains("another author"), "{e}");
+        let mut moved = rec.clone();
+        moved.name = "stolen".into();
+        assert_eq!(
+            keys.open(DID, "stolen", &moved).unwrap_err().code(),
+            "SecretBindingMismatch"
+        );
+        let mut swapped = rec.clone();
+        swapped.entries[0].name = "DB_URL".into();
+        swapped.entries[1].name = "API_TOKEN".into();
+        assert_eq!(
+            keys.open(DID, "hello", &swapped).unwrap_err().code(),
+            "SecretBindingMismatch"
+        );
+        // A bare sealed value (the format before the binding) is not opened either.
+        let mut bare = rec.clone();
+        bare.entries[0].sealed = keys.public_key().seal("API_TOKEN", b"tok-123").unwrap();
+        assert_eq!(
+            keys.open(DID, "hello", &bare).unwrap_err().code(),
+            "SecretsInvalid"
+        );
+        let mut old = rec.clone();
+        old.format = None;
+        assert_eq!(
+            keys.open(DID, "hello", &old).unwrap_err().code(),
+            "SecretsOutdated"
         );
     }
 
@@ -469,7 +523,7 @@ mod tests {
         assert_ne!(new.public_key(), old.public_key());
         assert_eq!(new.lookup_keys(), [new.public_key(), old.public_key()]);
         assert_eq!(
-            new.open("hello", &sealed_for_old)
+            new.open(DID, "hello", &sealed_for_old)
                 .unwrap()
                 .iter()
                 .next()
@@ -486,7 +540,7 @@ mod tests {
         assert_eq!(st, KeyFileStatus::Loaded { pruned: 1 });
         assert_eq!(pruned.lookup_keys(), [new.public_key()]);
         assert_eq!(
-            pruned.open("hello", &sealed_for_old).unwrap_err().code(),
+            pruned.open(DID, "hello", &sealed_for_old).unwrap_err().code(),
             "SecretsNotForThisRunner"
         );
         let (again, st) = RunnerKeys::load_or_create(&path, grace).unwrap();
@@ -511,7 +565,7 @@ mod tests {
             let mut times: Vec<Duration> = (0..101)
                 .map(|_| {
                     let t = std::time::Instant::now();
-                    let env = keys.open("hello", &rec).unwrap();
+                    let env = keys.open(DID, "hello", &rec).unwrap();
                     let d = t.elapsed();
                     assert_eq!(env.len(), n);
                     d

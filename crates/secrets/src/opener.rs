@@ -55,7 +55,7 @@ impl Opener {
             }
         }
         let started = Instant::now();
-        let env = Arc::new(self.keys.open(bundle, record)?);
+        let env = Arc::new(self.keys.open(did, bundle, record)?);
         tracing::debug!(
             did,
             bundle,

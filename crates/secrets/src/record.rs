@@ -13,12 +13,17 @@ use crate::{RunnerPublicKey, SecretsError};
 
 /// Collection of sealed secrets.
 pub const SECRETS_COLLECTION: &str = "dev.atrund.secrets";
+/// The record format this runner writes and opens: values sealed in binding envelopes.
+pub const RECORD_FORMAT: u64 = crate::envelope::ENVELOPE_VERSION as u64;
 /// Most entries one record may hold.
 pub const MAX_ENTRIES: usize = 64;
 /// Largest plaintext value.
 pub const MAX_VALUE_BYTES: usize = 16 * 1024;
 /// Sealed-box overhead: ephemeral public key (32) + Poly1305 tag (16).
 const SEAL_OVERHEAD: usize = 48;
+/// Largest binding envelope: a value of [`MAX_VALUE_BYTES`] with JSON escaping room, plus the
+/// DID, bundle, name and key.
+pub const MAX_ENVELOPE_BYTES: usize = 2 * MAX_VALUE_BYTES + 4096;
 const MAX_NAME_LEN: usize = 128;
 
 /// One sealed value.
@@ -36,6 +41,10 @@ pub struct SealedEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretsRecord {
+    /// [`RECORD_FORMAT`]: every value is a binding envelope (`envelope`). Records without it
+    /// predate the binding and are refused (`SecretsOutdated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<u64>,
     /// The bundle these secrets belong to.
     pub name: String,
     /// Multibase X25519 key the values are sealed to.
@@ -92,6 +101,19 @@ impl SecretsRecord {
             bundle: bundle.to_string(),
             detail,
         };
+        match self.format {
+            None => {
+                return Err(SecretsError::Outdated {
+                    bundle: bundle.to_string(),
+                })
+            }
+            Some(RECORD_FORMAT) => {}
+            Some(other) => {
+                return Err(invalid(format!(
+                    "format {other} is not one this runner opens (it opens format {RECORD_FORMAT}); upgrade the runner or seal with a matching at-run"
+                )))
+            }
+        }
         if self.name != bundle {
             return Err(invalid(format!(
                 "it names bundle '{}'",
@@ -110,12 +132,12 @@ impl SecretsRecord {
             if !seen.insert(e.name.as_str()) {
                 return Err(invalid(format!("'{}' appears twice", e.name)));
             }
-            if e.sealed.len() < SEAL_OVERHEAD || e.sealed.len() > SEAL_OVERHEAD + MAX_VALUE_BYTES {
+            if e.sealed.len() < SEAL_OVERHEAD || e.sealed.len() > SEAL_OVERHEAD + MAX_ENVELOPE_BYTES {
                 return Err(invalid(format!(
                     "the sealed value of '{}' is {} bytes; a sealed box is 48 to {} bytes",
                     e.name,
                     e.sealed.len(),
-                    SEAL_OVERHEAD + MAX_VALUE_BYTES
+                    SEAL_OVERHEAD + MAX_ENVELOPE_BYTES
                 )));
             }
         }
@@ -125,7 +147,7 @@ impl SecretsRecord {
     /// The record as the PDS's JSON API takes it (`$type`, `bytes` as `{"$bytes": ...}`).
     pub fn to_json(&self) -> Value {
         let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
-        json!({
+        let mut v = json!({
             "$type": SECRETS_COLLECTION,
             "name": self.name,
             "runnerKey": self.runner_key,
@@ -134,7 +156,11 @@ impl SecretsRecord {
                 "sealed": { "$bytes": b64.encode(&e.sealed) },
             })).collect::<Vec<_>>(),
             "updatedAt": self.updated_at,
-        })
+        });
+        if let (Some(f), Some(obj)) = (self.format, v.as_object_mut()) {
+            obj.insert("format".into(), json!(f));
+        }
+        v
     }
 
     /// Parses the PDS's JSON form (as returned by `com.atproto.repo.getRecord`'s `value`).
@@ -168,7 +194,12 @@ impl SecretsRecord {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let format = match v.get("format") {
+            None | Some(Value::Null) => None,
+            Some(f) => Some(f.as_u64().ok_or("'format' is not a non-negative integer")?),
+        };
         Ok(SecretsRecord {
+            format,
             name: s("name")?,
             runner_key: s("runnerKey")?,
             entries,
@@ -225,6 +256,7 @@ mod tests {
 
     fn rec() -> SecretsRecord {
         SecretsRecord {
+            format: Some(RECORD_FORMAT),
             name: "hello".into(),
             runner_key: RunnerPublicKey([3; 32]).to_multibase(),
             entries: vec![SealedEntry {
@@ -269,6 +301,16 @@ mod tests {
             assert_eq!(r.validate("hello").unwrap_err().code(), "SecretsInvalid");
         }
         assert!(rec().validate("other").is_err());
+        let old = SecretsRecord {
+            format: None,
+            ..rec()
+        };
+        assert_eq!(old.validate("hello").unwrap_err().code(), "SecretsOutdated");
+        let future = SecretsRecord {
+            format: Some(3),
+            ..rec()
+        };
+        assert_eq!(future.validate("hello").unwrap_err().code(), "SecretsInvalid");
         let key = RunnerPublicKey([3; 32]);
         let rkey = secrets_rkey("hello", &key);
         assert!(rkey.starts_with("hello:") && rkey.len() == 6 + 16);

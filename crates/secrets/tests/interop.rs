@@ -62,17 +62,20 @@ fn libsodium_sealed_values_open_here_and_ours_open_there() {
     let pk = keys.public_key();
     let b64 = base64::engine::general_purpose::STANDARD;
 
-    // libsodium seals to our public key (given in the multibase form authors see).
+    // libsodium seals to our public key (given in the multibase form authors see) the binding
+    // envelope of docs/secrets.md, built with nothing but JSON.stringify.
     let values = serde_json::to_string(&VALUES).expect("json");
     let sealed = node(
         &dir,
-        r#"const [pk, values] = process.argv.slice(1);
-           const out = JSON.parse(values).map(([n, v]) => [n, s.to_base64(s.crypto_box_seal(s.from_string(v), s.from_base64(pk, s.base64_variants.ORIGINAL)), s.base64_variants.ORIGINAL)]);
+        r#"const [pk, mb, values] = process.argv.slice(1);
+           const env = (name, value) => JSON.stringify({ v: 2, did: "did:plc:interop", bundle: "hello", name, runnerKey: mb, value });
+           const out = JSON.parse(values).map(([n, v]) => [n, s.to_base64(s.crypto_box_seal(s.from_string(env(n, v)), s.from_base64(pk, s.base64_variants.ORIGINAL)), s.base64_variants.ORIGINAL)]);
            console.log(JSON.stringify(out));"#,
-        &[&b64.encode(pk.0), &values],
+        &[&b64.encode(pk.0), &pk.to_multibase(), &values],
     );
     let sealed: Vec<(String, String)> = serde_json::from_str(&sealed).expect("node output");
     let record = SecretsRecord {
+        format: Some(atrund_secrets::RECORD_FORMAT),
         name: "hello".into(),
         runner_key: pk.to_multibase(),
         entries: sealed
@@ -84,25 +87,38 @@ fn libsodium_sealed_values_open_here_and_ours_open_there() {
             .collect(),
         updated_at: "2026-01-01T00:00:00Z".into(),
     };
-    let env = keys.open("hello", &record).expect("libsodium's boxes open");
+    let env = keys
+        .open("did:plc:interop", "hello", &record)
+        .expect("libsodium's boxes open");
     let got: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n, v.expose())).collect();
     assert_eq!(got, VALUES);
 
-    // We seal; libsodium opens with the key file's secret key.
+    // We seal; libsodium opens with the key file's secret key and reads the envelope.
     let file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&key_path).expect("read")).expect("json");
     let sk = file["current"]["secretKey"].as_str().expect("secretKey");
-    let ours = RunnerPublicKey::from_multibase(&pk.to_multibase())
-        .expect("multibase")
-        .seal("X", "from rust ✓".as_bytes())
-        .expect("seal");
+    let pk_again = RunnerPublicKey::from_multibase(&pk.to_multibase()).expect("multibase");
+    let ours = atrund_secrets::seal_bound(
+        &atrund_secrets::Binding {
+            did: "did:plc:interop",
+            bundle: "hello",
+            name: "X",
+            runner_key: &pk_again,
+        },
+        "from rust ✓",
+    )
+    .expect("seal");
     let opened = node(
         &dir,
         r#"const [pk, sk, c] = process.argv.slice(1).map((x) => s.from_base64(x, s.base64_variants.ORIGINAL));
-           console.log(s.to_string(s.crypto_box_seal_open(c, pk, sk)));"#,
+           const e = JSON.parse(s.to_string(s.crypto_box_seal_open(c, pk, sk)));
+           console.log([e.v, e.did, e.bundle, e.name, e.runnerKey, e.value].join("|"));"#,
         &[&b64.encode(pk.0), sk, &b64.encode(&ours)],
     );
-    assert_eq!(opened, "from rust ✓");
+    assert_eq!(
+        opened,
+        format!("2|did:plc:interop|hello|X|{}|from rust ✓", pk.to_multibase())
+    );
 
     // And libsodium agrees on the public key of the secret key in our file.
     let derived = node(
