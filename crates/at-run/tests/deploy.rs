@@ -309,6 +309,22 @@ async fn bad_input_fails_before_any_network_call() {
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
     assert!(stderr.contains("unknown field `surprise`"), "{stderr}");
+    // "." as a data path: refused here with the message the runner gives for a published one.
+    for manifest in [
+        r#"{"permissions":{"write":["."]}}"#,
+        r#"{"permissions":{"read":["./a"]}}"#,
+    ] {
+        std::fs::write(dir.path().join("manifest.json"), manifest).expect("write");
+        let file = file.to_str().expect("utf-8");
+        let out = at_run(&["deploy", file, "--name", "ok", "--version", "1.0.0"], &env).await;
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("must be relative to the bundle's data dir, made of plain names"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("could not reach"), "{stderr}");
+    }
     // A good bundle does reach the network (and fails there, clearly).
     std::fs::write(dir.path().join("manifest.json"), MANIFEST).expect("write");
     let out = at_run(

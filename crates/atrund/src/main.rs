@@ -216,7 +216,11 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
             revalidate: Duration::from_secs(config.fetch.revalidate_secs),
             max_list_pages: 20,
         },
-    );
+    )
+    .with_revision_floors(Arc::new(
+        atrund_bundle::RevisionFloors::load(&data_dir.join("state").join("revisions.json"))
+            .context("cannot load the repository revision floors")?,
+    ));
     // Cgroups of this runner (its id comes from the data dir); leftovers of a crash are swept.
     let cgroups = Arc::new(
         CgroupManager::start(&runner_id_for(&data_dir))

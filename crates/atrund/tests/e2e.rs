@@ -105,7 +105,9 @@ async fn deploy_then_invoke_by_did_and_handle_latest_and_pinned() {
     .await;
     let runner = Runner::start(net, &deno, &[("ATRUND_POLICY", "open")]);
 
-    for who in [&acct.did, &acct.handle] {
+    // The DID raw, fully percent-encoded (as URL builders send it), and the handle.
+    let encoded = acct.did.replace(':', "%3A");
+    for who in [&acct.did, &encoded, &acct.handle] {
         let (s, b) = get(&runner.url(&format!("/bundle/{who}/hello/latest/greet?name=Ada"))).await;
         assert_eq!((s, b), (200, json!({"message": "Hello, Ada!"})), "by {who}");
     }

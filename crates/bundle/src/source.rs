@@ -18,6 +18,7 @@ use atrund_identity::{IdentityError, IdentityResolver, ResolvedDid};
 use atrund_repo::{FetchError, RepoClient, VerifiedRecord};
 use atrund_secrets::{secrets_rkey, RunnerPublicKey, SecretsRecord, SECRETS_COLLECTION};
 
+use crate::revisions::{RevisionError, RevisionFloors};
 use crate::record::{
     bundle_rkey, validate_name, BundleRecord, RecordError, ReleaseRecord, BUNDLE_COLLECTION,
     RELEASE_COLLECTION,
@@ -67,6 +68,9 @@ pub enum BundleError {
     /// the author's dev.atrund.secrets record does not decode
     #[error("the dev.atrund.secrets record at {rkey} does not decode: {detail}; the author should run `at-run secrets set` again")]
     SecretsRecord { rkey: String, detail: String },
+    /// the PDS replayed an older repository revision, or the floor file failed
+    #[error(transparent)]
+    Revision(#[from] RevisionError),
     /// the bundle store on disk failed
     #[error(
         "bundle store error at {path}: {source}; check the data dir's permissions and free space"
@@ -91,6 +95,8 @@ impl BundleError {
             BundleError::TooLarge { .. } => "BundleTooLarge",
             BundleError::SecretsRecord { .. } => "SecretsInvalid",
             BundleError::Store { .. } => "StoreError",
+            BundleError::Revision(RevisionError::Rollback { .. }) => "RepoRollback",
+            BundleError::Revision(RevisionError::File { .. }) => "StoreError",
         }
     }
 }
@@ -144,6 +150,7 @@ pub struct BundleSource {
     cfg: SourceConfig,
     cache: Arc<RecordCache>,
     secrets: Arc<SecretsCache>,
+    revisions: Arc<RevisionFloors>,
 }
 
 impl BundleSource {
@@ -160,7 +167,35 @@ impl BundleSource {
             cfg,
             cache: Arc::default(),
             secrets: Arc::default(),
+            revisions: Arc::new(RevisionFloors::in_memory()),
         }
+    }
+
+    /// Uses `floors` (persisted in the data dir by the daemon) for rollback protection instead
+    /// of in-memory floors.
+    pub fn with_revision_floors(mut self, floors: Arc<RevisionFloors>) -> Self {
+        self.revisions = floors;
+        self
+    }
+
+    /// `collection/rkey` of `author`, proven by a signed commit that is not older than the
+    /// newest revision this runner has verified for the author (rollback protection).
+    async fn get_proven(
+        &self,
+        author: &ResolvedDid,
+        collection: &str,
+        rkey: &str,
+    ) -> Result<Option<VerifiedRecord>, BundleError> {
+        let did = author.did.as_str();
+        let floor = self.revisions.newest(did);
+        let found = self
+            .repo
+            .get_record(&author.pds, did, &author.signing_key, collection, rkey)
+            .await?;
+        if let Some(r) = &found {
+            self.revisions.observe(did, &r.rev, floor.as_deref())?;
+        }
+        Ok(found)
     }
 
     /// The author's `dev.atrund.secrets` record of bundle `name` for the first of `keys` (this
@@ -205,25 +240,14 @@ impl BundleSource {
         name: &str,
         keys: &[RunnerPublicKey],
     ) -> Result<Option<Arc<LoadedSecrets>>, BundleError> {
-        let did = author.did.as_str();
         for k in keys {
             let rkey = secrets_rkey(name, k);
             // A PDS that answers "not found" without a proof could only hide secrets, which
             // denies service (reads of the names fail) but reveals nothing: treat it as absent.
-            let record = match self
-                .repo
-                .get_record(
-                    &author.pds,
-                    did,
-                    &author.signing_key,
-                    SECRETS_COLLECTION,
-                    &rkey,
-                )
-                .await
-            {
+            let record = match self.get_proven(author, SECRETS_COLLECTION, &rkey).await {
                 Ok(Some(r)) => r,
-                Ok(None) | Err(FetchError::RecordNotFound) => continue,
-                Err(e) => return Err(e.into()),
+                Ok(None) | Err(BundleError::Fetch(FetchError::RecordNotFound)) => continue,
+                Err(e) => return Err(e),
             };
             let decoded: SecretsRecord =
                 record
@@ -306,8 +330,7 @@ impl BundleSource {
     ) -> Result<(String, VerifiedRecord), BundleError> {
         let did = author.did.as_str();
         let get = |collection: &'static str, rkey: String| async move {
-            self.repo
-                .get_record(&author.pds, did, &author.signing_key, collection, &rkey)
+            self.get_proven(author, collection, &rkey)
                 .await
                 .map(|r| r.map(|r| (rkey, r)))
         };

@@ -79,6 +79,7 @@ pub fn status_for(code: &str) -> StatusCode {
         | "SecretsNotForThisRunner"
         | "SecretsUndecryptable"
         | "SecretsOutdated"
+        | "RepoRollback"
         | "SecretBindingMismatch"
         | "MemoryLimitExceeded"
         | "TooManyProcesses" => StatusCode::BAD_GATEWAY,

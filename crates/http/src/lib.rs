@@ -205,9 +205,7 @@ async fn invoke(
         ));
     }
 
-    // The route parameter is percent-decoded, which would turn `did:web:localhost%3A8080` into
-    // a different DID: take the author segment from the raw path instead.
-    let author = raw_segment(req.uri(), 2).unwrap_or(author);
+    let author = author_segment(req.uri()).unwrap_or(author);
     let target = if author == LOCAL_AUTHOR && st.local.is_some() {
         local_target(&st, &name, &selector).await?
     } else {
@@ -389,6 +387,36 @@ fn next_instance_number() -> u64 {
     N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The author segment of an invocation path. The route parameter is percent-decoded, which would
+/// turn `did:web:localhost%3A8080` into a different DID, so the raw segment is used; but a DID
+/// sent fully percent-encoded (`did%3Aplc%3Aabc`, `did%3Aweb%3Ahost%253A8080`, as URL builders
+/// do) has no ':' at all and is decoded exactly once.
+fn author_segment(uri: &Uri) -> Option<String> {
+    let raw = raw_segment(uri, 2)?;
+    if !raw.contains(':') && raw.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("did%3a")) {
+        return Some(percent_decode(&raw)?);
+    }
+    Some(raw)
+}
+
+/// `%XX` decoding; `None` for a broken escape or a result that is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// The `n`th `/`-separated segment of the URI's path, as sent (not percent-decoded).
 fn raw_segment(uri: &Uri, n: usize) -> Option<String> {
     uri.path().split('/').nth(n).map(str::to_string)
@@ -443,6 +471,19 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(raw_segment(&u, 2).unwrap(), "did:web:localhost%3A8080");
+        assert_eq!(author_segment(&u).unwrap(), "did:web:localhost%3A8080");
+        for (sent, meant) in [
+            ("did%3Aplc%3Aabc", "did:plc:abc"),
+            ("DID%3aplc%3aabc", "DID:plc:abc"),
+            ("did%3Aweb%3Alocalhost%253A8080", "did:web:localhost%3A8080"),
+            ("alice.test", "alice.test"),
+        ] {
+            let u: Uri = format!("/bundle/{sent}/b/latest/e").parse().unwrap();
+            assert_eq!(author_segment(&u).unwrap(), meant, "{sent}");
+        }
+        // A broken escape is not guessed at: the segment is refused later as an identifier.
+        let u: Uri = "/bundle/did%3Aplc%3/b/latest/e".parse().unwrap();
+        assert_eq!(author_segment(&u), None);
     }
 
     #[test]
