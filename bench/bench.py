@@ -356,6 +356,8 @@ def start_net():
         "ATRUND_IDENTITY_HANDLE_RESOLVER": net["pdsUrl"],
         "ATRUND_IDENTITY_DNS": "false",
         "ATRUND_IDENTITY_WELL_KNOWN": "false",
+        # The bench is one author at full speed: measure the hop, not the fair-share limit.
+        "ATRUND_TENANTS_RATE_PER_SEC": "0",
     }
     return harness, net, env
 

@@ -151,10 +151,16 @@ async function createDidWebAccount (pdsUrl, serviceDid, handle, password) {
     if (o.atprotoKey) copy.verificationMethod[0].publicKeyMultibase = o.atprotoKey
     return copy
   }
+  let docFetches = 0
   const server = http.createServer((req, res) => {
     if (req.method === 'GET' && req.url === '/.well-known/did.json' && doc) {
+      docFetches += 1
       res.writeHead(200, { 'content-type': 'application/did+ld+json' })
       res.end(JSON.stringify(override ? applyOverride(doc, override) : doc))
+    } else if (req.method === 'GET' && req.url === '/__test/did-doc-fetches') {
+      // How often the doc was served: tests count a runner's identity look-ups with it.
+      res.writeHead(200, { 'content-type': 'application/json' })
+      res.end(JSON.stringify({ fetches: docFetches }))
     } else if (req.method === 'PUT' && req.url === '/__test/did-doc-override') {
       // Tests play the domain owner: point the doc at another PDS URL (a tampering proxy) or
       // another #atproto key, then reset with `{}`. Only the served doc changes.

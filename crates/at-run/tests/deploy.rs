@@ -316,7 +316,11 @@ async fn bad_input_fails_before_any_network_call() {
     ] {
         std::fs::write(dir.path().join("manifest.json"), manifest).expect("write");
         let file = file.to_str().expect("utf-8");
-        let out = at_run(&["deploy", file, "--name", "ok", "--version", "1.0.0"], &env).await;
+        let out = at_run(
+            &["deploy", file, "--name", "ok", "--version", "1.0.0"],
+            &env,
+        )
+        .await;
         let (_, stderr) = text(&out);
         assert!(!out.status.success());
         assert!(

@@ -210,6 +210,7 @@ impl Runner {
             .env("ATRUND_IDENTITY_DNS", "false")
             .env("ATRUND_IDENTITY_WELL_KNOWN", "false")
             .env("ATRUND_FETCH_REVALIDATE_SECS", "0")
+            .env("ATRUND_TENANTS_NEGATIVE_CACHE_SECS", "0")
             .env("ATRUND_POLICY", "open")
             .env("ATRUND_POOL_ADMIN_LISTEN", "off")
             .env("ATRUND_LOG", "info")

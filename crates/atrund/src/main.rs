@@ -215,6 +215,8 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
             max_bundle_bytes: config.fetch.max_bundle_bytes,
             revalidate: Duration::from_secs(config.fetch.revalidate_secs),
             max_list_pages: 20,
+            negative_ttl: Duration::from_secs(config.tenants.negative_cache_secs),
+            identity_refresh_min: Duration::from_secs(config.tenants.identity_refresh_min_secs),
         },
     )
     .with_revision_floors(Arc::new(
@@ -250,6 +252,7 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     tracing::info!(policy = %config.policy.describe(), "author policy");
 
     let (drain_tx, drain_rx) = watch::channel(false);
+    let rates = Arc::new(atrund_policy::AuthorRates::new(config.tenants.clone()));
     let state = AppState {
         config: Arc::new(config.clone()),
         identity,
@@ -260,6 +263,7 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         secrets,
         draining: drain_rx.clone(),
         enforcement,
+        rates,
     };
     if let Some(l) = &state.local {
         tracing::info!(
@@ -316,18 +320,23 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     // Draining, while admitted requests get up to the grace to finish; then instances stop and
     // the server closes its (now idle) connections.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let limits = atrund_http::serve::ConnectionLimits {
+        max_connections: usize::try_from(config.http.max_connections).unwrap_or(usize::MAX),
+        header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),
+    };
+    let mut server = tokio::spawn(atrund_http::serve::serve(
+        listener,
+        app,
+        limits,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
     tokio::spawn(wait_for_signals(drain_tx));
     let mut drain_signal = drain_rx;
     tokio::select! {
         r = &mut server => {
-            r.context("HTTP server task failed")?.context("HTTP server failed")?;
+            r.context("HTTP server task failed")?;
             pool.shutdown().await;
             return Ok(());
         }
@@ -350,7 +359,7 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     }
     let _ = stop_tx.send(());
     match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(r)) => r.context("HTTP server failed")?,
+        Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e).context("HTTP server task failed"),
         Err(_) => tracing::warn!("connections still open 5 s after the drain; exiting"),
     }

@@ -494,4 +494,26 @@ async fn request_bodies_over_the_limit_are_refused_with_413() {
     assert_eq!(big.status(), 413);
     let b: Value = big.json().await.expect("json");
     assert_eq!(b["error"], "PayloadTooLarge", "{b}");
+    // Chunked, with no Content-Length to refuse up front: cut at the limit as it streams.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..4)
+        .map(|i| Ok(format!("{{\"text\":\"{}", "b".repeat(600 + i)).into_bytes()))
+        .collect();
+    let chunked = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .expect("post chunked");
+    assert_eq!(chunked.status(), 413);
+    let b: Value = chunked.json().await.expect("json");
+    assert_eq!(b["error"], "PayloadTooLarge", "{b}");
+    // The instance is still there for the next caller.
+    let again = client
+        .post(&url)
+        .json(&json!({"text": "ok"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(again.status(), 200);
 }

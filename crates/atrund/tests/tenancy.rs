@@ -58,6 +58,9 @@ fn greeter(word: &str) -> String {
     format!("export const greet = {{ handler: () => ({{ word: {word:?} }}) }};\n")
 }
 
+/// Tests that override carol's did:web document take turns.
+static CAROL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Sets or (with `{}`) clears the override of carol's served did:web document.
 async fn override_carol_doc(net: &TestNet, body: Value) {
     let url = net
@@ -72,12 +75,17 @@ async fn override_carol_doc(net: &TestNet, body: Value) {
     assert_eq!(resp.status(), 204);
 }
 
+/// Responses by path and query.
+type Answers = Arc<Mutex<HashMap<String, (u16, Vec<u8>)>>>;
+
 /// A PDS in front of the real one that remembers every answer; once `replay` is set it serves
 /// the answers it had when `freeze` was called: genuinely signed, older repository state.
 struct ReplayingPds {
     url: String,
-    seen: Arc<Mutex<HashMap<String, (u16, Vec<u8>)>>>,
-    frozen: Arc<Mutex<HashMap<String, (u16, Vec<u8>)>>>,
+    /// getRecord requests that reached the real PDS, by collection.
+    fetches: Arc<Mutex<HashMap<String, usize>>>,
+    seen: Answers,
+    frozen: Answers,
     replay: Arc<AtomicBool>,
 }
 
@@ -87,14 +95,26 @@ impl ReplayingPds {
             .await
             .expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
-        let seen: Arc<Mutex<HashMap<String, (u16, Vec<u8>)>>> = Arc::default();
-        let frozen: Arc<Mutex<HashMap<String, (u16, Vec<u8>)>>> = Arc::default();
+        let seen: Answers = Arc::default();
+        let frozen: Answers = Arc::default();
         let replay = Arc::new(AtomicBool::new(false));
+        let fetches: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let client = reqwest::Client::new();
-        let (s, f, r) = (seen.clone(), frozen.clone(), replay.clone());
+        let (s, f, r, n) = (
+            seen.clone(),
+            frozen.clone(),
+            replay.clone(),
+            fetches.clone(),
+        );
         let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-            let (client, pds, seen, frozen, replay) =
-                (client.clone(), pds.clone(), s.clone(), f.clone(), r.clone());
+            let (client, pds, seen, frozen, replay, fetches) = (
+                client.clone(),
+                pds.clone(),
+                s.clone(),
+                f.clone(),
+                r.clone(),
+                n.clone(),
+            );
             async move {
                 let pq = req
                     .uri()
@@ -108,6 +128,14 @@ impl ReplayingPds {
                 let (status, body) = match old {
                     Some(hit) => hit,
                     None => {
+                        if pq.starts_with("/xrpc/com.atproto.sync.getRecord") {
+                            let collection = pq
+                                .split(['?', '&'])
+                                .find_map(|kv| kv.strip_prefix("collection="))
+                                .unwrap_or("")
+                                .to_string();
+                            *fetches.lock().expect("lock").entry(collection).or_default() += 1;
+                        }
                         let upstream = client
                             .get(format!("{pds}{pq}"))
                             .send()
@@ -138,10 +166,20 @@ impl ReplayingPds {
         });
         ReplayingPds {
             url: format!("http://localhost:{port}"),
+            fetches,
             seen,
             frozen,
             replay,
         }
+    }
+
+    fn fetched(&self, collection: &str) -> usize {
+        self.fetches
+            .lock()
+            .expect("lock")
+            .get(collection)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn freeze(&self) {
@@ -156,6 +194,7 @@ impl ReplayingPds {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pds_replaying_an_older_signed_repo_is_refused() {
     let Some((net, deno)) = setup() else { return };
+    let _turn = CAROL.lock().await;
     let carol = &net.carol;
     let pds = ReplayingPds::start(net.pds_url.clone()).await;
     override_carol_doc(net, json!({ "pds": pds.url })).await;
@@ -192,4 +231,351 @@ async fn a_pds_replaying_an_older_signed_repo_is_refused() {
     override_carol_doc(net, json!({})).await;
     assert_eq!((s, &b), (200, &json!({"word": "two"})), "{b}");
     honest.stop();
+}
+
+/// How often carol's did:web document has been served.
+async fn carol_doc_fetches(net: &TestNet) -> u64 {
+    let url = net
+        .carol_did_doc_url
+        .replace("/.well-known/did.json", "/__test/did-doc-fetches");
+    let v: Value = reqwest::get(url)
+        .await
+        .expect("count")
+        .json()
+        .await
+        .expect("json");
+    v["fetches"].as_u64().expect("fetches")
+}
+
+/// One author over their rate gets `429 RateLimited` with `Retry-After`, before any fetch or
+/// instance work; another author (here with an unlimited override) is not slowed at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_author_over_their_rate_is_limited_and_others_are_not() {
+    let Some((net, deno)) = setup() else { return };
+    let busy = net.create_account("busy").await;
+    let calm = net.create_account("calm").await;
+    deploy(net, &busy, &greeter("busy"), "hot", "1.0.0").await;
+    deploy(net, &calm, &greeter("calm"), "hot", "1.0.0").await;
+    let data = tempfile::tempdir().expect("temp dir");
+    let unlimited = format!("{}=0/0", calm.did);
+    let mut runner = start(
+        net,
+        &deno,
+        data.path(),
+        &[
+            ("ATRUND_TENANTS_RATE_PER_SEC", "1"),
+            ("ATRUND_TENANTS_RATE_BURST", "3"),
+            ("ATRUND_TENANTS_RATE_OVERRIDES", &unlimited),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let call = |who: &Account| {
+        let url = runner.url(&format!("/bundle/{}/hot/latest/greet", who.did));
+        let client = client.clone();
+        async move {
+            let r = client.get(url).send().await.expect("request");
+            let status = r.status().as_u16();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            (status, retry, body)
+        }
+    };
+    let mut ok = 0;
+    let mut limited = 0;
+    for _ in 0..12 {
+        let (s, retry, b) = call(&busy).await;
+        match s {
+            200 => ok += 1,
+            429 => {
+                assert_eq!(b["error"], "RateLimited", "{b}");
+                assert!(retry.is_some_and(|r| r >= 1), "no Retry-After: {b}");
+                limited += 1;
+            }
+            other => panic!("unexpected {other}: {b}"),
+        }
+    }
+    // 3 in the bucket, plus at most what refilled while the 12 calls ran.
+    assert!((3..=6).contains(&ok), "{ok} calls passed");
+    assert!(limited >= 6, "{limited} calls limited");
+    for _ in 0..30 {
+        let (s, _, b) = call(&calm).await;
+        assert_eq!(s, 200, "the other author was slowed: {b}");
+    }
+    // The bucket refills.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (s, _, b) = call(&busy).await;
+    assert_eq!(s, 200, "{b}");
+    let (_, d) = get(&runner.url("/xrpc/dev.atrund.describeRunner")).await;
+    assert_eq!(d["tenants"]["ratePerSec"], 1, "{d}");
+    runner.stop();
+}
+
+/// Loads of one version share one fetch; a failed load is remembered (no PDS request per
+/// repeated request); a commit signature that does not verify re-resolves the author's DID at
+/// most once per interval, however many requests name it.
+#[tokio::test(flavor = "multi_thread")]
+async fn loads_are_coalesced_failures_remembered_and_refreshes_spaced() {
+    let Some((net, deno)) = setup() else { return };
+    let _turn = CAROL.lock().await;
+    let carol = &net.carol;
+    let pds = ReplayingPds::start(net.pds_url.clone()).await;
+    override_carol_doc(net, json!({ "pds": pds.url })).await;
+    deploy(net, carol, &greeter("shy"), "shy", "1.0.0").await;
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut runner = start(
+        net,
+        &deno,
+        data.path(),
+        &[
+            ("ATRUND_TENANTS_NEGATIVE_CACHE_SECS", "60"),
+            ("ATRUND_TENANTS_IDENTITY_REFRESH_MIN_SECS", "60"),
+        ],
+    );
+    let base = format!("/bundle/{}/shy", carol.did);
+
+    // Eight callers at once for a version that does not exist: one proof fetched.
+    let before = pds.fetched("dev.atrund.bundle");
+    let calls = (0..8).map(|_| get_owned(runner.url(&format!("{base}/7.7.7/greet"))));
+    for (s, b) in futures::future::join_all(calls).await {
+        assert_eq!(
+            (s, b["error"].as_str()),
+            (404, Some("VersionNotFound")),
+            "{b}"
+        );
+    }
+    assert_eq!(
+        pds.fetched("dev.atrund.bundle") - before,
+        1,
+        "loads were not coalesced"
+    );
+    // Asked again: answered from memory, the PDS is not asked.
+    let (s, b) = get(&runner.url(&format!("{base}/7.7.7/greet"))).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (404, Some("VersionNotFound")),
+        "{b}"
+    );
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("remembered"),
+        "{b}"
+    );
+    assert_eq!(
+        pds.fetched("dev.atrund.bundle") - before,
+        1,
+        "a remembered failure was fetched again"
+    );
+
+    // Eight callers at once for `latest`, never loaded: one release and one bundle proof.
+    let (rel, bun) = (
+        pds.fetched("dev.atrund.release"),
+        pds.fetched("dev.atrund.bundle"),
+    );
+    let calls = (0..8).map(|_| get_owned(runner.url(&format!("{base}/latest/greet"))));
+    for (s, b) in futures::future::join_all(calls).await {
+        assert_eq!((s, &b), (200, &json!({"word": "shy"})), "{b}");
+    }
+    assert_eq!(
+        pds.fetched("dev.atrund.release") - rel,
+        1,
+        "release loads were not coalesced"
+    );
+    assert_eq!(
+        pds.fetched("dev.atrund.bundle") - bun,
+        1,
+        "bundle loads were not coalesced"
+    );
+    runner.stop();
+
+    // The document now names a key that did not sign carol's commits: every load fails its
+    // signature check. Five requests (nothing remembered) re-resolve the DID once, not five times.
+    let stranger = k256::ecdsa::SigningKey::from_slice(&[42u8; 32]).expect("key");
+    let stranger = atrund_identity::PublicKey::K256(*stranger.verifying_key());
+    override_carol_doc(
+        net,
+        json!({"pds": pds.url, "atprotoKey": stranger.to_multikey()}),
+    )
+    .await;
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut runner = start(
+        net,
+        &deno,
+        data.path(),
+        &[
+            ("ATRUND_TENANTS_NEGATIVE_CACHE_SECS", "0"),
+            ("ATRUND_TENANTS_IDENTITY_REFRESH_MIN_SECS", "60"),
+        ],
+    );
+    let before = carol_doc_fetches(net).await;
+    for _ in 0..5 {
+        let (s, b) = get(&runner.url(&format!("{base}/latest/greet"))).await;
+        assert_eq!(
+            (s, b["error"].as_str()),
+            (502, Some("CommitSignatureInvalid")),
+            "{b}"
+        );
+    }
+    let looked_up = carol_doc_fetches(net).await - before;
+    override_carol_doc(net, json!({})).await;
+    runner.stop();
+    // The first resolution, and one refresh for the bad signature.
+    assert!(
+        looked_up <= 2,
+        "the DID document was fetched {looked_up} times for 5 requests"
+    );
+}
+
+async fn get_owned(url: String) -> (u16, Value) {
+    get(&url).await
+}
+
+/// Slow clients cannot hold the runner's connections: headers sent too slowly are cut at
+/// `http.header_read_timeout_ms`, and with every connection slot held by such clients a real
+/// caller is served as soon as they are cut.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_header_clients_are_cut_and_cannot_hold_every_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some((net, deno)) = setup() else { return };
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut runner = start(
+        net,
+        &deno,
+        data.path(),
+        &[
+            ("ATRUND_HTTP_MAX_CONNECTIONS", "4"),
+            ("ATRUND_HTTP_HEADER_READ_TIMEOUT_MS", "1000"),
+        ],
+    );
+    let addr = runner.base.trim_start_matches("http://").to_string();
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut c = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        slow.push(c);
+    }
+    let started = std::time::Instant::now();
+    let (s, _) = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        get(&runner.url("/xrpc/dev.atrund.describeRunner")),
+    )
+    .await
+    .expect("a real caller was locked out by slow connections");
+    assert_eq!(s, 200);
+    eprintln!("served after {:?} with every slot held", started.elapsed());
+    for mut c in slow {
+        let mut buf = Vec::new();
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(10), c.read_to_end(&mut buf))
+                .await
+                .expect("a slow connection was kept open past the header timeout");
+        assert!(read.is_ok() || buf.is_empty());
+    }
+    runner.stop();
+}
+
+/// A request waiting for an instance slot holds no body: with the only slot busy, a caller that
+/// declares a large body and sends almost none of it is answered `429 Busy` at once (the runner
+/// never waited for the body), and a declared length over the cap is refused before any byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_are_not_buffered_before_a_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some((net, deno)) = setup() else { return };
+    let acct = net.create_account("bodies").await;
+    let code = r#"
+export const slow = { handler: async () => { await new Promise((r) => setTimeout(r, 4000)); return { slept: true }; } };
+export const eat = { handler: async (_input, ctx) => ({ got: (await ctx.request.arrayBuffer()).byteLength }) };
+"#;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("main.js");
+    std::fs::write(&file, code).expect("write");
+    let manifest = json!({"endpoints": [{"name": "slow", "method": "GET"}, {"name": "eat", "method": "POST"}], "limits": {"concurrency": 1}});
+    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).expect("manifest");
+    at_run::deploy::run(&at_run::deploy::DeployArgs {
+        file,
+        name: "bodies".into(),
+        version: "1.0.0".into(),
+        manifest: None,
+        description: None,
+        no_release: false,
+        pds: Some(net.pds_url.clone()),
+        identifier: Some(acct.handle.clone()),
+        password: Some(acct.password.parse().expect("password")),
+        json: false,
+    })
+    .await
+    .expect("deploy");
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut runner = start(
+        net,
+        &deno,
+        data.path(),
+        &[
+            ("ATRUND_POOL_MAX_INSTANCES_PER_BUNDLE", "1"),
+            ("ATRUND_POOL_BUSY_WAIT_MS", "200"),
+            ("ATRUND_HTTP_MAX_REQUEST_BODY_BYTES", "100000"),
+        ],
+    );
+    let base = format!("/bundle/{}/bodies/latest", acct.did);
+    let (s, b) = get(&runner.url(&format!("{base}/eat"))).await;
+    assert_eq!(s, 405, "{b}");
+    let slow = tokio::spawn(get_owned(runner.url(&format!("{base}/slow"))));
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    let addr = runner.base.trim_start_matches("http://").to_string();
+    let raw = |head: String, body: &'static [u8]| {
+        let addr = addr.clone();
+        async move {
+            let mut c = tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect");
+            c.write_all(head.as_bytes()).await.expect("head");
+            c.write_all(body).await.expect("body");
+            let mut buf = vec![0u8; 4096];
+            let n = tokio::time::timeout(std::time::Duration::from_secs(2), c.read(&mut buf))
+                .await
+                .expect("no answer while the body was still owed: the runner waited for it")
+                .expect("read");
+            String::from_utf8_lossy(&buf[..n]).to_string()
+        }
+    };
+    let path = format!("{base}/eat");
+    let answer = raw(
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 90000\r\n\r\n"),
+        b"only a few bytes",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains("Busy"), "{answer}");
+    let answer = raw(
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 100001\r\n\r\n"),
+        b"",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("PayloadTooLarge"), "{answer}");
+
+    let (s, b) = slow.await.expect("slow call");
+    assert_eq!((s, &b), (200, &json!({"slept": true})), "{b}");
+    // With the slot free, a body is streamed through whole.
+    let resp = reqwest::Client::new()
+        .post(runner.url(&path))
+        .body(vec![1u8; 50_000])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.json::<Value>().await.expect("json"),
+        json!({"got": 50000})
+    );
+    runner.stop();
 }

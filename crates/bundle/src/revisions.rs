@@ -204,7 +204,10 @@ mod tests {
         seen(&floors, "did:plc:b", "2222222222222").unwrap();
         let e = seen(&floors, "did:plc:a", "3n3ftgb3huk27").unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("3n3ftgb3huk27") && msg.contains("3n3ftgb3huk2a"), "{msg}");
+        assert!(
+            msg.contains("3n3ftgb3huk27") && msg.contains("3n3ftgb3huk2a"),
+            "{msg}"
+        );
         assert!(matches!(e, RevisionError::Rollback { .. }));
 
         let again = RevisionFloors::load(&path).unwrap();

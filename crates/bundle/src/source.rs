@@ -18,11 +18,11 @@ use atrund_identity::{IdentityError, IdentityResolver, ResolvedDid};
 use atrund_repo::{FetchError, RepoClient, VerifiedRecord};
 use atrund_secrets::{secrets_rkey, RunnerPublicKey, SecretsRecord, SECRETS_COLLECTION};
 
-use crate::revisions::{RevisionError, RevisionFloors};
 use crate::record::{
     bundle_rkey, validate_name, BundleRecord, RecordError, ReleaseRecord, BUNDLE_COLLECTION,
     RELEASE_COLLECTION,
 };
+use crate::revisions::{RevisionError, RevisionFloors};
 use crate::selector::VersionSelector;
 use crate::store::BundleStore;
 
@@ -71,6 +71,16 @@ pub enum BundleError {
     /// the PDS replayed an older repository revision, or the floor file failed
     #[error(transparent)]
     Revision(#[from] RevisionError),
+    /// a load of this bundle version failed moments ago and is not retried yet
+    #[error("{message} (remembered for up to {ttl_secs} s; retry after that)")]
+    Remembered {
+        code: &'static str,
+        message: String,
+        ttl_secs: u64,
+    },
+    /// the load this request waited for failed
+    #[error("{message}")]
+    Shared { code: &'static str, message: String },
     /// the bundle store on disk failed
     #[error(
         "bundle store error at {path}: {source}; check the data dir's permissions and free space"
@@ -97,7 +107,20 @@ impl BundleError {
             BundleError::Store { .. } => "StoreError",
             BundleError::Revision(RevisionError::Rollback { .. }) => "RepoRollback",
             BundleError::Revision(RevisionError::File { .. }) => "StoreError",
+            BundleError::Remembered { code, .. } | BundleError::Shared { code, .. } => code,
         }
+    }
+
+    /// Whether this failure may be remembered by the negative cache: everything the author's
+    /// side decides (missing versions, PDS down, proofs that fail), not the runner's own disk.
+    fn is_rememberable(&self) -> bool {
+        !matches!(
+            self,
+            BundleError::Store { .. }
+                | BundleError::Revision(RevisionError::File { .. })
+                | BundleError::Remembered { .. }
+                | BundleError::Shared { .. }
+        )
     }
 }
 
@@ -123,10 +146,37 @@ pub struct SourceConfig {
     pub revalidate: Duration,
     /// How many listRecords pages to scan when a request pins a record CID.
     pub max_list_pages: usize,
+    /// How long a failed load is answered from memory (`tenants.negative_cache_secs`).
+    pub negative_ttl: Duration,
+    /// Least time between two refreshes of one DID forced by a bad commit signature
+    /// (`tenants.identity_refresh_min_secs`).
+    pub identity_refresh_min: Duration,
 }
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            max_bundle_bytes: 20 * 1024 * 1024,
+            revalidate: Duration::from_secs(30),
+            max_list_pages: 20,
+            negative_ttl: Duration::from_secs(10),
+            identity_refresh_min: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Entries of the negative cache before expired ones are swept; past the hard cap nothing new
+/// is remembered (the per-author rate limit bounds how fast keys can be made).
+const NEGATIVE_SWEEP_AT: usize = 10_000;
+const NEGATIVE_MAX: usize = 100_000;
 
 type CacheKey = (String, String, String); // (did, name, selector)
 type RecordCache = Mutex<HashMap<CacheKey, (Instant, Arc<LoadedBundle>)>>;
+type NegativeCache = Mutex<HashMap<CacheKey, (Instant, &'static str, String)>>;
+/// The outcome of the last load of a key and when it finished: requests that waited for that
+/// load take its outcome instead of loading again.
+type Outcome = Option<(Instant, Result<Arc<LoadedBundle>, (&'static str, String)>)>;
+type Flights = Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<Outcome>>>>;
 
 /// A bundle's verified, still sealed, secrets record for this runner.
 #[derive(Debug, Clone)]
@@ -151,6 +201,12 @@ pub struct BundleSource {
     cache: Arc<RecordCache>,
     secrets: Arc<SecretsCache>,
     revisions: Arc<RevisionFloors>,
+    /// Failed loads, answered from memory for `negative_ttl`.
+    failures: Arc<NegativeCache>,
+    /// One load per key at a time: concurrent requests for the same version wait for it.
+    flights: Arc<Flights>,
+    /// When each DID was last re-resolved because of a bad commit signature.
+    refreshed: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl BundleSource {
@@ -168,7 +224,34 @@ impl BundleSource {
             cache: Arc::default(),
             secrets: Arc::default(),
             revisions: Arc::new(RevisionFloors::in_memory()),
+            failures: Arc::default(),
+            flights: Arc::default(),
+            refreshed: Arc::default(),
         }
+    }
+
+    /// The author's DID document again after a commit signature did not verify (they may have
+    /// rotated keys), at most once per `identity_refresh_min` per DID; `None` when it was
+    /// refreshed too recently, so a forging PDS cannot force a look-up per request.
+    async fn refresh_for_bad_signature(
+        &self,
+        author: &ResolvedDid,
+    ) -> Result<Option<Arc<ResolvedDid>>, BundleError> {
+        let did = author.did.as_str();
+        if let Ok(mut r) = self.refreshed.lock() {
+            let now = Instant::now();
+            if r.get(did)
+                .is_some_and(|at| now.duration_since(*at) < self.cfg.identity_refresh_min)
+            {
+                return Ok(None);
+            }
+            if r.len() >= NEGATIVE_SWEEP_AT {
+                let min = self.cfg.identity_refresh_min;
+                r.retain(|_, at| now.duration_since(*at) < min);
+            }
+            r.insert(did.to_string(), now);
+        }
+        Ok(Some(self.identity.refresh_did(&author.did).await?))
     }
 
     /// Uses `floors` (persisted in the data dir by the daemon) for rollback protection instead
@@ -223,8 +306,10 @@ impl BundleSource {
         }
         let found = match self.fetch_secrets(author, name, keys).await {
             Err(BundleError::Fetch(e)) if e.code() == "CommitSignatureInvalid" => {
-                let fresh = self.identity.refresh_did(&author.did).await?;
-                self.fetch_secrets(&fresh, name, keys).await?
+                match self.refresh_for_bad_signature(author).await? {
+                    Some(fresh) => self.fetch_secrets(&fresh, name, keys).await?,
+                    None => return Err(e.into()),
+                }
             }
             other => other?,
         };
@@ -266,6 +351,8 @@ impl BundleSource {
     }
 
     /// Loads `name` at `selector` from the author's repository, verified end to end.
+    /// Concurrent loads of the same version share one fetch; a failed load is remembered for
+    /// `negative_ttl` and answered with the same error name without asking the PDS again.
     pub async fn load(
         &self,
         author: &ResolvedDid,
@@ -281,12 +368,94 @@ impl BundleSource {
         if let Some(hit) = self.cached(&key) {
             return Ok(hit);
         }
+        self.remembered_failure(&key)?;
+        let arrived = Instant::now();
+        let flight = self
+            .flights
+            .lock()
+            .map(|mut f| f.entry(key.clone()).or_default().clone())
+            .unwrap_or_default();
+        let result = {
+            let mut turn = flight.lock().await;
+            match &*turn {
+                // A load that finished after this request arrived: its outcome is as fresh as
+                // one this request would make.
+                Some((at, outcome)) if *at >= arrived => match outcome {
+                    Ok(hit) => Ok(hit.clone()),
+                    Err((code, message)) => Err(BundleError::Shared {
+                        code,
+                        message: message.clone(),
+                    }),
+                },
+                _ => {
+                    let r = self.load_uncached(author, name, selector, &key).await;
+                    if let Err(e) = &r {
+                        self.remember_failure(&key, e);
+                    }
+                    let shared = match &r {
+                        Ok(hit) => Ok(hit.clone()),
+                        Err(e) => Err((e.code(), e.to_string())),
+                    };
+                    *turn = Some((Instant::now(), shared));
+                    r
+                }
+            }
+        };
+        if let Ok(mut f) = self.flights.lock() {
+            // Last one out removes the entry (the map's own reference plus ours).
+            if Arc::strong_count(&flight) <= 2 {
+                f.remove(&key);
+            }
+        }
+        result
+    }
+
+    fn remembered_failure(&self, key: &CacheKey) -> Result<(), BundleError> {
+        let ttl = self.cfg.negative_ttl;
+        let Ok(failures) = self.failures.lock() else {
+            return Ok(());
+        };
+        match failures.get(key) {
+            Some((at, code, message)) if at.elapsed() < ttl => Err(BundleError::Remembered {
+                code,
+                message: message.clone(),
+                ttl_secs: ttl.as_secs(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn remember_failure(&self, key: &CacheKey, e: &BundleError) {
+        if self.cfg.negative_ttl.is_zero() || !e.is_rememberable() {
+            return;
+        }
+        let Ok(mut failures) = self.failures.lock() else {
+            return;
+        };
+        if failures.len() >= NEGATIVE_SWEEP_AT {
+            let ttl = self.cfg.negative_ttl;
+            failures.retain(|_, (at, _, _)| at.elapsed() < ttl);
+        }
+        if failures.len() < NEGATIVE_MAX {
+            failures.insert(key.clone(), (Instant::now(), e.code(), e.to_string()));
+        }
+    }
+
+    async fn load_uncached(
+        &self,
+        author: &ResolvedDid,
+        name: &str,
+        selector: &VersionSelector,
+        key: &CacheKey,
+    ) -> Result<Arc<LoadedBundle>, BundleError> {
         let (rkey, record) = match self.fetch_record(author, name, selector).await {
             Err(BundleError::Fetch(e)) if e.code() == "CommitSignatureInvalid" => {
                 // The author may have rotated keys since we cached their DID document: resolve
-                // it again once, then retry. A second failure is final.
-                let fresh = self.identity.refresh_did(&author.did).await?;
-                self.fetch_record(&fresh, name, selector).await?
+                // it again (at most once per interval), then retry. A second failure is final.
+                match self.refresh_for_bad_signature(author).await? {
+                    Some(fresh) => self.fetch_record(&fresh, name, selector).await?,
+                    None => return Err(e.into()),
+                }
             }
             other => other?,
         };
@@ -310,7 +479,7 @@ impl BundleSource {
             code_path,
         });
         if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(key, (Instant::now(), loaded.clone()));
+            cache.insert(key.clone(), (Instant::now(), loaded.clone()));
         }
         Ok(loaded)
     }

@@ -57,6 +57,7 @@ pub struct Config {
     pub secrets: SecretsSection,
     pub container: ContainerSection,
     pub egress: EgressSection,
+    pub tenants: TenantsSection,
     /// Where each key's value came from (default, file, environment), for error messages and
     /// `check-config`. Not part of the schema.
     #[serde(skip)]
@@ -176,13 +177,68 @@ impl Default for FetchSection {
 pub struct HttpSection {
     /// Largest request body forwarded to a bundle (413 beyond).
     pub max_request_body_bytes: u64,
+    /// Time a client has to send a request's headers; slower connections are closed.
+    pub header_read_timeout_ms: u64,
+    /// Most client connections open at once; further ones wait in the kernel's accept queue.
+    pub max_connections: u64,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             max_request_body_bytes: 10 * MIB,
+            header_read_timeout_ms: 10_000,
+            max_connections: 4096,
         }
+    }
+}
+
+/// Fair shares between authors on one runner (docs/configuration.md, `[tenants]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantsSection {
+    /// Sustained invocations per second per author (token bucket refill); 0 turns it off.
+    pub rate_per_sec: u64,
+    /// Invocations an author may make at once above the sustained rate (bucket size).
+    pub rate_burst: u64,
+    /// Per-author exceptions, `DID=RATE/BURST` (`did:plc:abc=200/400`).
+    pub rate_overrides: Vec<String>,
+    /// How long a failed bundle load (unknown version, missing release, unreachable or
+    /// non-verifying PDS) is remembered and answered without asking the PDS again.
+    pub negative_cache_secs: u64,
+    /// Least time between two identity refreshes of one DID forced by a commit signature that
+    /// does not verify (a key rotation is picked up; a forger cannot force a look-up per request).
+    pub identity_refresh_min_secs: u64,
+}
+
+impl Default for TenantsSection {
+    fn default() -> Self {
+        TenantsSection {
+            rate_per_sec: 50,
+            rate_burst: 100,
+            rate_overrides: Vec::new(),
+            negative_cache_secs: 2,
+            identity_refresh_min_secs: 60,
+        }
+    }
+}
+
+impl TenantsSection {
+    /// `(rate, burst)` for `did`: its override, else the defaults.
+    pub fn rate_for(&self, did: &str) -> (u64, u64) {
+        self.rate_overrides
+            .iter()
+            .filter_map(|e| Self::parse_override(e))
+            .find(|(d, _, _)| *d == did)
+            .map(|(_, r, b)| (r, b))
+            .unwrap_or((self.rate_per_sec, self.rate_burst))
+    }
+
+    /// `DID=RATE/BURST` split, or `None` when malformed.
+    pub fn parse_override(entry: &str) -> Option<(&str, u64, u64)> {
+        let (did, rb) = entry.split_once('=')?;
+        let (r, b) = rb.split_once('/')?;
+        Some((did, r.parse().ok()?, b.parse().ok()?))
     }
 }
 
@@ -400,6 +456,7 @@ impl Default for Config {
             secrets: SecretsSection::default(),
             container: ContainerSection::default(),
             egress: EgressSection::default(),
+            tenants: TenantsSection::default(),
             sources: load::Provenance::default(),
         }
     }

@@ -85,6 +85,11 @@ impl Config {
                 "http.max_request_body_bytes",
                 self.http.max_request_body_bytes,
             ),
+            (
+                "http.header_read_timeout_ms",
+                self.http.header_read_timeout_ms,
+            ),
+            ("http.max_connections", self.http.max_connections),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -216,6 +221,23 @@ impl Config {
                 return Err(invalid(
                     "pool.prewarm",
                     format!("entry '{e}' is not author/name/version, such as did:plc:abc/hello/latest or alice.example.com/hello/1.2.0"),
+                ));
+            }
+        }
+        let t = &self.tenants;
+        if t.rate_per_sec > 0 && t.rate_burst == 0 {
+            return Err(invalid(
+                "tenants.rate_burst",
+                "must be at least 1 when tenants.rate_per_sec is set (the bucket must hold one request); set rate_per_sec = 0 to turn the limit off".into(),
+            ));
+        }
+        for e in &t.rate_overrides {
+            let ok = crate::TenantsSection::parse_override(e)
+                .is_some_and(|(did, r, b)| is_valid_did(did) && (r == 0 || b > 0));
+            if !ok {
+                return Err(invalid(
+                    "tenants.rate_overrides",
+                    format!("entry '{e}' is not DID=RATE/BURST with a burst of at least 1, such as did:plc:abc=200/400 (RATE 0 means no limit for that author)"),
                 ));
             }
         }

@@ -46,7 +46,7 @@ pub fn status_for(code: &str) -> StatusCode {
         "MethodNotAllowed" => StatusCode::METHOD_NOT_ALLOWED,
         "DidTombstoned" => StatusCode::GONE,
         "PayloadTooLarge" | "BundleTooLarge" => StatusCode::PAYLOAD_TOO_LARGE,
-        "Busy" => StatusCode::TOO_MANY_REQUESTS,
+        "Busy" | "RateLimited" => StatusCode::TOO_MANY_REQUESTS,
         // The bundle, or the author's infrastructure, failed or served something that does not
         // verify: a bad gateway from the caller's point of view.
         "BundleFailed"
@@ -155,6 +155,7 @@ mod tests {
         assert_eq!(status_for("EndpointNotFound"), 404);
         assert_eq!(status_for("PayloadTooLarge"), 413);
         assert_eq!(status_for("Busy"), 429);
+        assert_eq!(status_for("RateLimited"), 429);
         assert_eq!(status_for("BundleFailed"), 502);
         assert_eq!(status_for("Draining"), 503);
         assert_eq!(status_for("TimedOut"), 504);

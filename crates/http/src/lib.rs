@@ -4,8 +4,10 @@
 //! permission caps → pool), body limits and the error → status mapping (`error`). Must not touch:
 //! how identities are resolved, records verified or instances isolated; it calls those crates.
 
+mod body_limit;
 pub mod error;
 pub mod local;
+pub mod serve;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,6 +51,8 @@ pub struct AppState {
     pub draining: watch::Receiver<bool>,
     /// What the sandbox enforces, limit by limit, for describeRunner (docs/limits.md).
     pub enforcement: Arc<Vec<atrund_sandbox::Enforcement>>,
+    /// Per-author request rates (`tenants.rate_*`).
+    pub rates: Arc<atrund_policy::AuthorRates>,
 }
 
 /// The runner's routes.
@@ -97,6 +101,15 @@ async fn describe_runner(State(st): State<AppState>) -> Response {
         "maxRequestBodyBytes": c.http.max_request_body_bytes,
         // Largest code blob this runner fetches (`at-run check` compares bundles with it).
         "maxBundleBytes": c.fetch.max_bundle_bytes,
+        // Fair shares between authors (docs/configuration.md, [tenants]).
+        "tenants": {
+            "ratePerSec": c.tenants.rate_per_sec,
+            "rateBurst": c.tenants.rate_burst,
+            "negativeCacheSecs": c.tenants.negative_cache_secs,
+            "identityRefreshMinSecs": c.tenants.identity_refresh_min_secs,
+            "maxConnections": c.http.max_connections,
+            "headerReadTimeoutMs": c.http.header_read_timeout_ms,
+        },
     }))
     .into_response()
 }
@@ -217,14 +230,22 @@ async fn invoke(
 
     let (parts, body) = req.into_parts();
     let max = st.config.http.max_request_body_bytes;
-    let body = axum::body::to_bytes(body, usize::try_from(max).unwrap_or(usize::MAX))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                "PayloadTooLarge",
-                format!("request body is over this runner's limit of {max} bytes"),
-            )
-        })?;
+    let too_large = || {
+        ApiError::new(
+            "PayloadTooLarge",
+            format!("request body is over this runner's limit of {max} bytes"),
+        )
+    };
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    // Not read here: the body streams to the instance once the pool has given this request a
+    // slot, so waiting requests hold no body bytes.
+    let (body, cut) = body_limit::LimitedBody::new(body, max);
     let uri = rest_uri(&rest, &parts.uri)?;
     let mut inner = http::Request::builder()
         .method(parts.method)
@@ -234,7 +255,7 @@ async fn invoke(
         *h = parts.headers;
     }
     let request = inner
-        .body(Body::from(body))
+        .body(Body::new(body))
         .map_err(|e| ApiError::new("InvalidRequest", e.to_string()))?;
 
     let spec = || instance_spec(&st, &target, &limits);
@@ -246,8 +267,11 @@ async fn invoke(
             spec,
             Invocation { endpoint, request },
         )
-        .await?;
-    Ok(resp)
+        .await;
+    match resp {
+        Err(_) if cut.load(std::sync::atomic::Ordering::SeqCst) => Err(too_large()),
+        other => Ok(other?),
+    }
 }
 
 async fn remote_target(
@@ -263,6 +287,8 @@ async fn remote_target(
         resolved.did.as_str(),
         handle.as_ref().map(|h| h.as_str()),
     )?;
+    // Before any fetch or instance work for this author: their share of the runner.
+    take_rate(st, resolved.did.as_str())?;
     let bundle = st.source.load(&resolved, name, selector).await?;
     // Secrets belong to the bundle name, not a version; their record CID joins the instance key
     // (`{bundle cid}+{secrets cid}`) so a changed secret reaches the next new instance.
@@ -291,11 +317,21 @@ async fn remote_target(
     })
 }
 
+fn take_rate(st: &AppState, did: &str) -> Result<(), ApiError> {
+    st.rates
+        .take(did, std::time::Instant::now())
+        .map_err(|e| ApiError {
+            retry_after: Some(e.retry_after_secs),
+            ..ApiError::new(e.code(), e.to_string())
+        })
+}
+
 async fn local_target(
     st: &AppState,
     name: &str,
     selector: &VersionSelector,
 ) -> Result<Target, ApiError> {
+    // No rate limit here: the local bundle of `at-rund dev` is the developer's own.
     let Some(local) = st.local.as_ref().filter(|l| l.name == name) else {
         return Err(ApiError::new(
             "BundleNotFound",
@@ -393,8 +429,12 @@ fn next_instance_number() -> u64 {
 /// do) has no ':' at all and is decoded exactly once.
 fn author_segment(uri: &Uri) -> Option<String> {
     let raw = raw_segment(uri, 2)?;
-    if !raw.contains(':') && raw.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("did%3a")) {
-        return Some(percent_decode(&raw)?);
+    if !raw.contains(':')
+        && raw
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("did%3a"))
+    {
+        return percent_decode(&raw);
     }
     Some(raw)
 }

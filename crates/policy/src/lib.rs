@@ -1,5 +1,5 @@
-//! Policy: who may run code here ([`check_author`]) and what a bundle may ask for
-//! ([`check_manifest`]). Second step of the data path, after routing and before any fetch work
+//! Policy: who may run code here ([`check_author`]), what a bundle may ask for
+//! ([`check_manifest`]) and how often an author may call ([`AuthorRates`], `rate`). Second step of the data path, after routing and before any fetch work
 //! for the author is trusted.
 //!
 //! Owns: comparing an author or a manifest against the operator's config. Must not touch: the
@@ -10,6 +10,9 @@
 use atrund_bundle::record::RecordError;
 use atrund_bundle::Manifest;
 pub use atrund_config::{AuthorPolicy, LimitRange, LimitsSection, PermissionCaps};
+
+pub mod rate;
+pub use rate::{AuthorRates, RateLimited};
 
 /// The limits one bundle version runs with: what it asked for, or the operator's default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -45,6 +45,10 @@ pub fn use_test_net<'a>(cmd: &'a mut Command, net: &TestNet) -> &'a mut Command 
         .env("ATRUND_IDENTITY_DNS", "false")
         .env("ATRUND_IDENTITY_WELL_KNOWN", "false")
         .env("ATRUND_FETCH_REVALIDATE_SECS", "0")
+        // Suites that publish right after asking, or load one author hard, would otherwise
+        // meet the fair-share defaults; tests/tenancy.rs sets them on purpose.
+        .env("ATRUND_TENANTS_NEGATIVE_CACHE_SECS", "0")
+        .env("ATRUND_TENANTS_RATE_PER_SEC", "0")
 }
 
 impl Daemon {

@@ -1,0 +1,153 @@
+//! Per-author request rates: one token bucket per author DID (`tenants.rate_per_sec`, refilled
+//! continuously, at most `tenants.rate_burst` tokens; per-DID overrides), so one author's
+//! traffic cannot take every instance slot and fetch of a shared runner.
+//!
+//! Owns: the buckets. Must not touch: the clock (callers pass `Instant`s, so tests are exact)
+//! or the network.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use atrund_config::TenantsSection;
+
+/// Buckets kept before idle, full ones are dropped (a full bucket is the same as none).
+const PRUNE_AT: usize = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// The buckets of every author seen recently.
+#[derive(Debug)]
+pub struct AuthorRates {
+    cfg: TenantsSection,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+/// The author is over their rate: retry after this many whole seconds (≥ 1).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("author {did} is over this runner's request rate of {rate} per second (burst {burst}); retry after {retry_after_secs} s, or ask the operator for a higher tenants.rate_overrides entry")]
+pub struct RateLimited {
+    pub did: String,
+    pub rate: u64,
+    pub burst: u64,
+    pub retry_after_secs: u64,
+}
+
+impl RateLimited {
+    pub fn code(&self) -> &'static str {
+        "RateLimited"
+    }
+}
+
+impl AuthorRates {
+    pub fn new(cfg: TenantsSection) -> Self {
+        AuthorRates {
+            cfg,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Takes one token from `did`'s bucket at time `now`, or says when one will be there.
+    pub fn take(&self, did: &str, now: Instant) -> Result<(), RateLimited> {
+        let (rate, burst) = self.cfg.rate_for(did);
+        if rate == 0 {
+            return Ok(());
+        }
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        if buckets.len() >= PRUNE_AT && !buckets.contains_key(did) {
+            buckets.retain(|d, b| {
+                let (r, bu) = self.cfg.rate_for(d);
+                refill(*b, r, bu, now).tokens < bu as f64
+            });
+        }
+        let b = buckets.entry(did.to_string()).or_insert(Bucket {
+            tokens: burst as f64,
+            at: now,
+        });
+        *b = refill(*b, rate, burst, now);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = Duration::from_secs_f64((1.0 - b.tokens) / rate as f64);
+        Err(RateLimited {
+            did: did.to_string(),
+            rate,
+            burst,
+            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+        })
+    }
+}
+
+fn refill(b: Bucket, rate: u64, burst: u64, now: Instant) -> Bucket {
+    let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+    Bucket {
+        tokens: (b.tokens + elapsed * rate as f64).min(burst as f64),
+        at: now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rates(rate: u64, burst: u64, overrides: &[&str]) -> AuthorRates {
+        AuthorRates::new(TenantsSection {
+            rate_per_sec: rate,
+            rate_burst: burst,
+            rate_overrides: overrides.iter().map(|s| s.to_string()).collect(),
+            ..TenantsSection::default()
+        })
+    }
+
+    #[test]
+    fn burst_then_refill_per_author() {
+        let r = rates(2, 3, &[]);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            r.take("did:plc:a", t0).unwrap();
+        }
+        let e = r.take("did:plc:a", t0).unwrap_err();
+        assert_eq!(e.retry_after_secs, 1);
+        assert_eq!(e.code(), "RateLimited");
+        // Another author has a bucket of their own.
+        r.take("did:plc:b", t0).unwrap();
+        // Half a second refills one token at 2/s.
+        let t1 = t0 + Duration::from_millis(500);
+        r.take("did:plc:a", t1).unwrap();
+        assert!(r.take("did:plc:a", t1).is_err());
+        // Never more than the burst, however long the pause.
+        let t2 = t1 + Duration::from_secs(3600);
+        for _ in 0..3 {
+            r.take("did:plc:a", t2).unwrap();
+        }
+        assert!(r.take("did:plc:a", t2).is_err());
+    }
+
+    #[test]
+    fn overrides_and_off() {
+        let r = rates(1, 1, &["did:plc:big=0/0", "did:plc:mid=10/20"]);
+        let t = Instant::now();
+        for _ in 0..1000 {
+            r.take("did:plc:big", t).unwrap();
+        }
+        for _ in 0..20 {
+            r.take("did:plc:mid", t).unwrap();
+        }
+        assert!(r.take("did:plc:mid", t).is_err());
+        let slow = rates(1, 1, &[]);
+        slow.take("did:plc:x", t).unwrap();
+        // At 1/s an empty bucket needs a whole second.
+        assert_eq!(slow.take("did:plc:x", t).unwrap_err().retry_after_secs, 1);
+        let off = rates(0, 0, &[]);
+        for _ in 0..1000 {
+            off.take("did:plc:x", t).unwrap();
+        }
+    }
+}
