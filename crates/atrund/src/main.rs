@@ -206,7 +206,14 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         allow_http_loopback: config.allow_http,
     })?;
     let store = BundleStore::open(data_dir.join("bundles"))
-        .with_context(|| format!("cannot create {}", data_dir.join("bundles").display()))?;
+        .with_context(|| format!("cannot create {}", data_dir.join("bundles").display()))?
+        .with_share_per_author(config.tenants.max_store_bytes_per_author);
+    if config.tenants.store_gc_after_secs > 0 {
+        tokio::spawn(store_gc_loop(
+            store.clone(),
+            Duration::from_secs(config.tenants.store_gc_after_secs),
+        ));
+    }
     let source = BundleSource::new(
         identity.clone(),
         repo,
@@ -264,6 +271,7 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         draining: drain_rx.clone(),
         enforcement,
         rates,
+        data_quota: Arc::default(),
     };
     if let Some(l) = &state.local {
         tracing::info!(
@@ -365,6 +373,22 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Removes stored code unused for `max_age`: now, then hourly.
+async fn store_gc_loop(store: BundleStore, max_age: Duration) {
+    loop {
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.collect_garbage(max_age)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                removed = n,
+                "removed stored code unused for longer than tenants.store_gc_after_secs"
+            ),
+            Err(e) => tracing::warn!(error = %e, "store garbage collection failed"),
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
 }
 
 /// The executor for `isolation`, and the describeRunner entry that says which one and why.

@@ -579,3 +579,166 @@ export const eat = { handler: async (_input, ctx) => ({ got: (await ctx.request.
     );
     runner.stop();
 }
+
+/// The blob directories of the runner's store that carry `owner`'s name.
+fn stored_by(data: &Path, owner: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(data.join("bundles"))
+        .expect("store")
+        .flatten()
+    {
+        let o = std::fs::read_to_string(e.path().join("owner")).unwrap_or_default();
+        if o.trim() == owner {
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Each author has a share of the code store: storing more removes that author's own least
+/// recently used code, never another author's, and a blob larger than a whole share is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_author_has_a_share_of_the_code_store() {
+    let Some((net, deno)) = setup() else { return };
+    let heavy = net.create_account("heavy").await;
+    let light = net.create_account("light").await;
+    // ~1.1 KB of code per version; a share of 2500 bytes holds two of them.
+    let code = |v: &str| format!("{}// {}\n", greeter(v), "x".repeat(1000));
+    for v in ["1.0.0", "2.0.0", "3.0.0"] {
+        deploy(net, &heavy, &code(v), "big", v).await;
+    }
+    deploy(net, &light, &code("light"), "small", "1.0.0").await;
+    deploy(
+        net,
+        &light,
+        &format!("{}// {}\n", greeter("huge"), "y".repeat(4000)),
+        "huge",
+        "1.0.0",
+    )
+    .await;
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut runner = start(
+        net,
+        &deno,
+        data.path(),
+        &[("ATRUND_TENANTS_MAX_STORE_BYTES_PER_AUTHOR", "2500")],
+    );
+    let call = |who: &Account, name: &str, v: &str| {
+        runner.url(&format!("/bundle/{}/{name}/{v}/greet", who.did))
+    };
+    let (s, b) = get(&call(&light, "small", "1.0.0")).await;
+    assert_eq!(s, 200, "{b}");
+    let light_blobs = stored_by(data.path(), &light.did);
+    assert_eq!(light_blobs.len(), 1);
+    for v in ["1.0.0", "2.0.0"] {
+        let (s, b) = get(&call(&heavy, "big", v)).await;
+        assert_eq!((s, &b), (200, &json!({"word": v})), "{b}");
+    }
+    let first_two = stored_by(data.path(), &heavy.did);
+    assert_eq!(first_two.len(), 2);
+    let (s, b) = get(&call(&heavy, "big", "3.0.0")).await;
+    assert_eq!((s, &b), (200, &json!({"word": "3.0.0"})), "{b}");
+    let now = stored_by(data.path(), &heavy.did);
+    assert_eq!(now.len(), 2, "over the share: {now:?}");
+    assert!(!now.contains(&first_two[0]) || !now.contains(&first_two[1]));
+    // The other author's code was not touched.
+    assert_eq!(stored_by(data.path(), &light.did), light_blobs);
+    // Code removed from the store is fetched and verified again when asked for.
+    let (s, b) = get(&call(&heavy, "big", "1.0.0")).await;
+    assert_eq!((s, &b), (200, &json!({"word": "1.0.0"})), "{b}");
+    // One blob larger than a whole share.
+    let (s, b) = get(&call(&light, "huge", "1.0.0")).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (413, Some("BundleTooLarge")),
+        "{b}"
+    );
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_store_bytes_per_author"),
+        "{b}"
+    );
+    runner.stop();
+}
+
+/// An author whose bundles fill their data dirs past their share gets `507 DataQuotaExceeded`
+/// for bundles that write, once measured; their bundles that do not write, and other authors,
+/// keep running.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_author_over_their_data_share_cannot_write_more() {
+    let Some((net, deno)) = setup() else { return };
+    let filler = net.create_account("filler").await;
+    let neighbour = net.create_account("neighbour").await;
+    let writer = r#"
+export const fill = { handler: async () => {
+  await Deno.mkdir("out", { recursive: true });
+  await Deno.writeFile(`out/${crypto.randomUUID()}`, new Uint8Array(2000));
+  return { wrote: 2000 };
+} };
+"#;
+    let publish = |acct: &'static Account, name: &'static str, code: String, manifest: Value| async move {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("main.js");
+        std::fs::write(&file, code).expect("write");
+        std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).expect("manifest");
+        at_run::deploy::run(&at_run::deploy::DeployArgs {
+            file,
+            name: name.into(),
+            version: "1.0.0".into(),
+            manifest: None,
+            description: None,
+            no_release: false,
+            pds: Some(net.pds_url.clone()),
+            identifier: Some(acct.handle.clone()),
+            password: Some(acct.password.parse().expect("password")),
+            json: false,
+        })
+        .await
+        .expect("deploy");
+    };
+    let filler: &'static Account = Box::leak(Box::new(filler));
+    let neighbour: &'static Account = Box::leak(Box::new(neighbour));
+    let wm = json!({"endpoints": [{"name": "fill", "method": "POST"}], "permissions": {"write": ["out"]}});
+    publish(filler, "fill", writer.to_string(), wm.clone()).await;
+    publish(neighbour, "fill", writer.to_string(), wm).await;
+    deploy(net, filler, &greeter("reader"), "plain", "1.0.0").await;
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut runner = start(
+        net,
+        &deno,
+        data.path(),
+        &[("ATRUND_TENANTS_MAX_DATA_BYTES_PER_AUTHOR", "3000")],
+    );
+    let client = reqwest::Client::new();
+    let fill = |who: &Account| {
+        let url = runner.url(&format!("/bundle/{}/fill/latest/fill", who.did));
+        let client = client.clone();
+        async move {
+            let r = client.post(url).send().await.expect("post");
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // Measured empty, then trusted for a while: two writes pass (4000 bytes > 3000).
+    for _ in 0..2 {
+        let (s, b) = fill(filler).await;
+        assert_eq!(s, 200, "{b}");
+    }
+    // Once measured again, writing bundles are refused.
+    tokio::time::sleep(std::time::Duration::from_millis(10_500)).await;
+    let (s, b) = fill(filler).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (507, Some("DataQuotaExceeded")),
+        "{b}"
+    );
+    // The same author's bundle that does not write still runs; the neighbour still writes.
+    let (s, b) = get(&runner.url(&format!("/bundle/{}/plain/latest/greet", filler.did))).await;
+    assert_eq!((s, &b), (200, &json!({"word": "reader"})), "{b}");
+    let (s, b) = fill(neighbour).await;
+    assert_eq!(s, 200, "{b}");
+    runner.stop();
+}

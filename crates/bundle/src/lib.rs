@@ -14,4 +14,4 @@ pub use record::{BlobRef, BundleRecord, Manifest, Permissions, ReleaseRecord};
 pub use revisions::RevisionFloors;
 pub use selector::VersionSelector;
 pub use source::{BundleError, BundleSource, LoadedBundle, LoadedSecrets, SourceConfig};
-pub use store::BundleStore;
+pub use store::{BundleStore, StoreError};

@@ -24,7 +24,7 @@ use crate::record::{
 };
 use crate::revisions::{RevisionError, RevisionFloors};
 use crate::selector::VersionSelector;
-use crate::store::BundleStore;
+use crate::store::{BundleStore, StoreError};
 
 /// Why a bundle could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +81,9 @@ pub enum BundleError {
     /// the load this request waited for failed
     #[error("{message}")]
     Shared { code: &'static str, message: String },
+    /// the code is larger than the author's whole share of the store
+    #[error("bundle code of {size} bytes is more than this runner keeps for one author ({cap} bytes, tenants.max_store_bytes_per_author); publish smaller code or ask the operator for a larger share")]
+    OverShare { size: u64, cap: u64 },
     /// the bundle store on disk failed
     #[error(
         "bundle store error at {path}: {source}; check the data dir's permissions and free space"
@@ -102,7 +105,7 @@ impl BundleError {
             BundleError::NoSuchVersion { .. } => "VersionNotFound",
             BundleError::NoSuchRecord { .. } => "VersionNotFound",
             BundleError::ReleaseMismatch { .. } => "ReleaseInvalid",
-            BundleError::TooLarge { .. } => "BundleTooLarge",
+            BundleError::TooLarge { .. } | BundleError::OverShare { .. } => "BundleTooLarge",
             BundleError::SecretsRecord { .. } => "SecretsInvalid",
             BundleError::Store { .. } => "StoreError",
             BundleError::Revision(RevisionError::Rollback { .. }) => "RepoRollback",
@@ -585,15 +588,16 @@ impl BundleSource {
             .await?;
         let store = self.store.clone();
         let cid = code.cid;
-        tokio::task::spawn_blocking(move || store.put(&cid, &bytes))
+        let owner = author.did.as_str().to_string();
+        tokio::task::spawn_blocking(move || store.put(&owner, &cid, &bytes))
             .await
             .map_err(|e| BundleError::Store {
                 path: PathBuf::new(),
                 source: std::io::Error::other(e.to_string()),
             })?
-            .map_err(|source| BundleError::Store {
-                path: PathBuf::from(cid.to_string()),
-                source,
+            .map_err(|e| match e {
+                StoreError::Io { path, source } => BundleError::Store { path, source },
+                StoreError::OverShare { size, cap } => BundleError::OverShare { size, cap },
             })
     }
 }

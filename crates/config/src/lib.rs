@@ -209,6 +209,14 @@ pub struct TenantsSection {
     /// Least time between two identity refreshes of one DID forced by a commit signature that
     /// does not verify (a key rotation is picked up; a forger cannot force a look-up per request).
     pub identity_refresh_min_secs: u64,
+    /// Most bytes of verified code kept for one author; past it their least recently used
+    /// code is removed (0: no cap).
+    pub max_store_bytes_per_author: u64,
+    /// Stored code not used for this long is removed (checked at start and hourly; 0: never).
+    pub store_gc_after_secs: u64,
+    /// Most bytes one author's bundles may keep in their data dirs; an author over it gets
+    /// `DataQuotaExceeded` for bundles that write, until they are under again (0: no cap).
+    pub max_data_bytes_per_author: u64,
 }
 
 impl Default for TenantsSection {
@@ -219,6 +227,9 @@ impl Default for TenantsSection {
             rate_overrides: Vec::new(),
             negative_cache_secs: 2,
             identity_refresh_min_secs: 60,
+            max_store_bytes_per_author: 256 * MIB,
+            store_gc_after_secs: 7 * 24 * 3600,
+            max_data_bytes_per_author: 1024 * MIB,
         }
     }
 }

@@ -47,6 +47,7 @@ pub fn status_for(code: &str) -> StatusCode {
         "DidTombstoned" => StatusCode::GONE,
         "PayloadTooLarge" | "BundleTooLarge" => StatusCode::PAYLOAD_TOO_LARGE,
         "Busy" | "RateLimited" => StatusCode::TOO_MANY_REQUESTS,
+        "DataQuotaExceeded" => StatusCode::INSUFFICIENT_STORAGE,
         // The bundle, or the author's infrastructure, failed or served something that does not
         // verify: a bad gateway from the caller's point of view.
         "BundleFailed"
@@ -156,6 +157,7 @@ mod tests {
         assert_eq!(status_for("PayloadTooLarge"), 413);
         assert_eq!(status_for("Busy"), 429);
         assert_eq!(status_for("RateLimited"), 429);
+        assert_eq!(status_for("DataQuotaExceeded"), 507);
         assert_eq!(status_for("BundleFailed"), 502);
         assert_eq!(status_for("Draining"), 503);
         assert_eq!(status_for("TimedOut"), 504);

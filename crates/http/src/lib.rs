@@ -5,6 +5,7 @@
 //! how identities are resolved, records verified or instances isolated; it calls those crates.
 
 mod body_limit;
+pub mod data_quota;
 pub mod error;
 pub mod local;
 pub mod serve;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub enforcement: Arc<Vec<atrund_sandbox::Enforcement>>,
     /// Per-author request rates (`tenants.rate_*`).
     pub rates: Arc<atrund_policy::AuthorRates>,
+    /// Per-author data dir measurements (`tenants.max_data_bytes_per_author`).
+    pub data_quota: Arc<data_quota::DataQuota>,
 }
 
 /// The runner's routes.
@@ -109,6 +112,9 @@ async fn describe_runner(State(st): State<AppState>) -> Response {
             "identityRefreshMinSecs": c.tenants.identity_refresh_min_secs,
             "maxConnections": c.http.max_connections,
             "headerReadTimeoutMs": c.http.header_read_timeout_ms,
+            "maxStoreBytesPerAuthor": c.tenants.max_store_bytes_per_author,
+            "storeGcAfterSecs": c.tenants.store_gc_after_secs,
+            "maxDataBytesPerAuthor": c.tenants.max_data_bytes_per_author,
         },
     }))
     .into_response()
@@ -227,6 +233,12 @@ async fn invoke(
     let limits =
         atrund_policy::check_manifest(&st.config.permissions, &st.config.limits, &target.manifest)?;
     check_endpoint(&target.manifest, &endpoint, req.method())?;
+    if !target.manifest.permissions.write.is_empty() {
+        let dir = st.config.data_dir.join("data").join(&target.author_dir);
+        st.data_quota
+            .check(&dir, st.config.tenants.max_data_bytes_per_author)
+            .await?;
+    }
 
     let (parts, body) = req.into_parts();
     let max = st.config.http.max_request_body_bytes;
