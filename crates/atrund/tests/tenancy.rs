@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use atrund_testnet::{Account, TestNet};
-use common::{get, Daemon};
+use common::{get, override_carol_doc, Daemon};
 use serde_json::{json, Value};
 
 fn setup() -> Option<(&'static TestNet, PathBuf)> {
@@ -32,26 +32,8 @@ fn start(net: &TestNet, deno: &Path, data: &Path, env: &[(&str, &str)]) -> Daemo
 }
 
 async fn deploy(net: &TestNet, account: &Account, code: &str, name: &str, version: &str) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("main.js");
-    std::fs::write(&file, code).expect("write bundle");
     let manifest = json!({"endpoints": [{"name": "greet", "method": "GET"}]});
-    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).expect("manifest");
-    let args = at_run::deploy::DeployArgs {
-        file,
-        name: name.to_string(),
-        version: version.to_string(),
-        manifest: None,
-        description: None,
-        no_release: false,
-        pds: Some(net.pds_url.clone()),
-        identifier: Some(account.handle.clone()),
-        password: Some(account.password.parse().expect("password")),
-        json: false,
-    };
-    at_run::deploy::run(&args)
-        .await
-        .unwrap_or_else(|e| panic!("deploy {name}@{version} failed: {e:#}"));
+    common::deploy(net, account, code, &manifest, name, version).await;
 }
 
 fn greeter(word: &str) -> String {
@@ -60,20 +42,6 @@ fn greeter(word: &str) -> String {
 
 /// Tests that override carol's did:web document take turns.
 static CAROL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Sets or (with `{}`) clears the override of carol's served did:web document.
-async fn override_carol_doc(net: &TestNet, body: Value) {
-    let url = net
-        .carol_did_doc_url
-        .replace("/.well-known/did.json", "/__test/did-doc-override");
-    let resp = reqwest::Client::new()
-        .put(url)
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("override did doc");
-    assert_eq!(resp.status(), 204);
-}
 
 /// Responses by path and query.
 type Answers = Arc<Mutex<HashMap<String, (u16, Vec<u8>)>>>;
@@ -494,25 +462,8 @@ async fn bodies_are_not_buffered_before_a_slot() {
 export const slow = { handler: async () => { await new Promise((r) => setTimeout(r, 4000)); return { slept: true }; } };
 export const eat = { handler: async (_input, ctx) => ({ got: (await ctx.request.arrayBuffer()).byteLength }) };
 "#;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("main.js");
-    std::fs::write(&file, code).expect("write");
     let manifest = json!({"endpoints": [{"name": "slow", "method": "GET"}, {"name": "eat", "method": "POST"}], "limits": {"concurrency": 1}});
-    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).expect("manifest");
-    at_run::deploy::run(&at_run::deploy::DeployArgs {
-        file,
-        name: "bodies".into(),
-        version: "1.0.0".into(),
-        manifest: None,
-        description: None,
-        no_release: false,
-        pds: Some(net.pds_url.clone()),
-        identifier: Some(acct.handle.clone()),
-        password: Some(acct.password.parse().expect("password")),
-        json: false,
-    })
-    .await
-    .expect("deploy");
+    common::deploy(net, &acct, code, &manifest, "bodies", "1.0.0").await;
     let data = tempfile::tempdir().expect("temp dir");
     let mut runner = start(
         net,
@@ -679,32 +630,10 @@ export const fill = { handler: async () => {
   return { wrote: 2000 };
 } };
 "#;
-    let publish = |acct: &'static Account, name: &'static str, code: String, manifest: Value| async move {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let file = dir.path().join("main.js");
-        std::fs::write(&file, code).expect("write");
-        std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).expect("manifest");
-        at_run::deploy::run(&at_run::deploy::DeployArgs {
-            file,
-            name: name.into(),
-            version: "1.0.0".into(),
-            manifest: None,
-            description: None,
-            no_release: false,
-            pds: Some(net.pds_url.clone()),
-            identifier: Some(acct.handle.clone()),
-            password: Some(acct.password.parse().expect("password")),
-            json: false,
-        })
-        .await
-        .expect("deploy");
-    };
-    let filler: &'static Account = Box::leak(Box::new(filler));
-    let neighbour: &'static Account = Box::leak(Box::new(neighbour));
     let wm = json!({"endpoints": [{"name": "fill", "method": "POST"}], "permissions": {"write": ["out"]}});
-    publish(filler, "fill", writer.to_string(), wm.clone()).await;
-    publish(neighbour, "fill", writer.to_string(), wm).await;
-    deploy(net, filler, &greeter("reader"), "plain", "1.0.0").await;
+    common::deploy(net, &filler, writer, &wm, "fill", "1.0.0").await;
+    common::deploy(net, &neighbour, writer, &wm, "fill", "1.0.0").await;
+    deploy(net, &filler, &greeter("reader"), "plain", "1.0.0").await;
     let data = tempfile::tempdir().expect("temp dir");
     let mut runner = start(
         net,
@@ -724,12 +653,12 @@ export const fill = { handler: async () => {
     };
     // Measured empty, then trusted for a while: two writes pass (4000 bytes > 3000).
     for _ in 0..2 {
-        let (s, b) = fill(filler).await;
+        let (s, b) = fill(&filler).await;
         assert_eq!(s, 200, "{b}");
     }
     // Once measured again, writing bundles are refused.
     tokio::time::sleep(std::time::Duration::from_millis(10_500)).await;
-    let (s, b) = fill(filler).await;
+    let (s, b) = fill(&filler).await;
     assert_eq!(
         (s, b["error"].as_str()),
         (507, Some("DataQuotaExceeded")),
@@ -738,7 +667,7 @@ export const fill = { handler: async () => {
     // The same author's bundle that does not write still runs; the neighbour still writes.
     let (s, b) = get(&runner.url(&format!("/bundle/{}/plain/latest/greet", filler.did))).await;
     assert_eq!((s, &b), (200, &json!({"word": "reader"})), "{b}");
-    let (s, b) = fill(neighbour).await;
+    let (s, b) = fill(&neighbour).await;
     assert_eq!(s, 200, "{b}");
     runner.stop();
 }

@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use atrund_testnet::TestNet;
+use atrund_testnet::{Account, TestNet};
 use serde_json::Value;
 
 /// A running `at-rund`.
@@ -158,4 +158,50 @@ pub async fn get(url: &str) -> (u16, Value) {
     let text = resp.text().await.expect("body");
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, body)
+}
+
+/// Publishes `code` with `manifest` as `name@version` for `account`, through at-run's deploy
+/// (the same code the CLI runs), moving the release.
+pub async fn deploy(
+    net: &TestNet,
+    account: &Account,
+    code: &str,
+    manifest: &Value,
+    name: &str,
+    version: &str,
+) -> at_run::deploy::Published {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("main.js");
+    std::fs::write(&file, code).expect("write bundle");
+    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).expect("manifest");
+    let args = at_run::deploy::DeployArgs {
+        file,
+        name: name.to_string(),
+        version: version.to_string(),
+        manifest: None,
+        description: None,
+        no_release: false,
+        pds: Some(net.pds_url.clone()),
+        identifier: Some(account.handle.clone()),
+        password: Some(account.password.parse().expect("password")),
+        json: false,
+    };
+    at_run::deploy::run(&args)
+        .await
+        .unwrap_or_else(|e| panic!("deploy {name}@{version} failed: {e:#}"))
+}
+
+/// Sets or (with `{}`) clears the override of carol's served did:web document (the test
+/// network's harness serves it; tests play the domain owner).
+pub async fn override_carol_doc(net: &TestNet, body: Value) {
+    let url = net
+        .carol_did_doc_url
+        .replace("/.well-known/did.json", "/__test/did-doc-override");
+    let resp = reqwest::Client::new()
+        .put(url)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("override did doc");
+    assert_eq!(resp.status(), 204);
 }
