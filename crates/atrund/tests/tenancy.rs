@@ -613,6 +613,25 @@ async fn each_author_has_a_share_of_the_code_store() {
         "{b}"
     );
     runner.stop();
+
+    // Code unused for longer than tenants.store_gc_after_secs is removed when a runner starts.
+    let stale = &light_blobs[0];
+    std::fs::write(
+        data.path().join("bundles").join(stale).join("last-used"),
+        "1000",
+    )
+    .expect("age a blob");
+    let mut again = start(net, &deno, data.path(), &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while data.path().join("bundles").join(stale).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "unused code was not collected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored_by(data.path(), &heavy.did).len(), 2);
+    again.stop();
 }
 
 /// An author whose bundles fill their data dirs past their share gets `507 DataQuotaExceeded`
