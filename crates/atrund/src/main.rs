@@ -20,8 +20,8 @@ use atrund_identity::{IdentityConfig, IdentityResolver};
 use atrund_pool::Pool;
 use atrund_repo::{FetchConfig, RepoClient};
 use atrund_sandbox::{
-    runner_id_for, CgroupManager, ContainerConfig, ContainerExecutor, DenoBinary, Enforcement,
-    Executor, NoneExecutor,
+    choose_executor, runner_id_for, CgroupManager, Choice, DenoBinary, Enforcement, Executor,
+    Requested,
 };
 
 #[derive(Parser)]
@@ -391,8 +391,8 @@ async fn store_gc_loop(store: BundleStore, max_age: Duration) {
     }
 }
 
-/// The executor for `isolation`, and the describeRunner entry that says which one and why.
-/// Order for "auto": [microVM: not available yet] → container → none (with a loud warning).
+/// The sandbox's choice of backend for `isolation` (`atrund_sandbox::choose_executor`), from the
+/// config.
 async fn pick_executor(
     config: &Config,
     deno: DenoBinary,
@@ -400,129 +400,48 @@ async fn pick_executor(
     data_dir: &Path,
 ) -> Result<(Arc<dyn Executor>, Enforcement)> {
     use atrund_config::Isolation;
-    let note = |enforced: bool, how: String| Enforcement {
-        limit: "isolation",
-        enforced,
-        how,
-    };
-    let none = || Arc::new(NoneExecutor::new(deno.clone()).with_cgroups(cgroups.clone()));
-    match config.isolation {
-        Isolation::None => Ok((
-            none(),
-            note(
-                false,
-                "none, as configured: Deno flags + cgroup only (docs/security.md)".into(),
-            ),
-        )),
-        Isolation::Container => {
-            let exec = container_executor(config, deno.clone(), cgroups.clone(), data_dir)
-                .await
-                .map_err(|why| {
-                    anyhow::anyhow!(
-                        "isolation = \"container\" is not possible on this machine: {why}"
-                    )
-                })?;
-            tracing::info!("isolation: container (bubblewrap + Landlock + seccomp + egress proxy)");
-            Ok((exec, note(true, "container, as configured".into())))
-        }
-        Isolation::Auto => {
-            let microvm = "microvm: not available in this version";
-            match container_executor(config, deno.clone(), cgroups.clone(), data_dir).await {
-                Ok(exec) => {
-                    tracing::info!("isolation auto: container ({microvm})");
-                    Ok((
-                        exec,
-                        note(true, format!("auto chose container ({microvm})")),
-                    ))
-                }
-                Err(why) => {
-                    tracing::warn!(
-                        "ISOLATION IS WEAK: isolation = \"auto\" fell back to \"none\" because the \
-                         container backend is not possible here: {why}. Bundles run with Deno flags and \
-                         a cgroup only (docs/security.md). Install bubblewrap and run as root to fix."
-                    );
-                    Ok((
-                        none(),
-                        note(
-                            false,
-                            format!("auto fell back to none: {microvm}; container: {why}"),
-                        ),
-                    ))
-                }
-            }
-        }
+    let requested = match config.isolation {
+        Isolation::None => Requested::None,
+        Isolation::Container => Requested::Container,
+        Isolation::Auto => Requested::Auto,
         Isolation::Microvm | Isolation::Firecracker => {
             anyhow::bail!(
                 "isolation \"{}\" is not available yet",
                 config.isolation.as_str()
             )
         }
-    }
-}
-
-/// The container backend, if this machine can run it: bwrap found, every cgroup limit usable,
-/// the root assembled, and a real sandbox started once (the probe).
-async fn container_executor(
-    config: &Config,
-    deno: DenoBinary,
-    cgroups: Arc<CgroupManager>,
-    data_dir: &Path,
-) -> std::result::Result<Arc<dyn Executor>, String> {
-    let bwrap = atrund_sandbox::find_bwrap(
-        Some(Path::new(&config.container.bwrap)).filter(|p| p.components().count() > 1),
-    )
-    .ok_or_else(|| {
-        format!(
-            "bubblewrap ('{}') not found; install it with `apt-get install -y bubblewrap` (container.bwrap)",
-            config.container.bwrap
-        )
-    })?;
-    let missing: Vec<String> = NoneExecutor::new(deno.clone())
-        .with_cgroups(cgroups.clone())
-        .enforcement()
-        .into_iter()
-        // Only the cgroup limits: the container's PID 1 applies Landlock and seccomp itself, and
-        // the idle freezer is reported but not required.
-        .filter(|e| !e.enforced && !matches!(e.limit, "landlock" | "seccomp" | "idleFreeze"))
-        .map(|e| format!("{}: {}", e.limit, e.how))
-        .collect();
-    if !missing.is_empty() {
-        return Err(format!(
-            "cgroup limits unavailable ({})",
-            missing.join("; ")
-        ));
-    }
+    };
     let init = std::env::current_exe()
-        .map_err(|e| format!("cannot find the at-rund binary for the sandbox's PID 1: {e}"))?;
-    let parse = |list: &[String]| -> std::result::Result<Vec<atrund_egress::IpNet>, String> {
+        .context("cannot find the at-rund binary for the sandbox's PID 1")?;
+    let parse = |key: &str, list: &[String]| -> Result<Vec<atrund_egress::IpNet>> {
         list.iter()
-            .map(|c| c.parse().map_err(|e| format!("egress range '{c}': {e}")))
+            .map(|c| {
+                c.parse()
+                    .map_err(|e| anyhow::anyhow!("{key}: range '{c}': {e}"))
+            })
             .collect()
     };
-    let proxy = atrund_egress::EgressProxy::start(atrund_egress::EgressConfig {
-        allow_cidrs: parse(&config.egress.allow_cidrs)?,
-        deny_cidrs: parse(&config.egress.deny_cidrs)?,
-        ..atrund_egress::EgressConfig::default()
-    })
-    .await
-    .map_err(|e| format!("egress proxy: {e}"))?;
-    tracing::info!(addr = %proxy.local_addr(), "egress proxy listening");
-    let cfg = ContainerConfig {
-        bwrap,
+    let atrund_config::ContainerSection { bwrap, tmp_mib } = config.container.clone();
+    let atrund_config::EgressSection {
+        allow_cidrs,
+        deny_cidrs,
+    } = &config.egress;
+    let chosen = choose_executor(Choice {
+        requested,
         deno,
-        init: (init, vec!["sandbox-init".into()]),
+        cgroups,
+        bwrap,
+        tmp_mib,
         rootfs_dir: data_dir.join("rootfs"),
-        tmp_mib: config.container.tmp_mib,
-    };
-    let exec = tokio::task::spawn_blocking(move || ContainerExecutor::new(cfg))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?
-        .with_cgroups(cgroups)
-        .with_egress(Arc::new(proxy));
-    tracing::info!(rootfs = %exec.rootfs().path().display(), libs = exec.rootfs().libs().len(), "container root ready");
-    exec.probe().await?;
-    Ok(Arc::new(exec))
+        init: (init, vec!["sandbox-init".into()]),
+        egress: atrund_egress::EgressConfig {
+            allow_cidrs: parse("egress.allow_cidrs", allow_cidrs)?,
+            deny_cidrs: parse("egress.deny_cidrs", deny_cidrs)?,
+            ..atrund_egress::EgressConfig::default()
+        },
+    })
+    .await?;
+    Ok((chosen.executor, chosen.isolation))
 }
 
 fn key_grace(config: &Config) -> Duration {

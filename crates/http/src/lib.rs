@@ -411,7 +411,7 @@ fn instance_spec(st: &AppState, t: &Target, limits: &EffectiveLimits) -> Instanc
         bundle_file: t.code.clone(),
         data_dir: data_root.join("data").join(&t.author_dir).join(&t.name),
         deno_dir: data_root.join("deno").join(&t.author_dir).join(&t.name),
-        permissions: t.manifest.permissions.clone(),
+        permissions: grants(&t.manifest.permissions),
         env: t
             .secrets
             .as_ref()
@@ -427,6 +427,26 @@ fn instance_spec(st: &AppState, t: &Target, limits: &EffectiveLimits) -> Instanc
             open_files: st.config.limits.open_files,
             max_response_bytes: st.config.limits.max_response_bytes,
         },
+    }
+}
+
+/// The manifest's permissions (already checked against the caps) as the sandbox enforces them.
+fn grants(p: &atrund_bundle::Permissions) -> atrund_sandbox::Grants {
+    let atrund_bundle::Permissions {
+        net,
+        read,
+        write,
+        run,
+        ffi,
+        sys,
+    } = p.clone();
+    atrund_sandbox::Grants {
+        net,
+        read,
+        write,
+        run,
+        ffi,
+        sys,
     }
 }
 

@@ -28,8 +28,9 @@ use std::time::Instant;
 use atrund_egress::{EgressPolicy, EgressProxy, NetRule};
 
 use crate::cgroup::CgroupManager;
+use crate::deno::deno_args;
 use crate::init::{InitConfig, ProxyForward};
-use crate::none::{self, Join, Launch};
+use crate::process::{self, Join, Launch};
 use crate::rootfs::{Rootfs, DENO_IN_ROOT, INIT_IN_ROOT};
 use crate::{sys, DenoBinary, Enforcement, Executor, Instance, InstanceSpec, SandboxError};
 
@@ -268,7 +269,7 @@ fn relative_data_path(rel: &str) -> Result<&Path, SandboxError> {
 /// follow it on the host.
 fn data_binds(spec: &InstanceSpec) -> Result<DataBinds, SandboxError> {
     let root = std::fs::canonicalize(&spec.data_dir)
-        .map_err(|e| none::io_err("resolve", &spec.data_dir, e))?;
+        .map_err(|e| process::io_err("resolve", &spec.data_dir, e))?;
     let mut out = DataBinds::default();
     let p = &spec.permissions;
     let entries = p
@@ -280,7 +281,7 @@ fn data_binds(spec: &InstanceSpec) -> Result<DataBinds, SandboxError> {
         let rel_path = relative_data_path(rel)?;
         let host = root.join(rel_path);
         if rw {
-            std::fs::create_dir_all(&host).map_err(|e| none::io_err("create", &host, e))?;
+            std::fs::create_dir_all(&host).map_err(|e| process::io_err("create", &host, e))?;
         }
         let Ok(real) = std::fs::canonicalize(&host) else {
             continue; // a read path that does not exist: nothing to see
@@ -328,8 +329,8 @@ fn egress_forwarder(
     proxy: std::net::SocketAddr,
 ) -> Result<AbortOnDrop, SandboxError> {
     let _ = std::fs::remove_file(socket);
-    let listener =
-        tokio::net::UnixListener::bind(socket).map_err(|e| none::io_err("listen on", socket, e))?;
+    let listener = tokio::net::UnixListener::bind(socket)
+        .map_err(|e| process::io_err("listen on", socket, e))?;
     Ok(AbortOnDrop(tokio::spawn(async move {
         loop {
             let Ok((mut unix, _)) = listener.accept().await else {
@@ -353,7 +354,7 @@ impl Executor for ContainerExecutor {
     }
 
     fn enforcement(&self) -> Vec<Enforcement> {
-        none::enforcement_for(self.cgroups.as_ref(), self.nofile_hard)
+        process::enforcement_for(self.cgroups.as_ref(), self.nofile_hard)
     }
 
     async fn warm(&self, spec: InstanceSpec) -> Result<Arc<dyn Instance>, SandboxError> {
@@ -363,8 +364,8 @@ impl Executor for ContainerExecutor {
                 "secret name '{k}' is reserved for the runner's egress proxy; rename the secret"
             )));
         }
-        let (socket, shim) = none::work_paths(&spec)?;
-        none::prepare_work_dir(&spec, &socket, &shim).await?;
+        let (socket, shim) = process::work_paths(&spec)?;
+        process::prepare_work_dir(&spec, &socket, &shim).await?;
         let fail = |e: SandboxError| {
             let _ = std::fs::remove_dir_all(&spec.work_dir);
             e
@@ -381,7 +382,7 @@ impl Executor for ContainerExecutor {
         };
         let socket_in = Path::new(WORK).join(socket.file_name().unwrap_or_default());
         let shim_in = Path::new(WORK).join(shim.file_name().unwrap_or_default());
-        let mut deno_args = none::deno_args(&inside, &shim_in, &socket_in).map_err(fail)?;
+        let mut deno_args = deno_args(&inside, &shim_in, &socket_in).map_err(fail)?;
         widen(&mut deno_args, "--allow-read=", "/tmp");
         widen(&mut deno_args, "--allow-write=", "/tmp");
         let mut argv = vec![DENO_IN_ROOT.to_string()];
@@ -447,7 +448,8 @@ impl Executor for ContainerExecutor {
         let init_path = spec.work_dir.join(INIT_CONFIG);
         let json = serde_json::to_vec(&init)
             .map_err(|e| fail(SandboxError::StartFailed(format!("init config: {e}"))))?;
-        std::fs::write(&init_path, json).map_err(|e| fail(none::io_err("write", &init_path, e)))?;
+        std::fs::write(&init_path, json)
+            .map_err(|e| fail(process::io_err("write", &init_path, e)))?;
 
         let mut cmd = tokio::process::Command::new(&self.cfg.bwrap);
         // The environment passes through bwrap and init to Deno: secret values stay out of any
@@ -466,7 +468,7 @@ impl Executor for ContainerExecutor {
         if let Some(url) = &proxy_env {
             cmd.env("HTTP_PROXY", url).env("HTTPS_PROXY", url);
         }
-        none::launch(Launch {
+        process::launch(Launch {
             spec: &spec,
             cmd,
             program: &self.cfg.bwrap,

@@ -1,12 +1,16 @@
-//! Finding the Deno binary and asking its version.
+//! Deno as a runtime: finding the binary, asking its version, and the command line of one
+//! instance ([`deno_args`]: hardened flags, and the manifest's permissions as Deno permission
+//! flags, with every list item checked so that no item can widen a grant).
 //!
-//! Owns: the path resolution (configured path, else `deno` on PATH). Must not: install Deno.
+//! Owns: the path resolution (configured path, else `deno` on PATH) and Deno's flags. Must not:
+//! install Deno, or decide which permissions a bundle gets (they arrive checked).
 //! PATH is searched by hand (a dozen lines) rather than with the `which` crate to keep
 //! dependencies down.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use crate::SandboxError;
+use crate::{InstanceSpec, SandboxError};
 
 /// A located Deno executable.
 #[derive(Debug, Clone)]
@@ -75,6 +79,110 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The Deno arguments for one instance, permissions included.
+pub(crate) fn deno_args(
+    spec: &InstanceSpec,
+    shim: &Path,
+    socket: &Path,
+) -> Result<Vec<OsString>, SandboxError> {
+    let p = &spec.permissions;
+    let socket_s = flag_item("socket path", path_str(socket)?)?;
+    let bundle_s = flag_item("bundle path", path_str(&spec.bundle_file)?)?;
+    let data = |rel: &String| -> Result<String, SandboxError> {
+        let joined = spec.data_dir.join(rel);
+        Ok(flag_item("data path", path_str(&joined)?)?.to_string())
+    };
+
+    let mut read = vec![bundle_s.to_string(), socket_s.to_string()];
+    for r in &p.read {
+        read.push(data(r)?);
+    }
+    let mut write = vec![socket_s.to_string()];
+    for w in &p.write {
+        write.push(data(w)?);
+    }
+    // Deno.serve({ path }) also asks for net access to `unix:<path>`.
+    let mut net = vec![format!("unix:{socket_s}")];
+    for n in &p.net {
+        net.push(flag_item("net entry", n)?.to_string());
+    }
+
+    let mut args: Vec<OsString> = [
+        "run",
+        "--no-prompt",
+        "--no-remote",
+        "--no-npm",
+        "--cached-only",
+        "--no-config",
+        "--no-lock",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    args.push(format!("--v8-flags=--max-old-space-size={}", spec.memory_mib).into());
+    args.push(format!("--allow-read={}", read.join(",")).into());
+    args.push(format!("--allow-write={}", write.join(",")).into());
+    args.push(format!("--allow-net={}", net.join(",")).into());
+    if !p.run.is_empty() {
+        let run: Vec<&str> = p
+            .run
+            .iter()
+            .map(|r| flag_item("run entry", r))
+            .collect::<Result<_, _>>()?;
+        args.push(format!("--allow-run={}", run.join(",")).into());
+    }
+    if p.ffi {
+        args.push("--allow-ffi".into());
+    }
+    if p.sys {
+        args.push("--allow-sys".into());
+    }
+    if !spec.env.is_empty() {
+        let names: Vec<&str> = spec
+            .env
+            .iter()
+            .map(|(k, _)| env_name(k))
+            .collect::<Result<_, _>>()?;
+        args.push(format!("--allow-env={}", names.join(",")).into());
+    }
+    args.push(shim.as_os_str().to_owned());
+    args.push(spec.bundle_file.as_os_str().to_owned());
+    args.push(socket.as_os_str().to_owned());
+    Ok(args)
+}
+
+fn path_str(p: &Path) -> Result<&str, SandboxError> {
+    p.to_str().ok_or_else(|| {
+        SandboxError::StartFailed(format!(
+            "path '{}' is not UTF-8; use UTF-8 paths for the runner's directories",
+            p.display()
+        ))
+    })
+}
+
+/// Deno splits permission lists at commas, so an item with one would widen the grant.
+fn flag_item<'a>(what: &str, s: &'a str) -> Result<&'a str, SandboxError> {
+    if s.is_empty() || s.contains([',', '\0', '\n']) {
+        return Err(SandboxError::StartFailed(format!(
+            "{what} '{s}' is empty or contains a comma or control character, which Deno's permission flags cannot express"
+        )));
+    }
+    Ok(s)
+}
+
+/// Names only; env values are secrets and never appear in errors or logs.
+fn env_name(k: &str) -> Result<&str, SandboxError> {
+    let valid = !k.is_empty()
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !k.starts_with(|c: char| c.is_ascii_digit());
+    if !valid || k.starts_with("DENO_") || k.starts_with("LD_") || k == "NO_COLOR" {
+        return Err(SandboxError::StartFailed(format!(
+            "secret name '{k}' is not allowed: use letters, digits and '_', not starting with a digit, DENO_ or LD_"
+        )));
+    }
+    Ok(k)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +193,113 @@ mod tests {
         assert_eq!(err.code(), "DenoNotFound");
         assert!(err.to_string().contains("/nonexistent/deno"));
         assert!(err.to_string().contains("npm install deno@2.9.6"));
+    }
+}
+
+#[cfg(test)]
+mod args_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn spec() -> InstanceSpec {
+        InstanceSpec {
+            id: "i1".into(),
+            bundle_file: "/store/ab.js".into(),
+            work_dir: "/run/w/i1".into(),
+            data_dir: "/data/b".into(),
+            deno_dir: "/deno/b".into(),
+            permissions: Default::default(),
+            env: vec![],
+            memory_mib: 128,
+            request_timeout: Duration::from_secs(1),
+            start_timeout: Duration::from_secs(1),
+            limits: Default::default(),
+        }
+    }
+
+    fn args(s: &InstanceSpec) -> Result<Vec<String>, SandboxError> {
+        Ok(deno_args(
+            s,
+            Path::new("/run/w/i1/shim.ts"),
+            Path::new("/run/w/i1/s.sock"),
+        )?
+        .into_iter()
+        .map(|a| a.into_string().unwrap())
+        .collect())
+    }
+
+    #[test]
+    fn minimal_flags() {
+        let a = args(&spec()).unwrap();
+        for f in [
+            "--no-prompt",
+            "--no-remote",
+            "--no-npm",
+            "--cached-only",
+            "--no-config",
+            "--no-lock",
+            "--v8-flags=--max-old-space-size=128",
+            "--allow-read=/store/ab.js,/run/w/i1/s.sock",
+            "--allow-write=/run/w/i1/s.sock",
+            "--allow-net=unix:/run/w/i1/s.sock",
+        ] {
+            assert!(a.contains(&f.to_string()), "{f} missing in {a:?}");
+        }
+        assert!(!a.iter().any(|x| x.starts_with("--allow-env")
+            || x.starts_with("--allow-run")
+            || x == "--allow-all"
+            || x == "-A"
+            || x == "--allow-sys"
+            || x == "--allow-ffi"));
+        assert_eq!(
+            &a[a.len() - 3..],
+            ["/run/w/i1/shim.ts", "/store/ab.js", "/run/w/i1/s.sock"]
+        );
+    }
+
+    #[test]
+    fn manifest_permissions_become_flags() {
+        let mut s = spec();
+        s.permissions.net = vec!["example.com:443".into()];
+        s.permissions.read = vec!["in".into()];
+        s.permissions.write = vec!["out/x".into()];
+        s.permissions.run = vec!["ffmpeg".into()];
+        s.permissions.sys = true;
+        s.permissions.ffi = true;
+        s.env = vec![("API_KEY".into(), "secret-value".into())];
+        let a = args(&s).unwrap();
+        for f in [
+            "--allow-read=/store/ab.js,/run/w/i1/s.sock,/data/b/in",
+            "--allow-write=/run/w/i1/s.sock,/data/b/out/x",
+            "--allow-net=unix:/run/w/i1/s.sock,example.com:443",
+            "--allow-run=ffmpeg",
+            "--allow-sys",
+            "--allow-ffi",
+            "--allow-env=API_KEY",
+        ] {
+            assert!(a.contains(&f.to_string()), "{f} missing in {a:?}");
+        }
+        assert!(!a.iter().any(|x| x.contains("secret-value")));
+    }
+
+    #[test]
+    fn commas_and_bad_env_names_are_refused() {
+        let mut s = spec();
+        s.permissions.read = vec!["a,/etc".into()];
+        assert_eq!(args(&s).unwrap_err().code(), "StartFailed");
+        let mut s = spec();
+        s.permissions.net = vec!["a.com,b.com".into()];
+        assert!(args(&s).is_err());
+        let mut s = spec();
+        s.data_dir = "/data/x,/etc".into();
+        s.permissions.write = vec!["w".into()];
+        assert!(args(&s).is_err());
+        for bad in ["DENO_DIR", "LD_PRELOAD", "A,B", "", "1X", "A=B", "NO_COLOR"] {
+            let mut s = spec();
+            s.env = vec![(bad.into(), "v".into())];
+            let e = args(&s).unwrap_err();
+            assert!(!e.to_string().contains("=v"), "{e}");
+        }
     }
 }

@@ -198,7 +198,7 @@ impl HostConfinement {
         read_write.push(spec.deno_dir.clone());
 
         let root = std::fs::canonicalize(&spec.data_dir)
-            .map_err(|e| crate::none::io_err("resolve", &spec.data_dir, e))?;
+            .map_err(|e| crate::process::io_err("resolve", &spec.data_dir, e))?;
         for (rel, write) in p
             .read
             .iter()

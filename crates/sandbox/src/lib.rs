@@ -8,6 +8,7 @@
 //! (policy and pool do), fetch or verify code (bundle store does), or keep instances (pool does).
 
 pub mod cgroup;
+mod choose;
 mod confine;
 mod container;
 mod deno;
@@ -17,6 +18,7 @@ mod host_confine;
 pub mod init;
 mod none;
 mod output;
+mod process;
 mod rootfs;
 mod sampler;
 mod shim_conn;
@@ -27,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use cgroup::{runner_id_for, CgroupManager};
+pub use choose::{choose_executor, Choice, Chosen, Requested};
 pub use container::{find_bwrap, ContainerConfig, ContainerExecutor};
 pub use deno::DenoBinary;
 pub use error::SandboxError;
@@ -38,6 +41,24 @@ pub const SHIM_SOURCE: &str = include_str!("../../../runtime/exec/main.ts");
 
 /// The bundle ABI version the embedded shim implements (docs/bundle-abi.md).
 pub const ABI_VERSION: u32 = 1;
+
+/// What one instance may do beyond running its code, as the backends enforce it: the manifest's
+/// permissions once policy has accepted them (the sandbox does not read manifests).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// `host` or `host:port` entries the instance may connect to.
+    pub net: Vec<String>,
+    /// Paths relative to the data dir it may read.
+    pub read: Vec<String>,
+    /// Paths relative to the data dir it may write.
+    pub write: Vec<String>,
+    /// Commands it may run.
+    pub run: Vec<String>,
+    /// Foreign function calls (`--allow-ffi`).
+    pub ffi: bool,
+    /// System information (`--allow-sys`).
+    pub sys: bool,
+}
 
 /// Everything a backend needs to start one instance of one bundle version. `Debug` shows the
 /// names of `env`, never its values.
@@ -54,7 +75,7 @@ pub struct InstanceSpec {
     /// Per-bundle writable DENO_DIR (never shared between authors).
     pub deno_dir: PathBuf,
     /// Already checked against operator policy.
-    pub permissions: atrund_bundle::Permissions,
+    pub permissions: Grants,
     /// The bundle's decrypted secrets; their names are its only `--allow-env`. Never log values.
     pub env: Vec<(String, String)>,
     /// Memory of the instance: its cgroup's limit (swap included) and, in addition, the V8

@@ -1,0 +1,158 @@
+//! Which backend runs instances on this machine (`isolation`): as configured, or for `auto` the
+//! strongest that really works here — microVM (not in this version), then a container if
+//! bubblewrap is found, every cgroup limit is usable, the root assembles and a real probe
+//! sandbox runs, else `none` with a loud warning. The choice and its reason are reported as the
+//! `isolation` entry of describeRunner's `enforcement`; an explicit `container` that cannot work
+//! fails start-up (no silent fallback).
+//!
+//! Owns: the order of the probes and the wording of the choice. Must not: read the config file
+//! (the daemon hands over a [`Choice`]) or start instances.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::cgroup::CgroupManager;
+use crate::{
+    find_bwrap, ContainerConfig, ContainerExecutor, DenoBinary, Enforcement, Executor,
+    NoneExecutor, SandboxError,
+};
+
+/// The isolation an operator asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requested {
+    None,
+    Container,
+    Auto,
+}
+
+/// Everything the choice needs, from the daemon's config.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    pub requested: Requested,
+    pub deno: DenoBinary,
+    pub cgroups: Arc<CgroupManager>,
+    /// `container.bwrap`: a path, or a name looked up on PATH.
+    pub bwrap: String,
+    /// `container.tmp_mib`.
+    pub tmp_mib: u64,
+    /// Where container roots are assembled (`<data_dir>/rootfs`).
+    pub rootfs_dir: PathBuf,
+    /// The program and arguments of the container's PID 1 (`at-rund sandbox-init`).
+    pub init: (PathBuf, Vec<String>),
+    /// The egress proxy's settings for container instances.
+    pub egress: atrund_egress::EgressConfig,
+}
+
+/// The chosen executor, and the describeRunner entry that says which one and why.
+pub struct Chosen {
+    pub executor: Arc<dyn Executor>,
+    pub isolation: Enforcement,
+}
+
+fn note(enforced: bool, how: String) -> Enforcement {
+    Enforcement {
+        limit: "isolation",
+        enforced,
+        how,
+    }
+}
+
+/// Chooses the backend for `c`. Order for `auto`: [microVM: not available yet] → container →
+/// none (with a loud warning).
+pub async fn choose_executor(c: Choice) -> Result<Chosen, SandboxError> {
+    let none = || Arc::new(NoneExecutor::new(c.deno.clone()).with_cgroups(c.cgroups.clone()));
+    match c.requested {
+        Requested::None => Ok(Chosen {
+            executor: none(),
+            isolation: note(
+                false,
+                "none, as configured: Deno flags + cgroup only (docs/security.md)".into(),
+            ),
+        }),
+        Requested::Container => {
+            let exec = container_executor(&c).await.map_err(|why| {
+                SandboxError::StartFailed(format!(
+                    "isolation = \"container\" is not possible on this machine: {why}"
+                ))
+            })?;
+            tracing::info!("isolation: container (bubblewrap + Landlock + seccomp + egress proxy)");
+            Ok(Chosen {
+                executor: exec,
+                isolation: note(true, "container, as configured".into()),
+            })
+        }
+        Requested::Auto => {
+            let microvm = "microvm: not available in this version";
+            match container_executor(&c).await {
+                Ok(exec) => {
+                    tracing::info!("isolation auto: container ({microvm})");
+                    Ok(Chosen {
+                        executor: exec,
+                        isolation: note(true, format!("auto chose container ({microvm})")),
+                    })
+                }
+                Err(why) => {
+                    tracing::warn!(
+                        "ISOLATION IS WEAK: isolation = \"auto\" fell back to \"none\" because the \
+                         container backend is not possible here: {why}. Bundles run with Deno flags and \
+                         a cgroup only (docs/security.md). Install bubblewrap and run as root to fix."
+                    );
+                    Ok(Chosen {
+                        executor: none(),
+                        isolation: note(
+                            false,
+                            format!("auto fell back to none: {microvm}; container: {why}"),
+                        ),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// The container backend, if this machine can run it: bwrap found, every cgroup limit usable,
+/// the root assembled, and a real sandbox started once (the probe).
+async fn container_executor(c: &Choice) -> Result<Arc<dyn Executor>, String> {
+    let bwrap = find_bwrap(Some(Path::new(&c.bwrap)).filter(|p| p.components().count() > 1))
+        .ok_or_else(|| {
+            format!(
+                "bubblewrap ('{}') not found; install it with `apt-get install -y bubblewrap` (container.bwrap)",
+                c.bwrap
+            )
+        })?;
+    let missing: Vec<String> = NoneExecutor::new(c.deno.clone())
+        .with_cgroups(c.cgroups.clone())
+        .enforcement()
+        .into_iter()
+        // Only the cgroup limits: the container's PID 1 applies Landlock and seccomp itself, and
+        // the idle freezer is reported but not required.
+        .filter(|e| !e.enforced && !matches!(e.limit, "landlock" | "seccomp" | "idleFreeze"))
+        .map(|e| format!("{}: {}", e.limit, e.how))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "cgroup limits unavailable ({})",
+            missing.join("; ")
+        ));
+    }
+    let proxy = atrund_egress::EgressProxy::start(c.egress.clone())
+        .await
+        .map_err(|e| format!("egress proxy: {e}"))?;
+    tracing::info!(addr = %proxy.local_addr(), "egress proxy listening");
+    let cfg = ContainerConfig {
+        bwrap,
+        deno: c.deno.clone(),
+        init: c.init.clone(),
+        rootfs_dir: c.rootfs_dir.clone(),
+        tmp_mib: c.tmp_mib,
+    };
+    let exec = tokio::task::spawn_blocking(move || ContainerExecutor::new(cfg))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?
+        .with_cgroups(c.cgroups.clone())
+        .with_egress(Arc::new(proxy));
+    tracing::info!(rootfs = %exec.rootfs().path().display(), libs = exec.rootfs().libs().len(), "container root ready");
+    exec.probe().await?;
+    Ok(Arc::new(exec))
+}

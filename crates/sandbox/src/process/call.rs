@@ -1,0 +1,246 @@
+//! One call on the wire between at-rund and the shim: the caller's request rewritten for the
+//! shim (origin form, HTTP/1.1, hop-by-hop and reserved headers dropped, the endpoint named), the
+//! structured failures the shim reports (`x-atrund-error`), and the response body on its way out
+//! ([`TrackedBody`]: the request deadline, the response cap, the in-flight count, and reuse of
+//! the connection once the body ended cleanly).
+//!
+//! Owns: what crosses the socket for one call. Must not: start or kill processes (a breach is
+//! reported to the instance, which kills).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http_body::Frame;
+use http_body_util::BodyExt;
+
+use super::instance::{Breach, InFlight};
+use crate::shim_conn::ShimSender;
+use crate::SandboxError;
+
+/// Largest structured error body read from the shim.
+pub(super) const MAX_ERROR_BODY: usize = 16 * 1024;
+/// Longest message relayed from the shim (it runs in the bundle's realm, so it is untrusted).
+pub(super) const MAX_ERROR_MESSAGE: usize = 500;
+/// Header naming the endpoint on calls to the shim.
+pub(super) const ENDPOINT_HEADER: &str = "x-atrund-endpoint";
+/// Header by which the shim marks a structured failure.
+pub(super) const ERROR_HEADER: &str = "x-atrund-error";
+/// Headers reserved between at-rund and the shim.
+pub(super) const RESERVED_PREFIX: &str = "x-atrund-";
+
+pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+    )
+}
+
+/// The request as the shim receives it.
+/// Reuses the caller's parts (no copy of the headers) and drops what must not reach the shim.
+pub(super) fn to_shim_request(
+    endpoint: &str,
+    request: http::Request<axum::body::Body>,
+) -> Result<http::Request<axum::body::Body>, SandboxError> {
+    let endpoint_value = HeaderValue::from_str(endpoint)
+        .map_err(|_| SandboxError::EndpointNotFound(endpoint.to_string()))?;
+    let (mut parts, body) = request.into_parts();
+    let origin_form = parts.uri.scheme().is_none()
+        && parts.uri.authority().is_none()
+        && parts.uri.path().starts_with('/');
+    if !origin_form {
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .filter(|s| s.starts_with('/'))
+            .unwrap_or("/");
+        parts.uri = http::Uri::try_from(path)
+            .map_err(|e| SandboxError::BadInput(format!("the request path is not valid: {e}")))?;
+    }
+    parts.version = http::Version::HTTP_11;
+    parts.extensions.clear();
+    let headers = &mut parts.headers;
+    let strip = |k: &HeaderName| is_hop_by_hop(k) || k.as_str().starts_with(RESERVED_PREFIX);
+    if headers.keys().any(strip) {
+        let names: Vec<HeaderName> = headers.keys().filter(|k| strip(k)).cloned().collect();
+        for k in names {
+            headers.remove(k);
+        }
+    }
+    if headers.get(http::header::HOST).is_none_or(|h| h.is_empty()) {
+        headers.insert(http::header::HOST, HeaderValue::from_static("localhost"));
+    }
+    headers.insert(ENDPOINT_HEADER, endpoint_value);
+    Ok(http::Request::from_parts(parts, body))
+}
+
+/// The structured failure the shim reported, as a `SandboxError`.
+pub(super) async fn shim_error(
+    name: &str,
+    endpoint: &str,
+    body: hyper::body::Incoming,
+    deadline: tokio::time::Instant,
+) -> Result<SandboxError, ()> {
+    let limited = http_body_util::Limited::new(body, MAX_ERROR_BODY);
+    let bytes = tokio::time::timeout_at(deadline, limited.collect())
+        .await
+        .map_err(|_| ())?
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("message")?.as_str().map(clean_message))
+        .unwrap_or_else(|| "no details".into());
+    Ok(match name {
+        "EndpointNotFound" => SandboxError::EndpointNotFound(endpoint.to_string()),
+        "InvalidInput" => SandboxError::BadInput(message),
+        "MethodNotAllowed" => SandboxError::MethodNotAllowed(message),
+        _ => SandboxError::BundleFailed(message),
+    })
+}
+
+pub(super) fn clean_message(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_ERROR_MESSAGE)
+        .collect()
+}
+
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The response body on its way out: enforces the request deadline and ends the in-flight count.
+pub(super) struct TrackedBody {
+    pub(super) body: hyper::body::Incoming,
+    pub(super) deadline: Pin<Box<tokio::time::Sleep>>,
+    pub(super) guard: Option<InFlight>,
+    /// Bytes relayed so far, against `ResourceLimits::max_response_bytes`.
+    pub(super) sent: u64,
+    /// The connection the body arrives on: kept for the next call once the body has ended,
+    /// closed (dropped) when it ends otherwise.
+    pub(super) conn: Option<ShimSender>,
+}
+
+impl TrackedBody {
+    /// The body ended cleanly: its connection is free for the next call.
+    pub(super) fn finish(&mut self) {
+        if let (Some(conn), Some(guard)) = (self.conn.take(), &self.guard) {
+            guard.inner.conns.put_back(conn);
+        }
+        self.guard = None;
+    }
+
+    /// The body failed or was cut: its connection is not reused.
+    pub(super) fn fail(&mut self) {
+        self.conn = None;
+        self.guard = None;
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        // A body the server never polls because it is known to be empty still ended cleanly.
+        if self.guard.is_some() && http_body::Body::is_end_stream(&self.body) {
+            self.finish();
+        }
+    }
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(guard) = &this.guard else {
+            return Poll::Ready(None);
+        };
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            let err = guard.inner.timed_out();
+            this.fail();
+            return Poll::Ready(Some(Err(Box::new(err))));
+        }
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let err: BoxError = match guard.inner.breach_since(guard.start) {
+                    Some(b) => Box::new(guard.inner.breach(b)),
+                    None => Box::new(e),
+                };
+                this.fail();
+                Poll::Ready(Some(Err(err)))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent = this.sent.saturating_add(data.len() as u64);
+                    // Cut before relaying the frame that passes the cap.
+                    if this.sent > guard.inner.limits.max_response_bytes {
+                        let err = guard.inner.breach(Breach::Response);
+                        this.fail();
+                        return Poll::Ready(Some(Err(Box::new(err))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.guard.is_none() || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shim_request_strips_reserved_and_sets_endpoint() {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/a/b?x=1")
+            .header("x-atrund-endpoint", "evil")
+            .header("x-atrund-error", "EndpointNotFound")
+            .header("connection", "close")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let out = to_shim_request("greet", req).unwrap();
+        assert_eq!(out.uri(), "/a/b?x=1");
+        assert_eq!(out.headers()["x-atrund-endpoint"], "greet");
+        assert!(out.headers().get("x-atrund-error").is_none());
+        assert!(out.headers().get("connection").is_none());
+        assert_eq!(out.headers()["host"], "localhost");
+        assert_eq!(out.headers()["content-type"], "application/json");
+        let bad = to_shim_request("a\nb", http::Request::new(axum::body::Body::empty()));
+        assert_eq!(bad.unwrap_err().code(), "EndpointNotFound");
+        // Absolute-form and HTTP/2 requests still reach the shim as origin-form HTTP/1.1.
+        let abs = http::Request::builder()
+            .uri("http://example.com/x?y=1")
+            .version(http::Version::HTTP_2)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let out = to_shim_request("e", abs).unwrap();
+        assert_eq!(out.uri(), "/x?y=1");
+        assert_eq!(out.version(), http::Version::HTTP_11);
+    }
+}

@@ -1,0 +1,206 @@
+//! The process layer under every backend: one runtime process per instance, running the
+//! embedded shim, which serves the instance's calls as HTTP/1.1 on a Unix socket in its work dir.
+//! The `none` and `container` backends build the command (what the process is and how it is
+//! confined); this layer does the rest, the same for both:
+//!
+//! - `launch`: the start, as named steps under one clean-up guard: the instance cgroup, the
+//!   spawn (with the child set-up of `sys`), placing the process in its cgroup ([`Join`]), the
+//!   output (to tracing, line-capped, secret values masked), the `go` that lets the shim import
+//!   the bundle, the reaper, and waiting for the shim's ready signal;
+//! - `instance`: a running instance ([`ProcessInstance`]): calls in flight, the wall clock, the
+//!   CPU budget (`sampler`), the idle freezer (`freeze`), breaches of the limits of
+//!   docs/limits.md with their own errors, drain and kill;
+//! - `call`: one call on the wire: the request as the shim gets it, its structured failures, and
+//!   the response body (deadline, response cap, connection reuse).
+//!
+//! Owns: the process from spawn to reaping, and its work dir. Must not: choose permissions or
+//! limits (they arrive checked in `InstanceSpec`), build a backend's command line, or log env
+//! values.
+//!
+//! Calls go over keep-alive connections to the shim (`shim_conn`): a connect, accept and
+//! handshake per call cost more than the rest of a small call. The CPU budget and the breach
+//! counters are sampled by one task per instance while calls are in flight (`sampler`), not
+//! read per call. An idle instance is frozen after a grace and thawed when a call begins
+//! (`freeze`); a kept connection to a frozen shim stays open, nothing is written to it before
+//! the thaw.
+
+mod call;
+mod instance;
+mod launch;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::cgroup::CgroupManager;
+use crate::sampler::CPU_POLL;
+use crate::{sys, Enforcement, InstanceSpec, SandboxError, SHIM_SOURCE};
+
+pub(crate) use launch::launch;
+
+/// File name of the shim inside the work dir.
+pub(crate) const SHIM_FILE: &str = "at-run-exec.ts";
+/// File name of the socket inside the work dir.
+pub(crate) const SOCKET_FILE: &str = "rpc.sock";
+/// Linux `sun_path` holds 108 bytes including the terminating NUL.
+pub(super) const MAX_SOCKET_PATH: usize = 107;
+
+/// What a backend hands to [`launch`]: a fully built command (program, arguments, environment,
+/// stdio piped, own process group) that ends up running the shim on `socket`.
+pub(crate) struct Launch<'a> {
+    pub spec: &'a InstanceSpec,
+    pub cmd: tokio::process::Command,
+    /// For error messages.
+    pub program: &'a Path,
+    pub socket: PathBuf,
+    pub cgroups: Option<&'a Arc<CgroupManager>>,
+    /// RLIMIT_NOFILE of the process.
+    pub nofile: u64,
+    pub started_at: Instant,
+    /// Dropped with the instance (e.g. the container's egress registration and forwarder).
+    pub keep: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    /// Landlock and seccomp the process applies to itself before exec (`none` only: the
+    /// container's PID 1 confines itself).
+    pub confine: Option<sys::Confinement>,
+    pub join: Join,
+}
+
+/// How a process gets into its instance cgroup. Either way the bundle's first instruction runs
+/// inside it: the shim imports the bundle only after `go` on its stdin, sent once placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Join {
+    /// The child writes `0` to each `cgroup.procs` before exec. Serial: on cgroup v1 the first
+    /// write waits for an RCU grace period (~10 ms) before Deno can start. Needed when the
+    /// process forks before the shim runs (bwrap, the container's init), which a later move
+    /// would miss.
+    BeforeExec,
+    /// Deno starts at once; the daemon moves its pid in from a blocking thread meanwhile.
+    AfterSpawn,
+}
+
+/// What the shared process machinery enforces, given the cgroups and the daemon's file limit.
+pub(crate) fn enforcement_for(
+    cgroups: Option<&Arc<CgroupManager>>,
+    nofile_hard: Option<u64>,
+) -> Vec<Enforcement> {
+    let mut out = Vec::new();
+    let mut add = |limit: &'static str, r: Result<String, String>| {
+        let (enforced, how) = match r {
+            Ok(h) => (true, h),
+            Err(w) => (false, w),
+        };
+        out.push(Enforcement {
+            limit,
+            enforced,
+            how,
+        });
+    };
+    match cgroups {
+        Some(m) => {
+            for (limit, r) in m.slots() {
+                let r = match (limit, r) {
+                    ("memory", Ok(h)) => Ok(format!("{h}; V8 heap flag in addition")),
+                    ("memory", Err(w)) => Err(format!(
+                        "only the V8 heap flag, which ArrayBuffers escape: {w}"
+                    )),
+                    ("cpuTime", Ok(h)) => Ok(format!(
+                        "{h}, sampled every {} ms while a call is in flight",
+                        CPU_POLL.as_millis()
+                    )),
+                    (_, r) => r,
+                };
+                add(limit, r);
+            }
+            add(
+                "idleFreeze",
+                m.freezer_slot().map_err(|w| {
+                    format!("timers a bundle leaves running keep working between calls: {w}")
+                }),
+            );
+        }
+        None => {
+            let why = "cgroups are not set up for this executor".to_string();
+            add(
+                "memory",
+                Err(format!(
+                    "only the V8 heap flag, which ArrayBuffers escape: {why}"
+                )),
+            );
+            for l in ["cpuQuota", "cpuTime", "pids", "idleFreeze"] {
+                add(l, Err(why.clone()));
+            }
+        }
+    }
+    add(
+        "openFiles",
+        Ok(match nofile_hard {
+            Some(h) => {
+                format!("RLIMIT_NOFILE set before exec, at most the runner's own hard limit {h}")
+            }
+            None => "RLIMIT_NOFILE set before exec".into(),
+        }),
+    );
+    add(
+        "timeout",
+        Ok("wall clock per call, response body included; the instance is killed".into()),
+    );
+    add("responseBody", Ok("Content-Length checked before any byte, streamed bytes counted; the instance is killed".into()));
+    out
+}
+
+pub(crate) fn remove_work_dir(id: &str, dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(instance = id, dir = %dir.display(), error = %e, "could not remove the instance work dir")
+        }
+    }
+}
+
+/// The socket and shim paths of an instance.
+pub(crate) fn work_paths(spec: &InstanceSpec) -> Result<(PathBuf, PathBuf), SandboxError> {
+    let socket = spec.work_dir.join(SOCKET_FILE);
+    let shim = spec.work_dir.join(SHIM_FILE);
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(SandboxError::StartFailed(format!(
+            "socket path '{}' is longer than {MAX_SOCKET_PATH} bytes; configure a shorter work directory",
+            socket.display()
+        )));
+    }
+    Ok((socket, shim))
+}
+
+pub(crate) fn io_err(what: &str, p: &Path, e: std::io::Error) -> SandboxError {
+    SandboxError::StartFailed(format!(
+        "could not {what} '{}': {e}; check the runner's directories",
+        p.display()
+    ))
+}
+
+/// Creates the instance's dirs, removes a stale socket and writes the shim.
+pub(crate) async fn prepare_work_dir(
+    spec: &InstanceSpec,
+    socket: &Path,
+    shim: &Path,
+) -> Result<(), SandboxError> {
+    for dir in [&spec.work_dir, &spec.deno_dir, &spec.data_dir] {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| io_err("create", dir, e))?;
+    }
+    // A stale socket from a crashed predecessor would make the listen fail.
+    let _ = tokio::fs::remove_file(socket).await;
+    if tokio::fs::read(shim).await.ok().as_deref() == Some(SHIM_SOURCE.as_bytes()) {
+        return Ok(());
+    }
+    // Written beside and renamed into place: instances of one bundle may start together and
+    // share this path, and none may see a half-written shim.
+    let tmp = shim.with_extension(format!("tmp-{}", spec.id));
+    tokio::fs::write(&tmp, SHIM_SOURCE)
+        .await
+        .map_err(|e| io_err("write the shim to", &tmp, e))?;
+    tokio::fs::rename(&tmp, shim)
+        .await
+        .map_err(|e| io_err("move the shim to", shim, e))
+}
