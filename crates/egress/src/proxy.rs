@@ -22,8 +22,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::addr::AddressPolicy;
-use crate::net::{Connect, DirectConnector, Resolve, SystemResolver};
+use crate::net::{Connect, DirectConnector};
+use atrund_netpolicy::{AddressPolicy, Resolve, SystemResolver};
 use crate::rule::{self, Host};
 use crate::tunnel::{self, Counters};
 use crate::{EgressConfig, EgressError, EgressPolicy};
@@ -165,6 +165,7 @@ impl EgressProxy {
             addrs: AddressPolicy {
                 allow_cidrs: cfg.allow_cidrs.clone(),
                 deny_cidrs: cfg.deny_cidrs.clone(),
+                ..AddressPolicy::default()
             },
             cfg,
             resolver,
