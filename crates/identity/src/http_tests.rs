@@ -125,10 +125,18 @@ impl Server {
     }
 }
 
+/// Opens exactly this server's address and port, as an operator's `allow_addrs` would.
+fn open(port: u16) -> atrund_netpolicy::AddressPolicy {
+    let sa = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    atrund_netpolicy::AddressPolicy::default()
+        .with_openings(&[atrund_netpolicy::Opening::Socket(sa)])
+}
+
 fn cfg(server: &Server) -> IdentityConfig {
     IdentityConfig {
         plc_url: server.url(),
         allow_http_loopback: true,
+        address_policy: open(server.port),
         timeout: Duration::from_millis(800),
         dns: false,
         well_known: false,
@@ -346,6 +354,7 @@ async fn unreachable_timeouts_and_caps() {
     let dead = IdentityConfig {
         plc_url: url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap(),
         allow_http_loopback: true,
+        address_policy: open(port),
         ..Default::default()
     };
     let r = IdentityResolver::new(dead).unwrap();
@@ -366,7 +375,8 @@ async fn unreachable_timeouts_and_caps() {
 
     server.route(&format!("/{did}"), ok(vec![b' '; 65 * 1024]));
     let err = r.refresh_did(&did).await.unwrap_err();
-    assert!(err.to_string().contains("larger than"), "{err}");
+    assert!(err.detail().unwrap().contains("larger than"), "{err:?}");
+    assert!(!err.to_string().contains("127.0.0.1"), "{err}");
 }
 
 fn did_web_doc(did: &str, key: &PublicKey, handle: &str, pds: &str) -> Value {
@@ -560,4 +570,130 @@ async fn handle_service_fallback_and_dns_hang() {
     let (doc, verified) = r.resolve(&AtIdentifier::Did(did2)).await.unwrap();
     assert_eq!(doc.handle.as_ref().unwrap().as_str(), "bob.test");
     assert_eq!(verified, None);
+}
+
+/// Counts connections to a port nothing should reach.
+struct Canary {
+    port: u16,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Canary {
+    async fn on(addr: &str) -> Option<Canary> {
+        let l = TcpListener::bind(addr).await.ok()?;
+        let port = l.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(s);
+            }
+        });
+        Some(Canary { port, accepted })
+    }
+
+    fn count(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn assert_no_network_text(e: &IdentityError) {
+    let m = e.to_string();
+    for leak in [
+        "os error",
+        "refused",
+        "reset",
+        "127.0.0.1",
+        "::1",
+        "tcp",
+        "error sending",
+    ] {
+        assert!(!m.contains(leak), "message leaks '{leak}': {m}");
+    }
+}
+
+#[tokio::test]
+async fn did_web_on_a_loopback_port_is_refused_without_connecting() {
+    let canary = Canary::on("127.0.0.1:0").await.unwrap();
+    let server = Server::start().await;
+    // Plain http to loopback is permitted and the test server is opened, but not the canary.
+    let r = IdentityResolver::new(cfg(&server)).unwrap();
+    let did: Did = format!("did:web:localhost%3A{}", canary.port)
+        .parse()
+        .unwrap();
+    let e = r.resolve_did(&did).await.unwrap_err();
+    assert_eq!(e.code(), "AddressNotAllowed");
+    assert_no_network_text(&e);
+    assert!(e.detail().unwrap().contains("loopback"), "{e:?}");
+    // The same through `resolve`, as the HTTP API calls it.
+    let id: AtIdentifier = did.as_str().parse().unwrap();
+    assert_eq!(code(r.resolve(&id).await), "AddressNotAllowed");
+    assert_eq!(canary.count(), 0);
+}
+
+#[tokio::test]
+async fn names_resolving_to_loopback_are_refused_for_did_web_and_well_known() {
+    // A canary on 443 when this test may bind it (root): there is where https would connect.
+    let canary = Canary::on("127.0.0.1:443").await;
+    let lo: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let names = Arc::new(
+        atrund_netpolicy::MapResolver::new()
+            .with("evil.example.com", &[lo])
+            .with("localhost", &[lo]),
+    );
+    let c = IdentityConfig {
+        dns: false,
+        well_known: true,
+        ..Default::default()
+    };
+    let r = IdentityResolver::with_name_resolver(c, names).unwrap();
+    for did in ["did:web:evil.example.com", "did:web:localhost"] {
+        let e = r.resolve_did(&did.parse().unwrap()).await.unwrap_err();
+        assert_eq!(e.code(), "AddressNotAllowed", "{did}: {e:?}");
+        assert_no_network_text(&e);
+    }
+    let h: Handle = "evil.example.com".parse().unwrap();
+    let e = r.resolve_handle(&h).await.unwrap_err();
+    assert_eq!(e.code(), "AddressNotAllowed", "{e:?}");
+    assert_no_network_text(&e);
+    if let Some(c) = canary {
+        assert_eq!(c.count(), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_plc_redirect_is_not_followed_and_failures_say_no_more_than_unreachable() {
+    let canary = Canary::on("127.0.0.1:0").await.unwrap();
+    let server = Server::start().await;
+    let did = serve_plc(&server);
+    let mut redirect = status(302);
+    redirect.location = Some(format!("http://127.0.0.1:{}/{did}", canary.port));
+    server.route(&format!("/{did}"), redirect.clone());
+    server.route(&format!("/{did}/log/audit"), redirect);
+    let r = IdentityResolver::new(cfg(&server)).unwrap();
+    let e = r.resolve_did(&did).await.unwrap_err();
+    assert_eq!(e.code(), "IdentityUnreachable");
+    assert_no_network_text(&e);
+    assert_eq!(canary.count(), 0);
+
+    // An opened port where nothing listens: the OS error stays in the detail.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dead = IdentityConfig {
+        plc_url: url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap(),
+        allow_http_loopback: true,
+        address_policy: open(port),
+        ..Default::default()
+    };
+    let e = IdentityResolver::new(dead)
+        .unwrap()
+        .resolve_did(&did)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "IdentityUnreachable");
+    assert_no_network_text(&e);
+    assert!(e.detail().unwrap().contains("127.0.0.1"), "{e:?}");
 }

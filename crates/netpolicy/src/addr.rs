@@ -425,8 +425,14 @@ mod tests {
             ..Default::default()
         }
         .with_openings(&openings);
-        assert_eq!(p.check_socket(sa("127.0.0.1:2582")), Ok(sa("127.0.0.1:2582")));
-        assert_eq!(p.check_socket(sa("[::ffff:127.0.0.1]:2582")), Ok(sa("127.0.0.1:2582")));
+        assert_eq!(
+            p.check_socket(sa("127.0.0.1:2582")),
+            Ok(sa("127.0.0.1:2582"))
+        );
+        assert_eq!(
+            p.check_socket(sa("[::ffff:127.0.0.1]:2582")),
+            Ok(sa("127.0.0.1:2582"))
+        );
         assert_eq!(p.check_socket(sa("127.0.0.1:2583")), Err(Loopback));
         assert_eq!(p.check_socket(sa("127.0.0.2:2582")), Err(Loopback));
         assert_eq!(p.check_socket(sa("[::1]:2583")), Ok(sa("[::1]:2583")));
@@ -446,7 +452,15 @@ mod tests {
         assert!(matches!("::1/128".parse(), Ok(Opening::Range(_))));
         assert!(matches!("[::1]:80".parse(), Ok(Opening::Socket(_))));
         assert!(matches!("127.0.0.1:2582".parse(), Ok(Opening::Socket(_))));
-        for bad in ["127.0.0.1", "localhost:80", "127.0.0.1:0", "10.0.0.0/33", "::1:80", "", "x/8"] {
+        for bad in [
+            "127.0.0.1",
+            "localhost:80",
+            "127.0.0.1:0",
+            "10.0.0.0/33",
+            "::1:80",
+            "",
+            "x/8",
+        ] {
             assert!(bad.parse::<Opening>().is_err(), "{bad}");
         }
     }

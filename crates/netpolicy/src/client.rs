@@ -101,7 +101,10 @@ pub fn check_url(url: &Url, allow_http_loopback: bool) -> Result<(), String> {
     match url.scheme() {
         "https" => Ok(()),
         "http" if allow_http_loopback && is_loopback_host(url) => Ok(()),
-        "http" => Err("only https is allowed (plain http only to a loopback host when allow_http is set)".into()),
+        "http" => Err(
+            "only https is allowed (plain http only to a loopback host when allow_http is set)"
+                .into(),
+        ),
         other => Err(format!("scheme '{other}' is not https")),
     }
 }
@@ -411,8 +414,8 @@ mod tests {
 
     #[test]
     fn pin_filters_every_address() {
-        let p = AddressPolicy::default()
-            .with_openings(&["127.0.0.1:2582".parse::<Opening>().unwrap()]);
+        let p =
+            AddressPolicy::default().with_openings(&["127.0.0.1:2582".parse::<Opening>().unwrap()]);
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
         // a public address passes; loopback next to it is dropped, not connected to
@@ -424,7 +427,11 @@ mod tests {
         let e = pin(&p, "h", 443, &[ip("127.0.0.1"), ip("::1"), ip("10.0.0.1")]).unwrap_err();
         assert!(e.is_address_refusal());
         let text = e.to_string();
-        for part in ["127.0.0.1 (loopback)", "::1 (loopback)", "10.0.0.1 (private)"] {
+        for part in [
+            "127.0.0.1 (loopback)",
+            "::1 (loopback)",
+            "10.0.0.1 (private)",
+        ] {
             assert!(text.contains(part), "{text}");
         }
         // the opening is for one port only
@@ -450,9 +457,18 @@ mod tests {
             redirect_target(&here, status, loc, hops, max, http)
         };
         // not followed: redirects off, not a redirect status, no Location
-        assert_eq!(go(302, Some("https://cdn.example.com/b"), 0, 0, false), Ok(None));
-        assert_eq!(go(200, Some("https://cdn.example.com/b"), 0, 3, false), Ok(None));
-        assert_eq!(go(304, Some("https://cdn.example.com/b"), 0, 3, false), Ok(None));
+        assert_eq!(
+            go(302, Some("https://cdn.example.com/b"), 0, 0, false),
+            Ok(None)
+        );
+        assert_eq!(
+            go(200, Some("https://cdn.example.com/b"), 0, 3, false),
+            Ok(None)
+        );
+        assert_eq!(
+            go(304, Some("https://cdn.example.com/b"), 0, 3, false),
+            Ok(None)
+        );
         assert_eq!(go(302, None, 0, 3, false), Ok(None));
         // followed, relative targets resolved against the current URL
         for s in [301, 302, 303, 307, 308] {
@@ -479,7 +495,10 @@ mod tests {
             "http://127.0.0.1:9/",
         ] {
             assert!(
-                matches!(go(302, Some(bad), 0, 3, false), Err(OutboundError::InsecureUrl { .. })),
+                matches!(
+                    go(302, Some(bad), 0, 3, false),
+                    Err(OutboundError::InsecureUrl { .. })
+                ),
                 "{bad}"
             );
         }

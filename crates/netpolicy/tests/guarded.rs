@@ -105,13 +105,19 @@ async fn an_opened_socket_is_reached_and_only_that_port() {
     let canary = serve(ok_response()).await;
     let c = client(&[server.addr], 0, names());
     let resp = c
-        .get(&url(&format!("http://localhost:{}/x", server.addr.port())), "*/*")
+        .get(
+            &url(&format!("http://localhost:{}/x", server.addr.port())),
+            "*/*",
+        )
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "ok");
     let e = c
-        .get(&url(&format!("http://localhost:{}/x", canary.addr.port())), "*/*")
+        .get(
+            &url(&format!("http://localhost:{}/x", canary.addr.port())),
+            "*/*",
+        )
         .await
         .unwrap_err();
     assert!(e.is_address_refusal(), "{e}");
@@ -129,7 +135,10 @@ async fn redirects_are_rechecked_and_capped() {
     .await;
     let c = client(&[to_canary.addr], 3, names());
     let e = c
-        .get(&url(&format!("http://127.0.0.1:{}/", to_canary.addr.port())), "*/*")
+        .get(
+            &url(&format!("http://127.0.0.1:{}/", to_canary.addr.port())),
+            "*/*",
+        )
         .await
         .unwrap_err();
     assert!(e.is_address_refusal(), "{e}");
@@ -138,7 +147,10 @@ async fn redirects_are_rechecked_and_capped() {
     // With redirects off the 302 is the answer, and nothing follows it.
     let off = client(&[to_canary.addr], 0, names());
     let resp = off
-        .get(&url(&format!("http://127.0.0.1:{}/", to_canary.addr.port())), "*/*")
+        .get(
+            &url(&format!("http://127.0.0.1:{}/", to_canary.addr.port())),
+            "*/*",
+        )
         .await
         .unwrap();
     assert_eq!(resp.status(), 302);
@@ -148,7 +160,10 @@ async fn redirects_are_rechecked_and_capped() {
     let looping = serve(redirect_to("/again")).await;
     let c = client(&[looping.addr], 3, names());
     let e = c
-        .get(&url(&format!("http://127.0.0.1:{}/", looping.addr.port())), "*/*")
+        .get(
+            &url(&format!("http://127.0.0.1:{}/", looping.addr.port())),
+            "*/*",
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, OutboundError::TooManyRedirects(3, _)), "{e}");
