@@ -21,9 +21,11 @@ mod tunnel;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use atrund_netpolicy::{classify, AddressPolicy, BlockReason, MapResolver, Resolve, SystemResolver};
-pub use error::EgressError;
 pub use atrund_netpolicy::IpNet;
+pub use atrund_netpolicy::{
+    classify, AddressPolicy, BlockReason, MapResolver, Resolve, SystemResolver,
+};
+pub use error::EgressError;
 pub use net::{Connect, DirectConnector};
 pub use proxy::{EgressProxy, EgressStats, Listening, Registration};
 pub use rule::{check as check_rules, Host, NetRule};

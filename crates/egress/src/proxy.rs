@@ -23,10 +23,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::net::{Connect, DirectConnector};
-use atrund_netpolicy::{AddressPolicy, Resolve, SystemResolver};
 use crate::rule::{self, Host};
 use crate::tunnel::{self, Counters};
 use crate::{EgressConfig, EgressError, EgressPolicy};
+use atrund_netpolicy::{AddressPolicy, Resolve, SystemResolver};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 

@@ -288,6 +288,23 @@ fn handle_label(prefix: &str, n: u64) -> String {
 }
 
 impl TestNet {
+    /// The runner's `allow_addrs` for this network: `127.0.0.1:<port>` of the PLC, the PDS and
+    /// the did:web host, comma-separated, and nothing else of loopback. Attack tests rely on the
+    /// rest of 127.0.0.1 staying closed.
+    pub fn allow_addrs(&self) -> String {
+        let mut ports: Vec<u16> = [&self.plc_url, &self.pds_url, &self.carol_did_doc_url]
+            .iter()
+            .filter_map(|u| reqwest::Url::parse(u).ok()?.port_or_known_default())
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// A fresh `did:plc` account `<prefix><n>.test` (password `hunter2-password`), so each test
     /// owns its repo. Panics if the PDS refuses.
     pub async fn create_account(&self, handle_prefix: &str) -> Account {
