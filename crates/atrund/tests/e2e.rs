@@ -415,7 +415,17 @@ async fn did_web_author_works_and_forged_commits_and_tampered_blobs_are_refused(
     // The document points at a PDS that alters blob bytes.
     let proxy = start_blob_tampering_proxy(net.pds_url.clone()).await;
     override_carol_doc(net, json!({ "pds": proxy })).await;
-    let tampered = Runner::start(net, &deno, &[("ATRUND_POLICY", "open")]);
+    // Standing in for a public PDS, the proxy's port is opened like the test network's.
+    let proxy_port = reqwest::Url::parse(&proxy)
+        .ok()
+        .and_then(|u| u.port())
+        .expect("proxy port");
+    let opened = format!("{},127.0.0.1:{proxy_port}", net.allow_addrs());
+    let tampered = Runner::start(
+        net,
+        &deno,
+        &[("ATRUND_POLICY", "open"), ("ATRUND_ALLOW_ADDRS", &opened)],
+    );
     let (s, b) = get(&tampered.url(&path)).await;
     override_carol_doc(net, json!({})).await;
     assert_eq!(
