@@ -78,6 +78,18 @@ impl Recorder {
         Self::start(addr, Arc::new(|_| (404, vec![], String::new())))
     }
 
+    /// Answers every request with a redirect to `location`.
+    fn redirecting(location: String) -> Recorder {
+        let reply = move |_: &str| {
+            (
+                302,
+                vec![("location".into(), location.clone())],
+                String::new(),
+            )
+        };
+        Self::start("127.0.0.1:0", Arc::new(reply)).unwrap()
+    }
+
     fn connections(&self) -> usize {
         *self.connections.lock().unwrap()
     }
@@ -125,8 +137,22 @@ fn deno() -> Option<PathBuf> {
     atrund_testnet::deno_path()
 }
 
-fn runner(deno: &Path, data: &Path, env: &[(&str, String)]) -> Daemon {
-    let mut cmd = common::command(deno, data);
+/// A runner and its data dir (dropped after it, field order).
+struct Runner {
+    daemon: Daemon,
+    _data: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Runner {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
+}
+
+fn runner(deno: &Path, env: &[(&str, String)]) -> Runner {
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = common::command(deno, data.path());
     cmd.env("ATRUND_IDENTITY_DNS", "false")
         .env("ATRUND_IDENTITY_WELL_KNOWN", "false")
         .env("ATRUND_IDENTITY_TIMEOUT_MS", "2000")
@@ -136,7 +162,10 @@ fn runner(deno: &Path, data: &Path, env: &[(&str, String)]) -> Daemon {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    Daemon::spawn(&mut cmd, false)
+    Runner {
+        daemon: Daemon::spawn(&mut cmd, false),
+        _data: data,
+    }
 }
 
 /// The refusal a caller sees: status, error name, and no trace of the network in the body.
@@ -175,32 +204,12 @@ async fn callers_cannot_point_the_runner_at_loopback_or_private_addresses() {
     let (doc_loopback, did_loopback) = did_web_host(format!("https://127.0.0.1:{}", canary.port));
     let (doc_private, did_private) = did_web_host("https://10.0.0.1".into());
     let to_canary = format!("http://127.0.0.1:{}/xrpc/x", canary.port);
-    let redirector = Recorder::start(
-        "127.0.0.1:0",
-        Arc::new(move |_| {
-            (
-                302,
-                vec![("location".into(), to_canary.clone())],
-                String::new(),
-            )
-        }),
-    )
-    .unwrap();
+    let redirector = Recorder::redirecting(to_canary);
     let (doc_redirect, did_redirect) =
         did_web_host(format!("http://localhost:{}", redirector.port));
     // A PLC directory that redirects every look-up to the canary.
     let plc_to_canary = format!("http://127.0.0.1:{}/", canary.port);
-    let plc = Recorder::start(
-        "127.0.0.1:0",
-        Arc::new(move |_| {
-            (
-                302,
-                vec![("location".into(), plc_to_canary.clone())],
-                String::new(),
-            )
-        }),
-    )
-    .unwrap();
+    let plc = Recorder::redirecting(plc_to_canary);
 
     let opened = [
         &doc_loopback,
@@ -213,10 +222,8 @@ async fn callers_cannot_point_the_runner_at_loopback_or_private_addresses() {
     .map(|r| r.addr())
     .collect::<Vec<_>>()
     .join(",");
-    let data = tempfile::tempdir().unwrap();
     let d = runner(
         &deno,
-        data.path(),
         &[
             ("ATRUND_POLICY", "open".into()),
             ("ATRUND_ALLOW_HTTP", "1".into()),
@@ -277,9 +284,8 @@ async fn callers_cannot_point_the_runner_at_loopback_or_private_addresses() {
 async fn without_allow_http_or_openings_nothing_on_loopback_is_tried() {
     let Some(deno) = deno() else { return };
     let canary = Recorder::canary("127.0.0.1:0").unwrap();
-    let data = tempfile::tempdir().unwrap();
     // Exactly the production defaults but for the policy.
-    let d = runner(&deno, data.path(), &[("ATRUND_POLICY", "open".into())]);
+    let d = runner(&deno, &[("ATRUND_POLICY", "open".into())]);
     let (status, body) =
         get(&d.url(&invoke(&format!("did:web:localhost%3A{}", canary.port)))).await;
     assert_refused(
@@ -298,10 +304,8 @@ async fn without_allow_http_or_openings_nothing_on_loopback_is_tried() {
     assert_eq!(canary.connections(), 0);
 
     // allow_http alone opens no address.
-    let data = tempfile::tempdir().unwrap();
     let d = runner(
         &deno,
-        data.path(),
         &[
             ("ATRUND_POLICY", "open".into()),
             ("ATRUND_ALLOW_HTTP", "1".into()),
@@ -326,10 +330,8 @@ async fn an_allow_list_refuses_unlisted_authors_before_resolving_them() {
     let plc = Recorder::canary("127.0.0.1:0").unwrap();
     let listed_did = "did:plc:ewvi7nxzyoun6zhxrhs64oiz";
     let stranger = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
-    let data = tempfile::tempdir().unwrap();
     let d = runner(
         &deno,
-        data.path(),
         &[
             // A DID and a handle listed; no handle method works here, so the listed handle
             // resolves to nothing.

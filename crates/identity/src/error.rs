@@ -62,7 +62,7 @@ pub enum IdentityError {
     #[error("handle {handle} did not resolve to a DID: {reason}; check the handle's DNS TXT record or its /.well-known/atproto-did")]
     HandleNotFound { handle: String, reason: String },
     /// a plain-http URL was refused
-    #[error("refusing insecure URL {0}: only https is allowed (plain http only to a loopback host when allow_http_loopback is set)")]
+    #[error("refusing insecure URL {0}: only https is allowed (plain http only to a loopback host when the runner's allow_http is set)")]
     InsecureUrl(String),
     /// the resolver configuration is unusable
     #[error("identity resolver configuration is invalid: {0}; fix the configuration")]

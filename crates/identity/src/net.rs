@@ -12,7 +12,7 @@ use url::Url;
 /// resolveHandle service): https with a host, or http to a loopback host when allowed.
 pub(crate) fn check_url(url: &Url, allow_http_loopback: bool) -> Result<(), IdentityError> {
     atrund_netpolicy::check_url(url, allow_http_loopback)
-        .map_err(|reason| IdentityError::InsecureUrl(format!("{url} ({reason})")))
+        .map_err(|_| IdentityError::InsecureUrl(url.to_string()))
 }
 
 /// A fetched response: status and a body no larger than the cap.

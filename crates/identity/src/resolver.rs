@@ -517,7 +517,7 @@ impl Inner {
         let local = host == "localhost";
         if port.is_some() && !self.cfg.allow_http_loopback {
             return Err(IdentityError::InsecureUrl(format!(
-                "{did} (a localhost port is only for development; set allow_http_loopback)"
+                "{did} (a localhost port is only for development; only when the runner sets allow_http)"
             )));
         }
         let scheme = if local && self.cfg.allow_http_loopback {

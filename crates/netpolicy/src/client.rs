@@ -50,14 +50,6 @@ impl OutboundError {
     pub fn is_address_refusal(&self) -> bool {
         matches!(self, OutboundError::AddressNotAllowed { .. })
     }
-
-    /// True for failures that may go away on retry.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            OutboundError::Resolve { .. } | OutboundError::Request { .. }
-        )
-    }
 }
 
 /// Settings of one client.

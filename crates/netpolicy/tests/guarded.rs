@@ -81,6 +81,10 @@ fn url(s: &str) -> Url {
     Url::parse(s).unwrap()
 }
 
+async fn get(c: &GuardedClient, target: &str) -> Result<reqwest::Response, OutboundError> {
+    c.get(&url(target), "*/*").await
+}
+
 #[tokio::test]
 async fn loopback_is_refused_without_connecting() {
     let canary = serve(ok_response()).await;
@@ -104,20 +108,12 @@ async fn an_opened_socket_is_reached_and_only_that_port() {
     let server = serve(ok_response()).await;
     let canary = serve(ok_response()).await;
     let c = client(&[server.addr], 0, names());
-    let resp = c
-        .get(
-            &url(&format!("http://localhost:{}/x", server.addr.port())),
-            "*/*",
-        )
+    let resp = get(&c, &format!("http://localhost:{}/x", server.addr.port()))
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "ok");
-    let e = c
-        .get(
-            &url(&format!("http://localhost:{}/x", canary.addr.port())),
-            "*/*",
-        )
+    let e = get(&c, &format!("http://localhost:{}/x", canary.addr.port()))
         .await
         .unwrap_err();
     assert!(e.is_address_refusal(), "{e}");
@@ -134,11 +130,7 @@ async fn redirects_are_rechecked_and_capped() {
     )))
     .await;
     let c = client(&[to_canary.addr], 3, names());
-    let e = c
-        .get(
-            &url(&format!("http://127.0.0.1:{}/", to_canary.addr.port())),
-            "*/*",
-        )
+    let e = get(&c, &format!("http://127.0.0.1:{}/", to_canary.addr.port()))
         .await
         .unwrap_err();
     assert!(e.is_address_refusal(), "{e}");
@@ -146,24 +138,19 @@ async fn redirects_are_rechecked_and_capped() {
 
     // With redirects off the 302 is the answer, and nothing follows it.
     let off = client(&[to_canary.addr], 0, names());
-    let resp = off
-        .get(
-            &url(&format!("http://127.0.0.1:{}/", to_canary.addr.port())),
-            "*/*",
-        )
-        .await
-        .unwrap();
+    let resp = get(
+        &off,
+        &format!("http://127.0.0.1:{}/", to_canary.addr.port()),
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 302);
     assert_eq!(canary.accepted.load(Ordering::SeqCst), 0);
 
     // A loop to itself stops at the cap: the first request and three redirects.
     let looping = serve(redirect_to("/again")).await;
     let c = client(&[looping.addr], 3, names());
-    let e = c
-        .get(
-            &url(&format!("http://127.0.0.1:{}/", looping.addr.port())),
-            "*/*",
-        )
+    let e = get(&c, &format!("http://127.0.0.1:{}/", looping.addr.port()))
         .await
         .unwrap_err();
     assert!(matches!(e, OutboundError::TooManyRedirects(3, _)), "{e}");
