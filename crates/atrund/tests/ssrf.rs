@@ -210,6 +210,20 @@ async fn callers_cannot_point_the_runner_at_loopback_or_private_addresses() {
     // A PLC directory that redirects every look-up to the canary.
     let plc_to_canary = format!("http://127.0.0.1:{}/", canary.port);
     let plc = Recorder::redirecting(plc_to_canary);
+    // The operator's handle resolution service, telling that a handle is a did:web on the canary.
+    let canary_did = format!("did:web:localhost%3A{}", canary.port);
+    let answer = json!({ "did": canary_did }).to_string();
+    let handles = Recorder::start(
+        "127.0.0.1:0",
+        Arc::new(move |_| {
+            (
+                200,
+                vec![("content-type".into(), "application/json".into())],
+                answer.clone(),
+            )
+        }),
+    )
+    .unwrap();
 
     let opened = [
         &doc_loopback,
@@ -217,6 +231,7 @@ async fn callers_cannot_point_the_runner_at_loopback_or_private_addresses() {
         &doc_redirect,
         &redirector,
         &plc,
+        &handles,
     ]
     .iter()
     .map(|r| r.addr())
@@ -229,6 +244,10 @@ async fn callers_cannot_point_the_runner_at_loopback_or_private_addresses() {
             ("ATRUND_ALLOW_HTTP", "1".into()),
             ("ATRUND_ALLOW_ADDRS", opened),
             ("ATRUND_PLC_URL", format!("http://{}", plc.addr())),
+            (
+                "ATRUND_IDENTITY_HANDLE_RESOLVER",
+                format!("http://{}", handles.addr()),
+            ),
         ],
     );
 
@@ -250,6 +269,10 @@ async fn callers_cannot_point_the_runner_at_loopback_or_private_addresses() {
             "a DID document whose PDS is https://10.0.0.1",
         ),
         (did_redirect.clone(), "a PDS that redirects to the canary"),
+        (
+            "evil.example.com".to_string(),
+            "a handle whose DID is a did:web on the canary's port",
+        ),
     ];
     for (author, what) in &cases {
         let (status, body) = get(&d.url(&invoke(author))).await;
@@ -257,6 +280,7 @@ async fn callers_cannot_point_the_runner_at_loopback_or_private_addresses() {
     }
     // The documents were read and the redirecting PDS was asked: the refusals came after them.
     assert!(!doc_loopback.requests().is_empty() && !redirector.requests().is_empty());
+    assert!(!handles.requests().is_empty());
 
     // PLC answers are never redirected: not followed, and the caller learns nothing more.
     let (status, body) = get(&d.url(&invoke("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"))).await;
