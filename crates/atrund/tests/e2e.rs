@@ -308,6 +308,17 @@ async fn identity_and_policy_refusals_have_their_own_names() {
         (403, Some("AuthorNotAllowed")),
         "{b}"
     );
+    // Listed under its other name: the DID through a listed handle, the handle through a listed
+    // DID. The author check passes (the manifest's caps are what refuse next).
+    for (policy, asked) in [(&acct.handle, &acct.did), (&acct.did, &acct.handle)] {
+        let other_name = Runner::start(net, &deno, &[("ATRUND_POLICY", policy)]);
+        let (s, b) = get(&other_name.url(&format!("/bundle/{asked}/greedy/latest/greet"))).await;
+        assert_eq!(
+            (s, b["error"].as_str()),
+            (403, Some("PermissionNotAllowed")),
+            "policy {policy}, asked as {asked}: {b}"
+        );
+    }
     let closed = Runner::start(net, &deno, &[]);
     let (s, b) = get(&closed.url(&format!("/bundle/{}/greedy/latest/greet", acct.did))).await;
     assert_eq!((s, b["error"].as_str()), (403, Some("PolicyClosed")), "{b}");

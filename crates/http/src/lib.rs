@@ -1,8 +1,9 @@
 //! The runner's HTTP API: the invocation route, health and readiness, and describeRunner.
 //!
 //! Owns: routing, request parsing, the order of the pipeline steps (policy before resolution →
-//! identity → policy → fetch → permission caps → pool), body limits and the error → status mapping (`error`). Must not touch:
-//! how identities are resolved, records verified or instances isolated; it calls those crates.
+//! identity → policy → fetch → permission caps → pool), body limits and the error → status
+//! mapping (`error`). Must not touch: how identities are resolved, records verified or instances
+//! isolated; it calls those crates.
 
 pub mod error;
 pub mod local;
