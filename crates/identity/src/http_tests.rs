@@ -7,6 +7,7 @@ use crate::{
     AtIdentifier, Did, Handle, IdentityConfig, IdentityError, IdentityResolver, PublicKey,
     TxtResolver,
 };
+use atrund_testnet::{assert_no_network_text, Canary};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -362,7 +363,7 @@ async fn unreachable_timeouts_and_caps() {
     let e = r.resolve_did(&did).await.unwrap_err();
     assert_eq!(e.code(), "IdentityUnreachable");
     // The OS error stays in the detail (for the log), out of the message.
-    assert_no_network_text(&e);
+    assert_no_network_text("identity", &e.to_string());
     assert!(e.detail().unwrap().contains("127.0.0.1"), "{e:?}");
 
     let server = Server::start().await;
@@ -576,50 +577,9 @@ async fn handle_service_fallback_and_dns_hang() {
     assert_eq!(verified, None);
 }
 
-/// Counts connections to a port nothing should reach.
-struct Canary {
-    port: u16,
-    accepted: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Canary {
-    async fn on(addr: &str) -> Option<Canary> {
-        let l = TcpListener::bind(addr).await.ok()?;
-        let port = l.local_addr().unwrap().port();
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let n = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                drop(s);
-            }
-        });
-        Some(Canary { port, accepted })
-    }
-
-    fn count(&self) -> usize {
-        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-fn assert_no_network_text(e: &IdentityError) {
-    let m = e.to_string();
-    for leak in [
-        "os error",
-        "refused",
-        "reset",
-        "127.0.0.1",
-        "::1",
-        "tcp",
-        "error sending",
-    ] {
-        assert!(!m.contains(leak), "message leaks '{leak}': {m}");
-    }
-}
-
 #[tokio::test]
 async fn did_web_on_a_loopback_port_is_refused_without_connecting() {
-    let canary = Canary::on("127.0.0.1:0").await.unwrap();
+    let canary = Canary::bind("127.0.0.1:0").unwrap();
     let server = Server::start().await;
     // Plain http to loopback is permitted and the test server is opened, but not the canary.
     let r = IdentityResolver::new(cfg(&server)).unwrap();
@@ -628,7 +588,7 @@ async fn did_web_on_a_loopback_port_is_refused_without_connecting() {
         .unwrap();
     let e = r.resolve_did(&did).await.unwrap_err();
     assert_eq!(e.code(), "AddressNotAllowed");
-    assert_no_network_text(&e);
+    assert_no_network_text("identity", &e.to_string());
     assert!(e.detail().unwrap().contains("loopback"), "{e:?}");
     // The same through `resolve`, as the HTTP API calls it.
     let id: AtIdentifier = did.as_str().parse().unwrap();
@@ -639,7 +599,7 @@ async fn did_web_on_a_loopback_port_is_refused_without_connecting() {
 #[tokio::test]
 async fn names_resolving_to_loopback_are_refused_for_did_web_and_well_known() {
     // A canary on 443 when this test may bind it (root): there is where https would connect.
-    let canary = Canary::on("127.0.0.1:443").await;
+    let canary = Canary::bind("127.0.0.1:443");
     let lo: std::net::IpAddr = "127.0.0.1".parse().unwrap();
     let names = Arc::new(
         atrund_netpolicy::MapResolver::new()
@@ -655,12 +615,12 @@ async fn names_resolving_to_loopback_are_refused_for_did_web_and_well_known() {
     for did in ["did:web:evil.example.com", "did:web:localhost"] {
         let e = r.resolve_did(&did.parse().unwrap()).await.unwrap_err();
         assert_eq!(e.code(), "AddressNotAllowed", "{did}: {e:?}");
-        assert_no_network_text(&e);
+        assert_no_network_text("identity", &e.to_string());
     }
     let h: Handle = "evil.example.com".parse().unwrap();
     let e = r.resolve_handle(&h).await.unwrap_err();
     assert_eq!(e.code(), "AddressNotAllowed", "{e:?}");
-    assert_no_network_text(&e);
+    assert_no_network_text("identity", &e.to_string());
     if let Some(c) = canary {
         assert_eq!(c.count(), 0);
     }
@@ -668,7 +628,7 @@ async fn names_resolving_to_loopback_are_refused_for_did_web_and_well_known() {
 
 #[tokio::test]
 async fn a_plc_redirect_is_not_followed_and_failures_say_no_more_than_unreachable() {
-    let canary = Canary::on("127.0.0.1:0").await.unwrap();
+    let canary = Canary::bind("127.0.0.1:0").unwrap();
     let server = Server::start().await;
     let did = serve_plc(&server);
     let mut redirect = status(302);
@@ -678,6 +638,6 @@ async fn a_plc_redirect_is_not_followed_and_failures_say_no_more_than_unreachabl
     let r = IdentityResolver::new(cfg(&server)).unwrap();
     let e = r.resolve_did(&did).await.unwrap_err();
     assert_eq!(e.code(), "IdentityUnreachable");
-    assert_no_network_text(&e);
+    assert_no_network_text("identity", &e.to_string());
     assert_eq!(canary.count(), 0);
 }

@@ -491,7 +491,7 @@ async fn unreachable_and_timeouts() {
         .unwrap_err();
     assert!(matches!(err, FetchError::PdsUnreachable(_)), "{err:?}");
     // The OS error stays in the detail (for the log), out of the message.
-    assert_no_network_text(&err);
+    atrund_testnet::assert_no_network_text("repo", &err.to_string());
     assert!(err.detail().unwrap().contains("127.0.0.1"), "{err:?}");
 
     let hang = serve(Arc::new(|_: &url::Url| Reply::Hang)).await;
@@ -652,38 +652,10 @@ async fn list_record_cids_walks_pages() {
     assert_eq!(one, vec![("aaa".to_string(), cid_a)]);
 }
 
-/// Counts connections to a port nothing should reach.
-async fn canary() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let n2 = n.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            drop(s);
-        }
-    });
-    (port, n)
-}
-
-fn assert_no_network_text(e: &FetchError) {
-    let m = e.to_string();
-    for leak in [
-        "os error",
-        "refused",
-        "reset",
-        "127.0.0.1",
-        "10.0.0.1",
-        "error sending",
-    ] {
-        assert!(!m.contains(leak), "message leaks '{leak}': {m}");
-    }
-}
-
 #[tokio::test]
 async fn pds_at_a_special_address_is_refused_without_connecting() {
-    let (port, hits) = canary().await;
+    let canary = atrund_testnet::Canary::bind("127.0.0.1:0").unwrap();
+    let port = canary.port;
     // Production-like: plain http allowed (development) but no address opened.
     let c = RepoClient::new(FetchConfig {
         timeout: Duration::from_secs(2),
@@ -703,16 +675,17 @@ async fn pds_at_a_special_address_is_refused_without_connecting() {
         let url = url::Url::parse(&pds).unwrap();
         let e = c.get_record(&url, DID, &pk(), COL, "a").await.unwrap_err();
         assert_eq!(e.code(), "AddressNotAllowed", "{pds}: {e:?}");
-        assert_no_network_text(&e);
+        atrund_testnet::assert_no_network_text("repo", &e.to_string());
         let e = c.get_blob(&url, DID, &blob, 1).await.unwrap_err();
         assert_eq!(e.code(), "AddressNotAllowed", "{pds}: {e:?}");
     }
-    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(canary.count(), 0);
 }
 
 #[tokio::test]
 async fn a_pds_redirect_to_loopback_is_refused_without_connecting() {
-    let (port, hits) = canary().await;
+    let canary = atrund_testnet::Canary::bind("127.0.0.1:0").unwrap();
+    let port = canary.port;
     let target = format!("http://127.0.0.1:{port}/xrpc/com.atproto.sync.getRecord");
     let pds = serve(Arc::new(move |_: &url::Url| {
         Reply::Full(302, vec![("location", target.clone())], vec![])
@@ -730,11 +703,11 @@ async fn a_pds_redirect_to_loopback_is_refused_without_connecting() {
     .unwrap();
     let e = c.get_record(&pds, DID, &pk(), COL, "a").await.unwrap_err();
     assert_eq!(e.code(), "AddressNotAllowed", "{e:?}");
-    assert_no_network_text(&e);
+    atrund_testnet::assert_no_network_text("repo", &e.to_string());
     let e = c
         .get_blob(&pds, DID, &cid_for(RAW, b"x"), 1)
         .await
         .unwrap_err();
     assert_eq!(e.code(), "AddressNotAllowed", "{e:?}");
-    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(canary.count(), 0);
 }
