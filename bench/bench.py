@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -349,9 +350,12 @@ def start_net():
     if not line.startswith("ATPROTO_TEST_NETWORK_READY "):
         raise RuntimeError("harness did not start: " + line)
     net = json.loads(line.split(" ", 1)[1])
+    # Plain http on loopback, and only the test network's own ports opened (allow_addrs).
+    ports = sorted({urllib.parse.urlsplit(net[k]).port for k in ("plcUrl", "pdsUrl", "carolDidDocUrl")})
     env = {
         "ATRUND_PLC_URL": net["plcUrl"],
         "ATRUND_ALLOW_HTTP": "1",
+        "ATRUND_ALLOW_ADDRS": ",".join(f"127.0.0.1:{p}" for p in ports),
         "ATRUND_POLICY": "open",
         "ATRUND_IDENTITY_HANDLE_RESOLVER": net["pdsUrl"],
         "ATRUND_IDENTITY_DNS": "false",

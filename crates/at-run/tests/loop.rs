@@ -204,6 +204,7 @@ impl Runner {
             .env("ATRUND_LISTEN", "127.0.0.1:0")
             .env("ATRUND_PLC_URL", &net.plc_url)
             .env("ATRUND_ALLOW_HTTP", "1")
+            .env("ATRUND_ALLOW_ADDRS", net.allow_addrs())
             .env("ATRUND_DATA_DIR", data.path())
             .env("ATRUND_DENO_PATH", deno)
             .env("ATRUND_IDENTITY_HANDLE_RESOLVER", &net.pds_url)

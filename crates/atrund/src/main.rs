@@ -177,6 +177,19 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The address policy of the runner's own requests (identity, PDS): the classifier plus the
+/// operator's `allow_addrs` (checked by `Config::validate`; parsed again here into typed openings).
+fn own_requests_policy(allow_addrs: &[String]) -> Result<atrund_netpolicy::AddressPolicy> {
+    let openings = allow_addrs
+        .iter()
+        .map(|a| {
+            a.parse::<atrund_netpolicy::Opening>()
+                .map_err(|e| anyhow::anyhow!("allow_addrs (ATRUND_ALLOW_ADDRS): {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(atrund_netpolicy::AddressPolicy::default().with_openings(&openings))
+}
+
 async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     let data_dir = config.data_dir.clone();
     prepare_data_dir(&data_dir)?;
@@ -187,9 +200,11 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     let runtime_version = deno.version().await?;
     tracing::info!(deno = %deno.path().display(), version = %runtime_version, "runtime found");
 
+    let address_policy = own_requests_policy(&config.allow_addrs)?;
     let identity = IdentityResolver::new(IdentityConfig {
         plc_url: config.plc_url.clone(),
         allow_http_loopback: config.allow_http,
+        address_policy: address_policy.clone(),
         timeout: Duration::from_millis(config.identity.timeout_ms),
         stale_ttl: Duration::from_secs(config.identity.cache_stale_secs),
         max_ttl: Duration::from_secs(config.identity.cache_max_secs),
@@ -204,6 +219,7 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         max_car_bytes: config.fetch.max_record_bytes,
         max_blob_bytes: config.fetch.max_bundle_bytes,
         allow_http_loopback: config.allow_http,
+        address_policy,
     })?;
     let store = BundleStore::open(data_dir.join("bundles"))
         .with_context(|| format!("cannot create {}", data_dir.join("bundles").display()))?
@@ -254,7 +270,10 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     }
     let pool = Pool::new(executor, pool_config(&config.pool));
     if config.allow_http {
-        tracing::warn!("allow_http is on: plain-http PDS and did:web are accepted for loopback hosts (development only)");
+        tracing::warn!("allow_http is on: plain-http PDS and did:web are accepted for loopback hosts (development only); their addresses still need allow_addrs");
+    }
+    if !config.allow_addrs.is_empty() {
+        tracing::warn!(allow_addrs = %config.allow_addrs.join(","), "the runner's own requests may reach these special-purpose addresses");
     }
     tracing::info!(policy = %config.policy.describe(), "author policy");
 

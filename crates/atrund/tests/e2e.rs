@@ -280,6 +280,17 @@ async fn identity_and_policy_refusals_have_their_own_names() {
         (403, Some("AuthorNotAllowed")),
         "{b}"
     );
+    // Listed under its other name: the DID through a listed handle, the handle through a listed
+    // DID. The author check passes (the manifest's caps are what refuse next).
+    for (policy, asked) in [(&acct.handle, &acct.did), (&acct.did, &acct.handle)] {
+        let other_name = Runner::start(net, &deno, &[("ATRUND_POLICY", policy)]);
+        let (s, b) = get(&other_name.url(&format!("/bundle/{asked}/greedy/latest/greet"))).await;
+        assert_eq!(
+            (s, b["error"].as_str()),
+            (403, Some("PermissionNotAllowed")),
+            "policy {policy}, asked as {asked}: {b}"
+        );
+    }
     let closed = Runner::start(net, &deno, &[]);
     let (s, b) = get(&closed.url(&format!("/bundle/{}/greedy/latest/greet", acct.did))).await;
     assert_eq!((s, b["error"].as_str()), (403, Some("PolicyClosed")), "{b}");
@@ -373,7 +384,17 @@ async fn did_web_author_works_and_forged_commits_and_tampered_blobs_are_refused(
     // The document points at a PDS that alters blob bytes.
     let proxy = start_blob_tampering_proxy(net.pds_url.clone()).await;
     override_carol_doc(net, json!({ "pds": proxy })).await;
-    let tampered = Runner::start(net, &deno, &[("ATRUND_POLICY", "open")]);
+    // Standing in for a public PDS, the proxy's port is opened like the test network's.
+    let proxy_port = reqwest::Url::parse(&proxy)
+        .ok()
+        .and_then(|u| u.port())
+        .expect("proxy port");
+    let opened = format!("{},127.0.0.1:{proxy_port}", net.allow_addrs());
+    let tampered = Runner::start(
+        net,
+        &deno,
+        &[("ATRUND_POLICY", "open"), ("ATRUND_ALLOW_ADDRS", &opened)],
+    );
     let (s, b) = get(&tampered.url(&path)).await;
     override_carol_doc(net, json!({})).await;
     assert_eq!(

@@ -50,6 +50,8 @@ type Answers = Arc<Mutex<HashMap<String, (u16, Vec<u8>)>>>;
 /// the answers it had when `freeze` was called: genuinely signed, older repository state.
 struct ReplayingPds {
     url: String,
+    /// `allow_addrs` of the test network plus this proxy (it stands in for a public PDS).
+    opened: String,
     /// getRecord requests that reached the real PDS, by collection.
     fetches: Arc<Mutex<HashMap<String, usize>>>,
     seen: Answers,
@@ -58,7 +60,7 @@ struct ReplayingPds {
 }
 
 impl ReplayingPds {
-    async fn start(pds: String) -> ReplayingPds {
+    async fn start(pds: String, net_allow_addrs: String) -> ReplayingPds {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind proxy");
@@ -134,6 +136,7 @@ impl ReplayingPds {
         });
         ReplayingPds {
             url: format!("http://localhost:{port}"),
+            opened: format!("{},127.0.0.1:{port}", net_allow_addrs),
             fetches,
             seen,
             frozen,
@@ -164,11 +167,12 @@ async fn a_pds_replaying_an_older_signed_repo_is_refused() {
     let Some((net, deno)) = setup() else { return };
     let _turn = CAROL.lock().await;
     let carol = &net.carol;
-    let pds = ReplayingPds::start(net.pds_url.clone()).await;
+    let pds = ReplayingPds::start(net.pds_url.clone(), net.allow_addrs()).await;
     override_carol_doc(net, json!({ "pds": pds.url })).await;
     deploy(net, carol, &greeter("one"), "replay", "1.0.0").await;
     let data = tempfile::tempdir().expect("temp dir");
-    let mut runner = start(net, &deno, data.path(), &[]);
+    let opened = [("ATRUND_ALLOW_ADDRS", pds.opened.as_str())];
+    let mut runner = start(net, &deno, data.path(), &opened);
     let path = format!("/bundle/{}/replay/latest/greet", carol.did);
 
     let (s, b) = get(&runner.url(&path)).await;
@@ -187,14 +191,14 @@ async fn a_pds_replaying_an_older_signed_repo_is_refused() {
     runner.stop();
 
     // The floor survives a restart.
-    let mut again = start(net, &deno, data.path(), &[]);
+    let mut again = start(net, &deno, data.path(), &opened);
     let (s, b) = get(&again.url(&path)).await;
     assert_eq!((s, b["error"].as_str()), (502, Some("RepoRollback")), "{b}");
     again.stop();
 
     // The honest PDS again: the newest state is served.
     pds.replay.store(false, Ordering::SeqCst);
-    let mut honest = start(net, &deno, data.path(), &[]);
+    let mut honest = start(net, &deno, data.path(), &opened);
     let (s, b) = get(&honest.url(&path)).await;
     override_carol_doc(net, json!({})).await;
     assert_eq!((s, &b), (200, &json!({"word": "two"})), "{b}");
@@ -289,7 +293,7 @@ async fn loads_are_coalesced_failures_remembered_and_refreshes_spaced() {
     let Some((net, deno)) = setup() else { return };
     let _turn = CAROL.lock().await;
     let carol = &net.carol;
-    let pds = ReplayingPds::start(net.pds_url.clone()).await;
+    let pds = ReplayingPds::start(net.pds_url.clone(), net.allow_addrs()).await;
     override_carol_doc(net, json!({ "pds": pds.url })).await;
     deploy(net, carol, &greeter("shy"), "shy", "1.0.0").await;
     let data = tempfile::tempdir().expect("temp dir");
@@ -300,6 +304,7 @@ async fn loads_are_coalesced_failures_remembered_and_refreshes_spaced() {
         &[
             ("ATRUND_TENANTS_NEGATIVE_CACHE_SECS", "60"),
             ("ATRUND_TENANTS_IDENTITY_REFRESH_MIN_SECS", "60"),
+            ("ATRUND_ALLOW_ADDRS", &pds.opened),
         ],
     );
     let base = format!("/bundle/{}/shy", carol.did);
@@ -377,6 +382,7 @@ async fn loads_are_coalesced_failures_remembered_and_refreshes_spaced() {
         &[
             ("ATRUND_TENANTS_NEGATIVE_CACHE_SECS", "0"),
             ("ATRUND_TENANTS_IDENTITY_REFRESH_MIN_SECS", "60"),
+            ("ATRUND_ALLOW_ADDRS", &pds.opened),
         ],
     );
     let before = carol_doc_fetches(net).await;

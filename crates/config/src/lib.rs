@@ -42,7 +42,11 @@ pub struct Config {
     /// PLC directory used to resolve `did:plc`.
     pub plc_url: Url,
     /// Permit plain-http PDS, PLC and did:web endpoints on loopback hosts (development only).
+    /// Opens no address: see `allow_addrs`.
     pub allow_http: bool,
+    /// Special-purpose addresses the runner's own requests (PLC, did:web, handles, PDSes) may
+    /// reach anyway: ranges (`10.0.0.0/8`, every port) or `address:port` (`127.0.0.1:2582`).
+    pub allow_addrs: Vec<String>,
     /// Whose code may run here.
     pub policy: AuthorPolicy,
     /// Sandbox backend.
@@ -455,6 +459,7 @@ impl Default for Config {
             data_dir: PathBuf::from(load::FALLBACK_DATA_DIR),
             plc_url: default_plc_url(),
             allow_http: false,
+            allow_addrs: Vec::new(),
             policy: AuthorPolicy::default(),
             isolation: Isolation::Auto,
             identity: IdentitySection::default(),

@@ -37,6 +37,14 @@ impl Config {
                 ));
             }
         }
+        if let Some(bad) = self.allow_addrs.iter().find(|a| !is_opening(a)) {
+            return Err(invalid(
+                "allow_addrs",
+                format!(
+                    "'{bad}' is neither an address range (10.0.0.0/8, fd00::/8) nor an address:port (127.0.0.1:2582, [::1]:2582)"
+                ),
+            ));
+        }
         if self.container.tmp_mib == 0 || self.container.bwrap.is_empty() {
             return Err(invalid(
                 "container",
@@ -294,6 +302,13 @@ pub fn is_loopback(u: &Url) -> bool {
         Some(Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
     }
+}
+
+/// A range, or one `address:port` with a port other than 0 (IPv6 in brackets).
+fn is_opening(s: &str) -> bool {
+    is_cidr(s)
+        || s.parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.port() != 0)
 }
 
 /// `addr/prefix` with a prefix that fits the address family.

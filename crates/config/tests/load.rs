@@ -450,6 +450,49 @@ fn microvm_isolation_is_refused_plainly_and_container_auto_load() {
 }
 
 #[test]
+fn allow_addrs_takes_ranges_and_single_ports() {
+    let c = load(None, &[]).unwrap();
+    assert!(c.allow_addrs.is_empty(), "nothing is opened by default");
+    let c = load(
+        None,
+        &[(
+            "ATRUND_ALLOW_ADDRS",
+            "127.0.0.1:2582, [::1]:2583,10.0.0.0/8",
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        c.allow_addrs,
+        ["127.0.0.1:2582", "[::1]:2583", "10.0.0.0/8"]
+    );
+    assert!(
+        c.to_toml().contains("ATRUND_ALLOW_ADDRS"),
+        "{}",
+        c.to_toml()
+    );
+    let c = load(Some("allow_addrs = [\"192.168.1.0/24\"]"), &[]).unwrap();
+    assert_eq!(c.allow_addrs, ["192.168.1.0/24"]);
+    for bad in [
+        "127.0.0.1",
+        "localhost:2582",
+        "127.0.0.1:0",
+        "::1:80",
+        "10.0.0.0/33",
+    ] {
+        let e = err(None, &[("ATRUND_ALLOW_ADDRS", bad)]);
+        assert_eq!(
+            (e.code(), e.key()),
+            ("ConfigInvalid", Some("allow_addrs")),
+            "{bad}"
+        );
+        assert!(e.to_string().contains("127.0.0.1:2582"), "{e}");
+    }
+    // allow_http alone opens nothing: it stays a scheme rule.
+    let c = load(None, &[("ATRUND_ALLOW_HTTP", "1")]).unwrap();
+    assert!(c.allow_addrs.is_empty());
+}
+
+#[test]
 fn policy_parsing() {
     let c = load(
         None,
@@ -677,6 +720,7 @@ fn env_var_names_are_unique_and_contractual() {
         "ATRUND_PLC_URL",
         "ATRUND_DATA_DIR",
         "ATRUND_ALLOW_HTTP",
+        "ATRUND_ALLOW_ADDRS",
         "ATRUND_POLICY",
         "ATRUND_ISOLATION",
         "ATRUND_LIMITS_TIMEOUT_MS_DEFAULT",

@@ -3,8 +3,8 @@
 //! An instance has no route anywhere; its `HTTP_PROXY`/`HTTPS_PROXY` point at this proxy with a
 //! per-instance token as the user name. The proxy serves `CONNECT host:port` (tunnels, for https)
 //! and absolute-form plain-HTTP requests, checks the destination against the bundle's `net` list
-//! (`rule`), resolves the name itself (`net::Resolve`), refuses special-purpose addresses unless
-//! the operator opened them (`addr`), and connects to the checked address only. Every decision is
+//! (`rule`), resolves the name itself (`Resolve`), refuses special-purpose addresses unless
+//! the operator opened them (`AddressPolicy`, from `atrund-netpolicy`), and connects to the checked address only. Every decision is
 //! logged (target `atrund::egress`) and counted (`EgressProxy::stats`). Credential injection
 //! belongs here later, in `proxy::forward` / before the tunnel.
 //!
@@ -12,7 +12,6 @@
 //! Must not touch: how instances are isolated or started (sandbox), manifests (bundle), config
 //! parsing (config builds an `EgressConfig`).
 
-mod addr;
 mod error;
 mod net;
 mod proxy;
@@ -22,10 +21,12 @@ mod tunnel;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use addr::{classify, AddressPolicy, BlockReason};
+pub use atrund_netpolicy::IpNet;
+pub use atrund_netpolicy::{
+    classify, AddressPolicy, BlockReason, MapResolver, Resolve, SystemResolver,
+};
 pub use error::EgressError;
-pub use ipnet::IpNet;
-pub use net::{Connect, DirectConnector, MapResolver, Resolve, SystemResolver};
+pub use net::{Connect, DirectConnector};
 pub use proxy::{EgressProxy, EgressStats, Listening, Registration};
 pub use rule::{check as check_rules, Host, NetRule};
 

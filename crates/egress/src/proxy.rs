@@ -22,11 +22,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::addr::AddressPolicy;
-use crate::net::{Connect, DirectConnector, Resolve, SystemResolver};
+use crate::net::{Connect, DirectConnector};
 use crate::rule::{self, Host};
 use crate::tunnel::{self, Counters};
 use crate::{EgressConfig, EgressError, EgressPolicy};
+use atrund_netpolicy::{AddressPolicy, Resolve, SystemResolver};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -165,6 +165,7 @@ impl EgressProxy {
             addrs: AddressPolicy {
                 allow_cidrs: cfg.allow_cidrs.clone(),
                 deny_cidrs: cfg.deny_cidrs.clone(),
+                ..AddressPolicy::default()
             },
             cfg,
             resolver,

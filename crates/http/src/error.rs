@@ -60,6 +60,10 @@ pub fn status_for(code: &str) -> StatusCode {
         | "PlcAuditLogInvalid"
         | "HandleMismatch"
         | "InsecureUrl"
+        // The author's DID document, handle or PDS points at an address this runner does not
+        // contact: their infrastructure is unusable from here, like an insecure URL. The same
+        // answer whether or not anything listens there.
+        | "AddressNotAllowed"
         | "PdsUnreachable"
         | "PdsError"
         | "ResponseTooLarge"
@@ -174,6 +178,7 @@ mod tests {
             assert_eq!(status_for(s), 502, "{s}");
         }
         assert_eq!(status_for("ResponseTooLarge"), 502);
+        assert_eq!(status_for("AddressNotAllowed"), 502);
         assert_eq!(status_for("SomethingNew"), 500);
     }
 

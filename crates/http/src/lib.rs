@@ -1,8 +1,9 @@
 //! The runner's HTTP API: the invocation route, health and readiness, and describeRunner.
 //!
-//! Owns: routing, request parsing, the order of the pipeline steps (identity → policy → fetch →
-//! permission caps → pool), body limits and the error → status mapping (`error`). Must not touch:
-//! how identities are resolved, records verified or instances isolated; it calls those crates.
+//! Owns: routing, request parsing, the order of the pipeline steps (policy before resolution →
+//! identity → policy → fetch → permission caps → pool), body limits and the error → status
+//! mapping (`error`). Must not touch: how identities are resolved, records verified or instances
+//! isolated; it calls those crates.
 
 mod body_limit;
 pub mod data_quota;
@@ -293,6 +294,7 @@ async fn remote_target(
     selector: &VersionSelector,
 ) -> Result<Target, ApiError> {
     let id: AtIdentifier = author.parse()?;
+    author_precheck(st, &id).await?;
     let (resolved, handle) = st.identity.resolve(&id).await?;
     atrund_policy::check_author(
         &st.config.policy,
@@ -336,6 +338,51 @@ fn take_rate(st: &AppState, did: &str) -> Result<(), ApiError> {
             retry_after: Some(e.retry_after_secs),
             ..ApiError::new(e.code(), e.to_string())
         })
+}
+
+/// The allow-list, before anything the caller named is resolved (docs/security.md, "Who may
+/// run"): an unlisted identifier passes only if an operator-listed entry of the other kind
+/// resolves, verified, to it. Only listed entries are resolved here.
+async fn author_precheck(st: &AppState, id: &AtIdentifier) -> Result<(), ApiError> {
+    let (text, listed) = match id {
+        AtIdentifier::Did(d) => (d.as_str(), None),
+        AtIdentifier::Handle(h) => (h.as_str(), Some(h)),
+    };
+    let atrund_policy::Precheck::ViaListed(entries) =
+        atrund_policy::precheck_author(&st.config.policy, text)?
+    else {
+        return Ok(());
+    };
+    for entry in entries {
+        let matches = match listed {
+            // The caller named an unlisted DID: is it a listed handle's?
+            None => match entry.parse() {
+                Ok(h) => st
+                    .identity
+                    .resolve_handle(&h)
+                    .await
+                    .is_ok_and(|did| did.as_str() == text),
+                Err(_) => false,
+            },
+            // The caller named an unlisted handle: is it a listed DID's verified handle?
+            Some(h) => match entry.parse() {
+                Ok(did) => st
+                    .identity
+                    .resolve(&AtIdentifier::Did(did))
+                    .await
+                    .is_ok_and(|(_, verified)| verified.as_ref() == Some(h)),
+                Err(_) => false,
+            },
+        };
+        if matches {
+            return Ok(());
+        }
+    }
+    Err(atrund_policy::PolicyError::AuthorNotAllowed {
+        did: text.to_string(),
+        handle: None,
+    }
+    .into())
 }
 
 async fn local_target(

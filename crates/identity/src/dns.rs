@@ -47,19 +47,16 @@ impl TxtResolver for HickoryTxtResolver {
             .await
             .as_ref()
             .map_err(|e| {
-                IdentityError::unreachable(&format!("dns:{name}"), format!("no DNS resolver: {e}"))
+                IdentityError::unreachable("DNS", format!("{name}: no DNS resolver: {e}"))
             })?;
         let fqdn = format!("{}.", name.trim_end_matches('.'));
         match tokio::time::timeout(self.timeout, resolver.txt_lookup(fqdn)).await {
             Err(_) => Err(IdentityError::unreachable(
-                &format!("dns:{name}"),
-                format!("TXT look-up timed out after {:?}", self.timeout),
+                "DNS",
+                format!("{name}: TXT look-up timed out after {:?}", self.timeout),
             )),
             Ok(Err(e)) if e.is_nx_domain() || e.is_no_records_found() => Ok(vec![]),
-            Ok(Err(e)) => Err(IdentityError::unreachable(
-                &format!("dns:{name}"),
-                e.to_string(),
-            )),
+            Ok(Err(e)) => Err(IdentityError::unreachable("DNS", format!("{name}: {e}"))),
             Ok(Ok(lookup)) => Ok(lookup
                 .iter()
                 .map(|txt| {

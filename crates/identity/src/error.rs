@@ -37,9 +37,14 @@ pub enum IdentityError {
     /// the DID has been deactivated for good; the account no longer exists
     #[error("DID {0} is tombstoned (permanently deactivated); the account no longer exists")]
     Tombstoned(String),
-    /// a server could not be reached or failed; retry later
-    #[error("could not fetch {url}: {reason}; the server may be down, retry later")]
-    Unreachable { url: String, reason: String },
+    /// a server could not be reached or failed; retry later. `detail` (URL, network error,
+    /// status) is for the log only, never for the caller.
+    #[error("could not get an answer from {what}; it may be down or misconfigured, retry later")]
+    Unreachable { what: String, detail: String },
+    /// the server's address is loopback, private, link-local or another range this runner does
+    /// not contact. `detail` (addresses and reasons) is for the log only.
+    #[error("{what} is at an address this runner does not contact (loopback, private, link-local, cloud metadata or another special-purpose range); the author must use a publicly reachable server, or this runner's operator opens the address with allow_addrs")]
+    AddressNotAllowed { what: String, detail: String },
     /// the DID document is malformed or lacks what ATProto needs
     #[error("the DID document of {did} is unusable: {reason}; the account's owner must fix it")]
     InvalidDocument { did: String, reason: String },
@@ -57,7 +62,7 @@ pub enum IdentityError {
     #[error("handle {handle} did not resolve to a DID: {reason}; check the handle's DNS TXT record or its /.well-known/atproto-did")]
     HandleNotFound { handle: String, reason: String },
     /// a plain-http URL was refused
-    #[error("refusing insecure URL {0}: only https is allowed (plain http only to a loopback host when allow_http_loopback is set)")]
+    #[error("refusing insecure URL {0}: only https is allowed (plain http only to a loopback host when the runner's allow_http is set)")]
     InsecureUrl(String),
     /// the resolver configuration is unusable
     #[error("identity resolver configuration is invalid: {0}; fix the configuration")]
@@ -79,6 +84,7 @@ impl IdentityError {
             IdentityError::NotFound(_) => "DidNotFound",
             IdentityError::Tombstoned(_) => "DidTombstoned",
             IdentityError::Unreachable { .. } => "IdentityUnreachable",
+            IdentityError::AddressNotAllowed { .. } => "AddressNotAllowed",
             IdentityError::InvalidDocument { .. } => "DidDocumentInvalid",
             IdentityError::AuditLogInvalid { .. } => "PlcAuditLogInvalid",
             IdentityError::HandleMismatch { .. } => "HandleMismatch",
@@ -110,10 +116,19 @@ impl IdentityError {
         }
     }
 
-    pub(crate) fn unreachable(url: &str, reason: impl Into<String>) -> Self {
+    pub(crate) fn unreachable(what: &str, detail: impl Into<String>) -> Self {
         IdentityError::Unreachable {
-            url: url.to_string(),
-            reason: reason.into(),
+            what: what.to_string(),
+            detail: detail.into(),
+        }
+    }
+
+    /// What happened on the network, for the log: never part of the message.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            IdentityError::Unreachable { detail, .. }
+            | IdentityError::AddressNotAllowed { detail, .. } => Some(detail),
+            _ => None,
         }
     }
 
@@ -158,6 +173,10 @@ mod tests {
             IdentityError::NotFound("d".into()),
             IdentityError::Tombstoned("d".into()),
             IdentityError::unreachable("u", "r"),
+            IdentityError::AddressNotAllowed {
+                what: "w".into(),
+                detail: "d".into(),
+            },
             IdentityError::invalid_doc("d", "r"),
             IdentityError::audit("d", "r"),
             IdentityError::HandleMismatch {

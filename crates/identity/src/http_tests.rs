@@ -7,6 +7,7 @@ use crate::{
     AtIdentifier, Did, Handle, IdentityConfig, IdentityError, IdentityResolver, PublicKey,
     TxtResolver,
 };
+use atrund_testnet::{assert_no_network_text, Canary};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -125,10 +126,18 @@ impl Server {
     }
 }
 
+/// Opens exactly this server's address and port, as an operator's `allow_addrs` would.
+fn open(port: u16) -> atrund_netpolicy::AddressPolicy {
+    let sa = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    atrund_netpolicy::AddressPolicy::default()
+        .with_openings(&[atrund_netpolicy::Opening::Socket(sa)])
+}
+
 fn cfg(server: &Server) -> IdentityConfig {
     IdentityConfig {
         plc_url: server.url(),
         allow_http_loopback: true,
+        address_policy: open(server.port),
         timeout: Duration::from_millis(800),
         dns: false,
         well_known: false,
@@ -346,11 +355,16 @@ async fn unreachable_timeouts_and_caps() {
     let dead = IdentityConfig {
         plc_url: url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap(),
         allow_http_loopback: true,
+        address_policy: open(port),
         ..Default::default()
     };
     let r = IdentityResolver::new(dead).unwrap();
     let did: Did = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa".parse().unwrap();
-    assert_eq!(code(r.resolve_did(&did).await), "IdentityUnreachable");
+    let e = r.resolve_did(&did).await.unwrap_err();
+    assert_eq!(e.code(), "IdentityUnreachable");
+    // The OS error stays in the detail (for the log), out of the message.
+    assert_no_network_text("identity", &e.to_string());
+    assert!(e.detail().unwrap().contains("127.0.0.1"), "{e:?}");
 
     let server = Server::start().await;
     let did = serve_plc(&server);
@@ -366,7 +380,8 @@ async fn unreachable_timeouts_and_caps() {
 
     server.route(&format!("/{did}"), ok(vec![b' '; 65 * 1024]));
     let err = r.refresh_did(&did).await.unwrap_err();
-    assert!(err.to_string().contains("larger than"), "{err}");
+    assert!(err.detail().unwrap().contains("larger than"), "{err:?}");
+    assert!(!err.to_string().contains("127.0.0.1"), "{err}");
 }
 
 fn did_web_doc(did: &str, key: &PublicKey, handle: &str, pds: &str) -> Value {
@@ -560,4 +575,69 @@ async fn handle_service_fallback_and_dns_hang() {
     let (doc, verified) = r.resolve(&AtIdentifier::Did(did2)).await.unwrap();
     assert_eq!(doc.handle.as_ref().unwrap().as_str(), "bob.test");
     assert_eq!(verified, None);
+}
+
+#[tokio::test]
+async fn did_web_on_a_loopback_port_is_refused_without_connecting() {
+    let canary = Canary::bind("127.0.0.1:0").unwrap();
+    let server = Server::start().await;
+    // Plain http to loopback is permitted and the test server is opened, but not the canary.
+    let r = IdentityResolver::new(cfg(&server)).unwrap();
+    let did: Did = format!("did:web:localhost%3A{}", canary.port)
+        .parse()
+        .unwrap();
+    let e = r.resolve_did(&did).await.unwrap_err();
+    assert_eq!(e.code(), "AddressNotAllowed");
+    assert_no_network_text("identity", &e.to_string());
+    assert!(e.detail().unwrap().contains("loopback"), "{e:?}");
+    // The same through `resolve`, as the HTTP API calls it.
+    let id: AtIdentifier = did.as_str().parse().unwrap();
+    assert_eq!(code(r.resolve(&id).await), "AddressNotAllowed");
+    assert_eq!(canary.count(), 0);
+}
+
+#[tokio::test]
+async fn names_resolving_to_loopback_are_refused_for_did_web_and_well_known() {
+    // A canary on 443 when this test may bind it (root): there is where https would connect.
+    let canary = Canary::bind("127.0.0.1:443");
+    let lo: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let names = Arc::new(
+        atrund_netpolicy::MapResolver::new()
+            .with("evil.example.com", &[lo])
+            .with("localhost", &[lo]),
+    );
+    let c = IdentityConfig {
+        dns: false,
+        well_known: true,
+        ..Default::default()
+    };
+    let r = IdentityResolver::with_name_resolver(c, names).unwrap();
+    for did in ["did:web:evil.example.com", "did:web:localhost"] {
+        let e = r.resolve_did(&did.parse().unwrap()).await.unwrap_err();
+        assert_eq!(e.code(), "AddressNotAllowed", "{did}: {e:?}");
+        assert_no_network_text("identity", &e.to_string());
+    }
+    let h: Handle = "evil.example.com".parse().unwrap();
+    let e = r.resolve_handle(&h).await.unwrap_err();
+    assert_eq!(e.code(), "AddressNotAllowed", "{e:?}");
+    assert_no_network_text("identity", &e.to_string());
+    if let Some(c) = canary {
+        assert_eq!(c.count(), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_plc_redirect_is_not_followed_and_failures_say_no_more_than_unreachable() {
+    let canary = Canary::bind("127.0.0.1:0").unwrap();
+    let server = Server::start().await;
+    let did = serve_plc(&server);
+    let mut redirect = status(302);
+    redirect.location = Some(format!("http://127.0.0.1:{}/{did}", canary.port));
+    server.route(&format!("/{did}"), redirect.clone());
+    server.route(&format!("/{did}/log/audit"), redirect);
+    let r = IdentityResolver::new(cfg(&server)).unwrap();
+    let e = r.resolve_did(&did).await.unwrap_err();
+    assert_eq!(e.code(), "IdentityUnreachable");
+    assert_no_network_text("identity", &e.to_string());
+    assert_eq!(canary.count(), 0);
 }

@@ -14,6 +14,7 @@ use crate::key::PublicKey;
 use crate::net::{check_url, get_capped};
 use crate::plc::verify_audit_log;
 use crate::syntax::{AtIdentifier, Did, Handle};
+use atrund_netpolicy::{AddressPolicy, ClientConfig, GuardedClient, Resolve, SystemResolver};
 use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
@@ -24,6 +25,14 @@ const MAX_DOC_BYTES: usize = 64 * 1024;
 const MAX_AUDIT_BYTES: usize = 1024 * 1024;
 /// Largest `/.well-known/atproto-did` body, and resolveHandle answer.
 const MAX_HANDLE_BYTES: usize = 2048;
+/// Redirects followed for the handle's well-known file (each re-checked); nothing else redirects.
+const WELL_KNOWN_REDIRECTS: usize = 3;
+
+/// What each server is called in messages to callers (never its URL or address).
+const PLC: &str = "the PLC directory";
+const DID_WEB: &str = "the did:web host";
+const WELL_KNOWN: &str = "the handle's web server";
+const HANDLE_SERVICE: &str = "the handle resolution service";
 
 /// What a DID resolves to. For did:plc every field comes from the verified audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +51,12 @@ pub struct IdentityConfig {
     /// PLC directory base URL.
     pub plc_url: Url,
     /// Permits plain http to localhost / 127.0.0.0/8 / ::1 only: PLC URL, did:web
-    /// `localhost%3APORT`, PDS endpoints, the resolveHandle service. Off by default.
+    /// `localhost%3APORT`, PDS endpoints, the resolveHandle service. Off by default. Opens no
+    /// address: loopback must still be opened in `address_policy`.
     pub allow_http_loopback: bool,
+    /// Which addresses every identity request may connect to (special-purpose ranges refused
+    /// unless opened), checked after resolving and for each redirect.
+    pub address_policy: AddressPolicy,
     /// Per request (and per DNS query).
     pub timeout: Duration,
     /// After this a cached answer is served while it refreshes in the background.
@@ -70,6 +83,7 @@ impl Default for IdentityConfig {
         IdentityConfig {
             plc_url: Url::parse("https://plc.directory").unwrap_or_else(|_| unreachable!()),
             allow_http_loopback: false,
+            address_policy: AddressPolicy::default(),
             timeout: Duration::from_secs(3),
             stale_ttl: Duration::from_secs(3600),
             max_ttl: Duration::from_secs(24 * 3600),
@@ -92,9 +106,10 @@ pub struct IdentityResolver {
 struct Inner {
     cfg: IdentityConfig,
     /// No redirects: DID documents and PLC answers must be served directly.
-    http: reqwest::Client,
-    /// A few https-only redirects, which the handle spec allows for the well-known file.
-    http_well_known: reqwest::Client,
+    http: GuardedClient,
+    /// A few redirects, each re-checked (scheme and address), which the handle spec allows for
+    /// the well-known file.
+    http_well_known: GuardedClient,
     txt: Arc<dyn TxtResolver>,
     dids: Arc<TtlCache<Did, Arc<ResolvedDid>>>,
     handles: Arc<TtlCache<Handle, Did>>,
@@ -110,12 +125,22 @@ impl std::fmt::Debug for IdentityResolver {
 
 impl IdentityResolver {
     pub fn new(cfg: IdentityConfig) -> Result<Self, IdentityError> {
-        Self::build(cfg, None)
+        Self::build(cfg, None, Arc::new(SystemResolver))
+    }
+
+    /// Like `new`, with the name resolver of HTTP requests replaced (tests pin names; every
+    /// address it answers is still checked against `address_policy`).
+    pub fn with_name_resolver(
+        cfg: IdentityConfig,
+        names: Arc<dyn Resolve>,
+    ) -> Result<Self, IdentityError> {
+        Self::build(cfg, None, names)
     }
 
     fn build(
         cfg: IdentityConfig,
         txt: Option<Arc<dyn TxtResolver>>,
+        names: Arc<dyn Resolve>,
     ) -> Result<Self, IdentityError> {
         check_url(&cfg.plc_url, cfg.allow_http_loopback)?;
         if let Some(svc) = &cfg.handle_resolution_service {
@@ -129,26 +154,20 @@ impl IdentityResolver {
                 "stale_ttl must not exceed max_ttl".into(),
             ));
         }
-        let builder = || {
-            reqwest::Client::builder()
-                .timeout(cfg.timeout)
-                .connect_timeout(cfg.timeout)
-                .user_agent(concat!("at-rund/", env!("CARGO_PKG_VERSION")))
+        let client = |max_redirects| {
+            GuardedClient::new(
+                ClientConfig {
+                    timeout: cfg.timeout,
+                    max_redirects,
+                    allow_http_loopback: cfg.allow_http_loopback,
+                },
+                cfg.address_policy.clone(),
+                names.clone(),
+            )
+            .map_err(|e| IdentityError::Config(e.to_string()))
         };
-        let http = builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| IdentityError::Config(format!("HTTP client: {e}")))?;
-        let http_well_known = builder()
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                if attempt.previous().len() >= 3 || attempt.url().scheme() != "https" {
-                    attempt.stop()
-                } else {
-                    attempt.follow()
-                }
-            }))
-            .build()
-            .map_err(|e| IdentityError::Config(format!("HTTP client: {e}")))?;
+        let http = client(0)?;
+        let http_well_known = client(WELL_KNOWN_REDIRECTS)?;
         let ttls = Ttls {
             stale: cfg.stale_ttl,
             max: cfg.max_ttl,
@@ -215,7 +234,7 @@ impl IdentityResolver {
                     _ => inner.fetch_web(&d).await,
                 };
                 if let Err(e) = &r {
-                    tracing::debug!(did = %d, error = %e, "DID resolution failed");
+                    tracing::info!(did = %d, error = %e, detail = e.detail().unwrap_or(""), "DID resolution failed");
                 }
                 r.map(Arc::new)
             })
@@ -230,7 +249,11 @@ impl IdentityResolver {
         self.inner
             .handles
             .get(h.clone(), false, move || async move {
-                this.fetch_handle(&handle).await
+                let r = this.fetch_handle(&handle).await;
+                if let Err(e) = &r {
+                    tracing::info!(%handle, error = %e, detail = e.detail().unwrap_or(""), "handle resolution failed");
+                }
+                r
             })
             .await
     }
@@ -344,6 +367,7 @@ impl IdentityResolver {
         }
         let mut reasons = Vec::new();
         let mut transient = false;
+        let mut refused = None;
         let mut found = None;
         let mut iter = tasks.into_iter();
         for (name, task) in iter.by_ref() {
@@ -355,7 +379,10 @@ impl IdentityResolver {
                 Ok(Ok(None)) => reasons.push(format!("{name}: no answer")),
                 Ok(Err(e)) => {
                     transient |= e.is_transient();
-                    reasons.push(format!("{name}: {e}"));
+                    reasons.push(format!("{name}: {}", e.detail().unwrap_or(&e.to_string())));
+                    if e.code() == "AddressNotAllowed" {
+                        refused = Some(e);
+                    }
                 }
                 Err(e) => reasons.push(format!("{name}: task failed: {e}")),
             }
@@ -367,8 +394,18 @@ impl IdentityResolver {
             return Ok(did);
         }
         let reason = reasons.join("; ");
-        if transient {
-            Err(IdentityError::unreachable(&format!("handle {h}"), reason))
+        // A method stopped by the address policy is reported as such, so that the caller sees
+        // the same refusal whether or not something listens there.
+        if let Some(IdentityError::AddressNotAllowed { what, .. }) = refused {
+            Err(IdentityError::AddressNotAllowed {
+                what,
+                detail: format!("handle {h}: {reason}"),
+            })
+        } else if transient {
+            Err(IdentityError::unreachable(
+                "the handle's servers",
+                format!("handle {h}: {reason}"),
+            ))
         } else {
             Err(IdentityError::HandleNotFound {
                 handle: h.to_string(),
@@ -397,25 +434,33 @@ impl Inner {
         let (doc, log) = futures::join!(
             get_capped(
                 &self.http,
+                PLC,
                 &doc_url,
                 MAX_DOC_BYTES,
                 t,
                 "application/did+ld+json, application/json"
             ),
-            get_capped(&self.http, &log_url, MAX_AUDIT_BYTES, t, "application/json"),
+            get_capped(
+                &self.http,
+                PLC,
+                &log_url,
+                MAX_AUDIT_BYTES,
+                t,
+                "application/json"
+            ),
         );
         let doc = doc?;
         match doc.status.as_u16() {
             200..=299 => {}
             404 => return Err(IdentityError::NotFound(did.to_string())),
             410 => return Err(IdentityError::Tombstoned(did.to_string())),
-            s => return Err(status_error(&doc_url, s)),
+            s => return Err(status_error(PLC, &doc_url, s)),
         }
         let log = log?;
         match log.status.as_u16() {
             200..=299 => {}
             404 => return Err(IdentityError::NotFound(did.to_string())),
-            s => return Err(status_error(&log_url, s)),
+            s => return Err(status_error(PLC, &log_url, s)),
         }
         let state = verify_audit_log(did, &log.body)?;
         let info = parse_did_doc(did, &doc.body, self.cfg.allow_http_loopback)?;
@@ -472,7 +517,7 @@ impl Inner {
         let local = host == "localhost";
         if port.is_some() && !self.cfg.allow_http_loopback {
             return Err(IdentityError::InsecureUrl(format!(
-                "{did} (a localhost port is only for development; set allow_http_loopback)"
+                "{did} (a localhost port is only for development; only when the runner sets allow_http)"
             )));
         }
         let scheme = if local && self.cfg.allow_http_loopback {
@@ -491,6 +536,7 @@ impl Inner {
         check_url(&url, self.cfg.allow_http_loopback)?;
         let resp = get_capped(
             &self.http,
+            DID_WEB,
             &url,
             MAX_DOC_BYTES,
             self.cfg.timeout,
@@ -536,6 +582,7 @@ impl Inner {
             .map_err(|e| IdentityError::bad_handle(h.as_str(), e.to_string()))?;
         let resp = get_capped(
             &self.http_well_known,
+            WELL_KNOWN,
             &url,
             MAX_HANDLE_BYTES,
             self.cfg.timeout,
@@ -545,7 +592,7 @@ impl Inner {
         match resp.status.as_u16() {
             200..=299 => {}
             404 | 410 => return Ok(None),
-            s => return Err(status_error(&url, s)),
+            s => return Err(status_error(WELL_KNOWN, &url, s)),
         }
         Ok(did_from_well_known(&resp.body))
     }
@@ -559,6 +606,7 @@ impl Inner {
         url.query_pairs_mut().append_pair("handle", h.as_str());
         let resp = get_capped(
             &self.http,
+            HANDLE_SERVICE,
             &url,
             MAX_HANDLE_BYTES,
             self.cfg.timeout,
@@ -569,7 +617,7 @@ impl Inner {
             200..=299 => {}
             // XRPC errors (HandleNotFound, InvalidRequest) are 400s.
             400 | 404 => return Ok(None),
-            s => return Err(status_error(&url, s)),
+            s => return Err(status_error(HANDLE_SERVICE, &url, s)),
         }
         #[derive(serde::Deserialize)]
         struct Answer {
@@ -590,15 +638,15 @@ fn did_from_well_known(body: &[u8]) -> Option<Did> {
     text.lines().next()?.trim().parse().ok()
 }
 
-fn status_error(url: &Url, status: u16) -> IdentityError {
-    IdentityError::unreachable(url.as_str(), format!("HTTP status {status}"))
+fn status_error(what: &str, url: &Url, status: u16) -> IdentityError {
+    IdentityError::unreachable(what, format!("{url}: HTTP status {status}"))
 }
 
 fn status_error_web(did: &Did, url: &Url, status: u16) -> IdentityError {
     match status {
         // Like the reference: a did:web host that does not serve the document means no DID.
         400..=499 if status != 429 => IdentityError::NotFound(did.to_string()),
-        _ => status_error(url, status),
+        _ => status_error(DID_WEB, url, status),
     }
 }
 

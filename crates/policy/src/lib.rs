@@ -109,6 +109,57 @@ pub fn check_author(
     }
 }
 
+/// What [`precheck_author`] allows before anything is resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precheck<'a> {
+    /// The policy is open, or the identifier itself is listed: resolve it, then
+    /// [`check_author`] as usual.
+    Resolve,
+    /// The identifier is not listed, but may be a listed author under its other name: resolve
+    /// these operator-listed entries (handles for a DID, DIDs for a handle) and let it through
+    /// only if one of them verifiably is it. The caller's identifier is not resolved first.
+    ViaListed(Vec<&'a str>),
+}
+
+/// The allow-list decision that needs no resolution, made before the runner contacts anything a
+/// caller named (`id` is the DID or handle from the request). A DID that is not listed can only
+/// be a listed handle's DID, a handle that is not listed only a listed DID's verified handle;
+/// with no entries of the other kind it is refused here (`AuthorNotAllowed`).
+pub fn precheck_author<'a>(
+    policy: &'a AuthorPolicy,
+    id: &str,
+) -> Result<Precheck<'a>, PolicyError> {
+    let entries = match policy {
+        AuthorPolicy::Open => return Ok(Precheck::Resolve),
+        AuthorPolicy::AllowList(e) if e.is_empty() => return Err(PolicyError::PolicyClosed),
+        AuthorPolicy::AllowList(e) => e,
+    };
+    let is_did = id.starts_with("did:");
+    let handle = id.trim_end_matches('.');
+    let listed = entries.iter().any(|e| {
+        if is_did {
+            e == id
+        } else {
+            !e.starts_with("did:") && e.eq_ignore_ascii_case(handle)
+        }
+    });
+    if listed {
+        return Ok(Precheck::Resolve);
+    }
+    let other_kind: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.starts_with("did:") != is_did)
+        .map(String::as_str)
+        .collect();
+    if other_kind.is_empty() {
+        return Err(PolicyError::AuthorNotAllowed {
+            did: id.to_string(),
+            handle: None,
+        });
+    }
+    Ok(Precheck::ViaListed(other_kind))
+}
+
 /// Checks a manifest against the operator's caps and limits and returns the limits the bundle
 /// runs with. The manifest is validated first ([`Manifest::validate`]) so nothing malformed gets
 /// through.

@@ -242,3 +242,54 @@ fn malformed_manifest_is_refused() {
     assert_eq!((e.code(), e.status()), ("BundleInvalid", 502));
     assert!(e.to_string().contains("timeoutMs"), "{e}");
 }
+
+#[test]
+fn precheck_refuses_unlisted_identifiers_without_resolving() {
+    // open: everything is resolved (the address policy guards the requests)
+    assert_eq!(
+        precheck_author(&AuthorPolicy::Open, "did:web:x.example"),
+        Ok(Precheck::Resolve)
+    );
+    assert_eq!(
+        precheck_author(&AuthorPolicy::default(), "did:plc:x"),
+        Err(PolicyError::PolicyClosed)
+    );
+    // only DIDs listed: an unlisted DID or any unlisted handle is refused outright
+    let dids = allow(&["did:plc:abc", "did:web:a.example"]);
+    assert_eq!(precheck_author(&dids, "did:plc:abc"), Ok(Precheck::Resolve));
+    let e = precheck_author(&dids, "did:web:localhost%3A22").unwrap_err();
+    assert_eq!((e.code(), e.status()), ("AuthorNotAllowed", 403));
+    assert!(e.to_string().contains("did:web:localhost%3A22"), "{e}");
+    // ...but an unlisted handle may be a listed DID's: the listed DIDs are what get resolved
+    assert_eq!(
+        precheck_author(&dids, "bob.example.com"),
+        Ok(Precheck::ViaListed(vec![
+            "did:plc:abc",
+            "did:web:a.example"
+        ]))
+    );
+    // only handles listed: a listed handle is resolved (case-insensitive, trailing dot)
+    let handles = allow(&["Alice.Example.com"]);
+    assert_eq!(
+        precheck_author(&handles, "alice.example.com."),
+        Ok(Precheck::Resolve)
+    );
+    assert_eq!(
+        precheck_author(&handles, "evil.example.com")
+            .unwrap_err()
+            .code(),
+        "AuthorNotAllowed"
+    );
+    // an unlisted DID may be the listed handle's DID: the listed handles get resolved
+    assert_eq!(
+        precheck_author(&handles, "did:plc:zzz"),
+        Ok(Precheck::ViaListed(vec!["Alice.Example.com"]))
+    );
+    // a handle entry never counts as listing a DID string, nor a DID entry a handle
+    assert_eq!(
+        precheck_author(&allow(&["did:plc:abc"]), "did:plc:abd")
+            .unwrap_err()
+            .code(),
+        "AuthorNotAllowed"
+    );
+}

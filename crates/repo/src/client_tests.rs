@@ -309,10 +309,17 @@ async fn serve(handler: Handler) -> url::Url {
     url::Url::parse(&format!("http://127.0.0.1:{}", addr.port())).unwrap()
 }
 
+/// Loopback opened whole, as `allow_addrs = ["127.0.0.1/32", "::1/128"]` would.
+fn loopback_open() -> atrund_netpolicy::AddressPolicy {
+    let o = |s: &str| s.parse::<atrund_netpolicy::Opening>().unwrap();
+    atrund_netpolicy::AddressPolicy::default().with_openings(&[o("127.0.0.1/32"), o("::1/128")])
+}
+
 fn client() -> RepoClient {
     RepoClient::new(FetchConfig {
         timeout: Duration::from_secs(5),
         allow_http_loopback: true,
+        address_policy: loopback_open(),
         ..FetchConfig::default()
     })
     .unwrap()
@@ -382,6 +389,7 @@ async fn get_record_size_caps() {
     let small = RepoClient::new(FetchConfig {
         max_car_bytes: 100,
         allow_http_loopback: true,
+        address_policy: loopback_open(),
         ..FetchConfig::default()
     })
     .unwrap();
@@ -461,9 +469,10 @@ async fn pds_error_mapping() {
         code("html500").await,
         FetchError::PdsUnreachable(_)
     ));
+    // Redirects are followed (re-checked): this one leads to a closed port.
     assert!(matches!(
         code("redirect").await,
-        FetchError::PdsError { status: 302, .. }
+        FetchError::PdsUnreachable(_)
     ));
     assert!(matches!(code("garbage").await, FetchError::CarInvalid(_)));
 }
@@ -481,11 +490,15 @@ async fn unreachable_and_timeouts() {
         .await
         .unwrap_err();
     assert!(matches!(err, FetchError::PdsUnreachable(_)), "{err:?}");
+    // The OS error stays in the detail (for the log), out of the message.
+    atrund_testnet::assert_no_network_text("repo", &err.to_string());
+    assert!(err.detail().unwrap().contains("127.0.0.1"), "{err:?}");
 
     let hang = serve(Arc::new(|_: &url::Url| Reply::Hang)).await;
     let quick = RepoClient::new(FetchConfig {
         timeout: Duration::from_millis(300),
         allow_http_loopback: true,
+        address_policy: loopback_open(),
         ..FetchConfig::default()
     })
     .unwrap();
@@ -506,7 +519,6 @@ async fn insecure_urls_are_refused() {
         (&strict, "http://127.0.0.1:1"),
         (&strict, "http://localhost:1"),
         (&loose, "http://example.com"),
-        (&loose, "http://127.0.0.2:1"),
         (&loose, "ftp://localhost/"),
     ];
     for (c, u) in cases {
@@ -638,4 +650,64 @@ async fn list_record_cids_walks_pages() {
     );
     let one = c.list_record_cids(&pds, DID, COL, 1).await.unwrap();
     assert_eq!(one, vec![("aaa".to_string(), cid_a)]);
+}
+
+#[tokio::test]
+async fn pds_at_a_special_address_is_refused_without_connecting() {
+    let canary = atrund_testnet::Canary::bind("127.0.0.1:0").unwrap();
+    let port = canary.port;
+    // Production-like: plain http allowed (development) but no address opened.
+    let c = RepoClient::new(FetchConfig {
+        timeout: Duration::from_secs(2),
+        allow_http_loopback: true,
+        ..FetchConfig::default()
+    })
+    .unwrap();
+    let blob = cid_for(RAW, b"x");
+    for pds in [
+        format!("https://127.0.0.1:{port}"),
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}"),
+        format!("https://[::ffff:127.0.0.1]:{port}"),
+        "https://10.0.0.1".to_string(),
+        "https://169.254.169.254".to_string(),
+    ] {
+        let url = url::Url::parse(&pds).unwrap();
+        let e = c.get_record(&url, DID, &pk(), COL, "a").await.unwrap_err();
+        assert_eq!(e.code(), "AddressNotAllowed", "{pds}: {e:?}");
+        atrund_testnet::assert_no_network_text("repo", &e.to_string());
+        let e = c.get_blob(&url, DID, &blob, 1).await.unwrap_err();
+        assert_eq!(e.code(), "AddressNotAllowed", "{pds}: {e:?}");
+    }
+    assert_eq!(canary.count(), 0);
+}
+
+#[tokio::test]
+async fn a_pds_redirect_to_loopback_is_refused_without_connecting() {
+    let canary = atrund_testnet::Canary::bind("127.0.0.1:0").unwrap();
+    let port = canary.port;
+    let target = format!("http://127.0.0.1:{port}/xrpc/com.atproto.sync.getRecord");
+    let pds = serve(Arc::new(move |_: &url::Url| {
+        Reply::Full(302, vec![("location", target.clone())], vec![])
+    }))
+    .await;
+    // Only the redirecting PDS is opened, not the rest of loopback.
+    let sa = std::net::SocketAddr::from(([127, 0, 0, 1], pds.port().unwrap()));
+    let c = RepoClient::new(FetchConfig {
+        timeout: Duration::from_secs(2),
+        allow_http_loopback: true,
+        address_policy: atrund_netpolicy::AddressPolicy::default()
+            .with_openings(&[atrund_netpolicy::Opening::Socket(sa)]),
+        ..FetchConfig::default()
+    })
+    .unwrap();
+    let e = c.get_record(&pds, DID, &pk(), COL, "a").await.unwrap_err();
+    assert_eq!(e.code(), "AddressNotAllowed", "{e:?}");
+    atrund_testnet::assert_no_network_text("repo", &e.to_string());
+    let e = c
+        .get_blob(&pds, DID, &cid_for(RAW, b"x"), 1)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "AddressNotAllowed", "{e:?}");
+    assert_eq!(canary.count(), 0);
 }

@@ -4,7 +4,9 @@
 //! Owns: the XRPC calls `com.atproto.sync.getRecord`, `com.atproto.sync.getBlob` and
 //! `com.atproto.repo.listRecords` (hints only), size caps, PDS error mapping, and the
 //! verification chain. Must not touch: DID resolution or caching (the caller passes the PDS URL
-//! and the key it resolved), bundle semantics, or storage.
+//! and the key it resolved), bundle semantics, or storage. Connections go through
+//! `atrund-netpolicy`'s `GuardedClient` only (the PDS URL comes from a DID document the caller
+//! may control, so its addresses are checked like any other).
 
 pub mod blob;
 pub mod car;
@@ -16,9 +18,13 @@ mod client_tests;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use atrund_identity::PublicKey;
+use atrund_netpolicy::{
+    AddressPolicy, ClientConfig, GuardedClient, OutboundError, Resolve, SystemResolver,
+};
 use cid::Cid;
 use ipld_core::ipld::Ipld;
 use serde::Deserialize;
@@ -34,11 +40,16 @@ const MAX_ERROR_BODY_BYTES: u64 = 64 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// the PDS URL is not https (http is allowed only to a loopback host in test mode)
-    #[error("PDS URL {0} is not https; plain http is only allowed to localhost/127.0.0.1/[::1] with allow_http_loopback set. Fix the DID document's PDS endpoint or the config")]
+    #[error("PDS URL {0} is not https; plain http is only allowed to localhost, 127.0.0.0/8 and [::1] with allow_http set. Fix the DID document's PDS endpoint or the config")]
     InsecureUrl(String),
-    /// the PDS could not be reached, timed out, or answered 5xx
-    #[error("the PDS could not be reached or failed ({0}); retry later or check the PDS")]
+    /// the PDS could not be reached, timed out, or answered 5xx. The field is the network
+    /// detail, for the log only (see [`FetchError::detail`]).
+    #[error("could not get an answer from the author's PDS; it may be down, retry later")]
     PdsUnreachable(String),
+    /// the PDS (or a redirect from it) is at an address this runner does not contact. The field
+    /// is the detail (addresses and reasons), for the log only.
+    #[error("the author's PDS is at an address this runner does not contact (loopback, private, link-local, cloud metadata or another special-purpose range); the author must use a publicly reachable PDS, or this runner's operator opens the address with allow_addrs")]
+    AddressNotAllowed(String),
     /// the PDS answered with a non-2xx status we don't map to anything more specific
     #[error("the PDS answered HTTP {status} {error}: {message}; check the request and the PDS")]
     PdsError {
@@ -118,6 +129,7 @@ impl FetchError {
         match self {
             FetchError::InsecureUrl(_) => "InsecureUrl",
             FetchError::PdsUnreachable(_) => "PdsUnreachable",
+            FetchError::AddressNotAllowed(_) => "AddressNotAllowed",
             FetchError::PdsError { .. } => "PdsError",
             FetchError::TooLarge { .. } => "ResponseTooLarge",
             FetchError::CarInvalid(_) => "CarInvalid",
@@ -138,6 +150,14 @@ impl FetchError {
             FetchError::ClientBuild(_) => "HttpClientInit",
         }
     }
+
+    /// What happened on the network, for the log: never part of the message.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            FetchError::PdsUnreachable(d) | FetchError::AddressNotAllowed(d) => Some(d),
+            _ => None,
+        }
+    }
 }
 
 /// Network limits for fetching.
@@ -149,8 +169,11 @@ pub struct FetchConfig {
     pub max_car_bytes: u64,
     /// Largest blob accepted.
     pub max_blob_bytes: u64,
-    /// Allow plain http to localhost/127.0.0.1/[::1] (tests, local PDS).
+    /// Allow plain http to localhost/127.0.0.0/8/[::1] (tests, local PDS). Opens no address:
+    /// loopback must still be opened in `address_policy`.
     pub allow_http_loopback: bool,
+    /// Which addresses PDS requests (and their redirects) may connect to.
+    pub address_policy: AddressPolicy,
 }
 
 impl Default for FetchConfig {
@@ -160,9 +183,15 @@ impl Default for FetchConfig {
             max_car_bytes: 1024 * 1024,
             max_blob_bytes: 20 * 1024 * 1024,
             allow_http_loopback: false,
+            address_policy: AddressPolicy::default(),
         }
     }
 }
+
+/// Redirects followed from a PDS, each re-checked (https, address policy). Everything fetched is
+/// verified against the author's key or the record's CID, so who serves it does not matter;
+/// following lets a PDS hand blobs to a CDN.
+const MAX_REDIRECTS: usize = 3;
 
 /// A record proven to be in the author's repo at `rev`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -290,22 +319,11 @@ fn is_rkey(rkey: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b".-_:~".contains(&c))
 }
 
-/// Rejects anything but https, or http to a loopback host when allowed.
+/// Rejects anything but https, or http to a loopback host when allowed (the rule of
+/// `atrund_netpolicy::check_url`).
 pub fn check_url(url: &url::Url, allow_http_loopback: bool) -> Result<(), FetchError> {
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if allow_http_loopback && is_loopback(url) => Ok(()),
-        _ => Err(FetchError::InsecureUrl(url.to_string())),
-    }
-}
-
-fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip == std::net::Ipv4Addr::LOCALHOST,
-        Some(url::Host::Ipv6(ip)) => ip == std::net::Ipv6Addr::LOCALHOST,
-        None => false,
-    }
+    atrund_netpolicy::check_url(url, allow_http_loopback)
+        .map_err(|_| FetchError::InsecureUrl(url.to_string()))
 }
 
 /// Which call an error came from, to map "not found" answers.
@@ -319,22 +337,33 @@ enum Call {
 /// HTTP client for a PDS. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct RepoClient {
-    http: reqwest::Client,
+    http: GuardedClient,
     cfg: FetchConfig,
 }
 
 impl RepoClient {
-    /// Builds the client: rustls, no redirects (a PDS has no business redirecting sync calls),
-    /// the configured timeout on every request.
+    /// Builds the client: checked addresses only, at most [`MAX_REDIRECTS`] re-checked
+    /// redirects, the configured timeout on every request.
     pub fn new(cfg: FetchConfig) -> Result<Self, FetchError> {
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout)
-            .user_agent(concat!("at-rund/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| FetchError::ClientBuild(e.to_string()))?;
+        Self::with_name_resolver(cfg, Arc::new(SystemResolver))
+    }
+
+    /// Like `new`, with the name resolver replaced (tests pin names; every address it answers is
+    /// still checked against `address_policy`).
+    pub fn with_name_resolver(
+        cfg: FetchConfig,
+        names: Arc<dyn Resolve>,
+    ) -> Result<Self, FetchError> {
+        let http = GuardedClient::new(
+            ClientConfig {
+                timeout: cfg.timeout,
+                max_redirects: MAX_REDIRECTS,
+                allow_http_loopback: cfg.allow_http_loopback,
+            },
+            cfg.address_policy.clone(),
+            names,
+        )
+        .map_err(|e| FetchError::ClientBuild(e.to_string()))?;
         Ok(RepoClient { http, cfg })
     }
 
@@ -491,13 +520,11 @@ impl RepoClient {
         accept: &str,
         call: Call,
     ) -> Result<reqwest::Response, FetchError> {
-        let resp = self
-            .http
-            .get(url)
-            .header(reqwest::header::ACCEPT, accept)
-            .send()
-            .await
-            .map_err(unreachable_err)?;
+        let resp = self.http.get(&url, accept).await.map_err(|e| {
+            let e = outbound_error(e);
+            tracing::info!(%url, error = %e, detail = e.detail().unwrap_or(""), "PDS request failed");
+            e
+        })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -508,7 +535,11 @@ impl RepoClient {
         })
         .await
         .unwrap_or_default();
-        Err(map_pds_error(status.as_u16(), &body, call))
+        let e = map_pds_error(status.as_u16(), &body, call);
+        if let Some(detail) = e.detail() {
+            tracing::info!(%url, %detail, "PDS request failed");
+        }
+        Err(e)
     }
 }
 
@@ -575,14 +606,22 @@ fn map_pds_error(status: u16, body: &[u8], call: Call) -> FetchError {
     }
 }
 
-fn unreachable_err(e: reqwest::Error) -> FetchError {
+/// Keeps the class, moves the network text into the detail.
+fn outbound_error(e: OutboundError) -> FetchError {
+    match e {
+        OutboundError::AddressNotAllowed { .. } => FetchError::AddressNotAllowed(e.to_string()),
+        // The PDS URL is checked before the request, so this is a refused redirect.
+        other => FetchError::PdsUnreachable(other.to_string()),
+    }
+}
+
+fn body_error(e: reqwest::Error) -> FetchError {
     let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
+        "timed out reading the body"
     } else {
-        "request failed"
+        "reading the body failed"
     };
+    tracing::info!(error = %e, "{what}");
     FetchError::PdsUnreachable(format!("{what}: {e}"))
 }
 
@@ -598,7 +637,7 @@ async fn read_capped(
     }
     let initial = resp.content_length().unwrap_or(0).min(limit).min(1 << 20);
     let mut buf = Vec::with_capacity(initial as usize);
-    while let Some(chunk) = resp.chunk().await.map_err(unreachable_err)? {
+    while let Some(chunk) = resp.chunk().await.map_err(body_error)? {
         if (buf.len() + chunk.len()) as u64 > limit {
             return Err(overflow());
         }

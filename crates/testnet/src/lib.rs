@@ -3,7 +3,8 @@
 //! Deno binary.
 //!
 //! Owns: spawning the Node harness once per test binary, parsing its ready line, creating
-//! throw-away accounts. Must not touch: anything outside the harness's own temp dir and loopback.
+//! throw-away accounts, and [`Canary`], a listener that counts the connections a test expects never
+//! to happen. Must not touch: anything outside the harness's own temp dir and loopback.
 //!
 //! This crate is a dev-dependency only, so it reports failures by panicking with a message that
 //! says what to do (a test helper's failure *is* a test failure); there is no error enum.
@@ -288,6 +289,23 @@ fn handle_label(prefix: &str, n: u64) -> String {
 }
 
 impl TestNet {
+    /// The runner's `allow_addrs` for this network: `127.0.0.1:<port>` of the PLC, the PDS and
+    /// the did:web host, comma-separated, and nothing else of loopback. Attack tests rely on the
+    /// rest of 127.0.0.1 staying closed.
+    pub fn allow_addrs(&self) -> String {
+        let mut ports: Vec<u16> = [&self.plc_url, &self.pds_url, &self.carol_did_doc_url]
+            .iter()
+            .filter_map(|u| reqwest::Url::parse(u).ok()?.port_or_known_default())
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// A fresh `did:plc` account `<prefix><n>.test` (password `hunter2-password`), so each test
     /// owns its repo. Panics if the PDS refuses.
     pub async fn create_account(&self, handle_prefix: &str) -> Account {
@@ -364,6 +382,56 @@ pub fn deno_path() -> Option<PathBuf> {
             &format!("the Deno binary {}", p.display()),
             "run `npm ci` in tools/deno, or set ATRUND_TEST_DENO",
         )
+    }
+}
+
+/// A TCP listener that accepts, counts and closes every connection: a place the code under test
+/// must never reach ("refused" must mean "never connected", not "connected and failed").
+pub struct Canary {
+    pub port: u16,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Canary {
+    /// Listens on `addr` (`127.0.0.1:0` for any free port); `None` if it cannot bind (a fixed
+    /// port in use, or below 1024 without the right). Accepts on its own thread until the test
+    /// binary exits.
+    pub fn bind(addr: &str) -> Option<Canary> {
+        let listener = std::net::TcpListener::bind(addr).ok()?;
+        let port = listener.local_addr().ok()?.port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = accepted.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                n.fetch_add(1, Ordering::SeqCst);
+                drop(conn);
+            }
+        });
+        Some(Canary { port, accepted })
+    }
+
+    /// Connections accepted so far.
+    pub fn count(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// Panics when a message meant for a caller carries network detail: OS error text, connection
+/// wording, or the loopback and private addresses the attack tests aim at. `what` names the case.
+pub fn assert_no_network_text(what: &str, message: &str) {
+    let lower = message.to_ascii_lowercase();
+    for leak in [
+        "os error",
+        "connection",
+        "refused",
+        "reset by peer",
+        "error sending",
+        "tcp",
+        "127.0.0.1",
+        "::1",
+        "10.0.0.1",
+    ] {
+        assert!(!lower.contains(leak), "{what}: leaks '{leak}': {message}");
     }
 }
 

@@ -36,11 +36,13 @@ pub fn command(deno: &Path, data_dir: &Path) -> Command {
     cmd
 }
 
-/// Points `cmd` at the test network: its PLC, plain http on loopback, handles through the PDS's
-/// resolveHandle (no DNS or well-known for `*.test`), and no caching of resolved versions.
+/// Points `cmd` at the test network: its PLC, plain http on loopback with exactly the test
+/// network's ports opened (`allow_addrs`; the rest of loopback stays refused), handles through the
+/// PDS's resolveHandle (no DNS or well-known for `*.test`), and no caching of resolved versions.
 pub fn use_test_net<'a>(cmd: &'a mut Command, net: &TestNet) -> &'a mut Command {
     cmd.env("ATRUND_PLC_URL", &net.plc_url)
         .env("ATRUND_ALLOW_HTTP", "1")
+        .env("ATRUND_ALLOW_ADDRS", net.allow_addrs())
         .env("ATRUND_IDENTITY_HANDLE_RESOLVER", &net.pds_url)
         .env("ATRUND_IDENTITY_DNS", "false")
         .env("ATRUND_IDENTITY_WELL_KNOWN", "false")

@@ -1,9 +1,11 @@
-//! Which resolved addresses the proxy may connect to: a fixed classifier of special-purpose
-//! ranges plus the operator's `allow_cidrs` / `deny_cidrs`.
+//! Which resolved addresses may be connected to: a fixed classifier of special-purpose ranges
+//! plus the operator's exceptions (ranges opened or refused, and single `address:port` openings).
+//! Shared by the egress proxy (bundles' requests) and the runner's own requests (identity, PDS).
 //!
-//! Owns: the address decision after resolution. Must not touch: names, rules, the network.
+//! Owns: the address decision after resolution, and the syntax of an opening. Must not touch:
+//! names, rules, the network.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
 
@@ -173,6 +175,72 @@ pub struct AddressPolicy {
     pub allow_cidrs: Vec<IpNet>,
     /// Ranges refused in addition; wins over `allow_cidrs`.
     pub deny_cidrs: Vec<IpNet>,
+    /// Single `address:port` pairs opened despite the classifier (only by
+    /// [`AddressPolicy::check_socket`]; never unspecified). Narrower than a range: a test PLC on
+    /// 127.0.0.1:2582 can be opened without opening every other loopback port.
+    pub allow_sockets: Vec<SocketAddr>,
+}
+
+/// One operator opening, as written in config: a range (`10.0.0.0/8`, `::1/128`: every port) or
+/// one address and port (`127.0.0.1:2582`, `[::1]:2582`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    Range(IpNet),
+    Socket(SocketAddr),
+}
+
+impl std::str::FromStr for Opening {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.contains('/') {
+            return s.parse().map(Opening::Range).map_err(|_| {
+                format!("'{s}' is not an address range; write it like 192.168.1.0/24 or fd00::/8")
+            });
+        }
+        match s.parse::<SocketAddr>() {
+            Ok(sa) if sa.port() != 0 => Ok(Opening::Socket(sa)),
+            _ => Err(format!(
+                "'{s}' is neither a range (10.0.0.0/8) nor an address:port (127.0.0.1:2582, [::1]:2582)"
+            )),
+        }
+    }
+}
+
+impl AddressPolicy {
+    /// The policy with `openings` added to the allowed ranges and sockets.
+    pub fn with_openings(mut self, openings: &[Opening]) -> Self {
+        for o in openings {
+            match *o {
+                Opening::Range(n) => self.allow_cidrs.push(n),
+                Opening::Socket(sa) => self.allow_sockets.push(canonical(sa)),
+            }
+        }
+        self
+    }
+
+    /// Like [`AddressPolicy::check`], for one port: an `allow_sockets` entry naming exactly this
+    /// address and port opens it too (but never unspecified, this network or a denied range).
+    pub fn check_socket(&self, sa: SocketAddr) -> Result<SocketAddr, BlockReason> {
+        let sa = canonical(sa);
+        match self.check(sa.ip()) {
+            Ok(ip) => Ok(SocketAddr::new(ip, sa.port())),
+            Err(r @ (BlockReason::Unspecified | BlockReason::ThisNetwork)) => Err(r),
+            Err(BlockReason::OperatorDenied) => Err(BlockReason::OperatorDenied),
+            Err(r) => {
+                if self.allow_sockets.contains(&sa) {
+                    Ok(sa)
+                } else {
+                    Err(r)
+                }
+            }
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 socket addresses as their IPv4 form, so openings and checks compare alike.
+fn canonical(sa: SocketAddr) -> SocketAddr {
+    SocketAddr::new(sa.ip().to_canonical(), sa.port())
 }
 
 impl AddressPolicy {
@@ -310,6 +378,7 @@ mod tests {
                 "0.0.0.0/0".parse().unwrap(),
             ],
             deny_cidrs: vec!["192.168.66.0/24".parse().unwrap()],
+            ..Default::default()
         };
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(p.check(ip("127.0.0.1")), Ok(ip("127.0.0.1")));
@@ -327,7 +396,7 @@ mod tests {
         assert_eq!(p.check(ip("::1")), Err(Loopback));
         let exact = AddressPolicy {
             allow_cidrs: vec!["169.254.169.254/32".parse().unwrap()],
-            deny_cidrs: vec![],
+            ..Default::default()
         };
         assert_eq!(
             exact.check(ip("169.254.169.254")),
@@ -337,11 +406,63 @@ mod tests {
         assert_eq!(default.check(ip("8.8.8.8")), Ok(ip("8.8.8.8")));
         assert_eq!(default.check(ip("127.0.0.1")), Err(Loopback));
         let deny_public = AddressPolicy {
-            allow_cidrs: vec![],
             deny_cidrs: vec!["8.8.8.0/24".parse().unwrap()],
+            ..Default::default()
         };
         assert_eq!(deny_public.check(ip("8.8.8.8")), Err(OperatorDenied));
         assert_eq!(deny_public.check(ip("::ffff:8.8.8.8")), Err(OperatorDenied));
+    }
+
+    #[test]
+    fn socket_openings_are_port_exact() {
+        let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let openings: Vec<Opening> = ["127.0.0.1:2582", "[::1]:2583", "10.1.0.0/16", "0.0.0.0:80"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let p = AddressPolicy {
+            deny_cidrs: vec!["10.1.9.0/24".parse().unwrap()],
+            ..Default::default()
+        }
+        .with_openings(&openings);
+        assert_eq!(
+            p.check_socket(sa("127.0.0.1:2582")),
+            Ok(sa("127.0.0.1:2582"))
+        );
+        assert_eq!(
+            p.check_socket(sa("[::ffff:127.0.0.1]:2582")),
+            Ok(sa("127.0.0.1:2582"))
+        );
+        assert_eq!(p.check_socket(sa("127.0.0.1:2583")), Err(Loopback));
+        assert_eq!(p.check_socket(sa("127.0.0.2:2582")), Err(Loopback));
+        assert_eq!(p.check_socket(sa("[::1]:2583")), Ok(sa("[::1]:2583")));
+        assert_eq!(p.check_socket(sa("[::1]:2582")), Err(Loopback));
+        // ranges open every port; denied ranges win; unspecified never opens
+        assert_eq!(p.check_socket(sa("10.1.2.3:9")), Ok(sa("10.1.2.3:9")));
+        assert_eq!(p.check_socket(sa("10.1.9.3:9")), Err(OperatorDenied));
+        assert_eq!(p.check_socket(sa("0.0.0.0:80")), Err(Unspecified));
+        // the address-only check ignores socket openings
+        assert_eq!(p.check("127.0.0.1".parse().unwrap()), Err(Loopback));
+        assert_eq!(p.check_socket(sa("8.8.8.8:443")), Ok(sa("8.8.8.8:443")));
+    }
+
+    #[test]
+    fn opening_syntax() {
+        assert!(matches!("10.0.0.0/8".parse(), Ok(Opening::Range(_))));
+        assert!(matches!("::1/128".parse(), Ok(Opening::Range(_))));
+        assert!(matches!("[::1]:80".parse(), Ok(Opening::Socket(_))));
+        assert!(matches!("127.0.0.1:2582".parse(), Ok(Opening::Socket(_))));
+        for bad in [
+            "127.0.0.1",
+            "localhost:80",
+            "127.0.0.1:0",
+            "10.0.0.0/33",
+            "::1:80",
+            "",
+            "x/8",
+        ] {
+            assert!(bad.parse::<Opening>().is_err(), "{bad}");
+        }
     }
 
     #[test]
