@@ -109,7 +109,8 @@ function passThrough(res: Response): Response {
 
 async function call(mod: Record<string, unknown>, req: Request): Promise<Response> {
   const name = req.headers.get(ENDPOINT_HEADER) ?? "";
-  const ep = Object.hasOwn(mod, name) ? mod[name] : undefined;
+  // The default export is never an endpoint, whatever its shape (docs/bundle-abi.md).
+  const ep = name !== "default" && Object.hasOwn(mod, name) ? mod[name] : undefined;
   if (!isEndpoint(ep)) {
     return fail(404, "EndpointNotFound", `this bundle has no endpoint '${name}'`);
   }

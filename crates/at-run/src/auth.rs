@@ -3,20 +3,64 @@
 //! 0700 folder) holding the PDS, DID, handle and the two tokens. An access token that has expired
 //! (or will within a minute) is swapped with `com.atproto.server.refreshSession` and saved.
 //!
-//! Owns: that file and credential selection (an explicit password wins over the stored session).
+//! Owns: that file, credential selection (an explicit password wins over the stored session),
+//! the app password type, and the PDS URL rule (https, or http to a loopback host as
+//! `atrund-netpolicy` defines it).
 //! Must not touch: the password beyond the createSession body; tokens and passwords are never
 //! printed, and `StoredSession`'s `Debug` hides the tokens.
 
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::deploy::{check_pds_url, Password};
 use crate::error::Failure;
 use crate::xrpc::{Client, Session, XrpcError};
+
+/// An app password. Its `Debug` never shows the value.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl std::str::FromStr for Password {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Password(s.to_string()))
+    }
+}
+
+impl Password {
+    /// The password, for the createSession body only.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+/// Checks the PDS URL; plain http is refused except on loopback, since the password goes to it.
+pub fn check_pds_url(pds: &str) -> anyhow::Result<String> {
+    let url = reqwest::Url::parse(pds)
+        .with_context(|| format!("--pds '{pds}' is not a URL; use e.g. https://pds.example.com"))?;
+    let loopback = atrund_netpolicy::is_loopback_host(&url);
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => bail!(
+            "--pds '{pds}' uses plain http, which would send your password unencrypted; use https:// (http is only allowed for localhost)"
+        ),
+        other => bail!("--pds '{pds}' has scheme '{other}'; use https://"),
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        bail!("--pds '{pds}' must be just the PDS origin, e.g. https://pds.example.com");
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
 
 /// Refresh when the access token has less than this left.
 const REFRESH_MARGIN_SECS: u64 = 60;
@@ -321,6 +365,32 @@ pub fn reader(a: &AuthArgs) -> anyhow::Result<(Client, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pds_urls() {
+        assert_eq!(
+            check_pds_url("https://pds.example.com/").expect("ok"),
+            "https://pds.example.com"
+        );
+        assert!(check_pds_url("http://localhost:2583").is_ok());
+        assert!(check_pds_url("http://127.0.0.1:2583").is_ok());
+        assert!(check_pds_url("http://[::1]:2583").is_ok());
+        for bad in [
+            "http://pds.example.com",
+            "ftp://x",
+            "pds.example.com",
+            "",
+            "https://a/?q=1",
+        ] {
+            assert!(check_pds_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn password_debug_is_redacted() {
+        let p: Password = "hunter2".parse().expect("infallible");
+        assert!(!format!("{p:?}").contains("hunter2"));
+    }
 
     fn jwt(payload: &str) -> String {
         let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;

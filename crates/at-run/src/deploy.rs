@@ -3,7 +3,8 @@
 //! (`dev.atrund.release`, rkey `{name}`) at it.
 //!
 //! Owns: the local checks (name, version, manifest, code file) done before any network call, and
-//! the publish sequence createSession -> uploadBlob -> putRecord(bundle) -> putRecord(release).
+//! the publish sequence uploadBlob -> putRecord(bundle) -> putRecord(release) in the session of
+//! `auth`. The daemon's tests publish through [`run_cmd`], the code the command runs.
 //! Must not touch: anything but the bundle/manifest files it is given and the author's own repo.
 //! The password is only ever sent in the createSession body; it is never printed.
 
@@ -25,70 +26,6 @@ pub const MAX_CODE_BYTES: u64 = 50 * 1024 * 1024;
 const MAX_DESCRIPTION_BYTES: usize = 3000;
 const MAX_DESCRIPTION_CHARS: usize = 300;
 const CODE_MIME: &str = "application/javascript";
-
-/// An app password. Its `Debug` never shows the value.
-#[derive(Clone)]
-pub struct Password(String);
-
-impl std::str::FromStr for Password {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Password(s.to_string()))
-    }
-}
-
-impl Password {
-    /// The password, for the createSession body only.
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Password {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Password(<redacted>)")
-    }
-}
-
-/// Arguments of `at-run deploy`.
-#[derive(Debug, clap::Args)]
-pub struct DeployArgs {
-    /// The bundle: a single ESM JavaScript file.
-    pub file: PathBuf,
-    /// Bundle name: 1-64 of a-z, 0-9 and '-', starting with a letter.
-    #[arg(long)]
-    pub name: String,
-    /// Semantic version of this publication, e.g. 1.2.0 (no '+build' part). Published versions are
-    /// immutable.
-    #[arg(long)]
-    pub version: String,
-    /// Manifest file [default: manifest.json beside FILE].
-    #[arg(long, value_name = "PATH")]
-    pub manifest: Option<PathBuf>,
-    /// Human description stored in the record (at most 300 characters).
-    #[arg(long, value_name = "TEXT")]
-    pub description: Option<String>,
-    /// Publish the version without moving the release pointer (`latest`) to it.
-    #[arg(long)]
-    pub no_release: bool,
-    /// Your PDS, e.g. https://pds.example.com.
-    #[arg(long, env = "ATRUN_PDS", value_name = "URL")]
-    pub pds: Option<String>,
-    /// Your handle or DID.
-    #[arg(long, env = "ATRUN_IDENTIFIER", value_name = "HANDLE_OR_DID")]
-    pub identifier: Option<String>,
-    /// An app password (create one in your PDS's settings; never your main password).
-    #[arg(
-        long,
-        env = "ATRUN_PASSWORD",
-        hide_env_values = true,
-        value_name = "APP_PASSWORD"
-    )]
-    pub password: Option<Password>,
-    /// Print the result as one JSON object.
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// A strong reference to a written record.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -144,16 +81,6 @@ impl Published {
     }
 }
 
-/// Everything checked locally before the network is used.
-#[derive(Debug)]
-struct Prepared {
-    code: Vec<u8>,
-    manifest: Manifest,
-    pds: String,
-    identifier: String,
-    password: Password,
-}
-
 /// `manifest.json` in the bundle file's directory.
 fn default_manifest_path(file: &Path) -> PathBuf {
     file.parent()
@@ -176,129 +103,11 @@ pub fn parse_manifest(text: &str, origin: &str) -> anyhow::Result<Manifest> {
     Ok(manifest)
 }
 
-/// Checks the PDS URL; plain http is refused except on loopback, since the password goes to it.
-pub fn check_pds_url(pds: &str) -> anyhow::Result<String> {
-    let url = reqwest::Url::parse(pds)
-        .with_context(|| format!("--pds '{pds}' is not a URL; use e.g. https://pds.example.com"))?;
-    let loopback = matches!(
-        url.host_str(),
-        Some("localhost" | "127.0.0.1" | "[::1]" | "::1")
-    );
-    match url.scheme() {
-        "https" => {}
-        "http" if loopback => {}
-        "http" => bail!(
-            "--pds '{pds}' uses plain http, which would send your password unencrypted; use https:// (http is only allowed for localhost)"
-        ),
-        other => bail!("--pds '{pds}' has scheme '{other}'; use https://"),
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        bail!("--pds '{pds}' must be just the PDS origin, e.g. https://pds.example.com");
-    }
-    Ok(url.as_str().trim_end_matches('/').to_string())
-}
-
-fn prepare(args: &DeployArgs) -> anyhow::Result<Prepared> {
-    validate_name(&args.name).context("--name")?;
-    parse_version(&args.version).context("--version")?;
-    if let Some(d) = &args.description {
-        if d.len() > MAX_DESCRIPTION_BYTES || d.chars().count() > MAX_DESCRIPTION_CHARS {
-            bail!("--description is too long: use at most {MAX_DESCRIPTION_CHARS} characters");
-        }
-    }
-
-    let manifest_path = args
-        .manifest
-        .clone()
-        .unwrap_or_else(|| default_manifest_path(&args.file));
-    let text = std::fs::read_to_string(&manifest_path).with_context(|| {
-        format!(
-            "could not read the manifest {}; create manifest.json beside the bundle or pass --manifest",
-            manifest_path.display()
-        )
-    })?;
-    let manifest = parse_manifest(&text, &manifest_path.display().to_string())?;
-
-    let meta = std::fs::metadata(&args.file)
-        .with_context(|| format!("could not read the bundle file {}", args.file.display()))?;
-    if !meta.is_file() {
-        bail!(
-            "{} is not a file; pass the bundle's single ESM .js file",
-            args.file.display()
-        );
-    }
-    if meta.len() > MAX_CODE_BYTES {
-        bail!(
-            "{} is {} bytes; bundles may be at most {MAX_CODE_BYTES} bytes (50 MiB)",
-            args.file.display(),
-            meta.len()
-        );
-    }
-    let code = std::fs::read(&args.file)
-        .with_context(|| format!("could not read the bundle file {}", args.file.display()))?;
-    check_code(&code, &args.file.display().to_string())?;
-
-    let pds = args
-        .pds
-        .as_deref()
-        .context("no PDS given: pass --pds URL or set ATRUN_PDS")?;
-    let pds = check_pds_url(pds)?;
-    let identifier = args
-        .identifier
-        .clone()
-        .filter(|s| !s.trim().is_empty())
-        .context("no account given: pass --identifier HANDLE_OR_DID or set ATRUN_IDENTIFIER")?;
-    let password = args
-        .password
-        .clone()
-        .filter(|p| !p.0.is_empty())
-        .context("no password given: set ATRUN_PASSWORD (or --password) to an app password")?;
-    Ok(Prepared {
-        code,
-        manifest,
-        pds,
-        identifier: identifier.trim().to_string(),
-        password,
-    })
-}
-
 fn already_published(name: &str, version: &str, uri: &str) -> anyhow::Error {
     crate::error::Failure::VersionExists(format!(
         "version {version} of '{name}' is already published ({uri}); bundles are immutable, so bump the version (\"version\" in at-run.json, or --version)"
     ))
     .into()
-}
-
-/// Runs the whole deploy of a prebuilt file (the library entry point the daemon's tests use).
-pub async fn run(args: &DeployArgs) -> anyhow::Result<Published> {
-    let p = prepare(args)?;
-    let client = Client::new(&p.pds).context("could not set up the HTTP client")?;
-
-    let session = client
-        .create_session(&p.identifier, p.password.expose())
-        .await
-        .with_context(|| format!("could not log in as '{}'", p.identifier))?;
-    if session.active == Some(false) {
-        bail!(
-            "account {} is not active on its PDS (status: {}); reactivate it before deploying",
-            session.handle,
-            session.status.as_deref().unwrap_or("unknown")
-        );
-    }
-    publish(
-        &client,
-        &session,
-        Publish {
-            code: p.code,
-            manifest: &p.manifest,
-            name: &args.name,
-            version: &args.version,
-            description: args.description.as_deref(),
-            no_release: args.no_release,
-        },
-        |_| {},
-    )
-    .await
 }
 
 /// One version to publish.
@@ -606,18 +415,16 @@ pub async fn run_cmd(
 mod tests {
     use super::*;
 
-    fn args(dir: &Path) -> DeployArgs {
-        DeployArgs {
-            file: dir.join("main.js"),
-            name: "hello".into(),
-            version: "1.0.0".into(),
+    fn cmd(dir: &Path) -> DeployCmd {
+        DeployCmd {
+            path: dir.join("main.js"),
+            name: Some("hello".into()),
+            version: Some("1.0.0".into()),
             manifest: None,
             description: None,
             no_release: false,
-            pds: Some("http://localhost:1".into()),
-            identifier: Some("alice.test".into()),
-            password: Some(Password("secret-app-password".into())),
-            json: false,
+            dry_run: true,
+            auth: crate::auth::AuthArgs::default(),
         }
     }
 
@@ -632,42 +439,57 @@ mod tests {
         dir
     }
 
-    fn err(a: &DeployArgs) -> String {
-        format!("{:#}", prepare(a).expect_err("should fail"))
+    fn no_deno() -> anyhow::Result<crate::deno::Deno> {
+        anyhow::bail!("a prebuilt file needs no Deno")
     }
 
-    #[test]
-    fn prepare_accepts_a_good_bundle() {
-        let dir = bundle_dir();
-        let p = prepare(&args(dir.path())).expect("valid");
-        assert_eq!(p.manifest.endpoints.len(), 1);
-        assert_eq!(p.pds, "http://localhost:1");
-        assert!(!format!("{p:?}").contains("secret-app-password"));
+    async fn outcome(a: &DeployCmd) -> anyhow::Result<DeployOutcome> {
+        run_cmd(a, no_deno, |_| {}).await
     }
 
-    #[test]
-    fn prepare_rejects_bad_input_with_clear_messages() {
+    async fn err(a: &DeployCmd) -> String {
+        format!("{:#}", outcome(a).await.expect_err("should fail"))
+    }
+
+    #[tokio::test]
+    async fn a_good_prebuilt_bundle_passes_the_local_checks() {
         let dir = bundle_dir();
-        let mut a = args(dir.path());
-        a.name = "Bad_Name".into();
-        assert!(err(&a).contains("bundle name 'Bad_Name' is invalid"));
+        match outcome(&cmd(dir.path())).await.expect("valid") {
+            DeployOutcome::DryRun(d) => {
+                assert_eq!(d.manifest.endpoints.len(), 1);
+                assert_eq!((d.name.as_str(), d.version.as_str()), ("hello", "1.0.0"));
+            }
+            other => panic!("not a dry run: {other:?}"),
+        }
+    }
 
-        let mut a = args(dir.path());
-        a.version = "1.0".into();
-        assert!(err(&a).contains("version '1.0' is invalid"));
+    #[tokio::test]
+    async fn bad_input_is_refused_with_clear_messages_before_the_network() {
+        let dir = bundle_dir();
+        let mut a = cmd(dir.path());
+        a.name = Some("Bad_Name".into());
+        assert!(err(&a).await.contains("bundle name 'Bad_Name' is invalid"));
 
-        let mut a = args(dir.path());
+        let mut a = cmd(dir.path());
+        a.version = Some("1.0".into());
+        assert!(err(&a).await.contains("version '1.0' is invalid"));
+
+        let mut a = cmd(dir.path());
+        a.name = None;
+        assert!(err(&a).await.contains("--name is needed"));
+
+        let mut a = cmd(dir.path());
         a.manifest = Some(dir.path().join("nope.json"));
-        assert!(err(&a).contains("--manifest"));
+        assert!(err(&a).await.contains("--manifest"));
 
         std::fs::write(
             dir.path().join("bad.json"),
             r#"{"permissions":{"gpu":true}}"#,
         )
         .expect("write");
-        let mut a = args(dir.path());
+        let mut a = cmd(dir.path());
         a.manifest = Some(dir.path().join("bad.json"));
-        assert!(err(&a).contains("unknown field"), "{}", err(&a));
+        assert!(err(&a).await.contains("unknown field"), "{}", err(&a).await);
 
         std::fs::write(
             dir.path().join("bad2.json"),
@@ -675,54 +497,20 @@ mod tests {
         )
         .expect("write");
         a.manifest = Some(dir.path().join("bad2.json"));
-        assert!(err(&a).contains("JavaScript identifier"));
-
-        let mut a = args(dir.path());
-        a.file = dir.path().join("missing.js");
-        assert!(err(&a).contains("could not read the bundle file"));
+        assert!(err(&a).await.contains("JavaScript identifier"));
 
         std::fs::write(dir.path().join("empty.js"), "").expect("write");
-        let mut a = args(dir.path());
-        a.file = dir.path().join("empty.js");
-        assert!(err(&a).contains("empty"));
+        let mut a = cmd(dir.path());
+        a.path = dir.path().join("empty.js");
+        assert!(err(&a).await.contains("empty"));
 
         std::fs::write(dir.path().join("bin.js"), [0xff, 0xfe, 0x00]).expect("write");
-        a.file = dir.path().join("bin.js");
-        assert!(err(&a).contains("UTF-8"));
+        a.path = dir.path().join("bin.js");
+        assert!(err(&a).await.contains("UTF-8"));
 
-        let mut a = args(dir.path());
+        let mut a = cmd(dir.path());
         a.description = Some("x".repeat(301));
-        assert!(err(&a).contains("--description"));
-
-        let mut a = args(dir.path());
-        a.password = None;
-        assert!(err(&a).contains("ATRUN_PASSWORD"));
-        let mut a = args(dir.path());
-        a.identifier = Some("  ".into());
-        assert!(err(&a).contains("ATRUN_IDENTIFIER"));
-        let mut a = args(dir.path());
-        a.pds = None;
-        assert!(err(&a).contains("ATRUN_PDS"));
-    }
-
-    #[test]
-    fn pds_urls() {
-        assert_eq!(
-            check_pds_url("https://pds.example.com/").expect("ok"),
-            "https://pds.example.com"
-        );
-        assert!(check_pds_url("http://localhost:2583").is_ok());
-        assert!(check_pds_url("http://127.0.0.1:2583").is_ok());
-        assert!(check_pds_url("http://[::1]:2583").is_ok());
-        for bad in [
-            "http://pds.example.com",
-            "ftp://x",
-            "pds.example.com",
-            "",
-            "https://a/?q=1",
-        ] {
-            assert!(check_pds_url(bad).is_err(), "{bad}");
-        }
+        assert!(err(&a).await.contains("description is too long"));
     }
 
     #[test]
@@ -739,11 +527,5 @@ mod tests {
             assert!(parse_manifest(text, "t").is_err(), "{text}");
         }
         assert!(parse_manifest("{}", "t").is_ok());
-    }
-
-    #[test]
-    fn password_debug_is_redacted() {
-        let p: Password = "hunter2".parse().expect("infallible");
-        assert!(!format!("{p:?}").contains("hunter2"));
     }
 }

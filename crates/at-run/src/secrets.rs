@@ -157,10 +157,7 @@ pub fn check_runner_url(runner: &str) -> anyhow::Result<String> {
     let url = reqwest::Url::parse(runner).with_context(|| {
         format!("--runner '{runner}' is not a URL; use e.g. https://runner.example.com")
     })?;
-    let loopback = matches!(
-        url.host_str(),
-        Some("localhost" | "127.0.0.1" | "[::1]" | "::1")
-    );
+    let loopback = atrund_netpolicy::is_loopback_host(&url);
     match url.scheme() {
         "https" => {}
         "http" if loopback => {}

@@ -73,8 +73,11 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Create the runner's X25519 key (the one authors seal secrets to) if there is none, and
+    /// print its public key (docs/secrets.md).
     Keygen {
-        /// Replace the current key (authors must then run `at-run secrets set` again).
+        /// Make a new current key. The old one still opens records for
+        /// `secrets.rotation_grace_secs`; after that authors must run `at-run secrets set` again.
         #[arg(long)]
         rotate: bool,
         /// TOML config file (as for `serve`).

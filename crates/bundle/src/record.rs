@@ -189,6 +189,11 @@ impl Manifest {
                     e.name
                 ));
             }
+            if e.name == "default" {
+                return bad(
+                    "endpoint name 'default' is not allowed: the default export is never an endpoint; export the endpoint under a name (export const hello = { handler })".into(),
+                );
+            }
             if !seen.insert(e.name.as_str()) {
                 return bad(format!("endpoint '{}' is declared twice", e.name));
             }
@@ -342,6 +347,7 @@ mod tests {
         assert!(serde_json::from_str::<Manifest>(r#"{"surprise":1}"#).is_err());
         for bad in [
             r#"{"endpoints":[{"name":"a-b"}]}"#,
+            r#"{"endpoints":[{"name":"default"}]}"#,
             r#"{"endpoints":[{"name":"a"},{"name":"a"}]}"#,
             r#"{"endpoints":[{"name":"a","method":"FETCH"}]}"#,
             r#"{"permissions":{"read":["../etc"]}}"#,

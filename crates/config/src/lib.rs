@@ -25,7 +25,6 @@ use url::Url;
 pub use error::{ConfigError, Source};
 pub use load::{env_var_name, known_env_vars, process_env, ENV_EXCEPTIONS, ENV_PREFIX};
 pub use syntax::{is_valid_did, is_valid_handle};
-pub use validate::is_loopback;
 
 /// One MiB, for readable defaults.
 const MIB: u64 = 1024 * 1024;
@@ -91,9 +90,10 @@ impl Default for AuthorPolicy {
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {
     /// Deno permission flags, hardened (see docs/configuration.md).
-    #[default]
     None,
     /// The strongest backend this machine supports (a microVM later; container; else none).
+    /// The default, here and in the embedded config.
+    #[default]
     Auto,
     /// bubblewrap namespaces + read-only minimal root + Landlock + seccomp + cgroup.
     Container,
@@ -461,7 +461,7 @@ impl Default for Config {
             allow_http: false,
             allow_addrs: Vec::new(),
             policy: AuthorPolicy::default(),
-            isolation: Isolation::Auto,
+            isolation: Isolation::default(),
             identity: IdentitySection::default(),
             fetch: FetchSection::default(),
             http: HttpSection::default(),

@@ -1,7 +1,7 @@
 //! [`Config::validate`]: the one place that decides whether a parsed config is acceptable.
 //! Must not touch: parsing or merging (see `load`); it only reads the typed config.
 
-use url::{Host, Url};
+use url::Url;
 
 use crate::{is_valid_did, is_valid_handle, AuthorPolicy, Config, ConfigError, Isolation};
 
@@ -277,7 +277,7 @@ impl Config {
         }
         match u.scheme() {
             "https" => Ok(()),
-            "http" if self.allow_http && is_loopback(u) => Ok(()),
+            "http" if self.allow_http && atrund_netpolicy::is_loopback_host(u) => Ok(()),
             "http" if self.allow_http => Err(invalid(format!(
                 "'{u}' uses plain http on a host that is not loopback; allow_http permits http only for localhost, 127.0.0.0/8 and ::1; use https"
             ))),
@@ -288,19 +288,6 @@ impl Config {
                 "'{u}' has scheme '{other}'; use an https URL"
             ))),
         }
-    }
-}
-
-/// True for `localhost` (and `*.localhost`), 127.0.0.0/8 and ::1.
-pub fn is_loopback(u: &Url) -> bool {
-    match u.host() {
-        Some(Host::Domain(d)) => {
-            let d = d.trim_end_matches('.').to_ascii_lowercase();
-            d == "localhost" || d.ends_with(".localhost")
-        }
-        Some(Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
     }
 }
 

@@ -22,6 +22,7 @@ mod process;
 mod rootfs;
 mod sampler;
 mod shim_conn;
+#[allow(unsafe_code)] // the crate's one exception (see sys.rs's module doc)
 mod sys;
 
 use std::path::PathBuf;

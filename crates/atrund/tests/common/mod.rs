@@ -162,8 +162,8 @@ pub async fn get(url: &str) -> (u16, Value) {
     (status, body)
 }
 
-/// Publishes `code` with `manifest` as `name@version` for `account`, through at-run's deploy
-/// (the same code the CLI runs), moving the release.
+/// Publishes `code` with `manifest` as `name@version` for `account` through `at-run deploy`'s
+/// own code (a prebuilt file and its manifest.json), moving the release.
 pub async fn deploy(
     net: &TestNet,
     account: &Account,
@@ -176,21 +176,26 @@ pub async fn deploy(
     let file = dir.path().join("main.js");
     std::fs::write(&file, code).expect("write bundle");
     std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).expect("manifest");
-    let args = at_run::deploy::DeployArgs {
-        file,
-        name: name.to_string(),
-        version: version.to_string(),
+    let cmd = at_run::deploy::DeployCmd {
+        path: file,
+        name: Some(name.to_string()),
+        version: Some(version.to_string()),
         manifest: None,
         description: None,
         no_release: false,
-        pds: Some(net.pds_url.clone()),
-        identifier: Some(account.handle.clone()),
-        password: Some(account.password.parse().expect("password")),
-        json: false,
+        dry_run: false,
+        auth: at_run::auth::AuthArgs {
+            pds: Some(net.pds_url.clone()),
+            identifier: Some(account.handle.clone()),
+            password: Some(account.password.parse().expect("password")),
+        },
     };
-    at_run::deploy::run(&args)
-        .await
-        .unwrap_or_else(|e| panic!("deploy {name}@{version} failed: {e:#}"))
+    let no_deno = || anyhow::bail!("a prebuilt file needs no Deno");
+    match at_run::deploy::run_cmd(&cmd, no_deno, |_| {}).await {
+        Ok(at_run::deploy::DeployOutcome::Published(p)) => p,
+        Ok(other) => panic!("deploy {name}@{version} did not publish: {other:?}"),
+        Err(e) => panic!("deploy {name}@{version} failed: {e:#}"),
+    }
 }
 
 /// Sets or (with `{}`) clears the override of carol's served did:web document (the test

@@ -56,6 +56,8 @@ export const spin = {
 };
 
 export const notAnEndpoint = 42;
+// Shaped like an endpoint, but the default export is never one (docs/bundle-abi.md).
+export default { handler: () => ({ served: "default" }) };
 
 export const oom = {
   handler: () => {
