@@ -204,23 +204,43 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     tracing::info!(deno = %deno.path().display(), version = %runtime_version, "runtime found");
 
     let address_policy = own_requests_policy(&config.allow_addrs)?;
+    // Sections are destructured, so a new key cannot be silently left at a component default.
+    let atrund_config::IdentitySection {
+        timeout_ms,
+        cache_stale_secs,
+        cache_max_secs,
+        cache_error_secs,
+        cache_unreachable_secs,
+        cache_capacity,
+        handle_resolver,
+        dns,
+        well_known,
+    } = config.identity.clone();
     let identity = IdentityResolver::new(IdentityConfig {
         plc_url: config.plc_url.clone(),
         allow_http_loopback: config.allow_http,
         address_policy: address_policy.clone(),
-        timeout: Duration::from_millis(config.identity.timeout_ms),
-        stale_ttl: Duration::from_secs(config.identity.cache_stale_secs),
-        max_ttl: Duration::from_secs(config.identity.cache_max_secs),
-        error_ttl: Duration::from_secs(config.identity.cache_error_secs),
-        handle_resolution_service: config.identity.handle_resolver.clone(),
-        dns: config.identity.dns,
-        well_known: config.identity.well_known,
-        ..IdentityConfig::default()
+        timeout: Duration::from_millis(timeout_ms),
+        stale_ttl: Duration::from_secs(cache_stale_secs),
+        max_ttl: Duration::from_secs(cache_max_secs),
+        error_ttl: Duration::from_secs(cache_error_secs),
+        unreachable_ttl: Duration::from_secs(cache_unreachable_secs),
+        cache_capacity: usize::try_from(cache_capacity).unwrap_or(usize::MAX),
+        handle_resolution_service: handle_resolver,
+        dns,
+        well_known,
     })?;
+    let atrund_config::FetchSection {
+        timeout_ms,
+        max_record_bytes,
+        max_bundle_bytes,
+        revalidate_secs,
+        max_list_pages,
+    } = config.fetch.clone();
     let repo = RepoClient::new(FetchConfig {
-        timeout: Duration::from_millis(config.fetch.timeout_ms),
-        max_car_bytes: config.fetch.max_record_bytes,
-        max_blob_bytes: config.fetch.max_bundle_bytes,
+        timeout: Duration::from_millis(timeout_ms),
+        max_car_bytes: max_record_bytes,
+        max_blob_bytes: max_bundle_bytes,
         allow_http_loopback: config.allow_http,
         address_policy,
     })?;
@@ -238,9 +258,9 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         repo,
         store,
         SourceConfig {
-            max_bundle_bytes: config.fetch.max_bundle_bytes,
-            revalidate: Duration::from_secs(config.fetch.revalidate_secs),
-            max_list_pages: 20,
+            max_bundle_bytes,
+            revalidate: Duration::from_secs(revalidate_secs),
+            max_list_pages: usize::try_from(max_list_pages).unwrap_or(usize::MAX),
             negative_ttl: Duration::from_secs(config.tenants.negative_cache_secs),
             identity_refresh_min: Duration::from_secs(config.tenants.identity_refresh_min_secs),
         },
@@ -343,6 +363,7 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
             prewarm_state,
             config.pool.prewarm.clone(),
             usize::try_from(config.pool.prewarm_instances).unwrap_or(1),
+            Duration::from_secs(config.pool.prewarm_refresh_secs),
         ));
     }
 
@@ -388,10 +409,13 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         tracing::warn!(error = %e, "could not remove the runner's cgroups");
     }
     let _ = stop_tx.send(());
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
+    match tokio::time::timeout(Duration::from_millis(config.pool.close_wait_ms), server).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e).context("HTTP server task failed"),
-        Err(_) => tracing::warn!("connections still open 5 s after the drain; exiting"),
+        Err(_) => tracing::warn!(
+            close_wait_ms = config.pool.close_wait_ms,
+            "connections still open after the drain (pool.close_wait_ms); exiting"
+        ),
     }
     tracing::info!("stopped");
     Ok(())
@@ -447,6 +471,9 @@ async fn pick_executor(
     let atrund_config::EgressSection {
         allow_cidrs,
         deny_cidrs,
+        connect_timeout_ms,
+        idle_timeout_ms,
+        max_tunnels_per_instance,
     } = &config.egress;
     let chosen = choose_executor(Choice {
         requested,
@@ -459,6 +486,10 @@ async fn pick_executor(
         egress: atrund_egress::EgressConfig {
             allow_cidrs: parse("egress.allow_cidrs", allow_cidrs)?,
             deny_cidrs: parse("egress.deny_cidrs", deny_cidrs)?,
+            connect_timeout: Duration::from_millis(*connect_timeout_ms),
+            idle_timeout: Duration::from_millis(*idle_timeout_ms),
+            max_tunnels_per_instance: usize::try_from(*max_tunnels_per_instance)
+                .unwrap_or(usize::MAX),
             ..atrund_egress::EgressConfig::default()
         },
     })
@@ -489,23 +520,42 @@ fn load_keys(config: &Config) -> Result<atrund_secrets::RunnerKeys> {
     Ok(keys)
 }
 
+/// The pool's settings. The section is destructured, so a new key cannot be forgotten here.
 fn pool_config(p: &atrund_config::PoolSection) -> atrund_pool::PoolConfig {
+    let atrund_config::PoolSection {
+        max_instances,
+        max_instances_per_bundle,
+        max_instances_per_author,
+        idle_timeout_ms,
+        memory_budget_mib,
+        busy_wait_ms,
+        crash_backoff_ms,
+        crash_backoff_max_ms,
+        // Used by the binary (pre-warm loop, drain, close) and the HTTP layer (start timeout).
+        prewarm: _,
+        prewarm_instances: _,
+        drain_grace_ms: _,
+        close_wait_ms: _,
+        start_timeout_ms: _,
+        prewarm_refresh_secs: _,
+        admin_listen: _,
+    } = p;
     let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     atrund_pool::PoolConfig {
-        max_instances: n(p.max_instances),
-        max_instances_per_bundle: n(p.max_instances_per_bundle),
-        max_instances_per_author: n(p.max_instances_per_author),
-        idle_timeout: Duration::from_millis(p.idle_timeout_ms),
-        memory_budget_bytes: p.memory_budget_mib.saturating_mul(1024 * 1024),
-        busy_wait: Duration::from_millis(p.busy_wait_ms),
-        crash_backoff: Duration::from_millis(p.crash_backoff_ms),
-        crash_backoff_max: Duration::from_millis(p.crash_backoff_max_ms),
+        max_instances: n(*max_instances),
+        max_instances_per_bundle: n(*max_instances_per_bundle),
+        max_instances_per_author: n(*max_instances_per_author),
+        idle_timeout: Duration::from_millis(*idle_timeout_ms),
+        memory_budget_bytes: memory_budget_mib.saturating_mul(1024 * 1024),
+        busy_wait: Duration::from_millis(*busy_wait_ms),
+        crash_backoff: Duration::from_millis(*crash_backoff_ms),
+        crash_backoff_max: Duration::from_millis(*crash_backoff_max_ms),
     }
 }
 
-/// Keeps the `pool.prewarm` bundles warm, re-resolving every 30 s so that a new `latest` is
-/// warmed (and the one it replaced unpinned).
-async fn prewarm_loop(st: AppState, entries: Vec<String>, instances: usize) {
+/// Keeps the `pool.prewarm` bundles warm, re-resolving every `pool.prewarm_refresh_secs` so
+/// that a new `latest` is warmed (and the one it replaced unpinned).
+async fn prewarm_loop(st: AppState, entries: Vec<String>, instances: usize, every: Duration) {
     let mut pinned: Vec<Option<atrund_pool::InstanceKey>> = vec![None; entries.len()];
     loop {
         for (entry, last) in entries.iter().zip(pinned.iter_mut()) {
@@ -524,7 +574,7 @@ async fn prewarm_loop(st: AppState, entries: Vec<String>, instances: usize) {
                         }
                     }
                     if last.is_none() {
-                        tracing::info!(bundle = %entry, record = %key.record_cid, instances, "pre-warmed");
+                        tracing::info!(bundle = %entry, record = %key, instances, "pre-warmed");
                     }
                     *last = Some(key);
                 }
@@ -533,7 +583,7 @@ async fn prewarm_loop(st: AppState, entries: Vec<String>, instances: usize) {
                 }
             }
         }
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -124,8 +124,12 @@ pub struct IdentitySection {
     pub cache_stale_secs: u64,
     /// After this long a cached identity is no longer served.
     pub cache_max_secs: u64,
-    /// How long a failed resolution is remembered.
+    /// How long a failed resolution is remembered (not found, tombstoned, invalid, mismatch).
     pub cache_error_secs: u64,
+    /// How long a transient failure (unreachable, timeout, 5xx) is remembered.
+    pub cache_unreachable_secs: u64,
+    /// Entries per identity cache (DIDs and handles each) before the oldest are evicted.
+    pub cache_capacity: u64,
     /// XRPC service whose `com.atproto.identity.resolveHandle` resolves handles (dev and tests);
     /// unset means DNS TXT and `/.well-known/atproto-did`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,6 +147,8 @@ impl Default for IdentitySection {
             cache_stale_secs: 3600,
             cache_max_secs: 86400,
             cache_error_secs: 120,
+            cache_unreachable_secs: 5,
+            cache_capacity: 100_000,
             handle_resolver: None,
             dns: true,
             well_known: true,
@@ -162,6 +168,8 @@ pub struct FetchSection {
     pub max_bundle_bytes: u64,
     /// How long a resolved `latest` is trusted before it is checked again.
     pub revalidate_secs: u64,
+    /// Pages of `listRecords` (100 records each) scanned to find a bundle pinned by record CID.
+    pub max_list_pages: u64,
 }
 
 impl Default for FetchSection {
@@ -171,6 +179,7 @@ impl Default for FetchSection {
             max_record_bytes: MIB,
             max_bundle_bytes: 20 * MIB,
             revalidate_secs: 30,
+            max_list_pages: 20,
         }
     }
 }
@@ -398,6 +407,12 @@ pub struct PoolSection {
     pub prewarm_instances: u64,
     /// On SIGTERM/SIGINT, how long in-flight requests may take before instances are stopped.
     pub drain_grace_ms: u64,
+    /// After the drain, how long client connections may stay open before the process exits.
+    pub close_wait_ms: u64,
+    /// Time an instance has from spawn to its shim's ready signal.
+    pub start_timeout_ms: u64,
+    /// How often the `prewarm` bundles are resolved again (a new `latest` is warmed then).
+    pub prewarm_refresh_secs: u64,
     /// Admin endpoint (`GET /admin/pool`): `auto` (127.0.0.1, the main port + 1; an ephemeral
     /// port when the main port is 0), an address such as `127.0.0.1:3001`, or `off`.
     pub admin_listen: String,
@@ -417,6 +432,9 @@ impl Default for PoolSection {
             prewarm: Vec::new(),
             prewarm_instances: 1,
             drain_grace_ms: 25_000,
+            close_wait_ms: 5_000,
+            start_timeout_ms: 10_000,
+            prewarm_refresh_secs: 30,
             admin_listen: "auto".into(),
         }
     }
@@ -518,13 +536,32 @@ impl Default for ContainerSection {
 }
 
 /// The egress proxy of container instances (docs/egress.md).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EgressSection {
     /// Special-purpose address ranges (CIDR) opened anyway, e.g. a LAN service.
     pub allow_cidrs: Vec<String>,
     /// Ranges refused in addition to the built-in ones; wins over `allow_cidrs`.
     pub deny_cidrs: Vec<String>,
+    /// Bound on the proxy's name resolution and on each TCP connect it makes.
+    pub connect_timeout_ms: u64,
+    /// A tunnel with no bytes either way for this long is closed (also bounds waiting for a
+    /// response head or a request head).
+    pub idle_timeout_ms: u64,
+    /// Upstream connections (tunnels and forwarded requests) open at once per instance.
+    pub max_tunnels_per_instance: u64,
+}
+
+impl Default for EgressSection {
+    fn default() -> Self {
+        EgressSection {
+            allow_cidrs: Vec::new(),
+            deny_cidrs: Vec::new(),
+            connect_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_tunnels_per_instance: 64,
+        }
+    }
 }
 
 impl Config {

@@ -98,6 +98,16 @@ impl Config {
                 self.http.header_read_timeout_ms,
             ),
             ("http.max_connections", self.http.max_connections),
+            ("fetch.max_list_pages", self.fetch.max_list_pages),
+            ("identity.cache_capacity", self.identity.cache_capacity),
+            ("pool.start_timeout_ms", self.pool.start_timeout_ms),
+            ("pool.prewarm_refresh_secs", self.pool.prewarm_refresh_secs),
+            ("egress.connect_timeout_ms", self.egress.connect_timeout_ms),
+            ("egress.idle_timeout_ms", self.egress.idle_timeout_ms),
+            (
+                "egress.max_tunnels_per_instance",
+                self.egress.max_tunnels_per_instance,
+            ),
         ];
         for (key, v) in positive {
             if v == 0 {

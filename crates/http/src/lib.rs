@@ -304,24 +304,25 @@ async fn remote_target(
     // Before any fetch or instance work for this author: their share of the runner.
     take_rate(st, resolved.did.as_str())?;
     let bundle = st.source.load(&resolved, name, selector).await?;
-    // Secrets belong to the bundle name, not a version; their record CID joins the instance key
-    // (`{bundle cid}+{secrets cid}`) so a changed secret reaches the next new instance.
+    // Secrets belong to the bundle name, not a version; their record CID is part of the instance
+    // key so a changed secret reaches the next new instance.
     let did = resolved.did.as_str();
     let lookup = st.secrets.keys().lookup_keys();
-    let (record_cid, secrets) = match st.source.load_secrets(&resolved, name, &lookup).await? {
+    let (secrets_cid, secrets) = match st.source.load_secrets(&resolved, name, &lookup).await? {
         Some(s) => {
             let env = st.secrets.open(did, name, &s.cid, &s.record)?;
-            (format!("{}+{}", bundle.record_cid, s.cid), Some(env))
+            (Some(s.cid.clone()), Some(env))
         }
         None => {
             st.secrets.forget(did, name);
-            (bundle.record_cid.clone(), None)
+            (None, None)
         }
     };
     Ok(Target {
         key: InstanceKey {
             author: bundle.author.clone(),
-            record_cid,
+            bundle: bundle.record_cid.clone(),
+            secrets: secrets_cid,
         },
         manifest: bundle.record.manifest.clone(),
         code: bundle.code_path.clone(),
@@ -409,14 +410,16 @@ async fn local_target(
         st.pool
             .retire(&InstanceKey {
                 author: LOCAL_AUTHOR.into(),
-                record_cid: old,
+                bundle: old,
+                secrets: None,
             })
             .await;
     }
     Ok(Target {
         key: InstanceKey {
             author: LOCAL_AUTHOR.into(),
-            record_cid: snap.key,
+            bundle: snap.key,
+            secrets: None,
         },
         manifest: snap.manifest,
         code: local.entry.clone(),
@@ -449,7 +452,7 @@ fn instance_spec(st: &AppState, t: &Target, limits: &EffectiveLimits) -> Instanc
     let data_root = &st.config.data_dir;
     let id = format!(
         "{}-{}",
-        t.key.record_cid.chars().rev().take(12).collect::<String>(),
+        t.key.bundle.chars().rev().take(12).collect::<String>(),
         next_instance_number()
     );
     InstanceSpec {
@@ -466,7 +469,7 @@ fn instance_spec(st: &AppState, t: &Target, limits: &EffectiveLimits) -> Instanc
             .unwrap_or_default(),
         memory_mib: limits.memory_mib,
         request_timeout: Duration::from_millis(limits.timeout_ms),
-        start_timeout: Duration::from_secs(10),
+        start_timeout: Duration::from_millis(st.config.pool.start_timeout_ms),
         limits: atrund_sandbox::ResourceLimits {
             pids: st.config.limits.pids,
             cpu_quota_percent: st.config.limits.cpu_quota_percent,

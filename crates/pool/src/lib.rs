@@ -27,15 +27,28 @@ use std::time::{Duration, Instant};
 use atrund_sandbox::{Executor, Instance, InstanceSpec, Invocation, SandboxError};
 use tokio::sync::Notify;
 
-/// What makes two instances interchangeable. The record CID covers the code, the manifest's
-/// permissions and its requested limits; the operator's caps that turn those into effective
-/// limits are fixed for the life of the process (a config change means a restart), so they need
-/// no field of their own. Plain struct with public fields: other inputs (such as the secrets
-/// version) are added as fields.
+/// What makes two instances interchangeable. The bundle record's CID covers the code, the
+/// manifest's permissions and its requested limits; the secrets record's CID the environment.
+/// The operator's caps that turn those into effective limits are fixed for the life of the
+/// process (a config change means a restart), so they need no field of their own.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct InstanceKey {
+    /// The author's DID (`local` for the dev bundle).
     pub author: String,
-    pub record_cid: String,
+    /// CID of the `dev.atrund.bundle` record (for the dev bundle: a hash of its files).
+    pub bundle: String,
+    /// CID of the `dev.atrund.secrets` record whose values the instances get, if any.
+    pub secrets: Option<String>,
+}
+
+impl std::fmt::Display for InstanceKey {
+    /// `{bundle}` or `{bundle}+{secrets}`: how logs and `/admin/pool` name an instance's version.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.secrets {
+            Some(s) => write!(f, "{}+{s}", self.bundle),
+            None => f.write_str(&self.bundle),
+        }
+    }
 }
 
 /// Builds a fresh [`InstanceSpec`] (new id and work dir) for each instance of one key.
@@ -725,7 +738,7 @@ impl Pool {
                 self.counters.start_failures.fetch_add(1, Ordering::Relaxed);
                 self.note_crash(ks, format!("start failed: {}", e.code()), now);
                 drop(st);
-                tracing::warn!(author = %key.author, record = %key.record_cid, error = %e, "instance start failed");
+                tracing::warn!(author = %key.author, record = %key, error = %e, "instance start failed");
                 Err(e)
             }
         };
@@ -774,7 +787,7 @@ impl Pool {
             }
         }
         if let Some(i) = removed {
-            tracing::warn!(author = %lease.key.author, record = %lease.key.record_cid, "instance died; it will be replaced on the next request");
+            tracing::warn!(author = %lease.key.author, record = %lease.key, "instance died; it will be replaced on the next request");
             spawn_shutdown(vec![i]);
         }
         self.changed.notify_waiters();
@@ -892,7 +905,7 @@ impl Pool {
                 }
                 s.instances.push(InstanceInfo {
                     author: k.author.clone(),
-                    record_cid: k.record_cid.clone(),
+                    record_cid: k.to_string(),
                     pid: e.instance.stats().pid,
                     in_flight: e.in_flight,
                     concurrency: e.limit,
@@ -938,7 +951,7 @@ impl Pool {
                     let expired = idle && now.duration_since(e.last_end) >= self.cfg.idle_timeout;
                     if expired && ks.entries.len() > ks.min_warm {
                         let e = ks.entries.remove(i);
-                        tracing::debug!(author = %k.author, record = %k.record_cid, "idle timeout: stopping instance");
+                        tracing::debug!(author = %k.author, record = %k, "idle timeout: stopping instance");
                         reaped += 1;
                         stop.push(e.instance);
                         continue;
@@ -1041,7 +1054,7 @@ async fn reaper(pool: Weak<Pool>, tick: Duration) {
             let p = pool.clone();
             tokio::spawn(async move {
                 if let Err(e) = p.fill_warm(&key).await {
-                    tracing::warn!(author = %key.author, record = %key.record_cid, error = %e, "pre-warm failed");
+                    tracing::warn!(author = %key.author, record = %key, error = %e, "pre-warm failed");
                 }
             });
         }

@@ -106,7 +106,8 @@ fn call() -> Invocation {
 fn key(author: &str, cid: &str) -> InstanceKey {
     InstanceKey {
         author: author.into(),
-        record_cid: cid.into(),
+        bundle: cid.into(),
+        secrets: None,
     }
 }
 
