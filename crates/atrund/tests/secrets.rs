@@ -486,7 +486,10 @@ async fn copied_secrets_records_open_nothing() {
     );
     refused(&b);
     let msg = b["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("another author") && msg.contains("at-run secrets set"), "{msg}");
+    assert!(
+        msg.contains("another author") && msg.contains("at-run secrets set"),
+        "{msg}"
+    );
 
     // 2. Into the thief's repo under another bundle name.
     let mut renamed = stolen.clone();
@@ -511,7 +514,10 @@ async fn copied_secrets_records_open_nothing() {
         "{b}"
     );
     assert!(
-        b["message"].as_str().unwrap_or_default().contains("another bundle"),
+        b["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("another bundle"),
         "{b}"
     );
     refused(&b);
@@ -527,9 +533,16 @@ async fn copied_secrets_records_open_nothing() {
     };
     put_secrets(net, &thief, &secrets_rkey("loot", &key), &old).await;
     let (s, b) = get(&check(&thief, "loot")).await;
-    assert_eq!((s, b["error"].as_str()), (502, Some("SecretsOutdated")), "{b}");
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (502, Some("SecretsOutdated")),
+        "{b}"
+    );
     assert!(
-        b["message"].as_str().unwrap_or_default().contains("at-run secrets set"),
+        b["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("at-run secrets set"),
         "{b}"
     );
     refused(&b);

@@ -139,7 +139,10 @@ pub(crate) fn check_bound(
     if env.value.len() > MAX_VALUE_BYTES {
         return Err(SecretsError::Invalid {
             bundle: place.bundle.to_string(),
-            detail: format!("the value of '{}' is over {MAX_VALUE_BYTES} bytes", place.name),
+            detail: format!(
+                "the value of '{}' is over {MAX_VALUE_BYTES} bytes",
+                place.name
+            ),
         });
     }
     Ok(Zeroizing::new(env.value.clone()))
@@ -209,7 +212,12 @@ mod tests {
         let wrong_v = String::from_utf8(plain(&here, canary))
             .unwrap()
             .replace("\"v\":2", "\"v\":3");
-        for bad in [canary.to_string(), extra, wrong_v, format!("{{\"v\":{canary}")] {
+        for bad in [
+            canary.to_string(),
+            extra,
+            wrong_v,
+            format!("{{\"v\":{canary}"),
+        ] {
             let e = check_bound(bad.as_bytes(), &here).unwrap_err();
             assert_eq!(e.code(), "SecretsInvalid");
             assert!(!e.to_string().contains(canary), "{e}");

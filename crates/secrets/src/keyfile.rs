@@ -540,7 +540,10 @@ mod tests {
         assert_eq!(st, KeyFileStatus::Loaded { pruned: 1 });
         assert_eq!(pruned.lookup_keys(), [new.public_key()]);
         assert_eq!(
-            pruned.open(DID, "hello", &sealed_for_old).unwrap_err().code(),
+            pruned
+                .open(DID, "hello", &sealed_for_old)
+                .unwrap_err()
+                .code(),
             "SecretsNotForThisRunner"
         );
         let (again, st) = RunnerKeys::load_or_create(&path, grace).unwrap();

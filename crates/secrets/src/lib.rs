@@ -24,7 +24,6 @@ pub use keyfile::{KeyFileStatus, RunnerKeys};
 pub use opener::Opener;
 pub use record::{
     secrets_rkey, validate_secret_name, SealedEntry, SecretsRecord, MAX_ENTRIES, MAX_VALUE_BYTES,
-    RECORD_FORMAT,
-    SECRETS_COLLECTION,
+    RECORD_FORMAT, SECRETS_COLLECTION,
 };
 pub use value::{SecretEnv, SecretValue};

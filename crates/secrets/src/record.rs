@@ -132,7 +132,8 @@ impl SecretsRecord {
             if !seen.insert(e.name.as_str()) {
                 return Err(invalid(format!("'{}' appears twice", e.name)));
             }
-            if e.sealed.len() < SEAL_OVERHEAD || e.sealed.len() > SEAL_OVERHEAD + MAX_ENVELOPE_BYTES {
+            if e.sealed.len() < SEAL_OVERHEAD || e.sealed.len() > SEAL_OVERHEAD + MAX_ENVELOPE_BYTES
+            {
                 return Err(invalid(format!(
                     "the sealed value of '{}' is {} bytes; a sealed box is 48 to {} bytes",
                     e.name,
@@ -310,7 +311,10 @@ mod tests {
             format: Some(3),
             ..rec()
         };
-        assert_eq!(future.validate("hello").unwrap_err().code(), "SecretsInvalid");
+        assert_eq!(
+            future.validate("hello").unwrap_err().code(),
+            "SecretsInvalid"
+        );
         let key = RunnerPublicKey([3; 32]);
         let rkey = secrets_rkey("hello", &key);
         assert!(rkey.starts_with("hello:") && rkey.len() == 6 + 16);

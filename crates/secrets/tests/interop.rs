@@ -117,7 +117,10 @@ fn libsodium_sealed_values_open_here_and_ours_open_there() {
     );
     assert_eq!(
         opened,
-        format!("2|did:plc:interop|hello|X|{}|from rust ✓", pk.to_multibase())
+        format!(
+            "2|did:plc:interop|hello|X|{}|from rust ✓",
+            pk.to_multibase()
+        )
     );
 
     // And libsodium agrees on the public key of the secret key in our file.
