@@ -176,12 +176,17 @@ impl Default for FetchSection {
 pub struct HttpSection {
     /// Largest request body forwarded to a bundle (413 beyond).
     pub max_request_body_bytes: u64,
+    /// Domain under which each bundle gets its own origin, `{label}.{bundle_domain}`
+    /// (docs/origins.md); unset means bundles are served by path only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_domain: Option<String>,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             max_request_body_bytes: 10 * MIB,
+            bundle_domain: None,
         }
     }
 }

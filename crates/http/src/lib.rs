@@ -1,19 +1,24 @@
-//! The runner's HTTP API: the invocation route, health and readiness, and describeRunner.
+//! The runner's HTTP API: the invocation routes (by path, and by host under
+//! `http.bundle_domain`), health and readiness, describeRunner and resolveBundleOrigin.
 //!
 //! Owns: routing, request parsing, the order of the pipeline steps (identity → policy → fetch →
-//! permission caps → pool), body limits and the error → status mapping (`error`). Must not touch:
-//! how identities are resolved, records verified or instances isolated; it calls those crates.
+//! permission caps → pool), body limits, the error → status mapping (`error`), and the header
+//! rules that keep bundles out of each other's origin (`headers`, `origin`). Must not touch: how
+//! identities are resolved, records verified or instances isolated; it calls those crates.
 
 pub mod error;
+pub mod headers;
 pub mod local;
+pub mod origin;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
@@ -28,6 +33,7 @@ use atrund_sandbox::{InstanceSpec, Invocation};
 
 pub use error::ApiError;
 pub use local::LocalBundle;
+pub use origin::OriginTable;
 
 /// Author segment that names the local dev bundle.
 pub const LOCAL_AUTHOR: &str = "local";
@@ -49,14 +55,22 @@ pub struct AppState {
     pub draining: watch::Receiver<bool>,
     /// What the sandbox enforces, limit by limit, for describeRunner (docs/limits.md).
     pub enforcement: Arc<Vec<atrund_sandbox::Enforcement>>,
+    /// Label → bundle, for host routes (docs/origins.md).
+    pub origins: Arc<OriginTable>,
 }
 
-/// The runner's routes.
+/// The runner's routes. With `http.bundle_domain` set, a request whose host is
+/// `{label}.{bundle_domain}` never reaches them: it belongs to that bundle, whatever its path
+/// (so `/bundle/...` of another bundle cannot be served in a bundle's origin).
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/xrpc/dev.atrund.describeRunner", get(describe_runner))
+        .route(
+            "/xrpc/dev.atrund.resolveBundleOrigin",
+            get(resolve_bundle_origin),
+        )
         .route(
             "/bundle/{author}/{name}/{version}/{endpoint}",
             any(invoke_root),
@@ -71,7 +85,134 @@ pub fn router(state: AppState) -> Router {
                 "no such route; bundles are served at /bundle/{did-or-handle}/{name}/{version}/{endpoint}",
             )
         })
-        .with_state(state)
+        .with_state(state.clone());
+    if state.config.http.bundle_domain.is_some() {
+        routes.layer(axum::middleware::from_fn_with_state(state, by_host))
+    } else {
+        routes
+    }
+}
+
+/// Sends requests for a bundle host to that bundle, everything else to the runner's routes.
+async fn by_host(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(domain) = st.config.http.bundle_domain.as_deref() else {
+        return next.run(req).await;
+    };
+    // HTTP/1.1 names the host in `Host`; HTTP/2 in the `:authority` the URI carries.
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .map(str::to_string);
+    match origin::host_route(host.as_deref(), domain) {
+        origin::HostRoute::Runner => next.run(req).await,
+        origin::HostRoute::NotABundle => ApiError::new(
+            "NotFound",
+            format!("no bundle is served at this host; bundle hosts are one label under {domain}, such as hello-<hash>.{domain}"),
+        )
+        .into_response(),
+        origin::HostRoute::Bundle { label, host } => invoke_host(st, label, host, req)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
+    }
+}
+
+/// `https://{label}.{bundle_domain}/[@{version}/]{endpoint}[/{rest}]`: the bundle of that label,
+/// `latest` unless the first segment is `@` and a version.
+async fn invoke_host(
+    st: AppState,
+    label: String,
+    host: String,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let Some(bundle) = st.origins.get(&label) else {
+        return Err(ApiError::new(
+            "BundleNotFound",
+            format!(
+                "this runner knows no bundle with the label '{label}'; labels are hashes, so the runner learns one when the bundle is first served here: call /xrpc/dev.atrund.resolveBundleOrigin?author=<did-or-handle>&name=<name> on the runner's main address, or open the bundle once by path"
+            ),
+        ));
+    };
+    let (version, endpoint, rest) = split_host_path(req.uri().path());
+    let (version, endpoint, rest) = (version.to_string(), endpoint.to_string(), rest.to_string());
+    if endpoint.is_empty() {
+        return Err(ApiError::new(
+            "EndpointNotFound",
+            format!("name an endpoint: https://{host}/{{endpoint}}, or https://{host}/@{{version}}/{{endpoint}} for a pinned version"),
+        ));
+    }
+    let route = RouteKind::Host { host };
+    invoke(
+        st,
+        route,
+        bundle.did,
+        bundle.name,
+        version,
+        endpoint,
+        rest,
+        req,
+    )
+    .await
+}
+
+/// `/@1.2.0/greet/a/b` → (`1.2.0`, `greet`, `a/b`); `/greet` → (`latest`, `greet`, ``). Raw,
+/// not percent-decoded: the endpoint and version are then validated as they were sent.
+fn split_host_path(path: &str) -> (&str, &str, &str) {
+    let p = path.strip_prefix('/').unwrap_or(path);
+    let (version, p) = match p.strip_prefix('@') {
+        Some(v) => v.split_once('/').unwrap_or((v, "")),
+        None => ("latest", p),
+    };
+    let (endpoint, rest) = p.split_once('/').unwrap_or((p, ""));
+    (version, endpoint, rest)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct OriginQuery {
+    author: String,
+    name: String,
+}
+
+/// `GET /xrpc/dev.atrund.resolveBundleOrigin?author=…&name=…`: the bundle's label and host under
+/// `http.bundle_domain`. Resolves the author, checks the policy and loads (so verifies) the
+/// bundle's latest release first, so the table only ever holds bundles that exist and may run.
+async fn resolve_bundle_origin(
+    State(st): State<AppState>,
+    q: Result<Query<OriginQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Some(domain) = st.config.http.bundle_domain.as_deref() else {
+        return Err(ApiError::new(
+            "NotFound",
+            "this runner serves bundles by path only (http.bundle_domain is unset); use /bundle/{did-or-handle}/{name}/{version}/{endpoint}",
+        ));
+    };
+    let Query(q) = q.map_err(|_| {
+        ApiError::new(
+            "InvalidRequest",
+            "give the bundle as ?author=<did-or-handle>&name=<bundle name>",
+        )
+    })?;
+    atrund_bundle::record::validate_name(&q.name)?;
+    let id: AtIdentifier = q.author.parse()?;
+    let (resolved, handle) = st.identity.resolve(&id).await?;
+    atrund_policy::check_author(
+        &st.config.policy,
+        resolved.did.as_str(),
+        handle.as_ref().map(|h| h.as_str()),
+    )?;
+    let bundle = st
+        .source
+        .load(&resolved, &q.name, &VersionSelector::Latest)
+        .await?;
+    let label = st.origins.remember(&bundle.author, &bundle.name);
+    Ok(axum::Json(serde_json::json!({
+        "did": bundle.author,
+        "name": bundle.name,
+        "label": label,
+        "host": format!("{label}.{domain}"),
+    }))
+    .into_response())
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
@@ -108,9 +249,7 @@ async fn invoke_root(
     Path((author, name, version, endpoint)): Path<RouteParams>,
     req: Request,
 ) -> Response {
-    invoke(st, author, name, version, endpoint, String::new(), req)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    invoke_path(st, author, name, version, endpoint, String::new(), req).await
 }
 
 async fn invoke_rest(
@@ -118,9 +257,42 @@ async fn invoke_rest(
     Path((author, name, version, endpoint, rest)): Path<(String, String, String, String, String)>,
     req: Request,
 ) -> Response {
-    invoke(st, author, name, version, endpoint, rest, req)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    invoke_path(st, author, name, version, endpoint, rest, req).await
+}
+
+async fn invoke_path(
+    st: AppState,
+    author: String,
+    name: String,
+    version: String,
+    endpoint: String,
+    rest: String,
+    req: Request,
+) -> Response {
+    // The route parameter is percent-decoded, which would turn `did:web:localhost%3A8080` into
+    // a different DID: take the author segment from the raw path instead.
+    let author = raw_segment(req.uri(), 2).unwrap_or(author);
+    invoke(
+        st,
+        RouteKind::Path,
+        author,
+        name,
+        version,
+        endpoint,
+        rest,
+        req,
+    )
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// How a call reached its bundle, which decides the header rules (`headers`).
+#[derive(Debug)]
+enum RouteKind {
+    /// `/bundle/...` on the runner's shared origin.
+    Path,
+    /// `{label}.{bundle_domain}`: the bundle's own origin; `host` without port.
+    Host { host: String },
 }
 
 /// The admin routes, for a separate listener bound to loopback by default: `GET /admin/pool`
@@ -150,7 +322,9 @@ pub async fn prewarm(
     let target = if author == LOCAL_AUTHOR && st.local.is_some() {
         local_target(st, name, &selector).await?
     } else {
-        remote_target(st, author, name, &selector).await?
+        let t = remote_target(st, author, name, &selector).await?;
+        remember_origin(st, &t);
+        t
     };
     let limits =
         atrund_policy::check_manifest(&st.config.permissions, &st.config.limits, &target.manifest)?;
@@ -175,9 +349,11 @@ struct Target {
     secrets: Option<Arc<atrund_secrets::SecretEnv>>,
 }
 
+#[allow(clippy::too_many_arguments)] // the route's parts, each used once
 #[tracing::instrument(name = "invoke", skip_all, fields(%author, %name, %version, %endpoint))]
 async fn invoke(
     st: AppState,
+    route: RouteKind,
     author: String,
     name: String,
     version: String,
@@ -205,19 +381,33 @@ async fn invoke(
         ));
     }
 
-    // The route parameter is percent-decoded, which would turn `did:web:localhost%3A8080` into
-    // a different DID: take the author segment from the raw path instead.
-    let author = raw_segment(req.uri(), 2).unwrap_or(author);
+    if matches!(route, RouteKind::Path) && headers::is_service_worker_fetch(req.headers()) {
+        return Err(ApiError::new(
+            "ServiceWorkerNotAllowed",
+            "service workers cannot be registered on the runner's shared origin; serve the bundle on its own origin (http.bundle_domain, docs/origins.md)",
+        ));
+    }
     let target = if author == LOCAL_AUTHOR && st.local.is_some() {
         local_target(&st, &name, &selector).await?
     } else {
-        remote_target(&st, &author, &name, &selector).await?
+        let t = remote_target(&st, &author, &name, &selector).await?;
+        remember_origin(&st, &t);
+        t
     };
     let limits =
         atrund_policy::check_manifest(&st.config.permissions, &st.config.limits, &target.manifest)?;
     check_endpoint(&target.manifest, &endpoint, req.method())?;
 
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    if matches!(route, RouteKind::Path) {
+        let n = headers::strip_request_cookies(&mut parts.headers);
+        if n > 0 {
+            tracing::debug!(
+                cookies = n,
+                "Cookie header not forwarded: on a path route it holds the shared origin's cookies"
+            );
+        }
+    }
     let max = st.config.http.max_request_body_bytes;
     let body = axum::body::to_bytes(body, usize::try_from(max).unwrap_or(usize::MAX))
         .await
@@ -240,7 +430,7 @@ async fn invoke(
         .map_err(|e| ApiError::new("InvalidRequest", e.to_string()))?;
 
     let spec = || instance_spec(&st, &target, &limits);
-    let resp = st
+    let mut resp = st
         .pool
         .execute(
             target.key.clone(),
@@ -249,7 +439,32 @@ async fn invoke(
             Invocation { endpoint, request },
         )
         .await?;
+    let bundle = format!("{}/{}", target.key.author, target.name);
+    match &route {
+        RouteKind::Path => {
+            let removed = headers::sandbox_path_response(resp.headers_mut());
+            if removed.cookies > 0 {
+                tracing::info!(%bundle, count = removed.cookies, "Set-Cookie dropped: a bundle served by path shares the runner's origin (docs/origins.md)");
+            }
+            if !removed.others.is_empty() {
+                tracing::info!(%bundle, headers = ?removed.others, "origin-wide response headers dropped on a path route");
+            }
+        }
+        RouteKind::Host { host } => {
+            let n = headers::filter_host_cookies(resp.headers_mut(), host);
+            if n > 0 {
+                tracing::info!(%bundle, count = n, "Set-Cookie with a Domain other than the bundle's own host dropped (it would reach sibling bundles)");
+            }
+        }
+    }
     Ok(resp)
+}
+
+/// Notes the label of a bundle the pipeline has just resolved, so its host route works.
+fn remember_origin(st: &AppState, t: &Target) {
+    if st.config.http.bundle_domain.is_some() {
+        st.origins.remember(&t.key.author, &t.name);
+    }
 }
 
 async fn remote_target(
@@ -462,6 +677,19 @@ mod tests {
             check_endpoint(&m, "zz", &Method::GET).unwrap_err().code,
             "EndpointNotFound"
         );
+    }
+
+    #[test]
+    fn host_paths_split_into_version_endpoint_rest() {
+        assert_eq!(split_host_path("/greet"), ("latest", "greet", ""));
+        assert_eq!(split_host_path("/greet/a/b"), ("latest", "greet", "a/b"));
+        assert_eq!(split_host_path("/@1.2.0/greet"), ("1.2.0", "greet", ""));
+        assert_eq!(
+            split_host_path("/@1.2.0/greet/x%20y"),
+            ("1.2.0", "greet", "x%20y")
+        );
+        assert_eq!(split_host_path("/@1.2.0"), ("1.2.0", "", ""));
+        assert_eq!(split_host_path("/"), ("latest", "", ""));
     }
 
     #[test]
