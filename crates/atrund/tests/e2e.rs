@@ -6,8 +6,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use atrund_testnet::{Account, TestNet};
-use common::{get, Daemon};
+use atrund_testnet::TestNet;
+use common::{deploy, get, Daemon};
 use serde_json::{json, Value};
 
 /// A running `at-rund` against the test network, with its own data dir.
@@ -47,36 +47,6 @@ fn setup() -> Option<(&'static TestNet, PathBuf)> {
 
 fn repo(path: &str) -> PathBuf {
     atrund_testnet::repo_root().join(path)
-}
-
-/// Publishes `code` with `manifest` as `name@version` for `account`, through at-run's deploy.
-async fn deploy(
-    net: &TestNet,
-    account: &Account,
-    code: &str,
-    manifest: &Value,
-    name: &str,
-    version: &str,
-) -> at_run::deploy::Published {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("main.js");
-    std::fs::write(&file, code).expect("write bundle");
-    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).expect("manifest");
-    let args = at_run::deploy::DeployArgs {
-        file,
-        name: name.to_string(),
-        version: version.to_string(),
-        manifest: None,
-        description: None,
-        no_release: false,
-        pds: Some(net.pds_url.clone()),
-        identifier: Some(account.handle.clone()),
-        password: Some(account.password.parse().expect("password")),
-        json: false,
-    };
-    at_run::deploy::run(&args)
-        .await
-        .unwrap_or_else(|e| panic!("deploy {name}@{version} failed: {e:#}"))
 }
 
 fn hello_code() -> String {

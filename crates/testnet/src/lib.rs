@@ -367,6 +367,34 @@ pub fn deno_path() -> Option<PathBuf> {
     }
 }
 
+/// A headless Chromium for browser tests: `ATRUND_TEST_CHROMIUM`, else `chromium` on `PATH`
+/// (Debian package `chromium`; `scripts/setup.sh --test` installs it). `None` with a printed
+/// reason when it is not installed and `CI` is not `true`; panics in CI.
+pub fn chromium_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ATRUND_TEST_CHROMIUM") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Some(p);
+        }
+        panic!(
+            "ATRUND_TEST_CHROMIUM points at {}, which is not a file; fix or unset it",
+            p.display()
+        );
+    }
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("chromium"))
+            .find(|p| p.is_file())
+    });
+    match on_path {
+        Some(p) => Some(p),
+        None => missing(
+            "chromium (headless browser)",
+            "run `scripts/setup.sh --test` or `apt-get install chromium`, or set ATRUND_TEST_CHROMIUM",
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

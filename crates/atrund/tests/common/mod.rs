@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use atrund_testnet::TestNet;
+use atrund_testnet::{Account, TestNet};
 use serde_json::Value;
 
 /// A running `at-rund`.
@@ -154,4 +154,34 @@ pub async fn get(url: &str) -> (u16, Value) {
     let text = resp.text().await.expect("body");
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, body)
+}
+
+/// Publishes `code` with `manifest` as `name@version` for `account`, through at-run's deploy.
+pub async fn deploy(
+    net: &TestNet,
+    account: &Account,
+    code: &str,
+    manifest: &Value,
+    name: &str,
+    version: &str,
+) -> at_run::deploy::Published {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("main.js");
+    std::fs::write(&file, code).expect("write bundle");
+    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).expect("manifest");
+    let args = at_run::deploy::DeployArgs {
+        file,
+        name: name.to_string(),
+        version: version.to_string(),
+        manifest: None,
+        description: None,
+        no_release: false,
+        pds: Some(net.pds_url.clone()),
+        identifier: Some(account.handle.clone()),
+        password: Some(account.password.parse().expect("password")),
+        json: false,
+    };
+    at_run::deploy::run(&args)
+        .await
+        .unwrap_or_else(|e| panic!("deploy {name}@{version} failed: {e:#}"))
 }
