@@ -259,6 +259,8 @@ async fn path_routes_are_sandboxed_and_host_routes_are_one_origin_per_bundle() {
     assert_eq!(body["error"], "ServiceWorkerNotAllowed");
 
     // ---- Host routes: an origin per bundle. ----
+    let (_, d) = get(&format!("{base}/xrpc/dev.atrund.describeRunner")).await;
+    assert_eq!(d["bundleDomain"], DOMAIN);
     let mut hosts = Vec::new();
     for (acct, name) in [(&a, "vault"), (&b, "evil")] {
         let (st, o) = get(&format!(

@@ -238,6 +238,8 @@ async fn describe_runner(State(st): State<AppState>) -> Response {
         "maxRequestBodyBytes": c.http.max_request_body_bytes,
         // Largest code blob this runner fetches (`at-run check` compares bundles with it).
         "maxBundleBytes": c.fetch.max_bundle_bytes,
+        // Where bundles have origins of their own (docs/origins.md); null: path routes only.
+        "bundleDomain": c.http.bundle_domain,
     }))
     .into_response()
 }
