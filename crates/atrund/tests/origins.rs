@@ -102,7 +102,9 @@ async fn browse(chromium: &Path, url: &str) -> Value {
         .expect("collector");
     let report = format!("http://{}/report", listener.local_addr().expect("addr"));
     let server = tokio::spawn(async move { axum::serve(listener, collector).await });
-    let url = format!("{url}&report={}", enc(&report));
+    let mut url = reqwest::Url::parse(url).expect("browser URL");
+    url.query_pairs_mut().append_pair("report", &report);
+    let url = url.to_string();
 
     let profile = tempfile::tempdir().expect("profile dir");
     // Output goes to a file: a full pipe would block Chromium (it logs a lot on stderr).
@@ -149,15 +151,11 @@ async fn browse(chromium: &Path, url: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("report is not JSON ({e}): {text}"))
 }
 
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// `{base}?next=…&secret=…`, each value URL-encoded.
+fn start_url(base: &str, next: &str, secret: &str) -> String {
+    reqwest::Url::parse_with_params(base, &[("next", next), ("secret", secret)])
+        .expect("start URL")
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -203,10 +201,10 @@ async fn path_routes_are_sandboxed_and_host_routes_are_one_origin_per_bundle() {
 
     let found = browse(
         &chromium,
-        &format!(
-            "{a_path}/login?next={}&secret={}",
-            enc(&b_page),
-            enc(&format!("{a_path}/secret"))
+        &start_url(
+            &format!("{a_path}/login"),
+            &b_page,
+            &format!("{a_path}/secret"),
         ),
     )
     .await;
@@ -279,10 +277,10 @@ async fn path_routes_are_sandboxed_and_host_routes_are_one_origin_per_bundle() {
     let (a_host, b_host) = (&hosts[0], &hosts[1]);
     let found = browse(
         &chromium,
-        &format!(
-            "{a_host}/login?next={}&secret={}",
-            enc(&format!("{b_host}/page")),
-            enc(&format!("{a_host}/secret"))
+        &start_url(
+            &format!("{a_host}/login"),
+            &format!("{b_host}/page"),
+            &format!("{a_host}/secret"),
         ),
     )
     .await;

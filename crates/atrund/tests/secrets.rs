@@ -60,25 +60,7 @@ fn setup() -> Option<(&'static TestNet, PathBuf)> {
 }
 
 async fn deploy(net: &TestNet, account: &Account, code: &str, manifest: &Value, name: &str) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("main.js");
-    std::fs::write(&file, code).expect("write bundle");
-    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).expect("manifest");
-    let args = at_run::deploy::DeployArgs {
-        file,
-        name: name.to_string(),
-        version: "1.0.0".to_string(),
-        manifest: None,
-        description: None,
-        no_release: false,
-        pds: Some(net.pds_url.clone()),
-        identifier: Some(account.handle.clone()),
-        password: Some(account.password.parse().expect("password")),
-        json: false,
-    };
-    at_run::deploy::run(&args)
-        .await
-        .unwrap_or_else(|e| panic!("deploy {name} failed: {e:#}"));
+    common::deploy(net, account, code, manifest, name, "1.0.0").await;
 }
 
 fn target(net: &TestNet, acct: &Account, runner: &Runner, name: &str) -> TargetArgs {

@@ -24,7 +24,7 @@ use url::Url;
 
 pub use error::{ConfigError, Source};
 pub use load::{env_var_name, known_env_vars, process_env, ENV_EXCEPTIONS, ENV_PREFIX};
-pub use syntax::{is_valid_did, is_valid_handle};
+pub use syntax::{is_dns_label, is_valid_did, is_valid_handle};
 pub use validate::is_loopback;
 
 /// One MiB, for readable defaults.

@@ -77,16 +77,17 @@ pub const MAX_BUNDLE_DOMAIN_LEN: usize = 253 - 64;
 /// starting or ending with `-`, at most [`MAX_BUNDLE_DOMAIN_LEN`] characters. Lower case only,
 /// because the runner compares it with the request's `Host` byte for byte after lower-casing.
 pub fn is_valid_bundle_domain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_BUNDLE_DOMAIN_LEN && s.split('.').all(is_dns_label)
+}
+
+/// One lower-case DNS label: 1-63 characters of `a-z0-9-`, not starting or ending with `-`.
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= MAX_BUNDLE_DOMAIN_LEN
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        })
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use atrund_bundle::{Manifest, VersionSelector};
 use atrund_config::Config;
-use atrund_identity::{AtIdentifier, IdentityResolver};
+use atrund_identity::{AtIdentifier, IdentityResolver, ResolvedDid};
 use atrund_policy::EffectiveLimits;
 use atrund_pool::{InstanceKey, Pool};
 use atrund_sandbox::{InstanceSpec, Invocation};
@@ -135,25 +135,20 @@ async fn invoke_host(
         ));
     };
     let (version, endpoint, rest) = split_host_path(req.uri().path());
-    let (version, endpoint, rest) = (version.to_string(), endpoint.to_string(), rest.to_string());
     if endpoint.is_empty() {
         return Err(ApiError::new(
             "EndpointNotFound",
             format!("name an endpoint: https://{host}/{{endpoint}}, or https://{host}/@{{version}}/{{endpoint}} for a pinned version"),
         ));
     }
-    let route = RouteKind::Host { host };
-    invoke(
-        st,
-        route,
-        bundle.did,
-        bundle.name,
-        version,
-        endpoint,
-        rest,
-        req,
-    )
-    .await
+    let call = Call {
+        author: bundle.did,
+        name: bundle.name,
+        version: version.to_string(),
+        endpoint: endpoint.to_string(),
+        rest: rest.to_string(),
+    };
+    invoke(st, RouteKind::Host { host }, call, req).await
 }
 
 /// `/@1.2.0/greet/a/b` → (`1.2.0`, `greet`, `a/b`); `/greet` → (`latest`, `greet`, ``). Raw,
@@ -194,13 +189,7 @@ async fn resolve_bundle_origin(
         )
     })?;
     atrund_bundle::record::validate_name(&q.name)?;
-    let id: AtIdentifier = q.author.parse()?;
-    let (resolved, handle) = st.identity.resolve(&id).await?;
-    atrund_policy::check_author(
-        &st.config.policy,
-        resolved.did.as_str(),
-        handle.as_ref().map(|h| h.as_str()),
-    )?;
+    let resolved = allowed_author(&st, &q.author).await?;
     let bundle = st
         .source
         .load(&resolved, &q.name, &VersionSelector::Latest)
@@ -246,46 +235,52 @@ async fn describe_runner(State(st): State<AppState>) -> Response {
 
 type RouteParams = (String, String, String, String);
 
+/// What a request asks to run, from either route shape.
+struct Call {
+    /// DID or handle, as sent (or `local`).
+    author: String,
+    name: String,
+    version: String,
+    endpoint: String,
+    /// The path after the endpoint, without its leading `/`.
+    rest: String,
+}
+
 async fn invoke_root(
     State(st): State<AppState>,
     Path((author, name, version, endpoint)): Path<RouteParams>,
     req: Request,
 ) -> Response {
-    invoke_path(st, author, name, version, endpoint, String::new(), req).await
+    let rest = String::new();
+    invoke_path(st, (author, name, version, endpoint, rest), req).await
 }
 
 async fn invoke_rest(
     State(st): State<AppState>,
-    Path((author, name, version, endpoint, rest)): Path<(String, String, String, String, String)>,
+    Path(params): Path<(String, String, String, String, String)>,
     req: Request,
 ) -> Response {
-    invoke_path(st, author, name, version, endpoint, rest, req).await
+    invoke_path(st, params, req).await
 }
 
 async fn invoke_path(
     st: AppState,
-    author: String,
-    name: String,
-    version: String,
-    endpoint: String,
-    rest: String,
+    (author, name, version, endpoint, rest): (String, String, String, String, String),
     req: Request,
 ) -> Response {
     // The route parameter is percent-decoded, which would turn `did:web:localhost%3A8080` into
     // a different DID: take the author segment from the raw path instead.
     let author = raw_segment(req.uri(), 2).unwrap_or(author);
-    invoke(
-        st,
-        RouteKind::Path,
+    let call = Call {
         author,
         name,
         version,
         endpoint,
         rest,
-        req,
-    )
-    .await
-    .unwrap_or_else(IntoResponse::into_response)
+    };
+    invoke(st, RouteKind::Path, call, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// How a call reached its bundle, which decides the header rules (`headers`).
@@ -351,18 +346,20 @@ struct Target {
     secrets: Option<Arc<atrund_secrets::SecretEnv>>,
 }
 
-#[allow(clippy::too_many_arguments)] // the route's parts, each used once
-#[tracing::instrument(name = "invoke", skip_all, fields(%author, %name, %version, %endpoint))]
+#[tracing::instrument(name = "invoke", skip_all, fields(author = %call.author, name = %call.name, version = %call.version, endpoint = %call.endpoint))]
 async fn invoke(
     st: AppState,
     route: RouteKind,
-    author: String,
-    name: String,
-    version: String,
-    endpoint: String,
-    rest: String,
+    call: Call,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let Call {
+        author,
+        name,
+        version,
+        endpoint,
+        rest,
+    } = call;
     if *st.draining.borrow() {
         return Err(ApiError::new(
             "Draining",
@@ -475,13 +472,7 @@ async fn remote_target(
     name: &str,
     selector: &VersionSelector,
 ) -> Result<Target, ApiError> {
-    let id: AtIdentifier = author.parse()?;
-    let (resolved, handle) = st.identity.resolve(&id).await?;
-    atrund_policy::check_author(
-        &st.config.policy,
-        resolved.did.as_str(),
-        handle.as_ref().map(|h| h.as_str()),
-    )?;
+    let resolved = allowed_author(st, author).await?;
     let bundle = st.source.load(&resolved, name, selector).await?;
     // Secrets belong to the bundle name, not a version; their record CID joins the instance key
     // (`{bundle cid}+{secrets cid}`) so a changed secret reaches the next new instance.
@@ -508,6 +499,18 @@ async fn remote_target(
         name: bundle.name.clone(),
         secrets,
     })
+}
+
+/// Resolves a DID or handle and checks the author policy, before anything of theirs is fetched.
+async fn allowed_author(st: &AppState, author: &str) -> Result<Arc<ResolvedDid>, ApiError> {
+    let id: AtIdentifier = author.parse()?;
+    let (resolved, handle) = st.identity.resolve(&id).await?;
+    atrund_policy::check_author(
+        &st.config.policy,
+        resolved.did.as_str(),
+        handle.as_ref().map(|h| h.as_str()),
+    )?;
+    Ok(resolved)
 }
 
 async fn local_target(

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use atrund_config::is_dns_label;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -80,23 +81,13 @@ pub fn host_route(host: Option<&str>, bundle_domain: &str) -> HostRoute {
     else {
         return HostRoute::Runner;
     };
-    if sub.is_empty() || sub.contains('.') || !is_label(sub) {
+    if sub.is_empty() || sub.contains('.') || !is_dns_label(sub) {
         return HostRoute::NotABundle;
     }
     HostRoute::Bundle {
         label: sub.to_string(),
         host: name.to_string(),
     }
-}
-
-/// 1-63 characters of `a-z0-9-`, not starting or ending with `-`.
-fn is_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// A bundle named by its author's DID and its name.
@@ -243,7 +234,7 @@ mod tests {
         let a = label(did, "hello");
         assert_eq!(a, label(did, "hello"));
         assert!(a.starts_with("hello-") && a.len() == 6 + HASH_CHARS, "{a}");
-        assert!(is_label(&a));
+        assert!(is_dns_label(&a));
         // Another author or another name: another label, same prefix or not.
         assert_ne!(a, label("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", "hello"));
         assert_ne!(a, label(did, "hello2"));
@@ -252,10 +243,10 @@ mod tests {
         let long = "a-very-long-bundle-name-that-goes-on-and-on-for-sixty-four-chars";
         assert_eq!(long.len(), 64);
         let l = label(did, long);
-        assert!(l.len() <= 63 && is_label(&l), "{l}");
+        assert!(l.len() <= 63 && is_dns_label(&l), "{l}");
         for n in ["x", "a--b", "xn--abc", "a-", "a1-2-3"] {
             let l = label(did, n);
-            assert!(is_label(&l) && !l.contains("--"), "{n}: {l}");
+            assert!(is_dns_label(&l) && !l.contains("--"), "{n}: {l}");
         }
     }
 
