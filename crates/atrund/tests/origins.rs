@@ -73,14 +73,21 @@ fn setup() -> Option<(&'static TestNet, PathBuf, PathBuf)> {
     Some((net, deno, chromium))
 }
 
-fn start(net: &TestNet, deno: &Path, data: &Path) -> Daemon {
+/// A runner open to everyone, with host routes under `domain` when given.
+fn start_with(net: &TestNet, deno: &Path, data: &Path, domain: Option<&str>) -> Daemon {
     let mut cmd = common::command(deno, data);
     common::use_test_net(&mut cmd, net)
         .arg("serve")
         .env("ATRUND_POLICY", "open")
-        .env("ATRUND_HTTP_BUNDLE_DOMAIN", DOMAIN)
         .env("ATRUND_LOG", "info,atrund=debug,atrund_http=debug");
+    if let Some(d) = domain {
+        cmd.env("ATRUND_HTTP_BUNDLE_DOMAIN", d);
+    }
     Daemon::spawn(&mut cmd, false)
+}
+
+fn start(net: &TestNet, deno: &Path, data: &Path) -> Daemon {
+    start_with(net, deno, data, Some(DOMAIN))
 }
 
 /// Loads `url` (which must pass `report` on to B's page) in a fresh headless Chromium profile
@@ -362,4 +369,44 @@ async fn path_routes_are_sandboxed_and_host_routes_are_one_origin_per_bundle() {
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["secret"], "A-SECRET-BODY");
+}
+
+/// Without `http.bundle_domain` there are no host routes: a bundle-looking `Host` is served as the
+/// runner, resolveBundleOrigin says so, and describeRunner's `bundleDomain` is null. No browser.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_bundle_domain_everything_is_a_sandboxed_path_route() {
+    let Some(net) = atrund_testnet::shared() else {
+        return;
+    };
+    let Some(deno) = atrund_testnet::deno_path() else {
+        return;
+    };
+    let a = net.create_account("plain").await;
+    let manifest = json!({"endpoints": [{"name": "secret", "method": "GET"}]});
+    deploy(net, &a, VAULT, &manifest, "vault", "1.0.0").await;
+    let data = tempfile::tempdir().expect("data dir");
+    let daemon = start_with(net, &deno, data.path(), None);
+
+    let (_, d) = get(&daemon.url("/xrpc/dev.atrund.describeRunner")).await;
+    assert_eq!(d["bundleDomain"], Value::Null, "{d}");
+    let (s, b) = get(&daemon.url(&format!(
+        "/xrpc/dev.atrund.resolveBundleOrigin?author={}&name=vault",
+        a.did
+    )))
+    .await;
+    assert_eq!((s, b["error"].as_str()), (404, Some("NotFound")), "{b}");
+
+    let label = atrund_http::origin::label(&a.did, "vault");
+    let r = reqwest::Client::new()
+        .get(daemon.url(&format!("/bundle/{}/vault/latest/secret", a.did)))
+        .header("host", format!("{label}.{DOMAIN}"))
+        .send()
+        .await
+        .expect("path route with a bundle-like host");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-security-policy"],
+        "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads"
+    );
+    assert!(!data.path().join("origins.json").exists());
 }
