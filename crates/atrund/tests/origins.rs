@@ -282,6 +282,26 @@ async fn path_routes_are_sandboxed_and_host_routes_are_one_origin_per_bundle() {
         hosts.push(format!("http://{label}.{DOMAIN}:{port}"));
     }
     let (a_host, b_host) = (&hosts[0], &hosts[1]);
+    // The on-demand TLS check approves known bundle hosts only.
+    let check = |host: &str| {
+        format!(
+            "{base}/xrpc/dev.atrund.checkBundleHost?domain={}",
+            host.trim_start_matches("http://")
+        )
+    };
+    let (st, o) = get(&check(a_host)).await;
+    assert_eq!((st, o["did"].as_str()), (200, Some(a.did.as_str())), "{o}");
+    for (host, error) in [
+        (
+            format!("nothing-{}.{DOMAIN}", "a".repeat(24)),
+            "BundleNotFound",
+        ),
+        (format!("a.b.{DOMAIN}"), "NotFound"),
+        ("example.com".to_string(), "NotFound"),
+    ] {
+        let (st, o) = get(&check(&host)).await;
+        assert_eq!((st, o["error"].as_str()), (404, Some(error)), "{host}: {o}");
+    }
     let found = browse(
         &chromium,
         &start_url(
@@ -392,6 +412,11 @@ async fn without_a_bundle_domain_everything_is_a_sandboxed_path_route() {
     let (s, b) = get(&daemon.url(&format!(
         "/xrpc/dev.atrund.resolveBundleOrigin?author={}&name=vault",
         a.did
+    )))
+    .await;
+    assert_eq!((s, b["error"].as_str()), (404, Some("NotFound")), "{b}");
+    let (s, b) = get(&daemon.url(&format!(
+        "/xrpc/dev.atrund.checkBundleHost?domain=x.{DOMAIN}"
     )))
     .await;
     assert_eq!((s, b["error"].as_str()), (404, Some("NotFound")), "{b}");

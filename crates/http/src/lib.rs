@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
             "/xrpc/dev.atrund.resolveBundleOrigin",
             get(resolve_bundle_origin),
         )
+        .route("/xrpc/dev.atrund.checkBundleHost", get(check_bundle_host))
         .route(
             "/bundle/{author}/{name}/{version}/{endpoint}",
             any(invoke_root),
@@ -164,6 +165,57 @@ fn split_host_path(path: &str) -> (&str, &str, &str) {
 }
 
 #[derive(Debug, serde::Deserialize)]
+struct HostQuery {
+    domain: String,
+}
+
+/// `GET /xrpc/dev.atrund.checkBundleHost?domain={host}`: 200 when `host` is the host of a bundle
+/// this runner knows, else 404; a TLS proxy's on-demand certificate check (Caddy's `ask`), so
+/// certificates are requested only for real bundle hosts. Only reads the label table.
+async fn check_bundle_host(
+    State(st): State<AppState>,
+    q: Result<Query<HostQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let domain = bundle_domain(&st)?;
+    let Query(q) = q.map_err(|_| {
+        ApiError::new(
+            "InvalidRequest",
+            "give the host as ?domain=<label>.<bundle domain>",
+        )
+    })?;
+    let origin::HostRoute::Bundle { label, host } = origin::host_route(Some(&q.domain), domain)
+    else {
+        return Err(ApiError::new(
+            "NotFound",
+            format!("'{}' is not a bundle host under {domain}", q.domain),
+        ));
+    };
+    let Some(bundle) = st.origins.get(&label) else {
+        return Err(ApiError::new(
+            "BundleNotFound",
+            format!("this runner knows no bundle with the label '{label}'"),
+        ));
+    };
+    Ok(axum::Json(serde_json::json!({
+        "did": bundle.did,
+        "name": bundle.name,
+        "label": label,
+        "host": host,
+    }))
+    .into_response())
+}
+
+/// `http.bundle_domain`, or the error for a runner that serves bundles by path only.
+fn bundle_domain(st: &AppState) -> Result<&str, ApiError> {
+    st.config.http.bundle_domain.as_deref().ok_or_else(|| {
+        ApiError::new(
+            "NotFound",
+            "this runner serves bundles by path only (http.bundle_domain is unset); use /bundle/{did-or-handle}/{name}/{version}/{endpoint}",
+        )
+    })
+}
+
+#[derive(Debug, serde::Deserialize)]
 struct OriginQuery {
     author: String,
     name: String,
@@ -176,12 +228,7 @@ async fn resolve_bundle_origin(
     State(st): State<AppState>,
     q: Result<Query<OriginQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Some(domain) = st.config.http.bundle_domain.as_deref() else {
-        return Err(ApiError::new(
-            "NotFound",
-            "this runner serves bundles by path only (http.bundle_domain is unset); use /bundle/{did-or-handle}/{name}/{version}/{endpoint}",
-        ));
-    };
+    let domain = bundle_domain(&st)?;
     let Query(q) = q.map_err(|_| {
         ApiError::new(
             "InvalidRequest",
