@@ -177,12 +177,7 @@ async fn check_bundle_host(
     q: Result<Query<HostQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let domain = bundle_domain(&st)?;
-    let Query(q) = q.map_err(|_| {
-        ApiError::new(
-            "InvalidRequest",
-            "give the host as ?domain=<label>.<bundle domain>",
-        )
-    })?;
+    let q = query(q, "give the host as ?domain=<label>.<bundle domain>")?;
     let origin::HostRoute::Bundle { label, host } = origin::host_route(Some(&q.domain), domain)
     else {
         return Err(ApiError::new(
@@ -196,13 +191,27 @@ async fn check_bundle_host(
             format!("this runner knows no bundle with the label '{label}'"),
         ));
     };
-    Ok(axum::Json(serde_json::json!({
+    Ok(origin_json(bundle, &label, &host))
+}
+
+/// The answer of both origin calls.
+fn origin_json(bundle: origin::BundleRef, label: &str, host: &str) -> Response {
+    axum::Json(serde_json::json!({
         "did": bundle.did,
         "name": bundle.name,
         "label": label,
         "host": host,
     }))
-    .into_response())
+    .into_response()
+}
+
+/// A query string parsed as `T`, or `InvalidRequest` with `usage`.
+fn query<T>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+    usage: &str,
+) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|_| ApiError::new("InvalidRequest", usage.to_string()))
 }
 
 /// `http.bundle_domain`, or the error for a runner that serves bundles by path only.
@@ -229,12 +238,10 @@ async fn resolve_bundle_origin(
     q: Result<Query<OriginQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let domain = bundle_domain(&st)?;
-    let Query(q) = q.map_err(|_| {
-        ApiError::new(
-            "InvalidRequest",
-            "give the bundle as ?author=<did-or-handle>&name=<bundle name>",
-        )
-    })?;
+    let q = query(
+        q,
+        "give the bundle as ?author=<did-or-handle>&name=<bundle name>",
+    )?;
     atrund_bundle::record::validate_name(&q.name)?;
     let resolved = allowed_author(&st, &q.author).await?;
     let bundle = st
@@ -242,13 +249,12 @@ async fn resolve_bundle_origin(
         .load(&resolved, &q.name, &VersionSelector::Latest)
         .await?;
     let label = st.origins.remember(&bundle.author, &bundle.name);
-    Ok(axum::Json(serde_json::json!({
-        "did": bundle.author,
-        "name": bundle.name,
-        "label": label,
-        "host": format!("{label}.{domain}"),
-    }))
-    .into_response())
+    let host = format!("{label}.{domain}");
+    let bundle = origin::BundleRef {
+        did: bundle.author.clone(),
+        name: bundle.name.clone(),
+    };
+    Ok(origin_json(bundle, &label, &host))
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
