@@ -300,6 +300,19 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     }
     tracing::info!(policy = %config.policy.describe(), "author policy");
 
+    // Host routes' label table (docs/origins.md): a cache the runner refills, so a damaged file
+    // costs only the host routes learnt so far, never the start.
+    let origins_path = data_dir.join("origins.json");
+    let origins = match atrund_http::OriginTable::open(origins_path.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "starting with an empty origin table");
+            atrund_http::OriginTable::empty(origins_path)
+        }
+    };
+    if let Some(d) = &config.http.bundle_domain {
+        tracing::info!(bundle_domain = %d, "host routes on: each bundle is served at {{label}}.{d} (docs/origins.md)");
+    }
     let (drain_tx, drain_rx) = watch::channel(false);
     let rates = Arc::new(atrund_policy::AuthorRates::new(config.tenants.clone()));
     let state = AppState {
@@ -314,6 +327,7 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         enforcement,
         rates,
         data_quota: Arc::default(),
+        origins: Arc::new(origins),
     };
     if let Some(l) = &state.local {
         tracing::info!(

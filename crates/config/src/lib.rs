@@ -24,7 +24,7 @@ use url::Url;
 
 pub use error::{ConfigError, Source};
 pub use load::{env_var_name, known_env_vars, process_env, ENV_EXCEPTIONS, ENV_PREFIX};
-pub use syntax::{is_valid_did, is_valid_handle};
+pub use syntax::{is_dns_label, is_valid_did, is_valid_handle};
 
 /// One MiB, for readable defaults.
 const MIB: u64 = 1024 * 1024;
@@ -194,6 +194,10 @@ pub struct HttpSection {
     pub header_read_timeout_ms: u64,
     /// Most client connections open at once; further ones wait in the kernel's accept queue.
     pub max_connections: u64,
+    /// Domain under which each bundle gets its own origin, `{label}.{bundle_domain}`
+    /// (docs/origins.md); unset means bundles are served by path only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_domain: Option<String>,
 }
 
 impl Default for HttpSection {
@@ -202,6 +206,7 @@ impl Default for HttpSection {
             max_request_body_bytes: 10 * MIB,
             header_read_timeout_ms: 10_000,
             max_connections: 4096,
+            bundle_domain: None,
         }
     }
 }

@@ -39,7 +39,11 @@ impl Config {
             }
             out.push('\n');
         }
-        for (k, optional) in [("identity", "handle_resolver"), ("deno", "path")] {
+        for (k, optional) in [
+            ("identity", "handle_resolver"),
+            ("deno", "path"),
+            ("http", "bundle_domain"),
+        ] {
             if prefix == k && !t.contains_key(optional) {
                 let var = env_var_name(&path(optional));
                 out.push_str(&format!("# {optional} is unset ({var})\n"));

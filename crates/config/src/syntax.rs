@@ -69,6 +69,27 @@ pub fn is_valid_handle(s: &str) -> bool {
             .is_some_and(|tld| tld.starts_with(|c: char| c.is_ascii_alphabetic()))
 }
 
+/// Longest `http.bundle_domain`: a 63-character bundle label and its dot must still fit in a
+/// 253-character host name.
+pub const MAX_BUNDLE_DOMAIN_LEN: usize = 253 - 64;
+
+/// A lower-case DNS name for `http.bundle_domain`: one or more labels of 1-63 `a-z0-9-`, not
+/// starting or ending with `-`, at most [`MAX_BUNDLE_DOMAIN_LEN`] characters. Lower case only,
+/// because the runner compares it with the request's `Host` byte for byte after lower-casing.
+pub fn is_valid_bundle_domain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_BUNDLE_DOMAIN_LEN && s.split('.').all(is_dns_label)
+}
+
+/// One lower-case DNS label: 1-63 characters of `a-z0-9-`, not starting or ending with `-`.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +150,30 @@ mod tests {
         assert!(!is_valid_handle(&long));
         let too_long = format!("{}test", "abcdefghi.".repeat(25));
         assert!(too_long.len() > 253 && !is_valid_handle(&too_long));
+    }
+
+    #[test]
+    fn bundle_domains() {
+        for ok in ["bundles.example.com", "localhost", "b-1.localhost", "x.y.z"] {
+            assert!(is_valid_bundle_domain(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Bundles.example.com",
+            "*.example.com",
+            ".example.com",
+            "example.com.",
+            "example.com:8080",
+            "https://example.com",
+            "a..b",
+            "-a.b",
+            "a-.b",
+            "a_b.c",
+        ] {
+            assert!(!is_valid_bundle_domain(bad), "{bad}");
+        }
+        assert!(!is_valid_bundle_domain(&format!("{}.com", "a".repeat(64))));
+        let long = format!("{}com", "abcdefghi.".repeat(19));
+        assert!(long.len() > MAX_BUNDLE_DOMAIN_LEN && !is_valid_bundle_domain(&long));
     }
 }

@@ -3,6 +3,7 @@
 
 use url::Url;
 
+use crate::syntax::{is_valid_bundle_domain, MAX_BUNDLE_DOMAIN_LEN};
 use crate::{is_valid_did, is_valid_handle, AuthorPolicy, Config, ConfigError, Isolation};
 
 impl Config {
@@ -57,6 +58,17 @@ impl Config {
                 "data_dir",
                 "must not be empty; give a directory path".into(),
             ));
+        }
+
+        if let Some(d) = &self.http.bundle_domain {
+            if !is_valid_bundle_domain(d) {
+                return Err(invalid(
+                    "http.bundle_domain",
+                    format!(
+                        "'{d}' is not a lower-case domain name of at most {MAX_BUNDLE_DOMAIN_LEN} characters; write it like bundles.example.com (no scheme, port, wildcard or trailing dot), or leave it unset to serve bundles by path only"
+                    ),
+                ));
+            }
         }
 
         self.check_service_url("plc_url", &self.plc_url)?;

@@ -241,6 +241,52 @@ fn optional_keys() {
 }
 
 #[test]
+fn bundle_domain_is_optional_checked_and_overridable() {
+    assert_eq!(load(None, &[]).unwrap().http.bundle_domain, None);
+    let c = load(Some("[http]\nbundle_domain = \"bundles.example.com\""), &[]).unwrap();
+    assert_eq!(c.http.bundle_domain.as_deref(), Some("bundles.example.com"));
+    let c = load(
+        Some("[http]\nbundle_domain = \"bundles.example.com\""),
+        &[("ATRUND_HTTP_BUNDLE_DOMAIN", "bundles.localhost")],
+    )
+    .unwrap();
+    assert_eq!(c.http.bundle_domain.as_deref(), Some("bundles.localhost"));
+    assert_eq!(
+        c.source_of("http.bundle_domain"),
+        Source::Env("ATRUND_HTTP_BUNDLE_DOMAIN".into())
+    );
+    assert!(c
+        .to_toml()
+        .contains("bundle_domain = \"bundles.localhost\"  # from environment variable ATRUND_HTTP_BUNDLE_DOMAIN"));
+    // An empty value unsets it, as for every optional key.
+    let c = load(
+        Some("[http]\nbundle_domain = \"bundles.example.com\""),
+        &[("ATRUND_HTTP_BUNDLE_DOMAIN", "")],
+    )
+    .unwrap();
+    assert_eq!(c.http.bundle_domain, None);
+    for bad in [
+        "*.bundles.example.com",
+        "https://bundles.example.com",
+        "bundles.example.com:8443",
+        "Bundles.Example.com",
+        "bundles.example.com.",
+    ] {
+        let e = err(None, &[("ATRUND_HTTP_BUNDLE_DOMAIN", bad)]);
+        assert_eq!(
+            (e.code(), e.key()),
+            ("ConfigInvalid", Some("http.bundle_domain")),
+            "{bad}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("ATRUND_HTTP_BUNDLE_DOMAIN") && msg.contains("bundles.example.com"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
 fn unknown_file_keys_are_refused() {
     let e = err(Some("listn = \"0.0.0.0:1\""), &[]);
     assert_eq!(e.code(), "ConfigUnknownKey");
@@ -698,6 +744,10 @@ fn to_toml_round_trips_and_names_sources() {
     );
     assert!(
         text.contains("# handle_resolver is unset (ATRUND_IDENTITY_HANDLE_RESOLVER)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# bundle_domain is unset (ATRUND_HTTP_BUNDLE_DOMAIN)"),
         "{text}"
     );
     assert!(text.contains("[limits.timeout_ms]"), "{text}");

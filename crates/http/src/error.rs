@@ -36,9 +36,11 @@ pub fn status_for(code: &str) -> StatusCode {
         | "VersionInvalid"
         | "NameInvalid"
         | "EndpointInvalid" => StatusCode::BAD_REQUEST,
-        "AuthorNotAllowed" | "PolicyClosed" | "PermissionNotAllowed" | "LimitTooHigh" => {
-            StatusCode::FORBIDDEN
-        }
+        "AuthorNotAllowed"
+        | "PolicyClosed"
+        | "PermissionNotAllowed"
+        | "LimitTooHigh"
+        | "ServiceWorkerNotAllowed" => StatusCode::FORBIDDEN,
         "NotFound" | "DidNotFound" | "HandleNotFound" | "BundleNotFound" | "VersionNotFound"
         | "EndpointNotFound" | "RepoUnavailable" | "RecordNotFound" | "RepoNotFound" => {
             StatusCode::NOT_FOUND
@@ -157,6 +159,7 @@ mod tests {
     fn design_statuses() {
         assert_eq!(status_for("InvalidInput"), 400);
         assert_eq!(status_for("AuthorNotAllowed"), 403);
+        assert_eq!(status_for("ServiceWorkerNotAllowed"), 403);
         assert_eq!(status_for("EndpointNotFound"), 404);
         assert_eq!(status_for("PayloadTooLarge"), 413);
         assert_eq!(status_for("Busy"), 429);

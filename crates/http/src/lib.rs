@@ -1,14 +1,19 @@
-//! The runner's HTTP API: the invocation route, health and readiness, and describeRunner.
+//! The runner's HTTP API: the invocation routes (by path, and by host under
+//! `http.bundle_domain`), health and readiness, describeRunner and resolveBundleOrigin.
 //!
 //! Owns: routing, request parsing, the order of the pipeline steps (policy before resolution →
-//! identity → policy → fetch → permission caps → pool), body limits and the error → status
-//! mapping (`error`). Must not touch: how identities are resolved, records verified or instances
+//! identity → policy → rate → fetch → permission caps → pool), body limits (`body_limit`), the
+//! error → status mapping (`error`), the header rules that keep bundles out of each other's
+//! origin (`headers`, `origin`), per-author data shares (`data_quota`) and the accept loop
+//! (`serve`). Must not touch: how identities are resolved, records verified or instances
 //! isolated; it calls those crates.
 
 mod body_limit;
 pub mod data_quota;
 pub mod error;
+pub mod headers;
 pub mod local;
+pub mod origin;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -16,8 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
@@ -25,13 +31,14 @@ use tokio::sync::watch;
 
 use atrund_bundle::{Manifest, VersionSelector};
 use atrund_config::Config;
-use atrund_identity::{AtIdentifier, IdentityResolver};
+use atrund_identity::{AtIdentifier, IdentityResolver, ResolvedDid};
 use atrund_policy::EffectiveLimits;
 use atrund_pool::{InstanceKey, Pool};
 use atrund_sandbox::{InstanceSpec, Invocation};
 
 pub use error::ApiError;
 pub use local::LocalBundle;
+pub use origin::OriginTable;
 
 /// Author segment that names the local dev bundle.
 pub const LOCAL_AUTHOR: &str = "local";
@@ -57,14 +64,23 @@ pub struct AppState {
     pub rates: Arc<atrund_policy::AuthorRates>,
     /// Per-author data dir measurements (`tenants.max_data_bytes_per_author`).
     pub data_quota: Arc<data_quota::DataQuota>,
+    /// Label → bundle, for host routes (docs/origins.md).
+    pub origins: Arc<OriginTable>,
 }
 
-/// The runner's routes.
+/// The runner's routes. With `http.bundle_domain` set, a request whose host is
+/// `{label}.{bundle_domain}` never reaches them: it belongs to that bundle, whatever its path
+/// (so `/bundle/...` of another bundle cannot be served in a bundle's origin).
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/xrpc/dev.atrund.describeRunner", get(describe_runner))
+        .route(
+            "/xrpc/dev.atrund.resolveBundleOrigin",
+            get(resolve_bundle_origin),
+        )
+        .route("/xrpc/dev.atrund.checkBundleHost", get(check_bundle_host))
         .route(
             "/bundle/{author}/{name}/{version}/{endpoint}",
             any(invoke_root),
@@ -79,7 +95,175 @@ pub fn router(state: AppState) -> Router {
                 "no such route; bundles are served at /bundle/{did-or-handle}/{name}/{version}/{endpoint}",
             )
         })
-        .with_state(state)
+        .with_state(state.clone());
+    if state.config.http.bundle_domain.is_some() {
+        routes.layer(axum::middleware::from_fn_with_state(state, by_host))
+    } else {
+        routes
+    }
+}
+
+/// Sends requests for a bundle host to that bundle, everything else to the runner's routes.
+async fn by_host(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(domain) = st.config.http.bundle_domain.as_deref() else {
+        return next.run(req).await;
+    };
+    // HTTP/1.1 names the host in `Host`; HTTP/2 in the `:authority` the URI carries.
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .map(str::to_string);
+    match origin::host_route(host.as_deref(), domain) {
+        origin::HostRoute::Runner => next.run(req).await,
+        origin::HostRoute::NotABundle => ApiError::new(
+            "NotFound",
+            format!("no bundle is served at this host; bundle hosts are one label under {domain}, such as hello-<hash>.{domain}"),
+        )
+        .into_response(),
+        origin::HostRoute::Bundle { label, host } => invoke_host(st, label, host, req)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
+    }
+}
+
+/// `https://{label}.{bundle_domain}/[@{version}/]{endpoint}[/{rest}]`: the bundle of that label,
+/// `latest` unless the first segment is `@` and a version.
+async fn invoke_host(
+    st: AppState,
+    label: String,
+    host: String,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let Some(bundle) = st.origins.get(&label) else {
+        return Err(ApiError::new(
+            "BundleNotFound",
+            format!(
+                "this runner knows no bundle with the label '{label}'; labels are hashes, so the runner learns one when the bundle is first served here: call /xrpc/dev.atrund.resolveBundleOrigin?author=<did-or-handle>&name=<name> on the runner's main address, or open the bundle once by path"
+            ),
+        ));
+    };
+    let (version, endpoint, rest) = split_host_path(req.uri().path());
+    if endpoint.is_empty() {
+        return Err(ApiError::new(
+            "EndpointNotFound",
+            format!("name an endpoint: https://{host}/{{endpoint}}, or https://{host}/@{{version}}/{{endpoint}} for a pinned version"),
+        ));
+    }
+    let call = Call {
+        author: bundle.did,
+        name: bundle.name,
+        version: version.to_string(),
+        endpoint: endpoint.to_string(),
+        rest: rest.to_string(),
+    };
+    invoke(st, RouteKind::Host { host }, call, req).await
+}
+
+/// `/@1.2.0/greet/a/b` → (`1.2.0`, `greet`, `a/b`); `/greet` → (`latest`, `greet`, ``). Raw,
+/// not percent-decoded: the endpoint and version are then validated as they were sent.
+fn split_host_path(path: &str) -> (&str, &str, &str) {
+    let p = path.strip_prefix('/').unwrap_or(path);
+    let (version, p) = match p.strip_prefix('@') {
+        Some(v) => v.split_once('/').unwrap_or((v, "")),
+        None => ("latest", p),
+    };
+    let (endpoint, rest) = p.split_once('/').unwrap_or((p, ""));
+    (version, endpoint, rest)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct HostQuery {
+    domain: String,
+}
+
+/// `GET /xrpc/dev.atrund.checkBundleHost?domain={host}`: 200 when `host` is the host of a bundle
+/// this runner knows, else 404; a TLS proxy's on-demand certificate check (Caddy's `ask`), so
+/// certificates are requested only for real bundle hosts. Only reads the label table.
+async fn check_bundle_host(
+    State(st): State<AppState>,
+    q: Result<Query<HostQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let domain = bundle_domain(&st)?;
+    let q = query(q, "give the host as ?domain=<label>.<bundle domain>")?;
+    let origin::HostRoute::Bundle { label, host } = origin::host_route(Some(&q.domain), domain)
+    else {
+        return Err(ApiError::new(
+            "NotFound",
+            format!("'{}' is not a bundle host under {domain}", q.domain),
+        ));
+    };
+    let Some(bundle) = st.origins.get(&label) else {
+        return Err(ApiError::new(
+            "BundleNotFound",
+            format!("this runner knows no bundle with the label '{label}'"),
+        ));
+    };
+    Ok(origin_json(bundle, &label, &host))
+}
+
+/// The answer of both origin calls.
+fn origin_json(bundle: origin::BundleRef, label: &str, host: &str) -> Response {
+    axum::Json(serde_json::json!({
+        "did": bundle.did,
+        "name": bundle.name,
+        "label": label,
+        "host": host,
+    }))
+    .into_response()
+}
+
+/// A query string parsed as `T`, or `InvalidRequest` with `usage`.
+fn query<T>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+    usage: &str,
+) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|_| ApiError::new("InvalidRequest", usage.to_string()))
+}
+
+/// `http.bundle_domain`, or the error for a runner that serves bundles by path only.
+fn bundle_domain(st: &AppState) -> Result<&str, ApiError> {
+    st.config.http.bundle_domain.as_deref().ok_or_else(|| {
+        ApiError::new(
+            "NotFound",
+            "this runner serves bundles by path only (http.bundle_domain is unset); use /bundle/{did-or-handle}/{name}/{version}/{endpoint}",
+        )
+    })
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct OriginQuery {
+    author: String,
+    name: String,
+}
+
+/// `GET /xrpc/dev.atrund.resolveBundleOrigin?author=…&name=…`: the bundle's label and host under
+/// `http.bundle_domain`. Resolves the author, checks the policy and loads (so verifies) the
+/// bundle's latest release first, so the table only ever holds bundles that exist and may run.
+async fn resolve_bundle_origin(
+    State(st): State<AppState>,
+    q: Result<Query<OriginQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let domain = bundle_domain(&st)?;
+    let q = query(
+        q,
+        "give the bundle as ?author=<did-or-handle>&name=<bundle name>",
+    )?;
+    atrund_bundle::record::validate_name(&q.name)?;
+    let resolved = allowed_author(&st, &q.author).await?;
+    let bundle = st
+        .source
+        .load(&resolved, &q.name, &VersionSelector::Latest)
+        .await?;
+    let label = st.origins.remember(&bundle.author, &bundle.name);
+    let host = format!("{label}.{domain}");
+    let bundle = origin::BundleRef {
+        did: bundle.author.clone(),
+        name: bundle.name.clone(),
+    };
+    Ok(origin_json(bundle, &label, &host))
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
@@ -117,30 +301,67 @@ async fn describe_runner(State(st): State<AppState>) -> Response {
             "storeGcAfterSecs": c.tenants.store_gc_after_secs,
             "maxDataBytesPerAuthor": c.tenants.max_data_bytes_per_author,
         },
+        // Where bundles have origins of their own (docs/origins.md); null: path routes only.
+        "bundleDomain": c.http.bundle_domain,
     }))
     .into_response()
 }
 
 type RouteParams = (String, String, String, String);
 
+/// What a request asks to run, from either route shape.
+struct Call {
+    /// DID or handle, as sent (or `local`).
+    author: String,
+    name: String,
+    version: String,
+    endpoint: String,
+    /// The path after the endpoint, without its leading `/`.
+    rest: String,
+}
+
 async fn invoke_root(
     State(st): State<AppState>,
     Path((author, name, version, endpoint)): Path<RouteParams>,
     req: Request,
 ) -> Response {
-    invoke(st, author, name, version, endpoint, String::new(), req)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    let rest = String::new();
+    invoke_path(st, (author, name, version, endpoint, rest), req).await
 }
 
 async fn invoke_rest(
     State(st): State<AppState>,
-    Path((author, name, version, endpoint, rest)): Path<(String, String, String, String, String)>,
+    Path(params): Path<(String, String, String, String, String)>,
     req: Request,
 ) -> Response {
-    invoke(st, author, name, version, endpoint, rest, req)
+    invoke_path(st, params, req).await
+}
+
+async fn invoke_path(
+    st: AppState,
+    (author, name, version, endpoint, rest): (String, String, String, String, String),
+    req: Request,
+) -> Response {
+    let author = author_segment(req.uri()).unwrap_or(author);
+    let call = Call {
+        author,
+        name,
+        version,
+        endpoint,
+        rest,
+    };
+    invoke(st, RouteKind::Path, call, req)
         .await
         .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// How a call reached its bundle, which decides the header rules (`headers`).
+#[derive(Debug)]
+enum RouteKind {
+    /// `/bundle/...` on the runner's shared origin.
+    Path,
+    /// `{label}.{bundle_domain}`: the bundle's own origin; `host` without port.
+    Host { host: String },
 }
 
 /// The admin routes, for a separate listener bound to loopback by default: `GET /admin/pool`
@@ -170,7 +391,9 @@ pub async fn prewarm(
     let target = if author == LOCAL_AUTHOR && st.local.is_some() {
         local_target(st, name, &selector).await?
     } else {
-        remote_target(st, author, name, &selector).await?
+        let t = remote_target(st, author, name, &selector).await?;
+        remember_origin(st, &t);
+        t
     };
     let limits =
         atrund_policy::check_manifest(&st.config.permissions, &st.config.limits, &target.manifest)?;
@@ -195,16 +418,20 @@ struct Target {
     secrets: Option<Arc<atrund_secrets::SecretEnv>>,
 }
 
-#[tracing::instrument(name = "invoke", skip_all, fields(%author, %name, %version, %endpoint))]
+#[tracing::instrument(name = "invoke", skip_all, fields(author = %call.author, name = %call.name, version = %call.version, endpoint = %call.endpoint))]
 async fn invoke(
     st: AppState,
-    author: String,
-    name: String,
-    version: String,
-    endpoint: String,
-    rest: String,
+    route: RouteKind,
+    call: Call,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let Call {
+        author,
+        name,
+        version,
+        endpoint,
+        rest,
+    } = call;
     if *st.draining.borrow() {
         return Err(ApiError::new(
             "Draining",
@@ -225,11 +452,18 @@ async fn invoke(
         ));
     }
 
-    let author = author_segment(req.uri()).unwrap_or(author);
+    if matches!(route, RouteKind::Path) && headers::is_service_worker_fetch(req.headers()) {
+        return Err(ApiError::new(
+            "ServiceWorkerNotAllowed",
+            "service workers cannot be registered on the runner's shared origin; serve the bundle on its own origin (http.bundle_domain, docs/origins.md)",
+        ));
+    }
     let target = if author == LOCAL_AUTHOR && st.local.is_some() {
         local_target(&st, &name, &selector).await?
     } else {
-        remote_target(&st, &author, &name, &selector).await?
+        let t = remote_target(&st, &author, &name, &selector).await?;
+        remember_origin(&st, &t);
+        t
     };
     let limits =
         atrund_policy::check_manifest(&st.config.permissions, &st.config.limits, &target.manifest)?;
@@ -241,7 +475,16 @@ async fn invoke(
             .await?;
     }
 
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    if matches!(route, RouteKind::Path) {
+        let n = headers::strip_request_cookies(&mut parts.headers);
+        if n > 0 {
+            tracing::debug!(
+                cookies = n,
+                "Cookie header not forwarded: on a path route it holds the shared origin's cookies"
+            );
+        }
+    }
     let max = st.config.http.max_request_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -281,9 +524,35 @@ async fn invoke(
             Invocation { endpoint, request },
         )
         .await;
-    match resp {
-        Err(_) if cut.load(std::sync::atomic::Ordering::SeqCst) => Err(too_large()),
-        other => Ok(other?),
+    let mut resp = match resp {
+        Err(_) if cut.load(std::sync::atomic::Ordering::SeqCst) => return Err(too_large()),
+        other => other?,
+    };
+    let bundle = format!("{}/{}", target.key.author, target.name);
+    match &route {
+        RouteKind::Path => {
+            let removed = headers::sandbox_path_response(resp.headers_mut());
+            if removed.cookies > 0 {
+                tracing::info!(%bundle, count = removed.cookies, "Set-Cookie dropped: a bundle served by path shares the runner's origin (docs/origins.md)");
+            }
+            if !removed.others.is_empty() {
+                tracing::info!(%bundle, headers = ?removed.others, "origin-wide response headers dropped on a path route");
+            }
+        }
+        RouteKind::Host { host } => {
+            let n = headers::filter_host_cookies(resp.headers_mut(), host);
+            if n > 0 {
+                tracing::info!(%bundle, count = n, "Set-Cookie with a Domain other than the bundle's own host dropped (it would reach sibling bundles)");
+            }
+        }
+    }
+    Ok(resp)
+}
+
+/// Notes the label of a bundle the pipeline has just resolved, so its host route works.
+fn remember_origin(st: &AppState, t: &Target) {
+    if st.config.http.bundle_domain.is_some() {
+        st.origins.remember(&t.key.author, &t.name);
     }
 }
 
@@ -293,16 +562,7 @@ async fn remote_target(
     name: &str,
     selector: &VersionSelector,
 ) -> Result<Target, ApiError> {
-    let id: AtIdentifier = author.parse()?;
-    author_precheck(st, &id).await?;
-    let (resolved, handle) = st.identity.resolve(&id).await?;
-    atrund_policy::check_author(
-        &st.config.policy,
-        resolved.did.as_str(),
-        handle.as_ref().map(|h| h.as_str()),
-    )?;
-    // Before any fetch or instance work for this author: their share of the runner.
-    take_rate(st, resolved.did.as_str())?;
+    let resolved = allowed_author(st, author).await?;
     let bundle = st.source.load(&resolved, name, selector).await?;
     // Secrets belong to the bundle name, not a version; their record CID is part of the instance
     // key so a changed secret reaches the next new instance.
@@ -384,6 +644,22 @@ async fn author_precheck(st: &AppState, id: &AtIdentifier) -> Result<(), ApiErro
         handle: None,
     }
     .into())
+}
+
+/// Checks the allow-list before resolving, resolves the DID or handle, checks the author policy
+/// and takes one of the author's rate tokens, before anything of theirs is fetched.
+async fn allowed_author(st: &AppState, author: &str) -> Result<Arc<ResolvedDid>, ApiError> {
+    let id: AtIdentifier = author.parse()?;
+    author_precheck(st, &id).await?;
+    let (resolved, handle) = st.identity.resolve(&id).await?;
+    atrund_policy::check_author(
+        &st.config.policy,
+        resolved.did.as_str(),
+        handle.as_ref().map(|h| h.as_str()),
+    )?;
+    // Before any fetch or instance work for this author: their share of the runner.
+    take_rate(st, resolved.did.as_str())?;
+    Ok(resolved)
 }
 
 async fn local_target(
@@ -625,6 +901,19 @@ mod tests {
             check_endpoint(&m, "zz", &Method::GET).unwrap_err().code,
             "EndpointNotFound"
         );
+    }
+
+    #[test]
+    fn host_paths_split_into_version_endpoint_rest() {
+        assert_eq!(split_host_path("/greet"), ("latest", "greet", ""));
+        assert_eq!(split_host_path("/greet/a/b"), ("latest", "greet", "a/b"));
+        assert_eq!(split_host_path("/@1.2.0/greet"), ("1.2.0", "greet", ""));
+        assert_eq!(
+            split_host_path("/@1.2.0/greet/x%20y"),
+            ("1.2.0", "greet", "x%20y")
+        );
+        assert_eq!(split_host_path("/@1.2.0"), ("1.2.0", "", ""));
+        assert_eq!(split_host_path("/"), ("latest", "", ""));
     }
 
     #[test]

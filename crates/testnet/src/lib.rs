@@ -355,19 +355,24 @@ impl TestNet {
     }
 }
 
+/// The file the environment variable `var` names, if it is set. Set but wrong is always a
+/// failure, never a skip.
+fn file_from_env(var: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(std::env::var_os(var)?);
+    if p.is_file() {
+        return Some(p);
+    }
+    panic!(
+        "{var} points at {}, which is not a file; fix or unset it",
+        p.display()
+    );
+}
+
 /// The pinned Deno binary: `ATRUND_TEST_DENO`, else `<repo>/tools/deno/node_modules/deno/deno`.
 /// `None` with a printed reason when it is not installed and `CI` is not `true`; panics in CI.
 pub fn deno_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("ATRUND_TEST_DENO") {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Some(p);
-        }
-        // Explicitly configured but wrong: always a failure, never a skip.
-        panic!(
-            "ATRUND_TEST_DENO points at {}, which is not a file; fix or unset it",
-            p.display()
-        );
+    if let Some(p) = file_from_env("ATRUND_TEST_DENO") {
+        return Some(p);
     }
     let p = repo_root()
         .join("tools")
@@ -432,6 +437,27 @@ pub fn assert_no_network_text(what: &str, message: &str) {
         "10.0.0.1",
     ] {
         assert!(!lower.contains(leak), "{what}: leaks '{leak}': {message}");
+    }
+}
+
+/// A headless Chromium for browser tests: `ATRUND_TEST_CHROMIUM`, else `chromium` on `PATH`
+/// (Debian package `chromium`; `scripts/setup.sh --test` installs it). `None` with a printed
+/// reason when it is not installed and `CI` is not `true`; panics in CI.
+pub fn chromium_path() -> Option<PathBuf> {
+    if let Some(p) = file_from_env("ATRUND_TEST_CHROMIUM") {
+        return Some(p);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("chromium"))
+            .find(|p| p.is_file())
+    });
+    match on_path {
+        Some(p) => Some(p),
+        None => missing(
+            "chromium (headless browser)",
+            "run `scripts/setup.sh --test` or `apt-get install chromium`, or set ATRUND_TEST_CHROMIUM",
+        ),
     }
 }
 
