@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use atrund_errors::ErrorClass;
 use atrund_identity::{IdentityError, IdentityResolver, ResolvedDid};
 use atrund_repo::{FetchError, RepoClient, VerifiedRecord};
 use atrund_secrets::{secrets_rkey, RunnerPublicKey, SecretsRecord, SECRETS_COLLECTION};
@@ -75,12 +76,17 @@ pub enum BundleError {
     #[error("{message} (remembered for up to {ttl_secs} s; retry after that)")]
     Remembered {
         code: &'static str,
+        class: ErrorClass,
         message: String,
         ttl_secs: u64,
     },
     /// the load this request waited for failed
     #[error("{message}")]
-    Shared { code: &'static str, message: String },
+    Shared {
+        code: &'static str,
+        class: ErrorClass,
+        message: String,
+    },
     /// the code is larger than the author's whole share of the store
     #[error("bundle code of {size} bytes is more than this runner keeps for one author ({cap} bytes, tenants.max_store_bytes_per_author); publish smaller code or ask the operator for a larger share")]
     OverShare { size: u64, cap: u64 },
@@ -111,6 +117,26 @@ impl BundleError {
             BundleError::Revision(RevisionError::Rollback { .. }) => "RepoRollback",
             BundleError::Revision(RevisionError::File { .. }) => "StoreError",
             BundleError::Remembered { code, .. } | BundleError::Shared { code, .. } => code,
+        }
+    }
+
+    /// What kind of failure this is for the caller (`atrund-errors`).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            BundleError::Identity(e) => e.class(),
+            BundleError::Fetch(e) => e.class(),
+            BundleError::NoSuchRelease { .. }
+            | BundleError::NoSuchVersion { .. }
+            | BundleError::NoSuchRecord { .. } => ErrorClass::NotFound,
+            BundleError::TooLarge { .. } | BundleError::OverShare { .. } => ErrorClass::TooLarge,
+            BundleError::Record(_)
+            | BundleError::ReleaseMismatch { .. }
+            | BundleError::SecretsRecord { .. }
+            | BundleError::Revision(RevisionError::Rollback { .. }) => ErrorClass::Author,
+            BundleError::Store { .. } | BundleError::Revision(RevisionError::File { .. }) => {
+                ErrorClass::Runner
+            }
+            BundleError::Remembered { class, .. } | BundleError::Shared { class, .. } => *class,
         }
     }
 
@@ -175,10 +201,13 @@ const NEGATIVE_MAX: usize = 100_000;
 
 type CacheKey = (String, String, String); // (did, name, selector)
 type RecordCache = Mutex<HashMap<CacheKey, (Instant, Arc<LoadedBundle>)>>;
-type NegativeCache = Mutex<HashMap<CacheKey, (Instant, &'static str, String)>>;
+type NegativeCache = Mutex<HashMap<CacheKey, (Instant, &'static str, ErrorClass, String)>>;
 /// The outcome of the last load of a key and when it finished: requests that waited for that
 /// load take its outcome instead of loading again.
-type Outcome = Option<(Instant, Result<Arc<LoadedBundle>, (&'static str, String)>)>;
+type Outcome = Option<(
+    Instant,
+    Result<Arc<LoadedBundle>, (&'static str, ErrorClass, String)>,
+)>;
 type Flights = Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<Outcome>>>>;
 
 /// A bundle's verified, still sealed, secrets record for this runner.
@@ -308,7 +337,7 @@ impl BundleSource {
             }
         }
         let found = match self.fetch_secrets(author, name, keys).await {
-            Err(BundleError::Fetch(e)) if e.code() == "CommitSignatureInvalid" => {
+            Err(BundleError::Fetch(e @ FetchError::BadCommitSignature(_))) => {
                 match self.refresh_for_bad_signature(author).await? {
                     Some(fresh) => self.fetch_secrets(&fresh, name, keys).await?,
                     None => return Err(e.into()),
@@ -385,8 +414,9 @@ impl BundleSource {
                 // one this request would make.
                 Some((at, outcome)) if *at >= arrived => match outcome {
                     Ok(hit) => Ok(hit.clone()),
-                    Err((code, message)) => Err(BundleError::Shared {
+                    Err((code, class, message)) => Err(BundleError::Shared {
                         code,
+                        class: *class,
                         message: message.clone(),
                     }),
                 },
@@ -397,7 +427,7 @@ impl BundleSource {
                     }
                     let shared = match &r {
                         Ok(hit) => Ok(hit.clone()),
-                        Err(e) => Err((e.code(), e.to_string())),
+                        Err(e) => Err((e.code(), e.class(), e.to_string())),
                     };
                     *turn = Some((Instant::now(), shared));
                     r
@@ -419,11 +449,14 @@ impl BundleSource {
             return Ok(());
         };
         match failures.get(key) {
-            Some((at, code, message)) if at.elapsed() < ttl => Err(BundleError::Remembered {
-                code,
-                message: message.clone(),
-                ttl_secs: ttl.as_secs(),
-            }),
+            Some((at, code, class, message)) if at.elapsed() < ttl => {
+                Err(BundleError::Remembered {
+                    code,
+                    class: *class,
+                    message: message.clone(),
+                    ttl_secs: ttl.as_secs(),
+                })
+            }
             _ => Ok(()),
         }
     }
@@ -437,10 +470,13 @@ impl BundleSource {
         };
         if failures.len() >= NEGATIVE_SWEEP_AT {
             let ttl = self.cfg.negative_ttl;
-            failures.retain(|_, (at, _, _)| at.elapsed() < ttl);
+            failures.retain(|_, (at, _, _, _)| at.elapsed() < ttl);
         }
         if failures.len() < NEGATIVE_MAX {
-            failures.insert(key.clone(), (Instant::now(), e.code(), e.to_string()));
+            failures.insert(
+                key.clone(),
+                (Instant::now(), e.code(), e.class(), e.to_string()),
+            );
         }
     }
 
@@ -452,7 +488,7 @@ impl BundleSource {
         key: &CacheKey,
     ) -> Result<Arc<LoadedBundle>, BundleError> {
         let (rkey, record) = match self.fetch_record(author, name, selector).await {
-            Err(BundleError::Fetch(e)) if e.code() == "CommitSignatureInvalid" => {
+            Err(BundleError::Fetch(e @ FetchError::BadCommitSignature(_))) => {
                 // The author may have rotated keys since we cached their DID document: resolve
                 // it again (at most once per interval), then retry. A second failure is final.
                 match self.refresh_for_bad_signature(author).await? {

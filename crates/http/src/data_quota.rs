@@ -6,6 +6,7 @@
 //!
 //! Owns: the measurements. Must not touch: the files (it only reads sizes, never follows links).
 
+use atrund_errors::ErrorClass;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -49,7 +50,7 @@ impl DataQuota {
         };
         if used > cap {
             return Err(ApiError::new(
-                "DataQuotaExceeded",
+                ErrorClass::Storage, "DataQuotaExceeded",
                 format!("this author's bundles keep {used} bytes in their data dirs on this runner, over its share of {cap} bytes (tenants.max_data_bytes_per_author); bundles that write are refused until files are removed (bundles that do not write still run)"),
             ));
         }

@@ -16,6 +16,7 @@ pub mod local;
 pub mod origin;
 pub mod serve;
 
+use atrund_errors::ErrorClass;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,7 +92,7 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(|| async {
             ApiError::new(
-                "NotFound",
+                ErrorClass::NotFound, "NotFound",
                 "no such route; bundles are served at /bundle/{did-or-handle}/{name}/{version}/{endpoint}",
             )
         })
@@ -118,7 +119,7 @@ async fn by_host(State(st): State<AppState>, req: Request, next: Next) -> Respon
     match origin::host_route(host.as_deref(), domain) {
         origin::HostRoute::Runner => next.run(req).await,
         origin::HostRoute::NotABundle => ApiError::new(
-            "NotFound",
+            ErrorClass::NotFound, "NotFound",
             format!("no bundle is served at this host; bundle hosts are one label under {domain}, such as hello-<hash>.{domain}"),
         )
         .into_response(),
@@ -138,7 +139,7 @@ async fn invoke_host(
 ) -> Result<Response, ApiError> {
     let Some(bundle) = st.origins.get(&label) else {
         return Err(ApiError::new(
-            "BundleNotFound",
+            ErrorClass::NotFound, "BundleNotFound",
             format!(
                 "this runner knows no bundle with the label '{label}'; labels are hashes, so the runner learns one when the bundle is first served here: call /xrpc/dev.atrund.resolveBundleOrigin?author=<did-or-handle>&name=<name> on the runner's main address, or open the bundle once by path"
             ),
@@ -147,7 +148,7 @@ async fn invoke_host(
     let (version, endpoint, rest) = split_host_path(req.uri().path());
     if endpoint.is_empty() {
         return Err(ApiError::new(
-            "EndpointNotFound",
+            ErrorClass::NotFound, "EndpointNotFound",
             format!("name an endpoint: https://{host}/{{endpoint}}, or https://{host}/@{{version}}/{{endpoint}} for a pinned version"),
         ));
     }
@@ -190,12 +191,14 @@ async fn check_bundle_host(
     let origin::HostRoute::Bundle { label, host } = origin::host_route(Some(&q.domain), domain)
     else {
         return Err(ApiError::new(
+            ErrorClass::NotFound,
             "NotFound",
             format!("'{}' is not a bundle host under {domain}", q.domain),
         ));
     };
     let Some(bundle) = st.origins.get(&label) else {
         return Err(ApiError::new(
+            ErrorClass::NotFound,
             "BundleNotFound",
             format!("this runner knows no bundle with the label '{label}'"),
         ));
@@ -220,14 +223,14 @@ fn query<T>(
     usage: &str,
 ) -> Result<T, ApiError> {
     q.map(|Query(t)| t)
-        .map_err(|_| ApiError::new("InvalidRequest", usage.to_string()))
+        .map_err(|_| ApiError::new(ErrorClass::BadRequest, "InvalidRequest", usage.to_string()))
 }
 
 /// `http.bundle_domain`, or the error for a runner that serves bundles by path only.
 fn bundle_domain(st: &AppState) -> Result<&str, ApiError> {
     st.config.http.bundle_domain.as_deref().ok_or_else(|| {
         ApiError::new(
-            "NotFound",
+            ErrorClass::NotFound, "NotFound",
             "this runner serves bundles by path only (http.bundle_domain is unset); use /bundle/{did-or-handle}/{name}/{version}/{endpoint}",
         )
     })
@@ -268,7 +271,12 @@ async fn resolve_bundle_origin(
 
 async fn readyz(State(st): State<AppState>) -> Response {
     if *st.draining.borrow() {
-        ApiError::new("Draining", "this runner is shutting down").into_response()
+        ApiError::new(
+            ErrorClass::Unavailable,
+            "Draining",
+            "this runner is shutting down",
+        )
+        .into_response()
     } else {
         (StatusCode::OK, "ready\n").into_response()
     }
@@ -434,6 +442,7 @@ async fn invoke(
     } = call;
     if *st.draining.borrow() {
         return Err(ApiError::new(
+            ErrorClass::Unavailable,
             "Draining",
             "this runner is shutting down and takes no new requests",
         ));
@@ -445,6 +454,7 @@ async fn invoke(
     atrund_bundle::record::validate_name(&name)?;
     if !is_identifier(&endpoint) {
         return Err(ApiError::new(
+            ErrorClass::BadRequest,
             "EndpointInvalid",
             format!(
                 "endpoint '{endpoint}' is not a valid endpoint name (letters, digits, _ and $)"
@@ -454,7 +464,7 @@ async fn invoke(
 
     if matches!(route, RouteKind::Path) && headers::is_service_worker_fetch(req.headers()) {
         return Err(ApiError::new(
-            "ServiceWorkerNotAllowed",
+            ErrorClass::Forbidden, "ServiceWorkerNotAllowed",
             "service workers cannot be registered on the runner's shared origin; serve the bundle on its own origin (http.bundle_domain, docs/origins.md)",
         ));
     }
@@ -488,6 +498,7 @@ async fn invoke(
     let max = st.config.http.max_request_body_bytes;
     let too_large = || {
         ApiError::new(
+            ErrorClass::TooLarge,
             "PayloadTooLarge",
             format!("request body is over this runner's limit of {max} bytes"),
         )
@@ -512,7 +523,7 @@ async fn invoke(
     }
     let request = inner
         .body(Body::new(body))
-        .map_err(|e| ApiError::new("InvalidRequest", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorClass::BadRequest, "InvalidRequest", e.to_string()))?;
 
     let spec = || instance_spec(&st, &target, &limits);
     let resp = st
@@ -595,10 +606,7 @@ async fn remote_target(
 fn take_rate(st: &AppState, did: &str) -> Result<(), ApiError> {
     st.rates
         .take(did, std::time::Instant::now())
-        .map_err(|e| ApiError {
-            retry_after: Some(e.retry_after_secs),
-            ..ApiError::new(e.code(), e.to_string())
-        })
+        .map_err(ApiError::from)
 }
 
 /// The allow-list, before anything the caller named is resolved (docs/security.md, "Who may
@@ -670,12 +678,14 @@ async fn local_target(
     // No rate limit here: the local bundle of `at-rund dev` is the developer's own.
     let Some(local) = st.local.as_ref().filter(|l| l.name == name) else {
         return Err(ApiError::new(
+            ErrorClass::NotFound,
             "BundleNotFound",
             format!("this dev runner serves only the local bundle, not '{name}'"),
         ));
     };
     if *selector != VersionSelector::Latest {
         return Err(ApiError::new(
+            ErrorClass::NotFound,
             "VersionNotFound",
             "the local dev bundle has only the version 'latest'",
         ));
@@ -709,6 +719,7 @@ async fn local_target(
 fn check_endpoint(manifest: &Manifest, endpoint: &str, method: &Method) -> Result<(), ApiError> {
     let Some(decl) = manifest.endpoint(endpoint) else {
         return Err(ApiError::new(
+            ErrorClass::NotFound,
             "EndpointNotFound",
             format!("this bundle declares no endpoint '{endpoint}'"),
         ));
@@ -718,6 +729,7 @@ fn check_endpoint(manifest: &Manifest, endpoint: &str, method: &Method) -> Resul
         Some(m) if m == method.as_str() => Ok(()),
         Some("GET") if method == Method::HEAD => Ok(()),
         Some(m) => Err(ApiError::new(
+            ErrorClass::MethodNotAllowed,
             "MethodNotAllowed",
             format!("endpoint '{endpoint}' accepts {m}, not {method}"),
         )),
@@ -827,8 +839,13 @@ fn rest_uri(rest: &str, original: &Uri) -> Result<Uri, ApiError> {
         s.push('?');
         s.push_str(q);
     }
-    s.parse()
-        .map_err(|_| ApiError::new("InvalidRequest", "the request path is not a valid URI"))
+    s.parse().map_err(|_| {
+        ApiError::new(
+            ErrorClass::BadRequest,
+            "InvalidRequest",
+            "the request path is not a valid URI",
+        )
+    })
 }
 
 /// DIDs contain ':' and '%'; keep directory names to a portable set.

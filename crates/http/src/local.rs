@@ -10,6 +10,7 @@
 //! mtime, ctime, inode) or when the last read was too close to a write to trust the timestamps
 //! (a second write within the file system's timestamp granularity would not show).
 
+use atrund_errors::ErrorClass;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -167,21 +168,24 @@ impl LocalBundle {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let manifest_text = std::fs::read(manifest_path).map_err(|e| {
             ApiError::new(
+                ErrorClass::Author,
                 "BundleInvalid",
                 format!("cannot read {}: {e}", manifest_path.display()),
             )
         })?;
         let manifest: Manifest = serde_json::from_slice(&manifest_text).map_err(|e| {
             ApiError::new(
+                ErrorClass::Author,
                 "BundleInvalid",
                 format!("{} is not a valid manifest: {e}", manifest_path.display()),
             )
         })?;
         manifest
             .validate()
-            .map_err(|e| ApiError::new("BundleInvalid", e.to_string()))?;
+            .map_err(|e| ApiError::new(ErrorClass::Author, "BundleInvalid", e.to_string()))?;
         let code = std::fs::read(&self.entry).map_err(|e| {
             ApiError::new(
+                ErrorClass::Author,
                 "BundleInvalid",
                 format!("cannot read {}: {e}", self.entry.display()),
             )

@@ -94,6 +94,23 @@ impl IdentityError {
         }
     }
 
+    /// What kind of failure this is for the caller (`atrund-errors`: the class decides the status).
+    pub fn class(&self) -> atrund_errors::ErrorClass {
+        use atrund_errors::ErrorClass as C;
+        match self {
+            IdentityError::BadSyntax { .. } | IdentityError::UnsupportedMethod(_) => C::BadRequest,
+            IdentityError::NotFound(_) | IdentityError::HandleNotFound { .. } => C::NotFound,
+            IdentityError::Tombstoned(_) => C::Gone,
+            IdentityError::Unreachable { .. }
+            | IdentityError::AddressNotAllowed { .. }
+            | IdentityError::InvalidDocument { .. }
+            | IdentityError::AuditLogInvalid { .. }
+            | IdentityError::HandleMismatch { .. }
+            | IdentityError::InsecureUrl(_) => C::Author,
+            IdentityError::Config(_) => C::Runner,
+        }
+    }
+
     /// True for failures that may go away on retry (network, timeouts, 5xx). The cache keeps
     /// these for a shorter time than definitive answers.
     pub fn is_transient(&self) -> bool {

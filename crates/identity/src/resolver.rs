@@ -380,7 +380,7 @@ impl IdentityResolver {
                 Ok(Err(e)) => {
                     transient |= e.is_transient();
                     reasons.push(format!("{name}: {}", e.detail().unwrap_or(&e.to_string())));
-                    if e.code() == "AddressNotAllowed" {
+                    if matches!(e, IdentityError::AddressNotAllowed { .. }) {
                         refused = Some(e);
                     }
                 }

@@ -67,13 +67,16 @@ impl PolicyError {
         }
     }
 
-    /// HTTP status: 403 for what the operator does not allow; a malformed manifest is the
-    /// published bundle's fault, reported as 502 (the upstream artefact is bad, not the request).
-    /// Matches `atrund-http`'s mapping of [`PolicyError::code`].
-    pub fn status(&self) -> u16 {
+    /// What kind of failure this is (`atrund-errors`): forbidden for what the operator does not
+    /// allow; a malformed manifest is the published bundle's fault, so the author's side.
+    pub fn class(&self) -> atrund_errors::ErrorClass {
+        use atrund_errors::ErrorClass as C;
         match self {
-            PolicyError::BadManifest(_) => 502,
-            _ => 403,
+            PolicyError::AuthorNotAllowed { .. }
+            | PolicyError::PolicyClosed
+            | PolicyError::PermissionNotAllowed { .. }
+            | PolicyError::LimitTooHigh { .. } => C::Forbidden,
+            PolicyError::BadManifest(_) => C::Author,
         }
     }
 }

@@ -41,6 +41,10 @@ impl RateLimited {
     pub fn code(&self) -> &'static str {
         "RateLimited"
     }
+
+    pub fn class(&self) -> atrund_errors::ErrorClass {
+        atrund_errors::ErrorClass::Busy
+    }
 }
 
 impl AuthorRates {

@@ -17,7 +17,7 @@ fn open_policy_allows_anyone() {
 fn empty_allow_list_is_closed_and_says_how_to_open_it() {
     let e = check_author(&AuthorPolicy::default(), "did:plc:x", Some("a.test")).unwrap_err();
     assert_eq!(e, PolicyError::PolicyClosed);
-    assert_eq!((e.code(), e.status()), ("PolicyClosed", 403));
+    assert_eq!((e.code(), e.class().status()), ("PolicyClosed", 403));
     let msg = e.to_string();
     assert!(
         msg.contains("ATRUND_POLICY=open") && msg.contains("DIDs/handles"),
@@ -46,7 +46,7 @@ fn allow_list_matches_did_exactly_and_verified_handle_case_insensitively() {
     assert!(check_author(&p2, "did:plc:zzz", Some("did:plc:abc")).is_err());
 
     let e = check_author(&p, "did:plc:zzz", Some("bob.test")).unwrap_err();
-    assert_eq!((e.code(), e.status()), ("AuthorNotAllowed", 403));
+    assert_eq!((e.code(), e.class().status()), ("AuthorNotAllowed", 403));
     let msg = e.to_string();
     assert!(
         msg.contains("did:plc:zzz (bob.test)")
@@ -110,7 +110,7 @@ fn each_limit_above_max_is_refused_not_reduced() {
                 max
             }
         );
-        assert_eq!((e.code(), e.status()), ("LimitTooHigh", 403));
+        assert_eq!((e.code(), e.class().status()), ("LimitTooHigh", 403));
         let msg = e.to_string();
         assert!(
             msg.contains(name)
@@ -152,7 +152,10 @@ fn net_read_write_refused_when_not_granted() {
             _ => caps.write = false,
         }
         let e = check_manifest(&caps, &limits, &m).unwrap_err();
-        assert_eq!((e.code(), e.status()), ("PermissionNotAllowed", 403));
+        assert_eq!(
+            (e.code(), e.class().status()),
+            ("PermissionNotAllowed", 403)
+        );
         match &e {
             PolicyError::PermissionNotAllowed {
                 permission,
@@ -239,7 +242,7 @@ fn ffi_and_sys_refused_unless_granted() {
 fn malformed_manifest_is_refused() {
     let m = manifest(r#"{"limits":{"timeoutMs":0}}"#);
     let e = check_manifest(&PermissionCaps::default(), &LimitsSection::default(), &m).unwrap_err();
-    assert_eq!((e.code(), e.status()), ("BundleInvalid", 502));
+    assert_eq!((e.code(), e.class().status()), ("BundleInvalid", 502));
     assert!(e.to_string().contains("timeoutMs"), "{e}");
 }
 
@@ -258,7 +261,7 @@ fn precheck_refuses_unlisted_identifiers_without_resolving() {
     let dids = allow(&["did:plc:abc", "did:web:a.example"]);
     assert_eq!(precheck_author(&dids, "did:plc:abc"), Ok(Precheck::Resolve));
     let e = precheck_author(&dids, "did:web:localhost%3A22").unwrap_err();
-    assert_eq!((e.code(), e.status()), ("AuthorNotAllowed", 403));
+    assert_eq!((e.code(), e.class().status()), ("AuthorNotAllowed", 403));
     assert!(e.to_string().contains("did:web:localhost%3A22"), "{e}");
     // ...but an unlisted handle may be a listed DID's: the listed DIDs are what get resolved
     assert_eq!(

@@ -128,6 +128,16 @@ impl PoolError {
         }
     }
 
+    /// What kind of failure this is for the caller (`atrund-errors`).
+    pub fn class(&self) -> atrund_errors::ErrorClass {
+        use atrund_errors::ErrorClass as C;
+        match self {
+            PoolError::Sandbox(e) => e.class(),
+            PoolError::Busy { .. } => C::Busy,
+            PoolError::CrashLooping { .. } | PoolError::Draining => C::Unavailable,
+        }
+    }
+
     /// Seconds a caller should wait before retrying, for a `Retry-After` header.
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {

@@ -151,6 +151,35 @@ impl FetchError {
         }
     }
 
+    /// What kind of failure this is for the caller (`atrund-errors`: the class decides the status).
+    pub fn class(&self) -> atrund_errors::ErrorClass {
+        use atrund_errors::ErrorClass as C;
+        match self {
+            FetchError::InvalidInput(_) => C::BadRequest,
+            FetchError::RecordNotFound
+            | FetchError::RepoNotFound(_)
+            | FetchError::RepoUnavailable { .. } => C::NotFound,
+            FetchError::InsecureUrl(_)
+            | FetchError::PdsUnreachable(_)
+            | FetchError::AddressNotAllowed(_)
+            | FetchError::PdsError { .. }
+            | FetchError::TooLarge { .. }
+            | FetchError::CarInvalid(_)
+            | FetchError::BlockHashMismatch { .. }
+            | FetchError::CommitInvalid(_)
+            | FetchError::CommitDidMismatch { .. }
+            | FetchError::BadCommitSignature(_)
+            | FetchError::MstInvalid(_)
+            | FetchError::IncompleteProof(_)
+            | FetchError::RecordDecode(_)
+            | FetchError::BlobNotFound
+            | FetchError::BlobRefInvalid(_)
+            | FetchError::BlobHashMismatch { .. }
+            | FetchError::BlobSizeMismatch { .. } => C::Author,
+            FetchError::ClientBuild(_) => C::Runner,
+        }
+    }
+
     /// What happened on the network, for the log: never part of the message.
     pub fn detail(&self) -> Option<&str> {
         match self {

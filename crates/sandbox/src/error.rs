@@ -71,24 +71,22 @@ impl SandboxError {
         }
     }
 
-    /// HTTP status the error maps to.
-    pub fn status(&self) -> http::StatusCode {
-        use http::StatusCode as S;
+    /// What kind of failure this is for the caller (`atrund-errors`: the class decides the status).
+    pub fn class(&self) -> atrund_errors::ErrorClass {
+        use atrund_errors::ErrorClass as C;
         match self {
-            Self::DenoNotFound(_) => S::INTERNAL_SERVER_ERROR,
+            Self::DenoNotFound(_) => C::Unavailable,
             Self::StartFailed(_)
             | Self::BundleFailed(_)
             | Self::BundleCrashed(_)
             | Self::MemoryLimitExceeded(_)
             | Self::TooManyProcesses(_)
-            | Self::ResponseTooLarge(_) => S::BAD_GATEWAY,
-            Self::StartTimedOut(_) | Self::TimedOut(_) | Self::CpuLimitExceeded(_) => {
-                S::GATEWAY_TIMEOUT
-            }
-            Self::EndpointNotFound(_) => S::NOT_FOUND,
-            Self::MethodNotAllowed(_) => S::METHOD_NOT_ALLOWED,
-            Self::BadInput(_) => S::BAD_REQUEST,
-            Self::Draining => S::SERVICE_UNAVAILABLE,
+            | Self::ResponseTooLarge(_) => C::Author,
+            Self::StartTimedOut(_) | Self::TimedOut(_) | Self::CpuLimitExceeded(_) => C::Timeout,
+            Self::EndpointNotFound(_) => C::NotFound,
+            Self::MethodNotAllowed(_) => C::MethodNotAllowed,
+            Self::BadInput(_) => C::BadRequest,
+            Self::Draining => C::Unavailable,
         }
     }
 }
@@ -100,13 +98,13 @@ mod tests {
     #[test]
     fn codes_and_statuses() {
         let e = SandboxError::EndpointNotFound("x".into());
-        assert_eq!((e.code(), e.status().as_u16()), ("EndpointNotFound", 404));
+        assert_eq!((e.code(), e.class().status()), ("EndpointNotFound", 404));
         let e = SandboxError::BadInput("field 'a' is required".into());
-        assert_eq!((e.code(), e.status().as_u16()), ("InvalidInput", 400));
+        assert_eq!((e.code(), e.class().status()), ("InvalidInput", 400));
         let e = SandboxError::TimedOut(5);
-        assert_eq!((e.code(), e.status().as_u16()), ("TimedOut", 504));
+        assert_eq!((e.code(), e.class().status()), ("TimedOut", 504));
         let e = SandboxError::BundleCrashed("exit status: 1".into());
-        assert_eq!((e.code(), e.status().as_u16()), ("BundleCrashed", 502));
+        assert_eq!((e.code(), e.class().status()), ("BundleCrashed", 502));
         for (e, code, status) in [
             (
                 SandboxError::MemoryLimitExceeded(64),
@@ -117,8 +115,10 @@ mod tests {
             (SandboxError::TooManyProcesses(32), "TooManyProcesses", 502),
             (SandboxError::ResponseTooLarge(10), "ResponseTooLarge", 502),
         ] {
-            assert_eq!((e.code(), e.status().as_u16()), (code, status));
+            assert_eq!((e.code(), e.class().status()), (code, status));
         }
+        // No runtime: the runner cannot run instances now (503), as the daemon always answered.
+        assert_eq!(SandboxError::DenoNotFound("x".into()).class().status(), 503);
         assert!(SandboxError::DenoNotFound("x".into())
             .to_string()
             .contains("npm install deno@2.9.6"));

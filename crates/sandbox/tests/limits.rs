@@ -170,9 +170,9 @@ async fn breach(env: &Env, spec: InstanceSpec, endpoint: &str) -> (Arc<dyn Insta
         Err(e) => e,
         Ok(res) => panic!("{endpoint} answered {}", res.status()),
     };
-    eprintln!("{endpoint}: {} {}: {e}", e.code(), e.status().as_u16());
+    eprintln!("{endpoint}: {} {}: {e}", e.code(), e.class().status());
     assert!(!inst.is_alive(), "{endpoint}: the instance must be killed");
-    let (code, status) = (e.code().to_string(), e.status().as_u16());
+    let (code, status) = (e.code().to_string(), e.class().status());
     inst.shutdown().await;
     (inst, code, status)
 }

@@ -71,4 +71,24 @@ impl SecretsError {
             SecretsError::SealFailed { .. } => "SealFailed",
         }
     }
+
+    /// What kind of failure this is for the caller (`atrund-errors`). Records that do not work
+    /// on this runner are the author's side, like a bundle record that does not verify; the key
+    /// file is the runner's own.
+    pub fn class(&self) -> atrund_errors::ErrorClass {
+        use atrund_errors::ErrorClass as C;
+        match self {
+            SecretsError::KeyFileIo { .. }
+            | SecretsError::KeyFileInsecure { .. }
+            | SecretsError::KeyFileInvalid { .. }
+            | SecretsError::SealFailed { .. } => C::Runner,
+            SecretsError::BadPublicKey(_)
+            | SecretsError::BadName { .. }
+            | SecretsError::Invalid { .. }
+            | SecretsError::Outdated { .. }
+            | SecretsError::BindingMismatch { .. }
+            | SecretsError::NotForThisRunner { .. }
+            | SecretsError::Undecryptable { .. } => C::Author,
+        }
+    }
 }
