@@ -4,12 +4,14 @@
 //! (`source`), and the per-DID revision floors that refuse a replayed older repository
 //! (`revisions`).
 
+pub mod local;
 pub mod record;
 pub mod revisions;
 pub mod selector;
 pub mod source;
 pub mod store;
 
+pub use local::{LocalBundle, LocalBundleError, LocalSnapshot};
 pub use record::{BlobRef, BundleRecord, Manifest, Permissions, ReleaseRecord};
 pub use revisions::RevisionFloors;
 pub use selector::VersionSelector;

@@ -60,6 +60,7 @@ macro_rules! from_coded {
 }
 
 from_coded!(
+    atrund_bundle::LocalBundleError,
     atrund_identity::IdentityError,
     atrund_bundle::BundleError,
     atrund_policy::PolicyError,

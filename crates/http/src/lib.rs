@@ -12,7 +12,6 @@ mod body_limit;
 pub mod data_quota;
 pub mod error;
 pub mod headers;
-pub mod local;
 pub mod origin;
 pub mod serve;
 
@@ -37,8 +36,8 @@ use atrund_policy::EffectiveLimits;
 use atrund_pool::{InstanceKey, Pool};
 use atrund_sandbox::{InstanceSpec, Invocation};
 
+pub use atrund_bundle::LocalBundle;
 pub use error::ApiError;
-pub use local::LocalBundle;
 pub use origin::OriginTable;
 
 /// Author segment that names the local dev bundle.

@@ -1,4 +1,5 @@
-//! Local development bundles (`at-rund dev DIR`): a folder with a code file and `manifest.json`,
+//! Local development bundles (`at-rund dev DIR`), the step of the data path that stands in for
+//! identity + fetch when there is no PDS: a folder with a code file and `manifest.json`,
 //! served at `/bundle/local/{name}/latest/{endpoint}` through the same pool and sandbox as
 //! published bundles, with no PDS and no network.
 //!
@@ -10,7 +11,6 @@
 //! mtime, ctime, inode) or when the last read was too close to a write to trust the timestamps
 //! (a second write within the file system's timestamp granularity would not show).
 
-use atrund_errors::ErrorClass;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -18,8 +18,26 @@ use std::time::{Duration, SystemTime};
 
 use sha2::Digest;
 
-use crate::error::ApiError;
-use atrund_bundle::Manifest;
+use crate::Manifest;
+
+/// The local bundle's folder does not hold a bundle that can be served now: a file that cannot
+/// be read, or a manifest that is not valid. The author fixes the folder; the next request reads
+/// it again.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LocalBundleError(String);
+
+impl LocalBundleError {
+    /// Stable error name (as for a published bundle whose record does not verify).
+    pub fn code(&self) -> &'static str {
+        "BundleInvalid"
+    }
+
+    /// The author's side: the local folder (`atrund-errors`).
+    pub fn class(&self) -> atrund_errors::ErrorClass {
+        atrund_errors::ErrorClass::Author
+    }
+}
 
 /// Code file names tried in order when `--entry` is not given.
 pub const ENTRY_CANDIDATES: [&str; 3] = ["main.js", "main.ts", "bundle.js"];
@@ -110,7 +128,7 @@ impl LocalBundle {
                 .unwrap_or("local")
                 .to_string(),
         };
-        atrund_bundle::record::validate_name(&name)
+        crate::record::validate_name(&name)
             .map_err(|e| format!("{e} (pass --name to choose another)"))?;
         let entry = match entry {
             Some(e) => dir.join(e),
@@ -133,13 +151,13 @@ impl LocalBundle {
             last: Mutex::new(None),
             reads: Default::default(),
         };
-        bundle.snapshot().map_err(|e| e.message)?;
+        bundle.snapshot().map_err(|e| e.to_string())?;
         Ok(bundle)
     }
 
     /// The folder as of now: from the last read when neither file changed since, else read
     /// and hashed again.
-    pub fn snapshot(&self) -> Result<LocalSnapshot, ApiError> {
+    pub fn snapshot(&self) -> Result<LocalSnapshot, LocalBundleError> {
         let manifest_path = self.dir.join("manifest.json");
         let stamps = Stamp::of(&manifest_path).zip(Stamp::of(&self.entry));
         if let Some((m, c)) = stamps {
@@ -163,33 +181,23 @@ impl LocalBundle {
         &self,
         manifest_path: &Path,
         stamps: Option<[Stamp; 2]>,
-    ) -> Result<LocalSnapshot, ApiError> {
+    ) -> Result<LocalSnapshot, LocalBundleError> {
         self.reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let manifest_text = std::fs::read(manifest_path).map_err(|e| {
-            ApiError::new(
-                ErrorClass::Author,
-                "BundleInvalid",
-                format!("cannot read {}: {e}", manifest_path.display()),
-            )
+            LocalBundleError(format!("cannot read {}: {e}", manifest_path.display()))
         })?;
         let manifest: Manifest = serde_json::from_slice(&manifest_text).map_err(|e| {
-            ApiError::new(
-                ErrorClass::Author,
-                "BundleInvalid",
-                format!("{} is not a valid manifest: {e}", manifest_path.display()),
-            )
+            LocalBundleError(format!(
+                "{} is not a valid manifest: {e}",
+                manifest_path.display()
+            ))
         })?;
         manifest
             .validate()
-            .map_err(|e| ApiError::new(ErrorClass::Author, "BundleInvalid", e.to_string()))?;
-        let code = std::fs::read(&self.entry).map_err(|e| {
-            ApiError::new(
-                ErrorClass::Author,
-                "BundleInvalid",
-                format!("cannot read {}: {e}", self.entry.display()),
-            )
-        })?;
+            .map_err(|e| LocalBundleError(e.to_string()))?;
+        let code = std::fs::read(&self.entry)
+            .map_err(|e| LocalBundleError(format!("cannot read {}: {e}", self.entry.display())))?;
         let mut h = sha2::Sha256::new();
         h.update(&code);
         h.update(&manifest_text);
@@ -238,7 +246,7 @@ mod tests {
         assert_ne!(s1.key, s2.key);
         assert_eq!(s2.replaced.as_deref(), Some(s1.key.as_str()));
         std::fs::write(dir.path().join("manifest.json"), r#"{"nope":1}"#).unwrap();
-        assert_eq!(b.snapshot().err().unwrap().code, "BundleInvalid");
+        assert_eq!(b.snapshot().err().unwrap().code(), "BundleInvalid");
     }
 
     #[test]
