@@ -253,16 +253,6 @@ impl Default for TenantsSection {
 }
 
 impl TenantsSection {
-    /// `(rate, burst)` for `did`: its override, else the defaults.
-    pub fn rate_for(&self, did: &str) -> (u64, u64) {
-        self.rate_overrides
-            .iter()
-            .filter_map(|e| Self::parse_override(e))
-            .find(|(d, _, _)| *d == did)
-            .map(|(_, r, b)| (r, b))
-            .unwrap_or((self.rate_per_sec, self.rate_burst))
-    }
-
     /// `DID=RATE/BURST` split, or `None` when malformed.
     pub fn parse_override(entry: &str) -> Option<(&str, u64, u64)> {
         let (did, rb) = entry.split_once('=')?;

@@ -23,7 +23,10 @@ struct Bucket {
 /// The buckets of every author seen recently.
 #[derive(Debug)]
 pub struct AuthorRates {
-    cfg: TenantsSection,
+    /// `(rate, burst)` of authors without an override.
+    default: (u64, u64),
+    /// `tenants.rate_overrides`, parsed once (config validation has checked them).
+    overrides: HashMap<String, (u64, u64)>,
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
@@ -49,15 +52,27 @@ impl RateLimited {
 
 impl AuthorRates {
     pub fn new(cfg: TenantsSection) -> Self {
+        let overrides = cfg
+            .rate_overrides
+            .iter()
+            .filter_map(|e| TenantsSection::parse_override(e))
+            .map(|(did, r, b)| (did.to_string(), (r, b)))
+            .collect();
         AuthorRates {
-            cfg,
+            default: (cfg.rate_per_sec, cfg.rate_burst),
+            overrides,
             buckets: Mutex::default(),
         }
     }
 
+    /// `(rate, burst)` of `did`: its override, else the default.
+    fn rate_for(&self, did: &str) -> (u64, u64) {
+        self.overrides.get(did).copied().unwrap_or(self.default)
+    }
+
     /// Takes one token from `did`'s bucket at time `now`, or says when one will be there.
     pub fn take(&self, did: &str, now: Instant) -> Result<(), RateLimited> {
-        let (rate, burst) = self.cfg.rate_for(did);
+        let (rate, burst) = self.rate_for(did);
         if rate == 0 {
             return Ok(());
         }
@@ -66,7 +81,7 @@ impl AuthorRates {
         };
         if buckets.len() >= PRUNE_AT && !buckets.contains_key(did) {
             buckets.retain(|d, b| {
-                let (r, bu) = self.cfg.rate_for(d);
+                let (r, bu) = self.rate_for(d);
                 refill(*b, r, bu, now).tokens < bu as f64
             });
         }
