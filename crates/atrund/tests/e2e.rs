@@ -303,47 +303,20 @@ async fn identity_and_policy_refusals_have_their_own_names() {
 /// A PDS in front of the real one that flips the first byte of every blob it serves: what a
 /// malicious or broken PDS could do, and what the real one never will.
 async fn start_blob_tampering_proxy(pds: String) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind proxy");
-    let port = listener.local_addr().expect("addr").port();
     let client = reqwest::Client::new();
-    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+    let port = common::serve_pds_stand_in(move |pq| {
         let (client, pds) = (client.clone(), pds.clone());
         async move {
-            let pq = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_default();
-            let upstream = client
-                .get(format!("{pds}{pq}"))
-                .send()
-                .await
-                .expect("upstream");
-            let status = upstream.status().as_u16();
-            let ctype = upstream
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("application/octet-stream")
-                .to_string();
-            let mut body = upstream.bytes().await.expect("body").to_vec();
+            let (status, ctype, mut body) = common::pds_get(&client, &pds, &pq).await;
             if pq.starts_with("/xrpc/com.atproto.sync.getBlob") {
                 if let Some(b) = body.first_mut() {
                     *b ^= 0xff;
                 }
             }
-            axum::http::Response::builder()
-                .status(status)
-                .header("content-type", ctype)
-                .body(axum::body::Body::from(body))
-                .expect("response")
+            (status, ctype, body)
         }
-    });
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    })
+    .await;
     format!("http://localhost:{port}")
 }
 

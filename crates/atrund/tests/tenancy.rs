@@ -43,8 +43,8 @@ fn greeter(word: &str) -> String {
 /// Tests that override carol's did:web document take turns.
 static CAROL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Responses by path and query.
-type Answers = Arc<Mutex<HashMap<String, (u16, Vec<u8>)>>>;
+/// Responses (status, content type, body) by path and query.
+type Answers = Arc<Mutex<HashMap<String, (u16, String, Vec<u8>)>>>;
 
 /// A PDS in front of the real one that remembers every answer; once `replay` is set it serves
 /// the answers it had when `freeze` was called: genuinely signed, older repository state.
@@ -61,10 +61,6 @@ struct ReplayingPds {
 
 impl ReplayingPds {
     async fn start(pds: String, net_allow_addrs: String) -> ReplayingPds {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind proxy");
-        let port = listener.local_addr().expect("addr").port();
         let seen: Answers = Arc::default();
         let frozen: Answers = Arc::default();
         let replay = Arc::new(AtomicBool::new(false));
@@ -76,7 +72,7 @@ impl ReplayingPds {
             replay.clone(),
             fetches.clone(),
         );
-        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let port = common::serve_pds_stand_in(move |pq| {
             let (client, pds, seen, frozen, replay, fetches) = (
                 client.clone(),
                 pds.clone(),
@@ -86,54 +82,27 @@ impl ReplayingPds {
                 n.clone(),
             );
             async move {
-                let pq = req
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.as_str().to_string())
-                    .unwrap_or_default();
                 let old = replay
                     .load(Ordering::SeqCst)
                     .then(|| frozen.lock().expect("lock").get(&pq).cloned())
                     .flatten();
-                let (status, body) = match old {
-                    Some(hit) => hit,
-                    None => {
-                        if pq.starts_with("/xrpc/com.atproto.sync.getRecord") {
-                            let collection = pq
-                                .split(['?', '&'])
-                                .find_map(|kv| kv.strip_prefix("collection="))
-                                .unwrap_or("")
-                                .to_string();
-                            *fetches.lock().expect("lock").entry(collection).or_default() += 1;
-                        }
-                        let upstream = client
-                            .get(format!("{pds}{pq}"))
-                            .send()
-                            .await
-                            .expect("upstream");
-                        let status = upstream.status().as_u16();
-                        let body = upstream.bytes().await.expect("body").to_vec();
-                        seen.lock()
-                            .expect("lock")
-                            .insert(pq.clone(), (status, body.clone()));
-                        (status, body)
-                    }
-                };
-                let ctype = if pq.starts_with("/xrpc/com.atproto.sync.") {
-                    "application/vnd.ipld.car"
-                } else {
-                    "application/json"
-                };
-                axum::http::Response::builder()
-                    .status(status)
-                    .header("content-type", ctype)
-                    .body(axum::body::Body::from(body))
-                    .expect("response")
+                if let Some(hit) = old {
+                    return hit;
+                }
+                if pq.starts_with("/xrpc/com.atproto.sync.getRecord") {
+                    let collection = pq
+                        .split(['?', '&'])
+                        .find_map(|kv| kv.strip_prefix("collection="))
+                        .unwrap_or("")
+                        .to_string();
+                    *fetches.lock().expect("lock").entry(collection).or_default() += 1;
+                }
+                let answer = common::pds_get(&client, &pds, &pq).await;
+                seen.lock().expect("lock").insert(pq, answer.clone());
+                answer
             }
-        });
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        })
+        .await;
         ReplayingPds {
             url: format!("http://localhost:{port}"),
             opened: format!("{},127.0.0.1:{port}", net_allow_addrs),

@@ -212,3 +212,54 @@ pub async fn override_carol_doc(net: &TestNet, body: Value) {
         .expect("override did doc");
     assert_eq!(resp.status(), 204);
 }
+
+/// A stand-in for an author's PDS on 127.0.0.1: every request is answered with what `answer`
+/// returns for its path and query (status, content type, body). Returns the port.
+pub async fn serve_pds_stand_in<F, Fut>(answer: F) -> u16
+where
+    F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = (u16, String, Vec<u8>)> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the stand-in PDS");
+    let port = listener.local_addr().expect("addr").port();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let answer = answer.clone();
+        async move {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default();
+            let (status, ctype, body) = answer(pq).await;
+            axum::http::Response::builder()
+                .status(status)
+                .header("content-type", ctype)
+                .body(axum::body::Body::from(body))
+                .expect("response")
+        }
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    port
+}
+
+/// GETs `pq` from the real PDS at `pds`: status, content type, body.
+pub async fn pds_get(client: &reqwest::Client, pds: &str, pq: &str) -> (u16, String, Vec<u8>) {
+    let upstream = client
+        .get(format!("{pds}{pq}"))
+        .send()
+        .await
+        .expect("upstream");
+    let status = upstream.status().as_u16();
+    let ctype = upstream
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    let body = upstream.bytes().await.expect("body").to_vec();
+    (status, ctype, body)
+}
