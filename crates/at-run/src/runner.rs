@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use atrund_bundle::record::{bundle_rkey, BUNDLE_COLLECTION, RELEASE_COLLECTION};
+use atrund_api::{DescribeRunner, DESCRIBE_RUNNER};
 use atrund_bundle::Manifest;
 use atrund_policy::{check_manifest, LimitsSection, PermissionCaps};
 use serde::Serialize;
@@ -25,9 +26,9 @@ fn http() -> anyhow::Result<reqwest::Client> {
 }
 
 /// `describeRunner` of `runner`.
-pub async fn describe(runner: &str) -> anyhow::Result<Value> {
+pub async fn describe(runner: &str) -> anyhow::Result<DescribeRunner> {
     let base = runner.trim_end_matches('/');
-    let url = format!("{base}/xrpc/dev.atrund.describeRunner");
+    let url = format!("{base}/xrpc/{DESCRIBE_RUNNER}");
     let resp = http()?.get(&url).send().await.map_err(|e| {
         Failure::RunnerUnreachable(format!(
             "could not reach the runner at {base} ({e}); check --runner"
@@ -40,9 +41,13 @@ pub async fn describe(runner: &str) -> anyhow::Result<Value> {
         ))
         .into());
     }
-    resp.json()
+    let body = resp
+        .bytes()
         .await
-        .with_context(|| format!("{url} did not return JSON; check --runner"))
+        .with_context(|| format!("could not read the answer of {url}"))?;
+    serde_json::from_slice(&body).with_context(|| {
+        format!("{url} is not a describeRunner this at-run can read; is --runner an at-rund runner of the same or a newer version?")
+    })
 }
 
 /// One line of `check`.
@@ -88,7 +93,7 @@ impl CheckReport {
 /// Compares a built bundle with what the runner announces.
 pub fn compare(
     runner: &str,
-    desc: &Value,
+    desc: &DescribeRunner,
     manifest: &Manifest,
     code_bytes: u64,
     local_deno: &str,
@@ -109,14 +114,11 @@ pub fn compare(
     };
 
     // Runtime.
-    let remote = desc
-        .pointer("/runtimes/0/version")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    // "deno 2.9.6 (stable, ...)" or "2.9.6": the first word that starts with a digit.
-    let remote_v = remote
-        .split_whitespace()
-        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))
+    let remote_v = desc
+        .runtimes
+        .iter()
+        .find(|r| r.name == "deno")
+        .and_then(|r| r.version_number())
         .unwrap_or("");
     let (rl, rr) = (
         crate::deno::parse_major_minor(local_deno),
@@ -141,127 +143,107 @@ pub fn compare(
     );
 
     // Author policy.
-    let policy = desc
-        .pointer("/policy/authors")
-        .and_then(Value::as_str)
-        .unwrap_or("");
     push(
         "author",
-        if policy == "open" {
-            Ok("the runner is open to every author".into())
-        } else if policy.starts_with("closed") {
-            Err("the runner allows no authors yet (ask its operator)".into())
-        } else if let Some(list) = policy.strip_prefix("allow-list: ") {
-            let entries: Vec<&str> = list.split(", ").collect();
-            match author {
-                Some((did, handle))
-                    if entries
-                        .iter()
-                        .any(|e| *e == did || e.eq_ignore_ascii_case(handle)) =>
-                {
-                    Ok(format!("{handle} is on the allow-list"))
-                }
-                Some((_, handle)) => Err(format!(
-                    "{handle} is not on the runner's allow-list ({list}); ask its operator to add your DID"
-                )),
-                None => {
-                    notes.push("log in (`at-run login`) to check the author allow-list".into());
-                    Ok(format!("allow-list: {list}"))
+        match &desc.policy.allow_list {
+            None => Ok("the runner is open to every author".into()),
+            Some(list) if list.is_empty() => {
+                Err("the runner allows no authors yet (ask its operator)".into())
+            }
+            Some(list) => {
+                let shown = list.join(", ");
+                match author {
+                    Some((did, handle))
+                        if list
+                            .iter()
+                            .any(|e| *e == did || e.eq_ignore_ascii_case(handle)) =>
+                    {
+                        Ok(format!("{handle} is on the allow-list"))
+                    }
+                    Some((_, handle)) => Err(format!(
+                        "{handle} is not on the runner's allow-list ({shown}); ask its operator to add your DID"
+                    )),
+                    None => {
+                        notes.push("log in (`at-run login`) to check the author allow-list".into());
+                        Ok(format!("allow-list: {shown}"))
+                    }
                 }
             }
-        } else {
-            Ok(format!("policy: {policy}"))
         },
     );
 
     // Permissions and limits, one aspect at a time so that every problem is listed.
-    let caps = serde_json::from_value::<RunnerCaps>(desc["permissions"].clone())
-        .ok()
-        .map(PermissionCaps::from);
-    let limits = serde_json::from_value::<RunnerLimits>(desc["limits"].clone())
-        .ok()
-        .map(LimitsSection::from);
-    match (caps, limits) {
-        (Some(caps), Some(limits)) => {
-            let mut parts: Vec<(String, Manifest)> = Vec::new();
-            let p = &manifest.permissions;
-            let base = Manifest::default();
-            let with = |f: &dyn Fn(&mut Manifest)| {
-                let mut m = base.clone();
-                f(&mut m);
-                m
-            };
-            if !p.net.is_empty() {
-                parts.push(("net".into(), with(&|m| m.permissions.net = p.net.clone())));
-            }
-            if !p.read.is_empty() {
-                parts.push(("read".into(), with(&|m| m.permissions.read = p.read.clone())));
-            }
-            if !p.write.is_empty() {
-                parts.push(("write".into(), with(&|m| m.permissions.write = p.write.clone())));
-            }
-            for r in &p.run {
-                parts.push((format!("run {r}"), with(&|m| m.permissions.run = vec![r.clone()])));
-            }
-            if p.ffi {
-                parts.push(("ffi".into(), with(&|m| m.permissions.ffi = true)));
-            }
-            if p.sys {
-                parts.push(("sys".into(), with(&|m| m.permissions.sys = true)));
-            }
-            let l = &manifest.limits;
-            for (k, v) in [
-                ("timeoutMs", l.timeout_ms),
-                ("memoryMib", l.memory_mib),
-                ("cpuMs", l.cpu_ms),
-                ("concurrency", l.concurrency),
-            ] {
-                if v.is_some() {
-                    parts.push((
-                        format!("limits.{k}"),
-                        with(&|m| match k {
-                            "timeoutMs" => m.limits.timeout_ms = v,
-                            "memoryMib" => m.limits.memory_mib = v,
-                            "cpuMs" => m.limits.cpu_ms = v,
-                            _ => m.limits.concurrency = v,
-                        }),
-                    ));
-                }
-            }
-            if !manifest.tasks.is_empty() {
-                parts.push(("tasks".into(), with(&|m| m.tasks = manifest.tasks.clone())));
-            }
-            if parts.is_empty() {
-                push("permissions", Ok("asks for nothing beyond the defaults".into()));
-            }
-            for (name, m) in parts {
-                push(
-                    &name,
-                    check_manifest(&caps, &limits, &m)
-                        .map(|_| "allowed".to_string())
-                        .map_err(|e| e.to_string()),
-                );
-            }
-            match check_manifest(&caps, &limits, manifest) {
-                Ok(eff) => notes.push(format!(
-                    "runs with timeoutMs={} memoryMib={} cpuMs={} concurrency={}",
-                    eff.timeout_ms, eff.memory_mib, eff.cpu_ms, eff.concurrency
-                )),
-                Err(e) => push("manifest", Err(e.to_string())),
-            }
+    let caps = PermissionCaps::from(desc.permissions.clone());
+    let limits = LimitsSection::from(desc.limits.clone());
+    let mut parts: Vec<(String, Manifest)> = Vec::new();
+    let p = &manifest.permissions;
+    let base = Manifest::default();
+    let with = |f: &dyn Fn(&mut Manifest)| {
+        let mut m = base.clone();
+        f(&mut m);
+        m
+    };
+    if !p.net.is_empty() {
+        parts.push(("net".into(), with(&|m| m.permissions.net = p.net.clone())));
+    }
+    if !p.read.is_empty() {
+        parts.push(("read".into(), with(&|m| m.permissions.read = p.read.clone())));
+    }
+    if !p.write.is_empty() {
+        parts.push(("write".into(), with(&|m| m.permissions.write = p.write.clone())));
+    }
+    for r in &p.run {
+        parts.push((format!("run {r}"), with(&|m| m.permissions.run = vec![r.clone()])));
+    }
+    if p.ffi {
+        parts.push(("ffi".into(), with(&|m| m.permissions.ffi = true)));
+    }
+    if p.sys {
+        parts.push(("sys".into(), with(&|m| m.permissions.sys = true)));
+    }
+    let l = &manifest.limits;
+    for (k, v) in [
+        ("timeoutMs", l.timeout_ms),
+        ("memoryMib", l.memory_mib),
+        ("cpuMs", l.cpu_ms),
+        ("concurrency", l.concurrency),
+    ] {
+        if v.is_some() {
+            parts.push((
+                format!("limits.{k}"),
+                with(&|m| match k {
+                    "timeoutMs" => m.limits.timeout_ms = v,
+                    "memoryMib" => m.limits.memory_mib = v,
+                    "cpuMs" => m.limits.cpu_ms = v,
+                    _ => m.limits.concurrency = v,
+                }),
+            ));
         }
-        _ => push(
-            "permissions",
-            Err("the runner's describeRunner has no readable permissions/limits; is it an older at-rund?".into()),
-        ),
+    }
+    if !manifest.tasks.is_empty() {
+        parts.push(("tasks".into(), with(&|m| m.tasks = manifest.tasks.clone())));
+    }
+    if parts.is_empty() {
+        push("permissions", Ok("asks for nothing beyond the defaults".into()));
+    }
+    for (name, m) in parts {
+        push(
+            &name,
+            check_manifest(&caps, &limits, &m)
+                .map(|_| "allowed".to_string())
+                .map_err(|e| e.to_string()),
+        );
+    }
+    match check_manifest(&caps, &limits, manifest) {
+        Ok(eff) => notes.push(format!(
+            "runs with timeoutMs={} memoryMib={} cpuMs={} concurrency={}",
+            eff.timeout_ms, eff.memory_mib, eff.cpu_ms, eff.concurrency
+        )),
+        Err(e) => push("manifest", Err(e.to_string())),
     }
 
     // Size.
-    let max = desc
-        .get("maxBundleBytes")
-        .and_then(Value::as_u64)
-        .unwrap_or(crate::deploy::MAX_CODE_BYTES)
-        .min(crate::deploy::MAX_CODE_BYTES);
+    let max = desc.max_bundle_bytes.min(crate::deploy::MAX_CODE_BYTES);
     push(
         "size",
         if code_bytes <= max {
@@ -273,15 +255,8 @@ pub fn compare(
         },
     );
 
-    if let Some(enf) = desc.get("enforcement").and_then(Value::as_array) {
-        for e in enf {
-            if e.get("enforced") == Some(&Value::Bool(false)) {
-                notes.push(format!(
-                    "the runner does not enforce {}",
-                    e.get("limit").and_then(Value::as_str).unwrap_or("?")
-                ));
-            }
-        }
+    for e in desc.enforcement.iter().filter(|e| !e.enforced) {
+        notes.push(format!("the runner does not enforce {}", e.limit));
     }
     let compatible = checks.iter().all(|c| c.ok);
     CheckReport {
@@ -525,54 +500,6 @@ pub async fn test(
     })
 }
 
-/// The parts of describeRunner's `permissions` a manifest is checked against. Read leniently
-/// (unknown fields ignored), so a runner newer or older than this CLI can still be checked.
-#[derive(serde::Deserialize)]
-struct RunnerCaps {
-    net: bool,
-    read: bool,
-    write: bool,
-    #[serde(default)]
-    run: Vec<String>,
-    ffi: bool,
-    sys: bool,
-}
-
-impl From<RunnerCaps> for PermissionCaps {
-    fn from(c: RunnerCaps) -> Self {
-        PermissionCaps {
-            net: c.net,
-            read: c.read,
-            write: c.write,
-            run: c.run,
-            ffi: c.ffi,
-            sys: c.sys,
-        }
-    }
-}
-
-/// The limits a manifest may ask for, from describeRunner's `limits`; operator-only keys are
-/// ignored (they change between versions and no manifest can ask for them).
-#[derive(serde::Deserialize)]
-struct RunnerLimits {
-    timeout_ms: atrund_policy::LimitRange,
-    memory_mib: atrund_policy::LimitRange,
-    cpu_ms: atrund_policy::LimitRange,
-    concurrency: atrund_policy::LimitRange,
-}
-
-impl From<RunnerLimits> for LimitsSection {
-    fn from(l: RunnerLimits) -> Self {
-        LimitsSection {
-            timeout_ms: l.timeout_ms,
-            memory_mib: l.memory_mib,
-            cpu_ms: l.cpu_ms,
-            concurrency: l.concurrency,
-            ..LimitsSection::default()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -604,15 +531,26 @@ mod tests {
 
     #[test]
     fn compare_lists_every_problem() {
-        let desc = json!({
+        let desc: DescribeRunner = serde_json::from_value(json!({
+            "software":{"name":"at-rund","version":"0"},
+            "isolation":"none",
             "runtimes":[{"name":"deno","version":"deno 2.9.6 (stable, release, x86_64-unknown-linux-gnu)"}],
-            "policy":{"authors":"allow-list: did:plc:someone"},
+            "publicKey":"z",
+            "policy":{"authors":"allow-list: did:plc:someone","allowList":["did:plc:someone"]},
             "permissions":{"net":false,"read":true,"write":true,"run":[],"ffi":false,"sys":false},
             "limits":{"timeout_ms":{"default":1000,"max":2000},"memory_mib":{"default":128,"max":256},
                       "cpu_ms":{"default":1000,"max":2000},"concurrency":{"default":1,"max":4},
-                      "pids":64,"cpu_quota_percent":100,"open_files":256,"max_response_bytes":1000},
+                      "pids":64,"cpu_quota_percent":100,"open_files":256,"max_response_bytes":1000,
+                      "freeze_idle":true,"freeze_after_idle_ms":50},
             "enforcement":[{"limit":"cpuMs","enforced":false,"how":"x"}],
-        });
+            "maxRequestBodyBytes":1000,
+            "maxBundleBytes":1000000,
+            "tenants":{"ratePerSec":0,"rateBurst":0,"negativeCacheSecs":0,"identityRefreshMinSecs":0,
+                       "maxConnections":0,"headerReadTimeoutMs":0,"maxStoreBytesPerAuthor":0,
+                       "storeGcAfterSecs":0,"maxDataBytesPerAuthor":0},
+            "bundleDomain":null,
+        }))
+        .expect("describeRunner");
         let m: Manifest = serde_json::from_value(json!({
             "permissions":{"net":["example.com"],"sys":true},
             "limits":{"timeoutMs":5000}

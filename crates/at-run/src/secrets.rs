@@ -185,33 +185,10 @@ pub async fn runner_key(t: &TargetArgs) -> anyhow::Result<RunnerPublicKey> {
         }
         Err(e) => return Err(e),
     };
-    let url = format!("{base}/xrpc/dev.atrund.describeRunner");
-    let resp = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .context("could not set up the HTTP client")?
-        .get(&url)
-        .send()
-        .await
-        .with_context(|| format!("could not reach the runner at {base}; check --runner"))?;
-    if !resp.status().is_success() {
-        bail!(
-            "{url} answered HTTP {}; check that --runner is an at-rund runner",
-            resp.status().as_u16()
-        );
-    }
-    let body: serde_json::Value = resp
-        .json()
-        .await
-        .with_context(|| format!("{url} did not return JSON; check --runner"))?;
-    let announced = body
-        .get("publicKey")
-        .and_then(|k| k.as_str())
-        .with_context(|| {
-            format!("{url} has no publicKey; the runner is too old to take secrets")
-        })?;
+    let desc = crate::runner::describe(&base).await?;
+    let announced = desc.public_key.as_str();
     let key = RunnerPublicKey::from_multibase(announced)
-        .with_context(|| format!("the publicKey announced by {url}"))?;
+        .with_context(|| format!("the publicKey announced by the runner at {base}"))?;
     if let Some(want) = expected {
         if want != key {
             bail!(

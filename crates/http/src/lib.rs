@@ -15,6 +15,7 @@ pub mod headers;
 pub mod origin;
 pub mod serve;
 
+use atrund_api as api;
 use atrund_errors::ErrorClass;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -75,7 +76,7 @@ pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/xrpc/dev.atrund.describeRunner", get(describe_runner))
+        .route(&format!("/xrpc/{}", api::DESCRIBE_RUNNER), get(describe_runner))
         .route(
             "/xrpc/dev.atrund.resolveBundleOrigin",
             get(resolve_bundle_origin),
@@ -282,36 +283,50 @@ async fn readyz(State(st): State<AppState>) -> Response {
 }
 
 async fn describe_runner(State(st): State<AppState>) -> Response {
+    axum::Json(describe(&st)).into_response()
+}
+
+/// What describeRunner answers, from the config and what the runner found at start.
+fn describe(st: &AppState) -> api::DescribeRunner {
     let c = &st.config;
-    axum::Json(serde_json::json!({
-        "software": { "name": "at-rund", "version": env!("CARGO_PKG_VERSION") },
-        "isolation": st.pool.backend(),
-        "runtimes": [ { "name": "deno", "version": st.runtime_version } ],
-        // X25519, multibase (z + base58btc of 0xec01 + key): what `at-run secrets set` seals to.
-        "publicKey": st.secrets.public_key().to_multibase(),
-        "policy": { "authors": c.policy.describe() },
-        "permissions": c.permissions,
-        "limits": c.limits,
-        "enforcement": *st.enforcement,
-        "maxRequestBodyBytes": c.http.max_request_body_bytes,
-        // Largest code blob this runner fetches (`at-run check` compares bundles with it).
-        "maxBundleBytes": c.fetch.max_bundle_bytes,
-        // Fair shares between authors (docs/configuration.md, [tenants]).
-        "tenants": {
-            "ratePerSec": c.tenants.rate_per_sec,
-            "rateBurst": c.tenants.rate_burst,
-            "negativeCacheSecs": c.tenants.negative_cache_secs,
-            "identityRefreshMinSecs": c.tenants.identity_refresh_min_secs,
-            "maxConnections": c.http.max_connections,
-            "headerReadTimeoutMs": c.http.header_read_timeout_ms,
-            "maxStoreBytesPerAuthor": c.tenants.max_store_bytes_per_author,
-            "storeGcAfterSecs": c.tenants.store_gc_after_secs,
-            "maxDataBytesPerAuthor": c.tenants.max_data_bytes_per_author,
+    api::DescribeRunner {
+        software: api::Software {
+            name: "at-rund".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
         },
-        // Where bundles have origins of their own (docs/origins.md); null: path routes only.
-        "bundleDomain": c.http.bundle_domain,
-    }))
-    .into_response()
+        isolation: st.pool.backend().into(),
+        runtimes: vec![api::Runtime {
+            name: "deno".into(),
+            version: st.runtime_version.clone(),
+        }],
+        public_key: st.secrets.public_key().to_multibase(),
+        policy: (&c.policy).into(),
+        permissions: (&c.permissions).into(),
+        limits: (&c.limits).into(),
+        enforcement: st
+            .enforcement
+            .iter()
+            .map(|e| api::EnforcementLine {
+                limit: e.limit.into(),
+                enforced: e.enforced,
+                how: e.how.clone(),
+            })
+            .collect(),
+        max_request_body_bytes: c.http.max_request_body_bytes,
+        max_bundle_bytes: c.fetch.max_bundle_bytes,
+        tenants: api::Tenants {
+            rate_per_sec: c.tenants.rate_per_sec,
+            rate_burst: c.tenants.rate_burst,
+            negative_cache_secs: c.tenants.negative_cache_secs,
+            identity_refresh_min_secs: c.tenants.identity_refresh_min_secs,
+            max_connections: c.http.max_connections,
+            header_read_timeout_ms: c.http.header_read_timeout_ms,
+            max_store_bytes_per_author: c.tenants.max_store_bytes_per_author,
+            store_gc_after_secs: c.tenants.store_gc_after_secs,
+            max_data_bytes_per_author: c.tenants.max_data_bytes_per_author,
+        },
+        bundle_domain: c.http.bundle_domain.clone(),
+    }
 }
 
 type RouteParams = (String, String, String, String);

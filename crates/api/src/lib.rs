@@ -1,0 +1,311 @@
+//! The runner's HTTP API as types: what `GET /xrpc/dev.atrund.describeRunner` answers.
+//!
+//! Owns: the wire shape of describeRunner, written by the daemon (`atrund-http`) and read by the
+//! author's CLI (`at-run check`, `at-run secrets set`), so writer and reader cannot drift apart.
+//! Must not touch: I/O, the daemon's state, policy decisions (the reader's checks live in
+//! `atrund-policy` and `at-run`).
+//!
+//! Reading is lenient in one direction only: unknown fields are ignored (a newer runner may
+//! announce more), while a missing field is an error naming it (an older runner cannot be
+//! checked honestly). Field names are the JSON's: camelCase, except the limits, which keep the
+//! config file's snake_case keys.
+
+use atrund_config::{AuthorPolicy, LimitRange, LimitsSection, PermissionCaps};
+use serde::{Deserialize, Serialize};
+
+/// The XRPC method name, as routed and as called.
+pub const DESCRIBE_RUNNER: &str = "dev.atrund.describeRunner";
+
+/// What a runner says about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DescribeRunner {
+    pub software: Software,
+    /// The isolation backend in use: `none` or `container`.
+    pub isolation: String,
+    pub runtimes: Vec<Runtime>,
+    /// X25519, multibase (`z` + base58btc of 0xec01 + key): what `at-run secrets set` seals to.
+    pub public_key: String,
+    pub policy: RunnerPolicy,
+    /// What bundles may ask for.
+    pub permissions: RunnerPermissions,
+    pub limits: RunnerLimits,
+    /// Whether each limit is enforced on this machine, and how (or why not).
+    pub enforcement: Vec<EnforcementLine>,
+    pub max_request_body_bytes: u64,
+    /// Largest code blob this runner fetches (`at-run check` compares bundles with it).
+    pub max_bundle_bytes: u64,
+    /// Fair shares between authors (docs/configuration.md, `[tenants]`).
+    pub tenants: Tenants,
+    /// Where bundles have origins of their own (docs/origins.md); `None`: path routes only.
+    pub bundle_domain: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Software {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runtime {
+    pub name: String,
+    /// As the runtime prints it, e.g. `deno 2.5.6 (stable, release, x86_64-unknown-linux-gnu)`.
+    pub version: String,
+}
+
+impl Runtime {
+    /// The version number in `version`: its first word that starts with a digit.
+    pub fn version_number(&self) -> Option<&str> {
+        self.version
+            .split_whitespace()
+            .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))
+    }
+}
+
+/// Whose code the runner runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerPolicy {
+    /// One line for people: `open`, `closed (...)` or `allow-list: a, b`.
+    pub authors: String,
+    /// The allowed DIDs and handles; `None` when every author may run code.
+    pub allow_list: Option<Vec<String>>,
+}
+
+impl From<&AuthorPolicy> for RunnerPolicy {
+    fn from(p: &AuthorPolicy) -> Self {
+        RunnerPolicy {
+            authors: p.describe(),
+            allow_list: p.entries().map(<[String]>::to_vec),
+        }
+    }
+}
+
+/// The operator's permission caps as announced (config: `[permissions]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerPermissions {
+    pub net: bool,
+    pub read: bool,
+    pub write: bool,
+    pub run: Vec<String>,
+    pub ffi: bool,
+    pub sys: bool,
+}
+
+impl From<&PermissionCaps> for RunnerPermissions {
+    fn from(c: &PermissionCaps) -> Self {
+        let PermissionCaps {
+            net,
+            read,
+            write,
+            run,
+            ffi,
+            sys,
+        } = c.clone();
+        RunnerPermissions {
+            net,
+            read,
+            write,
+            run,
+            ffi,
+            sys,
+        }
+    }
+}
+
+impl From<RunnerPermissions> for PermissionCaps {
+    fn from(c: RunnerPermissions) -> Self {
+        let RunnerPermissions {
+            net,
+            read,
+            write,
+            run,
+            ffi,
+            sys,
+        } = c;
+        PermissionCaps {
+            net,
+            read,
+            write,
+            run,
+            ffi,
+            sys,
+        }
+    }
+}
+
+/// The operator's limits as announced (config: `[limits]`, same keys).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerLimits {
+    pub timeout_ms: LimitRange,
+    pub memory_mib: LimitRange,
+    pub cpu_ms: LimitRange,
+    pub concurrency: LimitRange,
+    pub pids: u64,
+    pub cpu_quota_percent: u64,
+    pub open_files: u64,
+    pub max_response_bytes: u64,
+    pub freeze_idle: bool,
+    pub freeze_after_idle_ms: u64,
+}
+
+impl From<&LimitsSection> for RunnerLimits {
+    fn from(l: &LimitsSection) -> Self {
+        let LimitsSection {
+            timeout_ms,
+            memory_mib,
+            cpu_ms,
+            concurrency,
+            pids,
+            cpu_quota_percent,
+            open_files,
+            max_response_bytes,
+            freeze_idle,
+            freeze_after_idle_ms,
+        } = *l;
+        RunnerLimits {
+            timeout_ms,
+            memory_mib,
+            cpu_ms,
+            concurrency,
+            pids,
+            cpu_quota_percent,
+            open_files,
+            max_response_bytes,
+            freeze_idle,
+            freeze_after_idle_ms,
+        }
+    }
+}
+
+impl From<RunnerLimits> for LimitsSection {
+    fn from(l: RunnerLimits) -> Self {
+        let RunnerLimits {
+            timeout_ms,
+            memory_mib,
+            cpu_ms,
+            concurrency,
+            pids,
+            cpu_quota_percent,
+            open_files,
+            max_response_bytes,
+            freeze_idle,
+            freeze_after_idle_ms,
+        } = l;
+        LimitsSection {
+            timeout_ms,
+            memory_mib,
+            cpu_ms,
+            concurrency,
+            pids,
+            cpu_quota_percent,
+            open_files,
+            max_response_bytes,
+            freeze_idle,
+            freeze_after_idle_ms,
+        }
+    }
+}
+
+/// One limit and whether the runner enforces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnforcementLine {
+    /// `memory`, `cpuQuota`, `cpuTime`, `pids`, ... (the sandbox's names).
+    pub limit: String,
+    pub enforced: bool,
+    /// How it is enforced, or why it is not.
+    pub how: String,
+}
+
+/// Fair shares between authors (config: `[tenants]` and two `[http]` keys).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tenants {
+    pub rate_per_sec: u64,
+    pub rate_burst: u64,
+    pub negative_cache_secs: u64,
+    pub identity_refresh_min_secs: u64,
+    pub max_connections: u64,
+    pub header_read_timeout_ms: u64,
+    pub max_store_bytes_per_author: u64,
+    pub store_gc_after_secs: u64,
+    pub max_data_bytes_per_author: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> DescribeRunner {
+        DescribeRunner {
+            software: Software {
+                name: "at-rund".into(),
+                version: "0.1.0".into(),
+            },
+            isolation: "container".into(),
+            runtimes: vec![Runtime {
+                name: "deno".into(),
+                version: "deno 2.5.6 (stable, release, x86_64-unknown-linux-gnu)".into(),
+            }],
+            public_key: "z6LS".into(),
+            policy: RunnerPolicy::from(&AuthorPolicy::AllowList(vec!["did:plc:a".into()])),
+            permissions: RunnerPermissions::from(&PermissionCaps::default()),
+            limits: RunnerLimits::from(&LimitsSection::default()),
+            enforcement: vec![EnforcementLine {
+                limit: "memory".into(),
+                enforced: true,
+                how: "cgroup".into(),
+            }],
+            max_request_body_bytes: 1,
+            max_bundle_bytes: 2,
+            tenants: Tenants {
+                rate_per_sec: 1,
+                rate_burst: 2,
+                negative_cache_secs: 3,
+                identity_refresh_min_secs: 4,
+                max_connections: 5,
+                header_read_timeout_ms: 6,
+                max_store_bytes_per_author: 7,
+                store_gc_after_secs: 8,
+                max_data_bytes_per_author: 9,
+            },
+            bundle_domain: None,
+        }
+    }
+
+    #[test]
+    fn what_is_written_reads_back_and_unknown_fields_are_ignored() {
+        let d = sample();
+        let mut v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["publicKey"], "z6LS");
+        assert_eq!(v["limits"]["timeout_ms"]["max"], 60_000);
+        assert_eq!(v["policy"]["allowList"][0], "did:plc:a");
+        v["somethingNewer"] = serde_json::json!({"x": 1});
+        v["limits"]["newLimit"] = serde_json::json!(5);
+        let back: DescribeRunner = serde_json::from_value(v).unwrap();
+        assert_eq!(back, d);
+        assert_eq!(back.runtimes[0].version_number(), Some("2.5.6"));
+    }
+
+    #[test]
+    fn a_missing_field_is_named() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v.as_object_mut().unwrap().remove("maxBundleBytes");
+        let e = serde_json::from_value::<DescribeRunner>(v).unwrap_err();
+        assert!(e.to_string().contains("maxBundleBytes"), "{e}");
+    }
+
+    #[test]
+    fn open_policy_has_no_list_and_caps_round_trip() {
+        let p = RunnerPolicy::from(&AuthorPolicy::Open);
+        assert_eq!(p.allow_list, None);
+        let caps = PermissionCaps {
+            run: vec!["ffmpeg".into()],
+            ..PermissionCaps::default()
+        };
+        assert_eq!(PermissionCaps::from(RunnerPermissions::from(&caps)), caps);
+        let l = LimitsSection::default();
+        assert_eq!(LimitsSection::from(RunnerLimits::from(&l)), l);
+    }
+}
