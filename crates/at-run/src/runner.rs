@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use atrund_bundle::record::{bundle_rkey, BUNDLE_COLLECTION, RELEASE_COLLECTION};
 use atrund_api::{DescribeRunner, DESCRIBE_RUNNER};
+use atrund_bundle::record::{bundle_rkey, BUNDLE_COLLECTION, RELEASE_COLLECTION};
 use atrund_bundle::Manifest;
 use atrund_policy::{check_manifest, LimitsSection, PermissionCaps};
 use serde::Serialize;
@@ -187,13 +187,22 @@ pub fn compare(
         parts.push(("net".into(), with(&|m| m.permissions.net = p.net.clone())));
     }
     if !p.read.is_empty() {
-        parts.push(("read".into(), with(&|m| m.permissions.read = p.read.clone())));
+        parts.push((
+            "read".into(),
+            with(&|m| m.permissions.read = p.read.clone()),
+        ));
     }
     if !p.write.is_empty() {
-        parts.push(("write".into(), with(&|m| m.permissions.write = p.write.clone())));
+        parts.push((
+            "write".into(),
+            with(&|m| m.permissions.write = p.write.clone()),
+        ));
     }
     for r in &p.run {
-        parts.push((format!("run {r}"), with(&|m| m.permissions.run = vec![r.clone()])));
+        parts.push((
+            format!("run {r}"),
+            with(&|m| m.permissions.run = vec![r.clone()]),
+        ));
     }
     if p.ffi {
         parts.push(("ffi".into(), with(&|m| m.permissions.ffi = true)));
@@ -224,7 +233,10 @@ pub fn compare(
         parts.push(("tasks".into(), with(&|m| m.tasks = manifest.tasks.clone())));
     }
     if parts.is_empty() {
-        push("permissions", Ok("asks for nothing beyond the defaults".into()));
+        push(
+            "permissions",
+            Ok("asks for nothing beyond the defaults".into()),
+        );
     }
     for (name, m) in parts {
         push(
