@@ -536,7 +536,7 @@ async fn invoke(
         *h = parts.headers;
     }
     let request = inner
-        .body(Body::new(body))
+        .body(atrund_sandbox::boxed_body(body))
         .map_err(|e| ApiError::new(ErrorClass::BadRequest, "InvalidRequest", e.to_string()))?;
 
     let spec = || instance_spec(&st, &target, &limits);
@@ -571,7 +571,7 @@ async fn invoke(
             }
         }
     }
-    Ok(resp)
+    Ok(resp.map(Body::new))
 }
 
 /// Notes the label of a bundle the pipeline has just resolved, so its host route works.

@@ -10,21 +10,33 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use atrund_sandbox::BodyError;
+
 use crate::Lease;
 
-pub(crate) struct LeasedBody {
-    pub(crate) inner: axum::body::Body,
+/// The body of a response from [`Pool::execute`](crate::Pool::execute): the instance's body, with
+/// the instance slot held until it ends.
+pub struct LeasedBody {
+    pub(crate) inner: atrund_sandbox::Body,
     pub(crate) lease: Option<Lease>,
+}
+
+impl std::fmt::Debug for LeasedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeasedBody")
+            .field("leased", &self.lease.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Body for LeasedBody {
     type Data = Bytes;
-    type Error = axum::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {

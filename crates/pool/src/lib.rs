@@ -18,6 +18,7 @@
 
 mod body;
 mod memory;
+pub use body::LeasedBody;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -439,7 +440,7 @@ impl Pool {
         concurrency: usize,
         spec: impl FnOnce() -> InstanceSpec,
         call: Invocation,
-    ) -> Result<http::Response<axum::body::Body>, PoolError> {
+    ) -> Result<http::Response<LeasedBody>, PoolError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(PoolError::Draining);
         }
@@ -447,11 +448,9 @@ impl Pool {
         match lease.instance.execute(call).await {
             Ok(resp) => {
                 lease.ok = true;
-                Ok(resp.map(|b| {
-                    axum::body::Body::new(body::LeasedBody {
-                        inner: b,
-                        lease: Some(lease),
-                    })
+                Ok(resp.map(|inner| LeasedBody {
+                    inner,
+                    lease: Some(lease),
                 }))
             }
             Err(e) => {

@@ -50,12 +50,12 @@ impl Instance for FakeInstance {
     async fn execute(
         &self,
         _call: Invocation,
-    ) -> Result<http::Response<axum::body::Body>, SandboxError> {
+    ) -> Result<http::Response<atrund_sandbox::Body>, SandboxError> {
         if self.crash_on_call {
             self.alive.store(false, Ordering::SeqCst);
             return Err(SandboxError::BundleCrashed("exit status: 1".into()));
         }
-        Ok(http::Response::new(axum::body::Body::from("ok")))
+        Ok(http::Response::new(atrund_sandbox::full_body("ok")))
     }
     fn stats(&self) -> InstanceStats {
         InstanceStats {
@@ -99,7 +99,7 @@ fn spec() -> InstanceSpec {
 fn call() -> Invocation {
     Invocation {
         endpoint: "e".into(),
-        request: http::Request::new(axum::body::Body::empty()),
+        request: http::Request::new(atrund_sandbox::empty_body()),
     }
 }
 
@@ -122,7 +122,7 @@ async fn run(
     pool: &Arc<Pool>,
     k: &InstanceKey,
     limit: usize,
-) -> Result<http::Response<axum::body::Body>, PoolError> {
+) -> Result<http::Response<crate::LeasedBody>, PoolError> {
     pool.execute(k.clone(), limit, spec, call()).await
 }
 

@@ -143,6 +143,34 @@ impl std::fmt::Debug for InstanceSpec {
     }
 }
 
+/// A body at the sandbox's seam (the caller's request in, the bundle's response out): a boxed
+/// stream of bytes, so the sandbox and the pool need no web framework; the HTTP layer converts at
+/// its edge.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BodyError>;
+
+/// Why a body stream broke (for a response: often a [`SandboxError`], e.g. the deadline).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Boxes any byte stream as a [`Body`].
+pub fn boxed_body<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BodyError>,
+{
+    use http_body_util::BodyExt;
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// A [`Body`] with no bytes.
+pub fn empty_body() -> Body {
+    boxed_body(http_body_util::Empty::new())
+}
+
+/// A [`Body`] of these bytes.
+pub fn full_body(bytes: impl Into<bytes::Bytes>) -> Body {
+    boxed_body(http_body_util::Full::new(bytes.into()))
+}
+
 /// One call of one endpoint.
 #[derive(Debug)]
 pub struct Invocation {
@@ -150,7 +178,7 @@ pub struct Invocation {
     pub endpoint: String,
     /// Method, headers and body of the caller; the URI is the rest path after the endpoint plus
     /// the query string, e.g. `/a/b?x=1` (or `/`).
-    pub request: http::Request<axum::body::Body>,
+    pub request: http::Request<Body>,
 }
 
 /// Counters of one instance, for the pool's scheduling and reclaim.
@@ -184,10 +212,7 @@ pub trait Executor: Send + Sync {
 #[async_trait::async_trait]
 pub trait Instance: Send + Sync {
     /// Calls an endpoint; the response streams through without buffering.
-    async fn execute(
-        &self,
-        call: Invocation,
-    ) -> Result<http::Response<axum::body::Body>, SandboxError>;
+    async fn execute(&self, call: Invocation) -> Result<http::Response<Body>, SandboxError>;
     fn stats(&self) -> InstanceStats;
     /// Stops taking new calls and waits for the in-flight ones.
     async fn drain(&self);

@@ -14,7 +14,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 /// The sending half of one connection to the shim.
-pub(crate) type ShimSender = SendRequest<axum::body::Body>;
+pub(crate) type ShimSender = SendRequest<crate::Body>;
 
 /// Idle connections kept per instance; more than its concurrency never pile up, this is a bound
 /// for bundles with a very high one.
@@ -57,7 +57,7 @@ impl ShimConns {
     /// left and got no answer is an error (it is not sent twice).
     pub(crate) async fn send(
         &self,
-        req: http::Request<axum::body::Body>,
+        req: http::Request<crate::Body>,
     ) -> Result<(http::Response<hyper::body::Incoming>, ShimSender), String> {
         let mut req = req;
         while let Some(mut sender) = self.take_idle() {

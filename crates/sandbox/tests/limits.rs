@@ -150,7 +150,7 @@ fn call(endpoint: &str) -> Invocation {
         endpoint: endpoint.into(),
         request: http::Request::builder()
             .uri("/")
-            .body(axum::body::Body::empty())
+            .body(atrund_sandbox::empty_body())
             .unwrap(),
     }
 }

@@ -94,14 +94,16 @@ fn call(endpoint: &str, method: &str, uri: &str, json: Option<&str>) -> Invocati
     if json.is_some() {
         b = b.header("content-type", "application/json");
     }
-    let body = json.map(|j| axum::body::Body::from(j.to_string()));
+    let body = json.map(|j| atrund_sandbox::full_body(j.to_string()));
     Invocation {
         endpoint: endpoint.into(),
-        request: b.body(body.unwrap_or_default()).unwrap(),
+        request: b
+            .body(body.unwrap_or_else(atrund_sandbox::empty_body))
+            .unwrap(),
     }
 }
 
-async fn body_bytes(res: http::Response<axum::body::Body>) -> Vec<u8> {
+async fn body_bytes(res: http::Response<atrund_sandbox::Body>) -> Vec<u8> {
     res.into_body().collect().await.unwrap().to_bytes().to_vec()
 }
 
@@ -218,7 +220,7 @@ async fn binary_streams_errors_and_input() {
     );
 
     let mut c = call("echo", "POST", "/", None);
-    *c.request.body_mut() = axum::body::Body::from("raw text");
+    *c.request.body_mut() = atrund_sandbox::full_body("raw text");
     let v = json(&*inst, c).await;
     assert_eq!(
         (v["input"].clone(), v["body"].clone()),

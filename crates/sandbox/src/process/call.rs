@@ -48,8 +48,8 @@ pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// Reuses the caller's parts (no copy of the headers) and drops what must not reach the shim.
 pub(super) fn to_shim_request(
     endpoint: &str,
-    request: http::Request<axum::body::Body>,
-) -> Result<http::Request<axum::body::Body>, SandboxError> {
+    request: http::Request<crate::Body>,
+) -> Result<http::Request<crate::Body>, SandboxError> {
     let endpoint_value = HeaderValue::from_str(endpoint)
         .map_err(|_| SandboxError::EndpointNotFound(endpoint.to_string()))?;
     let (mut parts, body) = request.into_parts();
@@ -115,8 +115,6 @@ pub(super) fn clean_message(s: &str) -> String {
         .collect()
 }
 
-pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 /// The response body on its way out: enforces the request deadline and ends the in-flight count.
 pub(super) struct TrackedBody {
     pub(super) body: hyper::body::Incoming,
@@ -156,12 +154,12 @@ impl Drop for TrackedBody {
 
 impl http_body::Body for TrackedBody {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = crate::BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::BodyError>>> {
         let this = self.get_mut();
         let Some(guard) = &this.guard else {
             return Poll::Ready(None);
@@ -177,7 +175,7 @@ impl http_body::Body for TrackedBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
-                let err: BoxError = match guard.inner.breach_since(guard.start) {
+                let err: crate::BodyError = match guard.inner.breach_since(guard.start) {
                     Some(b) => Box::new(guard.inner.breach(b)),
                     None => Box::new(e),
                 };
@@ -222,7 +220,7 @@ mod tests {
             .header("x-atrund-error", "EndpointNotFound")
             .header("connection", "close")
             .header("content-type", "application/json")
-            .body(axum::body::Body::empty())
+            .body(crate::empty_body())
             .unwrap();
         let out = to_shim_request("greet", req).unwrap();
         assert_eq!(out.uri(), "/a/b?x=1");
@@ -231,13 +229,13 @@ mod tests {
         assert!(out.headers().get("connection").is_none());
         assert_eq!(out.headers()["host"], "localhost");
         assert_eq!(out.headers()["content-type"], "application/json");
-        let bad = to_shim_request("a\nb", http::Request::new(axum::body::Body::empty()));
+        let bad = to_shim_request("a\nb", http::Request::new(crate::empty_body()));
         assert_eq!(bad.unwrap_err().code(), "EndpointNotFound");
         // Absolute-form and HTTP/2 requests still reach the shim as origin-form HTTP/1.1.
         let abs = http::Request::builder()
             .uri("http://example.com/x?y=1")
             .version(http::Version::HTTP_2)
-            .body(axum::body::Body::empty())
+            .body(crate::empty_body())
             .unwrap();
         let out = to_shim_request("e", abs).unwrap();
         assert_eq!(out.uri(), "/x?y=1");

@@ -278,10 +278,7 @@ impl ProcessInstance {
 
 #[async_trait::async_trait]
 impl Instance for ProcessInstance {
-    async fn execute(
-        &self,
-        call: Invocation,
-    ) -> Result<http::Response<axum::body::Body>, SandboxError> {
+    async fn execute(&self, call: Invocation) -> Result<http::Response<crate::Body>, SandboxError> {
         let guard = self.begin()?;
         let inner = &self.inner;
         let start = guard.start;
@@ -331,10 +328,7 @@ impl Instance for ProcessInstance {
             sent: 0,
             conn: Some(conn),
         };
-        Ok(http::Response::from_parts(
-            parts,
-            axum::body::Body::new(body),
-        ))
+        Ok(http::Response::from_parts(parts, crate::boxed_body(body)))
     }
 
     fn stats(&self) -> InstanceStats {

@@ -180,7 +180,7 @@ pub fn get(endpoint: &str, uri: &str) -> Invocation {
         endpoint: endpoint.into(),
         request: http::Request::builder()
             .uri(uri)
-            .body(axum::body::Body::empty())
+            .body(atrund_sandbox::empty_body())
             .unwrap(),
     }
 }
