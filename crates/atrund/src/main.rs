@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
 use atrund_bundle::{BundleSource, BundleStore, SourceConfig};
-use atrund_config::Config;
+use atrund_config::{Config, DataLayout};
 use atrund_http::{AppState, LocalBundle};
 use atrund_identity::{IdentityConfig, IdentityResolver};
 use atrund_pool::Pool;
@@ -194,9 +194,9 @@ fn own_requests_policy(allow_addrs: &[String]) -> Result<atrund_netpolicy::Addre
 }
 
 async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
-    let data_dir = config.data_dir.clone();
-    prepare_data_dir(&data_dir)?;
-    tracing::info!(data_dir = %data_dir.display(), "data dir ready");
+    let layout = config.layout();
+    prepare_data_dir(&layout)?;
+    tracing::info!(data_dir = %layout.root().display(), "data dir ready");
     let secrets = Arc::new(atrund_secrets::Opener::new(load_keys(&config)?));
 
     let deno = DenoBinary::locate(config.deno.path.as_deref())?;
@@ -244,8 +244,8 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         allow_http_loopback: config.allow_http,
         address_policy,
     })?;
-    let store = BundleStore::open(data_dir.join("bundles"))
-        .with_context(|| format!("cannot create {}", data_dir.join("bundles").display()))?
+    let store = BundleStore::open(layout.bundles())
+        .with_context(|| format!("cannot create {}", layout.bundles().display()))?
         .with_share_per_author(config.tenants.max_store_bytes_per_author);
     if config.tenants.store_gc_after_secs > 0 {
         tokio::spawn(store_gc_loop(
@@ -266,15 +266,15 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         },
     )
     .with_revision_floors(Arc::new(
-        atrund_bundle::RevisionFloors::load(&data_dir.join("state").join("revisions.json"))
+        atrund_bundle::RevisionFloors::load(&layout.revisions())
             .context("cannot load the repository revision floors")?,
     ));
     // Cgroups of this runner (its id comes from the data dir); leftovers of a crash are swept.
     let cgroups = Arc::new(
-        CgroupManager::start(&runner_id_for(&data_dir))
+        CgroupManager::start(&runner_id_for(layout.root()))
             .with_freeze_after_idle(config.limits.freeze_after_idle()),
     );
-    let (executor, isolation) = pick_executor(&config, deno, cgroups.clone(), &data_dir).await?;
+    let (executor, isolation) = pick_executor(&config, deno, cgroups.clone()).await?;
     let mut enforcement = executor.enforcement();
     enforcement.push(isolation);
     let enforcement = Arc::new(enforcement);
@@ -302,7 +302,7 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
 
     // Host routes' label table (docs/origins.md): a cache the runner refills, so a damaged file
     // costs only the host routes learnt so far, never the start.
-    let origins_path = data_dir.join("origins.json");
+    let origins_path = layout.origins();
     let origins = match atrund_http::OriginTable::open(origins_path.clone()) {
         Ok(t) => t,
         Err(e) => {
@@ -457,7 +457,6 @@ async fn pick_executor(
     config: &Config,
     deno: DenoBinary,
     cgroups: Arc<CgroupManager>,
-    data_dir: &Path,
 ) -> Result<(Arc<dyn Executor>, Enforcement)> {
     use atrund_config::Isolation;
     let requested = match config.isolation {
@@ -495,7 +494,7 @@ async fn pick_executor(
         cgroups,
         bwrap,
         tmp_mib,
-        rootfs_dir: data_dir.join("rootfs"),
+        rootfs_dir: config.layout().rootfs(),
         init: (init, vec!["sandbox-init".into()]),
         egress: atrund_egress::EgressConfig {
             allow_cidrs: parse("egress.allow_cidrs", allow_cidrs)?,
@@ -620,9 +619,9 @@ async fn wait_for_signals(drain: watch::Sender<bool>) {
 }
 
 /// Creates the data dir layout and removes instance work dirs a crash left behind.
-fn prepare_data_dir(dir: &Path) -> Result<()> {
-    for sub in ["bundles", "data", "deno", "run"] {
-        let p = dir.join(sub);
+fn prepare_data_dir(layout: &DataLayout) -> Result<()> {
+    for sub in DataLayout::DIRS {
+        let p = layout.root().join(sub);
         std::fs::create_dir_all(&p).with_context(|| {
             format!(
                 "cannot create {} (data_dir / ATRUND_DATA_DIR must be writable)",
@@ -630,7 +629,7 @@ fn prepare_data_dir(dir: &Path) -> Result<()> {
             )
         })?;
     }
-    let run = dir.join("run");
+    let run = layout.run();
     for entry in
         std::fs::read_dir(&run).with_context(|| format!("cannot read {}", run.display()))?
     {

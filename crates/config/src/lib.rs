@@ -11,6 +11,7 @@
 //! the key list, the env variable names and the documented defaults all come from one source.
 
 mod error;
+mod layout;
 mod load;
 mod render;
 mod syntax;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 pub use error::{ConfigError, Source};
+pub use layout::DataLayout;
 pub use load::{env_var_name, known_env_vars, process_env, ENV_EXCEPTIONS, ENV_PREFIX};
 pub use syntax::{is_dns_label, is_valid_did, is_valid_handle};
 
@@ -565,7 +567,12 @@ impl Config {
         self.secrets
             .key_file
             .clone()
-            .unwrap_or_else(|| self.data_dir.join("runner-key.json"))
+            .unwrap_or_else(|| self.layout().default_key_file())
+    }
+
+    /// The paths under `data_dir`.
+    pub fn layout(&self) -> DataLayout {
+        DataLayout::new(&self.data_dir)
     }
 }
 

@@ -493,7 +493,7 @@ async fn invoke(
         atrund_policy::check_manifest(&st.config.permissions, &st.config.limits, &target.manifest)?;
     check_endpoint(&target.manifest, &endpoint, req.method())?;
     if !target.manifest.permissions.write.is_empty() {
-        let dir = st.config.data_dir.join("data").join(&target.author_dir);
+        let dir = st.config.layout().author_data(&target.author_dir);
         st.data_quota
             .check(&dir, st.config.tenants.max_data_bytes_per_author)
             .await?;
@@ -751,18 +751,18 @@ fn check_endpoint(manifest: &Manifest, endpoint: &str, method: &Method) -> Resul
 }
 
 fn instance_spec(st: &AppState, t: &Target, limits: &EffectiveLimits) -> InstanceSpec {
-    let data_root = &st.config.data_dir;
+    let layout = st.config.layout();
     let id = format!(
         "{}-{}",
         t.key.bundle.chars().rev().take(12).collect::<String>(),
         next_instance_number()
     );
     InstanceSpec {
-        work_dir: data_root.join("run").join(&id),
+        work_dir: layout.instance_work(&id),
         id,
         bundle_file: t.code.clone(),
-        data_dir: data_root.join("data").join(&t.author_dir).join(&t.name),
-        deno_dir: data_root.join("deno").join(&t.author_dir).join(&t.name),
+        data_dir: layout.bundle_data(&t.author_dir, &t.name),
+        deno_dir: layout.bundle_deno(&t.author_dir, &t.name),
         permissions: grants(&t.manifest.permissions),
         env: t
             .secrets
