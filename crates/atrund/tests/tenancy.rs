@@ -313,10 +313,12 @@ async fn loads_are_coalesced_failures_remembered_and_refreshes_spaced() {
         "a remembered failure was fetched again"
     );
 
-    // Eight callers at once for `latest`, never loaded: one release and one bundle proof.
-    let (rel, bun) = (
+    // Eight callers at once for `latest`, never loaded: one release, one bundle and one
+    // secrets proof (here: that there is no secrets record).
+    let (rel, bun, sec) = (
         pds.fetched("dev.atrund.release"),
         pds.fetched("dev.atrund.bundle"),
+        pds.fetched("dev.atrund.secrets"),
     );
     let calls = (0..8).map(|_| get_owned(runner.url(&format!("{base}/latest/greet"))));
     for (s, b) in futures::future::join_all(calls).await {
@@ -331,6 +333,11 @@ async fn loads_are_coalesced_failures_remembered_and_refreshes_spaced() {
         pds.fetched("dev.atrund.bundle") - bun,
         1,
         "bundle loads were not coalesced"
+    );
+    assert_eq!(
+        pds.fetched("dev.atrund.secrets") - sec,
+        1,
+        "secrets loads were not coalesced"
     );
     runner.stop();
 

@@ -19,6 +19,7 @@ use atrund_identity::{IdentityError, IdentityResolver, ResolvedDid};
 use atrund_repo::{FetchError, RepoClient, VerifiedRecord};
 use atrund_secrets::{secrets_rkey, RunnerPublicKey, SecretsRecord, SECRETS_COLLECTION};
 
+use crate::flights::Flights;
 use crate::record::{
     bundle_rkey, validate_name, BundleRecord, RecordError, ReleaseRecord, BUNDLE_COLLECTION,
     RELEASE_COLLECTION,
@@ -202,13 +203,6 @@ const NEGATIVE_MAX: usize = 100_000;
 type CacheKey = (String, String, String); // (did, name, selector)
 type RecordCache = Mutex<HashMap<CacheKey, (Instant, Arc<LoadedBundle>)>>;
 type NegativeCache = Mutex<HashMap<CacheKey, (Instant, &'static str, ErrorClass, String)>>;
-/// The outcome of the last load of a key and when it finished: requests that waited for that
-/// load take its outcome instead of loading again.
-type Outcome = Option<(
-    Instant,
-    Result<Arc<LoadedBundle>, (&'static str, ErrorClass, String)>,
-)>;
-type Flights = Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<Outcome>>>>;
 
 /// A bundle's verified, still sealed, secrets record for this runner.
 #[derive(Debug, Clone)]
@@ -236,7 +230,9 @@ pub struct BundleSource {
     /// Failed loads, answered from memory for `negative_ttl`.
     failures: Arc<NegativeCache>,
     /// One load per key at a time: concurrent requests for the same version wait for it.
-    flights: Arc<Flights>,
+    flights: Arc<Flights<CacheKey, Arc<LoadedBundle>>>,
+    /// The same for secrets records.
+    secrets_flights: Arc<Flights<SecretsKey, Option<Arc<LoadedSecrets>>>>,
     /// When each DID was last re-resolved because of a bad commit signature.
     refreshed: Arc<Mutex<HashMap<String, Instant>>>,
 }
@@ -258,6 +254,7 @@ impl BundleSource {
             revisions: Arc::new(RevisionFloors::in_memory()),
             failures: Arc::default(),
             flights: Arc::default(),
+            secrets_flights: Arc::default(),
             refreshed: Arc::default(),
         }
     }
@@ -316,7 +313,8 @@ impl BundleSource {
     /// The author's `dev.atrund.secrets` record of bundle `name` for the first of `keys` (this
     /// runner's current key, then previous keys still in their grace period) that has one, each
     /// lookup proven by a signed commit; `None` when the repository proves there is none.
-    /// Cached like bundle records (`revalidate`).
+    /// Cached like bundle records (`revalidate`); concurrent loads of the same record share one
+    /// fetch.
     pub async fn load_secrets(
         &self,
         author: &ResolvedDid,
@@ -336,19 +334,23 @@ impl BundleSource {
                 }
             }
         }
-        let found = match self.fetch_secrets(author, name, keys).await {
-            Err(BundleError::Fetch(e @ FetchError::BadCommitSignature(_))) => {
-                match self.refresh_for_bad_signature(author).await? {
-                    Some(fresh) => self.fetch_secrets(&fresh, name, keys).await?,
-                    None => return Err(e.into()),
+        self.secrets_flights
+            .run(&key, || async {
+                let found = match self.fetch_secrets(author, name, keys).await {
+                    Err(BundleError::Fetch(e @ FetchError::BadCommitSignature(_))) => {
+                        match self.refresh_for_bad_signature(author).await? {
+                            Some(fresh) => self.fetch_secrets(&fresh, name, keys).await?,
+                            None => return Err(e.into()),
+                        }
+                    }
+                    other => other?,
+                };
+                if let Ok(mut cache) = self.secrets.lock() {
+                    cache.insert(key.clone(), (Instant::now(), found.clone()));
                 }
-            }
-            other => other?,
-        };
-        if let Ok(mut cache) = self.secrets.lock() {
-            cache.insert(key, (Instant::now(), found.clone()));
-        }
-        Ok(found)
+                Ok(found)
+            })
+            .await
     }
 
     async fn fetch_secrets(
@@ -401,46 +403,15 @@ impl BundleSource {
             return Ok(hit);
         }
         self.remembered_failure(&key)?;
-        let arrived = Instant::now();
-        let flight = self
-            .flights
-            .lock()
-            .map(|mut f| f.entry(key.clone()).or_default().clone())
-            .unwrap_or_default();
-        let result = {
-            let mut turn = flight.lock().await;
-            match &*turn {
-                // A load that finished after this request arrived: its outcome is as fresh as
-                // one this request would make.
-                Some((at, outcome)) if *at >= arrived => match outcome {
-                    Ok(hit) => Ok(hit.clone()),
-                    Err((code, class, message)) => Err(BundleError::Shared {
-                        code,
-                        class: *class,
-                        message: message.clone(),
-                    }),
-                },
-                _ => {
-                    let r = self.load_uncached(author, name, selector, &key).await;
-                    if let Err(e) = &r {
-                        self.remember_failure(&key, e);
-                    }
-                    let shared = match &r {
-                        Ok(hit) => Ok(hit.clone()),
-                        Err(e) => Err((e.code(), e.class(), e.to_string())),
-                    };
-                    *turn = Some((Instant::now(), shared));
-                    r
+        self.flights
+            .run(&key, || async {
+                let r = self.load_uncached(author, name, selector, &key).await;
+                if let Err(e) = &r {
+                    self.remember_failure(&key, e);
                 }
-            }
-        };
-        if let Ok(mut f) = self.flights.lock() {
-            // Last one out removes the entry (the map's own reference plus ours).
-            if Arc::strong_count(&flight) <= 2 {
-                f.remove(&key);
-            }
-        }
-        result
+                r
+            })
+            .await
     }
 
     fn remembered_failure(&self, key: &CacheKey) -> Result<(), BundleError> {
