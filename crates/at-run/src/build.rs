@@ -260,7 +260,7 @@ fn evaluate(
         manifest.insert("tasks".into(), found["tasks"].clone());
     }
     let text = Value::Object(manifest).to_string();
-    let manifest = crate::deploy::parse_manifest(&text, "declared by the bundle")
+    let manifest = parse_manifest(&text, "declared by the bundle")
         .map_err(|e| Failure::Build(format!("{e:#}")))?;
     if manifest.endpoints.is_empty() {
         warnings.push("the bundle exports no endpoints: export endpoint({...}) objects".into());
@@ -401,6 +401,21 @@ fn run(mut cmd: Command, timeout: Duration) -> std::io::Result<RunResult> {
     })
 }
 
+/// Parses and validates a manifest's text; `origin` names it in errors.
+pub fn parse_manifest(text: &str, origin: &str) -> anyhow::Result<Manifest> {
+    // serde's derived structs also accept a JSON array; a manifest is an object, nothing else.
+    if !text.trim_start().starts_with('{') {
+        anyhow::bail!("manifest {origin} must be a JSON object, e.g. {{\"endpoints\":[{{\"name\":\"hello\"}}]}}");
+    }
+    let manifest: Manifest = serde_json::from_str(text).with_context(|| {
+        format!("manifest {origin} is not a valid at-rund manifest (unknown fields are refused)")
+    })?;
+    manifest
+        .validate()
+        .with_context(|| format!("manifest {origin} was rejected"))?;
+    Ok(manifest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,5 +434,21 @@ mod tests {
         );
         assert!(t.contains("at lib/u.ts:2:18"), "{t}");
         assert!(!t.contains("backtrace"), "{t}");
+    }
+
+    #[test]
+    fn manifest_parser_never_panics() {
+        for text in [
+            "",
+            "{",
+            "null",
+            "[]",
+            "{\"endpoints\":5}",
+            "\u{0}",
+            "{\"limits\":{\"cpuMs\":-1}}",
+        ] {
+            assert!(parse_manifest(text, "t").is_err(), "{text}");
+        }
+        assert!(parse_manifest("{}", "t").is_ok());
     }
 }

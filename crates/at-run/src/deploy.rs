@@ -88,21 +88,6 @@ fn default_manifest_path(file: &Path) -> PathBuf {
         .join("manifest.json")
 }
 
-/// Parses and validates a manifest's text; `origin` names it in errors.
-pub fn parse_manifest(text: &str, origin: &str) -> anyhow::Result<Manifest> {
-    // serde's derived structs also accept a JSON array; a manifest is an object, nothing else.
-    if !text.trim_start().starts_with('{') {
-        bail!("manifest {origin} must be a JSON object, e.g. {{\"endpoints\":[{{\"name\":\"hello\"}}]}}");
-    }
-    let manifest: Manifest = serde_json::from_str(text).with_context(|| {
-        format!("manifest {origin} is not a valid at-rund manifest (unknown fields are refused)")
-    })?;
-    manifest
-        .validate()
-        .with_context(|| format!("manifest {origin} was rejected"))?;
-    Ok(manifest)
-}
-
 fn already_published(name: &str, version: &str, uri: &str) -> anyhow::Error {
     crate::error::Failure::VersionExists(format!(
         "version {version} of '{name}' is already published ({uri}); bundles are immutable, so bump the version (\"version\" in at-run.json, or --version)"
@@ -350,7 +335,7 @@ pub async fn run_cmd(
                 mpath.display()
             )
         })?;
-        let m = parse_manifest(&text, &mpath.display().to_string())?;
+        let m = crate::build::parse_manifest(&text, &mpath.display().to_string())?;
         (a.path.clone(), m, name, version, a.description.clone())
     } else {
         let project = crate::project::Project::load(&a.path)?;
@@ -511,21 +496,5 @@ mod tests {
         let mut a = cmd(dir.path());
         a.description = Some("x".repeat(301));
         assert!(err(&a).await.contains("description is too long"));
-    }
-
-    #[test]
-    fn manifest_parser_never_panics() {
-        for text in [
-            "",
-            "{",
-            "null",
-            "[]",
-            "{\"endpoints\":5}",
-            "\u{0}",
-            "{\"limits\":{\"cpuMs\":-1}}",
-        ] {
-            assert!(parse_manifest(text, "t").is_err(), "{text}");
-        }
-        assert!(parse_manifest("{}", "t").is_ok());
     }
 }

@@ -17,10 +17,13 @@ use std::time::Instant;
 
 use atrund_errors::ErrorClass;
 
-use crate::source::BundleError;
+/// An error as it is handed to the requests that waited for the fetch that failed: by name,
+/// class and message (error types are not `Clone`; waiters answer with the same name and status).
+pub(crate) trait ShareableError {
+    fn share(&self) -> (&'static str, ErrorClass, String);
+    fn from_shared(code: &'static str, class: ErrorClass, message: String) -> Self;
+}
 
-/// An outcome as it is handed to waiters: errors by name, class and message (the error types
-/// are not `Clone`; waiters answer with the same name and status).
 type Shared<V> = Result<V, (&'static str, ErrorClass, String)>;
 type Slot<V> = Arc<tokio::sync::Mutex<Option<(Instant, Shared<V>)>>>;
 
@@ -40,10 +43,11 @@ impl<K, V> Default for Flights<K, V> {
 impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
     /// Runs `fetch` for `key` unless a fetch for it that finished after this call arrived has an
     /// outcome to share; calls for the same key take turns, so at most one fetch runs per key.
-    pub(crate) async fn run<F, Fut>(&self, key: &K, fetch: F) -> Result<V, BundleError>
+    pub(crate) async fn run<E, F, Fut>(&self, key: &K, fetch: F) -> Result<V, E>
     where
+        E: ShareableError,
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<V, BundleError>>,
+        Fut: Future<Output = Result<V, E>>,
     {
         let arrived = Instant::now();
         let slot = self
@@ -58,17 +62,15 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
                 // request would make.
                 Some((at, outcome)) if *at >= arrived => match outcome {
                     Ok(v) => Ok(v.clone()),
-                    Err((code, class, message)) => Err(BundleError::Shared {
-                        code,
-                        class: *class,
-                        message: message.clone(),
-                    }),
+                    Err((code, class, message)) => {
+                        Err(E::from_shared(code, *class, message.clone()))
+                    }
                 },
                 _ => {
                     let r = fetch().await;
                     let shared = match &r {
                         Ok(v) => Ok(v.clone()),
-                        Err(e) => Err((e.code(), e.class(), e.to_string())),
+                        Err(e) => Err(e.share()),
                     };
                     *turn = Some((Instant::now(), shared));
                     r
@@ -90,6 +92,18 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    #[derive(Debug, PartialEq)]
+    struct Failed(&'static str, String);
+
+    impl ShareableError for Failed {
+        fn share(&self) -> (&'static str, ErrorClass, String) {
+            (self.0, ErrorClass::Author, self.1.clone())
+        }
+        fn from_shared(code: &'static str, _: ErrorClass, message: String) -> Self {
+            Failed(code, format!("shared: {message}"))
+        }
+    }
+
     #[tokio::test]
     async fn concurrent_calls_share_one_fetch_and_its_error() {
         let flights: Arc<Flights<&str, u32>> = Arc::default();
@@ -104,11 +118,10 @@ mod tests {
                         if ok {
                             Ok(7)
                         } else {
-                            Err(BundleError::TooLarge { size: 2, limit: 1 })
+                            Err(Failed("TooLarge", "too large".into()))
                         }
                     })
                     .await
-                    .map_err(|e| e.code())
             })
         };
         // The first takes the turn; the others arrive while it runs and take its outcome.
@@ -128,8 +141,14 @@ mod tests {
         let first = run(false);
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         let second = run(false);
-        let a = first.await.unwrap().unwrap_err();
-        assert_eq!(a, second.await.unwrap().unwrap_err());
+        assert_eq!(
+            first.await.unwrap(),
+            Err(Failed("TooLarge", "too large".into()))
+        );
+        assert_eq!(
+            second.await.unwrap(),
+            Err(Failed("TooLarge", "shared: too large".into()))
+        );
         assert_eq!(fetches.load(Ordering::SeqCst), 2);
     }
 }

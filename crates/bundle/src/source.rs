@@ -19,7 +19,7 @@ use atrund_identity::{IdentityError, IdentityResolver, ResolvedDid};
 use atrund_repo::{FetchError, RepoClient, VerifiedRecord};
 use atrund_secrets::{secrets_rkey, RunnerPublicKey, SecretsRecord, SECRETS_COLLECTION};
 
-use crate::flights::Flights;
+use crate::flights::{Flights, ShareableError};
 use crate::record::{
     bundle_rkey, validate_name, BundleRecord, RecordError, ReleaseRecord, BUNDLE_COLLECTION,
     RELEASE_COLLECTION,
@@ -216,6 +216,20 @@ pub struct LoadedSecrets {
 
 type SecretsKey = (String, String, Vec<RunnerPublicKey>); // (did, name, runner keys)
 type SecretsCache = Mutex<HashMap<SecretsKey, (Instant, Option<Arc<LoadedSecrets>>)>>;
+
+impl ShareableError for BundleError {
+    fn share(&self) -> (&'static str, ErrorClass, String) {
+        (self.code(), self.class(), self.to_string())
+    }
+
+    fn from_shared(code: &'static str, class: ErrorClass, message: String) -> Self {
+        BundleError::Shared {
+            code,
+            class,
+            message,
+        }
+    }
+}
 
 /// The fetch + verify pipeline.
 #[derive(Clone)]

@@ -1,6 +1,7 @@
 //! Config errors and the provenance of a value. Every message names the key, where the value came
 //! from, and what to do. Must not touch: loading logic (see `load`).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -89,5 +90,35 @@ impl ConfigError {
             | ConfigError::Invalid { key, .. } => Some(key),
             _ => None,
         }
+    }
+}
+
+/// Where each key's value came from. Metadata only: two configs with equal values are equal.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Provenance(BTreeMap<String, Source>);
+
+impl PartialEq for Provenance {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Provenance {
+    /// The source of `key` or of the nearest parent that was set as a whole.
+    pub(crate) fn get(&self, key: &str) -> Source {
+        let mut k = key;
+        loop {
+            if let Some(s) = self.0.get(k) {
+                return s.clone();
+            }
+            match k.rfind('.') {
+                Some(i) => k = &k[..i],
+                None => return Source::Default,
+            }
+        }
+    }
+
+    pub(crate) fn set(&mut self, key: &str, s: Source) {
+        self.0.insert(key.to_string(), s);
     }
 }

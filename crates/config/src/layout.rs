@@ -6,6 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// `data_dir` when neither `XDG_DATA_HOME` nor `HOME` is usable.
+pub(crate) const FALLBACK_DATA_DIR: &str = "./.at-rund-data";
+
 /// The layout of one runner's data dir.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataLayout {

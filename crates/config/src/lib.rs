@@ -66,7 +66,7 @@ pub struct Config {
     /// Where each key's value came from (default, file, environment), for error messages and
     /// `check-config`. Not part of the schema.
     #[serde(skip)]
-    sources: load::Provenance,
+    sources: error::Provenance,
 }
 
 /// Whose bundles may run. The default is an empty allow-list: nothing runs until the operator
@@ -471,7 +471,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 3000)),
-            data_dir: PathBuf::from(load::FALLBACK_DATA_DIR),
+            data_dir: PathBuf::from(layout::FALLBACK_DATA_DIR),
             plc_url: default_plc_url(),
             allow_http: false,
             allow_addrs: Vec::new(),
@@ -488,7 +488,7 @@ impl Default for Config {
             container: ContainerSection::default(),
             egress: EgressSection::default(),
             tenants: TenantsSection::default(),
-            sources: load::Provenance::default(),
+            sources: error::Provenance::default(),
         }
     }
 }

@@ -11,6 +11,8 @@ use std::path::Path;
 
 use toml::{Table, Value};
 
+use crate::error::Provenance;
+use crate::layout::FALLBACK_DATA_DIR;
 use crate::{Config, ConfigError, Source};
 
 /// Prefix of every environment variable at-rund reads.
@@ -19,9 +21,6 @@ pub const ENV_PREFIX: &str = "ATRUND_";
 /// `ATRUND_*` variables that are not config keys and so are not refused as typos. A trailing `*`
 /// means the prefix.
 pub const ENV_EXCEPTIONS: &[&str] = &["ATRUND_LOG", "ATRUND_CONFIG", "ATRUND_TEST_*"];
-
-/// `data_dir` when neither `XDG_DATA_HOME` nor `HOME` is usable.
-pub(crate) const FALLBACK_DATA_DIR: &str = "./.at-rund-data";
 
 /// Keys that default to unset (so they are absent from the serialised defaults) and their kind.
 const OPTIONAL_KEYS: &[(&str, Kind)] = &[
@@ -61,36 +60,6 @@ impl Kind {
             Kind::StrList => "a comma-separated list such as a,b (or empty for none)",
             Kind::Policy => "open, or a comma-separated list of DIDs and handles",
         }
-    }
-}
-
-/// Where each key's value came from. Metadata only: two configs with equal values are equal.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Provenance(BTreeMap<String, Source>);
-
-impl PartialEq for Provenance {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Provenance {
-    /// The source of `key` or of the nearest parent that was set as a whole.
-    pub(crate) fn get(&self, key: &str) -> Source {
-        let mut k = key;
-        loop {
-            if let Some(s) = self.0.get(k) {
-                return s.clone();
-            }
-            match k.rfind('.') {
-                Some(i) => k = &k[..i],
-                None => return Source::Default,
-            }
-        }
-    }
-
-    fn set(&mut self, key: &str, s: Source) {
-        self.0.insert(key.to_string(), s);
     }
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::ApiError;
+use crate::error::ApiError;
 
 /// How long one measurement of an author's data is trusted.
 pub const MEASURE_EVERY: Duration = Duration::from_secs(10);

@@ -7,7 +7,7 @@ use cid::Cid;
 use sha2::{Digest, Sha256};
 
 use crate::car::{RAW, SHA2_256};
-use crate::FetchError;
+use crate::error::FetchError;
 
 /// Checks that `cid` is a blob CID ATProto allows (v1, raw, sha2-256 with a 32-byte digest).
 pub fn check_blob_cid(cid: &Cid) -> Result<(), FetchError> {

@@ -16,7 +16,7 @@ use cid::Cid;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::FetchError;
+use crate::error::FetchError;
 
 /// Multicodec code of DAG-CBOR (records, commits, MST nodes).
 pub const DAG_CBOR: u64 = 0x71;

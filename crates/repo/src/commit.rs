@@ -15,7 +15,7 @@ use cid::Cid;
 use ipld_core::ipld::Ipld;
 
 use crate::car::DAG_CBOR;
-use crate::FetchError;
+use crate::error::FetchError;
 
 /// Repo format version this crate understands.
 pub const REPO_VERSION: i128 = 3;

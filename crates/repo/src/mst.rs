@@ -12,7 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::car::{Car, DAG_CBOR};
-use crate::FetchError;
+use crate::error::FetchError;
 
 /// Most entries accepted in one node (fanout is 4 on average; this is a DoS guard).
 pub const MAX_ENTRIES_PER_NODE: usize = 1024;

@@ -15,8 +15,13 @@
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::record::{MAX_ENVELOPE_BYTES, MAX_VALUE_BYTES};
 use crate::{RunnerPublicKey, SecretsError};
+
+/// Largest plaintext value.
+pub const MAX_VALUE_BYTES: usize = 16 * 1024;
+/// Largest binding envelope: a value of [`MAX_VALUE_BYTES`] with JSON escaping room, plus the
+/// DID, bundle, name and key.
+pub const MAX_ENVELOPE_BYTES: usize = 2 * MAX_VALUE_BYTES + 4096;
 
 /// Envelope version inside the box (equal to the record's `format`).
 pub const ENVELOPE_VERSION: u32 = 2;

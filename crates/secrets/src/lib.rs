@@ -17,13 +17,13 @@ mod opener;
 mod record;
 mod value;
 
-pub use envelope::{seal_bound, Binding, BindingField, ENVELOPE_VERSION};
+pub use envelope::{seal_bound, Binding, BindingField, ENVELOPE_VERSION, MAX_VALUE_BYTES};
 pub use error::SecretsError;
 pub use key::{RunnerPublicKey, MULTICODEC_X25519_PUB};
 pub use keyfile::{KeyFileStatus, RunnerKeys};
 pub use opener::Opener;
 pub use record::{
-    secrets_rkey, validate_secret_name, SealedEntry, SecretsRecord, MAX_ENTRIES, MAX_VALUE_BYTES,
-    RECORD_FORMAT, SECRETS_COLLECTION,
+    secrets_rkey, validate_secret_name, SealedEntry, SecretsRecord, MAX_ENTRIES, RECORD_FORMAT,
+    SECRETS_COLLECTION,
 };
 pub use value::{SecretEnv, SecretValue};

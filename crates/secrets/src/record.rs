@@ -9,21 +9,17 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::envelope::{ENVELOPE_VERSION, MAX_ENVELOPE_BYTES};
 use crate::{RunnerPublicKey, SecretsError};
 
 /// Collection of sealed secrets.
 pub const SECRETS_COLLECTION: &str = "dev.atrund.secrets";
 /// The record format this runner writes and opens: values sealed in binding envelopes.
-pub const RECORD_FORMAT: u64 = crate::envelope::ENVELOPE_VERSION as u64;
+pub const RECORD_FORMAT: u64 = ENVELOPE_VERSION as u64;
 /// Most entries one record may hold.
 pub const MAX_ENTRIES: usize = 64;
-/// Largest plaintext value.
-pub const MAX_VALUE_BYTES: usize = 16 * 1024;
 /// Sealed-box overhead: ephemeral public key (32) + Poly1305 tag (16).
 const SEAL_OVERHEAD: usize = 48;
-/// Largest binding envelope: a value of [`MAX_VALUE_BYTES`] with JSON escaping room, plus the
-/// DID, bundle, name and key.
-pub const MAX_ENVELOPE_BYTES: usize = 2 * MAX_VALUE_BYTES + 4096;
 const MAX_NAME_LEN: usize = 128;
 
 /// One sealed value.

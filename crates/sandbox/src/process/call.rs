@@ -1,23 +1,14 @@
 //! One call on the wire between at-rund and the shim: the caller's request rewritten for the
 //! shim (origin form, HTTP/1.1, hop-by-hop and reserved headers dropped, the endpoint named), the
-//! structured failures the shim reports (`x-atrund-error`), and the response body on its way out
-//! ([`TrackedBody`]: the request deadline, the response cap, the in-flight count, and reuse of
-//! the connection once the body ended cleanly).
+//! structured failures the shim reports (`x-atrund-error`). The response body on its way out is
+//! the instance's (`instance::TrackedBody`), as it counts against the instance.
 //!
 //! Owns: what crosses the socket for one call. Must not: start or kill processes (a breach is
 //! reported to the instance, which kills).
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
-use http_body::Frame;
 use http_body_util::BodyExt;
 
-use super::instance::{Breach, InFlight};
-use crate::shim_conn::ShimSender;
 use crate::SandboxError;
 
 /// Largest structured error body read from the shim.
@@ -113,98 +104,6 @@ pub(super) fn clean_message(s: &str) -> String {
         .filter(|c| !c.is_control())
         .take(MAX_ERROR_MESSAGE)
         .collect()
-}
-
-/// The response body on its way out: enforces the request deadline and ends the in-flight count.
-pub(super) struct TrackedBody {
-    pub(super) body: hyper::body::Incoming,
-    pub(super) deadline: Pin<Box<tokio::time::Sleep>>,
-    pub(super) guard: Option<InFlight>,
-    /// Bytes relayed so far, against `ResourceLimits::max_response_bytes`.
-    pub(super) sent: u64,
-    /// The connection the body arrives on: kept for the next call once the body has ended,
-    /// closed (dropped) when it ends otherwise.
-    pub(super) conn: Option<ShimSender>,
-}
-
-impl TrackedBody {
-    /// The body ended cleanly: its connection is free for the next call.
-    pub(super) fn finish(&mut self) {
-        if let (Some(conn), Some(guard)) = (self.conn.take(), &self.guard) {
-            guard.inner.conns.put_back(conn);
-        }
-        self.guard = None;
-    }
-
-    /// The body failed or was cut: its connection is not reused.
-    pub(super) fn fail(&mut self) {
-        self.conn = None;
-        self.guard = None;
-    }
-}
-
-impl Drop for TrackedBody {
-    fn drop(&mut self) {
-        // A body the server never polls because it is known to be empty still ended cleanly.
-        if self.guard.is_some() && http_body::Body::is_end_stream(&self.body) {
-            self.finish();
-        }
-    }
-}
-
-impl http_body::Body for TrackedBody {
-    type Data = Bytes;
-    type Error = crate::BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, crate::BodyError>>> {
-        let this = self.get_mut();
-        let Some(guard) = &this.guard else {
-            return Poll::Ready(None);
-        };
-        if this.deadline.as_mut().poll(cx).is_ready() {
-            let err = guard.inner.timed_out();
-            this.fail();
-            return Poll::Ready(Some(Err(Box::new(err))));
-        }
-        match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Ready(None) => {
-                this.finish();
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(e))) => {
-                let err: crate::BodyError = match guard.inner.breach_since(guard.start) {
-                    Some(b) => Box::new(guard.inner.breach(b)),
-                    None => Box::new(e),
-                };
-                this.fail();
-                Poll::Ready(Some(Err(err)))
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.sent = this.sent.saturating_add(data.len() as u64);
-                    // Cut before relaying the frame that passes the cap.
-                    if this.sent > guard.inner.limits.max_response_bytes {
-                        let err = guard.inner.breach(Breach::Response);
-                        this.fail();
-                        return Poll::Ready(Some(Err(Box::new(err))));
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.guard.is_none() || self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
 }
 
 #[cfg(test)]

@@ -4,21 +4,25 @@
 //!
 //! Owns: the instance's state after `launch`. Must not: start processes (`launch` does).
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::Frame;
 
 use http::header::HeaderName;
 use tokio::sync::{watch, Notify};
 
-use super::call::{
-    is_hop_by_hop, shim_error, to_shim_request, TrackedBody, ERROR_HEADER, RESERVED_PREFIX,
-};
+use super::call::{is_hop_by_hop, shim_error, to_shim_request, ERROR_HEADER, RESERVED_PREFIX};
 use super::remove_work_dir;
 use crate::cgroup::{Counters, InstanceCgroup};
 use crate::freeze::IdleFreezer;
 use crate::sampler::{Sampler, SamplerOwner};
-use crate::shim_conn::ShimConns;
+use crate::shim_conn::{ShimConns, ShimSender};
 use crate::{Instance, InstanceStats, Invocation, SandboxError};
 
 /// How long to wait for the exit status after a broken connection, to tell a crash apart.
@@ -378,5 +382,97 @@ impl Instance for ProcessInstance {
     fn is_alive(&self) -> bool {
         !self.inner.killed.load(std::sync::atomic::Ordering::SeqCst)
             && self.inner.exit_rx.borrow().is_none()
+    }
+}
+
+/// The response body on its way out: enforces the request deadline and ends the in-flight count.
+pub(super) struct TrackedBody {
+    pub(super) body: hyper::body::Incoming,
+    pub(super) deadline: Pin<Box<tokio::time::Sleep>>,
+    pub(super) guard: Option<InFlight>,
+    /// Bytes relayed so far, against `ResourceLimits::max_response_bytes`.
+    pub(super) sent: u64,
+    /// The connection the body arrives on: kept for the next call once the body has ended,
+    /// closed (dropped) when it ends otherwise.
+    pub(super) conn: Option<ShimSender>,
+}
+
+impl TrackedBody {
+    /// The body ended cleanly: its connection is free for the next call.
+    pub(super) fn finish(&mut self) {
+        if let (Some(conn), Some(guard)) = (self.conn.take(), &self.guard) {
+            guard.inner.conns.put_back(conn);
+        }
+        self.guard = None;
+    }
+
+    /// The body failed or was cut: its connection is not reused.
+    pub(super) fn fail(&mut self) {
+        self.conn = None;
+        self.guard = None;
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        // A body the server never polls because it is known to be empty still ended cleanly.
+        if self.guard.is_some() && http_body::Body::is_end_stream(&self.body) {
+            self.finish();
+        }
+    }
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = crate::BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::BodyError>>> {
+        let this = self.get_mut();
+        let Some(guard) = &this.guard else {
+            return Poll::Ready(None);
+        };
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            let err = guard.inner.timed_out();
+            this.fail();
+            return Poll::Ready(Some(Err(Box::new(err))));
+        }
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let err: crate::BodyError = match guard.inner.breach_since(guard.start) {
+                    Some(b) => Box::new(guard.inner.breach(b)),
+                    None => Box::new(e),
+                };
+                this.fail();
+                Poll::Ready(Some(Err(err)))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent = this.sent.saturating_add(data.len() as u64);
+                    // Cut before relaying the frame that passes the cap.
+                    if this.sent > guard.inner.limits.max_response_bytes {
+                        let err = guard.inner.breach(Breach::Response);
+                        this.fail();
+                        return Poll::Ready(Some(Err(Box::new(err))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.guard.is_none() || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
