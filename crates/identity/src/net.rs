@@ -4,7 +4,7 @@
 //! network detail goes to the error's `detail` and the log. Must not interpret response bodies.
 
 use crate::error::IdentityError;
-use atrund_netpolicy::{GuardedClient, OutboundError};
+use atrund_netpolicy::{read_capped, GuardedClient, OutboundError, ReadError};
 use std::time::Duration;
 use url::Url;
 
@@ -33,23 +33,17 @@ pub(crate) async fn get_capped(
     accept: &str,
 ) -> Result<Fetched, IdentityError> {
     let fut = async {
-        let mut resp = client
+        let resp = client
             .get(url, accept)
             .await
             .map_err(|e| outbound_error(what, e))?;
         let status = resp.status();
-        if resp.content_length().is_some_and(|n| n > cap as u64) {
-            return Err(too_big(what, url, cap));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| {
-            IdentityError::unreachable(what, format!("{url}: reading the body: {e}"))
-        })? {
-            if body.len() + chunk.len() > cap {
-                return Err(too_big(what, url, cap));
+        let body = read_capped(resp, cap as u64).await.map_err(|e| match e {
+            ReadError::TooLarge { .. } => too_big(what, url, cap),
+            ReadError::Body(e) => {
+                IdentityError::unreachable(what, format!("{url}: reading the body: {e}"))
             }
-            body.extend_from_slice(&chunk);
-        }
+        })?;
         Ok(Fetched { status, body })
     };
     tokio::time::timeout(timeout, fut).await.map_err(|_| {

@@ -376,6 +376,34 @@ fn describe(e: &reqwest::Error) -> String {
     s
 }
 
+/// Why a capped body read stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// the body is (or announces to be) over the cap
+    #[error("the response is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+    /// the connection failed or timed out while the body was read
+    #[error("reading the body failed: {0}")]
+    Body(#[source] reqwest::Error),
+}
+
+/// Reads a whole body, failing as soon as it would pass `limit` bytes: on the announced
+/// Content-Length first, then while streaming, so a lying or endless server costs at most `limit`.
+pub async fn read_capped(mut resp: reqwest::Response, limit: u64) -> Result<Vec<u8>, ReadError> {
+    if resp.content_length().is_some_and(|len| len > limit) {
+        return Err(ReadError::TooLarge { limit });
+    }
+    let initial = resp.content_length().unwrap_or(0).min(limit).min(1 << 20);
+    let mut buf = Vec::with_capacity(usize::try_from(initial).unwrap_or(0));
+    while let Some(chunk) = resp.chunk().await.map_err(ReadError::Body)? {
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Err(ReadError::TooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,8 @@ mod resolve;
 
 pub use addr::{classify, AddressPolicy, BlockReason, Opening};
 pub use client::{
-    check_url, is_loopback_host, redirect_target, ClientConfig, GuardedClient, OutboundError,
+    check_url, is_loopback_host, read_capped, redirect_target, ClientConfig, GuardedClient,
+    OutboundError, ReadError,
 };
 pub use ipnet::IpNet;
 pub use resolve::{MapResolver, Resolve, SystemResolver};

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use atrund_identity::PublicKey;
 use atrund_netpolicy::{
-    AddressPolicy, ClientConfig, GuardedClient, OutboundError, Resolve, SystemResolver,
+    AddressPolicy, ClientConfig, GuardedClient, OutboundError, ReadError, Resolve, SystemResolver,
 };
 use cid::Cid;
 use ipld_core::ipld::Ipld;
@@ -504,23 +504,16 @@ fn body_error(e: reqwest::Error) -> FetchError {
     FetchError::PdsUnreachable(format!("{what}: {e}"))
 }
 
-/// Reads a body, failing with `overflow()` as soon as it would exceed `limit` bytes
-/// (checked against Content-Length first, then while streaming).
+/// Reads a body with `atrund_netpolicy::read_capped`, failing with `overflow()` past `limit`.
 async fn read_capped(
-    mut resp: reqwest::Response,
+    resp: reqwest::Response,
     limit: u64,
     overflow: impl Fn() -> FetchError,
 ) -> Result<Vec<u8>, FetchError> {
-    if resp.content_length().is_some_and(|len| len > limit) {
-        return Err(overflow());
-    }
-    let initial = resp.content_length().unwrap_or(0).min(limit).min(1 << 20);
-    let mut buf = Vec::with_capacity(initial as usize);
-    while let Some(chunk) = resp.chunk().await.map_err(body_error)? {
-        if (buf.len() + chunk.len()) as u64 > limit {
-            return Err(overflow());
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf)
+    atrund_netpolicy::read_capped(resp, limit)
+        .await
+        .map_err(|e| match e {
+            ReadError::TooLarge { .. } => overflow(),
+            ReadError::Body(e) => body_error(e),
+        })
 }
