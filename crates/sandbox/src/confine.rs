@@ -4,7 +4,7 @@
 //! inherit both, and neither can be lifted.
 //!
 //! Owns: the syscall deny list (isolation.md §3.1), `clone` with namespace flags, `clone3` →
-//! ENOSYS, and the Landlock rules (paths read-only or read-write, TCP connect to listed ports
+//! ENOSYS, the socket families allowed, x32 syscalls refused, and the Landlock rules (paths read-only or read-write, TCP connect to listed ports
 //! only, no TCP bind, signals and abstract Unix sockets scoped to the sandbox). Must not: decide
 //! which paths an instance gets (the backends do) or touch any process but the caller.
 
@@ -57,7 +57,50 @@ pub(crate) const DENIED: &[(&str, libc::c_long)] = &[
     ("settimeofday", libc::SYS_settimeofday),
     ("clock_settime", libc::SYS_clock_settime),
     ("personality", libc::SYS_personality),
+    // Another process's file descriptors, a second kexec entry, mount attributes, port I/O,
+    // the clock, and the x86 LDT: none is needed by a runtime, each is attack surface.
+    ("pidfd_getfd", libc::SYS_pidfd_getfd),
+    ("kexec_file_load", libc::SYS_kexec_file_load),
+    ("mount_setattr", libc::SYS_mount_setattr),
+    ("iopl", libc::SYS_iopl),
+    ("ioperm", libc::SYS_ioperm),
+    ("clock_adjtime", libc::SYS_clock_adjtime),
+    ("adjtimex", libc::SYS_adjtimex),
+    ("modify_ldt", libc::SYS_modify_ldt),
+    ("io_uring_enter", libc::SYS_io_uring_enter),
+    ("io_uring_register", libc::SYS_io_uring_register),
+    ("quotactl", libc::SYS_quotactl),
+    ("quotactl_fd", libc::SYS_quotactl_fd),
+    ("syslog", libc::SYS_syslog),
+    ("uselib", libc::SYS_uselib),
+    ("vhangup", libc::SYS_vhangup),
+    ("sethostname", libc::SYS_sethostname),
+    ("setdomainname", libc::SYS_setdomainname),
+    ("fanotify_init", libc::SYS_fanotify_init),
+    ("lookup_dcookie", libc::SYS_lookup_dcookie),
+    ("kcmp", libc::SYS_kcmp),
+    ("process_madvise", libc::SYS_process_madvise),
 ];
+
+/// Device nodes are refused (EPERM) whoever asks: `mknod` and `mknodat` with a character or block
+/// device type, the mode being their second and third argument. FIFOs and plain files stay.
+const MKNOD: &[(libc::c_long, u8)] = &[(libc::SYS_mknod, 1), (libc::SYS_mknodat, 2)];
+
+/// Socket families a sandboxed process may open: Unix sockets (the shim serves on one), IPv4 and
+/// IPv6 (Landlock, the network namespace and the egress proxy decide where they lead). Every
+/// other family answers EAFNOSUPPORT, as on a kernel built without it: netlink (the kernel's
+/// routing, audit and uevent interfaces), AF_ALG (kernel crypto), AF_VSOCK (the hypervisor),
+/// AF_PACKET, and the rarely used protocol families behind many kernel bugs.
+pub(crate) const SOCKET_FAMILIES: &[(&str, libc::c_int)] = &[
+    ("AF_UNIX", libc::AF_UNIX),
+    ("AF_INET", libc::AF_INET),
+    ("AF_INET6", libc::AF_INET6),
+];
+
+/// x86-64's x32 ABI: the same architecture value, syscall numbers with this bit set. A filter
+/// that matches numbers without it would let every denied call through as its x32 twin.
+#[cfg(target_arch = "x86_64")]
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
 /// `clone` flags that create namespaces: refused, so nothing inside can build a new sandbox
 /// around itself (bwrap's `--disable-userns` covers user namespaces too; this covers the rest).
@@ -75,10 +118,12 @@ fn arch() -> Result<TargetArch, String> {
     TargetArch::try_from(std::env::consts::ARCH).map_err(|e| format!("seccomp: {e}"))
 }
 
-/// The two filters: the deny list (EPERM) and `clone3` → ENOSYS. Two, because a seccompiler
-/// filter has one match action, and `clone3` must be ENOSYS: glibc falls back to `clone` only on
-/// ENOSYS (whose flags the first filter can inspect), and Deno needs threads.
-pub(crate) fn seccomp_filters() -> Result<[BpfProgram; 2], String> {
+/// The filters: the deny list (EPERM), `clone3` → ENOSYS, socket families → EAFNOSUPPORT, and
+/// (x86-64) every x32 syscall → EPERM. Several, because a seccompiler filter has one match
+/// action: `clone3` must be ENOSYS, as glibc falls back to `clone` only on ENOSYS (whose flags the
+/// first filter can inspect), and Deno needs threads. The kernel runs every filter and keeps the
+/// strictest answer.
+pub(crate) fn seccomp_filters() -> Result<Vec<BpfProgram>, String> {
     let arch = arch()?;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         DENIED.iter().map(|(_, nr)| (*nr, Vec::new())).collect();
@@ -96,6 +141,22 @@ pub(crate) fn seccomp_filters() -> Result<[BpfProgram; 2], String> {
         })
         .collect::<Result<Vec<_>, String>>()?;
     rules.insert(libc::SYS_clone, clone_rules);
+    for (nr, mode_arg) in MKNOD {
+        let device_rules = [libc::S_IFCHR, libc::S_IFBLK]
+            .iter()
+            .map(|kind| {
+                let c = SeccompCondition::new(
+                    *mode_arg,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::MaskedEq(u64::from(libc::S_IFMT)),
+                    u64::from(*kind),
+                )
+                .map_err(|e| e.to_string())?;
+                SeccompRule::new(vec![c]).map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        rules.insert(*nr, device_rules);
+    }
     let deny = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -110,13 +171,61 @@ pub(crate) fn seccomp_filters() -> Result<[BpfProgram; 2], String> {
         arch,
     )
     .map_err(|e| format!("seccomp: {e}"))?;
-    Ok([
-        deny.try_into().map_err(|e| format!("seccomp: {e:?}"))?,
-        clone3.try_into().map_err(|e| format!("seccomp: {e:?}"))?,
-    ])
+    // One rule: the family is none of the allowed ones (conditions of a rule all hold).
+    let other_family = SeccompRule::new(
+        SOCKET_FAMILIES
+            .iter()
+            .map(|(_, family)| {
+                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, *family as u64)
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, String>>()?,
+    )
+    .map_err(|e| e.to_string())?;
+    let sockets = SeccompFilter::new(
+        BTreeMap::from([
+            (libc::SYS_socket, vec![other_family.clone()]),
+            (libc::SYS_socketpair, vec![other_family]),
+        ]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EAFNOSUPPORT as u32),
+        arch,
+    )
+    .map_err(|e| format!("seccomp: {e}"))?;
+    let mut filters = Vec::new();
+    for f in [deny, clone3, sockets] {
+        filters.push(f.try_into().map_err(|e| format!("seccomp: {e:?}"))?);
+    }
+    #[cfg(target_arch = "x86_64")]
+    filters.push(x32_filter());
+    Ok(filters)
 }
 
-/// Both filters as the kernel takes them (`struct sock_filter`), for a child that installs them
+/// Refuses every syscall number with the x32 bit (EPERM). The architecture itself is checked by
+/// the other filters (a foreign one kills the process).
+#[cfg(target_arch = "x86_64")]
+fn x32_filter() -> BpfProgram {
+    use seccompiler::sock_filter;
+    // linux/bpf_common.h: BPF_LD | BPF_W | BPF_ABS, BPF_JMP | BPF_JGE | BPF_K, BPF_RET | BPF_K.
+    const BPF_LD_W_ABS: u16 = 0x20;
+    const BPF_JGE_K: u16 = 0x35;
+    const BPF_RET_K: u16 = 0x06;
+    const NR_OFFSET: u32 = 0; // offsetof(struct seccomp_data, nr)
+    let op = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    vec![
+        op(BPF_LD_W_ABS, 0, 0, NR_OFFSET),
+        op(BPF_JGE_K, 0, 1, X32_SYSCALL_BIT),
+        op(
+            BPF_RET_K,
+            0,
+            0,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ),
+        op(BPF_RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
+}
+
+/// The filters as the kernel takes them (`struct sock_filter`), for a child that installs them
 /// between fork and exec without allocating.
 pub(crate) fn kernel_filters() -> Result<Vec<Vec<libc::sock_filter>>, String> {
     seccomp_filters()?
@@ -138,7 +247,7 @@ pub(crate) fn kernel_filters() -> Result<Vec<Vec<libc::sock_filter>>, String> {
         .collect()
 }
 
-/// Installs both filters on the calling thread (threads and children created later inherit
+/// Installs the filters on the calling thread (threads and children created later inherit
 /// them). Needs no_new_privs first.
 pub(crate) fn apply_seccomp() -> Result<(), String> {
     for f in seccomp_filters()? {
@@ -229,13 +338,18 @@ mod tests {
 
     #[test]
     fn filters_compile_for_this_arch() {
-        let [deny, clone3] = seccomp_filters().unwrap();
+        let filters = seccomp_filters().unwrap();
+        let deny = &filters[0];
         // One comparison per denied syscall plus the clone flag checks: far more than a stub.
         assert!(
             deny.len() > DENIED.len() + CLONE_NEW.len(),
             "{}",
             deny.len()
         );
-        assert!(!clone3.is_empty());
+        assert!(filters.iter().all(|f| !f.is_empty()));
+        assert_eq!(
+            filters.len(),
+            if cfg!(target_arch = "x86_64") { 4 } else { 3 }
+        );
     }
 }

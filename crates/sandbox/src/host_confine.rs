@@ -155,9 +155,15 @@ impl HostConfinement {
                 limit: "seccomp",
                 enforced: true,
                 how: format!(
-                    "{} syscalls refused with EPERM (ptrace, mount, unshare, bpf, …), clone with \
-                     namespace flags refused, clone3 answered ENOSYS",
-                    confine::DENIED.len()
+                    "{} syscalls refused with EPERM (ptrace, mount, unshare, bpf, …), device nodes and \
+                     clone with namespace flags refused, clone3 answered ENOSYS, sockets other than {} \
+                     answered EAFNOSUPPORT, x32 syscalls refused",
+                    confine::DENIED.len(),
+                    confine::SOCKET_FAMILIES
+                        .iter()
+                        .map(|(name, _)| *name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             },
         };
