@@ -1,5 +1,6 @@
 //! The crate's only `unsafe`: what the child does between fork and exec (join its cgroups for
-//! `container` instances, cap its open files, and for `none` instances no_new_privs, Landlock
+//! `container` instances, cap its open files and file size, keep the descriptors it is to
+//! inherit, and for `none` instances no_new_privs, Landlock
 //! and seccomp; `none` is placed in its cgroup from the daemon, `process::Join`), reading the
 //! daemon's own open-file limit, probing the kernel for Landlock and seccomp, and the signal
 //! handler of the container's PID 1 (`init`).
