@@ -148,6 +148,7 @@ pub struct RunnerLimits {
     pub max_response_bytes: u64,
     pub freeze_idle: bool,
     pub freeze_after_idle_ms: u64,
+    pub max_file_bytes: u64,
 }
 
 impl From<&LimitsSection> for RunnerLimits {
@@ -163,6 +164,7 @@ impl From<&LimitsSection> for RunnerLimits {
             max_response_bytes,
             freeze_idle,
             freeze_after_idle_ms,
+            max_file_bytes,
         } = *l;
         RunnerLimits {
             timeout_ms,
@@ -175,6 +177,7 @@ impl From<&LimitsSection> for RunnerLimits {
             max_response_bytes,
             freeze_idle,
             freeze_after_idle_ms,
+            max_file_bytes,
         }
     }
 }
@@ -192,6 +195,7 @@ impl From<RunnerLimits> for LimitsSection {
             max_response_bytes,
             freeze_idle,
             freeze_after_idle_ms,
+            max_file_bytes,
         } = l;
         LimitsSection {
             timeout_ms,
@@ -204,6 +208,7 @@ impl From<RunnerLimits> for LimitsSection {
             max_response_bytes,
             freeze_idle,
             freeze_after_idle_ms,
+            max_file_bytes,
         }
     }
 }

@@ -553,7 +553,7 @@ mod tests {
             "limits":{"timeout_ms":{"default":1000,"max":2000},"memory_mib":{"default":128,"max":256},
                       "cpu_ms":{"default":1000,"max":2000},"concurrency":{"default":1,"max":4},
                       "pids":64,"cpu_quota_percent":100,"open_files":256,"max_response_bytes":1000,
-                      "freeze_idle":true,"freeze_after_idle_ms":50},
+                      "freeze_idle":true,"freeze_after_idle_ms":50,"max_file_bytes":1048576},
             "enforcement":[{"limit":"cpuMs","enforced":false,"how":"x"}],
             "maxRequestBodyBytes":1000,
             "maxBundleBytes":1000000,

@@ -620,14 +620,22 @@ async fn wait_for_signals(drain: watch::Sender<bool>) {
 
 /// Creates the data dir layout and removes instance work dirs a crash left behind.
 fn prepare_data_dir(layout: &DataLayout) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     for sub in DataLayout::DIRS {
         let p = layout.root().join(sub);
-        std::fs::create_dir_all(&p).with_context(|| {
-            format!(
-                "cannot create {} (data_dir / ATRUND_DATA_DIR must be writable)",
-                p.display()
-            )
-        })?;
+        // The runner's alone, whatever the umask: tenants' data and code, and instance dirs
+        // (made 0700 beneath too); an existing dir of an older version is tightened.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&p)
+            .and_then(|()| std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)))
+            .with_context(|| {
+                format!(
+                    "cannot create {} with mode 0700 (data_dir / ATRUND_DATA_DIR must be writable)",
+                    p.display()
+                )
+            })?;
     }
     let run = layout.run();
     for entry in
@@ -639,4 +647,29 @@ fn prepare_data_dir(layout: &DataLayout) -> Result<()> {
             .with_context(|| format!("cannot remove leftover {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn data_dirs_are_private_whatever_the_umask() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::set_permissions(dir.join("data"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(dir.join("run/leftover")).unwrap();
+        prepare_data_dir(&DataLayout::new(&dir)).unwrap();
+        for sub in ["bundles", "data", "deno", "run"] {
+            let mode = std::fs::metadata(dir.join(sub))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o700, "{sub} is {mode:o}");
+        }
+        assert!(!dir.join("run/leftover").exists());
+    }
 }

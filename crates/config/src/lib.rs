@@ -301,6 +301,9 @@ pub struct LimitsSection {
     pub open_files: u64,
     /// Largest response body relayed from a bundle. Operator-only.
     pub max_response_bytes: u64,
+    /// Largest file one instance may write (RLIMIT_FSIZE); writing past it stops the instance
+    /// with `FileTooLarge`. Operator-only; at least 1 MiB (Deno writes its cache files too).
+    pub max_file_bytes: u64,
     /// Freeze an instance's cgroup while it has no call in flight, so timers left running after
     /// a response do no work between calls. Operator-only.
     pub freeze_idle: bool,
@@ -340,6 +343,7 @@ impl Default for LimitsSection {
             cpu_quota_percent: 100,
             open_files: 1024,
             max_response_bytes: 32 * MIB,
+            max_file_bytes: 1024 * MIB,
             freeze_idle: true,
             freeze_after_idle_ms: 50,
         }

@@ -187,6 +187,15 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0".into()));
             }
         }
+        if l.max_file_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "limits.max_file_bytes",
+                format!(
+                    "{} is below 1 MiB (1048576): Deno's own cache files would not fit; use at least 1048576",
+                    l.max_file_bytes
+                ),
+            ));
+        }
         if l.freeze_after_idle_ms > 3_600_000 {
             return Err(invalid(
                 "limits.freeze_after_idle_ms",

@@ -503,6 +503,7 @@ mod tests {
             (X::CpuLimitExceeded(1), "CpuLimitExceeded", 504),
             (X::TooManyProcesses(1), "TooManyProcesses", 502),
             (X::ResponseTooLarge(1), "ResponseTooLarge", 502),
+            (X::FileTooLarge(1), "FileTooLarge", 502),
         ];
         for (e, code, status) in sandbox {
             assert_eq!(status_of(P::Sandbox(e)), (code, status), "{code}");

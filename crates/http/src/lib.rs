@@ -778,6 +778,7 @@ fn instance_spec(st: &AppState, t: &Target, limits: &EffectiveLimits) -> Instanc
             cpu_budget: Some(Duration::from_millis(limits.cpu_ms)),
             open_files: st.config.limits.open_files,
             max_response_bytes: st.config.limits.max_response_bytes,
+            max_file_bytes: st.config.limits.max_file_bytes,
         },
     }
 }

@@ -256,13 +256,20 @@ pub(crate) fn apply_seccomp() -> Result<(), String> {
     Ok(())
 }
 
-/// Paths and ports the Landlock domain allows; everything else is refused.
+/// Paths and ports the Landlock domain allows; everything else is refused. Execute is granted
+/// only where `execute` says: not beneath read-only or read-write paths (a program copied into
+/// a writable dir, or one among the libraries, does not run).
 #[derive(Debug, Default)]
 pub(crate) struct LandlockRules {
-    /// Read and execute (files or dirs; missing ones are skipped).
+    /// Read only (files or dirs; missing ones are skipped).
     pub read_only: Vec<PathBuf>,
-    /// Everything a file system allows, beneath these.
+    /// Read and execute: the runtime binary, its loader, the programs a bundle may run.
+    pub execute: Vec<PathBuf>,
+    /// Everything a file system allows but execute, beneath these.
     pub read_write: Vec<PathBuf>,
+    /// The manifest's data paths, already opened beneath the data dir (`hostfs`): granted by
+    /// descriptor, never looked up by name again.
+    pub data: Vec<crate::hostfs::DataPath>,
     /// TCP ports the sandbox may connect to (container: the proxy forwarder on its own
     /// loopback; none: the ports of the manifest's `net` entries).
     pub connect_ports: Vec<u16>,
@@ -300,27 +307,37 @@ pub(crate) fn landlock_ruleset(rules: &LandlockRules) -> Result<RulesetCreated, 
         .map_err(err)?
         .create()
         .map_err(err)?;
-    let grants = rules
-        .read_only
-        .iter()
-        .map(|p| (p, AccessFs::from_read(abi)))
-        .chain(
-            rules
-                .read_write
-                .iter()
-                .map(|p| (p, AccessFs::from_all(abi))),
-        );
-    for (path, access) in grants {
-        let Ok(meta) = std::fs::metadata(path) else {
-            continue;
-        };
-        let access = if meta.is_dir() {
+    let read = AccessFs::from_read(abi) & !AccessFs::Execute;
+    let read_write = AccessFs::from_all(abi) & !AccessFs::Execute;
+    let for_kind = |access: BitFlags<AccessFs>, is_dir: bool| {
+        if is_dir {
             access
         } else {
             access & AccessFs::from_file(abi)
+        }
+    };
+    let grants = rules
+        .read_only
+        .iter()
+        .map(|p| (p, read))
+        .chain(rules.execute.iter().map(|p| (p, AccessFs::from_read(abi))))
+        .chain(rules.read_write.iter().map(|p| (p, read_write)));
+    for (path, access) in grants {
+        // These paths are the runner's (system dirs, binaries, dirs no instance can rename):
+        // looked up by name.
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue;
         };
         let fd = PathFd::new(path).map_err(|e| format!("landlock: {}: {e}", path.display()))?;
-        rs = rs.add_rule(PathBeneath::new(fd, access)).map_err(err)?;
+        rs = rs
+            .add_rule(PathBeneath::new(fd, for_kind(access, meta.is_dir())))
+            .map_err(err)?;
+    }
+    for d in &rules.data {
+        let access = if d.write { read_write } else { read };
+        rs = rs
+            .add_rule(PathBeneath::new(&d.fd, for_kind(access, d.is_dir)))
+            .map_err(err)?;
     }
     if !rules.connect_any_port {
         for port in &rules.connect_ports {

@@ -21,7 +21,8 @@
 //! and cgroup go with the instance as in `none`, and are swept at start-up after a crash.
 
 use std::ffi::OsString;
-use std::path::{Component, Path, PathBuf};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -221,9 +222,10 @@ impl ContainerExecutor {
             DENO_DIR.as_ref(),
         ]);
         push(&["--tmpfs".as_ref(), DATA.as_ref()]);
-        for (host, inside, rw) in &data.binds {
-            let flag = if *rw { "--bind" } else { "--ro-bind" };
-            push(&[flag.as_ref(), host.as_os_str(), inside.as_os_str()]);
+        for (d, inside) in &data.binds {
+            let flag = if d.write { "--bind-fd" } else { "--ro-bind-fd" };
+            let fd = d.fd.as_raw_fd().to_string();
+            push(&[flag.as_ref(), fd.as_ref(), inside.as_os_str()]);
         }
         push(&["--remount-ro".as_ref(), DATA.as_ref()]);
         push(&["--chdir".as_ref(), DATA.as_ref(), "--".as_ref()]);
@@ -247,55 +249,23 @@ fn bundle_path_inside(spec: &InstanceSpec) -> PathBuf {
     Path::new(BUNDLE).join(name)
 }
 
-/// The data-dir paths an instance gets: (host path, path inside, writable).
+/// The data-dir paths an instance gets, opened beneath the data dir without following a
+/// symlink (`hostfs`), each bound by its descriptor (`--bind-fd`): bwrap mounts the inode it
+/// was given and checks that it did, so a name swapped after the check binds nothing of the host.
 #[derive(Debug, Default)]
 struct DataBinds {
-    binds: Vec<(PathBuf, PathBuf, bool)>,
+    binds: Vec<(crate::hostfs::DataPath, PathBuf)>,
 }
 
-/// A manifest path must stay inside the data dir: plain names only.
-fn relative_data_path(rel: &str) -> Result<&Path, SandboxError> {
-    let p = Path::new(rel);
-    if rel.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(SandboxError::StartFailed(format!(
-            "data path '{rel}' must be relative, without '..' or '.'"
-        )));
-    }
-    Ok(p)
-}
-
-/// Creates the write paths (as dirs) and finds the read paths that exist. A path whose real
-/// location leaves the data dir (a symlink the bundle planted earlier) is refused: bwrap would
-/// follow it on the host.
 fn data_binds(spec: &InstanceSpec) -> Result<DataBinds, SandboxError> {
-    let root = std::fs::canonicalize(&spec.data_dir)
-        .map_err(|e| process::io_err("resolve", &spec.data_dir, e))?;
-    let mut out = DataBinds::default();
-    let p = &spec.permissions;
-    let entries = p
-        .read
-        .iter()
-        .map(|r| (r, false))
-        .chain(p.write.iter().map(|w| (w, true)));
-    for (rel, rw) in entries {
-        let rel_path = relative_data_path(rel)?;
-        let host = root.join(rel_path);
-        if rw {
-            std::fs::create_dir_all(&host).map_err(|e| process::io_err("create", &host, e))?;
-        }
-        let Ok(real) = std::fs::canonicalize(&host) else {
-            continue; // a read path that does not exist: nothing to see
-        };
-        if !real.starts_with(&root) {
-            return Err(SandboxError::StartFailed(format!(
-                "data path '{rel}' leads outside the bundle's data dir (a symlink?); remove it"
-            )));
-        }
-        // A later write bind of the same path wins over a read bind.
-        out.binds.retain(|(h, _, _)| h != &real);
-        out.binds.push((real, Path::new(DATA).join(rel_path), rw));
-    }
-    Ok(out)
+    let binds = crate::hostfs::open_data_paths(spec)?
+        .into_iter()
+        .map(|d| {
+            let inside = Path::new(DATA).join(&d.rel);
+            (d, inside)
+        })
+        .collect();
+    Ok(DataBinds { binds })
 }
 
 fn is_proxy_var(name: &str) -> bool {
@@ -422,15 +392,19 @@ impl Executor for ContainerExecutor {
         }
 
         let mut read_write: Vec<PathBuf> = vec![WORK.into(), DENO_DIR.into(), "/tmp".into()];
-        let mut read_only: Vec<PathBuf> = [
-            "/bin", "/sbin", "/lib", "/lib64", "/usr", "/etc", BUNDLE, DATA, "/proc", "/dev",
-        ]
-        .iter()
-        .map(PathBuf::from)
-        .collect();
+        // Execute only the root's program and library dirs (its loader is there): not the
+        // bundle, the data, /work, /deno or /tmp.
+        let execute: Vec<PathBuf> = ["/bin", "/sbin", "/lib", "/lib64", "/usr"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        let mut read_only: Vec<PathBuf> = ["/etc", BUNDLE, DATA, "/proc", "/dev"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
         read_write.push("/dev/null".into());
-        for (_, inside, rw) in &data.binds {
-            if *rw {
+        for (d, inside) in &data.binds {
+            if d.write {
                 read_write.push(inside.clone());
             } else {
                 read_only.push(inside.clone());
@@ -439,6 +413,7 @@ impl Executor for ContainerExecutor {
         let init = InitConfig {
             argv,
             read_only,
+            execute,
             read_write,
             proxy: proxy_env.as_ref().map(|_| ProxyForward {
                 port: PROXY_PORT,
@@ -479,6 +454,8 @@ impl Executor for ContainerExecutor {
                 .map_or(spec.limits.open_files, |h| spec.limits.open_files.min(h)),
             started_at,
             keep,
+            // bwrap binds these descriptors (`--bind-fd`); the child keeps them across exec.
+            inherit: data.binds.into_iter().map(|(d, _)| d.fd).collect(),
             confine: None,
             // bwrap and init fork before Deno runs: a later move of bwrap's pid would miss them.
             join: Join::BeforeExec,
@@ -490,14 +467,6 @@ impl Executor for ContainerExecutor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn data_paths_stay_inside() {
-        for bad in ["", "/etc", "../x", "a/../../b", "./a"] {
-            assert!(relative_data_path(bad).is_err(), "{bad}");
-        }
-        assert!(relative_data_path("out/x").is_ok());
-    }
 
     #[test]
     fn proxy_vars_are_reserved() {

@@ -48,6 +48,9 @@ pub enum SandboxError {
     /// the response body is over the runner's limit; the instance was killed
     #[error("the bundle's response is larger than this runner's limit of {0} bytes and was cut; return less data per response")]
     ResponseTooLarge(u64),
+    /// the instance wrote a file past its size limit (RLIMIT_FSIZE) and was stopped
+    #[error("the bundle wrote a file larger than this runner's limit of {0} bytes and was stopped; write smaller files")]
+    FileTooLarge(u64),
 }
 
 impl SandboxError {
@@ -68,6 +71,7 @@ impl SandboxError {
             Self::CpuLimitExceeded(_) => "CpuLimitExceeded",
             Self::TooManyProcesses(_) => "TooManyProcesses",
             Self::ResponseTooLarge(_) => "ResponseTooLarge",
+            Self::FileTooLarge(_) => "FileTooLarge",
         }
     }
 
@@ -81,7 +85,8 @@ impl SandboxError {
             | Self::BundleCrashed(_)
             | Self::MemoryLimitExceeded(_)
             | Self::TooManyProcesses(_)
-            | Self::ResponseTooLarge(_) => C::Author,
+            | Self::ResponseTooLarge(_)
+            | Self::FileTooLarge(_) => C::Author,
             Self::StartTimedOut(_) | Self::TimedOut(_) | Self::CpuLimitExceeded(_) => C::Timeout,
             Self::EndpointNotFound(_) => C::NotFound,
             Self::MethodNotAllowed(_) => C::MethodNotAllowed,
@@ -114,6 +119,7 @@ mod tests {
             (SandboxError::CpuLimitExceeded(100), "CpuLimitExceeded", 504),
             (SandboxError::TooManyProcesses(32), "TooManyProcesses", 502),
             (SandboxError::ResponseTooLarge(10), "ResponseTooLarge", 502),
+            (SandboxError::FileTooLarge(10), "FileTooLarge", 502),
         ] {
             assert_eq!((e.code(), e.class().status()), (code, status));
         }

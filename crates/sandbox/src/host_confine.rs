@@ -15,10 +15,10 @@
 //! rulesets or filters (`confine` does), run code after fork (`sys` does), or loosen Deno's
 //! flags (it only adds a layer beneath them: what Deno itself needs, plus what the flags allow).
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use crate::confine::{self, LandlockRules};
-use crate::{sys, Enforcement, InstanceSpec, SandboxError};
+use crate::{hostfs, sys, Enforcement, InstanceSpec, SandboxError};
 
 /// Read (and execute) for every instance: the dynamic loader and libraries (also what FFI
 /// `dlopen`s), and what glibc's resolver and time zone code read. Missing ones are skipped.
@@ -175,6 +175,7 @@ impl HostConfinement {
         &self,
         spec: &InstanceSpec,
         deno: &Path,
+        shim: &Path,
     ) -> Result<Option<sys::Confinement>, SandboxError> {
         let landlock = self.landlock();
         let seccomp = self.seccomp();
@@ -184,7 +185,7 @@ impl HostConfinement {
         let fail = |e: String| SandboxError::StartFailed(format!("OS confinement: {e}"));
         let mut out = sys::Confinement::default();
         if landlock.is_some() {
-            let rules = self.rules(spec, deno)?;
+            let rules = self.rules(spec, deno, shim)?;
             let rs = confine::landlock_ruleset(&rules).map_err(fail)?;
             out.landlock = Option::<std::os::fd::OwnedFd>::from(rs);
         }
@@ -194,51 +195,33 @@ impl HostConfinement {
         Ok(Some(out))
     }
 
-    fn rules(&self, spec: &InstanceSpec, deno: &Path) -> Result<LandlockRules, SandboxError> {
+    fn rules(
+        &self,
+        spec: &InstanceSpec,
+        deno: &Path,
+        shim: &Path,
+    ) -> Result<LandlockRules, SandboxError> {
         let p = &spec.permissions;
         let mut read_only: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
-        read_only.push(deno.to_path_buf());
         read_only.push(spec.bundle_file.clone());
+        read_only.push(shim.to_path_buf());
+        // Execute only what is run: Deno, its loader (the kernel opens it for execute at
+        // exec), the manifest's `run` programs and theirs. Libraries are mapped, not executed,
+        // so read is enough for them.
+        let mut execute = vec![deno.to_path_buf()];
+        execute.extend(interpreters(deno));
+        for prog in &p.run {
+            if let Some(target) = run_target(prog) {
+                execute.extend(interpreters(&target));
+                execute.push(target);
+            }
+        }
         let mut read_write: Vec<PathBuf> = SYSTEM_WRITE.iter().map(PathBuf::from).collect();
         read_write.push(spec.work_dir.clone());
         read_write.push(spec.deno_dir.clone());
-
-        let root = std::fs::canonicalize(&spec.data_dir)
-            .map_err(|e| crate::process::io_err("resolve", &spec.data_dir, e))?;
-        for (rel, write) in p
-            .read
-            .iter()
-            .map(|r| (r, false))
-            .chain(p.write.iter().map(|w| (w, true)))
-        {
-            let mut host = root.join(data_path(rel)?);
-            if write {
-                // Landlock grants existing paths only: a write path the bundle has not created
-                // yet (a file or a dir, Deno's flags allow either) is granted through its nearest
-                // existing parent inside the data dir. Deno still allows only the path itself.
-                while std::fs::symlink_metadata(&host).is_err() && host != root {
-                    host.pop();
-                }
-            }
-            let Ok(real) = std::fs::canonicalize(&host) else {
-                continue; // a read path that does not exist: nothing to grant
-            };
-            // Landlock grants the target of a symlink: one planted by the bundle must not
-            // open a host path.
-            if !real.starts_with(&root) {
-                return Err(SandboxError::StartFailed(format!(
-                    "data path '{rel}' leads outside the bundle's data dir (a symlink?); remove it"
-                )));
-            }
-            if write {
-                read_write.push(real);
-            } else {
-                read_only.push(real);
-            }
-        }
-        for prog in &p.run {
-            read_only.extend(run_target(prog));
-        }
+        // Opened beneath the data dir without following symlinks, write dirs created: granted
+        // by descriptor, so nothing swapped in after the check is granted.
+        let data = hostfs::open_data_paths(spec)?;
         if p.sys {
             read_only.extend(SYS_READ.iter().map(PathBuf::from));
         }
@@ -252,22 +235,13 @@ impl HostConfinement {
         connect_ports.dedup();
         Ok(LandlockRules {
             read_only,
+            execute,
             read_write,
+            data,
             connect_ports,
             connect_any_port,
         })
     }
-}
-
-/// A manifest data path: relative, plain names only.
-fn data_path(rel: &str) -> Result<&Path, SandboxError> {
-    let p = Path::new(rel);
-    if rel.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(SandboxError::StartFailed(format!(
-            "data path '{rel}' must be relative, without '..' or '.'"
-        )));
-    }
-    Ok(p)
 }
 
 /// The program a `run` entry names: a path as is, a bare name looked up in [`RUN_DIRS`].
@@ -279,6 +253,60 @@ fn run_target(prog: &str) -> Option<PathBuf> {
         .iter()
         .map(|d| Path::new(d).join(prog))
         .find(|p| p.is_file())
+}
+
+/// What the kernel also opens for execute when `program` is exec'd: an ELF's loader
+/// (`PT_INTERP`), a script's `#!` interpreter and that one's loader.
+fn interpreters(program: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut next = Some(program.to_path_buf());
+    // A script's interpreter may itself be a script once; deeper chains are not followed.
+    for _ in 0..3 {
+        let Some(p) = next.take().and_then(|p| interpreter_of(&p)) else {
+            break;
+        };
+        out.push(p.clone());
+        next = Some(p);
+    }
+    out
+}
+
+fn interpreter_of(program: &Path) -> Option<PathBuf> {
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    let mut f = std::fs::File::open(program).ok()?;
+    let mut head = [0u8; 256];
+    let n = f.read(&mut head).ok()?;
+    let head = &head[..n];
+    if let Some(rest) = head.strip_prefix(b"#!") {
+        let line = rest.split(|b| *b == b'\n').next()?;
+        let line = std::str::from_utf8(line).ok()?.trim();
+        let interp = line.split_whitespace().next()?;
+        return interp.starts_with('/').then(|| PathBuf::from(interp));
+    }
+    // ELF64, little-endian (the targets the runner supports).
+    if head.len() < 64 || &head[..4] != b"\x7fELF" || head[4] != 2 || head[5] != 1 {
+        return None;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([head[o], head[o + 1]]);
+    let phoff = u64::from_le_bytes(head[0x20..0x28].try_into().ok()?);
+    let (phentsize, phnum) = (u64::from(u16_at(0x36)), u16_at(0x38));
+    for i in 0..u64::from(phnum) {
+        let mut ph = [0u8; 56];
+        f.read_exact_at(&mut ph, phoff.checked_add(i.checked_mul(phentsize)?)?)
+            .ok()?;
+        const PT_INTERP: u32 = 3;
+        if u32::from_le_bytes(ph[0..4].try_into().ok()?) != PT_INTERP {
+            continue;
+        }
+        let offset = u64::from_le_bytes(ph[8..16].try_into().ok()?);
+        let size = usize::try_from(u64::from_le_bytes(ph[32..40].try_into().ok()?)).ok()?;
+        let mut path = vec![0u8; size.min(4096)];
+        f.read_exact_at(&mut path, offset).ok()?;
+        let path = path.split(|b| *b == 0).next()?;
+        return Some(PathBuf::from(std::str::from_utf8(path).ok()?));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -301,6 +329,9 @@ mod tests {
         }
     }
 
+    const DENO: &str = "/bin/sh";
+    const SHIM: &str = "/run/shim.ts";
+
     #[test]
     fn ports_come_from_net_entries() {
         let tmp = tempfile::tempdir().unwrap();
@@ -312,43 +343,63 @@ mod tests {
             "[::1]:443".into(),
         ];
         let hc = HostConfinement::probe();
-        let r = hc.rules(&s, Path::new("/bin/deno")).unwrap();
+        let rules = |s: &InstanceSpec| hc.rules(s, Path::new(DENO), Path::new(SHIM));
+        let r = rules(&s).unwrap();
         assert_eq!(r.connect_ports, [443, 8080]);
         assert!(!r.connect_any_port);
         s.permissions.net.push("example.org".into());
-        assert!(
-            hc.rules(&s, Path::new("/bin/deno"))
-                .unwrap()
-                .connect_any_port
-        );
+        assert!(rules(&s).unwrap().connect_any_port);
         s.permissions.net = vec!["*.example.com".into()];
-        assert!(hc.rules(&s, Path::new("/bin/deno")).is_err());
+        assert!(rules(&s).is_err());
     }
 
     #[test]
-    fn data_paths_stay_inside_and_missing_write_paths_go_through_their_parent() {
+    fn write_paths_are_created_and_granted_by_descriptor() {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
-        std::fs::create_dir_all(data.join("out")).unwrap();
+        std::fs::create_dir_all(&data).unwrap();
         std::os::unix::fs::symlink("/etc", data.join("evil")).unwrap();
         let mut s = spec(tmp.path());
-        s.permissions.write = vec!["out/x/y.txt".into(), "log.txt".into()];
+        s.permissions.write = vec!["out/x".into()];
         let hc = HostConfinement::probe();
-        let r = hc.rules(&s, Path::new("/bin/deno")).unwrap();
-        let real = |p: &str| std::fs::canonicalize(data.join(p)).unwrap();
-        assert!(r.read_write.contains(&real("out")));
-        assert!(r.read_write.contains(&real("")));
-        assert!(!data.join("out/x").exists(), "nothing is created");
-        std::fs::write(data.join("log.txt"), "").unwrap();
-        let r = hc.rules(&s, Path::new("/bin/deno")).unwrap();
-        assert!(r.read_write.contains(&real("log.txt")));
-        assert!(!r.read_write.contains(&real("")));
+        let r = hc.rules(&s, Path::new(DENO), Path::new(SHIM)).unwrap();
+        assert!(
+            data.join("out/x").is_dir(),
+            "write dirs exist in both modes"
+        );
+        assert_eq!(r.data.len(), 1);
+        assert!(r.data[0].write && r.data[0].is_dir);
+        assert!(!r.read_write.iter().any(|p| p.starts_with(&data)));
         s.permissions.read = vec!["evil".into()];
-        let e = hc.rules(&s, Path::new("/bin/deno")).unwrap_err();
-        assert!(e.to_string().contains("outside"), "{e}");
-        for bad in ["", "/etc", "../x", "./a"] {
-            assert!(data_path(bad).is_err(), "{bad}");
-        }
+        let e = hc.rules(&s, Path::new(DENO), Path::new(SHIM)).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+    }
+
+    #[test]
+    fn execute_is_granted_to_programs_and_their_loaders_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = spec(tmp.path());
+        s.permissions.run = vec!["/usr/bin/sh".into()];
+        let hc = HostConfinement::probe();
+        let r = hc.rules(&s, Path::new(DENO), Path::new(SHIM)).unwrap();
+        assert!(r.execute.contains(&PathBuf::from("/usr/bin/sh")));
+        assert!(r.execute.contains(&PathBuf::from(DENO)));
+        let loader = interpreters(Path::new(DENO));
+        assert_eq!(loader.len(), 1, "{loader:?}");
+        assert!(
+            loader[0].to_string_lossy().contains("ld-linux"),
+            "{loader:?}"
+        );
+        assert!(r.execute.contains(&loader[0]));
+        assert!(!r.execute.iter().any(|p| p == Path::new("/usr/lib")));
+        assert!(r.read_only.contains(&PathBuf::from("/usr/lib")));
+        let script = tmp.path().join("script");
+        std::fs::write(&script, "#!/bin/sh -e\necho\n").unwrap();
+        assert_eq!(
+            interpreters(&script)[..2],
+            [PathBuf::from("/bin/sh"), loader[0].clone()]
+        );
+        assert!(interpreters(&tmp.path().join("missing")).is_empty());
     }
 
     #[test]
@@ -362,7 +413,7 @@ mod tests {
             .all(|e| !e.enforced && e.how.contains("turned off")));
         let tmp = tempfile::tempdir().unwrap();
         assert!(hc
-            .prepare(&spec(tmp.path()), Path::new("/bin/deno"))
+            .prepare(&spec(tmp.path()), Path::new("/bin/deno"), Path::new(SHIM))
             .unwrap()
             .is_none());
     }

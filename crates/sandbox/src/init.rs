@@ -28,6 +28,9 @@ pub(crate) struct InitConfig {
     /// Program and arguments of the runtime.
     pub argv: Vec<String>,
     pub read_only: Vec<PathBuf>,
+    /// Read and execute (the root's program and library dirs).
+    #[serde(default)]
+    pub execute: Vec<PathBuf>,
     pub read_write: Vec<PathBuf>,
     pub proxy: Option<ProxyForward>,
 }
@@ -88,7 +91,9 @@ fn run(cfg: InitConfig) -> Result<ExitCode, String> {
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("PR_SET_NO_NEW_PRIVS: {e}"))?;
     let status = confine::apply_landlock(&LandlockRules {
         read_only: cfg.read_only.clone(),
+        execute: cfg.execute.clone(),
         read_write: cfg.read_write.clone(),
+        data: Vec::new(),
         connect_ports: cfg.proxy.iter().map(|p| p.port).collect(),
         connect_any_port: false,
     })?;

@@ -15,6 +15,7 @@ mod deno;
 mod error;
 mod freeze;
 mod host_confine;
+mod hostfs;
 pub mod init;
 mod none;
 mod output;
@@ -103,6 +104,9 @@ pub struct ResourceLimits {
     pub open_files: u64,
     /// Largest response body relayed; a bigger one is refused or cut (`ResponseTooLarge`).
     pub max_response_bytes: u64,
+    /// RLIMIT_FSIZE of the instance process: the largest file it may write; writing past it
+    /// stops the instance (`FileTooLarge`).
+    pub max_file_bytes: u64,
 }
 
 impl Default for ResourceLimits {
@@ -114,6 +118,7 @@ impl Default for ResourceLimits {
             cpu_budget: Some(Duration::from_secs(10)),
             open_files: 1024,
             max_response_bytes: 32 * 1024 * 1024,
+            max_file_bytes: 1024 * 1024 * 1024,
         }
     }
 }

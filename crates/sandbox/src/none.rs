@@ -87,15 +87,22 @@ impl Executor for NoneExecutor {
     async fn warm(&self, spec: InstanceSpec) -> Result<Arc<dyn Instance>, SandboxError> {
         let started_at = Instant::now();
         let (socket, _) = work_paths(&spec)?;
-        // One shim path per bundle, not per instance: Deno caches the shim's transpiled form in
-        // DENO_DIR keyed by its path, so a per-instance path would grow DENO_DIR/gen forever.
-        let shim = spec.deno_dir.join(process::SHIM_FILE);
+        // One shim path for every instance, not one per instance: Deno caches the shim's
+        // transpiled form in DENO_DIR keyed by its path, so a per-instance path would grow
+        // DENO_DIR/gen forever. It lives beside the work dirs, where no instance can write (not
+        // in DENO_DIR, where a bundle allowed `run` could plant a symlink for the host to write
+        // through) and whose path names no author (it shows in stack traces).
+        let shim = spec
+            .work_dir
+            .parent()
+            .unwrap_or(&spec.work_dir)
+            .join(process::SHIM_FILE);
         let args = deno_args(&spec, &shim, &socket)?;
         prepare_work_dir(&spec, &socket, &shim).await?;
         // Built here, before fork: the child only makes the syscalls.
         let confine = self
             .confinement
-            .prepare(&spec, self.deno.path())
+            .prepare(&spec, self.deno.path(), &shim)
             .inspect_err(|_| process::remove_work_dir(&spec.id, &spec.work_dir))?;
 
         let mut cmd = tokio::process::Command::new(self.deno.path());
@@ -120,6 +127,7 @@ impl Executor for NoneExecutor {
             nofile: self.open_files(spec.limits.open_files),
             started_at,
             keep: Vec::new(),
+            inherit: Vec::new(),
             confine,
             join: self.join,
         })

@@ -26,6 +26,10 @@ const READY_WAIT: Duration = Duration::from_millis(50);
 /// The connections of one instance.
 pub(crate) struct ShimConns {
     socket: PathBuf,
+    /// The socket's inode, opened at the first connect without following a symlink
+    /// (`hostfs::open_socket`): every connection goes to it, whatever the name in the work dir
+    /// (which the instance can write) points to by then.
+    opened: Mutex<Option<std::sync::Arc<std::os::fd::OwnedFd>>>,
     idle: Mutex<Vec<ShimSender>>,
 }
 
@@ -33,8 +37,19 @@ impl ShimConns {
     pub(crate) fn new(socket: PathBuf) -> Self {
         Self {
             socket,
+            opened: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
         }
+    }
+
+    fn socket_fd(&self) -> Result<std::sync::Arc<std::os::fd::OwnedFd>, String> {
+        let mut g = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(fd) = &*g {
+            return Ok(fd.clone());
+        }
+        let fd = std::sync::Arc::new(crate::hostfs::open_socket(&self.socket)?);
+        *g = Some(fd.clone());
+        Ok(fd)
     }
 
     fn take_idle(&self) -> Option<ShimSender> {
@@ -80,7 +95,8 @@ impl ShimConns {
     }
 
     async fn connect(&self) -> Result<ShimSender, String> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
+        let fd = self.socket_fd()?;
+        let stream = tokio::net::UnixStream::connect(crate::hostfs::socket_fd_path(&fd))
             .await
             .map_err(|e| e.to_string())?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

@@ -1,5 +1,6 @@
 //! The crate's only `unsafe`: what the child does between fork and exec (join its cgroups for
-//! `container` instances, cap its open files, and for `none` instances no_new_privs, Landlock
+//! `container` instances, cap its open files and file size, keep the descriptors it is to
+//! inherit, and for `none` instances no_new_privs, Landlock
 //! and seccomp; `none` is placed in its cgroup from the daemon, `process::Join`), reading the
 //! daemon's own open-file limit, probing the kernel for Landlock and seccomp, and the signal
 //! handler of the container's PID 1 (`init`).
@@ -20,6 +21,11 @@ pub(crate) struct ChildSetup {
     pub procs: Vec<CString>,
     /// RLIMIT_NOFILE, soft and hard.
     pub nofile: Option<u64>,
+    /// RLIMIT_FSIZE, soft and hard (with RLIMIT_CORE 0: no core files either). Writing past it
+    /// raises SIGXFSZ, which stops the process (`FileTooLarge`).
+    pub fsize: Option<u64>,
+    /// Descriptors to keep across exec (their close-on-exec flag is cleared in the child).
+    pub inherit: Vec<OwnedFd>,
     /// Applied last, after the cgroup (whose `cgroup.procs` Landlock would refuse).
     pub confine: Option<Confinement>,
 }
@@ -98,7 +104,7 @@ pub(crate) fn nofile_hard_limit() -> Option<u64> {
 pub(crate) fn install(cmd: &mut tokio::process::Command, setup: ChildSetup) {
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the forked child before exec. It only calls prctl, getppid,
-    // open, write, close, setrlimit, landlock_restrict_self and seccomp (async-signal-safe
+    // open, write, close, setrlimit, fcntl, landlock_restrict_self and seccomp (async-signal-safe
     // syscalls) on C strings, numbers, a file descriptor and filter arrays built before the fork,
     // and it allocates nothing: errors are built from errno with `last_os_error`, and the
     // `sock_fprog` lives on the stack and points into a Vec the closure owns.
@@ -129,6 +135,27 @@ pub(crate) fn install(cmd: &mut tokio::process::Command, setup: ChildSetup) {
                     rlim_max: n as libc::rlim_t,
                 };
                 if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(n) = setup.fsize {
+                let r = libc::rlimit {
+                    rlim_cur: n as libc::rlim_t,
+                    rlim_max: n as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &r) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let none = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::setrlimit(libc::RLIMIT_CORE, &none) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for fd in &setup.inherit {
+                if libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }

@@ -558,8 +558,9 @@ async fn measure_os_confinement_cost() {
     );
 }
 
-/// Under Landlock the manifest's grants still work: a declared file to read, a declared file to
-/// write that does not exist yet, and TCP to a listed port.
+/// Under Landlock the manifest's grants still work: a declared file to read, a file inside a
+/// declared write dir that does not exist yet (the dir is created, as in container mode), and
+/// TCP to a listed port.
 #[tokio::test]
 async fn declared_grants_work_under_os_confinement() {
     let Some(env) = Env::new() else { return };
@@ -572,7 +573,7 @@ async fn declared_grants_work_under_os_confinement() {
     });
     let mut spec = env.spec("grants", &bundle("hostile.js"));
     spec.permissions.read = vec!["in.txt".into()];
-    spec.permissions.write = vec!["out.txt".into()];
+    spec.permissions.write = vec!["out".into()];
     spec.permissions.net = vec![format!("127.0.0.1:{port}")];
     std::fs::create_dir_all(&spec.data_dir).unwrap();
     std::fs::write(spec.data_dir.join("in.txt"), "granted").unwrap();
@@ -581,9 +582,12 @@ async fn declared_grants_work_under_os_confinement() {
     let get = |ep: &str, q: &str| call(ep, "GET", &format!("/?{q}"), None);
     let v = json(&*inst, get("read", "path=in.txt")).await;
     assert_eq!(v["leaked"], "granted", "{v}");
-    let v = json(&*inst, get("write", "path=out.txt")).await;
+    let v = json(&*inst, get("write", "path=out/new.txt")).await;
     assert_eq!(v["leaked"], "written", "{v}");
-    assert_eq!(std::fs::read_to_string(data.join("out.txt")).unwrap(), "x");
+    assert_eq!(
+        std::fs::read_to_string(data.join("out/new.txt")).unwrap(),
+        "x"
+    );
     let v = json(
         &*inst,
         get("connect", &format!("host=127.0.0.1&port={port}")),

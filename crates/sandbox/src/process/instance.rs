@@ -43,6 +43,9 @@ pub(super) struct Exit {
     pub(super) counters: Counters,
     /// The cgroup (if any) is removed.
     pub(super) cleaned: bool,
+    /// Stopped by SIGXFSZ: it wrote past RLIMIT_FSIZE (`none`: the signal; `container`: our
+    /// init's exit status 128 + SIGXFSZ).
+    pub(super) file_too_large: bool,
 }
 
 /// Which limit an instance broke; the first one wins and names the error of every call that
@@ -54,6 +57,7 @@ pub(super) enum Breach {
     Pids,
     Response,
     Timeout,
+    FileSize,
 }
 
 pub(super) struct Inner {
@@ -133,6 +137,7 @@ impl Inner {
             Breach::Pids => SandboxError::TooManyProcesses(self.limits.pids),
             Breach::Response => SandboxError::ResponseTooLarge(self.limits.max_response_bytes),
             Breach::Timeout => SandboxError::TimedOut(self.request_timeout.as_millis() as u64),
+            Breach::FileSize => SandboxError::FileTooLarge(self.limits.max_file_bytes),
         }
     }
 
@@ -156,6 +161,14 @@ impl Inner {
     pub(super) fn breach_since(&self, start: Counters) -> Option<Breach> {
         if let Some(b) = *self.breach.lock().unwrap_or_else(|p| p.into_inner()) {
             return Some(b);
+        }
+        if self
+            .exit_rx
+            .borrow()
+            .as_ref()
+            .is_some_and(|e| e.file_too_large)
+        {
+            return Some(Breach::FileSize);
         }
         let now = self.counters();
         if now.oom_kills > start.oom_kills {

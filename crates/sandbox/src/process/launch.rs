@@ -60,6 +60,7 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
         nofile,
         started_at,
         keep,
+        inherit,
         confine,
         join,
     } = l;
@@ -78,7 +79,17 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
         (Some(c), Join::BeforeExec) => c.procs_files(),
         _ => Vec::new(),
     };
-    let mut child = spawn(cmd, program, procs, nofile, confine)?;
+    let mut child = spawn(
+        cmd,
+        program,
+        sys::ChildSetup {
+            procs,
+            nofile: Some(nofile),
+            fsize: Some(spec.limits.max_file_bytes),
+            inherit,
+            confine,
+        },
+    )?;
     // Not yet reaped, so it has a pid (0 would make `place` move the daemon itself).
     let pid = child.id().filter(|p| *p != 0);
     let placing = match (&cgroup, join) {
@@ -169,25 +180,20 @@ fn create_cgroup(
 }
 
 /// Step 2: spawns the command with the child set-up of `sys` (cgroup join before exec when
-/// `procs` names files, RLIMIT_NOFILE, Landlock and seccomp) and stdin piped for `go`.
+/// `procs` names files, RLIMIT_NOFILE and RLIMIT_FSIZE, inherited descriptors, Landlock and
+/// seccomp) and stdin piped for `go`.
 fn spawn(
     mut cmd: tokio::process::Command,
     program: &std::path::Path,
-    procs: Vec<std::ffi::CString>,
-    nofile: u64,
-    confine: Option<sys::Confinement>,
+    setup: sys::ChildSetup,
 ) -> Result<Child, SandboxError> {
-    sys::install(
-        &mut cmd,
-        sys::ChildSetup {
-            procs,
-            nofile: Some(nofile),
-            confine,
-        },
-    );
+    sys::install(&mut cmd, setup);
     cmd.stdin(std::process::Stdio::piped());
     let child = cmd.spawn().map_err(|e| {
-        SandboxError::StartFailed(format!("could not spawn '{}': {e}", program.display()))
+        tracing::warn!(program = %program.display(), error = %e, "could not spawn the runtime");
+        SandboxError::StartFailed(format!(
+            "the runtime could not be spawned ({e}); the runner's log names the program"
+        ))
     })?;
     // Dropping the command closes the Landlock ruleset's descriptor in the daemon (the child
     // has applied it).
@@ -336,6 +342,11 @@ fn spawn_reaper(
                 child.wait().await
             }
         };
+        let file_too_large = status.as_ref().is_ok_and(|s| {
+            use std::os::unix::process::ExitStatusExt;
+            let xfsz = nix::libc::SIGXFSZ;
+            s.signal() == Some(xfsz) || s.code() == Some(128 + xfsz)
+        });
         let text = match status {
             Ok(s) => s.to_string(),
             Err(e) => format!("unknown status: {e}"),
@@ -347,6 +358,7 @@ fn spawn_reaper(
             status: text,
             counters,
             cleaned: cgroup.is_none(),
+            file_too_large,
         }));
         if let Some(cg) = cgroup {
             match tokio::task::spawn_blocking(move || cg.remove()).await {

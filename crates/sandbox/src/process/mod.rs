@@ -59,6 +59,9 @@ pub(crate) struct Launch<'a> {
     pub started_at: Instant,
     /// Dropped with the instance (e.g. the container's egress registration and forwarder).
     pub keep: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    /// Descriptors the process keeps across exec (the container's `--bind-fd` sources); closed
+    /// in the daemon once it is spawned.
+    pub inherit: Vec<std::os::fd::OwnedFd>,
     /// Landlock and seccomp the process applies to itself before exec (`none` only: the
     /// container's PID 1 confines itself).
     pub confine: Option<sys::Confinement>,
@@ -163,44 +166,46 @@ pub(crate) fn work_paths(spec: &InstanceSpec) -> Result<(PathBuf, PathBuf), Sand
     let socket = spec.work_dir.join(SOCKET_FILE);
     let shim = spec.work_dir.join(SHIM_FILE);
     if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        tracing::warn!(socket = %socket.display(), "the instance socket path is too long");
         return Err(SandboxError::StartFailed(format!(
-            "socket path '{}' is longer than {MAX_SOCKET_PATH} bytes; configure a shorter work directory",
-            socket.display()
+            "the instance's socket path is longer than {MAX_SOCKET_PATH} bytes; configure a shorter data dir"
         )));
     }
     Ok((socket, shim))
 }
 
-pub(crate) fn io_err(what: &str, p: &Path, e: std::io::Error) -> SandboxError {
-    SandboxError::StartFailed(format!(
-        "could not {what} '{}': {e}; check the runner's directories",
-        p.display()
-    ))
-}
+pub(crate) use crate::hostfs::io_err;
 
-/// Creates the instance's dirs, removes a stale socket and writes the shim.
+/// Creates the instance's dirs (0700), removes a stale socket and writes the shim (without
+/// following a name planted in its dir: `hostfs::write_file_atomic`).
 pub(crate) async fn prepare_work_dir(
     spec: &InstanceSpec,
     socket: &Path,
     shim: &Path,
 ) -> Result<(), SandboxError> {
-    for dir in [&spec.work_dir, &spec.deno_dir, &spec.data_dir] {
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|e| io_err("create", dir, e))?;
-    }
-    // A stale socket from a crashed predecessor would make the listen fail.
-    let _ = tokio::fs::remove_file(socket).await;
-    if tokio::fs::read(shim).await.ok().as_deref() == Some(SHIM_SOURCE.as_bytes()) {
-        return Ok(());
-    }
-    // Written beside and renamed into place: instances of one bundle may start together and
-    // share this path, and none may see a half-written shim.
-    let tmp = shim.with_extension(format!("tmp-{}", spec.id));
-    tokio::fs::write(&tmp, SHIM_SOURCE)
-        .await
-        .map_err(|e| io_err("write the shim to", &tmp, e))?;
-    tokio::fs::rename(&tmp, shim)
-        .await
-        .map_err(|e| io_err("move the shim to", shim, e))
+    let dirs = [
+        spec.work_dir.clone(),
+        spec.deno_dir.clone(),
+        spec.data_dir.clone(),
+    ];
+    let (socket, shim) = (socket.to_path_buf(), shim.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        for dir in &dirs {
+            crate::hostfs::private_dir_all(dir).map_err(|e| io_err("create", dir, e))?;
+        }
+        // A stale socket from a crashed predecessor would make the listen fail.
+        let _ = std::fs::remove_file(&socket);
+        let (Some(dir), Some(name)) = (shim.parent(), shim.file_name().and_then(|n| n.to_str()))
+        else {
+            return Err(io_err("write the shim to", &shim, "not a file path"));
+        };
+        crate::hostfs::write_file_atomic(dir, name, SHIM_SOURCE.as_bytes())
+            .map_err(|e| io_err("write the shim to", &shim, e))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(SandboxError::StartFailed(format!(
+            "preparing the work dir failed: {e}"
+        )))
+    })
 }

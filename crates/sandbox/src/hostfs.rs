@@ -1,0 +1,361 @@
+//! Files and dirs the host opens, creates or connects to on an instance's behalf, handled so
+//! that nothing an instance can write is ever followed (docs/security.md, "Nothing the host
+//! follows"): a bundle allowed `run` or `ffi`, or any process in its sandbox, can swap a name
+//! for a symlink between a check and a use.
+//!
+//! - the manifest's `read`/`write` paths are opened beneath the data dir with `openat2`
+//!   (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), one component at a time, creating missing
+//!   write dirs (0700) on the way; Landlock rules (`none`) and bwrap binds (`container`,
+//!   `--bind-fd`) are made from those descriptors, never from the names again;
+//! - files the host writes (the shim) are created `O_CREAT | O_EXCL | O_NOFOLLOW` under a temp
+//!   name and renamed into place, in dirs no instance can write;
+//! - the shim's socket is opened once `O_PATH | O_NOFOLLOW`, checked to be a socket, and every
+//!   later connection goes to that inode (`/proc/self/fd/<n>`), whatever the name points to by
+//!   then;
+//! - the dirs the host creates are 0700, whatever the umask.
+//!
+//! Owns: the opening and creating above. Must not touch: what is granted (the backends decide),
+//! or anything after fork (`sys`).
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{Mode, SFlag};
+
+use crate::{InstanceSpec, SandboxError};
+
+/// Mode of every dir the host creates: the runner's user alone.
+pub(crate) const PRIVATE_DIR: u32 = 0o700;
+
+/// Creates `dir` and its missing parents, each 0700 (the umask can only remove bits).
+pub(crate) fn private_dir_all(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR)
+        .create(dir)
+}
+
+/// A start failure about a host file, for the caller without the path (it can name the
+/// author's DID and the runner's layout); the path and the OS error go to the log.
+pub(crate) fn io_err(what: &str, p: &Path, e: impl std::fmt::Display) -> SandboxError {
+    tracing::warn!(path = %p.display(), error = %e, "could not {what} an instance path");
+    SandboxError::StartFailed(format!(
+        "could not {what} one of the instance's files ({e}); the runner's log names the path"
+    ))
+}
+
+/// One manifest path, opened beneath the data dir.
+#[derive(Debug)]
+pub(crate) struct DataPath {
+    /// As the manifest names it (relative, plain names).
+    pub rel: PathBuf,
+    /// `O_PATH` descriptor of the file or dir itself.
+    pub fd: OwnedFd,
+    pub write: bool,
+    pub is_dir: bool,
+}
+
+/// A manifest data path: relative, plain names only.
+pub(crate) fn relative_data_path(rel: &str) -> Result<&Path, SandboxError> {
+    let p = Path::new(rel);
+    if rel.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(SandboxError::StartFailed(format!(
+            "data path '{rel}' must be relative, without '..' or '.'"
+        )));
+    }
+    Ok(p)
+}
+
+fn refused_link(rel: &str) -> SandboxError {
+    SandboxError::StartFailed(format!(
+        "data path '{rel}' is or passes through a symlink, which the runner does not follow; remove it"
+    ))
+}
+
+/// One component beneath `dir`, no symlink anywhere (the last one included: `ELOOP`; with
+/// `O_NOFOLLOW`, `O_PATH` would open the link itself), no `..`, no magic links.
+fn open_component(dir: &OwnedFd, name: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    nix::fcntl::openat2(dir.as_fd(), name, how)
+}
+
+/// Whether `fd` is a dir; anything but a dir or a regular file (a socket, a fifo, a device
+/// node the bundle made) is not granted.
+fn is_dir(fd: &OwnedFd) -> nix::Result<bool> {
+    let st = nix::sys::stat::fstat(fd.as_fd())?;
+    match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
+        SFlag::S_IFDIR => Ok(true),
+        SFlag::S_IFREG => Ok(false),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+/// Opens the manifest's `read` and `write` paths beneath `spec.data_dir` (created 0700 if
+/// missing), creating each missing `write` path as a dir (0700) as in both modes. A read path
+/// that does not exist is left out; a symlink on the way refuses the start. A path listed for
+/// both is opened once, writable.
+pub(crate) fn open_data_paths(spec: &InstanceSpec) -> Result<Vec<DataPath>, SandboxError> {
+    let p = &spec.permissions;
+    if p.read.is_empty() && p.write.is_empty() {
+        return Ok(Vec::new());
+    }
+    private_dir_all(&spec.data_dir).map_err(|e| io_err("create", &spec.data_dir, e))?;
+    // The data dir's own path is the runner's (no instance can write its parents).
+    let root: OwnedFd = nix::fcntl::open(
+        &spec.data_dir,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err("open", &spec.data_dir, e))?;
+    let mut out: Vec<DataPath> = Vec::new();
+    let entries = p
+        .read
+        .iter()
+        .map(|r| (r, false))
+        .chain(p.write.iter().map(|w| (w, true)));
+    for (rel, write) in entries {
+        let rel_path = relative_data_path(rel)?;
+        let Some(opened) = open_one(&root, rel, rel_path, write)? else {
+            continue;
+        };
+        out.retain(|d| d.rel != rel_path);
+        out.push(opened);
+    }
+    Ok(out)
+}
+
+fn open_one(
+    root: &OwnedFd,
+    rel: &str,
+    rel_path: &Path,
+    write: bool,
+) -> Result<Option<DataPath>, SandboxError> {
+    let fail = |e: Errno| match e {
+        Errno::ELOOP | Errno::EXDEV => refused_link(rel),
+        Errno::EINVAL => SandboxError::StartFailed(format!(
+            "data path '{rel}' is neither a file nor a dir; remove it"
+        )),
+        e => SandboxError::StartFailed(format!("data path '{rel}' cannot be opened ({e})")),
+    };
+    let parts: Vec<&std::ffi::OsStr> = rel_path.iter().collect();
+    let mut cur = root.try_clone().map_err(|e| {
+        SandboxError::StartFailed(format!("data path '{rel}': descriptor copy failed ({e})"))
+    })?;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let name = Path::new(part);
+        // Inner components must be dirs; the last may be a file (it was granted as one).
+        let flags = if last {
+            OFlag::empty()
+        } else {
+            OFlag::O_DIRECTORY
+        };
+        let next = match open_component(&cur, name, flags) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) if write => {
+                match nix::sys::stat::mkdirat(
+                    cur.as_fd(),
+                    name,
+                    Mode::from_bits_truncate(PRIVATE_DIR),
+                ) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(fail(e)),
+                }
+                open_component(&cur, name, OFlag::O_DIRECTORY).map_err(fail)?
+            }
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(fail(e)),
+        };
+        cur = next;
+    }
+    let is_dir = is_dir(&cur).map_err(fail)?;
+    Ok(Some(DataPath {
+        rel: rel_path.to_path_buf(),
+        fd: cur,
+        write,
+        is_dir,
+    }))
+}
+
+/// Writes `contents` to `dir/name` unless it already holds exactly that: into a new temp file
+/// (`O_CREAT | O_EXCL | O_NOFOLLOW`, so a name planted in advance is never followed), renamed
+/// into place (a rename replaces the name, it never follows it). Instances starting together
+/// may share `dir/name`; none sees a half-written file.
+pub(crate) fn write_file_atomic(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let dirfd: OwnedFd = nix::fcntl::open(
+        dir,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let current = nix::fcntl::openat(
+        dirfd.as_fd(),
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    );
+    if let Ok(fd) = current {
+        let mut have = Vec::with_capacity(contents.len());
+        let mut f = std::fs::File::from(fd);
+        if f.read_to_end(&mut have).is_ok() && have == contents {
+            return Ok(());
+        }
+    }
+    let tmp = temp_name(name);
+    let fd = nix::fcntl::openat(
+        dirfd.as_fd(),
+        tmp.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )?;
+    let written = std::fs::File::from(fd).write_all(contents).and_then(|()| {
+        nix::fcntl::renameat(dirfd.as_fd(), tmp.as_str(), dirfd.as_fd(), name)
+            .map_err(std::io::Error::from)
+    });
+    if written.is_err() {
+        let _ = nix::unistd::unlinkat(
+            dirfd.as_fd(),
+            tmp.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
+    written
+}
+
+/// `.<name>.<pid>-<n>-<random>`: unique among concurrent writers, not guessable in advance.
+fn temp_name(name: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    // std's hasher keys are random per process.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(n);
+    format!(".{name}.{}-{n}-{:016x}", std::process::id(), h.finish())
+}
+
+/// The instance's socket, opened once without following a symlink and checked to be a socket;
+/// connect to [`socket_fd_path`] of it afterwards.
+pub(crate) fn open_socket(path: &Path) -> Result<OwnedFd, String> {
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("the instance's socket cannot be opened: {e}"))?;
+    let st = nix::sys::stat::fstat(fd.as_fd())
+        .map_err(|e| format!("the instance's socket cannot be examined: {e}"))?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
+        tracing::warn!(path = %path.display(), "the instance's socket was replaced by something else (a symlink?); not following it");
+        return Err("the instance's socket was replaced by something that is not a socket".into());
+    }
+    Ok(fd)
+}
+
+/// The path that reaches the inode of an `O_PATH` descriptor of this process.
+pub(crate) fn socket_fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &Path) -> InstanceSpec {
+        InstanceSpec {
+            id: "t".into(),
+            bundle_file: dir.join("b.js"),
+            work_dir: dir.join("w"),
+            data_dir: dir.join("data"),
+            deno_dir: dir.join("deno"),
+            permissions: Default::default(),
+            env: vec![],
+            memory_mib: 64,
+            request_timeout: std::time::Duration::from_secs(1),
+            start_timeout: std::time::Duration::from_secs(1),
+            limits: Default::default(),
+        }
+    }
+
+    #[test]
+    fn data_paths_are_created_opened_and_never_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = spec(tmp.path());
+        s.permissions.write = vec!["out/x".into()];
+        s.permissions.read = vec!["in".into(), "missing".into(), "out/x".into()];
+        std::fs::create_dir_all(tmp.path().join("data")).unwrap();
+        std::fs::write(tmp.path().join("data/in"), "r").unwrap();
+        let got = open_data_paths(&s).unwrap();
+        let names: Vec<_> = got
+            .iter()
+            .map(|d| (d.rel.clone(), d.write, d.is_dir))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (PathBuf::from("in"), false, false),
+                (PathBuf::from("out/x"), true, true)
+            ]
+        );
+        assert!(tmp.path().join("data/out/x").is_dir());
+        std::os::unix::fs::symlink("/etc", tmp.path().join("data/evil")).unwrap();
+        for bad in ["evil", "evil/passwd"] {
+            s.permissions.read = vec![bad.into()];
+            let e = open_data_paths(&s).unwrap_err();
+            assert!(e.to_string().contains("symlink"), "{bad}: {e}");
+        }
+        s.permissions.read = vec![];
+        s.permissions.write = vec!["evil/new".into()];
+        assert!(open_data_paths(&s).is_err());
+        assert!(!Path::new("/etc/new").exists());
+        for bad in ["", "/etc", "../x", "./a", "a/../../b"] {
+            assert!(relative_data_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn atomic_writes_never_follow_a_planted_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, "key").unwrap();
+        let dir = tmp.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("shim.ts")).unwrap();
+        write_file_atomic(&dir, "shim.ts", b"shim").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "key");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("shim.ts")).unwrap(),
+            "shim"
+        );
+        assert!(!dir.join("shim.ts").is_symlink());
+        write_file_atomic(&dir, "shim.ts", b"shim").unwrap();
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+    }
+
+    #[test]
+    fn a_socket_symlink_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&real).unwrap();
+        let fd = open_socket(&real).unwrap();
+        std::os::unix::net::UnixStream::connect(socket_fd_path(&fd)).unwrap();
+        let link = tmp.path().join("link.sock");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(open_socket(&link).is_err());
+        std::fs::write(tmp.path().join("file"), "").unwrap();
+        assert!(open_socket(&tmp.path().join("file")).is_err());
+    }
+}
