@@ -240,8 +240,8 @@ impl HostConfinement {
         let rules = atrund_egress::NetRule::parse_list(&p.net).map_err(|e| {
             SandboxError::StartFailed(format!("the manifest's net list cannot be enforced: {e}"))
         })?;
-        let connect_any_port = rules.iter().any(|r| r.port.is_none());
-        let mut connect_ports: Vec<u16> = rules.iter().filter_map(|r| r.port).collect();
+        let connect_any_port = false;
+        let mut connect_ports: Vec<u16> = rules.iter().map(|r| r.port).collect();
         connect_ports.sort_unstable();
         connect_ports.dedup();
         Ok(LandlockRules {
@@ -311,7 +311,7 @@ mod tests {
         assert!(!r.connect_any_port);
         s.permissions.net.push("example.org".into());
         assert!(
-            hc.rules(&s, Path::new("/bin/deno"))
+            !hc.rules(&s, Path::new("/bin/deno"))
                 .unwrap()
                 .connect_any_port
         );
