@@ -141,6 +141,14 @@ impl Registration {
     }
 }
 
+impl std::fmt::Debug for EgressProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EgressProxy")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for EgressProxy {
     fn drop(&mut self) {
         self.shared.shutdown.cancel();

@@ -494,8 +494,7 @@ async fn the_runners_own_listeners_are_never_destinations() {
 /// table refuses) is refused unless an allow_cidrs entry names exactly that address.
 #[tokio::test]
 async fn this_hosts_own_addresses_are_refused_unless_opened() {
-    let Some(own) = host_address() else {
-        eprintln!("SKIPPED: this host has no non-loopback IPv4 address");
+    let Some(own) = atrund_testnet::host_address() else {
         return;
     };
     // Open every special-purpose range the address could be in: the refusal must then come
@@ -528,18 +527,6 @@ async fn this_hosts_own_addresses_are_refused_unless_opened() {
         Some("EgressConnectFailed")
     );
     assert_eq!(guard.attempts().len(), 1);
-}
-
-/// The first IPv4 address of an interface that is up and not loopback (from `ip -o -4 addr`).
-fn host_address() -> Option<std::net::Ipv4Addr> {
-    let out = std::process::Command::new("ip")
-        .args(["-o", "-4", "addr", "show", "up"])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(3)?.split('/').next()?.parse().ok())
-        .find(|a: &std::net::Ipv4Addr| !a.is_loopback())
 }
 
 /// A bare host opens port 443 only.

@@ -90,7 +90,6 @@ fn run(cfg: InitConfig) -> Result<ExitCode, String> {
         read_only: cfg.read_only.clone(),
         read_write: cfg.read_write.clone(),
         connect_ports: cfg.proxy.iter().map(|p| p.port).collect(),
-        connect_any_port: false,
     })?;
     if status != landlock::RulesetStatus::FullyEnforced {
         eprintln!("sandbox-init: Landlock is {status:?} on this kernel");
