@@ -625,3 +625,72 @@ async fn hostile_bundles_in_container_mode() {
 async fn hostile_bundles_in_none_mode() {
     suite(Mode::None).await;
 }
+
+/// docs/security.md's hostile table is this suite: every case is a row (first cell = the case's
+/// name) whose container and none cells say what the suite asserts ("contained…",
+/// "**not contained**", "not exercised…"), and a row without a case says "not tested".
+#[test]
+fn security_md_lists_every_case_as_the_suite_expects() {
+    let doc = std::fs::read_to_string(repo().join("docs/security.md")).unwrap();
+    let section = doc
+        .split("### Hostile bundles: case × mode")
+        .nth(1)
+        .expect("docs/security.md has the hostile table section");
+    let rows: Vec<Vec<String>> = section
+        .lines()
+        .skip_while(|l| !l.starts_with("| case |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect();
+    assert!(rows.len() > 20, "table not found: {rows:?}");
+    let outcome = |cell: &str| {
+        if cell.starts_with("contained") {
+            Contained
+        } else if cell.starts_with("**not contained**") {
+            Escaped
+        } else if cell.contains("not exercised") {
+            Skip
+        } else {
+            panic!("cell '{cell}' says neither contained, **not contained** nor not exercised")
+        }
+    };
+    // The conditional cases as on this kind of machine: a freezer, and a host address.
+    let ctx = Ctx {
+        secret: "/s".into(),
+        pwned: "/p".into(),
+        port: 1,
+        other_port: 2,
+        other_pid: 3,
+        freezer: true,
+        host_ip: Some(std::net::Ipv4Addr::new(192, 0, 2, 2)),
+        unix_socket: "/u".into(),
+    };
+    let cases = cases(&ctx);
+    let mut problems = Vec::new();
+    for case in &cases {
+        match rows.iter().find(|r| r[0] == case.name) {
+            None => problems.push(format!("no row named '{}'", case.name)),
+            Some(r) => {
+                let doc = (outcome(&r[1]), outcome(&r[2]));
+                if doc != case.expect {
+                    problems.push(format!(
+                        "'{}': the table says {doc:?}, the suite expects {:?}",
+                        case.name, case.expect
+                    ));
+                }
+            }
+        }
+    }
+    for r in &rows {
+        if !cases.iter().any(|c| c.name == r[0]) && !r[3].contains("not tested") {
+            problems.push(format!("row '{}' is not a case of the suite", r[0]));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
