@@ -99,7 +99,7 @@ export const MANIFEST_TAG = "dev.atrund.manifest";
 /** What a bundle asks of the runner (see the `dev.atrund.bundle` lexicon). */
 export interface ManifestInput {
   permissions?: {
-    /** `host` or `host:port` the bundle may connect to. */
+    /** `host:port` the bundle may reach with fetch (a bare `host` means port 443 only). */
     net?: string[];
     /** Paths relative to the bundle's data dir. */
     read?: string[];

@@ -172,6 +172,18 @@ pub fn compare(
         },
     );
 
+    // A bare net host is port 443 only: say so before the author wonders why port 80 fails.
+    for n in manifest
+        .permissions
+        .net
+        .iter()
+        .filter(|n| !atrund_bundle::record::net_entry_names_port(n))
+    {
+        notes.push(format!(
+            "net entry '{n}' has no port, so it allows port 443 only; write '{n}:PORT' for another port"
+        ));
+    }
+
     // Permissions and limits, one aspect at a time so that every problem is listed.
     let caps = PermissionCaps::from(desc.permissions.clone());
     let limits = LimitsSection::from(desc.limits.clone());
@@ -587,6 +599,13 @@ mod tests {
             assert!(failed.contains(&want), "{want} missing from {failed:?}");
         }
         assert!(r.notes.iter().any(|n| n.contains("cpuMs")));
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("'example.com'") && n.contains("port 443 only")),
+            "{:?}",
+            r.notes
+        );
         let ok = compare(
             "http://r",
             &desc,

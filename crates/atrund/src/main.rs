@@ -274,7 +274,7 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         CgroupManager::start(&runner_id_for(layout.root()))
             .with_freeze_after_idle(config.limits.freeze_after_idle()),
     );
-    let (executor, isolation) = pick_executor(&config, deno, cgroups.clone()).await?;
+    let (executor, isolation, egress) = pick_executor(&config, deno, cgroups.clone()).await?;
     let mut enforcement = executor.enforcement();
     enforcement.push(isolation);
     let enforcement = Arc::new(enforcement);
@@ -287,8 +287,9 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     }
     if executor.name() == "none" {
         tracing::warn!(
-            "isolation = \"none\": bundles run as Deno processes with permission flags and a \
-             cgroup only; see docs/security.md for what this does not contain"
+            "isolation = \"none\": bundles run as Deno processes with permission flags, \
+             Landlock, seccomp, a cgroup and the egress proxy but no namespaces; see \
+             docs/security.md for what this does not contain"
         );
     }
     let pool = Pool::new(executor, pool_config(&config.pool));
@@ -351,6 +352,8 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         .context("cannot read the listening address")?;
     // Scripts and tests find the address by this exact message: keep it stable.
     tracing::info!(%addr, "{}", LISTENING_MESSAGE);
+    // Bundles must not call the runner itself through the egress proxy.
+    egress.protect(addr);
 
     if let Some(admin_addr) = config.pool.admin_addr(config.listen) {
         let admin = tokio::net::TcpListener::bind(admin_addr)
@@ -361,6 +364,7 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         let bound = admin
             .local_addr()
             .context("cannot read the admin address")?;
+        egress.protect(bound);
         if !bound.ip().is_loopback() {
             tracing::warn!(admin = %bound, "the admin endpoint has no authentication and is not on loopback");
         }
@@ -457,7 +461,11 @@ async fn pick_executor(
     config: &Config,
     deno: DenoBinary,
     cgroups: Arc<CgroupManager>,
-) -> Result<(Arc<dyn Executor>, Enforcement)> {
+) -> Result<(
+    Arc<dyn Executor>,
+    Enforcement,
+    Arc<atrund_egress::EgressProxy>,
+)> {
     use atrund_config::Isolation;
     let requested = match config.isolation {
         Isolation::None => Requested::None,
@@ -507,7 +515,7 @@ async fn pick_executor(
         },
     })
     .await?;
-    Ok((chosen.executor, chosen.isolation))
+    Ok((chosen.executor, chosen.isolation, chosen.egress))
 }
 
 fn key_grace(config: &Config) -> Duration {

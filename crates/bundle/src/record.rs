@@ -109,7 +109,7 @@ pub struct Manifest {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Permissions {
-    /// `host` or `host:port` entries the bundle may connect to.
+    /// `host:port` entries the bundle may connect to; a bare `host` means port 443 only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub net: Vec<String>,
     /// Paths relative to the bundle's data dir it may read.
@@ -316,6 +316,18 @@ fn is_relative_data_path(p: &str) -> bool {
             .all(|seg| !seg.is_empty() && seg != ".." && seg != ".")
 }
 
+/// Whether a `net` entry names its port (`host:port`, `[v6]:port`). One that does not opens
+/// port 443 only (docs/bundle-abi.md), not every port of the host.
+pub fn net_entry_names_port(entry: &str) -> bool {
+    match entry.strip_prefix('[') {
+        Some(rest) => rest
+            .split_once(']')
+            .is_some_and(|(_, after)| after.starts_with(':')),
+        // A bare IPv6 literal has several colons and no port.
+        None => entry.matches(':').count() == 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,6 +374,21 @@ mod tests {
         ] {
             let m: Manifest = serde_json::from_str(bad).unwrap();
             assert!(m.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn net_entries_without_port() {
+        for (e, has) in [
+            ("example.com", false),
+            ("example.com:8443", true),
+            ("1.2.3.4", false),
+            ("1.2.3.4:80", true),
+            ("::1", false),
+            ("[::1]", false),
+            ("[::1]:80", true),
+        ] {
+            assert_eq!(net_entry_names_port(e), has, "{e}");
         }
     }
 }

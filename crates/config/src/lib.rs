@@ -536,7 +536,7 @@ impl Default for ContainerSection {
     }
 }
 
-/// The egress proxy of container instances (docs/egress.md).
+/// The egress proxy every instance's HTTP(S) goes through, in both isolation modes (docs/egress.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EgressSection {

@@ -13,6 +13,7 @@
 //! parsing (config builds an `EgressConfig`).
 
 mod error;
+mod local;
 mod net;
 mod proxy;
 mod rule;

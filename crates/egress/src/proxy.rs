@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::local::{self, HostAddrs};
 use crate::net::{Connect, DirectConnector};
 use crate::rule::{self, Host};
 use crate::tunnel::{self, Counters};
@@ -68,6 +69,9 @@ struct Shared {
     connector: Arc<dyn Connect>,
     instances: Mutex<HashMap<String, Arc<Instance>>>,
     listening: Mutex<Vec<SocketAddr>>,
+    /// The runner's other listeners (`EgressProxy::protect`).
+    protected: Mutex<Vec<SocketAddr>>,
+    host: HostAddrs,
     stats: Stats,
     shutdown: CancellationToken,
 }
@@ -137,6 +141,14 @@ impl Registration {
     }
 }
 
+impl std::fmt::Debug for EgressProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EgressProxy")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for EgressProxy {
     fn drop(&mut self) {
         self.shared.shutdown.cancel();
@@ -172,6 +184,8 @@ impl EgressProxy {
             connector,
             instances: Mutex::new(HashMap::new()),
             listening: Mutex::new(Vec::new()),
+            protected: Mutex::new(Vec::new()),
+            host: HostAddrs::default(),
             stats: Stats::default(),
             shutdown: CancellationToken::new(),
         });
@@ -222,6 +236,13 @@ impl EgressProxy {
             addr,
             stop,
         }
+    }
+
+    /// Refuses `addr`, one of the runner's own listeners (its HTTP API, the admin endpoint), as a
+    /// destination (`runner_itself`), whatever `allow_cidrs` opens; a wildcard address stands
+    /// for that port on every address of this host.
+    pub fn protect(&self, addr: SocketAddr) {
+        lock(&self.shared.protected).push(addr);
     }
 
     /// Lets requests carrying `token` through under `policy` until the `Registration` is dropped.
@@ -447,14 +468,11 @@ async fn open_inner(
     let mut refused: Vec<(IpAddr, &'static str)> = Vec::new();
     for ip in resolved {
         match shared.addrs.check(ip) {
-            Ok(ip) if is_self(shared, SocketAddr::new(ip, port)) => {
-                refused.push((ip, "proxy_itself"))
-            }
-            Ok(ip) => {
-                if !usable.contains(&ip) {
-                    usable.push(ip);
-                }
-            }
+            Ok(ip) => match on_this_host(shared, SocketAddr::new(ip, port)) {
+                Some(reason) => refused.push((ip, reason)),
+                None if !usable.contains(&ip) => usable.push(ip),
+                None => {}
+            },
             Err(reason) => refused.push((ip, reason.as_str())),
         }
     }
@@ -495,12 +513,31 @@ async fn open_inner(
     Err(last_err)
 }
 
-/// True when `addr` is one of the proxy's own listeners (a loop through itself).
-fn is_self(shared: &Shared, addr: SocketAddr) -> bool {
-    lock(&shared.listening).iter().any(|l| {
-        l.port() == addr.port()
-            && (l.ip() == addr.ip() || (l.ip().is_unspecified() && addr.ip().is_loopback()))
-    })
+/// Why `dest` (an address the classifier let through) is refused as this machine itself: one
+/// of the proxy's own listeners (`proxy_itself`, a loop) or the runner's (`runner_itself`),
+/// never opened; another address of this host (`host_itself`) unless an `allow_cidrs` entry
+/// names exactly that address (a LAN range that merely contains it does not open it).
+fn on_this_host(shared: &Shared, dest: SocketAddr) -> Option<&'static str> {
+    let reaches = |l: &SocketAddr| local::reaches(*l, dest, &shared.host);
+    if lock(&shared.listening).iter().any(reaches) {
+        return Some("proxy_itself");
+    }
+    if lock(&shared.protected).iter().any(reaches) {
+        return Some("runner_itself");
+    }
+    let ip = dest.ip();
+    let opened = || {
+        shared
+            .addrs
+            .allow_cidrs
+            .iter()
+            .any(|n| n.prefix_len() == n.max_prefix_len() && n.addr() == ip)
+    };
+    // Loopback got here only through an allow_cidrs opening.
+    if !ip.is_loopback() && shared.host.contains(ip) && !opened() {
+        return Some("host_itself");
+    }
+    None
 }
 
 fn target(

@@ -1,6 +1,7 @@
-//! The bundle's `net` list as rules, with Deno's `--allow-net` meaning: `host` (any port),
-//! `host:port`, IPv4 literals, IPv6 literals bare (`::1`, any port) or bracketed (`[::1]`,
-//! `[::1]:80`). Host names compare case-insensitively, one trailing dot ignored. No wildcards.
+//! The bundle's `net` list as rules: `host:port`, or a bare `host` meaning port 443 only (not
+//! Deno's "any port": a bare name must not open a host's databases and admin ports too); IPv4
+//! literals, IPv6 literals bare (`::1`, port 443) or bracketed (`[::1]`, `[::1]:80`). Host names
+//! compare case-insensitively, one trailing dot ignored. No wildcards.
 //!
 //! Owns: parsing entries and destinations and deciding whether a host:port is listed. Must not
 //! touch: addresses after resolution (see `addr`), the network.
@@ -29,20 +30,21 @@ impl fmt::Display for Host {
     }
 }
 
+/// The port of a `net` entry written without one (https).
+pub const DEFAULT_PORT: u16 = 443;
+
 /// One `net` entry of a manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetRule {
     pub host: Host,
-    /// `None`: any port.
-    pub port: Option<u16>,
+    /// The one port this entry opens ([`DEFAULT_PORT`] when the entry names none).
+    pub port: u16,
 }
 
 impl fmt::Display for NetRule {
+    /// Always `host:port`: also the form Deno's `--allow-net` gets, so both layers agree.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.port {
-            Some(p) => write!(f, "{}:{p}", self.host),
-            None => write!(f, "{}", self.host),
-        }
+        write!(f, "{}:{}", self.host, self.port)
     }
 }
 
@@ -54,7 +56,10 @@ impl NetRule {
             return Err(bad("wildcards are not supported; list each host"));
         }
         let (host, port) = split_host_port(entry).map_err(|e| bad(&e))?;
-        Ok(NetRule { host, port })
+        Ok(NetRule {
+            host,
+            port: port.unwrap_or(DEFAULT_PORT),
+        })
     }
 
     /// Parses a whole `net` list; the first bad entry is the error.
@@ -151,11 +156,11 @@ fn list(rules: &[&NetRule]) -> String {
     s.join(", ")
 }
 
-/// Ok when some rule lists `host` with `port` (or any port); otherwise the refusal names the
-/// rules that were close (same host) or the whole list.
+/// Ok when some rule lists `host` with `port`; otherwise the refusal names the rules that were
+/// close (same host) or the whole list.
 pub fn check(rules: &[NetRule], host: &Host, port: u16) -> Result<(), EgressError> {
     let same_host: Vec<&NetRule> = rules.iter().filter(|r| host_eq(&r.host, host)).collect();
-    if same_host.iter().any(|r| r.port.is_none_or(|p| p == port)) {
+    if same_host.iter().any(|r| r.port == port) {
         return Ok(());
     }
     if same_host.is_empty() {
@@ -196,28 +201,34 @@ mod tests {
 
     #[test]
     fn parses_deno_forms() {
-        let ok: &[(&str, Host, Option<u16>)] = &[
-            ("example.com", name("example.com"), None),
-            ("Example.COM", name("example.com"), None),
-            ("example.com.", name("example.com"), None),
-            ("example.com:443", name("example.com"), Some(443)),
-            ("EXAMPLE.com:1", name("example.com"), Some(1)),
-            ("a.b.c.d.e:65535", name("a.b.c.d.e"), Some(65535)),
-            ("localhost:8080", name("localhost"), Some(8080)),
-            ("_srv.x-y.example", name("_srv.x-y.example"), None),
-            ("1.2.3.4", ip("1.2.3.4"), None),
-            ("1.2.3.4:80", ip("1.2.3.4"), Some(80)),
-            ("::1", ip("::1"), None),
-            ("2001:db8::1", ip("2001:db8::1"), None),
-            ("[::1]", ip("::1"), None),
-            ("[::1]:80", ip("::1"), Some(80)),
-            ("[2001:DB8::1]:443", ip("2001:db8::1"), Some(443)),
-            ("[::ffff:127.0.0.1]:80", ip("::ffff:127.0.0.1"), Some(80)),
+        // A bare host is port 443 only.
+        let ok: &[(&str, Host, u16)] = &[
+            ("example.com", name("example.com"), 443),
+            ("Example.COM", name("example.com"), 443),
+            ("example.com.", name("example.com"), 443),
+            ("example.com:443", name("example.com"), 443),
+            ("EXAMPLE.com:1", name("example.com"), 1),
+            ("a.b.c.d.e:65535", name("a.b.c.d.e"), 65535),
+            ("localhost:8080", name("localhost"), 8080),
+            ("_srv.x-y.example", name("_srv.x-y.example"), 443),
+            ("1.2.3.4", ip("1.2.3.4"), 443),
+            ("1.2.3.4:80", ip("1.2.3.4"), 80),
+            ("::1", ip("::1"), 443),
+            ("2001:db8::1", ip("2001:db8::1"), 443),
+            ("[::1]", ip("::1"), 443),
+            ("[::1]:80", ip("::1"), 80),
+            ("[2001:DB8::1]:443", ip("2001:db8::1"), 443),
+            ("[::ffff:127.0.0.1]:80", ip("::ffff:127.0.0.1"), 80),
         ];
         for (s, h, p) in ok {
             let r = NetRule::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
             assert_eq!((&r.host, r.port), (h, *p), "{s}");
         }
+        assert_eq!(
+            NetRule::parse("Example.com").unwrap().to_string(),
+            "example.com:443"
+        );
+        assert_eq!(NetRule::parse("::1").unwrap().to_string(), "[::1]:443");
     }
 
     #[test]
@@ -289,8 +300,11 @@ mod tests {
         let cases: &[(Host, u16, Result<(), &str>)] = &[
             (name("api.example.com"), 443, Ok(())),
             (name("api.example.com"), 80, Err("EgressPortNotListed")),
-            (name("any.example.com"), 1, Ok(())),
-            (name("any.example.com"), 65535, Ok(())),
+            // A bare host opens 443 only, not every port.
+            (name("any.example.com"), 443, Ok(())),
+            (name("any.example.com"), 80, Err("EgressPortNotListed")),
+            (name("any.example.com"), 5432, Err("EgressPortNotListed")),
+            (name("any.example.com"), 65535, Err("EgressPortNotListed")),
             (name("example.com"), 443, Err("EgressHostNotListed")),
             (
                 name("evil-api.example.com"),

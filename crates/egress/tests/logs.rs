@@ -55,7 +55,7 @@ async fn every_decision_is_logged() {
             TOKEN,
             EgressPolicy {
                 bundle_label: "did:plc:test/bundle".into(),
-                allow: NetRule::parse_list(&[target.as_str(), "ten.test"]).unwrap(),
+                allow: NetRule::parse_list(&[target.as_str(), "ten.test:80"]).unwrap(),
             },
         )
         .unwrap();

@@ -223,7 +223,15 @@ async fn listed_localhost_is_refused_without_exception() {
 #[tokio::test]
 async fn name_resolving_to_loopback_is_refused() {
     let (echo, accepted) = echo_server().await;
-    let (p, _reg, guard) = proxy(cfg(false), &["sneaky.test", "mapped.test"]).await;
+    let port = echo.port();
+    let (p, _reg, guard) = proxy(
+        cfg(false),
+        &[
+            &format!("sneaky.test:{port}"),
+            &format!("mapped.test:{port}"),
+        ],
+    )
+    .await;
     assert_refused(
         &p,
         &format!("sneaky.test:{}", echo.port()),
@@ -265,7 +273,12 @@ async fn metadata_and_private_are_refused() {
     // With the loopback exception AND 169.254.0.0/16 opened: metadata still refused.
     let (p, _reg, guard) = proxy(
         cfg(true),
-        &["169.254.169.254", "meta.test:80", "10.0.0.1:80", "ten.test"],
+        &[
+            "169.254.169.254:80",
+            "meta.test:80",
+            "10.0.0.1:80",
+            "ten.test",
+        ],
     )
     .await;
     for (target, reason) in [
@@ -287,7 +300,7 @@ async fn metadata_and_private_are_refused() {
 #[tokio::test]
 async fn only_allowed_addresses_of_a_name_are_used() {
     let (echo, _) = echo_server().await;
-    let (p, _reg, guard) = proxy(cfg(true), &["mixed.test"]).await;
+    let (p, _reg, guard) = proxy(cfg(true), &[&format!("mixed.test:{}", echo.port())]).await;
     let (mut s, head) = connect(
         p.local_addr(),
         &format!("mixed.test:{}", echo.port()),
@@ -429,12 +442,108 @@ async fn origin_form_and_https_urls_are_bad_requests() {
     }
 }
 
+/// Registers TOKEN again, now with `rules` (the first registration is dropped).
+fn reregister(p: &EgressProxy, old: Registration, rules: &[String]) -> Registration {
+    drop(old);
+    p.register(
+        TOKEN,
+        EgressPolicy {
+            bundle_label: "did:plc:test/bundle".into(),
+            allow: NetRule::parse_list(rules).unwrap(),
+        },
+    )
+    .unwrap()
+}
+
 #[tokio::test]
 async fn the_proxy_will_not_tunnel_to_itself() {
-    let (p, _reg, _guard) = proxy(cfg(true), &["127.0.0.1"]).await;
+    let (p, reg, guard) = proxy(cfg(true), &[]).await;
     let target = p.local_addr().to_string();
+    let _reg = reregister(&p, reg, std::slice::from_ref(&target));
     assert_refused(&p, &target, 403, "EgressAddressBlocked").await;
     assert_eq!(p.stats().denied.get("proxy_itself"), Some(&1));
+    assert!(guard.attempts().is_empty());
+}
+
+/// The runner's own listeners (HTTP API, admin) are refused even where the operator opened
+/// loopback, also when the runner listens on a wildcard address.
+#[tokio::test]
+async fn the_runners_own_listeners_are_never_destinations() {
+    let (api, api_hits) = echo_server().await;
+    let (admin, admin_hits) = echo_server().await;
+    let (open, _) = echo_server().await;
+    let (p, reg, guard) = proxy(cfg(true), &[]).await;
+    p.protect(api);
+    p.protect(std::net::SocketAddr::new(ip("0.0.0.0"), admin.port()));
+    let rules: Vec<String> = [api, admin, open].iter().map(|a| a.to_string()).collect();
+    let _reg = reregister(&p, reg, &rules);
+    for t in [api, admin] {
+        let body = assert_refused(&p, &t.to_string(), 403, "EgressAddressBlocked").await;
+        assert!(body.contains("runner_itself"), "{t}: {body}");
+    }
+    assert_eq!(p.stats().denied.get("runner_itself"), Some(&2));
+    // Another loopback port the operator opened still works.
+    let (_s, head) = connect(p.local_addr(), &open.to_string(), Some(&basic(TOKEN))).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(guard.attempts(), vec![open]);
+    assert_eq!(api_hits.load(Ordering::SeqCst), 0);
+    assert_eq!(admin_hits.load(Ordering::SeqCst), 0);
+}
+
+/// An address of this host's own interfaces (on a VPS: its public address, which no range
+/// table refuses) is refused unless an allow_cidrs entry names exactly that address.
+#[tokio::test]
+async fn this_hosts_own_addresses_are_refused_unless_opened() {
+    let Some(own) = atrund_testnet::host_address() else {
+        return;
+    };
+    // Open every special-purpose range the address could be in: the refusal must then come
+    // from the host check, not from the range table.
+    let wide = EgressConfig {
+        allow_cidrs: vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "172.16.0.0/12".parse().unwrap(),
+            "192.168.0.0/16".parse().unwrap(),
+            "192.0.2.0/24".parse().unwrap(),
+            "100.64.0.0/10".parse().unwrap(),
+        ],
+        ..EgressConfig::default()
+    };
+    let rule = format!("{own}:8080");
+    let (p, _reg, guard) = proxy(wide, &[&rule]).await;
+    let body = assert_refused(&p, &rule, 403, "EgressAddressBlocked").await;
+    assert!(body.contains("host_itself"), "{body}");
+    assert!(guard.attempts().is_empty());
+    // An entry naming exactly the address opens it (the test connector then refuses the
+    // connect).
+    let exact = EgressConfig {
+        allow_cidrs: vec![format!("{own}/32").parse().unwrap()],
+        ..EgressConfig::default()
+    };
+    let (p, _reg, guard) = proxy(exact, &[&rule]).await;
+    let (_s, head) = connect(p.local_addr(), &rule, Some(&basic(TOKEN))).await;
+    assert_eq!(
+        head.header("x-atrund-egress-error"),
+        Some("EgressConnectFailed")
+    );
+    assert_eq!(guard.attempts().len(), 1);
+}
+
+/// A bare host opens port 443 only.
+#[tokio::test]
+async fn a_bare_host_is_port_443_only() {
+    let (echo, accepted) = echo_server().await;
+    let (p, _reg, guard) = proxy(cfg(true), &["echo.test"]).await;
+    let body = assert_refused(
+        &p,
+        &format!("echo.test:{}", echo.port()),
+        403,
+        "EgressPortNotListed",
+    )
+    .await;
+    assert!(body.contains("echo.test:443"), "{body}");
+    assert!(guard.attempts().is_empty());
+    assert_eq!(accepted.load(Ordering::SeqCst), 0);
 }
 
 /// Rough cost of the proxy on loopback: sequential requests, a fresh TCP connection each, direct

@@ -5,11 +5,16 @@
 //! `isolation` entry of describeRunner's `enforcement`; an explicit `container` that cannot work
 //! fails start-up (no silent fallback).
 //!
+//! Both backends send bundles' HTTP(S) through one egress proxy, started here
+//! ([`Chosen::egress`]: the daemon tells it the runner's own listeners).
+//!
 //! Owns: the order of the probes and the wording of the choice. Must not: read the config file
 //! (the daemon hands over a [`Choice`]) or start instances.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use atrund_egress::EgressProxy;
 
 use crate::cgroup::CgroupManager;
 use crate::{
@@ -39,7 +44,7 @@ pub struct Choice {
     pub rootfs_dir: PathBuf,
     /// The program and arguments of the container's PID 1 (`at-rund sandbox-init`).
     pub init: (PathBuf, Vec<String>),
-    /// The egress proxy's settings for container instances.
+    /// The egress proxy's settings (both backends).
     pub egress: atrund_egress::EgressConfig,
 }
 
@@ -47,6 +52,8 @@ pub struct Choice {
 pub struct Chosen {
     pub executor: Arc<dyn Executor>,
     pub isolation: Enforcement,
+    /// The egress proxy every instance's HTTP(S) goes through.
+    pub egress: Arc<EgressProxy>,
 }
 
 fn note(enforced: bool, how: String) -> Enforcement {
@@ -60,50 +67,67 @@ fn note(enforced: bool, how: String) -> Enforcement {
 /// Chooses the backend for `c`. Order for `auto`: [microVM: not available yet] → container →
 /// none (with a loud warning).
 pub async fn choose_executor(c: Choice) -> Result<Chosen, SandboxError> {
-    let none = || Arc::new(NoneExecutor::new(c.deno.clone()).with_cgroups(c.cgroups.clone()));
+    let proxy = Arc::new(
+        EgressProxy::start(c.egress.clone())
+            .await
+            .map_err(|e| SandboxError::StartFailed(format!("egress proxy: {e}")))?,
+    );
+    tracing::info!(addr = %proxy.local_addr(), "egress proxy listening");
+    let none = || {
+        Arc::new(
+            NoneExecutor::new(c.deno.clone())
+                .with_cgroups(c.cgroups.clone())
+                .with_egress(proxy.clone()),
+        )
+    };
+    let chosen = |executor: Arc<dyn Executor>, isolation| Chosen {
+        executor,
+        isolation,
+        egress: proxy.clone(),
+    };
     match c.requested {
-        Requested::None => Ok(Chosen {
-            executor: none(),
-            isolation: note(
+        Requested::None => Ok(chosen(
+            none(),
+            note(
                 false,
-                "none, as configured: Deno flags + cgroup only (docs/security.md)".into(),
+                "none, as configured: Deno flags, Landlock, seccomp, a cgroup and the egress \
+                 proxy, no namespaces (docs/security.md)"
+                    .into(),
             ),
-        }),
+        )),
         Requested::Container => {
-            let exec = container_executor(&c).await.map_err(|why| {
+            let exec = container_executor(&c, &proxy).await.map_err(|why| {
                 SandboxError::StartFailed(format!(
                     "isolation = \"container\" is not possible on this machine: {why}"
                 ))
             })?;
             tracing::info!("isolation: container (bubblewrap + Landlock + seccomp + egress proxy)");
-            Ok(Chosen {
-                executor: exec,
-                isolation: note(true, "container, as configured".into()),
-            })
+            Ok(chosen(exec, note(true, "container, as configured".into())))
         }
         Requested::Auto => {
             let microvm = "microvm: not available in this version";
-            match container_executor(&c).await {
+            match container_executor(&c, &proxy).await {
                 Ok(exec) => {
                     tracing::info!("isolation auto: container ({microvm})");
-                    Ok(Chosen {
-                        executor: exec,
-                        isolation: note(true, format!("auto chose container ({microvm})")),
-                    })
+                    Ok(chosen(
+                        exec,
+                        note(true, format!("auto chose container ({microvm})")),
+                    ))
                 }
                 Err(why) => {
                     tracing::warn!(
                         "ISOLATION IS WEAK: isolation = \"auto\" fell back to \"none\" because the \
-                         container backend is not possible here: {why}. Bundles run with Deno flags and \
-                         a cgroup only (docs/security.md). Install bubblewrap and run as root to fix."
+                         container backend is not possible here: {why}. Bundles run with Deno flags, \
+                         Landlock, seccomp, a cgroup and the egress proxy, without namespaces \
+                         (docs/security.md). Install bubblewrap and run as root to fix."
                     );
-                    Ok(Chosen {
-                        executor: none(),
-                        isolation: note(
+                    Ok(chosen(
+                        none(),
+                        note(
                             false,
                             format!("auto fell back to none: {microvm}; container: {why}"),
                         ),
-                    })
+                    ))
                 }
             }
         }
@@ -112,7 +136,10 @@ pub async fn choose_executor(c: Choice) -> Result<Chosen, SandboxError> {
 
 /// The container backend, if this machine can run it: bwrap found, every cgroup limit usable,
 /// the root assembled, and a real sandbox started once (the probe).
-async fn container_executor(c: &Choice) -> Result<Arc<dyn Executor>, String> {
+async fn container_executor(
+    c: &Choice,
+    proxy: &Arc<EgressProxy>,
+) -> Result<Arc<dyn Executor>, String> {
     let bwrap = find_bwrap(Some(Path::new(&c.bwrap)).filter(|p| p.components().count() > 1))
         .ok_or_else(|| {
             format!(
@@ -135,10 +162,6 @@ async fn container_executor(c: &Choice) -> Result<Arc<dyn Executor>, String> {
             missing.join("; ")
         ));
     }
-    let proxy = atrund_egress::EgressProxy::start(c.egress.clone())
-        .await
-        .map_err(|e| format!("egress proxy: {e}"))?;
-    tracing::info!(addr = %proxy.local_addr(), "egress proxy listening");
     let cfg = ContainerConfig {
         bwrap,
         deno: c.deno.clone(),
@@ -151,7 +174,7 @@ async fn container_executor(c: &Choice) -> Result<Arc<dyn Executor>, String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?
         .with_cgroups(c.cgroups.clone())
-        .with_egress(Arc::new(proxy));
+        .with_egress(proxy.clone());
     tracing::info!(rootfs = %exec.rootfs().path().display(), libs = exec.rootfs().libs().len(), "container root ready");
     exec.probe().await?;
     Ok(Arc::new(exec))

@@ -271,10 +271,8 @@ pub(crate) struct LandlockRules {
     /// descriptor, never looked up by name again.
     pub data: Vec<crate::hostfs::DataPath>,
     /// TCP ports the sandbox may connect to (container: the proxy forwarder on its own
-    /// loopback; none: the ports of the manifest's `net` entries).
+    /// loopback; none: the egress proxy's port). TCP bind is always refused.
     pub connect_ports: Vec<u16>,
-    /// TCP connect to any port (a `net` entry without a port); TCP bind stays refused.
-    pub connect_any_port: bool,
 }
 
 /// Restricts the calling thread (and what it starts later). Best effort across kernels: the
@@ -292,11 +290,7 @@ pub(crate) fn apply_landlock(rules: &LandlockRules) -> Result<RulesetStatus, Str
 pub(crate) fn landlock_ruleset(rules: &LandlockRules) -> Result<RulesetCreated, String> {
     let abi = ABI::V6;
     let err = |e: landlock::RulesetError| format!("landlock: {e}");
-    let net: BitFlags<AccessNet> = if rules.connect_any_port {
-        AccessNet::BindTcp.into()
-    } else {
-        AccessNet::from_all(abi)
-    };
+    let net: BitFlags<AccessNet> = AccessNet::from_all(abi);
     let mut rs = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(abi))
@@ -339,12 +333,10 @@ pub(crate) fn landlock_ruleset(rules: &LandlockRules) -> Result<RulesetCreated, 
             .add_rule(PathBeneath::new(&d.fd, for_kind(access, d.is_dir)))
             .map_err(err)?;
     }
-    if !rules.connect_any_port {
-        for port in &rules.connect_ports {
-            rs = rs
-                .add_rule(NetPort::new(*port, AccessNet::ConnectTcp))
-                .map_err(err)?;
-        }
+    for port in &rules.connect_ports {
+        rs = rs
+            .add_rule(NetPort::new(*port, AccessNet::ConnectTcp))
+            .map_err(err)?;
     }
     Ok(rs)
 }

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use atrund_egress::{EgressPolicy, EgressProxy, NetRule};
+use atrund_egress::EgressProxy;
 
 use crate::cgroup::CgroupManager;
 use crate::deno::deno_args;
@@ -268,13 +268,6 @@ fn data_binds(spec: &InstanceSpec) -> Result<DataBinds, SandboxError> {
     Ok(DataBinds { binds })
 }
 
-fn is_proxy_var(name: &str) -> bool {
-    matches!(
-        name.to_ascii_uppercase().as_str(),
-        "HTTP_PROXY" | "HTTPS_PROXY" | "ALL_PROXY" | "NO_PROXY"
-    )
-}
-
 /// Appends `extra` to the value of the `--allow-<what>=` flag.
 fn widen(args: &mut [OsString], flag: &str, extra: &str) {
     for a in args.iter_mut() {
@@ -329,11 +322,6 @@ impl Executor for ContainerExecutor {
 
     async fn warm(&self, spec: InstanceSpec) -> Result<Arc<dyn Instance>, SandboxError> {
         let started_at = Instant::now();
-        if let Some((k, _)) = spec.env.iter().find(|(k, _)| is_proxy_var(k)) {
-            return Err(SandboxError::StartFailed(format!(
-                "secret name '{k}' is reserved for the runner's egress proxy; rename the secret"
-            )));
-        }
         let (socket, shim) = process::work_paths(&spec)?;
         process::prepare_work_dir(&spec, &socket, &shim).await?;
         let fail = |e: SandboxError| {
@@ -365,22 +353,7 @@ impl Executor for ContainerExecutor {
         let mut keep: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
         let mut proxy_env = None;
         if let Some(proxy) = &self.egress {
-            let allow = NetRule::parse_list(&spec.permissions.net).map_err(|e| {
-                fail(SandboxError::StartFailed(format!(
-                    "the manifest's net list cannot be enforced: {e}"
-                )))
-            })?;
-            let token = atrund_egress::new_token()
-                .map_err(|e| fail(SandboxError::StartFailed(e.to_string())))?;
-            let reg = proxy
-                .register(
-                    token.clone(),
-                    EgressPolicy {
-                        bundle_label: spec.id.clone(),
-                        allow,
-                    },
-                )
-                .map_err(|e| fail(SandboxError::StartFailed(e.to_string())))?;
+            let (reg, token) = crate::egress::register(proxy, &spec).map_err(fail)?;
             let fwd = egress_forwarder(&spec.work_dir.join(EGRESS_SOCKET), proxy.local_addr())
                 .map_err(fail)?;
             keep.push(Box::new(reg));
@@ -467,13 +440,6 @@ impl Executor for ContainerExecutor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn proxy_vars_are_reserved() {
-        assert!(is_proxy_var("https_proxy"));
-        assert!(is_proxy_var("HTTP_PROXY"));
-        assert!(!is_proxy_var("API_KEY"));
-    }
 
     #[test]
     fn widen_appends_to_the_flag() {

@@ -104,7 +104,7 @@ pub(crate) fn deno_args(
     // Deno.serve({ path }) also asks for net access to `unix:<path>`.
     let mut net = vec![format!("unix:{socket_s}")];
     for n in &p.net {
-        net.push(flag_item("net entry", n)?.to_string());
+        net.push(net_flag_item(n)?);
     }
 
     let mut args: Vec<OsString> = [
@@ -170,8 +170,31 @@ fn flag_item<'a>(what: &str, s: &'a str) -> Result<&'a str, SandboxError> {
     Ok(s)
 }
 
+/// A `net` entry as the egress proxy reads it, always `host:port` (a bare host is port 443):
+/// Deno's own `--allow-net=host` would mean every port. Deno checks the URL's host, not the
+/// proxy's, so the proxy itself needs no entry (both backends send fetch through it).
+fn net_flag_item(entry: &str) -> Result<String, SandboxError> {
+    let rule = atrund_egress::NetRule::parse(flag_item("net entry", entry)?).map_err(|e| {
+        SandboxError::StartFailed(format!("the manifest's net list cannot be enforced: {e}"))
+    })?;
+    Ok(rule.to_string())
+}
+
+/// The variables that point Deno at the runner's egress proxy (set by the backends).
+pub(crate) fn is_proxy_var(name: &str) -> bool {
+    matches!(
+        name.to_ascii_uppercase().as_str(),
+        "HTTP_PROXY" | "HTTPS_PROXY" | "ALL_PROXY" | "NO_PROXY"
+    )
+}
+
 /// Names only; env values are secrets and never appear in errors or logs.
 fn env_name(k: &str) -> Result<&str, SandboxError> {
+    if is_proxy_var(k) {
+        return Err(SandboxError::StartFailed(format!(
+            "secret name '{k}' is reserved for the runner's egress proxy; rename the secret"
+        )));
+    }
     let valid = !k.is_empty()
         && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !k.starts_with(|c: char| c.is_ascii_digit());
@@ -261,7 +284,7 @@ mod args_tests {
     #[test]
     fn manifest_permissions_become_flags() {
         let mut s = spec();
-        s.permissions.net = vec!["example.com:443".into()];
+        s.permissions.net = vec!["example.com:443".into(), "Api.Example.com".into()];
         s.permissions.read = vec!["in".into()];
         s.permissions.write = vec!["out/x".into()];
         s.permissions.run = vec!["ffmpeg".into()];
@@ -272,7 +295,7 @@ mod args_tests {
         for f in [
             "--allow-read=/store/ab.js,/run/w/i1/s.sock,/data/b/in",
             "--allow-write=/run/w/i1/s.sock,/data/b/out/x",
-            "--allow-net=unix:/run/w/i1/s.sock,example.com:443",
+            "--allow-net=unix:/run/w/i1/s.sock,example.com:443,api.example.com:443",
             "--allow-run=ffmpeg",
             "--allow-sys",
             "--allow-ffi",
@@ -295,7 +318,21 @@ mod args_tests {
         s.data_dir = "/data/x,/etc".into();
         s.permissions.write = vec!["w".into()];
         assert!(args(&s).is_err());
-        for bad in ["DENO_DIR", "LD_PRELOAD", "A,B", "", "1X", "A=B", "NO_COLOR"] {
+        let mut s = spec();
+        s.permissions.net = vec!["*.example.com".into()];
+        assert!(args(&s).is_err());
+        for bad in [
+            "DENO_DIR",
+            "LD_PRELOAD",
+            "A,B",
+            "",
+            "1X",
+            "A=B",
+            "NO_COLOR",
+            "https_proxy",
+            "HTTP_PROXY",
+            "NO_PROXY",
+        ] {
             let mut s = spec();
             s.env = vec![(bad.into(), "v".into())];
             let e = args(&s).unwrap_err();

@@ -6,9 +6,10 @@
 //! few `/etc` files the resolver and dynamic loader read, the bundle file and the manifest's
 //! `read` paths; read-write the work dir (shim, socket), the bundle's `DENO_DIR`, the manifest's
 //! `write` paths and `/dev/null`; nothing of `/proc`, `/sys` or home dirs. TCP connect only to
-//! the ports of the manifest's `net` entries (Landlock filters by port, not host: the host check
-//! stays with Deno's `--allow-net`), no TCP bind, signals and abstract Unix sockets scoped to the
-//! instance. Seccomp: the container's deny list (`confine`).
+//! the egress proxy's port (`net_rules`: Landlock filters by port, not host, so every other port
+//! of every host is refused and the proxy decides the rest), none without a proxy; no TCP bind;
+//! signals and abstract Unix sockets scoped to the instance. Seccomp: the container's deny list
+//! (`confine`).
 //!
 //! Owns: which paths and ports a `none` instance gets from the kernel, the kernel probe at start
 //! and the `landlock`/`seccomp` entries of the executor's enforcement list. Must not: build
@@ -118,8 +119,8 @@ impl HostConfinement {
                 );
                 if *abi >= ABI_NET {
                     how.push_str(
-                        "; TCP connect only to the ports of the manifest's net entries (host \
-                         checked by Deno's --allow-net), no TCP bind",
+                        "; TCP connect only to the egress proxy's port (which enforces the \
+                         manifest's net list and refused ranges), no TCP bind",
                     );
                 } else {
                     how.push_str("; NOT the network (needs ABI 4, Linux 6.7)");
@@ -171,11 +172,13 @@ impl HostConfinement {
     }
 
     /// The confinement of one instance, built before fork. `None` when nothing applies here.
+    /// `proxy_port`: the egress proxy's TCP port, the only one the instance may connect to.
     pub(crate) fn prepare(
         &self,
         spec: &InstanceSpec,
         deno: &Path,
         shim: &Path,
+        proxy_port: Option<u16>,
     ) -> Result<Option<sys::Confinement>, SandboxError> {
         let landlock = self.landlock();
         let seccomp = self.seccomp();
@@ -185,7 +188,8 @@ impl HostConfinement {
         let fail = |e: String| SandboxError::StartFailed(format!("OS confinement: {e}"));
         let mut out = sys::Confinement::default();
         if landlock.is_some() {
-            let rules = self.rules(spec, deno, shim)?;
+            let mut rules = self.rules(spec, deno, shim)?;
+            rules.connect_ports = net_rules(proxy_port);
             let rs = confine::landlock_ruleset(&rules).map_err(fail)?;
             out.landlock = Option::<std::os::fd::OwnedFd>::from(rs);
         }
@@ -225,23 +229,21 @@ impl HostConfinement {
         if p.sys {
             read_only.extend(SYS_READ.iter().map(PathBuf::from));
         }
-
-        let rules = atrund_egress::NetRule::parse_list(&p.net).map_err(|e| {
-            SandboxError::StartFailed(format!("the manifest's net list cannot be enforced: {e}"))
-        })?;
-        let connect_any_port = rules.iter().any(|r| r.port.is_none());
-        let mut connect_ports: Vec<u16> = rules.iter().filter_map(|r| r.port).collect();
-        connect_ports.sort_unstable();
-        connect_ports.dedup();
         Ok(LandlockRules {
             read_only,
             execute,
             read_write,
             data,
-            connect_ports,
-            connect_any_port,
+            connect_ports: Vec::new(),
         })
     }
+}
+
+/// The TCP ports a `none` instance may connect to: the egress proxy's only. The manifest's
+/// `net` entries open no port here: its traffic goes through the proxy, which checks host,
+/// port and resolved address; a raw `Deno.connect` elsewhere gets EACCES (`PermissionDenied`).
+fn net_rules(proxy_port: Option<u16>) -> Vec<u16> {
+    proxy_port.into_iter().collect()
 }
 
 /// The program a `run` entry names: a path as is, a bare name looked up in [`RUN_DIRS`].
@@ -333,24 +335,18 @@ mod tests {
     const SHIM: &str = "/run/shim.ts";
 
     #[test]
-    fn ports_come_from_net_entries() {
+    fn only_the_proxy_port_is_open() {
+        assert_eq!(net_rules(Some(41234)), [41234]);
+        assert!(net_rules(None).is_empty());
+        // The manifest's net entries add no port.
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(tmp.path().join("data")).unwrap();
         let mut s = spec(tmp.path());
-        s.permissions.net = vec![
-            "example.com:443".into(),
-            "127.0.0.1:8080".into(),
-            "[::1]:443".into(),
-        ];
-        let hc = HostConfinement::probe();
-        let rules = |s: &InstanceSpec| hc.rules(s, Path::new(DENO), Path::new(SHIM));
-        let r = rules(&s).unwrap();
-        assert_eq!(r.connect_ports, [443, 8080]);
-        assert!(!r.connect_any_port);
-        s.permissions.net.push("example.org".into());
-        assert!(rules(&s).unwrap().connect_any_port);
-        s.permissions.net = vec!["*.example.com".into()];
-        assert!(rules(&s).is_err());
+        s.permissions.net = vec!["example.com:8443".into(), "127.0.0.1:8080".into()];
+        let r = HostConfinement::probe()
+            .rules(&s, Path::new(DENO), Path::new(SHIM))
+            .unwrap();
+        assert!(r.connect_ports.is_empty());
     }
 
     #[test]
@@ -413,7 +409,12 @@ mod tests {
             .all(|e| !e.enforced && e.how.contains("turned off")));
         let tmp = tempfile::tempdir().unwrap();
         assert!(hc
-            .prepare(&spec(tmp.path()), Path::new("/bin/deno"), Path::new(SHIM))
+            .prepare(
+                &spec(tmp.path()),
+                Path::new("/bin/deno"),
+                Path::new(SHIM),
+                None
+            )
             .unwrap()
             .is_none());
     }

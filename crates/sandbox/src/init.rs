@@ -95,7 +95,6 @@ fn run(cfg: InitConfig) -> Result<ExitCode, String> {
         read_write: cfg.read_write.clone(),
         data: Vec::new(),
         connect_ports: cfg.proxy.iter().map(|p| p.port).collect(),
-        connect_any_port: false,
     })?;
     if status != landlock::RulesetStatus::FullyEnforced {
         eprintln!("sandbox-init: Landlock is {status:?} on this kernel");

@@ -12,6 +12,7 @@ mod choose;
 mod confine;
 mod container;
 mod deno;
+mod egress;
 mod error;
 mod freeze;
 mod host_confine;

@@ -1,15 +1,20 @@
 //! The `none` backend: one `deno run` process per instance, confined by Deno's permission flags
 //! and, beneath them, by what works without namespaces (`host_confine`: no_new_privs, Landlock,
 //! seccomp, applied by the child before exec; docs/security.md says what that leaves open).
+//! Network: as in `container`, fetch goes through at-rund's egress proxy (`HTTP_PROXY` and
+//! `HTTPS_PROXY` with a per-instance token), and Landlock lets the process connect to the
+//! proxy's TCP port only; without a proxy it connects nowhere.
 //!
 //! Owns: the command of a `none` instance (Deno's flags from `deno`, a cleared environment, the
-//! data dir as working directory, Landlock and seccomp prepared before fork) and what this
-//! backend reports as enforced. Everything after the command is the shared process layer
-//! (`process`). Must not: choose permissions or limits (they arrive checked in `InstanceSpec`),
-//! or log env values.
+//! data dir as working directory, the proxy variables, Landlock and seccomp prepared before
+//! fork), its egress registration, and what this backend reports as enforced. Everything after
+//! the command is the shared process layer (`process`). Must not: choose permissions or limits
+//! (they arrive checked in `InstanceSpec`), or log env values or tokens.
 
 use std::sync::Arc;
 use std::time::Instant;
+
+use atrund_egress::EgressProxy;
 
 use crate::cgroup::CgroupManager;
 use crate::deno::deno_args;
@@ -30,6 +35,8 @@ pub struct NoneExecutor {
     confinement: HostConfinement,
     /// How the process gets into its cgroup (`Join`).
     join: Join,
+    /// The egress proxy; `None`: instances connect nowhere.
+    egress: Option<Arc<EgressProxy>>,
 }
 
 impl NoneExecutor {
@@ -40,7 +47,15 @@ impl NoneExecutor {
             nofile_hard: sys::nofile_hard_limit(),
             confinement: HostConfinement::probe(),
             join: Join::AfterSpawn,
+            egress: None,
         }
+    }
+
+    /// Sends instances' HTTP(S) through `proxy` (their manifest's `net` rules, refused address
+    /// ranges); without it they have no network at all.
+    pub fn with_egress(mut self, proxy: Arc<EgressProxy>) -> Self {
+        self.egress = Some(proxy);
+        self
     }
 
     /// Joins the cgroup in the child before exec, as the container backend must, instead of
@@ -99,11 +114,22 @@ impl Executor for NoneExecutor {
             .join(process::SHIM_FILE);
         let args = deno_args(&spec, &shim, &socket)?;
         prepare_work_dir(&spec, &socket, &shim).await?;
+        let cleanup = |_: &SandboxError| process::remove_work_dir(&spec.id, &spec.work_dir);
+        let egress = self
+            .egress
+            .as_ref()
+            .map(|proxy| {
+                let (reg, token) = crate::egress::register(proxy, &spec)?;
+                Ok::<_, SandboxError>((reg, atrund_egress::proxy_url(&token, proxy.local_addr())))
+            })
+            .transpose()
+            .inspect_err(cleanup)?;
+        let proxy_port = self.egress.as_ref().map(|p| p.local_addr().port());
         // Built here, before fork: the child only makes the syscalls.
         let confine = self
             .confinement
-            .prepare(&spec, self.deno.path(), &shim)
-            .inspect_err(|_| process::remove_work_dir(&spec.id, &spec.work_dir))?;
+            .prepare(&spec, self.deno.path(), &shim, proxy_port)
+            .inspect_err(cleanup)?;
 
         let mut cmd = tokio::process::Command::new(self.deno.path());
         cmd.args(&args)
@@ -118,6 +144,12 @@ impl Executor for NoneExecutor {
             .stderr(std::process::Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        let mut keep: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
+        if let Some((reg, url)) = egress {
+            // No NO_PROXY: loopback goes through the proxy too, which refuses it.
+            cmd.env("HTTP_PROXY", &url).env("HTTPS_PROXY", &url);
+            keep.push(Box::new(reg));
+        }
         launch(Launch {
             spec: &spec,
             cmd,
@@ -126,7 +158,7 @@ impl Executor for NoneExecutor {
             cgroups: self.cgroups.as_ref(),
             nofile: self.open_files(spec.limits.open_files),
             started_at,
-            keep: Vec::new(),
+            keep,
             inherit: Vec::new(),
             confine,
             join: self.join,

@@ -6,9 +6,13 @@
 //! After every case a separate hello instance must still answer: the runner keeps serving
 //! other bundles.
 //!
-//! Network cases talk only to services on 127.0.0.1 started here, and to the egress proxy,
-//! whose resolver is a fixed map; cases that would leave the machine in `none` mode (a
-//! metadata or private address) are not run there ("not exercised" in the table).
+//! Network cases: in both modes fetch goes through the egress proxy (fixed-map resolver; its
+//! connector connects on this host only and records every attempt), and the kernel lets the
+//! instance connect to the proxy only. The services a manifest lists are a canary on 0.0.0.0
+//! (reached via 127.0.0.1, `localhost` and the host's own address) and a listening Unix
+//! socket; each must see zero connections, the proxy must not even try the metadata or private
+//! address, and the bundle must see the proxy's refusal (`EgressAddressBlocked`) or the
+//! kernel's (`PermissionDenied`, EACCES) rather than a mere failure.
 
 mod common;
 
@@ -36,6 +40,8 @@ struct Case {
     expect: (Out, Out),
     /// In none mode: text the answer must contain (the kernel layer's error).
     none_sign: Option<&'static str>,
+    /// In both modes: text the answer must contain (the egress proxy's refusal).
+    sign: Option<&'static str>,
 }
 
 impl Case {
@@ -43,7 +49,15 @@ impl Case {
         self.none_sign = Some(s);
         self
     }
+
+    fn sign(mut self, s: &'static str) -> Self {
+        self.sign = Some(s);
+        self
+    }
 }
+
+/// The egress proxy's answer to a listed destination in a refused range (docs/egress.md).
+const BLOCKED: &str = "[EgressAddressBlocked]";
 
 /// The answers of the kernel layer in none mode: seccomp or Landlock scope (EPERM), Landlock
 /// file or TCP rule (EACCES; Deno names it PermissionDenied).
@@ -55,8 +69,14 @@ struct Ctx {
     secret: String,
     /// A host path next to the secret that no instance may create.
     pwned: String,
+    /// A canary on 0.0.0.0 that the manifest lists (as 127.0.0.1, localhost, the host's own
+    /// address): nothing may reach it.
     port: u16,
     other_port: u16,
+    /// This host's own non-loopback address, if it has one.
+    host_ip: Option<std::net::Ipv4Addr>,
+    /// A listening Unix socket outside the instance's dirs.
+    unix_socket: String,
     other_pid: u32,
     /// Idle instances are frozen here (the cgroup freezer is usable and on).
     freezer: bool,
@@ -73,7 +93,11 @@ fn cases(c: &Ctx) -> Vec<Case> {
         ffi,
         expect,
         none_sign: None,
+        sign: None,
     };
+    // Cases about the host's own address are not run when it has none.
+    let own = |out: Out| if c.host_ip.is_some() { out } else { Skip };
+    let host_ip = c.host_ip.map(|a| a.to_string()).unwrap_or_default();
     vec![
         case(
             "read via ..",
@@ -137,34 +161,88 @@ fn cases(c: &Ctx) -> Vec<Case> {
             "fetchUrl",
             vec![("url", url("127.0.0.1", c.port))],
             false,
-            (Contained, Escaped),
-        ),
+            (Contained, Contained),
+        )
+        .sign(BLOCKED),
         case(
             "fetch 169.254.169.254 (in net)",
             "fetchUrl",
             vec![("url", url("169.254.169.254", 80))],
             false,
-            (Contained, Skip),
-        ),
+            (Contained, Contained),
+        )
+        .sign(BLOCKED),
         case(
-            "fetch a private address (in net)",
+            "fetch a name resolving to a private address (in net)",
             "fetchUrl",
             vec![("url", url("private.test", 80))],
             false,
-            (Contained, Skip),
-        ),
+            (Contained, Contained),
+        )
+        .sign(BLOCKED),
+        case(
+            "fetch a private address literal (in net)",
+            "fetchUrl",
+            vec![("url", url("192.168.77.1", 80))],
+            false,
+            (Contained, Contained),
+        )
+        .sign(BLOCKED),
         case(
             "fetch a name resolving to loopback (in net)",
             "fetchUrl",
             vec![("url", url("localhost", c.port))],
             false,
-            (Contained, Escaped),
-        ),
+            (Contained, Contained),
+        )
+        .sign(BLOCKED),
+        case(
+            "fetch the host's own address (in net)",
+            "fetchUrl",
+            vec![("url", url(&host_ip, c.port))],
+            false,
+            (own(Contained), own(Contained)),
+        )
+        .sign(BLOCKED),
         case(
             "direct TCP to host 127.0.0.1 (in net)",
             "connect",
             vec![("host", "127.0.0.1".into()), ("port", c.port.to_string())],
             false,
+            (Contained, Contained),
+        )
+        .none_sign(DENO_EACCES),
+        case(
+            "direct TCP to the host's own address (in net)",
+            "connect",
+            vec![("host", host_ip.clone()), ("port", c.port.to_string())],
+            false,
+            (own(Contained), own(Contained)),
+        )
+        .none_sign(DENO_EACCES),
+        case(
+            "direct TCP to 169.254.169.254:80 (in net)",
+            "connect",
+            vec![("host", "169.254.169.254".into()), ("port", "80".into())],
+            false,
+            (Contained, Contained),
+        )
+        .none_sign(DENO_EACCES),
+        case(
+            "connect to a named Unix socket",
+            "unixConnect",
+            vec![("path", c.unix_socket.clone())],
+            false,
+            (Contained, Contained),
+        ),
+        // Landlock (ABI 7, Linux 6.18) has no rule for connecting to a named socket, and
+        // seccomp cannot see the address: with FFI, `none` reaches any socket the runner's
+        // uid may open (docs/security.md).
+        case(
+            "connect to a named Unix socket (FFI)",
+            "osUnixConnect",
+            vec![("path", c.unix_socket.clone())],
+            true,
             (Contained, Escaped),
         ),
         case(
@@ -272,6 +350,14 @@ fn cases(c: &Ctx) -> Vec<Case> {
         )
         .none_sign(EACCES),
         case(
+            "direct TCP to host 127.0.0.1 (in net, FFI)",
+            "osConnect",
+            vec![("host", "127.0.0.1".into()), ("port", c.port.to_string())],
+            true,
+            (Contained, Contained),
+        )
+        .none_sign(EACCES),
+        case(
             "direct TCP to a port not in net (FFI)",
             "osConnect",
             vec![
@@ -311,7 +397,8 @@ fn judge(case: &Case, ctx: &Ctx, res: &Result<serde_json::Value, String>) -> Out
         "env" => leaked.contains("PATH") || leaked.contains("HOME"),
         "write" => std::path::Path::new("/tmp/atrund-hostile-pwned").exists(),
         "fetchUrl" => leaked.starts_with("200"),
-        "connect" => leaked == "connected",
+        "connect" | "unixConnect" => leaked == "connected",
+        "osUnixConnect" => v["rc"] == 0,
         "listen" => leaked == "listening",
         "spawn" => leaked.contains("spawned"),
         "fillTmp" => leaked.contains("256 MiB"),
@@ -360,14 +447,48 @@ async fn timers_after_response(env: &Env, inst: &dyn atrund_sandbox::Instance, i
     }
 }
 
+/// A listening Unix socket outside every instance's dirs (as D-Bus or a container engine's
+/// would be) that counts the connections it accepts.
+struct UnixCanary {
+    path: String,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl UnixCanary {
+    fn bind(path: &std::path::Path) -> Self {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = accepted.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(c);
+            }
+        });
+        Self {
+            path: path.to_str().unwrap().to_string(),
+            accepted,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 async fn suite(mode: Mode) {
     let Some(env) = Env::new(if mode == Mode::None { "hn" } else { "hc" }, mode).await else {
         return;
     };
     let secret = secret_file(&env);
     let b = hostile(&env, &secret);
-    let (port, _svc) = loopback_service().await;
+    // On 0.0.0.0: reached through 127.0.0.1, localhost and the host's own address alike.
+    let canary = atrund_testnet::Canary::bind("0.0.0.0:0").unwrap();
+    let port = canary.port;
     let (other_port, _svc2) = loopback_service().await;
+    let host_ip = atrund_testnet::host_address();
+    let unix = UnixCanary::bind(&env.root.join("outside/engine.sock"));
     // data/in/link -> the secret: what a bundle could plant with its write permission.
     let data_in = env.root.join("data/in");
     std::fs::create_dir_all(&data_in).unwrap();
@@ -385,6 +506,8 @@ async fn suite(mode: Mode) {
         other_port,
         other_pid: hello_inst.stats().pid.unwrap(),
         freezer: env.mgr.freeze_after_idle().is_some(),
+        host_ip,
+        unix_socket: unix.path.clone(),
     };
     let spec = |i: usize, ffi: bool| -> InstanceSpec {
         let mut s = env.spec(&format!("h{i}"), &b);
@@ -395,7 +518,11 @@ async fn suite(mode: Mode) {
             format!("localhost:{port}"),
             "169.254.169.254:80".into(),
             "private.test:80".into(),
+            "192.168.77.1:80".into(),
         ];
+        if let Some(ip) = host_ip {
+            s.permissions.net.push(format!("{ip}:{port}"));
+        }
         s.permissions.ffi = ffi;
         s.memory_mib = 96;
         s.limits.pids = 48;
@@ -422,7 +549,12 @@ async fn suite(mode: Mode) {
         )
         .await
         .unwrap_or_else(|_| Err("no answer in 30 s".into()));
+        let before = (canary.count(), unix.count());
         let mut got = judge(case, &ctx, &res);
+        // Whatever the bundle was told: a connection that arrived is an escape.
+        if (canary.count(), unix.count()) != before {
+            got = Escaped;
+        }
         if case.endpoint == "timers" {
             match &res {
                 Ok(_) => got = timers_after_response(&env, &*inst, &format!("h{i}")).await,
@@ -440,6 +572,14 @@ async fn suite(mode: Mode) {
                 case.name
             ));
         }
+        if let Some(sign) = case.sign {
+            if !res.as_ref().is_ok_and(|v| v.to_string().contains(sign)) {
+                failures.push(format!(
+                    "{}: not refused by the egress proxy (expected {sign}): {shown}",
+                    case.name
+                ));
+            }
+        }
         if let (Mode::None, Some(sign)) = (mode, case.none_sign) {
             if !res.as_ref().is_ok_and(|v| v.to_string().contains(sign)) {
                 failures.push(format!(
@@ -455,6 +595,23 @@ async fn suite(mode: Mode) {
     let _ = std::fs::remove_file("/tmp/atrund-hostile-pwned");
     let _ = std::fs::remove_file(&pwned);
     hello_inst.shutdown().await;
+    // The proxy never even tried an address off this host (the metadata, private and the
+    // host's own address are refused before any connect).
+    let tried = env.upstream.attempts();
+    if !tried.is_empty() {
+        failures.push(format!("the egress proxy tried to connect to {tried:?}"));
+    }
+    let denied = env.proxy.stats().denied;
+    for reason in ["loopback", "cloud_metadata", "private"] {
+        if !denied.contains_key(reason) {
+            failures.push(format!(
+                "no egress refusal for reason {reason} (the requests bypassed the proxy?): {denied:?}"
+            ));
+        }
+    }
+    if canary.count() != 0 {
+        failures.push(format!("the canary saw {} connections", canary.count()));
+    }
     eprintln!("mode {mode:?}:\n  {}", table.join("\n  "));
     assert!(failures.is_empty(), "{mode:?}:\n{}", failures.join("\n"));
 }
@@ -467,4 +624,75 @@ async fn hostile_bundles_in_container_mode() {
 #[tokio::test]
 async fn hostile_bundles_in_none_mode() {
     suite(Mode::None).await;
+}
+
+/// docs/security.md's hostile table is this suite: every case is a row (first cell = the case's
+/// name) whose container and none cells say what the suite asserts ("contained…",
+/// "**not contained**", "not exercised…"), and a row without a case says "not tested".
+#[test]
+fn security_md_lists_every_case_as_the_suite_expects() {
+    let doc = std::fs::read_to_string(repo().join("docs/security.md")).unwrap();
+    let section = doc
+        .split("### Hostile bundles: case × mode")
+        .nth(1)
+        .expect("docs/security.md has the hostile table section");
+    let rows: Vec<Vec<String>> = section
+        .lines()
+        .skip_while(|l| !l.starts_with("| case |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect();
+    assert!(rows.len() > 20, "table not found: {rows:?}");
+    let outcome = |cell: &str| {
+        if cell.starts_with("contained") {
+            Contained
+        } else if cell.starts_with("**not contained**") {
+            Escaped
+        } else if cell.contains("not exercised") {
+            Skip
+        } else {
+            panic!("cell '{cell}' says neither contained, **not contained** nor not exercised")
+        }
+    };
+    // The conditional cases as on this kind of machine: a freezer, and a host address.
+    let ctx = Ctx {
+        secret: "/s".into(),
+        pwned: "/p".into(),
+        port: 1,
+        other_port: 2,
+        other_pid: 3,
+        freezer: true,
+        host_ip: Some(std::net::Ipv4Addr::new(192, 0, 2, 2)),
+        unix_socket: "/u".into(),
+    };
+    let cases = cases(&ctx);
+    let mut problems = Vec::new();
+    for case in &cases {
+        match rows.iter().find(|r| r[0] == case.name) {
+            None => problems.push(format!("no row named '{}'", case.name)),
+            Some(r) => {
+                let doc = (outcome(&r[1]), outcome(&r[2]));
+                if doc != case.expect {
+                    problems.push(format!(
+                        "'{}': the table says {doc:?}, the suite expects {:?}",
+                        case.name, case.expect
+                    ));
+                }
+            }
+        }
+    }
+    for r in &rows {
+        // A row that is no case of this suite says so, or names the test that covers it.
+        let elsewhere = r[3].contains("not tested") || r[3].contains("crates/sandbox/tests/");
+        if !cases.iter().any(|c| c.name == r[0]) && !elsewhere {
+            problems.push(format!("row '{}' is not a case of the suite", r[0]));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -421,6 +421,25 @@ impl Canary {
     }
 }
 
+/// The first IPv4 address of an interface of this host that is up and not loopback (from
+/// `ip -o -4 addr`): the "host's own address" of the attack tests. `None`, with the reason
+/// printed, when there is none (the caller skips those cases).
+pub fn host_address() -> Option<std::net::Ipv4Addr> {
+    let out = Command::new("ip")
+        .args(["-o", "-4", "addr", "show", "up"])
+        .output();
+    let found = out.ok().and_then(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3)?.split('/').next()?.parse().ok())
+            .find(|a: &std::net::Ipv4Addr| !a.is_loopback())
+    });
+    if found.is_none() {
+        eprintln!("SKIPPED (host-address cases): this host has no non-loopback IPv4 address");
+    }
+    found
+}
+
 /// Panics when a message meant for a caller carries network detail: OS error text, connection
 /// wording, or the loopback and private addresses the attack tests aim at. `what` names the case.
 pub fn assert_no_network_text(what: &str, message: &str) {

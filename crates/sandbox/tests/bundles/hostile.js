@@ -22,13 +22,23 @@ export const fetchUrl = {
   handler: ({ url }) =>
     attempt(async () => {
       const r = await fetch(url, { signal: AbortSignal.timeout(4000) });
-      return `${r.status} ${await r.text()}`;
+      // The egress proxy names its refusals in this header (docs/egress.md).
+      const refused = r.headers.get("x-atrund-egress-error");
+      return `${r.status} ${await r.text()}` + (refused ? ` [${refused}]` : "");
     }),
 };
 export const connect = {
   handler: ({ host, port }) =>
     attempt(async () => {
       const c = await Deno.connect({ hostname: host, port: Number(port) });
+      c.close();
+      return "connected";
+    }),
+};
+export const unixConnect = {
+  handler: ({ path }) =>
+    attempt(async () => {
+      const c = await Deno.connect({ transport: "unix", path });
       c.close();
       return "connected";
     }),
@@ -166,3 +176,17 @@ function tcp(op, host, port) {
 }
 export const osConnect = { handler: ({ host, port }) => tcp("connect", host, port) };
 export const osBind = { handler: () => tcp("bind", "127.0.0.1", 0) };
+// A named Unix socket (D-Bus, a container engine): socket(AF_UNIX, SOCK_STREAM) + connect.
+export const osUnixConnect = {
+  handler: ({ path }) => {
+    const fd = c().socket(1, 1, 0);
+    if (fd < 0) return sys(fd);
+    const a = new Uint8Array(110);
+    new DataView(a.buffer).setUint16(0, 1 /* AF_UNIX */, true);
+    const p = new TextEncoder().encode(path);
+    a.set(p, 2);
+    const r = sys(c().connect(fd, a, 2 + p.length + 1));
+    c().close(fd);
+    return r;
+  },
+};

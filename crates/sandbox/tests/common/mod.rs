@@ -1,19 +1,20 @@
 //! Shared set-up of the container and hostile-bundle tests: real Deno, real bwrap, real cgroups
-//! and a real egress proxy on 127.0.0.1 (its resolver is a fixed map, so no test leaves the
-//! machine). Missing pieces skip the test with the reason, or fail it under CI=true.
+//! and a real egress proxy on 127.0.0.1 that both backends send HTTP(S) through (its resolver is
+//! a fixed map and its connector refuses, and records, anything off this host, so no test leaves
+//! the machine). Missing pieces skip the test with the reason, or fail it under CI=true.
 //!
 //! Each environment uses its own runner id, temp dir and proxy, and removes its cgroups on drop,
 //! also when the test fails.
 
 #![allow(dead_code)]
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use atrund_egress::{DirectConnector, EgressConfig, EgressProxy, MapResolver};
+use atrund_egress::{Connect, DirectConnector, EgressConfig, EgressProxy, MapResolver};
 use atrund_sandbox::{
     find_bwrap, CgroupManager, ContainerConfig, ContainerExecutor, DenoBinary, Executor, Instance,
     InstanceSpec, Invocation, NoneExecutor,
@@ -43,6 +44,8 @@ pub struct Env {
     pub root: PathBuf,
     pub mgr: Arc<CgroupManager>,
     pub proxy: Arc<EgressProxy>,
+    /// Every address the proxy tried to connect to.
+    pub upstream: Arc<OnHostOnly>,
     pub exec: Arc<dyn Executor>,
     pub mode: Mode,
 }
@@ -80,6 +83,7 @@ impl Env {
             .with("loopback.test", &["127.0.0.1".parse::<IpAddr>().unwrap()])
             .with("localhost", &["127.0.0.1".parse::<IpAddr>().unwrap()])
             .with("private.test", &["10.1.2.3".parse::<IpAddr>().unwrap()]);
+        let upstream = Arc::new(OnHostOnly::default());
         let proxy = Arc::new(
             EgressProxy::start_with(
                 EgressConfig {
@@ -87,13 +91,17 @@ impl Env {
                     ..egress
                 },
                 Arc::new(resolver),
-                Arc::new(DirectConnector),
+                upstream.clone(),
             )
             .await
             .unwrap(),
         );
         let exec: Arc<dyn Executor> = match mode {
-            Mode::None => Arc::new(NoneExecutor::new(deno).with_cgroups(mgr.clone())),
+            Mode::None => Arc::new(
+                NoneExecutor::new(deno)
+                    .with_cgroups(mgr.clone())
+                    .with_egress(proxy.clone()),
+            ),
             Mode::Container => {
                 let Some(bwrap) = find_bwrap(None) else {
                     return skip_or_fail(
@@ -124,6 +132,7 @@ impl Env {
             root,
             mgr,
             proxy,
+            upstream,
             exec,
             mode,
         })
@@ -267,4 +276,30 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// The proxy's upstream connector in these tests: records every address and connects only to
+/// loopback (so a wrong decision of the proxy can still not send a packet off this host).
+#[derive(Default)]
+pub struct OnHostOnly {
+    attempts: Mutex<Vec<SocketAddr>>,
+}
+
+#[async_trait::async_trait]
+impl Connect for OnHostOnly {
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+        self.attempts.lock().unwrap().push(addr);
+        if !addr.ip().is_loopback() {
+            return Err(std::io::Error::other(format!(
+                "test guard: not connecting to {addr} off this host"
+            )));
+        }
+        DirectConnector.connect(addr).await
+    }
+}
+
+impl OnHostOnly {
+    pub fn attempts(&self) -> Vec<SocketAddr> {
+        self.attempts.lock().unwrap().clone()
+    }
 }

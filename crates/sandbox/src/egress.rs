@@ -1,0 +1,33 @@
+//! An instance's access to the runner's egress proxy, the same for both backends: the
+//! manifest's `net` list as the proxy's rules, a fresh token, and the registration that lives
+//! as long as the instance (dropping it unregisters the token and cuts its tunnels).
+//!
+//! Owns: registering one instance. Must not: decide how the instance reaches the proxy (the
+//! backends do: `none` over loopback TCP, `container` through its forwarder) or set its
+//! environment.
+
+use atrund_egress::{EgressPolicy, EgressProxy, NetRule, Registration};
+
+use crate::{InstanceSpec, SandboxError};
+
+/// Registers `spec`'s instance with `proxy`, even with an empty `net` (every attempt is then
+/// refused and logged). Returns the registration (keep it with the instance) and the token.
+pub(crate) fn register(
+    proxy: &EgressProxy,
+    spec: &InstanceSpec,
+) -> Result<(Registration, String), SandboxError> {
+    let allow = NetRule::parse_list(&spec.permissions.net).map_err(|e| {
+        SandboxError::StartFailed(format!("the manifest's net list cannot be enforced: {e}"))
+    })?;
+    let token = atrund_egress::new_token().map_err(|e| SandboxError::StartFailed(e.to_string()))?;
+    let reg = proxy
+        .register(
+            token.clone(),
+            EgressPolicy {
+                bundle_label: spec.id.clone(),
+                allow,
+            },
+        )
+        .map_err(|e| SandboxError::StartFailed(e.to_string()))?;
+    Ok((reg, token))
+}

@@ -1,0 +1,87 @@
+//! Both backends send a bundle's HTTP through at-rund's egress proxy, and the kernel lets the
+//! instance connect to nothing else: a listed destination works (the operator opened
+//! 127.0.0.1/32 here, as `egress.allow_cidrs` would, so the allowed fetch has somewhere to go
+//! without leaving the machine), an unlisted one or another port is refused, raw TCP to the
+//! listed service is refused, a bare host means port 443 only, and the proxy will not call
+//! itself. Real Deno, real proxy, real Landlock/namespaces; skips (or fails under CI=true) when
+//! a piece is missing.
+
+mod common;
+
+use common::*;
+
+async fn egress_goes_only_through_the_proxy(mode: Mode) {
+    let cfg = atrund_egress::EgressConfig {
+        allow_cidrs: vec!["127.0.0.1/32".parse().unwrap()],
+        ..Default::default()
+    };
+    let name = if mode == Mode::None { "egn" } else { "egc" };
+    let Some(env) = Env::with_egress(name, mode, cfg).await else {
+        return;
+    };
+    let (port, _svc) = loopback_service().await;
+    let (other, _svc2) = loopback_service().await;
+    let bare = atrund_testnet::Canary::bind("127.0.0.1:0").unwrap();
+    let proxy_port = env.proxy.local_addr().port();
+    let secret = secret_file(&env);
+    let b = hostile(&env, &secret);
+    let mut spec = env.spec("egress", &b);
+    spec.permissions.net = vec![
+        format!("127.0.0.1:{port}"),
+        // A bare host: port 443 only, not the canary's port.
+        "localhost".into(),
+        format!("127.0.0.1:{proxy_port}"),
+    ];
+    let inst = env.warm(spec).await;
+    let fetch = |url: String| {
+        let inst = inst.clone();
+        async move {
+            call_json(&*inst, q("fetchUrl", &[("url", &url)]))
+                .await
+                .unwrap()
+        }
+    };
+
+    let v = fetch(format!("http://127.0.0.1:{port}/")).await;
+    assert_eq!(v["leaked"], "200 hi", "{mode:?}: {v}");
+    // Not in net: refused (by Deno's flags first, and by the proxy's rules behind them).
+    let v = fetch(format!("http://127.0.0.1:{other}/")).await;
+    assert_eq!(v["error"], "NotCapable", "{mode:?}: {v}");
+    // A bare host is port 443 only, in Deno's flags too.
+    let v = fetch(format!("http://localhost:{}/", bare.port)).await;
+    assert_eq!(v["error"], "NotCapable", "{mode:?}: {v}");
+    assert_eq!(bare.count(), 0);
+    // The proxy refuses to call itself, even with loopback opened.
+    let v = fetch(format!("http://127.0.0.1:{proxy_port}/")).await;
+    let text = v["leaked"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("403") && text.contains("proxy_itself"),
+        "{mode:?}: {v}"
+    );
+    // Around the proxy: Landlock allows TCP connects to the proxy's port only (container: its
+    // forwarder's), so raw TCP to the listed service is refused.
+    let v = call_json(
+        &*inst,
+        q(
+            "connect",
+            &[("host", "127.0.0.1"), ("port", &port.to_string())],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(v["error"], "PermissionDenied", "{mode:?}: {v}");
+    let st = env.proxy.stats();
+    assert_eq!(st.allowed, 1, "{mode:?}: {st:?}");
+    assert_eq!(st.denied.get("proxy_itself"), Some(&1), "{mode:?}: {st:?}");
+    inst.shutdown().await;
+}
+
+#[tokio::test]
+async fn none_egress_goes_only_through_the_proxy() {
+    egress_goes_only_through_the_proxy(Mode::None).await;
+}
+
+#[tokio::test]
+async fn container_egress_goes_only_through_the_proxy() {
+    egress_goes_only_through_the_proxy(Mode::Container).await;
+}
