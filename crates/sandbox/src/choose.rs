@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::cgroup::CgroupManager;
 use crate::{
     find_bwrap, ContainerConfig, ContainerExecutor, DenoBinary, Enforcement, Executor,
-    NoneExecutor, SandboxError,
+    NoneExecutor, RunAs, SandboxError,
 };
 
 /// The isolation an operator asked for.
@@ -41,6 +41,9 @@ pub struct Choice {
     pub init: (PathBuf, Vec<String>),
     /// The egress proxy's settings for container instances.
     pub egress: atrund_egress::EgressConfig,
+    /// `none.run_as_uid` / `none.run_as_gid`: who `none` instances run as when the daemon is
+    /// root, also when `auto` falls back to `none`.
+    pub run_as: RunAs,
 }
 
 /// The chosen executor, and the describeRunner entry that says which one and why.
@@ -60,7 +63,13 @@ fn note(enforced: bool, how: String) -> Enforcement {
 /// Chooses the backend for `c`. Order for `auto`: [microVM: not available yet] → container →
 /// none (with a loud warning).
 pub async fn choose_executor(c: Choice) -> Result<Chosen, SandboxError> {
-    let none = || Arc::new(NoneExecutor::new(c.deno.clone()).with_cgroups(c.cgroups.clone()));
+    let none = || {
+        Arc::new(
+            NoneExecutor::new(c.deno.clone())
+                .with_cgroups(c.cgroups.clone())
+                .with_run_as(c.run_as),
+        )
+    };
     match c.requested {
         Requested::None => Ok(Chosen {
             executor: none(),

@@ -4,7 +4,8 @@
 //!
 //! Owns: the command of a `none` instance (Deno's flags from `deno`, a cleared environment, the
 //! data dir as working directory, Landlock and seccomp prepared before fork) and what this
-//! backend reports as enforced. Everything after the command is the shared process layer
+//! backend reports as enforced, and the unprivileged uid/gid its instances run as when the daemon
+//! is root (`RunAs`: set by the child before exec; their dirs given to that uid by `process`). Everything after the command is the shared process layer
 //! (`process`). Must not: choose permissions or limits (they arrive checked in `InstanceSpec`),
 //! or log env values.
 
@@ -15,7 +16,9 @@ use crate::cgroup::CgroupManager;
 use crate::deno::deno_args;
 use crate::host_confine::HostConfinement;
 use crate::process::{self, enforcement_for, launch, prepare_work_dir, work_paths, Join, Launch};
-use crate::{sys, DenoBinary, Enforcement, Executor, Instance, InstanceSpec, SandboxError};
+use crate::{
+    hostfs, sys, DenoBinary, Enforcement, Executor, Instance, InstanceSpec, RunAs, SandboxError,
+};
 
 /// The `none` executor.
 #[derive(Debug, Clone)]
@@ -30,9 +33,15 @@ pub struct NoneExecutor {
     confinement: HostConfinement,
     /// How the process gets into its cgroup (`Join`).
     join: Join,
+    /// The uid/gid instances run as: `Some` only when the daemon is root (nobody else can switch).
+    run_as: Option<RunAs>,
+    /// The daemon's effective uid, for the enforcement list.
+    euid_root: bool,
 }
 
 impl NoneExecutor {
+    /// Instances of a root daemon run as [`RunAs::NOBODY`] until [`Self::with_run_as`] says
+    /// otherwise.
     pub fn new(deno: DenoBinary) -> Self {
         Self {
             deno,
@@ -40,7 +49,19 @@ impl NoneExecutor {
             nofile_hard: sys::nofile_hard_limit(),
             confinement: HostConfinement::probe(),
             join: Join::AfterSpawn,
+            run_as: None,
+            euid_root: sys::effective_root(),
         }
+        .with_run_as(RunAs::NOBODY)
+    }
+
+    /// The uid and gid instances run as when the daemon is root (`none.run_as_uid`,
+    /// `none.run_as_gid`; never 0, the config refuses it). A daemon that is not root cannot
+    /// switch: its instances run as its own user, and the enforcement list says so.
+    pub fn with_run_as(mut self, id: RunAs) -> Self {
+        self.run_as = self.euid_root.then_some(id);
+        self.confinement.set_owner(self.run_as);
+        self
     }
 
     /// Joins the cgroup in the child before exec, as the container backend must, instead of
@@ -67,6 +88,36 @@ impl NoneExecutor {
         self
     }
 
+    /// Fails the start with a clear error when the instance's uid could not run Deno or read the
+    /// bundle or shim (say a data dir under `/root`, mode 0700), instead of Deno failing obscurely.
+    fn check_reachable(
+        &self,
+        spec: &InstanceSpec,
+        shim: &std::path::Path,
+        id: RunAs,
+    ) -> Result<(), SandboxError> {
+        let wanted = [
+            (self.deno.path(), 0o1, "execute the runtime"),
+            (spec.bundle_file.as_path(), 0o4, "read the bundle"),
+            (shim, 0o4, "read the shim"),
+            (spec.work_dir.as_path(), 0o1, "reach its work dir"),
+            (spec.deno_dir.as_path(), 0o1, "reach its DENO_DIR"),
+            (spec.data_dir.as_path(), 0o1, "reach its data dir"),
+        ];
+        for (path, bits, what) in wanted {
+            if let Some(why) = hostfs::unreachable_by(path, id, bits) {
+                tracing::warn!(instance = %spec.id, uid = id.uid, gid = id.gid, path = %path.display(), %why, "the instance's user cannot {what}");
+                return Err(SandboxError::StartFailed(format!(
+                    "the instance's user (uid {}, none.run_as_uid) cannot {what}; install the runtime \
+                     and put data_dir where that user can pass through every parent dir \
+                     (the runner's log names the path)",
+                    id.uid
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn open_files(&self, asked: u64) -> u64 {
         self.nofile_hard.map_or(asked, |hard| asked.min(hard))
     }
@@ -81,6 +132,25 @@ impl Executor for NoneExecutor {
     fn enforcement(&self) -> Vec<Enforcement> {
         let mut e = enforcement_for(self.cgroups.as_ref(), self.nofile_hard);
         e.extend(self.confinement.enforcement());
+        e.push(match self.run_as {
+            Some(id) => Enforcement {
+                limit: "unprivileged",
+                enforced: true,
+                how: format!(
+                    "uid {} gid {}, no supplementary groups, no capabilities (bounding and ambient \
+                     sets emptied), no_new_privs; set before exec. Every instance shares this uid: \
+                     Landlock keeps tenants apart",
+                    id.uid, id.gid
+                ),
+            },
+            None => Enforcement {
+                limit: "unprivileged",
+                enforced: false,
+                how: "at-rund is not root, so it cannot switch uid: instances run as its own \
+                      user, confined by Landlock and seccomp only"
+                    .into(),
+            },
+        });
         e
     }
 
@@ -98,7 +168,11 @@ impl Executor for NoneExecutor {
             .unwrap_or(&spec.work_dir)
             .join(process::SHIM_FILE);
         let args = deno_args(&spec, &shim, &socket)?;
-        prepare_work_dir(&spec, &socket, &shim).await?;
+        prepare_work_dir(&spec, &socket, &shim, self.run_as).await?;
+        if let Some(id) = self.run_as {
+            self.check_reachable(&spec, &shim, id)
+                .inspect_err(|_| process::remove_work_dir(&spec.id, &spec.work_dir))?;
+        }
         // Built here, before fork: the child only makes the syscalls.
         let confine = self
             .confinement
@@ -128,6 +202,7 @@ impl Executor for NoneExecutor {
             started_at,
             keep: Vec::new(),
             inherit: Vec::new(),
+            run_as: self.run_as,
             confine,
             join: self.join,
         })
