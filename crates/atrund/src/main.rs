@@ -708,4 +708,31 @@ mod tests {
         }
         assert!(!dir.join("run/leftover").exists());
     }
+
+    /// With `none` instances under their own gid (a root runner), the data dir and its subdirs
+    /// are root's, that group's and 0710: passable for instances, closed to other users.
+    #[test]
+    fn data_dirs_are_passable_for_the_instances_group_alone() {
+        use std::os::unix::fs::MetadataExt;
+        if !atrund_sandbox::effective_root() {
+            // Giving a dir to another group needs root.
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "needs root in CI"
+            );
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        prepare_data_dir(&DataLayout::new(&dir), Some(64300)).unwrap();
+        for sub in ["", "bundles", "data", "deno", "run"] {
+            let m = std::fs::metadata(dir.join(sub)).unwrap();
+            assert_eq!(
+                (m.uid(), m.gid(), m.mode() & 0o7777),
+                (0, 64300, 0o710),
+                "{sub}"
+            );
+        }
+    }
 }

@@ -483,6 +483,52 @@ mod tests {
     }
 
     #[test]
+    fn a_file_with_the_right_contents_but_another_mode_is_rewritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("shim.ts");
+        std::fs::write(&f, "shim").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_file_atomic(tmp.path(), "shim.ts", b"shim", 0o644).unwrap();
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o644);
+    }
+
+    #[test]
+    fn reachability_follows_owner_group_and_other_bits() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let me = std::fs::metadata(tmp.path()).unwrap();
+        let owner = RunAs {
+            uid: me.uid(),
+            gid: me.gid(),
+        };
+        let other = RunAs {
+            uid: me.uid() + 1,
+            gid: me.gid() + 1,
+        };
+        let dir = tmp.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("f"), "x").unwrap();
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        set(tmp.path(), 0o711);
+        set(&dir.join("f"), 0o644);
+        set(&dir, 0o700);
+        assert!(unreachable_by(&dir.join("f"), owner, 4).is_none());
+        let why = unreachable_by(&dir.join("f"), other, 4).unwrap();
+        assert!(why.contains("mode 700"), "{why}");
+        set(&dir, 0o701);
+        assert!(unreachable_by(&dir.join("f"), other, 4).is_none());
+        assert!(
+            unreachable_by(&dir.join("f"), other, 1).is_some(),
+            "not executable"
+        );
+        assert!(unreachable_by(&dir.join("missing"), owner, 4).is_some());
+    }
+
+    #[test]
     fn a_socket_symlink_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let real = tmp.path().join("real.sock");
