@@ -96,20 +96,30 @@ impl NoneExecutor {
         shim: &std::path::Path,
         id: RunAs,
     ) -> Result<(), SandboxError> {
+        let data_dir = "put data_dir where that user can pass through every parent dir";
         let wanted = [
-            (self.deno.path(), 0o1, "execute the runtime"),
-            (spec.bundle_file.as_path(), 0o4, "read the bundle"),
-            (shim, 0o4, "read the shim"),
-            (spec.work_dir.as_path(), 0o1, "reach its work dir"),
-            (spec.deno_dir.as_path(), 0o1, "reach its DENO_DIR"),
-            (spec.data_dir.as_path(), 0o1, "reach its data dir"),
+            (
+                self.deno.path(),
+                0o1,
+                "execute the runtime",
+                "install Deno where that user can run it (e.g. /usr/local/bin)",
+            ),
+            (
+                spec.bundle_file.as_path(),
+                0o4,
+                "read the bundle",
+                "keep the code where that user can read it (at-rund dev: the bundle's folder)",
+            ),
+            (shim, 0o4, "read the shim", data_dir),
+            (spec.work_dir.as_path(), 0o1, "reach its work dir", data_dir),
+            (spec.deno_dir.as_path(), 0o1, "reach its DENO_DIR", data_dir),
+            (spec.data_dir.as_path(), 0o1, "reach its data dir", data_dir),
         ];
-        for (path, bits, what) in wanted {
+        for (path, bits, what, fix) in wanted {
             if let Some(why) = hostfs::unreachable_by(path, id, bits) {
                 tracing::warn!(instance = %spec.id, uid = id.uid, gid = id.gid, path = %path.display(), %why, "the instance's user cannot {what}");
                 return Err(SandboxError::StartFailed(format!(
-                    "the instance's user (uid {}, none.run_as_uid) cannot {what}; install the runtime \
-                     and put data_dir where that user can pass through every parent dir \
+                    "the instance's user (uid {}, none.run_as_uid) cannot {what}; {fix} \
                      (the runner's log names the path)",
                     id.uid
                 )));

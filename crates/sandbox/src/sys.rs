@@ -115,9 +115,9 @@ pub(crate) fn nofile_hard_limit() -> Option<u64> {
 pub(crate) fn install(cmd: &mut tokio::process::Command, setup: ChildSetup) {
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the forked child before exec. It only calls prctl, getppid,
-    // open, write, close, setrlimit, fcntl, setgroups, setresgid, setresuid (raw syscalls: they
-    // change this thread, the child's only one), landlock_restrict_self and seccomp
-    // (async-signal-safe syscalls) on C strings, numbers, a file descriptor and filter arrays
+    // open, write, close, setrlimit, fcntl, setgroups, setresgid, setresuid, capset (raw
+    // syscalls: they change this thread, the child's only one), landlock_restrict_self and
+    // seccomp (async-signal-safe syscalls) on C strings, numbers, a file descriptor and filter arrays
     // built before the fork, and it allocates nothing: errors are built from errno with
     // `last_os_error`, and the `sock_fprog` lives on the stack and points into a Vec the closure
     // owns.
@@ -222,6 +222,9 @@ fn die_with_parent(parent: libc::pid_t) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `_LINUX_CAPABILITY_VERSION_3` (linux/capability.h): 64-bit sets, as two data structs.
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
 /// Makes the calling (forked, single-threaded) child `id` with no capabilities: the bounding set
 /// emptied (so no later exec can bring a capability back) and the ambient set cleared while it
 /// still has CAP_SETPCAP, then supplementary groups, gid and uid (groups and gid first: they need
@@ -230,7 +233,9 @@ fn die_with_parent(parent: libc::pid_t) -> std::io::Result<()> {
 fn drop_root(id: RunAs) -> std::io::Result<()> {
     let fail = || Err(std::io::Error::last_os_error());
     // SAFETY: prctl with integers and setgroups with a null list of length 0 read no memory of
-    // ours; setresgid/setresuid take integers. Nothing is allocated.
+    // ours; setresgid/setresuid take integers; capset reads the two stack arrays, alive for the
+    // call and of the sizes version 3 defines (a header of two u32, two data structs of three
+    // u32). Nothing is allocated.
     unsafe {
         // Every capability the kernel knows: PR_CAPBSET_DROP answers EINVAL past the last one.
         for cap in 0..64 {
@@ -259,6 +264,13 @@ fn drop_root(id: RunAs) -> std::io::Result<()> {
             return fail();
         }
         if libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid) != 0 {
+            return fail();
+        }
+        // Inherited securebits (SECBIT_NO_SETUID_FIXUP, KEEP_CAPS) would keep the capabilities
+        // across the uid change: empty every set explicitly (dropping is always allowed).
+        let header: [u32; 2] = [LINUX_CAPABILITY_VERSION_3, 0];
+        let none: [u32; 6] = [0; 6];
+        if libc::syscall(libc::SYS_capset, header.as_ptr(), none.as_ptr()) != 0 {
             return fail();
         }
         // Belt and braces: were root still reachable (a kernel that kept the capabilities), stop.
