@@ -21,7 +21,7 @@ use atrund_pool::Pool;
 use atrund_repo::{FetchConfig, RepoClient};
 use atrund_sandbox::{
     choose_executor, runner_id_for, CgroupManager, Choice, DenoBinary, Enforcement, Executor,
-    Requested,
+    Requested, RunAs,
 };
 
 #[derive(Parser)]
@@ -195,7 +195,7 @@ fn own_requests_policy(allow_addrs: &[String]) -> Result<atrund_netpolicy::Addre
 
 async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     let layout = config.layout();
-    prepare_data_dir(&layout)?;
+    prepare_data_dir(&layout, instances_group(&config))?;
     tracing::info!(data_dir = %layout.root().display(), "data dir ready");
     let secrets = Arc::new(atrund_secrets::Opener::new(load_keys(&config)?));
 
@@ -489,6 +489,10 @@ async fn pick_executor(
             .collect()
     };
     let atrund_config::ContainerSection { bwrap, tmp_mib } = config.container.clone();
+    let atrund_config::NoneSection {
+        run_as_uid,
+        run_as_gid,
+    } = config.none.clone();
     let atrund_config::EgressSection {
         allow_cidrs,
         deny_cidrs,
@@ -513,6 +517,7 @@ async fn pick_executor(
                 .unwrap_or(usize::MAX),
             ..atrund_egress::EgressConfig::default()
         },
+        run_as: run_as(run_as_uid, run_as_gid)?,
     })
     .await?;
     Ok((chosen.executor, chosen.isolation, chosen.egress))
@@ -627,23 +632,54 @@ async fn wait_for_signals(drain: watch::Sender<bool>) {
 }
 
 /// Creates the data dir layout and removes instance work dirs a crash left behind.
-fn prepare_data_dir(layout: &DataLayout) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+/// The group `none` instances run with, if they switch identity (at-rund is root and may run
+/// them under `none`, also as `auto`'s fallback): the data dir lets that group pass through.
+fn instances_group(config: &Config) -> Option<u32> {
+    use atrund_config::Isolation;
+    let may_run_none = matches!(config.isolation, Isolation::None | Isolation::Auto);
+    (may_run_none && atrund_sandbox::effective_root())
+        .then(|| u32::try_from(config.none.run_as_gid).ok())
+        .flatten()
+}
+
+/// The run-as identity of `none` instances (`Config::validate` has checked the range).
+fn run_as(uid: u64, gid: u64) -> Result<RunAs> {
+    Ok(RunAs {
+        uid: u32::try_from(uid).context("none.run_as_uid is not a uid")?,
+        gid: u32::try_from(gid).context("none.run_as_gid is not a gid")?,
+    })
+}
+
+/// Creates `data_dir`'s subdirs, the runner's alone whatever the umask (tenants' data and code,
+/// instance dirs; made 0700 beneath too); an existing dir of an older version is tightened. With
+/// `group` (the gid of unprivileged `none` instances) `data_dir` and the subdirs are instead
+/// group-owned by it, mode 0710: the instances pass through to what they own or may read beneath,
+/// and can list nothing; other local users cannot even pass. Set on the opened dir, not the name.
+fn prepare_data_dir(layout: &DataLayout, group: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let set = |p: &Path| atrund_sandbox::runner_dir_mode(p, group);
+    let mode = if group.is_some() { "0710" } else { "0700" };
     for sub in DataLayout::DIRS {
         let p = layout.root().join(sub);
-        // The runner's alone, whatever the umask: tenants' data and code, and instance dirs
-        // (made 0700 beneath too); an existing dir of an older version is tightened.
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&p)
-            .and_then(|()| std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)))
+            .and_then(|()| set(&p))
             .with_context(|| {
                 format!(
-                    "cannot create {} with mode 0700 (data_dir / ATRUND_DATA_DIR must be writable)",
+                    "cannot create {} with mode {mode} (data_dir / ATRUND_DATA_DIR must be writable)",
                     p.display()
                 )
             })?;
+    }
+    if group.is_some() {
+        set(layout.root()).with_context(|| {
+            format!(
+                "cannot give {} to the instances' group (none.run_as_gid) with mode 0710",
+                layout.root().display()
+            )
+        })?;
     }
     let run = layout.run();
     for entry in
@@ -669,7 +705,7 @@ mod tests {
         std::fs::create_dir_all(dir.join("data")).unwrap();
         std::fs::set_permissions(dir.join("data"), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::create_dir_all(dir.join("run/leftover")).unwrap();
-        prepare_data_dir(&DataLayout::new(&dir)).unwrap();
+        prepare_data_dir(&DataLayout::new(&dir), None).unwrap();
         for sub in ["bundles", "data", "deno", "run"] {
             let mode = std::fs::metadata(dir.join(sub))
                 .unwrap()
@@ -679,5 +715,32 @@ mod tests {
             assert_eq!(mode, 0o700, "{sub} is {mode:o}");
         }
         assert!(!dir.join("run/leftover").exists());
+    }
+
+    /// With `none` instances under their own gid (a root runner), the data dir and its subdirs
+    /// are root's, that group's and 0710: passable for instances, closed to other users.
+    #[test]
+    fn data_dirs_are_passable_for_the_instances_group_alone() {
+        use std::os::unix::fs::MetadataExt;
+        if !atrund_sandbox::effective_root() {
+            // Giving a dir to another group needs root.
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "needs root in CI"
+            );
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        prepare_data_dir(&DataLayout::new(&dir), Some(64300)).unwrap();
+        for sub in ["", "bundles", "data", "deno", "run"] {
+            let m = std::fs::metadata(dir.join(sub)).unwrap();
+            assert_eq!(
+                (m.uid(), m.gid(), m.mode() & 0o7777),
+                (0, 64300, 0o710),
+                "{sub}"
+            );
+        }
     }
 }

@@ -137,6 +137,9 @@ impl BundleStore {
         };
         self.make_room(author, &key, size);
         std::fs::create_dir_all(&dir).map_err(io)?;
+        // Readable whatever the umask: unprivileged instances read their code here; the store
+        // root (0700, or 0710 for their group alone) keeps everyone else out.
+        set_mode(&dir, 0o755).map_err(io)?;
         let path = dir.join(CODE_FILE);
         let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
         std::fs::write(tmp.path(), verified).map_err(io)?;
@@ -266,8 +269,12 @@ impl BundleStore {
 }
 
 fn set_read_only(path: &Path) -> io::Result<()> {
+    set_mode(path, 0o444)
+}
+
+fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
 #[cfg(test)]

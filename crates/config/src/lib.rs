@@ -61,6 +61,7 @@ pub struct Config {
     pub pool: PoolSection,
     pub secrets: SecretsSection,
     pub container: ContainerSection,
+    pub none: NoneSection,
     pub egress: EgressSection,
     pub tenants: TenantsSection,
     /// Where each key's value came from (default, file, environment), for error messages and
@@ -490,6 +491,7 @@ impl Default for Config {
             pool: PoolSection::default(),
             secrets: SecretsSection::default(),
             container: ContainerSection::default(),
+            none: NoneSection::default(),
             egress: EgressSection::default(),
             tenants: TenantsSection::default(),
             sources: error::Provenance::default(),
@@ -532,6 +534,27 @@ impl Default for ContainerSection {
         ContainerSection {
             bwrap: "bwrap".into(),
             tmp_mib: 64,
+        }
+    }
+}
+
+/// The `none` isolation backend (also when `auto` falls back to it; docs/security.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoneSection {
+    /// The uid instances run as when at-rund is root (never 0). Ignored when it is not root: it
+    /// cannot switch, so instances run as its own user.
+    pub run_as_uid: u64,
+    /// The gid instances run as when at-rund is root (never 0); no supplementary groups.
+    pub run_as_gid: u64,
+}
+
+impl Default for NoneSection {
+    /// `nobody` / `nogroup`.
+    fn default() -> Self {
+        NoneSection {
+            run_as_uid: 65534,
+            run_as_gid: 65534,
         }
     }
 }

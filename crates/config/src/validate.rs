@@ -53,6 +53,25 @@ impl Config {
             ));
         }
 
+        for (key, id) in [
+            ("none.run_as_uid", self.none.run_as_uid),
+            ("none.run_as_gid", self.none.run_as_gid),
+        ] {
+            if id == 0 {
+                return Err(invalid(
+                    key,
+                    "0 is root: instances would keep root's powers; give an unprivileged id such as 65534 (nobody/nogroup) or a dedicated one".into(),
+                ));
+            }
+            // u32::MAX is (uid_t)-1, which the kernel reads as "leave unchanged".
+            if id >= u64::from(u32::MAX) {
+                return Err(invalid(
+                    key,
+                    format!("{id} is not a Linux user or group id; give one below 4294967295, such as 65534"),
+                ));
+            }
+        }
+
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid(
                 "data_dir",

@@ -811,3 +811,29 @@ fn docs_list_every_variable_and_exception() {
     }
     assert!(blocks > 0);
 }
+
+#[test]
+fn none_run_as_defaults_to_nobody_is_overridable_and_never_root() {
+    let c = load(None, &[]).unwrap();
+    assert_eq!((c.none.run_as_uid, c.none.run_as_gid), (65534, 65534));
+    let c = load(
+        Some("[none]\nrun_as_uid = 990\nrun_as_gid = 991\n"),
+        &[("ATRUND_NONE_RUN_AS_GID", "992")],
+    )
+    .unwrap();
+    assert_eq!((c.none.run_as_uid, c.none.run_as_gid), (990, 992));
+    for (var, key) in [
+        ("ATRUND_NONE_RUN_AS_UID", "none.run_as_uid"),
+        ("ATRUND_NONE_RUN_AS_GID", "none.run_as_gid"),
+    ] {
+        for bad in ["0", "4294967295"] {
+            let e = err(None, &[(var, bad)]);
+            assert_eq!((e.code(), e.key()), ("ConfigInvalid", Some(key)), "{bad}");
+            assert!(e.to_string().contains("65534"), "{e}");
+        }
+        let e = err(None, &[(var, "-1")]);
+        assert_eq!(e.key(), Some(key));
+    }
+    let e = err(Some("[none]\nrun_as = 1\n"), &[]);
+    assert!(e.to_string().contains("run_as_uid"), "{e}");
+}

@@ -19,7 +19,7 @@ use atrund_egress::EgressProxy;
 use crate::cgroup::CgroupManager;
 use crate::{
     find_bwrap, ContainerConfig, ContainerExecutor, DenoBinary, Enforcement, Executor,
-    NoneExecutor, SandboxError,
+    NoneExecutor, RunAs, SandboxError,
 };
 
 /// The isolation an operator asked for.
@@ -46,6 +46,9 @@ pub struct Choice {
     pub init: (PathBuf, Vec<String>),
     /// The egress proxy's settings (both backends).
     pub egress: atrund_egress::EgressConfig,
+    /// `none.run_as_uid` / `none.run_as_gid`: who `none` instances run as when the daemon is
+    /// root, also when `auto` falls back to `none`.
+    pub run_as: RunAs,
 }
 
 /// The chosen executor, and the describeRunner entry that says which one and why.
@@ -77,7 +80,8 @@ pub async fn choose_executor(c: Choice) -> Result<Chosen, SandboxError> {
         Arc::new(
             NoneExecutor::new(c.deno.clone())
                 .with_cgroups(c.cgroups.clone())
-                .with_egress(proxy.clone()),
+                .with_egress(proxy.clone())
+                .with_run_as(c.run_as),
         )
     };
     let chosen = |executor: Arc<dyn Executor>, isolation| Chosen {
@@ -151,9 +155,15 @@ async fn container_executor(
         .with_cgroups(c.cgroups.clone())
         .enforcement()
         .into_iter()
-        // Only the cgroup limits: the container's PID 1 applies Landlock and seccomp itself, and
-        // the idle freezer is reported but not required.
-        .filter(|e| !e.enforced && !matches!(e.limit, "landlock" | "seccomp" | "idleFreeze"))
+        // Only the cgroup limits: the container's PID 1 applies Landlock and seccomp itself, has
+        // its own user namespace, and the idle freezer is reported but not required.
+        .filter(|e| {
+            !e.enforced
+                && !matches!(
+                    e.limit,
+                    "landlock" | "seccomp" | "idleFreeze" | "unprivileged"
+                )
+        })
         .map(|e| format!("{}: {}", e.limit, e.how))
         .collect();
     if !missing.is_empty() {

@@ -258,7 +258,7 @@ struct DataBinds {
 }
 
 fn data_binds(spec: &InstanceSpec) -> Result<DataBinds, SandboxError> {
-    let binds = crate::hostfs::open_data_paths(spec)?
+    let binds = crate::hostfs::open_data_paths(spec, None)?
         .into_iter()
         .map(|d| {
             let inside = Path::new(DATA).join(&d.rel);
@@ -323,7 +323,7 @@ impl Executor for ContainerExecutor {
     async fn warm(&self, spec: InstanceSpec) -> Result<Arc<dyn Instance>, SandboxError> {
         let started_at = Instant::now();
         let (socket, shim) = process::work_paths(&spec)?;
-        process::prepare_work_dir(&spec, &socket, &shim).await?;
+        process::prepare_work_dir(&spec, &socket, &shim, None).await?;
         let fail = |e: SandboxError| {
             let _ = std::fs::remove_dir_all(&spec.work_dir);
             e
@@ -429,6 +429,8 @@ impl Executor for ContainerExecutor {
             keep,
             // bwrap binds these descriptors (`--bind-fd`); the child keeps them across exec.
             inherit: data.binds.into_iter().map(|(d, _)| d.fd).collect(),
+            // The user namespace gives the identity (`--uid`/`--gid`, `--cap-drop ALL`).
+            run_as: None,
             confine: None,
             // bwrap and init fork before Deno runs: a later move of bwrap's pid would miss them.
             join: Join::BeforeExec,

@@ -68,6 +68,8 @@ pub(crate) struct HostConfinement {
     enabled: bool,
     landlock_abi: Result<i64, String>,
     seccomp: Result<(), String>,
+    /// Who the instance runs as (`NoneExecutor`): the data dirs created here are given to it.
+    owner: Option<crate::RunAs>,
 }
 
 impl HostConfinement {
@@ -76,7 +78,12 @@ impl HostConfinement {
             enabled: true,
             landlock_abi: sys::landlock_abi().map_err(|e| e.to_string()),
             seccomp: sys::seccomp_errno_available().map_err(|e| e.to_string()),
+            owner: None,
         }
+    }
+
+    pub(crate) fn set_owner(&mut self, owner: Option<crate::RunAs>) {
+        self.owner = owner;
     }
 
     pub(crate) fn set_enabled(&mut self, on: bool) {
@@ -225,7 +232,7 @@ impl HostConfinement {
         read_write.push(spec.deno_dir.clone());
         // Opened beneath the data dir without following symlinks, write dirs created: granted
         // by descriptor, so nothing swapped in after the check is granted.
-        let data = hostfs::open_data_paths(spec)?;
+        let data = hostfs::open_data_paths(spec, self.owner)?;
         if p.sys {
             read_only.extend(SYS_READ.iter().map(PathBuf::from));
         }

@@ -12,7 +12,10 @@
 //! - the shim's socket is opened once `O_PATH | O_NOFOLLOW`, checked to be a socket, and every
 //!   later connection goes to that inode (`/proc/self/fd/<n>`), whatever the name points to by
 //!   then;
-//! - the dirs the host creates are 0700, whatever the umask.
+//! - the dirs the host creates are 0700, whatever the umask; when `none` instances run as an
+//!   unprivileged uid (`RunAs`), the instance's own dirs (work, data, Deno dir, created write
+//!   paths) are given to it by descriptor (`fchown` on what was opened `O_NOFOLLOW`, never a
+//!   name), and their parents are made passable (not listable) for its group alone (0710).
 //!
 //! Owns: the opening and creating above. Must not touch: what is granted (the backends decide),
 //! or anything after fork (`sys`).
@@ -25,7 +28,7 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{Mode, SFlag};
 
-use crate::{InstanceSpec, SandboxError};
+use crate::{InstanceSpec, RunAs, SandboxError};
 
 /// Mode of every dir the host creates: the runner's user alone.
 pub(crate) const PRIVATE_DIR: u32 = 0o700;
@@ -36,6 +39,94 @@ pub(crate) fn private_dir_all(dir: &Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(PRIVATE_DIR)
         .create(dir)
+}
+
+/// Mode of a runner dir the instances' group passes through without listing it.
+pub(crate) const PASSABLE_DIR: u32 = 0o710;
+
+fn open_dir_nofollow(dir: &Path) -> std::io::Result<OwnedFd> {
+    Ok(nix::fcntl::open(
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Creates `dir` (missing parents 0700) and gives it to `id`: owner and group, mode 0700, set on
+/// the opened descriptor, so a symlink at the name is refused rather than followed.
+pub(crate) fn owned_dir(dir: &Path, id: RunAs) -> std::io::Result<()> {
+    private_dir_all(dir)?;
+    let fd = open_dir_nofollow(dir)?;
+    nix::unistd::fchown(
+        fd.as_fd(),
+        Some(nix::unistd::Uid::from_raw(id.uid)),
+        Some(nix::unistd::Gid::from_raw(id.gid)),
+    )?;
+    nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(PRIVATE_DIR))?;
+    Ok(())
+}
+
+/// Lets group `gid` pass through `dir` (its owner stays; group `gid`, mode 0710): the instances
+/// reach what they own beneath without seeing the names of the rest.
+pub(crate) fn passable_dir(dir: &Path, gid: u32) -> std::io::Result<()> {
+    let fd = open_dir_nofollow(dir)?;
+    nix::unistd::fchown(fd.as_fd(), None, Some(nix::unistd::Gid::from_raw(gid)))?;
+    nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(PASSABLE_DIR))?;
+    Ok(())
+}
+
+/// A runner dir on the way to instances' files (`data_dir` and its subdirs): passable for the
+/// instances' group `group` (0710, [`passable_dir`]), or with no group the runner's alone
+/// (0700). Set on the dir opened `O_NOFOLLOW`, never through a symlink at the name.
+pub fn runner_dir_mode(dir: &Path, group: Option<u32>) -> std::io::Result<()> {
+    match group {
+        Some(gid) => passable_dir(dir, gid),
+        None => {
+            let fd = open_dir_nofollow(dir)?;
+            Ok(nix::sys::stat::fchmod(
+                fd.as_fd(),
+                Mode::from_bits_truncate(PRIVATE_DIR),
+            )?)
+        }
+    }
+}
+
+/// Why `id` (no supplementary groups) cannot reach `path`: a dir on the way it may not search, or
+/// `path` itself without the `want` bits (4 read, 1 execute). Plain modes (no ACLs); symlinks are
+/// resolved first.
+pub(crate) fn unreachable_by(path: &Path, id: RunAs, want: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let real = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) => return Some(format!("{}: {e}", path.display())),
+    };
+    let may = |p: &Path, bits: u32| -> Result<(), String> {
+        let m = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let shift = if m.uid() == id.uid {
+            6
+        } else if m.gid() == id.gid {
+            3
+        } else {
+            0
+        };
+        if (m.mode() >> shift) & bits == bits {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} is mode {:o}, owner {}:{}",
+                p.display(),
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid()
+            ))
+        }
+    };
+    let mut dirs: Vec<&Path> = real.ancestors().skip(1).collect();
+    dirs.reverse();
+    dirs.into_iter()
+        .try_for_each(|d| may(d, 1))
+        .and_then(|()| may(&real, want))
+        .err()
 }
 
 /// A start failure about a host file, for the caller without the path (it can name the
@@ -103,7 +194,14 @@ fn is_dir(fd: &OwnedFd) -> nix::Result<bool> {
 /// missing), creating each missing `write` path as a dir (0700) as in both modes. A read path
 /// that does not exist is left out; a symlink on the way refuses the start. A path listed for
 /// both is opened once, writable.
-pub(crate) fn open_data_paths(spec: &InstanceSpec) -> Result<Vec<DataPath>, SandboxError> {
+///
+/// With `owner` (the uid the instance runs as) every dir on the way to a `write` path, and the
+/// path itself if a dir, is given to it ([`give_dir`]); `read` paths keep their owner (the
+/// operator may place root-only files there on purpose).
+pub(crate) fn open_data_paths(
+    spec: &InstanceSpec,
+    owner: Option<RunAs>,
+) -> Result<Vec<DataPath>, SandboxError> {
     let p = &spec.permissions;
     if p.read.is_empty() && p.write.is_empty() {
         return Ok(Vec::new());
@@ -124,7 +222,7 @@ pub(crate) fn open_data_paths(spec: &InstanceSpec) -> Result<Vec<DataPath>, Sand
         .chain(p.write.iter().map(|w| (w, true)));
     for (rel, write) in entries {
         let rel_path = relative_data_path(rel)?;
-        let Some(opened) = open_one(&root, rel, rel_path, write)? else {
+        let Some(opened) = open_one(&root, rel, rel_path, write, owner)? else {
             continue;
         };
         out.retain(|d| d.rel != rel_path);
@@ -138,6 +236,7 @@ fn open_one(
     rel: &str,
     rel_path: &Path,
     write: bool,
+    owner: Option<RunAs>,
 ) -> Result<Option<DataPath>, SandboxError> {
     let fail = |e: Errno| match e {
         Errno::ELOOP | Errno::EXDEV => refused_link(rel),
@@ -175,6 +274,9 @@ fn open_one(
             Err(Errno::ENOENT) => return Ok(None),
             Err(e) => return Err(fail(e)),
         };
+        if let (true, Some(id)) = (write, owner) {
+            give_dir(&next, id).map_err(fail)?;
+        }
         cur = next;
     }
     let is_dir = is_dir(&cur).map_err(fail)?;
@@ -186,11 +288,36 @@ fn open_one(
     }))
 }
 
+/// Gives a dir on the way to (or at) a `write` path to the instance's uid, unless it has it: the
+/// bundle's own dirs, whoever made them (the host now, or an instance of a runner that ran them
+/// as root). Only dirs, which cannot be hard links to something outside; files are left alone.
+/// On the `O_PATH` descriptor itself (`AT_EMPTY_PATH`), never the name again.
+fn give_dir(fd: &OwnedFd, id: RunAs) -> nix::Result<()> {
+    let st = nix::sys::stat::fstat(fd.as_fd())?;
+    let dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+    if !dir || (st.st_uid, st.st_gid) == (id.uid, id.gid) {
+        return Ok(());
+    }
+    nix::unistd::fchownat(
+        fd.as_fd(),
+        "",
+        Some(nix::unistd::Uid::from_raw(id.uid)),
+        Some(nix::unistd::Gid::from_raw(id.gid)),
+        nix::fcntl::AtFlags::AT_EMPTY_PATH,
+    )
+}
+
 /// Writes `contents` to `dir/name` unless it already holds exactly that: into a new temp file
 /// (`O_CREAT | O_EXCL | O_NOFOLLOW`, so a name planted in advance is never followed), renamed
 /// into place (a rename replaces the name, it never follows it). Instances starting together
-/// may share `dir/name`; none sees a half-written file.
-pub(crate) fn write_file_atomic(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
+/// may share `dir/name`; none sees a half-written file. A file with the right contents but
+/// another mode is written again.
+pub(crate) fn write_file_atomic(
+    dir: &Path,
+    name: &str,
+    contents: &[u8],
+    mode: u32,
+) -> std::io::Result<()> {
     use std::io::{Read, Write};
     let dirfd: OwnedFd = nix::fcntl::open(
         dir,
@@ -206,7 +333,9 @@ pub(crate) fn write_file_atomic(dir: &Path, name: &str, contents: &[u8]) -> std:
     if let Ok(fd) = current {
         let mut have = Vec::with_capacity(contents.len());
         let mut f = std::fs::File::from(fd);
-        if f.read_to_end(&mut have).is_ok() && have == contents {
+        let same_mode =
+            nix::sys::stat::fstat(f.as_fd()).is_ok_and(|st| st.st_mode & 0o7777 == mode);
+        if same_mode && f.read_to_end(&mut have).is_ok() && have == contents {
             return Ok(());
         }
     }
@@ -217,10 +346,18 @@ pub(crate) fn write_file_atomic(dir: &Path, name: &str, contents: &[u8]) -> std:
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(0o600),
     )?;
-    let written = std::fs::File::from(fd).write_all(contents).and_then(|()| {
-        nix::fcntl::renameat(dirfd.as_fd(), tmp.as_str(), dirfd.as_fd(), name)
-            .map_err(std::io::Error::from)
-    });
+    // Widened only once written (the umask could narrow a mode given at creation).
+    let mut f = std::fs::File::from(fd);
+    let written = f
+        .write_all(contents)
+        .and_then(|()| {
+            nix::sys::stat::fchmod(f.as_fd(), Mode::from_bits_truncate(mode))
+                .map_err(std::io::Error::from)
+        })
+        .and_then(|()| {
+            nix::fcntl::renameat(dirfd.as_fd(), tmp.as_str(), dirfd.as_fd(), name)
+                .map_err(std::io::Error::from)
+        });
     if written.is_err() {
         let _ = nix::unistd::unlinkat(
             dirfd.as_fd(),
@@ -294,7 +431,7 @@ mod tests {
         s.permissions.read = vec!["in".into(), "missing".into(), "out/x".into()];
         std::fs::create_dir_all(tmp.path().join("data")).unwrap();
         std::fs::write(tmp.path().join("data/in"), "r").unwrap();
-        let got = open_data_paths(&s).unwrap();
+        let got = open_data_paths(&s, None).unwrap();
         let names: Vec<_> = got
             .iter()
             .map(|d| (d.rel.clone(), d.write, d.is_dir))
@@ -310,12 +447,12 @@ mod tests {
         std::os::unix::fs::symlink("/etc", tmp.path().join("data/evil")).unwrap();
         for bad in ["evil", "evil/passwd"] {
             s.permissions.read = vec![bad.into()];
-            let e = open_data_paths(&s).unwrap_err();
+            let e = open_data_paths(&s, None).unwrap_err();
             assert!(e.to_string().contains("symlink"), "{bad}: {e}");
         }
         s.permissions.read = vec![];
         s.permissions.write = vec!["evil/new".into()];
-        assert!(open_data_paths(&s).is_err());
+        assert!(open_data_paths(&s, None).is_err());
         assert!(!Path::new("/etc/new").exists());
         for bad in ["", "/etc", "../x", "./a", "a/../../b"] {
             assert!(relative_data_path(bad).is_err(), "{bad}");
@@ -330,19 +467,65 @@ mod tests {
         let dir = tmp.path().join("d");
         std::fs::create_dir(&dir).unwrap();
         std::os::unix::fs::symlink(&victim, dir.join("shim.ts")).unwrap();
-        write_file_atomic(&dir, "shim.ts", b"shim").unwrap();
+        write_file_atomic(&dir, "shim.ts", b"shim", 0o644).unwrap();
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "key");
         assert_eq!(
             std::fs::read_to_string(dir.join("shim.ts")).unwrap(),
             "shim"
         );
         assert!(!dir.join("shim.ts").is_symlink());
-        write_file_atomic(&dir, "shim.ts", b"shim").unwrap();
+        write_file_atomic(&dir, "shim.ts", b"shim", 0o644).unwrap();
         assert_eq!(
             std::fs::read_dir(&dir).unwrap().count(),
             1,
             "no temp file left"
         );
+    }
+
+    #[test]
+    fn a_file_with_the_right_contents_but_another_mode_is_rewritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("shim.ts");
+        std::fs::write(&f, "shim").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_file_atomic(tmp.path(), "shim.ts", b"shim", 0o644).unwrap();
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o644);
+    }
+
+    #[test]
+    fn reachability_follows_owner_group_and_other_bits() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let me = std::fs::metadata(tmp.path()).unwrap();
+        let owner = RunAs {
+            uid: me.uid(),
+            gid: me.gid(),
+        };
+        let other = RunAs {
+            uid: me.uid() + 1,
+            gid: me.gid() + 1,
+        };
+        let dir = tmp.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("f"), "x").unwrap();
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        set(tmp.path(), 0o711);
+        set(&dir.join("f"), 0o644);
+        set(&dir, 0o700);
+        assert!(unreachable_by(&dir.join("f"), owner, 4).is_none());
+        let why = unreachable_by(&dir.join("f"), other, 4).unwrap();
+        assert!(why.contains("mode 700"), "{why}");
+        set(&dir, 0o701);
+        assert!(unreachable_by(&dir.join("f"), other, 4).is_none());
+        assert!(
+            unreachable_by(&dir.join("f"), other, 1).is_some(),
+            "not executable"
+        );
+        assert!(unreachable_by(&dir.join("missing"), owner, 4).is_some());
     }
 
     #[test]

@@ -36,8 +36,26 @@ pub use choose::{choose_executor, Choice, Chosen, Requested};
 pub use container::{find_bwrap, ContainerConfig, ContainerExecutor};
 pub use deno::DenoBinary;
 pub use error::SandboxError;
+pub use hostfs::runner_dir_mode;
 pub use none::NoneExecutor;
 pub use rootfs::Rootfs;
+pub use sys::effective_root;
+
+/// The unprivileged uid and gid `none` instances of a root daemon run as, with no supplementary
+/// groups and no capabilities (`none.run_as_uid`, `none.run_as_gid`; docs/security.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl RunAs {
+    /// `nobody` / `nogroup` on Debian and most distributions: the default.
+    pub const NOBODY: RunAs = RunAs {
+        uid: 65534,
+        gid: 65534,
+    };
+}
 
 /// The runtime shim, embedded so that the binary and its shim never drift apart.
 pub const SHIM_SOURCE: &str = include_str!("../../../runtime/exec/main.ts");
@@ -129,7 +147,8 @@ impl Default for ResourceLimits {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Enforcement {
     /// `memory`, `cpuQuota`, `cpuTime`, `pids`, `idleFreeze`, `openFiles`, `timeout`,
-    /// `responseBody`; the `none` backend adds `landlock` and `seccomp` (its kernel confinement).
+    /// `responseBody`; the `none` backend adds `landlock` and `seccomp` (its kernel confinement)
+    /// and `unprivileged` (the uid it runs instances as).
     pub limit: &'static str,
     pub enforced: bool,
     /// How it is enforced, or why it is not.

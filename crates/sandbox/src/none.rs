@@ -7,9 +7,11 @@
 //!
 //! Owns: the command of a `none` instance (Deno's flags from `deno`, a cleared environment, the
 //! data dir as working directory, the proxy variables, Landlock and seccomp prepared before
-//! fork), its egress registration, and what this backend reports as enforced. Everything after
-//! the command is the shared process layer (`process`). Must not: choose permissions or limits
-//! (they arrive checked in `InstanceSpec`), or log env values or tokens.
+//! fork), its egress registration, what this backend reports as enforced, and the unprivileged
+//! uid/gid its instances run as when the daemon is root (`RunAs`: set by the child before exec;
+//! their dirs given to that uid by `process`). Everything after the command is the shared process
+//! layer (`process`). Must not: choose permissions or limits (they arrive checked in
+//! `InstanceSpec`), or log env values or tokens.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,7 +22,9 @@ use crate::cgroup::CgroupManager;
 use crate::deno::deno_args;
 use crate::host_confine::HostConfinement;
 use crate::process::{self, enforcement_for, launch, prepare_work_dir, work_paths, Join, Launch};
-use crate::{sys, DenoBinary, Enforcement, Executor, Instance, InstanceSpec, SandboxError};
+use crate::{
+    hostfs, sys, DenoBinary, Enforcement, Executor, Instance, InstanceSpec, RunAs, SandboxError,
+};
 
 /// The `none` executor.
 #[derive(Debug, Clone)]
@@ -37,9 +41,15 @@ pub struct NoneExecutor {
     join: Join,
     /// The egress proxy; `None`: instances connect nowhere.
     egress: Option<Arc<EgressProxy>>,
+    /// The uid/gid instances run as: `Some` only when the daemon is root (nobody else can switch).
+    run_as: Option<RunAs>,
+    /// The daemon's effective uid, for the enforcement list.
+    euid_root: bool,
 }
 
 impl NoneExecutor {
+    /// Instances of a root daemon run as [`RunAs::NOBODY`] until [`Self::with_run_as`] says
+    /// otherwise.
     pub fn new(deno: DenoBinary) -> Self {
         Self {
             deno,
@@ -48,7 +58,19 @@ impl NoneExecutor {
             confinement: HostConfinement::probe(),
             join: Join::AfterSpawn,
             egress: None,
+            run_as: None,
+            euid_root: sys::effective_root(),
         }
+        .with_run_as(RunAs::NOBODY)
+    }
+
+    /// The uid and gid instances run as when the daemon is root (`none.run_as_uid`,
+    /// `none.run_as_gid`; never 0, the config refuses it). A daemon that is not root cannot
+    /// switch: its instances run as its own user, and the enforcement list says so.
+    pub fn with_run_as(mut self, id: RunAs) -> Self {
+        self.run_as = self.euid_root.then_some(id);
+        self.confinement.set_owner(self.run_as);
+        self
     }
 
     /// Sends instances' HTTP(S) through `proxy` (their manifest's `net` rules, refused address
@@ -82,6 +104,46 @@ impl NoneExecutor {
         self
     }
 
+    /// Fails the start with a clear error when the instance's uid could not run Deno or read the
+    /// bundle or shim (say a data dir under `/root`, mode 0700), instead of Deno failing obscurely.
+    fn check_reachable(
+        &self,
+        spec: &InstanceSpec,
+        shim: &std::path::Path,
+        id: RunAs,
+    ) -> Result<(), SandboxError> {
+        let data_dir = "put data_dir where that user can pass through every parent dir";
+        let wanted = [
+            (
+                self.deno.path(),
+                0o1,
+                "execute the runtime",
+                "install Deno where that user can run it (e.g. /usr/local/bin)",
+            ),
+            (
+                spec.bundle_file.as_path(),
+                0o4,
+                "read the bundle",
+                "keep the code where that user can read it (at-rund dev: the bundle's folder)",
+            ),
+            (shim, 0o4, "read the shim", data_dir),
+            (spec.work_dir.as_path(), 0o1, "reach its work dir", data_dir),
+            (spec.deno_dir.as_path(), 0o1, "reach its DENO_DIR", data_dir),
+            (spec.data_dir.as_path(), 0o1, "reach its data dir", data_dir),
+        ];
+        for (path, bits, what, fix) in wanted {
+            if let Some(why) = hostfs::unreachable_by(path, id, bits) {
+                tracing::warn!(instance = %spec.id, uid = id.uid, gid = id.gid, path = %path.display(), %why, "the instance's user cannot {what}");
+                return Err(SandboxError::StartFailed(format!(
+                    "the instance's user (uid {}, none.run_as_uid) cannot {what}; {fix} \
+                     (the runner's log names the path)",
+                    id.uid
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn open_files(&self, asked: u64) -> u64 {
         self.nofile_hard.map_or(asked, |hard| asked.min(hard))
     }
@@ -96,6 +158,25 @@ impl Executor for NoneExecutor {
     fn enforcement(&self) -> Vec<Enforcement> {
         let mut e = enforcement_for(self.cgroups.as_ref(), self.nofile_hard);
         e.extend(self.confinement.enforcement());
+        e.push(match self.run_as {
+            Some(id) => Enforcement {
+                limit: "unprivileged",
+                enforced: true,
+                how: format!(
+                    "uid {} gid {}, no supplementary groups, no capabilities (bounding and ambient \
+                     sets emptied), no_new_privs; set before exec. Every instance shares this uid: \
+                     Landlock keeps tenants apart",
+                    id.uid, id.gid
+                ),
+            },
+            None => Enforcement {
+                limit: "unprivileged",
+                enforced: false,
+                how: "at-rund is not root, so it cannot switch uid: instances run as its own \
+                      user, confined by Landlock and seccomp only"
+                    .into(),
+            },
+        });
         e
     }
 
@@ -113,8 +194,12 @@ impl Executor for NoneExecutor {
             .unwrap_or(&spec.work_dir)
             .join(process::SHIM_FILE);
         let args = deno_args(&spec, &shim, &socket)?;
-        prepare_work_dir(&spec, &socket, &shim).await?;
+        prepare_work_dir(&spec, &socket, &shim, self.run_as).await?;
         let cleanup = |_: &SandboxError| process::remove_work_dir(&spec.id, &spec.work_dir);
+        if let Some(id) = self.run_as {
+            self.check_reachable(&spec, &shim, id)
+                .inspect_err(cleanup)?;
+        }
         let egress = self
             .egress
             .as_ref()
@@ -160,6 +245,7 @@ impl Executor for NoneExecutor {
             started_at,
             keep,
             inherit: Vec::new(),
+            run_as: self.run_as,
             confine,
             join: self.join,
         })

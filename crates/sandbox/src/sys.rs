@@ -1,7 +1,7 @@
 //! The crate's only `unsafe`: what the child does between fork and exec (join its cgroups for
 //! `container` instances, cap its open files and file size, keep the descriptors it is to
-//! inherit, and for `none` instances no_new_privs, Landlock
-//! and seccomp; `none` is placed in its cgroup from the daemon, `process::Join`), reading the
+//! inherit, and for `none` instances the switch to an unprivileged uid/gid with no capabilities
+//! (when the daemon is root), no_new_privs, Landlock and seccomp; `none` is placed in its cgroup from the daemon, `process::Join`), reading the
 //! daemon's own open-file limit, probing the kernel for Landlock and seccomp, and the signal
 //! handler of the container's PID 1 (`init`).
 //!
@@ -12,6 +12,8 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::libc;
+
+use crate::RunAs;
 
 /// What the child applies to itself before exec.
 #[derive(Debug, Default)]
@@ -26,8 +28,17 @@ pub(crate) struct ChildSetup {
     pub fsize: Option<u64>,
     /// Descriptors to keep across exec (their close-on-exec flag is cleared in the child).
     pub inherit: Vec<OwnedFd>,
+    /// The unprivileged identity to switch to (`none` instances of a root daemon): after the
+    /// cgroup and the limits (which need root), before Landlock and seccomp.
+    pub run_as: Option<RunAs>,
     /// Applied last, after the cgroup (whose `cgroup.procs` Landlock would refuse).
     pub confine: Option<Confinement>,
+}
+
+/// Whether this process runs with effective uid 0 (only then can it switch identity).
+pub fn effective_root() -> bool {
+    // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Kernel confinement a child applies to itself, built before fork (building allocates; the
@@ -104,19 +115,15 @@ pub(crate) fn nofile_hard_limit() -> Option<u64> {
 pub(crate) fn install(cmd: &mut tokio::process::Command, setup: ChildSetup) {
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the forked child before exec. It only calls prctl, getppid,
-    // open, write, close, setrlimit, fcntl, landlock_restrict_self and seccomp (async-signal-safe
-    // syscalls) on C strings, numbers, a file descriptor and filter arrays built before the fork,
-    // and it allocates nothing: errors are built from errno with `last_os_error`, and the
-    // `sock_fprog` lives on the stack and points into a Vec the closure owns.
+    // open, write, close, setrlimit, fcntl, setgroups, setresgid, setresuid, capset (raw
+    // syscalls: they change this thread, the child's only one), landlock_restrict_self and
+    // seccomp (async-signal-safe syscalls) on C strings, numbers, a file descriptor and filter arrays
+    // built before the fork, and it allocates nothing: errors are built from errno with
+    // `last_os_error`, and the `sock_fprog` lives on the stack and points into a Vec the closure
+    // owns.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The daemon may have died between fork and prctl: then nobody would kill us.
-            if libc::getppid() != parent {
-                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-            }
+            die_with_parent(parent)?;
             for path in &setup.procs {
                 let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 {
@@ -159,6 +166,15 @@ pub(crate) fn install(cmd: &mut tokio::process::Command, setup: ChildSetup) {
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            if let Some(id) = setup.run_as {
+                drop_root(id)?;
+                // The kernel clears the parent-death signal when the effective uid changes.
+                die_with_parent(parent)?;
+                // Also when confinement is off: no setuid binary may give root back.
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             if let Some(c) = &setup.confine {
                 if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -189,6 +205,80 @@ pub(crate) fn install(cmd: &mut tokio::process::Command, setup: ChildSetup) {
             Ok(())
         });
     }
+}
+
+/// `PR_SET_PDEATHSIG(SIGKILL)`, then checks the daemon did not die before it was set (then
+/// nobody would kill us). Runs in the forked child: syscalls only.
+fn die_with_parent(parent: libc::pid_t) -> std::io::Result<()> {
+    // SAFETY: prctl with two integers and getppid touch no memory of ours.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::getppid() != parent {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    Ok(())
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3` (linux/capability.h): 64-bit sets, as two data structs.
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Makes the calling (forked, single-threaded) child `id` with no capabilities: the bounding set
+/// emptied (so no later exec can bring a capability back) and the ambient set cleared while it
+/// still has CAP_SETPCAP, then supplementary groups, gid and uid (groups and gid first: they need
+/// the root it is giving up). From root to non-root without SECBIT_KEEP_CAPS the kernel clears the
+/// permitted and effective sets. Raw syscalls, not glibc's wrappers, which signal other threads.
+fn drop_root(id: RunAs) -> std::io::Result<()> {
+    let fail = || Err(std::io::Error::last_os_error());
+    // SAFETY: prctl with integers and setgroups with a null list of length 0 read no memory of
+    // ours; setresgid/setresuid take integers; capset reads the two stack arrays, alive for the
+    // call and of the sizes version 3 defines (a header of two u32, two data structs of three
+    // u32). Nothing is allocated.
+    unsafe {
+        // Every capability the kernel knows: PR_CAPBSET_DROP answers EINVAL past the last one.
+        for cap in 0..64 {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINVAL) && cap > 0 {
+                    break;
+                }
+                return Err(e);
+            }
+        }
+        if libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return fail();
+        }
+        if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) != 0 {
+            return fail();
+        }
+        if libc::syscall(libc::SYS_setresgid, id.gid, id.gid, id.gid) != 0 {
+            return fail();
+        }
+        if libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid) != 0 {
+            return fail();
+        }
+        // Inherited securebits (SECBIT_NO_SETUID_FIXUP, KEEP_CAPS) would keep the capabilities
+        // across the uid change: empty every set explicitly (dropping is always allowed).
+        let header: [u32; 2] = [LINUX_CAPABILITY_VERSION_3, 0];
+        let none: [u32; 6] = [0; 6];
+        if libc::syscall(libc::SYS_capset, header.as_ptr(), none.as_ptr()) != 0 {
+            return fail();
+        }
+        // Belt and braces: were root still reachable (a kernel that kept the capabilities), stop.
+        if libc::syscall(libc::SYS_setresuid, 0, 0, 0) == 0 {
+            return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+        }
+    }
+    Ok(())
 }
 
 extern "C" fn ignore_signal(_: libc::c_int) {}

@@ -322,7 +322,9 @@ async fn a_file_over_the_size_limit_stops_the_instance_container() {
 }
 
 /// The declared write folders exist in both modes, and the dirs the host creates for an
-/// instance are the runner's alone (0700), whatever the umask.
+/// instance are the runner's alone (0700), whatever the umask; in `none` mode (a root runner,
+/// instances as nobody) the instance's own dirs are nobody's, 0700, and the author dirs above
+/// them root's, passable but not listable for nobody's group alone (0710).
 async fn dirs_and_modes(mode: Mode) {
     let Some(env) = Env::new(&format!("modes{mode:?}"), mode).await else {
         return;
@@ -343,11 +345,17 @@ async fn dirs_and_modes(mode: Mode) {
         spec.data_dir.clone(),
         spec.data_dir.join("out"),
         spec.data_dir.join("out/deeper"),
+    ] {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is {mode:o}", d.display());
+    }
+    let above = if mode == Mode::None { 0o710 } else { 0o700 };
+    for d in [
         env.root.join("data/did_plc_author"),
         env.root.join("deno/did_plc_author"),
     ] {
         let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700, "{} is {mode:o}", d.display());
+        assert_eq!(mode, above, "{} is {mode:o}", d.display());
     }
     inst.shutdown().await;
 }

@@ -61,6 +61,7 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
         started_at,
         keep,
         inherit,
+        run_as,
         confine,
         join,
     } = l;
@@ -87,6 +88,7 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
             nofile: Some(nofile),
             fsize: Some(spec.limits.max_file_bytes),
             inherit,
+            run_as,
             confine,
         },
     )?;

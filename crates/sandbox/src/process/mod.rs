@@ -62,6 +62,9 @@ pub(crate) struct Launch<'a> {
     /// Descriptors the process keeps across exec (the container's `--bind-fd` sources); closed
     /// in the daemon once it is spawned.
     pub inherit: Vec<std::os::fd::OwnedFd>,
+    /// The unprivileged identity the process switches to before exec (`none` of a root daemon;
+    /// the container has its own user namespace).
+    pub run_as: Option<crate::RunAs>,
     /// Landlock and seccomp the process applies to itself before exec (`none` only: the
     /// container's PID 1 confines itself).
     pub confine: Option<sys::Confinement>,
@@ -177,11 +180,14 @@ pub(crate) fn work_paths(spec: &InstanceSpec) -> Result<(PathBuf, PathBuf), Sand
 pub(crate) use crate::hostfs::io_err;
 
 /// Creates the instance's dirs (0700), removes a stale socket and writes the shim (without
-/// following a name planted in its dir: `hostfs::write_file_atomic`).
+/// following a name planted in its dir: `hostfs::write_file_atomic`; 0644, it is public code).
+/// With `owner` (the uid the instance runs as) the three dirs are given to it and their parents
+/// made passable for its group (`hostfs::owned_dir`, `hostfs::passable_dir`).
 pub(crate) async fn prepare_work_dir(
     spec: &InstanceSpec,
     socket: &Path,
     shim: &Path,
+    owner: Option<crate::RunAs>,
 ) -> Result<(), SandboxError> {
     let dirs = [
         spec.work_dir.clone(),
@@ -192,6 +198,14 @@ pub(crate) async fn prepare_work_dir(
     tokio::task::spawn_blocking(move || {
         for dir in &dirs {
             crate::hostfs::private_dir_all(dir).map_err(|e| io_err("create", dir, e))?;
+            if let Some(id) = owner {
+                if let Some(parent) = dir.parent() {
+                    crate::hostfs::passable_dir(parent, id.gid)
+                        .map_err(|e| io_err("open to the instance's group", parent, e))?;
+                }
+                crate::hostfs::owned_dir(dir, id)
+                    .map_err(|e| io_err("give the instance", dir, e))?;
+            }
         }
         // A stale socket from a crashed predecessor would make the listen fail.
         let _ = std::fs::remove_file(&socket);
@@ -199,7 +213,7 @@ pub(crate) async fn prepare_work_dir(
         else {
             return Err(io_err("write the shim to", &shim, "not a file path"));
         };
-        crate::hostfs::write_file_atomic(dir, name, SHIM_SOURCE.as_bytes())
+        crate::hostfs::write_file_atomic(dir, name, SHIM_SOURCE.as_bytes(), 0o644)
             .map_err(|e| io_err("write the shim to", &shim, e))
     })
     .await

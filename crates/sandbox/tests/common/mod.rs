@@ -74,6 +74,14 @@ impl Env {
             .tempdir_in("/tmp")
             .unwrap();
         let root = tmp.path().to_path_buf();
+        if mode == Mode::None {
+            // As the daemon's data dir (`prepare_data_dir`): the runner's dirs above instances'
+            // own are passable for the instances' group (nobody's by default).
+            for d in ["data", "deno", "w"] {
+                std::fs::create_dir_all(root.join(d)).unwrap();
+                atrund_sandbox::runner_dir_mode(&root.join(d), Some(65534)).unwrap();
+            }
+        }
         let mgr = Arc::new(CgroupManager::start(&format!(
             "test-{}-{test}",
             std::process::id()

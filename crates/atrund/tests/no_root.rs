@@ -1,0 +1,128 @@
+//! No root inside, through the whole daemon (issue 11): a real `at-rund serve` running as root
+//! with `isolation = "none"` serves a bundle published to the test PDS, and the instance's process
+//! is not root: the bundle reports its ids (`Deno.uid()`, `sys`), the kernel's view of its pid (from
+//! `/admin/pool`) shows the configured ids and no capabilities, and the file it writes in its data
+//! dir is its uid's, under runner dirs that only its group may pass.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use common::{get, Daemon};
+use serde_json::json;
+
+const UID: u32 = 64201;
+const GID: u32 = 64202;
+
+fn owner_mode(p: &Path) -> (u32, u32, u32) {
+    let m = std::fs::symlink_metadata(p).unwrap();
+    (m.uid(), m.gid(), m.mode() & 0o7777)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_none_runner_serves_bundles_from_an_unprivileged_process() {
+    let Some(net) = atrund_testnet::shared() else {
+        return;
+    };
+    let Some(deno) = atrund_testnet::deno_path() else {
+        return;
+    };
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "this test needs root in CI"
+        );
+        eprintln!("SKIPPED: not root");
+        return;
+    }
+    let author = net.create_account("noroot").await;
+    let code = r#"
+export const who = { handler: async () => {
+  await Deno.writeTextFile("out/mine", "x");
+  return { uid: Deno.uid(), gid: Deno.gid(), pid: Deno.pid };
+} };
+"#;
+    let manifest = json!({
+        "endpoints": [{"name": "who", "method": "GET"}],
+        "permissions": {"sys": true, "write": ["out"]},
+    });
+    common::deploy(net, &author, code, &manifest, "noroot", "1.0.0").await;
+
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = common::command(&deno, data.path());
+    common::use_test_net(&mut cmd, net)
+        .arg("serve")
+        .env("ATRUND_POLICY", "open")
+        .env("ATRUND_ISOLATION", "none")
+        .env("ATRUND_PERMISSIONS_SYS", "true")
+        .env("ATRUND_NONE_RUN_AS_UID", UID.to_string())
+        .env("ATRUND_NONE_RUN_AS_GID", GID.to_string())
+        .env("ATRUND_POOL_ADMIN_LISTEN", "auto");
+    let mut runner = Daemon::spawn(&mut cmd, true);
+
+    let (s, b) = get(&runner.url(&format!("/bundle/{}/noroot/latest/who", author.did))).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        (b["uid"].as_u64(), b["gid"].as_u64()),
+        (Some(UID.into()), Some(GID.into())),
+        "{b}"
+    );
+
+    let (_, pool) = get(&format!("{}/admin/pool", runner.admin.as_deref().unwrap())).await;
+    let pid = pool["instances"][0]["pid"]
+        .as_u64()
+        .expect("an instance pid");
+    assert_eq!(b["pid"].as_u64(), Some(pid), "{pool}");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(field("Uid"), format!("{UID}\t{UID}\t{UID}\t{UID}"));
+    assert_eq!(field("Gid"), format!("{GID}\t{GID}\t{GID}\t{GID}"));
+    for cap in ["CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(field(cap), "0000000000000000", "{cap}");
+    }
+
+    let (_, describe) = get(&runner.url("/xrpc/dev.atrund.describeRunner")).await;
+    let enforcement = describe.to_string();
+    assert!(
+        enforcement.contains(&format!("uid {UID} gid {GID}")),
+        "describeRunner does not say who instances run as: {describe}"
+    );
+
+    // The file the bundle wrote is its uid's; the runner's dirs above are root's, group-passable.
+    let written: Vec<_> = walk(&data.path().join("data"))
+        .into_iter()
+        .filter(|p| p.ends_with("out/mine"))
+        .collect();
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(owner_mode(&written[0]).0, UID);
+    for d in [
+        data.path().to_path_buf(),
+        data.path().join("data"),
+        data.path().join("bundles"),
+    ] {
+        assert_eq!(owner_mode(&d), (0, GID, 0o710), "{}", d.display());
+    }
+    runner.stop();
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
