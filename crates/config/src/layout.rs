@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 
 /// `data_dir` when neither `XDG_DATA_HOME` nor `HOME` is usable.
 pub(crate) const FALLBACK_DATA_DIR: &str = "./.at-rund-data";
+/// `data_dir` of a runner whose `HOME` is `/root` (and no `XDG_DATA_HOME`): `none` instances
+/// run as another uid, which could not pass through `/root`.
+pub(crate) const ROOT_DATA_DIR: &str = "/var/lib/at-rund";
 
 /// The layout of one runner's data dir.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use std::path::Path;
 use toml::{Table, Value};
 
 use crate::error::Provenance;
-use crate::layout::FALLBACK_DATA_DIR;
+use crate::layout::{FALLBACK_DATA_DIR, ROOT_DATA_DIR};
 use crate::{Config, ConfigError, Source};
 
 /// Prefix of every environment variable at-rund reads.
@@ -176,8 +176,8 @@ pub fn process_env() -> Result<HashMap<String, String>, ConfigError> {
     Ok(out)
 }
 
-/// `data_dir` from the environment: `$XDG_DATA_HOME/at-rund`, else `$HOME/.local/share/at-rund`,
-/// else `./.at-rund-data`. Relative or empty values are ignored, as the XDG spec says.
+/// `data_dir` from the environment: `$XDG_DATA_HOME/at-rund`, else `/var/lib/at-rund` when `HOME`
+/// is `/root`, else `$HOME/.local/share/at-rund`, else `./.at-rund-data`. Relative or empty values are ignored, as the XDG spec says.
 fn default_data_dir(env: &HashMap<String, String>) -> (String, Source) {
     let abs = |var: &str| {
         env.get(var)
@@ -192,6 +192,14 @@ fn default_data_dir(env: &HashMap<String, String>) -> (String, Source) {
         );
     }
     if let Some(h) = abs("HOME") {
+        // root's home is closed (0700) to the uid `none` instances run as, so a root runner keeps
+        // its data where system services do.
+        if Path::new(&h) == Path::new("/root") {
+            return (
+                ROOT_DATA_DIR.to_string(),
+                Source::Computed("HOME is /root: a system service's data dir".into()),
+            );
+        }
         let p = Path::new(&h).join(".local/share/at-rund");
         return (
             p.to_string_lossy().into_owned(),

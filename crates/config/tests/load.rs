@@ -88,6 +88,10 @@ fn data_dir_is_computed_from_the_environment() {
     assert!(matches!(c.source_of("data_dir"), Source::Computed(s) if s.contains("XDG_DATA_HOME")));
     let c = load(None, &[("HOME", "/home/op")]).unwrap();
     assert_eq!(c.data_dir, PathBuf::from("/home/op/.local/share/at-rund"));
+    // root's home is closed to the uid `none` instances run as: a system service's dir instead.
+    let c = load(None, &[("HOME", "/root")]).unwrap();
+    assert_eq!(c.data_dir, PathBuf::from("/var/lib/at-rund"));
+    assert!(matches!(c.source_of("data_dir"), Source::Computed(s) if s.contains("/root")));
     // A relative or empty XDG_DATA_HOME is ignored, as the XDG spec says.
     let c = load(None, &[("XDG_DATA_HOME", "rel"), ("HOME", "/h")]).unwrap();
     assert_eq!(c.data_dir, PathBuf::from("/h/.local/share/at-rund"));

@@ -75,8 +75,13 @@ struct Ctx {
     other_port: u16,
     /// This host's own non-loopback address, if it has one.
     host_ip: Option<std::net::Ipv4Addr>,
-    /// A listening Unix socket outside the instance's dirs.
+    /// A listening Unix socket outside the instance's dirs, root's, mode 0755 (as a container
+    /// engine's would be: only its owner or group may connect).
     unix_socket: String,
+    /// The same, but mode 0666 in a dir anyone may pass (as D-Bus's system bus is).
+    open_unix_socket: String,
+    /// The runner is root, so `none` instances run as another uid (`none.run_as_uid`).
+    root: bool,
     other_pid: u32,
     /// Idle instances are frozen here (the cgroup freezer is usable and on).
     freezer: bool,
@@ -236,12 +241,20 @@ fn cases(c: &Ctx) -> Vec<Case> {
             (Contained, Contained),
         ),
         // Landlock (ABI 7, Linux 6.18) has no rule for connecting to a named socket, and
-        // seccomp cannot see the address: with FFI, `none` reaches any socket the runner's
-        // uid may open (docs/security.md).
+        // seccomp cannot see the address: with FFI, `none` reaches any socket its uid may write.
+        // A root runner's instances run as another uid, which root's own sockets refuse (DAC);
+        // a world-writable one stays open (docs/security.md).
         case(
             "connect to a named Unix socket (FFI)",
             "osUnixConnect",
             vec![("path", c.unix_socket.clone())],
+            true,
+            (Contained, if c.root { Contained } else { Escaped }),
+        ),
+        case(
+            "connect to a world-writable named Unix socket (FFI)",
+            "osUnixConnect",
+            vec![("path", c.open_unix_socket.clone())],
             true,
             (Contained, Escaped),
         ),
@@ -489,6 +502,24 @@ async fn suite(mode: Mode) {
     let (other_port, _svc2) = loopback_service().await;
     let host_ip = atrund_testnet::host_address();
     let unix = UnixCanary::bind(&env.root.join("outside/engine.sock"));
+    // In a dir of its own under /tmp that anyone may pass, mode 0666.
+    let open_dir = tempfile::Builder::new()
+        .prefix("atrund-hostile-bus")
+        .tempdir()
+        .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let open_unix = UnixCanary::bind(&open_dir.path().join("bus.sock"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&open_unix.path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    let root = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").unwrap().uid() == 0
+    };
     // data/in/link -> the secret: what a bundle could plant with its write permission.
     let data_in = env.root.join("data/in");
     std::fs::create_dir_all(&data_in).unwrap();
@@ -508,6 +539,8 @@ async fn suite(mode: Mode) {
         freezer: env.mgr.freeze_after_idle().is_some(),
         host_ip,
         unix_socket: unix.path.clone(),
+        open_unix_socket: open_unix.path.clone(),
+        root,
     };
     let spec = |i: usize, ffi: bool| -> InstanceSpec {
         let mut s = env.spec(&format!("h{i}"), &b);
@@ -543,16 +576,17 @@ async fn suite(mode: Mode) {
         }
         let inst = env.warm(spec(i, case.ffi)).await;
         let query: Vec<(&str, &str)> = case.query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let counts = || (canary.count(), unix.count(), open_unix.count());
+        let before = counts();
         let res = tokio::time::timeout(
             Duration::from_secs(30),
             call_json(&*inst, q(case.endpoint, &query)),
         )
         .await
         .unwrap_or_else(|_| Err("no answer in 30 s".into()));
-        let before = (canary.count(), unix.count());
         let mut got = judge(case, &ctx, &res);
         // Whatever the bundle was told: a connection that arrived is an escape.
-        if (canary.count(), unix.count()) != before {
+        if counts() != before {
             got = Escaped;
         }
         if case.endpoint == "timers" {
@@ -670,6 +704,8 @@ fn security_md_lists_every_case_as_the_suite_expects() {
         freezer: true,
         host_ip: Some(std::net::Ipv4Addr::new(192, 0, 2, 2)),
         unix_socket: "/u".into(),
+        open_unix_socket: "/o".into(),
+        root: true,
     };
     let cases = cases(&ctx);
     let mut problems = Vec::new();
