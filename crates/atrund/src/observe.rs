@@ -37,7 +37,7 @@ pub fn init_logging(format: LogFormat) {
 
 /// `{"time", "level", "target", "message", "fields", "request_id", "spans"}`: `request_id` lifted
 /// from the enclosing `request` span so one `jq 'select(.request_id == "…")'` finds a request's
-/// lines; `spans` lists every enclosing span's fields, outermost first.
+/// lines; `spans` lists every enclosing span's fields and its name (`span`), outermost first.
 struct JsonLine;
 
 /// An event's fields as JSON, its message apart.
@@ -120,7 +120,8 @@ where
                 if let Some(id) = obj.get("request_id") {
                     line.insert("request_id".into(), id.clone());
                 }
-                obj.insert("name".into(), Value::from(span.name()));
+                // Not `name`: span fields such as `invoke`'s bundle name use that key.
+                obj.insert("span".into(), Value::from(span.name()));
                 spans.push(Value::Object(obj));
             }
         }
@@ -257,7 +258,7 @@ mod tests {
         assert_eq!(lines[1]["level"], "WARN");
         assert_eq!(lines[1]["request_id"], "abc-1");
         assert_eq!(lines[1]["fields"]["code"], "Busy");
-        assert_eq!(lines[1]["spans"][1]["name"], "invoke");
+        assert_eq!(lines[1]["spans"][1]["span"], "invoke");
         assert_eq!(lines[1]["spans"][1]["endpoint"], "greet");
         assert!(lines[1]["time"].as_str().unwrap().contains('T'));
     }

@@ -249,7 +249,7 @@ async fn dev_runner_counts_requests_and_logs_them_as_json() {
             "no answer line for {id}:\n{log}"
         );
         for l in mine {
-            assert_eq!(l["spans"][0]["name"], "request", "{l}");
+            assert_eq!(l["spans"][0]["span"], "request", "{l}");
             assert_eq!(l["spans"][0]["request_id"], id, "{l}");
         }
     }

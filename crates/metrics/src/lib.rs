@@ -236,11 +236,13 @@ impl SeriesInner {
 }
 
 type Endpoints = HashMap<String, Arc<SeriesInner>>;
+/// Author → bundle → endpoint → series, and how many series there are.
+type Sets = (HashMap<String, HashMap<String, Endpoints>>, usize);
 
 /// Admitted label sets, looked up by `&str` at every level so a hit allocates nothing.
 struct Table {
     cap: usize,
-    sets: RwLock<(HashMap<String, HashMap<String, Endpoints>>, usize)>,
+    sets: RwLock<Sets>,
     other: Arc<SeriesInner>,
     unresolved: Arc<SeriesInner>,
 }
