@@ -114,3 +114,27 @@ fn disabled_records_nothing() {
     m.rejection(Rejection::Busy);
     assert!(m.encode().is_none());
 }
+
+/// The hot path's cost: resolving a request's label set and recording it, per request.
+/// `cargo test --release -p atrund-metrics -- --ignored --nocapture hot_path_cost`
+#[test]
+#[ignore]
+fn hot_path_cost() {
+    let m = metrics(200);
+    for i in 0..100 {
+        m.request(
+            &m.series("did:plc:a", &format!("b{i}"), "e"),
+            200,
+            Duration::ZERO,
+        );
+    }
+    let n = 2_000_000;
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        let s = m.series("did:plc:a", "b42", "e");
+        m.request(&s, 200 + (i % 2) as u16, Duration::from_micros(150));
+    }
+    let per = t.elapsed() / n;
+    eprintln!("series + request: {per:?} per request");
+    assert!(per < Duration::from_micros(2), "{per:?}");
+}
