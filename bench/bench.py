@@ -257,12 +257,24 @@ def warm(tmp, results):
     r = AtRund(["dev", bundle, "--name", "bench"], {}, data)
     via_url = r.base + "/bundle/local/bench/latest/hello"
     wait_http(via_url)
-    rows = {"direct": {1: [], 50: []}, "at-rund": {1: [], 50: []}}
+    targets = [("direct", direct_url), ("at-rund", via_url)]
+    # BENCH_METRICS_AB=1: the same runner with metrics off, alternated with the others, for the
+    # cost of recording them (docs/performance.md).
+    off = None
+    if os.environ.get("BENCH_METRICS_AB") == "1":
+        off = AtRund(["dev", bundle, "--name", "bench"], {"ATRUND_METRICS_ENABLED": "false"},
+                     os.path.join(tmp, "data-warm-nometrics"))
+        off_url = off.base + "/bundle/local/bench/latest/hello"
+        wait_http(off_url)
+        targets.append(("at-rund metrics off", off_url))
+    rows = {name: {1: [], 50: []} for name, _ in targets}
     for _ in range(ROUNDS):
         for conns in (1, 50):
-            for name, url in (("direct", direct_url), ("at-rund", via_url)):
+            for name, url in targets:
                 rows[name][conns].append(wrk(url, conns))
     r.stop()
+    if off:
+        off.stop()
     stop(direct)
 
     def med(name, conns, k):
@@ -459,6 +471,12 @@ def report(res):
         add(f"| c=1 p99 latency | {d['c1_p99_ms']*1000:.0f} µs | {a['c1_p99_ms']*1000:.0f} µs | +{(a['c1_p99_ms']-d['c1_p99_ms'])*1000:.0f} µs | — |")
         add(f"| c=50 throughput | {d['c50_rps']:.0f} req/s | {a['c50_rps']:.0f} req/s | {a['c50_rps']/d['c50_rps']*100:.0f} % | ≥ 70 % |")
         add(f"\nnon-2xx responses: direct {d['non2xx']}, at-rund {a['non2xx']}\n")
+        o = w.get("at-rund metrics off")
+        if o:
+            add("Metrics on vs off (same run, alternated): "
+                f"c=1 p50 {a['c1_p50_ms']*1000:.0f} vs {o['c1_p50_ms']*1000:.0f} µs, "
+                f"c=50 {a['c50_rps']:.0f} vs {o['c50_rps']:.0f} req/s "
+                f"({(1/a['c50_rps']-1/o['c50_rps'])*1e6:+.2f} µs per request at c=50)\n")
     ws = res.get("warm_serve")
     if ws:
         d, a = ws["direct"], ws["at-rund serve"]

@@ -2,7 +2,8 @@
 # Installs what at-rund needs on a fresh Debian machine, idempotently:
 #   scripts/setup.sh          pinned Deno (tools/deno, from npm)
 #   scripts/setup.sh --test   also the local PLC + PDS test network (tests/atproto-net, from npm)
-#                             and headless Chromium (Debian) for the browser tests
+#                             headless Chromium (Debian) for the browser tests, and Prometheus's
+#                             promtool (Debian) for the metrics test
 # Node.js and npm come from Debian when missing. Nothing is installed outside the repo except
 # Debian packages.
 set -euo pipefail
@@ -23,6 +24,8 @@ if [ "$with_test_net" = 1 ]; then
   command -v python3 >/dev/null || need_apt+=(python3)
   # The origin tests drive a real headless browser (crates/atrund/tests/origins.rs).
   command -v chromium >/dev/null || need_apt+=(chromium)
+  # The metrics test checks /metrics with promtool (crates/atrund/tests/metrics.rs).
+  command -v promtool >/dev/null || need_apt+=(prometheus)
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}" >&2

@@ -11,6 +11,8 @@ use anyhow::{Context, Result};
 /// The log message that announces the HTTP API's address (`... http api listening addr=IP:PORT`).
 const LISTENING_MESSAGE: &str = "http api listening";
 use clap::{Parser, Subcommand};
+
+mod observe;
 use tokio::sync::watch;
 
 use atrund_bundle::{BundleSource, BundleStore, SourceConfig};
@@ -93,7 +95,7 @@ fn main() -> std::process::ExitCode {
     if let Command::SandboxInit { args } = &cli.command {
         return atrund_sandbox::init::main(args);
     }
-    init_logging();
+    observe::init_logging(observe::log_format(cli.command.config()));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -113,15 +115,17 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ATRUND_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+impl Command {
+    /// The config file the command was given.
+    fn config(&self) -> Option<&Path> {
+        match self {
+            Command::Serve { config }
+            | Command::Dev { config, .. }
+            | Command::CheckConfig { config }
+            | Command::Keygen { config, .. } => config.as_deref(),
+            Command::SandboxInit { .. } => None,
+        }
+    }
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config> {
@@ -314,6 +318,7 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     if let Some(d) = &config.http.bundle_domain {
         tracing::info!(bundle_domain = %d, "host routes on: each bundle is served at {{label}}.{d} (docs/origins.md)");
     }
+    let metrics = observe::metrics(&config, pool.clone(), egress.clone(), identity.clone());
     let (drain_tx, drain_rx) = watch::channel(false);
     let rates = Arc::new(atrund_policy::AuthorRates::new(config.tenants.clone()));
     let state = AppState {
@@ -329,6 +334,7 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         rates,
         data_quota: Arc::default(),
         origins: Arc::new(origins),
+        metrics: metrics.clone(),
     };
     if let Some(l) = &state.local {
         tracing::info!(
@@ -368,8 +374,8 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         if !bound.ip().is_loopback() {
             tracing::warn!(admin = %bound, "the admin endpoint has no authentication and is not on loopback");
         }
-        tracing::info!(admin = %bound, "admin endpoint up: GET /admin/pool");
-        let admin_app = atrund_http::admin_router(pool.clone());
+        tracing::info!(admin = %bound, "admin endpoint up: GET /admin/pool, GET /metrics");
+        let admin_app = atrund_http::admin_router(pool.clone(), metrics.clone());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(admin, admin_app).await {
                 tracing::error!(error = %e, "admin endpoint failed");

@@ -64,6 +64,8 @@ pub struct Config {
     pub none: NoneSection,
     pub egress: EgressSection,
     pub tenants: TenantsSection,
+    pub metrics: MetricsSection,
+    pub log: LogSection,
     /// Where each key's value came from (default, file, environment), for error messages and
     /// `check-config`. Not part of the schema.
     #[serde(skip)]
@@ -494,6 +496,8 @@ impl Default for Config {
             none: NoneSection::default(),
             egress: EgressSection::default(),
             tenants: TenantsSection::default(),
+            metrics: MetricsSection::default(),
+            log: LogSection::default(),
             sources: error::Provenance::default(),
         }
     }
@@ -586,6 +590,47 @@ impl Default for EgressSection {
             max_tunnels_per_instance: 64,
         }
     }
+}
+
+/// Prometheus metrics (docs/observability.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Record metrics and serve `GET /metrics` on the admin listener; off, nothing is recorded.
+    pub enabled: bool,
+    /// Also serve `GET /metrics` on the main listener (unauthenticated: anyone who can reach
+    /// the runner then sees which bundles run here and how often).
+    pub public: bool,
+    /// Most distinct (author, bundle, endpoint) label sets; requests of further ones are counted
+    /// under `other`, so the number of series stays bounded.
+    pub max_label_sets: u64,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            enabled: true,
+            public: false,
+            max_label_sets: 200,
+        }
+    }
+}
+
+/// The runner's own log on stderr (its level filter is `ATRUND_LOG`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `text` (human-readable lines) or `json` (one JSON object per line).
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Config {

@@ -15,7 +15,35 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a `Retry-After` header (429 without one gets 1).
     pub retry_after: Option<u64>,
+    /// What else the error counts as in the metrics (docs/observability.md).
+    pub tally: Option<Tally>,
 }
+
+/// A metric an error adds to besides the request counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tally {
+    Rejection(atrund_metrics::Rejection),
+    Breach(atrund_metrics::Limit),
+}
+
+/// Error names that mean something fetched did not verify (`atrund_verification_failures_total`).
+pub const VERIFICATION_ERRORS: &[&str] = &[
+    "CarInvalid",
+    "BlockHashMismatch",
+    "CommitInvalid",
+    "CommitDidMismatch",
+    "CommitSignatureInvalid",
+    "MstProofInvalid",
+    "RecordInvalid",
+    "BlobRefInvalid",
+    "BlobHashMismatch",
+    "BlobSizeMismatch",
+    "ReleaseInvalid",
+    "RepoRollback",
+    "DidDocumentInvalid",
+    "PlcAuditLogInvalid",
+    "HandleMismatch",
+];
 
 impl ApiError {
     pub fn new(class: ErrorClass, code: &'static str, message: impl Into<String>) -> Self {
@@ -24,6 +52,15 @@ impl ApiError {
             class,
             message: message.into(),
             retry_after: None,
+            tally: None,
+        }
+    }
+
+    /// The same error, counted as `t` in the metrics.
+    pub fn tallied(self, t: Tally) -> Self {
+        ApiError {
+            tally: Some(t),
+            ..self
         }
     }
 
@@ -35,7 +72,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = serde_json::json!({ "error": self.code, "message": self.message });
+        let body = match crate::request_id::current() {
+            Some(id) => serde_json::json!({
+                "error": self.code,
+                "message": self.message,
+                "requestId": id.to_str().unwrap_or_default(),
+            }),
+            None => serde_json::json!({ "error": self.code, "message": self.message }),
+        };
         let mut resp = (status, axum::Json(body)).into_response();
         let retry = match self.retry_after {
             Some(secs) => Some(HeaderValue::from(secs)),
@@ -69,8 +113,24 @@ from_coded!(
 
 impl From<atrund_pool::PoolError> for ApiError {
     fn from(e: atrund_pool::PoolError) -> Self {
+        use atrund_metrics::{Limit as L, Rejection as R};
+        use atrund_pool::PoolError as P;
+        use atrund_sandbox::SandboxError as X;
+        let tally = match &e {
+            P::Busy { .. } => Some(Tally::Rejection(R::Busy)),
+            P::CrashLooping { .. } => Some(Tally::Rejection(R::CrashLoop)),
+            P::Draining | P::Sandbox(X::Draining) => Some(Tally::Rejection(R::Draining)),
+            P::Sandbox(X::MemoryLimitExceeded(_)) => Some(Tally::Breach(L::Memory)),
+            P::Sandbox(X::CpuLimitExceeded(_)) => Some(Tally::Breach(L::Cpu)),
+            P::Sandbox(X::TooManyProcesses(_)) => Some(Tally::Breach(L::Pids)),
+            P::Sandbox(X::TimedOut(_)) => Some(Tally::Breach(L::Timeout)),
+            P::Sandbox(X::ResponseTooLarge(_)) => Some(Tally::Breach(L::ResponseSize)),
+            P::Sandbox(X::FileTooLarge(_)) => Some(Tally::Breach(L::FileSize)),
+            P::Sandbox(_) => None,
+        };
         ApiError {
             retry_after: e.retry_after_secs(),
+            tally,
             ..ApiError::new(e.class(), e.code(), e.to_string())
         }
     }
@@ -80,6 +140,7 @@ impl From<atrund_policy::RateLimited> for ApiError {
     fn from(e: atrund_policy::RateLimited) -> Self {
         ApiError {
             retry_after: Some(e.retry_after_secs),
+            tally: Some(Tally::Rejection(atrund_metrics::Rejection::RateLimited)),
             ..ApiError::new(e.class(), e.code(), e.to_string())
         }
     }

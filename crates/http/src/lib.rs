@@ -3,7 +3,8 @@
 //!
 //! Owns: routing, request parsing, the order of the pipeline steps (policy before resolution →
 //! identity → policy → rate → fetch → permission caps → pool), body limits (`body_limit`), the
-//! error → status mapping (`error`), the header rules that keep bundles out of each other's
+//! error → status mapping (`error`), request ids (`request_id`), what a request adds to the
+//! metrics (counted here, defined in `atrund-metrics`), the header rules that keep bundles out of each other's
 //! origin (`headers`, `origin`), per-author data shares (`data_quota`) and the accept loop
 //! (`serve`). Must not touch: how identities are resolved, records verified or instances
 //! isolated; it calls those crates.
@@ -13,6 +14,7 @@ pub mod data_quota;
 pub mod error;
 pub mod headers;
 pub mod origin;
+pub mod request_id;
 pub mod serve;
 
 use atrund_api as api;
@@ -67,13 +69,20 @@ pub struct AppState {
     pub data_quota: Arc<data_quota::DataQuota>,
     /// Label → bundle, for host routes (docs/origins.md).
     pub origins: Arc<OriginTable>,
+    /// Where requests are counted (docs/observability.md).
+    pub metrics: atrund_metrics::Metrics,
 }
 
 /// The runner's routes. With `http.bundle_domain` set, a request whose host is
 /// `{label}.{bundle_domain}` never reaches them: it belongs to that bundle, whatever its path
 /// (so `/bundle/...` of another bundle cannot be served in a bundle's origin).
 pub fn router(state: AppState) -> Router {
-    let routes = Router::new()
+    let mut routes = Router::new();
+    if state.config.metrics.public {
+        let m = state.metrics.clone();
+        routes = routes.route("/metrics", get(move || metrics_text(m.clone())));
+    }
+    let routes = routes
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route(&format!("/xrpc/{}", api::DESCRIBE_RUNNER), get(describe_runner))
@@ -97,10 +106,27 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .with_state(state.clone());
-    if state.config.http.bundle_domain.is_some() {
+    let routes = if state.config.http.bundle_domain.is_some() {
         routes.layer(axum::middleware::from_fn_with_state(state, by_host))
     } else {
         routes
+    };
+    // Outermost, so bundle hosts, the fallback and every error body get the id too.
+    routes.layer(axum::middleware::from_fn(request_id::layer))
+}
+
+/// `GET /metrics`: the Prometheus text format, or 404 when `metrics.enabled` is off.
+async fn metrics_text(metrics: atrund_metrics::Metrics) -> Response {
+    match metrics.encode() {
+        Some(text) => {
+            ([(header::CONTENT_TYPE, atrund_metrics::CONTENT_TYPE)], text).into_response()
+        }
+        None => ApiError::new(
+            ErrorClass::NotFound,
+            "MetricsDisabled",
+            "metrics are off on this runner (metrics.enabled / ATRUND_METRICS_ENABLED)",
+        )
+        .into_response(),
     }
 }
 
@@ -159,7 +185,7 @@ async fn invoke_host(
         endpoint: endpoint.to_string(),
         rest: rest.to_string(),
     };
-    invoke(st, RouteKind::Host { host }, call, req).await
+    Ok(observed(st, RouteKind::Host { host }, call, req).await)
 }
 
 /// `/@1.2.0/greet/a/b` → (`1.2.0`, `greet`, `a/b`); `/greet` → (`latest`, `greet`, ``). Raw,
@@ -372,9 +398,61 @@ async fn invoke_path(
         endpoint,
         rest,
     };
-    invoke(st, RouteKind::Path, call, req)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    observed(st, RouteKind::Path, call, req).await
+}
+
+/// What the pipeline learnt of a request on its way, for the metrics.
+#[derive(Default)]
+struct Seen {
+    /// Set once the bundle and endpoint are known.
+    series: Option<atrund_metrics::Series>,
+    identity: Option<Duration>,
+    fetch: Option<Duration>,
+}
+
+/// Runs one invocation and counts it: by label set and status class, its duration to the
+/// response head, a cold start it caused, and what its error counts as.
+async fn observed(st: AppState, route: RouteKind, call: Call, req: Request) -> Response {
+    let began = std::time::Instant::now();
+    let metrics = st.metrics.clone();
+    let mut seen = Seen::default();
+    let result = invoke(st, route, call, req, &mut seen).await;
+    let cold = |start| atrund_metrics::ColdStart {
+        identity: seen.identity,
+        fetch: seen.fetch,
+        start,
+    };
+    let resp = match result {
+        Ok((resp, started)) => {
+            if let Some(start) = started {
+                metrics.cold_start(true, cold(Some(start)));
+            }
+            resp
+        }
+        Err(e) => {
+            match e.tally {
+                Some(error::Tally::Rejection(r)) => metrics.rejection(r),
+                Some(error::Tally::Breach(l)) => metrics.breach(l),
+                None if error::VERIFICATION_ERRORS.contains(&e.code) => {
+                    metrics.verification_failure(e.code)
+                }
+                None if matches!(e.code, "StartFailed" | "StartTimedOut") => {
+                    metrics.cold_start(false, cold(None))
+                }
+                None => {}
+            }
+            e.into_response()
+        }
+    };
+    let elapsed = began.elapsed();
+    let series = seen.series.unwrap_or_else(|| metrics.unresolved());
+    metrics.request(&series, resp.status().as_u16(), elapsed);
+    tracing::debug!(
+        status = resp.status().as_u16(),
+        micros = elapsed.as_micros() as u64,
+        "request answered"
+    );
+    resp
 }
 
 /// How a call reached its bundle, which decides the header rules (`headers`).
@@ -388,14 +466,16 @@ enum RouteKind {
 
 /// The admin routes, for a separate listener bound to loopback by default: `GET /admin/pool`
 /// answers the pool's counters and instances as JSON. No authentication: never expose it.
-pub fn admin_router(pool: Arc<Pool>) -> Router {
-    Router::new().route(
-        "/admin/pool",
-        get(move || {
-            let pool = pool.clone();
-            async move { axum::Json(pool.stats()) }
-        }),
-    )
+pub fn admin_router(pool: Arc<Pool>, metrics: atrund_metrics::Metrics) -> Router {
+    Router::new()
+        .route(
+            "/admin/pool",
+            get(move || {
+                let pool = pool.clone();
+                async move { axum::Json(pool.stats()) }
+            }),
+        )
+        .route("/metrics", get(move || metrics_text(metrics.clone())))
 }
 
 /// Keeps `instances` instances of the bundle `author/name/version` warm: resolves it through the
@@ -413,7 +493,7 @@ pub async fn prewarm(
     let target = if author == LOCAL_AUTHOR && st.local.is_some() {
         local_target(st, name, &selector).await?
     } else {
-        let t = remote_target(st, author, name, &selector).await?;
+        let t = remote_target(st, author, name, &selector, &mut Seen::default()).await?;
         remember_origin(st, &t);
         t
     };
@@ -446,7 +526,8 @@ async fn invoke(
     route: RouteKind,
     call: Call,
     req: Request,
-) -> Result<Response, ApiError> {
+    seen: &mut Seen,
+) -> Result<(Response, Option<Duration>), ApiError> {
     let Call {
         author,
         name,
@@ -459,7 +540,8 @@ async fn invoke(
             ErrorClass::Unavailable,
             "Draining",
             "this runner is shutting down and takes no new requests",
-        ));
+        )
+        .tallied(error::Tally::Rejection(atrund_metrics::Rejection::Draining)));
     }
     // Counts this request as in flight until it returns (its body is counted by the pool), so a
     // drain waits for it.
@@ -483,12 +565,22 @@ async fn invoke(
         ));
     }
     let target = if author == LOCAL_AUTHOR && st.local.is_some() {
-        local_target(&st, &name, &selector).await?
+        let t0 = std::time::Instant::now();
+        let t = local_target(&st, &name, &selector).await?;
+        seen.fetch = Some(t0.elapsed());
+        t
     } else {
-        let t = remote_target(&st, &author, &name, &selector).await?;
+        let t = remote_target(&st, &author, &name, &selector, seen).await?;
         remember_origin(&st, &t);
         t
     };
+    // Endpoint labels come only from the manifest's list, so callers cannot add label values.
+    let declared = target.manifest.endpoint(&endpoint).is_some();
+    seen.series = Some(st.metrics.series(
+        &target.key.author,
+        &target.name,
+        if declared { &endpoint } else { "undeclared" },
+    ));
     let limits =
         atrund_policy::check_manifest(&st.config.permissions, &st.config.limits, &target.manifest)?;
     check_endpoint(&target.manifest, &endpoint, req.method())?;
@@ -553,6 +645,7 @@ async fn invoke(
         Err(_) if cut.load(std::sync::atomic::Ordering::SeqCst) => return Err(too_large()),
         other => other?,
     };
+    let started = resp.body().started_instance();
     let bundle = format!("{}/{}", target.key.author, target.name);
     match &route {
         RouteKind::Path => {
@@ -571,7 +664,7 @@ async fn invoke(
             }
         }
     }
-    Ok(resp.map(Body::new))
+    Ok((resp.map(Body::new), started))
 }
 
 /// Notes the label of a bundle the pipeline has just resolved, so its host route works.
@@ -586,14 +679,30 @@ async fn remote_target(
     author: &str,
     name: &str,
     selector: &VersionSelector,
+    seen: &mut Seen,
 ) -> Result<Target, ApiError> {
+    let t0 = std::time::Instant::now();
     let resolved = allowed_author(st, author).await?;
-    let bundle = st.source.load(&resolved, name, selector).await?;
+    let t1 = std::time::Instant::now();
+    seen.identity = Some(t1 - t0);
+    let fetched = remote_bundle(st, &resolved, name, selector).await;
+    seen.fetch = Some(t1.elapsed());
+    fetched
+}
+
+/// The verified bundle and its opened secrets, for an author who may run here.
+async fn remote_bundle(
+    st: &AppState,
+    resolved: &Arc<ResolvedDid>,
+    name: &str,
+    selector: &VersionSelector,
+) -> Result<Target, ApiError> {
+    let bundle = st.source.load(resolved, name, selector).await?;
     // Secrets belong to the bundle name, not a version; their record CID is part of the instance
     // key so a changed secret reaches the next new instance.
     let did = resolved.did.as_str();
     let lookup = st.secrets.keys().lookup_keys();
-    let (secrets_cid, secrets) = match st.source.load_secrets(&resolved, name, &lookup).await? {
+    let (secrets_cid, secrets) = match st.source.load_secrets(resolved, name, &lookup).await? {
         Some(s) => {
             let env = st.secrets.open(did, name, &s.cid, &s.record)?;
             (Some(s.cid.clone()), Some(env))

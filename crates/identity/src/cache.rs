@@ -14,6 +14,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -44,6 +45,28 @@ struct Inner<K, V> {
 pub(crate) struct TtlCache<K, V> {
     ttls: Ttls,
     inner: Mutex<Inner<K, V>>,
+    counts: Counts,
+}
+
+/// How look-ups were answered since start (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// A fresh value, no fetch.
+    pub hits: u64,
+    /// A stale value, refreshed in the background.
+    pub stale: u64,
+    /// No usable entry: a fetch was started or joined.
+    pub misses: u64,
+    /// A remembered failure answered again.
+    pub errors: u64,
+}
+
+#[derive(Default)]
+struct Counts {
+    hits: AtomicU64,
+    stale: AtomicU64,
+    misses: AtomicU64,
+    errors: AtomicU64,
 }
 
 impl<K, V> TtlCache<K, V>
@@ -58,6 +81,7 @@ where
                 entries: HashMap::new(),
                 inflight: HashMap::new(),
             }),
+            counts: Counts::default(),
         })
     }
 
@@ -85,8 +109,12 @@ where
             if !force {
                 if let Some(e) = inner.entries.get(&key) {
                     match &e.result {
-                        Ok(v) if now < e.refresh_at => return Ok(v.clone()),
+                        Ok(v) if now < e.refresh_at => {
+                            self.counts.hits.fetch_add(1, Relaxed);
+                            return Ok(v.clone());
+                        }
                         Ok(v) if now < e.fetched + self.ttls.max => {
+                            self.counts.stale.fetch_add(1, Relaxed);
                             let v = v.clone();
                             // Stale: answer now, refresh in the background (at most one).
                             if let std::collections::hash_map::Entry::Vacant(slot) =
@@ -96,11 +124,15 @@ where
                             }
                             return Ok(v);
                         }
-                        Err(err) if now < e.refresh_at => return Err(err.clone()),
+                        Err(err) if now < e.refresh_at => {
+                            self.counts.errors.fetch_add(1, Relaxed);
+                            return Err(err.clone());
+                        }
                         _ => {}
                     }
                 }
             }
+            self.counts.misses.fetch_add(1, Relaxed);
             match inner.inflight.get(&key) {
                 Some(f) => f.clone(),
                 None => {
@@ -189,6 +221,16 @@ where
         }
     }
 
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.counts;
+        CacheStats {
+            hits: c.hits.load(Relaxed),
+            stale: c.stale.load(Relaxed),
+            misses: c.misses.load(Relaxed),
+            errors: c.errors.load(Relaxed),
+        }
+    }
+
     pub fn ttls(&self) -> Ttls {
         self.ttls
     }
@@ -270,6 +312,12 @@ mod tests {
         // Past max: refetched synchronously.
         tokio::time::advance(Duration::from_secs(200)).await;
         assert_eq!(get(&c, 1, &calls, Ok(11)).await, Ok(11));
+
+        // Misses: the first fetch, its joined twin, past max. Stale: the two answers that
+        // started a refresh. Hits: the fresh one, the one after the refresh, and the one after
+        // the failed refresh (which keeps the old value fresh for the transient TTL).
+        let s = c.stats();
+        assert_eq!((s.hits, s.stale, s.misses, s.errors), (3, 2, 3, 0), "{s:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -283,6 +331,7 @@ mod tests {
             nf,
             "definitive error cached"
         );
+        assert_eq!(c.stats().errors, 1);
         tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(get(&c, 2, &calls, Ok(1)).await, Ok(1));
 

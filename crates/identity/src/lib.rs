@@ -16,12 +16,13 @@ pub mod plc;
 pub mod resolver;
 pub mod syntax;
 
+pub use cache::CacheStats;
 pub use dns::{HickoryTxtResolver, TxtResolver};
 pub use doc::{parse_did_doc, DocInfo};
 pub use error::{IdKind, IdentityError};
 pub use key::{KeyError, PublicKey};
 pub use plc::{verify_audit_log, PlcState};
-pub use resolver::{IdentityConfig, IdentityResolver, ResolvedDid};
+pub use resolver::{IdentityCacheStats, IdentityConfig, IdentityResolver, ResolvedDid};
 pub use syntax::{AtIdentifier, Did, Handle};
 
 #[cfg(test)]

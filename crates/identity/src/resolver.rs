@@ -97,6 +97,13 @@ impl Default for IdentityConfig {
     }
 }
 
+/// Look-up counts of both identity caches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IdentityCacheStats {
+    pub dids: crate::cache::CacheStats,
+    pub handles: crate::cache::CacheStats,
+}
+
 /// Resolves DIDs and handles. Cheap to clone (shared state behind an `Arc`).
 #[derive(Clone)]
 pub struct IdentityResolver {
@@ -201,6 +208,14 @@ impl IdentityResolver {
                 dids: TtlCache::new(ttls),
                 handles: TtlCache::new(ttls),
             }),
+        }
+    }
+
+    /// How the DID and handle caches answered since start.
+    pub fn cache_stats(&self) -> IdentityCacheStats {
+        IdentityCacheStats {
+            dids: self.inner.dids.stats(),
+            handles: self.inner.handles.stats(),
         }
     }
 

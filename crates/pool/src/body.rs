@@ -21,6 +21,14 @@ pub struct LeasedBody {
     pub(crate) lease: Option<Lease>,
 }
 
+impl LeasedBody {
+    /// How long the instance took to start, when this request started it (a cold start);
+    /// `None` for a warm instance or one another request started.
+    pub fn started_instance(&self) -> Option<std::time::Duration> {
+        self.lease.as_ref()?.start_time
+    }
+}
+
 impl std::fmt::Debug for LeasedBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LeasedBody")

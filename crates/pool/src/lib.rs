@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use atrund_sandbox::{Executor, Instance, InstanceSpec, Invocation, SandboxError};
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 /// What makes two instances interchangeable. The bundle record's CID covers the code, the
 /// manifest's permissions and its requested limits; the secrets record's CID the environment.
@@ -189,6 +190,18 @@ pub struct PoolStats {
     pub instances: Vec<InstanceInfo>,
 }
 
+/// One running instance's resources, for metrics.
+#[derive(Debug, Clone)]
+pub struct InstanceUsage {
+    pub author: String,
+    /// The pool's number for the instance (unique for the life of the process).
+    pub id: u64,
+    /// CPU time from the instance's cgroup, when it has one.
+    pub cpu: Option<Duration>,
+    /// Resident memory as the reaper last read it.
+    pub rss_bytes: Option<u64>,
+}
+
 /// One instance on the admin endpoint.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct InstanceInfo {
@@ -343,6 +356,8 @@ pub(crate) struct Lease {
     id: u64,
     instance: Arc<dyn Instance>,
     ok: bool,
+    /// Set when this lease's request started the instance: how long the start took.
+    start_time: Option<Duration>,
 }
 
 impl Drop for Lease {
@@ -488,8 +503,11 @@ impl Pool {
                     let pool = self.clone();
                     let k = key.clone();
                     // Spawned so that a caller who goes away does not abort a start others wait on.
-                    let started =
-                        tokio::spawn(async move { pool.start_reserved(k, s, limit, true).await });
+                    // In the request's span, so the start's log lines carry its request id.
+                    let started = tokio::spawn(
+                        async move { pool.start_reserved(k, s, limit, true).await }
+                            .instrument(tracing::Span::current()),
+                    );
                     return match started.await {
                         Ok(Ok(Some(lease))) => Ok(lease),
                         Ok(Ok(None)) => Err(PoolError::Draining),
@@ -557,6 +575,7 @@ impl Pool {
             id: e.id,
             instance: e.instance.clone(),
             ok: false,
+            start_time: None,
         })
     }
 
@@ -703,8 +722,10 @@ impl Pool {
         limit: usize,
         take: bool,
     ) -> Result<Option<Lease>, SandboxError> {
+        let began = Instant::now();
         let result = self.executor.warm(spec).await;
         let now = Instant::now();
+        let start_time = now.duration_since(began);
         let mut st = self.lock();
         let closed = self.closed.load(Ordering::SeqCst);
         let ks = st.keys.entry(key.clone()).or_default();
@@ -728,6 +749,7 @@ impl Pool {
                         id,
                         instance: instance.clone(),
                         ok: false,
+                        start_time: Some(start_time),
                     }
                 });
                 ks.entries.push(Entry {
@@ -931,6 +953,31 @@ impl Pool {
             }
         }
         s
+    }
+
+    /// Each running instance's CPU time and memory. The cgroup files are read after the pool's
+    /// lock is released, so a scrape does not hold up requests.
+    pub fn usage(&self) -> Vec<InstanceUsage> {
+        let running: Vec<_> = {
+            let st = self.lock();
+            st.keys
+                .iter()
+                .flat_map(|(k, ks)| {
+                    ks.entries
+                        .iter()
+                        .map(|e| (k.author.clone(), e.id, e.instance.clone(), e.rss))
+                })
+                .collect()
+        };
+        running
+            .into_iter()
+            .map(|(author, id, instance, rss_bytes)| InstanceUsage {
+                author,
+                id,
+                cpu: instance.cpu_usage(),
+                rss_bytes,
+            })
+            .collect()
     }
 
     /// One reaper pass: refresh memory, forget dead idle instances, stop instances idle past

@@ -152,6 +152,22 @@ async fn one_instance_serves_many_requests() {
 }
 
 #[tokio::test]
+async fn only_the_request_that_started_an_instance_reports_its_start_time() {
+    let exec = Arc::new(FakeExec::default());
+    let pool = Pool::new(exec.clone(), cfg());
+    let k = key("did:plc:a", "c1");
+    let first = run(&pool, &k, 4).await.unwrap();
+    assert!(first.body().started_instance().is_some());
+    let second = run(&pool, &k, 4).await.unwrap();
+    assert_eq!(second.body().started_instance(), None);
+    let usage = pool.usage();
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0].author, "did:plc:a");
+    // The fake instance has no cgroup.
+    assert_eq!(usage[0].cpu, None);
+}
+
+#[tokio::test]
 async fn a_slot_is_held_until_the_body_ends_then_busy_after_the_bounded_wait() {
     let exec = Arc::new(FakeExec::default());
     let pool = Pool::new(

@@ -245,4 +245,9 @@ pub trait Instance: Send + Sync {
     async fn shutdown(&self);
     /// False once the process has exited or was killed.
     fn is_alive(&self) -> bool;
+    /// CPU time used so far, read from the instance's cgroup now (for metrics at scrape time,
+    /// not the hot path); `None` without a cgroup that accounts CPU.
+    fn cpu_usage(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

@@ -463,21 +463,36 @@ pub fn assert_no_network_text(what: &str, message: &str) {
 /// (Debian package `chromium`; `scripts/setup.sh --test` installs it). `None` with a printed
 /// reason when it is not installed and `CI` is not `true`; panics in CI.
 pub fn chromium_path() -> Option<PathBuf> {
-    if let Some(p) = file_from_env("ATRUND_TEST_CHROMIUM") {
+    tool(
+        "ATRUND_TEST_CHROMIUM",
+        "chromium",
+        "chromium (headless browser)",
+        "run `scripts/setup.sh --test` or `apt-get install chromium`, or set ATRUND_TEST_CHROMIUM",
+    )
+}
+
+/// A test tool: the file named by `var`, else `name` on `PATH`, else [`missing`].
+fn tool(var: &str, name: &str, what: &str, fix: &str) -> Option<PathBuf> {
+    if let Some(p) = file_from_env(var) {
         return Some(p);
     }
     let on_path = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
-            .map(|d| d.join("chromium"))
+            .map(|d| d.join(name))
             .find(|p| p.is_file())
     });
-    match on_path {
-        Some(p) => Some(p),
-        None => missing(
-            "chromium (headless browser)",
-            "run `scripts/setup.sh --test` or `apt-get install chromium`, or set ATRUND_TEST_CHROMIUM",
-        ),
-    }
+    on_path.or_else(|| missing(what, fix))
+}
+
+/// Prometheus's `promtool` (checks the metrics format): `ATRUND_TEST_PROMTOOL`, else `promtool`
+/// on `PATH`.
+pub fn promtool_path() -> Option<PathBuf> {
+    tool(
+        "ATRUND_TEST_PROMTOOL",
+        "promtool",
+        "promtool (Prometheus's metrics checker)",
+        "run `scripts/setup.sh --test` or `apt-get install prometheus`, or set ATRUND_TEST_PROMTOOL",
+    )
 }
 
 #[cfg(test)]

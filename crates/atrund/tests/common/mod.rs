@@ -69,16 +69,8 @@ impl Daemon {
         let log2 = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("http api listening") {
-                    if let Some(a) = line.split("addr=").nth(1) {
-                        let _ = tx.send((false, a.trim().to_string()));
-                    }
-                }
-                if line.contains("admin endpoint up") {
-                    if let Some(a) = line.split("admin=").nth(1) {
-                        let a = a.split_whitespace().next().unwrap_or_default();
-                        let _ = tx.send((true, a.to_string()));
-                    }
+                if let Some(found) = listening(&line) {
+                    let _ = tx.send(found);
                 }
                 if let Ok(mut l) = log2.lock() {
                     l.push_str(&line);
@@ -151,6 +143,31 @@ impl Drop for Daemon {
             eprintln!("---- at-rund log ----\n{log}");
         }
     }
+}
+
+/// The address a start-up line announces: `(false, main)` or `(true, admin)`, from a text line
+/// (`... addr=IP:PORT`) or a JSON one (`log.format = "json"`: `fields.addr`, `fields.admin`).
+fn listening(line: &str) -> Option<(bool, String)> {
+    if let Ok(v) = serde_json::from_str::<Value>(line) {
+        let message = v["message"].as_str().unwrap_or_default();
+        let field = |k: &str| v["fields"][k].as_str().map(str::to_string);
+        if message.contains("http api listening") {
+            return field("addr").map(|a| (false, a));
+        }
+        if message.contains("admin endpoint up") {
+            return field("admin").map(|a| (true, a));
+        }
+        return None;
+    }
+    if line.contains("http api listening") {
+        let a = line.split("addr=").nth(1)?;
+        return Some((false, a.trim().to_string()));
+    }
+    if line.contains("admin endpoint up") {
+        let a = line.split("admin=").nth(1)?;
+        return Some((true, a.split_whitespace().next()?.to_string()));
+    }
+    None
 }
 
 /// GET `url`; the body as JSON when it parses, else as a JSON string.

@@ -348,6 +348,10 @@ impl Instance for ProcessInstance {
         Ok(http::Response::from_parts(parts, crate::boxed_body(body)))
     }
 
+    fn cpu_usage(&self) -> Option<Duration> {
+        self.inner.cgroup.as_ref()?.cpu_usage()
+    }
+
     fn stats(&self) -> InstanceStats {
         let st = self.inner.state();
         InstanceStats {
