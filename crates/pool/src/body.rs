@@ -19,6 +19,8 @@ use crate::Lease;
 pub struct LeasedBody {
     pub(crate) inner: atrund_sandbox::Body,
     pub(crate) lease: Option<Lease>,
+    /// From the call into the instance until its response head.
+    pub(crate) bundle_time: std::time::Duration,
 }
 
 impl LeasedBody {
@@ -26,6 +28,12 @@ impl LeasedBody {
     /// `None` for a warm instance or one another request started.
     pub fn started_instance(&self) -> Option<std::time::Duration> {
         self.lease.as_ref()?.start_time
+    }
+
+    /// How long the instance took from the call until its response head (the bundle's own time,
+    /// without waiting for a slot or a start).
+    pub fn bundle_time(&self) -> std::time::Duration {
+        self.bundle_time
     }
 }
 

@@ -460,12 +460,15 @@ impl Pool {
             return Err(PoolError::Draining);
         }
         let mut lease = self.acquire(&key, concurrency.max(1), spec).await?;
+        let called = Instant::now();
         match lease.instance.execute(call).await {
             Ok(resp) => {
                 lease.ok = true;
+                let bundle_time = called.elapsed();
                 Ok(resp.map(|inner| LeasedBody {
                     inner,
                     lease: Some(lease),
+                    bundle_time,
                 }))
             }
             Err(e) => {

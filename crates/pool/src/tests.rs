@@ -1,7 +1,8 @@
 //! Scheduling logic against a fake executor (pure logic: real-Deno behaviour is tested in
-//! crates/atrund/tests/pool.rs). Waits poll for a condition; nothing asserts a duration.
+//! crates/atrund/tests/pool.rs). Waits poll for a condition; only the timing test
+//! asserts durations, and only lower bounds or a 10x margin.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,9 @@ struct FakeExec {
     starts: AtomicUsize,
     fail_start: AtomicBool,
     crash_on_call: AtomicBool,
+    /// Milliseconds a start takes and each call takes before its response head.
+    start_ms: AtomicU64,
+    call_ms: AtomicU64,
     instances: std::sync::Mutex<Vec<Arc<FakeInstance>>>,
 }
 
@@ -21,6 +25,7 @@ struct FakeInstance {
     alive: AtomicBool,
     stopped: AtomicBool,
     crash_on_call: bool,
+    call_ms: u64,
     started: Instant,
 }
 
@@ -31,6 +36,7 @@ impl Executor for FakeExec {
     }
     async fn warm(&self, _spec: InstanceSpec) -> Result<Arc<dyn Instance>, SandboxError> {
         self.starts.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(self.start_ms.load(Ordering::SeqCst))).await;
         if self.fail_start.load(Ordering::SeqCst) {
             return Err(SandboxError::StartFailed("boom".into()));
         }
@@ -38,6 +44,7 @@ impl Executor for FakeExec {
             alive: AtomicBool::new(true),
             stopped: AtomicBool::new(false),
             crash_on_call: self.crash_on_call.load(Ordering::SeqCst),
+            call_ms: self.call_ms.load(Ordering::SeqCst),
             started: Instant::now(),
         });
         self.instances.lock().unwrap().push(i.clone());
@@ -55,6 +62,7 @@ impl Instance for FakeInstance {
             self.alive.store(false, Ordering::SeqCst);
             return Err(SandboxError::BundleCrashed("exit status: 1".into()));
         }
+        tokio::time::sleep(Duration::from_millis(self.call_ms)).await;
         Ok(http::Response::new(atrund_sandbox::full_body("ok")))
     }
     fn stats(&self) -> InstanceStats {
@@ -165,6 +173,26 @@ async fn only_the_request_that_started_an_instance_reports_its_start_time() {
     assert_eq!(usage[0].author, "did:plc:a");
     // The fake instance has no cgroup.
     assert_eq!(usage[0].cpu, None);
+}
+
+#[tokio::test]
+async fn bundle_time_is_the_call_alone_not_the_start() {
+    let exec = Arc::new(FakeExec::default());
+    exec.start_ms.store(400, Ordering::SeqCst);
+    exec.call_ms.store(30, Ordering::SeqCst);
+    let pool = Pool::new(exec.clone(), cfg());
+    let k = key("did:plc:a", "c1");
+    let cold = run(&pool, &k, 4).await.unwrap();
+    let (start, bundle) = (
+        cold.body().started_instance().unwrap(),
+        cold.body().bundle_time(),
+    );
+    assert!(start >= Duration::from_millis(400), "{start:?}");
+    // Lower bounds only are exact; the start's 400 ms must not be in the bundle's time.
+    assert!(bundle >= Duration::from_millis(30), "{bundle:?}");
+    assert!(bundle < Duration::from_millis(400), "{bundle:?}");
+    let warm = run(&pool, &k, 4).await.unwrap();
+    assert!(warm.body().bundle_time() >= Duration::from_millis(30));
 }
 
 #[tokio::test]
