@@ -176,7 +176,9 @@ async fn run(cli: Cli) -> Result<()> {
             entry,
             config,
         } => {
-            let cfg = load_config(config.as_deref())?;
+            let mut cfg = load_config(config.as_deref())?;
+            // A developer wants to see why a call was slow; dev runners serve their own bundles.
+            cfg.http.server_timing = true;
             let local = LocalBundle::open(&dir, name.as_deref(), entry.as_deref())
                 .map_err(anyhow::Error::msg)?;
             serve(cfg, Some(local)).await

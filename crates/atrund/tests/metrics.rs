@@ -1,7 +1,9 @@
 //! Metrics, request ids and JSON logs of a real at-rund (real Deno; the real PLC + PDS test
 //! network where identity and fetch are measured): `/metrics` passes `promtool check metrics`
 //! and its values move by exactly the requests made; every response carries `x-request-id`;
-//! with `log.format = "json"` every line is JSON and a request's lines carry its id.
+//! with `log.format = "json"` every line is JSON and a request's lines carry its id; a dev
+//! runner answers with `Server-Timing` (cold-start phases once, then only `bundle`), a serve
+//! runner with the default `http.server_timing = false` without it.
 
 mod common;
 
@@ -15,6 +17,10 @@ use serde_json::{json, Value};
 
 const CODE: &str = r#"
 export const hello = { method: "GET", handler: () => ({ hello: "world" }) };
+export const own = {
+  method: "GET",
+  handler: () => new Response("x", { headers: { "server-timing": "db;dur=3;desc=\"own\"" } }),
+};
 export const slow = {
   method: "GET",
   handler: async () => { await new Promise((r) => setTimeout(r, 1500)); return { slept: true }; },
@@ -99,6 +105,31 @@ async fn call(url: &str, id: Option<&str>) -> (u16, String, Value) {
     (status, rid, body)
 }
 
+/// GET; status and the `Server-Timing` lines joined as one list (as HTTP reads them), or `None`.
+async fn timing(url: &str) -> (u16, Option<String>) {
+    let resp = reqwest::get(url).await.unwrap();
+    let lines: Vec<&str> = resp
+        .headers()
+        .get_all("server-timing")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    let joined = (!lines.is_empty()).then(|| lines.join(", "));
+    (resp.status().as_u16(), joined)
+}
+
+/// `name;dur=ms, ...` → (name, ms) in order; panics on anything else (such as a description or
+/// a value that would reveal more than a duration).
+fn timing_entries(header: &str) -> Vec<(String, f64)> {
+    header
+        .split(", ")
+        .map(|e| {
+            let (name, dur) = e.split_once(";dur=").unwrap_or_else(|| panic!("{header}"));
+            (name.to_string(), dur.parse::<f64>().unwrap())
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_runner_counts_requests_and_logs_them_as_json() {
     let Some((deno, promtool)) = tools() else {
@@ -107,7 +138,11 @@ async fn dev_runner_counts_requests_and_logs_them_as_json() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("main.js"), CODE).unwrap();
     let manifest = json!({
-        "endpoints": [{ "name": "hello", "method": "GET" }, { "name": "slow", "method": "GET" }],
+        "endpoints": [
+            { "name": "hello", "method": "GET" },
+            { "name": "slow", "method": "GET" },
+            { "name": "own", "method": "GET" }
+        ],
         "limits": { "concurrency": 1 }
     });
     std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
@@ -118,7 +153,9 @@ async fn dev_runner_counts_requests_and_logs_them_as_json() {
         .env("ATRUND_LOG", "info,atrund_http=debug")
         // One instance of concurrency 1: a second call while `slow` runs is refused as Busy.
         .env("ATRUND_POOL_MAX_INSTANCES_PER_BUNDLE", "1")
-        .env("ATRUND_POOL_BUSY_WAIT_MS", "10");
+        .env("ATRUND_POOL_BUSY_WAIT_MS", "10")
+        // `at-rund dev` always times requests, whatever the config says.
+        .env("ATRUND_HTTP_SERVER_TIMING", "false");
     let mut d = Daemon::spawn(&mut cmd, true);
     let admin = d.admin.clone().unwrap();
     let url = |e: &str| d.url(&format!("/bundle/local/m/latest/{e}"));
@@ -130,12 +167,30 @@ async fn dev_runner_counts_requests_and_logs_them_as_json() {
     assert_eq!(before.get("atrund_build_info", &[]), 1.0);
 
     // Cold, then warm: the start is counted once.
-    let (s, given, _) = call(&url("hello"), Some("caller.id-1")).await;
+    let cold = reqwest::Client::new()
+        .get(url("hello"))
+        .header("x-request-id", "caller.id-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cold.status(), 200);
     assert_eq!(
-        (s, given.as_str()),
-        (200, "caller.id-1"),
+        cold.headers()["x-request-id"],
+        "caller.id-1",
         "a well-formed id is echoed"
     );
+    // The cold request's timing: the local snapshot (fetch), the start, then the bundle; a dev
+    // bundle has no identity phase.
+    let t = cold.headers()["server-timing"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let entries = timing_entries(&t);
+    let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["fetch", "start", "bundle"], "{t}");
+    let start_ms = entries[1].1;
+    assert!(start_ms > 0.0 && entries[0].1 > 0.0, "{t}");
+    assert!(entries[2].1 >= 0.0, "{t}");
     let after_cold = scrape(&admin, &promtool).await;
     assert_eq!(
         after_cold.get("atrund_cold_starts_total", &[("result", "ok")]),
@@ -148,10 +203,30 @@ async fn dev_runner_counts_requests_and_logs_them_as_json() {
         ),
         1.0
     );
-    assert!(after_cold.get("atrund_cold_start_phase_seconds_sum", &[("phase", "start")]) > 0.0);
-    for _ in 0..3 {
-        assert_eq!(call(&url("hello"), None).await.0, 200);
+    let start_secs = after_cold.get("atrund_cold_start_phase_seconds_sum", &[("phase", "start")]);
+    assert!(start_secs > 0.0);
+    // The header shows what the metric recorded (µs rounding apart).
+    assert!(
+        (start_ms / 1000.0 - start_secs).abs() < 0.001,
+        "{start_ms} ms vs {start_secs} s"
+    );
+    // Warm requests: the bundle only.
+    for _ in 0..2 {
+        let (s, t) = timing(&url("hello")).await;
+        assert_eq!(s, 200);
+        let entries = timing_entries(&t.expect("a dev runner sends Server-Timing"));
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!(entries[0].0, "bundle");
+        assert!(entries[0].1 >= 0.0);
     }
+    assert_eq!(call(&url("hello"), None).await.0, 200);
+    // A bundle's own Server-Timing is kept, ours comes after it.
+    let (s, t) = timing(&url("own")).await;
+    assert_eq!(s, 200);
+    let t = t.unwrap();
+    let (own, ours) = t.split_once(", ").unwrap();
+    assert_eq!(own, "db;dur=3;desc=\"own\"");
+    assert_eq!(timing_entries(ours)[0].0, "bundle", "{t}");
     let (s, replaced, body) = call(&url("nope"), Some("bad id with spaces")).await;
     assert_eq!(s, 404);
     assert_ne!(replaced, "bad id with spaces", "a malformed id is replaced");
@@ -260,6 +335,21 @@ async fn dev_runner_counts_requests_and_logs_them_as_json() {
     assert_eq!(answered as f64, after.get("atrund_requests_total", &[]));
 }
 
+/// `at-rund serve` on the test network, open policy, with one more setting.
+fn serve_open(
+    deno: &Path,
+    net: &atrund_testnet::TestNet,
+    data: &Path,
+    (key, value): (&str, &str),
+) -> Daemon {
+    let mut cmd = common::command(deno, data);
+    common::use_test_net(&mut cmd, net)
+        .arg("serve")
+        .env("ATRUND_POLICY", "open")
+        .env(key, value);
+    Daemon::spawn(&mut cmd, true)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_times_identity_and_fetch_of_a_cold_start_from_the_pds() {
     let Some((deno, promtool)) = tools() else {
@@ -272,12 +362,7 @@ async fn serve_times_identity_and_fetch_of_a_cold_start_from_the_pds() {
     let manifest = json!({ "endpoints": [{ "name": "hello", "method": "GET" }] });
     common::deploy(net, &acct, CODE, &manifest, "met", "1.0.0").await;
     let data = tempfile::tempdir().unwrap();
-    let mut cmd = common::command(&deno, data.path());
-    common::use_test_net(&mut cmd, net)
-        .arg("serve")
-        .env("ATRUND_POLICY", "open")
-        .env("ATRUND_METRICS_PUBLIC", "true");
-    let d = Daemon::spawn(&mut cmd, true);
+    let d = serve_open(&deno, net, data.path(), ("ATRUND_METRICS_PUBLIC", "true"));
     let url = d.url(&format!("/bundle/{}/met/latest/hello", acct.did));
     let labels = [
         ("author", acct.did.as_str()),
@@ -285,7 +370,8 @@ async fn serve_times_identity_and_fetch_of_a_cold_start_from_the_pds() {
         ("endpoint", "hello"),
     ];
 
-    assert_eq!(call(&url, None).await.0, 200);
+    // A cold start, but `http.server_timing` is off by default in serve: no header.
+    assert_eq!(timing(&url).await, (200, None));
     // The main listener serves it too (metrics.public), the same registry.
     let first = scrape(&d.base, &promtool).await;
     assert_eq!(first.get("atrund_requests_total", &labels), 1.0);
@@ -336,4 +422,29 @@ async fn serve_times_identity_and_fetch_of_a_cold_start_from_the_pds() {
             &[("author", acct.did.as_str())]
         ) > 0.0
     );
+    drop(d);
+
+    // Turned on, a cold start from the PDS shows every phase, a warm call only the bundle.
+    let data = tempfile::tempdir().unwrap();
+    let d = serve_open(
+        &deno,
+        net,
+        data.path(),
+        ("ATRUND_HTTP_SERVER_TIMING", "true"),
+    );
+    let url = d.url(&format!("/bundle/{}/met/latest/hello", acct.did));
+    let (s, t) = timing(&url).await;
+    assert_eq!(s, 200);
+    let t = t.unwrap();
+    let entries = timing_entries(&t);
+    let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["identity", "fetch", "start", "bundle"], "{t}");
+    assert!(entries[..3].iter().all(|(_, ms)| *ms > 0.0), "{t}");
+    let (s, t) = timing(&url).await;
+    assert_eq!(s, 200);
+    let names: Vec<String> = timing_entries(&t.unwrap())
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(names, ["bundle"]);
 }

@@ -203,6 +203,10 @@ pub struct HttpSection {
     /// (docs/origins.md); unset means bundles are served by path only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_domain: Option<String>,
+    /// Add a `Server-Timing` header (cold-start phases and the bundle's time, durations only) to
+    /// invocation responses. Off by default: timings tell callers about the runner's caches;
+    /// `at-rund dev` turns it on.
+    pub server_timing: bool,
 }
 
 impl Default for HttpSection {
@@ -212,6 +216,7 @@ impl Default for HttpSection {
             header_read_timeout_ms: 10_000,
             max_connections: 4096,
             bundle_domain: None,
+            server_timing: false,
         }
     }
 }

@@ -4,7 +4,8 @@
 //! Owns: routing, request parsing, the order of the pipeline steps (policy before resolution →
 //! identity → policy → rate → fetch → permission caps → pool), body limits (`body_limit`), the
 //! error → status mapping (`error`), request ids (`request_id`), what a request adds to the
-//! metrics (counted here, defined in `atrund-metrics`), the header rules that keep bundles out of each other's
+//! metrics (counted here, defined in `atrund-metrics`) and its `Server-Timing` header
+//! (`server_timing`), the header rules that keep bundles out of each other's
 //! origin (`headers`, `origin`), per-author data shares (`data_quota`) and the accept loop
 //! (`serve`). Must not touch: how identities are resolved, records verified or instances
 //! isolated; it calls those crates.
@@ -16,6 +17,7 @@ pub mod headers;
 pub mod origin;
 pub mod request_id;
 pub mod serve;
+pub mod server_timing;
 
 use atrund_api as api;
 use atrund_errors::ErrorClass;
@@ -411,10 +413,12 @@ struct Seen {
 }
 
 /// Runs one invocation and counts it: by label set and status class, its duration to the
-/// response head, a cold start it caused, and what its error counts as.
+/// response head, a cold start it caused, and what its error counts as. With
+/// `http.server_timing`, adds the `Server-Timing` header (`server_timing`).
 async fn observed(st: AppState, route: RouteKind, call: Call, req: Request) -> Response {
     let began = std::time::Instant::now();
     let metrics = st.metrics.clone();
+    let timing = st.config.http.server_timing;
     let mut seen = Seen::default();
     let result = invoke(st, route, call, req, &mut seen).await;
     let cold = |start| atrund_metrics::ColdStart {
@@ -422,26 +426,51 @@ async fn observed(st: AppState, route: RouteKind, call: Call, req: Request) -> R
         fetch: seen.fetch,
         start,
     };
+    // The same phases as the cold-start metrics: identity and fetch only for a request that
+    // started (or failed to start) an instance, since a warm request's are cache look-ups.
+    let cold_timing = |start, bundle| server_timing::Phases {
+        identity: seen.identity,
+        fetch: seen.fetch,
+        start,
+        bundle,
+    };
     let resp = match result {
-        Ok((resp, started)) => {
+        Ok(Answered {
+            mut resp,
+            started,
+            bundle,
+        }) => {
             if let Some(start) = started {
                 metrics.cold_start(true, cold(Some(start)));
+            }
+            if timing {
+                let phases = match started {
+                    Some(start) => cold_timing(Some(start), Some(bundle)),
+                    None => server_timing::Phases {
+                        bundle: Some(bundle),
+                        ..Default::default()
+                    },
+                };
+                phases.append_to(resp.headers_mut());
             }
             resp
         }
         Err(e) => {
+            let start_failed = matches!(e.code, "StartFailed" | "StartTimedOut");
             match e.tally {
                 Some(error::Tally::Rejection(r)) => metrics.rejection(r),
                 Some(error::Tally::Breach(l)) => metrics.breach(l),
                 None if error::VERIFICATION_ERRORS.contains(&e.code) => {
                     metrics.verification_failure(e.code)
                 }
-                None if matches!(e.code, "StartFailed" | "StartTimedOut") => {
-                    metrics.cold_start(false, cold(None))
-                }
+                None if start_failed => metrics.cold_start(false, cold(None)),
                 None => {}
             }
-            e.into_response()
+            let mut resp = e.into_response();
+            if timing && start_failed {
+                cold_timing(None, None).append_to(resp.headers_mut());
+            }
+            resp
         }
     };
     let elapsed = began.elapsed();
@@ -527,7 +556,7 @@ async fn invoke(
     call: Call,
     req: Request,
     seen: &mut Seen,
-) -> Result<(Response, Option<Duration>), ApiError> {
+) -> Result<Answered, ApiError> {
     let Call {
         author,
         name,
@@ -646,6 +675,7 @@ async fn invoke(
         other => other?,
     };
     let started = resp.body().started_instance();
+    let bundle_time = resp.body().bundle_time();
     let bundle = format!("{}/{}", target.key.author, target.name);
     match &route {
         RouteKind::Path => {
@@ -664,7 +694,20 @@ async fn invoke(
             }
         }
     }
-    Ok((resp.map(Body::new), started))
+    Ok(Answered {
+        resp: resp.map(Body::new),
+        started,
+        bundle: bundle_time,
+    })
+}
+
+/// A bundle's response, with what its request's timing needs.
+struct Answered {
+    resp: Response,
+    /// The instance start this request waited for as its starter (a cold start).
+    started: Option<Duration>,
+    /// From the call into the instance until its response head.
+    bundle: Duration,
 }
 
 /// Notes the label of a bundle the pipeline has just resolved, so its host route works.
