@@ -546,6 +546,9 @@ def main():
     only = set(sys.argv[1:]) or {"warm", "serve", "cold", "memory", "pds"}
     res = {"machine": machine()}
     tmp = tempfile.mkdtemp(prefix="atrund-bench-")
+    # A root runner's `none` instances run as nobody (none.run_as_uid): they must be able to pass
+    # through to the data dir and read the bench bundle (mkdtemp makes the dir 0700).
+    os.chmod(tmp, 0o755)
     try:
         if "warm" in only:
             log("warm invoke (wrk) ..."); warm(tmp, res)
