@@ -141,6 +141,27 @@ pub(crate) fn seccomp_filters() -> Result<Vec<BpfProgram>, String> {
         })
         .collect::<Result<Vec<_>, String>>()?;
     rules.insert(libc::SYS_clone, clone_rules);
+    // IP sockets are for TCP to the egress proxy only: datagram (UDP, ICMP echo) and raw ones
+    // would reach any address, as Landlock has no UDP rules and the proxy sees only TCP.
+    let mut ip_rules = Vec::new();
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        for kind in [libc::SOCK_DGRAM, libc::SOCK_RAW] {
+            let conditions = vec![
+                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, family as u64)
+                    .map_err(|e| e.to_string())?,
+                // The type's low bits; SOCK_NONBLOCK and SOCK_CLOEXEC ride above them.
+                SeccompCondition::new(
+                    1,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::MaskedEq(0xf),
+                    kind as u64,
+                )
+                .map_err(|e| e.to_string())?,
+            ];
+            ip_rules.push(SeccompRule::new(conditions).map_err(|e| e.to_string())?);
+        }
+    }
+    rules.insert(libc::SYS_socket, ip_rules);
     for (nr, mode_arg) in MKNOD {
         let device_rules = [libc::S_IFCHR, libc::S_IFBLK]
             .iter()

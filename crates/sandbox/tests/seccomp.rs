@@ -100,6 +100,43 @@ fn probes() -> Vec<Probe> {
             2,
             EAFNOSUPPORT,
         ),
+        // Without the filter: a socket (UDP needs no privilege).
+        socket(
+            "UDP over IPv4",
+            libc::AF_INET.into(),
+            libc::SOCK_DGRAM.into(),
+            0,
+            EPERM,
+        ),
+        socket(
+            "UDP over IPv6",
+            libc::AF_INET6.into(),
+            libc::SOCK_DGRAM.into(),
+            0,
+            EPERM,
+        ),
+        socket(
+            "UDP, non-blocking",
+            libc::AF_INET.into(),
+            (libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC).into(),
+            0,
+            EPERM,
+        ),
+        // ICMP echo ("ping") sockets, and raw ones.
+        socket(
+            "ICMP datagram",
+            libc::AF_INET.into(),
+            libc::SOCK_DGRAM.into(),
+            libc::IPPROTO_ICMP.into(),
+            EPERM,
+        ),
+        socket(
+            "raw IPv4",
+            libc::AF_INET.into(),
+            libc::SOCK_RAW.into(),
+            libc::IPPROTO_TCP.into(),
+            EPERM,
+        ),
         socket(
             "AF_INET",
             libc::AF_INET.into(),
