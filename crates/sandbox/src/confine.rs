@@ -82,6 +82,17 @@ pub(crate) const DENIED: &[(&str, libc::c_long)] = &[
     ("process_madvise", libc::SYS_process_madvise),
 ];
 
+/// Calls refused (EPERM) unless their pid argument (the given argument number) is 0, the caller.
+const OTHER_PROCESS: &[(libc::c_long, u8)] = &[
+    (libc::SYS_prlimit64, 0),
+    (libc::SYS_setpriority, 1),
+    (libc::SYS_sched_setaffinity, 0),
+    (libc::SYS_sched_setscheduler, 0),
+    (libc::SYS_sched_setparam, 0),
+    (libc::SYS_sched_setattr, 0),
+    (libc::SYS_ioprio_set, 1),
+];
+
 /// Device nodes are refused (EPERM) whoever asks: `mknod` and `mknodat` with a character or block
 /// device type, the mode being their second and third argument. FIFOs and plain files stay.
 const MKNOD: &[(libc::c_long, u8)] = &[(libc::SYS_mknod, 1), (libc::SYS_mknodat, 2)];
@@ -162,6 +173,16 @@ pub(crate) fn seccomp_filters() -> Result<Vec<BpfProgram>, String> {
         }
     }
     rules.insert(libc::SYS_socket, ip_rules);
+    // Calls that act on another process by pid: `none` instances share one uid, so without
+    // this one could lower another's limits, priority or CPUs. Their own process is pid 0.
+    for (nr, pid_arg) in OTHER_PROCESS {
+        let c = SeccompCondition::new(*pid_arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, 0)
+            .map_err(|e| e.to_string())?;
+        rules.insert(
+            *nr,
+            vec![SeccompRule::new(vec![c]).map_err(|e| e.to_string())?],
+        );
+    }
     for (nr, mode_arg) in MKNOD {
         let device_rules = [libc::S_IFCHR, libc::S_IFBLK]
             .iter()

@@ -21,7 +21,8 @@ struct Probe {
     errno: i64,
 }
 
-fn probes() -> Vec<Probe> {
+/// `other`: the pid of another instance (of the same uid in `none` mode).
+fn probes(other: u32) -> Vec<Probe> {
     let raw = |what, nr: i64, args: &[i64], errno| Probe {
         what,
         endpoint: "raw",
@@ -186,6 +187,40 @@ fn probes() -> Vec<Probe> {
             errno: 0,
         },
     ];
+    // Another instance's process: in `none` the same uid, so only the filter stops these
+    // (without it they succeed or fail on their arguments); the filter answers before the
+    // kernel looks the pid up, in both modes.
+    let other = i64::from(other);
+    let on_other = |what, nr: i64, args: &[i64]| raw(what, nr, args, EPERM);
+    v.extend([
+        on_other(
+            "prlimit64 of another instance",
+            libc::SYS_prlimit64,
+            &[other, libc::RLIMIT_NOFILE.into(), 0],
+        ),
+        on_other(
+            "setpriority of another instance",
+            libc::SYS_setpriority,
+            &[libc::PRIO_PROCESS.into(), other, 19],
+        ),
+        on_other(
+            "sched_setaffinity of another instance",
+            libc::SYS_sched_setaffinity,
+            &[other, 0, 0],
+        ),
+        on_other(
+            "ioprio_set of another instance",
+            libc::SYS_ioprio_set,
+            &[1, other, 0],
+        ),
+        // The caller's own: still allowed.
+        raw(
+            "prlimit64 of itself",
+            libc::SYS_prlimit64,
+            &[0, libc::RLIMIT_NOFILE.into(), 0],
+            0,
+        ),
+    ]);
     if cfg!(target_arch = "x86_64") {
         const X32: i64 = 0x4000_0000;
         // x32's getpid and ptrace: without the filter ENOSYS (x32 off) or the call itself.
@@ -204,9 +239,11 @@ async fn suite(mode: Mode) {
     spec.permissions.write = vec!["d".into()];
     std::fs::create_dir_all(env.root.join("data/d")).unwrap();
     let inst = env.warm(spec).await;
+    let other = env.warm(env.spec("other", &hello())).await;
+    let other_pid = other.stats().pid.expect("the other instance runs");
     let mut failures = Vec::new();
     let mut table = Vec::new();
-    for p in probes() {
+    for p in probes(other_pid) {
         let query: Vec<(&str, &str)> = p.query.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let got = call_json(&*inst, q(p.endpoint, &query)).await;
         let errno = got.as_ref().ok().and_then(|v| v["errno"].as_i64());
@@ -219,6 +256,7 @@ async fn suite(mode: Mode) {
         }
     }
     inst.shutdown().await;
+    other.shutdown().await;
     eprintln!("mode {mode:?}:\n  {}", table.join("\n  "));
     assert!(failures.is_empty(), "{mode:?}:\n{}", failures.join("\n"));
 }
