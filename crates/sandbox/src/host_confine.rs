@@ -322,21 +322,7 @@ fn interpreter_of(program: &Path) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
-    fn spec(dir: &Path) -> InstanceSpec {
-        InstanceSpec {
-            id: "t".into(),
-            bundle_file: dir.join("b.js"),
-            work_dir: dir.join("w"),
-            data_dir: dir.join("data"),
-            deno_dir: dir.join("deno"),
-            permissions: Default::default(),
-            env: vec![],
-            memory_mib: 64,
-            request_timeout: std::time::Duration::from_secs(1),
-            start_timeout: std::time::Duration::from_secs(1),
-            limits: Default::default(),
-        }
-    }
+    use crate::test_spec as spec;
 
     const DENO: &str = "/bin/sh";
     const SHIM: &str = "/run/shim.ts";

@@ -407,21 +407,7 @@ pub(crate) fn socket_fd_path(fd: &OwnedFd) -> PathBuf {
 mod tests {
     use super::*;
 
-    fn spec(dir: &Path) -> InstanceSpec {
-        InstanceSpec {
-            id: "t".into(),
-            bundle_file: dir.join("b.js"),
-            work_dir: dir.join("w"),
-            data_dir: dir.join("data"),
-            deno_dir: dir.join("deno"),
-            permissions: Default::default(),
-            env: vec![],
-            memory_mib: 64,
-            request_timeout: std::time::Duration::from_secs(1),
-            start_timeout: std::time::Duration::from_secs(1),
-            limits: Default::default(),
-        }
-    }
+    use crate::test_spec as spec;
 
     #[test]
     fn data_paths_are_created_opened_and_never_followed() {

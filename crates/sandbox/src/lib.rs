@@ -251,3 +251,21 @@ pub trait Instance: Send + Sync {
         None
     }
 }
+
+/// An instance spec under `dir` for the crate's unit tests (nothing is created).
+#[cfg(test)]
+pub(crate) fn test_spec(dir: &std::path::Path) -> InstanceSpec {
+    InstanceSpec {
+        id: "t".into(),
+        bundle_file: dir.join("b.js"),
+        work_dir: dir.join("w"),
+        data_dir: dir.join("data"),
+        deno_dir: dir.join("deno"),
+        permissions: Default::default(),
+        env: vec![],
+        memory_mib: 64,
+        request_timeout: std::time::Duration::from_secs(1),
+        start_timeout: std::time::Duration::from_secs(1),
+        limits: Default::default(),
+    }
+}
