@@ -17,6 +17,9 @@
 //! flags (it only adds a layer beneath them: what Deno itself needs, plus what the flags allow).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::libc;
 
 use crate::confine::{self, LandlockRules};
 use crate::{hostfs, sys, Enforcement, InstanceSpec, SandboxError};
@@ -61,6 +64,20 @@ const RUN_DIRS: &[&str] = &["/usr/local/bin", "/usr/bin", "/bin"];
 const ABI_NET: i64 = 4;
 const ABI_SCOPE: i64 = 6;
 
+/// The seccomp filters as the child installs them (`confine::kernel_filters`), or why they could
+/// not be built (then every start fails, as confinement was asked for).
+#[derive(Clone)]
+struct KernelFilters(Result<Arc<Vec<Vec<libc::sock_filter>>>, String>);
+
+impl std::fmt::Debug for KernelFilters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Ok(v) => write!(f, "{} filters", v.len()),
+            Err(e) => write!(f, "not built: {e}"),
+        }
+    }
+}
+
 /// What the kernel offers here, probed once per executor.
 #[derive(Debug, Clone)]
 pub(crate) struct HostConfinement {
@@ -68,6 +85,8 @@ pub(crate) struct HostConfinement {
     enabled: bool,
     landlock_abi: Result<i64, String>,
     seccomp: Result<(), String>,
+    /// The filters in the kernel's format, built once: they are the same for every instance.
+    filters: KernelFilters,
     /// Who the instance runs as (`NoneExecutor`): the data dirs created here are given to it.
     owner: Option<crate::RunAs>,
 }
@@ -78,6 +97,7 @@ impl HostConfinement {
             enabled: true,
             landlock_abi: sys::landlock_abi().map_err(|e| e.to_string()),
             seccomp: sys::seccomp_errno_available().map_err(|e| e.to_string()),
+            filters: KernelFilters(confine::kernel_filters().map(Arc::new)),
             owner: None,
         }
     }
@@ -201,7 +221,8 @@ impl HostConfinement {
             out.landlock = Option::<std::os::fd::OwnedFd>::from(rs);
         }
         if seccomp {
-            out.seccomp = confine::kernel_filters().map_err(fail)?;
+            let filters = self.filters.0.as_ref().map_err(|e| fail(e.clone()))?;
+            out.seccomp = filters.as_ref().clone();
         }
         Ok(Some(out))
     }
