@@ -4,9 +4,12 @@
 //! inherit both, and neither can be lifted.
 //!
 //! Owns: the syscall deny list (isolation.md §3.1), `clone` with namespace flags, `clone3` →
-//! ENOSYS, the socket families allowed, x32 syscalls refused, and the Landlock rules (paths read-only or read-write, TCP connect to listed ports
-//! only, no TCP bind, signals and abstract Unix sockets scoped to the sandbox). Must not: decide
-//! which paths an instance gets (the backends do) or touch any process but the caller.
+//! ENOSYS, the socket families allowed (no UDP, raw IP or Unix datagram sockets, no TCP Fast
+//! Open), x32 syscalls refused, the connect gate's filter (`none`: every `connect` answered by
+//! the daemon, `connect_gate`), and the Landlock rules (paths read-only or read-write, TCP
+//! connect to listed ports only, no TCP bind, signals and abstract Unix sockets scoped to the
+//! sandbox). Must not: decide which paths an instance gets (the backends do) or touch any
+//! process but the caller.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -93,6 +96,13 @@ const OTHER_PROCESS: &[(libc::c_long, u8)] = &[
     (libc::SYS_ioprio_set, 1),
 ];
 
+/// Calls that send with flags, and the argument holding them: `MSG_FASTOPEN` is refused (EPERM).
+const SEND_FLAGS: &[(libc::c_long, u8)] = &[
+    (libc::SYS_sendto, 3),
+    (libc::SYS_sendmsg, 2),
+    (libc::SYS_sendmmsg, 3),
+];
+
 /// Device nodes are refused (EPERM) whoever asks: `mknod` and `mknodat` with a character or block
 /// device type, the mode being their second and third argument. FIFOs and plain files stay.
 const MKNOD: &[(libc::c_long, u8)] = &[(libc::SYS_mknod, 1), (libc::SYS_mknodat, 2)];
@@ -172,7 +182,46 @@ pub(crate) fn seccomp_filters() -> Result<Vec<BpfProgram>, String> {
             ip_rules.push(SeccompRule::new(conditions).map_err(|e| e.to_string())?);
         }
     }
+    // Unix datagram sockets send to any named socket by address (`sendto`, `sendmsg`), which no
+    // connect precedes and so no gate sees: the system log, journald, a notify socket. Stream
+    // and seqpacket sockets reach a named one only by `connect`.
+    let unix_dgram = || -> Result<SeccompRule, String> {
+        SeccompRule::new(vec![
+            SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                libc::AF_UNIX as u64,
+            )
+            .map_err(|e| e.to_string())?,
+            SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(0xf),
+                libc::SOCK_DGRAM as u64,
+            )
+            .map_err(|e| e.to_string())?,
+        ])
+        .map_err(|e| e.to_string())
+    };
+    ip_rules.push(unix_dgram()?);
     rules.insert(libc::SYS_socket, ip_rules);
+    rules.insert(libc::SYS_socketpair, vec![unix_dgram()?]);
+    // TCP Fast Open connects from `sendto`/`sendmsg`: no `connect`, so neither the gate nor
+    // Landlock's connect rule would see it.
+    for (nr, flags_arg) in SEND_FLAGS {
+        let c = SeccompCondition::new(
+            *flags_arg,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(libc::MSG_FASTOPEN as u64),
+            libc::MSG_FASTOPEN as u64,
+        )
+        .map_err(|e| e.to_string())?;
+        rules.insert(
+            *nr,
+            vec![SeccompRule::new(vec![c]).map_err(|e| e.to_string())?],
+        );
+    }
     // Calls that act on another process by pid: `none` instances share one uid, so without
     // this one could lower another's limits, priority or CPUs. Their own process is pid 0.
     for (nr, pid_arg) in OTHER_PROCESS {
@@ -241,6 +290,34 @@ pub(crate) fn seccomp_filters() -> Result<Vec<BpfProgram>, String> {
     #[cfg(target_arch = "x86_64")]
     filters.push(x32_filter());
     Ok(filters)
+}
+
+/// The audit architecture value of this target (linux/audit.h), as `seccomp_data.arch` holds it.
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xC000_003E;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xC000_00B7;
+
+/// The connect gate's filter (`connect_gate`): every `connect` of this architecture waits for the
+/// daemon's answer (`SECCOMP_RET_USER_NOTIF`); everything else passes to the other filters.
+/// Installed last, with a listener the daemon holds.
+pub(crate) fn connect_gate_filter() -> Vec<libc::sock_filter> {
+    // linux/bpf_common.h: BPF_LD | BPF_W | BPF_ABS, BPF_JMP | BPF_JEQ | BPF_K, BPF_RET | BPF_K.
+    const BPF_LD_W_ABS: u16 = 0x20;
+    const BPF_JEQ_K: u16 = 0x15;
+    const BPF_RET_K: u16 = 0x06;
+    const NR_OFFSET: u32 = 0; // offsetof(struct seccomp_data, nr)
+    const ARCH_OFFSET: u32 = 4; // offsetof(struct seccomp_data, arch)
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    vec![
+        op(BPF_LD_W_ABS, 0, 0, ARCH_OFFSET),
+        // Another architecture: not ours to judge (the other filters kill it).
+        op(BPF_JEQ_K, 0, 3, AUDIT_ARCH),
+        op(BPF_LD_W_ABS, 0, 0, NR_OFFSET),
+        op(BPF_JEQ_K, 0, 1, libc::SYS_connect as u32),
+        op(BPF_RET_K, 0, 0, libc::SECCOMP_RET_USER_NOTIF),
+        op(BPF_RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
 }
 
 /// Refuses every syscall number with the x32 bit (EPERM). The architecture itself is checked by

@@ -432,6 +432,7 @@ impl Executor for ContainerExecutor {
             // The user namespace gives the identity (`--uid`/`--gid`, `--cap-drop ALL`).
             run_as: None,
             confine: None,
+            gate: None,
             // bwrap and init fork before Deno runs: a later move of bwrap's pid would miss them.
             join: Join::BeforeExec,
         })

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use nix::libc;
 
 use crate::confine::{self, LandlockRules};
+use crate::connect_gate::{self, GatePending};
 use crate::{hostfs, sys, Enforcement, InstanceSpec, SandboxError};
 
 /// Read (and execute) for every instance: the dynamic loader and libraries (also what FFI
@@ -85,6 +86,8 @@ pub(crate) struct HostConfinement {
     enabled: bool,
     landlock_abi: Result<i64, String>,
     seccomp: Result<(), String>,
+    /// Whether the kernel hands syscalls to the daemon (the connect gate).
+    user_notif: Result<(), String>,
     /// The filters in the kernel's format, built once: they are the same for every instance.
     filters: KernelFilters,
     /// Who the instance runs as (`NoneExecutor`): the data dirs created here are given to it.
@@ -97,6 +100,7 @@ impl HostConfinement {
             enabled: true,
             landlock_abi: sys::landlock_abi().map_err(|e| e.to_string()),
             seccomp: sys::seccomp_errno_available().map_err(|e| e.to_string()),
+            user_notif: sys::seccomp_user_notif_available().map_err(|e| e.to_string()),
             filters: KernelFilters(confine::kernel_filters().map(Arc::new)),
             owner: None,
         }
@@ -185,33 +189,45 @@ impl HostConfinement {
                 how: format!(
                     "{} syscalls refused with EPERM (ptrace, mount, unshare, bpf, …), device nodes and \
                      clone with namespace flags refused, clone3 answered ENOSYS, sockets other than {} \
-                     answered EAFNOSUPPORT, x32 syscalls refused",
+                     answered EAFNOSUPPORT, no UDP, raw IP or Unix datagram sockets, no TCP Fast \
+                     Open, x32 syscalls refused; {}",
                     confine::DENIED.len(),
                     confine::SOCKET_FAMILIES
                         .iter()
                         .map(|(name, _)| *name)
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(", "),
+                    match &self.user_notif {
+                        Ok(()) => "every connect answered by the runner (the connect gate): Unix \
+                                   sockets refused, TCP only to the egress proxy"
+                            .to_string(),
+                        Err(e) => format!(
+                            "NOT connects to named Unix sockets: the kernel hands no syscall to \
+                             the runner ({e}; needs Linux 5.0 with SECCOMP_RET_USER_NOTIF)"
+                        ),
+                    }
                 ),
             },
         };
         vec![landlock, seccomp]
     }
 
-    /// The confinement of one instance, built before fork. `None` when nothing applies here.
-    /// `proxy_port`: the egress proxy's TCP port, the only one the instance may connect to.
+    /// The confinement of one instance, built before fork, and the daemon's half of its
+    /// connect gate. `None` when nothing applies here. `proxy`: the egress proxy's address, the
+    /// only one the instance may connect to.
     pub(crate) fn prepare(
         &self,
         spec: &InstanceSpec,
         deno: &Path,
         shim: &Path,
-        proxy_port: Option<u16>,
-    ) -> Result<Option<sys::Confinement>, SandboxError> {
+        proxy: Option<std::net::SocketAddr>,
+    ) -> Result<Option<(sys::Confinement, Option<GatePending>)>, SandboxError> {
         let landlock = self.landlock();
         let seccomp = self.seccomp();
         if landlock.is_none() && !seccomp {
             return Ok(None);
         }
+        let proxy_port = proxy.map(|a| a.port());
         let fail = |e: String| SandboxError::StartFailed(format!("OS confinement: {e}"));
         let mut out = sys::Confinement::default();
         if landlock.is_some() {
@@ -220,11 +236,18 @@ impl HostConfinement {
             let rs = confine::landlock_ruleset(&rules).map_err(fail)?;
             out.landlock = Option::<std::os::fd::OwnedFd>::from(rs);
         }
+        let mut gate = None;
         if seccomp {
             let filters = self.filters.0.as_ref().map_err(|e| fail(e.clone()))?;
             out.seccomp = filters.as_ref().clone();
+            if self.user_notif.is_ok() {
+                let (child, pending) =
+                    connect_gate::prepare(proxy).map_err(|e| fail(format!("connect gate: {e}")))?;
+                out.gate = Some(child);
+                gate = Some(pending);
+            }
         }
-        Ok(Some(out))
+        Ok(Some((out, gate)))
     }
 
     fn rules(

@@ -10,6 +10,7 @@
 pub mod cgroup;
 mod choose;
 mod confine;
+mod connect_gate;
 mod container;
 mod deno;
 mod egress;

@@ -209,12 +209,16 @@ impl Executor for NoneExecutor {
             })
             .transpose()
             .inspect_err(cleanup)?;
-        let proxy_port = self.egress.as_ref().map(|p| p.local_addr().port());
+        let proxy = self.egress.as_ref().map(|p| p.local_addr());
         // Built here, before fork: the child only makes the syscalls.
-        let confine = self
+        let (confine, gate) = match self
             .confinement
-            .prepare(&spec, self.deno.path(), &shim, proxy_port)
-            .inspect_err(cleanup)?;
+            .prepare(&spec, self.deno.path(), &shim, proxy)
+            .inspect_err(cleanup)?
+        {
+            Some((c, g)) => (Some(c), g),
+            None => (None, None),
+        };
 
         let mut cmd = tokio::process::Command::new(self.deno.path());
         cmd.args(&args)
@@ -247,6 +251,7 @@ impl Executor for NoneExecutor {
             inherit: Vec::new(),
             run_as: self.run_as,
             confine,
+            gate,
             join: self.join,
         })
         .await

@@ -1,15 +1,18 @@
 //! The crate's only `unsafe`: what the child does between fork and exec (join its cgroups for
 //! `container` instances, cap its open files and file size, keep the descriptors it is to
 //! inherit, and for `none` instances the switch to an unprivileged uid/gid with no capabilities
-//! (when the daemon is root), no_new_privs, Landlock and seccomp; `none` is placed in its cgroup from the daemon, `process::Join`), reading the
-//! daemon's own open-file limit, probing the kernel for Landlock and seccomp, and the signal
-//! handler of the container's PID 1 (`init`).
+//! (when the daemon is root), no_new_privs, Landlock, seccomp and the connect gate's filter;
+//! `none` is placed in its cgroup from the daemon, `process::Join`), the daemon's side of the
+//! connect gate (seccomp notifications, pidfds, another process's socket), reading the daemon's
+//! own open-file limit, probing the kernel for Landlock and seccomp, and the signal handler of
+//! the container's PID 1 (`init`).
 //!
-//! Owns: the pre-exec hook. Must not: allocate, lock or log after fork (only async-signal-safe
-//! calls on data prepared before fork), or touch anything but the child itself.
+//! Owns: the pre-exec hook and the raw calls behind safe wrappers. Must not: allocate, lock or
+//! log after fork (only async-signal-safe calls on data prepared before fork), touch anything
+//! but the child itself there, or decide anything (the gate's rules are in `connect_gate`).
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::libc;
 
@@ -49,6 +52,17 @@ pub(crate) struct Confinement {
     pub landlock: Option<OwnedFd>,
     /// Seccomp filters in the kernel's format, installed in order.
     pub seccomp: Vec<Vec<libc::sock_filter>>,
+    /// The connect gate's filter, installed last with a listener the child sends to the daemon
+    /// (`connect_gate`).
+    pub gate: Option<GateChild>,
+}
+
+/// The child's half of the connect gate: the filter that hands every `connect` to the daemon,
+/// and the socket the child sends the filter's listener over, before exec.
+#[derive(Debug)]
+pub(crate) struct GateChild {
+    pub filter: Vec<libc::sock_filter>,
+    pub sender: OwnedFd,
 }
 
 /// `LANDLOCK_CREATE_RULESET_VERSION` (linux/landlock.h).
@@ -75,7 +89,15 @@ pub(crate) fn landlock_abi() -> Result<i64, std::io::Error> {
 
 /// Whether the kernel takes seccomp filters that answer with an errno.
 pub(crate) fn seccomp_errno_available() -> Result<(), std::io::Error> {
-    let action: u32 = libc::SECCOMP_RET_ERRNO;
+    seccomp_action_available(libc::SECCOMP_RET_ERRNO)
+}
+
+/// Whether the kernel hands syscalls to a supervisor (`SECCOMP_RET_USER_NOTIF`, Linux 5.0).
+pub(crate) fn seccomp_user_notif_available() -> Result<(), std::io::Error> {
+    seccomp_action_available(libc::SECCOMP_RET_USER_NOTIF)
+}
+
+fn seccomp_action_available(action: u32) -> Result<(), std::io::Error> {
     // SAFETY: SECCOMP_GET_ACTION_AVAIL reads the u32 we pass by pointer (alive for the call) and
     // changes nothing.
     let rc = unsafe {
@@ -201,10 +223,243 @@ pub(crate) fn install(cmd: &mut tokio::process::Command, setup: ChildSetup) {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
+                if let Some(gate) = &c.gate {
+                    install_gate(gate)?;
+                }
             }
             Ok(())
         });
     }
+}
+
+/// Installs the connect gate's filter with a listener and sends the listener to the daemon over
+/// `gate.sender` (SCM_RIGHTS), then closes it here: only the daemon answers the notifications.
+/// Once the daemon has received a notification, the waiting call can only be ended by a fatal
+/// signal (`WAIT_KILLABLE_RECV`, Linux 5.19): a connect the daemon has made is never restarted.
+/// Runs in the forked child: syscalls on stack data only.
+fn install_gate(gate: &GateChild) -> std::io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: gate.filter.len() as libc::c_ushort,
+        filter: gate.filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: seccomp reads the sock_fprog on our stack, which points into the filter Vec the
+    // closure owns (both alive for the call); it returns a new descriptor or -1.
+    let install = |flags: libc::c_ulong| unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    let mut listener = install(
+        libc::SECCOMP_FILTER_FLAG_NEW_LISTENER | libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
+    );
+    if listener < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        listener = install(libc::SECCOMP_FILTER_FLAG_NEW_LISTENER);
+    }
+    if listener < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let listener = listener as libc::c_int;
+    // Room for one descriptor's control message, 8-byte aligned (CMSG_SPACE(4) is 24 here).
+    let mut control = [0u64; 4];
+    let mut byte = [0u8; 1];
+    // SAFETY: sendmsg reads the msghdr, the one-byte iovec and the control buffer, all on this
+    // stack frame and alive for the call; CMSG_FIRSTHDR/CMSG_DATA only compute addresses inside
+    // `control`, which is large enough for CMSG_SPACE(sizeof(int)); close takes an integer.
+    unsafe {
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null() {
+            libc::close(listener);
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), listener);
+        let sent = libc::sendmsg(gate.sender.as_raw_fd(), &msg, libc::MSG_NOSIGNAL);
+        let err = std::io::Error::last_os_error();
+        libc::close(listener);
+        if sent != 1 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Receives the one descriptor a child sent over `sock` (SCM_RIGHTS) before it exec'd; does not
+/// wait (the child sends before exec, so it is there once the spawn has returned).
+pub(crate) fn receive_fd(sock: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!(RawFd);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut received = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: the kernel installed these descriptors in our table for this message;
+            // nobody else owns them (each is closed when dropped, the one we keep included).
+            received.extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    match <[OwnedFd; 1]>::try_from(received) {
+        Ok([fd]) => Ok(fd),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the child sent no descriptor, or more than one",
+        )),
+    }
+}
+
+/// `fd` registered with the runtime's reactor for readability.
+pub(crate) fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd is an open descriptor that it alone closes, and its `as_raw_fd`
+    // returns that same descriptor for as long as the AsyncFd owns it.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(std::io::Error::from)
+}
+
+/// One syscall a gated process is waiting in (`SECCOMP_IOCTL_NOTIF_RECV`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Notification {
+    pub id: u64,
+    /// The calling thread, in the daemon's pid namespace.
+    pub tid: u32,
+    pub nr: i64,
+    pub args: [u64; 6],
+}
+
+/// Takes the next pending notification. Call only when the listener polls readable: with none
+/// pending the ioctl waits. ENOENT: the caller was killed in between.
+pub(crate) fn notif_recv(listener: BorrowedFd<'_>) -> std::io::Result<Notification> {
+    // SAFETY: seccomp_notif is plain integers, valid all-zero (the kernel requires it zeroed).
+    let mut n: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+    // SAFETY: the ioctl writes one seccomp_notif into `n`, which we own and which has the size
+    // the request number encodes.
+    let rc = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_RECV as _,
+            &mut n as *mut libc::seccomp_notif,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Notification {
+        id: n.id,
+        tid: n.pid,
+        nr: i64::from(n.data.nr),
+        args: n.data.args,
+    })
+}
+
+/// Whether notification `id` is still pending: its caller still waits in the syscall, so the
+/// thread id it named still is that caller.
+pub(crate) fn notif_id_valid(listener: BorrowedFd<'_>, id: u64) -> bool {
+    // SAFETY: the ioctl reads the u64 we own.
+    let rc = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_ID_VALID as _,
+            &id as *const u64,
+        )
+    };
+    rc == 0
+}
+
+/// Ends the waiting syscall of notification `id`: returning 0, or failing with `errno`.
+pub(crate) fn notif_respond(listener: BorrowedFd<'_>, id: u64, errno: i32) -> std::io::Result<()> {
+    let mut resp = libc::seccomp_notif_resp {
+        id,
+        val: 0,
+        error: -errno,
+        flags: 0,
+    };
+    // SAFETY: the ioctl reads the seccomp_notif_resp we own.
+    let rc = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_SEND as _,
+            &mut resp as *mut libc::seccomp_notif_resp,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `PIDFD_THREAD` (linux/pidfd.h, Linux 6.9): a pidfd for a thread, not only a group leader.
+const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
+
+/// A pidfd for thread `tid` (`PIDFD_THREAD`), or for its thread group's leader `tgid` on kernels
+/// before 6.9.
+pub(crate) fn pidfd_open(tid: u32, tgid: impl FnOnce() -> Option<u32>) -> std::io::Result<OwnedFd> {
+    let open = |pid: u32, flags: libc::c_uint| {
+        // SAFETY: pidfd_open takes two integers and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, flags) };
+        if fd < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            // SAFETY: the kernel just gave us this descriptor; nobody else owns it.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+        }
+    };
+    match open(tid, PIDFD_THREAD) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let leader = tgid().ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+            open(leader, 0)
+        }
+        r => r,
+    }
+}
+
+/// A duplicate of descriptor `fd` of the process behind `pidfd` (the same open file).
+pub(crate) fn pidfd_getfd(pidfd: BorrowedFd<'_>, fd: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_getfd takes integers and returns a new descriptor or -1.
+    let rc = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0u32) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this descriptor; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+}
+
+/// The address family a socket was made with (`SO_DOMAIN`); ENOTSOCK for other files.
+pub(crate) fn socket_domain(fd: BorrowedFd<'_>) -> std::io::Result<i32> {
+    let mut domain: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `domain` and updates `len`, both ours.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(domain)
 }
 
 /// `PR_SET_PDEATHSIG(SIGKILL)`, then checks the daemon did not die before it was set (then

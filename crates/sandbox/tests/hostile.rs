@@ -80,8 +80,8 @@ struct Ctx {
     unix_socket: String,
     /// The same, but mode 0666 in a dir anyone may pass (as D-Bus's system bus is).
     open_unix_socket: String,
-    /// The runner is root, so `none` instances run as another uid (`none.run_as_uid`).
-    root: bool,
+    /// A Unix datagram socket, mode 0666 (as the system log's `/dev/log` is).
+    open_unix_dgram: String,
     other_pid: u32,
     /// Idle instances are frozen here (the cgroup freezer is usable and on).
     freezer: bool,
@@ -240,24 +240,43 @@ fn cases(c: &Ctx) -> Vec<Case> {
             false,
             (Contained, Contained),
         ),
-        // Landlock (ABI 7, Linux 6.18) has no rule for connecting to a named socket, and
-        // seccomp cannot see the address: with FFI, `none` reaches any socket its uid may write.
-        // A root runner's instances run as another uid, which root's own sockets refuse (DAC);
-        // a world-writable one stays open (docs/security.md).
+        // Landlock (ABI 7, Linux 6.18) has no rule for connecting to a named socket: in `none`
+        // the connect gate (the daemon answers every connect) refuses Unix sockets (EACCES),
+        // whatever the socket's mode and the instance's uid.
         case(
             "connect to a named Unix socket (FFI)",
             "osUnixConnect",
             vec![("path", c.unix_socket.clone())],
             true,
-            (Contained, if c.root { Contained } else { Escaped }),
-        ),
+            (Contained, Contained),
+        )
+        .none_sign(EACCES),
         case(
             "connect to a world-writable named Unix socket (FFI)",
             "osUnixConnect",
             vec![("path", c.open_unix_socket.clone())],
             true,
-            (Contained, Escaped),
-        ),
+            (Contained, Contained),
+        )
+        .none_sign(EACCES),
+        // A datagram needs no connect: refused when the socket is made.
+        case(
+            "send a datagram to a world-writable Unix socket (FFI)",
+            "osUnixSendto",
+            vec![("path", c.open_unix_dgram.clone())],
+            true,
+            (Contained, Contained),
+        )
+        .sign(EPERM),
+        // TCP Fast Open connects from sendto, with no connect for the gate or Landlock to see.
+        case(
+            "TCP Fast Open to host 127.0.0.1 (in net, FFI)",
+            "osFastOpen",
+            vec![("host", "127.0.0.1".into()), ("port", c.port.to_string())],
+            true,
+            (Contained, Contained),
+        )
+        .sign(EPERM),
         case(
             "listen on a port",
             "listen",
@@ -411,7 +430,7 @@ fn judge(case: &Case, ctx: &Ctx, res: &Result<serde_json::Value, String>) -> Out
         "write" => std::path::Path::new("/tmp/atrund-hostile-pwned").exists(),
         "fetchUrl" => leaked.starts_with("200"),
         "connect" | "unixConnect" => leaked == "connected",
-        "osUnixConnect" => v["rc"] == 0,
+        "osUnixConnect" | "osUnixSendto" | "osFastOpen" => v["rc"] == 0,
         "listen" => leaked == "listening",
         "spawn" => leaked.contains("spawned"),
         "fillTmp" => leaked.contains("256 MiB"),
@@ -488,6 +507,23 @@ impl UnixCanary {
     fn count(&self) -> usize {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
+
+    /// A datagram socket that counts the datagrams it receives.
+    fn bind_datagram(path: &std::path::Path) -> Self {
+        let s = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = accepted.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while s.recv(&mut buf).is_ok() {
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        Self {
+            path: path.to_str().unwrap().to_string(),
+            accepted,
+        }
+    }
 }
 
 async fn suite(mode: Mode) {
@@ -512,14 +548,11 @@ async fn suite(mode: Mode) {
         std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let open_unix = UnixCanary::bind(&open_dir.path().join("bus.sock"));
-    {
+    let open_dgram = UnixCanary::bind_datagram(&open_dir.path().join("log.sock"));
+    for p in [&open_unix.path, &open_dgram.path] {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&open_unix.path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o666)).unwrap();
     }
-    let root = {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata("/proc/self").unwrap().uid() == 0
-    };
     // data/in/link -> the secret: what a bundle could plant with its write permission.
     let data_in = env.root.join("data/in");
     std::fs::create_dir_all(&data_in).unwrap();
@@ -540,7 +573,7 @@ async fn suite(mode: Mode) {
         host_ip,
         unix_socket: unix.path.clone(),
         open_unix_socket: open_unix.path.clone(),
-        root,
+        open_unix_dgram: open_dgram.path.clone(),
     };
     let spec = |i: usize, ffi: bool| -> InstanceSpec {
         let mut s = env.spec(&format!("h{i}"), &b);
@@ -576,7 +609,14 @@ async fn suite(mode: Mode) {
         }
         let inst = env.warm(spec(i, case.ffi)).await;
         let query: Vec<(&str, &str)> = case.query.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let counts = || (canary.count(), unix.count(), open_unix.count());
+        let counts = || {
+            (
+                canary.count(),
+                unix.count(),
+                open_unix.count(),
+                open_dgram.count(),
+            )
+        };
         let before = counts();
         let res = tokio::time::timeout(
             Duration::from_secs(30),
@@ -609,7 +649,7 @@ async fn suite(mode: Mode) {
         if let Some(sign) = case.sign {
             if !res.as_ref().is_ok_and(|v| v.to_string().contains(sign)) {
                 failures.push(format!(
-                    "{}: not refused by the egress proxy (expected {sign}): {shown}",
+                    "{}: not refused by the layer expected (expected {sign}): {shown}",
                     case.name
                 ));
             }
@@ -705,7 +745,7 @@ fn security_md_lists_every_case_as_the_suite_expects() {
         host_ip: Some(std::net::Ipv4Addr::new(192, 0, 2, 2)),
         unix_socket: "/u".into(),
         open_unix_socket: "/o".into(),
-        root: true,
+        open_unix_dgram: "/d".into(),
     };
     let cases = cases(&ctx);
     let mut problems = Vec::new();

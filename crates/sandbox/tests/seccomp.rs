@@ -159,6 +159,28 @@ fn probes(other: u32) -> Vec<Probe> {
             0,
             0,
         ),
+        socket(
+            "AF_UNIX seqpacket",
+            libc::AF_UNIX.into(),
+            libc::SOCK_SEQPACKET.into(),
+            0,
+            0,
+        ),
+        // Without the filter: a socket (it could send to any named datagram socket).
+        socket(
+            "AF_UNIX datagram",
+            libc::AF_UNIX.into(),
+            (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC).into(),
+            0,
+            EPERM,
+        ),
+        // Without the filter: EFAULT (a null pair).
+        raw(
+            "socketpair of Unix datagram sockets",
+            libc::SYS_socketpair,
+            &[libc::AF_UNIX.into(), libc::SOCK_DGRAM.into(), 0],
+            EPERM,
+        ),
         Probe {
             what: "mknod of a character device",
             endpoint: "mknod",

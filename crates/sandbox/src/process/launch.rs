@@ -46,7 +46,7 @@ fn parse_signal(line: &str) -> Option<StartSignal> {
 }
 
 /// Starts the process of `l` and waits until its shim is ready. The steps, in order:
-/// [`create_cgroup`], [`spawn`], [`start_placing`] (with [`Join::AfterSpawn`]),
+/// [`create_cgroup`], [`spawn`], the connect gate (`none`), [`start_placing`] (with [`Join::AfterSpawn`]),
 /// [`forward_output`], [`await_placement`], [`send_go`], [`spawn_reaper`], then the instance
 /// exists and [`wait_ready`] waits for its ready signal. Until the reaper owns the process and
 /// the instance owns the work dir, one [`StartGuard`] undoes what was made.
@@ -59,10 +59,11 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
         cgroups,
         nofile,
         started_at,
-        keep,
+        mut keep,
         inherit,
         run_as,
         confine,
+        gate,
         join,
     } = l;
     let id: Arc<str> = spec.id.as_str().into();
@@ -92,6 +93,20 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
             confine,
         },
     )?;
+    if let Some(gate) = gate {
+        match gate.open(&id) {
+            Ok(g) => keep.push(Box::new(g)),
+            Err(e) => {
+                tracing::warn!(instance = &*id, error = %e, "instance failed to start");
+                if let Some(pid) = child.id() {
+                    kill_group(pid);
+                }
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(e);
+            }
+        }
+    }
     // Not yet reaped, so it has a pid (0 would make `place` move the daemon itself).
     let pid = child.id().filter(|p| *p != 0);
     let placing = match (&cgroup, join) {

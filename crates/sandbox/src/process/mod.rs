@@ -68,6 +68,8 @@ pub(crate) struct Launch<'a> {
     /// Landlock and seccomp the process applies to itself before exec (`none` only: the
     /// container's PID 1 confines itself).
     pub confine: Option<sys::Confinement>,
+    /// The daemon's half of the connect gate (`none`: its child half is in `confine`).
+    pub gate: Option<crate::connect_gate::GatePending>,
     pub join: Join,
 }
 

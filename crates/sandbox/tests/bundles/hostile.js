@@ -124,6 +124,7 @@ function c() {
     kill: { parameters: ["i32", "i32"], result: "i32" },
     socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
     connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+    sendto: { parameters: ["i32", "buffer", "u64", "i32", "buffer", "u32"], result: "i64" },
     bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
     __errno_location: { parameters: [], result: "pointer" },
   }).symbols;
@@ -177,6 +178,34 @@ function tcp(op, host, port) {
 export const osConnect = { handler: ({ host, port }) => tcp("connect", host, port) };
 export const osBind = { handler: () => tcp("bind", "127.0.0.1", 0) };
 // A named Unix socket (D-Bus, a container engine): socket(AF_UNIX, SOCK_STREAM) + connect.
+function sockaddrUn(path) {
+  const a = new Uint8Array(110);
+  new DataView(a.buffer).setUint16(0, 1 /* AF_UNIX */, true);
+  const p = new TextEncoder().encode(path);
+  a.set(p, 2);
+  return [a, 2 + p.length + 1];
+}
+// A datagram to a named socket (the system log, journald): socket(AF_UNIX, SOCK_DGRAM) + sendto.
+export const osUnixSendto = {
+  handler: ({ path }) => {
+    const fd = c().socket(1, 2 /* SOCK_DGRAM */, 0);
+    if (fd < 0) return sys(fd);
+    const [a, len] = sockaddrUn(path);
+    const r = sys(c().sendto(fd, new Uint8Array([120]), 1n, 0, a, len));
+    c().close(fd);
+    return r;
+  },
+};
+// TCP Fast Open: sendto(MSG_FASTOPEN) connects and sends, with no connect call.
+export const osFastOpen = {
+  handler: ({ host, port }) => {
+    const fd = c().socket(2, 1, 0);
+    if (fd < 0) return sys(fd);
+    const r = sys(c().sendto(fd, new TextEncoder().encode("GET"), 3n, 0x20000000, sockaddr(host, port), 16));
+    c().close(fd);
+    return r;
+  },
+};
 export const osUnixConnect = {
   handler: ({ path }) => {
     const fd = c().socket(1, 1, 0);
