@@ -315,7 +315,10 @@ pub(crate) fn receive_fd(sock: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
         if let ControlMessageOwned::ScmRights(fds) = c {
             // SAFETY: the kernel installed these descriptors in our table for this message;
             // nobody else owns them (each is closed when dropped, the one we keep included).
-            received.extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            received.extend(
+                fds.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
         }
     }
     match <[OwnedFd; 1]>::try_from(received) {
