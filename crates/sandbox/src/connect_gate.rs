@@ -120,9 +120,19 @@ async fn serve(listener: Arc<AsyncFd<OwnedFd>>, proxy: Option<SocketAddr>, id: A
                     return;
                 }
             };
-            // A blocking socket's connect waits for the peer: not on the runtime's threads.
-            let (listener, id) = (listener.clone(), id.clone());
-            tokio::task::spawn_blocking(move || answer(listener.get_ref().as_fd(), n, proxy, &id));
+            let fd = listener.get_ref().as_fd();
+            match decide(fd, &n, proxy) {
+                Ok(Connect { sock, dest }) if blocks(&sock) => {
+                    // A blocking socket's connect waits for the peer: not on the runtime's
+                    // threads. A non-blocking one (Deno's) returns at once (EINPROGRESS).
+                    let (listener, id) = (listener.clone(), id.clone());
+                    tokio::task::spawn_blocking(move || {
+                        respond(listener.get_ref().as_fd(), &n, connect(&sock, dest), &id)
+                    });
+                }
+                Ok(Connect { sock, dest }) => respond(fd, &n, connect(&sock, dest), &id),
+                Err(refusal) => respond(fd, &n, Err(refusal), &id),
+            }
         }
         guard.clear_ready();
     }
@@ -163,8 +173,27 @@ enum Refusal {
     Errno(i32),
 }
 
-fn answer(listener: BorrowedFd<'_>, n: Notification, proxy: Option<SocketAddr>, id: &str) {
-    let errno = match decide(listener, &n, proxy) {
+/// An allowed connect: the caller's socket (a duplicate) and the address it is to reach.
+struct Connect {
+    sock: OwnedFd,
+    dest: SocketAddr,
+}
+
+/// Whether the socket is in blocking mode (its file status flags are shared with the caller's).
+fn blocks(sock: &OwnedFd) -> bool {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    fcntl(sock, FcntlArg::F_GETFL)
+        .map(|f| !OFlag::from_bits_truncate(f).contains(OFlag::O_NONBLOCK))
+        .unwrap_or(true)
+}
+
+fn connect(sock: &OwnedFd, dest: SocketAddr) -> Result<(), Refusal> {
+    let dest = nix::sys::socket::SockaddrStorage::from(dest);
+    nix::sys::socket::connect(sock.as_raw_fd(), &dest).map_err(|e| Refusal::Errno(e as i32))
+}
+
+fn respond(listener: BorrowedFd<'_>, n: &Notification, result: Result<(), Refusal>, id: &str) {
+    let errno = match result {
         Ok(()) => 0,
         Err(Refusal::Gone) => return,
         Err(Refusal::Errno(e)) => {
@@ -185,12 +214,12 @@ fn errno_of(e: io::Error, otherwise: i32) -> Refusal {
     Refusal::Errno(e.raw_os_error().unwrap_or(otherwise))
 }
 
-/// Decides one `connect` and, if allowed, makes it.
+/// Decides one `connect`: the socket and address to connect, or why not.
 fn decide(
     listener: BorrowedFd<'_>,
     n: &Notification,
     proxy: Option<SocketAddr>,
-) -> Result<(), Refusal> {
+) -> Result<Connect, Refusal> {
     if n.nr != libc::SYS_connect {
         return Err(Refusal::Errno(libc::EPERM));
     }
@@ -217,8 +246,7 @@ fn decide(
         return Err(Refusal::Gone);
     }
     let dest = verdict(&raw[..len], proxy)?;
-    let dest = nix::sys::socket::SockaddrStorage::from(dest);
-    nix::sys::socket::connect(sock.as_raw_fd(), &dest).map_err(|e| Refusal::Errno(e as i32))
+    Ok(Connect { sock, dest })
 }
 
 /// The address to connect to: the proxy's, when `raw` names exactly it; EACCES otherwise (as

@@ -88,6 +88,8 @@ pub(crate) struct HostConfinement {
     seccomp: Result<(), String>,
     /// Whether the kernel hands syscalls to the daemon (the connect gate).
     user_notif: Result<(), String>,
+    /// Off only for comparisons (`NoneExecutor::with_connect_gate(false)`).
+    gate_enabled: bool,
     /// The filters in the kernel's format, built once: they are the same for every instance.
     filters: KernelFilters,
     /// Who the instance runs as (`NoneExecutor`): the data dirs created here are given to it.
@@ -101,6 +103,7 @@ impl HostConfinement {
             landlock_abi: sys::landlock_abi().map_err(|e| e.to_string()),
             seccomp: sys::seccomp_errno_available().map_err(|e| e.to_string()),
             user_notif: sys::seccomp_user_notif_available().map_err(|e| e.to_string()),
+            gate_enabled: true,
             filters: KernelFilters(confine::kernel_filters().map(Arc::new)),
             owner: None,
         }
@@ -112,6 +115,10 @@ impl HostConfinement {
 
     pub(crate) fn set_enabled(&mut self, on: bool) {
         self.enabled = on;
+    }
+
+    pub(crate) fn set_gate_enabled(&mut self, on: bool) {
+        self.gate_enabled = on;
     }
 
     fn landlock(&self) -> Option<i64> {
@@ -197,11 +204,14 @@ impl HostConfinement {
                         .map(|(name, _)| *name)
                         .collect::<Vec<_>>()
                         .join(", "),
-                    match &self.user_notif {
-                        Ok(()) => "every connect answered by the runner (the connect gate): Unix \
-                                   sockets refused, TCP only to the egress proxy"
+                    match (&self.user_notif, self.gate_enabled) {
+                        (_, false) => "NOT connects to named Unix sockets: the connect gate is \
+                                       turned off for this executor"
                             .to_string(),
-                        Err(e) => format!(
+                        (Ok(()), _) => "every connect answered by the runner (the connect gate): \
+                                        Unix sockets refused, TCP only to the egress proxy"
+                            .to_string(),
+                        (Err(e), _) => format!(
                             "NOT connects to named Unix sockets: the kernel hands no syscall to \
                              the runner ({e}; needs Linux 5.0 with SECCOMP_RET_USER_NOTIF)"
                         ),
@@ -240,7 +250,7 @@ impl HostConfinement {
         if seccomp {
             let filters = self.filters.0.as_ref().map_err(|e| fail(e.clone()))?;
             out.seccomp = filters.as_ref().clone();
-            if self.user_notif.is_ok() {
+            if self.user_notif.is_ok() && self.gate_enabled {
                 let (child, pending) =
                     connect_gate::prepare(proxy).map_err(|e| fail(format!("connect gate: {e}")))?;
                 out.gate = Some(child);

@@ -98,6 +98,13 @@ impl NoneExecutor {
         self
     }
 
+    /// The connect gate for every instance (on by default, where the kernel has seccomp user
+    /// notifications). Off only to measure what it costs; the enforcement list then says so.
+    pub fn with_connect_gate(mut self, on: bool) -> Self {
+        self.confinement.set_gate_enabled(on);
+        self
+    }
+
     /// Puts every instance into its own cgroup under `manager`'s parents.
     pub fn with_cgroups(mut self, manager: Arc<CgroupManager>) -> Self {
         self.cgroups = Some(manager);

@@ -86,3 +86,62 @@ async fn a_race_on_descriptor_and_address_never_connects_a_unix_socket() {
         .collect();
     assert!(others.is_empty(), "unexpected answers {others:?}: {v}");
 }
+
+/// What the gate costs per connect, from a bundle, with and without the gate (Landlock and the
+/// other filters on in both), interleaved: a Unix connect the gate refuses (without it the kernel
+/// answers ENOENT: the round trip to the runner alone), and a TCP connect to the egress proxy
+/// (few, spaced: the debug build's proxy is the bottleneck when many arrive at once). Not a
+/// pass/fail test: `cargo test -p atrund-sandbox --test connect_gate -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn measure_connect_gate_cost() {
+    let Some(env) = Env::new("gatecost", Mode::None).await else {
+        return;
+    };
+    let path = std::env::var_os("ATRUND_TEST_DENO")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo().join("tools/deno/node_modules/deno/deno"));
+    let deno = atrund_sandbox::DenoBinary::locate(Some(&path)).unwrap();
+    let plain: Arc<dyn atrund_sandbox::Executor> = Arc::new(
+        atrund_sandbox::NoneExecutor::new(deno)
+            .with_egress(env.proxy.clone())
+            .with_connect_gate(false),
+    );
+    let port = env.proxy.local_addr().port().to_string();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v)
+    };
+    for (what, query) in [
+        (
+            "Unix connect, refused",
+            vec![("path", "/nonexistent/atrund.sock"), ("n", "2000")],
+        ),
+        (
+            "TCP connect + close to the proxy",
+            vec![("port", port.as_str()), ("n", "40")],
+        ),
+    ] {
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for i in 0..5 {
+            for (exec, times, tag) in [(&env.exec, &mut on, "g"), (&plain, &mut off, "p")] {
+                let mut spec = env.spec(&format!("{tag}{i}"), &bundle("gate_race.js"));
+                spec.permissions.ffi = true;
+                let inst = exec.warm(spec).await.unwrap();
+                let v = call_json(&*inst, q("connects", &query)).await.unwrap();
+                if query[0].0 == "port" {
+                    assert_eq!(v["connected"], 40, "{v}");
+                } else {
+                    assert_eq!(v["connected"], 0, "{v}");
+                }
+                times.push(v["us"].as_f64().unwrap());
+                inst.shutdown().await;
+            }
+        }
+        let ((on, on_runs), (off, off_runs)) = (median(on), median(off));
+        eprintln!(
+            "MEASURE {what}, median of 5 runs: with the gate {on:.1} µs (runs {on_runs:.1?}); \
+             without {off:.1} µs (runs {off_runs:.1?})"
+        );
+    }
+}

@@ -46,6 +46,25 @@ self.onmessage = ({ data }) => {
 self.postMessage("ready");
 `;
 
+// Microseconds per connect + close, over n rounds (the connect gate's cost): to 127.0.0.1:port,
+// or with `path` to that Unix path (refused by the gate; without it, by the kernel: ENOENT).
+export const connects = {
+  handler: ({ port, path, n }) => {
+    const c = Deno.dlopen("libc.so.6", SYMBOLS).symbols;
+    const close = Deno.dlopen("libc.so.6", { close: { parameters: ["i32"], result: "i32" } }).symbols.close;
+    const mem = c.malloc(BigInt(LEN));
+    new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(mem, LEN)).set(path ? unixAddr(path) : inet(port));
+    let connected = 0;
+    const t = performance.now();
+    for (let i = 0; i < Number(n); i++) {
+      const fd = c.socket(path ? 1 : 2, 1, 0);
+      if (c.connect(fd, mem, path ? LEN : 16) === 0) connected++;
+      close(fd);
+    }
+    return { us: ((performance.now() - t) * 1000) / Number(n), connected };
+  },
+};
+
 export const race = {
   handler: async ({ path, port, ms }) => {
     const c = Deno.dlopen("libc.so.6", SYMBOLS).symbols;
