@@ -13,6 +13,9 @@ const LISTENING_MESSAGE: &str = "http api listening";
 use clap::{Parser, Subcommand};
 
 mod observe;
+mod reload;
+mod settings;
+use settings::{load_config, pool_config};
 use tokio::sync::watch;
 
 use atrund_bundle::{BundleSource, BundleStore, SourceConfig};
@@ -128,11 +131,6 @@ impl Command {
     }
 }
 
-fn load_config(path: Option<&Path>) -> Result<Config> {
-    let env = atrund_config::process_env()?;
-    Ok(Config::load(path, &env)?)
-}
-
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::CheckConfig { config } => {
@@ -168,7 +166,13 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", keys.public_key());
             Ok(())
         }
-        Command::Serve { config } => serve(load_config(config.as_deref())?, None).await,
+        Command::Serve { config } => {
+            let source = reload::Source {
+                path: config,
+                dev: false,
+            };
+            serve(source, None).await
+        }
         Command::SandboxInit { .. } => Ok(()),
         Command::Dev {
             dir,
@@ -176,12 +180,13 @@ async fn run(cli: Cli) -> Result<()> {
             entry,
             config,
         } => {
-            let mut cfg = load_config(config.as_deref())?;
-            // A developer wants to see why a call was slow; dev runners serve their own bundles.
-            cfg.http.server_timing = true;
+            let source = reload::Source {
+                path: config,
+                dev: true,
+            };
             let local = LocalBundle::open(&dir, name.as_deref(), entry.as_deref())
                 .map_err(anyhow::Error::msg)?;
-            serve(cfg, Some(local)).await
+            serve(source, Some(local)).await
         }
     }
 }
@@ -199,7 +204,10 @@ fn own_requests_policy(allow_addrs: &[String]) -> Result<atrund_netpolicy::Addre
     Ok(atrund_netpolicy::AddressPolicy::default().with_openings(&openings))
 }
 
-async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
+async fn serve(config_source: reload::Source, local: Option<LocalBundle>) -> Result<()> {
+    // Before anything slow: until the handler exists a hang-up would end the process.
+    let hangups = reload::hangups();
+    let config = config_source.load()?;
     let layout = config.layout();
     prepare_data_dir(&layout, instances_group(&config))?;
     tracing::info!(data_dir = %layout.root().display(), "data dir ready");
@@ -323,8 +331,9 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     let metrics = observe::metrics(&config, pool.clone(), egress.clone(), identity.clone());
     let (drain_tx, drain_rx) = watch::channel(false);
     let rates = Arc::new(atrund_policy::AuthorRates::new(config.tenants.clone()));
+    let (live, config_tx) = atrund_http::LiveConfig::new(config.clone());
     let state = AppState {
-        config: Arc::new(config.clone()),
+        live,
         identity,
         source,
         pool: pool.clone(),
@@ -333,7 +342,7 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         secrets,
         draining: drain_rx.clone(),
         enforcement,
-        rates,
+        rates: rates.clone(),
         data_quota: Arc::default(),
         origins: Arc::new(origins),
         metrics: metrics.clone(),
@@ -410,6 +419,16 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         },
     ));
     tokio::spawn(wait_for_signals(drain_tx));
+    // The drain reads its grace and close wait as they are when it begins.
+    let live = config_tx.subscribe();
+    if let Some(hup) = hangups {
+        let targets = reload::Targets {
+            config: config_tx,
+            pool: pool.clone(),
+            rates,
+        };
+        tokio::spawn(reload::on_hangup(hup, config_source, targets));
+    }
     let mut drain_signal = drain_rx;
     tokio::select! {
         r = &mut server => {
@@ -419,6 +438,7 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         }
         _ = drain_signal.wait_for(|d| *d) => {}
     }
+    let config = live.borrow().clone();
     let grace = Duration::from_millis(config.pool.drain_grace_ms);
     if pool.drain(grace).await {
         tracing::info!("in-flight requests finished");
@@ -552,39 +572,6 @@ fn load_keys(config: &Config) -> Result<atrund_secrets::RunnerKeys> {
         ),
     }
     Ok(keys)
-}
-
-/// The pool's settings. The section is destructured, so a new key cannot be forgotten here.
-fn pool_config(p: &atrund_config::PoolSection) -> atrund_pool::PoolConfig {
-    let atrund_config::PoolSection {
-        max_instances,
-        max_instances_per_bundle,
-        max_instances_per_author,
-        idle_timeout_ms,
-        memory_budget_mib,
-        busy_wait_ms,
-        crash_backoff_ms,
-        crash_backoff_max_ms,
-        // Used by the binary (pre-warm loop, drain, close) and the HTTP layer (start timeout).
-        prewarm: _,
-        prewarm_instances: _,
-        drain_grace_ms: _,
-        close_wait_ms: _,
-        start_timeout_ms: _,
-        prewarm_refresh_secs: _,
-        admin_listen: _,
-    } = p;
-    let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
-    atrund_pool::PoolConfig {
-        max_instances: n(*max_instances),
-        max_instances_per_bundle: n(*max_instances_per_bundle),
-        max_instances_per_author: n(*max_instances_per_author),
-        idle_timeout: Duration::from_millis(*idle_timeout_ms),
-        memory_budget_bytes: memory_budget_mib.saturating_mul(1024 * 1024),
-        busy_wait: Duration::from_millis(*busy_wait_ms),
-        crash_backoff: Duration::from_millis(*crash_backoff_ms),
-        crash_backoff_max: Duration::from_millis(*crash_backoff_max_ms),
-    }
 }
 
 /// Keeps the `pool.prewarm` bundles warm, re-resolving every `pool.prewarm_refresh_secs` so

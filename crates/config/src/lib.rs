@@ -13,6 +13,7 @@
 mod error;
 mod layout;
 mod load;
+mod reload;
 mod render;
 mod syntax;
 mod validate;
@@ -26,6 +27,7 @@ use url::Url;
 pub use error::{ConfigError, Source};
 pub use layout::DataLayout;
 pub use load::{env_var_name, known_env_vars, process_env, ENV_EXCEPTIONS, ENV_PREFIX};
+pub use reload::Reload;
 pub use syntax::{is_dns_label, is_valid_did, is_valid_handle};
 
 /// One MiB, for readable defaults.

@@ -14,6 +14,7 @@ mod body_limit;
 pub mod data_quota;
 pub mod error;
 pub mod headers;
+mod live;
 pub mod origin;
 pub mod request_id;
 pub mod serve;
@@ -43,6 +44,7 @@ use atrund_sandbox::{InstanceSpec, Invocation};
 
 pub use atrund_bundle::LocalBundle;
 pub use error::ApiError;
+pub use live::LiveConfig;
 pub use origin::OriginTable;
 
 /// Author segment that names the local dev bundle.
@@ -51,7 +53,8 @@ pub const LOCAL_AUTHOR: &str = "local";
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    pub config: Arc<Config>,
+    /// The configuration, replaced on reload: read it through [`AppState::config`].
+    pub live: LiveConfig,
     pub identity: IdentityResolver,
     pub source: atrund_bundle::BundleSource,
     pub pool: Arc<Pool>,
@@ -75,12 +78,20 @@ pub struct AppState {
     pub metrics: atrund_metrics::Metrics,
 }
 
+impl AppState {
+    /// The configuration in force now (a reload may replace it between two calls; take it once
+    /// per decision that needs several keys to agree).
+    pub fn config(&self) -> Arc<Config> {
+        self.live.current()
+    }
+}
+
 /// The runner's routes. With `http.bundle_domain` set, a request whose host is
 /// `{label}.{bundle_domain}` never reaches them: it belongs to that bundle, whatever its path
 /// (so `/bundle/...` of another bundle cannot be served in a bundle's origin).
 pub fn router(state: AppState) -> Router {
     let mut routes = Router::new();
-    if state.config.metrics.public {
+    if state.config().metrics.public {
         let m = state.metrics.clone();
         routes = routes.route("/metrics", get(move || metrics_text(m.clone())));
     }
@@ -108,7 +119,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .with_state(state.clone());
-    let routes = if state.config.http.bundle_domain.is_some() {
+    let routes = if state.config().http.bundle_domain.is_some() {
         routes.layer(axum::middleware::from_fn_with_state(state, by_host))
     } else {
         routes
@@ -134,7 +145,8 @@ async fn metrics_text(metrics: atrund_metrics::Metrics) -> Response {
 
 /// Sends requests for a bundle host to that bundle, everything else to the runner's routes.
 async fn by_host(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(domain) = st.config.http.bundle_domain.as_deref() else {
+    let config = st.config();
+    let Some(domain) = config.http.bundle_domain.as_deref() else {
         return next.run(req).await;
     };
     // HTTP/1.1 names the host in `Host`; HTTP/2 in the `:authority` the URI carries.
@@ -216,7 +228,7 @@ async fn check_bundle_host(
 ) -> Result<Response, ApiError> {
     let domain = bundle_domain(&st)?;
     let q = query(q, "give the host as ?domain=<label>.<bundle domain>")?;
-    let origin::HostRoute::Bundle { label, host } = origin::host_route(Some(&q.domain), domain)
+    let origin::HostRoute::Bundle { label, host } = origin::host_route(Some(&q.domain), &domain)
     else {
         return Err(ApiError::new(
             ErrorClass::NotFound,
@@ -255,8 +267,8 @@ fn query<T>(
 }
 
 /// `http.bundle_domain`, or the error for a runner that serves bundles by path only.
-fn bundle_domain(st: &AppState) -> Result<&str, ApiError> {
-    st.config.http.bundle_domain.as_deref().ok_or_else(|| {
+fn bundle_domain(st: &AppState) -> Result<String, ApiError> {
+    st.config().http.bundle_domain.clone().ok_or_else(|| {
         ApiError::new(
             ErrorClass::NotFound, "NotFound",
             "this runner serves bundles by path only (http.bundle_domain is unset); use /bundle/{did-or-handle}/{name}/{version}/{endpoint}",
@@ -316,7 +328,7 @@ async fn describe_runner(State(st): State<AppState>) -> Response {
 
 /// What describeRunner answers, from the config and what the runner found at start.
 fn describe(st: &AppState) -> api::DescribeRunner {
-    let c = &st.config;
+    let c = st.config();
     api::DescribeRunner {
         software: api::Software {
             name: "at-rund".into(),
@@ -418,7 +430,7 @@ struct Seen {
 async fn observed(st: AppState, route: RouteKind, call: Call, req: Request) -> Response {
     let began = std::time::Instant::now();
     let metrics = st.metrics.clone();
-    let timing = st.config.http.server_timing;
+    let timing = st.config().http.server_timing;
     let mut seen = Seen::default();
     let result = invoke(st, route, call, req, &mut seen).await;
     let cold = |start| atrund_metrics::ColdStart {
@@ -526,8 +538,9 @@ pub async fn prewarm(
         remember_origin(st, &t);
         t
     };
+    let config = st.config();
     let limits =
-        atrund_policy::check_manifest(&st.config.permissions, &st.config.limits, &target.manifest)?;
+        atrund_policy::check_manifest(&config.permissions, &config.limits, &target.manifest)?;
     let concurrency = usize::try_from(limits.concurrency).unwrap_or(usize::MAX);
     let key = target.key.clone();
     let st2 = st.clone();
@@ -610,13 +623,14 @@ async fn invoke(
         &target.name,
         if declared { &endpoint } else { "undeclared" },
     ));
+    let config = st.config();
     let limits =
-        atrund_policy::check_manifest(&st.config.permissions, &st.config.limits, &target.manifest)?;
+        atrund_policy::check_manifest(&config.permissions, &config.limits, &target.manifest)?;
     check_endpoint(&target.manifest, &endpoint, req.method())?;
     if !target.manifest.permissions.write.is_empty() {
-        let dir = st.config.layout().author_data(&target.author_dir);
+        let dir = config.layout().author_data(&target.author_dir);
         st.data_quota
-            .check(&dir, st.config.tenants.max_data_bytes_per_author)
+            .check(&dir, config.tenants.max_data_bytes_per_author)
             .await?;
     }
 
@@ -630,7 +644,7 @@ async fn invoke(
             );
         }
     }
-    let max = st.config.http.max_request_body_bytes;
+    let max = st.config().http.max_request_body_bytes;
     let too_large = || {
         ApiError::new(
             ErrorClass::TooLarge,
@@ -712,7 +726,7 @@ struct Answered {
 
 /// Notes the label of a bundle the pipeline has just resolved, so its host route works.
 fn remember_origin(st: &AppState, t: &Target) {
-    if st.config.http.bundle_domain.is_some() {
+    if st.config().http.bundle_domain.is_some() {
         st.origins.remember(&t.key.author, &t.name);
     }
 }
@@ -783,8 +797,9 @@ async fn author_precheck(st: &AppState, id: &AtIdentifier) -> Result<(), ApiErro
         AtIdentifier::Did(d) => (d.as_str(), None),
         AtIdentifier::Handle(h) => (h.as_str(), Some(h)),
     };
+    let config = st.config();
     let atrund_policy::Precheck::ViaListed(entries) =
-        atrund_policy::precheck_author(&st.config.policy, text)?
+        atrund_policy::precheck_author(&config.policy, text)?
     else {
         return Ok(());
     };
@@ -827,7 +842,7 @@ async fn allowed_author(st: &AppState, author: &str) -> Result<Arc<ResolvedDid>,
     author_precheck(st, &id).await?;
     let (resolved, handle) = st.identity.resolve(&id).await?;
     atrund_policy::check_author(
-        &st.config.policy,
+        &st.config().policy,
         resolved.did.as_str(),
         handle.as_ref().map(|h| h.as_str()),
     )?;
@@ -903,7 +918,8 @@ fn check_endpoint(manifest: &Manifest, endpoint: &str, method: &Method) -> Resul
 }
 
 fn instance_spec(st: &AppState, t: &Target, limits: &EffectiveLimits) -> InstanceSpec {
-    let layout = st.config.layout();
+    let config = st.config();
+    let layout = config.layout();
     let id = format!(
         "{}-{}",
         t.key.bundle.chars().rev().take(12).collect::<String>(),
@@ -923,14 +939,14 @@ fn instance_spec(st: &AppState, t: &Target, limits: &EffectiveLimits) -> Instanc
             .unwrap_or_default(),
         memory_mib: limits.memory_mib,
         request_timeout: Duration::from_millis(limits.timeout_ms),
-        start_timeout: Duration::from_millis(st.config.pool.start_timeout_ms),
+        start_timeout: Duration::from_millis(config.pool.start_timeout_ms),
         limits: atrund_sandbox::ResourceLimits {
-            pids: st.config.limits.pids,
-            cpu_quota_percent: st.config.limits.cpu_quota_percent,
+            pids: config.limits.pids,
+            cpu_quota_percent: config.limits.cpu_quota_percent,
             cpu_budget: Some(Duration::from_millis(limits.cpu_ms)),
-            open_files: st.config.limits.open_files,
-            max_response_bytes: st.config.limits.max_response_bytes,
-            max_file_bytes: st.config.limits.max_file_bytes,
+            open_files: config.limits.open_files,
+            max_response_bytes: config.limits.max_response_bytes,
+            max_file_bytes: config.limits.max_file_bytes,
         },
     }
 }

@@ -2,11 +2,14 @@
 //! continuously, at most `tenants.rate_burst` tokens; per-DID overrides), so one author's
 //! traffic cannot take every instance slot and fetch of a shared runner.
 //!
+//! A reload replaces the rates ([`AuthorRates::reconfigure`]); buckets keep their tokens, up to
+//! the new burst.
+//!
 //! Owns: the buckets. Must not touch: the clock (callers pass `Instant`s, so tests are exact)
 //! or the network.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use atrund_config::TenantsSection;
@@ -23,11 +26,37 @@ struct Bucket {
 /// The buckets of every author seen recently.
 #[derive(Debug)]
 pub struct AuthorRates {
+    rules: RwLock<Rules>,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+/// The rates in force.
+#[derive(Debug)]
+struct Rules {
     /// `(rate, burst)` of authors without an override.
     default: (u64, u64),
     /// `tenants.rate_overrides`, parsed once (config validation has checked them).
     overrides: HashMap<String, (u64, u64)>,
-    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl Rules {
+    fn new(cfg: &TenantsSection) -> Self {
+        let overrides = cfg
+            .rate_overrides
+            .iter()
+            .filter_map(|e| TenantsSection::parse_override(e))
+            .map(|(did, r, b)| (did.to_string(), (r, b)))
+            .collect();
+        Rules {
+            default: (cfg.rate_per_sec, cfg.rate_burst),
+            overrides,
+        }
+    }
+
+    /// `(rate, burst)` of `did`: its override, else the default.
+    fn rate_for(&self, did: &str) -> (u64, u64) {
+        self.overrides.get(did).copied().unwrap_or(self.default)
+    }
 }
 
 /// The author is over their rate: retry after this many whole seconds (≥ 1).
@@ -52,27 +81,21 @@ impl RateLimited {
 
 impl AuthorRates {
     pub fn new(cfg: TenantsSection) -> Self {
-        let overrides = cfg
-            .rate_overrides
-            .iter()
-            .filter_map(|e| TenantsSection::parse_override(e))
-            .map(|(did, r, b)| (did.to_string(), (r, b)))
-            .collect();
         AuthorRates {
-            default: (cfg.rate_per_sec, cfg.rate_burst),
-            overrides,
+            rules: RwLock::new(Rules::new(&cfg)),
             buckets: Mutex::default(),
         }
     }
 
-    /// `(rate, burst)` of `did`: its override, else the default.
-    fn rate_for(&self, did: &str) -> (u64, u64) {
-        self.overrides.get(did).copied().unwrap_or(self.default)
+    /// Puts new rates in force (a reload).
+    pub fn reconfigure(&self, cfg: &TenantsSection) {
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Rules::new(cfg);
     }
 
     /// Takes one token from `did`'s bucket at time `now`, or says when one will be there.
     pub fn take(&self, did: &str, now: Instant) -> Result<(), RateLimited> {
-        let (rate, burst) = self.rate_for(did);
+        let rules = self.rules.read().unwrap_or_else(|e| e.into_inner());
+        let (rate, burst) = rules.rate_for(did);
         if rate == 0 {
             return Ok(());
         }
@@ -81,7 +104,7 @@ impl AuthorRates {
         };
         if buckets.len() >= PRUNE_AT && !buckets.contains_key(did) {
             buckets.retain(|d, b| {
-                let (r, bu) = self.rate_for(d);
+                let (r, bu) = rules.rate_for(d);
                 refill(*b, r, bu, now).tokens < bu as f64
             });
         }
@@ -123,6 +146,29 @@ mod tests {
             rate_overrides: overrides.iter().map(|s| s.to_string()).collect(),
             ..TenantsSection::default()
         })
+    }
+
+    #[test]
+    fn reconfigured_rates_apply_at_once_and_buckets_keep_their_tokens() {
+        let r = rates(1, 1, &[]);
+        let t0 = Instant::now();
+        r.take("did:plc:a", t0).unwrap();
+        assert!(r.take("did:plc:a", t0).is_err());
+        r.reconfigure(&TenantsSection {
+            rate_per_sec: 0,
+            ..TenantsSection::default()
+        });
+        r.take("did:plc:a", t0).expect("0 turns the limit off");
+        r.reconfigure(&TenantsSection {
+            rate_per_sec: 1,
+            rate_burst: 5,
+            ..TenantsSection::default()
+        });
+        // The bucket was empty; a second later it has one token, not five.
+        let t1 = t0 + Duration::from_secs(1);
+        r.take("did:plc:a", t1).unwrap();
+        let e = r.take("did:plc:a", t1).unwrap_err();
+        assert_eq!(e.burst, 5);
     }
 
     #[test]

@@ -56,8 +56,9 @@ impl std::fmt::Display for InstanceKey {
 /// Builds a fresh [`InstanceSpec`] (new id and work dir) for each instance of one key.
 pub type SpecFactory = Arc<dyn Fn() -> InstanceSpec + Send + Sync>;
 
-/// Scheduling knobs; built from the `[pool]` config section by the binary.
-#[derive(Debug, Clone)]
+/// Scheduling knobs; built from the `[pool]` config section by the binary, and replaced while
+/// running by [`Pool::reconfigure`] (a reload).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PoolConfig {
     /// Instances (running or starting) across all bundles.
     pub max_instances: usize,
@@ -325,7 +326,8 @@ enum Decision {
 /// Warm instances by key.
 pub struct Pool {
     executor: Arc<dyn Executor>,
-    cfg: PoolConfig,
+    /// Read at each decision; a reload replaces it.
+    cfg: std::sync::RwLock<PoolConfig>,
     state: Mutex<State>,
     /// Woken when a slot frees, an instance starts or one is removed.
     changed: Notify,
@@ -400,9 +402,10 @@ impl Pool {
     /// A pool with its background reaper (idle timeout, memory budget, dead instances,
     /// pre-warm). Must be called inside a Tokio runtime.
     pub fn new(executor: Arc<dyn Executor>, cfg: PoolConfig) -> Arc<Self> {
+        let tick = (cfg.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let pool = Arc::new(Self {
             executor,
-            cfg,
+            cfg: std::sync::RwLock::new(cfg),
             state: Mutex::default(),
             changed: Notify::new(),
             active: AtomicUsize::new(0),
@@ -412,10 +415,23 @@ impl Pool {
             next_id: AtomicU64::new(1),
             counters: Counters::default(),
         });
-        let tick =
-            (pool.cfg.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         tokio::spawn(reaper(Arc::downgrade(&pool), tick));
         pool
+    }
+
+    /// The knobs in force now.
+    fn cfg(&self) -> PoolConfig {
+        // A poisoned lock still holds a whole config (writers only assign).
+        *self.cfg.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the knobs (a reload): caps, waits and back-offs apply to the next decision;
+    /// instances above a lowered cap are not stopped, they go as they become idle. The reaper's
+    /// tick, set from the first idle timeout, stays.
+    pub fn reconfigure(&self, cfg: PoolConfig) {
+        *self.cfg.write().unwrap_or_else(|e| e.into_inner()) = cfg;
+        // Waiters re-check against the new caps.
+        self.changed.notify_waiters();
     }
 
     /// Name of the sandbox backend instances run in.
@@ -485,7 +501,7 @@ impl Pool {
         spec: impl FnOnce() -> InstanceSpec,
     ) -> Result<Lease, PoolError> {
         let mut spec = Some(spec);
-        let deadline = tokio::time::Instant::now() + self.cfg.busy_wait;
+        let deadline = tokio::time::Instant::now() + self.cfg().busy_wait;
         let mut cold = false;
         loop {
             let notified = self.changed.notified();
@@ -548,7 +564,7 @@ impl Pool {
         self.counters.busy_refusals.fetch_add(1, Ordering::Relaxed);
         PoolError::Busy {
             reason,
-            waited_ms: self.cfg.busy_wait.as_millis() as u64,
+            waited_ms: self.cfg().busy_wait.as_millis() as u64,
             retry_after_secs: 1,
         }
     }
@@ -633,7 +649,7 @@ impl Pool {
                 spawn_shutdown(dead);
                 return Decision::CrashLooping(e);
             }
-            if ks.entries.len() >= self.cfg.max_instances_per_bundle {
+            if ks.entries.len() >= self.cfg().max_instances_per_bundle {
                 let n = ks.entries.len();
                 drop(st);
                 spawn_shutdown(dead);
@@ -646,31 +662,31 @@ impl Pool {
         // instances of other keys (least recently used first) to make it.
         let mut evicted = Vec::new();
         let full = loop {
-            if st.author_total(&key.author) >= self.cfg.max_instances_per_author {
+            if st.author_total(&key.author) >= self.cfg().max_instances_per_author {
                 match st.evict_lru(|k| k.author == key.author && k != key) {
                     Some(i) => evicted.push(i),
                     None => {
                         break Some(format!(
                             "this author's {} instances (the per-author maximum) are all busy",
-                            self.cfg.max_instances_per_author
+                            self.cfg().max_instances_per_author
                         ))
                     }
                 }
                 continue;
             }
-            if st.total() >= self.cfg.max_instances {
+            if st.total() >= self.cfg().max_instances {
                 match st.evict_lru(|k| k != key) {
                     Some(i) => evicted.push(i),
                     None => {
                         break Some(format!(
                             "the runner's {} instances (its maximum) are all busy",
-                            self.cfg.max_instances
+                            self.cfg().max_instances
                         ))
                     }
                 }
                 continue;
             }
-            let budget = self.cfg.memory_budget_bytes;
+            let budget = self.cfg().memory_budget_bytes;
             let (used, known) = st.memory();
             let estimate = used.checked_div(known).unwrap_or(0);
             if budget > 0 && used + estimate > budget {
@@ -785,8 +801,8 @@ impl Pool {
         ks.last_exit = exit;
         let delay = crash_backoff(
             ks.crashes,
-            self.cfg.crash_backoff,
-            self.cfg.crash_backoff_max,
+            self.cfg().crash_backoff,
+            self.cfg().crash_backoff_max,
         );
         ks.retry_at = (!delay.is_zero()).then_some(now + delay);
         if ks.crashes > 1 {
@@ -870,8 +886,8 @@ impl Pool {
                     Some((f, limit))
                         if ks.count() < ks.min_warm
                             && !backed_off
-                            && ks.count() < self.cfg.max_instances_per_bundle
-                            && total < self.cfg.max_instances =>
+                            && ks.count() < self.cfg().max_instances_per_bundle
+                            && total < self.cfg().max_instances =>
                     {
                         ks.starting += 1;
                         Some((f.clone(), *limit))
@@ -926,7 +942,7 @@ impl Pool {
             idle_reaped: c.idle_reaped.load(Ordering::Relaxed),
             evictions: c.evictions.load(Ordering::Relaxed),
             memory_bytes: st.memory().0,
-            memory_budget_bytes: self.cfg.memory_budget_bytes,
+            memory_budget_bytes: self.cfg().memory_budget_bytes,
             ..PoolStats::default()
         };
         for (k, ks) in &st.keys {
@@ -1007,7 +1023,7 @@ impl Pool {
                         stop.push(e.instance);
                         continue;
                     }
-                    let expired = idle && now.duration_since(e.last_end) >= self.cfg.idle_timeout;
+                    let expired = idle && now.duration_since(e.last_end) >= self.cfg().idle_timeout;
                     if expired && ks.entries.len() > ks.min_warm {
                         let e = ks.entries.remove(i);
                         tracing::debug!(author = %k.author, record = %k, "idle timeout: stopping instance");
@@ -1024,7 +1040,7 @@ impl Pool {
             self.counters
                 .idle_reaped
                 .fetch_add(reaped, Ordering::Relaxed);
-            let budget = self.cfg.memory_budget_bytes;
+            let budget = self.cfg().memory_budget_bytes;
             while budget > 0 && st.memory().0 > budget {
                 match st.evict_lru(|_| true) {
                     Some(i) => {

@@ -226,6 +226,35 @@ async fn a_slot_is_held_until_the_body_ends_then_busy_after_the_bounded_wait() {
 }
 
 #[tokio::test]
+async fn a_reconfigured_cap_applies_to_the_next_request() {
+    let exec = Arc::new(FakeExec::default());
+    let pool = Pool::new(
+        exec.clone(),
+        PoolConfig {
+            max_instances_per_bundle: 1,
+            ..cfg()
+        },
+    );
+    let k = key("did:plc:a", "c1");
+    let a = run(&pool, &k, 1).await.unwrap();
+    assert_eq!(run(&pool, &k, 1).await.unwrap_err().code(), "Busy");
+    pool.reconfigure(PoolConfig {
+        max_instances_per_bundle: 2,
+        ..cfg()
+    });
+    let b = run(&pool, &k, 1).await.unwrap();
+    assert_eq!(exec.starts.load(Ordering::SeqCst), 2);
+    // Lowered again: nothing running is stopped, but no third instance starts.
+    pool.reconfigure(PoolConfig {
+        max_instances_per_bundle: 1,
+        ..cfg()
+    });
+    assert_eq!(run(&pool, &k, 1).await.unwrap_err().code(), "Busy");
+    assert_eq!(exec.starts.load(Ordering::SeqCst), 2);
+    drop((a, b));
+}
+
+#[tokio::test]
 async fn a_waiting_request_takes_a_slot_freed_within_the_wait() {
     let exec = Arc::new(FakeExec::default());
     let pool = Pool::new(
