@@ -320,7 +320,8 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     if let Some(d) = &config.http.bundle_domain {
         tracing::info!(bundle_domain = %d, "host routes on: each bundle is served at {{label}}.{d} (docs/origins.md)");
     }
-    let metrics = observe::metrics(&config, pool.clone(), egress.clone(), identity.clone());
+    let counters = observe::counters(pool.clone(), egress.clone(), identity.clone());
+    let metrics = observe::metrics(&config, pool.backend(), counters.clone());
     let (drain_tx, drain_rx) = watch::channel(false);
     let rates = Arc::new(atrund_policy::AuthorRates::new(config.tenants.clone()));
     let state = AppState {
@@ -336,7 +337,9 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         rates,
         data_quota: Arc::default(),
         origins: Arc::new(origins),
-        metrics: metrics.clone(),
+        metrics,
+        counters,
+        status: Arc::default(),
     };
     if let Some(l) = &state.local {
         tracing::info!(
@@ -346,6 +349,7 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         );
     }
     let prewarm_state = state.clone();
+    let admin_state = state.clone();
     let app = atrund_http::router(state);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -376,8 +380,8 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         if !bound.ip().is_loopback() {
             tracing::warn!(admin = %bound, "the admin endpoint has no authentication and is not on loopback");
         }
-        tracing::info!(admin = %bound, "admin endpoint up: GET /admin/pool, GET /metrics");
-        let admin_app = atrund_http::admin_router(pool.clone(), metrics.clone());
+        tracing::info!(admin = %bound, "admin endpoint up: GET /admin/pool, GET /metrics, GET /status");
+        let admin_app = atrund_http::admin_router(admin_state);
         tokio::spawn(async move {
             if let Err(e) = axum::serve(admin, admin_app).await {
                 tracing::error!(error = %e, "admin endpoint failed");

@@ -6,8 +6,9 @@
 //! error → status mapping (`error`), request ids (`request_id`), what a request adds to the
 //! metrics (counted here, defined in `atrund-metrics`) and its `Server-Timing` header
 //! (`server_timing`), the header rules that keep bundles out of each other's
-//! origin (`headers`, `origin`), per-author data shares (`data_quota`) and the accept loop
-//! (`serve`). Must not touch: how identities are resolved, records verified or instances
+//! origin (`headers`, `origin`), per-author data shares (`data_quota`), the accept loop
+//! (`serve`) and the admin listener's routes, among them the status page (`status` keeps its
+//! recent history, `status_page` renders it). Must not touch: how identities are resolved, records verified or instances
 //! isolated; it calls those crates.
 
 mod body_limit;
@@ -18,6 +19,8 @@ pub mod origin;
 pub mod request_id;
 pub mod serve;
 pub mod server_timing;
+pub mod status;
+mod status_page;
 
 use atrund_api as api;
 use atrund_errors::ErrorClass;
@@ -73,7 +76,15 @@ pub struct AppState {
     pub origins: Arc<OriginTable>,
     /// Where requests are counted (docs/observability.md).
     pub metrics: atrund_metrics::Metrics,
+    /// Counters the pool, egress proxy and identity caches keep, read when the status page is
+    /// rendered (the same reading as the metrics' scrape).
+    pub counters: Counters,
+    /// Recent errors, cold starts and bundles, for the status page.
+    pub status: Arc<status::StatusBoard>,
 }
+
+/// Reads the components' counters (`AppState::counters`).
+pub type Counters = Arc<dyn Fn() -> atrund_metrics::Snapshot + Send + Sync>;
 
 /// The runner's routes. With `http.bundle_domain` set, a request whose host is
 /// `{label}.{bundle_domain}` never reaches them: it belongs to that bundle, whatever its path
@@ -410,6 +421,8 @@ struct Seen {
     series: Option<atrund_metrics::Series>,
     identity: Option<Duration>,
     fetch: Option<Duration>,
+    /// The resolved bundle: author DID, name, the pool's key of its version.
+    bundle: Option<(String, String, InstanceKey)>,
 }
 
 /// Runs one invocation and counts it: by label set and status class, its duration to the
@@ -420,6 +433,12 @@ async fn observed(st: AppState, route: RouteKind, call: Call, req: Request) -> R
     let metrics = st.metrics.clone();
     let timing = st.config.http.server_timing;
     let mut seen = Seen::default();
+    let board = st.status.clone();
+    let sent = (
+        call.author.clone(),
+        call.name.clone(),
+        call.endpoint.clone(),
+    );
     let result = invoke(st, route, call, req, &mut seen).await;
     let cold = |start| atrund_metrics::ColdStart {
         identity: seen.identity,
@@ -442,6 +461,7 @@ async fn observed(st: AppState, route: RouteKind, call: Call, req: Request) -> R
         }) => {
             if let Some(start) = started {
                 metrics.cold_start(true, cold(Some(start)));
+                board.cold_start(cold(Some(start)));
             }
             if timing {
                 let phases = match started {
@@ -466,14 +486,30 @@ async fn observed(st: AppState, route: RouteKind, call: Call, req: Request) -> R
                 None if start_failed => metrics.cold_start(false, cold(None)),
                 None => {}
             }
+            let code = e.code;
             let mut resp = e.into_response();
             if timing && start_failed {
                 cold_timing(None, None).append_to(resp.headers_mut());
             }
+            let (author, name, endpoint) = sent.clone();
+            board.error(status::ErrorEntry {
+                at: std::time::SystemTime::now(),
+                request_id: request_id::current()
+                    .and_then(|v| v.to_str().ok().map(str::to_string))
+                    .unwrap_or_default(),
+                status: resp.status().as_u16(),
+                code,
+                author,
+                name,
+                endpoint,
+            });
             resp
         }
     };
     let elapsed = began.elapsed();
+    if let Some((author, name, key)) = &seen.bundle {
+        board.bundle(author, name, key, Some((&sent.2, resp.status().as_u16())));
+    }
     let series = seen.series.unwrap_or_else(|| metrics.unresolved());
     metrics.request(&series, resp.status().as_u16(), elapsed);
     tracing::debug!(
@@ -494,8 +530,11 @@ enum RouteKind {
 }
 
 /// The admin routes, for a separate listener bound to loopback by default: `GET /admin/pool`
-/// answers the pool's counters and instances as JSON. No authentication: never expose it.
-pub fn admin_router(pool: Arc<Pool>, metrics: atrund_metrics::Metrics) -> Router {
+/// answers the pool's counters and instances as JSON, `GET /metrics` the metrics, `GET /status`
+/// an HTML page of all that for people (`status_page`). No authentication: never expose it.
+pub fn admin_router(state: AppState) -> Router {
+    let pool = state.pool.clone();
+    let metrics = state.metrics.clone();
     Router::new()
         .route(
             "/admin/pool",
@@ -505,6 +544,27 @@ pub fn admin_router(pool: Arc<Pool>, metrics: atrund_metrics::Metrics) -> Router
             }),
         )
         .route("/metrics", get(move || metrics_text(metrics.clone())))
+        .route("/status", get(status_html))
+        .with_state(state)
+}
+
+/// `GET /status` on the admin listener.
+async fn status_html(State(st): State<AppState>) -> Response {
+    let runner = describe(&st);
+    let pool = st.pool.stats();
+    let counters = (st.counters)();
+    let recent = st.status.recent();
+    let html = status_page::render(&status_page::Page {
+        runner: &runner,
+        listen: st.config.listen.to_string(),
+        started: st.status.started(),
+        now: std::time::SystemTime::now(),
+        draining: *st.draining.borrow(),
+        pool: &pool,
+        counters: &counters,
+        recent: &recent,
+    });
+    status_page::response(html)
 }
 
 /// Keeps `instances` instances of the bundle `author/name/version` warm: resolves it through the
@@ -530,6 +590,7 @@ pub async fn prewarm(
         atrund_policy::check_manifest(&st.config.permissions, &st.config.limits, &target.manifest)?;
     let concurrency = usize::try_from(limits.concurrency).unwrap_or(usize::MAX);
     let key = target.key.clone();
+    st.status.bundle(&key.author, &target.name, &key, None);
     let st2 = st.clone();
     let factory: atrund_pool::SpecFactory = Arc::new(move || instance_spec(&st2, &target, &limits));
     st.pool
@@ -609,6 +670,11 @@ async fn invoke(
         &target.key.author,
         &target.name,
         if declared { &endpoint } else { "undeclared" },
+    ));
+    seen.bundle = Some((
+        target.key.author.clone(),
+        target.name.clone(),
+        target.key.clone(),
     ));
     let limits =
         atrund_policy::check_manifest(&st.config.permissions, &st.config.limits, &target.manifest)?;
