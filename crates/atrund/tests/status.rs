@@ -1,8 +1,8 @@
 //! The admin listener's status page (`GET /status`, docs/observability.md) of a real `at-rund dev`
 //! with real Deno, read by HTTP and by a real headless Chromium: it renders, shows the bundle
-//! just called (with its instance and cold start) and the errors answered, escapes the names a
-//! caller sent (`<script>` in a bundle and an endpoint name), and causes no console message. The
-//! main listener does not serve it.
+//! just called (with its instance and cold start), the egress proxy's refusal of its fetch and
+//! the errors answered, escapes the names a caller sent (`<script>` in a bundle and an endpoint
+//! name), and causes no console message. The main listener does not serve it.
 //!
 //! Console messages are read from Chromium's log on stderr (`--enable-logging=stderr`: one
 //! `…:CONSOLE:…]` line per message, whatever its level). A failed subresource load would not be
@@ -20,6 +20,10 @@ use serde_json::json;
 
 const CODE: &str = r#"
 export const hello = { method: "GET", handler: () => ({ hello: "world" }) };
+export const reach = { method: "GET", handler: async () => {
+  const r = await fetch("http://127.0.0.1:65000/", { signal: AbortSignal.timeout(5000) });
+  return { status: r.status, refusal: r.headers.get("x-atrund-egress-error") };
+} };
 "#;
 
 /// The bundle's name: distinctive, so finding it on the page means the page shows it.
@@ -132,7 +136,11 @@ async fn status_page_shows_the_bundle_just_called_escaped_and_without_console_er
     };
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("main.js"), CODE).unwrap();
-    let manifest = json!({ "endpoints": [{ "name": "hello", "method": "GET" }] });
+    // `reach` may name loopback in its manifest, but the egress proxy refuses it anyway.
+    let manifest = json!({
+        "endpoints": [{ "name": "hello", "method": "GET" }, { "name": "reach", "method": "GET" }],
+        "permissions": { "net": ["127.0.0.1:65000"] },
+    });
     std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
     let data = tempfile::tempdir().unwrap();
     let mut cmd = common::command(&deno, data.path());
@@ -159,6 +167,10 @@ async fn status_page_shows_the_bundle_just_called_escaped_and_without_console_er
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
+    let (status, refused) =
+        common::get(&d.url(&format!("/bundle/local/{NAME}/latest/reach"))).await;
+    assert_eq!(status, 200, "{refused}");
+    assert_eq!(refused["refusal"], "EgressAddressBlocked", "{refused}");
     // Two refusals with names a stranger chose: a bundle and an endpoint.
     let mut ids = Vec::new();
     for (path, id) in [
@@ -216,7 +228,11 @@ async fn status_page_shows_the_bundle_just_called_escaped_and_without_console_er
     // The bundle, its instance, its cold start.
     let bundles = section(&html, "bundles");
     assert!(bundles.contains(&format!(">{NAME}<")), "{bundles}");
-    assert!(bundles.contains("hello → 200"), "{bundles}");
+    assert!(bundles.contains("reach → 200"), "{bundles}");
+    assert!(
+        bundles.contains("<td class=\"n\">2</td>"),
+        "two calls:\n{bundles}"
+    );
     assert!(bundles.contains("1 (0 busy)"), "{bundles}");
     let instances = section(&html, "instances");
     assert!(
@@ -227,6 +243,14 @@ async fn status_page_shows_the_bundle_just_called_escaped_and_without_console_er
     assert!(
         cold.contains("<td>start</td><td class=\"n\">1</td>"),
         "{cold}"
+    );
+
+    // The proxy's refusal, by reason.
+    let egress = section(&html, "egress");
+    assert!(egress.contains("0 allowed, 1 denied"), "{egress}");
+    assert!(
+        egress.contains("<td>loopback</td><td class=\"n\">1</td>"),
+        "{egress}"
     );
 
     // The errors, newest first, with their ids and the names escaped.
