@@ -421,8 +421,8 @@ struct Seen {
     series: Option<atrund_metrics::Series>,
     identity: Option<Duration>,
     fetch: Option<Duration>,
-    /// The resolved bundle: author DID, name, the pool's key of its version.
-    bundle: Option<(String, String, InstanceKey)>,
+    /// The resolved bundle: its name and the pool's key of its version.
+    bundle: Option<(String, InstanceKey)>,
 }
 
 /// Runs one invocation and counts it: by label set and status class, its duration to the
@@ -434,12 +434,7 @@ async fn observed(st: AppState, route: RouteKind, call: Call, req: Request) -> R
     let timing = st.config.http.server_timing;
     let mut seen = Seen::default();
     let board = st.status.clone();
-    let sent = (
-        call.author.clone(),
-        call.name.clone(),
-        call.endpoint.clone(),
-    );
-    let result = invoke(st, route, call, req, &mut seen).await;
+    let result = invoke(st, route, &call, req, &mut seen).await;
     let cold = |start| atrund_metrics::ColdStart {
         identity: seen.identity,
         fetch: seen.fetch,
@@ -491,7 +486,6 @@ async fn observed(st: AppState, route: RouteKind, call: Call, req: Request) -> R
             if timing && start_failed {
                 cold_timing(None, None).append_to(resp.headers_mut());
             }
-            let (author, name, endpoint) = sent.clone();
             board.error(status::ErrorEntry {
                 at: std::time::SystemTime::now(),
                 request_id: request_id::current()
@@ -499,16 +493,16 @@ async fn observed(st: AppState, route: RouteKind, call: Call, req: Request) -> R
                     .unwrap_or_default(),
                 status: resp.status().as_u16(),
                 code,
-                author,
-                name,
-                endpoint,
+                author: call.author.clone(),
+                name: call.name.clone(),
+                endpoint: call.endpoint.clone(),
             });
             resp
         }
     };
     let elapsed = began.elapsed();
-    if let Some((author, name, key)) = &seen.bundle {
-        board.bundle(author, name, key, Some((&sent.2, resp.status().as_u16())));
+    if let Some((name, key)) = &seen.bundle {
+        board.bundle(name, key, Some((&call.endpoint, resp.status().as_u16())));
     }
     let series = seen.series.unwrap_or_else(|| metrics.unresolved());
     metrics.request(&series, resp.status().as_u16(), elapsed);
@@ -590,7 +584,7 @@ pub async fn prewarm(
         atrund_policy::check_manifest(&st.config.permissions, &st.config.limits, &target.manifest)?;
     let concurrency = usize::try_from(limits.concurrency).unwrap_or(usize::MAX);
     let key = target.key.clone();
-    st.status.bundle(&key.author, &target.name, &key, None);
+    st.status.bundle(&target.name, &key, None);
     let st2 = st.clone();
     let factory: atrund_pool::SpecFactory = Arc::new(move || instance_spec(&st2, &target, &limits));
     st.pool
@@ -614,7 +608,7 @@ struct Target {
 async fn invoke(
     st: AppState,
     route: RouteKind,
-    call: Call,
+    call: &Call,
     req: Request,
     seen: &mut Seen,
 ) -> Result<Answered, ApiError> {
@@ -636,9 +630,9 @@ async fn invoke(
     // Counts this request as in flight until it returns (its body is counted by the pool), so a
     // drain waits for it.
     let _ticket = st.pool.admit()?;
-    let selector = VersionSelector::parse(&version)?;
-    atrund_bundle::record::validate_name(&name)?;
-    if !is_identifier(&endpoint) {
+    let selector = VersionSelector::parse(version)?;
+    atrund_bundle::record::validate_name(name)?;
+    if !is_identifier(endpoint) {
         return Err(ApiError::new(
             ErrorClass::BadRequest,
             "EndpointInvalid",
@@ -656,29 +650,25 @@ async fn invoke(
     }
     let target = if author == LOCAL_AUTHOR && st.local.is_some() {
         let t0 = std::time::Instant::now();
-        let t = local_target(&st, &name, &selector).await?;
+        let t = local_target(&st, name, &selector).await?;
         seen.fetch = Some(t0.elapsed());
         t
     } else {
-        let t = remote_target(&st, &author, &name, &selector, seen).await?;
+        let t = remote_target(&st, author, name, &selector, seen).await?;
         remember_origin(&st, &t);
         t
     };
     // Endpoint labels come only from the manifest's list, so callers cannot add label values.
-    let declared = target.manifest.endpoint(&endpoint).is_some();
+    let declared = target.manifest.endpoint(endpoint).is_some();
     seen.series = Some(st.metrics.series(
         &target.key.author,
         &target.name,
-        if declared { &endpoint } else { "undeclared" },
+        if declared { endpoint } else { "undeclared" },
     ));
-    seen.bundle = Some((
-        target.key.author.clone(),
-        target.name.clone(),
-        target.key.clone(),
-    ));
+    seen.bundle = Some((target.name.clone(), target.key.clone()));
     let limits =
         atrund_policy::check_manifest(&st.config.permissions, &st.config.limits, &target.manifest)?;
-    check_endpoint(&target.manifest, &endpoint, req.method())?;
+    check_endpoint(&target.manifest, endpoint, req.method())?;
     if !target.manifest.permissions.write.is_empty() {
         let dir = st.config.layout().author_data(&target.author_dir);
         st.data_quota
@@ -714,7 +704,7 @@ async fn invoke(
     // Not read here: the body streams to the instance once the pool has given this request a
     // slot, so waiting requests hold no body bytes.
     let (body, cut) = body_limit::LimitedBody::new(body, max);
-    let uri = rest_uri(&rest, &parts.uri)?;
+    let uri = rest_uri(rest, &parts.uri)?;
     let mut inner = http::Request::builder()
         .method(parts.method)
         .uri(uri)
@@ -733,7 +723,10 @@ async fn invoke(
             target.key.clone(),
             usize::try_from(limits.concurrency).unwrap_or(usize::MAX),
             spec,
-            Invocation { endpoint, request },
+            Invocation {
+                endpoint: endpoint.clone(),
+                request,
+            },
         )
         .await;
     let mut resp = match resp {

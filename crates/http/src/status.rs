@@ -142,29 +142,35 @@ impl StatusBoard {
         push_front(&mut self.lock().cold, c, MAX_COLD_STARTS);
     }
 
-    /// A bundle version resolved for a call (`call`: its endpoint and status) or a pre-warm.
-    pub fn bundle(&self, author: &str, name: &str, key: &InstanceKey, call: Option<(&str, u16)>) {
-        let key = key.to_string();
+    /// A bundle version resolved for a call (`call`: its endpoint and status) or a pre-warm. Its
+    /// author, name and endpoint have been validated by then, so they are kept whole. Called for
+    /// every invocation: a bundle called again is found near the front and allocates nothing
+    /// unless its endpoint changed.
+    pub fn bundle(&self, name: &str, key: &InstanceKey, call: Option<(&str, u16)>) {
+        let now = SystemTime::now();
         let mut lists = self.lock();
         let found = lists
             .bundles
             .iter()
-            .position(|b| b.author == author && b.key == key && b.name == name);
+            .position(|b| b.author == key.author && names(&b.key, key) && b.name == name);
         let mut entry = match found.and_then(|i| lists.bundles.remove(i)) {
             Some(e) => e,
             None => BundleEntry {
-                author: cut(author),
-                name: cut(name),
-                key,
+                author: key.author.clone(),
+                name: name.to_string(),
+                key: key.to_string(),
                 last_call: None,
                 calls: 0,
-                last_seen: SystemTime::now(),
+                last_seen: now,
             },
         };
-        entry.last_seen = SystemTime::now();
+        entry.last_seen = now;
         if let Some((endpoint, status)) = call {
             entry.calls += 1;
-            entry.last_call = Some((cut(endpoint), status));
+            match &mut entry.last_call {
+                Some((e, s)) if e == endpoint => *s = status,
+                last => *last = Some((endpoint.to_string(), status)),
+            }
         }
         push_front(&mut lists.bundles, entry, MAX_BUNDLES);
     }
@@ -191,6 +197,17 @@ impl StatusBoard {
             ],
             cold_starts: lists.cold.len(),
         }
+    }
+}
+
+/// True when `text` is `key`'s display (`{bundle}` or `{bundle}+{secrets}`), without making it.
+fn names(text: &str, key: &InstanceKey) -> bool {
+    match &key.secrets {
+        None => text == key.bundle,
+        Some(s) => text
+            .strip_prefix(key.bundle.as_str())
+            .and_then(|rest| rest.strip_prefix('+'))
+            .is_some_and(|rest| rest == s),
     }
 }
 
@@ -248,10 +265,10 @@ mod tests {
     #[test]
     fn bundles_move_to_the_front_and_count_calls() {
         let b = StatusBoard::new();
-        b.bundle("did:plc:a", "one", &key("c1"), None);
-        b.bundle("did:plc:a", "two", &key("c2"), Some(("greet", 200)));
-        b.bundle("did:plc:a", "one", &key("c1"), Some(("hi", 502)));
-        b.bundle("did:plc:a", "one", &key("c1"), Some(("hi", 200)));
+        b.bundle("one", &key("c1"), None);
+        b.bundle("two", &key("c2"), Some(("greet", 200)));
+        b.bundle("one", &key("c1"), Some(("hi", 502)));
+        b.bundle("one", &key("c1"), Some(("hi", 200)));
         let r = b.recent();
         let shown: Vec<_> = r
             .bundles
@@ -266,9 +283,19 @@ mod tests {
             ]
         );
         for n in 0..MAX_BUNDLES + 3 {
-            b.bundle("did:plc:a", "x", &key(&format!("k{n}")), None);
+            b.bundle("x", &key(&format!("k{n}")), None);
         }
         assert_eq!(b.recent().bundles.len(), MAX_BUNDLES);
+    }
+
+    #[test]
+    fn keys_are_matched_as_displayed() {
+        let mut k = key("c1");
+        assert!(names("c1", &k));
+        assert!(!names("c1+s", &k));
+        k.secrets = Some("s".into());
+        assert!(names(&k.to_string(), &k));
+        assert!(!names("c1", &k) && !names("c1+t", &k) && !names("c1s", &k));
     }
 
     #[test]
