@@ -22,7 +22,8 @@ if [ "$with_test_net" = 1 ]; then
   command -v g++ >/dev/null || need_apt+=(g++)
   command -v make >/dev/null || need_apt+=(make)
   command -v python3 >/dev/null || need_apt+=(python3)
-  # The origin tests drive a real headless browser (crates/atrund/tests/origins.rs).
+  # The origin and status page tests drive a real headless browser (crates/atrund/tests/origins.rs,
+  # status.rs).
   command -v chromium >/dev/null || need_apt+=(chromium)
   # The metrics test checks /metrics with promtool (crates/atrund/tests/metrics.rs).
   command -v promtool >/dev/null || need_apt+=(prometheus)

@@ -328,7 +328,8 @@ async fn serve(config_source: reload::Source, local: Option<LocalBundle>) -> Res
     if let Some(d) = &config.http.bundle_domain {
         tracing::info!(bundle_domain = %d, "host routes on: each bundle is served at {{label}}.{d} (docs/origins.md)");
     }
-    let metrics = observe::metrics(&config, pool.clone(), egress.clone(), identity.clone());
+    let counters = observe::counters(pool.clone(), egress.clone(), identity.clone());
+    let metrics = observe::metrics(&config, pool.backend(), counters.clone());
     let (drain_tx, drain_rx) = watch::channel(false);
     let rates = Arc::new(atrund_policy::AuthorRates::new(config.tenants.clone()));
     let (live, config_tx) = atrund_http::LiveConfig::new(config.clone());
@@ -345,7 +346,9 @@ async fn serve(config_source: reload::Source, local: Option<LocalBundle>) -> Res
         rates: rates.clone(),
         data_quota: Arc::default(),
         origins: Arc::new(origins),
-        metrics: metrics.clone(),
+        metrics,
+        counters,
+        status: Arc::default(),
     };
     if let Some(l) = &state.local {
         tracing::info!(
@@ -355,6 +358,7 @@ async fn serve(config_source: reload::Source, local: Option<LocalBundle>) -> Res
         );
     }
     let prewarm_state = state.clone();
+    let admin_state = state.clone();
     let app = atrund_http::router(state);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -385,8 +389,8 @@ async fn serve(config_source: reload::Source, local: Option<LocalBundle>) -> Res
         if !bound.ip().is_loopback() {
             tracing::warn!(admin = %bound, "the admin endpoint has no authentication and is not on loopback");
         }
-        tracing::info!(admin = %bound, "admin endpoint up: GET /admin/pool, GET /metrics");
-        let admin_app = atrund_http::admin_router(pool.clone(), metrics.clone());
+        tracing::info!(admin = %bound, "admin endpoint up: GET /admin/pool, GET /metrics, GET /status");
+        let admin_app = atrund_http::admin_router(admin_state);
         tokio::spawn(async move {
             if let Err(e) = axum::serve(admin, admin_app).await {
                 tracing::error!(error = %e, "admin endpoint failed");

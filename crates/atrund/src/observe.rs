@@ -1,6 +1,6 @@
 //! The runner's own observability wiring: the log subscriber (`log.format`: text, or one JSON
-//! object per line) and the metrics registry with its scrape-time source (pool, egress proxy,
-//! identity caches).
+//! object per line), the reading of the components' counters (pool, egress proxy, identity
+//! caches) that the metrics scrape and the status page share, and the metrics registry.
 //!
 //! Owns: the JSON log line's shape and the mapping of component counters into a metrics
 //! [`Snapshot`]. Must not touch: metric names or labels (`atrund-metrics`), what is logged.
@@ -134,14 +134,18 @@ where
     }
 }
 
-/// The metrics of this runner (`[metrics]`), reading the pool, the egress proxy and the identity
-/// caches at scrape time.
-pub fn metrics(
-    config: &Config,
+/// Reads the pool's, the egress proxy's and the identity caches' counters into a [`Snapshot`]:
+/// what the metrics scrape and the status page read.
+pub fn counters(
     pool: Arc<atrund_pool::Pool>,
     egress: Arc<atrund_egress::EgressProxy>,
     identity: atrund_identity::IdentityResolver,
-) -> Metrics {
+) -> atrund_http::Counters {
+    Arc::new(move || snapshot(&pool, &egress, &identity))
+}
+
+/// The metrics of this runner (`[metrics]`), reading `counters` at scrape time.
+pub fn metrics(config: &Config, isolation: &str, counters: atrund_http::Counters) -> Metrics {
     let atrund_config::MetricsSection {
         enabled,
         max_label_sets,
@@ -154,9 +158,9 @@ pub fn metrics(
     let metrics = Metrics::new(atrund_metrics::Options {
         max_label_sets: usize::try_from(*max_label_sets).unwrap_or(usize::MAX),
         version: env!("CARGO_PKG_VERSION").into(),
-        isolation: pool.backend().into(),
+        isolation: isolation.into(),
     });
-    metrics.set_source(move || snapshot(&pool, &egress, &identity));
+    metrics.set_source(move || counters());
     metrics
 }
 

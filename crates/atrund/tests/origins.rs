@@ -12,9 +12,8 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use atrund_testnet::TestNet;
@@ -116,37 +115,14 @@ async fn browse(chromium: &Path, url: &str) -> Value {
     let profile = tempfile::tempdir().expect("profile dir");
     // Output goes to a file: a full pipe would block Chromium (it logs a lot on stderr).
     let err_path = profile.path().join("stderr");
-    let mut child = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            // Console messages of the pages go to stderr, for the failure message.
-            "--enable-logging=stderr",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            profile.path().join("p").display()
-        ))
+    let mut child = common::chromium(chromium, profile.path())
         .arg(&url)
-        // Its own process group, so that its renderers end with it.
-        .process_group(0)
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&err_path).expect("stderr file"))
         .spawn()
         .expect("spawn chromium");
     let got = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await;
-    let _ = Command::new("kill")
-        .args(["-s", "KILL", "--", &format!("-{}", child.id())])
-        .status();
-    let _ = child.kill();
-    let _ = child.wait();
+    common::end_chromium(&mut child);
     server.abort();
     let text = match got {
         Ok(Some(t)) => t,

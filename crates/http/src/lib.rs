@@ -6,8 +6,9 @@
 //! error → status mapping (`error`), request ids (`request_id`), what a request adds to the
 //! metrics (counted here, defined in `atrund-metrics`) and its `Server-Timing` header
 //! (`server_timing`), the header rules that keep bundles out of each other's
-//! origin (`headers`, `origin`), per-author data shares (`data_quota`) and the accept loop
-//! (`serve`). Must not touch: how identities are resolved, records verified or instances
+//! origin (`headers`, `origin`), per-author data shares (`data_quota`), the accept loop
+//! (`serve`) and the admin listener's routes, among them the status page (`status` keeps its
+//! recent history, `status_page` renders it). Must not touch: how identities are resolved, records verified or instances
 //! isolated; it calls those crates.
 
 mod body_limit;
@@ -19,6 +20,8 @@ pub mod origin;
 pub mod request_id;
 pub mod serve;
 pub mod server_timing;
+pub mod status;
+mod status_page;
 
 use atrund_api as api;
 use atrund_errors::ErrorClass;
@@ -76,6 +79,11 @@ pub struct AppState {
     pub origins: Arc<OriginTable>,
     /// Where requests are counted (docs/observability.md).
     pub metrics: atrund_metrics::Metrics,
+    /// Counters the pool, egress proxy and identity caches keep, read when the status page is
+    /// rendered (the same reading as the metrics' scrape).
+    pub counters: Counters,
+    /// Recent errors, cold starts and bundles, for the status page.
+    pub status: Arc<status::StatusBoard>,
 }
 
 impl AppState {
@@ -85,6 +93,8 @@ impl AppState {
         self.live.current()
     }
 }
+/// Reads the components' counters (`AppState::counters`).
+pub type Counters = Arc<dyn Fn() -> atrund_metrics::Snapshot + Send + Sync>;
 
 /// The runner's routes. With `http.bundle_domain` set, a request whose host is
 /// `{label}.{bundle_domain}` never reaches them: it belongs to that bundle, whatever its path
@@ -422,6 +432,8 @@ struct Seen {
     series: Option<atrund_metrics::Series>,
     identity: Option<Duration>,
     fetch: Option<Duration>,
+    /// The resolved bundle: its name and the pool's key of its version.
+    bundle: Option<(String, InstanceKey)>,
 }
 
 /// Runs one invocation and counts it: by label set and status class, its duration to the
@@ -432,7 +444,8 @@ async fn observed(st: AppState, route: RouteKind, call: Call, req: Request) -> R
     let metrics = st.metrics.clone();
     let timing = st.config().http.server_timing;
     let mut seen = Seen::default();
-    let result = invoke(st, route, call, req, &mut seen).await;
+    let board = st.status.clone();
+    let result = invoke(st, route, &call, req, &mut seen).await;
     let cold = |start| atrund_metrics::ColdStart {
         identity: seen.identity,
         fetch: seen.fetch,
@@ -454,6 +467,7 @@ async fn observed(st: AppState, route: RouteKind, call: Call, req: Request) -> R
         }) => {
             if let Some(start) = started {
                 metrics.cold_start(true, cold(Some(start)));
+                board.cold_start(cold(Some(start)));
             }
             if timing {
                 let phases = match started {
@@ -478,14 +492,29 @@ async fn observed(st: AppState, route: RouteKind, call: Call, req: Request) -> R
                 None if start_failed => metrics.cold_start(false, cold(None)),
                 None => {}
             }
+            let code = e.code;
             let mut resp = e.into_response();
             if timing && start_failed {
                 cold_timing(None, None).append_to(resp.headers_mut());
             }
+            board.error(status::ErrorEntry {
+                at: std::time::SystemTime::now(),
+                request_id: request_id::current()
+                    .and_then(|v| v.to_str().ok().map(str::to_string))
+                    .unwrap_or_default(),
+                status: resp.status().as_u16(),
+                code,
+                author: call.author.clone(),
+                name: call.name.clone(),
+                endpoint: call.endpoint.clone(),
+            });
             resp
         }
     };
     let elapsed = began.elapsed();
+    if let Some((name, key)) = &seen.bundle {
+        board.bundle(name, key, Some((&call.endpoint, resp.status().as_u16())));
+    }
     let series = seen.series.unwrap_or_else(|| metrics.unresolved());
     metrics.request(&series, resp.status().as_u16(), elapsed);
     tracing::debug!(
@@ -506,8 +535,11 @@ enum RouteKind {
 }
 
 /// The admin routes, for a separate listener bound to loopback by default: `GET /admin/pool`
-/// answers the pool's counters and instances as JSON. No authentication: never expose it.
-pub fn admin_router(pool: Arc<Pool>, metrics: atrund_metrics::Metrics) -> Router {
+/// answers the pool's counters and instances as JSON, `GET /metrics` the metrics, `GET /status`
+/// an HTML page of all that for people (`status_page`). No authentication: never expose it.
+pub fn admin_router(state: AppState) -> Router {
+    let pool = state.pool.clone();
+    let metrics = state.metrics.clone();
     Router::new()
         .route(
             "/admin/pool",
@@ -517,6 +549,27 @@ pub fn admin_router(pool: Arc<Pool>, metrics: atrund_metrics::Metrics) -> Router
             }),
         )
         .route("/metrics", get(move || metrics_text(metrics.clone())))
+        .route("/status", get(status_html))
+        .with_state(state)
+}
+
+/// `GET /status` on the admin listener.
+async fn status_html(State(st): State<AppState>) -> Response {
+    let runner = describe(&st);
+    let pool = st.pool.stats();
+    let counters = (st.counters)();
+    let recent = st.status.recent();
+    let html = status_page::render(&status_page::Page {
+        runner: &runner,
+        listen: st.config().listen.to_string(),
+        started: st.status.started(),
+        now: std::time::SystemTime::now(),
+        draining: *st.draining.borrow(),
+        pool: &pool,
+        counters: &counters,
+        recent: &recent,
+    });
+    status_page::response(html)
 }
 
 /// Keeps `instances` instances of the bundle `author/name/version` warm: resolves it through the
@@ -543,6 +596,7 @@ pub async fn prewarm(
         atrund_policy::check_manifest(&config.permissions, &config.limits, &target.manifest)?;
     let concurrency = usize::try_from(limits.concurrency).unwrap_or(usize::MAX);
     let key = target.key.clone();
+    st.status.bundle(&target.name, &key, None);
     let st2 = st.clone();
     let factory: atrund_pool::SpecFactory = Arc::new(move || instance_spec(&st2, &target, &limits));
     st.pool
@@ -566,7 +620,7 @@ struct Target {
 async fn invoke(
     st: AppState,
     route: RouteKind,
-    call: Call,
+    call: &Call,
     req: Request,
     seen: &mut Seen,
 ) -> Result<Answered, ApiError> {
@@ -588,9 +642,9 @@ async fn invoke(
     // Counts this request as in flight until it returns (its body is counted by the pool), so a
     // drain waits for it.
     let _ticket = st.pool.admit()?;
-    let selector = VersionSelector::parse(&version)?;
-    atrund_bundle::record::validate_name(&name)?;
-    if !is_identifier(&endpoint) {
+    let selector = VersionSelector::parse(version)?;
+    atrund_bundle::record::validate_name(name)?;
+    if !is_identifier(endpoint) {
         return Err(ApiError::new(
             ErrorClass::BadRequest,
             "EndpointInvalid",
@@ -608,25 +662,26 @@ async fn invoke(
     }
     let target = if author == LOCAL_AUTHOR && st.local.is_some() {
         let t0 = std::time::Instant::now();
-        let t = local_target(&st, &name, &selector).await?;
+        let t = local_target(&st, name, &selector).await?;
         seen.fetch = Some(t0.elapsed());
         t
     } else {
-        let t = remote_target(&st, &author, &name, &selector, seen).await?;
+        let t = remote_target(&st, author, name, &selector, seen).await?;
         remember_origin(&st, &t);
         t
     };
     // Endpoint labels come only from the manifest's list, so callers cannot add label values.
-    let declared = target.manifest.endpoint(&endpoint).is_some();
+    let declared = target.manifest.endpoint(endpoint).is_some();
     seen.series = Some(st.metrics.series(
         &target.key.author,
         &target.name,
-        if declared { &endpoint } else { "undeclared" },
+        if declared { endpoint } else { "undeclared" },
     ));
+    seen.bundle = Some((target.name.clone(), target.key.clone()));
     let config = st.config();
     let limits =
         atrund_policy::check_manifest(&config.permissions, &config.limits, &target.manifest)?;
-    check_endpoint(&target.manifest, &endpoint, req.method())?;
+    check_endpoint(&target.manifest, endpoint, req.method())?;
     if !target.manifest.permissions.write.is_empty() {
         let dir = config.layout().author_data(&target.author_dir);
         st.data_quota
@@ -662,7 +717,7 @@ async fn invoke(
     // Not read here: the body streams to the instance once the pool has given this request a
     // slot, so waiting requests hold no body bytes.
     let (body, cut) = body_limit::LimitedBody::new(body, max);
-    let uri = rest_uri(&rest, &parts.uri)?;
+    let uri = rest_uri(rest, &parts.uri)?;
     let mut inner = http::Request::builder()
         .method(parts.method)
         .uri(uri)
@@ -681,7 +736,10 @@ async fn invoke(
             target.key.clone(),
             usize::try_from(limits.concurrency).unwrap_or(usize::MAX),
             spec,
-            Invocation { endpoint, request },
+            Invocation {
+                endpoint: endpoint.clone(),
+                request,
+            },
         )
         .await;
     let mut resp = match resp {

@@ -1,6 +1,7 @@
 //! What every daemon-level test needs: start a real `at-rund` process, learn its addresses from
 //! its start-up log, keep the log for failure messages, and stop it gracefully (SIGTERM, so it
-//! removes its instances and cgroups) when the test ends.
+//! removes its instances and cgroups) when the test ends; and, for the browser tests, start and
+//! end a headless Chromium.
 
 #![allow(dead_code)] // each test binary uses a different part
 
@@ -168,6 +169,39 @@ fn listening(line: &str) -> Option<(bool, String)> {
         return Some((true, a.split_whitespace().next()?.to_string()));
     }
     None
+}
+
+/// Headless Chromium with a fresh profile in `profile`, its console messages logged on stderr
+/// (`…:CONSOLE:…]` lines), in a process group of its own so [`end_chromium`] ends its renderers
+/// too. Add the page's URL and where output goes, then spawn.
+pub fn chromium(chromium: &Path, profile: &Path) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(chromium);
+    cmd.args([
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--enable-logging=stderr",
+        "--v=0",
+    ])
+    .arg(format!("--user-data-dir={}", profile.join("p").display()))
+    .process_group(0)
+    .stdin(Stdio::null());
+    cmd
+}
+
+/// Kills a browser started from [`chromium`] and everything in its process group.
+pub fn end_chromium(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-s", "KILL", "--", &format!("-{}", child.id())])
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// GET `url`; the body as JSON when it parses, else as a JSON string.
