@@ -497,10 +497,10 @@ async fn pick_executor(
             .collect()
     };
     let atrund_config::ContainerSection { bwrap, tmp_mib } = config.container.clone();
-    let atrund_config::NoneSection {
+    let atrund_config::SandboxSection {
         run_as_uid,
         run_as_gid,
-    } = config.none.clone();
+    } = config.sandbox.clone();
     let atrund_config::EgressSection {
         allow_cidrs,
         deny_cidrs,
@@ -646,15 +646,15 @@ fn instances_group(config: &Config) -> Option<u32> {
     use atrund_config::Isolation;
     let may_run_none = matches!(config.isolation, Isolation::None | Isolation::Auto);
     (may_run_none && atrund_sandbox::effective_root())
-        .then(|| u32::try_from(config.none.run_as_gid).ok())
+        .then(|| u32::try_from(config.sandbox.run_as_gid).ok())
         .flatten()
 }
 
 /// The run-as identity of `none` instances (`Config::validate` has checked the range).
 fn run_as(uid: u64, gid: u64) -> Result<RunAs> {
     Ok(RunAs {
-        uid: u32::try_from(uid).context("none.run_as_uid is not a uid")?,
-        gid: u32::try_from(gid).context("none.run_as_gid is not a gid")?,
+        uid: u32::try_from(uid).context("sandbox.run_as_uid is not a uid")?,
+        gid: u32::try_from(gid).context("sandbox.run_as_gid is not a gid")?,
     })
 }
 
@@ -684,7 +684,7 @@ fn prepare_data_dir(layout: &DataLayout, group: Option<u32>) -> Result<()> {
     if group.is_some() {
         set(layout.root()).with_context(|| {
             format!(
-                "cannot give {} to the instances' group (none.run_as_gid) with mode 0710",
+                "cannot give {} to the instances' group (sandbox.run_as_gid) with mode 0710",
                 layout.root().display()
             )
         })?;

@@ -57,8 +57,8 @@ export const who = { handler: async () => {
         .env("ATRUND_POLICY", "open")
         .env("ATRUND_ISOLATION", "none")
         .env("ATRUND_PERMISSIONS_SYS", "true")
-        .env("ATRUND_NONE_RUN_AS_UID", UID.to_string())
-        .env("ATRUND_NONE_RUN_AS_GID", GID.to_string())
+        .env("ATRUND_SANDBOX_RUN_AS_UID", UID.to_string())
+        .env("ATRUND_SANDBOX_RUN_AS_GID", GID.to_string())
         .env("ATRUND_POOL_ADMIN_LISTEN", "auto");
     let mut runner = Daemon::spawn(&mut cmd, true);
 

@@ -61,7 +61,7 @@ pub struct Config {
     pub pool: PoolSection,
     pub secrets: SecretsSection,
     pub container: ContainerSection,
-    pub none: NoneSection,
+    pub sandbox: SandboxSection,
     pub egress: EgressSection,
     pub tenants: TenantsSection,
     pub metrics: MetricsSection,
@@ -498,7 +498,7 @@ impl Default for Config {
             pool: PoolSection::default(),
             secrets: SecretsSection::default(),
             container: ContainerSection::default(),
-            none: NoneSection::default(),
+            sandbox: SandboxSection::default(),
             egress: EgressSection::default(),
             tenants: TenantsSection::default(),
             metrics: MetricsSection::default(),
@@ -547,21 +547,22 @@ impl Default for ContainerSection {
     }
 }
 
-/// The `none` isolation backend (also when `auto` falls back to it; docs/security.md).
+/// What the isolation backends share (docs/security.md): the host identity of instances.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NoneSection {
-    /// The uid instances run as when at-rund is root (never 0). Ignored when it is not root: it
-    /// cannot switch, so instances run as its own user.
+pub struct SandboxSection {
+    /// The host uid `none` instances run as when at-rund is root (never 0). Ignored when it is
+    /// not root: it cannot switch, so instances run as its own user.
     pub run_as_uid: u64,
-    /// The gid instances run as when at-rund is root (never 0); no supplementary groups.
+    /// The host gid instances run as when at-rund is root (never 0); no supplementary groups.
+    /// The runner's dirs on the way to instances' files are group-owned by it (0710).
     pub run_as_gid: u64,
 }
 
-impl Default for NoneSection {
+impl Default for SandboxSection {
     /// `nobody` / `nogroup`.
     fn default() -> Self {
-        NoneSection {
+        SandboxSection {
             run_as_uid: 65534,
             run_as_gid: 65534,
         }

@@ -46,7 +46,7 @@ pub struct Choice {
     pub init: (PathBuf, Vec<String>),
     /// The egress proxy's settings (both backends).
     pub egress: atrund_egress::EgressConfig,
-    /// `none.run_as_uid` / `none.run_as_gid`: who `none` instances run as when the daemon is
+    /// `sandbox.run_as_uid` / `sandbox.run_as_gid`: who `none` instances run as when the daemon is
     /// root, also when `auto` falls back to `none`.
     pub run_as: RunAs,
 }

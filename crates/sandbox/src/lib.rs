@@ -42,7 +42,7 @@ pub use rootfs::Rootfs;
 pub use sys::effective_root;
 
 /// The unprivileged uid and gid `none` instances of a root daemon run as, with no supplementary
-/// groups and no capabilities (`none.run_as_uid`, `none.run_as_gid`; docs/security.md).
+/// groups and no capabilities (`sandbox.run_as_uid`, `sandbox.run_as_gid`; docs/security.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunAs {
     pub uid: u32,

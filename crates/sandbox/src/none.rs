@@ -64,8 +64,8 @@ impl NoneExecutor {
         .with_run_as(RunAs::NOBODY)
     }
 
-    /// The uid and gid instances run as when the daemon is root (`none.run_as_uid`,
-    /// `none.run_as_gid`; never 0, the config refuses it). A daemon that is not root cannot
+    /// The uid and gid instances run as when the daemon is root (`sandbox.run_as_uid`,
+    /// `sandbox.run_as_gid`; never 0, the config refuses it). A daemon that is not root cannot
     /// switch: its instances run as its own user, and the enforcement list says so.
     pub fn with_run_as(mut self, id: RunAs) -> Self {
         self.run_as = self.euid_root.then_some(id);
@@ -135,7 +135,7 @@ impl NoneExecutor {
             if let Some(why) = hostfs::unreachable_by(path, id, bits) {
                 tracing::warn!(instance = %spec.id, uid = id.uid, gid = id.gid, path = %path.display(), %why, "the instance's user cannot {what}");
                 return Err(SandboxError::StartFailed(format!(
-                    "the instance's user (uid {}, none.run_as_uid) cannot {what}; {fix} \
+                    "the instance's user (uid {}, sandbox.run_as_uid) cannot {what}; {fix} \
                      (the runner's log names the path)",
                     id.uid
                 )));

@@ -80,7 +80,7 @@ struct Ctx {
     unix_socket: String,
     /// The same, but mode 0666 in a dir anyone may pass (as D-Bus's system bus is).
     open_unix_socket: String,
-    /// The runner is root, so `none` instances run as another uid (`none.run_as_uid`).
+    /// The runner is root, so `none` instances run as another uid (`sandbox.run_as_uid`).
     root: bool,
     other_pid: u32,
     /// Idle instances are frozen here (the cgroup freezer is usable and on).

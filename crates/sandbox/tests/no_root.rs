@@ -214,6 +214,6 @@ async fn an_unreachable_data_dir_fails_the_start_plainly() {
         Err(e) => e,
     };
     assert_eq!(err.code(), "StartFailed");
-    assert!(err.to_string().contains("none.run_as_uid"), "{err}");
+    assert!(err.to_string().contains("sandbox.run_as_uid"), "{err}");
     assert!(!err.to_string().contains("/tmp"), "a host path in: {err}");
 }
