@@ -547,12 +547,13 @@ impl Default for ContainerSection {
     }
 }
 
-/// What the isolation backends share (docs/security.md): the host identity of instances.
+/// What every isolation backend shares (docs/security.md): the host identity of instances.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxSection {
-    /// The host uid `none` instances run as when at-rund is root (never 0). Ignored when it is
-    /// not root: it cannot switch, so instances run as its own user.
+    /// The host uid instances run as when at-rund is root (never 0): the Deno process in `none`,
+    /// bwrap and everything inside it in `container` (the sandbox's uid 65534 maps to it).
+    /// Ignored when at-rund is not root: it cannot switch, so instances run as its own user.
     pub run_as_uid: u64,
     /// The host gid instances run as when at-rund is root (never 0); no supplementary groups.
     /// The runner's dirs on the way to instances' files are group-owned by it (0710).
