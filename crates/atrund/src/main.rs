@@ -521,10 +521,10 @@ async fn pick_executor(
             .collect()
     };
     let atrund_config::ContainerSection { bwrap, tmp_mib } = config.container.clone();
-    let atrund_config::NoneSection {
+    let atrund_config::SandboxSection {
         run_as_uid,
         run_as_gid,
-    } = config.none.clone();
+    } = config.sandbox.clone();
     let atrund_config::EgressSection {
         allow_cidrs,
         deny_cidrs,
@@ -631,29 +631,29 @@ async fn wait_for_signals(drain: watch::Sender<bool>) {
 }
 
 /// Creates the data dir layout and removes instance work dirs a crash left behind.
-/// The group `none` instances run with, if they switch identity (at-rund is root and may run
-/// them under `none`, also as `auto`'s fallback): the data dir lets that group pass through.
+/// The group instances run with, if they switch identity (at-rund is root: `none` runs Deno, and
+/// `container` runs bwrap, as `sandbox.run_as_uid`/`run_as_gid`): the data dir lets that group
+/// pass through.
 fn instances_group(config: &Config) -> Option<u32> {
-    use atrund_config::Isolation;
-    let may_run_none = matches!(config.isolation, Isolation::None | Isolation::Auto);
-    (may_run_none && atrund_sandbox::effective_root())
-        .then(|| u32::try_from(config.none.run_as_gid).ok())
+    atrund_sandbox::effective_root()
+        .then(|| u32::try_from(config.sandbox.run_as_gid).ok())
         .flatten()
 }
 
-/// The run-as identity of `none` instances (`Config::validate` has checked the range).
+/// The run-as identity of instances of either backend (`Config::validate` has checked the range).
 fn run_as(uid: u64, gid: u64) -> Result<RunAs> {
     Ok(RunAs {
-        uid: u32::try_from(uid).context("none.run_as_uid is not a uid")?,
-        gid: u32::try_from(gid).context("none.run_as_gid is not a gid")?,
+        uid: u32::try_from(uid).context("sandbox.run_as_uid is not a uid")?,
+        gid: u32::try_from(gid).context("sandbox.run_as_gid is not a gid")?,
     })
 }
 
 /// Creates `data_dir`'s subdirs, the runner's alone whatever the umask (tenants' data and code,
 /// instance dirs; made 0700 beneath too); an existing dir of an older version is tightened. With
-/// `group` (the gid of unprivileged `none` instances) `data_dir` and the subdirs are instead
-/// group-owned by it, mode 0710: the instances pass through to what they own or may read beneath,
-/// and can list nothing; other local users cannot even pass. Set on the opened dir, not the name.
+/// `group` (the gid of unprivileged instances, either backend) `data_dir` and the subdirs are
+/// instead group-owned by it, mode 0710: the instances pass through to what they own or may read
+/// beneath, and can list nothing; other local users cannot even pass. Set on the opened dir, not
+/// the name.
 fn prepare_data_dir(layout: &DataLayout, group: Option<u32>) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     let set = |p: &Path| atrund_sandbox::runner_dir_mode(p, group);
@@ -675,7 +675,7 @@ fn prepare_data_dir(layout: &DataLayout, group: Option<u32>) -> Result<()> {
     if group.is_some() {
         set(layout.root()).with_context(|| {
             format!(
-                "cannot give {} to the instances' group (none.run_as_gid) with mode 0710",
+                "cannot give {} to the instances' group (sandbox.run_as_gid) with mode 0710",
                 layout.root().display()
             )
         })?;

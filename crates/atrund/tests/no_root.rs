@@ -1,8 +1,10 @@
 //! No root inside, through the whole daemon (issue 11): a real `at-rund serve` running as root
-//! with `isolation = "none"` serves a bundle published to the test PDS, and the instance's process
-//! is not root: the bundle reports its ids (`Deno.uid()`, `sys`), the kernel's view of its pid (from
-//! `/admin/pool`) shows the configured ids and no capabilities, and the file it writes in its data
-//! dir is its uid's, under runner dirs that only its group may pass.
+//! with `isolation = "none"` or `"container"` serves a bundle published to the test PDS, and the
+//! instance's process is not root on the host: the bundle reports its ids (`Deno.uid()`, `sys`;
+//! in a container the namespace's 65534), the kernel's view of its pid (from `/admin/pool`; in a
+//! container bwrap's) shows the configured ids (`sandbox.run_as_uid`/`run_as_gid`) and no
+//! capabilities, and the file it writes in its data dir is that uid's, under runner dirs that only
+//! its group may pass.
 
 mod common;
 
@@ -22,6 +24,15 @@ fn owner_mode(p: &Path) -> (u32, u32, u32) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_none_runner_serves_bundles_from_an_unprivileged_process() {
+    serves_from_an_unprivileged_process("none", "noroot").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_runner_serves_bundles_from_an_unprivileged_host_uid() {
+    serves_from_an_unprivileged_process("container", "norootctr").await;
+}
+
+async fn serves_from_an_unprivileged_process(isolation: &str, name: &str) {
     let Some(net) = atrund_testnet::shared() else {
         return;
     };
@@ -37,7 +48,7 @@ async fn a_none_runner_serves_bundles_from_an_unprivileged_process() {
         eprintln!("SKIPPED: not root");
         return;
     }
-    let author = net.create_account("noroot").await;
+    let author = net.create_account(name).await;
     let code = r#"
 export const who = { handler: async () => {
   await Deno.writeTextFile("out/mine", "x");
@@ -48,25 +59,31 @@ export const who = { handler: async () => {
         "endpoints": [{"name": "who", "method": "GET"}],
         "permissions": {"sys": true, "write": ["out"]},
     });
-    common::deploy(net, &author, code, &manifest, "noroot", "1.0.0").await;
+    common::deploy(net, &author, code, &manifest, name, "1.0.0").await;
 
     let data = tempfile::tempdir().unwrap();
     let mut cmd = common::command(&deno, data.path());
     common::use_test_net(&mut cmd, net)
         .arg("serve")
         .env("ATRUND_POLICY", "open")
-        .env("ATRUND_ISOLATION", "none")
+        .env("ATRUND_ISOLATION", isolation)
         .env("ATRUND_PERMISSIONS_SYS", "true")
-        .env("ATRUND_NONE_RUN_AS_UID", UID.to_string())
-        .env("ATRUND_NONE_RUN_AS_GID", GID.to_string())
+        .env("ATRUND_SANDBOX_RUN_AS_UID", UID.to_string())
+        .env("ATRUND_SANDBOX_RUN_AS_GID", GID.to_string())
         .env("ATRUND_POOL_ADMIN_LISTEN", "auto");
     let mut runner = Daemon::spawn(&mut cmd, true);
 
-    let (s, b) = get(&runner.url(&format!("/bundle/{}/noroot/latest/who", author.did))).await;
+    let (s, b) = get(&runner.url(&format!("/bundle/{}/{name}/latest/who", author.did))).await;
     assert_eq!(s, 200, "{b}");
+    // In a container the ids are the user namespace's (65534), mapped to UID/GID on the host.
+    let inside = if isolation == "container" {
+        (65534, 65534)
+    } else {
+        (UID, GID)
+    };
     assert_eq!(
         (b["uid"].as_u64(), b["gid"].as_u64()),
-        (Some(UID.into()), Some(GID.into())),
+        (Some(inside.0.into()), Some(inside.1.into())),
         "{b}"
     );
 
@@ -74,7 +91,9 @@ export const who = { handler: async () => {
     let pid = pool["instances"][0]["pid"]
         .as_u64()
         .expect("an instance pid");
-    assert_eq!(b["pid"].as_u64(), Some(pid), "{pool}");
+    if isolation == "none" {
+        assert_eq!(b["pid"].as_u64(), Some(pid), "{pool}");
+    }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |name: &str| {
         status

@@ -46,6 +46,13 @@ pub enum ConfigError {
         origin: Source,
         known: String,
     },
+    /// the config file sets a key under the name an older version used
+    #[error("config key `{key}` (in {origin}) is now `{to}`; rename it (docs/configuration.md)")]
+    Moved {
+        key: String,
+        origin: Source,
+        to: String,
+    },
     /// an `ATRUND_*` environment variable names no config key
     #[error("unknown environment variable {var}: at-rund reads only the ATRUND_* names listed in docs/configuration.md; fix the name or unset it{hint}")]
     UnknownEnv { var: String, hint: String },
@@ -75,6 +82,7 @@ impl ConfigError {
             ConfigError::Unreadable { .. } => "ConfigUnreadable",
             ConfigError::Toml { .. } => "ConfigSyntax",
             ConfigError::UnknownKey { .. } => "ConfigUnknownKey",
+            ConfigError::Moved { .. } => "ConfigMovedKey",
             ConfigError::UnknownEnv { .. } => "ConfigUnknownEnv",
             ConfigError::BadValue { .. } => "ConfigBadValue",
             ConfigError::Invalid { .. } => "ConfigInvalid",
@@ -86,6 +94,7 @@ impl ConfigError {
     pub fn key(&self) -> Option<&str> {
         match self {
             ConfigError::UnknownKey { key, .. }
+            | ConfigError::Moved { key, .. }
             | ConfigError::BadValue { key, .. }
             | ConfigError::Invalid { key, .. } => Some(key),
             _ => None,

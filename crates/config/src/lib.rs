@@ -63,7 +63,7 @@ pub struct Config {
     pub pool: PoolSection,
     pub secrets: SecretsSection,
     pub container: ContainerSection,
-    pub none: NoneSection,
+    pub sandbox: SandboxSection,
     pub egress: EgressSection,
     pub tenants: TenantsSection,
     pub metrics: MetricsSection,
@@ -500,7 +500,7 @@ impl Default for Config {
             pool: PoolSection::default(),
             secrets: SecretsSection::default(),
             container: ContainerSection::default(),
-            none: NoneSection::default(),
+            sandbox: SandboxSection::default(),
             egress: EgressSection::default(),
             tenants: TenantsSection::default(),
             metrics: MetricsSection::default(),
@@ -549,21 +549,23 @@ impl Default for ContainerSection {
     }
 }
 
-/// The `none` isolation backend (also when `auto` falls back to it; docs/security.md).
+/// What every isolation backend shares (docs/security.md): the host identity of instances.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NoneSection {
-    /// The uid instances run as when at-rund is root (never 0). Ignored when it is not root: it
-    /// cannot switch, so instances run as its own user.
+pub struct SandboxSection {
+    /// The host uid instances run as when at-rund is root (never 0): the Deno process in `none`,
+    /// bwrap and everything inside it in `container` (the sandbox's uid 65534 maps to it).
+    /// Ignored when at-rund is not root: it cannot switch, so instances run as its own user.
     pub run_as_uid: u64,
-    /// The gid instances run as when at-rund is root (never 0); no supplementary groups.
+    /// The host gid instances run as when at-rund is root (never 0); no supplementary groups.
+    /// The runner's dirs on the way to instances' files are group-owned by it (0710).
     pub run_as_gid: u64,
 }
 
-impl Default for NoneSection {
+impl Default for SandboxSection {
     /// `nobody` / `nogroup`.
     fn default() -> Self {
-        NoneSection {
+        SandboxSection {
             run_as_uid: 65534,
             run_as_gid: 65534,
         }

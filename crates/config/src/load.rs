@@ -30,6 +30,21 @@ const OPTIONAL_KEYS: &[(&str, Kind)] = &[
     ("http.bundle_domain", Kind::Str),
 ];
 
+/// Keys an older version read under another name: `(old, new)`. Refused with the new name (not
+/// read as aliases: one setting, one name).
+const MOVED_KEYS: &[(&str, &str)] = &[
+    // Both backends run instances as this identity now, not only `none`.
+    ("none.run_as_uid", "sandbox.run_as_uid"),
+    ("none.run_as_gid", "sandbox.run_as_gid"),
+];
+
+/// The moved key `path` names, or one of the keys of the table `v` at `path`.
+fn moved_key(path: &str, v: &Value) -> Option<(&'static str, &'static str)> {
+    MOVED_KEYS.iter().copied().find(|(old, _)| {
+        *old == path || matches!(v, Value::Table(t) if t.keys().any(|k| join(path, k) == *old))
+    })
+}
+
 /// Type of a leaf key, taken from its default value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -289,9 +304,13 @@ impl Config {
             .collect();
         for (var, raw) in atrund {
             let Some((key, kind)) = by_var.get(var.as_str()) else {
+                let moved = MOVED_KEYS
+                    .iter()
+                    .find(|(old, _)| env_var_name(old) == *var)
+                    .map(|(_, new)| format!(" (it is now {})", env_var_name(new)));
                 return Err(ConfigError::UnknownEnv {
                     var: var.clone(),
-                    hint: suggest(var, by_var.keys()),
+                    hint: moved.unwrap_or_else(|| suggest(var, by_var.keys())),
                 });
             };
             let src = Source::Env(var.clone());
@@ -368,6 +387,12 @@ fn overlay(
             if let Value::Table(base_sub) = entry {
                 overlay(base_sub, sub, &path, schema, src, prov)?;
             }
+        } else if let Some((old, new)) = moved_key(&path, &v) {
+            return Err(ConfigError::Moved {
+                key: old.to_string(),
+                origin: src.clone(),
+                to: new.to_string(),
+            });
         } else {
             return Err(ConfigError::UnknownKey {
                 known: schema.children(prefix),

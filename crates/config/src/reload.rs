@@ -56,7 +56,7 @@ impl Config {
             pool,
             secrets,
             container,
-            none,
+            sandbox,
             egress,
             tenants,
             metrics,
@@ -74,7 +74,7 @@ impl Config {
         keep(&mut k, "deno", deno, &mut new.deno);
         keep(&mut k, "secrets", secrets, &mut new.secrets);
         keep(&mut k, "container", container, &mut new.container);
-        keep(&mut k, "none", none, &mut new.none);
+        keep(&mut k, "sandbox", sandbox, &mut new.sandbox);
         keep(&mut k, "egress", egress, &mut new.egress);
         keep(&mut k, "metrics", metrics, &mut new.metrics);
         keep(&mut k, "log", log, &mut new.log);

@@ -54,8 +54,8 @@ impl Config {
         }
 
         for (key, id) in [
-            ("none.run_as_uid", self.none.run_as_uid),
-            ("none.run_as_gid", self.none.run_as_gid),
+            ("sandbox.run_as_uid", self.sandbox.run_as_uid),
+            ("sandbox.run_as_gid", self.sandbox.run_as_gid),
         ] {
             if id == 0 {
                 return Err(invalid(

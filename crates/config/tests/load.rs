@@ -302,8 +302,10 @@ fn unknown_file_keys_are_refused() {
     assert_eq!(e.key(), Some("limits.timeout_ms.maximum"));
     assert!(e.to_string().contains("default, max"), "{e}");
 
+    let e = err(Some("[microvm]\nkind = \"none\""), &[]);
+    assert_eq!(e.key(), Some("microvm"));
     let e = err(Some("[sandbox]\nkind = \"none\""), &[]);
-    assert_eq!(e.key(), Some("sandbox"));
+    assert_eq!(e.key(), Some("sandbox.kind"));
 }
 
 #[test]
@@ -817,18 +819,18 @@ fn docs_list_every_variable_and_exception() {
 }
 
 #[test]
-fn none_run_as_defaults_to_nobody_is_overridable_and_never_root() {
+fn sandbox_run_as_defaults_to_nobody_is_overridable_and_never_root() {
     let c = load(None, &[]).unwrap();
-    assert_eq!((c.none.run_as_uid, c.none.run_as_gid), (65534, 65534));
+    assert_eq!((c.sandbox.run_as_uid, c.sandbox.run_as_gid), (65534, 65534));
     let c = load(
-        Some("[none]\nrun_as_uid = 990\nrun_as_gid = 991\n"),
-        &[("ATRUND_NONE_RUN_AS_GID", "992")],
+        Some("[sandbox]\nrun_as_uid = 990\nrun_as_gid = 991\n"),
+        &[("ATRUND_SANDBOX_RUN_AS_GID", "992")],
     )
     .unwrap();
-    assert_eq!((c.none.run_as_uid, c.none.run_as_gid), (990, 992));
+    assert_eq!((c.sandbox.run_as_uid, c.sandbox.run_as_gid), (990, 992));
     for (var, key) in [
-        ("ATRUND_NONE_RUN_AS_UID", "none.run_as_uid"),
-        ("ATRUND_NONE_RUN_AS_GID", "none.run_as_gid"),
+        ("ATRUND_SANDBOX_RUN_AS_UID", "sandbox.run_as_uid"),
+        ("ATRUND_SANDBOX_RUN_AS_GID", "sandbox.run_as_gid"),
     ] {
         for bad in ["0", "4294967295"] {
             let e = err(None, &[(var, bad)]);
@@ -838,6 +840,25 @@ fn none_run_as_defaults_to_nobody_is_overridable_and_never_root() {
         let e = err(None, &[(var, "-1")]);
         assert_eq!(e.key(), Some(key));
     }
-    let e = err(Some("[none]\nrun_as = 1\n"), &[]);
+    let e = err(Some("[sandbox]\nrun_as = 1\n"), &[]);
     assert!(e.to_string().contains("run_as_uid"), "{e}");
+}
+
+/// The keys of versions where only `none` switched uid are refused with their new names, in the
+/// file and in the environment, rather than read under two names.
+#[test]
+fn none_run_as_keys_are_refused_with_their_new_names() {
+    let e = err(Some("[none]\nrun_as_uid = 990\n"), &[]);
+    assert_eq!(
+        (e.code(), e.key()),
+        ("ConfigMovedKey", Some("none.run_as_uid"))
+    );
+    assert!(e.to_string().contains("sandbox.run_as_uid"), "{e}");
+    let e = err(Some("none.run_as_gid = 990\n"), &[]);
+    assert!(e.to_string().contains("sandbox.run_as_gid"), "{e}");
+    let e = err(None, &[("ATRUND_NONE_RUN_AS_UID", "990")]);
+    assert_eq!(e.code(), "ConfigUnknownEnv");
+    assert!(e.to_string().contains("ATRUND_SANDBOX_RUN_AS_UID"), "{e}");
+    let e = err(Some("[none]\nother = 1\n"), &[]);
+    assert_eq!(e.code(), "ConfigUnknownKey", "{e}");
 }

@@ -46,8 +46,8 @@ pub struct Choice {
     pub init: (PathBuf, Vec<String>),
     /// The egress proxy's settings (both backends).
     pub egress: atrund_egress::EgressConfig,
-    /// `none.run_as_uid` / `none.run_as_gid`: who `none` instances run as when the daemon is
-    /// root, also when `auto` falls back to `none`.
+    /// `sandbox.run_as_uid` / `sandbox.run_as_gid`: the host uid/gid instances of either backend
+    /// run as when the daemon is root (also when `auto` falls back to `none`).
     pub run_as: RunAs,
 }
 
@@ -155,8 +155,9 @@ async fn container_executor(
         .with_cgroups(c.cgroups.clone())
         .enforcement()
         .into_iter()
-        // Only the cgroup limits: the container's PID 1 applies Landlock and seccomp itself, has
-        // its own user namespace, and the idle freezer is reported but not required.
+        // Only the cgroup limits: the container's PID 1 applies Landlock and seccomp itself, its
+        // own `unprivileged` entry is the container's (the probe runs as that uid), and the idle
+        // freezer is reported but not required.
         .filter(|e| {
             !e.enforced
                 && !matches!(
@@ -184,7 +185,8 @@ async fn container_executor(
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?
         .with_cgroups(c.cgroups.clone())
-        .with_egress(proxy.clone());
+        .with_egress(proxy.clone())
+        .with_run_as(c.run_as);
     tracing::info!(rootfs = %exec.rootfs().path().display(), libs = exec.rootfs().libs().len(), "container root ready");
     exec.probe().await?;
     Ok(Arc::new(exec))

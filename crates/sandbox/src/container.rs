@@ -1,9 +1,14 @@
 //! The `container` backend: each instance runs under bubblewrap in new user, mount, pid, net,
 //! ipc, uts and cgroup namespaces, with a minimal read-only root (`rootfs`), uid/gid 65534, no
 //! capabilities, and our own PID 1 (`init`) that adds no_new_privs, Landlock and seccomp before it
-//! starts Deno. The network namespace has only `lo`: no veth, no route. Egress goes to
-//! `127.0.0.1:3128` inside, where init forwards to a Unix socket in the work dir, where this
-//! module forwards to at-rund's egress proxy with a per-instance token (`atrund-egress`).
+//! starts Deno. When the daemon is root, bwrap itself is started as the unprivileged `RunAs`
+//! uid/gid (switched to before exec, after the cgroup join, as for `none`), so its user namespace
+//! maps 65534 inside to that uid on the host, never to 0: the bundle passes no owner check on a
+//! root file bound in. The instance's dirs are given to that uid as in `none` (`hostfs`), and the
+//! runner's dirs above them are passable for its group. The network namespace has only `lo`: no
+//! veth, no route. Egress goes to `127.0.0.1:3128` inside, where init forwards to a Unix socket
+//! in the work dir, where this module forwards to at-rund's egress proxy with a per-instance
+//! token (`atrund-egress`).
 //!
 //! Mounts inside: `/` the root (ro), `/bin/deno` and `/sbin/init` (ro binds of the host
 //! binaries), `/bundle/<file>` (ro), `/work` (the instance work dir: shim, socket, init config;
@@ -12,9 +17,11 @@
 //! (the instance's own pid namespace), `/dev` (null, zero, random, urandom, tty, full).
 //!
 //! Owns: the bwrap command line, the init config, the data-dir binds, the instance's egress
-//! registration and the host side of its proxy socket, and the start-up probe. Must not: spawn,
-//! reap, proxy calls or enforce limits itself (the machinery shared with `none` does: the cgroup
-//! is joined before bwrap is exec'd, so everything inside is accounted), or choose permissions.
+//! registration and the host side of its proxy socket, the host uid/gid bwrap runs as, and the
+//! start-up probe (run as that uid too, so a host without unprivileged user namespaces fails it).
+//! Must not: spawn, reap, proxy calls or enforce limits itself (the machinery shared with `none`
+//! does: the cgroup is joined before bwrap is exec'd, so everything inside is accounted), or
+//! choose permissions.
 //!
 //! Clean-up: mounts, the network namespace and every process inside end with the namespace when
 //! PID 1 exits (or bwrap dies: `--die-with-parent`; the daemon: `PR_SET_PDEATHSIG`); the work dir
@@ -30,10 +37,11 @@ use atrund_egress::EgressProxy;
 
 use crate::cgroup::CgroupManager;
 use crate::deno::deno_args;
+use crate::hostfs::{self, Needed, DATA_DIR_FIX};
 use crate::init::{InitConfig, ProxyForward};
 use crate::process::{self, Join, Launch};
 use crate::rootfs::{Rootfs, DENO_IN_ROOT, INIT_IN_ROOT};
-use crate::{sys, DenoBinary, Enforcement, Executor, Instance, InstanceSpec, SandboxError};
+use crate::{sys, DenoBinary, Enforcement, Executor, Instance, InstanceSpec, RunAs, SandboxError};
 
 /// The proxy forwarder's port on the sandbox's loopback.
 pub const PROXY_PORT: u16 = 3128;
@@ -71,6 +79,11 @@ pub struct ContainerExecutor {
     cgroups: Option<Arc<CgroupManager>>,
     egress: Option<Arc<EgressProxy>>,
     nofile_hard: Option<u64>,
+    /// The host uid/gid bwrap (and so everything inside) runs as: `Some` only when the daemon is
+    /// root (nobody else can switch; a daemon that is not root runs bwrap as itself).
+    run_as: Option<RunAs>,
+    /// Whether the daemon's effective uid is 0 (only then can it switch: `with_run_as`).
+    euid_root: bool,
 }
 
 impl std::fmt::Debug for ContainerExecutor {
@@ -79,6 +92,7 @@ impl std::fmt::Debug for ContainerExecutor {
             .field("cfg", &self.cfg)
             .field("rootfs", &self.rootfs.path())
             .field("egress", &self.egress.as_ref().map(|e| e.local_addr()))
+            .field("run_as", &self.run_as)
             .finish_non_exhaustive()
     }
 }
@@ -100,6 +114,8 @@ pub fn find_bwrap(configured: Option<&Path>) -> Option<PathBuf> {
 
 impl ContainerExecutor {
     /// Assembles (or reuses) the root file system. Blocking: runs `ldd` and copies libraries.
+    /// Instances of a root daemon run as [`RunAs::NOBODY`] on the host until
+    /// [`Self::with_run_as`] says otherwise.
     pub fn new(cfg: ContainerConfig) -> Result<Self, SandboxError> {
         let rootfs = Rootfs::assemble(&cfg.rootfs_dir, &[cfg.deno.path(), &cfg.init.0])?;
         Ok(Self {
@@ -108,7 +124,18 @@ impl ContainerExecutor {
             cgroups: None,
             egress: None,
             nofile_hard: sys::nofile_hard_limit(),
-        })
+            run_as: None,
+            euid_root: sys::effective_root(),
+        }
+        .with_run_as(RunAs::NOBODY))
+    }
+
+    /// The host uid and gid bwrap runs as when the daemon is root (`sandbox.run_as_uid`,
+    /// `sandbox.run_as_gid`; never 0, the config refuses it): the sandbox's 65534 is that uid on
+    /// the host. A daemon that is not root cannot switch: bwrap runs as its own user.
+    pub fn with_run_as(mut self, id: RunAs) -> Self {
+        self.run_as = self.euid_root.then_some(id);
+        self
     }
 
     /// Puts every instance into its own cgroup under `manager`'s parents.
@@ -128,32 +155,113 @@ impl ContainerExecutor {
         &self.rootfs
     }
 
-    /// Runs `deno --version` inside a sandbox built like an instance's: proves that bwrap can
-    /// create the namespaces here and that the root has what the runtime needs.
+    /// Runs `deno --version` inside a sandbox built like an instance's, as the uid instances run
+    /// as: proves that bwrap can create the namespaces here (unprivileged user namespaces, when
+    /// the daemon is root and switches) and that the root has what the runtime needs.
     pub async fn probe(&self) -> Result<(), String> {
+        if let Some(id) = self.run_as {
+            self.check_binaries(id).map_err(|e| e.to_string())?;
+        }
         let mut args = self.base_args();
         args.extend(["--", DENO_IN_ROOT, "--version"].iter().map(OsString::from));
-        let out = tokio::process::Command::new(&self.cfg.bwrap)
-            .args(&args)
+        let mut cmd = tokio::process::Command::new(&self.cfg.bwrap);
+        cmd.args(&args)
             .env_clear()
             .env("DENO_NO_UPDATE_CHECK", "1")
             .env("NO_COLOR", "1")
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(std::time::Duration::from_secs(10), out)
+            .kill_on_drop(true);
+        sys::install(
+            &mut cmd,
+            sys::ChildSetup {
+                run_as: self.run_as,
+                ..Default::default()
+            },
+        );
+        let out = tokio::time::timeout(std::time::Duration::from_secs(10), cmd.output())
             .await
             .map_err(|_| "bwrap did not finish within 10 s".to_string())?
             .map_err(|e| format!("cannot run '{}': {e}", self.cfg.bwrap.display()))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         if out.status.success() && stdout.starts_with("deno ") {
-            Ok(())
-        } else {
-            Err(format!(
-                "bwrap failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
+            return Ok(());
         }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let hint = match self.run_as {
+            Some(id) => format!(
+                "; bwrap runs as uid {} gid {} (sandbox.run_as_uid, sandbox.run_as_gid), not as \
+                 root, so the kernel must allow unprivileged user namespaces: \
+                 user.max_user_namespaces above 0, kernel.unprivileged_userns_clone = 1 where it \
+                 exists, kernel.apparmor_restrict_unprivileged_userns = 0 where AppArmor \
+                 restricts them; or use isolation = \"none\"",
+                id.uid, id.gid
+            ),
+            None => String::new(),
+        };
+        Err(format!(
+            "bwrap failed ({}): {}{hint}",
+            out.status,
+            stderr.trim()
+        ))
+    }
+
+    /// The programs and the root bwrap binds or runs, reachable by `id` (bwrap realpaths every
+    /// bind source by name, also `--bind-fd`'s, so each dir on the way must be searchable).
+    fn check_binaries(&self, id: RunAs) -> Result<(), SandboxError> {
+        let install = "install it where that user can run it (e.g. /usr/local/bin or /usr/bin)";
+        let need = Needed::new;
+        hostfs::check_reachable(
+            "probe",
+            id,
+            &[
+                need(&self.cfg.bwrap, 0o1, "execute bwrap", install),
+                need(self.cfg.deno.path(), 0o1, "execute the runtime", install),
+                need(&self.cfg.init.0, 0o1, "execute at-rund as PID 1", install),
+                need(
+                    self.rootfs.path(),
+                    0o1,
+                    "reach the container root",
+                    DATA_DIR_FIX,
+                ),
+            ],
+        )
+    }
+
+    /// What an instance of `spec` needs of the host as `id`: the programs, the bundle file, its
+    /// dirs and each data path bwrap binds.
+    fn check_reachable(
+        &self,
+        spec: &InstanceSpec,
+        data: &DataBinds,
+        id: RunAs,
+    ) -> Result<(), SandboxError> {
+        self.check_binaries(id)?;
+        let need = Needed::new;
+        let paths: Vec<PathBuf> = data
+            .binds
+            .iter()
+            .map(|(d, _)| spec.data_dir.join(&d.rel))
+            .collect();
+        let mut needed = vec![
+            need(
+                spec.bundle_file.as_path(),
+                0o4,
+                "read the bundle",
+                "keep the code where that user can read it (at-rund dev: the bundle's folder)",
+            ),
+            need(&spec.work_dir, 0o1, "reach its work dir", DATA_DIR_FIX),
+            need(&spec.deno_dir, 0o1, "reach its DENO_DIR", DATA_DIR_FIX),
+        ];
+        // Reaching the path is enough for the bind (bits 0); what it may do there is the file's
+        // mode, inside as outside.
+        needed.extend(paths.iter().map(|p| {
+            need(
+                p,
+                0,
+                "reach a declared data path",
+                "let that user pass through the dirs on the way (the path's own mode decides the rest)",
+            )
+        }));
+        hostfs::check_reachable(&spec.id, id, &needed)
     }
 
     /// Namespaces, identity and the root: the part of the command line every sandbox shares.
@@ -257,8 +365,8 @@ struct DataBinds {
     binds: Vec<(crate::hostfs::DataPath, PathBuf)>,
 }
 
-fn data_binds(spec: &InstanceSpec) -> Result<DataBinds, SandboxError> {
-    let binds = crate::hostfs::open_data_paths(spec, None)?
+fn data_binds(spec: &InstanceSpec, owner: Option<RunAs>) -> Result<DataBinds, SandboxError> {
+    let binds = crate::hostfs::open_data_paths(spec, owner)?
         .into_iter()
         .map(|d| {
             let inside = Path::new(DATA).join(&d.rel);
@@ -286,14 +394,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Serves the instance's proxy socket: each connection is copied to the egress proxy.
+/// Serves the instance's proxy socket: each connection is copied to the egress proxy. With
+/// `owner` (the uid the sandbox runs as) the socket is given to it: connecting needs write
+/// permission on the socket file, which the umask may have taken from others.
 fn egress_forwarder(
     socket: &Path,
     proxy: std::net::SocketAddr,
+    owner: Option<RunAs>,
 ) -> Result<AbortOnDrop, SandboxError> {
     let _ = std::fs::remove_file(socket);
     let listener = tokio::net::UnixListener::bind(socket)
         .map_err(|e| process::io_err("listen on", socket, e))?;
+    if let Some(id) = owner {
+        hostfs::give_socket(socket, id)
+            .map_err(|e| process::io_err("give the instance", socket, e))?;
+    }
     Ok(AbortOnDrop(tokio::spawn(async move {
         loop {
             let Ok((mut unix, _)) = listener.accept().await else {
@@ -317,18 +432,41 @@ impl Executor for ContainerExecutor {
     }
 
     fn enforcement(&self) -> Vec<Enforcement> {
-        process::enforcement_for(self.cgroups.as_ref(), self.nofile_hard)
+        let mut e = process::enforcement_for(self.cgroups.as_ref(), self.nofile_hard);
+        e.push(match self.run_as {
+            Some(id) => Enforcement {
+                limit: "unprivileged",
+                enforced: true,
+                how: format!(
+                    "bwrap and everything inside run as host uid {} gid {} (uid/gid 65534 in \
+                     the sandbox's user namespace), no supplementary groups, no capabilities; \
+                     set before bwrap is exec'd",
+                    id.uid, id.gid
+                ),
+            },
+            None => Enforcement {
+                limit: "unprivileged",
+                enforced: false,
+                how: "at-rund is not root, so it cannot switch uid: the sandbox's uid is \
+                      at-rund's own on the host (its namespaces hide at-rund's files)"
+                    .into(),
+            },
+        });
+        e
     }
 
     async fn warm(&self, spec: InstanceSpec) -> Result<Arc<dyn Instance>, SandboxError> {
         let started_at = Instant::now();
         let (socket, shim) = process::work_paths(&spec)?;
-        process::prepare_work_dir(&spec, &socket, &shim, None).await?;
+        process::prepare_work_dir(&spec, &socket, &shim, self.run_as).await?;
         let fail = |e: SandboxError| {
             let _ = std::fs::remove_dir_all(&spec.work_dir);
             e
         };
-        let data = data_binds(&spec).map_err(fail)?;
+        let data = data_binds(&spec, self.run_as).map_err(fail)?;
+        if let Some(id) = self.run_as {
+            self.check_reachable(&spec, &data, id).map_err(fail)?;
+        }
 
         // Deno's flags, with the paths as seen inside.
         let inside = InstanceSpec {
@@ -354,8 +492,12 @@ impl Executor for ContainerExecutor {
         let mut proxy_env = None;
         if let Some(proxy) = &self.egress {
             let (reg, token) = crate::egress::register(proxy, &spec).map_err(fail)?;
-            let fwd = egress_forwarder(&spec.work_dir.join(EGRESS_SOCKET), proxy.local_addr())
-                .map_err(fail)?;
+            let fwd = egress_forwarder(
+                &spec.work_dir.join(EGRESS_SOCKET),
+                proxy.local_addr(),
+                self.run_as,
+            )
+            .map_err(fail)?;
             keep.push(Box::new(reg));
             keep.push(Box::new(fwd));
             proxy_env = Some(atrund_egress::proxy_url(
@@ -393,11 +535,17 @@ impl Executor for ContainerExecutor {
                 socket: Path::new(WORK).join(EGRESS_SOCKET),
             }),
         };
-        let init_path = spec.work_dir.join(INIT_CONFIG);
         let json = serde_json::to_vec(&init)
             .map_err(|e| fail(SandboxError::StartFailed(format!("init config: {e}"))))?;
-        std::fs::write(&init_path, json)
-            .map_err(|e| fail(process::io_err("write", &init_path, e)))?;
+        // Into a dir the sandbox's uid owns: never through a name planted there. Public (0644):
+        // init reads it as that uid; it holds no secret value.
+        hostfs::write_file_atomic(&spec.work_dir, INIT_CONFIG, &json, 0o644).map_err(|e| {
+            fail(process::io_err(
+                "write",
+                &spec.work_dir.join(INIT_CONFIG),
+                e,
+            ))
+        })?;
 
         let mut cmd = tokio::process::Command::new(&self.cfg.bwrap);
         // The environment passes through bwrap and init to Deno: secret values stay out of any
@@ -429,8 +577,9 @@ impl Executor for ContainerExecutor {
             keep,
             // bwrap binds these descriptors (`--bind-fd`); the child keeps them across exec.
             inherit: data.binds.into_iter().map(|(d, _)| d.fd).collect(),
-            // The user namespace gives the identity (`--uid`/`--gid`, `--cap-drop ALL`).
-            run_as: None,
+            // bwrap starts as this host uid (after the cgroup join, which needs root); its user
+            // namespace maps the sandbox's 65534 to it (`--uid`/`--gid`, `--cap-drop ALL`).
+            run_as: self.run_as,
             confine: None,
             gate: None,
             // bwrap and init fork before Deno runs: a later move of bwrap's pid would miss them.

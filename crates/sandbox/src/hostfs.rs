@@ -12,12 +12,14 @@
 //! - the shim's socket is opened once `O_PATH | O_NOFOLLOW`, checked to be a socket, and every
 //!   later connection goes to that inode (`/proc/self/fd/<n>`), whatever the name points to by
 //!   then;
-//! - the dirs the host creates are 0700, whatever the umask; when `none` instances run as an
-//!   unprivileged uid (`RunAs`), the instance's own dirs (work, data, Deno dir, created write
-//!   paths) are given to it by descriptor (`fchown` on what was opened `O_NOFOLLOW`, never a
-//!   name), and their parents are made passable (not listable) for its group alone (0710).
+//! - the dirs the host creates are 0700, whatever the umask; when instances of either backend run
+//!   as an unprivileged uid (`RunAs`), the instance's own dirs (work, data, Deno dir, created
+//!   write paths) are given to it by descriptor (`fchown` on what was opened `O_NOFOLLOW`, never
+//!   a name), and their parents are made passable (not listable) for its group alone (0710); the
+//!   container's egress socket is given to it without following its name.
 //!
-//! Owns: the opening and creating above. Must not touch: what is granted (the backends decide),
+//! Owns: the opening and creating above, and the check that an instance's uid can reach what
+//! its start needs ([`check_reachable`]). Must not touch: what is granted (the backends decide),
 //! or anything after fork (`sys`).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -127,6 +129,70 @@ pub(crate) fn unreachable_by(path: &Path, id: RunAs, want: u32) -> Option<String
         .try_for_each(|d| may(d, 1))
         .and_then(|()| may(&real, want))
         .err()
+}
+
+/// One thing an instance's uid must be able to do on the host before its start: the path, the
+/// mode bits it needs on it (4 read, 1 execute or search, 0 only reach it), what for (the start
+/// error says it) and what the operator does about it.
+pub(crate) struct Needed<'a> {
+    pub path: &'a Path,
+    pub bits: u32,
+    pub what: &'a str,
+    pub fix: &'a str,
+}
+
+impl<'a> Needed<'a> {
+    pub(crate) fn new(path: &'a Path, bits: u32, what: &'a str, fix: &'a str) -> Self {
+        Self {
+            path,
+            bits,
+            what,
+            fix,
+        }
+    }
+}
+
+/// The fix for a path under the data dir that an instance's uid cannot reach.
+pub(crate) const DATA_DIR_FIX: &str =
+    "put data_dir where that user can pass through every parent dir";
+
+/// Fails the start with a clear error when `id` (both backends' `RunAs`) could not do one of
+/// `needed` (say a data dir under `/root`, mode 0700), instead of the runtime or bwrap failing
+/// obscurely. The error names the setting and the role; the log names the path.
+pub(crate) fn check_reachable(
+    instance: &str,
+    id: RunAs,
+    needed: &[Needed<'_>],
+) -> Result<(), SandboxError> {
+    for n in needed {
+        if let Some(why) = unreachable_by(n.path, id, n.bits) {
+            tracing::warn!(instance, uid = id.uid, gid = id.gid, path = %n.path.display(), %why, "the instance's user cannot {}", n.what);
+            return Err(SandboxError::StartFailed(format!(
+                "the instance's user (uid {}, sandbox.run_as_uid) cannot {}; {} \
+                 (the runner's log names the path)",
+                id.uid, n.what, n.fix
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Gives the socket the host bound at `path` to `id` (owner and group; its mode stays), so that
+/// a process of that uid may connect (which needs write permission on the socket file). The name
+/// is not followed: a symlink there is changed itself, not its target.
+pub(crate) fn give_socket(path: &Path, id: RunAs) -> std::io::Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    };
+    let dir = open_dir_nofollow(dir)?;
+    nix::unistd::fchownat(
+        dir.as_fd(),
+        name,
+        Some(nix::unistd::Uid::from_raw(id.uid)),
+        Some(nix::unistd::Gid::from_raw(id.gid)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?;
+    Ok(())
 }
 
 /// A start failure about a host file, for the caller without the path (it can name the

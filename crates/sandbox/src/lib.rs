@@ -42,8 +42,10 @@ pub use none::NoneExecutor;
 pub use rootfs::Rootfs;
 pub use sys::effective_root;
 
-/// The unprivileged uid and gid `none` instances of a root daemon run as, with no supplementary
-/// groups and no capabilities (`none.run_as_uid`, `none.run_as_gid`; docs/security.md).
+/// The unprivileged host uid and gid instances of a root daemon run as, with no supplementary
+/// groups and no capabilities (`sandbox.run_as_uid`, `sandbox.run_as_gid`; docs/security.md): the
+/// Deno process itself in `none`, bwrap and everything inside it in `container` (whose user
+/// namespace maps its uid 65534 to this one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunAs {
     pub uid: u32,
@@ -148,8 +150,8 @@ impl Default for ResourceLimits {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Enforcement {
     /// `memory`, `cpuQuota`, `cpuTime`, `pids`, `idleFreeze`, `openFiles`, `timeout`,
-    /// `responseBody`; the `none` backend adds `landlock` and `seccomp` (its kernel confinement)
-    /// and `unprivileged` (the uid it runs instances as).
+    /// `responseBody`; the `none` backend adds `landlock` and `seccomp` (its kernel confinement);
+    /// both add `unprivileged` (the host uid they run instances as).
     pub limit: &'static str,
     pub enforced: bool,
     /// How it is enforced, or why it is not.

@@ -64,8 +64,8 @@ impl NoneExecutor {
         .with_run_as(RunAs::NOBODY)
     }
 
-    /// The uid and gid instances run as when the daemon is root (`none.run_as_uid`,
-    /// `none.run_as_gid`; never 0, the config refuses it). A daemon that is not root cannot
+    /// The uid and gid instances run as when the daemon is root (`sandbox.run_as_uid`,
+    /// `sandbox.run_as_gid`; never 0, the config refuses it). A daemon that is not root cannot
     /// switch: its instances run as its own user, and the enforcement list says so.
     pub fn with_run_as(mut self, id: RunAs) -> Self {
         self.run_as = self.euid_root.then_some(id);
@@ -119,36 +119,30 @@ impl NoneExecutor {
         shim: &std::path::Path,
         id: RunAs,
     ) -> Result<(), SandboxError> {
-        let data_dir = "put data_dir where that user can pass through every parent dir";
-        let wanted = [
-            (
-                self.deno.path(),
-                0o1,
-                "execute the runtime",
-                "install Deno where that user can run it (e.g. /usr/local/bin)",
-            ),
-            (
-                spec.bundle_file.as_path(),
-                0o4,
-                "read the bundle",
-                "keep the code where that user can read it (at-rund dev: the bundle's folder)",
-            ),
-            (shim, 0o4, "read the shim", data_dir),
-            (spec.work_dir.as_path(), 0o1, "reach its work dir", data_dir),
-            (spec.deno_dir.as_path(), 0o1, "reach its DENO_DIR", data_dir),
-            (spec.data_dir.as_path(), 0o1, "reach its data dir", data_dir),
-        ];
-        for (path, bits, what, fix) in wanted {
-            if let Some(why) = hostfs::unreachable_by(path, id, bits) {
-                tracing::warn!(instance = %spec.id, uid = id.uid, gid = id.gid, path = %path.display(), %why, "the instance's user cannot {what}");
-                return Err(SandboxError::StartFailed(format!(
-                    "the instance's user (uid {}, none.run_as_uid) cannot {what}; {fix} \
-                     (the runner's log names the path)",
-                    id.uid
-                )));
-            }
-        }
-        Ok(())
+        use hostfs::{Needed, DATA_DIR_FIX};
+        let need = Needed::new;
+        hostfs::check_reachable(
+            &spec.id,
+            id,
+            &[
+                need(
+                    self.deno.path(),
+                    0o1,
+                    "execute the runtime",
+                    "install Deno where that user can run it (e.g. /usr/local/bin)",
+                ),
+                need(
+                    spec.bundle_file.as_path(),
+                    0o4,
+                    "read the bundle",
+                    "keep the code where that user can read it (at-rund dev: the bundle's folder)",
+                ),
+                need(shim, 0o4, "read the shim", DATA_DIR_FIX),
+                need(&spec.work_dir, 0o1, "reach its work dir", DATA_DIR_FIX),
+                need(&spec.deno_dir, 0o1, "reach its DENO_DIR", DATA_DIR_FIX),
+                need(&spec.data_dir, 0o1, "reach its data dir", DATA_DIR_FIX),
+            ],
+        )
     }
 
     fn open_files(&self, asked: u64) -> u64 {

@@ -70,6 +70,10 @@ impl Rootfs {
         let name = format!("{h:016x}");
         std::fs::create_dir_all(state_dir)
             .map_err(|e| err(format!("cannot create '{}': {e}", state_dir.display())))?;
+        // Whatever the umask: bwrap runs as the instances' uid (a root runner's `RunAs`) and must
+        // pass through to the root it binds. What is here is public (the host's libraries).
+        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| err(format!("cannot open '{}' (0755): {e}", state_dir.display())))?;
         let path = state_dir.join(&name);
         if !path.join("bin").is_dir() {
             let tmp = state_dir.join(format!(".tmp-{name}-{}", std::process::id()));

@@ -1,11 +1,12 @@
 //! The crate's only `unsafe`: what the child does between fork and exec (join its cgroups for
 //! `container` instances, cap its open files and file size, keep the descriptors it is to
-//! inherit, and for `none` instances the switch to an unprivileged uid/gid with no capabilities
-//! (when the daemon is root), no_new_privs, Landlock, seccomp and the connect gate's filter;
-//! `none` is placed in its cgroup from the daemon, `process::Join`), the daemon's side of the
-//! connect gate (seccomp notifications, pidfds, another process's socket), reading the daemon's
-//! own open-file limit, probing the kernel for Landlock and seccomp, and the signal handler of
-//! the container's PID 1 (`init`).
+//! inherit, the switch to an unprivileged uid/gid with no capabilities when the daemon is root
+//! (`none`: the Deno process; `container`: bwrap, so its user namespace maps to that uid), and
+//! for `none` no_new_privs, Landlock, seccomp and the connect gate's filter; `none` is placed in
+//! its cgroup from the daemon, `process::Join`), the daemon's side of the connect gate (seccomp
+//! notifications, pidfds, another process's socket), reading the daemon's own open-file limit,
+//! probing the kernel for Landlock and seccomp, and the signal handler of the container's PID 1
+//! (`init`).
 //!
 //! Owns: the pre-exec hook and the raw calls behind safe wrappers. Must not: allocate, lock or
 //! log after fork (only async-signal-safe calls on data prepared before fork), touch anything
@@ -31,8 +32,9 @@ pub(crate) struct ChildSetup {
     pub fsize: Option<u64>,
     /// Descriptors to keep across exec (their close-on-exec flag is cleared in the child).
     pub inherit: Vec<OwnedFd>,
-    /// The unprivileged identity to switch to (`none` instances of a root daemon): after the
-    /// cgroup and the limits (which need root), before Landlock and seccomp.
+    /// The unprivileged identity to switch to (instances of a root daemon, either backend; the
+    /// container's probe): after the cgroup and the limits (which need root), before Landlock
+    /// and seccomp.
     pub run_as: Option<RunAs>,
     /// Applied last, after the cgroup (whose `cgroup.procs` Landlock would refuse).
     pub confine: Option<Confinement>,

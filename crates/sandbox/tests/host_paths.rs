@@ -322,8 +322,8 @@ async fn a_file_over_the_size_limit_stops_the_instance_container() {
 }
 
 /// The declared write folders exist in both modes, and the dirs the host creates for an
-/// instance are the runner's alone (0700), whatever the umask; in `none` mode (a root runner,
-/// instances as nobody) the instance's own dirs are nobody's, 0700, and the author dirs above
+/// instance are 0700, whatever the umask; with a root runner (instances as nobody in `none`, bwrap
+/// as nobody in `container`) the instance's own dirs are nobody's, 0700, and the author dirs above
 /// them root's, passable but not listable for nobody's group alone (0710).
 async fn dirs_and_modes(mode: Mode) {
     let Some(env) = Env::new(&format!("modes{mode:?}"), mode).await else {
@@ -349,7 +349,7 @@ async fn dirs_and_modes(mode: Mode) {
         let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700, "{} is {mode:o}", d.display());
     }
-    let above = if mode == Mode::None { 0o710 } else { 0o700 };
+    let above = 0o710;
     for d in [
         env.root.join("data/did_plc_author"),
         env.root.join("deno/did_plc_author"),

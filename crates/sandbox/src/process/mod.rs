@@ -62,8 +62,8 @@ pub(crate) struct Launch<'a> {
     /// Descriptors the process keeps across exec (the container's `--bind-fd` sources); closed
     /// in the daemon once it is spawned.
     pub inherit: Vec<std::os::fd::OwnedFd>,
-    /// The unprivileged identity the process switches to before exec (`none` of a root daemon;
-    /// the container has its own user namespace).
+    /// The unprivileged identity the process switches to before exec (either backend, when the
+    /// daemon is root: Deno itself in `none`, bwrap in `container`).
     pub run_as: Option<crate::RunAs>,
     /// Landlock and seccomp the process applies to itself before exec (`none` only: the
     /// container's PID 1 confines itself).

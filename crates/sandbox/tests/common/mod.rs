@@ -56,10 +56,7 @@ impl Env {
     }
 
     pub async fn with_egress(test: &str, mode: Mode, egress: EgressConfig) -> Option<Self> {
-        let path = std::env::var_os("ATRUND_TEST_DENO")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo().join("tools/deno/node_modules/deno/deno"));
-        let deno = match DenoBinary::locate(Some(&path)) {
+        let deno = match DenoBinary::locate(Some(&deno_path())) {
             Ok(d) => d,
             Err(e) => return skip_or_fail(format!("Deno not available ({e})")),
         };
@@ -74,13 +71,13 @@ impl Env {
             .tempdir_in("/tmp")
             .unwrap();
         let root = tmp.path().to_path_buf();
-        if mode == Mode::None {
-            // As the daemon's data dir (`prepare_data_dir`): the runner's dirs above instances'
-            // own are passable for the instances' group (nobody's by default).
-            for d in ["data", "deno", "w"] {
-                std::fs::create_dir_all(root.join(d)).unwrap();
-                atrund_sandbox::runner_dir_mode(&root.join(d), Some(65534)).unwrap();
-            }
+        // As the daemon's data dir (`prepare_data_dir`): the runner's dirs above instances' own
+        // are passable for the instances' group (nobody's by default), in both modes (the
+        // container's bwrap runs as that uid too, and binds the root under `rootfs`).
+        atrund_sandbox::runner_dir_mode(&root, Some(65534)).unwrap();
+        for d in ["data", "deno", "w"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+            atrund_sandbox::runner_dir_mode(&root.join(d), Some(65534)).unwrap();
         }
         let mgr = Arc::new(CgroupManager::start(&format!(
             "test-{}-{test}",
@@ -116,19 +113,10 @@ impl Env {
                         "bwrap not found; install it with `apt-get install -y bubblewrap` (scripts/setup.sh)".into(),
                     );
                 };
-                let exec = ContainerExecutor::new(ContainerConfig {
-                    bwrap,
-                    deno,
-                    init: (
-                        PathBuf::from(env!("CARGO_BIN_EXE_atrund-sandbox-init")),
-                        vec![],
-                    ),
-                    rootfs_dir: root.join("rootfs"),
-                    tmp_mib: 16,
-                })
-                .unwrap()
-                .with_cgroups(mgr.clone())
-                .with_egress(proxy.clone());
+                let exec = ContainerExecutor::new(container_config(&root, bwrap, deno))
+                    .unwrap()
+                    .with_cgroups(mgr.clone())
+                    .with_egress(proxy.clone());
                 if let Err(e) = exec.probe().await {
                     return skip_or_fail(format!("bwrap cannot build a sandbox here: {e}"));
                 }
@@ -144,6 +132,24 @@ impl Env {
             exec,
             mode,
         })
+    }
+
+    /// A container executor like this environment's, with its cgroups and proxy, whose
+    /// instances run as `run_as` on the host; probed.
+    pub async fn container_as(&self, run_as: atrund_sandbox::RunAs) -> ContainerExecutor {
+        let bwrap = find_bwrap(None).expect("bwrap");
+        let deno = DenoBinary::locate(Some(&deno_path())).unwrap();
+        // As `prepare_data_dir` does for the configured group.
+        atrund_sandbox::runner_dir_mode(&self.root, Some(run_as.gid)).unwrap();
+        let exec = ContainerExecutor::new(container_config(&self.root, bwrap, deno))
+            .unwrap()
+            .with_cgroups(self.mgr.clone())
+            .with_egress(self.proxy.clone())
+            .with_run_as(run_as);
+        if let Err(e) = exec.probe().await {
+            panic!("the probe failed as uid {}: {e}", run_as.uid);
+        }
+        exec
     }
 
     pub fn spec(&self, id: &str, bundle: &Path) -> InstanceSpec {
@@ -174,6 +180,27 @@ impl Drop for Env {
     fn drop(&mut self) {
         let _ = self.mgr.sweep();
         let _ = self.mgr.remove_parents();
+    }
+}
+
+/// The test Deno binary (`ATRUND_TEST_DENO`, else the one scripts/setup.sh installs).
+pub fn deno_path() -> PathBuf {
+    std::env::var_os("ATRUND_TEST_DENO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("tools/deno/node_modules/deno/deno"))
+}
+
+/// The container settings of the tests: the root under `root/rootfs`, a 16 MiB `/tmp`.
+pub fn container_config(root: &Path, bwrap: PathBuf, deno: DenoBinary) -> ContainerConfig {
+    ContainerConfig {
+        bwrap,
+        deno,
+        init: (
+            PathBuf::from(env!("CARGO_BIN_EXE_atrund-sandbox-init")),
+            vec![],
+        ),
+        rootfs_dir: root.join("rootfs"),
+        tmp_mib: 16,
     }
 }
 
