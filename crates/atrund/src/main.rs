@@ -213,7 +213,12 @@ async fn serve(config_source: reload::Source, local: Option<LocalBundle>) -> Res
     tracing::info!(data_dir = %layout.root().display(), "data dir ready");
     let secrets = Arc::new(atrund_secrets::Opener::new(load_keys(&config)?));
 
-    let deno = DenoBinary::locate(config.deno.path.as_deref())?;
+    let mut deno = DenoBinary::locate(config.deno.path.as_deref())?;
+    if atrund_sandbox::effective_root() {
+        // Instances run as sandbox.run_as_uid: a Deno under /root (0700) gets a copy they can run.
+        let id = run_as(config.sandbox.run_as_uid, config.sandbox.run_as_gid)?;
+        deno = deno.reachable_by(id, &layout.staged())?;
+    }
     let runtime_version = deno.version().await?;
     tracing::info!(deno = %deno.path().display(), version = %runtime_version, "runtime found");
 
@@ -510,8 +515,28 @@ async fn pick_executor(
             )
         }
     };
-    let init = std::env::current_exe()
+    let mut init = std::env::current_exe()
         .context("cannot find the at-rund binary for the sandbox's PID 1")?;
+    if atrund_sandbox::effective_root() {
+        // bwrap runs as sandbox.run_as_uid and opens its PID 1 by path: an at-rund built under
+        // /root (0700) gets a copy that uid can run.
+        let id = run_as(config.sandbox.run_as_uid, config.sandbox.run_as_gid)?;
+        let staged = config.layout().staged();
+        if let Some((copy, why)) =
+            atrund_sandbox::copy_if_unreachable(&init, id, 0o1, &staged, "at-rund", 0o755)
+                .with_context(|| {
+                    format!(
+                        "the instances' uid {} cannot run {} and no copy could be made in {}",
+                        id.uid,
+                        init.display(),
+                        staged.display()
+                    )
+                })?
+        {
+            tracing::info!(binary = %init.display(), copy = %copy.display(), %why, "the instances' user cannot run at-rund where it is: the container's PID 1 is a copy");
+            init = copy;
+        }
+    }
     let parse = |key: &str, list: &[String]| -> Result<Vec<atrund_egress::IpNet>> {
         list.iter()
             .map(|c| {
@@ -684,10 +709,16 @@ fn prepare_data_dir(layout: &DataLayout, group: Option<u32>) -> Result<()> {
     for entry in
         std::fs::read_dir(&run).with_context(|| format!("cannot read {}", run.display()))?
     {
-        let path = entry?.path();
-        tracing::info!(path = %path.display(), "removing leftover instance dir");
-        std::fs::remove_dir_all(&path)
-            .with_context(|| format!("cannot remove leftover {}", path.display()))?;
+        let entry = entry?;
+        let path = entry.path();
+        tracing::info!(path = %path.display(), "removing leftover instance dir or shim");
+        // Instance dirs, and the shim a `none` runner writes beside them (`run/at-run-exec.ts`).
+        let removed = if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.with_context(|| format!("cannot remove leftover {}", path.display()))?;
     }
     Ok(())
 }
@@ -704,8 +735,11 @@ mod tests {
         std::fs::create_dir_all(dir.join("data")).unwrap();
         std::fs::set_permissions(dir.join("data"), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::create_dir_all(dir.join("run/leftover")).unwrap();
+        // The shim a stopped `none` runner leaves beside its instance dirs (a restart failed on it).
+        std::fs::write(dir.join("run/at-run-exec.ts"), "// shim").unwrap();
         prepare_data_dir(&DataLayout::new(&dir), None).unwrap();
-        for sub in ["bundles", "data", "deno", "run"] {
+        assert!(!dir.join("run/at-run-exec.ts").exists());
+        for sub in DataLayout::DIRS {
             let mode = std::fs::metadata(dir.join(sub))
                 .unwrap()
                 .permissions()

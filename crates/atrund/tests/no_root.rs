@@ -145,3 +145,83 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A root developer's `at-rund dev` (container isolation) with Deno, at-rund and the bundle
+/// folder under a 0700 dir (as `/root` is): the instances' uid can pass none of them, so the
+/// runner runs copies of Deno and of itself (the container's PID 1) and serves a copy of the code
+/// from the data dir's `staged/`; an edit is served from a new copy. Before,
+/// every start failed (`StartFailed`: the instance's user cannot execute the runtime), which is
+/// what README command 1 met when the repository was cloned under `/root`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_root_dev_runner_serves_code_and_deno_its_instances_cannot_reach() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(deno) = atrund_testnet::deno_path() else {
+        return;
+    };
+    if !atrund_sandbox::effective_root() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "needs root in CI"
+        );
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let private_deno = home.path().join("deno");
+    if std::fs::hard_link(&deno, &private_deno).is_err() {
+        std::fs::copy(&deno, &private_deno).unwrap();
+    }
+    let dir = home.path().join("hello");
+    std::fs::create_dir(&dir).unwrap();
+    let code = |greeting: &str| {
+        format!("export const greet = {{ method: \"GET\", handler: () => ({{ message: \"{greeting}\" }}) }};\n")
+    };
+    std::fs::write(dir.join("main.js"), code("one")).unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        json!({ "endpoints": [{ "name": "greet", "method": "GET" }] }).to_string(),
+    )
+    .unwrap();
+    // at-rund itself too: bwrap (as the instances' uid) opens the container's PID 1 by path.
+    let private_atrund = home.path().join("at-rund");
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_at-rund"), &private_atrund).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_at-rund"), &private_atrund).unwrap();
+    }
+    let data = tempfile::tempdir().unwrap();
+    let template = common::command(&private_deno, data.path());
+    let mut cmd = std::process::Command::new(&private_atrund);
+    cmd.env_clear()
+        .envs(template.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .args(["dev", dir.to_str().unwrap(), "--name", "h"])
+        // Container, not auto: a fallback to none would hide a container that cannot start.
+        .env("ATRUND_ISOLATION", "container")
+        .env("ATRUND_SANDBOX_RUN_AS_UID", UID.to_string())
+        .env("ATRUND_SANDBOX_RUN_AS_GID", GID.to_string());
+    let d = Daemon::spawn(&mut cmd, false);
+    let url = d.url("/bundle/local/h/latest/greet");
+    let (status, body) = get(&url).await;
+    assert_eq!((status, &body["message"]), (200, &json!("one")), "{body}");
+    // An edit (a later mtime, so the stamps differ at once) is served from a new copy.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::write(dir.join("main.js"), code("two")).unwrap();
+    let (status, body) = get(&url).await;
+    assert_eq!((status, &body["message"]), (200, &json!("two")), "{body}");
+    let log = d.log();
+    assert!(log.contains("running a copy"), "{log}");
+    let staged: Vec<String> = std::fs::read_dir(data.path().join("staged"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(staged.iter().any(|n| n.starts_with("deno-")), "{staged:?}");
+    assert!(
+        staged.iter().any(|n| n.starts_with("at-rund-")),
+        "{staged:?}"
+    );
+    // The replaced code's copy is gone; the current one is there.
+    assert_eq!(
+        staged.iter().filter(|n| n.starts_with("local-")).count(),
+        1,
+        "{staged:?}"
+    );
+}

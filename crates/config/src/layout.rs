@@ -21,7 +21,7 @@ pub struct DataLayout {
 impl DataLayout {
     /// The dirs made at start-up (`run` is also emptied then: instance work dirs never outlive a
     /// runner).
-    pub const DIRS: [&'static str; 4] = ["bundles", "data", "deno", "run"];
+    pub const DIRS: [&'static str; 5] = ["bundles", "data", "deno", "run", "staged"];
 
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
@@ -54,6 +54,12 @@ impl DataLayout {
     /// Instance work dirs (sockets, shim copy); emptied at start-up.
     pub fn run(&self) -> PathBuf {
         self.root.join("run")
+    }
+
+    /// Copies of what instances must read or run but the configured path hides from their uid
+    /// (a Deno binary or a dev bundle under `/root`): `staged/`.
+    pub fn staged(&self) -> PathBuf {
+        self.root.join("staged")
     }
 
     /// One instance's work dir.

@@ -2,7 +2,8 @@
 //! instance ([`deno_args`]: hardened flags, and the manifest's permissions as Deno permission
 //! flags, with every list item checked so that no item can widen a grant).
 //!
-//! Owns: the path resolution (configured path, else `deno` on PATH) and Deno's flags. Must not:
+//! Owns: the path resolution (configured path, else `deno` on PATH), the staged copy of a binary
+//! the instances' uid cannot reach ([`DenoBinary::reachable_by`]) and Deno's flags. Must not:
 //! install Deno, or decide which permissions a bundle gets (they arrive checked).
 //! PATH is searched by hand (a dozen lines) rather than with the `which` crate to keep
 //! dependencies down.
@@ -44,6 +45,27 @@ impl DenoBinary {
     /// Path of the executable.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// This binary, or a copy in `staged` when `id` cannot execute it where it is (a root runner
+    /// whose Deno lives under `/root`, 0700). The copy is a hard link where the file system allows
+    /// it, named by size and modification time, so an updated binary gets a new copy.
+    pub fn reachable_by(self, id: crate::RunAs, staged: &Path) -> Result<Self, SandboxError> {
+        let staged_copy =
+            crate::hostfs::copy_if_unreachable(&self.path, id, 0o1, staged, "deno", 0o755)
+                .map_err(|e| {
+                    SandboxError::DenoNotFound(format!(
+                        "'{}' cannot be run by the instances' uid {}, and no copy could be made in {} ({e}); install Deno where that user can run it (e.g. /usr/local/bin)",
+                        self.path.display(),
+                        id.uid,
+                        staged.display()
+                    ))
+                })?;
+        let Some((copy, why)) = staged_copy else {
+            return Ok(self);
+        };
+        tracing::info!(deno = %self.path.display(), copy = %copy.display(), uid = id.uid, %why, "the instances' user cannot run Deno where it is: running a copy");
+        Ok(Self { path: copy })
     }
 
     /// The version line, e.g. `deno 2.9.6 (stable, release, x86_64-unknown-linux-gnu)`.

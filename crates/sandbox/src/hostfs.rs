@@ -93,6 +93,55 @@ pub fn runner_dir_mode(dir: &Path, group: Option<u32>) -> std::io::Result<()> {
     }
 }
 
+/// When `id` cannot reach `path` with the `want` bits (4 read, 1 execute; a file under `/root`,
+/// 0700), a copy it can reach in `dir` ([`stage_file`], mode `mode`), with the reason; `None`
+/// when `path` is reachable where it is. For what instances read or run that the runner was
+/// given by path: the Deno binary, a dev bundle's code.
+pub fn copy_if_unreachable(
+    path: &Path,
+    id: RunAs,
+    want: u32,
+    dir: &Path,
+    prefix: &str,
+    mode: u32,
+) -> std::io::Result<Option<(PathBuf, String)>> {
+    match unreachable_by(path, id, want) {
+        None => Ok(None),
+        Some(why) => Ok(Some((stage_file(path, dir, prefix, mode)?, why))),
+    }
+}
+
+/// A copy of `src` in `dir` (a hard link where the file system and `src`'s mode allow), named `<prefix>-<size>-<mtime ns>` so a
+/// changed source gets a new copy; made under a temporary name and renamed, mode `mode`.
+pub(crate) fn stage_file(
+    src: &Path,
+    dir: &Path,
+    prefix: &str,
+    mode: u32,
+) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = std::fs::metadata(src)?;
+    let mtime = m
+        .mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.mtime_nsec());
+    let target = dir.join(format!("{prefix}-{}-{mtime}", m.len()));
+    if std::fs::symlink_metadata(&target).is_ok_and(|t| t.is_file() && t.len() == m.len()) {
+        return Ok(target);
+    }
+    let tmp = dir.join(format!(".{prefix}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    // A link shares the source's mode: only when that already grants `mode` (changing it would
+    // change the operator's file).
+    let linked = m.mode() & mode == mode && std::fs::hard_link(src, &tmp).is_ok();
+    if !linked {
+        std::fs::copy(src, &tmp)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    }
+    std::fs::rename(&tmp, &target)?;
+    Ok(target)
+}
+
 /// Why `id` (no supplementary groups) cannot reach `path`: a dir on the way it may not search, or
 /// `path` itself without the `want` bits (4 read, 1 execute). Plain modes (no ACLs); symlinks are
 /// resolved first.

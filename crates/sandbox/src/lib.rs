@@ -37,7 +37,7 @@ pub use choose::{choose_executor, Choice, Chosen, Requested};
 pub use container::{find_bwrap, ContainerConfig, ContainerExecutor};
 pub use deno::DenoBinary;
 pub use error::SandboxError;
-pub use hostfs::runner_dir_mode;
+pub use hostfs::{copy_if_unreachable, runner_dir_mode};
 pub use none::NoneExecutor;
 pub use rootfs::Rootfs;
 pub use sys::effective_root;
