@@ -323,6 +323,18 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     let metrics = observe::metrics(&config, pool.clone(), egress.clone(), identity.clone());
     let (drain_tx, drain_rx) = watch::channel(false);
     let rates = Arc::new(atrund_policy::AuthorRates::new(config.tenants.clone()));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (listen / ATRUND_LISTEN)",
+                config.listen
+            )
+        })?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    let logs = authors_logs(&config, addr, identity.clone(), drain_rx.clone());
     let state = AppState {
         config: Arc::new(config.clone()),
         identity,
@@ -337,6 +349,7 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         data_quota: Arc::default(),
         origins: Arc::new(origins),
         metrics: metrics.clone(),
+        logs,
     };
     if let Some(l) = &state.local {
         tracing::info!(
@@ -347,17 +360,6 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     }
     let prewarm_state = state.clone();
     let app = atrund_http::router(state);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (listen / ATRUND_LISTEN)",
-                config.listen
-            )
-        })?;
-    let addr = listener
-        .local_addr()
-        .context("cannot read the listening address")?;
     // Scripts and tests find the address by this exact message: keep it stable.
     tracing::info!(%addr, "{}", LISTENING_MESSAGE);
     // Bundles must not call the runner itself through the egress proxy.
@@ -445,6 +447,55 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The authors' logs (`[logs]`): their rings, unless the operator keeps none, and the runner's
+/// service DID (`logs.service_did`, else `did:web:` + the bound main address).
+fn authors_logs(
+    config: &Config,
+    addr: std::net::SocketAddr,
+    identity: IdentityResolver,
+    draining: watch::Receiver<bool>,
+) -> Arc<atrund_http::logs::AuthorsLogs> {
+    let atrund_config::LogsSection {
+        keep,
+        max_lines_per_bundle,
+        max_bundles,
+        service_did,
+        max_token_secs,
+        refuse_replayed_tokens,
+        max_tail_secs,
+    } = config.logs.clone();
+    let service_did = service_did.unwrap_or_else(|| {
+        let host = match addr {
+            std::net::SocketAddr::V4(a) => a.ip().to_string(),
+            std::net::SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        };
+        format!("did:web:{host}%3A{}", addr.port())
+    });
+    let store = keep.then(|| {
+        atrund_logs::LogStore::new(atrund_logs::LogCaps {
+            lines_per_bundle: usize::try_from(max_lines_per_bundle).unwrap_or(usize::MAX),
+            bundles: usize::try_from(max_bundles).unwrap_or(usize::MAX),
+        })
+    });
+    if keep {
+        tracing::info!(%service_did, max_lines_per_bundle, max_bundles, "authors' logs kept: dev.atrund.getLogs and tailLogs with service auth (aud = service_did)");
+    } else {
+        tracing::info!("authors' logs off (logs.keep = false)");
+    }
+    Arc::new(atrund_http::logs::AuthorsLogs::new(
+        store,
+        atrund_http::logs::LogsAccess {
+            service_did,
+            max_token_secs,
+            refuse_replayed: refuse_replayed_tokens,
+            max_tail: Duration::from_secs(max_tail_secs),
+            refresh_min: Duration::from_secs(config.tenants.identity_refresh_min_secs),
+        },
+        identity,
+        draining,
+    ))
 }
 
 /// Removes stored code unused for `max_age`: now, then hourly.

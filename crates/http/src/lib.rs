@@ -5,7 +5,7 @@
 //! identity → policy → rate → fetch → permission caps → pool), body limits (`body_limit`), the
 //! error → status mapping (`error`), request ids (`request_id`), what a request adds to the
 //! metrics (counted here, defined in `atrund-metrics`) and its `Server-Timing` header
-//! (`server_timing`), the header rules that keep bundles out of each other's
+//! (`server_timing`), authors' logs over XRPC with service auth (`logs`), the header rules that keep bundles out of each other's
 //! origin (`headers`, `origin`), per-author data shares (`data_quota`) and the accept loop
 //! (`serve`). Must not touch: how identities are resolved, records verified or instances
 //! isolated; it calls those crates.
@@ -14,6 +14,7 @@ mod body_limit;
 pub mod data_quota;
 pub mod error;
 pub mod headers;
+pub mod logs;
 pub mod origin;
 pub mod request_id;
 pub mod serve;
@@ -73,6 +74,14 @@ pub struct AppState {
     pub origins: Arc<OriginTable>,
     /// Where requests are counted (docs/observability.md).
     pub metrics: atrund_metrics::Metrics,
+    /// Bundles' console output for their authors, and who may read it (`logs`).
+    pub logs: Arc<logs::AuthorsLogs>,
+}
+
+impl axum::extract::FromRef<AppState> for Arc<logs::AuthorsLogs> {
+    fn from_ref(st: &AppState) -> Self {
+        st.logs.clone()
+    }
 }
 
 /// The runner's routes. With `http.bundle_domain` set, a request whose host is
@@ -93,6 +102,8 @@ pub fn router(state: AppState) -> Router {
             get(resolve_bundle_origin),
         )
         .route("/xrpc/dev.atrund.checkBundleHost", get(check_bundle_host))
+        .route(&format!("/xrpc/{}", api::GET_LOGS), get(logs::get_logs))
+        .route(&format!("/xrpc/{}", api::TAIL_LOGS), get(logs::tail_logs))
         .route(
             "/bundle/{author}/{name}/{version}/{endpoint}",
             any(invoke_root),
@@ -354,6 +365,8 @@ fn describe(st: &AppState) -> api::DescribeRunner {
             max_data_bytes_per_author: c.tenants.max_data_bytes_per_author,
         },
         bundle_domain: c.http.bundle_domain.clone(),
+        service_did: Some(st.logs.service_did.clone()),
+        logs_kept: st.logs.store.is_some(),
     }
 }
 
@@ -545,6 +558,8 @@ struct Target {
     code: PathBuf,
     author_dir: String,
     name: String,
+    /// The bundle's version (for the authors' logs).
+    version: String,
     /// Opened secrets; their names are the instance's only `--allow-env`.
     secrets: Option<Arc<atrund_secrets::SecretEnv>>,
 }
@@ -765,6 +780,7 @@ async fn remote_bundle(
         code: bundle.code_path.clone(),
         author_dir: safe_dir_name(&bundle.author),
         name: bundle.name.clone(),
+        version: bundle.version.clone(),
         secrets,
     })
 }
@@ -877,6 +893,7 @@ async fn local_target(
         code: local.entry.clone(),
         author_dir: LOCAL_AUTHOR.into(),
         name: local.name.clone(),
+        version: "local".into(),
         secrets: None,
     })
 }
@@ -909,6 +926,7 @@ fn instance_spec(st: &AppState, t: &Target, limits: &EffectiveLimits) -> Instanc
         t.key.bundle.chars().rev().take(12).collect::<String>(),
         next_instance_number()
     );
+    let output = output_sink(st, t, &id);
     InstanceSpec {
         work_dir: layout.instance_work(&id),
         id,
@@ -932,7 +950,27 @@ fn instance_spec(st: &AppState, t: &Target, limits: &EffectiveLimits) -> Instanc
             max_response_bytes: st.config.limits.max_response_bytes,
             max_file_bytes: st.config.limits.max_file_bytes,
         },
+        output,
     }
+}
+
+/// Where the instance's console lines go besides the runner's log: the bundle's ring of the
+/// authors' logs, when the runner keeps them.
+fn output_sink(st: &AppState, t: &Target, instance: &str) -> Option<atrund_sandbox::OutputSink> {
+    let store = st.logs.store.clone()?;
+    let bundle = atrund_logs::BundleId {
+        author: t.key.author.clone(),
+        name: t.name.clone(),
+    };
+    let origin = atrund_logs::Origin {
+        instance: instance.to_string(),
+        version: t.version.clone(),
+    };
+    Some(Arc::new(
+        move |stream: atrund_sandbox::OutputStream, line: &str| {
+            store.push(&bundle, &origin, stream.as_str(), line);
+        },
+    ))
 }
 
 /// The manifest's permissions (already checked against the caps) as the sandbox enforces them.
