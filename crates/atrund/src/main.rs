@@ -488,6 +488,7 @@ fn authors_logs(
         store,
         atrund_http::logs::LogsAccess {
             service_did,
+            policy: config.policy.clone(),
             max_token_secs,
             refuse_replayed: refuse_replayed_tokens,
             max_tail: Duration::from_secs(max_tail_secs),

@@ -469,3 +469,31 @@ async fn a_runner_that_keeps_no_logs_says_so() {
             .contains("logs.keep"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_allow_list_runner_refuses_unlisted_issuers_before_resolving() {
+    let Some((net, deno)) = setup() else { return };
+    let listed = net.create_account("loglisted").await;
+    let other = net.create_account("logunlisted").await;
+    let data = tempfile::tempdir().expect("temp dir");
+    let d = start(
+        net,
+        &deno,
+        data.path(),
+        &[("ATRUND_POLICY", listed.did.as_str())],
+    );
+    let (_, desc) = call(&d.url("/xrpc/dev.atrund.describeRunner"), None).await;
+    let aud = desc["serviceDid"].as_str().expect("serviceDid").to_string();
+    let get = d.url(&format!("/xrpc/{GET_LOGS}?bundle=chatty"));
+    let t = mint(net, &other, &aud, GET_LOGS, None).await;
+    let (s, b) = call(&get, Some(&t)).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (403, Some("AuthorNotAllowed")),
+        "{b}"
+    );
+    let t = mint(net, &listed, &aud, GET_LOGS, None).await;
+    let (s, b) = call(&get, Some(&t)).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["lines"].as_array().map(Vec::len), Some(0), "{b}");
+}

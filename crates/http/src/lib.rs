@@ -16,6 +16,7 @@ pub mod error;
 pub mod headers;
 pub mod logs;
 pub mod origin;
+mod precheck;
 pub mod request_id;
 pub mod serve;
 pub mod server_timing;
@@ -791,56 +792,11 @@ fn take_rate(st: &AppState, did: &str) -> Result<(), ApiError> {
         .map_err(ApiError::from)
 }
 
-/// The allow-list, before anything the caller named is resolved (docs/security.md, "Who may
-/// run"): an unlisted identifier passes only if an operator-listed entry of the other kind
-/// resolves, verified, to it. Only listed entries are resolved here.
-async fn author_precheck(st: &AppState, id: &AtIdentifier) -> Result<(), ApiError> {
-    let (text, listed) = match id {
-        AtIdentifier::Did(d) => (d.as_str(), None),
-        AtIdentifier::Handle(h) => (h.as_str(), Some(h)),
-    };
-    let atrund_policy::Precheck::ViaListed(entries) =
-        atrund_policy::precheck_author(&st.config.policy, text)?
-    else {
-        return Ok(());
-    };
-    for entry in entries {
-        let matches = match listed {
-            // The caller named an unlisted DID: is it a listed handle's?
-            None => match entry.parse() {
-                Ok(h) => st
-                    .identity
-                    .resolve_handle(&h)
-                    .await
-                    .is_ok_and(|did| did.as_str() == text),
-                Err(_) => false,
-            },
-            // The caller named an unlisted handle: is it a listed DID's verified handle?
-            Some(h) => match entry.parse() {
-                Ok(did) => st
-                    .identity
-                    .resolve(&AtIdentifier::Did(did))
-                    .await
-                    .is_ok_and(|(_, verified)| verified.as_ref() == Some(h)),
-                Err(_) => false,
-            },
-        };
-        if matches {
-            return Ok(());
-        }
-    }
-    Err(atrund_policy::PolicyError::AuthorNotAllowed {
-        did: text.to_string(),
-        handle: None,
-    }
-    .into())
-}
-
 /// Checks the allow-list before resolving, resolves the DID or handle, checks the author policy
 /// and takes one of the author's rate tokens, before anything of theirs is fetched.
 async fn allowed_author(st: &AppState, author: &str) -> Result<Arc<ResolvedDid>, ApiError> {
     let id: AtIdentifier = author.parse()?;
-    author_precheck(st, &id).await?;
+    precheck::author_precheck(&st.config.policy, &st.identity, &id).await?;
     let (resolved, handle) = st.identity.resolve(&id).await?;
     atrund_policy::check_author(
         &st.config.policy,

@@ -4,7 +4,8 @@
 //! (`Authorization: Bearer …`, minted by their PDS with `com.atproto.server.getServiceAuth`,
 //! `aud` = this runner's service DID, `lxm` = the method).
 //!
-//! Owns: the order of the token checks (claims before any network; the issuer resolved through
+//! Owns: the order of the token checks (claims before any network; the allow-list before the
+//! issuer is resolved; the issuer resolved through
 //! the cached identity path; one refresh of the issuer's document, spaced per DID, when the
 //! signature does not verify with the cached key; `jti` replay memory), the author check and the
 //! answers' shape. Must not touch: how lines are kept (`atrund-logs`), masked (the sandbox) or how
@@ -14,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use atrund_config::AuthorPolicy;
 use atrund_errors::ErrorClass;
 use atrund_identity::service_auth::{Expect, ServiceToken};
 use atrund_identity::{AtIdentifier, Did, IdentityResolver, ServiceAuthError};
@@ -45,6 +47,9 @@ pub struct AuthorsLogs {
     /// The `aud` tokens must carry.
     pub service_did: String,
     pub identity: IdentityResolver,
+    /// Whose identities may be resolved at all (the allow-list is checked before a token's
+    /// issuer is resolved, as for invocations).
+    pub policy: AuthorPolicy,
     /// `logs.max_token_secs`.
     pub max_token_secs: u64,
     /// `logs.refuse_replayed_tokens`.
@@ -73,6 +78,7 @@ impl std::fmt::Debug for AuthorsLogs {
 #[derive(Debug, Clone)]
 pub struct LogsAccess {
     pub service_did: String,
+    pub policy: AuthorPolicy,
     pub max_token_secs: u64,
     pub refuse_replayed: bool,
     pub max_tail: Duration,
@@ -90,6 +96,7 @@ impl AuthorsLogs {
             store,
             service_did: access.service_did,
             identity,
+            policy: access.policy,
             max_token_secs: access.max_token_secs,
             refuse_replayed: access.refuse_replayed,
             max_tail: access.max_tail,
@@ -143,6 +150,9 @@ impl AuthorsLogs {
             now,
             max_secs: self.max_token_secs,
         })?;
+        // An allow-list runner resolves no identity it would not run.
+        let iss = AtIdentifier::Did(t.iss.clone());
+        crate::precheck::author_precheck(&self.policy, &self.identity, &iss).await?;
         let doc = self.identity.resolve_did(&t.iss).await?;
         if let Err(e) = t.verify(&doc.signing_key) {
             // The key may have been rotated since it was cached: look again, at most once per
@@ -220,7 +230,11 @@ impl AuthorsLogs {
         if let Some(author) = q.author.as_deref() {
             let did = match author.parse::<AtIdentifier>()? {
                 AtIdentifier::Did(d) => d,
-                AtIdentifier::Handle(h) => self.identity.resolve_handle(&h).await?,
+                AtIdentifier::Handle(h) => {
+                    let id = AtIdentifier::Handle(h.clone());
+                    crate::precheck::author_precheck(&self.policy, &self.identity, &id).await?;
+                    self.identity.resolve_handle(&h).await?
+                }
             };
             if did != caller {
                 return Err(ApiError::new(
