@@ -16,6 +16,12 @@ use serde::{Deserialize, Serialize};
 /// The XRPC method name, as routed and as called.
 pub const DESCRIBE_RUNNER: &str = "dev.atrund.describeRunner";
 
+/// Authors' logs of one bundle, one page (service auth: docs/http-api.md).
+pub const GET_LOGS: &str = "dev.atrund.getLogs";
+
+/// Authors' logs of one bundle, streamed as lines arrive (NDJSON; service auth).
+pub const TAIL_LOGS: &str = "dev.atrund.tailLogs";
+
 /// What a runner says about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -39,6 +45,14 @@ pub struct DescribeRunner {
     pub tenants: Tenants,
     /// Where bundles have origins of their own (docs/origins.md); `None`: path routes only.
     pub bundle_domain: Option<String>,
+    /// The runner's service DID: the `aud` an author's PDS must put in the service-auth token
+    /// for the runner's authenticated methods (`getLogs`, `tailLogs`). Absent from runners
+    /// older than authors' logs, so optional when read.
+    #[serde(default)]
+    pub service_did: Option<String>,
+    /// Whether the runner keeps bundles' console output for their authors (`logs.keep`).
+    #[serde(default)]
+    pub logs_kept: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,6 +290,8 @@ mod tests {
                 max_data_bytes_per_author: 9,
             },
             bundle_domain: None,
+            service_did: Some("did:web:runner.test".into()),
+            logs_kept: true,
         }
     }
 

@@ -54,6 +54,12 @@ pub enum Failure {
     /// the at-rund binary (for `at-run dev`) was not found
     #[error("{0}")]
     RunnerBinMissing(String),
+    /// the runner refused the service-auth token (401) or the caller (403)
+    #[error("{0}")]
+    RunnerAuthRefused(String),
+    /// the runner answered another error
+    #[error("{0}")]
+    RunnerRefused(String),
 }
 
 impl Failure {
@@ -70,13 +76,18 @@ impl Failure {
             Failure::VersionNotFound(_) => "VersionNotFound",
             Failure::RunnerUnreachable(_) => "RunnerUnreachable",
             Failure::RunnerBinMissing(_) => "RunnerBinMissing",
+            Failure::RunnerAuthRefused(_) => "RunnerAuthRefused",
+            Failure::RunnerRefused(_) => "RunnerRefused",
         }
     }
 
     pub fn exit_code(&self) -> u8 {
         match self {
             Failure::Build(_) => exit::BUILD,
-            Failure::NotLoggedIn(_) | Failure::SessionExpired(_) => exit::AUTH,
+            Failure::NotLoggedIn(_)
+            | Failure::SessionExpired(_)
+            | Failure::RunnerAuthRefused(_) => exit::AUTH,
+            Failure::RunnerRefused(_) => exit::FAILED,
             Failure::DenoMissing(_)
             | Failure::RunnerUnreachable(_)
             | Failure::RunnerBinMissing(_) => exit::UNREACHABLE,

@@ -7,6 +7,7 @@ pub mod deno;
 pub mod deploy;
 pub mod dev;
 pub mod error;
+pub mod logs;
 pub mod project;
 pub mod releases;
 pub mod runner;

@@ -1,11 +1,11 @@
 //! `at-run`, the author CLI of at-rund: `init`, `build`, `dev`, `deploy`, `rollback`, `ls`,
-//! `login`, `test`, `check` and `secrets`. The command-line edge: parses arguments, runs the
+//! `login`, `test`, `check`, `secrets` and `logs`. The command-line edge: parses arguments, runs the
 //! command, prints the result (text, or one JSON object with `--json`), reports progress on
 //! stderr, and turns errors into a message, a stable name and an exit code (`error::exit`).
 //! Must not touch: anything a command module does not own; passwords and tokens are never
 //! printed.
 
-use at_run::{auth, build, deno, deploy, dev, error, project, releases, runner, secrets};
+use at_run::{auth, build, deno, deploy, dev, error, logs, project, releases, runner, secrets};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -116,6 +116,8 @@ enum Command {
         #[command(subcommand)]
         command: secrets::SecretsCommand,
     },
+    /// Show a bundle's console output as a runner kept it (only yours); --follow for new lines.
+    Logs(logs::LogsArgs),
 }
 
 /// A command's result: text for people, JSON for scripts.
@@ -313,6 +315,19 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
                 o.failure = Some(error::Failure::Incompatible(failed));
             }
             Ok(o)
+        }
+        Command::Logs(args) if args.follow => {
+            logs::follow(&args, cli.json).await?;
+            Ok(Output {
+                text: String::new(),
+                json: serde_json::json!({ "event": "stopped" }),
+                failure: None,
+            })
+        }
+        Command::Logs(args) => {
+            let l = logs::get(&args).await?;
+            let text = l.render();
+            out(&l, text)
         }
         Command::Secrets { command } => {
             let (verb, result) = match &command {

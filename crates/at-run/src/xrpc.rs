@@ -308,6 +308,30 @@ impl Client {
 }
 
 impl Client {
+    /// `com.atproto.server.getServiceAuth`: a short token the PDS signs with the account's key,
+    /// for the service `aud` and its method `lxm` only (the PDS's default lifetime, 60 s).
+    pub async fn get_service_auth(
+        &self,
+        session: &Session,
+        aud: &str,
+        lxm: &str,
+    ) -> Result<String, XrpcError> {
+        const NSID: &str = "com.atproto.server.getServiceAuth";
+        let req = self
+            .http
+            .get(self.url(NSID))
+            .bearer_auth(&session.access_jwt)
+            .query(&[("aud", aud), ("lxm", lxm)]);
+        let v = self.send(NSID, req).await?;
+        v.get("token")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or(XrpcError::BadResponse {
+                nsid: NSID,
+                detail: "no 'token' field".into(),
+            })
+    }
+
     /// `com.atproto.server.refreshSession`: new tokens for a refresh token.
     pub async fn refresh_session(&self, refresh_jwt: &str) -> Result<Session, XrpcError> {
         const NSID: &str = "com.atproto.server.refreshSession";

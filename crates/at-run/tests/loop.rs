@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use atrund_testnet::{Account, TestNet};
@@ -18,21 +18,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_at-run");
 
 /// The at-rund binary, built once per test binary (it is not a dependency of at-run).
 fn at_rund() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "atrund", "--bin", "at-rund"])
-                .current_dir(atrund_testnet::repo_root())
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "cargo build -p atrund failed");
-            let p = Path::new(BIN).with_file_name("at-rund");
-            assert!(p.is_file(), "{} missing after the build", p.display());
-            p
-        })
-        .clone()
+    atrund_testnet::cargo_binary("atrund", "at-rund", Path::new(BIN))
 }
 
 fn setup() -> Option<(&'static TestNet, PathBuf)> {

@@ -337,7 +337,25 @@ async fn serve(config_source: reload::Source, local: Option<LocalBundle>) -> Res
     let metrics = observe::metrics(&config, pool.backend(), counters.clone());
     let (drain_tx, drain_rx) = watch::channel(false);
     let rates = Arc::new(atrund_policy::AuthorRates::new(config.tenants.clone()));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (listen / ATRUND_LISTEN)",
+                config.listen
+            )
+        })?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
     let (live, config_tx) = atrund_http::LiveConfig::new(config.clone());
+    let logs = authors_logs(
+        &config,
+        live.clone(),
+        addr,
+        identity.clone(),
+        drain_rx.clone(),
+    );
     let state = AppState {
         live,
         identity,
@@ -351,9 +369,10 @@ async fn serve(config_source: reload::Source, local: Option<LocalBundle>) -> Res
         rates: rates.clone(),
         data_quota: Arc::default(),
         origins: Arc::new(origins),
-        metrics,
+        metrics: metrics.clone(),
         counters,
         status: Arc::default(),
+        logs,
     };
     if let Some(l) = &state.local {
         tracing::info!(
@@ -365,17 +384,6 @@ async fn serve(config_source: reload::Source, local: Option<LocalBundle>) -> Res
     let prewarm_state = state.clone();
     let admin_state = state.clone();
     let app = atrund_http::router(state);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (listen / ATRUND_LISTEN)",
-                config.listen
-            )
-        })?;
-    let addr = listener
-        .local_addr()
-        .context("cannot read the listening address")?;
     // Scripts and tests find the address by this exact message: keep it stable.
     tracing::info!(%addr, "{}", LISTENING_MESSAGE);
     // Bundles must not call the runner itself through the egress proxy.
@@ -474,6 +482,57 @@ async fn serve(config_source: reload::Source, local: Option<LocalBundle>) -> Res
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The authors' logs (`[logs]`): their rings, unless the operator keeps none, and the runner's
+/// service DID (`logs.service_did`, else `did:web:` + the bound main address).
+fn authors_logs(
+    config: &Config,
+    live: atrund_http::LiveConfig,
+    addr: std::net::SocketAddr,
+    identity: IdentityResolver,
+    draining: watch::Receiver<bool>,
+) -> Arc<atrund_http::logs::AuthorsLogs> {
+    let atrund_config::LogsSection {
+        keep,
+        max_lines_per_bundle,
+        max_bundles,
+        service_did,
+        max_token_secs,
+        refuse_replayed_tokens,
+        max_tail_secs,
+    } = config.logs.clone();
+    let service_did = service_did.unwrap_or_else(|| {
+        let host = match addr {
+            std::net::SocketAddr::V4(a) => a.ip().to_string(),
+            std::net::SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        };
+        format!("did:web:{host}%3A{}", addr.port())
+    });
+    let store = keep.then(|| {
+        atrund_logs::LogStore::new(atrund_logs::LogCaps {
+            lines_per_bundle: usize::try_from(max_lines_per_bundle).unwrap_or(usize::MAX),
+            bundles: usize::try_from(max_bundles).unwrap_or(usize::MAX),
+        })
+    });
+    if keep {
+        tracing::info!(%service_did, max_lines_per_bundle, max_bundles, "authors' logs kept: dev.atrund.getLogs and tailLogs with service auth (aud = service_did)");
+    } else {
+        tracing::info!("authors' logs off (logs.keep = false)");
+    }
+    Arc::new(atrund_http::logs::AuthorsLogs::new(
+        store,
+        atrund_http::logs::LogsAccess {
+            service_did,
+            config: live,
+            max_token_secs,
+            refuse_replayed: refuse_replayed_tokens,
+            max_tail: Duration::from_secs(max_tail_secs),
+            refresh_min: Duration::from_secs(config.tenants.identity_refresh_min_secs),
+        },
+        identity,
+        draining,
+    ))
 }
 
 /// Removes stored code unused for `max_age`: now, then hourly.

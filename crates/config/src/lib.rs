@@ -68,6 +68,7 @@ pub struct Config {
     pub tenants: TenantsSection,
     pub metrics: MetricsSection,
     pub log: LogSection,
+    pub logs: LogsSection,
     /// Where each key's value came from (default, file, environment), for error messages and
     /// `check-config`. Not part of the schema.
     #[serde(skip)]
@@ -505,6 +506,7 @@ impl Default for Config {
             tenants: TenantsSection::default(),
             metrics: MetricsSection::default(),
             log: LogSection::default(),
+            logs: LogsSection::default(),
             sources: error::Provenance::default(),
         }
     }
@@ -626,6 +628,48 @@ impl Default for MetricsSection {
 }
 
 /// The runner's own log on stderr (its level filter is `ATRUND_LOG`).
+/// Authors' logs: each bundle's console output, kept for its author (docs/observability.md,
+/// "Authors' logs").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsSection {
+    /// Keep bundles' console output for their authors; off, nothing is kept and
+    /// `dev.atrund.getLogs` / `tailLogs` answer `LogsDisabled`.
+    pub keep: bool,
+    /// Lines kept per bundle (all its versions and instances together); older lines are
+    /// dropped, counted, and readers are told how many they missed.
+    pub max_lines_per_bundle: u64,
+    /// Bundles whose lines are kept at once; the bundle written to least recently loses its
+    /// lines first. Memory bound: about this × `max_lines_per_bundle` × 2 KiB at worst.
+    pub max_bundles: u64,
+    /// The runner's service DID: the `aud` authors' PDSes put in service-auth tokens for this
+    /// runner. Unset: `did:web:` + the main listener's bound address (`127.0.0.1%3A3000`); set
+    /// it to `did:web:` + the runner's public host behind a proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_did: Option<String>,
+    /// Longest lifetime (`exp` − now) a token may have, in seconds; ones valid for longer are
+    /// refused (`AuthExpired`), so a leaked token is not good for long.
+    pub max_token_secs: u64,
+    /// Refuse a token whose `jti` was already used (`AuthReplayed`).
+    pub refuse_replayed_tokens: bool,
+    /// Longest a `tailLogs` stream stays open, in seconds; the client reconnects with `since`.
+    pub max_tail_secs: u64,
+}
+
+impl Default for LogsSection {
+    fn default() -> Self {
+        LogsSection {
+            keep: true,
+            max_lines_per_bundle: 1000,
+            max_bundles: 1000,
+            service_did: None,
+            max_token_secs: 3600,
+            refuse_replayed_tokens: true,
+            max_tail_secs: 3600,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSection {

@@ -28,6 +28,7 @@ const OPTIONAL_KEYS: &[(&str, Kind)] = &[
     ("deno.path", Kind::Str),
     ("secrets.key_file", Kind::Str),
     ("http.bundle_domain", Kind::Str),
+    ("logs.service_did", Kind::Str),
 ];
 
 /// Keys an older version read under another name: `(old, new)`. Refused with the new name (not

@@ -3,7 +3,7 @@
 //! and data share, the request body cap, `Server-Timing`, and the pool's caps and timeouts. Keys
 //! that components were built from at start keep their running value and are named, so the
 //! operator knows a restart is needed: listeners, the data dir, the backend and its sections,
-//! the identity and fetch clients, the store, the egress proxy, metrics and the log format.
+//! the identity and fetch clients, the store, the egress proxy, metrics, the log format and the authors' logs.
 //!
 //! Owns: the split of keys into live and kept. Must not: apply anything (the binary does) or
 //! validate (the new config arrives validated by [`crate::Config::load`]).
@@ -61,6 +61,7 @@ impl Config {
             tenants,
             metrics,
             log,
+            logs,
             sources: _,
         } = self;
         keep(&mut k, "listen", listen, &mut new.listen);
@@ -78,6 +79,7 @@ impl Config {
         keep(&mut k, "egress", egress, &mut new.egress);
         keep(&mut k, "metrics", metrics, &mut new.metrics);
         keep(&mut k, "log", log, &mut new.log);
+        keep(&mut k, "logs", logs, &mut new.logs);
 
         let HttpSection {
             max_request_body_bytes: _,

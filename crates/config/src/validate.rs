@@ -299,6 +299,34 @@ impl Config {
                 ));
             }
         }
+        let lg = &self.logs;
+        for (key, v) in [
+            ("logs.max_lines_per_bundle", lg.max_lines_per_bundle),
+            ("logs.max_bundles", lg.max_bundles),
+            ("logs.max_token_secs", lg.max_token_secs),
+            ("logs.max_tail_secs", lg.max_tail_secs),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0".into()));
+            }
+        }
+        if lg.max_lines_per_bundle > 1_000_000 {
+            return Err(invalid(
+                "logs.max_lines_per_bundle",
+                format!(
+                    "{} is more than 1000000 lines (up to 2 KiB each) per bundle; lower it",
+                    lg.max_lines_per_bundle
+                ),
+            ));
+        }
+        if let Some(d) = &lg.service_did {
+            if !is_valid_did(d) {
+                return Err(invalid(
+                    "logs.service_did",
+                    format!("'{d}' is not a DID; write it like did:web:runner.example.com, or leave it unset"),
+                ));
+            }
+        }
         if !matches!(p.admin_listen.as_str(), "auto" | "off")
             && p.admin_listen.parse::<std::net::SocketAddr>().is_err()
         {

@@ -13,6 +13,8 @@
 pub enum ErrorClass {
     /// The request is malformed: bad syntax, bad input (400).
     BadRequest,
+    /// The caller did not prove who they are: no credentials, or ones that do not verify (401).
+    Unauthorized,
     /// The operator's policy does not allow it (403).
     Forbidden,
     /// No such author, bundle, version, record or endpoint (404).
@@ -40,8 +42,9 @@ pub enum ErrorClass {
 
 impl ErrorClass {
     /// Every class, for tables and tests.
-    pub const ALL: [ErrorClass; 12] = [
+    pub const ALL: [ErrorClass; 13] = [
         ErrorClass::BadRequest,
+        ErrorClass::Unauthorized,
         ErrorClass::Forbidden,
         ErrorClass::NotFound,
         ErrorClass::MethodNotAllowed,
@@ -59,6 +62,7 @@ impl ErrorClass {
     pub fn status(self) -> u16 {
         match self {
             ErrorClass::BadRequest => 400,
+            ErrorClass::Unauthorized => 401,
             ErrorClass::Forbidden => 403,
             ErrorClass::NotFound => 404,
             ErrorClass::MethodNotAllowed => 405,

@@ -106,6 +106,7 @@ macro_rules! from_coded {
 from_coded!(
     atrund_bundle::LocalBundleError,
     atrund_identity::IdentityError,
+    atrund_identity::ServiceAuthError,
     atrund_bundle::BundleError,
     atrund_policy::PolicyError,
     atrund_secrets::SecretsError
@@ -261,6 +262,43 @@ mod tests {
             (I::Config(t()), "IdentityConfigInvalid", 500),
         ];
         for (e, code, status) in identity {
+            assert_eq!(status_of(e), (code, status), "{code}");
+        }
+        use atrund_identity::ServiceAuthError as A;
+        let auth = [
+            (A::Malformed(t()), "AuthInvalid", 401),
+            (A::Algorithm(t()), "AuthInvalid", 401),
+            (A::WrongType(t()), "AuthInvalid", 401),
+            (A::BadSignature(t()), "AuthInvalid", 401),
+            (A::IssuedInFuture { iat: 2, now: 1 }, "AuthInvalid", 401),
+            (A::Expired { exp: 1, now: 2 }, "AuthExpired", 401),
+            (
+                A::TooLong {
+                    exp: 9,
+                    now: 1,
+                    max_secs: 1,
+                },
+                "AuthExpired",
+                401,
+            ),
+            (
+                A::WrongAudience {
+                    got: t(),
+                    want: t(),
+                },
+                "AuthWrongAudience",
+                401,
+            ),
+            (
+                A::WrongMethod {
+                    got: t(),
+                    want: t(),
+                },
+                "AuthWrongMethod",
+                401,
+            ),
+        ];
+        for (e, code, status) in auth {
             assert_eq!(status_of(e), (code, status), "{code}");
         }
         let fetch = [

@@ -5,10 +5,11 @@
 //! identity → policy → rate → fetch → permission caps → pool), body limits (`body_limit`), the
 //! error → status mapping (`error`), request ids (`request_id`), what a request adds to the
 //! metrics (counted here, defined in `atrund-metrics`) and its `Server-Timing` header
-//! (`server_timing`), the header rules that keep bundles out of each other's
-//! origin (`headers`, `origin`), per-author data shares (`data_quota`), the accept loop
-//! (`serve`) and the admin listener's routes, among them the status page (`status` keeps its
-//! recent history, `status_page` renders it). Must not touch: how identities are resolved, records verified or instances
+//! (`server_timing`), authors' logs over XRPC with service auth (`logs`), the header rules that
+//! keep bundles out of each other's origin (`headers`, `origin`), per-author data shares
+//! (`data_quota`), the configuration requests read (`live`), the accept loop (`serve`) and the
+//! admin listener's routes, among them the status page (`status` keeps its recent history,
+//! `status_page` renders it). Must not touch: how identities are resolved, records verified or instances
 //! isolated; it calls those crates.
 
 mod body_limit;
@@ -16,7 +17,9 @@ pub mod data_quota;
 pub mod error;
 pub mod headers;
 mod live;
+pub mod logs;
 pub mod origin;
+mod precheck;
 pub mod request_id;
 pub mod serve;
 pub mod server_timing;
@@ -84,6 +87,14 @@ pub struct AppState {
     pub counters: Counters,
     /// Recent errors, cold starts and bundles, for the status page.
     pub status: Arc<status::StatusBoard>,
+    /// Bundles' console output for their authors, and who may read it (`logs`).
+    pub logs: Arc<logs::AuthorsLogs>,
+}
+
+impl axum::extract::FromRef<AppState> for Arc<logs::AuthorsLogs> {
+    fn from_ref(st: &AppState) -> Self {
+        st.logs.clone()
+    }
 }
 
 impl AppState {
@@ -114,6 +125,8 @@ pub fn router(state: AppState) -> Router {
             get(resolve_bundle_origin),
         )
         .route("/xrpc/dev.atrund.checkBundleHost", get(check_bundle_host))
+        .route(&format!("/xrpc/{}", api::GET_LOGS), get(logs::get_logs))
+        .route(&format!("/xrpc/{}", api::TAIL_LOGS), get(logs::tail_logs))
         .route(
             "/bundle/{author}/{name}/{version}/{endpoint}",
             any(invoke_root),
@@ -376,6 +389,8 @@ fn describe(st: &AppState) -> api::DescribeRunner {
             max_data_bytes_per_author: c.tenants.max_data_bytes_per_author,
         },
         bundle_domain: c.http.bundle_domain.clone(),
+        service_did: Some(st.logs.service_did.clone()),
+        logs_kept: st.logs.store.is_some(),
     }
 }
 
@@ -612,6 +627,8 @@ struct Target {
     code: PathBuf,
     author_dir: String,
     name: String,
+    /// The bundle's version (for the authors' logs).
+    version: String,
     /// Opened secrets; their names are the instance's only `--allow-env`.
     secrets: Option<Arc<atrund_secrets::SecretEnv>>,
 }
@@ -837,6 +854,7 @@ async fn remote_bundle(
         code: bundle.code_path.clone(),
         author_dir: safe_dir_name(&bundle.author),
         name: bundle.name.clone(),
+        version: bundle.version.clone(),
         secrets,
     })
 }
@@ -847,57 +865,11 @@ fn take_rate(st: &AppState, did: &str) -> Result<(), ApiError> {
         .map_err(ApiError::from)
 }
 
-/// The allow-list, before anything the caller named is resolved (docs/security.md, "Who may
-/// run"): an unlisted identifier passes only if an operator-listed entry of the other kind
-/// resolves, verified, to it. Only listed entries are resolved here.
-async fn author_precheck(st: &AppState, id: &AtIdentifier) -> Result<(), ApiError> {
-    let (text, listed) = match id {
-        AtIdentifier::Did(d) => (d.as_str(), None),
-        AtIdentifier::Handle(h) => (h.as_str(), Some(h)),
-    };
-    let config = st.config();
-    let atrund_policy::Precheck::ViaListed(entries) =
-        atrund_policy::precheck_author(&config.policy, text)?
-    else {
-        return Ok(());
-    };
-    for entry in entries {
-        let matches = match listed {
-            // The caller named an unlisted DID: is it a listed handle's?
-            None => match entry.parse() {
-                Ok(h) => st
-                    .identity
-                    .resolve_handle(&h)
-                    .await
-                    .is_ok_and(|did| did.as_str() == text),
-                Err(_) => false,
-            },
-            // The caller named an unlisted handle: is it a listed DID's verified handle?
-            Some(h) => match entry.parse() {
-                Ok(did) => st
-                    .identity
-                    .resolve(&AtIdentifier::Did(did))
-                    .await
-                    .is_ok_and(|(_, verified)| verified.as_ref() == Some(h)),
-                Err(_) => false,
-            },
-        };
-        if matches {
-            return Ok(());
-        }
-    }
-    Err(atrund_policy::PolicyError::AuthorNotAllowed {
-        did: text.to_string(),
-        handle: None,
-    }
-    .into())
-}
-
 /// Checks the allow-list before resolving, resolves the DID or handle, checks the author policy
 /// and takes one of the author's rate tokens, before anything of theirs is fetched.
 async fn allowed_author(st: &AppState, author: &str) -> Result<Arc<ResolvedDid>, ApiError> {
     let id: AtIdentifier = author.parse()?;
-    author_precheck(st, &id).await?;
+    precheck::author_precheck(&st.config().policy, &st.identity, &id).await?;
     let (resolved, handle) = st.identity.resolve(&id).await?;
     atrund_policy::check_author(
         &st.config().policy,
@@ -952,6 +924,7 @@ async fn local_target(
         manifest: snap.manifest,
         author_dir: LOCAL_AUTHOR.into(),
         name: local.name.clone(),
+        version: "local".into(),
         secrets: None,
     })
 }
@@ -1039,6 +1012,7 @@ fn instance_spec(st: &AppState, t: &Target, limits: &EffectiveLimits) -> Instanc
         t.key.bundle.chars().rev().take(12).collect::<String>(),
         next_instance_number()
     );
+    let output = output_sink(st, t, &id);
     InstanceSpec {
         work_dir: layout.instance_work(&id),
         id,
@@ -1062,7 +1036,27 @@ fn instance_spec(st: &AppState, t: &Target, limits: &EffectiveLimits) -> Instanc
             max_response_bytes: config.limits.max_response_bytes,
             max_file_bytes: config.limits.max_file_bytes,
         },
+        output,
     }
+}
+
+/// Where the instance's console lines go besides the runner's log: the bundle's ring of the
+/// authors' logs, when the runner keeps them.
+fn output_sink(st: &AppState, t: &Target, instance: &str) -> Option<atrund_sandbox::OutputSink> {
+    let store = st.logs.store.clone()?;
+    let bundle = atrund_logs::BundleId {
+        author: t.key.author.clone(),
+        name: t.name.clone(),
+    };
+    let origin = atrund_logs::Origin {
+        instance: instance.to_string(),
+        version: t.version.clone(),
+    };
+    Some(Arc::new(
+        move |stream: atrund_sandbox::OutputStream, line: &str| {
+            store.push(&bundle, &origin, stream.as_str(), line);
+        },
+    ))
 }
 
 /// The manifest's permissions (already checked against the caps) as the sandbox enforces them.

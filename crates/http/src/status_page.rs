@@ -476,6 +476,8 @@ mod tests {
                 max_data_bytes_per_author: 0,
             },
             bundle_domain: None,
+            service_did: None,
+            logs_kept: false,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod key;
 mod net;
 pub mod plc;
 pub mod resolver;
+pub mod service_auth;
 pub mod syntax;
 
 pub use cache::CacheStats;
@@ -23,6 +24,7 @@ pub use error::{IdKind, IdentityError};
 pub use key::{KeyError, PublicKey};
 pub use plc::{verify_audit_log, PlcState};
 pub use resolver::{IdentityCacheStats, IdentityConfig, IdentityResolver, ResolvedDid};
+pub use service_auth::{ServiceAuthError, ServiceToken};
 pub use syntax::{AtIdentifier, Did, Handle};
 
 #[cfg(test)]

@@ -101,6 +101,7 @@ fn spec() -> InstanceSpec {
         request_timeout: Duration::from_secs(1),
         start_timeout: Duration::from_secs(1),
         limits: Default::default(),
+        output: None,
     }
 }
 

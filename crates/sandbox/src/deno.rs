@@ -260,6 +260,7 @@ mod args_tests {
             request_timeout: Duration::from_secs(1),
             start_timeout: Duration::from_secs(1),
             limits: Default::default(),
+            output: None,
         }
     }
 

@@ -111,7 +111,32 @@ pub struct InstanceSpec {
     pub start_timeout: Duration,
     /// The other per-instance and per-request limits (docs/limits.md).
     pub limits: ResourceLimits,
+    /// Where the instance's console lines go besides the runner's log (the authors' logs,
+    /// docs/observability.md); `None`: the runner's log only.
+    pub output: Option<OutputSink>,
 }
+
+/// Which of an instance's output streams a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+impl OutputStream {
+    /// `stdout` or `stderr`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Receives each line an instance prints, once per line, already capped and with the instance's
+/// secret values masked (the same text the runner's log gets). Called on the task that reads
+/// the instance's output, so it must not block.
+pub type OutputSink = Arc<dyn Fn(OutputStream, &str) + Send + Sync>;
 
 /// Limits beyond memory and the wall clock, already within the operator's caps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,5 +295,6 @@ pub(crate) fn test_spec(dir: &std::path::Path) -> InstanceSpec {
         request_timeout: std::time::Duration::from_secs(1),
         start_timeout: std::time::Duration::from_secs(1),
         limits: Default::default(),
+        output: None,
     }
 }

@@ -251,6 +251,7 @@ fn spec_at(root: &Path, id: &str) -> atrund_sandbox::InstanceSpec {
         request_timeout: Duration::from_secs(10),
         start_timeout: Duration::from_secs(15),
         limits: Default::default(),
+        output: None,
     }
 }
 

@@ -95,6 +95,7 @@ impl Env {
             request_timeout: Duration::from_secs(20),
             start_timeout: Duration::from_secs(10),
             limits: Default::default(),
+            output: None,
         }
     }
 

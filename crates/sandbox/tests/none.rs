@@ -66,6 +66,7 @@ impl Env {
             request_timeout: Duration::from_secs(5),
             start_timeout: Duration::from_secs(10),
             limits: Default::default(),
+            output: None,
         }
     }
 

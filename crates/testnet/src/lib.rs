@@ -97,6 +97,33 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| manifest.to_path_buf())
 }
 
+/// A binary of this workspace that is not a dependency of the calling test's package: built
+/// with `cargo build -p <package> --bin <bin>` once per test binary, then found next to
+/// `sibling` (a binary of the same target dir, e.g. `env!("CARGO_BIN_EXE_at-rund")`).
+///
+/// Panics if the build fails or leaves no such file.
+pub fn cargo_binary(package: &str, bin: &str, sibling: &Path) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, p)) = built.iter().find(|(b, _)| b == bin) {
+        return p.clone();
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .current_dir(repo_root())
+        .status()
+        .expect("run cargo build");
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {bin} failed"
+    );
+    let p = sibling.with_file_name(bin);
+    assert!(p.is_file(), "{} missing after the build", p.display());
+    built.push((bin.to_string(), p.clone()));
+    p
+}
+
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }

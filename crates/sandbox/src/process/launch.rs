@@ -114,7 +114,7 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
         _ => None,
     };
     let pid = pid.unwrap_or(0);
-    let ready_rx = forward_output(&mut child, &id, &spec.env);
+    let ready_rx = forward_output(&mut child, &id, &spec.env, spec.output.clone());
     // Before the reaper exists: nothing reaps the child while its pid is written.
     if let Some(placing) = placing {
         await_placement(placing, &mut child, pid, &id).await?;
@@ -239,18 +239,22 @@ fn start_placing(cg: &Arc<InstanceCgroup>, pid: Option<u32>, id: &Arc<str>) -> P
 }
 
 /// Step 4: stdout and stderr to tracing, line by line, secret values masked (a bundle that
-/// prints its own secret must not put it into the runner's log); the shim's start signal on
-/// stdout goes to the returned channel instead.
+/// prints its own secret must not put it into the runner's log), and to the spec's
+/// [`OutputSink`](crate::OutputSink) when it has one (the same masked text); the shim's start
+/// signal on stdout goes to the returned channel instead.
 fn forward_output(
     child: &mut Child,
     id: &Arc<str>,
     env: &[(String, String)],
+    sink: Option<crate::OutputSink>,
 ) -> oneshot::Receiver<StartSignal> {
+    use crate::OutputStream;
     let (ready_tx, ready_rx) = oneshot::channel::<StartSignal>();
     let masker = Masker::new(env);
     if let Some(out) = child.stdout.take() {
         let id = id.clone();
         let masker = masker.clone();
+        let sink = sink.clone();
         tokio::spawn(async move {
             let mut ready_tx = Some(ready_tx);
             for_each_line(out, &masker, |line| {
@@ -263,6 +267,9 @@ fn forward_output(
                     }
                 }
                 tracing::info!(instance = &*id, stream = "stdout", "{line}");
+                if let Some(sink) = &sink {
+                    sink(OutputStream::Stdout, line);
+                }
             })
             .await;
         });
@@ -272,6 +279,9 @@ fn forward_output(
         tokio::spawn(async move {
             for_each_line(err, &masker, |line| {
                 tracing::warn!(instance = &*id, stream = "stderr", "{line}");
+                if let Some(sink) = &sink {
+                    sink(OutputStream::Stderr, line);
+                }
             })
             .await;
         });

@@ -165,6 +165,7 @@ impl Env {
             request_timeout: Duration::from_secs(10),
             start_timeout: Duration::from_secs(15),
             limits: Default::default(),
+            output: None,
         }
     }
 
