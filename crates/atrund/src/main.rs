@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 mod observe;
 mod reload;
 mod settings;
-use settings::{load_config, pool_config};
+use settings::{instances_group, load_config, pool_config};
 use tokio::sync::watch;
 
 use atrund_bundle::{BundleSource, BundleStore, SourceConfig};
@@ -25,8 +25,7 @@ use atrund_identity::{IdentityConfig, IdentityResolver};
 use atrund_pool::Pool;
 use atrund_repo::{FetchConfig, RepoClient};
 use atrund_sandbox::{
-    choose_executor, runner_id_for, CgroupManager, Choice, DenoBinary, Enforcement, Executor,
-    Requested, RunAs,
+    choose_executor, runner_id_for, CgroupManager, DenoBinary, Enforcement, Executor,
 };
 
 #[derive(Parser)]
@@ -494,60 +493,10 @@ async fn pick_executor(
     Enforcement,
     Arc<atrund_egress::EgressProxy>,
 )> {
-    use atrund_config::Isolation;
-    let requested = match config.isolation {
-        Isolation::None => Requested::None,
-        Isolation::Container => Requested::Container,
-        Isolation::Auto => Requested::Auto,
-        Isolation::Microvm | Isolation::Firecracker => {
-            anyhow::bail!(
-                "isolation \"{}\" is not available yet",
-                config.isolation.as_str()
-            )
-        }
-    };
-    let init = std::env::current_exe()
-        .context("cannot find the at-rund binary for the sandbox's PID 1")?;
-    let parse = |key: &str, list: &[String]| -> Result<Vec<atrund_egress::IpNet>> {
-        list.iter()
-            .map(|c| {
-                c.parse()
-                    .map_err(|e| anyhow::anyhow!("{key}: range '{c}': {e}"))
-            })
-            .collect()
-    };
-    let atrund_config::ContainerSection { bwrap, tmp_mib } = config.container.clone();
-    let atrund_config::NoneSection {
-        run_as_uid,
-        run_as_gid,
-    } = config.none.clone();
-    let atrund_config::EgressSection {
-        allow_cidrs,
-        deny_cidrs,
-        connect_timeout_ms,
-        idle_timeout_ms,
-        max_tunnels_per_instance,
-    } = &config.egress;
-    let chosen = choose_executor(Choice {
-        requested,
-        deno,
-        cgroups,
-        bwrap,
-        tmp_mib,
-        rootfs_dir: config.layout().rootfs(),
-        init: (init, vec!["sandbox-init".into()]),
-        egress: atrund_egress::EgressConfig {
-            allow_cidrs: parse("egress.allow_cidrs", allow_cidrs)?,
-            deny_cidrs: parse("egress.deny_cidrs", deny_cidrs)?,
-            connect_timeout: Duration::from_millis(*connect_timeout_ms),
-            idle_timeout: Duration::from_millis(*idle_timeout_ms),
-            max_tunnels_per_instance: usize::try_from(*max_tunnels_per_instance)
-                .unwrap_or(usize::MAX),
-            ..atrund_egress::EgressConfig::default()
-        },
-        run_as: run_as(run_as_uid, run_as_gid)?,
-    })
-    .await?;
+    let requested = settings::requested_isolation(config)?;
+    let choice =
+        settings::sandbox_choice(config, requested, deno, cgroups, config.layout().rootfs())?;
+    let chosen = choose_executor(choice).await?;
     Ok((chosen.executor, chosen.isolation, chosen.egress))
 }
 
@@ -624,25 +573,6 @@ async fn wait_for_signals(drain: watch::Sender<bool>) {
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     tracing::warn!("second signal: exiting without waiting");
     std::process::exit(130);
-}
-
-/// Creates the data dir layout and removes instance work dirs a crash left behind.
-/// The group `none` instances run with, if they switch identity (at-rund is root and may run
-/// them under `none`, also as `auto`'s fallback): the data dir lets that group pass through.
-fn instances_group(config: &Config) -> Option<u32> {
-    use atrund_config::Isolation;
-    let may_run_none = matches!(config.isolation, Isolation::None | Isolation::Auto);
-    (may_run_none && atrund_sandbox::effective_root())
-        .then(|| u32::try_from(config.none.run_as_gid).ok())
-        .flatten()
-}
-
-/// The run-as identity of `none` instances (`Config::validate` has checked the range).
-fn run_as(uid: u64, gid: u64) -> Result<RunAs> {
-    Ok(RunAs {
-        uid: u32::try_from(uid).context("none.run_as_uid is not a uid")?,
-        gid: u32::try_from(gid).context("none.run_as_gid is not a gid")?,
-    })
 }
 
 /// Creates `data_dir`'s subdirs, the runner's alone whatever the umask (tenants' data and code,
