@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 const LISTENING_MESSAGE: &str = "http api listening";
 use clap::{Parser, Subcommand};
 
+mod doctor;
 mod observe;
 mod reload;
 mod settings;
@@ -68,9 +69,16 @@ enum Command {
         #[arg(long, env = "ATRUND_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Create the runner's X25519 key file (secrets.key_file) if there is none, and print the
-    /// public key; with --rotate, make a new key and keep the old one for decryption for
-    /// secrets.rotation_grace_secs. Restart the runner to use a rotated key.
+    /// Check the host and the configuration and say what to fix (docs/troubleshooting.md);
+    /// exits non-zero when at-rund could not start as configured. Changes nothing.
+    Doctor {
+        /// TOML config file (as for `serve`).
+        #[arg(long, env = "ATRUND_CONFIG")]
+        config: Option<PathBuf>,
+        /// One JSON document instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// PID 1 inside a container instance (internal: started by the container backend).
     #[command(hide = true)]
     SandboxInit {
@@ -124,6 +132,7 @@ impl Command {
             Command::Serve { config }
             | Command::Dev { config, .. }
             | Command::CheckConfig { config }
+            | Command::Doctor { config, .. }
             | Command::Keygen { config, .. } => config.as_deref(),
             Command::SandboxInit { .. } => None,
         }
@@ -138,6 +147,7 @@ async fn run(cli: Cli) -> Result<()> {
             eprintln!("configuration is valid");
             Ok(())
         }
+        Command::Doctor { config, json } => doctor::run(config.as_deref(), json).await,
         Command::Keygen { rotate, config } => {
             let cfg = load_config(config.as_deref())?;
             let (path, grace) = (cfg.key_file(), key_grace(&cfg));
@@ -190,19 +200,6 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The address policy of the runner's own requests (identity, PDS): the classifier plus the
-/// operator's `allow_addrs` (checked by `Config::validate`; parsed again here into typed openings).
-fn own_requests_policy(allow_addrs: &[String]) -> Result<atrund_netpolicy::AddressPolicy> {
-    let openings = allow_addrs
-        .iter()
-        .map(|a| {
-            a.parse::<atrund_netpolicy::Opening>()
-                .map_err(|e| anyhow::anyhow!("allow_addrs (ATRUND_ALLOW_ADDRS): {e}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(atrund_netpolicy::AddressPolicy::default().with_openings(&openings))
-}
-
 async fn serve(config_source: reload::Source, local: Option<LocalBundle>) -> Result<()> {
     // Before anything slow: until the handler exists a hang-up would end the process.
     let hangups = reload::hangups();
@@ -216,7 +213,7 @@ async fn serve(config_source: reload::Source, local: Option<LocalBundle>) -> Res
     let runtime_version = deno.version().await?;
     tracing::info!(deno = %deno.path().display(), version = %runtime_version, "runtime found");
 
-    let address_policy = own_requests_policy(&config.allow_addrs)?;
+    let address_policy = settings::own_requests_policy(&config.allow_addrs)?;
     // Sections are destructured, so a new key cannot be silently left at a component default.
     let atrund_config::IdentitySection {
         timeout_ms,

@@ -133,3 +133,18 @@ fn run_as(uid: u64, gid: u64) -> Result<RunAs> {
         gid: u32::try_from(gid).context("none.run_as_gid is not a gid")?,
     })
 }
+
+/// The address policy of the runner's own requests (identity, PDS): the classifier plus the
+/// operator's `allow_addrs` (checked by `Config::validate`; parsed again here into typed openings).
+pub(crate) fn own_requests_policy(
+    allow_addrs: &[String],
+) -> Result<atrund_netpolicy::AddressPolicy> {
+    let openings = allow_addrs
+        .iter()
+        .map(|a| {
+            a.parse::<atrund_netpolicy::Opening>()
+                .map_err(|e| anyhow::anyhow!("allow_addrs (ATRUND_ALLOW_ADDRS): {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(atrund_netpolicy::AddressPolicy::default().with_openings(&openings))
+}
