@@ -12,10 +12,11 @@ use anyhow::{Context, Result};
 const LISTENING_MESSAGE: &str = "http api listening";
 use clap::{Parser, Subcommand};
 
+mod doctor;
 mod observe;
 mod reload;
 mod settings;
-use settings::{load_config, pool_config};
+use settings::{instances_group, load_config, pool_config};
 use tokio::sync::watch;
 
 use atrund_bundle::{BundleSource, BundleStore, SourceConfig};
@@ -25,8 +26,7 @@ use atrund_identity::{IdentityConfig, IdentityResolver};
 use atrund_pool::Pool;
 use atrund_repo::{FetchConfig, RepoClient};
 use atrund_sandbox::{
-    choose_executor, runner_id_for, CgroupManager, Choice, DenoBinary, Enforcement, Executor,
-    Requested, RunAs,
+    choose_executor, runner_id_for, CgroupManager, DenoBinary, Enforcement, Executor,
 };
 
 #[derive(Parser)]
@@ -69,9 +69,16 @@ enum Command {
         #[arg(long, env = "ATRUND_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Create the runner's X25519 key file (secrets.key_file) if there is none, and print the
-    /// public key; with --rotate, make a new key and keep the old one for decryption for
-    /// secrets.rotation_grace_secs. Restart the runner to use a rotated key.
+    /// Check the host and the configuration and say what to fix (docs/troubleshooting.md);
+    /// exits non-zero when at-rund could not start as configured. Changes nothing.
+    Doctor {
+        /// TOML config file (as for `serve`).
+        #[arg(long, env = "ATRUND_CONFIG")]
+        config: Option<PathBuf>,
+        /// One JSON document instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// PID 1 inside a container instance (internal: started by the container backend).
     #[command(hide = true)]
     SandboxInit {
@@ -125,6 +132,7 @@ impl Command {
             Command::Serve { config }
             | Command::Dev { config, .. }
             | Command::CheckConfig { config }
+            | Command::Doctor { config, .. }
             | Command::Keygen { config, .. } => config.as_deref(),
             Command::SandboxInit { .. } => None,
         }
@@ -139,6 +147,7 @@ async fn run(cli: Cli) -> Result<()> {
             eprintln!("configuration is valid");
             Ok(())
         }
+        Command::Doctor { config, json } => doctor::run(config.as_deref(), json).await,
         Command::Keygen { rotate, config } => {
             let cfg = load_config(config.as_deref())?;
             let (path, grace) = (cfg.key_file(), key_grace(&cfg));
@@ -191,19 +200,6 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The address policy of the runner's own requests (identity, PDS): the classifier plus the
-/// operator's `allow_addrs` (checked by `Config::validate`; parsed again here into typed openings).
-fn own_requests_policy(allow_addrs: &[String]) -> Result<atrund_netpolicy::AddressPolicy> {
-    let openings = allow_addrs
-        .iter()
-        .map(|a| {
-            a.parse::<atrund_netpolicy::Opening>()
-                .map_err(|e| anyhow::anyhow!("allow_addrs (ATRUND_ALLOW_ADDRS): {e}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(atrund_netpolicy::AddressPolicy::default().with_openings(&openings))
-}
-
 async fn serve(config_source: reload::Source, local: Option<LocalBundle>) -> Result<()> {
     // Before anything slow: until the handler exists a hang-up would end the process.
     let hangups = reload::hangups();
@@ -216,13 +212,13 @@ async fn serve(config_source: reload::Source, local: Option<LocalBundle>) -> Res
     let mut deno = DenoBinary::locate(config.deno.path.as_deref())?;
     if atrund_sandbox::effective_root() {
         // Instances run as sandbox.run_as_uid: a Deno under /root (0700) gets a copy they can run.
-        let id = run_as(config.sandbox.run_as_uid, config.sandbox.run_as_gid)?;
+        let id = settings::run_as(config.sandbox.run_as_uid, config.sandbox.run_as_gid)?;
         deno = deno.reachable_by(id, &layout.staged())?;
     }
     let runtime_version = deno.version().await?;
     tracing::info!(deno = %deno.path().display(), version = %runtime_version, "runtime found");
 
-    let address_policy = own_requests_policy(&config.allow_addrs)?;
+    let address_policy = settings::own_requests_policy(&config.allow_addrs)?;
     // Sections are destructured, so a new key cannot be silently left at a component default.
     let atrund_config::IdentitySection {
         timeout_ms,
@@ -562,80 +558,14 @@ async fn pick_executor(
     Enforcement,
     Arc<atrund_egress::EgressProxy>,
 )> {
-    use atrund_config::Isolation;
-    let requested = match config.isolation {
-        Isolation::None => Requested::None,
-        Isolation::Container => Requested::Container,
-        Isolation::Auto => Requested::Auto,
-        Isolation::Microvm | Isolation::Firecracker => {
-            anyhow::bail!(
-                "isolation \"{}\" is not available yet",
-                config.isolation.as_str()
-            )
-        }
-    };
-    let mut init = std::env::current_exe()
-        .context("cannot find the at-rund binary for the sandbox's PID 1")?;
+    let requested = settings::requested_isolation(config)?;
+    let mut choice =
+        settings::sandbox_choice(config, requested, deno, cgroups, config.layout().rootfs())?;
     if atrund_sandbox::effective_root() {
-        // bwrap runs as sandbox.run_as_uid and opens its PID 1 by path: an at-rund built under
-        // /root (0700) gets a copy that uid can run.
-        let id = run_as(config.sandbox.run_as_uid, config.sandbox.run_as_gid)?;
-        let staged = config.layout().staged();
-        if let Some((copy, why)) =
-            atrund_sandbox::copy_if_unreachable(&init, id, 0o1, &staged, "at-rund", 0o755)
-                .with_context(|| {
-                    format!(
-                        "the instances' uid {} cannot run {} and no copy could be made in {}",
-                        id.uid,
-                        init.display(),
-                        staged.display()
-                    )
-                })?
-        {
-            tracing::info!(binary = %init.display(), copy = %copy.display(), %why, "the instances' user cannot run at-rund where it is: the container's PID 1 is a copy");
-            init = copy;
-        }
+        choice.init.0 =
+            settings::reachable_init(choice.init.0, choice.run_as, &config.layout().staged())?;
     }
-    let parse = |key: &str, list: &[String]| -> Result<Vec<atrund_egress::IpNet>> {
-        list.iter()
-            .map(|c| {
-                c.parse()
-                    .map_err(|e| anyhow::anyhow!("{key}: range '{c}': {e}"))
-            })
-            .collect()
-    };
-    let atrund_config::ContainerSection { bwrap, tmp_mib } = config.container.clone();
-    let atrund_config::SandboxSection {
-        run_as_uid,
-        run_as_gid,
-    } = config.sandbox.clone();
-    let atrund_config::EgressSection {
-        allow_cidrs,
-        deny_cidrs,
-        connect_timeout_ms,
-        idle_timeout_ms,
-        max_tunnels_per_instance,
-    } = &config.egress;
-    let chosen = choose_executor(Choice {
-        requested,
-        deno,
-        cgroups,
-        bwrap,
-        tmp_mib,
-        rootfs_dir: config.layout().rootfs(),
-        init: (init, vec!["sandbox-init".into()]),
-        egress: atrund_egress::EgressConfig {
-            allow_cidrs: parse("egress.allow_cidrs", allow_cidrs)?,
-            deny_cidrs: parse("egress.deny_cidrs", deny_cidrs)?,
-            connect_timeout: Duration::from_millis(*connect_timeout_ms),
-            idle_timeout: Duration::from_millis(*idle_timeout_ms),
-            max_tunnels_per_instance: usize::try_from(*max_tunnels_per_instance)
-                .unwrap_or(usize::MAX),
-            ..atrund_egress::EgressConfig::default()
-        },
-        run_as: run_as(run_as_uid, run_as_gid)?,
-    })
-    .await?;
+    let chosen = choose_executor(choice).await?;
     Ok((chosen.executor, chosen.isolation, chosen.egress))
 }
 
@@ -712,24 +642,6 @@ async fn wait_for_signals(drain: watch::Sender<bool>) {
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     tracing::warn!("second signal: exiting without waiting");
     std::process::exit(130);
-}
-
-/// Creates the data dir layout and removes instance work dirs a crash left behind.
-/// The group instances run with, if they switch identity (at-rund is root: `none` runs Deno, and
-/// `container` runs bwrap, as `sandbox.run_as_uid`/`run_as_gid`): the data dir lets that group
-/// pass through.
-fn instances_group(config: &Config) -> Option<u32> {
-    atrund_sandbox::effective_root()
-        .then(|| u32::try_from(config.sandbox.run_as_gid).ok())
-        .flatten()
-}
-
-/// The run-as identity of instances of either backend (`Config::validate` has checked the range).
-fn run_as(uid: u64, gid: u64) -> Result<RunAs> {
-    Ok(RunAs {
-        uid: u32::try_from(uid).context("sandbox.run_as_uid is not a uid")?,
-        gid: u32::try_from(gid).context("sandbox.run_as_gid is not a gid")?,
-    })
 }
 
 /// Creates `data_dir`'s subdirs, the runner's alone whatever the umask (tenants' data and code,

@@ -1,13 +1,17 @@
 //! Reading the configuration and turning its sections into component settings: shared by the
-//! start-up in `main` and the reload on SIGHUP (`reload`).
 //!
-//! Owns: `load_config` and the `[pool]` → `PoolConfig` mapping. Must not: start anything.
+//! start-up in `main`, the reload on SIGHUP (`reload`) and the host check (`doctor`).
+//!
+//! Owns: `load_config`, the `[pool]` → `PoolConfig` mapping, the sandbox's [`Choice`] from the
+//! config and the data dir's group. Must not: start anything.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
-use atrund_config::Config;
+use anyhow::{Context, Result};
+use atrund_config::{Config, Isolation};
+use atrund_sandbox::{CgroupManager, Choice, DenoBinary, Requested, RunAs};
 
 pub(crate) fn load_config(path: Option<&Path>) -> Result<Config> {
     let env = atrund_config::process_env()?;
@@ -46,4 +50,122 @@ pub(crate) fn pool_config(p: &atrund_config::PoolSection) -> atrund_pool::PoolCo
         crash_backoff: Duration::from_millis(*crash_backoff_ms),
         crash_backoff_max: Duration::from_millis(*crash_backoff_max_ms),
     }
+}
+
+/// The sandbox's name for `isolation`; an error for the backends this version does not have.
+pub(crate) fn requested_isolation(config: &Config) -> Result<Requested> {
+    match config.isolation {
+        Isolation::None => Ok(Requested::None),
+        Isolation::Container => Ok(Requested::Container),
+        Isolation::Auto => Ok(Requested::Auto),
+        Isolation::Microvm | Isolation::Firecracker => anyhow::bail!(
+            "isolation \"{}\" is not available yet",
+            config.isolation.as_str()
+        ),
+    }
+}
+
+/// What `atrund_sandbox::choose_executor` needs, from the config; container roots are assembled
+/// in `rootfs_dir` (`<data_dir>/rootfs` when serving).
+pub(crate) fn sandbox_choice(
+    config: &Config,
+    requested: Requested,
+    deno: DenoBinary,
+    cgroups: Arc<CgroupManager>,
+    rootfs_dir: PathBuf,
+) -> Result<Choice> {
+    let init = std::env::current_exe()
+        .context("cannot find the at-rund binary for the sandbox's PID 1")?;
+    let parse = |key: &str, list: &[String]| -> Result<Vec<atrund_egress::IpNet>> {
+        list.iter()
+            .map(|c| {
+                c.parse()
+                    .map_err(|e| anyhow::anyhow!("{key}: range '{c}': {e}"))
+            })
+            .collect()
+    };
+    let atrund_config::ContainerSection { bwrap, tmp_mib } = config.container.clone();
+    let atrund_config::SandboxSection {
+        run_as_uid,
+        run_as_gid,
+    } = config.sandbox.clone();
+    let atrund_config::EgressSection {
+        allow_cidrs,
+        deny_cidrs,
+        connect_timeout_ms,
+        idle_timeout_ms,
+        max_tunnels_per_instance,
+    } = &config.egress;
+    Ok(Choice {
+        requested,
+        deno,
+        cgroups,
+        bwrap,
+        tmp_mib,
+        rootfs_dir,
+        init: (init, vec!["sandbox-init".into()]),
+        egress: atrund_egress::EgressConfig {
+            allow_cidrs: parse("egress.allow_cidrs", allow_cidrs)?,
+            deny_cidrs: parse("egress.deny_cidrs", deny_cidrs)?,
+            connect_timeout: Duration::from_millis(*connect_timeout_ms),
+            idle_timeout: Duration::from_millis(*idle_timeout_ms),
+            max_tunnels_per_instance: usize::try_from(*max_tunnels_per_instance)
+                .unwrap_or(usize::MAX),
+            ..atrund_egress::EgressConfig::default()
+        },
+        run_as: run_as(run_as_uid, run_as_gid)?,
+    })
+}
+
+/// The group instances run with, if they switch identity (at-rund is root: `none` runs Deno, and
+/// `container` runs bwrap, as `sandbox.run_as_uid`/`run_as_gid`): the data dir lets that group
+/// pass through.
+pub(crate) fn instances_group(config: &Config) -> Option<u32> {
+    atrund_sandbox::effective_root()
+        .then(|| u32::try_from(config.sandbox.run_as_gid).ok())
+        .flatten()
+}
+
+/// The run-as identity of instances of either backend (`Config::validate` has checked the range).
+pub(crate) fn run_as(uid: u64, gid: u64) -> Result<RunAs> {
+    Ok(RunAs {
+        uid: u32::try_from(uid).context("sandbox.run_as_uid is not a uid")?,
+        gid: u32::try_from(gid).context("sandbox.run_as_gid is not a gid")?,
+    })
+}
+
+/// The container's PID 1 (this binary) as `id` can run it: where it is, or (a root runner built
+/// under `/root`, 0700, since bwrap opens it by path as that uid) a copy in `staged`.
+pub(crate) fn reachable_init(init: PathBuf, id: RunAs, staged: &Path) -> Result<PathBuf> {
+    let copy = atrund_sandbox::copy_if_unreachable(&init, id, 0o1, staged, "at-rund", 0o755)
+        .with_context(|| {
+            format!(
+                "the instances' uid {} cannot run {} and no copy could be made in {}",
+                id.uid,
+                init.display(),
+                staged.display()
+            )
+        })?;
+    Ok(match copy {
+        Some((copy, why)) => {
+            tracing::info!(binary = %init.display(), copy = %copy.display(), %why, "the instances' user cannot run at-rund where it is: the container's PID 1 is a copy");
+            copy
+        }
+        None => init,
+    })
+}
+
+/// The address policy of the runner's own requests (identity, PDS): the classifier plus the
+/// operator's `allow_addrs` (checked by `Config::validate`; parsed again here into typed openings).
+pub(crate) fn own_requests_policy(
+    allow_addrs: &[String],
+) -> Result<atrund_netpolicy::AddressPolicy> {
+    let openings = allow_addrs
+        .iter()
+        .map(|a| {
+            a.parse::<atrund_netpolicy::Opening>()
+                .map_err(|e| anyhow::anyhow!("allow_addrs (ATRUND_ALLOW_ADDRS): {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(atrund_netpolicy::AddressPolicy::default().with_openings(&openings))
 }

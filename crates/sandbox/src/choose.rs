@@ -138,14 +138,18 @@ pub async fn choose_executor(c: Choice) -> Result<Chosen, SandboxError> {
     }
 }
 
+/// The bubblewrap binary `container.bwrap` names: a path as given, a bare name looked up on PATH.
+pub(crate) fn find_configured_bwrap(bwrap: &str) -> Option<PathBuf> {
+    find_bwrap(Some(Path::new(bwrap)).filter(|p| p.components().count() > 1))
+}
+
 /// The container backend, if this machine can run it: bwrap found, every cgroup limit usable,
 /// the root assembled, and a real sandbox started once (the probe).
 async fn container_executor(
     c: &Choice,
     proxy: &Arc<EgressProxy>,
 ) -> Result<Arc<dyn Executor>, String> {
-    let bwrap = find_bwrap(Some(Path::new(&c.bwrap)).filter(|p| p.components().count() > 1))
-        .ok_or_else(|| {
+    let bwrap = find_configured_bwrap(&c.bwrap).ok_or_else(|| {
             format!(
                 "bubblewrap ('{}') not found; install it with `apt-get install -y bubblewrap` (container.bwrap)",
                 c.bwrap

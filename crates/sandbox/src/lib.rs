@@ -22,6 +22,7 @@ pub mod init;
 mod none;
 mod output;
 mod process;
+mod report;
 mod rootfs;
 mod sampler;
 mod shim_conn;
@@ -32,13 +33,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use cgroup::{runner_id_for, CgroupManager};
+pub use cgroup::{runner_id_for, CgroupManager, CgroupVersion};
 pub use choose::{choose_executor, Choice, Chosen, Requested};
 pub use container::{find_bwrap, ContainerConfig, ContainerExecutor};
 pub use deno::DenoBinary;
 pub use error::SandboxError;
 pub use hostfs::{copy_if_unreachable, runner_dir_mode};
 pub use none::NoneExecutor;
+pub use report::{host_report, HostReport};
 pub use rootfs::Rootfs;
 pub use sys::effective_root;
 
