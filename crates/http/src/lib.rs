@@ -5,7 +5,8 @@
 //! identity → policy → rate → fetch → permission caps → pool), body limits (`body_limit`), the
 //! error → status mapping (`error`), request ids (`request_id`), what a request adds to the
 //! metrics (counted here, defined in `atrund-metrics`) and its `Server-Timing` header
-//! (`server_timing`), the header rules that keep bundles out of each other's
+//! (`server_timing`), its trace spans and the `traceparent` its bundle sees (`trace`), the
+//! header rules that keep bundles out of each other's
 //! origin (`headers`, `origin`), per-author data shares (`data_quota`) and the accept loop
 //! (`serve`). Must not touch: how identities are resolved, records verified or instances
 //! isolated; it calls those crates.
@@ -18,6 +19,7 @@ pub mod origin;
 pub mod request_id;
 pub mod serve;
 pub mod server_timing;
+pub mod trace;
 
 use atrund_api as api;
 use atrund_errors::ErrorClass;
@@ -33,6 +35,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use atrund_bundle::{Manifest, VersionSelector};
 use atrund_config::Config;
@@ -79,6 +82,7 @@ pub struct AppState {
 /// `{label}.{bundle_domain}` never reaches them: it belongs to that bundle, whatever its path
 /// (so `/bundle/...` of another bundle cannot be served in a bundle's origin).
 pub fn router(state: AppState) -> Router {
+    let traced = state.config.otel.enabled;
     let mut routes = Router::new();
     if state.config.metrics.public {
         let m = state.metrics.clone();
@@ -113,8 +117,13 @@ pub fn router(state: AppState) -> Router {
     } else {
         routes
     };
-    // Outermost, so bundle hosts, the fallback and every error body get the id too.
-    routes.layer(axum::middleware::from_fn(request_id::layer))
+    // Outermost, so bundle hosts, the fallback and every error body get the id too. Chosen once
+    // here, so with traces off a request pays nothing for them.
+    if traced {
+        routes.layer(axum::middleware::from_fn(request_id::traced_layer))
+    } else {
+        routes.layer(axum::middleware::from_fn(request_id::layer))
+    }
 }
 
 /// `GET /metrics`: the Prometheus text format, or 404 when `metrics.enabled` is off.
@@ -403,13 +412,37 @@ async fn invoke_path(
     observed(st, RouteKind::Path, call, req).await
 }
 
-/// What the pipeline learnt of a request on its way, for the metrics.
+/// What the pipeline learnt of a request on its way, for the metrics and the trace.
 #[derive(Default)]
 struct Seen {
     /// Set once the bundle and endpoint are known.
     series: Option<atrund_metrics::Series>,
     identity: Option<Duration>,
     fetch: Option<Duration>,
+    /// Traces are on (`otel.enabled`): the phases get spans and `resolved` is kept.
+    traced: bool,
+    /// `(author DID, bundle name, endpoint)`, for the trace; only when `traced`.
+    resolved: Option<(String, String, String)>,
+}
+
+impl Seen {
+    /// A span for one phase of the request when it is traced, else none (no cost).
+    fn phase(&self, name: Phase) -> tracing::Span {
+        if !self.traced {
+            return tracing::Span::none();
+        }
+        match name {
+            Phase::Identity => tracing::trace_span!(target: trace::TRACE_TARGET, "identity"),
+            Phase::Fetch => tracing::trace_span!(target: trace::TRACE_TARGET, "fetch"),
+        }
+    }
+}
+
+/// The phases of the pipeline that get a span of their own here (`start` and `call` get theirs
+/// in the pool).
+enum Phase {
+    Identity,
+    Fetch,
 }
 
 /// Runs one invocation and counts it: by label set and status class, its duration to the
@@ -419,8 +452,30 @@ async fn observed(st: AppState, route: RouteKind, call: Call, req: Request) -> R
     let began = std::time::Instant::now();
     let metrics = st.metrics.clone();
     let timing = st.config.http.server_timing;
-    let mut seen = Seen::default();
+    let mut seen = Seen {
+        traced: st.config.otel.enabled,
+        ..Seen::default()
+    };
+    let route_template = match (&route, call.rest.is_empty()) {
+        (RouteKind::Path, true) => "/bundle/{author}/{name}/{version}/{endpoint}",
+        (RouteKind::Path, false) => "/bundle/{author}/{name}/{version}/{endpoint}/{*rest}",
+        (RouteKind::Host { .. }, _) => "/[@{version}/]{endpoint}[/{*rest}]",
+    };
     let result = invoke(st, route, call, req, &mut seen).await;
+    if seen.traced {
+        let cold = matches!(&result, Ok(a) if a.started.is_some());
+        trace::invocation(
+            &tracing::Span::current(),
+            &trace::Invocation {
+                route: route_template,
+                resolved: seen
+                    .resolved
+                    .as_ref()
+                    .map(|(a, b, e)| (a.as_str(), b.as_str(), e.as_str())),
+                cold,
+            },
+        );
+    }
     let cold = |start| atrund_metrics::ColdStart {
         identity: seen.identity,
         fetch: seen.fetch,
@@ -595,7 +650,9 @@ async fn invoke(
     }
     let target = if author == LOCAL_AUTHOR && st.local.is_some() {
         let t0 = std::time::Instant::now();
-        let t = local_target(&st, &name, &selector).await?;
+        let t = local_target(&st, &name, &selector)
+            .instrument(seen.phase(Phase::Fetch))
+            .await?;
         seen.fetch = Some(t0.elapsed());
         t
     } else {
@@ -610,6 +667,13 @@ async fn invoke(
         &target.name,
         if declared { &endpoint } else { "undeclared" },
     ));
+    if seen.traced {
+        seen.resolved = Some((
+            target.key.author.clone(),
+            target.name.clone(),
+            endpoint.clone(),
+        ));
+    }
     let limits =
         atrund_policy::check_manifest(&st.config.permissions, &st.config.limits, &target.manifest)?;
     check_endpoint(&target.manifest, &endpoint, req.method())?;
@@ -661,6 +725,7 @@ async fn invoke(
         .map_err(|e| ApiError::new(ErrorClass::BadRequest, "InvalidRequest", e.to_string()))?;
 
     let spec = || instance_spec(&st, &target, &limits);
+    let traced = seen.traced;
     let resp = st
         .pool
         .execute(
@@ -668,6 +733,13 @@ async fn invoke(
             usize::try_from(limits.concurrency).unwrap_or(usize::MAX),
             spec,
             Invocation { endpoint, request },
+            // In the `call` span: the bundle's traceparent names it. With traces off the
+            // caller's trace headers pass through untouched, like every other header.
+            |inv| {
+                if traced {
+                    trace::inject_current(inv.request.headers_mut());
+                }
+            },
         )
         .await;
     let mut resp = match resp {
@@ -725,10 +797,14 @@ async fn remote_target(
     seen: &mut Seen,
 ) -> Result<Target, ApiError> {
     let t0 = std::time::Instant::now();
-    let resolved = allowed_author(st, author).await?;
+    let resolved = allowed_author(st, author)
+        .instrument(seen.phase(Phase::Identity))
+        .await?;
     let t1 = std::time::Instant::now();
     seen.identity = Some(t1 - t0);
-    let fetched = remote_bundle(st, &resolved, name, selector).await;
+    let fetched = remote_bundle(st, &resolved, name, selector)
+        .instrument(seen.phase(Phase::Fetch))
+        .await;
     seen.fetch = Some(t1.elapsed());
     fetched
 }
