@@ -13,6 +13,7 @@ const LISTENING_MESSAGE: &str = "http api listening";
 use clap::{Parser, Subcommand};
 
 mod observe;
+mod traces;
 use tokio::sync::watch;
 
 use atrund_bundle::{BundleSource, BundleStore, SourceConfig};
@@ -95,7 +96,29 @@ fn main() -> std::process::ExitCode {
     if let Command::SandboxInit { args } = &cli.command {
         return atrund_sandbox::init::main(args);
     }
-    observe::init_logging(observe::log_format(cli.command.config()));
+    let early = observe::early_config(cli.command.config());
+    let format = early.as_ref().map(|c| c.log.format).unwrap_or_default();
+    // Only the serving commands trace; the pipeline is built before the async runtime (its
+    // exporter has a blocking client of its own) and flushed after it.
+    let traces = match early.filter(|c| c.otel.enabled && cli.command.serves()) {
+        Some(c) => match traces::Traces::start(&c.otel) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    observe::init_logging(format, traces.as_ref().map(traces::Traces::tracer));
+    let code = run_to_end(cli);
+    if let Some(t) = traces {
+        t.shutdown();
+    }
+    code
+}
+
+fn run_to_end(cli: Cli) -> std::process::ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -116,6 +139,11 @@ fn main() -> std::process::ExitCode {
 }
 
 impl Command {
+    /// True for the commands that serve requests.
+    fn serves(&self) -> bool {
+        matches!(self, Command::Serve { .. } | Command::Dev { .. })
+    }
+
     /// The config file the command was given.
     fn config(&self) -> Option<&Path> {
         match self {
