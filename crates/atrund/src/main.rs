@@ -334,6 +334,10 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
         tracing::warn!(allow_addrs = %config.allow_addrs.join(","), "the runner's own requests may reach these special-purpose addresses");
     }
     tracing::info!(policy = %config.policy.describe(), "author policy");
+    if config.otel.enabled {
+        let o = &config.otel;
+        tracing::info!(endpoint = %o.endpoint, service = %o.service_name, sampler = ?o.sampler, ratio = o.sampler_arg, "traces on: exported over OTLP/HTTP (docs/observability.md)");
+    }
 
     // Host routes' label table (docs/origins.md): a cache the runner refills, so a damaged file
     // costs only the host routes learnt so far, never the start.

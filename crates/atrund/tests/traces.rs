@@ -398,3 +398,56 @@ async fn with_traces_off_the_callers_trace_headers_pass_untouched() {
     assert!(seen.get("traceparent").is_none(), "{seen}");
     assert!(!d.log().contains("trace_id"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_traces_identity_and_fetch_from_the_pds() {
+    let Some(deno) = atrund_testnet::deno_path() else {
+        return;
+    };
+    let Some(net) = atrund_testnet::shared() else {
+        return;
+    };
+    let acct = net.create_account("traces").await;
+    let manifest = json!({ "endpoints": [{ "name": "headers", "method": "GET" }] });
+    common::deploy(net, &acct, CODE, &manifest, "tr", "1.0.0").await;
+    let (endpoint, got) = collector().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = common::command(&deno, data.path());
+    common::use_test_net(&mut cmd, net)
+        .arg("serve")
+        .env("ATRUND_POLICY", "open")
+        .env("ATRUND_OTEL_ENABLED", "1")
+        .env("ATRUND_OTEL_ENDPOINT", &endpoint)
+        .env("ATRUND_OTEL_SAMPLER", "parentbased_always_on")
+        .env("ATRUND_OTEL_BATCH_DELAY_MS", "50");
+    let d = Daemon::spawn(&mut cmd, false);
+    let url = d.url(&format!("/bundle/{}/tr/latest/headers", acct.did));
+    let resp = reqwest::get(&url).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let (trace, parent) = parse_traceparent(&resp.json().await.unwrap());
+
+    let spans = wait_for(&got, |g| {
+        g.iter()
+            .any(|(_, s)| hex(&s.trace_id) == trace && s.name == "request")
+    })
+    .await;
+    let t = tree(&spans, &trace);
+    let mut names: Vec<_> = t.keys().cloned().collect();
+    names.sort();
+    assert_eq!(names, ["call", "fetch", "identity", "request", "start"]);
+    let req = &t["request"];
+    assert_eq!(attrs(req)["atrund.author"], json!(acct.did));
+    assert_eq!(attrs(req)["atrund.bundle"], json!("tr"));
+    assert_eq!(attrs(req)["atrund.cold_start"], json!(true));
+    for child in ["identity", "fetch", "start", "call"] {
+        assert_eq!(t[child].parent_span_id, req.span_id, "{child}");
+    }
+    // In pipeline order.
+    for (a, b) in [("identity", "fetch"), ("fetch", "start"), ("start", "call")] {
+        assert!(
+            t[a].end_time_unix_nano <= t[b].start_time_unix_nano,
+            "{a} ends before {b} starts"
+        );
+    }
+    assert_eq!(hex(&t["call"].span_id), parent);
+}
