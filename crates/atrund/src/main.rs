@@ -336,7 +336,7 @@ async fn serve(config: Config, local: Option<LocalBundle>) -> Result<()> {
     tracing::info!(policy = %config.policy.describe(), "author policy");
     if config.otel.enabled {
         let o = &config.otel;
-        tracing::info!(endpoint = %o.endpoint, service = %o.service_name, sampler = ?o.sampler, ratio = o.sampler_arg, "traces on: exported over OTLP/HTTP (docs/observability.md)");
+        tracing::info!(endpoint = %o.endpoint, service = %o.service_name, sampler = o.sampler.as_str(), ratio = o.sampler_arg, "traces on: exported over OTLP/HTTP (docs/observability.md)");
     }
 
     // Host routes' label table (docs/origins.md): a cache the runner refills, so a damaged file

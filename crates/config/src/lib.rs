@@ -704,6 +704,20 @@ pub enum OtelSampler {
     ParentBasedTraceIdRatio,
 }
 
+impl OtelSampler {
+    /// The name as written in the config (the `OTEL_TRACES_SAMPLER` name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtelSampler::AlwaysOn => "always_on",
+            OtelSampler::AlwaysOff => "always_off",
+            OtelSampler::TraceIdRatio => "traceidratio",
+            OtelSampler::ParentBasedAlwaysOn => "parentbased_always_on",
+            OtelSampler::ParentBasedAlwaysOff => "parentbased_always_off",
+            OtelSampler::ParentBasedTraceIdRatio => "parentbased_traceidratio",
+        }
+    }
+}
+
 impl Config {
     /// The runner key file: `secrets.key_file`, else `<data_dir>/runner-key.json`.
     pub fn key_file(&self) -> PathBuf {

@@ -95,7 +95,7 @@ pub struct Invocation<'a> {
     pub cold: bool,
 }
 
-/// Sets an invocation's attributes on the request span (the current span's parent trace span).
+/// Sets an invocation's attributes on `span`, the request span.
 pub fn invocation(span: &Span, inv: &Invocation<'_>) {
     span.set_attribute("http.route", inv.route);
     if let Some((author, bundle, endpoint)) = inv.resolved {
