@@ -1176,6 +1176,58 @@ mod tests {
         assert_eq!(split_host_path("/"), ("latest", "", ""));
     }
 
+    /// What a warm request does in addition with traces off, timed under a subscriber like the
+    /// runner's (an `info` filter and a formatter): the identity and fetch phase wrappers of the
+    /// pipeline, the pool's `call` span callsite check, its scope (where the `traceparent` hook
+    /// runs) and its wrapper around the call (docs/performance.md).
+    #[test]
+    #[ignore = "a measurement: cargo test --release -p atrund-http -- --ignored --nocapture traces_off_cost"]
+    fn traces_off_cost() {
+        let sub = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_writer(std::io::sink)
+            .finish();
+        let n = 2_000_000u32;
+        // Global, as in the runner: with only a scoped one `tracing` also forwards disabled
+        // spans to `log`, which the runner never does.
+        let _ = tracing::subscriber::set_global_default(sub);
+        let (with, without) = {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let seen = Seen::default();
+            // The same awaits without the spans, as the pipeline made them before.
+            let t = std::time::Instant::now();
+            rt.block_on(async {
+                for _ in 0..n {
+                    std::hint::black_box(async {}).await;
+                    std::hint::black_box(async {}).await;
+                    std::hint::black_box(seen.traced);
+                    std::hint::black_box(async {}).await;
+                }
+            });
+            let without = t.elapsed() / n;
+            let t = std::time::Instant::now();
+            rt.block_on(async {
+                for _ in 0..n {
+                    std::hint::black_box(async {})
+                        .instrument(seen.phase(Phase::Identity))
+                        .await;
+                    std::hint::black_box(async {})
+                        .instrument(seen.phase(Phase::Fetch))
+                        .await;
+                    let span = tracing::trace_span!(target: trace::TRACE_TARGET, "call");
+                    span.in_scope(|| std::hint::black_box(seen.traced));
+                    std::hint::black_box(async {}).instrument(span).await;
+                }
+            });
+            (t.elapsed() / n, without)
+        };
+        let added = with.saturating_sub(without);
+        println!("traces off: {with:?} per request with the spans' code, {without:?} without: {added:?} added");
+        assert!(added < Duration::from_micros(2), "{added:?}");
+    }
+
     #[test]
     fn dir_names_are_portable() {
         assert_eq!(
