@@ -3,8 +3,9 @@
 //! tree of a cold and a warm request (names, parent and trace ids, attributes), that a caller's
 //! `traceparent` makes the request span its child, that the bundle's request carries a
 //! `traceparent` naming the `call` span, that a malformed `traceparent` is ignored, that JSON log
-//! lines carry `trace_id`/`span_id`; that an unreachable collector fails no request; and that
-//! with traces off a caller's trace headers reach the bundle untouched.
+//! lines carry `trace_id`/`span_id`; the five spans of a cold start from the PDS (`serve`); that
+//! an unreachable collector fails no request; that queued spans are exported at shutdown; and
+//! that with traces off a caller's trace headers reach the bundle untouched.
 
 mod common;
 
@@ -117,6 +118,23 @@ fn dev(
     Daemon::spawn(&mut cmd, false)
 }
 
+/// A dev runner with traces on and every request sampled, exporting (through the standard
+/// variable) to a new collector stand-in, with `env` added; and what the stand-in receives.
+async fn traced_dev(
+    deno: &std::path::Path,
+    dirs: &(tempfile::TempDir, tempfile::TempDir),
+    env: &[(&str, &str)],
+) -> (Daemon, Received) {
+    let (endpoint, got) = collector().await;
+    let mut all = vec![
+        ("ATRUND_OTEL_ENABLED", "1"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint.as_str()),
+        ("ATRUND_OTEL_SAMPLER", "always_on"),
+    ];
+    all.extend_from_slice(env);
+    (dev(deno, dirs, &all), got)
+}
+
 fn dirs() -> (tempfile::TempDir, tempfile::TempDir) {
     (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap())
 }
@@ -176,19 +194,16 @@ async fn cold_and_warm_requests_export_their_span_trees() {
     let Some(deno) = atrund_testnet::deno_path() else {
         return;
     };
-    let (endpoint, got) = collector().await;
     let dirs = dirs();
-    let mut d = dev(
+    let (mut d, got) = traced_dev(
         &deno,
         &dirs,
         &[
-            ("ATRUND_OTEL_ENABLED", "true"),
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
             ("OTEL_SERVICE_NAME", "runner-under-test"),
-            ("ATRUND_OTEL_SAMPLER", "always_on"),
             ("ATRUND_OTEL_BATCH_DELAY_MS", "50"),
         ],
-    );
+    )
+    .await;
 
     // Cold, as the child of a caller's trace.
     let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
@@ -450,4 +465,29 @@ async fn serve_traces_identity_and_fetch_from_the_pds() {
         );
     }
     assert_eq!(hex(&t["call"].span_id), parent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queued_spans_are_exported_at_shutdown() {
+    let Some(deno) = atrund_testnet::deno_path() else {
+        return;
+    };
+    let dirs = dirs();
+    // Batches wait ten minutes: only the shutdown's flush can send this one.
+    let (mut d, got) = traced_dev(&deno, &dirs, &[("ATRUND_OTEL_BATCH_DELAY_MS", "600000")]).await;
+    let (status, seen) = echo(&d, &[]).await;
+    assert_eq!(status, 200);
+    let (trace, _) = parse_traceparent(&seen);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        got.lock().unwrap().is_empty(),
+        "exported before the batch delay"
+    );
+    d.stop();
+    let spans = wait_for(&got, |g| !g.is_empty()).await;
+    let t = tree(&spans, &trace);
+    assert!(
+        t.contains_key("request") && t.contains_key("call"),
+        "{t:#?}"
+    );
 }
