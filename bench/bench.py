@@ -219,6 +219,34 @@ def start_direct(tmp):
     return proc, url
 
 
+def start_sink():
+    """A collector stand-in: answers 200 to every OTLP/HTTP export and counts them."""
+    import http.server
+    import threading
+
+    class Sink(http.server.ThreadingHTTPServer):
+        requests = 0
+        bytes = 0
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            n = int(self.headers.get("content-length") or 0)
+            self.rfile.read(n)
+            self.server.requests += 1
+            self.server.bytes += n
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    sink = Sink(("127.0.0.1", 0), Handler)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    return sink, f"http://127.0.0.1:{sink.server_address[1]}/v1/traces"
+
+
 def bare_spawn_samples(tmp, n):
     """Spawn `deno run` of the direct server, measure spawn to first HTTP 200."""
     out = []
@@ -267,6 +295,21 @@ def warm(tmp, results):
         off_url = off.base + "/bundle/local/bench/latest/hello"
         wait_http(off_url)
         targets.append(("at-rund metrics off", off_url))
+    # BENCH_TRACES_AB=1: the same runner with traces on, sampling every request and with the
+    # default sampler, exporting to a collector stand-in on loopback (docs/performance.md).
+    traced, sink = [], None
+    if os.environ.get("BENCH_TRACES_AB") == "1":
+        sink, sink_url = start_sink()
+        for label, sampler in (("traces on 100%", "always_on"), ("traces on default", None)):
+            env = {"ATRUND_OTEL_ENABLED": "true", "ATRUND_OTEL_ENDPOINT": sink_url}
+            if sampler:
+                env["ATRUND_OTEL_SAMPLER"] = sampler
+            t = AtRund(["dev", bundle, "--name", "bench"], env,
+                       os.path.join(tmp, "data-warm-" + label.replace(" ", "-").replace("%", "")))
+            t_url = t.base + "/bundle/local/bench/latest/hello"
+            wait_http(t_url)
+            traced.append(t)
+            targets.append(("at-rund " + label, t_url))
     rows = {name: {1: [], 50: []} for name, _ in targets}
     for _ in range(ROUNDS):
         for conns in (1, 50):
@@ -275,6 +318,11 @@ def warm(tmp, results):
     r.stop()
     if off:
         off.stop()
+    for t in traced:
+        t.stop()
+    if sink:
+        results["trace_sink"] = {"requests": sink.requests, "bytes": sink.bytes}
+        sink.shutdown()
     stop(direct)
 
     def med(name, conns, k):
@@ -477,6 +525,16 @@ def report(res):
                 f"c=1 p50 {a['c1_p50_ms']*1000:.0f} vs {o['c1_p50_ms']*1000:.0f} µs, "
                 f"c=50 {a['c50_rps']:.0f} vs {o['c50_rps']:.0f} req/s "
                 f"({(1/a['c50_rps']-1/o['c50_rps'])*1e6:+.2f} µs per request at c=50)\n")
+        for label in ("traces on 100%", "traces on default"):
+            t = w.get("at-rund " + label)
+            if t:
+                add(f"Traces off vs {label} (same run, alternated): "
+                    f"c=1 p50 {a['c1_p50_ms']*1000:.0f} vs {t['c1_p50_ms']*1000:.0f} µs, "
+                    f"c=50 {a['c50_rps']:.0f} vs {t['c50_rps']:.0f} req/s "
+                    f"({(1/t['c50_rps']-1/a['c50_rps'])*1e6:+.2f} µs per request at c=50)\n")
+        if res.get("trace_sink"):
+            add(f"Collector stand-in received {res['trace_sink']['requests']} exports, "
+                f"{res['trace_sink']['bytes']} bytes\n")
     ws = res.get("warm_serve")
     if ws:
         d, a = ws["direct"], ws["at-rund serve"]

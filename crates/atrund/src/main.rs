@@ -17,6 +17,7 @@ mod observe;
 mod reload;
 mod settings;
 use settings::{instances_group, load_config, pool_config};
+mod traces;
 use tokio::sync::watch;
 
 use atrund_bundle::{BundleSource, BundleStore, SourceConfig};
@@ -105,7 +106,29 @@ fn main() -> std::process::ExitCode {
     if let Command::SandboxInit { args } = &cli.command {
         return atrund_sandbox::init::main(args);
     }
-    observe::init_logging(observe::log_format(cli.command.config()));
+    let early = observe::early_config(cli.command.config());
+    let format = early.as_ref().map(|c| c.log.format).unwrap_or_default();
+    // Only the serving commands trace; the pipeline is built before the async runtime (its
+    // exporter has a blocking client of its own) and flushed after it.
+    let traces = match early.filter(|c| c.otel.enabled && cli.command.serves()) {
+        Some(c) => match traces::Traces::start(&c.otel) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    observe::init_logging(format, traces.as_ref().map(traces::Traces::tracer));
+    let code = run_to_end(cli);
+    if let Some(t) = traces {
+        t.shutdown();
+    }
+    code
+}
+
+fn run_to_end(cli: Cli) -> std::process::ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -126,6 +149,11 @@ fn main() -> std::process::ExitCode {
 }
 
 impl Command {
+    /// True for the commands that serve requests.
+    fn serves(&self) -> bool {
+        matches!(self, Command::Serve { .. } | Command::Dev { .. })
+    }
+
     /// The config file the command was given.
     fn config(&self) -> Option<&Path> {
         match self {
@@ -315,6 +343,10 @@ async fn serve(config_source: reload::Source, local: Option<LocalBundle>) -> Res
         tracing::warn!(allow_addrs = %config.allow_addrs.join(","), "the runner's own requests may reach these special-purpose addresses");
     }
     tracing::info!(policy = %config.policy.describe(), "author policy");
+    if config.otel.enabled {
+        let o = &config.otel;
+        tracing::info!(endpoint = %o.endpoint, service = %o.service_name, sampler = o.sampler.as_str(), ratio = o.sampler_arg, "traces on: exported over OTLP/HTTP (docs/observability.md)");
+    }
 
     // Host routes' label table (docs/origins.md): a cache the runner refills, so a damaged file
     // costs only the host routes learnt so far, never the start.

@@ -1,44 +1,103 @@
 //! The runner's own observability wiring: the log subscriber (`log.format`: text, or one JSON
-//! object per line), the reading of the components' counters (pool, egress proxy, identity
-//! caches) that the metrics scrape and the status page share, and the metrics registry.
+//! object per line), with the trace layer when `[otel]` is on, the reading of the components'
+//! counters (pool, egress proxy, identity caches) that the metrics scrape and the status page
+//! share, and the metrics registry.
 //!
-//! Owns: the JSON log line's shape and the mapping of component counters into a metrics
-//! [`Snapshot`]. Must not touch: metric names or labels (`atrund-metrics`), what is logged.
+//! Owns: the JSON log line's shape, which spans the trace layer takes, and the mapping of
+//! component counters into a metrics [`Snapshot`]. Must not touch: metric names or labels
+//! (`atrund-metrics`), what is logged, the trace pipeline (`traces`).
 
 use std::sync::Arc;
 
 use atrund_config::{Config, LogFormat};
+use atrund_http::trace::TRACE_TARGET;
 use atrund_metrics::{InstanceUsage, Metrics, Snapshot};
+use opentelemetry_sdk::trace::Tracer;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Registry;
 
 /// Installs the global subscriber: filter from `ATRUND_LOG` (default `info`), lines on stderr.
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ATRUND_LOG")
+/// With `tracer` (traces on), the spans under [`TRACE_TARGET`] are also recorded as trace spans,
+/// whatever the log filter, and JSON lines carry `trace_id`/`span_id`. Without it the subscriber
+/// is exactly the log's.
+pub fn init_logging(format: LogFormat, tracer: Option<Tracer>) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("ATRUND_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if tracer.is_some() {
+        // The filter is global: a span it refuses reaches no layer, so the traced spans are let
+        // through here and the trace layer's own filter keeps to them.
+        if let Ok(d) = format!("{TRACE_TARGET}=trace").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder
-            .with_ansi(false)
-            .fmt_fields(JsonFields::new())
-            .event_format(JsonLine)
-            .init(),
+        LogFormat::Text => install(
+            fmt.with_ansi(std::io::stderr().is_terminal()),
+            filter,
+            tracer,
+        ),
+        LogFormat::Json => install(
+            fmt.with_ansi(false)
+                .fmt_fields(JsonFields::new())
+                .event_format(JsonLine {
+                    traces: tracer.is_some(),
+                }),
+            filter,
+            tracer,
+        ),
     }
 }
 
-/// `{"time", "level", "target", "message", "fields", "request_id", "spans"}`: `request_id` lifted
-/// from the enclosing `request` span so one `jq 'select(.request_id == "…")'` finds a request's
-/// lines; `spans` lists every enclosing span's fields and its name (`span`), outermost first.
-struct JsonLine;
+/// The log layer under the global filter (what `tracing_subscriber::fmt().init()` builds), and
+/// the trace layer on top when there is a tracer.
+fn install<L>(log: L, filter: tracing_subscriber::EnvFilter, tracer: Option<Tracer>)
+where
+    L: Layer<Registry> + Send + Sync + 'static,
+{
+    let base = tracing_subscriber::registry().with(log).with(filter);
+    match tracer {
+        None => base.init(),
+        Some(t) => base.with(trace_layer(t)).init(),
+    }
+}
+
+/// The layer that turns the spans under [`TRACE_TARGET`] (the request and its phases) into
+/// trace spans; no other span and no event (log lines stay in the log).
+fn trace_layer<S>(tracer: Tracer) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_level(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+            m.is_span() && m.target() == TRACE_TARGET
+        }))
+}
+
+/// `{"time", "level", "target", "message", "fields", "request_id", "trace_id", "span_id",
+/// "spans"}`: `request_id` lifted from the enclosing `request` span so one
+/// `jq 'select(.request_id == "…")'` finds a request's lines; with traces on, `trace_id` and
+/// `span_id` of the innermost enclosing trace span; `spans` lists every enclosing span's fields
+/// and its name (`span`), outermost first.
+struct JsonLine {
+    /// Traces are on: look for trace spans.
+    traces: bool,
+}
 
 /// An event's fields as JSON, its message apart.
 #[derive(Default)]
@@ -109,9 +168,17 @@ where
             line.insert("fields".into(), Value::Object(fields.rest));
         }
         let mut spans = Vec::new();
+        let mut trace = None;
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 let ext = span.extensions();
+                if self.traces {
+                    if let Some(d) = ext.get::<tracing_opentelemetry::OtelData>() {
+                        if let (Some(t), Some(s)) = (d.trace_id(), d.span_id()) {
+                            trace = Some((t, s));
+                        }
+                    }
+                }
                 // The span's fields as the JSON field formatter stored them.
                 let mut obj: Map<String, Value> = ext
                     .get::<FormattedFields<N>>()
@@ -124,6 +191,10 @@ where
                 obj.insert("span".into(), Value::from(span.name()));
                 spans.push(Value::Object(obj));
             }
+        }
+        if let Some((t, s)) = trace {
+            line.insert("trace_id".into(), Value::from(t.to_string()));
+            line.insert("span_id".into(), Value::from(s.to_string()));
         }
         if !spans.is_empty() {
             line.insert("spans".into(), Value::Array(spans));
@@ -204,14 +275,13 @@ fn snapshot(
     }
 }
 
-/// The log format for `command`, read from its config before logging starts. A config that does
-/// not load gives `text` here; the command then reports the error itself.
-pub fn log_format(config: Option<&std::path::Path>) -> LogFormat {
+/// The config of `command`, read before logging starts for the log format and `[otel]`. A
+/// config that does not load gives `None` here (text logs, no traces); the command then reports
+/// the error itself.
+pub fn early_config(config: Option<&std::path::Path>) -> Option<Config> {
     atrund_config::process_env()
         .ok()
         .and_then(|env| Config::load(config, &env).ok())
-        .map(|c| c.log.format)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -240,7 +310,7 @@ mod tests {
             .with_writer(move || w.clone())
             .with_ansi(false)
             .fmt_fields(JsonFields::new())
-            .event_format(JsonLine)
+            .event_format(JsonLine { traces: false })
             .finish();
         tracing::subscriber::with_default(sub, || {
             tracing::info!(n = 1, "before");

@@ -26,7 +26,9 @@ use url::Url;
 
 pub use error::{ConfigError, Source};
 pub use layout::DataLayout;
-pub use load::{env_var_name, known_env_vars, process_env, ENV_EXCEPTIONS, ENV_PREFIX};
+pub use load::{
+    env_var_name, known_env_vars, process_env, ENV_EXCEPTIONS, ENV_PREFIX, OTEL_ENV_VARS,
+};
 pub use reload::Reload;
 pub use syntax::{is_dns_label, is_valid_did, is_valid_handle};
 
@@ -69,6 +71,7 @@ pub struct Config {
     pub metrics: MetricsSection,
     pub log: LogSection,
     pub logs: LogsSection,
+    pub otel: OtelSection,
     /// Where each key's value came from (default, file, environment), for error messages and
     /// `check-config`. Not part of the schema.
     #[serde(skip)]
@@ -507,6 +510,7 @@ impl Default for Config {
             metrics: MetricsSection::default(),
             log: LogSection::default(),
             logs: LogsSection::default(),
+            otel: OtelSection::default(),
             sources: error::Provenance::default(),
         }
     }
@@ -684,6 +688,82 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// OpenTelemetry traces, exported over OTLP HTTP/protobuf (docs/observability.md, "Traces").
+/// Off by default. The standard `OTEL_*` variables fill in the keys below; a key set in the
+/// config file or by its `ATRUND_OTEL_*` variable wins over them ([`load`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtelSection {
+    /// Record and export traces. Off: no span is made beyond the log's own, nothing is sent,
+    /// and a caller's `traceparent` reaches the bundle untouched.
+    pub enabled: bool,
+    /// The collector's full OTLP/HTTP traces URL (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`).
+    pub endpoint: String,
+    /// `service.name` of the exported resource (`OTEL_SERVICE_NAME`).
+    pub service_name: String,
+    /// Which traces are kept (`OTEL_TRACES_SAMPLER`).
+    pub sampler: OtelSampler,
+    /// The ratio of the `traceidratio` samplers, 0 to 1 (`OTEL_TRACES_SAMPLER_ARG`).
+    pub sampler_arg: f64,
+    /// Finished spans waiting for export; further ones are dropped (requests never wait).
+    pub queue_size: u64,
+    /// Most spans in one export request.
+    pub batch_size: u64,
+    /// Longest time a finished span waits before its batch is sent.
+    pub batch_delay_ms: u64,
+    /// Bound on one export request to the collector.
+    pub export_timeout_ms: u64,
+}
+
+impl Default for OtelSection {
+    fn default() -> Self {
+        OtelSection {
+            enabled: false,
+            endpoint: "http://localhost:4318/v1/traces".into(),
+            service_name: "at-rund".into(),
+            sampler: OtelSampler::ParentBasedTraceIdRatio,
+            sampler_arg: 0.1,
+            queue_size: 2048,
+            batch_size: 512,
+            batch_delay_ms: 1000,
+            export_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The OpenTelemetry samplers, by their `OTEL_TRACES_SAMPLER` names. The `parentbased_` ones
+/// follow a caller's sampled flag when its `traceparent` has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtelSampler {
+    #[serde(rename = "always_on")]
+    AlwaysOn,
+    #[serde(rename = "always_off")]
+    AlwaysOff,
+    #[serde(rename = "traceidratio")]
+    TraceIdRatio,
+    #[serde(rename = "parentbased_always_on")]
+    ParentBasedAlwaysOn,
+    #[serde(rename = "parentbased_always_off")]
+    ParentBasedAlwaysOff,
+    #[serde(rename = "parentbased_traceidratio")]
+    ParentBasedTraceIdRatio,
+}
+
+impl OtelSampler {
+    /// The name as written in the config (the `OTEL_TRACES_SAMPLER` name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtelSampler::AlwaysOn => "always_on",
+            OtelSampler::AlwaysOff => "always_off",
+            OtelSampler::TraceIdRatio => "traceidratio",
+            OtelSampler::ParentBasedAlwaysOn => "parentbased_always_on",
+            OtelSampler::ParentBasedAlwaysOff => "parentbased_always_off",
+            OtelSampler::ParentBasedTraceIdRatio => "parentbased_traceidratio",
+        }
+    }
 }
 
 impl Config {

@@ -51,6 +51,8 @@ fn moved_key(path: &str, v: &Value) -> Option<(&'static str, &'static str)> {
 enum Kind {
     Str,
     UInt,
+    /// A number such as 0.25 (a whole number is taken too).
+    Float,
     Bool,
     StrList,
     /// `"open"` or a list of strings.
@@ -62,6 +64,7 @@ impl Kind {
         match self {
             Kind::Str => "a string",
             Kind::UInt => "a whole number (0 or more)",
+            Kind::Float => "a number such as 0.25",
             Kind::Bool => "true or false",
             Kind::StrList => "a list of strings",
             Kind::Policy => "\"open\" or a list of DIDs and handles",
@@ -72,6 +75,7 @@ impl Kind {
         match self {
             Kind::Str => "a string",
             Kind::UInt => "a whole number (0 or more), such as 3000",
+            Kind::Float => "a number such as 0.25",
             Kind::Bool => "1, 0, true or false",
             Kind::StrList => "a comma-separated list such as a,b (or empty for none)",
             Kind::Policy => "open, or a comma-separated list of DIDs and handles",
@@ -94,6 +98,7 @@ impl Schema {
                     }
                     _ if path == "policy" => Kind::Policy,
                     Value::Integer(_) => Kind::UInt,
+                    Value::Float(_) => Kind::Float,
                     Value::Boolean(_) => Kind::Bool,
                     Value::Array(_) => Kind::StrList,
                     _ => Kind::Str,
@@ -322,6 +327,23 @@ impl Config {
             prov.set(key, src);
         }
 
+        // The standard OpenTelemetry variables sit between the defaults and the operator's own
+        // keys: they fill only `otel` keys neither the file nor an `ATRUND_OTEL_*` variable set.
+        // With traces off they are not read at all, so another program's values cannot stop
+        // the runner from starting.
+        if get_path(&table, "otel.enabled") == Some(&Value::Boolean(true)) {
+            for (var, key, kind, value) in otel_env(&env) {
+                if prov.get(key) != Source::Default {
+                    continue;
+                }
+                let src = Source::Env(var.to_string());
+                if let Some(v) = parse_env(key, kind, &value, &src)? {
+                    set_path(&mut table, key, v);
+                }
+                prov.set(key, src);
+            }
+        }
+
         let mut config: Config = match serde_path_to_error::deserialize(Value::Table(table.clone()))
         {
             Ok(c) => c,
@@ -334,7 +356,9 @@ impl Config {
                     origin: prov.get(&key),
                     message: match expected_for(&key) {
                         // The enum/visitor messages repeat what we already say.
-                        Some(exp) if key == "isolation" || key == "policy" => {
+                        Some(exp)
+                            if matches!(key.as_str(), "isolation" | "policy" | "otel.sampler") =>
+                        {
                             format!("expected {exp}{got}")
                         }
                         Some(exp) => format!("expected {exp}{got} ({})", e.inner().message()),
@@ -348,6 +372,46 @@ impl Config {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// The standard OpenTelemetry variables read, and the `otel` key each sets. `{base}` in
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is the collector's base URL; `/v1/traces` is appended.
+pub const OTEL_ENV_VARS: &[(&str, &str)] = &[
+    ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "otel.endpoint"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "otel.endpoint"),
+    ("OTEL_SERVICE_NAME", "otel.service_name"),
+    ("OTEL_TRACES_SAMPLER", "otel.sampler"),
+    ("OTEL_TRACES_SAMPLER_ARG", "otel.sampler_arg"),
+];
+
+/// `(variable, key, kind, value)` for each standard OpenTelemetry variable set (non-empty) in
+/// `env`. The traces endpoint is taken as it is; the generic one gets `/v1/traces` appended, and
+/// only counts when the traces one is unset (the OTLP exporter specification's rule).
+fn otel_env(env: &HashMap<String, String>) -> Vec<(&'static str, &'static str, Kind, String)> {
+    let get = |var: &str| env.get(var).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let mut out = Vec::new();
+    let endpoint = match get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        Some(v) => Some(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", v.to_string())),
+        None => get("OTEL_EXPORTER_OTLP_ENDPOINT").map(|base| {
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("{}/v1/traces", base.trim_end_matches('/')),
+            )
+        }),
+    };
+    if let Some((var, v)) = endpoint {
+        out.push((var, "otel.endpoint", Kind::Str, v));
+    }
+    for (var, key, kind) in [
+        ("OTEL_SERVICE_NAME", "otel.service_name", Kind::Str),
+        ("OTEL_TRACES_SAMPLER", "otel.sampler", Kind::Str),
+        ("OTEL_TRACES_SAMPLER_ARG", "otel.sampler_arg", Kind::Float),
+    ] {
+        if let Some(v) = get(var) {
+            out.push((var, key, kind, v.to_string()));
+        }
+    }
+    out
 }
 
 /// " (line N)" for a TOML error span.
@@ -410,6 +474,7 @@ fn check_kind(key: &str, v: &Value, kind: Kind, src: &Source) -> Result<(), Conf
     let ok = match (kind, v) {
         (Kind::Str, Value::String(_)) => true,
         (Kind::UInt, Value::Integer(i)) => *i >= 0,
+        (Kind::Float, Value::Float(_) | Value::Integer(_)) => true,
         (Kind::Bool, Value::Boolean(_)) => true,
         (Kind::StrList | Kind::Policy, Value::Array(a)) => strings(a),
         (Kind::Policy, Value::String(_)) => true,
@@ -457,6 +522,10 @@ fn parse_env(key: &str, kind: Kind, raw: &str, src: &Source) -> Result<Option<Va
         Kind::Str => Value::String(raw.to_string()),
         Kind::UInt => match raw.trim().parse::<i64>() {
             Ok(i) if i >= 0 => Value::Integer(i),
+            _ => return Err(bad("")),
+        },
+        Kind::Float => match raw.trim().parse::<f64>() {
+            Ok(f) if f.is_finite() => Value::Float(f),
             _ => return Err(bad("")),
         },
         Kind::Bool => match raw.trim().to_ascii_lowercase().as_str() {
@@ -532,6 +601,7 @@ fn expected_for(key: &str) -> Option<&'static str> {
         "plc_url" | "identity.handle_resolver" => "an http(s) URL such as https://plc.directory",
         "isolation" => "one of \"none\", \"auto\", \"container\", \"microvm\", \"firecracker\"",
         "policy" => "\"open\" or a list of DIDs and handles",
+        "otel.sampler" => "one of \"always_on\", \"always_off\", \"traceidratio\", \"parentbased_always_on\", \"parentbased_always_off\", \"parentbased_traceidratio\"",
         _ => return None,
     })
 }

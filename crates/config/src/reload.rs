@@ -3,7 +3,7 @@
 //! and data share, the request body cap, `Server-Timing`, and the pool's caps and timeouts. Keys
 //! that components were built from at start keep their running value and are named, so the
 //! operator knows a restart is needed: listeners, the data dir, the backend and its sections,
-//! the identity and fetch clients, the store, the egress proxy, metrics, the log format and the authors' logs.
+//! the identity and fetch clients, the store, the egress proxy, metrics, the log format, the authors' logs and tracing.
 //!
 //! Owns: the split of keys into live and kept. Must not: apply anything (the binary does) or
 //! validate (the new config arrives validated by [`crate::Config::load`]).
@@ -62,6 +62,7 @@ impl Config {
             metrics,
             log,
             logs,
+            otel,
             sources: _,
         } = self;
         keep(&mut k, "listen", listen, &mut new.listen);
@@ -80,6 +81,7 @@ impl Config {
         keep(&mut k, "metrics", metrics, &mut new.metrics);
         keep(&mut k, "log", log, &mut new.log);
         keep(&mut k, "logs", logs, &mut new.logs);
+        keep(&mut k, "otel", otel, &mut new.otel);
 
         let HttpSection {
             max_request_body_bytes: _,

@@ -90,6 +90,7 @@ impl Config {
             }
         }
 
+        self.check_otel()?;
         self.check_service_url("plc_url", &self.plc_url)?;
         if let Some(u) = &self.identity.handle_resolver {
             self.check_service_url("identity.handle_resolver", u)?;
@@ -139,6 +140,10 @@ impl Config {
                 "egress.max_tunnels_per_instance",
                 self.egress.max_tunnels_per_instance,
             ),
+            ("otel.queue_size", self.otel.queue_size),
+            ("otel.batch_size", self.otel.batch_size),
+            ("otel.export_timeout_ms", self.otel.export_timeout_ms),
+            ("otel.batch_delay_ms", self.otel.batch_delay_ms),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -342,6 +347,54 @@ impl Config {
     }
 
     /// https anywhere; http only with `allow_http` and a loopback host.
+    /// The `[otel]` section: a collector URL, a ratio, a batch that fits the queue (sizes must
+    /// be positive: checked with the others in `validate`).
+    fn check_otel(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_string(),
+            origin: self.source_of(key),
+            message,
+        };
+        let o = &self.otel;
+        match Url::parse(&o.endpoint) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()) => {}
+            _ => {
+                return Err(invalid(
+                    "otel.endpoint",
+                    format!(
+                        "'{}' is not an http(s) URL; give the collector's OTLP/HTTP traces URL, such as http://localhost:4318/v1/traces",
+                        o.endpoint
+                    ),
+                ))
+            }
+        }
+        if o.service_name.trim().is_empty() {
+            return Err(invalid(
+                "otel.service_name",
+                "must not be empty; the default is at-rund".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&o.sampler_arg) {
+            return Err(invalid(
+                "otel.sampler_arg",
+                format!(
+                    "{} is not a ratio; give a number from 0 to 1, such as 0.1 for one trace in ten",
+                    o.sampler_arg
+                ),
+            ));
+        }
+        if o.batch_size > o.queue_size {
+            return Err(invalid(
+                "otel.batch_size",
+                format!(
+                    "{} is larger than otel.queue_size ({}); a batch is taken from the queue",
+                    o.batch_size, o.queue_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn check_service_url(&self, key: &str, u: &Url) -> Result<(), ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
             key: key.to_string(),

@@ -862,3 +862,102 @@ fn none_run_as_keys_are_refused_with_their_new_names() {
     let e = err(Some("[none]\nother = 1\n"), &[]);
     assert_eq!(e.code(), "ConfigUnknownKey", "{e}");
 }
+
+#[test]
+fn otel_is_off_by_default_and_its_standard_variables_are_read_only_when_on() {
+    use atrund_config::OtelSampler;
+    let c = load(None, &[("OTEL_TRACES_SAMPLER", "jaeger_remote")]).unwrap();
+    assert!(!c.otel.enabled);
+    assert_eq!(c.otel.endpoint, "http://localhost:4318/v1/traces");
+    assert_eq!(c.otel.sampler, OtelSampler::ParentBasedTraceIdRatio);
+
+    let on = [("ATRUND_OTEL_ENABLED", "1")];
+    let c = load(
+        None,
+        &[
+            on[0],
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+            ("OTEL_SERVICE_NAME", "runner-7"),
+            ("OTEL_TRACES_SAMPLER", "always_on"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.otel.endpoint, "http://collector:4318/v1/traces");
+    assert_eq!(c.otel.service_name, "runner-7");
+    assert_eq!(c.otel.sampler, OtelSampler::AlwaysOn);
+    assert_eq!(c.otel.sampler_arg, 0.5);
+    assert_eq!(
+        c.source_of("otel.endpoint"),
+        Source::Env("OTEL_EXPORTER_OTLP_ENDPOINT".into())
+    );
+
+    // The traces variable beats the generic one and is taken as it is.
+    let c = load(
+        None,
+        &[
+            on[0],
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "https://b/otlp/traces",
+            ),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.otel.endpoint, "https://b/otlp/traces");
+
+    // The operator's own keys (file, then ATRUND_OTEL_*) beat the standard variables.
+    let file =
+        "[otel]\nenabled = true\nendpoint = \"http://file:4318/v1/traces\"\nsampler_arg = 1\n";
+    let c = load(
+        Some(file),
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://std:4318/v1/traces",
+            ),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.2"),
+            ("OTEL_SERVICE_NAME", "std"),
+            ("ATRUND_OTEL_SERVICE_NAME", "mine"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.otel.endpoint, "http://file:4318/v1/traces");
+    assert_eq!(c.otel.sampler_arg, 1.0);
+    assert_eq!(c.otel.service_name, "mine");
+    assert_eq!(c.source_of("otel.endpoint"), file_src());
+}
+
+#[test]
+fn otel_values_are_checked() {
+    let on = ("ATRUND_OTEL_ENABLED", "true");
+    for (pairs, key) in [
+        (
+            vec![on, ("OTEL_TRACES_SAMPLER", "jaeger_remote")],
+            "otel.sampler",
+        ),
+        (vec![("ATRUND_OTEL_SAMPLER_ARG", "1.5")], "otel.sampler_arg"),
+        (
+            vec![on, ("OTEL_TRACES_SAMPLER_ARG", "half")],
+            "otel.sampler_arg",
+        ),
+        (
+            vec![("ATRUND_OTEL_ENDPOINT", "localhost:4318")],
+            "otel.endpoint",
+        ),
+        (
+            vec![("ATRUND_OTEL_ENDPOINT", "ftp://x/v1/traces")],
+            "otel.endpoint",
+        ),
+        (vec![("ATRUND_OTEL_QUEUE_SIZE", "0")], "otel.queue_size"),
+        (vec![("ATRUND_OTEL_BATCH_SIZE", "5000")], "otel.batch_size"),
+        (vec![("ATRUND_OTEL_SERVICE_NAME", " ")], "otel.service_name"),
+    ] {
+        let e = err(None, &pairs);
+        assert!(e.to_string().contains(key), "{pairs:?}: {e}");
+    }
+    // A ratio from the file may be written as a whole number or a fraction.
+    let c = load(Some("[otel]\nsampler_arg = 0\n"), &[]).unwrap();
+    assert_eq!(c.otel.sampler_arg, 0.0);
+}

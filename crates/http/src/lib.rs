@@ -5,11 +5,11 @@
 //! identity → policy → rate → fetch → permission caps → pool), body limits (`body_limit`), the
 //! error → status mapping (`error`), request ids (`request_id`), what a request adds to the
 //! metrics (counted here, defined in `atrund-metrics`) and its `Server-Timing` header
-//! (`server_timing`), authors' logs over XRPC with service auth (`logs`), the header rules that
-//! keep bundles out of each other's origin (`headers`, `origin`), per-author data shares
-//! (`data_quota`), the configuration requests read (`live`), the accept loop (`serve`) and the
-//! admin listener's routes, among them the status page (`status` keeps its recent history,
-//! `status_page` renders it). Must not touch: how identities are resolved, records verified or instances
+//! (`server_timing`), its trace spans and the `traceparent` its bundle sees (`trace`), authors'
+//! logs over XRPC with service auth (`logs`), the header rules that keep bundles out of each
+//! other's origin (`headers`, `origin`), per-author data shares (`data_quota`), the configuration
+//! requests read (`live`), the accept loop (`serve`) and the admin listener's routes, among them
+//! the status page (`status` keeps its recent history, `status_page` renders it). Must not touch: how identities are resolved, records verified or instances
 //! isolated; it calls those crates.
 
 mod body_limit;
@@ -25,6 +25,7 @@ pub mod serve;
 pub mod server_timing;
 pub mod status;
 mod status_page;
+pub mod trace;
 
 use atrund_api as api;
 use atrund_errors::ErrorClass;
@@ -40,6 +41,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use atrund_bundle::{Manifest, VersionSelector};
 use atrund_config::Config;
@@ -111,6 +113,7 @@ pub type Counters = Arc<dyn Fn() -> atrund_metrics::Snapshot + Send + Sync>;
 /// `{label}.{bundle_domain}` never reaches them: it belongs to that bundle, whatever its path
 /// (so `/bundle/...` of another bundle cannot be served in a bundle's origin).
 pub fn router(state: AppState) -> Router {
+    let traced = state.config().otel.enabled;
     let mut routes = Router::new();
     if state.config().metrics.public {
         let m = state.metrics.clone();
@@ -147,8 +150,13 @@ pub fn router(state: AppState) -> Router {
     } else {
         routes
     };
-    // Outermost, so bundle hosts, the fallback and every error body get the id too.
-    routes.layer(axum::middleware::from_fn(request_id::layer))
+    // Outermost, so bundle hosts, the fallback and every error body get the id too. Chosen once
+    // here, so with traces off a request pays nothing for them.
+    if traced {
+        routes.layer(axum::middleware::from_fn(request_id::traced_layer))
+    } else {
+        routes.layer(axum::middleware::from_fn(request_id::layer))
+    }
 }
 
 /// `GET /metrics`: the Prometheus text format, or 404 when `metrics.enabled` is off.
@@ -440,7 +448,7 @@ async fn invoke_path(
     observed(st, RouteKind::Path, call, req).await
 }
 
-/// What the pipeline learnt of a request on its way, for the metrics.
+/// What the pipeline learnt of a request on its way, for the metrics and the trace.
 #[derive(Default)]
 struct Seen {
     /// Set once the bundle and endpoint are known.
@@ -449,6 +457,30 @@ struct Seen {
     fetch: Option<Duration>,
     /// The resolved bundle: its name and the pool's key of its version.
     bundle: Option<(String, InstanceKey)>,
+    /// Traces are on (`otel.enabled`): the phases get spans and `resolved` is kept.
+    traced: bool,
+    /// `(author DID, bundle name, endpoint)`, for the trace; only when `traced`.
+    resolved: Option<(String, String, String)>,
+}
+
+impl Seen {
+    /// A span for one phase of the request when it is traced, else none (no cost).
+    fn phase(&self, name: Phase) -> tracing::Span {
+        if !self.traced {
+            return tracing::Span::none();
+        }
+        match name {
+            Phase::Identity => tracing::trace_span!(target: trace::TRACE_TARGET, "identity"),
+            Phase::Fetch => tracing::trace_span!(target: trace::TRACE_TARGET, "fetch"),
+        }
+    }
+}
+
+/// The phases of the pipeline that get a span of their own here (`start` and `call` get theirs
+/// in the pool).
+enum Phase {
+    Identity,
+    Fetch,
 }
 
 /// Runs one invocation and counts it: by label set and status class, its duration to the
@@ -458,9 +490,31 @@ async fn observed(st: AppState, route: RouteKind, call: Call, req: Request) -> R
     let began = std::time::Instant::now();
     let metrics = st.metrics.clone();
     let timing = st.config().http.server_timing;
-    let mut seen = Seen::default();
+    let mut seen = Seen {
+        traced: st.config().otel.enabled,
+        ..Seen::default()
+    };
+    let route_template = match (&route, call.rest.is_empty()) {
+        (RouteKind::Path, true) => "/bundle/{author}/{name}/{version}/{endpoint}",
+        (RouteKind::Path, false) => "/bundle/{author}/{name}/{version}/{endpoint}/{*rest}",
+        (RouteKind::Host { .. }, _) => "/[@{version}/]{endpoint}[/{*rest}]",
+    };
     let board = st.status.clone();
     let result = invoke(st, route, &call, req, &mut seen).await;
+    if seen.traced {
+        let cold = matches!(&result, Ok(a) if a.started.is_some());
+        trace::invocation(
+            &tracing::Span::current(),
+            &trace::Invocation {
+                route: route_template,
+                resolved: seen
+                    .resolved
+                    .as_ref()
+                    .map(|(a, b, e)| (a.as_str(), b.as_str(), e.as_str())),
+                cold,
+            },
+        );
+    }
     let cold = |start| atrund_metrics::ColdStart {
         identity: seen.identity,
         fetch: seen.fetch,
@@ -679,7 +733,9 @@ async fn invoke(
     }
     let target = if author == LOCAL_AUTHOR && st.local.is_some() {
         let t0 = std::time::Instant::now();
-        let t = local_target(&st, name, &selector).await?;
+        let t = local_target(&st, name, &selector)
+            .instrument(seen.phase(Phase::Fetch))
+            .await?;
         seen.fetch = Some(t0.elapsed());
         t
     } else {
@@ -696,6 +752,13 @@ async fn invoke(
     ));
     seen.bundle = Some((target.name.clone(), target.key.clone()));
     let config = st.config();
+    if seen.traced {
+        seen.resolved = Some((
+            target.key.author.clone(),
+            target.name.clone(),
+            endpoint.clone(),
+        ));
+    }
     let limits =
         atrund_policy::check_manifest(&config.permissions, &config.limits, &target.manifest)?;
     check_endpoint(&target.manifest, endpoint, req.method())?;
@@ -747,6 +810,7 @@ async fn invoke(
         .map_err(|e| ApiError::new(ErrorClass::BadRequest, "InvalidRequest", e.to_string()))?;
 
     let spec = || instance_spec(&st, &target, &limits);
+    let traced = seen.traced;
     let resp = st
         .pool
         .execute(
@@ -756,6 +820,13 @@ async fn invoke(
             Invocation {
                 endpoint: endpoint.clone(),
                 request,
+            },
+            // In the `call` span: the bundle's traceparent names it. With traces off the
+            // caller's trace headers pass through untouched, like every other header.
+            |inv| {
+                if traced {
+                    trace::inject_current(inv.request.headers_mut());
+                }
             },
         )
         .await;
@@ -814,10 +885,14 @@ async fn remote_target(
     seen: &mut Seen,
 ) -> Result<Target, ApiError> {
     let t0 = std::time::Instant::now();
-    let resolved = allowed_author(st, author).await?;
+    let resolved = allowed_author(st, author)
+        .instrument(seen.phase(Phase::Identity))
+        .await?;
     let t1 = std::time::Instant::now();
     seen.identity = Some(t1 - t0);
-    let fetched = remote_bundle(st, &resolved, name, selector).await;
+    let fetched = remote_bundle(st, &resolved, name, selector)
+        .instrument(seen.phase(Phase::Fetch))
+        .await;
     seen.fetch = Some(t1.elapsed());
     fetched
 }
@@ -1222,6 +1297,58 @@ mod tests {
         );
         assert_eq!(split_host_path("/@1.2.0"), ("1.2.0", "", ""));
         assert_eq!(split_host_path("/"), ("latest", "", ""));
+    }
+
+    /// What a warm request does in addition with traces off, timed under a subscriber like the
+    /// runner's (an `info` filter and a formatter): the identity and fetch phase wrappers of the
+    /// pipeline, the pool's `call` span callsite check, its scope (where the `traceparent` hook
+    /// runs) and its wrapper around the call (docs/performance.md).
+    #[test]
+    #[ignore = "a measurement: cargo test --release -p atrund-http -- --ignored --nocapture traces_off_cost"]
+    fn traces_off_cost() {
+        let sub = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_writer(std::io::sink)
+            .finish();
+        let n = 2_000_000u32;
+        // Global, as in the runner: with only a scoped one `tracing` also forwards disabled
+        // spans to `log`, which the runner never does.
+        let _ = tracing::subscriber::set_global_default(sub);
+        let (with, without) = {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let seen = Seen::default();
+            // The same awaits without the spans, as the pipeline made them before.
+            let t = std::time::Instant::now();
+            rt.block_on(async {
+                for _ in 0..n {
+                    std::hint::black_box(async {}).await;
+                    std::hint::black_box(async {}).await;
+                    std::hint::black_box(seen.traced);
+                    std::hint::black_box(async {}).await;
+                }
+            });
+            let without = t.elapsed() / n;
+            let t = std::time::Instant::now();
+            rt.block_on(async {
+                for _ in 0..n {
+                    std::hint::black_box(async {})
+                        .instrument(seen.phase(Phase::Identity))
+                        .await;
+                    std::hint::black_box(async {})
+                        .instrument(seen.phase(Phase::Fetch))
+                        .await;
+                    let span = tracing::trace_span!(target: trace::TRACE_TARGET, "call");
+                    span.in_scope(|| std::hint::black_box(seen.traced));
+                    std::hint::black_box(async {}).instrument(span).await;
+                }
+            });
+            (t.elapsed() / n, without)
+        };
+        let added = with.saturating_sub(without);
+        println!("traces off: {with:?} per request with the spans' code, {without:?} without: {added:?} added");
+        assert!(added < Duration::from_micros(2), "{added:?}");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! logged while the request is handled runs in a `request` span with that id, and JSON error
 //! bodies name it (`requestId`).
 //!
-//! Owns: the id's syntax, making ids, the span and the task-local that error bodies read. Must
-//! not touch: what the request does.
+//! Owns: the id's syntax, making ids, the span and the task-local that error bodies read (with
+//! traces on the span is `trace`'s traced one). Must not touch: what the request does.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,14 +69,33 @@ pub fn current() -> Option<HeaderValue> {
 /// Middleware: picks the request's id, runs the rest of the stack in its span and task-local,
 /// and sets it on the response.
 pub async fn layer(req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
+    let id = pick(&req);
+    // Valid ids and generated ones are ASCII.
+    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
+    respond(id, span, req, next).await
+}
+
+/// [`layer`] when traces are on: the same, in the traced `request` span (`trace`), which also
+/// gets the method and the response status.
+pub async fn traced_layer(req: Request, next: Next) -> Response {
+    let id = pick(&req);
+    let span =
+        crate::trace::request_span(req.headers(), id.to_str().unwrap_or_default(), req.method());
+    let resp = respond(id, span.clone(), req, next).await;
+    crate::trace::answered(&span, resp.status());
+    resp
+}
+
+/// The caller's id when it is well-formed, else a new one.
+fn pick(req: &Request) -> HeaderValue {
+    req.headers()
         .get(&HEADER)
         .filter(|v| is_valid(v.as_bytes()))
         .cloned()
-        .unwrap_or_else(generate);
-    // Valid ids and generated ones are ASCII.
-    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
+        .unwrap_or_else(generate)
+}
+
+async fn respond(id: HeaderValue, span: tracing::Span, req: Request, next: Next) -> Response {
     let mut resp = CURRENT
         .scope(id.clone(), next.run(req).instrument(span))
         .await;

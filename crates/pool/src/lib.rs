@@ -15,6 +15,10 @@
 //! its bound (in time, and so in waiters: arrival rate × wait) means there is never an unbounded
 //! queue. Waiting for an instance that is *starting* is not counted against it: that is a cold
 //! start, bounded by the executor's start timeout.
+//!
+//! Traces: an instance start a request waits for as its starter runs in a `start` span, and the
+//! call into the instance in a `call` span, both at `TRACE` level under [`TRACE_TARGET`], so they
+//! cost a disabled callsite's check unless traces are on (docs/observability.md, "Traces").
 
 mod body;
 mod memory;
@@ -28,6 +32,10 @@ use std::time::{Duration, Instant};
 use atrund_sandbox::{Executor, Instance, InstanceSpec, Invocation, SandboxError};
 use tokio::sync::Notify;
 use tracing::Instrument;
+
+/// The `tracing` target of the spans that become trace spans (the request's phases); the
+/// binary's trace layer takes exactly these.
+pub const TRACE_TARGET: &str = "atrund_trace";
 
 /// What makes two instances interchangeable. The bundle record's CID covers the code, the
 /// manifest's permissions and its requested limits; the secrets record's CID the environment.
@@ -463,21 +471,25 @@ impl Pool {
     }
 
     /// Runs one invocation on a warm instance for `key`, starting one from `spec` if needed.
-    /// `concurrency` is the bundle's per-instance limit. The instance slot stays taken until the
-    /// response body has been sent.
+    /// `concurrency` is the bundle's per-instance limit. `prepare` runs inside the `call` span
+    /// just before the call (the HTTP layer writes there the trace context the bundle sees). The
+    /// instance slot stays taken until the response body has been sent.
     pub async fn execute(
         self: &Arc<Self>,
         key: InstanceKey,
         concurrency: usize,
         spec: impl FnOnce() -> InstanceSpec,
-        call: Invocation,
+        mut call: Invocation,
+        prepare: impl FnOnce(&mut Invocation),
     ) -> Result<http::Response<LeasedBody>, PoolError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(PoolError::Draining);
         }
         let mut lease = self.acquire(&key, concurrency.max(1), spec).await?;
+        let span = tracing::trace_span!(target: TRACE_TARGET, "call");
+        span.in_scope(|| prepare(&mut call));
         let called = Instant::now();
-        match lease.instance.execute(call).await {
+        match lease.instance.execute(call).instrument(span).await {
             Ok(resp) => {
                 lease.ok = true;
                 let bundle_time = called.elapsed();
@@ -522,9 +534,12 @@ impl Pool {
                     let pool = self.clone();
                     let k = key.clone();
                     // Spawned so that a caller who goes away does not abort a start others wait on.
-                    // In the request's span, so the start's log lines carry its request id.
+                    // In the request's span, so the start's log lines carry its request id; the
+                    // `start` span (made here, so its trace parent is the request's) inside it.
+                    let phase = tracing::trace_span!(target: TRACE_TARGET, "start");
                     let started = tokio::spawn(
                         async move { pool.start_reserved(k, s, limit, true).await }
+                            .instrument(phase)
                             .instrument(tracing::Span::current()),
                     );
                     return match started.await {

@@ -132,7 +132,7 @@ async fn run(
     k: &InstanceKey,
     limit: usize,
 ) -> Result<http::Response<crate::LeasedBody>, PoolError> {
-    pool.execute(k.clone(), limit, spec, call()).await
+    pool.execute(k.clone(), limit, spec, call(), |_| {}).await
 }
 
 async fn eventually(what: &str, f: impl Fn() -> bool) {
