@@ -350,8 +350,20 @@ async fn isolation_check(
     };
     let probe = async {
         let tmp = std::env::temp_dir().join(format!("at-rund-doctor-{}", std::process::id()));
-        let choice =
+        let mut choice =
             settings::sandbox_choice(config, Requested::Auto, deno, cgroups, tmp.join("rootfs"))?;
+        if atrund_sandbox::effective_root() {
+            // As `serve` does: Deno and at-rund where the instances' uid can run them (copies
+            // when they sit under /root), here in the probe's own temp dir.
+            use std::os::unix::fs::PermissionsExt;
+            let staged = tmp.join("staged");
+            std::fs::create_dir_all(&staged)?;
+            for d in [&tmp, &staged] {
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))?;
+            }
+            choice.init.0 = settings::reachable_init(choice.init.0, choice.run_as, &staged)?;
+            choice.deno = choice.deno.reachable_by(choice.run_as, &staged)?;
+        }
         // The executor (and its egress proxy) is dropped before its root is removed.
         let picked = atrund_sandbox::choose_executor(choice)
             .await

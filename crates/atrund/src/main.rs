@@ -723,6 +723,16 @@ fn prepare_data_dir(layout: &DataLayout, group: Option<u32>) -> Result<()> {
         };
         removed.with_context(|| format!("cannot remove leftover {}", path.display()))?;
     }
+    // Copies for the instances' uid are made again by this start (hard links where possible), so
+    // none of an older binary or edit outlives it.
+    let staged = layout.staged();
+    for entry in
+        std::fs::read_dir(&staged).with_context(|| format!("cannot read {}", staged.display()))?
+    {
+        let path = entry?.path();
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove the staged copy {}", path.display()))?;
+    }
     Ok(())
 }
 
@@ -740,8 +750,12 @@ mod tests {
         std::fs::create_dir_all(dir.join("run/leftover")).unwrap();
         // The shim a stopped `none` runner leaves beside its instance dirs (a restart failed on it).
         std::fs::write(dir.join("run/at-run-exec.ts"), "// shim").unwrap();
+        // A staged copy of an older Deno: made again by each start, never kept.
+        std::fs::create_dir_all(dir.join("staged")).unwrap();
+        std::fs::write(dir.join("staged/deno-1-2"), "old").unwrap();
         prepare_data_dir(&DataLayout::new(&dir), None).unwrap();
         assert!(!dir.join("run/at-run-exec.ts").exists());
+        assert!(!dir.join("staged/deno-1-2").exists());
         for sub in DataLayout::DIRS {
             let mode = std::fs::metadata(dir.join(sub))
                 .unwrap()
