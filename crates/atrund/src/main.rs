@@ -228,7 +228,7 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn serve(config_source: reload::Source, local: Option<LocalBundle>) -> Result<()> {
+async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) -> Result<()> {
     // Before anything slow: until the handler exists a hang-up would end the process.
     let hangups = reload::hangups();
     let config = config_source.load()?;
@@ -242,6 +242,16 @@ async fn serve(config_source: reload::Source, local: Option<LocalBundle>) -> Res
         // Instances run as sandbox.run_as_uid: a Deno under /root (0700) gets a copy they can run.
         let id = settings::run_as(config.sandbox.run_as_uid, config.sandbox.run_as_gid)?;
         deno = deno.reachable_by(id, &layout.staged())?;
+        // A dev bundle under /root: its code is served from copies (decided once, here).
+        if let Some(l) = local.take() {
+            local = Some(match atrund_sandbox::unreachable_by(&l.entry, id, 0o4) {
+                Some(why) => {
+                    tracing::info!(entry = %l.entry.display(), %why, "the instances' user cannot read the bundle's folder: serving copies of its code from the data dir");
+                    l.with_staging(layout.staged())
+                }
+                None => l,
+            });
+        }
     }
     let runtime_version = deno.version().await?;
     tracing::info!(deno = %deno.path().display(), version = %runtime_version, "runtime found");

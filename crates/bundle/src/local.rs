@@ -52,6 +52,10 @@ pub struct LocalBundle {
     pub name: String,
     pub dir: PathBuf,
     pub entry: PathBuf,
+    /// Where the code is served from instead of `entry`, copied per version: set by the binary
+    /// (`with_staging`) when the instances' uid cannot read the folder (a root runner's bundle
+    /// under `/root`). `None`: `entry` itself.
+    pub staged: Option<PathBuf>,
     last: Mutex<Option<Read>>,
     /// Full reads so far (the tests check that unchanged files are not read again).
     reads: std::sync::atomic::AtomicU64,
@@ -148,11 +152,18 @@ impl LocalBundle {
             name,
             dir,
             entry,
+            staged: None,
             last: Mutex::new(None),
             reads: Default::default(),
         };
         bundle.snapshot().map_err(|e| e.to_string())?;
         Ok(bundle)
+    }
+
+    /// Serves copies of the code made in `dir` (see [`LocalBundle::staged`]).
+    pub fn with_staging(mut self, dir: PathBuf) -> Self {
+        self.staged = Some(dir);
+        self
     }
 
     /// The folder as of now: from the last read when neither file changed since, else read

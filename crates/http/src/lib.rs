@@ -979,7 +979,7 @@ async fn local_target(
     let snap = local.snapshot()?;
     if let Some(old) = snap.replaced {
         tracing::info!(bundle = %name, "code changed on disk; replacing the instance");
-        remove_staged_code(st, &old);
+        remove_staged_code(local, &old);
         st.pool
             .retire(&InstanceKey {
                 author: LOCAL_AUTHOR.into(),
@@ -988,7 +988,7 @@ async fn local_target(
             })
             .await;
     }
-    let code = code_for_instances(st, &local.entry, &snap.key)?;
+    let code = code_for_instances(local, &snap.key)?;
     Ok(Target {
         key: InstanceKey {
             author: LOCAL_AUTHOR.into(),
@@ -1004,47 +1004,26 @@ async fn local_target(
     })
 }
 
-/// The dev bundle's code as the instances' uid can read it: where it is, or (a root runner whose
-/// folder that uid cannot pass, such as one under `/root`) a copy under the data dir's `staged/`,
-/// named by the code's key.
-fn code_for_instances(
-    st: &AppState,
-    entry: &std::path::Path,
-    key: &str,
-) -> Result<std::path::PathBuf, ApiError> {
-    if !atrund_sandbox::effective_root() {
-        return Ok(entry.to_path_buf());
-    }
-    let config = st.config();
-    let id = atrund_sandbox::RunAs {
-        uid: u32::try_from(config.sandbox.run_as_uid).unwrap_or(u32::MAX),
-        gid: u32::try_from(config.sandbox.run_as_gid).unwrap_or(u32::MAX),
+/// The dev bundle's code as its instances read it: `entry` itself, or, when the binary chose
+/// staging (`LocalBundle::staged`: the instances' uid cannot read the folder), a copy in that
+/// dir named by the code's key.
+fn code_for_instances(local: &LocalBundle, key: &str) -> Result<std::path::PathBuf, ApiError> {
+    let Some(dir) = &local.staged else {
+        return Ok(local.entry.clone());
     };
-    let staged = config.layout().staged();
-    match atrund_sandbox::copy_if_unreachable(entry, id, 0o4, &staged, key, 0o644) {
-        Ok(None) => Ok(entry.to_path_buf()),
-        Ok(Some((copy, why))) => {
-            tracing::debug!(code = %copy.display(), %why, "serving a copy of the dev bundle's code the instances' user can read");
-            Ok(copy)
-        }
-        Err(e) => {
-            tracing::warn!(entry = %entry.display(), error = %e, "cannot copy the dev bundle's code where the instances' user can read it");
-            Err(ApiError::new(
-                ErrorClass::Author,
-                "BundleInvalid",
-                format!(
-                    "the bundle's code cannot be read by the instances' user (uid {}) and no copy could be made; move the folder where that user can read it",
-                    id.uid
-                ),
-            ))
-        }
-    }
+    atrund_sandbox::stage_file(&local.entry, dir, key, 0o644).map_err(|e| {
+        tracing::warn!(entry = %local.entry.display(), error = %e, "cannot copy the dev bundle's code where the instances' user can read it");
+        ApiError::new(
+            ErrorClass::Author,
+            "BundleInvalid",
+            "the bundle's code cannot be read by the instances' user and no copy could be made; move the folder where that user can read it",
+        )
+    })
 }
 
 /// Removes the staged copies of a dev bundle's replaced code.
-fn remove_staged_code(st: &AppState, key: &str) {
-    let dir = st.config().layout().staged();
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+fn remove_staged_code(local: &LocalBundle, key: &str) {
+    let Some(Ok(entries)) = local.staged.as_ref().map(std::fs::read_dir) else {
         return;
     };
     let prefix = format!("{key}-");

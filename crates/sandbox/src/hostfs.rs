@@ -113,12 +113,7 @@ pub fn copy_if_unreachable(
 
 /// A copy of `src` in `dir` (a hard link where the file system and `src`'s mode allow), named `<prefix>-<size>-<mtime ns>` so a
 /// changed source gets a new copy; made under a temporary name and renamed, mode `mode`.
-pub(crate) fn stage_file(
-    src: &Path,
-    dir: &Path,
-    prefix: &str,
-    mode: u32,
-) -> std::io::Result<PathBuf> {
+pub fn stage_file(src: &Path, dir: &Path, prefix: &str, mode: u32) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let m = std::fs::metadata(src)?;
     let mtime = m
@@ -145,7 +140,7 @@ pub(crate) fn stage_file(
 /// Why `id` (no supplementary groups) cannot reach `path`: a dir on the way it may not search, or
 /// `path` itself without the `want` bits (4 read, 1 execute). Plain modes (no ACLs); symlinks are
 /// resolved first.
-pub(crate) fn unreachable_by(path: &Path, id: RunAs, want: u32) -> Option<String> {
+pub fn unreachable_by(path: &Path, id: RunAs, want: u32) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let real = match std::fs::canonicalize(path) {
         Ok(p) => p,

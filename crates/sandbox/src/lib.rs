@@ -38,7 +38,7 @@ pub use choose::{choose_executor, Choice, Chosen, Requested};
 pub use container::{find_bwrap, ContainerConfig, ContainerExecutor};
 pub use deno::DenoBinary;
 pub use error::SandboxError;
-pub use hostfs::{copy_if_unreachable, runner_dir_mode};
+pub use hostfs::{copy_if_unreachable, runner_dir_mode, stage_file, unreachable_by};
 pub use none::NoneExecutor;
 pub use report::{host_report, HostReport};
 pub use rootfs::Rootfs;
