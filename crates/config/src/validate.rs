@@ -144,6 +144,10 @@ impl Config {
             ("otel.batch_size", self.otel.batch_size),
             ("otel.export_timeout_ms", self.otel.export_timeout_ms),
             ("otel.batch_delay_ms", self.otel.batch_delay_ms),
+            ("logs.max_lines_per_bundle", self.logs.max_lines_per_bundle),
+            ("logs.max_bundles", self.logs.max_bundles),
+            ("logs.max_token_secs", self.logs.max_token_secs),
+            ("logs.max_tail_secs", self.logs.max_tail_secs),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -305,16 +309,6 @@ impl Config {
             }
         }
         let lg = &self.logs;
-        for (key, v) in [
-            ("logs.max_lines_per_bundle", lg.max_lines_per_bundle),
-            ("logs.max_bundles", lg.max_bundles),
-            ("logs.max_token_secs", lg.max_token_secs),
-            ("logs.max_tail_secs", lg.max_tail_secs),
-        ] {
-            if v == 0 {
-                return Err(invalid(key, "must be greater than 0".into()));
-            }
-        }
         if lg.max_lines_per_bundle > 1_000_000 {
             return Err(invalid(
                 "logs.max_lines_per_bundle",
