@@ -361,8 +361,7 @@ async fn isolation_check(
             for d in [&tmp, &staged] {
                 std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))?;
             }
-            choice.init.0 = settings::reachable_init(choice.init.0, choice.run_as, &staged)?;
-            choice.deno = choice.deno.reachable_by(choice.run_as, &staged)?;
+            choice = settings::reachable_choice(choice, &staged)?;
         }
         // The executor (and its egress proxy) is dropped before its root is removed.
         let picked = atrund_sandbox::choose_executor(choice)

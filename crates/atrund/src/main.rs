@@ -604,8 +604,8 @@ async fn pick_executor(
     let mut choice =
         settings::sandbox_choice(config, requested, deno, cgroups, config.layout().rootfs())?;
     if atrund_sandbox::effective_root() {
-        choice.init.0 =
-            settings::reachable_init(choice.init.0, choice.run_as, &config.layout().staged())?;
+        // Deno was staged already at start (it is run before this); at-rund is staged here.
+        choice = settings::reachable_choice(choice, &config.layout().staged())?;
     }
     let chosen = choose_executor(choice).await?;
     Ok((chosen.executor, chosen.isolation, chosen.egress))

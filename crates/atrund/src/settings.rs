@@ -136,7 +136,7 @@ pub(crate) fn run_as(uid: u64, gid: u64) -> Result<RunAs> {
 
 /// The container's PID 1 (this binary) as `id` can run it: where it is, or (a root runner built
 /// under `/root`, 0700, since bwrap opens it by path as that uid) a copy in `staged`.
-pub(crate) fn reachable_init(init: PathBuf, id: RunAs, staged: &Path) -> Result<PathBuf> {
+fn reachable_init(init: PathBuf, id: RunAs, staged: &Path) -> Result<PathBuf> {
     let copy = atrund_sandbox::copy_if_unreachable(&init, id, 0o1, staged, "at-rund", 0o755)
         .with_context(|| {
             format!(
@@ -153,6 +153,15 @@ pub(crate) fn reachable_init(init: PathBuf, id: RunAs, staged: &Path) -> Result<
         }
         None => init,
     })
+}
+
+/// `choice` with Deno and at-rund (the container's PID 1) where `choice.run_as` can run them:
+/// copies in `staged` for those it cannot (a root runner under `/root`). Shared by `serve` and
+/// `doctor`'s probe, so both see the same sandbox.
+pub(crate) fn reachable_choice(mut choice: Choice, staged: &Path) -> Result<Choice> {
+    choice.init.0 = reachable_init(choice.init.0, choice.run_as, staged)?;
+    choice.deno = choice.deno.reachable_by(choice.run_as, staged)?;
+    Ok(choice)
 }
 
 /// The address policy of the runner's own requests (identity, PDS): the classifier plus the
