@@ -46,6 +46,9 @@ pub enum EgressError {
     /// too many open connections for this instance
     #[error("this instance already has {0} open egress connections, the runner's limit; close some before opening more")]
     TooManyConnections(usize),
+    /// a token that counts only on its instance's own connections came on another one
+    #[error("this egress token is not valid on this connection: it belongs to an instance whose connections the runner makes itself; use the HTTP_PROXY/HTTPS_PROXY the runner set, from inside that instance")]
+    SourceNotAnnounced,
     /// the request is not something an HTTP/CONNECT proxy serves
     #[error("{0}")]
     BadRequest(String),
@@ -78,6 +81,7 @@ impl EgressError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::ProxyAuthRequired => "EgressProxyAuthRequired",
+            Self::SourceNotAnnounced => "EgressSourceNotAnnounced",
             Self::HostNotListed { .. } => "EgressHostNotListed",
             Self::PortNotListed { .. } => "EgressPortNotListed",
             Self::AddressBlocked { .. } => "EgressAddressBlocked",
@@ -98,7 +102,9 @@ impl EgressError {
     /// The status the proxy answers the bundle with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::ProxyAuthRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            Self::ProxyAuthRequired | Self::SourceNotAnnounced => {
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED
+            }
             Self::HostNotListed { .. }
             | Self::PortNotListed { .. }
             | Self::AddressBlocked { .. } => StatusCode::FORBIDDEN,
@@ -119,6 +125,7 @@ impl EgressError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::ProxyAuthRequired => "no_token",
+            Self::SourceNotAnnounced => "source_not_announced",
             Self::HostNotListed { .. } => "host_not_listed",
             Self::PortNotListed { .. } => "port_not_listed",
             Self::AddressBlocked { reason, .. } => reason,

@@ -28,7 +28,7 @@ pub use atrund_netpolicy::{
 };
 pub use error::EgressError;
 pub use net::{Connect, DirectConnector};
-pub use proxy::{EgressProxy, EgressStats, Listening, Registration};
+pub use proxy::{EgressProxy, EgressStats, Listening, Registration, SourceAnnouncer};
 pub use rule::{check as check_rules, Host, NetRule};
 
 /// Operator settings of the proxy (crates/config builds this).

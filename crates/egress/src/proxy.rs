@@ -1,7 +1,14 @@
 //! The HTTP/1.1 proxy server: token check, policy check, upstream connect, tunnel or forward,
 //! decision logs and counters.
 //!
-//! Owns: listeners, the token registry, per-instance connection counts. Must not: resolve or
+//! A token alone is a bearer secret. Where the runner knows which instance made each connection
+//! to the proxy (the `none` backend's connect gate makes it; the container backend's forwarder
+//! makes it), the instance is registered with `register_announced` and its token counts only on
+//! connections whose source address was announced for it (`SourceAnnouncer`): a token read from
+//! another process's environment is then useless from anywhere else.
+//!
+//! Owns: listeners, the token registry, announced sources, per-instance connection counts. Must
+//! not: resolve or
 //! connect other than through `Resolve`/`Connect`, or connect to an address `AddressPolicy` has
 //! not returned.
 
@@ -57,6 +64,8 @@ struct Stats {
 
 struct Instance {
     policy: EgressPolicy,
+    /// Whether the token counts only on announced connections (`register_announced`).
+    announced_only: bool,
     open: AtomicUsize,
     /// Fired when the registration is dropped: its tunnels and forwards close.
     gone: CancellationToken,
@@ -68,6 +77,10 @@ struct Shared {
     resolver: Arc<dyn Resolve>,
     connector: Arc<dyn Connect>,
     instances: Mutex<HashMap<String, Arc<Instance>>>,
+    /// Client addresses of connections an instance's runner-side connector made, by instance.
+    sources: Mutex<HashMap<SocketAddr, Source>>,
+    /// Numbers announcements, so a connection that ends removes its own only.
+    next_source: AtomicU64,
     listening: Mutex<Vec<SocketAddr>>,
     /// The runner's other listeners (`EgressProxy::protect`).
     protected: Mutex<Vec<SocketAddr>>,
@@ -131,6 +144,8 @@ impl Drop for Registration {
         {
             map.remove(&self.token);
         }
+        drop(map);
+        lock(&self.shared.sources).retain(|_, s| !s.is(&self.instance));
         self.instance.gone.cancel();
     }
 }
@@ -138,6 +153,75 @@ impl Drop for Registration {
 impl Registration {
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// The handle through which the runner-side connector announces this instance's
+    /// connections (meaningful for `register_announced` registrations).
+    pub fn announcer(&self) -> SourceAnnouncer {
+        SourceAnnouncer {
+            shared: Arc::downgrade(&self.shared),
+            instance: Arc::downgrade(&self.instance),
+        }
+    }
+}
+
+/// One announced client address: which instance's connector made the connection.
+struct Source {
+    instance: std::sync::Weak<Instance>,
+    serial: u64,
+}
+
+impl Source {
+    fn is(&self, instance: &Arc<Instance>) -> bool {
+        std::ptr::eq(self.instance.as_ptr(), Arc::as_ptr(instance))
+    }
+}
+
+/// Announces the connections one instance makes to the proxy: call `announce` with the
+/// connection's local address after `connect` and before the instance can send on it. Holds no
+/// strong reference: announcing for a dropped registration or proxy does nothing.
+#[derive(Clone)]
+pub struct SourceAnnouncer {
+    shared: std::sync::Weak<Shared>,
+    instance: std::sync::Weak<Instance>,
+}
+
+impl std::fmt::Debug for SourceAnnouncer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceAnnouncer").finish_non_exhaustive()
+    }
+}
+
+impl SourceAnnouncer {
+    /// `local`: the client side of a connection to the proxy that this instance's connector made.
+    /// A later announcement of the same address (a reused port) replaces this one.
+    pub fn announce(&self, local: SocketAddr) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        if self.instance.strong_count() == 0 {
+            return;
+        }
+        let serial = shared.next_source.fetch_add(1, Relaxed) + 1;
+        lock(&shared.sources).insert(
+            local,
+            Source {
+                instance: self.instance.clone(),
+                serial,
+            },
+        );
+    }
+
+    /// Withdraws `local` if this instance announced it (its connect failed).
+    pub fn withdraw(&self, local: SocketAddr) {
+        let (Some(shared), Some(instance)) = (self.shared.upgrade(), self.instance.upgrade())
+        else {
+            return;
+        };
+        let mut map = lock(&shared.sources);
+        if map.get(&local).is_some_and(|s| s.is(&instance)) {
+            map.remove(&local);
+        }
     }
 }
 
@@ -183,6 +267,8 @@ impl EgressProxy {
             resolver,
             connector,
             instances: Mutex::new(HashMap::new()),
+            sources: Mutex::new(HashMap::new()),
+            next_source: AtomicU64::new(0),
             listening: Mutex::new(Vec::new()),
             protected: Mutex::new(Vec::new()),
             host: HostAddrs::default(),
@@ -251,7 +337,26 @@ impl EgressProxy {
         token: impl Into<String>,
         policy: EgressPolicy,
     ) -> Result<Registration, EgressError> {
-        let token = token.into();
+        self.register_with(token.into(), policy, false)
+    }
+
+    /// As `register`, but the token counts only on connections announced for this instance
+    /// (`Registration::announcer`); from any other connection it is refused with
+    /// `EgressSourceNotAnnounced`.
+    pub fn register_announced(
+        &self,
+        token: impl Into<String>,
+        policy: EgressPolicy,
+    ) -> Result<Registration, EgressError> {
+        self.register_with(token.into(), policy, true)
+    }
+
+    fn register_with(
+        &self,
+        token: String,
+        policy: EgressPolicy,
+        announced_only: bool,
+    ) -> Result<Registration, EgressError> {
         let token_ok = (16..=128).contains(&token.len())
             && token
                 .bytes()
@@ -261,6 +366,7 @@ impl EgressProxy {
         }
         let instance = Arc::new(Instance {
             policy,
+            announced_only,
             open: AtomicUsize::new(0),
             gone: self.shared.shutdown.child_token(),
         });
@@ -294,9 +400,11 @@ impl EgressProxy {
 
 async fn serve_conn(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    // The serial of the announcement this connection was accepted under (0: none yet).
+    let used = Arc::new(AtomicU64::new(0));
     let svc = {
-        let shared = shared.clone();
-        service_fn(move |req| handle(shared.clone(), peer, req))
+        let (shared, used) = (shared.clone(), used.clone());
+        service_fn(move |req| handle(shared.clone(), peer, used.clone(), req))
     };
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -308,6 +416,14 @@ async fn serve_conn(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             tracing::debug!(target: "atrund::egress", %peer, error = %e, "client connection ended");
         },
         _ = shared.shutdown.cancelled() => {}
+    }
+    // Its announcement ends with it; a newer one for the same address (a reused port) stays.
+    let serial = used.load(Relaxed);
+    if serial != 0 {
+        let mut map = lock(&shared.sources);
+        if map.get(&peer).is_some_and(|s| s.serial == serial) {
+            map.remove(&peer);
+        }
     }
 }
 
@@ -333,15 +449,21 @@ struct Opened {
 async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
+    used: Arc<AtomicU64>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let Some(instance) = authenticate(&shared, req.headers()) else {
-        let e = EgressError::ProxyAuthRequired;
-        let dest = req.uri().authority().map(|a| a.to_string());
-        tracing::info!(target: "atrund::egress", %peer, dest = dest.as_deref().unwrap_or("-"),
-            decision = "deny", reason = e.reason(), "egress");
-        count_denied(&shared, &e);
-        return Ok(refusal(&e));
+    let known = authenticate(&shared, req.headers())
+        .ok_or(EgressError::ProxyAuthRequired)
+        .and_then(|i| from_its_source(&shared, &i, peer, &used).map(|()| i));
+    let instance = match known {
+        Ok(i) => i,
+        Err(e) => {
+            let dest = req.uri().authority().map(|a| a.to_string());
+            tracing::info!(target: "atrund::egress", %peer, dest = dest.as_deref().unwrap_or("-"),
+                decision = "deny", reason = e.reason(), "egress");
+            count_denied(&shared, &e);
+            return Ok(refusal(&e));
+        }
     };
     let result = if req.method() == Method::CONNECT {
         connect(&shared, &instance, req).await
@@ -349,6 +471,27 @@ async fn handle(
         forward(&shared, &instance, req).await
     };
     Ok(result.unwrap_or_else(|e| refusal(&e)))
+}
+
+/// For an instance registered with `register_announced`: whether `peer` was announced for it.
+/// The first announcement a connection passes is the one it keeps (and removes at its end).
+fn from_its_source(
+    shared: &Shared,
+    instance: &Arc<Instance>,
+    peer: SocketAddr,
+    used: &AtomicU64,
+) -> Result<(), EgressError> {
+    if !instance.announced_only {
+        return Ok(());
+    }
+    let map = lock(&shared.sources);
+    match map.get(&peer) {
+        Some(s) if s.is(instance) => {
+            let _ = used.compare_exchange(0, s.serial, Relaxed, Relaxed);
+            Ok(())
+        }
+        _ => Err(EgressError::SourceNotAnnounced),
+    }
 }
 
 /// The instance whose token is the user name of `Proxy-Authorization: Basic`.

@@ -679,3 +679,72 @@ async fn keepalive_get(s: &mut tokio::net::TcpStream, req: &str) {
         got += n;
     }
 }
+
+/// An instance registered with `register_announced`: its token opens nothing from a connection
+/// the runner did not announce for it (a token read from its environment by another process),
+/// works on an announced one, and stops working there once that connection has ended or the
+/// instance is gone.
+#[tokio::test]
+async fn announced_tokens_count_only_on_their_instances_connections() {
+    let (echo, accepted) = echo_server().await;
+    let target = format!("echo.test:{}", echo.port());
+    let guard = Arc::new(LoopbackOnly::default());
+    let p = EgressProxy::start_with(cfg(true), Arc::new(resolver()), guard.clone())
+        .await
+        .unwrap();
+    let policy = EgressPolicy {
+        bundle_label: "did:plc:test/bundle".into(),
+        allow: NetRule::parse_list(&[&target]).unwrap(),
+    };
+    let reg = p.register_announced(TOKEN, policy.clone()).unwrap();
+    let other = p
+        .register_announced("fedcba9876543210fedcba9876543210", policy)
+        .unwrap();
+
+    // The attacker: the right token, from a connection nobody announced.
+    let (_s, head) = connect(p.local_addr(), &target, Some(&basic(TOKEN))).await;
+    assert_eq!(head.status, 407);
+    assert_eq!(
+        head.header("x-atrund-egress-error"),
+        Some("EgressSourceNotAnnounced")
+    );
+    // Announced, but for another instance.
+    let s = tokio::net::TcpStream::connect(p.local_addr())
+        .await
+        .unwrap();
+    other.announcer().announce(s.local_addr().unwrap());
+    let (_s, head) = connect_on(s, &target, Some(&basic(TOKEN))).await;
+    assert_eq!(head.status, 407, "another instance's connection");
+
+    // The instance's own connection, announced before it sends.
+    let s = tokio::net::TcpStream::connect(p.local_addr())
+        .await
+        .unwrap();
+    let local = s.local_addr().unwrap();
+    reg.announcer().announce(local);
+    let (mut s, head) = connect_on(s, &target, Some(&basic(TOKEN))).await;
+    assert_eq!(head.status, 200, "announced connection");
+    s.write_all(b"hi").await.unwrap();
+    let mut buf = [0u8; 2];
+    s.read_exact(&mut buf).await.unwrap();
+    drop(s);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(guard.attempts(), vec![echo], "only the announced tunnel");
+    assert_eq!(p.stats().denied.get("source_not_announced"), Some(&2));
+
+    // Withdrawn announcements and dropped registrations leave nothing behind.
+    let s = tokio::net::TcpStream::connect(p.local_addr())
+        .await
+        .unwrap();
+    let local2 = s.local_addr().unwrap();
+    let a = reg.announcer();
+    a.announce(local2);
+    a.withdraw(local2);
+    let (_s, head) = connect_on(s, &target, Some(&basic(TOKEN))).await;
+    assert_eq!(head.status, 407, "withdrawn");
+    drop(reg);
+    a.announce(local); // for a dropped registration: no effect
+    let (_s, head) = connect(p.local_addr(), &target, Some(&basic(TOKEN))).await;
+    assert_eq!(head.status, 407, "token gone");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}

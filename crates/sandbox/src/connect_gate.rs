@@ -12,7 +12,8 @@
 //! it. Letting the kernel continue the call (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`) would re-read
 //! both. Landlock's TCP rule (the proxy's port only) stays beneath, and UDP, raw IP, Unix
 //! datagram sockets and TCP Fast Open, which connect without `connect`, are refused by the
-//! other filters.
+//! other filters. Each connection it makes it announces to the proxy (`SourceAnnouncer`) before
+//! the caller can send on it, so the instance's proxy token counts on that connection only.
 //!
 //! Owns: the verdict on each connect and the daemon's task per instance that answers them. Must
 //! not: make raw syscalls (`sys` does) or decide anything about the egress itself (the proxy
@@ -23,6 +24,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
+use atrund_egress::SourceAnnouncer;
 use nix::libc;
 use tokio::io::unix::AsyncFd;
 
@@ -38,6 +40,7 @@ const MAX_SOCKADDR: usize = 128;
 pub(crate) struct GatePending {
     receiver: OwnedFd,
     proxy: Option<SocketAddr>,
+    announcer: Option<SourceAnnouncer>,
 }
 
 /// Both halves of a gate for one instance: the child's (filter and sending socket, for
@@ -57,7 +60,11 @@ pub(crate) fn prepare(proxy: Option<SocketAddr>) -> io::Result<(sys::GateChild, 
             filter: confine::connect_gate_filter(),
             sender,
         },
-        GatePending { receiver, proxy },
+        GatePending {
+            receiver,
+            proxy,
+            announcer: None,
+        },
     ))
 }
 
@@ -75,6 +82,12 @@ impl Drop for ConnectGate {
 }
 
 impl GatePending {
+    /// Announces each connection the gate makes to the proxy through `announcer`.
+    pub(crate) fn announcing(mut self, announcer: SourceAnnouncer) -> Self {
+        self.announcer = Some(announcer);
+        self
+    }
+
     /// Takes the listener the spawned child sent and starts answering its connects.
     pub(crate) fn open(self, instance: &Arc<str>) -> Result<ConnectGate, SandboxError> {
         let listener = sys::receive_fd(self.receiver.as_fd()).map_err(|e| {
@@ -85,15 +98,25 @@ impl GatePending {
         let listener = sys::async_fd(listener).map_err(|e| {
             SandboxError::StartFailed(format!("the connect gate cannot be polled ({e})"))
         })?;
-        let task = tokio::spawn(serve(Arc::new(listener), self.proxy, instance.clone()));
+        let to = Target {
+            proxy: self.proxy,
+            announcer: self.announcer,
+        };
+        let task = tokio::spawn(serve(Arc::new(listener), Arc::new(to), instance.clone()));
         Ok(ConnectGate { task })
     }
+}
+
+/// The one address an instance may connect to, and who hears of each connection made to it.
+struct Target {
+    proxy: Option<SocketAddr>,
+    announcer: Option<SourceAnnouncer>,
 }
 
 /// Answers notifications until every process under the filter has exited (the listener hangs
 /// up). The listener is edge-triggered here: after each wake-up every pending notification is
 /// taken (a zero-timeout `poll` says whether one is left) before waiting again.
-async fn serve(listener: Arc<AsyncFd<OwnedFd>>, proxy: Option<SocketAddr>, id: Arc<str>) {
+async fn serve(listener: Arc<AsyncFd<OwnedFd>>, to: Arc<Target>, id: Arc<str>) {
     loop {
         let mut guard = match listener.readable().await {
             Ok(g) => g,
@@ -121,16 +144,20 @@ async fn serve(listener: Arc<AsyncFd<OwnedFd>>, proxy: Option<SocketAddr>, id: A
                 }
             };
             let fd = listener.get_ref().as_fd();
-            match decide(fd, &n, proxy) {
+            match decide(fd, &n, to.proxy) {
                 Ok(Connect { sock, dest }) if blocks(&sock) => {
                     // A blocking socket's connect waits for the peer: not on the runtime's
                     // threads. A non-blocking one (Deno's) returns at once (EINPROGRESS).
-                    let (listener, id) = (listener.clone(), id.clone());
+                    let (listener, id, to) = (listener.clone(), id.clone(), to.clone());
                     tokio::task::spawn_blocking(move || {
-                        respond(listener.get_ref().as_fd(), &n, connect(&sock, dest), &id)
+                        let r = connect(&sock, dest, to.announcer.as_ref(), &id);
+                        respond(listener.get_ref().as_fd(), &n, r, &id)
                     });
                 }
-                Ok(Connect { sock, dest }) => respond(fd, &n, connect(&sock, dest), &id),
+                Ok(Connect { sock, dest }) => {
+                    let r = connect(&sock, dest, to.announcer.as_ref(), &id);
+                    respond(fd, &n, r, &id)
+                }
                 Err(refusal) => respond(fd, &n, Err(refusal), &id),
             }
         }
@@ -187,9 +214,39 @@ fn blocks(sock: &OwnedFd) -> bool {
         .unwrap_or(true)
 }
 
-fn connect(sock: &OwnedFd, dest: SocketAddr) -> Result<(), Refusal> {
-    let dest = nix::sys::socket::SockaddrStorage::from(dest);
-    nix::sys::socket::connect(sock.as_raw_fd(), &dest).map_err(|e| Refusal::Errno(e as i32))
+/// Connects the caller's socket and, once it has its local address (at once, also when the
+/// connect is still in progress), announces that address. The caller is still waiting for the
+/// answer, so it cannot send before the announcement.
+fn connect(
+    sock: &OwnedFd,
+    dest: SocketAddr,
+    announcer: Option<&SourceAnnouncer>,
+    id: &str,
+) -> Result<(), Refusal> {
+    use nix::sys::socket::{getsockname, SockaddrStorage};
+    let r = nix::sys::socket::connect(sock.as_raw_fd(), &SockaddrStorage::from(dest));
+    if let (Ok(()) | Err(nix::errno::Errno::EINPROGRESS), Some(a)) = (r, announcer) {
+        match getsockname::<SockaddrStorage>(sock.as_raw_fd())
+            .ok()
+            .and_then(|s| inet_of(&s))
+        {
+            Some(local) => a.announce(local),
+            // The proxy then refuses the connection's requests (EgressSourceNotAnnounced).
+            None => tracing::warn!(
+                instance = id,
+                "connect gate: a connection's local address is unknown; the proxy will refuse it"
+            ),
+        }
+    }
+    r.map_err(|e| Refusal::Errno(e as i32))
+}
+
+fn inet_of(s: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = s.as_sockaddr_in() {
+        return Some(SocketAddr::V4(SocketAddrV4::from(*v4)));
+    }
+    s.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6(SocketAddrV6::from(*v6)))
 }
 
 fn respond(listener: BorrowedFd<'_>, n: &Notification, result: Result<(), Refusal>, id: &str) {

@@ -394,12 +394,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Serves the instance's proxy socket: each connection is copied to the egress proxy. With
+/// Serves the instance's proxy socket: each connection is copied to the egress proxy over a
+/// connection announced for the instance (its token counts nowhere else). With
 /// `owner` (the uid the sandbox runs as) the socket is given to it: connecting needs write
 /// permission on the socket file, which the umask may have taken from others.
 fn egress_forwarder(
     socket: &Path,
     proxy: std::net::SocketAddr,
+    announcer: atrund_egress::SourceAnnouncer,
     owner: Option<RunAs>,
 ) -> Result<AbortOnDrop, SandboxError> {
     let _ = std::fs::remove_file(socket);
@@ -415,11 +417,18 @@ fn egress_forwarder(
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 continue;
             };
+            let announcer = announcer.clone();
             tokio::spawn(async move {
-                if let Ok(mut tcp) = tokio::net::TcpStream::connect(proxy).await {
-                    let _ = tcp.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut unix, &mut tcp).await;
-                }
+                let Ok(mut tcp) = tokio::net::TcpStream::connect(proxy).await else {
+                    return;
+                };
+                // Before a byte is copied: the instance's token counts on this connection only.
+                let Ok(local) = tcp.local_addr() else {
+                    return;
+                };
+                announcer.announce(local);
+                let _ = tcp.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut unix, &mut tcp).await;
             });
         }
     })))
@@ -491,10 +500,11 @@ impl Executor for ContainerExecutor {
         let mut keep: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
         let mut proxy_env = None;
         if let Some(proxy) = &self.egress {
-            let (reg, token) = crate::egress::register(proxy, &spec).map_err(fail)?;
+            let (reg, token) = crate::egress::register(proxy, &spec, true).map_err(fail)?;
             let fwd = egress_forwarder(
                 &spec.work_dir.join(EGRESS_SOCKET),
                 proxy.local_addr(),
+                reg.announcer(),
                 self.run_as,
             )
             .map_err(fail)?;

@@ -12,22 +12,26 @@ use crate::{InstanceSpec, SandboxError};
 
 /// Registers `spec`'s instance with `proxy`, even with an empty `net` (every attempt is then
 /// refused and logged). Returns the registration (keep it with the instance) and the token.
+/// `announced`: the backend makes the instance's connections to the proxy itself and announces
+/// them (`Registration::announcer`), so the token counts on those connections only.
 pub(crate) fn register(
     proxy: &EgressProxy,
     spec: &InstanceSpec,
+    announced: bool,
 ) -> Result<(Registration, String), SandboxError> {
     let allow = NetRule::parse_list(&spec.permissions.net).map_err(|e| {
         SandboxError::StartFailed(format!("the manifest's net list cannot be enforced: {e}"))
     })?;
     let token = atrund_egress::new_token().map_err(|e| SandboxError::StartFailed(e.to_string()))?;
-    let reg = proxy
-        .register(
-            token.clone(),
-            EgressPolicy {
-                bundle_label: spec.id.clone(),
-                allow,
-            },
-        )
-        .map_err(|e| SandboxError::StartFailed(e.to_string()))?;
+    let policy = EgressPolicy {
+        bundle_label: spec.id.clone(),
+        allow,
+    };
+    let reg = if announced {
+        proxy.register_announced(token.clone(), policy)
+    } else {
+        proxy.register(token.clone(), policy)
+    }
+    .map_err(|e| SandboxError::StartFailed(e.to_string()))?;
     Ok((reg, token))
 }

@@ -201,18 +201,9 @@ impl Executor for NoneExecutor {
             self.check_reachable(&spec, &shim, id)
                 .inspect_err(cleanup)?;
         }
-        let egress = self
-            .egress
-            .as_ref()
-            .map(|proxy| {
-                let (reg, token) = crate::egress::register(proxy, &spec)?;
-                Ok::<_, SandboxError>((reg, atrund_egress::proxy_url(&token, proxy.local_addr())))
-            })
-            .transpose()
-            .inspect_err(cleanup)?;
         let proxy = self.egress.as_ref().map(|p| p.local_addr());
         // Built here, before fork: the child only makes the syscalls.
-        let (confine, gate) = match self
+        let (confine, mut gate) = match self
             .confinement
             .prepare(&spec, self.deno.path(), &shim, proxy)
             .inspect_err(cleanup)?
@@ -220,6 +211,18 @@ impl Executor for NoneExecutor {
             Some((c, g)) => (Some(c), g),
             None => (None, None),
         };
+        // With the gate, the runner makes every connection to the proxy and announces it: the
+        // token is then worth nothing outside this instance.
+        let egress = self
+            .egress
+            .as_ref()
+            .map(|proxy| {
+                let (reg, token) = crate::egress::register(proxy, &spec, gate.is_some())?;
+                gate = gate.take().map(|g| g.announcing(reg.announcer()));
+                Ok::<_, SandboxError>((reg, atrund_egress::proxy_url(&token, proxy.local_addr())))
+            })
+            .transpose()
+            .inspect_err(cleanup)?;
 
         let mut cmd = tokio::process::Command::new(self.deno.path());
         cmd.args(&args)

@@ -3,8 +3,9 @@
 //! 127.0.0.1/32 here, as `egress.allow_cidrs` would, so the allowed fetch has somewhere to go
 //! without leaving the machine), an unlisted one or another port is refused, raw TCP to the
 //! listed service is refused, a bare host means port 443 only, and the proxy will not call
-//! itself. Real Deno, real proxy, real Landlock/namespaces; skips (or fails under CI=true) when
-//! a piece is missing.
+//! itself. A token taken from the instance's environment (as another process of its uid could
+//! read it) opens nothing from outside the instance. Real Deno, real proxy, real
+//! Landlock/namespaces; skips (or fails under CI=true) when a piece is missing.
 
 mod common;
 
@@ -70,10 +71,73 @@ async fn egress_goes_only_through_the_proxy(mode: Mode) {
     .await
     .unwrap();
     assert_eq!(v["error"], "PermissionDenied", "{mode:?}: {v}");
+    // The instance's token, read from its environment by a process outside it, is refused
+    // there: the runner announced only the instance's own connections.
+    let token = proxy_token_of(inst.stats().pid.expect("instance runs"))
+        .unwrap_or_else(|| panic!("{mode:?}: no HTTP_PROXY in the instance's processes"));
+    let mut s = tokio::net::TcpStream::connect(env.proxy.local_addr())
+        .await
+        .unwrap();
+    let auth = base64_basic(&token);
+    let req = format!(
+        "CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nProxy-Authorization: {auth}\r\n\r\n"
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 512];
+    let n = s.read(&mut head).await.unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(
+        head.starts_with("HTTP/1.1 407") && head.contains("EgressSourceNotAnnounced"),
+        "{mode:?}: {head}"
+    );
+    // ... while the instance's own connections still work.
+    let v = fetch(format!("http://127.0.0.1:{port}/")).await;
+    assert_eq!(v["leaked"], "200 hi", "{mode:?}: {v}");
     let st = env.proxy.stats();
-    assert_eq!(st.allowed, 1, "{mode:?}: {st:?}");
+    assert_eq!(st.allowed, 2, "{mode:?}: {st:?}");
     assert_eq!(st.denied.get("proxy_itself"), Some(&1), "{mode:?}: {st:?}");
+    assert_eq!(
+        st.denied.get("source_not_announced"),
+        Some(&1),
+        "{mode:?}: {st:?}"
+    );
     inst.shutdown().await;
+}
+
+/// The proxy token in `HTTP_PROXY` of `pid` or one of its descendants (Deno, inside bwrap).
+fn proxy_token_of(pid: u32) -> Option<String> {
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        if let Ok(env) = std::fs::read(format!("/proc/{p}/environ")) {
+            for var in env.split(|b| *b == 0) {
+                let var = String::from_utf8_lossy(var);
+                if let Some(url) = var.strip_prefix("HTTP_PROXY=http://") {
+                    return url.split_once(':').map(|(t, _)| t.to_string());
+                }
+            }
+        }
+        for task in std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+        {
+            let Ok(task) = task else { continue };
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            todo.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    None
+}
+
+fn base64_basic(token: &str) -> String {
+    use base64::Engine as _;
+    let b = base64::engine::general_purpose::STANDARD.encode(format!("{token}:x"));
+    format!("Basic {b}")
 }
 
 #[tokio::test]

@@ -174,7 +174,12 @@ pub async fn read_head(s: &mut TcpStream) -> Head {
 /// Sends `CONNECT target` with the given Proxy-Authorization (if any), returns the stream
 /// and the response head.
 pub async fn connect(proxy: SocketAddr, target: &str, auth: Option<&str>) -> (TcpStream, Head) {
-    let mut s = TcpStream::connect(proxy).await.unwrap();
+    let s = TcpStream::connect(proxy).await.unwrap();
+    connect_on(s, target, auth).await
+}
+
+/// `CONNECT target` on a connection already open to the proxy.
+pub async fn connect_on(mut s: TcpStream, target: &str, auth: Option<&str>) -> (TcpStream, Head) {
     let mut req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
     if let Some(a) = auth {
         req.push_str(&format!("Proxy-Authorization: {a}\r\n"));
