@@ -136,6 +136,7 @@ async fn checks(config_path: Option<&Path>) -> Vec<Check> {
         let deno = deno_check(config, &mut out).await;
         out.push(isolation_check(config, deno, cgroups.clone()).await);
         out.push(data_dir_check(config));
+        out.push(data_volumes_check(config));
         out.push(key_file_check(config));
         out.extend(port_checks(config));
         out.push(plc_check(config).await);
@@ -528,6 +529,53 @@ fn data_dir_check(config: &Config) -> Check {
 
 /// The runner key file: absent (created at start, 0600) or a regular file of mode 0600 or 0400
 /// (the runner refuses one that group or others can read).
+/// Whether each author's data share is a hard cap (author volumes) or the soft measurement, as
+/// `serve` would decide it (`settings::author_volumes`).
+fn data_volumes_check(config: &Config) -> Check {
+    use atrund_config::DataVolumes;
+    let cap = config.tenants.max_data_bytes_per_author;
+    if cap == 0 {
+        return check(
+            Status::Warn,
+            "data quota",
+            "none: tenants.max_data_bytes_per_author = 0",
+            "set a cap so one author cannot fill the disk",
+        );
+    }
+    let mode = config.tenants.data_volumes;
+    if mode == DataVolumes::Off {
+        return check(
+            Status::Warn,
+            "data quota",
+            format!("soft ({cap} bytes per author, measured per request): tenants.data_volumes = \"off\""),
+            "set tenants.data_volumes = \"auto\" for a hard cap (docs/limits.md, \"Author volumes\")",
+        );
+    }
+    match (atrund_sandbox::AuthorVolumes::probe(), mode) {
+        (Ok(()), _) => check(
+            Status::Ok,
+            "data quota",
+            format!(
+                "hard: each author's data dir is an ext4 volume of {} bytes",
+                cap.max(atrund_sandbox::MIN_VOLUME_BYTES)
+            ),
+            "",
+        ),
+        (Err(e), DataVolumes::Loop) => check(
+            Status::Fail,
+            "data quota",
+            format!("tenants.data_volumes = \"loop\", but: {e}"),
+            "run at-rund as root on a host with loop devices and e2fsprogs, or set tenants.data_volumes = \"auto\"",
+        ),
+        (Err(e), _) => check(
+            Status::Warn,
+            "data quota",
+            format!("soft ({cap} bytes per author, measured per request): {e}"),
+            "run at-rund as root on a host with loop devices and e2fsprogs for a hard cap (docs/limits.md, \"Author volumes\")",
+        ),
+    }
+}
+
 fn key_file_check(config: &Config) -> Check {
     let path = config.key_file();
     match std::fs::symlink_metadata(&path) {

@@ -106,6 +106,13 @@ fn main() -> std::process::ExitCode {
     if let Command::SandboxInit { args } = &cli.command {
         return atrund_sandbox::init::main(args);
     }
+    // Before any thread (the trace exporter's, the runtime's): author volumes are mounted in a
+    // namespace of the runner's own, so they vanish with it. The outcome is reported when the
+    // volumes are set up (`settings::author_volumes`); `doctor` enters one too, to say the same.
+    let probes = matches!(cli.command, Command::Doctor { .. });
+    if (cli.command.serves() || probes) && atrund_sandbox::effective_root() {
+        let _ = atrund_sandbox::enter_private_mount_namespace();
+    }
     let early = observe::early_config(cli.command.config());
     let format = early.as_ref().map(|c| c.log.format).unwrap_or_default();
     // Only the serving commands trace; the pipeline is built before the async runtime (its
@@ -328,8 +335,10 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
             .with_freeze_after_idle(config.limits.freeze_after_idle()),
     );
     let (executor, isolation, egress) = pick_executor(&config, deno, cgroups.clone()).await?;
+    let (volumes, data_quota) = settings::author_volumes(&config, &layout)?;
     let mut enforcement = executor.enforcement();
     enforcement.push(isolation);
+    enforcement.push(data_quota);
     let enforcement = Arc::new(enforcement);
     for e in enforcement.iter() {
         if e.enforced {
@@ -405,7 +414,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         draining: drain_rx.clone(),
         enforcement,
         rates: rates.clone(),
-        data_quota: Arc::default(),
+        data_quota: Arc::new(atrund_http::DataQuota::with_volumes(volumes.clone())),
         origins: Arc::new(origins),
         metrics: metrics.clone(),
         counters,
@@ -506,6 +515,9 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
     }
     tracing::info!("stopping instances");
     pool.shutdown().await;
+    if let Some(v) = &volumes {
+        v.unmount_all();
+    }
     if let Err(e) = cgroups.remove_parents() {
         tracing::warn!(error = %e, "could not remove the runner's cgroups");
     }

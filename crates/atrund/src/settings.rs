@@ -3,7 +3,8 @@
 //! start-up in `main`, the reload on SIGHUP (`reload`) and the host check (`doctor`).
 //!
 //! Owns: `load_config`, the `[pool]` → `PoolConfig` mapping, the sandbox's [`Choice`] from the
-//! config and the data dir's group. Must not: start anything.
+//! config, the data dir's group and whether author volumes are used. Must not: start anything
+//! (beyond making the volumes' image dir).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -177,4 +178,69 @@ pub(crate) fn own_requests_policy(
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(atrund_netpolicy::AddressPolicy::default().with_openings(&openings))
+}
+
+/// The author volumes `tenants.data_volumes` asks for, if this host has them, and the
+/// `dataQuota` line of the enforcement list. `loop` without them fails the start; `auto`
+/// without them says why and keeps the soft cap.
+pub(crate) fn author_volumes(
+    config: &Config,
+    layout: &atrund_config::DataLayout,
+) -> Result<(
+    Option<Arc<atrund_sandbox::AuthorVolumes>>,
+    atrund_sandbox::Enforcement,
+)> {
+    use atrund_config::DataVolumes;
+    let cap = config.tenants.max_data_bytes_per_author;
+    let soft = |why: String| atrund_sandbox::Enforcement {
+        limit: "dataQuota",
+        enforced: false,
+        how: format!(
+            "soft: each author's data is measured per request (at most every 10 s) and writing \
+             bundles are refused while it is over {cap} bytes; a running call can write past it \
+             ({why})"
+        ),
+    };
+    if cap == 0 {
+        return Ok((
+            None,
+            atrund_sandbox::Enforcement {
+                limit: "dataQuota",
+                enforced: false,
+                how: "no cap: tenants.max_data_bytes_per_author = 0".into(),
+            },
+        ));
+    }
+    let mode = config.tenants.data_volumes;
+    if mode == DataVolumes::Off {
+        let images = layout.volumes();
+        if std::fs::read_dir(&images).is_ok_and(|mut d| d.next().is_some()) {
+            tracing::warn!(dir = %images.display(), "author volumes exist but tenants.data_volumes = \"off\": bundles do not see the files in them (docs/limits.md, \"Author volumes\")");
+        }
+        return Ok((None, soft("tenants.data_volumes = \"off\"".into())));
+    }
+    let made = atrund_sandbox::AuthorVolumes::probe()
+        .and_then(|()| atrund_sandbox::AuthorVolumes::new(layout.volumes(), cap));
+    match (made, mode) {
+        (Ok(v), _) => {
+            let size = v.bytes();
+            Ok((
+                Some(Arc::new(v)),
+                atrund_sandbox::Enforcement {
+                    limit: "dataQuota",
+                    enforced: true,
+                    how: format!(
+                        "hard: each author's data dir is an ext4 volume of {size} bytes (a \
+                         loop-mounted image in volumes/), so writes past it fail with ENOSPC \
+                         within the call; writing bundles are also refused while the author \
+                         is measured over {cap} bytes"
+                    ),
+                },
+            ))
+        }
+        (Err(e), DataVolumes::Loop) => Err(anyhow::anyhow!(
+            "tenants.data_volumes = \"loop\" but this host cannot mount author volumes: {e}"
+        )),
+        (Err(e), _) => Ok((None, soft(e.to_string()))),
+    }
 }

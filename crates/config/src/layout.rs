@@ -51,6 +51,12 @@ impl DataLayout {
         self.root.join("deno").join(author_dir).join(name)
     }
 
+    /// Author volumes: one ext4 image per author, mounted on their `data/<author dir>`
+    /// (`tenants.data_volumes`).
+    pub fn volumes(&self) -> PathBuf {
+        self.root.join("volumes")
+    }
+
     /// Instance work dirs (sockets, shim copy); emptied at start-up.
     pub fn run(&self) -> PathBuf {
         self.root.join("run")
@@ -101,6 +107,7 @@ mod tests {
             l.bundle_deno("did_plc_a", "hello"),
             l.instance_work("abc-1"),
             l.rootfs(),
+            l.volumes(),
             l.revisions(),
             l.origins(),
             l.default_key_file(),

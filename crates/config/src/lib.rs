@@ -251,6 +251,34 @@ pub struct TenantsSection {
     /// Most bytes one author's bundles may keep in their data dirs; an author over it gets
     /// `DataQuotaExceeded` for bundles that write, until they are under again (0: no cap).
     pub max_data_bytes_per_author: u64,
+    /// Whether each author's data dir is a file system of `max_data_bytes_per_author` bytes (a
+    /// loop-mounted image), which makes the cap hard within a call (docs/limits.md).
+    pub data_volumes: DataVolumes,
+}
+
+/// How the per-author data cap is enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataVolumes {
+    /// Volumes where the host allows them (root, loop devices, e2fsprogs); else the soft cap,
+    /// said at start and in describeRunner.
+    #[default]
+    Auto,
+    /// Volumes, or at-rund does not start.
+    Loop,
+    /// The soft cap only (measured per request).
+    Off,
+}
+
+impl DataVolumes {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataVolumes::Auto => "auto",
+            DataVolumes::Loop => "loop",
+            DataVolumes::Off => "off",
+        }
+    }
 }
 
 impl Default for TenantsSection {
@@ -264,6 +292,7 @@ impl Default for TenantsSection {
             max_store_bytes_per_author: 256 * MIB,
             store_gc_after_secs: 7 * 24 * 3600,
             max_data_bytes_per_author: 1024 * MIB,
+            data_volumes: DataVolumes::Auto,
         }
     }
 }

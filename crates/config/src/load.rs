@@ -357,7 +357,10 @@ impl Config {
                     message: match expected_for(&key) {
                         // The enum/visitor messages repeat what we already say.
                         Some(exp)
-                            if matches!(key.as_str(), "isolation" | "policy" | "otel.sampler") =>
+                            if matches!(
+                                key.as_str(),
+                                "isolation" | "policy" | "otel.sampler" | "tenants.data_volumes"
+                            ) =>
                         {
                             format!("expected {exp}{got}")
                         }
@@ -601,6 +604,7 @@ fn expected_for(key: &str) -> Option<&'static str> {
         "plc_url" | "identity.handle_resolver" => "an http(s) URL such as https://plc.directory",
         "isolation" => "one of \"none\", \"auto\", \"container\", \"microvm\", \"firecracker\"",
         "policy" => "\"open\" or a list of DIDs and handles",
+        "tenants.data_volumes" => "one of \"auto\", \"loop\", \"off\"",
         "otel.sampler" => "one of \"always_on\", \"always_off\", \"traceidratio\", \"parentbased_always_on\", \"parentbased_always_off\", \"parentbased_traceidratio\"",
         _ => return None,
     })

@@ -157,8 +157,17 @@ impl Config {
             max_store_bytes_per_author,
             store_gc_after_secs,
             max_data_bytes_per_author: _,
+            data_volumes,
         } = tenants;
         let t = &mut new.tenants;
+        // Volumes are mounted once per start: the choice applies from the next start (a
+        // new cap is measured at once, and volumes take it when next mounted).
+        keep(
+            &mut k,
+            "tenants.data_volumes",
+            data_volumes,
+            &mut t.data_volumes,
+        );
         keep(
             &mut k,
             "tenants.negative_cache_secs",

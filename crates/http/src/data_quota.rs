@@ -1,10 +1,15 @@
 //! Each author's share of the disk under `<data_dir>/data/<author>/` (`tenants.max_data_bytes_per_
-//! author`): measured when a request for a bundle that may write arrives, at most every
-//! [`MEASURE_EVERY`] per author, and refused with `DataQuotaExceeded` while the author is over.
-//! A soft cap: a call that is already running can write past it until the next measurement
-//! (a hard cap needs filesystem quotas, which the runner does not assume).
+//! author`), two ways:
+//! - where the runner has author volumes (`tenants.data_volumes`, `atrund_sandbox::AuthorVolumes`)
+//!   the author's dir is a file system of that size, mounted before the request goes on: a hard
+//!   cap within a call (`ENOSPC` for the bundle);
+//! - always, the author's data is measured when a request for a bundle that may write arrives, at
+//!   most every [`MEASURE_EVERY`] per author, and refused with `DataQuotaExceeded` while the
+//!   author is over: without volumes a soft cap (a running call can write past it until the next
+//!   measurement), with them an early, clear answer instead of a bundle's write error.
 //!
-//! Owns: the measurements. Must not touch: the files (it only reads sizes, never follows links).
+//! Owns: the measurements and when a volume is mounted. Must not touch: the files (it only reads
+//! sizes, never follows links).
 
 use atrund_errors::ErrorClass;
 use std::collections::HashMap;
@@ -17,13 +22,38 @@ use crate::error::ApiError;
 /// How long one measurement of an author's data is trusted.
 pub const MEASURE_EVERY: Duration = Duration::from_secs(10);
 
-/// The last measurement per author data dir.
+/// The last measurement per author data dir, and the author volumes if the runner has them.
 #[derive(Debug, Default)]
 pub struct DataQuota {
     measured: Mutex<HashMap<PathBuf, (Instant, u64)>>,
+    volumes: Option<std::sync::Arc<atrund_sandbox::AuthorVolumes>>,
 }
 
 impl DataQuota {
+    /// Mounts each author's volume (`volumes`) before their first request goes on.
+    pub fn with_volumes(volumes: Option<std::sync::Arc<atrund_sandbox::AuthorVolumes>>) -> Self {
+        Self {
+            volumes,
+            ..Self::default()
+        }
+    }
+
+    /// Makes sure the author's data dir `dir` is their mounted volume (a map look-up once it
+    /// is). The caller learns only that it failed; the runner's log says why.
+    pub async fn ensure_volume(&self, dir: &Path) -> Result<(), ApiError> {
+        let Some(v) = &self.volumes else {
+            return Ok(());
+        };
+        v.ensure(dir).await.map_err(|e| {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot mount an author's data volume");
+            ApiError::new(
+                ErrorClass::Runner,
+                "DataVolumeFailed",
+                "the runner could not prepare this author's data storage; its operator finds the cause in the runner's log",
+            )
+        })
+    }
+
     /// Refuses when the author's data under `dir` is over `cap` bytes (0: no cap).
     pub async fn check(&self, dir: &Path, cap: u64) -> Result<(), ApiError> {
         if cap == 0 {

@@ -51,6 +51,7 @@ use atrund_pool::{InstanceKey, Pool};
 use atrund_sandbox::{InstanceSpec, Invocation};
 
 pub use atrund_bundle::LocalBundle;
+pub use data_quota::DataQuota;
 pub use error::ApiError;
 pub use live::LiveConfig;
 pub use origin::OriginTable;
@@ -762,10 +763,12 @@ async fn invoke(
     let limits =
         atrund_policy::check_manifest(&config.permissions, &config.limits, &target.manifest)?;
     check_endpoint(&target.manifest, endpoint, req.method())?;
+    let author_data = config.layout().author_data(&target.author_dir);
+    // Every bundle: one that only reads must see the same files as one that writes.
+    st.data_quota.ensure_volume(&author_data).await?;
     if !target.manifest.permissions.write.is_empty() {
-        let dir = config.layout().author_data(&target.author_dir);
         st.data_quota
-            .check(&dir, config.tenants.max_data_bytes_per_author)
+            .check(&author_data, config.tenants.max_data_bytes_per_author)
             .await?;
     }
 

@@ -28,6 +28,7 @@ mod sampler;
 mod shim_conn;
 #[allow(unsafe_code)] // the crate's one exception (see sys.rs's module doc)
 mod sys;
+mod volume;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +44,7 @@ pub use none::NoneExecutor;
 pub use report::{host_report, HostReport};
 pub use rootfs::Rootfs;
 pub use sys::effective_root;
+pub use volume::{enter_private_mount_namespace, AuthorVolumes, VolumeError, MIN_VOLUME_BYTES};
 
 /// The unprivileged host uid and gid instances of a root daemon run as, with no supplementary
 /// groups and no capabilities (`sandbox.run_as_uid`, `sandbox.run_as_gid`; docs/security.md): the
