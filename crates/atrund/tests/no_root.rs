@@ -70,6 +70,9 @@ export const who = { handler: async () => {
         .env("ATRUND_PERMISSIONS_SYS", "true")
         .env("ATRUND_SANDBOX_RUN_AS_UID", UID.to_string())
         .env("ATRUND_SANDBOX_RUN_AS_GID", GID.to_string())
+        // The files are looked at from here, outside the runner's mount namespace, where an
+        // author volume is not mounted; owners inside volumes: crates/atrund/tests/volumes.rs.
+        .env("ATRUND_TENANTS_DATA_VOLUMES", "off")
         .env("ATRUND_POOL_ADMIN_LISTEN", "auto");
     let mut runner = Daemon::spawn(&mut cmd, true);
 

@@ -189,6 +189,7 @@ async fn fills_to_enospc(isolation: &str) {
     let before = used(&d).await;
     d.stop();
     no_loop_left(&site.image(), "after SIGTERM").await;
+    owners_inside(&site.image(), isolation);
 
     // Restarted: the same files; killed: no loop device left either.
     let d = site.start(isolation, "loop", cap);
@@ -200,6 +201,43 @@ async fn fills_to_enospc(isolation: &str) {
         .expect("kill");
     no_loop_left(&site.image(), "after SIGKILL").await;
     drop(d);
+}
+
+/// Inside the stopped runner's image (mounted read-only here): the volume's root is the
+/// runner's, passable by the instances' group only (0710), and what the bundle wrote is the
+/// instances' uid's (nobody by default), as without volumes.
+fn owners_inside(image: &Path, isolation: &str) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let at = tempfile::tempdir().expect("temp dir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-o", "loop,ro,noexec,nosuid,nodev"])
+        .arg(image)
+        .arg(at.path())
+        .status()
+        .expect("mount");
+    assert!(mounted.success());
+    let seen = (|| {
+        let root = std::fs::metadata(at.path()).ok()?;
+        let bundle = std::fs::metadata(at.path().join("v/out")).ok()?;
+        let file = std::fs::read_dir(at.path().join("v/out"))
+            .ok()?
+            .next()?
+            .ok()?;
+        let file = file.metadata().ok()?;
+        Some((
+            (root.uid(), root.gid(), root.permissions().mode() & 0o7777),
+            bundle.uid(),
+            file.uid(),
+        ))
+    })();
+    let lost_found = at.path().join("lost+found").exists();
+    let _ = std::process::Command::new("umount").arg(at.path()).status();
+    assert_eq!(
+        seen,
+        Some(((0, 65534, 0o710), 65534, 65534)),
+        "{isolation}: owners inside the volume"
+    );
+    assert!(!lost_found, "{isolation}: lost+found is not the author's");
 }
 
 #[tokio::test(flavor = "multi_thread")]
