@@ -1,9 +1,9 @@
 //! `ops/ansible`: ansible-lint (production profile) passes; `ansible-playbook` applies the
 //! `at_rund` role to a throwaway Debian rootfs through the `community.general.chroot` connection;
-//! a second run changes nothing; the target then holds the built binary, the pinned Deno,
-//! bubblewrap, the sandbox user, the data dir and config with their modes, the repo's unit
-//! (enabled) and a config at-rund accepts. A changed policy only rewrites the config and asks for
-//! a reload, not a restart; a config at-rund refuses is never put in place.
+//! a second run and a `--check` run change nothing; the target then holds the built binary, the
+//! pinned Deno, bubblewrap, the sandbox user, the data dir and config with their modes, the repo's
+//! unit (enabled) and a config at-rund accepts. A changed policy only rewrites the config and asks
+//! for a reload, not a restart; a config at-rund refuses is never put in place.
 //!
 //! The rootfs (`debootstrap --variant=minbase bookworm` with python3, 0.5 to 2.5 min) is made once
 //! and cached under the target dir; each run works on a copy. Needs root, ansible-playbook,
@@ -147,6 +147,11 @@ struct Applied {
 impl Playbook {
     /// Applies ops/ansible/site.yml with the test's variables plus `extra` (JSON object).
     fn apply(&self, extra: &str) -> Applied {
+        self.apply_with(extra, &[])
+    }
+
+    /// The same with more ansible-playbook arguments (`--check`).
+    fn apply_with(&self, extra: &str, args: &[&str]) -> Applied {
         let vars = self.dir.join("extra.json");
         std::fs::write(&vars, extra).unwrap();
         let started = Instant::now();
@@ -160,6 +165,7 @@ impl Playbook {
             .arg(format!("@{}", self.dir.join("vars.json").display()))
             .arg("-e")
             .arg(format!("@{}", vars.display()))
+            .args(args)
             .arg(repo().join("ops/ansible/site.yml")));
         let log = text(&out);
         eprintln!("ansible-playbook took {:.1?}", started.elapsed());
@@ -262,6 +268,15 @@ fn the_role_installs_at_rund_idempotently() {
         second.changed, 0,
         "second run changed things:\n{}",
         second.log
+    );
+
+    // What an operator previews with: nothing either.
+    let check = playbook.apply_with("{}", &["--check", "--diff"]);
+    assert!(check.ok, "check run failed:\n{}", check.log);
+    assert_eq!(
+        check.changed, 0,
+        "check run would change things:\n{}",
+        check.log
     );
 
     // 4. What is on the target.
