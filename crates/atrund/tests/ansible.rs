@@ -381,13 +381,51 @@ fn the_role_installs_at_rund_idempotently() {
         .unwrap()
         .contains("policy = \"open\""));
 
-    // 6. A config at-rund refuses fails the run and leaves the old one in place.
+    // 6. Another data dir: a drop-in makes it the unit's writable path, and the unit is
+    // reloaded and at-rund restarted; back to the default, the drop-in goes.
+    let drop_in = root.join("etc/systemd/system/at-rund.service.d/data-dir.conf");
+    let srv = playbook.apply(r#"{"at_rund_policy": "open", "at_rund_data_dir": "/srv/at-rund"}"#);
+    assert!(srv.ok, "data dir run failed:\n{}", srv.log);
+    let conf = std::fs::read_to_string(&drop_in).unwrap();
+    assert!(
+        conf.contains("[Service]\nReadWritePaths=\nReadWritePaths=/srv/at-rund\n"),
+        "{conf}"
+    );
+    let env = std::fs::read_to_string(root.join("etc/at-rund/at-rund.env")).unwrap();
+    assert!(env.contains("\nATRUND_DATA_DIR=/srv/at-rund\n"), "{env}");
+    let meta = std::fs::metadata(root.join("srv/at-rund")).unwrap();
+    assert_eq!((meta.mode() & 0o7777, meta.gid()), (0o710, gid));
+    for handler in ["Reload systemd", "Restart the service"] {
+        let header = format!("RUNNING HANDLER [at_rund : {handler}]");
+        assert!(srv.log.contains(&header), "no {header}:\n{}", srv.log);
+    }
+    let back = playbook.apply(r#"{"at_rund_policy": "open"}"#);
+    assert!(
+        back.ok,
+        "run back to the default data dir failed:\n{}",
+        back.log
+    );
+    assert!(!drop_in.exists(), "the drop-in is left behind");
+
+    // 7. A config at-rund refuses fails the run and leaves the old one in place; so does an
+    // env file with a variable at-rund does not know.
     let bad = playbook.apply(r#"{"at_rund_policy": "open", "at_rund_isolation": "microvm"}"#);
     assert!(!bad.ok, "a refused config was applied:\n{}", bad.log);
     assert!(bad.log.contains("not available yet"), "{}", bad.log);
     assert!(std::fs::read_to_string(&config)
         .unwrap()
         .contains("isolation = \"auto\""));
+    let bad = playbook.apply(
+        r#"{"at_rund_policy": "open", "at_rund_env_extra": {"ATRUND_LISTN": "0.0.0.0:80"}}"#,
+    );
+    assert!(!bad.ok, "a refused env file was applied:\n{}", bad.log);
+    assert!(
+        bad.log.contains("did you mean ATRUND_LISTEN?"),
+        "{}",
+        bad.log
+    );
+    let env = std::fs::read_to_string(root.join("etc/at-rund/at-rund.env")).unwrap();
+    assert!(!env.contains("ATRUND_LISTN"), "{env}");
 }
 
 /// /proc/self belongs to the process's effective uid.
