@@ -2,8 +2,10 @@
 # Installs what at-rund needs on a fresh Debian machine, idempotently:
 #   scripts/setup.sh          pinned Deno (tools/deno, from npm)
 #   scripts/setup.sh --test   also the local PLC + PDS test network (tests/atproto-net, from npm)
-#                             headless Chromium (Debian) for the browser tests, and Prometheus's
-#                             promtool (Debian) for the metrics test
+#                             headless Chromium (Debian) for the browser tests, Prometheus's
+#                             promtool (Debian) for the metrics test, and Ansible and debootstrap
+#                             (Debian) with a pinned ansible-lint (PyPI, tools/ansible/.venv)
+#                             for the Ansible role's test
 # Node.js and npm come from Debian when missing. Nothing is installed outside the repo except
 # Debian packages.
 set -euo pipefail
@@ -27,6 +29,12 @@ if [ "$with_test_net" = 1 ]; then
   command -v chromium >/dev/null || need_apt+=(chromium)
   # The metrics test checks /metrics with promtool (crates/atrund/tests/metrics.rs).
   command -v promtool >/dev/null || need_apt+=(prometheus)
+  # The Ansible role's test (crates/atrund/tests/ansible.rs): Debian's ansible ships the
+  # community.general chroot connection (no collection server is reachable), debootstrap makes
+  # the throwaway target, python3-venv holds ansible-lint.
+  command -v ansible-playbook >/dev/null || need_apt+=(ansible)
+  command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+  /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}" >&2
@@ -55,9 +63,24 @@ deno=tools/deno/node_modules/deno/deno
 "$deno" --version >/dev/null || { echo "setup: $deno does not run" >&2; exit 1; }
 echo "setup: deno ready at $deno ($("$deno" --version | head -n1))" >&2
 
+# pip install into dir/.venv only when requirements.txt changed since the last install. Debian's
+# python3, the interpreter its ansible runs on.
+install_venv_dir() {
+  local dir=$1 marker=$1/.venv/.at-rund-requirements
+  if [ -f "$marker" ] && cmp -s "$dir/requirements.txt" "$marker"; then
+    return 0
+  fi
+  echo "setup: pip install into $dir/.venv" >&2
+  /usr/bin/python3 -m venv "$dir/.venv"
+  "$dir/.venv/bin/pip" install --quiet --disable-pip-version-check -r "$dir/requirements.txt"
+  cp "$dir/requirements.txt" "$marker"
+}
+
 if [ "$with_test_net" = 1 ]; then
   install_npm_dir tests/atproto-net
   echo "setup: test network installed in tests/atproto-net" >&2
+  install_venv_dir tools/ansible
+  echo "setup: ansible-lint ready at tools/ansible/.venv/bin/ansible-lint" >&2
 fi
 
 # `at-run build` uses `deno bundle`, which fetches esbuild from npm into DENO_DIR on first use:
