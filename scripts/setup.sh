@@ -2,8 +2,9 @@
 # Installs what at-rund needs on a fresh Debian machine, idempotently:
 #   scripts/setup.sh          pinned Deno (tools/deno, from npm)
 #   scripts/setup.sh --test   also the local PLC + PDS test network (tests/atproto-net, from npm)
-#                             headless Chromium (Debian) for the browser tests, and Prometheus's
-#                             promtool (Debian) for the metrics test
+#                             headless Chromium (Debian) for the browser tests, Prometheus's
+#                             promtool (Debian) for the metrics test, Caddy, nginx and openssl
+#                             (Debian) for the TLS-in-front test
 # Node.js and npm come from Debian when missing. Nothing is installed outside the repo except
 # Debian packages.
 set -euo pipefail
@@ -27,6 +28,11 @@ if [ "$with_test_net" = 1 ]; then
   command -v chromium >/dev/null || need_apt+=(chromium)
   # The metrics test checks /metrics with promtool (crates/atrund/tests/metrics.rs).
   command -v promtool >/dev/null || need_apt+=(prometheus)
+  # The TLS-in-front test runs the shipped proxy configs with real Caddy and nginx
+  # (crates/atrund/tests/tls_front.rs); openssl makes its local CA.
+  command -v caddy >/dev/null || need_apt+=(caddy)
+  command -v nginx >/dev/null || need_apt+=(nginx)
+  command -v openssl >/dev/null || need_apt+=(openssl)
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}" >&2
