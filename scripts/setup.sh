@@ -3,7 +3,8 @@
 #   scripts/setup.sh          pinned Deno (tools/deno, from npm)
 #   scripts/setup.sh --test   also the local PLC + PDS test network (tests/atproto-net, from npm)
 #                             headless Chromium (Debian) for the browser tests, Prometheus's
-#                             promtool (Debian) for the metrics test, and Ansible and debootstrap
+#                             promtool (Debian) for the metrics test, Caddy, nginx and openssl
+#                             (Debian) for the TLS-in-front test, and Ansible and debootstrap
 #                             (Debian) with a pinned ansible-lint (PyPI, tools/ansible/.venv)
 #                             for the Ansible role's test
 # Node.js and npm come from Debian when missing. Nothing is installed outside the repo except
@@ -35,6 +36,11 @@ if [ "$with_test_net" = 1 ]; then
   command -v ansible-playbook >/dev/null || need_apt+=(ansible)
   command -v debootstrap >/dev/null || need_apt+=(debootstrap)
   /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+  # The TLS-in-front test runs the shipped proxy configs with real Caddy and nginx
+  # (crates/atrund/tests/tls_front.rs); openssl makes its local CA.
+  command -v caddy >/dev/null || need_apt+=(caddy)
+  command -v nginx >/dev/null || need_apt+=(nginx)
+  command -v openssl >/dev/null || need_apt+=(openssl)
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}" >&2

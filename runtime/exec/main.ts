@@ -76,8 +76,11 @@ function pathAndQuery(raw: string): string {
 function callerUrl(req: Request): URL {
   const path = pathAndQuery(req.url);
   const host = req.headers.get("host") ?? "localhost";
+  // at-rund always sets x-forwarded-proto, to "https" only when a trusted TLS proxy said so
+  // (docs/bundle-abi.md); a caller's own value never gets here.
+  const scheme = req.headers.get("x-forwarded-proto") === "https" ? "https" : "http";
   try {
-    return new URL(path, `http://${host}`);
+    return new URL(path, `${scheme}://${host}`);
   } catch {
     return new URL(path, "http://localhost");
   }

@@ -326,6 +326,7 @@ async fn dev_runner_counts_requests_and_logs_them_as_json() {
         for l in mine {
             assert_eq!(l["spans"][0]["span"], "request", "{l}");
             assert_eq!(l["spans"][0]["request_id"], id, "{l}");
+            assert_eq!(l["spans"][0]["client"], "127.0.0.1", "{l}");
         }
     }
     let answered = lines

@@ -285,6 +285,8 @@ async fn cold_and_warm_requests_export_their_span_trees() {
         ("atrund.endpoint", json!("headers")),
         ("atrund.cold_start", json!(true)),
         ("request_id", json!("tr-cold")),
+        // A direct caller on loopback: no proxy is trusted.
+        ("client.address", json!("127.0.0.1")),
     ] {
         assert_eq!(a.get(k), Some(&v), "{k} in {a:?}");
     }

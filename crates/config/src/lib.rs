@@ -213,6 +213,10 @@ pub struct HttpSection {
     /// invocation responses. Off by default: timings tell callers about the runner's caches;
     /// `at-rund dev` turns it on.
     pub server_timing: bool,
+    /// Addresses (`10.0.0.5`) and ranges (`10.0.0.0/24`) of TLS proxies whose `X-Forwarded-For`,
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host` are believed; empty (the default) believes no
+    /// one, so a direct caller cannot pick its client address, scheme or host (docs/operating.md).
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for HttpSection {
@@ -223,6 +227,7 @@ impl Default for HttpSection {
             max_connections: 4096,
             bundle_domain: None,
             server_timing: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -89,6 +89,7 @@ impl Config {
             max_connections,
             bundle_domain,
             server_timing: _,
+            trusted_proxies: _,
         } = http;
         let h = &mut new.http;
         keep(
@@ -211,6 +212,7 @@ mod tests {
         new.policy = AuthorPolicy::Open;
         new.http.max_request_body_bytes = 1024;
         new.http.server_timing = true;
+        new.http.trusted_proxies = vec!["10.0.0.5".into()];
         new.pool.max_instances = 3;
         new.tenants.rate_per_sec = 7;
         new.limits.timeout_ms.max = 1234;
@@ -236,6 +238,7 @@ mod tests {
         assert_eq!(c.policy, AuthorPolicy::Open);
         assert_eq!(c.http.max_request_body_bytes, 1024);
         assert!(c.http.server_timing);
+        assert_eq!(c.http.trusted_proxies, ["10.0.0.5"]);
         assert_eq!(c.pool.max_instances, 3);
         assert_eq!(c.tenants.rate_per_sec, 7);
         assert_eq!(c.limits.timeout_ms.max, 1234);

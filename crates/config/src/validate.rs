@@ -38,6 +38,19 @@ impl Config {
                 ));
             }
         }
+        if let Some(bad) = self
+            .http
+            .trusted_proxies
+            .iter()
+            .find(|a| !is_cidr(a) && a.parse::<std::net::IpAddr>().is_err())
+        {
+            return Err(invalid(
+                "http.trusted_proxies",
+                format!(
+                    "'{bad}' is neither an address (127.0.0.1, ::1) nor an address range (10.0.0.0/24, fd00::/64); list the addresses your TLS proxy connects to at-rund from"
+                ),
+            ));
+        }
         if let Some(bad) = self.allow_addrs.iter().find(|a| !is_opening(a)) {
             return Err(invalid(
                 "allow_addrs",

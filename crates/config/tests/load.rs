@@ -545,6 +545,32 @@ fn allow_addrs_takes_ranges_and_single_ports() {
 }
 
 #[test]
+fn trusted_proxies_take_addresses_and_ranges_and_default_to_none() {
+    let c = load(None, &[]).unwrap();
+    assert!(
+        c.http.trusted_proxies.is_empty(),
+        "no proxy is trusted by default"
+    );
+    let c = load(
+        None,
+        &[("ATRUND_HTTP_TRUSTED_PROXIES", "127.0.0.1, ::1,10.0.0.0/24")],
+    )
+    .unwrap();
+    assert_eq!(c.http.trusted_proxies, ["127.0.0.1", "::1", "10.0.0.0/24"]);
+    let c = load(Some("[http]\ntrusted_proxies = [\"fd00::/64\"]"), &[]).unwrap();
+    assert_eq!(c.http.trusted_proxies, ["fd00::/64"]);
+    for bad in ["127.0.0.1:443", "proxy.example.com", "10.0.0.0/33", "*"] {
+        let e = err(None, &[("ATRUND_HTTP_TRUSTED_PROXIES", bad)]);
+        assert_eq!(
+            (e.code(), e.key()),
+            ("ConfigInvalid", Some("http.trusted_proxies")),
+            "{bad}"
+        );
+        assert!(e.to_string().contains(bad), "{e}");
+    }
+}
+
+#[test]
 fn policy_parsing() {
     let c = load(
         None,

@@ -7,7 +7,8 @@
 //! metrics (counted here, defined in `atrund-metrics`) and its `Server-Timing` header
 //! (`server_timing`), its trace spans and the `traceparent` its bundle sees (`trace`), authors'
 //! logs over XRPC with service auth (`logs`), the header rules that keep bundles out of each
-//! other's origin (`headers`, `origin`), per-author data shares (`data_quota`), the configuration
+//! other's origin (`headers`, `origin`), which forwarded headers are believed (`forwarded`:
+//! client address, scheme and host, from `http.trusted_proxies` only), per-author data shares (`data_quota`), the configuration
 //! requests read (`live`), the accept loop (`serve`) and the admin listener's routes, among them
 //! the status page (`status` keeps its recent history, `status_page` renders it). Must not touch: how identities are resolved, records verified or instances
 //! isolated; it calls those crates.
@@ -15,6 +16,7 @@
 mod body_limit;
 pub mod data_quota;
 pub mod error;
+pub mod forwarded;
 pub mod headers;
 mod live;
 pub mod logs;
@@ -115,6 +117,7 @@ pub type Counters = Arc<dyn Fn() -> atrund_metrics::Snapshot + Send + Sync>;
 /// (so `/bundle/...` of another bundle cannot be served in a bundle's origin).
 pub fn router(state: AppState) -> Router {
     let traced = state.config().otel.enabled;
+    let live = state.live.clone();
     let mut routes = Router::new();
     if state.config().metrics.public {
         let m = state.metrics.clone();
@@ -153,11 +156,14 @@ pub fn router(state: AppState) -> Router {
     };
     // Outermost, so bundle hosts, the fallback and every error body get the id too. Chosen once
     // here, so with traces off a request pays nothing for them.
-    if traced {
+    let routes = if traced {
         routes.layer(axum::middleware::from_fn(request_id::traced_layer))
     } else {
         routes.layer(axum::middleware::from_fn(request_id::layer))
-    }
+    };
+    // Outside even the request id: its span records the client, and routing by host must see
+    // the host a trusted proxy named, never one a direct caller claims.
+    routes.layer(axum::middleware::from_fn_with_state(live, forwarded::layer))
 }
 
 /// `GET /metrics`: the Prometheus text format, or 404 when `metrics.enabled` is off.

@@ -71,7 +71,12 @@ pub fn current() -> Option<HeaderValue> {
 pub async fn layer(req: Request, next: Next) -> Response {
     let id = pick(&req);
     // Valid ids and generated ones are ASCII.
-    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
+    let request_id = id.to_str().unwrap_or_default();
+    // Set at creation, not recorded later: every log format then has it from the first line.
+    let span = match client_addr(&req) {
+        Some(client) => tracing::info_span!("request", request_id, %client),
+        None => tracing::info_span!("request", request_id),
+    };
     respond(id, span, req, next).await
 }
 
@@ -79,11 +84,22 @@ pub async fn layer(req: Request, next: Next) -> Response {
 /// gets the method and the response status.
 pub async fn traced_layer(req: Request, next: Next) -> Response {
     let id = pick(&req);
-    let span =
-        crate::trace::request_span(req.headers(), id.to_str().unwrap_or_default(), req.method());
+    let span = crate::trace::request_span(
+        req.headers(),
+        id.to_str().unwrap_or_default(),
+        req.method(),
+        client_addr(&req),
+    );
     let resp = respond(id, span.clone(), req, next).await;
     crate::trace::answered(&span, resp.status());
     resp
+}
+
+/// The client address `forwarded` decided on, for the span.
+fn client_addr(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<crate::forwarded::Client>()
+        .and_then(|c| c.addr)
 }
 
 /// The caller's id when it is well-formed, else a new one.

@@ -17,6 +17,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower::ServiceExt;
 
 /// Connection-level limits (`http.max_connections`, `http.header_read_timeout_ms`).
 #[derive(Debug, Clone, Copy)]
@@ -61,8 +62,8 @@ pub async fn serve(
             a = listener.accept() => a,
             _ = &mut shutdown => break,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
             Err(e) => {
                 // EMFILE and friends: wait a little instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -74,7 +75,14 @@ pub async fn serve(
             full_logged = false;
         }
         let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(app.clone());
+        // Every request learns its connection's peer (`forwarded` decides whether to believe
+        // a proxy's headers from it).
+        let svc = TowerToHyperService::new(app.clone().map_request(
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(crate::forwarded::Peer(peer));
+                req
+            },
+        ));
         let conn = graceful.watch(http1.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -23,7 +23,12 @@ pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// The request's span when traces are on: the same name and `request_id` field as the log's
 /// (so log lines look the same), under [`TRACE_TARGET`], a server span, the child of the
 /// caller's trace when its `traceparent` is well-formed.
-pub fn request_span(headers: &HeaderMap, request_id: &str, method: &Method) -> Span {
+pub fn request_span(
+    headers: &HeaderMap,
+    request_id: &str,
+    method: &Method,
+    client: Option<std::net::IpAddr>,
+) -> Span {
     let span = tracing::info_span!(
         target: TRACE_TARGET,
         "request",
@@ -35,6 +40,10 @@ pub fn request_span(headers: &HeaderMap, request_id: &str, method: &Method) -> S
         let _ = span.set_parent(cx);
     }
     span.set_attribute("http.request.method", method.as_str().to_string());
+    if let Some(addr) = client {
+        // OpenTelemetry's name for the client behind any proxies.
+        span.set_attribute("client.address", addr.to_string());
+    }
     span
 }
 

@@ -522,6 +522,37 @@ pub fn promtool_path() -> Option<PathBuf> {
     )
 }
 
+/// The TLS proxies and the CA tool of the TLS-in-front test (Debian packages `caddy`, `nginx`,
+/// `openssl`; `scripts/setup.sh --test` installs them): `ATRUND_TEST_CADDY` / `_NGINX` /
+/// `_OPENSSL`, else the name on `PATH`.
+pub fn tls_front_tools() -> Option<[PathBuf; 3]> {
+    let fix = |name: &str| {
+        format!(
+            "run `scripts/setup.sh --test` or `apt-get install {name}`, or set ATRUND_TEST_{}",
+            name.to_uppercase()
+        )
+    };
+    let caddy = tool(
+        "ATRUND_TEST_CADDY",
+        "caddy",
+        "caddy (TLS proxy)",
+        &fix("caddy"),
+    )?;
+    let nginx = tool(
+        "ATRUND_TEST_NGINX",
+        "nginx",
+        "nginx (TLS proxy)",
+        &fix("nginx"),
+    )?;
+    let openssl = tool(
+        "ATRUND_TEST_OPENSSL",
+        "openssl",
+        "openssl (makes the test CA)",
+        &fix("openssl"),
+    )?;
+    Some([caddy, nginx, openssl])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
