@@ -3,7 +3,8 @@
 #   scripts/setup.sh          pinned Deno (tools/deno, from npm)
 #   scripts/setup.sh --test   also the local PLC + PDS test network (tests/atproto-net, from npm)
 #                             headless Chromium (Debian) for the browser tests, and Prometheus's
-#                             promtool (Debian) for the metrics test
+#                             promtool (Debian) for the metrics test, and nftables, iproute2,
+#                             systemd and curl (Debian) for the operating guide's test
 # Node.js and npm come from Debian when missing. Nothing is installed outside the repo except
 # Debian packages.
 set -euo pipefail
@@ -27,6 +28,12 @@ if [ "$with_test_net" = 1 ]; then
   command -v chromium >/dev/null || need_apt+=(chromium)
   # The metrics test checks /metrics with promtool (crates/atrund/tests/metrics.rs).
   command -v promtool >/dev/null || need_apt+=(prometheus)
+  # docs/operating.md's commands are run by crates/atrund/tests/operating_docs.rs: the firewall
+  # check (nft -c), the listeners (ss), the unit (systemd-analyze verify), curl.
+  command -v nft >/dev/null || need_apt+=(nftables)
+  command -v ss >/dev/null || need_apt+=(iproute2)
+  command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+  command -v curl >/dev/null || need_apt+=(curl)
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}" >&2
