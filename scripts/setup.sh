@@ -4,9 +4,10 @@
 #   scripts/setup.sh --test   also the local PLC + PDS test network (tests/atproto-net, from npm)
 #                             headless Chromium (Debian) for the browser tests, Prometheus's
 #                             promtool (Debian) for the metrics test, Caddy, nginx and openssl
-#                             (Debian) for the TLS-in-front test, and Ansible and debootstrap
-#                             (Debian) with a pinned ansible-lint (PyPI, tools/ansible/.venv)
-#                             for the Ansible role's test
+#                             (Debian) for the TLS-in-front test, nftables, iproute2, systemd and
+#                             curl (Debian) for the operating guide's test, and Ansible and
+#                             debootstrap (Debian) with a pinned ansible-lint (PyPI,
+#                             tools/ansible/.venv) for the Ansible role's test
 # Node.js and npm come from Debian when missing. Nothing is installed outside the repo except
 # Debian packages.
 set -euo pipefail
@@ -41,6 +42,12 @@ if [ "$with_test_net" = 1 ]; then
   command -v caddy >/dev/null || need_apt+=(caddy)
   command -v nginx >/dev/null || need_apt+=(nginx)
   command -v openssl >/dev/null || need_apt+=(openssl)
+  # docs/operating.md's commands are run by crates/atrund/tests/operating_docs.rs: the firewall
+  # check (nft -c), the listeners (ss), the unit (systemd-analyze verify), curl.
+  command -v nft >/dev/null || need_apt+=(nftables)
+  command -v ss >/dev/null || need_apt+=(iproute2)
+  command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+  command -v curl >/dev/null || need_apt+=(curl)
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}" >&2

@@ -503,12 +503,18 @@ fn tool(var: &str, name: &str, what: &str, fix: &str) -> Option<PathBuf> {
     if let Some(p) = file_from_env(var) {
         return Some(p);
     }
-    let on_path = std::env::var_os("PATH").and_then(|path| {
+    on_path(name, what, fix)
+}
+
+/// A tool a test runs by name (a shell script calls it): `name` on `PATH`, else [`missing`]
+/// (`None` with a printed reason, or a panic under `CI=true`).
+pub fn on_path(name: &str, what: &str, fix: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
             .map(|d| d.join(name))
             .find(|p| p.is_file())
     });
-    on_path.or_else(|| missing(what, fix))
+    found.or_else(|| missing(what, fix))
 }
 
 /// Prometheus's `promtool` (checks the metrics format): `ATRUND_TEST_PROMTOOL`, else `promtool`
