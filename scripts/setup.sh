@@ -2,8 +2,9 @@
 # Installs what at-rund needs on a fresh Debian machine, idempotently:
 #   scripts/setup.sh          pinned Deno (tools/deno, from npm)
 #   scripts/setup.sh --test   also the local PLC + PDS test network (tests/atproto-net, from npm)
-#                             headless Chromium (Debian) for the browser tests, and Prometheus's
-#                             promtool (Debian) for the metrics test
+#                             headless Chromium (Debian) for the browser tests, Prometheus's
+#                             promtool (Debian) for the metrics test, and podman with runc
+#                             (Debian) for the image test
 # Node.js and npm come from Debian when missing. Nothing is installed outside the repo except
 # Debian packages.
 set -euo pipefail
@@ -27,6 +28,10 @@ if [ "$with_test_net" = 1 ]; then
   command -v chromium >/dev/null || need_apt+=(chromium)
   # The metrics test checks /metrics with promtool (crates/atrund/tests/metrics.rs).
   command -v promtool >/dev/null || need_apt+=(prometheus)
+  # The image test builds and runs the OCI image with podman (crates/atrund/tests/image.rs), with
+  # runc: crun refuses hosts with a hybrid cgroup v1 layout (docs/operating.md "Container image").
+  command -v podman >/dev/null || need_apt+=(podman)
+  command -v runc >/dev/null || [ -x /usr/sbin/runc ] || need_apt+=(runc)
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}" >&2
