@@ -120,7 +120,7 @@ async fn the_image_serves_the_example_bundle_with_none_or_container_isolation() 
         return;
     };
     let doc = doc_section();
-    for flags in [NONE_FLAGS, CONTAINER_FLAGS] {
+    for flags in [NONE_FLAGS, CONTAINER_FLAGS, &["--init"]] {
         assert!(
             doc.contains(&flags.join(" ")),
             "docs/operating.md \"Container image\" does not give the flags this test uses: {}",
@@ -219,7 +219,7 @@ fn start(made: &mut Cleanup, name: &str, args: &[&str], cmd: &[&str]) {
     made.containers.push(name.to_string());
     // Its own data dir (so its cgroups' runner id too: docs/operating.md), on the volume.
     let data_dir = format!("ATRUND_DATA_DIR=/var/lib/at-rund/{name}");
-    let mut all = vec!["run", "-d", "--name", name, "-e", &data_dir];
+    let mut all = vec!["run", "-d", "--init", "--name", name, "-e", &data_dir];
     all.extend(HOST_FLAGS);
     all.extend(args);
     all.push(&made.image);
