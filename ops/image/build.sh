@@ -17,18 +17,22 @@
 # How to run the image, and which privileges each isolation needs: docs/operating.md
 # "Container image".
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+# Paths given relative to where the script was started from, not to the repository.
+abs() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$PWD" "$1" ;; esac; }
 
-binary="" deno="tools/deno/node_modules/deno/deno" tag="" archive=""
+binary="" deno="" tag="" archive=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    --binary) binary=${2:?--binary needs a path}; shift 2 ;;
-    --deno) deno=${2:?--deno needs a path}; shift 2 ;;
+    --binary) binary=$(abs "${2:?--binary needs a path}"); shift 2 ;;
+    --deno) deno=$(abs "${2:?--deno needs a path}"); shift 2 ;;
     --tag) tag=${2:?--tag needs a name}; shift 2 ;;
-    --archive) archive=${2:?--archive needs a file name}; shift 2 ;;
+    --archive) archive=$(abs "${2:?--archive needs a file name}"); shift 2 ;;
     *) echo "build.sh: unknown argument '$1' (see the comment at the top of $0)" >&2; exit 2 ;;
   esac
 done
+
+cd "$(dirname "$0")/../.."
+[ -n "$deno" ] || deno="$PWD/tools/deno/node_modules/deno/deno"
 
 fail() { echo "build.sh: $*" >&2; exit 1; }
 for tool in podman ldd tar; do
@@ -70,19 +74,20 @@ install -m 0755 "$ldd_bin" "$root/usr/bin/ldd"
 install -m 0755 "$bash_bin" "$root/usr/bin/bash"
 ln -s bash "$root/usr/bin/sh"
 
-# The libraries, found by the loader as the backend's root does (no list kept here).
+# The libraries, found by the loader as the backend's root does (no list is kept here).
 for b in "$binary" "$deno" "$bwrap" "$bash_bin"; do
-  ldd "$b" | sed -n 's/.*=> \(\/[^ ]*\) (.*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) (.*/\1/p'
+  out=$(LC_ALL=C ldd "$b" 2>&1) || fail "\`ldd $b\` failed: $out"
+  if missing=$(grep 'not found' <<<"$out"); then
+    fail "$b needs a library this machine lacks: $missing"
+  fi
+  # "name => /path (addr)" and "/path (addr)" lines; the vDSO has no path.
+  sed -n 's/.*=> \(\/[^ ]*\) (.*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) (.*/\1/p' <<<"$out"
 done | sort -u | while read -r lib; do
-  [ -n "$lib" ] || continue
   dest="$root/${lib#/}"
   mkdir -p "$(dirname "$dest")"
   # -L: plain files at the paths the loader asks for.
   cp -L "$lib" "$dest"
 done
-if ldd "$binary" "$deno" "$bwrap" | grep -q 'not found'; then
-  fail "a library of the binaries is missing on this machine: $(ldd "$binary" "$deno" "$bwrap" | grep 'not found' | head -n1)"
-fi
 
 # Identity: the runner is root (cgroups, bubblewrap, the uid switch: docs/operating.md), instances
 # run as nobody (sandbox.run_as_uid/gid, 65534).
