@@ -316,14 +316,15 @@ async fn serve_example(made: &mut Cleanup, name: &str, flags: &[&str], isolation
     stop(&name);
 }
 
-/// A bundle that fetches the `url` it is given, allowed to reach one port of the test's loopback
-/// server, which answers a random token. Returns its folder, the server's URL and the token.
+/// The relay bundle's folder, and the loopback server it may reach with the token it answers.
 struct Relay {
     dir: PathBuf,
     url: String,
     token: String,
 }
 
+/// A bundle that fetches the `url` it is given, allowed to reach exactly one port: that of a
+/// server on the test's loopback which answers a token of this run.
 async fn relay_bundle(parent: &Path) -> Relay {
     use std::os::unix::fs::PermissionsExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
