@@ -5,9 +5,10 @@
 #                             headless Chromium (Debian) for the browser tests, Prometheus's
 #                             promtool (Debian) for the metrics test, Caddy, nginx and openssl
 #                             (Debian) for the TLS-in-front test, nftables, iproute2, systemd and
-#                             curl (Debian) for the operating guide's test, and Ansible and
-#                             debootstrap (Debian) with a pinned ansible-lint (PyPI,
-#                             tools/ansible/.venv) for the Ansible role's test
+#                             curl (Debian) for the operating guide's test, podman with runc
+#                             (Debian) for the image test, and Ansible and debootstrap (Debian)
+#                             with a pinned ansible-lint (PyPI, tools/ansible/.venv) for the
+#                             Ansible role's test
 # Node.js and npm come from Debian when missing. Nothing is installed outside the repo except
 # Debian packages.
 set -euo pipefail
@@ -48,6 +49,10 @@ if [ "$with_test_net" = 1 ]; then
   command -v ss >/dev/null || need_apt+=(iproute2)
   command -v systemd-analyze >/dev/null || need_apt+=(systemd)
   command -v curl >/dev/null || need_apt+=(curl)
+  # The image test builds and runs the OCI image with podman (crates/atrund/tests/image.rs), with
+  # runc: crun refuses hosts with a hybrid cgroup v1 layout (docs/operating.md "Container image").
+  command -v podman >/dev/null || need_apt+=(podman)
+  command -v runc >/dev/null || [ -x /usr/sbin/runc ] || need_apt+=(runc)
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}" >&2

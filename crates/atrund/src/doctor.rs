@@ -141,6 +141,16 @@ async fn checks(config_path: Option<&Path>) -> Vec<Check> {
         out.extend(port_checks(config));
         out.push(plc_check(config).await);
     }
+    if let Some(engine) = container_engine() {
+        // The host-level advice above (systemd, sysctls) does not apply inside a container: the
+        // engine's defaults are what stands in the way.
+        for c in out
+            .iter_mut()
+            .filter(|c| c.status != Status::Ok && matches!(c.name, "cgroups" | "isolation"))
+        {
+            let _ = write!(c.fix, "; {}", container_hint(engine));
+        }
+    }
     if let Err(e) = cgroups.remove_parents() {
         out.push(check(
             Status::Warn,
@@ -150,6 +160,54 @@ async fn checks(config_path: Option<&Path>) -> Vec<Check> {
         ));
     }
     out
+}
+
+/// The container engine at-rund runs under, if any (podman writes `/run/.containerenv`, Docker
+/// `/.dockerenv`).
+fn container_engine() -> Option<&'static str> {
+    if Path::new("/run/.containerenv").exists() {
+        Some("podman")
+    } else if Path::new("/.dockerenv").exists() {
+        Some("docker")
+    } else {
+        None
+    }
+}
+
+/// What a container needs for the container backend, and for `none` instances' outbound
+/// connections (found by trying with podman: docs/operating.md "Container image").
+fn container_hint(engine: &str) -> String {
+    let flags = if engine == "podman" {
+        "`-v /sys/fs/cgroup:/sys/fs/cgroup:rw --security-opt unmask=/proc/* --security-opt seccomp=unconfined`"
+    } else {
+        "writable cgroups, an unmasked /proc and no seccomp profile of the engine's"
+    };
+    let mut hint = format!(
+        "at-rund runs in a {engine} container: for container isolation start it with {flags}"
+    );
+    if !has_sys_ptrace() {
+        // The connect gate duplicates the instance's socket (pidfd_getfd on another uid).
+        hint.push_str(
+            "; for none, add CAP_SYS_PTRACE (`--cap-add SYS_PTRACE`) or bundles' outbound connections fail",
+        );
+    }
+    hint.push_str(" (docs/operating.md \"Container image\")");
+    hint
+}
+
+/// Whether this process has CAP_SYS_PTRACE (bit 19 of `CapEff` in /proc/self/status).
+fn has_sys_ptrace() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << 19) != 0)
 }
 
 fn cgroup_check(r: &atrund_sandbox::HostReport) -> Check {
