@@ -21,7 +21,6 @@
 //! cost a disabled callsite's check unless traces are on (docs/observability.md, "Traces").
 
 mod body;
-mod memory;
 pub use body::LeasedBody;
 
 use std::collections::HashMap;
@@ -772,7 +771,7 @@ impl Pool {
             }
             Ok(instance) => {
                 self.counters.starts.fetch_add(1, Ordering::Relaxed);
-                let pid = instance.stats().pid;
+                let rss = instance.resident_bytes();
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let lease = take.then(|| {
                     self.active.fetch_add(1, Ordering::SeqCst);
@@ -794,7 +793,7 @@ impl Pool {
                     served: u64::from(take),
                     started: now,
                     last_end: now,
-                    rss: pid.and_then(memory::rss_bytes),
+                    rss,
                 });
                 drop(st);
                 Ok(lease)
@@ -1027,9 +1026,7 @@ impl Pool {
                 let mut i = 0;
                 while i < ks.entries.len() {
                     let e = &mut ks.entries[i];
-                    if let Some(pid) = e.instance.stats().pid {
-                        e.rss = memory::rss_bytes(pid).or(e.rss);
-                    }
+                    e.rss = e.instance.resident_bytes().or(e.rss);
                     let idle = e.in_flight == 0;
                     if idle && !e.instance.is_alive() {
                         let e = ks.entries.remove(i);

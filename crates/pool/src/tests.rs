@@ -86,6 +86,9 @@ impl Instance for FakeInstance {
     fn is_alive(&self) -> bool {
         self.alive.load(Ordering::SeqCst)
     }
+    fn resident_bytes(&self) -> Option<u64> {
+        self.stats().pid.and_then(atrund_sandbox::resident_bytes)
+    }
 }
 
 fn spec() -> InstanceSpec {
@@ -363,7 +366,7 @@ async fn idle_instances_are_reaped_and_busy_ones_never() {
 #[tokio::test]
 async fn the_memory_budget_evicts_idle_instances() {
     let exec = Arc::new(FakeExec::default());
-    let own = crate::memory::rss_bytes(std::process::id()).unwrap();
+    let own = atrund_sandbox::resident_bytes(std::process::id()).unwrap();
     // Room for one instance (each fake reports the test process's RSS), not two.
     let pool = Pool::new(
         exec.clone(),

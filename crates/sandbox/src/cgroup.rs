@@ -601,6 +601,18 @@ impl InstanceCgroup {
         &self.dirs
     }
 
+    /// Resident memory of every process in the cgroup (their `VmRSS` summed): in `container`
+    /// mode bwrap, our init and Deno, not bwrap alone. `None` when no process could be read.
+    pub fn resident_bytes(&self) -> Option<u64> {
+        // Every hierarchy lists the same processes (each is placed in all of them).
+        let procs = std::fs::read_to_string(self.dirs.first()?.join("cgroup.procs")).ok()?;
+        procs
+            .lines()
+            .filter_map(|l| l.trim().parse::<u32>().ok())
+            .filter_map(crate::resident_bytes)
+            .reduce(u64::saturating_add)
+    }
+
     /// CPU time used by every task in the cgroup so far.
     pub fn cpu_usage(&self) -> Option<Duration> {
         let d = self.cpuacct.as_ref()?;

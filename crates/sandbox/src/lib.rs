@@ -282,6 +282,30 @@ pub trait Instance: Send + Sync {
     fn cpu_usage(&self) -> Option<std::time::Duration> {
         None
     }
+    /// Resident memory of the instance's processes now (every process in its cgroup, else its
+    /// main process), for the pool's memory budget; `None` when it cannot be read.
+    fn resident_bytes(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Resident set size of process `pid` in bytes (`VmRSS` of `/proc/<pid>/status`), or `None`
+/// when the process is gone or unreadable.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vm_rss(&status)
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
 }
 
 /// An instance spec under `dir` for the crate's unit tests (nothing is created).
@@ -300,5 +324,16 @@ pub(crate) fn test_spec(dir: &std::path::Path) -> InstanceSpec {
         start_timeout: std::time::Duration::from_secs(1),
         limits: Default::default(),
         output: None,
+    }
+}
+
+#[cfg(test)]
+mod rss_tests {
+    #[test]
+    fn parses_vm_rss() {
+        let s = "Name:\tdeno\nVmPeak:\t  100 kB\nVmRSS:\t   31744 kB\nThreads: 4\n";
+        assert_eq!(super::parse_vm_rss(s), Some(31744 * 1024));
+        assert_eq!(super::parse_vm_rss("Name: x\n"), None);
+        assert!(super::resident_bytes(std::process::id()).is_some_and(|b| b > 0));
     }
 }

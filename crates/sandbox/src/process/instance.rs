@@ -352,6 +352,14 @@ impl Instance for ProcessInstance {
         self.inner.cgroup.as_ref()?.cpu_usage()
     }
 
+    fn resident_bytes(&self) -> Option<u64> {
+        self.inner
+            .cgroup
+            .as_ref()
+            .and_then(|c| c.resident_bytes())
+            .or_else(|| self.stats().pid.and_then(crate::resident_bytes))
+    }
+
     fn stats(&self) -> InstanceStats {
         let st = self.inner.state();
         InstanceStats {
