@@ -1,5 +1,5 @@
 //! `ops/systemd/at-rund.service` under a real systemd: a Debian bookworm rootfs (debootstrap with
-//! systemd, dbus, bubblewrap and curl, cached under the target dir, 1.5 to 3 min once) boots
+//! systemd, dbus, bubblewrap and curl, cached under the target dir: 45 s to 1.5 min, once) boots
 //! systemd as PID 1 in a podman container. Inside are this test run's at-rund, the pinned Deno,
 //! the repo's unit and env file unchanged and a config with an allow-list policy. Proved there:
 //! `systemctl start` makes the unit active and `at-rund serve` answers /healthz and /readyz; its
