@@ -8,7 +8,8 @@
 #                             curl (Debian) for the operating guide's test, podman with runc
 #                             (Debian) for the image test, and Ansible and debootstrap (Debian)
 #                             with a pinned ansible-lint (PyPI, tools/ansible/.venv) for the
-#                             Ansible role's test
+#                             Ansible role's test; podman, runc and debootstrap also serve the
+#                             test that boots the systemd unit in a container
 # Node.js and npm come from Debian when missing. Nothing is installed outside the repo except
 # Debian packages.
 set -euo pipefail
@@ -51,6 +52,7 @@ if [ "$with_test_net" = 1 ]; then
   command -v curl >/dev/null || need_apt+=(curl)
   # The image test builds and runs the OCI image with podman (crates/atrund/tests/image.rs), with
   # runc: crun refuses hosts with a hybrid cgroup v1 layout (docs/operating.md "Container image").
+  # The systemd test boots a debootstrap rootfs with systemd in podman (tests/systemd_run.rs).
   command -v podman >/dev/null || need_apt+=(podman)
   command -v runc >/dev/null || [ -x /usr/sbin/runc ] || need_apt+=(runc)
 fi

@@ -10,100 +10,17 @@
 //! debootstrap and tools/ansible/.venv (all from `scripts/setup.sh --test`); without them the test
 //! is skipped, except under CI=true where it fails.
 
+mod containers;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Instant;
+
+use containers::{cached_rootfs, is_root, missing, on_path, run, text};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
-/// `what` is missing: fails under CI=true, else says why the test is skipped.
-fn missing(what: &str) {
-    assert!(!ci(), "{what} (scripts/setup.sh --test installs it)");
-    eprintln!("skipped: {what}");
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        missing(&format!(
-            "{name} is needed (apt-get install -y ansible debootstrap)"
-        ));
-    }
-    found
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    out
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Unmounts whatever a failed debootstrap left mounted under `dir` (its /proc, /sys), so that
-/// removing the dir cannot reach the host's.
-fn unmount_under(dir: &Path) {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let mut points: Vec<&str> = mounts
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter(|p| Path::new(p).starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    for p in points {
-        let out = run(Command::new("umount").arg("-l").arg(p));
-        assert!(out.status.success(), "umount {p}: {}", text(&out));
-    }
-}
-
-/// The cached minimal Debian rootfs with python3 (which Ansible's modules need on the target).
-fn cached_rootfs(debootstrap: &Path) -> PathBuf {
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ansible-rootfs");
-    let done = cache.join("bookworm-minbase");
-    if done.join("usr/bin/python3").is_file() {
-        return done;
-    }
-    let partial = cache.join("bookworm-minbase.partial");
-    if partial.exists() {
-        unmount_under(&partial);
-        std::fs::remove_dir_all(&partial).unwrap();
-    }
-    std::fs::create_dir_all(&cache).unwrap();
-    let started = Instant::now();
-    let out = run(Command::new(debootstrap).args([
-        "--variant=minbase",
-        "--include=python3",
-        // No mirror argument: debootstrap's default Debian mirror.
-        "bookworm",
-        partial.to_str().unwrap(),
-    ]));
-    unmount_under(&partial);
-    assert!(out.status.success(), "debootstrap failed:\n{}", text(&out));
-    std::fs::rename(&partial, &done).unwrap();
-    eprintln!(
-        "debootstrap made the cached rootfs in {:.0?}",
-        started.elapsed()
-    );
-    done
 }
 
 /// `KEY=value` lines of an env file, comments and blank lines left out.
@@ -199,9 +116,11 @@ fn the_role_installs_at_rund_idempotently() {
         missing(&format!("{} is needed", lint.display()));
         return;
     }
-    let (Some(ansible_playbook), Some(debootstrap)) =
-        (on_path("ansible-playbook"), on_path("debootstrap"))
-    else {
+    let install = "apt-get install -y ansible debootstrap";
+    let (Some(ansible_playbook), Some(debootstrap)) = (
+        on_path("ansible-playbook", install),
+        on_path("debootstrap", install),
+    ) else {
         return;
     };
     let deno = std::env::var_os("ATRUND_TEST_DENO")
@@ -229,7 +148,13 @@ fn the_role_installs_at_rund_idempotently() {
     );
 
     // 2. A fresh copy of the cached rootfs as the target.
-    let rootfs = cached_rootfs(&debootstrap);
+    // python3: Ansible's modules need it on the target.
+    let rootfs = cached_rootfs(
+        &debootstrap,
+        "bookworm-minbase",
+        &["python3"],
+        "usr/bin/python3",
+    );
     let work = tempfile::tempdir_in(rootfs.parent().unwrap()).unwrap();
     let root = work.path().join("root");
     let out = run(Command::new("cp").arg("-a").arg(&rootfs).arg(&root));
@@ -426,9 +351,4 @@ fn the_role_installs_at_rund_idempotently() {
     );
     let env = std::fs::read_to_string(root.join("etc/at-rund/at-rund.env")).unwrap();
     assert!(!env.contains("ATRUND_LISTN"), "{env}");
-}
-
-/// /proc/self belongs to the process's effective uid.
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }

@@ -9,6 +9,8 @@
 //! even when an assertion fails. Without podman and runc (or not as root: the storage is rootful)
 //! the test is skipped, except under CI=true where it fails.
 
+mod containers;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -28,17 +30,8 @@ const CONTAINER_FLAGS: &[&str] = &[
 /// The flags docs/operating.md gives for `none` isolation.
 const NONE_FLAGS: &[&str] = &["--cap-add", "SYS_PTRACE"];
 
-/// What this development machine needs for any container, whatever the image (docs/operating.md
-/// "Container image", last paragraph): crun refuses its hybrid cgroup v1 layout, and podman runs
-/// without CAP_SYS_RESOURCE, so the default limits (above the machine's) cannot be set.
-const HOST_FLAGS: &[&str] = &[
-    "--runtime",
-    "runc",
-    "--ulimit",
-    "nofile=16384:16384",
-    "--ulimit",
-    "nproc=8192:8192",
-];
+/// What this development machine needs for any container (docs/operating.md "Container image").
+const HOST_FLAGS: &[&str] = containers::PODMAN_HOST_FLAGS;
 
 /// How long at-rund in a container may take to answer its first request (the container probe
 /// starts a real sandbox; the machine is shared with parallel builds).

@@ -61,7 +61,10 @@ fn the_unit_fits_at_rund() {
         Some("notify"),
         "at-rund has no sd_notify"
     );
-    assert_eq!(value(&unit, "ExecReload"), Some("/bin/kill -HUP $MAINPID"));
+    assert_eq!(
+        value(&unit, "ExecReload"),
+        Some("/bin/sh -c 'kill -HUP \"$MAINPID\"'")
+    );
     assert_eq!(value(&unit, "KillSignal"), Some("SIGTERM"));
     assert_eq!(value(&unit, "KillMode"), Some("mixed"));
     assert_eq!(value(&unit, "Delegate"), Some("yes"));
