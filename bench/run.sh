@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# at-rund benchmark entry point: installs wrk if missing (idempotent), builds the release
+# at-rund benchmark entry point: installs wrk and nginx if missing (idempotent), builds the release
 # binaries, then runs bench/bench.py. Touches 127.0.0.1 only and stops by itself.
 # Usage: bench/run.sh [warm] [serve] [cold] [memory] [pds]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v wrk >/dev/null; then
-  echo "installing wrk (apt)" >&2
-  if [ "$(id -u)" = 0 ]; then apt-get install -y wrk >/dev/null; else sudo apt-get install -y wrk >/dev/null; fi
+need_apt=()
+command -v wrk >/dev/null || need_apt+=(wrk)
+# The warm scenarios measure nginx proxy_pass in front of the same handler (Debian's nginx).
+[ -x "${BENCH_NGINX:-/usr/sbin/nginx}" ] || need_apt+=(nginx)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  echo "installing ${need_apt[*]} (apt)" >&2
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${need_apt[@]}" >/dev/null
 fi
 if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
   cargo build --release -p atrund -p at-run
