@@ -99,17 +99,10 @@ impl std::fmt::Debug for ContainerExecutor {
 
 /// `bwrap` on PATH (or the configured path), if executable.
 pub fn find_bwrap(configured: Option<&Path>) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let ok = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if let Some(p) = configured {
-        return ok(p).then(|| p.to_path_buf());
+    match configured {
+        Some(p) => crate::executables::is_executable(p).then(|| p.to_path_buf()),
+        None => crate::executables::find_executable("bwrap", &[]),
     }
-    let path_var = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path_var)
-        .map(|d| d.join("bwrap"))
-        .find(|p| ok(p))
 }
 
 impl ContainerExecutor {

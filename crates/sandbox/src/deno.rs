@@ -23,7 +23,7 @@ impl DenoBinary {
     /// The configured path if given, else `deno` on PATH.
     pub fn locate(configured: Option<&Path>) -> Result<Self, SandboxError> {
         if let Some(p) = configured {
-            return if is_executable(p) {
+            return if crate::executables::is_executable(p) {
                 Ok(Self {
                     path: p.to_path_buf(),
                 })
@@ -34,10 +34,7 @@ impl DenoBinary {
                 )))
             };
         }
-        let path_var = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path_var)
-            .map(|dir| dir.join("deno"))
-            .find(|p| is_executable(p))
+        crate::executables::find_executable("deno", &[])
             .map(|path| Self { path })
             .ok_or_else(|| SandboxError::DenoNotFound("no `deno` on PATH".into()))
     }
@@ -92,13 +89,6 @@ impl DenoBinary {
             ))),
         }
     }
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
 }
 
 /// The Deno arguments for one instance, permissions included.

@@ -15,6 +15,7 @@ mod container;
 mod deno;
 mod egress;
 mod error;
+mod executables;
 mod freeze;
 mod host_confine;
 mod hostfs;

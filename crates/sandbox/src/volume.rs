@@ -211,12 +211,9 @@ fn unmount(dir: &Path) -> Result<(), VolumeError> {
     })
 }
 
+/// `tool` on `PATH`, else where Debian puts it (a service's `PATH` may lack the sbin dirs).
 fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
+    crate::executables::find_executable(tool, &["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
 }
 
 fn run(what: &'static str, path: &Path, cmd: &mut Command) -> Result<(), VolumeError> {
