@@ -233,13 +233,59 @@ def wrk(url, conns):
         v, u = float(m.group(1)), m.group(2)
         return v / 1000 if u == "us" else v if u == "ms" else v * 1000
 
-    res = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    res = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+           "requests": int(re.search(r"(\d+) requests in", out).group(1))}
     for q in ("50", "99"):
         m = re.search(rf"^\s+{q}(?:\.000)?%\s+(\S+)", out, re.M)
         res[f"p{q}_ms"] = dur(m.group(1))
     errs = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     res["non2xx"] = int(errs.group(1)) if errs else 0
     return res
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(roots):
+    """CPU seconds (user + system, all threads) used so far by the processes under `roots`:
+    the server side of a target (at-rund and its instances, nginx and the Deno it proxies to,
+    Deno alone). Unlike req/s, CPU per request hardly moves when other work shares the machine."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        fields = st[st.rfind(")") + 2:].split()
+        children.setdefault(int(fields[1]), []).append((int(d), int(fields[11]) + int(fields[12])))
+    total, todo, seen = 0, list(roots), set()
+    ticks = {pid: t for kids in children.values() for pid, t in kids}
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += ticks.get(pid, 0)
+        todo.extend(k for k, _ in children.get(pid, []))
+    return total / CLK_TCK
+
+
+def run_alternated(targets, roots):
+    """`BENCH_ROUNDS` rounds: each target at c=1 then c=50, alternated; at c=50 also the server
+    side's CPU time per request (`roots[name]`: the pids whose process trees serve it)."""
+    rows = {name: {1: [], 50: []} for name, _ in targets}
+    for _ in range(ROUNDS):
+        for conns in (1, 50):
+            for name, url in targets:
+                before = tree_cpu_s(roots[name]) if conns == 50 else 0
+                res = wrk(url, conns)
+                if conns == 50 and res["requests"]:
+                    res["cpu_us"] = (tree_cpu_s(roots[name]) - before) * 1e6 / res["requests"]
+                rows[name][conns].append(res)
+    return rows
 
 
 # ---------------------------------------------------------------- baselines
@@ -299,7 +345,8 @@ def start_peers(tmp, name):
     direct, direct_url = start_direct(tmp, sock)
     wait_http(direct_url)
     nginx, nginx_url = start_nginx(tmp, sock)
-    return [direct, nginx], [("direct", direct_url), ("nginx", nginx_url)]
+    roots = {"direct": [direct.pid], "nginx": [nginx.pid, direct.pid]}
+    return [direct, nginx], [("direct", direct_url), ("nginx", nginx_url)], roots
 
 
 def medians(rows):
@@ -309,6 +356,7 @@ def medians(rows):
             "c1_p50_ms": statistics.median(x["p50_ms"] for x in r[1]),
             "c1_p99_ms": statistics.median(x["p99_ms"] for x in r[1]),
             "c50_rps": statistics.median(x["rps"] for x in r[50]),
+            "c50_cpu_us_per_request": statistics.median(x.get("cpu_us", 0.0) for x in r[50]),
             "non2xx": sum(x["non2xx"] for c in (1, 50) for x in r[c]),
         }
         for name, r in rows.items()
@@ -374,13 +422,14 @@ def write_bundle(tmp, name="bench"):
 
 
 def warm(tmp, results):
-    peers, targets = start_peers(tmp, "warm")
+    peers, targets, roots = start_peers(tmp, "warm")
     bundle = write_bundle(tmp)
     data = os.path.join(tmp, "data-warm")
     r = AtRund(["dev", bundle, "--name", "bench"], {}, data)
     via_url = r.base + "/bundle/local/bench/latest/hello"
     wait_http(via_url)
     targets.append(("at-rund", via_url))
+    roots["at-rund"] = [r.proc.pid]
     # BENCH_METRICS_AB=1: the same runner with metrics off, alternated with the others, for the
     # cost of recording them (docs/performance.md).
     off = None
@@ -390,6 +439,7 @@ def warm(tmp, results):
         off_url = off.base + "/bundle/local/bench/latest/hello"
         wait_http(off_url)
         targets.append(("at-rund metrics off", off_url))
+        roots["at-rund metrics off"] = [off.proc.pid]
     # BENCH_TRACES_AB=1: the same runner with traces on, sampling every request and with the
     # default sampler, exporting to a collector stand-in on loopback (docs/performance.md).
     traced, sink = [], None
@@ -405,11 +455,8 @@ def warm(tmp, results):
             wait_http(t_url)
             traced.append(t)
             targets.append(("at-rund " + label, t_url))
-    rows = {name: {1: [], 50: []} for name, _ in targets}
-    for _ in range(ROUNDS):
-        for conns in (1, 50):
-            for name, url in targets:
-                rows[name][conns].append(wrk(url, conns))
+            roots["at-rund " + label] = [t.proc.pid]
+    rows = run_alternated(targets, roots)
     r.stop()
     if off:
         off.stop()
@@ -530,13 +577,10 @@ def warm_serve(tmp, results):
     r = AtRund(["serve"], env, os.path.join(tmp, "data-serve"))
     via_url = f"{r.base}/bundle/{net['alice']['did']}/bench/1.0.0/hello"
     wait_http(via_url)
-    peers, targets = start_peers(tmp, "serve")
+    peers, targets, roots = start_peers(tmp, "serve")
     targets.append(("at-rund serve", via_url))
-    rows = {name: {1: [], 50: []} for name, _ in targets}
-    for _ in range(ROUNDS):
-        for conns in (1, 50):
-            for name, url in targets:
-                rows[name][conns].append(wrk(url, conns))
+    roots["at-rund serve"] = [r.proc.pid]
+    rows = run_alternated(targets, roots)
     r.stop()
     for pr in peers:
         stop(pr)
@@ -610,6 +654,9 @@ def warm_table(add, w, via, mode, title):
     add(f"| c=50 throughput | {d['c50_rps']:.0f} req/s | {n['c50_rps']:.0f} req/s | {a['c50_rps']:.0f} req/s "
         f"| {n['c50_rps']/d['c50_rps']*100:.0f} % | {a['c50_rps']/d['c50_rps']*100:.0f} % | {a['c50_rps']/n['c50_rps']*100:.0f} % of nginx's "
         f"| ≥ nginx's: {verdict(a['c50_rps'] >= n['c50_rps'])} |")
+    dc, nc, ac = (x.get("c50_cpu_us_per_request", 0.0) for x in (d, n, a))
+    add(f"| c=50 server CPU per request (all processes serving it) | {dc:.1f} µs | {nc:.1f} µs | {ac:.1f} µs "
+        f"| {nc-dc:+.1f} µs | {ac-dc:+.1f} µs | hop {ac-dc:.1f} vs {nc-dc:.1f} µs ({(ac-dc)/max(nc-dc, 0.01):.1f}×) | — |")
     add(f"\nisolation of at-rund: `{mode}`; non-2xx responses: direct {d['non2xx']}, nginx {n['non2xx']}, at-rund {a['non2xx']}\n")
 
 

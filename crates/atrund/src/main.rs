@@ -8,6 +8,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+/// mimalloc instead of glibc's malloc: the warm request path allocates and frees many small
+/// objects (headers, futures, buffers) on one thread, where glibc spent about a third of
+/// at-rund's user time (docs/performance.md, issue 14).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The log message that announces the HTTP API's address (`... http api listening addr=IP:PORT`).
 const LISTENING_MESSAGE: &str = "http api listening";
 use clap::{Parser, Subcommand};

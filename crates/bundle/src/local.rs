@@ -13,7 +13,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use sha2::Digest;
@@ -65,7 +65,7 @@ pub struct LocalBundle {
 #[derive(Debug)]
 struct Read {
     key: String,
-    manifest: Manifest,
+    manifest: Arc<Manifest>,
     /// Stats of manifest and code taken before the read; `None` when they cannot be trusted.
     stamps: Option<[Stamp; 2]>,
 }
@@ -111,7 +111,8 @@ impl Stamp {
 
 /// What one request sees of the folder.
 pub struct LocalSnapshot {
-    pub manifest: Manifest,
+    /// Shared with the last read: a warm request copies no manifest.
+    pub manifest: Arc<Manifest>,
     /// `local-<sha256 of code and manifest>`: stands in for the record CID.
     pub key: String,
     /// The key served before this one, when the folder changed since.
@@ -214,6 +215,7 @@ impl LocalBundle {
         h.update(&manifest_text);
         let digest = h.finalize();
         let key = format!("local-{}", hex(&digest[..16]));
+        let manifest = Arc::new(manifest);
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let replaced = match last.as_ref() {
             Some(prev) if prev.key != key => Some(prev.key.clone()),

@@ -507,7 +507,9 @@ async fn observed(st: AppState, route: RouteKind, call: Call, req: Request) -> R
         (RouteKind::Host { .. }, _) => "/[@{version}/]{endpoint}[/{*rest}]",
     };
     let board = st.status.clone();
-    let result = invoke(st, route, &call, req, &mut seen).await;
+    // Boxed: the pipeline's future is large, and moving it by value through the layers above
+    // cost several per cent of a warm request in memmove (docs/performance.md, issue 14).
+    let result = Box::pin(invoke(st, route, &call, req, &mut seen)).await;
     if seen.traced {
         let cold = matches!(&result, Ok(a) if a.started.is_some());
         trace::invocation(
@@ -684,7 +686,7 @@ pub async fn prewarm(
 /// What runs for one invocation, once the pipeline has resolved it.
 struct Target {
     key: InstanceKey,
-    manifest: Manifest,
+    manifest: ManifestRef,
     code: PathBuf,
     author_dir: String,
     name: String,
@@ -692,6 +694,22 @@ struct Target {
     version: String,
     /// Opened secrets; their names are the instance's only `--allow-env`.
     secrets: Option<Arc<atrund_secrets::SecretEnv>>,
+}
+
+/// The called bundle's manifest, shared with where it was loaded: a warm request copies none.
+enum ManifestRef {
+    Loaded(Arc<atrund_bundle::LoadedBundle>),
+    Local(Arc<Manifest>),
+}
+
+impl std::ops::Deref for ManifestRef {
+    type Target = Manifest;
+    fn deref(&self) -> &Manifest {
+        match self {
+            ManifestRef::Loaded(b) => &b.record.manifest,
+            ManifestRef::Local(m) => m,
+        }
+    }
 }
 
 #[tracing::instrument(name = "invoke", skip_all, fields(author = %call.author, name = %call.name, version = %call.version, endpoint = %call.endpoint))]
@@ -934,12 +952,12 @@ async fn remote_bundle(
             bundle: bundle.record_cid.clone(),
             secrets: secrets_cid,
         },
-        manifest: bundle.record.manifest.clone(),
         code: bundle.code_path.clone(),
         author_dir: safe_dir_name(&bundle.author),
         name: bundle.name.clone(),
         version: bundle.version.clone(),
         secrets,
+        manifest: ManifestRef::Loaded(bundle),
     })
 }
 
@@ -1005,7 +1023,7 @@ async fn local_target(
             secrets: None,
         },
         code,
-        manifest: snap.manifest,
+        manifest: ManifestRef::Local(snap.manifest),
         author_dir: LOCAL_AUTHOR.into(),
         name: local.name.clone(),
         version: "local".into(),
