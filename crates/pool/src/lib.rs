@@ -1037,6 +1037,13 @@ impl Pool {
 
     /// Counters and instances, for the admin endpoint (and later metrics export).
     pub fn stats(&self) -> PoolStats {
+        // Before the pool's lock: a scrape must not hold up requests while every bundle's
+        // windows are listed.
+        let warmth = if self.adapts() {
+            self.warmth().info(self.cfg().idle_timeout)
+        } else {
+            Vec::new()
+        };
         let now = Instant::now();
         let st = self.lock();
         let c = &self.counters;
@@ -1056,11 +1063,7 @@ impl Pool {
             adaptive_unloads: c.adaptive_unloads.load(Ordering::Relaxed),
             adaptive_prewarms: c.adaptive_prewarms.load(Ordering::Relaxed),
             adaptive_prewarms_skipped: c.adaptive_prewarms_skipped.load(Ordering::Relaxed),
-            warmth: if self.adapts() {
-                self.warmth().info(self.cfg().idle_timeout)
-            } else {
-                Vec::new()
-            },
+            warmth,
             memory_bytes: st.memory().0,
             memory_budget_bytes: self.cfg().memory_budget_bytes,
             ..PoolStats::default()

@@ -20,7 +20,8 @@
 //! (coefficient of variation below [`MIN_CV`], as in the paper). When most idle times
 //! ([`OUT_OF_RANGE_SHARE`]) fall beyond the range, the paper forecasts the next one with ARIMA;
 //! here the forecast is the median of the last [`RECENT`] idle times (robust, no model to fit),
-//! with the paper's 15 % margin on each side: pre-warm at 85 % of it, keep alive for 30 % of it.
+//! with the paper's 15 % margin on each side: pre-warm at 85 % of it, keep alive for 30 % of it
+//! (a forecast under one bin means the fixed timeout).
 //!
 //! Counts are halved when a bundle's total reaches [`AGE_AT`], so old behaviour fades. Memory is
 //! bounded: at most `max_bundles` bundles (the one seen least recently is forgotten to make room),
@@ -247,6 +248,10 @@ impl<S> App<S> {
             let mut r: Vec<Duration> = self.recent.iter().copied().collect();
             r.sort();
             let forecast = r[r.len() / 2];
+            if forecast < cfg.bin {
+                // Recent calls came close together after long gaps: no forecast to act on.
+                return Err(Basis::NotRepresentative);
+            }
             let m = FORECAST_MARGIN_PERCENT;
             return Ok(Windows {
                 basis: Basis::OutOfRange,

@@ -134,6 +134,20 @@ fn idle_times_beyond_the_range_are_forecast_from_the_recent_ones() {
 }
 
 #[test]
+fn a_forecast_under_one_bin_falls_back() {
+    let mut w = Warmth::new(cfg());
+    let mut t = Instant::now();
+    // Long gaps first (out of range), then a run of quick calls fills the recent window.
+    calls(&mut w, "a/x", &mut t, 12, 600 * MIN);
+    calls(&mut w, "a/x", &mut t, 8, Duration::from_secs(1));
+    let fixed = Duration::from_secs(300);
+    assert_eq!(
+        w.windows("a/x", fixed),
+        Windows::fixed(Basis::NotRepresentative, fixed)
+    );
+}
+
+#[test]
 fn the_unload_rule_without_prewarm_is_the_idle_timeout() {
     let t0 = Instant::now();
     let w = Windows::fixed(Basis::FewSamples, Duration::from_secs(300));
