@@ -259,6 +259,8 @@ mod tests {
         new.data_dir = "/elsewhere".into();
         new.http.bundle_domain = Some("b.example".into());
         new.pool.admin_listen = "off".into();
+        new.pool.warmth = crate::Warmth::Adaptive;
+        new.pool.warmth_bin_ms = 1000;
         new.tenants.store_gc_after_secs = 1;
         new.metrics.public = true;
         let r = running.reload(new.clone());
@@ -270,6 +272,8 @@ mod tests {
                 "metrics",
                 "http.bundle_domain",
                 "pool.admin_listen",
+                "pool.warmth",
+                "pool.warmth_bin_ms",
                 "tenants.store_gc_after_secs"
             ]
         );
@@ -285,6 +289,8 @@ mod tests {
         assert_eq!(c.data_dir, running.data_dir);
         assert_eq!(c.http.bundle_domain, None);
         assert_eq!(c.pool.admin_listen, running.pool.admin_listen);
+        assert_eq!(c.pool.warmth, crate::Warmth::Fixed);
+        assert_eq!(c.pool.warmth_bin_ms, running.pool.warmth_bin_ms);
         assert_eq!(c.metrics, running.metrics);
         assert_eq!(
             c.tenants.store_gc_after_secs,
