@@ -259,6 +259,9 @@ fn snapshot(
         instance_starts: p.starts,
         instance_start_failures: p.start_failures,
         instance_crashes: p.crashes,
+        adaptive_unloads: p.adaptive_unloads,
+        adaptive_prewarms: p.adaptive_prewarms,
+        adaptive_prewarms_skipped: p.adaptive_prewarms_skipped,
         instances: pool
             .usage()
             .into_iter()

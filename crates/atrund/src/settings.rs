@@ -39,6 +39,13 @@ pub(crate) fn pool_config(p: &atrund_config::PoolSection) -> atrund_pool::PoolCo
         start_timeout_ms: _,
         prewarm_refresh_secs: _,
         admin_listen: _,
+        warmth,
+        warmth_bin_ms,
+        warmth_range_ms,
+        warmth_min_samples,
+        warmth_margin_percent,
+        warmth_max_bundles,
+        warmth_forget_secs,
     } = p;
     let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     atrund_pool::PoolConfig {
@@ -50,6 +57,16 @@ pub(crate) fn pool_config(p: &atrund_config::PoolSection) -> atrund_pool::PoolCo
         busy_wait: Duration::from_millis(*busy_wait_ms),
         crash_backoff: Duration::from_millis(*crash_backoff_ms),
         crash_backoff_max: Duration::from_millis(*crash_backoff_max_ms),
+        warmth: (*warmth == atrund_config::Warmth::Adaptive).then(|| {
+            atrund_pool::warmth::WarmthConfig {
+                bin: Duration::from_millis(*warmth_bin_ms),
+                range: Duration::from_millis(*warmth_range_ms),
+                min_samples: u32::try_from(*warmth_min_samples).unwrap_or(u32::MAX),
+                margin_percent: u32::try_from(*warmth_margin_percent).unwrap_or(100),
+                max_bundles: n(*warmth_max_bundles),
+                forget_after: Duration::from_secs(*warmth_forget_secs),
+            }
+        }),
     }
 }
 

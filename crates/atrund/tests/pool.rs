@@ -1,5 +1,6 @@
 //! The pool against real Deno through a real `at-rund dev` process (no PDS needed): warm reuse,
-//! idle reaping, crash replacement, Busy when full, and the graceful drain on SIGTERM.
+//! idle reaping, crash replacement, Busy when full, the graceful drain on SIGTERM, and adaptive
+//! warmth's unload after the call and pre-warm before the next.
 
 mod common;
 
@@ -271,4 +272,93 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
         .filter(|p| p.is_dir())
         .collect();
     assert!(left.is_empty(), "instance dirs left behind: {left:?}");
+}
+
+/// Adaptive warmth with 100 ms bins: while the bundle has too little history its instance goes
+/// after the fixed idle timeout (every call cold, the timeout being shorter than the period);
+/// once its idle times are known, the instance is stopped right after the call and a new one is
+/// started before the next expected call, which finds it warm. Asserts on the pool's state and
+/// counters, not on latencies; the margins are wide (40 %, and the next call waits for the
+/// pre-warmed instance to be ready) so a loaded machine only shifts the numbers.
+#[tokio::test(flavor = "multi_thread")]
+async fn adaptive_warmth_unloads_after_the_call_and_prewarms_before_the_next() {
+    let Some(deno) = deno() else { return };
+    let r = Runner::start(
+        &deno,
+        8,
+        &[
+            ("ATRUND_POOL_IDLE_TIMEOUT_MS", "1200"),
+            ("ATRUND_POOL_WARMTH", "adaptive"),
+            ("ATRUND_POOL_WARMTH_BIN_MS", "100"),
+            ("ATRUND_POOL_WARMTH_RANGE_MS", "6000"),
+            ("ATRUND_POOL_WARMTH_MIN_SAMPLES", "3"),
+            ("ATRUND_POOL_WARMTH_MARGIN_PERCENT", "40"),
+        ],
+    );
+    // Calls are this far apart, from one arrival to the next.
+    let period = Duration::from_millis(2000);
+    let call = || async {
+        let (status, body) = get(&r.url("pid")).await;
+        assert_eq!(status, 200, "{body}");
+        body["pid"].as_u64().expect("pid")
+    };
+    let at = |t: std::time::Instant| {
+        tokio::time::sleep(t.saturating_duration_since(std::time::Instant::now()))
+    };
+    let t0 = std::time::Instant::now();
+
+    // Calls 0..=2 make two idle times: too few, so the fixed timeout stops the instance before
+    // each next call, which is cold.
+    for k in 0..3u32 {
+        at(t0 + period * k).await;
+        call().await;
+        let s = r
+            .wait_stats("the fixed idle timeout", |s| {
+                s["idle_reaped"] == k + 1 && s["instances"] == json!([])
+            })
+            .await;
+        assert_eq!(s["cold_hits"], k + 1, "{s}");
+        assert_eq!(s["adaptive_unloads"], 0, "{s}");
+        assert_eq!(s["warmth"][0]["bundle"], "local/t", "{s}");
+        assert_eq!(s["warmth"][0]["basis"], "few_samples", "{s}");
+    }
+
+    // Call 3 brings the third idle time: the windows are learned. It is still cold (nothing was
+    // running); right after it the instance is stopped instead of kept for the timeout.
+    at(t0 + period * 3).await;
+    let mut last_pid = call().await;
+    let s = r.stats().await;
+    let w = &s["warmth"][0];
+    assert_eq!(w["basis"], "histogram", "{s}");
+    let prewarm = w["prewarm_ms"].as_u64().expect("prewarm_ms");
+    let keep = w["keep_alive_ms"].as_u64().expect("keep_alive_ms");
+    // Idle times of 2 s less a cold start and a call, in 100 ms bins, less 40 %.
+    assert!((600..=1200).contains(&prewarm), "{s}");
+    assert!(prewarm + keep >= 2000, "{s}");
+
+    // Calls 4 and 5 each find the instance started ahead of them: a new process, warm.
+    for k in 4..6u32 {
+        let n = u64::from(k) - 3;
+        r.wait_stats("the unload right after the call", |s| {
+            s["adaptive_unloads"] == n
+        })
+        .await;
+        let s = r
+            .wait_stats("the pre-warm", |s| {
+                s["adaptive_prewarms"] == n && s["idle"] == 1 && s["starting"] == 0
+            })
+            .await;
+        let cold = s["cold_hits"].as_u64().expect("cold_hits");
+        assert_eq!(s["idle_reaped"], 3, "{s}");
+        at(t0 + period * k).await;
+        let pid = call().await;
+        assert_ne!(
+            pid, last_pid,
+            "the instance that served the last call was stopped"
+        );
+        last_pid = pid;
+        let s = r.stats().await;
+        assert_eq!(s["cold_hits"].as_u64(), Some(cold), "warm: {s}");
+        assert_eq!(s["adaptive_prewarms_skipped"], 0, "{s}");
+    }
 }

@@ -465,6 +465,32 @@ pub struct PoolSection {
     /// Admin endpoint (`GET /admin/pool`): `auto` (127.0.0.1, the main port + 1; an ephemeral
     /// port when the main port is 0), an address such as `127.0.0.1:3001`, or `off`.
     pub admin_listen: String,
+    /// How long idle instances are kept: `fixed` (`idle_timeout_ms` for every bundle) or
+    /// `adaptive` (learned per bundle from its idle times, with pre-warming; docs/configuration.md).
+    pub warmth: Warmth,
+    /// Adaptive warmth: width of one bin of a bundle's idle-time histogram.
+    pub warmth_bin_ms: u64,
+    /// Adaptive warmth: idle times up to this are binned; longer ones count as out of range.
+    pub warmth_range_ms: u64,
+    /// Adaptive warmth: idle times a bundle needs before its histogram is used.
+    pub warmth_min_samples: u64,
+    /// Adaptive warmth: margin in percent taken off the pre-warm time and added to the tail.
+    pub warmth_margin_percent: u64,
+    /// Adaptive warmth: most bundles with a history; the one seen least recently makes room.
+    pub warmth_max_bundles: u64,
+    /// Adaptive warmth: a bundle not called for this long loses its history.
+    pub warmth_forget_secs: u64,
+}
+
+/// How long idle instances are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Warmth {
+    /// `pool.idle_timeout_ms` for every instance.
+    #[default]
+    Fixed,
+    /// Per bundle, from its idle-time histogram (the hybrid histogram policy).
+    Adaptive,
 }
 
 impl Default for PoolSection {
@@ -485,6 +511,13 @@ impl Default for PoolSection {
             start_timeout_ms: 10_000,
             prewarm_refresh_secs: 30,
             admin_listen: "auto".into(),
+            warmth: Warmth::Fixed,
+            warmth_bin_ms: 60_000,
+            warmth_range_ms: 4 * 3600 * 1000,
+            warmth_min_samples: 10,
+            warmth_margin_percent: 10,
+            warmth_max_bundles: 1024,
+            warmth_forget_secs: 7 * 24 * 3600,
         }
     }
 }

@@ -127,6 +127,13 @@ impl Config {
             start_timeout_ms: _,
             prewarm_refresh_secs,
             admin_listen,
+            warmth,
+            warmth_bin_ms,
+            warmth_range_ms,
+            warmth_min_samples,
+            warmth_margin_percent,
+            warmth_max_bundles,
+            warmth_forget_secs,
         } = pool;
         let p = &mut new.pool;
         keep(&mut k, "pool.prewarm", prewarm, &mut p.prewarm);
@@ -148,6 +155,38 @@ impl Config {
             admin_listen,
             &mut p.admin_listen,
         );
+        // The histograms are built with the running bins and limits.
+        keep(&mut k, "pool.warmth", warmth, &mut p.warmth);
+        for (key, running, new) in [
+            ("pool.warmth_bin_ms", warmth_bin_ms, &mut p.warmth_bin_ms),
+            (
+                "pool.warmth_range_ms",
+                warmth_range_ms,
+                &mut p.warmth_range_ms,
+            ),
+            (
+                "pool.warmth_min_samples",
+                warmth_min_samples,
+                &mut p.warmth_min_samples,
+            ),
+            (
+                "pool.warmth_margin_percent",
+                warmth_margin_percent,
+                &mut p.warmth_margin_percent,
+            ),
+            (
+                "pool.warmth_max_bundles",
+                warmth_max_bundles,
+                &mut p.warmth_max_bundles,
+            ),
+            (
+                "pool.warmth_forget_secs",
+                warmth_forget_secs,
+                &mut p.warmth_forget_secs,
+            ),
+        ] {
+            keep(&mut k, key, running, new);
+        }
 
         let TenantsSection {
             rate_per_sec: _,
@@ -220,6 +259,8 @@ mod tests {
         new.data_dir = "/elsewhere".into();
         new.http.bundle_domain = Some("b.example".into());
         new.pool.admin_listen = "off".into();
+        new.pool.warmth = crate::Warmth::Adaptive;
+        new.pool.warmth_bin_ms = 1000;
         new.tenants.store_gc_after_secs = 1;
         new.metrics.public = true;
         let r = running.reload(new.clone());
@@ -231,6 +272,8 @@ mod tests {
                 "metrics",
                 "http.bundle_domain",
                 "pool.admin_listen",
+                "pool.warmth",
+                "pool.warmth_bin_ms",
                 "tenants.store_gc_after_secs"
             ]
         );
@@ -246,6 +289,8 @@ mod tests {
         assert_eq!(c.data_dir, running.data_dir);
         assert_eq!(c.http.bundle_domain, None);
         assert_eq!(c.pool.admin_listen, running.pool.admin_listen);
+        assert_eq!(c.pool.warmth, crate::Warmth::Fixed);
+        assert_eq!(c.pool.warmth_bin_ms, running.pool.warmth_bin_ms);
         assert_eq!(c.metrics, running.metrics);
         assert_eq!(
             c.tenants.store_gc_after_secs,

@@ -273,6 +273,10 @@ impl Config {
             ("pool.idle_timeout_ms", p.idle_timeout_ms),
             ("pool.drain_grace_ms", p.drain_grace_ms),
             ("pool.prewarm_instances", p.prewarm_instances),
+            ("pool.warmth_bin_ms", p.warmth_bin_ms),
+            ("pool.warmth_min_samples", p.warmth_min_samples),
+            ("pool.warmth_max_bundles", p.warmth_max_bundles),
+            ("pool.warmth_forget_secs", p.warmth_forget_secs),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be greater than 0".into()));
@@ -296,6 +300,7 @@ impl Config {
                 ),
             ));
         }
+        self.validate_warmth()?;
         for e in &p.prewarm {
             if crate::PoolSection::parse_prewarm(e).is_none() {
                 return Err(invalid(
@@ -402,6 +407,53 @@ impl Config {
         Ok(())
     }
 
+    /// The `pool.warmth_*` keys (checked whatever `pool.warmth` is, so switching it on later
+    /// cannot meet a bad value; the positive ones are checked with the other pool keys): enough
+    /// bins for the histogram test, not so many that a bundle's histogram grows large.
+    fn validate_warmth(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_string(),
+            origin: self.source_of(key),
+            message,
+        };
+        let p = &self.pool;
+        let bins = p.warmth_range_ms / p.warmth_bin_ms;
+        if !(MIN_WARMTH_BINS..=MAX_WARMTH_BINS).contains(&bins) {
+            return Err(invalid(
+                "pool.warmth_range_ms",
+                format!(
+                    "{} ms is {bins} bins of pool.warmth_bin_ms ({} ms); give {MIN_WARMTH_BINS} to {MAX_WARMTH_BINS} bins (the defaults: 4 hours of 1-minute bins)",
+                    p.warmth_range_ms, p.warmth_bin_ms
+                ),
+            ));
+        }
+        if p.warmth_range_ms > MAX_WARMTH_RANGE_MS {
+            return Err(invalid(
+                "pool.warmth_range_ms",
+                format!("{} ms is over 30 days; lower it", p.warmth_range_ms),
+            ));
+        }
+        if p.warmth_margin_percent > 90 {
+            return Err(invalid(
+                "pool.warmth_margin_percent",
+                format!(
+                    "{} is over 90; the margin is a share of the learned windows (the paper's is 10)",
+                    p.warmth_margin_percent
+                ),
+            ));
+        }
+        if p.warmth_forget_secs.saturating_mul(1000) < p.warmth_range_ms {
+            return Err(invalid(
+                "pool.warmth_forget_secs",
+                format!(
+                    "{} s is shorter than pool.warmth_range_ms ({} ms); a history forgotten sooner than its longest idle time learns nothing",
+                    p.warmth_forget_secs, p.warmth_range_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn check_service_url(&self, key: &str, u: &Url) -> Result<(), ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
             key: key.to_string(),
@@ -428,6 +480,13 @@ impl Config {
         }
     }
 }
+
+/// Below this many bins the coefficient-of-variation test of adaptive warmth cannot tell a
+/// pattern from noise (one full bin of n has a CV of only √n).
+const MIN_WARMTH_BINS: u64 = 10;
+/// A day of 1-minute bins: 5.6 KiB of counts per bundle.
+const MAX_WARMTH_BINS: u64 = 1440;
+const MAX_WARMTH_RANGE_MS: u64 = 30 * 24 * 3600 * 1000;
 
 /// A range, or one `address:port` with a port other than 0 (IPv6 in brackets).
 fn is_opening(s: &str) -> bool {

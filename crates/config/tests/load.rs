@@ -987,3 +987,34 @@ fn otel_values_are_checked() {
     let c = load(Some("[otel]\nsampler_arg = 0\n"), &[]).unwrap();
     assert_eq!(c.otel.sampler_arg, 0.0);
 }
+
+#[test]
+fn warmth_keys_load_and_are_checked() {
+    let c = load(None, &[]).unwrap();
+    assert_eq!(c.pool.warmth, atrund_config::Warmth::Fixed);
+    assert_eq!(
+        (c.pool.warmth_bin_ms, c.pool.warmth_range_ms),
+        (60_000, 14_400_000)
+    );
+    let c = load(
+        Some("[pool]\nwarmth = \"adaptive\"\nwarmth_bin_ms = 100\nwarmth_range_ms = 5000"),
+        &[("ATRUND_POOL_WARMTH_MIN_SAMPLES", "3")],
+    )
+    .unwrap();
+    assert_eq!(c.pool.warmth, atrund_config::Warmth::Adaptive);
+    assert_eq!(c.pool.warmth_min_samples, 3);
+    let e = err(Some("[pool]\nwarmth = \"smart\""), &[]);
+    assert_eq!(e.key(), Some("pool.warmth"), "{e}");
+    // Too few bins for the histogram test, and too many.
+    let e = err(None, &[("ATRUND_POOL_WARMTH_RANGE_MS", "300000")]);
+    assert_eq!(e.key(), Some("pool.warmth_range_ms"));
+    assert!(e.to_string().contains("5 bins"), "{e}");
+    let e = err(None, &[("ATRUND_POOL_WARMTH_BIN_MS", "1000")]);
+    assert!(e.to_string().contains("14400 bins"), "{e}");
+    let e = err(None, &[("ATRUND_POOL_WARMTH_BIN_MS", "0")]);
+    assert_eq!(e.key(), Some("pool.warmth_bin_ms"));
+    let e = err(None, &[("ATRUND_POOL_WARMTH_MARGIN_PERCENT", "95")]);
+    assert_eq!(e.key(), Some("pool.warmth_margin_percent"));
+    let e = err(None, &[("ATRUND_POOL_WARMTH_FORGET_SECS", "3600")]);
+    assert_eq!(e.key(), Some("pool.warmth_forget_secs"));
+}

@@ -836,14 +836,22 @@ async fn invoke(
         .body(atrund_sandbox::boxed_body(body))
         .map_err(|e| ApiError::new(ErrorClass::BadRequest, "InvalidRequest", e.to_string()))?;
 
-    let spec = || instance_spec(&st, &target, &limits);
     let traced = seen.traced;
-    let resp = st
-        .pool
+    let bundle = format!("{}/{}", target.key.author, target.name);
+    let key = target.key.clone();
+    let concurrency = usize::try_from(limits.concurrency).unwrap_or(usize::MAX);
+    let pool = st.pool.clone();
+    // Adaptive warmth may start an instance of this version later, without a request.
+    let start: atrund_pool::SpecFactory = Arc::new(move || instance_spec(&st, &target, &limits));
+    let warmth = pool.adapts().then(|| atrund_pool::BundleRef {
+        name: bundle.clone(),
+        start: start.clone(),
+    });
+    let resp = pool
         .execute(
-            target.key.clone(),
-            usize::try_from(limits.concurrency).unwrap_or(usize::MAX),
-            spec,
+            key,
+            concurrency,
+            || start(),
             Invocation {
                 endpoint: endpoint.clone(),
                 request,
@@ -855,6 +863,7 @@ async fn invoke(
                     trace::inject_current(inv.request.headers_mut());
                 }
             },
+            warmth,
         )
         .await;
     let mut resp = match resp {
@@ -863,7 +872,6 @@ async fn invoke(
     };
     let started = resp.body().started_instance();
     let bundle_time = resp.body().bundle_time();
-    let bundle = format!("{}/{}", target.key.author, target.name);
     match &route {
         RouteKind::Path => {
             let removed = headers::sandbox_path_response(resp.headers_mut());

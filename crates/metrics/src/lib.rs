@@ -125,6 +125,12 @@ pub struct Snapshot {
     pub instance_starts: u64,
     pub instance_start_failures: u64,
     pub instance_crashes: u64,
+    /// Adaptive warmth (`pool.warmth = "adaptive"`): idle instances stopped by a bundle's
+    /// learned windows, instances pre-warmed ahead of an expected call, pre-warms skipped for
+    /// lack of room under the caps.
+    pub adaptive_unloads: u64,
+    pub adaptive_prewarms: u64,
+    pub adaptive_prewarms_skipped: u64,
     /// One entry per running instance.
     pub instances: Vec<InstanceUsage>,
     /// Egress decisions: upstream connections allowed, refusals by reason.
@@ -560,6 +566,23 @@ impl Collector for Scraped {
             None,
             MetricType::Counter,
         )?)?;
+        ConstCounter::new(s.adaptive_unloads).encode(enc.encode_descriptor(
+            "pool_adaptive_unloads",
+            "Idle instances stopped by adaptive warmth (right after the call before a pre-warm, or after the learned keep-alive)",
+            None,
+            MetricType::Counter,
+        )?)?;
+        family(
+            &mut enc,
+            "pool_adaptive_prewarms",
+            "Adaptive warmth's starts ahead of an expected call: started, or skipped for lack of room under the caps",
+            MetricType::Counter,
+            [
+                ("started", s.adaptive_prewarms),
+                ("skipped", s.adaptive_prewarms_skipped),
+            ]
+            .map(|(result, n)| (ResultLabel { result }, ConstCounter::new(n))),
+        )?;
         let cpu = s.instances.iter().filter_map(|u| {
             let labels = InstanceLabels {
                 author: self.table.author_label(&u.author).to_string(),

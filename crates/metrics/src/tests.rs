@@ -64,6 +64,8 @@ fn scrape_time_counters_come_from_the_source() {
     m.request(&m.series("did:plc:known", "n", "e"), 200, Duration::ZERO);
     m.set_source(|| Snapshot {
         instances_idle: 2,
+        adaptive_unloads: 4,
+        adaptive_prewarms_skipped: 1,
         instances: vec![
             InstanceUsage {
                 author: "did:plc:known".into(),
@@ -86,6 +88,11 @@ fn scrape_time_counters_come_from_the_source() {
     let text = m.encode().unwrap();
     for (line, v) in [
         (r#"atrund_instances{state="idle"}"#, 2.0),
+        ("atrund_pool_adaptive_unloads_total", 4.0),
+        (
+            r#"atrund_pool_adaptive_prewarms_total{result="skipped"}"#,
+            1.0,
+        ),
         (
             r#"atrund_instance_cpu_seconds_total{author="did:plc:known",instance="7"}"#,
             1.5,

@@ -16,11 +16,17 @@
 //! queue. Waiting for an instance that is *starting* is not counted against it: that is a cold
 //! start, bounded by the executor's start timeout.
 //!
+//! Warmth: `fixed` keeps every idle instance for [`PoolConfig::idle_timeout`]; `adaptive` (with
+//! [`PoolConfig::warmth`] set) learns each bundle's idle times ([`warmth`]) and unloads right after
+//! the call and pre-warms before the next expected one, or keeps the instance for the learned
+//! keep-alive, falling back to the idle timeout while it knows too little.
+//!
 //! Traces: an instance start a request waits for as its starter runs in a `start` span, and the
 //! call into the instance in a `call` span, both at `TRACE` level under [`TRACE_TARGET`], so they
 //! cost a disabled callsite's check unless traces are on (docs/observability.md, "Traces").
 
 mod body;
+pub mod warmth;
 pub use body::LeasedBody;
 
 use std::collections::HashMap;
@@ -31,6 +37,7 @@ use std::time::{Duration, Instant};
 use atrund_sandbox::{Executor, Instance, InstanceSpec, Invocation, SandboxError};
 use tokio::sync::Notify;
 use tracing::Instrument;
+use warmth::{Unload, Warmth, WarmthConfig, WarmthInfo};
 
 /// The `tracing` target of the spans that become trace spans (the request's phases); the
 /// binary's trace layer takes exactly these.
@@ -85,6 +92,9 @@ pub struct PoolConfig {
     pub crash_backoff: Duration,
     /// Longest crash back-off.
     pub crash_backoff_max: Duration,
+    /// Adaptive warmth (`None`: fixed, every instance kept for `idle_timeout`). Set at start: a
+    /// reconfigure keeps the running value.
+    pub warmth: Option<WarmthConfig>,
 }
 
 impl Default for PoolConfig {
@@ -98,8 +108,25 @@ impl Default for PoolConfig {
             busy_wait: Duration::from_millis(100),
             crash_backoff: Duration::from_millis(500),
             crash_backoff_max: Duration::from_secs(30),
+            warmth: None,
         }
     }
+}
+
+/// Which bundle a request is for across its versions (`author/name`), and how to start an
+/// instance of the version it asked for without a request: what adaptive warmth needs.
+#[derive(Clone)]
+pub struct BundleRef {
+    pub name: String,
+    pub start: SpecFactory,
+}
+
+/// What a pre-warm starts: the version called last.
+#[derive(Clone)]
+struct PrewarmStart {
+    key: InstanceKey,
+    concurrency: usize,
+    factory: SpecFactory,
 }
 
 /// Why the pool could not hand out an instance.
@@ -192,6 +219,15 @@ pub struct PoolStats {
     pub idle_reaped: u64,
     /// Idle instances stopped to make room (instance caps or memory budget).
     pub evictions: u64,
+    /// Adaptive warmth: idle instances stopped by a bundle's learned windows (right after the
+    /// call when a pre-warm is planned, or after the learned keep-alive).
+    pub adaptive_unloads: u64,
+    /// Adaptive warmth: instances started ahead of an expected call, and pre-warms skipped
+    /// because a cap (instances, per author, per bundle, memory) had no room.
+    pub adaptive_prewarms: u64,
+    pub adaptive_prewarms_skipped: u64,
+    /// Adaptive warmth: each tracked bundle's windows (empty when `fixed`).
+    pub warmth: Vec<WarmthInfo>,
     /// Sum of the instances' resident memory, as last read.
     pub memory_bytes: u64,
     pub memory_budget_bytes: u64,
@@ -237,6 +273,9 @@ struct Counters {
     crashes: AtomicU64,
     idle_reaped: AtomicU64,
     evictions: AtomicU64,
+    adaptive_unloads: AtomicU64,
+    adaptive_prewarms: AtomicU64,
+    adaptive_prewarms_skipped: AtomicU64,
 }
 
 struct Entry {
@@ -262,6 +301,8 @@ struct KeyState {
     /// Pre-warm: keep at least this many running, never reap below it.
     min_warm: usize,
     warm_spec: Option<(SpecFactory, usize)>,
+    /// Adaptive warmth: the bundle (`author/name`) this key is a version of.
+    app: Option<Arc<str>>,
 }
 
 impl KeyState {
@@ -345,6 +386,8 @@ pub struct Pool {
     closed: AtomicBool,
     next_id: AtomicU64,
     counters: Counters,
+    /// Adaptive warmth's histograms. Lock order: `state` first when both are held.
+    warmth: Mutex<Warmth<PrewarmStart>>,
 }
 
 /// Counts one admitted request until it is dropped; see [`Pool::admit`].
@@ -367,6 +410,8 @@ pub(crate) struct Lease {
     ok: bool,
     /// Set when this lease's request started the instance: how long the start took.
     start_time: Option<Duration>,
+    /// Adaptive warmth: the bundle whose call this is.
+    app: Option<Arc<str>>,
 }
 
 impl Drop for Lease {
@@ -409,7 +454,11 @@ impl Pool {
     /// A pool with its background reaper (idle timeout, memory budget, dead instances,
     /// pre-warm). Must be called inside a Tokio runtime.
     pub fn new(executor: Arc<dyn Executor>, cfg: PoolConfig) -> Arc<Self> {
-        let tick = (cfg.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        // Adaptive warmth acts at bin resolution (pre-warm and unload times).
+        let finest = cfg.warmth.map_or(Duration::MAX, |w| w.bin);
+        let tick = (cfg.idle_timeout / 4)
+            .min(finest)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
         let pool = Arc::new(Self {
             executor,
             cfg: std::sync::RwLock::new(cfg),
@@ -421,6 +470,7 @@ impl Pool {
             closed: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             counters: Counters::default(),
+            warmth: Mutex::new(Warmth::new(cfg.warmth.unwrap_or_default())),
         });
         tokio::spawn(reaper(Arc::downgrade(&pool), tick));
         pool
@@ -435,8 +485,12 @@ impl Pool {
     /// Replaces the knobs (a reload): caps, waits and back-offs apply to the next decision;
     /// instances above a lowered cap are not stopped, they go as they become idle. The reaper's
     /// tick, set from the first idle timeout, stays.
-    pub fn reconfigure(&self, cfg: PoolConfig) {
-        *self.cfg.write().unwrap_or_else(|e| e.into_inner()) = cfg;
+    pub fn reconfigure(&self, mut cfg: PoolConfig) {
+        let mut running = self.cfg.write().unwrap_or_else(|e| e.into_inner());
+        // The histograms were built with the running bins.
+        cfg.warmth = running.warmth;
+        *running = cfg;
+        drop(running);
         // Waiters re-check against the new caps.
         self.changed.notify_waiters();
     }
@@ -444,6 +498,33 @@ impl Pool {
     /// Name of the sandbox backend instances run in.
     pub fn backend(&self) -> &'static str {
         self.executor.name()
+    }
+
+    fn warmth(&self) -> MutexGuard<'_, Warmth<PrewarmStart>> {
+        // As `lock`: short sections that do not panic.
+        self.warmth.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True when adaptive warmth is on: callers then pass a [`BundleRef`] to
+    /// [`Pool::execute`].
+    pub fn adapts(&self) -> bool {
+        self.cfg().warmth.is_some()
+    }
+
+    /// Adaptive warmth: a request for `key`, a version of `bundle`, arrived.
+    fn arrive(&self, key: &InstanceKey, concurrency: usize, bundle: BundleRef) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let ks = st.keys.entry(key.clone()).or_default();
+        if ks.app.as_deref() != Some(bundle.name.as_str()) {
+            ks.app = Some(bundle.name.as_str().into());
+        }
+        let start = PrewarmStart {
+            key: key.clone(),
+            concurrency,
+            factory: bundle.start,
+        };
+        self.warmth().arrive(&bundle.name, now, start);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -472,7 +553,8 @@ impl Pool {
     /// Runs one invocation on a warm instance for `key`, starting one from `spec` if needed.
     /// `concurrency` is the bundle's per-instance limit. `prepare` runs inside the `call` span
     /// just before the call (the HTTP layer writes there the trace context the bundle sees). The
-    /// instance slot stays taken until the response body has been sent.
+    /// instance slot stays taken until the response body has been sent. `bundle` feeds adaptive
+    /// warmth (ignored when it is off).
     pub async fn execute(
         self: &Arc<Self>,
         key: InstanceKey,
@@ -480,9 +562,13 @@ impl Pool {
         spec: impl FnOnce() -> InstanceSpec,
         mut call: Invocation,
         prepare: impl FnOnce(&mut Invocation),
+        bundle: Option<BundleRef>,
     ) -> Result<http::Response<LeasedBody>, PoolError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(PoolError::Draining);
+        }
+        if let Some(b) = bundle.filter(|_| self.adapts()) {
+            self.arrive(&key, concurrency.max(1), b);
         }
         let mut lease = self.acquire(&key, concurrency.max(1), spec).await?;
         let span = tracing::trace_span!(target: TRACE_TARGET, "call");
@@ -596,6 +682,10 @@ impl Pool {
             .find(|e| e.in_flight < e.limit && e.instance.is_alive())?;
         e.in_flight += 1;
         e.served += 1;
+        if let Some(app) = &ks.app {
+            self.warmth().begin(app);
+        }
+        let app = ks.app.clone();
         self.active.fetch_add(1, Ordering::SeqCst);
         if cold {
             self.counters.cold_hits.fetch_add(1, Ordering::Relaxed);
@@ -609,6 +699,7 @@ impl Pool {
             instance: e.instance.clone(),
             ok: false,
             start_time: None,
+            app,
         })
     }
 
@@ -774,6 +865,9 @@ impl Pool {
                 let rss = instance.resident_bytes();
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let lease = take.then(|| {
+                    if let Some(app) = &ks.app {
+                        self.warmth().begin(app);
+                    }
                     self.active.fetch_add(1, Ordering::SeqCst);
                     self.counters.cold_hits.fetch_add(1, Ordering::Relaxed);
                     Lease {
@@ -783,6 +877,7 @@ impl Pool {
                         instance: instance.clone(),
                         ok: false,
                         start_time: Some(start_time),
+                        app: ks.app.clone(),
                     }
                 });
                 ks.entries.push(Entry {
@@ -826,6 +921,9 @@ impl Pool {
 
     fn release(&self, lease: &Lease) {
         let now = Instant::now();
+        if let Some(app) = &lease.app {
+            self.warmth().end(app, now);
+        }
         let mut removed = None;
         {
             let mut st = self.lock();
@@ -939,6 +1037,13 @@ impl Pool {
 
     /// Counters and instances, for the admin endpoint (and later metrics export).
     pub fn stats(&self) -> PoolStats {
+        // Before the pool's lock: a scrape must not hold up requests while every bundle's
+        // windows are listed.
+        let warmth = if self.adapts() {
+            self.warmth().info(self.cfg().idle_timeout)
+        } else {
+            Vec::new()
+        };
         let now = Instant::now();
         let st = self.lock();
         let c = &self.counters;
@@ -955,6 +1060,10 @@ impl Pool {
             crashes: c.crashes.load(Ordering::Relaxed),
             idle_reaped: c.idle_reaped.load(Ordering::Relaxed),
             evictions: c.evictions.load(Ordering::Relaxed),
+            adaptive_unloads: c.adaptive_unloads.load(Ordering::Relaxed),
+            adaptive_prewarms: c.adaptive_prewarms.load(Ordering::Relaxed),
+            adaptive_prewarms_skipped: c.adaptive_prewarms_skipped.load(Ordering::Relaxed),
+            warmth,
             memory_bytes: st.memory().0,
             memory_budget_bytes: self.cfg().memory_budget_bytes,
             ..PoolStats::default()
@@ -1015,14 +1124,26 @@ impl Pool {
 
     /// One reaper pass: refresh memory, forget dead idle instances, stop instances idle past
     /// the timeout (never one with a request in flight), evict over the memory budget.
-    fn reap(&self) -> Vec<InstanceKey> {
+    fn reap(&self) -> (Vec<InstanceKey>, Vec<PrewarmStart>) {
         let now = Instant::now();
+        let cfg = self.cfg();
         let mut stop = Vec::new();
         let mut refill = Vec::new();
+        let mut prewarm = Vec::new();
         {
             let mut st = self.lock();
+            let mut warmth = cfg.warmth.map(|_| self.warmth());
             let mut reaped = 0;
+            let mut unloaded = 0;
             for (k, ks) in st.keys.iter_mut() {
+                // Adaptive: the bundle's windows; fixed (or no bundle known): the idle timeout.
+                let (windows, app_idle) = match (&mut warmth, &ks.app) {
+                    (Some(w), Some(app)) => (w.windows(app, cfg.idle_timeout), w.idle_since(app)),
+                    _ => (
+                        warmth::Windows::fixed(warmth::Basis::FewSamples, cfg.idle_timeout),
+                        None,
+                    ),
+                };
                 let mut i = 0;
                 while i < ks.entries.len() {
                     let e = &mut ks.entries[i];
@@ -1035,11 +1156,24 @@ impl Pool {
                         stop.push(e.instance);
                         continue;
                     }
-                    let expired = idle && now.duration_since(e.last_end) >= self.cfg().idle_timeout;
-                    if expired && ks.entries.len() > ks.min_warm {
+                    let unload = idle
+                        .then(|| windows.unload(e.last_end, app_idle, now))
+                        .flatten();
+                    if let Some(why) = unload.filter(|_| ks.entries.len() > ks.min_warm) {
                         let e = ks.entries.remove(i);
-                        tracing::debug!(author = %k.author, record = %k, "idle timeout: stopping instance");
-                        reaped += 1;
+                        if windows.basis.is_adaptive() {
+                            let why = match why {
+                                Unload::BeforePrewarm => {
+                                    "the next call is not expected before the pre-warm time"
+                                }
+                                Unload::KeepAliveOver => "the learned keep-alive is over",
+                            };
+                            tracing::debug!(author = %k.author, record = %k, why, "adaptive warmth: stopping instance");
+                            unloaded += 1;
+                        } else {
+                            tracing::debug!(author = %k.author, record = %k, "idle timeout: stopping instance");
+                            reaped += 1;
+                        }
                         stop.push(e.instance);
                         continue;
                     }
@@ -1052,6 +1186,15 @@ impl Pool {
             self.counters
                 .idle_reaped
                 .fetch_add(reaped, Ordering::Relaxed);
+            self.counters
+                .adaptive_unloads
+                .fetch_add(unloaded, Ordering::Relaxed);
+            if let Some(w) = &mut warmth {
+                if !self.draining.load(Ordering::SeqCst) {
+                    prewarm = self.reserve_prewarms(&mut st, w.prewarm_due(now), now);
+                }
+            }
+            drop(warmth);
             let budget = self.cfg().memory_budget_bytes;
             while budget > 0 && st.memory().0 > budget {
                 match st.evict_lru(|_| true) {
@@ -1070,7 +1213,52 @@ impl Pool {
             self.changed.notify_waiters();
         }
         spawn_shutdown(stop);
-        refill
+        (refill, prewarm)
+    }
+
+    /// Reserves a start (`starting`) for each due pre-warm of a bundle that has no instance,
+    /// when every cap has room; the others are skipped and counted. Never evicts.
+    fn reserve_prewarms(
+        &self,
+        st: &mut State,
+        due: Vec<(String, PrewarmStart)>,
+        now: Instant,
+    ) -> Vec<PrewarmStart> {
+        let cfg = self.cfg();
+        let mut out = Vec::new();
+        for (app, start) in due {
+            let running = st
+                .keys
+                .values()
+                .any(|ks| ks.app.as_deref() == Some(app.as_str()) && ks.count() > 0);
+            let backed_off = st
+                .keys
+                .get(&start.key)
+                .is_some_and(|ks| ks.retry_at.is_some_and(|t| t > now));
+            if running || backed_off {
+                continue;
+            }
+            let (used, known) = st.memory();
+            let estimate = used.checked_div(known).unwrap_or(0);
+            let budget = cfg.memory_budget_bytes;
+            let room = st.total() < cfg.max_instances
+                && st.author_total(&start.key.author) < cfg.max_instances_per_author
+                && st.keys.get(&start.key).map_or(0, KeyState::count)
+                    < cfg.max_instances_per_bundle
+                && (budget == 0 || used + estimate <= budget);
+            if !room {
+                self.counters
+                    .adaptive_prewarms_skipped
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(bundle = %app, "adaptive warmth: pre-warm skipped, no room under the caps");
+                continue;
+            }
+            let ks = st.keys.entry(start.key.clone()).or_default();
+            ks.starting += 1;
+            ks.app = Some(app.as_str().into());
+            out.push(start);
+        }
+        out
     }
 
     /// Begins the drain: no new request is admitted, and this returns once every admitted
@@ -1110,6 +1298,8 @@ impl Pool {
                 .flat_map(|(_, ks)| ks.entries.into_iter().map(|e| e.instance))
                 .collect()
         };
+        // The pre-warm closures hold the caller's state (which holds this pool).
+        self.warmth().clear();
         let stops = all.into_iter().map(|i| async move { i.shutdown().await });
         futures_join_all(stops).await;
         self.changed.notify_waiters();
@@ -1136,7 +1326,25 @@ async fn reaper(pool: Weak<Pool>, tick: Duration) {
         if pool.closed.load(Ordering::SeqCst) {
             return;
         }
-        let refill = pool.reap();
+        let (refill, prewarm) = pool.reap();
+        for s in prewarm {
+            let p = pool.clone();
+            tokio::spawn(async move {
+                let key = s.key.clone();
+                match p
+                    .start_reserved(s.key, (s.factory)(), s.concurrency, false)
+                    .await
+                {
+                    Ok(_) => {
+                        p.counters.adaptive_prewarms.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(author = %key.author, record = %key, "adaptive warmth: pre-warmed an instance");
+                    }
+                    Err(e) => {
+                        tracing::warn!(author = %key.author, record = %key, error = %e, "adaptive pre-warm failed")
+                    }
+                }
+            });
+        }
         for key in refill {
             let p = pool.clone();
             tokio::spawn(async move {

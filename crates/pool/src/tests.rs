@@ -135,7 +135,8 @@ async fn run(
     k: &InstanceKey,
     limit: usize,
 ) -> Result<http::Response<crate::LeasedBody>, PoolError> {
-    pool.execute(k.clone(), limit, spec, call(), |_| {}).await
+    pool.execute(k.clone(), limit, spec, call(), |_| {}, None)
+        .await
 }
 
 async fn eventually(what: &str, f: impl Fn() -> bool) {
@@ -555,4 +556,122 @@ async fn a_burst_over_one_instance_scales_out_without_errors() {
     let starts = exec.starts.load(Ordering::SeqCst);
     assert!((2..=4).contains(&starts), "{starts} starts");
     assert_eq!(pool.stats().busy_refusals, 0);
+}
+
+fn adaptive(bin_ms: u64, idle_ms: u64) -> PoolConfig {
+    PoolConfig {
+        idle_timeout: Duration::from_millis(idle_ms),
+        warmth: Some(crate::warmth::WarmthConfig {
+            bin: Duration::from_millis(bin_ms),
+            range: Duration::from_millis(bin_ms * 50),
+            min_samples: 3,
+            // Wide margins: the fake starts at once, but the box running the tests may be slow.
+            margin_percent: 40,
+            ..Default::default()
+        }),
+        ..cfg()
+    }
+}
+
+async fn run_as(
+    pool: &Arc<Pool>,
+    k: &InstanceKey,
+    app: &str,
+) -> Result<http::Response<crate::LeasedBody>, PoolError> {
+    let b = crate::BundleRef {
+        name: app.into(),
+        start: Arc::new(spec),
+    };
+    pool.execute(k.clone(), 1, spec, call(), |_| {}, Some(b))
+        .await
+}
+
+#[tokio::test]
+async fn adaptive_warmth_unloads_after_the_call_and_prewarms_before_the_next() {
+    let exec = Arc::new(FakeExec::default());
+    // 50 ms bins; a fixed timeout of 10 s that the adaptive windows must beat.
+    let pool = Pool::new(exec.clone(), adaptive(50, 10_000));
+    let k = key("did:plc:a", "v1");
+    // Regular calls every 600 ms; 3 idle times make a history, 2 do not.
+    for _ in 0..3 {
+        drop(run_as(&pool, &k, "did:plc:a/app").await.unwrap());
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert_eq!(
+        pool.stats().adaptive_unloads,
+        0,
+        "no history yet: fixed timeout"
+    );
+    assert_eq!(exec.starts.load(Ordering::SeqCst), 1);
+    drop(run_as(&pool, &k, "did:plc:a/app").await.unwrap());
+    let w = &pool.stats().warmth[0];
+    assert_eq!(
+        (w.bundle.as_str(), w.basis),
+        ("did:plc:a/app", crate::warmth::Basis::Histogram)
+    );
+    // Idle times of 600 ms and a little: bin 12 (or 13 on a slow box), less the 40 % margin.
+    assert!([360, 390].contains(&w.prewarm_ms), "{w:?}");
+    eventually("unloaded after the call", || {
+        pool.stats().adaptive_unloads == 1
+    })
+    .await;
+    assert!(pool.is_empty());
+    eventually("pre-warmed", || {
+        pool.stats().adaptive_prewarms == 1 && pool.len() == 1
+    })
+    .await;
+    let before = pool.stats().cold_hits;
+    drop(run_as(&pool, &k, "did:plc:a/app").await.unwrap());
+    assert_eq!(
+        pool.stats().cold_hits,
+        before,
+        "the next call found the pre-warmed instance"
+    );
+}
+
+#[tokio::test]
+async fn a_prewarm_that_would_exceed_a_cap_is_skipped_and_counted() {
+    let exec = Arc::new(FakeExec::default());
+    let pool = Pool::new(
+        exec.clone(),
+        PoolConfig {
+            max_instances: 1,
+            ..adaptive(50, 10_000)
+        },
+    );
+    let k = key("did:plc:a", "v1");
+    for _ in 0..3 {
+        drop(run_as(&pool, &k, "did:plc:a/app").await.unwrap());
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    drop(run_as(&pool, &k, "did:plc:a/app").await.unwrap());
+    eventually("unloaded after the call", || pool.is_empty()).await;
+    // Another bundle takes the only slot before the pre-warm time, and keeps it busy.
+    let held = run(&pool, &key("did:plc:b", "other"), 1).await.unwrap();
+    eventually("pre-warm skipped", || {
+        pool.stats().adaptive_prewarms_skipped == 1
+    })
+    .await;
+    let s = pool.stats();
+    assert_eq!((s.adaptive_prewarms, s.instances.len()), (0, 1));
+    drop(held);
+}
+
+#[test]
+fn fixed_warmth_ignores_the_bundle() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let exec = Arc::new(FakeExec::default());
+        let pool = Pool::new(exec.clone(), cfg());
+        let k = key("did:plc:a", "v1");
+        for _ in 0..6 {
+            drop(run_as(&pool, &k, "did:plc:a/app").await.unwrap());
+        }
+        let s = pool.stats();
+        assert!(s.warmth.is_empty());
+        assert_eq!((s.adaptive_unloads, s.instances.len()), (0, 1));
+        // A reload cannot switch it on: the histograms need the bins they were built with.
+        pool.reconfigure(adaptive(50, 10_000));
+        assert!(!pool.adapts());
+    });
 }
