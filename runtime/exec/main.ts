@@ -11,8 +11,12 @@
 /** The bundle ABI this shim implements. */
 export const ABI_VERSION = 1;
 
-/** Header by which at-rund names the endpoint to call (set by at-rund, never by callers). */
-const ENDPOINT_HEADER = "x-atrund-endpoint";
+/**
+ * Path prefix of calls: at-rund sends `/e/<endpoint><rest>?<query>` (it validated the endpoint as
+ * an identifier, so it holds no `/`). A path rather than a header, so a call that reads no header
+ * does not make Deno build the request's Headers (docs/performance.md, issue 14).
+ */
+const CALL_PREFIX = "/e/";
 /** Header by which this shim reports a structured failure to at-rund. */
 const ERROR_HEADER = "x-atrund-error";
 /** Prefix of headers reserved for at-rund and the shim; stripped in both directions. */
@@ -73,8 +77,8 @@ function pathAndQuery(raw: string): string {
   return slash < 0 ? "/" : raw.slice(slash);
 }
 
-function callerUrl(req: Request): URL {
-  const path = pathAndQuery(req.url);
+/** The URL the caller used, for `ctx.request`: the call's path and query on the caller's host. */
+function callerUrl(req: Request, path: string): URL {
   const host = req.headers.get("host") ?? "localhost";
   // at-rund always sets x-forwarded-proto, to "https" only when a trusted TLS proxy said so
   // (docs/bundle-abi.md); a caller's own value never gets here.
@@ -110,8 +114,29 @@ function passThrough(res: Response): Response {
   return new Response(res.body, { status: res.status, statusText: res.statusText, headers });
 }
 
-async function call(mod: Record<string, unknown>, req: Request): Promise<Response> {
-  const name = req.headers.get(ENDPOINT_HEADER) ?? "";
+/** Splits a request target into path and search ("" or "?..."). */
+function splitTarget(pq: string): [string, string] {
+  const q = pq.indexOf("?");
+  return q < 0 ? [pq, ""] : [pq.slice(0, q), pq.slice(q)];
+}
+
+/**
+ * The path as `URL.pathname` has it. A path of plain URL characters without dot segments is
+ * already that; anything else goes through the URL parser, so both give the same `ctx.rest`.
+ */
+function urlPath(path: string): string {
+  return /^[A-Za-z0-9\-_~!$&'()*+,;=:@/%]*$/.test(path) && !/\/\.|%2e/i.test(path)
+    ? path
+    : new URL(path, "http://x").pathname;
+}
+
+async function call(
+  mod: Record<string, unknown>,
+  req: Request,
+  name: string,
+  path: string,
+  search: string,
+): Promise<Response> {
   // The default export is never an endpoint, whatever its shape (docs/bundle-abi.md).
   const ep = name !== "default" && Object.hasOwn(mod, name) ? mod[name] : undefined;
   if (!isEndpoint(ep)) {
@@ -121,14 +146,16 @@ async function call(mod: Record<string, unknown>, req: Request): Promise<Respons
     return fail(405, "MethodNotAllowed", `endpoint '${name}' accepts ${String(ep.method).toUpperCase()}, not ${req.method}`);
   }
 
-  const url = callerUrl(req);
+  // URL objects are made when something reads them: parsing costs more than a small call.
+  let query: URLSearchParams | undefined;
+  const getQuery = (): URLSearchParams => query ??= new URLSearchParams(search);
 
   let input: unknown = undefined;
   let body: BodyInit | null = req.body;
   // Whether ctx.request can be built on first use: its body is settled (none, or text read here).
   let lazy = false;
   if (req.method === "GET" || req.method === "HEAD") {
-    input = queryObject(url.searchParams);
+    input = search.length <= 1 ? Object.create(null) : queryObject(getQuery());
     body = null;
     lazy = true;
   } else if (isJson(req.headers.get("content-type"))) {
@@ -169,17 +196,19 @@ async function call(mod: Record<string, unknown>, req: Request): Promise<Respons
     for (const [k, v] of req.headers) {
       if (!k.toLowerCase().startsWith(RESERVED_PREFIX)) headers.append(k, v);
     }
-    return new Request(url, { method: req.method, headers, body, signal: req.signal });
+    return new Request(callerUrl(req, path + search), { method: req.method, headers, body, signal: req.signal });
   };
   let request: Request | undefined = lazy ? undefined : makeRequest();
-  const rest = url.pathname === "/" ? "" : url.pathname;
+  const rest = urlPath(path);
   const ctx: Ctx = {
     get request(): Request {
       return request ??= makeRequest();
     },
     endpoint: name,
-    rest,
-    query: url.searchParams,
+    rest: rest === "/" ? "" : rest,
+    get query(): URLSearchParams {
+      return getQuery();
+    },
   };
   try {
     const out = await ep.handler(input, ctx);
@@ -248,11 +277,16 @@ async function main(): Promise<void> {
       return fail(502, "BundleFailed", "the runtime shim failed; the runner's log has details");
     },
   }, (req) => {
-    // at-rund names an endpoint on every call, so the URL is parsed only for a probe.
-    if (!req.headers.has(ENDPOINT_HEADER) && new URL(pathAndQuery(req.url), "http://x").pathname === "/__atrund/ready") {
-      return Response.json({ abi: ABI_VERSION });
+    const [target, search] = splitTarget(pathAndQuery(req.url));
+    if (!target.startsWith(CALL_PREFIX)) {
+      if (new URL(target, "http://x").pathname === "/__atrund/ready") {
+        return Response.json({ abi: ABI_VERSION });
+      }
+      return fail(404, "EndpointNotFound", "this is not a call of an endpoint");
     }
-    return call(mod, req);
+    const slash = target.indexOf("/", CALL_PREFIX.length);
+    const name = target.slice(CALL_PREFIX.length, slash < 0 ? undefined : slash);
+    return call(mod, req, name, slash < 0 ? "/" : target.slice(slash), search);
   });
 }
 

@@ -502,9 +502,8 @@ async fn measure_start_and_latency() {
                 .await
                 .unwrap();
         tokio::spawn(conn);
-        let req = http::Request::get("/?name=x")
+        let req = http::Request::get("/e/greet/?name=x")
             .header("host", "localhost")
-            .header("x-atrund-endpoint", "greet")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .unwrap();
         let res = tx.send_request(req).await.unwrap();

@@ -1,5 +1,6 @@
 //! One call on the wire between at-rund and the shim: the caller's request rewritten for the
-//! shim (origin form, HTTP/1.1, hop-by-hop and reserved headers dropped, the endpoint named), the
+//! shim (origin form `/e/<endpoint><path>?<query>`, HTTP/1.1, hop-by-hop and reserved headers
+//! dropped), the
 //! structured failures the shim reports (`x-atrund-error`). The response body on its way out is
 //! the instance's (`instance::TrackedBody`), as it counts against the instance.
 //!
@@ -15,8 +16,9 @@ use crate::SandboxError;
 pub(super) const MAX_ERROR_BODY: usize = 16 * 1024;
 /// Longest message relayed from the shim (it runs in the bundle's realm, so it is untrusted).
 pub(super) const MAX_ERROR_MESSAGE: usize = 500;
-/// Header naming the endpoint on calls to the shim.
-pub(super) const ENDPOINT_HEADER: &str = "x-atrund-endpoint";
+/// Path prefix of calls to the shim, followed by the endpoint's name: a path rather than a
+/// header, so the shim reads no header on a call that needs none (docs/performance.md).
+pub(super) const CALL_PREFIX: &str = "/e/";
 /// Header by which the shim marks a structured failure.
 pub(super) const ERROR_HEADER: &str = "x-atrund-error";
 /// Headers reserved between at-rund and the shim.
@@ -41,22 +43,28 @@ pub(super) fn to_shim_request(
     endpoint: &str,
     request: http::Request<crate::Body>,
 ) -> Result<http::Request<crate::Body>, SandboxError> {
-    let endpoint_value = HeaderValue::from_str(endpoint)
-        .map_err(|_| SandboxError::EndpointNotFound(endpoint.to_string()))?;
-    let (mut parts, body) = request.into_parts();
-    let origin_form = parts.uri.scheme().is_none()
-        && parts.uri.authority().is_none()
-        && parts.uri.path().starts_with('/');
-    if !origin_form {
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .filter(|s| s.starts_with('/'))
-            .unwrap_or("/");
-        parts.uri = http::Uri::try_from(path)
-            .map_err(|e| SandboxError::BadInput(format!("the request path is not valid: {e}")))?;
+    // The shim splits the path at the first `/` after the prefix: the name must hold none (nor
+    // anything else a URI path would change). Endpoint names are identifiers.
+    if endpoint.is_empty()
+        || !endpoint
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+    {
+        return Err(SandboxError::EndpointNotFound(endpoint.to_string()));
     }
+    let (mut parts, body) = request.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .filter(|s| s.starts_with('/'))
+        .unwrap_or("/");
+    let mut target = String::with_capacity(CALL_PREFIX.len() + endpoint.len() + path.len());
+    target.push_str(CALL_PREFIX);
+    target.push_str(endpoint);
+    target.push_str(path);
+    parts.uri = http::Uri::try_from(target)
+        .map_err(|e| SandboxError::BadInput(format!("the request path is not valid: {e}")))?;
     parts.version = http::Version::HTTP_11;
     parts.extensions.clear();
     let headers = &mut parts.headers;
@@ -70,7 +78,6 @@ pub(super) fn to_shim_request(
     if headers.get(http::header::HOST).is_none_or(|h| h.is_empty()) {
         headers.insert(http::header::HOST, HeaderValue::from_static("localhost"));
     }
-    headers.insert(ENDPOINT_HEADER, endpoint_value);
     Ok(http::Request::from_parts(parts, body))
 }
 
@@ -122,14 +129,16 @@ mod tests {
             .body(crate::empty_body())
             .unwrap();
         let out = to_shim_request("greet", req).unwrap();
-        assert_eq!(out.uri(), "/a/b?x=1");
-        assert_eq!(out.headers()["x-atrund-endpoint"], "greet");
+        assert_eq!(out.uri(), "/e/greet/a/b?x=1");
+        assert!(out.headers().get("x-atrund-endpoint").is_none());
         assert!(out.headers().get("x-atrund-error").is_none());
         assert!(out.headers().get("connection").is_none());
         assert_eq!(out.headers()["host"], "localhost");
         assert_eq!(out.headers()["content-type"], "application/json");
-        let bad = to_shim_request("a\nb", http::Request::new(crate::empty_body()));
-        assert_eq!(bad.unwrap_err().code(), "EndpointNotFound");
+        for bad in ["a\nb", "a/b", "a?b", "", "a%2f"] {
+            let out = to_shim_request(bad, http::Request::new(crate::empty_body()));
+            assert_eq!(out.unwrap_err().code(), "EndpointNotFound", "{bad:?}");
+        }
         // Absolute-form and HTTP/2 requests still reach the shim as origin-form HTTP/1.1.
         let abs = http::Request::builder()
             .uri("http://example.com/x?y=1")
@@ -137,7 +146,7 @@ mod tests {
             .body(crate::empty_body())
             .unwrap();
         let out = to_shim_request("e", abs).unwrap();
-        assert_eq!(out.uri(), "/x?y=1");
+        assert_eq!(out.uri(), "/e/e/x?y=1");
         assert_eq!(out.version(), http::Version::HTTP_11);
     }
 }
