@@ -250,4 +250,17 @@ async fn start_from_a_spare_launcher_is_accounted_and_limited() {
     for parent in env.mgr.parents() {
         assert!(!parent.join("i-spare").exists(), "cgroup left behind");
     }
+    // The queue is topped up once a start is over: the next start takes a spare too.
+    let t = std::time::Instant::now();
+    while exec.spare_counts().0 == 0 && t.elapsed() < std::time::Duration::from_secs(10) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let inst = exec.warm(env.spec("spare2", &hello())).await.unwrap();
+    assert_eq!(
+        exec.spare_counts().1,
+        2,
+        "the second start did not take a spare"
+    );
+    hello_answers(&*inst).await;
+    inst.shutdown().await;
 }

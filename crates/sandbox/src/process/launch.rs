@@ -74,6 +74,8 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
         work_dir: Some(spec.work_dir.clone()),
         cgroup: None,
     };
+    // Dropped when the start is over, either way: parking a launcher costs CPU the start wants.
+    let _refill = spares.map(RefillWhenDone);
     let taken = match (spares, cgroups) {
         (Some(s), Some(m)) if inherit.is_empty() => s.take(m, &spec.id, cgroup_limits(spec)),
         _ => None,
@@ -171,6 +173,15 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
         }),
     });
     wait_ready(inner, ready_rx, spec.start_timeout).await
+}
+
+/// Asks the spare launchers for a refill when dropped.
+struct RefillWhenDone<'a>(&'a crate::spare::SpareLaunchers);
+
+impl Drop for RefillWhenDone<'_> {
+    fn drop(&mut self) {
+        self.0.refill();
+    }
 }
 
 /// Undoes a start that did not get as far as an instance: removes the instance cgroup (until the
