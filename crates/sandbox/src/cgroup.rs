@@ -10,7 +10,8 @@
 //! not touch: cgroups outside its own parent (other runners, the machine's supervisor), or
 //! processes other than those inside its own children or the one it is asked to place. Putting
 //! the process into its cgroup: `InstanceCgroup::place` from the daemon for `none` (Deno starts
-//! meanwhile; the shim imports the bundle only after it), `sys` before exec for `container`.
+//! meanwhile; the shim imports the bundle only after it), `sys` before exec for `container`,
+//! or ahead of the start for a `spare` launcher, whose cgroup `adopt` renames to the instance's.
 //!
 //! Plain files rather than the `cgroups-rs` crate: about a dozen files are involved, the child
 //! needs raw `cgroup.procs` paths for its async-signal-safe pre-exec write anyway, and the
@@ -31,6 +32,8 @@ use crate::SandboxError;
 pub const PARENT_PREFIX: &str = "at-rund-";
 /// Prefix of every instance child.
 const CHILD_PREFIX: &str = "i-";
+/// Prefix of a spare cgroup (`spare`), never an instance's name; swept like one.
+const SPARE_PREFIX: &str = "spare-";
 /// CFS period used for the CPU quota.
 const CFS_PERIOD_US: u64 = 100_000;
 /// How long removal keeps retrying while exiting processes still hold a cgroup.
@@ -345,29 +348,70 @@ impl CgroupManager {
         instance_id: &str,
         limits: CgroupLimits,
     ) -> Result<InstanceCgroup, SandboxError> {
-        let safe = !instance_id.is_empty()
-            && instance_id.len() <= 200
-            && !instance_id.starts_with('.')
-            && instance_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !safe {
-            return Err(SandboxError::StartFailed(format!(
-                "instance id '{instance_id}' cannot name a cgroup"
-            )));
+        let cg = self.make_dirs(&instance_name(instance_id)?)?;
+        self.write_limits(&cg, limits)?;
+        Ok(cg)
+    }
+
+    /// A cgroup for a process started before its instance is known (`spare`): the dirs only,
+    /// with no limits yet; [`CgroupManager::adopt`] gives it its instance's name and limits
+    /// before anything of the instance runs. `None` on cgroup v2, where a cgroup cannot be
+    /// renamed (and `clone3(CLONE_INTO_CGROUP)` would be the way to a migration-free start).
+    pub(crate) fn create_spare(&self, n: u64) -> Option<Result<InstanceCgroup, SandboxError>> {
+        (self.version == Some(CgroupVersion::V1))
+            .then(|| self.make_dirs(&format!("{SPARE_PREFIX}{n}")))
+    }
+
+    /// Renames the spare cgroup `spare` (and the processes inside with it) to instance
+    /// `instance_id`'s name and writes `limits`: the result is what [`CgroupManager::create`]
+    /// would have made, already holding the spare's processes. On an error the spare's dirs,
+    /// under whichever name they have, are removed with what runs in them.
+    pub(crate) fn adopt(
+        &self,
+        spare: InstanceCgroup,
+        instance_id: &str,
+        limits: CgroupLimits,
+    ) -> Result<InstanceCgroup, SandboxError> {
+        let name = instance_name(instance_id)?;
+        let cg = self.cgroup_named(&name);
+        // Marked removed first: from here on `cg` owns the dirs, whichever name they have.
+        spare.removed.store(true, Ordering::SeqCst);
+        let renamed = spare.dirs.iter().zip(&cg.dirs).try_for_each(|(from, to)| {
+            std::fs::rename(from, to).map_err(|e| {
+                SandboxError::StartFailed(format!(
+                    "could not rename the spare cgroup {} to {}: {e}",
+                    from.display(),
+                    to.display()
+                ))
+            })
+        });
+        if let Err(e) = renamed {
+            spare.removed.store(false, Ordering::SeqCst);
+            drop(spare);
+            return Err(e);
         }
-        let name = format!("{CHILD_PREFIX}{instance_id}");
-        let child = |s: &Slot| s.as_ref().ok().map(|p| p.join(&name));
-        let cg = InstanceCgroup {
+        self.write_limits(&cg, limits)?;
+        Ok(cg)
+    }
+
+    /// The (not yet created) cgroup `name` under each parent.
+    fn cgroup_named(&self, name: &str) -> InstanceCgroup {
+        let child = |s: &Slot| s.as_ref().ok().map(|p| p.join(name));
+        InstanceCgroup {
             version: self.version.unwrap_or(CgroupVersion::V1),
-            dirs: self.parents().iter().map(|p| p.join(&name)).collect(),
+            dirs: self.parents().iter().map(|p| p.join(name)).collect(),
             memory: child(&self.memory),
             cpuacct: child(&self.cpuacct),
             pids: child(&self.pids),
             freezer: child(&self.freezer),
             freeze_after_idle: self.freeze_after_idle,
             removed: AtomicBool::new(false),
-        };
+        }
+    }
+
+    /// Creates the dirs of cgroup `name` (a dead namesake is removed first).
+    fn make_dirs(&self, name: &str) -> Result<InstanceCgroup, SandboxError> {
+        let cg = self.cgroup_named(name);
         for d in &cg.dirs {
             if let Err(e) = std::fs::create_dir(d) {
                 if e.kind() == ErrorKind::AlreadyExists {
@@ -379,6 +423,13 @@ impl CgroupManager {
                 }
             }
         }
+        Ok(cg)
+    }
+
+    /// Writes the limit files of `cg`, one of this manager's cgroups.
+    fn write_limits(&self, cg: &InstanceCgroup, limits: CgroupLimits) -> Result<(), SandboxError> {
+        let name = cg.dirs.first().and_then(|d| d.file_name());
+        let child = |s: &Slot| s.as_ref().ok().zip(name).map(|(p, n)| p.join(n));
         let mib = limits.memory_mib.saturating_mul(1024 * 1024).to_string();
         let quota = (limits.cpu_quota_percent.saturating_mul(CFS_PERIOD_US) / 100).max(1000);
         let mut writes: Vec<(PathBuf, String)> = Vec::new();
@@ -412,7 +463,7 @@ impl CgroupManager {
         for (file, value) in writes {
             std::fs::write(&file, &value).map_err(|e| start_err("write", &file, e))?;
         }
-        Ok(cg)
+        Ok(())
     }
 
     /// Removes every child of this runner's parents (killing what still runs in them). Returns
@@ -456,6 +507,22 @@ impl CgroupManager {
             Err(errors.join("; "))
         }
     }
+}
+
+/// The cgroup name of instance `instance_id` (`i-<id>`), if the id can name one.
+fn instance_name(instance_id: &str) -> Result<String, SandboxError> {
+    let safe = !instance_id.is_empty()
+        && instance_id.len() <= 200
+        && !instance_id.starts_with('.')
+        && instance_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !safe {
+        return Err(SandboxError::StartFailed(format!(
+            "instance id '{instance_id}' cannot name a cgroup"
+        )));
+    }
+    Ok(format!("{CHILD_PREFIX}{instance_id}"))
 }
 
 fn start_err(what: &str, p: &Path, e: std::io::Error) -> SandboxError {

@@ -20,8 +20,8 @@
 //! registration and the host side of its proxy socket, the host uid/gid bwrap runs as, and the
 //! start-up probe (run as that uid too, so a host without unprivileged user namespaces fails it).
 //! Must not: spawn, reap, proxy calls or enforce limits itself (the machinery shared with `none`
-//! does: the cgroup is joined before bwrap is exec'd, so everything inside is accounted), or
-//! choose permissions.
+//! does: the cgroup is joined before bwrap is exec'd, or by a `spare` launcher ahead of the
+//! start that then execs bwrap, so everything inside is accounted), or choose permissions.
 //!
 //! Clean-up: mounts, the network namespace and every process inside end with the namespace when
 //! PID 1 exits (or bwrap dies: `--die-with-parent`; the daemon: `PR_SET_PDEATHSIG`); the work dir
@@ -41,6 +41,7 @@ use crate::hostfs::{self, Needed, DATA_DIR_FIX};
 use crate::init::{InitConfig, ProxyForward};
 use crate::process::{self, Join, Launch};
 use crate::rootfs::{Rootfs, DENO_IN_ROOT, INIT_IN_ROOT};
+use crate::spare::{LauncherProgram, SpareLaunchers};
 use crate::{sys, DenoBinary, Enforcement, Executor, Instance, InstanceSpec, RunAs, SandboxError};
 
 /// The proxy forwarder's port on the sandbox's loopback.
@@ -84,6 +85,9 @@ pub struct ContainerExecutor {
     run_as: Option<RunAs>,
     /// Whether the daemon's effective uid is 0 (only then can it switch: `with_run_as`).
     euid_root: bool,
+    /// Launchers parked in their cgroups ahead of starts (`spare`), made on first use (the
+    /// builders have set the uid and cgroups by then); shared by clones.
+    spares: Arc<std::sync::OnceLock<Option<SpareLaunchers>>>,
 }
 
 impl std::fmt::Debug for ContainerExecutor {
@@ -119,6 +123,7 @@ impl ContainerExecutor {
             nofile_hard: sys::nofile_hard_limit(),
             run_as: None,
             euid_root: sys::effective_root(),
+            spares: Arc::default(),
         }
         .with_run_as(RunAs::NOBODY))
     }
@@ -146,6 +151,33 @@ impl ContainerExecutor {
 
     pub fn rootfs(&self) -> &Rootfs {
         &self.rootfs
+    }
+
+    /// The spare launchers, started on first call (from the probe or the first start): only
+    /// with cgroups on v1 and inside a tokio runtime. The builders must be done by then.
+    fn spares(&self) -> Option<&SpareLaunchers> {
+        self.spares
+            .get_or_init(|| {
+                let cgroups = self.cgroups.clone()?;
+                SpareLaunchers::start(
+                    cgroups,
+                    LauncherProgram {
+                        program: self.cfg.init.0.clone(),
+                        args: self.cfg.init.1.clone(),
+                        run_as: self.run_as,
+                    },
+                )
+            })
+            .as_ref()
+    }
+
+    /// Spare launchers parked now, and instances started from one so far (for tests and the
+    /// benchmark; `(0, 0)` where spares are not used).
+    pub fn spare_counts(&self) -> (usize, u64) {
+        self.spares
+            .get()
+            .and_then(|s| s.as_ref())
+            .map_or((0, 0), |s| (s.ready(), s.taken()))
     }
 
     /// Runs `deno --version` inside a sandbox built like an instance's, as the uid instances run
@@ -176,6 +208,8 @@ impl ContainerExecutor {
             .map_err(|e| format!("cannot run '{}': {e}", self.cfg.bwrap.display()))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         if out.status.success() && stdout.starts_with("deno ") {
+            // Sandboxes work here: park launchers for the first starts.
+            let _ = self.spares();
             return Ok(());
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -585,8 +619,11 @@ impl Executor for ContainerExecutor {
             run_as: self.run_as,
             confine: None,
             gate: None,
-            // bwrap and init fork before Deno runs: a later move of bwrap's pid would miss them.
+            // bwrap and init fork before Deno runs: a later move of bwrap's pid would miss them,
+            // and bwrap roots the sandbox's cgroup namespace where it is when it forks.
             join: Join::BeforeExec,
+            // Without data binds: a launcher parked ahead cannot receive descriptors.
+            spares: self.spares(),
         })
         .await
     }

@@ -59,6 +59,10 @@ fn fail(msg: String) -> ExitCode {
 
 /// Entry point: `args` are the arguments after the subcommand (the config file path).
 pub fn main(args: &[String]) -> ExitCode {
+    // The same program parks as a spare launcher (`spare`) before it is bwrap's.
+    if args.first().map(String::as_str) == Some(crate::spare::LAUNCH_ARG) {
+        return crate::spare::launcher_main();
+    }
     let Some(path) = args.first() else {
         return fail("usage: sandbox-init <config.json>".into());
     };

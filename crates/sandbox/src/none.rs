@@ -257,6 +257,7 @@ impl Executor for NoneExecutor {
             confine,
             gate,
             join: self.join,
+            spares: None,
         })
         .await
     }

@@ -130,6 +130,28 @@ pub(crate) fn nofile_hard_limit() -> Option<u64> {
     (rc == 0).then_some(r.rlim_max as u64)
 }
 
+/// Sets this process's RLIMIT_NOFILE to `nofile` and RLIMIT_FSIZE to `fsize` (soft and hard),
+/// and RLIMIT_CORE to 0: what [`install`]'s hook sets, for a spare launcher about to exec.
+// rlim_t is u64 here but not on every target.
+#[allow(clippy::unnecessary_cast)]
+pub(crate) fn limit_self(nofile: u64, fsize: u64) -> std::io::Result<()> {
+    for (resource, n) in [
+        (libc::RLIMIT_NOFILE, nofile),
+        (libc::RLIMIT_FSIZE, fsize),
+        (libc::RLIMIT_CORE, 0),
+    ] {
+        let r = libc::rlimit {
+            rlim_cur: n as libc::rlim_t,
+            rlim_max: n as libc::rlim_t,
+        };
+        // SAFETY: setrlimit reads the rlimit we own and changes only this process's limits.
+        if unsafe { libc::setrlimit(resource, &r) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Installs the pre-exec hook on `cmd`.
 ///
 /// The child always gets `PR_SET_PDEATHSIG(SIGKILL)`: if the daemon dies without shutting its

@@ -161,3 +161,106 @@ async fn cold_start_bench() {
         );
     }
 }
+
+/// Every process under `pid` (its descendants, by `/proc/<pid>/task/*/children`), `pid` first.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let p = all[i];
+        for task in std::fs::read_dir(format!("/proc/{p}/task"))
+            .unwrap()
+            .flatten()
+        {
+            let kids = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            all.extend(kids.split_whitespace().map(|k| k.parse::<u32>().unwrap()));
+        }
+        i += 1;
+    }
+    all
+}
+
+/// A start from a spare launcher (parked ahead in a cgroup of its own, cgroup v1) keeps what the
+/// join before exec gives: bwrap, PID 1 and Deno are all in the instance's cgroup in every
+/// hierarchy, with the instance's limits, and the sandbox's cgroup namespace is rooted there.
+#[tokio::test]
+async fn start_from_a_spare_launcher_is_accounted_and_limited() {
+    let Some(env) = Env::new("spare", Mode::Container).await else {
+        return;
+    };
+    if env.mgr.version() != Some(atrund_sandbox::CgroupVersion::V1) {
+        eprintln!(
+            "spare launchers are used on cgroup v1 only; this host has {:?}",
+            env.mgr.version()
+        );
+        return;
+    }
+    let exec = env.container_as(atrund_sandbox::RunAs::NOBODY).await;
+    // The probe parks the first launchers.
+    let t = std::time::Instant::now();
+    while exec.spare_counts().0 == 0 && t.elapsed() < std::time::Duration::from_secs(10) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(exec.spare_counts().0 > 0, "no spare launcher was parked");
+    let secret = secret_file(&env);
+    let mut spec = env.spec("spare", &hostile(&env, &secret));
+    spec.permissions.ffi = true;
+    spec.memory_mib = 96;
+    spec.limits.pids = 50;
+    use atrund_sandbox::Executor;
+    let inst = exec.warm(spec).await.unwrap();
+    assert_eq!(exec.spare_counts().1, 1, "the start did not take the spare");
+
+    let bwrap = inst.stats().pid.unwrap();
+    let tree = process_tree(bwrap);
+    assert!(tree.len() >= 3, "bwrap, init and Deno expected: {tree:?}");
+    for parent in env.mgr.parents() {
+        let dir = parent.join("i-spare");
+        let procs: Vec<u32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap()
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect();
+        for p in &tree {
+            assert!(
+                procs.contains(p),
+                "{p} of {tree:?} is not in {}: {procs:?}",
+                dir.display()
+            );
+        }
+        let limit =
+            |file: &str| std::fs::read_to_string(dir.join(file)).map(|s| s.trim().to_string());
+        if let Ok(v) = limit("memory.limit_in_bytes") {
+            assert_eq!(v, (96u64 << 20).to_string());
+        }
+        if let Ok(v) = limit("pids.max") {
+            assert_eq!(v, "50");
+        }
+    }
+    // Rooted at the instance's cgroup: the sandbox sees "/" and nothing of the host's names.
+    let v = call_json(&*inst, q("osRead", &[("path", "/proc/self/cgroup")]))
+        .await
+        .unwrap();
+    let text = v["text"].as_str().unwrap().to_string();
+    assert!(!text.is_empty(), "{v}");
+    for line in text.lines() {
+        assert!(line.ends_with(":/"), "{line} in\n{text}");
+    }
+    inst.shutdown().await;
+    for parent in env.mgr.parents() {
+        assert!(!parent.join("i-spare").exists(), "cgroup left behind");
+    }
+    // The queue is topped up once a start is over: the next start takes a spare too.
+    let t = std::time::Instant::now();
+    while exec.spare_counts().0 == 0 && t.elapsed() < std::time::Duration::from_secs(10) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let inst = exec.warm(env.spec("spare2", &hello())).await.unwrap();
+    assert_eq!(
+        exec.spare_counts().1,
+        2,
+        "the second start did not take a spare"
+    );
+    hello_answers(&*inst).await;
+    inst.shutdown().await;
+}

@@ -46,7 +46,8 @@ fn parse_signal(line: &str) -> Option<StartSignal> {
 }
 
 /// Starts the process of `l` and waits until its shim is ready. The steps, in order:
-/// [`create_cgroup`], [`spawn`], the connect gate (`none`), [`start_placing`] (with [`Join::AfterSpawn`]),
+/// [`create_cgroup`] and [`spawn`] (or, with a spare launcher ready, [`start_spare`] instead of
+/// both), the connect gate (`none`), [`start_placing`] (with [`Join::AfterSpawn`]),
 /// [`forward_output`], [`await_placement`], [`send_go`], [`spawn_reaper`], then the instance
 /// exists and [`wait_ready`] waits for its ready signal. Until the reaper owns the process and
 /// the instance owns the work dir, one [`StartGuard`] undoes what was made.
@@ -65,6 +66,7 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
         confine,
         gate,
         join,
+        spares,
     } = l;
     let id: Arc<str> = spec.id.as_str().into();
     let mut guard = StartGuard {
@@ -72,27 +74,45 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
         work_dir: Some(spec.work_dir.clone()),
         cgroup: None,
     };
-    let cgroup = match cgroups {
-        Some(m) => Some(create_cgroup(m, spec)?),
-        None => None,
+    // Dropped when the start is over, either way: parking a launcher costs CPU the start wants.
+    let _refill = spares.map(RefillWhenDone);
+    let taken = match (spares, cgroups) {
+        (Some(s), Some(m)) if inherit.is_empty() => s.take(m, &spec.id, cgroup_limits(spec)),
+        _ => None,
     };
-    guard.cgroup = cgroup.clone();
-    let procs = match (&cgroup, join) {
-        (Some(c), Join::BeforeExec) => c.procs_files(),
-        _ => Vec::new(),
+    let from_spare = taken.is_some();
+    let (cgroup, mut child) = match taken {
+        Some(t) => {
+            let cgroup = Arc::new(t.cgroup);
+            guard.cgroup = Some(cgroup.clone());
+            let child = start_spare(t.child, &cmd, nofile, spec, &id, started_at).await?;
+            (Some(cgroup), child)
+        }
+        None => {
+            let cgroup = match cgroups {
+                Some(m) => Some(create_cgroup(m, spec)?),
+                None => None,
+            };
+            guard.cgroup = cgroup.clone();
+            let procs = match (&cgroup, join) {
+                (Some(c), Join::BeforeExec) => c.procs_files(),
+                _ => Vec::new(),
+            };
+            let child = spawn(
+                cmd,
+                program,
+                sys::ChildSetup {
+                    procs,
+                    nofile: Some(nofile),
+                    fsize: Some(spec.limits.max_file_bytes),
+                    inherit,
+                    run_as,
+                    confine,
+                },
+            )?;
+            (cgroup, child)
+        }
     };
-    let mut child = spawn(
-        cmd,
-        program,
-        sys::ChildSetup {
-            procs,
-            nofile: Some(nofile),
-            fsize: Some(spec.limits.max_file_bytes),
-            inherit,
-            run_as,
-            confine,
-        },
-    )?;
     if let Some(gate) = gate {
         match gate.open(&id) {
             Ok(g) => keep.push(Box::new(g)),
@@ -110,7 +130,7 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
     // Not yet reaped, so it has a pid (0 would make `place` move the daemon itself).
     let pid = child.id().filter(|p| *p != 0);
     let placing = match (&cgroup, join) {
-        (Some(cg), Join::AfterSpawn) => Some(start_placing(cg, pid, &id)),
+        (Some(cg), Join::AfterSpawn) if !from_spare => Some(start_placing(cg, pid, &id)),
         _ => None,
     };
     let pid = pid.unwrap_or(0);
@@ -155,6 +175,15 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
     wait_ready(inner, ready_rx, spec.start_timeout).await
 }
 
+/// Asks the spare launchers for a refill when dropped.
+struct RefillWhenDone<'a>(&'a crate::spare::SpareLaunchers);
+
+impl Drop for RefillWhenDone<'_> {
+    fn drop(&mut self) {
+        self.0.refill();
+    }
+}
+
 /// Undoes a start that did not get as far as an instance: removes the instance cgroup (until the
 /// reaper owns it) and the work dir (until the instance owns it).
 struct StartGuard {
@@ -184,14 +213,7 @@ fn create_cgroup(
     spec: &InstanceSpec,
 ) -> Result<Arc<InstanceCgroup>, SandboxError> {
     let t = Instant::now();
-    let cg = m.create(
-        &spec.id,
-        CgroupLimits {
-            memory_mib: spec.memory_mib,
-            pids: spec.limits.pids,
-            cpu_quota_percent: spec.limits.cpu_quota_percent,
-        },
-    )?;
+    let cg = m.create(&spec.id, cgroup_limits(spec))?;
     tracing::debug!(instance = %spec.id, us = t.elapsed().as_micros() as u64, "instance cgroup created");
     Ok(Arc::new(cg))
 }
@@ -215,6 +237,38 @@ fn spawn(
     // Dropping the command closes the Landlock ruleset's descriptor in the daemon (the child
     // has applied it).
     drop(cmd);
+    Ok(child)
+}
+
+/// The cgroup limits of `spec`.
+fn cgroup_limits(spec: &InstanceSpec) -> CgroupLimits {
+    CgroupLimits {
+        memory_mib: spec.memory_mib,
+        pids: spec.limits.pids,
+        cpu_quota_percent: spec.limits.cpu_quota_percent,
+    }
+}
+
+/// Steps 1 and 2 from a spare launcher (`spare`), whose cgroup already carries the instance's
+/// name and limits: it is sent `cmd` with the limits `spawn` would set, and execs it.
+async fn start_spare(
+    mut child: Child,
+    cmd: &tokio::process::Command,
+    nofile: u64,
+    spec: &InstanceSpec,
+    id: &Arc<str>,
+    started_at: Instant,
+) -> Result<Child, SandboxError> {
+    crate::spare::start(&mut child, cmd, nofile, spec.limits.max_file_bytes)
+        .await
+        .inspect_err(
+            |e| tracing::warn!(instance = &**id, error = %e, "instance failed to start"),
+        )?;
+    tracing::debug!(
+        instance = &**id,
+        us = started_at.elapsed().as_micros() as u64,
+        "started from a spare launcher"
+    );
     Ok(child)
 }
 

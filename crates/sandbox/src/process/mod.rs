@@ -71,6 +71,11 @@ pub(crate) struct Launch<'a> {
     /// The daemon's half of the connect gate (`none`: its child half is in `confine`).
     pub gate: Option<crate::connect_gate::GatePending>,
     pub join: Join,
+    /// Parked launchers already in a cgroup of their own (`spare`; container on cgroup v1). When
+    /// one is ready and the start inherits no descriptors, it becomes `cmd`'s process instead of
+    /// a spawn: the cgroup was joined ahead, so neither the cgroup's creation nor the join is on
+    /// this start's path (and `join` does not apply).
+    pub spares: Option<&'a crate::spare::SpareLaunchers>,
 }
 
 /// How a process gets into its instance cgroup. Either way the bundle's first instruction runs
