@@ -12,7 +12,7 @@
 export const ABI_VERSION = 1;
 
 /** Header by which at-rund names the endpoint to call (set by at-rund, never by callers). */
-const ENDPOINT_HEADER = "x-atrund-endpoint";
+export const ENDPOINT_HEADER = "x-atrund-endpoint";
 /** Header by which this shim reports a structured failure to at-rund. */
 const ERROR_HEADER = "x-atrund-error";
 /** Prefix of headers reserved for at-rund and the shim; stripped in both directions. */
@@ -23,17 +23,17 @@ type Ctx = { request: Request; endpoint: string; rest: string; query: URLSearchP
 type Endpoint = { method?: string; input?: unknown; handler: (input: unknown, ctx: Ctx) => unknown };
 
 /** One line on stdout for at-rund; a bundle printing the same line only confuses its own instance. */
-function signal(obj: Record<string, unknown>): void {
+export function signal(obj: Record<string, unknown>): void {
   console.log(JSON.stringify({ atrund: obj.event, ...obj, event: undefined }));
 }
 
 /** Only a short, letters-only error class name leaves the process; never the message. */
-function errorName(e: unknown): string {
+export function errorName(e: unknown): string {
   const n = (e as { name?: unknown } | null)?.name;
   return typeof n === "string" && /^[A-Za-z]{1,40}$/.test(n) ? n : "Error";
 }
 
-function fail(status: number, error: string, message: string): Response {
+export function fail(status: number, error: string, message: string): Response {
   return new Response(JSON.stringify({ error, message }), {
     status,
     headers: { "content-type": "application/json", [ERROR_HEADER]: error },
@@ -67,7 +67,7 @@ function queryObject(q: URLSearchParams): Record<string, string | string[]> {
 }
 
 /** Path and query of the raw request URL (Deno spells Unix-socket URLs `http+unix://host/...`). */
-function pathAndQuery(raw: string): string {
+export function pathAndQuery(raw: string): string {
   const afterScheme = raw.indexOf("://");
   const slash = raw.indexOf("/", afterScheme < 0 ? 0 : afterScheme + 3);
   return slash < 0 ? "/" : raw.slice(slash);
@@ -110,7 +110,7 @@ function passThrough(res: Response): Response {
   return new Response(res.body, { status: res.status, statusText: res.statusText, headers });
 }
 
-async function call(mod: Record<string, unknown>, req: Request): Promise<Response> {
+export async function call(mod: Record<string, unknown>, req: Request): Promise<Response> {
   const name = req.headers.get(ENDPOINT_HEADER) ?? "";
   // The default export is never an endpoint, whatever its shape (docs/bundle-abi.md).
   const ep = name !== "default" && Object.hasOwn(mod, name) ? mod[name] : undefined;

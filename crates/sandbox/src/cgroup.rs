@@ -379,10 +379,26 @@ impl CgroupManager {
                 }
             }
         }
+        self.write_limits(&name, limits)?;
+        Ok(cg)
+    }
+
+    /// Sets new limits on the existing cgroup of `instance_id`: a generic sandbox gets its
+    /// bundle's when it is specialised. Fails closed as [`Self::create`] does.
+    pub(crate) fn set_limits(
+        &self,
+        instance_id: &str,
+        limits: CgroupLimits,
+    ) -> Result<(), SandboxError> {
+        self.write_limits(&format!("{CHILD_PREFIX}{instance_id}"), limits)
+    }
+
+    fn write_limits(&self, name: &str, limits: CgroupLimits) -> Result<(), SandboxError> {
+        let child = |s: &Slot| s.as_ref().ok().map(|p| p.join(name));
         let mib = limits.memory_mib.saturating_mul(1024 * 1024).to_string();
         let quota = (limits.cpu_quota_percent.saturating_mul(CFS_PERIOD_US) / 100).max(1000);
         let mut writes: Vec<(PathBuf, String)> = Vec::new();
-        match cg.version {
+        match self.version.unwrap_or(CgroupVersion::V1) {
             CgroupVersion::V1 => {
                 if let Some(d) = child(&self.memory) {
                     writes.push((d.join("memory.limit_in_bytes"), mib.clone()));
@@ -412,7 +428,7 @@ impl CgroupManager {
         for (file, value) in writes {
             std::fs::write(&file, &value).map_err(|e| start_err("write", &file, e))?;
         }
-        Ok(cg)
+        Ok(())
     }
 
     /// Removes every child of this runner's parents (killing what still runs in them). Returns
