@@ -127,6 +127,8 @@ impl Config {
             start_timeout_ms: _,
             prewarm_refresh_secs,
             admin_listen,
+            generic_sandboxes,
+            generic_memory_budget_mib,
         } = pool;
         let p = &mut new.pool;
         keep(&mut k, "pool.prewarm", prewarm, &mut p.prewarm);
@@ -147,6 +149,18 @@ impl Config {
             "pool.admin_listen",
             admin_listen,
             &mut p.admin_listen,
+        );
+        keep(
+            &mut k,
+            "pool.generic_sandboxes",
+            generic_sandboxes,
+            &mut p.generic_sandboxes,
+        );
+        keep(
+            &mut k,
+            "pool.generic_memory_budget_mib",
+            generic_memory_budget_mib,
+            &mut p.generic_memory_budget_mib,
         );
 
         let TenantsSection {

@@ -21,7 +21,9 @@
 //! cost a disabled callsite's check unless traces are on (docs/observability.md, "Traces").
 
 mod body;
+mod generic;
 pub use body::LeasedBody;
+pub use generic::{GenericPool, GenericPoolConfig};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -196,6 +198,8 @@ pub struct PoolStats {
     pub memory_bytes: u64,
     pub memory_budget_bytes: u64,
     pub instances: Vec<InstanceInfo>,
+    /// The pre-warmed generic sandboxes, when `pool.generic_sandboxes` is on.
+    pub generic: Option<atrund_sandbox::GenericPoolStats>,
 }
 
 /// One running instance's resources, for metrics.
@@ -957,6 +961,7 @@ impl Pool {
             evictions: c.evictions.load(Ordering::Relaxed),
             memory_bytes: st.memory().0,
             memory_budget_bytes: self.cfg().memory_budget_bytes,
+            generic: self.executor.generic_pool(),
             ..PoolStats::default()
         };
         for (k, ks) in &st.keys {

@@ -1,0 +1,137 @@
+//! The pre-warmed generic sandboxes of a real `at-rund dev` in `container` isolation (real
+//! bwrap, Deno, cgroups; as root): the pool fills to `pool.generic_sandboxes` at start, a cold
+//! request is served by specialising one (counted as taken), the pool refills in the
+//! background, a new instance never gets a used sandbox, and describeRunner, `/admin/pool` and
+//! `/metrics` (checked by promtool) report it. Skips with the reason when something is missing,
+//! fails instead when CI=true.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+use serde_json::{json, Value};
+
+const CODE: &str = r#"
+export const hello = { method: "GET", handler: () => ({ pid: Deno.pid, mark: globalThis.mark ??= crypto.randomUUID() }) };
+"#;
+
+async fn admin_pool(admin: &str) -> Value {
+    reqwest::get(format!("{admin}/admin/pool"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits (15 s at most) until `/admin/pool` satisfies `pred`; returns it.
+async fn wait_pool(admin: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let p = admin_pool(admin).await;
+        if pred(&p) {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "{what} not reached: {p}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cold_requests_are_served_by_specialised_generic_sandboxes() {
+    let Some(deno) = atrund_testnet::deno_path() else {
+        return;
+    };
+    let Some(promtool) = atrund_testnet::promtool_path() else {
+        return;
+    };
+    let Some(_bwrap) = atrund_testnet::on_path(
+        "bwrap",
+        "bubblewrap",
+        "run `scripts/setup.sh --test` or `apt-get install -y bubblewrap`",
+    ) else {
+        return;
+    };
+    if !atrund_sandbox::effective_root() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("generic sandboxes need root (bind mounts) and CI=true");
+        }
+        eprintln!("SKIPPED: not root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("main.js"), CODE).unwrap();
+    let manifest = json!({ "endpoints": [{ "name": "hello", "method": "GET" }] });
+    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = common::command(&deno, data.path());
+    cmd.args(["dev", dir.path().to_str().unwrap(), "--name", "g"])
+        .env("ATRUND_ISOLATION", "container")
+        .env("ATRUND_POOL_GENERIC_SANDBOXES", "2")
+        .env("ATRUND_POOL_IDLE_TIMEOUT_MS", "200");
+    let mut d = Daemon::spawn(&mut cmd, true);
+    let admin = d.admin.clone().unwrap();
+    let url = d.url("/bundle/local/g/latest/hello");
+
+    // Filled at start, in the background.
+    wait_pool(&admin, "2 ready", |p| p["generic"]["ready"] == 2).await;
+
+    // Cold: served by a specialised sandbox; the pool refills.
+    let (s, first) = common::get(&url).await;
+    assert_eq!(s, 200, "{first}\n{}", d.log());
+    let p = admin_pool(&admin).await;
+    assert_eq!(p["generic"]["taken"], 1, "{p}");
+    assert_eq!(p["cold_hits"], 1, "{p}");
+    wait_pool(&admin, "refilled", |p| p["generic"]["ready"] == 2).await;
+    // Warm: the same instance.
+    let (_, again) = common::get(&url).await;
+    assert_eq!(again, first);
+
+    // After the idle reap, the next cold request gets a fresh sandbox: new process, no state.
+    wait_pool(&admin, "instance reaped", |p| {
+        p["instances"].as_array().is_some_and(|i| i.is_empty())
+    })
+    .await;
+    let (s, second) = common::get(&url).await;
+    assert_eq!(s, 200);
+    assert_ne!(second["mark"], first["mark"], "{first} {second}");
+    let p = admin_pool(&admin).await;
+    assert_eq!(p["generic"]["taken"], 2, "{p}");
+    assert_eq!(p["generic"]["specialise_failures"], 0, "{p}");
+
+    // describeRunner and the metrics say so.
+    let (s, desc) = common::get(&d.url("/xrpc/dev.atrund.describeRunner")).await;
+    assert_eq!(s, 200);
+    let g = &desc["genericSandboxes"];
+    assert_eq!(g["size"], 2, "{desc}");
+    assert_eq!(g["taken"], 2, "{desc}");
+    assert_eq!(g["fallbacks"]["empty"], 0, "{desc}");
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    common::promtool_check(&promtool, &text);
+    assert_eq!(sample(&text, "atrund_pool_generic_taken_total"), Some(2.0));
+    assert_eq!(
+        sample(&text, "atrund_pool_generic_specialise_failures_total"),
+        Some(0.0)
+    );
+    assert!(
+        sample(&text, "atrund_pool_generic_ready").is_some(),
+        "{text}"
+    );
+    assert!(
+        text.contains("atrund_pool_generic_fallbacks_total{reason=\"run\"} 0"),
+        "{text}"
+    );
+    let log = d.stop();
+    assert!(log.contains("pre-warmed generic sandboxes on"), "{log}");
+}
