@@ -43,39 +43,47 @@ fn sample(text: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn cold_requests_are_served_by_specialised_generic_sandboxes() {
-    let Some(deno) = atrund_testnet::deno_path() else {
-        return;
-    };
-    let Some(promtool) = atrund_testnet::promtool_path() else {
-        return;
-    };
-    let Some(_bwrap) = atrund_testnet::on_path(
+/// Deno and promtool, when bwrap is there and at-rund can be root (skip, or fail under CI).
+fn tools() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let deno = atrund_testnet::deno_path()?;
+    let promtool = atrund_testnet::promtool_path()?;
+    atrund_testnet::on_path(
         "bwrap",
         "bubblewrap",
         "run `scripts/setup.sh --test` or `apt-get install -y bubblewrap`",
-    ) else {
-        return;
-    };
+    )?;
     if !atrund_sandbox::effective_root() {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("generic sandboxes need root (bind mounts) and CI=true");
         }
         eprintln!("SKIPPED: not root");
-        return;
+        return None;
     }
+    Some((deno, promtool))
+}
+
+/// `at-rund dev` of `code` with `manifest`, container isolation, two generic sandboxes.
+fn dev(deno: &std::path::Path, code: &str, manifest: &Value) -> (Daemon, [tempfile::TempDir; 2]) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("main.js"), CODE).unwrap();
-    let manifest = json!({ "endpoints": [{ "name": "hello", "method": "GET" }] });
+    std::fs::write(dir.path().join("main.js"), code).unwrap();
     std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
     let data = tempfile::tempdir().unwrap();
-    let mut cmd = common::command(&deno, data.path());
+    let mut cmd = common::command(deno, data.path());
     cmd.args(["dev", dir.path().to_str().unwrap(), "--name", "g"])
         .env("ATRUND_ISOLATION", "container")
         .env("ATRUND_POOL_GENERIC_SANDBOXES", "2")
-        .env("ATRUND_POOL_IDLE_TIMEOUT_MS", "200");
-    let mut d = Daemon::spawn(&mut cmd, true);
+        .env("ATRUND_POOL_IDLE_TIMEOUT_MS", "500")
+        .env("ATRUND_PERMISSIONS_RUN", "true");
+    (Daemon::spawn(&mut cmd, true), [dir, data])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cold_requests_are_served_by_specialised_generic_sandboxes() {
+    let Some((deno, promtool)) = tools() else {
+        return;
+    };
+    let manifest = json!({ "endpoints": [{ "name": "hello", "method": "GET" }] });
+    let (mut d, _dirs) = dev(&deno, CODE, &manifest);
     let admin = d.admin.clone().unwrap();
     let url = d.url("/bundle/local/g/latest/hello");
 
@@ -85,13 +93,13 @@ async fn cold_requests_are_served_by_specialised_generic_sandboxes() {
     // Cold: served by a specialised sandbox; the pool refills.
     let (s, first) = common::get(&url).await;
     assert_eq!(s, 200, "{first}\n{}", d.log());
+    // Warm (well within the idle timeout): the same instance.
+    let (_, again) = common::get(&url).await;
+    assert_eq!(again, first);
     let p = admin_pool(&admin).await;
     assert_eq!(p["generic"]["taken"], 1, "{p}");
     assert_eq!(p["cold_hits"], 1, "{p}");
     wait_pool(&admin, "refilled", |p| p["generic"]["ready"] == 2).await;
-    // Warm: the same instance.
-    let (_, again) = common::get(&url).await;
-    assert_eq!(again, first);
 
     // After the idle reap, the next cold request gets a fresh sandbox: new process, no state.
     wait_pool(&admin, "instance reaped", |p| {
@@ -134,4 +142,33 @@ async fn cold_requests_are_served_by_specialised_generic_sandboxes() {
     );
     let log = d.stop();
     assert!(log.contains("pre-warmed generic sandboxes on"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_bundle_starts_the_normal_way_and_is_counted() {
+    let Some((deno, _)) = tools() else {
+        return;
+    };
+    let manifest = json!({
+        "endpoints": [{ "name": "hello", "method": "GET" }],
+        "permissions": { "run": ["true"] }
+    });
+    let (mut d, _dirs) = dev(&deno, CODE, &manifest);
+    let admin = d.admin.clone().unwrap();
+    wait_pool(&admin, "2 ready", |p| p["generic"]["ready"] == 2).await;
+    let (s, body) = common::get(&d.url("/bundle/local/g/latest/hello")).await;
+    assert_eq!(s, 200, "{body}\n{}", d.log());
+    let p = admin_pool(&admin).await;
+    assert_eq!(p["generic"]["taken"], 0, "{p}");
+    assert_eq!(p["generic"]["ready"], 2, "{p}");
+    let fallbacks = &p["generic"]["fallbacks"];
+    assert!(
+        fallbacks
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f[0] == "run" && f[1] == 1),
+        "{p}"
+    );
+    d.stop();
 }
