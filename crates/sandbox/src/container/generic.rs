@@ -348,6 +348,7 @@ impl GenericSandbox {
             exec,
             cfg: _,
         } = self;
+        let t0 = std::time::Instant::now();
         let bundle_in = bundle_path_inside(&spec);
         let inside = InstanceSpec {
             bundle_file: bundle_in.clone(),
@@ -397,6 +398,7 @@ impl GenericSandbox {
         };
         // `stage.paths()` is a view; the owning `stage` tears the mounts down when dropped.
         staged?;
+        let staged_us = t0.elapsed().as_micros() as u64;
 
         let mut keep: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
         if let (Some(proxy), Some(token)) = (&exec.egress, token) {
@@ -424,6 +426,13 @@ impl GenericSandbox {
         line.push(b'\n');
         keep.push(Box::new(broker));
         keep.push(Box::new(stage));
+        tracing::debug!(
+            sandbox = parked.id(),
+            instance = %spec.id,
+            staged_us,
+            handed_us = t0.elapsed().as_micros() as u64,
+            "generic sandbox staged: bundle, data binds, egress, broker rules"
+        );
         parked.specialise(&spec, line, keep).await
     }
 }

@@ -243,6 +243,12 @@ impl Parked {
         );
         // The instance owns the process and the work dir from here (its drop kills and removes).
         self.handed_over = true;
-        wait_ready(inner, ready_rx, spec.start_timeout).await
+        let ready = wait_ready(inner, ready_rx, spec.start_timeout).await;
+        tracing::debug!(
+            instance = %spec.id,
+            us = started_at.elapsed().as_micros() as u64,
+            "generic sandbox: limits set, bundle handed over, imported"
+        );
+        ready
     }
 }
