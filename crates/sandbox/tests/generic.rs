@@ -319,6 +319,20 @@ async fn first_byte_bench() {
         let ms = first_byte(g.specialise(s).await.unwrap(), start).await;
         t[2].push(ms);
     }
+    // The cost of a permission check: 1000 reads under Deno's flags and under the broker.
+    let normal = exec.warm(spec(&env, "reads-flags")).await.unwrap();
+    let g = park(&env, &exec, "gb-reads").await;
+    let brokered = specialise(g, spec(&env, "reads-broker")).await;
+    for (name, inst) in [("flags", &normal), ("broker", &brokered)] {
+        let mut ms: Vec<f64> = Vec::new();
+        for _ in 0..5 {
+            let v = ask(&**inst, "reads", &[("n", "1000")]).await;
+            ms.push(v["ms"].as_f64().unwrap());
+        }
+        ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        eprintln!("1000 reads, {name:<6}: median {:.1} ms", ms[2]);
+        inst.shutdown().await;
+    }
     for (name, v) in ["bare deno spawn", "container", "generic"]
         .iter()
         .zip(t.iter_mut())

@@ -76,3 +76,14 @@ export const osUmount = { handler: ({ path }) => sysret(c().umount2(cstr(path), 
 export const osRemountRw = {
   handler: ({ path }) => sysret(c().mount(cstr("none"), cstr(path), cstr("none"), 0x20n | 0x1000n, null)),
 };
+
+// n permission-checked reads of the bundle itself, timed inside: the cost of a check (Deno's
+// flags, or a round trip to at-rund's permission broker).
+export const reads = {
+  handler: ({ n }) => {
+    const self = new URL(import.meta.url).pathname;
+    const t = performance.now();
+    for (let i = 0; i < Number(n); i++) Deno.readTextFileSync(self);
+    return { ms: performance.now() - t };
+  },
+};
