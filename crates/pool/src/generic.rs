@@ -21,6 +21,11 @@ use atrund_sandbox::{
     Instance, InstanceSpec, SandboxError,
 };
 
+/// How long the refill waits after a take before it starts a sandbox: the request that took
+/// one is answered meanwhile without a start competing for its CPU (a small host runs both on
+/// one core).
+const REFILL_DELAY: Duration = Duration::from_millis(50);
+
 /// The reasons a start goes the normal way, as counted.
 const FALLBACKS: [&str; 4] = ["run", "limits", "rlimits", "empty"];
 
@@ -170,7 +175,13 @@ async fn refill(pool: Weak<GenericPool>) {
             continue;
         }
         // Woken by a take; the tick re-reads memory and drops dead sandboxes' places.
-        let _ = tokio::time::timeout(Duration::from_secs(1), p.refill.notified()).await;
+        if tokio::time::timeout(Duration::from_secs(1), p.refill.notified())
+            .await
+            .is_ok()
+        {
+            drop(p);
+            tokio::time::sleep(REFILL_DELAY).await;
+        }
     }
 }
 
@@ -195,14 +206,17 @@ impl Executor for GenericPool {
             return self.backend.warm(spec).await;
         };
         self.counters.taken.fetch_add(1, Ordering::Relaxed);
-        self.refill.notify_one();
         tracing::debug!(sandbox = g.id(), instance = %spec.id, "specialising a generic sandbox");
-        g.specialise(spec).await.inspect_err(|e| {
+        let r = g.specialise(spec).await.inspect_err(|e| {
             self.counters
                 .specialise_failures
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "a generic sandbox could not be specialised");
-        })
+        });
+        // Only now: a new sandbox's start (tens of ms of CPU) must not compete with this one's
+        // specialisation, nor (`REFILL_DELAY`) with the first call the request makes next.
+        self.refill.notify_one();
+        r
     }
 
     fn generic_pool(&self) -> Option<GenericPoolStats> {

@@ -207,6 +207,7 @@ impl Parked {
                 },
             )?;
         }
+        let limits_us = started_at.elapsed().as_micros() as u64;
         // Before the secrets reach the process: a line printing one is masked.
         self.masker.set(&spec.env);
         if let Some(sink) = spec.output.clone() {
@@ -243,9 +244,12 @@ impl Parked {
         );
         // The instance owns the process and the work dir from here (its drop kills and removes).
         self.handed_over = true;
+        let handed_us = started_at.elapsed().as_micros() as u64;
         let ready = wait_ready(inner, ready_rx, spec.start_timeout).await;
         tracing::debug!(
             instance = %spec.id,
+            limits_us,
+            handed_us,
             us = started_at.elapsed().as_micros() as u64,
             "generic sandbox: limits set, bundle handed over, imported"
         );
