@@ -62,8 +62,14 @@ fn tools() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     Some((deno, promtool))
 }
 
-/// `at-rund dev` of `code` with `manifest`, container isolation, two generic sandboxes.
-fn dev(deno: &std::path::Path, code: &str, manifest: &Value) -> (Daemon, [tempfile::TempDir; 2]) {
+/// `at-rund dev` of `code` with `manifest`, container isolation, two generic sandboxes, and the
+/// `extra` settings.
+fn dev(
+    deno: &std::path::Path,
+    code: &str,
+    manifest: &Value,
+    extra: &[(&str, &str)],
+) -> (Daemon, [tempfile::TempDir; 2]) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("main.js"), code).unwrap();
     std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
@@ -73,7 +79,8 @@ fn dev(deno: &std::path::Path, code: &str, manifest: &Value) -> (Daemon, [tempfi
         .env("ATRUND_ISOLATION", "container")
         .env("ATRUND_POOL_GENERIC_SANDBOXES", "2")
         .env("ATRUND_POOL_IDLE_TIMEOUT_MS", "500")
-        .env("ATRUND_PERMISSIONS_RUN", "true");
+        .env("ATRUND_PERMISSIONS_RUN", "true")
+        .envs(extra.iter().copied());
     (Daemon::spawn(&mut cmd, true), [dir, data])
 }
 
@@ -83,7 +90,7 @@ async fn cold_requests_are_served_by_specialised_generic_sandboxes() {
         return;
     };
     let manifest = json!({ "endpoints": [{ "name": "hello", "method": "GET" }] });
-    let (mut d, _dirs) = dev(&deno, CODE, &manifest);
+    let (mut d, _dirs) = dev(&deno, CODE, &manifest, &[]);
     let admin = d.admin.clone().unwrap();
     let url = d.url("/bundle/local/g/latest/hello");
 
@@ -153,7 +160,7 @@ async fn a_run_bundle_starts_the_normal_way_and_is_counted() {
         "endpoints": [{ "name": "hello", "method": "GET" }],
         "permissions": { "run": ["true"] }
     });
-    let (mut d, _dirs) = dev(&deno, CODE, &manifest);
+    let (mut d, _dirs) = dev(&deno, CODE, &manifest, &[]);
     let admin = d.admin.clone().unwrap();
     wait_pool(&admin, "2 ready", |p| p["generic"]["ready"] == 2).await;
     let (s, body) = common::get(&d.url("/bundle/local/g/latest/hello")).await;
@@ -168,6 +175,29 @@ async fn a_run_bundle_starts_the_normal_way_and_is_counted() {
             .unwrap()
             .iter()
             .any(|f| f[0] == "run" && f[1] == 1),
+        "{p}"
+    );
+    d.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_memory_budget_bounds_the_ready_sandboxes() {
+    let Some((deno, _)) = tools() else {
+        return;
+    };
+    let manifest = json!({ "endpoints": [{ "name": "hello", "method": "GET" }] });
+    // 1 MiB: the first sandbox starts (nothing is held yet), a second would exceed it.
+    let extra = [("ATRUND_POOL_GENERIC_MEMORY_BUDGET_MIB", "1")];
+    let (mut d, _dirs) = dev(&deno, CODE, &manifest, &extra);
+    let admin = d.admin.clone().unwrap();
+    let p = wait_pool(&admin, "1 ready", |p| p["generic"]["ready"] == 1).await;
+    assert_eq!(p["generic"]["memory_budget_bytes"], 1024 * 1024, "{p}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let p = admin_pool(&admin).await;
+    assert_eq!(p["generic"]["ready"], 1, "{p}");
+    assert_eq!(p["generic"]["starting"], 0, "{p}");
+    assert!(
+        p["generic"]["memory_bytes"].as_u64().unwrap() > 1024 * 1024,
         "{p}"
     );
     d.stop();

@@ -349,3 +349,23 @@ async fn first_byte_bench() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_unspecialised_sandbox_dropped_leaves_nothing() {
+    let Some((env, exec)) = setup("gdrop").await else {
+        return;
+    };
+    let g = park(&env, &exec, "gdrop").await;
+    let stage = env.root.join("w/gdrop.stage");
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(stage.to_str().unwrap())
+    };
+    assert!(mounted(), "the stage is a mount while the sandbox waits");
+    assert!(g.is_alive());
+    drop(g);
+    assert!(!mounted(), "stage still mounted");
+    assert!(!stage.exists(), "stage left behind");
+    assert!(!env.root.join("w/gdrop").exists(), "work dir left behind");
+}
