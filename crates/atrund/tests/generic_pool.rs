@@ -123,6 +123,18 @@ async fn cold_requests_are_served_by_specialised_generic_sandboxes() {
     // describeRunner and the metrics say so.
     let (s, desc) = common::get(&d.url("/xrpc/dev.atrund.describeRunner")).await;
     assert_eq!(s, 200);
+    let line = desc["enforcement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["limit"] == "genericSandboxes")
+        .unwrap_or_else(|| panic!("no genericSandboxes line: {desc}"))
+        .clone();
+    assert_eq!(line["enforced"], true, "{line}");
+    assert!(
+        line["how"].as_str().unwrap().contains("permission broker"),
+        "{line}"
+    );
     let g = &desc["genericSandboxes"];
     assert_eq!(g["size"], 2, "{desc}");
     assert_eq!(g["taken"], 2, "{desc}");

@@ -192,7 +192,20 @@ impl Executor for GenericPool {
     }
 
     fn enforcement(&self) -> Vec<Enforcement> {
-        self.backend.enforcement()
+        let mut e = self.backend.enforcement();
+        e.push(Enforcement {
+            limit: "genericSandboxes",
+            enforced: true,
+            how: format!(
+                "{} pre-warmed generic sandboxes, each specialised to one bundle: Deno's checks \
+                 answered by at-rund's permission broker from the manifest, data paths bound in \
+                 after the start, the cgroup set to the bundle's limits; the V8 heap flag is the \
+                 cap ({} MiB) there, memory is held by the cgroup; bundles with `run` start the \
+                 normal way",
+                self.cfg.size, self.cfg.sandbox.memory_mib
+            ),
+        });
+        e
     }
 
     async fn warm(&self, spec: InstanceSpec) -> Result<Arc<dyn Instance>, SandboxError> {
