@@ -89,6 +89,12 @@ impl Masker {
     }
 }
 
+/// Deno's notice at every start of a generic sandbox (its permission broker is unstable): known
+/// and expected, so it is not worth a warning per refill.
+pub(crate) fn is_broker_notice(line: &str) -> bool {
+    line == "Warning Permission broker is an experimental feature"
+}
+
 /// Calls `on_line` for each line of `reader` (lossy UTF-8, without the newline, secrets
 /// masked) until EOF or error.
 pub(crate) async fn for_each_line<R, F>(mut reader: R, masker: &Masker, mut on_line: F)

@@ -338,6 +338,10 @@ pub(super) fn forward_output(
         let id = id.clone();
         tokio::spawn(async move {
             for_each_line(err, &masker, |line| {
+                if crate::output::is_broker_notice(line) {
+                    tracing::debug!(instance = &*id, stream = "stderr", "{line}");
+                    return;
+                }
                 tracing::warn!(instance = &*id, stream = "stderr", "{line}");
                 if let Some(sink) = sink.get() {
                     sink(OutputStream::Stderr, line);
