@@ -11,7 +11,7 @@
 // Usage: DENO_PERMISSION_BROKER_PATH=<broker> deno run <flags> generic.ts <socket path>, then one
 // JSON line on stdin: {"bundle": "<file inside>", "env": {"NAME": "value", ...}}.
 
-import { ABI_VERSION, call, ENDPOINT_HEADER, errorName, fail, pathAndQuery, signal } from "./at-run-exec.ts";
+import { ABI_VERSION, errorName, fail, handle, pathAndQuery, signal } from "./at-run-exec.ts";
 
 type Spec = { bundle: string; env: Record<string, string> };
 
@@ -53,11 +53,12 @@ async function main(): Promise<void> {
       return fail(502, "BundleFailed", "the runtime shim failed; the runner's log has details");
     },
   }, (req) => {
-    if (!req.headers.has(ENDPOINT_HEADER) && new URL(pathAndQuery(req.url), "http://x").pathname === "/__atrund/ready") {
-      return Response.json({ abi: ABI_VERSION, specialised: mod !== undefined });
+    // Calls are main.ts's (`handle`); before the bundle, only the probe answers.
+    if (mod !== undefined) return handle(mod, req);
+    if (new URL(pathAndQuery(req.url), "http://x").pathname === "/__atrund/ready") {
+      return Response.json({ abi: ABI_VERSION });
     }
-    if (mod === undefined) return fail(503, "NotReady", "this sandbox has no bundle yet");
-    return call(mod, req);
+    return fail(503, "NotReady", "this sandbox has no bundle yet");
   });
 
   const line = await readLine();

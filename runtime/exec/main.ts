@@ -12,7 +12,7 @@
 export const ABI_VERSION = 1;
 
 /** Header by which at-rund names the endpoint to call (set by at-rund, never by callers). */
-export const ENDPOINT_HEADER = "x-atrund-endpoint";
+const ENDPOINT_HEADER = "x-atrund-endpoint";
 /** Header by which this shim reports a structured failure to at-rund. */
 const ERROR_HEADER = "x-atrund-error";
 /** Prefix of headers reserved for at-rund and the shim; stripped in both directions. */
@@ -110,7 +110,7 @@ function passThrough(res: Response): Response {
   return new Response(res.body, { status: res.status, statusText: res.statusText, headers });
 }
 
-export async function call(mod: Record<string, unknown>, req: Request): Promise<Response> {
+async function call(mod: Record<string, unknown>, req: Request): Promise<Response> {
   const name = req.headers.get(ENDPOINT_HEADER) ?? "";
   // The default export is never an endpoint, whatever its shape (docs/bundle-abi.md).
   const ep = name !== "default" && Object.hasOwn(mod, name) ? mod[name] : undefined;
@@ -247,13 +247,16 @@ async function main(): Promise<void> {
       console.error("shim error:", e);
       return fail(502, "BundleFailed", "the runtime shim failed; the runner's log has details");
     },
-  }, (req) => {
-    // at-rund names an endpoint on every call, so the URL is parsed only for a probe.
-    if (!req.headers.has(ENDPOINT_HEADER) && new URL(pathAndQuery(req.url), "http://x").pathname === "/__atrund/ready") {
-      return Response.json({ abi: ABI_VERSION });
-    }
-    return call(mod, req);
-  });
+  }, (req) => handle(mod, req));
+}
+
+/** One request of at-rund to this shim: the readiness probe, or a call of an endpoint of `mod`. */
+export function handle(mod: Record<string, unknown>, req: Request): Response | Promise<Response> {
+  // at-rund names an endpoint on every call, so the URL is parsed only for a probe.
+  if (!req.headers.has(ENDPOINT_HEADER) && new URL(pathAndQuery(req.url), "http://x").pathname === "/__atrund/ready") {
+    return Response.json({ abi: ABI_VERSION });
+  }
+  return call(mod, req);
 }
 
 if (import.meta.main) await main();
