@@ -27,17 +27,17 @@ type Ctx = { request: Request; endpoint: string; rest: string; query: URLSearchP
 type Endpoint = { method?: string; input?: unknown; handler: (input: unknown, ctx: Ctx) => unknown };
 
 /** One line on stdout for at-rund; a bundle printing the same line only confuses its own instance. */
-function signal(obj: Record<string, unknown>): void {
+export function signal(obj: Record<string, unknown>): void {
   console.log(JSON.stringify({ atrund: obj.event, ...obj, event: undefined }));
 }
 
 /** Only a short, letters-only error class name leaves the process; never the message. */
-function errorName(e: unknown): string {
+export function errorName(e: unknown): string {
   const n = (e as { name?: unknown } | null)?.name;
   return typeof n === "string" && /^[A-Za-z]{1,40}$/.test(n) ? n : "Error";
 }
 
-function fail(status: number, error: string, message: string): Response {
+export function fail(status: number, error: string, message: string): Response {
   return new Response(JSON.stringify({ error, message }), {
     status,
     headers: { "content-type": "application/json", [ERROR_HEADER]: error },
@@ -71,7 +71,7 @@ function queryObject(q: URLSearchParams): Record<string, string | string[]> {
 }
 
 /** Path and query of the raw request URL (Deno spells Unix-socket URLs `http+unix://host/...`). */
-function pathAndQuery(raw: string): string {
+export function pathAndQuery(raw: string): string {
   const afterScheme = raw.indexOf("://");
   const slash = raw.indexOf("/", afterScheme < 0 ? 0 : afterScheme + 3);
   return slash < 0 ? "/" : raw.slice(slash);
@@ -276,18 +276,21 @@ async function main(): Promise<void> {
       console.error("shim error:", e);
       return fail(502, "BundleFailed", "the runtime shim failed; the runner's log has details");
     },
-  }, (req) => {
-    const [target, search] = splitTarget(pathAndQuery(req.url));
-    if (!target.startsWith(CALL_PREFIX)) {
-      if (new URL(target, "http://x").pathname === "/__atrund/ready") {
-        return Response.json({ abi: ABI_VERSION });
-      }
-      return fail(404, "EndpointNotFound", "this is not a call of an endpoint");
+  }, (req) => handle(mod, req));
+}
+
+/** One request of at-rund to this shim: the readiness probe, or a call of an endpoint of `mod`. */
+export function handle(mod: Record<string, unknown>, req: Request): Response | Promise<Response> {
+  const [target, search] = splitTarget(pathAndQuery(req.url));
+  if (!target.startsWith(CALL_PREFIX)) {
+    if (new URL(target, "http://x").pathname === "/__atrund/ready") {
+      return Response.json({ abi: ABI_VERSION });
     }
-    const slash = target.indexOf("/", CALL_PREFIX.length);
-    const name = target.slice(CALL_PREFIX.length, slash < 0 ? undefined : slash);
-    return call(mod, req, name, slash < 0 ? "/" : target.slice(slash), search);
-  });
+    return fail(404, "EndpointNotFound", "this is not a call of an endpoint");
+  }
+  const slash = target.indexOf("/", CALL_PREFIX.length);
+  const name = target.slice(CALL_PREFIX.length, slash < 0 ? undefined : slash);
+  return call(mod, req, name, slash < 0 ? "/" : target.slice(slash), search);
 }
 
 if (import.meta.main) await main();

@@ -53,6 +53,24 @@ pub struct DescribeRunner {
     /// Whether the runner keeps bundles' console output for their authors (`logs.keep`).
     #[serde(default)]
     pub logs_kept: bool,
+    /// Pre-warmed generic sandboxes (`pool.generic_sandboxes`), when on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generic_sandboxes: Option<GenericSandboxes>,
+}
+
+/// The pre-warmed generic sandboxes of a `container` runner (docs/design.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenericSandboxes {
+    /// Kept ready (the configured size) and ready now.
+    pub size: u64,
+    pub ready: u64,
+    pub memory_budget_bytes: u64,
+    /// Handed to a bundle so far, and of those, specialisations that failed.
+    pub taken: u64,
+    pub specialise_failures: u64,
+    /// Starts that went the normal way, by reason (`run`, `limits`, `rlimits`, `empty`).
+    pub fallbacks: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,6 +310,7 @@ mod tests {
             bundle_domain: None,
             service_did: Some("did:web:runner.test".into()),
             logs_kept: true,
+            generic_sandboxes: None,
         }
     }
 

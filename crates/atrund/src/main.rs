@@ -340,7 +340,9 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         CgroupManager::start(&runner_id_for(layout.root()))
             .with_freeze_after_idle(config.limits.freeze_after_idle()),
     );
-    let (executor, isolation, egress) = pick_executor(&config, deno, cgroups.clone()).await?;
+    let (executor, isolation, egress, container) =
+        pick_executor(&config, deno, cgroups.clone()).await?;
+    let executor = settings::generic_pool(&config, executor, container);
     let (volumes, data_quota) = settings::author_volumes(&config, &layout)?;
     let mut enforcement = executor.enforcement();
     enforcement.push(isolation);
@@ -617,6 +619,7 @@ async fn pick_executor(
     Arc<dyn Executor>,
     Enforcement,
     Arc<atrund_egress::EgressProxy>,
+    Option<atrund_sandbox::ContainerExecutor>,
 )> {
     let requested = settings::requested_isolation(config)?;
     let mut choice =
@@ -626,7 +629,12 @@ async fn pick_executor(
         choice = settings::reachable_choice(choice, &config.layout().staged())?;
     }
     let chosen = choose_executor(choice).await?;
-    Ok((chosen.executor, chosen.isolation, chosen.egress))
+    Ok((
+        chosen.executor,
+        chosen.isolation,
+        chosen.egress,
+        chosen.container,
+    ))
 }
 
 fn key_grace(config: &Config) -> Duration {

@@ -275,6 +275,15 @@ fn snapshot(
         egress_allowed: e.allowed,
         egress_denied: e.denied.into_iter().collect(),
         identity_cache,
+        generic: p.generic.map(|g| atrund_metrics::GenericSandboxes {
+            ready: g.ready,
+            starting: g.starting,
+            memory_bytes: g.memory_bytes,
+            taken: g.taken,
+            specialise_failures: g.specialise_failures,
+            start_failures: g.start_failures,
+            fallbacks: g.fallbacks,
+        }),
     }
 }
 

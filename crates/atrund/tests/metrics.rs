@@ -8,9 +8,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use common::Daemon;
 use serde_json::{json, Value};
@@ -55,26 +53,7 @@ async fn scrape(base: &str, promtool: &Path) -> Scrape {
     let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();
     assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
     let text = resp.text().await.unwrap();
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n---\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::promtool_check(promtool, &text);
     let mut samples = BTreeMap::new();
     for line in text
         .lines()

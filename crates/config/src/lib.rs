@@ -465,6 +465,11 @@ pub struct PoolSection {
     /// Admin endpoint (`GET /admin/pool`): `auto` (127.0.0.1, the main port + 1; an ephemeral
     /// port when the main port is 0), an address such as `127.0.0.1:3001`, or `off`.
     pub admin_listen: String,
+    /// Pre-warmed generic sandboxes kept ready (`container` isolation, root daemon): a bundle
+    /// with no warm instance is specialised into one instead of started. 0 = off.
+    pub generic_sandboxes: u64,
+    /// Resident memory the ready generic sandboxes may hold together; none is started beyond it.
+    pub generic_memory_budget_mib: u64,
     /// How long idle instances are kept: `fixed` (`idle_timeout_ms` for every bundle) or
     /// `adaptive` (learned per bundle from its idle times, with pre-warming; docs/configuration.md).
     pub warmth: Warmth,
@@ -511,6 +516,8 @@ impl Default for PoolSection {
             start_timeout_ms: 10_000,
             prewarm_refresh_secs: 30,
             admin_listen: "auto".into(),
+            generic_sandboxes: 0,
+            generic_memory_budget_mib: 512,
             warmth: Warmth::Fixed,
             warmth_bin_ms: 60_000,
             warmth_range_ms: 4 * 3600 * 1000,

@@ -134,6 +134,8 @@ impl Config {
             warmth_margin_percent,
             warmth_max_bundles,
             warmth_forget_secs,
+            generic_sandboxes,
+            generic_memory_budget_mib,
         } = pool;
         let p = &mut new.pool;
         keep(&mut k, "pool.prewarm", prewarm, &mut p.prewarm);
@@ -187,6 +189,18 @@ impl Config {
         ] {
             keep(&mut k, key, running, new);
         }
+        keep(
+            &mut k,
+            "pool.generic_sandboxes",
+            generic_sandboxes,
+            &mut p.generic_sandboxes,
+        );
+        keep(
+            &mut k,
+            "pool.generic_memory_budget_mib",
+            generic_memory_budget_mib,
+            &mut p.generic_memory_budget_mib,
+        );
 
         let TenantsSection {
             rate_per_sec: _,

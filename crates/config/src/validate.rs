@@ -167,6 +167,21 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0".into()));
             }
         }
+        if self.pool.generic_sandboxes > 64 {
+            return Err(invalid(
+                "pool.generic_sandboxes",
+                format!(
+                    "{} is more than 64; each ready sandbox holds a Deno process (tens of MiB)",
+                    self.pool.generic_sandboxes
+                ),
+            ));
+        }
+        if self.pool.generic_sandboxes > 0 && self.pool.generic_memory_budget_mib == 0 {
+            return Err(invalid(
+                "pool.generic_memory_budget_mib",
+                "must be greater than 0 when pool.generic_sandboxes is on".into(),
+            ));
+        }
         if id.cache_stale_secs > id.cache_max_secs {
             return Err(invalid(
                 "identity.cache_stale_secs",

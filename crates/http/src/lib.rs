@@ -406,6 +406,14 @@ fn describe(st: &AppState) -> api::DescribeRunner {
         bundle_domain: c.http.bundle_domain.clone(),
         service_did: Some(st.logs.service_did.clone()),
         logs_kept: st.logs.store.is_some(),
+        generic_sandboxes: st.pool.stats().generic.map(|g| api::GenericSandboxes {
+            size: g.size,
+            ready: g.ready,
+            memory_budget_bytes: g.memory_budget_bytes,
+            taken: g.taken,
+            specialise_failures: g.specialise_failures,
+            fallbacks: g.fallbacks.into_iter().collect(),
+        }),
     }
 }
 

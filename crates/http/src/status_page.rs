@@ -478,6 +478,7 @@ mod tests {
             bundle_domain: None,
             service_did: None,
             logs_kept: false,
+            generic_sandboxes: None,
         }
     }
 

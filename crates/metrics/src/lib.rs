@@ -138,6 +138,22 @@ pub struct Snapshot {
     pub egress_denied: Vec<(String, u64)>,
     /// `(cache, result, count)`: cache `did` or `handle`, result `hit`, `stale`, `miss`, `error`.
     pub identity_cache: Vec<(&'static str, &'static str, u64)>,
+    /// The pre-warmed generic sandboxes, when `pool.generic_sandboxes` is on.
+    pub generic: Option<GenericSandboxes>,
+}
+
+/// The pre-warmed generic sandboxes' counters (`atrund_pool_generic_*`).
+#[derive(Debug, Clone, Default)]
+pub struct GenericSandboxes {
+    pub ready: u64,
+    pub starting: u64,
+    pub memory_bytes: u64,
+    /// Handed to a bundle; of those, specialisations that failed.
+    pub taken: u64,
+    pub specialise_failures: u64,
+    pub start_failures: u64,
+    /// Instances started the normal way instead, by reason.
+    pub fallbacks: Vec<(String, u64)>,
 }
 
 /// One running instance's resources.
@@ -166,6 +182,10 @@ struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonString {
+    reason: String,
 }
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitLabel {
@@ -647,8 +667,79 @@ impl Collector for Scraped {
             s.identity_cache
                 .iter()
                 .map(|(cache, result, n)| (CacheLabels { cache, result }, ConstCounter::new(*n))),
-        )
+        )?;
+        match &s.generic {
+            Some(g) => encode_generic(&mut enc, g),
+            None => Ok(()),
+        }
     }
+}
+
+/// The `pool_generic_*` families (only when the generic sandboxes are on).
+fn encode_generic(
+    enc: &mut DescriptorEncoder,
+    g: &GenericSandboxes,
+) -> Result<(), std::fmt::Error> {
+    let gauges = [
+        ("pool_generic_ready", "Generic sandboxes ready now", g.ready),
+        (
+            "pool_generic_starting",
+            "Generic sandboxes being started now",
+            g.starting,
+        ),
+        (
+            "pool_generic_memory_bytes",
+            "Resident memory of the ready generic sandboxes, as last read",
+            g.memory_bytes,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(enc.encode_descriptor(
+            name,
+            help,
+            None,
+            MetricType::Gauge,
+        )?)?;
+    }
+    let counters = [
+        (
+            "pool_generic_taken",
+            "Generic sandboxes handed to a bundle",
+            g.taken,
+        ),
+        (
+            "pool_generic_specialise_failures",
+            "Generic sandboxes whose specialisation to a bundle failed",
+            g.specialise_failures,
+        ),
+        (
+            "pool_generic_start_failures",
+            "Generic sandboxes that failed to start",
+            g.start_failures,
+        ),
+    ];
+    for (name, help, v) in counters {
+        ConstCounter::new(v).encode(enc.encode_descriptor(
+            name,
+            help,
+            None,
+            MetricType::Counter,
+        )?)?;
+    }
+    family(
+        enc,
+        "pool_generic_fallbacks",
+        "Instances started the normal way although generic sandboxes are on, by reason: run, limits, rlimits, empty",
+        MetricType::Counter,
+        g.fallbacks.iter().map(|(reason, n)| {
+            (
+                ReasonString {
+                    reason: reason.clone(),
+                },
+                ConstCounter::new(*n),
+            )
+        }),
+    )
 }
 
 #[cfg(test)]

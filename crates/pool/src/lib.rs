@@ -27,7 +27,9 @@
 
 mod body;
 pub mod warmth;
+mod generic;
 pub use body::LeasedBody;
+pub use generic::{GenericPool, GenericPoolConfig};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -232,6 +234,8 @@ pub struct PoolStats {
     pub memory_bytes: u64,
     pub memory_budget_bytes: u64,
     pub instances: Vec<InstanceInfo>,
+    /// The pre-warmed generic sandboxes, when `pool.generic_sandboxes` is on.
+    pub generic: Option<atrund_sandbox::GenericPoolStats>,
 }
 
 /// One running instance's resources, for metrics.
@@ -1066,6 +1070,7 @@ impl Pool {
             warmth,
             memory_bytes: st.memory().0,
             memory_budget_bytes: self.cfg().memory_budget_bytes,
+            generic: self.executor.generic_pool(),
             ..PoolStats::default()
         };
         for (k, ks) in &st.keys {

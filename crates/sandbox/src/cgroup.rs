@@ -426,14 +426,33 @@ impl CgroupManager {
         Ok(cg)
     }
 
+    /// Sets new limits on the existing cgroup of `instance_id`: a generic sandbox gets its
+    /// bundle's when it is specialised. Fails closed as [`Self::create`] does.
+    pub(crate) fn set_limits(
+        &self,
+        instance_id: &str,
+        limits: CgroupLimits,
+    ) -> Result<(), SandboxError> {
+        self.write_limits_named(&format!("{CHILD_PREFIX}{instance_id}"), limits)
+    }
+
     /// Writes the limit files of `cg`, one of this manager's cgroups.
     fn write_limits(&self, cg: &InstanceCgroup, limits: CgroupLimits) -> Result<(), SandboxError> {
-        let name = cg.dirs.first().and_then(|d| d.file_name());
-        let child = |s: &Slot| s.as_ref().ok().zip(name).map(|(p, n)| p.join(n));
+        let Some(name) = cg.dirs.first().and_then(|d| d.file_name()?.to_str()) else {
+            return Err(SandboxError::StartFailed(
+                "the instance cgroup has no directory to write its limits to".into(),
+            ));
+        };
+        self.write_limits_named(name, limits)
+    }
+
+    /// Writes the limit files of this manager's cgroup `name`.
+    fn write_limits_named(&self, name: &str, limits: CgroupLimits) -> Result<(), SandboxError> {
+        let child = |s: &Slot| s.as_ref().ok().map(|p| p.join(name));
         let mib = limits.memory_mib.saturating_mul(1024 * 1024).to_string();
         let quota = (limits.cpu_quota_percent.saturating_mul(CFS_PERIOD_US) / 100).max(1000);
         let mut writes: Vec<(PathBuf, String)> = Vec::new();
-        match cg.version {
+        match self.version.unwrap_or(CgroupVersion::V1) {
             CgroupVersion::V1 => {
                 if let Some(d) = child(&self.memory) {
                     writes.push((d.join("memory.limit_in_bytes"), mib.clone()));

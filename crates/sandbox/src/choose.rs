@@ -57,6 +57,8 @@ pub struct Chosen {
     pub isolation: Enforcement,
     /// The egress proxy every instance's HTTP(S) goes through.
     pub egress: Arc<EgressProxy>,
+    /// The container backend itself, when chosen (for the generic sandboxes in front of it).
+    pub container: Option<ContainerExecutor>,
 }
 
 fn note(enforced: bool, how: String) -> Enforcement {
@@ -88,6 +90,11 @@ pub async fn choose_executor(c: Choice) -> Result<Chosen, SandboxError> {
         executor,
         isolation,
         egress: proxy.clone(),
+        container: None,
+    };
+    let container = |exec: ContainerExecutor, isolation| Chosen {
+        container: Some(exec.clone()),
+        ..chosen(Arc::new(exec), isolation)
     };
     match c.requested {
         Requested::None => Ok(chosen(
@@ -106,14 +113,17 @@ pub async fn choose_executor(c: Choice) -> Result<Chosen, SandboxError> {
                 ))
             })?;
             tracing::info!("isolation: container (bubblewrap + Landlock + seccomp + egress proxy)");
-            Ok(chosen(exec, note(true, "container, as configured".into())))
+            Ok(container(
+                exec,
+                note(true, "container, as configured".into()),
+            ))
         }
         Requested::Auto => {
             let microvm = "microvm: not available in this version";
             match container_executor(&c, &proxy).await {
                 Ok(exec) => {
                     tracing::info!("isolation auto: container ({microvm})");
-                    Ok(chosen(
+                    Ok(container(
                         exec,
                         note(true, format!("auto chose container ({microvm})")),
                     ))
@@ -148,7 +158,7 @@ pub(crate) fn find_configured_bwrap(bwrap: &str) -> Option<PathBuf> {
 async fn container_executor(
     c: &Choice,
     proxy: &Arc<EgressProxy>,
-) -> Result<Arc<dyn Executor>, String> {
+) -> Result<ContainerExecutor, String> {
     let bwrap = find_configured_bwrap(&c.bwrap).ok_or_else(|| {
             format!(
                 "bubblewrap ('{}') not found; install it with `apt-get install -y bubblewrap` (container.bwrap)",
@@ -193,5 +203,5 @@ async fn container_executor(
         .with_run_as(c.run_as);
     tracing::info!(rootfs = %exec.rootfs().path().display(), libs = exec.rootfs().libs().len(), "container root ready");
     exec.probe().await?;
-    Ok(Arc::new(exec))
+    Ok(exec)
 }

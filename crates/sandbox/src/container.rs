@@ -39,10 +39,12 @@ use crate::cgroup::CgroupManager;
 use crate::deno::deno_args;
 use crate::hostfs::{self, Needed, DATA_DIR_FIX};
 use crate::init::{InitConfig, ProxyForward};
-use crate::process::{self, Join, Launch};
+use crate::process::{self, AbortOnDrop, Join, Launch};
 use crate::rootfs::{Rootfs, DENO_IN_ROOT, INIT_IN_ROOT};
 use crate::spare::{LauncherProgram, SpareLaunchers};
 use crate::{sys, DenoBinary, Enforcement, Executor, Instance, InstanceSpec, RunAs, SandboxError};
+
+pub(crate) mod generic;
 
 /// The proxy forwarder's port on the sandbox's loopback.
 pub const PROXY_PORT: u16 = 3128;
@@ -409,15 +411,6 @@ fn widen(args: &mut [OsString], flag: &str, extra: &str) {
         if let Some(v) = a.to_str().and_then(|s| s.strip_prefix(flag)) {
             *a = format!("{flag}{v},{extra}").into();
         }
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -91,6 +91,18 @@ impl DenoBinary {
     }
 }
 
+/// `deno run` without prompts, remote code, npm, config or lock file: every instance's start,
+/// generic sandboxes' too.
+pub(crate) const HARDENED: [&str; 7] = [
+    "run",
+    "--no-prompt",
+    "--no-remote",
+    "--no-npm",
+    "--cached-only",
+    "--no-config",
+    "--no-lock",
+];
+
 /// The Deno arguments for one instance, permissions included.
 pub(crate) fn deno_args(
     spec: &InstanceSpec,
@@ -119,18 +131,7 @@ pub(crate) fn deno_args(
         net.push(net_flag_item(n)?);
     }
 
-    let mut args: Vec<OsString> = [
-        "run",
-        "--no-prompt",
-        "--no-remote",
-        "--no-npm",
-        "--cached-only",
-        "--no-config",
-        "--no-lock",
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
+    let mut args: Vec<OsString> = HARDENED.iter().map(OsString::from).collect();
     args.push(format!("--v8-flags=--max-old-space-size={}", spec.memory_mib).into());
     args.push(format!("--allow-read={}", read.join(",")).into());
     args.push(format!("--allow-write={}", write.join(",")).into());

@@ -19,19 +19,31 @@ pub(crate) fn register(
     spec: &InstanceSpec,
     announced: bool,
 ) -> Result<(Registration, String), SandboxError> {
+    let token = atrund_egress::new_token().map_err(|e| SandboxError::StartFailed(e.to_string()))?;
+    let reg = register_token(proxy, spec, announced, token.clone())?;
+    Ok((reg, token))
+}
+
+/// [`register`] with a token made earlier: a generic sandbox's proxy URL (and so its token) is
+/// in its environment from the start; the token counts for nothing until this registers it
+/// with the bundle's rules.
+pub(crate) fn register_token(
+    proxy: &EgressProxy,
+    spec: &InstanceSpec,
+    announced: bool,
+    token: String,
+) -> Result<Registration, SandboxError> {
     let allow = NetRule::parse_list(&spec.permissions.net).map_err(|e| {
         SandboxError::StartFailed(format!("the manifest's net list cannot be enforced: {e}"))
     })?;
-    let token = atrund_egress::new_token().map_err(|e| SandboxError::StartFailed(e.to_string()))?;
     let policy = EgressPolicy {
         bundle_label: spec.id.clone(),
         allow,
     };
-    let reg = if announced {
-        proxy.register_announced(token.clone(), policy)
+    if announced {
+        proxy.register_announced(token, policy)
     } else {
-        proxy.register(token.clone(), policy)
+        proxy.register(token, policy)
     }
-    .map_err(|e| SandboxError::StartFailed(e.to_string()))?;
-    Ok((reg, token))
+    .map_err(|e| SandboxError::StartFailed(e.to_string()))
 }

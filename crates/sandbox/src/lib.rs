@@ -7,6 +7,7 @@
 //! shim (`runtime/exec/main.ts`). Must not: decide which bundles may run or with which limits
 //! (policy and pool do), fetch or verify code (bundle store does), or keep instances (pool does).
 
+mod broker;
 pub mod cgroup;
 mod choose;
 mod confine;
@@ -38,6 +39,7 @@ use std::time::{Duration, Instant};
 
 pub use cgroup::{runner_id_for, CgroupManager, CgroupVersion};
 pub use choose::{choose_executor, Choice, Chosen, Requested};
+pub use container::generic::{GenericConfig, GenericSandbox};
 pub use container::{find_bwrap, ContainerConfig, ContainerExecutor};
 pub use deno::DenoBinary;
 pub use error::SandboxError;
@@ -265,6 +267,31 @@ pub trait Executor: Send + Sync {
     }
     /// Starts an instance and returns once it is ready to serve.
     async fn warm(&self, spec: InstanceSpec) -> Result<Arc<dyn Instance>, SandboxError>;
+    /// The pool of pre-warmed generic sandboxes in front of this backend, if there is one.
+    fn generic_pool(&self) -> Option<GenericPoolStats> {
+        None
+    }
+}
+
+/// The pre-warmed generic sandboxes (`pool.generic_sandboxes`), for describeRunner and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GenericPoolStats {
+    /// Sandboxes kept ready (the configured size).
+    pub size: u64,
+    pub memory_budget_bytes: u64,
+    /// Ready now, and being started now.
+    pub ready: u64,
+    pub starting: u64,
+    /// Resident memory of the ready ones, as last read.
+    pub memory_bytes: u64,
+    /// Sandboxes handed to a bundle, and of those, the specialisations that failed.
+    pub taken: u64,
+    pub specialise_failures: u64,
+    /// Sandboxes that failed to start.
+    pub start_failures: u64,
+    /// Instances started the normal way, by reason: `run` (not answerable by the broker),
+    /// `limits` (above the caps the sandboxes start with), `empty` (none ready).
+    pub fallbacks: Vec<(String, u64)>,
 }
 
 /// One running bundle instance.

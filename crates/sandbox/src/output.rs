@@ -18,15 +18,23 @@ pub(crate) const MAX_LINE: usize = 2048;
 pub(crate) const MIN_MASKED: usize = 4;
 
 /// The secret values of one instance and their names, longest value first (so a value that
-/// contains another is masked whole).
+/// contains another is masked whole). A generic sandbox's output starts before its bundle (and
+/// so its secrets) is known: its masker is made empty ([`Masker::later`]) and set once
+/// ([`Masker::set`]) before the bundle gets its secrets.
 #[derive(Clone, Default)]
 pub(crate) struct Masker {
-    secrets: Arc<Vec<(String, String)>>,
+    secrets: Arc<std::sync::OnceLock<Vec<(String, String)>>>,
 }
 
 impl std::fmt::Debug for Masker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.secrets.iter().map(|(_, n)| n.as_str()).collect();
+        let names: Vec<&str> = self
+            .secrets
+            .get()
+            .into_iter()
+            .flatten()
+            .map(|(_, n)| n.as_str())
+            .collect();
         f.debug_struct("Masker").field("names", &names).finish()
     }
 }
@@ -34,27 +42,38 @@ impl std::fmt::Debug for Masker {
 impl Masker {
     /// From the instance's environment: (name, value) pairs.
     pub(crate) fn new(env: &[(String, String)]) -> Self {
+        let m = Self::later();
+        m.set(env);
+        m
+    }
+
+    /// A masker whose secrets are set later, once ([`Masker::set`]).
+    pub(crate) fn later() -> Self {
+        Self::default()
+    }
+
+    /// Sets the secrets of a [`Masker::later`]; a second call changes nothing.
+    pub(crate) fn set(&self, env: &[(String, String)]) {
         let mut secrets: Vec<(String, String)> = env
             .iter()
             .filter(|(_, v)| v.len() >= MIN_MASKED)
             .map(|(k, v)| (v.clone(), k.clone()))
             .collect();
         secrets.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
-        Self {
-            secrets: Arc::new(secrets),
-        }
+        let _ = self.secrets.set(secrets);
     }
 
     /// `line` with every secret value replaced; when `cut`, a tail that begins a value (the
     /// cap fell inside it) is replaced too.
     pub(crate) fn mask(&self, line: &str, cut: bool) -> String {
-        if self.secrets.is_empty() {
-            return line.to_string();
-        }
+        let secrets = match self.secrets.get() {
+            Some(s) if !s.is_empty() => s,
+            _ => return line.to_string(),
+        };
         let mut out = String::with_capacity(line.len());
         let mut rest = line;
         'scan: while let Some(c) = rest.chars().next() {
-            for (value, name) in self.secrets.iter() {
+            for (value, name) in secrets.iter() {
                 if rest.starts_with(value.as_str()) || (cut && value.starts_with(rest)) {
                     out.push_str("[secret ");
                     out.push_str(name);
@@ -68,6 +87,12 @@ impl Masker {
         }
         out
     }
+}
+
+/// Deno's notice at every start of a generic sandbox (its permission broker is unstable): known
+/// and expected, so it is not worth a warning per refill.
+pub(crate) fn is_broker_notice(line: &str) -> bool {
+    line == "Warning Permission broker is an experimental feature"
 }
 
 /// Calls `on_line` for each line of `reader` (lossy UTF-8, without the newline, secrets

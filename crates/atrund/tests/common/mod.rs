@@ -205,6 +205,31 @@ pub fn end_chromium(child: &mut Child) {
 }
 
 /// GET `url`; the body as JSON when it parses, else as a JSON string.
+/// Runs `promtool check metrics` on a scrape; fails the test with promtool's words if it fails.
+pub fn promtool_check(promtool: &Path, text: &str) {
+    use std::io::Write;
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub async fn get(url: &str) -> (u16, Value) {
     let resp = reqwest::get(url).await.expect("request");
     let status = resp.status().as_u16();

@@ -19,8 +19,32 @@ use crate::{sys, Instance, InstanceSpec, SandboxError};
 /// What the shim waits for on stdin before it imports the bundle.
 const GO: &[u8] = b"go\n";
 
+/// Where an instance's console lines go besides the runner's log: set at the start, or (a
+/// generic sandbox) when it is specialised.
+#[derive(Clone, Default)]
+pub(super) struct OutputTo(Arc<std::sync::OnceLock<crate::OutputSink>>);
+
+impl OutputTo {
+    pub(super) fn now(sink: Option<crate::OutputSink>) -> Self {
+        let o = Self::default();
+        if let Some(s) = sink {
+            o.set(s);
+        }
+        o
+    }
+
+    /// Sets it once; a second call changes nothing.
+    pub(super) fn set(&self, sink: crate::OutputSink) {
+        let _ = self.0.set(sink);
+    }
+
+    fn get(&self) -> Option<&crate::OutputSink> {
+        self.0.get()
+    }
+}
+
 /// What the shim said on stdout before it was ready.
-enum StartSignal {
+pub(super) enum StartSignal {
     Ready,
     LoadFailed(String),
 }
@@ -134,7 +158,12 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
         _ => None,
     };
     let pid = pid.unwrap_or(0);
-    let ready_rx = forward_output(&mut child, &id, &spec.env, spec.output.clone());
+    let ready_rx = forward_output(
+        &mut child,
+        &id,
+        Masker::new(&spec.env),
+        OutputTo::now(spec.output.clone()),
+    );
     // Before the reaper exists: nothing reaps the child while its pid is written.
     if let Some(placing) = placing {
         await_placement(placing, &mut child, pid, &id).await?;
@@ -145,25 +174,57 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
     guard.cgroup = None;
     guard.work_dir = None;
 
-    let inner = Arc::new(Inner {
-        id: id.clone(),
-        conns: ShimConns::new(socket),
-        work_dir: spec.work_dir.clone(),
+    let inner = new_inner(
+        spec,
+        Process {
+            id: id.clone(),
+            conns: ShimConns::new(socket),
+            work_dir: spec.work_dir.clone(),
+            cgroup,
+            keep,
+            pid,
+            kill,
+            exit_rx,
+        },
+        started_at,
+    );
+    wait_ready(inner, ready_rx, spec.start_timeout).await
+}
+
+/// A started process, as an instance holds it.
+pub(super) struct Process {
+    pub id: Arc<str>,
+    pub conns: ShimConns,
+    pub work_dir: PathBuf,
+    pub cgroup: Option<Arc<InstanceCgroup>>,
+    pub keep: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    pub pid: u32,
+    pub kill: Arc<Notify>,
+    pub exit_rx: watch::Receiver<Option<Exit>>,
+}
+
+/// The instance state of process `p` running `spec`'s bundle (its limits and timeouts).
+pub(super) fn new_inner(spec: &InstanceSpec, p: Process, started_at: Instant) -> Arc<Inner> {
+    Arc::new(Inner {
+        id: p.id,
+        conns: p.conns,
+        work_dir: p.work_dir,
         request_timeout: spec.request_timeout,
         memory_mib: spec.memory_mib,
         limits: spec.limits,
-        sampler: cgroup
+        sampler: p
+            .cgroup
             .clone()
             .map(|cg| Arc::new(Sampler::new(cg, spec.limits.cpu_budget))),
-        freezer: cgroup.as_ref().and_then(IdleFreezer::new),
-        cgroup,
-        _keep: keep,
+        freezer: p.cgroup.as_ref().and_then(IdleFreezer::new),
+        cgroup: p.cgroup,
+        _keep: p.keep,
         breach: Mutex::new(None),
-        pid,
+        pid: p.pid,
         started_at,
-        kill,
+        kill: p.kill,
         killed: std::sync::atomic::AtomicBool::new(false),
-        exit_rx,
+        exit_rx: p.exit_rx,
         idle: Notify::new(),
         state: Mutex::new(State {
             in_flight: 0,
@@ -171,8 +232,7 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
             last_used: started_at,
             draining: false,
         }),
-    });
-    wait_ready(inner, ready_rx, spec.start_timeout).await
+    })
 }
 
 /// Asks the spare launchers for a refill when dropped.
@@ -208,7 +268,7 @@ impl Drop for StartGuard {
 }
 
 /// Step 1: the instance's own cgroup under the runner's parents, with its limits.
-fn create_cgroup(
+pub(super) fn create_cgroup(
     m: &Arc<CgroupManager>,
     spec: &InstanceSpec,
 ) -> Result<Arc<InstanceCgroup>, SandboxError> {
@@ -221,7 +281,7 @@ fn create_cgroup(
 /// Step 2: spawns the command with the child set-up of `sys` (cgroup join before exec when
 /// `procs` names files, RLIMIT_NOFILE and RLIMIT_FSIZE, inherited descriptors, Landlock and
 /// seccomp) and stdin piped for `go`.
-fn spawn(
+pub(super) fn spawn(
     mut cmd: tokio::process::Command,
     program: &std::path::Path,
     setup: sys::ChildSetup,
@@ -295,16 +355,16 @@ fn start_placing(cg: &Arc<InstanceCgroup>, pid: Option<u32>, id: &Arc<str>) -> P
 /// Step 4: stdout and stderr to tracing, line by line, secret values masked (a bundle that
 /// prints its own secret must not put it into the runner's log), and to the spec's
 /// [`OutputSink`](crate::OutputSink) when it has one (the same masked text); the shim's start
-/// signal on stdout goes to the returned channel instead.
-fn forward_output(
+/// signal on stdout goes to the returned channel instead. A generic sandbox gets its masker's
+/// secrets and its sink when it is specialised (`parked`).
+pub(super) fn forward_output(
     child: &mut Child,
     id: &Arc<str>,
-    env: &[(String, String)],
-    sink: Option<crate::OutputSink>,
+    masker: Masker,
+    sink: OutputTo,
 ) -> oneshot::Receiver<StartSignal> {
     use crate::OutputStream;
     let (ready_tx, ready_rx) = oneshot::channel::<StartSignal>();
-    let masker = Masker::new(env);
     if let Some(out) = child.stdout.take() {
         let id = id.clone();
         let masker = masker.clone();
@@ -321,7 +381,7 @@ fn forward_output(
                     }
                 }
                 tracing::info!(instance = &*id, stream = "stdout", "{line}");
-                if let Some(sink) = &sink {
+                if let Some(sink) = sink.get() {
                     sink(OutputStream::Stdout, line);
                 }
             })
@@ -332,8 +392,12 @@ fn forward_output(
         let id = id.clone();
         tokio::spawn(async move {
             for_each_line(err, &masker, |line| {
+                if crate::output::is_broker_notice(line) {
+                    tracing::debug!(instance = &*id, stream = "stderr", "{line}");
+                    return;
+                }
                 tracing::warn!(instance = &*id, stream = "stderr", "{line}");
-                if let Some(sink) = &sink {
+                if let Some(sink) = sink.get() {
                     sink(OutputStream::Stderr, line);
                 }
             })
@@ -377,7 +441,7 @@ async fn await_placement(
 
 /// Step 6: the process is in its cgroup, so the shim may import the bundle. A failed write means
 /// the process is gone, which the wait for the ready signal reports.
-async fn send_go(child: &mut Child, id: &Arc<str>, started_at: Instant) {
+pub(super) async fn send_go(child: &mut Child, id: &Arc<str>, started_at: Instant) {
     tracing::debug!(
         instance = &**id,
         us = started_at.elapsed().as_micros() as u64,
@@ -405,7 +469,7 @@ fn kill_group(pid: u32) {
 /// a recycled pid (the zombie holds the pid until it is reaped here). When the process ends it
 /// publishes the exit (with the breach counters, read before the cgroup goes), then removes the
 /// cgroup. Returns the kill switch and the exit channel.
-fn spawn_reaper(
+pub(super) fn spawn_reaper(
     mut child: Child,
     pid: u32,
     cgroup: Option<Arc<InstanceCgroup>>,
@@ -463,7 +527,7 @@ fn spawn_reaper(
 
 /// Step 8: waits (at most the start timeout) for the shim's ready signal; a load failure, an
 /// exit or the timeout kills the instance and fails the start.
-async fn wait_ready(
+pub(super) async fn wait_ready(
     inner: Arc<Inner>,
     mut ready_rx: oneshot::Receiver<StartSignal>,
     start_timeout: Duration,

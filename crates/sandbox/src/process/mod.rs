@@ -27,6 +27,7 @@
 mod call;
 mod instance;
 mod launch;
+mod parked;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,6 +38,16 @@ use crate::sampler::CPU_POLL;
 use crate::{sys, Enforcement, InstanceSpec, SandboxError, SHIM_SOURCE};
 
 pub(crate) use launch::launch;
+pub(crate) use parked::{park, Park, Parked};
+
+/// Aborts a task when dropped.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// File name of the shim inside the work dir.
 pub(crate) const SHIM_FILE: &str = "at-run-exec.ts";

@@ -1,0 +1,238 @@
+//! The pool of pre-warmed generic sandboxes (`pool.generic_sandboxes`, `container` only): an
+//! [`Executor`] in front of the container backend that keeps `size` sandboxes ready (bwrap,
+//! init, Deno and the shim up; `atrund_sandbox::GenericSandbox`) and answers a start by
+//! specialising one to the bundle. Each sandbox serves one instance, ever (specialising
+//! consumes it); a background task refills the pool after each take, within its memory budget.
+//! A bundle a generic sandbox cannot serve exactly, or a start when none is ready, goes to the
+//! backend's normal start and is counted by reason; a failed specialisation is the start's
+//! error (counted), never retried on another sandbox.
+//!
+//! Owns: the ready sandboxes, their refill and their counters. Must not: decide which bundles
+//! run or with which limits (the spec arrives decided), or keep instances (the pool does).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use atrund_sandbox::{
+    ContainerExecutor, Enforcement, Executor, GenericConfig, GenericPoolStats, GenericSandbox,
+    Instance, InstanceSpec, SandboxError,
+};
+
+/// How long the refill waits after a take before it starts a sandbox: the request that took
+/// one is answered meanwhile without a start competing for its CPU (a small host runs both on
+/// one core).
+const REFILL_DELAY: Duration = Duration::from_millis(50);
+
+/// The reasons a start goes the normal way, as counted.
+const FALLBACKS: [&str; 4] = ["run", "limits", "rlimits", "empty"];
+
+/// Settings of the generic pool.
+#[derive(Debug, Clone)]
+pub struct GenericPoolConfig {
+    /// Sandboxes kept ready.
+    pub size: usize,
+    /// Resident memory the ready ones may hold together.
+    pub memory_budget_bytes: u64,
+    /// What each is started with (the operator's caps).
+    pub sandbox: GenericConfig,
+    /// Where their work dirs go (the instances' run dir).
+    pub run_dir: PathBuf,
+}
+
+#[derive(Default)]
+struct Counters {
+    taken: AtomicU64,
+    specialise_failures: AtomicU64,
+    start_failures: AtomicU64,
+    fallbacks: [AtomicU64; FALLBACKS.len()],
+}
+
+/// The container backend with generic sandboxes in front; see the module doc.
+pub struct GenericPool {
+    backend: Arc<ContainerExecutor>,
+    cfg: GenericPoolConfig,
+    ready: Mutex<VecDeque<GenericSandbox>>,
+    starting: AtomicU64,
+    memory_bytes: AtomicU64,
+    next: AtomicU64,
+    refill: tokio::sync::Notify,
+    counters: Counters,
+}
+
+impl GenericPool {
+    /// The pool and its refill task (which ends with the pool). Must be called inside a Tokio
+    /// runtime.
+    pub fn start(backend: ContainerExecutor, cfg: GenericPoolConfig) -> Arc<Self> {
+        let pool = Arc::new(Self {
+            backend: Arc::new(backend),
+            cfg,
+            ready: Mutex::default(),
+            starting: AtomicU64::new(0),
+            memory_bytes: AtomicU64::new(0),
+            next: AtomicU64::new(1),
+            refill: tokio::sync::Notify::new(),
+            counters: Counters::default(),
+        });
+        tokio::spawn(refill(Arc::downgrade(&pool)));
+        pool
+    }
+
+    fn ready(&self) -> std::sync::MutexGuard<'_, VecDeque<GenericSandbox>> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fallback(&self, why: &str) {
+        if let Some(i) = FALLBACKS.iter().position(|r| *r == why) {
+            self.counters.fallbacks[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A ready sandbox that still runs, if any.
+    fn take(&self) -> Option<GenericSandbox> {
+        let mut ready = self.ready();
+        while let Some(g) = ready.pop_front() {
+            if g.is_alive() {
+                return Some(g);
+            }
+            tracing::warn!(
+                sandbox = g.id(),
+                "a ready generic sandbox had died; dropped"
+            );
+        }
+        None
+    }
+
+    pub fn stats(&self) -> GenericPoolStats {
+        let c = &self.counters;
+        GenericPoolStats {
+            size: self.cfg.size as u64,
+            memory_budget_bytes: self.cfg.memory_budget_bytes,
+            ready: self.ready().len() as u64,
+            starting: self.starting.load(Ordering::Relaxed),
+            memory_bytes: self.memory_bytes.load(Ordering::Relaxed),
+            taken: c.taken.load(Ordering::Relaxed),
+            specialise_failures: c.specialise_failures.load(Ordering::Relaxed),
+            start_failures: c.start_failures.load(Ordering::Relaxed),
+            fallbacks: FALLBACKS
+                .iter()
+                .zip(&c.fallbacks)
+                .map(|(r, n)| (r.to_string(), n.load(Ordering::Relaxed)))
+                .collect(),
+        }
+    }
+
+    /// Starts one sandbox and adds it to the ready ones.
+    async fn park_one(&self) -> Result<(), SandboxError> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        // A '.' never appears in an instance id, so the cgroup and dir names cannot collide.
+        let id = format!("generic.{n}");
+        let work = self.cfg.run_dir.join(&id);
+        let g = self
+            .backend
+            .park_generic(&id, &work, &self.cfg.sandbox)
+            .await?;
+        self.ready().push_back(g);
+        Ok(())
+    }
+
+    /// Resident memory of the ready sandboxes now (read outside the lock).
+    fn measure(&self) -> u64 {
+        let ready = self.ready();
+        let total = ready.iter().filter_map(|g| g.resident_bytes()).sum();
+        self.memory_bytes.store(total, Ordering::Relaxed);
+        total
+    }
+}
+
+/// Keeps the pool at its size: starts sandboxes one at a time while fewer are ready and the
+/// ready ones stay under the memory budget; waits for a take (or a second) between rounds. A
+/// start that fails backs off (1 s, doubling to 30 s) so a broken host is not hammered.
+async fn refill(pool: Weak<GenericPool>) {
+    let mut backoff = Duration::ZERO;
+    loop {
+        let Some(p) = pool.upgrade() else { return };
+        let want = p.cfg.size as u64;
+        let have = p.ready().len() as u64;
+        if have < want && p.measure() < p.cfg.memory_budget_bytes {
+            p.starting.fetch_add(1, Ordering::Relaxed);
+            let r = p.park_one().await;
+            p.starting.fetch_sub(1, Ordering::Relaxed);
+            drop(p);
+            match r {
+                Ok(()) => backoff = Duration::ZERO,
+                Err(e) => {
+                    backoff = (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+                    if let Some(p) = pool.upgrade() {
+                        p.counters.start_failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "a generic sandbox failed to start");
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+            continue;
+        }
+        // Woken by a take; the tick re-reads memory and drops dead sandboxes' places.
+        if tokio::time::timeout(Duration::from_secs(1), p.refill.notified())
+            .await
+            .is_ok()
+        {
+            drop(p);
+            tokio::time::sleep(REFILL_DELAY).await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Executor for GenericPool {
+    fn name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    fn enforcement(&self) -> Vec<Enforcement> {
+        let mut e = self.backend.enforcement();
+        e.push(Enforcement {
+            limit: "genericSandboxes",
+            enforced: true,
+            how: format!(
+                "{} pre-warmed generic sandboxes, each specialised to one bundle: Deno's checks \
+                 answered by at-rund's permission broker from the manifest, data paths bound in \
+                 after the start, the cgroup set to the bundle's limits; the V8 heap flag is the \
+                 cap ({} MiB) there, memory is held by the cgroup; bundles with `run` start the \
+                 normal way",
+                self.cfg.size, self.cfg.sandbox.memory_mib
+            ),
+        });
+        e
+    }
+
+    async fn warm(&self, spec: InstanceSpec) -> Result<Arc<dyn Instance>, SandboxError> {
+        if let Some(why) = GenericSandbox::unfit(&spec, &self.cfg.sandbox) {
+            self.fallback(why);
+            return self.backend.warm(spec).await;
+        }
+        let Some(g) = self.take() else {
+            self.fallback("empty");
+            self.refill.notify_one();
+            return self.backend.warm(spec).await;
+        };
+        self.counters.taken.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(sandbox = g.id(), instance = %spec.id, "specialising a generic sandbox");
+        let r = g.specialise(spec).await.inspect_err(|e| {
+            self.counters
+                .specialise_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "a generic sandbox could not be specialised");
+        });
+        // Only now: a new sandbox's start (tens of ms of CPU) must not compete with this one's
+        // specialisation, nor (`REFILL_DELAY`) with the first call the request makes next.
+        self.refill.notify_one();
+        r
+    }
+
+    fn generic_pool(&self) -> Option<GenericPoolStats> {
+        Some(self.stats())
+    }
+}
