@@ -26,8 +26,8 @@
 //! cost a disabled callsite's check unless traces are on (docs/observability.md, "Traces").
 
 mod body;
-pub mod warmth;
 mod generic;
+pub mod warmth;
 pub use body::LeasedBody;
 pub use generic::{GenericPool, GenericPoolConfig};
 

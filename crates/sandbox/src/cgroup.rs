@@ -438,12 +438,11 @@ impl CgroupManager {
 
     /// Writes the limit files of `cg`, one of this manager's cgroups.
     fn write_limits(&self, cg: &InstanceCgroup, limits: CgroupLimits) -> Result<(), SandboxError> {
-        let Some(name) = cg.dirs.first().and_then(|d| d.file_name()?.to_str()) else {
-            return Err(SandboxError::StartFailed(
-                "the instance cgroup has no directory to write its limits to".into(),
-            ));
-        };
-        self.write_limits_named(name, limits)
+        // No dirs: this host has no usable hierarchy (limits are reported as not enforced).
+        match cg.dirs.first().and_then(|d| d.file_name()?.to_str()) {
+            Some(name) => self.write_limits_named(name, limits),
+            None => Ok(()),
+        }
     }
 
     /// Writes the limit files of this manager's cgroup `name`.
