@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 use atrund_bundle::{BundleSource, BundleStore, SourceConfig};
 use atrund_config::{Config, DataLayout};
-use atrund_http::{AppState, LocalBundle};
+use atrund_http::{AppShared, AppState, LocalBundle};
 use atrund_identity::{IdentityConfig, IdentityResolver};
 use atrund_pool::Pool;
 use atrund_repo::{FetchConfig, RepoClient};
@@ -411,7 +411,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         identity.clone(),
         drain_rx.clone(),
     );
-    let state = AppState {
+    let state = AppState::new(AppShared {
         live,
         identity,
         source,
@@ -428,7 +428,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         counters,
         status: Arc::default(),
         logs,
-    };
+    });
     if let Some(l) = &state.local {
         tracing::info!(
             dir = %l.dir.display(),
