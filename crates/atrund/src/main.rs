@@ -142,11 +142,27 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run_to_end(cli: Cli) -> std::process::ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    // One CPU to run on (pinned, or a 1-vCPU host): the single-threaded scheduler, whose task
+    // switches are cheaper than a one-worker multi-threaded one's; blocking work still goes to
+    // the blocking pool either way.
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let built = if one_cpu {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let rt = match built {
+        Ok(rt) => {
+            tracing::info!(
+                scheduler = %if one_cpu { "current_thread" } else { "multi_thread" },
+                "async runtime started"
+            );
+            rt
+        }
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return std::process::ExitCode::FAILURE;

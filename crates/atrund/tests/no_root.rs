@@ -39,13 +39,7 @@ async fn serves_from_an_unprivileged_process(isolation: &str, name: &str) {
     let Some(deno) = atrund_testnet::deno_path() else {
         return;
     };
-    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "this test needs root in CI"
-        );
-        eprintln!("SKIPPED: not root");
+    if atrund_testnet::root("this test drops from root to an unprivileged user").is_none() {
         return;
     }
     let author = net.create_account(name).await;

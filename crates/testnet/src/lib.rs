@@ -137,6 +137,17 @@ fn missing<T>(what: &str, fix: &str) -> Option<T> {
     None
 }
 
+/// `Some(())` when this process is root (effective uid 0); else the test is skipped, or fails
+/// when `CI=true`. `why` says what needs root.
+pub fn root(why: &str) -> Option<()> {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's user.
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() == Some(0) {
+        return Some(());
+    }
+    missing("root", why)
+}
+
 /// The one network of this test binary, started on first use. `None` (test should return early)
 /// when `tests/atproto-net/node_modules` is not installed and `CI` is not `true`.
 ///
