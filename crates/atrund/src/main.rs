@@ -157,10 +157,13 @@ fn run_to_end(cli: Cli) -> std::process::ExitCode {
     };
     let rt = match built {
         Ok(rt) => {
-            tracing::info!(
-                scheduler = %if one_cpu { "current_thread" } else { "multi_thread" },
-                "async runtime started"
-            );
+            // Part of a serving runner's start-up log; the one-shot commands' output stays theirs.
+            if cli.command.serves() {
+                tracing::info!(
+                    scheduler = %if one_cpu { "current_thread" } else { "multi_thread" },
+                    "async runtime started"
+                );
+            }
             rt
         }
         Err(e) => {
