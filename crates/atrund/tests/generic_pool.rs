@@ -52,13 +52,7 @@ fn tools() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
         "bubblewrap",
         "run `scripts/setup.sh --test` or `apt-get install -y bubblewrap`",
     )?;
-    if !atrund_sandbox::effective_root() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("generic sandboxes need root (bind mounts) and CI=true");
-        }
-        eprintln!("SKIPPED: not root");
-        return None;
-    }
+    atrund_testnet::root("generic sandboxes need root (bind mounts)")?;
     Some((deno, promtool))
 }
 
