@@ -160,7 +160,7 @@ pub(crate) fn limit_self(nofile: u64, fsize: u64) -> std::io::Result<()> {
 /// threads, which live as long as the runtime (the daemon never uses `block_in_place`).
 pub(crate) fn install(cmd: &mut tokio::process::Command, setup: ChildSetup) {
     let parent = std::process::id() as libc::pid_t;
-    // SAFETY: the closure runs in the forked child before exec. It only calls prctl, getppid,
+    // SAFETY: the closure runs in the forked child before exec. It only calls prctl, getppid, sched_setscheduler,
     // open, write, close, setrlimit, fcntl, setgroups, setresgid, setresuid, capset (raw
     // syscalls: they change this thread, the child's only one), landlock_restrict_self and
     // seccomp (async-signal-safe syscalls) on C strings, numbers, a file descriptor and filter arrays
@@ -170,6 +170,7 @@ pub(crate) fn install(cmd: &mut tokio::process::Command, setup: ChildSetup) {
     unsafe {
         cmd.pre_exec(move || {
             die_with_parent(parent)?;
+            batch_scheduling()?;
             for path in &setup.procs {
                 let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 {
@@ -487,6 +488,23 @@ pub(crate) fn socket_domain(fd: BorrowedFd<'_>) -> std::io::Result<i32> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(domain)
+}
+
+/// `SCHED_BATCH` for the child and everything it starts (threads and children inherit it): an
+/// instance that wakes (a request written to its socket) then never preempts the daemon, which
+/// goes on with the requests it has in hand instead of switching to the instance for each. Its
+/// CPU share is unchanged (same weight); what it loses is wake-up preemption of other tasks, so
+/// under CPU contention between instances one waits up to a scheduler tick longer
+/// (docs/performance.md, issue 14). Unprivileged processes may switch back; that only costs the
+/// runner throughput. Runs in the forked child: one syscall.
+fn batch_scheduling() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads the sched_param on our stack and changes only the
+    // calling thread (pid 0), the child's only one.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `PR_SET_PDEATHSIG(SIGKILL)`, then checks the daemon did not die before it was set (then

@@ -162,6 +162,54 @@ async fn cold_start_bench() {
     }
 }
 
+/// The scheduling policy of every thread of `pids` (`/proc/<pid>/task/<tid>/stat`, field 41).
+fn policies(pids: &[u32]) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    for p in pids {
+        for task in std::fs::read_dir(format!("/proc/{p}/task"))
+            .unwrap()
+            .flatten()
+        {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue; // the thread ended meanwhile
+            };
+            // Fields after the command name (which may hold spaces) start at field 3.
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            let policy = after
+                .split_whitespace()
+                .nth(41 - 3)
+                .unwrap()
+                .parse()
+                .unwrap();
+            let tid = task.file_name().to_str().unwrap().parse().unwrap();
+            out.push((tid, policy));
+        }
+    }
+    out
+}
+
+/// Instances run with `SCHED_BATCH` (every thread of every process, in both backends), so a
+/// request written to an instance does not preempt the daemon (docs/performance.md).
+#[tokio::test]
+async fn instances_run_with_batch_scheduling() {
+    const SCHED_BATCH: u32 = 3;
+    for (name, mode) in [("batch-n", Mode::None), ("batch-c", Mode::Container)] {
+        let Some(env) = Env::new(name, mode).await else {
+            return;
+        };
+        let inst = env.warm(env.spec(name, &hello())).await;
+        hello_answers(&*inst).await;
+        let tree = process_tree(inst.stats().pid.unwrap());
+        let all = policies(&tree);
+        assert!(all.len() >= 2, "{name}: threads of {tree:?}: {all:?}");
+        assert!(
+            all.iter().all(|(_, p)| *p == SCHED_BATCH),
+            "{name}: every thread should be SCHED_BATCH (3): {all:?}"
+        );
+        inst.shutdown().await;
+    }
+}
+
 /// Every process under `pid` (its descendants, by `/proc/<pid>/task/*/children`), `pid` first.
 fn process_tree(pid: u32) -> Vec<u32> {
     let mut all = vec![pid];
@@ -214,6 +262,11 @@ async fn start_from_a_spare_launcher_is_accounted_and_limited() {
     let bwrap = inst.stats().pid.unwrap();
     let tree = process_tree(bwrap);
     assert!(tree.len() >= 3, "bwrap, init and Deno expected: {tree:?}");
+    let all = policies(&tree);
+    assert!(
+        all.iter().all(|(_, p)| *p == 3),
+        "not all SCHED_BATCH: {all:?}"
+    );
     for parent in env.mgr.parents() {
         let dir = parent.join("i-spare");
         let procs: Vec<u32> = std::fs::read_to_string(dir.join("cgroup.procs"))
