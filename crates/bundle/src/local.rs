@@ -7,9 +7,14 @@
 //! instance key, so an edit is served by a fresh instance on the next request). Must not touch:
 //! identity or fetching.
 //!
-//! A request stats the two files and reads and hashes them only when a stat changed (size,
-//! mtime, ctime, inode) or when the last read was too close to a write to trust the timestamps
-//! (a second write within the file system's timestamp granularity would not show).
+//! A request asks an inotify watch on the files' folders whether anything touched them since
+//! the last read (`watch`: one `read` that finds nothing), and reads and hashes them only when
+//! something did. Where the watch cannot vouch for the files (a symlink, no inotify, a watched
+//! folder moved away), a request stats the two files instead and reads them when a stat changed
+//! (size, mtime, ctime, inode) or when the last read was too close to a write to trust the
+//! timestamps (a second write within the file system's timestamp granularity would not show).
+
+mod watch;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -57,8 +62,18 @@ pub struct LocalBundle {
     /// under `/root`). `None`: `entry` itself.
     pub staged: Option<PathBuf>,
     last: Mutex<Option<Read>>,
+    /// `None` once the watch cannot vouch for the files (then stamps decide).
+    watch: Mutex<Option<Watched>>,
     /// Full reads so far (the tests check that unchanged files are not read again).
     reads: std::sync::atomic::AtomicU64,
+}
+
+/// The watch, and whether the last read saw the files as they are (no event since, and it
+/// succeeded). Locked across a read, so no event slips between draining and reading.
+#[derive(Debug)]
+struct Watched {
+    watch: watch::Watch,
+    clean: bool,
 }
 
 /// The last full read of the folder.
@@ -149,12 +164,18 @@ impl LocalBundle {
                     )
                 })?,
         };
+        // Before the first read, so an edit made during it shows.
+        let watch = watch::Watch::new(&[&dir.join("manifest.json"), &entry]).map(|watch| Watched {
+            watch,
+            clean: false,
+        });
         let bundle = Self {
             name,
             dir,
             entry,
             staged: None,
             last: Mutex::new(None),
+            watch: Mutex::new(watch),
             reads: Default::default(),
         };
         bundle.snapshot().map_err(|e| e.to_string())?;
@@ -170,16 +191,32 @@ impl LocalBundle {
     /// The folder as of now: from the last read when neither file changed since, else read
     /// and hashed again.
     pub fn snapshot(&self) -> Result<LocalSnapshot, LocalBundleError> {
+        let mut watched = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = watched.as_mut() {
+            match w.watch.seen() {
+                watch::Seen::Lost => {
+                    tracing::debug!(dir = %self.dir.display(), "local bundle: the folder watch lost track; checking file stamps from now on");
+                    *watched = None;
+                }
+                seen => {
+                    if seen == watch::Seen::Nothing && w.clean {
+                        if let Some(s) = self.last_unchanged(|_| true) {
+                            return Ok(s);
+                        }
+                    }
+                    w.clean = false;
+                    let read = self.read(&self.dir.join("manifest.json"), None);
+                    w.clean = read.is_ok();
+                    return read;
+                }
+            }
+        }
+        drop(watched);
         let manifest_path = self.dir.join("manifest.json");
         let stamps = Stamp::of(&manifest_path).zip(Stamp::of(&self.entry));
         if let Some((m, c)) = stamps {
-            let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(r) = last.as_ref().filter(|r| r.stamps == Some([m, c])) {
-                return Ok(LocalSnapshot {
-                    manifest: r.manifest.clone(),
-                    key: r.key.clone(),
-                    replaced: None,
-                });
+            if let Some(s) = self.last_unchanged(|r| r.stamps == Some([m, c])) {
+                return Ok(s);
             }
         }
         let now = SystemTime::now();
@@ -187,6 +224,25 @@ impl LocalBundle {
             .filter(|(m, c)| m.settled(now) && c.settled(now))
             .map(|(m, c)| [m, c]);
         self.read(&manifest_path, trusted)
+    }
+
+    /// The last read, when `unchanged` says it still stands.
+    fn last_unchanged(&self, unchanged: impl Fn(&Read) -> bool) -> Option<LocalSnapshot> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref()
+            .filter(|r| unchanged(r))
+            .map(|r| LocalSnapshot {
+                manifest: r.manifest.clone(),
+                key: r.key.clone(),
+                replaced: None,
+            })
+    }
+
+    /// Stops using the watch: file stamps decide from now on (the tests of that path).
+    #[cfg(test)]
+    fn without_watch(self) -> Self {
+        *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self
     }
 
     fn read(
@@ -242,15 +298,19 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn edits_change_the_key() {
+    const MANIFEST: &str = r#"{"endpoints":[{"name":"a"}]}"#;
+
+    /// A bundle folder with `main.js` and a valid manifest.
+    fn folder() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("main.js"), "export const a = 1;").unwrap();
-        std::fs::write(
-            dir.path().join("manifest.json"),
-            r#"{"endpoints":[{"name":"a"}]}"#,
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("manifest.json"), MANIFEST).unwrap();
+        dir
+    }
+
+    #[test]
+    fn edits_change_the_key() {
+        let dir = folder();
         let b = LocalBundle::open(dir.path(), Some("demo"), None).unwrap();
         let s1 = b.snapshot().unwrap();
         assert!(s1.replaced.is_none());
@@ -264,14 +324,10 @@ mod tests {
 
     #[test]
     fn unchanged_files_are_not_read_again() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("main.js"), "export const a = 1;").unwrap();
-        std::fs::write(
-            dir.path().join("manifest.json"),
-            r#"{"endpoints":[{"name":"a"}]}"#,
-        )
-        .unwrap();
-        let b = LocalBundle::open(dir.path(), Some("demo"), None).unwrap();
+        let dir = folder();
+        let b = LocalBundle::open(dir.path(), Some("demo"), None)
+            .unwrap()
+            .without_watch();
         let reads = || b.reads.load(std::sync::atomic::Ordering::Relaxed);
         // Just written: the timestamps cannot be trusted yet, so every request reads.
         let n = reads();
@@ -291,6 +347,54 @@ mod tests {
         let n = reads();
         b.snapshot().unwrap();
         assert_eq!(reads(), n + 1, "a file written just now must be read again");
+    }
+
+    #[test]
+    fn the_watch_reads_only_after_an_edit_and_never_serves_a_stale_read() {
+        let dir = folder();
+        let b = LocalBundle::open(dir.path(), Some("demo"), None).unwrap();
+        assert!(b.watch.lock().unwrap().is_some(), "inotify works here");
+        let reads = || b.reads.load(std::sync::atomic::Ordering::Relaxed);
+        // Files written just now are not read again: the watch, not their timestamps, says
+        // whether they changed.
+        let s1 = b.snapshot().unwrap();
+        let n = reads();
+        for _ in 0..3 {
+            assert_eq!(b.snapshot().unwrap().key, s1.key);
+        }
+        assert_eq!(reads(), n, "an unchanged folder was read again");
+        std::fs::write(dir.path().join("main.js"), "export const a = 2;").unwrap();
+        let s2 = b.snapshot().unwrap();
+        assert_ne!(s2.key, s1.key);
+        assert_eq!(s2.replaced.as_deref(), Some(s1.key.as_str()));
+        // A broken manifest stays an error on every request until it is fixed: the last good
+        // read is not served meanwhile.
+        std::fs::write(dir.path().join("manifest.json"), r#"{"nope":1}"#).unwrap();
+        for _ in 0..2 {
+            assert_eq!(b.snapshot().err().unwrap().code(), "BundleInvalid");
+        }
+        std::fs::write(dir.path().join("manifest.json"), MANIFEST).unwrap();
+        assert_eq!(b.snapshot().unwrap().key, s2.key);
+        // The folder moved away: the watch gives up and stamps decide (the path is gone).
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::rename(dir.path(), elsewhere.path().join("moved")).unwrap();
+        assert!(b.snapshot().is_err());
+        assert!(b.watch.lock().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_symlinked_entry_is_checked_by_its_stamps() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = tempfile::tempdir().unwrap();
+        std::fs::write(real.path().join("code.js"), "export const a = 1;").unwrap();
+        std::os::unix::fs::symlink(real.path().join("code.js"), dir.path().join("main.js"))
+            .unwrap();
+        std::fs::write(dir.path().join("manifest.json"), MANIFEST).unwrap();
+        let b = LocalBundle::open(dir.path(), Some("demo"), None).unwrap();
+        assert!(b.watch.lock().unwrap().is_none());
+        let s1 = b.snapshot().unwrap();
+        std::fs::write(real.path().join("code.js"), "export const a = 22;").unwrap();
+        assert_ne!(b.snapshot().unwrap().key, s1.key);
     }
 
     #[test]
