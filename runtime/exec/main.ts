@@ -130,13 +130,13 @@ function urlPath(path: string): string {
     : new URL(path, "http://x").pathname;
 }
 
-async function call(
+function call(
   mod: Record<string, unknown>,
   req: Request,
   name: string,
   path: string,
   search: string,
-): Promise<Response> {
+): Response | Promise<Response> {
   // The default export is never an endpoint, whatever its shape (docs/bundle-abi.md).
   const ep = name !== "default" && Object.hasOwn(mod, name) ? mod[name] : undefined;
   if (!isEndpoint(ep)) {
@@ -145,33 +145,51 @@ async function call(
   if (!methodAllowed(ep.method, req.method)) {
     return fail(405, "MethodNotAllowed", `endpoint '${name}' accepts ${String(ep.method).toUpperCase()}, not ${req.method}`);
   }
-
-  // URL objects are made when something reads them: parsing costs more than a small call.
-  let query: URLSearchParams | undefined;
-  const getQuery = (): URLSearchParams => query ??= new URLSearchParams(search);
-
-  let input: unknown = undefined;
-  let body: BodyInit | null = req.body;
-  // Whether ctx.request can be built on first use: its body is settled (none, or text read here).
-  let lazy = false;
+  const call: Call = { ep, name, req, path, search, query: undefined };
   if (req.method === "GET" || req.method === "HEAD") {
-    input = search.length <= 1 ? Object.create(null) : queryObject(getQuery());
-    body = null;
-    lazy = true;
-  } else if (isJson(req.headers.get("content-type"))) {
-    lazy = true;
-    // Read the body once and hand the text on, so ctx.request stays readable.
-    const text = await req.text();
-    body = text;
-    if (text.trim() !== "") {
-      try {
-        input = JSON.parse(text);
-      } catch {
-        return fail(400, "InvalidInput", "the request body is not valid JSON");
-      }
-    }
+    // No body to wait for: a synchronous handler's response is returned synchronously, which
+    // Deno.serve sends without a promise turn (docs/performance.md, issue 14).
+    const input = search.length <= 1 ? Object.create(null) : queryObject(queryOf(call));
+    return invoke(call, input, null, true);
   }
+  if (isJson(req.headers.get("content-type"))) {
+    // Read the body once and hand the text on, so ctx.request stays readable.
+    return req.text().then((text) => {
+      let input: unknown = undefined;
+      if (text.trim() !== "") {
+        try {
+          input = JSON.parse(text);
+        } catch {
+          return fail(400, "InvalidInput", "the request body is not valid JSON");
+        }
+      }
+      return invoke(call, input, text, true);
+    });
+  }
+  return invoke(call, undefined, req.body, false);
+}
 
+/** One call of an endpoint on its way through the shim. */
+type Call = {
+  ep: Endpoint;
+  name: string;
+  req: Request;
+  path: string;
+  search: string;
+  /** Parsed when something reads it: parsing costs more than a small call. */
+  query: URLSearchParams | undefined;
+};
+
+function queryOf(c: Call): URLSearchParams {
+  return c.query ??= new URLSearchParams(c.search);
+}
+
+/**
+ * Validates `input` and runs the handler. `lazy`: the body is settled (none, or text read
+ * here), so ctx.request can be built on first use; a streamed body is handed on now.
+ */
+function invoke(c: Call, input: unknown, body: BodyInit | null, lazy: boolean): Response | Promise<Response> {
+  const { ep, name, req } = c;
   const schema = ep.input as Schema | undefined;
   if (schema && typeof schema.validate === "function") {
     let verdict;
@@ -190,16 +208,16 @@ async function call(
   }
 
   // Building a Request (and touching req.signal) costs more than the rest of a small call, so
-  // ctx.request is made when the handler first reads it; a streamed body is handed on now.
+  // ctx.request is made when the handler first reads it.
   const makeRequest = (): Request => {
     const headers = new Headers();
     for (const [k, v] of req.headers) {
       if (!k.toLowerCase().startsWith(RESERVED_PREFIX)) headers.append(k, v);
     }
-    return new Request(callerUrl(req, path + search), { method: req.method, headers, body, signal: req.signal });
+    return new Request(callerUrl(req, c.path + c.search), { method: req.method, headers, body, signal: req.signal });
   };
   let request: Request | undefined = lazy ? undefined : makeRequest();
-  const rest = urlPath(path);
+  const rest = urlPath(c.path);
   const ctx: Ctx = {
     get request(): Request {
       return request ??= makeRequest();
@@ -207,19 +225,35 @@ async function call(
     endpoint: name,
     rest: rest === "/" ? "" : rest,
     get query(): URLSearchParams {
-      return getQuery();
+      return queryOf(c);
     },
   };
+  let out: unknown;
   try {
-    const out = await ep.handler(input, ctx);
-    if (out instanceof Response) return passThrough(out);
-    if (out === undefined) return new Response(null, { status: 204 });
-    return new Response(JSON.stringify(out), { headers: { "content-type": "application/json" } });
+    out = ep.handler(input, ctx);
+    if (!isThenable(out)) return answer(out);
   } catch (e) {
-    // Logged for the operator only; the caller learns the class name at most.
-    console.error(`endpoint '${name}' threw:`, e);
-    return fail(502, "BundleFailed", `endpoint '${name}' threw ${errorName(e)}; the runner's log has details`);
+    return threw(name, e);
   }
+  return Promise.resolve(out).then(answer).catch((e) => threw(name, e));
+}
+
+function isThenable(v: unknown): v is PromiseLike<unknown> {
+  return (typeof v === "object" || typeof v === "function") && v !== null &&
+    typeof (v as { then?: unknown }).then === "function";
+}
+
+/** The caller's response for a handler's result (a Response, nothing, or a JSON value). */
+function answer(out: unknown): Response {
+  if (out instanceof Response) return passThrough(out);
+  if (out === undefined) return new Response(null, { status: 204 });
+  return new Response(JSON.stringify(out), { headers: { "content-type": "application/json" } });
+}
+
+/** A handler (or its result) threw: logged for the operator only; the caller learns the class name at most. */
+function threw(name: string, e: unknown): Response {
+  console.error(`endpoint '${name}' threw:`, e);
+  return fail(502, "BundleFailed", `endpoint '${name}' threw ${errorName(e)}; the runner's log has details`);
 }
 
 /**

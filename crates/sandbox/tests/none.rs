@@ -204,6 +204,22 @@ async fn binary_streams_errors_and_input() {
     assert_eq!(e.code(), "BundleFailed");
     assert!(!e.to_string().contains("/etc/shadow"), "{e}");
     assert!(inst.is_alive());
+    // A rejected promise and a result JSON cannot encode fail the same way as a throw.
+    for endpoint in ["asyncBoom", "cyclic"] {
+        let e = inst
+            .execute(call(endpoint, "GET", "/", None))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "BundleFailed", "{endpoint}");
+        assert!(e.to_string().contains("threw TypeError"), "{endpoint}: {e}");
+        assert!(!e.to_string().contains("/etc/shadow"), "{endpoint}: {e}");
+    }
+    let res = inst
+        .execute(call("nothing", "GET", "/", None))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert!(body_bytes(res).await.is_empty());
     // Still serves after the throw.
     let v = json(&*inst, call("echo", "GET", "/a/b?x=1&x=2&y=3", None)).await;
     assert_eq!(v["input"], serde_json::json!({"x": ["1", "2"], "y": "3"}));

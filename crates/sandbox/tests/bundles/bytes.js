@@ -27,6 +27,27 @@ export const boom = {
   },
 };
 
+// A rejected promise, a result JSON cannot encode, and nothing at all: the shim answers each
+// whether the handler is synchronous or not.
+export const asyncBoom = {
+  handler: async () => {
+    await null;
+    throw new TypeError("secret detail /etc/shadow");
+  },
+};
+
+export const cyclic = {
+  handler: () => {
+    const a = {};
+    a.self = a;
+    return a;
+  },
+};
+
+export const nothing = {
+  handler: () => undefined,
+};
+
 export const echo = {
   handler: async (input, ctx) => ({
     input: input ?? null,
