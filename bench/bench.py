@@ -55,6 +55,8 @@ DIRECT = (
     "if (Deno.args[1]) Deno.serve({ path: Deno.args[1], onListen() {} }, handler);\n" % HANDLER_BODY
 )
 NGINX = os.environ.get("BENCH_NGINX", "/usr/sbin/nginx")
+# crates/http/examples/hop_floor.rs, built by bench/run.sh; measured when present.
+HOP_FLOOR = os.path.join(RELEASE, "examples", "hop_floor")
 ISOLATION = os.environ.get("BENCH_ISOLATION", "none")
 # What the issue measured nginx with: one worker, a keep-alive upstream on the handler's Unix
 # socket, no access log. Everything it writes stays in the bench's temp dir.
@@ -346,7 +348,18 @@ def start_peers(tmp, name):
     wait_http(direct_url)
     nginx, nginx_url = start_nginx(tmp, sock)
     roots = {"direct": [direct.pid], "nginx": [nginx.pid, direct.pid]}
-    return [direct, nginx], [("direct", direct_url), ("nginx", nginx_url)], roots
+    procs, targets = [direct, nginx], [("direct", direct_url), ("nginx", nginx_url)]
+    # The floor of a hop made of at-rund's own HTTP pieces (hyper server and client, Tokio's
+    # current-thread runtime) with nothing else, in front of the same process.
+    if os.path.exists(HOP_FLOOR):
+        port = free_port()
+        floor = spawn(pinned([HOP_FLOOR, f"127.0.0.1:{port}", sock], 0))
+        floor_url = f"http://127.0.0.1:{port}/"
+        wait_http(floor_url)
+        procs.append(floor)
+        targets.append(("hop floor", floor_url))
+        roots["hop floor"] = [floor.pid, direct.pid]
+    return procs, targets, roots
 
 
 def medians(rows):
@@ -679,6 +692,13 @@ def warm_table(add, w, via, mode, title):
     dc, nc, ac = (x.get("c50_cpu_us_per_request", 0.0) for x in (d, n, a))
     add(f"| c=50 server CPU per request (all processes serving it) | {dc:.1f} µs | {nc:.1f} µs | {ac:.1f} µs "
         f"| {nc-dc:+.1f} µs | {ac-dc:+.1f} µs | hop {ac-dc:.1f} vs {nc-dc:.1f} µs ({(ac-dc)/max(nc-dc, 0.01):.1f}×) | — |")
+    f = w.get("hop floor")
+    if f:
+        fc = f.get("c50_cpu_us_per_request", 0.0)
+        add(f"\nThe floor (hyper server + client alone, `crates/http/examples/hop_floor.rs`, in front of the same "
+            f"process): c=1 p50 {us(f['c1_p50_ms'])} ({added(f, 'c1_p50_ms'):+.0f} µs), c=50 {f['c50_rps']:.0f} req/s "
+            f"({f['c50_rps']/n['c50_rps']*100:.0f} % of nginx's), CPU per request {fc:.1f} µs (hop {fc-dc:.1f} µs); "
+            f"at-rund's own work above it: {ac-fc:.1f} µs.")
     add(f"\nisolation of at-rund: `{mode}`; non-2xx responses: direct {d['non2xx']}, nginx {n['non2xx']}, at-rund {a['non2xx']}\n")
 
 

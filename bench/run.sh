@@ -16,6 +16,8 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
 fi
 if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
   cargo build --release -p atrund -p at-run
+  # The hop floor the warm tables show beside nginx (crates/http/examples/hop_floor.rs).
+  cargo build --release -p atrund-http --example hop_floor
 fi
 export ATRUND_TEST_DENO="${ATRUND_TEST_DENO:-$PWD/tools/deno/node_modules/deno/deno}"
 [ -x "$ATRUND_TEST_DENO" ] || { echo "no Deno at $ATRUND_TEST_DENO: run scripts/setup.sh" >&2; exit 1; }
