@@ -457,7 +457,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
     }
     let prewarm_state = state.clone();
     let admin_state = state.clone();
-    let app = atrund_http::router(state);
+    let app = atrund_http::service(state);
     // Scripts and tests find the address by this exact message: keep it stable.
     tracing::info!(%addr, "{}", LISTENING_MESSAGE);
     // Bundles must not call the runner itself through the egress proxy.

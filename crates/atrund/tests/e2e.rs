@@ -407,6 +407,27 @@ async fn dev_mode_serves_a_folder_and_picks_up_edits() {
         (404, Some("BundleNotFound")),
         "{b}"
     );
+    // A plain call takes the main service's direct route, the same call with an escaped
+    // letter the router's: both answer alike, with the same headers and a request id.
+    let client = reqwest::Client::new();
+    let mut seen = Vec::new();
+    for (n, path) in ["greet", "gr%65et"].into_iter().enumerate() {
+        let resp = client
+            .get(runner.url(&format!("/bundle/local/demo/latest/{path}?name=Dev")))
+            .header("x-request-id", format!("id-{n}"))
+            .send()
+            .await
+            .expect("get");
+        let mut names: Vec<String> = resp.headers().keys().map(|k| k.to_string()).collect();
+        names.sort();
+        let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+        assert_eq!(id, format!("id-{n}"));
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.expect("json");
+        seen.push((status, names, body));
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(seen[0].2, json!({"message": "Edited, Dev!"}));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -192,13 +192,18 @@ pub fn rewrite(headers: &mut HeaderMap, client: &Client, host: Option<HeaderValu
 /// Middleware, outermost on the main listener: decides the [`Client`], rewrites the headers
 /// and puts the `Client` into the request's extensions for the request span and the handlers.
 pub async fn layer(State(live): State<LiveConfig>, mut req: Request, next: Next) -> Response {
+    apply(&live, &mut req);
+    next.run(req).await
+}
+
+/// What [`layer`] does to a request (also used by the main service's direct route).
+pub fn apply(live: &LiveConfig, req: &mut Request) {
     let peer = req.extensions().get::<Peer>().map(|p| p.0.ip());
     let config = live.current();
     let trusted = TrustedProxies::parse(&config.http.trusted_proxies);
     let (client, host) = decide(peer, req.headers(), &trusted);
     rewrite(req.headers_mut(), &client, host);
     req.extensions_mut().insert(client);
-    next.run(req).await
 }
 
 #[cfg(test)]

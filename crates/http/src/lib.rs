@@ -1,7 +1,8 @@
 //! The runner's HTTP API: the invocation routes (by path, and by host under
 //! `http.bundle_domain`), health and readiness, describeRunner and resolveBundleOrigin.
 //!
-//! Owns: routing, request parsing, the order of the pipeline steps (policy before resolution →
+//! Owns: routing (`router`; `service` sends invocations of the common shape past it, straight to
+//! the pipeline), request parsing, the order of the pipeline steps (policy before resolution →
 //! identity → policy → rate → fetch → permission caps → pool), body limits (`body_limit`), the
 //! error → status mapping (`error`), request ids (`request_id`), what a request adds to the
 //! metrics (counted here, defined in `atrund-metrics`) and its `Server-Timing` header
@@ -43,6 +44,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use tokio::sync::watch;
+use tower::ServiceExt;
 use tracing::Instrument;
 
 use atrund_bundle::{Manifest, VersionSelector};
@@ -181,6 +183,92 @@ pub fn router(state: AppState) -> Router {
     // Outside even the request id: its span records the client, and routing by host must see
     // the host a trusted proxy named, never one a direct caller claims.
     routes.layer(axum::middleware::from_fn_with_state(live, forwarded::layer))
+}
+
+/// The main listener's service: [`router`], except that an invocation of the common shape
+/// (`/bundle/{author}/{name}/{version}/{endpoint}`, no `%`, nothing after the endpoint) goes
+/// straight to the pipeline with the same forwarding, request id and span as the router's layers.
+/// That skips axum's routing, path extraction and two `from_fn` layers per call (each boxes a
+/// future and clones a service), part of the hop's cost against nginx (docs/performance.md,
+/// issue 14). With `http.bundle_domain` every request goes through the router (its host routing
+/// comes first).
+#[derive(Clone)]
+pub struct MainService {
+    state: AppState,
+    router: Router,
+    traced: bool,
+    direct: bool,
+}
+
+/// The main listener's service for `state` (see [`MainService`]).
+pub fn service(state: AppState) -> MainService {
+    let config = state.config();
+    MainService {
+        router: router(state.clone()),
+        traced: config.otel.enabled,
+        direct: config.http.bundle_domain.is_none(),
+        state,
+    }
+}
+
+/// `[author, name, version, endpoint]` of a path the router would route to `invoke_root` with
+/// exactly these values: four non-empty segments after `/bundle/` and no `%` (whose decoding is
+/// the router's).
+fn direct_route(path: &str) -> Option<[&str; 4]> {
+    let rest = path.strip_prefix("/bundle/")?;
+    if rest.contains('%') {
+        return None;
+    }
+    let mut it = rest.split('/');
+    let segments = [it.next()?, it.next()?, it.next()?, it.next()?];
+    if it.next().is_some() || segments.iter().any(|s| s.is_empty()) {
+        return None;
+    }
+    Some(segments)
+}
+
+impl tower::Service<hyper::Request<hyper::body::Incoming>> for MainService {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let req = req.map(Body::new);
+        let params = self
+            .direct
+            .then(|| direct_route(req.uri().path()))
+            .flatten()
+            .map(|s| s.map(str::to_string));
+        let Some([author, name, version, endpoint]) = params else {
+            let router = self.router.clone();
+            return Box::pin(async move { router.oneshot(req).await });
+        };
+        let st = self.state.clone();
+        let traced = self.traced;
+        Box::pin(async move {
+            let mut req = req;
+            forwarded::apply(&st.live, &mut req);
+            let call = Call {
+                author,
+                name,
+                version,
+                endpoint,
+                rest: String::new(),
+            };
+            Ok(
+                request_id::around(req, traced, |req| observed(st, RouteKind::Path, call, req))
+                    .await,
+            )
+        })
+    }
 }
 
 /// `GET /metrics`: the Prometheus text format, or 404 when `metrics.enabled` is off.
@@ -1283,6 +1371,25 @@ mod tests {
         assert_eq!(rest_uri("x/y", &u).unwrap(), "/x/y?q=1&r=2");
         let u: Uri = "/bundle/a/b/latest/e".parse().unwrap();
         assert_eq!(rest_uri("", &u).unwrap(), "/");
+    }
+
+    #[test]
+    fn direct_route_takes_only_what_the_router_would_route_as_is() {
+        assert_eq!(
+            direct_route("/bundle/did:plc:abc/hello/latest/greet"),
+            Some(["did:plc:abc", "hello", "latest", "greet"])
+        );
+        for other in [
+            "/bundle/a/b/c",
+            "/bundle/a/b/c/d/",
+            "/bundle/a/b/c/d/rest",
+            "/bundle/a//c/d",
+            "/bundle/did%3Aplc%3Aabc/b/c/d",
+            "/bundlex/a/b/c/d",
+            "/healthz",
+        ] {
+            assert_eq!(direct_route(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -69,30 +69,37 @@ pub fn current() -> Option<HeaderValue> {
 /// Middleware: picks the request's id, runs the rest of the stack in its span and task-local,
 /// and sets it on the response.
 pub async fn layer(req: Request, next: Next) -> Response {
-    let id = pick(&req);
-    // Valid ids and generated ones are ASCII.
-    let request_id = id.to_str().unwrap_or_default();
-    // Set at creation, not recorded later: every log format then has it from the first line.
-    let span = match client_addr(&req) {
-        Some(client) => tracing::info_span!("request", request_id, %client),
-        None => tracing::info_span!("request", request_id),
-    };
-    respond(id, span, req, next).await
+    around(req, false, |req| next.run(req)).await
 }
 
 /// [`layer`] when traces are on: the same, in the traced `request` span (`trace`), which also
 /// gets the method and the response status.
 pub async fn traced_layer(req: Request, next: Next) -> Response {
+    around(req, true, |req| next.run(req)).await
+}
+
+/// What both layers do around `inner` (also used by the main service's direct route).
+pub async fn around<F, Fut>(req: Request, traced: bool, inner: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let id = pick(&req);
-    let span = crate::trace::request_span(
-        req.headers(),
-        id.to_str().unwrap_or_default(),
-        req.method(),
-        client_addr(&req),
-    );
-    let resp = respond(id, span.clone(), req, next).await;
-    crate::trace::answered(&span, resp.status());
-    resp
+    // Valid ids and generated ones are ASCII.
+    let request_id = id.to_str().unwrap_or_default();
+    if traced {
+        let span =
+            crate::trace::request_span(req.headers(), request_id, req.method(), client_addr(&req));
+        let resp = respond(id, span.clone(), inner(req)).await;
+        crate::trace::answered(&span, resp.status());
+        return resp;
+    }
+    // Set at creation, not recorded later: every log format then has it from the first line.
+    let span = match client_addr(&req) {
+        Some(client) => tracing::info_span!("request", request_id, %client),
+        None => tracing::info_span!("request", request_id),
+    };
+    respond(id, span, inner(req)).await
 }
 
 /// The client address `forwarded` decided on, for the span.
@@ -111,10 +118,12 @@ fn pick(req: &Request) -> HeaderValue {
         .unwrap_or_else(generate)
 }
 
-async fn respond(id: HeaderValue, span: tracing::Span, req: Request, next: Next) -> Response {
-    let mut resp = CURRENT
-        .scope(id.clone(), next.run(req).instrument(span))
-        .await;
+async fn respond(
+    id: HeaderValue,
+    span: tracing::Span,
+    inner: impl std::future::Future<Output = Response>,
+) -> Response {
+    let mut resp = CURRENT.scope(id.clone(), inner.instrument(span)).await;
     resp.headers_mut().insert(HEADER, id);
     resp
 }
