@@ -190,14 +190,14 @@ pub fn router(state: AppState) -> Router {
 /// straight to the pipeline with the same forwarding, request id and span as the router's layers.
 /// That skips axum's routing, path extraction and two `from_fn` layers per call (each boxes a
 /// future and clones a service), part of the hop's cost against nginx (docs/performance.md,
-/// issue 14). With `http.bundle_domain` every request goes through the router (its host routing
-/// comes first).
+/// issue 14). Host routing (`http.bundle_domain`) comes first on that route as on the router.
 #[derive(Clone)]
 pub struct MainService {
     state: AppState,
     router: Router,
     traced: bool,
-    direct: bool,
+    /// The router has the `by_host` layer (`http.bundle_domain` was set when it was built).
+    by_host: bool,
 }
 
 /// The main listener's service for `state` (see [`MainService`]).
@@ -206,7 +206,7 @@ pub fn service(state: AppState) -> MainService {
     MainService {
         router: router(state.clone()),
         traced: config.otel.enabled,
-        direct: config.http.bundle_domain.is_none(),
+        by_host: config.http.bundle_domain.is_some(),
         state,
     }
 }
@@ -242,17 +242,13 @@ impl tower::Service<hyper::Request<hyper::body::Incoming>> for MainService {
 
     fn call(&mut self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         let req = req.map(Body::new);
-        let params = self
-            .direct
-            .then(|| direct_route(req.uri().path()))
-            .flatten()
-            .map(|s| s.map(str::to_string));
+        let params = direct_route(req.uri().path()).map(|s| s.map(str::to_string));
         let Some([author, name, version, endpoint]) = params else {
             let router = self.router.clone();
             return Box::pin(async move { router.oneshot(req).await });
         };
         let st = self.state.clone();
-        let traced = self.traced;
+        let (traced, by_host) = (self.traced, self.by_host);
         Box::pin(async move {
             let mut req = req;
             forwarded::apply(&st.live, &mut req);
@@ -263,10 +259,19 @@ impl tower::Service<hyper::Request<hyper::body::Incoming>> for MainService {
                 endpoint,
                 rest: String::new(),
             };
-            Ok(
-                request_id::around(req, traced, |req| observed(st, RouteKind::Path, call, req))
-                    .await,
-            )
+            let resp = request_id::around(req, traced, |req| async move {
+                let req = if by_host {
+                    match host_dispatch(st.clone(), req).await {
+                        Ok(resp) => return resp,
+                        Err(req) => req,
+                    }
+                } else {
+                    req
+                };
+                observed(st, RouteKind::Path, call, req).await
+            })
+            .await;
+            Ok(resp)
         })
     }
 }
@@ -288,9 +293,18 @@ async fn metrics_text(metrics: atrund_metrics::Metrics) -> Response {
 
 /// Sends requests for a bundle host to that bundle, everything else to the runner's routes.
 async fn by_host(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    match host_dispatch(st, req).await {
+        Ok(resp) => resp,
+        Err(req) => next.run(req).await,
+    }
+}
+
+/// [`by_host`]'s decision: the response when the host is a bundle's (or no bundle's under the
+/// domain), else the request back for the runner's own routes.
+async fn host_dispatch(st: AppState, req: Request) -> Result<Response, Request> {
     let config = st.config();
     let Some(domain) = config.http.bundle_domain.as_deref() else {
-        return next.run(req).await;
+        return Err(req);
     };
     // HTTP/1.1 names the host in `Host`; HTTP/2 in the `:authority` the URI carries.
     let host = req
@@ -299,8 +313,8 @@ async fn by_host(State(st): State<AppState>, req: Request, next: Next) -> Respon
         .and_then(|v| v.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
         .map(str::to_string);
-    match origin::host_route(host.as_deref(), domain) {
-        origin::HostRoute::Runner => next.run(req).await,
+    Ok(match origin::host_route(host.as_deref(), domain) {
+        origin::HostRoute::Runner => return Err(req),
         origin::HostRoute::NotABundle => ApiError::new(
             ErrorClass::NotFound, "NotFound",
             format!("no bundle is served at this host; bundle hosts are one label under {domain}, such as hello-<hash>.{domain}"),
@@ -309,7 +323,7 @@ async fn by_host(State(st): State<AppState>, req: Request, next: Next) -> Respon
         origin::HostRoute::Bundle { label, host } => invoke_host(st, label, host, req)
             .await
             .unwrap_or_else(IntoResponse::into_response),
-    }
+    })
 }
 
 /// `https://{label}.{bundle_domain}/[@{version}/]{endpoint}[/{rest}]`: the bundle of that label,
