@@ -189,7 +189,7 @@ function queryOf(c: Call): URLSearchParams {
  * here), so ctx.request can be built on first use; a streamed body is handed on now.
  */
 function invoke(c: Call, input: unknown, body: BodyInit | null, lazy: boolean): Response | Promise<Response> {
-  const { ep, name, req } = c;
+  const { ep, name } = c;
   const schema = ep.input as Schema | undefined;
   if (schema && typeof schema.validate === "function") {
     let verdict;
@@ -207,27 +207,7 @@ function invoke(c: Call, input: unknown, body: BodyInit | null, lazy: boolean): 
     }
   }
 
-  // Building a Request (and touching req.signal) costs more than the rest of a small call, so
-  // ctx.request is made when the handler first reads it.
-  const makeRequest = (): Request => {
-    const headers = new Headers();
-    for (const [k, v] of req.headers) {
-      if (!k.toLowerCase().startsWith(RESERVED_PREFIX)) headers.append(k, v);
-    }
-    return new Request(callerUrl(req, c.path + c.search), { method: req.method, headers, body, signal: req.signal });
-  };
-  let request: Request | undefined = lazy ? undefined : makeRequest();
-  const rest = urlPath(c.path);
-  const ctx: Ctx = {
-    get request(): Request {
-      return request ??= makeRequest();
-    },
-    endpoint: name,
-    rest: rest === "/" ? "" : rest,
-    get query(): URLSearchParams {
-      return queryOf(c);
-    },
-  };
+  const ctx = new CallContext(c, body, lazy, urlPath(c.path));
   let out: unknown;
   try {
     out = ep.handler(input, ctx);
@@ -236,6 +216,49 @@ function invoke(c: Call, input: unknown, body: BodyInit | null, lazy: boolean): 
     return threw(name, e);
   }
   return Promise.resolve(out).then(answer).catch((e) => threw(name, e));
+}
+
+/**
+ * `ctx` of one call. A class, not an object literal with getters: per-call getter closures in a
+ * literal made V8 keep megabytes of young objects alive, so each young-generation collection of
+ * an instance took 2-13 ms instead of 0.06 (docs/performance.md, issue 14).
+ */
+class CallContext implements Ctx {
+  endpoint: string;
+  rest: string;
+  #call: Call;
+  #body: BodyInit | null;
+  #request: Request | undefined;
+
+  /** `lazy`: the body is settled, so the Request is made when the handler first reads it. */
+  constructor(call: Call, body: BodyInit | null, lazy: boolean, rest: string) {
+    this.endpoint = call.name;
+    this.rest = rest === "/" ? "" : rest;
+    this.#call = call;
+    this.#body = body;
+    this.#request = lazy ? undefined : callerRequest(call, body);
+  }
+
+  get request(): Request {
+    return this.#request ??= callerRequest(this.#call, this.#body);
+  }
+
+  get query(): URLSearchParams {
+    return queryOf(this.#call);
+  }
+}
+
+/**
+ * `ctx.request`: the caller's request on the caller's URL, without reserved headers. Building it
+ * (and touching req.signal) costs more than the rest of a small call, so it is made on demand.
+ */
+function callerRequest(c: Call, body: BodyInit | null): Request {
+  const { req } = c;
+  const headers = new Headers();
+  for (const [k, v] of req.headers) {
+    if (!k.toLowerCase().startsWith(RESERVED_PREFIX)) headers.append(k, v);
+  }
+  return new Request(callerUrl(req, c.path + c.search), { method: req.method, headers, body, signal: req.signal });
 }
 
 function isThenable(v: unknown): v is PromiseLike<unknown> {

@@ -228,6 +228,9 @@ async fn binary_streams_errors_and_input() {
     assert_eq!(v["rest"], "/a/b");
     assert_eq!(v["endpoint"], "echo");
     assert_eq!(v["internal"], serde_json::Value::Null);
+    assert_eq!(v["query"], serde_json::json!(["1", "2"]));
+    assert_eq!(v["sameRequest"], true);
+    assert_eq!(v["requestReadOnly"], true);
 
     let v = json(&*inst, call("echo", "PUT", "/", Some(r#"{"k":[1,2]}"#))).await;
     assert_eq!(v["input"], serde_json::json!({"k": [1, 2]}));

@@ -58,6 +58,16 @@ export const echo = {
     endpoint: ctx.endpoint,
     body: ctx.request.body ? await ctx.request.text() : null,
     internal: ctx.request.headers.get("x-atrund-endpoint"),
+    query: ctx.query.getAll("x"),
+    sameRequest: ctx.request === ctx.request,
+    requestReadOnly: (() => {
+      try {
+        ctx.request = null;
+        return false;
+      } catch (e) {
+        return e instanceof TypeError;
+      }
+    })(),
   }),
 };
 
