@@ -25,8 +25,8 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
 }
 
-/// Serves `app` (the router, or [`crate::MainService`]) on `listener` until `shutdown` resolves, then closes connections gracefully
-/// and returns once all have ended.
+/// Serves `app` (the router, or [`crate::MainService`]) on `listener` until `shutdown` resolves,
+/// then closes connections gracefully and returns once all have ended.
 pub async fn serve<S>(
     listener: TcpListener,
     app: S,

@@ -160,11 +160,11 @@ pub(crate) fn limit_self(nofile: u64, fsize: u64) -> std::io::Result<()> {
 /// threads, which live as long as the runtime (the daemon never uses `block_in_place`).
 pub(crate) fn install(cmd: &mut tokio::process::Command, setup: ChildSetup) {
     let parent = std::process::id() as libc::pid_t;
-    // SAFETY: the closure runs in the forked child before exec. It only calls prctl, getppid, sched_setscheduler,
-    // open, write, close, setrlimit, fcntl, setgroups, setresgid, setresuid, capset (raw
-    // syscalls: they change this thread, the child's only one), landlock_restrict_self and
-    // seccomp (async-signal-safe syscalls) on C strings, numbers, a file descriptor and filter arrays
-    // built before the fork, and it allocates nothing: errors are built from errno with
+    // SAFETY: the closure runs in the forked child before exec. It only calls prctl, getppid,
+    // sched_setscheduler, open, write, close, setrlimit, fcntl, setgroups, setresgid, setresuid,
+    // capset (raw syscalls: they change this thread, the child's only one), landlock_restrict_self
+    // and seccomp (async-signal-safe syscalls) on C strings, numbers, a file descriptor and
+    // filter arrays built before the fork, and it allocates nothing: errors are built from errno with
     // `last_os_error`, and the `sock_fprog` lives on the stack and points into a Vec the closure
     // owns.
     unsafe {

@@ -162,6 +162,9 @@ async fn cold_start_bench() {
     }
 }
 
+/// `SCHED_BATCH` as `/proc/<pid>/stat` reports it: the policy instances run with.
+const SCHED_BATCH: u32 = 3;
+
 /// The scheduling policy of every thread of `pids` (`/proc/<pid>/task/<tid>/stat`, field 41).
 fn policies(pids: &[u32]) -> Vec<(u32, u32)> {
     let mut out = Vec::new();
@@ -192,7 +195,6 @@ fn policies(pids: &[u32]) -> Vec<(u32, u32)> {
 /// request written to an instance does not preempt the daemon (docs/performance.md).
 #[tokio::test]
 async fn instances_run_with_batch_scheduling() {
-    const SCHED_BATCH: u32 = 3;
     for (name, mode) in [("batch-n", Mode::None), ("batch-c", Mode::Container)] {
         let Some(env) = Env::new(name, mode).await else {
             return;
@@ -264,7 +266,7 @@ async fn start_from_a_spare_launcher_is_accounted_and_limited() {
     assert!(tree.len() >= 3, "bwrap, init and Deno expected: {tree:?}");
     let all = policies(&tree);
     assert!(
-        all.iter().all(|(_, p)| *p == 3),
+        all.iter().all(|(_, p)| *p == SCHED_BATCH),
         "not all SCHED_BATCH: {all:?}"
     );
     for parent in env.mgr.parents() {
