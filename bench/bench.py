@@ -170,7 +170,7 @@ def p(values, q):
 class AtRund:
     runs = 0
 
-    def __init__(self, args, env_extra, data_dir):
+    def __init__(self, args, env_extra, data_dir, binary=None):
         os.makedirs(data_dir, exist_ok=True)
         AtRund.runs += 1
         self.log_path = f"{data_dir}.{AtRund.runs}.log"
@@ -186,7 +186,7 @@ class AtRund:
         }
         env.update(env_extra)
         self.logf = open(self.log_path, "a")
-        self.proc = spawn(pinned([AT_RUND] + args, 0), env=env, stderr=self.logf)
+        self.proc = spawn(pinned([binary or AT_RUND] + args, 0), env=env, stderr=self.logf)
         self.base = self.admin = None
         end = time.time() + 30
         while time.time() < end and not (self.base and self.admin):
@@ -469,8 +469,20 @@ def warm(tmp, results):
             traced.append(t)
             targets.append(("at-rund " + label, t_url))
             roots["at-rund " + label] = [t.proc.pid]
+    # BENCH_AB_BIN=PATH: another at-rund binary (e.g. the build before a change), alternated in
+    # the same rounds, for what a change buys (docs/performance.md, "How to measure a change").
+    ab = None
+    if os.environ.get("BENCH_AB_BIN"):
+        ab = AtRund(["dev", bundle, "--name", "bench"], {}, os.path.join(tmp, "data-warm-ab"),
+                    binary=os.environ["BENCH_AB_BIN"])
+        ab_url = ab.base + "/bundle/local/bench/latest/hello"
+        wait_http(ab_url)
+        targets.append(("at-rund B", ab_url))
+        roots["at-rund B"] = [ab.proc.pid]
     rows = run_alternated(targets, roots)
     r.stop()
+    if ab:
+        ab.stop()
     if off:
         off.stop()
     for t in traced:
@@ -710,6 +722,13 @@ def report(res):
     if w:
         a = w["at-rund"]
         warm_table(add, w, "at-rund", mode, f"## Warm invoke through `at-rund dev` ({mode}) vs Deno.serve directly and nginx in front of it (same handler)\n")
+        b = w.get("at-rund B")
+        if b:
+            ac, bc = a.get("c50_cpu_us_per_request", 0.0), b.get("c50_cpu_us_per_request", 0.0)
+            add("This build (A) vs `BENCH_AB_BIN` (B), same run, alternated: "
+                f"c=1 p50 {a['c1_p50_ms']*1000:.0f} vs {b['c1_p50_ms']*1000:.0f} µs, "
+                f"c=50 {a['c50_rps']:.0f} vs {b['c50_rps']:.0f} req/s, "
+                f"CPU per request {ac:.1f} vs {bc:.1f} µs ({ac-bc:+.1f} µs)\n")
         o = w.get("at-rund metrics off")
         if o:
             add("Metrics on vs off (same run, alternated): "
