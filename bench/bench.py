@@ -38,11 +38,14 @@ PIN = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2 and os.
 HANDLER_BODY = '{ message: "Hello, world!" }'
 BUNDLE = (
     'export const hello = { method: "GET", handler: () => (%s) };\n'
+    'export const cached = { method: "GET", handler: () => new Response(JSON.stringify(%s), '
+    '{ headers: { "content-type": "application/json", "cache-control": "public, max-age=3600" } }) };\n'
     'export const slow = { method: "GET", handler: async ({ ms = "1000" }) => {\n'
-    '  await new Promise((r) => setTimeout(r, Number(ms))); return { ok: true }; } };\n' % HANDLER_BODY
+    '  await new Promise((r) => setTimeout(r, Number(ms))); return { ok: true }; } };\n' % (HANDLER_BODY, HANDLER_BODY)
 )
 MANIFEST = {
-    "endpoints": [{"name": "hello", "method": "GET"}, {"name": "slow", "method": "GET"}],
+    "endpoints": [{"name": "hello", "method": "GET"}, {"name": "cached", "method": "GET"},
+                  {"name": "slow", "method": "GET"}],
     "limits": {"concurrency": 64},
 }
 # The direct baseline; given a second argument it also listens on that Unix socket for nginx, so
@@ -443,6 +446,12 @@ def warm(tmp, results):
     wait_http(via_url)
     targets.append(("at-rund", via_url))
     roots["at-rund"] = [r.proc.pid]
+    # The same runner answering from its response cache (docs/cache.md): a kept answer against a
+    # warm call, same run.
+    cached_url = r.base + "/bundle/local/bench/latest/cached"
+    wait_http(cached_url)
+    targets.append(("at-rund cache hit", cached_url))
+    roots["at-rund cache hit"] = [r.proc.pid]
     # BENCH_METRICS_AB=1: the same runner with metrics off, alternated with the others, for the
     # cost of recording them (docs/performance.md).
     off = None
@@ -722,6 +731,13 @@ def report(res):
     if w:
         a = w["at-rund"]
         warm_table(add, w, "at-rund", mode, f"## Warm invoke through `at-rund dev` ({mode}) vs Deno.serve directly and nginx in front of it (same handler)\n")
+        h = w.get("at-rund cache hit")
+        if h:
+            add("Response cache hit vs warm call, same runner, same run: "
+                f"c=1 p50 {h['c1_p50_ms']*1000:.0f} vs {a['c1_p50_ms']*1000:.0f} µs, "
+                f"c=50 {h['c50_rps']:.0f} vs {a['c50_rps']:.0f} req/s, "
+                f"server CPU per request {h.get('c50_cpu_us_per_request', 0.0):.1f} vs "
+                f"{a.get('c50_cpu_us_per_request', 0.0):.1f} µs\n")
         b = w.get("at-rund B")
         if b:
             ac, bc = a.get("c50_cpu_us_per_request", 0.0), b.get("c50_cpu_us_per_request", 0.0)

@@ -447,6 +447,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         counters,
         status: Arc::default(),
         logs,
+        cache: response_cache(&config),
     });
     if let Some(l) = &state.local {
         tracing::info!(
@@ -789,6 +790,28 @@ fn prepare_data_dir(layout: &DataLayout, group: Option<u32>) -> Result<()> {
             .with_context(|| format!("cannot remove the staged copy {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The response cache (`[cache]`, docs/cache.md), said at start like every other component.
+fn response_cache(config: &Config) -> Option<Arc<atrund_cache::ResponseCache>> {
+    let c = &config.cache;
+    if !c.enabled {
+        tracing::info!(
+            "response cache off (cache.enabled = false): every request reaches its bundle"
+        );
+        return None;
+    }
+    tracing::info!(
+        max_bytes = c.max_bytes,
+        max_entry_bytes = c.max_entry_bytes,
+        "response cache on: GET responses with s-maxage or max-age are kept in memory and shared (docs/cache.md)"
+    );
+    Some(Arc::new(atrund_cache::ResponseCache::new(
+        atrund_cache::Limits {
+            max_bytes: c.max_bytes,
+            max_entry_bytes: c.max_entry_bytes,
+        },
+    )))
 }
 
 #[cfg(test)]

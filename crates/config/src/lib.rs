@@ -69,6 +69,7 @@ pub struct Config {
     pub egress: EgressSection,
     pub tenants: TenantsSection,
     pub metrics: MetricsSection,
+    pub cache: CacheSection,
     pub log: LogSection,
     pub logs: LogsSection,
     pub otel: OtelSection,
@@ -582,6 +583,7 @@ impl Default for Config {
             egress: EgressSection::default(),
             tenants: TenantsSection::default(),
             metrics: MetricsSection::default(),
+            cache: CacheSection::default(),
             log: LogSection::default(),
             logs: LogsSection::default(),
             otel: OtelSection::default(),
@@ -701,6 +703,30 @@ impl Default for MetricsSection {
             enabled: true,
             public: false,
             max_label_sets: 200,
+        }
+    }
+}
+
+/// The response cache (docs/cache.md): bundle responses that say how long they stay fresh,
+/// kept in memory and shared between callers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Keep and serve cacheable GET responses; off, every request reaches its bundle and no
+    /// `Cache-Status` header is added.
+    pub enabled: bool,
+    /// All stored responses together; the least recently used go first beyond this.
+    pub max_bytes: u64,
+    /// One stored response (body and headers); a larger one is passed on without being kept.
+    pub max_entry_bytes: u64,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection {
+            enabled: true,
+            max_bytes: 64 * MIB,
+            max_entry_bytes: MIB,
         }
     }
 }

@@ -60,6 +60,7 @@ impl Config {
             egress,
             tenants,
             metrics,
+            cache,
             log,
             logs,
             otel,
@@ -79,6 +80,7 @@ impl Config {
         keep(&mut k, "sandbox", sandbox, &mut new.sandbox);
         keep(&mut k, "egress", egress, &mut new.egress);
         keep(&mut k, "metrics", metrics, &mut new.metrics);
+        keep(&mut k, "cache", cache, &mut new.cache);
         keep(&mut k, "log", log, &mut new.log);
         keep(&mut k, "logs", logs, &mut new.logs);
         keep(&mut k, "otel", otel, &mut new.otel);

@@ -104,6 +104,23 @@ impl Config {
         }
 
         self.check_otel()?;
+        if self.cache.enabled {
+            if self.cache.max_bytes == 0 {
+                return Err(invalid(
+                    "cache.max_bytes",
+                    "must be at least 1 with the cache on; turn it off with cache.enabled = false (ATRUND_CACHE_ENABLED)".into(),
+                ));
+            }
+            if self.cache.max_entry_bytes > self.cache.max_bytes {
+                return Err(invalid(
+                    "cache.max_entry_bytes",
+                    format!(
+                        "{} is more than cache.max_bytes ({}): one response could never be kept; lower it or raise cache.max_bytes",
+                        self.cache.max_entry_bytes, self.cache.max_bytes
+                    ),
+                ));
+            }
+        }
         self.check_service_url("plc_url", &self.plc_url)?;
         if let Some(u) = &self.identity.handle_resolver {
             self.check_service_url("identity.handle_resolver", u)?;

@@ -113,6 +113,8 @@ pub struct AppShared {
     pub status: Arc<status::StatusBoard>,
     /// Bundles' console output for their authors, and who may read it (`logs`).
     pub logs: Arc<logs::AuthorsLogs>,
+    /// Kept bundle responses (`cache.enabled`, docs/cache.md).
+    pub cache: Option<Arc<atrund_cache::ResponseCache>>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<logs::AuthorsLogs> {
@@ -676,9 +678,9 @@ async fn observed(st: AppState, route: RouteKind, call: Call, req: Request) -> R
             }
             if timing {
                 let phases = match started {
-                    Some(start) => cold_timing(Some(start), Some(bundle)),
+                    Some(start) => cold_timing(Some(start), bundle),
                     None => server_timing::Phases {
-                        bundle: Some(bundle),
+                        bundle,
                         ..Default::default()
                     },
                 };
@@ -952,6 +954,40 @@ async fn invoke(
     // slot, so waiting requests hold no body bytes.
     let (body, cut) = body_limit::LimitedBody::new(body, max);
     let uri = rest_uri(rest, &parts.uri)?;
+    // The response cache, after every check a call passes: a kept answer goes only to callers
+    // who could have made the call.
+    let mut cached = None;
+    if let Some(cache) = &st.cache {
+        let host = parts.headers.get(header::HOST).map(|h| h.as_bytes());
+        let key = cache_key(&route, host, &target.key, endpoint, &uri);
+        match cache.lookup(
+            &key,
+            &parts.method,
+            &parts.headers,
+            std::time::Instant::now(),
+        ) {
+            atrund_cache::Lookup::Hit(served) => {
+                return Ok(Answered {
+                    resp: served_response(served),
+                    started: None,
+                    bundle: None,
+                });
+            }
+            atrund_cache::Lookup::Forward { why, stale } => {
+                // What storing the answer needs to know of the caller's request (its `Vary`
+                // values, its own conditionals), before the cache's validators join it.
+                let request = (why != atrund_cache::Forward::Method
+                    && why != atrund_cache::Forward::Bypass)
+                    .then(|| (parts.method.clone(), parts.headers.clone()));
+                if let Some(e) = &stale {
+                    for (name, value) in e.validators() {
+                        parts.headers.insert(name, value);
+                    }
+                }
+                cached = Some((cache.clone(), key, why, stale, request));
+            }
+        }
+    }
     let mut inner = http::Request::builder()
         .method(parts.method)
         .uri(uri)
@@ -999,6 +1035,8 @@ async fn invoke(
     };
     let started = resp.body().started_instance();
     let bundle_time = resp.body().bundle_time();
+    // Before the rewrite below may drop it: an answer that set a cookie is never kept.
+    let set_cookie = resp.headers().contains_key(header::SET_COOKIE);
     match &route {
         RouteKind::Path => {
             let removed = headers::sandbox_path_response(resp.headers_mut());
@@ -1016,11 +1054,95 @@ async fn invoke(
             }
         }
     }
+    if let Some((cache, key, why, stale, request)) = cached {
+        let Some((method, req_headers)) = request else {
+            resp.headers_mut().insert(
+                atrund_cache::CACHE_STATUS,
+                atrund_cache::forwarded_status(why, false),
+            );
+            return Ok(Answered {
+                resp: resp.map(Body::new),
+                started,
+                bundle: Some(bundle_time),
+            });
+        };
+        if let (Some(e), http::StatusCode::NOT_MODIFIED) = (&stale, resp.status()) {
+            // Our validators: the kept response holds, refreshed by the 304's headers.
+            let served = cache.revalidated(key, e, &method, &req_headers, resp.headers());
+            return Ok(Answered {
+                resp: served_response(served),
+                started,
+                bundle: Some(bundle_time),
+            });
+        }
+        let (mut parts, body) = resp.into_parts();
+        let admitted = if set_cookie {
+            Err(body)
+        } else {
+            cache.admit(
+                key,
+                &method,
+                &req_headers,
+                parts.status,
+                &parts.headers,
+                body,
+            )
+        };
+        let (body, stored) = match admitted {
+            Ok(b) => (Body::new(b), true),
+            Err(b) => (Body::new(b), false),
+        };
+        parts.headers.insert(
+            atrund_cache::CACHE_STATUS,
+            atrund_cache::forwarded_status(why, stored),
+        );
+        return Ok(Answered {
+            resp: Response::from_parts(parts, body),
+            started,
+            bundle: Some(bundle_time),
+        });
+    }
     Ok(Answered {
         resp: resp.map(Body::new),
         started,
-        bundle: bundle_time,
+        bundle: Some(bundle_time),
     })
+}
+
+/// The response cache's key of a call: the route kind (a path route's answer is rewritten for
+/// the shared origin, a host route's is not), the `Host` the caller sent (a bundle may write it
+/// into its answer: one caller's odd host must not reach another), the resolved version
+/// (author, bundle record, secrets record: a new release, rollback or secret never meets an
+/// older answer), the endpoint, and the path after it with the query.
+fn cache_key(
+    route: &RouteKind,
+    host: Option<&[u8]>,
+    key: &InstanceKey,
+    endpoint: &str,
+    uri: &Uri,
+) -> String {
+    let kind = match route {
+        RouteKind::Path => "path",
+        RouteKind::Host { .. } => "host",
+    };
+    // Header bytes are visible ASCII (or opaque bytes, kept apart by the escaping).
+    let host = host
+        .map(|h| h.escape_ascii().to_string())
+        .unwrap_or_default();
+    format!(
+        "{kind} {host} {} {} {} {endpoint} {uri}",
+        key.author,
+        key.bundle,
+        key.secrets.as_deref().unwrap_or("-")
+    )
+}
+
+/// A response the cache answers with.
+fn served_response(served: atrund_cache::Served) -> Response {
+    let mut resp = Response::new(Body::from(served.body));
+    *resp.status_mut() = served.status;
+    *resp.headers_mut() = served.headers;
+    resp
 }
 
 /// A bundle's response, with what its request's timing needs.
@@ -1028,8 +1150,9 @@ struct Answered {
     resp: Response,
     /// The instance start this request waited for as its starter (a cold start).
     started: Option<Duration>,
-    /// From the call into the instance until its response head.
-    bundle: Duration,
+    /// From the call into the instance until its response head (`None`: answered from the
+    /// cache).
+    bundle: Option<Duration>,
 }
 
 /// Notes the label of a bundle the pipeline has just resolved, so its host route works.
