@@ -407,7 +407,13 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
     if let Some(d) = &config.http.bundle_domain {
         tracing::info!(bundle_domain = %d, "host routes on: each bundle is served at {{label}}.{d} (docs/origins.md)");
     }
-    let counters = observe::counters(pool.clone(), egress.clone(), identity.clone());
+    let cache = response_cache(&config);
+    let counters = observe::counters(
+        pool.clone(),
+        egress.clone(),
+        identity.clone(),
+        cache.clone(),
+    );
     let metrics = observe::metrics(&config, pool.backend(), counters.clone());
     let (drain_tx, drain_rx) = watch::channel(false);
     let rates = Arc::new(atrund_policy::AuthorRates::new(config.tenants.clone()));
@@ -447,7 +453,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         counters,
         status: Arc::default(),
         logs,
-        cache: response_cache(&config),
+        cache,
     });
     if let Some(l) = &state.local {
         tracing::info!(

@@ -211,8 +211,22 @@ pub fn counters(
     pool: Arc<atrund_pool::Pool>,
     egress: Arc<atrund_egress::EgressProxy>,
     identity: atrund_identity::IdentityResolver,
+    cache: Option<Arc<atrund_cache::ResponseCache>>,
 ) -> atrund_http::Counters {
-    Arc::new(move || snapshot(&pool, &egress, &identity))
+    Arc::new(move || {
+        let mut s = snapshot(&pool, &egress, &identity);
+        s.response_cache = cache.as_ref().map(|c| {
+            let st = c.stats();
+            atrund_metrics::ResponseCache {
+                entries: st.entries,
+                bytes: st.bytes,
+                lookups: st.lookups,
+                stored: st.stored,
+                evicted: st.evicted,
+            }
+        });
+        s
+    })
 }
 
 /// The metrics of this runner (`[metrics]`), reading `counters` at scrape time.
@@ -275,6 +289,8 @@ fn snapshot(
         egress_allowed: e.allowed,
         egress_denied: e.denied.into_iter().collect(),
         identity_cache,
+        // Filled by `counters`, which holds the cache.
+        response_cache: None,
         generic: p.generic.map(|g| atrund_metrics::GenericSandboxes {
             ready: g.ready,
             starting: g.starting,

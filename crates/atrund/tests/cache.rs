@@ -100,7 +100,7 @@ fn start(env: &[(&str, &str)]) -> Option<Dev> {
         cmd.env(k, v);
     }
     Some(Dev {
-        d: Daemon::spawn(&mut cmd, false),
+        d: Daemon::spawn(&mut cmd, true),
         dir,
         _data: data,
     })
@@ -213,6 +213,22 @@ async fn shared_answers_come_from_memory_and_nothing_else_does() {
     );
     let stats = call(c.get(url("stats"))).await.body;
     assert!(stats.contains("\"revalidations\":1"), "{stats}");
+
+    // What the cache did, in the metrics: the hits above (the repeated GET, the HEAD, the 304,
+    // the second `en`) and the answers kept.
+    let metrics = call(c.get(format!("{}/metrics", d.admin.as_deref().unwrap())))
+        .await
+        .body;
+    let sample = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    assert!(sample("atrund_response_cache_lookups_total{result=\"hit\"}") >= 4.0);
+    assert!(sample("atrund_response_cache_lookups_total{result=\"bypass\"}") >= 4.0);
+    assert!(sample("atrund_response_cache_stored_total") >= 5.0);
+    assert!(sample("atrund_response_cache_entries") >= 5.0);
 
     // An edit is a new version: the kept answer of the old one is not served.
     std::fs::write(

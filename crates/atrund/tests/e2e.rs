@@ -488,3 +488,49 @@ async fn request_bodies_over_the_limit_are_refused_with_413() {
         .expect("post");
     assert_eq!(again.status(), 200);
 }
+
+/// The response cache in `serve`, from the real PDS: a kept answer of `latest` is not served
+/// once `latest` moves to a new release (the key holds the resolved record), while the pinned
+/// old version keeps its own kept answer (docs/cache.md).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_moves_latest_past_kept_answers() {
+    let Some((net, deno)) = setup() else { return };
+    let acct = net.create_account("cachemove").await;
+    let code = |tag: &str| {
+        format!(
+            "let n = 0;\nexport const page = {{ method: \"GET\", handler: () => new Response(`{tag} ${{++n}}`, {{ headers: {{ \"cache-control\": \"public, max-age=600\" }} }}) }};\n"
+        )
+    };
+    let manifest = json!({ "endpoints": [{ "name": "page", "method": "GET" }] });
+    deploy(net, &acct, &code("one"), &manifest, "kept", "1.0.0").await;
+    let runner = Runner::start(net, &deno, &[("ATRUND_POLICY", "open")]);
+    let client = reqwest::Client::new();
+    let page = |version: &str| {
+        let req = client.get(runner.url(&format!("/bundle/{}/kept/{version}/page", acct.did)));
+        async move {
+            let resp = req.send().await.expect("get");
+            let status = resp.headers()["cache-status"].to_str().unwrap().to_string();
+            (resp.text().await.expect("body"), status)
+        }
+    };
+    let (first, s) = page("latest").await;
+    assert_eq!(
+        (first.as_str(), s.as_str()),
+        ("one 1", "at-rund; fwd=uri-miss; stored")
+    );
+    let (again, s) = page("latest").await;
+    assert_eq!(again, "one 1");
+    assert!(s.starts_with("at-rund; hit"), "{s}");
+    // The pinned version resolves to the same record: the same entry.
+    assert_eq!(page("1.0.0").await.0, "one 1");
+
+    deploy(net, &acct, &code("two"), &manifest, "kept", "2.0.0").await;
+    let (moved, s) = page("latest").await;
+    assert_eq!(
+        (moved.as_str(), s.as_str()),
+        ("two 1", "at-rund; fwd=uri-miss; stored")
+    );
+    let (old, s) = page("1.0.0").await;
+    assert_eq!(old, "one 1");
+    assert!(s.starts_with("at-rund; hit"), "{s}");
+}

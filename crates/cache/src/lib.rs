@@ -18,6 +18,7 @@ mod body;
 mod directives;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
@@ -67,6 +68,15 @@ pub enum Forward {
 }
 
 impl Forward {
+    const ALL: [Forward; 6] = [
+        Forward::Method,
+        Forward::Bypass,
+        Forward::Request,
+        Forward::UriMiss,
+        Forward::VaryMiss,
+        Forward::Stale,
+    ];
+
     /// The RFC 9211 `fwd` value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -146,11 +156,27 @@ pub enum Lookup {
     },
 }
 
-/// What is stored and how much of the cap it holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What is stored and how much of the cap it holds, and what the cache has done since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     pub entries: u64,
     pub bytes: u64,
+    /// Look-ups by outcome: `hit`, or the `fwd` value of a request the bundle answered.
+    pub lookups: Vec<(&'static str, u64)>,
+    /// Answers kept (a revalidated one counts again).
+    pub stored: u64,
+    /// Entries dropped to stay under `max_bytes`.
+    pub evicted: u64,
+}
+
+/// Counters kept as the cache works.
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    /// By `Forward::ALL`'s order.
+    forwards: [AtomicU64; 6],
+    stored: AtomicU64,
+    evicted: AtomicU64,
 }
 
 /// The in-memory response cache of one runner.
@@ -158,6 +184,7 @@ pub struct Stats {
 pub struct ResponseCache {
     limits: Limits,
     store: Mutex<Store>,
+    counters: Counters,
 }
 
 #[derive(Debug, Default)]
@@ -187,7 +214,8 @@ impl Store {
         }
     }
 
-    fn insert(&mut self, key: String, entry: Arc<Entry>, max_bytes: u64) {
+    /// Stores `entry`; returns how many entries were evicted to make room.
+    fn insert(&mut self, key: String, entry: Arc<Entry>, max_bytes: u64) -> u64 {
         self.tick += 1;
         let tick = self.tick;
         let slot = self.slots.entry(key.clone()).or_insert_with(|| Slot {
@@ -215,6 +243,7 @@ impl Store {
         self.order.remove(&slot.tick);
         slot.tick = tick;
         self.order.insert(tick, key);
+        let mut evicted = 0;
         while self.bytes > max_bytes {
             let Some((_, oldest)) = self.order.pop_first() else {
                 break;
@@ -223,9 +252,11 @@ impl Store {
                 for v in slot.variants {
                     self.bytes = self.bytes.saturating_sub(v.size);
                     self.entries = self.entries.saturating_sub(1);
+                    evicted += 1;
                 }
             }
         }
+        evicted
     }
 }
 
@@ -234,6 +265,7 @@ impl ResponseCache {
         Self {
             limits,
             store: Mutex::new(Store::default()),
+            counters: Counters::default(),
         }
     }
 
@@ -242,16 +274,40 @@ impl ResponseCache {
     }
 
     pub fn stats(&self) -> Stats {
-        let s = self.store();
+        let (entries, bytes) = {
+            let s = self.store();
+            (s.entries, s.bytes)
+        };
+        let c = &self.counters;
+        let mut lookups = vec![("hit", c.hits.load(Ordering::Relaxed))];
+        for (why, n) in Forward::ALL.iter().zip(&c.forwards) {
+            lookups.push((why.as_str(), n.load(Ordering::Relaxed)));
+        }
         Stats {
-            entries: s.entries,
-            bytes: s.bytes,
+            entries,
+            bytes,
+            lookups,
+            stored: c.stored.load(Ordering::Relaxed),
+            evicted: c.evicted.load(Ordering::Relaxed),
         }
     }
 
     /// Looks `key` (the resolved bundle version and the full route, see the module doc) up for
     /// a request.
     pub fn lookup(&self, key: &str, method: &Method, req: &HeaderMap, now: Instant) -> Lookup {
+        let found = self.find(key, method, req, now);
+        let c = &self.counters;
+        match &found {
+            Lookup::Hit(_) => c.hits.fetch_add(1, Ordering::Relaxed),
+            Lookup::Forward { why, .. } => {
+                let i = Forward::ALL.iter().position(|f| f == why).unwrap_or(0);
+                c.forwards[i].fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        found
+    }
+
+    fn find(&self, key: &str, method: &Method, req: &HeaderMap, now: Instant) -> Lookup {
         let forward = |why, stale| Lookup::Forward { why, stale };
         if method != Method::GET && method != Method::HEAD {
             return forward(Forward::Method, None);
@@ -372,8 +428,11 @@ impl ResponseCache {
             return;
         }
         entry.body = body;
-        self.store()
+        let evicted = self
+            .store()
             .insert(key, Arc::new(entry), self.limits.max_bytes);
+        self.counters.stored.fetch_add(1, Ordering::Relaxed);
+        self.counters.evicted.fetch_add(evicted, Ordering::Relaxed);
     }
 
     /// The bundle answered 304 to the validators of `stale`: the entry, refreshed with the

@@ -157,7 +157,10 @@ async fn what_must_not_be_shared_is_never_stored() {
         why(&c, "k", Method::POST, &none, Instant::now()),
         Forward::Method
     );
-    assert_eq!(c.stats(), Stats::default());
+    let st = c.stats();
+    assert_eq!((st.entries, st.bytes, st.stored), (0, 0, 0));
+    let count = |what: &str| st.lookups.iter().find(|(w, _)| *w == what).unwrap().1;
+    assert_eq!((count("bypass"), count("method"), count("hit")), (3, 1, 0));
 }
 
 #[tokio::test]
@@ -356,6 +359,9 @@ async fn caps_bound_entries_and_the_whole() {
         assert!(store(&c, &format!("k{i}"), &req, &resp, &"x".repeat(1_000)).await);
     }
     assert!(hit(&c, &survivor, &req, Instant::now()).is_some() || c.stats().entries < 8);
+    let st = c.stats();
+    assert_eq!(st.stored, 27);
+    assert_eq!(st.evicted, 27 - st.entries);
 }
 
 #[tokio::test]
@@ -390,7 +396,7 @@ async fn a_body_that_fails_or_has_trailers_is_not_stored() {
         .ok()
         .unwrap();
     let _ = b.collect().await.unwrap();
-    assert_eq!(c.stats(), Stats::default());
+    assert_eq!((c.stats().entries, c.stats().stored), (0, 0));
 }
 
 use http_body::Frame;

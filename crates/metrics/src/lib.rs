@@ -140,6 +140,20 @@ pub struct Snapshot {
     pub identity_cache: Vec<(&'static str, &'static str, u64)>,
     /// The pre-warmed generic sandboxes, when `pool.generic_sandboxes` is on.
     pub generic: Option<GenericSandboxes>,
+    /// The response cache, when `cache.enabled` is on.
+    pub response_cache: Option<ResponseCache>,
+}
+
+/// The response cache's counters (`atrund_response_cache_*`, docs/cache.md).
+#[derive(Debug, Clone, Default)]
+pub struct ResponseCache {
+    pub entries: u64,
+    pub bytes: u64,
+    /// Look-ups by result: `hit`, or why the bundle was called (`uri-miss`, `vary-miss`,
+    /// `stale`, `request`, `bypass`, `method`).
+    pub lookups: Vec<(&'static str, u64)>,
+    pub stored: u64,
+    pub evicted: u64,
 }
 
 /// The pre-warmed generic sandboxes' counters (`atrund_pool_generic_*`).
@@ -668,11 +682,69 @@ impl Collector for Scraped {
                 .iter()
                 .map(|(cache, result, n)| (CacheLabels { cache, result }, ConstCounter::new(*n))),
         )?;
+        if let Some(c) = &s.response_cache {
+            encode_response_cache(&mut enc, c)?;
+        }
         match &s.generic {
             Some(g) => encode_generic(&mut enc, g),
             None => Ok(()),
         }
     }
+}
+
+/// The `response_cache_*` families (only with the cache on).
+fn encode_response_cache(
+    enc: &mut DescriptorEncoder,
+    c: &ResponseCache,
+) -> Result<(), std::fmt::Error> {
+    family(
+        enc,
+        "response_cache_lookups",
+        "Response cache look-ups of GET and HEAD requests (and other methods, as `method`) by result: hit, or why the bundle was called (uri-miss, vary-miss, stale, request, bypass, method)",
+        MetricType::Counter,
+        c.lookups
+            .iter()
+            .map(|(result, n)| (ResultLabel { result }, ConstCounter::new(*n))),
+    )?;
+    for (name, help, v) in [
+        (
+            "response_cache_stored",
+            "Answers kept by the response cache (a revalidated one counts again)",
+            c.stored,
+        ),
+        (
+            "response_cache_evicted",
+            "Kept answers dropped to stay under cache.max_bytes",
+            c.evicted,
+        ),
+    ] {
+        ConstCounter::new(v).encode(enc.encode_descriptor(
+            name,
+            help,
+            None,
+            MetricType::Counter,
+        )?)?;
+    }
+    for (name, help, v) in [
+        (
+            "response_cache_entries",
+            "Answers kept by the response cache now",
+            c.entries,
+        ),
+        (
+            "response_cache_bytes",
+            "Memory the kept answers count against cache.max_bytes",
+            c.bytes,
+        ),
+    ] {
+        ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(enc.encode_descriptor(
+            name,
+            help,
+            None,
+            MetricType::Gauge,
+        )?)?;
+    }
+    Ok(())
 }
 
 /// The `pool_generic_*` families (only when the generic sandboxes are on).

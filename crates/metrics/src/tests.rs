@@ -83,12 +83,28 @@ fn scrape_time_counters_come_from_the_source() {
         egress_allowed: 3,
         egress_denied: vec![("loopback".into(), 2)],
         identity_cache: vec![("did", "hit", 5)],
+        response_cache: Some(crate::ResponseCache {
+            entries: 3,
+            bytes: 900,
+            lookups: vec![("hit", 7), ("uri-miss", 2)],
+            stored: 4,
+            evicted: 1,
+        }),
         ..Snapshot::default()
     });
     let text = m.encode().unwrap();
     for (line, v) in [
         (r#"atrund_instances{state="idle"}"#, 2.0),
         ("atrund_pool_adaptive_unloads_total", 4.0),
+        (r#"atrund_response_cache_lookups_total{result="hit"}"#, 7.0),
+        (
+            r#"atrund_response_cache_lookups_total{result="uri-miss"}"#,
+            2.0,
+        ),
+        ("atrund_response_cache_stored_total", 4.0),
+        ("atrund_response_cache_evicted_total", 1.0),
+        ("atrund_response_cache_entries", 3.0),
+        ("atrund_response_cache_bytes", 900.0),
         (
             r#"atrund_pool_adaptive_prewarms_total{result="skipped"}"#,
             1.0,
