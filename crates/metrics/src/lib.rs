@@ -706,44 +706,38 @@ fn encode_response_cache(
             .iter()
             .map(|(result, n)| (ResultLabel { result }, ConstCounter::new(*n))),
     )?;
-    for (name, help, v) in [
-        (
-            "response_cache_stored",
-            "Answers kept by the response cache (a revalidated one counts again)",
-            c.stored,
-        ),
-        (
-            "response_cache_evicted",
-            "Kept answers dropped to stay under cache.max_bytes",
-            c.evicted,
-        ),
-    ] {
-        ConstCounter::new(v).encode(enc.encode_descriptor(
-            name,
-            help,
-            None,
-            MetricType::Counter,
-        )?)?;
-    }
-    for (name, help, v) in [
-        (
-            "response_cache_entries",
-            "Answers kept by the response cache now",
-            c.entries,
-        ),
-        (
-            "response_cache_bytes",
-            "Memory the kept answers count against cache.max_bytes",
-            c.bytes,
-        ),
-    ] {
-        ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(enc.encode_descriptor(
-            name,
-            help,
-            None,
-            MetricType::Gauge,
-        )?)?;
-    }
+    scalars(
+        enc,
+        MetricType::Counter,
+        [
+            (
+                "response_cache_stored",
+                "Answers kept by the response cache (a revalidated one counts again)",
+                c.stored,
+            ),
+            (
+                "response_cache_evicted",
+                "Kept answers dropped to stay under cache.max_bytes",
+                c.evicted,
+            ),
+        ],
+    )?;
+    scalars(
+        enc,
+        MetricType::Gauge,
+        [
+            (
+                "response_cache_entries",
+                "Answers kept by the response cache now",
+                c.entries,
+            ),
+            (
+                "response_cache_bytes",
+                "Memory the kept answers count against cache.max_bytes",
+                c.bytes,
+            ),
+        ],
+    )?;
     Ok(())
 }
 
@@ -765,14 +759,7 @@ fn encode_generic(
             g.memory_bytes,
         ),
     ];
-    for (name, help, v) in gauges {
-        ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(enc.encode_descriptor(
-            name,
-            help,
-            None,
-            MetricType::Gauge,
-        )?)?;
-    }
+    scalars(enc, MetricType::Gauge, gauges)?;
     let counters = [
         (
             "pool_generic_taken",
@@ -790,14 +777,7 @@ fn encode_generic(
             g.start_failures,
         ),
     ];
-    for (name, help, v) in counters {
-        ConstCounter::new(v).encode(enc.encode_descriptor(
-            name,
-            help,
-            None,
-            MetricType::Counter,
-        )?)?;
-    }
+    scalars(enc, MetricType::Counter, counters)?;
     family(
         enc,
         "pool_generic_fallbacks",
@@ -812,6 +792,23 @@ fn encode_generic(
             )
         }),
     )
+}
+
+/// Families of one unlabelled sample each: `(name, help, value)`.
+fn scalars<const N: usize>(
+    enc: &mut DescriptorEncoder,
+    kind: MetricType,
+    samples: [(&str, &str, u64); N],
+) -> Result<(), std::fmt::Error> {
+    for (name, help, v) in samples {
+        let d = enc.encode_descriptor(name, help, None, kind)?;
+        if matches!(kind, MetricType::Gauge) {
+            ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(d)?;
+        } else {
+            ConstCounter::new(v).encode(d)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
