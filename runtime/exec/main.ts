@@ -17,6 +17,12 @@ export const ABI_VERSION = 1;
  * does not make Deno build the request's Headers (docs/performance.md, issue 14).
  */
 const CALL_PREFIX = "/e/";
+/**
+ * Path prefix of task runs: at-rund sends `POST /t/<task>` with the job's payload as JSON and
+ * reads `{"result": ...}` back. Tasks and endpoints never share a prefix, so neither can be
+ * reached as the other.
+ */
+const TASK_PREFIX = "/t/";
 /** Header by which this shim reports a structured failure to at-rund. */
 const ERROR_HEADER = "x-atrund-error";
 /** Prefix of headers reserved for at-rund and the shim; stripped in both directions. */
@@ -25,6 +31,7 @@ const RESERVED_PREFIX = "x-atrund-";
 type Schema = { validate(value: unknown): { ok: true } | { ok: false; field?: string; message?: string } };
 type Ctx = { request: Request; endpoint: string; rest: string; query: URLSearchParams };
 type Endpoint = { method?: string; input?: unknown; handler: (input: unknown, ctx: Ctx) => unknown };
+type Task = { $type: string; handler: (input: unknown) => unknown };
 
 /** One line on stdout for at-rund; a bundle printing the same line only confuses its own instance. */
 export function signal(obj: Record<string, unknown>): void {
@@ -50,6 +57,11 @@ const TASK_TAG = "dev.atrund.task";
 function isEndpoint(v: unknown): v is Endpoint {
   return typeof v === "object" && v !== null && typeof (v as Endpoint).handler === "function" &&
     (v as { $type?: unknown }).$type !== TASK_TAG;
+}
+
+function isTask(v: unknown): v is Task {
+  return typeof v === "object" && v !== null && typeof (v as Task).handler === "function" &&
+    (v as { $type?: unknown }).$type === TASK_TAG;
 }
 
 function isJson(contentType: string | null): boolean {
@@ -339,6 +351,9 @@ async function main(): Promise<void> {
 /** One request of at-rund to this shim: the readiness probe, or a call of an endpoint of `mod`. */
 export function handle(mod: Record<string, unknown>, req: Request): Response | Promise<Response> {
   const [target, search] = splitTarget(pathAndQuery(req.url));
+  if (target.startsWith(TASK_PREFIX)) {
+    return runTask(mod, req, target.slice(TASK_PREFIX.length));
+  }
   if (!target.startsWith(CALL_PREFIX)) {
     if (new URL(target, "http://x").pathname === "/__atrund/ready") {
       return Response.json({ abi: ABI_VERSION });
@@ -348,6 +363,39 @@ export function handle(mod: Record<string, unknown>, req: Request): Response | P
   const slash = target.indexOf("/", CALL_PREFIX.length);
   const name = target.slice(CALL_PREFIX.length, slash < 0 ? undefined : slash);
   return call(mod, req, name, slash < 0 ? "/" : target.slice(slash), search);
+}
+
+/** One run of task `name` for a job: its payload is the JSON body, its result the answer. */
+async function runTask(mod: Record<string, unknown>, req: Request, name: string): Promise<Response> {
+  const t = name !== "default" && Object.hasOwn(mod, name) ? mod[name] : undefined;
+  if (!isTask(t)) {
+    return fail(404, "EndpointNotFound", `this bundle has no task '${name}'`);
+  }
+  if (req.method !== "POST") {
+    return fail(405, "MethodNotAllowed", `a task is run with POST, not ${req.method}`);
+  }
+  const text = await req.text();
+  let input: unknown = undefined;
+  if (text.trim() !== "") {
+    try {
+      input = JSON.parse(text);
+    } catch {
+      return fail(400, "InvalidInput", "the job's payload is not valid JSON");
+    }
+  }
+  let result: unknown;
+  try {
+    result = await t.handler(input);
+  } catch (e) {
+    console.error(`task '${name}' threw:`, e);
+    return fail(502, "BundleFailed", `task '${name}' threw ${errorName(e)}; the runner's log has details`);
+  }
+  try {
+    return Response.json({ result: result === undefined ? null : result });
+  } catch (e) {
+    console.error(`task '${name}' returned a value that is not JSON:`, e);
+    return fail(502, "BundleFailed", `task '${name}' returned a value that cannot be sent as JSON`);
+  }
 }
 
 if (import.meta.main) await main();

@@ -1016,6 +1016,7 @@ async fn invoke(
             concurrency,
             || start(),
             Invocation {
+                kind: atrund_sandbox::CallKind::Endpoint,
                 endpoint: endpoint.clone(),
                 request,
             },

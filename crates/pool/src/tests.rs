@@ -110,6 +110,7 @@ fn spec() -> InstanceSpec {
 
 fn call() -> Invocation {
     Invocation {
+        kind: atrund_sandbox::CallKind::Endpoint,
         endpoint: "e".into(),
         request: http::Request::new(atrund_sandbox::empty_body()),
     }

@@ -232,10 +232,24 @@ pub fn full_body(bytes: impl Into<bytes::Bytes>) -> Body {
     boxed_body(http_body_util::Full::new(bytes.into()))
 }
 
+/// What kind of export a call runs: the shim serves each kind under its own path prefix, so a
+/// task can never be called as an endpoint nor an endpoint run as a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CallKind {
+    /// An endpoint, called by an HTTP request (`/e/` on the wire).
+    #[default]
+    Endpoint,
+    /// A task (`task()` of `@at-run/runtime`), run for a job: a POST whose JSON body is the
+    /// payload, answered `{"result": ...}` (`/t/` on the wire).
+    Task,
+}
+
 /// One call of one endpoint.
 #[derive(Debug)]
 pub struct Invocation {
-    /// The endpoint (export) name.
+    /// The export called: an endpoint, or a task of a job.
+    pub kind: CallKind,
+    /// The endpoint's (or task's) export name.
     pub endpoint: String,
     /// Method, headers and body of the caller; the URI is the rest path after the endpoint plus
     /// the query string, e.g. `/a/b?x=1` (or `/`).

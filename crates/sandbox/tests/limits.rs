@@ -148,6 +148,7 @@ fn bundle() -> PathBuf {
 
 fn call(endpoint: &str) -> Invocation {
     Invocation {
+        kind: atrund_sandbox::CallKind::Endpoint,
         endpoint: endpoint.into(),
         request: http::Request::builder()
             .uri("/")

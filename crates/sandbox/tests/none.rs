@@ -97,6 +97,7 @@ fn call(endpoint: &str, method: &str, uri: &str, json: Option<&str>) -> Invocati
     }
     let body = json.map(|j| atrund_sandbox::full_body(j.to_string()));
     Invocation {
+        kind: atrund_sandbox::CallKind::Endpoint,
         endpoint: endpoint.into(),
         request: b
             .body(body.unwrap_or_else(atrund_sandbox::empty_body))
@@ -689,4 +690,58 @@ fn shim_imports_the_bundle_only_after_go() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// A job's task run (`CallKind::Task`): the payload in, `{"result": ...}` out; a throwing task
+/// is `BundleFailed` without its message; tasks and endpoints cannot be reached as each other.
+#[tokio::test]
+async fn tasks_run_under_their_own_prefix() {
+    let Some(env) = Env::new() else { return };
+    let inst = env.warm("tasks", &bundle("bytes.js")).await;
+    let task = |name: &str, method: &str, payload: Option<&str>| {
+        let mut c = call(name, method, "/", payload);
+        c.kind = atrund_sandbox::CallKind::Task;
+        c
+    };
+    assert_eq!(
+        json(&*inst, task("double", "POST", Some(r#"{"n":21}"#))).await,
+        serde_json::json!({"result": {"twice": 42}})
+    );
+    assert_eq!(
+        json(&*inst, task("slowTask", "POST", None)).await,
+        serde_json::json!({"result": "done"})
+    );
+    assert_eq!(
+        json(&*inst, task("nothingTask", "POST", None)).await,
+        serde_json::json!({"result": null})
+    );
+    let err = |c| async {
+        match inst.execute(c).await {
+            Err(e) => e,
+            Ok(r) => panic!("not refused: {}", r.status()),
+        }
+    };
+    let broken = err(task("brokenTask", "POST", None)).await;
+    assert_eq!(broken.code(), "BundleFailed");
+    assert!(!broken.to_string().contains("secret detail"), "{broken}");
+    assert_eq!(
+        err(task("double", "POST", Some("{oops"))).await.code(),
+        "InvalidInput"
+    );
+    assert_eq!(
+        err(task("double", "GET", None)).await.code(),
+        "MethodNotAllowed"
+    );
+    // An endpoint is not a task, a task is not an endpoint.
+    assert_eq!(
+        err(task("echo", "POST", None)).await.code(),
+        "EndpointNotFound"
+    );
+    assert_eq!(
+        err(call("double", "POST", "/", Some("{}"))).await.code(),
+        "EndpointNotFound"
+    );
+    // The instance still serves endpoints afterwards.
+    let res = inst.execute(call("bytes", "GET", "/", None)).await.unwrap();
+    assert_eq!(res.status(), 200);
 }

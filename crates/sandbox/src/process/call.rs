@@ -1,7 +1,7 @@
 //! One call on the wire between at-rund and the shim: the caller's request rewritten for the
-//! shim (origin form `/e/<endpoint><path>?<query>`, HTTP/1.1, hop-by-hop and reserved headers
-//! dropped), the
-//! structured failures the shim reports (`x-atrund-error`). The response body on its way out is
+//! shim (origin form `/e/<endpoint><path>?<query>`, or `/t/<task>` for a job's task; HTTP/1.1;
+//! hop-by-hop and reserved headers dropped), the structured failures the shim reports
+//! (`x-atrund-error`). The response body on its way out is
 //! the instance's (`instance::TrackedBody`), as it counts against the instance.
 //!
 //! Owns: what crosses the socket for one call. Must not: start or kill processes (a breach is
@@ -19,6 +19,8 @@ pub(super) const MAX_ERROR_MESSAGE: usize = 500;
 /// Path prefix of calls to the shim, followed by the endpoint's name: a path rather than a
 /// header, so the shim reads no header on a call that needs none (docs/performance.md).
 pub(super) const CALL_PREFIX: &str = "/e/";
+/// Path prefix of task runs (`CallKind::Task`), followed by the task's name.
+pub(super) const TASK_PREFIX: &str = "/t/";
 /// Header by which the shim marks a structured failure.
 pub(super) const ERROR_HEADER: &str = "x-atrund-error";
 /// Headers reserved between at-rund and the shim.
@@ -41,6 +43,7 @@ pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// Reuses the caller's parts (no copy of the headers) and drops what must not reach the shim.
 pub(super) fn to_shim_request(
     endpoint: &str,
+    kind: crate::CallKind,
     request: http::Request<crate::Body>,
 ) -> Result<http::Request<crate::Body>, SandboxError> {
     // The shim splits the path at the first `/` after the prefix: the name must hold none (nor
@@ -59,8 +62,13 @@ pub(super) fn to_shim_request(
         .map(|pq| pq.as_str())
         .filter(|s| s.starts_with('/'))
         .unwrap_or("/");
-    let mut target = String::with_capacity(CALL_PREFIX.len() + endpoint.len() + path.len());
-    target.push_str(CALL_PREFIX);
+    // A task run has no path or query of its own: its input is the body.
+    let (prefix, path) = match kind {
+        crate::CallKind::Endpoint => (CALL_PREFIX, path),
+        crate::CallKind::Task => (TASK_PREFIX, ""),
+    };
+    let mut target = String::with_capacity(prefix.len() + endpoint.len() + path.len());
+    target.push_str(prefix);
     target.push_str(endpoint);
     target.push_str(path);
     parts.uri = http::Uri::try_from(target)
@@ -118,6 +126,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_task_run_names_only_the_task() {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/x/y?z=1")
+            .body(crate::empty_body())
+            .unwrap();
+        let out = to_shim_request("double", crate::CallKind::Task, req).unwrap();
+        assert_eq!(out.uri(), "/t/double");
+    }
+
+    #[test]
     fn shim_request_strips_reserved_and_sets_endpoint() {
         let req = http::Request::builder()
             .method("POST")
@@ -128,7 +147,7 @@ mod tests {
             .header("content-type", "application/json")
             .body(crate::empty_body())
             .unwrap();
-        let out = to_shim_request("greet", req).unwrap();
+        let out = to_shim_request("greet", crate::CallKind::Endpoint, req).unwrap();
         assert_eq!(out.uri(), "/e/greet/a/b?x=1");
         assert!(out.headers().get("x-atrund-endpoint").is_none());
         assert!(out.headers().get("x-atrund-error").is_none());
@@ -136,7 +155,11 @@ mod tests {
         assert_eq!(out.headers()["host"], "localhost");
         assert_eq!(out.headers()["content-type"], "application/json");
         for bad in ["a\nb", "a/b", "a?b", "", "a%2f"] {
-            let out = to_shim_request(bad, http::Request::new(crate::empty_body()));
+            let out = to_shim_request(
+                bad,
+                crate::CallKind::Task,
+                http::Request::new(crate::empty_body()),
+            );
             assert_eq!(out.unwrap_err().code(), "EndpointNotFound", "{bad:?}");
         }
         // Absolute-form and HTTP/2 requests still reach the shim as origin-form HTTP/1.1.
@@ -145,7 +168,7 @@ mod tests {
             .version(http::Version::HTTP_2)
             .body(crate::empty_body())
             .unwrap();
-        let out = to_shim_request("e", abs).unwrap();
+        let out = to_shim_request("e", crate::CallKind::Endpoint, abs).unwrap();
         assert_eq!(out.uri(), "/e/e/x?y=1");
         assert_eq!(out.version(), http::Version::HTTP_11);
     }

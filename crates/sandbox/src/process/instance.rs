@@ -300,7 +300,7 @@ impl Instance for ProcessInstance {
         let inner = &self.inner;
         let start = guard.start;
         let deadline = tokio::time::Instant::now() + inner.request_timeout;
-        let req = to_shim_request(&call.endpoint, call.request)?;
+        let req = to_shim_request(&call.endpoint, call.kind, call.request)?;
 
         let sent = tokio::time::timeout_at(deadline, inner.conns.send(req)).await;
         let (res, conn) = match sent {

@@ -96,3 +96,21 @@ export const oom = {
     while (true) keep.push(new Array(1e6).fill(1.5));
   },
 };
+
+// Tasks (`task()` of @at-run/runtime tags them): run for jobs under `/t/`, never served as
+// endpoints.
+export const double = { $type: "dev.atrund.task", handler: (input) => ({ twice: input.n * 2 }) };
+export const slowTask = {
+  $type: "dev.atrund.task",
+  handler: async () => {
+    await new Promise((r) => setTimeout(r, 5));
+    return "done";
+  },
+};
+export const brokenTask = {
+  $type: "dev.atrund.task",
+  handler: () => {
+    throw new RangeError("secret detail");
+  },
+};
+export const nothingTask = { $type: "dev.atrund.task", handler: () => {} };

@@ -222,6 +222,7 @@ pub fn hello() -> PathBuf {
 
 pub fn get(endpoint: &str, uri: &str) -> Invocation {
     Invocation {
+        kind: atrund_sandbox::CallKind::Endpoint,
         endpoint: endpoint.into(),
         request: http::Request::builder()
             .uri(uri)
