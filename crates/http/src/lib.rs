@@ -19,6 +19,7 @@ pub mod data_quota;
 pub mod error;
 pub mod forwarded;
 pub mod headers;
+pub mod jobs;
 mod live;
 pub mod logs;
 pub mod origin;
@@ -115,6 +116,8 @@ pub struct AppShared {
     pub logs: Arc<logs::AuthorsLogs>,
     /// Kept bundle responses (`cache.enabled`, docs/cache.md).
     pub cache: Option<Arc<atrund_cache::ResponseCache>>,
+    /// The background jobs' queue (`jobs.enabled`, docs/jobs.md).
+    pub jobs: Option<Arc<jobs::Jobs>>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<logs::AuthorsLogs> {
@@ -155,6 +158,20 @@ pub fn router(state: AppState) -> Router {
         .route("/xrpc/dev.atrund.checkBundleHost", get(check_bundle_host))
         .route(&format!("/xrpc/{}", api::GET_LOGS), get(logs::get_logs))
         .route(&format!("/xrpc/{}", api::TAIL_LOGS), get(logs::tail_logs))
+        .route(
+            &format!("/xrpc/{}", jobs::ENQUEUE_JOB),
+            axum::routing::post(jobs::enqueue),
+        )
+        .route(&format!("/xrpc/{}", jobs::GET_JOB), get(jobs::get_job))
+        .route(&format!("/xrpc/{}", jobs::LIST_JOBS), get(jobs::list_jobs))
+        .route(
+            &format!("/xrpc/{}", jobs::CANCEL_JOB),
+            axum::routing::post(jobs::cancel_job),
+        )
+        .route(
+            &format!("/xrpc/{}", jobs::RETRY_JOB),
+            axum::routing::post(jobs::retry_job),
+        )
         .route(
             "/bundle/{author}/{name}/{version}/{endpoint}",
             any(invoke_root),

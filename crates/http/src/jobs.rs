@@ -1,0 +1,503 @@
+//! Background jobs (docs/jobs.md): the author's XRPC methods and the workers that run queued
+//! jobs through the pool.
+//!
+//! Owns: who may enqueue and read jobs (the bundle's author, proven with a service-auth token
+//! checked as for logs), what an enqueue is checked against (the author policy, the bundle's
+//! manifest declaring the task, the payload cap), how a claimed job becomes a task call (the same
+//! resolution, policy, limits and instance as an endpoint call of that version), and what its
+//! outcome records. Must not touch: the queue's state rules (`atrund-jobs`), the task call on
+//! the wire (the sandbox), or token checks (`logs`).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use atrund_errors::ErrorClass;
+use atrund_jobs::{Backoff, Job, JobStore, NewJob, State};
+use axum::extract::{Query, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use tokio::sync::Notify;
+
+use crate::error::ApiError;
+use crate::{AppState, VersionSelector};
+
+pub const ENQUEUE_JOB: &str = "dev.atrund.enqueueJob";
+pub const GET_JOB: &str = "dev.atrund.getJob";
+pub const LIST_JOBS: &str = "dev.atrund.listJobs";
+pub const CANCEL_JOB: &str = "dev.atrund.cancelJob";
+pub const RETRY_JOB: &str = "dev.atrund.retryJob";
+
+/// Largest answer of a task read back (its JSON result).
+const MAX_RESULT_BYTES: usize = 256 * 1024;
+/// Most jobs one `listJobs` page holds.
+const MAX_LIST: u32 = 100;
+
+/// The queue and what wakes its workers.
+pub struct Jobs {
+    pub store: Arc<JobStore>,
+    wake: Notify,
+}
+
+impl Jobs {
+    pub fn new(store: JobStore) -> Self {
+        Self {
+            store: Arc::new(store),
+            wake: Notify::new(),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn jobs(st: &AppState) -> Result<&Arc<Jobs>, ApiError> {
+    st.jobs.as_ref().ok_or_else(|| {
+        ApiError::new(
+            ErrorClass::NotFound,
+            "JobsDisabled",
+            "this runner runs no background jobs (its operator set jobs.enabled = false)",
+        )
+    })
+}
+
+/// Runs a blocking queue call off the async threads.
+async fn blocking<T: Send + 'static>(
+    store: &Arc<JobStore>,
+    f: impl FnOnce(&JobStore) -> Result<T, atrund_jobs::JobError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| runner_error(e.to_string()))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "job queue");
+            runner_error(e.to_string())
+        })
+}
+
+fn runner_error(detail: String) -> ApiError {
+    ApiError::new(
+        ErrorClass::Runner,
+        "JobQueueFailed",
+        format!("the runner's job queue failed ({detail}); its operator finds the cause in the runner's log"),
+    )
+}
+
+fn job_json(j: &Job) -> serde_json::Value {
+    let parse = |s: &Option<String>| {
+        s.as_deref()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+    };
+    serde_json::json!({
+        "id": j.id,
+        "author": j.author,
+        "bundle": j.bundle,
+        "version": j.version,
+        "task": j.task,
+        "state": j.state.as_str(),
+        "attempts": j.attempts,
+        "maxAttempts": j.max_attempts,
+        "idempotencyKey": j.idempotency_key,
+        "runAt": j.run_at_ms,
+        "createdAt": j.created_at_ms,
+        "finishedAt": j.finished_at_ms,
+        "lastError": j.last_error,
+        "result": parse(&j.result),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnqueueInput {
+    bundle: String,
+    #[serde(default)]
+    version: Option<String>,
+    task: String,
+    #[serde(default)]
+    payload: serde_json::Value,
+    #[serde(default)]
+    delay_ms: u64,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// `POST /xrpc/dev.atrund.enqueueJob`: the author queues a run of one of their bundle's tasks.
+/// The version (`latest` unless given) is resolved now and fixed for the job.
+pub async fn enqueue(
+    AxState(st): AxState<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let q = jobs(&st)?.clone();
+    let author = st.logs.authenticate(&headers, ENQUEUE_JOB).await?;
+    let input: EnqueueInput = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            ErrorClass::BadRequest,
+            "InvalidInput",
+            format!("the body must be {{\"bundle\", \"task\", \"payload\"?, \"version\"?, \"delayMs\"?, \"idempotencyKey\"?}}: {e}"),
+        )
+    })?;
+    let config = st.config();
+    let payload = serde_json::to_string(&input.payload).unwrap_or_else(|_| "null".into());
+    if payload.len() as u64 > config.jobs.max_payload_bytes {
+        return Err(ApiError::new(
+            ErrorClass::TooLarge,
+            "PayloadTooLarge",
+            format!(
+                "the payload is {} bytes, over this runner's limit of {} (jobs.max_payload_bytes)",
+                payload.len(),
+                config.jobs.max_payload_bytes
+            ),
+        ));
+    }
+    if input
+        .idempotency_key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > 256)
+    {
+        return Err(ApiError::new(
+            ErrorClass::BadRequest,
+            "InvalidInput",
+            "idempotencyKey must be 1 to 256 characters",
+        ));
+    }
+    let selector = VersionSelector::parse(input.version.as_deref().unwrap_or("latest"))?;
+    atrund_bundle::record::validate_name(&input.bundle)?;
+    let resolved = crate::allowed_author(&st, author.as_str()).await?;
+    let target = crate::remote_bundle(&st, &resolved, &input.bundle, &selector).await?;
+    if !target.manifest.tasks.iter().any(|t| t.name == input.task) {
+        return Err(ApiError::new(
+            ErrorClass::NotFound,
+            "TaskNotFound",
+            format!(
+                "bundle '{}' version {} declares no task '{}' (its manifest's tasks)",
+                target.name, target.version, input.task
+            ),
+        ));
+    }
+    let new = NewJob {
+        author: author.to_string(),
+        bundle: target.name.clone(),
+        version: target.key.bundle.clone(),
+        task: input.task,
+        payload,
+        idempotency_key: input.idempotency_key,
+        delay_ms: input.delay_ms,
+        max_attempts: u32::try_from(config.jobs.max_attempts).unwrap_or(u32::MAX),
+    };
+    let done = blocking(&q.store, move |s| s.enqueue(&new, now_ms())).await?;
+    q.wake.notify_one();
+    let status = if done.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(serde_json::json!({"job": job_json(&done.job), "created": done.created})),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+pub struct IdQuery {
+    id: i64,
+}
+
+fn not_found(id: i64) -> ApiError {
+    ApiError::new(
+        ErrorClass::NotFound,
+        "JobNotFound",
+        format!("you have no job {id} on this runner (finished jobs are deleted after jobs.retention_secs)"),
+    )
+}
+
+/// `GET /xrpc/dev.atrund.getJob?id=N`: one of the caller's jobs.
+pub async fn get_job(
+    AxState(st): AxState<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<IdQuery>,
+) -> Result<Response, ApiError> {
+    let jq = jobs(&st)?.clone();
+    let author = st.logs.authenticate(&headers, GET_JOB).await?.to_string();
+    let id = q.id;
+    let job = blocking(&jq.store, move |s| s.get(&author, id)).await?;
+    let job = job.ok_or_else(|| not_found(id))?;
+    Ok(Json(serde_json::json!({"job": job_json(&job)})).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    bundle: Option<String>,
+    state: Option<String>,
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// `GET /xrpc/dev.atrund.listJobs?bundle=&state=&before=&limit=`: the caller's jobs, newest
+/// first; `cursor` is the `before` of the next page.
+pub async fn list_jobs(
+    AxState(st): AxState<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let jq = jobs(&st)?.clone();
+    let author = st.logs.authenticate(&headers, LIST_JOBS).await?.to_string();
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(
+            State::ALL
+                .into_iter()
+                .find(|st| st.as_str() == s)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorClass::BadRequest,
+                        "InvalidInput",
+                        format!(
+                            "state '{s}' is none of queued, running, succeeded, dead, cancelled"
+                        ),
+                    )
+                })?,
+        ),
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, MAX_LIST);
+    let (bundle, before) = (q.bundle, q.before);
+    let page = blocking(&jq.store, move |s| {
+        s.list(&author, bundle.as_deref(), state, before, limit)
+    })
+    .await?;
+    let cursor = (page.len() as u32 == limit)
+        .then(|| page.last().map(|j| j.id))
+        .flatten();
+    let jobs: Vec<_> = page.iter().map(job_json).collect();
+    Ok(Json(serde_json::json!({"jobs": jobs, "cursor": cursor})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdBody {
+    id: i64,
+}
+
+/// `POST /xrpc/dev.atrund.cancelJob {"id"}` and `.../retryJob {"id"}`: the job's state after
+/// the call; a state that prevented it is answered as a conflict naming it.
+async fn control(
+    st: AppState,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+    method: &'static str,
+) -> Result<Response, ApiError> {
+    let jq = jobs(&st)?.clone();
+    let author = st.logs.authenticate(&headers, method).await?.to_string();
+    let IdBody { id } = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            ErrorClass::BadRequest,
+            "InvalidInput",
+            format!("the body must be {{\"id\": <job id>}}: {e}"),
+        )
+    })?;
+    let now = now_ms();
+    let cancel = method == CANCEL_JOB;
+    let state = blocking(&jq.store, move |s| {
+        if cancel {
+            s.cancel(&author, id, now)
+        } else {
+            s.retry(&author, id, now)
+        }
+    })
+    .await?
+    .ok_or_else(|| not_found(id))?;
+    let wanted = if cancel {
+        State::Cancelled
+    } else {
+        State::Queued
+    };
+    if state != wanted {
+        return Err(ApiError::new(
+            ErrorClass::BadRequest,
+            "JobStateConflict",
+            format!(
+                "job {id} is {}: {}",
+                state.as_str(),
+                if cancel {
+                    "only queued jobs can be cancelled"
+                } else {
+                    "only dead or cancelled jobs can be retried"
+                }
+            ),
+        ));
+    }
+    if !cancel {
+        jq.wake.notify_one();
+    }
+    Ok(Json(serde_json::json!({"id": id, "state": state.as_str()})).into_response())
+}
+
+pub async fn cancel_job(
+    AxState(st): AxState<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    control(st, headers, body, CANCEL_JOB).await
+}
+
+pub async fn retry_job(
+    AxState(st): AxState<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    control(st, headers, body, RETRY_JOB).await
+}
+
+/// Starts `jobs.workers` workers and the purge of old finished jobs; they stop claiming once
+/// the runner drains (a running attempt finishes, or its lease brings it back after a restart).
+pub fn spawn_workers(st: AppState) {
+    let Some(q) = st.jobs.clone() else { return };
+    let config = st.config();
+    for n in 0..config.jobs.workers {
+        let (st, q) = (st.clone(), q.clone());
+        tokio::spawn(async move { worker(st, q, n).await });
+    }
+    let retention = Duration::from_secs(config.jobs.retention_secs);
+    let (q, mut draining) = (q.clone(), st.draining.clone());
+    tokio::spawn(async move {
+        loop {
+            let before = now_ms().saturating_sub(retention.as_millis() as u64);
+            match blocking(&q.store, move |s| s.purge(before)).await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(jobs = n, "finished jobs past jobs.retention_secs deleted")
+                }
+                _ => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+                _ = draining.wait_for(|d| *d) => return,
+            }
+        }
+    });
+}
+
+async fn worker(st: AppState, q: Arc<Jobs>, n: u64) {
+    let mut draining = st.draining.clone();
+    loop {
+        if *draining.borrow() {
+            return;
+        }
+        let config = st.config();
+        let lease = config.jobs.lease_ms;
+        let claimed = blocking(&q.store, move |s| s.claim(now_ms(), lease, |_| false)).await;
+        match claimed {
+            Ok(Some(job)) => {
+                run(&st, &q, job).await;
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(worker = n, error = %e.message, "cannot claim a job"),
+        }
+        let poll = Duration::from_millis(config.jobs.poll_ms);
+        tokio::select! {
+            _ = q.wake.notified() => {}
+            _ = tokio::time::sleep(poll) => {}
+            _ = draining.wait_for(|d| *d) => return,
+        }
+    }
+}
+
+/// One attempt of `job`: its outcome recorded, or left to its lease if the runner stops.
+async fn run(st: &AppState, q: &Jobs, job: Job) {
+    let span = tracing::info_span!("job", id = job.id, author = %job.author, bundle = %job.bundle, task = %job.task, attempt = job.attempts);
+    let outcome = tracing::Instrument::instrument(attempt(st, &job), span.clone()).await;
+    let config = st.config();
+    let backoff = Backoff {
+        base_ms: config.jobs.backoff_base_ms,
+        max_ms: config.jobs.backoff_max_ms,
+    };
+    let (id, n) = (job.id, job.attempts);
+    let recorded = match outcome {
+        Ok(result) => {
+            blocking(&q.store, move |s| {
+                s.complete(id, n, Some(&result), now_ms())
+                    .map(|ok| ok.then_some(State::Succeeded))
+            })
+            .await
+        }
+        Err(error) => {
+            let msg = format!("{}: {}", error.code, error.message);
+            blocking(&q.store, move |s| s.fail(id, n, &msg, now_ms(), backoff)).await
+        }
+    };
+    let _g = span.enter();
+    match recorded {
+        Ok(Some(state)) => tracing::info!(state = state.as_str(), "job attempt ended"),
+        Ok(None) => {
+            tracing::warn!("job attempt ended after its lease: its outcome is not recorded")
+        }
+        Err(e) => tracing::error!(error = %e.message, "cannot record a job's outcome"),
+    }
+}
+
+/// Runs the task as an endpoint call of the job's version would run: the author allowed now,
+/// the version's manifest under today's caps, the same instances. The task's JSON result.
+async fn attempt(st: &AppState, job: &Job) -> Result<String, ApiError> {
+    let selector = VersionSelector::parse(&job.version)?;
+    let resolved = crate::allowed_author(st, &job.author).await?;
+    let target = crate::remote_bundle(st, &resolved, &job.bundle, &selector).await?;
+    let config = st.config();
+    let limits =
+        atrund_policy::check_manifest(&config.permissions, &config.limits, &target.manifest)?;
+    let request = http::Request::builder()
+        .method(http::Method::POST)
+        .uri("/")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(atrund_sandbox::boxed_body(http_body_util::Full::new(
+            bytes::Bytes::from(job.payload.clone()),
+        )))
+        .map_err(|e| runner_error(e.to_string()))?;
+    let concurrency = usize::try_from(limits.concurrency).unwrap_or(usize::MAX);
+    let key = target.key.clone();
+    let st2 = st.clone();
+    let resp = st
+        .pool
+        .execute(
+            key,
+            concurrency,
+            move || crate::instance_spec(&st2, &target, &limits),
+            atrund_sandbox::Invocation {
+                kind: atrund_sandbox::CallKind::Task,
+                endpoint: job.task.clone(),
+                request,
+            },
+            |_| {},
+            None,
+        )
+        .await?;
+    let body = http_body_util::Limited::new(resp.into_body(), MAX_RESULT_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                ErrorClass::Author,
+                "BundleFailed",
+                format!("the task's answer could not be read: {e}"),
+            )
+        })?
+        .to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::new(
+            ErrorClass::Author,
+            "BundleFailed",
+            "the task's answer was not the shim's JSON",
+        )
+    })?;
+    Ok(answer
+        .get("result")
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "null".into()))
+}
