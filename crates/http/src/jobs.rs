@@ -395,6 +395,11 @@ async fn worker(st: AppState, q: Arc<Jobs>, n: u64) {
         let claimed = blocking(&q.store, move |s| s.claim(now_ms(), lease, |_| false)).await;
         match claimed {
             Ok(Some(job)) => {
+                // Counted as in flight like a request, so a drain waits for the attempt.
+                let Ok(_ticket) = st.pool.admit() else {
+                    tracing::info!(job = job.id, "draining: the claimed job is left to its lease and runs again after the restart");
+                    return;
+                };
                 run(&st, &q, job).await;
                 continue;
             }
