@@ -255,4 +255,69 @@ async fn authors_enqueue_tasks_that_run_retry_and_die_and_only_they_see_them() {
         (413, Some("PayloadTooLarge")),
         "{v}"
     );
+
+    // The same through `at-run jobs`' own code: enqueue, show until done, list.
+    let on = || at_run::jobs::OnRunner {
+        runner: r.d.base.clone(),
+        auth: at_run::auth::AuthArgs {
+            pds: Some(net.pds_url.clone()),
+            identifier: Some(author.handle.clone()),
+            password: Some(author.password.parse().expect("password")),
+        },
+    };
+    let queued = at_run::jobs::run(&at_run::jobs::JobsCommand::Enqueue {
+        name: "worker".into(),
+        task: "double".into(),
+        payload: Some(r#"{"n": 5}"#.into()),
+        delay_ms: None,
+        key: None,
+        version: None,
+        on: on(),
+    })
+    .await
+    .expect("at-run jobs enqueue");
+    assert!(queued.text.starts_with("queued: job "), "{}", queued.text);
+    let cli_id = queued.json["job"]["id"].as_i64().unwrap();
+    r.until(&author, cli_id, "succeeded").await;
+    let shown = at_run::jobs::run(&at_run::jobs::JobsCommand::Show {
+        id: cli_id,
+        on: on(),
+    })
+    .await
+    .expect("at-run jobs show");
+    assert!(
+        shown.text.contains("succeeded") && shown.text.contains(r#"result {"twice":10}"#),
+        "{}",
+        shown.text
+    );
+    let listed = at_run::jobs::run(&at_run::jobs::JobsCommand::Ls {
+        name: Some("worker".into()),
+        state: Some("dead".into()),
+        limit: None,
+        on: on(),
+    })
+    .await
+    .expect("at-run jobs ls");
+    assert_eq!(listed.text.lines().count(), 1, "{}", listed.text);
+    assert!(
+        listed.text.contains(&format!("job {flaky} ")),
+        "{}",
+        listed.text
+    );
+    let bad = at_run::jobs::run(&at_run::jobs::JobsCommand::Enqueue {
+        name: "worker".into(),
+        task: "double".into(),
+        payload: Some("{nope".into()),
+        delay_ms: None,
+        key: None,
+        version: None,
+        on: on(),
+    })
+    .await
+    .err()
+    .expect("bad payload refused");
+    assert!(
+        bad.to_string().contains("--payload is not valid JSON"),
+        "{bad}"
+    );
 }
