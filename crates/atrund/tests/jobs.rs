@@ -17,12 +17,24 @@ const CODE: &str = r#"
 export const ping = { method: "GET", handler: () => ({ ok: true }) };
 export const double = { $type: "dev.atrund.task", handler: (p) => ({ twice: p.n * 2 }) };
 export const flaky = { $type: "dev.atrund.task", handler: () => { throw new Error("nope"); } };
+const timed = async () => {
+  const start = Date.now();
+  await new Promise((r) => setTimeout(r, 300));
+  return { start, end: Date.now() };
+};
+export const serial = { $type: "dev.atrund.task", handler: timed };
+export const wide = { $type: "dev.atrund.task", handler: timed };
 "#;
 
 fn manifest() -> Value {
     json!({
         "endpoints": [{ "name": "ping", "method": "GET" }],
-        "tasks": [{ "name": "double" }, { "name": "flaky" }]
+        "tasks": [
+            { "name": "double" },
+            { "name": "flaky" },
+            { "name": "serial", "concurrency": 1 },
+            { "name": "wide", "concurrency": 2 }
+        ]
     })
 }
 
@@ -58,6 +70,27 @@ impl Runner<'_> {
     async fn enqueue(&self, who: &Account, body: Value) -> (u16, Value) {
         self.call(Some(who), "dev.atrund.enqueueJob", "", Some(body))
             .await
+    }
+
+    /// Enqueues `n` jobs of `body` at once (tokens minted first: minting takes longer than a
+    /// short task runs). Their ids.
+    async fn enqueue_at_once(&self, who: &Account, body: Value, n: usize) -> Vec<i64> {
+        let mut tokens = Vec::new();
+        for _ in 0..n {
+            tokens
+                .push(common::mint(self.net, who, &self.aud, "dev.atrund.enqueueJob", None).await);
+        }
+        let client = reqwest::Client::new();
+        let url = self.d.url("/xrpc/dev.atrund.enqueueJob");
+        let sends = tokens
+            .into_iter()
+            .map(|t| client.post(&url).json(&body).bearer_auth(t).send());
+        let mut ids = Vec::new();
+        for resp in futures::future::join_all(sends).await {
+            let v: Value = resp.expect("enqueue").json().await.expect("json");
+            ids.push(v["job"]["id"].as_i64().unwrap_or_else(|| panic!("{v}")));
+        }
+        ids
     }
 
     /// `cancelJob` or `retryJob` of job `id`.
@@ -133,6 +166,29 @@ async fn authors_enqueue_tasks_that_run_retry_and_die_and_only_they_see_them() {
     let done = r.until(&author, id, "succeeded").await;
     assert_eq!(done["result"], json!({"twice": 42}));
     assert_eq!(done["attempts"], 1);
+
+    // A task's concurrency from its manifest: `serial` runs one at a time, `wide` two (the
+    // runner has two workers, so without the limit `serial` would overlap too).
+    for task in ["serial", "wide"] {
+        let ids = r
+            .enqueue_at_once(&author, json!({"bundle": "worker", "task": task}), 3)
+            .await;
+        let mut spans = Vec::new();
+        for id in ids {
+            let j = r.until(&author, id, "succeeded").await;
+            spans.push((
+                j["result"]["start"].as_i64().unwrap(),
+                j["result"]["end"].as_i64().unwrap(),
+            ));
+        }
+        spans.sort();
+        let overlaps = spans.windows(2).filter(|w| w[1].0 < w[0].1).count();
+        if task == "serial" {
+            assert_eq!(overlaps, 0, "serial runs overlapped: {spans:?}");
+        } else {
+            assert!(overlaps > 0, "wide never ran two at once: {spans:?}");
+        }
+    }
 
     // A task that throws: three attempts with back-off, then dead with the last error.
     let (s, v) = r

@@ -8,7 +8,8 @@
 //! outcome records. Must not touch: the queue's state rules (`atrund-jobs`), the task call on
 //! the wire (the sandbox), or token checks (`logs`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use atrund_errors::ErrorClass;
@@ -35,10 +36,26 @@ const MAX_RESULT_BYTES: usize = 256 * 1024;
 /// Most jobs one `listJobs` page holds.
 const MAX_LIST: u32 = 100;
 
-/// The queue and what wakes its workers.
+/// The queue, what wakes its workers, and each task's runs in flight here.
 pub struct Jobs {
     pub store: Arc<JobStore>,
     wake: Notify,
+    tasks: Mutex<TaskSlots>,
+}
+
+/// A task of one bundle version: (author, record CID, task).
+type TaskKey = (String, String, String);
+
+/// Runs in flight per task, and each task's concurrency as its manifest gave it (under
+/// `limits.concurrency.max`), learned at enqueue and at each run.
+#[derive(Default)]
+struct TaskSlots {
+    running: HashMap<TaskKey, u64>,
+    limit: HashMap<TaskKey, u64>,
+}
+
+fn task_key(j: &Job) -> TaskKey {
+    (j.author.clone(), j.version.clone(), j.task.clone())
 }
 
 impl Jobs {
@@ -46,6 +63,61 @@ impl Jobs {
         Self {
             store: Arc::new(store),
             wake: Notify::new(),
+            tasks: Mutex::default(),
+        }
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, TaskSlots> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a run slot of `j`'s task if it has one free here (checked and taken under one
+    /// lock, so two workers never both take the last). A task whose limit is not known yet
+    /// (after a restart, before its first run) runs one at a time until it is.
+    fn try_reserve(&self, j: &Job) -> Option<TaskKey> {
+        let mut s = self.slots();
+        let k = task_key(j);
+        let running = s.running.get(&k).copied().unwrap_or(0);
+        if running >= s.limit.get(&k).copied().unwrap_or(1) {
+            return None;
+        }
+        s.running.insert(k.clone(), running + 1);
+        Some(k)
+    }
+
+    fn learn(&self, author: &str, version: &str, task: &str, limit: u64) {
+        self.slots()
+            .limit
+            .insert((author.into(), version.into(), task.into()), limit.max(1));
+    }
+}
+
+/// A task's concurrency: its manifest's (1 when it gives none), at most the operator's cap.
+fn task_limit(manifest: &atrund_bundle::Manifest, task: &str, cap: u64) -> u64 {
+    manifest
+        .tasks
+        .iter()
+        .find(|t| t.name == task)
+        .and_then(|t| t.concurrency)
+        .unwrap_or(1)
+        .min(cap)
+        .max(1)
+}
+
+/// A run slot of a task (`Jobs::try_reserve`), given back when dropped.
+struct Slot {
+    jobs: Arc<Jobs>,
+    key: TaskKey,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut s = self.jobs.slots();
+        if let Some(n) = s.running.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                s.running.remove(&self.key);
+            }
         }
     }
 }
@@ -182,6 +254,12 @@ pub async fn enqueue(
             ),
         ));
     }
+    q.learn(
+        author.as_str(),
+        &target.key.bundle,
+        &input.task,
+        task_limit(&target.manifest, &input.task, config.limits.concurrency.max),
+    );
     let new = NewJob {
         author: author.to_string(),
         bundle: target.name.clone(),
@@ -392,9 +470,27 @@ async fn worker(st: AppState, q: Arc<Jobs>, n: u64) {
         }
         let config = st.config();
         let lease = config.jobs.lease_ms;
-        let claimed = blocking(&q.store, move |s| s.claim(now_ms(), lease, |_| false)).await;
+        // The slot the claim took, whatever becomes of the claim: given back when dropped.
+        let reserved: Arc<Mutex<Option<Slot>>> = Arc::default();
+        let (slots, taken) = (q.clone(), reserved.clone());
+        let claimed = blocking(&q.store, move |s| {
+            s.claim(now_ms(), lease, |j| match slots.try_reserve(j) {
+                Some(key) => {
+                    let slot = Slot {
+                        jobs: slots.clone(),
+                        key,
+                    };
+                    *taken.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
+                    false
+                }
+                None => true,
+            })
+        })
+        .await;
+        let slot = reserved.lock().unwrap_or_else(|p| p.into_inner()).take();
         match claimed {
             Ok(Some(job)) => {
+                let _slot = slot;
                 // Counted as in flight like a request, so a drain waits for the attempt.
                 let Ok(_ticket) = st.pool.admit() else {
                     tracing::info!(job = job.id, "draining: the claimed job is left to its lease and runs again after the restart");
@@ -418,7 +514,7 @@ async fn worker(st: AppState, q: Arc<Jobs>, n: u64) {
 /// One attempt of `job`: its outcome recorded, or left to its lease if the runner stops.
 async fn run(st: &AppState, q: &Jobs, job: Job) {
     let span = tracing::info_span!("job", id = job.id, author = %job.author, bundle = %job.bundle, task = %job.task, attempt = job.attempts);
-    let outcome = tracing::Instrument::instrument(attempt(st, &job), span.clone()).await;
+    let outcome = tracing::Instrument::instrument(attempt(st, q, &job), span.clone()).await;
     let config = st.config();
     let backoff = Backoff {
         base_ms: config.jobs.backoff_base_ms,
@@ -450,13 +546,19 @@ async fn run(st: &AppState, q: &Jobs, job: Job) {
 
 /// Runs the task as an endpoint call of the job's version would run: the author allowed now,
 /// the version's manifest under today's caps, the same instances. The task's JSON result.
-async fn attempt(st: &AppState, job: &Job) -> Result<String, ApiError> {
+async fn attempt(st: &AppState, q: &Jobs, job: &Job) -> Result<String, ApiError> {
     let selector = VersionSelector::parse(&job.version)?;
     let resolved = crate::allowed_author(st, &job.author).await?;
     let target = crate::remote_bundle(st, &resolved, &job.bundle, &selector).await?;
     let config = st.config();
     let limits =
         atrund_policy::check_manifest(&config.permissions, &config.limits, &target.manifest)?;
+    q.learn(
+        &job.author,
+        &job.version,
+        &job.task,
+        task_limit(&target.manifest, &job.task, config.limits.concurrency.max),
+    );
     let request = http::Request::builder()
         .method(http::Method::POST)
         .uri("/")
