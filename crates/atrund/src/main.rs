@@ -408,11 +408,13 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         tracing::info!(bundle_domain = %d, "host routes on: each bundle is served at {{label}}.{d} (docs/origins.md)");
     }
     let cache = response_cache(&config);
+    let jobs = job_queue(&config)?;
     let counters = observe::counters(
         pool.clone(),
         egress.clone(),
         identity.clone(),
         cache.clone(),
+        jobs.clone(),
     );
     let metrics = observe::metrics(&config, pool.backend(), counters.clone());
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -454,7 +456,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         status: Arc::default(),
         logs,
         cache,
-        jobs: job_queue(&config)?,
+        jobs,
     });
     if let Some(l) = &state.local {
         tracing::info!(

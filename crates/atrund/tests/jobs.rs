@@ -143,7 +143,7 @@ async fn authors_enqueue_tasks_that_run_retry_and_die_and_only_they_see_them() {
         .env("ATRUND_JOBS_BACKOFF_BASE_MS", "50")
         .env("ATRUND_JOBS_BACKOFF_MAX_MS", "100")
         .env("ATRUND_JOBS_POLL_MS", "50");
-    let d = Daemon::spawn(&mut cmd, false);
+    let d = Daemon::spawn(&mut cmd, true);
     let desc: Value = reqwest::get(d.url("/xrpc/dev.atrund.describeRunner"))
         .await
         .unwrap()
@@ -311,6 +311,28 @@ async fn authors_enqueue_tasks_that_run_retry_and_die_and_only_they_see_them() {
         (413, Some("PayloadTooLarge")),
         "{v}"
     );
+
+    // What the jobs did, in the metrics.
+    let metrics = reqwest::get(format!("{}/metrics", r.d.admin.as_deref().unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    assert_eq!(sample("atrund_jobs{state=\"dead\"}"), 1.0);
+    assert!(sample("atrund_jobs{state=\"succeeded\"}") >= 7.0);
+    assert!(sample("atrund_job_attempts_total{outcome=\"succeeded\"}") >= 7.0);
+    assert_eq!(
+        sample("atrund_job_attempts_total{outcome=\"retried\"}"),
+        4.0
+    );
+    assert_eq!(sample("atrund_job_attempts_total{outcome=\"dead\"}"), 2.0);
 
     // The same through `at-run jobs`' own code: enqueue, show until done, list.
     let on = || at_run::jobs::OnRunner {

@@ -9,6 +9,7 @@
 //! the wire (the sandbox), or token checks (`logs`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,7 +42,11 @@ pub struct Jobs {
     pub store: Arc<JobStore>,
     wake: Notify,
     tasks: Mutex<TaskSlots>,
+    /// Attempts ended here since start: succeeded, retried, dead, lost.
+    ended: [AtomicU64; 4],
 }
+
+const OUTCOMES: [&str; 4] = ["succeeded", "retried", "dead", "lost"];
 
 /// A task of one bundle version: (author, record CID, task).
 type TaskKey = (String, String, String);
@@ -64,6 +69,31 @@ impl Jobs {
             store: Arc::new(store),
             wake: Notify::new(),
             tasks: Mutex::default(),
+            ended: Default::default(),
+        }
+    }
+
+    /// What `/metrics` shows of the jobs: the queue by state (read from the database, a short
+    /// indexed query) and the attempts this runner ended.
+    pub fn metrics(&self) -> atrund_metrics::Jobs {
+        let by_state = match self.store.counts() {
+            Ok(c) => c.into_iter().map(|(s, n)| (s.as_str(), n)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "job queue: cannot count jobs for the metrics");
+                Vec::new()
+            }
+        };
+        let attempts = OUTCOMES
+            .iter()
+            .zip(&self.ended)
+            .map(|(o, n)| (*o, n.load(Ordering::Relaxed)))
+            .collect();
+        atrund_metrics::Jobs { by_state, attempts }
+    }
+
+    fn count(&self, outcome: &str) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.ended[i].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -536,8 +566,15 @@ async fn run(st: &AppState, q: &Jobs, job: Job) {
     };
     let _g = span.enter();
     match recorded {
-        Ok(Some(state)) => tracing::info!(state = state.as_str(), "job attempt ended"),
+        Ok(Some(state)) => {
+            q.count(match state {
+                State::Queued => "retried",
+                other => other.as_str(),
+            });
+            tracing::info!(state = state.as_str(), "job attempt ended")
+        }
         Ok(None) => {
+            q.count("lost");
             tracing::warn!("job attempt ended after its lease: its outcome is not recorded")
         }
         Err(e) => tracing::error!(error = %e.message, "cannot record a job's outcome"),
