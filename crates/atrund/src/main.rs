@@ -466,6 +466,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         );
     }
     atrund_http::jobs::spawn_workers(state.clone());
+    atrund_http::jobs::spawn_cron(state.clone());
     let prewarm_state = state.clone();
     let admin_state = state.clone();
     let app = atrund_http::service(state);

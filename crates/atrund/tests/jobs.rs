@@ -399,3 +399,55 @@ async fn authors_enqueue_tasks_that_run_retry_and_die_and_only_they_see_them() {
         "{bad}"
     );
 }
+
+/// Cron in `at-rund dev` (real Deno): the local bundle's `* * * * *` cron fires at the next
+/// minute, once, and its task runs (its output in the runner's log, the attempt in the metrics).
+/// Waits up to a minute and a bit for the tick.
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_fires_the_local_bundles_crons_each_minute() {
+    let Some(deno) = atrund_testnet::deno_path() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("main.js"),
+        r#"export const ping = { method: "GET", handler: () => ({ ok: true }) };
+export const tick = { $type: "dev.atrund.task", handler: () => { console.log("tick ran"); return 1; } };
+"#,
+    )
+    .unwrap();
+    let manifest = json!({
+        "endpoints": [{ "name": "ping", "method": "GET" }],
+        "tasks": [{ "name": "tick" }],
+        "crons": [{ "schedule": "* * * * *", "task": "tick" }]
+    });
+    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = common::command(&deno, data.path());
+    cmd.args(["dev", dir.path().to_str().unwrap(), "--name", "clock"]);
+    let d = Daemon::spawn(&mut cmd, true);
+    let deadline = Instant::now() + Duration::from_secs(75);
+    let metrics = format!("{}/metrics", d.admin.as_deref().unwrap());
+    loop {
+        let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        let ran = text
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"atrund_job_attempts_total{outcome="succeeded"}"#))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if ran >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no cron run within 75 s:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Give the log a moment to catch up with the instance's output.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = d.log();
+    assert_eq!(log.matches("cron fired").count(), 1, "{log}");
+    assert!(log.contains("tick ran"), "{log}");
+}

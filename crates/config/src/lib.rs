@@ -758,6 +758,10 @@ pub struct JobsSection {
     /// How often an idle worker looks for jobs that became due (delayed jobs, retries, lost
     /// leases); an enqueue wakes it at once.
     pub poll_ms: u64,
+    /// Bundles whose manifest `crons` this runner fires, as `author/name` (author a DID or
+    /// handle). A runner does not know every author's code, so it fires only these; `at-rund
+    /// dev` fires the local bundle's.
+    pub cron_bundles: Vec<String>,
 }
 
 impl Default for JobsSection {
@@ -772,6 +776,7 @@ impl Default for JobsSection {
             retention_secs: 7 * 24 * 3600,
             max_payload_bytes: 64 * 1024,
             poll_ms: 1_000,
+            cron_bundles: Vec::new(),
         }
     }
 }

@@ -118,6 +118,16 @@ impl Config {
                     ));
                 }
             }
+            if let Some(bad) = j.cron_bundles.iter().find(|e| {
+                !e.split_once('/').is_some_and(|(a, n)| {
+                    (is_valid_did(a) || is_valid_handle(a)) && !n.is_empty() && !n.contains('/')
+                })
+            }) {
+                return Err(invalid(
+                    "jobs.cron_bundles",
+                    format!("'{bad}' is not author/name (e.g. \"did:plc:abc/reports\" or \"alice.example.com/reports\")"),
+                ));
+            }
             if j.backoff_base_ms > j.backoff_max_ms {
                 return Err(invalid(
                     "jobs.backoff_base_ms",

@@ -464,6 +464,106 @@ pub async fn retry_job(
     control(st, headers, body, RETRY_JOB).await
 }
 
+/// Fires the manifest `crons` of the bundles in `jobs.cron_bundles` (and, in `at-rund dev`, of
+/// the local bundle) at each UTC minute that matches: a job per cron and minute, deduplicated by
+/// its idempotency key `cron:<task>:<minute>`. A tick is skipped while the cron's previous run
+/// is queued or running (no overlap), and ticks missed while the runner was down are not replayed.
+pub fn spawn_cron(st: AppState) {
+    let Some(q) = st.jobs.clone() else { return };
+    let mut entries: Vec<(String, String)> = st
+        .config()
+        .jobs
+        .cron_bundles
+        .iter()
+        .filter_map(|e| e.split_once('/'))
+        .map(|(a, n)| (a.to_string(), n.to_string()))
+        .collect();
+    if let Some(local) = &st.local {
+        entries.push((crate::LOCAL_AUTHOR.to_string(), local.name.clone()));
+    }
+    if entries.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut draining = st.draining.clone();
+        loop {
+            let now = now_ms();
+            let next_minute = now / 60_000 + 1;
+            let wait = Duration::from_millis(next_minute * 60_000 - now);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = draining.wait_for(|d| *d) => return,
+            }
+            for (author, name) in &entries {
+                if let Err(e) = fire(&st, &q, author, name, next_minute).await {
+                    tracing::warn!(%author, bundle = %name, error = %e.message, "cron: cannot fire this bundle's crons");
+                }
+            }
+        }
+    });
+}
+
+/// Enqueues the runs of `author/name`'s crons that match `minute`.
+async fn fire(
+    st: &AppState,
+    q: &Jobs,
+    author: &str,
+    name: &str,
+    minute: u64,
+) -> Result<(), ApiError> {
+    let (did, target) = if author == crate::LOCAL_AUTHOR {
+        let t = crate::local_target(st, name, &VersionSelector::Latest).await?;
+        (crate::LOCAL_AUTHOR.to_string(), t)
+    } else {
+        let resolved = crate::allowed_author(st, author).await?;
+        let t = crate::remote_bundle(st, &resolved, name, &VersionSelector::Latest).await?;
+        (resolved.did.to_string(), t)
+    };
+    let config = st.config();
+    for c in &target.manifest.crons {
+        // The manifest was validated when it was loaded.
+        let Ok(schedule) = atrund_bundle::cron::Schedule::parse(&c.schedule) else {
+            continue;
+        };
+        if !schedule.matches(minute) {
+            continue;
+        }
+        let prefix = format!("cron:{}:", c.task);
+        let (a, b, t, p) = (
+            did.clone(),
+            target.name.clone(),
+            c.task.clone(),
+            prefix.clone(),
+        );
+        if blocking(&q.store, move |s| s.unfinished(&a, &b, &t, &p)).await? {
+            tracing::info!(author = %did, bundle = %target.name, task = %c.task, "cron: the previous run is still queued or running; this tick is skipped");
+            continue;
+        }
+        q.learn(
+            &did,
+            &target.key.bundle,
+            &c.task,
+            task_limit(&target.manifest, &c.task, config.limits.concurrency.max),
+        );
+        let new = NewJob {
+            author: did.clone(),
+            bundle: target.name.clone(),
+            version: target.key.bundle.clone(),
+            task: c.task.clone(),
+            payload: "null".into(),
+            idempotency_key: Some(format!("{prefix}{minute}")),
+            delay_ms: 0,
+            max_attempts: u32::try_from(config.jobs.max_attempts).unwrap_or(u32::MAX),
+        };
+        let done = blocking(&q.store, move |s| s.enqueue(&new, now_ms())).await?;
+        if done.created {
+            tracing::info!(author = %did, bundle = %target.name, task = %c.task, job = done.job.id, schedule = %c.schedule, "cron fired");
+        }
+        q.wake.notify_one();
+    }
+    Ok(())
+}
+
 /// Starts `jobs.workers` workers and the purge of old finished jobs; they stop claiming once
 /// the runner drains (a running attempt finishes, or its lease brings it back after a restart).
 pub fn spawn_workers(st: AppState) {
@@ -584,9 +684,14 @@ async fn run(st: &AppState, q: &Jobs, job: Job) {
 /// Runs the task as an endpoint call of the job's version would run: the author allowed now,
 /// the version's manifest under today's caps, the same instances. The task's JSON result.
 async fn attempt(st: &AppState, q: &Jobs, job: &Job) -> Result<String, ApiError> {
-    let selector = VersionSelector::parse(&job.version)?;
-    let resolved = crate::allowed_author(st, &job.author).await?;
-    let target = crate::remote_bundle(st, &resolved, &job.bundle, &selector).await?;
+    let target = if job.author == crate::LOCAL_AUTHOR && st.local.is_some() {
+        // `at-rund dev`'s own crons: the folder's code as it is now.
+        crate::local_target(st, &job.bundle, &VersionSelector::Latest).await?
+    } else {
+        let selector = VersionSelector::parse(&job.version)?;
+        let resolved = crate::allowed_author(st, &job.author).await?;
+        crate::remote_bundle(st, &resolved, &job.bundle, &selector).await?
+    };
     let config = st.config();
     let limits =
         atrund_policy::check_manifest(&config.permissions, &config.limits, &target.manifest)?;
