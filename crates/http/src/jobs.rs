@@ -19,12 +19,60 @@ use axum::extract::{Query, State as AxState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use http_body_util::BodyExt;
 use serde::Deserialize;
 use tokio::sync::Notify;
 
+use atrund_bundle::record::{CronDecl, TaskDecl};
+use atrund_bundle::VersionSelector;
+use atrund_config::Config;
+use tokio::sync::watch;
+
 use crate::error::ApiError;
-use crate::{AppState, VersionSelector};
+
+/// What the jobs need of the runner's pipeline. The HTTP layer's state implements it (lib.rs),
+/// so this file, which the router names, does not name the router's file back.
+pub trait JobHost: Clone + Send + Sync + 'static {
+    fn queue(&self) -> Option<Arc<Jobs>>;
+    fn config(&self) -> Arc<Config>;
+    fn draining(&self) -> watch::Receiver<bool>;
+    /// `(author, name)` of `at-rund dev`'s local bundle.
+    fn local_bundle(&self) -> Option<(String, String)>;
+    /// Counts a job attempt in flight like a request (a drain waits for it); `Err` when
+    /// draining.
+    fn admit(&self) -> Result<atrund_pool::Ticket, ApiError>;
+    /// The caller's DID, proven by a service-auth token for `method`.
+    fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        method: &str,
+    ) -> impl std::future::Future<Output = Result<String, ApiError>> + Send;
+    /// An allowed author's bundle version, as an endpoint call would resolve it.
+    fn resolve(
+        &self,
+        author: &str,
+        name: &str,
+        selector: &VersionSelector,
+    ) -> impl std::future::Future<Output = Result<Resolved, ApiError>> + Send;
+    /// Runs `job`'s task as a task call of its version (the same policy, limits and instances
+    /// as an endpoint call), its answer read up to `max_answer` bytes.
+    fn run_task(
+        &self,
+        job: &Job,
+        max_answer: usize,
+    ) -> impl std::future::Future<Output = Result<(Resolved, bytes::Bytes), ApiError>> + Send;
+}
+
+/// A resolved bundle version, as far as jobs care.
+pub struct Resolved {
+    pub did: String,
+    pub name: String,
+    /// The version label (semver).
+    pub version: String,
+    /// The bundle record's CID (for the local bundle: its content key).
+    pub record: String,
+    pub tasks: Vec<TaskDecl>,
+    pub crons: Vec<CronDecl>,
+}
 
 pub const ENQUEUE_JOB: &str = "dev.atrund.enqueueJob";
 pub const GET_JOB: &str = "dev.atrund.getJob";
@@ -123,9 +171,8 @@ impl Jobs {
 }
 
 /// A task's concurrency: its manifest's (1 when it gives none), at most the operator's cap.
-fn task_limit(manifest: &atrund_bundle::Manifest, task: &str, cap: u64) -> u64 {
-    manifest
-        .tasks
+fn task_limit(tasks: &[TaskDecl], task: &str, cap: u64) -> u64 {
+    tasks
         .iter()
         .find(|t| t.name == task)
         .and_then(|t| t.concurrency)
@@ -159,8 +206,8 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn jobs(st: &AppState) -> Result<&Arc<Jobs>, ApiError> {
-    st.jobs.as_ref().ok_or_else(|| {
+fn jobs<H: JobHost>(st: &H) -> Result<Arc<Jobs>, ApiError> {
+    st.queue().ok_or_else(|| {
         ApiError::new(
             ErrorClass::NotFound,
             "JobsDisabled",
@@ -232,13 +279,13 @@ pub struct EnqueueInput {
 
 /// `POST /xrpc/dev.atrund.enqueueJob`: the author queues a run of one of their bundle's tasks.
 /// The version (`latest` unless given) is resolved now and fixed for the job.
-pub async fn enqueue(
-    AxState(st): AxState<AppState>,
+pub async fn enqueue<H: JobHost>(
+    AxState(st): AxState<H>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let q = jobs(&st)?.clone();
-    let author = st.logs.authenticate(&headers, ENQUEUE_JOB).await?;
+    let q = jobs(&st)?;
+    let author = st.authenticate(&headers, ENQUEUE_JOB).await?;
     let input: EnqueueInput = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             ErrorClass::BadRequest,
@@ -272,9 +319,8 @@ pub async fn enqueue(
     }
     let selector = VersionSelector::parse(input.version.as_deref().unwrap_or("latest"))?;
     atrund_bundle::record::validate_name(&input.bundle)?;
-    let resolved = crate::allowed_author(&st, author.as_str()).await?;
-    let target = crate::remote_bundle(&st, &resolved, &input.bundle, &selector).await?;
-    if !target.manifest.tasks.iter().any(|t| t.name == input.task) {
+    let target = st.resolve(&author, &input.bundle, &selector).await?;
+    if !target.tasks.iter().any(|t| t.name == input.task) {
         return Err(ApiError::new(
             ErrorClass::NotFound,
             "TaskNotFound",
@@ -285,15 +331,15 @@ pub async fn enqueue(
         ));
     }
     q.learn(
-        author.as_str(),
-        &target.key.bundle,
+        &target.did,
+        &target.record,
         &input.task,
-        task_limit(&target.manifest, &input.task, config.limits.concurrency.max),
+        task_limit(&target.tasks, &input.task, config.limits.concurrency.max),
     );
     let new = NewJob {
-        author: author.to_string(),
+        author: target.did.clone(),
         bundle: target.name.clone(),
-        version: target.key.bundle.clone(),
+        version: target.record.clone(),
         task: input.task,
         payload,
         idempotency_key: input.idempotency_key,
@@ -328,13 +374,13 @@ fn not_found(id: i64) -> ApiError {
 }
 
 /// `GET /xrpc/dev.atrund.getJob?id=N`: one of the caller's jobs.
-pub async fn get_job(
-    AxState(st): AxState<AppState>,
+pub async fn get_job<H: JobHost>(
+    AxState(st): AxState<H>,
     headers: HeaderMap,
     Query(q): Query<IdQuery>,
 ) -> Result<Response, ApiError> {
-    let jq = jobs(&st)?.clone();
-    let author = st.logs.authenticate(&headers, GET_JOB).await?.to_string();
+    let jq = jobs(&st)?;
+    let author = st.authenticate(&headers, GET_JOB).await?;
     let id = q.id;
     let job = blocking(&jq.store, move |s| s.get(&author, id)).await?;
     let job = job.ok_or_else(|| not_found(id))?;
@@ -351,13 +397,13 @@ pub struct ListQuery {
 
 /// `GET /xrpc/dev.atrund.listJobs?bundle=&state=&before=&limit=`: the caller's jobs, newest
 /// first; `cursor` is the `before` of the next page.
-pub async fn list_jobs(
-    AxState(st): AxState<AppState>,
+pub async fn list_jobs<H: JobHost>(
+    AxState(st): AxState<H>,
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let jq = jobs(&st)?.clone();
-    let author = st.logs.authenticate(&headers, LIST_JOBS).await?.to_string();
+    let jq = jobs(&st)?;
+    let author = st.authenticate(&headers, LIST_JOBS).await?;
     let state = match q.state.as_deref() {
         None => None,
         Some(s) => Some(
@@ -396,14 +442,14 @@ pub struct IdBody {
 
 /// `POST /xrpc/dev.atrund.cancelJob {"id"}` and `.../retryJob {"id"}`: the job's state after
 /// the call; a state that prevented it is answered as a conflict naming it.
-async fn control(
-    st: AppState,
+async fn control<H: JobHost>(
+    st: H,
     headers: HeaderMap,
     body: axum::body::Bytes,
     method: &'static str,
 ) -> Result<Response, ApiError> {
-    let jq = jobs(&st)?.clone();
-    let author = st.logs.authenticate(&headers, method).await?.to_string();
+    let jq = jobs(&st)?;
+    let author = st.authenticate(&headers, method).await?;
     let IdBody { id } = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             ErrorClass::BadRequest,
@@ -448,16 +494,16 @@ async fn control(
     Ok(Json(serde_json::json!({"id": id, "state": state.as_str()})).into_response())
 }
 
-pub async fn cancel_job(
-    AxState(st): AxState<AppState>,
+pub async fn cancel_job<H: JobHost>(
+    AxState(st): AxState<H>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     control(st, headers, body, CANCEL_JOB).await
 }
 
-pub async fn retry_job(
-    AxState(st): AxState<AppState>,
+pub async fn retry_job<H: JobHost>(
+    AxState(st): AxState<H>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
@@ -468,8 +514,8 @@ pub async fn retry_job(
 /// the local bundle) at each UTC minute that matches: a job per cron and minute, deduplicated by
 /// its idempotency key `cron:<task>:<minute>`. A tick is skipped while the cron's previous run
 /// is queued or running (no overlap), and ticks missed while the runner was down are not replayed.
-pub fn spawn_cron(st: AppState) {
-    let Some(q) = st.jobs.clone() else { return };
+pub fn spawn_cron<H: JobHost>(st: H) {
+    let Some(q) = st.queue() else { return };
     let mut entries: Vec<(String, String)> = st
         .config()
         .jobs
@@ -478,14 +524,14 @@ pub fn spawn_cron(st: AppState) {
         .filter_map(|e| e.split_once('/'))
         .map(|(a, n)| (a.to_string(), n.to_string()))
         .collect();
-    if let Some(local) = &st.local {
-        entries.push((crate::LOCAL_AUTHOR.to_string(), local.name.clone()));
+    if let Some(local) = st.local_bundle() {
+        entries.push(local);
     }
     if entries.is_empty() {
         return;
     }
     tokio::spawn(async move {
-        let mut draining = st.draining.clone();
+        let mut draining = st.draining();
         loop {
             let now = now_ms();
             let next_minute = now / 60_000 + 1;
@@ -504,23 +550,17 @@ pub fn spawn_cron(st: AppState) {
 }
 
 /// Enqueues the runs of `author/name`'s crons that match `minute`.
-async fn fire(
-    st: &AppState,
+async fn fire<H: JobHost>(
+    st: &H,
     q: &Jobs,
     author: &str,
     name: &str,
     minute: u64,
 ) -> Result<(), ApiError> {
-    let (did, target) = if author == crate::LOCAL_AUTHOR {
-        let t = crate::local_target(st, name, &VersionSelector::Latest).await?;
-        (crate::LOCAL_AUTHOR.to_string(), t)
-    } else {
-        let resolved = crate::allowed_author(st, author).await?;
-        let t = crate::remote_bundle(st, &resolved, name, &VersionSelector::Latest).await?;
-        (resolved.did.to_string(), t)
-    };
+    let target = st.resolve(author, name, &VersionSelector::Latest).await?;
+    let did = target.did.clone();
     let config = st.config();
-    for c in &target.manifest.crons {
+    for c in &target.crons {
         // The manifest was validated when it was loaded.
         let Ok(schedule) = atrund_bundle::cron::Schedule::parse(&c.schedule) else {
             continue;
@@ -541,14 +581,14 @@ async fn fire(
         }
         q.learn(
             &did,
-            &target.key.bundle,
+            &target.record,
             &c.task,
-            task_limit(&target.manifest, &c.task, config.limits.concurrency.max),
+            task_limit(&target.tasks, &c.task, config.limits.concurrency.max),
         );
         let new = NewJob {
             author: did.clone(),
             bundle: target.name.clone(),
-            version: target.key.bundle.clone(),
+            version: target.record.clone(),
             task: c.task.clone(),
             payload: "null".into(),
             idempotency_key: Some(format!("{prefix}{minute}")),
@@ -566,15 +606,15 @@ async fn fire(
 
 /// Starts `jobs.workers` workers and the purge of old finished jobs; they stop claiming once
 /// the runner drains (a running attempt finishes, or its lease brings it back after a restart).
-pub fn spawn_workers(st: AppState) {
-    let Some(q) = st.jobs.clone() else { return };
+pub fn spawn_workers<H: JobHost>(st: H) {
+    let Some(q) = st.queue() else { return };
     let config = st.config();
     for n in 0..config.jobs.workers {
         let (st, q) = (st.clone(), q.clone());
         tokio::spawn(async move { worker(st, q, n).await });
     }
     let retention = Duration::from_secs(config.jobs.retention_secs);
-    let (q, mut draining) = (q.clone(), st.draining.clone());
+    let (q, mut draining) = (q.clone(), st.draining());
     tokio::spawn(async move {
         loop {
             let before = now_ms().saturating_sub(retention.as_millis() as u64);
@@ -592,8 +632,8 @@ pub fn spawn_workers(st: AppState) {
     });
 }
 
-async fn worker(st: AppState, q: Arc<Jobs>, n: u64) {
-    let mut draining = st.draining.clone();
+async fn worker<H: JobHost>(st: H, q: Arc<Jobs>, n: u64) {
+    let mut draining = st.draining();
     loop {
         if *draining.borrow() {
             return;
@@ -622,7 +662,7 @@ async fn worker(st: AppState, q: Arc<Jobs>, n: u64) {
             Ok(Some(job)) => {
                 let _slot = slot;
                 // Counted as in flight like a request, so a drain waits for the attempt.
-                let Ok(_ticket) = st.pool.admit() else {
+                let Ok(_ticket) = st.admit() else {
                     tracing::info!(job = job.id, "draining: the claimed job is left to its lease and runs again after the restart");
                     return;
                 };
@@ -642,7 +682,7 @@ async fn worker(st: AppState, q: Arc<Jobs>, n: u64) {
 }
 
 /// One attempt of `job`: its outcome recorded, or left to its lease if the runner stops.
-async fn run(st: &AppState, q: &Jobs, job: Job) {
+async fn run<H: JobHost>(st: &H, q: &Jobs, job: Job) {
     let span = tracing::info_span!("job", id = job.id, author = %job.author, bundle = %job.bundle, task = %job.task, attempt = job.attempts);
     let outcome = tracing::Instrument::instrument(attempt(st, q, &job), span.clone()).await;
     let config = st.config();
@@ -681,63 +721,16 @@ async fn run(st: &AppState, q: &Jobs, job: Job) {
     }
 }
 
-/// Runs the task as an endpoint call of the job's version would run: the author allowed now,
-/// the version's manifest under today's caps, the same instances. The task's JSON result.
-async fn attempt(st: &AppState, q: &Jobs, job: &Job) -> Result<String, ApiError> {
-    let target = if job.author == crate::LOCAL_AUTHOR && st.local.is_some() {
-        // `at-rund dev`'s own crons: the folder's code as it is now.
-        crate::local_target(st, &job.bundle, &VersionSelector::Latest).await?
-    } else {
-        let selector = VersionSelector::parse(&job.version)?;
-        let resolved = crate::allowed_author(st, &job.author).await?;
-        crate::remote_bundle(st, &resolved, &job.bundle, &selector).await?
-    };
-    let config = st.config();
-    let limits =
-        atrund_policy::check_manifest(&config.permissions, &config.limits, &target.manifest)?;
+/// Runs the task as an endpoint call of the job's version would run (`JobHost::run_task`);
+/// the task's JSON result.
+async fn attempt<H: JobHost>(st: &H, q: &Jobs, job: &Job) -> Result<String, ApiError> {
+    let (target, body) = st.run_task(job, MAX_RESULT_BYTES).await?;
     q.learn(
         &job.author,
         &job.version,
         &job.task,
-        task_limit(&target.manifest, &job.task, config.limits.concurrency.max),
+        task_limit(&target.tasks, &job.task, st.config().limits.concurrency.max),
     );
-    let request = http::Request::builder()
-        .method(http::Method::POST)
-        .uri("/")
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(atrund_sandbox::boxed_body(http_body_util::Full::new(
-            bytes::Bytes::from(job.payload.clone()),
-        )))
-        .map_err(|e| runner_error(e.to_string()))?;
-    let concurrency = usize::try_from(limits.concurrency).unwrap_or(usize::MAX);
-    let key = target.key.clone();
-    let st2 = st.clone();
-    let resp = st
-        .pool
-        .execute(
-            key,
-            concurrency,
-            move || crate::instance_spec(&st2, &target, &limits),
-            atrund_sandbox::Invocation {
-                kind: atrund_sandbox::CallKind::Task,
-                endpoint: job.task.clone(),
-                request,
-            },
-            |_| {},
-            None,
-        )
-        .await?;
-    let body = http_body_util::Limited::new(resp.into_body(), MAX_RESULT_BYTES)
-        .collect()
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                ErrorClass::Author,
-                "BundleFailed",
-                format!("the task's answer could not be read: {e}"),
-            )
-        })?
-        .to_bytes();
     let answer: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
         ApiError::new(
             ErrorClass::Author,
