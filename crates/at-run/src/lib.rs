@@ -2,11 +2,13 @@
 //! exactly the code `at-run` runs. `main.rs` is only the command-line edge.
 
 pub mod auth;
+pub mod authed;
 pub mod build;
 pub mod deno;
 pub mod deploy;
 pub mod dev;
 pub mod error;
+pub mod jobs;
 pub mod logs;
 pub mod project;
 pub mod releases;

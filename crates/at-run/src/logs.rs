@@ -14,9 +14,9 @@ use anyhow::Context;
 use atrund_api::{GET_LOGS, TAIL_LOGS};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{self, AuthArgs};
+use crate::auth::AuthArgs;
+use crate::authed::Caller;
 use crate::error::Failure;
-use crate::secrets::check_runner_url;
 
 /// The command line of `at-run logs`.
 #[derive(Debug, Clone, clap::Args)]
@@ -94,80 +94,6 @@ fn render_line(l: &Line) -> String {
     format!("{} {} {} {}\n", l.time, l.version, l.stream, l.text)
 }
 
-/// A runner and a service-auth token for one call on it.
-struct Caller {
-    runner: String,
-    service_did: String,
-    http: reqwest::Client,
-}
-
-impl Caller {
-    async fn new(runner: &str) -> anyhow::Result<Self> {
-        let runner = check_runner_url(runner)?;
-        let desc = crate::runner::describe(&runner).await?;
-        let service_did = desc.service_did.ok_or_else(|| {
-            Failure::RunnerRefused(format!(
-                "the runner at {runner} announces no serviceDid: it is older than authors' logs"
-            ))
-        })?;
-        if !desc.logs_kept {
-            return Err(Failure::RunnerRefused(format!(
-                "the runner at {runner} keeps no logs of bundles (its operator set logs.keep = false)"
-            ))
-            .into());
-        }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(15))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .context("could not set up the HTTP client")?;
-        Ok(Caller {
-            runner,
-            service_did,
-            http,
-        })
-    }
-
-    /// GET `method` with a fresh token; the runner's XRPC error becomes a [`Failure`].
-    async fn call(
-        &self,
-        a: &AuthArgs,
-        method: &str,
-        query: &[(&str, String)],
-        timeout: Option<Duration>,
-    ) -> anyhow::Result<reqwest::Response> {
-        let (client, session) = auth::session(a).await?;
-        let token = client
-            .get_service_auth(&session, &self.service_did, method)
-            .await
-            .context("your PDS did not mint a service-auth token for the runner")?;
-        let url = format!("{}/xrpc/{method}", self.runner);
-        let mut req = self.http.get(&url).bearer_auth(token).query(query);
-        if let Some(t) = timeout {
-            req = req.timeout(t);
-        }
-        let resp = req.send().await.map_err(|e| {
-            Failure::RunnerUnreachable(format!(
-                "could not reach the runner at {} ({e}); check --runner",
-                self.runner
-            ))
-        })?;
-        let status = resp.status().as_u16();
-        if (200..300).contains(&status) {
-            return Ok(resp);
-        }
-        let body: serde_json::Value = resp.json().await.unwrap_or_default();
-        let name = body.get("error").and_then(|v| v.as_str()).unwrap_or("");
-        let message = body.get("message").and_then(|v| v.as_str()).unwrap_or("");
-        let text = format!("the runner refused {method}: HTTP {status} {name}: {message}");
-        Err(match status {
-            401 | 403 => Failure::RunnerAuthRefused(text),
-            _ => Failure::RunnerRefused(text),
-        }
-        .into())
-    }
-}
-
 fn query(args: &LogsArgs, since: Option<u64>) -> Vec<(&'static str, String)> {
     let mut q = vec![("bundle", args.name.clone())];
     if let Some(s) = since {
@@ -179,11 +105,24 @@ fn query(args: &LogsArgs, since: Option<u64>) -> Vec<(&'static str, String)> {
     q
 }
 
+/// A caller of `runner`'s log methods: the runner must keep logs.
+async fn log_caller(runner: &str) -> anyhow::Result<Caller> {
+    let caller = Caller::new(runner).await?;
+    if !caller.desc.logs_kept {
+        return Err(Failure::RunnerRefused(format!(
+            "the runner at {} keeps no logs of bundles (its operator set logs.keep = false)",
+            caller.runner
+        ))
+        .into());
+    }
+    Ok(caller)
+}
+
 /// `at-run logs NAME` without `--follow`: one page.
 pub async fn get(args: &LogsArgs) -> anyhow::Result<Logs> {
-    let caller = Caller::new(&args.runner).await?;
+    let caller = log_caller(&args.runner).await?;
     let resp = caller
-        .call(
+        .get(
             &args.auth,
             GET_LOGS,
             &query(args, args.since),
@@ -199,12 +138,12 @@ pub async fn get(args: &LogsArgs) -> anyhow::Result<Logs> {
 /// with `json`).
 pub async fn follow(args: &LogsArgs, json: bool) -> anyhow::Result<()> {
     use futures::StreamExt as _;
-    let caller = Caller::new(&args.runner).await?;
+    let caller = log_caller(&args.runner).await?;
     let mut since = args.since;
     let mut failures = 0u32;
     loop {
         let resp = caller
-            .call(&args.auth, TAIL_LOGS, &query(args, since), None)
+            .get(&args.auth, TAIL_LOGS, &query(args, since), None)
             .await?;
         let mut body = resp.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();

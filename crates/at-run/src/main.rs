@@ -1,11 +1,13 @@
 //! `at-run`, the author CLI of at-rund: `init`, `build`, `dev`, `deploy`, `rollback`, `ls`,
-//! `login`, `test`, `check`, `secrets` and `logs`. The command-line edge: parses arguments, runs the
+//! `login`, `test`, `check`, `secrets`, `logs` and `jobs`. The command-line edge: parses arguments, runs the
 //! command, prints the result (text, or one JSON object with `--json`), reports progress on
 //! stderr, and turns errors into a message, a stable name and an exit code (`error::exit`).
 //! Must not touch: anything a command module does not own; passwords and tokens are never
 //! printed.
 
-use at_run::{auth, build, deno, deploy, dev, error, logs, project, releases, runner, secrets};
+use at_run::{
+    auth, build, deno, deploy, dev, error, jobs, logs, project, releases, runner, secrets,
+};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -118,6 +120,11 @@ enum Command {
     },
     /// Show a bundle's console output as a runner kept it (only yours); --follow for new lines.
     Logs(logs::LogsArgs),
+    /// Your background jobs on a runner: enqueue, ls, show, cancel, retry (docs/jobs.md).
+    Jobs {
+        #[command(subcommand)]
+        command: jobs::JobsCommand,
+    },
 }
 
 /// A command's result: text for people, JSON for scripts.
@@ -328,6 +335,14 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
             let l = logs::get(&args).await?;
             let text = l.render();
             out(&l, text)
+        }
+        Command::Jobs { command } => {
+            let a = jobs::run(&command).await?;
+            Ok(Output {
+                text: a.text,
+                json: a.json,
+                failure: None,
+            })
         }
         Command::Secrets { command } => {
             let (verb, result) = match &command {

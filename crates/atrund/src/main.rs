@@ -408,11 +408,13 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         tracing::info!(bundle_domain = %d, "host routes on: each bundle is served at {{label}}.{d} (docs/origins.md)");
     }
     let cache = response_cache(&config);
+    let jobs = job_queue(&config)?;
     let counters = observe::counters(
         pool.clone(),
         egress.clone(),
         identity.clone(),
         cache.clone(),
+        jobs.clone(),
     );
     let metrics = observe::metrics(&config, pool.backend(), counters.clone());
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -454,6 +456,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         status: Arc::default(),
         logs,
         cache,
+        jobs,
     });
     if let Some(l) = &state.local {
         tracing::info!(
@@ -462,6 +465,8 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
             "serving local bundle"
         );
     }
+    atrund_http::jobs::spawn_workers(state.clone());
+    atrund_http::jobs::spawn_cron(state.clone());
     let prewarm_state = state.clone();
     let admin_state = state.clone();
     let app = atrund_http::service(state);
@@ -796,6 +801,27 @@ fn prepare_data_dir(layout: &DataLayout, group: Option<u32>) -> Result<()> {
             .with_context(|| format!("cannot remove the staged copy {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The background jobs' queue (`[jobs]`, docs/jobs.md), opened (and migrated) at start.
+fn job_queue(config: &Config) -> anyhow::Result<Option<Arc<atrund_http::jobs::Jobs>>> {
+    if !config.jobs.enabled {
+        tracing::info!("background jobs off (jobs.enabled = false)");
+        return Ok(None);
+    }
+    let path = config.layout().jobs_db();
+    let store = atrund_jobs::JobStore::open(&path).with_context(|| {
+        format!(
+            "cannot open the job queue {} (jobs.enabled)",
+            path.display()
+        )
+    })?;
+    tracing::info!(
+        db = %path.display(),
+        workers = config.jobs.workers,
+        "background jobs on: tasks run from a durable queue (docs/jobs.md)"
+    );
+    Ok(Some(Arc::new(atrund_http::jobs::Jobs::new(store))))
 }
 
 /// The response cache (`[cache]`, docs/cache.md), said at start like every other component.

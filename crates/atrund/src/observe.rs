@@ -212,6 +212,7 @@ pub fn counters(
     egress: Arc<atrund_egress::EgressProxy>,
     identity: atrund_identity::IdentityResolver,
     cache: Option<Arc<atrund_cache::ResponseCache>>,
+    jobs: Option<Arc<atrund_http::jobs::Jobs>>,
 ) -> atrund_http::Counters {
     Arc::new(move || {
         let mut s = snapshot(&pool, &egress, &identity);
@@ -225,6 +226,7 @@ pub fn counters(
                 evicted: st.evicted,
             }
         });
+        s.jobs = jobs.as_ref().map(|j| j.metrics());
         s
     })
 }
@@ -289,8 +291,9 @@ fn snapshot(
         egress_allowed: e.allowed,
         egress_denied: e.denied.into_iter().collect(),
         identity_cache,
-        // Filled by `counters`, which holds the cache.
+        // Filled by `counters`, which holds the cache and the jobs.
         response_cache: None,
+        jobs: None,
         generic: p.generic.map(|g| atrund_metrics::GenericSandboxes {
             ready: g.ready,
             starting: g.starting,

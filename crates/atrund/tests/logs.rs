@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use atrund_testnet::{Account, TestNet};
+use atrund_testnet::TestNet;
 use base64::Engine as _;
 use common::Daemon;
 use serde_json::{json, Value};
@@ -71,42 +71,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// A service-auth token the real PDS mints for `acct` (`exp` in seconds, else the PDS's 60 s).
-async fn mint(net: &TestNet, acct: &Account, aud: &str, lxm: &str, exp: Option<u64>) -> String {
-    let http = net.http();
-    let s: Value = http
-        .post(format!(
-            "{}/xrpc/com.atproto.server.createSession",
-            net.pds_url
-        ))
-        .json(&json!({"identifier": acct.handle, "password": acct.password}))
-        .send()
-        .await
-        .expect("createSession")
-        .json()
-        .await
-        .expect("session JSON");
-    let access = s["accessJwt"].as_str().expect("accessJwt");
-    let mut q = vec![("aud", aud.to_string()), ("lxm", lxm.to_string())];
-    if let Some(e) = exp {
-        q.push(("exp", e.to_string()));
-    }
-    let resp = http
-        .get(format!(
-            "{}/xrpc/com.atproto.server.getServiceAuth",
-            net.pds_url
-        ))
-        .bearer_auth(access)
-        .query(&q)
-        .send()
-        .await
-        .expect("getServiceAuth");
-    let status = resp.status();
-    let v: Value = resp.json().await.expect("token JSON");
-    assert!(status.is_success(), "getServiceAuth: {v}");
-    v["token"].as_str().expect("token").to_string()
 }
 
 /// GET `url` with `token` as the bearer (none: no Authorization header).
@@ -216,7 +180,7 @@ async fn authors_read_their_logs_and_every_other_token_is_refused() {
     invoke(&d, &thief.did, "say?msg=thiefs-own").await;
 
     let get = d.url(&format!("/xrpc/{GET_LOGS}?bundle=chatty"));
-    let token = mint(net, &author, &aud, GET_LOGS, None).await;
+    let token = common::mint(net, &author, &aud, GET_LOGS, None).await;
     let (s, b) = call(&get, Some(&token)).await;
     assert_eq!(s, 200, "{b}");
     let lines = texts(&b);
@@ -259,11 +223,11 @@ async fn authors_read_their_logs_and_every_other_token_is_refused() {
     let (s, b) = call(&get, Some("not-a-token")).await;
     refused(s, &b, 401, "AuthInvalid");
     // Another account's valid token, for the author's bundle.
-    let theirs = mint(net, &thief, &aud, GET_LOGS, None).await;
+    let theirs = common::mint(net, &thief, &aud, GET_LOGS, None).await;
     let (s, b) = call(&format!("{get}&author={}", author.did), Some(&theirs)).await;
     refused(s, &b, 403, "NotBundleAuthor");
     // ... and without naming the author it reads the thief's own bundle only.
-    let theirs = mint(net, &thief, &aud, GET_LOGS, None).await;
+    let theirs = common::mint(net, &thief, &aud, GET_LOGS, None).await;
     let (s, b) = call(&get, Some(&theirs)).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["author"], thief.did.as_str());
@@ -273,14 +237,14 @@ async fn authors_read_their_logs_and_every_other_token_is_refused() {
         "{b}"
     );
     // Wrong audience: a token for another service.
-    let t = mint(net, &author, "did:web:elsewhere.test", GET_LOGS, None).await;
+    let t = common::mint(net, &author, "did:web:elsewhere.test", GET_LOGS, None).await;
     let (s, b) = call(&get, Some(&t)).await;
     refused(s, &b, 401, "AuthWrongAudience");
     // Wrong method: a token bound to tailLogs, or to a PDS method.
-    let t = mint(net, &author, &aud, TAIL_LOGS, None).await;
+    let t = common::mint(net, &author, &aud, TAIL_LOGS, None).await;
     let (s, b) = call(&get, Some(&t)).await;
     refused(s, &b, 401, "AuthWrongMethod");
-    let t = mint(net, &author, &aud, "com.atproto.repo.createRecord", None).await;
+    let t = common::mint(net, &author, &aud, "com.atproto.repo.createRecord", None).await;
     let (s, b) = call(&get, Some(&t)).await;
     refused(s, &b, 401, "AuthWrongMethod");
     // Signed by a key that is not the author's.
@@ -294,17 +258,17 @@ async fn authors_read_their_logs_and_every_other_token_is_refused() {
         "{b}"
     );
     // The thief's genuine token with the issuer changed to the author: the signature breaks.
-    let t = mint(net, &thief, &aud, GET_LOGS, None).await;
+    let t = common::mint(net, &thief, &aud, GET_LOGS, None).await;
     let t = tampered(&t, |p| p["iss"] = author.did.as_str().into());
     let (s, b) = call(&get, Some(&t)).await;
     refused(s, &b, 401, "AuthInvalid");
     // The author's genuine token with a longer life written in.
-    let t = mint(net, &author, &aud, GET_LOGS, None).await;
+    let t = common::mint(net, &author, &aud, GET_LOGS, None).await;
     let t = tampered(&t, |p| p["exp"] = (now() + 600).into());
     let (s, b) = call(&get, Some(&t)).await;
     refused(s, &b, 401, "AuthInvalid");
     // Expired: a token that lived 2 s.
-    let t = mint(net, &author, &aud, GET_LOGS, Some(now() + 2)).await;
+    let t = common::mint(net, &author, &aud, GET_LOGS, Some(now() + 2)).await;
     tokio::time::sleep(Duration::from_millis(3100)).await;
     let (s, b) = call(&get, Some(&t)).await;
     refused(s, &b, 401, "AuthExpired");
@@ -314,7 +278,7 @@ async fn authors_read_their_logs_and_every_other_token_is_refused() {
     // Output is read as it comes, so the last lines may land just after the response.
     let deadline = Instant::now() + Duration::from_secs(10);
     let b = loop {
-        let t = mint(net, &author, &aud, GET_LOGS, None).await;
+        let t = common::mint(net, &author, &aud, GET_LOGS, None).await;
         let (s, b) = call(&format!("{get}&since=0&limit=1000"), Some(&t)).await;
         assert_eq!(s, 200, "{b}");
         if texts(&b).last().map(String::as_str) == Some("burst 30") || Instant::now() > deadline {
@@ -416,7 +380,7 @@ async fn authors_read_their_logs_and_every_other_token_is_refused() {
     assert_eq!(seen["type"], "line");
 
     // tailLogs over raw HTTP: NDJSON; its token must be bound to tailLogs.
-    let t = mint(net, &author, &aud, TAIL_LOGS, None).await;
+    let t = common::mint(net, &author, &aud, TAIL_LOGS, None).await;
     let resp = reqwest::Client::new()
         .get(d.url(&format!("/xrpc/{TAIL_LOGS}?bundle=chatty&limit=2")))
         .bearer_auth(&t)
@@ -457,7 +421,7 @@ async fn authors_read_their_logs_and_every_other_token_is_refused() {
         ]
     );
     drop(resp);
-    let t = mint(net, &author, &aud, GET_LOGS, None).await;
+    let t = common::mint(net, &author, &aud, GET_LOGS, None).await;
     let (s, b) = call(
         &d.url(&format!("/xrpc/{TAIL_LOGS}?bundle=chatty")),
         Some(&t),
@@ -478,7 +442,7 @@ async fn a_runner_that_keeps_no_logs_says_so() {
     let (_, desc) = call(&d.url("/xrpc/dev.atrund.describeRunner"), None).await;
     assert_eq!(desc["logsKept"], false);
     let aud = desc["serviceDid"].as_str().expect("serviceDid").to_string();
-    let t = mint(net, &author, &aud, GET_LOGS, None).await;
+    let t = common::mint(net, &author, &aud, GET_LOGS, None).await;
     for method in [GET_LOGS, TAIL_LOGS] {
         let (s, b) = call(&d.url(&format!("/xrpc/{method}?bundle=chatty")), Some(&t)).await;
         assert_eq!((s, b["error"].as_str()), (404, Some("LogsDisabled")), "{b}");
@@ -504,14 +468,14 @@ async fn an_allow_list_runner_refuses_unlisted_issuers_before_resolving() {
     let (_, desc) = call(&d.url("/xrpc/dev.atrund.describeRunner"), None).await;
     let aud = desc["serviceDid"].as_str().expect("serviceDid").to_string();
     let get = d.url(&format!("/xrpc/{GET_LOGS}?bundle=chatty"));
-    let t = mint(net, &other, &aud, GET_LOGS, None).await;
+    let t = common::mint(net, &other, &aud, GET_LOGS, None).await;
     let (s, b) = call(&get, Some(&t)).await;
     assert_eq!(
         (s, b["error"].as_str()),
         (403, Some("AuthorNotAllowed")),
         "{b}"
     );
-    let t = mint(net, &listed, &aud, GET_LOGS, None).await;
+    let t = common::mint(net, &listed, &aud, GET_LOGS, None).await;
     let (s, b) = call(&get, Some(&t)).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["lines"].as_array().map(Vec::len), Some(0), "{b}");

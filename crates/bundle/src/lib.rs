@@ -4,6 +4,7 @@
 //! (`source`), and the per-DID revision floors that refuse a replayed older repository
 //! (`revisions`).
 
+pub mod cron;
 mod flights;
 pub mod local;
 pub mod record;

@@ -226,6 +226,37 @@ impl Manifest {
                 return bad(format!("run entry '{r}' must be a command name"));
             }
         }
+        let mut tasks = std::collections::HashSet::new();
+        for t in &self.tasks {
+            if !is_identifier(&t.name) || t.name == "default" {
+                return bad(format!(
+                    "task name '{}' must be a JavaScript identifier other than 'default'",
+                    t.name
+                ));
+            }
+            if !tasks.insert(t.name.as_str()) || seen.contains(t.name.as_str()) {
+                return bad(format!(
+                    "'{}' is declared twice (an export is an endpoint or a task, once)",
+                    t.name
+                ));
+            }
+            if t.concurrency == Some(0) {
+                return bad(format!(
+                    "task '{}': concurrency must be greater than 0",
+                    t.name
+                ));
+            }
+        }
+        for c in &self.crons {
+            crate::cron::Schedule::parse(&c.schedule)
+                .map_err(|e| RecordError::BadManifest(format!("cron schedule {e}")))?;
+            if !tasks.contains(c.task.as_str()) {
+                return bad(format!(
+                    "cron '{}' starts task '{}', which the manifest's tasks do not declare",
+                    c.schedule, c.task
+                ));
+            }
+        }
         let l = &self.limits;
         for (k, v) in [
             ("memoryMib", l.memory_mib),
@@ -355,6 +386,11 @@ mod tests {
         )
         .unwrap();
         assert!(ok.validate().is_ok());
+        let jobs: Manifest = serde_json::from_str(
+            r#"{"tasks":[{"name":"t","concurrency":2}],"crons":[{"schedule":"*/5 * * * mon","task":"t"}]}"#,
+        )
+        .unwrap();
+        assert!(jobs.validate().is_ok());
         assert!(serde_json::from_str::<Manifest>(r#"{"permissions":{"gpu":true}}"#).is_err());
         assert!(serde_json::from_str::<Manifest>(r#"{"surprise":1}"#).is_err());
         for bad in [
@@ -371,6 +407,12 @@ mod tests {
             r#"{"permissions":{"read":["a/./b"]}}"#,
             r#"{"permissions":{"net":["a,b"]}}"#,
             r#"{"limits":{"memoryMib":0}}"#,
+            r#"{"tasks":[{"name":"a-b"}]}"#,
+            r#"{"tasks":[{"name":"t"},{"name":"t"}]}"#,
+            r#"{"endpoints":[{"name":"t"}],"tasks":[{"name":"t"}]}"#,
+            r#"{"tasks":[{"name":"t","concurrency":0}]}"#,
+            r#"{"tasks":[{"name":"t"}],"crons":[{"schedule":"* * * *","task":"t"}]}"#,
+            r#"{"tasks":[{"name":"t"}],"crons":[{"schedule":"* * * * *","task":"u"}]}"#,
         ] {
             let m: Manifest = serde_json::from_str(bad).unwrap();
             assert!(m.validate().is_err(), "{bad}");

@@ -88,6 +88,11 @@ impl DataLayout {
         self.root.join("origins.json")
     }
 
+    /// The background jobs' queue (`atrund-jobs`, SQLite).
+    pub fn jobs_db(&self) -> PathBuf {
+        self.root.join("jobs.sqlite")
+    }
+
     /// The runner key file when `secrets.key_file` is not set.
     pub fn default_key_file(&self) -> PathBuf {
         self.root.join("runner-key.json")

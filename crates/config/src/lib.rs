@@ -70,6 +70,7 @@ pub struct Config {
     pub tenants: TenantsSection,
     pub metrics: MetricsSection,
     pub cache: CacheSection,
+    pub jobs: JobsSection,
     pub log: LogSection,
     pub logs: LogsSection,
     pub otel: OtelSection,
@@ -584,6 +585,7 @@ impl Default for Config {
             tenants: TenantsSection::default(),
             metrics: MetricsSection::default(),
             cache: CacheSection::default(),
+            jobs: JobsSection::default(),
             log: LogSection::default(),
             logs: LogsSection::default(),
             otel: OtelSection::default(),
@@ -727,6 +729,54 @@ impl Default for CacheSection {
             enabled: true,
             max_bytes: 64 * MIB,
             max_entry_bytes: MIB,
+        }
+    }
+}
+
+/// Background jobs (docs/jobs.md): tasks of bundles run from a durable queue in the data dir.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsSection {
+    /// Accept jobs over XRPC and run them; off, the job methods answer `JobsDisabled` and the
+    /// queue is not opened.
+    pub enabled: bool,
+    /// Jobs run at once by this runner.
+    pub workers: u64,
+    /// How long a claimed attempt may run before the job is due again (its runner is taken to
+    /// have died). At least the longest request timeout (`limits.timeout_ms.max`) plus 5 s.
+    pub lease_ms: u64,
+    /// Attempts before a failing job is dead (at least 1).
+    pub max_attempts: u64,
+    /// Wait after the first failed attempt; doubled after each further one, up to
+    /// `backoff_max_ms`.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Finished jobs (succeeded, dead, cancelled) are kept this long for their author to read.
+    pub retention_secs: u64,
+    /// Largest payload of one job (JSON text).
+    pub max_payload_bytes: u64,
+    /// How often an idle worker looks for jobs that became due (delayed jobs, retries, lost
+    /// leases); an enqueue wakes it at once.
+    pub poll_ms: u64,
+    /// Bundles whose manifest `crons` this runner fires, as `author/name` (author a DID or
+    /// handle). A runner does not know every author's code, so it fires only these; `at-rund
+    /// dev` fires the local bundle's.
+    pub cron_bundles: Vec<String>,
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        JobsSection {
+            enabled: true,
+            workers: 2,
+            lease_ms: 600_000,
+            max_attempts: 5,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 300_000,
+            retention_secs: 7 * 24 * 3600,
+            max_payload_bytes: 64 * 1024,
+            poll_ms: 1_000,
+            cron_bundles: Vec::new(),
         }
     }
 }

@@ -61,6 +61,7 @@ impl Config {
             tenants,
             metrics,
             cache,
+            jobs,
             log,
             logs,
             otel,
@@ -81,6 +82,7 @@ impl Config {
         keep(&mut k, "egress", egress, &mut new.egress);
         keep(&mut k, "metrics", metrics, &mut new.metrics);
         keep(&mut k, "cache", cache, &mut new.cache);
+        keep(&mut k, "jobs", jobs, &mut new.jobs);
         keep(&mut k, "log", log, &mut new.log);
         keep(&mut k, "logs", logs, &mut new.logs);
         keep(&mut k, "otel", otel, &mut new.otel);

@@ -104,6 +104,50 @@ impl Config {
         }
 
         self.check_otel()?;
+        if self.jobs.enabled {
+            let j = &self.jobs;
+            for (key, v) in [
+                ("jobs.workers", j.workers),
+                ("jobs.max_attempts", j.max_attempts),
+                ("jobs.poll_ms", j.poll_ms),
+            ] {
+                if v == 0 {
+                    return Err(invalid(
+                        key,
+                        "must be at least 1 with jobs on; turn them off with jobs.enabled = false (ATRUND_JOBS_ENABLED)".into(),
+                    ));
+                }
+            }
+            if let Some(bad) = j.cron_bundles.iter().find(|e| {
+                !e.split_once('/').is_some_and(|(a, n)| {
+                    (is_valid_did(a) || is_valid_handle(a)) && !n.is_empty() && !n.contains('/')
+                })
+            }) {
+                return Err(invalid(
+                    "jobs.cron_bundles",
+                    format!("'{bad}' is not author/name (e.g. \"did:plc:abc/reports\" or \"alice.example.com/reports\")"),
+                ));
+            }
+            if j.backoff_base_ms > j.backoff_max_ms {
+                return Err(invalid(
+                    "jobs.backoff_base_ms",
+                    format!(
+                        "{} is more than jobs.backoff_max_ms ({}); lower it or raise the cap",
+                        j.backoff_base_ms, j.backoff_max_ms
+                    ),
+                ));
+            }
+            let longest = self.limits.timeout_ms.max.saturating_add(5_000);
+            if j.lease_ms < longest {
+                return Err(invalid(
+                    "jobs.lease_ms",
+                    format!(
+                        "{} is shorter than the longest task run (limits.timeout_ms.max + 5 s = {longest} ms): a task still running would be started again; raise it",
+                        j.lease_ms
+                    ),
+                ));
+            }
+        }
         if self.cache.enabled {
             if self.cache.max_bytes == 0 {
                 return Err(invalid(

@@ -19,6 +19,7 @@ pub mod data_quota;
 pub mod error;
 pub mod forwarded;
 pub mod headers;
+pub mod jobs;
 mod live;
 pub mod logs;
 pub mod origin;
@@ -115,6 +116,8 @@ pub struct AppShared {
     pub logs: Arc<logs::AuthorsLogs>,
     /// Kept bundle responses (`cache.enabled`, docs/cache.md).
     pub cache: Option<Arc<atrund_cache::ResponseCache>>,
+    /// The background jobs' queue (`jobs.enabled`, docs/jobs.md).
+    pub jobs: Option<Arc<jobs::Jobs>>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<logs::AuthorsLogs> {
@@ -130,6 +133,132 @@ impl AppShared {
         self.live.current()
     }
 }
+impl jobs::JobHost for AppState {
+    fn queue(&self) -> Option<Arc<jobs::Jobs>> {
+        self.jobs.clone()
+    }
+
+    fn config(&self) -> Arc<Config> {
+        self.live.current()
+    }
+
+    fn draining(&self) -> watch::Receiver<bool> {
+        self.0.draining.clone()
+    }
+
+    fn local_bundle(&self) -> Option<(String, String)> {
+        self.local
+            .as_ref()
+            .map(|l| (LOCAL_AUTHOR.to_string(), l.name.clone()))
+    }
+
+    fn admit(&self) -> Result<atrund_pool::Ticket, ApiError> {
+        Ok(self.pool.admit()?)
+    }
+
+    async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        method: &str,
+    ) -> Result<String, ApiError> {
+        Ok(self.logs.authenticate(headers, method).await?.to_string())
+    }
+
+    async fn resolve(
+        &self,
+        author: &str,
+        name: &str,
+        selector: &VersionSelector,
+    ) -> Result<jobs::Resolved, ApiError> {
+        Ok(job_target(self, author, name, selector).await?.1)
+    }
+
+    async fn run_task(
+        &self,
+        job: &atrund_jobs::Job,
+        max_answer: usize,
+    ) -> Result<(jobs::Resolved, bytes::Bytes), ApiError> {
+        use http_body_util::BodyExt;
+        let selector = if job.author == LOCAL_AUTHOR {
+            // `at-rund dev`'s own crons: the folder's code as it is now.
+            VersionSelector::Latest
+        } else {
+            VersionSelector::parse(&job.version)?
+        };
+        let (target, resolved) = job_target(self, &job.author, &job.bundle, &selector).await?;
+        let config = self.config();
+        let limits =
+            atrund_policy::check_manifest(&config.permissions, &config.limits, &target.manifest)?;
+        let request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri("/")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(atrund_sandbox::boxed_body(http_body_util::Full::new(
+                bytes::Bytes::from(job.payload.clone()),
+            )))
+            .map_err(|e| ApiError::new(ErrorClass::Runner, "InvalidRequest", e.to_string()))?;
+        let concurrency = usize::try_from(limits.concurrency).unwrap_or(usize::MAX);
+        let key = target.key.clone();
+        let st = self.clone();
+        let resp = self
+            .pool
+            .execute(
+                key,
+                concurrency,
+                move || instance_spec(&st, &target, &limits),
+                Invocation {
+                    kind: atrund_sandbox::CallKind::Task,
+                    endpoint: job.task.clone(),
+                    request,
+                },
+                |_| {},
+                None,
+            )
+            .await?;
+        let body = http_body_util::Limited::new(resp.into_body(), max_answer)
+            .collect()
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorClass::Author,
+                    "BundleFailed",
+                    format!("the task's answer could not be read: {e}"),
+                )
+            })?
+            .to_bytes();
+        Ok((resolved, body))
+    }
+}
+
+/// A job's bundle version: the local bundle in `at-rund dev`, else an allowed author's, as an
+/// endpoint call resolves it.
+async fn job_target(
+    st: &AppState,
+    author: &str,
+    name: &str,
+    selector: &VersionSelector,
+) -> Result<(Target, jobs::Resolved), ApiError> {
+    let (did, target) = if author == LOCAL_AUTHOR && st.local.is_some() {
+        (
+            LOCAL_AUTHOR.to_string(),
+            local_target(st, name, selector).await?,
+        )
+    } else {
+        let resolved = allowed_author(st, author).await?;
+        let t = remote_bundle(st, &resolved, name, selector).await?;
+        (resolved.did.to_string(), t)
+    };
+    let resolved = jobs::Resolved {
+        did,
+        name: target.name.clone(),
+        version: target.version.clone(),
+        record: target.key.bundle.clone(),
+        tasks: target.manifest.tasks.clone(),
+        crons: target.manifest.crons.clone(),
+    };
+    Ok((target, resolved))
+}
+
 /// Reads the components' counters (`AppState::counters`).
 pub type Counters = Arc<dyn Fn() -> atrund_metrics::Snapshot + Send + Sync>;
 
@@ -155,6 +284,20 @@ pub fn router(state: AppState) -> Router {
         .route("/xrpc/dev.atrund.checkBundleHost", get(check_bundle_host))
         .route(&format!("/xrpc/{}", api::GET_LOGS), get(logs::get_logs))
         .route(&format!("/xrpc/{}", api::TAIL_LOGS), get(logs::tail_logs))
+        .route(
+            &format!("/xrpc/{}", jobs::ENQUEUE_JOB),
+            axum::routing::post(jobs::enqueue::<AppState>),
+        )
+        .route(&format!("/xrpc/{}", jobs::GET_JOB), get(jobs::get_job::<AppState>))
+        .route(&format!("/xrpc/{}", jobs::LIST_JOBS), get(jobs::list_jobs::<AppState>))
+        .route(
+            &format!("/xrpc/{}", jobs::CANCEL_JOB),
+            axum::routing::post(jobs::cancel_job::<AppState>),
+        )
+        .route(
+            &format!("/xrpc/{}", jobs::RETRY_JOB),
+            axum::routing::post(jobs::retry_job::<AppState>),
+        )
         .route(
             "/bundle/{author}/{name}/{version}/{endpoint}",
             any(invoke_root),

@@ -117,7 +117,12 @@ impl AuthorsLogs {
     }
 
     /// The caller's DID, once its token is proven to be theirs and for `method` on this runner.
-    async fn authenticate(&self, headers: &HeaderMap, method: &str) -> Result<Did, ApiError> {
+    /// Also the proof of the job methods' caller (`jobs`): one token, one call, whichever.
+    pub(crate) async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        method: &str,
+    ) -> Result<Did, ApiError> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Err(ApiError::new(
                 ErrorClass::Unauthorized,

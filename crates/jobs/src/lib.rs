@@ -461,6 +461,24 @@ impl JobStore {
         Ok(n as u64)
     }
 
+    /// Whether `author`'s bundle has a queued or running job of `task` whose idempotency key
+    /// starts with `key_prefix` (a cron's previous run still going).
+    pub fn unfinished(
+        &self,
+        author: &str,
+        bundle: &str,
+        task: &str,
+        key_prefix: &str,
+    ) -> Result<bool, JobError> {
+        let found: bool = self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE author = ?1 AND bundle = ?2 AND task = ?3 \
+             AND state IN ('queued', 'running') AND substr(idempotency_key, 1, length(?4)) = ?4)",
+            params![author, bundle, task, key_prefix],
+            |r| r.get(0),
+        )?;
+        Ok(found)
+    }
+
     /// How many jobs are in each state.
     pub fn counts(&self) -> Result<Vec<(State, u64)>, JobError> {
         let conn = self.conn();

@@ -261,6 +261,24 @@ fn list_pages_filters_and_purge() {
 }
 
 #[test]
+fn unfinished_finds_a_running_cron_job() {
+    let (_d, s) = store();
+    let unfinished = |s: &JobStore| s.unfinished("did:a", "b", "t", "cron:t:").unwrap();
+    assert!(!unfinished(&s));
+    let id = s
+        .enqueue(&new_job("did:a", Some("cron:t:100")), 0)
+        .unwrap()
+        .job
+        .id;
+    assert!(unfinished(&s));
+    assert!(!s.unfinished("did:a", "b", "t", "cron:u:").unwrap());
+    s.claim(0, 1_000, free).unwrap().unwrap();
+    assert!(unfinished(&s), "running");
+    s.complete(id, 1, None, 1).unwrap();
+    assert!(!unfinished(&s));
+}
+
+#[test]
 fn a_database_from_a_newer_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jobs.sqlite");

@@ -142,6 +142,18 @@ pub struct Snapshot {
     pub generic: Option<GenericSandboxes>,
     /// The response cache, when `cache.enabled` is on.
     pub response_cache: Option<ResponseCache>,
+    /// Background jobs, when `jobs.enabled` is on.
+    pub jobs: Option<Jobs>,
+}
+
+/// The job queue's counters (`atrund_jobs*`, docs/jobs.md).
+#[derive(Debug, Clone, Default)]
+pub struct Jobs {
+    /// Jobs in the queue now by state (`queued`, `running`, `succeeded`, `dead`, `cancelled`).
+    pub by_state: Vec<(&'static str, u64)>,
+    /// Attempts ended by this runner since start, by outcome (`succeeded`, `retried`, `dead`,
+    /// `lost`: ended after its lease, not recorded).
+    pub attempts: Vec<(&'static str, u64)>,
 }
 
 /// The response cache's counters (`atrund_response_cache_*`, docs/cache.md).
@@ -685,11 +697,39 @@ impl Collector for Scraped {
         if let Some(c) = &s.response_cache {
             encode_response_cache(&mut enc, c)?;
         }
+        if let Some(j) = &s.jobs {
+            family(
+                &mut enc,
+                "jobs",
+                "Background jobs in the queue now, by state",
+                MetricType::Gauge,
+                j.by_state.iter().map(|(state, n)| {
+                    (
+                        StateLabel { state },
+                        ConstGauge::new(i64::try_from(*n).unwrap_or(i64::MAX)),
+                    )
+                }),
+            )?;
+            family(
+                &mut enc,
+                "job_attempts",
+                "Job attempts this runner ended, by outcome: succeeded, retried (failed, queued again), dead (failed, no attempts left), lost (ended after its lease)",
+                MetricType::Counter,
+                j.attempts
+                    .iter()
+                    .map(|(outcome, n)| (OutcomeLabel { outcome }, ConstCounter::new(*n))),
+            )?;
+        }
         match &s.generic {
             Some(g) => encode_generic(&mut enc, g),
             None => Ok(()),
         }
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
 /// The `response_cache_*` families (only with the cache on).

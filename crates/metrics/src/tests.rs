@@ -83,6 +83,10 @@ fn scrape_time_counters_come_from_the_source() {
         egress_allowed: 3,
         egress_denied: vec![("loopback".into(), 2)],
         identity_cache: vec![("did", "hit", 5)],
+        jobs: Some(crate::Jobs {
+            by_state: vec![("queued", 2), ("dead", 1)],
+            attempts: vec![("succeeded", 5), ("lost", 1)],
+        }),
         response_cache: Some(crate::ResponseCache {
             entries: 3,
             bytes: 900,
@@ -105,6 +109,8 @@ fn scrape_time_counters_come_from_the_source() {
         ("atrund_response_cache_evicted_total", 1.0),
         ("atrund_response_cache_entries", 3.0),
         ("atrund_response_cache_bytes", 900.0),
+        (r#"atrund_jobs{state="queued"}"#, 2.0),
+        (r#"atrund_job_attempts_total{outcome="lost"}"#, 1.0),
         (
             r#"atrund_pool_adaptive_prewarms_total{result="skipped"}"#,
             1.0,

@@ -339,3 +339,39 @@ pub async fn pds_get(client: &reqwest::Client, pds: &str, pq: &str) -> (u16, Str
     let body = upstream.bytes().await.expect("body").to_vec();
     (status, ctype, body)
 }
+
+/// A service-auth token the real PDS mints for `acct` (`exp` in seconds, else the PDS's 60 s).
+pub async fn mint(net: &TestNet, acct: &Account, aud: &str, lxm: &str, exp: Option<u64>) -> String {
+    let http = net.http();
+    let s: Value = http
+        .post(format!(
+            "{}/xrpc/com.atproto.server.createSession",
+            net.pds_url
+        ))
+        .json(&serde_json::json!({"identifier": acct.handle, "password": acct.password}))
+        .send()
+        .await
+        .expect("createSession")
+        .json()
+        .await
+        .expect("session JSON");
+    let access = s["accessJwt"].as_str().expect("accessJwt");
+    let mut q = vec![("aud", aud.to_string()), ("lxm", lxm.to_string())];
+    if let Some(e) = exp {
+        q.push(("exp", e.to_string()));
+    }
+    let resp = http
+        .get(format!(
+            "{}/xrpc/com.atproto.server.getServiceAuth",
+            net.pds_url
+        ))
+        .bearer_auth(access)
+        .query(&q)
+        .send()
+        .await
+        .expect("getServiceAuth");
+    let status = resp.status();
+    let v: Value = resp.json().await.expect("token JSON");
+    assert!(status.is_success(), "getServiceAuth: {v}");
+    v["token"].as_str().expect("token").to_string()
+}

@@ -1,0 +1,745 @@
+//! Background jobs (docs/jobs.md): the author's XRPC methods and the workers that run queued
+//! jobs through the pool.
+//!
+//! Owns: who may enqueue and read jobs (the bundle's author, proven with a service-auth token
+//! checked as for logs), what an enqueue is checked against (the author policy, the bundle's
+//! manifest declaring the task, the payload cap), how a claimed job becomes a task call (the same
+//! resolution, policy, limits and instance as an endpoint call of that version), and what its
+//! outcome records. Must not touch: the queue's state rules (`atrund-jobs`), the task call on
+//! the wire (the sandbox), or token checks (`logs`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use atrund_errors::ErrorClass;
+use atrund_jobs::{Backoff, Job, JobStore, NewJob, State};
+use axum::extract::{Query, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use tokio::sync::Notify;
+
+use atrund_bundle::record::{CronDecl, TaskDecl};
+use atrund_bundle::VersionSelector;
+use atrund_config::Config;
+use tokio::sync::watch;
+
+use crate::error::ApiError;
+
+/// What the jobs need of the runner's pipeline. The HTTP layer's state implements it (lib.rs),
+/// so this file, which the router names, does not name the router's file back.
+pub trait JobHost: Clone + Send + Sync + 'static {
+    fn queue(&self) -> Option<Arc<Jobs>>;
+    fn config(&self) -> Arc<Config>;
+    fn draining(&self) -> watch::Receiver<bool>;
+    /// `(author, name)` of `at-rund dev`'s local bundle.
+    fn local_bundle(&self) -> Option<(String, String)>;
+    /// Counts a job attempt in flight like a request (a drain waits for it); `Err` when
+    /// draining.
+    fn admit(&self) -> Result<atrund_pool::Ticket, ApiError>;
+    /// The caller's DID, proven by a service-auth token for `method`.
+    fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        method: &str,
+    ) -> impl std::future::Future<Output = Result<String, ApiError>> + Send;
+    /// An allowed author's bundle version, as an endpoint call would resolve it.
+    fn resolve(
+        &self,
+        author: &str,
+        name: &str,
+        selector: &VersionSelector,
+    ) -> impl std::future::Future<Output = Result<Resolved, ApiError>> + Send;
+    /// Runs `job`'s task as a task call of its version (the same policy, limits and instances
+    /// as an endpoint call), its answer read up to `max_answer` bytes.
+    fn run_task(
+        &self,
+        job: &Job,
+        max_answer: usize,
+    ) -> impl std::future::Future<Output = Result<(Resolved, bytes::Bytes), ApiError>> + Send;
+}
+
+/// A resolved bundle version, as far as jobs care.
+pub struct Resolved {
+    pub did: String,
+    pub name: String,
+    /// The version label (semver).
+    pub version: String,
+    /// The bundle record's CID (for the local bundle: its content key).
+    pub record: String,
+    pub tasks: Vec<TaskDecl>,
+    pub crons: Vec<CronDecl>,
+}
+
+pub const ENQUEUE_JOB: &str = "dev.atrund.enqueueJob";
+pub const GET_JOB: &str = "dev.atrund.getJob";
+pub const LIST_JOBS: &str = "dev.atrund.listJobs";
+pub const CANCEL_JOB: &str = "dev.atrund.cancelJob";
+pub const RETRY_JOB: &str = "dev.atrund.retryJob";
+
+/// Largest answer of a task read back (its JSON result).
+const MAX_RESULT_BYTES: usize = 256 * 1024;
+/// Most jobs one `listJobs` page holds.
+const MAX_LIST: u32 = 100;
+
+/// The queue, what wakes its workers, and each task's runs in flight here.
+pub struct Jobs {
+    pub store: Arc<JobStore>,
+    wake: Notify,
+    tasks: Mutex<TaskSlots>,
+    /// Attempts ended here since start: succeeded, retried, dead, lost.
+    ended: [AtomicU64; 4],
+}
+
+const OUTCOMES: [&str; 4] = ["succeeded", "retried", "dead", "lost"];
+
+/// A task of one bundle version: (author, record CID, task).
+type TaskKey = (String, String, String);
+
+/// Runs in flight per task, and each task's concurrency as its manifest gave it (under
+/// `limits.concurrency.max`), learned at enqueue and at each run.
+#[derive(Default)]
+struct TaskSlots {
+    running: HashMap<TaskKey, u64>,
+    limit: HashMap<TaskKey, u64>,
+}
+
+fn task_key(j: &Job) -> TaskKey {
+    (j.author.clone(), j.version.clone(), j.task.clone())
+}
+
+impl Jobs {
+    pub fn new(store: JobStore) -> Self {
+        Self {
+            store: Arc::new(store),
+            wake: Notify::new(),
+            tasks: Mutex::default(),
+            ended: Default::default(),
+        }
+    }
+
+    /// What `/metrics` shows of the jobs: the queue by state (read from the database, a short
+    /// indexed query) and the attempts this runner ended.
+    pub fn metrics(&self) -> atrund_metrics::Jobs {
+        let by_state = match self.store.counts() {
+            Ok(c) => c.into_iter().map(|(s, n)| (s.as_str(), n)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "job queue: cannot count jobs for the metrics");
+                Vec::new()
+            }
+        };
+        let attempts = OUTCOMES
+            .iter()
+            .zip(&self.ended)
+            .map(|(o, n)| (*o, n.load(Ordering::Relaxed)))
+            .collect();
+        atrund_metrics::Jobs { by_state, attempts }
+    }
+
+    fn count(&self, outcome: &str) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.ended[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, TaskSlots> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a run slot of `j`'s task if it has one free here (checked and taken under one
+    /// lock, so two workers never both take the last). A task whose limit is not known yet
+    /// (after a restart, before its first run) runs one at a time until it is.
+    fn try_reserve(&self, j: &Job) -> Option<TaskKey> {
+        let mut s = self.slots();
+        let k = task_key(j);
+        let running = s.running.get(&k).copied().unwrap_or(0);
+        if running >= s.limit.get(&k).copied().unwrap_or(1) {
+            return None;
+        }
+        s.running.insert(k.clone(), running + 1);
+        Some(k)
+    }
+
+    fn learn(&self, author: &str, version: &str, task: &str, limit: u64) {
+        self.slots()
+            .limit
+            .insert((author.into(), version.into(), task.into()), limit.max(1));
+    }
+}
+
+/// A task's concurrency: its manifest's (1 when it gives none), at most the operator's cap.
+fn task_limit(tasks: &[TaskDecl], task: &str, cap: u64) -> u64 {
+    tasks
+        .iter()
+        .find(|t| t.name == task)
+        .and_then(|t| t.concurrency)
+        .unwrap_or(1)
+        .min(cap)
+        .max(1)
+}
+
+/// A run slot of a task (`Jobs::try_reserve`), given back when dropped.
+struct Slot {
+    jobs: Arc<Jobs>,
+    key: TaskKey,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut s = self.jobs.slots();
+        if let Some(n) = s.running.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                s.running.remove(&self.key);
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn jobs<H: JobHost>(st: &H) -> Result<Arc<Jobs>, ApiError> {
+    st.queue().ok_or_else(|| {
+        ApiError::new(
+            ErrorClass::NotFound,
+            "JobsDisabled",
+            "this runner runs no background jobs (its operator set jobs.enabled = false)",
+        )
+    })
+}
+
+/// Runs a blocking queue call off the async threads.
+async fn blocking<T: Send + 'static>(
+    store: &Arc<JobStore>,
+    f: impl FnOnce(&JobStore) -> Result<T, atrund_jobs::JobError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| runner_error(e.to_string()))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "job queue");
+            runner_error(e.to_string())
+        })
+}
+
+fn runner_error(detail: String) -> ApiError {
+    ApiError::new(
+        ErrorClass::Runner,
+        "JobQueueFailed",
+        format!("the runner's job queue failed ({detail}); its operator finds the cause in the runner's log"),
+    )
+}
+
+fn job_json(j: &Job) -> serde_json::Value {
+    let parse = |s: &Option<String>| {
+        s.as_deref()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+    };
+    serde_json::json!({
+        "id": j.id,
+        "author": j.author,
+        "bundle": j.bundle,
+        "version": j.version,
+        "task": j.task,
+        "state": j.state.as_str(),
+        "attempts": j.attempts,
+        "maxAttempts": j.max_attempts,
+        "idempotencyKey": j.idempotency_key,
+        "runAt": j.run_at_ms,
+        "createdAt": j.created_at_ms,
+        "finishedAt": j.finished_at_ms,
+        "lastError": j.last_error,
+        "result": parse(&j.result),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnqueueInput {
+    bundle: String,
+    #[serde(default)]
+    version: Option<String>,
+    task: String,
+    #[serde(default)]
+    payload: serde_json::Value,
+    #[serde(default)]
+    delay_ms: u64,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// `POST /xrpc/dev.atrund.enqueueJob`: the author queues a run of one of their bundle's tasks.
+/// The version (`latest` unless given) is resolved now and fixed for the job.
+pub async fn enqueue<H: JobHost>(
+    AxState(st): AxState<H>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let q = jobs(&st)?;
+    let author = st.authenticate(&headers, ENQUEUE_JOB).await?;
+    let input: EnqueueInput = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            ErrorClass::BadRequest,
+            "InvalidInput",
+            format!("the body must be {{\"bundle\", \"task\", \"payload\"?, \"version\"?, \"delayMs\"?, \"idempotencyKey\"?}}: {e}"),
+        )
+    })?;
+    let config = st.config();
+    let payload = serde_json::to_string(&input.payload).unwrap_or_else(|_| "null".into());
+    if payload.len() as u64 > config.jobs.max_payload_bytes {
+        return Err(ApiError::new(
+            ErrorClass::TooLarge,
+            "PayloadTooLarge",
+            format!(
+                "the payload is {} bytes, over this runner's limit of {} (jobs.max_payload_bytes)",
+                payload.len(),
+                config.jobs.max_payload_bytes
+            ),
+        ));
+    }
+    if input
+        .idempotency_key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > 256)
+    {
+        return Err(ApiError::new(
+            ErrorClass::BadRequest,
+            "InvalidInput",
+            "idempotencyKey must be 1 to 256 characters",
+        ));
+    }
+    let selector = VersionSelector::parse(input.version.as_deref().unwrap_or("latest"))?;
+    atrund_bundle::record::validate_name(&input.bundle)?;
+    let target = st.resolve(&author, &input.bundle, &selector).await?;
+    if !target.tasks.iter().any(|t| t.name == input.task) {
+        return Err(ApiError::new(
+            ErrorClass::NotFound,
+            "TaskNotFound",
+            format!(
+                "bundle '{}' version {} declares no task '{}' (its manifest's tasks)",
+                target.name, target.version, input.task
+            ),
+        ));
+    }
+    q.learn(
+        &target.did,
+        &target.record,
+        &input.task,
+        task_limit(&target.tasks, &input.task, config.limits.concurrency.max),
+    );
+    let new = NewJob {
+        author: target.did.clone(),
+        bundle: target.name.clone(),
+        version: target.record.clone(),
+        task: input.task,
+        payload,
+        idempotency_key: input.idempotency_key,
+        delay_ms: input.delay_ms,
+        max_attempts: u32::try_from(config.jobs.max_attempts).unwrap_or(u32::MAX),
+    };
+    let done = blocking(&q.store, move |s| s.enqueue(&new, now_ms())).await?;
+    q.wake.notify_one();
+    let status = if done.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(serde_json::json!({"job": job_json(&done.job), "created": done.created})),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+pub struct IdQuery {
+    id: i64,
+}
+
+fn not_found(id: i64) -> ApiError {
+    ApiError::new(
+        ErrorClass::NotFound,
+        "JobNotFound",
+        format!("you have no job {id} on this runner (finished jobs are deleted after jobs.retention_secs)"),
+    )
+}
+
+/// `GET /xrpc/dev.atrund.getJob?id=N`: one of the caller's jobs.
+pub async fn get_job<H: JobHost>(
+    AxState(st): AxState<H>,
+    headers: HeaderMap,
+    Query(q): Query<IdQuery>,
+) -> Result<Response, ApiError> {
+    let jq = jobs(&st)?;
+    let author = st.authenticate(&headers, GET_JOB).await?;
+    let id = q.id;
+    let job = blocking(&jq.store, move |s| s.get(&author, id)).await?;
+    let job = job.ok_or_else(|| not_found(id))?;
+    Ok(Json(serde_json::json!({"job": job_json(&job)})).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    bundle: Option<String>,
+    state: Option<String>,
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// `GET /xrpc/dev.atrund.listJobs?bundle=&state=&before=&limit=`: the caller's jobs, newest
+/// first; `cursor` is the `before` of the next page.
+pub async fn list_jobs<H: JobHost>(
+    AxState(st): AxState<H>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let jq = jobs(&st)?;
+    let author = st.authenticate(&headers, LIST_JOBS).await?;
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(
+            State::ALL
+                .into_iter()
+                .find(|st| st.as_str() == s)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorClass::BadRequest,
+                        "InvalidInput",
+                        format!(
+                            "state '{s}' is none of queued, running, succeeded, dead, cancelled"
+                        ),
+                    )
+                })?,
+        ),
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, MAX_LIST);
+    let (bundle, before) = (q.bundle, q.before);
+    let page = blocking(&jq.store, move |s| {
+        s.list(&author, bundle.as_deref(), state, before, limit)
+    })
+    .await?;
+    let cursor = (page.len() as u32 == limit)
+        .then(|| page.last().map(|j| j.id))
+        .flatten();
+    let jobs: Vec<_> = page.iter().map(job_json).collect();
+    Ok(Json(serde_json::json!({"jobs": jobs, "cursor": cursor})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdBody {
+    id: i64,
+}
+
+/// `POST /xrpc/dev.atrund.cancelJob {"id"}` and `.../retryJob {"id"}`: the job's state after
+/// the call; a state that prevented it is answered as a conflict naming it.
+async fn control<H: JobHost>(
+    st: H,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+    method: &'static str,
+) -> Result<Response, ApiError> {
+    let jq = jobs(&st)?;
+    let author = st.authenticate(&headers, method).await?;
+    let IdBody { id } = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            ErrorClass::BadRequest,
+            "InvalidInput",
+            format!("the body must be {{\"id\": <job id>}}: {e}"),
+        )
+    })?;
+    let now = now_ms();
+    let cancel = method == CANCEL_JOB;
+    let state = blocking(&jq.store, move |s| {
+        if cancel {
+            s.cancel(&author, id, now)
+        } else {
+            s.retry(&author, id, now)
+        }
+    })
+    .await?
+    .ok_or_else(|| not_found(id))?;
+    let wanted = if cancel {
+        State::Cancelled
+    } else {
+        State::Queued
+    };
+    if state != wanted {
+        return Err(ApiError::new(
+            ErrorClass::BadRequest,
+            "JobStateConflict",
+            format!(
+                "job {id} is {}: {}",
+                state.as_str(),
+                if cancel {
+                    "only queued jobs can be cancelled"
+                } else {
+                    "only dead or cancelled jobs can be retried"
+                }
+            ),
+        ));
+    }
+    if !cancel {
+        jq.wake.notify_one();
+    }
+    Ok(Json(serde_json::json!({"id": id, "state": state.as_str()})).into_response())
+}
+
+pub async fn cancel_job<H: JobHost>(
+    AxState(st): AxState<H>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    control(st, headers, body, CANCEL_JOB).await
+}
+
+pub async fn retry_job<H: JobHost>(
+    AxState(st): AxState<H>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    control(st, headers, body, RETRY_JOB).await
+}
+
+/// Fires the manifest `crons` of the bundles in `jobs.cron_bundles` (and, in `at-rund dev`, of
+/// the local bundle) at each UTC minute that matches: a job per cron and minute, deduplicated by
+/// its idempotency key `cron:<task>:<minute>`. A tick is skipped while the cron's previous run
+/// is queued or running (no overlap), and ticks missed while the runner was down are not replayed.
+pub fn spawn_cron<H: JobHost>(st: H) {
+    let Some(q) = st.queue() else { return };
+    let mut entries: Vec<(String, String)> = st
+        .config()
+        .jobs
+        .cron_bundles
+        .iter()
+        .filter_map(|e| e.split_once('/'))
+        .map(|(a, n)| (a.to_string(), n.to_string()))
+        .collect();
+    if let Some(local) = st.local_bundle() {
+        entries.push(local);
+    }
+    if entries.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut draining = st.draining();
+        loop {
+            let now = now_ms();
+            let next_minute = now / 60_000 + 1;
+            let wait = Duration::from_millis(next_minute * 60_000 - now);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = draining.wait_for(|d| *d) => return,
+            }
+            for (author, name) in &entries {
+                if let Err(e) = fire(&st, &q, author, name, next_minute).await {
+                    tracing::warn!(%author, bundle = %name, error = %e.message, "cron: cannot fire this bundle's crons");
+                }
+            }
+        }
+    });
+}
+
+/// Enqueues the runs of `author/name`'s crons that match `minute`.
+async fn fire<H: JobHost>(
+    st: &H,
+    q: &Jobs,
+    author: &str,
+    name: &str,
+    minute: u64,
+) -> Result<(), ApiError> {
+    let target = st.resolve(author, name, &VersionSelector::Latest).await?;
+    let did = target.did.clone();
+    let config = st.config();
+    for c in &target.crons {
+        // The manifest was validated when it was loaded.
+        let Ok(schedule) = atrund_bundle::cron::Schedule::parse(&c.schedule) else {
+            continue;
+        };
+        if !schedule.matches(minute) {
+            continue;
+        }
+        let prefix = format!("cron:{}:", c.task);
+        let (a, b, t, p) = (
+            did.clone(),
+            target.name.clone(),
+            c.task.clone(),
+            prefix.clone(),
+        );
+        if blocking(&q.store, move |s| s.unfinished(&a, &b, &t, &p)).await? {
+            tracing::info!(author = %did, bundle = %target.name, task = %c.task, "cron: the previous run is still queued or running; this tick is skipped");
+            continue;
+        }
+        q.learn(
+            &did,
+            &target.record,
+            &c.task,
+            task_limit(&target.tasks, &c.task, config.limits.concurrency.max),
+        );
+        let new = NewJob {
+            author: did.clone(),
+            bundle: target.name.clone(),
+            version: target.record.clone(),
+            task: c.task.clone(),
+            payload: "null".into(),
+            idempotency_key: Some(format!("{prefix}{minute}")),
+            delay_ms: 0,
+            max_attempts: u32::try_from(config.jobs.max_attempts).unwrap_or(u32::MAX),
+        };
+        let done = blocking(&q.store, move |s| s.enqueue(&new, now_ms())).await?;
+        if done.created {
+            tracing::info!(author = %did, bundle = %target.name, task = %c.task, job = done.job.id, schedule = %c.schedule, "cron fired");
+        }
+        q.wake.notify_one();
+    }
+    Ok(())
+}
+
+/// Starts `jobs.workers` workers and the purge of old finished jobs; they stop claiming once
+/// the runner drains (a running attempt finishes, or its lease brings it back after a restart).
+pub fn spawn_workers<H: JobHost>(st: H) {
+    let Some(q) = st.queue() else { return };
+    let config = st.config();
+    for n in 0..config.jobs.workers {
+        let (st, q) = (st.clone(), q.clone());
+        tokio::spawn(async move { worker(st, q, n).await });
+    }
+    let retention = Duration::from_secs(config.jobs.retention_secs);
+    let (q, mut draining) = (q.clone(), st.draining());
+    tokio::spawn(async move {
+        loop {
+            let before = now_ms().saturating_sub(retention.as_millis() as u64);
+            match blocking(&q.store, move |s| s.purge(before)).await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(jobs = n, "finished jobs past jobs.retention_secs deleted")
+                }
+                _ => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+                _ = draining.wait_for(|d| *d) => return,
+            }
+        }
+    });
+}
+
+async fn worker<H: JobHost>(st: H, q: Arc<Jobs>, n: u64) {
+    let mut draining = st.draining();
+    loop {
+        if *draining.borrow() {
+            return;
+        }
+        let config = st.config();
+        let lease = config.jobs.lease_ms;
+        // The slot the claim took, whatever becomes of the claim: given back when dropped.
+        let reserved: Arc<Mutex<Option<Slot>>> = Arc::default();
+        let (slots, taken) = (q.clone(), reserved.clone());
+        let claimed = blocking(&q.store, move |s| {
+            s.claim(now_ms(), lease, |j| match slots.try_reserve(j) {
+                Some(key) => {
+                    let slot = Slot {
+                        jobs: slots.clone(),
+                        key,
+                    };
+                    *taken.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
+                    false
+                }
+                None => true,
+            })
+        })
+        .await;
+        let slot = reserved.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match claimed {
+            Ok(Some(job)) => {
+                let _slot = slot;
+                // Counted as in flight like a request, so a drain waits for the attempt.
+                let Ok(_ticket) = st.admit() else {
+                    tracing::info!(job = job.id, "draining: the claimed job is left to its lease and runs again after the restart");
+                    return;
+                };
+                run(&st, &q, job).await;
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(worker = n, error = %e.message, "cannot claim a job"),
+        }
+        let poll = Duration::from_millis(config.jobs.poll_ms);
+        tokio::select! {
+            _ = q.wake.notified() => {}
+            _ = tokio::time::sleep(poll) => {}
+            _ = draining.wait_for(|d| *d) => return,
+        }
+    }
+}
+
+/// One attempt of `job`: its outcome recorded, or left to its lease if the runner stops.
+async fn run<H: JobHost>(st: &H, q: &Jobs, job: Job) {
+    let span = tracing::info_span!("job", id = job.id, author = %job.author, bundle = %job.bundle, task = %job.task, attempt = job.attempts);
+    let outcome = tracing::Instrument::instrument(attempt(st, q, &job), span.clone()).await;
+    let config = st.config();
+    let backoff = Backoff {
+        base_ms: config.jobs.backoff_base_ms,
+        max_ms: config.jobs.backoff_max_ms,
+    };
+    let (id, n) = (job.id, job.attempts);
+    let recorded = match outcome {
+        Ok(result) => {
+            blocking(&q.store, move |s| {
+                s.complete(id, n, Some(&result), now_ms())
+                    .map(|ok| ok.then_some(State::Succeeded))
+            })
+            .await
+        }
+        Err(error) => {
+            let msg = format!("{}: {}", error.code, error.message);
+            blocking(&q.store, move |s| s.fail(id, n, &msg, now_ms(), backoff)).await
+        }
+    };
+    let _g = span.enter();
+    match recorded {
+        Ok(Some(state)) => {
+            q.count(match state {
+                State::Queued => "retried",
+                other => other.as_str(),
+            });
+            tracing::info!(state = state.as_str(), "job attempt ended")
+        }
+        Ok(None) => {
+            q.count("lost");
+            tracing::warn!("job attempt ended after its lease: its outcome is not recorded")
+        }
+        Err(e) => tracing::error!(error = %e.message, "cannot record a job's outcome"),
+    }
+}
+
+/// Runs the task as an endpoint call of the job's version would run (`JobHost::run_task`);
+/// the task's JSON result.
+async fn attempt<H: JobHost>(st: &H, q: &Jobs, job: &Job) -> Result<String, ApiError> {
+    let (target, body) = st.run_task(job, MAX_RESULT_BYTES).await?;
+    q.learn(
+        &job.author,
+        &job.version,
+        &job.task,
+        task_limit(&target.tasks, &job.task, st.config().limits.concurrency.max),
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::new(
+            ErrorClass::Author,
+            "BundleFailed",
+            "the task's answer was not the shim's JSON",
+        )
+    })?;
+    Ok(answer
+        .get("result")
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "null".into()))
+}
