@@ -21,6 +21,13 @@ pub const GET_LOGS: &str = "dev.atrund.getLogs";
 
 /// Authors' logs of one bundle, streamed as lines arrive (NDJSON; service auth).
 pub const TAIL_LOGS: &str = "dev.atrund.tailLogs";
+/// The job methods (docs/jobs.md): the author's background jobs on a runner, called by `at-run
+/// jobs` with the same single-use service-auth tokens as the logs.
+pub const ENQUEUE_JOB: &str = "dev.atrund.enqueueJob";
+pub const GET_JOB: &str = "dev.atrund.getJob";
+pub const LIST_JOBS: &str = "dev.atrund.listJobs";
+pub const CANCEL_JOB: &str = "dev.atrund.cancelJob";
+pub const RETRY_JOB: &str = "dev.atrund.retryJob";
 
 /// What a runner says about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,11 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::AuthArgs;
 use crate::authed::Caller;
 
-pub const ENQUEUE_JOB: &str = "dev.atrund.enqueueJob";
-pub const GET_JOB: &str = "dev.atrund.getJob";
-pub const LIST_JOBS: &str = "dev.atrund.listJobs";
-pub const CANCEL_JOB: &str = "dev.atrund.cancelJob";
-pub const RETRY_JOB: &str = "dev.atrund.retryJob";
+pub use atrund_api::{CANCEL_JOB, ENQUEUE_JOB, GET_JOB, LIST_JOBS, RETRY_JOB};
 
 /// The runner and who you are on it.
 #[derive(Debug, Clone, clap::Args)]

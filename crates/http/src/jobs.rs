@@ -74,11 +74,7 @@ pub struct Resolved {
     pub crons: Vec<CronDecl>,
 }
 
-pub const ENQUEUE_JOB: &str = "dev.atrund.enqueueJob";
-pub const GET_JOB: &str = "dev.atrund.getJob";
-pub const LIST_JOBS: &str = "dev.atrund.listJobs";
-pub const CANCEL_JOB: &str = "dev.atrund.cancelJob";
-pub const RETRY_JOB: &str = "dev.atrund.retryJob";
+pub use atrund_api::{CANCEL_JOB, ENQUEUE_JOB, GET_JOB, LIST_JOBS, RETRY_JOB};
 
 /// Largest answer of a task read back (its JSON result).
 const MAX_RESULT_BYTES: usize = 256 * 1024;
