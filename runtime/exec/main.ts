@@ -29,9 +29,73 @@ const ERROR_HEADER = "x-atrund-error";
 const RESERVED_PREFIX = "x-atrund-";
 
 type Schema = { validate(value: unknown): { ok: true } | { ok: false; field?: string; message?: string } };
-type Ctx = { request: Request; endpoint: string; rest: string; query: URLSearchParams };
+type Ctx = { request: Request; endpoint: string; rest: string; query: URLSearchParams; enqueue: typeof enqueue };
 type Endpoint = { method?: string; input?: unknown; handler: (input: unknown, ctx: Ctx) => unknown };
-type Task = { $type: string; handler: (input: unknown) => unknown };
+type Task = { $type: string; handler: (input: unknown, ctx: TaskContext) => unknown };
+type EnqueueOptions = { delayMs?: number; idempotencyKey?: string };
+
+/**
+ * The runner itself, reached through the egress proxy that every fetch of this instance goes
+ * through: the proxy answers this reserved name for this instance's bundle only, never
+ * connecting anywhere (docs/jobs.md, "From bundle code").
+ */
+const RUNNER_URL = "http://runner.atrund.internal";
+
+/** An error named as the runner named it, so a bundle can tell `TaskNotFound` from `JobQuotaExceeded`. */
+function runnerError(name: string, message: string): Error {
+  const e = new Error(message);
+  e.name = /^[A-Za-z]{1,40}$/.test(name) ? name : "EnqueueFailed";
+  return e;
+}
+
+/** `ctx.enqueue`: queues a run of one of this bundle's tasks, of this same version. */
+export async function enqueue(
+  task: string,
+  payload?: unknown,
+  options: EnqueueOptions = {},
+): Promise<{ id: number; created: boolean; state: string }> {
+  if (typeof task !== "string" || task === "") {
+    throw new TypeError("enqueue(): task must be the name of a task this bundle declares");
+  }
+  const body = JSON.stringify({
+    task,
+    payload: payload === undefined ? null : payload,
+    delayMs: options.delayMs,
+    idempotencyKey: options.idempotencyKey,
+  });
+  let res: Response;
+  try {
+    res = await fetch(`${RUNNER_URL}/v1/enqueue`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body,
+    });
+  } catch (e) {
+    throw runnerError("RunnerUnreachable", `enqueue(): the runner could not be reached (${errorName(e)})`);
+  }
+  const text = await res.text();
+  let json: { job?: { id: number; state: string }; created?: boolean; error?: string; message?: string } = {};
+  try {
+    json = JSON.parse(text);
+  } catch {
+    // Not the runner's JSON: reported below by status.
+  }
+  if (!res.ok || !json.job) {
+    throw runnerError(json.error ?? "EnqueueFailed", json.message ?? `enqueue(): the runner answered HTTP ${res.status}`);
+  }
+  return { id: json.job.id, created: json.created === true, state: json.job.state };
+}
+
+/** `ctx` of a task run. */
+class TaskContext {
+  task: string;
+  constructor(task: string) {
+    this.task = task;
+  }
+  enqueue(task: string, payload?: unknown, options?: EnqueueOptions) {
+    return enqueue(task, payload, options);
+  }
+}
 
 /** One line on stdout for at-rund; a bundle printing the same line only confuses its own instance. */
 export function signal(obj: Record<string, unknown>): void {
@@ -258,6 +322,10 @@ class CallContext implements Ctx {
   get query(): URLSearchParams {
     return queryOf(this.#call);
   }
+
+  enqueue(task: string, payload?: unknown, options?: EnqueueOptions) {
+    return enqueue(task, payload, options);
+  }
 }
 
 /**
@@ -385,7 +453,7 @@ async function runTask(mod: Record<string, unknown>, req: Request, name: string)
   }
   let result: unknown;
   try {
-    result = await t.handler(input);
+    result = await t.handler(input, new TaskContext(name));
   } catch (e) {
     console.error(`task '${name}' threw:`, e);
     return fail(502, "BundleFailed", `task '${name}' threw ${errorName(e)}; the runner's log has details`);

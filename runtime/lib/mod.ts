@@ -43,6 +43,39 @@ export interface Context {
   rest: string;
   /** The query string of the call. */
   query: URLSearchParams;
+  /** Queues a run of one of this bundle's tasks (this same version); see {@link Enqueue}. */
+  enqueue: Enqueue;
+}
+
+/** Options of `ctx.enqueue`. */
+export interface EnqueueOptions {
+  /** Run no earlier than this many milliseconds from now. */
+  delayMs?: number;
+  /** Runs of one task with the same key are one job (1 to 256 characters). */
+  idempotencyKey?: string;
+}
+
+/** A job as `ctx.enqueue` answers it. */
+export interface Enqueued {
+  id: number;
+  /** `false`: a job with the same idempotency key existed, and this is it. */
+  created: boolean;
+  state: "queued" | "running" | "succeeded" | "dead" | "cancelled";
+}
+
+/**
+ * Queues a run of `task` with `payload` (any JSON) through the runner. Rejects with an `Error`
+ * whose `name` is the runner's error name (`TaskNotFound`, `PayloadTooLarge`,
+ * `JobQuotaExceeded`, `JobsDisabled`, ...) and whose message says what to do.
+ */
+export type Enqueue = (task: string, payload?: unknown, options?: EnqueueOptions) => Promise<Enqueued>;
+
+/** What a task's handler receives besides its payload. */
+export interface TaskContext {
+  /** Name of the task being run. */
+  task: string;
+  /** Queues a further job, as `Context.enqueue`. */
+  enqueue: Enqueue;
 }
 
 /** HTTP methods an endpoint may declare (`ANY` = every method, the default). */
@@ -80,16 +113,21 @@ export const TASK_TAG = "dev.atrund.task";
 /** A background task: declared in the manifest now, run by the runner's jobs later. */
 export interface Task<I = unknown> {
   readonly $type: typeof TASK_TAG;
-  handler: (input: I) => unknown;
+  handler: (input: I, ctx: TaskContext) => unknown;
   /** How many runs of this task may be in flight at once. */
   concurrency?: number;
+  /** Anyone may queue a run (dev.atrund.enqueueJob without the author's token). */
+  public?: boolean;
 }
 
 /** Declares a background task; export it under the task's name. */
-export function task<I = unknown>(def: { handler: (input: I) => unknown; concurrency?: number }): Task<I> {
+export function task<I = unknown>(
+  def: { handler: (input: I, ctx: TaskContext) => unknown; concurrency?: number; public?: boolean },
+): Task<I> {
   if (typeof def?.handler !== "function") throw new TypeError("task(): handler must be a function");
   const out: Task<I> = { $type: TASK_TAG, handler: def.handler };
   if (def.concurrency !== undefined) out.concurrency = def.concurrency;
+  if (def.public !== undefined) out.public = def.public;
   return out;
 }
 

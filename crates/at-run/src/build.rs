@@ -41,6 +41,7 @@ for (const [name, value] of Object.entries(mod)) {
   } else if (value.$type === TASK_TAG && typeof value.handler === "function") {
     const t = { name };
     if (value.concurrency !== undefined) t.concurrency = value.concurrency;
+    if (value.public === true) t.public = true;
     out.tasks.push(t);
   } else if (typeof value.handler === "function") {
     const e = { name };

@@ -451,3 +451,226 @@ export const tick = { $type: "dev.atrund.task", handler: () => { console.log("ti
     assert_eq!(log.matches("cron fired").count(), 1, "{log}");
     assert!(log.contains("tick ran"), "{log}");
 }
+
+const FANOUT: &str = r#"
+const T = "dev.atrund.task";
+const named = (p) => p.then((j) => j, (e) => e.name);
+export const kick = { method: "POST", handler: async (input, ctx) => {
+  const out = {};
+  out.job = await named(ctx.enqueue("double", { n: input.n }, input.key ? { idempotencyKey: input.key } : {}));
+  if (!input.probe) return out;
+  out.unknown = await named(ctx.enqueue("kick"));
+  out.big = await named(ctx.enqueue("double", "x".repeat(70000)));
+  // What a hostile bundle would try: name another author's bundle, or another runner call.
+  const steer = await fetch("http://runner.atrund.internal/v1/enqueue", { method: "POST",
+    body: JSON.stringify({ task: "double", author: "did:plc:someoneelse", bundle: "theirs" }) });
+  out.steer = [steer.status, (await steer.json()).error];
+  const list = await fetch("http://runner.atrund.internal/xrpc/dev.atrund.listJobs");
+  out.list = [list.status, (await list.json()).error];
+  out.tls = await fetch("https://runner.atrund.internal/v1/enqueue", { method: "POST", body: "{}" })
+    .then((r) => r.status, (e) => e.name);
+  return out;
+} };
+export const double = { $type: T, handler: (p) => ({ twice: p.n * 2 }) };
+export const chain = { $type: T, handler: async (p, ctx) => ({ next: (await ctx.enqueue("double", { n: p.n + 1 })).id, task: ctx.task }) };
+export const hello = { $type: T, public: true, handler: (p) => ({ kept: "for the author: " + p }) };
+"#;
+
+/// `ctx.enqueue` from bundle code (an endpoint and a task, through the egress proxy's reserved
+/// host, with no `net` permission), public tasks queued by anyone, and the author's quota,
+/// on a real `serve` with the bundle on the real PDS. A bundle cannot steer its runner call at
+/// another author's bundle or at another runner method, an anonymous caller cannot queue a
+/// private task nor read or collide with the author's jobs, and the quota holds whoever
+/// enqueues.
+#[tokio::test(flavor = "multi_thread")]
+async fn bundles_and_anyone_enqueue_within_the_authors_quota() {
+    let Some(net) = atrund_testnet::shared() else {
+        return;
+    };
+    let Some(deno) = atrund_testnet::deno_path() else {
+        return;
+    };
+    let author = net.create_account("fanauthor").await;
+    let other = net.create_account("fanother").await;
+    let manifest = json!({
+        "endpoints": [{ "name": "kick", "method": "POST" }],
+        "tasks": [{ "name": "double" }, { "name": "chain" }, { "name": "hello", "public": true }]
+    });
+    common::deploy(net, &author, FANOUT, &manifest, "fan", "1.0.0").await;
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = common::command(&deno, data.path());
+    common::use_test_net(&mut cmd, net)
+        .arg("serve")
+        .env("ATRUND_POLICY", "open")
+        .env("ATRUND_JOBS_POLL_MS", "50")
+        .env("ATRUND_JOBS_MAX_UNFINISHED_PER_AUTHOR", "3");
+    let d = Daemon::spawn(&mut cmd, true);
+    let desc: Value = reqwest::get(d.url("/xrpc/dev.atrund.describeRunner"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let aud = desc["serviceDid"].as_str().unwrap().to_string();
+    let r = Runner { net, d, aud };
+    let http = reqwest::Client::new();
+    let kick_url = r.d.url(&format!("/bundle/{}/fan/latest/kick", author.did));
+    let kick = |body: Value| {
+        let req = http.post(&kick_url).json(&body);
+        async move {
+            let resp = req.send().await.expect("kick");
+            assert_eq!(resp.status(), 200);
+            resp.json::<Value>().await.expect("json")
+        }
+    };
+
+    // An endpoint queues a task of its own version; it runs like any job of the author's.
+    let out = kick(json!({"n": 4, "probe": true})).await;
+    let id = out["job"]["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{out}\n{}", r.d.log()));
+    assert_eq!(out["job"]["created"], true, "{out}");
+    let done = r.until(&author, id, "succeeded").await;
+    assert_eq!(done["result"], json!({"twice": 8}));
+    assert_eq!(done["bundle"], "fan");
+    // Refused by name, inside the bundle.
+    assert_eq!(out["unknown"], "TaskNotFound", "an endpoint is not a task");
+    assert_eq!(out["big"], "PayloadTooLarge");
+    assert_eq!(
+        out["steer"],
+        json!([400, "InvalidInput"]),
+        "a runner call names no other bundle"
+    );
+    assert_eq!(out["list"], json!([404, "NotFound"]));
+    assert!(
+        out["tls"] != json!(200) && out["tls"] != json!(201),
+        "the reserved host is plain http only: {out}"
+    );
+
+    // A task queues a further job (its ctx), keyed calls dedupe.
+    let (s, v) = r
+        .enqueue(
+            &author,
+            json!({"bundle": "fan", "task": "chain", "payload": {"n": 1}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let chained = r
+        .until(&author, v["job"]["id"].as_i64().unwrap(), "succeeded")
+        .await;
+    assert_eq!(chained["result"]["task"], "chain");
+    let next = r
+        .until(
+            &author,
+            chained["result"]["next"].as_i64().unwrap(),
+            "succeeded",
+        )
+        .await;
+    assert_eq!(next["result"], json!({"twice": 4}));
+    let a = kick(json!({"n": 1, "key": "k1"})).await;
+    let b = kick(json!({"n": 1, "key": "k1"})).await;
+    assert_eq!(a["job"]["id"], b["job"]["id"]);
+    assert_eq!(
+        (a["job"]["created"].as_bool(), b["job"]["created"].as_bool()),
+        (Some(true), Some(false))
+    );
+
+    // Anyone queues a public task (no token, naming the author), and is not told its result.
+    let anon = |body: Value| {
+        let req = http
+            .post(r.d.url("/xrpc/dev.atrund.enqueueJob"))
+            .json(&body);
+        async move {
+            let resp = req.send().await.expect("anonymous enqueue");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, v) =
+        anon(json!({"author": author.handle, "bundle": "fan", "task": "hello", "payload": "hi"}))
+            .await;
+    assert_eq!(s, 201, "{v}");
+    let pid = v["job"]["id"].as_i64().unwrap();
+    let ran = r.until(&author, pid, "succeeded").await;
+    assert_eq!(ran["result"], json!({"kept": "for the author: hi"}));
+    let (s, again) =
+        anon(json!({"author": author.did, "bundle": "fan", "task": "hello", "payload": "hi"}))
+            .await;
+    assert_eq!(s, 201, "{again}");
+    assert!(
+        again["job"].get("result").is_none() && again["job"].get("lastError").is_none(),
+        "{again}"
+    );
+    // Another signed-in author is anyone too.
+    let (s, v) = r
+        .enqueue(
+            &other,
+            json!({"author": author.did, "bundle": "fan", "task": "hello"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert!(v["job"].get("result").is_none(), "{v}");
+    // A private task is not there for them.
+    let (s, v) =
+        anon(json!({"author": author.did, "bundle": "fan", "task": "double", "payload": {"n": 1}}))
+            .await;
+    assert_eq!((s, v["error"].as_str()), (404, Some("TaskNotFound")), "{v}");
+    // Their idempotency keys never meet the author's: the author's keyed job stays unseen.
+    let (s, mine) = r
+        .enqueue(&author, json!({"bundle": "fan", "task": "hello", "payload": "private", "idempotencyKey": "shared"}))
+        .await;
+    assert_eq!(s, 201, "{mine}");
+    r.until(&author, mine["job"]["id"].as_i64().unwrap(), "succeeded")
+        .await;
+    let (s, theirs) = anon(
+        json!({"author": author.did, "bundle": "fan", "task": "hello", "idempotencyKey": "shared"}),
+    )
+    .await;
+    assert_eq!(s, 201, "a public key is its own job: {theirs}");
+    assert_ne!(theirs["job"]["id"], mine["job"]["id"]);
+
+    // The quota (3 unfinished) holds for every enqueuer; finished jobs do not count.
+    for (i, who) in ["author", "public", "bundle"].iter().enumerate() {
+        let body =
+            json!({"bundle": "fan", "task": "hello", "delayMs": 600000, "author": author.did});
+        let (s, v) = match *who {
+            "author" => r.enqueue(&author, body).await,
+            "public" => anon(body).await,
+            _ => {
+                let out = kick(json!({"n": i})).await;
+                (if out["job"]["id"].is_i64() { 201 } else { 0 }, out)
+            }
+        };
+        let _ = v;
+        assert_eq!(s, 201, "{who} within the quota");
+    }
+    // ... but the bundle's own job was not delayed: wait until only the two delayed ones are
+    // unfinished, then fill the last place.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (s, v) = r
+        .enqueue(
+            &author,
+            json!({"bundle": "fan", "task": "hello", "delayMs": 600000}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = r
+        .enqueue(
+            &author,
+            json!({"bundle": "fan", "task": "hello", "delayMs": 600000}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (429, Some("JobQuotaExceeded")),
+        "{v}"
+    );
+    let (s, v) = anon(json!({"author": author.did, "bundle": "fan", "task": "hello"})).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (429, Some("JobQuotaExceeded")),
+        "{v}"
+    );
+    let out = kick(json!({"n": 1})).await;
+    assert_eq!(out["job"], "JobQuotaExceeded", "{out}");
+}

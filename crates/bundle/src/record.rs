@@ -167,6 +167,9 @@ pub struct TaskDecl {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u64>,
+    /// Anyone may queue a run, without the author's token (docs/jobs.md, "Public tasks").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public: bool,
 }
 
 /// A cron schedule that starts a task.

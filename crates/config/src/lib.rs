@@ -755,6 +755,9 @@ pub struct JobsSection {
     pub retention_secs: u64,
     /// Largest payload of one job (JSON text).
     pub max_payload_bytes: u64,
+    /// Queued and running jobs one author may have at once (every way of enqueueing counts:
+    /// XRPC, bundle code, public tasks, crons); past it an enqueue is `JobQuotaExceeded`.
+    pub max_unfinished_per_author: u64,
     /// How often an idle worker looks for jobs that became due (delayed jobs, retries, lost
     /// leases); an enqueue wakes it at once.
     pub poll_ms: u64,
@@ -775,6 +778,7 @@ impl Default for JobsSection {
             backoff_max_ms: 300_000,
             retention_secs: 7 * 24 * 3600,
             max_payload_bytes: 64 * 1024,
+            max_unfinished_per_author: 10_000,
             poll_ms: 1_000,
             cron_bundles: Vec::new(),
         }

@@ -110,6 +110,10 @@ impl Config {
                 ("jobs.workers", j.workers),
                 ("jobs.max_attempts", j.max_attempts),
                 ("jobs.poll_ms", j.poll_ms),
+                (
+                    "jobs.max_unfinished_per_author",
+                    j.max_unfinished_per_author,
+                ),
             ] {
                 if v == 0 {
                     return Err(invalid(

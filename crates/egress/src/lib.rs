@@ -17,6 +17,7 @@ mod local;
 mod net;
 mod proxy;
 mod rule;
+mod runner_calls;
 mod tunnel;
 
 use std::net::SocketAddr;
@@ -30,6 +31,9 @@ pub use error::EgressError;
 pub use net::{Connect, DirectConnector};
 pub use proxy::{EgressProxy, EgressStats, Listening, Registration, SourceAnnouncer};
 pub use rule::{check as check_rules, Host, NetRule};
+pub use runner_calls::{
+    RunnerCall, RunnerCalls, RunnerReply, RunnerService, MAX_RUNNER_CALL_BYTES, RUNNER_HOST,
+};
 
 /// Operator settings of the proxy (crates/config builds this).
 #[derive(Debug, Clone)]
@@ -70,6 +74,9 @@ pub struct EgressPolicy {
     pub bundle_label: String,
     /// Parsed `permissions.net` of the manifest (`NetRule::parse_list`).
     pub allow: Vec<NetRule>,
+    /// Answers the instance's calls to `http://runner.atrund.internal/` (`runner_calls`);
+    /// `None`: such calls are refused.
+    pub runner: Option<RunnerCalls>,
 }
 
 /// A fresh random instance token (128 bits, hex), safe in a proxy URL's user part.

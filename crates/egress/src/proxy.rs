@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::local::{self, HostAddrs};
 use crate::net::{Connect, DirectConnector};
 use crate::rule::{self, Host};
+use crate::runner_calls::{self, json_error, RunnerCall, MAX_RUNNER_CALL_BYTES};
 use crate::tunnel::{self, Counters};
 use crate::{EgressConfig, EgressError, EgressPolicy};
 use atrund_netpolicy::{AddressPolicy, Resolve, SystemResolver};
@@ -465,12 +466,86 @@ async fn handle(
             return Ok(refusal(&e));
         }
     };
+    if req.uri().host().is_some_and(runner_calls::is_runner_host) {
+        return Ok(runner_call(&shared, &instance, peer, req).await);
+    }
     let result = if req.method() == Method::CONNECT {
         connect(&shared, &instance, req).await
     } else {
         forward(&shared, &instance, req).await
     };
     Ok(result.unwrap_or_else(|e| refusal(&e)))
+}
+
+/// A call to the runner itself (`runner_calls`): answered by the instance's service, never
+/// connected anywhere.
+async fn runner_call(
+    shared: &Shared,
+    instance: &Instance,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let plain_http = req.method() != Method::CONNECT
+        && req.uri().scheme_str() == Some("http")
+        && req.uri().port_u16().is_none_or(|p| p == 80);
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let method = req.method().clone();
+    let reply = match (&instance.policy.runner, plain_http) {
+        (_, false) => json_error(
+            StatusCode::BAD_REQUEST,
+            "BadRunnerCall",
+            "call the runner over plain http://runner.atrund.internal/ (no https, no other port); the proxy carries it no further",
+        ),
+        (None, true) => json_error(
+            StatusCode::NOT_FOUND,
+            "RunnerCallsUnavailable",
+            "this instance cannot call its runner: the runner registered it without runner calls",
+        ),
+        (Some(service), true) => {
+            let body = http_body_util::Limited::new(req.into_body(), MAX_RUNNER_CALL_BYTES);
+            match tokio::time::timeout(shared.cfg.idle_timeout, body.collect()).await {
+                Err(_) => json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "RequestTimeout",
+                    "the call's body did not arrive in time",
+                ),
+                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => json_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "PayloadTooLarge",
+                    &format!("a runner call's body is at most {MAX_RUNNER_CALL_BYTES} bytes"),
+                ),
+                Ok(Err(e)) => json_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRunnerCall",
+                    &format!("the call's body could not be read: {e}"),
+                ),
+                Ok(Ok(body)) => {
+                    service
+                        .call(RunnerCall {
+                            method: method.clone(),
+                            path: path.clone(),
+                            body: body.to_bytes(),
+                        })
+                        .await
+                }
+            }
+        }
+    };
+    tracing::info!(target: "atrund::egress", %peer, bundle = %instance.policy.bundle_label,
+        %method, %path, status = reply.status.as_u16(), "runner call");
+    let mut r = Response::new(full(reply.body));
+    *r.status_mut() = reply.status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 /// For an instance registered with `register_announced`: whether `peer` was announced for it.

@@ -119,6 +119,7 @@ async fn deno_fetch_through_the_proxy() {
             EgressPolicy {
                 bundle_label: "did:plc:deno/test".into(),
                 allow: NetRule::parse_list(&net).unwrap(),
+                runner: None,
             },
         )
         .unwrap();

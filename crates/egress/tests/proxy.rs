@@ -59,6 +59,7 @@ async fn proxy(
             EgressPolicy {
                 bundle_label: "did:plc:test/bundle".into(),
                 allow: NetRule::parse_list(rules).unwrap(),
+                runner: None,
             },
         )
         .unwrap();
@@ -201,6 +202,7 @@ async fn listed_localhost_is_refused_without_exception() {
             EgressPolicy {
                 bundle_label: "b".into(),
                 allow: NetRule::parse_list(&[format!("localhost:{}", echo.port())]).unwrap(),
+                runner: None,
             },
         )
         .unwrap();
@@ -370,6 +372,7 @@ async fn registration_checks() {
     let pol = EgressPolicy {
         bundle_label: "b".into(),
         allow: vec![],
+        runner: None,
     };
     assert_eq!(
         p.register(TOKEN, pol.clone()).err().map(|e| e.code()),
@@ -450,6 +453,7 @@ fn reregister(p: &EgressProxy, old: Registration, rules: &[String]) -> Registrat
         EgressPolicy {
             bundle_label: "did:plc:test/bundle".into(),
             allow: NetRule::parse_list(rules).unwrap(),
+            runner: None,
         },
     )
     .unwrap()
@@ -695,6 +699,7 @@ async fn announced_tokens_count_only_on_their_instances_connections() {
     let policy = EgressPolicy {
         bundle_label: "did:plc:test/bundle".into(),
         allow: NetRule::parse_list(&[&target]).unwrap(),
+        runner: None,
     };
     let reg = p.register_announced(TOKEN, policy.clone()).unwrap();
     let other = p

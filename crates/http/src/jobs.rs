@@ -63,6 +63,7 @@ pub trait JobHost: Clone + Send + Sync + 'static {
 }
 
 /// A resolved bundle version, as far as jobs care.
+#[derive(Debug, Clone)]
 pub struct Resolved {
     pub did: String,
     pub name: String,
@@ -261,6 +262,9 @@ fn job_json(j: &Job) -> serde_json::Value {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnqueueInput {
+    /// Whose bundle: the caller's own when not given; another author's only for a public task.
+    #[serde(default)]
+    author: Option<String>,
     bundle: String,
     #[serde(default)]
     version: Option<String>,
@@ -273,24 +277,46 @@ pub struct EnqueueInput {
     idempotency_key: Option<String>,
 }
 
-/// `POST /xrpc/dev.atrund.enqueueJob`: the author queues a run of one of their bundle's tasks.
-/// The version (`latest` unless given) is resolved now and fixed for the job.
-pub async fn enqueue<H: JobHost>(
-    AxState(st): AxState<H>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    let q = jobs(&st)?;
-    let author = st.authenticate(&headers, ENQUEUE_JOB).await?;
-    let input: EnqueueInput = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            ErrorClass::BadRequest,
-            "InvalidInput",
-            format!("the body must be {{\"bundle\", \"task\", \"payload\"?, \"version\"?, \"delayMs\"?, \"idempotencyKey\"?}}: {e}"),
-        )
-    })?;
-    let config = st.config();
-    let payload = serde_json::to_string(&input.payload).unwrap_or_else(|_| "null".into());
+/// What to run, the same from every enqueuer; all that bundle code may say (it cannot name
+/// another bundle or author: such a field is refused, not ignored).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskRun {
+    task: String,
+    #[serde(default)]
+    payload: serde_json::Value,
+    #[serde(default)]
+    delay_ms: u64,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// Who asks for a job: decides which tasks they may run and what they are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Enqueuer {
+    /// The bundle's author (a service-auth token): any declared task, the whole job back.
+    Author,
+    /// The bundle's own code (`ctx.enqueue`): any task of its version, the whole job back.
+    Bundle,
+    /// Anyone else: tasks the manifest marks `public` only; their idempotency keys live apart
+    /// from the author's, and they are told the job's id and state, never its payload or result.
+    Public,
+}
+
+/// Prefix of public enqueuers' idempotency keys, so they can never match (and so learn of, or
+/// suppress) the author's own jobs or crons.
+const PUBLIC_KEY_PREFIX: &str = "public:";
+
+/// Checks `run` against `target` and queues it: the payload cap, the key, the task declared
+/// (and public for a public enqueuer), the author's quota.
+async fn enqueue_checked(
+    q: &Jobs,
+    config: &Config,
+    target: &Resolved,
+    run: TaskRun,
+    who: Enqueuer,
+) -> Result<atrund_jobs::Enqueued, ApiError> {
+    let payload = serde_json::to_string(&run.payload).unwrap_or_else(|_| "null".into());
     if payload.len() as u64 > config.jobs.max_payload_bytes {
         return Err(ApiError::new(
             ErrorClass::TooLarge,
@@ -302,7 +328,7 @@ pub async fn enqueue<H: JobHost>(
             ),
         ));
     }
-    if input
+    if run
         .idempotency_key
         .as_ref()
         .is_some_and(|k| k.is_empty() || k.len() > 256)
@@ -313,47 +339,219 @@ pub async fn enqueue<H: JobHost>(
             "idempotencyKey must be 1 to 256 characters",
         ));
     }
-    let selector = VersionSelector::parse(input.version.as_deref().unwrap_or("latest"))?;
-    atrund_bundle::record::validate_name(&input.bundle)?;
-    let target = st.resolve(&author, &input.bundle, &selector).await?;
-    if !target.tasks.iter().any(|t| t.name == input.task) {
+    let decl = target.tasks.iter().find(|t| t.name == run.task);
+    let Some(decl) = decl.filter(|d| who != Enqueuer::Public || d.public) else {
         return Err(ApiError::new(
             ErrorClass::NotFound,
             "TaskNotFound",
             format!(
-                "bundle '{}' version {} declares no task '{}' (its manifest's tasks)",
-                target.name, target.version, input.task
+                "bundle '{}' version {} declares no {}task '{}' (its manifest's tasks)",
+                target.name,
+                target.version,
+                if who == Enqueuer::Public {
+                    "public "
+                } else {
+                    ""
+                },
+                run.task
             ),
         ));
-    }
+    };
     q.learn(
         &target.did,
         &target.record,
-        &input.task,
-        task_limit(&target.tasks, &input.task, config.limits.concurrency.max),
+        &decl.name,
+        task_limit(&target.tasks, &decl.name, config.limits.concurrency.max),
     );
+    let idempotency_key = match who {
+        Enqueuer::Public => run
+            .idempotency_key
+            .map(|k| format!("{PUBLIC_KEY_PREFIX}{k}")),
+        Enqueuer::Author | Enqueuer::Bundle => run.idempotency_key,
+    };
     let new = NewJob {
         author: target.did.clone(),
         bundle: target.name.clone(),
         version: target.record.clone(),
-        task: input.task,
+        task: run.task,
         payload,
-        idempotency_key: input.idempotency_key,
-        delay_ms: input.delay_ms,
+        idempotency_key,
+        delay_ms: run.delay_ms,
         max_attempts: u32::try_from(config.jobs.max_attempts).unwrap_or(u32::MAX),
+        author_quota: config.jobs.max_unfinished_per_author,
     };
-    let done = blocking(&q.store, move |s| s.enqueue(&new, now_ms())).await?;
+    let store = q.store.clone();
+    let done = tokio::task::spawn_blocking(move || store.enqueue(&new, now_ms()))
+        .await
+        .map_err(|e| runner_error(e.to_string()))?
+        .map_err(|e| match e {
+            atrund_jobs::JobError::QuotaExceeded { .. } => ApiError::new(
+                ErrorClass::Busy,
+                "JobQuotaExceeded",
+                format!("{e} (jobs.max_unfinished_per_author)"),
+            ),
+            e => {
+                tracing::error!(error = %e, "job queue");
+                runner_error(e.to_string())
+            }
+        })?;
     q.wake.notify_one();
+    Ok(done)
+}
+
+/// The answer to an enqueue: 201 with a new job, 200 with the one its key already named.
+fn enqueued_json(done: &atrund_jobs::Enqueued, who: Enqueuer) -> (StatusCode, serde_json::Value) {
     let status = if done.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((
+    let mut job = job_json(&done.job);
+    if who == Enqueuer::Public {
+        // Not the enqueuer's to read: what the author's task made of it.
+        if let Some(o) = job.as_object_mut() {
+            for k in ["result", "lastError", "idempotencyKey"] {
+                o.remove(k);
+            }
+        }
+    }
+    (
         status,
-        Json(serde_json::json!({"job": job_json(&done.job), "created": done.created})),
+        serde_json::json!({"job": job, "created": done.created}),
     )
-        .into_response())
+}
+
+/// `POST /xrpc/dev.atrund.enqueueJob`: the author queues a run of one of their bundle's tasks
+/// (with a service-auth token); anyone queues a run of a task the manifest marks `public`
+/// (without one, or naming another `author`). The version (`latest` unless given) is resolved
+/// now and fixed for the job.
+pub async fn enqueue<H: JobHost>(
+    AxState(st): AxState<H>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let q = jobs(&st)?;
+    let input: EnqueueInput = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            ErrorClass::BadRequest,
+            "InvalidInput",
+            format!("the body must be {{\"bundle\", \"task\", \"payload\"?, \"version\"?, \"delayMs\"?, \"idempotencyKey\"?, \"author\"?}}: {e}"),
+        )
+    })?;
+    let has_token = headers.contains_key(axum::http::header::AUTHORIZATION);
+    let (author, caller) = match (input.author.clone(), has_token) {
+        // Without an author the caller can only mean their own bundle: a token is needed.
+        (None, _) => {
+            let me = st.authenticate(&headers, ENQUEUE_JOB).await?;
+            (me.clone(), Some(me))
+        }
+        (Some(a), true) => (a, Some(st.authenticate(&headers, ENQUEUE_JOB).await?)),
+        (Some(a), false) => (a, None),
+    };
+    let selector = VersionSelector::parse(input.version.as_deref().unwrap_or("latest"))?;
+    atrund_bundle::record::validate_name(&input.bundle)?;
+    let target = st.resolve(&author, &input.bundle, &selector).await?;
+    let who = if caller.as_deref() == Some(target.did.as_str()) {
+        Enqueuer::Author
+    } else {
+        Enqueuer::Public
+    };
+    let run = TaskRun {
+        task: input.task,
+        payload: input.payload,
+        delay_ms: input.delay_ms,
+        idempotency_key: input.idempotency_key,
+    };
+    let done = enqueue_checked(&q, &st.config(), &target, run, who).await?;
+    let (status, json) = enqueued_json(&done, who);
+    Ok((status, Json(json)).into_response())
+}
+
+/// Answers one instance's calls to its runner (`ctx.enqueue`): acts for that instance's bundle
+/// version only, whatever the call says.
+pub struct InstanceCalls<H> {
+    host: H,
+    target: Resolved,
+}
+
+impl<H> std::fmt::Debug for InstanceCalls<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceCalls")
+            .field("author", &self.target.did)
+            .field("bundle", &self.target.name)
+            .field("record", &self.target.record)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The runner calls of an instance of `target`, when the runner keeps jobs.
+pub fn instance_calls<H: JobHost>(
+    host: &H,
+    target: Resolved,
+) -> Option<atrund_sandbox::RunnerCalls> {
+    host.queue()?;
+    Some(Arc::new(InstanceCalls {
+        host: host.clone(),
+        target,
+    }))
+}
+
+impl<H: JobHost> atrund_sandbox::RunnerService for InstanceCalls<H> {
+    fn call(
+        &self,
+        call: atrund_sandbox::RunnerCall,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = atrund_sandbox::RunnerReply> + Send + '_>>
+    {
+        Box::pin(async move {
+            let (status, json) = match self.answer(call).await {
+                Ok(ok) => ok,
+                Err(e) => (
+                    e.status(),
+                    serde_json::json!({"error": e.code, "message": e.message}),
+                ),
+            };
+            atrund_sandbox::RunnerReply {
+                status,
+                body: bytes::Bytes::from(json.to_string()),
+            }
+        })
+    }
+}
+
+impl<H: JobHost> InstanceCalls<H> {
+    async fn answer(
+        &self,
+        call: atrund_sandbox::RunnerCall,
+    ) -> Result<(StatusCode, serde_json::Value), ApiError> {
+        if call.path != "/v1/enqueue" {
+            return Err(ApiError::new(
+                ErrorClass::NotFound,
+                "NotFound",
+                format!(
+                    "the runner has no call {} (it knows POST /v1/enqueue)",
+                    call.path
+                ),
+            ));
+        }
+        if call.method != axum::http::Method::POST {
+            return Err(ApiError::new(
+                ErrorClass::MethodNotAllowed,
+                "MethodNotAllowed",
+                "/v1/enqueue takes POST",
+            ));
+        }
+        let q = jobs(&self.host)?;
+        let run: TaskRun = serde_json::from_slice(&call.body).map_err(|e| {
+            ApiError::new(
+                ErrorClass::BadRequest,
+                "InvalidInput",
+                format!("the body must be {{\"task\", \"payload\"?, \"delayMs\"?, \"idempotencyKey\"?}}: {e}"),
+            )
+        })?;
+        let done =
+            enqueue_checked(&q, &self.host.config(), &self.target, run, Enqueuer::Bundle).await?;
+        Ok(enqueued_json(&done, Enqueuer::Bundle))
+    }
 }
 
 #[derive(Deserialize)]
@@ -590,6 +788,7 @@ async fn fire<H: JobHost>(
             idempotency_key: Some(format!("{prefix}{minute}")),
             delay_ms: 0,
             max_attempts: u32::try_from(config.jobs.max_attempts).unwrap_or(u32::MAX),
+            author_quota: config.jobs.max_unfinished_per_author,
         };
         let done = blocking(&q.store, move |s| s.enqueue(&new, now_ms())).await?;
         if done.created {

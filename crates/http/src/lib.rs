@@ -248,15 +248,20 @@ async fn job_target(
         let t = remote_bundle(st, &resolved, name, selector).await?;
         (resolved.did.to_string(), t)
     };
-    let resolved = jobs::Resolved {
+    let resolved = job_resolved(did, &target);
+    Ok((target, resolved))
+}
+
+/// `target` as the jobs see it, with `did` its author (`local` for the dev bundle).
+fn job_resolved(did: String, target: &Target) -> jobs::Resolved {
+    jobs::Resolved {
         did,
         name: target.name.clone(),
         version: target.version.clone(),
         record: target.key.bundle.clone(),
         tasks: target.manifest.tasks.clone(),
         crons: target.manifest.crons.clone(),
-    };
-    Ok((target, resolved))
+    }
 }
 
 /// Reads the components' counters (`AppState::counters`).
@@ -1496,6 +1501,7 @@ fn instance_spec(st: &AppState, t: &Target, limits: &EffectiveLimits) -> Instanc
         next_instance_number()
     );
     let output = output_sink(st, t, &id);
+    let runner_calls = jobs::instance_calls(st, job_resolved(t.key.author.clone(), t));
     InstanceSpec {
         work_dir: layout.instance_work(&id),
         id,
@@ -1520,6 +1526,7 @@ fn instance_spec(st: &AppState, t: &Target, limits: &EffectiveLimits) -> Instanc
             max_file_bytes: config.limits.max_file_bytes,
         },
         output,
+        runner_calls,
     }
 }
 

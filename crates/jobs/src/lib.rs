@@ -38,6 +38,10 @@ pub enum JobError {
     /// or by a newer at-rund
     #[error("job {0} has a state this version does not know ({1}); the database was changed by hand or by a newer at-rund")]
     UnknownState(i64, String),
+    /// {author} already has {limit} queued or running jobs on this runner, its most; wait for
+    /// some to finish or cancel some
+    #[error("{author} already has {limit} queued or running jobs on this runner, its most; wait for some to finish or cancel some")]
+    QuotaExceeded { author: String, limit: u64 },
 }
 
 /// Where a job is in its life.
@@ -101,6 +105,9 @@ pub struct NewJob {
     pub delay_ms: u64,
     /// Attempts before the job is dead (at least 1).
     pub max_attempts: u32,
+    /// The most queued or running jobs its author may have: an enqueue that would pass it is
+    /// refused with [`JobError::QuotaExceeded`] (one with a known idempotency key is not).
+    pub author_quota: u64,
 }
 
 /// A job as stored.
@@ -159,7 +166,8 @@ pub struct JobStore {
 }
 
 /// The schema versions this code knows, in order; `PRAGMA user_version` says which ran.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE jobs (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         author TEXT NOT NULL,
@@ -183,7 +191,11 @@ const MIGRATIONS: &[&str] = &["
     CREATE INDEX jobs_due ON jobs (state, run_at);
     CREATE INDEX jobs_by_author ON jobs (author, bundle, id);
     CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
-"];
+",
+    "
+    CREATE INDEX jobs_unfinished_by_author ON jobs (author) WHERE state IN ('queued', 'running');
+",
+];
 
 /// How many due jobs one claim looks at past those whose task is at its concurrency.
 const CLAIM_WINDOW: i64 = 64;
@@ -222,7 +234,8 @@ impl JobStore {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a job, or returns the one with the same idempotency key.
+    /// Adds a job, or returns the one with the same idempotency key. The author's quota is
+    /// checked in the same transaction, so two enqueues never both take its last place.
     pub fn enqueue(&self, new: &NewJob, now_ms: u64) -> Result<Enqueued, JobError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -242,6 +255,17 @@ impl JobStore {
                     created: false,
                 });
             }
+        }
+        let unfinished: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM jobs WHERE author = ?1 AND state IN ('queued', 'running')",
+            params![new.author],
+            |r| r.get(0),
+        )?;
+        if unfinished.max(0) as u64 >= new.author_quota {
+            return Err(JobError::QuotaExceeded {
+                author: new.author.clone(),
+                limit: new.author_quota,
+            });
         }
         tx.execute(
             "INSERT INTO jobs (author, bundle, version, task, payload, idempotency_key, state, \

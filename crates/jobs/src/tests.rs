@@ -17,6 +17,7 @@ fn new_job(author: &str, key: Option<&str>) -> NewJob {
         idempotency_key: key.map(str::to_string),
         delay_ms: 0,
         max_attempts: 3,
+        author_quota: 1_000,
     }
 }
 
@@ -90,6 +91,37 @@ fn idempotency_keys_deduplicate_per_bundle_and_task() {
     let j = s.claim(0, 1_000, free).unwrap().unwrap();
     s.complete(j.id, 1, None, 5).unwrap();
     assert!(!s.enqueue(&new_job("did:a", Some("k")), 10).unwrap().created);
+}
+
+#[test]
+fn an_author_past_their_quota_is_refused_until_jobs_finish() {
+    let (_d, s) = store();
+    let mut j = new_job("did:a", None);
+    j.author_quota = 2;
+    s.enqueue(&j, 0).unwrap();
+    let mut keyed = j.clone();
+    keyed.idempotency_key = Some("k".into());
+    s.enqueue(&keyed, 0).unwrap();
+    let e = s.enqueue(&j, 0).unwrap_err();
+    assert!(
+        matches!(e, JobError::QuotaExceeded { ref author, limit: 2 } if author == "did:a"),
+        "{e}"
+    );
+    assert!(
+        !s.enqueue(&keyed, 0).unwrap().created,
+        "a known key answers its job even at the quota"
+    );
+    let mut other = new_job("did:b", None);
+    other.author_quota = 2;
+    assert!(
+        s.enqueue(&other, 0).unwrap().created,
+        "quotas are per author"
+    );
+    // A running job still counts; a finished one frees its place.
+    let run = s.claim(0, 1_000, free).unwrap().unwrap();
+    assert!(s.enqueue(&j, 0).is_err());
+    s.complete(run.id, 1, None, 5).unwrap();
+    assert!(s.enqueue(&j, 0).unwrap().created);
 }
 
 #[test]

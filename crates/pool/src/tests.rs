@@ -105,6 +105,7 @@ fn spec() -> InstanceSpec {
         start_timeout: Duration::from_secs(1),
         limits: Default::default(),
         output: None,
+        runner_calls: None,
     }
 }
 

@@ -130,6 +130,10 @@ pub(crate) fn deno_args(
     for n in &p.net {
         net.push(net_flag_item(n)?);
     }
+    // The runner's reserved host, which the egress proxy answers itself (docs/jobs.md).
+    if spec.runner_calls.is_some() {
+        net.push(format!("{}:80", crate::RUNNER_HOST));
+    }
 
     let mut args: Vec<OsString> = HARDENED.iter().map(OsString::from).collect();
     args.push(format!("--v8-flags=--max-old-space-size={}", spec.memory_mib).into());
@@ -252,6 +256,7 @@ mod args_tests {
             start_timeout: Duration::from_secs(1),
             limits: Default::default(),
             output: None,
+            runner_calls: None,
         }
     }
 

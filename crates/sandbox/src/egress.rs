@@ -39,6 +39,7 @@ pub(crate) fn register_token(
     let policy = EgressPolicy {
         bundle_label: spec.id.clone(),
         allow,
+        runner: spec.runner_calls.clone(),
     };
     if announced {
         proxy.register_announced(token, policy)

@@ -37,6 +37,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use atrund_egress::{RunnerCall, RunnerCalls, RunnerReply, RunnerService, RUNNER_HOST};
 pub use cgroup::{runner_id_for, CgroupManager, CgroupVersion};
 pub use choose::{choose_executor, Choice, Chosen, Requested};
 pub use container::generic::{GenericConfig, GenericSandbox};
@@ -122,6 +123,9 @@ pub struct InstanceSpec {
     /// Where the instance's console lines go besides the runner's log (the authors' logs,
     /// docs/observability.md); `None`: the runner's log only.
     pub output: Option<OutputSink>,
+    /// Answers the instance's calls to its runner (`ctx.enqueue`, through the egress proxy's
+    /// reserved host `runner.atrund.internal`); `None`: the instance cannot call it.
+    pub runner_calls: Option<RunnerCalls>,
 }
 
 /// Which of an instance's output streams a line came from.
@@ -367,6 +371,7 @@ pub(crate) fn test_spec(dir: &std::path::Path) -> InstanceSpec {
         start_timeout: std::time::Duration::from_secs(1),
         limits: Default::default(),
         output: None,
+        runner_calls: None,
     }
 }
 

@@ -252,6 +252,7 @@ fn spec_at(root: &Path, id: &str) -> atrund_sandbox::InstanceSpec {
         start_timeout: Duration::from_secs(15),
         limits: Default::default(),
         output: None,
+        runner_calls: None,
     }
 }
 

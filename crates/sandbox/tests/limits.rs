@@ -96,6 +96,7 @@ impl Env {
             start_timeout: Duration::from_secs(10),
             limits: Default::default(),
             output: None,
+            runner_calls: None,
         }
     }
 

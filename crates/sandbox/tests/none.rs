@@ -67,6 +67,7 @@ impl Env {
             start_timeout: Duration::from_secs(10),
             limits: Default::default(),
             output: None,
+            runner_calls: None,
         }
     }
 

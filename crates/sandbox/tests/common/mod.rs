@@ -166,6 +166,7 @@ impl Env {
             start_timeout: Duration::from_secs(15),
             limits: Default::default(),
             output: None,
+            runner_calls: None,
         }
     }
 
