@@ -63,6 +63,10 @@ pub struct DescribeRunner {
     /// Pre-warmed generic sandboxes (`pool.generic_sandboxes`), when on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generic_sandboxes: Option<GenericSandboxes>,
+    /// The bundle `at-rund dev` serves from a folder, by name: such a runner's job methods take
+    /// no token for it (its author is `local`). Absent from `serve`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_bundle: Option<String>,
 }
 
 /// The pre-warmed generic sandboxes of a `container` runner (docs/design.md).
@@ -318,6 +322,7 @@ mod tests {
             service_did: Some("did:web:runner.test".into()),
             logs_kept: true,
             generic_sandboxes: None,
+            local_bundle: None,
         }
     }
 

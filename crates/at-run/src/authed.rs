@@ -1,6 +1,8 @@
 //! Calls to a runner's author-only XRPC methods (authors' logs, jobs): each with a fresh
 //! service-auth token from the author's PDS (`com.atproto.server.getServiceAuth`, `aud` = the
-//! runner's `serviceDid` from describeRunner, `lxm` = the method); tokens are single-use.
+//! runner's `serviceDid` from describeRunner, `lxm` = the method); tokens are single-use. A
+//! runner that is `at-rund dev` (describeRunner names its `localBundle`) gets no token: it takes
+//! none for its folder's bundle, and no PDS login is needed.
 //!
 //! Owns: the token per call and turning the runner's XRPC errors into [`Failure`]s. Must not
 //! touch: what the methods mean (`logs`, `jobs`); the token is never printed.
@@ -83,12 +85,18 @@ impl Caller {
         method: &str,
         req: reqwest::RequestBuilder,
     ) -> anyhow::Result<reqwest::Response> {
-        let (client, session) = auth::session(a).await?;
-        let token = client
-            .get_service_auth(&session, &self.service_did, method)
-            .await
-            .context("your PDS did not mint a service-auth token for the runner")?;
-        let resp = req.bearer_auth(token).send().await.map_err(|e| {
+        // `at-rund dev` takes no token for its folder's bundle (its author is `local`).
+        let req = if self.desc.local_bundle.is_some() {
+            req
+        } else {
+            let (client, session) = auth::session(a).await?;
+            let token = client
+                .get_service_auth(&session, &self.service_did, method)
+                .await
+                .context("your PDS did not mint a service-auth token for the runner")?;
+            req.bearer_auth(token)
+        };
+        let resp = req.send().await.map_err(|e| {
             Failure::RunnerUnreachable(format!(
                 "could not reach the runner at {} ({e}); check --runner",
                 self.runner

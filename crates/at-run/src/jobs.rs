@@ -75,6 +75,54 @@ pub enum JobsCommand {
     },
 }
 
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum CronCommand {
+    /// Fire a cron's TASK now: queue one run, as its schedule would (payload null), on the
+    /// runner; with `at-run dev` running, on the local bundle.
+    Run {
+        task: String,
+        /// The bundle [default: the name in the project's at-run.json].
+        #[arg(long)]
+        name: Option<String>,
+        /// Project folder, for the default name.
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+        #[command(flatten)]
+        on: OnRunner,
+    },
+}
+
+/// Runs one `at-run cron` subcommand.
+pub async fn cron(cmd: &CronCommand) -> anyhow::Result<Answer> {
+    let CronCommand::Run {
+        task,
+        name,
+        dir,
+        on,
+    } = cmd;
+    let name = match name {
+        Some(n) => n.clone(),
+        None => {
+            crate::project::Project::load(dir)
+                .context("name the bundle with --name, or run this in its project folder")?
+                .file
+                .name
+        }
+    };
+    let mut a = run(&JobsCommand::Enqueue {
+        name,
+        task: task.clone(),
+        payload: None,
+        delay_ms: None,
+        key: None,
+        version: None,
+        on: on.clone(),
+    })
+    .await?;
+    a.text = a.text.replacen("queued: ", "fired: ", 1);
+    Ok(a)
+}
+
 /// A job as the runner answers it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -125,6 +125,11 @@ enum Command {
         #[command(subcommand)]
         command: jobs::JobsCommand,
     },
+    /// Fire one of your bundle's crons now: `at-run cron run TASK` (docs/jobs.md).
+    Cron {
+        #[command(subcommand)]
+        command: jobs::CronCommand,
+    },
 }
 
 /// A command's result: text for people, JSON for scripts.
@@ -133,6 +138,16 @@ struct Output {
     json: serde_json::Value,
     /// Set when the command ran but its verdict is a failure (`test`, `check`).
     failure: Option<error::Failure>,
+}
+
+impl From<jobs::Answer> for Output {
+    fn from(a: jobs::Answer) -> Self {
+        Output {
+            text: a.text,
+            json: a.json,
+            failure: None,
+        }
+    }
 }
 
 fn out<T: Serialize>(value: &T, text: String) -> anyhow::Result<Output> {
@@ -336,14 +351,8 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
             let text = l.render();
             out(&l, text)
         }
-        Command::Jobs { command } => {
-            let a = jobs::run(&command).await?;
-            Ok(Output {
-                text: a.text,
-                json: a.json,
-                failure: None,
-            })
-        }
+        Command::Jobs { command } => Ok(jobs::run(&command).await?.into()),
+        Command::Cron { command } => Ok(jobs::cron(&command).await?.into()),
         Command::Secrets { command } => {
             let (verb, result) = match &command {
                 secrets::SecretsCommand::Set { target, pairs } => {

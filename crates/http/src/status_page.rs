@@ -479,6 +479,7 @@ mod tests {
             service_did: None,
             logs_kept: false,
             generic_sandboxes: None,
+            local_bundle: None,
         }
     }
 
