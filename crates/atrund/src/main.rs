@@ -408,7 +408,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         tracing::info!(bundle_domain = %d, "host routes on: each bundle is served at {{label}}.{d} (docs/origins.md)");
     }
     let cache = response_cache(&config);
-    let jobs = job_queue(&config)?;
+    let jobs = job_queue(&config).await?;
     let counters = observe::counters(
         pool.clone(),
         egress.clone(),
@@ -803,25 +803,47 @@ fn prepare_data_dir(layout: &DataLayout, group: Option<u32>) -> Result<()> {
     Ok(())
 }
 
-/// The background jobs' queue (`[jobs]`, docs/jobs.md), opened (and migrated) at start.
-fn job_queue(config: &Config) -> anyhow::Result<Option<Arc<atrund_http::jobs::Jobs>>> {
+/// The background jobs' queue (`[jobs]`, docs/jobs.md), opened (and migrated) at start: in
+/// the data dir, or in the Redis the runners share (`[state]`, docs/cluster.md).
+async fn job_queue(config: &Config) -> anyhow::Result<Option<Arc<atrund_http::jobs::Jobs>>> {
     if !config.jobs.enabled {
         tracing::info!("background jobs off (jobs.enabled = false)");
         return Ok(None);
     }
-    let path = config.layout().jobs_db();
-    let store = atrund_jobs::JobStore::open(&path).with_context(|| {
-        format!(
-            "cannot open the job queue {} (jobs.enabled)",
-            path.display()
-        )
-    })?;
-    tracing::info!(
-        db = %path.display(),
-        workers = config.jobs.workers,
-        "background jobs on: tasks run from a durable queue (docs/jobs.md)"
-    );
-    Ok(Some(Arc::new(atrund_http::jobs::Jobs::new(store))))
+    let queue = match config.state.backend {
+        atrund_config::StateBackend::Sqlite => {
+            let path = config.layout().jobs_db();
+            let store = atrund_jobs::JobStore::open(&path).with_context(|| {
+                format!(
+                    "cannot open the job queue {} (jobs.enabled)",
+                    path.display()
+                )
+            })?;
+            tracing::info!(
+                backend = "sqlite",
+                db = %path.display(),
+                workers = config.jobs.workers,
+                "background jobs on: tasks run from a durable queue (docs/jobs.md)"
+            );
+            atrund_jobs::Queue::Sqlite(Arc::new(store))
+        }
+        atrund_config::StateBackend::Redis => {
+            let s = &config.state;
+            let q =
+                atrund_jobs::RedisQueue::connect(&s.redis_url, &format!("{}jobs:", s.redis_prefix))
+                    .await
+                    .context("cannot reach the job queue's Redis (state.backend = \"redis\")")?;
+            tracing::info!(
+                backend = "redis",
+                redis = %atrund_jobs::redacted(&s.redis_url),
+                prefix = %s.redis_prefix,
+                workers = config.jobs.workers,
+                "background jobs on: tasks run from the queue the runners share (docs/cluster.md)"
+            );
+            atrund_jobs::Queue::Redis(q)
+        }
+    };
+    Ok(Some(Arc::new(atrund_http::jobs::Jobs::new(queue))))
 }
 
 /// The response cache (`[cache]`, docs/cache.md), said at start like every other component.

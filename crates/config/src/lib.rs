@@ -71,6 +71,7 @@ pub struct Config {
     pub metrics: MetricsSection,
     pub cache: CacheSection,
     pub jobs: JobsSection,
+    pub state: StateSection,
     pub log: LogSection,
     pub logs: LogsSection,
     pub otel: OtelSection,
@@ -586,6 +587,7 @@ impl Default for Config {
             metrics: MetricsSection::default(),
             cache: CacheSection::default(),
             jobs: JobsSection::default(),
+            state: StateSection::default(),
             log: LogSection::default(),
             logs: LogsSection::default(),
             otel: OtelSection::default(),
@@ -781,6 +783,37 @@ impl Default for JobsSection {
             max_unfinished_per_author: 10_000,
             poll_ms: 1_000,
             cron_bundles: Vec::new(),
+        }
+    }
+}
+
+/// Where state shared between runners lives (docs/cluster.md): the job queue today.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSection {
+    /// `"sqlite"`: one runner, state in the data dir. `"redis"`: several runners share one Redis
+    /// (`redis_url`).
+    pub backend: StateBackend,
+    /// `redis://[user:password@]host:port/db`, or `rediss://` for TLS (verified against the
+    /// webpki roots). Required with `backend = "redis"`; never logged with its password.
+    pub redis_url: String,
+    /// Prefix of every key this cluster writes, so several clusters can share one Redis.
+    pub redis_prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    Sqlite,
+    Redis,
+}
+
+impl Default for StateSection {
+    fn default() -> Self {
+        StateSection {
+            backend: StateBackend::Sqlite,
+            redis_url: String::new(),
+            redis_prefix: "atrund:".into(),
         }
     }
 }

@@ -62,6 +62,7 @@ impl Config {
             metrics,
             cache,
             jobs,
+            state,
             log,
             logs,
             otel,
@@ -83,6 +84,7 @@ impl Config {
         keep(&mut k, "metrics", metrics, &mut new.metrics);
         keep(&mut k, "cache", cache, &mut new.cache);
         keep(&mut k, "jobs", jobs, &mut new.jobs);
+        keep(&mut k, "state", state, &mut new.state);
         keep(&mut k, "log", log, &mut new.log);
         keep(&mut k, "logs", logs, &mut new.logs);
         keep(&mut k, "otel", otel, &mut new.otel);

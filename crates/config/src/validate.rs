@@ -152,6 +152,25 @@ impl Config {
                 ));
             }
         }
+        if self.state.backend == crate::StateBackend::Redis {
+            let url = &self.state.redis_url;
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(invalid(
+                    "state.redis_url",
+                    "must be a redis:// or rediss:// URL with state.backend = \"redis\" (ATRUND_STATE_REDIS_URL)".into(),
+                ));
+            }
+        }
+        let prefix = &self.state.redis_prefix;
+        if prefix.is_empty()
+            || prefix.len() > 64
+            || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "state.redis_prefix",
+                "must be 1 to 64 characters without spaces, e.g. \"atrund:\"".into(),
+            ));
+        }
         if self.cache.enabled {
             if self.cache.max_bytes == 0 {
                 return Err(invalid(

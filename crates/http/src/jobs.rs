@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use atrund_errors::ErrorClass;
-use atrund_jobs::{Backoff, Job, JobStore, NewJob, State};
+use atrund_jobs::{Backoff, Job, JobError, NewJob, Queue, State};
 use axum::extract::{Query, State as AxState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -84,7 +84,10 @@ const MAX_LIST: u32 = 100;
 
 /// The queue, what wakes its workers, and each task's runs in flight here.
 pub struct Jobs {
-    pub store: Arc<JobStore>,
+    pub queue: Queue,
+    /// The queue's counts by state as last read (Redis: refreshed in the background, so a
+    /// scrape never waits on the network).
+    counts: Mutex<Vec<(State, u64)>>,
     wake: Notify,
     tasks: Mutex<TaskSlots>,
     /// Attempts ended here since start: succeeded, retried, dead, lost.
@@ -109,25 +112,32 @@ fn task_key(j: &Job) -> TaskKey {
 }
 
 impl Jobs {
-    pub fn new(store: JobStore) -> Self {
+    pub fn new(queue: Queue) -> Self {
         Self {
-            store: Arc::new(store),
+            queue,
+            counts: Mutex::default(),
             wake: Notify::new(),
             tasks: Mutex::default(),
             ended: Default::default(),
         }
     }
 
-    /// What `/metrics` shows of the jobs: the queue by state (read from the database, a short
-    /// indexed query) and the attempts this runner ended.
+    /// What `/metrics` shows of the jobs: the queue by state (SQLite: read now, a short indexed
+    /// query; Redis: as read at most 2 s ago, for the whole cluster) and the attempts this
+    /// runner ended.
     pub fn metrics(&self) -> atrund_metrics::Jobs {
-        let by_state = match self.store.counts() {
-            Ok(c) => c.into_iter().map(|(s, n)| (s.as_str(), n)).collect(),
-            Err(e) => {
+        let counts = match &self.queue {
+            Queue::Sqlite(store) => store.counts().unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "job queue: cannot count jobs for the metrics");
                 Vec::new()
-            }
+            }),
+            Queue::Redis(_) => self
+                .counts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         };
+        let by_state = counts.into_iter().map(|(s, n)| (s.as_str(), n)).collect();
         let attempts = OUTCOMES
             .iter()
             .zip(&self.ended)
@@ -213,19 +223,10 @@ fn jobs<H: JobHost>(st: &H) -> Result<Arc<Jobs>, ApiError> {
     })
 }
 
-/// Runs a blocking queue call off the async threads.
-async fn blocking<T: Send + 'static>(
-    store: &Arc<JobStore>,
-    f: impl FnOnce(&JobStore) -> Result<T, atrund_jobs::JobError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|e| runner_error(e.to_string()))?
-        .map_err(|e| {
-            tracing::error!(error = %e, "job queue");
-            runner_error(e.to_string())
-        })
+/// A queue failure, logged for the operator and answered as the runner's.
+fn queue_error(e: JobError) -> ApiError {
+    tracing::error!(error = %e, "job queue");
+    runner_error(e.to_string())
 }
 
 fn runner_error(detail: String) -> ApiError {
@@ -380,21 +381,14 @@ async fn enqueue_checked(
         max_attempts: u32::try_from(config.jobs.max_attempts).unwrap_or(u32::MAX),
         author_quota: config.jobs.max_unfinished_per_author,
     };
-    let store = q.store.clone();
-    let done = tokio::task::spawn_blocking(move || store.enqueue(&new, now_ms()))
-        .await
-        .map_err(|e| runner_error(e.to_string()))?
-        .map_err(|e| match e {
-            atrund_jobs::JobError::QuotaExceeded { .. } => ApiError::new(
-                ErrorClass::Busy,
-                "JobQuotaExceeded",
-                format!("{e} (jobs.max_unfinished_per_author)"),
-            ),
-            e => {
-                tracing::error!(error = %e, "job queue");
-                runner_error(e.to_string())
-            }
-        })?;
+    let done = q.queue.enqueue(new, now_ms()).await.map_err(|e| match e {
+        atrund_jobs::JobError::QuotaExceeded { .. } => ApiError::new(
+            ErrorClass::Busy,
+            "JobQuotaExceeded",
+            format!("{e} (jobs.max_unfinished_per_author)"),
+        ),
+        e => queue_error(e),
+    })?;
     q.wake.notify_one();
     Ok(done)
 }
@@ -576,7 +570,7 @@ pub async fn get_job<H: JobHost>(
     let jq = jobs(&st)?;
     let author = st.authenticate(&headers, GET_JOB).await?;
     let id = q.id;
-    let job = blocking(&jq.store, move |s| s.get(&author, id)).await?;
+    let job = jq.queue.get(author, id).await.map_err(queue_error)?;
     let job = job.ok_or_else(|| not_found(id))?;
     Ok(Json(serde_json::json!({"job": job_json(&job)})).into_response())
 }
@@ -617,10 +611,11 @@ pub async fn list_jobs<H: JobHost>(
     };
     let limit = q.limit.unwrap_or(50).clamp(1, MAX_LIST);
     let (bundle, before) = (q.bundle, q.before);
-    let page = blocking(&jq.store, move |s| {
-        s.list(&author, bundle.as_deref(), state, before, limit)
-    })
-    .await?;
+    let page = jq
+        .queue
+        .list(author, bundle, state, before, limit)
+        .await
+        .map_err(queue_error)?;
     let cursor = (page.len() as u32 == limit)
         .then(|| page.last().map(|j| j.id))
         .flatten();
@@ -653,14 +648,12 @@ async fn control<H: JobHost>(
     })?;
     let now = now_ms();
     let cancel = method == CANCEL_JOB;
-    let state = blocking(&jq.store, move |s| {
-        if cancel {
-            s.cancel(&author, id, now)
-        } else {
-            s.retry(&author, id, now)
-        }
-    })
-    .await?
+    let state = if cancel {
+        jq.queue.cancel(author, id, now).await
+    } else {
+        jq.queue.retry(author, id, now).await
+    }
+    .map_err(queue_error)?
     .ok_or_else(|| not_found(id))?;
     let wanted = if cancel {
         State::Cancelled
@@ -769,8 +762,8 @@ async fn fire<H: JobHost>(
             c.task.clone(),
             prefix.clone(),
         );
-        if blocking(&q.store, move |s| s.unfinished(&a, &b, &t, &p)).await? {
-            tracing::info!(author = %did, bundle = %target.name, task = %c.task, "cron: the previous run is still queued or running; this tick is skipped");
+        if q.queue.unfinished(a, b, t, p).await.map_err(queue_error)? {
+            tracing::info!(author = %did, bundle = %target.name, task = %c.task, "cron: a run of this cron is still queued or running (an earlier tick's, or this tick's queued by another runner); this tick is not queued again");
             continue;
         }
         q.learn(
@@ -790,9 +783,12 @@ async fn fire<H: JobHost>(
             max_attempts: u32::try_from(config.jobs.max_attempts).unwrap_or(u32::MAX),
             author_quota: config.jobs.max_unfinished_per_author,
         };
-        let done = blocking(&q.store, move |s| s.enqueue(&new, now_ms())).await?;
+        let done = q.queue.enqueue(new, now_ms()).await.map_err(queue_error)?;
         if done.created {
             tracing::info!(author = %did, bundle = %target.name, task = %c.task, job = done.job.id, schedule = %c.schedule, "cron fired");
+        } else {
+            // Another runner sharing the queue fired this tick first (or this one did already).
+            tracing::debug!(author = %did, bundle = %target.name, task = %c.task, job = done.job.id, "cron tick already queued");
         }
         q.wake.notify_one();
     }
@@ -808,12 +804,30 @@ pub fn spawn_workers<H: JobHost>(st: H) {
         let (st, q) = (st.clone(), q.clone());
         tokio::spawn(async move { worker(st, q, n).await });
     }
+    if let Queue::Redis(_) = q.queue {
+        // The cluster's counts for /metrics, read here so a scrape never waits on Redis.
+        let (q, mut draining) = (q.clone(), st.draining());
+        tokio::spawn(async move {
+            loop {
+                match q.queue.counts().await {
+                    Ok(c) => *q.counts.lock().unwrap_or_else(|p| p.into_inner()) = c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "job queue: cannot count jobs for the metrics")
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = draining.wait_for(|d| *d) => return,
+                }
+            }
+        });
+    }
     let retention = Duration::from_secs(config.jobs.retention_secs);
     let (q, mut draining) = (q.clone(), st.draining());
     tokio::spawn(async move {
         loop {
             let before = now_ms().saturating_sub(retention.as_millis() as u64);
-            match blocking(&q.store, move |s| s.purge(before)).await {
+            match q.queue.purge(before).await {
                 Ok(n) if n > 0 => {
                     tracing::info!(jobs = n, "finished jobs past jobs.retention_secs deleted")
                 }
@@ -838,8 +852,9 @@ async fn worker<H: JobHost>(st: H, q: Arc<Jobs>, n: u64) {
         // The slot the claim took, whatever becomes of the claim: given back when dropped.
         let reserved: Arc<Mutex<Option<Slot>>> = Arc::default();
         let (slots, taken) = (q.clone(), reserved.clone());
-        let claimed = blocking(&q.store, move |s| {
-            s.claim(now_ms(), lease, |j| match slots.try_reserve(j) {
+        let claimed = q
+            .queue
+            .claim(now_ms(), lease, move |j| match slots.try_reserve(j) {
                 Some(key) => {
                     let slot = Slot {
                         jobs: slots.clone(),
@@ -850,8 +865,7 @@ async fn worker<H: JobHost>(st: H, q: Arc<Jobs>, n: u64) {
                 }
                 None => true,
             })
-        })
-        .await;
+            .await;
         let slot = reserved.lock().unwrap_or_else(|p| p.into_inner()).take();
         match claimed {
             Ok(Some(job)) => {
@@ -865,7 +879,7 @@ async fn worker<H: JobHost>(st: H, q: Arc<Jobs>, n: u64) {
                 continue;
             }
             Ok(None) => {}
-            Err(e) => tracing::error!(worker = n, error = %e.message, "cannot claim a job"),
+            Err(e) => tracing::error!(worker = n, error = %e, "cannot claim a job"),
         }
         let poll = Duration::from_millis(config.jobs.poll_ms);
         tokio::select! {
@@ -887,16 +901,14 @@ async fn run<H: JobHost>(st: &H, q: &Jobs, job: Job) {
     };
     let (id, n) = (job.id, job.attempts);
     let recorded = match outcome {
-        Ok(result) => {
-            blocking(&q.store, move |s| {
-                s.complete(id, n, Some(&result), now_ms())
-                    .map(|ok| ok.then_some(State::Succeeded))
-            })
+        Ok(result) => q
+            .queue
+            .complete(id, n, Some(result), now_ms())
             .await
-        }
+            .map(|ok| ok.then_some(State::Succeeded)),
         Err(error) => {
             let msg = format!("{}: {}", error.code, error.message);
-            blocking(&q.store, move |s| s.fail(id, n, &msg, now_ms(), backoff)).await
+            q.queue.fail(id, n, msg, now_ms(), backoff).await
         }
     };
     let _g = span.enter();
@@ -912,7 +924,7 @@ async fn run<H: JobHost>(st: &H, q: &Jobs, job: Job) {
             q.count("lost");
             tracing::warn!("job attempt ended after its lease: its outcome is not recorded")
         }
-        Err(e) => tracing::error!(error = %e.message, "cannot record a job's outcome"),
+        Err(e) => tracing::error!(error = %e, "cannot record a job's outcome"),
     }
 }
 

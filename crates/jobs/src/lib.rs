@@ -18,6 +18,12 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+mod queue;
+mod redis_queue;
+
+pub use queue::Queue;
+pub use redis_queue::{redacted, RedisQueue};
+
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 /// What can go wrong with the queue.
@@ -42,7 +48,22 @@ pub enum JobError {
     /// some to finish or cancel some
     #[error("{author} already has {limit} queued or running jobs on this runner, its most; wait for some to finish or cancel some")]
     QuotaExceeded { author: String, limit: u64 },
+    /// the job queue's Redis failed: {0}; check that it runs and that state.redis_url reaches
+    /// it
+    #[error(
+        "the job queue's Redis failed: {0}; check that it runs and that state.redis_url reaches it"
+    )]
+    Redis(String),
+    /// job {0} vanished while it was read (purged meanwhile); try again
+    #[error("job {0} vanished while it was read (purged meanwhile); try again")]
+    Vanished(i64),
+    /// the job queue's worker thread failed: {0}
+    #[error("the job queue's worker thread failed: {0}")]
+    Thread(String),
 }
+
+/// The longest `delay_ms` a job may have: a year. Longer delays are cut to it.
+pub const MAX_DELAY_MS: u64 = 366 * 24 * 3600 * 1000;
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -76,7 +97,7 @@ impl State {
         }
     }
 
-    fn parse(s: &str) -> Option<State> {
+    pub(crate) fn parse(s: &str) -> Option<State> {
         State::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
@@ -279,7 +300,7 @@ impl JobStore {
                 new.payload,
                 new.idempotency_key,
                 new.max_attempts.max(1),
-                ms(now_ms.saturating_add(new.delay_ms)),
+                ms(now_ms.saturating_add(new.delay_ms.min(MAX_DELAY_MS))),
                 ms(now_ms),
             ],
         )?;

@@ -318,7 +318,7 @@ fn a_database_from_a_newer_version_is_refused() {
     let c = Connection::open(&path).unwrap();
     c.pragma_update(None, "user_version", 99).unwrap();
     drop(c);
-    let err = JobStore::open(&path).err().expect("refused");
+    let err = JobStore::open(&path).expect_err("refused");
     assert!(
         err.to_string().contains("newer at-rund (schema 99"),
         "{err}"
