@@ -407,18 +407,6 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
     if let Some(d) = &config.http.bundle_domain {
         tracing::info!(bundle_domain = %d, "host routes on: each bundle is served at {{label}}.{d} (docs/origins.md)");
     }
-    let cache = response_cache(&config);
-    let jobs = job_queue(&config).await?;
-    let counters = observe::counters(
-        pool.clone(),
-        egress.clone(),
-        identity.clone(),
-        cache.clone(),
-        jobs.clone(),
-    );
-    let metrics = observe::metrics(&config, pool.backend(), counters.clone());
-    let (drain_tx, drain_rx) = watch::channel(false);
-    let rates = Arc::new(atrund_policy::AuthorRates::new(config.tenants.clone()));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| {
@@ -430,6 +418,21 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
     let addr = listener
         .local_addr()
         .context("cannot read the listening address")?;
+    let cache = response_cache(&config);
+    let redis = shared_state(&config).await?;
+    let jobs = job_queue(&config, redis.clone())?;
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let cluster = cluster_router(&config, addr, redis, drain_rx.clone()).await?;
+    let counters = observe::counters(
+        pool.clone(),
+        egress.clone(),
+        identity.clone(),
+        cache.clone(),
+        jobs.clone(),
+        cluster.clone(),
+    );
+    let metrics = observe::metrics(&config, pool.backend(), counters.clone());
+    let rates = Arc::new(atrund_policy::AuthorRates::new(config.tenants.clone()));
     let (live, config_tx) = atrund_http::LiveConfig::new(config.clone());
     let logs = authors_logs(
         &config,
@@ -457,6 +460,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         logs,
         cache,
         jobs,
+        cluster,
     });
     if let Some(l) = &state.local {
         tracing::info!(
@@ -803,15 +807,32 @@ fn prepare_data_dir(layout: &DataLayout, group: Option<u32>) -> Result<()> {
     Ok(())
 }
 
+/// The Redis the runners share (`[state]`, docs/cluster.md), when `state.backend = "redis"`:
+/// reached once at start, or the start fails.
+async fn shared_state(config: &Config) -> anyhow::Result<Option<atrund_jobs::RedisConnection>> {
+    if config.state.backend != atrund_config::StateBackend::Redis {
+        return Ok(None);
+    }
+    let url = &config.state.redis_url;
+    let conn = atrund_jobs::connect_redis(url)
+        .await
+        .context("cannot reach the Redis the runners share (state.backend = \"redis\")")?;
+    tracing::info!(redis = %atrund_jobs::redacted(url), prefix = %config.state.redis_prefix, "shared state in Redis (docs/cluster.md)");
+    Ok(Some(conn))
+}
+
 /// The background jobs' queue (`[jobs]`, docs/jobs.md), opened (and migrated) at start: in
-/// the data dir, or in the Redis the runners share (`[state]`, docs/cluster.md).
-async fn job_queue(config: &Config) -> anyhow::Result<Option<Arc<atrund_http::jobs::Jobs>>> {
+/// the data dir, or in the Redis the runners share.
+fn job_queue(
+    config: &Config,
+    redis: Option<atrund_jobs::RedisConnection>,
+) -> anyhow::Result<Option<Arc<atrund_http::jobs::Jobs>>> {
     if !config.jobs.enabled {
         tracing::info!("background jobs off (jobs.enabled = false)");
         return Ok(None);
     }
-    let queue = match config.state.backend {
-        atrund_config::StateBackend::Sqlite => {
+    let queue = match redis {
+        None => {
             let path = config.layout().jobs_db();
             let store = atrund_jobs::JobStore::open(&path).with_context(|| {
                 format!(
@@ -827,23 +848,53 @@ async fn job_queue(config: &Config) -> anyhow::Result<Option<Arc<atrund_http::jo
             );
             atrund_jobs::Queue::Sqlite(Arc::new(store))
         }
-        atrund_config::StateBackend::Redis => {
-            let s = &config.state;
-            let q =
-                atrund_jobs::RedisQueue::connect(&s.redis_url, &format!("{}jobs:", s.redis_prefix))
-                    .await
-                    .context("cannot reach the job queue's Redis (state.backend = \"redis\")")?;
+        Some(conn) => {
             tracing::info!(
                 backend = "redis",
-                redis = %atrund_jobs::redacted(&s.redis_url),
-                prefix = %s.redis_prefix,
                 workers = config.jobs.workers,
                 "background jobs on: tasks run from the queue the runners share (docs/cluster.md)"
             );
-            atrund_jobs::Queue::Redis(q)
+            let prefix = format!("{}jobs:", config.state.redis_prefix);
+            atrund_jobs::Queue::Redis(atrund_jobs::RedisQueue::new(conn, prefix))
         }
     };
     Ok(Some(Arc::new(atrund_http::jobs::Jobs::new(queue))))
+}
+
+/// Routing between the runners (`state.route` with Redis, docs/cluster.md): this runner
+/// announces itself and sends each bundle's calls to the runner it belongs to.
+async fn cluster_router(
+    config: &Config,
+    addr: std::net::SocketAddr,
+    redis: Option<atrund_jobs::RedisConnection>,
+    draining: watch::Receiver<bool>,
+) -> anyhow::Result<Option<Arc<atrund_http::cluster::Forwarder>>> {
+    let Some(conn) = redis.filter(|_| config.state.route) else {
+        return Ok(None);
+    };
+    let url = if config.state.advertise_url.is_empty() {
+        if addr.ip().is_unspecified() {
+            anyhow::bail!(
+                "invalid `state.advertise_url`: the runner listens on {addr}, which the other runners cannot reach as such; set state.advertise_url (ATRUND_STATE_ADVERTISE_URL) to where they reach this one, or turn routing off with state.route = false"
+            );
+        }
+        format!("http://{addr}")
+    } else {
+        config.state.advertise_url.clone()
+    };
+    let me = atrund_cluster::Node {
+        id: atrund_cluster::new_node_id()?,
+        url,
+    };
+    let prefix = format!("{}cluster:", config.state.redis_prefix);
+    let registry = atrund_cluster::Registry::join(conn, &prefix, me)
+        .await
+        .context("cannot announce this runner in the shared Redis")?;
+    registry.spawn_heartbeat(draining);
+    tracing::info!(node = %registry.me().id, url = %registry.me().url, live = registry.live().len(), "cluster routing on: each bundle is served by the live runner it belongs to (docs/cluster.md)");
+    let forwarder = atrund_http::cluster::Forwarder::new(registry)
+        .context("cannot set up the HTTP client for routing")?;
+    Ok(Some(Arc::new(forwarder)))
 }
 
 /// The response cache (`[cache]`, docs/cache.md), said at start like every other component.

@@ -213,6 +213,7 @@ pub fn counters(
     identity: atrund_identity::IdentityResolver,
     cache: Option<Arc<atrund_cache::ResponseCache>>,
     jobs: Option<Arc<atrund_http::jobs::Jobs>>,
+    cluster: Option<Arc<atrund_http::cluster::Forwarder>>,
 ) -> atrund_http::Counters {
     Arc::new(move || {
         let mut s = snapshot(&pool, &egress, &identity);
@@ -227,6 +228,7 @@ pub fn counters(
             }
         });
         s.jobs = jobs.as_ref().map(|j| j.metrics());
+        s.cluster = cluster.as_ref().map(|c| c.metrics());
         s
     })
 }
@@ -294,6 +296,7 @@ fn snapshot(
         // Filled by `counters`, which holds the cache and the jobs.
         response_cache: None,
         jobs: None,
+        cluster: None,
         generic: p.generic.map(|g| atrund_metrics::GenericSandboxes {
             ready: g.ready,
             starting: g.starting,

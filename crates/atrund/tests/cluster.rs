@@ -296,3 +296,122 @@ async fn three_runners_share_one_queue_survive_a_kill_and_fire_each_cron_once() 
     drop(dead_node);
     drop(stopped);
 }
+
+/// A metric's value on one runner (0 when absent).
+async fn metric(d: &Daemon, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", d.admin.as_deref().unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
+async fn cold_starts(nodes: &[&Node]) -> Vec<f64> {
+    let mut out = Vec::new();
+    for n in nodes {
+        out.push(metric(&n.d, "atrund_cold_starts_total{result=\"ok\"}").await);
+    }
+    out
+}
+
+/// Routing (`state.route`): calls of one bundle made to any of three runners start it once in
+/// the cluster, on the runner it belongs to; when that runner is killed, the calls keep being
+/// answered (served where they arrive until its announcement expires, then by the bundle's new
+/// runner), and the bundle starts at most once more per survivor.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bundle_starts_once_across_three_routing_runners() {
+    let Some(net) = atrund_testnet::shared() else {
+        return;
+    };
+    let Some(deno) = atrund_testnet::deno_path() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let author = net.create_account("routeauthor").await;
+    let manifest = json!({
+        "endpoints": [{ "name": "ping", "method": "GET" }],
+        "tasks": [{ "name": "slow" }, { "name": "tick" }],
+    });
+    common::deploy(net, &author, CODE, &manifest, "routed", "1.0.0").await;
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|_| node(net, &deno, &redis, &author, "atrund_http::cluster=debug"))
+        .collect();
+    // Each runner has read the others (one heartbeat).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in &nodes {
+        while metric(&n.d, "atrund_cluster_nodes").await < 3.0 {
+            assert!(Instant::now() < deadline, "runners did not see each other");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let http = reqwest::Client::new();
+    let call = |n: &Node| {
+        let req = http.get(n.d.url(&format!("/bundle/{}/routed/latest/ping", author.did)));
+        async move {
+            let r = req.send().await.expect("call");
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            (status, body)
+        }
+    };
+    for round in 0..5 {
+        for n in &nodes {
+            let (s, v) = call(n).await;
+            assert_eq!((s, &v), (200, &json!({"ok": true})), "round {round}");
+        }
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let starts = cold_starts(&refs).await;
+    assert_eq!(
+        starts.iter().sum::<f64>(),
+        1.0,
+        "one start in the cluster: {starts:?}"
+    );
+    let owner = starts.iter().position(|s| *s == 1.0).unwrap();
+    let mut forwarded = 0.0;
+    for n in &nodes {
+        forwarded += metric(&n.d, "atrund_cluster_forwards_total{outcome=\"forwarded\"}").await;
+    }
+    assert_eq!(
+        forwarded, 10.0,
+        "the two others forwarded their five calls each"
+    );
+
+    // The bundle's runner dies: every call is still answered.
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &nodes[owner].d.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = nodes[owner].d.wait_exit(Duration::from_secs(5));
+    let dead = nodes.remove(owner);
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        for n in &nodes {
+            let (s, v) = call(n).await;
+            assert_eq!((s, &v), (200, &json!({"ok": true})), "{}", n.d.log());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let before = cold_starts(&refs).await;
+    assert!(
+        before.iter().sum::<f64>() <= 2.0,
+        "at most one start per survivor: {before:?}"
+    );
+    // Settled (the dead runner's announcement expired): more calls start nothing new.
+    for _ in 0..5 {
+        for n in &nodes {
+            assert_eq!(call(n).await.0, 200);
+        }
+    }
+    assert_eq!(cold_starts(&refs).await, before);
+    drop(dead);
+}

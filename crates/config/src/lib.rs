@@ -799,6 +799,12 @@ pub struct StateSection {
     pub redis_url: String,
     /// Prefix of every key this cluster writes, so several clusters can share one Redis.
     pub redis_prefix: String,
+    /// With Redis: send each bundle's requests to the one live runner it belongs to (rendezvous
+    /// hashing over the runners announced in Redis), so it starts and stays warm there.
+    pub route: bool,
+    /// Where the other runners reach this one, e.g. `http://10.0.0.11:3000`. Empty: `http://`
+    /// and the bound listen address, which must then not be a wildcard (0.0.0.0, ::).
+    pub advertise_url: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -814,6 +820,8 @@ impl Default for StateSection {
             backend: StateBackend::Sqlite,
             redis_url: String::new(),
             redis_prefix: "atrund:".into(),
+            route: true,
+            advertise_url: String::new(),
         }
     }
 }

@@ -161,6 +161,19 @@ impl Config {
                 ));
             }
         }
+        let adv = &self.state.advertise_url;
+        if !adv.is_empty() {
+            let ok = adv
+                .strip_prefix("http://")
+                .or_else(|| adv.strip_prefix("https://"))
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains(['/', '?', '#', '@', ' ']));
+            if !ok {
+                return Err(invalid(
+                    "state.advertise_url",
+                    format!("'{adv}' is not http(s)://host:port (no path); write where the other runners reach this one, e.g. http://10.0.0.11:3000"),
+                ));
+            }
+        }
         let prefix = &self.state.redis_prefix;
         if prefix.is_empty()
             || prefix.len() > 64

@@ -15,6 +15,7 @@
 //! isolated; it calls those crates.
 
 mod body_limit;
+pub mod cluster;
 pub mod data_quota;
 pub mod error;
 pub mod forwarded;
@@ -118,6 +119,8 @@ pub struct AppShared {
     pub cache: Option<Arc<atrund_cache::ResponseCache>>,
     /// The background jobs' queue (`jobs.enabled`, docs/jobs.md).
     pub jobs: Option<Arc<jobs::Jobs>>,
+    /// Routing to the runner each bundle belongs to (`state.route` with Redis, docs/cluster.md).
+    pub cluster: Option<Arc<cluster::Forwarder>>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<logs::AuthorsLogs> {
@@ -777,6 +780,17 @@ enum Phase {
 /// response head, a cold start it caused, and what its error counts as. With
 /// `http.server_timing`, adds the `Server-Timing` header (`server_timing`).
 async fn observed(st: AppState, route: RouteKind, call: Call, req: Request) -> Response {
+    // A bundle that belongs to another runner of the cluster is served there (docs/cluster.md).
+    let req = match &st.cluster {
+        Some(f) => match f
+            .route(&cluster::bundle_key(&call.author, &call.name), req)
+            .await
+        {
+            Ok(answered) => return answered,
+            Err(req) => req,
+        },
+        None => req,
+    };
     let began = std::time::Instant::now();
     let metrics = st.metrics.clone();
     let timing = st.config().http.server_timing;

@@ -22,7 +22,8 @@ mod queue;
 mod redis_queue;
 
 pub use queue::Queue;
-pub use redis_queue::{redacted, RedisQueue};
+pub use redis::aio::ConnectionManager as RedisConnection;
+pub use redis_queue::{connect as connect_redis, redacted, RedisQueue};
 
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 

@@ -56,33 +56,6 @@ impl RedisQueue {
         }
     }
 
-    /// Connects to `url` (`redis://` or `rediss://`) and checks that it answers, within 10 s.
-    /// The connection reconnects by itself later; calls made while Redis is away fail.
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, JobError> {
-        let client = redis::Client::open(url).map_err(|e| {
-            JobError::Redis(format!(
-                "state.redis_url {} is not usable: {e}",
-                redacted(url)
-            ))
-        })?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(10)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(10)));
-        let conn = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| JobError::Redis(format!("{} did not answer within 10 s", redacted(url))))?
-        .map_err(|e| JobError::Redis(format!("cannot connect to {}: {e}", redacted(url))))?;
-        let mut ping = conn.clone();
-        let _: String = redis::cmd("PING")
-            .query_async(&mut ping)
-            .await
-            .map_err(|e| JobError::Redis(format!("{} refused PING: {e}", redacted(url))))?;
-        Ok(Self::new(conn, prefix))
-    }
-
     async fn run<T: redis::FromRedisValue>(
         &self,
         op: &str,
@@ -385,6 +358,34 @@ impl RedisQueue {
             .map(|s| (*s, h.get(s.as_str()).copied().unwrap_or(0).max(0) as u64))
             .collect())
     }
+}
+
+/// Connects to `url` (`redis://` or `rediss://`) and checks that it answers, within 10 s. The
+/// connection reconnects by itself later; calls made while Redis is away fail. Cheap to clone:
+/// the queue and the cluster's registry share one.
+pub async fn connect(url: &str) -> Result<ConnectionManager, JobError> {
+    let client = redis::Client::open(url).map_err(|e| {
+        JobError::Redis(format!(
+            "state.redis_url {} is not usable: {e}",
+            redacted(url)
+        ))
+    })?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(std::time::Duration::from_secs(10)))
+        .set_response_timeout(Some(std::time::Duration::from_secs(10)));
+    let conn = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    .map_err(|_| JobError::Redis(format!("{} did not answer within 10 s", redacted(url))))?
+    .map_err(|e| JobError::Redis(format!("cannot connect to {}: {e}", redacted(url))))?;
+    let mut ping = conn.clone();
+    let _: String = redis::cmd("PING")
+        .query_async(&mut ping)
+        .await
+        .map_err(|e| JobError::Redis(format!("{} refused PING: {e}", redacted(url))))?;
+    Ok(conn)
 }
 
 /// `url` without its password, for logs and errors.

@@ -41,7 +41,8 @@ async fn backends(prefix: &str) -> Option<Vec<(Queue, Guard)>> {
         atrund_jobs::JobStore::open(&dir.path().join("jobs.sqlite")).unwrap(),
     ));
     let server = atrund_testnet::RedisServer::start()?;
-    let redis = RedisQueue::connect(&server.url(), prefix).await.unwrap();
+    let conn = atrund_jobs::connect_redis(&server.url()).await.unwrap();
+    let redis = RedisQueue::new(conn, prefix);
     Some(vec![
         (sqlite, Guard::Dir(dir)),
         (Queue::Redis(redis), Guard::Redis(server)),

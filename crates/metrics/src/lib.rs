@@ -144,6 +144,18 @@ pub struct Snapshot {
     pub response_cache: Option<ResponseCache>,
     /// Background jobs, when `jobs.enabled` is on.
     pub jobs: Option<Jobs>,
+    /// Routing between runners, when `state.route` is on with Redis.
+    pub cluster: Option<Cluster>,
+}
+
+/// Routing between the runners of a cluster (`atrund_cluster_*`, docs/cluster.md).
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    /// Runners announced in Redis as this runner last read them, itself included.
+    pub live_nodes: u64,
+    /// Calls of bundles that belong to another runner, by outcome: `forwarded`, `owner_down`
+    /// and `owner_busy` (served here instead), `body_too_large` (served here: over 1 MiB).
+    pub forwards: Vec<(&'static str, u64)>,
 }
 
 /// The job queue's counters (`atrund_jobs*`, docs/jobs.md).
@@ -716,6 +728,26 @@ impl Collector for Scraped {
                 "Job attempts this runner ended, by outcome: succeeded, retried (failed, queued again), dead (failed, no attempts left), lost (ended after its lease)",
                 MetricType::Counter,
                 j.attempts
+                    .iter()
+                    .map(|(outcome, n)| (OutcomeLabel { outcome }, ConstCounter::new(*n))),
+            )?;
+        }
+        if let Some(c) = &s.cluster {
+            scalars(
+                &mut enc,
+                MetricType::Gauge,
+                [(
+                    "cluster_nodes",
+                    "Runners of the cluster announced in Redis, this one included",
+                    c.live_nodes,
+                )],
+            )?;
+            family(
+                &mut enc,
+                "cluster_forwards",
+                "Calls of bundles that belong to another runner, by outcome: forwarded, owner_down and owner_busy (served here instead), body_too_large (served here)",
+                MetricType::Counter,
+                c.forwards
                     .iter()
                     .map(|(outcome, n)| (OutcomeLabel { outcome }, ConstCounter::new(*n))),
             )?;
