@@ -178,19 +178,10 @@ fn respond(
     out
 }
 
+/// Headers a hop does not pass on: the connection's, and proxy credentials.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "proxy-authorization"
-            | "proxy-authenticate"
-    )
+    atrund_sandbox::is_hop_by_hop(name)
+        || matches!(name.as_str(), "proxy-authorization" | "proxy-authenticate")
 }
 
 /// A bundle's key for routing: its author as the caller spelt it (lower-cased) and its name.

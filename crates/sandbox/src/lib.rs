@@ -46,6 +46,7 @@ pub use deno::DenoBinary;
 pub use error::SandboxError;
 pub use hostfs::{copy_if_unreachable, runner_dir_mode, stage_file, unreachable_by};
 pub use none::NoneExecutor;
+pub use process::is_hop_by_hop;
 pub use report::{host_report, HostReport};
 pub use rootfs::Rootfs;
 pub use sys::effective_root;

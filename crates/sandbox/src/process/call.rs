@@ -26,7 +26,8 @@ pub(super) const ERROR_HEADER: &str = "x-atrund-error";
 /// Headers reserved between at-rund and the shim.
 pub(super) const RESERVED_PREFIX: &str = "x-atrund-";
 
-pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
+/// Connection-level headers (RFC 9110 §7.6.1) that a hop must not pass on.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"

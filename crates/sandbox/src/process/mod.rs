@@ -25,6 +25,7 @@
 //! the thaw.
 
 mod call;
+pub use call::is_hop_by_hop;
 mod instance;
 mod launch;
 mod parked;
