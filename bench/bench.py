@@ -41,13 +41,17 @@ BUNDLE = (
     'export const cached = { method: "GET", handler: () => new Response(JSON.stringify(%s), '
     '{ headers: { "content-type": "application/json", "cache-control": "public, max-age=3600" } }) };\n'
     'export const slow = { method: "GET", handler: async ({ ms = "1000" }) => {\n'
-    '  await new Promise((r) => setTimeout(r, Number(ms))); return { ok: true }; } };\n' % (HANDLER_BODY, HANDLER_BODY)
+    '  await new Promise((r) => setTimeout(r, Number(ms))); return { ok: true }; } };\n'
+    'export const work = { $type: "dev.atrund.task", handler: () => (%s) };\n' % (HANDLER_BODY, HANDLER_BODY, HANDLER_BODY)
 )
 MANIFEST = {
     "endpoints": [{"name": "hello", "method": "GET"}, {"name": "cached", "method": "GET"},
                   {"name": "slow", "method": "GET"}],
     "limits": {"concurrency": 64},
+    "tasks": [{"name": "work", "concurrency": 64}],
 }
+JOBS = int(os.environ.get("BENCH_JOBS", "2000"))
+JOB_WORKERS = int(os.environ.get("BENCH_JOB_WORKERS", "4"))
 # The direct baseline; given a second argument it also listens on that Unix socket for nginx, so
 # direct and nginx are the same process, handler and JIT state (the two are alternated, not
 # concurrent).
@@ -723,6 +727,100 @@ def warm_table(add, w, via, mode, title):
     add(f"\nisolation of at-rund: `{mode}`; non-2xx responses: direct {d['non2xx']}, nginx {n['non2xx']}, at-rund {a['non2xx']}\n")
 
 
+def post_json(url, body, timeout=30):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, json.loads(r.read())
+
+
+def metric(admin, name):
+    """The sum of the samples whose name and labels are exactly `name`."""
+    text = get(admin + "/metrics")[1].decode()
+    return sum(float(l.split()[-1]) for l in text.splitlines() if l.split(" ")[0] == name)
+
+
+def parallel(n, conns, fn):
+    """Runs fn(i) for i in range(n) on `conns` threads; the wall time in seconds."""
+    import concurrent.futures
+    t = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(conns) as ex:
+        for r in ex.map(fn, range(n)):
+            pass
+    return time.perf_counter() - t
+
+
+def job_rates(r, label, results):
+    """Two phases of JOBS jobs each. Enqueue-and-run: enqueued from 8 connections while the
+    workers run them, timed from the first enqueue until all ran. Run only: enqueued with delays
+    that make them all due at one instant, timed from that instant until all ran."""
+    enq_url = r.base + "/xrpc/dev.atrund.enqueueJob"
+    ran = 'atrund_job_attempts_total{outcome="succeeded"}'
+    # Warm the instance first, so neither figure pays a cold start.
+    post_json(enq_url, {"bundle": "bench", "task": "work"})
+    while metric(r.admin, ran) < 1:
+        time.sleep(0.01)
+
+    def enqueue(due_at=None):
+        def one(_):
+            body = {"bundle": "bench", "task": "work"}
+            if due_at is not None:
+                body["delayMs"] = max(0, int((due_at - time.time()) * 1000))
+            st, _ = post_json(enq_url, body)
+            if st != 201:
+                raise RuntimeError(f"enqueue answered {st}")
+        return one
+
+    def until_ran(n):
+        while metric(r.admin, ran) < n:
+            time.sleep(0.05)
+
+    before = metric(r.admin, ran)
+    t = time.perf_counter()
+    enq_s = parallel(JOBS, 8, enqueue())
+    until_ran(before + JOBS)
+    both_s = time.perf_counter() - t
+    before = metric(r.admin, ran)
+    due_at = time.time() + enq_s * 1.5 + 1.0
+    parallel(JOBS, 8, enqueue(due_at))
+    wait = due_at - time.time()
+    if wait > 0:
+        time.sleep(wait)
+    t = time.perf_counter()
+    until_ran(before + JOBS)
+    run_s = time.perf_counter() - t
+    results[label] = {"jobs": JOBS, "enqueue_per_s": JOBS / enq_s,
+                      "enqueue_and_run_per_s": JOBS / both_s, "run_per_s": JOBS / run_s}
+
+
+def jobs(tmp, results):
+    """Queue throughput (docs/jobs.md): jobs/s through the queue against the same work as direct
+    calls at the same concurrency, one runner; SQLite, and Redis when redis-server is here."""
+    bundle = write_bundle(tmp)
+    out = {}
+    env = {"ATRUND_JOBS_WORKERS": str(JOB_WORKERS), "ATRUND_JOBS_POLL_MS": "50",
+           "ATRUND_JOBS_MAX_UNFINISHED_PER_AUTHOR": str(JOBS * 4)}
+    r = AtRund(["dev", bundle, "--name", "bench"], env, os.path.join(tmp, "data-jobs"))
+    url = r.base + "/bundle/local/bench/latest/hello"
+    wait_http(url)
+    w = wrk(url, JOB_WORKERS)
+    out["direct calls"] = {"calls": w["requests"], "per_s": w["rps"]}
+    job_rates(r, "sqlite", out)
+    r.stop()
+    redis_bin = shutil.which("redis-server")
+    if redis_bin:
+        port = free_port()
+        rd = spawn([redis_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        time.sleep(0.3)
+        env2 = dict(env, ATRUND_STATE_BACKEND="redis", ATRUND_STATE_REDIS_URL=f"redis://127.0.0.1:{port}/")
+        r2 = AtRund(["dev", bundle, "--name", "bench"], env2, os.path.join(tmp, "data-jobs-redis"))
+        wait_http(r2.base + "/bundle/local/bench/latest/hello")
+        job_rates(r2, "redis", out)
+        r2.stop()
+        stop(rd)
+    results["jobs"] = out
+
+
 def report(res):
     out = []
     add = out.append
@@ -806,6 +904,23 @@ def report(res):
         add(f"| at-rund RSS idle | {m['idle_kib']/1024:.1f} MiB | — | ≤ 30 MiB |")
         add(f"| at-rund RSS per warm instance | {m['per_instance_kib']:.0f} KiB | a Deno instance's own RSS: {m['deno_instance_kib']/1024:.1f} MiB | ≤ 1 MiB |")
         add(f"\n({m['instances']} warm instances; at-rund RSS after its first request: {m['after_first_request_kib']/1024:.1f} MiB)\n")
+    j = res.get("jobs")
+    if j:
+        d = j["direct calls"]["per_s"]
+        add(f"## Job queue throughput (`at-rund dev`, {JOB_WORKERS} workers, {JOBS} jobs per phase)\n")
+        add("Baseline, same run: the same work (a handler returning a small JSON object) as endpoint "
+            f"calls through the same runner from wrk at the same concurrency ({JOB_WORKERS} "
+            f"keep-alive connections): **{d:.0f} calls/s**. Enqueues come from Python's urllib "
+            "(a connection per request), so the enqueue columns are the client's bound as much as "
+            "the runner's; \"run only\" does not depend on the client.\n")
+        add("| queue | enqueue (8 connections) | enqueue and run | run only (all due at once) | run only / direct calls |")
+        add("|---|---|---|---|---|")
+        for label in ("sqlite", "redis"):
+            q = j.get(label)
+            if q:
+                add(f"| {label} | {q['enqueue_per_s']:.0f} jobs/s | {q['enqueue_and_run_per_s']:.0f} jobs/s "
+                    f"| {q['run_per_s']:.0f} jobs/s | {q['run_per_s']/d*100:.0f} % |")
+        add("")
     return "\n".join(out)
 
 
@@ -835,7 +950,7 @@ def main():
     for b in (AT_RUND, DENO, NGINX):
         if not os.path.exists(b):
             sys.exit(f"missing {b}: run bench/run.sh (it builds the release binaries)")
-    only = set(sys.argv[1:]) or {"warm", "serve", "cold", "memory", "pds"}
+    only = set(sys.argv[1:]) or {"warm", "serve", "cold", "memory", "pds", "jobs"}
     res = {"machine": machine()}
     tmp = tempfile.mkdtemp(prefix="atrund-bench-")
     # A root runner's `none` instances run as nobody (none.run_as_uid): they must be able to pass
@@ -852,6 +967,8 @@ def main():
             log("memory ..."); memory(tmp, res)
         if "pds" in only:
             log("cold start from the local PDS ..."); pds(tmp, res)
+        if "jobs" in only:
+            log("job queue throughput ..."); jobs(tmp, res)
     finally:
         for pr in list(procs):
             stop(pr, signal.SIGKILL)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # at-rund benchmark entry point: installs wrk and nginx if missing (idempotent), builds the release
 # binaries, then runs bench/bench.py. Touches 127.0.0.1 only and stops by itself.
-# Usage: bench/run.sh [warm] [serve] [cold] [memory] [pds]   (default: all)
+# Usage: bench/run.sh [warm] [serve] [cold] [memory] [pds] [jobs]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

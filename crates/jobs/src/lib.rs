@@ -25,7 +25,33 @@ pub use queue::Queue;
 pub use redis::aio::ConnectionManager as RedisConnection;
 pub use redis_queue::{connect as connect_redis, redacted, RedisQueue};
 
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Params, Row, TransactionBehavior};
+
+/// Statements through the connection's statement cache: every queue call runs the same few
+/// statements, and parsing them again each time was a third of a claim's cost.
+trait Cached {
+    fn run(&self, sql: &str, p: impl Params) -> rusqlite::Result<usize>;
+    fn one<T>(
+        &self,
+        sql: &str,
+        p: impl Params,
+        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn run(&self, sql: &str, p: impl Params) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(p)
+    }
+    fn one<T>(
+        &self,
+        sql: &str,
+        p: impl Params,
+        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(p, f)
+    }
+}
 
 /// What can go wrong with the queue.
 #[derive(Debug, thiserror::Error)]
@@ -230,6 +256,7 @@ impl JobStore {
     pub fn open(path: &Path) -> Result<Self, JobError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(32);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -278,7 +305,7 @@ impl JobStore {
                 });
             }
         }
-        let unfinished: i64 = tx.query_row(
+        let unfinished: i64 = tx.one(
             "SELECT COUNT(*) FROM jobs WHERE author = ?1 AND state IN ('queued', 'running')",
             params![new.author],
             |r| r.get(0),
@@ -289,7 +316,7 @@ impl JobStore {
                 limit: new.author_quota,
             });
         }
-        tx.execute(
+        tx.run(
             "INSERT INTO jobs (author, bundle, version, task, payload, idempotency_key, state, \
              attempts, max_attempts, run_at, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', 0, ?7, ?8, ?9)",
@@ -322,36 +349,50 @@ impl JobStore {
     ) -> Result<Option<Job>, JobError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
+        tx.run(
             "UPDATE jobs SET state = 'dead', lease_until = NULL, finished_at = ?1, \
              last_error = 'the attempt did not finish: its lease ran out (the runner stopped or lost it)' \
              WHERE state = 'running' AND lease_until <= ?1 AND attempts >= max_attempts",
             params![ms(now_ms)],
         )?;
-        let candidates: Vec<Job> = {
-            let mut stmt = tx.prepare(&format!(
-                "SELECT {COLUMNS} FROM jobs \
-                 WHERE (state = 'queued' AND run_at <= ?1) OR (state = 'running' AND lease_until <= ?1) \
-                 ORDER BY run_at, id LIMIT ?2"
-            ))?;
-            let rows = stmt.query_map(params![ms(now_ms), CLAIM_WINDOW], read_row)?;
-            let mut out = Vec::new();
-            for r in rows {
-                out.push(r??);
+        // Two index range scans, each stopping at the window, rather than one OR query: SQLite
+        // plans the OR as a union it must sort in full, which read every due job per claim
+        // (thousands when a backlog is due; docs/performance.md, "Job queue"). A small window
+        // first: the first due job is nearly always free to run.
+        let mut found = None;
+        for window in [4, CLAIM_WINDOW] {
+            let mut candidates: Vec<Job> = Vec::new();
+            for sql in [
+                "WHERE state = 'queued' AND run_at <= ?1 ORDER BY run_at, id LIMIT ?2",
+                "WHERE state = 'running' AND lease_until <= ?1 ORDER BY run_at, id LIMIT ?2",
+            ] {
+                let mut stmt = tx.prepare_cached(&format!("SELECT {COLUMNS} FROM jobs {sql}"))?;
+                let rows = stmt.query_map(params![ms(now_ms), window], read_row)?;
+                for r in rows {
+                    candidates.push(r??);
+                }
             }
-            out
-        };
-        let Some(job) = candidates.into_iter().find(|j| !at_capacity(j)) else {
+            candidates.sort_by_key(|j| (j.run_at_ms, j.id));
+            let more = candidates.len() as i64 >= window;
+            candidates.truncate(window as usize);
+            found = candidates.into_iter().find(|j| !at_capacity(j));
+            if found.is_some() || !more {
+                break;
+            }
+        }
+        let Some(mut claimed) = found else {
             // Keeps the lost last attempts marked dead above.
             tx.commit()?;
             return Ok(None);
         };
         let lease_until = now_ms.saturating_add(lease_ms);
-        tx.execute(
+        tx.run(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?2 WHERE id = ?1",
-            params![job.id, ms(lease_until)],
+            params![claimed.id, ms(lease_until)],
         )?;
-        let claimed = get_in(&tx, job.id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+        claimed.state = State::Running;
+        claimed.attempts += 1;
+        claimed.lease_until_ms = Some(lease_until);
         tx.commit()?;
         Ok(Some(claimed))
     }
@@ -365,7 +406,7 @@ impl JobStore {
         now_ms: u64,
         lease_ms: u64,
     ) -> Result<bool, JobError> {
-        let n = self.conn().execute(
+        let n = self.conn().run(
             "UPDATE jobs SET lease_until = ?3 WHERE id = ?1 AND attempts = ?2 AND state = 'running'",
             params![id, attempt, ms(now_ms.saturating_add(lease_ms))],
         )?;
@@ -381,7 +422,7 @@ impl JobStore {
         result: Option<&str>,
         now_ms: u64,
     ) -> Result<bool, JobError> {
-        let n = self.conn().execute(
+        let n = self.conn().run(
             "UPDATE jobs SET state = 'succeeded', result = ?3, lease_until = NULL, finished_at = ?4 \
              WHERE id = ?1 AND attempts = ?2 AND state = 'running'",
             params![id, attempt, result, ms(now_ms)],
@@ -408,14 +449,14 @@ impl JobStore {
             return Ok(None);
         }
         let state = if job.attempts >= job.max_attempts {
-            tx.execute(
+            tx.run(
                 "UPDATE jobs SET state = 'dead', last_error = ?2, lease_until = NULL, finished_at = ?3 WHERE id = ?1",
                 params![id, error, ms(now_ms)],
             )?;
             State::Dead
         } else {
             let run_at = now_ms.saturating_add(backoff.delay_ms(attempt));
-            tx.execute(
+            tx.run(
                 "UPDATE jobs SET state = 'queued', last_error = ?2, lease_until = NULL, run_at = ?3 WHERE id = ?1",
                 params![id, error, ms(run_at)],
             )?;
@@ -442,7 +483,7 @@ impl JobStore {
         limit: u32,
     ) -> Result<Vec<Job>, JobError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM jobs WHERE author = ?1 \
              AND (?2 IS NULL OR bundle = ?2) AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR id < ?4) \
              ORDER BY id DESC LIMIT ?5"
@@ -470,7 +511,7 @@ impl JobStore {
         if job.state != State::Queued {
             return Ok(Some(job.state));
         }
-        tx.execute(
+        tx.run(
             "UPDATE jobs SET state = 'cancelled', finished_at = ?2 WHERE id = ?1",
             params![id, ms(now_ms)],
         )?;
@@ -490,7 +531,7 @@ impl JobStore {
         if !matches!(job.state, State::Dead | State::Cancelled) {
             return Ok(Some(job.state));
         }
-        tx.execute(
+        tx.run(
             "UPDATE jobs SET state = 'queued', attempts = 0, run_at = ?2, finished_at = NULL WHERE id = ?1",
             params![id, ms(now_ms)],
         )?;
@@ -500,7 +541,7 @@ impl JobStore {
 
     /// Deletes finished jobs (succeeded, dead, cancelled) that finished before `before_ms`.
     pub fn purge(&self, before_ms: u64) -> Result<u64, JobError> {
-        let n = self.conn().execute(
+        let n = self.conn().run(
             "DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?1",
             params![ms(before_ms)],
         )?;
@@ -516,7 +557,7 @@ impl JobStore {
         task: &str,
         key_prefix: &str,
     ) -> Result<bool, JobError> {
-        let found: bool = self.conn().query_row(
+        let found: bool = self.conn().one(
             "SELECT EXISTS (SELECT 1 FROM jobs WHERE author = ?1 AND bundle = ?2 AND task = ?3 \
              AND state IN ('queued', 'running') AND substr(idempotency_key, 1, length(?4)) = ?4)",
             params![author, bundle, task, key_prefix],
@@ -548,7 +589,7 @@ fn ms(v: u64) -> i64 {
 
 fn get_in(conn: &Connection, id: i64) -> Result<Option<Job>, JobError> {
     let job = conn
-        .query_row(
+        .one(
             &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
             params![id],
             read_row,

@@ -6,9 +6,9 @@
 -- Keys (P = prefix):
 --   P.next                     job id counter
 --   P.job:<id>                 hash of the job's fields
---   P.due                      zset of queued job ids by run_at
---   P.leased                   zset of running job ids by lease_until
---   P.finished                 zset of finished job ids by finished_at
+--   P.due                      zset of queued job ids (padded, mem) by run_at
+--   P.leased                   zset of running job ids (padded) by lease_until
+--   P.finished                 zset of finished job ids (padded) by finished_at
 --   P.author:<did>             zset of the author's job ids (score = id)
 --   P.unfinished:<did>         count of the author's queued and running jobs (the quota)
 --   P.idem                     hash author\0bundle\0task\0key -> job id
@@ -18,6 +18,9 @@ local P = ARGV[1]
 local op = ARGV[2]
 
 local function jk(id) return P .. 'job:' .. id end
+-- Members of the due, leased and finished sets: ids padded to 20 digits, so that jobs with
+-- the same score come out in id (enqueue) order, as the set orders them as text.
+local function mem(id) return string.format('%020d', tonumber(id)) end
 local function field(j, f) return redis.call('HGET', j, f) end
 local function openkey(j)
   return P .. 'open:' .. field(j, 'author') .. '\0' .. field(j, 'bundle') .. '\0' .. field(j, 'task')
@@ -33,9 +36,9 @@ local function finish(id, state, now)
   local from = field(j, 'state')
   redis.call('HSET', j, 'state', state, 'finished_at', now)
   redis.call('HDEL', j, 'lease_until')
-  redis.call('ZREM', P .. 'due', id)
-  redis.call('ZREM', P .. 'leased', id)
-  redis.call('ZADD', P .. 'finished', now, id)
+  redis.call('ZREM', P .. 'due', mem(id))
+  redis.call('ZREM', P .. 'leased', mem(id))
+  redis.call('ZADD', P .. 'finished', now, mem(id))
   redis.call('DECR', P .. 'unfinished:' .. field(j, 'author'))
   local key = field(j, 'key')
   if key then redis.call('SREM', openkey(j), key) end
@@ -45,17 +48,18 @@ end
 -- A running job whose lease ran out: due again now, or dead if that was its last attempt.
 local function reap(now)
   local ids = redis.call('ZRANGEBYSCORE', P .. 'leased', '-inf', now, 'LIMIT', 0, 256)
-  for _, id in ipairs(ids) do
+  for _, m in ipairs(ids) do
+    local id = tonumber(m)
     local j = jk(id)
     if tonumber(field(j, 'attempts')) >= tonumber(field(j, 'max_attempts')) then
       redis.call('HSET', j, 'last_error',
         'the attempt did not finish: its lease ran out (the runner stopped or lost it)')
       finish(id, 'dead', now)
     else
-      redis.call('ZREM', P .. 'leased', id)
+      redis.call('ZREM', P .. 'leased', mem(id))
       redis.call('HDEL', j, 'lease_until')
       redis.call('HSET', j, 'state', 'queued')
-      redis.call('ZADD', P .. 'due', tonumber(field(j, 'run_at')), id)
+      redis.call('ZADD', P .. 'due', tonumber(field(j, 'run_at')), mem(id))
       move('running', 'queued')
     end
   end
@@ -85,7 +89,7 @@ if op == 'enqueue' then
     redis.call('HSET', P .. 'idem', idem, id)
     redis.call('SADD', openkey(j), key)
   end
-  redis.call('ZADD', P .. 'due', run_at, id)
+  redis.call('ZADD', P .. 'due', run_at, mem(id))
   redis.call('INCR', P .. 'unfinished:' .. author)
   redis.call('ZADD', P .. 'author:' .. author, id, id)
   redis.call('HINCRBY', P .. 'counts', 'queued', 1)
@@ -104,8 +108,8 @@ elseif op == 'claim' then
   if field(j, 'state') ~= 'queued' or tonumber(field(j, 'run_at')) > now then return 0 end
   redis.call('HSET', j, 'state', 'running', 'lease_until', ARGV[5])
   redis.call('HINCRBY', j, 'attempts', 1)
-  redis.call('ZREM', P .. 'due', id)
-  redis.call('ZADD', P .. 'leased', tonumber(ARGV[5]), id)
+  redis.call('ZREM', P .. 'due', mem(id))
+  redis.call('ZADD', P .. 'leased', tonumber(ARGV[5]), mem(id))
   move('queued', 'running')
   return 1
 
@@ -115,7 +119,7 @@ elseif op == 'extend' then
   local j = jk(id)
   if field(j, 'state') ~= 'running' or field(j, 'attempts') ~= ARGV[4] then return 0 end
   redis.call('HSET', j, 'lease_until', ARGV[5])
-  redis.call('ZADD', P .. 'leased', tonumber(ARGV[5]), id)
+  redis.call('ZADD', P .. 'leased', tonumber(ARGV[5]), mem(id))
   return 1
 
 elseif op == 'complete' then
@@ -140,8 +144,8 @@ elseif op == 'fail' then
   local run_at = now + tonumber(ARGV[7])
   redis.call('HSET', j, 'state', 'queued', 'run_at', run_at)
   redis.call('HDEL', j, 'lease_until')
-  redis.call('ZREM', P .. 'leased', id)
-  redis.call('ZADD', P .. 'due', run_at, id)
+  redis.call('ZREM', P .. 'leased', mem(id))
+  redis.call('ZADD', P .. 'due', run_at, mem(id))
   move('running', 'queued')
   return 'queued'
 
@@ -159,8 +163,8 @@ elseif op == 'cancel' or op == 'retry' then
   if state ~= 'dead' and state ~= 'cancelled' then return state end
   redis.call('HSET', j, 'state', 'queued', 'attempts', 0, 'run_at', now)
   redis.call('HDEL', j, 'finished_at')
-  redis.call('ZREM', P .. 'finished', id)
-  redis.call('ZADD', P .. 'due', now, id)
+  redis.call('ZREM', P .. 'finished', mem(id))
+  redis.call('ZADD', P .. 'due', now, mem(id))
   redis.call('INCR', P .. 'unfinished:' .. ARGV[3])
   local key = field(j, 'key')
   if key then redis.call('SADD', openkey(j), key) end
@@ -170,7 +174,8 @@ elseif op == 'cancel' or op == 'retry' then
 elseif op == 'purge' then
   -- before: deletes up to 500 jobs finished before it; the number deleted
   local ids = redis.call('ZRANGEBYSCORE', P .. 'finished', '-inf', '(' .. ARGV[3], 'LIMIT', 0, 500)
-  for _, id in ipairs(ids) do
+  for _, m in ipairs(ids) do
+    local id = tonumber(m)
     local j = jk(id)
     local author = field(j, 'author')
     local key = field(j, 'key')
@@ -180,7 +185,7 @@ elseif op == 'purge' then
     end
     redis.call('HINCRBY', P .. 'counts', field(j, 'state'), -1)
     redis.call('ZREM', P .. 'author:' .. author, id)
-    redis.call('ZREM', P .. 'finished', id)
+    redis.call('ZREM', P .. 'finished', mem(id))
     redis.call('DEL', j)
   end
   return #ids

@@ -130,31 +130,41 @@ impl RedisQueue {
         lease_ms: u64,
         at_capacity: impl Fn(&Job) -> bool,
     ) -> Result<Option<Job>, JobError> {
-        let ids: Vec<i64> = self
-            .run("due", &[now_ms.to_string(), CLAIM_WINDOW.to_string()])
-            .await?;
-        let mut candidates: Vec<Job> = self.load_many(&ids).await?.into_iter().flatten().collect();
-        // The sorted set orders equal due times by id as text; the queue promises enqueue order.
-        candidates.sort_by_key(|j| (j.run_at_ms, j.id));
         let lease_until = now_ms.saturating_add(lease_ms);
-        for j in candidates {
-            if at_capacity(&j) {
-                continue;
-            }
-            let took: i64 = self
-                .run(
-                    "claim",
-                    &[
-                        j.id.to_string(),
-                        now_ms.to_string(),
-                        lease_until.to_string(),
-                    ],
-                )
+        // A small window first: the first due job is nearly always free to run.
+        for window in [4, CLAIM_WINDOW] {
+            let ids: Vec<i64> = self
+                .run("due", &[now_ms.to_string(), window.to_string()])
                 .await?;
-            if took == 1 {
-                return self.load(j.id).await;
+            let more = ids.len() >= window;
+            let mut candidates: Vec<Job> =
+                self.load_many(&ids).await?.into_iter().flatten().collect();
+            candidates.sort_by_key(|j| (j.run_at_ms, j.id));
+            for mut j in candidates {
+                if at_capacity(&j) {
+                    continue;
+                }
+                let took: i64 = self
+                    .run(
+                        "claim",
+                        &[
+                            j.id.to_string(),
+                            now_ms.to_string(),
+                            lease_until.to_string(),
+                        ],
+                    )
+                    .await?;
+                if took == 1 {
+                    j.state = State::Running;
+                    j.attempts += 1;
+                    j.lease_until_ms = Some(lease_until);
+                    return Ok(Some(j));
+                }
+                // Another runner took it meanwhile: the next one.
             }
-            // Another runner took it meanwhile: the next one.
+            if !more {
+                break;
+            }
         }
         Ok(None)
     }
