@@ -118,16 +118,24 @@ export interface Task<I = unknown> {
   concurrency?: number;
   /** Anyone may queue a run (dev.atrund.enqueueJob without the author's token). */
   public?: boolean;
+  /** Wall clock of one run in ms, instead of the bundle's `limits.timeoutMs`. */
+  timeoutMs?: number;
 }
 
 /** Declares a background task; export it under the task's name. */
 export function task<I = unknown>(
-  def: { handler: (input: I, ctx: TaskContext) => unknown; concurrency?: number; public?: boolean },
+  def: {
+    handler: (input: I, ctx: TaskContext) => unknown;
+    concurrency?: number;
+    public?: boolean;
+    timeoutMs?: number;
+  },
 ): Task<I> {
   if (typeof def?.handler !== "function") throw new TypeError("task(): handler must be a function");
   const out: Task<I> = { $type: TASK_TAG, handler: def.handler };
   if (def.concurrency !== undefined) out.concurrency = def.concurrency;
   if (def.public !== undefined) out.public = def.public;
+  if (def.timeoutMs !== undefined) out.timeoutMs = def.timeoutMs;
   return out;
 }
 

@@ -42,6 +42,7 @@ for (const [name, value] of Object.entries(mod)) {
     const t = { name };
     if (value.concurrency !== undefined) t.concurrency = value.concurrency;
     if (value.public === true) t.public = true;
+    if (value.timeoutMs !== undefined) t.timeoutMs = value.timeoutMs;
     out.tasks.push(t);
   } else if (typeof value.handler === "function") {
     const e = { name };

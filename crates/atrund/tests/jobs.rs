@@ -24,16 +24,22 @@ const timed = async () => {
 };
 export const serial = { $type: "dev.atrund.task", handler: timed };
 export const wide = { $type: "dev.atrund.task", handler: timed };
+const sleepy = async () => { await new Promise((r) => setTimeout(r, 1500)); return "done"; };
+export const long = { $type: "dev.atrund.task", handler: sleepy };
+export const short = { $type: "dev.atrund.task", handler: sleepy };
 "#;
 
 fn manifest() -> Value {
     json!({
         "endpoints": [{ "name": "ping", "method": "GET" }],
+        "limits": { "timeoutMs": 1000 },
         "tasks": [
             { "name": "double" },
             { "name": "flaky" },
             { "name": "serial", "concurrency": 1 },
-            { "name": "wide", "concurrency": 2 }
+            { "name": "wide", "concurrency": 2 },
+            { "name": "long", "timeoutMs": 4000 },
+            { "name": "short", "timeoutMs": 200 }
         ]
     })
 }
@@ -203,6 +209,32 @@ async fn authors_enqueue_tasks_that_run_retry_and_die_and_only_they_see_them() {
         err.starts_with("BundleFailed") && !err.contains("nope"),
         "{err}"
     );
+    // A task's own timeout: longer than the bundle's 1 s runs to the end, shorter is cut (one
+    // after the other: a timeout ends the instance, and the calls in it, as for endpoints).
+    let (_, v) = r
+        .enqueue(&author, json!({"bundle": "worker", "task": "long"}))
+        .await;
+    let long = v["job"]["id"].as_i64().unwrap_or_else(|| panic!("{v}"));
+    let done = r.until(&author, long, "succeeded").await;
+    assert_eq!(
+        (done["result"].as_str(), done["attempts"].as_u64()),
+        (Some("done"), Some(1))
+    );
+    let (_, v) = r
+        .enqueue(&author, json!({"bundle": "worker", "task": "short"}))
+        .await;
+    let short = v["job"]["id"].as_i64().unwrap_or_else(|| panic!("{v}"));
+    r.until(&author, short, "dead").await;
+    // Its first attempt was cut at 200 ms (the later ones may meet the instance's crash-loop
+    // back-off: a timeout ends the instance).
+    let log = r.d.log();
+    assert!(
+        log.lines().any(|l| l.contains("job attempt ended")
+            && l.contains("task=short")
+            && l.contains("TimedOut: the bundle did not answer within 200 ms")),
+        "{log}"
+    );
+
     // The author retries it: a fresh set of attempts, dead again.
     let (s, v) = r.control(&author, "dev.atrund.retryJob", flaky).await;
     assert_eq!((s, v["state"].as_str()), (200, Some("queued")), "{v}");
@@ -279,7 +311,7 @@ async fn authors_enqueue_tasks_that_run_retry_and_die_and_only_they_see_them() {
         .iter()
         .map(|j| j["id"].as_i64().unwrap())
         .collect();
-    assert_eq!(ids, vec![flaky]);
+    assert_eq!(ids, vec![short, flaky]);
 
     // Refused by name.
     let (s, v) = r
@@ -325,14 +357,14 @@ async fn authors_enqueue_tasks_that_run_retry_and_die_and_only_they_see_them() {
             .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
     };
-    assert_eq!(sample("atrund_jobs{state=\"dead\"}"), 1.0);
+    assert_eq!(sample("atrund_jobs{state=\"dead\"}"), 2.0);
     assert!(sample("atrund_jobs{state=\"succeeded\"}") >= 7.0);
     assert!(sample("atrund_job_attempts_total{outcome=\"succeeded\"}") >= 7.0);
     assert_eq!(
         sample("atrund_job_attempts_total{outcome=\"retried\"}"),
-        4.0
+        6.0
     );
-    assert_eq!(sample("atrund_job_attempts_total{outcome=\"dead\"}"), 2.0);
+    assert_eq!(sample("atrund_job_attempts_total{outcome=\"dead\"}"), 3.0);
 
     // The same through `at-run jobs`' own code: enqueue, show until done, list.
     let on = || at_run::jobs::OnRunner {
@@ -376,7 +408,7 @@ async fn authors_enqueue_tasks_that_run_retry_and_die_and_only_they_see_them() {
     })
     .await
     .expect("at-run jobs ls");
-    assert_eq!(listed.text.lines().count(), 1, "{}", listed.text);
+    assert_eq!(listed.text.lines().count(), 2, "{}", listed.text);
     assert!(
         listed.text.contains(&format!("job {flaky} ")),
         "{}",

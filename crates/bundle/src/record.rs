@@ -167,6 +167,10 @@ pub struct TaskDecl {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u64>,
+    /// Wall clock of one run, instead of the bundle's `limits.timeoutMs` (tasks often need
+    /// longer than endpoints); at most the operator's `limits.timeout_ms.max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
     /// Anyone may queue a run, without the author's token (docs/jobs.md, "Public tasks").
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub public: bool,
@@ -246,6 +250,12 @@ impl Manifest {
             if t.concurrency == Some(0) {
                 return bad(format!(
                     "task '{}': concurrency must be greater than 0",
+                    t.name
+                ));
+            }
+            if t.timeout_ms == Some(0) {
+                return bad(format!(
+                    "task '{}': timeoutMs must be greater than 0",
                     t.name
                 ));
             }
@@ -414,6 +424,7 @@ mod tests {
             r#"{"tasks":[{"name":"t"},{"name":"t"}]}"#,
             r#"{"endpoints":[{"name":"t"}],"tasks":[{"name":"t"}]}"#,
             r#"{"tasks":[{"name":"t","concurrency":0}]}"#,
+            r#"{"tasks":[{"name":"t","timeoutMs":0}]}"#,
             r#"{"tasks":[{"name":"t"}],"crons":[{"schedule":"* * * *","task":"t"}]}"#,
             r#"{"tasks":[{"name":"t"}],"crons":[{"schedule":"* * * * *","task":"u"}]}"#,
         ] {

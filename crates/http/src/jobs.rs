@@ -900,6 +900,8 @@ async fn run<H: JobHost>(st: &H, q: &Jobs, job: Job) {
         max_ms: config.jobs.backoff_max_ms,
     };
     let (id, n) = (job.id, job.attempts);
+    // The error's name and the runner's message (never the bundle's own text), for the log.
+    let mut failure = None;
     let recorded = match outcome {
         Ok(result) => q
             .queue
@@ -908,6 +910,7 @@ async fn run<H: JobHost>(st: &H, q: &Jobs, job: Job) {
             .map(|ok| ok.then_some(State::Succeeded)),
         Err(error) => {
             let msg = format!("{}: {}", error.code, error.message);
+            failure = Some(msg.clone());
             q.queue.fail(id, n, msg, now_ms(), backoff).await
         }
     };
@@ -918,7 +921,10 @@ async fn run<H: JobHost>(st: &H, q: &Jobs, job: Job) {
                 State::Queued => "retried",
                 other => other.as_str(),
             });
-            tracing::info!(state = state.as_str(), "job attempt ended")
+            match &failure {
+                Some(error) => tracing::info!(state = state.as_str(), %error, "job attempt ended"),
+                None => tracing::info!(state = state.as_str(), "job attempt ended"),
+            }
         }
         Ok(None) => {
             q.count("lost");

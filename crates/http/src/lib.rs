@@ -206,6 +206,14 @@ impl jobs::JobHost for AppState {
             )))
             .map_err(|e| ApiError::new(ErrorClass::Runner, "InvalidRequest", e.to_string()))?;
         let concurrency = usize::try_from(limits.concurrency).unwrap_or(usize::MAX);
+        // The task's own timeout (checked against the cap with the manifest above).
+        let task_timeout = target
+            .manifest
+            .tasks
+            .iter()
+            .find(|t| t.name == job.task)
+            .and_then(|t| t.timeout_ms)
+            .map(Duration::from_millis);
         let key = target.key.clone();
         let st = self.clone();
         let resp = self
@@ -218,6 +226,7 @@ impl jobs::JobHost for AppState {
                     kind: atrund_sandbox::CallKind::Task,
                     endpoint: job.task.clone(),
                     request,
+                    timeout: task_timeout,
                 },
                 |_| {},
                 None,
@@ -1187,6 +1196,7 @@ async fn invoke(
                 kind: atrund_sandbox::CallKind::Endpoint,
                 endpoint: endpoint.clone(),
                 request,
+                timeout: None,
             },
             // In the `call` span: the bundle's traceparent names it. With traces off the
             // caller's trace headers pass through untouched, like every other header.

@@ -49,6 +49,21 @@ fn exported() -> Exported {
         egress_allowed: 1,
         egress_denied: vec![("loopback".into(), 1)],
         identity_cache: vec![("did", "hit", 1)],
+        response_cache: Some(atrund_metrics::ResponseCache {
+            entries: 1,
+            bytes: 1,
+            lookups: vec![("hit", 1)],
+            stored: 1,
+            evicted: 0,
+        }),
+        jobs: Some(atrund_metrics::Jobs {
+            by_state: vec![("queued", 1)],
+            attempts: vec![("succeeded", 1)],
+        }),
+        cluster: Some(atrund_metrics::Cluster {
+            live_nodes: 3,
+            forwards: vec![("forwarded", 1)],
+        }),
         ..Snapshot::default()
     });
     let text = m.encode().unwrap();

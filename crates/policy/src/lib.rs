@@ -229,6 +229,15 @@ pub fn check_manifest(
         concurrency: pick("limits.concurrency", r.concurrency, limits.concurrency)?,
     };
     for t in &m.tasks {
+        if let Some(ms) = t.timeout_ms {
+            if ms > limits.timeout_ms.max {
+                return Err(PolicyError::LimitTooHigh {
+                    limit: format!("tasks['{}'].timeoutMs", t.name),
+                    requested: ms,
+                    max: limits.timeout_ms.max,
+                });
+            }
+        }
         if let Some(c) = t.concurrency {
             if c > limits.concurrency.max {
                 return Err(PolicyError::LimitTooHigh {

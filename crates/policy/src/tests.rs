@@ -127,6 +127,16 @@ fn each_limit_above_max_is_refused_not_reduced() {
     );
     let m = manifest(r#"{"tasks":[{"name":"sync","concurrency":64}]}"#);
     assert!(check_manifest(&PermissionCaps::default(), &limits, &m).is_ok());
+    let over = limits.timeout_ms.max + 1;
+    let m = manifest(&format!(
+        r#"{{"tasks":[{{"name":"sync","timeoutMs":{over}}}]}}"#
+    ));
+    let e = check_manifest(&PermissionCaps::default(), &limits, &m).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("tasks['sync'].timeoutMs = {over}")),
+        "{e}"
+    );
 }
 
 #[test]

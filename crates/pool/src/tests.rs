@@ -114,6 +114,7 @@ fn call() -> Invocation {
         kind: atrund_sandbox::CallKind::Endpoint,
         endpoint: "e".into(),
         request: http::Request::new(atrund_sandbox::empty_body()),
+        timeout: None,
     }
 }
 

@@ -259,6 +259,9 @@ pub struct Invocation {
     /// Method, headers and body of the caller; the URI is the rest path after the endpoint plus
     /// the query string, e.g. `/a/b?x=1` (or `/`).
     pub request: http::Request<Body>,
+    /// This call's wall clock instead of the instance's `request_timeout` (a task's own
+    /// `timeoutMs`, already within the operator's cap); `None` for the instance's.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Counters of one instance, for the pool's scheduling and reclaim.

@@ -155,6 +155,7 @@ fn call(endpoint: &str) -> Invocation {
             .uri("/")
             .body(atrund_sandbox::empty_body())
             .unwrap(),
+        timeout: None,
     }
 }
 

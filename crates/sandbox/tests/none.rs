@@ -103,6 +103,7 @@ fn call(endpoint: &str, method: &str, uri: &str, json: Option<&str>) -> Invocati
         request: b
             .body(body.unwrap_or_else(atrund_sandbox::empty_body))
             .unwrap(),
+        timeout: None,
     }
 }
 

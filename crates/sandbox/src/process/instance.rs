@@ -56,7 +56,8 @@ pub(super) enum Breach {
     Cpu,
     Pids,
     Response,
-    Timeout,
+    /// The call's wall clock, in milliseconds, ran out.
+    Timeout(u64),
     FileSize,
 }
 
@@ -105,8 +106,9 @@ impl Inner {
         self.exit_rx.borrow().as_ref().map(|e| e.status.clone())
     }
 
-    pub(super) fn timed_out(&self) -> SandboxError {
-        self.breach(Breach::Timeout)
+    /// The call ran past its wall clock of `limit`.
+    pub(super) fn timed_out(&self, limit: Duration) -> SandboxError {
+        self.breach(Breach::Timeout(limit.as_millis() as u64))
     }
 
     /// Records a breach (the first one sticks), kills the instance and returns the error that
@@ -136,7 +138,7 @@ impl Inner {
             ),
             Breach::Pids => SandboxError::TooManyProcesses(self.limits.pids),
             Breach::Response => SandboxError::ResponseTooLarge(self.limits.max_response_bytes),
-            Breach::Timeout => SandboxError::TimedOut(self.request_timeout.as_millis() as u64),
+            Breach::Timeout(ms) => SandboxError::TimedOut(ms),
             Breach::FileSize => SandboxError::FileTooLarge(self.limits.max_file_bytes),
         }
     }
@@ -299,12 +301,13 @@ impl Instance for ProcessInstance {
         let guard = self.begin()?;
         let inner = &self.inner;
         let start = guard.start;
-        let deadline = tokio::time::Instant::now() + inner.request_timeout;
+        let limit = call.timeout.unwrap_or(inner.request_timeout);
+        let deadline = tokio::time::Instant::now() + limit;
         let req = to_shim_request(&call.endpoint, call.kind, call.request)?;
 
         let sent = tokio::time::timeout_at(deadline, inner.conns.send(req)).await;
         let (res, conn) = match sent {
-            Err(_) => return Err(inner.timed_out()),
+            Err(_) => return Err(inner.timed_out(limit)),
             Ok(Err(e)) => return Err(inner.broken(&e, start).await),
             Ok(Ok(r)) => r,
         };
@@ -320,7 +323,7 @@ impl Instance for ProcessInstance {
                     Some(b) => inner.breach(b),
                     None => e,
                 }),
-                Err(()) => Err(inner.timed_out()),
+                Err(()) => Err(inner.timed_out(limit)),
             };
         }
         let declared = parts
@@ -341,6 +344,7 @@ impl Instance for ProcessInstance {
         let body = TrackedBody {
             body,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            limit,
             guard: Some(guard),
             sent: 0,
             conn: Some(conn),
@@ -414,6 +418,8 @@ impl Instance for ProcessInstance {
 pub(super) struct TrackedBody {
     pub(super) body: hyper::body::Incoming,
     pub(super) deadline: Pin<Box<tokio::time::Sleep>>,
+    /// The wall clock the deadline stands for, for the error.
+    pub(super) limit: Duration,
     pub(super) guard: Option<InFlight>,
     /// Bytes relayed so far, against `ResourceLimits::max_response_bytes`.
     pub(super) sent: u64,
@@ -460,7 +466,7 @@ impl http_body::Body for TrackedBody {
             return Poll::Ready(None);
         };
         if this.deadline.as_mut().poll(cx).is_ready() {
-            let err = guard.inner.timed_out();
+            let err = guard.inner.timed_out(this.limit);
             this.fail();
             return Poll::Ready(Some(Err(Box::new(err))));
         }

@@ -229,6 +229,7 @@ pub fn get(endpoint: &str, uri: &str) -> Invocation {
             .uri(uri)
             .body(atrund_sandbox::empty_body())
             .unwrap(),
+        timeout: None,
     }
 }
 
