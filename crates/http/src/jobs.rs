@@ -223,6 +223,18 @@ fn jobs<H: JobHost>(st: &H) -> Result<Arc<Jobs>, ApiError> {
     })
 }
 
+/// The author's quota, answered as such; any other failure as [`queue_error`].
+fn quota_or_queue_error(e: JobError) -> ApiError {
+    match e {
+        JobError::QuotaExceeded { .. } => ApiError::new(
+            ErrorClass::Busy,
+            "JobQuotaExceeded",
+            format!("{e} (jobs.max_unfinished_per_author)"),
+        ),
+        e => queue_error(e),
+    }
+}
+
 /// A queue failure, logged for the operator and answered as the runner's.
 fn queue_error(e: JobError) -> ApiError {
     tracing::error!(error = %e, "job queue");
@@ -381,14 +393,11 @@ async fn enqueue_checked(
         max_attempts: u32::try_from(config.jobs.max_attempts).unwrap_or(u32::MAX),
         author_quota: config.jobs.max_unfinished_per_author,
     };
-    let done = q.queue.enqueue(new, now_ms()).await.map_err(|e| match e {
-        atrund_jobs::JobError::QuotaExceeded { .. } => ApiError::new(
-            ErrorClass::Busy,
-            "JobQuotaExceeded",
-            format!("{e} (jobs.max_unfinished_per_author)"),
-        ),
-        e => queue_error(e),
-    })?;
+    let done = q
+        .queue
+        .enqueue(new, now_ms())
+        .await
+        .map_err(quota_or_queue_error)?;
     q.wake.notify_one();
     Ok(done)
 }
@@ -648,12 +657,13 @@ async fn control<H: JobHost>(
     })?;
     let now = now_ms();
     let cancel = method == CANCEL_JOB;
+    let quota = st.config().jobs.max_unfinished_per_author;
     let state = if cancel {
         jq.queue.cancel(author, id, now).await
     } else {
-        jq.queue.retry(author, id, now).await
+        jq.queue.retry(author, id, now, quota).await
     }
-    .map_err(queue_error)?
+    .map_err(quota_or_queue_error)?
     .ok_or_else(|| not_found(id))?;
     let wanted = if cancel {
         State::Cancelled

@@ -521,8 +521,15 @@ impl JobStore {
 
     /// Queues one of `author`'s dead or cancelled jobs again, now, with a fresh set of attempts
     /// (its last error is kept until the next attempt ends). The state after the call, as for
-    /// [`JobStore::cancel`].
-    pub fn retry(&self, author: &str, id: i64, now_ms: u64) -> Result<Option<State>, JobError> {
+    /// [`JobStore::cancel`]. Refused with [`JobError::QuotaExceeded`] when the author already
+    /// has `quota` queued or running jobs.
+    pub fn retry(
+        &self,
+        author: &str,
+        id: i64,
+        now_ms: u64,
+        quota: u64,
+    ) -> Result<Option<State>, JobError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let Some(job) = get_in(&tx, id)?.filter(|j| j.author == author) else {
@@ -530,6 +537,17 @@ impl JobStore {
         };
         if !matches!(job.state, State::Dead | State::Cancelled) {
             return Ok(Some(job.state));
+        }
+        let unfinished: i64 = tx.one(
+            "SELECT COUNT(*) FROM jobs WHERE author = ?1 AND state IN ('queued', 'running')",
+            params![author],
+            |r| r.get(0),
+        )?;
+        if unfinished.max(0) as u64 >= quota {
+            return Err(JobError::QuotaExceeded {
+                author: author.to_string(),
+                limit: quota,
+            });
         }
         tx.run(
             "UPDATE jobs SET state = 'queued', attempts = 0, run_at = ?2, finished_at = NULL WHERE id = ?1",

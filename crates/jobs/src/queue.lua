@@ -150,7 +150,8 @@ elseif op == 'fail' then
   return 'queued'
 
 elseif op == 'cancel' or op == 'retry' then
-  -- author id now: the state after (or the one that prevented it), or false for no such job
+  -- author id now [quota]: the state after (or the one that prevented it), 'quota' when a
+  -- retry would pass the author's quota, or false for no such job
   local id, now = ARGV[4], tonumber(ARGV[5])
   local j = jk(id)
   if field(j, 'author') ~= ARGV[3] then return false end
@@ -161,6 +162,8 @@ elseif op == 'cancel' or op == 'retry' then
     return 'cancelled'
   end
   if state ~= 'dead' and state ~= 'cancelled' then return state end
+  local unfinished = tonumber(redis.call('GET', P .. 'unfinished:' .. ARGV[3]) or '0')
+  if unfinished >= tonumber(ARGV[6]) then return 'quota' end
   redis.call('HSET', j, 'state', 'queued', 'attempts', 0, 'run_at', now)
   redis.call('HDEL', j, 'finished_at')
   redis.call('ZREM', P .. 'finished', mem(id))

@@ -156,10 +156,11 @@ impl Queue {
         author: String,
         id: i64,
         now_ms: u64,
+        quota: u64,
     ) -> Result<Option<State>, JobError> {
         match self {
-            Queue::Sqlite(s) => blocking(s, move |s| s.retry(&author, id, now_ms)).await,
-            Queue::Redis(r) => r.retry(&author, id, now_ms).await,
+            Queue::Sqlite(s) => blocking(s, move |s| s.retry(&author, id, now_ms, quota)).await,
+            Queue::Redis(r) => r.retry(&author, id, now_ms, quota).await,
         }
     }
 

@@ -297,8 +297,26 @@ impl RedisQueue {
         author: &str,
         id: i64,
         now_ms: u64,
+        quota: u64,
     ) -> Result<Option<State>, JobError> {
-        self.control("retry", author, id, now_ms).await
+        let state: Option<String> = self
+            .run(
+                "retry",
+                &[
+                    author.to_string(),
+                    id.to_string(),
+                    now_ms.to_string(),
+                    quota.to_string(),
+                ],
+            )
+            .await?;
+        if state.as_deref() == Some("quota") {
+            return Err(JobError::QuotaExceeded {
+                author: author.to_string(),
+                limit: quota,
+            });
+        }
+        control_state(id, state)
     }
 
     async fn control(
@@ -314,12 +332,7 @@ impl RedisQueue {
                 &[author.to_string(), id.to_string(), now_ms.to_string()],
             )
             .await?;
-        match state {
-            None => Ok(None),
-            Some(s) => State::parse(&s)
-                .map(Some)
-                .ok_or(JobError::UnknownState(id, s)),
-        }
+        control_state(id, state)
     }
 
     /// As [`crate::JobStore::purge`].
@@ -396,6 +409,16 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, JobError> {
         .await
         .map_err(|e| JobError::Redis(format!("{} refused PING: {e}", redacted(url))))?;
     Ok(conn)
+}
+
+/// The state a cancel or retry answered (`None`: no such job of the author).
+fn control_state(id: i64, state: Option<String>) -> Result<Option<State>, JobError> {
+    match state {
+        None => Ok(None),
+        Some(s) => State::parse(&s)
+            .map(Some)
+            .ok_or(JobError::UnknownState(id, s)),
+    }
 }
 
 /// `url` without its password, for logs and errors.

@@ -155,7 +155,10 @@ fn failures_back_off_then_die_with_the_last_error() {
     );
     assert!(s.claim(u64::MAX / 2, 10_000, free).unwrap().is_none());
     // The author retries it: a fresh set of attempts.
-    assert_eq!(s.retry("did:a", id, now).unwrap(), Some(State::Queued));
+    assert_eq!(
+        s.retry("did:a", id, now, 1_000).unwrap(),
+        Some(State::Queued)
+    );
     let j = s.claim(now, 10_000, free).unwrap().unwrap();
     assert_eq!(j.attempts, 1);
 }
@@ -232,7 +235,7 @@ fn authors_see_and_control_only_their_own_jobs() {
     let id = s.enqueue(&new_job("did:a", None), 0).unwrap().job.id;
     assert!(s.get("did:b", id).unwrap().is_none());
     assert_eq!(s.cancel("did:b", id, 1).unwrap(), None);
-    assert_eq!(s.retry("did:b", id, 1).unwrap(), None);
+    assert_eq!(s.retry("did:b", id, 1, 1_000).unwrap(), None);
     assert!(s.list("did:b", None, None, None, 10).unwrap().is_empty());
     assert_eq!(s.get("did:a", id).unwrap().unwrap().state, State::Queued);
     assert_eq!(s.cancel("did:a", id, 1).unwrap(), Some(State::Cancelled));
@@ -247,7 +250,7 @@ fn cancel_and_retry_say_why_not() {
     let (_d, s) = store();
     let id = s.enqueue(&new_job("did:a", None), 0).unwrap().job.id;
     assert_eq!(
-        s.retry("did:a", id, 0).unwrap(),
+        s.retry("did:a", id, 0, 1_000).unwrap(),
         Some(State::Queued),
         "queued: nothing to retry"
     );
@@ -255,7 +258,10 @@ fn cancel_and_retry_say_why_not() {
     assert_eq!(s.cancel("did:a", id, 1).unwrap(), Some(State::Running));
     s.complete(id, 1, None, 2).unwrap();
     assert_eq!(s.cancel("did:a", id, 3).unwrap(), Some(State::Succeeded));
-    assert_eq!(s.retry("did:a", id, 3).unwrap(), Some(State::Succeeded));
+    assert_eq!(
+        s.retry("did:a", id, 3, 1_000).unwrap(),
+        Some(State::Succeeded)
+    );
 }
 
 #[test]

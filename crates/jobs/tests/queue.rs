@@ -168,12 +168,12 @@ async fn both_backends_keep_the_queues_promises_on(q: Queue) {
         Some(State::Dead)
     );
     assert_eq!(
-        q.retry("did:other".into(), f.id, now).await.unwrap(),
+        q.retry("did:other".into(), f.id, now, 1_000).await.unwrap(),
         None,
         "another author's job is no job"
     );
     assert_eq!(
-        q.retry("did:f".into(), f.id, now).await.unwrap(),
+        q.retry("did:f".into(), f.id, now, 1_000).await.unwrap(),
         Some(State::Queued)
     );
     assert_eq!(
@@ -244,10 +244,22 @@ async fn quota_list_purge_and_concurrent_claims_on(q: Queue) {
     assert!(q.enqueue(j.clone(), 0).await.is_err(), "running counts");
     q.complete(run.id, 1, None, 5).await.unwrap();
     assert!(q.enqueue(j.clone(), 0).await.unwrap().created);
+    // A retry counts too: the author is at 2 again, so bringing back a finished job is refused.
+    let dead = q.enqueue(new_job("did:a", None), 0).await;
+    assert!(dead.is_ok(), "quota 1000 for this one");
+    let dead = dead.unwrap().job.id;
+    q.cancel("did:a".into(), dead, 1).await.unwrap();
+    let e = q.retry("did:a".into(), dead, 2, 2).await.unwrap_err();
+    assert!(matches!(e, JobError::QuotaExceeded { limit: 2, .. }), "{e}");
+    assert_eq!(
+        q.retry("did:a".into(), dead, 2, 3).await.unwrap(),
+        Some(State::Queued)
+    );
+    q.cancel("did:a".into(), dead, 3).await.unwrap();
 
     // List: newest first, filtered, paged.
     let all = q.list("did:a".into(), None, None, None, 10).await.unwrap();
-    assert_eq!(all.len(), 3);
+    assert_eq!(all.len(), 4);
     assert!(all.windows(2).all(|w| w[0].id > w[1].id));
     let done = q
         .list(
@@ -265,8 +277,8 @@ async fn quota_list_purge_and_concurrent_claims_on(q: Queue) {
         .await
         .unwrap();
     assert_eq!(page[0].id, all[1].id);
-    // Purge deletes finished jobs only.
-    assert_eq!(q.purge(6).await.unwrap(), 1);
+    // Purge deletes finished jobs only (the succeeded and the cancelled one).
+    assert_eq!(q.purge(6).await.unwrap(), 2);
     assert!(q.get("did:a".into(), run.id).await.unwrap().is_none());
     assert_eq!(
         q.list("did:a".into(), None, None, None, 10)
