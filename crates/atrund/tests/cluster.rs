@@ -3,7 +3,9 @@
 //! - a job whose runner is `kill -9`ed mid-run completes on another (attempt 2, in its status);
 //! - a SIGTERM'd runner drains its job in flight: it completes there, attempt 1;
 //! - a cron fires exactly once per tick across the three (each tries; the queue keeps one);
-//! - a job queued on one runner is visible and controllable from another.
+//! - a job queued on one runner is visible and controllable from another;
+//! - Redis out of reach for 12 s while a job runs: the job runs again afterwards, not lost;
+//! - routing: calls of one bundle spread over three runners start it once in the cluster.
 
 mod common;
 

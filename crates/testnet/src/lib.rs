@@ -616,6 +616,11 @@ impl RedisServer {
         })
     }
 
+    /// The server's process id (tests pause it with SIGSTOP to cut the runners off).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `redis://127.0.0.1:<port>/`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
