@@ -54,9 +54,9 @@ if [ "$with_test_net" = 1 ]; then
   # runc: crun refuses hosts with a hybrid cgroup v1 layout (docs/operating.md "Container image").
   # The systemd test boots a debootstrap rootfs with systemd in podman (tests/systemd_run.rs).
   command -v podman >/dev/null || need_apt+=(podman)
-  # Several runners sharing one Redis (crates/atrund/tests/cluster.rs, crates/jobs/tests/redis.rs).
-  command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || need_apt+=(redis-server)
   command -v runc >/dev/null || [ -x /usr/sbin/runc ] || need_apt+=(runc)
+  # Several runners sharing one Redis (crates/atrund/tests/cluster.rs, crates/jobs/tests/queue.rs).
+  command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || need_apt+=(redis-server)
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}" >&2
