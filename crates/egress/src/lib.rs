@@ -5,8 +5,10 @@
 //! and absolute-form plain-HTTP requests, checks the destination against the bundle's `net` list
 //! (`rule`), resolves the name itself (`Resolve`), refuses special-purpose addresses unless
 //! the operator opened them (`AddressPolicy`, from `atrund-netpolicy`), and connects to the checked address only. Every decision is
-//! logged (target `atrund::egress`) and counted (`EgressProxy::stats`). Credential injection
-//! belongs here later, in `proxy::forward` / before the tunnel.
+//! logged (target `atrund::egress`) and counted (`EgressProxy::stats`). Calls to the reserved
+//! name `runner.atrund.internal` never leave: they are answered by the instance's
+//! `RunnerService` (`runner_calls`). Credential injection belongs here later, in
+//! `proxy::forward` / before the tunnel.
 //!
 //! Owns: the listener, instance tokens, outbound policy decisions, upstream connections.
 //! Must not touch: how instances are isolated or started (sandbox), manifests (bundle), config

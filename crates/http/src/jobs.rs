@@ -1,9 +1,11 @@
-//! Background jobs (docs/jobs.md): the author's XRPC methods and the workers that run queued
-//! jobs through the pool.
+//! Background jobs (docs/jobs.md): the XRPC methods, the runner calls of bundle code
+//! (`ctx.enqueue`, `InstanceCalls`), cron, and the workers that run queued jobs through the pool.
 //!
 //! Owns: who may enqueue and read jobs (the bundle's author, proven with a service-auth token
-//! checked as for logs), what an enqueue is checked against (the author policy, the bundle's
-//! manifest declaring the task, the payload cap), how a claimed job becomes a task call (the same
+//! checked as for logs; the bundle's own instances for their version; anyone for a task the
+//! manifest marks public, told less), what an enqueue is checked against (the author policy, the
+//! bundle's manifest declaring the task, the payload cap, the author's quota), how a claimed job
+//! becomes a task call (the same
 //! resolution, policy, limits and instance as an endpoint call of that version), and what its
 //! outcome records. Must not touch: the queue's state rules (`atrund-jobs`), the task call on
 //! the wire (the sandbox), or token checks (`logs`).

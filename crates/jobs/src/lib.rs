@@ -1,5 +1,6 @@
 //! The durable job queue (issue 15, docs/jobs.md) on embedded SQLite: one database file in the
-//! runner's data dir, no server.
+//! runner's data dir, no server. The same queue on a Redis that several runners share is
+//! `redis_queue` (docs/cluster.md); [`Queue`] is what the runner uses, whichever it is.
 //!
 //! Owns: the jobs table and its migrations, and every state change of a job. A job is enqueued
 //! once per idempotency key, claimed under a lease (a job whose lease runs out, because its runner
@@ -8,8 +9,8 @@
 //! Finished jobs are kept until purged. An author sees and controls only their own jobs. Must
 //! not touch: running a task (the runner's worker claims, runs through the pool and reports
 //! here), who may enqueue (the HTTP layer), the clock (callers pass unix milliseconds, so
-//! tests and the worker agree on time), or threads: every call blocks on SQLite, so async
-//! callers use `spawn_blocking`.
+//! tests and the worker agree on time), or threads: every `JobStore` call blocks on SQLite, so
+//! [`Queue`] runs them on tokio's blocking threads.
 //!
 //! Durability: WAL with `synchronous = NORMAL`. A committed enqueue survives the runner being
 //! killed at any point (the kernel has the write), but the last commits before a power loss or
