@@ -418,7 +418,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
     let addr = listener
         .local_addr()
         .context("cannot read the listening address")?;
-    let cache = response_cache(&config);
+    let cache = response_cache(&config)?;
     let redis = shared_state(&config).await?;
     let jobs = job_queue(&config, redis.clone())?;
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -898,25 +898,38 @@ async fn cluster_router(
 }
 
 /// The response cache (`[cache]`, docs/cache.md), said at start like every other component.
-fn response_cache(config: &Config) -> Option<Arc<atrund_cache::ResponseCache>> {
+fn response_cache(config: &Config) -> anyhow::Result<Option<Arc<atrund_cache::ResponseCache>>> {
     let c = &config.cache;
     if !c.enabled {
         tracing::info!(
             "response cache off (cache.enabled = false): every request reaches its bundle"
         );
-        return None;
+        return Ok(None);
     }
+    let limits = atrund_cache::Limits {
+        max_bytes: c.max_bytes,
+        max_entry_bytes: c.max_entry_bytes,
+    };
+    if c.disk_max_bytes == 0 {
+        tracing::info!(
+            max_bytes = c.max_bytes,
+            max_entry_bytes = c.max_entry_bytes,
+            "response cache on: GET responses with s-maxage or max-age are kept in memory and shared (docs/cache.md)"
+        );
+        return Ok(Some(Arc::new(atrund_cache::ResponseCache::new(limits))));
+    }
+    let path = config.layout().cache_db();
+    let disk = atrund_cache::DiskStore::open(&path, c.disk_max_bytes)?;
     tracing::info!(
         max_bytes = c.max_bytes,
         max_entry_bytes = c.max_entry_bytes,
-        "response cache on: GET responses with s-maxage or max-age are kept in memory and shared (docs/cache.md)"
+        disk = %path.display(),
+        disk_max_bytes = c.disk_max_bytes,
+        "response cache on: GET responses with s-maxage or max-age are kept in memory and on disk, and shared (docs/cache.md)"
     );
-    Some(Arc::new(atrund_cache::ResponseCache::new(
-        atrund_cache::Limits {
-            max_bytes: c.max_bytes,
-            max_entry_bytes: c.max_entry_bytes,
-        },
-    )))
+    Ok(Some(Arc::new(atrund_cache::ResponseCache::with_disk(
+        limits, disk,
+    ))))
 }
 
 #[cfg(test)]

@@ -89,11 +89,15 @@ struct Dev {
 }
 
 fn start(env: &[(&str, &str)]) -> Option<Dev> {
-    let deno = atrund_testnet::deno_path()?;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("main.js"), CODE).unwrap();
     std::fs::write(dir.path().join("manifest.json"), manifest()).unwrap();
-    let data = tempfile::tempdir().unwrap();
+    start_in(dir, tempfile::tempdir().unwrap(), env)
+}
+
+/// As [`start`], on an existing folder and data dir (a restart).
+fn start_in(dir: tempfile::TempDir, data: tempfile::TempDir, env: &[(&str, &str)]) -> Option<Dev> {
+    let deno = atrund_testnet::deno_path()?;
     let mut cmd = common::command(&deno, data.path());
     cmd.args(["dev", dir.path().to_str().unwrap(), "--name", "c"]);
     for (k, v) in env {
@@ -260,4 +264,69 @@ async fn with_the_cache_off_every_call_reaches_the_bundle() {
         assert_eq!((a.body, a.cache_status), (n.to_string(), None));
     }
     assert!(d.log().contains("response cache off"));
+}
+
+/// The disk tier (`cache.disk_max_bytes`, on by default): an answer kept before a restart is
+/// served after it, from `<data_dir>/cache.sqlite`, without starting the bundle; a private one
+/// was never written there.
+#[tokio::test(flavor = "multi_thread")]
+async fn kept_answers_survive_a_restart_from_the_disk_tier() {
+    let Some(Dev { mut d, dir, _data }) = start(&[]) else {
+        return;
+    };
+    let c = reqwest::Client::new();
+    // One Host for both runs (the key includes it; the port changes with the restart).
+    let get = |d: &Daemon, e: &str| {
+        c.get(d.url(&format!("/bundle/local/c/latest/{e}")))
+            .header("host", "cache.test")
+    };
+    let private = call(get(&d, "personal")).await;
+    assert_eq!(private.body, "1");
+    let first = call(get(&d, "shared")).await;
+    assert_eq!(
+        (first.body.as_str(), first.cache_status.as_deref()),
+        ("2", Some("at-rund; fwd=uri-miss; stored"))
+    );
+    // The disk writer runs in the background: a moment, then a clean stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    d.stop();
+    assert!(_data.path().join("cache.sqlite").is_file());
+
+    let Some(Dev {
+        d,
+        dir: _dir,
+        _data,
+    }) = start_in(dir, _data, &[])
+    else {
+        return;
+    };
+    let again = call(get(&d, "shared")).await;
+    assert_eq!(again.body, "2", "answered from disk, not by a new instance");
+    assert!(
+        again
+            .cache_status
+            .as_deref()
+            .unwrap()
+            .starts_with("at-rund; hit; ttl="),
+        "{:?}",
+        again.cache_status
+    );
+    let metrics = reqwest::get(format!("{}/metrics", d.admin.as_deref().unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .all(|l| !l.starts_with("atrund_cold_starts_total") || l.ends_with(" 0")),
+        "no instance was started:\n{metrics}"
+    );
+    let private = call(get(&d, "personal")).await;
+    assert_eq!(
+        (private.body.as_str(), private.cache_status.as_deref()),
+        ("1", Some("at-rund; fwd=uri-miss")),
+        "a private answer reaches the (new) bundle"
+    );
 }

@@ -1,5 +1,6 @@
 //! The response cache (docs/cache.md): which bundle responses a runner may keep and serve to
-//! other callers, for how long, and the in-memory store that keeps them under a byte cap.
+//! other callers, for how long, the in-memory store that keeps them under a byte cap, and its
+//! second tier on disk (`disk`).
 //!
 //! Owns: reading the caching headers of a request and of a response (`Cache-Control`, `Pragma`,
 //! `Vary`, `Age`, `ETag`, `Last-Modified`, `If-None-Match`, `If-Modified-Since`), freshness, the
@@ -16,6 +17,7 @@
 
 mod body;
 mod directives;
+mod disk;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +30,7 @@ use http::{Method, StatusCode};
 
 pub use body::CachingBody;
 use directives::{RequestDirectives, ResponseDirectives};
+pub use disk::{DiskError, DiskStore};
 
 /// The response header that says what the cache did (RFC 9211).
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -185,6 +188,8 @@ pub struct ResponseCache {
     limits: Limits,
     store: Mutex<Store>,
     counters: Counters,
+    /// The second tier on disk (`cache.disk_max_bytes`), when on.
+    disk: Option<DiskStore>,
 }
 
 #[derive(Debug, Default)]
@@ -266,6 +271,15 @@ impl ResponseCache {
             limits,
             store: Mutex::new(Store::default()),
             counters: Counters::default(),
+            disk: None,
+        }
+    }
+
+    /// A cache that also keeps its answers in `disk` and reads them back when memory misses.
+    pub fn with_disk(limits: Limits, disk: DiskStore) -> Self {
+        Self {
+            disk: Some(disk),
+            ..Self::new(limits)
         }
     }
 
@@ -317,6 +331,19 @@ impl ResponseCache {
             return forward(Forward::Bypass, None);
         }
         let mut store = self.store();
+        if let (false, Some(disk)) = (store.slots.contains_key(key), &self.disk) {
+            drop(store);
+            // One indexed read, on a memory miss only (the bundle call it may save costs far
+            // more); what it finds joins memory as if just stored.
+            let loaded = disk.load(key);
+            store = self.store();
+            if !store.slots.contains_key(key) {
+                for e in loaded {
+                    let evicted = store.insert(key.to_string(), Arc::new(e), self.limits.max_bytes);
+                    self.counters.evicted.fetch_add(evicted, Ordering::Relaxed);
+                }
+            }
+        }
         let Some(slot) = store.slots.get(key) else {
             return forward(Forward::UriMiss, None);
         };
@@ -428,9 +455,11 @@ impl ResponseCache {
             return;
         }
         entry.body = body;
-        let evicted = self
-            .store()
-            .insert(key, Arc::new(entry), self.limits.max_bytes);
+        let entry = Arc::new(entry);
+        if let Some(disk) = &self.disk {
+            disk.put(&key, entry.clone());
+        }
+        let evicted = self.store().insert(key, entry, self.limits.max_bytes);
         self.counters.stored.fetch_add(1, Ordering::Relaxed);
         self.counters.evicted.fetch_add(evicted, Ordering::Relaxed);
     }

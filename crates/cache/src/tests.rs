@@ -404,3 +404,89 @@ use http_body::Frame;
 fn futures_lite<T>(items: Vec<T>) -> futures::stream::Iter<std::vec::IntoIter<T>> {
     futures::stream::iter(items)
 }
+
+/// The disk tier: an answer kept by one cache is served by another opened on the same file (a
+/// restart), aged by the time in between, with its `Vary` variant; the file keeps to its cap.
+#[tokio::test]
+async fn answers_kept_on_disk_survive_a_restart_and_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.sqlite");
+    let limits = Limits {
+        max_bytes: 10_000,
+        max_entry_bytes: 2_000,
+    };
+    let first = Arc::new(ResponseCache::with_disk(
+        limits,
+        DiskStore::open(&path, 5_000).unwrap(),
+    ));
+    let fr = headers(&[("accept-language", "fr")]);
+    assert!(
+        store(
+            &first,
+            "k",
+            &fr,
+            &[
+                ("cache-control", "max-age=60"),
+                ("vary", "accept-language"),
+                ("etag", "\"v1\"")
+            ],
+            "bonjour"
+        )
+        .await
+    );
+    // The writer is a background thread: give it a moment, then "restart".
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(first);
+    let second = Arc::new(ResponseCache::with_disk(
+        limits,
+        DiskStore::open(&path, 5_000).unwrap(),
+    ));
+    let served = hit(&second, "k", &fr, Instant::now()).expect("served from disk");
+    assert_eq!(served.body, "bonjour");
+    assert_eq!(served.headers.get(header::ETAG).unwrap(), "\"v1\"");
+    assert!(
+        hit(
+            &second,
+            "k",
+            &headers(&[("accept-language", "de")]),
+            Instant::now()
+        )
+        .is_none(),
+        "another variant is not served"
+    );
+    assert!(hit(&second, "other", &fr, Instant::now()).is_none());
+
+    // Past the file's cap the least recently used go.
+    let big = "x".repeat(1_500);
+    for i in 0..6 {
+        assert!(
+            store(
+                &second,
+                &format!("big{i}"),
+                &HeaderMap::new(),
+                &[("cache-control", "max-age=60")],
+                &big
+            )
+            .await
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (n, bytes): (i64, i64) = conn
+        .query_row("SELECT COUNT(*), SUM(size) FROM entries", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert!(bytes <= 5_000 && n >= 2, "{n} entries, {bytes} bytes");
+    let keys: Vec<String> = conn
+        .prepare("SELECT key FROM entries")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|k| k.unwrap())
+        .collect();
+    assert!(
+        keys.contains(&"big5".to_string()) && !keys.contains(&"big0".to_string()),
+        "{keys:?}"
+    );
+}

@@ -88,6 +88,11 @@ impl DataLayout {
         self.root.join("origins.json")
     }
 
+    /// The response cache's disk tier (`cache.disk_max_bytes`, SQLite).
+    pub fn cache_db(&self) -> PathBuf {
+        self.root.join("cache.sqlite")
+    }
+
     /// The background jobs' queue (`atrund-jobs`, SQLite).
     pub fn jobs_db(&self) -> PathBuf {
         self.root.join("jobs.sqlite")

@@ -723,6 +723,9 @@ pub struct CacheSection {
     pub max_bytes: u64,
     /// One stored response (body and headers); a larger one is passed on without being kept.
     pub max_entry_bytes: u64,
+    /// The second tier in `<data_dir>/cache.sqlite`: every kept answer is also written there
+    /// and read back when memory misses, so kept answers survive a restart. 0: memory only.
+    pub disk_max_bytes: u64,
 }
 
 impl Default for CacheSection {
@@ -731,6 +734,7 @@ impl Default for CacheSection {
             enabled: true,
             max_bytes: 64 * MIB,
             max_entry_bytes: MIB,
+            disk_max_bytes: 256 * MIB,
         }
     }
 }

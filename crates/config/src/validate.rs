@@ -200,6 +200,16 @@ impl Config {
                     ),
                 ));
             }
+            let disk = self.cache.disk_max_bytes;
+            if disk != 0 && disk < self.cache.max_entry_bytes {
+                return Err(invalid(
+                    "cache.disk_max_bytes",
+                    format!(
+                        "{disk} is less than cache.max_entry_bytes ({}): one response could not be kept on disk; raise it, or set 0 to keep answers in memory only",
+                        self.cache.max_entry_bytes
+                    ),
+                ));
+            }
         }
         self.check_service_url("plc_url", &self.plc_url)?;
         if let Some(u) = &self.identity.handle_resolver {
