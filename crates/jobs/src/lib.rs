@@ -306,17 +306,7 @@ impl JobStore {
                 });
             }
         }
-        let unfinished: i64 = tx.one(
-            "SELECT COUNT(*) FROM jobs WHERE author = ?1 AND state IN ('queued', 'running')",
-            params![new.author],
-            |r| r.get(0),
-        )?;
-        if unfinished.max(0) as u64 >= new.author_quota {
-            return Err(JobError::QuotaExceeded {
-                author: new.author.clone(),
-                limit: new.author_quota,
-            });
-        }
+        within_quota(&tx, &new.author, new.author_quota)?;
         tx.run(
             "INSERT INTO jobs (author, bundle, version, task, payload, idempotency_key, state, \
              attempts, max_attempts, run_at, created_at) \
@@ -539,17 +529,7 @@ impl JobStore {
         if !matches!(job.state, State::Dead | State::Cancelled) {
             return Ok(Some(job.state));
         }
-        let unfinished: i64 = tx.one(
-            "SELECT COUNT(*) FROM jobs WHERE author = ?1 AND state IN ('queued', 'running')",
-            params![author],
-            |r| r.get(0),
-        )?;
-        if unfinished.max(0) as u64 >= quota {
-            return Err(JobError::QuotaExceeded {
-                author: author.to_string(),
-                limit: quota,
-            });
-        }
+        within_quota(&tx, author, quota)?;
         tx.run(
             "UPDATE jobs SET state = 'queued', attempts = 0, run_at = ?2, finished_at = NULL WHERE id = ?1",
             params![id, ms(now_ms)],
@@ -599,6 +579,22 @@ impl JobStore {
         }
         Ok(out)
     }
+}
+
+/// `Err(QuotaExceeded)` when `author` already has `quota` queued or running jobs.
+fn within_quota(conn: &Connection, author: &str, quota: u64) -> Result<(), JobError> {
+    let unfinished: i64 = conn.one(
+        "SELECT COUNT(*) FROM jobs WHERE author = ?1 AND state IN ('queued', 'running')",
+        params![author],
+        |r| r.get(0),
+    )?;
+    if unfinished.max(0) as u64 >= quota {
+        return Err(JobError::QuotaExceeded {
+            author: author.to_string(),
+            limit: quota,
+        });
+    }
+    Ok(())
 }
 
 /// Unix milliseconds as SQLite's integer (it has no unsigned type; 2^63 ms is far away).
