@@ -10,6 +10,8 @@
 //! Owns: the file, its table and the encoding of an entry. Must not touch: what may be stored
 //! or when it is fresh (the cache decides; an entry read back is judged like any other).
 
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -59,6 +61,15 @@ enum Write {
 pub struct DiskStore {
     read: Mutex<Connection>,
     writes: SyncSender<Write>,
+    /// Hashes of the keys on disk, so a miss for a key never kept (most calls of endpoints whose
+    /// answers are not shareable) costs no read. A superset: a stale hash only costs a read.
+    known: Arc<Mutex<HashSet<u64>>>,
+}
+
+fn key_hash(key: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
 }
 
 impl std::fmt::Debug for DiskStore {
@@ -92,10 +103,20 @@ impl DiskStore {
         };
         let writer = open_conn(path).map_err(err)?;
         let read = open_conn(path).map_err(err)?;
+        let keys: HashSet<u64> = read
+            .prepare("SELECT DISTINCT key FROM entries")
+            .and_then(|mut st| {
+                st.query_map([], |r| r.get::<_, String>(0))?
+                    .map(|k| k.map(|k| key_hash(&k)))
+                    .collect()
+            })
+            .map_err(err)?;
+        let known = Arc::new(Mutex::new(keys));
         let (writes, rx) = sync_channel(QUEUE);
+        let evicted = known.clone();
         std::thread::Builder::new()
             .name("cache-disk".into())
-            .spawn(move || write_loop(writer, rx, max_bytes))
+            .spawn(move || write_loop(writer, rx, max_bytes, evicted))
             .map_err(|e| DiskError::Open {
                 path: path.display().to_string(),
                 detail: format!("cannot start its writer thread: {e}"),
@@ -103,11 +124,16 @@ impl DiskStore {
         Ok(DiskStore {
             read: Mutex::new(read),
             writes,
+            known,
         })
     }
 
     /// Queues `entry` to be written; dropped when the writer is behind.
     pub(crate) fn put(&self, key: &str, entry: Arc<Entry>) {
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key_hash(key));
         let w = Write::Put {
             key: key.to_string(),
             entry,
@@ -121,6 +147,14 @@ impl DiskStore {
 
     /// The stored variants of `key`, as entries aged by the time they spent on disk.
     pub(crate) fn load(&self, key: &str) -> Vec<Entry> {
+        let on_disk = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&key_hash(key));
+        if !on_disk {
+            return Vec::new();
+        }
         let rows = {
             let conn = self.read.lock().unwrap_or_else(|p| p.into_inner());
             read_rows(&conn, key)
@@ -209,7 +243,12 @@ impl Row {
     }
 }
 
-fn write_loop(mut conn: Connection, rx: Receiver<Write>, max_bytes: u64) {
+fn write_loop(
+    mut conn: Connection,
+    rx: Receiver<Write>,
+    max_bytes: u64,
+    known: Arc<Mutex<HashSet<u64>>>,
+) {
     let mut total: u64 = conn
         .query_row("SELECT COALESCE(SUM(size), 0) FROM entries", [], |r| {
             r.get::<_, i64>(0)
@@ -218,7 +257,9 @@ fn write_loop(mut conn: Connection, rx: Receiver<Write>, max_bytes: u64) {
         .unwrap_or(0);
     while let Ok(w) = rx.recv() {
         let done = match w {
-            Write::Put { key, entry } => put_row(&mut conn, &key, &entry, &mut total, max_bytes),
+            Write::Put { key, entry } => {
+                put_row(&mut conn, &key, &entry, &mut total, max_bytes, &known)
+            }
             Write::Used { key } => conn
                 .prepare_cached("UPDATE entries SET used = ?2 WHERE key = ?1")
                 .and_then(|mut s| s.execute(params![key, now_ms() as i64]))
@@ -235,6 +276,7 @@ fn put_row(
     e: &Entry,
     total: &mut u64,
     max_bytes: u64,
+    known: &Mutex<HashSet<u64>>,
 ) -> rusqlite::Result<()> {
     let variant = encode_pairs(
         e.vary
@@ -290,6 +332,11 @@ fn put_row(
             params![k, v],
         )?;
         *total = total.saturating_sub(size.max(0) as u64);
+        // Its other variants, if any, are no longer looked for: a miss, never a wrong answer.
+        known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key_hash(&k));
     }
     tx.commit()
 }
