@@ -490,3 +490,17 @@ async fn answers_kept_on_disk_survive_a_restart_and_the_cap() {
         "{keys:?}"
     );
 }
+
+#[test]
+fn forwarded_status_values_follow_rfc_9211() {
+    for why in Forward::ALL {
+        for stored in [false, true] {
+            let want = format!(
+                "{CACHE_NAME}; fwd={}{}",
+                why.as_str(),
+                if stored { "; stored" } else { "" }
+            );
+            assert_eq!(forwarded_status(why, stored), want.as_str());
+        }
+    }
+}

@@ -275,7 +275,7 @@ fn job_resolved(did: String, target: &Target) -> jobs::Resolved {
         did,
         name: target.name.clone(),
         version: target.version.clone(),
-        record: target.key.bundle.clone(),
+        record: target.key.bundle.to_string(),
         tasks: target.manifest.tasks.clone(),
         crons: target.manifest.crons.clone(),
     }
@@ -1085,7 +1085,7 @@ async fn invoke(
     let config = st.config();
     if seen.traced {
         seen.resolved = Some((
-            target.key.author.clone(),
+            target.key.author.to_string(),
             target.name.clone(),
             endpoint.clone(),
         ));
@@ -1304,16 +1304,31 @@ fn cache_key(
         RouteKind::Path => "path",
         RouteKind::Host { .. } => "host",
     };
+    // Written piece by piece, not with `format!`: it is made on every cacheable-method call.
+    let secrets = key.secrets.as_deref().unwrap_or("-");
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut out = String::with_capacity(
+        16 + host.map_or(0, <[u8]>::len)
+            + key.author.len()
+            + key.bundle.len()
+            + secrets.len()
+            + endpoint.len()
+            + path.len(),
+    );
+    out.push_str(kind);
+    out.push(' ');
     // Header bytes are visible ASCII (or opaque bytes, kept apart by the escaping).
-    let host = host
-        .map(|h| h.escape_ascii().to_string())
-        .unwrap_or_default();
-    format!(
-        "{kind} {host} {} {} {} {endpoint} {uri}",
-        key.author,
-        key.bundle,
-        key.secrets.as_deref().unwrap_or("-")
-    )
+    if let Some(h) = host {
+        match std::str::from_utf8(h) {
+            Ok(s) if h.iter().all(|b| b.is_ascii_graphic()) => out.push_str(s),
+            _ => out.extend(h.escape_ascii().map(char::from)),
+        }
+    }
+    for part in [&*key.author, &*key.bundle, secrets, endpoint, path] {
+        out.push(' ');
+        out.push_str(part);
+    }
+    out
 }
 
 /// A response the cache answers with.
@@ -1385,9 +1400,9 @@ async fn remote_bundle(
     };
     Ok(Target {
         key: InstanceKey {
-            author: bundle.author.clone(),
-            bundle: bundle.record_cid.clone(),
-            secrets: secrets_cid,
+            author: bundle.author.as_str().into(),
+            bundle: bundle.record_cid.as_str().into(),
+            secrets: secrets_cid.map(Into::into),
         },
         code: bundle.code_path.clone(),
         author_dir: safe_dir_name(&bundle.author),
@@ -1447,7 +1462,7 @@ async fn local_target(
         st.pool
             .retire(&InstanceKey {
                 author: LOCAL_AUTHOR.into(),
-                bundle: old,
+                bundle: old.as_str().into(),
                 secrets: None,
             })
             .await;
@@ -1456,7 +1471,7 @@ async fn local_target(
     Ok(Target {
         key: InstanceKey {
             author: LOCAL_AUTHOR.into(),
-            bundle: snap.key,
+            bundle: snap.key.as_str().into(),
             secrets: None,
         },
         code,
@@ -1531,7 +1546,7 @@ fn instance_spec(st: &AppState, t: &Target, limits: &EffectiveLimits) -> Instanc
         next_instance_number()
     );
     let output = output_sink(st, t, &id);
-    let runner_calls = jobs::instance_calls(st, job_resolved(t.key.author.clone(), t));
+    let runner_calls = jobs::instance_calls(st, job_resolved(t.key.author.to_string(), t));
     InstanceSpec {
         work_dir: layout.instance_work(&id),
         id,
@@ -1565,7 +1580,7 @@ fn instance_spec(st: &AppState, t: &Target, limits: &EffectiveLimits) -> Instanc
 fn output_sink(st: &AppState, t: &Target, instance: &str) -> Option<atrund_sandbox::OutputSink> {
     let store = st.logs.store.clone()?;
     let bundle = atrund_logs::BundleId {
-        author: t.key.author.clone(),
+        author: t.key.author.to_string(),
         name: t.name.clone(),
     };
     let origin = atrund_logs::Origin {
@@ -1645,6 +1660,10 @@ fn raw_segment(uri: &Uri, n: usize) -> Option<String> {
 
 /// The URI the bundle sees: the rest of the path after the endpoint, and the query string.
 fn rest_uri(rest: &str, original: &Uri) -> Result<Uri, ApiError> {
+    if rest.is_empty() && original.query().is_none() {
+        // The common call: nothing after the endpoint, no query.
+        return Ok(Uri::from_static("/"));
+    }
     let mut s = format!("/{rest}");
     if let Some(q) = original.query() {
         s.push('?');
@@ -1682,6 +1701,46 @@ fn is_identifier(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_keys_keep_their_format() {
+        // The disk tier keeps keys across restarts: the format must not move.
+        let key = InstanceKey {
+            author: "did:plc:abc".into(),
+            bundle: "bafyrec".into(),
+            secrets: None,
+        };
+        let uri: Uri = "/x/y?q=1".parse().unwrap();
+        assert_eq!(
+            cache_key(&RouteKind::Path, Some(b"h.example:80"), &key, "greet", &uri),
+            "path h.example:80 did:plc:abc bafyrec - greet /x/y?q=1"
+        );
+        let odd = cache_key(&RouteKind::Path, Some(b"a\x01b c"), &key, "e", &uri);
+        // As `escape_ascii` writes it: the control byte escaped, the space kept.
+        assert_eq!(
+            odd,
+            format!(
+                "path {} did:plc:abc bafyrec - e /x/y?q=1",
+                b"a\x01b c".escape_ascii()
+            )
+        );
+        assert_eq!(odd, "path a\\x01b c did:plc:abc bafyrec - e /x/y?q=1");
+        let key = InstanceKey {
+            secrets: Some("bafysec".into()),
+            ..key
+        };
+        let root: Uri = "/".parse().unwrap();
+        assert_eq!(
+            cache_key(
+                &RouteKind::Host { host: "x".into() },
+                None,
+                &key,
+                "e",
+                &root
+            ),
+            "host  did:plc:abc bafyrec bafysec e /"
+        );
+    }
 
     #[test]
     fn rest_uri_keeps_query() {

@@ -152,11 +152,11 @@ impl StatusBoard {
         let found = lists
             .bundles
             .iter()
-            .position(|b| b.author == key.author && names(&b.key, key) && b.name == name);
+            .position(|b| *b.author == *key.author && names(&b.key, key) && b.name == name);
         let mut entry = match found.and_then(|i| lists.bundles.remove(i)) {
             Some(e) => e,
             None => BundleEntry {
-                author: key.author.clone(),
+                author: key.author.to_string(),
                 name: name.to_string(),
                 key: key.to_string(),
                 last_call: None,
@@ -203,11 +203,11 @@ impl StatusBoard {
 /// True when `text` is `key`'s display (`{bundle}` or `{bundle}+{secrets}`), without making it.
 fn names(text: &str, key: &InstanceKey) -> bool {
     match &key.secrets {
-        None => text == key.bundle,
+        None => text == &*key.bundle,
         Some(s) => text
-            .strip_prefix(key.bundle.as_str())
+            .strip_prefix(&*key.bundle)
             .and_then(|rest| rest.strip_prefix('+'))
-            .is_some_and(|rest| rest == s),
+            .is_some_and(|rest| rest == &**s),
     }
 }
 

@@ -52,11 +52,11 @@ pub const TRACE_TARGET: &str = "atrund_trace";
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct InstanceKey {
     /// The author's DID (`local` for the dev bundle).
-    pub author: String,
+    pub author: Arc<str>,
     /// CID of the `dev.atrund.bundle` record (for the dev bundle: a hash of its files).
-    pub bundle: String,
+    pub bundle: Arc<str>,
     /// CID of the `dev.atrund.secrets` record whose values the instances get, if any.
-    pub secrets: Option<String>,
+    pub secrets: Option<Arc<str>>,
 }
 
 impl std::fmt::Display for InstanceKey {
@@ -327,7 +327,7 @@ impl State {
     fn author_total(&self, author: &str) -> usize {
         self.keys
             .iter()
-            .filter(|(k, _)| k.author == author)
+            .filter(|(k, _)| &*k.author == author)
             .map(|(_, s)| s.count())
             .sum()
     }
@@ -601,6 +601,10 @@ impl Pool {
         limit: usize,
         spec: impl FnOnce() -> InstanceSpec,
     ) -> Result<Lease, PoolError> {
+        // The warm path: a free slot, taken without registering for the pool's notifications.
+        if let Decision::Lease(l) = self.decide_lease_only(key) {
+            return Ok(l);
+        }
         let mut spec = Some(spec);
         let deadline = tokio::time::Instant::now() + self.cfg().busy_wait;
         let mut cold = false;
@@ -724,6 +728,7 @@ impl Pool {
         let mut st = self.lock();
         let mut dead = Vec::new();
         {
+            // A clone of the key is three reference counts (`Arc<str>` fields).
             let ks = st.keys.entry(key.clone()).or_default();
             // Died while idle: forget it, count it as a crash.
             let mut i = 0;
@@ -1082,7 +1087,7 @@ impl Pool {
                     s.idle += 1;
                 }
                 s.instances.push(InstanceInfo {
-                    author: k.author.clone(),
+                    author: k.author.to_string(),
                     record_cid: k.to_string(),
                     pid: e.instance.stats().pid,
                     in_flight: e.in_flight,
@@ -1112,7 +1117,7 @@ impl Pool {
                 .flat_map(|(k, ks)| {
                     ks.entries
                         .iter()
-                        .map(|e| (k.author.clone(), e.id, e.instance.clone(), e.rss))
+                        .map(|e| (k.author.to_string(), e.id, e.instance.clone(), e.rss))
                 })
                 .collect()
         };

@@ -305,7 +305,18 @@ impl Instance for ProcessInstance {
         let deadline = tokio::time::Instant::now() + limit;
         let req = to_shim_request(&call.endpoint, call.kind, call.request)?;
 
-        let sent = tokio::time::timeout_at(deadline, inner.conns.send(req)).await;
+        // One timer for the whole call: it bounds the wait for the response head here, then
+        // the body in `TrackedBody` (a second timer per call was measurable, issue 14).
+        let mut timer = Box::pin(tokio::time::sleep_until(deadline));
+        let send = inner.conns.send(req);
+        tokio::pin!(send);
+        let sent = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = send.as_mut().poll(cx) {
+                return Poll::Ready(Ok(r));
+            }
+            timer.as_mut().poll(cx).map(Err)
+        })
+        .await;
         let (res, conn) = match sent {
             Err(_) => return Err(inner.timed_out(limit)),
             Ok(Err(e)) => return Err(inner.broken(&e, start).await),
@@ -343,7 +354,7 @@ impl Instance for ProcessInstance {
         }
         let body = TrackedBody {
             body,
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline: timer,
             limit,
             guard: Some(guard),
             sent: 0,
