@@ -1,7 +1,10 @@
-//! The runner's HTTP API as types: what `GET /xrpc/dev.atrund.describeRunner` answers.
+//! The runner's HTTP API as types: what `GET /xrpc/dev.atrund.describeRunner` answers, and the
+//! runner's announcement built from it (`dev.atrund.runner`, [`RunnerRecord`]).
 //!
 //! Owns: the wire shape of describeRunner, written by the daemon (`atrund-http`) and read by the
-//! author's CLI (`at-run check`, `at-run secrets set`), so writer and reader cannot drift apart.
+//! author's CLI (`at-run check`, `at-run secrets set`), so writer and reader cannot drift apart;
+//! the runner record's shape and what "agrees with describeRunner" means. Both mirror
+//! `lexicons/dev.atrund.describeRunner.json` and `lexicons/dev.atrund.runner.json`.
 //! Must not touch: I/O, the daemon's state, policy decisions (the reader's checks live in
 //! `atrund-policy` and `at-run`).
 //!
@@ -281,6 +284,96 @@ pub struct Tenants {
     pub max_data_bytes_per_author: u64,
 }
 
+/// The collection of a runner's announcement in its operator's repository (lexicons/
+/// dev.atrund.runner.json), and its one record key.
+pub const RUNNER_COLLECTION: &str = "dev.atrund.runner";
+pub const RUNNER_RKEY: &str = "self";
+
+/// `dev.atrund.runner`: a runner's announcement in its operator's repository, written by
+/// `at-rund announce` from what the runner's describeRunner says, so that the two agree
+/// ([`RunnerRecord::disagreements`]). Authors find runners by these records; what the record
+/// proves is that the operator's account announced this endpoint and key (docs/network.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerRecord {
+    /// Always [`RUNNER_COLLECTION`].
+    #[serde(rename = "$type")]
+    pub kind: String,
+    /// Where the runner serves (its base URL: `/bundle/...` and `/xrpc/...` hang under it).
+    pub endpoint: String,
+    /// As describeRunner's `publicKey`: what authors seal secrets to.
+    pub public_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_did: Option<String>,
+    pub isolation: String,
+    pub enforcement: Vec<EnforcementLine>,
+    pub runtimes: Vec<Runtime>,
+    pub permissions: RunnerPermissions,
+    pub limits: RunnerLimits,
+    /// Whose code runs, as a kind: `open`, `closed` or `allowList` (the list itself is in
+    /// describeRunner).
+    pub policy: String,
+    pub software: Software,
+    /// Coarse health when announced: `ok`, or `draining`.
+    pub status: String,
+    /// RFC 3339, when `at-rund announce` wrote it.
+    pub updated_at: String,
+}
+
+/// The policy kind of a runner's announced policy: `open`, `closed` or `allowList`.
+pub fn policy_kind(p: &RunnerPolicy) -> &'static str {
+    match &p.allow_list {
+        None => "open",
+        Some(l) if l.is_empty() => "closed",
+        Some(_) => "allowList",
+    }
+}
+
+impl RunnerRecord {
+    /// The record announcing the runner at `endpoint` that answered `d`.
+    pub fn from_describe(endpoint: &str, d: &DescribeRunner, updated_at: String) -> Self {
+        RunnerRecord {
+            kind: RUNNER_COLLECTION.to_string(),
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            public_key: d.public_key.clone(),
+            service_did: d.service_did.clone(),
+            isolation: d.isolation.clone(),
+            enforcement: d.enforcement.clone(),
+            runtimes: d.runtimes.clone(),
+            permissions: d.permissions.clone(),
+            limits: d.limits.clone(),
+            policy: policy_kind(&d.policy).to_string(),
+            software: d.software.clone(),
+            status: "ok".to_string(),
+            updated_at,
+        }
+    }
+
+    /// Where this record and the runner's describeRunner `d` say different things, one line
+    /// each (empty: they agree). A runner changed since it was announced, or a record that
+    /// names someone else's runner, shows up here.
+    pub fn disagreements(&self, d: &DescribeRunner) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut check = |what: &str, same: bool| {
+            if !same {
+                out.push(format!(
+                    "{what} differs between the record and describeRunner"
+                ));
+            }
+        };
+        check("publicKey", self.public_key == d.public_key);
+        check("serviceDid", self.service_did == d.service_did);
+        check("isolation", self.isolation == d.isolation);
+        check("enforcement", self.enforcement == d.enforcement);
+        check("runtimes", self.runtimes == d.runtimes);
+        check("permissions", self.permissions == d.permissions);
+        check("limits", self.limits == d.limits);
+        check("policy", self.policy == policy_kind(&d.policy));
+        check("software", self.software == d.software);
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +417,43 @@ mod tests {
             generic_sandboxes: None,
             local_bundle: None,
         }
+    }
+
+    #[test]
+    fn a_runner_record_says_what_describe_runner_says() {
+        let d = sample();
+        let rec = RunnerRecord::from_describe(
+            "https://runner.test/",
+            &d,
+            "2026-12-05T10:00:00.000Z".into(),
+        );
+        assert_eq!(rec.endpoint, "https://runner.test");
+        assert_eq!(rec.policy, "allowList");
+        assert!(rec.disagreements(&d).is_empty());
+        let v = serde_json::to_value(&rec).unwrap();
+        assert_eq!(v["$type"], "dev.atrund.runner");
+        assert_eq!(v["publicKey"], "z6LS");
+        assert_eq!(v["limits"]["timeout_ms"]["max"], 60_000);
+        assert_eq!(serde_json::from_value::<RunnerRecord>(v).unwrap(), rec);
+
+        let mut changed = d.clone();
+        changed.public_key = "z6LSother".into();
+        changed.policy = RunnerPolicy::from(&AuthorPolicy::Open);
+        changed.limits.pids = 1;
+        assert_eq!(
+            rec.disagreements(&changed),
+            [
+                "publicKey differs between the record and describeRunner",
+                "limits differs between the record and describeRunner",
+                "policy differs between the record and describeRunner",
+            ]
+        );
+        let closed = RunnerPolicy::from(&AuthorPolicy::AllowList(Vec::new()));
+        assert_eq!(policy_kind(&closed), "closed");
+        assert_eq!(
+            policy_kind(&RunnerPolicy::from(&AuthorPolicy::Open)),
+            "open"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const LISTENING_MESSAGE: &str = "http api listening";
 use clap::{Parser, Subcommand};
 
+mod announce;
 mod doctor;
 mod observe;
 mod reload;
@@ -85,6 +86,21 @@ enum Command {
         /// One JSON document instead of lines.
         #[arg(long)]
         json: bool,
+    },
+    /// Announce this runner in its operator's repository: write the `dev.atrund.runner` record
+    /// (key `self`) from what the runner at --url answers on describeRunner, then read it back
+    /// (docs/network.md). Sign in as for `at-run`: a stored `at-run login` session, or
+    /// --identifier, --pds and an app password.
+    Announce {
+        /// The runner's base URL as authors and callers reach it (https; http only for
+        /// localhost). The runner must be up and answer there.
+        #[arg(long, value_name = "URL")]
+        url: String,
+        /// Print the record instead of writing it.
+        #[arg(long)]
+        print: bool,
+        #[command(flatten)]
+        auth: at_run::auth::AuthArgs,
     },
     /// PID 1 inside a container instance (internal: started by the container backend).
     #[command(hide = true)]
@@ -194,13 +210,23 @@ impl Command {
             | Command::CheckConfig { config }
             | Command::Doctor { config, .. }
             | Command::Keygen { config, .. } => config.as_deref(),
-            Command::SandboxInit { .. } => None,
+            Command::SandboxInit { .. } | Command::Announce { .. } => None,
         }
     }
 }
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Announce { url, print, auth } => {
+            let rec = announce::record(&url).await?;
+            if print {
+                println!("{}", serde_json::to_string_pretty(&rec)?);
+                return Ok(());
+            }
+            let uri = announce::publish(&rec, &auth).await?;
+            println!("announced {} as {uri}", rec.endpoint);
+            Ok(())
+        }
         Command::CheckConfig { config } => {
             let cfg = load_config(config.as_deref())?;
             print!("{}", cfg.to_toml());

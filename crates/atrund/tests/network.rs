@@ -1,0 +1,183 @@
+//! The network around runners (docs/network.md), against the real PLC + PDS: a runner announced
+//! in its operator's repository with `at-rund announce`, read back by anyone, agreeing with the
+//! runner's describeRunner; the record and describeRunner's answer checked with the reference
+//! lexicon validator (`@atproto/lexicon`, tests/lexicons/validate.mjs) against `lexicons/`.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use atrund_api::{DescribeRunner, RunnerRecord, RUNNER_COLLECTION, RUNNER_RKEY};
+use atrund_testnet::{Account, TestNet};
+use common::Daemon;
+
+/// `at-rund announce --url URL ARGS...` with a cleared environment and an empty home (no stored
+/// `at-run` session), signing in as `who` on the test PDS when given.
+fn announce(home: &Path, url: &str, args: &[&str], who: Option<(&TestNet, &Account)>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_at-rund"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("ATRUND_LOG", "warn")
+        .args(["announce", "--url", url])
+        .args(args);
+    if let Some((net, acct)) = who {
+        cmd.args([
+            "--pds",
+            &net.pds_url,
+            "--identifier",
+            &acct.handle,
+            "--password",
+            &acct.password,
+        ]);
+    }
+    cmd.output().expect("run at-rund announce")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The reference validator's verdict on `checks` (`record:NSID=FILE`, `output:NSID=FILE`).
+fn validate(checks: &[String]) -> Output {
+    let script = atrund_testnet::repo_root().join("tests/lexicons/validate.mjs");
+    let node = std::env::var_os("ATRUND_TEST_NODE").unwrap_or_else(|| "node".into());
+    Command::new(node)
+        .arg(script)
+        .args(checks)
+        .output()
+        .expect("run node tests/lexicons/validate.mjs")
+}
+
+async fn get_record(net: &TestNet, did: &str) -> (u16, serde_json::Value) {
+    let url = format!(
+        "{}/xrpc/com.atproto.repo.getRecord?repo={did}&collection={RUNNER_COLLECTION}&rkey={RUNNER_RKEY}",
+        net.pds_url
+    );
+    common::get(&url).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_announces_itself_in_its_operators_repo() {
+    let Some(net) = atrund_testnet::shared() else {
+        return;
+    };
+    let Some(deno) = atrund_testnet::deno_path() else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = common::command(&deno, data.path());
+    common::use_test_net(&mut cmd, net)
+        .arg("serve")
+        .env("ATRUND_POLICY", "open")
+        .env("ATRUND_POOL_ADMIN_LISTEN", "off");
+    let mut runner = Daemon::spawn(&mut cmd, false);
+    let operator = net.create_account("operator").await;
+    let (status, describe) = common::get(&runner.url("/xrpc/dev.atrund.describeRunner")).await;
+    assert_eq!(status, 200, "{describe}");
+    let described: DescribeRunner = serde_json::from_value(describe.clone()).unwrap();
+
+    // --print: the record as it would be written, and nothing written.
+    let printed = announce(home.path(), &runner.base, &["--print"], None);
+    assert!(printed.status.success(), "{}", text(&printed));
+    let rec: RunnerRecord = serde_json::from_slice(&printed.stdout).expect("--print is the record");
+    assert_eq!(rec.kind, "dev.atrund.runner");
+    assert_eq!(rec.endpoint, runner.base);
+    assert_eq!(rec.policy, "open");
+    assert_eq!(rec.status, "ok");
+    assert!(rec.disagreements(&described).is_empty(), "{rec:?}");
+    assert_eq!(
+        get_record(net, &operator.did).await.0,
+        400,
+        "--print wrote nothing"
+    );
+
+    // Written with the operator's credentials (as for at-run), then read back by anyone.
+    let base_slash = format!("{}/", runner.base);
+    let written = announce(home.path(), &base_slash, &[], Some((net, &operator)));
+    assert!(written.status.success(), "{}", text(&written));
+    let uri = format!("at://{}/{RUNNER_COLLECTION}/{RUNNER_RKEY}", operator.did);
+    assert!(
+        String::from_utf8_lossy(&written.stdout)
+            .contains(&format!("announced {} as {uri}", runner.base)),
+        "{}",
+        text(&written)
+    );
+    let (status, got) = get_record(net, &operator.did).await;
+    assert_eq!(status, 200, "{got}");
+    let stored: RunnerRecord = serde_json::from_value(got["value"].clone()).unwrap();
+    assert_eq!(
+        stored.endpoint, runner.base,
+        "the trailing / is not announced"
+    );
+    assert_eq!(stored.public_key, described.public_key);
+    assert!(stored.disagreements(&described).is_empty(), "{stored:?}");
+
+    // A second announce updates the same record (one per operator).
+    let again = announce(home.path(), &runner.base, &[], Some((net, &operator)));
+    assert!(again.status.success(), "{}", text(&again));
+    let (_, got2) = get_record(net, &operator.did).await;
+    let stored2: RunnerRecord = serde_json::from_value(got2["value"].clone()).unwrap();
+    assert!(stored2.updated_at >= stored.updated_at, "{stored2:?}");
+
+    // The record and describeRunner's answer, as the reference validator reads lexicons/.
+    let dir = tempfile::tempdir().unwrap();
+    let rec_file = dir.path().join("runner.json");
+    let out_file = dir.path().join("describe.json");
+    std::fs::write(&rec_file, got["value"].to_string()).unwrap();
+    std::fs::write(&out_file, describe.to_string()).unwrap();
+    let checked = validate(&[
+        format!("record:dev.atrund.runner={}", rec_file.display()),
+        format!("output:dev.atrund.describeRunner={}", out_file.display()),
+    ]);
+    assert!(checked.status.success(), "{}", text(&checked));
+    // The validator is not lenient: a record with a field of the wrong type fails.
+    let mut bad = got["value"].clone();
+    bad["limits"]["pids"] = serde_json::json!("many");
+    std::fs::write(&rec_file, bad.to_string()).unwrap();
+    let refused = validate(&[format!("record:dev.atrund.runner={}", rec_file.display())]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+
+    // Refusals, each with what to do.
+    let wrong = Account {
+        password: "not-the-password".into(),
+        ..operator.clone()
+    };
+    let denied = announce(home.path(), &runner.base, &[], Some((net, &wrong)));
+    assert!(!denied.status.success());
+    assert!(
+        text(&denied).contains("could not log in"),
+        "{}",
+        text(&denied)
+    );
+    let plain = announce(home.path(), "http://runner.example.com", &["--print"], None);
+    assert!(!plain.status.success());
+    assert!(text(&plain).contains("plain http"), "{}", text(&plain));
+    let log = runner.stop();
+    let gone = announce(home.path(), &runner.base, &["--print"], None);
+    assert!(!gone.status.success());
+    assert!(
+        text(&gone).contains("could not reach the runner"),
+        "{}\n{log}",
+        text(&gone)
+    );
+
+    // A dev runner serves a folder, not authors: not announced.
+    let dev_data = tempfile::tempdir().unwrap();
+    let mut dev = common::command(&deno, dev_data.path());
+    dev.arg("dev")
+        .arg(atrund_testnet::repo_root().join("examples/hello"))
+        .env("ATRUND_POOL_ADMIN_LISTEN", "off");
+    let mut dev = Daemon::spawn(&mut dev, false);
+    let refused = announce(home.path(), &dev.base, &["--print"], None);
+    dev.stop();
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("at-rund dev"), "{}", text(&refused));
+}
