@@ -13,6 +13,7 @@ pub mod logs;
 pub mod project;
 pub mod releases;
 pub mod runner;
+pub mod runners;
 pub mod secrets;
 pub mod time;
 pub mod xrpc;

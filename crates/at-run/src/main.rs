@@ -6,7 +6,7 @@
 //! printed.
 
 use at_run::{
-    auth, build, deno, deploy, dev, error, jobs, logs, project, releases, runner, secrets,
+    auth, build, deno, deploy, dev, error, jobs, logs, project, releases, runner, runners, secrets,
 };
 
 use std::path::PathBuf;
@@ -113,6 +113,12 @@ enum Command {
         #[command(flatten)]
         auth: auth::AuthArgs,
     },
+    /// Runners announced by accounts you name: `at-run runners ls --from HANDLE...`
+    /// (docs/network.md).
+    Runners {
+        #[command(subcommand)]
+        command: RunnersCommand,
+    },
     /// Seal secrets for one runner (`set`, `unset`, `list`); values are never printed.
     Secrets {
         #[command(subcommand)]
@@ -129,6 +135,23 @@ enum Command {
     Cron {
         #[command(subcommand)]
         command: jobs::CronCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RunnersCommand {
+    /// The runner each named account announces (its dev.atrund.runner record, verified against
+    /// the account's signed repository), whether it is ready and still says what the record says,
+    /// and with --project whether your bundle would run there (the checks of `at-run check`).
+    Ls {
+        /// An operator's handle or DID; repeat for several.
+        #[arg(long = "from", required = true, value_name = "HANDLE_OR_DID")]
+        from: Vec<String>,
+        /// A project to check against each runner (built first, as by `at-run check`).
+        #[arg(long, value_name = "DIR")]
+        project: Option<PathBuf>,
+        #[command(flatten)]
+        net: runners::NetArgs,
     },
 }
 
@@ -311,6 +334,30 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
                 });
             }
             Ok(o)
+        }
+        Command::Runners {
+            command: RunnersCommand::Ls { from, project, net },
+        } => {
+            let built = match &project {
+                Some(dir) => {
+                    let p = project::Project::load(dir)?;
+                    let d = find_deno()?;
+                    progress("building");
+                    let b = build::build(&d, &p, &Default::default())?;
+                    Some((b, d.version))
+                }
+                None => None,
+            };
+            let who = auth::load().ok().flatten().map(|s| (s.did, s.handle));
+            let bundle = built.as_ref().map(|(b, deno)| runners::Bundle {
+                manifest: &b.manifest,
+                code_bytes: b.bytes,
+                local_deno: deno,
+                author: who.as_ref().map(|(a, h)| (a.as_str(), h.as_str())),
+            });
+            progress("looking up runners");
+            let listed = runners::list(&from, &net, bundle.as_ref()).await?;
+            out(&listed, runners::render(&listed))
         }
         Command::Check { dir, runner, auth } => {
             let p = project::Project::load(&dir)?;

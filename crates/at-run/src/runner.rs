@@ -25,18 +25,23 @@ fn http() -> anyhow::Result<reqwest::Client> {
         .context("could not set up the HTTP client")
 }
 
-/// `describeRunner` of `runner`.
+/// `describeRunner` of `runner` (given as `--runner`).
 pub async fn describe(runner: &str) -> anyhow::Result<DescribeRunner> {
+    describe_as(runner, "--runner").await
+}
+
+/// `describeRunner` of `runner`; errors tell the user to check `named` (where the URL came from).
+pub async fn describe_as(runner: &str, named: &str) -> anyhow::Result<DescribeRunner> {
     let base = runner.trim_end_matches('/');
     let url = format!("{base}/xrpc/{DESCRIBE_RUNNER}");
     let resp = http()?.get(&url).send().await.map_err(|e| {
         Failure::RunnerUnreachable(format!(
-            "could not reach the runner at {base} ({e}); check --runner"
+            "could not reach the runner at {base} ({e}); check {named}"
         ))
     })?;
     if !resp.status().is_success() {
         return Err(Failure::RunnerUnreachable(format!(
-            "{url} answered HTTP {}; check that --runner is an at-rund runner",
+            "{url} answered HTTP {}; check that {named} is an at-rund runner",
             resp.status().as_u16()
         ))
         .into());
@@ -46,7 +51,7 @@ pub async fn describe(runner: &str) -> anyhow::Result<DescribeRunner> {
         .await
         .with_context(|| format!("could not read the answer of {url}"))?;
     serde_json::from_slice(&body).with_context(|| {
-        format!("{url} is not a describeRunner this at-run can read; is --runner an at-rund runner of the same or a newer version?")
+        format!("{url} is not a describeRunner this at-run can read; is {named} an at-rund runner of the same or a newer version?")
     })
 }
 

@@ -55,6 +55,19 @@ fn validate(checks: &[String]) -> Output {
         .expect("run node tests/lexicons/validate.mjs")
 }
 
+/// Writes `record` as `who`'s runner record, straight to the PDS (not through `announce`).
+async fn put_record(net: &TestNet, who: &Account, record: &serde_json::Value) {
+    let client = at_run::xrpc::Client::new(&net.pds_url).unwrap();
+    let session = client
+        .create_session(&who.handle, &who.password)
+        .await
+        .unwrap();
+    client
+        .put_record(&session, RUNNER_COLLECTION, RUNNER_RKEY, record, false)
+        .await
+        .unwrap();
+}
+
 async fn get_record(net: &TestNet, did: &str) -> (u16, serde_json::Value) {
     let url = format!(
         "{}/xrpc/com.atproto.repo.getRecord?repo={did}&collection={RUNNER_COLLECTION}&rkey={RUNNER_RKEY}",
@@ -144,6 +157,106 @@ async fn a_runner_announces_itself_in_its_operators_repo() {
     std::fs::write(&rec_file, bad.to_string()).unwrap();
     let refused = validate(&[format!("record:dev.atrund.runner={}", rec_file.display())]);
     assert!(!refused.status.success(), "{}", text(&refused));
+
+    // `at-run runners ls`: the operator's runner found by handle, its record verified against
+    // their signed repository, the runner ready and agreeing; a stranger announces none; a liar's
+    // record (another runner's URL with a key of their own) is caught by describeRunner.
+    let stranger = net.create_account("stranger").await;
+    let liar = net.create_account("liar").await;
+    let mut forged = got["value"].clone();
+    forged["publicKey"] = serde_json::json!("z6LSbysY2xFMRpGMhb7tFTLMpeuPRaqaWM1yECx2AtzE3KCc");
+    put_record(net, &liar, &forged).await;
+    let netargs = at_run::runners::NetArgs {
+        plc_url: net.plc_url.clone(),
+        handle_resolver: Some(net.pds_url.clone()),
+        allow_loopback: true,
+        no_dns: true,
+    };
+    let manifest = |limits: serde_json::Value| -> atrund_bundle::Manifest {
+        serde_json::from_value(serde_json::json!({
+            "endpoints": [{"name": "hi", "method": "GET"}],
+            "limits": limits,
+        }))
+        .unwrap()
+    };
+    let fits = manifest(serde_json::json!({}));
+    let deno_version = described.runtimes[0]
+        .version_number()
+        .unwrap_or("")
+        .to_string();
+    let bundle = at_run::runners::Bundle {
+        manifest: &fits,
+        code_bytes: 100,
+        local_deno: &deno_version,
+        author: None,
+    };
+    let names = [
+        operator.handle.clone(),
+        format!("@{}", operator.did),
+        stranger.handle.clone(),
+        liar.handle.clone(),
+        "not a handle!".to_string(),
+    ];
+    let listed = at_run::runners::list(&names, &netargs, Some(&bundle))
+        .await
+        .unwrap();
+    let report = at_run::runners::render(&listed);
+    for l in &listed[..2] {
+        assert_eq!(l.did.as_deref(), Some(operator.did.as_str()), "{report}");
+        assert_eq!(
+            l.record.as_ref().map(|r| r.endpoint.as_str()),
+            Some(runner.base.as_str()),
+            "{report}"
+        );
+        assert!(
+            l.ready && l.disagreements.is_empty() && l.problem.is_none(),
+            "{report}"
+        );
+        assert!(l.check.as_ref().is_some_and(|c| c.compatible), "{report}");
+    }
+    assert!(report.contains("would run here"), "{report}");
+    assert!(listed[2].record.is_none(), "{report}");
+    assert!(
+        listed[2]
+            .problem
+            .as_deref()
+            .unwrap_or("")
+            .contains("announces no runner"),
+        "{report}"
+    );
+    assert_eq!(
+        listed[3].disagreements,
+        ["publicKey differs between the record and describeRunner"],
+        "{report}"
+    );
+    assert!(report.contains("DISAGREES"), "{report}");
+    assert!(
+        listed[3].check.is_none(),
+        "no verdict for a runner that is not the announced one"
+    );
+    assert!(
+        listed[4]
+            .problem
+            .as_deref()
+            .unwrap_or("")
+            .contains("not a handle or DID"),
+        "{report}"
+    );
+    // A bundle asking for more than the runner allows would not run there, and says why.
+    let greedy = manifest(serde_json::json!({"timeoutMs": described.limits.timeout_ms.max + 1}));
+    let bundle = at_run::runners::Bundle {
+        manifest: &greedy,
+        ..bundle
+    };
+    let listed = at_run::runners::list(&names[..1], &netargs, Some(&bundle))
+        .await
+        .unwrap();
+    let report = at_run::runners::render(&listed);
+    assert!(
+        listed[0].check.as_ref().is_some_and(|c| !c.compatible),
+        "{report}"
+    );
+    assert!(report.contains("would NOT run here"), "{report}");
 
     // Refusals, each with what to do.
     let wrong = Account {

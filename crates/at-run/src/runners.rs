@@ -1,0 +1,310 @@
+//! `at-run runners ls --from HANDLE...`: the runners that accounts the author names have
+//! announced (`dev.atrund.runner`, written by `at-rund announce`), each record verified like any
+//! record the runner itself fetches (the operator's DID document, signed commit, MST proof), then
+//! the runner at the announced URL asked whether it is ready and whether its describeRunner still
+//! says what the record says; with a project, whether the bundle would run there (the checks of
+//! `at-run check`). docs/network.md.
+//!
+//! Owns: that listing and its report. Must not touch: identity resolution or record
+//! verification (`atrund-identity`, `atrund-repo`: the runner's own code, so the author's CLI
+//! believes exactly what a runner would), the comparison (`runner::compare`), writes of any kind.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use atrund_api::{DescribeRunner, RunnerRecord, RUNNER_COLLECTION, RUNNER_RKEY};
+use atrund_identity::{AtIdentifier, IdentityConfig, IdentityResolver};
+use atrund_netpolicy::AddressPolicy;
+use atrund_repo::{FetchConfig, RepoClient};
+use serde::Serialize;
+
+use crate::runner::{self, CheckReport};
+
+/// Where identities are resolved (`--plc`, `--handle-resolver`), shared by the commands that
+/// find runners by their operator.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NetArgs {
+    /// The PLC directory for did:plc identities.
+    #[arg(
+        long = "plc",
+        env = "ATRUN_PLC_URL",
+        default_value = "https://plc.directory",
+        value_name = "URL"
+    )]
+    pub plc_url: String,
+    /// An XRPC service whose com.atproto.identity.resolveHandle is asked last, as a hint (the
+    /// handle must still be claimed by the DID document it names).
+    #[arg(long, env = "ATRUN_HANDLE_RESOLVER", value_name = "URL")]
+    pub handle_resolver: Option<String>,
+    /// Allow identities, PDSes and runners on this machine (http://localhost, 127.0.0.1):
+    /// for a local test network only.
+    #[arg(long, env = "ATRUN_ALLOW_LOOPBACK", hide = true)]
+    pub allow_loopback: bool,
+    /// Resolve handles only through --handle-resolver, with no DNS TXT or well-known look-up
+    /// (a local test network's handles have no DNS).
+    #[arg(long, env = "ATRUN_NO_DNS", hide = true)]
+    pub no_dns: bool,
+}
+
+impl NetArgs {
+    fn policy(&self) -> anyhow::Result<AddressPolicy> {
+        let mut p = AddressPolicy::default();
+        if self.allow_loopback {
+            p.allow_cidrs = vec!["127.0.0.0/8".parse()?, "::1/128".parse()?];
+        }
+        Ok(p)
+    }
+
+    fn resolver(&self) -> anyhow::Result<IdentityResolver> {
+        let plc_url = reqwest::Url::parse(&self.plc_url)
+            .with_context(|| format!("--plc '{}' is not a URL", self.plc_url))?;
+        if plc_url.scheme() != "https" && !self.allow_loopback {
+            anyhow::bail!(
+                "--plc '{}' must be https (plain http only for a local test network, with ATRUN_ALLOW_LOOPBACK=1)",
+                self.plc_url
+            );
+        }
+        let handle_resolution_service = match &self.handle_resolver {
+            Some(u) => Some(
+                reqwest::Url::parse(u)
+                    .with_context(|| format!("--handle-resolver '{u}' is not a URL"))?,
+            ),
+            None => None,
+        };
+        IdentityResolver::new(IdentityConfig {
+            plc_url,
+            allow_http_loopback: self.allow_loopback,
+            address_policy: self.policy()?,
+            timeout: Duration::from_secs(10),
+            handle_resolution_service,
+            dns: !self.no_dns,
+            well_known: !self.no_dns,
+            ..IdentityConfig::default()
+        })
+        .context("could not set up identity resolution")
+    }
+
+    fn repo(&self) -> anyhow::Result<RepoClient> {
+        RepoClient::new(FetchConfig {
+            allow_http_loopback: self.allow_loopback,
+            address_policy: self.policy()?,
+            ..FetchConfig::default()
+        })
+        .context("could not set up the record fetcher")
+    }
+}
+
+/// One named operator and what was found of their runner.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listed {
+    /// As the author named them.
+    pub operator: String,
+    pub did: Option<String>,
+    /// The verified record; `None` when they announce none or it could not be read.
+    pub record: Option<RunnerRecord>,
+    /// Why there is no verified record, or why the runner could not be asked.
+    pub problem: Option<String>,
+    /// `GET {endpoint}/readyz` answered 200.
+    pub ready: bool,
+    /// Where describeRunner and the record differ (empty: they agree).
+    pub disagreements: Vec<String>,
+    /// With a project: whether its bundle would run there.
+    pub check: Option<CheckReport>,
+}
+
+/// A built bundle to check against each runner (as `at-run check` builds it).
+pub struct Bundle<'a> {
+    pub manifest: &'a atrund_bundle::Manifest,
+    pub code_bytes: u64,
+    pub local_deno: &'a str,
+    pub author: Option<(&'a str, &'a str)>,
+}
+
+/// The runner each of `from` announces, verified and asked.
+pub async fn list(
+    from: &[String],
+    net: &NetArgs,
+    bundle: Option<&Bundle<'_>>,
+) -> anyhow::Result<Vec<Listed>> {
+    let resolver = net.resolver()?;
+    let repo = net.repo()?;
+    let mut out = Vec::new();
+    for who in from {
+        out.push(one(who, &resolver, &repo, bundle).await);
+    }
+    Ok(out)
+}
+
+async fn one(
+    who: &str,
+    resolver: &IdentityResolver,
+    repo: &RepoClient,
+    bundle: Option<&Bundle<'_>>,
+) -> Listed {
+    let mut l = Listed {
+        operator: who.to_string(),
+        did: None,
+        record: None,
+        problem: None,
+        ready: false,
+        disagreements: Vec::new(),
+        check: None,
+    };
+    let id: AtIdentifier = match who.trim_start_matches('@').parse() {
+        Ok(id) => id,
+        Err(e) => {
+            l.problem = Some(format!("'{who}' is not a handle or DID ({e})"));
+            return l;
+        }
+    };
+    let resolved = match resolver.resolve(&id).await {
+        Ok((r, _)) => r,
+        Err(e) => {
+            l.problem = Some(format!("could not resolve '{who}': {e}"));
+            return l;
+        }
+    };
+    l.did = Some(resolved.did.to_string());
+    let rec = match repo
+        .get_record(
+            &resolved.pds,
+            resolved.did.as_str(),
+            &resolved.signing_key,
+            RUNNER_COLLECTION,
+            RUNNER_RKEY,
+        )
+        .await
+    {
+        Ok(Some(v)) => match v.decode::<RunnerRecord>() {
+            Ok(r) => r,
+            Err(e) => {
+                l.problem = Some(format!(
+                    "their {RUNNER_COLLECTION} record does not read as one: {e}"
+                ));
+                return l;
+            }
+        },
+        Ok(None) => {
+            l.problem = Some(format!("announces no runner (no {RUNNER_COLLECTION}/{RUNNER_RKEY} record in their repository)"));
+            return l;
+        }
+        Err(e) => {
+            l.problem = Some(format!(
+                "could not fetch and verify their runner record: {e}"
+            ));
+            return l;
+        }
+    };
+    let endpoint = rec.endpoint.clone();
+    l.record = Some(rec);
+    l.ready = ready(&endpoint).await;
+    let desc: DescribeRunner =
+        match runner::describe_as(&endpoint, "the URL its operator announced").await {
+            Ok(d) => d,
+            Err(e) => {
+                l.problem = Some(format!("{e:#}"));
+                return l;
+            }
+        };
+    if let Some(rec) = &l.record {
+        l.disagreements = rec.disagreements(&desc);
+    }
+    // A runner that does not say what its record says is not the announced one (or has
+    // changed since): a verdict for the bundle would answer for the wrong runner.
+    if let Some(b) = bundle.filter(|_| l.disagreements.is_empty()) {
+        l.check = Some(runner::compare(
+            &endpoint,
+            &desc,
+            b.manifest,
+            b.code_bytes,
+            b.local_deno,
+            b.author,
+        ));
+    }
+    l
+}
+
+/// `GET {endpoint}/readyz` answers 200 within 10 s.
+async fn ready(endpoint: &str) -> bool {
+    let Ok(client) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    else {
+        return false;
+    };
+    matches!(client.get(format!("{endpoint}/readyz")).send().await, Ok(r) if r.status().is_success())
+}
+
+/// The report for people: one block per operator.
+pub fn render(listed: &[Listed]) -> String {
+    let mut s = String::new();
+    for l in listed {
+        let did = l
+            .did
+            .as_deref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default();
+        match &l.record {
+            None => {
+                s.push_str(&format!(
+                    "{}{did}: {}\n",
+                    l.operator,
+                    l.problem.as_deref().unwrap_or("no runner")
+                ));
+                continue;
+            }
+            Some(r) => {
+                s.push_str(&format!("{}{did}: {}\n", l.operator, r.endpoint));
+                s.push_str(&format!(
+                    "  record     verified, updated {}\n",
+                    r.updated_at
+                ));
+                let runtimes: Vec<String> = r.runtimes.iter().map(|x| x.version.clone()).collect();
+                s.push_str(&format!(
+                    "  announces  {} isolation, {}, policy {}, {} {}\n",
+                    r.isolation,
+                    runtimes.join("; "),
+                    r.policy,
+                    r.software.name,
+                    r.software.version
+                ));
+            }
+        }
+        if let Some(p) = &l.problem {
+            s.push_str(&format!("  runner     {p}\n"));
+            continue;
+        }
+        s.push_str(if l.ready {
+            "  runner     ready"
+        } else {
+            "  runner     NOT ready (/readyz)"
+        });
+        if l.disagreements.is_empty() {
+            s.push_str(", describeRunner agrees with the record\n");
+        } else {
+            s.push_str(&format!(
+                ", describeRunner DISAGREES: {}; do not seal secrets to it until its operator announces it again\n",
+                l.disagreements.join("; ")
+            ));
+        }
+        if let Some(c) = &l.check {
+            let failed: Vec<String> = c
+                .checks
+                .iter()
+                .filter(|x| !x.ok)
+                .map(|x| format!("{}: {}", x.name, x.detail))
+                .collect();
+            if failed.is_empty() {
+                s.push_str("  bundle     would run here\n");
+            } else {
+                s.push_str(&format!(
+                    "  bundle     would NOT run here: {}\n",
+                    failed.join("; ")
+                ));
+            }
+        }
+    }
+    s
+}
