@@ -90,8 +90,9 @@ enum Command {
         /// Project folder (for the bundle name).
         #[arg(default_value = ".")]
         dir: PathBuf,
-        /// The runner, e.g. https://runner.example.com.
-        #[arg(long, env = "ATRUN_RUNNER", value_name = "URL")]
+        /// The runner: its URL (e.g. https://runner.example.com), or its operator's handle or
+        /// DID (their verified dev.atrund.runner record gives the URL).
+        #[arg(long, env = "ATRUN_RUNNER", value_name = "URL_OR_OPERATOR")]
         runner: String,
         /// Bundle name [default: from at-run.json].
         #[arg(long)]
@@ -101,17 +102,22 @@ enum Command {
         version: String,
         #[command(flatten)]
         auth: auth::AuthArgs,
+        #[command(flatten)]
+        net: runners::NetArgs,
     },
     /// Check the project against a runner: permissions, limits, author policy, size, runtime.
     Check {
         /// Project folder.
         #[arg(default_value = ".")]
         dir: PathBuf,
-        /// The runner, e.g. https://runner.example.com.
-        #[arg(long, env = "ATRUN_RUNNER", value_name = "URL")]
+        /// The runner: its URL (e.g. https://runner.example.com), or its operator's handle or
+        /// DID (their verified dev.atrund.runner record gives the URL).
+        #[arg(long, env = "ATRUN_RUNNER", value_name = "URL_OR_OPERATOR")]
         runner: String,
         #[command(flatten)]
         auth: auth::AuthArgs,
+        #[command(flatten)]
+        net: runners::NetArgs,
     },
     /// Runners announced by accounts you name: `at-run runners ls --from HANDLE...`
     /// (docs/network.md).
@@ -319,7 +325,9 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
             name,
             version,
             auth,
+            net,
         } => {
+            let runner = runners::named(&runner, &net).await?.url;
             let name = match name {
                 Some(n) => n,
                 None => project::Project::load(&dir)?.file.name,
@@ -359,7 +367,13 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
             let listed = runners::list(&from, &net, bundle.as_ref()).await?;
             out(&listed, runners::render(&listed))
         }
-        Command::Check { dir, runner, auth } => {
+        Command::Check {
+            dir,
+            runner,
+            auth,
+            net,
+        } => {
+            let runner = runners::named(&runner, &net).await?.url;
             let p = project::Project::load(&dir)?;
             let d = find_deno()?;
             progress("building");

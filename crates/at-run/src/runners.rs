@@ -225,6 +225,49 @@ async fn one(
     l
 }
 
+/// A `--runner` value: a URL as given, or an operator's handle or DID (no `://`), whose
+/// verified `dev.atrund.runner` record gives the URL and the key the runner must announce. A
+/// runner named by its operator that does not say what the record says is refused.
+pub async fn named(runner: &str, net: &NetArgs) -> anyhow::Result<Named> {
+    if runner.contains("://") {
+        return Ok(Named {
+            url: runner.trim_end_matches('/').to_string(),
+            record: None,
+        });
+    }
+    let l = one(runner, &net.resolver()?, &net.repo()?, None).await;
+    let Some(record) = l.record else {
+        anyhow::bail!(
+            "--runner '{runner}' is neither a URL nor an account that announces a runner: {}",
+            l.problem.as_deref().unwrap_or("no runner record")
+        );
+    };
+    if let Some(p) = l.problem {
+        anyhow::bail!(
+            "the runner that {runner} announces at {}: {p}",
+            record.endpoint
+        );
+    }
+    if !l.disagreements.is_empty() {
+        anyhow::bail!(
+            "the runner at {} does not say what {runner}'s record says ({}); do not use it until its operator announces it again",
+            record.endpoint,
+            l.disagreements.join("; ")
+        );
+    }
+    Ok(Named {
+        url: record.endpoint.clone(),
+        record: Some(record),
+    })
+}
+
+/// Where `--runner` points, and the operator's verified record when it was named by operator.
+#[derive(Debug, Clone)]
+pub struct Named {
+    pub url: String,
+    pub record: Option<RunnerRecord>,
+}
+
 /// `GET {endpoint}/readyz` answers 200 within 10 s.
 async fn ready(endpoint: &str) -> bool {
     let Ok(client) = reqwest::Client::builder()

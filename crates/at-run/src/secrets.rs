@@ -20,8 +20,10 @@ use crate::xrpc::Client;
 /// Which bundle, which runner, which account.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TargetArgs {
-    /// The runner these secrets are for (its /xrpc/dev.atrund.describeRunner gives the key).
-    #[arg(long, env = "ATRUN_RUNNER", value_name = "URL")]
+    /// The runner these secrets are for: its URL (its /xrpc/dev.atrund.describeRunner gives the
+    /// key), or its operator's handle or DID (their verified dev.atrund.runner record gives the
+    /// URL and the key, which the runner must also announce).
+    #[arg(long, env = "ATRUN_RUNNER", value_name = "URL_OR_OPERATOR")]
     pub runner: String,
     /// Expected runner public key (multibase); the command refuses if the runner announces
     /// another. Use it when you got the key from the operator out of band.
@@ -33,6 +35,9 @@ pub struct TargetArgs {
     /// The author's account (`list` needs no password: names are public).
     #[command(flatten)]
     pub auth: crate::auth::AuthArgs,
+    /// Where an operator named by --runner is resolved.
+    #[command(flatten)]
+    pub net: crate::runners::NetArgs,
 }
 
 /// `NAME=VALUE`, or `NAME` to take the value from the environment variable of that name (keeps
@@ -171,18 +176,32 @@ pub fn check_runner_url(runner: &str) -> anyhow::Result<String> {
 
 /// The runner's public key from its describeRunner (checked against `--runner-key` if given).
 pub async fn runner_key(t: &TargetArgs) -> anyhow::Result<RunnerPublicKey> {
-    let expected = t
+    let mut expected = t
         .runner_key
         .as_deref()
         .map(RunnerPublicKey::from_multibase)
         .transpose()
         .context("--runner-key")?;
-    let base = match check_runner_url(&t.runner) {
+    let named = crate::runners::named(&t.runner, &t.net).await?;
+    if let Some(rec) = &named.record {
+        // Named by its operator: the key their signed record announces is pinned, as
+        // --runner-key would pin it.
+        let signed = RunnerPublicKey::from_multibase(&rec.public_key)
+            .with_context(|| format!("the publicKey in {}'s runner record", t.runner))?;
+        if let Some(want) = &expected {
+            if *want != signed {
+                bail!(
+                    "{}'s runner record announces key {signed}, not the --runner-key {want}; ask the operator which is right",
+                    t.runner
+                );
+            }
+        }
+        expected = Some(signed);
+    }
+    let base = match check_runner_url(&named.url) {
         Ok(b) => b,
         // A pinned key makes the transport irrelevant: it is what we seal to.
-        Err(_) if expected.is_some() && t.runner.starts_with("http://") => {
-            t.runner.trim_end_matches('/').to_string()
-        }
+        Err(_) if expected.is_some() && named.url.starts_with("http://") => named.url.clone(),
         Err(e) => return Err(e),
     };
     let desc = crate::runner::describe(&base).await?;

@@ -170,6 +170,12 @@ async fn authors_read_their_logs_and_every_other_token_is_refused() {
             identifier: Some(author.handle.clone()),
             password: Some(author.password.parse().expect("password")),
         },
+        net: at_run::runners::NetArgs {
+            plc_url: net.plc_url.clone(),
+            handle_resolver: Some(net.pds_url.clone()),
+            allow_loopback: true,
+            no_dns: true,
+        },
     };
     let pair = format!("API_TOKEN={canary}").parse().expect("secret arg");
     at_run::secrets::set(&target, &[pair])

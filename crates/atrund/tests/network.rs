@@ -258,6 +258,41 @@ async fn a_runner_announces_itself_in_its_operators_repo() {
     );
     assert!(report.contains("would NOT run here"), "{report}");
 
+    // `--runner` by operator: `secrets set` seals to the key the operator's signed record
+    // announces (pinned, as --runner-key would), and refuses a runner that disagrees with its
+    // record, an account with no runner, and a --runner-key the record contradicts.
+    let author = net.create_account("author").await;
+    let target = |runner: &str, runner_key: Option<String>| at_run::secrets::TargetArgs {
+        runner: runner.to_string(),
+        runner_key,
+        name: "hello".into(),
+        auth: at_run::auth::AuthArgs {
+            pds: Some(net.pds_url.clone()),
+            identifier: Some(author.handle.clone()),
+            password: Some(author.password.parse().unwrap()),
+        },
+        net: netargs.clone(),
+    };
+    let pair = || vec!["API_TOKEN=by-operator-1".parse().unwrap()];
+    let sealed = at_run::secrets::set(&target(&operator.handle, None), &pair())
+        .await
+        .expect("secrets set --runner <operator handle>");
+    assert_eq!(sealed.runner_key, described.public_key);
+    for (runner, key, want) in [
+        (liar.handle.as_str(), None, "does not say what"),
+        (stranger.handle.as_str(), None, "announces no runner"),
+        (
+            operator.handle.as_str(),
+            Some(forged["publicKey"].as_str().unwrap().to_string()),
+            "not the --runner-key",
+        ),
+    ] {
+        let err = at_run::secrets::set(&target(runner, key), &pair())
+            .await
+            .expect_err(runner);
+        assert!(format!("{err:#}").contains(want), "{runner}: {err:#}");
+    }
+
     // Refusals, each with what to do.
     let wrong = Account {
         password: "not-the-password".into(),

@@ -73,6 +73,12 @@ fn target(net: &TestNet, acct: &Account, runner: &Runner, name: &str) -> TargetA
             identifier: Some(acct.handle.clone()),
             password: Some(acct.password.parse().expect("password")),
         },
+        net: at_run::runners::NetArgs {
+            plc_url: net.plc_url.clone(),
+            handle_resolver: Some(net.pds_url.clone()),
+            allow_loopback: true,
+            no_dns: true,
+        },
     }
 }
 
