@@ -70,6 +70,27 @@ pub struct DescribeRunner {
     /// no token for it (its author is `local`). Absent from `serve`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_bundle: Option<String>,
+    /// Health now: a stable status, uptime and load. Absent from runners older than it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+/// A runner's health as describeRunner reports it (docs/network.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// `ok`, or `draining` once shutdown has begun (`/readyz` answers 503 and new calls are
+    /// refused). Stable values: scripts and the runner record may rely on them.
+    pub status: String,
+    /// Seconds since the runner started.
+    pub uptime_secs: u64,
+    /// Instances running or starting now.
+    pub instances: u64,
+    /// Requests admitted and not yet answered in full.
+    pub requests_in_flight: u64,
+    /// Jobs queued or running, when the job queue is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs_unfinished: Option<u64>,
 }
 
 /// The pre-warmed generic sandboxes of a `container` runner (docs/design.md).
@@ -344,7 +365,10 @@ impl RunnerRecord {
             limits: d.limits.clone(),
             policy: policy_kind(&d.policy).to_string(),
             software: d.software.clone(),
-            status: "ok".to_string(),
+            status: d
+                .health
+                .as_ref()
+                .map_or_else(|| "ok".to_string(), |h| h.status.clone()),
             updated_at,
         }
     }
@@ -416,6 +440,7 @@ mod tests {
             logs_kept: true,
             generic_sandboxes: None,
             local_bundle: None,
+            health: None,
         }
     }
 
@@ -448,6 +473,21 @@ mod tests {
                 "policy differs between the record and describeRunner",
             ]
         );
+        // The record's status is describeRunner's, when it reports one; health is not a
+        // disagreement (it changes all the time).
+        let draining = DescribeRunner {
+            health: Some(Health {
+                status: "draining".into(),
+                uptime_secs: 5,
+                instances: 1,
+                requests_in_flight: 0,
+                jobs_unfinished: None,
+            }),
+            ..d.clone()
+        };
+        let rec2 = RunnerRecord::from_describe("https://runner.test", &draining, "t".into());
+        assert_eq!(rec2.status, "draining");
+        assert!(rec.disagreements(&draining).is_empty());
         let closed = RunnerPolicy::from(&AuthorPolicy::AllowList(Vec::new()));
         assert_eq!(policy_kind(&closed), "closed");
         assert_eq!(

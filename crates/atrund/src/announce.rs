@@ -70,10 +70,47 @@ pub async fn record(url: &str) -> Result<RunnerRecord> {
     ))
 }
 
-/// Writes `rec` to the signed-in operator's repository and reads it back; returns the record's
-/// `at://` URI.
-pub async fn publish(rec: &RunnerRecord, auth: &at_run::auth::AuthArgs) -> Result<String> {
+/// What `publish` did.
+pub enum Announced {
+    /// Written (and read back) at this `at://` URI.
+    Written(String),
+    /// The stored record already says the same and was written today: not written again.
+    Unchanged { uri: String, since: String },
+}
+
+/// Whether the stored record `old` may stay instead of `new`: the same in everything but
+/// `updatedAt`, and written on the same UTC day (so a record is refreshed at most once a day
+/// when nothing changes, however often `announce` runs).
+fn still_current(old: &RunnerRecord, new: &RunnerRecord) -> bool {
+    let same_day =
+        old.updated_at.get(..10).is_some() && old.updated_at.get(..10) == new.updated_at.get(..10);
+    let mut old = old.clone();
+    old.updated_at.clone_from(&new.updated_at);
+    same_day && old == *new
+}
+
+/// Writes `rec` to the signed-in operator's repository and reads it back, unless the stored
+/// record is still current (`force` writes anyway).
+pub async fn publish(
+    rec: &RunnerRecord,
+    auth: &at_run::auth::AuthArgs,
+    force: bool,
+) -> Result<Announced> {
     let (client, session) = at_run::auth::session(auth).await?;
+    let uri = format!("at://{}/{RUNNER_COLLECTION}/{RUNNER_RKEY}", session.did);
+    if !force {
+        let stored = client
+            .get_record(&session.did, RUNNER_COLLECTION, RUNNER_RKEY)
+            .await
+            .context("could not read the current runner record")?
+            .and_then(|v| serde_json::from_value::<RunnerRecord>(v.get("value")?.clone()).ok());
+        if let Some(old) = stored.filter(|old| still_current(old, rec)) {
+            return Ok(Announced::Unchanged {
+                uri,
+                since: old.updated_at,
+            });
+        }
+    }
     let value = serde_json::to_value(rec).context("could not encode the runner record")?;
     let written = client
         .put_record(&session, RUNNER_COLLECTION, RUNNER_RKEY, &value, false)
@@ -95,5 +132,48 @@ pub async fn publish(rec: &RunnerRecord, auth: &at_run::auth::AuthArgs) -> Resul
     if &stored != rec {
         bail!("the PDS holds a different runner record than the one written (another `at-rund announce` at the same time?); run it again");
     }
-    Ok(written.uri)
+    Ok(Announced::Written(written.uri))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unchanged_record_is_rewritten_at_most_once_a_day() {
+        let rec = |at: &str, status: &str| RunnerRecord {
+            kind: RUNNER_COLLECTION.into(),
+            endpoint: "https://r.test".into(),
+            public_key: "z6LS".into(),
+            service_did: None,
+            isolation: "container".into(),
+            enforcement: Vec::new(),
+            runtimes: Vec::new(),
+            permissions: atrund_api::RunnerPermissions::from(
+                &atrund_config::PermissionCaps::default(),
+            ),
+            limits: atrund_api::RunnerLimits::from(&atrund_config::LimitsSection::default()),
+            policy: "open".into(),
+            software: atrund_api::Software {
+                name: "at-rund".into(),
+                version: "0.1.0".into(),
+            },
+            status: status.into(),
+            updated_at: at.into(),
+        };
+        let old = rec("2026-12-05T01:00:00.000Z", "ok");
+        assert!(still_current(&old, &rec("2026-12-05T23:59:00.000Z", "ok")));
+        assert!(
+            !still_current(&old, &rec("2026-12-06T00:00:01.000Z", "ok")),
+            "a new day"
+        );
+        assert!(
+            !still_current(&old, &rec("2026-12-05T02:00:00.000Z", "draining")),
+            "a change"
+        );
+        assert!(
+            !still_current(&rec("", "ok"), &rec("", "ok")),
+            "no date: write"
+        );
+    }
 }

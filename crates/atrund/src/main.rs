@@ -99,6 +99,10 @@ enum Command {
         /// Print the record instead of writing it.
         #[arg(long)]
         print: bool,
+        /// Write even when the stored record says the same and was written today (without it,
+        /// an unchanged record is rewritten at most once a day, so a timer may run this often).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         auth: at_run::auth::AuthArgs,
     },
@@ -217,14 +221,26 @@ impl Command {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Announce { url, print, auth } => {
+        Command::Announce {
+            url,
+            print,
+            force,
+            auth,
+        } => {
             let rec = announce::record(&url).await?;
             if print {
                 println!("{}", serde_json::to_string_pretty(&rec)?);
                 return Ok(());
             }
-            let uri = announce::publish(&rec, &auth).await?;
-            println!("announced {} as {uri}", rec.endpoint);
+            match announce::publish(&rec, &auth, force).await? {
+                announce::Announced::Written(uri) => {
+                    println!("announced {} as {uri}", rec.endpoint)
+                }
+                announce::Announced::Unchanged { uri, since } => println!(
+                    "{uri} already announces {} as it is now (written {since}); not written again",
+                    rec.endpoint
+                ),
+            }
             Ok(())
         }
         Command::CheckConfig { config } => {

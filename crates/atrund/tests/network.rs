@@ -133,12 +133,31 @@ async fn a_runner_announces_itself_in_its_operators_repo() {
     assert_eq!(stored.public_key, described.public_key);
     assert!(stored.disagreements(&described).is_empty(), "{stored:?}");
 
-    // A second announce updates the same record (one per operator).
+    // Run again with nothing changed (as from a timer): not written again the same day; with
+    // --force, the same record (one per operator) is replaced.
     let again = announce(home.path(), &runner.base, &[], Some((net, &operator)));
     assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        text(&again).contains("not written again"),
+        "{}",
+        text(&again)
+    );
+    let (_, same) = get_record(net, &operator.did).await;
+    assert_eq!(
+        same["cid"], got["cid"],
+        "an unchanged record is not rewritten"
+    );
+    let forced = announce(
+        home.path(),
+        &runner.base,
+        &["--force"],
+        Some((net, &operator)),
+    );
+    assert!(forced.status.success(), "{}", text(&forced));
     let (_, got2) = get_record(net, &operator.did).await;
+    assert_ne!(got2["cid"], got["cid"], "--force writes");
     let stored2: RunnerRecord = serde_json::from_value(got2["value"].clone()).unwrap();
-    assert!(stored2.updated_at >= stored.updated_at, "{stored2:?}");
+    assert!(stored2.updated_at > stored.updated_at, "{stored2:?}");
 
     // The record and describeRunner's answer, as the reference validator reads lexicons/.
     let dir = tempfile::tempdir().unwrap();
@@ -292,6 +311,24 @@ async fn a_runner_announces_itself_in_its_operators_repo() {
             .expect_err(runner);
         assert!(format!("{err:#}").contains(want), "{runner}: {err:#}");
     }
+
+    // describeRunner's health: a stable status, uptime and load that follows the calls.
+    assert_eq!(describe["health"]["status"], "ok", "{describe}");
+    assert!(describe["health"]["uptimeSecs"].is_u64(), "{describe}");
+    assert_eq!(
+        describe["health"]["instances"], 0,
+        "nothing called yet: {describe}"
+    );
+    assert_eq!(describe["health"]["jobsUnfinished"], 0, "{describe}");
+    let code = "export const hi = { method: \"GET\", handler: () => ({ hi: true }) };";
+    let manifest = serde_json::json!({"endpoints": [{"name": "hi", "method": "GET"}]});
+    common::deploy(net, &author, code, &manifest, "hello", "1.0.0").await;
+    let (status, body) =
+        common::get(&runner.url(&format!("/bundle/{}/hello/latest/hi", author.did))).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, now) = common::get(&runner.url("/xrpc/dev.atrund.describeRunner")).await;
+    assert_eq!(now["health"]["instances"], 1, "{now}");
+    assert_eq!(now["health"]["requestsInFlight"], 0, "{now}");
 
     // Refusals, each with what to do.
     let wrong = Account {

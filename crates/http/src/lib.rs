@@ -701,6 +701,32 @@ fn describe(st: &AppState) -> api::DescribeRunner {
             fallbacks: g.fallbacks.into_iter().collect(),
         }),
         local_bundle: st.local.as_ref().map(|l| l.name.clone()),
+        health: Some(health(st)),
+    }
+}
+
+/// describeRunner's `health`: the drain state as a stable status, uptime and load.
+fn health(st: &AppState) -> api::Health {
+    let pool = st.pool.stats();
+    let jobs_unfinished = st.jobs.as_ref().map(|q| {
+        q.metrics()
+            .by_state
+            .iter()
+            .filter(|(state, _)| matches!(*state, "queued" | "running"))
+            .map(|(_, n)| n)
+            .sum()
+    });
+    api::Health {
+        status: if *st.draining.borrow() {
+            "draining"
+        } else {
+            "ok"
+        }
+        .into(),
+        uptime_secs: st.status.started().elapsed().map_or(0, |d| d.as_secs()),
+        instances: (pool.starting + pool.idle + pool.busy) as u64,
+        requests_in_flight: pool.requests_in_flight as u64,
+        jobs_unfinished,
     }
 }
 

@@ -480,6 +480,7 @@ mod tests {
             logs_kept: false,
             generic_sandboxes: None,
             local_bundle: None,
+            health: None,
         }
     }
 
