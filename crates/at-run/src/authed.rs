@@ -25,8 +25,10 @@ pub struct Caller {
 }
 
 impl Caller {
-    pub async fn new(runner: &str) -> anyhow::Result<Self> {
-        let runner = check_runner_url(runner)?;
+    /// The runner `runner` names: a URL, or an operator's handle or DID (`runners::named`).
+    pub async fn new(runner: &str, net: &crate::runners::NetArgs) -> anyhow::Result<Self> {
+        let named = crate::runners::named(runner, net).await?;
+        let runner = check_runner_url(&named.url)?;
         let desc = crate::runner::describe(&runner).await?;
         let service_did = desc.service_did.clone().ok_or_else(|| {
             Failure::RunnerRefused(format!(

@@ -15,11 +15,14 @@ pub use atrund_api::{CANCEL_JOB, ENQUEUE_JOB, GET_JOB, LIST_JOBS, RETRY_JOB};
 /// The runner and who you are on it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct OnRunner {
-    /// The runner, e.g. https://runner.example.com.
-    #[arg(long, env = "ATRUN_RUNNER", value_name = "URL")]
+    /// The runner: its URL (e.g. https://runner.example.com), or its operator's handle or DID.
+    #[arg(long, env = "ATRUN_RUNNER", value_name = "URL_OR_OPERATOR")]
     pub runner: String,
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// Where an operator named by --runner is resolved.
+    #[command(flatten)]
+    pub net: crate::runners::NetArgs,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -200,7 +203,7 @@ pub async fn run(cmd: &JobsCommand) -> anyhow::Result<Answer> {
             if let Some(v) = version {
                 body["version"] = v.clone().into();
             }
-            let caller = Caller::new(&on.runner).await?;
+            let caller = Caller::new(&on.runner, &on.net).await?;
             let v: serde_json::Value = caller
                 .post(&on.auth, ENQUEUE_JOB, &body)
                 .await?
@@ -233,7 +236,7 @@ pub async fn run(cmd: &JobsCommand) -> anyhow::Result<Answer> {
             if let Some(l) = limit {
                 q.push(("limit", l.to_string()));
             }
-            let caller = Caller::new(&on.runner).await?;
+            let caller = Caller::new(&on.runner, &on.net).await?;
             let v: serde_json::Value = caller
                 .get(&on.auth, LIST_JOBS, &q, None)
                 .await?
@@ -248,7 +251,7 @@ pub async fn run(cmd: &JobsCommand) -> anyhow::Result<Answer> {
             Ok(Answer { json: v, text })
         }
         JobsCommand::Show { id, on } => {
-            let caller = Caller::new(&on.runner).await?;
+            let caller = Caller::new(&on.runner, &on.net).await?;
             let v: serde_json::Value = caller
                 .get(&on.auth, GET_JOB, &[("id", id.to_string())], None)
                 .await?
@@ -263,7 +266,7 @@ pub async fn run(cmd: &JobsCommand) -> anyhow::Result<Answer> {
             } else {
                 RETRY_JOB
             };
-            let caller = Caller::new(&on.runner).await?;
+            let caller = Caller::new(&on.runner, &on.net).await?;
             let v: serde_json::Value = caller
                 .post(&on.auth, method, &serde_json::json!({ "id": id }))
                 .await?

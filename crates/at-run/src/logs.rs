@@ -26,8 +26,8 @@ pub struct LogsArgs {
     /// Keep printing lines as they arrive (Ctrl-C to stop).
     #[arg(long, short)]
     pub follow: bool,
-    /// The runner, e.g. https://runner.example.com.
-    #[arg(long, env = "ATRUN_RUNNER", value_name = "URL")]
+    /// The runner: its URL (e.g. https://runner.example.com), or its operator's handle or DID.
+    #[arg(long, env = "ATRUN_RUNNER", value_name = "URL_OR_OPERATOR")]
     pub runner: String,
     /// Only lines after this cursor (a previous answer's `cursor`).
     #[arg(long, value_name = "CURSOR")]
@@ -37,6 +37,9 @@ pub struct LogsArgs {
     pub limit: Option<usize>,
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// Where an operator named by --runner is resolved.
+    #[command(flatten)]
+    pub net: crate::runners::NetArgs,
 }
 
 /// One line as the runner answers it.
@@ -106,8 +109,8 @@ fn query(args: &LogsArgs, since: Option<u64>) -> Vec<(&'static str, String)> {
 }
 
 /// A caller of `runner`'s log methods: the runner must keep logs.
-async fn log_caller(runner: &str) -> anyhow::Result<Caller> {
-    let caller = Caller::new(runner).await?;
+async fn log_caller(runner: &str, net: &crate::runners::NetArgs) -> anyhow::Result<Caller> {
+    let caller = Caller::new(runner, net).await?;
     if !caller.desc.logs_kept {
         return Err(Failure::RunnerRefused(format!(
             "the runner at {} keeps no logs of bundles (its operator set logs.keep = false)",
@@ -120,7 +123,7 @@ async fn log_caller(runner: &str) -> anyhow::Result<Caller> {
 
 /// `at-run logs NAME` without `--follow`: one page.
 pub async fn get(args: &LogsArgs) -> anyhow::Result<Logs> {
-    let caller = log_caller(&args.runner).await?;
+    let caller = log_caller(&args.runner, &args.net).await?;
     let resp = caller
         .get(
             &args.auth,
@@ -138,7 +141,7 @@ pub async fn get(args: &LogsArgs) -> anyhow::Result<Logs> {
 /// with `json`).
 pub async fn follow(args: &LogsArgs, json: bool) -> anyhow::Result<()> {
     use futures::StreamExt as _;
-    let caller = log_caller(&args.runner).await?;
+    let caller = log_caller(&args.runner, &args.net).await?;
     let mut since = args.since;
     let mut failures = 0u32;
     loop {

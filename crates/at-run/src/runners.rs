@@ -46,6 +46,19 @@ pub struct NetArgs {
     pub no_dns: bool,
 }
 
+impl Default for NetArgs {
+    /// As the command line's defaults: the public PLC directory, handles through DNS and
+    /// well-known, nothing on this machine.
+    fn default() -> Self {
+        NetArgs {
+            plc_url: "https://plc.directory".into(),
+            handle_resolver: None,
+            allow_loopback: false,
+            no_dns: false,
+        }
+    }
+}
+
 impl NetArgs {
     fn policy(&self) -> anyhow::Result<AddressPolicy> {
         let mut p = AddressPolicy::default();

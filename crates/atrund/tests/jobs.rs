@@ -374,6 +374,7 @@ async fn authors_enqueue_tasks_that_run_retry_and_die_and_only_they_see_them() {
             identifier: Some(author.handle.clone()),
             password: Some(author.password.parse().expect("password")),
         },
+        net: Default::default(),
     };
     let queued = at_run::jobs::run(&at_run::jobs::JobsCommand::Enqueue {
         name: "worker".into(),
@@ -468,6 +469,7 @@ export const tick = { $type: "dev.atrund.task", handler: () => { console.log("ti
             identifier: None,
             password: None,
         },
+        net: Default::default(),
     };
 
     // `at-run cron run` fires the task now; `at-run jobs show` follows it, with no login.

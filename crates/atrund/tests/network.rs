@@ -330,6 +330,22 @@ async fn a_runner_announces_itself_in_its_operators_repo() {
     assert_eq!(now["health"]["instances"], 1, "{now}");
     assert_eq!(now["health"]["requestsInFlight"], 0, "{now}");
 
+    // `at-run jobs` (and `logs`, through the same caller) find the runner by its operator too;
+    // the author's token names the runner the record announces.
+    let listed_jobs = at_run::jobs::run(&at_run::jobs::JobsCommand::Ls {
+        name: Some("hello".into()),
+        state: None,
+        limit: None,
+        on: at_run::jobs::OnRunner {
+            runner: operator.handle.clone(),
+            auth: target(&operator.handle, None).auth,
+            net: netargs.clone(),
+        },
+    })
+    .await
+    .expect("at-run jobs ls --runner <operator handle>");
+    assert_eq!(listed_jobs.json["jobs"], serde_json::json!([]), "{}", listed_jobs.text);
+
     // Refusals, each with what to do.
     let wrong = Account {
         password: "not-the-password".into(),
