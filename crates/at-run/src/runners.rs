@@ -5,6 +5,10 @@
 //! says what the record says; with a project, whether the bundle would run there (the checks of
 //! `at-run check`). docs/network.md.
 //!
+//! URLs taken from records are fetched through `atrund-netpolicy`'s guarded client with the
+//! runner's address rules (https only, no private, loopback, link-local or metadata address
+//! after DNS), so a record cannot point this CLI at the author's own network.
+//!
 //! Owns: that listing and its report. Must not touch: identity resolution or record
 //! verification (`atrund-identity`, `atrund-repo`: the runner's own code, so the author's CLI
 //! believes exactly what a runner would), the comparison (`runner::compare`), writes of any kind.
@@ -12,9 +16,11 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use atrund_api::{DescribeRunner, RunnerRecord, RUNNER_COLLECTION, RUNNER_RKEY};
+use atrund_api::{DescribeRunner, RunnerRecord, DESCRIBE_RUNNER, RUNNER_COLLECTION, RUNNER_RKEY};
 use atrund_identity::{AtIdentifier, IdentityConfig, IdentityResolver};
-use atrund_netpolicy::AddressPolicy;
+use std::sync::Arc;
+
+use atrund_netpolicy::{AddressPolicy, ClientConfig, GuardedClient, SystemResolver};
 use atrund_repo::{FetchConfig, RepoClient};
 use serde::Serialize;
 
@@ -97,6 +103,22 @@ impl NetArgs {
         .context("could not set up identity resolution")
     }
 
+    /// The client for URLs taken from records: the same address rules as the runner's own
+    /// requests (no private, loopback, link-local or metadata address, after DNS; https only),
+    /// so a record cannot point this CLI at the author's own network.
+    fn guarded(&self) -> anyhow::Result<GuardedClient> {
+        GuardedClient::new(
+            ClientConfig {
+                timeout: Duration::from_secs(10),
+                max_redirects: 0,
+                allow_http_loopback: self.allow_loopback,
+            },
+            self.policy()?,
+            Arc::new(SystemResolver),
+        )
+        .context("could not set up the HTTP client")
+    }
+
     fn repo(&self) -> anyhow::Result<RepoClient> {
         RepoClient::new(FetchConfig {
             allow_http_loopback: self.allow_loopback,
@@ -142,9 +164,10 @@ pub async fn list(
 ) -> anyhow::Result<Vec<Listed>> {
     let resolver = net.resolver()?;
     let repo = net.repo()?;
+    let web = net.guarded()?;
     let mut out = Vec::new();
     for who in from {
-        out.push(one(who, &resolver, &repo, bundle).await);
+        out.push(one(who, &resolver, &repo, &web, bundle).await);
     }
     Ok(out)
 }
@@ -153,6 +176,7 @@ async fn one(
     who: &str,
     resolver: &IdentityResolver,
     repo: &RepoClient,
+    web: &GuardedClient,
     bundle: Option<&Bundle<'_>>,
 ) -> Listed {
     let mut l = Listed {
@@ -211,15 +235,14 @@ async fn one(
     };
     let endpoint = rec.endpoint.clone();
     l.record = Some(rec);
-    l.ready = ready(&endpoint).await;
-    let desc: DescribeRunner =
-        match runner::describe_as(&endpoint, "the URL its operator announced").await {
-            Ok(d) => d,
-            Err(e) => {
-                l.problem = Some(format!("{e:#}"));
-                return l;
-            }
-        };
+    let desc = match describe(web, &endpoint).await {
+        Ok(d) => d,
+        Err(e) => {
+            l.problem = Some(e);
+            return l;
+        }
+    };
+    l.ready = ready(web, &endpoint).await;
     if let Some(rec) = &l.record {
         l.disagreements = rec.disagreements(&desc);
     }
@@ -248,7 +271,14 @@ pub async fn named(runner: &str, net: &NetArgs) -> anyhow::Result<Named> {
             record: None,
         });
     }
-    let l = one(runner, &net.resolver()?, &net.repo()?, None).await;
+    let l = one(
+        runner,
+        &net.resolver()?,
+        &net.repo()?,
+        &net.guarded()?,
+        None,
+    )
+    .await;
     let Some(record) = l.record else {
         anyhow::bail!(
             "--runner '{runner}' is neither a URL nor an account that announces a runner: {}",
@@ -281,16 +311,34 @@ pub struct Named {
     pub record: Option<RunnerRecord>,
 }
 
-/// `GET {endpoint}/readyz` answers 200 within 10 s.
-async fn ready(endpoint: &str) -> bool {
-    let Ok(client) = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    else {
+/// `GET {endpoint}/readyz` answers 200 (through the guarded client).
+async fn ready(web: &GuardedClient, endpoint: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(&format!("{endpoint}/readyz")) else {
         return false;
     };
-    matches!(client.get(format!("{endpoint}/readyz")).send().await, Ok(r) if r.status().is_success())
+    matches!(web.get(&url, "text/plain").await, Ok(r) if r.status().is_success())
+}
+
+/// describeRunner at a URL taken from a record, through the guarded client; `Err` says why not,
+/// for the report.
+async fn describe(web: &GuardedClient, endpoint: &str) -> Result<DescribeRunner, String> {
+    let url = reqwest::Url::parse(&format!("{endpoint}/xrpc/{DESCRIBE_RUNNER}"))
+        .map_err(|e| format!("the announced URL {endpoint} is not a URL ({e})"))?;
+    let resp = web
+        .get(&url, "application/json")
+        .await
+        .map_err(|e| format!("the announced URL cannot be asked: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!(
+            "{url} answered HTTP {}: not an at-rund runner, or not up",
+            resp.status().as_u16()
+        ));
+    }
+    let body = atrund_netpolicy::read_capped(resp, 1024 * 1024)
+        .await
+        .map_err(|e| format!("could not read {url}: {e}"))?;
+    serde_json::from_slice(&body)
+        .map_err(|e| format!("{url} is not a describeRunner this at-run reads ({e})"))
 }
 
 /// The report for people: one block per operator.

@@ -261,6 +261,30 @@ async fn a_runner_announces_itself_in_its_operators_repo() {
             .contains("not a handle or DID"),
         "{report}"
     );
+    // A record cannot point the author's CLI at their own network: URLs from records go
+    // through the runner's address rules (after DNS; https only off loopback).
+    for (i, endpoint) in [
+        "https://169.254.169.254",
+        "https://10.1.2.3:8443",
+        "http://runner.example.com",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let steerer = net.create_account(&format!("steer{i}x")).await;
+        let mut steer = got["value"].clone();
+        steer["endpoint"] = serde_json::json!(endpoint);
+        put_record(net, &steerer, &steer).await;
+        let l = at_run::runners::list(&[steerer.handle.clone()], &netargs, None)
+            .await
+            .unwrap();
+        let problem = l[0].problem.clone().unwrap_or_default();
+        assert!(
+            problem.contains("is not contacted") || problem.contains("refusing URL"),
+            "{endpoint}: {problem}"
+        );
+        assert!(!l[0].ready, "{endpoint}");
+    }
     // A bundle asking for more than the runner allows would not run there, and says why.
     let greedy = manifest(serde_json::json!({"timeoutMs": described.limits.timeout_ms.max + 1}));
     let bundle = at_run::runners::Bundle {
@@ -344,7 +368,12 @@ async fn a_runner_announces_itself_in_its_operators_repo() {
     })
     .await
     .expect("at-run jobs ls --runner <operator handle>");
-    assert_eq!(listed_jobs.json["jobs"], serde_json::json!([]), "{}", listed_jobs.text);
+    assert_eq!(
+        listed_jobs.json["jobs"],
+        serde_json::json!([]),
+        "{}",
+        listed_jobs.text
+    );
 
     // Refusals, each with what to do.
     let wrong = Account {
