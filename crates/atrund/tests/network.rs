@@ -275,7 +275,7 @@ async fn a_runner_announces_itself_in_its_operators_repo() {
         let mut steer = got["value"].clone();
         steer["endpoint"] = serde_json::json!(endpoint);
         put_record(net, &steerer, &steer).await;
-        let l = at_run::runners::list(&[steerer.handle.clone()], &netargs, None)
+        let l = at_run::runners::list(std::slice::from_ref(&steerer.handle), &netargs, None)
             .await
             .unwrap();
         let problem = l[0].problem.clone().unwrap_or_default();
