@@ -265,8 +265,15 @@ pub struct DeployCmd {
     /// Build and check everything, upload nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// A runner that must be able to run this version (its URL, or its operator's handle or
+    /// DID): checked as `at-run check` checks, and nothing is published if it would refuse.
+    #[arg(long, value_name = "URL_OR_OPERATOR")]
+    pub runner: Option<String>,
     #[command(flatten)]
     pub auth: crate::auth::AuthArgs,
+    /// Where an operator named by --runner is resolved.
+    #[command(flatten)]
+    pub net: crate::runners::NetArgs,
 }
 
 /// What `deploy --dry-run` would publish.
@@ -316,6 +323,8 @@ pub async fn run_cmd(
     deno: impl FnOnce() -> anyhow::Result<crate::deno::Deno>,
     progress: impl Fn(&str),
 ) -> anyhow::Result<DeployOutcome> {
+    // The Deno the code was built with, for the runner check (`None`: a prebuilt file).
+    let mut built_with: Option<String> = None;
     let (code_path, manifest, name, version, description) = if a.path.is_file() {
         let name = a
             .name
@@ -342,6 +351,7 @@ pub async fn run_cmd(
         let deno = deno()?;
         progress("building");
         let built = crate::build::build(&deno, &project, &Default::default())?;
+        built_with = Some(deno.version.clone());
         for w in &built.warnings {
             progress(&format!("warning: {w}"));
         }
@@ -379,6 +389,33 @@ pub async fn run_cmd(
     }
     progress("logging in");
     let (client, session) = crate::auth::session(&a.auth).await?;
+    if let Some(runner) = &a.runner {
+        progress("checking the runner");
+        let url = crate::runners::named(runner, &a.net).await?.url;
+        let desc = crate::runner::describe(&url).await?;
+        // A prebuilt file's Deno is unknown: its runtime line is taken as the runner's own.
+        let deno = built_with.unwrap_or_else(|| {
+            desc.runtimes
+                .iter()
+                .find(|r| r.name == "deno")
+                .and_then(|r| r.version_number())
+                .unwrap_or_default()
+                .to_string()
+        });
+        let report = crate::runner::compare(
+            &url,
+            &desc,
+            &manifest,
+            code.len() as u64,
+            &deno,
+            Some((&session.did, &session.handle)),
+        );
+        if !report.compatible {
+            progress(&report.render());
+            let failed = report.checks.iter().filter(|c| !c.ok).count();
+            return Err(crate::error::Failure::Incompatible(failed).into());
+        }
+    }
     let published = publish(
         &client,
         &session,
@@ -409,7 +446,9 @@ mod tests {
             description: None,
             no_release: false,
             dry_run: true,
+            runner: None,
             auth: crate::auth::AuthArgs::default(),
+            net: Default::default(),
         }
     }
 

@@ -375,6 +375,58 @@ async fn a_runner_announces_itself_in_its_operators_repo() {
         listed_jobs.text
     );
 
+    // `at-run deploy --runner <operator>`: published only when that runner would run it.
+    let deploy_to = |version: &str, limits: serde_json::Value| {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("main.js");
+        std::fs::write(&file, code).unwrap();
+        let manifest =
+            serde_json::json!({"endpoints": [{"name": "hi", "method": "GET"}], "limits": limits});
+        std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
+        let cmd = at_run::deploy::DeployCmd {
+            path: file,
+            name: Some("hello".into()),
+            version: Some(version.into()),
+            manifest: None,
+            description: None,
+            no_release: false,
+            dry_run: false,
+            runner: Some(operator.handle.clone()),
+            auth: target(&operator.handle, None).auth,
+            net: netargs.clone(),
+        };
+        async move {
+            let r = at_run::deploy::run_cmd(&cmd, || anyhow::bail!("prebuilt"), |_| {}).await;
+            drop(dir);
+            r
+        }
+    };
+    let ok = deploy_to("1.1.0", serde_json::json!({})).await;
+    assert!(
+        matches!(ok, Ok(at_run::deploy::DeployOutcome::Published(_))),
+        "{ok:?}"
+    );
+    let too_much = serde_json::json!({"timeoutMs": described.limits.timeout_ms.max + 1});
+    let refused = deploy_to("1.2.0", too_much)
+        .await
+        .expect_err("a runner that would refuse it");
+    assert!(
+        format!("{refused:#}").contains("incompatibilit"),
+        "{refused:#}"
+    );
+    let version_url = |v: &str| {
+        format!(
+            "{}/xrpc/com.atproto.repo.getRecord?repo={}&collection=dev.atrund.bundle&rkey=hello:{v}",
+            net.pds_url, author.did
+        )
+    };
+    assert_eq!(common::get(&version_url("1.1.0")).await.0, 200, "published");
+    assert_eq!(
+        common::get(&version_url("1.2.0")).await.0,
+        400,
+        "nothing published"
+    );
+
     // Refusals, each with what to do.
     let wrong = Account {
         password: "not-the-password".into(),

@@ -260,11 +260,13 @@ pub async fn deploy(
         description: None,
         no_release: false,
         dry_run: false,
+        runner: None,
         auth: at_run::auth::AuthArgs {
             pds: Some(net.pds_url.clone()),
             identifier: Some(account.handle.clone()),
             password: Some(account.password.parse().expect("password")),
         },
+        net: Default::default(),
     };
     let no_deno = || anyhow::bail!("a prebuilt file needs no Deno");
     match at_run::deploy::run_cmd(&cmd, no_deno, |_| {}).await {
