@@ -685,6 +685,66 @@ def pds(tmp, results):
     }
 
 
+RELEASE_SAMPLES = int(os.environ.get("BENCH_RELEASE_SAMPLES", "4"))
+
+
+def release(tmp, results):
+    """Issue 16 / DESIGN §7: a new release, and a rollback, served within 2 s of its publication.
+    `at-rund serve` with its default revalidation (`fetch.revalidate_secs`) keeps calling
+    `latest`; each sample publishes a version whose answer names it (`at-run deploy`, or
+    `at-run rollback`) and times, from the moment the command returned, until `latest` answers
+    with it. Polled every 50 ms."""
+    if not os.path.exists(HARNESS) or not shutil.which("node"):
+        log("skipping the release scenario: no node or no tests/atproto-net/harness.js")
+        return
+    harness, net, env = start_net()
+    alice = net["alice"]
+    d = os.path.join(tmp, "release-bench")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "manifest.json"), "w") as f:
+        json.dump({"endpoints": [{"name": "v", "method": "GET"}]}, f)
+
+    def publish(version):
+        with open(os.path.join(d, "main.js"), "w") as f:
+            f.write('export const v = { method: "GET", handler: () => ({ v: "%s" }) };\n' % version)
+        subprocess.run([AT_RUN, "deploy", "--name", "rel", "--version", version, "--pds", net["pdsUrl"],
+                        "--identifier", alice["handle"], "--password", alice["password"],
+                        os.path.join(d, "main.js")], check=True, capture_output=True, timeout=60)
+
+    def rollback(version):
+        subprocess.run([AT_RUN, "rollback", "rel", version, "--pds", net["pdsUrl"],
+                        "--identifier", alice["handle"], "--password", alice["password"]],
+                       check=True, capture_output=True, timeout=60)
+
+    publish("1.0.0")
+    r = AtRund(["serve"], env, os.path.join(tmp, "data-release"))
+    url = f"{r.base}/bundle/{alice['did']}/rel/latest/v"
+
+    def served(version, deadline_s=120):
+        t = time.perf_counter()
+        while time.perf_counter() - t < deadline_s:
+            status, body = get(url)
+            if status == 200 and json.loads(body).get("v") == version:
+                return (time.perf_counter() - t) * 1000
+            time.sleep(0.05)
+        raise RuntimeError(f"latest did not serve {version} within {deadline_s} s")
+
+    served("1.0.0")
+    new_ms, back_ms = [], []
+    for i in range(1, RELEASE_SAMPLES + 1):
+        v = f"1.{i}.0"
+        publish(v)
+        new_ms.append(served(v))
+        rollback(f"1.{i - 1}.0")
+        back_ms.append(served(f"1.{i - 1}.0"))
+        rollback(v)
+        served(v)
+    r.stop()
+    stop(harness)
+    results["release"] = {"new_release_ms": new_ms, "rollback_ms": back_ms,
+                          "revalidate_secs": int(env.get("ATRUND_FETCH_REVALIDATE_SECS", "30"))}
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -921,6 +981,19 @@ def report(res):
                 add(f"| {label} | {q['enqueue_per_s']:.0f} jobs/s | {q['enqueue_and_run_per_s']:.0f} jobs/s "
                     f"| {q['run_per_s']:.0f} jobs/s | {q['run_per_s']/d*100:.0f} % |")
         add("")
+    rl = res.get("release")
+    if rl:
+        add("## A release served after its publication (`at-rund serve`, local PDS)\n")
+        add(f"`fetch.revalidate_secs` = {rl['revalidate_secs']} (default); from the command's return "
+            "until `latest` answers with the new version, polled every 50 ms.\n")
+        add("| change | samples | p50 | max | target |")
+        add("|---|---|---|---|---|")
+        for label, key in (("new release (`at-run deploy`)", "new_release_ms"),
+                           ("rollback (`at-run rollback`)", "rollback_ms")):
+            v = rl[key]
+            add(f"| {label} | {len(v)} | {p(v, 50)/1000:.1f} s | {max(v)/1000:.1f} s | "
+                f"≤ 2 s: {verdict(max(v) <= 2000)} |")
+        add("")
     return "\n".join(out)
 
 
@@ -950,7 +1023,7 @@ def main():
     for b in (AT_RUND, DENO, NGINX):
         if not os.path.exists(b):
             sys.exit(f"missing {b}: run bench/run.sh (it builds the release binaries)")
-    only = set(sys.argv[1:]) or {"warm", "serve", "cold", "memory", "pds", "jobs"}
+    only = set(sys.argv[1:]) or {"warm", "serve", "cold", "memory", "pds", "jobs", "release"}
     res = {"machine": machine()}
     tmp = tempfile.mkdtemp(prefix="atrund-bench-")
     # A root runner's `none` instances run as nobody (none.run_as_uid): they must be able to pass
@@ -969,6 +1042,8 @@ def main():
             log("cold start from the local PDS ..."); pds(tmp, res)
         if "jobs" in only:
             log("job queue throughput ..."); jobs(tmp, res)
+        if "release" in only:
+            log("release to served ..."); release(tmp, res)
     finally:
         for pr in list(procs):
             stop(pr, signal.SIGKILL)
