@@ -20,6 +20,10 @@ use crate::deno::Deno;
 use crate::error::Failure;
 use crate::project::Project;
 
+/// Largest code blob the `dev.atrund.bundle` lexicon allows (`code.maxSize`): what a build may
+/// produce, what `deploy` uploads and what `check` compares with a runner's own maximum.
+pub const MAX_CODE_BYTES: u64 = 50 * 1024 * 1024;
+
 /// Longest the manifest evaluation may take (top-level code of the bundle runs).
 const EVAL_TIMEOUT: Duration = Duration::from_secs(20);
 /// Marks the evaluator's result line among whatever the bundle's top level prints.

@@ -18,10 +18,9 @@ use atrund_bundle::Manifest;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::build::MAX_CODE_BYTES;
 use crate::xrpc::{Client, Session, XrpcError};
 
-/// Largest code blob the `dev.atrund.bundle` lexicon allows (`code.maxSize`).
-pub const MAX_CODE_BYTES: u64 = 50 * 1024 * 1024;
 /// `description` limits from the lexicon (bytes / graphemes; chars are counted, which is stricter).
 const MAX_DESCRIPTION_BYTES: usize = 3000;
 const MAX_DESCRIPTION_CHARS: usize = 300;

@@ -272,7 +272,7 @@ pub fn compare(
     }
 
     // Size.
-    let max = desc.max_bundle_bytes.min(crate::deploy::MAX_CODE_BYTES);
+    let max = desc.max_bundle_bytes.min(crate::build::MAX_CODE_BYTES);
     push(
         "size",
         if code_bytes <= max {
