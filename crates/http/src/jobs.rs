@@ -148,6 +148,27 @@ impl Jobs {
         atrund_metrics::Jobs { by_state, attempts }
     }
 
+    /// Jobs queued or running, for describeRunner's `health` (a public method, so no scan of
+    /// finished jobs: SQLite counts the unfinished through their index; Redis: as last read for
+    /// the metrics, at most 2 s ago). `None` when it cannot be read.
+    pub fn unfinished(&self) -> Option<u64> {
+        match &self.queue {
+            Queue::Sqlite(store) => store
+                .unfinished_total()
+                .map_err(|e| tracing::warn!(error = %e, "job queue: cannot count unfinished jobs"))
+                .ok(),
+            Queue::Redis(_) => Some(
+                self.counts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .filter(|(s, _)| matches!(s, State::Queued | State::Running))
+                    .map(|(_, n)| n)
+                    .sum(),
+            ),
+        }
+    }
+
     fn count(&self, outcome: &str) {
         if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
             self.ended[i].fetch_add(1, Ordering::Relaxed);

@@ -708,14 +708,7 @@ fn describe(st: &AppState) -> api::DescribeRunner {
 /// describeRunner's `health`: the drain state as a stable status, uptime and load.
 fn health(st: &AppState) -> api::Health {
     let pool = st.pool.stats();
-    let jobs_unfinished = st.jobs.as_ref().map(|q| {
-        q.metrics()
-            .by_state
-            .iter()
-            .filter(|(state, _)| matches!(*state, "queued" | "running"))
-            .map(|(_, n)| n)
-            .sum()
-    });
+    let jobs_unfinished = st.jobs.as_ref().and_then(|q| q.unfinished());
     api::Health {
         status: if *st.draining.borrow() {
             "draining"
@@ -1333,14 +1326,7 @@ fn cache_key(
     // Written piece by piece, not with `format!`: it is made on every cacheable-method call.
     let secrets = key.secrets.as_deref().unwrap_or("-");
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut out = String::with_capacity(
-        16 + host.map_or(0, <[u8]>::len)
-            + key.author.len()
-            + key.bundle.len()
-            + secrets.len()
-            + endpoint.len()
-            + path.len(),
-    );
+    let mut out = String::with_capacity(160);
     out.push_str(kind);
     out.push(' ');
     // Header bytes are visible ASCII (or opaque bytes, kept apart by the escaping).

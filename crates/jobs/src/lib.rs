@@ -565,6 +565,17 @@ impl JobStore {
         Ok(found)
     }
 
+    /// How many jobs are queued or running (the partial index of unfinished jobs: it reads
+    /// only those, however many finished jobs are kept).
+    pub fn unfinished_total(&self) -> Result<u64, JobError> {
+        let n: i64 = self.conn().one(
+            "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as u64)
+    }
+
     /// How many jobs are in each state.
     pub fn counts(&self) -> Result<Vec<(State, u64)>, JobError> {
         let conn = self.conn();
