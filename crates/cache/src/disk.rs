@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -140,9 +140,7 @@ impl DiskStore {
         };
         // Full: the answer stays in memory only (not worth a log line per response); the
         // next one is written once the writer has caught up.
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.writes.try_send(w)
-        {
-        }
+        let _ = self.writes.try_send(w);
     }
 
     /// The stored variants of `key`, as entries aged by the time they spent on disk.
@@ -256,7 +254,8 @@ fn write_loop(
         .map(|n| n.max(0) as u64)
         .unwrap_or(0);
     while let Ok(w) = rx.recv() {
-        let done = match w {
+        // A failed write leaves the answer in memory only; the next write tries again.
+        let _ = match w {
             Write::Put { key, entry } => {
                 put_row(&mut conn, &key, &entry, &mut total, max_bytes, &known)
             }
@@ -265,8 +264,6 @@ fn write_loop(
                 .and_then(|mut s| s.execute(params![key, now_ms() as i64]))
                 .map(|_| ()),
         };
-        // A failed write leaves the answer in memory only; the next write tries again.
-        let _ = done;
     }
 }
 

@@ -512,22 +512,30 @@ impl ResponseCache {
 
 /// The `Cache-Status` value of a request the bundle answered.
 pub fn forwarded_status(why: Forward, stored: bool) -> HeaderValue {
-    // Static values: this header is on every forwarded call (no formatting on the warm path).
-    let value = match (why, stored) {
-        (Forward::Method, false) => "at-rund; fwd=method",
-        (Forward::Method, true) => "at-rund; fwd=method; stored",
-        (Forward::Bypass, false) => "at-rund; fwd=bypass",
-        (Forward::Bypass, true) => "at-rund; fwd=bypass; stored",
-        (Forward::Request, false) => "at-rund; fwd=request",
-        (Forward::Request, true) => "at-rund; fwd=request; stored",
-        (Forward::UriMiss, false) => "at-rund; fwd=uri-miss",
-        (Forward::UriMiss, true) => "at-rund; fwd=uri-miss; stored",
-        (Forward::VaryMiss, false) => "at-rund; fwd=vary-miss",
-        (Forward::VaryMiss, true) => "at-rund; fwd=vary-miss; stored",
-        (Forward::Stale, false) => "at-rund; fwd=stale",
-        (Forward::Stale, true) => "at-rund; fwd=stale; stored",
-    };
-    HeaderValue::from_static(value)
+    // Made once: this header is on every forwarded call, so no formatting on the warm path.
+    static VALUES: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    let values = VALUES.get_or_init(|| {
+        Forward::ALL
+            .iter()
+            .flat_map(|w| {
+                [false, true].map(|stored| {
+                    let s = format!(
+                        "{CACHE_NAME}; fwd={}{}",
+                        w.as_str(),
+                        if stored { "; stored" } else { "" }
+                    );
+                    // ASCII letters, digits, `-`, `;`, `=` and spaces.
+                    HeaderValue::from_str(&s)
+                        .unwrap_or_else(|_| HeaderValue::from_static(CACHE_NAME))
+                })
+            })
+            .collect()
+    });
+    let i = Forward::ALL.iter().position(|f| *f == why).unwrap_or(0) * 2 + usize::from(stored);
+    values
+        .get(i)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static(CACHE_NAME))
 }
 
 /// `entry` as the answer to `req`: a 304 when the request's conditionals say it has it, else
