@@ -29,7 +29,7 @@ impl Caller {
     pub async fn new(runner: &str, net: &crate::runners::NetArgs) -> anyhow::Result<Self> {
         let named = crate::runners::named(runner, net).await?;
         let runner = check_runner_url(&named.url)?;
-        let desc = crate::runner::describe(&runner).await?;
+        let desc = named.describe().await?;
         let service_did = desc.service_did.clone().ok_or_else(|| {
             Failure::RunnerRefused(format!(
                 "the runner at {runner} announces no serviceDid: it is older than authors' logs and jobs"

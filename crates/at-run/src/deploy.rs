@@ -390,8 +390,8 @@ pub async fn run_cmd(
     let (client, session) = crate::auth::session(&a.auth).await?;
     if let Some(runner) = &a.runner {
         progress("checking the runner");
-        let url = crate::runners::named(runner, &a.net).await?.url;
-        let desc = crate::runner::describe(&url).await?;
+        let named = crate::runners::named(runner, &a.net).await?;
+        let (url, desc) = (&named.url, named.describe().await?);
         // A prebuilt file's Deno is unknown: its runtime line is taken as the runner's own.
         let deno = built_with.unwrap_or_else(|| {
             desc.runtimes
@@ -402,7 +402,7 @@ pub async fn run_cmd(
                 .to_string()
         });
         let report = crate::runner::compare(
-            &url,
+            url,
             &desc,
             &manifest,
             code.len() as u64,

@@ -373,13 +373,14 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
             auth,
             net,
         } => {
-            let runner = runners::named(&runner, &net).await?.url;
+            let named = runners::named(&runner, &net).await?;
+            let runner = named.url.clone();
             let p = project::Project::load(&dir)?;
             let d = find_deno()?;
             progress("building");
             let b = build::build(&d, &p, &Default::default())?;
             progress("asking the runner");
-            let desc = runner::describe(&runner).await?;
+            let desc = named.describe().await?;
             let who = auth::reader(&auth)
                 .ok()
                 .and_then(|_| auth::load().ok().flatten())

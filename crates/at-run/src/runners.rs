@@ -146,6 +146,10 @@ pub struct Listed {
     pub disagreements: Vec<String>,
     /// With a project: whether its bundle would run there.
     pub check: Option<CheckReport>,
+    /// The runner's describeRunner as asked here (through the guarded client), so a caller
+    /// that goes on to use the runner need not ask again. Not part of the listing's JSON.
+    #[serde(skip)]
+    pub describe: Option<DescribeRunner>,
 }
 
 /// A built bundle to check against each runner (as `at-run check` builds it).
@@ -187,6 +191,7 @@ async fn one(
         ready: false,
         disagreements: Vec::new(),
         check: None,
+        describe: None,
     };
     let id: AtIdentifier = match who.trim_start_matches('@').parse() {
         Ok(id) => id,
@@ -258,6 +263,7 @@ async fn one(
             b.author,
         ));
     }
+    l.describe = Some(desc);
     l
 }
 
@@ -269,6 +275,7 @@ pub async fn named(runner: &str, net: &NetArgs) -> anyhow::Result<Named> {
         return Ok(Named {
             url: runner.trim_end_matches('/').to_string(),
             record: None,
+            describe: None,
         });
     }
     let l = one(
@@ -301,6 +308,7 @@ pub async fn named(runner: &str, net: &NetArgs) -> anyhow::Result<Named> {
     Ok(Named {
         url: record.endpoint.clone(),
         record: Some(record),
+        describe: l.describe,
     })
 }
 
@@ -309,6 +317,20 @@ pub async fn named(runner: &str, net: &NetArgs) -> anyhow::Result<Named> {
 pub struct Named {
     pub url: String,
     pub record: Option<RunnerRecord>,
+    /// describeRunner as already asked (named by operator), else `None`.
+    describe: Option<DescribeRunner>,
+}
+
+impl Named {
+    /// The runner's describeRunner: the answer already checked against the operator's record
+    /// when it was named by operator (no second request, so the name cannot move in between),
+    /// else asked now at the URL.
+    pub async fn describe(&self) -> anyhow::Result<DescribeRunner> {
+        match &self.describe {
+            Some(d) => Ok(d.clone()),
+            None => runner::describe(&self.url).await,
+        }
+    }
 }
 
 /// `GET {endpoint}/readyz` answers 200 (through the guarded client).

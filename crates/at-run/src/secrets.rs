@@ -204,7 +204,7 @@ pub async fn runner_key(t: &TargetArgs) -> anyhow::Result<RunnerPublicKey> {
         Err(_) if expected.is_some() && named.url.starts_with("http://") => named.url.clone(),
         Err(e) => return Err(e),
     };
-    let desc = crate::runner::describe(&base).await?;
+    let desc = named.describe().await?;
     let announced = desc.public_key.as_str();
     let key = RunnerPublicKey::from_multibase(announced)
         .with_context(|| format!("the publicKey announced by the runner at {base}"))?;
