@@ -503,6 +503,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         cache,
         jobs,
         cluster,
+        warm: Default::default(),
     });
     if let Some(l) = &state.local {
         tracing::info!(

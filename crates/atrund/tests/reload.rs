@@ -3,6 +3,8 @@
 //! force for the next request (a 2 KiB POST gets 413 or 200), one invalid file refused with the
 //! running config kept, a key that cannot change live named and kept, and not one of the
 //! requests running meanwhile fails. Before SIGHUP was handled, the first one ended the process.
+//! Then a reload that lowers a cap under what the bundle asks refuses the next call of the warm
+//! route, whose resolution the runner keeps between calls.
 
 mod common;
 
@@ -53,7 +55,8 @@ async fn ten_reloads_under_load_fail_no_request_and_each_takes_effect() {
         "endpoints": [
             { "name": "hello", "method": "GET" },
             { "name": "echo", "method": "POST" }
-        ]
+        ],
+        "limits": { "memoryMib": 200 }
     });
     std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
     let conf_dir = tempfile::tempdir().unwrap();
@@ -164,4 +167,30 @@ async fn ten_reloads_under_load_fail_no_request_and_each_takes_effect() {
         done >= 100,
         "too little load to say anything: {done} requests"
     );
+
+    // A reload that changes what resolving a route decided (the bundle's 200 MiB is now over
+    // the cap) is in force for the next call of a warm route, whose resolution was kept between
+    // calls (crates/http/src/warm.rs).
+    let get = |url: String| {
+        let client = client.clone();
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    for _ in 0..3 {
+        assert_eq!(get(hello.clone()).await, 200);
+    }
+    write_conf(
+        1024,
+        "[limits]\nmemory_mib = { default = 128, max = 150 }\n",
+    );
+    hangup(d.pid());
+    logged(&d, "configuration reloaded", 11).await;
+    assert_eq!(
+        get(hello.clone()).await,
+        403,
+        "a warm route kept its resolution across a reload that refuses it"
+    );
+    write_conf(1024, "");
+    hangup(d.pid());
+    logged(&d, "configuration reloaded", 12).await;
+    assert_eq!(get(hello.clone()).await, 200);
 }

@@ -226,6 +226,31 @@ impl LocalBundle {
         self.read(&manifest_path, trusted)
     }
 
+    /// Whether `key` (a [`LocalSnapshot::key`]) is still the folder's code and manifest, read
+    /// with one non-blocking look at the watch and nothing else: the warm path's check. `false`
+    /// whenever only a full [`snapshot`](Self::snapshot) can tell, and then that snapshot
+    /// re-reads the files (an event seen here is not lost for it).
+    pub fn is_current(&self, key: &str) -> bool {
+        let mut watched = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(w) = watched.as_mut() else {
+            return false;
+        };
+        match w.watch.seen() {
+            watch::Seen::Nothing if w.clean => {}
+            watch::Seen::Lost => {
+                tracing::debug!(dir = %self.dir.display(), "local bundle: the folder watch lost track; checking file stamps from now on");
+                *watched = None;
+                return false;
+            }
+            _ => {
+                w.clean = false;
+                return false;
+            }
+        }
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref().is_some_and(|r| r.key == key)
+    }
+
     /// The last read, when `unchanged` says it still stands.
     fn last_unchanged(&self, unchanged: impl Fn(&Read) -> bool) -> Option<LocalSnapshot> {
         let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
@@ -380,6 +405,37 @@ mod tests {
         std::fs::rename(dir.path(), elsewhere.path().join("moved")).unwrap();
         assert!(b.snapshot().is_err());
         assert!(b.watch.lock().unwrap().is_none());
+    }
+
+    #[test]
+    fn is_current_never_vouches_for_an_edit_and_leaves_it_to_the_snapshot() {
+        let dir = folder();
+        let b = LocalBundle::open(dir.path(), Some("demo"), None).unwrap();
+        let s1 = b.snapshot().unwrap();
+        assert!(b.is_current(&s1.key));
+        assert!(!b.is_current("some other key"));
+        std::fs::write(dir.path().join("main.js"), "export const a = 2;").unwrap();
+        // The edit is seen here once, and the next snapshot still reads the new code.
+        assert!(!b.is_current(&s1.key));
+        assert!(
+            !b.is_current(&s1.key),
+            "an edit seen once must not be forgotten"
+        );
+        let s2 = b.snapshot().unwrap();
+        assert_ne!(s2.key, s1.key);
+        assert!(b.is_current(&s2.key) && !b.is_current(&s1.key));
+        // A broken manifest: never current, whatever key is asked about.
+        std::fs::write(dir.path().join("manifest.json"), r#"{"nope":1}"#).unwrap();
+        assert!(!b.is_current(&s2.key));
+        assert!(b.snapshot().is_err());
+        assert!(!b.is_current(&s2.key));
+        // Without the watch (stamps decide), nothing is vouched for without a snapshot.
+        let other = folder();
+        let plain = LocalBundle::open(other.path(), Some("demo"), None)
+            .unwrap()
+            .without_watch();
+        let s = plain.snapshot().unwrap();
+        assert!(!plain.is_current(&s.key));
     }
 
     #[test]

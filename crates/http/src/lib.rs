@@ -31,6 +31,7 @@ pub mod server_timing;
 pub mod status;
 mod status_page;
 pub mod trace;
+mod warm;
 
 use atrund_api as api;
 use atrund_errors::ErrorClass;
@@ -121,6 +122,29 @@ pub struct AppShared {
     pub jobs: Option<Arc<jobs::Jobs>>,
     /// Routing to the runner each bundle belongs to (`state.route` with Redis, docs/cluster.md).
     pub cluster: Option<Arc<cluster::Forwarder>>,
+    /// Routes resolved by earlier calls (`warm`): start it empty with `Default`.
+    pub warm: WarmRouteMemo,
+}
+
+/// The routes resolved by earlier calls, which later calls of the same route reuse while they
+/// stand (`warm`).
+#[derive(Default)]
+pub struct WarmRouteMemo(warm::WarmRoutes<Resolved>);
+
+impl WarmRouteMemo {
+    /// Drops every kept route: each is resolved again on its next call.
+    pub fn forget_all(&self) {
+        self.0.forget_all();
+    }
+
+    /// Routes kept now.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl axum::extract::FromRef<AppState> for Arc<logs::AuthorsLogs> {
@@ -810,13 +834,13 @@ enum Phase {
 async fn observed(st: AppState, route: RouteKind, call: Call, req: Request) -> Response {
     // A bundle that belongs to another runner of the cluster is served there (docs/cluster.md).
     let req = match &st.cluster {
-        Some(f) => match f
-            .route(&cluster::bundle_key(&call.author, &call.name), req)
-            .await
-        {
-            Ok(answered) => return answered,
-            Err(req) => req,
-        },
+        // Boxed, as `host_dispatch` in `MainService::call`.
+        Some(f) => {
+            match Box::pin(f.route(&cluster::bundle_key(&call.author, &call.name), req)).await {
+                Ok(answered) => return answered,
+                Err(req) => req,
+            }
+        }
         None => req,
     };
     let began = std::time::Instant::now();
@@ -1045,13 +1069,7 @@ async fn invoke(
     req: Request,
     seen: &mut Seen,
 ) -> Result<Answered, ApiError> {
-    let Call {
-        author,
-        name,
-        version,
-        endpoint,
-        rest,
-    } = call;
+    let Call { endpoint, rest, .. } = call;
     if *st.draining.borrow() {
         return Err(ApiError::new(
             ErrorClass::Unavailable,
@@ -1063,45 +1081,44 @@ async fn invoke(
     // Counts this request as in flight until it returns (its body is counted by the pool), so a
     // drain waits for it.
     let _ticket = st.pool.admit()?;
-    let selector = VersionSelector::parse(version)?;
-    atrund_bundle::record::validate_name(name)?;
-    if !is_identifier(endpoint) {
-        return Err(ApiError::new(
-            ErrorClass::BadRequest,
-            "EndpointInvalid",
-            format!(
-                "endpoint '{endpoint}' is not a valid endpoint name (letters, digits, _ and $)"
-            ),
-        ));
-    }
-
     if matches!(route, RouteKind::Path) && headers::is_service_worker_fetch(req.headers()) {
         return Err(ApiError::new(
             ErrorClass::Forbidden, "ServiceWorkerNotAllowed",
             "service workers cannot be registered on the runner's shared origin; serve the bundle on its own origin (http.bundle_domain, docs/origins.md)",
         ));
     }
-    let target = if author == LOCAL_AUTHOR && st.local.is_some() {
-        let t0 = std::time::Instant::now();
-        let t = local_target(&st, name, &selector)
-            .instrument(seen.phase(Phase::Fetch))
-            .await?;
-        seen.fetch = Some(t0.elapsed());
-        t
-    } else {
-        let t = remote_target(&st, author, name, &selector, seen).await?;
-        remember_origin(&st, &t);
-        t
-    };
-    // Endpoint labels come only from the manifest's list, so callers cannot add label values.
-    let declared = target.manifest.endpoint(endpoint).is_some();
-    seen.series = Some(st.metrics.series(
-        &target.key.author,
-        &target.name,
-        if declared { endpoint } else { "undeclared" },
-    ));
-    seen.bundle = Some((target.name.clone(), target.key.clone()));
     let config = st.config();
+    let began = std::time::Instant::now();
+    let memo_key = route_key(&route, call);
+    let route_resolved = match warm_route(&st, &memo_key, &config, began, seen)? {
+        Some(r) => r,
+        None => {
+            // Boxed: only a cold route pays for its future, and the warm call's future stays
+            // small (moving it was a measurable share of a warm call, docs/performance.md).
+            let r = Arc::new(Box::pin(resolve(&st, call, &config, seen)).await?);
+            // An author's route stands no longer than their `latest` is trusted.
+            let max_age = if r.remote {
+                Duration::from_secs(config.fetch.revalidate_secs)
+            } else {
+                warm::MAX_AGE
+            };
+            st.warm
+                .0
+                .put(memo_key, r.clone(), config.clone(), began, max_age);
+            r
+        }
+    };
+    let Resolved {
+        target,
+        limits,
+        series,
+        bundle,
+        author_data,
+        remote: _,
+    } = &*route_resolved;
+    let limits = *limits;
+    seen.series = Some(series.clone());
+    seen.bundle = Some((target.name.clone(), target.key.clone()));
     if seen.traced {
         seen.resolved = Some((
             target.key.author.to_string(),
@@ -1109,15 +1126,10 @@ async fn invoke(
             endpoint.clone(),
         ));
     }
-    let limits =
-        atrund_policy::check_manifest(&config.permissions, &config.limits, &target.manifest)?;
     check_endpoint(&target.manifest, endpoint, req.method())?;
-    let author_data = config.layout().author_data(&target.author_dir);
-    // Every bundle: one that only reads must see the same files as one that writes.
-    st.data_quota.ensure_volume(&author_data).await?;
     if !target.manifest.permissions.write.is_empty() {
         st.data_quota
-            .check(&author_data, config.tenants.max_data_bytes_per_author)
+            .check(author_data, config.tenants.max_data_bytes_per_author)
             .await?;
     }
 
@@ -1131,7 +1143,7 @@ async fn invoke(
             );
         }
     }
-    let max = st.config().http.max_request_body_bytes;
+    let max = config.http.max_request_body_bytes;
     let too_large = || {
         ApiError::new(
             ErrorClass::TooLarge,
@@ -1196,14 +1208,16 @@ async fn invoke(
         .map_err(|e| ApiError::new(ErrorClass::BadRequest, "InvalidRequest", e.to_string()))?;
 
     let traced = seen.traced;
-    let bundle = format!("{}/{}", target.key.author, target.name);
     let key = target.key.clone();
     let concurrency = usize::try_from(limits.concurrency).unwrap_or(usize::MAX);
     let pool = st.pool.clone();
     // Adaptive warmth may start an instance of this version later, without a request.
-    let start: atrund_pool::SpecFactory = Arc::new(move || instance_spec(&st, &target, &limits));
+    let start: atrund_pool::SpecFactory = {
+        let target = target.clone();
+        Arc::new(move || instance_spec(&st, &target, &limits))
+    };
     let warmth = pool.adapts().then(|| atrund_pool::BundleRef {
-        name: bundle.clone(),
+        name: bundle.to_string(),
         start: start.clone(),
     });
     let resp = pool
@@ -1304,6 +1318,135 @@ async fn invoke(
         resp: resp.map(Body::new),
         started,
         bundle: Some(bundle_time),
+    })
+}
+
+/// A route as resolution left it: what every call of it runs with until it is resolved again
+/// ([`warm`] decides when).
+struct Resolved {
+    target: Arc<Target>,
+    /// The manifest's limits, checked against the operator's caps.
+    limits: EffectiveLimits,
+    /// The metrics' label set of this route's endpoint.
+    series: atrund_metrics::Series,
+    /// `author/name`, for log lines and adaptive warmth.
+    bundle: Arc<str>,
+    /// The author's data volume (mounted).
+    author_data: PathBuf,
+    /// The author is not the dev runner's local bundle: each call takes one of their rate tokens.
+    remote: bool,
+}
+
+/// The memo key of a call's route: its kind (and host), and the four parts as sent.
+fn route_key(route: &RouteKind, call: &Call) -> warm::RouteKey {
+    let host: &[u8] = match route {
+        RouteKind::Path => b"",
+        RouteKind::Host { host } => host.as_bytes(),
+    };
+    let kind: &[u8] = if matches!(route, RouteKind::Path) {
+        b"path"
+    } else {
+        b"host"
+    };
+    warm::RouteKey::new(&[
+        kind,
+        host,
+        call.author.as_bytes(),
+        call.name.as_bytes(),
+        call.version.as_bytes(),
+        call.endpoint.as_bytes(),
+    ])
+}
+
+/// The route's resolution kept from an earlier call, when it still stands: the memo's rules
+/// ([`warm`]), and for the dev runner's bundle, files unchanged since. A remote author's call
+/// takes its rate token here, as resolution would.
+fn warm_route(
+    st: &AppState,
+    key: &warm::RouteKey,
+    config: &Arc<Config>,
+    now: std::time::Instant,
+    seen: &mut Seen,
+) -> Result<Option<Arc<Resolved>>, ApiError> {
+    let Some(r) = st.warm.0.get(key, config, now) else {
+        return Ok(None);
+    };
+    if r.remote {
+        take_rate(st, &r.target.key.author)?;
+        seen.identity = Some(Duration::ZERO);
+    } else {
+        let current = st
+            .local
+            .as_ref()
+            .is_some_and(|l| l.is_current(&r.target.key.bundle));
+        if !current {
+            st.warm.0.forget(key);
+            return Ok(None);
+        }
+    }
+    seen.fetch = Some(Duration::ZERO);
+    Ok(Some(r))
+}
+
+/// Resolves a call's route: checks its parts, finds the bundle version (the dev runner's local
+/// bundle, or the author's, verified), checks its manifest against the operator's caps and makes
+/// sure the author's data volume is there.
+async fn resolve(
+    st: &AppState,
+    call: &Call,
+    config: &Config,
+    seen: &mut Seen,
+) -> Result<Resolved, ApiError> {
+    let Call {
+        author,
+        name,
+        version,
+        endpoint,
+        ..
+    } = call;
+    let selector = VersionSelector::parse(version)?;
+    atrund_bundle::record::validate_name(name)?;
+    if !is_identifier(endpoint) {
+        return Err(ApiError::new(
+            ErrorClass::BadRequest,
+            "EndpointInvalid",
+            format!(
+                "endpoint '{endpoint}' is not a valid endpoint name (letters, digits, _ and $)"
+            ),
+        ));
+    }
+    let remote = !(author == LOCAL_AUTHOR && st.local.is_some());
+    let target = if remote {
+        let t = remote_target(st, author, name, &selector, seen).await?;
+        remember_origin(st, &t);
+        t
+    } else {
+        let t0 = std::time::Instant::now();
+        let t = local_target(st, name, &selector)
+            .instrument(seen.phase(Phase::Fetch))
+            .await?;
+        seen.fetch = Some(t0.elapsed());
+        t
+    };
+    // Endpoint labels come only from the manifest's list, so callers cannot add label values.
+    let declared = target.manifest.endpoint(endpoint).is_some();
+    let series = st.metrics.series(
+        &target.key.author,
+        &target.name,
+        if declared { endpoint } else { "undeclared" },
+    );
+    let limits =
+        atrund_policy::check_manifest(&config.permissions, &config.limits, &target.manifest)?;
+    let author_data = config.layout().author_data(&target.author_dir);
+    // Every bundle: one that only reads must see the same files as one that writes.
+    st.data_quota.ensure_volume(&author_data).await?;
+    Ok(Resolved {
+        bundle: format!("{}/{}", target.key.author, target.name).into(),
+        target: Arc::new(target),
+        limits,
+        series,
+        author_data,
+        remote,
     })
 }
 
