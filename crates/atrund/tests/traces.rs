@@ -305,11 +305,20 @@ async fn cold_and_warm_requests_export_their_span_trees() {
         "the bundle's parent is the call span"
     );
 
-    // Warm: a root request span → fetch (the dev folder's snapshot), call; no start.
+    // Warm: a root request span → call; no start. No fetch either when the route's resolution
+    // was kept from the cold call (crates/http/src/warm.rs: for up to a second after the cold
+    // call resolved it, which a slow machine's cold start can outlast; then the dev folder's
+    // snapshot is a fetch span again).
     let warm = tree(&spans, &warm_trace);
     let mut names: Vec<_> = warm.keys().cloned().collect();
     names.sort();
-    assert_eq!(names, ["call", "fetch", "request"], "{warm:#?}");
+    assert!(
+        names == ["call", "request"] || names == ["call", "fetch", "request"],
+        "{warm:#?}"
+    );
+    if let Some(fetch) = warm.get("fetch") {
+        assert_eq!(fetch.parent_span_id, warm["request"].span_id);
+    }
     assert!(warm["request"].parent_span_id.is_empty());
     assert_eq!(attrs(&warm["request"])["atrund.cold_start"], json!(false));
     assert_eq!(attrs(&warm["request"])["request_id"], json!("tr-warm"));
