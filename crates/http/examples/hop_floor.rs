@@ -7,40 +7,19 @@
 //! serves every request on PORT by the HTTP server on the socket (one upstream connection per
 //! client connection). Stop it with Ctrl-C.
 
+mod floor;
+
 use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let (Some(listen), Some(socket)) = (args.next(), args.next()) else {
-        return Err("usage: hop_floor LISTEN_ADDR UNIX_SOCKET".into());
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let listener = TcpListener::bind(&listen).await?;
-        eprintln!("hop_floor: {listen} -> {socket}");
-        loop {
-            let (stream, _) = listener.accept().await?;
-            stream.set_nodelay(true)?;
-            let socket = socket.clone();
-            tokio::spawn(async move {
-                if let Err(e) = connection(stream, &socket).await {
-                    eprintln!("hop_floor: connection ended: {e}");
-                }
-            });
-        }
-    })
+fn main() -> Result<(), floor::Error> {
+    floor::run("hop_floor", connection)
 }
 
-async fn connection(
-    stream: tokio::net::TcpStream,
-    socket: &str,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn connection(stream: tokio::net::TcpStream, socket: String) -> Result<(), floor::Error> {
     let upstream = UnixStream::connect(socket).await?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await?;
     tokio::spawn(conn);
