@@ -131,22 +131,6 @@ pub struct AppShared {
 #[derive(Default)]
 pub struct WarmRouteMemo(warm::WarmRoutes<Resolved>);
 
-impl WarmRouteMemo {
-    /// Drops every kept route: each is resolved again on its next call.
-    pub fn forget_all(&self) {
-        self.0.forget_all();
-    }
-
-    /// Routes kept now.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
 impl axum::extract::FromRef<AppState> for Arc<logs::AuthorsLogs> {
     fn from_ref(st: &AppState) -> Self {
         st.logs.clone()
@@ -834,13 +818,13 @@ enum Phase {
 async fn observed(st: AppState, route: RouteKind, call: Call, req: Request) -> Response {
     // A bundle that belongs to another runner of the cluster is served there (docs/cluster.md).
     let req = match &st.cluster {
-        // Boxed, as `host_dispatch` in `MainService::call`.
-        Some(f) => {
-            match Box::pin(f.route(&cluster::bundle_key(&call.author, &call.name), req)).await {
-                Ok(answered) => return answered,
-                Err(req) => req,
-            }
-        }
+        Some(f) => match f
+            .route(&cluster::bundle_key(&call.author, &call.name), req)
+            .await
+        {
+            Ok(answered) => return answered,
+            Err(req) => req,
+        },
         None => req,
     };
     let began = std::time::Instant::now();
@@ -1339,14 +1323,9 @@ struct Resolved {
 
 /// The memo key of a call's route: its kind (and host), and the four parts as sent.
 fn route_key(route: &RouteKind, call: &Call) -> warm::RouteKey {
-    let host: &[u8] = match route {
-        RouteKind::Path => b"",
-        RouteKind::Host { host } => host.as_bytes(),
-    };
-    let kind: &[u8] = if matches!(route, RouteKind::Path) {
-        b"path"
-    } else {
-        b"host"
+    let (kind, host): (&[u8], &[u8]) = match route {
+        RouteKind::Path => (b"path", b""),
+        RouteKind::Host { host } => (b"host", host.as_bytes()),
     };
     warm::RouteKey::new(&[
         kind,

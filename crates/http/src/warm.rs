@@ -8,8 +8,7 @@
 //! policy, the limits or anything else resolution read), not older than the age it was kept for
 //! (at most [`MAX_AGE`]; an author's route no longer than `fetch.revalidate_secs`, so what an
 //! identity, a `latest` or a secrets record may have changed meanwhile is re-resolved that
-//! often, and at every call with `revalidate_secs = 0`), and nothing
-//! [`WarmRoutes::forget_all`] dropped. Must not touch: resolution itself and
+//! often, and at every call with `revalidate_secs = 0`). Must not touch: resolution itself and
 //! what a resolved route holds (`lib.rs`), which decides what may be kept at all (only routes
 //! that resolved without error; a local dev bundle's also checks that its files did not change).
 
@@ -115,18 +114,10 @@ impl<V> WarmRoutes<V> {
             .remove(key);
     }
 
-    /// Drops every route's resolution.
-    pub fn forget_all(&self) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-
     /// Routes kept now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -182,7 +173,7 @@ mod tests {
             .is_none());
         memo.forget(&key);
         memo.put(key.clone(), Arc::new(9), config.clone(), t0, Duration::ZERO);
-        assert!(memo.get(&key, &config, t0).is_none() && memo.is_empty());
+        assert!(memo.get(&key, &config, t0).is_none() && memo.len() == 0);
     }
 
     #[test]
@@ -200,7 +191,5 @@ mod tests {
             );
         }
         assert!(memo.len() <= MAX_ROUTES);
-        memo.forget_all();
-        assert!(memo.is_empty());
     }
 }
