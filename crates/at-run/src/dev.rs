@@ -1,6 +1,7 @@
 //! `at-run dev`: the local loop. Builds the project (with an inline source map, so stack traces
 //! name the source files) into `.at-run/dev/`, runs the real daemon on it (`at-rund dev`), and
-//! polls the project every 50 ms; a saved edit is rebuilt at once, and at-rund serves the new
+//! polls the project every 50 ms; a saved edit is rebuilt once two scans agree (one poll
+//! later: never a half-saved file), and at-rund serves the new
 //! build on the next request (it hashes the code per request). A failed build is shown with
 //! file:line and the last good build keeps serving.
 //!
@@ -232,6 +233,10 @@ pub async fn run(args: &DevArgs, deno: &Deno, json_out: bool) -> anyhow::Result<
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")?;
     let mut seen = scan(&project.dir);
+    // A change is built once a second scan, one poll later, finds the files as the first did:
+    // a save caught between its truncate and its write (or halfway through an editor's several
+    // writes) would otherwise build a broken bundle that a failing build then keeps serving.
+    let mut settling = false;
     let result = loop {
         tokio::select! {
             st = child.wait() => {
@@ -241,10 +246,15 @@ pub async fn run(args: &DevArgs, deno: &Deno, json_out: bool) -> anyhow::Result<
             _ = tokio::signal::ctrl_c() => break Ok(()),
             _ = tokio::time::sleep(POLL) => {
                 let now = scan(&project.dir);
-                if now == seen {
+                if now != seen {
+                    seen = now;
+                    settling = true;
                     continue;
                 }
-                seen = now;
+                if !settling {
+                    continue;
+                }
+                settling = false;
                 let t = Instant::now();
                 let p = match Project::load(&args.dir) {
                     Ok(p) => p,

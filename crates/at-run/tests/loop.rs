@@ -530,19 +530,28 @@ async fn dev_serves_a_saved_edit_on_the_next_request() {
     let rebuilt = next("rebuilt");
     eprintln!("MEASURED: at-run dev rebuild: {} ms", rebuilt["millis"]);
 
-    // A syntax error: reported with file:line, the last good build keeps serving.
-    std::fs::write(
-        &greeting,
-        "export function greeting(n: string) { return = ; }\n",
-    )
-    .expect("write");
-    let failed = next("buildFailed");
-    let msg = failed["message"].as_str().expect("message");
-    assert!(msg.contains("lib/greeting.ts:1:"), "{msg}");
-    assert_eq!(
-        get(&format!("{base}/hello?name=Ada")).1,
-        r#"{"message":"Hey, Ada!"}"#
-    );
+    // A syntax error: reported with file:line, the last good build keeps serving. Saved the way
+    // a slow editor saves (truncate, then write 15 ms later), eight times: a half-saved file
+    // (here an empty module, whose handler would throw a TypeError) is never built.
+    // Each save starts at another phase of the 50 ms poll (which restarts after each build), so
+    // one of the half-saved windows is sure to meet a scan.
+    for phase in 0..8u64 {
+        std::thread::sleep(Duration::from_millis(phase * 8));
+        std::fs::File::create(&greeting).expect("truncate");
+        std::thread::sleep(Duration::from_millis(15));
+        std::fs::write(
+            &greeting,
+            "export function greeting(n: string) { return = ; }\n",
+        )
+        .expect("write");
+        let failed = next("buildFailed");
+        let msg = failed["message"].as_str().expect("message");
+        assert!(msg.contains("lib/greeting.ts:1:"), "{msg}");
+        assert_eq!(
+            get(&format!("{base}/hello?name=Ada")).1,
+            r#"{"message":"Hey, Ada!"}"#
+        );
+    }
 
     // A handler that throws: its stack names the source file and line.
     std::fs::write(
