@@ -28,6 +28,7 @@ mod report;
 mod rootfs;
 mod sampler;
 mod shim_conn;
+mod shim_http;
 mod spare;
 #[allow(unsafe_code)] // the crate's one exception (see sys.rs's module doc)
 mod sys;

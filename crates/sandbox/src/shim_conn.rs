@@ -1,27 +1,26 @@
 //! Keep-alive HTTP/1.1 connections from at-rund to one instance's shim, over its Unix socket.
 //!
-//! Owns: connecting, the handshake, and keeping connections whose last response ended for the
-//! next call, so a warm call costs no connect, accept or handshake on either side. A streamed
+//! Owns: connecting, and keeping connections whose last exchange ended cleanly for the next
+//! call, so a warm call costs no connect or accept on either side (the HTTP/1.1 itself is
+//! `shim_http`'s). A streamed
 //! response holds its connection until its last byte; a concurrent call takes another one (or
 //! opens a new one). Must not: interpret responses or tell a crash from a failure (the caller
 //! does, from the error and the process's exit).
 
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-
-/// The sending half of one connection to the shim.
-pub(crate) type ShimSender = SendRequest<crate::Body>;
+use crate::shim_http::{ShimBody, ShimConn, ShimHttpError};
 
 /// Idle connections kept per instance; more than its concurrency never pile up, this is a bound
 /// for bundles with a very high one.
 const MAX_IDLE: usize = 64;
-/// How long a kept connection may take to become ready for its next request (its connection
-/// task has to run once after the previous response); a slower one is dropped, not waited for.
-const READY_WAIT: Duration = Duration::from_millis(50);
+/// A connection idle for longer is checked for a close by the shim (one non-blocking read)
+/// before it carries a call; a younger one is taken as it is. The shim closes none of its own
+/// accord (Deno keeps an idle connection open; measured past 70 s), so this only spares a call
+/// the error of a connection that died with a shim that has been replaced meanwhile.
+const CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// The connections of one instance.
 pub(crate) struct ShimConns {
@@ -30,7 +29,8 @@ pub(crate) struct ShimConns {
     /// (`hostfs::open_socket`): every connection goes to it, whatever the name in the work dir
     /// (which the instance can write) points to by then.
     opened: Mutex<Option<std::sync::Arc<std::os::fd::OwnedFd>>>,
-    idle: Mutex<Vec<ShimSender>>,
+    /// Kept connections, each with the time it was put back.
+    idle: Mutex<Vec<(ShimConn, Instant)>>,
 }
 
 impl ShimConns {
@@ -42,69 +42,52 @@ impl ShimConns {
         }
     }
 
-    fn socket_fd(&self) -> Result<std::sync::Arc<std::os::fd::OwnedFd>, String> {
+    fn socket_fd(&self) -> Result<std::sync::Arc<std::os::fd::OwnedFd>, ShimHttpError> {
         let mut g = self.opened.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(fd) = &*g {
             return Ok(fd.clone());
         }
-        let fd = std::sync::Arc::new(crate::hostfs::open_socket(&self.socket)?);
+        let fd = crate::hostfs::open_socket(&self.socket)
+            .map_err(|e| ShimHttpError::Io(std::io::Error::other(e)))?;
+        let fd = std::sync::Arc::new(fd);
         *g = Some(fd.clone());
         Ok(fd)
     }
 
-    fn take_idle(&self) -> Option<ShimSender> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    fn take_idle(&self) -> Option<ShimConn> {
+        loop {
+            let (conn, since) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+            if since.elapsed() < CHECK_AFTER || !conn.is_closed() {
+                return Some(conn);
+            }
+        }
     }
 
-    /// Keeps a connection whose response has ended, for the next call.
-    pub(crate) fn put_back(&self, sender: ShimSender) {
-        if sender.is_closed() {
-            return;
-        }
+    /// Keeps a connection whose exchange has ended cleanly, for the next call.
+    pub(crate) fn put_back(&self, conn: ShimConn) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(sender);
+            idle.push((conn, Instant::now()));
         }
     }
 
-    /// Sends `req` on a kept connection, or on a new one. A request that never left because its
-    /// kept connection had closed in the meantime goes out again on a new connection; one that
-    /// left and got no answer is an error (it is not sent twice).
+    /// Sends `req` on a kept connection, or on a new one, and waits for the response head. The
+    /// response body holds the connection; [`ShimBody::take_reusable`] gives it back for
+    /// [`put_back`](Self::put_back). A request is never sent twice.
     pub(crate) async fn send(
         &self,
         req: http::Request<crate::Body>,
-    ) -> Result<(http::Response<hyper::body::Incoming>, ShimSender), String> {
-        let mut req = req;
-        while let Some(mut sender) = self.take_idle() {
-            match tokio::time::timeout(READY_WAIT, sender.ready()).await {
-                Ok(Ok(())) => {}
-                // Closed (the instance went away or the shim closed it), or not ready in time.
-                _ => continue,
-            }
-            match sender.try_send_request(req).await {
-                Ok(res) => return Ok((res, sender)),
-                Err(mut e) => match e.take_message() {
-                    Some(back) => req = back,
-                    None => return Err(e.into_error().to_string()),
-                },
-            }
-        }
-        let mut sender = self.connect().await?;
-        let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        Ok((res, sender))
+    ) -> Result<http::Response<ShimBody>, ShimHttpError> {
+        let conn = match self.take_idle() {
+            Some(c) => c,
+            None => self.connect().await?,
+        };
+        conn.send(req).await
     }
 
-    async fn connect(&self) -> Result<ShimSender, String> {
+    async fn connect(&self) -> Result<ShimConn, ShimHttpError> {
         let fd = self.socket_fd()?;
-        let stream = tokio::net::UnixStream::connect(crate::hostfs::socket_fd_path(&fd))
-            .await
-            .map_err(|e| e.to_string())?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        // Ends when the connection closes: the shim closed it, the process died, or every
-        // handle to it (the kept sender, a response in flight) was dropped.
-        tokio::spawn(conn);
-        Ok(sender)
+        let stream = tokio::net::UnixStream::connect(crate::hostfs::socket_fd_path(&fd)).await?;
+        Ok(ShimConn::new(stream))
     }
 }

@@ -94,7 +94,7 @@ pub(super) fn to_shim_request(
 pub(super) async fn shim_error(
     name: &str,
     endpoint: &str,
-    body: hyper::body::Incoming,
+    body: crate::shim_http::ShimBody,
     deadline: tokio::time::Instant,
 ) -> Result<SandboxError, ()> {
     let limited = http_body_util::Limited::new(body, MAX_ERROR_BODY);

@@ -22,7 +22,8 @@ use super::remove_work_dir;
 use crate::cgroup::{Counters, InstanceCgroup};
 use crate::freeze::IdleFreezer;
 use crate::sampler::{Sampler, SamplerOwner};
-use crate::shim_conn::{ShimConns, ShimSender};
+use crate::shim_conn::ShimConns;
+use crate::shim_http::{ShimBody, ShimHttpError};
 use crate::{Instance, InstanceStats, Invocation, SandboxError};
 
 /// How long to wait for the exit status after a broken connection, to tell a crash apart.
@@ -317,16 +318,20 @@ impl Instance for ProcessInstance {
             timer.as_mut().poll(cx).map(Err)
         })
         .await;
-        let (res, conn) = match sent {
+        let res = match sent {
             Err(_) => return Err(inner.timed_out(limit)),
-            Ok(Err(e)) => return Err(inner.broken(&e, start).await),
+            // The caller's body failed (e.g. cut at the runner's cap): nothing to learn from the
+            // instance, which is fine.
+            Ok(Err(e @ ShimHttpError::RequestBody(_))) => {
+                return Err(SandboxError::BadInput(e.to_string()))
+            }
+            Ok(Err(e)) => return Err(inner.broken(&e.to_string(), start).await),
             Ok(Ok(r)) => r,
         };
 
         let (mut parts, body) = res.into_parts();
         if let Some(name) = parts.headers.get(ERROR_HEADER) {
             // Rare: the connection is not kept (its body may be left unread).
-            drop(conn);
             let name = name.to_str().unwrap_or("BundleFailed").to_string();
             return match shim_error(&name, &call.endpoint, body, deadline).await {
                 // A Worker that could not get a thread surfaces as a thrown error.
@@ -358,7 +363,6 @@ impl Instance for ProcessInstance {
             limit,
             guard: Some(guard),
             sent: 0,
-            conn: Some(conn),
         };
         Ok(http::Response::from_parts(parts, crate::boxed_body(body)))
     }
@@ -427,22 +431,21 @@ impl Instance for ProcessInstance {
 
 /// The response body on its way out: enforces the request deadline and ends the in-flight count.
 pub(super) struct TrackedBody {
-    pub(super) body: hyper::body::Incoming,
+    /// Holds the connection the body arrives on: kept for the next call once the body has
+    /// ended cleanly, closed (dropped) otherwise.
+    pub(super) body: ShimBody,
     pub(super) deadline: Pin<Box<tokio::time::Sleep>>,
     /// The wall clock the deadline stands for, for the error.
     pub(super) limit: Duration,
     pub(super) guard: Option<InFlight>,
     /// Bytes relayed so far, against `ResourceLimits::max_response_bytes`.
     pub(super) sent: u64,
-    /// The connection the body arrives on: kept for the next call once the body has ended,
-    /// closed (dropped) when it ends otherwise.
-    pub(super) conn: Option<ShimSender>,
 }
 
 impl TrackedBody {
     /// The body ended cleanly: its connection is free for the next call.
     pub(super) fn finish(&mut self) {
-        if let (Some(conn), Some(guard)) = (self.conn.take(), &self.guard) {
+        if let (Some(conn), Some(guard)) = (self.body.take_reusable(), &self.guard) {
             guard.inner.conns.put_back(conn);
         }
         self.guard = None;
@@ -450,7 +453,7 @@ impl TrackedBody {
 
     /// The body failed or was cut: its connection is not reused.
     pub(super) fn fail(&mut self) {
-        self.conn = None;
+        self.body.close();
         self.guard = None;
     }
 }

@@ -17,8 +17,9 @@
 //! limits (they arrive checked in `InstanceSpec`), build a backend's command line, or log env
 //! values.
 //!
-//! Calls go over keep-alive connections to the shim (`shim_conn`): a connect, accept and
-//! handshake per call cost more than the rest of a small call. The CPU budget and the breach
+//! Calls go over keep-alive connections to the shim (`shim_conn`; the HTTP/1.1 on them is
+//! `shim_http`'s, driven by the call itself): a connect and accept per call cost more than the
+//! rest of a small call. The CPU budget and the breach
 //! counters are sampled by one task per instance while calls are in flight (`sampler`), not
 //! read per call. An idle instance is frozen after a grace and thawed when a call begins
 //! (`freeze`); a kept connection to a frozen shim stays open, nothing is written to it before

@@ -172,13 +172,21 @@ impl Parked {
                 .header(http::header::HOST, "sandbox")
                 .body(crate::empty_body())
                 .map_err(|e| SandboxError::StartFailed(format!("probe request: {e}")))?;
-            if let Ok((res, sender)) = conns.send(req).await {
+            // Bounded: a shim that takes the connection and never answers must not hold the
+            // start past its timeout.
+            let asked = tokio::time::timeout_at(deadline.into(), async {
+                let res = conns.send(req).await.ok()?;
                 let ok = res.status() == http::StatusCode::OK;
-                let _ = res.into_body().collect().await;
-                if ok {
-                    conns.put_back(sender);
-                    return Ok(());
+                let mut body = res.into_body();
+                while let Some(Ok(_)) = body.frame().await {}
+                Some((ok, body.take_reusable()))
+            })
+            .await;
+            if let Ok(Some((true, conn))) = asked {
+                if let Some(conn) = conn {
+                    conns.put_back(conn);
                 }
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 return Err(SandboxError::StartTimedOut(timeout.as_millis() as u64));
