@@ -165,6 +165,61 @@ async fn hello_greet_and_shout() {
     assert!(!work.exists(), "work dir must be removed on shutdown");
 }
 
+/// A request body streamed in while the answer streams out (the shim client keeps sending the
+/// body after the response head), then a call with a known length on the same instance.
+#[tokio::test]
+async fn a_streamed_request_body_echoes_while_it_is_sent() {
+    let Some(env) = Env::new() else { return };
+    let inst = env.warm("echo", &bundle("bytes.js")).await;
+    type Frame = Result<http_body::Frame<bytes::Bytes>, atrund_sandbox::BodyError>;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Frame>(2);
+    let body =
+        http_body_util::StreamBody::new(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/")
+        .header("content-type", "application/octet-stream")
+        .body(atrund_sandbox::boxed_body(body))
+        .unwrap();
+    tx.send(Ok(http_body::Frame::data("ping1;".into())))
+        .await
+        .unwrap();
+    let invocation = Invocation {
+        kind: atrund_sandbox::CallKind::Endpoint,
+        endpoint: "pipe".into(),
+        request: req,
+        timeout: Some(Duration::from_secs(20)),
+    };
+    let res = inst.execute(invocation).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut out = res.into_body();
+    let mut got = Vec::new();
+    for next in ["ping2;", "ping3;"] {
+        // The answer so far arrives while the request body is still open.
+        let want = got.len() + 6;
+        while got.len() < want {
+            let f = out.frame().await.expect("a frame").unwrap();
+            got.extend_from_slice(&f.into_data().unwrap());
+        }
+        tx.send(Ok(http_body::Frame::data(next.into())))
+            .await
+            .unwrap();
+    }
+    drop(tx);
+    while let Some(f) = out.frame().await {
+        got.extend_from_slice(&f.unwrap().into_data().unwrap());
+    }
+    assert_eq!(String::from_utf8(got).unwrap(), "ping1;ping2;ping3;");
+    let mut known = call("pipe", "POST", "/", None);
+    *known.request.body_mut() = atrund_sandbox::full_body("known length");
+    known
+        .request
+        .headers_mut()
+        .insert("content-type", "application/octet-stream".parse().unwrap());
+    let res = inst.execute(known).await.unwrap();
+    assert_eq!(body_bytes(res).await, b"known length");
+}
+
 #[tokio::test]
 async fn binary_streams_errors_and_input() {
     let Some(env) = Env::new() else { return };

@@ -21,6 +21,12 @@ export const stream = {
   },
 };
 
+// The caller's body streamed back as it arrives: the answer starts before the body has ended.
+export const pipe = {
+  handler: (_input, ctx) =>
+    new Response(ctx.request.body, { headers: { "content-type": "application/octet-stream" } }),
+};
+
 export const boom = {
   handler: () => {
     throw new Error("secret detail /etc/shadow");
