@@ -690,7 +690,7 @@ RELEASE_SAMPLES = int(os.environ.get("BENCH_RELEASE_SAMPLES", "4"))
 
 def release(tmp, results):
     """Issue 16 / DESIGN §7: a new release, and a rollback, served within 2 s of its publication.
-    `at-rund serve` with its default revalidation (`fetch.revalidate_secs`) keeps calling
+    `at-rund serve` with its defaults (event streams on, `fetch.revalidate_secs` as fallback) keeps calling
     `latest`; each sample publishes a version whose answer names it (`at-run deploy`, or
     `at-run rollback`) and times, from the moment the command returned, until `latest` answers
     with it. Polled every 50 ms."""
@@ -984,7 +984,8 @@ def report(res):
     rl = res.get("release")
     if rl:
         add("## A release served after its publication (`at-rund serve`, local PDS)\n")
-        add(f"`fetch.revalidate_secs` = {rl['revalidate_secs']} (default); from the command's return "
+        add(f"`fetch.revalidate_secs` = {rl['revalidate_secs']} (default), `fetch.event_streams` on "
+            "(default: the PDS's subscribeRepos marks the author changed); from the command's return "
             "until `latest` answers with the new version, polled every 50 ms.\n")
         add("| change | samples | p50 | max | target |")
         add("|---|---|---|---|---|")

@@ -363,6 +363,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         max_bundle_bytes,
         revalidate_secs,
         max_list_pages,
+        event_streams,
     } = config.fetch.clone();
     let repo = RepoClient::new(FetchConfig {
         timeout: Duration::from_millis(timeout_ms),
@@ -396,6 +397,11 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         atrund_bundle::RevisionFloors::load(&layout.revisions())
             .context("cannot load the repository revision floors")?,
     ));
+    let source = if event_streams {
+        source.with_event_streams()
+    } else {
+        source
+    };
     // Cgroups of this runner (its id comes from the data dir); leftovers of a crash are swept.
     let cgroups = Arc::new(
         CgroupManager::start(&runner_id_for(layout.root()))

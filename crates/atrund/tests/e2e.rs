@@ -534,3 +534,87 @@ async fn a_release_moves_latest_past_kept_answers() {
     assert_eq!(old, "one 1");
     assert!(s.starts_with("at-rund; hit"), "{s}");
 }
+
+/// A release and a rollback reach callers through the PDS's event stream, long before the
+/// revalidation interval (here 600 s) would have let the runner look again; with the streams
+/// off, the old version keeps being served (the fallback is revalidation alone).
+#[tokio::test(flavor = "multi_thread")]
+async fn releases_and_rollbacks_arrive_through_the_event_stream() {
+    let Some((net, deno)) = setup() else { return };
+    let acct = net.create_account("stream").await;
+    let code = |tag: &str| {
+        format!(
+            "export const which = {{ method: \"GET\", handler: () => new Response(\"{tag}\") }};\n"
+        )
+    };
+    let manifest = json!({ "endpoints": [{ "name": "which", "method": "GET" }] });
+    deploy(net, &acct, &code("one"), &manifest, "live", "1.0.0").await;
+    let env = |streams: &'static str| {
+        [
+            ("ATRUND_POLICY", "open"),
+            ("ATRUND_FETCH_REVALIDATE_SECS", "600"),
+            ("ATRUND_FETCH_EVENT_STREAMS", streams),
+        ]
+    };
+    let runner = Runner::start(net, &deno, &env("true"));
+    let without = Runner::start(net, &deno, &env("false"));
+    let url = |r: &Runner| r.url(&format!("/bundle/{}/live/latest/which", acct.did));
+    let text = |u: String| async move {
+        reqwest::get(u)
+            .await
+            .expect("get")
+            .text()
+            .await
+            .expect("body")
+    };
+    assert_eq!(text(url(&runner)).await, "one");
+    assert_eq!(text(url(&without)).await, "one");
+    // The stream opens once a load came from the PDS; give it a moment to be up.
+    let opened = std::time::Instant::now();
+    while !runner.daemon.log().contains("event stream open") {
+        assert!(
+            opened.elapsed() < std::time::Duration::from_secs(20),
+            "the event stream never opened:\n{}",
+            runner.daemon.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let served_after = |want: &'static str| {
+        let u = url(&runner);
+        async move {
+            let t = std::time::Instant::now();
+            loop {
+                if text(u.clone()).await == want {
+                    return t.elapsed();
+                }
+                assert!(
+                    t.elapsed() < std::time::Duration::from_secs(30),
+                    "{want} was never served"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
+        }
+    };
+    deploy(net, &acct, &code("two"), &manifest, "live", "2.0.0").await;
+    let took = served_after("two").await;
+    eprintln!("MEASURED: release -> served through the event stream: {took:?}");
+    at_run::releases::rollback(
+        &at_run::auth::AuthArgs {
+            pds: Some(net.pds_url.clone()),
+            identifier: Some(acct.handle.clone()),
+            password: Some(acct.password.parse().expect("password")),
+        },
+        "live",
+        "1.0.0",
+    )
+    .await
+    .expect("rollback");
+    let took = served_after("one").await;
+    eprintln!("MEASURED: rollback -> served through the event stream: {took:?}");
+    // The runner without streams still serves what it resolved first.
+    assert_eq!(text(url(&without)).await, "one");
+    deploy(net, &acct, &code("three"), &manifest, "live", "3.0.0").await;
+    served_after("three").await;
+    assert_eq!(text(url(&without)).await, "one");
+}

@@ -5,6 +5,7 @@
 //! (`revisions`).
 
 pub mod cron;
+pub mod events;
 mod flights;
 pub mod local;
 pub mod record;
@@ -13,6 +14,7 @@ pub mod selector;
 pub mod source;
 pub mod store;
 
+pub use events::{EventWatch, Invalidations};
 pub use local::{LocalBundle, LocalBundleError, LocalSnapshot};
 pub use record::{BlobRef, BundleRecord, Manifest, Permissions, ReleaseRecord};
 pub use revisions::RevisionFloors;

@@ -19,6 +19,7 @@ use atrund_identity::{IdentityError, IdentityResolver, ResolvedDid};
 use atrund_repo::{FetchError, RepoClient, VerifiedRecord};
 use atrund_secrets::{secrets_rkey, RunnerPublicKey, SecretsRecord, SECRETS_COLLECTION};
 
+use crate::events::{EventWatch, Invalidations};
 use crate::flights::{Flights, ShareableError};
 use crate::record::{
     bundle_rkey, validate_name, BundleRecord, RecordError, ReleaseRecord, BUNDLE_COLLECTION,
@@ -249,6 +250,10 @@ pub struct BundleSource {
     secrets_flights: Arc<Flights<SecretsKey, Option<Arc<LoadedSecrets>>>>,
     /// When each DID was last re-resolved because of a bad commit signature.
     refreshed: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Authors the event streams saw change: what was loaded for them before is stale.
+    invalidations: Arc<Invalidations>,
+    /// The event streams, when on (`with_event_streams`).
+    watch: Option<Arc<EventWatch>>,
 }
 
 impl BundleSource {
@@ -270,6 +275,30 @@ impl BundleSource {
             flights: Arc::default(),
             secrets_flights: Arc::default(),
             refreshed: Arc::default(),
+            invalidations: Arc::default(),
+            watch: None,
+        }
+    }
+
+    /// Follows the PDS event streams of the authors it loads from, so their releases, rollbacks
+    /// and secret changes are fetched again as soon as they are published (`events`).
+    pub fn with_event_streams(mut self) -> Self {
+        self.watch = Some(Arc::new(EventWatch::new(
+            self.repo.http().clone(),
+            self.identity.clone(),
+            self.invalidations.clone(),
+        )));
+        self
+    }
+
+    /// When authors last changed, as the event streams saw it.
+    pub fn invalidations(&self) -> &Arc<Invalidations> {
+        &self.invalidations
+    }
+
+    fn follow(&self, author: &ResolvedDid) {
+        if let Some(w) = &self.watch {
+            w.follow(author);
         }
     }
 
@@ -343,13 +372,17 @@ impl BundleSource {
         );
         if let Ok(cache) = self.secrets.lock() {
             if let Some((at, hit)) = cache.get(&key) {
-                if at.elapsed() < self.cfg.revalidate {
+                if at.elapsed() < self.cfg.revalidate
+                    && !self.invalidations.changed_since(&key.0, *at)
+                {
                     return Ok(hit.clone());
                 }
             }
         }
         self.secrets_flights
             .run(&key, || async {
+                // What is fetched from now on is at least as new as this moment.
+                let began = Instant::now();
                 let found = match self.fetch_secrets(author, name, keys).await {
                     Err(BundleError::Fetch(e @ FetchError::BadCommitSignature(_))) => {
                         match self.refresh_for_bad_signature(author).await? {
@@ -360,8 +393,9 @@ impl BundleSource {
                     other => other?,
                 };
                 if let Ok(mut cache) = self.secrets.lock() {
-                    cache.insert(key.clone(), (Instant::now(), found.clone()));
+                    cache.insert(key.clone(), (began, found.clone()));
                 }
+                self.follow(author);
                 Ok(found)
             })
             .await
@@ -434,7 +468,9 @@ impl BundleSource {
             return Ok(());
         };
         match failures.get(key) {
-            Some((at, code, class, message)) if at.elapsed() < ttl => {
+            Some((at, code, class, message))
+                if at.elapsed() < ttl && !self.invalidations.changed_since(&key.0, *at) =>
+            {
                 Err(BundleError::Remembered {
                     code,
                     class: *class,
@@ -472,6 +508,8 @@ impl BundleSource {
         selector: &VersionSelector,
         key: &CacheKey,
     ) -> Result<Arc<LoadedBundle>, BundleError> {
+        // What is fetched from now on is at least as new as this moment.
+        let began = Instant::now();
         let (rkey, record) = match self.fetch_record(author, name, selector).await {
             Err(BundleError::Fetch(e @ FetchError::BadCommitSignature(_))) => {
                 // The author may have rotated keys since we cached their DID document: resolve
@@ -503,15 +541,19 @@ impl BundleSource {
             code_path,
         });
         if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(key.clone(), (Instant::now(), loaded.clone()));
+            cache.insert(key.clone(), (began, loaded.clone()));
         }
+        self.follow(author);
         Ok(loaded)
     }
 
     fn cached(&self, key: &CacheKey) -> Option<Arc<LoadedBundle>> {
         let cache = self.cache.lock().ok()?;
         let (at, hit) = cache.get(key)?;
-        (at.elapsed() < self.cfg.revalidate && hit.code_path.exists()).then(|| hit.clone())
+        (at.elapsed() < self.cfg.revalidate
+            && !self.invalidations.changed_since(&key.0, *at)
+            && hit.code_path.exists())
+        .then(|| hit.clone())
     }
 
     /// Returns the bundle record's key and its verified bytes.

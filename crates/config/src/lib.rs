@@ -184,6 +184,9 @@ pub struct FetchSection {
     pub revalidate_secs: u64,
     /// Pages of `listRecords` (100 records each) scanned to find a bundle pinned by record CID.
     pub max_list_pages: u64,
+    /// Follow the event streams (`subscribeRepos`) of the PDSes bundles were loaded from, so a
+    /// release, rollback or secret change is fetched again when it is published.
+    pub event_streams: bool,
 }
 
 impl Default for FetchSection {
@@ -194,6 +197,7 @@ impl Default for FetchSection {
             max_bundle_bytes: 20 * MIB,
             revalidate_secs: 30,
             max_list_pages: 20,
+            event_streams: true,
         }
     }
 }

@@ -1073,8 +1073,9 @@ async fn invoke(
     }
     let config = st.config();
     let began = std::time::Instant::now();
+    let generation = st.source.invalidations().generation();
     let memo_key = route_key(&route, call);
-    let route_resolved = match warm_route(&st, &memo_key, &config, began, seen)? {
+    let route_resolved = match warm_route(&st, &memo_key, &config, generation, began, seen)? {
         Some(r) => r,
         None => {
             // Boxed: only a cold route pays for its future, and the warm call's future stays
@@ -1086,9 +1087,14 @@ async fn invoke(
             } else {
                 warm::MAX_AGE
             };
-            st.warm
-                .0
-                .put(memo_key, r.clone(), config.clone(), began, max_age);
+            st.warm.0.put(
+                memo_key,
+                r.clone(),
+                config.clone(),
+                generation,
+                began,
+                max_age,
+            );
             r
         }
     };
@@ -1344,10 +1350,11 @@ fn warm_route(
     st: &AppState,
     key: &warm::RouteKey,
     config: &Arc<Config>,
+    generation: u64,
     now: std::time::Instant,
     seen: &mut Seen,
 ) -> Result<Option<Arc<Resolved>>, ApiError> {
-    let Some(r) = st.warm.0.get(key, config, now) else {
+    let Some(r) = st.warm.0.get(key, config, generation, now) else {
         return Ok(None);
     };
     if r.remote {

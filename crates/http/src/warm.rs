@@ -36,6 +36,9 @@ struct Entry<V> {
     value: Arc<V>,
     /// The configuration the route was resolved under: another one (a reload) voids it.
     config: Arc<Config>,
+    /// The source's invalidation generation when resolution began: an author's change seen on
+    /// an event stream since (any author's: the check is one integer) voids it.
+    generation: u64,
     resolved: Instant,
     max_age: Duration,
 }
@@ -66,13 +69,20 @@ impl<V> Default for WarmRoutes<V> {
 }
 
 impl<V> WarmRoutes<V> {
-    /// The route's resolution, if it was made under `config` and is younger than the age it was
-    /// kept for.
-    pub fn get(&self, key: &RouteKey, config: &Arc<Config>, now: Instant) -> Option<Arc<V>> {
+    /// The route's resolution, if it was made under `config` and invalidation `generation` and
+    /// is younger than the age it was kept for.
+    pub fn get(
+        &self,
+        key: &RouteKey,
+        config: &Arc<Config>,
+        generation: u64,
+        now: Instant,
+    ) -> Option<Arc<V>> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let e = map.get(key)?;
-        let fresh =
-            Arc::ptr_eq(&e.config, config) && now.saturating_duration_since(e.resolved) < e.max_age;
+        let fresh = Arc::ptr_eq(&e.config, config)
+            && e.generation == generation
+            && now.saturating_duration_since(e.resolved) < e.max_age;
         fresh.then(|| e.value.clone())
     }
 
@@ -84,6 +94,7 @@ impl<V> WarmRoutes<V> {
         key: RouteKey,
         value: Arc<V>,
         config: Arc<Config>,
+        generation: u64,
         at: Instant,
         max_age: Duration,
     ) {
@@ -100,6 +111,7 @@ impl<V> WarmRoutes<V> {
             Entry {
                 value,
                 config,
+                generation,
                 resolved: at,
                 max_age,
             },
@@ -140,40 +152,51 @@ mod tests {
         let config = Arc::new(Config::default());
         let key = RouteKey::new(&[b"r"]);
         let t0 = Instant::now();
-        assert!(memo.get(&key, &config, t0).is_none());
+        assert!(memo.get(&key, &config, 0, t0).is_none());
         memo.put(
             key.clone(),
             Arc::new(7),
             config.clone(),
+            0,
             t0,
             Duration::from_secs(60),
         );
-        assert_eq!(memo.get(&key, &config, t0).as_deref(), Some(&7));
+        assert_eq!(memo.get(&key, &config, 0, t0).as_deref(), Some(&7));
         let later = t0 + MAX_AGE - Duration::from_millis(1);
-        assert_eq!(memo.get(&key, &config, later).as_deref(), Some(&7));
-        assert!(memo.get(&key, &config, t0 + MAX_AGE).is_none());
+        assert_eq!(memo.get(&key, &config, 0, later).as_deref(), Some(&7));
+        assert!(memo.get(&key, &config, 0, t0 + MAX_AGE).is_none());
         // A reloaded configuration, even an equal one, voids it.
         let reloaded = Arc::new(Config::default());
-        assert!(memo.get(&key, &reloaded, t0).is_none());
+        assert!(memo.get(&key, &reloaded, 0, t0).is_none());
+        // So does an author's change seen on an event stream (the generation moved).
+        assert!(memo.get(&key, &config, 1, t0).is_none());
         memo.forget(&key);
-        assert!(memo.get(&key, &config, t0).is_none());
+        assert!(memo.get(&key, &config, 0, t0).is_none());
         // Kept for less than MAX_AGE when asked; not kept at all for zero.
         memo.put(
             key.clone(),
             Arc::new(8),
             config.clone(),
+            0,
             t0,
             Duration::from_millis(10),
         );
         assert!(memo
-            .get(&key, &config, t0 + Duration::from_millis(9))
+            .get(&key, &config, 0, t0 + Duration::from_millis(9))
             .is_some());
         assert!(memo
-            .get(&key, &config, t0 + Duration::from_millis(10))
+            .get(&key, &config, 0, t0 + Duration::from_millis(10))
             .is_none());
         memo.forget(&key);
-        memo.put(key.clone(), Arc::new(9), config.clone(), t0, Duration::ZERO);
-        assert!(memo.get(&key, &config, t0).is_none() && memo.len() == 0);
+        memo.put(
+            key.clone(),
+            Arc::new(9),
+            config.clone(),
+            0,
+            t0,
+            Duration::ZERO,
+        );
+        assert!(memo.get(&key, &config, 0, t0).is_none() && memo.len() == 0);
     }
 
     #[test]
@@ -186,6 +209,7 @@ mod tests {
                 RouteKey::new(&[i.to_string().as_bytes()]),
                 Arc::new(i),
                 config.clone(),
+                0,
                 now,
                 MAX_AGE,
             );

@@ -276,16 +276,7 @@ impl GuardedClient {
                 })
             }
         };
-        let resolved = tokio::time::timeout(inner.cfg.timeout, inner.resolver.resolve(&name))
-            .await
-            .map_err(|_| OutboundError::Resolve {
-                host: name.clone(),
-                detail: format!("timed out after {:?}", inner.cfg.timeout),
-            })?
-            .map_err(|e| OutboundError::Resolve {
-                host: name.clone(),
-                detail: e.to_string(),
-            })?;
+        let resolved = self.resolve(&name).await?;
         let addrs = pin(&inner.policy, &name, port, &resolved)?;
         let key = (name, addrs);
         let mut cache = inner
@@ -301,6 +292,50 @@ impl GuardedClient {
         }
         cache.insert(key, client.clone());
         Ok(client)
+    }
+
+    /// `name`'s addresses from the runner's resolver, within the timeout (unchecked).
+    async fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, OutboundError> {
+        let timeout = self.inner.cfg.timeout;
+        tokio::time::timeout(timeout, self.inner.resolver.resolve(name))
+            .await
+            .map_err(|_| OutboundError::Resolve {
+                host: name.to_string(),
+                detail: format!("timed out after {timeout:?}"),
+            })?
+            .map_err(|e| OutboundError::Resolve {
+                host: name.to_string(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// The addresses `url` may be connected to: its scheme checked (`https`/`wss`, or plain to
+    /// loopback when allowed), its host resolved once and every address checked with its port.
+    pub async fn checked_addrs(&self, url: &Url) -> Result<Vec<SocketAddr>, OutboundError> {
+        let inner = &self.inner;
+        check_url(url, inner.cfg.allow_http_loopback).map_err(|reason| {
+            OutboundError::InsecureUrl {
+                url: url.to_string(),
+                reason,
+            }
+        })?;
+        let port = url.port_or_known_default().unwrap_or(443);
+        let (name, resolved) = match url.host() {
+            Some(Host::Ipv4(ip)) => (ip.to_string(), vec![IpAddr::V4(ip)]),
+            Some(Host::Ipv6(ip)) => (ip.to_string(), vec![IpAddr::V6(ip)]),
+            Some(Host::Domain(d)) => {
+                let name = d.to_ascii_lowercase();
+                let r = self.resolve(&name).await?;
+                (name, r)
+            }
+            None => {
+                return Err(OutboundError::InsecureUrl {
+                    url: url.to_string(),
+                    reason: "it has no host".into(),
+                })
+            }
+        };
+        pin(&inner.policy, &name, port, &resolved)
     }
 
     fn literal(&self, ip: IpAddr, port: u16) -> Result<reqwest::Client, OutboundError> {

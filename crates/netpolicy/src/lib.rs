@@ -15,6 +15,7 @@
 mod addr;
 mod client;
 mod resolve;
+mod websocket;
 
 pub use addr::{classify, AddressPolicy, BlockReason, Opening};
 pub use client::{
@@ -23,3 +24,5 @@ pub use client::{
 };
 pub use ipnet::IpNet;
 pub use resolve::{MapResolver, Resolve, SystemResolver};
+pub use tokio_tungstenite::tungstenite::Message as WebSocketMessage;
+pub use websocket::{Io, WebSocket};

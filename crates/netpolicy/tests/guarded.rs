@@ -186,3 +186,45 @@ async fn each_request_resolves_once_and_reqwest_never_resolves() {
     assert_eq!(c.get(&target, "*/*").await.unwrap().status(), 200);
     assert_eq!(r.0.load(Ordering::SeqCst), 2);
 }
+
+/// The event-stream WebSocket obeys the same rules: a PDS named by a DID document at a refused
+/// address is never connected to, whatever the name or scheme; an opened one is.
+#[tokio::test]
+async fn websockets_are_refused_like_requests_without_connecting() {
+    let canary = serve(ok_response()).await;
+    let c = client(&[], 3, names());
+    let port = canary.addr.port();
+    for target in [
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://localhost:{port}/"),
+        format!("https://evil.example.com:{port}/"),
+    ] {
+        let e = c
+            .websocket(
+                &url(&target),
+                "/xrpc/com.atproto.sync.subscribeRepos",
+                1 << 20,
+            )
+            .await
+            .err()
+            .expect("refused");
+        assert!(e.is_address_refusal(), "{target}: {e}");
+    }
+    // A scheme other than https (or http to loopback) is refused before any look-up.
+    let e = c
+        .websocket(&url("ftp://example.com/"), "/", 1 << 20)
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(e, OutboundError::InsecureUrl { .. }), "{e}");
+    assert_eq!(canary.accepted.load(Ordering::SeqCst), 0);
+    // Opened: it connects (the canary is no WebSocket server, so the handshake then fails).
+    let opened = client(&[canary.addr], 0, names());
+    let e = opened
+        .websocket(&url(&format!("http://localhost:{port}/")), "/", 1 << 20)
+        .await
+        .err()
+        .expect("not a WebSocket server");
+    assert!(!e.is_address_refusal(), "{e}");
+    assert_eq!(canary.accepted.load(Ordering::SeqCst), 1);
+}

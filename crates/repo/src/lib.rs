@@ -12,6 +12,7 @@ pub mod blob;
 pub mod car;
 pub mod commit;
 mod error;
+pub mod firehose;
 pub mod mst;
 
 pub use error::FetchError;
@@ -244,6 +245,11 @@ impl RepoClient {
         )
         .map_err(|e| FetchError::ClientBuild(e.to_string()))?;
         Ok(RepoClient { http, cfg })
+    }
+
+    /// The guarded HTTP client underneath (its address rules apply to the event streams too).
+    pub fn http(&self) -> &GuardedClient {
+        &self.http
     }
 
     /// The limits this client enforces.

@@ -1,0 +1,393 @@
+//! Live invalidation: the event streams (`com.atproto.sync.subscribeRepos`) of the PDSes whose
+//! authors this runner has loaded bundles of. A commit of a followed author that touches a
+//! `dev.atrund.bundle`, `dev.atrund.release` or `dev.atrund.secrets` record, and any identity,
+//! account or resync event of one, marks the author changed ([`Invalidations`]); what was cached
+//! for the author before that moment is then fetched and verified again on its next use. So a
+//! release, rollback or secret change is served within moments of its publication instead of
+//! after `fetch.revalidate_secs`.
+//!
+//! An event is never believed as content: a commit event must carry its commit, signed by the
+//! author's key, or it changes nothing, and even a true event only causes a re-fetch through the
+//! verified path. The stream is opened through the same address rules as every request of the
+//! runner's own (`GuardedClient::websocket`), to a PDS a verified load already came from.
+//!
+//! Owns: one stream per PDS host (at most [`MAX_HOSTS`]), its cursor, reconnects with back-off,
+//! and the followed authors' keys. Must not touch: the caches themselves (the source consults
+//! [`Invalidations`]) or identity resolution (it is asked to forget a DID, nothing more).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use atrund_identity::{IdentityResolver, PublicKey, ResolvedDid};
+use atrund_netpolicy::{GuardedClient, WebSocketMessage};
+use atrund_repo::firehose::{self, Event};
+use futures::StreamExt;
+
+/// Streams kept at most; authors on further PDSes fall back to revalidation.
+pub const MAX_HOSTS: usize = 100;
+/// Largest message read from a stream.
+const MAX_MESSAGE_BYTES: usize = firehose::MAX_EVENT_CAR_BYTES as usize + 64 * 1024;
+/// First wait before a reconnect; doubled per failure up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Collections whose change voids what is cached of their author.
+const WATCHED: [&str; 3] = [
+    "dev.atrund.bundle",
+    "dev.atrund.release",
+    "dev.atrund.secrets",
+];
+
+/// When each author last changed, as the event streams saw it.
+#[derive(Default)]
+pub struct Invalidations {
+    changed: Mutex<HashMap<String, Instant>>,
+    generation: AtomicU64,
+}
+
+impl Invalidations {
+    /// Marks `did` changed now.
+    pub fn mark(&self, did: &str) {
+        if let Ok(mut m) = self.changed.lock() {
+            m.insert(did.to_string(), Instant::now());
+        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether `did` changed after `at` (what was loaded from `at` on is current).
+    pub fn changed_since(&self, did: &str, at: Instant) -> bool {
+        self.changed
+            .lock()
+            .ok()
+            .and_then(|m| m.get(did).copied())
+            .is_some_and(|c| c >= at)
+    }
+
+    /// A number that moves whenever any author is marked: a cheap check for memos above the
+    /// source (the HTTP layer's warm routes).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+}
+
+/// The streams and the authors they are followed for.
+pub struct EventWatch {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: GuardedClient,
+    identity: IdentityResolver,
+    invalidations: Arc<Invalidations>,
+    /// PDS origin → the DIDs followed there and their keys.
+    hosts: Mutex<HashMap<String, HashMap<String, PublicKey>>>,
+}
+
+impl EventWatch {
+    pub fn new(
+        client: GuardedClient,
+        identity: IdentityResolver,
+        invalidations: Arc<Invalidations>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                identity,
+                invalidations,
+                hosts: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Follows `author` on its PDS's stream (started on first use), with its current key.
+    pub fn follow(&self, author: &ResolvedDid) {
+        let origin = author.pds.origin().ascii_serialization();
+        let did = author.did.as_str().to_string();
+        let start = {
+            let Ok(mut hosts) = self.inner.hosts.lock() else {
+                return;
+            };
+            let known = hosts.contains_key(&origin);
+            if !known && hosts.len() >= MAX_HOSTS {
+                return;
+            }
+            hosts
+                .entry(origin.clone())
+                .or_default()
+                .insert(did, author.signing_key.clone());
+            !known
+        };
+        if start {
+            let weak = Arc::downgrade(&self.inner);
+            let base = author.pds.clone();
+            tokio::spawn(run(weak, origin, base));
+        }
+    }
+}
+
+impl Drop for EventWatch {
+    fn drop(&mut self) {
+        // The stream tasks hold a weak reference and end at their next message or reconnect.
+        if let Ok(mut h) = self.inner.hosts.lock() {
+            h.clear();
+        }
+    }
+}
+
+/// One host's stream, for as long as the watch lives.
+async fn run(watch: Weak<Inner>, origin: String, base: url::Url) {
+    let mut cursor: Option<i64> = None;
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let Some(inner) = watch.upgrade() else { return };
+        let path = match cursor {
+            Some(c) => format!("/xrpc/com.atproto.sync.subscribeRepos?cursor={c}"),
+            None => "/xrpc/com.atproto.sync.subscribeRepos".to_string(),
+        };
+        match inner
+            .client
+            .websocket(&base, &path, MAX_MESSAGE_BYTES)
+            .await
+        {
+            Ok(mut socket) => {
+                tracing::info!(target: "atrund::events", pds = %origin, "event stream open");
+                // Whatever happened while it was closed may be lost without a cursor.
+                if cursor.is_none() {
+                    inner.mark_host(&origin);
+                }
+                drop(inner);
+                while let Some(msg) = socket.next().await {
+                    let Some(inner) = watch.upgrade() else { return };
+                    let bytes = match msg {
+                        Ok(WebSocketMessage::Binary(b)) => b,
+                        Ok(WebSocketMessage::Close(_)) => break,
+                        Ok(_) => continue,
+                        Err(e) => {
+                            tracing::info!(target: "atrund::events", pds = %origin, error = %e, "event stream broke");
+                            break;
+                        }
+                    };
+                    backoff = MIN_BACKOFF;
+                    match firehose::decode(&bytes) {
+                        Ok(event) => {
+                            if let Some(seq) = event.seq() {
+                                cursor = Some(seq);
+                            }
+                            if let Event::Error { error, message } = &event {
+                                tracing::warn!(target: "atrund::events", pds = %origin, %error, %message, "event stream refused");
+                                if error == "FutureCursor" || error == "OutdatedCursor" {
+                                    cursor = None;
+                                }
+                                break;
+                            }
+                            inner.apply(&origin, event);
+                        }
+                        Err(e) => {
+                            tracing::debug!(target: "atrund::events", pds = %origin, error = %e, "event frame skipped");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::info!(target: "atrund::events", pds = %origin, error = %e, "event stream not opened; relying on revalidation");
+            }
+        }
+        if watch.upgrade().is_none() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+impl Inner {
+    fn key_of(&self, origin: &str, did: &str) -> Option<PublicKey> {
+        self.hosts.lock().ok()?.get(origin)?.get(did).cloned()
+    }
+
+    /// Marks every author followed on `origin` (events may have been missed).
+    fn mark_host(&self, origin: &str) {
+        let dids: Vec<String> = self
+            .hosts
+            .lock()
+            .ok()
+            .and_then(|h| h.get(origin).map(|m| m.keys().cloned().collect()))
+            .unwrap_or_default();
+        for did in dids {
+            self.invalidations.mark(&did);
+        }
+    }
+
+    fn apply(&self, origin: &str, event: Event) {
+        match event {
+            Event::Commit(c) => {
+                let Some(key) = self.key_of(origin, &c.repo) else {
+                    return;
+                };
+                if !WATCHED.iter().any(|w| c.touches(w)) {
+                    return;
+                }
+                match c.verify(&key) {
+                    Ok(_) => {
+                        tracing::info!(target: "atrund::events", did = %c.repo, rev = %c.rev, "an author's bundle records changed");
+                        self.invalidations.mark(&c.repo);
+                    }
+                    // Forged, or signed with a key rotated since (its #identity event voids
+                    // the identity): either way it changes nothing here, so a lying stream
+                    // cannot make the runner re-fetch at will.
+                    Err(e) => {
+                        tracing::warn!(target: "atrund::events", did = %c.repo, error = %e, "commit event did not verify; ignored");
+                    }
+                }
+            }
+            Event::Identity { did, .. } | Event::Account { did, .. } | Event::Sync { did, .. }
+                if self.key_of(origin, &did).is_some() =>
+            {
+                self.forget_identity(&did);
+            }
+            Event::Info { name } if name == "OutdatedCursor" => self.mark_host(origin),
+            _ => {}
+        }
+    }
+
+    fn forget_identity(&self, did: &str) {
+        if let Ok(d) = did.parse::<atrund_identity::Did>() {
+            self.identity.purge_did(&d);
+        }
+        self.invalidations.mark(did);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What an event does to a followed author, decoded from real frames (signed commits in a
+    //! CAR, as a PDS sends them); no stream is opened.
+    use std::collections::BTreeMap;
+
+    use atrund_repo::car::{self, cid_for, DAG_CBOR};
+    use ipld_core::ipld::Ipld;
+    use k256::ecdsa::{signature::Signer as _, Signature, SigningKey};
+
+    use super::*;
+
+    const DID: &str = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
+    const ORIGIN: &str = "http://127.0.0.1:1";
+
+    fn sk(seed: u8) -> SigningKey {
+        SigningKey::from_slice(&[seed; 32]).unwrap()
+    }
+
+    fn map(pairs: Vec<(&str, Ipld)>) -> Ipld {
+        Ipld::Map(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect::<BTreeMap<_, _>>(),
+        )
+    }
+
+    /// A `#commit` frame of `repo`, signed with key `seed`, touching `path`.
+    fn commit(repo: &str, seed: u8, path: &str) -> Event {
+        let rev = "3kxxxxxxxxx22";
+        let unsigned = map(vec![
+            ("did", Ipld::String(repo.into())),
+            ("version", Ipld::Integer(3)),
+            ("data", Ipld::Link(cid_for(DAG_CBOR, b"root"))),
+            ("rev", Ipld::String(rev.into())),
+            ("prev", Ipld::Null),
+        ]);
+        let bytes = serde_ipld_dagcbor::to_vec(&unsigned).unwrap();
+        let sig: Signature = sk(seed).sign(&bytes);
+        let sig = sig.normalize_s().unwrap_or(sig);
+        let Ipld::Map(mut signed) = unsigned else {
+            unreachable!()
+        };
+        signed.insert("sig".into(), Ipld::Bytes(sig.to_bytes().to_vec()));
+        let block = serde_ipld_dagcbor::to_vec(&Ipld::Map(signed)).unwrap();
+        let cid = cid_for(DAG_CBOR, &block);
+        let mut frame = serde_ipld_dagcbor::to_vec(&map(vec![
+            ("op", Ipld::Integer(1)),
+            ("t", Ipld::String("#commit".into())),
+        ]))
+        .unwrap();
+        frame.extend(
+            serde_ipld_dagcbor::to_vec(&map(vec![
+                ("seq", Ipld::Integer(5)),
+                ("repo", Ipld::String(DID.into())),
+                ("commit", Ipld::Link(cid)),
+                ("rev", Ipld::String(rev.into())),
+                ("blocks", Ipld::Bytes(car::write(&[cid], &[(cid, block)]))),
+                (
+                    "ops",
+                    Ipld::List(vec![map(vec![("path", Ipld::String(path.into()))])]),
+                ),
+            ]))
+            .unwrap(),
+        );
+        firehose::decode(&frame).unwrap()
+    }
+
+    fn watch() -> Inner {
+        let client = GuardedClient::new(
+            atrund_netpolicy::ClientConfig {
+                timeout: Duration::from_secs(1),
+                max_redirects: 0,
+                allow_http_loopback: true,
+            },
+            atrund_netpolicy::AddressPolicy::default(),
+            Arc::new(atrund_netpolicy::SystemResolver),
+        )
+        .unwrap();
+        let inner = Inner {
+            client,
+            identity: IdentityResolver::new(Default::default()).unwrap(),
+            invalidations: Arc::default(),
+            hosts: Mutex::new(HashMap::new()),
+        };
+        let key = PublicKey::K256(*sk(1).verifying_key());
+        inner
+            .hosts
+            .lock()
+            .unwrap()
+            .insert(ORIGIN.into(), HashMap::from([(DID.to_string(), key)]));
+        inner
+    }
+
+    #[test]
+    fn only_a_signed_commit_of_a_followed_author_to_its_bundle_records_marks_it() {
+        let w = watch();
+        let before = Instant::now();
+        // Forged (another key): nothing changes.
+        w.apply(ORIGIN, commit(DID, 2, "dev.atrund.release/app"));
+        // Signed, but not about bundles.
+        w.apply(ORIGIN, commit(DID, 1, "app.bsky.feed.post/x"));
+        // Signed, about bundles, but seen on another host than the author's.
+        w.apply(
+            "http://127.0.0.1:2",
+            commit(DID, 1, "dev.atrund.release/app"),
+        );
+        assert!(!w.invalidations.changed_since(DID, before));
+        assert_eq!(w.invalidations.generation(), 0);
+        for path in [
+            "dev.atrund.release/app",
+            "dev.atrund.bundle/app:1.0.0",
+            "dev.atrund.secrets/x",
+        ] {
+            let at = Instant::now();
+            w.apply(ORIGIN, commit(DID, 1, path));
+            assert!(w.invalidations.changed_since(DID, at), "{path}");
+        }
+        assert_eq!(w.invalidations.generation(), 3);
+        // An identity event of the author marks it too (its key or PDS may have moved).
+        let at = Instant::now();
+        w.apply(
+            ORIGIN,
+            Event::Identity {
+                seq: 9,
+                did: DID.into(),
+            },
+        );
+        assert!(w.invalidations.changed_since(DID, at));
+    }
+}
