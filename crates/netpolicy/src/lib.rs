@@ -24,5 +24,6 @@ pub use client::{
 };
 pub use ipnet::IpNet;
 pub use resolve::{MapResolver, Resolve, SystemResolver};
+pub use tokio_rustls::rustls::pki_types::CertificateDer;
 pub use tokio_tungstenite::tungstenite::Message as WebSocketMessage;
 pub use websocket::{Io, WebSocket};

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use url::Url;
 
@@ -31,6 +32,19 @@ impl GuardedClient {
         path_and_query: &str,
         max_message_bytes: usize,
     ) -> Result<WebSocket, OutboundError> {
+        self.websocket_trusting(base, path_and_query, max_message_bytes, &[])
+            .await
+    }
+
+    /// [`websocket`](Self::websocket), also trusting the certificate authorities `extra_roots`
+    /// beside the web PKI's (a private CA; the tests' own).
+    pub async fn websocket_trusting(
+        &self,
+        base: &Url,
+        path_and_query: &str,
+        max_message_bytes: usize,
+        extra_roots: &[CertificateDer<'static>],
+    ) -> Result<WebSocket, OutboundError> {
         let addrs = self.checked_addrs(base).await?;
         let timeout = self.config().timeout;
         let failed = |detail: String| OutboundError::Request {
@@ -42,7 +56,7 @@ impl GuardedClient {
         let tls = base.scheme() == "https";
         let io: Box<dyn Io> = if tls {
             let name = rustls_name(&host).map_err(failed)?;
-            let connector = tokio_rustls::TlsConnector::from(tls_config()?);
+            let connector = tokio_rustls::TlsConnector::from(tls_config(extra_roots)?);
             let stream = tokio::time::timeout(timeout, connector.connect(name, tcp))
                 .await
                 .map_err(|_| failed(format!("TLS handshake timed out after {timeout:?}")))?
@@ -87,11 +101,18 @@ fn rustls_name(host: &str) -> Result<tokio_rustls::rustls::pki_types::ServerName
         .map_err(|e| format!("{host} is not a TLS server name: {e}"))
 }
 
-fn tls_config() -> Result<Arc<tokio_rustls::rustls::ClientConfig>, OutboundError> {
+fn tls_config(
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<Arc<tokio_rustls::rustls::ClientConfig>, OutboundError> {
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let roots = tokio_rustls::rustls::RootCertStore {
+    let mut roots = tokio_rustls::rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    for cert in extra_roots {
+        roots
+            .add(cert.clone())
+            .map_err(|e| OutboundError::Client(format!("an extra root is not usable: {e}")))?;
+    }
     let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| OutboundError::Client(e.to_string()))?

@@ -228,3 +228,83 @@ async fn websockets_are_refused_like_requests_without_connecting() {
     assert!(!e.is_address_refusal(), "{e}");
     assert_eq!(canary.accepted.load(Ordering::SeqCst), 1);
 }
+
+/// The `wss` path, as a PDS on https is reached: a TLS WebSocket server on 127.0.0.1 with a leaf
+/// for `localhost` signed by a throwaway CA. Trusting that CA, the stream opens and carries a
+/// message; with the web PKI alone, the handshake fails (the certificate is checked).
+#[tokio::test]
+async fn a_tls_websocket_opens_only_with_a_trusted_certificate() {
+    use futures::{SinkExt, StreamExt};
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use tokio_rustls::rustls;
+
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca_cert, &ca_key)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                let _ = ws
+                    .send(atrund_netpolicy::WebSocketMessage::Binary(
+                        b"event".to_vec().into(),
+                    ))
+                    .await;
+                let _ = ws.close(None).await;
+            });
+        }
+    });
+    // https, so no loopback exemption: only the opened socket makes it reachable.
+    let c = GuardedClient::new(
+        ClientConfig {
+            timeout: Duration::from_secs(5),
+            max_redirects: 0,
+            allow_http_loopback: false,
+        },
+        AddressPolicy::default().with_openings(&[Opening::Socket(addr)]),
+        names(),
+    )
+    .unwrap();
+    let base = url(&format!("https://localhost:{}/", addr.port()));
+    let path = "/xrpc/com.atproto.sync.subscribeRepos";
+    let mut ws = c
+        .websocket_trusting(&base, path, 1 << 20, &[ca_cert.der().clone()])
+        .await
+        .expect("wss with the CA trusted");
+    match ws.next().await {
+        Some(Ok(atrund_netpolicy::WebSocketMessage::Binary(b))) => assert_eq!(&b[..], b"event"),
+        other => panic!("expected the server's message, got {other:?}"),
+    }
+    let e = c
+        .websocket(&base, path, 1 << 20)
+        .await
+        .err()
+        .expect("an unknown CA is refused");
+    assert!(!e.is_address_refusal(), "{e}");
+    assert!(e.to_string().contains("TLS handshake"), "{e}");
+}
