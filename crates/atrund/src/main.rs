@@ -478,6 +478,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         cache.clone(),
         jobs.clone(),
         cluster.clone(),
+        source.clone(),
     );
     let metrics = observe::metrics(&config, pool.backend(), counters.clone());
     let rates = Arc::new(atrund_policy::AuthorRates::new(config.tenants.clone()));

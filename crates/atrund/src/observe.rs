@@ -282,9 +282,19 @@ pub fn counters(
     cache: Option<Arc<atrund_cache::ResponseCache>>,
     jobs: Option<Arc<atrund_http::jobs::Jobs>>,
     cluster: Option<Arc<atrund_http::cluster::Forwarder>>,
+    source: atrund_bundle::BundleSource,
 ) -> atrund_http::Counters {
     Arc::new(move || {
         let mut s = snapshot(&pool, &egress, &identity);
+        s.event_streams = source
+            .event_stream_stats()
+            .map(|e| atrund_metrics::EventStreams {
+                hosts: e.hosts,
+                open: e.open,
+                opens: e.opens,
+                marks: e.marks,
+                rejected: e.rejected,
+            });
         s.response_cache = cache.as_ref().map(|c| {
             let st = c.stats();
             atrund_metrics::ResponseCache {
@@ -365,6 +375,7 @@ fn snapshot(
         response_cache: None,
         jobs: None,
         cluster: None,
+        event_streams: None,
         generic: p.generic.map(|g| atrund_metrics::GenericSandboxes {
             ready: g.ready,
             starting: g.starting,

@@ -554,6 +554,7 @@ async fn releases_and_rollbacks_arrive_through_the_event_stream() {
             ("ATRUND_POLICY", "open"),
             ("ATRUND_FETCH_REVALIDATE_SECS", "600"),
             ("ATRUND_FETCH_EVENT_STREAMS", streams),
+            ("ATRUND_METRICS_PUBLIC", "true"),
         ]
     };
     let runner = Runner::start(net, &deno, &env("true"));
@@ -617,4 +618,19 @@ async fn releases_and_rollbacks_arrive_through_the_event_stream() {
     deploy(net, &acct, &code("three"), &manifest, "live", "3.0.0").await;
     served_after("three").await;
     assert_eq!(text(url(&without)).await, "one");
+    // The streams in the metrics: one PDS, its stream open, the changes counted.
+    let metrics = text(runner.url("/metrics")).await;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert_eq!(value("atrund_event_streams_hosts"), 1.0);
+    assert_eq!(value("atrund_event_streams_open"), 1.0);
+    assert!(value("atrund_event_streams_marks_total") >= 3.0);
+    assert_eq!(value("atrund_event_streams_rejected_commits_total"), 0.0);
+    assert!(!text(without.url("/metrics"))
+        .await
+        .contains("atrund_event_streams"));
 }

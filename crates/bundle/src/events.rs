@@ -76,12 +76,30 @@ pub struct EventWatch {
     inner: Arc<Inner>,
 }
 
+/// What the streams did, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventStreamStats {
+    /// PDSes followed (a stream each, open or being reopened).
+    pub hosts: u64,
+    /// Streams open now.
+    pub open: u64,
+    /// Streams opened, reopenings included.
+    pub opens: u64,
+    /// Authors marked changed (each mark makes their next call fetch again).
+    pub marks: u64,
+    /// Commit events of followed authors that did not verify, ignored.
+    pub rejected: u64,
+}
+
 struct Inner {
     client: GuardedClient,
     identity: IdentityResolver,
     invalidations: Arc<Invalidations>,
     /// PDS origin → the DIDs followed there and their keys.
     hosts: Mutex<HashMap<String, HashMap<String, PublicKey>>>,
+    open: AtomicU64,
+    opens: AtomicU64,
+    rejected: AtomicU64,
 }
 
 impl EventWatch {
@@ -96,7 +114,21 @@ impl EventWatch {
                 identity,
                 invalidations,
                 hosts: Mutex::new(HashMap::new()),
+                open: AtomicU64::new(0),
+                opens: AtomicU64::new(0),
+                rejected: AtomicU64::new(0),
             }),
+        }
+    }
+
+    pub fn stats(&self) -> EventStreamStats {
+        let i = &self.inner;
+        EventStreamStats {
+            hosts: i.hosts.lock().map(|h| h.len() as u64).unwrap_or(0),
+            open: i.open.load(Ordering::Relaxed),
+            opens: i.opens.load(Ordering::Relaxed),
+            marks: i.invalidations.generation(),
+            rejected: i.rejected.load(Ordering::Relaxed),
         }
     }
 
@@ -152,6 +184,9 @@ async fn run(watch: Weak<Inner>, origin: String, base: url::Url) {
         {
             Ok(mut socket) => {
                 tracing::info!(target: "atrund::events", pds = %origin, "event stream open");
+                inner.opens.fetch_add(1, Ordering::Relaxed);
+                inner.open.fetch_add(1, Ordering::Relaxed);
+                let open = OpenGuard(Arc::downgrade(&inner));
                 // Whatever happened while it was closed may be lost without a cursor.
                 if cursor.is_none() {
                     inner.mark_host(&origin);
@@ -188,6 +223,7 @@ async fn run(watch: Weak<Inner>, origin: String, base: url::Url) {
                         }
                     }
                 }
+                drop(open);
             }
             Err(e) => {
                 tracing::info!(target: "atrund::events", pds = %origin, error = %e, "event stream not opened; relying on revalidation");
@@ -198,6 +234,17 @@ async fn run(watch: Weak<Inner>, origin: String, base: url::Url) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Counts a stream as open until it ends.
+struct OpenGuard(Weak<Inner>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if let Some(i) = self.0.upgrade() {
+            i.open.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -237,6 +284,7 @@ impl Inner {
                     // the identity): either way it changes nothing here, so a lying stream
                     // cannot make the runner re-fetch at will.
                     Err(e) => {
+                        self.rejected.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(target: "atrund::events", did = %c.repo, error = %e, "commit event did not verify; ignored");
                     }
                 }
@@ -344,6 +392,9 @@ mod tests {
             identity: IdentityResolver::new(Default::default()).unwrap(),
             invalidations: Arc::default(),
             hosts: Mutex::new(HashMap::new()),
+            open: AtomicU64::new(0),
+            opens: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
         };
         let key = PublicKey::K256(*sk(1).verifying_key());
         inner
@@ -369,6 +420,7 @@ mod tests {
         );
         assert!(!w.invalidations.changed_since(DID, before));
         assert_eq!(w.invalidations.generation(), 0);
+        assert_eq!(w.rejected.load(Ordering::Relaxed), 1);
         for path in [
             "dev.atrund.release/app",
             "dev.atrund.bundle/app:1.0.0",

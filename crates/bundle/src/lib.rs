@@ -14,7 +14,7 @@ pub mod selector;
 pub mod source;
 pub mod store;
 
-pub use events::{EventWatch, Invalidations};
+pub use events::{EventStreamStats, EventWatch, Invalidations};
 pub use local::{LocalBundle, LocalBundleError, LocalSnapshot};
 pub use record::{BlobRef, BundleRecord, Manifest, Permissions, ReleaseRecord};
 pub use revisions::RevisionFloors;

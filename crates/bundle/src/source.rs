@@ -296,6 +296,11 @@ impl BundleSource {
         &self.invalidations
     }
 
+    /// The event streams' counters, when they are on.
+    pub fn event_stream_stats(&self) -> Option<crate::events::EventStreamStats> {
+        self.watch.as_ref().map(|w| w.stats())
+    }
+
     fn follow(&self, author: &ResolvedDid) {
         if let Some(w) = &self.watch {
             w.follow(author);

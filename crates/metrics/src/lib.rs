@@ -146,6 +146,23 @@ pub struct Snapshot {
     pub jobs: Option<Jobs>,
     /// Routing between runners, when `state.route` is on with Redis.
     pub cluster: Option<Cluster>,
+    /// The PDS event streams, when `fetch.event_streams` is on.
+    pub event_streams: Option<EventStreams>,
+}
+
+/// The PDS event streams' counters (`atrund_event_streams_*`, docs/network.md).
+#[derive(Debug, Clone, Default)]
+pub struct EventStreams {
+    /// PDSes followed.
+    pub hosts: u64,
+    /// Streams open now.
+    pub open: u64,
+    /// Streams opened, reopenings included.
+    pub opens: u64,
+    /// Authors marked changed by an event.
+    pub marks: u64,
+    /// Commit events of followed authors that did not verify.
+    pub rejected: u64,
 }
 
 /// Routing between the runners of a cluster (`atrund_cluster_*`, docs/cluster.md).
@@ -708,6 +725,41 @@ impl Collector for Scraped {
         )?;
         if let Some(c) = &s.response_cache {
             encode_response_cache(&mut enc, c)?;
+        }
+        if let Some(e) = &s.event_streams {
+            scalars(
+                &mut enc,
+                MetricType::Gauge,
+                [
+                    (
+                        "event_streams_hosts",
+                        "PDSes whose event stream is followed (open or being reopened)",
+                        e.hosts,
+                    ),
+                    ("event_streams_open", "PDS event streams open now", e.open),
+                ],
+            )?;
+            scalars(
+                &mut enc,
+                MetricType::Counter,
+                [
+                    (
+                        "event_streams_opens",
+                        "PDS event streams opened, reopenings included",
+                        e.opens,
+                    ),
+                    (
+                        "event_streams_marks",
+                        "Authors marked changed by an event (their next call fetches and verifies again)",
+                        e.marks,
+                    ),
+                    (
+                        "event_streams_rejected_commits",
+                        "Commit events of followed authors that did not verify with their key, ignored",
+                        e.rejected,
+                    ),
+                ],
+            )?;
         }
         if let Some(j) = &s.jobs {
             family(

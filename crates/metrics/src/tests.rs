@@ -94,10 +94,22 @@ fn scrape_time_counters_come_from_the_source() {
             stored: 4,
             evicted: 1,
         }),
+        event_streams: Some(crate::EventStreams {
+            hosts: 2,
+            open: 1,
+            opens: 3,
+            marks: 5,
+            rejected: 1,
+        }),
         ..Snapshot::default()
     });
     let text = m.encode().unwrap();
     for (line, v) in [
+        ("atrund_event_streams_hosts", 2.0),
+        ("atrund_event_streams_open", 1.0),
+        ("atrund_event_streams_opens_total", 3.0),
+        ("atrund_event_streams_marks_total", 5.0),
+        ("atrund_event_streams_rejected_commits_total", 1.0),
         (r#"atrund_instances{state="idle"}"#, 2.0),
         ("atrund_pool_adaptive_unloads_total", 4.0),
         (r#"atrund_response_cache_lookups_total{result="hit"}"#, 7.0),
