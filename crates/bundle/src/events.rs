@@ -71,7 +71,8 @@ impl Invalidations {
     }
 }
 
-/// The streams and the authors they are followed for.
+/// The streams and the authors they are followed for. The stream tasks hold only a weak
+/// reference: once the watch is dropped they end at their next message or reconnect.
 pub struct EventWatch {
     inner: Arc<Inner>,
 }
@@ -154,15 +155,6 @@ impl EventWatch {
             let weak = Arc::downgrade(&self.inner);
             let base = author.pds.clone();
             tokio::spawn(run(weak, origin, base));
-        }
-    }
-}
-
-impl Drop for EventWatch {
-    fn drop(&mut self) {
-        // The stream tasks hold a weak reference and end at their next message or reconnect.
-        if let Ok(mut h) = self.inner.hosts.lock() {
-            h.clear();
         }
     }
 }

@@ -231,13 +231,7 @@ impl GuardedClient {
     }
 
     async fn get_once(&self, url: &Url, accept: &str) -> Result<reqwest::Response, OutboundError> {
-        let inner = &self.inner;
-        check_url(url, inner.cfg.allow_http_loopback).map_err(|reason| {
-            OutboundError::InsecureUrl {
-                url: url.to_string(),
-                reason,
-            }
-        })?;
+        self.check_scheme(url)?;
         let client = self.client_for(url).await.inspect_err(|e| {
             if e.is_address_refusal() {
                 tracing::warn!(target: "atrund::outbound", %url, error = %e, "refused by address policy");
@@ -264,20 +258,11 @@ impl GuardedClient {
     /// can connect only to the addresses that passed.
     async fn client_for(&self, url: &Url) -> Result<reqwest::Client, OutboundError> {
         let inner = &self.inner;
-        let port = url.port_or_known_default().unwrap_or(443);
-        let name = match url.host() {
-            Some(Host::Ipv4(ip)) => return self.literal(IpAddr::V4(ip), port),
-            Some(Host::Ipv6(ip)) => return self.literal(IpAddr::V6(ip), port),
-            Some(Host::Domain(d)) => d.to_ascii_lowercase(),
-            None => {
-                return Err(OutboundError::InsecureUrl {
-                    url: url.to_string(),
-                    reason: "it has no host".into(),
-                })
-            }
+        let (name, addrs) = self.resolve_pinned(url).await?;
+        // An IP literal is connected to as it is, once checked.
+        let Some(name) = name else {
+            return Ok(inner.literal.clone());
         };
-        let resolved = self.resolve(&name).await?;
-        let addrs = pin(&inner.policy, &name, port, &resolved)?;
         let key = (name, addrs);
         let mut cache = inner
             .pinned
@@ -312,21 +297,35 @@ impl GuardedClient {
     /// The addresses `url` may be connected to: its scheme checked (`https`/`wss`, or plain to
     /// loopback when allowed), its host resolved once and every address checked with its port.
     pub async fn checked_addrs(&self, url: &Url) -> Result<Vec<SocketAddr>, OutboundError> {
-        let inner = &self.inner;
-        check_url(url, inner.cfg.allow_http_loopback).map_err(|reason| {
+        self.check_scheme(url)?;
+        Ok(self.resolve_pinned(url).await?.1)
+    }
+
+    /// The URL rule ([`check_url`]) as this client's error.
+    fn check_scheme(&self, url: &Url) -> Result<(), OutboundError> {
+        check_url(url, self.inner.cfg.allow_http_loopback).map_err(|reason| {
             OutboundError::InsecureUrl {
                 url: url.to_string(),
                 reason,
             }
-        })?;
+        })
+    }
+
+    /// The URL's host resolved once (an IP literal as it is) and the addresses that pass the
+    /// policy with the URL's port; the lower-cased name when the host is one.
+    async fn resolve_pinned(
+        &self,
+        url: &Url,
+    ) -> Result<(Option<String>, Vec<SocketAddr>), OutboundError> {
         let port = url.port_or_known_default().unwrap_or(443);
-        let (name, resolved) = match url.host() {
-            Some(Host::Ipv4(ip)) => (ip.to_string(), vec![IpAddr::V4(ip)]),
-            Some(Host::Ipv6(ip)) => (ip.to_string(), vec![IpAddr::V6(ip)]),
+        let literal = |ip: IpAddr| (None, ip.to_string(), vec![ip]);
+        let (name, shown, resolved) = match url.host() {
+            Some(Host::Ipv4(ip)) => literal(IpAddr::V4(ip)),
+            Some(Host::Ipv6(ip)) => literal(IpAddr::V6(ip)),
             Some(Host::Domain(d)) => {
                 let name = d.to_ascii_lowercase();
                 let r = self.resolve(&name).await?;
-                (name, r)
+                (Some(name.clone()), name, r)
             }
             None => {
                 return Err(OutboundError::InsecureUrl {
@@ -335,12 +334,8 @@ impl GuardedClient {
                 })
             }
         };
-        pin(&inner.policy, &name, port, &resolved)
-    }
-
-    fn literal(&self, ip: IpAddr, port: u16) -> Result<reqwest::Client, OutboundError> {
-        pin(&self.inner.policy, &ip.to_string(), port, &[ip])?;
-        Ok(self.inner.literal.clone())
+        let addrs = pin(&self.inner.policy, &shown, port, &resolved)?;
+        Ok((name, addrs))
     }
 }
 

@@ -108,7 +108,7 @@ impl ShimConn {
         req: http::Request<crate::Body>,
     ) -> Result<http::Response<ShimBody>, ShimHttpError> {
         let (parts, body) = req.into_parts();
-        let mut ex = Exchange::start(self, &parts, body)?;
+        let mut ex = Exchange::start(self, &parts, body);
         let head = std::future::poll_fn(|cx| ex.poll_head(cx)).await?;
         let head_only = parts.method == http::Method::HEAD;
         let framing = head.framing(head_only)?;
@@ -146,11 +146,7 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn start(
-        mut conn: ShimConn,
-        parts: &http::request::Parts,
-        body: crate::Body,
-    ) -> Result<Self, ShimHttpError> {
+    fn start(mut conn: ShimConn, parts: &http::request::Parts, body: crate::Body) -> Self {
         let path = parts
             .uri
             .path_and_query()
@@ -193,14 +189,14 @@ impl Exchange {
             (ReqFraming::Chunked, Some(body))
         };
         w.extend_from_slice(b"\r\n");
-        Ok(Self {
+        Self {
             conn,
             body,
             framing,
             wpos: 0,
             queue: VecDeque::new(),
             queued: 0,
-        })
+        }
     }
 
     /// Whether the whole request is written.
