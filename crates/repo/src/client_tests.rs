@@ -711,3 +711,57 @@ async fn a_pds_redirect_to_loopback_is_refused_without_connecting() {
     assert_eq!(e.code(), "AddressNotAllowed", "{e:?}");
     assert_eq!(canary.count(), 0);
 }
+
+/// A getRepo-style CAR: commit, every node and every record block.
+fn whole_repo(f: &Fixture) -> Vec<(Cid, Vec<u8>)> {
+    let mut blocks = vec![f.commit.clone()];
+    blocks.extend(f.nodes.iter().cloned());
+    blocks.extend(f.records.values().cloned());
+    blocks
+}
+
+#[test]
+fn a_whole_repo_verifies_and_lists_a_collection() {
+    let f = fixture();
+    let bytes = car::write(&[f.commit.0], &whole_repo(&f));
+    let repo = crate::verify_repo_car(&bytes, DID, &pk(), 1 << 20).unwrap();
+    let got = repo.records(COL).unwrap();
+    let mut want: Vec<_> = f.records.keys().cloned().collect();
+    want.sort();
+    assert_eq!(got.iter().map(|r| r.rkey.clone()).collect::<Vec<_>>(), want);
+    for r in &got {
+        assert_eq!(r.cid, f.records[&r.rkey].0);
+        assert_eq!(r.decode::<Rec>().unwrap().ty, COL);
+    }
+    assert!(repo.records("app.bsky.graph.follow").unwrap().is_empty());
+
+    // Another key, another DID, a missing record block, or a cap: never a (shorter) list.
+    let e = crate::verify_repo_car(
+        &bytes,
+        DID,
+        &PublicKey::K256(*signing_key(2).verifying_key()),
+        1 << 20,
+    )
+    .unwrap_err();
+    assert!(matches!(e, FetchError::BadCommitSignature(_)), "{e}");
+    let e = crate::verify_repo_car(&bytes, "did:plc:someoneelse", &pk(), 1 << 20).unwrap_err();
+    assert!(matches!(e, FetchError::CommitDidMismatch { .. }), "{e}");
+    let e = crate::verify_repo_car(&bytes, DID, &pk(), 100).unwrap_err();
+    assert!(matches!(e, FetchError::TooLarge { .. }), "{e}");
+    let mut short = whole_repo(&f);
+    let (deep_cid, _) = f.records[&f.deep_rkey];
+    short.retain(|(c, _)| *c != deep_cid);
+    let repo =
+        crate::verify_repo_car(&car::write(&[f.commit.0], &short), DID, &pk(), 1 << 20).unwrap();
+    assert!(matches!(
+        repo.records(COL),
+        Err(FetchError::IncompleteProof(_))
+    ));
+    let wrong_type = fixture_with(&signing_key(1), DID, false, "app.other.thing");
+    let bytes = car::write(&[wrong_type.commit.0], &whole_repo(&wrong_type));
+    let repo = crate::verify_repo_car(&bytes, DID, &pk(), 1 << 20).unwrap();
+    assert!(matches!(
+        repo.records(COL),
+        Err(FetchError::RecordDecode(_))
+    ));
+}

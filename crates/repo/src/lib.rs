@@ -1,8 +1,8 @@
 //! Fetch + verify: records and blobs from an author's PDS, believed only after they check out
 //! against the author's DID key (signed commit → MST proof → record block; blob → its CID).
 //!
-//! Owns: the XRPC calls `com.atproto.sync.getRecord`, `com.atproto.sync.getBlob` and
-//! `com.atproto.repo.listRecords` (hints only), size caps, PDS error mapping, and the
+//! Owns: the XRPC calls `com.atproto.sync.getRecord`, `com.atproto.sync.getRepo`,
+//! `com.atproto.sync.getBlob` and `com.atproto.repo.listRecords` (hints only), size caps, PDS error mapping, and the
 //! verification chain. Must not touch: DID resolution or caching (the caller passes the PDS URL
 //! and the key it resolved), bundle semantics, or storage. Connections go through
 //! `atrund-netpolicy`'s `GuardedClient` only (the PDS URL comes from a DID document the caller
@@ -142,30 +142,129 @@ pub fn verify_record_car(
     let bytes = car.get(&record_cid).ok_or_else(|| {
         FetchError::IncompleteProof(format!("record block {record_cid} is not in the CAR"))
     })?;
-    let value: Ipld = serde_ipld_dagcbor::from_slice(bytes)
-        .map_err(|e| FetchError::RecordDecode(format!("record is not DAG-CBOR: {e}")))?;
-    match &value {
-        Ipld::Map(m) => match m.get("$type") {
-            Some(Ipld::String(t)) if t == collection => {}
-            Some(Ipld::String(t)) => {
-                return Err(FetchError::RecordDecode(format!(
-                    "record $type {t} does not match collection {collection}"
-                )))
-            }
-            _ => {
-                return Err(FetchError::RecordDecode(
-                    "record has no $type string".into(),
-                ))
-            }
-        },
-        _ => return Err(FetchError::RecordDecode("record is not a map".into())),
-    }
+    check_record_type(bytes, collection)?;
     Ok(Some(VerifiedRecord {
         cid: record_cid,
         bytes: bytes.to_vec(),
         rev: commit.rev,
         commit_cid,
     }))
+}
+
+/// Checks that a record block is a DAG-CBOR map whose `$type` is `collection`.
+fn check_record_type(bytes: &[u8], collection: &str) -> Result<(), FetchError> {
+    let value: Ipld = serde_ipld_dagcbor::from_slice(bytes)
+        .map_err(|e| FetchError::RecordDecode(format!("record is not DAG-CBOR: {e}")))?;
+    match &value {
+        Ipld::Map(m) => match m.get("$type") {
+            Some(Ipld::String(t)) if t == collection => Ok(()),
+            Some(Ipld::String(t)) => Err(FetchError::RecordDecode(format!(
+                "record $type {t} does not match collection {collection}"
+            ))),
+            _ => Err(FetchError::RecordDecode(
+                "record has no $type string".into(),
+            )),
+        },
+        _ => Err(FetchError::RecordDecode("record is not a map".into())),
+    }
+}
+
+/// A whole repository (`com.atproto.sync.getRepo`) whose commit is signed by the author's key
+/// and whose blocks all hash to their CIDs; records are read from it by walking the MST.
+#[derive(Debug, Clone)]
+pub struct VerifiedRepo {
+    /// The verified commit (its `rev` orders snapshots of one repo).
+    pub commit: commit::Commit,
+    pub commit_cid: Cid,
+    car: car::Car,
+}
+
+/// One record of a [`VerifiedRepo`] collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoRecord {
+    pub rkey: String,
+    pub cid: Cid,
+    /// The record's DAG-CBOR block, exactly as hashed.
+    pub bytes: Vec<u8>,
+}
+
+impl RepoRecord {
+    /// Decodes the record block into `T`.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, FetchError> {
+        serde_ipld_dagcbor::from_slice(&self.bytes)
+            .map_err(|e| FetchError::RecordDecode(e.to_string()))
+    }
+}
+
+/// Verifies a `sync.getRepo` CAR without any network: one root (the commit), every block's
+/// hash, and the commit's DID and signature.
+pub fn verify_repo_car(
+    car_bytes: &[u8],
+    did: &str,
+    key: &PublicKey,
+    max_car_bytes: u64,
+) -> Result<VerifiedRepo, FetchError> {
+    let car = car::parse_with_limits(
+        car_bytes,
+        car::CarLimits {
+            max_bytes: max_car_bytes,
+            // The smallest block section is ~40 bytes: the byte cap is the real bound.
+            max_blocks: usize::try_from(max_car_bytes / 40)
+                .unwrap_or(usize::MAX)
+                .max(16),
+        },
+    )?;
+    let commit_cid = match car.roots.as_slice() {
+        [root] if root.codec() == car::DAG_CBOR => *root,
+        [_] => {
+            return Err(FetchError::CommitInvalid(
+                "root is not a dag-cbor CID".into(),
+            ))
+        }
+        roots => {
+            return Err(FetchError::CarInvalid(format!(
+                "expected one root (the commit), found {}",
+                roots.len()
+            )))
+        }
+    };
+    let commit_block = car
+        .get(&commit_cid)
+        .ok_or_else(|| FetchError::CommitInvalid("the commit block is not in the CAR".into()))?;
+    let commit = commit::verify(commit_block, did, key)?;
+    Ok(VerifiedRepo {
+        commit,
+        commit_cid,
+        car,
+    })
+}
+
+impl VerifiedRepo {
+    /// Every record of `collection`, in rkey order, each block present and of that `$type`. A
+    /// node or record block missing from the CAR is an error, never a shorter list.
+    pub fn records(&self, collection: &str) -> Result<Vec<RepoRecord>, FetchError> {
+        validate_record_path(collection, "x")?;
+        let prefix = format!("{collection}/");
+        let mut out = Vec::new();
+        for (key, cid) in mst::walk_prefix(&self.car, &self.commit.data, &prefix)? {
+            let rkey = key.get(prefix.len()..).unwrap_or_default().to_string();
+            if cid.codec() != car::DAG_CBOR {
+                return Err(FetchError::RecordDecode(format!(
+                    "record CID {cid} is not dag-cbor"
+                )));
+            }
+            let bytes = self.car.get(&cid).ok_or_else(|| {
+                FetchError::IncompleteProof(format!("record block {cid} is not in the CAR"))
+            })?;
+            check_record_type(bytes, collection)?;
+            out.push(RepoRecord {
+                rkey,
+                cid,
+                bytes: bytes.to_vec(),
+            });
+        }
+        Ok(out)
+    }
 }
 
 /// Checks a collection NSID and record key well enough that `collection/rkey` is unambiguous.
@@ -212,6 +311,7 @@ enum Call {
     Record,
     Blob,
     List,
+    Repo,
 }
 
 /// HTTP client for a PDS. Cheap to clone.
@@ -292,6 +392,30 @@ impl RepoClient {
             "record verified"
         );
         Ok(out)
+    }
+
+    /// `com.atproto.sync.getRepo` → the whole repository, verified ([`verify_repo_car`]), read
+    /// up to `max_bytes`.
+    pub async fn get_repo(
+        &self,
+        pds: &url::Url,
+        did: &str,
+        key: &PublicKey,
+        max_bytes: u64,
+    ) -> Result<VerifiedRepo, FetchError> {
+        validate_did(did)?;
+        let url = self.xrpc(pds, "com.atproto.sync.getRepo", &[("did", did)])?;
+        let resp = self
+            .send(url, "application/vnd.ipld.car", Call::Repo)
+            .await?;
+        let body = read_capped(resp, max_bytes, || FetchError::TooLarge {
+            what: "getRepo CAR",
+            limit: max_bytes,
+        })
+        .await?;
+        let repo = verify_repo_car(&body, did, key, max_bytes)?;
+        tracing::debug!(did, rev = %repo.commit.rev, bytes = body.len(), "repo verified");
+        Ok(repo)
     }
 
     /// `com.atproto.sync.getBlob`, streamed with the size cap enforced while reading, then
