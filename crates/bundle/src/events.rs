@@ -6,6 +6,11 @@
 //! release, rollback or secret change is served within moments of its publication instead of
 //! after `fetch.revalidate_secs`.
 //!
+//! The same streams carry the social graph's changes: an account followed for its graph
+//! ([`EventWatch::follow_graph`]: the operator, and authors admitted as mutuals) is marked in
+//! the graph's own [`Invalidations`] when a verified commit of theirs touches
+//! `app.bsky.graph.follow`, so a follow or unfollow is read again at once.
+//!
 //! An event is never believed as content: a commit event must carry its commit, signed by the
 //! author's key, or it changes nothing, and even a true event only causes a re-fetch through the
 //! verified path. The stream is opened through the same address rules as every request of the
@@ -38,12 +43,25 @@ const WATCHED: [&str; 3] = [
     "dev.atrund.release",
     "dev.atrund.secrets",
 ];
+/// The collection whose change voids what is known of an account's follows.
+pub const FOLLOW_COLLECTION: &str = "app.bsky.graph.follow";
 
 /// When each author last changed, as the event streams saw it.
-#[derive(Default)]
 pub struct Invalidations {
     changed: Mutex<HashMap<String, Instant>>,
     generation: AtomicU64,
+    /// The generation again, for tasks that wait for the next mark.
+    marks: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Invalidations {
+    fn default() -> Self {
+        Self {
+            changed: Mutex::default(),
+            generation: AtomicU64::new(0),
+            marks: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl Invalidations {
@@ -52,7 +70,13 @@ impl Invalidations {
         if let Ok(mut m) = self.changed.lock() {
             m.insert(did.to_string(), Instant::now());
         }
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.marks.send_replace(g);
+    }
+
+    /// A receiver that wakes at each mark (its value is the generation).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.marks.subscribe()
     }
 
     /// Whether `did` changed after `at` (what was loaded from `at` on is current).
@@ -92,12 +116,24 @@ pub struct EventStreamStats {
     pub rejected: u64,
 }
 
+/// An account followed on its PDS's stream, and what for.
+#[derive(Clone)]
+struct Followed {
+    key: PublicKey,
+    /// Its bundle records: changes mark [`Inner::invalidations`].
+    bundles: bool,
+    /// Its follows: changes mark [`Inner::graph`].
+    graph: bool,
+}
+
 struct Inner {
     client: GuardedClient,
     identity: IdentityResolver,
     invalidations: Arc<Invalidations>,
-    /// PDS origin → the DIDs followed there and their keys.
-    hosts: Mutex<HashMap<String, HashMap<String, PublicKey>>>,
+    /// Accounts whose follows changed.
+    graph: Arc<Invalidations>,
+    /// PDS origin → the DIDs followed there.
+    hosts: Mutex<HashMap<String, HashMap<String, Followed>>>,
     open: AtomicU64,
     opens: AtomicU64,
     rejected: AtomicU64,
@@ -114,6 +150,7 @@ impl EventWatch {
                 client,
                 identity,
                 invalidations,
+                graph: Arc::default(),
                 hosts: Mutex::new(HashMap::new()),
                 open: AtomicU64::new(0),
                 opens: AtomicU64::new(0),
@@ -133,10 +170,25 @@ impl EventWatch {
         }
     }
 
-    /// Follows `author` on its PDS's stream (started on first use), with its current key.
+    /// Accounts whose follows changed, as the streams saw it ([`EventWatch::follow_graph`]).
+    pub fn graph_changes(&self) -> &Arc<Invalidations> {
+        &self.inner.graph
+    }
+
+    /// Follows `author`'s bundle records on its PDS's stream (started on first use), with its
+    /// current key.
     pub fn follow(&self, author: &ResolvedDid) {
-        let origin = author.pds.origin().ascii_serialization();
-        let did = author.did.as_str().to_string();
+        self.add(author, true, false);
+    }
+
+    /// Follows `account`'s follows (`app.bsky.graph.follow`) on its PDS's stream.
+    pub fn follow_graph(&self, account: &ResolvedDid) {
+        self.add(account, false, true);
+    }
+
+    fn add(&self, account: &ResolvedDid, bundles: bool, graph: bool) {
+        let origin = account.pds.origin().ascii_serialization();
+        let did = account.did.as_str().to_string();
         let start = {
             let Ok(mut hosts) = self.inner.hosts.lock() else {
                 return;
@@ -145,15 +197,20 @@ impl EventWatch {
             if !known && hosts.len() >= MAX_HOSTS {
                 return;
             }
-            hosts
-                .entry(origin.clone())
-                .or_default()
-                .insert(did, author.signing_key.clone());
+            let followed = hosts.entry(origin.clone()).or_default();
+            let entry = followed.entry(did).or_insert(Followed {
+                key: account.signing_key.clone(),
+                bundles: false,
+                graph: false,
+            });
+            entry.key = account.signing_key.clone();
+            entry.bundles |= bundles;
+            entry.graph |= graph;
             !known
         };
         if start {
             let weak = Arc::downgrade(&self.inner);
-            let base = author.pds.clone();
+            let base = account.pds.clone();
             tokio::spawn(run(weak, origin, base));
         }
     }
@@ -241,36 +298,52 @@ impl Drop for OpenGuard {
 }
 
 impl Inner {
-    fn key_of(&self, origin: &str, did: &str) -> Option<PublicKey> {
+    fn followed(&self, origin: &str, did: &str) -> Option<Followed> {
         self.hosts.lock().ok()?.get(origin)?.get(did).cloned()
     }
 
-    /// Marks every author followed on `origin` (events may have been missed).
+    /// Marks every account followed on `origin` (events may have been missed).
     fn mark_host(&self, origin: &str) {
-        let dids: Vec<String> = self
+        let followed: Vec<(String, Followed)> = self
             .hosts
             .lock()
             .ok()
-            .and_then(|h| h.get(origin).map(|m| m.keys().cloned().collect()))
+            .and_then(|h| h.get(origin).map(|m| m.clone().into_iter().collect()))
             .unwrap_or_default();
-        for did in dids {
-            self.invalidations.mark(&did);
+        for (did, f) in followed {
+            self.mark(&did, &f);
+        }
+    }
+
+    fn mark(&self, did: &str, f: &Followed) {
+        if f.bundles {
+            self.invalidations.mark(did);
+        }
+        if f.graph {
+            self.graph.mark(did);
         }
     }
 
     fn apply(&self, origin: &str, event: Event) {
         match event {
             Event::Commit(c) => {
-                let Some(key) = self.key_of(origin, &c.repo) else {
+                let Some(f) = self.followed(origin, &c.repo) else {
                     return;
                 };
-                if !WATCHED.iter().any(|w| c.touches(w)) {
+                let bundles = f.bundles && WATCHED.iter().any(|w| c.touches(w));
+                let graph = f.graph && c.touches(FOLLOW_COLLECTION);
+                if !bundles && !graph {
                     return;
                 }
-                match c.verify(&key) {
+                match c.verify(&f.key) {
                     Ok(_) => {
-                        tracing::info!(target: "atrund::events", did = %c.repo, rev = %c.rev, "an author's bundle records changed");
-                        self.invalidations.mark(&c.repo);
+                        tracing::info!(target: "atrund::events", did = %c.repo, rev = %c.rev, bundles, graph, "an account's watched records changed");
+                        if bundles {
+                            self.invalidations.mark(&c.repo);
+                        }
+                        if graph {
+                            self.graph.mark(&c.repo);
+                        }
                     }
                     // Forged, or signed with a key rotated since (its #identity event voids
                     // the identity): either way it changes nothing here, so a lying stream
@@ -281,21 +354,17 @@ impl Inner {
                     }
                 }
             }
-            Event::Identity { did, .. } | Event::Account { did, .. } | Event::Sync { did, .. }
-                if self.key_of(origin, &did).is_some() =>
-            {
-                self.forget_identity(&did);
+            Event::Identity { did, .. } | Event::Account { did, .. } | Event::Sync { did, .. } => {
+                if let Some(f) = self.followed(origin, &did) {
+                    if let Ok(d) = did.parse::<atrund_identity::Did>() {
+                        self.identity.purge_did(&d);
+                    }
+                    self.mark(&did, &f);
+                }
             }
             Event::Info { name } if name == "OutdatedCursor" => self.mark_host(origin),
             _ => {}
         }
-    }
-
-    fn forget_identity(&self, did: &str) {
-        if let Ok(d) = did.parse::<atrund_identity::Did>() {
-            self.identity.purge_did(&d);
-        }
-        self.invalidations.mark(did);
     }
 }
 
@@ -383,17 +452,24 @@ mod tests {
             client,
             identity: IdentityResolver::new(Default::default()).unwrap(),
             invalidations: Arc::default(),
+            graph: Arc::default(),
             hosts: Mutex::new(HashMap::new()),
             open: AtomicU64::new(0),
             opens: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
         };
         let key = PublicKey::K256(*sk(1).verifying_key());
-        inner
-            .hosts
-            .lock()
-            .unwrap()
-            .insert(ORIGIN.into(), HashMap::from([(DID.to_string(), key)]));
+        inner.hosts.lock().unwrap().insert(
+            ORIGIN.into(),
+            HashMap::from([(
+                DID.to_string(),
+                Followed {
+                    key,
+                    bundles: true,
+                    graph: false,
+                },
+            )]),
+        );
         inner
     }
 
@@ -433,5 +509,39 @@ mod tests {
             },
         );
         assert!(w.invalidations.changed_since(DID, at));
+    }
+
+    #[test]
+    fn a_signed_follow_change_marks_only_an_account_followed_for_its_graph() {
+        let w = watch();
+        let graph_changes = w.graph.subscribe();
+        let at = Instant::now();
+        // Followed for its bundles only: a follow commit marks nothing.
+        w.apply(ORIGIN, commit(DID, 1, "app.bsky.graph.follow/3kabc"));
+        assert!(!w.graph.changed_since(DID, at));
+        assert!(!w.invalidations.changed_since(DID, at));
+        if let Some(f) = w
+            .hosts
+            .lock()
+            .unwrap()
+            .get_mut(ORIGIN)
+            .and_then(|m| m.get_mut(DID))
+        {
+            f.graph = true;
+        }
+        // Forged: nothing.
+        w.apply(ORIGIN, commit(DID, 2, "app.bsky.graph.follow/3kabc"));
+        assert!(!w.graph.changed_since(DID, at));
+        assert!(!graph_changes.has_changed().unwrap());
+        // Signed: the graph is marked and its waiters woken; the bundle caches are not voided.
+        w.apply(ORIGIN, commit(DID, 1, "app.bsky.graph.follow/3kabc"));
+        assert!(w.graph.changed_since(DID, at));
+        assert!(graph_changes.has_changed().unwrap());
+        assert!(!w.invalidations.changed_since(DID, at));
+        // A bundle commit still marks the bundle side only.
+        let at = Instant::now();
+        w.apply(ORIGIN, commit(DID, 1, "dev.atrund.release/app"));
+        assert!(w.invalidations.changed_since(DID, at));
+        assert!(!w.graph.changed_since(DID, at));
     }
 }

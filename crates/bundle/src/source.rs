@@ -296,6 +296,11 @@ impl BundleSource {
         &self.invalidations
     }
 
+    /// The event streams, when they are on (the trust graph follows accounts on them too).
+    pub fn event_watch(&self) -> Option<&Arc<EventWatch>> {
+        self.watch.as_ref()
+    }
+
     /// The event streams' counters, when they are on.
     pub fn event_stream_stats(&self) -> Option<crate::events::EventStreamStats> {
         self.watch.as_ref().map(|w| w.stats())

@@ -54,6 +54,8 @@ pub struct Config {
     pub allow_addrs: Vec<String>,
     /// Whose code may run here.
     pub policy: AuthorPolicy,
+    /// Trust from the social graph (the operator's follows, mutuals) and the deny list.
+    pub trust: TrustSection,
     /// Sandbox backend.
     pub isolation: Isolation,
     pub identity: IdentitySection,
@@ -166,6 +168,69 @@ impl Default for IdentitySection {
             handle_resolver: None,
             dns: true,
             well_known: true,
+        }
+    }
+}
+
+/// Which accounts the operator's social graph admits, beside the `policy` allow-list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrustGraph {
+    /// The graph admits nobody; only `policy` decides.
+    #[default]
+    None,
+    /// Accounts the operator follows (`app.bsky.graph.follow` records in the operator's repo).
+    Follows,
+    /// Accounts the operator follows that follow the operator back.
+    Mutuals,
+}
+
+impl TrustGraph {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrustGraph::None => "none",
+            TrustGraph::Follows => "follows",
+            TrustGraph::Mutuals => "mutuals",
+        }
+    }
+}
+
+/// Trust from the social graph (docs/network.md, "Trust from the social graph").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustSection {
+    /// `none`, `follows` or `mutuals`: whom the operator's graph admits besides `policy`.
+    pub graph: TrustGraph,
+    /// The operator's account (DID or handle) whose follows count; required with a graph.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    /// DIDs and handles refused whatever `policy` or the graph say.
+    pub deny: Vec<String>,
+    /// How often the operator's follows are read again in full (events make changes faster).
+    pub refresh_secs: u64,
+    /// How long a verified follow-back (or its absence) is believed for `mutuals`, unless an
+    /// event from the author's PDS says it changed.
+    pub follow_back_secs: u64,
+    /// How long the last verified follows are used while the operator's PDS cannot be read;
+    /// after that, authors admitted only by the graph are refused until it can.
+    pub max_stale_secs: u64,
+    /// Largest repository (`getRepo` CAR) read for the operator's follows.
+    pub max_repo_bytes: u64,
+    /// Pages of an author's follows (`listRecords`, 100 each) searched for a follow-back.
+    pub max_follow_pages: u64,
+}
+
+impl Default for TrustSection {
+    fn default() -> Self {
+        TrustSection {
+            graph: TrustGraph::None,
+            operator: None,
+            deny: Vec::new(),
+            refresh_secs: 600,
+            follow_back_secs: 600,
+            max_stale_secs: 24 * 3600,
+            max_repo_bytes: 64 * MIB,
+            max_follow_pages: 100,
         }
     }
 }
@@ -575,6 +640,7 @@ impl Default for Config {
             allow_http: false,
             allow_addrs: Vec::new(),
             policy: AuthorPolicy::default(),
+            trust: TrustSection::default(),
             isolation: Isolation::default(),
             identity: IdentitySection::default(),
             fetch: FetchSection::default(),

@@ -29,6 +29,7 @@ const OPTIONAL_KEYS: &[(&str, Kind)] = &[
     ("secrets.key_file", Kind::Str),
     ("http.bundle_domain", Kind::Str),
     ("logs.service_did", Kind::Str),
+    ("trust.operator", Kind::Str),
 ];
 
 /// Keys an older version read under another name: `(old, new)`. Refused with the new name (not

@@ -46,6 +46,7 @@ impl Config {
             allow_http,
             allow_addrs,
             policy: _,
+            trust,
             isolation,
             identity,
             fetch,
@@ -74,6 +75,10 @@ impl Config {
         keep(&mut k, "allow_http", allow_http, &mut new.allow_http);
         keep(&mut k, "allow_addrs", allow_addrs, &mut new.allow_addrs);
         keep(&mut k, "isolation", isolation, &mut new.isolation);
+        // The deny list is read per request; the graph's source and schedule built a task.
+        let deny = std::mem::replace(&mut new.trust.deny, trust.deny.clone());
+        keep(&mut k, "trust", trust, &mut new.trust);
+        new.trust.deny = deny;
         keep(&mut k, "identity", identity, &mut new.identity);
         keep(&mut k, "fetch", fetch, &mut new.fetch);
         keep(&mut k, "deno", deno, &mut new.deno);

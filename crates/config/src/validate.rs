@@ -4,7 +4,9 @@
 use url::Url;
 
 use crate::syntax::{is_valid_bundle_domain, MAX_BUNDLE_DOMAIN_LEN};
-use crate::{is_valid_did, is_valid_handle, AuthorPolicy, Config, ConfigError, Isolation};
+use crate::{
+    is_valid_did, is_valid_handle, AuthorPolicy, Config, ConfigError, Isolation, TrustGraph,
+};
 
 impl Config {
     /// Checks every cross-field and semantic rule. Errors name the key and where it was set.
@@ -234,6 +236,8 @@ impl Config {
             }
         }
 
+        self.check_trust()?;
+
         let id = &self.identity;
         let positive = [
             ("identity.timeout_ms", id.timeout_ms),
@@ -268,6 +272,11 @@ impl Config {
             ("logs.max_bundles", self.logs.max_bundles),
             ("logs.max_token_secs", self.logs.max_token_secs),
             ("logs.max_tail_secs", self.logs.max_tail_secs),
+            ("trust.refresh_secs", self.trust.refresh_secs),
+            ("trust.follow_back_secs", self.trust.follow_back_secs),
+            ("trust.max_stale_secs", self.trust.max_stale_secs),
+            ("trust.max_repo_bytes", self.trust.max_repo_bytes),
+            ("trust.max_follow_pages", self.trust.max_follow_pages),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -570,6 +579,70 @@ impl Config {
                 format!(
                     "{} s is shorter than pool.warmth_range_ms ({} ms); a history forgotten sooner than its longest idle time learns nothing",
                     p.warmth_forget_secs, p.warmth_range_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[trust]`: a graph needs an operator, and an operator a graph; the graph adds nobody to
+    /// an open policy; every deny entry is a DID or a handle.
+    fn check_trust(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_string(),
+            origin: self.source_of(key),
+            message,
+        };
+        let t = &self.trust;
+        match (t.graph, &t.operator) {
+            (TrustGraph::None, Some(_)) => {
+                return Err(invalid(
+                    "trust.operator",
+                    "is set but trust.graph is \"none\", so nobody's follows are read; set trust.graph = \"follows\" or \"mutuals\", or remove trust.operator".into(),
+                ))
+            }
+            (TrustGraph::Follows | TrustGraph::Mutuals, None) => {
+                return Err(invalid(
+                    "trust.operator",
+                    format!(
+                        "must name the account whose follows are trusted (a DID, or a handle) when trust.graph is \"{}\"",
+                        t.graph.as_str()
+                    ),
+                ))
+            }
+            (_, Some(op)) if !(is_valid_did(op) || is_valid_handle(op)) => {
+                return Err(invalid(
+                    "trust.operator",
+                    format!("'{op}' is neither a DID (did:plc:... or did:web:...) nor a handle (alice.example.com)"),
+                ))
+            }
+            _ => {}
+        }
+        if t.graph != TrustGraph::None && self.policy == AuthorPolicy::Open {
+            return Err(invalid(
+                "trust.graph",
+                format!(
+                    "is \"{}\" but policy is \"open\", which already lets everyone run code, so the graph would add nobody; set policy to a list (or []) to run code only for the graph and the listed accounts, and use trust.deny to exclude accounts from an open runner",
+                    t.graph.as_str()
+                ),
+            ));
+        }
+        if let Some(e) = t
+            .deny
+            .iter()
+            .find(|e| !(is_valid_did(e) || is_valid_handle(e)))
+        {
+            return Err(invalid(
+                "trust.deny",
+                format!("entry '{e}' is neither a DID (did:plc:... or did:web:...) nor a handle (alice.example.com)"),
+            ));
+        }
+        if t.max_stale_secs < t.refresh_secs {
+            return Err(invalid(
+                "trust.max_stale_secs",
+                format!(
+                    "{} is less than trust.refresh_secs ({}): the follows would count as stale before the next scheduled read; raise it",
+                    t.max_stale_secs, t.refresh_secs
                 ),
             ));
         }

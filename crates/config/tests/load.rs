@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use atrund_config::{
-    known_env_vars, AuthorPolicy, Config, ConfigError, Isolation, LimitRange, Source,
+    known_env_vars, AuthorPolicy, Config, ConfigError, Isolation, LimitRange, Source, TrustGraph,
 };
 
 const FILE: &str = "/etc/at-rund/config.toml";
@@ -633,6 +633,90 @@ fn policy_parsing() {
     assert_eq!(e.key(), Some("policy"));
     let e = err(Some("policy = 1"), &[]);
     assert_eq!(e.key(), Some("policy"));
+}
+
+#[test]
+fn trust_section_loads_and_is_checked() {
+    let c = load(None, &[]).unwrap();
+    assert_eq!(c.trust.graph, TrustGraph::None);
+    assert_eq!(c.trust.operator, None);
+    assert!(c.trust.deny.is_empty());
+
+    let c = load(
+        Some("[trust]\ngraph = \"mutuals\"\noperator = \"op.test\"\ndeny = [\"did:plc:bad\"]"),
+        &[("ATRUND_TRUST_REFRESH_SECS", "60")],
+    )
+    .unwrap();
+    assert_eq!(c.trust.graph, TrustGraph::Mutuals);
+    assert_eq!(c.trust.operator.as_deref(), Some("op.test"));
+    assert_eq!(c.trust.deny, vec!["did:plc:bad".to_string()]);
+    assert_eq!(c.trust.refresh_secs, 60);
+    let c = load(
+        None,
+        &[
+            ("ATRUND_TRUST_GRAPH", "follows"),
+            ("ATRUND_TRUST_OPERATOR", "did:plc:op"),
+            ("ATRUND_TRUST_DENY", "a.test, did:plc:x"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.trust.graph, TrustGraph::Follows);
+    assert_eq!(c.trust.deny.len(), 2);
+
+    let cases: &[(&[(&str, &str)], &str, &str)] = &[
+        (
+            &[("ATRUND_TRUST_GRAPH", "follows")],
+            "trust.operator",
+            "must name the account",
+        ),
+        (
+            &[("ATRUND_TRUST_OPERATOR", "did:plc:op")],
+            "trust.operator",
+            "trust.graph is \"none\"",
+        ),
+        (
+            &[
+                ("ATRUND_TRUST_GRAPH", "follows"),
+                ("ATRUND_TRUST_OPERATOR", "@op.test"),
+            ],
+            "trust.operator",
+            "neither a DID",
+        ),
+        (
+            &[
+                ("ATRUND_TRUST_GRAPH", "mutuals"),
+                ("ATRUND_TRUST_OPERATOR", "op.test"),
+                ("ATRUND_POLICY", "open"),
+            ],
+            "trust.graph",
+            "would add nobody",
+        ),
+        (&[("ATRUND_TRUST_DENY", "bob")], "trust.deny", "entry 'bob'"),
+        (
+            &[
+                ("ATRUND_TRUST_MAX_STALE_SECS", "10"),
+                ("ATRUND_TRUST_REFRESH_SECS", "60"),
+            ],
+            "trust.max_stale_secs",
+            "less than trust.refresh_secs",
+        ),
+        (
+            &[("ATRUND_TRUST_REFRESH_SECS", "0")],
+            "trust.refresh_secs",
+            "greater than 0",
+        ),
+    ];
+    for (pairs, key, says) in cases {
+        let e = err(None, pairs);
+        assert_eq!(
+            (e.code(), e.key()),
+            ("ConfigInvalid", Some(*key)),
+            "{pairs:?}: {e}"
+        );
+        assert!(e.to_string().contains(says), "{e}");
+    }
+    let e = err(None, &[("ATRUND_TRUST_GRAPH", "friends")]);
+    assert_eq!(e.key(), Some("trust.graph"), "{e}");
 }
 
 #[test]
