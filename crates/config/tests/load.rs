@@ -663,7 +663,8 @@ fn trust_section_loads_and_is_checked() {
     assert_eq!(c.trust.graph, TrustGraph::Follows);
     assert_eq!(c.trust.deny.len(), 2);
 
-    let cases: &[(&[(&str, &str)], &str, &str)] = &[
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case] = &[
         (
             &[("ATRUND_TRUST_GRAPH", "follows")],
             "trust.operator",
