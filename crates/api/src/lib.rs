@@ -134,10 +134,35 @@ impl Runtime {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunnerPolicy {
-    /// One line for people: `open`, `closed (...)` or `allow-list: a, b`.
+    /// One line for people: `open`, `closed (...)`, `allow-list: a, b`, or the graph's.
     pub authors: String,
     /// The allowed DIDs and handles; `None` when every author may run code.
     pub allow_list: Option<Vec<String>>,
+    /// Trust from the operator's social graph (`[trust]`), beside the allow-list. Absent when
+    /// off, and from runners older than it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph: Option<RunnerGraph>,
+    /// DIDs and handles refused whatever else admits them (`trust.deny`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+}
+
+/// Whom the operator's social graph admits, and how current the runner's view of it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerGraph {
+    /// `follows` or `mutuals`.
+    pub kind: String,
+    /// The operator's account as configured (a DID or a handle).
+    pub operator: String,
+    /// Its DID, once resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_did: Option<String>,
+    /// Accounts the operator follows, in the verified snapshot held.
+    pub follows: u64,
+    /// Seconds since that snapshot was read; absent before the first read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_secs: Option<u64>,
 }
 
 impl From<&AuthorPolicy> for RunnerPolicy {
@@ -145,6 +170,8 @@ impl From<&AuthorPolicy> for RunnerPolicy {
         RunnerPolicy {
             authors: p.describe(),
             allow_list: p.entries().map(<[String]>::to_vec),
+            graph: None,
+            deny: Vec::new(),
         }
     }
 }
@@ -341,12 +368,15 @@ pub struct RunnerRecord {
     pub updated_at: String,
 }
 
-/// The policy kind of a runner's announced policy: `open`, `closed` or `allowList`.
+/// The policy kind of a runner's announced policy: `open`, `closed`, `allowList`, or the
+/// graph's kind (`follows`, `mutuals`; combined with any allow-list).
 pub fn policy_kind(p: &RunnerPolicy) -> &'static str {
-    match &p.allow_list {
-        None => "open",
-        Some(l) if l.is_empty() => "closed",
-        Some(_) => "allowList",
+    match (&p.graph, &p.allow_list) {
+        (Some(g), _) if g.kind == "mutuals" => "mutuals",
+        (Some(_), _) => "follows",
+        (None, None) => "open",
+        (None, Some(l)) if l.is_empty() => "closed",
+        (None, Some(_)) => "allowList",
     }
 }
 

@@ -147,32 +147,48 @@ pub fn compare(
         },
     );
 
-    // Author policy.
+    // Author policy: the deny list, the allow-list, then the operator's graph.
+    let p = &desc.policy;
+    let named = |list: &[String], did: &str, handle: &str| {
+        list.iter()
+            .any(|e| *e == did || e.eq_ignore_ascii_case(handle))
+    };
+    let graph_line = p.graph.as_ref().map(|g| match g.kind.as_str() {
+        "mutuals" => format!("the runner runs code for mutual follows of {}", g.operator),
+        _ => format!(
+            "the runner runs code for the accounts {} follows",
+            g.operator
+        ),
+    });
     push(
         "author",
-        match &desc.policy.allow_list {
-            None => Ok("the runner is open to every author".into()),
-            Some(list) if list.is_empty() => {
+        match (author, &p.allow_list, &graph_line) {
+            (Some((did, handle)), _, _) if named(&p.deny, did, handle) => Err(format!(
+                "{handle} is on the runner's deny list; its operator refuses your code"
+            )),
+            (_, None, _) => Ok("the runner is open to every author".into()),
+            (Some((did, handle)), Some(list), _) if named(list, did, handle) => {
+                Ok(format!("{handle} is on the allow-list"))
+            }
+            (author, _, Some(line)) => {
+                notes.push(match author {
+                    Some((_, handle)) => format!(
+                        "{line}: the runner decides from the operator's verified follows when you call (403 AuthorNotAllowed says so if {handle} is not admitted)"
+                    ),
+                    None => format!("{line}; log in (`at-run login`) to check the allow-list too"),
+                });
+                Ok(line.clone())
+            }
+            (_, Some(list), None) if list.is_empty() => {
                 Err("the runner allows no authors yet (ask its operator)".into())
             }
-            Some(list) => {
-                let shown = list.join(", ");
-                match author {
-                    Some((did, handle))
-                        if list
-                            .iter()
-                            .any(|e| *e == did || e.eq_ignore_ascii_case(handle)) =>
-                    {
-                        Ok(format!("{handle} is on the allow-list"))
-                    }
-                    Some((_, handle)) => Err(format!(
-                        "{handle} is not on the runner's allow-list ({shown}); ask its operator to add your DID"
-                    )),
-                    None => {
-                        notes.push("log in (`at-run login`) to check the author allow-list".into());
-                        Ok(format!("allow-list: {shown}"))
-                    }
-                }
+            (Some((_, handle)), Some(list), None) => Err(format!(
+                "{handle} is not on the runner's allow-list ({}); ask its operator to add your DID",
+                list.join(", ")
+            )),
+            (None, Some(list), None) => {
+                notes.push("log in (`at-run login`) to check the author allow-list".into());
+                Ok(format!("allow-list: {}", list.join(", ")))
             }
         },
     );

@@ -381,6 +381,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
             Duration::from_secs(config.tenants.store_gc_after_secs),
         ));
     }
+    let graph_repo = repo.clone();
     let source = BundleSource::new(
         identity.clone(),
         repo,
@@ -437,6 +438,20 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         tracing::warn!(allow_addrs = %config.allow_addrs.join(","), "the runner's own requests may reach these special-purpose addresses");
     }
     tracing::info!(policy = %config.policy.describe(), "author policy");
+    let graph = atrund_trust::GraphConfig::from_section(&config.trust)
+        .context("trust")?
+        .map(|g| {
+            tracing::info!(graph = g.mode.as_str(), operator = %g.operator, refresh_secs = g.refresh.as_secs(), "trust from the social graph: reading the operator's follows (docs/network.md)");
+            atrund_trust::GraphTrust::start(
+                g,
+                identity.clone(),
+                graph_repo,
+                source.event_watch().cloned(),
+            )
+        });
+    if !config.trust.deny.is_empty() {
+        tracing::info!(deny = %config.trust.deny.join(","), "refused whatever else admits them (trust.deny)");
+    }
     if config.otel.enabled {
         let o = &config.otel;
         tracing::info!(endpoint = %o.endpoint, service = %o.service_name, sampler = o.sampler.as_str(), ratio = o.sampler_arg, "traces on: exported over OTLP/HTTP (docs/observability.md)");
@@ -486,6 +501,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
     let logs = authors_logs(
         &config,
         live.clone(),
+        graph.clone(),
         addr,
         identity.clone(),
         drain_rx.clone(),
@@ -496,6 +512,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         source,
         pool: pool.clone(),
         local: local.map(Arc::new),
+        graph,
         runtime_version,
         secrets,
         draining: drain_rx.clone(),
@@ -632,6 +649,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
 fn authors_logs(
     config: &Config,
     live: atrund_http::LiveConfig,
+    graph: Option<atrund_trust::GraphTrust>,
     addr: std::net::SocketAddr,
     identity: IdentityResolver,
     draining: watch::Receiver<bool>,
@@ -668,6 +686,7 @@ fn authors_logs(
         atrund_http::logs::LogsAccess {
             service_did,
             config: live,
+            graph,
             max_token_secs,
             refuse_replayed: refuse_replayed_tokens,
             max_tail: Duration::from_secs(max_tail_secs),

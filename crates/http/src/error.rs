@@ -112,6 +112,17 @@ from_coded!(
     atrund_secrets::SecretsError
 );
 
+impl From<atrund_trust::TrustError> for ApiError {
+    fn from(e: atrund_trust::TrustError) -> Self {
+        let mut out = ApiError::new(e.class(), e.code(), e.to_string());
+        if e.class() == ErrorClass::Unavailable {
+            // The graph is read again within MIN_RETRY..refresh; half a minute is a fair guess.
+            out.retry_after = Some(30);
+        }
+        out
+    }
+}
+
 impl From<atrund_pool::PoolError> for ApiError {
     fn from(e: atrund_pool::PoolError) -> Self {
         use atrund_metrics::{Limit as L, Rejection as R};

@@ -93,6 +93,8 @@ pub struct AppShared {
     pub pool: Arc<Pool>,
     /// Set in `at-rund dev`.
     pub local: Option<Arc<LocalBundle>>,
+    /// Trust from the operator's social graph (`[trust]`), when on.
+    pub graph: Option<atrund_trust::GraphTrust>,
     /// Deno's version string, for describeRunner.
     pub runtime_version: String,
     /// The runner's keypair and the opened secrets of running bundles (docs/secrets.md).
@@ -658,6 +660,31 @@ async fn describe_runner(State(st): State<AppState>) -> Response {
     axum::Json(describe(&st)).into_response()
 }
 
+/// Whose code runs: the lists, and the graph with the runner's view of it.
+fn runner_policy(c: &Config, graph: Option<&atrund_trust::GraphTrust>) -> api::RunnerPolicy {
+    let mut p = api::RunnerPolicy::from(&c.policy);
+    p.deny = c.trust.deny.clone();
+    if let Some(g) = graph {
+        let stats = g.stats();
+        let who = match g.mode() {
+            atrund_trust::Mode::Follows => format!("accounts {} follows", g.operator()),
+            atrund_trust::Mode::Mutuals => format!("mutual follows of {}", g.operator()),
+        };
+        p.authors = match c.policy.entries() {
+            Some(list) if !list.is_empty() => format!("{who}; allow-list: {}", list.join(", ")),
+            _ => who,
+        };
+        p.graph = Some(api::RunnerGraph {
+            kind: g.mode().as_str().into(),
+            operator: g.operator(),
+            operator_did: stats.operator_did,
+            follows: stats.follows,
+            age_secs: stats.age_secs,
+        });
+    }
+    p
+}
+
 /// What describeRunner answers, from the config and what the runner found at start.
 fn describe(st: &AppState) -> api::DescribeRunner {
     let c = st.config();
@@ -672,7 +699,7 @@ fn describe(st: &AppState) -> api::DescribeRunner {
             version: st.runtime_version.clone(),
         }],
         public_key: st.secrets.public_key().to_multibase(),
-        policy: (&c.policy).into(),
+        policy: runner_policy(&c, st.graph.as_ref()),
         permissions: (&c.permissions).into(),
         limits: (&c.limits).into(),
         enforcement: st
@@ -1073,7 +1100,12 @@ async fn invoke(
     }
     let config = st.config();
     let began = std::time::Instant::now();
-    let generation = st.source.invalidations().generation();
+    // An author's change, or a change in whom the graph admits, voids the warm routes.
+    let generation = st.source.invalidations().generation().wrapping_add(
+        st.graph
+            .as_ref()
+            .map_or(0, atrund_trust::GraphTrust::generation),
+    );
     let memo_key = route_key(&route, call);
     let route_resolved = match warm_route(&st, &memo_key, &config, generation, began, seen)? {
         Some(r) => r,
@@ -1564,13 +1596,15 @@ fn take_rate(st: &AppState, did: &str) -> Result<(), ApiError> {
 /// and takes one of the author's rate tokens, before anything of theirs is fetched.
 async fn allowed_author(st: &AppState, author: &str) -> Result<Arc<ResolvedDid>, ApiError> {
     let id: AtIdentifier = author.parse()?;
-    precheck::author_precheck(&st.config().policy, &st.identity, &id).await?;
+    let config = st.config();
+    let gate = precheck::Gate {
+        policy: &config.policy,
+        deny: &config.trust.deny,
+        graph: st.graph.as_ref(),
+    };
+    precheck::author_precheck(&gate, &st.identity, &id).await?;
     let (resolved, handle) = st.identity.resolve(&id).await?;
-    atrund_policy::check_author(
-        &st.config().policy,
-        resolved.did.as_str(),
-        handle.as_ref().map(|h| h.as_str()),
-    )?;
+    precheck::author_admitted(&gate, &resolved, handle.as_ref().map(|h| h.as_str())).await?;
     // Before any fetch or instance work for this author: their share of the runner.
     take_rate(st, resolved.did.as_str())?;
     Ok(resolved)

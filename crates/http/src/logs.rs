@@ -49,6 +49,9 @@ pub struct AuthorsLogs {
     /// Whose identities may be resolved at all (the allow-list, `policy`, is checked before a
     /// token's issuer is resolved, as for invocations): the live config, so a reload applies.
     pub config: crate::live::LiveConfig,
+    /// The operator's social graph, when on (it may admit a token's issuer as it admits
+    /// authors).
+    pub graph: Option<atrund_trust::GraphTrust>,
     /// `logs.max_token_secs`.
     pub max_token_secs: u64,
     /// `logs.refuse_replayed_tokens`.
@@ -78,6 +81,7 @@ impl std::fmt::Debug for AuthorsLogs {
 pub struct LogsAccess {
     pub service_did: String,
     pub config: crate::live::LiveConfig,
+    pub graph: Option<atrund_trust::GraphTrust>,
     pub max_token_secs: u64,
     pub refuse_replayed: bool,
     pub max_tail: Duration,
@@ -96,6 +100,7 @@ impl AuthorsLogs {
             service_did: access.service_did,
             identity,
             config: access.config,
+            graph: access.graph,
             max_token_secs: access.max_token_secs,
             refuse_replayed: access.refuse_replayed,
             max_tail: access.max_tail,
@@ -103,6 +108,14 @@ impl AuthorsLogs {
             draining,
             seen: Mutex::default(),
             refreshed: Mutex::default(),
+        }
+    }
+
+    fn gate<'a>(&'a self, config: &'a atrund_config::Config) -> crate::precheck::Gate<'a> {
+        crate::precheck::Gate {
+            policy: &config.policy,
+            deny: &config.trust.deny,
+            graph: self.graph.as_ref(),
         }
     }
 
@@ -156,8 +169,8 @@ impl AuthorsLogs {
         })?;
         // An allow-list runner resolves no identity it would not run.
         let iss = AtIdentifier::Did(t.iss.clone());
-        crate::precheck::author_precheck(&self.config.current().policy, &self.identity, &iss)
-            .await?;
+        let config = self.config.current();
+        crate::precheck::author_precheck(&self.gate(&config), &self.identity, &iss).await?;
         let doc = self.identity.resolve_did(&t.iss).await?;
         if let Err(e) = t.verify(&doc.signing_key) {
             // The key may have been rotated since it was cached: look again, at most once per
@@ -237,12 +250,9 @@ impl AuthorsLogs {
                 AtIdentifier::Did(d) => d,
                 AtIdentifier::Handle(h) => {
                     let id = AtIdentifier::Handle(h.clone());
-                    crate::precheck::author_precheck(
-                        &self.config.current().policy,
-                        &self.identity,
-                        &id,
-                    )
-                    .await?;
+                    let config = self.config.current();
+                    crate::precheck::author_precheck(&self.gate(&config), &self.identity, &id)
+                        .await?;
                     self.identity.resolve_handle(&h).await?
                 }
             };

@@ -30,8 +30,19 @@ pub enum PolicyError {
     #[error("author {did}{} may not run code on this runner: the operator's policy does not list them. An operator adds the DID or handle to `policy` in the config file or to ATRUND_POLICY (comma-separated), or sets it to \"open\"", handle_note(.handle))]
     AuthorNotAllowed { did: String, handle: Option<String> },
     /// the allow-list is empty, so nobody's code runs
-    #[error("this runner allows no authors yet: its operator sets ATRUND_POLICY=open, or a comma-separated list of DIDs/handles (or `policy` in the config file), to let code run")]
+    #[error("this runner allows no authors yet: its operator sets ATRUND_POLICY=open, or a comma-separated list of DIDs/handles (or `policy` in the config file), or trusts the accounts they follow (`[trust]` graph), to let code run")]
     PolicyClosed,
+    /// neither the allow-list nor the operator's social graph admits this author
+    #[error("author {did}{} may not run code on this runner: the operator's policy does not list them, and {reason}. The operator follows them (or lists them in `policy`) to let their code run", handle_note(.handle))]
+    NotInGraph {
+        did: String,
+        handle: Option<String>,
+        /// What the graph said, e.g. "the operator's account alice.test does not follow them".
+        reason: String,
+    },
+    /// the author is on the runner's deny list
+    #[error("author {did}{} may not run code on this runner: its operator refuses them (`trust.deny`); only the operator can change that", handle_note(.handle))]
+    AuthorDenied { did: String, handle: Option<String> },
     /// the bundle asks for a permission the operator does not grant
     #[error("the bundle asks for {requested}, which this runner does not allow (it allows {permission}: {allowed}); remove it from the manifest's permissions or use a runner that grants it")]
     PermissionNotAllowed {
@@ -59,7 +70,11 @@ impl PolicyError {
     /// Stable PascalCase name, used as the HTTP error name.
     pub fn code(&self) -> &'static str {
         match self {
-            PolicyError::AuthorNotAllowed { .. } => "AuthorNotAllowed",
+            // Same name as the list's refusal: the caller's situation is the same.
+            PolicyError::AuthorNotAllowed { .. } | PolicyError::NotInGraph { .. } => {
+                "AuthorNotAllowed"
+            }
+            PolicyError::AuthorDenied { .. } => "AuthorDenied",
             PolicyError::PolicyClosed => "PolicyClosed",
             PolicyError::PermissionNotAllowed { .. } => "PermissionNotAllowed",
             PolicyError::LimitTooHigh { .. } => "LimitTooHigh",
@@ -73,6 +88,8 @@ impl PolicyError {
         use atrund_errors::ErrorClass as C;
         match self {
             PolicyError::AuthorNotAllowed { .. }
+            | PolicyError::NotInGraph { .. }
+            | PolicyError::AuthorDenied { .. }
             | PolicyError::PolicyClosed
             | PolicyError::PermissionNotAllowed { .. }
             | PolicyError::LimitTooHigh { .. } => C::Forbidden,
@@ -110,6 +127,41 @@ pub fn check_author(
             handle: verified_handle.map(str::to_string),
         })
     }
+}
+
+/// Whether the deny list (`trust.deny`) refuses `did`: entries that are DIDs match it exactly,
+/// handles match `verified_handle` case-insensitively (pass one only after the bidirectional
+/// check). Checked before the allow-list and the graph, which it overrides.
+pub fn check_denied(
+    deny: &[String],
+    did: &str,
+    verified_handle: Option<&str>,
+) -> Result<(), PolicyError> {
+    let handle = verified_handle.map(|h| h.trim_end_matches('.'));
+    let denied = deny.iter().any(|e| {
+        if e.starts_with("did:") {
+            e == did
+        } else {
+            handle.is_some_and(|h| e.eq_ignore_ascii_case(h))
+        }
+    });
+    if denied {
+        Err(PolicyError::AuthorDenied {
+            did: did.to_string(),
+            handle: verified_handle.map(str::to_string),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// True for the refusals the social graph may still overturn (the allow-list does not name the
+/// author, or is empty).
+pub fn graph_may_admit(e: &PolicyError) -> bool {
+    matches!(
+        e,
+        PolicyError::AuthorNotAllowed { .. } | PolicyError::PolicyClosed
+    )
 }
 
 /// What [`precheck_author`] allows before anything is resolved.

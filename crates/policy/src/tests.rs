@@ -306,3 +306,44 @@ fn precheck_refuses_unlisted_identifiers_without_resolving() {
         "AuthorNotAllowed"
     );
 }
+
+#[test]
+fn the_deny_list_matches_dids_exactly_and_verified_handles_loosely() {
+    let deny = vec!["did:plc:bad".to_string(), "Mallory.Test".to_string()];
+    let e = check_denied(&deny, "did:plc:bad", None).unwrap_err();
+    assert_eq!(e.code(), "AuthorDenied");
+    assert!(e.to_string().contains("trust.deny"), "{e}");
+    let e = check_denied(&deny, "did:plc:m", Some("mallory.test.")).unwrap_err();
+    assert_eq!(e.code(), "AuthorDenied");
+    assert!(e.to_string().contains("(mallory.test.)"), "{e}");
+    assert_eq!(check_denied(&deny, "did:plc:BAD", None), Ok(()));
+    assert_eq!(
+        check_denied(&deny, "did:plc:ok", Some("alice.test")),
+        Ok(())
+    );
+    assert_eq!(check_denied(&[], "did:plc:bad", None), Ok(()));
+    // A handle entry never matches an unverified (absent) handle.
+    assert_eq!(check_denied(&deny, "did:plc:m", None), Ok(()));
+}
+
+#[test]
+fn the_graph_may_overturn_only_the_lists_refusals() {
+    let not_listed = check_author(&allow(&["did:plc:a"]), "did:plc:b", None).unwrap_err();
+    assert!(graph_may_admit(&not_listed));
+    assert!(graph_may_admit(&PolicyError::PolicyClosed));
+    assert!(!graph_may_admit(&PolicyError::AuthorDenied {
+        did: "did:plc:b".into(),
+        handle: None
+    }));
+    let e = PolicyError::NotInGraph {
+        did: "did:plc:b".into(),
+        handle: Some("b.test".into()),
+        reason: "the operator's account op.test does not follow them".into(),
+    };
+    assert_eq!(e.code(), "AuthorNotAllowed");
+    assert_eq!(e.class(), atrund_errors::ErrorClass::Forbidden);
+    assert!(
+        e.to_string().contains("op.test does not follow them"),
+        "{e}"
+    );
+}

@@ -467,6 +467,23 @@ impl RepoClient {
         collection: &str,
         max_pages: usize,
     ) -> Result<Vec<(String, Cid)>, FetchError> {
+        Ok(self
+            .list_records(pds, did, collection, max_pages)
+            .await?
+            .into_iter()
+            .map(|r| (r.rkey, r.cid))
+            .collect())
+    }
+
+    /// `com.atproto.repo.listRecords` page-walk with each record's JSON value. UNVERIFIED, like
+    /// [`RepoClient::list_record_cids`]: a hint of which rkeys to prove with `get_record`.
+    pub async fn list_records(
+        &self,
+        pds: &url::Url,
+        did: &str,
+        collection: &str,
+        max_pages: usize,
+    ) -> Result<Vec<ListedRecord>, FetchError> {
         validate_did(did)?;
         validate_record_path(collection, "x")?;
         let prefix = format!("at://{did}/{collection}/");
@@ -494,7 +511,11 @@ impl RepoClient {
             for item in page.records {
                 let rkey = item.uri.strip_prefix(&prefix).filter(|r| is_rkey(r));
                 match (rkey, item.cid.parse::<Cid>()) {
-                    (Some(rkey), Ok(cid)) => out.push((rkey.to_string(), cid)),
+                    (Some(rkey), Ok(cid)) => out.push(ListedRecord {
+                        rkey: rkey.to_string(),
+                        cid,
+                        value: item.value,
+                    }),
                     _ => tracing::debug!(uri = item.uri, "skipping malformed listRecords entry"),
                 }
             }
@@ -575,6 +596,16 @@ struct ListPage {
 struct ListItem {
     uri: String,
     cid: String,
+    #[serde(default)]
+    value: serde_json::Value,
+}
+
+/// One `listRecords` entry, as the PDS claims it (not verified).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedRecord {
+    pub rkey: String,
+    pub cid: Cid,
+    pub value: serde_json::Value,
 }
 
 #[derive(Deserialize, Default)]
