@@ -463,3 +463,225 @@ async fn a_runner_announces_itself_in_its_operators_repo() {
     assert!(!refused.status.success());
     assert!(text(&refused).contains("at-rund dev"), "{}", text(&refused));
 }
+
+/// A TID record key (13 base32-sortable characters: microseconds and a clock id), as the PDS
+/// wants for `app.bsky.graph.follow`.
+fn tid() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    // Strictly increasing even within one microsecond.
+    let prev = LAST
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| Some(l.max(now) + 1))
+        .unwrap_or_default();
+    let micros = prev.max(now) + 1;
+    let v = (micros << 10) | 7;
+    const ALPHABET: &[u8] = b"234567abcdefghijklmnopqrstuvwxyz";
+    (0..13)
+        .rev()
+        .map(|i| ALPHABET[((v >> (i * 5)) & 31) as usize] as char)
+        .collect()
+}
+
+/// `who` follows `subject`: an `app.bsky.graph.follow` record in `who`'s repository. Returns
+/// its rkey, for the unfollow.
+async fn follow(net: &TestNet, who: &Account, subject: &str) -> String {
+    let client = at_run::xrpc::Client::new(&net.pds_url).unwrap();
+    let session = client
+        .create_session(&who.handle, &who.password)
+        .await
+        .unwrap();
+    let rkey = tid();
+    let record = serde_json::json!({
+        "$type": "app.bsky.graph.follow",
+        "subject": subject,
+        "createdAt": "2026-12-05T12:00:00.000Z",
+    });
+    client
+        .put_record(&session, "app.bsky.graph.follow", &rkey, &record, true)
+        .await
+        .unwrap_or_else(|e| panic!("{} follows {subject}: {e}", who.handle));
+    rkey
+}
+
+async fn unfollow(net: &TestNet, who: &Account, rkey: &str) {
+    let client = at_run::xrpc::Client::new(&net.pds_url).unwrap();
+    let session = client
+        .create_session(&who.handle, &who.password)
+        .await
+        .unwrap();
+    client
+        .delete_record(&session, "app.bsky.graph.follow", rkey)
+        .await
+        .unwrap();
+}
+
+/// A runner trusting `operator`'s graph (`graph` = follows | mutuals), with `deny`.
+fn graph_runner(
+    net: &TestNet,
+    deno: &Path,
+    data: &Path,
+    graph: &str,
+    operator: &str,
+    deny: &str,
+) -> Daemon {
+    let mut cmd = common::command(deno, data);
+    common::use_test_net(&mut cmd, net)
+        .arg("serve")
+        .env("ATRUND_POLICY", "")
+        .env("ATRUND_TRUST_GRAPH", graph)
+        .env("ATRUND_TRUST_OPERATOR", operator)
+        .env("ATRUND_TRUST_DENY", deny)
+        .env("ATRUND_POOL_ADMIN_LISTEN", "off");
+    Daemon::spawn(&mut cmd, false)
+}
+
+/// Polls `url` until it answers `status`; the time it took.
+async fn answers_within(url: &str, status: u16, limit: std::time::Duration) -> std::time::Duration {
+    let t = std::time::Instant::now();
+    loop {
+        let (got, body) = common::get(url).await;
+        if got == status {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < limit,
+            "{url} still answers {got} {body}, not {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operators_follows_and_mutuals_decide_who_runs() {
+    let Some(net) = atrund_testnet::shared() else {
+        return;
+    };
+    let Some(deno) = atrund_testnet::deno_path() else {
+        return;
+    };
+    let operator = net.create_account("graphop").await;
+    let followed = net.create_account("followed").await;
+    let mutual = net.create_account("mutual").await;
+    let stranger = net.create_account("stranger").await;
+    let denied = net.create_account("denied").await;
+    let code = "export const hi = { method: \"GET\", handler: () => new Response(\"hi\") };\n";
+    let manifest = serde_json::json!({ "endpoints": [{ "name": "hi", "method": "GET" }] });
+    for a in [&followed, &mutual, &stranger, &denied] {
+        common::deploy(net, a, code, &manifest, "hi", "1.0.0").await;
+    }
+    let follow_of_followed = follow(net, &operator, &followed.did).await;
+    follow(net, &operator, &mutual.did).await;
+    follow(net, &operator, &denied.did).await;
+    let follow_back = follow(net, &mutual, &operator.did).await;
+    // The stranger follows the operator: one-way, from the wrong side, it admits nothing.
+    follow(net, &stranger, &operator.did).await;
+
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // The operator named by handle on one runner (verified both ways), by DID on the other.
+    let follows = graph_runner(
+        net,
+        &deno,
+        d1.path(),
+        "follows",
+        &operator.handle,
+        &denied.did,
+    );
+    let mutuals = graph_runner(net, &deno, d2.path(), "mutuals", &operator.did, "");
+    let call = |r: &Daemon, who: &Account| r.url(&format!("/bundle/{}/hi/latest/hi", who.did));
+    let limit = std::time::Duration::from_secs(20);
+    // Until the follows are read the graph cannot say yes; then it does.
+    answers_within(&call(&follows, &followed), 200, limit).await;
+    answers_within(&call(&mutuals, &mutual), 200, limit).await;
+
+    let refused = |r: &Daemon, who: &Account| {
+        let u = call(r, who);
+        async move { common::get(&u).await }
+    };
+    let (s, body) = refused(&follows, &stranger).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (403, Some("AuthorNotAllowed")),
+        "{body}"
+    );
+    let msg = body["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(&format!("{} does not follow them", operator.handle)),
+        "{msg}"
+    );
+    // Denied although followed; the deny list wins.
+    let (s, body) = refused(&follows, &denied).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (403, Some("AuthorDenied")),
+        "{body}"
+    );
+    // By handle too: resolved, verified, then refused by the graph.
+    let (s, body) =
+        common::get(&follows.url(&format!("/bundle/{}/hi/latest/hi", stranger.handle))).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (403, Some("AuthorNotAllowed")),
+        "{body}"
+    );
+    let (s, _) =
+        common::get(&follows.url(&format!("/bundle/{}/hi/latest/hi", mutual.handle))).await;
+    assert_eq!(s, 200);
+
+    // Mutuals: followed without a follow-back is not enough, nor a follow-back without a follow.
+    let (s, body) = refused(&mutuals, &followed).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (403, Some("AuthorNotAllowed")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("back"),
+        "{body}"
+    );
+    let (s, body) = refused(&mutuals, &stranger).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (403, Some("AuthorNotAllowed")),
+        "{body}"
+    );
+
+    // describeRunner says so, and the record kind agrees.
+    let (_, d) = common::get(&follows.url("/xrpc/dev.atrund.describeRunner")).await;
+    let described: DescribeRunner = serde_json::from_value(d.clone()).unwrap();
+    let g = described
+        .policy
+        .graph
+        .as_ref()
+        .expect("the graph is described");
+    assert_eq!((g.kind.as_str(), g.follows), ("follows", 3), "{d}");
+    assert_eq!(g.operator_did.as_deref(), Some(operator.did.as_str()));
+    assert_eq!(described.policy.deny, vec![denied.did.clone()]);
+    assert_eq!(atrund_api::policy_kind(&described.policy), "follows");
+    let (_, d) = common::get(&mutuals.url("/xrpc/dev.atrund.describeRunner")).await;
+    let described: DescribeRunner = serde_json::from_value(d.clone()).unwrap();
+    assert_eq!(atrund_api::policy_kind(&described.policy), "mutuals");
+
+    // An unfollow is seen within moments (the operator's event stream), and a new follow too.
+    unfollow(net, &operator, &follow_of_followed).await;
+    let took = answers_within(&call(&follows, &followed), 403, limit).await;
+    eprintln!("MEASURED: unfollow -> refused: {took:?}");
+    follow(net, &operator, &stranger.did).await;
+    let took = answers_within(&call(&follows, &stranger), 200, limit).await;
+    eprintln!("MEASURED: follow -> served: {took:?}");
+    // The mutual stops following back: seen on its own stream, the follow-back is looked up
+    // again.
+    unfollow(net, &mutual, &follow_back).await;
+    let took = answers_within(&call(&mutuals, &mutual), 403, limit).await;
+    eprintln!("MEASURED: follow-back removed -> refused: {took:?}");
+    for r in [follows, mutuals] {
+        let log = r.log();
+        assert!(log.contains("operator's follows read"), "{log}");
+    }
+}
