@@ -494,6 +494,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         jobs.clone(),
         cluster.clone(),
         source.clone(),
+        graph.clone(),
     );
     let metrics = observe::metrics(&config, pool.backend(), counters.clone());
     let rates = Arc::new(atrund_policy::AuthorRates::new(config.tenants.clone()));

@@ -283,9 +283,20 @@ pub fn counters(
     jobs: Option<Arc<atrund_http::jobs::Jobs>>,
     cluster: Option<Arc<atrund_http::cluster::Forwarder>>,
     source: atrund_bundle::BundleSource,
+    graph: Option<atrund_trust::GraphTrust>,
 ) -> atrund_http::Counters {
     Arc::new(move || {
         let mut s = snapshot(&pool, &egress, &identity);
+        s.trust = graph.as_ref().map(|g| {
+            let st = g.stats();
+            atrund_metrics::TrustGraph {
+                follows: st.follows,
+                age_secs: st.age_secs,
+                reads: st.reads_ok,
+                read_failures: st.reads_failed,
+                follow_back_checks: st.follow_back_checks,
+            }
+        });
         s.event_streams = source
             .event_stream_stats()
             .map(|e| atrund_metrics::EventStreams {
@@ -376,6 +387,7 @@ fn snapshot(
         jobs: None,
         cluster: None,
         event_streams: None,
+        trust: None,
         generic: p.generic.map(|g| atrund_metrics::GenericSandboxes {
             ready: g.ready,
             starting: g.starting,

@@ -148,6 +148,22 @@ pub struct Snapshot {
     pub cluster: Option<Cluster>,
     /// The PDS event streams, when `fetch.event_streams` is on.
     pub event_streams: Option<EventStreams>,
+    /// Trust from the operator's social graph, when `trust.graph` is on.
+    pub trust: Option<TrustGraph>,
+}
+
+/// The operator's graph as the runner holds it (`atrund_trust_*`, docs/network.md).
+#[derive(Debug, Clone, Default)]
+pub struct TrustGraph {
+    /// Accounts the operator follows, in the verified snapshot held.
+    pub follows: u64,
+    /// Seconds since that snapshot was read; `None` before the first read.
+    pub age_secs: Option<u64>,
+    /// Reads of the operator's follows that succeeded, and that failed.
+    pub reads: u64,
+    pub read_failures: u64,
+    /// Follow-backs looked up on authors' PDSes (`mutuals`).
+    pub follow_back_checks: u64,
 }
 
 /// The PDS event streams' counters (`atrund_event_streams_*`, docs/network.md).
@@ -757,6 +773,49 @@ impl Collector for Scraped {
                         "event_streams_rejected_commits",
                         "Commit events of followed authors that did not verify with their key, ignored",
                         e.rejected,
+                    ),
+                ],
+            )?;
+        }
+        if let Some(t) = &s.trust {
+            scalars(
+                &mut enc,
+                MetricType::Gauge,
+                [(
+                    "trust_follows",
+                    "Accounts the operator follows, in the verified snapshot the runner holds",
+                    t.follows,
+                )],
+            )?;
+            if let Some(age) = t.age_secs {
+                scalars(
+                    &mut enc,
+                    MetricType::Gauge,
+                    [(
+                        "trust_snapshot_age_seconds",
+                        "Seconds since the operator's follows were last read (absent before the first read)",
+                        age,
+                    )],
+                )?;
+            }
+            scalars(
+                &mut enc,
+                MetricType::Counter,
+                [
+                    (
+                        "trust_reads",
+                        "Reads of the operator's follows (getRepo, verified) that succeeded",
+                        t.reads,
+                    ),
+                    (
+                        "trust_read_failures",
+                        "Reads of the operator's follows that failed (the last good snapshot stays, up to trust.max_stale_secs)",
+                        t.read_failures,
+                    ),
+                    (
+                        "trust_follow_back_checks",
+                        "Follow-backs looked up and proven on authors' PDSes (mutuals)",
+                        t.follow_back_checks,
                     ),
                 ],
             )?;

@@ -101,6 +101,13 @@ fn scrape_time_counters_come_from_the_source() {
             marks: 5,
             rejected: 1,
         }),
+        trust: Some(crate::TrustGraph {
+            follows: 3,
+            age_secs: Some(7),
+            reads: 2,
+            read_failures: 1,
+            follow_back_checks: 4,
+        }),
         ..Snapshot::default()
     });
     let text = m.encode().unwrap();
@@ -110,6 +117,11 @@ fn scrape_time_counters_come_from_the_source() {
         ("atrund_event_streams_opens_total", 3.0),
         ("atrund_event_streams_marks_total", 5.0),
         ("atrund_event_streams_rejected_commits_total", 1.0),
+        ("atrund_trust_follows", 3.0),
+        ("atrund_trust_snapshot_age_seconds", 7.0),
+        ("atrund_trust_reads_total", 2.0),
+        ("atrund_trust_read_failures_total", 1.0),
+        ("atrund_trust_follow_back_checks_total", 4.0),
         (r#"atrund_instances{state="idle"}"#, 2.0),
         ("atrund_pool_adaptive_unloads_total", 4.0),
         (r#"atrund_response_cache_lookups_total{result="hit"}"#, 7.0),

@@ -64,6 +64,20 @@ fn exported() -> Exported {
             live_nodes: 3,
             forwards: vec![("forwarded", 1)],
         }),
+        event_streams: Some(atrund_metrics::EventStreams {
+            hosts: 1,
+            open: 1,
+            opens: 1,
+            marks: 1,
+            rejected: 1,
+        }),
+        trust: Some(atrund_metrics::TrustGraph {
+            follows: 3,
+            age_secs: Some(5),
+            reads: 2,
+            read_failures: 1,
+            follow_back_checks: 1,
+        }),
         ..Snapshot::default()
     });
     let text = m.encode().unwrap();
