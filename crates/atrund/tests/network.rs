@@ -535,6 +535,7 @@ fn graph_runner(
         .env("ATRUND_TRUST_GRAPH", graph)
         .env("ATRUND_TRUST_OPERATOR", operator)
         .env("ATRUND_TRUST_DENY", deny)
+        .env("ATRUND_METRICS_PUBLIC", "true")
         .env("ATRUND_POOL_ADMIN_LISTEN", "off");
     Daemon::spawn(&mut cmd, false)
 }
@@ -664,9 +665,42 @@ async fn the_operators_follows_and_mutuals_decide_who_runs() {
     assert_eq!(g.operator_did.as_deref(), Some(operator.did.as_str()));
     assert_eq!(described.policy.deny, vec![denied.did.clone()]);
     assert_eq!(atrund_api::policy_kind(&described.policy), "follows");
+    // As the reference validator reads lexicons/ (graph and deny included).
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("describe.json");
+    std::fs::write(&out_file, d.to_string()).unwrap();
+    let checked = validate(&[format!(
+        "output:dev.atrund.describeRunner={}",
+        out_file.display()
+    )]);
+    assert!(checked.status.success(), "{}", text(&checked));
     let (_, d) = common::get(&mutuals.url("/xrpc/dev.atrund.describeRunner")).await;
     let described: DescribeRunner = serde_json::from_value(d.clone()).unwrap();
     assert_eq!(atrund_api::policy_kind(&described.policy), "mutuals");
+    // The metrics: the snapshot's size, a read, no failure; one follow-back proven at least.
+    let metrics = reqwest::get(mutuals.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "atrund_trust_follows 3",
+        "atrund_trust_read_failures_total 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+    let count = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(count("atrund_trust_reads_total ") >= 1.0, "{metrics}");
+    assert!(
+        count("atrund_trust_follow_back_checks_total ") >= 1.0,
+        "{metrics}"
+    );
 
     // An unfollow is seen within moments (the operator's event stream), and a new follow too.
     unfollow(net, &operator, &follow_of_followed).await;
