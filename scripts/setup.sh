@@ -55,6 +55,8 @@ if [ "$with_test_net" = 1 ]; then
   # The systemd test boots a debootstrap rootfs with systemd in podman (tests/systemd_run.rs).
   command -v podman >/dev/null || need_apt+=(podman)
   command -v runc >/dev/null || [ -x /usr/sbin/runc ] || need_apt+=(runc)
+  # Handle resolution against a real DNS server on loopback (crates/atrund/tests/network.rs).
+  command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base)
   # Several runners sharing one Redis (crates/atrund/tests/cluster.rs, crates/jobs/tests/queue.rs).
   command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || need_apt+=(redis-server)
 fi

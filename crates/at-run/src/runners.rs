@@ -112,6 +112,7 @@ impl NetArgs {
                 timeout: Duration::from_secs(10),
                 max_redirects: 0,
                 allow_http_loopback: self.allow_loopback,
+                extra_roots: Vec::new(),
             },
             self.policy()?,
             Arc::new(SystemResolver),

@@ -726,9 +726,10 @@ async fn plc_check(config: &Config) -> Check {
                 timeout: PLC_TIMEOUT,
                 max_redirects: 0,
                 allow_http_loopback: config.allow_http,
+                extra_roots: settings::own_requests_roots(config)?,
             },
             policy,
-            Arc::new(atrund_netpolicy::SystemResolver),
+            settings::own_requests_names(config),
         )?;
         anyhow::Ok(client.get(&url, "application/json").await?.status())
     };

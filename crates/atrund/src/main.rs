@@ -343,20 +343,33 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         dns,
         well_known,
     } = config.identity.clone();
-    let identity = IdentityResolver::new(IdentityConfig {
-        plc_url: config.plc_url.clone(),
-        allow_http_loopback: config.allow_http,
-        address_policy: address_policy.clone(),
-        timeout: Duration::from_millis(timeout_ms),
-        stale_ttl: Duration::from_secs(cache_stale_secs),
-        max_ttl: Duration::from_secs(cache_max_secs),
-        error_ttl: Duration::from_secs(cache_error_secs),
-        unreachable_ttl: Duration::from_secs(cache_unreachable_secs),
-        cache_capacity: usize::try_from(cache_capacity).unwrap_or(usize::MAX),
-        handle_resolution_service: handle_resolver,
-        dns,
-        well_known,
-    })?;
+    let names = settings::own_requests_names(&config);
+    let extra_roots = settings::own_requests_roots(&config)?;
+    if let Some(server) = config.dns_server_addr() {
+        tracing::info!(%server, "the runner's own look-ups ask this DNS server (dns_server)");
+    }
+    if let Some(path) = &config.extra_ca_file {
+        tracing::info!(file = %path.display(), certificates = extra_roots.len(), "the runner's own requests also trust these certificate authorities (extra_ca_file)");
+    }
+    let identity = IdentityResolver::with_name_resolver(
+        IdentityConfig {
+            plc_url: config.plc_url.clone(),
+            allow_http_loopback: config.allow_http,
+            address_policy: address_policy.clone(),
+            timeout: Duration::from_millis(timeout_ms),
+            stale_ttl: Duration::from_secs(cache_stale_secs),
+            max_ttl: Duration::from_secs(cache_max_secs),
+            error_ttl: Duration::from_secs(cache_error_secs),
+            unreachable_ttl: Duration::from_secs(cache_unreachable_secs),
+            cache_capacity: usize::try_from(cache_capacity).unwrap_or(usize::MAX),
+            handle_resolution_service: handle_resolver,
+            dns,
+            well_known,
+            extra_roots: extra_roots.clone(),
+            dns_server: config.dns_server_addr(),
+        },
+        names.clone(),
+    )?;
     let atrund_config::FetchSection {
         timeout_ms,
         max_record_bytes,
@@ -365,13 +378,17 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         max_list_pages,
         event_streams,
     } = config.fetch.clone();
-    let repo = RepoClient::new(FetchConfig {
-        timeout: Duration::from_millis(timeout_ms),
-        max_car_bytes: max_record_bytes,
-        max_blob_bytes: max_bundle_bytes,
-        allow_http_loopback: config.allow_http,
-        address_policy,
-    })?;
+    let repo = RepoClient::with_name_resolver(
+        FetchConfig {
+            timeout: Duration::from_millis(timeout_ms),
+            max_car_bytes: max_record_bytes,
+            max_blob_bytes: max_bundle_bytes,
+            allow_http_loopback: config.allow_http,
+            address_policy,
+            extra_roots,
+        },
+        names,
+    )?;
     let store = BundleStore::open(layout.bundles())
         .with_context(|| format!("cannot create {}", layout.bundles().display()))?
         .with_share_per_author(config.tenants.max_store_bytes_per_author);
@@ -486,16 +503,16 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
     let jobs = job_queue(&config, redis.clone())?;
     let (drain_tx, drain_rx) = watch::channel(false);
     let cluster = cluster_router(&config, addr, redis, drain_rx.clone()).await?;
-    let counters = observe::counters(
-        pool.clone(),
-        egress.clone(),
-        identity.clone(),
-        cache.clone(),
-        jobs.clone(),
-        cluster.clone(),
-        source.clone(),
-        graph.clone(),
-    );
+    let counters = observe::counters(observe::CounterSources {
+        pool: pool.clone(),
+        egress: egress.clone(),
+        identity: identity.clone(),
+        cache: cache.clone(),
+        jobs: jobs.clone(),
+        cluster: cluster.clone(),
+        source: source.clone(),
+        graph: graph.clone(),
+    });
     let metrics = observe::metrics(&config, pool.backend(), counters.clone());
     let rates = Arc::new(atrund_policy::AuthorRates::new(config.tenants.clone()));
     let (live, config_tx) = atrund_http::LiveConfig::new(config.clone());

@@ -273,18 +273,31 @@ where
     }
 }
 
+/// The components whose counters the metrics read; the optional ones when they are on.
+pub struct CounterSources {
+    pub pool: Arc<atrund_pool::Pool>,
+    pub egress: Arc<atrund_egress::EgressProxy>,
+    pub identity: atrund_identity::IdentityResolver,
+    pub cache: Option<Arc<atrund_cache::ResponseCache>>,
+    pub jobs: Option<Arc<atrund_http::jobs::Jobs>>,
+    pub cluster: Option<Arc<atrund_http::cluster::Forwarder>>,
+    pub source: atrund_bundle::BundleSource,
+    pub graph: Option<atrund_trust::GraphTrust>,
+}
+
 /// Reads the pool's, the egress proxy's and the identity caches' counters into a [`Snapshot`]:
 /// what the metrics scrape and the status page read.
-pub fn counters(
-    pool: Arc<atrund_pool::Pool>,
-    egress: Arc<atrund_egress::EgressProxy>,
-    identity: atrund_identity::IdentityResolver,
-    cache: Option<Arc<atrund_cache::ResponseCache>>,
-    jobs: Option<Arc<atrund_http::jobs::Jobs>>,
-    cluster: Option<Arc<atrund_http::cluster::Forwarder>>,
-    source: atrund_bundle::BundleSource,
-    graph: Option<atrund_trust::GraphTrust>,
-) -> atrund_http::Counters {
+pub fn counters(sources: CounterSources) -> atrund_http::Counters {
+    let CounterSources {
+        pool,
+        egress,
+        identity,
+        cache,
+        jobs,
+        cluster,
+        source,
+        graph,
+    } = sources;
     Arc::new(move || {
         let mut s = snapshot(&pool, &egress, &identity);
         s.trust = graph.as_ref().map(|g| {

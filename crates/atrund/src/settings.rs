@@ -185,6 +185,32 @@ pub(crate) fn reachable_choice(mut choice: Choice, staged: &Path) -> Result<Choi
     Ok(choice)
 }
 
+/// The name resolver of the runner's own requests: the operator's `dns_server`, else the
+/// system's.
+pub(crate) fn own_requests_names(
+    config: &atrund_config::Config,
+) -> Arc<dyn atrund_netpolicy::Resolve> {
+    match config.dns_server_addr() {
+        Some(server) => Arc::new(atrund_netpolicy::DnsServerResolver::new(
+            server,
+            Duration::from_millis(config.identity.timeout_ms),
+        )),
+        None => Arc::new(atrund_netpolicy::SystemResolver),
+    }
+}
+
+/// The certificate authorities the runner's own requests trust beside the web PKI's
+/// (`extra_ca_file`).
+pub(crate) fn own_requests_roots(
+    config: &atrund_config::Config,
+) -> Result<Vec<atrund_netpolicy::CertificateDer<'static>>> {
+    match &config.extra_ca_file {
+        Some(path) => atrund_netpolicy::read_ca_file(path)
+            .map_err(|e| anyhow::anyhow!("extra_ca_file (ATRUND_EXTRA_CA_FILE): {e}")),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// The address policy of the runner's own requests (identity, PDS): the classifier plus the
 /// operator's `allow_addrs` (checked by `Config::validate`; parsed again here into typed openings).
 pub(crate) fn own_requests_policy(

@@ -719,3 +719,286 @@ async fn the_operators_follows_and_mutuals_decide_who_runs() {
         assert!(log.contains("operator's follows read"), "{log}");
     }
 }
+
+/// A dnsmasq on 127.0.0.1 answering only what a test gives it (`--txt-record`, `--address`),
+/// nothing from the host; stopped on drop.
+struct Dnsmasq {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Dnsmasq {
+    fn start(args: &[String]) -> Option<Dnsmasq> {
+        let bin = atrund_testnet::on_path(
+            "dnsmasq",
+            "a DNS server for handle resolution",
+            "scripts/setup.sh installs dnsmasq-base",
+        )
+        .or_else(|| {
+            let p = Path::new("/usr/sbin/dnsmasq");
+            p.is_file().then(|| p.to_path_buf())
+        })?;
+        // A free port: bound, read, released (dnsmasq binds it a moment later).
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(bin)
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-negcache",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--pid-file=",
+                "--log-facility=-",
+                &format!("--port={port}"),
+            ])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start dnsmasq");
+        Some(Dnsmasq {
+            child,
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        })
+    }
+
+    /// Waits until it answers `name`.
+    async fn ready(&self, name: &str) {
+        let r = atrund_netpolicy::DnsServerResolver::new(
+            self.addr,
+            std::time::Duration::from_millis(200),
+        );
+        let t = std::time::Instant::now();
+        while atrund_netpolicy::Resolve::resolve(&r, name).await.is_err() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "dnsmasq never answered"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTPS server on `addr` (port 443: where a handle's well-known is) whose certificate, for
+/// every name in `answers`, is signed by a throwaway CA; `GET /.well-known/atproto-did` answers
+/// the DID `answers` gives the request's `Host`. Returns the CA's PEM.
+async fn well_known_server(addr: &str, answers: Vec<(String, String)>) -> String {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let names: Vec<String> = answers.iter().map(|(h, _)| h.clone()).collect();
+    let leaf = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&leaf_key, &ca_cert, &ca_key)
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("bind the well-known server");
+    let answers: std::collections::HashMap<String, String> = answers.into_iter().collect();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (acceptor, answers) = (acceptor.clone(), answers.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let host = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("host:"))
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_default();
+                let (status, body) = match answers.get(&host) {
+                    Some(did) if head.starts_with("get /.well-known/atproto-did ") => {
+                        ("200 OK", did.clone())
+                    }
+                    _ => ("404 Not Found", String::new()),
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    ca_cert.pem()
+}
+
+/// Waits (5 s at most) for `text` in the runner's log, which reaches the test through a pipe.
+async fn logged(d: &Daemon, text: &str) {
+    let t = std::time::Instant::now();
+    while !d.log().contains(text) {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{text:?} not in the log:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Both spec paths of handle resolution against real components: `_atproto` TXT records from a
+/// real DNS server (dnsmasq, through `dns_server`) and `https://<handle>/.well-known/atproto-did`
+/// from an HTTPS server whose CA the runner trusts only through `extra_ca_file`; each answer
+/// checked both ways against the DID document on the real PLC.
+#[tokio::test(flavor = "multi_thread")]
+async fn handles_resolve_through_real_dns_and_an_https_well_known() {
+    let Some(net) = atrund_testnet::shared() else {
+        return;
+    };
+    let Some(deno) = atrund_testnet::deno_path() else {
+        return;
+    };
+    if atrund_testnet::root("the handle well-known is served on port 443").is_none() {
+        return;
+    }
+    let by_dns = net.create_account("bydns").await;
+    let by_wk = net.create_account("bywk").await;
+    let two_txt = net.create_account("twotxt").await;
+    let dns_wins = net.create_account("dnswins").await;
+    let dns_lies = net.create_account("dnslies").await;
+    let wk_lies = net.create_account("wklies").await;
+    let code = "export const hi = { method: \"GET\", handler: () => new Response(\"hi\") };\n";
+    let manifest = serde_json::json!({ "endpoints": [{ "name": "hi", "method": "GET" }] });
+    for a in [&by_dns, &by_wk, &dns_wins] {
+        common::deploy(net, a, code, &manifest, "hi", "1.0.0").await;
+    }
+    // 127.0.0.2 serves the well-known; 127.0.0.3 is not opened to the runner.
+    let txt = |h: &str, did: &str| format!("--txt-record=_atproto.{h},did={did}");
+    let at = |h: &str, ip: &str| format!("--address=/{h}/{ip}");
+    let dns = Dnsmasq::start(&[
+        at("localhost", "127.0.0.1"),
+        txt(&by_dns.handle, &by_dns.did),
+        at(&by_wk.handle, "127.0.0.2"),
+        txt(&two_txt.handle, &two_txt.did),
+        txt(&two_txt.handle, &by_dns.did),
+        // TXT and well-known disagree: DNS is asked first, and only a verified answer counts.
+        txt(&dns_wins.handle, &dns_wins.did),
+        at(&dns_wins.handle, "127.0.0.2"),
+        txt(&dns_lies.handle, &by_dns.did),
+        at(&dns_lies.handle, "127.0.0.2"),
+        // A well-known naming a DID whose document claims another handle.
+        at(&wk_lies.handle, "127.0.0.2"),
+        at("elsewhere.test", "127.0.0.3"),
+    ]);
+    let Some(dns) = dns else { return };
+    dns.ready("localhost").await;
+    let ca = well_known_server(
+        "127.0.0.2:443",
+        vec![
+            (by_wk.handle.clone(), by_wk.did.clone()),
+            (dns_wins.handle.clone(), by_dns.did.clone()),
+            (dns_lies.handle.clone(), dns_lies.did.clone()),
+            (wk_lies.handle.clone(), by_dns.did.clone()),
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let runner = |trust_ca: bool, data: &Path| {
+        let mut cmd = common::command(&deno, data);
+        common::use_test_net(&mut cmd, net)
+            .arg("serve")
+            .env("ATRUND_POLICY", "open")
+            // The test network's resolver service off: DNS and the well-known only.
+            .env("ATRUND_IDENTITY_HANDLE_RESOLVER", "")
+            .env("ATRUND_IDENTITY_DNS", "true")
+            .env("ATRUND_IDENTITY_WELL_KNOWN", "true")
+            .env("ATRUND_DNS_SERVER", dns.addr.to_string())
+            .env(
+                "ATRUND_ALLOW_ADDRS",
+                format!("{},127.0.0.2:443", net.allow_addrs()),
+            )
+            .env("ATRUND_POOL_ADMIN_LISTEN", "off");
+        if trust_ca {
+            cmd.env("ATRUND_EXTRA_CA_FILE", &ca_file);
+        }
+        Daemon::spawn(&mut cmd, false)
+    };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let trusting = runner(true, d1.path());
+    let web_pki_only = runner(false, d2.path());
+    let call = |r: &Daemon, who: &str| r.url(&format!("/bundle/{who}/hi/latest/hi"));
+
+    let (s, body) = common::get(&call(&trusting, &by_dns.handle)).await;
+    assert_eq!(s, 200, "by DNS TXT: {body}");
+    let (s, body) = common::get(&call(&trusting, &by_wk.handle)).await;
+    assert_eq!(s, 200, "by the HTTPS well-known: {body}");
+    let (s, body) = common::get(&call(&trusting, &dns_wins.handle)).await;
+    assert_eq!(s, 200, "TXT right, well-known wrong: DNS wins: {body}");
+    let (s, body) = common::get(&call(&trusting, &dns_lies.handle)).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (502, Some("HandleMismatch")),
+        "TXT names a DID that does not claim the handle: {body}"
+    );
+    let (s, body) = common::get(&call(&trusting, &wk_lies.handle)).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (502, Some("HandleMismatch")),
+        "the well-known names a DID that does not claim it: {body}"
+    );
+    let (s, body) = common::get(&call(&trusting, &two_txt.handle)).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (404, Some("HandleNotFound")),
+        "two TXT DIDs: {body}"
+    );
+    logged(&trusting, "2 different did= TXT values").await;
+    // A name the DNS server puts at an address the runner does not contact: not connected to.
+    let (s, body) = common::get(&call(&trusting, "elsewhere.test")).await;
+    assert_ne!(s, 200, "{body}");
+    logged(&trusting, "refused by address policy").await;
+
+    // Without the CA, the well-known's certificate is not trusted, so that handle does not
+    // resolve (a TLS failure, so "retry later"); the DNS path is unaffected.
+    let (s, body) = common::get(&call(&web_pki_only, &by_wk.handle)).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (502, Some("IdentityUnreachable")),
+        "{body}"
+    );
+    logged(&web_pki_only, "UnknownIssuer").await;
+    let (s, body) = common::get(&call(&web_pki_only, &by_dns.handle)).await;
+    assert_eq!(s, 200, "{body}");
+}

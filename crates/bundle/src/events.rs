@@ -443,6 +443,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 max_redirects: 0,
                 allow_http_loopback: true,
+                extra_roots: Vec::new(),
             },
             atrund_netpolicy::AddressPolicy::default(),
             Arc::new(atrund_netpolicy::SystemResolver),

@@ -52,6 +52,14 @@ pub struct Config {
     /// Special-purpose addresses the runner's own requests (PLC, did:web, handles, PDSes) may
     /// reach anyway: ranges (`10.0.0.0/8`, every port) or `address:port` (`127.0.0.1:2582`).
     pub allow_addrs: Vec<String>,
+    /// The DNS server the runner's own look-ups ask (`IP` or `IP:port`) instead of the system's
+    /// resolver: handles' TXT records and the names of PLC, did:web, well-known and PDS hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_server: Option<String>,
+    /// A PEM file of certificate authorities the runner's own HTTPS requests trust beside the
+    /// web PKI's (a private PDS, a handle's well-known behind an internal CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_ca_file: Option<PathBuf>,
     /// Whose code may run here.
     pub policy: AuthorPolicy,
     /// Trust from the social graph (the operator's follows, mutuals) and the deny list.
@@ -639,6 +647,8 @@ impl Default for Config {
             plc_url: default_plc_url(),
             allow_http: false,
             allow_addrs: Vec::new(),
+            dns_server: None,
+            extra_ca_file: None,
             policy: AuthorPolicy::default(),
             trust: TrustSection::default(),
             isolation: Isolation::default(),
@@ -1055,6 +1065,17 @@ fn default_plc_url() -> Url {
 }
 
 impl Config {
+    /// `dns_server` as an address (port 53 unless given); `None` when unset. Checked by
+    /// validation, so a loaded config's value parses.
+    pub fn dns_server_addr(&self) -> Option<SocketAddr> {
+        let s = self.dns_server.as_deref()?;
+        s.parse::<SocketAddr>().ok().or_else(|| {
+            s.parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+    }
+
     /// Where the value of `key` (dotted, e.g. `limits.timeout_ms.max`) came from.
     pub fn source_of(&self, key: &str) -> Source {
         self.sources.get(key)

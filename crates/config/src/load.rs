@@ -30,6 +30,8 @@ const OPTIONAL_KEYS: &[(&str, Kind)] = &[
     ("http.bundle_domain", Kind::Str),
     ("logs.service_did", Kind::Str),
     ("trust.operator", Kind::Str),
+    ("dns_server", Kind::Str),
+    ("extra_ca_file", Kind::Str),
 ];
 
 /// Keys an older version read under another name: `(old, new)`. Refused with the new name (not

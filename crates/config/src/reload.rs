@@ -45,6 +45,8 @@ impl Config {
             plc_url,
             allow_http,
             allow_addrs,
+            dns_server,
+            extra_ca_file,
             policy: _,
             trust,
             isolation,
@@ -74,6 +76,13 @@ impl Config {
         keep(&mut k, "plc_url", plc_url, &mut new.plc_url);
         keep(&mut k, "allow_http", allow_http, &mut new.allow_http);
         keep(&mut k, "allow_addrs", allow_addrs, &mut new.allow_addrs);
+        keep(&mut k, "dns_server", dns_server, &mut new.dns_server);
+        keep(
+            &mut k,
+            "extra_ca_file",
+            extra_ca_file,
+            &mut new.extra_ca_file,
+        );
         keep(&mut k, "isolation", isolation, &mut new.isolation);
         // The deny list is read per request; the graph's source and schedule built a task.
         let deny = std::mem::replace(&mut new.trust.deny, trust.deny.clone());

@@ -237,6 +237,17 @@ impl Config {
         }
 
         self.check_trust()?;
+        if let Some(s) = &self.dns_server {
+            if self.dns_server_addr().is_none() {
+                return Err(invalid(
+                    "dns_server",
+                    format!("'{s}' is not an IP address or IP:port (e.g. 127.0.0.1:53 or [::1]:5353); a DNS server is named by address, not by name"),
+                ));
+            }
+        }
+        if let Some(path) = &self.extra_ca_file {
+            atrund_netpolicy::read_ca_file(path).map_err(|e| invalid("extra_ca_file", e))?;
+        }
 
         let id = &self.identity;
         let positive = [

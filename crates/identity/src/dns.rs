@@ -17,9 +17,11 @@ pub trait TxtResolver: Send + Sync {
 }
 
 /// The system resolver (`/etc/resolv.conf`), built on first use so that a machine without a
-/// resolver configuration can still construct an `IdentityResolver` (and, e.g., turn DNS off).
+/// resolver configuration can still construct an `IdentityResolver` (and, e.g., turn DNS off),
+/// or one DNS server the operator names (`dns_server`).
 pub struct HickoryTxtResolver {
     timeout: Duration,
+    server: Option<std::net::SocketAddr>,
     resolver: OnceCell<Result<TokioResolver, String>>,
 }
 
@@ -27,6 +29,16 @@ impl HickoryTxtResolver {
     pub fn new(timeout: Duration) -> Self {
         HickoryTxtResolver {
             timeout,
+            server: None,
+            resolver: OnceCell::new(),
+        }
+    }
+
+    /// Asks only `server`.
+    pub fn with_server(server: std::net::SocketAddr, timeout: Duration) -> Self {
+        HickoryTxtResolver {
+            timeout,
+            server: Some(server),
             resolver: OnceCell::new(),
         }
     }
@@ -35,10 +47,13 @@ impl HickoryTxtResolver {
 #[async_trait]
 impl TxtResolver for HickoryTxtResolver {
     async fn txt(&self, name: &str) -> Result<Vec<String>, IdentityError> {
-        let timeout = self.timeout;
+        let (timeout, server) = (self.timeout, self.server);
         let resolver = self
             .resolver
             .get_or_init(|| async move {
+                if let Some(server) = server {
+                    return Ok(atrund_netpolicy::dns_server_resolver(server, timeout));
+                }
                 let mut b = TokioResolver::builder_tokio().map_err(|e| e.to_string())?;
                 b.options_mut().timeout = timeout;
                 b.options_mut().attempts = 1;

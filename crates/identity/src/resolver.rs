@@ -76,6 +76,10 @@ pub struct IdentityConfig {
     pub dns: bool,
     /// HTTPS `https://<handle>/.well-known/atproto-did` look-ups.
     pub well_known: bool,
+    /// Certificate authorities trusted beside the web PKI's (PLC, did:web, well-known).
+    pub extra_roots: Vec<atrund_netpolicy::CertificateDer<'static>>,
+    /// The DNS server of the TXT look-ups (`_atproto.<handle>`); `None`: the system's.
+    pub dns_server: Option<std::net::SocketAddr>,
 }
 
 impl Default for IdentityConfig {
@@ -93,6 +97,8 @@ impl Default for IdentityConfig {
             handle_resolution_service: None,
             dns: true,
             well_known: true,
+            extra_roots: Vec::new(),
+            dns_server: None,
         }
     }
 }
@@ -167,6 +173,7 @@ impl IdentityResolver {
                     timeout: cfg.timeout,
                     max_redirects,
                     allow_http_loopback: cfg.allow_http_loopback,
+                    extra_roots: cfg.extra_roots.clone(),
                 },
                 cfg.address_policy.clone(),
                 names.clone(),
@@ -182,7 +189,12 @@ impl IdentityResolver {
             transient: cfg.unreachable_ttl.min(cfg.error_ttl),
             capacity: cfg.cache_capacity.max(1),
         };
-        let txt = txt.unwrap_or_else(|| Arc::new(HickoryTxtResolver::new(cfg.timeout)));
+        let txt = txt.unwrap_or_else(|| {
+            Arc::new(match cfg.dns_server {
+                Some(server) => HickoryTxtResolver::with_server(server, cfg.timeout),
+                None => HickoryTxtResolver::new(cfg.timeout),
+            })
+        });
         Ok(IdentityResolver {
             inner: Arc::new(Inner {
                 cfg,
@@ -382,6 +394,9 @@ impl IdentityResolver {
         }
         let mut reasons = Vec::new();
         let mut transient = false;
+        // A method that answered wrongly for sure (two TXT DIDs, an invalid one): retrying will
+        // not help until the handle's owner fixes it, whatever the other methods did.
+        let mut misconfigured = false;
         let mut refused = None;
         let mut found = None;
         let mut iter = tasks.into_iter();
@@ -394,6 +409,7 @@ impl IdentityResolver {
                 Ok(Ok(None)) => reasons.push(format!("{name}: no answer")),
                 Ok(Err(e)) => {
                     transient |= e.is_transient();
+                    misconfigured |= matches!(e, IdentityError::HandleNotFound { .. });
                     reasons.push(format!("{name}: {}", e.detail().unwrap_or(&e.to_string())));
                     if matches!(e, IdentityError::AddressNotAllowed { .. }) {
                         refused = Some(e);
@@ -416,7 +432,7 @@ impl IdentityResolver {
                 what,
                 detail: format!("handle {h}: {reason}"),
             })
-        } else if transient {
+        } else if transient && !misconfigured {
             Err(IdentityError::unreachable(
                 "the handle's servers",
                 format!("handle {h}: {reason}"),

@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio_rustls::rustls::pki_types::CertificateDer;
 use url::{Host, Url};
 
 use crate::addr::AddressPolicy;
@@ -62,6 +63,8 @@ pub struct ClientConfig {
     /// Permit plain http to `localhost`, 127.0.0.0/8 and `::1` (development); the addresses must
     /// still be opened in the policy.
     pub allow_http_loopback: bool,
+    /// Certificate authorities trusted beside the web PKI's (config `extra_ca_file`).
+    pub extra_roots: Vec<CertificateDer<'static>>,
 }
 
 impl Default for ClientConfig {
@@ -70,6 +73,7 @@ impl Default for ClientConfig {
             timeout: Duration::from_secs(10),
             max_redirects: 0,
             allow_http_loopback: false,
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -383,6 +387,11 @@ fn build(
         .connect_timeout(cfg.timeout)
         .user_agent(concat!("at-rund/", env!("CARGO_PKG_VERSION")))
         .dns_resolver(Arc::new(RefuseAll));
+    for der in &cfg.extra_roots {
+        let cert = reqwest::Certificate::from_der(der.as_ref())
+            .map_err(|e| OutboundError::Client(format!("an extra root is not usable: {e}")))?;
+        b = b.add_root_certificate(cert);
+    }
     if let Some((host, addrs)) = pinned {
         b = b.resolve_to_addrs(host, addrs);
     }

@@ -23,7 +23,8 @@ pub use client::{
     OutboundError, ReadError,
 };
 pub use ipnet::IpNet;
-pub use resolve::{MapResolver, Resolve, SystemResolver};
+pub use resolve::read_ca_file;
+pub use resolve::{dns_server_resolver, DnsServerResolver, MapResolver, Resolve, SystemResolver};
 pub use tokio_rustls::rustls::pki_types::CertificateDer;
 pub use tokio_tungstenite::tungstenite::Message as WebSocketMessage;
 pub use websocket::{Io, WebSocket};

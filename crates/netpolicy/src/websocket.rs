@@ -32,7 +32,8 @@ impl GuardedClient {
         path_and_query: &str,
         max_message_bytes: usize,
     ) -> Result<WebSocket, OutboundError> {
-        self.websocket_trusting(base, path_and_query, max_message_bytes, &[])
+        let roots = self.config().extra_roots.clone();
+        self.websocket_trusting(base, path_and_query, max_message_bytes, &roots)
             .await
     }
 

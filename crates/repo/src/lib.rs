@@ -54,6 +54,8 @@ pub struct FetchConfig {
     pub allow_http_loopback: bool,
     /// Which addresses PDS requests (and their redirects) may connect to.
     pub address_policy: AddressPolicy,
+    /// Certificate authorities trusted beside the web PKI's.
+    pub extra_roots: Vec<atrund_netpolicy::CertificateDer<'static>>,
 }
 
 impl Default for FetchConfig {
@@ -64,6 +66,7 @@ impl Default for FetchConfig {
             max_blob_bytes: 20 * 1024 * 1024,
             allow_http_loopback: false,
             address_policy: AddressPolicy::default(),
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -339,6 +342,7 @@ impl RepoClient {
                 timeout: cfg.timeout,
                 max_redirects: MAX_REDIRECTS,
                 allow_http_loopback: cfg.allow_http_loopback,
+                extra_roots: cfg.extra_roots.clone(),
             },
             cfg.address_policy.clone(),
             names,
