@@ -392,6 +392,7 @@ pub async fn run_cmd(
         progress("checking the runner");
         let named = crate::runners::named(runner, &a.net).await?;
         let (url, desc) = (&named.url, named.describe().await?);
+        let graph = crate::runners::graph_standing(&desc, &session.did, &a.net).await?;
         // A prebuilt file's Deno is unknown: its runtime line is taken as the runner's own.
         let deno = built_with.unwrap_or_else(|| {
             desc.runtimes
@@ -408,6 +409,7 @@ pub async fn run_cmd(
             code.len() as u64,
             &deno,
             Some((&session.did, &session.handle)),
+            graph.as_ref(),
         );
         if !report.compatible {
             progress(&report.render());

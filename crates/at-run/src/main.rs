@@ -385,6 +385,10 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
                 .ok()
                 .and_then(|_| auth::load().ok().flatten())
                 .map(|s| (s.did, s.handle));
+            let graph = match &who {
+                Some((did, _)) => runners::graph_standing(&desc, did, &net).await?,
+                None => None,
+            };
             let r = runner::compare(
                 &runner,
                 &desc,
@@ -392,6 +396,7 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
                 b.bytes,
                 &d.version,
                 who.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+                graph.as_ref(),
             );
             let failed = r.checks.iter().filter(|c| !c.ok).count();
             let mut o = out(&r, r.render())?;

@@ -95,7 +95,18 @@ impl CheckReport {
     }
 }
 
-/// Compares a built bundle with what the runner announces.
+/// What a runner's operator's graph says of the author, read from verified records by
+/// `runners::graph_standing` (each part `Err` with the reason when it could not be read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphStanding {
+    /// The operator follows the author.
+    pub followed: Result<bool, String>,
+    /// The author follows the operator back; asked only of a `mutuals` runner.
+    pub follows_back: Option<Result<bool, String>>,
+}
+
+/// Compares a built bundle with what the runner announces. `graph`: the author's standing in
+/// the operator's social graph, when the runner trusts one and it was read.
 pub fn compare(
     runner: &str,
     desc: &DescribeRunner,
@@ -103,6 +114,7 @@ pub fn compare(
     code_bytes: u64,
     local_deno: &str,
     author: Option<(&str, &str)>,
+    graph: Option<&GraphStanding>,
 ) -> CheckReport {
     let mut checks = Vec::new();
     let mut notes = Vec::new();
@@ -170,13 +182,44 @@ pub fn compare(
             (Some((did, handle)), Some(list), _) if named(list, did, handle) => {
                 Ok(format!("{handle} is on the allow-list"))
             }
-            (author, _, Some(line)) => {
-                notes.push(match author {
-                    Some((_, handle)) => format!(
-                        "{line}: the runner decides from the operator's verified follows when you call (403 AuthorNotAllowed says so if {handle} is not admitted)"
-                    ),
-                    None => format!("{line}; log in (`at-run login`) to check the allow-list too"),
-                });
+            (Some((_, handle)), _, Some(line)) => {
+                let op = p.graph.as_ref().map_or("", |g| g.operator.as_str());
+                match graph {
+                    Some(GraphStanding { followed: Ok(false), .. }) => Err(format!(
+                        "{line}, and {op} does not follow {handle}; ask the operator to follow you"
+                    )),
+                    Some(GraphStanding {
+                        followed: Ok(true),
+                        follows_back: Some(Ok(false)),
+                    }) => Err(format!(
+                        "{line}: {op} follows {handle}, but {handle} does not follow {op} back; follow them to run here"
+                    )),
+                    Some(GraphStanding {
+                        followed: Ok(true),
+                        follows_back: None | Some(Ok(true)),
+                    }) => Ok(format!("{line}, and {op} follows {handle}")),
+                    Some(GraphStanding { followed: Err(e), .. })
+                    | Some(GraphStanding {
+                        follows_back: Some(Err(e)),
+                        ..
+                    }) => {
+                        notes.push(format!(
+                            "could not read the operator's follows ({e}); the runner decides when you call (403 AuthorNotAllowed says so if {handle} is not admitted)"
+                        ));
+                        Ok(line.clone())
+                    }
+                    None => {
+                        notes.push(format!(
+                            "{line}: the runner decides from the operator's verified follows when you call (403 AuthorNotAllowed says so if {handle} is not admitted)"
+                        ));
+                        Ok(line.clone())
+                    }
+                }
+            }
+            (None, _, Some(line)) => {
+                notes.push(format!(
+                    "{line}; log in (`at-run login`) to check whether its operator follows you"
+                ));
                 Ok(line.clone())
             }
             (_, Some(list), None) if list.is_empty() => {
@@ -608,6 +651,7 @@ mod tests {
             10,
             "2.9.6",
             Some(("did:plc:me", "me.test")),
+            None,
         );
         assert!(!r.compatible);
         let failed: Vec<&str> = r
@@ -634,7 +678,67 @@ mod tests {
             10,
             "2.9.6",
             Some(("did:plc:someone", "x")),
+            None,
         );
         assert!(ok.compatible, "{}", ok.render());
+
+        // A runner trusting its operator's graph: the author's standing decides.
+        let mut graph_desc = desc.clone();
+        graph_desc.policy.allow_list = Some(Vec::new());
+        graph_desc.policy.deny = vec!["did:plc:banned".into()];
+        graph_desc.policy.graph = Some(atrund_api::RunnerGraph {
+            kind: "mutuals".into(),
+            operator: "op.test".into(),
+            operator_did: Some("did:plc:op".into()),
+            follows: 2,
+            age_secs: Some(1),
+        });
+        let author_line = |who: (&str, &str), g: Option<GraphStanding>| {
+            let r = compare(
+                "http://r",
+                &graph_desc,
+                &Manifest::default(),
+                10,
+                "2.9.6",
+                Some(who),
+                g.as_ref(),
+            );
+            let c = r
+                .checks
+                .iter()
+                .find(|c| c.name == "author")
+                .cloned()
+                .expect("author line");
+            (c.ok, c.detail, r.notes)
+        };
+        let standing = |followed: Result<bool, String>, back: Option<Result<bool, String>>| {
+            Some(GraphStanding {
+                followed,
+                follows_back: back,
+            })
+        };
+        let me = ("did:plc:me", "me.test");
+        let (ok, detail, _) = author_line(me, standing(Ok(true), Some(Ok(true))));
+        assert!(ok && detail.contains("op.test follows me.test"), "{detail}");
+        let (ok, detail, _) = author_line(me, standing(Ok(false), None));
+        assert!(
+            !ok && detail.contains("does not follow me.test"),
+            "{detail}"
+        );
+        let (ok, detail, _) = author_line(me, standing(Ok(true), Some(Ok(false))));
+        assert!(
+            !ok && detail.contains("does not follow op.test back"),
+            "{detail}"
+        );
+        let (ok, _, notes) = author_line(me, standing(Err("PDS down".into()), None));
+        assert!(
+            ok && notes.iter().any(|n| n.contains("PDS down")),
+            "{notes:?}"
+        );
+        let (ok, detail, _) = author_line(
+            ("did:plc:banned", "b.test"),
+            standing(Ok(true), Some(Ok(true))),
+        );
+        assert!(!ok && detail.contains("deny list"), "{detail}");
     }
 }

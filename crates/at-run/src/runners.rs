@@ -255,6 +255,10 @@ async fn one(
     // A runner that does not say what its record says is not the announced one (or has
     // changed since): a verdict for the bundle would answer for the wrong runner.
     if let Some(b) = bundle.filter(|_| l.disagreements.is_empty()) {
+        let graph = match b.author {
+            Some((did, _)) => standing(resolver, repo, &desc, did).await,
+            None => None,
+        };
         l.check = Some(runner::compare(
             &endpoint,
             &desc,
@@ -262,10 +266,75 @@ async fn one(
             b.code_bytes,
             b.local_deno,
             b.author,
+            graph.as_ref(),
         ));
     }
     l.describe = Some(desc);
     l
+}
+
+/// The author's standing in the graph of a runner that trusts its operator's follows, read from
+/// verified records as the runner reads them (`atrund-trust`): `None` when the runner trusts no
+/// graph.
+pub async fn graph_standing(
+    desc: &DescribeRunner,
+    author_did: &str,
+    net: &NetArgs,
+) -> anyhow::Result<Option<runner::GraphStanding>> {
+    if desc.policy.graph.is_none() {
+        return Ok(None);
+    }
+    Ok(standing(&net.resolver()?, &net.repo()?, desc, author_did).await)
+}
+
+/// Largest operator repository read for [`graph_standing`] (the runner's default cap).
+const MAX_OPERATOR_REPO_BYTES: u64 = 64 * 1024 * 1024;
+/// Pages of an author's follows searched for the follow-back (the runner's default).
+const MAX_FOLLOW_PAGES: usize = 100;
+
+async fn standing(
+    resolver: &IdentityResolver,
+    repo: &RepoClient,
+    desc: &DescribeRunner,
+    author_did: &str,
+) -> Option<runner::GraphStanding> {
+    let g = desc.policy.graph.as_ref()?;
+    let operator = g.operator_did.as_deref().unwrap_or(&g.operator);
+    let operator: AtIdentifier = match operator.parse() {
+        Ok(o) => o,
+        Err(e) => {
+            return Some(runner::GraphStanding {
+                followed: Err(format!("the runner names its operator '{operator}': {e}")),
+                follows_back: None,
+            })
+        }
+    };
+    let read =
+        atrund_trust::operator_follows(resolver, repo, &operator, MAX_OPERATOR_REPO_BYTES, None)
+            .await;
+    let (followed, operator_did) = match read {
+        Ok(f) => (Ok(f.follows.contains(author_did)), Some(f.operator)),
+        Err(e) => (Err(e), None),
+    };
+    let follows_back = match (g.kind.as_str(), operator_did) {
+        ("mutuals", Some(op)) => Some(match author_did.parse() {
+            Ok(did) => match resolver.resolve(&AtIdentifier::Did(did)).await {
+                Ok((author, _)) => {
+                    atrund_trust::prove_follow_back(repo, &author, &op, MAX_FOLLOW_PAGES)
+                        .await
+                        .map_err(|e| format!("reading your follows: {e}"))
+                }
+                Err(e) => Err(format!("resolving you: {e}")),
+            },
+            Err(e) => Err(format!("'{author_did}': {e}")),
+        }),
+        ("mutuals", None) => Some(Err("the operator's follows were not read".into())),
+        _ => None,
+    };
+    Some(runner::GraphStanding {
+        followed,
+        follows_back,
+    })
 }
 
 /// A `--runner` value: a URL as given, or an operator's handle or DID (no `://`), whose

@@ -702,6 +702,32 @@ async fn the_operators_follows_and_mutuals_decide_who_runs() {
         "{metrics}"
     );
 
+    // What `at-run check` and `deploy --runner` tell an author, read as the runner reads it.
+    let args = at_run::runners::NetArgs {
+        plc_url: net.plc_url.clone(),
+        handle_resolver: Some(net.pds_url.clone()),
+        allow_loopback: true,
+        no_dns: true,
+    };
+    let standing = |desc: DescribeRunner, who: &Account| {
+        let (args, did) = (args.clone(), who.did.clone());
+        async move {
+            at_run::runners::graph_standing(&desc, &did, &args)
+                .await
+                .unwrap()
+                .expect("a graph runner")
+        }
+    };
+    let (_, d) = common::get(&follows.url("/xrpc/dev.atrund.describeRunner")).await;
+    let follows_desc: DescribeRunner = serde_json::from_value(d).unwrap();
+    let s = standing(follows_desc.clone(), &followed).await;
+    assert_eq!((s.followed, s.follows_back), (Ok(true), None));
+    assert_eq!(standing(follows_desc, &stranger).await.followed, Ok(false));
+    let s = standing(described.clone(), &mutual).await;
+    assert_eq!((s.followed, s.follows_back), (Ok(true), Some(Ok(true))));
+    let s = standing(described.clone(), &followed).await;
+    assert_eq!((s.followed, s.follows_back), (Ok(true), Some(Ok(false))));
+
     // An unfollow is seen within moments (the operator's event stream), and a new follow too.
     unfollow(net, &operator, &follow_of_followed).await;
     let took = answers_within(&call(&follows, &followed), 403, limit).await;

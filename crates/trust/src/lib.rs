@@ -407,48 +407,22 @@ impl Inner {
     /// One verified read of the operator's follows; the error is for the log.
     async fn read(&self) -> Result<(), String> {
         let began = Instant::now();
-        let (op, _) = self
-            .identity
-            .resolve(&self.cfg.operator)
-            .await
-            .map_err(|e| format!("resolving the operator: {e}"))?;
-        if let Some(w) = &self.watch {
-            w.follow_graph(&op);
-        }
-        let did = op.did.as_str();
-        let repo = match self
-            .repo
-            .get_repo(&op.pds, did, &op.signing_key, self.cfg.max_repo_bytes)
-            .await
-        {
-            // The key may have rotated since the document was cached: look once more.
-            Err(FetchError::BadCommitSignature(_)) => {
-                let fresh = self
-                    .identity
-                    .refresh_did(&op.did)
-                    .await
-                    .map_err(|e| format!("resolving the operator again: {e}"))?;
-                self.repo
-                    .get_repo(&fresh.pds, did, &fresh.signing_key, self.cfg.max_repo_bytes)
-                    .await
-            }
-            other => other,
-        }
-        .map_err(|e| format!("reading the operator's repository: {e}"))?;
-        let records = repo
-            .records(FOLLOW_COLLECTION)
-            .map_err(|e| format!("reading the operator's follows: {e}"))?;
-        let mut follows = HashSet::with_capacity(records.len());
-        let mut skipped = 0usize;
-        for r in &records {
-            match r.decode::<FollowRecord>() {
-                Ok(f) if atrund_config::is_valid_did(&f.subject) => {
-                    follows.insert(f.subject);
-                }
-                _ => skipped += 1,
-            }
-        }
-        let rev = repo.commit.rev.clone();
+        let read = operator_follows(
+            &self.identity,
+            &self.repo,
+            &self.cfg.operator,
+            self.cfg.max_repo_bytes,
+            self.watch.as_deref(),
+        )
+        .await?;
+        let OperatorFollows {
+            operator: did,
+            follows,
+            rev,
+            skipped,
+        } = read;
+        let did = did.as_str();
+        let count = follows.len();
         let changed = {
             let mut held = self
                 .snapshot
@@ -480,7 +454,7 @@ impl Inner {
         if let Ok(mut l) = self.last_error.lock() {
             *l = None;
         }
-        tracing::info!(target: "atrund::trust", operator = did, %rev, follows = records.len() - skipped, skipped, changed, "operator's follows read");
+        tracing::info!(target: "atrund::trust", operator = did, %rev, follows = count, skipped, changed, "operator's follows read");
         Ok(())
     }
 
@@ -509,8 +483,7 @@ impl Inner {
             w.follow_graph(author);
         }
         self.follow_back_checks.fetch_add(1, Ordering::Relaxed);
-        let found = self
-            .prove_follow_back(author, operator)
+        let found = prove_follow_back(&self.repo, author, operator, self.cfg.max_follow_pages)
             .await
             .map_err(|e| TrustError::FollowBackUnreadable(e.to_string()))?;
         tracing::info!(target: "atrund::trust", author = did, follows_back = found, "follow-back checked");
@@ -535,45 +508,110 @@ impl Inner {
             fb.at.elapsed() < self.cfg.follow_back_ttl && !self.changes.changed_since(did, fb.at);
         fresh.then_some(fb.follows_back)
     }
+}
 
-    async fn prove_follow_back(
-        &self,
-        author: &ResolvedDid,
-        operator: &str,
-    ) -> Result<bool, FetchError> {
-        let did = author.did.as_str();
-        let listed = self
-            .repo
-            .list_records(
+/// The operator's follows, read once and verified: what [`GraphTrust`] holds, and what
+/// `at-run check` reads to tell an author whether a runner's operator follows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorFollows {
+    pub operator: String,
+    pub follows: HashSet<String>,
+    /// The signed revision of the repository read.
+    pub rev: String,
+    /// Follow records whose subject is not a DID, left out.
+    pub skipped: usize,
+}
+
+/// Resolves `operator`, reads their whole repository (`getRepo`, verified: commit signature,
+/// block hashes, a complete walk of the follow records) and returns whom they follow. A bad
+/// signature makes it resolve the DID once more (a rotated key). `watch`: the streams to follow
+/// the operator on, when on. The error is one line for a log or a report.
+pub async fn operator_follows(
+    identity: &IdentityResolver,
+    repo: &RepoClient,
+    operator: &AtIdentifier,
+    max_repo_bytes: u64,
+    watch: Option<&EventWatch>,
+) -> Result<OperatorFollows, String> {
+    let (op, _) = identity
+        .resolve(operator)
+        .await
+        .map_err(|e| format!("resolving the operator: {e}"))?;
+    if let Some(w) = watch {
+        w.follow_graph(&op);
+    }
+    let did = op.did.as_str();
+    let verified = match repo
+        .get_repo(&op.pds, did, &op.signing_key, max_repo_bytes)
+        .await
+    {
+        // The key may have rotated since the document was cached: look once more.
+        Err(FetchError::BadCommitSignature(_)) => {
+            let fresh = identity
+                .refresh_did(&op.did)
+                .await
+                .map_err(|e| format!("resolving the operator again: {e}"))?;
+            repo.get_repo(&fresh.pds, did, &fresh.signing_key, max_repo_bytes)
+                .await
+        }
+        other => other,
+    }
+    .map_err(|e| format!("reading the operator's repository: {e}"))?;
+    let records = verified
+        .records(FOLLOW_COLLECTION)
+        .map_err(|e| format!("reading the operator's follows: {e}"))?;
+    let mut follows = HashSet::with_capacity(records.len());
+    let mut skipped = 0usize;
+    for r in &records {
+        match r.decode::<FollowRecord>() {
+            Ok(f) if atrund_config::is_valid_did(&f.subject) => {
+                follows.insert(f.subject);
+            }
+            _ => skipped += 1,
+        }
+    }
+    Ok(OperatorFollows {
+        operator: did.to_string(),
+        follows,
+        rev: verified.commit.rev,
+        skipped,
+    })
+}
+
+/// Whether `author` follows `operator` (a DID): their follow records listed from their PDS (a
+/// hint), and a matching one proven with `getRecord` against their key. A listed record that
+/// does not prove is ignored, so the author's PDS can hide a follow-back but never invent one.
+pub async fn prove_follow_back(
+    repo: &RepoClient,
+    author: &ResolvedDid,
+    operator: &str,
+    max_pages: usize,
+) -> Result<bool, FetchError> {
+    let did = author.did.as_str();
+    let listed = repo
+        .list_records(&author.pds, did, FOLLOW_COLLECTION, max_pages)
+        .await?;
+    let candidates = listed
+        .iter()
+        .filter(|l| l.value.get("subject").and_then(|s| s.as_str()) == Some(operator))
+        .take(MAX_PROOFS);
+    for l in candidates {
+        let proven = repo
+            .get_record(
                 &author.pds,
                 did,
+                &author.signing_key,
                 FOLLOW_COLLECTION,
-                self.cfg.max_follow_pages,
+                &l.rkey,
             )
             .await?;
-        let candidates = listed
-            .iter()
-            .filter(|l| l.value.get("subject").and_then(|s| s.as_str()) == Some(operator))
-            .take(MAX_PROOFS);
-        for l in candidates {
-            let proven = self
-                .repo
-                .get_record(
-                    &author.pds,
-                    did,
-                    &author.signing_key,
-                    FOLLOW_COLLECTION,
-                    &l.rkey,
-                )
-                .await?;
-            // Listed but proven absent, or proven to follow someone else: the list lied.
-            if proven
-                .and_then(|r| r.decode::<FollowRecord>().ok())
-                .is_some_and(|f| f.subject == operator)
-            {
-                return Ok(true);
-            }
+        // Listed but proven absent, or proven to follow someone else: the list lied.
+        if proven
+            .and_then(|r| r.decode::<FollowRecord>().ok())
+            .is_some_and(|f| f.subject == operator)
+        {
+            return Ok(true);
         }
-        Ok(false)
     }
+    Ok(false)
 }
