@@ -52,6 +52,23 @@ struct Check {
     fix: String,
 }
 
+/// Whether this host could run microVMs (`auto` tries them first once the backend exists): a
+/// warning when it cannot, since the strongest isolation is then out of reach here.
+fn microvm_check() -> Check {
+    let verdict = atrund_sandbox::microvm_verdict(std::path::Path::new("/"));
+    let status = if verdict.starts_with("microvm refused") {
+        Status::Warn
+    } else {
+        Status::Ok
+    };
+    check(
+        status,
+        "microvm",
+        verdict,
+        "microVMs need KVM with VT-x or AMD-V: bare metal, or a cloud VM with nested virtualization (docs/microvm.md); the container backend is used meanwhile",
+    )
+}
+
 fn check(status: Status, name: &'static str, found: impl Into<String>, fix: &str) -> Check {
     Check {
         status,
@@ -132,6 +149,7 @@ async fn checks(config_path: Option<&Path>) -> Vec<Check> {
     out.push(bwrap_check(&report, &bwrap));
     out.push(landlock_check(&report));
     out.push(seccomp_check(&report));
+    out.push(microvm_check());
     if let Some(config) = &config {
         let deno = deno_check(config, &mut out).await;
         out.push(isolation_check(config, deno, cgroups.clone()).await);

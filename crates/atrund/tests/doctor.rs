@@ -127,6 +127,19 @@ fn a_good_config_passes_and_names_the_isolation_auto_picks() {
     }
     // Unreachable PLC: a warning, not a blocking problem.
     assert!(r.line("plc").starts_with("warn  plc: "), "{}", r.all);
+    // This machine kind's /dev/kvm is PVM-backed: microVMs are refused, and doctor says why.
+    let mvm = r.line("microvm");
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        assert!(
+            mvm.starts_with("warn  microvm: microvm refused: /dev/kvm is backed by PVM"),
+            "{mvm}"
+        );
+    } else {
+        assert!(
+            mvm.starts_with("ok    ") || mvm.starts_with("warn  "),
+            "{mvm}"
+        );
+    }
     // Read-only: the data dir is still not there, the probe's cgroups are gone.
     assert!(!data.exists(), "doctor created the data dir");
     no_probe_cgroups_left(r.pid);

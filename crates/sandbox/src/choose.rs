@@ -1,5 +1,6 @@
 //! Which backend runs instances on this machine (`isolation`): as configured, or for `auto` the
-//! strongest that really works here — microVM (not in this version), then a container if
+//! strongest that really works here — microVM (not in this version; the host check of
+//! `atrund-microvm` says why a host could not run one anyway), then a container if
 //! bubblewrap is found, every cgroup limit is usable, the root assembles and a real probe
 //! sandbox runs, else `none` with a loud warning. The choice and its reason are reported as the
 //! `isolation` entry of describeRunner's `enforcement`; an explicit `container` that cannot work
@@ -119,7 +120,7 @@ pub async fn choose_executor(c: Choice) -> Result<Chosen, SandboxError> {
             ))
         }
         Requested::Auto => {
-            let microvm = "microvm: not available in this version";
+            let microvm = microvm_verdict(Path::new("/"));
             match container_executor(&c, &proxy).await {
                 Ok(exec) => {
                     tracing::info!("isolation auto: container ({microvm})");
@@ -144,6 +145,17 @@ pub async fn choose_executor(c: Choice) -> Result<Chosen, SandboxError> {
                     ))
                 }
             }
+        }
+    }
+}
+
+/// Why `auto` does not pick a microVM here: the host check's refusal (no usable KVM, PVM, no
+/// VT-x/AMD-V), or, on a host that passes it, that this version has no microvm backend yet.
+pub fn microvm_verdict(root: &Path) -> String {
+    match atrund_microvm::host::check(root) {
+        Err(why) => format!("microvm refused: {why}"),
+        Ok(()) => {
+            "microvm: this host has usable KVM, but this version has no microvm backend yet".into()
         }
     }
 }
