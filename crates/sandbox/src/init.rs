@@ -22,9 +22,10 @@ use nix::unistd::Pid;
 
 use crate::confine::{self, LandlockRules};
 
-/// What init is told to do, written by the container backend into the instance's work dir.
+/// What init is told to do, written by the container backend into the instance's work dir (or
+/// sent to the guest agent, `guest`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct InitConfig {
+pub struct InitConfig {
     /// Program and arguments of the runtime.
     pub argv: Vec<String>,
     pub read_only: Vec<PathBuf>,
@@ -37,7 +38,7 @@ pub(crate) struct InitConfig {
 
 /// Where the forwarder listens and where it connects.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct ProxyForward {
+pub struct ProxyForward {
     /// On 127.0.0.1 inside the sandbox.
     pub port: u16,
     /// The host's Unix socket, as seen inside the sandbox.
@@ -62,6 +63,10 @@ pub fn main(args: &[String]) -> ExitCode {
     // The same program parks as a spare launcher (`spare`) before it is bwrap's.
     if args.first().map(String::as_str) == Some(crate::spare::LAUNCH_ARG) {
         return crate::spare::launcher_main();
+    }
+    // The microVM guest's agent (and its local-process form in tests).
+    if args.first().map(String::as_str) == Some("guest") {
+        return crate::guest::main(&args[1..]);
     }
     let Some(path) = args.first() else {
         return fail("usage: sandbox-init <config.json>".into());

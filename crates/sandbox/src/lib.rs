@@ -18,6 +18,7 @@ mod egress;
 mod error;
 mod executables;
 mod freeze;
+pub mod guest;
 mod host_confine;
 mod hostfs;
 pub mod init;

@@ -1,0 +1,467 @@
+//! The guest agent (issue 17, docs/microvm.md): `sandbox-init guest`, PID 1 of a microVM guest,
+//! and for tests a local process. It takes one instance over a control connection, runs it as
+//! the container does (a `sandbox-init` child: Landlock, seccomp, then Deno with the shim), and
+//! carries the instance's traffic: calls from the host to the shim's Unix socket, and the
+//! bundle's egress from the forwarder inside to the host's egress proxy.
+//!
+//! The control protocol ([`Start`], [`Event`]), host → agent:
+//! 1. one JSON line, a [`Start`]: the init config, the environment (secrets included: never on a
+//!    command line or in the kernel's), and the files to write (the bundle, the shim), then each
+//!    file's bytes in order;
+//! 2. `go\n`, passed to the instance's stdin (the shim waits for it);
+//! 3. later `term\n` (SIGTERM to the instance), or the connection's end (SIGKILL).
+//!
+//! Agent → host: `o <line>` and `e <line>` for the instance's stdout and stderr lines, then
+//! `x <status>` when it has exited, or `f <reason>` when it could not start.
+//!
+//! Where the three channels are ([`Transport`]): in a VM, vsock ports 1024 (control) and 1025
+//! (calls) and the host's CID 2 port 3128 (egress), which this version does not open yet; in
+//! tests, Unix sockets in one directory: `control.sock`, `calls.sock`, and `egress.sock` on the
+//! host side.
+//!
+//! Owns: the protocol and the splices. Must not: decide the instance's policy (the host's
+//! [`crate::init::InitConfig`] says it), or confine itself (the child is confined; the agent
+//! must keep its sockets).
+
+use std::path::{Component, Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::init::InitConfig;
+
+/// Largest start line accepted.
+const MAX_START_LINE: usize = 1024 * 1024;
+/// Most bytes of files one start may carry (a bundle is capped far below).
+const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+/// Longest instance output line relayed; longer ones are cut.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Control channel file name in the Unix transport.
+pub const CONTROL_SOCKET: &str = "control.sock";
+/// Calls channel file name in the Unix transport.
+pub const CALLS_SOCKET: &str = "calls.sock";
+/// The host's egress end in the Unix transport.
+pub const EGRESS_SOCKET: &str = "egress.sock";
+
+/// What the host sends first.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Start {
+    /// The instance's init config, as the container backend writes it (its paths are the
+    /// guest's). Its `proxy.socket` is where the agent listens for the forwarder's
+    /// connections and carries them to the host.
+    pub init: InitConfig,
+    /// The instance's environment (its secrets included).
+    pub env: Vec<(String, String)>,
+    /// Files written before the instance starts, their bytes following the line in this order.
+    pub files: Vec<FileSpec>,
+    /// The shim's Unix socket, where calls are carried to.
+    pub shim_socket: PathBuf,
+}
+
+/// One file of a [`Start`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// An absolute path with no `..`.
+    pub path: PathBuf,
+    pub len: u64,
+}
+
+/// What the agent reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Stdout(String),
+    Stderr(String),
+    /// The instance exited; the status as a shell reports it (128 + signal).
+    Exited(i32),
+    /// The instance could not be started.
+    Failed(String),
+}
+
+impl Event {
+    /// One line of the protocol, without its newline.
+    pub fn encode(&self) -> String {
+        let one_line = |s: &str| s.replace(['\n', '\r'], " ");
+        match self {
+            Event::Stdout(l) => format!("o {}", one_line(l)),
+            Event::Stderr(l) => format!("e {}", one_line(l)),
+            Event::Exited(c) => format!("x {c}"),
+            Event::Failed(r) => format!("f {}", one_line(r)),
+        }
+    }
+
+    /// Reads one line; `None` for anything else.
+    pub fn decode(line: &str) -> Option<Event> {
+        let (tag, rest) = line.split_at_checked(2)?;
+        Some(match tag {
+            "o " => Event::Stdout(rest.to_string()),
+            "e " => Event::Stderr(rest.to_string()),
+            "x " => Event::Exited(rest.trim().parse().ok()?),
+            "f " => Event::Failed(rest.to_string()),
+            _ => return None,
+        })
+    }
+}
+
+/// Writes a start: its line, then the files' bytes (`contents`, in the order of `start.files`).
+pub async fn send_start<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    start: &Start,
+    contents: &[&[u8]],
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(start).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    for c in contents {
+        w.write_all(c).await?;
+    }
+    w.flush().await
+}
+
+/// Where the agent's three channels are.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// Unix sockets in one directory (tests, and a host-side stand-in).
+    Unix(PathBuf),
+}
+
+fn fail(msg: String) -> ExitCode {
+    eprintln!("sandbox-init guest: {msg}");
+    ExitCode::from(125)
+}
+
+/// Entry point: `args` after `guest`: `--unix <dir>`.
+pub fn main(args: &[String]) -> ExitCode {
+    let transport =
+        match args {
+            [flag, dir] if flag == "--unix" => Transport::Unix(PathBuf::from(dir)),
+            [flag] if flag == "--vsock" => return fail(
+                "the vsock transport is not in this version (docs/microvm.md); use --unix <dir>"
+                    .into(),
+            ),
+            _ => return fail("usage: sandbox-init guest --unix <dir>".into()),
+        };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("runtime: {e}")),
+    };
+    match rt.block_on(serve(transport)) {
+        Ok(code) => code,
+        Err(e) => fail(e),
+    }
+}
+
+/// Takes one instance and carries it until it exits.
+async fn serve(t: Transport) -> Result<ExitCode, String> {
+    let Transport::Unix(dir) = t;
+    let bind = |name: &str| {
+        let p = dir.join(name);
+        let _ = std::fs::remove_file(&p);
+        UnixListener::bind(&p).map_err(|e| format!("cannot listen on {}: {e}", p.display()))
+    };
+    let control_l = bind(CONTROL_SOCKET)?;
+    let calls_l = bind(CALLS_SOCKET)?;
+    let egress_host = dir.join(EGRESS_SOCKET);
+
+    let (control, _) = control_l
+        .accept()
+        .await
+        .map_err(|e| format!("control: {e}"))?;
+    let (r, mut w) = control.into_split();
+    let mut r = BufReader::new(r);
+    let start = match read_start(&mut r).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = w
+                .write_all(format!("{}\n", Event::Failed(e.clone()).encode()).as_bytes())
+                .await;
+            return Err(e);
+        }
+    };
+
+    // The forwarder inside connects here; each connection goes on to the host's egress.
+    if let Some(p) = &start.init.proxy {
+        let _ = std::fs::remove_file(&p.socket);
+        let l = UnixListener::bind(&p.socket)
+            .map_err(|e| format!("cannot listen on {}: {e}", p.socket.display()))?;
+        tokio::spawn(splice_all(l, egress_host));
+    }
+    tokio::spawn(splice_all(calls_l, start.shim_socket.clone()));
+
+    let config_path = dir.join("init.json");
+    let json = serde_json::to_vec(&start.init).map_err(|e| e.to_string())?;
+    std::fs::write(&config_path, json)
+        .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+    let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
+    let mut child = match tokio::process::Command::new(&exe)
+        .arg(&config_path)
+        .env_clear()
+        .envs(start.env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let why = format!("cannot start the instance: {e}");
+            let _ = w
+                .write_all(format!("{}\n", Event::Failed(why.clone()).encode()).as_bytes())
+                .await;
+            return Err(why);
+        }
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(256);
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(relay(out, tx.clone(), Event::Stdout));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(relay(err, tx.clone(), Event::Stderr));
+    }
+    drop(tx);
+    let mut stdin = child.stdin.take();
+    let pid = child.id();
+
+    // Host → agent after the start: `go`, `term`, or the end of the connection.
+    let mut line = String::new();
+    let mut control_open = true;
+    let mut output_open = true;
+    loop {
+        tokio::select! {
+            n = r.read_line(&mut line), if control_open => {
+                match n {
+                    Ok(0) | Err(_) => {
+                        // The host went away: nothing is left to serve.
+                        control_open = false;
+                        let _ = child.start_kill();
+                    }
+                    Ok(_) => {
+                        match line.trim_end() {
+                            "go" => {
+                                if let Some(s) = stdin.as_mut() {
+                                    let _ = s.write_all(b"go\n").await;
+                                    let _ = s.flush().await;
+                                }
+                            }
+                            "term" => {
+                                if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                                    let _ = nix::sys::signal::kill(
+                                        nix::unistd::Pid::from_raw(pid),
+                                        nix::sys::signal::Signal::SIGTERM,
+                                    );
+                                }
+                            }
+                            other => eprintln!("sandbox-init guest: unknown command {other:?}"),
+                        }
+                        line.clear();
+                    }
+                }
+            }
+            ev = rx.recv(), if output_open => {
+                match ev {
+                    Some(ev) => {
+                        if w.write_all(format!("{}\n", ev.encode()).as_bytes()).await.is_err() {
+                            let _ = child.start_kill();
+                        }
+                    }
+                    None => output_open = false,
+                }
+            }
+            status = child.wait(), if !output_open => {
+                let code = match status {
+                    Ok(s) => exit_status(s),
+                    Err(_) => 125,
+                };
+                let _ = w.write_all(format!("{}\n", Event::Exited(code).encode()).as_bytes()).await;
+                let _ = w.flush().await;
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+}
+
+fn exit_status(s: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+}
+
+/// Reads the start line and the files after it, and writes the files.
+async fn read_start<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Result<Start, String> {
+    let mut line = Vec::new();
+    let mut limited = r.take(MAX_START_LINE as u64 + 1);
+    limited
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| format!("reading the start: {e}"))?;
+    if line.last() != Some(&b'\n') {
+        return Err("the start line is missing or longer than 1 MiB".into());
+    }
+    let start: Start =
+        serde_json::from_slice(&line).map_err(|e| format!("the start does not parse: {e}"))?;
+    let total: u64 = start.files.iter().map(|f| f.len).sum();
+    if total > MAX_FILE_BYTES {
+        return Err(format!(
+            "the start carries {total} bytes of files, above {MAX_FILE_BYTES}"
+        ));
+    }
+    for f in &start.files {
+        if !f.path.is_absolute()
+            || f.path
+                .components()
+                .any(|c| matches!(c, Component::ParentDir))
+        {
+            return Err(format!(
+                "file path {} is not absolute and plain",
+                f.path.display()
+            ));
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(f.len).unwrap_or(0));
+        let got = r
+            .take(f.len)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| format!("reading {}: {e}", f.path.display()))?;
+        if got as u64 != f.len {
+            return Err(format!(
+                "{} ended after {got} of {} bytes",
+                f.path.display(),
+                f.len
+            ));
+        }
+        if let Some(parent) = f.path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        std::fs::write(&f.path, &bytes)
+            .map_err(|e| format!("cannot write {}: {e}", f.path.display()))?;
+    }
+    Ok(start)
+}
+
+/// Each line of `from` as an event, cut at [`MAX_LINE`].
+async fn relay<R: tokio::io::AsyncRead + Unpin>(
+    from: R,
+    tx: tokio::sync::mpsc::Sender<Event>,
+    wrap: fn(String) -> Event,
+) {
+    let mut lines = BufReader::new(from);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match (&mut lines)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&buf);
+                if tx
+                    .send(wrap(text.trim_end_matches('\n').to_string()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Copies each connection on `l` to a new connection to `to`, both ways.
+async fn splice_all(l: UnixListener, to: PathBuf) {
+    loop {
+        let Ok((mut from, _)) = l.accept().await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let to = to.clone();
+        tokio::spawn(async move {
+            match UnixStream::connect(&to).await {
+                Ok(mut s) => {
+                    let _ = tokio::io::copy_bidirectional(&mut from, &mut s).await;
+                }
+                Err(e) => eprintln!("sandbox-init guest: {}: {e}", to.display()),
+            }
+        });
+    }
+}
+
+/// The directory a Unix transport's sockets are in (for the host side).
+pub fn unix_socket(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_one_line_each() {
+        for e in [
+            Event::Stdout("{\"atrund\":\"ready\"}".into()),
+            Event::Stderr("boom".into()),
+            Event::Exited(137),
+            Event::Failed("no deno".into()),
+        ] {
+            assert_eq!(Event::decode(&e.encode()), Some(e));
+        }
+        // A newline inside a line cannot forge a second event.
+        let e = Event::Stderr("a\nx 0".into()).encode();
+        assert!(!e.contains('\n'));
+        assert_eq!(Event::decode(&e), Some(Event::Stderr("a x 0".into())));
+        assert_eq!(Event::decode("z what"), None);
+        assert_eq!(Event::decode("x nine"), None);
+    }
+
+    #[tokio::test]
+    async fn a_start_with_a_bad_path_or_short_file_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let start = |path: &str, len: u64| Start {
+            init: InitConfig {
+                argv: vec!["/bin/true".into()],
+                read_only: vec![],
+                execute: vec![],
+                read_write: vec![],
+                proxy: None,
+            },
+            env: vec![],
+            files: vec![FileSpec {
+                path: path.into(),
+                len,
+            }],
+            shim_socket: d.path().join("s.sock"),
+        };
+        let good = d.path().join("b/main.js");
+        let mut buf = Vec::new();
+        send_start(&mut buf, &start(good.to_str().unwrap(), 3), &[b"abc"])
+            .await
+            .unwrap();
+        let s = read_start(&mut &buf[..]).await.unwrap();
+        assert_eq!(s.files.len(), 1);
+        assert_eq!(std::fs::read(&good).unwrap(), b"abc");
+
+        for (path, len, body, says) in [
+            ("relative/x.js", 1, &b"a"[..], "not absolute"),
+            ("/tmp/../etc/x", 1, b"a", "not absolute"),
+            (good.to_str().unwrap(), 5, b"ab", "ended after 2 of 5"),
+        ] {
+            let mut buf = Vec::new();
+            send_start(&mut buf, &start(path, len), &[body])
+                .await
+                .unwrap();
+            let e = read_start(&mut &buf[..]).await.unwrap_err();
+            assert!(e.contains(says), "{e}");
+        }
+        let e = read_start(&mut &b"{not json\n"[..]).await.unwrap_err();
+        assert!(e.contains("does not parse"), "{e}");
+    }
+}
