@@ -26,7 +26,8 @@ pub struct QemuVm {
     pub qemu: PathBuf,
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
-    pub root_image: PathBuf,
+    /// A read-only root drive; `None` when the initramfs is the whole guest.
+    pub root_image: Option<PathBuf>,
     pub memory_mib: u32,
     pub vcpus: u8,
     pub accel: Accel,
@@ -34,12 +35,17 @@ pub struct QemuVm {
     pub vhost_socket: PathBuf,
     /// Kernel arguments after the ones this builder sets (e.g. `init=/sbin/init`).
     pub append: String,
+    /// Where the guest's serial console is written (`console=ttyS0`); `None`: no console.
+    pub console: Option<PathBuf>,
 }
 
 impl QemuVm {
     /// The kernel command line: power-off on reboot, no console, then `append`.
     pub fn kernel_args(&self) -> String {
         let mut args = String::from("reboot=t panic=-1 quiet");
+        if self.console.is_some() {
+            args.push_str(" console=ttyS0");
+        }
         if self.accel == Accel::Tcg {
             // TCG's clocks: without these the guest stalls calibrating timers.
             args.push_str(" tsc_early_khz=2000000 lpj=4000000 no_timer_check");
@@ -83,21 +89,30 @@ impl QemuVm {
         for s in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
             push(s);
         }
-        push("-serial");
-        push("none");
-        push("-kernel");
+        a.push(OsString::from("-serial"));
+        match &self.console {
+            Some(path) => {
+                let mut file = OsString::from("file:");
+                file.push(path.as_os_str());
+                a.push(file);
+            }
+            None => a.push("none".into()),
+        }
+        a.push("-kernel".into());
         a.push(self.kernel.clone().into_os_string());
         if let Some(initrd) = &self.initrd {
             a.push("-initrd".into());
             a.push(initrd.clone().into_os_string());
         }
-        let mut drive = OsString::from("file=");
-        drive.push(escape_commas(&self.root_image));
-        drive.push(",if=none,id=root,format=raw,readonly=on");
-        a.push("-drive".into());
-        a.push(drive);
-        a.push("-device".into());
-        a.push("virtio-blk-device,drive=root".into());
+        if let Some(image) = &self.root_image {
+            let mut drive = OsString::from("file=");
+            drive.push(escape_commas(image));
+            drive.push(",if=none,id=root,format=raw,readonly=on");
+            a.push("-drive".into());
+            a.push(drive);
+            a.push("-device".into());
+            a.push("virtio-blk-device,drive=root".into());
+        }
         let mut chardev = OsString::from("socket,id=vsock,path=");
         chardev.push(escape_commas(&self.vhost_socket));
         a.push("-chardev".into());
@@ -148,12 +163,13 @@ mod tests {
             qemu: "qemu-system-x86_64".into(),
             kernel: "/k/vmlinux".into(),
             initrd: Some("/k/mods.cpio".into()),
-            root_image: "/w/root,1.img".into(),
+            root_image: Some("/w/root,1.img".into()),
             memory_mib: 256,
             vcpus: 1,
             accel,
             vhost_socket: "/w/vhost.sock".into(),
             append: "init=/sbin/init".into(),
+            console: None,
         }
     }
 

@@ -15,9 +15,12 @@
 //! `x <status>` when it has exited, or `f <reason>` when it could not start.
 //!
 //! Where the three channels are ([`Transport`]): in a VM, vsock ports 1024 (control) and 1025
-//! (calls) and the host's CID 2 port 3128 (egress), which this version does not open yet; in
-//! tests, Unix sockets in one directory: `control.sock`, `calls.sock`, and `egress.sock` on the
-//! host side.
+//! (calls) and the host's CID 2 port 3128 (egress); in tests, Unix sockets in one directory:
+//! `control.sock`, `calls.sock`, and `egress.sock` on the host side.
+//!
+//! As a VM's PID 1 (`--vm`) it first makes the guest usable: mounts `/proc`, `/sys`, `/dev`,
+//! `/tmp` and `/run`, loads the kernel modules listed in `/lib/modules/order` (virtio and vsock,
+//! for a stock kernel), and brings `lo` up; when the instance has exited it ends the VM.
 //!
 //! Owns: the protocol and the splices. Must not: decide the instance's policy (the host's
 //! [`crate::init::InitConfig`] says it), or confine itself (the child is confined; the agent
@@ -127,6 +130,61 @@ pub async fn send_start<W: tokio::io::AsyncWrite + Unpin>(
 pub enum Transport {
     /// Unix sockets in one directory (tests, and a host-side stand-in).
     Unix(PathBuf),
+    /// vsock, as the VM's PID 1: control and calls on [`CONTROL_PORT`] and [`CALLS_PORT`],
+    /// egress to the host's [`EGRESS_PORT`]; the agent's own files in the directory.
+    Vm(PathBuf),
+}
+
+/// vsock port of the control channel.
+pub const CONTROL_PORT: u32 = 1024;
+/// vsock port of the calls channel.
+pub const CALLS_PORT: u32 = 1025;
+/// The host's vsock port the guest's egress goes to.
+pub const EGRESS_PORT: u32 = 3128;
+/// The host's CID, seen from a guest.
+const HOST_CID: u32 = 2;
+
+/// A listening channel.
+enum Listener {
+    Unix(UnixListener),
+    Vsock(tokio_vsock::VsockListener),
+}
+
+/// Where a channel's connections go.
+#[derive(Clone)]
+enum Target {
+    Unix(PathBuf),
+    Vsock(u32, u32),
+}
+
+trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Conn for T {}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Box<dyn Conn>> {
+        Ok(match self {
+            Listener::Unix(l) => Box::new(l.accept().await?.0),
+            Listener::Vsock(l) => Box::new(l.accept().await?.0),
+        })
+    }
+}
+
+impl Target {
+    async fn connect(&self) -> std::io::Result<Box<dyn Conn>> {
+        Ok(match self {
+            Target::Unix(p) => Box::new(UnixStream::connect(p).await?),
+            Target::Vsock(cid, port) => Box::new(
+                tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, *port)).await?,
+            ),
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Target::Unix(p) => p.display().to_string(),
+            Target::Vsock(cid, port) => format!("vsock {cid}:{port}"),
+        }
+    }
 }
 
 fn fail(msg: String) -> ExitCode {
@@ -134,17 +192,20 @@ fn fail(msg: String) -> ExitCode {
     ExitCode::from(125)
 }
 
-/// Entry point: `args` after `guest`: `--unix <dir>`.
+/// Entry point: `args` after `guest`: `--unix <dir>`, or `--vm` as a VM's PID 1.
 pub fn main(args: &[String]) -> ExitCode {
-    let transport =
-        match args {
-            [flag, dir] if flag == "--unix" => Transport::Unix(PathBuf::from(dir)),
-            [flag] if flag == "--vsock" => return fail(
-                "the vsock transport is not in this version (docs/microvm.md); use --unix <dir>"
-                    .into(),
-            ),
-            _ => return fail("usage: sandbox-init guest --unix <dir>".into()),
-        };
+    let transport = match args {
+        [flag, dir] if flag == "--unix" => Transport::Unix(PathBuf::from(dir)),
+        [flag] if flag == "--vm" => {
+            if let Err(e) = vm_setup() {
+                eprintln!("sandbox-init guest: {e}");
+                power_off();
+            }
+            Transport::Vm(PathBuf::from("/run/agent"))
+        }
+        _ => return fail("usage: sandbox-init guest --unix <dir> | --vm".into()),
+    };
+    let vm = matches!(transport, Transport::Vm(_));
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -152,29 +213,89 @@ pub fn main(args: &[String]) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format!("runtime: {e}")),
     };
-    match rt.block_on(serve(transport)) {
+    let out = match rt.block_on(serve(transport)) {
         Ok(code) => code,
         Err(e) => fail(e),
+    };
+    if vm {
+        power_off();
     }
+    out
+}
+
+/// What a VM's PID 1 does before anything else: file systems, modules, `lo`.
+fn vm_setup() -> Result<(), String> {
+    use nix::mount::{mount, MsFlags};
+    let none: Option<&str> = None;
+    for (what, at, fstype) in [
+        ("proc", "/proc", "proc"),
+        ("sysfs", "/sys", "sysfs"),
+        ("devtmpfs", "/dev", "devtmpfs"),
+        ("tmpfs", "/tmp", "tmpfs"),
+        ("tmpfs", "/run", "tmpfs"),
+    ] {
+        let _ = std::fs::create_dir_all(at);
+        mount(Some(what), at, Some(fstype), MsFlags::MS_NOSUID, none)
+            .map_err(|e| format!("mount {at}: {e}"))?;
+    }
+    if let Ok(order) = std::fs::read_to_string("/lib/modules/order") {
+        for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let path = Path::new("/lib/modules").join(format!("{name}.ko"));
+            let f = std::fs::File::open(&path)
+                .map_err(|e| format!("module {}: {e}", path.display()))?;
+            match nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(format!("loading module {name}: {e}")),
+            }
+        }
+    }
+    crate::sys::loopback_up().map_err(|e| format!("lo up: {e}"))?;
+    std::fs::create_dir_all("/run/agent").map_err(|e| format!("/run/agent: {e}"))
+}
+
+/// Ends the VM (QEMU runs with `-no-reboot` and Firecracker with `reboot=k`, so a reboot is the
+/// VM's exit).
+fn power_off() {
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
 }
 
 /// Takes one instance and carries it until it exits.
 async fn serve(t: Transport) -> Result<ExitCode, String> {
-    let Transport::Unix(dir) = t;
-    let bind = |name: &str| {
-        let p = dir.join(name);
+    let bind_unix = |p: PathBuf| {
         let _ = std::fs::remove_file(&p);
-        UnixListener::bind(&p).map_err(|e| format!("cannot listen on {}: {e}", p.display()))
+        UnixListener::bind(&p)
+            .map(Listener::Unix)
+            .map_err(|e| format!("cannot listen on {}: {e}", p.display()))
     };
-    let control_l = bind(CONTROL_SOCKET)?;
-    let calls_l = bind(CALLS_SOCKET)?;
-    let egress_host = dir.join(EGRESS_SOCKET);
+    let bind_vsock = |port: u32| {
+        tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
+            tokio_vsock::VMADDR_CID_ANY,
+            port,
+        ))
+        .map(Listener::Vsock)
+        .map_err(|e| format!("cannot listen on vsock port {port}: {e}"))
+    };
+    let (dir, control_l, calls_l, egress_host) = match t {
+        Transport::Unix(dir) => (
+            dir.clone(),
+            bind_unix(dir.join(CONTROL_SOCKET))?,
+            bind_unix(dir.join(CALLS_SOCKET))?,
+            Target::Unix(dir.join(EGRESS_SOCKET)),
+        ),
+        Transport::Vm(dir) => (
+            dir,
+            bind_vsock(CONTROL_PORT)?,
+            bind_vsock(CALLS_PORT)?,
+            Target::Vsock(HOST_CID, EGRESS_PORT),
+        ),
+    };
 
-    let (control, _) = control_l
+    let control = control_l
         .accept()
         .await
         .map_err(|e| format!("control: {e}"))?;
-    let (r, mut w) = control.into_split();
+    let (r, mut w) = tokio::io::split(control);
     let mut r = BufReader::new(r);
     let start = match read_start(&mut r).await {
         Ok(s) => s,
@@ -189,11 +310,10 @@ async fn serve(t: Transport) -> Result<ExitCode, String> {
     // The forwarder inside connects here; each connection goes on to the host's egress.
     if let Some(p) = &start.init.proxy {
         let _ = std::fs::remove_file(&p.socket);
-        let l = UnixListener::bind(&p.socket)
-            .map_err(|e| format!("cannot listen on {}: {e}", p.socket.display()))?;
+        let l = bind_unix(p.socket.clone())?;
         tokio::spawn(splice_all(l, egress_host));
     }
-    tokio::spawn(splice_all(calls_l, start.shim_socket.clone()));
+    tokio::spawn(splice_all(calls_l, Target::Unix(start.shim_socket.clone())));
 
     let config_path = dir.join("init.json");
     let json = serde_json::to_vec(&start.init).map_err(|e| e.to_string())?;
@@ -377,19 +497,19 @@ async fn relay<R: tokio::io::AsyncRead + Unpin>(
 }
 
 /// Copies each connection on `l` to a new connection to `to`, both ways.
-async fn splice_all(l: UnixListener, to: PathBuf) {
+async fn splice_all(l: Listener, to: Target) {
     loop {
-        let Ok((mut from, _)) = l.accept().await else {
+        let Ok(mut from) = l.accept().await else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
         let to = to.clone();
         tokio::spawn(async move {
-            match UnixStream::connect(&to).await {
+            match to.connect().await {
                 Ok(mut s) => {
                     let _ = tokio::io::copy_bidirectional(&mut from, &mut s).await;
                 }
-                Err(e) => eprintln!("sandbox-init guest: {}: {e}", to.display()),
+                Err(e) => eprintln!("sandbox-init guest: {}: {e}", to.describe()),
             }
         });
     }

@@ -64,9 +64,13 @@ pub fn main(args: &[String]) -> ExitCode {
     if args.first().map(String::as_str) == Some(crate::spare::LAUNCH_ARG) {
         return crate::spare::launcher_main();
     }
-    // The microVM guest's agent (and its local-process form in tests).
+    // The microVM guest's agent (and its local-process form in tests). As a guest's `/init`
+    // the kernel starts it as PID 1 with no arguments.
     if args.first().map(String::as_str) == Some("guest") {
         return crate::guest::main(&args[1..]);
+    }
+    if args.is_empty() && std::process::id() == 1 {
+        return crate::guest::main(&["--vm".to_string()]);
     }
     let Some(path) = args.first() else {
         return fail("usage: sandbox-init <config.json>".into());

@@ -19,6 +19,7 @@ mod error;
 mod executables;
 mod freeze;
 pub mod guest;
+pub mod guest_image;
 mod host_confine;
 mod hostfs;
 pub mod init;

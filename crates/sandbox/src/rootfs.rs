@@ -134,7 +134,7 @@ fn build(root: &Path, libs: &[PathBuf]) -> std::io::Result<()> {
 
 /// The shared libraries `binary` loads, as absolute paths, from `ldd` (glibc's loader does the
 /// resolving, so the answer is the one the binary gets at run time).
-fn needed_libs(binary: &Path) -> Result<Vec<PathBuf>, SandboxError> {
+pub(crate) fn needed_libs(binary: &Path) -> Result<Vec<PathBuf>, SandboxError> {
     let out = std::process::Command::new("ldd")
         .arg(binary)
         .env_clear()

@@ -5,8 +5,8 @@
 //! for `none` no_new_privs, Landlock, seccomp and the connect gate's filter; `none` is placed in
 //! its cgroup from the daemon, `process::Join`), the daemon's side of the connect gate (seccomp
 //! notifications, pidfds, another process's socket), reading the daemon's own open-file limit,
-//! probing the kernel for Landlock and seccomp, and the signal handler of the container's PID 1
-//! (`init`).
+//! probing the kernel for Landlock and seccomp, the signal handler of the container's PID 1
+//! (`init`), and bringing up `lo` in a microVM guest (`guest`).
 //!
 //! Owns: the pre-exec hook and the raw calls behind safe wrappers. Must not: allocate, lock or
 //! log after fork (only async-signal-safe calls on data prepared before fork), touch anything
@@ -598,6 +598,36 @@ pub(crate) fn catch_signals(signals: &[nix::sys::signal::Signal]) -> nix::Result
         // SAFETY: the handler is an empty function, async-signal-safe by construction; it
         // replaces the default disposition only (no previous handler is relied upon).
         unsafe { sigaction(*s, &action) }?;
+    }
+    Ok(())
+}
+
+/// Brings the loopback interface up (SIOCSIFFLAGS with IFF_UP): in a microVM guest nothing else
+/// does, and the egress forwarder binds 127.0.0.1.
+pub(crate) fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: socket() takes no pointers; the descriptor is owned right after.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name from and writes the flags into the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the union's flags member is the one SIOCGIFFLAGS filled.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+    }
+    // SAFETY: SIOCSIFFLAGS reads the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
