@@ -55,6 +55,10 @@ if [ "$with_test_net" = 1 ]; then
   # The systemd test boots a debootstrap rootfs with systemd in podman (tests/systemd_run.rs).
   command -v podman >/dev/null || need_apt+=(podman)
   command -v runc >/dev/null || [ -x /usr/sbin/runc ] || need_apt+=(runc)
+  # A real microVM under QEMU's emulation (crates/sandbox/tests/microvm.rs): QEMU, and lz4 to
+  # take the kernel out of its compressed image.
+  command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
+  command -v lz4 >/dev/null || need_apt+=(lz4)
   # Handle resolution against a real DNS server on loopback (crates/atrund/tests/network.rs).
   command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base)
   # Several runners sharing one Redis (crates/atrund/tests/cluster.rs, crates/jobs/tests/queue.rs).
@@ -100,7 +104,45 @@ install_venv_dir() {
   cp "$dir/requirements.txt" "$marker"
 }
 
+# The microVM test's pieces in tools/microvm: vhost-device-vsock (the hybrid vsock QEMU needs,
+# from the Rust registry), and Debian's current cloud kernel as an uncompressed vmlinux with the
+# virtio and vsock modules a stock kernel needs (docs/microvm.md).
+install_microvm_tools() {
+  local mv=tools/microvm
+  if [ ! -x "$mv/bin/vhost-device-vsock" ]; then
+    echo "setup: cargo install vhost-device-vsock into $mv" >&2
+    cargo install --quiet --locked vhost-device-vsock --version 0.3.0 --root "$mv"
+  fi
+  if [ -f "$mv/vmlinux" ] && [ -f "$mv/modules/vmw_vsock_virtio_transport.ko" ]; then
+    return 0
+  fi
+  local pkg work
+  pkg=$(apt-cache depends linux-image-cloud-amd64 | sed -n 's/^ *Depends: \(linux-image-[0-9].*-cloud-amd64\)$/\1/p' | head -n1)
+  [ -n "$pkg" ] || { echo "setup: no linux-image-*-cloud-amd64 package found" >&2; exit 1; }
+  echo "setup: $pkg for the microVM test" >&2
+  work=$(mktemp -d)
+  (cd "$work" && apt-get download -qq "$pkg" && dpkg-deb -x ./*.deb x)
+  mkdir -p "$mv/modules"
+  for m in virtio virtio_ring virtio_mmio vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport; do
+    cp "$(find "$work/x/lib/modules" -name "$m.ko" | head -n1)" "$mv/modules/"
+  done
+  # The bzImage's payload is LZ4; booting the extracted ELF (PVH) is faster under emulation.
+  /usr/bin/python3 - "$work"/x/boot/vmlinuz-* "$work/payload.lz4" <<'PY'
+import sys
+data = open(sys.argv[1], "rb").read()
+at = data.find(b"\x02\x21\x4c\x18")
+if at < 0:
+    sys.exit("no LZ4 payload in " + sys.argv[1])
+open(sys.argv[2], "wb").write(data[at:])
+PY
+  # lz4 stops at the end of the frame and complains about the bytes after it.
+  lz4 -dc "$work/payload.lz4" > "$mv/vmlinux" 2>/dev/null || true
+  rm -rf "$work"
+  [ -s "$mv/vmlinux" ] || { echo "setup: could not extract the kernel" >&2; exit 1; }
+}
+
 if [ "$with_test_net" = 1 ]; then
+  install_microvm_tools
   install_npm_dir tests/atproto-net
   echo "setup: test network installed in tests/atproto-net" >&2
   install_venv_dir tools/ansible

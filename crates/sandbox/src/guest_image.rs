@@ -18,7 +18,7 @@ pub struct GuestPieces {
     /// The agent binary (`atrund-sandbox-init`, or at-rund itself).
     pub agent: PathBuf,
     pub deno: PathBuf,
-    /// Kernel modules (`.ko`), loaded in this order.
+    /// Kernel modules (`.ko`); loaded in the order their `depends=` fields need.
     pub modules: Vec<PathBuf>,
 }
 
@@ -40,15 +40,21 @@ pub fn build_initramfs(out: &Path, p: &GuestPieces) -> Result<(), SandboxError> 
         let inside = lib.to_string_lossy().trim_start_matches('/').to_string();
         files.push((inside, lib, 0o755));
     }
-    let mut order = String::new();
+    let mut named = Vec::new();
     for m in &p.modules {
         let name = m
             .file_stem()
             .and_then(|s| s.to_str())
-            .ok_or_else(|| err(format!("module {} has no name", m.display())))?;
-        order.push_str(name);
-        order.push('\n');
+            .ok_or_else(|| err(format!("module {} has no name", m.display())))?
+            .to_string();
+        let bytes = std::fs::read(m).map_err(|e| err(format!("{}: {e}", m.display())))?;
+        named.push((name.clone(), module_depends(&bytes)));
         files.push((format!("lib/modules/{name}.ko"), m.clone(), 0o644));
+    }
+    let mut order = String::new();
+    for name in load_order(&named)? {
+        order.push_str(&name);
+        order.push('\n');
     }
 
     let mut w =
@@ -93,6 +99,50 @@ pub fn build_initramfs(out: &Path, p: &GuestPieces) -> Result<(), SandboxError> 
         .map_err(io)?;
     w.finish().map_err(io)?;
     Ok(())
+}
+
+/// The `depends=` field of a module's `.modinfo` (the modules it needs loaded first).
+fn module_depends(ko: &[u8]) -> Vec<String> {
+    let key = b"\0depends=";
+    let Some(at) = ko.windows(key.len()).position(|w| w == key) else {
+        return Vec::new();
+    };
+    let rest = &ko[at + key.len()..];
+    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    String::from_utf8_lossy(&rest[..end])
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.replace('-', "_"))
+        .collect()
+}
+
+/// The modules in an order where each comes after those it depends on; a dependency that is
+/// not among them is an error (the kernel would refuse the module: "Unknown symbol").
+fn load_order(modules: &[(String, Vec<String>)]) -> Result<Vec<String>, SandboxError> {
+    let mut out: Vec<String> = Vec::new();
+    let mut left: Vec<&(String, Vec<String>)> = modules.iter().collect();
+    while !left.is_empty() {
+        let before = left.len();
+        let mut i = 0;
+        while i < left.len() {
+            let (name, deps) = left[i];
+            if let Some(d) = deps.iter().find(|d| !modules.iter().any(|(n, _)| n == *d)) {
+                return Err(err(format!(
+                    "module {name} needs {d}, which is not in the image"
+                )));
+            }
+            if deps.iter().all(|d| out.contains(d)) {
+                out.push(name.clone());
+                left.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        if left.len() == before {
+            return Err(err("the modules depend on each other in a cycle".into()));
+        }
+    }
+    Ok(out)
 }
 
 /// A `newc` (SVR4, no CRC) cpio writer: what the kernel unpacks as an initramfs.
@@ -175,6 +225,48 @@ impl<W: Write> Newc<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modules_load_after_what_they_depend_on() {
+        let ko =
+            |deps: &str| format!("xx\0license=GPL\0depends={deps}\0vermagic=6.1\0").into_bytes();
+        assert_eq!(module_depends(&ko("virtio_ring")), vec!["virtio_ring"]);
+        assert!(module_depends(&ko("")).is_empty());
+        assert!(module_depends(b"no modinfo").is_empty());
+        let m = |n: &str, d: &[&str]| {
+            (
+                n.to_string(),
+                d.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        // As 6.1.0-57 ships them: virtio needs virtio_ring (6.1.0-50's did not).
+        let got = load_order(&[
+            m("virtio", &["virtio_ring"]),
+            m("virtio_ring", &[]),
+            m("virtio_mmio", &["virtio", "virtio_ring"]),
+            m(
+                "vmw_vsock_virtio_transport",
+                &[
+                    "virtio",
+                    "vmw_vsock_virtio_transport_common",
+                    "virtio_ring",
+                    "vsock",
+                ],
+            ),
+            m("vsock", &[]),
+            m("vmw_vsock_virtio_transport_common", &["vsock"]),
+        ])
+        .unwrap();
+        let pos = |n: &str| got.iter().position(|g| g == n).unwrap();
+        assert!(pos("virtio_ring") < pos("virtio") && pos("virtio") < pos("virtio_mmio"));
+        assert!(pos("vmw_vsock_virtio_transport_common") < pos("vmw_vsock_virtio_transport"));
+        let e = load_order(&[m("a", &["b"])]).unwrap_err().to_string();
+        assert!(e.contains("needs b"), "{e}");
+        let e = load_order(&[m("a", &["b"]), m("b", &["a"])])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cycle"), "{e}");
+    }
 
     #[test]
     fn the_archive_is_newc_that_cpio_reads_back() {
