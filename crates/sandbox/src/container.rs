@@ -38,7 +38,7 @@ use atrund_egress::EgressProxy;
 use crate::cgroup::CgroupManager;
 use crate::deno::deno_args;
 use crate::hostfs::{self, Needed, DATA_DIR_FIX};
-use crate::init::{InitConfig, ProxyForward};
+use crate::init_config::{InitConfig, ProxyForward};
 use crate::process::{self, AbortOnDrop, Join, Launch};
 use crate::rootfs::{Rootfs, DENO_IN_ROOT, INIT_IN_ROOT};
 use crate::spare::{LauncherProgram, SpareLaunchers};

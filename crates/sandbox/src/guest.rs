@@ -23,7 +23,7 @@
 //! for a stock kernel), and brings `lo` up; when the instance has exited it ends the VM.
 //!
 //! Owns: the protocol and the splices. Must not: decide the instance's policy (the host's
-//! [`crate::init::InitConfig`] says it), or confine itself (the child is confined; the agent
+//! [`crate::init_config::InitConfig`] says it), or confine itself (the child is confined; the agent
 //! must keep its sockets).
 
 use std::path::{Component, Path, PathBuf};
@@ -33,7 +33,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::init::InitConfig;
+use crate::init_config::InitConfig;
 
 /// Largest start line accepted.
 const MAX_START_LINE: usize = 1024 * 1024;

@@ -13,7 +13,7 @@
 //! Owns: the steps above. Must not: decide the policy (the config file written by the container
 //! backend says which paths and ports), or outlive Deno.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use nix::sys::signal::{SigSet, Signal};
@@ -21,29 +21,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::confine::{self, LandlockRules};
-
-/// What init is told to do, written by the container backend into the instance's work dir (or
-/// sent to the guest agent, `guest`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct InitConfig {
-    /// Program and arguments of the runtime.
-    pub argv: Vec<String>,
-    pub read_only: Vec<PathBuf>,
-    /// Read and execute (the root's program and library dirs).
-    #[serde(default)]
-    pub execute: Vec<PathBuf>,
-    pub read_write: Vec<PathBuf>,
-    pub proxy: Option<ProxyForward>,
-}
-
-/// Where the forwarder listens and where it connects.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ProxyForward {
-    /// On 127.0.0.1 inside the sandbox.
-    pub port: u16,
-    /// The host's Unix socket, as seen inside the sandbox.
-    pub socket: PathBuf,
-}
+pub use crate::init_config::{InitConfig, ProxyForward};
 
 /// Signals relayed to Deno.
 const RELAYED: [Signal; 4] = [

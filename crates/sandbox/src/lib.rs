@@ -23,6 +23,7 @@ pub mod guest_image;
 mod host_confine;
 mod hostfs;
 pub mod init;
+pub mod init_config;
 mod none;
 mod output;
 mod process;

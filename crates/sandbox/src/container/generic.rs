@@ -40,7 +40,7 @@ use crate::broker::{Broker, BrokerRules};
 use crate::cgroup::CgroupLimits;
 use crate::deno::{deno_args, HARDENED};
 use crate::hostfs::{self, DataPath};
-use crate::init::{InitConfig, ProxyForward};
+use crate::init_config::{InitConfig, ProxyForward};
 use crate::process::{self, Park, Parked};
 use crate::rootfs::{DENO_IN_ROOT, INIT_IN_ROOT};
 use crate::{Instance, InstanceSpec, ResourceLimits, RunAs, SandboxError};
