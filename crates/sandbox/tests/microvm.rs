@@ -31,6 +31,18 @@ export const out = {
   method: "GET",
   handler: async () => new Response(await (await fetch("http://example.test/x")).text()),
 };
+// Each read: the text, or the error's name (the grants decide, not the bundle).
+const read = (path) => {
+  try {
+    return Deno.readTextFileSync(path);
+  } catch (e) {
+    return `refused: ${e.name}`;
+  }
+};
+// Outside Deno's --allow-read.
+export const flags = { method: "GET", handler: () => new Response(read("/etc/hostname")) };
+// Inside Deno's --allow-read, outside Landlock's rules: the guest kernel refuses it.
+export const landlock = { method: "GET", handler: () => new Response(read("/run/agent/init.json")) };
 "#;
 
 fn repo() -> PathBuf {
@@ -219,7 +231,7 @@ async fn an_instance_runs_in_a_qemu_microvm() {
                 "--cached-only",
                 "--no-config",
                 "--no-lock",
-                "--allow-read=/work/main.js,/work/s.sock",
+                "--allow-read=/work/main.js,/work/s.sock,/run/agent/init.json",
                 "--allow-write=/work/s.sock",
                 "--allow-net=unix:/work/s.sock,example.test:80",
                 "/work/shim.ts",
@@ -298,6 +310,17 @@ async fn an_instance_runs_in_a_qemu_microvm() {
     assert_eq!(
         call(&uds, "/e/out").await,
         "proxied: GET http://example.test/x HTTP/1.1"
+    );
+    // Confinement inside the guest: Deno's flags, and under them Landlock.
+    assert_eq!(
+        call(&uds, "/e/flags").await,
+        "refused: NotCapable",
+        "a read outside --allow-read"
+    );
+    assert_eq!(
+        call(&uds, "/e/landlock").await,
+        "refused: PermissionDenied",
+        "a read Deno allows and Landlock does not"
     );
     wr.write_all(b"term\n").await.unwrap();
     let status = tokio::time::timeout(Duration::from_secs(30), qemu_child.wait())
