@@ -287,11 +287,6 @@ pub async fn graph_standing(
     Ok(standing(&net.resolver()?, &net.repo()?, desc, author_did).await)
 }
 
-/// Largest operator repository read for [`graph_standing`] (the runner's default cap).
-const MAX_OPERATOR_REPO_BYTES: u64 = 64 * 1024 * 1024;
-/// Pages of an author's follows searched for the follow-back (the runner's default).
-const MAX_FOLLOW_PAGES: usize = 100;
-
 async fn standing(
     resolver: &IdentityResolver,
     repo: &RepoClient,
@@ -309,9 +304,10 @@ async fn standing(
             })
         }
     };
+    // The runner's default caps: what a runner reads unless its operator changed them.
+    let caps = atrund_config::TrustSection::default();
     let read =
-        atrund_trust::operator_follows(resolver, repo, &operator, MAX_OPERATOR_REPO_BYTES, None)
-            .await;
+        atrund_trust::operator_follows(resolver, repo, &operator, caps.max_repo_bytes, None).await;
     let (followed, operator_did) = match read {
         Ok(f) => (Ok(f.follows.contains(author_did)), Some(f.operator)),
         Err(e) => (Err(e), None),
@@ -319,11 +315,14 @@ async fn standing(
     let follows_back = match (g.kind.as_str(), operator_did) {
         ("mutuals", Some(op)) => Some(match author_did.parse() {
             Ok(did) => match resolver.resolve(&AtIdentifier::Did(did)).await {
-                Ok((author, _)) => {
-                    atrund_trust::prove_follow_back(repo, &author, &op, MAX_FOLLOW_PAGES)
-                        .await
-                        .map_err(|e| format!("reading your follows: {e}"))
-                }
+                Ok((author, _)) => atrund_trust::prove_follow_back(
+                    repo,
+                    &author,
+                    &op,
+                    usize::try_from(caps.max_follow_pages).unwrap_or(usize::MAX),
+                )
+                .await
+                .map_err(|e| format!("reading your follows: {e}")),
                 Err(e) => Err(format!("resolving you: {e}")),
             },
             Err(e) => Err(format!("'{author_did}': {e}")),

@@ -515,11 +515,6 @@ async fn splice_all(l: Listener, to: Target) {
     }
 }
 
-/// The directory a Unix transport's sockets are in (for the host side).
-pub fn unix_socket(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

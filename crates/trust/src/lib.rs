@@ -141,8 +141,6 @@ pub struct GraphStats {
     pub operator_did: Option<String>,
     /// Accounts the operator follows, in the snapshot held.
     pub follows: u64,
-    /// The snapshot's signed revision.
-    pub rev: Option<String>,
     /// Seconds since the snapshot held was read.
     pub age_secs: Option<u64>,
     /// Reads of the operator's follows that succeeded, and that failed.
@@ -293,27 +291,12 @@ impl GraphTrust {
             .wrapping_add(self.inner.changes.generation())
     }
 
-    /// Waits until the follows have been read once (or `timeout` passes); true when they have.
-    pub async fn wait_ready(&self, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        loop {
-            if self.inner.fresh_snapshot().is_ok() {
-                return true;
-            }
-            if Instant::now() >= end {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     pub fn stats(&self) -> GraphStats {
         let i = &self.inner;
         let snap = i.snapshot.read().ok().and_then(|s| s.clone());
         GraphStats {
             operator_did: snap.as_ref().map(|s| s.operator.clone()),
             follows: snap.as_ref().map_or(0, |s| s.follows.len() as u64),
-            rev: snap.as_ref().map(|s| s.rev.clone()),
             age_secs: snap.as_ref().map(|s| s.read_at.elapsed().as_secs()),
             reads_ok: i.reads_ok.load(Ordering::Relaxed),
             reads_failed: i.reads_failed.load(Ordering::Relaxed),
