@@ -4,21 +4,15 @@
 //! carried from the forwarder inside to the host's end, and the exit reported. Real Deno, the
 //! real shim, and the real confinement of `sandbox-init`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use atrund_sandbox::guest::{self, Event, FileSpec, Start};
 use atrund_sandbox::init::{InitConfig, ProxyForward};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
-
-fn deno() -> PathBuf {
-    std::env::var_os("ATRUND_TEST_DENO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/deno/node_modules/deno/deno")
-        })
-}
+use tokio::net::UnixStream;
 
 const BUNDLE: &str = r#"
 export const hi = { method: "GET", handler: () => new Response("hi from the guest") };
@@ -35,35 +29,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// The host's egress end: answers every connection with what it was asked.
-async fn egress_end(path: PathBuf) {
-    let l = UnixListener::bind(&path).unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut r = BufReader::new(s);
-                let mut first = String::new();
-                let _ = r.read_line(&mut first).await;
-                let mut line = String::new();
-                while r.read_line(&mut line).await.unwrap_or(0) > 2 {
-                    line.clear();
-                }
-                let body = format!("proxied: {}", first.trim_end());
-                let mut s = r.into_inner();
-                let _ = s
-                    .write_all(
-                        format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                            body.len()
-                        )
-                        .as_bytes(),
-                    )
-                    .await;
-            });
-        }
-    });
 }
 
 type Events = tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>;
@@ -95,7 +60,7 @@ async fn call(dir: &Path, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agent_runs_an_instance_sent_over_its_control_channel() {
-    let deno = deno();
+    let deno = common::deno_path();
     if !deno.is_file() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -123,7 +88,7 @@ async fn the_agent_runs_an_instance_sent_over_its_control_channel() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    egress_end(dir.join(guest::EGRESS_SOCKET)).await;
+    common::egress_stand_in(&dir.join(guest::EGRESS_SOCKET));
     let t = Instant::now();
     while !dir.join(guest::CONTROL_SOCKET).exists() {
         assert!(

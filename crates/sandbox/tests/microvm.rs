@@ -6,6 +6,8 @@
 //! Needs `qemu-system-x86_64`, `vhost-device-vsock` and the kernel that scripts/setup.sh puts in
 //! `tools/microvm/` (or `ATRUND_TEST_MICROVM_DIR`); skipped without them unless `CI=true`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -45,15 +47,11 @@ export const flags = { method: "GET", handler: () => new Response(read("/etc/hos
 export const landlock = { method: "GET", handler: () => new Response(read("/run/agent/init.json")) };
 "#;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// The tools, or `None` (with the reason printed) when they are missing outside CI.
 fn tools() -> Option<(PathBuf, PathBuf, PathBuf, PathBuf)> {
     let dir = std::env::var_os("ATRUND_TEST_MICROVM_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("tools/microvm"));
+        .unwrap_or_else(|| common::repo().join("tools/microvm"));
     let qemu = PathBuf::from("/usr/bin/qemu-system-x86_64");
     let found = [
         qemu.clone(),
@@ -74,14 +72,6 @@ fn tools() -> Option<(PathBuf, PathBuf, PathBuf, PathBuf)> {
     Some((q, v, k, m))
 }
 
-fn deno() -> PathBuf {
-    std::env::var_os("ATRUND_TEST_DENO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("tools/deno/node_modules/deno/deno"))
-}
-
-/// One GET through the calls port; the body, read by its length (a vsock connection's half
-/// close need not reach the host as an end of stream).
 async fn call(uds: &Path, path: &str) -> String {
     let s = vsock::connect(uds, guest::CALLS_PORT, Duration::from_secs(10))
         .await
@@ -128,7 +118,7 @@ async fn an_instance_runs_in_a_qemu_microvm() {
         &image,
         &GuestPieces {
             agent: PathBuf::from(env!("CARGO_BIN_EXE_atrund-sandbox-init")),
-            deno: deno(),
+            deno: common::deno_path(),
             modules: MODULES
                 .iter()
                 .map(|m| modules.join(format!("{m}.ko")))
@@ -153,29 +143,7 @@ async fn an_instance_runs_in_a_qemu_microvm() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The host's egress end, where the guest's connections to CID 2 port 3128 land.
-    let egress =
-        tokio::net::UnixListener::bind(vsock::guest_port_path(&uds, guest::EGRESS_PORT)).unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = egress.accept().await {
-            tokio::spawn(async move {
-                let mut r = BufReader::new(s);
-                let mut first = String::new();
-                let _ = r.read_line(&mut first).await;
-                let mut line = String::new();
-                while r.read_line(&mut line).await.unwrap_or(0) > 2 {
-                    line.clear();
-                }
-                let body = format!("proxied: {}", first.trim_end());
-                let _ = r
-                    .into_inner()
-                    .write_all(
-                        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
-                            .as_bytes(),
-                    )
-                    .await;
-            });
-        }
-    });
+    common::egress_stand_in(&vsock::guest_port_path(&uds, guest::EGRESS_PORT));
 
     let vm = QemuVm {
         qemu: qemu.clone(),

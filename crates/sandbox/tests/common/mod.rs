@@ -342,3 +342,32 @@ impl OnHostOnly {
         self.attempts.lock().unwrap().clone()
     }
 }
+
+/// A stand-in for the host's egress end on the Unix socket `path` (the guest agent's tests):
+/// each connection is answered `proxied: <its request line>`, whatever it asked.
+pub fn egress_stand_in(path: &Path) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let l = tokio::net::UnixListener::bind(path).expect("bind the egress stand-in");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut r = BufReader::new(s);
+                let mut first = String::new();
+                let _ = r.read_line(&mut first).await;
+                let mut line = String::new();
+                while r.read_line(&mut line).await.unwrap_or(0) > 2 {
+                    line.clear();
+                }
+                let body = format!("proxied: {}", first.trim_end());
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = r
+                    .into_inner()
+                    .write_all(format!("{head}{body}").as_bytes())
+                    .await;
+            });
+        }
+    });
+}
