@@ -464,6 +464,14 @@ async fn a_runner_announces_itself_in_its_operators_repo() {
     assert!(text(&refused).contains("at-rund dev"), "{}", text(&refused));
 }
 
+/// Publishes `hi@1.0.0` for `who`: one endpoint answering "hi", what the trust and handle
+/// tests call.
+async fn deploy_hi(net: &TestNet, who: &Account) {
+    let code = "export const hi = { method: \"GET\", handler: () => new Response(\"hi\") };\n";
+    let manifest = serde_json::json!({ "endpoints": [{ "name": "hi", "method": "GET" }] });
+    common::deploy(net, who, code, &manifest, "hi", "1.0.0").await;
+}
+
 /// A TID record key (13 base32-sortable characters: microseconds and a clock id), as the PDS
 /// wants for `app.bsky.graph.follow`.
 fn tid() -> String {
@@ -569,10 +577,8 @@ async fn the_operators_follows_and_mutuals_decide_who_runs() {
     let mutual = net.create_account("mutual").await;
     let stranger = net.create_account("stranger").await;
     let denied = net.create_account("denied").await;
-    let code = "export const hi = { method: \"GET\", handler: () => new Response(\"hi\") };\n";
-    let manifest = serde_json::json!({ "endpoints": [{ "name": "hi", "method": "GET" }] });
     for a in [&followed, &mutual, &stranger, &denied] {
-        common::deploy(net, a, code, &manifest, "hi", "1.0.0").await;
+        deploy_hi(net, a).await;
     }
     let follow_of_followed = follow(net, &operator, &followed.did).await;
     follow(net, &operator, &mutual.did).await;
@@ -923,10 +929,8 @@ async fn handles_resolve_through_real_dns_and_an_https_well_known() {
     let dns_wins = net.create_account("dnswins").await;
     let dns_lies = net.create_account("dnslies").await;
     let wk_lies = net.create_account("wklies").await;
-    let code = "export const hi = { method: \"GET\", handler: () => new Response(\"hi\") };\n";
-    let manifest = serde_json::json!({ "endpoints": [{ "name": "hi", "method": "GET" }] });
     for a in [&by_dns, &by_wk, &dns_wins] {
-        common::deploy(net, a, code, &manifest, "hi", "1.0.0").await;
+        deploy_hi(net, a).await;
     }
     // 127.0.0.2 serves the well-known; 127.0.0.3 is not opened to the runner.
     let txt = |h: &str, did: &str| format!("--txt-record=_atproto.{h},did={did}");
