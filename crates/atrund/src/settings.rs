@@ -79,9 +79,9 @@ pub(crate) fn requested_isolation(config: &Config) -> Result<Requested> {
         Isolation::None => Ok(Requested::None),
         Isolation::Container => Ok(Requested::Container),
         Isolation::Auto => Ok(Requested::Auto),
-        Isolation::Microvm | Isolation::Firecracker => anyhow::bail!(
-            "isolation \"{}\" is not available yet",
-            config.isolation.as_str()
+        Isolation::Microvm => Ok(Requested::MicroVm),
+        Isolation::Firecracker => anyhow::bail!(
+            "isolation \"firecracker\" is not available yet; use \"microvm\" with microvm.vmm = \"qemu\""
         ),
     }
 }
@@ -117,7 +117,17 @@ pub(crate) fn sandbox_choice(
         idle_timeout_ms,
         max_tunnels_per_instance,
     } = &config.egress;
+    let microvm = match requested {
+        Requested::MicroVm => Some(microvm_config(
+            config,
+            deno.clone(),
+            (init.clone(), vec!["sandbox-init".into()]),
+            rootfs_dir.with_file_name("microvm"),
+        )?),
+        _ => None,
+    };
     Ok(Choice {
+        microvm,
         requested,
         deno,
         cgroups,
@@ -135,6 +145,52 @@ pub(crate) fn sandbox_choice(
             ..atrund_egress::EgressConfig::default()
         },
         run_as: run_as(run_as_uid, run_as_gid)?,
+    })
+}
+
+/// The microVM backend's settings from `[microvm]` (validated by `Config::validate`); the
+/// programs named without a path are looked up on `PATH`.
+fn microvm_config(
+    config: &Config,
+    deno: DenoBinary,
+    init: (PathBuf, Vec<String>),
+    image_dir: PathBuf,
+) -> Result<atrund_sandbox::MicroVmConfig> {
+    let m = &config.microvm;
+    let program = |key: &str, name: &str| -> Result<PathBuf> {
+        let p = std::path::Path::new(name);
+        let found = if p.components().count() > 1 {
+            Some(p.to_path_buf())
+        } else {
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                .map(|d| d.join(name))
+                .find(|c| c.is_file())
+        };
+        found.ok_or_else(|| {
+            anyhow::anyhow!(
+                "{key}: '{name}' is not on PATH; give its full path (docs/microvm.md says how to install it)"
+            )
+        })
+    };
+    let kernel = m
+        .kernel
+        .clone()
+        .context("microvm.kernel: isolation = \"microvm\" needs a guest kernel")?;
+    Ok(atrund_sandbox::MicroVmConfig {
+        vmm: atrund_sandbox::Vmm::Qemu,
+        qemu: program("microvm.qemu", &m.qemu)?,
+        vhost_device_vsock: program("microvm.vhost_device_vsock", &m.vhost_device_vsock)?,
+        kernel,
+        modules: m.modules.clone(),
+        accel: match m.accel {
+            atrund_config::MicroVmAccel::Kvm => atrund_microvm::qemu::Accel::Kvm,
+            atrund_config::MicroVmAccel::Tcg => atrund_microvm::qemu::Accel::Tcg,
+        },
+        vcpus: u8::try_from(m.vcpus).unwrap_or(1),
+        deno,
+        init,
+        image_dir,
+        console: m.console,
     })
 }
 

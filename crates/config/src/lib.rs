@@ -75,6 +75,7 @@ pub struct Config {
     pub pool: PoolSection,
     pub secrets: SecretsSection,
     pub container: ContainerSection,
+    pub microvm: MicroVmSection,
     pub sandbox: SandboxSection,
     pub egress: EgressSection,
     pub tenants: TenantsSection,
@@ -108,8 +109,8 @@ impl Default for AuthorPolicy {
     }
 }
 
-/// Sandbox backend. `microvm`/`firecracker` are not available in this version; they parse so
-/// that the error can say so plainly instead of "unknown variant".
+/// Sandbox backend. `firecracker` (microvm with the Firecracker VMM) is not available in this
+/// version; it parses so that the error can say so plainly instead of "unknown variant".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {
@@ -121,7 +122,9 @@ pub enum Isolation {
     Auto,
     /// bubblewrap namespaces + read-only minimal root + Landlock + seccomp + cgroup.
     Container,
+    /// A virtual machine per instance (`[microvm]`, docs/microvm.md).
     Microvm,
+    /// Microvm with the Firecracker VMM (refused: its launch is not built yet).
     Firecracker,
 }
 
@@ -661,6 +664,7 @@ impl Default for Config {
             pool: PoolSection::default(),
             secrets: SecretsSection::default(),
             container: ContainerSection::default(),
+            microvm: MicroVmSection::default(),
             sandbox: SandboxSection::default(),
             egress: EgressSection::default(),
             tenants: TenantsSection::default(),
@@ -713,6 +717,61 @@ impl Default for ContainerSection {
             tmp_mib: 64,
         }
     }
+}
+
+/// The `microvm` isolation backend (docs/microvm.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MicroVmSection {
+    /// The VMM: `qemu` (`firecracker` is refused: its launch is not built yet).
+    pub vmm: MicroVmVmm,
+    /// QEMU's `qemu-system-x86_64`: a path, or a name looked up on `PATH`.
+    pub qemu: String,
+    /// QEMU's vsock backend (`cargo install vhost-device-vsock`): a path, or a name on `PATH`.
+    pub vhost_device_vsock: String,
+    /// The guest kernel, uncompressed and PVH-bootable (`vmlinux`). Required for `microvm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
+    /// Kernel modules (`.ko`) the guest loads first: virtio and vsock when the kernel does not
+    /// have them built in.
+    pub modules: Vec<PathBuf>,
+    /// `kvm`, or `tcg` (software emulation: about 100 times slower, for tests).
+    pub accel: MicroVmAccel,
+    /// vCPUs per guest.
+    pub vcpus: u64,
+    /// Keep each guest's serial console in its work dir, shown when a start fails.
+    pub console: bool,
+}
+
+impl Default for MicroVmSection {
+    fn default() -> Self {
+        MicroVmSection {
+            vmm: MicroVmVmm::Qemu,
+            qemu: "qemu-system-x86_64".into(),
+            vhost_device_vsock: "vhost-device-vsock".into(),
+            kernel: None,
+            modules: Vec::new(),
+            accel: MicroVmAccel::Kvm,
+            vcpus: 1,
+            console: false,
+        }
+    }
+}
+
+/// `microvm.vmm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MicroVmVmm {
+    Qemu,
+    Firecracker,
+}
+
+/// `microvm.accel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MicroVmAccel {
+    Kvm,
+    Tcg,
 }
 
 /// What every isolation backend shares (docs/security.md): the host identity of instances.

@@ -362,7 +362,12 @@ impl Config {
                         Some(exp)
                             if matches!(
                                 key.as_str(),
-                                "isolation" | "policy" | "otel.sampler" | "tenants.data_volumes"
+                                "isolation"
+                                    | "policy"
+                                    | "otel.sampler"
+                                    | "tenants.data_volumes"
+                                    | "microvm.vmm"
+                                    | "microvm.accel"
                             ) =>
                         {
                             format!("expected {exp}{got}")
@@ -608,6 +613,8 @@ fn expected_for(key: &str) -> Option<&'static str> {
         "isolation" => "one of \"none\", \"auto\", \"container\", \"microvm\", \"firecracker\"",
         "policy" => "\"open\" or a list of DIDs and handles",
         "tenants.data_volumes" => "one of \"auto\", \"loop\", \"off\"",
+        "microvm.vmm" => "one of \"qemu\", \"firecracker\"",
+        "microvm.accel" => "one of \"kvm\", \"tcg\"",
         "otel.sampler" => "one of \"always_on\", \"always_off\", \"traceidratio\", \"parentbased_always_on\", \"parentbased_always_off\", \"parentbased_traceidratio\"",
         _ => return None,
     })

@@ -59,6 +59,7 @@ impl Config {
             pool,
             secrets,
             container,
+            microvm,
             sandbox,
             egress,
             tenants,
@@ -93,6 +94,7 @@ impl Config {
         keep(&mut k, "deno", deno, &mut new.deno);
         keep(&mut k, "secrets", secrets, &mut new.secrets);
         keep(&mut k, "container", container, &mut new.container);
+        keep(&mut k, "microvm", microvm, &mut new.microvm);
         keep(&mut k, "sandbox", sandbox, &mut new.sandbox);
         keep(&mut k, "egress", egress, &mut new.egress);
         keep(&mut k, "metrics", metrics, &mut new.metrics);

@@ -40,49 +40,65 @@ pub enum VsockError {
 /// Opens a connection to the guest's `port` through the VMM's vsock socket `uds`.
 pub async fn connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, VsockError> {
     let run = async {
-        let mut s = UnixStream::connect(uds)
+        let s = UnixStream::connect(uds)
             .await
             .map_err(|e| VsockError::Socket {
                 path: uds.to_path_buf(),
                 reason: e.to_string(),
             })?;
-        s.write_all(format!("CONNECT {port}\n").as_bytes())
-            .await
-            .map_err(|_| VsockError::NoListener { port })?;
-        let mut reply = Vec::with_capacity(MAX_REPLY);
-        loop {
-            let mut b = [0u8; 1];
-            match s.read(&mut b).await {
-                Ok(0) | Err(_) if reply.is_empty() => return Err(VsockError::NoListener { port }),
-                Ok(0) | Err(_) => {
-                    return Err(VsockError::BadReply {
-                        port,
-                        reply: String::from_utf8_lossy(&reply).into_owned(),
-                    })
-                }
-                Ok(_) if b[0] == b'\n' => break,
-                Ok(_) if reply.len() >= MAX_REPLY => {
-                    return Err(VsockError::BadReply {
-                        port,
-                        reply: String::from_utf8_lossy(&reply).into_owned(),
-                    })
-                }
-                Ok(_) => reply.push(b[0]),
-            }
-        }
-        let text = String::from_utf8_lossy(&reply).into_owned();
-        let ok = text
-            .strip_prefix("OK ")
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()));
-        if ok {
-            Ok(s)
-        } else {
-            Err(VsockError::BadReply { port, reply: text })
-        }
+        exchange(s, port).await
     };
     tokio::time::timeout(timeout, run)
         .await
         .map_err(|_| VsockError::Timeout { port, timeout })?
+}
+
+/// The `CONNECT <port>` / `OK <n>` exchange on `s`, a fresh connection to the VMM's vsock
+/// socket (for a caller that opened it its own way, e.g. by a descriptor).
+pub async fn handshake(
+    s: UnixStream,
+    port: u32,
+    timeout: Duration,
+) -> Result<UnixStream, VsockError> {
+    tokio::time::timeout(timeout, exchange(s, port))
+        .await
+        .map_err(|_| VsockError::Timeout { port, timeout })?
+}
+
+async fn exchange(mut s: UnixStream, port: u32) -> Result<UnixStream, VsockError> {
+    s.write_all(format!("CONNECT {port}\n").as_bytes())
+        .await
+        .map_err(|_| VsockError::NoListener { port })?;
+    let mut reply = Vec::with_capacity(MAX_REPLY);
+    loop {
+        let mut b = [0u8; 1];
+        match s.read(&mut b).await {
+            Ok(0) | Err(_) if reply.is_empty() => return Err(VsockError::NoListener { port }),
+            Ok(0) | Err(_) => {
+                return Err(VsockError::BadReply {
+                    port,
+                    reply: String::from_utf8_lossy(&reply).into_owned(),
+                })
+            }
+            Ok(_) if b[0] == b'\n' => break,
+            Ok(_) if reply.len() >= MAX_REPLY => {
+                return Err(VsockError::BadReply {
+                    port,
+                    reply: String::from_utf8_lossy(&reply).into_owned(),
+                })
+            }
+            Ok(_) => reply.push(b[0]),
+        }
+    }
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    let ok = text
+        .strip_prefix("OK ")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()));
+    if ok {
+        Ok(s)
+    } else {
+        Err(VsockError::BadReply { port, reply: text })
+    }
 }
 
 /// Where the host listens for the guest's connections to CID 2, `port`: `<uds>_<port>`.

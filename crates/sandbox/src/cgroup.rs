@@ -631,7 +631,7 @@ pub struct InstanceCgroup {
 }
 
 /// Breach counters of an instance cgroup.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     /// Processes the kernel OOM-killed in this cgroup.
     pub oom_kills: u64,

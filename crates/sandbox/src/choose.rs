@@ -1,6 +1,7 @@
-//! Which backend runs instances on this machine (`isolation`): as configured, or for `auto` the
-//! strongest that really works here — microVM (not in this version; the host check of
-//! `atrund-microvm` says why a host could not run one anyway), then a container if
+//! Which backend runs instances on this machine (`isolation`): as configured (`microvm` needs
+//! `[microvm]`, and with KVM the host check of `atrund-microvm`), or for `auto` the strongest
+//! that really works here — microVM (not yet: `auto` has no boot probe; the host check says why
+//! a host could not run one anyway), then a container if
 //! bubblewrap is found, every cgroup limit is usable, the root assembles and a real probe
 //! sandbox runs, else `none` with a loud warning. The choice and its reason are reported as the
 //! `isolation` entry of describeRunner's `enforcement`; an explicit `container` that cannot work
@@ -16,11 +17,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use atrund_egress::EgressProxy;
+use atrund_microvm::qemu::Accel;
 
 use crate::cgroup::CgroupManager;
 use crate::{
     find_bwrap, ContainerConfig, ContainerExecutor, DenoBinary, Enforcement, Executor,
-    NoneExecutor, RunAs, SandboxError,
+    MicroVmConfig, MicroVmExecutor, NoneExecutor, RunAs, SandboxError,
 };
 
 /// The isolation an operator asked for.
@@ -28,6 +30,8 @@ use crate::{
 pub enum Requested {
     None,
     Container,
+    /// `isolation = "microvm"`: [`Choice::microvm`] says how.
+    MicroVm,
     Auto,
 }
 
@@ -50,6 +54,8 @@ pub struct Choice {
     /// `sandbox.run_as_uid` / `sandbox.run_as_gid`: the host uid/gid instances of either backend
     /// run as when the daemon is root (also when `auto` falls back to `none`).
     pub run_as: RunAs,
+    /// The microVM backend's settings (`[microvm]`), when `isolation = "microvm"`.
+    pub microvm: Option<MicroVmConfig>,
 }
 
 /// The chosen executor, and the describeRunner entry that says which one and why.
@@ -119,6 +125,27 @@ pub async fn choose_executor(c: Choice) -> Result<Chosen, SandboxError> {
                 note(true, "container, as configured".into()),
             ))
         }
+        Requested::MicroVm => {
+            let exec = microvm_executor(&c, &proxy).await.map_err(|why| {
+                SandboxError::StartFailed(format!(
+                    "isolation = \"microvm\" is not possible on this machine: {why}"
+                ))
+            })?;
+            let how = match exec.accel() {
+                Accel::Kvm => "microvm, as configured: a QEMU microvm per instance with KVM",
+                Accel::Tcg => {
+                    tracing::warn!(
+                        "isolation microvm with microvm.accel = \"tcg\": every guest CPU is \
+                         emulated, about 100 times slower than KVM, and starts take seconds \
+                         (a test mode)"
+                    );
+                    "microvm, as configured: a QEMU microvm per instance under software \
+                     emulation (tcg, a test mode)"
+                }
+            };
+            tracing::info!(image = %exec.image().path.display(), "isolation: {how}");
+            Ok(chosen(Arc::new(exec), note(true, how.to_string())))
+        }
         Requested::Auto => {
             let microvm = microvm_verdict(Path::new("/"));
             match container_executor(&c, &proxy).await {
@@ -150,13 +177,14 @@ pub async fn choose_executor(c: Choice) -> Result<Chosen, SandboxError> {
 }
 
 /// Why `auto` does not pick a microVM here: the host check's refusal (no usable KVM, PVM, no
-/// VT-x/AMD-V), or, on a host that passes it, that this version has no microvm backend yet.
+/// VT-x/AMD-V), or, on a host that passes it, that `auto` has no boot probe yet (only an explicit
+/// `isolation = "microvm"` runs one).
 pub fn microvm_verdict(root: &Path) -> String {
     match atrund_microvm::host::check(root) {
         Err(why) => format!("microvm refused: {why}"),
-        Ok(()) => {
-            "microvm: this host has usable KVM, but this version has no microvm backend yet".into()
-        }
+        Ok(()) => "microvm: this host has usable KVM, but auto does not boot a probe VM yet; \
+                   set isolation = \"microvm\" and [microvm] to use it"
+            .into(),
     }
 }
 
@@ -177,27 +205,8 @@ async fn container_executor(
                 c.bwrap
             )
         })?;
-    let missing: Vec<String> = NoneExecutor::new(c.deno.clone())
-        .with_cgroups(c.cgroups.clone())
-        .enforcement()
-        .into_iter()
-        // Only the cgroup limits: the container's PID 1 applies Landlock and seccomp itself, its
-        // own `unprivileged` entry is the container's (the probe runs as that uid), and the idle
-        // freezer is reported but not required.
-        .filter(|e| {
-            !e.enforced
-                && !matches!(
-                    e.limit,
-                    "landlock" | "seccomp" | "idleFreeze" | "unprivileged"
-                )
-        })
-        .map(|e| format!("{}: {}", e.limit, e.how))
-        .collect();
-    if !missing.is_empty() {
-        return Err(format!(
-            "cgroup limits unavailable ({})",
-            missing.join("; ")
-        ));
+    if let Some(missing) = missing_cgroup_limits(c) {
+        return Err(missing);
     }
     let cfg = ContainerConfig {
         bwrap,
@@ -215,5 +224,57 @@ async fn container_executor(
         .with_run_as(c.run_as);
     tracing::info!(rootfs = %exec.rootfs().path().display(), libs = exec.rootfs().libs().len(), "container root ready");
     exec.probe().await?;
+    Ok(exec)
+}
+
+/// The cgroup limits a container or a microVM needs and this machine cannot enforce, if any.
+fn missing_cgroup_limits(c: &Choice) -> Option<String> {
+    let missing: Vec<String> = NoneExecutor::new(c.deno.clone())
+        .with_cgroups(c.cgroups.clone())
+        .enforcement()
+        .into_iter()
+        // Only the cgroup limits: the sandbox's own PID 1 applies Landlock and seccomp, its
+        // `unprivileged` entry is the backend's, and the idle freezer is reported but not
+        // required.
+        .filter(|e| {
+            !e.enforced
+                && !matches!(
+                    e.limit,
+                    "landlock" | "seccomp" | "idleFreeze" | "unprivileged"
+                )
+        })
+        .map(|e| format!("{}: {}", e.limit, e.how))
+        .collect();
+    (!missing.is_empty()).then(|| format!("cgroup limits unavailable ({})", missing.join("; ")))
+}
+
+/// The microVM backend as `[microvm]` describes it: the host check first (KVM only), the
+/// cgroup limits the VM is held in, then the guest image.
+async fn microvm_executor(
+    c: &Choice,
+    proxy: &Arc<EgressProxy>,
+) -> Result<MicroVmExecutor, String> {
+    let cfg = c
+        .microvm
+        .clone()
+        .ok_or_else(|| "no [microvm] settings were given".to_string())?;
+    if cfg.accel == Accel::Kvm {
+        atrund_microvm::host::check(Path::new("/")).map_err(|e| {
+            format!(
+                "{e}; microvm.accel = \"tcg\" emulates the CPU instead, about 100 times slower \
+                 (a test mode)"
+            )
+        })?;
+    }
+    if let Some(missing) = missing_cgroup_limits(c) {
+        return Err(missing);
+    }
+    let exec = tokio::task::spawn_blocking(move || MicroVmExecutor::new(cfg))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?
+        .with_cgroups(c.cgroups.clone())
+        .with_egress(proxy.clone())
+        .with_run_as(c.run_as);
     Ok(exec)
 }

@@ -39,7 +39,7 @@ use crate::cgroup::CgroupManager;
 use crate::deno::deno_args;
 use crate::hostfs::{self, Needed, DATA_DIR_FIX};
 use crate::init_config::{InitConfig, ProxyForward};
-use crate::process::{self, AbortOnDrop, Join, Launch};
+use crate::process::{self, Join, Launch};
 use crate::rootfs::{Rootfs, DENO_IN_ROOT, INIT_IN_ROOT};
 use crate::spare::{LauncherProgram, SpareLaunchers};
 use crate::{sys, DenoBinary, Enforcement, Executor, Instance, InstanceSpec, RunAs, SandboxError};
@@ -406,52 +406,12 @@ fn data_binds(spec: &InstanceSpec, owner: Option<RunAs>) -> Result<DataBinds, Sa
 }
 
 /// Appends `extra` to the value of the `--allow-<what>=` flag.
-fn widen(args: &mut [OsString], flag: &str, extra: &str) {
+pub(crate) fn widen(args: &mut [OsString], flag: &str, extra: &str) {
     for a in args.iter_mut() {
         if let Some(v) = a.to_str().and_then(|s| s.strip_prefix(flag)) {
             *a = format!("{flag}{v},{extra}").into();
         }
     }
-}
-
-/// Serves the instance's proxy socket: each connection is copied to the egress proxy over a
-/// connection announced for the instance (its token counts nowhere else). With
-/// `owner` (the uid the sandbox runs as) the socket is given to it: connecting needs write
-/// permission on the socket file, which the umask may have taken from others.
-fn egress_forwarder(
-    socket: &Path,
-    proxy: std::net::SocketAddr,
-    announcer: atrund_egress::SourceAnnouncer,
-    owner: Option<RunAs>,
-) -> Result<AbortOnDrop, SandboxError> {
-    let _ = std::fs::remove_file(socket);
-    let listener = tokio::net::UnixListener::bind(socket)
-        .map_err(|e| process::io_err("listen on", socket, e))?;
-    if let Some(id) = owner {
-        hostfs::give_socket(socket, id)
-            .map_err(|e| process::io_err("give the instance", socket, e))?;
-    }
-    Ok(AbortOnDrop(tokio::spawn(async move {
-        loop {
-            let Ok((mut unix, _)) = listener.accept().await else {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                continue;
-            };
-            let announcer = announcer.clone();
-            tokio::spawn(async move {
-                let Ok(mut tcp) = tokio::net::TcpStream::connect(proxy).await else {
-                    return;
-                };
-                // Before a byte is copied: the instance's token counts on this connection only.
-                let Ok(local) = tcp.local_addr() else {
-                    return;
-                };
-                announcer.announce(local);
-                let _ = tcp.set_nodelay(true);
-                let _ = tokio::io::copy_bidirectional(&mut unix, &mut tcp).await;
-            });
-        }
-    })))
 }
 
 #[async_trait::async_trait]
@@ -521,7 +481,7 @@ impl Executor for ContainerExecutor {
         let mut proxy_env = None;
         if let Some(proxy) = &self.egress {
             let (reg, token) = crate::egress::register(proxy, &spec, true).map_err(fail)?;
-            let fwd = egress_forwarder(
+            let fwd = crate::egress::forwarder(
                 &spec.work_dir.join(EGRESS_SOCKET),
                 proxy.local_addr(),
                 reg.announcer(),
@@ -617,6 +577,7 @@ impl Executor for ContainerExecutor {
             join: Join::BeforeExec,
             // Without data binds: a launcher parked ahead cannot receive descriptors.
             spares: self.spares(),
+            vm: None,
         })
         .await
     }

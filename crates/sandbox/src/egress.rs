@@ -2,9 +2,12 @@
 //! manifest's `net` list as the proxy's rules, a fresh token, and the registration that lives
 //! as long as the instance (dropping it unregisters the token and cuts its tunnels).
 //!
-//! Owns: registering one instance. Must not: decide how the instance reaches the proxy (the
-//! backends do: `none` over loopback TCP, `container` through its forwarder) or set its
-//! environment.
+//! Owns: registering one instance, and the forwarder from an instance's proxy socket (container,
+//! microVM) to the proxy. Must not: decide how the instance reaches that socket (the backends
+//! do: `none` over loopback TCP, `container` and `microvm` through their own forwarders inside)
+//! or set its environment.
+
+use std::path::Path;
 
 use atrund_egress::{EgressPolicy, EgressProxy, NetRule, Registration};
 
@@ -47,4 +50,44 @@ pub(crate) fn register_token(
         proxy.register(token, policy)
     }
     .map_err(|e| SandboxError::StartFailed(e.to_string()))
+}
+
+/// Serves the instance's proxy socket: each connection is copied to the egress proxy over a
+/// connection announced for the instance (its token counts nowhere else). With
+/// `owner` (the uid the sandbox runs as) the socket is given to it: connecting needs write
+/// permission on the socket file, which the umask may have taken from others.
+pub(crate) fn forwarder(
+    socket: &Path,
+    proxy: std::net::SocketAddr,
+    announcer: atrund_egress::SourceAnnouncer,
+    owner: Option<crate::RunAs>,
+) -> Result<crate::process::AbortOnDrop, SandboxError> {
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket)
+        .map_err(|e| crate::process::io_err("listen on", socket, e))?;
+    if let Some(id) = owner {
+        crate::hostfs::give_socket(socket, id)
+            .map_err(|e| crate::process::io_err("give the instance", socket, e))?;
+    }
+    Ok(crate::process::AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let Ok((mut unix, _)) = listener.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            };
+            let announcer = announcer.clone();
+            tokio::spawn(async move {
+                let Ok(mut tcp) = tokio::net::TcpStream::connect(proxy).await else {
+                    return;
+                };
+                // Before a byte is copied: the instance's token counts on this connection only.
+                let Ok(local) = tcp.local_addr() else {
+                    return;
+                };
+                announcer.announce(local);
+                let _ = tcp.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut unix, &mut tcp).await;
+            });
+        }
+    })))
 }

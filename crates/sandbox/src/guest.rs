@@ -33,6 +33,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::cgroup::Counters;
 use crate::init_config::InitConfig;
 
 /// Largest start line accepted.
@@ -63,6 +64,21 @@ pub struct Start {
     pub files: Vec<FileSpec>,
     /// The shim's Unix socket, where calls are carried to.
     pub shim_socket: PathBuf,
+    /// The instance's limits, applied inside the guest; `None`: none.
+    #[serde(default)]
+    pub limits: Option<GuestLimits>,
+}
+
+/// Limits the agent applies to the instance. In a VM, memory and tasks go into a cgroup of the
+/// guest's own (`/sys/fs/cgroup/instance`), whose breaches it reports when the instance exits;
+/// the file limits are the instance's rlimits in either transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestLimits {
+    pub memory_mib: u64,
+    pub pids: u64,
+    pub open_files: u64,
+    pub max_file_bytes: u64,
 }
 
 /// One file of a [`Start`].
@@ -79,8 +95,9 @@ pub struct FileSpec {
 pub enum Event {
     Stdout(String),
     Stderr(String),
-    /// The instance exited; the status as a shell reports it (128 + signal).
-    Exited(i32),
+    /// The instance exited: the status as a shell reports it (128 + signal), and what its
+    /// guest cgroup counted (zero outside a VM).
+    Exited(i32, Counters),
     /// The instance could not be started.
     Failed(String),
 }
@@ -92,7 +109,7 @@ impl Event {
         match self {
             Event::Stdout(l) => format!("o {}", one_line(l)),
             Event::Stderr(l) => format!("e {}", one_line(l)),
-            Event::Exited(c) => format!("x {c}"),
+            Event::Exited(c, n) => format!("x {c} {} {}", n.oom_kills, n.pids_refused),
             Event::Failed(r) => format!("f {}", one_line(r)),
         }
     }
@@ -103,7 +120,20 @@ impl Event {
         Some(match tag {
             "o " => Event::Stdout(rest.to_string()),
             "e " => Event::Stderr(rest.to_string()),
-            "x " => Event::Exited(rest.trim().parse().ok()?),
+            "x " => {
+                let mut f = rest.split_ascii_whitespace().map(str::parse::<u64>);
+                let code = rest.split_ascii_whitespace().next()?.parse().ok()?;
+                f.next();
+                let mut n = Counters::default();
+                if let Some(oom) = f.next() {
+                    n.oom_kills = oom.ok()?;
+                    n.pids_refused = f.next()?.ok()?;
+                }
+                if f.next().is_some() {
+                    return None;
+                }
+                Event::Exited(code, n)
+            }
             "f " => Event::Failed(rest.to_string()),
             _ => return None,
         })
@@ -250,7 +280,61 @@ fn vm_setup() -> Result<(), String> {
         }
     }
     crate::sys::loopback_up().map_err(|e| format!("lo up: {e}"))?;
+    let _ = std::fs::create_dir_all(GUEST_CGROUP_ROOT);
+    mount(
+        Some("cgroup2"),
+        GUEST_CGROUP_ROOT,
+        Some("cgroup2"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        none,
+    )
+    .map_err(|e| format!("mount {GUEST_CGROUP_ROOT}: {e}"))?;
     std::fs::create_dir_all("/run/agent").map_err(|e| format!("/run/agent: {e}"))
+}
+
+/// Where the guest's cgroup2 hierarchy is mounted.
+const GUEST_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The instance's cgroup in the guest, with `l`'s memory and task limits: its `cgroup.procs`,
+/// for the child to join before exec.
+fn guest_cgroup(l: &GuestLimits) -> Result<PathBuf, String> {
+    let root = Path::new(GUEST_CGROUP_ROOT);
+    let write = |p: PathBuf, v: String| {
+        std::fs::write(&p, v).map_err(|e| format!("cannot write {}: {e}", p.display()))
+    };
+    write(
+        root.join("cgroup.subtree_control"),
+        "+memory +pids".to_string(),
+    )?;
+    let dir = root.join("instance");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    write(
+        dir.join("memory.max"),
+        l.memory_mib.saturating_mul(1024 * 1024).to_string(),
+    )?;
+    // No swap device in the guest; where the file exists, say so anyway.
+    let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+    write(dir.join("pids.max"), l.pids.to_string())?;
+    Ok(dir)
+}
+
+/// What the instance's guest cgroup counted: OOM kills and refused forks.
+fn guest_counters(dir: &Path) -> Counters {
+    let field = |file: &str, key: &str| -> u64 {
+        std::fs::read_to_string(dir.join(file))
+            .ok()
+            .and_then(|t| {
+                t.lines().find_map(|l| {
+                    let (k, v) = l.split_once(' ')?;
+                    (k == key).then(|| v.trim().parse().ok()).flatten()
+                })
+            })
+            .unwrap_or(0)
+    };
+    Counters {
+        oom_kills: field("memory.events", "oom_kill"),
+        pids_refused: field("pids.events", "max"),
+    }
 }
 
 /// Ends the VM (QEMU runs with `-no-reboot` and Firecracker with `reboot=k`, so a reboot is the
@@ -276,6 +360,7 @@ async fn serve(t: Transport) -> Result<ExitCode, String> {
         .map(Listener::Vsock)
         .map_err(|e| format!("cannot listen on vsock port {port}: {e}"))
     };
+    let vm = matches!(t, Transport::Vm(_));
     let (dir, control_l, calls_l, egress_host) = match t {
         Transport::Unix(dir) => (
             dir.clone(),
@@ -320,16 +405,38 @@ async fn serve(t: Transport) -> Result<ExitCode, String> {
     std::fs::write(&config_path, json)
         .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
     let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
-    let mut child = match tokio::process::Command::new(&exe)
-        .arg(&config_path)
+    let mut cmd = tokio::process::Command::new(&exe);
+    cmd.arg(&config_path)
         .env_clear()
         .envs(start.env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-    {
+        .kill_on_drop(true);
+    let mut cgroup = None;
+    if let Some(l) = &start.limits {
+        let mut procs = Vec::new();
+        if vm {
+            let dir = guest_cgroup(l)?;
+            let file = dir.join("cgroup.procs");
+            procs.push(
+                std::ffi::CString::new(file.as_os_str().as_encoded_bytes())
+                    .map_err(|e| e.to_string())?,
+            );
+            cgroup = Some(dir);
+        }
+        // Joined before exec, so everything the instance starts is inside.
+        crate::sys::install(
+            &mut cmd,
+            crate::sys::ChildSetup {
+                procs,
+                nofile: Some(l.open_files),
+                fsize: Some(l.max_file_bytes),
+                ..Default::default()
+            },
+        );
+    }
+    let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             let why = format!("cannot start the instance: {e}");
@@ -400,7 +507,9 @@ async fn serve(t: Transport) -> Result<ExitCode, String> {
                     Ok(s) => exit_status(s),
                     Err(_) => 125,
                 };
-                let _ = w.write_all(format!("{}\n", Event::Exited(code).encode()).as_bytes()).await;
+                let counters = cgroup.as_deref().map(guest_counters).unwrap_or_default();
+                let exited = Event::Exited(code, counters).encode();
+                let _ = w.write_all(format!("{exited}\n").as_bytes()).await;
                 let _ = w.flush().await;
                 return Ok(ExitCode::SUCCESS);
             }
@@ -524,7 +633,14 @@ mod tests {
         for e in [
             Event::Stdout("{\"atrund\":\"ready\"}".into()),
             Event::Stderr("boom".into()),
-            Event::Exited(137),
+            Event::Exited(137, Counters::default()),
+            Event::Exited(
+                137,
+                Counters {
+                    oom_kills: 1,
+                    pids_refused: 3,
+                },
+            ),
             Event::Failed("no deno".into()),
         ] {
             assert_eq!(Event::decode(&e.encode()), Some(e));
@@ -535,6 +651,12 @@ mod tests {
         assert_eq!(Event::decode(&e), Some(Event::Stderr("a x 0".into())));
         assert_eq!(Event::decode("z what"), None);
         assert_eq!(Event::decode("x nine"), None);
+        assert_eq!(Event::decode("x 0 1"), None);
+        assert_eq!(Event::decode("x 0 1 2 3"), None);
+        assert_eq!(
+            Event::decode("x 9"),
+            Some(Event::Exited(9, Counters::default()))
+        );
     }
 
     #[tokio::test]
@@ -554,6 +676,7 @@ mod tests {
                 len,
             }],
             shim_socket: d.path().join("s.sock"),
+            limits: None,
         };
         let good = d.path().join("b/main.js");
         let mut buf = Vec::new();

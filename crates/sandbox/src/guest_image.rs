@@ -5,7 +5,12 @@
 //! their load order in `/lib/modules/order`. The bundle and the shim are not in it: the host
 //! sends them over the control channel.
 //!
-//! Owns: the archive's layout and its encoding. Must not: boot anything or choose the kernel.
+//! [`cached_initramfs`] keeps one image per set of pieces under a directory, named by their
+//! paths, sizes and modification times (as the container root is), with the agent's debug
+//! sections stripped when `objcopy` is on the host (a debug agent is most of the image).
+//!
+//! Owns: the archive's layout, its encoding and its cache. Must not: boot anything or choose the
+//! kernel.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,6 +29,102 @@ pub struct GuestPieces {
 
 fn err(msg: String) -> SandboxError {
     SandboxError::StartFailed(format!("guest image: {msg}"))
+}
+
+/// Bumped when the image's layout changes, so a cached image of an older layout is not reused.
+const LAYOUT: &str = "initramfs-1";
+
+/// A cached image: its path, its size, and whether the agent in it was stripped.
+#[derive(Debug, Clone)]
+pub struct CachedImage {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub agent_stripped: bool,
+}
+
+/// The initramfs for `p` under `dir` (`<key>.cpio`), built once; images of other keys there are
+/// removed. Blocking: reads and writes the pieces (a few hundred MB for a debug agent).
+pub fn cached_initramfs(dir: &Path, p: &GuestPieces) -> Result<CachedImage, SandboxError> {
+    use std::os::unix::fs::PermissionsExt;
+    let objcopy = crate::executables::find_executable("objcopy", &[]);
+    let mut libs = crate::rootfs::needed_libs(&p.agent)?;
+    libs.extend(crate::rootfs::needed_libs(&p.deno)?);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    feed(LAYOUT.as_bytes());
+    feed(&[u8::from(objcopy.is_some())]);
+    for path in [&p.agent, &p.deno]
+        .into_iter()
+        .chain(p.modules.iter())
+        .chain(libs.iter())
+    {
+        let m = std::fs::metadata(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        feed(path.as_os_str().as_encoded_bytes());
+        feed(&m.len().to_le_bytes());
+        feed(&mtime.to_le_bytes());
+    }
+    let name = format!("{h:016x}.cpio");
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+    // The VMM runs as the instances' uid and reads the image.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| err(format!("{}: {e}", dir.display())))?;
+    let path = dir.join(&name);
+    if !path.is_file() {
+        let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+        let stripped_agent = dir.join(format!(".agent.{}", std::process::id()));
+        let mut pieces = p.clone();
+        if let Some(objcopy) = &objcopy {
+            let out = std::process::Command::new(objcopy)
+                .arg("--strip-debug")
+                .arg(&p.agent)
+                .arg(&stripped_agent)
+                .output()
+                .map_err(|e| err(format!("{}: {e}", objcopy.display())))?;
+            if !out.status.success() {
+                return Err(err(format!(
+                    "objcopy --strip-debug {} failed: {}",
+                    p.agent.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            pieces.agent = stripped_agent.clone();
+        }
+        let built = build_initramfs(&tmp, &pieces);
+        let _ = std::fs::remove_file(&stripped_agent);
+        built.inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| err(format!("{}: {e}", path.display())))?;
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            if n.ends_with(".cpio") && n != name {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let bytes = std::fs::metadata(&path)
+        .map_err(|e| err(format!("{}: {e}", path.display())))?
+        .len();
+    Ok(CachedImage {
+        path,
+        bytes,
+        agent_stripped: objcopy.is_some(),
+    })
 }
 
 /// Writes the initramfs for `p` to `out`.

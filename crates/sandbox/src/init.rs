@@ -47,6 +47,10 @@ pub fn main(args: &[String]) -> ExitCode {
     if args.first().map(String::as_str) == Some("guest") {
         return crate::guest::main(&args[1..]);
     }
+    // A microVM instance's host process (`microvm`).
+    if args.first().map(String::as_str) == Some(crate::vm_launcher::VMM_ARG) {
+        return crate::vm_launcher::main(&args[1..]);
+    }
     if args.is_empty() && std::process::id() == 1 {
         return crate::guest::main(&["--vm".to_string()]);
     }

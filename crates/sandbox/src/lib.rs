@@ -1,7 +1,8 @@
 //! Sandbox backends: the executor interface between the pool and the processes that run bundle
 //! code, the `none` backend (Deno permission flags, plus Landlock and seccomp applied before
-//! exec) and the `container` backend (bubblewrap namespaces, a minimal read-only root, Landlock
-//! and seccomp from our own PID 1) behind it.
+//! exec), the `container` backend (bubblewrap namespaces, a minimal read-only root, Landlock
+//! and seccomp from our own PID 1) and the `microvm` backend (a QEMU microvm per instance, with
+//! `sandbox-init` as the guest's agent) behind it.
 //!
 //! Owns: starting, calling, draining and killing one runtime instance, and the embedded Deno
 //! shim (`runtime/exec/main.ts`). Must not: decide which bundles may run or with which limits
@@ -24,6 +25,7 @@ mod host_confine;
 mod hostfs;
 pub mod init;
 pub mod init_config;
+mod microvm;
 mod none;
 mod output;
 mod process;
@@ -35,6 +37,7 @@ mod shim_http;
 mod spare;
 #[allow(unsafe_code)] // the crate's one exception (see sys.rs's module doc)
 mod sys;
+pub mod vm_launcher;
 mod volume;
 
 use std::path::PathBuf;
@@ -49,6 +52,7 @@ pub use container::{find_bwrap, ContainerConfig, ContainerExecutor};
 pub use deno::DenoBinary;
 pub use error::SandboxError;
 pub use hostfs::{copy_if_unreachable, runner_dir_mode, stage_file, unreachable_by};
+pub use microvm::{MicroVmConfig, MicroVmExecutor, Vmm};
 pub use none::NoneExecutor;
 pub use process::is_hop_by_hop;
 pub use report::{host_report, HostReport};

@@ -258,6 +258,7 @@ impl Executor for NoneExecutor {
             gate,
             join: self.join,
             spares: None,
+            vm: None,
         })
         .await
     }

@@ -22,9 +22,15 @@ const MAX_IDLE: usize = 64;
 /// the error of a connection that died with a shim that has been replaced meanwhile.
 const CHECK_AFTER: Duration = Duration::from_secs(1);
 
+/// How long the VMM may take to answer a `CONNECT` (a microVM under emulation is slow).
+const VSOCK_HANDSHAKE: Duration = Duration::from_secs(10);
+
 /// The connections of one instance.
 pub(crate) struct ShimConns {
     socket: PathBuf,
+    /// A microVM's: `socket` is its VMM's hybrid vsock socket, and each connection asks for
+    /// this guest port (`CONNECT <port>`) before it carries HTTP.
+    vsock_port: Option<u32>,
     /// The socket's inode, opened at the first connect without following a symlink
     /// (`hostfs::open_socket`): every connection goes to it, whatever the name in the work dir
     /// (which the instance can write) points to by then.
@@ -34,9 +40,10 @@ pub(crate) struct ShimConns {
 }
 
 impl ShimConns {
-    pub(crate) fn new(socket: PathBuf) -> Self {
+    pub(crate) fn new(socket: PathBuf, vsock_port: Option<u32>) -> Self {
         Self {
             socket,
+            vsock_port,
             opened: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
         }
@@ -87,7 +94,13 @@ impl ShimConns {
 
     async fn connect(&self) -> Result<ShimConn, ShimHttpError> {
         let fd = self.socket_fd()?;
-        let stream = tokio::net::UnixStream::connect(crate::hostfs::socket_fd_path(&fd)).await?;
+        let mut stream =
+            tokio::net::UnixStream::connect(crate::hostfs::socket_fd_path(&fd)).await?;
+        if let Some(port) = self.vsock_port {
+            stream = atrund_microvm::vsock::handshake(stream, port, VSOCK_HANDSHAKE)
+                .await
+                .map_err(|e| ShimHttpError::Io(std::io::Error::other(e)))?;
+        }
         Ok(ShimConn::new(stream))
     }
 }

@@ -149,6 +149,7 @@ async fn the_agent_runs_an_instance_sent_over_its_control_channel() {
             },
         ],
         shim_socket: socket.clone(),
+        limits: None,
     };
     let control = UnixStream::connect(dir.join(guest::CONTROL_SOCKET))
         .await
@@ -169,7 +170,7 @@ async fn the_agent_runs_an_instance_sent_over_its_control_channel() {
         seen.push(ev.clone());
         match ev {
             Event::Stdout(l) if l.contains("\"ready\"") => break,
-            Event::Exited(_) | Event::Failed(_) => panic!("the instance ended: {seen:?}"),
+            Event::Exited(..) | Event::Failed(_) => panic!("the instance ended: {seen:?}"),
             _ => {}
         }
     }
@@ -184,7 +185,7 @@ async fn the_agent_runs_an_instance_sent_over_its_control_channel() {
     w.write_all(b"term\n").await.unwrap();
     loop {
         match next_event(&mut events).await {
-            Event::Exited(code) => {
+            Event::Exited(code, _) => {
                 assert_ne!(code, 125, "{seen:?}");
                 break;
             }

@@ -97,6 +97,7 @@ async fn socket_swap(mode: Mode) {
     let socket_inside = match mode {
         Mode::None => spec.work_dir.join("rpc.sock"),
         Mode::Container => PathBuf::from("/work/rpc.sock"),
+        Mode::MicroVm => panic!("a guest has no name in the host's work dir to swap"),
     };
     let inst = env.warm(spec).await;
     let r = call_json(

@@ -18,15 +18,6 @@ use atrund_sandbox::guest_image::{build_initramfs, GuestPieces};
 use atrund_sandbox::init::{InitConfig, ProxyForward};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-const MODULES: [&str; 6] = [
-    "virtio",
-    "virtio_ring",
-    "virtio_mmio",
-    "vsock",
-    "vmw_vsock_virtio_transport_common",
-    "vmw_vsock_virtio_transport",
-];
-
 const BUNDLE: &str = r#"
 export const hi = { method: "GET", handler: () => new Response("hi from a microVM") };
 export const out = {
@@ -46,31 +37,6 @@ export const flags = { method: "GET", handler: () => new Response(read("/etc/hos
 // Inside Deno's --allow-read, outside Landlock's rules: the guest kernel refuses it.
 export const landlock = { method: "GET", handler: () => new Response(read("/run/agent/init.json")) };
 "#;
-
-/// The tools, or `None` (with the reason printed) when they are missing outside CI.
-fn tools() -> Option<(PathBuf, PathBuf, PathBuf, PathBuf)> {
-    let dir = std::env::var_os("ATRUND_TEST_MICROVM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| common::repo().join("tools/microvm"));
-    let qemu = PathBuf::from("/usr/bin/qemu-system-x86_64");
-    let found = [
-        qemu.clone(),
-        dir.join("bin/vhost-device-vsock"),
-        dir.join("vmlinux"),
-        dir.join("modules"),
-    ];
-    if let Some(missing) = found.iter().find(|p| !p.exists()) {
-        let why = format!(
-            "{} is missing; scripts/setup.sh installs the microVM test tools",
-            missing.display()
-        );
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-        eprintln!("SKIPPED: {why}");
-        return None;
-    }
-    let [q, v, k, m] = found;
-    Some((q, v, k, m))
-}
 
 async fn call(uds: &Path, path: &str) -> String {
     let s = vsock::connect(uds, guest::CALLS_PORT, Duration::from_secs(10))
@@ -107,7 +73,14 @@ async fn call(uds: &Path, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_instance_runs_in_a_qemu_microvm() {
-    let Some((qemu, vhost, kernel, modules)) = tools() else {
+    let _one = ONE_VM.lock().await;
+    let Some(common::MicroVmTools {
+        qemu,
+        vhost,
+        kernel,
+        modules,
+    }) = common::microvm_tools()
+    else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -119,7 +92,7 @@ async fn an_instance_runs_in_a_qemu_microvm() {
         &GuestPieces {
             agent: PathBuf::from(env!("CARGO_BIN_EXE_atrund-sandbox-init")),
             deno: common::deno_path(),
-            modules: MODULES
+            modules: common::MICROVM_MODULES
                 .iter()
                 .map(|m| modules.join(format!("{m}.ko")))
                 .collect(),
@@ -244,6 +217,7 @@ async fn an_instance_runs_in_a_qemu_microvm() {
             },
         ],
         shim_socket: "/work/s.sock".into(),
+        limits: None,
     };
     let (r, mut wr) = tokio::io::split(control);
     guest::send_start(
@@ -266,7 +240,7 @@ async fn an_instance_runs_in_a_qemu_microvm() {
         seen.push(ev.clone());
         match ev {
             Event::Stdout(l) if l.contains("\"ready\"") => break,
-            Event::Exited(_) | Event::Failed(_) => panic!("the instance ended: {seen:?}"),
+            Event::Exited(..) | Event::Failed(_) => panic!("the instance ended: {seen:?}"),
             _ => {}
         }
     }
@@ -300,4 +274,214 @@ async fn an_instance_runs_in_a_qemu_microvm() {
         "MEASURED (TCG): image built in {built:?}; agent answered {agent_up:?} after QEMU's start; shim ready at {ready:?}; first call {first_call:?}"
     );
     let _ = vhost_child.kill().await;
+}
+
+/// One VM at a time: each one is a full emulated machine on a 2-core host.
+static ONE_VM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The processes running with `dir` on their command line (the VM's launcher, VMM and vsock
+/// backend of an instance whose work dir it is), with their command lines.
+fn using(dir: &Path) -> Vec<(u32, String)> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&needle) {
+                out.push((pid, cmd));
+            }
+        }
+    }
+    out
+}
+
+fn processes_using(dir: &Path) -> Vec<String> {
+    using(dir).into_iter().map(|(_, c)| c).collect()
+}
+
+fn pids_using(dir: &Path) -> Vec<u32> {
+    using(dir).into_iter().map(|(p, _)| p).collect()
+}
+
+/// Waits until no process uses `dir`; panics with them after 10 s.
+async fn all_gone(dir: &Path) {
+    let t = Instant::now();
+    loop {
+        let left = processes_using(dir);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "still running: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The hostile suite's core cases through the executor, as the pool would run them: a bundle
+/// served from its own microVM (QEMU under emulation), with its secret and nothing else in its
+/// environment, Deno's permission flags and the guest's lack of a network holding, egress only
+/// through the runner's real egress proxy (allowed, and refused by its address rules), and a
+/// timeout and a memory breach named as in the other backends, each VM gone afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_microvm_backend_serves_and_contains_bundles() {
+    use common::{call_json, get, hostile, loopback_service, q, secret_file, Env, Mode};
+    let _one = ONE_VM.lock().await;
+    let egress = atrund_egress::EgressConfig {
+        // The allowed destination below is a service on this host's loopback.
+        allow_cidrs: vec!["127.0.0.1/32".parse().unwrap()],
+        ..Default::default()
+    };
+    let Some(env) = Env::with_egress("mvm", Mode::MicroVm, egress).await else {
+        return;
+    };
+    let canary = atrund_testnet::Canary::bind("0.0.0.0:0").unwrap();
+    let (svc_port, _svc) = loopback_service().await;
+    let secret = secret_file(&env);
+    let b = hostile(&env, &secret);
+    let spec = |id: &str, bundle: &Path| {
+        let mut s = env.spec(id, bundle);
+        s.start_timeout = Duration::from_secs(90);
+        s.request_timeout = Duration::from_secs(30);
+        s
+    };
+
+    let mut s = spec("vm-hostile", &b);
+    s.permissions.net = vec![
+        format!("loopback.test:{svc_port}"),
+        "private.test:80".into(),
+    ];
+    s.permissions.ffi = true;
+    s.env = vec![("API_KEY".into(), "sekrit-42".into())];
+    let work = s.work_dir.clone();
+    let t = Instant::now();
+    let inst = env.warm(s).await;
+    let cold = t.elapsed();
+    // The VM's host processes (launcher, vsock backend, VMM) run as nobody, in the instance's
+    // cgroup.
+    let pids = pids_using(&work);
+    assert!(pids.len() >= 3, "{:?}", processes_using(&work));
+    for pid in &pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+        assert!(
+            uid.split_whitespace().skip(1).all(|u| u == "65534"),
+            "{pid}: {uid}"
+        );
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        assert!(
+            cg.contains("vm-hostile"),
+            "{pid} is not in the instance's cgroup: {cg}"
+        );
+    }
+    let t = Instant::now();
+    let v = call_json(&*inst, q("envGet", &[("name", "API_KEY")]))
+        .await
+        .unwrap();
+    let first_call = t.elapsed();
+    assert_eq!(v["leaked"], "sekrit-42", "{v}");
+    let mut warm = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        call_json(&*inst, q("envGet", &[("name", "API_KEY")]))
+            .await
+            .unwrap();
+        warm.push(t.elapsed());
+    }
+    warm.sort();
+
+    let refused = |v: &serde_json::Value, name: &str| {
+        assert_eq!(v["error"], name, "{v}");
+        assert!(v.get("leaked").is_none(), "{v}");
+    };
+    // The secret is the only variable the bundle may read.
+    let v = call_json(&*inst, q("envGet", &[("name", "HOME")]))
+        .await
+        .unwrap();
+    refused(&v, "NotCapable");
+    let v = call_json(&*inst, get("env", "/")).await.unwrap();
+    refused(&v, "NotCapable");
+    // Deno's flags inside the guest.
+    let v = call_json(&*inst, q("read", &[("path", "/etc/hostname")]))
+        .await
+        .unwrap();
+    refused(&v, "NotCapable");
+    // The host's file is under /tmp, which Deno may read: the guest's /tmp, where it is not.
+    let v = call_json(&*inst, q("read", &[("path", secret.to_str().unwrap())]))
+        .await
+        .unwrap();
+    refused(&v, "NotFound");
+    let v = call_json(&*inst, get("spawn", "/")).await.unwrap();
+    refused(&v, "NotCapable");
+    let canary_url = format!("http://127.0.0.1:{}/", canary.port);
+    let v = call_json(&*inst, q("fetchUrl", &[("url", &canary_url)]))
+        .await
+        .unwrap();
+    refused(&v, "NotCapable");
+    // Egress through the real proxy: the listed service answers; a listed name that resolves
+    // to a private address is refused by the proxy's address rules.
+    let ok_url = format!("http://loopback.test:{svc_port}/");
+    let v = call_json(&*inst, q("fetchUrl", &[("url", &ok_url)]))
+        .await
+        .unwrap();
+    assert_eq!(v["leaked"], "200 hi", "{v}");
+    let v = call_json(&*inst, q("fetchUrl", &[("url", "http://private.test/")]))
+        .await
+        .unwrap();
+    let text = v["leaked"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("403") && text.contains("[EgressAddressBlocked]"),
+        "{v}"
+    );
+    // Around Deno, straight to the kernel (FFI): the guest has no network card, so the host's
+    // address is unreachable and its loopback is the guest's own.
+    for host in ["127.0.0.1".to_string()]
+        .into_iter()
+        .chain(atrund_testnet::host_address().map(|ip| ip.to_string()))
+    {
+        let port = canary.port.to_string();
+        let v = call_json(&*inst, q("osConnect", &[("host", &host), ("port", &port)]))
+            .await
+            .unwrap();
+        assert!(v["rc"].as_i64().unwrap_or(0) < 0, "connect to {host}: {v}");
+    }
+    assert_eq!(canary.count(), 0, "the canary on the host saw a connection");
+    assert!(env.proxy.stats().denied.contains_key("private"));
+    inst.shutdown().await;
+    all_gone(&work).await;
+    assert!(!work.exists(), "the work dir outlived the instance");
+
+    // The wall clock: the call fails with TimedOut and the VM is stopped.
+    let limits = common::bundle("limits.js");
+    let mut s = spec("vm-sleep", &limits);
+    s.request_timeout = Duration::from_secs(3);
+    let work = s.work_dir.clone();
+    let inst = env.warm(s).await;
+    let e = inst
+        .execute(get("sleep", "/"))
+        .await
+        .err()
+        .map(|e| e.code());
+    assert_eq!(e, Some("TimedOut"));
+    all_gone(&work).await;
+    assert!(!inst.is_alive());
+
+    // Memory: ArrayBuffers past the instance's 64 MiB, refused by the guest's cgroup.
+    let mut s = spec("vm-hog", &limits);
+    s.memory_mib = 64;
+    let work = s.work_dir.clone();
+    let inst = env.warm(s).await;
+    let e = inst.execute(get("hog", "/")).await.err().map(|e| e.code());
+    assert_eq!(e, Some("MemoryLimitExceeded"));
+    all_gone(&work).await;
+
+    eprintln!(
+        "MEASURED (microvm executor, TCG): cold start {cold:?}; first call {first_call:?}; warm call p50 {:?}, max {:?}",
+        warm[warm.len() / 2],
+        warm[warm.len() - 1]
+    );
 }

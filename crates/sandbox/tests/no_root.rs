@@ -38,6 +38,7 @@ async fn env_in(test: &str, mode: Mode) -> Option<Env> {
                 .with_run_as(RUN_AS),
         ),
         Mode::Container => Arc::new(env.container_as(RUN_AS).await),
+        Mode::MicroVm => panic!("the microVM's host identity is checked in microvm.rs"),
     };
     Some(env)
 }

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use super::{bundle_path_inside, egress_forwarder, widen, ContainerExecutor};
+use super::{bundle_path_inside, widen, ContainerExecutor};
 use super::{BUNDLE, DATA, EGRESS_SOCKET, INIT_CONFIG, PROXY_PORT, WORK};
 use crate::broker::{Broker, BrokerRules};
 use crate::cgroup::CgroupLimits;
@@ -403,7 +403,7 @@ impl GenericSandbox {
         let mut keep: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
         if let (Some(proxy), Some(token)) = (&exec.egress, token) {
             let reg = crate::egress::register_token(proxy, &spec, true, token)?;
-            let fwd = egress_forwarder(
+            let fwd = crate::egress::forwarder(
                 &parked_work_dir(&stage).join(EGRESS_SOCKET),
                 proxy.local_addr(),
                 reg.announcer(),

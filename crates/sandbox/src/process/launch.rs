@@ -91,7 +91,12 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
         gate,
         join,
         spares,
+        vm,
     } = l;
+    let limits = match &vm {
+        Some(v) => v.host_limits,
+        None => cgroup_limits(spec),
+    };
     let id: Arc<str> = spec.id.as_str().into();
     let mut guard = StartGuard {
         id: id.clone(),
@@ -101,7 +106,7 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
     // Dropped when the start is over, either way: parking a launcher costs CPU the start wants.
     let _refill = spares.map(RefillWhenDone);
     let taken = match (spares, cgroups) {
-        (Some(s), Some(m)) if inherit.is_empty() => s.take(m, &spec.id, cgroup_limits(spec)),
+        (Some(s), Some(m)) if inherit.is_empty() => s.take(m, &spec.id, limits),
         _ => None,
     };
     let from_spare = taken.is_some();
@@ -114,7 +119,7 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
         }
         None => {
             let cgroup = match cgroups {
-                Some(m) => Some(create_cgroup(m, spec)?),
+                Some(m) => Some(create_cgroup(m, &spec.id, limits)?),
                 None => None,
             };
             guard.cgroup = cgroup.clone();
@@ -128,7 +133,9 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
                 sys::ChildSetup {
                     procs,
                     nofile: Some(nofile),
-                    fsize: Some(spec.limits.max_file_bytes),
+                    // A VMM's guest RAM is a memfd as large as the guest: the file limit is
+                    // the guest's to apply to the instance.
+                    fsize: vm.is_none().then_some(spec.limits.max_file_bytes),
                     inherit,
                     run_as,
                     confine,
@@ -169,7 +176,8 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
         await_placement(placing, &mut child, pid, &id).await?;
     }
     send_go(&mut child, &id, started_at).await;
-    let (kill, exit_rx) = spawn_reaper(child, pid, cgroup.clone(), id.clone());
+    let report = vm.as_ref().map(|v| v.exit_report.clone());
+    let (kill, exit_rx) = spawn_reaper(child, pid, cgroup.clone(), id.clone(), report);
     // The reaper removes the cgroup when the process ends; the instance removes the work dir.
     guard.cgroup = None;
     guard.work_dir = None;
@@ -178,7 +186,7 @@ pub(crate) async fn launch(l: Launch<'_>) -> Result<Arc<dyn Instance>, SandboxEr
         spec,
         Process {
             id: id.clone(),
-            conns: ShimConns::new(socket),
+            conns: ShimConns::new(socket, vm.as_ref().map(|v| v.vsock_port)),
             work_dir: spec.work_dir.clone(),
             cgroup,
             keep,
@@ -270,11 +278,12 @@ impl Drop for StartGuard {
 /// Step 1: the instance's own cgroup under the runner's parents, with its limits.
 pub(super) fn create_cgroup(
     m: &Arc<CgroupManager>,
-    spec: &InstanceSpec,
+    id: &str,
+    limits: CgroupLimits,
 ) -> Result<Arc<InstanceCgroup>, SandboxError> {
     let t = Instant::now();
-    let cg = m.create(&spec.id, cgroup_limits(spec))?;
-    tracing::debug!(instance = %spec.id, us = t.elapsed().as_micros() as u64, "instance cgroup created");
+    let cg = m.create(id, limits)?;
+    tracing::debug!(instance = %id, us = t.elapsed().as_micros() as u64, "instance cgroup created");
     Ok(Arc::new(cg))
 }
 
@@ -301,7 +310,7 @@ pub(super) fn spawn(
 }
 
 /// The cgroup limits of `spec`.
-fn cgroup_limits(spec: &InstanceSpec) -> CgroupLimits {
+pub(super) fn cgroup_limits(spec: &InstanceSpec) -> CgroupLimits {
     CgroupLimits {
         memory_mib: spec.memory_mib,
         pids: spec.limits.pids,
@@ -467,13 +476,15 @@ fn kill_group(pid: u32) {
 
 /// Step 7: the reaper owns the child from here: it alone waits and signals, so a kill never hits
 /// a recycled pid (the zombie holds the pid until it is reaped here). When the process ends it
-/// publishes the exit (with the breach counters, read before the cgroup goes), then removes the
-/// cgroup. Returns the kill switch and the exit channel.
+/// publishes the exit (with the breach counters, read before the cgroup goes, plus those of
+/// `report`, a microVM guest's), then removes the cgroup. Returns the kill switch and the exit
+/// channel.
 pub(super) fn spawn_reaper(
     mut child: Child,
     pid: u32,
     cgroup: Option<Arc<InstanceCgroup>>,
     id: Arc<str>,
+    report: Option<PathBuf>,
 ) -> (Arc<Notify>, watch::Receiver<Option<Exit>>) {
     let kill = Arc::new(Notify::new());
     let (exit_tx, exit_rx) = watch::channel::<Option<Exit>>(None);
@@ -498,7 +509,12 @@ pub(super) fn spawn_reaper(
         };
         tracing::debug!(instance = &*id, status = %text, "instance process ended");
         // Counters first: they are gone with the cgroup.
-        let counters = cgroup.as_ref().map(|c| c.counters()).unwrap_or_default();
+        let mut counters = cgroup.as_ref().map(|c| c.counters()).unwrap_or_default();
+        if let Some(path) = &report {
+            let guest = crate::vm_launcher::read_exit_report(path);
+            counters.oom_kills += guest.oom_kills;
+            counters.pids_refused += guest.pids_refused;
+        }
         exit_tx.send_replace(Some(Exit {
             status: text,
             counters,

@@ -89,6 +89,23 @@ pub(crate) struct Launch<'a> {
     /// a spawn: the cgroup was joined ahead, so neither the cgroup's creation nor the join is on
     /// this start's path (and `join` does not apply).
     pub spares: Option<&'a crate::spare::SpareLaunchers>,
+    /// Set when the process is a microVM's launcher (`vm_launcher`) rather than the runtime
+    /// itself.
+    pub vm: Option<VmLaunch>,
+}
+
+/// What differs when the launched process is a microVM (`microvm`): its calls go through the
+/// VMM's vsock socket, its host cgroup holds a whole VM (guest RAM and the VMM's threads), and
+/// the guest's own breach counters arrive in a report file when it ends.
+#[derive(Debug, Clone)]
+pub(crate) struct VmLaunch {
+    /// The guest port the shim's calls are carried on (`CONNECT <port>` on `socket`).
+    pub vsock_port: u32,
+    /// The host cgroup's limits (instead of the instance's own, which the guest enforces).
+    pub host_limits: crate::cgroup::CgroupLimits,
+    /// Where the launcher writes the guest's [`Counters`](crate::cgroup::Counters) before it
+    /// exits; the reaper adds them to the host cgroup's.
+    pub exit_report: PathBuf,
 }
 
 /// How a process gets into its instance cgroup. Either way the bundle's first instruction runs

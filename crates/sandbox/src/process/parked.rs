@@ -114,11 +114,11 @@ pub(crate) async fn park(p: Park<'_>) -> Result<Parked, SandboxError> {
     let output = OutputTo::default();
     let ready_rx = forward_output(&mut child, &id, masker.clone(), output.clone());
     let stdin = child.stdin.take();
-    let (kill, exit_rx) = spawn_reaper(child, pid, cgroup.clone(), id.clone());
+    let (kill, exit_rx) = spawn_reaper(child, pid, cgroup.clone(), id.clone(), None);
     let parked = Parked {
         id,
         work_dir: p.work_dir,
-        conns: Some(ShimConns::new(p.socket)),
+        conns: Some(ShimConns::new(p.socket, None)),
         pid,
         stdin,
         kill,

@@ -15,6 +15,7 @@ async function attempt(f) {
 export const read = { handler: ({ path }) => attempt(() => Deno.readTextFile(path)) };
 export const write = { handler: ({ path }) => attempt(() => Deno.writeTextFile(path, "x").then(() => "written")) };
 export const env = { handler: () => attempt(() => JSON.stringify(Deno.env.toObject())) };
+export const envGet = { handler: ({ name }) => attempt(() => Deno.env.get(name) ?? null) };
 export const literalImport = {
   handler: () => attempt(() => import("file://__SECRET__", { with: { type: "text" } }).then((m) => m.default)),
 };

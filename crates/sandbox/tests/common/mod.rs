@@ -17,7 +17,7 @@ use std::time::Duration;
 use atrund_egress::{Connect, DirectConnector, EgressConfig, EgressProxy, MapResolver};
 use atrund_sandbox::{
     find_bwrap, CgroupManager, ContainerConfig, ContainerExecutor, DenoBinary, Executor, Instance,
-    InstanceSpec, Invocation, NoneExecutor,
+    InstanceSpec, Invocation, MicroVmConfig, MicroVmExecutor, NoneExecutor, Vmm,
 };
 use http_body_util::BodyExt;
 
@@ -37,6 +37,8 @@ pub fn skip_or_fail(why: String) -> Option<Env> {
 pub enum Mode {
     None,
     Container,
+    /// QEMU microvm under software emulation (`microvm_tools`).
+    MicroVm,
 }
 
 pub struct Env {
@@ -122,6 +124,32 @@ impl Env {
                 }
                 Arc::new(exec)
             }
+            Mode::MicroVm => {
+                let t = microvm_tools()?;
+                let exec = MicroVmExecutor::new(MicroVmConfig {
+                    vmm: Vmm::Qemu,
+                    qemu: t.qemu,
+                    vhost_device_vsock: t.vhost,
+                    kernel: t.kernel,
+                    modules: MICROVM_MODULES
+                        .iter()
+                        .map(|m| t.modules.join(format!("{m}.ko")))
+                        .collect(),
+                    accel: atrund_microvm::qemu::Accel::Tcg,
+                    vcpus: 1,
+                    deno,
+                    init: (
+                        PathBuf::from(env!("CARGO_BIN_EXE_atrund-sandbox-init")),
+                        vec![],
+                    ),
+                    image_dir: root.join("microvm"),
+                    console: true,
+                })
+                .unwrap()
+                .with_cgroups(mgr.clone())
+                .with_egress(proxy.clone());
+                Arc::new(exec)
+            }
         };
         Some(Self {
             tmp,
@@ -183,6 +211,53 @@ impl Drop for Env {
         let _ = self.mgr.sweep();
         let _ = self.mgr.remove_parents();
     }
+}
+
+/// The kernel modules the Debian cloud kernel needs for virtio and vsock (scripts/setup.sh puts
+/// them in `tools/microvm/modules`).
+pub const MICROVM_MODULES: [&str; 6] = [
+    "virtio",
+    "virtio_ring",
+    "virtio_mmio",
+    "vsock",
+    "vmw_vsock_virtio_transport_common",
+    "vmw_vsock_virtio_transport",
+];
+
+/// The microVM test tools.
+pub struct MicroVmTools {
+    pub qemu: PathBuf,
+    pub vhost: PathBuf,
+    pub kernel: PathBuf,
+    /// The directory of the modules.
+    pub modules: PathBuf,
+}
+
+/// The microVM tools (`ATRUND_TEST_MICROVM_DIR`, else `tools/microvm`), or `None` (with the
+/// reason printed) when they are missing outside CI.
+pub fn microvm_tools() -> Option<MicroVmTools> {
+    let dir = std::env::var_os("ATRUND_TEST_MICROVM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("tools/microvm"));
+    let t = MicroVmTools {
+        qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+        vhost: dir.join("bin/vhost-device-vsock"),
+        kernel: dir.join("vmlinux"),
+        modules: dir.join("modules"),
+    };
+    if let Some(missing) = [&t.qemu, &t.vhost, &t.kernel, &t.modules]
+        .into_iter()
+        .find(|p| !p.exists())
+    {
+        let why = format!(
+            "{} is missing; scripts/setup.sh installs the microVM test tools",
+            missing.display()
+        );
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("SKIPPED: {why}");
+        return None;
+    }
+    Some(t)
 }
 
 /// The test Deno binary (`ATRUND_TEST_DENO`, else the one scripts/setup.sh installs).

@@ -1,0 +1,535 @@
+//! The `microvm` backend (docs/microvm.md): each instance in a virtual machine of its own, with
+//! its own guest kernel. The VMM is QEMU `-M microvm` with `vhost-device-vsock` (Firecracker's
+//! launch is not built yet). The guest's file system is one cached initramfs (`guest_image`):
+//! the agent (`sandbox-init` as PID 1, `guest`), Deno, their libraries and the kernel modules.
+//!
+//! An instance's start, on top of the shared process layer (`process`):
+//! - the work dir holds the VM's sockets, its plan (`vm.json`), its logs and the exit report;
+//! - the process the layer launches is the VM's launcher (`sandbox-init vmm`, `vm_launcher`),
+//!   joined to the instance's host cgroup before exec, with the instance's environment (its
+//!   secrets) as its own; it starts the vsock backend and the VMM as its children, so the
+//!   whole VM is in the cgroup and dies with the process group;
+//! - calls go over the VMM's hybrid vsock socket to guest port 1025 (`CONNECT`), where the agent
+//!   carries them to the shim's socket;
+//! - egress: the guest has no network card; Deno's proxy is the guest's `127.0.0.1:3128`, which
+//!   the guest's init forwards to the agent, the agent to the host's CID 2 port 3128, which the
+//!   VMM's backend turns into a connection on `<uds>_3128`, where this backend forwards to the
+//!   egress proxy with the instance's token (`egress::forwarder`), as for a container.
+//!
+//! Limits: the instance's memory and tasks are a cgroup inside the guest (the agent reports its
+//! OOM kills and refused forks, under the usual error names); the guest's RAM is the instance's
+//! memory plus room for the guest kernel and the image, and the host cgroup holds the whole VM
+//! (that RAM plus the VMM's own) with the instance's CPU quota; the CPU budget is the VM's CPU
+//! time; the wall clock, response cap and file limit are the process layer's and the guest's.
+//!
+//! Owns: the plan of one VM (QEMU's and the backend's command lines, the guest's paths, its init
+//! config and limits). Must not: talk to the guest (the launcher does), or choose permissions.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use atrund_egress::EgressProxy;
+use atrund_microvm::qemu::{vhost_device_vsock_args, Accel, QemuVm};
+
+use crate::cgroup::{CgroupLimits, CgroupManager};
+use crate::deno::deno_args;
+use crate::guest::{self, FileSpec, GuestLimits, Start};
+use crate::guest_image::{cached_initramfs, CachedImage, GuestPieces};
+use crate::hostfs::{self, Needed, DATA_DIR_FIX};
+use crate::init_config::{InitConfig, ProxyForward};
+use crate::process::{self, Join, Launch, VmLaunch};
+use crate::vm_launcher::{Program, VmPlan};
+use crate::{sys, DenoBinary, Enforcement, Executor, Instance, InstanceSpec, RunAs, SandboxError};
+
+/// Paths inside the guest.
+const WORK: &str = "/work";
+const GUEST_DENO: &str = "/bin/deno";
+const GUEST_PROXY_SOCKET: &str = "/run/agent/egress-in.sock";
+/// Files in the instance's host work dir.
+const PLAN: &str = "vm.json";
+const VSOCK: &str = "v.sock";
+const BACKEND_SOCKET: &str = "vhost.sock";
+const EXIT_REPORT: &str = "exit.json";
+const VMM_LOG: &str = "vmm.log";
+const CONSOLE: &str = "console.log";
+/// Guest RAM beyond the instance's memory and twice the image (it is held packed and unpacked
+/// while the kernel unpacks it): the guest kernel and the agent.
+const GUEST_BASE_MIB: u64 = 96;
+/// The VMM's own memory beside the guest's, per accelerator: QEMU's TCG keeps a translation
+/// cache (measured: 320–360 MiB resident per guest); with KVM it is small.
+const VMM_OVERHEAD_TCG_MIB: u64 = 512;
+const VMM_OVERHEAD_KVM_MIB: u64 = 128;
+/// Tasks in the host cgroup: the launcher, the backend's and the VMM's threads (the instance's
+/// own task limit is the guest's).
+const HOST_PIDS: u64 = 256;
+
+/// Which VMM runs the guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vmm {
+    Qemu,
+}
+
+/// Settings of the `microvm` backend.
+#[derive(Debug, Clone)]
+pub struct MicroVmConfig {
+    pub vmm: Vmm,
+    /// `qemu-system-x86_64`.
+    pub qemu: PathBuf,
+    /// `vhost-device-vsock`, QEMU's vsock backend.
+    pub vhost_device_vsock: PathBuf,
+    /// The guest kernel, uncompressed (`vmlinux`, PVH-bootable).
+    pub kernel: PathBuf,
+    /// Kernel modules the guest loads before the agent runs (virtio and vsock, when the kernel
+    /// does not have them built in).
+    pub modules: Vec<PathBuf>,
+    pub accel: Accel,
+    pub vcpus: u8,
+    pub deno: DenoBinary,
+    /// The program that runs [`crate::init::main`] and the arguments before its own:
+    /// `(at-rund, ["sandbox-init"])` in the daemon. It is the VM's launcher on the host and the
+    /// agent in the guest.
+    pub init: (PathBuf, Vec<String>),
+    /// Where guest images are cached (`<data_dir>/microvm`).
+    pub image_dir: PathBuf,
+    /// Keep each guest's serial console in its work dir (shown when a start fails); it costs
+    /// a little boot time.
+    pub console: bool,
+}
+
+/// The `microvm` executor.
+#[derive(Clone)]
+pub struct MicroVmExecutor {
+    cfg: MicroVmConfig,
+    image: CachedImage,
+    cgroups: Option<Arc<CgroupManager>>,
+    egress: Option<Arc<EgressProxy>>,
+    nofile_hard: Option<u64>,
+    run_as: Option<RunAs>,
+    euid_root: bool,
+}
+
+impl std::fmt::Debug for MicroVmExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MicroVmExecutor")
+            .field("cfg", &self.cfg)
+            .field("image", &self.image)
+            .field("run_as", &self.run_as)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MicroVmExecutor {
+    /// Builds (or reuses) the guest image. Blocking: reads the pieces and writes the image.
+    /// Instances of a root daemon run as [`RunAs::NOBODY`] until [`Self::with_run_as`].
+    pub fn new(cfg: MicroVmConfig) -> Result<Self, SandboxError> {
+        for (what, p) in [
+            ("the VMM", &cfg.qemu),
+            ("vhost-device-vsock", &cfg.vhost_device_vsock),
+        ] {
+            if !crate::executables::is_executable(p) {
+                return Err(SandboxError::StartFailed(format!(
+                    "microvm: {what} '{}' is not an executable file",
+                    p.display()
+                )));
+            }
+        }
+        if !cfg.kernel.is_file() {
+            return Err(SandboxError::StartFailed(format!(
+                "microvm: the guest kernel '{}' is not a file",
+                cfg.kernel.display()
+            )));
+        }
+        let image = cached_initramfs(
+            &cfg.image_dir,
+            &GuestPieces {
+                agent: cfg.init.0.clone(),
+                deno: cfg.deno.path().to_path_buf(),
+                modules: cfg.modules.clone(),
+            },
+        )?;
+        tracing::info!(
+            image = %image.path.display(),
+            mib = image.bytes / (1024 * 1024),
+            agent_stripped = image.agent_stripped,
+            "microvm guest image ready"
+        );
+        if !image.agent_stripped {
+            tracing::warn!("objcopy is not on PATH: the guest agent keeps its debug sections, so each guest needs more RAM (install binutils)");
+        }
+        Ok(Self {
+            cfg,
+            image,
+            cgroups: None,
+            egress: None,
+            nofile_hard: sys::nofile_hard_limit(),
+            run_as: None,
+            euid_root: sys::effective_root(),
+        }
+        .with_run_as(RunAs::NOBODY))
+    }
+
+    /// The host uid and gid the launcher, the VMM and its backend run as when the daemon is
+    /// root (`sandbox.run_as_uid`, `sandbox.run_as_gid`).
+    pub fn with_run_as(mut self, id: RunAs) -> Self {
+        self.run_as = self.euid_root.then_some(id);
+        self
+    }
+
+    /// Puts every VM into its own cgroup under `manager`'s parents.
+    pub fn with_cgroups(mut self, manager: Arc<CgroupManager>) -> Self {
+        self.cgroups = Some(manager);
+        self
+    }
+
+    /// Gives instances egress through `proxy`; without it they have no network at all.
+    pub fn with_egress(mut self, proxy: Arc<EgressProxy>) -> Self {
+        self.egress = Some(proxy);
+        self
+    }
+
+    /// How guests' CPUs run.
+    pub fn accel(&self) -> Accel {
+        self.cfg.accel
+    }
+
+    /// The guest image in use.
+    pub fn image(&self) -> &CachedImage {
+        &self.image
+    }
+
+    /// Guest RAM for an instance of `memory_mib`.
+    fn guest_mib(&self, memory_mib: u64) -> u64 {
+        let image_mib = self.image.bytes.div_ceil(1024 * 1024);
+        memory_mib + 2 * image_mib + GUEST_BASE_MIB
+    }
+
+    fn vmm_overhead_mib(&self) -> u64 {
+        match self.cfg.accel {
+            Accel::Tcg => VMM_OVERHEAD_TCG_MIB,
+            Accel::Kvm => VMM_OVERHEAD_KVM_MIB,
+        }
+    }
+
+    /// What the VM's processes need of the host as `id`.
+    fn check_reachable(&self, spec: &InstanceSpec, id: RunAs) -> Result<(), SandboxError> {
+        let install = "install it where that user can run it (e.g. /usr/local/bin or /usr/bin)";
+        let readable = "make it and the dirs on its way readable by that user";
+        let need = Needed::new;
+        hostfs::check_reachable(
+            &spec.id,
+            id,
+            &[
+                need(
+                    &self.cfg.init.0,
+                    0o1,
+                    "execute at-rund as the VM's launcher",
+                    install,
+                ),
+                need(&self.cfg.qemu, 0o1, "execute the VMM", install),
+                need(
+                    &self.cfg.vhost_device_vsock,
+                    0o1,
+                    "execute vhost-device-vsock",
+                    install,
+                ),
+                need(&self.cfg.kernel, 0o4, "read the guest kernel", readable),
+                need(&self.image.path, 0o4, "read the guest image", DATA_DIR_FIX),
+                need(
+                    spec.bundle_file.as_path(),
+                    0o4,
+                    "read the bundle",
+                    "keep the code where that user can read it (at-rund dev: the bundle's folder)",
+                ),
+                need(&spec.work_dir, 0o1, "reach its work dir", DATA_DIR_FIX),
+            ],
+        )
+    }
+
+    /// The plan of `spec`'s VM, and the environment its launcher (and so the instance) gets.
+    fn plan(
+        &self,
+        spec: &InstanceSpec,
+        shim: &Path,
+        proxy_url: Option<&str>,
+    ) -> Result<(VmPlan, Vec<(String, String)>), SandboxError> {
+        let bundle_name = spec
+            .bundle_file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("main.js");
+        let work = Path::new(WORK);
+        let inside = InstanceSpec {
+            bundle_file: work.join(bundle_name),
+            work_dir: WORK.into(),
+            data_dir: "/data".into(),
+            deno_dir: "/tmp/deno".into(),
+            ..spec.clone()
+        };
+        let socket_in = work.join(process::SOCKET_FILE);
+        let shim_in = work.join(process::SHIM_FILE);
+        let mut args = deno_args(&inside, &shim_in, &socket_in)?;
+        crate::container::widen(&mut args, "--allow-read=", "/tmp");
+        crate::container::widen(&mut args, "--allow-write=", "/tmp");
+        let mut argv = vec![GUEST_DENO.to_string()];
+        argv.extend(args.into_iter().map(|a| a.to_string_lossy().into_owned()));
+        let paths = |xs: &[&str]| xs.iter().map(PathBuf::from).collect::<Vec<_>>();
+        let init = InitConfig {
+            argv,
+            read_only: paths(&["/etc", "/proc", "/dev"]),
+            execute: paths(&["/bin", "/lib", "/lib64", "/usr"]),
+            read_write: paths(&[WORK, "/tmp", "/dev/null"]),
+            proxy: proxy_url.map(|_| ProxyForward {
+                port: crate::container::PROXY_PORT,
+                socket: GUEST_PROXY_SOCKET.into(),
+            }),
+        };
+        let start = Start {
+            init,
+            env: Vec::new(),
+            files: vec![
+                FileSpec {
+                    path: inside.bundle_file.clone(),
+                    len: 0,
+                },
+                FileSpec {
+                    path: shim_in,
+                    len: 0,
+                },
+            ],
+            shim_socket: socket_in,
+            limits: Some(GuestLimits {
+                memory_mib: spec.memory_mib,
+                pids: spec.limits.pids,
+                open_files: spec.limits.open_files,
+                max_file_bytes: spec.limits.max_file_bytes,
+            }),
+        };
+
+        let at = |name: &str| spec.work_dir.join(name);
+        let utf8 = |args: Vec<std::ffi::OsString>| -> Result<Vec<String>, SandboxError> {
+            args.into_iter()
+                .map(|a| {
+                    a.into_string().map_err(|a| {
+                        SandboxError::StartFailed(format!(
+                            "microvm: the path {a:?} is not UTF-8; configure plain paths"
+                        ))
+                    })
+                })
+                .collect()
+        };
+        let guest_mib = self.guest_mib(spec.memory_mib);
+        let vm = QemuVm {
+            qemu: self.cfg.qemu.clone(),
+            kernel: self.cfg.kernel.clone(),
+            initrd: Some(self.image.path.clone()),
+            root_image: None,
+            memory_mib: u32::try_from(guest_mib).map_err(|_| {
+                SandboxError::StartFailed(format!(
+                    "microvm: {guest_mib} MiB of guest RAM is too much"
+                ))
+            })?,
+            vcpus: self.cfg.vcpus,
+            accel: self.cfg.accel,
+            vhost_socket: at(BACKEND_SOCKET),
+            append: String::new(),
+            console: self.cfg.console.then(|| at(CONSOLE)),
+        };
+        let plan = VmPlan {
+            vsock_backend: Some(Program {
+                path: self.cfg.vhost_device_vsock.clone(),
+                args: utf8(vhost_device_vsock_args(&at(BACKEND_SOCKET), &at(VSOCK), 3))?,
+            }),
+            backend_socket: Some(at(BACKEND_SOCKET)),
+            vmm: Program {
+                path: self.cfg.qemu.clone(),
+                args: utf8(vm.args())?,
+            },
+            uds: at(VSOCK),
+            start,
+            sources: vec![spec.bundle_file.clone(), shim.to_path_buf()],
+            boot_timeout_ms: spec.start_timeout.as_millis() as u64,
+            exit_report: at(EXIT_REPORT),
+            log: at(VMM_LOG),
+            console: vm.console.clone(),
+        };
+        let mut env = spec.env.clone();
+        for (k, v) in [
+            ("DENO_DIR", "/tmp/deno"),
+            ("DENO_NO_UPDATE_CHECK", "1"),
+            ("NO_COLOR", "1"),
+            ("HOME", "/tmp"),
+        ] {
+            env.push((k.into(), v.into()));
+        }
+        if let Some(url) = proxy_url {
+            env.push(("HTTP_PROXY".into(), url.into()));
+            env.push(("HTTPS_PROXY".into(), url.into()));
+        }
+        Ok((plan, env))
+    }
+}
+
+#[async_trait::async_trait]
+impl Executor for MicroVmExecutor {
+    fn name(&self) -> &'static str {
+        "microvm"
+    }
+
+    fn enforcement(&self) -> Vec<Enforcement> {
+        let mut e = process::enforcement_for(self.cgroups.as_ref(), self.nofile_hard);
+        for row in e.iter_mut() {
+            match row.limit {
+                "memory" => {
+                    row.enforced = true;
+                    row.how = format!(
+                        "a cgroup inside the guest (memory.max, OOM kills reported by the \
+                         agent); guest RAM is the instance's memory plus {} MiB for the image \
+                         and the guest kernel; the host cgroup holds the VM: {}",
+                        2 * self.image.bytes.div_ceil(1024 * 1024) + GUEST_BASE_MIB,
+                        row.how
+                    );
+                }
+                "pids" => {
+                    row.enforced = true;
+                    row.how = "pids.max of a cgroup inside the guest, refused forks reported by \
+                               the agent"
+                        .into();
+                }
+                _ => {}
+            }
+        }
+        e.push(Enforcement {
+            limit: "guestKernel",
+            enforced: true,
+            how: format!(
+                "one QEMU microvm per instance ({}), its own guest kernel, no network card; \
+                 Landlock and seccomp inside the guest as in a container",
+                match self.cfg.accel {
+                    Accel::Kvm => "KVM",
+                    Accel::Tcg => "software emulation: a test mode, about 100 times slower",
+                }
+            ),
+        });
+        e.push(match self.run_as {
+            Some(id) => Enforcement {
+                limit: "unprivileged",
+                enforced: true,
+                how: format!(
+                    "the VM's launcher, its VMM and vsock backend run as host uid {} gid {}, \
+                     no supplementary groups, no capabilities",
+                    id.uid, id.gid
+                ),
+            },
+            None => Enforcement {
+                limit: "unprivileged",
+                enforced: false,
+                how: "at-rund is not root, so the VMM runs as at-rund's own user".into(),
+            },
+        });
+        e
+    }
+
+    async fn warm(&self, spec: InstanceSpec) -> Result<Arc<dyn Instance>, SandboxError> {
+        let started_at = Instant::now();
+        if !spec.permissions.read.is_empty() || !spec.permissions.write.is_empty() {
+            return Err(SandboxError::StartFailed(
+                "the microvm backend does not carry a bundle's data paths (manifest read/write) \
+                 into the guest yet; run this bundle under isolation = \"container\""
+                    .into(),
+            ));
+        }
+        let (socket, shim) = process::work_paths(&spec)?;
+        // The VMM's sockets are the longest names in the work dir.
+        let longest = spec
+            .work_dir
+            .join(format!("{VSOCK}_{}", guest::EGRESS_PORT));
+        if longest.as_os_str().len() > 107 {
+            return Err(SandboxError::StartFailed(
+                "the microVM's vsock socket path is longer than 107 bytes; configure a shorter data dir"
+                    .into(),
+            ));
+        }
+        process::prepare_work_dir(&spec, &socket, &shim, self.run_as).await?;
+        let fail = |e: SandboxError| {
+            let _ = std::fs::remove_dir_all(&spec.work_dir);
+            e
+        };
+        if let Some(id) = self.run_as {
+            self.check_reachable(&spec, id).map_err(fail)?;
+        }
+
+        let mut keep: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
+        let mut proxy_url = None;
+        if let Some(proxy) = &self.egress {
+            let (reg, token) = crate::egress::register(proxy, &spec, true).map_err(fail)?;
+            let fwd = crate::egress::forwarder(
+                &atrund_microvm::vsock::guest_port_path(
+                    &spec.work_dir.join(VSOCK),
+                    guest::EGRESS_PORT,
+                ),
+                proxy.local_addr(),
+                reg.announcer(),
+                self.run_as,
+            )
+            .map_err(fail)?;
+            keep.push(Box::new(reg));
+            keep.push(Box::new(fwd));
+            proxy_url = Some(atrund_egress::proxy_url(
+                &token,
+                std::net::SocketAddr::from(([127, 0, 0, 1], crate::container::PROXY_PORT)),
+            ));
+        }
+        let (plan, env) = self
+            .plan(&spec, &shim, proxy_url.as_deref())
+            .map_err(fail)?;
+        let json = serde_json::to_vec(&plan)
+            .map_err(|e| fail(SandboxError::StartFailed(format!("vm plan: {e}"))))?;
+        // Public (0644): the launcher reads it as the instances' uid; it holds no secret value.
+        hostfs::write_file_atomic(&spec.work_dir, PLAN, &json, 0o644)
+            .map_err(|e| fail(process::io_err("write", &spec.work_dir.join(PLAN), e)))?;
+
+        let mut cmd = tokio::process::Command::new(&self.cfg.init.0);
+        cmd.args(&self.cfg.init.1)
+            .arg(crate::vm_launcher::VMM_ARG)
+            .arg(spec.work_dir.join(PLAN))
+            // The instance's environment, secrets included: the launcher sends its own to the
+            // guest, so values stay out of every command line.
+            .env_clear()
+            .envs(env)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let guest_mib = self.guest_mib(spec.memory_mib);
+        process::launch(Launch {
+            spec: &spec,
+            cmd,
+            program: &self.cfg.init.0,
+            socket: spec.work_dir.join(VSOCK),
+            cgroups: self.cgroups.as_ref(),
+            nofile: self
+                .nofile_hard
+                .map_or(spec.limits.open_files, |h| spec.limits.open_files.min(h)),
+            started_at,
+            keep,
+            inherit: Vec::new(),
+            run_as: self.run_as,
+            confine: None,
+            gate: None,
+            // The launcher forks the VMM: both must start inside.
+            join: Join::BeforeExec,
+            spares: None,
+            vm: Some(VmLaunch {
+                vsock_port: guest::CALLS_PORT,
+                host_limits: CgroupLimits {
+                    memory_mib: guest_mib + self.vmm_overhead_mib(),
+                    pids: HOST_PIDS,
+                    cpu_quota_percent: spec.limits.cpu_quota_percent,
+                },
+                exit_report: spec.work_dir.join(EXIT_REPORT),
+            }),
+        })
+        .await
+    }
+}
