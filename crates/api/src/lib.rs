@@ -37,7 +37,7 @@ pub const RETRY_JOB: &str = "dev.atrund.retryJob";
 #[serde(rename_all = "camelCase")]
 pub struct DescribeRunner {
     pub software: Software,
-    /// The isolation backend in use: `none` or `container`.
+    /// The isolation backend in use: `none`, `container` or `microvm`.
     pub isolation: String,
     pub runtimes: Vec<Runtime>,
     /// X25519, multibase (`z` + base58btc of 0xec01 + key): what `at-run secrets set` seals to.

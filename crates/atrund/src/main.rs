@@ -126,6 +126,11 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // As a microVM guest's `/init` (the guest image carries this binary), the kernel starts it
+    // as PID 1 with no arguments: it is the guest agent (docs/microvm.md).
+    if std::process::id() == 1 && std::env::args_os().len() == 1 {
+        return atrund_sandbox::init::main(&[]);
+    }
     let cli = Cli::parse();
     // Before logging and the async runtime: PID 1 of a sandbox stays single-threaded until it
     // has confined itself.

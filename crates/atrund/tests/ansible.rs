@@ -336,7 +336,7 @@ fn the_role_installs_at_rund_idempotently() {
     // env file with a variable at-rund does not know.
     let bad = playbook.apply(r#"{"at_rund_policy": "open", "at_rund_isolation": "microvm"}"#);
     assert!(!bad.ok, "a refused config was applied:\n{}", bad.log);
-    assert!(bad.log.contains("not available yet"), "{}", bad.log);
+    assert!(bad.log.contains("needs a guest kernel"), "{}", bad.log);
     assert!(std::fs::read_to_string(&config)
         .unwrap()
         .contains("isolation = \"auto\""));

@@ -32,6 +32,7 @@ const OPTIONAL_KEYS: &[(&str, Kind)] = &[
     ("trust.operator", Kind::Str),
     ("dns_server", Kind::Str),
     ("extra_ca_file", Kind::Str),
+    ("microvm.kernel", Kind::Str),
 ];
 
 /// Keys an older version read under another name: `(old, new)`. Refused with the new name (not

@@ -40,9 +40,11 @@ impl Config {
                 format!("'{}' is not a file", kernel.display()),
             ));
         }
-        if let Some(bad) = m.modules.iter().find(|p| {
-            !p.is_file() || p.extension().and_then(|e| e.to_str()) != Some("ko")
-        }) {
+        if let Some(bad) = m
+            .modules
+            .iter()
+            .find(|p| !p.is_file() || p.extension().and_then(|e| e.to_str()) != Some("ko"))
+        {
             return Err(invalid(
                 "microvm.modules",
                 format!(
@@ -62,7 +64,10 @@ impl Config {
             ("microvm.vhost_device_vsock", &m.vhost_device_vsock),
         ] {
             if v.is_empty() {
-                return Err(invalid(key, "must name the program (a path or a name on PATH)".into()));
+                return Err(invalid(
+                    key,
+                    "must name the program (a path or a name on PATH)".into(),
+                ));
             }
         }
         Ok(())

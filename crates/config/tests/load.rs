@@ -303,7 +303,7 @@ fn unknown_file_keys_are_refused() {
     assert!(e.to_string().contains("default, max"), "{e}");
 
     let e = err(Some("[microvm]\nkind = \"none\""), &[]);
-    assert_eq!(e.key(), Some("microvm"));
+    assert_eq!(e.key(), Some("microvm.kind"));
     let e = err(Some("[sandbox]\nkind = \"none\""), &[]);
     assert_eq!(e.key(), Some("sandbox.kind"));
 }
@@ -463,16 +463,90 @@ fn idle_freeze_keys() {
 }
 
 #[test]
-fn microvm_isolation_is_refused_plainly_and_container_auto_load() {
-    for mode in ["microvm", "firecracker"] {
-        let e = err(Some(&format!("isolation = \"{mode}\"")), &[]);
-        assert_eq!((e.code(), e.key()), ("ConfigInvalid", Some("isolation")));
-        let msg = e.to_string();
-        assert!(
-            msg.contains(mode) && msg.contains("not available yet") && msg.contains("container"),
-            "{msg}"
-        );
+fn microvm_needs_its_settings_firecracker_is_refused_plainly_and_container_auto_load() {
+    let e = err(Some("isolation = \"firecracker\""), &[]);
+    assert_eq!((e.code(), e.key()), ("ConfigInvalid", Some("isolation")));
+    let msg = e.to_string();
+    assert!(
+        msg.contains("firecracker") && msg.contains("not available yet") && msg.contains("qemu"),
+        "{msg}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("vmlinux");
+    std::fs::write(&kernel, "not really a kernel").unwrap();
+    let module = dir.path().join("vsock.ko");
+    std::fs::write(&module, "").unwrap();
+    let k = kernel.to_str().unwrap();
+    let m = module.to_str().unwrap();
+    fn with<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut v = vec![("ATRUND_ISOLATION", "microvm")];
+        v.extend_from_slice(extra);
+        v
     }
+    for (env, key, says) in [
+        (with(&[]), "microvm.kernel", "needs a guest kernel"),
+        (
+            with(&[("ATRUND_MICROVM_KERNEL", "/nonexistent/vmlinux")]),
+            "microvm.kernel",
+            "is not a file",
+        ),
+        (
+            with(&[
+                ("ATRUND_MICROVM_KERNEL", k),
+                ("ATRUND_MICROVM_MODULES", "/etc/hostname"),
+            ]),
+            "microvm.modules",
+            "not a kernel module",
+        ),
+        (
+            with(&[("ATRUND_MICROVM_KERNEL", k), ("ATRUND_MICROVM_VCPUS", "0")]),
+            "microvm.vcpus",
+            "1 to 32",
+        ),
+        (
+            with(&[
+                ("ATRUND_MICROVM_KERNEL", k),
+                ("ATRUND_MICROVM_VMM", "firecracker"),
+            ]),
+            "microvm.vmm",
+            "not built yet",
+        ),
+        (
+            with(&[("ATRUND_MICROVM_KERNEL", k), ("ATRUND_MICROVM_QEMU", "")]),
+            "microvm.qemu",
+            "must name the program",
+        ),
+    ] {
+        let e = err(None, &env);
+        assert_eq!((e.code(), e.key()), ("ConfigInvalid", Some(key)), "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+    }
+    let e = err(
+        None,
+        &with(&[
+            ("ATRUND_MICROVM_KERNEL", k),
+            ("ATRUND_MICROVM_ACCEL", "xen"),
+        ]),
+    );
+    assert_eq!(
+        (e.code(), e.key()),
+        ("ConfigBadValue", Some("microvm.accel"))
+    );
+    assert!(e.to_string().contains("\"tcg\""), "{e}");
+    let c = load(
+        None,
+        &with(&[
+            ("ATRUND_MICROVM_KERNEL", k),
+            ("ATRUND_MICROVM_MODULES", m),
+            ("ATRUND_MICROVM_ACCEL", "tcg"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.isolation.as_str(), "microvm");
+    assert_eq!(c.microvm.accel, atrund_config::MicroVmAccel::Tcg);
+    assert_eq!(c.microvm.modules, vec![module.clone()]);
+    // Unused without isolation = "microvm": nothing is checked.
+    assert!(load(None, &[("ATRUND_MICROVM_VCPUS", "0")]).is_ok());
     for mode in ["none", "auto", "container"] {
         assert_eq!(
             load(None, &[("ATRUND_ISOLATION", mode)])

@@ -250,10 +250,7 @@ fn missing_cgroup_limits(c: &Choice) -> Option<String> {
 
 /// The microVM backend as `[microvm]` describes it: the host check first (KVM only), the
 /// cgroup limits the VM is held in, then the guest image.
-async fn microvm_executor(
-    c: &Choice,
-    proxy: &Arc<EgressProxy>,
-) -> Result<MicroVmExecutor, String> {
+async fn microvm_executor(c: &Choice, proxy: &Arc<EgressProxy>) -> Result<MicroVmExecutor, String> {
     let cfg = c
         .microvm
         .clone()

@@ -67,6 +67,10 @@ pub struct Start {
     /// The instance's limits, applied inside the guest; `None`: none.
     #[serde(default)]
     pub limits: Option<GuestLimits>,
+    /// Arguments before the config path when the agent runs the instance's init, which is its
+    /// own binary: `["sandbox-init"]` when that is at-rund, none for `atrund-sandbox-init`.
+    #[serde(default)]
+    pub init_args: Vec<String>,
 }
 
 /// Limits the agent applies to the instance. In a VM, memory and tasks go into a cgroup of the
@@ -406,7 +410,8 @@ async fn serve(t: Transport) -> Result<ExitCode, String> {
         .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
     let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
     let mut cmd = tokio::process::Command::new(&exe);
-    cmd.arg(&config_path)
+    cmd.args(&start.init_args)
+        .arg(&config_path)
         .env_clear()
         .envs(start.env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::piped())
@@ -677,6 +682,7 @@ mod tests {
             }],
             shim_socket: d.path().join("s.sock"),
             limits: None,
+            init_args: vec![],
         };
         let good = d.path().join("b/main.js");
         let mut buf = Vec::new();

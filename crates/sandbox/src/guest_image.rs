@@ -49,30 +49,13 @@ pub fn cached_initramfs(dir: &Path, p: &GuestPieces) -> Result<CachedImage, Sand
     let objcopy = crate::executables::find_executable("objcopy", &[]);
     let mut libs = crate::rootfs::needed_libs(&p.agent)?;
     libs.extend(crate::rootfs::needed_libs(&p.deno)?);
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    feed(LAYOUT.as_bytes());
-    feed(&[u8::from(objcopy.is_some())]);
-    for path in [&p.agent, &p.deno]
+    let files: Vec<&Path> = [p.agent.as_path(), p.deno.as_path()]
         .into_iter()
-        .chain(p.modules.iter())
-        .chain(libs.iter())
-    {
-        let m = std::fs::metadata(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
-        let mtime = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        feed(path.as_os_str().as_encoded_bytes());
-        feed(&m.len().to_le_bytes());
-        feed(&mtime.to_le_bytes());
-    }
+        .chain(p.modules.iter().map(PathBuf::as_path))
+        .chain(libs.iter().map(PathBuf::as_path))
+        .collect();
+    let seed = format!("{LAYOUT} stripped={}", objcopy.is_some());
+    let h = crate::rootfs::files_key(seed.as_bytes(), &files)?;
     let name = format!("{h:016x}.cpio");
     std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
     // The VMM runs as the instances' uid and reads the image.

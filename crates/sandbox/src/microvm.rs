@@ -304,6 +304,7 @@ impl MicroVmExecutor {
                 open_files: spec.limits.open_files,
                 max_file_bytes: spec.limits.max_file_bytes,
             }),
+            init_args: self.cfg.init.1.clone(),
         };
 
         let at = |name: &str| spec.work_dir.join(name);

@@ -32,6 +32,32 @@ fn err(msg: String) -> SandboxError {
     SandboxError::StartFailed(msg)
 }
 
+/// A name for a set of host files that changes when any of them does: a hash (FNV-1a) of `seed`
+/// and each file's path, size and modification time (no content read: the files are large).
+pub(crate) fn files_key(seed: &[u8], files: &[&Path]) -> Result<u64, SandboxError> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    feed(seed);
+    for p in files {
+        let m =
+            std::fs::metadata(p).map_err(|e| err(format!("cannot stat '{}': {e}", p.display())))?;
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        feed(p.as_os_str().as_encoded_bytes());
+        feed(&m.len().to_le_bytes());
+        feed(&mtime.to_le_bytes());
+    }
+    Ok(h)
+}
+
 impl Rootfs {
     /// The root for `binaries` under `state_dir`: reused when already built, else built
     /// (atomically: in a temp dir, then renamed). Other roots in `state_dir` are removed.
@@ -44,29 +70,12 @@ impl Rootfs {
                 }
             }
         }
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut feed = |bytes: &[u8]| {
-            for b in bytes {
-                h ^= u64::from(*b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-        };
-        for p in binaries
+        let files: Vec<&Path> = binaries
             .iter()
             .copied()
             .chain(libs.iter().map(|p| p.as_path()))
-        {
-            let m = std::fs::metadata(p)
-                .map_err(|e| err(format!("cannot stat '{}': {e}", p.display())))?;
-            let mtime = m
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos());
-            feed(p.as_os_str().as_encoded_bytes());
-            feed(&m.len().to_le_bytes());
-            feed(&mtime.to_le_bytes());
-        }
+            .collect();
+        let h = files_key(b"", &files)?;
         let name = format!("{h:016x}");
         std::fs::create_dir_all(state_dir)
             .map_err(|e| err(format!("cannot create '{}': {e}", state_dir.display())))?;

@@ -150,6 +150,7 @@ async fn the_agent_runs_an_instance_sent_over_its_control_channel() {
         ],
         shim_socket: socket.clone(),
         limits: None,
+        init_args: vec![],
     };
     let control = UnixStream::connect(dir.join(guest::CONTROL_SOCKET))
         .await

@@ -218,6 +218,7 @@ async fn an_instance_runs_in_a_qemu_microvm() {
         ],
         shim_socket: "/work/s.sock".into(),
         limits: None,
+        init_args: vec![],
     };
     let (r, mut wr) = tokio::io::split(control);
     guest::send_start(
