@@ -117,14 +117,21 @@ pub(crate) fn sandbox_choice(
         idle_timeout_ms,
         max_tunnels_per_instance,
     } = &config.egress;
-    let microvm = match requested {
-        Requested::MicroVm => Some(microvm_config(
+    // `auto` probes a microVM only when the operator has set one up.
+    let wants_microvm = match requested {
+        Requested::MicroVm => true,
+        Requested::Auto => config.microvm.kernel.is_some(),
+        _ => false,
+    };
+    let microvm = if wants_microvm {
+        Some(microvm_config(
             config,
             deno.clone(),
             (init.clone(), vec!["sandbox-init".into()]),
             rootfs_dir.with_file_name("microvm"),
-        )?),
-        _ => None,
+        )?)
+    } else {
+        None
     };
     Ok(Choice {
         microvm,
@@ -238,6 +245,10 @@ fn reachable_init(init: PathBuf, id: RunAs, staged: &Path) -> Result<PathBuf> {
 pub(crate) fn reachable_choice(mut choice: Choice, staged: &Path) -> Result<Choice> {
     choice.init.0 = reachable_init(choice.init.0, choice.run_as, staged)?;
     choice.deno = choice.deno.reachable_by(choice.run_as, staged)?;
+    // A microVM's launcher is the same binary (its guest image is read by the daemon itself).
+    if let Some(m) = &mut choice.microvm {
+        m.init.0 = choice.init.0.clone();
+    }
     Ok(choice)
 }
 

@@ -91,7 +91,10 @@ impl Config {
                     .into(),
             ));
         }
-        if self.isolation == Isolation::Microvm {
+        // `auto` boots a probe VM when a kernel is set: the section must hold then too.
+        if self.isolation == Isolation::Microvm
+            || (self.isolation == Isolation::Auto && self.microvm.kernel.is_some())
+        {
             self.check_microvm()?;
         }
 

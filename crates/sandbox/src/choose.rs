@@ -1,7 +1,7 @@
 //! Which backend runs instances on this machine (`isolation`): as configured (`microvm` needs
 //! `[microvm]`, and with KVM the host check of `atrund-microvm`), or for `auto` the strongest
-//! that really works here — microVM (not yet: `auto` has no boot probe; the host check says why
-//! a host could not run one anyway), then a container if
+//! that really works here — a microVM if the host check passes, `[microvm]` is set up for KVM
+//! and a probe VM boots and answers, then a container if
 //! bubblewrap is found, every cgroup limit is usable, the root assembles and a real probe
 //! sandbox runs, else `none` with a loud warning. The choice and its reason are reported as the
 //! `isolation` entry of describeRunner's `enforcement`; an explicit `container` that cannot work
@@ -147,7 +147,24 @@ pub async fn choose_executor(c: Choice) -> Result<Chosen, SandboxError> {
             Ok(chosen(Arc::new(exec), note(true, how.to_string())))
         }
         Requested::Auto => {
-            let microvm = microvm_verdict(Path::new("/"));
+            let host = atrund_microvm::host::check(Path::new("/")).map_err(|e| e.to_string());
+            let microvm = match auto_microvm(host, c.microvm.as_ref()) {
+                AutoMicroVm::Refused(why) => why,
+                AutoMicroVm::Probe => match probed_microvm(&c, &proxy).await {
+                    Ok((exec, took)) => {
+                        let how = format!(
+                            "auto chose microvm (a probe VM booted and answered in {} ms)",
+                            took.as_millis()
+                        );
+                        tracing::info!("isolation {how}");
+                        return Ok(chosen(Arc::new(exec), note(true, how)));
+                    }
+                    Err(why) => {
+                        tracing::warn!("isolation auto: microvm refused: {why}");
+                        format!("microvm refused: {why}")
+                    }
+                },
+            };
             match container_executor(&c, &proxy).await {
                 Ok(exec) => {
                     tracing::info!("isolation auto: container ({microvm})");
@@ -176,14 +193,51 @@ pub async fn choose_executor(c: Choice) -> Result<Chosen, SandboxError> {
     }
 }
 
-/// Why `auto` does not pick a microVM here: the host check's refusal (no usable KVM, PVM, no
-/// VT-x/AMD-V), or, on a host that passes it, that `auto` has no boot probe yet (only an explicit
-/// `isolation = "microvm"` runs one).
+/// What `auto` does about microVMs, before any VM is booted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AutoMicroVm {
+    /// Not here, and why (describeRunner's `isolation` line says it).
+    Refused(String),
+    /// The host passes the check and `[microvm]` is set up for KVM: boot a probe VM.
+    Probe,
+}
+
+/// `host` is the host check's outcome; `cfg` the `[microvm]` settings, if the operator gave a
+/// kernel. `auto` never picks software emulation: that is a test mode, chosen explicitly.
+fn auto_microvm(host: Result<(), String>, cfg: Option<&MicroVmConfig>) -> AutoMicroVm {
+    match (host, cfg) {
+        (Err(why), _) => AutoMicroVm::Refused(format!("microvm refused: {why}")),
+        (Ok(()), None) => AutoMicroVm::Refused(
+            "microvm: this host has usable KVM, but [microvm] is not set up (microvm.kernel, \
+             docs/microvm.md)"
+                .into(),
+        ),
+        (Ok(()), Some(c)) if c.accel == Accel::Tcg => AutoMicroVm::Refused(
+            "microvm: auto does not choose software emulation (microvm.accel = \"tcg\"); set \
+             isolation = \"microvm\" to use it"
+                .into(),
+        ),
+        (Ok(()), Some(_)) => AutoMicroVm::Probe,
+    }
+}
+
+/// The microVM backend, once a probe VM has booted and answered.
+async fn probed_microvm(
+    c: &Choice,
+    proxy: &Arc<EgressProxy>,
+) -> Result<(MicroVmExecutor, std::time::Duration), String> {
+    let exec = microvm_executor(c, proxy).await?;
+    let took = exec.probe().await?;
+    Ok((exec, took))
+}
+
+/// Whether this host could run microVMs, without booting one (`at-rund doctor`): the host
+/// check's refusal (no usable KVM, PVM, no VT-x/AMD-V), or that it passes.
 pub fn microvm_verdict(root: &Path) -> String {
     match atrund_microvm::host::check(root) {
         Err(why) => format!("microvm refused: {why}"),
-        Ok(()) => "microvm: this host has usable KVM, but auto does not boot a probe VM yet; \
-                   set isolation = \"microvm\" and [microvm] to use it"
+        Ok(()) => "microvm: this host has usable KVM; auto boots a probe VM when [microvm] is set \
+                   up (microvm.kernel)"
             .into(),
     }
 }
@@ -274,4 +328,51 @@ async fn microvm_executor(c: &Choice, proxy: &Arc<EgressProxy>) -> Result<MicroV
         .with_egress(proxy.clone())
         .with_run_as(c.run_as);
     Ok(exec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(accel: Accel) -> MicroVmConfig {
+        MicroVmConfig {
+            vmm: crate::Vmm::Qemu,
+            qemu: "/usr/bin/qemu-system-x86_64".into(),
+            vhost_device_vsock: "/usr/bin/vhost-device-vsock".into(),
+            kernel: "/boot/vmlinux".into(),
+            modules: vec![],
+            accel,
+            vcpus: 1,
+            // Any executable: nothing is run.
+            deno: DenoBinary::locate(Some(Path::new("/bin/sh"))).unwrap(),
+            init: ("/usr/bin/at-rund".into(), vec!["sandbox-init".into()]),
+            image_dir: "/var/lib/at-rund/microvm".into(),
+            console: false,
+        }
+    }
+
+    #[test]
+    fn auto_boots_a_probe_only_on_a_kvm_host_with_microvm_set_up() {
+        let pvm = Err("/dev/kvm is backed by PVM".to_string());
+        let kvm = cfg(Accel::Kvm);
+        let tcg = cfg(Accel::Tcg);
+        match auto_microvm(pvm, Some(&kvm)) {
+            AutoMicroVm::Refused(why) => {
+                assert!(
+                    why.starts_with("microvm refused: /dev/kvm is backed by PVM"),
+                    "{why}"
+                )
+            }
+            AutoMicroVm::Probe => panic!("a PVM host was probed"),
+        }
+        match auto_microvm(Ok(()), None) {
+            AutoMicroVm::Refused(why) => assert!(why.contains("microvm.kernel"), "{why}"),
+            AutoMicroVm::Probe => panic!("probed without [microvm]"),
+        }
+        match auto_microvm(Ok(()), Some(&tcg)) {
+            AutoMicroVm::Refused(why) => assert!(why.contains("software emulation"), "{why}"),
+            AutoMicroVm::Probe => panic!("auto chose emulation"),
+        }
+        assert_eq!(auto_microvm(Ok(()), Some(&kvm)), AutoMicroVm::Probe);
+    }
 }

@@ -64,6 +64,10 @@ const VMM_OVERHEAD_KVM_MIB: u64 = 128;
 /// own task limit is the guest's).
 const HOST_PIDS: u64 = 256;
 
+/// The bundle of [`MicroVmExecutor::probe`].
+const PROBE_BUNDLE: &str =
+    "export const ping = { method: \"GET\", handler: () => new Response(\"pong\") };\n";
+
 /// Which VMM runs the guests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Vmm {
@@ -186,6 +190,96 @@ impl MicroVmExecutor {
     pub fn with_egress(mut self, proxy: Arc<EgressProxy>) -> Self {
         self.egress = Some(proxy);
         self
+    }
+
+    /// Boots one VM with a one-endpoint bundle and calls it: `auto`'s proof that microVMs work
+    /// here (a VMM that starts proves nothing; the guest must boot and its agent, Deno and the
+    /// shim must answer). Returns the time from the start to the answer.
+    pub async fn probe(&self) -> Result<std::time::Duration, String> {
+        let dir = self
+            .cfg
+            .image_dir
+            .join(format!("probe-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let run = async {
+            hostfs::private_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            let bundle = dir.join("probe.js");
+            hostfs::write_file_atomic(&dir, "probe.js", PROBE_BUNDLE.as_bytes(), 0o644)
+                .map_err(|e| format!("{}: {e}", bundle.display()))?;
+            // The launcher's reason for a failed start is its last stderr line.
+            let said: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+            let heard = said.clone();
+            let sink: crate::OutputSink = Arc::new(move |stream, line: &str| {
+                if stream == crate::OutputStream::Stderr {
+                    if let Ok(mut g) = heard.lock() {
+                        *g = Some(line.to_string());
+                    }
+                }
+            });
+            let spec = InstanceSpec {
+                id: format!("microvm-probe-{}", std::process::id()),
+                bundle_file: bundle,
+                work_dir: dir.join("w"),
+                data_dir: dir.join("data"),
+                deno_dir: dir.join("deno"),
+                permissions: Default::default(),
+                env: Vec::new(),
+                memory_mib: 64,
+                request_timeout: std::time::Duration::from_secs(30),
+                start_timeout: match self.cfg.accel {
+                    Accel::Kvm => std::time::Duration::from_secs(30),
+                    Accel::Tcg => std::time::Duration::from_secs(120),
+                },
+                limits: Default::default(),
+                output: Some(sink),
+                runner_calls: None,
+            };
+            let t = Instant::now();
+            let inst = self.warm(spec).await.map_err(|e| {
+                match said.lock().ok().and_then(|g| g.clone()) {
+                    Some(line) => format!("{e}: {line}"),
+                    None => e.to_string(),
+                }
+            })?;
+            let call = crate::Invocation {
+                kind: crate::CallKind::Endpoint,
+                endpoint: "ping".into(),
+                request: http::Request::get("/")
+                    .body(crate::empty_body())
+                    .map_err(|e| e.to_string())?,
+                timeout: None,
+            };
+            let answer = async {
+                use http_body_util::BodyExt;
+                let res = inst.execute(call).await.map_err(|e| e.to_string())?;
+                let body = res
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_bytes();
+                Ok::<_, String>(body)
+            }
+            .await;
+            let took = t.elapsed();
+            inst.shutdown().await;
+            match answer {
+                Ok(b) if b.as_ref() == b"pong" => Ok(took),
+                Ok(b) => Err(format!(
+                    "the probe VM answered {:?}, not \"pong\"",
+                    String::from_utf8_lossy(&b)
+                )),
+                Err(e) => Err(format!("the probe VM booted but its call failed: {e}")),
+            }
+        };
+        let out = run.await;
+        let _ = std::fs::remove_dir_all(&dir);
+        out
     }
 
     /// How guests' CPUs run.

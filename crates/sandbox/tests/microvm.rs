@@ -394,6 +394,19 @@ async fn the_microvm_backend_serves_and_contains_bundles() {
         warm.push(t.elapsed());
     }
     warm.sort();
+    // Concurrent calls, each on a vsock connection of its own.
+    let burst = (0..8).map(|_| call_json(&*inst, q("envGet", &[("name", "API_KEY")])));
+    for r in futures::future::join_all(burst).await {
+        assert_eq!(r.unwrap()["leaked"], "sekrit-42");
+    }
+    // Frozen while idle (the whole VM, in its host cgroup), thawed by the next call.
+    if let Some(after) = env.mgr.freeze_after_idle() {
+        tokio::time::sleep(after + Duration::from_millis(500)).await;
+        let v = call_json(&*inst, q("envGet", &[("name", "API_KEY")]))
+            .await
+            .unwrap();
+        assert_eq!(v["leaked"], "sekrit-42", "after the idle freeze: {v}");
+    }
 
     let refused = |v: &serde_json::Value, name: &str| {
         assert_eq!(v["error"], name, "{v}");
@@ -485,4 +498,35 @@ async fn the_microvm_backend_serves_and_contains_bundles() {
         warm[warm.len() / 2],
         warm[warm.len() - 1]
     );
+}
+
+/// `auto`'s probe: a VM that boots and answers passes; one that starts but whose guest never
+/// answers (no vsock modules: the agent cannot listen) fails with the reason, however well QEMU
+/// itself started.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_boot_probe_needs_an_answer_from_the_guest() {
+    use common::{microvm_executor, microvm_tools, Env, Mode};
+    let _one = ONE_VM.lock().await;
+    let Some(env) = Env::new("mvp", Mode::None).await else {
+        return;
+    };
+    let Some(t) = microvm_tools() else {
+        return;
+    };
+    let modules: Vec<PathBuf> = common::MICROVM_MODULES
+        .iter()
+        .map(|m| t.modules.join(format!("{m}.ko")))
+        .collect();
+    let good = microvm_executor(&env.root.join("good"), t, modules).with_cgroups(env.mgr.clone());
+    let took = good.probe().await.expect("the probe VM answers");
+    eprintln!("MEASURED (TCG): the boot probe answered in {took:?}");
+
+    let t = microvm_tools().unwrap();
+    let mute = microvm_executor(&env.root.join("mute"), t, vec![]).with_cgroups(env.mgr.clone());
+    let e = mute
+        .probe()
+        .await
+        .expect_err("a guest without vsock cannot answer");
+    assert!(e.contains("before its agent answered"), "{e}");
+    eprintln!("the mute guest's probe: {e}");
 }

@@ -126,29 +126,15 @@ impl Env {
             }
             Mode::MicroVm => {
                 let t = microvm_tools()?;
-                let exec = MicroVmExecutor::new(MicroVmConfig {
-                    vmm: Vmm::Qemu,
-                    qemu: t.qemu,
-                    vhost_device_vsock: t.vhost,
-                    kernel: t.kernel,
-                    modules: MICROVM_MODULES
-                        .iter()
-                        .map(|m| t.modules.join(format!("{m}.ko")))
-                        .collect(),
-                    accel: atrund_microvm::qemu::Accel::Tcg,
-                    vcpus: 1,
-                    deno,
-                    init: (
-                        PathBuf::from(env!("CARGO_BIN_EXE_atrund-sandbox-init")),
-                        vec![],
-                    ),
-                    image_dir: root.join("microvm"),
-                    console: true,
-                })
-                .unwrap()
-                .with_cgroups(mgr.clone())
-                .with_egress(proxy.clone());
-                Arc::new(exec)
+                let modules = MICROVM_MODULES
+                    .iter()
+                    .map(|m| t.modules.join(format!("{m}.ko")))
+                    .collect();
+                Arc::new(
+                    microvm_executor(&root, t, modules)
+                        .with_cgroups(mgr.clone())
+                        .with_egress(proxy.clone()),
+                )
             }
         };
         Some(Self {
@@ -258,6 +244,27 @@ pub fn microvm_tools() -> Option<MicroVmTools> {
         return None;
     }
     Some(t)
+}
+
+/// A microVM executor under TCG with the guest image under `root/microvm` and these modules.
+pub fn microvm_executor(root: &Path, t: MicroVmTools, modules: Vec<PathBuf>) -> MicroVmExecutor {
+    MicroVmExecutor::new(MicroVmConfig {
+        vmm: Vmm::Qemu,
+        qemu: t.qemu,
+        vhost_device_vsock: t.vhost,
+        kernel: t.kernel,
+        modules,
+        accel: atrund_microvm::qemu::Accel::Tcg,
+        vcpus: 1,
+        deno: DenoBinary::locate(Some(&deno_path())).unwrap(),
+        init: (
+            PathBuf::from(env!("CARGO_BIN_EXE_atrund-sandbox-init")),
+            vec![],
+        ),
+        image_dir: root.join("microvm"),
+        console: true,
+    })
+    .unwrap()
 }
 
 /// The test Deno binary (`ATRUND_TEST_DENO`, else the one scripts/setup.sh installs).
