@@ -463,6 +463,8 @@ async fn request_bodies_over_the_limit_are_refused_with_413() {
         .await
         .expect("post");
     assert_eq!(big.status(), 413);
+    // The unread body ends the connection, and the answer says so.
+    assert_eq!(big.headers()["connection"], "close");
     let b: Value = big.json().await.expect("json");
     assert_eq!(b["error"], "PayloadTooLarge", "{b}");
     // Chunked, with no Content-Length to refuse up front: cut at the limit as it streams.
@@ -477,6 +479,7 @@ async fn request_bodies_over_the_limit_are_refused_with_413() {
         .await
         .expect("post chunked");
     assert_eq!(chunked.status(), 413);
+    assert_eq!(chunked.headers()["connection"], "close");
     let b: Value = chunked.json().await.expect("json");
     assert_eq!(b["error"], "PayloadTooLarge", "{b}");
     // The instance is still there for the next caller.
