@@ -7,45 +7,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::Daemon;
 
-const MODULES: [&str; 6] = [
-    "virtio",
-    "virtio_ring",
-    "virtio_mmio",
-    "vsock",
-    "vmw_vsock_virtio_transport_common",
-    "vmw_vsock_virtio_transport",
-];
-
-fn tools() -> Option<PathBuf> {
-    let dir = std::env::var_os("ATRUND_TEST_MICROVM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/microvm"));
-    for p in [
-        PathBuf::from("/usr/bin/qemu-system-x86_64"),
-        dir.join("bin/vhost-device-vsock"),
-        dir.join("vmlinux"),
-    ] {
-        if !p.exists() {
-            let why = format!(
-                "{} is missing; scripts/setup.sh installs the microVM test tools",
-                p.display()
-            );
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-            eprintln!("SKIPPED: {why}");
-            return None;
-        }
-    }
-    Some(dir)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_serves_the_hello_example_from_a_qemu_microvm() {
-    let Some(dir) = tools() else {
+    let Some(t) = atrund_testnet::microvm_tools() else {
         return;
     };
     let Some(deno) = atrund_testnet::deno_path() else {
@@ -56,20 +25,14 @@ async fn dev_serves_the_hello_example_from_a_qemu_microvm() {
         .canonicalize()
         .unwrap();
     let data = tempfile::tempdir().unwrap();
-    let modules: Vec<String> = MODULES
-        .iter()
-        .map(|m| dir.join(format!("modules/{m}.ko")).display().to_string())
-        .collect();
+    let modules: Vec<String> = t.modules.iter().map(|m| m.display().to_string()).collect();
     let mut cmd = common::command(&deno, data.path());
     cmd.args(["dev", hello.to_str().unwrap(), "--name", "hello"])
         .env("ATRUND_ISOLATION", "microvm")
         .env("ATRUND_MICROVM_ACCEL", "tcg")
-        .env("ATRUND_MICROVM_QEMU", "/usr/bin/qemu-system-x86_64")
-        .env(
-            "ATRUND_MICROVM_VHOST_DEVICE_VSOCK",
-            dir.join("bin/vhost-device-vsock"),
-        )
-        .env("ATRUND_MICROVM_KERNEL", dir.join("vmlinux"))
+        .env("ATRUND_MICROVM_QEMU", &t.qemu)
+        .env("ATRUND_MICROVM_VHOST_DEVICE_VSOCK", &t.vhost)
+        .env("ATRUND_MICROVM_KERNEL", &t.kernel)
         .env("ATRUND_MICROVM_MODULES", modules.join(","))
         .env("ATRUND_MICROVM_CONSOLE", "true")
         .env("ATRUND_POOL_START_TIMEOUT_MS", "90000");

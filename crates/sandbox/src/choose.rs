@@ -269,16 +269,24 @@ async fn container_executor(
         rootfs_dir: c.rootfs_dir.clone(),
         tmp_mib: c.tmp_mib,
     };
-    let exec = tokio::task::spawn_blocking(move || ContainerExecutor::new(cfg))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?
+    let exec = built(move || ContainerExecutor::new(cfg))
+        .await?
         .with_cgroups(c.cgroups.clone())
         .with_egress(proxy.clone())
         .with_run_as(c.run_as);
     tracing::info!(rootfs = %exec.rootfs().path().display(), libs = exec.rootfs().libs().len(), "container root ready");
     exec.probe().await?;
     Ok(exec)
+}
+
+/// Runs a backend's blocking constructor (it assembles a root or a guest image) off the runtime.
+async fn built<E: Send + 'static>(
+    new: impl FnOnce() -> Result<E, SandboxError> + Send + 'static,
+) -> Result<E, String> {
+    tokio::task::spawn_blocking(new)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }
 
 /// The cgroup limits a container or a microVM needs and this machine cannot enforce, if any.
@@ -320,10 +328,8 @@ async fn microvm_executor(c: &Choice, proxy: &Arc<EgressProxy>) -> Result<MicroV
     if let Some(missing) = missing_cgroup_limits(c) {
         return Err(missing);
     }
-    let exec = tokio::task::spawn_blocking(move || MicroVmExecutor::new(cfg))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?
+    let exec = built(move || MicroVmExecutor::new(cfg))
+        .await?
         .with_cgroups(c.cgroups.clone())
         .with_egress(proxy.clone())
         .with_run_as(c.run_as);

@@ -480,20 +480,16 @@ impl Executor for ContainerExecutor {
         let mut keep: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
         let mut proxy_env = None;
         if let Some(proxy) = &self.egress {
-            let (reg, token) = crate::egress::register(proxy, &spec, true).map_err(fail)?;
-            let fwd = crate::egress::forwarder(
+            let f = crate::egress::forwarded(
+                proxy,
+                &spec,
                 &spec.work_dir.join(EGRESS_SOCKET),
-                proxy.local_addr(),
-                reg.announcer(),
+                PROXY_PORT,
                 self.run_as,
             )
             .map_err(fail)?;
-            keep.push(Box::new(reg));
-            keep.push(Box::new(fwd));
-            proxy_env = Some(atrund_egress::proxy_url(
-                &token,
-                std::net::SocketAddr::from(([127, 0, 0, 1], PROXY_PORT)),
-            ));
+            keep = f.keep;
+            proxy_env = Some(f.proxy_url);
         }
 
         let mut read_write: Vec<PathBuf> = vec![WORK.into(), DENO_DIR.into(), "/tmp".into()];

@@ -52,6 +52,35 @@ pub(crate) fn register_token(
     .map_err(|e| SandboxError::StartFailed(e.to_string()))
 }
 
+/// What a sandbox with a forwarder inside (container, microVM) keeps for its instance's
+/// egress: the registration and the host side of the forwarder (keep both as long as the
+/// instance), and the proxy URL the instance is given (the forwarder's port on its own loopback,
+/// with its token).
+pub(crate) struct Forwarded {
+    pub keep: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    pub proxy_url: String,
+}
+
+/// Registers `spec`'s instance with `proxy` and serves its proxy socket at `socket` (given to
+/// `owner`); inside, the instance's proxy is `127.0.0.1:<port>`.
+pub(crate) fn forwarded(
+    proxy: &EgressProxy,
+    spec: &InstanceSpec,
+    socket: &Path,
+    port: u16,
+    owner: Option<crate::RunAs>,
+) -> Result<Forwarded, SandboxError> {
+    let (reg, token) = register(proxy, spec, true)?;
+    let fwd = forwarder(socket, proxy.local_addr(), reg.announcer(), owner)?;
+    Ok(Forwarded {
+        keep: vec![Box::new(reg), Box::new(fwd)],
+        proxy_url: atrund_egress::proxy_url(
+            &token,
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        ),
+    })
+}
+
 /// Serves the instance's proxy socket: each connection is copied to the egress proxy over a
 /// connection announced for the instance (its token counts nowhere else). With
 /// `owner` (the uid the sandbox runs as) the socket is given to it: connecting needs write

@@ -557,23 +557,21 @@ impl Executor for MicroVmExecutor {
         let mut keep: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
         let mut proxy_url = None;
         if let Some(proxy) = &self.egress {
-            let (reg, token) = crate::egress::register(proxy, &spec, true).map_err(fail)?;
-            let fwd = crate::egress::forwarder(
-                &atrund_microvm::vsock::guest_port_path(
-                    &spec.work_dir.join(VSOCK),
-                    guest::EGRESS_PORT,
-                ),
-                proxy.local_addr(),
-                reg.announcer(),
+            // The guest's connections to the host's port 3128 arrive here.
+            let socket = atrund_microvm::vsock::guest_port_path(
+                &spec.work_dir.join(VSOCK),
+                guest::EGRESS_PORT,
+            );
+            let f = crate::egress::forwarded(
+                proxy,
+                &spec,
+                &socket,
+                crate::container::PROXY_PORT,
                 self.run_as,
             )
             .map_err(fail)?;
-            keep.push(Box::new(reg));
-            keep.push(Box::new(fwd));
-            proxy_url = Some(atrund_egress::proxy_url(
-                &token,
-                std::net::SocketAddr::from(([127, 0, 0, 1], crate::container::PROXY_PORT)),
-            ));
+            keep = f.keep;
+            proxy_url = Some(f.proxy_url);
         }
         let (plan, env) = self
             .plan(&spec, &shim, proxy_url.as_deref())

@@ -92,10 +92,7 @@ async fn an_instance_runs_in_a_qemu_microvm() {
         &GuestPieces {
             agent: PathBuf::from(env!("CARGO_BIN_EXE_atrund-sandbox-init")),
             deno: common::deno_path(),
-            modules: common::MICROVM_MODULES
-                .iter()
-                .map(|m| modules.join(format!("{m}.ko")))
-                .collect(),
+            modules,
         },
     )
     .unwrap();
@@ -513,10 +510,7 @@ async fn the_boot_probe_needs_an_answer_from_the_guest() {
     let Some(t) = microvm_tools() else {
         return;
     };
-    let modules: Vec<PathBuf> = common::MICROVM_MODULES
-        .iter()
-        .map(|m| t.modules.join(format!("{m}.ko")))
-        .collect();
+    let modules = t.modules.clone();
     let good = microvm_executor(&env.root.join("good"), t, modules).with_cgroups(env.mgr.clone());
     let took = good.probe().await.expect("the probe VM answers");
     eprintln!("MEASURED (TCG): the boot probe answered in {took:?}");

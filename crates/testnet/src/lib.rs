@@ -428,6 +428,54 @@ pub fn deno_path() -> Option<PathBuf> {
     }
 }
 
+/// The kernel modules the Debian cloud kernel needs for virtio and vsock in a microVM guest.
+pub const MICROVM_MODULES: [&str; 6] = [
+    "virtio",
+    "virtio_ring",
+    "virtio_mmio",
+    "vsock",
+    "vmw_vsock_virtio_transport_common",
+    "vmw_vsock_virtio_transport",
+];
+
+/// What the microVM tests boot (scripts/setup.sh --test installs them).
+#[derive(Debug, Clone)]
+pub struct MicroVmTools {
+    pub qemu: PathBuf,
+    pub vhost: PathBuf,
+    /// Debian's cloud kernel as an uncompressed `vmlinux`.
+    pub kernel: PathBuf,
+    /// The [`MICROVM_MODULES`] files, in that order.
+    pub modules: Vec<PathBuf>,
+}
+
+/// The microVM tools in `ATRUND_TEST_MICROVM_DIR`, else `<repo>/tools/microvm`, with Debian's
+/// QEMU. `None` with a printed reason when one is missing and `CI` is not `true`; panics in CI.
+pub fn microvm_tools() -> Option<MicroVmTools> {
+    let dir = std::env::var_os("ATRUND_TEST_MICROVM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("tools/microvm"));
+    let t = MicroVmTools {
+        qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+        vhost: dir.join("bin/vhost-device-vsock"),
+        kernel: dir.join("vmlinux"),
+        modules: MICROVM_MODULES
+            .iter()
+            .map(|m| dir.join(format!("modules/{m}.ko")))
+            .collect(),
+    };
+    let all = [&t.qemu, &t.vhost, &t.kernel].into_iter().chain(&t.modules);
+    for p in all {
+        if !p.is_file() {
+            return missing(
+                &p.display().to_string(),
+                "scripts/setup.sh --test installs the microVM test tools",
+            );
+        }
+    }
+    Some(t)
+}
+
 /// A TCP listener that accepts, counts and closes every connection: a place the code under test
 /// must never reach ("refused" must mean "never connected", not "connected and failed").
 pub struct Canary {

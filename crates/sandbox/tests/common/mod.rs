@@ -126,10 +126,7 @@ impl Env {
             }
             Mode::MicroVm => {
                 let t = microvm_tools()?;
-                let modules = MICROVM_MODULES
-                    .iter()
-                    .map(|m| t.modules.join(format!("{m}.ko")))
-                    .collect();
+                let modules = t.modules.clone();
                 Arc::new(
                     microvm_executor(&root, t, modules)
                         .with_cgroups(mgr.clone())
@@ -199,52 +196,7 @@ impl Drop for Env {
     }
 }
 
-/// The kernel modules the Debian cloud kernel needs for virtio and vsock (scripts/setup.sh puts
-/// them in `tools/microvm/modules`).
-pub const MICROVM_MODULES: [&str; 6] = [
-    "virtio",
-    "virtio_ring",
-    "virtio_mmio",
-    "vsock",
-    "vmw_vsock_virtio_transport_common",
-    "vmw_vsock_virtio_transport",
-];
-
-/// The microVM test tools.
-pub struct MicroVmTools {
-    pub qemu: PathBuf,
-    pub vhost: PathBuf,
-    pub kernel: PathBuf,
-    /// The directory of the modules.
-    pub modules: PathBuf,
-}
-
-/// The microVM tools (`ATRUND_TEST_MICROVM_DIR`, else `tools/microvm`), or `None` (with the
-/// reason printed) when they are missing outside CI.
-pub fn microvm_tools() -> Option<MicroVmTools> {
-    let dir = std::env::var_os("ATRUND_TEST_MICROVM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("tools/microvm"));
-    let t = MicroVmTools {
-        qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
-        vhost: dir.join("bin/vhost-device-vsock"),
-        kernel: dir.join("vmlinux"),
-        modules: dir.join("modules"),
-    };
-    if let Some(missing) = [&t.qemu, &t.vhost, &t.kernel, &t.modules]
-        .into_iter()
-        .find(|p| !p.exists())
-    {
-        let why = format!(
-            "{} is missing; scripts/setup.sh installs the microVM test tools",
-            missing.display()
-        );
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-        eprintln!("SKIPPED: {why}");
-        return None;
-    }
-    Some(t)
-}
+pub use atrund_testnet::{microvm_tools, MicroVmTools};
 
 /// A microVM executor under TCG with the guest image under `root/microvm` and these modules.
 pub fn microvm_executor(root: &Path, t: MicroVmTools, modules: Vec<PathBuf>) -> MicroVmExecutor {
