@@ -59,6 +59,8 @@ if [ "$with_test_net" = 1 ]; then
   # take the kernel out of its compressed image.
   command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
   command -v lz4 >/dev/null || need_apt+=(lz4)
+  # objcopy strips the guest agent's debug sections (the guest image is a third of the size).
+  command -v objcopy >/dev/null || need_apt+=(binutils)
   # Handle resolution against a real DNS server on loopback (crates/atrund/tests/network.rs).
   command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base)
   # Several runners sharing one Redis (crates/atrund/tests/cluster.rs, crates/jobs/tests/queue.rs).
