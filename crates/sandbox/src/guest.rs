@@ -1,8 +1,9 @@
 //! The guest agent (issue 17, docs/microvm.md): `sandbox-init guest`, PID 1 of a microVM guest,
 //! and for tests a local process. It takes one instance over a control connection, runs it as
-//! the container does (a `sandbox-init` child: Landlock, seccomp, then Deno with the shim), and
-//! carries the instance's traffic: calls from the host to the shim's Unix socket, and the
-//! bundle's egress from the forwarder inside to the host's egress proxy.
+//! the container does (a `sandbox-init` child: Landlock, seccomp, then Deno with the shim; in a
+//! VM as uid 65534 in a cgroup of the guest's own, with the instance's rlimits), and carries the
+//! instance's traffic: calls from the host to the shim's Unix socket, and the bundle's egress
+//! from the forwarder inside to the host's egress proxy.
 //!
 //! The control protocol ([`Start`], [`Event`]), host → agent:
 //! 1. one JSON line, a [`Start`]: the init config, the environment (secrets included: never on a
@@ -322,6 +323,22 @@ fn guest_cgroup(l: &GuestLimits) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
+/// Gives `id` the directories the start's files were written to.
+fn give_dirs(files: &[FileSpec], id: crate::RunAs) -> Result<(), String> {
+    let mut dirs: Vec<&Path> = files.iter().filter_map(|f| f.path.parent()).collect();
+    dirs.sort();
+    dirs.dedup();
+    for d in dirs {
+        nix::unistd::chown(
+            d,
+            Some(nix::unistd::Uid::from_raw(id.uid)),
+            Some(nix::unistd::Gid::from_raw(id.gid)),
+        )
+        .map_err(|e| format!("cannot give {} to the instance: {e}", d.display()))?;
+    }
+    Ok(())
+}
+
 /// What the instance's guest cgroup counted: OOM kills and refused forks.
 fn guest_counters(dir: &Path) -> Counters {
     let field = |file: &str, key: &str| -> u64 {
@@ -396,10 +413,20 @@ async fn serve(t: Transport) -> Result<ExitCode, String> {
         }
     };
 
+    // In a VM the instance runs as nobody: its files' dirs are its own (the shim makes its
+    // socket there), the files stay root's (it may read, not change them).
+    let instance_uid = vm.then_some(crate::RunAs::NOBODY);
+    if let Some(id) = instance_uid {
+        give_dirs(&start.files, id)?;
+    }
     // The forwarder inside connects here; each connection goes on to the host's egress.
     if let Some(p) = &start.init.proxy {
         let _ = std::fs::remove_file(&p.socket);
         let l = bind_unix(p.socket.clone())?;
+        if let Some(id) = instance_uid {
+            crate::hostfs::give_socket(&p.socket, id)
+                .map_err(|e| format!("cannot give {} to the instance: {e}", p.socket.display()))?;
+        }
         tokio::spawn(splice_all(l, egress_host));
     }
     tokio::spawn(splice_all(calls_l, Target::Unix(start.shim_socket.clone())));
@@ -419,28 +446,26 @@ async fn serve(t: Transport) -> Result<ExitCode, String> {
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     let mut cgroup = None;
+    let mut setup = crate::sys::ChildSetup {
+        run_as: instance_uid,
+        ..Default::default()
+    };
     if let Some(l) = &start.limits {
-        let mut procs = Vec::new();
         if vm {
             let dir = guest_cgroup(l)?;
             let file = dir.join("cgroup.procs");
-            procs.push(
+            setup.procs.push(
                 std::ffi::CString::new(file.as_os_str().as_encoded_bytes())
                     .map_err(|e| e.to_string())?,
             );
             cgroup = Some(dir);
         }
-        // Joined before exec, so everything the instance starts is inside.
-        crate::sys::install(
-            &mut cmd,
-            crate::sys::ChildSetup {
-                procs,
-                nofile: Some(l.open_files),
-                fsize: Some(l.max_file_bytes),
-                ..Default::default()
-            },
-        );
+        setup.nofile = Some(l.open_files);
+        setup.fsize = Some(l.max_file_bytes);
     }
+    // The cgroup is joined before exec, so everything the instance starts is inside; then the
+    // limits, then the identity.
+    crate::sys::install(&mut cmd, setup);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

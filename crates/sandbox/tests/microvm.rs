@@ -461,6 +461,17 @@ async fn the_microvm_backend_serves_and_contains_bundles() {
         assert!(v["rc"].as_i64().unwrap_or(0) < 0, "connect to {host}: {v}");
     }
     assert_eq!(canary.count(), 0, "the canary on the host saw a connection");
+    // Inside the guest the instance is nobody, not root: it cannot signal the agent (PID 1).
+    let v = call_json(&*inst, get("osUid", "/")).await.unwrap();
+    assert_eq!(v["uid"], 65534, "{v}");
+    let v = call_json(&*inst, q("osKill", &[("pid", "1")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (v["rc"].as_i64(), v["errno"].as_i64()),
+        (Some(-1), Some(1)),
+        "{v}"
+    );
     assert!(env.proxy.stats().denied.contains_key("private"));
     inst.shutdown().await;
     all_gone(&work).await;

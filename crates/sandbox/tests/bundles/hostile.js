@@ -127,6 +127,7 @@ function c() {
     connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
     sendto: { parameters: ["i32", "buffer", "u64", "i32", "buffer", "u32"], result: "i64" },
     bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+    getuid: { parameters: [], result: "u32" },
     __errno_location: { parameters: [], result: "pointer" },
   }).symbols;
   return libc;
@@ -159,6 +160,7 @@ export const osMount = {
 export const osPtrace = { handler: () => sys(c().ptrace(0n /* PTRACE_TRACEME */, 0, null, null)) };
 // Signal 0: checks whether the signal could be sent, sends nothing.
 export const osKill = { handler: ({ pid }) => sys(c().kill(Number(pid), 0)) };
+export const osUid = { handler: () => ({ uid: c().getuid() }) };
 // struct sockaddr_in for an IPv4 literal (x86-64/aarch64: little-endian family).
 function sockaddr(host, port) {
   const a = new Uint8Array(16);
