@@ -427,8 +427,13 @@ async fn isolation_check(
     };
     let probe = async {
         let tmp = std::env::temp_dir().join(format!("at-rund-doctor-{}", std::process::id()));
+        // A configured microVM is probed as configured (a VM boots); the rest as `auto` would.
+        let requested = match config.isolation {
+            Isolation::Microvm | Isolation::Firecracker => Requested::MicroVm,
+            _ => Requested::Auto,
+        };
         let mut choice =
-            settings::sandbox_choice(config, Requested::Auto, deno, cgroups, tmp.join("rootfs"))?;
+            settings::sandbox_choice(config, requested, deno, cgroups, tmp.join("rootfs"))?;
         if atrund_sandbox::effective_root() {
             // As `serve` does: Deno and at-rund where the instances' uid can run them (copies
             // when they sit under /root), here in the probe's own temp dir.
@@ -460,7 +465,9 @@ async fn isolation_check(
     };
     let found = format!("configured {configured}; auto would pick {picked}: {why}");
     match (config.isolation, picked) {
-        (Isolation::Container, "container") | (Isolation::Auto, "container") => {
+        (Isolation::Container, "container")
+        | (Isolation::Auto, "container" | "microvm")
+        | (Isolation::Microvm | Isolation::Firecracker, "microvm") => {
             check(Status::Ok, "isolation", found, "")
         }
         (Isolation::Container, _) => check(

@@ -79,10 +79,7 @@ pub(crate) fn requested_isolation(config: &Config) -> Result<Requested> {
         Isolation::None => Ok(Requested::None),
         Isolation::Container => Ok(Requested::Container),
         Isolation::Auto => Ok(Requested::Auto),
-        Isolation::Microvm => Ok(Requested::MicroVm),
-        Isolation::Firecracker => anyhow::bail!(
-            "isolation \"firecracker\" is not available yet; use \"microvm\" with microvm.vmm = \"qemu\""
-        ),
+        Isolation::Microvm | Isolation::Firecracker => Ok(Requested::MicroVm),
     }
 }
 
@@ -183,10 +180,17 @@ fn microvm_config(
         .kernel
         .clone()
         .context("microvm.kernel: isolation = \"microvm\" needs a guest kernel")?;
+    let vmm = match config.microvm_vmm() {
+        atrund_config::MicroVmVmm::Qemu => atrund_sandbox::Vmm::Qemu {
+            qemu: program("microvm.qemu", &m.qemu)?,
+            vhost_device_vsock: program("microvm.vhost_device_vsock", &m.vhost_device_vsock)?,
+        },
+        atrund_config::MicroVmVmm::Firecracker => atrund_sandbox::Vmm::Firecracker {
+            firecracker: program("microvm.firecracker", &m.firecracker)?,
+        },
+    };
     Ok(atrund_sandbox::MicroVmConfig {
-        vmm: atrund_sandbox::Vmm::Qemu,
-        qemu: program("microvm.qemu", &m.qemu)?,
-        vhost_device_vsock: program("microvm.vhost_device_vsock", &m.vhost_device_vsock)?,
+        vmm,
         kernel,
         modules: m.modules.clone(),
         accel: match m.accel {

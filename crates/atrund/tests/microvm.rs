@@ -43,6 +43,15 @@ async fn dev_serves_the_hello_example_from_a_qemu_microvm() {
     assert_eq!(v["isolation"], "microvm", "{v}");
     let lines = v["enforcement"].as_array().cloned().unwrap_or_default();
     let line = |name: &str| lines.iter().find(|l| l["limit"] == name).cloned();
+    // The start booted a probe VM before serving.
+    let isolation = line("isolation").expect("an isolation line");
+    assert!(
+        isolation["how"]
+            .as_str()
+            .unwrap_or("")
+            .contains("a probe VM booted and answered"),
+        "{isolation}"
+    );
     let kernel = line("guestKernel").expect("a guestKernel line");
     assert_eq!(kernel["enforced"], true, "{kernel}");
     let memory = line("memory").expect("a memory line");

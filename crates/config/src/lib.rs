@@ -109,8 +109,7 @@ impl Default for AuthorPolicy {
     }
 }
 
-/// Sandbox backend. `firecracker` (microvm with the Firecracker VMM) is not available in this
-/// version; it parses so that the error can say so plainly instead of "unknown variant".
+/// Sandbox backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {
@@ -124,7 +123,7 @@ pub enum Isolation {
     Container,
     /// A virtual machine per instance (`[microvm]`, docs/microvm.md).
     Microvm,
-    /// Microvm with the Firecracker VMM (refused: its launch is not built yet).
+    /// Microvm with the Firecracker VMM (`microvm.vmm = "firecracker"`).
     Firecracker,
 }
 
@@ -723,12 +722,14 @@ impl Default for ContainerSection {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MicroVmSection {
-    /// The VMM: `qemu` (`firecracker` is refused: its launch is not built yet).
+    /// The VMM: `qemu`, or `firecracker` (KVM only; `isolation = "firecracker"` chooses it too).
     pub vmm: MicroVmVmm,
     /// QEMU's `qemu-system-x86_64`: a path, or a name looked up on `PATH`.
     pub qemu: String,
     /// QEMU's vsock backend (`cargo install vhost-device-vsock`): a path, or a name on `PATH`.
     pub vhost_device_vsock: String,
+    /// Firecracker: a path, or a name on `PATH`.
+    pub firecracker: String,
     /// The guest kernel, uncompressed and PVH-bootable (`vmlinux`). Required for `microvm`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<PathBuf>,
@@ -749,6 +750,7 @@ impl Default for MicroVmSection {
             vmm: MicroVmVmm::Qemu,
             qemu: "qemu-system-x86_64".into(),
             vhost_device_vsock: "vhost-device-vsock".into(),
+            firecracker: "firecracker".into(),
             kernel: None,
             modules: Vec::new(),
             accel: MicroVmAccel::Kvm,
@@ -1136,6 +1138,15 @@ impl Config {
     }
 
     /// Where the value of `key` (dotted, e.g. `limits.timeout_ms.max`) came from.
+    /// The VMM of the microVM backend: `isolation = "firecracker"` means Firecracker, else
+    /// `microvm.vmm`.
+    pub fn microvm_vmm(&self) -> MicroVmVmm {
+        match self.isolation {
+            Isolation::Firecracker => MicroVmVmm::Firecracker,
+            _ => self.microvm.vmm,
+        }
+    }
+
     pub fn source_of(&self, key: &str) -> Source {
         self.sources.get(key)
     }

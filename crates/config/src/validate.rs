@@ -5,8 +5,8 @@ use url::Url;
 
 use crate::syntax::{is_valid_bundle_domain, MAX_BUNDLE_DOMAIN_LEN};
 use crate::{
-    is_valid_did, is_valid_handle, AuthorPolicy, Config, ConfigError, Isolation, MicroVmVmm,
-    TrustGraph,
+    is_valid_did, is_valid_handle, AuthorPolicy, Config, ConfigError, Isolation, MicroVmAccel,
+    MicroVmVmm, TrustGraph,
 };
 
 impl Config {
@@ -18,11 +18,11 @@ impl Config {
             message,
         };
         let m = &self.microvm;
-        if m.vmm == MicroVmVmm::Firecracker {
+        if self.microvm_vmm() == MicroVmVmm::Firecracker && m.accel == MicroVmAccel::Tcg {
             return Err(invalid(
-                "microvm.vmm",
-                "the Firecracker VMM's launch is not built yet in this version (its API client \
-                 is); use microvm.vmm = \"qemu\""
+                "microvm.accel",
+                "Firecracker runs on KVM only; software emulation (\"tcg\") is QEMU's \
+                 (microvm.vmm = \"qemu\")"
                     .into(),
             ));
         }
@@ -62,6 +62,7 @@ impl Config {
         for (key, v) in [
             ("microvm.qemu", &m.qemu),
             ("microvm.vhost_device_vsock", &m.vhost_device_vsock),
+            ("microvm.firecracker", &m.firecracker),
         ] {
             if v.is_empty() {
                 return Err(invalid(
@@ -81,18 +82,19 @@ impl Config {
             message,
         };
 
-        if self.isolation == Isolation::Firecracker {
+        if self.isolation == Isolation::Firecracker
+            && self.microvm.vmm == MicroVmVmm::Qemu
+            && self.source_of("microvm.vmm") != crate::error::Source::Default
+        {
             return Err(invalid(
-                "isolation",
-                "isolation \"firecracker\" (microvm with the Firecracker VMM) is not available \
-                 yet in this version: its API client is built, its launch is not; use \
-                 isolation = \"microvm\" with microvm.vmm = \"qemu\", or \"container\" \
-                 (ATRUND_ISOLATION)"
+                "microvm.vmm",
+                "isolation = \"firecracker\" runs Firecracker, and microvm.vmm says \"qemu\"; \
+                 use isolation = \"microvm\" for QEMU, or drop microvm.vmm"
                     .into(),
             ));
         }
         // `auto` boots a probe VM when a kernel is set: the section must hold then too.
-        if self.isolation == Isolation::Microvm
+        if matches!(self.isolation, Isolation::Microvm | Isolation::Firecracker)
             || (self.isolation == Isolation::Auto && self.microvm.kernel.is_some())
         {
             self.check_microvm()?;

@@ -463,13 +463,11 @@ fn idle_freeze_keys() {
 }
 
 #[test]
-fn microvm_needs_its_settings_firecracker_is_refused_plainly_and_container_auto_load() {
+fn microvm_and_firecracker_need_their_settings_and_container_auto_load() {
     let e = err(Some("isolation = \"firecracker\""), &[]);
-    assert_eq!((e.code(), e.key()), ("ConfigInvalid", Some("isolation")));
-    let msg = e.to_string();
-    assert!(
-        msg.contains("firecracker") && msg.contains("not available yet") && msg.contains("qemu"),
-        "{msg}"
+    assert_eq!(
+        (e.code(), e.key()),
+        ("ConfigInvalid", Some("microvm.kernel"))
     );
     let dir = tempfile::tempdir().unwrap();
     let kernel = dir.path().join("vmlinux");
@@ -507,9 +505,19 @@ fn microvm_needs_its_settings_firecracker_is_refused_plainly_and_container_auto_
             with(&[
                 ("ATRUND_MICROVM_KERNEL", k),
                 ("ATRUND_MICROVM_VMM", "firecracker"),
+                ("ATRUND_MICROVM_ACCEL", "tcg"),
             ]),
+            "microvm.accel",
+            "KVM only",
+        ),
+        (
+            vec![
+                ("ATRUND_ISOLATION", "firecracker"),
+                ("ATRUND_MICROVM_KERNEL", k),
+                ("ATRUND_MICROVM_VMM", "qemu"),
+            ],
             "microvm.vmm",
-            "not built yet",
+            "runs Firecracker",
         ),
         (
             with(&[("ATRUND_MICROVM_KERNEL", k), ("ATRUND_MICROVM_QEMU", "")]),
@@ -543,7 +551,22 @@ fn microvm_needs_its_settings_firecracker_is_refused_plainly_and_container_auto_
     )
     .unwrap();
     assert_eq!(c.isolation.as_str(), "microvm");
+    assert_eq!(c.microvm_vmm(), atrund_config::MicroVmVmm::Qemu);
     assert_eq!(c.microvm.accel, atrund_config::MicroVmAccel::Tcg);
+    // Firecracker: by the isolation's name, or by microvm.vmm.
+    for env in [
+        vec![
+            ("ATRUND_ISOLATION", "firecracker"),
+            ("ATRUND_MICROVM_KERNEL", k),
+        ],
+        with(&[
+            ("ATRUND_MICROVM_KERNEL", k),
+            ("ATRUND_MICROVM_VMM", "firecracker"),
+        ]),
+    ] {
+        let c = load(None, &env).unwrap();
+        assert_eq!(c.microvm_vmm(), atrund_config::MicroVmVmm::Firecracker);
+    }
     assert_eq!(c.microvm.modules, vec![module.clone()]);
     // Unused without isolation = "microvm": nothing is checked.
     assert!(load(None, &[("ATRUND_MICROVM_VCPUS", "0")]).is_ok());

@@ -128,9 +128,16 @@ impl VmConfig {
         if args.contains('\n') || args.contains('\0') {
             return bad("boot_args hold a newline or NUL".into());
         }
+        // The root is a drive, or the initramfs (at-rund's guest image) with no root drive.
         let roots = self.drives.iter().filter(|d| d.is_root_device).count();
-        if roots != 1 {
-            return bad(format!("{roots} root drives; exactly one is needed"));
+        let initramfs = self.boot_source.initrd_path.is_some();
+        if roots > 1 || (roots == 0 && !initramfs) {
+            return bad(format!(
+                "{roots} root drives; exactly one is needed, or none with an initrd_path"
+            ));
+        }
+        if roots == 1 && initramfs {
+            return bad("a root drive and an initrd_path: give one root".into());
         }
         let mut ids: Vec<&str> = self.drives.iter().map(|d| d.drive_id.as_str()).collect();
         ids.sort_unstable();
@@ -350,6 +357,10 @@ mod tests {
                 "0 root drives",
             ),
             (
+                Box::new(|v| v.boot_source.initrd_path = Some("initrd.cpio".into())),
+                "give one root",
+            ),
+            (
                 Box::new(|v| {
                     let mut d = v.drives[0].clone();
                     d.is_root_device = false;
@@ -372,5 +383,10 @@ mod tests {
             let e = v.validate().unwrap_err().to_string();
             assert!(e.contains(says), "{says}: {e}");
         }
+        // The initramfs as the whole guest: no drives.
+        let mut v = vm();
+        v.drives.clear();
+        v.boot_source.initrd_path = Some("guest.cpio".into());
+        assert_eq!(v.validate(), Ok(()));
     }
 }

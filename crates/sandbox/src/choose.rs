@@ -76,7 +76,7 @@ fn note(enforced: bool, how: String) -> Enforcement {
     }
 }
 
-/// Chooses the backend for `c`. Order for `auto`: [microVM: not available yet] → container →
+/// Chooses the backend for `c`. Order for `auto`: microVM (KVM, `[microvm]`, a probe VM) → container →
 /// none (with a loud warning).
 pub async fn choose_executor(c: Choice) -> Result<Chosen, SandboxError> {
     let proxy = Arc::new(
@@ -126,25 +126,33 @@ pub async fn choose_executor(c: Choice) -> Result<Chosen, SandboxError> {
             ))
         }
         Requested::MicroVm => {
-            let exec = microvm_executor(&c, &proxy).await.map_err(|why| {
+            if c.microvm.as_ref().is_some_and(|m| m.accel == Accel::Tcg) {
+                tracing::warn!(
+                    "isolation microvm with microvm.accel = \"tcg\": every guest CPU is \
+                     emulated, about 100 times slower than KVM, and starts take seconds \
+                     (a test mode)"
+                );
+            }
+            // As for `auto`: a VMM that starts proves nothing, so a probe VM must answer
+            // before the runner serves (a broken kernel or image fails the start, not the
+            // first request).
+            let (exec, took) = probed_microvm(&c, &proxy).await.map_err(|why| {
                 SandboxError::StartFailed(format!(
                     "isolation = \"microvm\" is not possible on this machine: {why}"
                 ))
             })?;
-            let how = match exec.accel() {
-                Accel::Kvm => "microvm, as configured: a QEMU microvm per instance with KVM",
-                Accel::Tcg => {
-                    tracing::warn!(
-                        "isolation microvm with microvm.accel = \"tcg\": every guest CPU is \
-                         emulated, about 100 times slower than KVM, and starts take seconds \
-                         (a test mode)"
-                    );
-                    "microvm, as configured: a QEMU microvm per instance under software \
-                     emulation (tcg, a test mode)"
-                }
-            };
+            let how = format!(
+                "microvm, as configured: a {} per instance{} (a probe VM booted and answered in \
+                 {} ms)",
+                exec.vmm_name(),
+                match exec.accel() {
+                    Accel::Kvm => " with KVM",
+                    Accel::Tcg => " under software emulation (tcg, a test mode)",
+                },
+                took.as_millis()
+            );
             tracing::info!(image = %exec.image().path.display(), "isolation: {how}");
-            Ok(chosen(Arc::new(exec), note(true, how.to_string())))
+            Ok(chosen(Arc::new(exec), note(true, how)))
         }
         Requested::Auto => {
             let host = atrund_microvm::host::check(Path::new("/")).map_err(|e| e.to_string());
@@ -342,9 +350,10 @@ mod tests {
 
     fn cfg(accel: Accel) -> MicroVmConfig {
         MicroVmConfig {
-            vmm: crate::Vmm::Qemu,
-            qemu: "/usr/bin/qemu-system-x86_64".into(),
-            vhost_device_vsock: "/usr/bin/vhost-device-vsock".into(),
+            vmm: crate::Vmm::Qemu {
+                qemu: "/usr/bin/qemu-system-x86_64".into(),
+                vhost_device_vsock: "/usr/bin/vhost-device-vsock".into(),
+            },
             kernel: "/boot/vmlinux".into(),
             modules: vec![],
             accel,

@@ -270,16 +270,13 @@ impl ContainerExecutor {
             .iter()
             .map(|(d, _)| spec.data_dir.join(&d.rel))
             .collect();
-        let mut needed = vec![
-            need(
-                spec.bundle_file.as_path(),
-                0o4,
-                "read the bundle",
-                "keep the code where that user can read it (at-rund dev: the bundle's folder)",
-            ),
-            need(&spec.work_dir, 0o1, "reach its work dir", DATA_DIR_FIX),
-            need(&spec.deno_dir, 0o1, "reach its DENO_DIR", DATA_DIR_FIX),
-        ];
+        let mut needed = Vec::from(hostfs::instance_needs(spec));
+        needed.push(need(
+            &spec.deno_dir,
+            0o1,
+            "reach its DENO_DIR",
+            DATA_DIR_FIX,
+        ));
         // Reaching the path is enough for the bind (bits 0); what it may do there is the file's
         // mode, inside as outside.
         needed.extend(paths.iter().map(|p| {

@@ -185,6 +185,20 @@ pub(crate) struct Needed<'a> {
     pub fix: &'a str,
 }
 
+/// What every instance's host-side processes need as its uid: to read its bundle and reach its
+/// work dir.
+pub(crate) fn instance_needs(spec: &crate::InstanceSpec) -> [Needed<'_>; 2] {
+    [
+        Needed::new(
+            spec.bundle_file.as_path(),
+            0o4,
+            "read the bundle",
+            "keep the code where that user can read it (at-rund dev: the bundle's folder)",
+        ),
+        Needed::new(&spec.work_dir, 0o1, "reach its work dir", DATA_DIR_FIX),
+    ]
+}
+
 impl<'a> Needed<'a> {
     pub(crate) fn new(path: &'a Path, bits: u32, what: &'a str, fix: &'a str) -> Self {
         Self {

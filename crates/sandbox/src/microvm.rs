@@ -1,7 +1,8 @@
 //! The `microvm` backend (docs/microvm.md): each instance in a virtual machine of its own, with
-//! its own guest kernel. The VMM is QEMU `-M microvm` with `vhost-device-vsock` (Firecracker's
-//! launch is not built yet). The guest's file system is one cached initramfs (`guest_image`):
-//! the agent (`sandbox-init` as PID 1, `guest`), Deno, their libraries and the kernel modules.
+//! its own guest kernel. The VMM is QEMU `-M microvm` with `vhost-device-vsock`, or Firecracker
+//! (`--no-api --config-file`, its own vsock; tested here only through a stand-in). The guest's
+//! file system is one cached initramfs (`guest_image`): the agent (`sandbox-init` as PID 1,
+//! `guest`), Deno, their libraries and the kernel modules.
 //!
 //! An instance's start, on top of the shared process layer (`process`):
 //! - the work dir holds the VM's sockets, its plan (`vm.json`), its logs and the exit report;
@@ -22,14 +23,15 @@
 //! (that RAM plus the VMM's own) with the instance's CPU quota; the CPU budget is the VM's CPU
 //! time; the wall clock, response cap and file limit are the process layer's and the guest's.
 //!
-//! Owns: the plan of one VM (QEMU's and the backend's command lines, the guest's paths, its init
-//! config and limits). Must not: talk to the guest (the launcher does), or choose permissions.
+//! Owns: the plan of one VM (QEMU's and the backend's command lines or Firecracker's config file,
+//! the guest's paths, its init config and limits). Must not: talk to the guest (the launcher does), or choose permissions.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use atrund_egress::EgressProxy;
+use atrund_microvm::firecracker::{BootSource, Entropy, MachineConfig, VmConfig, Vsock};
 use atrund_microvm::qemu::{vhost_device_vsock_args, Accel, QemuVm};
 
 use crate::cgroup::{CgroupLimits, CgroupManager};
@@ -64,24 +66,62 @@ const VMM_OVERHEAD_KVM_MIB: u64 = 128;
 /// own task limit is the guest's).
 const HOST_PIDS: u64 = 256;
 
+/// One VM's plan, its launcher's environment and the VMM's own files for the work dir.
+struct VmSetup {
+    plan: VmPlan,
+    env: Vec<(String, String)>,
+    files: Vec<(&'static str, Vec<u8>)>,
+}
+
+/// Firecracker's kernel command line for at-rund's guest: its defaults without the bare words
+/// (`nomodule`), which the kernel would pass to the agent as arguments (the agent is the guest's
+/// agent only when it has none), and quiet.
+const FIRECRACKER_BOOT_ARGS: &str = "reboot=k panic=1 pci=off 8250.nr_uarts=0 i8042.noaux \
+     i8042.nomux i8042.dumbkbd quiet rootfstype=ramfs";
+/// The guest's root is the unpacked initramfs in ramfs, not tmpfs: tmpfs caps it at half the RAM
+/// the kernel counts, which leaves out the packed image still held while it unpacks, so an image
+/// of more than a third of the guest's RAM failed to unpack ("write error"). What the instance
+/// writes there is still charged to its cgroup in the guest.
+const GUEST_ROOT_ARGS: &str = "rootfstype=ramfs";
+/// Firecracker's config file in the work dir.
+const FIRECRACKER_CONFIG: &str = "firecracker.json";
+
 /// The bundle of [`MicroVmExecutor::probe`].
 const PROBE_BUNDLE: &str =
     "export const ping = { method: \"GET\", handler: () => new Response(\"pong\") };\n";
 
-/// Which VMM runs the guests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which VMM runs the guests, and its programs.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Vmm {
-    Qemu,
+    /// QEMU `-M microvm` (`qemu-system-x86_64`), with `vhost-device-vsock` as its vsock backend.
+    Qemu {
+        qemu: PathBuf,
+        vhost_device_vsock: PathBuf,
+    },
+    /// Firecracker, started with `--no-api --config-file` (KVM only; no jailer).
+    Firecracker { firecracker: PathBuf },
+}
+
+impl Vmm {
+    /// The programs to check, with what each is.
+    fn programs(&self) -> Vec<(&'static str, &Path)> {
+        match self {
+            Vmm::Qemu {
+                qemu,
+                vhost_device_vsock,
+            } => vec![
+                ("the VMM", qemu.as_path()),
+                ("vhost-device-vsock", vhost_device_vsock.as_path()),
+            ],
+            Vmm::Firecracker { firecracker } => vec![("Firecracker", firecracker.as_path())],
+        }
+    }
 }
 
 /// Settings of the `microvm` backend.
 #[derive(Debug, Clone)]
 pub struct MicroVmConfig {
     pub vmm: Vmm,
-    /// `qemu-system-x86_64`.
-    pub qemu: PathBuf,
-    /// `vhost-device-vsock`, QEMU's vsock backend.
-    pub vhost_device_vsock: PathBuf,
     /// The guest kernel, uncompressed (`vmlinux`, PVH-bootable).
     pub kernel: PathBuf,
     /// Kernel modules the guest loads before the agent runs (virtio and vsock, when the kernel
@@ -127,10 +167,12 @@ impl MicroVmExecutor {
     /// Builds (or reuses) the guest image. Blocking: reads the pieces and writes the image.
     /// Instances of a root daemon run as [`RunAs::NOBODY`] until [`Self::with_run_as`].
     pub fn new(cfg: MicroVmConfig) -> Result<Self, SandboxError> {
-        for (what, p) in [
-            ("the VMM", &cfg.qemu),
-            ("vhost-device-vsock", &cfg.vhost_device_vsock),
-        ] {
+        if matches!(cfg.vmm, Vmm::Firecracker { .. }) && cfg.accel == Accel::Tcg {
+            return Err(SandboxError::StartFailed(
+                "microvm: Firecracker runs on KVM only; software emulation is QEMU's".into(),
+            ));
+        }
+        for (what, p) in cfg.vmm.programs() {
             if !crate::executables::is_executable(p) {
                 return Err(SandboxError::StartFailed(format!(
                     "microvm: {what} '{}' is not an executable file",
@@ -282,6 +324,14 @@ impl MicroVmExecutor {
         out
     }
 
+    /// "QEMU microvm" or "Firecracker microVM".
+    pub fn vmm_name(&self) -> &'static str {
+        match self.cfg.vmm {
+            Vmm::Qemu { .. } => "QEMU microvm",
+            Vmm::Firecracker { .. } => "Firecracker microVM",
+        }
+    }
+
     /// How guests' CPUs run.
     pub fn accel(&self) -> Accel {
         self.cfg.accel
@@ -310,43 +360,33 @@ impl MicroVmExecutor {
         let install = "install it where that user can run it (e.g. /usr/local/bin or /usr/bin)";
         let readable = "make it and the dirs on its way readable by that user";
         let need = Needed::new;
-        hostfs::check_reachable(
-            &spec.id,
-            id,
-            &[
-                need(
-                    &self.cfg.init.0,
-                    0o1,
-                    "execute at-rund as the VM's launcher",
-                    install,
-                ),
-                need(&self.cfg.qemu, 0o1, "execute the VMM", install),
-                need(
-                    &self.cfg.vhost_device_vsock,
-                    0o1,
-                    "execute vhost-device-vsock",
-                    install,
-                ),
-                need(&self.cfg.kernel, 0o4, "read the guest kernel", readable),
-                need(&self.image.path, 0o4, "read the guest image", DATA_DIR_FIX),
-                need(
-                    spec.bundle_file.as_path(),
-                    0o4,
-                    "read the bundle",
-                    "keep the code where that user can read it (at-rund dev: the bundle's folder)",
-                ),
-                need(&spec.work_dir, 0o1, "reach its work dir", DATA_DIR_FIX),
-            ],
-        )
+        let programs = self.cfg.vmm.programs();
+        let mut needed: Vec<Needed<'_>> = programs
+            .iter()
+            .map(|(_, p)| need(p, 0o1, "execute the VMM and its vsock backend", install))
+            .collect();
+        needed.extend([
+            need(
+                &self.cfg.init.0,
+                0o1,
+                "execute at-rund as the VM's launcher",
+                install,
+            ),
+            need(&self.cfg.kernel, 0o4, "read the guest kernel", readable),
+            need(&self.image.path, 0o4, "read the guest image", DATA_DIR_FIX),
+        ]);
+        needed.extend(hostfs::instance_needs(spec));
+        hostfs::check_reachable(&spec.id, id, &needed)
     }
 
-    /// The plan of `spec`'s VM, and the environment its launcher (and so the instance) gets.
+    /// The plan of `spec`'s VM, the environment its launcher (and so the instance) gets, and
+    /// the files the VMM reads besides (Firecracker's config file, in the work dir).
     fn plan(
         &self,
         spec: &InstanceSpec,
         shim: &Path,
         proxy_url: Option<&str>,
-    ) -> Result<(VmPlan, Vec<(String, String)>), SandboxError> {
+    ) -> Result<VmSetup, SandboxError> {
         let bundle_name = spec
             .bundle_file
             .file_name()
@@ -414,39 +454,84 @@ impl MicroVmExecutor {
                 .collect()
         };
         let guest_mib = self.guest_mib(spec.memory_mib);
-        let vm = QemuVm {
-            qemu: self.cfg.qemu.clone(),
-            kernel: self.cfg.kernel.clone(),
-            initrd: Some(self.image.path.clone()),
-            root_image: None,
-            memory_mib: u32::try_from(guest_mib).map_err(|_| {
-                SandboxError::StartFailed(format!(
-                    "microvm: {guest_mib} MiB of guest RAM is too much"
-                ))
-            })?,
-            vcpus: self.cfg.vcpus,
-            accel: self.cfg.accel,
-            vhost_socket: at(BACKEND_SOCKET),
-            append: String::new(),
-            console: self.cfg.console.then(|| at(CONSOLE)),
+        let guest_mib = u32::try_from(guest_mib).map_err(|_| {
+            SandboxError::StartFailed(format!("microvm: {guest_mib} MiB of guest RAM is too much"))
+        })?;
+        let mut files = Vec::new();
+        let (vsock_backend, backend_socket, vmm, console) = match &self.cfg.vmm {
+            Vmm::Qemu {
+                qemu,
+                vhost_device_vsock,
+            } => {
+                let vm = QemuVm {
+                    qemu: qemu.clone(),
+                    kernel: self.cfg.kernel.clone(),
+                    initrd: Some(self.image.path.clone()),
+                    root_image: None,
+                    memory_mib: guest_mib,
+                    vcpus: self.cfg.vcpus,
+                    accel: self.cfg.accel,
+                    vhost_socket: at(BACKEND_SOCKET),
+                    append: GUEST_ROOT_ARGS.into(),
+                    console: self.cfg.console.then(|| at(CONSOLE)),
+                };
+                let backend = Program {
+                    path: vhost_device_vsock.clone(),
+                    args: utf8(vhost_device_vsock_args(&at(BACKEND_SOCKET), &at(VSOCK), 3))?,
+                };
+                let vmm = Program {
+                    path: qemu.clone(),
+                    args: utf8(vm.args())?,
+                };
+                (Some(backend), Some(at(BACKEND_SOCKET)), vmm, vm.console)
+            }
+            Vmm::Firecracker { firecracker } => {
+                let vm = VmConfig {
+                    boot_source: BootSource {
+                        kernel_image_path: self.cfg.kernel.clone(),
+                        initrd_path: Some(self.image.path.clone()),
+                        boot_args: FIRECRACKER_BOOT_ARGS.into(),
+                    },
+                    drives: Vec::new(),
+                    machine_config: MachineConfig {
+                        vcpu_count: self.cfg.vcpus,
+                        mem_size_mib: guest_mib,
+                        smt: false,
+                    },
+                    vsock: Some(Vsock {
+                        guest_cid: 3,
+                        uds_path: at(VSOCK),
+                    }),
+                    entropy: Some(Entropy {}),
+                };
+                vm.validate()
+                    .map_err(|e| SandboxError::StartFailed(format!("microvm: {e}")))?;
+                let json = serde_json::to_vec(&vm).map_err(|e| {
+                    SandboxError::StartFailed(format!("microvm: Firecracker's config: {e}"))
+                })?;
+                files.push((FIRECRACKER_CONFIG, json));
+                let vmm = Program {
+                    path: firecracker.clone(),
+                    args: utf8(vec![
+                        "--no-api".into(),
+                        "--config-file".into(),
+                        at(FIRECRACKER_CONFIG).into_os_string(),
+                    ])?,
+                };
+                (None, None, vmm, None)
+            }
         };
         let plan = VmPlan {
-            vsock_backend: Some(Program {
-                path: self.cfg.vhost_device_vsock.clone(),
-                args: utf8(vhost_device_vsock_args(&at(BACKEND_SOCKET), &at(VSOCK), 3))?,
-            }),
-            backend_socket: Some(at(BACKEND_SOCKET)),
-            vmm: Program {
-                path: self.cfg.qemu.clone(),
-                args: utf8(vm.args())?,
-            },
+            vsock_backend,
+            backend_socket,
+            vmm,
             uds: at(VSOCK),
             start,
             sources: vec![spec.bundle_file.clone(), shim.to_path_buf()],
             boot_timeout_ms: spec.start_timeout.as_millis() as u64,
             exit_report: at(EXIT_REPORT),
             log: at(VMM_LOG),
-            console: vm.console.clone(),
+            console,
         };
         let mut env = spec.env.clone();
         for (k, v) in [
@@ -461,7 +546,7 @@ impl MicroVmExecutor {
             env.push(("HTTP_PROXY".into(), url.into()));
             env.push(("HTTPS_PROXY".into(), url.into()));
         }
-        Ok((plan, env))
+        Ok(VmSetup { plan, env, files })
     }
 }
 
@@ -498,8 +583,9 @@ impl Executor for MicroVmExecutor {
             limit: "guestKernel",
             enforced: true,
             how: format!(
-                "one QEMU microvm per instance ({}), its own guest kernel, no network card; \
-                 Landlock and seccomp inside the guest as in a container",
+                "one {} per instance ({}), its own guest kernel, no network card; the instance \
+                 as uid 65534 with Landlock and seccomp inside the guest as in a container",
+                self.vmm_name(),
                 match self.cfg.accel {
                     Accel::Kvm => "KVM",
                     Accel::Tcg => "software emulation: a test mode, about 100 times slower",
@@ -573,9 +659,14 @@ impl Executor for MicroVmExecutor {
             keep = f.keep;
             proxy_url = Some(f.proxy_url);
         }
-        let (plan, env) = self
+        let VmSetup { plan, env, files } = self
             .plan(&spec, &shim, proxy_url.as_deref())
             .map_err(fail)?;
+        // Public (0644): the VMM reads them as the instances' uid; they hold no secret value.
+        for (name, bytes) in files {
+            hostfs::write_file_atomic(&spec.work_dir, name, &bytes, 0o644)
+                .map_err(|e| fail(process::io_err("write", &spec.work_dir.join(name), e)))?;
+        }
         let json = serde_json::to_vec(&plan)
             .map_err(|e| fail(SandboxError::StartFailed(format!("vm plan: {e}"))))?;
         // Public (0644): the launcher reads it as the instances' uid; it holds no secret value.

@@ -201,9 +201,10 @@ pub use atrund_testnet::{microvm_tools, MicroVmTools};
 /// A microVM executor under TCG with the guest image under `root/microvm` and these modules.
 pub fn microvm_executor(root: &Path, t: MicroVmTools, modules: Vec<PathBuf>) -> MicroVmExecutor {
     MicroVmExecutor::new(MicroVmConfig {
-        vmm: Vmm::Qemu,
-        qemu: t.qemu,
-        vhost_device_vsock: t.vhost,
+        vmm: Vmm::Qemu {
+            qemu: t.qemu,
+            vhost_device_vsock: t.vhost,
+        },
         kernel: t.kernel,
         modules,
         accel: atrund_microvm::qemu::Accel::Tcg,
