@@ -37,6 +37,8 @@ pub const VMM_ARG: &str = "vmm";
 const MAX_REPORT: u64 = 4096;
 /// Log and console bytes shown when the VM fails.
 const TAIL: usize = 2048;
+/// Longest event line taken from the guest (the agent cuts output lines at 64 KiB).
+const MAX_EVENT_LINE: u64 = 1024 * 1024;
 
 /// A program and its arguments.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -74,11 +76,16 @@ pub struct VmPlan {
 }
 
 /// The guest counters a launcher reported at `path`; zero when there is no report (the VM did
-/// not get as far as the instance's exit).
+/// not get as far as the instance's exit). The daemon reads it from a dir the instances' uid
+/// owns: a symlink put there is not followed.
 pub(crate) fn read_exit_report(path: &Path) -> Counters {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut text = String::new();
-    let read = std::fs::File::open(path)
+    let read = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
         .and_then(|f| f.take(MAX_REPORT).read_to_string(&mut text))
         .is_ok();
     if !read {
@@ -253,7 +260,8 @@ async fn drive(plan: &VmPlan, vm: &mut Vm) -> Result<i32, String> {
         .map_err(|e| format!("sending the instance to the guest: {e}"))?;
     drop(contents);
 
-    let mut events = BufReader::new(r).lines();
+    let mut events = BufReader::new(r);
+    let mut event = Vec::new();
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -276,7 +284,7 @@ async fn drive(plan: &VmPlan, vm: &mut Vm) -> Result<i32, String> {
             _ = term.recv() => {
                 let _ = w.write_all(b"term\n").await;
             }
-            ev = events.next_line() => match ev {
+            ev = next_event(&mut events, &mut event) => match ev {
                 Ok(Some(line)) => match Event::decode(&line) {
                     Some(Event::Stdout(l)) => {
                         let _ = out.write_all(format!("{l}\n").as_bytes()).await;
@@ -309,9 +317,61 @@ async fn drive(plan: &VmPlan, vm: &mut Vm) -> Result<i32, String> {
     }
 }
 
+/// The next event line from the agent, without its newline; `None` at the end of the channel.
+/// A line past [`MAX_EVENT_LINE`] is an error: the guest is not speaking the protocol.
+async fn next_event<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<String>> {
+    use tokio::io::AsyncReadExt;
+    buf.clear();
+    let n = r.take(MAX_EVENT_LINE + 1).read_until(b'\n', buf).await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() != Some(&b'\n') && n as u64 > MAX_EVENT_LINE {
+        return Err(std::io::Error::other("an event line over 1 MiB"));
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    }
+    Ok(Some(String::from_utf8_lossy(buf).into_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn event_lines_are_read_whole_and_capped() {
+        let mut buf = Vec::new();
+        let mut r = &b"o hi\nx 0 1 2\nlast"[..];
+        assert_eq!(
+            next_event(&mut r, &mut buf).await.unwrap().as_deref(),
+            Some("o hi")
+        );
+        assert_eq!(
+            next_event(&mut r, &mut buf).await.unwrap().as_deref(),
+            Some("x 0 1 2")
+        );
+        assert_eq!(
+            next_event(&mut r, &mut buf).await.unwrap().as_deref(),
+            Some("last")
+        );
+        assert_eq!(next_event(&mut r, &mut buf).await.unwrap(), None);
+        let long = vec![b'o'; MAX_EVENT_LINE as usize + 10];
+        assert!(next_event(&mut &long[..], &mut buf).await.is_err());
+    }
+
+    #[test]
+    fn the_exit_report_is_not_read_through_a_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("elsewhere.json");
+        std::fs::write(&target, r#"{"oom_kills":7,"pids_refused":0}"#).unwrap();
+        let link = d.path().join("exit.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert_eq!(read_exit_report(&link), Counters::default());
+    }
 
     #[test]
     fn the_exit_report_round_trips_and_its_absence_counts_nothing() {
