@@ -22,6 +22,7 @@ mod announce;
 mod doctor;
 mod observe;
 mod reload;
+mod runtime_test;
 mod settings;
 use settings::{instances_group, load_config, pool_config};
 mod traces;
@@ -86,6 +87,18 @@ enum Command {
         /// One JSON document instead of lines.
         #[arg(long)]
         json: bool,
+    },
+    /// Run the runtime conformance kit: the protocol, confinement and limit cases against one
+    /// runtime, through the executor this configuration chooses (set ATRUND_ISOLATION to test
+    /// another backend); prints PASS or FAIL per case and exits non-zero when any failed
+    /// (docs/runtimes.md).
+    RuntimeTest {
+        /// The runtime whose kit to run.
+        #[arg(long, default_value = "deno")]
+        runtime: String,
+        /// TOML config file (as for `serve`).
+        #[arg(long, env = "ATRUND_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Announce this runner in its operator's repository: write the `dev.atrund.runner` record
     /// (key `self`) from what the runner at --url answers on describeRunner, then read it back
@@ -218,6 +231,7 @@ impl Command {
             | Command::Dev { config, .. }
             | Command::CheckConfig { config }
             | Command::Doctor { config, .. }
+            | Command::RuntimeTest { config, .. }
             | Command::Keygen { config, .. } => config.as_deref(),
             Command::SandboxInit { .. } | Command::Announce { .. } => None,
         }
@@ -255,6 +269,9 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Doctor { config, json } => doctor::run(config.as_deref(), json).await,
+        Command::RuntimeTest { runtime, config } => {
+            runtime_test::run(config.as_deref(), &runtime).await
+        }
         Command::Keygen { rotate, config } => {
             let cfg = load_config(config.as_deref())?;
             let (path, grace) = (cfg.key_file(), key_grace(&cfg));

@@ -86,6 +86,12 @@ const GUEST_ROOT_ARGS: &str = "rootfstype=ramfs";
 /// Firecracker's config file in the work dir.
 const FIRECRACKER_CONFIG: &str = "firecracker.json";
 
+/// The launcher's deadline for the guest's agent: 90 % of the start timeout, so that its
+/// report of a guest that never answered arrives before the start is given up.
+fn boot_deadline(start_timeout: std::time::Duration) -> std::time::Duration {
+    start_timeout.mul_f64(0.9)
+}
+
 /// The bundle of [`MicroVmExecutor::probe`].
 const PROBE_BUNDLE: &str =
     "export const ping = { method: \"GET\", handler: () => new Response(\"pong\") };\n";
@@ -528,7 +534,9 @@ impl MicroVmExecutor {
             uds: at(VSOCK),
             start,
             sources: vec![spec.bundle_file.clone(), shim.to_path_buf()],
-            boot_timeout_ms: spec.start_timeout.as_millis() as u64,
+            // Before the process layer's own deadline, so that a guest that never answers is
+            // reported with the launcher's reason (and the console's tail), not just killed.
+            boot_timeout_ms: boot_deadline(spec.start_timeout).as_millis() as u64,
             exit_report: at(EXIT_REPORT),
             log: at(VMM_LOG),
             console,

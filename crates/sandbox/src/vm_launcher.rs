@@ -37,6 +37,8 @@ pub const VMM_ARG: &str = "vmm";
 const MAX_REPORT: u64 = 4096;
 /// Log and console bytes shown when the VM fails.
 const TAIL: usize = 2048;
+/// How long one attempt to reach the guest's agent may wait for the VMM's answer.
+const CONNECT_ATTEMPT: Duration = Duration::from_secs(2);
 /// Longest event line taken from the guest (the agent cuts output lines at 64 KiB).
 const MAX_EVENT_LINE: u64 = 1024 * 1024;
 
@@ -243,7 +245,10 @@ async fn drive(plan: &VmPlan, vm: &mut Vm) -> Result<i32, String> {
                 plan.boot_timeout_ms
             ));
         }
-        match atrund_microvm::vsock::connect(&plan.uds, guest::CONTROL_PORT, left).await {
+        // Each attempt briefly: a CONNECT sent before the guest's vsock driver is up can go
+        // unanswered for good, so waiting on one attempt could use up the whole deadline.
+        let attempt = left.min(CONNECT_ATTEMPT);
+        match atrund_microvm::vsock::connect(&plan.uds, guest::CONTROL_PORT, attempt).await {
             Ok(s) => break s,
             Err(_) => {
                 if let Some(Ok(Some(s))) = vm.vmm.as_mut().map(|c| c.try_wait()) {

@@ -654,3 +654,31 @@ async fn firecracker_launch_through_a_stand_in_that_boots_the_same_vm_with_qemu(
     inst.shutdown().await;
     all_gone(&work).await;
 }
+
+/// A bundle that throws while it loads fails the start at once with the shim's reason, as in
+/// the other backends, not at the start timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bundle_that_fails_to_load_fails_the_start_at_once() {
+    use common::{Env, Mode};
+    let _one = ONE_VM.lock().await;
+    let Some(env) = Env::new("mvl", Mode::MicroVm).await else {
+        return;
+    };
+    let bundle = env.root.join("fails.js");
+    std::fs::write(&bundle, "throw new Error('no');\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let mut spec = env.spec("vm-fails", &bundle);
+    spec.start_timeout = Duration::from_secs(90);
+    let t = Instant::now();
+    let e = match env.exec.warm(spec).await {
+        Ok(_) => panic!("a bundle that throws at load started"),
+        Err(e) => e,
+    };
+    let took = t.elapsed();
+    assert_eq!(e.code(), "StartFailed", "{e}");
+    assert!(e.to_string().contains("failed to load"), "{e}");
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+}

@@ -1,0 +1,549 @@
+//! `at-rund runtime-test`: the runtime conformance kit (docs/runtimes.md). It runs a runtime's
+//! kit bundle through the executor the configuration chooses (the same choice, limits and
+//! egress proxy as `serve`), one case at a time, prints one line per case (`PASS` or `FAIL`, with
+//! what came back) and fails when any case failed.
+//!
+//! The cases: the protocol (ready, input from the query and a JSON body, the rest path, status
+//! and headers, a streamed body, `204` for nothing, unknown endpoints, methods and tasks, a thrown
+//! error, the load failure of a bundle that throws while it loads), confinement (the one secret
+//! readable and nothing else of the environment, no host file read or written, no process
+//! spawned, no connection to loopback) and the limits (wall clock, CPU time, memory beyond the
+//! runtime's heap, response size), each breach under its error name. Cases that break their
+//! instance get one of their own.
+//!
+//! Owns: the cases, their bundles (`runtime/conformance/`) and the verdicts. Must not: loosen
+//! anything for the kit (it uses the executor as configured), or touch a serving runner's state
+//! (its cgroups and dirs are its own).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use atrund_sandbox::{
+    CallKind, CgroupManager, DenoBinary, Executor, Grants, Instance, InstanceSpec, Invocation,
+    ResourceLimits,
+};
+use http_body_util::BodyExt;
+
+use crate::settings;
+
+/// Deno's kit bundle.
+const DENO_KIT: &str = include_str!("../../../runtime/conformance/deno.js");
+/// A Deno bundle that throws while it loads.
+const DENO_LOAD_FAILS: &str = include_str!("../../../runtime/conformance/deno_load_fails.js");
+/// The secret the kit gives its instances, and its value.
+const SECRET: (&str, &str) = ("KIT_SECRET", "kit-secret-value");
+/// The longest a case may take, VM starts under emulation included.
+const CASE_LIMIT: Duration = Duration::from_secs(180);
+
+/// What a case calls.
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    /// `GET` of an endpoint with this rest path and query (`/` or `/a?x=1`).
+    Get(&'static str, &'static str),
+    /// `POST` of an endpoint with a JSON body.
+    PostJson(&'static str, &'static str),
+}
+
+/// What a case must see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// This status, and a body that contains this text.
+    Answer(u16, &'static str),
+    /// A refused attempt: `200` with JSON `{ "error": … }` and no `leaked`.
+    Contained,
+    /// The call fails with this sandbox error.
+    Error(&'static str),
+    /// The instance does not start (`StartFailed`).
+    StartFails,
+}
+
+/// The instance a case runs in.
+#[derive(Debug, Clone, Copy)]
+enum RunsIn {
+    /// The kit bundle's shared instance.
+    Shared,
+    /// One of its own, with the spec changed so.
+    Own(fn(&mut InstanceSpec)),
+    /// One of its own, of the bundle that fails to load.
+    LoadFails,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    group: &'static str,
+    name: &'static str,
+    call: Call,
+    expect: Expect,
+    instance: RunsIn,
+}
+
+fn cases() -> Vec<Case> {
+    use Call::{Get, PostJson};
+    use Expect::{Answer, Contained, Error, StartFails};
+    use RunsIn::{LoadFails, Own, Shared};
+    let c = |group, name, call, expect, instance| Case {
+        group,
+        name,
+        call,
+        expect,
+        instance,
+    };
+    vec![
+        c(
+            "protocol",
+            "GET: the query as input",
+            Get("echo", "/?x=1&x=2&y=3"),
+            Answer(200, r#""input":{"x":["1","2"],"y":"3"}"#),
+            Shared,
+        ),
+        c(
+            "protocol",
+            "POST: the JSON body as input",
+            PostJson("echo", r#"{"a":1}"#),
+            Answer(200, r#""input":{"a":1}"#),
+            Shared,
+        ),
+        c(
+            "protocol",
+            "the rest path reaches the handler",
+            Get("echo", "/a/b?q=1"),
+            Answer(200, r#""rest":"/a/b""#),
+            Shared,
+        ),
+        c(
+            "protocol",
+            "status and body pass through",
+            Get("status", "/"),
+            Answer(201, "created"),
+            Shared,
+        ),
+        c(
+            "protocol",
+            "a streamed body arrives whole",
+            Get("stream", "/"),
+            Answer(200, "chunk-0chunk-1chunk-2"),
+            Shared,
+        ),
+        c(
+            "protocol",
+            "nothing returned is 204",
+            Get("nothing", "/"),
+            Answer(204, ""),
+            Shared,
+        ),
+        c(
+            "protocol",
+            "an unknown endpoint",
+            Get("noSuchEndpoint", "/"),
+            Error("EndpointNotFound"),
+            Shared,
+        ),
+        c(
+            "protocol",
+            "a method the endpoint does not take",
+            PostJson("onlyGet", "{}"),
+            Error("MethodNotAllowed"),
+            Shared,
+        ),
+        c(
+            "protocol",
+            "a task is not an endpoint",
+            Get("aTask", "/"),
+            Error("EndpointNotFound"),
+            Shared,
+        ),
+        c(
+            "protocol",
+            "a thrown error",
+            Get("throws", "/"),
+            Error("BundleFailed"),
+            Shared,
+        ),
+        c(
+            "protocol",
+            "the instance serves on after it",
+            Get("echo", "/"),
+            Answer(200, r#""endpoint":"echo""#),
+            Shared,
+        ),
+        c(
+            "protocol",
+            "a bundle that throws while it loads",
+            Get("echo", "/"),
+            StartFails,
+            LoadFails,
+        ),
+        c(
+            "confinement",
+            "its secret is readable",
+            Get("secret", "/"),
+            Answer(200, SECRET.1),
+            Shared,
+        ),
+        c(
+            "confinement",
+            "no other variable is",
+            Get("otherEnv", "/"),
+            Contained,
+            Shared,
+        ),
+        c(
+            "confinement",
+            "no host file is read",
+            Get("readHost", "/"),
+            Contained,
+            Shared,
+        ),
+        c(
+            "confinement",
+            "no host file is written",
+            Get("writeHost", "/"),
+            Contained,
+            Shared,
+        ),
+        c(
+            "confinement",
+            "no process is spawned",
+            Get("spawn", "/"),
+            Contained,
+            Shared,
+        ),
+        c(
+            "confinement",
+            "no connection to loopback",
+            Get("loopback", "/"),
+            Contained,
+            Shared,
+        ),
+        c(
+            "limits",
+            "the wall clock",
+            Get("sleep", "/"),
+            Error("TimedOut"),
+            Own(|s| s.request_timeout = Duration::from_secs(2)),
+        ),
+        c(
+            "limits",
+            "CPU time",
+            Get("spin", "/"),
+            Error("CpuLimitExceeded"),
+            Own(|s| {
+                s.limits.cpu_budget = Some(Duration::from_millis(500));
+                s.request_timeout = Duration::from_secs(60);
+            }),
+        ),
+        c(
+            "limits",
+            "memory beyond the heap",
+            Get("hog", "/"),
+            Error("MemoryLimitExceeded"),
+            Own(|s| {
+                s.memory_mib = 64;
+                s.request_timeout = Duration::from_secs(60);
+            }),
+        ),
+        c(
+            "limits",
+            "the response size",
+            Get("big", "/"),
+            Error("ResponseTooLarge"),
+            Own(|s| s.limits.max_response_bytes = 1024 * 1024),
+        ),
+    ]
+}
+
+/// What came back from one case.
+#[derive(Debug)]
+enum Outcome {
+    Answer(u16, String),
+    Error(String),
+    StartFailed(String),
+}
+
+/// Whether `got` meets `expect`, and what to show.
+fn judge(expect: Expect, got: &Outcome) -> (bool, String) {
+    let shown = |s: &str| s.chars().take(100).collect::<String>();
+    match (expect, got) {
+        (Expect::Answer(status, text), Outcome::Answer(s, body)) => (
+            *s == status && body.contains(text),
+            format!("{s} {}", shown(body)),
+        ),
+        (Expect::Contained, Outcome::Answer(s, body)) => {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            let ok = *s == 200 && v.get("error").is_some() && v.get("leaked").is_none();
+            (ok, format!("{s} {}", shown(body)))
+        }
+        (Expect::Error(code), Outcome::Error(got)) => (got == code, got.clone()),
+        (Expect::StartFails, Outcome::StartFailed(why)) => {
+            (true, format!("StartFailed: {}", shown(why)))
+        }
+        (_, Outcome::Answer(s, body)) => (false, format!("{s} {}", shown(body))),
+        (_, Outcome::Error(code)) => (false, code.clone()),
+        (_, Outcome::StartFailed(why)) => (false, format!("StartFailed: {}", shown(why))),
+    }
+}
+
+/// Where the kit's files and instances live.
+struct Dirs {
+    root: PathBuf,
+    kit: PathBuf,
+    load_fails: PathBuf,
+}
+
+impl Dirs {
+    fn spec(&self, id: &str, bundle: &Path, start_timeout: Duration) -> InstanceSpec {
+        InstanceSpec {
+            id: id.into(),
+            bundle_file: bundle.to_path_buf(),
+            work_dir: self.root.join("w").join(id),
+            data_dir: self.root.join("data").join(id),
+            deno_dir: self.root.join("deno").join(id),
+            permissions: Grants::default(),
+            env: vec![(SECRET.0.into(), SECRET.1.into())],
+            memory_mib: 128,
+            request_timeout: Duration::from_secs(10),
+            start_timeout,
+            limits: ResourceLimits::default(),
+            output: None,
+            runner_calls: None,
+        }
+    }
+}
+
+async fn call(inst: &dyn Instance, c: Call) -> Outcome {
+    let (endpoint, req) = match c {
+        Call::Get(e, uri) => (
+            e,
+            http::Request::get(uri).body(atrund_sandbox::empty_body()),
+        ),
+        Call::PostJson(e, body) => (
+            e,
+            http::Request::post("/")
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(atrund_sandbox::full_body(body)),
+        ),
+    };
+    let Ok(request) = req else {
+        return Outcome::Error("the kit built a bad request".into());
+    };
+    let inv = Invocation {
+        kind: CallKind::Endpoint,
+        endpoint: endpoint.into(),
+        request,
+        timeout: None,
+    };
+    match inst.execute(inv).await {
+        Ok(res) => {
+            let status = res.status().as_u16();
+            match res.into_body().collect().await {
+                Ok(b) => {
+                    Outcome::Answer(status, String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                }
+                Err(e) => match e.downcast_ref::<atrund_sandbox::SandboxError>() {
+                    Some(se) => Outcome::Error(se.code().into()),
+                    None => Outcome::Error(format!("the body broke: {e}")),
+                },
+            }
+        }
+        Err(e) => Outcome::Error(e.code().into()),
+    }
+}
+
+/// Runs the kit for `runtime` and prints its table.
+pub(crate) async fn run(config_path: Option<&Path>, runtime: &str) -> Result<()> {
+    if runtime != "deno" {
+        anyhow::bail!(
+            "runtime '{runtime}' has no kit in this version: only \"deno\" runs here (docs/runtimes.md)"
+        );
+    }
+    let config = settings::load_config(config_path)?;
+    let deno = DenoBinary::locate(config.deno.path.as_deref())?;
+    let requested = settings::requested_isolation(&config)?;
+    let cgroups = Arc::new(CgroupManager::start(&format!(
+        "runtime-test-{}",
+        std::process::id()
+    )));
+    let tmp = std::env::temp_dir().join(format!("at-rund-runtime-test-{}", std::process::id()));
+    let result = kit(&config, requested, deno, cgroups.clone(), &tmp).await;
+    let _ = std::fs::remove_dir_all(&tmp);
+    let _ = cgroups.sweep();
+    let _ = cgroups.remove_parents();
+    let (rows, failed) = result?;
+    for r in &rows {
+        println!("{r}");
+    }
+    if failed > 0 {
+        anyhow::bail!("runtime-test: {failed} of {} cases failed", rows.len());
+    }
+    eprintln!("runtime-test: all {} cases passed", rows.len());
+    Ok(())
+}
+
+async fn kit(
+    config: &atrund_config::Config,
+    requested: atrund_sandbox::Requested,
+    deno: DenoBinary,
+    cgroups: Arc<CgroupManager>,
+    tmp: &Path,
+) -> Result<(Vec<String>, usize)> {
+    use std::os::unix::fs::PermissionsExt;
+    let group = settings::instances_group(config);
+    std::fs::create_dir_all(tmp.join("kit"))
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut choice =
+        settings::sandbox_choice(config, requested, deno, cgroups, tmp.join("rootfs"))?;
+    if atrund_sandbox::effective_root() {
+        let staged = tmp.join("staged");
+        std::fs::create_dir_all(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o711))?;
+        choice = settings::reachable_choice(choice, &staged)?;
+    }
+    for d in ["w", "data", "deno"] {
+        std::fs::create_dir_all(tmp.join(d))?;
+        atrund_sandbox::runner_dir_mode(&tmp.join(d), group)?;
+    }
+    atrund_sandbox::runner_dir_mode(tmp, group)?;
+    // The bundles are public: whatever uid the instances run as reads them.
+    std::fs::set_permissions(tmp.join("kit"), std::fs::Permissions::from_mode(0o755))?;
+    let dirs = Dirs {
+        root: tmp.to_path_buf(),
+        kit: tmp.join("kit/kit.js"),
+        load_fails: tmp.join("kit/load_fails.js"),
+    };
+    for (path, text) in [(&dirs.kit, DENO_KIT), (&dirs.load_fails, DENO_LOAD_FAILS)] {
+        std::fs::write(path, text)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+    }
+    let chosen = atrund_sandbox::choose_executor(choice).await?;
+    let exec = chosen.executor;
+    println!(
+        "runtime deno, isolation {} ({})",
+        exec.name(),
+        chosen.isolation.how
+    );
+    let start_timeout = Duration::from_millis(config.pool.start_timeout_ms);
+    let shared = exec
+        .warm(dirs.spec("kit-shared", &dirs.kit, start_timeout))
+        .await;
+    let mut rows = Vec::new();
+    let mut failed = 0;
+    for (i, case) in cases().into_iter().enumerate() {
+        let outcome = tokio::time::timeout(
+            CASE_LIMIT,
+            run_case(&*exec, &dirs, &shared, case, i, start_timeout),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Outcome::Error(format!("no outcome within {} s", CASE_LIMIT.as_secs()))
+        });
+        let (ok, shown) = judge(case.expect, &outcome);
+        if !ok {
+            failed += 1;
+        }
+        rows.push(format!(
+            "{}  {:<11}  {:<40}  {shown}",
+            if ok { "PASS" } else { "FAIL" },
+            case.group,
+            case.name
+        ));
+    }
+    if let Ok(inst) = shared {
+        inst.shutdown().await;
+    }
+    Ok((rows, failed))
+}
+
+async fn run_case(
+    exec: &dyn Executor,
+    dirs: &Dirs,
+    shared: &Result<Arc<dyn Instance>, atrund_sandbox::SandboxError>,
+    case: Case,
+    i: usize,
+    start_timeout: Duration,
+) -> Outcome {
+    let own = |bundle: &Path| dirs.spec(&format!("kit-{i}"), bundle, start_timeout);
+    let spec = match case.instance {
+        RunsIn::Shared => {
+            return match shared {
+                Ok(inst) => call(&**inst, case.call).await,
+                Err(e) => Outcome::StartFailed(e.to_string()),
+            }
+        }
+        RunsIn::Own(tweak) => {
+            let mut s = own(&dirs.kit);
+            tweak(&mut s);
+            s
+        }
+        RunsIn::LoadFails => own(&dirs.load_fails),
+    };
+    match exec.warm(spec).await {
+        Ok(inst) => {
+            let out = call(&*inst, case.call).await;
+            inst.shutdown().await;
+            out
+        }
+        Err(e) => Outcome::StartFailed(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_verdicts_fail_what_does_not_match() {
+        let answer = |s: u16, b: &str| Outcome::Answer(s, b.into());
+        assert!(judge(Expect::Answer(200, "hi"), &answer(200, "oh hi")).0);
+        assert!(!judge(Expect::Answer(200, "hi"), &answer(201, "oh hi")).0);
+        assert!(!judge(Expect::Answer(200, "hi"), &answer(200, "bye")).0);
+        assert!(judge(Expect::Contained, &answer(200, r#"{"error":"NotCapable"}"#)).0);
+        // An escape is a failure, whatever else the answer says.
+        assert!(
+            !judge(
+                Expect::Contained,
+                &answer(200, r#"{"error":"x","leaked":"root:x"}"#)
+            )
+            .0
+        );
+        assert!(!judge(Expect::Contained, &answer(200, r#"{"leaked":"root:x"}"#)).0);
+        assert!(!judge(Expect::Contained, &answer(500, r#"{"error":"x"}"#)).0);
+        assert!(
+            judge(
+                Expect::Error("TimedOut"),
+                &Outcome::Error("TimedOut".into())
+            )
+            .0
+        );
+        assert!(
+            !judge(
+                Expect::Error("TimedOut"),
+                &Outcome::Error("BundleCrashed".into())
+            )
+            .0
+        );
+        assert!(!judge(Expect::Error("TimedOut"), &answer(200, "woke")).0);
+        assert!(judge(Expect::StartFails, &Outcome::StartFailed("x".into())).0);
+        assert!(!judge(Expect::StartFails, &answer(200, "{}")).0);
+        assert!(!judge(Expect::Answer(200, ""), &Outcome::StartFailed("x".into())).0);
+    }
+
+    #[test]
+    fn every_case_names_an_endpoint_of_the_kit_bundle() {
+        for c in cases() {
+            let endpoint = match c.call {
+                Call::Get(e, _) | Call::PostJson(e, _) => e,
+            };
+            if endpoint == "noSuchEndpoint" {
+                assert!(!DENO_KIT.contains("noSuchEndpoint"));
+                continue;
+            }
+            assert!(
+                DENO_KIT.contains(&format!("export const {endpoint} ")),
+                "{}: {endpoint}",
+                c.name
+            );
+        }
+    }
+}
