@@ -452,6 +452,10 @@ async fn isolation_check(
         let _ = std::fs::remove_dir_all(&tmp);
         anyhow::Ok(picked?)
     };
+    let microvm = matches!(
+        config.isolation,
+        Isolation::Microvm | Isolation::Firecracker
+    );
     let (picked, why) = match probe.await {
         Ok(p) => p,
         Err(e) => {
@@ -459,11 +463,19 @@ async fn isolation_check(
                 Status::Fail,
                 "isolation",
                 format!("the sandbox probe failed: {e:#}"),
-                "see the log above",
+                if microvm {
+                    "fix what the message names (docs/microvm.md \"Setting it up\")"
+                } else {
+                    "see the log above"
+                },
             )
         }
     };
-    let found = format!("configured {configured}; auto would pick {picked}: {why}");
+    let found = if microvm {
+        format!("configured {configured}: {why}")
+    } else {
+        format!("configured {configured}; auto would pick {picked}: {why}")
+    };
     match (config.isolation, picked) {
         (Isolation::Container, "container")
         | (Isolation::Auto, "container" | "microvm")
