@@ -97,3 +97,56 @@ async fn dev_serves_the_hello_example_from_a_qemu_microvm() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `at-rund doctor` with a microVM configured runs the start's own steps (a probe VM included)
+/// and says what it found; with a kernel that cannot boot, it fails the isolation check.
+#[test]
+fn doctor_probes_a_configured_microvm() {
+    let Some(t) = atrund_testnet::microvm_tools() else {
+        return;
+    };
+    let Some(deno) = atrund_testnet::deno_path() else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let modules: Vec<String> = t.modules.iter().map(|m| m.display().to_string()).collect();
+    let doctor = |kernel: &Path| {
+        let out = common::command(&deno, data.path())
+            .arg("doctor")
+            .env("ATRUND_LOG", "error")
+            .env("ATRUND_ISOLATION", "microvm")
+            .env("ATRUND_MICROVM_ACCEL", "tcg")
+            .env("ATRUND_MICROVM_QEMU", &t.qemu)
+            .env("ATRUND_MICROVM_VHOST_DEVICE_VSOCK", &t.vhost)
+            .env("ATRUND_MICROVM_KERNEL", kernel)
+            .env("ATRUND_MICROVM_MODULES", modules.join(","))
+            .env("ATRUND_POOL_START_TIMEOUT_MS", "90000")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let good = doctor(&t.kernel);
+    let line = good
+        .lines()
+        .find(|l| l.contains("isolation: "))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.starts_with("ok    isolation: configured microvm: microvm, as configured")
+            && line.contains("a probe VM booted and answered"),
+        "{good}"
+    );
+    // A file that is no kernel: QEMU refuses it, and the check says so.
+    let junk = data.path().join("not-a-kernel");
+    std::fs::write(&junk, vec![0u8; 4096]).unwrap();
+    let bad = doctor(&junk);
+    let line = bad
+        .lines()
+        .find(|l| l.contains("isolation: "))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.starts_with("FAIL  isolation: the sandbox probe failed") && line.contains("VM ended"),
+        "{bad}"
+    );
+}
