@@ -456,6 +456,29 @@ async fn request_bodies_over_the_limit_are_refused_with_413() {
         .await
         .expect("post");
     assert_eq!(ok.status(), 200);
+    // A body read to its end keeps the connection.
+    assert!(
+        ok.headers().get("connection").is_none(),
+        "{:?}",
+        ok.headers()
+    );
+    // An error answered before the body was read (no such endpoint) ends the connection and
+    // says so; one without a body does not.
+    let unread = client
+        .post(runner.url("/bundle/local/small/latest/nosuch"))
+        .json(&json!({"text": "a".repeat(900)}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(unread.status(), 404);
+    assert_eq!(unread.headers()["connection"], "close");
+    let no_body = client
+        .get(runner.url("/bundle/local/small/latest/nosuch"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(no_body.status(), 404);
+    assert!(no_body.headers().get("connection").is_none());
     let big = client
         .post(&url)
         .json(&json!({"text": "a".repeat(2000)}))

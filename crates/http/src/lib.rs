@@ -17,6 +17,7 @@
 mod body_limit;
 pub mod cluster;
 pub mod data_quota;
+mod early_close;
 pub mod error;
 pub mod forwarded;
 pub mod headers;
@@ -418,11 +419,15 @@ impl tower::Service<hyper::Request<hyper::body::Incoming>> for MainService {
     }
 
     fn call(&mut self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
-        let req = req.map(Body::new);
+        let (req, ended) = early_close::track(req);
         let params = direct_route(req.uri().path()).map(|s| s.map(str::to_string));
         let Some([author, name, version, endpoint]) = params else {
             let router = self.router.clone();
-            return Box::pin(async move { router.oneshot(req).await });
+            return Box::pin(async move {
+                let mut resp = router.oneshot(req).await?;
+                early_close::mark(&mut resp, ended.as_deref());
+                Ok(resp)
+            });
         };
         let st = self.state.clone();
         let (traced, by_host) = (self.traced, self.by_host);
@@ -448,6 +453,8 @@ impl tower::Service<hyper::Request<hyper::body::Incoming>> for MainService {
                 observed(st, RouteKind::Path, call, req).await
             })
             .await;
+            let mut resp = resp;
+            early_close::mark(&mut resp, ended.as_deref());
             Ok(resp)
         })
     }
