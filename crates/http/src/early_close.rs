@@ -74,3 +74,36 @@ pub(crate) fn mark(resp: &mut Response, ended: Option<&AtomicBool>) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::response::IntoResponse;
+
+    fn resp(status: u16) -> Response {
+        http::StatusCode::from_u16(status).unwrap().into_response()
+    }
+
+    #[test]
+    fn only_errors_with_an_unread_body_close() {
+        let unread = AtomicBool::new(false);
+        let read = AtomicBool::new(true);
+        for (status, flag, closes) in [
+            (404, Some(&unread), true),
+            (413, Some(&unread), true),
+            (503, Some(&unread), true),
+            (404, Some(&read), false),
+            (404, None, false),
+            (200, Some(&unread), false),
+            (304, Some(&unread), false),
+        ] {
+            let mut r = resp(status);
+            mark(&mut r, flag);
+            assert_eq!(
+                r.headers().get(http::header::CONNECTION).is_some(),
+                closes,
+                "{status} {flag:?}"
+            );
+        }
+    }
+}
