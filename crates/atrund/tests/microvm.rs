@@ -36,7 +36,8 @@ async fn dev_serves_the_hello_example_from_a_qemu_microvm() {
         .env("ATRUND_MICROVM_MODULES", modules.join(","))
         .env("ATRUND_MICROVM_CONSOLE", "true")
         .env("ATRUND_POOL_START_TIMEOUT_MS", "90000");
-    let mut d = Daemon::spawn(&mut cmd, false);
+    // The start builds the guest image and boots a probe VM, under emulation.
+    let mut d = Daemon::spawn_within(&mut cmd, false, Duration::from_secs(180));
 
     let (s, v) = common::get(&d.url("/xrpc/dev.atrund.describeRunner")).await;
     assert_eq!(s, 200, "{v}");

@@ -58,6 +58,11 @@ impl Daemon {
     /// Spawns `cmd` and waits (30 s at most) for its "http api listening" line, and its "admin endpoint
     /// up" line when `want_admin`.
     pub fn spawn(cmd: &mut Command, want_admin: bool) -> Daemon {
+        Self::spawn_within(cmd, want_admin, Duration::from_secs(30))
+    }
+
+    /// [`Daemon::spawn`] with a longer start (a microVM's probe under emulation).
+    pub fn spawn_within(cmd: &mut Command, want_admin: bool, limit: Duration) -> Daemon {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -86,10 +91,14 @@ impl Daemon {
             log,
         };
         while d.base.is_empty() || (want_admin && d.admin.is_none()) {
-            match rx.recv_timeout(Duration::from_secs(30)) {
+            match rx.recv_timeout(limit) {
                 Ok((false, a)) => d.base = format!("http://{a}"),
                 Ok((true, a)) => d.admin = Some(format!("http://{a}")),
-                Err(_) => panic!("at-rund did not start within 30 s; log:\n{}", d.log()),
+                Err(_) => panic!(
+                    "at-rund did not start within {} s; log:\n{}",
+                    limit.as_secs(),
+                    d.log()
+                ),
             }
         }
         d
