@@ -89,13 +89,6 @@ impl IntoResponse for ApiError {
         if let Some(v) = retry {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
-        // A body over the limit is refused before it is read to its end: the connection cannot
-        // carry another request, and a client told so does not reuse it (without the header a
-        // pooled client may send its next request into the closing connection).
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
         resp
     }
 }
