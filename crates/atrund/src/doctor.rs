@@ -432,19 +432,7 @@ async fn isolation_check(
             Isolation::Microvm | Isolation::Firecracker => Requested::MicroVm,
             _ => Requested::Auto,
         };
-        let mut choice =
-            settings::sandbox_choice(config, requested, deno, cgroups, tmp.join("rootfs"))?;
-        if atrund_sandbox::effective_root() {
-            // As `serve` does: Deno and at-rund where the instances' uid can run them (copies
-            // when they sit under /root), here in the probe's own temp dir.
-            use std::os::unix::fs::PermissionsExt;
-            let staged = tmp.join("staged");
-            std::fs::create_dir_all(&staged)?;
-            for d in [&tmp, &staged] {
-                std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))?;
-            }
-            choice = settings::reachable_choice(choice, &staged)?;
-        }
+        let choice = settings::probe_choice(config, requested, deno, cgroups, &tmp)?;
         // The executor (and its egress proxy) is dropped before its root is removed.
         let picked = atrund_sandbox::choose_executor(choice)
             .await

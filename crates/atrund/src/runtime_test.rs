@@ -392,14 +392,7 @@ async fn kit(
     let group = settings::instances_group(config);
     std::fs::create_dir_all(tmp.join("kit"))
         .with_context(|| format!("cannot create {}", tmp.display()))?;
-    let mut choice =
-        settings::sandbox_choice(config, requested, deno, cgroups, tmp.join("rootfs"))?;
-    if atrund_sandbox::effective_root() {
-        let staged = tmp.join("staged");
-        std::fs::create_dir_all(&staged)?;
-        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o711))?;
-        choice = settings::reachable_choice(choice, &staged)?;
-    }
+    let choice = settings::probe_choice(config, requested, deno, cgroups, tmp)?;
     for d in ["w", "data", "deno"] {
         std::fs::create_dir_all(tmp.join(d))?;
         atrund_sandbox::runner_dir_mode(&tmp.join(d), group)?;

@@ -152,6 +152,31 @@ pub(crate) fn sandbox_choice(
     })
 }
 
+/// [`sandbox_choice`] for a probe that runs outside `serve` (`doctor`, `runtime-test`): its
+/// roots under `tmp`, and, when at-rund is root, Deno and at-rund staged where the instances'
+/// uid can run them, as `serve` does (copies when they sit under /root), in `tmp/staged`.
+pub(crate) fn probe_choice(
+    config: &Config,
+    requested: Requested,
+    deno: DenoBinary,
+    cgroups: Arc<CgroupManager>,
+    tmp: &Path,
+) -> Result<Choice> {
+    let choice = sandbox_choice(config, requested, deno, cgroups, tmp.join("rootfs"))?;
+    if !atrund_sandbox::effective_root() {
+        return Ok(choice);
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let staged = tmp.join("staged");
+    std::fs::create_dir_all(&staged)
+        .with_context(|| format!("cannot create {}", staged.display()))?;
+    for d in [tmp, &staged] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))
+            .with_context(|| format!("cannot open {} to the instances' uid", d.display()))?;
+    }
+    reachable_choice(choice, &staged)
+}
+
 /// The microVM backend's settings from `[microvm]` (validated by `Config::validate`); the
 /// programs named without a path are looked up on `PATH`.
 fn microvm_config(
@@ -162,15 +187,7 @@ fn microvm_config(
 ) -> Result<atrund_sandbox::MicroVmConfig> {
     let m = &config.microvm;
     let program = |key: &str, name: &str| -> Result<PathBuf> {
-        let p = std::path::Path::new(name);
-        let found = if p.components().count() > 1 {
-            Some(p.to_path_buf())
-        } else {
-            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-                .map(|d| d.join(name))
-                .find(|c| c.is_file())
-        };
-        found.ok_or_else(|| {
+        atrund_sandbox::find_program(name).ok_or_else(|| {
             anyhow::anyhow!(
                 "{key}: '{name}' is not on PATH; give its full path (docs/microvm.md says how to install it)"
             )

@@ -25,15 +25,9 @@ async fn dev_serves_the_hello_example_from_a_qemu_microvm() {
         .canonicalize()
         .unwrap();
     let data = tempfile::tempdir().unwrap();
-    let modules: Vec<String> = t.modules.iter().map(|m| m.display().to_string()).collect();
     let mut cmd = common::command(&deno, data.path());
     cmd.args(["dev", hello.to_str().unwrap(), "--name", "hello"])
-        .env("ATRUND_ISOLATION", "microvm")
-        .env("ATRUND_MICROVM_ACCEL", "tcg")
-        .env("ATRUND_MICROVM_QEMU", &t.qemu)
-        .env("ATRUND_MICROVM_VHOST_DEVICE_VSOCK", &t.vhost)
-        .env("ATRUND_MICROVM_KERNEL", &t.kernel)
-        .env("ATRUND_MICROVM_MODULES", modules.join(","))
+        .envs(t.runner_env())
         .env("ATRUND_MICROVM_CONSOLE", "true")
         .env("ATRUND_POOL_START_TIMEOUT_MS", "90000");
     // The start builds the guest image and boots a probe VM, under emulation.
@@ -110,17 +104,12 @@ fn doctor_probes_a_configured_microvm() {
         return;
     };
     let data = tempfile::tempdir().unwrap();
-    let modules: Vec<String> = t.modules.iter().map(|m| m.display().to_string()).collect();
     let doctor = |kernel: &Path| {
         let out = common::command(&deno, data.path())
             .arg("doctor")
             .env("ATRUND_LOG", "error")
-            .env("ATRUND_ISOLATION", "microvm")
-            .env("ATRUND_MICROVM_ACCEL", "tcg")
-            .env("ATRUND_MICROVM_QEMU", &t.qemu)
-            .env("ATRUND_MICROVM_VHOST_DEVICE_VSOCK", &t.vhost)
+            .envs(t.runner_env())
             .env("ATRUND_MICROVM_KERNEL", kernel)
-            .env("ATRUND_MICROVM_MODULES", modules.join(","))
             .env("ATRUND_POOL_START_TIMEOUT_MS", "90000")
             .output()
             .unwrap();

@@ -67,23 +67,9 @@ fn deno_passes_the_kit_in_a_qemu_microvm() {
     let Some(t) = atrund_testnet::microvm_tools() else {
         return;
     };
-    let modules: Vec<String> = t.modules.iter().map(|m| m.display().to_string()).collect();
-    let path = |p: &Path| p.display().to_string();
-    all_pass(
-        "microvm",
-        kit(
-            &deno,
-            &[
-                ("ATRUND_ISOLATION", "microvm".into()),
-                ("ATRUND_MICROVM_ACCEL", "tcg".into()),
-                ("ATRUND_MICROVM_QEMU", path(&t.qemu)),
-                ("ATRUND_MICROVM_VHOST_DEVICE_VSOCK", path(&t.vhost)),
-                ("ATRUND_MICROVM_KERNEL", path(&t.kernel)),
-                ("ATRUND_MICROVM_MODULES", modules.join(",")),
-                ("ATRUND_POOL_START_TIMEOUT_MS", "120000".into()),
-            ],
-        ),
-    );
+    let mut env = t.runner_env();
+    env.push(("ATRUND_POOL_START_TIMEOUT_MS", "120000".into()));
+    all_pass("microvm", kit(&deno, &env));
 }
 
 #[test]

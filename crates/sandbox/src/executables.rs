@@ -10,6 +10,17 @@ pub(crate) fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// A configured program: a path (anything with a `/`) as given, else the first executable of
+/// that name on `PATH`.
+pub fn find_program(configured: &str) -> Option<PathBuf> {
+    let p = Path::new(configured);
+    if p.components().count() > 1 {
+        Some(p.to_path_buf())
+    } else {
+        find_executable(configured, &[])
+    }
+}
+
 /// The first executable `name` in `PATH`'s dirs, then in `also` (dirs a service's `PATH` may
 /// lack, such as `/usr/sbin`).
 pub(crate) fn find_executable(name: &str, also: &[&str]) -> Option<PathBuf> {

@@ -126,17 +126,17 @@ impl Event {
             "o " => Event::Stdout(rest.to_string()),
             "e " => Event::Stderr(rest.to_string()),
             "x " => {
-                let mut f = rest.split_ascii_whitespace().map(str::parse::<u64>);
-                let code = rest.split_ascii_whitespace().next()?.parse().ok()?;
-                f.next();
-                let mut n = Counters::default();
-                if let Some(oom) = f.next() {
-                    n.oom_kills = oom.ok()?;
-                    n.pids_refused = f.next()?.ok()?;
-                }
-                if f.next().is_some() {
-                    return None;
-                }
+                // `x <code>`, or `x <code> <oom kills> <refused forks>`.
+                let f: Vec<&str> = rest.split_ascii_whitespace().collect();
+                let code = f.first()?.parse().ok()?;
+                let n = match f[1..] {
+                    [] => Counters::default(),
+                    [oom, pids] => Counters {
+                        oom_kills: oom.parse().ok()?,
+                        pids_refused: pids.parse().ok()?,
+                    },
+                    _ => return None,
+                };
                 Event::Exited(code, n)
             }
             "f " => Event::Failed(rest.to_string()),

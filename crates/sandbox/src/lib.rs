@@ -51,6 +51,7 @@ pub use container::generic::{GenericConfig, GenericSandbox};
 pub use container::{find_bwrap, ContainerConfig, ContainerExecutor};
 pub use deno::DenoBinary;
 pub use error::SandboxError;
+pub use executables::find_program;
 pub use hostfs::{copy_if_unreachable, runner_dir_mode, stage_file, unreachable_by};
 pub use microvm::{MicroVmConfig, MicroVmExecutor, Vmm};
 pub use none::NoneExecutor;

@@ -633,11 +633,11 @@ impl Executor for MicroVmExecutor {
         let longest = spec
             .work_dir
             .join(format!("{VSOCK}_{}", guest::EGRESS_PORT));
-        if longest.as_os_str().len() > 107 {
-            return Err(SandboxError::StartFailed(
-                "the microVM's vsock socket path is longer than 107 bytes; configure a shorter data dir"
-                    .into(),
-            ));
+        if longest.as_os_str().len() > process::MAX_SOCKET_PATH {
+            return Err(SandboxError::StartFailed(format!(
+                "the microVM's vsock socket path is longer than {} bytes; configure a shorter data dir",
+                process::MAX_SOCKET_PATH
+            )));
         }
         process::prepare_work_dir(&spec, &socket, &shim, self.run_as).await?;
         let fail = |e: SandboxError| {

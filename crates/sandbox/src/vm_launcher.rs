@@ -36,7 +36,7 @@ pub const VMM_ARG: &str = "vmm";
 /// Longest exit report read back.
 const MAX_REPORT: u64 = 4096;
 /// Log and console bytes shown when the VM fails.
-const TAIL: usize = 2048;
+const TAIL: u64 = 2048;
 /// How long one attempt to reach the guest's agent may wait for the VMM's answer.
 const CONNECT_ATTEMPT: Duration = Duration::from_secs(2);
 /// Longest event line taken from the guest (the agent cuts output lines at 64 KiB).
@@ -164,11 +164,18 @@ fn spawn(p: &Program, log: &Path) -> Result<Child, String> {
         .map_err(|e| format!("cannot start {}: {e}", p.path.display()))
 }
 
-/// The last bytes of a file, for a failure message.
+/// The last bytes of a file, for a failure message (only they are read: a console grows).
 fn tail(path: &Path) -> String {
-    let bytes = std::fs::read(path).unwrap_or_default();
-    let from = bytes.len().saturating_sub(TAIL);
-    String::from_utf8_lossy(&bytes[from..]).trim().to_string()
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let mut bytes = Vec::new();
+    let _ = f
+        .seek(SeekFrom::Start(len.saturating_sub(TAIL)))
+        .and_then(|_| f.take(TAIL).read_to_end(&mut bytes));
+    String::from_utf8_lossy(&bytes).trim().to_string()
 }
 
 impl VmPlan {

@@ -449,6 +449,23 @@ pub struct MicroVmTools {
     pub modules: Vec<PathBuf>,
 }
 
+impl MicroVmTools {
+    /// The settings of a runner whose instances run in microVMs of these tools under emulation:
+    /// `ATRUND_ISOLATION=microvm`, `accel = "tcg"` and the `[microvm]` paths.
+    pub fn runner_env(&self) -> Vec<(&'static str, String)> {
+        let path = |p: &Path| p.display().to_string();
+        let modules: Vec<String> = self.modules.iter().map(|m| path(m)).collect();
+        vec![
+            ("ATRUND_ISOLATION", "microvm".into()),
+            ("ATRUND_MICROVM_ACCEL", "tcg".into()),
+            ("ATRUND_MICROVM_QEMU", path(&self.qemu)),
+            ("ATRUND_MICROVM_VHOST_DEVICE_VSOCK", path(&self.vhost)),
+            ("ATRUND_MICROVM_KERNEL", path(&self.kernel)),
+            ("ATRUND_MICROVM_MODULES", modules.join(",")),
+        ]
+    }
+}
+
 /// The microVM tools in `ATRUND_TEST_MICROVM_DIR`, else `<repo>/tools/microvm`, with Debian's
 /// QEMU. `None` with a printed reason when one is missing and `CI` is not `true`; panics in CI.
 pub fn microvm_tools() -> Option<MicroVmTools> {

@@ -310,7 +310,7 @@ pub(super) fn spawn(
 }
 
 /// The cgroup limits of `spec`.
-pub(super) fn cgroup_limits(spec: &InstanceSpec) -> CgroupLimits {
+fn cgroup_limits(spec: &InstanceSpec) -> CgroupLimits {
     CgroupLimits {
         memory_mib: spec.memory_mib,
         pids: spec.limits.pids,

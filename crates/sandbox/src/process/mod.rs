@@ -56,7 +56,7 @@ pub(crate) const SHIM_FILE: &str = "at-run-exec.ts";
 /// File name of the socket inside the work dir.
 pub(crate) const SOCKET_FILE: &str = "rpc.sock";
 /// Linux `sun_path` holds 108 bytes including the terminating NUL.
-pub(super) const MAX_SOCKET_PATH: usize = 107;
+pub(crate) const MAX_SOCKET_PATH: usize = 107;
 
 /// What a backend hands to [`launch`]: a fully built command (program, arguments, environment,
 /// stdio piped, own process group) that ends up running the shim on `socket`.
