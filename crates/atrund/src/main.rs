@@ -34,9 +34,7 @@ use atrund_http::{AppShared, AppState, LocalBundle};
 use atrund_identity::{IdentityConfig, IdentityResolver};
 use atrund_pool::Pool;
 use atrund_repo::{FetchConfig, RepoClient};
-use atrund_sandbox::{
-    choose_executor, runner_id_for, CgroupManager, DenoBinary, Enforcement, Executor,
-};
+use atrund_sandbox::{choose_executor, runner_id_for, CgroupManager, Enforcement, Executor};
 
 #[derive(Parser)]
 #[command(
@@ -333,11 +331,12 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
     tracing::info!(data_dir = %layout.root().display(), "data dir ready");
     let secrets = Arc::new(atrund_secrets::Opener::new(load_keys(&config)?));
 
-    let mut deno = DenoBinary::locate(config.deno.path.as_deref())?;
+    let mut runtimes = settings::runtimes(&config).await?;
     if atrund_sandbox::effective_root() {
-        // Instances run as sandbox.run_as_uid: a Deno under /root (0700) gets a copy they can run.
+        // Instances run as sandbox.run_as_uid: a runtime under /root (0700) gets a copy they can
+        // run.
         let id = settings::run_as(config.sandbox.run_as_uid, config.sandbox.run_as_gid)?;
-        deno = deno.reachable_by(id, &layout.staged())?;
+        runtimes = runtimes.reachable_by(id, &layout.staged())?;
         // A dev bundle under /root: its code is served from copies (decided once, here).
         if let Some(l) = local.take() {
             local = Some(match atrund_sandbox::unreachable_by(&l.entry, id, 0o4) {
@@ -349,8 +348,18 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
             });
         }
     }
-    let runtime_version = deno.version().await?;
-    tracing::info!(deno = %deno.path().display(), version = %runtime_version, "runtime found");
+    let deno_version = runtimes.deno().version().await?;
+    tracing::info!(deno = %runtimes.deno().path().display(), version = %deno_version, "runtime found");
+    let mut offered = vec![atrund_api::Runtime {
+        name: "deno".into(),
+        version: deno_version,
+    }];
+    if let Some(node) = runtimes.node() {
+        offered.push(atrund_api::Runtime {
+            name: "node".into(),
+            version: node.version().to_string(),
+        });
+    }
 
     let address_policy = settings::own_requests_policy(&config.allow_addrs)?;
     // Sections are destructured, so a new key cannot be silently left at a component default.
@@ -448,7 +457,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
             .with_freeze_after_idle(config.limits.freeze_after_idle()),
     );
     let (executor, isolation, egress, container) =
-        pick_executor(&config, deno, cgroups.clone()).await?;
+        pick_executor(&config, runtimes, cgroups.clone()).await?;
     let executor = settings::generic_pool(&config, executor, container);
     let (volumes, data_quota) = settings::author_volumes(&config, &layout)?;
     let mut enforcement = executor.enforcement();
@@ -553,7 +562,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         pool: pool.clone(),
         local: local.map(Arc::new),
         graph,
-        runtime_version,
+        runtimes: offered,
         secrets,
         draining: drain_rx.clone(),
         enforcement,
@@ -757,7 +766,7 @@ async fn store_gc_loop(store: BundleStore, max_age: Duration) {
 /// config.
 async fn pick_executor(
     config: &Config,
-    deno: DenoBinary,
+    runtimes: atrund_sandbox::Runtimes,
     cgroups: Arc<CgroupManager>,
 ) -> Result<(
     Arc<dyn Executor>,
@@ -766,10 +775,16 @@ async fn pick_executor(
     Option<atrund_sandbox::ContainerExecutor>,
 )> {
     let requested = settings::requested_isolation(config)?;
-    let mut choice =
-        settings::sandbox_choice(config, requested, deno, cgroups, config.layout().rootfs())?;
+    let mut choice = settings::sandbox_choice(
+        config,
+        requested,
+        runtimes,
+        cgroups,
+        config.layout().rootfs(),
+    )?;
     if atrund_sandbox::effective_root() {
-        // Deno was staged already at start (it is run before this); at-rund is staged here.
+        // The runtimes were staged already at start (Deno is run before this); at-rund is
+        // staged here.
         choice = settings::reachable_choice(choice, &config.layout().staged())?;
     }
     let chosen = choose_executor(choice).await?;

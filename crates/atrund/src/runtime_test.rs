@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use atrund_sandbox::{
-    CallKind, CgroupManager, DenoBinary, Executor, Grants, Instance, InstanceSpec, Invocation,
-    ResourceLimits,
+    CallKind, CgroupManager, Executor, Grants, Instance, InstanceSpec, Invocation, ResourceLimits,
+    RuntimeKind, Runtimes,
 };
 use http_body_util::BodyExt;
 
@@ -30,8 +30,10 @@ use crate::settings;
 
 /// Deno's kit bundle.
 const DENO_KIT: &str = include_str!("../../../runtime/conformance/deno.js");
-/// A Deno bundle that throws while it loads.
-const DENO_LOAD_FAILS: &str = include_str!("../../../runtime/conformance/deno_load_fails.js");
+/// Node's kit bundle: the same cases with node: built-ins.
+const NODE_KIT: &str = include_str!("../../../runtime/conformance/node.js");
+/// A bundle that throws while it loads (plain JavaScript: every JavaScript runtime's).
+const LOAD_FAILS: &str = include_str!("../../../runtime/conformance/load_fails.js");
 /// The secret the kit gives its instances, and its value.
 const SECRET: (&str, &str) = ("KIT_SECRET", "kit-secret-value");
 /// The longest a case may take, VM starts under emulation included.
@@ -287,6 +289,7 @@ fn judge(expect: Expect, got: &Outcome) -> (bool, String) {
 
 /// Where the kit's files and instances live.
 struct Dirs {
+    runtime: RuntimeKind,
     root: PathBuf,
     kit: PathBuf,
     load_fails: PathBuf,
@@ -296,6 +299,7 @@ impl Dirs {
     fn spec(&self, id: &str, bundle: &Path, start_timeout: Duration) -> InstanceSpec {
         InstanceSpec {
             id: id.into(),
+            runtime: self.runtime,
             bundle_file: bundle.to_path_buf(),
             work_dir: self.root.join("w").join(id),
             data_dir: self.root.join("data").join(id),
@@ -353,20 +357,26 @@ async fn call(inst: &dyn Instance, c: Call) -> Outcome {
 
 /// Runs the kit for `runtime` and prints its table.
 pub(crate) async fn run(config_path: Option<&Path>, runtime: &str) -> Result<()> {
-    if runtime != "deno" {
+    let Some(runtime) = RuntimeKind::parse(runtime) else {
         anyhow::bail!(
-            "runtime '{runtime}' has no kit in this version: only \"deno\" runs here (docs/runtimes.md)"
+            "runtime '{runtime}' has no kit in this version; use one of: {} (docs/runtimes.md)",
+            RuntimeKind::ALL.map(RuntimeKind::as_str).join(", ")
+        );
+    };
+    let config = settings::load_config(config_path)?;
+    let runtimes = settings::runtimes(&config).await?;
+    if !runtimes.offered().contains(&runtime) {
+        anyhow::bail!(
+            "runtime {runtime} is not offered by this configuration; set node.path (ATRUND_NODE_PATH) to a Node 24 or newer binary"
         );
     }
-    let config = settings::load_config(config_path)?;
-    let deno = DenoBinary::locate(config.deno.path.as_deref())?;
     let requested = settings::requested_isolation(&config)?;
     let cgroups = Arc::new(CgroupManager::start(&format!(
         "runtime-test-{}",
         std::process::id()
     )));
     let tmp = std::env::temp_dir().join(format!("at-rund-runtime-test-{}", std::process::id()));
-    let result = kit(&config, requested, deno, cgroups.clone(), &tmp).await;
+    let result = kit(&config, requested, runtime, runtimes, cgroups.clone(), &tmp).await;
     let _ = std::fs::remove_dir_all(&tmp);
     let _ = cgroups.sweep();
     let _ = cgroups.remove_parents();
@@ -384,7 +394,8 @@ pub(crate) async fn run(config_path: Option<&Path>, runtime: &str) -> Result<()>
 async fn kit(
     config: &atrund_config::Config,
     requested: atrund_sandbox::Requested,
-    deno: DenoBinary,
+    runtime: RuntimeKind,
+    runtimes: Runtimes,
     cgroups: Arc<CgroupManager>,
     tmp: &Path,
 ) -> Result<(Vec<String>, usize)> {
@@ -392,7 +403,7 @@ async fn kit(
     let group = settings::instances_group(config);
     std::fs::create_dir_all(tmp.join("kit"))
         .with_context(|| format!("cannot create {}", tmp.display()))?;
-    let choice = settings::probe_choice(config, requested, deno, cgroups, tmp)?;
+    let choice = settings::probe_choice(config, requested, runtimes, cgroups, tmp)?;
     for d in ["w", "data", "deno"] {
         std::fs::create_dir_all(tmp.join(d))?;
         atrund_sandbox::runner_dir_mode(&tmp.join(d), group)?;
@@ -401,18 +412,23 @@ async fn kit(
     // The bundles are public: whatever uid the instances run as reads them.
     std::fs::set_permissions(tmp.join("kit"), std::fs::Permissions::from_mode(0o755))?;
     let dirs = Dirs {
+        runtime,
         root: tmp.to_path_buf(),
         kit: tmp.join("kit/kit.js"),
         load_fails: tmp.join("kit/load_fails.js"),
     };
-    for (path, text) in [(&dirs.kit, DENO_KIT), (&dirs.load_fails, DENO_LOAD_FAILS)] {
+    let kit = match runtime {
+        RuntimeKind::Deno => DENO_KIT,
+        RuntimeKind::Node => NODE_KIT,
+    };
+    for (path, text) in [(&dirs.kit, kit), (&dirs.load_fails, LOAD_FAILS)] {
         std::fs::write(path, text)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
     }
     let chosen = atrund_sandbox::choose_executor(choice).await?;
     let exec = chosen.executor;
     println!(
-        "runtime deno, isolation {} ({})",
+        "runtime {runtime}, isolation {} ({})",
         exec.name(),
         chosen.isolation.how
     );

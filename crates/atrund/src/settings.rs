@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use atrund_config::{Config, Isolation};
-use atrund_sandbox::{CgroupManager, Choice, DenoBinary, Requested, RunAs};
+use atrund_sandbox::{CgroupManager, Choice, DenoBinary, NodeBinary, Requested, RunAs, Runtimes};
 
 pub(crate) fn load_config(path: Option<&Path>) -> Result<Config> {
     let env = atrund_config::process_env()?;
@@ -83,12 +83,25 @@ pub(crate) fn requested_isolation(config: &Config) -> Result<Requested> {
     }
 }
 
+/// The runtimes this runner offers: Deno (`deno.path`, else `deno` on PATH) always, Node when
+/// `node.path` names a usable Node (an operator's explicit choice: there is no PATH look-up).
+pub(crate) async fn runtimes(config: &Config) -> Result<Runtimes> {
+    let deno = DenoBinary::locate(config.deno.path.as_deref())?;
+    let mut runtimes = Runtimes::new(deno);
+    if let Some(path) = &config.node.path {
+        let node = NodeBinary::probe(path).await?;
+        tracing::info!(node = %node.path().display(), version = node.version(), "runtime node offered");
+        runtimes = runtimes.with_node(node);
+    }
+    Ok(runtimes)
+}
+
 /// What `atrund_sandbox::choose_executor` needs, from the config; container roots are assembled
 /// in `rootfs_dir` (`<data_dir>/rootfs` when serving).
 pub(crate) fn sandbox_choice(
     config: &Config,
     requested: Requested,
-    deno: DenoBinary,
+    runtimes: Runtimes,
     cgroups: Arc<CgroupManager>,
     rootfs_dir: PathBuf,
 ) -> Result<Choice> {
@@ -123,7 +136,7 @@ pub(crate) fn sandbox_choice(
     let microvm = if wants_microvm {
         Some(microvm_config(
             config,
-            deno.clone(),
+            runtimes.deno().clone(),
             (init.clone(), vec!["sandbox-init".into()]),
             rootfs_dir.with_file_name("microvm"),
         )?)
@@ -133,7 +146,7 @@ pub(crate) fn sandbox_choice(
     Ok(Choice {
         microvm,
         requested,
-        deno,
+        runtimes,
         cgroups,
         bwrap,
         tmp_mib,
@@ -158,11 +171,11 @@ pub(crate) fn sandbox_choice(
 pub(crate) fn probe_choice(
     config: &Config,
     requested: Requested,
-    deno: DenoBinary,
+    runtimes: Runtimes,
     cgroups: Arc<CgroupManager>,
     tmp: &Path,
 ) -> Result<Choice> {
-    let choice = sandbox_choice(config, requested, deno, cgroups, tmp.join("rootfs"))?;
+    let choice = sandbox_choice(config, requested, runtimes, cgroups, tmp.join("rootfs"))?;
     if !atrund_sandbox::effective_root() {
         return Ok(choice);
     }
@@ -260,15 +273,16 @@ fn reachable_init(init: PathBuf, id: RunAs, staged: &Path) -> Result<PathBuf> {
     })
 }
 
-/// `choice` with Deno and at-rund (the container's PID 1) where `choice.run_as` can run them:
+/// `choice` with its runtimes and at-rund (the container's PID 1) where `choice.run_as` can run them:
 /// copies in `staged` for those it cannot (a root runner under `/root`). Shared by `serve` and
 /// `doctor`'s probe, so both see the same sandbox.
 pub(crate) fn reachable_choice(mut choice: Choice, staged: &Path) -> Result<Choice> {
     choice.init.0 = reachable_init(choice.init.0, choice.run_as, staged)?;
-    choice.deno = choice.deno.reachable_by(choice.run_as, staged)?;
+    choice.runtimes = choice.runtimes.reachable_by(choice.run_as, staged)?;
     // A microVM's launcher is the same binary (its guest image is read by the daemon itself).
     if let Some(m) = &mut choice.microvm {
         m.init.0 = choice.init.0.clone();
+        m.deno = choice.runtimes.deno().clone();
     }
     Ok(choice)
 }

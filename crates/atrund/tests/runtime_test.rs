@@ -1,15 +1,20 @@
 //! `at-rund runtime-test`, the runtime conformance kit, run as a user would: the real binary, a
-//! real Deno, real cgroups (root), each backend chosen by `ATRUND_ISOLATION`. Every case must
-//! print PASS and the command must succeed; a runtime without a kit is refused. The verdicts
+//! real Deno and a real Node, real cgroups (root), each backend chosen by `ATRUND_ISOLATION`.
+//! Every case must print PASS and the command must succeed; a runtime this version does not
+//! know, or one the configuration does not offer, is refused. The verdicts
 //! themselves (that a wrong answer is a FAIL) are unit-tested in `runtime_test.rs`.
 
 use std::path::Path;
 use std::process::Command;
 
 fn kit(deno: &Path, env: &[(&str, String)]) -> (bool, String, String) {
+    kit_of("deno", deno, env)
+}
+
+fn kit_of(runtime: &str, deno: &Path, env: &[(&str, String)]) -> (bool, String, String) {
     let data = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_at-rund"))
-        .arg("runtime-test")
+        .args(["runtime-test", "--runtime", runtime])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("ATRUND_DATA_DIR", data.path())
@@ -25,18 +30,55 @@ fn kit(deno: &Path, env: &[(&str, String)]) -> (bool, String, String) {
     )
 }
 
-/// All PASS, none FAIL, the number of cases the kit has, and the backend named.
+/// All PASS, none FAIL, the number of cases the kit has, and the runtime and backend named.
 fn all_pass(isolation: &str, (ok, stdout, stderr): (bool, String, String)) {
+    runtime_passes("deno", 22, isolation, (ok, stdout, stderr));
+}
+
+fn runtime_passes(
+    runtime: &str,
+    cases: usize,
+    isolation: &str,
+    (ok, stdout, stderr): (bool, String, String),
+) {
     assert!(ok, "{stdout}\n{stderr}");
     let passed = stdout.lines().filter(|l| l.starts_with("PASS ")).count();
     assert!(!stdout.contains("FAIL "), "{stdout}");
-    assert_eq!(passed, 22, "{stdout}");
+    assert_eq!(passed, cases, "{stdout}");
     assert!(
-        stdout.starts_with(&format!("runtime deno, isolation {isolation} (")),
+        stdout.starts_with(&format!("runtime {runtime}, isolation {isolation} (")),
         "{stdout}"
     );
-    assert!(stderr.contains("all 22 cases passed"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("all {cases} cases passed")),
+        "{stderr}"
+    );
 }
+
+#[test]
+fn node_passes_the_kit_in_none_and_container_modes() {
+    let (Some(deno), Some(node)) = (atrund_testnet::deno_path(), atrund_testnet::node_path())
+    else {
+        return;
+    };
+    let Some(()) = atrund_testnet::root("cgroup limits and the container's uid switch") else {
+        return;
+    };
+    for isolation in ["none", "container"] {
+        let (ok, stdout, stderr) = kit_of(
+            "node",
+            &deno,
+            &[
+                ("ATRUND_ISOLATION", isolation.to_string()),
+                ("ATRUND_NODE_PATH", node.display().to_string()),
+            ],
+        );
+        runtime_passes("node", NODE_CASES, isolation, (ok, stdout, stderr));
+    }
+}
+
+/// Node's kit: the shared cases and Node's own.
+const NODE_CASES: usize = 22;
 
 #[test]
 fn deno_passes_the_kit_in_none_and_container_modes() {
@@ -77,13 +119,22 @@ fn a_runtime_without_a_kit_is_refused() {
     let Some(deno) = atrund_testnet::deno_path() else {
         return;
     };
-    let out = Command::new(env!("CARGO_BIN_EXE_at-rund"))
-        .args(["runtime-test", "--runtime", "node"])
-        .env_clear()
-        .env("ATRUND_DENO_PATH", &deno)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("runtime 'node' has no kit"), "{stderr}");
+    let run = |runtime: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_at-rund"))
+            .args(["runtime-test", "--runtime", runtime])
+            .env_clear()
+            .env("ATRUND_DENO_PATH", &deno)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = run("python");
+    assert!(stderr.contains("runtime 'python' has no kit"), "{stderr}");
+    // Node is known, but not offered without node.path.
+    let stderr = run("node");
+    assert!(
+        stderr.contains("runtime node is not offered") && stderr.contains("ATRUND_NODE_PATH"),
+        "{stderr}"
+    );
 }

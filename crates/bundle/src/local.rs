@@ -55,6 +55,9 @@ const RACY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct LocalBundle {
     pub name: String,
+    /// The runtime the code is for (`at-rund dev --runtime`; a record's `runtime`): `deno` unless
+    /// [`LocalBundle::with_runtime`] says otherwise.
+    pub runtime: String,
     pub dir: PathBuf,
     pub entry: PathBuf,
     /// Where the code is served from instead of `entry`, copied per version: set by the binary
@@ -171,6 +174,7 @@ impl LocalBundle {
         });
         let bundle = Self {
             name,
+            runtime: "deno".into(),
             dir,
             entry,
             staged: None,
@@ -180,6 +184,18 @@ impl LocalBundle {
         };
         bundle.snapshot().map_err(|e| e.to_string())?;
         Ok(bundle)
+    }
+
+    /// Runs the code on `runtime`, one of [`crate::record::RUNTIMES`].
+    pub fn with_runtime(mut self, runtime: &str) -> Result<Self, String> {
+        if !crate::record::RUNTIMES.contains(&runtime) {
+            return Err(format!(
+                "runtime '{runtime}' is not one at-rund knows; use one of: {}",
+                crate::record::RUNTIMES.join(", ")
+            ));
+        }
+        self.runtime = runtime.into();
+        Ok(self)
     }
 
     /// Serves copies of the code made in `dir` (see [`LocalBundle::staged`]).

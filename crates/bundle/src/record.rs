@@ -31,7 +31,7 @@ pub enum RecordError {
         version: String,
     },
     /// the runtime is not one this runner knows
-    #[error("runtime '{0}' is not supported; this runner supports: deno")]
+    #[error("runtime '{0}' is not supported; this runner knows: deno, node")]
     UnsupportedRuntime(String),
     /// the code blob has a MIME type the runtime cannot load
     #[error("code blob MIME type '{0}' is not supported; publish a single ESM file as application/javascript")]
@@ -302,7 +302,7 @@ impl BundleRecord {
                 version: self.version.clone(),
             });
         }
-        if self.runtime != "deno" {
+        if !RUNTIMES.contains(&self.runtime.as_str()) {
             return Err(RecordError::UnsupportedRuntime(self.runtime.clone()));
         }
         if !matches!(
@@ -316,6 +316,10 @@ impl BundleRecord {
         self.manifest.validate()
     }
 }
+
+/// The runtimes a record may name (each loads one ES module: the same code types). Whether a
+/// runner offers one is its operator's choice, checked when an instance starts.
+pub const RUNTIMES: [&str; 2] = ["deno", "node"];
 
 /// Checks a bundle name: 1-64 of `[a-z0-9-]`, starting with a letter.
 pub fn validate_name(name: &str) -> Result<(), RecordError> {

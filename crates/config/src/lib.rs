@@ -70,6 +70,8 @@ pub struct Config {
     pub fetch: FetchSection,
     pub http: HttpSection,
     pub deno: DenoSection,
+    #[serde(default)]
+    pub node: NodeSection,
     pub limits: LimitsSection,
     pub permissions: PermissionCaps,
     pub pool: PoolSection,
@@ -402,6 +404,16 @@ pub struct DenoSection {
     pub path: Option<PathBuf>,
 }
 
+/// The Node.js runtime (`runtime = "node"`): offered only when the operator names its binary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Path of a Node 24 or newer `node` binary; unset means Node bundles are refused
+    /// (`RuntimeUnavailable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
 /// A limit: what a bundle gets when it asks for nothing, and the most it may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -658,6 +670,7 @@ impl Default for Config {
             fetch: FetchSection::default(),
             http: HttpSection::default(),
             deno: DenoSection::default(),
+            node: NodeSection::default(),
             limits: LimitsSection::default(),
             permissions: PermissionCaps::default(),
             pool: PoolSection::default(),

@@ -26,6 +26,7 @@ pub const ENV_EXCEPTIONS: &[&str] = &["ATRUND_LOG", "ATRUND_CONFIG", "ATRUND_TES
 const OPTIONAL_KEYS: &[(&str, Kind)] = &[
     ("identity.handle_resolver", Kind::Str),
     ("deno.path", Kind::Str),
+    ("node.path", Kind::Str),
     ("secrets.key_file", Kind::Str),
     ("http.bundle_domain", Kind::Str),
     ("logs.service_did", Kind::Str),

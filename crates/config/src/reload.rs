@@ -54,6 +54,7 @@ impl Config {
             fetch,
             http,
             deno,
+            node,
             limits: _,
             permissions: _,
             pool,
@@ -92,6 +93,7 @@ impl Config {
         keep(&mut k, "identity", identity, &mut new.identity);
         keep(&mut k, "fetch", fetch, &mut new.fetch);
         keep(&mut k, "deno", deno, &mut new.deno);
+        keep(&mut k, "node", node, &mut new.node);
         keep(&mut k, "secrets", secrets, &mut new.secrets);
         keep(&mut k, "container", container, &mut new.container);
         keep(&mut k, "microvm", microvm, &mut new.microvm);

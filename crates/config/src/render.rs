@@ -42,6 +42,7 @@ impl Config {
         for (k, optional) in [
             ("identity", "handle_resolver"),
             ("deno", "path"),
+            ("node", "path"),
             ("http", "bundle_domain"),
         ] {
             if prefix == k && !t.contains_key(optional) {
@@ -53,7 +54,7 @@ impl Config {
             if let Value::Table(sub) = v {
                 let key = path(k);
                 let only_tables = sub.values().all(Value::is_table)
-                    && !matches!(key.as_str(), "identity" | "deno");
+                    && !matches!(key.as_str(), "identity" | "deno" | "node");
                 if !only_tables {
                     out.push_str(&format!("\n[{key}]\n"));
                 }

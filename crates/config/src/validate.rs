@@ -402,6 +402,18 @@ impl Config {
             }
         }
 
+        if let Some(p) = &self.node.path {
+            if !p.is_absolute() {
+                return Err(invalid(
+                    "node.path",
+                    format!(
+                        "'{}' is not an absolute path; give the full path of a Node 24 or newer binary, or leave it unset to offer no Node runtime",
+                        p.display()
+                    ),
+                ));
+            }
+        }
+
         let l = &self.limits;
         for (name, r) in [
             ("timeout_ms", l.timeout_ms),

@@ -96,8 +96,8 @@ pub struct AppShared {
     pub local: Option<Arc<LocalBundle>>,
     /// Trust from the operator's social graph (`[trust]`), when on.
     pub graph: Option<atrund_trust::GraphTrust>,
-    /// Deno's version string, for describeRunner.
-    pub runtime_version: String,
+    /// The runtimes offered and their version lines, for describeRunner.
+    pub runtimes: Vec<api::Runtime>,
     /// The runner's keypair and the opened secrets of running bundles (docs/secrets.md).
     pub secrets: Arc<atrund_secrets::Opener>,
     /// `true` once shutdown has begun: readiness fails and new invocations get 503.
@@ -701,10 +701,7 @@ fn describe(st: &AppState) -> api::DescribeRunner {
             version: env!("CARGO_PKG_VERSION").into(),
         },
         isolation: st.pool.backend().into(),
-        runtimes: vec![api::Runtime {
-            name: "deno".into(),
-            version: st.runtime_version.clone(),
-        }],
+        runtimes: st.runtimes.clone(),
         public_key: st.secrets.public_key().to_multibase(),
         policy: runner_policy(&c, st.graph.as_ref()),
         permissions: (&c.permissions).into(),
@@ -1053,6 +1050,8 @@ pub async fn prewarm(
 /// What runs for one invocation, once the pipeline has resolved it.
 struct Target {
     key: InstanceKey,
+    /// The runtime the record (or the dev bundle) names.
+    runtime: atrund_sandbox::RuntimeKind,
     manifest: ManifestRef,
     code: PathBuf,
     author_dir: String,
@@ -1579,6 +1578,7 @@ async fn remote_bundle(
         }
     };
     Ok(Target {
+        runtime: runtime_of(&bundle.record.runtime)?,
         key: InstanceKey {
             author: bundle.author.as_str().into(),
             bundle: bundle.record_cid.as_str().into(),
@@ -1590,6 +1590,18 @@ async fn remote_bundle(
         version: bundle.version.clone(),
         secrets,
         manifest: ManifestRef::Loaded(bundle),
+    })
+}
+
+/// The runtime a record names (records are validated against the same list, so an unknown name
+/// here means a record that skipped validation: refused, never run on a default).
+fn runtime_of(name: &str) -> Result<atrund_sandbox::RuntimeKind, ApiError> {
+    atrund_sandbox::RuntimeKind::parse(name).ok_or_else(|| {
+        ApiError::new(
+            ErrorClass::Author,
+            "BundleInvalid",
+            format!("the bundle names runtime '{name}', which this runner does not know"),
+        )
     })
 }
 
@@ -1651,6 +1663,7 @@ async fn local_target(
     }
     let code = code_for_instances(local, &snap.key)?;
     Ok(Target {
+        runtime: runtime_of(&local.runtime)?,
         key: InstanceKey {
             author: LOCAL_AUTHOR.into(),
             bundle: snap.key.as_str().into(),
@@ -1732,6 +1745,7 @@ fn instance_spec(st: &AppState, t: &Target, limits: &EffectiveLimits) -> Instanc
     InstanceSpec {
         work_dir: layout.instance_work(&id),
         id,
+        runtime: t.runtime,
         bundle_file: t.code.clone(),
         data_dir: layout.bundle_data(&t.author_dir, &t.name),
         deno_dir: layout.bundle_deno(&t.author_dir, &t.name),

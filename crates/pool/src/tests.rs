@@ -94,6 +94,7 @@ impl Instance for FakeInstance {
 fn spec() -> InstanceSpec {
     InstanceSpec {
         id: "t".into(),
+        runtime: atrund_sandbox::RuntimeKind::Deno,
         bundle_file: "/nonexistent/b.js".into(),
         work_dir: "/nonexistent/w".into(),
         data_dir: "/nonexistent/d".into(),

@@ -21,8 +21,8 @@ use atrund_microvm::qemu::Accel;
 
 use crate::cgroup::CgroupManager;
 use crate::{
-    find_bwrap, ContainerConfig, ContainerExecutor, DenoBinary, Enforcement, Executor,
-    MicroVmConfig, MicroVmExecutor, NoneExecutor, RunAs, SandboxError,
+    find_bwrap, ContainerConfig, ContainerExecutor, Enforcement, Executor, MicroVmConfig,
+    MicroVmExecutor, NoneExecutor, RunAs, Runtimes, SandboxError,
 };
 
 /// The isolation an operator asked for.
@@ -39,7 +39,8 @@ pub enum Requested {
 #[derive(Debug, Clone)]
 pub struct Choice {
     pub requested: Requested,
-    pub deno: DenoBinary,
+    /// The runtimes offered (Deno always).
+    pub runtimes: Runtimes,
     pub cgroups: Arc<CgroupManager>,
     /// `container.bwrap`: a path, or a name looked up on PATH.
     pub bwrap: String,
@@ -87,7 +88,7 @@ pub async fn choose_executor(c: Choice) -> Result<Chosen, SandboxError> {
     tracing::info!(addr = %proxy.local_addr(), "egress proxy listening");
     let none = || {
         Arc::new(
-            NoneExecutor::new(c.deno.clone())
+            NoneExecutor::new(c.runtimes.clone())
                 .with_cgroups(c.cgroups.clone())
                 .with_egress(proxy.clone())
                 .with_run_as(c.run_as),
@@ -272,7 +273,7 @@ async fn container_executor(
     }
     let cfg = ContainerConfig {
         bwrap,
-        deno: c.deno.clone(),
+        runtimes: c.runtimes.clone(),
         init: c.init.clone(),
         rootfs_dir: c.rootfs_dir.clone(),
         tmp_mib: c.tmp_mib,
@@ -299,22 +300,13 @@ async fn built<E: Send + 'static>(
 
 /// The cgroup limits a container or a microVM needs and this machine cannot enforce, if any.
 fn missing_cgroup_limits(c: &Choice) -> Option<String> {
-    let missing: Vec<String> = NoneExecutor::new(c.deno.clone())
-        .with_cgroups(c.cgroups.clone())
-        .enforcement()
-        .into_iter()
-        // Only the cgroup limits: the sandbox's own PID 1 applies Landlock and seccomp, its
-        // `unprivileged` entry is the backend's, and the idle freezer is reported but not
-        // required.
-        .filter(|e| {
-            !e.enforced
-                && !matches!(
-                    e.limit,
-                    "landlock" | "seccomp" | "idleFreeze" | "unprivileged"
-                )
-        })
-        .map(|e| format!("{}: {}", e.limit, e.how))
-        .collect();
+    let missing: Vec<String> =
+        crate::process::enforcement_for(Some(&c.cgroups), crate::sys::nofile_hard_limit())
+            .into_iter()
+            // The idle freezer is reported but not required.
+            .filter(|e| !e.enforced && e.limit != "idleFreeze")
+            .map(|e| format!("{}: {}", e.limit, e.how))
+            .collect();
     (!missing.is_empty()).then(|| format!("cgroup limits unavailable ({})", missing.join("; ")))
 }
 
@@ -359,7 +351,7 @@ mod tests {
             accel,
             vcpus: 1,
             // Any executable: nothing is run.
-            deno: DenoBinary::locate(Some(Path::new("/bin/sh"))).unwrap(),
+            deno: crate::DenoBinary::locate(Some(Path::new("/bin/sh"))).unwrap(),
             init: ("/usr/bin/at-rund".into(), vec!["sandbox-init".into()]),
             image_dir: "/var/lib/at-rund/microvm".into(),
             console: false,

@@ -36,13 +36,13 @@ use std::time::Instant;
 use atrund_egress::EgressProxy;
 
 use crate::cgroup::CgroupManager;
-use crate::deno::deno_args;
 use crate::hostfs::{self, Needed, DATA_DIR_FIX};
 use crate::init_config::{InitConfig, ProxyForward};
 use crate::process::{self, Join, Launch};
-use crate::rootfs::{Rootfs, DENO_IN_ROOT, INIT_IN_ROOT};
+use crate::rootfs::{runtime_in_root, Rootfs, INIT_IN_ROOT};
+use crate::runtime::{Layout, Runtime, Runtimes};
 use crate::spare::{LauncherProgram, SpareLaunchers};
-use crate::{sys, DenoBinary, Enforcement, Executor, Instance, InstanceSpec, RunAs, SandboxError};
+use crate::{sys, Enforcement, Executor, Instance, InstanceSpec, RunAs, RuntimeKind, SandboxError};
 
 pub(crate) mod generic;
 
@@ -64,7 +64,8 @@ const BUNDLE: &str = "/bundle";
 pub struct ContainerConfig {
     /// The bubblewrap binary ([`find_bwrap`]).
     pub bwrap: PathBuf,
-    pub deno: DenoBinary,
+    /// The runtimes offered: each one's binary is bound into the root, its libraries copied.
+    pub runtimes: Runtimes,
     /// The program that runs [`crate::init::main`] and the arguments before the config path:
     /// `(at-rund, ["sandbox-init"])` in the daemon.
     pub init: (PathBuf, Vec<String>),
@@ -116,7 +117,10 @@ impl ContainerExecutor {
     /// Instances of a root daemon run as [`RunAs::NOBODY`] on the host until
     /// [`Self::with_run_as`] says otherwise.
     pub fn new(cfg: ContainerConfig) -> Result<Self, SandboxError> {
-        let rootfs = Rootfs::assemble(&cfg.rootfs_dir, &[cfg.deno.path(), &cfg.init.0])?;
+        let mut programs = cfg.runtimes.binaries();
+        programs.push(cfg.init.0.clone());
+        let programs: Vec<&Path> = programs.iter().map(PathBuf::as_path).collect();
+        let rootfs = Rootfs::assemble(&cfg.rootfs_dir, &programs)?;
         Ok(Self {
             cfg,
             rootfs,
@@ -182,15 +186,27 @@ impl ContainerExecutor {
             .map_or((0, 0), |s| (s.ready(), s.taken()))
     }
 
-    /// Runs `deno --version` inside a sandbox built like an instance's, as the uid instances run
-    /// as: proves that bwrap can create the namespaces here (unprivileged user namespaces, when
-    /// the daemon is root and switches) and that the root has what the runtime needs.
+    /// Runs each offered runtime's `--version` inside a sandbox built like an instance's, as the
+    /// uid instances run as: proves that bwrap can create the namespaces here (unprivileged user
+    /// namespaces, when the daemon is root and switches) and that the root has what the
+    /// runtimes need.
     pub async fn probe(&self) -> Result<(), String> {
         if let Some(id) = self.run_as {
             self.check_binaries(id).map_err(|e| e.to_string())?;
         }
-        let mut args = self.base_args();
-        args.extend(["--", DENO_IN_ROOT, "--version"].iter().map(OsString::from));
+        for kind in self.cfg.runtimes.offered() {
+            self.probe_runtime(kind).await?;
+        }
+        // Sandboxes work here: park launchers for the first starts.
+        let _ = self.spares();
+        Ok(())
+    }
+
+    async fn probe_runtime(&self, kind: RuntimeKind) -> Result<(), String> {
+        let runtime = self.cfg.runtimes.get(kind).map_err(|e| e.to_string())?;
+        let inside = runtime_in_root(kind);
+        let mut args = self.base_args(runtime.binary(), inside);
+        args.extend(["--", inside, "--version"].iter().map(OsString::from));
         let mut cmd = tokio::process::Command::new(&self.cfg.bwrap);
         cmd.args(&args)
             .env_clear()
@@ -209,9 +225,11 @@ impl ContainerExecutor {
             .map_err(|_| "bwrap did not finish within 10 s".to_string())?
             .map_err(|e| format!("cannot run '{}': {e}", self.cfg.bwrap.display()))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
-        if out.status.success() && stdout.starts_with("deno ") {
-            // Sandboxes work here: park launchers for the first starts.
-            let _ = self.spares();
+        let printed_version = match kind {
+            RuntimeKind::Deno => stdout.starts_with("deno "),
+            RuntimeKind::Node => stdout.starts_with('v'),
+        };
+        if out.status.success() && printed_version {
             return Ok(());
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -227,7 +245,7 @@ impl ContainerExecutor {
             None => String::new(),
         };
         Err(format!(
-            "bwrap failed ({}): {}{hint}",
+            "bwrap running {kind} --version failed ({}): {}{hint}",
             out.status,
             stderr.trim()
         ))
@@ -238,21 +256,22 @@ impl ContainerExecutor {
     fn check_binaries(&self, id: RunAs) -> Result<(), SandboxError> {
         let install = "install it where that user can run it (e.g. /usr/local/bin or /usr/bin)";
         let need = Needed::new;
-        hostfs::check_reachable(
-            "probe",
-            id,
-            &[
-                need(&self.cfg.bwrap, 0o1, "execute bwrap", install),
-                need(self.cfg.deno.path(), 0o1, "execute the runtime", install),
-                need(&self.cfg.init.0, 0o1, "execute at-rund as PID 1", install),
-                need(
-                    self.rootfs.path(),
-                    0o1,
-                    "reach the container root",
-                    DATA_DIR_FIX,
-                ),
-            ],
-        )
+        let runtimes = self.cfg.runtimes.binaries();
+        let mut needed: Vec<Needed> = runtimes
+            .iter()
+            .map(|b| need(b, 0o1, "execute the runtime", install))
+            .collect();
+        needed.extend([
+            need(&self.cfg.bwrap, 0o1, "execute bwrap", install),
+            need(&self.cfg.init.0, 0o1, "execute at-rund as PID 1", install),
+            need(
+                self.rootfs.path(),
+                0o1,
+                "reach the container root",
+                DATA_DIR_FIX,
+            ),
+        ]);
+        hostfs::check_reachable("probe", id, &needed)
     }
 
     /// What an instance of `spec` needs of the host as `id`: the programs, the bundle file, its
@@ -291,7 +310,8 @@ impl ContainerExecutor {
     }
 
     /// Namespaces, identity and the root: the part of the command line every sandbox shares.
-    fn base_args(&self) -> Vec<OsString> {
+    /// `runtime`: the host binary bound read-only at `inside`.
+    fn base_args(&self, runtime: &Path, inside: &str) -> Vec<OsString> {
         let mut a: Vec<OsString> = [
             "--unshare-all",
             // --unshare-all only tries the user namespace; --disable-userns needs it for sure.
@@ -317,8 +337,8 @@ impl ContainerExecutor {
         a.push(self.rootfs.path().into());
         a.push("/".into());
         a.push("--ro-bind".into());
-        a.push(self.cfg.deno.path().into());
-        a.push(DENO_IN_ROOT.into());
+        a.push(runtime.into());
+        a.push(inside.into());
         a.push("--ro-bind".into());
         a.push(self.cfg.init.0.clone().into());
         a.push(INIT_IN_ROOT.into());
@@ -329,8 +349,13 @@ impl ContainerExecutor {
     }
 
     /// The full bwrap command line of one instance.
-    fn instance_args(&self, spec: &InstanceSpec, data: &DataBinds) -> Vec<OsString> {
-        let mut a = self.base_args();
+    fn instance_args(
+        &self,
+        spec: &InstanceSpec,
+        runtime: &dyn Runtime,
+        data: &DataBinds,
+    ) -> Vec<OsString> {
+        let mut a = self.base_args(runtime.binary(), runtime_in_root(spec.runtime));
         let mut push = |xs: &[&std::ffi::OsStr]| a.extend(xs.iter().map(|x| x.to_os_string()));
         let tmp_bytes = self.cfg.tmp_mib.saturating_mul(1024 * 1024).to_string();
         push(&[
@@ -402,15 +427,6 @@ fn data_binds(spec: &InstanceSpec, owner: Option<RunAs>) -> Result<DataBinds, Sa
     Ok(DataBinds { binds })
 }
 
-/// Appends `extra` to the value of the `--allow-<what>=` flag.
-pub(crate) fn widen(args: &mut [OsString], flag: &str, extra: &str) {
-    for a in args.iter_mut() {
-        if let Some(v) = a.to_str().and_then(|s| s.strip_prefix(flag)) {
-            *a = format!("{flag}{v},{extra}").into();
-        }
-    }
-}
-
 #[async_trait::async_trait]
 impl Executor for ContainerExecutor {
     fn name(&self) -> &'static str {
@@ -419,6 +435,7 @@ impl Executor for ContainerExecutor {
 
     fn enforcement(&self) -> Vec<Enforcement> {
         let mut e = process::enforcement_for(self.cgroups.as_ref(), self.nofile_hard);
+        e.extend(self.cfg.runtimes.enforcement());
         e.push(match self.run_as {
             Some(id) => Enforcement {
                 limit: "unprivileged",
@@ -443,8 +460,10 @@ impl Executor for ContainerExecutor {
 
     async fn warm(&self, spec: InstanceSpec) -> Result<Arc<dyn Instance>, SandboxError> {
         let started_at = Instant::now();
-        let (socket, shim) = process::work_paths(&spec)?;
-        process::prepare_work_dir(&spec, &socket, &shim, self.run_as).await?;
+        let runtime = self.cfg.runtimes.get(spec.runtime)?;
+        let (socket, shim) = process::work_paths(&spec, runtime.shim())?;
+        process::prepare_work_dir(&spec, &socket, &shim, runtime.shim().source, self.run_as)
+            .await?;
         let fail = |e: SandboxError| {
             let _ = std::fs::remove_dir_all(&spec.work_dir);
             e
@@ -454,7 +473,7 @@ impl Executor for ContainerExecutor {
             self.check_reachable(&spec, &data, id).map_err(fail)?;
         }
 
-        // Deno's flags, with the paths as seen inside.
+        // The runtime's flags, with the paths as seen inside.
         let inside = InstanceSpec {
             bundle_file: bundle_path_inside(&spec),
             work_dir: WORK.into(),
@@ -464,12 +483,17 @@ impl Executor for ContainerExecutor {
         };
         let socket_in = Path::new(WORK).join(socket.file_name().unwrap_or_default());
         let shim_in = Path::new(WORK).join(shim.file_name().unwrap_or_default());
-        let mut deno_args = deno_args(&inside, &shim_in, &socket_in).map_err(fail)?;
-        widen(&mut deno_args, "--allow-read=", "/tmp");
-        widen(&mut deno_args, "--allow-write=", "/tmp");
-        let mut argv = vec![DENO_IN_ROOT.to_string()];
+        let runtime_args = runtime
+            .args(&Layout {
+                spec: &inside,
+                shim: &shim_in,
+                socket: &socket_in,
+                scratch: Some(Path::new("/tmp")),
+            })
+            .map_err(fail)?;
+        let mut argv = vec![runtime_in_root(spec.runtime).to_string()];
         argv.extend(
-            deno_args
+            runtime_args
                 .into_iter()
                 .map(|a| a.to_string_lossy().into_owned()),
         );
@@ -531,15 +555,12 @@ impl Executor for ContainerExecutor {
         })?;
 
         let mut cmd = tokio::process::Command::new(&self.cfg.bwrap);
-        // The environment passes through bwrap and init to Deno: secret values stay out of any
-        // command line (argv is world-readable in /proc; environ is not).
-        cmd.args(self.instance_args(&spec, &data))
+        // The environment passes through bwrap and init to the runtime: secret values stay out
+        // of any command line (argv is world-readable in /proc; environ is not).
+        cmd.args(self.instance_args(&spec, runtime, &data))
             .env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .env("DENO_DIR", DENO_DIR)
-            .env("DENO_NO_UPDATE_CHECK", "1")
-            .env("NO_COLOR", "1")
-            .env("HOME", "/tmp")
+            .envs(runtime.env(Path::new(DENO_DIR), Some(Path::new("/tmp"))))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .process_group(0)
@@ -573,18 +594,5 @@ impl Executor for ContainerExecutor {
             vm: None,
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn widen_appends_to_the_flag() {
-        let mut a: Vec<OsString> = vec!["--allow-read=/a".into(), "--allow-write=/b".into()];
-        widen(&mut a, "--allow-read=", "/tmp");
-        assert_eq!(a[0], "--allow-read=/a,/tmp");
-        assert_eq!(a[1], "--allow-write=/b");
     }
 }

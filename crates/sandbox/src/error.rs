@@ -9,6 +9,12 @@ pub enum SandboxError {
     /// the Deno binary was not found
     #[error("the Deno binary was not found ({0}); install it with `npm install deno@2.9.6` (or run scripts/setup.sh in the at-rund repo) and set its path in the config or put `deno` on PATH")]
     DenoNotFound(String),
+    /// the bundle's runtime is not offered by this runner
+    #[error("this runner does not offer runtime '{0}' (its operator has not enabled it); deploy the bundle to a runner whose describeRunner lists it")]
+    RuntimeUnavailable(crate::RuntimeKind),
+    /// a configured runtime's binary cannot be used
+    #[error("{0}")]
+    RuntimeNotUsable(String),
     /// the instance could not be started
     #[error("the bundle could not be started: {0}")]
     StartFailed(String),
@@ -58,6 +64,8 @@ impl SandboxError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::DenoNotFound(_) => "DenoNotFound",
+            Self::RuntimeUnavailable(_) => "RuntimeUnavailable",
+            Self::RuntimeNotUsable(_) => "RuntimeNotUsable",
             Self::StartFailed(_) => "StartFailed",
             Self::StartTimedOut(_) => "StartTimedOut",
             Self::EndpointNotFound(_) => "EndpointNotFound",
@@ -79,7 +87,8 @@ impl SandboxError {
     pub fn class(&self) -> atrund_errors::ErrorClass {
         use atrund_errors::ErrorClass as C;
         match self {
-            Self::DenoNotFound(_) => C::Unavailable,
+            Self::DenoNotFound(_) | Self::RuntimeNotUsable(_) => C::Unavailable,
+            Self::RuntimeUnavailable(_) => C::Forbidden,
             Self::StartFailed(_)
             | Self::BundleFailed(_)
             | Self::BundleCrashed(_)

@@ -224,11 +224,12 @@ impl HostConfinement {
 
     /// The confinement of one instance, built before fork, and the daemon's half of its
     /// connect gate. `None` when nothing applies here. `proxy`: the egress proxy's address, the
-    /// only one the instance may connect to.
+    /// only one the instance may connect to. `runtime`: the program exec'd, and the host files
+    /// it reads at start besides its libraries.
     pub(crate) fn prepare(
         &self,
         spec: &InstanceSpec,
-        deno: &Path,
+        runtime: (&Path, &[&str]),
         shim: &Path,
         proxy: Option<std::net::SocketAddr>,
     ) -> Result<Option<(sys::Confinement, Option<GatePending>)>, SandboxError> {
@@ -241,7 +242,7 @@ impl HostConfinement {
         let fail = |e: String| SandboxError::StartFailed(format!("OS confinement: {e}"));
         let mut out = sys::Confinement::default();
         if landlock.is_some() {
-            let mut rules = self.rules(spec, deno, shim)?;
+            let mut rules = self.rules(spec, runtime, shim)?;
             rules.connect_ports = net_rules(proxy_port);
             let rs = confine::landlock_ruleset(&rules).map_err(fail)?;
             out.landlock = Option::<std::os::fd::OwnedFd>::from(rs);
@@ -263,18 +264,25 @@ impl HostConfinement {
     fn rules(
         &self,
         spec: &InstanceSpec,
-        deno: &Path,
+        (program, program_reads): (&Path, &[&str]),
         shim: &Path,
     ) -> Result<LandlockRules, SandboxError> {
         let p = &spec.permissions;
         let mut read_only: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
         read_only.push(spec.bundle_file.clone());
         read_only.push(shim.to_path_buf());
-        // Execute only what is run: Deno, its loader (the kernel opens it for execute at
+        // Only those that exist: Landlock cannot grant a path that is not there.
+        read_only.extend(
+            program_reads
+                .iter()
+                .map(PathBuf::from)
+                .filter(|p| p.exists()),
+        );
+        // Execute only what is run: the runtime, its loader (the kernel opens it for execute at
         // exec), the manifest's `run` programs and theirs. Libraries are mapped, not executed,
         // so read is enough for them.
-        let mut execute = vec![deno.to_path_buf()];
-        execute.extend(interpreters(deno));
+        let mut execute = vec![program.to_path_buf()];
+        execute.extend(interpreters(program));
         for prog in &p.run {
             if let Some(target) = run_target(prog) {
                 execute.extend(interpreters(&target));
@@ -391,7 +399,7 @@ mod tests {
         let mut s = spec(tmp.path());
         s.permissions.net = vec!["example.com:8443".into(), "127.0.0.1:8080".into()];
         let r = HostConfinement::probe()
-            .rules(&s, Path::new(DENO), Path::new(SHIM))
+            .rules(&s, (Path::new(DENO), &[]), Path::new(SHIM))
             .unwrap();
         assert!(r.connect_ports.is_empty());
     }
@@ -405,7 +413,9 @@ mod tests {
         let mut s = spec(tmp.path());
         s.permissions.write = vec!["out/x".into()];
         let hc = HostConfinement::probe();
-        let r = hc.rules(&s, Path::new(DENO), Path::new(SHIM)).unwrap();
+        let r = hc
+            .rules(&s, (Path::new(DENO), &[]), Path::new(SHIM))
+            .unwrap();
         assert!(
             data.join("out/x").is_dir(),
             "write dirs exist in both modes"
@@ -414,7 +424,9 @@ mod tests {
         assert!(r.data[0].write && r.data[0].is_dir);
         assert!(!r.read_write.iter().any(|p| p.starts_with(&data)));
         s.permissions.read = vec!["evil".into()];
-        let e = hc.rules(&s, Path::new(DENO), Path::new(SHIM)).unwrap_err();
+        let e = hc
+            .rules(&s, (Path::new(DENO), &[]), Path::new(SHIM))
+            .unwrap_err();
         assert!(e.to_string().contains("symlink"), "{e}");
     }
 
@@ -424,7 +436,9 @@ mod tests {
         let mut s = spec(tmp.path());
         s.permissions.run = vec!["/usr/bin/sh".into()];
         let hc = HostConfinement::probe();
-        let r = hc.rules(&s, Path::new(DENO), Path::new(SHIM)).unwrap();
+        let r = hc
+            .rules(&s, (Path::new(DENO), &[]), Path::new(SHIM))
+            .unwrap();
         assert!(r.execute.contains(&PathBuf::from("/usr/bin/sh")));
         assert!(r.execute.contains(&PathBuf::from(DENO)));
         let loader = interpreters(Path::new(DENO));
@@ -458,7 +472,7 @@ mod tests {
         assert!(hc
             .prepare(
                 &spec(tmp.path()),
-                Path::new("/bin/deno"),
+                (Path::new("/bin/deno"), &[]),
                 Path::new(SHIM),
                 None
             )

@@ -14,7 +14,6 @@ mod choose;
 mod confine;
 mod connect_gate;
 mod container;
-mod deno;
 mod egress;
 mod error;
 mod executables;
@@ -31,6 +30,7 @@ mod output;
 mod process;
 mod report;
 mod rootfs;
+mod runtime;
 mod sampler;
 mod shim_conn;
 mod shim_http;
@@ -49,7 +49,6 @@ pub use cgroup::{runner_id_for, CgroupManager, CgroupVersion};
 pub use choose::{choose_executor, microvm_verdict, Choice, Chosen, Requested};
 pub use container::generic::{GenericConfig, GenericSandbox};
 pub use container::{find_bwrap, ContainerConfig, ContainerExecutor};
-pub use deno::DenoBinary;
 pub use error::SandboxError;
 pub use executables::find_program;
 pub use hostfs::{copy_if_unreachable, runner_dir_mode, stage_file, unreachable_by};
@@ -58,6 +57,7 @@ pub use none::NoneExecutor;
 pub use process::is_hop_by_hop;
 pub use report::{host_report, HostReport};
 pub use rootfs::Rootfs;
+pub use runtime::{DenoBinary, NodeBinary, RuntimeKind, Runtimes, Shim};
 pub use sys::effective_root;
 pub use volume::{enter_private_mount_namespace, AuthorVolumes, VolumeError, MIN_VOLUME_BYTES};
 
@@ -109,13 +109,16 @@ pub struct Grants {
 pub struct InstanceSpec {
     /// Unique per instance, safe for file names.
     pub id: String,
+    /// The runtime the bundle's record names.
+    pub runtime: RuntimeKind,
     /// Verified single-file ESM bundle (read-only).
     pub bundle_file: PathBuf,
     /// Per-instance scratch dir the backend owns (the socket lives here); removed on shutdown.
     pub work_dir: PathBuf,
     /// Per-bundle data dir; manifest read/write paths are relative to it.
     pub data_dir: PathBuf,
-    /// Per-bundle writable DENO_DIR (never shared between authors).
+    /// Per-bundle writable cache dir of the runtime (Deno's DENO_DIR; never shared between
+    /// authors).
     pub deno_dir: PathBuf,
     /// Already checked against operator policy.
     pub permissions: Grants,
@@ -210,6 +213,7 @@ impl std::fmt::Debug for InstanceSpec {
         let env: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
         f.debug_struct("InstanceSpec")
             .field("id", &self.id)
+            .field("runtime", &self.runtime)
             .field("bundle_file", &self.bundle_file)
             .field("permissions", &self.permissions)
             .field("env_names", &env)
@@ -373,6 +377,7 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 pub(crate) fn test_spec(dir: &std::path::Path) -> InstanceSpec {
     InstanceSpec {
         id: "t".into(),
+        runtime: RuntimeKind::Deno,
         bundle_file: dir.join("b.js"),
         work_dir: dir.join("w"),
         data_dir: dir.join("data"),

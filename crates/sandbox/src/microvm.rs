@@ -35,12 +35,13 @@ use atrund_microvm::firecracker::{BootSource, Entropy, MachineConfig, VmConfig, 
 use atrund_microvm::qemu::{vhost_device_vsock_args, Accel, QemuVm};
 
 use crate::cgroup::{CgroupLimits, CgroupManager};
-use crate::deno::deno_args;
 use crate::guest::{self, FileSpec, GuestLimits, Start};
 use crate::guest_image::{cached_initramfs, CachedImage, GuestPieces};
 use crate::hostfs::{self, Needed, DATA_DIR_FIX};
 use crate::init_config::{InitConfig, ProxyForward};
 use crate::process::{self, Join, Launch, VmLaunch};
+use crate::runtime::deno::{deno_args, SHIM};
+use crate::runtime::seam::check_secret_names;
 use crate::vm_launcher::{Program, VmPlan};
 use crate::{sys, DenoBinary, Enforcement, Executor, Instance, InstanceSpec, RunAs, SandboxError};
 
@@ -271,6 +272,7 @@ impl MicroVmExecutor {
             });
             let spec = InstanceSpec {
                 id: format!("microvm-probe-{}", std::process::id()),
+                runtime: crate::RuntimeKind::Deno,
                 bundle_file: bundle,
                 work_dir: dir.join("w"),
                 data_dir: dir.join("data"),
@@ -407,10 +409,8 @@ impl MicroVmExecutor {
             ..spec.clone()
         };
         let socket_in = work.join(process::SOCKET_FILE);
-        let shim_in = work.join(process::SHIM_FILE);
-        let mut args = deno_args(&inside, &shim_in, &socket_in)?;
-        crate::container::widen(&mut args, "--allow-read=", "/tmp");
-        crate::container::widen(&mut args, "--allow-write=", "/tmp");
+        let shim_in = work.join(SHIM.file);
+        let args = deno_args(&inside, &shim_in, &socket_in, Some(Path::new("/tmp")))?;
         let mut argv = vec![GUEST_DENO.to_string()];
         argv.extend(args.into_iter().map(|a| a.to_string_lossy().into_owned()));
         let paths = |xs: &[&str]| xs.iter().map(PathBuf::from).collect::<Vec<_>>();
@@ -621,6 +621,17 @@ impl Executor for MicroVmExecutor {
 
     async fn warm(&self, spec: InstanceSpec) -> Result<Arc<dyn Instance>, SandboxError> {
         let started_at = Instant::now();
+        if spec.runtime != crate::RuntimeKind::Deno {
+            return Err(SandboxError::StartFailed(format!(
+                "the microvm backend's guest image carries Deno only, not runtime {}; run this \
+                 bundle under isolation = \"container\" or \"none\"",
+                spec.runtime
+            )));
+        }
+        check_secret_names(
+            &crate::runtime::deno::DenoRuntime::new(self.cfg.deno.clone()),
+            &spec.env,
+        )?;
         if !spec.permissions.read.is_empty() || !spec.permissions.write.is_empty() {
             return Err(SandboxError::StartFailed(
                 "the microvm backend does not carry a bundle's data paths (manifest read/write) \
@@ -628,7 +639,7 @@ impl Executor for MicroVmExecutor {
                     .into(),
             ));
         }
-        let (socket, shim) = process::work_paths(&spec)?;
+        let (socket, shim) = process::work_paths(&spec, SHIM)?;
         // The VMM's sockets are the longest names in the work dir.
         let longest = spec
             .work_dir
@@ -639,7 +650,7 @@ impl Executor for MicroVmExecutor {
                 process::MAX_SOCKET_PATH
             )));
         }
-        process::prepare_work_dir(&spec, &socket, &shim, self.run_as).await?;
+        process::prepare_work_dir(&spec, &socket, &shim, SHIM.source, self.run_as).await?;
         let fail = |e: SandboxError| {
             let _ = std::fs::remove_dir_all(&spec.work_dir);
             e

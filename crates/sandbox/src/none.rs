@@ -1,12 +1,13 @@
-//! The `none` backend: one `deno run` process per instance, confined by Deno's permission flags
-//! and, beneath them, by what works without namespaces (`host_confine`: no_new_privs, Landlock,
-//! seccomp, applied by the child before exec; docs/security.md says what that leaves open).
+//! The `none` backend: one runtime process per instance (`runtime`: Deno, Node), confined by its
+//! runtime's permission flags and, beneath them, by what works without namespaces
+//! (`host_confine`: no_new_privs, Landlock, seccomp, applied by the child before exec;
+//! docs/security.md says what that leaves open).
 //! Network: as in `container`, fetch goes through at-rund's egress proxy (`HTTP_PROXY` and
 //! `HTTPS_PROXY` with a per-instance token), and Landlock lets the process connect to the
 //! proxy's TCP port only; without a proxy it connects nowhere.
 //!
-//! Owns: the command of a `none` instance (Deno's flags from `deno`, a cleared environment, the
-//! data dir as working directory, the proxy variables, Landlock and seccomp prepared before
+//! Owns: the command of a `none` instance (the runtime's flags from `runtime`, a cleared
+//! environment, the data dir as working directory, the proxy variables, Landlock and seccomp prepared before
 //! fork), its egress registration, what this backend reports as enforced, and the unprivileged
 //! uid/gid its instances run as when the daemon is root (`RunAs`: set by the child before exec;
 //! their dirs given to that uid by `process`). Everything after the command is the shared process
@@ -19,17 +20,15 @@ use std::time::Instant;
 use atrund_egress::EgressProxy;
 
 use crate::cgroup::CgroupManager;
-use crate::deno::deno_args;
 use crate::host_confine::HostConfinement;
 use crate::process::{self, enforcement_for, launch, prepare_work_dir, work_paths, Join, Launch};
-use crate::{
-    hostfs, sys, DenoBinary, Enforcement, Executor, Instance, InstanceSpec, RunAs, SandboxError,
-};
+use crate::runtime::{Layout, Runtime, Runtimes};
+use crate::{hostfs, sys, Enforcement, Executor, Instance, InstanceSpec, RunAs, SandboxError};
 
 /// The `none` executor.
 #[derive(Debug, Clone)]
 pub struct NoneExecutor {
-    deno: DenoBinary,
+    runtimes: Runtimes,
     /// `None`: no cgroups (memory is then capped by the V8 heap flag only, which ArrayBuffers
     /// escape); reported by [`Executor::enforcement`].
     cgroups: Option<Arc<CgroupManager>>,
@@ -50,9 +49,9 @@ pub struct NoneExecutor {
 impl NoneExecutor {
     /// Instances of a root daemon run as [`RunAs::NOBODY`] until [`Self::with_run_as`] says
     /// otherwise.
-    pub fn new(deno: DenoBinary) -> Self {
+    pub fn new(runtimes: impl Into<Runtimes>) -> Self {
         Self {
-            deno,
+            runtimes: runtimes.into(),
             cgroups: None,
             nofile_hard: sys::nofile_hard_limit(),
             confinement: HostConfinement::probe(),
@@ -116,6 +115,7 @@ impl NoneExecutor {
     fn check_reachable(
         &self,
         spec: &InstanceSpec,
+        runtime: &dyn Runtime,
         shim: &std::path::Path,
         id: RunAs,
     ) -> Result<(), SandboxError> {
@@ -126,10 +126,10 @@ impl NoneExecutor {
             id,
             &[
                 need(
-                    self.deno.path(),
+                    runtime.binary(),
                     0o1,
                     "execute the runtime",
-                    "install Deno where that user can run it (e.g. /usr/local/bin)",
+                    "install the runtime where that user can run it (e.g. /usr/local/bin)",
                 ),
                 need(
                     spec.bundle_file.as_path(),
@@ -159,6 +159,7 @@ impl Executor for NoneExecutor {
     fn enforcement(&self) -> Vec<Enforcement> {
         let mut e = enforcement_for(self.cgroups.as_ref(), self.nofile_hard);
         e.extend(self.confinement.enforcement());
+        e.extend(self.runtimes.enforcement());
         e.push(match self.run_as {
             Some(id) => Enforcement {
                 limit: "unprivileged",
@@ -183,7 +184,8 @@ impl Executor for NoneExecutor {
 
     async fn warm(&self, spec: InstanceSpec) -> Result<Arc<dyn Instance>, SandboxError> {
         let started_at = Instant::now();
-        let (socket, _) = work_paths(&spec)?;
+        let runtime = self.runtimes.get(spec.runtime)?;
+        let (socket, _) = work_paths(&spec, runtime.shim())?;
         // One shim path for every instance, not one per instance: Deno caches the shim's
         // transpiled form in DENO_DIR keyed by its path, so a per-instance path would grow
         // DENO_DIR/gen forever. It lives beside the work dirs, where no instance can write (not
@@ -193,19 +195,29 @@ impl Executor for NoneExecutor {
             .work_dir
             .parent()
             .unwrap_or(&spec.work_dir)
-            .join(process::SHIM_FILE);
-        let args = deno_args(&spec, &shim, &socket)?;
-        prepare_work_dir(&spec, &socket, &shim, self.run_as).await?;
+            .join(runtime.shim().file);
+        let args = runtime.args(&Layout {
+            spec: &spec,
+            shim: &shim,
+            socket: &socket,
+            scratch: None,
+        })?;
+        prepare_work_dir(&spec, &socket, &shim, runtime.shim().source, self.run_as).await?;
         let cleanup = |_: &SandboxError| process::remove_work_dir(&spec.id, &spec.work_dir);
         if let Some(id) = self.run_as {
-            self.check_reachable(&spec, &shim, id)
+            self.check_reachable(&spec, runtime, &shim, id)
                 .inspect_err(cleanup)?;
         }
         let proxy = self.egress.as_ref().map(|p| p.local_addr());
         // Built here, before fork: the child only makes the syscalls.
         let (confine, mut gate) = match self
             .confinement
-            .prepare(&spec, self.deno.path(), &shim, proxy)
+            .prepare(
+                &spec,
+                (runtime.binary(), runtime.host_reads()),
+                &shim,
+                proxy,
+            )
             .inspect_err(cleanup)?
         {
             Some((c, g)) => (Some(c), g),
@@ -224,12 +236,10 @@ impl Executor for NoneExecutor {
             .transpose()
             .inspect_err(cleanup)?;
 
-        let mut cmd = tokio::process::Command::new(self.deno.path());
+        let mut cmd = tokio::process::Command::new(runtime.binary());
         cmd.args(&args)
             .env_clear()
-            .env("DENO_DIR", &spec.deno_dir)
-            .env("DENO_NO_UPDATE_CHECK", "1")
-            .env("NO_COLOR", "1")
+            .envs(runtime.env(&spec.deno_dir, None))
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             // Relative paths in the bundle then mean what the manifest means: data-dir relative.
             .current_dir(&spec.data_dir)
@@ -246,7 +256,7 @@ impl Executor for NoneExecutor {
         launch(Launch {
             spec: &spec,
             cmd,
-            program: self.deno.path(),
+            program: runtime.binary(),
             socket,
             cgroups: self.cgroups.as_ref(),
             nofile: self.open_files(spec.limits.open_files),

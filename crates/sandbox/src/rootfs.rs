@@ -17,9 +17,18 @@ use crate::SandboxError;
 const DIRS: &[&str] = &[
     "bin", "sbin", "etc", "proc", "dev", "tmp", "work", "deno", "bundle", "data",
 ];
-/// Where bwrap binds the runtime and the init binary.
+/// Where bwrap binds the runtimes and the init binary.
 pub(crate) const DENO_IN_ROOT: &str = "/bin/deno";
+pub(crate) const NODE_IN_ROOT: &str = "/bin/node";
 pub(crate) const INIT_IN_ROOT: &str = "/sbin/init";
+
+/// Where a runtime's binary is inside the root.
+pub(crate) fn runtime_in_root(kind: crate::RuntimeKind) -> &'static str {
+    match kind {
+        crate::RuntimeKind::Deno => DENO_IN_ROOT,
+        crate::RuntimeKind::Node => NODE_IN_ROOT,
+    }
+}
 
 /// An assembled root.
 #[derive(Debug, Clone)]
@@ -124,7 +133,7 @@ fn build(root: &Path, libs: &[PathBuf]) -> std::io::Result<()> {
     for d in DIRS {
         std::fs::create_dir_all(root.join(d))?;
     }
-    for f in [DENO_IN_ROOT, INIT_IN_ROOT] {
+    for f in [DENO_IN_ROOT, NODE_IN_ROOT, INIT_IN_ROOT] {
         let p = root.join(f.trim_start_matches('/'));
         std::fs::write(&p, b"")?;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;

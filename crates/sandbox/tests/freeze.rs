@@ -241,6 +241,7 @@ async fn zero_grace_freezes_when_the_last_call_ends() {
 fn spec_at(root: &Path, id: &str) -> atrund_sandbox::InstanceSpec {
     atrund_sandbox::InstanceSpec {
         id: id.into(),
+        runtime: atrund_sandbox::RuntimeKind::Deno,
         bundle_file: bundle("timers.js"),
         work_dir: root.join("w").join(id),
         data_dir: root.join("data"),

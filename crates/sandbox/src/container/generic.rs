@@ -34,15 +34,16 @@ use std::time::Duration;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use super::{bundle_path_inside, widen, ContainerExecutor};
+use super::{bundle_path_inside, ContainerExecutor};
 use super::{BUNDLE, DATA, EGRESS_SOCKET, INIT_CONFIG, PROXY_PORT, WORK};
 use crate::broker::{Broker, BrokerRules};
 use crate::cgroup::CgroupLimits;
-use crate::deno::{deno_args, HARDENED};
 use crate::hostfs::{self, DataPath};
 use crate::init_config::{InitConfig, ProxyForward};
 use crate::process::{self, Park, Parked};
 use crate::rootfs::{DENO_IN_ROOT, INIT_IN_ROOT};
+use crate::runtime::deno::{HARDENED, SHIM};
+use crate::runtime::Layout;
 use crate::{Instance, InstanceSpec, ResourceLimits, RunAs, SandboxError};
 
 /// The generic shim, embedded like the normal one; it imports the normal one for the calls.
@@ -221,7 +222,7 @@ impl ContainerExecutor {
     /// The bwrap command line of a generic sandbox: the base, `/tmp`, and the stage's bundle
     /// and data dirs read-only (binds made in them later show through).
     fn generic_args(&self, work_dir: &Path, stage: &Stage) -> Vec<OsString> {
-        let mut a = self.base_args();
+        let mut a = self.base_args(self.cfg.runtimes.deno().path(), DENO_IN_ROOT);
         let tmp_bytes = self.cfg.tmp_mib.saturating_mul(1024 * 1024).to_string();
         let mut push = |xs: &[&std::ffi::OsStr]| a.extend(xs.iter().map(|x| x.to_os_string()));
         push(&[
@@ -279,7 +280,7 @@ async fn prepare(
             }
         }
         for (name, src) in [
-            (process::SHIM_FILE, crate::SHIM_SOURCE),
+            (SHIM.file, SHIM.source),
             (GENERIC_SHIM, GENERIC_SHIM_SOURCE),
         ] {
             hostfs::write_file_atomic(&work_dir, name, src.as_bytes(), 0o644)
@@ -314,6 +315,10 @@ impl GenericSandbox {
     /// (Deno asks the broker without naming the command), or limits above the caps it was
     /// started with. Such a bundle starts the normal way.
     pub fn unfit(spec: &InstanceSpec, cfg: &GenericConfig) -> Option<&'static str> {
+        // The sandboxes run Deno and its broker: other runtimes start the normal way.
+        if spec.runtime != crate::RuntimeKind::Deno {
+            return Some("runtime");
+        }
         if !spec.permissions.run.is_empty() {
             return Some("run");
         }
@@ -358,10 +363,17 @@ impl GenericSandbox {
             ..spec.clone()
         };
         let socket_in = Path::new(WORK).join(process::SOCKET_FILE);
-        let shim_in = Path::new(WORK).join(process::SHIM_FILE);
-        let mut flags = deno_args(&inside, &shim_in, &socket_in)?;
-        widen(&mut flags, "--allow-read=", "/tmp");
-        widen(&mut flags, "--allow-write=", "/tmp");
+        let shim_in = Path::new(WORK).join(SHIM.file);
+        let flags = exec
+            .cfg
+            .runtimes
+            .get(crate::RuntimeKind::Deno)?
+            .args(&Layout {
+                spec: &inside,
+                shim: &shim_in,
+                socket: &socket_in,
+                scratch: Some(Path::new("/tmp")),
+            })?;
         let rules = BrokerRules::from_deno_args(&flags)?;
 
         let run_as = exec.run_as;

@@ -36,8 +36,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cgroup::CgroupManager;
+use crate::runtime::Shim;
 use crate::sampler::CPU_POLL;
-use crate::{sys, Enforcement, InstanceSpec, SandboxError, SHIM_SOURCE};
+use crate::{sys, Enforcement, InstanceSpec, SandboxError};
 
 pub(crate) use launch::launch;
 pub(crate) use parked::{park, Park, Parked};
@@ -51,8 +52,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// File name of the shim inside the work dir.
-pub(crate) const SHIM_FILE: &str = "at-run-exec.ts";
 /// File name of the socket inside the work dir.
 pub(crate) const SOCKET_FILE: &str = "rpc.sock";
 /// Linux `sun_path` holds 108 bytes including the terminating NUL.
@@ -201,10 +200,13 @@ pub(crate) fn remove_work_dir(id: &str, dir: &Path) {
     }
 }
 
-/// The socket and shim paths of an instance.
-pub(crate) fn work_paths(spec: &InstanceSpec) -> Result<(PathBuf, PathBuf), SandboxError> {
+/// The socket path of an instance, and the path of its runtime's `shim` in its work dir.
+pub(crate) fn work_paths(
+    spec: &InstanceSpec,
+    shim: Shim,
+) -> Result<(PathBuf, PathBuf), SandboxError> {
     let socket = spec.work_dir.join(SOCKET_FILE);
-    let shim = spec.work_dir.join(SHIM_FILE);
+    let shim = spec.work_dir.join(shim.file);
     if socket.as_os_str().len() > MAX_SOCKET_PATH {
         tracing::warn!(socket = %socket.display(), "the instance socket path is too long");
         return Err(SandboxError::StartFailed(format!(
@@ -216,7 +218,8 @@ pub(crate) fn work_paths(spec: &InstanceSpec) -> Result<(PathBuf, PathBuf), Sand
 
 pub(crate) use crate::hostfs::io_err;
 
-/// Creates the instance's dirs (0700), removes a stale socket and writes the shim (without
+/// Creates the instance's dirs (0700), removes a stale socket and writes `source`, the shim, to
+/// `shim` (without
 /// following a name planted in its dir: `hostfs::write_file_atomic`; 0644, it is public code).
 /// With `owner` (the uid the instance runs as) the three dirs are given to it and their parents
 /// made passable for its group (`hostfs::owned_dir`, `hostfs::passable_dir`).
@@ -224,6 +227,7 @@ pub(crate) async fn prepare_work_dir(
     spec: &InstanceSpec,
     socket: &Path,
     shim: &Path,
+    source: &'static str,
     owner: Option<crate::RunAs>,
 ) -> Result<(), SandboxError> {
     let dirs = [
@@ -250,7 +254,7 @@ pub(crate) async fn prepare_work_dir(
         else {
             return Err(io_err("write the shim to", &shim, "not a file path"));
         };
-        crate::hostfs::write_file_atomic(dir, name, SHIM_SOURCE.as_bytes(), 0o644)
+        crate::hostfs::write_file_atomic(dir, name, source.as_bytes(), 0o644)
             .map_err(|e| io_err("write the shim to", &shim, e))
     })
     .await

@@ -166,6 +166,7 @@ impl Env {
     pub fn spec(&self, id: &str, bundle: &Path) -> InstanceSpec {
         InstanceSpec {
             id: id.into(),
+            runtime: atrund_sandbox::RuntimeKind::Deno,
             bundle_file: bundle.to_path_buf(),
             work_dir: self.root.join("w").join(id),
             data_dir: self.root.join("data"),
@@ -231,7 +232,7 @@ pub fn deno_path() -> PathBuf {
 pub fn container_config(root: &Path, bwrap: PathBuf, deno: DenoBinary) -> ContainerConfig {
     ContainerConfig {
         bwrap,
-        deno,
+        runtimes: deno.into(),
         init: (
             PathBuf::from(env!("CARGO_BIN_EXE_atrund-sandbox-init")),
             vec![],

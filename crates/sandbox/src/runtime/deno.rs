@@ -11,7 +11,14 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use crate::{InstanceSpec, SandboxError};
+use super::seam::{check_secret_names, path_str, Layout, Runtime, RuntimeKind, Shim};
+use crate::{Enforcement, InstanceSpec, SandboxError};
+
+/// The Deno shim (`runtime/exec/main.ts`).
+pub(crate) const SHIM: Shim = Shim {
+    file: "at-run-exec.ts",
+    source: include_str!("../../../../runtime/exec/main.ts"),
+};
 
 /// A located Deno executable.
 #[derive(Debug, Clone)]
@@ -104,10 +111,12 @@ pub(crate) const HARDENED: [&str; 7] = [
 ];
 
 /// The Deno arguments for one instance, permissions included.
+/// `scratch`: a dir it may also read and write (the container's `/tmp`).
 pub(crate) fn deno_args(
     spec: &InstanceSpec,
     shim: &Path,
     socket: &Path,
+    scratch: Option<&Path>,
 ) -> Result<Vec<OsString>, SandboxError> {
     let p = &spec.permissions;
     let socket_s = flag_item("socket path", path_str(socket)?)?;
@@ -124,6 +133,11 @@ pub(crate) fn deno_args(
     let mut write = vec![socket_s.to_string()];
     for w in &p.write {
         write.push(data(w)?);
+    }
+    if let Some(dir) = scratch {
+        let dir = flag_item("scratch dir", path_str(dir)?)?;
+        read.push(dir.to_string());
+        write.push(dir.to_string());
     }
     // Deno.serve({ path }) also asks for net access to `unix:<path>`.
     let mut net = vec![format!("unix:{socket_s}")];
@@ -155,26 +169,14 @@ pub(crate) fn deno_args(
         args.push("--allow-sys".into());
     }
     if !spec.env.is_empty() {
-        let names: Vec<&str> = spec
-            .env
-            .iter()
-            .map(|(k, _)| env_name(k))
-            .collect::<Result<_, _>>()?;
+        // Checked names hold no comma: they are letters, digits and '_'.
+        let names: Vec<&str> = spec.env.iter().map(|(k, _)| k.as_str()).collect();
         args.push(format!("--allow-env={}", names.join(",")).into());
     }
     args.push(shim.as_os_str().to_owned());
     args.push(spec.bundle_file.as_os_str().to_owned());
     args.push(socket.as_os_str().to_owned());
     Ok(args)
-}
-
-fn path_str(p: &Path) -> Result<&str, SandboxError> {
-    p.to_str().ok_or_else(|| {
-        SandboxError::StartFailed(format!(
-            "path '{}' is not UTF-8; use UTF-8 paths for the runner's directories",
-            p.display()
-        ))
-    })
 }
 
 /// Deno splits permission lists at commas, so an item with one would widen the grant.
@@ -197,30 +199,72 @@ fn net_flag_item(entry: &str) -> Result<String, SandboxError> {
     Ok(rule.to_string())
 }
 
-/// The variables that point Deno at the runner's egress proxy (set by the backends).
-pub(crate) fn is_proxy_var(name: &str) -> bool {
-    matches!(
-        name.to_ascii_uppercase().as_str(),
-        "HTTP_PROXY" | "HTTPS_PROXY" | "ALL_PROXY" | "NO_PROXY"
-    )
+/// Deno as a [`Runtime`].
+#[derive(Debug, Clone)]
+pub(crate) struct DenoRuntime {
+    binary: DenoBinary,
 }
 
-/// Names only; env values are secrets and never appear in errors or logs.
-fn env_name(k: &str) -> Result<&str, SandboxError> {
-    if is_proxy_var(k) {
-        return Err(SandboxError::StartFailed(format!(
-            "secret name '{k}' is reserved for the runner's egress proxy; rename the secret"
-        )));
+impl DenoRuntime {
+    pub(crate) fn new(binary: DenoBinary) -> Self {
+        Self { binary }
     }
-    let valid = !k.is_empty()
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !k.starts_with(|c: char| c.is_ascii_digit());
-    if !valid || k.starts_with("DENO_") || k.starts_with("LD_") || k == "NO_COLOR" {
-        return Err(SandboxError::StartFailed(format!(
-            "secret name '{k}' is not allowed: use letters, digits and '_', not starting with a digit, DENO_ or LD_"
-        )));
+
+    pub(crate) fn binary_ref(&self) -> &DenoBinary {
+        &self.binary
     }
-    Ok(k)
+}
+
+impl Runtime for DenoRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Deno
+    }
+
+    fn binary(&self) -> &Path {
+        self.binary.path()
+    }
+
+    fn shim(&self) -> Shim {
+        SHIM
+    }
+
+    fn args(&self, l: &Layout<'_>) -> Result<Vec<OsString>, SandboxError> {
+        check_secret_names(self, &l.spec.env)?;
+        deno_args(l.spec, l.shim, l.socket, l.scratch)
+    }
+
+    fn env(&self, cache: &Path, scratch: Option<&Path>) -> Vec<(&'static str, OsString)> {
+        let mut env = vec![
+            ("DENO_DIR", cache.as_os_str().to_owned()),
+            ("DENO_NO_UPDATE_CHECK", "1".into()),
+            ("NO_COLOR", "1".into()),
+        ];
+        // Deno looks for its home dir; the bundle cannot read HOME (--allow-env).
+        if let Some(dir) = scratch {
+            env.push(("HOME", dir.as_os_str().to_owned()));
+        }
+        env
+    }
+
+    fn reserved_env(&self, name: &str) -> bool {
+        name.starts_with("DENO_") || name == "NO_COLOR"
+    }
+
+    fn enforcement(&self) -> Vec<Enforcement> {
+        let line = |limit, how: &str| Enforcement {
+            limit,
+            enforced: true,
+            how: how.into(),
+        };
+        vec![
+            line("deno.read", "--allow-read/--allow-write of exactly the declared paths, beneath the kernel layer"),
+            line("deno.net", "--allow-net of the declared host:port entries, then the egress proxy"),
+            line("deno.run", "--allow-run of the declared commands"),
+            line("deno.env", "--allow-env of the secret names only, on a cleared environment"),
+            line("deno.ffi", "--allow-ffi only when declared"),
+            line("deno.sys", "--allow-sys only when declared"),
+        ]
+    }
 }
 
 #[cfg(test)]
@@ -245,6 +289,7 @@ mod args_tests {
     fn spec() -> InstanceSpec {
         InstanceSpec {
             id: "i1".into(),
+            runtime: crate::RuntimeKind::Deno,
             bundle_file: "/store/ab.js".into(),
             work_dir: "/run/w/i1".into(),
             data_dir: "/data/b".into(),
@@ -261,14 +306,19 @@ mod args_tests {
     }
 
     fn args(s: &InstanceSpec) -> Result<Vec<String>, SandboxError> {
-        Ok(deno_args(
-            s,
-            Path::new("/run/w/i1/shim.ts"),
-            Path::new("/run/w/i1/s.sock"),
-        )?
-        .into_iter()
-        .map(|a| a.into_string().unwrap())
-        .collect())
+        let rt = DenoRuntime::new(DenoBinary {
+            path: "/bin/deno".into(),
+        });
+        Ok(rt
+            .args(&Layout {
+                spec: s,
+                shim: Path::new("/run/w/i1/shim.ts"),
+                socket: Path::new("/run/w/i1/s.sock"),
+                scratch: None,
+            })?
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect())
     }
 
     #[test]

@@ -1,0 +1,118 @@
+//! Runtimes: what differs between the languages instances run in (docs/runtimes.md). A runtime
+//! says how its process is started for one instance (binary, flags from the manifest's
+//! permissions, fixed environment), which secret names it must refuse, which host files it
+//! needs besides its binary, its shim, and what it enforces itself. Every runtime speaks the same
+//! shim protocol (start, `go`, ready line, HTTP/1.1 on a Unix socket), so the executors keep
+//! everything else: cgroups, limits, egress, output, freezing and the kernel confinement.
+//!
+//! Owns: [`RuntimeKind`] (the record's `runtime` names this runner knows), [`Runtimes`] (the
+//! located binaries of the runtimes this runner offers) and the [`Runtime`] seam. Deno
+//! (`deno`) and Node.js (`node`) implement it. Must not: choose permissions or limits (they
+//! arrive checked), or confine the process (the executors do, the same for every runtime).
+
+pub(crate) mod deno;
+pub(crate) mod node;
+pub(crate) mod seam;
+
+use std::path::PathBuf;
+
+use crate::{Enforcement, SandboxError};
+
+pub use deno::DenoBinary;
+pub use node::NodeBinary;
+pub(crate) use seam::{Layout, Runtime};
+pub use seam::{RuntimeKind, Shim};
+
+/// The runtimes one runner offers: Deno always, the others when the operator configured them.
+#[derive(Debug, Clone)]
+pub struct Runtimes {
+    deno: deno::DenoRuntime,
+    node: Option<node::NodeRuntime>,
+}
+
+impl From<DenoBinary> for Runtimes {
+    fn from(deno: DenoBinary) -> Self {
+        Self::new(deno)
+    }
+}
+
+impl Runtimes {
+    /// Deno only.
+    pub fn new(deno: DenoBinary) -> Self {
+        Self {
+            deno: deno::DenoRuntime::new(deno),
+            node: None,
+        }
+    }
+
+    /// Also offers Node.js, run with this binary.
+    pub fn with_node(mut self, node: NodeBinary) -> Self {
+        self.node = Some(node::NodeRuntime::new(node));
+        self
+    }
+
+    /// These runtimes with each binary where `id` can execute it: copies in `staged` for those
+    /// it cannot (a root runner whose runtimes live under `/root`).
+    pub fn reachable_by(
+        self,
+        id: crate::RunAs,
+        staged: &std::path::Path,
+    ) -> Result<Self, SandboxError> {
+        Ok(Self {
+            deno: deno::DenoRuntime::new(self.deno.binary_ref().clone().reachable_by(id, staged)?),
+            node: match self.node {
+                Some(n) => Some(node::NodeRuntime::new(
+                    n.binary_ref().clone().reachable_by(id, staged)?,
+                )),
+                None => None,
+            },
+        })
+    }
+
+    /// The Deno binary.
+    pub fn deno(&self) -> &DenoBinary {
+        self.deno.binary_ref()
+    }
+
+    /// The Node binary, when Node is offered.
+    pub fn node(&self) -> Option<&NodeBinary> {
+        self.node.as_ref().map(|n| n.binary_ref())
+    }
+
+    /// The runtimes offered, in [`RuntimeKind::ALL`]'s order.
+    pub fn offered(&self) -> Vec<RuntimeKind> {
+        RuntimeKind::ALL
+            .into_iter()
+            .filter(|k| self.get(*k).is_ok())
+            .collect()
+    }
+
+    /// The host path of every offered runtime's binary (the container root needs their
+    /// libraries).
+    pub fn binaries(&self) -> Vec<PathBuf> {
+        RuntimeKind::ALL
+            .into_iter()
+            .filter_map(|k| self.get(k).ok().map(|r| r.binary().to_path_buf()))
+            .collect()
+    }
+
+    /// Each offered runtime's own enforcement lines (`<runtime>.<permission>`).
+    pub fn enforcement(&self) -> Vec<Enforcement> {
+        RuntimeKind::ALL
+            .into_iter()
+            .filter_map(|k| self.get(k).ok())
+            .flat_map(|r| r.enforcement())
+            .collect()
+    }
+
+    pub(crate) fn get(&self, kind: RuntimeKind) -> Result<&dyn Runtime, SandboxError> {
+        match kind {
+            RuntimeKind::Deno => Ok(&self.deno),
+            RuntimeKind::Node => self
+                .node
+                .as_ref()
+                .map(|n| n as &dyn Runtime)
+                .ok_or(SandboxError::RuntimeUnavailable(kind)),
+        }
+    }
+}

@@ -1,2 +1,0 @@
-// The conformance kit's bundle that fails while it loads: the start must fail.
-throw new Error("kit: this bundle refuses to load");

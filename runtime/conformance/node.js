@@ -1,0 +1,95 @@
+// The conformance kit's bundle for the Node.js runtime (`at-rund runtime-test --runtime node`,
+// docs/runtimes.md): the Deno kit's cases with node: built-ins instead of Deno.*. Each endpoint is
+// one case; a refused attempt answers { error } and an escape { leaked }. KIT_SECRET is the one
+// secret the kit gives the instance.
+
+async function attempt(f) {
+  try {
+    return { leaked: String(await f()) };
+  } catch (e) {
+    return { error: e?.code ?? e?.name ?? "unknown" };
+  }
+}
+
+// The protocol.
+export const echo = {
+  handler: async (input, ctx) => ({
+    input: input ?? null,
+    rest: ctx.rest,
+    method: ctx.request.method,
+    endpoint: ctx.endpoint,
+  }),
+};
+export const status = {
+  method: "GET",
+  handler: () => new Response("created", { status: 201, headers: { "x-kit": "yes" } }),
+};
+export const stream = {
+  method: "GET",
+  handler: () => {
+    let i = 0;
+    const body = new ReadableStream({
+      pull(c) {
+        if (i < 3) c.enqueue(new TextEncoder().encode(`chunk-${i++}`));
+        else c.close();
+      },
+    });
+    return new Response(body);
+  },
+};
+export const nothing = { method: "GET", handler: () => undefined };
+export const onlyGet = { method: "GET", handler: () => "get" };
+export const throws = { method: "GET", handler: () => { throw new Error("kit: thrown on purpose"); } };
+export const aTask = { $type: "dev.atrund.task", handler: () => "task" };
+export const secret = { method: "GET", handler: () => attempt(() => process.env.KIT_SECRET) };
+
+// Hostile: each must be refused.
+export const readHost = {
+  method: "GET",
+  handler: () => attempt(async () => (await import("node:fs/promises")).readFile("/etc/passwd", "utf8")),
+};
+export const writeHost = {
+  method: "GET",
+  handler: () => attempt(async () => {
+    await (await import("node:fs/promises")).writeFile("/etc/kit-pwned", "x");
+    return "written";
+  }),
+};
+// Node has no environment permission: the runner's cleared environment is the whole rule.
+export const otherEnv = {
+  method: "GET",
+  handler: () => attempt(() => {
+    const v = process.env.HOME ?? process.env.PATH ?? process.env.USER;
+    if (v === undefined) throw Object.assign(new Error("not set"), { code: "NotSet" });
+    return v;
+  }),
+};
+export const spawn = {
+  method: "GET",
+  handler: () => attempt(async () => (await import("node:child_process")).execFileSync("/bin/sh", ["-c", "echo spawned"]).toString()),
+};
+export const loopback = {
+  method: "GET",
+  handler: () => attempt(async () => {
+    const net = await import("node:net");
+    return await new Promise((ok, fail) => {
+      const c = net.connect({ host: "127.0.0.1", port: 22 }, () => {
+        c.destroy();
+        ok("connected");
+      });
+      c.on("error", fail);
+    });
+  }),
+};
+
+// Limits: each breaks one and takes its instance with it.
+export const sleep = { method: "GET", handler: () => new Promise((r) => setTimeout(() => r("woke"), 600_000)) };
+export const spin = { method: "GET", handler: () => { while (true) { /* burn */ } } };
+export const hog = {
+  method: "GET",
+  handler: () => {
+    const keep = [];
+    while (true) keep.push(new Uint8Array(1 << 20).fill(1));
+  },
+};
+export const big = { method: "GET", handler: () => new Response(new Uint8Array(8 << 20)) };
