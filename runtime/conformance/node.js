@@ -93,3 +93,66 @@ export const hog = {
   },
 };
 export const big = { method: "GET", handler: () => new Response(new Uint8Array(8 << 20)) };
+
+// Node's own holes, each closed beneath Node (docs/runtimes.md "What each mode promises").
+// node:sqlite opens files outside Node's permission model.
+export const sqliteOutside = {
+  method: "GET",
+  handler: () => attempt(async () => {
+    const { DatabaseSync } = await import("node:sqlite");
+    new DatabaseSync("/data/kit-sqlite.db").exec("create table if not exists t(x)");
+    return "created";
+  }),
+};
+// Node's model has no network rules: UDP and raw TCP are the kernel layer's to refuse.
+export const udp = {
+  method: "GET",
+  handler: () => attempt(async () => {
+    const dgram = await import("node:dgram");
+    const s = dgram.createSocket("udp4");
+    return await new Promise((ok, fail) => {
+      s.on("error", fail);
+      s.send("kit", 9, "127.0.0.1", (e, n) => {
+        s.close();
+        e ? fail(e) : ok(`sent ${n}`);
+      });
+    });
+  }),
+};
+// The egress proxy's port on another loopback address: only the proxy itself may be reached.
+export const proxyPortElsewhere = {
+  method: "GET",
+  handler: () => attempt(async () => {
+    const net = await import("node:net");
+    const port = Number(new URL(process.env.HTTP_PROXY ?? "http://x:3128").port || 3128);
+    return await new Promise((ok, fail) => {
+      const c = net.connect({ host: "127.0.0.2", port }, () => {
+        c.destroy();
+        ok(`connected 127.0.0.2:${port}`);
+      });
+      c.on("error", fail);
+    });
+  }),
+};
+// Workers, WASI and the inspector: refused by --permission without their --allow-* flags.
+export const runtimeApis = {
+  method: "GET",
+  handler: () => attempt(async () => {
+    const worked = [];
+    const tries = {
+      worker: async () => new (await import("node:worker_threads")).Worker("1", { eval: true }).terminate(),
+      wasi: async () => new (await import("node:wasi")).WASI({ version: "preview1" }),
+      inspector: async () => (await import("node:inspector")).open(0),
+    };
+    for (const [name, f] of Object.entries(tries)) {
+      try {
+        await f();
+        worked.push(name);
+      } catch {
+        // refused, as it must be
+      }
+    }
+    if (worked.length === 0) throw Object.assign(new Error("all refused"), { code: "ERR_ACCESS_DENIED" });
+    return worked.join(",");
+  }),
+};

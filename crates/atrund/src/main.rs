@@ -66,6 +66,9 @@ enum Command {
         /// Code file inside the folder.
         #[arg(long)]
         entry: Option<PathBuf>,
+        /// The runtime the code is for: deno, or node (which needs node.path).
+        #[arg(long, default_value = "deno")]
+        runtime: String,
         /// TOML config file (as for `serve`).
         #[arg(long, env = "ATRUND_CONFIG")]
         config: Option<PathBuf>,
@@ -309,6 +312,7 @@ async fn run(cli: Cli) -> Result<()> {
             dir,
             name,
             entry,
+            runtime,
             config,
         } => {
             let source = reload::Source {
@@ -316,6 +320,7 @@ async fn run(cli: Cli) -> Result<()> {
                 dev: true,
             };
             let local = LocalBundle::open(&dir, name.as_deref(), entry.as_deref())
+                .and_then(|l| l.with_runtime(&runtime))
                 .map_err(anyhow::Error::msg)?;
             serve(source, Some(local)).await
         }
@@ -346,6 +351,16 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
                 }
                 None => l,
             });
+        }
+    }
+    if let Some(l) = &local {
+        // The dev bundle's runtime must be offered: said now, not on its first request.
+        let offered = runtimes.offered();
+        if !offered.iter().any(|k| k.as_str() == l.runtime) {
+            anyhow::bail!(
+                "runtime {} is not offered by this configuration; set node.path (ATRUND_NODE_PATH) to a Node 24 or newer binary",
+                l.runtime
+            );
         }
     }
     let deno_version = runtimes.deno().version().await?;

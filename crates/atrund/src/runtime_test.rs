@@ -81,7 +81,68 @@ struct Case {
     instance: RunsIn,
 }
 
-fn cases() -> Vec<Case> {
+/// The cases for `runtime`: the shared ones, then the runtime's own.
+fn cases(runtime: RuntimeKind) -> Vec<Case> {
+    let mut all = shared_cases();
+    if runtime == RuntimeKind::Node {
+        all.extend(node_cases());
+    }
+    all
+}
+
+/// Node's own holes (its permission model has no network rules and misses node:sqlite; a
+/// `NODE_OPTIONS` variable would re-grant everything), each closed beneath Node.
+fn node_cases() -> Vec<Case> {
+    use Call::Get;
+    use Expect::{Contained, StartFails};
+    use RunsIn::{Own, Shared};
+    let c = |name, call, expect, instance| Case {
+        group: "node",
+        name,
+        call,
+        expect,
+        instance,
+    };
+    vec![
+        c(
+            "node:sqlite outside the grants",
+            Get("sqliteOutside", "/"),
+            Contained,
+            Shared,
+        ),
+        c(
+            "no UDP datagram is sent",
+            Get("udp", "/"),
+            Contained,
+            Shared,
+        ),
+        c(
+            "no TCP to the proxy's port elsewhere",
+            Get("proxyPortElsewhere", "/"),
+            Contained,
+            Shared,
+        ),
+        c(
+            "no worker, WASI or inspector",
+            Get("runtimeApis", "/"),
+            Contained,
+            Shared,
+        ),
+        c(
+            "a NODE_OPTIONS secret is refused",
+            Get("echo", "/"),
+            StartFails,
+            Own(|s| {
+                s.env.push((
+                    "NODE_OPTIONS".into(),
+                    "--allow-fs-read=* --allow-child-process".into(),
+                ))
+            }),
+        ),
+    ]
+}
+
+fn shared_cases() -> Vec<Case> {
     use Call::{Get, PostJson};
     use Expect::{Answer, Contained, Error, StartFails};
     use RunsIn::{LoadFails, Own, Shared};
@@ -438,7 +499,7 @@ async fn kit(
         .await;
     let mut rows = Vec::new();
     let mut failed = 0;
-    for (i, case) in cases().into_iter().enumerate() {
+    for (i, case) in cases(runtime).into_iter().enumerate() {
         let outcome = tokio::time::timeout(
             CASE_LIMIT,
             run_case(&*exec, &dirs, &shared, case, i, start_timeout),
@@ -540,19 +601,25 @@ mod tests {
 
     #[test]
     fn every_case_names_an_endpoint_of_the_kit_bundle() {
-        for c in cases() {
-            let endpoint = match c.call {
-                Call::Get(e, _) | Call::PostJson(e, _) => e,
-            };
-            if endpoint == "noSuchEndpoint" {
-                assert!(!DENO_KIT.contains("noSuchEndpoint"));
-                continue;
+        for (runtime, kit) in [(RuntimeKind::Deno, DENO_KIT), (RuntimeKind::Node, NODE_KIT)] {
+            for c in cases(runtime) {
+                let endpoint = match c.call {
+                    Call::Get(e, _) | Call::PostJson(e, _) => e,
+                };
+                if endpoint == "noSuchEndpoint" {
+                    assert!(!kit.contains("noSuchEndpoint"));
+                    continue;
+                }
+                assert!(
+                    kit.contains(&format!("export const {endpoint} ")),
+                    "{runtime} {}: {endpoint}",
+                    c.name
+                );
             }
-            assert!(
-                DENO_KIT.contains(&format!("export const {endpoint} ")),
-                "{}: {endpoint}",
-                c.name
-            );
         }
+        assert_eq!(
+            cases(RuntimeKind::Node).len(),
+            cases(RuntimeKind::Deno).len() + 5
+        );
     }
 }
