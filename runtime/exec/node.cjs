@@ -18,6 +18,51 @@
 const http = require("node:http");
 const fs = require("node:fs");
 
+/**
+ * The runner's egress proxy (HTTP_PROXY/HTTPS_PROXY) for fetch and node:http(s), set up on first
+ * use: http.setGlobalProxyFromEnv() loads undici, ~30 ms that a bundle which never calls out
+ * should not pay at every start (--use-env-proxy does it eagerly). Without it a request goes
+ * nowhere: the kernel layer lets the instance reach the proxy only.
+ */
+let proxied = false;
+function ensureProxy() {
+  if (proxied) return;
+  proxied = true;
+  if (process.env.HTTP_PROXY || process.env.HTTPS_PROXY) http.setGlobalProxyFromEnv();
+}
+
+function proxyOnFirstUse() {
+  const fetchDesc = Object.getOwnPropertyDescriptor(globalThis, "fetch");
+  if (fetchDesc && fetchDesc.get) {
+    Object.defineProperty(globalThis, "fetch", {
+      configurable: true,
+      enumerable: fetchDesc.enumerable,
+      get() {
+        ensureProxy();
+        return fetchDesc.get.call(this);
+      },
+      set: fetchDesc.set,
+    });
+  } else if (typeof globalThis.fetch === "function") {
+    const real = globalThis.fetch;
+    globalThis.fetch = function fetch(...a) {
+      ensureProxy();
+      return real.apply(this, a);
+    };
+  }
+  for (const mod of [http, require("node:https")]) {
+    for (const name of ["request", "get"]) {
+      const real = mod[name];
+      mod[name] = function (...a) {
+        ensureProxy();
+        return real.apply(this, a);
+      };
+    }
+  }
+  // ES module imports of node:http(s) see the wrapped functions too.
+  require("node:module").syncBuiltinESMExports();
+}
+
 const ABI_VERSION = 1;
 const CALL_PREFIX = "/e/";
 const TASK_PREFIX = "/t/";
@@ -381,6 +426,7 @@ async function main() {
     console.error("no go from at-rund on stdin; not loading the bundle");
     process.exit(71);
   }
+  proxyOnFirstUse();
   let mod;
   try {
     const url = "file://" + bundle.split("/").map(encodeURIComponent).join("/");

@@ -2,6 +2,12 @@
 //! modules and the vendored `@at-run/runtime`), and the manifest, learned by evaluating the
 //! built file in a Deno process with no permissions and validated with `atrund_bundle::Manifest`.
 //!
+//! One build path for every runtime: a Node project (`"runtime": "node"`) is bundled and
+//! evaluated by Deno exactly like a Deno one. `deno bundle` leaves `node:` imports as imports
+//! and inlines the rest into one ES module, which Node loads as it is as long as the code uses no
+//! `Deno.*` (the build warns when it does); the evaluation only imports the module, and Deno
+//! provides the `node:` built-ins and the `process` global it may touch at its top level.
+//!
 //! Owns: the output folder (`dist/` by default: `main.js` + `manifest.json`, replaced by rename
 //! only after both are good, so `at-run dev` never serves a half-built bundle). Must not touch:
 //! the project's sources, or the network (beyond Deno fetching esbuild from npm once).
@@ -82,6 +88,8 @@ pub struct BuildOptions {
 pub struct Built {
     pub name: String,
     pub version: String,
+    /// The project's runtime (`"runtime"` in at-run.json).
+    pub runtime: String,
     pub code: PathBuf,
     pub manifest_path: PathBuf,
     pub manifest: Manifest,
@@ -93,10 +101,11 @@ pub struct Built {
 impl Built {
     pub fn render(&self) -> String {
         let mut s = format!(
-            "built {} {} in {} ms\n  code:      {} ({} bytes)\n  manifest:  {}\n  endpoints: {}\n",
+            "built {} {} in {} ms\n  runtime:   {}\n  code:      {} ({} bytes)\n  manifest:  {}\n  endpoints: {}\n",
             self.name,
             self.version,
             self.millis,
+            self.runtime,
             self.code.display(),
             self.bytes,
             self.manifest_path.display(),
@@ -161,7 +170,10 @@ pub fn build(deno: &Deno, project: &Project, opts: &BuildOptions) -> anyhow::Res
         .with_context(|| format!("deno bundle wrote no {}", staged_code.display()))?
         .len();
 
-    let (manifest, warnings) = evaluate(deno, project, &staged_code, &staging)?;
+    let (manifest, mut warnings) = evaluate(deno, project, &staged_code, &staging)?;
+    let text = std::fs::read_to_string(&staged_code)
+        .with_context(|| format!("cannot read {}", staged_code.display()))?;
+    warnings.extend(runtime_warning(&project.file.runtime, &text));
     let manifest_text = serde_json::to_string_pretty(&manifest).context("encode manifest")? + "\n";
     std::fs::write(staging.join("manifest.json"), &manifest_text)
         .with_context(|| format!("cannot write into {}", staging.display()))?;
@@ -176,12 +188,47 @@ pub fn build(deno: &Deno, project: &Project, opts: &BuildOptions) -> anyhow::Res
     Ok(Built {
         name: project.file.name.clone(),
         version: project.file.version.clone(),
+        runtime: project.file.runtime.clone(),
         code,
         manifest_path,
         manifest,
         bytes,
         millis: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
         warnings,
+    })
+}
+
+/// The `Deno.*` names a bundle's code mentions (`Deno.env`, `Deno.readTextFile`, ...), sorted,
+/// at most `max`. Comments and strings are not told apart: a hint, not a proof.
+fn deno_uses(code: &str, max: usize) -> Vec<String> {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '$';
+    let mut found = std::collections::BTreeSet::new();
+    for (at, _) in code.match_indices("Deno.") {
+        // `Deno` must be a whole name: not `myDeno.x` nor `a.Deno.x` (globalThis.Deno is one).
+        let before = code[..at].chars().next_back();
+        if before.is_some_and(|c| ident(c) || c == '.') && !code[..at].ends_with("globalThis.") {
+            continue;
+        }
+        let rest = &code[at + "Deno.".len()..];
+        let member: String = rest.chars().take_while(|c| ident(*c)).collect();
+        if !member.is_empty() {
+            found.insert(format!("Deno.{member}"));
+        }
+    }
+    found.into_iter().take(max).collect()
+}
+
+/// A warning for code that names an API its runtime lacks: `Deno.*` in a Node bundle.
+pub fn runtime_warning(runtime: &str, code: &str) -> Option<String> {
+    if runtime != "node" {
+        return None;
+    }
+    let uses = deno_uses(code, 3);
+    (!uses.is_empty()).then(|| {
+        format!(
+            "the runtime is node, but the code uses {}: Node has no Deno global, so that fails on a runner; use node: built-ins (node:fs, node:process, ...) or web APIs instead",
+            uses.join(", ")
+        )
     })
 }
 
@@ -440,6 +487,88 @@ mod tests {
         );
         assert!(t.contains("at lib/u.ts:2:18"), "{t}");
         assert!(!t.contains("backtrace"), "{t}");
+    }
+
+    #[test]
+    fn deno_apis_in_node_code_are_named() {
+        let code = "Deno.env.get('A'); await Deno.readTextFile(p); myDeno.x; a.Deno.y;\n\
+                    globalThis.Deno.exit(1); Deno.env.toObject(); const Deno_ = 1; Deno.";
+        assert_eq!(
+            deno_uses(code, 10),
+            ["Deno.env", "Deno.exit", "Deno.readTextFile"]
+        );
+        assert_eq!(deno_uses(code, 1), ["Deno.env"]);
+        let w = runtime_warning("node", code).expect("a warning");
+        assert!(
+            w.contains("Deno.env, Deno.exit, Deno.readTextFile") && w.contains("node:"),
+            "{w}"
+        );
+        assert_eq!(runtime_warning("deno", code), None);
+        assert_eq!(
+            runtime_warning("node", "import { env } from 'node:process';"),
+            None
+        );
+    }
+
+    /// `at-run init --runtime node`, built by the one (Deno) build path, then loaded by the
+    /// pinned Node: the template works there as it is.
+    #[test]
+    fn a_node_project_builds_with_deno_and_runs_on_node() {
+        let (Some(deno), Some(node)) = (atrund_testnet::deno_path(), atrund_testnet::node_path())
+        else {
+            return;
+        };
+        let deno = Deno::locate(Some(&deno)).expect("Deno runs");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = dir.path().join("node-app");
+        crate::project::init(&app, None, "node").expect("init --runtime node");
+        let project = Project::load(&app).expect("loads");
+        let built = build(&deno, &project, &BuildOptions::default()).expect("builds");
+        assert_eq!(built.runtime, "node");
+        assert!(built.warnings.is_empty(), "{:?}", built.warnings);
+        assert!(
+            built.render().contains("runtime:   node"),
+            "{}",
+            built.render()
+        );
+        let names: Vec<&str> = built
+            .manifest
+            .endpoints
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(names, ["echo", "hello"]);
+
+        let url = serde_json::to_string(&file_url(&built.code)).expect("JSON string");
+        let script = format!(
+            "const m = await import({url});\n\
+             console.log(JSON.stringify([typeof globalThis.Deno, m.hello.handler({{ name: 'Ada' }})]));"
+        );
+        let out = std::process::Command::new(&node)
+            .args(["--input-type=module", "--eval", &script])
+            .output()
+            .expect("node runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout.trim(), r#"["undefined",{"message":"Hello, Ada!"}]"#);
+
+        // Node code that reaches for Deno still builds, with a warning naming the API.
+        let main = std::fs::read_to_string(app.join("main.ts")).expect("main.ts");
+        std::fs::write(
+            app.join("main.ts"),
+            format!("{main}\nexport const home = endpoint({{ handler: () => Deno.env.get(\"HOME\") }});\n"),
+        )
+        .expect("write");
+        let built = build(&deno, &project, &BuildOptions::default()).expect("builds");
+        assert!(
+            built.warnings.iter().any(|w| w.contains("uses Deno.env")),
+            "{:?}",
+            built.warnings
+        );
     }
 
     #[test]

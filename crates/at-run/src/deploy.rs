@@ -2,9 +2,9 @@
 //! `{name}:{version}`) to the author's PDS and, unless `--no-release`, point the release record
 //! (`dev.atrund.release`, rkey `{name}`) at it.
 //!
-//! Owns: the local checks (name, version, manifest, code file) done before any network call, and
-//! the publish sequence uploadBlob -> putRecord(bundle) -> putRecord(release) in the session of
-//! `auth`. The daemon's tests publish through [`run_cmd`], the code the command runs.
+//! Owns: the local checks (name, version, runtime, manifest, code file) done before any network
+//! call, and the publish sequence uploadBlob -> putRecord(bundle) -> putRecord(release) in the
+//! session of `auth`. The daemon's tests publish through [`run_cmd`], the code the command runs.
 //! Must not touch: anything but the bundle/manifest files it is given and the author's own repo.
 //! The password is only ever sent in the createSession body; it is never printed.
 
@@ -49,6 +49,8 @@ pub struct Published {
     pub handle: String,
     pub name: String,
     pub version: String,
+    /// The record's `runtime`.
+    pub runtime: String,
     pub bundle: RecordRef,
     pub blob: BlobInfo,
     pub release: Option<RecordRef>,
@@ -58,12 +60,13 @@ impl Published {
     /// Human-readable summary.
     pub fn render(&self) -> String {
         let mut s = format!(
-            "published {} {} for {} ({})\n  bundle:  {}\n  cid:     {}\n  code:    {} ({} bytes, {})\n",
+            "published {} {} for {} ({})\n  bundle:  {}\n  runtime: {}\n  cid:     {}\n  code:    {} ({} bytes, {})\n",
             self.name,
             self.version,
             self.handle,
             self.did,
             self.bundle.uri,
+            self.runtime,
             self.bundle.cid,
             self.blob.cid,
             self.blob.size,
@@ -100,6 +103,8 @@ pub struct Publish<'a> {
     pub manifest: &'a Manifest,
     pub name: &'a str,
     pub version: &'a str,
+    /// The record's `runtime` (`atrund_bundle::record::RUNTIMES`).
+    pub runtime: &'a str,
     pub description: Option<&'a str>,
     pub no_release: bool,
 }
@@ -121,11 +126,29 @@ pub fn check_code(code: &[u8], origin: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `dev.atrund.bundle` record of `p`, its code the uploaded `blob`.
+pub fn bundle_record(p: &Publish<'_>, blob: &Value) -> anyhow::Result<Value> {
+    let manifest = serde_json::to_value(p.manifest).context("could not encode the manifest")?;
+    let mut record = json!({
+        "$type": BUNDLE_COLLECTION,
+        "name": p.name,
+        "version": p.version,
+        "runtime": p.runtime,
+        "code": blob,
+        "manifest": manifest,
+        "createdAt": crate::time::now_rfc3339(),
+    });
+    if let (Some(d), Some(obj)) = (p.description, record.as_object_mut()) {
+        obj.insert("description".into(), Value::String(d.to_string()));
+    }
+    Ok(record)
+}
+
 /// uploadBlob -> putRecord(bundle) -> putRecord(release), with `progress` told each step.
 pub async fn publish(
     client: &Client,
     session: &Session,
-    p: Publish<'_>,
+    mut p: Publish<'_>,
     progress: impl Fn(&str),
 ) -> anyhow::Result<Published> {
     let rkey = bundle_rkey(p.name, p.version);
@@ -144,7 +167,7 @@ pub async fn publish(
     let size = p.code.len() as u64;
     progress(&format!("uploading {size} bytes of code"));
     let (blob, blob_cid) = client
-        .upload_blob(session, p.code, CODE_MIME)
+        .upload_blob(session, std::mem::take(&mut p.code), CODE_MIME)
         .await
         .context("could not upload the bundle code")?;
     let mime_type = blob
@@ -154,19 +177,7 @@ pub async fn publish(
         .to_string();
 
     progress(&format!("writing {bundle_uri}"));
-    let manifest = serde_json::to_value(p.manifest).context("could not encode the manifest")?;
-    let mut record = json!({
-        "$type": BUNDLE_COLLECTION,
-        "name": p.name,
-        "version": p.version,
-        "runtime": "deno",
-        "code": blob,
-        "manifest": manifest,
-        "createdAt": crate::time::now_rfc3339(),
-    });
-    if let (Some(d), Some(obj)) = (p.description, record.as_object_mut()) {
-        obj.insert("description".into(), Value::String(d.to_string()));
-    }
+    let record = bundle_record(&p, &blob)?;
     let bundle = match client
         .put_record(session, BUNDLE_COLLECTION, &rkey, &record, true)
         .await
@@ -202,6 +213,7 @@ pub async fn publish(
         handle: session.handle.clone(),
         name: p.name.to_string(),
         version: p.version.to_string(),
+        runtime: p.runtime.to_string(),
         bundle: RecordRef {
             uri: bundle.uri,
             cid: bundle.cid,
@@ -275,6 +287,20 @@ pub struct DeployCmd {
     pub net: crate::runners::NetArgs,
 }
 
+/// The whole `at-run deploy` command line: [`DeployCmd`] and `--runtime`.
+///
+/// `--runtime` sits beside `DeployCmd` instead of in it so that code which builds a `DeployCmd`
+/// by hand (the daemon's tests) is unchanged; [`run_cmd`] deploys such a prebuilt file as Deno.
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub cmd: DeployCmd,
+    /// The runtime of a prebuilt .js file: deno or node [default: deno]. A project's runtime is
+    /// "runtime" in its at-run.json.
+    #[arg(long, value_name = "RUNTIME", value_parser = clap::builder::PossibleValuesParser::new(atrund_bundle::record::RUNTIMES))]
+    pub runtime: Option<String>,
+}
+
 /// What `deploy --dry-run` would publish.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -282,6 +308,7 @@ pub struct DryRun {
     pub dry_run: bool,
     pub name: String,
     pub version: String,
+    pub runtime: String,
     pub code: PathBuf,
     pub bytes: u64,
     pub manifest: Manifest,
@@ -290,9 +317,10 @@ pub struct DryRun {
 impl DryRun {
     pub fn render(&self) -> String {
         format!(
-            "dry run: would publish {} {} ({} bytes from {}); nothing was uploaded\n",
+            "dry run: would publish {} {} for {} ({} bytes from {}); nothing was uploaded\n",
             self.name,
             self.version,
+            self.runtime,
             self.bytes,
             self.code.display()
         )
@@ -316,15 +344,38 @@ impl DeployOutcome {
     }
 }
 
-/// `at-run deploy`: build (for a project) + manifest + publish.
+/// `at-run deploy`: build (for a project) + manifest + publish; a prebuilt file is a Deno
+/// bundle (see [`run_args`]).
 pub async fn run_cmd(
     a: &DeployCmd,
     deno: impl FnOnce() -> anyhow::Result<crate::deno::Deno>,
     progress: impl Fn(&str),
 ) -> anyhow::Result<DeployOutcome> {
+    deploy(a, None, deno, progress).await
+}
+
+/// `at-run deploy` as the command line gives it, `--runtime` included.
+pub async fn run_args(
+    a: &DeployArgs,
+    deno: impl FnOnce() -> anyhow::Result<crate::deno::Deno>,
+    progress: impl Fn(&str),
+) -> anyhow::Result<DeployOutcome> {
+    deploy(&a.cmd, a.runtime.as_deref(), deno, progress).await
+}
+
+async fn deploy(
+    a: &DeployCmd,
+    runtime_flag: Option<&str>,
+    deno: impl FnOnce() -> anyhow::Result<crate::deno::Deno>,
+    progress: impl Fn(&str),
+) -> anyhow::Result<DeployOutcome> {
     // The Deno the code was built with, for the runner check (`None`: a prebuilt file).
     let mut built_with: Option<String> = None;
-    let (code_path, manifest, name, version, description) = if a.path.is_file() {
+    let (code_path, manifest, name, version, description, runtime) = if a.path.is_file() {
+        let runtime = runtime_flag
+            .unwrap_or(crate::project::DEFAULT_RUNTIME)
+            .to_string();
+        crate::project::validate_runtime(&runtime).context("--runtime")?;
         let name = a
             .name
             .clone()
@@ -344,9 +395,32 @@ pub async fn run_cmd(
             )
         })?;
         let m = crate::build::parse_manifest(&text, &mpath.display().to_string())?;
-        (a.path.clone(), m, name, version, a.description.clone())
+        (
+            a.path.clone(),
+            m,
+            name,
+            version,
+            a.description.clone(),
+            runtime,
+        )
     } else {
+        let prebuilt = a.path.join("main.js");
+        if !a.path.join(crate::project::PROJECT_FILE).exists() && prebuilt.is_file() {
+            bail!(
+                "{} holds no {} but a main.js: to publish that prebuilt bundle, pass the file: `at-run deploy {} --name NAME --version VERSION` (and --runtime node for a Node bundle)",
+                a.path.display(),
+                crate::project::PROJECT_FILE,
+                prebuilt.display()
+            );
+        }
         let project = crate::project::Project::load(&a.path)?;
+        if let Some(flag) = runtime_flag.filter(|r| *r != project.file.runtime) {
+            bail!(
+                "--runtime {flag} is for a prebuilt .js file; this project's runtime is \"{}\": change \"runtime\" in its {} instead",
+                project.file.runtime,
+                crate::project::PROJECT_FILE
+            );
+        }
         let deno = deno()?;
         progress("building");
         let built = crate::build::build(&deno, &project, &Default::default())?;
@@ -364,6 +438,7 @@ pub async fn run_cmd(
             a.name.clone().unwrap_or(project.file.name),
             a.version.clone().unwrap_or(project.file.version),
             a.description.clone().or(project.file.description),
+            project.file.runtime,
         )
     };
     validate_name(&name).context("bundle name")?;
@@ -376,11 +451,18 @@ pub async fn run_cmd(
     let code = std::fs::read(&code_path)
         .with_context(|| format!("could not read the bundle file {}", code_path.display()))?;
     check_code(&code, &code_path.display().to_string())?;
+    // A project's build already warned; a prebuilt file is looked at here.
+    if built_with.is_none() {
+        if let Some(w) = crate::build::runtime_warning(&runtime, &String::from_utf8_lossy(&code)) {
+            progress(&format!("warning: {w}"));
+        }
+    }
     if a.dry_run {
         return Ok(DeployOutcome::DryRun(DryRun {
             dry_run: true,
             name,
             version,
+            runtime,
             code: code_path,
             bytes: code.len() as u64,
             manifest,
@@ -407,7 +489,10 @@ pub async fn run_cmd(
             &desc,
             &manifest,
             code.len() as u64,
-            &deno,
+            crate::runner::BundleRuntime {
+                name: &runtime,
+                built_with: &deno,
+            },
             Some((&session.did, &session.handle)),
             graph.as_ref(),
         );
@@ -425,6 +510,7 @@ pub async fn run_cmd(
             manifest: &manifest,
             name: &name,
             version: &version,
+            runtime: &runtime,
             description: description.as_deref(),
             no_release: a.no_release,
         },
@@ -483,8 +569,101 @@ mod tests {
             DeployOutcome::DryRun(d) => {
                 assert_eq!(d.manifest.endpoints.len(), 1);
                 assert_eq!((d.name.as_str(), d.version.as_str()), ("hello", "1.0.0"));
+                assert_eq!(d.runtime, "deno");
             }
             other => panic!("not a dry run: {other:?}"),
+        }
+    }
+
+    async fn dry_runtime(a: DeployCmd, runtime: Option<&str>) -> anyhow::Result<String> {
+        let args = DeployArgs {
+            cmd: a,
+            runtime: runtime.map(String::from),
+        };
+        match run_args(&args, no_deno, |_| {}).await? {
+            DeployOutcome::DryRun(d) => Ok(d.runtime),
+            other => panic!("not a dry run: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_prebuilt_file_takes_its_runtime_from_the_flag() {
+        let dir = bundle_dir();
+        let deno = dry_runtime(cmd(dir.path()), None).await.expect("deno");
+        assert_eq!(deno, "deno");
+        let node = dry_runtime(cmd(dir.path()), Some("node")).await;
+        assert_eq!(node.expect("node"), "node");
+        let e = format!(
+            "{:#}",
+            dry_runtime(cmd(dir.path()), Some("bun"))
+                .await
+                .expect_err("unknown runtime")
+        );
+        assert!(
+            e.contains("--runtime") && e.contains("use one of: deno, node"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_project_runtime_comes_from_its_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join(crate::project::PROJECT_FILE),
+            r#"{"name":"app","version":"1.0.0","runtime":"node"}"#,
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("main.ts"), "export {};\n").expect("write");
+        let mut a = cmd(dir.path());
+        a.path = dir.path().to_path_buf();
+        // The flag is for prebuilt files: a project that disagrees is refused before building.
+        let e = format!(
+            "{:#}",
+            dry_runtime(a, Some("deno")).await.expect_err("disagrees")
+        );
+        assert!(
+            e.contains("--runtime deno is for a prebuilt .js file")
+                && e.contains("change \"runtime\" in its at-run.json"),
+            "{e}"
+        );
+
+        // A folder with a built main.js but no at-run.json: told to pass the file.
+        let built = bundle_dir();
+        let mut a = cmd(built.path());
+        a.path = built.path().to_path_buf();
+        let e = format!(
+            "{:#}",
+            dry_runtime(a, Some("node")).await.expect_err("folder")
+        );
+        assert!(
+            e.contains("holds no at-run.json but a main.js") && e.contains("--runtime node"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_record_names_the_runtime() {
+        let manifest: Manifest =
+            serde_json::from_str(r#"{"endpoints":[{"name":"greet"}]}"#).expect("manifest");
+        let blob = json!({"$type": "blob", "ref": {"$link": "bafkreiabc"}, "mimeType": CODE_MIME, "size": 10});
+        for runtime in atrund_bundle::record::RUNTIMES {
+            let p = Publish {
+                code: Vec::new(),
+                manifest: &manifest,
+                name: "hello",
+                version: "1.0.0",
+                runtime,
+                description: Some("hi"),
+                no_release: false,
+            };
+            let record = bundle_record(&p, &blob).expect("record");
+            assert_eq!(record["runtime"], runtime);
+            assert_eq!(record["$type"], BUNDLE_COLLECTION);
+            assert_eq!(record["description"], "hi");
+            assert_eq!(record["code"], blob);
+            let back: Manifest =
+                serde_json::from_value(record["manifest"].clone()).expect("manifest");
+            assert_eq!(back, manifest);
         }
     }
 

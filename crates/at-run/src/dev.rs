@@ -5,6 +5,10 @@
 //! build on the next request (it hashes the code per request). A failed build is shown with
 //! file:line and the last good build keeps serving.
 //!
+//! The project's runtime (`"runtime"` in at-run.json) is the one at-rund runs it on
+//! (`at-rund dev --runtime`); a Node project also needs a local Node (`--node`), handed to at-rund
+//! as `ATRUND_NODE_PATH`.
+//!
 //! Owns: the watch loop and the at-rund child process (stopped with SIGTERM when `dev` stops).
 //! Must not touch: the project's sources; anything published.
 
@@ -40,6 +44,9 @@ pub struct DevArgs {
     /// Show every log line of at-rund, not only the bundle's output and errors.
     #[arg(long)]
     pub verbose: bool,
+    /// The Node binary, for a project whose runtime is node [default: `node` on PATH].
+    #[arg(long, env = "ATRUN_NODE", value_name = "PATH")]
+    pub node: Option<PathBuf>,
 }
 
 /// `at-rund`: explicit, else beside this executable, else on PATH.
@@ -130,8 +137,13 @@ fn bundle_line(line: &str, project_url: &str) -> Option<String> {
     }
     let msg = line.split_once(": ").map(|(_, m)| m).unwrap_or(line);
     let msg = msg.split(" instance=").next().unwrap_or(msg);
-    // The shim's frames, Deno's internals, and Deno's per-instance notice about request.signal.
-    if msg.contains("at-run-exec.ts") || msg.contains("(ext:") || msg.contains("legacy behavior") {
+    // The shims' frames (at-run-exec.ts, at-run-exec-node.cjs), Deno's and Node's internals, and
+    // Deno's per-instance notice about request.signal.
+    if msg.contains("at-run-exec")
+        || msg.contains("(ext:")
+        || msg.contains("node:internal/")
+        || msg.contains("legacy behavior")
+    {
         return None;
     }
     Some(msg.replace(project_url, ""))
@@ -141,6 +153,11 @@ fn bundle_line(line: &str, project_url: &str) -> Option<String> {
 pub async fn run(args: &DevArgs, deno: &Deno, json_out: bool) -> anyhow::Result<()> {
     let project = Project::load(&args.dir)?;
     let runner = locate_runner(args.runner_bin.as_deref())?;
+    let runtime = project.file.runtime.clone();
+    let node = match runtime.as_str() {
+        "node" => Some(crate::node::Node::locate(args.node.as_deref())?),
+        _ => None,
+    };
     let out = project.dir.join(".at-run").join("dev");
     let opts = BuildOptions {
         out: Some(out.clone()),
@@ -155,10 +172,17 @@ pub async fn run(args: &DevArgs, deno: &Deno, json_out: bool) -> anyhow::Result<
     );
     let data = project.dir.join(".at-run").join("dev-data");
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
-    let mut child = tokio::process::Command::new(&runner)
-        .arg("dev")
+    let mut cmd = tokio::process::Command::new(&runner);
+    cmd.arg("dev")
         .arg(&out)
         .args(["--name", &project.file.name])
+        .args(["--runtime", &runtime]);
+    // The runner offers Node only when told where it is; a Deno project's runner needs none.
+    match &node {
+        Some(n) => cmd.env("ATRUND_NODE_PATH", n.path()),
+        None => cmd.env_remove("ATRUND_NODE_PATH"),
+    };
+    let mut child = cmd
         .env("ATRUND_LISTEN", format!("127.0.0.1:{}", args.port))
         .env("ATRUND_DATA_DIR", &data)
         .env("ATRUND_DENO_PATH", deno.path())
@@ -211,9 +235,9 @@ pub async fn run(args: &DevArgs, deno: &Deno, json_out: bool) -> anyhow::Result<
     let base = format!("http://{addr}/bundle/local/{}/latest", project.file.name);
     say(
         json_out,
-        json!({"event": "ready", "url": base, "addr": addr}),
+        json!({"event": "ready", "url": base, "addr": addr, "runtime": runtime}),
         &format!(
-            "serving {} at {base}/{{endpoint}}\n{}\nwatching {} for changes (Ctrl-C to stop)",
+            "serving {} ({runtime}) at {base}/{{endpoint}}\n{}\nwatching {} for changes (Ctrl-C to stop)",
             project.file.name,
             built
                 .manifest
@@ -263,6 +287,13 @@ pub async fn run(args: &DevArgs, deno: &Deno, json_out: bool) -> anyhow::Result<
                         continue;
                     }
                 };
+                if p.file.runtime != runtime {
+                    let m = format!(
+                        "\"runtime\" in at-run.json is now {}, but this runner runs the bundle on {runtime}: restart `at-run dev` to switch",
+                        p.file.runtime
+                    );
+                    say(json_out, json!({"event": "warning", "message": m}), &format!("warning: {m}"));
+                }
                 match build(deno, &p, &opts) {
                     Ok(b) => say(
                         json_out,
@@ -311,6 +342,13 @@ mod tests {
             Some("    at greeting (lib/g.ts:2:9)")
         );
         assert_eq!(bundle_line("INFO listening addr=1", "file:///p/"), None);
+        for frame in [
+            "    at serve (file:///x/at-run-exec-node.cjs:10:3)",
+            "    at process.processTicksAndRejections (node:internal/process/task_queues:105:5)",
+        ] {
+            let l = format!("WARN atrund_sandbox::none: {frame} instance=a stream=\"stderr\"");
+            assert_eq!(bundle_line(&l, "file:///p/"), None, "{frame}");
+        }
     }
 
     #[test]

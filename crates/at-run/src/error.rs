@@ -15,7 +15,7 @@ pub mod exit {
     pub const AUTH: u8 = 4;
     /// `test` had failing calls, or `check` found incompatibilities.
     pub const CHECK: u8 = 5;
-    /// The PDS, runner or Deno could not be reached or started.
+    /// The PDS, runner, Deno or Node could not be reached or started.
     pub const UNREACHABLE: u8 = 6;
     /// The version already exists (published versions are immutable) or does not exist.
     pub const VERSION: u8 = 7;
@@ -36,6 +36,9 @@ pub enum Failure {
     /// Deno was not found or did not run
     #[error("{0}")]
     DenoMissing(String),
+    /// Node was not found, did not run or is too old (`at-run dev` of a Node project)
+    #[error("{0}")]
+    NodeMissing(String),
     /// `at-run test`: some calls failed
     #[error("{failed} of {total} endpoint calls failed; see the table above")]
     TestsFailed { failed: usize, total: usize },
@@ -70,6 +73,7 @@ impl Failure {
             Failure::NotLoggedIn(_) => "NotLoggedIn",
             Failure::SessionExpired(_) => "SessionExpired",
             Failure::DenoMissing(_) => "DenoMissing",
+            Failure::NodeMissing(_) => "NodeMissing",
             Failure::TestsFailed { .. } => "TestsFailed",
             Failure::Incompatible(_) => "Incompatible",
             Failure::VersionExists(_) => "VersionExists",
@@ -89,6 +93,7 @@ impl Failure {
             | Failure::RunnerAuthRefused(_) => exit::AUTH,
             Failure::RunnerRefused(_) => exit::FAILED,
             Failure::DenoMissing(_)
+            | Failure::NodeMissing(_)
             | Failure::RunnerUnreachable(_)
             | Failure::RunnerBinMissing(_) => exit::UNREACHABLE,
             Failure::TestsFailed { .. } | Failure::Incompatible(_) => exit::CHECK,

@@ -10,6 +10,7 @@ pub mod dev;
 pub mod error;
 pub mod jobs;
 pub mod logs;
+pub mod node;
 pub mod project;
 pub mod releases;
 pub mod runner;

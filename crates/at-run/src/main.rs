@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 const EXIT_CODES: &str = "Exit codes: 0 ok, 1 failed, 2 bad usage, 3 build failed, 4 not logged in or credentials refused, \
-5 `test` had failures or `check` found incompatibilities, 6 PDS/runner/Deno unreachable or missing, \
+5 `test` had failures or `check` found incompatibilities, 6 PDS/runner/Deno/Node unreachable or missing, \
 7 version already published or not found.";
 
 #[derive(Debug, Parser)]
@@ -50,6 +50,10 @@ enum Command {
         /// Bundle name [default: the folder's name].
         #[arg(long)]
         name: Option<String>,
+        /// The runtime the bundle is for ("runtime" in at-run.json): deno, or node (its code
+        /// then uses node: built-ins and web APIs, never Deno.*).
+        #[arg(long, default_value = project::DEFAULT_RUNTIME, value_parser = clap::builder::PossibleValuesParser::new(atrund_bundle::record::RUNTIMES))]
+        runtime: String,
     },
     /// Bundle the project into one ESM file and extract its manifest (dist/main.js + dist/manifest.json).
     Build {
@@ -63,7 +67,7 @@ enum Command {
     /// Serve the project locally with at-rund and rebuild on every saved edit.
     Dev(dev::DevArgs),
     /// Build and publish a version (dev.atrund.bundle) and move `latest` to it.
-    Deploy(deploy::DeployCmd),
+    Deploy(deploy::DeployArgs),
     /// Point `latest` of NAME back at an already published VERSION.
     Rollback {
         name: String,
@@ -240,11 +244,11 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
     let find_deno =
         move || -> anyhow::Result<deno::Deno> { Ok(deno::Deno::locate(deno_path.as_deref())?) };
     match cli.command {
-        Command::Init { dir, name } => {
-            let (name, files) = project::init(&dir, name.as_deref())?;
+        Command::Init { dir, name, runtime } => {
+            let (name, files) = project::init(&dir, name.as_deref(), &runtime)?;
             let shown = dir.display().to_string();
             let text = format!(
-                "created {name} in {shown}:\n{}\nnext:\n  cd {shown}\n  at-run dev            # serve it locally, reloading on save\n  at-run login --pds URL --identifier HANDLE\n  at-run deploy\n",
+                "created {name} ({runtime}) in {shown}:\n{}\nnext:\n  cd {shown}\n  at-run dev            # serve it locally, reloading on save\n  at-run login --pds URL --identifier HANDLE\n  at-run deploy\n",
                 files
                     .iter()
                     .map(|f| format!("  {}", f.strip_prefix(&dir).unwrap_or(f).display()))
@@ -252,7 +256,7 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
                     .join("\n")
             );
             out(
-                &serde_json::json!({ "name": name, "dir": dir, "files": files }),
+                &serde_json::json!({ "name": name, "dir": dir, "runtime": runtime, "files": files }),
                 text,
             )
         }
@@ -281,7 +285,7 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
             })
         }
         Command::Deploy(args) => {
-            let r = deploy::run_cmd(&args, find_deno, progress).await?;
+            let r = deploy::run_args(&args, find_deno, progress).await?;
             let text = r.render();
             out(&r, text)
         }
@@ -356,6 +360,9 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
                 }
                 None => None,
             };
+            let runtime = built
+                .as_ref()
+                .map_or(project::DEFAULT_RUNTIME, |(b, _)| b.runtime.as_str());
             let who = auth::load().ok().flatten().map(|s| (s.did, s.handle));
             let bundle = built.as_ref().map(|(b, deno)| runners::Bundle {
                 manifest: &b.manifest,
@@ -364,7 +371,7 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
                 author: who.as_ref().map(|(a, h)| (a.as_str(), h.as_str())),
             });
             progress("looking up runners");
-            let listed = runners::list(&from, &net, bundle.as_ref()).await?;
+            let listed = runners::list_for(&from, &net, bundle.as_ref(), runtime).await?;
             out(&listed, runners::render(&listed))
         }
         Command::Check {
@@ -394,7 +401,10 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
                 &desc,
                 &b.manifest,
                 b.bytes,
-                &d.version,
+                runner::BundleRuntime {
+                    name: &b.runtime,
+                    built_with: &d.version,
+                },
                 who.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
                 graph.as_ref(),
             );

@@ -1,5 +1,5 @@
-//! An at-run project on disk: `at-run.json` (name, version, entry), and `at-run init`, which
-//! writes a working template including a vendored copy of `@at-run/runtime`.
+//! An at-run project on disk: `at-run.json` (name, version, entry, runtime), and `at-run init`,
+//! which writes a working template including a vendored copy of `@at-run/runtime`.
 //!
 //! Owns: reading `at-run.json` and the template files. Must not touch: files outside the project
 //! folder; `init` never overwrites a file.
@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use atrund_bundle::record::{parse_version, validate_name};
+use atrund_bundle::record::{parse_version, validate_name, RUNTIMES};
 use serde::{Deserialize, Serialize};
 
 /// The project file's name.
@@ -28,12 +28,36 @@ pub struct ProjectFile {
     /// Entry module, relative to the project folder.
     #[serde(default = "default_entry")]
     pub entry: String,
+    /// The runtime the bundle is for (`atrund_bundle::record::RUNTIMES`): what `deploy` writes
+    /// into the record, the runtime `dev` runs it on and the one `check` asks the runner for.
+    #[serde(default = "default_runtime")]
+    pub runtime: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
 
 fn default_entry() -> String {
     "main.ts".into()
+}
+
+/// The runtime of a project whose `at-run.json` names none, and of a prebuilt file deployed
+/// without `--runtime`.
+pub const DEFAULT_RUNTIME: &str = "deno";
+
+fn default_runtime() -> String {
+    DEFAULT_RUNTIME.into()
+}
+
+/// Checks that `runtime` is one a record may name (`atrund_bundle::record::RUNTIMES`).
+pub fn validate_runtime(runtime: &str) -> anyhow::Result<()> {
+    if RUNTIMES.contains(&runtime) {
+        Ok(())
+    } else {
+        bail!(
+            "runtime '{runtime}' is not one at-rund runs; use one of: {}",
+            RUNTIMES.join(", ")
+        )
+    }
 }
 
 /// A loaded project.
@@ -55,13 +79,15 @@ impl Project {
         })?;
         let file: ProjectFile = serde_json::from_str(&text).with_context(|| {
             format!(
-                "{} is not valid (fields: name, version, entry, description)",
+                "{} is not valid (fields: name, version, entry, runtime, description)",
                 path.display()
             )
         })?;
         validate_name(&file.name).with_context(|| format!("\"name\" in {}", path.display()))?;
         parse_version(&file.version)
             .with_context(|| format!("\"version\" in {}", path.display()))?;
+        validate_runtime(&file.runtime)
+            .with_context(|| format!("\"runtime\" in {}", path.display()))?;
         let dir = dir
             .canonicalize()
             .with_context(|| format!("cannot open {}", dir.display()))?;
@@ -85,13 +111,22 @@ impl Project {
     }
 }
 
-/// The files of a new project named `name`.
-pub fn template(name: &str) -> Vec<(&'static str, String)> {
+/// The files of a new project named `name` for `runtime` (validated by the caller).
+///
+/// One template serves every runtime: `@at-run/runtime` (`runtime/lib/mod.ts`) and the template
+/// use no `Deno.*` API, so `deno bundle` makes the same ES module for Deno and Node; a Node
+/// project's `main.ts` only opens with a note on what Node offers instead.
+pub fn template(name: &str, runtime: &str) -> Vec<(&'static str, String)> {
     let project = ProjectFile {
         name: name.to_string(),
         version: "0.1.0".into(),
         entry: default_entry(),
+        runtime: runtime.to_string(),
         description: None,
+    };
+    let main = match runtime {
+        "node" => format!("{NODE_NOTE}{MAIN_TS}"),
+        _ => MAIN_TS.to_string(),
     };
     let project = serde_json::to_string_pretty(&project).unwrap_or_default() + "\n";
     vec![
@@ -100,7 +135,7 @@ pub fn template(name: &str) -> Vec<(&'static str, String)> {
             "deno.json",
             format!("{{\n  \"imports\": {{ \"@at-run/runtime\": \"./{RUNTIME_PATH}\" }}\n}}\n"),
         ),
-        ("main.ts", MAIN_TS.to_string()),
+        ("main.ts", main),
         ("lib/greeting.ts", GREETING_TS.to_string()),
         (
             ".gitignore",
@@ -109,6 +144,12 @@ pub fn template(name: &str) -> Vec<(&'static str, String)> {
         (RUNTIME_PATH, RUNTIME_SOURCE.to_string()),
     ]
 }
+
+/// Opens a Node project's `main.ts`.
+const NODE_NOTE: &str = r#"// Runtime: node ("runtime" in at-run.json). Use Node's built-ins through `node:` imports
+// (node:crypto, node:buffer, ...) and the web globals (fetch, Request, Response, URL); there is no
+// Deno global on Node, so `Deno.*` fails there.
+"#;
 
 const MAIN_TS: &str = r#"// Each exported endpoint() is an HTTP endpoint named by its export:
 //   GET  /bundle/{you}/{name}/{version}/hello?name=Ada
@@ -139,8 +180,14 @@ const GREETING_TS: &str = r#"export function greeting(name: string): string {
 }
 "#;
 
-/// `at-run init`: writes the template into `dir` (created if missing); refuses to overwrite.
-pub fn init(dir: &Path, name: Option<&str>) -> anyhow::Result<(String, Vec<PathBuf>)> {
+/// `at-run init`: writes the template for `runtime` into `dir` (created if missing); refuses to
+/// overwrite.
+pub fn init(
+    dir: &Path,
+    name: Option<&str>,
+    runtime: &str,
+) -> anyhow::Result<(String, Vec<PathBuf>)> {
+    validate_runtime(runtime).context("choose the runtime with --runtime")?;
     let name = match name {
         Some(n) => n.to_string(),
         None => {
@@ -152,7 +199,7 @@ pub fn init(dir: &Path, name: Option<&str>) -> anyhow::Result<(String, Vec<PathB
         }
     };
     validate_name(&name).context("choose a bundle name with --name")?;
-    let files = template(&name);
+    let files = template(&name, runtime);
     for (rel, _) in &files {
         let p = dir.join(rel);
         if p.exists() {
@@ -183,18 +230,44 @@ mod tests {
     fn init_writes_a_loadable_project_and_never_overwrites() {
         let dir = tempfile::tempdir().expect("tempdir");
         let app = dir.path().join("my-app");
-        let (name, files) = init(&app, None).expect("init");
+        let (name, files) = init(&app, None, "deno").expect("init");
         assert_eq!(name, "my-app");
         assert_eq!(files.len(), 6);
         let p = Project::load(&app).expect("loads");
         assert_eq!(p.file.version, "0.1.0");
+        assert_eq!(p.file.runtime, "deno");
         assert_eq!(
             std::fs::read_to_string(app.join(RUNTIME_PATH)).expect("runtime"),
             RUNTIME_SOURCE
         );
-        let e = init(&app, None).expect_err("second init");
+        let e = init(&app, None, "deno").expect_err("second init");
         assert!(format!("{e:#}").contains("already exists"));
-        assert!(init(&dir.path().join("Bad_Name"), None).is_err());
+        assert!(init(&dir.path().join("Bad_Name"), None, "deno").is_err());
+    }
+
+    #[test]
+    fn init_for_node_writes_the_runtime_and_refuses_unknown_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = dir.path().join("node-app");
+        init(&app, None, "node").expect("init --runtime node");
+        let text = std::fs::read_to_string(app.join(PROJECT_FILE)).expect("at-run.json");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(v["runtime"], "node", "{text}");
+        let p = Project::load(&app).expect("loads");
+        assert_eq!(p.file.runtime, "node");
+        let main = std::fs::read_to_string(app.join("main.ts")).expect("main.ts");
+        assert!(main.starts_with("// Runtime: node"), "{main}");
+        assert!(main.ends_with(MAIN_TS));
+        // The library every template inlines must run on Node: no Deno global in its code.
+        assert!(!RUNTIME_SOURCE.contains("Deno."));
+        assert!(!MAIN_TS.contains("Deno"));
+
+        let e = format!(
+            "{:#}",
+            init(&dir.path().join("py"), None, "python").expect_err("unknown runtime")
+        );
+        assert!(e.contains("--runtime") && e.contains("deno, node"), "{e}");
+        assert!(!dir.path().join("py").exists(), "nothing is written");
     }
 
     #[test]
@@ -216,5 +289,39 @@ mod tests {
         .expect("write");
         let e = format!("{:#}", Project::load(dir.path()).expect_err("no entry"));
         assert!(e.contains("entry"), "{e}");
+
+        std::fs::write(dir.path().join("main.ts"), "export {};\n").expect("write");
+        let p = Project::load(dir.path()).expect("no runtime: deno");
+        assert_eq!(p.file.runtime, DEFAULT_RUNTIME);
+        for (runtime, ok) in [
+            ("deno", true),
+            ("node", true),
+            ("Node", false),
+            ("bun", false),
+        ] {
+            std::fs::write(
+                dir.path().join(PROJECT_FILE),
+                format!(r#"{{"name":"a","version":"1.0.0","runtime":"{runtime}"}}"#),
+            )
+            .expect("write");
+            match Project::load(dir.path()) {
+                Ok(p) => assert!(ok && p.file.runtime == runtime, "{runtime} loaded"),
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    assert!(!ok, "{runtime}: {e}");
+                    assert!(
+                        e.contains("\"runtime\"") && e.contains("use one of: deno, node"),
+                        "{e}"
+                    );
+                }
+            }
+        }
+        std::fs::write(
+            dir.path().join(PROJECT_FILE),
+            r#"{"name":"a","version":"1.0.0","runtime":7}"#,
+        )
+        .expect("write");
+        let e = format!("{:#}", Project::load(dir.path()).expect_err("not a string"));
+        assert!(e.contains("runtime"), "{e}");
     }
 }

@@ -105,6 +105,69 @@ pub struct GraphStanding {
     pub follows_back: Option<Result<bool, String>>,
 }
 
+/// The runtime a bundle is for, as [`compare`] checks it against a runner's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BundleRuntime<'a> {
+    /// `deno` or `node` (`atrund_bundle::record::RUNTIMES`): the runner must announce it.
+    pub name: &'a str,
+    /// The Deno that built the code (e.g. `2.9.6`), compared with a Deno runner's version.
+    /// Unused for Node: nothing in a Node bundle depends on the Deno that bundled it.
+    pub built_with: &'a str,
+}
+
+impl<'a> BundleRuntime<'a> {
+    /// A Deno bundle built with Deno `built_with`.
+    pub fn deno(built_with: &'a str) -> Self {
+        BundleRuntime {
+            name: "deno",
+            built_with,
+        }
+    }
+}
+
+/// The runtime line of `check`: the runner must announce the bundle's runtime; for Deno, its
+/// major version must be the one the code was built with (an older minor is a note).
+fn runtime_check(
+    desc: &DescribeRunner,
+    runtime: BundleRuntime<'_>,
+    notes: &mut Vec<String>,
+) -> Result<String, String> {
+    let announced = desc.runtimes.iter().find(|r| r.name == runtime.name);
+    if runtime.name != "deno" {
+        return match announced {
+            Some(r) => Ok(format!("{} {}", runtime.name, r.version)),
+            None if runtime.name == "node" => Err(
+                "the runner announces no node runtime; its operator must set node.path (ATRUND_NODE_PATH), or pick another runner"
+                    .into(),
+            ),
+            None => Err(format!(
+                "the runner announces no {} runtime; pick a runner that offers it",
+                runtime.name
+            )),
+        };
+    }
+    let local_deno = runtime.built_with;
+    let remote_v = announced.and_then(|r| r.version_number()).unwrap_or("");
+    let (rl, rr) = (
+        crate::deno::parse_major_minor(local_deno),
+        crate::deno::parse_major_minor(remote_v),
+    );
+    if remote_v.is_empty() {
+        Err("the runner announces no Deno runtime".into())
+    } else if rl.0 != rr.0 {
+        Err(format!(
+            "built with Deno {local_deno}, the runner runs Deno {remote_v} (another major version)"
+        ))
+    } else {
+        if rr < rl {
+            notes.push(format!(
+                "the runner's Deno {remote_v} is older than your {local_deno}: avoid APIs newer than {remote_v}"
+            ));
+        }
+        Ok(format!("deno {remote_v} (local {local_deno})"))
+    }
+}
+
 /// Compares a built bundle with what the runner announces. `graph`: the author's standing in
 /// the operator's social graph, when the runner trusts one and it was read.
 pub fn compare(
@@ -112,7 +175,7 @@ pub fn compare(
     desc: &DescribeRunner,
     manifest: &Manifest,
     code_bytes: u64,
-    local_deno: &str,
+    runtime: BundleRuntime<'_>,
     author: Option<(&str, &str)>,
     graph: Option<&GraphStanding>,
 ) -> CheckReport {
@@ -131,33 +194,8 @@ pub fn compare(
     };
 
     // Runtime.
-    let remote_v = desc
-        .runtimes
-        .iter()
-        .find(|r| r.name == "deno")
-        .and_then(|r| r.version_number())
-        .unwrap_or("");
-    let (rl, rr) = (
-        crate::deno::parse_major_minor(local_deno),
-        crate::deno::parse_major_minor(remote_v),
-    );
-    push(
-        "runtime",
-        if remote_v.is_empty() {
-            Err("the runner announces no Deno runtime".into())
-        } else if rl.0 != rr.0 {
-            Err(format!(
-                "built with Deno {local_deno}, the runner runs Deno {remote_v} (another major version)"
-            ))
-        } else {
-            if rr < rl {
-                notes.push(format!(
-                    "the runner's Deno {remote_v} is older than your {local_deno}: avoid APIs newer than {remote_v}"
-                ));
-            }
-            Ok(format!("deno {remote_v} (local {local_deno})"))
-        },
-    );
+    let line = runtime_check(desc, runtime, &mut notes);
+    push("runtime", line);
 
     // Author policy: the deny list, the allow-list, then the operator's graph.
     let p = &desc.policy;
@@ -617,12 +655,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn compare_lists_every_problem() {
-        let desc: DescribeRunner = serde_json::from_value(json!({
+    /// A runner announcing `runtimes` (open to one allowed author, net off, low limits).
+    fn described(runtimes: Value) -> DescribeRunner {
+        serde_json::from_value(json!({
             "software":{"name":"at-rund","version":"0"},
             "isolation":"none",
-            "runtimes":[{"name":"deno","version":"deno 2.9.6 (stable, release, x86_64-unknown-linux-gnu)"}],
+            "runtimes":runtimes,
             "publicKey":"z",
             "policy":{"authors":"allow-list: did:plc:someone","allowList":["did:plc:someone"]},
             "permissions":{"net":false,"read":true,"write":true,"run":[],"ffi":false,"sys":false},
@@ -638,7 +676,14 @@ mod tests {
                        "storeGcAfterSecs":0,"maxDataBytesPerAuthor":0},
             "bundleDomain":null,
         }))
-        .expect("describeRunner");
+        .expect("describeRunner")
+    }
+
+    const DENO_LINE: &str = "deno 2.9.6 (stable, release, x86_64-unknown-linux-gnu)";
+
+    #[test]
+    fn compare_lists_every_problem() {
+        let desc = described(json!([{"name": "deno", "version": DENO_LINE}]));
         let m: Manifest = serde_json::from_value(json!({
             "permissions":{"net":["example.com"],"sys":true},
             "limits":{"timeoutMs":5000}
@@ -649,7 +694,7 @@ mod tests {
             &desc,
             &m,
             10,
-            "2.9.6",
+            BundleRuntime::deno("2.9.6"),
             Some(("did:plc:me", "me.test")),
             None,
         );
@@ -676,7 +721,7 @@ mod tests {
             &desc,
             &Manifest::default(),
             10,
-            "2.9.6",
+            BundleRuntime::deno("2.9.6"),
             Some(("did:plc:someone", "x")),
             None,
         );
@@ -699,7 +744,7 @@ mod tests {
                 &graph_desc,
                 &Manifest::default(),
                 10,
-                "2.9.6",
+                BundleRuntime::deno("2.9.6"),
                 Some(who),
                 g.as_ref(),
             );
@@ -740,5 +785,64 @@ mod tests {
             standing(Ok(true), Some(Ok(true))),
         );
         assert!(!ok && detail.contains("deny list"), "{detail}");
+    }
+
+    #[test]
+    fn a_node_bundle_needs_a_runner_that_announces_node() {
+        let allowed = Some(("did:plc:someone", "x"));
+        let node = BundleRuntime {
+            name: "node",
+            built_with: "2.9.6",
+        };
+        let runtime_line = |desc: &DescribeRunner, runtime: BundleRuntime<'_>| {
+            let r = compare(
+                "http://r",
+                desc,
+                &Manifest::default(),
+                10,
+                runtime,
+                allowed,
+                None,
+            );
+            let c = r
+                .checks
+                .iter()
+                .find(|c| c.name == "runtime")
+                .cloned()
+                .expect("runtime line");
+            assert_eq!(r.compatible, c.ok, "{}", r.render());
+            (c.ok, c.detail)
+        };
+        let deno_only = described(json!([{"name": "deno", "version": DENO_LINE}]));
+        let (ok, detail) = runtime_line(&deno_only, node);
+        assert!(!ok);
+        assert!(
+            detail
+                .contains("the runner announces no node runtime; its operator must set node.path"),
+            "{detail}"
+        );
+
+        // Node offered: presence is all (no version to compare with the Deno that bundled it).
+        let both = described(json!([
+            {"name": "deno", "version": DENO_LINE},
+            {"name": "node", "version": "v24.21.0"}
+        ]));
+        let (ok, detail) = runtime_line(&both, node);
+        assert!(ok, "{detail}");
+        assert_eq!(detail, "node v24.21.0");
+        let old_deno = BundleRuntime {
+            name: "node",
+            built_with: "1.0.0",
+        };
+        assert!(runtime_line(&both, old_deno).0);
+
+        // A Deno bundle still compares Deno versions, whatever else the runner offers.
+        let (ok, detail) = runtime_line(&both, BundleRuntime::deno("2.9.6"));
+        assert!(ok && detail == "deno 2.9.6 (local 2.9.6)", "{detail}");
+        let (ok, detail) = runtime_line(&both, BundleRuntime::deno("3.0.0"));
+        assert!(!ok && detail.contains("another major version"), "{detail}");
+        let node_only = described(json!([{"name": "node", "version": "v24.21.0"}]));
+        let (ok, detail) = runtime_line(&node_only, BundleRuntime::deno("2.9.6"));
+        assert!(!ok && detail.contains("no Deno runtime"), "{detail}");
     }
 }

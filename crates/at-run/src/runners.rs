@@ -153,26 +153,39 @@ pub struct Listed {
     pub describe: Option<DescribeRunner>,
 }
 
-/// A built bundle to check against each runner (as `at-run check` builds it).
+/// A built bundle to check against each runner (as `at-run check` builds it). Its runtime is
+/// given to [`list_for`] beside it ([`list`] checks a Deno bundle).
 pub struct Bundle<'a> {
     pub manifest: &'a atrund_bundle::Manifest,
     pub code_bytes: u64,
+    /// The Deno that built it.
     pub local_deno: &'a str,
     pub author: Option<(&'a str, &'a str)>,
 }
 
-/// The runner each of `from` announces, verified and asked.
+/// The runner each of `from` announces, verified and asked; `bundle`, if given, is a Deno
+/// bundle (see [`list_for`]).
 pub async fn list(
     from: &[String],
     net: &NetArgs,
     bundle: Option<&Bundle<'_>>,
+) -> anyhow::Result<Vec<Listed>> {
+    list_for(from, net, bundle, crate::project::DEFAULT_RUNTIME).await
+}
+
+/// [`list`], checking `bundle` as a bundle for `runtime` (`deno` or `node`).
+pub async fn list_for(
+    from: &[String],
+    net: &NetArgs,
+    bundle: Option<&Bundle<'_>>,
+    runtime: &str,
 ) -> anyhow::Result<Vec<Listed>> {
     let resolver = net.resolver()?;
     let repo = net.repo()?;
     let web = net.guarded()?;
     let mut out = Vec::new();
     for who in from {
-        out.push(one(who, &resolver, &repo, &web, bundle).await);
+        out.push(one(who, &resolver, &repo, &web, bundle.map(|b| (b, runtime))).await);
     }
     Ok(out)
 }
@@ -182,7 +195,7 @@ async fn one(
     resolver: &IdentityResolver,
     repo: &RepoClient,
     web: &GuardedClient,
-    bundle: Option<&Bundle<'_>>,
+    bundle: Option<(&Bundle<'_>, &str)>,
 ) -> Listed {
     let mut l = Listed {
         operator: who.to_string(),
@@ -254,7 +267,7 @@ async fn one(
     }
     // A runner that does not say what its record says is not the announced one (or has
     // changed since): a verdict for the bundle would answer for the wrong runner.
-    if let Some(b) = bundle.filter(|_| l.disagreements.is_empty()) {
+    if let Some((b, runtime)) = bundle.filter(|_| l.disagreements.is_empty()) {
         let graph = match b.author {
             Some((did, _)) => standing(resolver, repo, &desc, did).await,
             None => None,
@@ -264,7 +277,10 @@ async fn one(
             &desc,
             b.manifest,
             b.code_bytes,
-            b.local_deno,
+            runner::BundleRuntime {
+                name: runtime,
+                built_with: b.local_deno,
+            },
             b.author,
             graph.as_ref(),
         ));

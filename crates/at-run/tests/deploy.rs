@@ -378,3 +378,65 @@ async fn deploys_the_hello_example() {
     let given: atrund_bundle::Manifest = serde_json::from_value(manifest).expect("typed");
     assert_eq!(stored, given);
 }
+
+/// `examples/hello-node`, a prebuilt Node bundle (main.js + manifest.json): `--runtime node`
+/// lands in the record, where a runner reads which runtime to start.
+#[tokio::test]
+async fn deploys_the_hello_node_example_as_node() {
+    let root = atrund_testnet::repo_root();
+    let dir = root.join("examples").join("hello-node");
+    let file = dir.join("main.js");
+    if !file.is_file() || !dir.join("manifest.json").is_file() {
+        eprintln!("SKIPPED: examples/hello-node/main.js or manifest.json does not exist yet");
+        return;
+    }
+    let Some(net) = atrund_testnet::shared() else {
+        return;
+    };
+    let acct = net.create_account("nodeexample").await;
+    let out = deploy_json(
+        net,
+        &acct,
+        &file,
+        "hello-node",
+        "1.0.0",
+        &["--runtime", "node"],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("deploying examples/hello-node failed: {e}"));
+    assert_eq!(out["runtime"], "node");
+    let rec = get_record(net, &acct.did, "dev.atrund.bundle", "hello-node:1.0.0").await;
+    assert_eq!(rec["cid"], out["bundle"]["cid"]);
+    assert_eq!(rec["value"]["runtime"], "node");
+    let code = std::fs::read(&file).expect("read main.js");
+    assert_eq!(rec["value"]["code"]["size"], code.len());
+    assert_eq!(rec["value"]["code"]["mimeType"], "application/javascript");
+    let stored: atrund_bundle::Manifest =
+        serde_json::from_value(rec["value"]["manifest"].clone()).expect("typed");
+    let given: atrund_bundle::Manifest = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("manifest.json")).expect("read manifest"),
+    )
+    .expect("typed");
+    assert_eq!(stored, given);
+
+    // Without --runtime a prebuilt file is published as Deno; an unknown runtime is a usage
+    // error that names the choices, before any network call.
+    let plain = deploy_json(net, &acct, &file, "hello-node", "1.0.1", &[])
+        .await
+        .expect("1.0.1 deploys");
+    assert_eq!(plain["runtime"], "deno");
+    let err = deploy_json(
+        net,
+        &acct,
+        &file,
+        "hello-node",
+        "1.0.2",
+        &["--runtime", "bun"],
+    )
+    .await
+    .expect_err("bun is no runtime");
+    assert!(
+        err.contains("--runtime") && err.contains("[possible values: deno, node]"),
+        "{err}"
+    );
+}

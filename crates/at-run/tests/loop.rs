@@ -182,10 +182,19 @@ fn stop(child: &mut Child) {
 
 impl Runner {
     fn start(net: &TestNet, deno: &Path) -> Runner {
+        Runner::start_with(net, deno, &[])
+    }
+
+    /// A runner with more settings (`ATRUND_*` variables), e.g. `ATRUND_NODE_PATH`.
+    fn start_with(net: &TestNet, deno: &Path, env: &[(&str, &Path)]) -> Runner {
         let data = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(at_rund())
+        let mut cmd = Command::new(at_rund());
+        cmd.env_clear();
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .arg("serve")
-            .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("ATRUND_LISTEN", "127.0.0.1:0")
             .env("ATRUND_PLC_URL", &net.plc_url)
@@ -898,4 +907,127 @@ async fn a_task_export_is_never_served_as_an_endpoint() {
     let (status, body) = get(&format!("{base}/job"));
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("EndpointNotFound"), "{body}");
+}
+
+/// A Node project (`at-run init --runtime node`) through the whole loop: built by Deno, served by
+/// `at-run dev` on Node, refused by `check`/`deploy --runner` on a runner without Node, then
+/// deployed to and served by a runner whose operator set node.path.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_project_from_init_through_dev_to_a_node_runner() {
+    let Some((net, deno)) = setup() else { return };
+    let Some(node) = atrund_testnet::node_path() else {
+        return;
+    };
+    let author = Author::new(net, &deno, net.create_account("nodeloop").await);
+    let work = tempfile::tempdir().expect("tempdir");
+    let init = author.ok_json(work.path(), &["init", "nodeapp", "--runtime", "node"]);
+    assert_eq!(init["runtime"], "node");
+    let app = work.path().join("nodeapp");
+    let project: Value = serde_json::from_str(
+        &std::fs::read_to_string(app.join("at-run.json")).expect("at-run.json"),
+    )
+    .expect("JSON");
+    assert_eq!(project["runtime"], "node");
+    // An endpoint that says which runtime answers (Node has no Deno global).
+    let main = std::fs::read_to_string(app.join("main.ts")).expect("main.ts");
+    std::fs::write(
+        app.join("main.ts"),
+        format!(
+            "{main}\nexport const which = endpoint({{\n  method: \"GET\",\n  handler: () => ({{ deno: typeof (globalThis as {{ Deno?: unknown }}).Deno }}),\n}});\n"
+        ),
+    )
+    .expect("write");
+    let built = author.ok_json(&app, &["build"]);
+    assert_eq!(built["runtime"], "node");
+    assert_eq!(built["warnings"], serde_json::json!([]), "{built}");
+
+    // dev: no Node, a clear error before anything starts; with the pinned Node, served by Node.
+    let _ = at_rund();
+    let r = author.run(&app, &["dev", "--json", "--node", "/nonexistent/node"]);
+    assert_eq!(r.code, 6, "{r:?}");
+    assert_eq!(r.json()["error"], "NodeMissing");
+    assert!(r.stderr.contains("install Node.js 24"), "{r:?}");
+    let node_arg = node.to_str().expect("utf-8 path");
+    let mut child = author
+        .command(&app)
+        .args(["dev", "--port", "0", "--json", "--node", node_arg])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("at-run dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut child = Stopper(child);
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let ready = loop {
+        let v = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a 'ready' event from at-run dev");
+        if v["event"] == "ready" {
+            break v;
+        }
+    };
+    assert_eq!(ready["runtime"], "node");
+    let base = ready["url"].as_str().expect("url").to_string();
+    assert_eq!(
+        get(&format!("{base}/hello?name=Ada")),
+        (200, r#"{"message":"Hello, Ada!"}"#.into())
+    );
+    assert_eq!(
+        get(&format!("{base}/which")),
+        (200, r#"{"deno":"undefined"}"#.into())
+    );
+    stop(&mut child.0);
+
+    // A runner without Node: check and deploy --runner say so, and nothing is published.
+    author.login(&app);
+    let deno_only = Runner::start(net, &deno);
+    let r = author.run(&app, &["check", "--runner", &deno_only.base, "--json"]);
+    assert_eq!(r.code, 5, "{r:?}");
+    let runtime = r.json()["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "runtime")
+        .cloned()
+        .expect("a runtime check");
+    assert_eq!(runtime["ok"], false);
+    assert!(
+        runtime["detail"]
+            .as_str()
+            .is_some_and(|d| d
+                .contains("the runner announces no node runtime; its operator must set node.path")),
+        "{runtime}"
+    );
+    let r = author.run(&app, &["deploy", "--runner", &deno_only.base, "--json"]);
+    assert_eq!(r.code, 5, "{r:?}");
+    assert_eq!(r.json()["error"], "Incompatible");
+    let ls = author.ok_json(&app, &["ls"]);
+    assert_eq!(ls["bundles"], serde_json::json!([]), "published: {ls}");
+    drop(deno_only);
+
+    // A runner whose operator set node.path: compatible, published as node, served by Node.
+    let with_node = Runner::start_with(net, &deno, &[("ATRUND_NODE_PATH", node.as_path())]);
+    let c = author.ok_json(&app, &["check", "--runner", &with_node.base]);
+    assert_eq!(c["compatible"], true, "{c}");
+    let v1 = author.ok_json(&app, &["deploy", "--runner", &with_node.base]);
+    assert_eq!(v1["runtime"], "node");
+    let latest = format!(
+        "{}/bundle/{}/nodeapp/latest",
+        with_node.base, author.acct.did
+    );
+    assert_eq!(
+        get(&format!("{latest}/hello?name=Ada")),
+        (200, r#"{"message":"Hello, Ada!"}"#.into())
+    );
+    assert_eq!(
+        get(&format!("{latest}/which")),
+        (200, r#"{"deno":"undefined"}"#.into())
+    );
 }

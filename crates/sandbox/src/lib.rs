@@ -325,7 +325,8 @@ pub struct GenericPoolStats {
     /// Sandboxes that failed to start.
     pub start_failures: u64,
     /// Instances started the normal way, by reason: `run` (not answerable by the broker),
-    /// `limits` (above the caps the sandboxes start with), `empty` (none ready).
+    /// `limits` (above the caps the sandboxes start with), `runtime` (not Deno), `empty` (none
+    /// ready).
     pub fallbacks: Vec<(String, u64)>,
 }
 

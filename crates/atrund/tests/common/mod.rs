@@ -257,6 +257,18 @@ pub async fn deploy(
     name: &str,
     version: &str,
 ) -> at_run::deploy::Published {
+    deploy_on(net, account, code, manifest, (name, version), "deno").await
+}
+
+/// [`deploy`] of a bundle for `runtime` (`at-run deploy --runtime`).
+pub async fn deploy_on(
+    net: &TestNet,
+    account: &Account,
+    code: &str,
+    manifest: &Value,
+    (name, version): (&str, &str),
+    runtime: &str,
+) -> at_run::deploy::Published {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("main.js");
     std::fs::write(&file, code).expect("write bundle");
@@ -277,8 +289,12 @@ pub async fn deploy(
         },
         net: Default::default(),
     };
+    let args = at_run::deploy::DeployArgs {
+        cmd,
+        runtime: Some(runtime.to_string()),
+    };
     let no_deno = || anyhow::bail!("a prebuilt file needs no Deno");
-    match at_run::deploy::run_cmd(&cmd, no_deno, |_| {}).await {
+    match at_run::deploy::run_args(&args, no_deno, |_| {}).await {
         Ok(at_run::deploy::DeployOutcome::Published(p)) => p,
         Ok(other) => panic!("deploy {name}@{version} did not publish: {other:?}"),
         Err(e) => panic!("deploy {name}@{version} failed: {e:#}"),

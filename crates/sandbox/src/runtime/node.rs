@@ -21,7 +21,7 @@ pub(crate) const SHIM: Shim = Shim {
     source: include_str!("../../../../runtime/exec/node.cjs"),
 };
 
-/// The oldest major version whose flags at-rund uses (`--permission`, `--use-env-proxy`).
+/// The oldest major version with what at-rund uses (`--permission`, `http.setGlobalProxyFromEnv`).
 pub const NODE_MIN_MAJOR: u32 = 24;
 
 /// A located, version-checked Node executable.
@@ -59,7 +59,23 @@ impl NodeBinary {
             .ok_or_else(|| bad("--version did not print a Node version".into()))?;
         if major < NODE_MIN_MAJOR {
             return Err(bad(format!(
-                "is Node {text}, which lacks --permission or --use-env-proxy as at-rund uses them"
+                "is Node {text}, which lacks --permission or the proxy support at-rund uses"
+            )));
+        }
+        // The shim sends requests through the egress proxy with this (Node 24.5 and later).
+        let proxy_support = tokio::process::Command::new(path)
+            .args([
+                "-e",
+                "process.exit(typeof require('node:http').setGlobalProxyFromEnv === 'function' ? 0 : 3)",
+            ])
+            .env_clear()
+            .kill_on_drop(true)
+            .status()
+            .await
+            .map_err(|e| bad(format!("did not run ({e})")))?;
+        if !proxy_support.success() {
+            return Err(bad(format!(
+                "is Node {text}, which has no http.setGlobalProxyFromEnv (Node 24.5 or newer has it)"
             )));
         }
         Ok(Self {
@@ -181,8 +197,6 @@ impl Runtime for NodeRuntime {
         let mut args: Vec<OsString> = vec![
             "--permission".into(),
             format!("--max-old-space-size={}", spec.memory_mib).into(),
-            // fetch and node:http honour HTTP(S)_PROXY: the runner's egress proxy.
-            "--use-env-proxy".into(),
         ];
         args.extend(
             read.into_iter()
@@ -238,7 +252,7 @@ impl Runtime for NodeRuntime {
         };
         vec![
             line("node.read", true, "--permission with --allow-fs-read/--allow-fs-write of exactly the declared paths; Node's model misses node:sqlite, inherited descriptors and symlinks, which the kernel layer (Landlock, or the container's mounts) refuses"),
-            line("node.net", true, "not by Node (no host rules in its model): --use-env-proxy sends fetch and node:http through the egress proxy, and the kernel layer lets raw sockets reach nothing else"),
+            line("node.net", true, "not by Node (no host rules in its model): the shim sends fetch and node:http(s) through the egress proxy (http.setGlobalProxyFromEnv on first use), and the kernel layer lets raw sockets reach nothing else"),
             line("node.run", true, "--allow-child-process is all or nothing in Node: which programs may run is the kernel layer's execute list"),
             line("node.env", false, "Node has no environment permission: the bundle sees its whole environment, which the runner clears to the secrets and the proxy variables"),
             line("node.ffi", true, "--allow-addons only when declared (the model refuses process.dlopen otherwise)"),
@@ -297,7 +311,6 @@ mod tests {
             [
                 "--permission",
                 "--max-old-space-size=64",
-                "--use-env-proxy",
                 "--allow-fs-read=/w/shim.cjs",
                 "--allow-fs-read=/d/b.js",
                 "/w/shim.cjs",
