@@ -156,3 +156,24 @@ export const runtimeApis = {
     return worked.join(",");
   }),
 };
+// Node follows a symlink inside a granted dir to wherever it points: the kernel layer refuses the
+// target (none), or the target is not in the sandbox (container). The kit plants in/link → /etc/passwd.
+export const symlinkOut = {
+  method: "GET",
+  handler: async () => {
+    const fs = await import("node:fs/promises");
+    // Without the planted link the case would pass for nothing: say so as a leak.
+    const planted = await fs.lstat("in/link").then((st) => st.isSymbolicLink(), () => false);
+    if (!planted) return { leaked: "the kit's link in/link is missing: this case proved nothing" };
+    return attempt(() => fs.readFile("in/link", "utf8"));
+  },
+};
+// Another process's environment, and a host file imported as a module.
+export const procEnviron = {
+  method: "GET",
+  handler: () => attempt(async () => (await import("node:fs/promises")).readFile("/proc/1/environ", "latin1")),
+};
+export const importHost = {
+  method: "GET",
+  handler: () => attempt(async () => JSON.stringify(await import("/etc/passwd", { with: { type: "json" } }))),
+};

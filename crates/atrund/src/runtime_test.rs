@@ -129,6 +129,27 @@ fn node_cases() -> Vec<Case> {
             Shared,
         ),
         c(
+            "a symlink in a granted dir leads nowhere",
+            Get("symlinkOut", "/"),
+            Contained,
+            Own(|s| {
+                s.permissions.read = vec!["in".into()];
+                plant_link(&s.data_dir.join("in"), "/etc/passwd");
+            }),
+        ),
+        c(
+            "no other process's environment",
+            Get("procEnviron", "/"),
+            Contained,
+            Shared,
+        ),
+        c(
+            "no host file imported",
+            Get("importHost", "/"),
+            Contained,
+            Shared,
+        ),
+        c(
             "a NODE_OPTIONS secret is refused",
             Get("echo", "/"),
             StartFails,
@@ -140,6 +161,16 @@ fn node_cases() -> Vec<Case> {
             }),
         ),
     ]
+}
+
+/// Makes `dir/link` point at `target` before the instance starts (the case's own data dir).
+/// A failure leaves no link, and the case then fails on a missing file, not silently.
+fn plant_link(dir: &Path, target: &str) {
+    if let Err(e) = std::fs::create_dir_all(dir)
+        .and_then(|()| std::os::unix::fs::symlink(target, dir.join("link")))
+    {
+        eprintln!("runtime-test: cannot plant {}/link: {e}", dir.display());
+    }
 }
 
 fn shared_cases() -> Vec<Case> {
