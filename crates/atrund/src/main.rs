@@ -66,7 +66,7 @@ enum Command {
         /// Code file inside the folder.
         #[arg(long)]
         entry: Option<PathBuf>,
-        /// The runtime the code is for: deno, or node (which needs node.path).
+        /// The runtime the code is for: deno, node (which needs node.path) or python (python.path).
         #[arg(long, default_value = "deno")]
         runtime: String,
         /// TOML config file (as for `serve`).
@@ -358,7 +358,7 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         let offered = runtimes.offered();
         if !offered.iter().any(|k| k.as_str() == l.runtime) {
             anyhow::bail!(
-                "runtime {} is not offered by this configuration; set node.path (ATRUND_NODE_PATH) to a Node 24 or newer binary",
+                "runtime {} is not offered by this configuration; set node.path (ATRUND_NODE_PATH) to a Node 24 or newer binary, or python.path (ATRUND_PYTHON_PATH) to a Python 3.11 or newer interpreter",
                 l.runtime
             );
         }
@@ -373,6 +373,12 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
         offered.push(atrund_api::Runtime {
             name: "node".into(),
             version: node.version().to_string(),
+        });
+    }
+    if let Some(python) = runtimes.python() {
+        offered.push(atrund_api::Runtime {
+            name: "python".into(),
+            version: python.version().to_string(),
         });
     }
 

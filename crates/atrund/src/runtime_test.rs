@@ -32,8 +32,12 @@ use crate::settings;
 const DENO_KIT: &str = include_str!("../../../runtime/conformance/deno.js");
 /// Node's kit bundle: the same cases with node: built-ins.
 const NODE_KIT: &str = include_str!("../../../runtime/conformance/node.js");
+/// Python's kit bundle.
+const PYTHON_KIT: &str = include_str!("../../../runtime/conformance/python.py");
 /// A bundle that throws while it loads (plain JavaScript: every JavaScript runtime's).
 const LOAD_FAILS: &str = include_str!("../../../runtime/conformance/load_fails.js");
+/// Python's bundle that raises while it loads.
+const PYTHON_LOAD_FAILS: &str = include_str!("../../../runtime/conformance/load_fails.py");
 /// The secret the kit gives its instances, and its value.
 const SECRET: (&str, &str) = ("KIT_SECRET", "kit-secret-value");
 /// The longest a case may take, VM starts under emulation included.
@@ -84,10 +88,68 @@ struct Case {
 /// The cases for `runtime`: the shared ones, then the runtime's own.
 fn cases(runtime: RuntimeKind) -> Vec<Case> {
     let mut all = shared_cases();
-    if runtime == RuntimeKind::Node {
-        all.extend(node_cases());
+    match runtime {
+        RuntimeKind::Deno => {}
+        RuntimeKind::Node => all.extend(node_cases()),
+        RuntimeKind::Python => all.extend(python_cases()),
     }
     all
+}
+
+/// Python's own: it enforces nothing itself (ctypes, subprocess and sockets are always there), so
+/// each is the kernel layer's to refuse; a `PYTHON*` secret is refused at start.
+fn python_cases() -> Vec<Case> {
+    use Call::Get;
+    use Expect::{Contained, StartFails};
+    use RunsIn::{Own, Shared};
+    let c = |name, call, expect, instance| Case {
+        group: "python",
+        name,
+        call,
+        expect,
+        instance,
+    };
+    vec![
+        c(
+            "ctypes open() of a host file",
+            Get("ctypesOpen", "/"),
+            Contained,
+            Shared,
+        ),
+        c(
+            "no UDP datagram is sent",
+            Get("udp", "/"),
+            Contained,
+            Shared,
+        ),
+        c(
+            "no other process's environment",
+            Get("procEnviron", "/"),
+            Contained,
+            Shared,
+        ),
+        c(
+            "the interpreter run again is held too",
+            Get("reexec", "/"),
+            Contained,
+            Shared,
+        ),
+        c(
+            "a symlink in a granted dir leads nowhere",
+            Get("symlinkOut", "/"),
+            Contained,
+            Own(|s| {
+                s.permissions.read = vec!["in".into()];
+                plant_link(&s.data_dir.join("in"), "/etc/passwd");
+            }),
+        ),
+        c(
+            "a PYTHONSTARTUP secret is refused",
+            Get("echo", "/"),
+            StartFails,
+            Own(|s| s.env.push(("PYTHONSTARTUP".into(), "/etc/passwd".into()))),
+        ),
+    ]
 }
 
 /// Node's own holes (its permission model has no network rules and misses node:sqlite; a
@@ -459,7 +521,7 @@ pub(crate) async fn run(config_path: Option<&Path>, runtime: &str) -> Result<()>
     let runtimes = settings::runtimes(&config).await?;
     if !runtimes.offered().contains(&runtime) {
         anyhow::bail!(
-            "runtime {runtime} is not offered by this configuration; set node.path (ATRUND_NODE_PATH) to a Node 24 or newer binary"
+            "runtime {runtime} is not offered by this configuration; set node.path (ATRUND_NODE_PATH) to a Node 24 or newer binary, or python.path (ATRUND_PYTHON_PATH) to a Python 3.11 or newer interpreter"
         );
     }
     let requested = settings::requested_isolation(&config)?;
@@ -509,16 +571,22 @@ async fn kit(
         kit: tmp.join("kit/kit.js"),
         load_fails: tmp.join("kit/load_fails.js"),
     };
-    let kit = match runtime {
-        RuntimeKind::Deno => DENO_KIT,
-        RuntimeKind::Node => NODE_KIT,
+    let (kit, load_fails) = match runtime {
+        RuntimeKind::Deno => (DENO_KIT, LOAD_FAILS),
+        RuntimeKind::Node => (NODE_KIT, LOAD_FAILS),
+        RuntimeKind::Python => (PYTHON_KIT, PYTHON_LOAD_FAILS),
     };
-    for (path, text) in [(&dirs.kit, kit), (&dirs.load_fails, LOAD_FAILS)] {
+    for (path, text) in [(&dirs.kit, kit), (&dirs.load_fails, load_fails)] {
         std::fs::write(path, text)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
     }
     let chosen = atrund_sandbox::choose_executor(choice).await?;
     let exec = chosen.executor;
+    if runtime == RuntimeKind::Python && exec.name() == "none" && !config.python.allow_none {
+        anyhow::bail!(
+            "runtime python is not run under isolation = \"none\" unless python.allow_none = true (ATRUND_PYTHON_ALLOW_NONE): Python enforces no permission itself (docs/runtimes.md)"
+        );
+    }
     println!(
         "runtime {runtime}, isolation {} ({})",
         exec.name(),
@@ -632,7 +700,11 @@ mod tests {
 
     #[test]
     fn every_case_names_an_endpoint_of_the_kit_bundle() {
-        for (runtime, kit) in [(RuntimeKind::Deno, DENO_KIT), (RuntimeKind::Node, NODE_KIT)] {
+        for (runtime, kit) in [
+            (RuntimeKind::Deno, DENO_KIT),
+            (RuntimeKind::Node, NODE_KIT),
+            (RuntimeKind::Python, PYTHON_KIT),
+        ] {
             for c in cases(runtime) {
                 let endpoint = match c.call {
                     Call::Get(e, _) | Call::PostJson(e, _) => e,
@@ -641,11 +713,11 @@ mod tests {
                     assert!(!kit.contains("noSuchEndpoint"));
                     continue;
                 }
-                assert!(
-                    kit.contains(&format!("export const {endpoint} ")),
-                    "{runtime} {}: {endpoint}",
-                    c.name
-                );
+                let declared = match runtime {
+                    RuntimeKind::Python => format!("\n{endpoint} = "),
+                    _ => format!("export const {endpoint} "),
+                };
+                assert!(kit.contains(&declared), "{runtime} {}: {endpoint}", c.name);
             }
         }
         assert_eq!(

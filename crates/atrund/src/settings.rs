@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use atrund_config::{Config, Isolation};
-use atrund_sandbox::{CgroupManager, Choice, DenoBinary, NodeBinary, Requested, RunAs, Runtimes};
+use atrund_sandbox::{
+    CgroupManager, Choice, DenoBinary, NodeBinary, PythonBinary, Requested, RunAs, Runtimes,
+};
 
 pub(crate) fn load_config(path: Option<&Path>) -> Result<Config> {
     let env = atrund_config::process_env()?;
@@ -84,7 +86,8 @@ pub(crate) fn requested_isolation(config: &Config) -> Result<Requested> {
 }
 
 /// The runtimes this runner offers: Deno (`deno.path`, else `deno` on PATH) always, Node when
-/// `node.path` names a usable Node (an operator's explicit choice: there is no PATH look-up).
+/// `node.path` names a usable Node, Python when `python.path` names a usable interpreter (an
+/// operator's explicit choice each: there is no PATH look-up).
 pub(crate) async fn runtimes(config: &Config) -> Result<Runtimes> {
     let deno = DenoBinary::locate(config.deno.path.as_deref())?;
     let mut runtimes = Runtimes::new(deno);
@@ -92,6 +95,11 @@ pub(crate) async fn runtimes(config: &Config) -> Result<Runtimes> {
         let node = NodeBinary::probe(path).await?;
         tracing::info!(node = %node.path().display(), version = node.version(), "runtime node offered");
         runtimes = runtimes.with_node(node);
+    }
+    if let Some(path) = &config.python.path {
+        let python = PythonBinary::probe(path).await?;
+        tracing::info!(python = %python.path().display(), version = python.version(), allow_none = config.python.allow_none, "runtime python offered");
+        runtimes = runtimes.with_python(python, config.python.allow_none);
     }
     Ok(runtimes)
 }

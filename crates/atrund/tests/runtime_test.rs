@@ -77,6 +77,45 @@ fn node_passes_the_kit_in_none_and_container_modes() {
     }
 }
 
+#[test]
+fn python_passes_the_kit_in_container_mode_and_in_none_when_allowed() {
+    let (Some(deno), Some(python)) = (atrund_testnet::deno_path(), atrund_testnet::python_path())
+    else {
+        return;
+    };
+    let Some(()) = atrund_testnet::root("cgroup limits and the container's uid switch") else {
+        return;
+    };
+    let python = ("ATRUND_PYTHON_PATH", python.display().to_string());
+    let (ok, stdout, stderr) = kit_of(
+        "python",
+        &deno,
+        &[("ATRUND_ISOLATION", "container".into()), python.clone()],
+    );
+    runtime_passes("python", PYTHON_CASES, "container", (ok, stdout, stderr));
+    let (ok, stdout, stderr) = kit_of(
+        "python",
+        &deno,
+        &[
+            ("ATRUND_ISOLATION", "none".into()),
+            ("ATRUND_PYTHON_ALLOW_NONE", "true".into()),
+            python.clone(),
+        ],
+    );
+    runtime_passes("python", PYTHON_CASES, "none", (ok, stdout, stderr));
+    // Not allowed under none by default: refused with the way to allow it.
+    let (ok, stdout, stderr) = kit_of(
+        "python",
+        &deno,
+        &[("ATRUND_ISOLATION", "none".into()), python],
+    );
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("python.allow_none"), "{stderr}");
+}
+
+/// Python's kit: the shared cases and Python's own.
+const PYTHON_CASES: usize = 28;
+
 /// Node's kit: the shared cases and Node's own.
 const NODE_CASES: usize = 30;
 
@@ -129,8 +168,8 @@ fn a_runtime_without_a_kit_is_refused() {
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let stderr = run("python");
-    assert!(stderr.contains("runtime 'python' has no kit"), "{stderr}");
+    let stderr = run("ruby");
+    assert!(stderr.contains("runtime 'ruby' has no kit"), "{stderr}");
     // Node is known, but not offered without node.path.
     let stderr = run("node");
     assert!(

@@ -31,10 +31,10 @@ pub enum RecordError {
         version: String,
     },
     /// the runtime is not one this runner knows
-    #[error("runtime '{0}' is not supported; this runner knows: deno, node")]
+    #[error("runtime '{0}' is not supported; this runner knows: deno, node, python")]
     UnsupportedRuntime(String),
     /// the code blob has a MIME type the runtime cannot load
-    #[error("code blob MIME type '{0}' is not supported; publish a single ESM file as application/javascript")]
+    #[error("code blob MIME type '{0}' is not what the bundle's runtime loads; publish a single ESM file as application/javascript (deno, node) or one Python module as text/x-python (python)")]
     UnsupportedCodeType(String),
     /// the manifest is not well-formed
     #[error("manifest is invalid: {0}")]
@@ -305,10 +305,7 @@ impl BundleRecord {
         if !RUNTIMES.contains(&self.runtime.as_str()) {
             return Err(RecordError::UnsupportedRuntime(self.runtime.clone()));
         }
-        if !matches!(
-            self.code.mime_type.as_str(),
-            "application/javascript" | "text/javascript"
-        ) {
+        if !code_types(&self.runtime).contains(&self.code.mime_type.as_str()) {
             return Err(RecordError::UnsupportedCodeType(
                 self.code.mime_type.clone(),
             ));
@@ -319,7 +316,16 @@ impl BundleRecord {
 
 /// The runtimes a record may name (each loads one ES module: the same code types). Whether a
 /// runner offers one is its operator's choice, checked when an instance starts.
-pub const RUNTIMES: [&str; 2] = ["deno", "node"];
+pub const RUNTIMES: [&str; 3] = ["deno", "node", "python"];
+
+/// The code blob types a runtime loads: one ES module for the JavaScript runtimes, one Python
+/// source file for Python.
+pub fn code_types(runtime: &str) -> &'static [&'static str] {
+    match runtime {
+        "python" => &["text/x-python"],
+        _ => &["application/javascript", "text/javascript"],
+    }
+}
 
 /// Checks a bundle name: 1-64 of `[a-z0-9-]`, starting with a letter.
 pub fn validate_name(name: &str) -> Result<(), RecordError> {

@@ -72,6 +72,8 @@ pub struct Config {
     pub deno: DenoSection,
     #[serde(default)]
     pub node: NodeSection,
+    #[serde(default)]
+    pub python: PythonSection,
     pub limits: LimitsSection,
     pub permissions: PermissionCaps,
     pub pool: PoolSection,
@@ -414,6 +416,21 @@ pub struct NodeSection {
     pub path: Option<PathBuf>,
 }
 
+/// The Python runtime (`runtime = "python"`): offered only when the operator names its
+/// interpreter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PythonSection {
+    /// Path of a Python 3.11 or newer interpreter (Debian's `/usr/bin/python3.11`); unset means
+    /// Python bundles are refused (`RuntimeUnavailable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Whether the `none` backend may run Python bundles: Python enforces no permission itself,
+    /// so by default they run only under `container` (or `microvm`).
+    #[serde(default)]
+    pub allow_none: bool,
+}
+
 /// A limit: what a bundle gets when it asks for nothing, and the most it may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -671,6 +688,7 @@ impl Default for Config {
             http: HttpSection::default(),
             deno: DenoSection::default(),
             node: NodeSection::default(),
+            python: PythonSection::default(),
             limits: LimitsSection::default(),
             permissions: PermissionCaps::default(),
             pool: PoolSection::default(),

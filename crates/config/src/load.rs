@@ -27,6 +27,7 @@ const OPTIONAL_KEYS: &[(&str, Kind)] = &[
     ("identity.handle_resolver", Kind::Str),
     ("deno.path", Kind::Str),
     ("node.path", Kind::Str),
+    ("python.path", Kind::Str),
     ("secrets.key_file", Kind::Str),
     ("http.bundle_domain", Kind::Str),
     ("logs.service_did", Kind::Str),

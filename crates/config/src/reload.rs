@@ -55,6 +55,7 @@ impl Config {
             http,
             deno,
             node,
+            python,
             limits: _,
             permissions: _,
             pool,
@@ -94,6 +95,7 @@ impl Config {
         keep(&mut k, "fetch", fetch, &mut new.fetch);
         keep(&mut k, "deno", deno, &mut new.deno);
         keep(&mut k, "node", node, &mut new.node);
+        keep(&mut k, "python", python, &mut new.python);
         keep(&mut k, "secrets", secrets, &mut new.secrets);
         keep(&mut k, "container", container, &mut new.container);
         keep(&mut k, "microvm", microvm, &mut new.microvm);

@@ -43,6 +43,7 @@ impl Config {
             ("identity", "handle_resolver"),
             ("deno", "path"),
             ("node", "path"),
+            ("python", "path"),
             ("http", "bundle_domain"),
         ] {
             if prefix == k && !t.contains_key(optional) {

@@ -414,6 +414,18 @@ impl Config {
             }
         }
 
+        if let Some(p) = &self.python.path {
+            if !p.is_absolute() {
+                return Err(invalid(
+                    "python.path",
+                    format!(
+                        "'{}' is not an absolute path; give the full path of a Python 3.11 or newer interpreter (/usr/bin/python3.11), or leave it unset to offer no Python runtime",
+                        p.display()
+                    ),
+                ));
+            }
+        }
+
         let l = &self.limits;
         for (name, r) in [
             ("timeout_ms", l.timeout_ms),

@@ -117,10 +117,13 @@ impl ContainerExecutor {
     /// Instances of a root daemon run as [`RunAs::NOBODY`] on the host until
     /// [`Self::with_run_as`] says otherwise.
     pub fn new(cfg: ContainerConfig) -> Result<Self, SandboxError> {
+        let (dirs, libs) = cfg.runtimes.root_inputs();
         let mut programs = cfg.runtimes.binaries();
         programs.push(cfg.init.0.clone());
+        programs.extend(libs);
         let programs: Vec<&Path> = programs.iter().map(PathBuf::as_path).collect();
-        let rootfs = Rootfs::assemble(&cfg.rootfs_dir, &programs)?;
+        let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+        let rootfs = Rootfs::assemble(&cfg.rootfs_dir, &programs, &dirs)?;
         Ok(Self {
             cfg,
             rootfs,
@@ -206,7 +209,21 @@ impl ContainerExecutor {
         let runtime = self.cfg.runtimes.get(kind).map_err(|e| e.to_string())?;
         let inside = runtime_in_root(kind);
         let mut args = self.base_args(runtime.binary(), inside);
-        args.extend(["--", inside, "--version"].iter().map(OsString::from));
+        for dir in runtime.root_dirs() {
+            args.extend(["--ro-bind".into(), dir.clone().into(), dir.into()]);
+        }
+        args.extend(["--", inside].iter().map(OsString::from));
+        // Python's version says nothing of its standard library: import what the shim needs.
+        let probe: &[&str] = match kind {
+            RuntimeKind::Python => &[
+                "-I",
+                "-S",
+                "-c",
+                "import asyncio, sys; print('Python', sys.version.split()[0])",
+            ],
+            _ => &["--version"],
+        };
+        args.extend(probe.iter().map(OsString::from));
         let mut cmd = tokio::process::Command::new(&self.cfg.bwrap);
         cmd.args(&args)
             .env_clear()
@@ -228,6 +245,7 @@ impl ContainerExecutor {
         let printed_version = match kind {
             RuntimeKind::Deno => stdout.starts_with("deno "),
             RuntimeKind::Node => stdout.starts_with('v'),
+            RuntimeKind::Python => stdout.starts_with("Python "),
         };
         if out.status.success() && printed_version {
             return Ok(());
@@ -356,6 +374,10 @@ impl ContainerExecutor {
         data: &DataBinds,
     ) -> Vec<OsString> {
         let mut a = self.base_args(runtime.binary(), runtime_in_root(spec.runtime));
+        // The runtime's own read-only trees (Python's standard library), at the same path.
+        for dir in runtime.root_dirs() {
+            a.extend(["--ro-bind".into(), dir.clone().into(), dir.into()]);
+        }
         let mut push = |xs: &[&std::ffi::OsStr]| a.extend(xs.iter().map(|x| x.to_os_string()));
         let tmp_bytes = self.cfg.tmp_mib.saturating_mul(1024 * 1024).to_string();
         push(&[

@@ -57,7 +57,7 @@ pub use none::NoneExecutor;
 pub use process::is_hop_by_hop;
 pub use report::{host_report, HostReport};
 pub use rootfs::Rootfs;
-pub use runtime::{DenoBinary, NodeBinary, RuntimeKind, Runtimes, Shim};
+pub use runtime::{DenoBinary, NodeBinary, PythonBinary, RuntimeKind, Runtimes, Shim};
 pub use sys::effective_root;
 pub use volume::{enter_private_mount_namespace, AuthorVolumes, VolumeError, MIN_VOLUME_BYTES};
 

@@ -185,6 +185,12 @@ impl Executor for NoneExecutor {
     async fn warm(&self, spec: InstanceSpec) -> Result<Arc<dyn Instance>, SandboxError> {
         let started_at = Instant::now();
         let runtime = self.runtimes.get(spec.runtime)?;
+        if let Some(why) = runtime.refuses_none() {
+            return Err(SandboxError::StartFailed(format!(
+                "runtime {} is not run under isolation = \"none\" here: {why}",
+                spec.runtime
+            )));
+        }
         let (socket, _) = work_paths(&spec, runtime.shim())?;
         // One shim path for every instance, not one per instance: Deno caches the shim's
         // transpiled form in DENO_DIR keyed by its path, so a per-instance path would grow

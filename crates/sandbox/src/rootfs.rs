@@ -20,6 +20,7 @@ const DIRS: &[&str] = &[
 /// Where bwrap binds the runtimes and the init binary.
 pub(crate) const DENO_IN_ROOT: &str = "/bin/deno";
 pub(crate) const NODE_IN_ROOT: &str = "/bin/node";
+pub(crate) const PYTHON_IN_ROOT: &str = "/bin/python3";
 pub(crate) const INIT_IN_ROOT: &str = "/sbin/init";
 
 /// Where a runtime's binary is inside the root.
@@ -27,6 +28,7 @@ pub(crate) fn runtime_in_root(kind: crate::RuntimeKind) -> &'static str {
     match kind {
         crate::RuntimeKind::Deno => DENO_IN_ROOT,
         crate::RuntimeKind::Node => NODE_IN_ROOT,
+        crate::RuntimeKind::Python => PYTHON_IN_ROOT,
     }
 }
 
@@ -70,7 +72,12 @@ pub(crate) fn files_key(seed: &[u8], files: &[&Path]) -> Result<u64, SandboxErro
 impl Rootfs {
     /// The root for `binaries` under `state_dir`: reused when already built, else built
     /// (atomically: in a temp dir, then renamed). Other roots in `state_dir` are removed.
-    pub fn assemble(state_dir: &Path, binaries: &[&Path]) -> Result<Self, SandboxError> {
+    /// `mount_dirs`: empty dirs made in the root, where host dirs are bound at start.
+    pub fn assemble(
+        state_dir: &Path,
+        binaries: &[&Path],
+        mount_dirs: &[&Path],
+    ) -> Result<Self, SandboxError> {
         let mut libs = Vec::new();
         for b in binaries {
             for l in needed_libs(b)? {
@@ -84,7 +91,11 @@ impl Rootfs {
             .copied()
             .chain(libs.iter().map(|p| p.as_path()))
             .collect();
-        let h = files_key(b"", &files)?;
+        let seed: Vec<u8> = mount_dirs
+            .iter()
+            .flat_map(|d| d.as_os_str().as_encoded_bytes().iter().copied().chain([0]))
+            .collect();
+        let h = files_key(&seed, &files)?;
         let name = format!("{h:016x}");
         std::fs::create_dir_all(state_dir)
             .map_err(|e| err(format!("cannot create '{}': {e}", state_dir.display())))?;
@@ -96,7 +107,7 @@ impl Rootfs {
         if !path.join("bin").is_dir() {
             let tmp = state_dir.join(format!(".tmp-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
-            build(&tmp, &libs)
+            build(&tmp, &libs, mount_dirs)
                 .map_err(|e| err(format!("cannot build the root in '{}': {e}", tmp.display())))?;
             if let Err(e) = std::fs::rename(&tmp, &path) {
                 let _ = std::fs::remove_dir_all(&tmp);
@@ -128,12 +139,15 @@ impl Rootfs {
     }
 }
 
-fn build(root: &Path, libs: &[PathBuf]) -> std::io::Result<()> {
+fn build(root: &Path, libs: &[PathBuf], mount_dirs: &[&Path]) -> std::io::Result<()> {
     std::fs::create_dir_all(root)?;
     for d in DIRS {
         std::fs::create_dir_all(root.join(d))?;
     }
-    for f in [DENO_IN_ROOT, NODE_IN_ROOT, INIT_IN_ROOT] {
+    for d in mount_dirs {
+        std::fs::create_dir_all(root.join(d.strip_prefix("/").unwrap_or(d)))?;
+    }
+    for f in [DENO_IN_ROOT, NODE_IN_ROOT, PYTHON_IN_ROOT, INIT_IN_ROOT] {
         let p = root.join(f.trim_start_matches('/'));
         std::fs::write(&p, b"")?;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
@@ -232,7 +246,7 @@ mod tests {
         let state = tmp.path().join("rootfs");
         std::fs::create_dir_all(state.join("0123456789abcdef")).unwrap();
         let sh = Path::new("/bin/sh");
-        let a = Rootfs::assemble(&state, &[sh]).unwrap();
+        let a = Rootfs::assemble(&state, &[sh], &[]).unwrap();
         assert!(a.path().join("bin/deno").is_file());
         assert!(a.path().join("sbin/init").is_file());
         assert!(!a.libs().is_empty());
@@ -240,7 +254,7 @@ mod tests {
             assert!(a.path().join(l.strip_prefix("/").unwrap()).is_file());
         }
         assert!(!state.join("0123456789abcdef").exists());
-        let b = Rootfs::assemble(&state, &[sh]).unwrap();
+        let b = Rootfs::assemble(&state, &[sh], &[]).unwrap();
         assert_eq!(a.path(), b.path());
     }
 }

@@ -445,6 +445,23 @@ pub fn node_path() -> Option<PathBuf> {
     }
 }
 
+/// Debian's Python 3.11 (`ATRUND_TEST_PYTHON`, else `/usr/bin/python3.11`), the interpreter the
+/// Python runtime is tested with.
+pub fn python_path() -> Option<PathBuf> {
+    if let Some(p) = file_from_env("ATRUND_TEST_PYTHON") {
+        return Some(p);
+    }
+    let p = PathBuf::from("/usr/bin/python3.11");
+    if p.is_file() {
+        Some(p)
+    } else {
+        missing(
+            "Debian's Python 3.11 (/usr/bin/python3.11)",
+            "apt-get install python3, or set ATRUND_TEST_PYTHON",
+        )
+    }
+}
+
 /// The kernel modules the Debian cloud kernel needs for virtio and vsock in a microVM guest.
 pub const MICROVM_MODULES: [&str; 6] = [
     "virtio",

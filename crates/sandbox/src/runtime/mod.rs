@@ -12,6 +12,7 @@
 
 pub(crate) mod deno;
 pub(crate) mod node;
+pub(crate) mod python;
 pub(crate) mod seam;
 
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use crate::{Enforcement, SandboxError};
 
 pub use deno::DenoBinary;
 pub use node::NodeBinary;
+pub use python::PythonBinary;
 pub(crate) use seam::{Layout, Runtime};
 pub use seam::{RuntimeKind, Shim};
 
@@ -28,6 +30,7 @@ pub use seam::{RuntimeKind, Shim};
 pub struct Runtimes {
     deno: deno::DenoRuntime,
     node: Option<node::NodeRuntime>,
+    python: Option<python::PythonRuntime>,
 }
 
 impl From<DenoBinary> for Runtimes {
@@ -42,7 +45,20 @@ impl Runtimes {
         Self {
             deno: deno::DenoRuntime::new(deno),
             node: None,
+            python: None,
         }
+    }
+
+    /// Also offers Python, run with this interpreter; under the `none` backend only when
+    /// `allow_none` (`python.allow_none`).
+    pub fn with_python(mut self, python: PythonBinary, allow_none: bool) -> Self {
+        self.python = Some(python::PythonRuntime::new(python, allow_none));
+        self
+    }
+
+    /// The Python interpreter, when Python is offered.
+    pub fn python(&self) -> Option<&PythonBinary> {
+        self.python.as_ref().map(|p| p.binary_ref())
     }
 
     /// Also offers Node.js, run with this binary.
@@ -66,6 +82,9 @@ impl Runtimes {
                 )),
                 None => None,
             },
+            // An interpreter needs its standard library beside it: no copy is made. Debian's is
+            // world-readable where it is.
+            python: self.python,
         })
     }
 
@@ -96,6 +115,19 @@ impl Runtimes {
             .collect()
     }
 
+    /// Host dirs every container root binds read-only, and files whose libraries it needs, of
+    /// every offered runtime.
+    pub(crate) fn root_inputs(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
+        let offered: Vec<&dyn Runtime> = RuntimeKind::ALL
+            .into_iter()
+            .filter_map(|k| self.get(k).ok())
+            .collect();
+        (
+            offered.iter().flat_map(|r| r.root_dirs()).collect(),
+            offered.iter().flat_map(|r| r.root_libs()).collect(),
+        )
+    }
+
     /// Each offered runtime's own enforcement lines (`<runtime>.<permission>`).
     pub fn enforcement(&self) -> Vec<Enforcement> {
         RuntimeKind::ALL
@@ -112,6 +144,11 @@ impl Runtimes {
                 .node
                 .as_ref()
                 .map(|n| n as &dyn Runtime)
+                .ok_or(SandboxError::RuntimeUnavailable(kind)),
+            RuntimeKind::Python => self
+                .python
+                .as_ref()
+                .map(|p| p as &dyn Runtime)
                 .ok_or(SandboxError::RuntimeUnavailable(kind)),
         }
     }

@@ -16,17 +16,21 @@ pub enum RuntimeKind {
     Deno,
     /// Node.js (`runtime = "node"`): JavaScript ES module bundles, Node's permission model.
     Node,
+    /// Python (`runtime = "python"`): one module of handler functions; Python enforces nothing
+    /// itself.
+    Python,
 }
 
 impl RuntimeKind {
     /// Every runtime this version knows.
-    pub const ALL: [RuntimeKind; 2] = [RuntimeKind::Deno, RuntimeKind::Node];
+    pub const ALL: [RuntimeKind; 3] = [RuntimeKind::Deno, RuntimeKind::Node, RuntimeKind::Python];
 
     /// The record's name for it.
     pub fn as_str(self) -> &'static str {
         match self {
             RuntimeKind::Deno => "deno",
             RuntimeKind::Node => "node",
+            RuntimeKind::Python => "python",
         }
     }
 
@@ -85,6 +89,20 @@ pub(crate) trait Runtime: Send + Sync + std::fmt::Debug {
     /// What the runtime enforces itself, manifest permission by permission, and what it leaves
     /// to the kernel layer (added to the executor's enforcement list).
     fn enforcement(&self) -> Vec<Enforcement>;
+    /// Host dirs the container root binds read-only at the same path (Python's standard
+    /// library).
+    fn root_dirs(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
+    /// Files besides the binary whose libraries the container root needs (Python's extension
+    /// modules).
+    fn root_libs(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
+    /// Why the `none` backend must not run this runtime, when its operator has not allowed it.
+    fn refuses_none(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The variables that point a runtime at the runner's egress proxy (set by the backends).
@@ -136,6 +154,7 @@ fn reserved_names(kind: RuntimeKind) -> &'static str {
     match kind {
         RuntimeKind::Deno => "DENO_*, NO_COLOR",
         RuntimeKind::Node => "NODE_*, UV_*, OPENSSL_*, SSL_CERT_*",
+        RuntimeKind::Python => "PYTHON*",
     }
 }
 
