@@ -720,9 +720,8 @@ mod tests {
                 assert!(kit.contains(&declared), "{runtime} {}: {endpoint}", c.name);
             }
         }
-        assert_eq!(
-            cases(RuntimeKind::Node).len(),
-            cases(RuntimeKind::Deno).len() + 5
-        );
+        let shared = cases(RuntimeKind::Deno).len();
+        assert_eq!(cases(RuntimeKind::Node).len(), shared + 8);
+        assert_eq!(cases(RuntimeKind::Python).len(), shared + 6);
     }
 }
