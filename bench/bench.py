@@ -69,6 +69,22 @@ DIRECT_NODE = (
     "http.createServer((q, r) => { r.writeHead(200, {'content-type': 'application/json'}); r.end(body); })\n"
     "  .listen(Number(process.argv[2]), '127.0.0.1');\n" % HANDLER_BODY
 )
+# The same handler as a Python bundle, and a bare asyncio server (stdlib, as the Python shim).
+PYTHON = os.environ.get("ATRUND_TEST_PYTHON") or "/usr/bin/python3.11"
+BUNDLE_PY = 'hello = {"method": "GET", "handler": lambda i, ctx: {"message": "Hello, world!"}}\n'
+DIRECT_PY = (
+    "import asyncio, sys\n"
+    "BODY = b'{\"message\":\"Hello, world!\"}'\n"
+    "async def serve(r, w):\n"
+    "    while (await r.readline()) not in (b'\\r\\n', b''):\n"
+    "        pass\n"
+    "    w.write(b'HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: %d\\r\\nconnection: close\\r\\n\\r\\n' % len(BODY) + BODY)\n"
+    "    await w.drain(); w.close()\n"
+    "async def main():\n"
+    "    s = await asyncio.start_server(serve, '127.0.0.1', int(sys.argv[1]))\n"
+    "    async with s: await s.serve_forever()\n"
+    "asyncio.run(main())\n"
+)
 NGINX = os.environ.get("BENCH_NGINX", "/usr/sbin/nginx")
 # crates/http/examples/hop_floor.rs, built by bench/run.sh; measured when present.
 HOP_FLOOR = os.path.join(RELEASE, "examples", "hop_floor")
@@ -573,17 +589,39 @@ def bare_node_samples(tmp, n):
     return spawn_to_first_200(start, n)
 
 
+def bare_python_samples(tmp, n):
+    """Spawn `python3 -I -S` of a bare asyncio server, measure spawn to first HTTP 200."""
+    path = os.path.join(tmp, "direct.py")
+    with open(path, "w") as f:
+        f.write(DIRECT_PY)
+
+    def start():
+        port = free_port()
+        proc = spawn(pinned([PYTHON, "-I", "-S", "-B", path, str(port)], 0), env={"PATH": os.environ.get("PATH", "")})
+        return proc, f"http://127.0.0.1:{port}/"
+    return spawn_to_first_200(start, n)
+
+
 def runtimes(tmp, results):
-    """Cold start and warm call per runtime, the same bundle on Deno and on Node, samples
+    """Cold start and warm call per runtime, the same handler on Deno, Node and Python, samples
     alternated, each beside its bare interpreter's spawn to first 200."""
     bundle = write_bundle(tmp, "rt")
+    py = os.path.join(tmp, "rt-py")
+    os.makedirs(py, exist_ok=True)
+    with open(os.path.join(py, "main.py"), "w") as f:
+        f.write(BUNDLE_PY)
+    with open(os.path.join(py, "manifest.json"), "w") as f:
+        json.dump({"endpoints": [{"name": "hello", "method": "GET"}]}, f)
     runners = {}
-    for rt in ("deno", "node"):
-        runners[rt] = AtRund(["dev", bundle, "--name", "rt", "--runtime", rt],
-                             {"ATRUND_POOL_IDLE_TIMEOUT_MS": "100", "ATRUND_NODE_PATH": NODE},
+    for rt in ("deno", "node", "python"):
+        runners[rt] = AtRund(["dev", py if rt == "python" else bundle, "--name", "rt", "--runtime", rt],
+                             {"ATRUND_POOL_IDLE_TIMEOUT_MS": "100", "ATRUND_NODE_PATH": NODE,
+                              "ATRUND_PYTHON_PATH": PYTHON,
+                              # The bench's mode of record is none: Python there is the operator's opt-in.
+                              "ATRUND_PYTHON_ALLOW_NONE": "true"},
                              os.path.join(tmp, f"data-rt-{rt}"))
     cold = {rt: [] for rt in runners}
-    bare = {"deno": [], "node": []}
+    bare = {"deno": [], "node": [], "python": []}
     for r in runners.values():
         timed_get(r.base + "/bundle/local/rt/latest/hello")  # caches; not counted
     for _ in range(COLD_SAMPLES):
@@ -592,6 +630,7 @@ def runtimes(tmp, results):
             cold[rt].append(timed_get(r.base + "/bundle/local/rt/latest/hello"))
         bare["deno"].extend(bare_spawn_samples(tmp, 1))
         bare["node"].extend(bare_node_samples(tmp, 1))
+        bare["python"].extend(bare_python_samples(tmp, 1))
     warm = {rt: [] for rt in runners}
     rss = {}
     for rt, r in runners.items():
@@ -984,10 +1023,10 @@ def report(res):
         warm_table(add, ws, "at-rund serve", mode, f"## Warm invoke through `at-rund serve` ({mode}; published bundle, pinned version) vs Deno.serve and nginx\n")
     rt = res.get("runtimes")
     if rt:
-        add(f"## Runtimes: the same bundle on Deno and on Node through `at-rund dev` ({mode}), samples alternated\n")
+        add(f"## Runtimes: the same handler on Deno, Node and Python through `at-rund dev` ({mode}), samples alternated\n")
         add("| runtime | cold start p50 (p90) | bare spawn → first 200 p50 | cold / bare | warm call p50 (p99) | instance RSS |")
         add("|---|---|---|---|---|---|")
-        for name in ("deno", "node"):
+        for name in ("deno", "node", "python"):
             c, b, wm = rt["cold_ms"][name], rt["bare_ms"][name], rt["warm_ms"][name]
             rss = [x for x in rt["instance_rss"].get(name, []) if x]
             rss_s = f"{rss[0] / 1048576:.1f} MiB" if rss else "n/a"

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use atrund_config::{Config, DataLayout, Isolation};
-use atrund_sandbox::{CgroupManager, CgroupVersion, DenoBinary, NodeBinary, Requested, Runtimes};
+use atrund_sandbox::{
+    CgroupManager, CgroupVersion, DenoBinary, NodeBinary, PythonBinary, Requested, Runtimes,
+};
 
 use crate::settings;
 
@@ -374,8 +376,8 @@ fn seccomp_check(r: &atrund_sandbox::HostReport) -> Check {
     }
 }
 
-/// The Deno line and, when `node.path` is set, the Node line; the runtimes when Deno runs (Node
-/// only when it is usable too).
+/// The Deno line and, when `node.path` or `python.path` is set, the Node and Python lines; the
+/// runtimes when Deno runs (the others only when usable too).
 async fn runtime_checks(config: &Config, out: &mut Vec<Check>) -> Option<Runtimes> {
     let deno = deno_check(config, out).await?;
     let mut runtimes = Runtimes::new(deno);
@@ -395,6 +397,30 @@ async fn runtime_checks(config: &Config, out: &mut Vec<Check>) -> Option<Runtime
                 "node",
                 e.to_string(),
                 "set node.path (ATRUND_NODE_PATH) to a Node 24 or newer binary, or unset it",
+            )),
+        }
+    }
+    if let Some(path) = &config.python.path {
+        match PythonBinary::probe(path).await {
+            Ok(python) => {
+                let none = if config.python.allow_none {
+                    "; also under none (python.allow_none)"
+                } else {
+                    "; container or microvm only"
+                };
+                out.push(check(
+                    Status::Ok,
+                    "python",
+                    format!("{} ({}){none}", python.path().display(), python.version()),
+                    "",
+                ));
+                runtimes = runtimes.with_python(python, config.python.allow_none);
+            }
+            Err(e) => out.push(check(
+                Status::Fail,
+                "python",
+                e.to_string(),
+                "set python.path (ATRUND_PYTHON_PATH) to a Python 3.11 or newer interpreter, or unset it",
             )),
         }
     }

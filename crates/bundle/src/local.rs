@@ -45,7 +45,7 @@ impl LocalBundleError {
 }
 
 /// Code file names tried in order when `--entry` is not given.
-pub const ENTRY_CANDIDATES: [&str; 3] = ["main.js", "main.ts", "bundle.js"];
+pub const ENTRY_CANDIDATES: [&str; 4] = ["main.js", "main.ts", "bundle.js", "main.py"];
 
 /// Files changed this recently are read again on the next request even if their stat is the
 /// same: timestamps are only as fine as the file system's clock tick.
