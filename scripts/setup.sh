@@ -28,6 +28,8 @@ if [ "$with_test_net" = 1 ]; then
   command -v g++ >/dev/null || need_apt+=(g++)
   command -v make >/dev/null || need_apt+=(make)
   command -v python3 >/dev/null || need_apt+=(python3)
+  # The Python runtime is tested with Debian's interpreter (docs/runtimes.md).
+  [ -x /usr/bin/python3.11 ] || need_apt+=(python3.11)
   # The origin and status page tests drive a real headless browser (crates/atrund/tests/origins.rs,
   # status.rs).
   command -v chromium >/dev/null || need_apt+=(chromium)
