@@ -8,9 +8,17 @@
 //! `Deno.*` (the build warns when it does); the evaluation only imports the module, and Deno
 //! provides the `node:` built-ins and the `process` global it may touch at its top level.
 //!
-//! Owns: the output folder (`dist/` by default: `main.js` + `manifest.json`, replaced by rename
-//! only after both are good, so `at-run dev` never serves a half-built bundle). Must not touch:
-//! the project's sources, or the network (beyond Deno fetching esbuild from npm once).
+//! A Python project (`"runtime": "python"`) is not bundled: its code is one source file, and
+//! its manifest is the hand-written `manifest.json` beside `at-run.json`
+//! (`project::PYTHON_MANIFEST`). Its build checks the file (UTF-8, size) and, with a local Python
+//! 3.11 or newer (`ATRUN_PYTHON`, else `python3` on PATH; without one the build warns), parses
+//! it as Python 3.11 (`ast`, nothing of the bundle runs) and compares the manifest with the
+//! names it defines; then copies it to `main.py` beside `manifest.json`. No Deno is needed.
+//!
+//! Owns: the output folder (`dist/` by default: `main.js` or `main.py`, and `manifest.json`,
+//! replaced by rename only after both are good, so `at-run dev` never serves a half-built
+//! bundle). Must not touch: the project's sources, or the network (beyond Deno fetching esbuild
+//! from npm once).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -80,6 +88,9 @@ pub struct BuildOptions {
     pub out: Option<PathBuf>,
     /// Inline a source map, so stack traces name the source files (used by `at-run dev`).
     pub sourcemap: bool,
+    /// The Python that checks a Python project's source [default: `ATRUN_PYTHON`, else
+    /// `python3` on PATH].
+    pub python: Option<PathBuf>,
 }
 
 /// What a build produced.
@@ -136,8 +147,26 @@ impl Built {
     }
 }
 
-/// Builds the project.
+/// Builds the project, locating Deno (with `find_deno`) only for a JavaScript runtime: a Python
+/// project builds without Deno. Returns the Deno it used, if any.
+pub fn build_project(
+    find_deno: impl FnOnce() -> anyhow::Result<Deno>,
+    project: &Project,
+    opts: &BuildOptions,
+) -> anyhow::Result<(Built, Option<Deno>)> {
+    if project.file.runtime == "python" {
+        return Ok((build_python(project, opts)?, None));
+    }
+    let deno = find_deno()?;
+    let built = build(&deno, project, opts)?;
+    Ok((built, Some(deno)))
+}
+
+/// Builds the project (a Python project does not use `deno`: see [`build_project`]).
 pub fn build(deno: &Deno, project: &Project, opts: &BuildOptions) -> anyhow::Result<Built> {
+    if project.file.runtime == "python" {
+        return build_python(project, opts);
+    }
     let start = Instant::now();
     let out = opts.out.clone().unwrap_or_else(|| project.dist());
     let staging = out.join(".staging");
@@ -178,13 +207,7 @@ pub fn build(deno: &Deno, project: &Project, opts: &BuildOptions) -> anyhow::Res
     std::fs::write(staging.join("manifest.json"), &manifest_text)
         .with_context(|| format!("cannot write into {}", staging.display()))?;
 
-    let code = out.join("main.js");
-    let manifest_path = out.join("manifest.json");
-    std::fs::rename(&staged_code, &code)
-        .with_context(|| format!("cannot write {}", code.display()))?;
-    std::fs::rename(staging.join("manifest.json"), &manifest_path)
-        .with_context(|| format!("cannot write {}", manifest_path.display()))?;
-    let _ = std::fs::remove_dir_all(&staging);
+    let (code, manifest_path) = install_staged(&staging, &out, "main.js")?;
     Ok(Built {
         name: project.file.name.clone(),
         version: project.file.version.clone(),
@@ -196,6 +219,250 @@ pub fn build(deno: &Deno, project: &Project, opts: &BuildOptions) -> anyhow::Res
         millis: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
         warnings,
     })
+}
+
+/// What the Python check prints (one JSON line) about a source file it parsed: the names its top
+/// level binds, whether it binds names in ways the check cannot see, and the modules it imports
+/// that the runner's Python lacks (`sys.stdlib_module_names`, `atrund` aside).
+const PYTHON_CHECK: &str = r#"import ast, json, sys
+path, shown = sys.argv[1], sys.argv[2]
+with open(path, encoding="utf-8") as f:
+    src = f.read()
+try:
+    tree = ast.parse(src, filename=shown, feature_version=(3, 11))
+except SyntaxError as e:
+    where = f"{shown}:{e.lineno or 0}:{e.offset or 0}"
+    print(f"{where}: SyntaxError: {e.msg}", file=sys.stderr)
+    if e.text:
+        print("    " + e.text.rstrip(), file=sys.stderr)
+    sys.exit(1)
+names, dynamic, foreign, local = set(), False, set(), False
+def bind(t):
+    if isinstance(t, ast.Name):
+        names.add(t.id)
+    elif isinstance(t, (ast.Tuple, ast.List)):
+        for e in t.elts:
+            bind(e)
+    elif isinstance(t, ast.Starred):
+        bind(t.value)
+def top(body):
+    global dynamic
+    for n in body:
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(n.name)
+        elif isinstance(n, ast.Assign):
+            for t in n.targets:
+                bind(t)
+        elif isinstance(n, (ast.AnnAssign, ast.AugAssign)):
+            bind(n.target)
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            for a in n.names:
+                if a.name == "*":
+                    dynamic = True
+                else:
+                    names.add(a.asname or a.name.split(".")[0])
+        elif isinstance(n, (ast.For, ast.AsyncFor)):
+            bind(n.target)
+            top(n.body)
+            top(n.orelse)
+        elif isinstance(n, (ast.With, ast.AsyncWith)):
+            for i in n.items:
+                if i.optional_vars is not None:
+                    bind(i.optional_vars)
+            top(n.body)
+        elif isinstance(n, (ast.If, ast.While)):
+            top(n.body)
+            top(n.orelse)
+        elif isinstance(n, (ast.Try, getattr(ast, "TryStar", ast.Try))):
+            top(n.body)
+            top(n.orelse)
+            top(n.finalbody)
+            for h in n.handlers:
+                top(h.body)
+        elif isinstance(n, ast.Match):
+            dynamic = True
+for n in ast.walk(tree):
+    if isinstance(n, ast.NamedExpr):
+        bind(n.target)
+    elif isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in ("globals", "setattr", "exec"):
+        dynamic = True
+    elif isinstance(n, ast.Import):
+        foreign.update(a.name.split(".")[0] for a in n.names)
+    elif isinstance(n, ast.ImportFrom):
+        if n.level:
+            local = True
+        elif n.module:
+            foreign.add(n.module.split(".")[0])
+top(tree.body)
+std = set(sys.stdlib_module_names) | {"atrund", "__future__"}
+print(json.dumps({"names": sorted(names), "dynamic": dynamic, "relative": local,
+                  "imports": sorted(foreign - std)}))
+"#;
+
+/// Longest the Python check may take (it only parses).
+const PYTHON_CHECK_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Builds a Python project: checks `main.py` and the hand-written manifest, and copies both
+/// into the output folder.
+fn build_python(project: &Project, opts: &BuildOptions) -> anyhow::Result<Built> {
+    let start = Instant::now();
+    let entry = project.entry();
+    let shown = project.file.entry.clone();
+    let code = std::fs::read(&entry).with_context(|| format!("cannot read {}", entry.display()))?;
+    check_source(&code, &shown, "python").map_err(|e| Failure::Build(format!("{e:#}")))?;
+    let manifest_src = project.dir.join(crate::project::PYTHON_MANIFEST);
+    let manifest_text = std::fs::read_to_string(&manifest_src).map_err(|e| {
+        Failure::Build(format!(
+            "cannot read {} ({e}): a Python project keeps its manifest (its endpoints, tasks, \
+             permissions and limits) in {} beside {}; `at-run init --runtime python` writes one",
+            manifest_src.display(),
+            crate::project::PYTHON_MANIFEST,
+            crate::project::PROJECT_FILE
+        ))
+    })?;
+    let manifest = parse_manifest(&manifest_text, crate::project::PYTHON_MANIFEST)
+        .map_err(|e| Failure::Build(format!("{e:#}")))?;
+    let warnings = check_python(&entry, &shown, &manifest, opts.python.as_deref())?;
+
+    let out = opts.out.clone().unwrap_or_else(|| project.dist());
+    let staging = out.join(".staging");
+    std::fs::create_dir_all(&staging)
+        .with_context(|| format!("cannot create the output folder {}", staging.display()))?;
+    let manifest_json = serde_json::to_string_pretty(&manifest).context("encode manifest")? + "\n";
+    std::fs::write(staging.join("main.py"), &code)
+        .and_then(|()| std::fs::write(staging.join("manifest.json"), &manifest_json))
+        .with_context(|| format!("cannot write into {}", staging.display()))?;
+    // A JavaScript build left behind (the runtime changed) would be served before main.py.
+    let _ = std::fs::remove_file(out.join("main.js"));
+    let (code_path, manifest_path) = install_staged(&staging, &out, "main.py")?;
+    Ok(Built {
+        name: project.file.name.clone(),
+        version: project.file.version.clone(),
+        runtime: project.file.runtime.clone(),
+        code: code_path,
+        manifest_path,
+        manifest,
+        bytes: code.len() as u64,
+        millis: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+        warnings,
+    })
+}
+
+/// Checks code a bundle could be made of for `runtime`: not empty, at most [`MAX_CODE_BYTES`],
+/// UTF-8. `origin` names it in errors.
+pub fn check_source(code: &[u8], origin: &str, runtime: &str) -> anyhow::Result<()> {
+    if code.len() as u64 > MAX_CODE_BYTES {
+        anyhow::bail!(
+            "{origin} is {} bytes; bundles may be at most {MAX_CODE_BYTES} bytes (50 MiB)",
+            code.len()
+        );
+    }
+    if code.is_empty() {
+        anyhow::bail!("{origin} is empty; build the bundle first");
+    }
+    if std::str::from_utf8(code).is_err() {
+        match runtime {
+            "python" => anyhow::bail!(
+                "{origin} is not UTF-8 text; a Python bundle is a single UTF-8 Python source file"
+            ),
+            _ => anyhow::bail!(
+                "{origin} is not UTF-8 text; a bundle is a single JavaScript (ESM) file"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Checks a Python source file with a local Python (`explicit`, else `ATRUN_PYTHON`, else
+/// `python3` on PATH): a syntax error fails with file:line; a manifest entry the file does not
+/// define, and imports the runner cannot satisfy, are warnings. Without a usable local Python
+/// the check is skipped with a warning, unless one was named (then its problem is the error).
+pub fn check_python(
+    file: &Path,
+    shown: &str,
+    manifest: &Manifest,
+    explicit: Option<&Path>,
+) -> anyhow::Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    for name in manifest
+        .endpoints
+        .iter()
+        .map(|e| &e.name)
+        .chain(manifest.tasks.iter().map(|t| &t.name))
+    {
+        if name.starts_with('_') {
+            return Err(Failure::Build(format!(
+                "the manifest lists '{name}', but the Python runtime never serves a name starting with '_' (a private name): rename it in {shown} and the manifest"
+            ))
+            .into());
+        }
+    }
+    let named =
+        explicit.is_some() || std::env::var_os("ATRUN_PYTHON").is_some_and(|v| !v.is_empty());
+    let python = match crate::python::Python::locate(explicit) {
+        Ok(p) => p,
+        Err(e) if named => return Err(e.into()),
+        Err(e) => {
+            warnings.push(format!(
+                "{shown} was not checked: {e} (the runner finds any syntax error when it loads the bundle)"
+            ));
+            return Ok(warnings);
+        }
+    };
+    let mut cmd = python.command();
+    cmd.args(["-c", PYTHON_CHECK]).arg(file).arg(shown);
+    let res = run(cmd, PYTHON_CHECK_TIMEOUT)
+        .with_context(|| format!("could not run {}", python.path().display()))?;
+    if !res.ok {
+        return Err(Failure::Build(format!(
+            "{shown} is not valid Python 3.11:\n{}",
+            res.stderr
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| format!("  {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ))
+        .into());
+    }
+    let found: Value =
+        serde_json::from_str(res.stdout.trim()).context("the Python check printed no result")?;
+    let names: Vec<&str> = found["names"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if found["dynamic"] != Value::Bool(true) {
+        for (kind, name) in manifest
+            .endpoints
+            .iter()
+            .map(|e| ("endpoint", &e.name))
+            .chain(manifest.tasks.iter().map(|t| ("task", &t.name)))
+            .filter(|(_, n)| !names.contains(&n.as_str()))
+        {
+            warnings.push(format!(
+                "the manifest lists {kind} '{name}', which {shown} does not define at its top level: calls of it answer 404 (define `{name} = {{\"handler\": ...}}`{}, or drop it from the manifest)",
+                if kind == "task" { " with task()" } else { "" }
+            ));
+        }
+    }
+    if found["relative"] == Value::Bool(true) {
+        warnings.push(format!(
+            "{shown} has a relative import: a Python bundle is this one file, so other files of the project are not on the runner"
+        ));
+    }
+    if let Some(imports) = found["imports"].as_array().filter(|a| !a.is_empty()) {
+        let list: Vec<&str> = imports.iter().filter_map(Value::as_str).collect();
+        warnings.push(format!(
+            "{shown} imports {}, not in Python's standard library: the runner's Python has no site-packages and a bundle is one file, so the import fails there",
+            list.join(", ")
+        ));
+    }
+    if manifest.endpoints.is_empty() {
+        warnings.push(format!(
+            "the manifest lists no endpoints: add each endpoint {shown} defines to it"
+        ));
+    }
+    Ok(warnings)
 }
 
 /// The `Deno.*` names a bundle's code mentions (`Deno.env`, `Deno.readTextFile`, ...), sorted,
@@ -469,6 +736,23 @@ pub fn parse_manifest(text: &str, origin: &str) -> anyhow::Result<Manifest> {
     Ok(manifest)
 }
 
+/// Moves the staged code file `code_name` and `manifest.json` into `out` (each a rename, so a
+/// reader sees the old build or the new one), removes the staging dir, and returns their paths.
+fn install_staged(
+    staging: &Path,
+    out: &Path,
+    code_name: &str,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let code = out.join(code_name);
+    let manifest_path = out.join("manifest.json");
+    std::fs::rename(staging.join(code_name), &code)
+        .with_context(|| format!("cannot write {}", code.display()))?;
+    std::fs::rename(staging.join("manifest.json"), &manifest_path)
+        .with_context(|| format!("cannot write {}", manifest_path.display()))?;
+    let _ = std::fs::remove_dir_all(staging);
+    Ok((code, manifest_path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,6 +853,155 @@ mod tests {
             "{:?}",
             built.warnings
         );
+    }
+
+    fn no_deno() -> anyhow::Result<Deno> {
+        anyhow::bail!("a Python project needs no Deno")
+    }
+
+    /// A Python project from `init`, built with the pinned Python checking it (or with none).
+    fn python_project() -> (tempfile::TempDir, Project, BuildOptions) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = dir.path().join("py-app");
+        crate::project::init(&app, None, "python").expect("init --runtime python");
+        let project = Project::load(&app).expect("loads");
+        let opts = BuildOptions {
+            python: atrund_testnet::python_path(),
+            ..Default::default()
+        };
+        (dir, project, opts)
+    }
+
+    #[test]
+    fn a_python_project_builds_without_deno() {
+        let (_dir, project, opts) = python_project();
+        let (built, deno) = build_project(no_deno, &project, &opts).expect("builds");
+        assert!(deno.is_none());
+        assert_eq!(built.runtime, "python");
+        assert_eq!(built.code, project.dist().join("main.py"));
+        assert_eq!(built.manifest_path, project.dist().join("manifest.json"));
+        let code = std::fs::read(project.entry()).expect("main.py");
+        assert_eq!(std::fs::read(&built.code).expect("dist/main.py"), code);
+        assert_eq!(built.bytes, code.len() as u64);
+        let names: Vec<&str> = built
+            .manifest
+            .endpoints
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(names, ["greet", "shout"]);
+        let copied = std::fs::read_to_string(&built.manifest_path).expect("manifest");
+        assert_eq!(
+            parse_manifest(&copied, "dist").expect("valid"),
+            built.manifest
+        );
+        if opts.python.is_some() {
+            assert!(built.warnings.is_empty(), "{:?}", built.warnings);
+        }
+        assert!(
+            built.render().contains("endpoints: GET greet, POST shout"),
+            "{}",
+            built.render()
+        );
+    }
+
+    #[test]
+    fn a_python_syntax_error_names_file_and_line_and_keeps_the_last_build() {
+        let (_dir, project, opts) = python_project();
+        if opts.python.is_none() {
+            return;
+        }
+        let (good, _) = build_project(no_deno, &project, &opts).expect("builds");
+        let before = std::fs::read(&good.code).expect("dist/main.py");
+        std::fs::write(project.entry(), "x = 1\ndef broken(:\n    pass\n").expect("write");
+        let e = build_project(no_deno, &project, &opts).expect_err("a syntax error");
+        let (code, exit) = crate::error::classify(&e);
+        assert_eq!((code, exit), ("BuildFailed", crate::error::exit::BUILD));
+        let m = format!("{e:#}");
+        assert!(
+            m.contains("main.py is not valid Python 3.11") && m.contains("main.py:2:"),
+            "{m}"
+        );
+        assert!(m.contains("def broken(:"), "{m}");
+        assert_eq!(std::fs::read(&good.code).expect("still there"), before);
+
+        // Syntax newer than the runner's Python 3.11 is refused too.
+        std::fs::write(project.entry(), "type Point = tuple[int, int]\n").expect("write");
+        let m = format!(
+            "{:#}",
+            build_project(no_deno, &project, &opts).expect_err("3.12")
+        );
+        assert!(m.contains("not valid Python 3.11"), "{m}");
+
+        // Not UTF-8.
+        std::fs::write(project.entry(), [0x78, 0x3d, 0xff, 0x0a]).expect("write");
+        let m = format!(
+            "{:#}",
+            build_project(no_deno, &project, &opts).expect_err("binary")
+        );
+        assert!(m.contains("not UTF-8"), "{m}");
+    }
+
+    #[test]
+    fn a_python_manifest_is_checked_against_the_code() {
+        let (_dir, project, opts) = python_project();
+        let manifest = project.dir.join(crate::project::PYTHON_MANIFEST);
+        let template = std::fs::read_to_string(&manifest).expect("manifest");
+
+        std::fs::remove_file(&manifest).expect("rm");
+        let m = format!(
+            "{:#}",
+            build_project(no_deno, &project, &opts).expect_err("missing")
+        );
+        assert!(
+            m.contains("manifest.json") && m.contains("at-run init --runtime python"),
+            "{m}"
+        );
+
+        std::fs::write(&manifest, r#"{"endpoints":[{"name":"greet"}],"gpu":true}"#).expect("write");
+        let m = format!(
+            "{:#}",
+            build_project(no_deno, &project, &opts).expect_err("invalid")
+        );
+        assert!(m.contains("unknown field"), "{m}");
+
+        std::fs::write(&manifest, r#"{"endpoints":[{"name":"_hidden"}]}"#).expect("write");
+        let m = format!(
+            "{:#}",
+            build_project(no_deno, &project, &opts).expect_err("private")
+        );
+        assert!(m.contains("'_hidden'") && m.contains("private"), "{m}");
+
+        if opts.python.is_none() {
+            return;
+        }
+        std::fs::write(&manifest, template.replace("\"shout\"", "\"yell\"")).expect("write");
+        let code = std::fs::read_to_string(project.entry()).expect("main.py");
+        std::fs::write(
+            project.entry(),
+            format!("import requests\nfrom . import helpers\n{code}"),
+        )
+        .expect("write");
+        let (built, _) = build_project(no_deno, &project, &opts).expect("warnings only");
+        let w = built.warnings.join("\n");
+        assert!(
+            w.contains("endpoint 'yell', which main.py does not define"),
+            "{w}"
+        );
+        assert!(!w.contains("'greet'"), "{w}");
+        assert!(
+            w.contains("imports requests, not in Python's standard library"),
+            "{w}"
+        );
+        assert!(w.contains("relative import"), "{w}");
+    }
+
+    #[test]
+    fn a_named_python_that_is_missing_is_an_error() {
+        let (_dir, project, mut opts) = python_project();
+        opts.python = Some(PathBuf::from("/nonexistent/python3"));
+        let e = build_project(no_deno, &project, &opts).expect_err("missing python");
+        assert_eq!(crate::error::classify(&e).0, "PythonMissing");
     }
 
     #[test]

@@ -12,19 +12,33 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use atrund_bundle::record::{
-    bundle_rkey, parse_version, validate_name, BUNDLE_COLLECTION, RELEASE_COLLECTION,
+    bundle_rkey, code_types, parse_version, validate_name, BUNDLE_COLLECTION, RELEASE_COLLECTION,
 };
 use atrund_bundle::Manifest;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::build::MAX_CODE_BYTES;
 use crate::xrpc::{Client, Session, XrpcError};
 
 /// `description` limits from the lexicon (bytes / graphemes; chars are counted, which is stricter).
 const MAX_DESCRIPTION_BYTES: usize = 3000;
 const MAX_DESCRIPTION_CHARS: usize = 300;
-const CODE_MIME: &str = "application/javascript";
+
+/// The MIME type the code of a `runtime` bundle is uploaded with: the first of the types its
+/// records may name (`application/javascript` for Deno and Node, `text/x-python` for Python).
+pub fn code_mime(runtime: &str) -> &'static str {
+    code_types(runtime)[0]
+}
+
+/// The runtime a prebuilt file's name says it is for: a `.py` file is Python source, a `.js`,
+/// `.mjs` or `.ts` file JavaScript; `None` for anything else.
+fn runtime_of_file(path: &Path) -> Option<&'static str> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("py") => Some("python"),
+        Some("js" | "mjs" | "ts") => Some("javascript"),
+        _ => None,
+    }
+}
 
 /// A strong reference to a written record.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -109,21 +123,9 @@ pub struct Publish<'a> {
     pub no_release: bool,
 }
 
-/// Checks the code a deploy would upload (size, UTF-8, not empty).
-pub fn check_code(code: &[u8], origin: &str) -> anyhow::Result<()> {
-    if code.len() as u64 > MAX_CODE_BYTES {
-        bail!(
-            "{origin} is {} bytes; bundles may be at most {MAX_CODE_BYTES} bytes (50 MiB)",
-            code.len()
-        );
-    }
-    if code.is_empty() {
-        bail!("{origin} is empty; build the bundle first");
-    }
-    if std::str::from_utf8(code).is_err() {
-        bail!("{origin} is not UTF-8 text; a bundle is a single JavaScript (ESM) file");
-    }
-    Ok(())
+/// Checks the code a deploy would upload for `runtime` (size, UTF-8, not empty).
+pub fn check_code(code: &[u8], origin: &str, runtime: &str) -> anyhow::Result<()> {
+    crate::build::check_source(code, origin, runtime)
 }
 
 /// The `dev.atrund.bundle` record of `p`, its code the uploaded `blob`.
@@ -165,15 +167,16 @@ pub async fn publish(
     }
 
     let size = p.code.len() as u64;
-    progress(&format!("uploading {size} bytes of code"));
+    let mime = code_mime(p.runtime);
+    progress(&format!("uploading {size} bytes of code ({mime})"));
     let (blob, blob_cid) = client
-        .upload_blob(session, std::mem::take(&mut p.code), CODE_MIME)
+        .upload_blob(session, std::mem::take(&mut p.code), mime)
         .await
         .context("could not upload the bundle code")?;
     let mime_type = blob
         .get("mimeType")
         .and_then(Value::as_str)
-        .unwrap_or(CODE_MIME)
+        .unwrap_or(mime)
         .to_string();
 
     progress(&format!("writing {bundle_uri}"));
@@ -254,8 +257,9 @@ pub async fn point_release(
 /// Arguments of the `at-run deploy` command.
 #[derive(Debug, clap::Args)]
 pub struct DeployCmd {
-    /// The project folder (built first), or a prebuilt single-file .js bundle (then --name,
-    /// --version and a manifest.json beside it are needed).
+    /// The project folder (built first), or a prebuilt single-file .js bundle or .py file (then
+    /// --name, --version and a manifest.json beside it are needed; a .py file also --runtime
+    /// python).
     #[arg(default_value = ".")]
     pub path: PathBuf,
     /// Bundle name [default: "name" in at-run.json].
@@ -295,8 +299,8 @@ pub struct DeployCmd {
 pub struct DeployArgs {
     #[command(flatten)]
     pub cmd: DeployCmd,
-    /// The runtime of a prebuilt .js file: deno or node [default: deno]. A project's runtime is
-    /// "runtime" in its at-run.json.
+    /// The runtime of a prebuilt file: deno or node for a .js file [default: deno], python for a
+    /// .py file. A project's runtime is "runtime" in its at-run.json.
     #[arg(long, value_name = "RUNTIME", value_parser = clap::builder::PossibleValuesParser::new(atrund_bundle::record::RUNTIMES))]
     pub runtime: Option<String>,
 }
@@ -371,19 +375,39 @@ async fn deploy(
 ) -> anyhow::Result<DeployOutcome> {
     // The Deno the code was built with, for the runner check (`None`: a prebuilt file).
     let mut built_with: Option<String> = None;
+    // Warnings of the Python check of a prebuilt .py file.
+    let mut checked: Vec<String> = Vec::new();
     let (code_path, manifest, name, version, description, runtime) = if a.path.is_file() {
-        let runtime = runtime_flag
-            .unwrap_or(crate::project::DEFAULT_RUNTIME)
-            .to_string();
+        let by_name = runtime_of_file(&a.path);
+        let runtime = match (runtime_flag, by_name) {
+            (None, Some("python")) => bail!(
+                "{} is Python source: pass --runtime python to publish it for the Python runtime",
+                a.path.display()
+            ),
+            (Some(r), _) => r,
+            (None, _) => crate::project::DEFAULT_RUNTIME,
+        }
+        .to_string();
         crate::project::validate_runtime(&runtime).context("--runtime")?;
+        match (runtime.as_str(), by_name) {
+            ("python", Some("javascript")) => bail!(
+                "--runtime python takes one Python source file (.py), and {} is JavaScript; pass --runtime deno or node for it",
+                a.path.display()
+            ),
+            ("deno" | "node", Some("python")) => bail!(
+                "{} is Python source, not a {runtime} bundle: pass --runtime python",
+                a.path.display()
+            ),
+            _ => {}
+        }
         let name = a
             .name
             .clone()
-            .context("--name is needed when deploying a prebuilt .js file")?;
+            .context("--name is needed when deploying a prebuilt file")?;
         let version = a
             .version
             .clone()
-            .context("--version is needed when deploying a prebuilt .js file")?;
+            .context("--version is needed when deploying a prebuilt file")?;
         let mpath = a
             .manifest
             .clone()
@@ -395,6 +419,12 @@ async fn deploy(
             )
         })?;
         let m = crate::build::parse_manifest(&text, &mpath.display().to_string())?;
+        if runtime == "python" {
+            let code = std::fs::read(&a.path)
+                .with_context(|| format!("could not read the bundle file {}", a.path.display()))?;
+            check_code(&code, &a.path.display().to_string(), &runtime)?;
+            checked = crate::build::check_python(&a.path, &a.path.display().to_string(), &m, None)?;
+        }
         (
             a.path.clone(),
             m,
@@ -404,27 +434,32 @@ async fn deploy(
             runtime,
         )
     } else {
-        let prebuilt = a.path.join("main.js");
-        if !a.path.join(crate::project::PROJECT_FILE).exists() && prebuilt.is_file() {
-            bail!(
-                "{} holds no {} but a main.js: to publish that prebuilt bundle, pass the file: `at-run deploy {} --name NAME --version VERSION` (and --runtime node for a Node bundle)",
-                a.path.display(),
-                crate::project::PROJECT_FILE,
-                prebuilt.display()
-            );
+        for (file, hint) in [
+            ("main.js", "and --runtime node for a Node bundle"),
+            ("main.py", "and --runtime python"),
+        ] {
+            let prebuilt = a.path.join(file);
+            if !a.path.join(crate::project::PROJECT_FILE).exists() && prebuilt.is_file() {
+                bail!(
+                    "{} holds no {} but a {file}: to publish that prebuilt bundle, pass the file: `at-run deploy {} --name NAME --version VERSION` ({hint})",
+                    a.path.display(),
+                    crate::project::PROJECT_FILE,
+                    prebuilt.display()
+                );
+            }
         }
         let project = crate::project::Project::load(&a.path)?;
         if let Some(flag) = runtime_flag.filter(|r| *r != project.file.runtime) {
             bail!(
-                "--runtime {flag} is for a prebuilt .js file; this project's runtime is \"{}\": change \"runtime\" in its {} instead",
+                "--runtime {flag} is for a prebuilt .js or .py file; this project's runtime is \"{}\": change \"runtime\" in its {} instead",
                 project.file.runtime,
                 crate::project::PROJECT_FILE
             );
         }
-        let deno = deno()?;
         progress("building");
-        let built = crate::build::build(&deno, &project, &Default::default())?;
-        built_with = Some(deno.version.clone());
+        let (built, used) = crate::build::build_project(deno, &project, &Default::default())?;
+        // Python builds without Deno: "" for the runner check, which compares no Deno then.
+        built_with = Some(used.map(|d| d.version).unwrap_or_default());
         for w in &built.warnings {
             progress(&format!("warning: {w}"));
         }
@@ -450,7 +485,10 @@ async fn deploy(
     }
     let code = std::fs::read(&code_path)
         .with_context(|| format!("could not read the bundle file {}", code_path.display()))?;
-    check_code(&code, &code_path.display().to_string())?;
+    check_code(&code, &code_path.display().to_string(), &runtime)?;
+    for w in &checked {
+        progress(&format!("warning: {w}"));
+    }
     // A project's build already warned; a prebuilt file is looked at here.
     if built_with.is_none() {
         if let Some(w) = crate::build::runtime_warning(&runtime, &String::from_utf8_lossy(&code)) {
@@ -600,9 +638,115 @@ mod tests {
                 .expect_err("unknown runtime")
         );
         assert!(
-            e.contains("--runtime") && e.contains("use one of: deno, node"),
+            e.contains("--runtime") && e.contains("use one of: deno, node, python"),
             "{e}"
         );
+    }
+
+    fn python_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("main.py"),
+            "greet = {\"method\": \"GET\", \"handler\": lambda i, ctx: \"hi\"}\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("manifest.json"),
+            r#"{"endpoints":[{"name":"greet","method":"GET"}]}"#,
+        )
+        .expect("write");
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_prebuilt_python_file_needs_runtime_python() {
+        let dir = python_dir();
+        let mut a = cmd(dir.path());
+        a.path = dir.path().join("main.py");
+        let py = dry_runtime(a, Some("python")).await.expect("python");
+        assert_eq!(py, "python");
+
+        let mut a = cmd(dir.path());
+        a.path = dir.path().join("main.py");
+        let e = format!("{:#}", dry_runtime(a, None).await.expect_err("no flag"));
+        assert!(
+            e.contains("is Python source") && e.contains("pass --runtime python"),
+            "{e}"
+        );
+        let mut a = cmd(dir.path());
+        a.path = dir.path().join("main.py");
+        let e = format!(
+            "{:#}",
+            dry_runtime(a, Some("node")).await.expect_err("node")
+        );
+        assert!(
+            e.contains("not a node bundle: pass --runtime python"),
+            "{e}"
+        );
+
+        // JavaScript is not Python.
+        let js = bundle_dir();
+        let e = format!(
+            "{:#}",
+            dry_runtime(cmd(js.path()), Some("python"))
+                .await
+                .expect_err("js as python")
+        );
+        assert!(e.contains("takes one Python source file (.py)"), "{e}");
+
+        // A folder with a main.py and no at-run.json: told to pass the file.
+        let mut a = cmd(dir.path());
+        a.path = dir.path().to_path_buf();
+        let e = format!("{:#}", dry_runtime(a, None).await.expect_err("folder"));
+        assert!(
+            e.contains("holds no at-run.json but a main.py") && e.contains("--runtime python"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_python_project_deploys_without_deno() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = dir.path().join("pyapp");
+        crate::project::init(&app, None, "python").expect("init");
+        let mut a = cmd(&app);
+        a.path = app.clone();
+        a.name = None;
+        a.version = None;
+        // `no_deno` fails if called: a Python project never needs Deno.
+        match run_args(
+            &DeployArgs {
+                cmd: a,
+                runtime: None,
+            },
+            no_deno,
+            |_| {},
+        )
+        .await
+        .expect("dry run")
+        {
+            DeployOutcome::DryRun(d) => {
+                assert_eq!((d.name.as_str(), d.runtime.as_str()), ("pyapp", "python"));
+                assert_eq!(d.code, app.join("dist").join("main.py"));
+                assert_eq!(d.manifest.endpoints.len(), 2);
+            }
+            other => panic!("not a dry run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn code_is_uploaded_with_its_runtime_type() {
+        assert_eq!(code_mime("deno"), "application/javascript");
+        assert_eq!(code_mime("node"), "application/javascript");
+        assert_eq!(code_mime("python"), "text/x-python");
+        for runtime in atrund_bundle::record::RUNTIMES {
+            assert!(code_types(runtime).contains(&code_mime(runtime)));
+        }
+        let e = format!(
+            "{:#}",
+            check_code(&[0xff, 0xfe], "main.py", "python").expect_err("binary")
+        );
+        assert!(e.contains("UTF-8 Python source file"), "{e}");
     }
 
     #[tokio::test]
@@ -622,7 +766,7 @@ mod tests {
             dry_runtime(a, Some("deno")).await.expect_err("disagrees")
         );
         assert!(
-            e.contains("--runtime deno is for a prebuilt .js file")
+            e.contains("--runtime deno is for a prebuilt .js or .py file")
                 && e.contains("change \"runtime\" in its at-run.json"),
             "{e}"
         );
@@ -645,7 +789,7 @@ mod tests {
     fn the_record_names_the_runtime() {
         let manifest: Manifest =
             serde_json::from_str(r#"{"endpoints":[{"name":"greet"}]}"#).expect("manifest");
-        let blob = json!({"$type": "blob", "ref": {"$link": "bafkreiabc"}, "mimeType": CODE_MIME, "size": 10});
+        let blob = json!({"$type": "blob", "ref": {"$link": "bafkreiabc"}, "mimeType": code_mime("deno"), "size": 10});
         for runtime in atrund_bundle::record::RUNTIMES {
             let p = Publish {
                 code: Vec::new(),

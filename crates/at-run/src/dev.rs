@@ -7,7 +7,11 @@
 //!
 //! The project's runtime (`"runtime"` in at-run.json) is the one at-rund runs it on
 //! (`at-rund dev --runtime`); a Node project also needs a local Node (`--node`), handed to at-rund
-//! as `ATRUND_NODE_PATH`.
+//! as `ATRUND_NODE_PATH`, and a Python project a local Python 3.11 or newer (`--python`), handed
+//! over as `ATRUND_PYTHON_PATH` with `ATRUND_PYTHON_ALLOW_NONE=true`: the local runner runs only
+//! the author's own code, so it may run Python under the `none` backend when it cannot use
+//! containers (it chooses `container` when it can, as root). A Python build is a copy of
+//! `main.py` (served with `--entry main.py`) and its `manifest.json`.
 //!
 //! Owns: the watch loop and the at-rund child process (stopped with SIGTERM when `dev` stops).
 //! Must not touch: the project's sources; anything published.
@@ -47,6 +51,10 @@ pub struct DevArgs {
     /// The Node binary, for a project whose runtime is node [default: `node` on PATH].
     #[arg(long, env = "ATRUN_NODE", value_name = "PATH")]
     pub node: Option<PathBuf>,
+    /// The Python interpreter (3.11 or newer), for a project whose runtime is python [default:
+    /// `python3` on PATH].
+    #[arg(long, env = "ATRUN_PYTHON", value_name = "PATH")]
+    pub python: Option<PathBuf>,
 }
 
 /// `at-rund`: explicit, else beside this executable, else on PATH.
@@ -158,10 +166,15 @@ pub async fn run(args: &DevArgs, deno: &Deno, json_out: bool) -> anyhow::Result<
         "node" => Some(crate::node::Node::locate(args.node.as_deref())?),
         _ => None,
     };
+    let python = match runtime.as_str() {
+        "python" => Some(crate::python::Python::locate(args.python.as_deref())?),
+        _ => None,
+    };
     let out = project.dir.join(".at-run").join("dev");
     let opts = BuildOptions {
         out: Some(out.clone()),
         sourcemap: true,
+        python: python.as_ref().map(|p| p.path().to_path_buf()),
     };
     // The first build must succeed: there is nothing to serve otherwise.
     let built = build(deno, &project, &opts)?;
@@ -177,10 +190,20 @@ pub async fn run(args: &DevArgs, deno: &Deno, json_out: bool) -> anyhow::Result<
         .arg(&out)
         .args(["--name", &project.file.name])
         .args(["--runtime", &runtime]);
-    // The runner offers Node only when told where it is; a Deno project's runner needs none.
+    // The runner offers Node and Python only when told where they are; a Deno project's runner
+    // needs neither.
     match &node {
         Some(n) => cmd.env("ATRUND_NODE_PATH", n.path()),
         None => cmd.env_remove("ATRUND_NODE_PATH"),
+    };
+    match &python {
+        Some(p) => cmd
+            .args(["--entry", "main.py"])
+            .env("ATRUND_PYTHON_PATH", p.path())
+            .env("ATRUND_PYTHON_ALLOW_NONE", "true"),
+        None => cmd
+            .env_remove("ATRUND_PYTHON_PATH")
+            .env_remove("ATRUND_PYTHON_ALLOW_NONE"),
     };
     let mut child = cmd
         .env("ATRUND_LISTEN", format!("127.0.0.1:{}", args.port))

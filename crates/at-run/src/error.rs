@@ -15,7 +15,7 @@ pub mod exit {
     pub const AUTH: u8 = 4;
     /// `test` had failing calls, or `check` found incompatibilities.
     pub const CHECK: u8 = 5;
-    /// The PDS, runner, Deno or Node could not be reached or started.
+    /// The PDS, runner, Deno, Node or Python could not be reached or started.
     pub const UNREACHABLE: u8 = 6;
     /// The version already exists (published versions are immutable) or does not exist.
     pub const VERSION: u8 = 7;
@@ -39,6 +39,9 @@ pub enum Failure {
     /// Node was not found, did not run or is too old (`at-run dev` of a Node project)
     #[error("{0}")]
     NodeMissing(String),
+    /// Python was not found, did not run or is too old (`at-run dev` of a Python project)
+    #[error("{0}")]
+    PythonMissing(String),
     /// `at-run test`: some calls failed
     #[error("{failed} of {total} endpoint calls failed; see the table above")]
     TestsFailed { failed: usize, total: usize },
@@ -74,6 +77,7 @@ impl Failure {
             Failure::SessionExpired(_) => "SessionExpired",
             Failure::DenoMissing(_) => "DenoMissing",
             Failure::NodeMissing(_) => "NodeMissing",
+            Failure::PythonMissing(_) => "PythonMissing",
             Failure::TestsFailed { .. } => "TestsFailed",
             Failure::Incompatible(_) => "Incompatible",
             Failure::VersionExists(_) => "VersionExists",
@@ -94,6 +98,7 @@ impl Failure {
             Failure::RunnerRefused(_) => exit::FAILED,
             Failure::DenoMissing(_)
             | Failure::NodeMissing(_)
+            | Failure::PythonMissing(_)
             | Failure::RunnerUnreachable(_)
             | Failure::RunnerBinMissing(_) => exit::UNREACHABLE,
             Failure::TestsFailed { .. } | Failure::Incompatible(_) => exit::CHECK,

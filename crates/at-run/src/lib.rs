@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod logs;
 pub mod node;
 pub mod project;
+pub mod python;
 pub mod releases;
 pub mod runner;
 pub mod runners;

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 const EXIT_CODES: &str = "Exit codes: 0 ok, 1 failed, 2 bad usage, 3 build failed, 4 not logged in or credentials refused, \
-5 `test` had failures or `check` found incompatibilities, 6 PDS/runner/Deno/Node unreachable or missing, \
+5 `test` had failures or `check` found incompatibilities, 6 PDS/runner/Deno/Node/Python unreachable or missing, \
 7 version already published or not found.";
 
 #[derive(Debug, Parser)]
@@ -42,7 +42,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create a new project (at-run.json, deno.json, main.ts, a vendored @at-run/runtime).
+    /// Create a new project (at-run.json, deno.json, main.ts, a vendored @at-run/runtime; for
+    /// python: at-run.json, main.py, manifest.json).
     Init {
         /// Folder to create it in.
         #[arg(default_value = ".")]
@@ -50,12 +51,14 @@ enum Command {
         /// Bundle name [default: the folder's name].
         #[arg(long)]
         name: Option<String>,
-        /// The runtime the bundle is for ("runtime" in at-run.json): deno, or node (its code
-        /// then uses node: built-ins and web APIs, never Deno.*).
+        /// The runtime the bundle is for ("runtime" in at-run.json): deno; node (its code then
+        /// uses node: built-ins and web APIs, never Deno.*); or python (one main.py, standard
+        /// library only, with a hand-written manifest.json).
         #[arg(long, default_value = project::DEFAULT_RUNTIME, value_parser = clap::builder::PossibleValuesParser::new(atrund_bundle::record::RUNTIMES))]
         runtime: String,
     },
-    /// Bundle the project into one ESM file and extract its manifest (dist/main.js + dist/manifest.json).
+    /// Bundle the project into one ESM file and extract its manifest (dist/main.js + dist/manifest.json);
+    /// a Python project's main.py is checked and copied with its manifest.json (dist/main.py).
     Build {
         /// Project folder.
         #[arg(default_value = ".")]
@@ -262,14 +265,13 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
         }
         Command::Build { dir, out: out_dir } => {
             let p = project::Project::load(&dir)?;
-            let d = find_deno()?;
             progress("building");
-            let b = build::build(
-                &d,
+            let (b, _) = build::build_project(
+                find_deno,
                 &p,
                 &build::BuildOptions {
                     out: out_dir,
-                    sourcemap: false,
+                    ..Default::default()
                 },
             )?;
             let text = b.render();
@@ -353,10 +355,9 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
             let built = match &project {
                 Some(dir) => {
                     let p = project::Project::load(dir)?;
-                    let d = find_deno()?;
                     progress("building");
-                    let b = build::build(&d, &p, &Default::default())?;
-                    Some((b, d.version))
+                    let (b, d) = build::build_project(find_deno, &p, &Default::default())?;
+                    Some((b, d.map(|d| d.version).unwrap_or_default()))
                 }
                 None => None,
             };
@@ -383,9 +384,10 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
             let named = runners::named(&runner, &net).await?;
             let runner = named.url.clone();
             let p = project::Project::load(&dir)?;
-            let d = find_deno()?;
             progress("building");
-            let b = build::build(&d, &p, &Default::default())?;
+            let (b, d) = build::build_project(find_deno, &p, &Default::default())?;
+            // A Python build used no Deno: there is no Deno version to compare.
+            let built_with = d.map(|d| d.version).unwrap_or_default();
             progress("asking the runner");
             let desc = named.describe().await?;
             let who = auth::reader(&auth)
@@ -403,7 +405,7 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
                 b.bytes,
                 runner::BundleRuntime {
                     name: &b.runtime,
-                    built_with: &d.version,
+                    built_with: &built_with,
                 },
                 who.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
                 graph.as_ref(),

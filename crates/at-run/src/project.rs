@@ -1,5 +1,10 @@
 //! An at-run project on disk: `at-run.json` (name, version, entry, runtime), and `at-run init`,
-//! which writes a working template including a vendored copy of `@at-run/runtime`.
+//! which writes a working template: for Deno and Node a TypeScript project with a vendored copy
+//! of `@at-run/runtime`; for Python one `main.py` and its `manifest.json`.
+//!
+//! A Python project keeps its manifest in [`PYTHON_MANIFEST`] beside `at-run.json`, written by
+//! hand: there is no evaluation step that could learn it from the code, so `build` validates the
+//! file (`atrund_bundle::Manifest`) and checks it against the names `main.py` defines.
 //!
 //! Owns: reading `at-run.json` and the template files. Must not touch: files outside the project
 //! folder; `init` never overwrites a file.
@@ -25,8 +30,9 @@ pub struct ProjectFile {
     pub name: String,
     /// Version `deploy` publishes; bump it for each deploy (published versions are immutable).
     pub version: String,
-    /// Entry module, relative to the project folder.
-    #[serde(default = "default_entry")]
+    /// Entry module, relative to the project folder [default: `main.ts`, or `main.py` for
+    /// Python: [`default_entry`]].
+    #[serde(default)]
     pub entry: String,
     /// The runtime the bundle is for (`atrund_bundle::record::RUNTIMES`): what `deploy` writes
     /// into the record, the runtime `dev` runs it on and the one `check` asks the runner for.
@@ -36,9 +42,17 @@ pub struct ProjectFile {
     pub description: Option<String>,
 }
 
-fn default_entry() -> String {
-    "main.ts".into()
+/// The entry of a project for `runtime` whose `at-run.json` names none.
+pub fn default_entry(runtime: &str) -> String {
+    match runtime {
+        "python" => "main.py".into(),
+        _ => "main.ts".into(),
+    }
 }
+
+/// A Python project's manifest, beside its `at-run.json` (a Deno or Node project's comes from
+/// its `manifest()` export instead).
+pub const PYTHON_MANIFEST: &str = "manifest.json";
 
 /// The runtime of a project whose `at-run.json` names none, and of a prebuilt file deployed
 /// without `--runtime`.
@@ -77,7 +91,7 @@ impl Project {
                 dir.display()
             )
         })?;
-        let file: ProjectFile = serde_json::from_str(&text).with_context(|| {
+        let mut file: ProjectFile = serde_json::from_str(&text).with_context(|| {
             format!(
                 "{} is not valid (fields: name, version, entry, runtime, description)",
                 path.display()
@@ -88,6 +102,9 @@ impl Project {
             .with_context(|| format!("\"version\" in {}", path.display()))?;
         validate_runtime(&file.runtime)
             .with_context(|| format!("\"runtime\" in {}", path.display()))?;
+        if file.entry.is_empty() {
+            file.entry = default_entry(&file.runtime);
+        }
         let dir = dir
             .canonicalize()
             .with_context(|| format!("cannot open {}", dir.display()))?;
@@ -113,17 +130,28 @@ impl Project {
 
 /// The files of a new project named `name` for `runtime` (validated by the caller).
 ///
-/// One template serves every runtime: `@at-run/runtime` (`runtime/lib/mod.ts`) and the template
-/// use no `Deno.*` API, so `deno bundle` makes the same ES module for Deno and Node; a Node
-/// project's `main.ts` only opens with a note on what Node offers instead.
+/// One template serves both JavaScript runtimes: `@at-run/runtime` (`runtime/lib/mod.ts`) and
+/// the template use no `Deno.*` API, so `deno bundle` makes the same ES module for Deno and Node;
+/// a Node project's `main.ts` only opens with a note on what Node offers instead. A Python
+/// project is `main.py` and its hand-written [`PYTHON_MANIFEST`].
 pub fn template(name: &str, runtime: &str) -> Vec<(&'static str, String)> {
     let project = ProjectFile {
         name: name.to_string(),
         version: "0.1.0".into(),
-        entry: default_entry(),
+        entry: default_entry(runtime),
         runtime: runtime.to_string(),
         description: None,
     };
+    let gitignore = "dist/\n.at-run/dev/\n.at-run/dev-data/\n".to_string();
+    if runtime == "python" {
+        let project = serde_json::to_string_pretty(&project).unwrap_or_default() + "\n";
+        return vec![
+            (PROJECT_FILE, project),
+            ("main.py", MAIN_PY.to_string()),
+            (PYTHON_MANIFEST, MANIFEST_PY.to_string()),
+            (".gitignore", gitignore + "__pycache__/\n"),
+        ];
+    }
     let main = match runtime {
         "node" => format!("{NODE_NOTE}{MAIN_TS}"),
         _ => MAIN_TS.to_string(),
@@ -137,10 +165,7 @@ pub fn template(name: &str, runtime: &str) -> Vec<(&'static str, String)> {
         ),
         ("main.ts", main),
         ("lib/greeting.ts", GREETING_TS.to_string()),
-        (
-            ".gitignore",
-            "dist/\n.at-run/dev/\n.at-run/dev-data/\n".to_string(),
-        ),
+        (".gitignore", gitignore),
         (RUNTIME_PATH, RUNTIME_SOURCE.to_string()),
     ]
 }
@@ -173,6 +198,66 @@ export const echo = endpoint({
   input: v.object({ text: v.string({ maxLength: 1000, example: "hi" }) }),
   handler: ({ text }) => ({ text, length: text.length }),
 });
+"#;
+
+/// A Python project's code: one module, run by the runner's Python shim (`runtime/exec/python.py`).
+const MAIN_PY: &str = r#""""Runtime: python ("runtime" in at-run.json). One Python source file, standard library only.
+
+A module attribute with a callable `handler` is an HTTP endpoint named by the attribute:
+  GET  /bundle/{you}/{name}/{version}/greet?name=Ada
+  POST /bundle/{you}/{name}/{version}/shout   {"text": "hi"}
+Each endpoint is also listed in manifest.json (with what the bundle asks of the runner): add an
+endpoint here and there. Names starting with _ are private. `atrund` is provided by the runtime.
+"""
+
+from atrund import Response, endpoint
+
+
+def _greeting(name):
+    return f"Hello, {name}!"
+
+
+# A dict with a handler(input, ctx); input is the query (GET) or the JSON body (POST).
+greet = {
+    "method": "GET",
+    "handler": lambda input, ctx: {"message": _greeting(input.get("name", "world"))},
+}
+
+
+@endpoint(method="POST")
+def shout(input, ctx):
+    text = (input or {}).get("text", "")
+    if not isinstance(text, str):
+        return Response.json({"error": "InvalidInput", "message": "text must be a string"}, 400)
+    return {"text": text.upper(), "length": len(text)}
+"#;
+
+/// The manifest of [`MAIN_PY`]: its endpoints (with sample inputs for `at-run test`) and what it
+/// asks of the runner: no network, files or commands; 5 s per request.
+const MANIFEST_PY: &str = r#"{
+  "limits": { "timeoutMs": 5000 },
+  "endpoints": [
+    {
+      "name": "greet",
+      "method": "GET",
+      "description": "Says hello to ?name=",
+      "input": {
+        "type": "object",
+        "properties": { "name": { "type": "string", "maxLength": 64, "examples": ["Ada"] } }
+      }
+    },
+    {
+      "name": "shout",
+      "method": "POST",
+      "description": "Upper-cases {\"text\": ...}",
+      "input": {
+        "type": "object",
+        "properties": { "text": { "type": "string", "maxLength": 1000, "examples": ["hi"] } },
+        "required": ["text"]
+      }
+    }
+  ]
+}
 "#;
 
 const GREETING_TS: &str = r#"export function greeting(name: string): string {
@@ -264,10 +349,63 @@ mod tests {
 
         let e = format!(
             "{:#}",
-            init(&dir.path().join("py"), None, "python").expect_err("unknown runtime")
+            init(&dir.path().join("bun"), None, "bun").expect_err("unknown runtime")
         );
-        assert!(e.contains("--runtime") && e.contains("deno, node"), "{e}");
-        assert!(!dir.path().join("py").exists(), "nothing is written");
+        assert!(
+            e.contains("--runtime") && e.contains("deno, node, python"),
+            "{e}"
+        );
+        assert!(!dir.path().join("bun").exists(), "nothing is written");
+    }
+
+    #[test]
+    fn init_for_python_writes_main_py_and_its_manifest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = dir.path().join("py-app");
+        let (name, files) = init(&app, None, "python").expect("init --runtime python");
+        assert_eq!(name, "py-app");
+        let mut rel: Vec<String> = files
+            .iter()
+            .map(|f| f.strip_prefix(&app).expect("inside").display().to_string())
+            .collect();
+        rel.sort();
+        assert_eq!(
+            rel,
+            [".gitignore", "at-run.json", "main.py", "manifest.json"]
+        );
+        let text = std::fs::read_to_string(app.join(PROJECT_FILE)).expect("at-run.json");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(
+            (v["runtime"].as_str(), v["entry"].as_str()),
+            (Some("python"), Some("main.py"))
+        );
+        let p = Project::load(&app).expect("loads");
+        assert_eq!(p.entry(), p.dir.join("main.py"));
+        // The manifest is a valid one, listing the two endpoints main.py defines.
+        let m = crate::build::parse_manifest(MANIFEST_PY, "template").expect("valid manifest");
+        let names: Vec<(&str, Option<&str>)> = m
+            .endpoints
+            .iter()
+            .map(|e| (e.name.as_str(), e.method.as_deref()))
+            .collect();
+        assert_eq!(names, [("greet", Some("GET")), ("shout", Some("POST"))]);
+        assert!(MAIN_PY.contains("\ngreet = {") && MAIN_PY.contains("\ndef shout("));
+        assert!(!app.join("deno.json").exists() && !app.join(RUNTIME_PATH).exists());
+    }
+
+    #[test]
+    fn a_python_project_without_an_entry_uses_main_py() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join(PROJECT_FILE),
+            r#"{"name":"a","version":"1.0.0","runtime":"python"}"#,
+        )
+        .expect("write");
+        let e = format!("{:#}", Project::load(dir.path()).expect_err("no main.py"));
+        assert!(e.contains("main.py"), "{e}");
+        std::fs::write(dir.path().join("main.py"), "x = 1\n").expect("write");
+        let p = Project::load(dir.path()).expect("loads");
+        assert_eq!(p.file.entry, "main.py");
     }
 
     #[test]
@@ -296,6 +434,7 @@ mod tests {
         for (runtime, ok) in [
             ("deno", true),
             ("node", true),
+            ("python", false), // no main.py: the default entry of python
             ("Node", false),
             ("bun", false),
         ] {
@@ -309,8 +448,12 @@ mod tests {
                 Err(e) => {
                     let e = format!("{e:#}");
                     assert!(!ok, "{runtime}: {e}");
+                    if runtime == "python" {
+                        assert!(e.contains("main.py") && e.contains("\"entry\""), "{e}");
+                        continue;
+                    }
                     assert!(
-                        e.contains("\"runtime\"") && e.contains("use one of: deno, node"),
+                        e.contains("\"runtime\"") && e.contains("use one of: deno, node, python"),
                         "{e}"
                     );
                 }

@@ -108,10 +108,12 @@ pub struct GraphStanding {
 /// The runtime a bundle is for, as [`compare`] checks it against a runner's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BundleRuntime<'a> {
-    /// `deno` or `node` (`atrund_bundle::record::RUNTIMES`): the runner must announce it.
+    /// `deno`, `node` or `python` (`atrund_bundle::record::RUNTIMES`): the runner must announce
+    /// it.
     pub name: &'a str,
     /// The Deno that built the code (e.g. `2.9.6`), compared with a Deno runner's version.
-    /// Unused for Node: nothing in a Node bundle depends on the Deno that bundled it.
+    /// Unused for Node (nothing in a Node bundle depends on the Deno that bundled it) and Python
+    /// (not built by Deno; empty).
     pub built_with: &'a str,
 }
 
@@ -135,9 +137,18 @@ fn runtime_check(
     let announced = desc.runtimes.iter().find(|r| r.name == runtime.name);
     if runtime.name != "deno" {
         return match announced {
-            Some(r) => Ok(format!("{} {}", runtime.name, r.version)),
+            // `Python 3.11.2` reads as `python 3.11.2`.
+            Some(r) => Ok(format!(
+                "{} {}",
+                runtime.name,
+                r.version.strip_prefix("Python ").unwrap_or(&r.version)
+            )),
             None if runtime.name == "node" => Err(
                 "the runner announces no node runtime; its operator must set node.path (ATRUND_NODE_PATH), or pick another runner"
+                    .into(),
+            ),
+            None if runtime.name == "python" => Err(
+                "the runner announces no python runtime; its operator must set python.path (ATRUND_PYTHON_PATH), or pick another runner"
                     .into(),
             ),
             None => Err(format!(
@@ -844,5 +855,49 @@ mod tests {
         let node_only = described(json!([{"name": "node", "version": "v24.21.0"}]));
         let (ok, detail) = runtime_line(&node_only, BundleRuntime::deno("2.9.6"));
         assert!(!ok && detail.contains("no Deno runtime"), "{detail}");
+    }
+
+    #[test]
+    fn a_python_bundle_needs_a_runner_that_announces_python() {
+        let python = BundleRuntime {
+            name: "python",
+            built_with: "",
+        };
+        let line = |desc: &DescribeRunner| {
+            let r = compare(
+                "http://r",
+                desc,
+                &Manifest::default(),
+                10,
+                python,
+                Some(("did:plc:someone", "x")),
+                None,
+            );
+            let c = r
+                .checks
+                .iter()
+                .find(|c| c.name == "runtime")
+                .cloned()
+                .expect("runtime line");
+            assert_eq!(r.compatible, c.ok, "{}", r.render());
+            (c.ok, c.detail)
+        };
+        let without = described(json!([
+            {"name": "deno", "version": DENO_LINE},
+            {"name": "node", "version": "v24.21.0"}
+        ]));
+        let (ok, detail) = line(&without);
+        assert!(!ok);
+        assert_eq!(
+            detail,
+            "the runner announces no python runtime; its operator must set python.path (ATRUND_PYTHON_PATH), or pick another runner"
+        );
+        let with = described(json!([
+            {"name": "deno", "version": DENO_LINE},
+            {"name": "python", "version": "Python 3.11.2"}
+        ]));
+        let (ok, detail) = line(&with);
+        assert!(ok, "{detail}");
+        assert_eq!(detail, "python 3.11.2");
     }
 }

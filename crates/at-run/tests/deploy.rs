@@ -436,7 +436,53 @@ async fn deploys_the_hello_node_example_as_node() {
     .await
     .expect_err("bun is no runtime");
     assert!(
-        err.contains("--runtime") && err.contains("[possible values: deno, node]"),
+        err.contains("--runtime") && err.contains("[possible values: deno, node, python]"),
         "{err}"
     );
+}
+
+/// A prebuilt Python file (`main.py` + `manifest.json`) deployed with `--runtime python`: the
+/// record names the runtime and its code is `text/x-python`; without `--runtime` it is refused
+/// before any network call.
+#[tokio::test]
+async fn deploys_a_python_file_as_python() {
+    let Some(net) = atrund_testnet::shared() else {
+        return;
+    };
+    const PY: &str = "from atrund import endpoint\n\n\n@endpoint(method=\"GET\")\ndef greet(input, ctx):\n    return {\"message\": \"hi\"}\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("main.py");
+    std::fs::write(&file, PY).expect("write main.py");
+    std::fs::write(dir.path().join("manifest.json"), MANIFEST).expect("write manifest");
+    let acct = net.create_account("pydeploy").await;
+
+    let err = deploy_json(net, &acct, &file, "hello-py", "1.0.0", &[])
+        .await
+        .expect_err("a .py file without --runtime");
+    assert!(err.contains("pass --runtime python"), "{err}");
+
+    let out = deploy_json(
+        net,
+        &acct,
+        &file,
+        "hello-py",
+        "1.0.0",
+        &["--runtime", "python"],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("deploying main.py failed: {e}"));
+    assert_eq!(out["runtime"], "python");
+    assert_eq!(out["blob"]["mimeType"], "text/x-python");
+    let rec = get_record(net, &acct.did, "dev.atrund.bundle", "hello-py:1.0.0").await;
+    assert_eq!(rec["cid"], out["bundle"]["cid"]);
+    let v = &rec["value"];
+    assert_eq!(v["runtime"], "python");
+    assert_eq!(v["code"]["mimeType"], "text/x-python");
+    assert_eq!(v["code"]["size"], PY.len());
+    let stored: atrund_bundle::Manifest =
+        serde_json::from_value(v["manifest"].clone()).expect("typed");
+    let given: atrund_bundle::Manifest = serde_json::from_str(MANIFEST).expect("typed");
+    assert_eq!(stored, given);
+    // A type the runner loads for the Python runtime.
+    assert!(atrund_bundle::record::code_types("python").contains(&"text/x-python"));
 }

@@ -1031,3 +1031,150 @@ async fn a_node_project_from_init_through_dev_to_a_node_runner() {
         (200, r#"{"deno":"undefined"}"#.into())
     );
 }
+
+/// Reads `at-run dev --json` events until `ready`; the events channel stays open for more.
+fn dev_ready(child: &mut Child) -> (Value, std::sync::mpsc::Receiver<Value>) {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    loop {
+        let v = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a 'ready' event from at-run dev");
+        if v["event"] == "ready" {
+            return (v, rx);
+        }
+    }
+}
+
+/// A Python project (`at-run init --runtime python`) through the whole loop: built without Deno
+/// (a syntax error named by file:line), served by `at-run dev` on Python and reloaded on save,
+/// refused by `check` on a runner without Python, then deployed to and served by a runner whose
+/// operator set python.path.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_project_from_init_through_dev_to_a_python_runner() {
+    let Some((net, deno)) = setup() else { return };
+    let Some(python) = atrund_testnet::python_path() else {
+        return;
+    };
+    let author = Author::new(net, &deno, net.create_account("pyloop").await);
+    let work = tempfile::tempdir().expect("tempdir");
+    let init = author.ok_json(work.path(), &["init", "pyapp", "--runtime", "python"]);
+    assert_eq!(init["runtime"], "python");
+    let app = work.path().join("pyapp");
+    assert!(app.join("main.py").is_file() && app.join("manifest.json").is_file());
+    let python_arg = python.to_str().expect("utf-8 path");
+
+    // build: no Deno needed (a broken ATRUN_DENO is never looked at).
+    let built = Run::from(
+        author
+            .command(&app)
+            .args(["build", "--json"])
+            .env("ATRUN_DENO", "/nonexistent/deno")
+            .env("ATRUN_PYTHON", python_arg)
+            .output()
+            .expect("at-run build"),
+    );
+    assert_eq!(built.code, 0, "{built:?}");
+    let built = built.json();
+    assert_eq!(built["runtime"], "python");
+    assert_eq!(built["warnings"], serde_json::json!([]), "{built}");
+    assert!(app.join("dist/main.py").is_file());
+    let good = std::fs::read_to_string(app.join("main.py")).expect("main.py");
+    std::fs::write(app.join("main.py"), format!("{good}\ndef oops(:\n")).expect("write");
+    let r = author.run(&app, &["build", "--json"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("main.py:"), "{r:?}");
+    std::fs::write(app.join("main.py"), &good).expect("write");
+
+    // dev: no Python, a clear error; with the pinned Python, served by Python, reloaded on save.
+    let _ = at_rund();
+    let r = author.run(&app, &["dev", "--json", "--python", "/nonexistent/python3"]);
+    assert_eq!(r.code, 6, "{r:?}");
+    assert_eq!(r.json()["error"], "PythonMissing");
+    assert!(r.stderr.contains("install Python 3.11"), "{r:?}");
+    let mut child = author
+        .command(&app)
+        .args(["dev", "--port", "0", "--json", "--python", python_arg])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("at-run dev");
+    let (ready, _events) = dev_ready(&mut child);
+    let mut child = Stopper(child);
+    assert_eq!(ready["runtime"], "python");
+    let base = ready["url"].as_str().expect("url").to_string();
+    assert_eq!(
+        get(&format!("{base}/greet?name=Ada")),
+        (200, r#"{"message":"Hello, Ada!"}"#.into())
+    );
+    let post = reqwest::Client::new()
+        .post(format!("{base}/shout"))
+        .json(&serde_json::json!({"text": "hi"}))
+        .send()
+        .await
+        .expect("POST shout");
+    assert_eq!(post.status(), 200);
+    assert_eq!(
+        post.text().await.expect("body"),
+        r#"{"text":"HI","length":2}"#
+    );
+    std::fs::write(app.join("main.py"), good.replace("Hello, ", "Hi, ")).expect("edit");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = get(&format!("{base}/greet?name=Ada"));
+        if (status, body.as_str()) == (200, r#"{"message":"Hi, Ada!"}"#) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the edit was not served: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop(&mut child.0);
+    std::fs::write(app.join("main.py"), &good).expect("write");
+
+    // A runner without Python: check says what its operator must set.
+    author.login(&app);
+    let deno_only = Runner::start(net, &deno);
+    let r = author.run(&app, &["check", "--runner", &deno_only.base, "--json"]);
+    assert_eq!(r.code, 5, "{r:?}");
+    let runtime = r.json()["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "runtime")
+        .cloned()
+        .expect("a runtime check");
+    assert_eq!(runtime["ok"], false);
+    assert!(
+        runtime["detail"].as_str().is_some_and(|d| d.contains(
+            "the runner announces no python runtime; its operator must set python.path (ATRUND_PYTHON_PATH)"
+        )),
+        "{runtime}"
+    );
+    drop(deno_only);
+
+    // A runner whose operator set python.path: compatible, published as python, served.
+    let with_python = Runner::start_with(net, &deno, &[("ATRUND_PYTHON_PATH", python.as_path())]);
+    let c = author.ok_json(&app, &["check", "--runner", &with_python.base]);
+    assert_eq!(c["compatible"], true, "{c}");
+    let v1 = author.ok_json(&app, &["deploy", "--runner", &with_python.base]);
+    assert_eq!(v1["runtime"], "python");
+    assert_eq!(v1["blob"]["mimeType"], "text/x-python");
+    let latest = format!(
+        "{}/bundle/{}/pyapp/latest",
+        with_python.base, author.acct.did
+    );
+    assert_eq!(
+        get(&format!("{latest}/greet?name=Ada")),
+        (200, r#"{"message":"Hello, Ada!"}"#.into())
+    );
+}

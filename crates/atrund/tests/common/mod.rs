@@ -270,7 +270,11 @@ pub async fn deploy_on(
     runtime: &str,
 ) -> at_run::deploy::Published {
     let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("main.js");
+    let file = dir.path().join(if runtime == "python" {
+        "main.py"
+    } else {
+        "main.js"
+    });
     std::fs::write(&file, code).expect("write bundle");
     std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).expect("manifest");
     let cmd = at_run::deploy::DeployCmd {

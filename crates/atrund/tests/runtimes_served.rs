@@ -1,4 +1,7 @@
-//! Issue 18: a Node.js bundle published to the real test PDS (`runtime = "node"`) is served by
+//! Issue 18: bundles of the runtimes beyond Deno, published to the real test PDS and served by
+//! `at-rund serve`.
+//!
+//! A Node.js bundle published to the real test PDS (`runtime = "node"`) is served by
 //! `at-rund serve` with the pinned Node, in `container` and `none` modes: it answers like the Deno
 //! example, its `fetch` and `node:http` go through the egress proxy (an allowed service answers;
 //! the proxy refuses the metadata address, and counts it), and a runner that does not offer Node refuses
@@ -185,6 +188,97 @@ export const blocked = {{ method: "GET", handler: () => attempt(async () => {{
         body["message"]
             .as_str()
             .is_some_and(|m| m.contains("runtime 'node'")),
+        "{body}"
+    );
+    d.stop();
+}
+
+/// Issue 18: a Python bundle published to the real test PDS (`runtime = "python"`, code
+/// `text/x-python`) is served by Debian's Python in `container` mode, reaching an allowed service
+/// through the egress proxy with urllib; under `none` it is refused unless `python.allow_none`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_bundle_from_the_pds_is_served_in_a_container() {
+    let Some(net) = atrund_testnet::shared() else {
+        return;
+    };
+    let (Some(deno), Some(python)) = (atrund_testnet::deno_path(), atrund_testnet::python_path())
+    else {
+        return;
+    };
+    let Some(()) = atrund_testnet::root("the container backend and cgroup limits") else {
+        return;
+    };
+    let port = service().await;
+    let acct = net.create_account("pyer").await;
+    let hello = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/hello-python/main.py"),
+    )
+    .expect("examples/hello-python/main.py");
+    let code = format!(
+        r#"{hello}
+
+def _fetch(input, ctx):
+    import urllib.request
+    with urllib.request.urlopen("http://127.0.0.1:{port}/", timeout=10) as r:
+        return {{"leaked": f"{{r.status}} {{r.read().decode()}}"}}
+
+
+viaUrllib = {{"method": "GET", "handler": _fetch}}
+"#
+    );
+    let endpoints = ["greet", "shout", "runtime", "viaUrllib"];
+    let manifest = json!({
+        "endpoints": endpoints.iter().map(|e| json!({"name": e})).collect::<Vec<_>>(),
+        "permissions": {"net": [format!("127.0.0.1:{port}")]},
+    });
+    let published = deploy_on(
+        net,
+        &acct,
+        &code,
+        &manifest,
+        ("hello-python", "1.0.0"),
+        "python",
+    )
+    .await;
+    assert_eq!(published.runtime, "python");
+
+    let serve = |isolation: &str, allow_none: bool| {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut cmd = common::command(&deno, data.path());
+        common::use_test_net(&mut cmd, net)
+            .env("ATRUND_POLICY", "open")
+            .env("ATRUND_ISOLATION", isolation)
+            .env("ATRUND_PYTHON_PATH", &python)
+            .env("ATRUND_PYTHON_ALLOW_NONE", allow_none.to_string())
+            .env("ATRUND_EGRESS_ALLOW_CIDRS", "127.0.0.1/32")
+            .args(["serve"]);
+        (Daemon::spawn(&mut cmd, false), data)
+    };
+    let (mut d, _data) = serve("container", false);
+    let url =
+        |d: &Daemon, ep: &str| d.url(&format!("/bundle/{}/hello-python/latest/{ep}", acct.did));
+    let (status, body) = get(&url(&d, "greet?name=pds")).await;
+    assert_eq!((status, &body), (200, &json!({"message": "Hello, pds!"})));
+    let (status, body) = get(&url(&d, "runtime")).await;
+    assert_eq!(
+        (status, &body["runtime"]),
+        (200, &json!("python")),
+        "{body}"
+    );
+    let (status, body) = get(&url(&d, "viaUrllib")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["leaked"], "200 from-host!", "{body}");
+    d.stop();
+
+    // `none` without python.allow_none: refused, naming the key.
+    let (mut d, _data) = serve("none", false);
+    let (status, body) = get(&url(&d, "greet")).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("python.allow_none")),
         "{body}"
     );
     d.stop();
