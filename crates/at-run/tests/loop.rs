@@ -17,6 +17,12 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_at-run");
 
 /// The at-rund binary, built once per test binary (it is not a dependency of at-run).
+/// `dev_serves_a_saved_edit_on_the_next_request` times a half-saved file against the dev loop's
+/// 50 ms settle window: the other tests here (each starting runners and builds) would stretch its
+/// 15 ms write gap past that window on a 2-core machine. It holds this lock exclusively; every
+/// other test holds it shared, so they still run in parallel with each other.
+static TIMING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn at_rund() -> PathBuf {
     atrund_testnet::cargo_binary("atrund", "at-rund", Path::new(BIN))
 }
@@ -269,6 +275,7 @@ async fn fetch(url: &str) -> reqwest::Response {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn init_build_deploy_call_edit_redeploy_rollback() {
+    let _timing = TIMING.read().await;
     let Some((net, deno)) = setup() else { return };
     let author = Author::new(net, &deno, net.create_account("loop").await);
     let work = tempfile::tempdir().expect("tempdir");
@@ -464,6 +471,7 @@ async fn init_build_deploy_call_edit_redeploy_rollback() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_serves_a_saved_edit_on_the_next_request() {
+    let _timing = TIMING.write().await;
     let Some((net, deno)) = setup() else { return };
     let author = Author::new(net, &deno, net.create_account("dev").await);
     let work = tempfile::tempdir().expect("tempdir");
@@ -590,6 +598,7 @@ async fn dev_serves_a_saved_edit_on_the_next_request() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn media_example_end_to_end() {
+    let _timing = TIMING.read().await;
     let Some((net, deno)) = setup() else { return };
     let author = Author::new(net, &deno, net.create_account("media").await);
     let media = atrund_testnet::repo_root().join("examples/media");
@@ -731,6 +740,7 @@ async fn media_example_end_to_end() {
 /// for 127.0.0.1:8787 is pointed at it); `curl` gets `-fsS` so an HTTP error fails the test.
 #[tokio::test(flavor = "multi_thread")]
 async fn authoring_doc_commands_all_run() {
+    let _timing = TIMING.read().await;
     let Some((net, deno)) = setup() else { return };
     let author = Author::new(net, &deno, net.create_account("doc").await);
     let runner = Runner::start(net, &deno);
@@ -854,6 +864,7 @@ async fn authoring_doc_commands_all_run() {
 /// endpoint (runs the real at-rund dev on such a folder).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_export_is_never_served_as_an_endpoint() {
+    let _timing = TIMING.read().await;
     let Some(deno) = atrund_testnet::deno_path() else {
         return;
     };
@@ -914,6 +925,7 @@ async fn a_task_export_is_never_served_as_an_endpoint() {
 /// deployed to and served by a runner whose operator set node.path.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_project_from_init_through_dev_to_a_node_runner() {
+    let _timing = TIMING.read().await;
     let Some((net, deno)) = setup() else { return };
     let Some(node) = atrund_testnet::node_path() else {
         return;
@@ -1059,6 +1071,7 @@ fn dev_ready(child: &mut Child) -> (Value, std::sync::mpsc::Receiver<Value>) {
 /// operator set python.path.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_python_project_from_init_through_dev_to_a_python_runner() {
+    let _timing = TIMING.read().await;
     let Some((net, deno)) = setup() else { return };
     let Some(python) = atrund_testnet::python_path() else {
         return;
