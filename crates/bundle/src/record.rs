@@ -34,7 +34,7 @@ pub enum RecordError {
     #[error("runtime '{0}' is not supported; this runner knows: deno, node, python")]
     UnsupportedRuntime(String),
     /// the code blob has a MIME type the runtime cannot load
-    #[error("code blob MIME type '{0}' is not what the bundle's runtime loads; publish a single ESM file as application/javascript (deno, node) or one Python module as text/x-python (python)")]
+    #[error("code blob MIME type '{0}' is not what the bundle's runtime loads; publish a single ESM file as application/javascript (deno, node), or one Python module as text/x-python or a zip of pure-Python modules with main.py at its root as application/zip (python)")]
     UnsupportedCodeType(String),
     /// the manifest is not well-formed
     #[error("manifest is invalid: {0}")]
@@ -318,11 +318,12 @@ impl BundleRecord {
 /// runner offers one is its operator's choice, checked when an instance starts.
 pub const RUNTIMES: [&str; 3] = ["deno", "node", "python"];
 
-/// The code blob types a runtime loads: one ES module for the JavaScript runtimes, one Python
-/// source file for Python.
+/// The code blob types a runtime loads: one ES module for the JavaScript runtimes; for Python one
+/// source file, or a zip its interpreter imports from (`main.py` at the root, pure-Python
+/// packages beside it).
 pub fn code_types(runtime: &str) -> &'static [&'static str] {
     match runtime {
-        "python" => &["text/x-python"],
+        "python" => &["text/x-python", "application/zip"],
         _ => &["application/javascript", "text/javascript"],
     }
 }
@@ -385,6 +386,30 @@ pub fn net_entry_names_port(entry: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lexicon authors publish against names the runtimes and code types records may use.
+    #[test]
+    fn the_bundle_lexicon_lists_every_runtime_and_code_type() {
+        let lexicon: serde_json::Value =
+            serde_json::from_str(include_str!("../../../lexicons/dev.atrund.bundle.json"))
+                .expect("the lexicon is JSON");
+        let props = &lexicon["defs"]["main"]["record"]["properties"];
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .expect("a list")
+                .iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        };
+        assert_eq!(strings(&props["runtime"]["knownValues"]), RUNTIMES);
+        let mut types: Vec<&str> = Vec::new();
+        for t in RUNTIMES.iter().flat_map(|r| code_types(r)) {
+            if !types.contains(t) {
+                types.push(t);
+            }
+        }
+        assert_eq!(strings(&props["code"]["accept"]), types);
+    }
 
     #[test]
     fn names_and_versions() {
