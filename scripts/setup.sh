@@ -30,6 +30,8 @@ if [ "$with_test_net" = 1 ]; then
   command -v python3 >/dev/null || need_apt+=(python3)
   # The Python runtime is tested with Debian's interpreter (docs/runtimes.md).
   [ -x /usr/bin/python3.11 ] || need_apt+=(python3.11)
+  # at-run packs a Python project's requirements.txt with that interpreter's pip.
+  /usr/bin/python3.11 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
   # The origin and status page tests drive a real headless browser (crates/atrund/tests/origins.rs,
   # status.rs).
   command -v chromium >/dev/null || need_apt+=(chromium)

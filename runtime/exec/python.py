@@ -2,10 +2,11 @@
 docs/runtimes.md). The same wire contract as the Deno shim (runtime/exec/main.ts): `go` on stdin,
 the ready line, HTTP/1.1 on a Unix socket, `/e/<endpoint>` calls and `/t/<task>` runs.
 
-Owns: loading one Python module, serving its endpoints and tasks, mapping input and results, and
-reporting failures in a structured way. Must not: relay tracebacks or raw load errors to callers,
-nor widen what the bundle may do (Python enforces nothing itself: the kernel layer and the
-container are the whole boundary).
+Owns: loading the bundle (one Python module, or a zip of modules with main.py at its root,
+imported with zipimport: pure Python only), serving its endpoints and tasks, mapping input and
+results, and reporting failures in a structured way. Must not: relay tracebacks or raw load
+errors to callers, nor widen what the bundle may do (Python enforces nothing itself: the kernel
+layer and the container are the whole boundary).
 
 Standard library only (asyncio and a small HTTP/1.1 server): the interpreter runs isolated
 (`-I -S -B`), with no site-packages. Usage: python3 -I -S -B python.py <bundle file> <socket>,
@@ -22,6 +23,7 @@ import re
 import sys
 import traceback
 import types
+import zipimport
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 ABI_VERSION = 1
@@ -427,6 +429,28 @@ def runtime_module():
     return m
 
 
+def load(bundle):
+    """The bundle module, from Python source or from a zip (its name is the store's, so the
+    content says which): a zip goes on the end of sys.path (the standard library wins a name
+    clash) and its root's main.py is the bundle module. None: a zip without main.py."""
+    with open(bundle, "rb") as f:
+        magic = f.read(4)
+    if magic in (b"PK\x03\x04", b"PK\x05\x06"):
+        sys.path.append(bundle)
+        spec = zipimport.zipimporter(bundle).find_spec("main")
+        if spec is None:
+            return None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["main"] = mod
+        spec.loader.exec_module(mod)
+        return mod
+    loader = importlib.machinery.SourceFileLoader("bundle", bundle)
+    spec = importlib.util.spec_from_file_location("bundle", bundle, loader=loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
 def main():
     if len(sys.argv) != 3:
         print("usage: python.py <bundle file> <socket path>", file=sys.stderr)
@@ -437,11 +461,12 @@ def main():
         sys.exit(71)
     sys.modules["atrund"] = runtime_module()
     try:
-        # Whatever the file's name (the store names it by content), it is Python source.
-        loader = importlib.machinery.SourceFileLoader("bundle", bundle)
-        spec = importlib.util.spec_from_file_location("bundle", bundle, loader=loader)
-        mod = importlib.util.module_from_spec(spec)
-        loader.exec_module(mod)
+        mod = load(bundle)
+        if mod is None:
+            print("the bundle is a zip without main.py at its root; build it with `at-run build`",
+                  file=sys.stderr)
+            signal(event="load-failed", name="NoMainModule")
+            sys.exit(70)
         abi = getattr(mod, "atrund_abi", None)
         if abi is not None and abi != ABI_VERSION:
             print(f"bundle declares ABI {abi}; this shim implements ABI {ABI_VERSION}", file=sys.stderr)

@@ -20,9 +20,8 @@
 //! bundle). Must not touch: the project's sources, or the network (beyond Deno fetching esbuild
 //! from npm once).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -30,9 +29,11 @@ use atrund_bundle::Manifest;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::child::run;
 use crate::deno::Deno;
 use crate::error::Failure;
 use crate::project::Project;
+use crate::pypack;
 
 /// Largest code blob the `dev.atrund.bundle` lexicon allows (`code.maxSize`): what a build may
 /// produce, what `deploy` uploads and what `check` compares with a runner's own maximum.
@@ -88,9 +89,13 @@ pub struct BuildOptions {
     pub out: Option<PathBuf>,
     /// Inline a source map, so stack traces name the source files (used by `at-run dev`).
     pub sourcemap: bool,
-    /// The Python that checks a Python project's source [default: `ATRUN_PYTHON`, else
-    /// `python3` on PATH].
+    /// The Python that checks a Python project's source and packs its zip [default:
+    /// `ATRUN_PYTHON`, else `python3` on PATH].
     pub python: Option<PathBuf>,
+    /// A build for `at-run dev`: a Python project always becomes `bundle.zip` (so the local
+    /// runner's entry stays the same whatever files the project gains), and the packages
+    /// `requirements.txt` names are installed again only when that file changes.
+    pub dev: bool,
 }
 
 /// What a build produced.
@@ -223,19 +228,25 @@ pub fn build(deno: &Deno, project: &Project, opts: &BuildOptions) -> anyhow::Res
 
 /// What the Python check prints (one JSON line) about a source file it parsed: the names its top
 /// level binds, whether it binds names in ways the check cannot see, and the modules it imports
-/// that the runner's Python lacks (`sys.stdlib_module_names`, `atrund` aside).
+/// that neither the runner's Python (`sys.stdlib_module_names`, `atrund` aside) nor the bundle
+/// (argv[3]'s `provided`: the project's modules and installed packages) has. The other modules
+/// of the bundle (argv[3]'s `modules`, `[path, shown]` pairs) are parsed first, for syntax only.
 const PYTHON_CHECK: &str = r#"import ast, json, sys
-path, shown = sys.argv[1], sys.argv[2]
-with open(path, encoding="utf-8") as f:
-    src = f.read()
-try:
-    tree = ast.parse(src, filename=shown, feature_version=(3, 11))
-except SyntaxError as e:
-    where = f"{shown}:{e.lineno or 0}:{e.offset or 0}"
-    print(f"{where}: SyntaxError: {e.msg}", file=sys.stderr)
-    if e.text:
-        print("    " + e.text.rstrip(), file=sys.stderr)
-    sys.exit(1)
+path, shown, extra = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+def parse(path, shown):
+    with open(path, encoding="utf-8") as f:
+        src = f.read()
+    try:
+        return ast.parse(src, filename=shown, feature_version=(3, 11))
+    except SyntaxError as e:
+        where = f"{shown}:{e.lineno or 0}:{e.offset or 0}"
+        print(f"{where}: SyntaxError: {e.msg}", file=sys.stderr)
+        if e.text:
+            print("    " + e.text.rstrip(), file=sys.stderr)
+        sys.exit(1)
+for other, other_shown in extra["modules"]:
+    parse(other, other_shown)
+tree = parse(path, shown)
 names, dynamic, foreign, local = set(), False, set(), False
 def bind(t):
     if isinstance(t, ast.Name):
@@ -294,7 +305,7 @@ for n in ast.walk(tree):
         elif n.module:
             foreign.add(n.module.split(".")[0])
 top(tree.body)
-std = set(sys.stdlib_module_names) | {"atrund", "__future__"}
+std = set(sys.stdlib_module_names) | {"atrund", "__future__"} | set(extra["provided"])
 print(json.dumps({"names": sorted(names), "dynamic": dynamic, "relative": local,
                   "imports": sorted(foreign - std)}))
 "#;
@@ -302,8 +313,9 @@ print(json.dumps({"names": sorted(names), "dynamic": dynamic, "relative": local,
 /// Longest the Python check may take (it only parses).
 const PYTHON_CHECK_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Builds a Python project: checks `main.py` and the hand-written manifest, and copies both
-/// into the output folder.
+/// Builds a Python project: checks its entry and the hand-written manifest, then copies the
+/// entry to `main.py`, or, for a project with more modules or a `requirements.txt` (and always
+/// for `at-run dev`), packs them into `bundle.zip` (`pypack`); the manifest goes beside it.
 fn build_python(project: &Project, opts: &BuildOptions) -> anyhow::Result<Built> {
     let start = Instant::now();
     let entry = project.entry();
@@ -322,19 +334,101 @@ fn build_python(project: &Project, opts: &BuildOptions) -> anyhow::Result<Built>
     })?;
     let manifest = parse_manifest(&manifest_text, crate::project::PYTHON_MANIFEST)
         .map_err(|e| Failure::Build(format!("{e:#}")))?;
-    let warnings = check_python(&entry, &shown, &manifest, opts.python.as_deref())?;
 
+    let parts = pypack::Parts::of(project)?;
+    let packaged = parts.packaged() || opts.dev;
     let out = opts.out.clone().unwrap_or_else(|| project.dist());
     let staging = out.join(".staging");
     std::fs::create_dir_all(&staging)
         .with_context(|| format!("cannot create the output folder {}", staging.display()))?;
+    // A zip needs a local Python (pip, zipfile); a single file is checked with one if there is.
+    let python = if packaged {
+        Some(
+            crate::python::Python::locate(opts.python.as_deref()).map_err(|e| {
+                Failure::PythonMissing(format!(
+                    "{e} (this project has {}: packing its bundle.zip needs a local Python)",
+                    if parts.requirements.is_some() {
+                        pypack::REQUIREMENTS.to_string()
+                    } else {
+                        format!("modules besides {shown}")
+                    }
+                ))
+            })?,
+        )
+    } else {
+        None
+    };
+    let site = match (&python, &parts.requirements) {
+        (Some(py), Some(req)) => {
+            let cache = project.dir.join(".at-run").join("python-packages");
+            Some(pypack::install(
+                py,
+                project,
+                req,
+                &staging.join("site"),
+                opts.dev.then_some(cache.as_path()),
+            )?)
+        }
+        _ => None,
+    };
+    let mut provided: Vec<String> = parts
+        .modules
+        .iter()
+        .filter_map(|m| m.components().next())
+        .map(|c| {
+            c.as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".py")
+                .to_string()
+        })
+        .collect();
+    if let Some(site) = &site {
+        provided.extend(pypack::importable_names(site)?);
+    }
+    let extra = PythonExtras {
+        provided,
+        modules: parts
+            .modules
+            .iter()
+            .map(|m| (project.dir.join(m), m.display().to_string()))
+            .collect(),
+    };
+    let warnings = match &python {
+        Some(py) => check_python_with(py, &entry, &shown, &manifest, &extra)?,
+        None => check_python(&entry, &shown, &manifest, opts.python.as_deref())?,
+    };
+
     let manifest_json = serde_json::to_string_pretty(&manifest).context("encode manifest")? + "\n";
-    std::fs::write(staging.join("main.py"), &code)
-        .and_then(|()| std::fs::write(staging.join("manifest.json"), &manifest_json))
+    std::fs::write(staging.join("manifest.json"), &manifest_json)
         .with_context(|| format!("cannot write into {}", staging.display()))?;
-    // A JavaScript build left behind (the runtime changed) would be served before main.py.
-    let _ = std::fs::remove_file(out.join("main.js"));
-    let (code_path, manifest_path) = install_staged(&staging, &out, "main.py")?;
+    let (code_name, bytes) = match &python {
+        Some(py) if packaged => {
+            let files = pypack::contents(project, &parts, site.as_deref())?;
+            let bytes = pypack::write_zip(py, &files, &staging.join(pypack::ZIP_NAME), &staging)?;
+            if bytes > MAX_CODE_BYTES {
+                return Err(Failure::Build(format!(
+                    "the bundle's zip is {bytes} bytes; bundles may be at most {MAX_CODE_BYTES} \
+                     bytes (50 MiB): drop packages from {}",
+                    pypack::REQUIREMENTS
+                ))
+                .into());
+            }
+            (pypack::ZIP_NAME, bytes)
+        }
+        _ => {
+            std::fs::write(staging.join("main.py"), &code)
+                .with_context(|| format!("cannot write into {}", staging.display()))?;
+            ("main.py", code.len() as u64)
+        }
+    };
+    // Another build's code left behind (the runtime or the project's shape changed) would be
+    // served or deployed instead.
+    for stale in ["main.js", "main.py", pypack::ZIP_NAME] {
+        if stale != code_name {
+            let _ = std::fs::remove_file(out.join(stale));
+        }
+    }
+    let (code_path, manifest_path) = install_staged(&staging, &out, code_name)?;
     Ok(Built {
         name: project.file.name.clone(),
         version: project.file.version.clone(),
@@ -342,7 +436,7 @@ fn build_python(project: &Project, opts: &BuildOptions) -> anyhow::Result<Built>
         code: code_path,
         manifest_path,
         manifest,
-        bytes: code.len() as u64,
+        bytes,
         millis: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
         warnings,
     })
@@ -360,10 +454,13 @@ pub fn check_source(code: &[u8], origin: &str, runtime: &str) -> anyhow::Result<
     if code.is_empty() {
         anyhow::bail!("{origin} is empty; build the bundle first");
     }
+    if runtime == "python" && pypack::is_zip(code) {
+        return Ok(());
+    }
     if std::str::from_utf8(code).is_err() {
         match runtime {
             "python" => anyhow::bail!(
-                "{origin} is not UTF-8 text; a Python bundle is a single UTF-8 Python source file"
+                "{origin} is not UTF-8 text; a Python bundle is a single UTF-8 Python source file, or the zip `at-run build` packs"
             ),
             _ => anyhow::bail!(
                 "{origin} is not UTF-8 text; a bundle is a single JavaScript (ESM) file"
@@ -409,8 +506,40 @@ pub fn check_python(
             return Ok(warnings);
         }
     };
+    warnings.extend(check_python_with(
+        &python,
+        file,
+        shown,
+        manifest,
+        &PythonExtras::default(),
+    )?);
+    Ok(warnings)
+}
+
+/// What else goes into a packed Python bundle, for [`check_python_with`].
+#[derive(Debug, Default)]
+pub struct PythonExtras {
+    /// Top-level names the bundle's zip makes importable (its modules and packages).
+    pub provided: Vec<String>,
+    /// The project's other modules (path, name shown), checked for syntax.
+    pub modules: Vec<(PathBuf, String)>,
+}
+
+/// [`check_python`] with a located Python and what else the bundle holds.
+pub fn check_python_with(
+    python: &crate::python::Python,
+    file: &Path,
+    shown: &str,
+    manifest: &Manifest,
+    extra: &PythonExtras,
+) -> anyhow::Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    let extra_json = serde_json::json!({"provided": extra.provided, "modules": extra.modules});
     let mut cmd = python.command();
-    cmd.args(["-c", PYTHON_CHECK]).arg(file).arg(shown);
+    cmd.args(["-c", PYTHON_CHECK])
+        .arg(file)
+        .arg(shown)
+        .arg(extra_json.to_string());
     let res = run(cmd, PYTHON_CHECK_TIMEOUT)
         .with_context(|| format!("could not run {}", python.path().display()))?;
     if !res.ok {
@@ -447,14 +576,15 @@ pub fn check_python(
     }
     if found["relative"] == Value::Bool(true) {
         warnings.push(format!(
-            "{shown} has a relative import: a Python bundle is this one file, so other files of the project are not on the runner"
+            "{shown} has a relative import, which fails in the bundle's top-level module: import the project's other modules by name (`import helper` for helper.py)"
         ));
     }
     if let Some(imports) = found["imports"].as_array().filter(|a| !a.is_empty()) {
         let list: Vec<&str> = imports.iter().filter_map(Value::as_str).collect();
         warnings.push(format!(
-            "{shown} imports {}, not in Python's standard library: the runner's Python has no site-packages and a bundle is one file, so the import fails there",
-            list.join(", ")
+            "{shown} imports {}, which is neither in Python's standard library nor in the project: the runner's Python has no site-packages, so the import fails there; list it in {} (pure-Python packages only) and the build puts it in the bundle",
+            list.join(", "),
+            pypack::REQUIREMENTS
         ));
     }
     if manifest.endpoints.is_empty() {
@@ -529,8 +659,9 @@ fn evaluate(
     let res = run(cmd, EVAL_TIMEOUT).context("could not run Deno to read the manifest")?;
     if !res.ok {
         return Err(Failure::Build(format!(
-            "the bundle failed while loading (its top-level code runs with no permissions at build time; move file, network and env access into handlers):\n{}",
-            tidy(&res.stderr, &project.dir, staging)
+            "the bundle failed while loading (its top-level code runs with no permissions at build time; move file, network and env access into handlers):\n{}{}",
+            tidy(&res.stderr, &project.dir, staging),
+            if res.timed_out { " (does the top-level code wait for something?)" } else { "" }
         ))
         .into());
     }
@@ -664,61 +795,6 @@ fn tidy(stderr: &str, project: &Path, staging: &Path) -> String {
         .map(|l| format!("  {l}"))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-struct RunResult {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs a command to completion with a deadline (killed after it).
-fn run(mut cmd: Command, timeout: Duration) -> std::io::Result<RunResult> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn()?;
-    let mut out_pipe = child.stdout.take();
-    let mut err_pipe = child.stderr.take();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(p) = out_pipe.as_mut() {
-            let _ = p.read_to_string(&mut s);
-        }
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(p) = err_pipe.as_mut() {
-            let _ = p.read_to_string(&mut s);
-        }
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(st) = child.try_wait()? {
-            break Some(st);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let stdout = out_t.join().unwrap_or_default();
-    let mut stderr = err_t.join().unwrap_or_default();
-    if status.is_none() {
-        stderr.push_str(&format!(
-            "\ntimed out after {} s (does the top-level code wait for something?)",
-            timeout.as_secs()
-        ));
-    }
-    Ok(RunResult {
-        ok: status.is_some_and(|s| s.success()),
-        stdout,
-        stderr,
-    })
 }
 
 /// Parses and validates a manifest's text; `origin` names it in errors.
@@ -905,6 +981,190 @@ mod tests {
         );
     }
 
+    /// The member names of a zip, read by `python`'s `zipfile`.
+    fn zip_members(python: &Path, zip: &Path) -> Vec<String> {
+        let out = std::process::Command::new(python)
+            .args([
+                "-I",
+                "-S",
+                "-c",
+                "import sys, zipfile; print('\\n'.join(zipfile.ZipFile(sys.argv[1]).namelist()))",
+            ])
+            .arg(zip)
+            .output()
+            .expect("run python");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    /// A Python project with a module of its own and a requirements.txt naming a pure wheel
+    /// from a local folder (pip runs offline).
+    fn packed_python_project() -> Option<(tempfile::TempDir, Project, BuildOptions, PathBuf)> {
+        let (dir, project, opts) = python_project();
+        let python = opts.python.clone()?;
+        atrund_testnet::require_tiny_wheel(&python, &project.dir);
+        std::fs::create_dir_all(project.dir.join("lib")).expect("mkdir");
+        std::fs::write(project.dir.join("lib/__init__.py"), "").expect("write");
+        std::fs::write(
+            project.dir.join("lib/words.py"),
+            "def hello(n):\n    return 'hello ' + n\n",
+        )
+        .expect("write");
+        let main = std::fs::read_to_string(project.entry()).expect("main.py");
+        std::fs::write(
+            project.entry(),
+            format!("import tinypkg\nfrom lib import words\n{main}\nloud = {{\"handler\": lambda i, c: tinypkg.shout(words.hello(i[\"name\"]))}}\n"),
+        )
+        .expect("write");
+        Some((dir, project, opts, python))
+    }
+
+    #[test]
+    fn a_python_project_with_modules_and_requirements_is_packed_into_a_zip() {
+        let Some((_dir, project, opts, python)) = packed_python_project() else {
+            return;
+        };
+        std::fs::create_dir_all(project.dist()).expect("mkdir dist");
+        std::fs::write(project.dist().join("main.py"), "stale").expect("write");
+        let (built, _) = build_project(no_deno, &project, &opts).expect("builds");
+        assert_eq!(built.code, project.dist().join("bundle.zip"));
+        assert!(
+            !project.dist().join("main.py").exists(),
+            "a stale main.py stays beside the zip"
+        );
+        assert!(built.warnings.is_empty(), "{:?}", built.warnings);
+        let code = std::fs::read(&built.code).expect("zip");
+        assert!(pypack::is_zip(&code));
+        assert_eq!(built.bytes, code.len() as u64);
+        let members = zip_members(&python, &built.code);
+        for want in [
+            "main.py",
+            "lib/__init__.py",
+            "lib/words.py",
+            "tinypkg/__init__.py",
+            "tinypkg-1.0.dist-info/METADATA",
+        ] {
+            assert!(
+                members.iter().any(|m| m == want),
+                "{want} not in {members:?}"
+            );
+        }
+        assert!(
+            !members
+                .iter()
+                .any(|m| m.starts_with("wheels/") || m.ends_with(".pyc")),
+            "{members:?}"
+        );
+        // The same sources give the same blob.
+        let (again, _) = build_project(no_deno, &project, &opts).expect("builds again");
+        assert_eq!(std::fs::read(&again.code).expect("zip"), code);
+
+        // The zip imports as the runner's shim imports it: main.py from the zip on sys.path.
+        let out = std::process::Command::new(&python)
+            .args(["-I", "-S", "-c", "import sys; sys.path.append(sys.argv[1]); a = sys.modules['atrund'] = type(sys)('atrund'); a.Response = a.endpoint = a.task = lambda *x, **k: (lambda f: f); import main; print(main.loud['handler']({'name': 'ada'}, None))"])
+            .arg(&built.code)
+            .output()
+            .expect("python");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "HELLO ADA!",
+            "{out:?}"
+        );
+
+        // An import the bundle cannot satisfy is named, with where to list it.
+        let main = std::fs::read_to_string(project.entry()).expect("main.py");
+        std::fs::write(project.entry(), format!("import yaml\n{main}")).expect("write");
+        let (built, _) = build_project(no_deno, &project, &opts).expect("builds");
+        assert!(
+            built
+                .warnings
+                .iter()
+                .any(|w| w.contains("imports yaml") && w.contains("requirements.txt")),
+            "{:?}",
+            built.warnings
+        );
+        std::fs::write(project.entry(), &main).expect("write");
+
+        // A syntax error in another module is found with its file and line.
+        std::fs::write(project.dir.join("lib/words.py"), "def hello(n:\n").expect("write");
+        let m = format!(
+            "{:#}",
+            build_project(no_deno, &project, &opts).expect_err("syntax error")
+        );
+        assert!(m.contains("lib/words.py:1:"), "{m}");
+    }
+
+    #[test]
+    fn a_python_requirement_with_native_code_is_refused() {
+        let Some((_dir, project, opts, python)) = packed_python_project() else {
+            return;
+        };
+        let wheels = project.dir.join("wheels");
+        // Only a CPython/Linux wheel: pip finds no pure one.
+        atrund_testnet::write_wheel(
+            &python,
+            &wheels,
+            "fastpkg",
+            "cp311-cp311-manylinux_2_17_x86_64",
+            &[("fastpkg/__init__.py", ""), ("fastpkg/_speed.so", "ELF")],
+        );
+        std::fs::write(
+            project.dir.join("requirements.txt"),
+            "--no-index\n--find-links wheels\nfastpkg\n",
+        )
+        .expect("write");
+        let e = build_project(no_deno, &project, &opts).expect_err("no pure wheel");
+        assert_eq!(crate::error::classify(&e).0, "BuildFailed");
+        let m = format!("{e:#}");
+        assert!(
+            m.contains("pure-Python packages only") && m.contains("fastpkg"),
+            "{m}"
+        );
+
+        // A wheel tagged pure that ships a native library anyway.
+        atrund_testnet::write_wheel(
+            &python,
+            &wheels,
+            "liarpkg",
+            "py3-none-any",
+            &[
+                ("liarpkg/__init__.py", ""),
+                ("liarpkg/_speed.cpython-311-x86_64-linux-gnu.so", "ELF"),
+            ],
+        );
+        std::fs::write(
+            project.dir.join("requirements.txt"),
+            "--no-index\n--find-links wheels\nliarpkg\n",
+        )
+        .expect("write");
+        let m = format!(
+            "{:#}",
+            build_project(no_deno, &project, &opts).expect_err("native code")
+        );
+        assert!(
+            m.contains("liarpkg/_speed.cpython-311-x86_64-linux-gnu.so")
+                && m.contains("is native code"),
+            "{m}"
+        );
+
+        // A project file and a package file that would have the same name in the zip.
+        std::fs::write(
+            project.dir.join("requirements.txt"),
+            "--no-index\n--find-links wheels\ntinypkg==1.0\n",
+        )
+        .expect("write");
+        std::fs::create_dir_all(project.dir.join("tinypkg")).expect("mkdir");
+        std::fs::write(project.dir.join("tinypkg/__init__.py"), "").expect("write");
+        let m = format!(
+            "{:#}",
+            build_project(no_deno, &project, &opts).expect_err("a clash")
+        );
+        assert!(m.contains("would both be tinypkg/__init__.py"), "{m}");
+    }
+
     #[test]
     fn a_python_syntax_error_names_file_and_line_and_keeps_the_last_build() {
         let (_dir, project, opts) = python_project();
@@ -990,7 +1250,7 @@ mod tests {
         );
         assert!(!w.contains("'greet'"), "{w}");
         assert!(
-            w.contains("imports requests, not in Python's standard library"),
+            w.contains("imports requests, which is neither in Python's standard library"),
             "{w}"
         );
         assert!(w.contains("relative import"), "{w}");

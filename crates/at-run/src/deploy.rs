@@ -24,17 +24,22 @@ use crate::xrpc::{Client, Session, XrpcError};
 const MAX_DESCRIPTION_BYTES: usize = 3000;
 const MAX_DESCRIPTION_CHARS: usize = 300;
 
-/// The MIME type the code of a `runtime` bundle is uploaded with: the first of the types its
-/// records may name (`application/javascript` for Deno and Node, `text/x-python` for Python).
-pub fn code_mime(runtime: &str) -> &'static str {
+/// The MIME type `code` of a `runtime` bundle is uploaded with: one of the types its records
+/// may name (`application/javascript` for Deno and Node; for Python `text/x-python`, or
+/// `application/zip` for a packed project).
+pub fn code_mime(runtime: &str, code: &[u8]) -> &'static str {
+    if runtime == "python" && crate::pypack::is_zip(code) {
+        return "application/zip";
+    }
     code_types(runtime)[0]
 }
 
-/// The runtime a prebuilt file's name says it is for: a `.py` file is Python source, a `.js`,
-/// `.mjs` or `.ts` file JavaScript; `None` for anything else.
+/// The runtime a prebuilt file's name says it is for: a `.py` file (Python source) or a `.zip`
+/// (a packed Python project) is Python, a `.js`, `.mjs` or `.ts` file JavaScript; `None` for
+/// anything else.
 fn runtime_of_file(path: &Path) -> Option<&'static str> {
     match path.extension().and_then(|e| e.to_str()) {
-        Some("py") => Some("python"),
+        Some("py" | "zip") => Some("python"),
         Some("js" | "mjs" | "ts") => Some("javascript"),
         _ => None,
     }
@@ -167,7 +172,7 @@ pub async fn publish(
     }
 
     let size = p.code.len() as u64;
-    let mime = code_mime(p.runtime);
+    let mime = code_mime(p.runtime, &p.code);
     progress(&format!("uploading {size} bytes of code ({mime})"));
     let (blob, blob_cid) = client
         .upload_blob(session, std::mem::take(&mut p.code), mime)
@@ -381,7 +386,7 @@ async fn deploy(
         let by_name = runtime_of_file(&a.path);
         let runtime = match (runtime_flag, by_name) {
             (None, Some("python")) => bail!(
-                "{} is Python source: pass --runtime python to publish it for the Python runtime",
+                "{} is Python (source or a packed zip): pass --runtime python to publish it for the Python runtime",
                 a.path.display()
             ),
             (Some(r), _) => r,
@@ -391,7 +396,7 @@ async fn deploy(
         crate::project::validate_runtime(&runtime).context("--runtime")?;
         match (runtime.as_str(), by_name) {
             ("python", Some("javascript")) => bail!(
-                "--runtime python takes one Python source file (.py), and {} is JavaScript; pass --runtime deno or node for it",
+                "--runtime python takes one Python source file (.py) or a zip packed by `at-run build`, and {} is JavaScript; pass --runtime deno or node for it",
                 a.path.display()
             ),
             ("deno" | "node", Some("python")) => bail!(
@@ -423,7 +428,11 @@ async fn deploy(
             let code = std::fs::read(&a.path)
                 .with_context(|| format!("could not read the bundle file {}", a.path.display()))?;
             check_code(&code, &a.path.display().to_string(), &runtime)?;
-            checked = crate::build::check_python(&a.path, &a.path.display().to_string(), &m, None)?;
+            // A packed zip was checked when it was built; the runner checks its main.py.
+            if !crate::pypack::is_zip(&code) {
+                checked =
+                    crate::build::check_python(&a.path, &a.path.display().to_string(), &m, None)?;
+            }
         }
         (
             a.path.clone(),
@@ -437,6 +446,7 @@ async fn deploy(
         for (file, hint) in [
             ("main.js", "and --runtime node for a Node bundle"),
             ("main.py", "and --runtime python"),
+            (crate::pypack::ZIP_NAME, "and --runtime python"),
         ] {
             let prebuilt = a.path.join(file);
             if !a.path.join(crate::project::PROJECT_FILE).exists() && prebuilt.is_file() {
@@ -670,7 +680,7 @@ mod tests {
         a.path = dir.path().join("main.py");
         let e = format!("{:#}", dry_runtime(a, None).await.expect_err("no flag"));
         assert!(
-            e.contains("is Python source") && e.contains("pass --runtime python"),
+            e.contains("is Python (source or a packed zip)") && e.contains("pass --runtime python"),
             "{e}"
         );
         let mut a = cmd(dir.path());
@@ -736,11 +746,17 @@ mod tests {
 
     #[test]
     fn code_is_uploaded_with_its_runtime_type() {
-        assert_eq!(code_mime("deno"), "application/javascript");
-        assert_eq!(code_mime("node"), "application/javascript");
-        assert_eq!(code_mime("python"), "text/x-python");
+        assert_eq!(code_mime("deno", b"export {}"), "application/javascript");
+        assert_eq!(code_mime("node", b"export {}"), "application/javascript");
+        assert_eq!(code_mime("python", b"import json"), "text/x-python");
+        assert_eq!(code_mime("python", b"PK\x03\x04..."), "application/zip");
+        // A zip is no JavaScript bundle: the record check at the runner refuses it as such.
+        assert_eq!(
+            code_mime("deno", b"PK\x03\x04..."),
+            "application/javascript"
+        );
         for runtime in atrund_bundle::record::RUNTIMES {
-            assert!(code_types(runtime).contains(&code_mime(runtime)));
+            assert!(code_types(runtime).contains(&code_mime(runtime, b"x")));
         }
         let e = format!(
             "{:#}",
@@ -789,7 +805,7 @@ mod tests {
     fn the_record_names_the_runtime() {
         let manifest: Manifest =
             serde_json::from_str(r#"{"endpoints":[{"name":"greet"}]}"#).expect("manifest");
-        let blob = json!({"$type": "blob", "ref": {"$link": "bafkreiabc"}, "mimeType": code_mime("deno"), "size": 10});
+        let blob = json!({"$type": "blob", "ref": {"$link": "bafkreiabc"}, "mimeType": code_mime("deno", b"x"), "size": 10});
         for runtime in atrund_bundle::record::RUNTIMES {
             let p = Publish {
                 code: Vec::new(),

@@ -10,8 +10,10 @@
 //! as `ATRUND_NODE_PATH`, and a Python project a local Python 3.11 or newer (`--python`), handed
 //! over as `ATRUND_PYTHON_PATH` with `ATRUND_PYTHON_ALLOW_NONE=true`: the local runner runs only
 //! the author's own code, so it may run Python under the `none` backend when it cannot use
-//! containers (it chooses `container` when it can, as root). A Python build is a copy of
-//! `main.py` (served with `--entry main.py`) and its `manifest.json`.
+//! containers (it chooses `container` when it can, as root). A Python project is always packed
+//! into `bundle.zip` here (served with `--entry bundle.zip`), so adding a module or a
+//! `requirements.txt` while `dev` runs needs no restart; its packages are installed again only
+//! when `requirements.txt` changes.
 //!
 //! Owns: the watch loop and the at-rund child process (stopped with SIGTERM when `dev` stops).
 //! Must not touch: the project's sources; anything published.
@@ -175,6 +177,7 @@ pub async fn run(args: &DevArgs, deno: &Deno, json_out: bool) -> anyhow::Result<
         out: Some(out.clone()),
         sourcemap: true,
         python: python.as_ref().map(|p| p.path().to_path_buf()),
+        dev: true,
     };
     // The first build must succeed: there is nothing to serve otherwise.
     let built = build(deno, &project, &opts)?;
@@ -198,7 +201,7 @@ pub async fn run(args: &DevArgs, deno: &Deno, json_out: bool) -> anyhow::Result<
     };
     match &python {
         Some(p) => cmd
-            .args(["--entry", "main.py"])
+            .args(["--entry", crate::pypack::ZIP_NAME])
             .env("ATRUND_PYTHON_PATH", p.path())
             .env("ATRUND_PYTHON_ALLOW_NONE", "true"),
         None => cmd

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod authed;
 pub mod build;
+pub mod child;
 pub mod deno;
 pub mod deploy;
 pub mod dev;
@@ -12,6 +13,7 @@ pub mod jobs;
 pub mod logs;
 pub mod node;
 pub mod project;
+pub mod pypack;
 pub mod python;
 pub mod releases;
 pub mod runner;

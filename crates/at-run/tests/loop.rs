@@ -1211,4 +1211,60 @@ async fn a_python_project_from_init_through_dev_to_a_python_runner() {
         get(&format!("{latest}/greet?name=Ada")),
         (200, r#"{"message":"Hello, Ada!"}"#.into())
     );
+
+    // The project grows a module and a requirements.txt (a pure wheel from a local folder, so
+    // pip runs offline): built into dist/bundle.zip, published as application/zip, served with
+    // both importable on the runner.
+    atrund_testnet::require_tiny_wheel(&python, &app);
+    std::fs::write(
+        app.join("words.py"),
+        "def hello(n):\n    return 'hello ' + n\n",
+    )
+    .expect("write");
+    std::fs::write(
+        app.join("main.py"),
+        format!("import tinypkg\nimport words\n{good}\nloud = {{\"handler\": lambda i, c: {{\"said\": tinypkg.shout(words.hello(i[\"name\"]))}}}}\n"),
+    )
+    .expect("write");
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(app.join("manifest.json")).expect("read"))
+            .expect("manifest.json");
+    manifest["endpoints"]
+        .as_array_mut()
+        .expect("endpoints")
+        .push(serde_json::json!({"name": "loud", "method": "GET"}));
+    std::fs::write(app.join("manifest.json"), manifest.to_string()).expect("write");
+    let project_file = std::fs::read_to_string(app.join("at-run.json")).expect("read");
+    std::fs::write(
+        app.join("at-run.json"),
+        project_file.replace("\"0.1.0\"", "\"0.2.0\""),
+    )
+    .expect("write");
+    let v2 = Run::from(
+        author
+            .command(&app)
+            .args(["deploy", "--json"])
+            .env("ATRUN_PYTHON", python_arg)
+            .output()
+            .expect("at-run deploy"),
+    );
+    assert_eq!(v2.code, 0, "{v2:?}");
+    let v2 = v2.json();
+    assert_eq!(v2["version"], "0.2.0", "{v2}");
+    assert_eq!(v2["blob"]["mimeType"], "application/zip", "{v2}");
+    assert!(app.join("dist/bundle.zip").is_file() && !app.join("dist/main.py").exists());
+    // `latest` moves when the runner sees the release (its event stream; seconds at most).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = get(&format!("{latest}/loud?name=ada"));
+        if status == 200 {
+            assert_eq!(body, r#"{"said":"HELLO ADA!"}"#);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "v0.2.0 not served: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

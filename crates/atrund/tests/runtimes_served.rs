@@ -196,6 +196,7 @@ export const blocked = {{ method: "GET", handler: () => attempt(async () => {{
 /// Issue 18: a Python bundle published to the real test PDS (`runtime = "python"`, code
 /// `text/x-python`) is served by Debian's Python in `container` mode, reaching an allowed service
 /// through the egress proxy with urllib; under `none` it is refused unless `python.allow_none`.
+/// A packed one (`application/zip`) imports its modules and packages from the zip.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_python_bundle_from_the_pds_is_served_in_a_container() {
     let Some(net) = atrund_testnet::shared() else {
@@ -242,6 +243,48 @@ viaUrllib = {{"method": "GET", "handler": _fetch}}
     )
     .await;
     assert_eq!(published.runtime, "python");
+    // A packed project (`application/zip`): main.py at the root imports a module of the
+    // project and a package from the zip; a zip without main.py fails its start by name.
+    let zip_dir = tempfile::tempdir().expect("temp dir");
+    let packed = zip_dir.path().join("packed.zip");
+    let member = |n: &str, c: &str| (n.to_string(), c.to_string());
+    atrund_testnet::write_zip(
+        &python,
+        &packed,
+        &[
+            member(
+                "main.py",
+                "import tinypkg\nfrom lib import words\n\nloud = {\"handler\": lambda i, c: {\"said\": tinypkg.shout(words.hello(i[\"name\"])), \"from\": tinypkg.__file__}}\n",
+            ),
+            member("lib/__init__.py", ""),
+            member("lib/words.py", "def hello(n):\n    return 'hello ' + n\n"),
+            member("tinypkg/__init__.py", "def shout(s):\n    return s.upper() + '!'\n"),
+        ],
+    );
+    let packed = std::fs::read(&packed).expect("zip");
+    let loud = json!({"endpoints": [{"name": "loud"}]});
+    let published = deploy_on(
+        net,
+        &acct,
+        &packed,
+        &loud,
+        ("packed-python", "1.0.0"),
+        "python",
+    )
+    .await;
+    assert_eq!(published.blob.mime_type, "application/zip");
+    let no_main = zip_dir.path().join("no-main.zip");
+    atrund_testnet::write_zip(&python, &no_main, &[member("app.py", "x = 1\n")]);
+    let no_main = std::fs::read(&no_main).expect("zip");
+    deploy_on(
+        net,
+        &acct,
+        &no_main,
+        &loud,
+        ("no-main-python", "1.0.0"),
+        "python",
+    )
+    .await;
 
     let serve = |isolation: &str, allow_none: bool| {
         let data = tempfile::tempdir().expect("temp dir");
@@ -269,6 +312,29 @@ viaUrllib = {{"method": "GET", "handler": _fetch}}
     let (status, body) = get(&url(&d, "viaUrllib")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["leaked"], "200 from-host!", "{body}");
+    let (status, body) = get(&d.url(&format!(
+        "/bundle/{}/packed-python/latest/loud?name=ada",
+        acct.did
+    )))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["said"], "HELLO ADA!", "{body}");
+    assert!(
+        // Inside the bundle's file (the store names it), not a host's site-packages.
+        body["from"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("/tinypkg/__init__.py") && !f.starts_with("/usr/")),
+        "{body}"
+    );
+    let (status, body) =
+        get(&d.url(&format!("/bundle/{}/no-main-python/latest/loud", acct.did))).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("NoMainModule")),
+        "{body}"
+    );
     d.stop();
 
     // `none` without python.allow_none: refused, naming the key.

@@ -45,7 +45,8 @@ impl LocalBundleError {
 }
 
 /// Code file names tried in order when `--entry` is not given.
-pub const ENTRY_CANDIDATES: [&str; 4] = ["main.js", "main.ts", "bundle.js", "main.py"];
+pub const ENTRY_CANDIDATES: [&str; 5] =
+    ["main.js", "main.ts", "bundle.js", "main.py", "bundle.zip"];
 
 /// Files changed this recently are read again on the next request even if their stat is the
 /// same: timestamps are only as fine as the file system's clock tick.

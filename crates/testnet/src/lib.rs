@@ -462,6 +462,76 @@ pub fn python_path() -> Option<PathBuf> {
     }
 }
 
+/// Writes a wheel `{name}-1.0-{tag}.whl` into `dir` holding `files` (path, text) and its
+/// metadata, with `python`'s `zipfile`: a package pip installs offline
+/// (`--no-index --find-links`), so tests of Python bundles with dependencies need no index.
+pub fn write_wheel(
+    python: &Path,
+    dir: &Path,
+    name: &str,
+    tag: &str,
+    files: &[(&str, &str)],
+) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("create the wheel folder");
+    let wheel = dir.join(format!("{name}-1.0-{tag}.whl"));
+    let info = format!("{name}-1.0.dist-info");
+    let mut members: Vec<(String, String)> = files
+        .iter()
+        .map(|(p, c)| (p.to_string(), c.to_string()))
+        .collect();
+    members.push((
+        format!("{info}/METADATA"),
+        format!("Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n"),
+    ));
+    members.push((
+        format!("{info}/WHEEL"),
+        format!(
+            "Wheel-Version: 1.0\nGenerator: at-rund tests\nRoot-Is-Purelib: true\nTag: {tag}\n"
+        ),
+    ));
+    members.push((format!("{info}/RECORD"), String::new()));
+    write_zip(python, &wheel, &members);
+    wheel
+}
+
+/// Gives the Python project in `project` a `requirements.txt` naming `tinypkg==1.0` (whose
+/// `shout(s)` returns `s.upper() + "!"`), a pure wheel in its `wheels/` folder that pip
+/// installs offline.
+pub fn require_tiny_wheel(python: &Path, project: &Path) {
+    write_wheel(
+        python,
+        &project.join("wheels"),
+        "tinypkg",
+        "py3-none-any",
+        &[(
+            "tinypkg/__init__.py",
+            "def shout(s):\n    return s.upper() + '!'\n",
+        )],
+    );
+    std::fs::write(
+        project.join("requirements.txt"),
+        "--no-index\n--find-links wheels\ntinypkg==1.0\n",
+    )
+    .expect("write requirements.txt");
+}
+
+/// Writes a zip at `path` holding `members` (name, text), with `python`'s `zipfile`.
+pub fn write_zip(python: &Path, path: &Path, members: &[(String, String)]) {
+    let listing = serde_json::to_string(members).expect("encode");
+    let status = Command::new(python)
+        .args([
+            "-I",
+            "-S",
+            "-c",
+            "import json, sys, zipfile\nwith zipfile.ZipFile(sys.argv[1], 'w', zipfile.ZIP_DEFLATED) as z:\n    for p, c in json.loads(sys.argv[2]):\n        z.writestr(p, c)\n",
+        ])
+        .arg(path)
+        .arg(listing)
+        .status()
+        .expect("run python to write a zip");
+    assert!(status.success(), "writing {} failed", path.display());
+}
+
 /// The kernel modules the Debian cloud kernel needs for virtio and vsock in a microVM guest.
 pub const MICROVM_MODULES: [&str; 6] = [
     "virtio",

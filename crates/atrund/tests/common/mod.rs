@@ -264,16 +264,17 @@ pub async fn deploy(
 pub async fn deploy_on(
     net: &TestNet,
     account: &Account,
-    code: &str,
+    code: impl AsRef<[u8]>,
     manifest: &Value,
     (name, version): (&str, &str),
     runtime: &str,
 ) -> at_run::deploy::Published {
     let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join(if runtime == "python" {
-        "main.py"
-    } else {
-        "main.js"
+    let code = code.as_ref();
+    let file = dir.path().join(match runtime {
+        "python" if at_run::pypack::is_zip(code) => "bundle.zip",
+        "python" => "main.py",
+        _ => "main.js",
     });
     std::fs::write(&file, code).expect("write bundle");
     std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).expect("manifest");
