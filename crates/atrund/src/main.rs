@@ -363,24 +363,17 @@ async fn serve(config_source: reload::Source, mut local: Option<LocalBundle>) ->
             );
         }
     }
-    let deno_version = runtimes.deno().version().await?;
-    tracing::info!(deno = %runtimes.deno().path().display(), version = %deno_version, "runtime found");
-    let mut offered = vec![atrund_api::Runtime {
-        name: "deno".into(),
-        version: deno_version,
-    }];
-    if let Some(node) = runtimes.node() {
-        offered.push(atrund_api::Runtime {
-            name: "node".into(),
-            version: node.version().to_string(),
-        });
+    let versions = runtimes.versions().await?;
+    for (kind, version) in &versions {
+        tracing::info!(runtime = kind.as_str(), version = %version, "runtime found");
     }
-    if let Some(python) = runtimes.python() {
-        offered.push(atrund_api::Runtime {
-            name: "python".into(),
-            version: python.version().to_string(),
-        });
-    }
+    let offered: Vec<atrund_api::Runtime> = versions
+        .into_iter()
+        .map(|(kind, version)| atrund_api::Runtime {
+            name: kind.as_str().into(),
+            version,
+        })
+        .collect();
 
     let address_policy = settings::own_requests_policy(&config.allow_addrs)?;
     // Sections are destructured, so a new key cannot be silently left at a component default.

@@ -11,7 +11,9 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::seam::{check_secret_names, path_str, Layout, Runtime, RuntimeKind, Shim};
+use super::seam::{
+    check_net_entry, check_secret_names, path_str, Layout, Runtime, RuntimeKind, Shim,
+};
 use crate::{Enforcement, InstanceSpec, SandboxError};
 
 /// The Deno shim (`runtime/exec/main.ts`).
@@ -193,10 +195,7 @@ fn flag_item<'a>(what: &str, s: &'a str) -> Result<&'a str, SandboxError> {
 /// Deno's own `--allow-net=host` would mean every port. Deno checks the URL's host, not the
 /// proxy's, so the proxy itself needs no entry (both backends send fetch through it).
 fn net_flag_item(entry: &str) -> Result<String, SandboxError> {
-    let rule = atrund_egress::NetRule::parse(flag_item("net entry", entry)?).map_err(|e| {
-        SandboxError::StartFailed(format!("the manifest's net list cannot be enforced: {e}"))
-    })?;
-    Ok(rule.to_string())
+    Ok(check_net_entry(flag_item("net entry", entry)?)?.to_string())
 }
 
 /// Deno as a [`Runtime`].

@@ -7,7 +7,7 @@
 //!
 //! Owns: [`RuntimeKind`] (the record's `runtime` names this runner knows), [`Runtimes`] (the
 //! located binaries of the runtimes this runner offers) and the [`Runtime`] seam. Deno
-//! (`deno`) and Node.js (`node`) implement it. Must not: choose permissions or limits (they
+//! (`deno`), Node.js (`node`) and Python (`python`) implement it. Must not: choose permissions or limits (they
 //! arrive checked), or confine the process (the executors do, the same for every runtime).
 
 pub(crate) mod deno;
@@ -76,12 +76,11 @@ impl Runtimes {
     ) -> Result<Self, SandboxError> {
         Ok(Self {
             deno: deno::DenoRuntime::new(self.deno.binary_ref().clone().reachable_by(id, staged)?),
-            node: match self.node {
-                Some(n) => Some(node::NodeRuntime::new(
-                    n.binary_ref().clone().reachable_by(id, staged)?,
-                )),
-                None => None,
-            },
+            node: self
+                .node
+                .map(|n| n.binary_ref().clone().reachable_by(id, staged))
+                .transpose()?
+                .map(node::NodeRuntime::new),
             // An interpreter needs its standard library beside it: no copy is made. Debian's is
             // world-readable where it is.
             python: self.python,
@@ -98,43 +97,52 @@ impl Runtimes {
         self.node.as_ref().map(|n| n.binary_ref())
     }
 
-    /// The runtimes offered, in [`RuntimeKind::ALL`]'s order.
-    pub fn offered(&self) -> Vec<RuntimeKind> {
+    /// The offered runtimes, in [`RuntimeKind::ALL`]'s order.
+    fn each(&self) -> impl Iterator<Item = (RuntimeKind, &dyn Runtime)> {
         RuntimeKind::ALL
             .into_iter()
-            .filter(|k| self.get(*k).is_ok())
-            .collect()
+            .filter_map(|k| self.get(k).ok().map(|r| (k, r)))
+    }
+
+    /// Each offered runtime with its version line (as describeRunner announces it), in
+    /// [`RuntimeKind::ALL`]'s order. Deno's is asked of the binary; the others were read when
+    /// their binaries were probed.
+    pub async fn versions(&self) -> Result<Vec<(RuntimeKind, String)>, SandboxError> {
+        let mut out = vec![(RuntimeKind::Deno, self.deno().version().await?)];
+        out.extend(
+            self.node()
+                .map(|n| (RuntimeKind::Node, n.version().to_string())),
+        );
+        out.extend(
+            self.python()
+                .map(|p| (RuntimeKind::Python, p.version().to_string())),
+        );
+        Ok(out)
+    }
+
+    /// The runtimes offered, in [`RuntimeKind::ALL`]'s order.
+    pub fn offered(&self) -> Vec<RuntimeKind> {
+        self.each().map(|(k, _)| k).collect()
     }
 
     /// The host path of every offered runtime's binary (the container root needs their
     /// libraries).
     pub fn binaries(&self) -> Vec<PathBuf> {
-        RuntimeKind::ALL
-            .into_iter()
-            .filter_map(|k| self.get(k).ok().map(|r| r.binary().to_path_buf()))
-            .collect()
+        self.each().map(|(_, r)| r.binary().to_path_buf()).collect()
     }
 
     /// Host dirs every container root binds read-only, and files whose libraries it needs, of
     /// every offered runtime.
     pub(crate) fn root_inputs(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
-        let offered: Vec<&dyn Runtime> = RuntimeKind::ALL
-            .into_iter()
-            .filter_map(|k| self.get(k).ok())
-            .collect();
         (
-            offered.iter().flat_map(|r| r.root_dirs()).collect(),
-            offered.iter().flat_map(|r| r.root_libs()).collect(),
+            self.each().flat_map(|(_, r)| r.root_dirs()).collect(),
+            self.each().flat_map(|(_, r)| r.root_libs()).collect(),
         )
     }
 
     /// Each offered runtime's own enforcement lines (`<runtime>.<permission>`).
     pub fn enforcement(&self) -> Vec<Enforcement> {
-        RuntimeKind::ALL
-            .into_iter()
-            .filter_map(|k| self.get(k).ok())
-            .flat_map(|r| r.enforcement())
-            .collect()
+        self.each().flat_map(|(_, r)| r.enforcement()).collect()
     }
 
     pub(crate) fn get(&self, kind: RuntimeKind) -> Result<&dyn Runtime, SandboxError> {

@@ -12,7 +12,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::seam::{check_secret_names, Layout, Runtime, RuntimeKind, Shim};
+use super::seam::{check_net_entry, check_secret_names, Layout, Runtime, RuntimeKind, Shim};
 use crate::{Enforcement, SandboxError};
 
 /// The Python shim (`runtime/exec/python.py`).
@@ -139,11 +139,7 @@ impl Runtime for PythonRuntime {
     fn args(&self, l: &Layout<'_>) -> Result<Vec<OsString>, SandboxError> {
         check_secret_names(self, &l.spec.env)?;
         for entry in &l.spec.permissions.net {
-            atrund_egress::NetRule::parse(entry).map_err(|e| {
-                SandboxError::StartFailed(format!(
-                    "the manifest's net list cannot be enforced: {e}"
-                ))
-            })?;
+            check_net_entry(entry)?;
         }
         Ok(vec![
             // Isolated: no PYTHON* variables, no user site or script dir on sys.path; no site

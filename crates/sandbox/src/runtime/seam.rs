@@ -125,6 +125,14 @@ pub(crate) fn check_secret_names(
     Ok(())
 }
 
+/// Checks each `net` entry with the egress proxy's own rule, so an entry it could not enforce
+/// fails the start, whatever the runtime does with the list.
+pub(crate) fn check_net_entry(entry: &str) -> Result<atrund_egress::NetRule, SandboxError> {
+    atrund_egress::NetRule::parse(entry).map_err(|e| {
+        SandboxError::StartFailed(format!("the manifest's net list cannot be enforced: {e}"))
+    })
+}
+
 fn secret_name<'a>(runtime: &dyn Runtime, k: &'a str) -> Result<&'a str, SandboxError> {
     if is_proxy_var(k) {
         return Err(SandboxError::StartFailed(format!(
