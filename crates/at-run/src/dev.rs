@@ -139,24 +139,58 @@ impl Drop for TermOnDrop {
     }
 }
 
-/// Pulls the message out of an at-rund log line about bundle output (`stream=...`), with the
-/// project's paths made relative (`lib/greeting.ts:2:9`) and the shim's own frames dropped.
-fn bundle_line(line: &str, project_url: &str) -> Option<String> {
-    if !line.contains("stream=") {
-        return None;
+/// Picks the bundle's output out of at-rund's log lines (`stream=...`), with the project's
+/// paths made relative (`lib/greeting.ts:2:9`, `words.py` for a file in a dev zip) and the
+/// frames of the shims and the runtimes' internals dropped (for a Python frame, with the source
+/// and caret lines that follow it).
+struct BundleLines {
+    project_url: String,
+    /// Inside a dropped Python frame: its indented lines go too.
+    in_dropped_frame: bool,
+}
+
+impl BundleLines {
+    fn new(project_url: String) -> Self {
+        Self {
+            project_url,
+            in_dropped_frame: false,
+        }
     }
-    let msg = line.split_once(": ").map(|(_, m)| m).unwrap_or(line);
-    let msg = msg.split(" instance=").next().unwrap_or(msg);
-    // The shims' frames (at-run-exec.ts, at-run-exec-node.cjs), Deno's and Node's internals, and
-    // Deno's per-instance notice about request.signal.
-    if msg.contains("at-run-exec")
-        || msg.contains("(ext:")
-        || msg.contains("node:internal/")
-        || msg.contains("legacy behavior")
-    {
-        return None;
+
+    fn next(&mut self, line: &str) -> Option<String> {
+        if !line.contains("stream=") {
+            return None;
+        }
+        let msg = line.split_once(": ").map(|(_, m)| m).unwrap_or(line);
+        let msg = msg.split(" instance=").next().unwrap_or(msg);
+        if let Some(frame) = msg.strip_prefix("  File \"") {
+            // Python: the shim and the standard library are not the author's code.
+            self.in_dropped_frame = frame.contains("at-run-exec") || frame.contains("/python3.");
+            if self.in_dropped_frame {
+                return None;
+            }
+            // A dev build is a zip: `"/anything/bundle.zip/words.py"` is the project's words.py.
+            let shown = match frame.split_once("bundle.zip/") {
+                Some((_, rest)) => format!("  File \"{rest}"),
+                None => msg.to_string(),
+            };
+            return Some(shown);
+        }
+        if self.in_dropped_frame && msg.starts_with("    ") {
+            return None;
+        }
+        self.in_dropped_frame = false;
+        // The shims' frames (at-run-exec.ts, at-run-exec-node.cjs), Deno's and Node's
+        // internals, and Deno's per-instance notice about request.signal.
+        if msg.contains("at-run-exec")
+            || msg.contains("(ext:")
+            || msg.contains("node:internal/")
+            || msg.contains("legacy behavior")
+        {
+            return None;
+        }
+        Some(msg.replace(&self.project_url, ""))
     }
-    Some(msg.replace(project_url, ""))
 }
 
 /// Runs until at-rund exits or at-run gets SIGINT/SIGTERM.
@@ -225,7 +259,7 @@ pub async fn run(args: &DevArgs, deno: &Deno, json_out: bool) -> anyhow::Result<
     let stderr = child.stderr.take().context("at-rund stderr")?;
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<String>();
     let verbose = args.verbose;
-    let project_url = format!("file://{}/", project.dir.display());
+    let mut bundle_lines = BundleLines::new(format!("file://{}/", project.dir.display()));
     // Blocking reader thread: tokio's child stderr is converted to a std handle for simplicity.
     let std_err = stderr.into_owned_fd().context("at-rund stderr")?;
     std::thread::spawn(move || {
@@ -242,7 +276,7 @@ pub async fn run(args: &DevArgs, deno: &Deno, json_out: bool) -> anyhow::Result<
             }
             if verbose {
                 eprintln!("[at-rund] {line}");
-            } else if let Some(m) = bundle_line(&line, &project_url) {
+            } else if let Some(m) = bundle_lines.next(&line) {
                 eprintln!("  | {m}");
             } else if line.contains(" ERROR ") {
                 eprintln!("[at-rund] {line}");
@@ -357,24 +391,75 @@ mod tests {
 
     #[test]
     fn bundle_output_lines_are_extracted() {
+        let mut b = BundleLines::new("file:///p/".into());
         let l = "2026-01-01T00:00:00Z  WARN atrund_sandbox::none: endpoint 'x' threw: Error: boom instance=ab12 stream=\"stderr\"";
         assert_eq!(
-            bundle_line(l, "file:///p/").as_deref(),
+            b.next(l).as_deref(),
             Some("endpoint 'x' threw: Error: boom")
         );
         let l = "WARN atrund_sandbox::none:     at greeting (file:///p/lib/g.ts:2:9) instance=a stream=\"stderr\"";
-        assert_eq!(
-            bundle_line(l, "file:///p/").as_deref(),
-            Some("    at greeting (lib/g.ts:2:9)")
-        );
-        assert_eq!(bundle_line("INFO listening addr=1", "file:///p/"), None);
+        assert_eq!(b.next(l).as_deref(), Some("    at greeting (lib/g.ts:2:9)"));
+        assert_eq!(b.next("INFO listening addr=1"), None);
         for frame in [
             "    at serve (file:///x/at-run-exec-node.cjs:10:3)",
             "    at process.processTicksAndRejections (node:internal/process/task_queues:105:5)",
         ] {
             let l = format!("WARN atrund_sandbox::none: {frame} instance=a stream=\"stderr\"");
-            assert_eq!(bundle_line(&l, "file:///p/"), None, "{frame}");
+            assert_eq!(b.next(&l), None, "{frame}");
         }
+    }
+
+    #[test]
+    fn python_tracebacks_keep_the_authors_frames() {
+        let mut b = BundleLines::new("file:///p/".into());
+        let traceback = [
+            ("Traceback (most recent call last):", true),
+            (
+                "  File \"/w/at-run-exec-python.py\", line 300, in call",
+                false,
+            ),
+            (
+                "    out = await run_handler(get(\"handler\"), value, ctx)",
+                false,
+            ),
+            (
+                "          ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^",
+                false,
+            ),
+            (
+                "  File \"/usr/lib/python3.11/asyncio/threads.py\", line 25, in to_thread",
+                false,
+            ),
+            (
+                "    return await loop.run_in_executor(None, func_call)",
+                false,
+            ),
+            (
+                "  File \"/bundle/bundle.zip/main.py\", line 32, in <lambda>",
+                true,
+            ),
+            ("    fail = {\"handler\": lambda i, c: words.boom(i)}", true),
+            (
+                "  File \"/bundle/bundle.zip/words.py\", line 2, in boom",
+                true,
+            ),
+            ("    raise ValueError(\"bad \" + n)", true),
+            ("ValueError: bad ada", true),
+        ];
+        let shown: Vec<String> = traceback
+            .iter()
+            .filter_map(|(l, _)| {
+                b.next(&format!(
+                    "WARN atrund_sandbox::container: {l} instance=a stream=\"stderr\""
+                ))
+            })
+            .collect();
+        let want: Vec<String> = traceback
+            .iter()
+            .filter(|(_, kept)| *kept)
+            .map(|(l, _)| l.replace("/bundle/bundle.zip/", ""))
+            .collect();
+        assert_eq!(shown, want);
     }
 
     #[test]
