@@ -2,7 +2,8 @@
 //! bwrap, Deno, cgroups; as root): the pool fills to `pool.generic_sandboxes` at start, a cold
 //! request is served by specialising one (counted as taken), the pool refills in the
 //! background, a new instance never gets a used sandbox, and describeRunner, `/admin/pool` and
-//! `/metrics` (checked by promtool) report it. Skips with the reason when something is missing,
+//! `/metrics` (checked by promtool) report it; bundles the sandboxes cannot serve exactly (`run`,
+//! another runtime) start the normal way and are counted by reason. Skips with the reason when something is missing,
 //! fails instead when CI=true.
 
 mod common;
@@ -182,6 +183,64 @@ async fn a_run_bundle_starts_the_normal_way_and_is_counted() {
             .iter()
             .any(|f| f[0] == "run" && f[1] == 1),
         "{p}"
+    );
+    d.stop();
+}
+
+/// The sandboxes run Deno: a Python bundle starts the normal way, counted as `runtime`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_bundle_starts_the_normal_way_and_is_counted() {
+    let Some((deno, promtool)) = tools() else {
+        return;
+    };
+    let Some(python) = atrund_testnet::python_path() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("main.py"),
+        "hello = {\"method\": \"GET\", \"handler\": lambda i, c: {\"runtime\": \"python\"}}\n",
+    )
+    .unwrap();
+    let manifest = json!({ "endpoints": [{ "name": "hello", "method": "GET" }] });
+    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = common::command(&deno, data.path());
+    cmd.args(["dev", dir.path().to_str().unwrap(), "--name", "g"])
+        .args(["--runtime", "python"])
+        .env("ATRUND_ISOLATION", "container")
+        .env("ATRUND_POOL_GENERIC_SANDBOXES", "2")
+        .env("ATRUND_PYTHON_PATH", &python);
+    let mut d = Daemon::spawn(&mut cmd, true);
+    let admin = d.admin.clone().unwrap();
+    wait_pool(&admin, "2 ready", |p| p["generic"]["ready"] == 2).await;
+    let (s, body) = common::get(&d.url("/bundle/local/g/latest/hello")).await;
+    assert_eq!(
+        (s, &body),
+        (200, &json!({"runtime": "python"})),
+        "{}",
+        d.log()
+    );
+    let p = admin_pool(&admin).await;
+    assert_eq!(p["generic"]["taken"], 0, "{p}");
+    assert!(
+        p["generic"]["fallbacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f[0] == "runtime" && f[1] == 1),
+        "{p}"
+    );
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    common::promtool_check(&promtool, &text);
+    assert!(
+        text.contains("atrund_pool_generic_fallbacks_total{reason=\"runtime\"} 1"),
+        "{text}"
     );
     d.stop();
 }

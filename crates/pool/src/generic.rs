@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use atrund_sandbox::{
     ContainerExecutor, Enforcement, Executor, GenericConfig, GenericPoolStats, GenericSandbox,
-    Instance, InstanceSpec, SandboxError,
+    Instance, InstanceSpec, SandboxError, UNFIT_REASONS,
 };
 
 /// How long the refill waits after a take before it starts a sandbox: the request that took
@@ -26,8 +26,15 @@ use atrund_sandbox::{
 /// one core).
 const REFILL_DELAY: Duration = Duration::from_millis(50);
 
-/// The reasons a start goes the normal way, as counted.
-const FALLBACKS: [&str; 4] = ["run", "limits", "rlimits", "empty"];
+/// The reasons a start goes the normal way, as counted: every reason a sandbox is unfit for a
+/// bundle, and none ready.
+const FALLBACKS: [&str; 5] = [
+    UNFIT_REASONS[0],
+    UNFIT_REASONS[1],
+    UNFIT_REASONS[2],
+    UNFIT_REASONS[3],
+    "empty",
+];
 
 /// Settings of the generic pool.
 #[derive(Debug, Clone)]

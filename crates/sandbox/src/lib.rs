@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 pub use atrund_egress::{RunnerCall, RunnerCalls, RunnerReply, RunnerService, RUNNER_HOST};
 pub use cgroup::{runner_id_for, CgroupManager, CgroupVersion};
 pub use choose::{choose_executor, microvm_verdict, Choice, Chosen, Requested};
-pub use container::generic::{GenericConfig, GenericSandbox};
+pub use container::generic::{GenericConfig, GenericSandbox, UNFIT_REASONS};
 pub use container::{find_bwrap, ContainerConfig, ContainerExecutor};
 pub use error::SandboxError;
 pub use executables::find_program;

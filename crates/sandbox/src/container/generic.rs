@@ -53,6 +53,9 @@ const BROKER_SOCKET: &str = "broker.sock";
 /// DENO_DIR inside: the sandbox's own, in its work dir.
 const DENO_DIR_IN: &str = "/work/deno";
 
+/// Every reason [`GenericSandbox::unfit`] gives, in the order the pool counts them.
+pub const UNFIT_REASONS: [&str; 4] = ["run", "limits", "rlimits", "runtime"];
+
 /// What every generic sandbox is started with, before its bundle is known.
 #[derive(Debug, Clone)]
 pub struct GenericConfig {
@@ -313,25 +316,27 @@ impl GenericSandbox {
 
     /// Why a sandbox started with `cfg` cannot take `spec` exactly, if it cannot: `run`
     /// (Deno asks the broker without naming the command), or limits above the caps it was
-    /// started with. Such a bundle starts the normal way.
+    /// started with. Such a bundle starts the normal way. The reason is one of
+    /// [`UNFIT_REASONS`].
     pub fn unfit(spec: &InstanceSpec, cfg: &GenericConfig) -> Option<&'static str> {
+        let [run, limits, rlimits, runtime] = UNFIT_REASONS;
         // The sandboxes run Deno and its broker: other runtimes start the normal way.
         if spec.runtime != crate::RuntimeKind::Deno {
-            return Some("runtime");
+            return Some(runtime);
         }
         if !spec.permissions.run.is_empty() {
-            return Some("run");
+            return Some(run);
         }
         if spec.memory_mib > cfg.memory_mib
             || spec.limits.pids > cfg.limits.pids
             || spec.limits.cpu_quota_percent > cfg.limits.cpu_quota_percent
         {
-            return Some("limits");
+            return Some(limits);
         }
         if spec.limits.open_files != cfg.limits.open_files
             || spec.limits.max_file_bytes != cfg.limits.max_file_bytes
         {
-            return Some("rlimits");
+            return Some(rlimits);
         }
         None
     }
