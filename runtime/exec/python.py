@@ -10,7 +10,8 @@ layer and the container are the whole boundary).
 
 Standard library only (asyncio and a small HTTP/1.1 server): the interpreter runs isolated
 (`-I -S -B`), with no site-packages. Usage: python3 -I -S -B python.py <bundle file> <socket>,
-then `go\\n` on stdin.
+then `go\\n` on stdin; or, in a pre-warmed generic sandbox, python.py --generic <socket>, then
+the bundle as a JSON line on stdin (`generic_main`).
 """
 
 import asyncio
@@ -310,6 +311,9 @@ async def run_task(mod, method, name, body):
 async def handle(mod, method, target, headers, body):
     q = target.find("?")
     path, search = (target, "") if q < 0 else (target[:q], target[q:])
+    if mod is None and path != "/__atrund/ready":
+        # A generic sandbox before its bundle: only the readiness probe answers.
+        return fail(503, "NotReady", "this sandbox has no bundle yet")
     if path.startswith(TASK_PREFIX):
         return await run_task(mod, method, path[len(TASK_PREFIX):], body)
     if not path.startswith(CALL_PREFIX):
@@ -366,7 +370,9 @@ async def write_chunk(w, c):
         await w.drain()
 
 
-async def serve_conn(mod, reader, writer):
+async def serve_conn(current, reader, writer):
+    """Serves one connection; `current()` is the bundle module (None until a generic sandbox
+    has one)."""
     try:
         while True:
             line = await reader.readline()
@@ -383,7 +389,7 @@ async def serve_conn(mod, reader, writer):
             chunked = "chunked" in headers.get("transfer-encoding", "").lower()
             body = Body(reader, int(headers.get("content-length", "0") or 0), chunked)
             try:
-                r = await handle(mod, method, target, headers, body)
+                r = await handle(current(), method, target, headers, body)
             except Exception:
                 traceback.print_exc()
                 r = fail(502, "BundleFailed", "the runtime shim failed; the runner's log has details")
@@ -451,15 +457,8 @@ def load(bundle):
     return mod
 
 
-def main():
-    if len(sys.argv) != 3:
-        print("usage: python.py <bundle file> <socket path>", file=sys.stderr)
-        sys.exit(64)
-    bundle, socket_path = sys.argv[1], sys.argv[2]
-    if not await_go():
-        print("no go from at-rund on stdin; not loading the bundle", file=sys.stderr)
-        sys.exit(71)
-    sys.modules["atrund"] = runtime_module()
+def load_or_exit(bundle):
+    """The bundle module; on failure, the load-failed signal and exit 70."""
     try:
         mod = load(bundle)
         if mod is None:
@@ -472,6 +471,7 @@ def main():
             print(f"bundle declares ABI {abi}; this shim implements ABI {ABI_VERSION}", file=sys.stderr)
             signal(event="load-failed", name="AbiMismatch")
             sys.exit(70)
+        return mod
     except BaseException as e:
         if isinstance(e, SystemExit):
             raise
@@ -480,9 +480,57 @@ def main():
         signal(event="load-failed", name=error_name(e))
         sys.exit(70)
 
+
+def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--generic":
+        return generic_main(sys.argv[2])
+    if len(sys.argv) != 3:
+        print("usage: python.py <bundle file> <socket path> | python.py --generic <socket path>",
+              file=sys.stderr)
+        sys.exit(64)
+    bundle, socket_path = sys.argv[1], sys.argv[2]
+    if not await_go():
+        print("no go from at-rund on stdin; not loading the bundle", file=sys.stderr)
+        sys.exit(71)
+    sys.modules["atrund"] = runtime_module()
+    mod = load_or_exit(bundle)
+
     async def run():
-        server = await asyncio.start_unix_server(lambda r, w: serve_conn(mod, r, w), path=socket_path,
-                                                 limit=MAX_LINE)
+        server = await asyncio.start_unix_server(lambda r, w: serve_conn(lambda: mod, r, w),
+                                                 path=socket_path, limit=MAX_LINE)
+        signal(event="ready", abi=ABI_VERSION)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(run())
+
+
+def generic_main(socket_path):
+    """A pre-warmed generic sandbox (docs/design.md): the server is up before any bundle is
+    known (only the readiness probe answers), then at-rund hands over one bundle, once, as a
+    JSON line on stdin: {"bundle": "<file inside>", "env": {"NAME": "value", ...}}. The
+    secrets go into the environment before the bundle is imported. Python enforces nothing
+    itself, so there is no permission to hand over: the container is the whole boundary."""
+    sys.modules["atrund"] = runtime_module()
+    slot = types.SimpleNamespace(mod=None)
+
+    async def run():
+        server = await asyncio.start_unix_server(lambda r, w: serve_conn(lambda: slot.mod, r, w),
+                                                 path=socket_path, limit=MAX_LINE)
+        line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.buffer.readline)
+        if not line:
+            print("no bundle from at-rund on stdin; exiting", file=sys.stderr)
+            sys.exit(71)
+        try:
+            spec = json.loads(line)
+            env, bundle = spec.get("env") or {}, spec["bundle"]
+            if not isinstance(env, dict) or not isinstance(bundle, str):
+                raise ValueError("bad types")
+        except (ValueError, KeyError, AttributeError):
+            print("the specialisation line is not the expected JSON", file=sys.stderr)
+            sys.exit(71)
+        os.environ.update({str(k): str(v) for k, v in env.items()})
+        slot.mod = load_or_exit(bundle)
         signal(event="ready", abi=ABI_VERSION)
         async with server:
             await server.serve_forever()

@@ -50,6 +50,7 @@ pub(crate) fn pool_config(p: &atrund_config::PoolSection) -> atrund_pool::PoolCo
         warmth_forget_secs,
         // The generic sandboxes' own settings (`generic_pool`).
         generic_sandboxes: _,
+        generic_python_sandboxes: _,
         generic_memory_budget_mib: _,
     } = p;
     let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
@@ -409,38 +410,56 @@ pub(crate) fn generic_pool(
     container: Option<atrund_sandbox::ContainerExecutor>,
 ) -> std::sync::Arc<dyn atrund_sandbox::Executor> {
     let p = &config.pool;
-    if p.generic_sandboxes == 0 {
+    if p.generic_sandboxes + p.generic_python_sandboxes == 0 {
         return executor;
     }
     let Some(container) = container.filter(|_| atrund_sandbox::effective_root()) else {
         tracing::warn!(
-            size = p.generic_sandboxes,
-            "pool.generic_sandboxes is ignored: generic sandboxes need isolation = \"container\" \
-             (or auto choosing it) and at-rund running as root"
+            deno = p.generic_sandboxes,
+            python = p.generic_python_sandboxes,
+            "pool.generic_sandboxes and pool.generic_python_sandboxes are ignored: generic \
+             sandboxes need isolation = \"container\" (or auto choosing it) and at-rund running \
+             as root"
         );
         return executor;
     };
     let l = &config.limits;
-    let cfg = atrund_pool::GenericPoolConfig {
-        size: usize::try_from(p.generic_sandboxes).unwrap_or(usize::MAX),
-        memory_budget_bytes: p.generic_memory_budget_mib.saturating_mul(1024 * 1024),
-        sandbox: atrund_sandbox::GenericConfig {
-            // The cap: a bundle's own memory limit is set on the cgroup when specialised.
-            memory_mib: l.memory_mib.max,
-            limits: atrund_sandbox::ResourceLimits {
-                pids: l.pids,
-                cpu_quota_percent: l.cpu_quota_percent,
-                cpu_budget: None,
-                open_files: l.open_files,
-                max_response_bytes: l.max_response_bytes,
-                max_file_bytes: l.max_file_bytes,
-            },
-            start_timeout: std::time::Duration::from_millis(p.start_timeout_ms),
+    let sandbox = |runtime| atrund_sandbox::GenericConfig {
+        runtime,
+        // The cap: a bundle's own memory limit is set on the cgroup when specialised.
+        memory_mib: l.memory_mib.max,
+        limits: atrund_sandbox::ResourceLimits {
+            pids: l.pids,
+            cpu_quota_percent: l.cpu_quota_percent,
+            cpu_budget: None,
+            open_files: l.open_files,
+            max_response_bytes: l.max_response_bytes,
+            max_file_bytes: l.max_file_bytes,
         },
+        start_timeout: std::time::Duration::from_millis(p.start_timeout_ms),
+    };
+    let lanes = [
+        (p.generic_sandboxes, atrund_sandbox::RuntimeKind::Deno),
+        (
+            p.generic_python_sandboxes,
+            atrund_sandbox::RuntimeKind::Python,
+        ),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, runtime)| atrund_pool::GenericLane {
+        size: usize::try_from(n).unwrap_or(usize::MAX),
+        sandbox: sandbox(runtime),
+    })
+    .collect();
+    let cfg = atrund_pool::GenericPoolConfig {
+        lanes,
+        memory_budget_bytes: p.generic_memory_budget_mib.saturating_mul(1024 * 1024),
         run_dir: config.layout().run(),
     };
     tracing::info!(
-        size = cfg.size,
+        deno = p.generic_sandboxes,
+        python = p.generic_python_sandboxes,
         memory_budget_mib = p.generic_memory_budget_mib,
         "pre-warmed generic sandboxes on (docs/design.md)"
     );

@@ -39,6 +39,28 @@ async fn wait_pool(admin: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Va
     }
 }
 
+/// The count of generic-pool fallbacks for `reason` in an `/admin/pool` answer.
+fn fallbacks(p: &Value, reason: &str) -> u64 {
+    p["generic"]["fallbacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f[0] == reason)
+        .and_then(|f| f[1].as_u64())
+        .unwrap_or_else(|| panic!("no fallback reason {reason}: {p}"))
+}
+
+/// describeRunner's `genericSandboxes` enforcement line.
+fn generic_line(desc: &Value) -> Value {
+    desc["enforcement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["limit"] == "genericSandboxes")
+        .unwrap_or_else(|| panic!("no genericSandboxes line: {desc}"))
+        .clone()
+}
+
 fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
@@ -118,13 +140,7 @@ async fn cold_requests_are_served_by_specialised_generic_sandboxes() {
     // describeRunner and the metrics say so.
     let (s, desc) = common::get(&d.url("/xrpc/dev.atrund.describeRunner")).await;
     assert_eq!(s, 200);
-    let line = desc["enforcement"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["limit"] == "genericSandboxes")
-        .unwrap_or_else(|| panic!("no genericSandboxes line: {desc}"))
-        .clone();
+    let line = generic_line(&desc);
     assert_eq!(line["enforced"], true, "{line}");
     assert!(
         line["how"].as_str().unwrap().contains("permission broker"),
@@ -175,62 +191,58 @@ async fn a_run_bundle_starts_the_normal_way_and_is_counted() {
     let p = admin_pool(&admin).await;
     assert_eq!(p["generic"]["taken"], 0, "{p}");
     assert_eq!(p["generic"]["ready"], 2, "{p}");
-    let fallbacks = &p["generic"]["fallbacks"];
-    assert!(
-        fallbacks
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f[0] == "run" && f[1] == 1),
-        "{p}"
-    );
+    assert_eq!(fallbacks(&p, "run"), 1, "{p}");
     d.stop();
 }
 
-/// The sandboxes run Deno: a Python bundle starts the normal way, counted as `runtime`.
+/// `at-rund dev` of a Python bundle (container isolation) with `deno` Deno sandboxes and
+/// `python` Python ones.
+fn dev_python(
+    deno: &std::path::Path,
+    python: &std::path::Path,
+    (deno_n, python_n): (u32, u32),
+) -> (Daemon, [tempfile::TempDir; 2]) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("main.py"),
+        "import os\nhello = {\"method\": \"GET\", \"handler\": lambda i, c: {\"runtime\": \"python\", \"pid\": os.getpid()}}\n",
+    )
+    .unwrap();
+    let manifest = json!({ "endpoints": [{ "name": "hello", "method": "GET" }] });
+    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = common::command(deno, data.path());
+    cmd.args(["dev", dir.path().to_str().unwrap(), "--name", "g"])
+        .args(["--runtime", "python"])
+        .env("ATRUND_ISOLATION", "container")
+        .env("ATRUND_POOL_GENERIC_SANDBOXES", deno_n.to_string())
+        .env("ATRUND_POOL_GENERIC_PYTHON_SANDBOXES", python_n.to_string())
+        .env("ATRUND_PYTHON_PATH", python);
+    (Daemon::spawn(&mut cmd, true), [dir, data])
+}
+
+/// With Deno sandboxes only, a Python bundle starts the normal way, counted as `runtime`.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_python_bundle_starts_the_normal_way_and_is_counted() {
+async fn a_python_bundle_without_python_sandboxes_is_counted() {
     let Some((deno, promtool)) = tools() else {
         return;
     };
     let Some(python) = atrund_testnet::python_path() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("main.py"),
-        "hello = {\"method\": \"GET\", \"handler\": lambda i, c: {\"runtime\": \"python\"}}\n",
-    )
-    .unwrap();
-    let manifest = json!({ "endpoints": [{ "name": "hello", "method": "GET" }] });
-    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let mut cmd = common::command(&deno, data.path());
-    cmd.args(["dev", dir.path().to_str().unwrap(), "--name", "g"])
-        .args(["--runtime", "python"])
-        .env("ATRUND_ISOLATION", "container")
-        .env("ATRUND_POOL_GENERIC_SANDBOXES", "2")
-        .env("ATRUND_PYTHON_PATH", &python);
-    let mut d = Daemon::spawn(&mut cmd, true);
+    let (mut d, _dirs) = dev_python(&deno, &python, (2, 0));
     let admin = d.admin.clone().unwrap();
     wait_pool(&admin, "2 ready", |p| p["generic"]["ready"] == 2).await;
     let (s, body) = common::get(&d.url("/bundle/local/g/latest/hello")).await;
     assert_eq!(
-        (s, &body),
-        (200, &json!({"runtime": "python"})),
+        (s, &body["runtime"]),
+        (200, &json!("python")),
         "{}",
         d.log()
     );
     let p = admin_pool(&admin).await;
     assert_eq!(p["generic"]["taken"], 0, "{p}");
-    assert!(
-        p["generic"]["fallbacks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f[0] == "runtime" && f[1] == 1),
-        "{p}"
-    );
+    assert_eq!(fallbacks(&p, "runtime"), 1, "{p}");
     let text = reqwest::get(format!("{admin}/metrics"))
         .await
         .unwrap()
@@ -242,6 +254,43 @@ async fn a_python_bundle_starts_the_normal_way_and_is_counted() {
         text.contains("atrund_pool_generic_fallbacks_total{reason=\"runtime\"} 1"),
         "{text}"
     );
+    d.stop();
+}
+
+/// With Python sandboxes (`pool.generic_python_sandboxes`), a cold Python bundle is served by
+/// specialising one; a new instance gets a fresh one; describeRunner names the lanes.
+#[tokio::test(flavor = "multi_thread")]
+async fn cold_python_requests_are_served_by_python_sandboxes() {
+    let Some((deno, _)) = tools() else {
+        return;
+    };
+    let Some(python) = atrund_testnet::python_path() else {
+        return;
+    };
+    let (mut d, _dirs) = dev_python(&deno, &python, (1, 2));
+    let admin = d.admin.clone().unwrap();
+    let p = wait_pool(&admin, "3 ready", |p| p["generic"]["ready"] == 3).await;
+    assert_eq!(p["generic"]["size"], 3, "{p}");
+    let url = d.url("/bundle/local/g/latest/hello");
+    let (s, first) = common::get(&url).await;
+    assert_eq!(
+        (s, &first["runtime"]),
+        (200, &json!("python")),
+        "{}",
+        d.log()
+    );
+    let p = admin_pool(&admin).await;
+    assert_eq!(p["generic"]["taken"], 1, "{p}");
+    assert_eq!(p["generic"]["specialise_failures"], 0, "{p}");
+    for reason in ["run", "limits", "rlimits", "runtime", "empty"] {
+        assert_eq!(fallbacks(&p, reason), 0, "{reason}: {p}");
+    }
+    wait_pool(&admin, "refilled", |p| p["generic"]["ready"] == 3).await;
+    let (s, desc) = common::get(&d.url("/xrpc/dev.atrund.describeRunner")).await;
+    assert_eq!(s, 200);
+    let line = generic_line(&desc);
+    let how = line["how"].as_str().unwrap();
+    assert!(how.contains("1 deno") && how.contains("2 python"), "{line}");
     d.stop();
 }
 

@@ -577,8 +577,10 @@ pub struct PoolSection {
     /// port when the main port is 0), an address such as `127.0.0.1:3001`, or `off`.
     pub admin_listen: String,
     /// Pre-warmed generic sandboxes kept ready (`container` isolation, root daemon): a bundle
-    /// with no warm instance is specialised into one instead of started. 0 = off.
+    /// with no warm instance is specialised into one instead of started. 0 = off. Deno bundles.
     pub generic_sandboxes: u64,
+    /// The same for Python bundles (needs `python.path`). 0 = off.
+    pub generic_python_sandboxes: u64,
     /// Resident memory the ready generic sandboxes may hold together; none is started beyond it.
     pub generic_memory_budget_mib: u64,
     /// How long idle instances are kept: `fixed` (`idle_timeout_ms` for every bundle) or
@@ -628,6 +630,7 @@ impl Default for PoolSection {
             prewarm_refresh_secs: 30,
             admin_listen: "auto".into(),
             generic_sandboxes: 0,
+            generic_python_sandboxes: 0,
             generic_memory_budget_mib: 512,
             warmth: Warmth::Fixed,
             warmth_bin_ms: 60_000,

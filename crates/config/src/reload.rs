@@ -161,6 +161,7 @@ impl Config {
             warmth_max_bundles,
             warmth_forget_secs,
             generic_sandboxes,
+            generic_python_sandboxes,
             generic_memory_budget_mib,
         } = pool;
         let p = &mut new.pool;
@@ -220,6 +221,12 @@ impl Config {
             "pool.generic_sandboxes",
             generic_sandboxes,
             &mut p.generic_sandboxes,
+        );
+        keep(
+            &mut k,
+            "pool.generic_python_sandboxes",
+            generic_python_sandboxes,
+            &mut p.generic_python_sandboxes,
         );
         keep(
             &mut k,

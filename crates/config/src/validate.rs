@@ -367,19 +367,38 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0".into()));
             }
         }
-        if self.pool.generic_sandboxes > 64 {
-            return Err(invalid(
+        for (key, n, runtime) in [
+            (
                 "pool.generic_sandboxes",
-                format!(
-                    "{} is more than 64; each ready sandbox holds a Deno process (tens of MiB)",
-                    self.pool.generic_sandboxes
-                ),
-            ));
+                self.pool.generic_sandboxes,
+                "Deno",
+            ),
+            (
+                "pool.generic_python_sandboxes",
+                self.pool.generic_python_sandboxes,
+                "Python",
+            ),
+        ] {
+            if n > 64 {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{n} is more than 64; each ready sandbox holds a {runtime} process (tens of MiB)"
+                    ),
+                ));
+            }
         }
-        if self.pool.generic_sandboxes > 0 && self.pool.generic_memory_budget_mib == 0 {
+        let generic_on = self.pool.generic_sandboxes + self.pool.generic_python_sandboxes > 0;
+        if generic_on && self.pool.generic_memory_budget_mib == 0 {
             return Err(invalid(
                 "pool.generic_memory_budget_mib",
-                "must be greater than 0 when pool.generic_sandboxes is on".into(),
+                "must be greater than 0 when pool.generic_sandboxes or pool.generic_python_sandboxes is on".into(),
+            ));
+        }
+        if self.pool.generic_python_sandboxes > 0 && self.python.path.is_none() {
+            return Err(invalid(
+                "pool.generic_python_sandboxes",
+                "needs python.path (ATRUND_PYTHON_PATH): there is no Python to start them with; set it, or set this to 0".into(),
             ));
         }
         if id.cache_stale_secs > id.cache_max_secs {

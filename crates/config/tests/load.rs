@@ -1200,3 +1200,28 @@ fn warmth_keys_load_and_are_checked() {
     let e = err(None, &[("ATRUND_POOL_WARMTH_FORGET_SECS", "3600")]);
     assert_eq!(e.key(), Some("pool.warmth_forget_secs"));
 }
+
+#[test]
+fn generic_python_sandboxes_need_python() {
+    let e = err(None, &[("ATRUND_POOL_GENERIC_PYTHON_SANDBOXES", "2")]);
+    assert_eq!(e.key(), Some("pool.generic_python_sandboxes"));
+    assert!(e.to_string().contains("python.path"), "{e}");
+    let e = err(
+        None,
+        &[
+            ("ATRUND_POOL_GENERIC_PYTHON_SANDBOXES", "65"),
+            ("ATRUND_PYTHON_PATH", "/usr/bin/python3.11"),
+        ],
+    );
+    assert_eq!(e.key(), Some("pool.generic_python_sandboxes"));
+    assert!(e.to_string().contains("Python process"), "{e}");
+    let c = load(
+        None,
+        &[
+            ("ATRUND_POOL_GENERIC_PYTHON_SANDBOXES", "2"),
+            ("ATRUND_PYTHON_PATH", "/usr/bin/python3.11"),
+        ],
+    )
+    .expect("valid");
+    assert_eq!(c.pool.generic_python_sandboxes, 2);
+}

@@ -29,7 +29,7 @@ mod body;
 mod generic;
 pub mod warmth;
 pub use body::LeasedBody;
-pub use generic::{GenericPool, GenericPoolConfig};
+pub use generic::{GenericLane, GenericPool, GenericPoolConfig};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

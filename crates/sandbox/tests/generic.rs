@@ -1,7 +1,8 @@
 //! Pre-warmed generic sandboxes (`container` backend) against real bwrap, Deno, cgroups, the
 //! kernel's mounts and the egress proxy (as root): a specialised sandbox can do exactly what its
 //! manifest allows, per permission kind, and nothing more; a sandbox serves one bundle, ever; a
-//! failed specialisation is an error, not a hang. Skips with the reason when a piece is
+//! failed specialisation is an error, not a hang. A Python sandbox (no broker: Python enforces
+//! nothing) holds a bundle's data paths, secrets and egress exactly as its normal start does. Skips with the reason when a piece is
 //! missing, fails instead when CI=true.
 
 mod common;
@@ -11,12 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use atrund_sandbox::{
-    ContainerExecutor, GenericConfig, GenericSandbox, Instance, InstanceSpec, RunAs,
+    ContainerExecutor, GenericConfig, GenericSandbox, Instance, InstanceSpec, RunAs, RuntimeKind,
 };
 use common::*;
 
 fn generic_config() -> GenericConfig {
     GenericConfig {
+        runtime: RuntimeKind::Deno,
         memory_mib: 256,
         limits: Default::default(),
         start_timeout: Duration::from_secs(20),
@@ -280,6 +282,31 @@ async fn a_failed_specialisation_is_an_error_not_a_hang() {
     );
 }
 
+/// The time from `t` to the first byte of `greet` on `inst`, in ms; then `inst` is stopped.
+async fn first_byte(inst: Arc<dyn Instance>, t: Instant) -> f64 {
+    let res = inst.execute(get("greet", "/?name=Ada")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    inst.shutdown().await;
+    ms
+}
+
+/// Prints p50/p90 of each series, the first two dropped (they warm caches and the page cache).
+fn print_first_bytes(names: &[&str], mut t: [Vec<f64>; 3]) {
+    for (name, v) in names.iter().zip(t.iter_mut()) {
+        v.drain(..2);
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        eprintln!(
+            "{name:<18} p50 {:.1} ms  p90 {:.1} ms  (min {:.1}, max {:.1}, n {})",
+            v[v.len() / 2],
+            v[v.len() * 9 / 10],
+            v[0],
+            v[v.len() - 1],
+            v.len()
+        );
+    }
+}
+
 /// Request → first byte for a bundle with no warm instance: the normal container start, and a
 /// generic sandbox parked beforehand (specialise + first call), interleaved; beside the bare
 /// Deno spawn (none backend, no cgroup). `cargo test --release -p atrund-sandbox --test generic
@@ -294,13 +321,6 @@ async fn first_byte_bench() {
     let bare = atrund_sandbox::NoneExecutor::new(
         atrund_sandbox::DenoBinary::locate(Some(&deno_path())).unwrap(),
     );
-    let first_byte = |inst: Arc<dyn Instance>, t: Instant| async move {
-        let res = inst.execute(get("greet", "/?name=Ada")).await.unwrap();
-        assert_eq!(res.status(), 200);
-        let ms = t.elapsed().as_secs_f64() * 1000.0;
-        inst.shutdown().await;
-        ms
-    };
     let mut t: [Vec<f64>; 3] = Default::default();
     for i in 0..17 {
         let s = env.spec(&format!("bare-{i}"), &hello());
@@ -333,21 +353,64 @@ async fn first_byte_bench() {
         eprintln!("1000 reads, {name:<6}: median {:.1} ms", ms[2]);
         inst.shutdown().await;
     }
-    for (name, v) in ["bare deno spawn", "container", "generic"]
-        .iter()
-        .zip(t.iter_mut())
-    {
-        v.drain(..2); // the first two warm the DENO_DIR and page cache
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        eprintln!(
-            "{name:<16} p50 {:.1} ms  p90 {:.1} ms  (min {:.1}, max {:.1}, n {})",
-            v[v.len() / 2],
-            v[v.len() * 9 / 10],
-            v[0],
-            v[v.len() - 1],
-            v.len()
-        );
+    print_first_bytes(&["bare deno spawn", "container", "generic"], t);
+}
+
+/// The same for Python (examples/hello-python): first byte of a cold start through the
+/// container backend and through a parked Python generic sandbox, interleaved; beside the bare
+/// interpreter through the none backend (no cgroup). `cargo test --release -p atrund-sandbox
+/// --test generic python_first_byte_bench -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn python_first_byte_bench() {
+    let Some((env, _)) = setup("gpybench").await else {
+        return;
+    };
+    let Some(exec) = env.container_with_python(RunAs::NOBODY).await else {
+        return;
+    };
+    let Some(python) = atrund_testnet::python_path() else {
+        return;
+    };
+    use atrund_sandbox::Executor;
+    let runtimes = atrund_sandbox::Runtimes::new(
+        atrund_sandbox::DenoBinary::locate(Some(&deno_path())).unwrap(),
+    )
+    .with_python(
+        atrund_sandbox::PythonBinary::probe(&python).await.unwrap(),
+        true,
+    );
+    let bare = atrund_sandbox::NoneExecutor::new(runtimes);
+    let hello = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/hello-python/main.py")
+        .canonicalize()
+        .unwrap();
+    let spec = |id: String| {
+        let mut s = env.spec(&id, &hello);
+        s.runtime = RuntimeKind::Python;
+        s
+    };
+    let cfg = GenericConfig {
+        runtime: RuntimeKind::Python,
+        ..generic_config()
+    };
+    let mut t: [Vec<f64>; 3] = Default::default();
+    for i in 0..17 {
+        let start = Instant::now();
+        t[0].push(first_byte(bare.warm(spec(format!("pbare-{i}"))).await.unwrap(), start).await);
+        let start = Instant::now();
+        t[1].push(first_byte(exec.warm(spec(format!("pctr-{i}"))).await.unwrap(), start).await);
+        let work = env.root.join("w").join(format!("pgb-{i}"));
+        let g = exec
+            .park_generic(&format!("pgb-{i}"), &work, &cfg)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let start = Instant::now();
+        let inst = g.specialise(spec(format!("pgen-{i}"))).await.unwrap();
+        t[2].push(first_byte(inst, start).await);
     }
+    print_first_bytes(&["bare python (none)", "container", "generic"], t);
 }
 
 #[tokio::test]
@@ -368,4 +431,101 @@ async fn an_unspecialised_sandbox_dropped_leaves_nothing() {
     assert!(!mounted(), "stage still mounted");
     assert!(!stage.exists(), "stage left behind");
     assert!(!env.root.join("w/gdrop").exists(), "work dir left behind");
+}
+
+#[tokio::test]
+async fn a_python_sandbox_holds_data_secrets_and_egress_exactly() {
+    let Some((env, _)) = setup("gpy").await else {
+        return;
+    };
+    let Some(exec) = env.container_with_python(RunAs::NOBODY).await else {
+        return;
+    };
+    let data = env.root.join("data");
+    std::fs::create_dir_all(data.join("in")).unwrap();
+    std::fs::write(data.join("in/a.txt"), "from the host").unwrap();
+    std::fs::write(data.join("other.txt"), "not declared").unwrap();
+    let (port, _svc) = loopback_service().await;
+    let (other_port, _svc2) = loopback_service().await;
+    let cfg = GenericConfig {
+        runtime: RuntimeKind::Python,
+        ..generic_config()
+    };
+    let mut s = env.spec("gpy-i", &bundle("generic.py"));
+    s.runtime = RuntimeKind::Python;
+    s.permissions.read = vec!["in".into()];
+    s.permissions.write = vec!["out".into()];
+    s.permissions.net = vec![format!("loopback.test:{port}")];
+    s.env = vec![("API_KEY".into(), "secret-value-123".into())];
+    // A Deno sandbox does not take a Python bundle, nor a Python one a Deno bundle.
+    assert_eq!(
+        GenericSandbox::unfit(&s, &generic_config()),
+        Some("runtime")
+    );
+    assert_eq!(
+        GenericSandbox::unfit(&env.spec("x", &bundle("generic.js")), &cfg),
+        Some("runtime")
+    );
+    // `run` is no reason for Python (it enforces no permission of its own).
+    let mut with_run = s.clone();
+    with_run.permissions.run = vec!["true".into()];
+    assert_eq!(GenericSandbox::unfit(&with_run, &cfg), None);
+
+    let work = env.root.join("w").join("gpy");
+    let g = match exec.park_generic("gpy", &work, &cfg).await {
+        Ok(g) => g,
+        Err(e) => panic!("park_generic (python) failed: {e}"),
+    };
+    let inst = specialise(g, s).await;
+
+    // read: the declared path; the rest of the data dir is not in the sandbox at all.
+    let v = ask(&*inst, "read", &[("path", "/data/in/a.txt")]).await;
+    assert_eq!(v["ok"], "from the host", "{v}");
+    for p in ["/data/other.txt", "/etc/hostname"] {
+        let v = ask(&*inst, "read", &[("path", p)]).await;
+        assert_eq!(v["error"], "FileNotFoundError", "{p}: {v}");
+    }
+    // write: the declared path lands in the bundle's data dir; read-only elsewhere (EROFS).
+    let v = ask(&*inst, "write", &[("path", "/data/out/b.txt")]).await;
+    assert_eq!(v["ok"], "written", "{v}");
+    assert_eq!(
+        std::fs::read_to_string(data.join("out/b.txt")).unwrap(),
+        "written"
+    );
+    for p in ["/data/in/x.txt", "/data/new.txt"] {
+        let v = ask(&*inst, "write", &[("path", p)]).await;
+        assert_eq!(v["errno"], 30, "{p}: {v}");
+    }
+    // env: the secret; nothing of Deno's generic set-up.
+    let v = ask(&*inst, "envGet", &[("name", "API_KEY")]).await;
+    assert_eq!(v["ok"], "secret-value-123", "{v}");
+    let v = ask(&*inst, "envNames", &[]).await;
+    let names: Vec<&str> = v["ok"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with("DENO_")), "{names:?}");
+    // net: the declared host:port through the egress proxy (urllib uses HTTP_PROXY); not
+    // another port.
+    let v = ask(
+        &*inst,
+        "net",
+        &[("url", &format!("http://loopback.test:{port}/"))],
+    )
+    .await;
+    assert_eq!(v["ok"], "200 hi", "{v}");
+    let v = ask(
+        &*inst,
+        "net",
+        &[("url", &format!("http://loopback.test:{other_port}/"))],
+    )
+    .await;
+    assert_eq!(v["error"], "HTTPError", "{v}");
+    inst.shutdown().await;
+    assert!(!env.root.join("w/gpy").exists(), "work dir left behind");
+    drop(inst);
+    assert!(!env.root.join("w/gpy.stage").exists(), "stage left behind");
+    assert!(data.join("in/a.txt").exists() && data.join("out/b.txt").exists());
 }

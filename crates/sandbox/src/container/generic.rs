@@ -1,6 +1,12 @@
 //! Pre-warmed generic sandboxes of the `container` backend (docs/design.md, "Pre-warmed generic
-//! sandboxes"): bwrap, our PID 1, Deno and the shim (`runtime/exec/generic.ts`, serving its
-//! socket) started before any bundle is known, then specialised to one bundle, once.
+//! sandboxes"): bwrap, our PID 1, the runtime and its shim (Deno's `runtime/exec/generic.ts`,
+//! Python's `python.py --generic`, serving its socket) started before any bundle is known, then
+//! specialised to one bundle, once. A sandbox is made for one runtime ([`GenericConfig`]).
+//!
+//! Python enforces no permission itself (docs/runtimes.md), so a Python sandbox has no broker:
+//! everything below but the permission checks applies to it, and the kernel layer is its whole
+//! boundary exactly as in its normal start. Node's permission flags are fixed when it starts
+//! (no broker), so Node bundles start the normal way.
 //!
 //! What is generic, and how each per-bundle grant gets in after the start:
 //! - permissions: Deno runs without `--allow-*` flags and with `DENO_PERMISSION_BROKER_PATH`;
@@ -41,10 +47,10 @@ use crate::cgroup::CgroupLimits;
 use crate::hostfs::{self, DataPath};
 use crate::init_config::{InitConfig, ProxyForward};
 use crate::process::{self, Park, Parked};
-use crate::rootfs::{DENO_IN_ROOT, INIT_IN_ROOT};
+use crate::rootfs::{runtime_in_root, DENO_IN_ROOT, INIT_IN_ROOT};
 use crate::runtime::deno::{HARDENED, SHIM};
-use crate::runtime::Layout;
-use crate::{Instance, InstanceSpec, ResourceLimits, RunAs, SandboxError};
+use crate::runtime::{Layout, Runtime};
+use crate::{Instance, InstanceSpec, ResourceLimits, RunAs, RuntimeKind, SandboxError};
 
 /// The generic shim, embedded like the normal one; it imports the normal one for the calls.
 pub const GENERIC_SHIM_SOURCE: &str = include_str!("../../../../runtime/exec/generic.ts");
@@ -56,9 +62,15 @@ const DENO_DIR_IN: &str = "/work/deno";
 /// Every reason [`GenericSandbox::unfit`] gives, in the order the pool counts them.
 pub const UNFIT_REASONS: [&str; 4] = ["run", "limits", "rlimits", "runtime"];
 
+/// The runtimes a generic sandbox can be made for.
+pub const GENERIC_RUNTIMES: [RuntimeKind; 2] = [RuntimeKind::Deno, RuntimeKind::Python];
+
 /// What every generic sandbox is started with, before its bundle is known.
 #[derive(Debug, Clone)]
 pub struct GenericConfig {
+    /// The runtime it runs: it serves bundles of that runtime only (one of
+    /// [`GENERIC_RUNTIMES`]).
+    pub runtime: RuntimeKind,
     /// The V8 heap flag and the cgroup's memory until specialised: the operator's cap
     /// (`limits.max_memory_mib`); a bundle's own limit is set on the cgroup.
     pub memory_mib: u64,
@@ -73,7 +85,8 @@ pub struct GenericConfig {
 pub struct GenericSandbox {
     parked: Parked,
     stage: Stage,
-    broker: Broker,
+    /// Deno's permission broker (Python enforces nothing itself: none).
+    broker: Option<Broker>,
     token: Option<String>,
     exec: ContainerExecutor,
     cfg: GenericConfig,
@@ -104,8 +117,15 @@ impl ContainerExecutor {
                     .into(),
             ));
         }
+        if !GENERIC_RUNTIMES.contains(&cfg.runtime) {
+            return Err(SandboxError::StartFailed(format!(
+                "there are no generic sandboxes for {} (its permissions are fixed when it starts)",
+                cfg.runtime.as_str()
+            )));
+        }
+        let runtime = self.cfg.runtimes.get(cfg.runtime)?;
         let stage_dir = stage_path(work_dir);
-        let prepared = prepare(work_dir, &stage_dir, self.run_as).await;
+        let prepared = prepare(work_dir, &stage_dir, self.run_as, cfg.runtime).await;
         let stage = match prepared {
             Ok(s) => s,
             Err(e) => {
@@ -119,13 +139,18 @@ impl ContainerExecutor {
         };
         let socket = work_dir.join(process::SOCKET_FILE);
         let socket_in = Path::new(WORK).join(process::SOCKET_FILE);
-        let broker = Broker::listen(
-            &work_dir.join(BROKER_SOCKET),
-            BrokerRules::shim_only(&socket_in),
-            self.run_as,
-            id.into(),
-        )
-        .map_err(fail)?;
+        let broker = match cfg.runtime {
+            RuntimeKind::Deno => Some(
+                Broker::listen(
+                    &work_dir.join(BROKER_SOCKET),
+                    BrokerRules::shim_only(&socket_in),
+                    self.run_as,
+                    id.into(),
+                )
+                .map_err(fail)?,
+            ),
+            _ => None,
+        };
         let token = match &self.egress {
             Some(_) => Some(
                 atrund_egress::new_token()
@@ -133,15 +158,29 @@ impl ContainerExecutor {
             ),
             None => None,
         };
-        let argv: Vec<String> = std::iter::once(DENO_IN_ROOT)
-            .chain(HARDENED)
+        let argv: Vec<String> = match cfg.runtime {
+            RuntimeKind::Deno => std::iter::once(DENO_IN_ROOT)
+                .chain(HARDENED)
+                .map(str::to_string)
+                .chain([
+                    format!("--v8-flags=--max-old-space-size={}", cfg.memory_mib),
+                    format!("{WORK}/{GENERIC_SHIM}"),
+                    socket_in.to_string_lossy().into_owned(),
+                ])
+                .collect(),
+            // The normal start's flags (isolated, no site packages, no bytecode), generic mode.
+            _ => [
+                runtime_in_root(cfg.runtime),
+                "-I",
+                "-S",
+                "-B",
+                &format!("{WORK}/{}", runtime.shim().file),
+                "--generic",
+                &socket_in.to_string_lossy(),
+            ]
             .map(str::to_string)
-            .chain([
-                format!("--v8-flags=--max-old-space-size={}", cfg.memory_mib),
-                format!("{WORK}/{GENERIC_SHIM}"),
-                socket_in.to_string_lossy().into_owned(),
-            ])
-            .collect();
+            .to_vec(),
+        };
         let init = InitConfig {
             argv,
             // Deno's checks are the broker's; the kernel's part: `/data` writable only where
@@ -169,20 +208,19 @@ impl ContainerExecutor {
             .map_err(|e| fail(process::io_err("write", &work_dir.join(INIT_CONFIG), e)))?;
 
         let mut cmd = tokio::process::Command::new(&self.cfg.bwrap);
-        cmd.args(self.generic_args(work_dir, &stage))
+        cmd.args(self.generic_args(work_dir, &stage, cfg.runtime, runtime))
             .env_clear()
-            .env("DENO_DIR", DENO_DIR_IN)
-            .env("DENO_NO_UPDATE_CHECK", "1")
-            .env("NO_COLOR", "1")
-            .env("HOME", "/tmp")
-            .env(
-                "DENO_PERMISSION_BROKER_PATH",
-                Path::new(WORK).join(BROKER_SOCKET),
-            )
+            .envs(runtime.env(Path::new(DENO_DIR_IN), Some(Path::new("/tmp"))))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        if cfg.runtime == RuntimeKind::Deno {
+            cmd.env(
+                "DENO_PERMISSION_BROKER_PATH",
+                Path::new(WORK).join(BROKER_SOCKET),
+            );
+        }
         if let Some(t) = &token {
             let url = atrund_egress::proxy_url(
                 t,
@@ -222,10 +260,20 @@ impl ContainerExecutor {
         })
     }
 
-    /// The bwrap command line of a generic sandbox: the base, `/tmp`, and the stage's bundle
-    /// and data dirs read-only (binds made in them later show through).
-    fn generic_args(&self, work_dir: &Path, stage: &Stage) -> Vec<OsString> {
-        let mut a = self.base_args(self.cfg.runtimes.deno().path(), DENO_IN_ROOT);
+    /// The bwrap command line of a generic sandbox: the base with the runtime's root, `/tmp`,
+    /// and the stage's bundle and data dirs read-only (binds made in them later show through).
+    fn generic_args(
+        &self,
+        work_dir: &Path,
+        stage: &Stage,
+        kind: RuntimeKind,
+        runtime: &dyn Runtime,
+    ) -> Vec<OsString> {
+        let mut a = self.base_args(runtime.binary(), runtime_in_root(kind));
+        // The runtime's own read-only trees (Python's standard library), at the same path.
+        for dir in runtime.root_dirs() {
+            a.extend(["--ro-bind".into(), dir.clone().into(), dir.into()]);
+        }
         let tmp_bytes = self.cfg.tmp_mib.saturating_mul(1024 * 1024).to_string();
         let mut push = |xs: &[&std::ffi::OsStr]| a.extend(xs.iter().map(|x| x.to_os_string()));
         push(&[
@@ -262,11 +310,12 @@ fn stage_path(work_dir: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// The work dir (owned by the sandbox's uid: shim files, `deno/`) and the stage.
+/// The work dir (owned by the sandbox's uid: the runtime's shim files, `deno/`) and the stage.
 async fn prepare(
     work_dir: &Path,
     stage_dir: &Path,
     owner: Option<RunAs>,
+    kind: RuntimeKind,
 ) -> Result<Stage, SandboxError> {
     let (work_dir, stage_dir) = (work_dir.to_path_buf(), stage_dir.to_path_buf());
     tokio::task::spawn_blocking(move || {
@@ -282,10 +331,15 @@ async fn prepare(
                     .map_err(|e| process::io_err("give the sandbox", dir, e))?;
             }
         }
-        for (name, src) in [
-            (SHIM.file, SHIM.source),
-            (GENERIC_SHIM, GENERIC_SHIM_SOURCE),
-        ] {
+        let python = crate::runtime::python::SHIM;
+        let shims = match kind {
+            RuntimeKind::Deno => vec![
+                (SHIM.file, SHIM.source),
+                (GENERIC_SHIM, GENERIC_SHIM_SOURCE),
+            ],
+            _ => vec![(python.file, python.source)],
+        };
+        for (name, src) in shims {
             hostfs::write_file_atomic(&work_dir, name, src.as_bytes(), 0o644)
                 .map_err(|e| process::io_err("write the shim to", &work_dir.join(name), e))?;
         }
@@ -314,17 +368,19 @@ impl GenericSandbox {
         self.parked.resident_bytes()
     }
 
-    /// Why a sandbox started with `cfg` cannot take `spec` exactly, if it cannot: `run`
-    /// (Deno asks the broker without naming the command), or limits above the caps it was
-    /// started with. Such a bundle starts the normal way. The reason is one of
+    /// Why a sandbox started with `cfg` cannot take `spec` exactly, if it cannot: another
+    /// runtime, `run` (Deno asks the broker without naming the command), or limits above the
+    /// caps it was started with. Such a bundle starts the normal way. The reason is one of
     /// [`UNFIT_REASONS`].
     pub fn unfit(spec: &InstanceSpec, cfg: &GenericConfig) -> Option<&'static str> {
         let [run, limits, rlimits, runtime] = UNFIT_REASONS;
-        // The sandboxes run Deno and its broker: other runtimes start the normal way.
-        if spec.runtime != crate::RuntimeKind::Deno {
+        // A sandbox runs one runtime; a bundle of another starts the normal way.
+        if spec.runtime != cfg.runtime {
             return Some(runtime);
         }
-        if !spec.permissions.run.is_empty() {
+        // Deno's broker is not told which command a `run` check is for. (Python has no
+        // permission of its own: its `run` is the container's, the same in both starts.)
+        if spec.runtime == RuntimeKind::Deno && !spec.permissions.run.is_empty() {
             return Some(run);
         }
         if spec.memory_mib > cfg.memory_mib
@@ -368,18 +424,20 @@ impl GenericSandbox {
             ..spec.clone()
         };
         let socket_in = Path::new(WORK).join(process::SOCKET_FILE);
-        let shim_in = Path::new(WORK).join(SHIM.file);
-        let flags = exec
-            .cfg
-            .runtimes
-            .get(crate::RuntimeKind::Deno)?
-            .args(&Layout {
-                spec: &inside,
-                shim: &shim_in,
-                socket: &socket_in,
-                scratch: Some(Path::new("/tmp")),
-            })?;
-        let rules = BrokerRules::from_deno_args(&flags)?;
+        let runtime = exec.cfg.runtimes.get(spec.runtime)?;
+        let shim_in = Path::new(WORK).join(runtime.shim().file);
+        // The normal start's flags: for Deno, the broker's rules; for every runtime, the checks
+        // of the secret names and the net list that come with them.
+        let flags = runtime.args(&Layout {
+            spec: &inside,
+            shim: &shim_in,
+            socket: &socket_in,
+            scratch: Some(Path::new("/tmp")),
+        })?;
+        let rules = match &broker {
+            Some(_) => Some(BrokerRules::from_deno_args(&flags)?),
+            None => None,
+        };
 
         let run_as = exec.run_as;
         let staged = {
@@ -429,7 +487,9 @@ impl GenericSandbox {
             keep.push(Box::new(reg));
             keep.push(Box::new(fwd));
         }
-        broker.rules.set(rules);
+        if let (Some(broker), Some(rules)) = (&broker, rules) {
+            broker.rules.set(rules);
+        }
         let env: serde_json::Map<String, serde_json::Value> = spec
             .env
             .iter()
@@ -448,7 +508,7 @@ impl GenericSandbox {
             instance = %spec.id,
             staged_us,
             handed_us = t0.elapsed().as_micros() as u64,
-            "generic sandbox staged: bundle, data binds, egress, broker rules"
+            "generic sandbox staged: bundle, data binds, egress, broker rules (Deno)"
         );
         parked.specialise(&spec, line, keep).await
     }

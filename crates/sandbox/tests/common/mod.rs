@@ -148,11 +148,22 @@ impl Env {
     /// A container executor like this environment's, with its cgroups and proxy, whose
     /// instances run as `run_as` on the host; probed.
     pub async fn container_as(&self, run_as: atrund_sandbox::RunAs) -> ContainerExecutor {
+        self.container_with(run_as, |r| r).await
+    }
+
+    /// [`Env::container_as`] with the runtimes `offer` makes of Deno's.
+    async fn container_with(
+        &self,
+        run_as: atrund_sandbox::RunAs,
+        offer: impl FnOnce(atrund_sandbox::Runtimes) -> atrund_sandbox::Runtimes,
+    ) -> ContainerExecutor {
         let bwrap = find_bwrap(None).expect("bwrap");
         let deno = DenoBinary::locate(Some(&deno_path())).unwrap();
         // As `prepare_data_dir` does for the configured group.
         atrund_sandbox::runner_dir_mode(&self.root, Some(run_as.gid)).unwrap();
-        let exec = ContainerExecutor::new(container_config(&self.root, bwrap, deno))
+        let mut cfg = container_config(&self.root, bwrap, deno);
+        cfg.runtimes = offer(cfg.runtimes);
+        let exec = ContainerExecutor::new(cfg)
             .unwrap()
             .with_cgroups(self.mgr.clone())
             .with_egress(self.proxy.clone())
@@ -161,6 +172,20 @@ impl Env {
             panic!("the probe failed as uid {}: {e}", run_as.uid);
         }
         exec
+    }
+
+    /// [`Env::container_as`] that also offers Python (Debian's interpreter, the one the Python
+    /// runtime is tested with); `None` (a skip, or a failure under CI) without it.
+    pub async fn container_with_python(
+        &self,
+        run_as: atrund_sandbox::RunAs,
+    ) -> Option<ContainerExecutor> {
+        let python = atrund_testnet::python_path()?;
+        let python = atrund_sandbox::PythonBinary::probe(&python).await.unwrap();
+        Some(
+            self.container_with(run_as, |r| r.with_python(python, false))
+                .await,
+        )
     }
 
     pub fn spec(&self, id: &str, bundle: &Path) -> InstanceSpec {
