@@ -620,13 +620,28 @@ def runtimes(tmp, results):
                               # The bench's mode of record is none: Python there is the operator's opt-in.
                               "ATRUND_PYTHON_ALLOW_NONE": "true"},
                              os.path.join(tmp, f"data-rt-{rt}"))
+    # Container mode: Python once more, with pre-warmed Python sandboxes
+    # (pool.generic_python_sandboxes), in the steady state where cold requests come slower than
+    # the refill.
+    if ISOLATION == "container":
+        runners["python-generic"] = AtRund(
+            ["dev", py, "--name", "rt", "--runtime", "python"],
+            {"ATRUND_POOL_IDLE_TIMEOUT_MS": "100", "ATRUND_PYTHON_PATH": PYTHON,
+             "ATRUND_POOL_GENERIC_PYTHON_SANDBOXES": "2"},
+            os.path.join(tmp, "data-rt-python-generic"))
+        runners["python-generic"].wait("python sandboxes ready", lambda s: s["generic"]["ready"] == 2)
+
+    def settled(s):
+        return (not s["instances"] and s["starting"] == 0
+                and (not s.get("generic") or (s["generic"]["ready"] == s["generic"]["size"]
+                                              and s["generic"]["starting"] == 0)))
     cold = {rt: [] for rt in runners}
     bare = {"deno": [], "node": [], "python": []}
     for r in runners.values():
         timed_get(r.base + "/bundle/local/rt/latest/hello")  # caches; not counted
     for _ in range(COLD_SAMPLES):
         for rt, r in runners.items():
-            r.wait("an empty pool", lambda s: not s["instances"] and s["starting"] == 0)
+            r.wait("an empty pool", settled)
             cold[rt].append(timed_get(r.base + "/bundle/local/rt/latest/hello"))
         bare["deno"].extend(bare_spawn_samples(tmp, 1))
         bare["node"].extend(bare_node_samples(tmp, 1))
@@ -1026,8 +1041,8 @@ def report(res):
         add(f"## Runtimes: the same handler on Deno, Node and Python through `at-rund dev` ({mode}), samples alternated\n")
         add("| runtime | cold start p50 (p90) | bare spawn → first 200 p50 | cold / bare | warm call p50 (p99) | instance RSS |")
         add("|---|---|---|---|---|---|")
-        for name in ("deno", "node", "python"):
-            c, b, wm = rt["cold_ms"][name], rt["bare_ms"][name], rt["warm_ms"][name]
+        for name in [n for n in ("deno", "node", "python", "python-generic") if n in rt["cold_ms"]]:
+            c, b, wm = rt["cold_ms"][name], rt["bare_ms"][name.split("-")[0]], rt["warm_ms"][name]
             rss = [x for x in rt["instance_rss"].get(name, []) if x]
             rss_s = f"{rss[0] / 1048576:.1f} MiB" if rss else "n/a"
             add(f"| {name} | {p(c, 50):.1f} ms ({p(c, 90):.1f}) | {p(b, 50):.1f} ms | {p(c, 50) / p(b, 50):.2f}× "
