@@ -3,7 +3,8 @@
 //! polls the project every 50 ms; a saved edit is rebuilt once two scans agree (one poll
 //! later: never a half-saved file), and at-rund serves the new
 //! build on the next request (it hashes the code per request). A failed build is shown with
-//! file:line and the last good build keeps serving.
+//! file:line and the last good build keeps serving. The bundle's output is shown (`  | `), and
+//! each egress connection the runner refused, with its reason (`  ! `).
 //!
 //! The project's runtime (`"runtime"` in at-run.json) is the one at-rund runs it on
 //! (`at-rund dev --runtime`); a Node project also needs a local Node (`--node`), handed to at-rund
@@ -193,6 +194,35 @@ impl BundleLines {
     }
 }
 
+/// What an at-rund log line of a refused egress connection says, for the author: the bundle's own
+/// error is often opaque (Node's `fetch` only says "fetch failed" when the proxy refuses a
+/// tunnel), the runner's line says which host and why.
+fn egress_refusal(line: &str) -> Option<String> {
+    if !line.contains("atrund::egress") || !line.contains("decision=\"deny\"") {
+        return None;
+    }
+    let why = match line.split_once(" detail=") {
+        Some((_, detail)) => detail.trim().to_string(),
+        None => {
+            let field = |k: &str| {
+                line.split_once(&format!(" {k}=")).map(|(_, v)| {
+                    v.split(' ')
+                        .next()
+                        .unwrap_or("")
+                        .trim_matches('"')
+                        .to_string()
+                })
+            };
+            format!(
+                "{} ({})",
+                field("dest").unwrap_or_else(|| "-".into()),
+                field("reason").unwrap_or_else(|| "refused".into())
+            )
+        }
+    };
+    Some(format!("egress refused: {why}"))
+}
+
 /// Runs until at-rund exits or at-run gets SIGINT/SIGTERM.
 pub async fn run(args: &DevArgs, deno: &Deno, json_out: bool) -> anyhow::Result<()> {
     let project = Project::load(&args.dir)?;
@@ -278,6 +308,8 @@ pub async fn run(args: &DevArgs, deno: &Deno, json_out: bool) -> anyhow::Result<
                 eprintln!("[at-rund] {line}");
             } else if let Some(m) = bundle_lines.next(&line) {
                 eprintln!("  | {m}");
+            } else if let Some(m) = egress_refusal(&line) {
+                eprintln!("  ! {m}");
             } else if line.contains(" ERROR ") {
                 eprintln!("[at-rund] {line}");
             }
@@ -407,6 +439,22 @@ mod tests {
             let l = format!("WARN atrund_sandbox::none: {frame} instance=a stream=\"stderr\"");
             assert_eq!(b.next(&l), None, "{frame}");
         }
+    }
+
+    #[test]
+    fn egress_refusals_are_shown() {
+        let l = "2026-12-06T03:19:54Z  INFO atrund::egress: egress bundle=\"8442-1\" dest=example.com:80 decision=\"deny\" reason=\"host_not_listed\" detail='example.com:80' is not in this bundle's net list (empty); add it to permissions.net in the manifest";
+        assert_eq!(
+            egress_refusal(l).as_deref(),
+            Some("egress refused: 'example.com:80' is not in this bundle's net list (empty); add it to permissions.net in the manifest")
+        );
+        let l = "INFO atrund::egress: egress peer=127.0.0.1:5 dest=x.test:443 decision=\"deny\" reason=\"proxy_auth\"";
+        assert_eq!(
+            egress_refusal(l).as_deref(),
+            Some("egress refused: x.test:443 (proxy_auth)")
+        );
+        let allowed = "INFO atrund::egress: egress bundle=\"b\" dest=a.test:443 ip=1.2.3.4 decision=\"allow\"";
+        assert_eq!(egress_refusal(allowed), None);
     }
 
     #[test]
