@@ -1,5 +1,6 @@
 //! Authors' logs end to end: a real `at-rund` runs a real Deno bundle that prints (its secret
-//! among it); the real test PDS mints service-auth tokens; the author reads the lines through
+//! among it) and makes a connection the egress proxy refuses (a `runner` line); the real test
+//! PDS mints service-auth tokens; the author reads the lines through
 //! `dev.atrund.getLogs`, `dev.atrund.tailLogs` and the `at-run logs` binary, and every forged,
 //! misdirected, expired, replayed or someone else's token is refused by name.
 
@@ -25,6 +26,11 @@ export const leak = { handler: () => {
   console.log(`token=${Deno.env.get("API_TOKEN")};`);
   return { ok: true };
 } };
+export const out = { handler: async () => {
+  // Listed, so Deno lets it through; the egress proxy refuses loopback.
+  try { await fetch("http://127.0.0.1:8089/"); } catch { /* refused */ }
+  return { ok: true };
+} };
 export const burst = { handler: () => {
   for (let i = 1; i <= 30; i++) console.log(`burst ${i}`);
   return { ok: true };
@@ -34,8 +40,8 @@ export const burst = { handler: () => {
 fn manifest() -> Value {
     json!({"endpoints": [
         {"name": "say", "method": "GET"}, {"name": "leak", "method": "GET"},
-        {"name": "burst", "method": "GET"}
-    ]})
+        {"name": "out", "method": "GET"}, {"name": "burst", "method": "GET"}
+    ], "permissions": {"net": ["127.0.0.1:8089"]}})
 }
 
 const GET_LOGS: &str = "dev.atrund.getLogs";
@@ -183,6 +189,7 @@ async fn authors_read_their_logs_and_every_other_token_is_refused() {
         .expect("secrets set");
     invoke(&d, &author.did, "say?msg=hello").await;
     invoke(&d, &author.did, "leak").await;
+    invoke(&d, &author.did, "out").await;
     invoke(&d, &thief.did, "say?msg=thiefs-own").await;
 
     let get = d.url(&format!("/xrpc/{GET_LOGS}?bundle=chatty"));
@@ -197,6 +204,18 @@ async fn authors_read_their_logs_and_every_other_token_is_refused() {
         "{b}"
     );
     assert!(!b.to_string().contains(canary), "the secret leaked: {b}");
+    // The refused connection, as the runner's own line about the instance.
+    let refused = b["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .find(|l| l["stream"] == "runner")
+        .unwrap_or_else(|| panic!("no runner line: {b}"));
+    let text = refused["text"].as_str().expect("text");
+    assert!(
+        text.starts_with("egress refused: ") && text.contains("127.0.0.1"),
+        "{refused}"
+    );
     assert!(!b.to_string().contains("thiefs-own"), "{b}");
     let said = b["lines"]
         .as_array()

@@ -79,6 +79,20 @@ pub struct EgressPolicy {
     /// Answers the instance's calls to `http://runner.atrund.internal/` (`runner_calls`);
     /// `None`: such calls are refused.
     pub runner: Option<RunnerCalls>,
+    /// Told of each connection of the instance the proxy refuses, in words for the bundle's
+    /// author (the text the refusal's body carries); `None`: only the runner's log hears it.
+    pub on_refusal: Option<RefusalSink>,
+}
+
+/// Where an instance's refused connections are reported for its author (the authors' logs).
+/// Called on the proxy's task: it must not block.
+#[derive(Clone)]
+pub struct RefusalSink(pub std::sync::Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for RefusalSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefusalSink")
+    }
 }
 
 /// A fresh random instance token (128 bits, hex), safe in a proxy URL's user part.

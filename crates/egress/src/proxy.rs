@@ -632,6 +632,9 @@ async fn open(
             count_denied(shared, e);
             tracing::info!(target: "atrund::egress", bundle, dest = %format!("{host}:{port}"),
                 decision = "deny", reason = e.reason(), detail = %e, "egress");
+            if let Some(sink) = &instance.policy.on_refusal {
+                (sink.0)(&format!("egress refused: {e}"));
+            }
         }
     }
     r

@@ -120,6 +120,7 @@ async fn deno_fetch_through_the_proxy() {
                 bundle_label: "did:plc:deno/test".into(),
                 allow: NetRule::parse_list(&net).unwrap(),
                 runner: None,
+                on_refusal: None,
             },
         )
         .unwrap();

@@ -57,6 +57,7 @@ async fn every_decision_is_logged() {
                 bundle_label: "did:plc:test/bundle".into(),
                 allow: NetRule::parse_list(&[target.as_str(), "ten.test:80"]).unwrap(),
                 runner: None,
+                on_refusal: None,
             },
         )
         .unwrap();

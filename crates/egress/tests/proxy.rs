@@ -60,6 +60,7 @@ async fn proxy(
                 bundle_label: "did:plc:test/bundle".into(),
                 allow: NetRule::parse_list(rules).unwrap(),
                 runner: None,
+                on_refusal: None,
             },
         )
         .unwrap();
@@ -203,6 +204,7 @@ async fn listed_localhost_is_refused_without_exception() {
                 bundle_label: "b".into(),
                 allow: NetRule::parse_list(&[format!("localhost:{}", echo.port())]).unwrap(),
                 runner: None,
+                on_refusal: None,
             },
         )
         .unwrap();
@@ -373,6 +375,7 @@ async fn registration_checks() {
         bundle_label: "b".into(),
         allow: vec![],
         runner: None,
+        on_refusal: None,
     };
     assert_eq!(
         p.register(TOKEN, pol.clone()).err().map(|e| e.code()),
@@ -454,6 +457,7 @@ fn reregister(p: &EgressProxy, old: Registration, rules: &[String]) -> Registrat
             bundle_label: "did:plc:test/bundle".into(),
             allow: NetRule::parse_list(rules).unwrap(),
             runner: None,
+            on_refusal: None,
         },
     )
     .unwrap()
@@ -700,6 +704,7 @@ async fn announced_tokens_count_only_on_their_instances_connections() {
         bundle_label: "did:plc:test/bundle".into(),
         allow: NetRule::parse_list(&[&target]).unwrap(),
         runner: None,
+        on_refusal: None,
     };
     let reg = p.register_announced(TOKEN, policy.clone()).unwrap();
     let other = p

@@ -43,6 +43,13 @@ pub(crate) fn register_token(
         bundle_label: spec.id.clone(),
         allow,
         runner: spec.runner_calls.clone(),
+        // The author's log hears of each refused connection (the bundle may not: Node's fetch
+        // only says "fetch failed" when a tunnel is refused).
+        on_refusal: spec.output.clone().map(|sink| {
+            atrund_egress::RefusalSink(std::sync::Arc::new(move |line: &str| {
+                sink(crate::OutputStream::Runner, line)
+            }))
+        }),
     };
     if announced {
         proxy.register_announced(token, policy)

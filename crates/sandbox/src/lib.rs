@@ -141,19 +141,22 @@ pub struct InstanceSpec {
     pub runner_calls: Option<RunnerCalls>,
 }
 
-/// Which of an instance's output streams a line came from.
+/// Which of an instance's output streams a line came from, or `Runner`: a line the runner wrote
+/// about the instance for its author (a refused egress connection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OutputStream {
     Stdout,
     Stderr,
+    Runner,
 }
 
 impl OutputStream {
-    /// `stdout` or `stderr`.
+    /// `stdout`, `stderr` or `runner`.
     pub fn as_str(self) -> &'static str {
         match self {
             OutputStream::Stdout => "stdout",
             OutputStream::Stderr => "stderr",
+            OutputStream::Runner => "runner",
         }
     }
 }
