@@ -11,6 +11,10 @@
 //! runtime's heap, response size), each breach under its error name. Cases that break their
 //! instance get one of their own.
 //!
+//! With generic sandboxes configured (`pool.generic_sandboxes`, `pool.generic_python_sandboxes`)
+//! the kit runs through them as `serve` would, waiting before each start until they are ready,
+//! and its last line says how many starts they served.
+//!
 //! Owns: the cases, their bundles (`runtime/conformance/`) and the verdicts. Must not: loosen
 //! anything for the kit (it uses the executor as configured), or touch a serving runner's state
 //! (its cgroups and dirs are its own).
@@ -534,9 +538,12 @@ pub(crate) async fn run(config_path: Option<&Path>, runtime: &str) -> Result<()>
     let _ = std::fs::remove_dir_all(&tmp);
     let _ = cgroups.sweep();
     let _ = cgroups.remove_parents();
-    let (rows, failed) = result?;
+    let (rows, failed, generic) = result?;
     for r in &rows {
         println!("{r}");
+    }
+    if let Some(g) = generic {
+        println!("{g}");
     }
     if failed > 0 {
         anyhow::bail!("runtime-test: {failed} of {} cases failed", rows.len());
@@ -552,7 +559,7 @@ async fn kit(
     runtimes: Runtimes,
     cgroups: Arc<CgroupManager>,
     tmp: &Path,
-) -> Result<(Vec<String>, usize)> {
+) -> Result<(Vec<String>, usize, Option<String>)> {
     use std::os::unix::fs::PermissionsExt;
     let group = settings::instances_group(config);
     std::fs::create_dir_all(tmp.join("kit"))
@@ -581,7 +588,9 @@ async fn kit(
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
     }
     let chosen = atrund_sandbox::choose_executor(choice).await?;
-    let exec = chosen.executor;
+    // As `serve` runs it: with the generic sandboxes in front when they are configured, so the
+    // kit's instances come from specialised sandboxes (each start waits until they are ready).
+    let exec = settings::generic_pool_in(config, chosen.executor, chosen.container, tmp.join("w"));
     if runtime == RuntimeKind::Python && exec.name() == "none" && !config.python.allow_none {
         anyhow::bail!(
             "runtime python is not run under isolation = \"none\" unless python.allow_none = true (ATRUND_PYTHON_ALLOW_NONE): Python enforces no permission itself (docs/runtimes.md)"
@@ -593,6 +602,7 @@ async fn kit(
         chosen.isolation.how
     );
     let start_timeout = Duration::from_millis(config.pool.start_timeout_ms);
+    generic_ready(&*exec).await;
     let shared = exec
         .warm(dirs.spec("kit-shared", &dirs.kit, start_timeout))
         .await;
@@ -621,7 +631,38 @@ async fn kit(
     if let Ok(inst) = shared {
         inst.shutdown().await;
     }
-    Ok((rows, failed))
+    let mut generic = None;
+    if let Some(g) = exec.generic_pool() {
+        let fallbacks: Vec<String> = g
+            .fallbacks
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect();
+        generic = Some(format!(
+            "generic sandboxes: {} taken, {} failed to specialise, fallbacks: {}",
+            g.taken,
+            g.specialise_failures,
+            if fallbacks.is_empty() {
+                "none".to_string()
+            } else {
+                fallbacks.join(", ")
+            }
+        ));
+    }
+    Ok((rows, failed, generic))
+}
+
+/// With generic sandboxes in front, waits (10 s at most) until all are ready, so a start is
+/// served by one rather than the normal way for want of a ready one.
+async fn generic_ready(exec: &dyn Executor) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while let Some(g) = exec.generic_pool() {
+        if (g.ready == g.size && g.starting == 0) || std::time::Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn run_case(
@@ -647,6 +688,7 @@ async fn run_case(
         }
         RunsIn::LoadFails => own(&dirs.load_fails),
     };
+    generic_ready(exec).await;
     match exec.warm(spec).await {
         Ok(inst) => {
             let out = call(&*inst, case.call).await;

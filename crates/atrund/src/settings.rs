@@ -409,6 +409,16 @@ pub(crate) fn generic_pool(
     executor: std::sync::Arc<dyn atrund_sandbox::Executor>,
     container: Option<atrund_sandbox::ContainerExecutor>,
 ) -> std::sync::Arc<dyn atrund_sandbox::Executor> {
+    generic_pool_in(config, executor, container, config.layout().run())
+}
+
+/// [`generic_pool`] with the sandboxes' work dirs in `run_dir` (`runtime-test` keeps its own).
+pub(crate) fn generic_pool_in(
+    config: &atrund_config::Config,
+    executor: std::sync::Arc<dyn atrund_sandbox::Executor>,
+    container: Option<atrund_sandbox::ContainerExecutor>,
+    run_dir: PathBuf,
+) -> std::sync::Arc<dyn atrund_sandbox::Executor> {
     let p = &config.pool;
     if p.generic_sandboxes + p.generic_python_sandboxes == 0 {
         return executor;
@@ -455,7 +465,7 @@ pub(crate) fn generic_pool(
     let cfg = atrund_pool::GenericPoolConfig {
         lanes,
         memory_budget_bytes: p.generic_memory_budget_mib.saturating_mul(1024 * 1024),
-        run_dir: config.layout().run(),
+        run_dir,
     };
     tracing::info!(
         deno = p.generic_sandboxes,

@@ -1,7 +1,8 @@
 //! `at-rund runtime-test`, the runtime conformance kit, run as a user would: the real binary, a
 //! real Deno and a real Node, real cgroups (root), each backend chosen by `ATRUND_ISOLATION`.
 //! Every case must print PASS and the command must succeed; a runtime this version does not
-//! know, or one the configuration does not offer, is refused. The verdicts
+//! know, or one the configuration does not offer, is refused. With generic sandboxes configured
+//! the kit runs through them. The verdicts
 //! themselves (that a wrong answer is a FAIL) are unit-tested in `runtime_test.rs`.
 
 use std::path::Path;
@@ -111,6 +112,53 @@ fn python_passes_the_kit_in_container_mode_and_in_none_when_allowed() {
     );
     assert!(!ok, "{stdout}");
     assert!(stderr.contains("python.allow_none"), "{stderr}");
+}
+
+/// The kit through pre-warmed generic sandboxes (as `serve` runs them): every case passes, and
+/// every start that could come from a sandbox did (the kit waits until they are ready, so none
+/// falls back); the two expected failures (a bundle that throws while it loads, a refused
+/// secret name for Python) are failed specialisations.
+#[test]
+fn deno_and_python_pass_the_kit_from_generic_sandboxes() {
+    let (Some(deno), Some(python)) = (atrund_testnet::deno_path(), atrund_testnet::python_path())
+    else {
+        return;
+    };
+    let Some(()) = atrund_testnet::root("generic sandboxes (bind mounts)") else {
+        return;
+    };
+    let container = ("ATRUND_ISOLATION", "container".to_string());
+    let (ok, stdout, stderr) = kit(
+        &deno,
+        &[
+            container.clone(),
+            ("ATRUND_POOL_GENERIC_SANDBOXES", "2".into()),
+        ],
+    );
+    runtime_passes("deno", 22, "container", (ok, stdout.clone(), stderr));
+    assert!(
+        stdout.contains("generic sandboxes: 6 taken, 1 failed to specialise, fallbacks: none"),
+        "{stdout}"
+    );
+    let (ok, stdout, stderr) = kit_of(
+        "python",
+        &deno,
+        &[
+            container,
+            ("ATRUND_PYTHON_PATH", python.display().to_string()),
+            ("ATRUND_POOL_GENERIC_PYTHON_SANDBOXES", "2".into()),
+        ],
+    );
+    runtime_passes(
+        "python",
+        PYTHON_CASES,
+        "container",
+        (ok, stdout.clone(), stderr),
+    );
+    assert!(
+        stdout.contains("generic sandboxes: 8 taken, 2 failed to specialise, fallbacks: none"),
+        "{stdout}"
+    );
 }
 
 /// Python's kit: the shared cases and Python's own.

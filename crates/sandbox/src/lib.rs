@@ -328,8 +328,8 @@ pub struct GenericPoolStats {
     /// Sandboxes that failed to start.
     pub start_failures: u64,
     /// Instances started the normal way, by reason: `run` (not answerable by the broker),
-    /// `limits` (above the caps the sandboxes start with), `runtime` (not Deno), `empty` (none
-    /// ready).
+    /// `limits` and `rlimits` (other than the caps the sandboxes start with), `runtime` (no
+    /// sandboxes of the bundle's runtime), `empty` (none ready).
     pub fallbacks: Vec<(String, u64)>,
 }
 
