@@ -69,35 +69,13 @@ impl Parts {
     /// hidden folders) and its requirements file.
     pub fn of(project: &Project) -> anyhow::Result<Parts> {
         let entry = project.entry();
-        let mut modules = Vec::new();
-        let mut stack = vec![project.dir.clone()];
-        while let Some(dir) = stack.pop() {
-            let listing = std::fs::read_dir(&dir)
-                .with_context(|| format!("cannot list {}", dir.display()))?;
-            for item in listing {
-                let item = item.with_context(|| format!("cannot list {}", dir.display()))?;
-                let path = item.path();
-                let name = item.file_name();
-                let name = name.to_string_lossy();
-                let kind = item
-                    .file_type()
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                if kind.is_dir() {
-                    if !name.starts_with('.')
-                        && !SKIPPED.contains(&name.as_ref())
-                        && !path.join("pyvenv.cfg").exists()
-                    {
-                        stack.push(path);
-                    }
-                } else if name.ends_with(".py") && path != entry && path.is_file() {
-                    let rel = path
-                        .strip_prefix(&project.dir)
-                        .unwrap_or(&path)
-                        .to_path_buf();
-                    modules.push(rel);
-                }
-            }
-        }
+        let mut modules: Vec<PathBuf> = files_under(&project.dir, |dir, name| {
+            !name.starts_with('.') && !SKIPPED.contains(&name) && !dir.join("pyvenv.cfg").exists()
+        })?
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "py") && *p != entry)
+        .map(|p| p.strip_prefix(&project.dir).unwrap_or(&p).to_path_buf())
+        .collect();
         modules.sort();
         let requirements = Some(project.dir.join(REQUIREMENTS)).filter(|p| p.is_file());
         Ok(Parts {
@@ -220,20 +198,39 @@ pub fn install(
 
 /// The first native library under `dir`, if any.
 fn first_native(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for item in std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))? {
-            let item = item.with_context(|| format!("cannot list {}", d.display()))?;
+    Ok(files_under(dir, |_, _| true)?.into_iter().find(|p| {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        NATIVE.iter().any(|n| name.ends_with(n)) || name.contains(".so.")
+    }))
+}
+
+/// Every file under `root` (symlinks to files included), descending into the dirs `enter`
+/// accepts (given the dir's path and name).
+fn files_under(root: &Path, enter: impl Fn(&Path, &str) -> bool) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let listing =
+            std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
+        for item in listing {
+            let item = item.with_context(|| format!("cannot list {}", dir.display()))?;
             let path = item.path();
-            let name = item.file_name().to_string_lossy().to_string();
-            if item.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                stack.push(path);
-            } else if NATIVE.iter().any(|n| name.ends_with(n)) || name.contains(".so.") {
-                return Ok(Some(path));
+            let kind = item
+                .file_type()
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            if kind.is_dir() {
+                if enter(&path, &item.file_name().to_string_lossy()) {
+                    stack.push(path);
+                }
+            } else if path.is_file() {
+                files.push(path);
             }
         }
     }
-    Ok(None)
+    Ok(files)
 }
 
 /// The zip's contents, name → source file: the entry as [`ZIP_ENTRY`], the project's modules,
@@ -264,23 +261,16 @@ pub fn contents(
         add(zip_name(m)?, project.dir.join(m))?;
     }
     if let Some(site) = site {
-        let mut stack = vec![site.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for item in
-                std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))?
-            {
-                let item = item.with_context(|| format!("cannot list {}", d.display()))?;
-                let path = item.path();
-                let rel = path.strip_prefix(site).unwrap_or(&path).to_path_buf();
-                let name = item.file_name().to_string_lossy().to_string();
-                if item.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    if name != "__pycache__" && !(d == site && name == "bin") {
-                        stack.push(path);
-                    }
-                } else if !name.ends_with(".pyc") {
-                    add(zip_name(&rel)?, path)?;
-                }
-            }
+        // pip's scripts (`bin/`) and bytecode are of no use in the zip.
+        let installed = files_under(site, |dir, name| {
+            name != "__pycache__" && !(dir.parent() == Some(site) && name == "bin")
+        })?;
+        for path in installed
+            .into_iter()
+            .filter(|p| p.extension().is_none_or(|x| x != "pyc"))
+        {
+            let rel = path.strip_prefix(site).unwrap_or(&path).to_path_buf();
+            add(zip_name(&rel)?, path)?;
         }
     }
     Ok(files)

@@ -798,31 +798,33 @@ mod tests {
         assert!(!ok && detail.contains("deny list"), "{detail}");
     }
 
+    /// The `runtime` check of comparing `runtime`'s bundle (an empty manifest, an allowed
+    /// author) with `desc`: (ok, detail); the verdict follows it.
+    fn runtime_line(desc: &DescribeRunner, runtime: BundleRuntime<'_>) -> (bool, String) {
+        let r = compare(
+            "http://r",
+            desc,
+            &Manifest::default(),
+            10,
+            runtime,
+            Some(("did:plc:someone", "x")),
+            None,
+        );
+        let c = r
+            .checks
+            .iter()
+            .find(|c| c.name == "runtime")
+            .cloned()
+            .expect("runtime line");
+        assert_eq!(r.compatible, c.ok, "{}", r.render());
+        (c.ok, c.detail)
+    }
+
     #[test]
     fn a_node_bundle_needs_a_runner_that_announces_node() {
-        let allowed = Some(("did:plc:someone", "x"));
         let node = BundleRuntime {
             name: "node",
             built_with: "2.9.6",
-        };
-        let runtime_line = |desc: &DescribeRunner, runtime: BundleRuntime<'_>| {
-            let r = compare(
-                "http://r",
-                desc,
-                &Manifest::default(),
-                10,
-                runtime,
-                allowed,
-                None,
-            );
-            let c = r
-                .checks
-                .iter()
-                .find(|c| c.name == "runtime")
-                .cloned()
-                .expect("runtime line");
-            assert_eq!(r.compatible, c.ok, "{}", r.render());
-            (c.ok, c.detail)
         };
         let deno_only = described(json!([{"name": "deno", "version": DENO_LINE}]));
         let (ok, detail) = runtime_line(&deno_only, node);
@@ -863,25 +865,7 @@ mod tests {
             name: "python",
             built_with: "",
         };
-        let line = |desc: &DescribeRunner| {
-            let r = compare(
-                "http://r",
-                desc,
-                &Manifest::default(),
-                10,
-                python,
-                Some(("did:plc:someone", "x")),
-                None,
-            );
-            let c = r
-                .checks
-                .iter()
-                .find(|c| c.name == "runtime")
-                .cloned()
-                .expect("runtime line");
-            assert_eq!(r.compatible, c.ok, "{}", r.render());
-            (c.ok, c.detail)
-        };
+        let line = |desc: &DescribeRunner| runtime_line(desc, python);
         let without = described(json!([
             {"name": "deno", "version": DENO_LINE},
             {"name": "node", "version": "v24.21.0"}

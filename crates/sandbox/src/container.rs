@@ -208,10 +208,7 @@ impl ContainerExecutor {
     async fn probe_runtime(&self, kind: RuntimeKind) -> Result<(), String> {
         let runtime = self.cfg.runtimes.get(kind).map_err(|e| e.to_string())?;
         let inside = runtime_in_root(kind);
-        let mut args = self.base_args(runtime.binary(), inside);
-        for dir in runtime.root_dirs() {
-            args.extend(["--ro-bind".into(), dir.clone().into(), dir.into()]);
-        }
+        let mut args = self.base_args(kind, runtime);
         args.extend(["--", inside].iter().map(OsString::from));
         // Python's version says nothing of its standard library: import what the shim needs.
         let probe: &[&str] = match kind {
@@ -328,8 +325,9 @@ impl ContainerExecutor {
     }
 
     /// Namespaces, identity and the root: the part of the command line every sandbox shares.
-    /// `runtime`: the host binary bound read-only at `inside`.
-    fn base_args(&self, runtime: &Path, inside: &str) -> Vec<OsString> {
+    /// The runtime's binary is bound read-only at its place in the root, its own trees at their
+    /// host paths.
+    fn base_args(&self, kind: RuntimeKind, runtime: &dyn Runtime) -> Vec<OsString> {
         let mut a: Vec<OsString> = [
             "--unshare-all",
             // --unshare-all only tries the user namespace; --disable-userns needs it for sure.
@@ -355,8 +353,12 @@ impl ContainerExecutor {
         a.push(self.rootfs.path().into());
         a.push("/".into());
         a.push("--ro-bind".into());
-        a.push(runtime.into());
-        a.push(inside.into());
+        a.push(runtime.binary().into());
+        a.push(runtime_in_root(kind).into());
+        // The runtime's own read-only trees (Python's standard library), at the same path.
+        for dir in runtime.root_dirs() {
+            a.extend(["--ro-bind".into(), dir.clone().into(), dir.into()]);
+        }
         a.push("--ro-bind".into());
         a.push(self.cfg.init.0.clone().into());
         a.push(INIT_IN_ROOT.into());
@@ -373,11 +375,7 @@ impl ContainerExecutor {
         runtime: &dyn Runtime,
         data: &DataBinds,
     ) -> Vec<OsString> {
-        let mut a = self.base_args(runtime.binary(), runtime_in_root(spec.runtime));
-        // The runtime's own read-only trees (Python's standard library), at the same path.
-        for dir in runtime.root_dirs() {
-            a.extend(["--ro-bind".into(), dir.clone().into(), dir.into()]);
-        }
+        let mut a = self.base_args(spec.runtime, runtime);
         let mut push = |xs: &[&std::ffi::OsStr]| a.extend(xs.iter().map(|x| x.to_os_string()));
         let tmp_bytes = self.cfg.tmp_mib.saturating_mul(1024 * 1024).to_string();
         push(&[

@@ -168,18 +168,16 @@ impl ContainerExecutor {
                     socket_in.to_string_lossy().into_owned(),
                 ])
                 .collect(),
-            // The normal start's flags (isolated, no site packages, no bytecode), generic mode.
-            _ => [
-                runtime_in_root(cfg.runtime),
-                "-I",
-                "-S",
-                "-B",
-                &format!("{WORK}/{}", runtime.shim().file),
-                "--generic",
-                &socket_in.to_string_lossy(),
-            ]
-            .map(str::to_string)
-            .to_vec(),
+            // The normal start's flags, generic mode.
+            _ => std::iter::once(runtime_in_root(cfg.runtime))
+                .chain(crate::runtime::python::FLAGS)
+                .map(str::to_string)
+                .chain([
+                    format!("{WORK}/{}", runtime.shim().file),
+                    "--generic".into(),
+                    socket_in.to_string_lossy().into_owned(),
+                ])
+                .collect(),
         };
         let init = InitConfig {
             argv,
@@ -269,11 +267,7 @@ impl ContainerExecutor {
         kind: RuntimeKind,
         runtime: &dyn Runtime,
     ) -> Vec<OsString> {
-        let mut a = self.base_args(runtime.binary(), runtime_in_root(kind));
-        // The runtime's own read-only trees (Python's standard library), at the same path.
-        for dir in runtime.root_dirs() {
-            a.extend(["--ro-bind".into(), dir.clone().into(), dir.into()]);
-        }
+        let mut a = self.base_args(kind, runtime);
         let tmp_bytes = self.cfg.tmp_mib.saturating_mul(1024 * 1024).to_string();
         let mut push = |xs: &[&std::ffi::OsStr]| a.extend(xs.iter().map(|x| x.to_os_string()));
         push(&[

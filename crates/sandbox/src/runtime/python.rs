@@ -16,6 +16,11 @@ use super::seam::{check_net_entry, check_secret_names, Layout, Runtime, RuntimeK
 use crate::{Enforcement, SandboxError};
 
 /// The Python shim (`runtime/exec/python.py`).
+/// The interpreter's flags in every start (the generic sandboxes' too): isolated (no `PYTHON*`
+/// variables, no user site or script dir on `sys.path`), no site packages, no bytecode written
+/// (the distribution's own is read).
+pub(crate) const FLAGS: [&str; 3] = ["-I", "-S", "-B"];
+
 pub(crate) const SHIM: Shim = Shim {
     file: "at-run-exec-python.py",
     source: include_str!("../../../../runtime/exec/python.py"),
@@ -141,16 +146,15 @@ impl Runtime for PythonRuntime {
         for entry in &l.spec.permissions.net {
             check_net_entry(entry)?;
         }
-        Ok(vec![
-            // Isolated: no PYTHON* variables, no user site or script dir on sys.path; no site
-            // packages; no bytecode written (the distribution's own is read).
-            "-I".into(),
-            "-S".into(),
-            "-B".into(),
-            l.shim.as_os_str().to_owned(),
-            l.spec.bundle_file.as_os_str().to_owned(),
-            l.socket.as_os_str().to_owned(),
-        ])
+        Ok(FLAGS
+            .iter()
+            .map(OsString::from)
+            .chain([
+                l.shim.as_os_str().to_owned(),
+                l.spec.bundle_file.as_os_str().to_owned(),
+                l.socket.as_os_str().to_owned(),
+            ])
+            .collect())
     }
 
     fn env(&self, _cache: &Path, _scratch: Option<&Path>) -> Vec<(&'static str, OsString)> {
