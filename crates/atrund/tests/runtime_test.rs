@@ -7,6 +7,12 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::RwLock;
+
+/// The microVM kit boots a VM per instance under software emulation: it runs alone (the other
+/// kits of this binary share the lock), since a guest starved of both CPUs by the kits beside it
+/// was seen to miss its boot deadline in CI.
+static ALONE: RwLock<()> = RwLock::new(());
 
 fn kit(deno: &Path, env: &[(&str, String)]) -> (bool, String, String) {
     kit_of("deno", deno, env)
@@ -58,6 +64,7 @@ fn runtime_passes(
 
 #[test]
 fn node_passes_the_kit_in_none_and_container_modes() {
+    let _alone = ALONE.read().unwrap_or_else(|e| e.into_inner());
     let (Some(deno), Some(node)) = (atrund_testnet::deno_path(), atrund_testnet::node_path())
     else {
         return;
@@ -80,6 +87,7 @@ fn node_passes_the_kit_in_none_and_container_modes() {
 
 #[test]
 fn python_passes_the_kit_in_container_mode_and_in_none_when_allowed() {
+    let _alone = ALONE.read().unwrap_or_else(|e| e.into_inner());
     let (Some(deno), Some(python)) = (atrund_testnet::deno_path(), atrund_testnet::python_path())
     else {
         return;
@@ -120,6 +128,7 @@ fn python_passes_the_kit_in_container_mode_and_in_none_when_allowed() {
 /// secret name for Python) are failed specialisations.
 #[test]
 fn deno_and_python_pass_the_kit_from_generic_sandboxes() {
+    let _alone = ALONE.read().unwrap_or_else(|e| e.into_inner());
     let (Some(deno), Some(python)) = (atrund_testnet::deno_path(), atrund_testnet::python_path())
     else {
         return;
@@ -169,6 +178,7 @@ const NODE_CASES: usize = 30;
 
 #[test]
 fn deno_passes_the_kit_in_none_and_container_modes() {
+    let _alone = ALONE.read().unwrap_or_else(|e| e.into_inner());
     let Some(deno) = atrund_testnet::deno_path() else {
         return;
     };
@@ -187,6 +197,7 @@ fn deno_passes_the_kit_in_none_and_container_modes() {
 
 #[test]
 fn deno_passes_the_kit_in_a_qemu_microvm() {
+    let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
     let Some(deno) = atrund_testnet::deno_path() else {
         return;
     };
@@ -203,6 +214,7 @@ fn deno_passes_the_kit_in_a_qemu_microvm() {
 
 #[test]
 fn a_runtime_without_a_kit_is_refused() {
+    let _alone = ALONE.read().unwrap_or_else(|e| e.into_inner());
     let Some(deno) = atrund_testnet::deno_path() else {
         return;
     };
