@@ -145,7 +145,7 @@ pub(crate) fn sandbox_choice(
     let microvm = if wants_microvm {
         Some(microvm_config(
             config,
-            runtimes.deno().clone(),
+            runtimes.clone(),
             (init.clone(), vec!["sandbox-init".into()]),
             rootfs_dir.with_file_name("microvm"),
         )?)
@@ -203,7 +203,7 @@ pub(crate) fn probe_choice(
 /// programs named without a path are looked up on `PATH`.
 fn microvm_config(
     config: &Config,
-    deno: DenoBinary,
+    runtimes: Runtimes,
     init: (PathBuf, Vec<String>),
     image_dir: PathBuf,
 ) -> Result<atrund_sandbox::MicroVmConfig> {
@@ -237,7 +237,7 @@ fn microvm_config(
             atrund_config::MicroVmAccel::Tcg => atrund_microvm::qemu::Accel::Tcg,
         },
         vcpus: u8::try_from(m.vcpus).unwrap_or(1),
-        deno,
+        runtimes,
         init,
         image_dir,
         console: m.console,
@@ -291,7 +291,7 @@ pub(crate) fn reachable_choice(mut choice: Choice, staged: &Path) -> Result<Choi
     // A microVM's launcher is the same binary (its guest image is read by the daemon itself).
     if let Some(m) = &mut choice.microvm {
         m.init.0 = choice.init.0.clone();
-        m.deno = choice.runtimes.deno().clone();
+        m.runtimes = choice.runtimes.clone();
     }
     Ok(choice)
 }

@@ -351,7 +351,9 @@ mod tests {
             accel,
             vcpus: 1,
             // Any executable: nothing is run.
-            deno: crate::DenoBinary::locate(Some(Path::new("/bin/sh"))).unwrap(),
+            runtimes: crate::DenoBinary::locate(Some(Path::new("/bin/sh")))
+                .unwrap()
+                .into(),
             init: ("/usr/bin/at-rund".into(), vec!["sandbox-init".into()]),
             image_dir: "/var/lib/at-rund/microvm".into(),
             console: false,

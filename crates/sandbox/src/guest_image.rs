@@ -1,9 +1,12 @@
-//! The microVM guest's file system, as one initramfs (a `newc` cpio archive): the guest agent as
-//! `/init` (this crate's `sandbox-init`, which runs as the guest agent when it is PID 1 with no
-//! arguments), Deno as `/bin/deno`, the shared libraries both load (from `ldd`, as the container
-//! root collects them), and the kernel modules a stock kernel needs for virtio and vsock with
-//! their load order in `/lib/modules/order`. The bundle and the shim are not in it: the host
-//! sends them over the control channel.
+//! The microVM guest's file system, as one initramfs (a `newc` cpio archive) per runtime: the
+//! guest agent as `/init` (this crate's `sandbox-init`, which runs as the guest agent when it is
+//! PID 1 with no arguments), the runtime's binary where the container root has it (`/bin/deno`,
+//! `/bin/node`, `/bin/python3`), the runtime's own trees at their host paths (Python's standard
+//! library), the shared libraries all of them load (from `ldd`, as the container root collects
+//! them), and the kernel modules a stock kernel needs for virtio and vsock with their load order
+//! in `/lib/modules/order`. The bundle and the shim are not in it: the host sends them over the
+//! control channel. One image per runtime keeps each guest's RAM to what its runtime needs
+//! (guest RAM holds the image twice while the kernel unpacks it).
 //!
 //! [`cached_initramfs`] keeps one image per set of pieces under a directory, named by their
 //! paths, sizes and modification times (as the container root is), with the agent's debug
@@ -22,9 +25,68 @@ use crate::SandboxError;
 pub struct GuestPieces {
     /// The agent binary (`atrund-sandbox-init`, or at-rund itself).
     pub agent: PathBuf,
-    pub deno: PathBuf,
+    /// The runtime's binary on the host, and its path in the guest (absolute).
+    pub runtime: (PathBuf, &'static str),
+    /// Host dirs copied whole to the same path in the guest (Python's standard library).
+    pub trees: Vec<PathBuf>,
+    /// Files besides the binaries whose libraries the guest needs (Python's extension modules).
+    pub lib_users: Vec<PathBuf>,
     /// Kernel modules (`.ko`); loaded in the order their `depends=` fields need.
     pub modules: Vec<PathBuf>,
+}
+
+impl GuestPieces {
+    /// The shared libraries the agent, the runtime and the library users load.
+    fn libs(&self) -> Result<Vec<PathBuf>, SandboxError> {
+        let mut libs = crate::rootfs::needed_libs(&self.agent)?;
+        libs.extend(crate::rootfs::needed_libs(&self.runtime.0)?);
+        for f in &self.lib_users {
+            libs.extend(crate::rootfs::needed_libs(f)?);
+        }
+        libs.sort();
+        libs.dedup();
+        Ok(libs)
+    }
+
+    /// Every file of the trees, as (host path, path in the guest without its leading `/`).
+    /// A symlink to a file inside the same tree is followed (the guest gets a plain file); one
+    /// that leads out of its tree is left out, as it leads nowhere in a container (where the
+    /// tree is bound), and so are other symlinks and anything neither a file nor a dir.
+    fn tree_files(&self) -> Result<Vec<(PathBuf, String)>, SandboxError> {
+        let mut out = Vec::new();
+        for root in &self.trees {
+            let real_root =
+                std::fs::canonicalize(root).map_err(|e| err(format!("{}: {e}", root.display())))?;
+            let within = |p: &Path| {
+                std::fs::canonicalize(p).is_ok_and(|t| t.starts_with(&real_root) && t.is_file())
+            };
+            let mut todo = vec![root.clone()];
+            while let Some(dir) = todo.pop() {
+                let entries =
+                    std::fs::read_dir(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+                for e in entries {
+                    let e = e.map_err(|e| err(format!("{}: {e}", dir.display())))?;
+                    let path = e.path();
+                    let kind = e
+                        .file_type()
+                        .map_err(|e| err(format!("{}: {e}", path.display())))?;
+                    let is_file = kind.is_file() || (kind.is_symlink() && within(&path));
+                    if kind.is_dir() {
+                        todo.push(path);
+                    } else if is_file {
+                        let inside = path
+                            .to_str()
+                            .ok_or_else(|| err(format!("{} is not UTF-8", path.display())))?
+                            .trim_start_matches('/')
+                            .to_string();
+                        out.push((path, inside));
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
 }
 
 fn err(msg: String) -> SandboxError {
@@ -32,7 +94,7 @@ fn err(msg: String) -> SandboxError {
 }
 
 /// Bumped when the image's layout changes, so a cached image of an older layout is not reused.
-const LAYOUT: &str = "initramfs-1";
+const LAYOUT: &str = "initramfs-2";
 
 /// A cached image: its path, its size, and whether the agent in it was stripped.
 #[derive(Debug, Clone)]
@@ -42,19 +104,24 @@ pub struct CachedImage {
     pub agent_stripped: bool,
 }
 
-/// The initramfs for `p` under `dir` (`<key>.cpio`), built once; images of other keys there are
-/// removed. Blocking: reads and writes the pieces (a few hundred MB for a debug agent).
+/// The initramfs for `p` under `dir` (`<key>.cpio`), built once. Blocking: reads and writes the
+/// pieces (a few hundred MB for a debug agent). [`remove_other_images`] clears out the rest.
 pub fn cached_initramfs(dir: &Path, p: &GuestPieces) -> Result<CachedImage, SandboxError> {
     use std::os::unix::fs::PermissionsExt;
     let objcopy = crate::executables::find_executable("objcopy", &[]);
-    let mut libs = crate::rootfs::needed_libs(&p.agent)?;
-    libs.extend(crate::rootfs::needed_libs(&p.deno)?);
-    let files: Vec<&Path> = [p.agent.as_path(), p.deno.as_path()]
+    let libs = p.libs()?;
+    let tree = p.tree_files()?;
+    let files: Vec<&Path> = [p.agent.as_path(), p.runtime.0.as_path()]
         .into_iter()
         .chain(p.modules.iter().map(PathBuf::as_path))
         .chain(libs.iter().map(PathBuf::as_path))
+        .chain(tree.iter().map(|(host, _)| host.as_path()))
         .collect();
-    let seed = format!("{LAYOUT} stripped={}", objcopy.is_some());
+    let seed = format!(
+        "{LAYOUT} stripped={} runtime at {}",
+        objcopy.is_some(),
+        p.runtime.1
+    );
     let h = crate::rootfs::files_key(seed.as_bytes(), &files)?;
     let name = format!("{h:016x}.cpio");
     std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
@@ -91,15 +158,6 @@ pub fn cached_initramfs(dir: &Path, p: &GuestPieces) -> Result<CachedImage, Sand
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|e| err(format!("{}: {e}", path.display())))?;
     }
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let n = e.file_name();
-            let n = n.to_string_lossy();
-            if n.ends_with(".cpio") && n != name {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
     let bytes = std::fs::metadata(&path)
         .map_err(|e| err(format!("{}: {e}", path.display())))?
         .len();
@@ -110,17 +168,36 @@ pub fn cached_initramfs(dir: &Path, p: &GuestPieces) -> Result<CachedImage, Sand
     })
 }
 
+/// Removes the images under `dir` other than `keep` (those of older pieces).
+pub fn remove_other_images(dir: &Path, keep: &[&Path]) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let path = e.path();
+            let is_image = path.extension().is_some_and(|x| x == "cpio");
+            if is_image && !keep.contains(&path.as_path()) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
 /// Writes the initramfs for `p` to `out`.
 pub fn build_initramfs(out: &Path, p: &GuestPieces) -> Result<(), SandboxError> {
+    let runtime_at = p.runtime.1.trim_start_matches('/').to_string();
     let mut files: Vec<(String, PathBuf, u32)> = vec![
         ("init".into(), p.agent.clone(), 0o755),
-        ("bin/deno".into(), p.deno.clone(), 0o755),
+        (runtime_at, p.runtime.0.clone(), 0o755),
     ];
-    let mut libs = crate::rootfs::needed_libs(&p.agent)?;
-    libs.extend(crate::rootfs::needed_libs(&p.deno)?);
-    libs.sort();
-    libs.dedup();
-    for lib in libs {
+    for (host, inside) in p.tree_files()? {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&host)
+            .map_err(|e| err(format!("{}: {e}", host.display())))?
+            .permissions()
+            .mode()
+            & 0o755;
+        files.push((inside, host, mode));
+    }
+    for lib in p.libs()? {
         let inside = lib.to_string_lossy().trim_start_matches('/').to_string();
         files.push((inside, lib, 0o755));
     }
@@ -350,6 +427,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("cycle"), "{e}");
+    }
+
+    #[test]
+    fn a_tree_keeps_its_files_and_links_within_it_only() {
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("lib/python3");
+        std::fs::create_dir_all(tree.join("asyncio")).unwrap();
+        std::fs::write(tree.join("asyncio/base.py"), "x").unwrap();
+        std::fs::write(d.path().join("secret"), "host only").unwrap();
+        std::os::unix::fs::symlink("asyncio/base.py", tree.join("alias.py")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("secret"), tree.join("out.py")).unwrap();
+        std::os::unix::fs::symlink("/nowhere", tree.join("dangling.py")).unwrap();
+        std::os::unix::fs::symlink("asyncio", tree.join("dirlink")).unwrap();
+        let p = GuestPieces {
+            agent: "/bin/sh".into(),
+            runtime: ("/bin/sh".into(), "/bin/python3"),
+            trees: vec![tree.clone()],
+            lib_users: Vec::new(),
+            modules: Vec::new(),
+        };
+        let inside: Vec<String> = p
+            .tree_files()
+            .unwrap()
+            .into_iter()
+            .map(|(_, i)| i)
+            .collect();
+        let at = |rel: &str| {
+            tree.join(rel)
+                .to_str()
+                .unwrap()
+                .trim_start_matches('/')
+                .to_string()
+        };
+        assert_eq!(inside, vec![at("alias.py"), at("asyncio/base.py")]);
     }
 
     #[test]

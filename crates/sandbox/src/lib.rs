@@ -52,7 +52,7 @@ pub use container::{find_bwrap, ContainerConfig, ContainerExecutor};
 pub use error::SandboxError;
 pub use executables::find_program;
 pub use hostfs::{copy_if_unreachable, runner_dir_mode, stage_file, unreachable_by};
-pub use microvm::{MicroVmConfig, MicroVmExecutor, Vmm};
+pub use microvm::{MicroVmConfig, MicroVmExecutor, Vmm, NO_DATA_PATHS as MICROVM_NO_DATA_PATHS};
 pub use none::NoneExecutor;
 pub use process::is_hop_by_hop;
 pub use report::{host_report, HostReport};

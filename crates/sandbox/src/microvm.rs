@@ -1,8 +1,9 @@
 //! The `microvm` backend (docs/microvm.md): each instance in a virtual machine of its own, with
 //! its own guest kernel. The VMM is QEMU `-M microvm` with `vhost-device-vsock`, or Firecracker
 //! (`--no-api --config-file`, its own vsock; tested here only through a stand-in). The guest's
-//! file system is one cached initramfs (`guest_image`): the agent (`sandbox-init` as PID 1,
-//! `guest`), Deno, their libraries and the kernel modules.
+//! file system is one cached initramfs per offered runtime (`guest_image`): the agent
+//! (`sandbox-init` as PID 1, `guest`), the runtime (Deno, Node or Python with its standard
+//! library, where the container root has them), their libraries and the kernel modules.
 //!
 //! An instance's start, on top of the shared process layer (`process`):
 //! - the work dir holds the VM's sockets, its plan (`vm.json`), its logs and the exit report;
@@ -12,7 +13,7 @@
 //!   whole VM is in the cgroup and dies with the process group;
 //! - calls go over the VMM's hybrid vsock socket to guest port 1025 (`CONNECT`), where the agent
 //!   carries them to the shim's socket;
-//! - egress: the guest has no network card; Deno's proxy is the guest's `127.0.0.1:3128`, which
+//! - egress: the guest has no network card; the runtime's proxy is the guest's `127.0.0.1:3128`, which
 //!   the guest's init forwards to the agent, the agent to the host's CID 2 port 3128, which the
 //!   VMM's backend turns into a connection on `<uds>_3128`, where this backend forwards to the
 //!   egress proxy with the instance's token (`egress::forwarder`), as for a container.
@@ -36,18 +37,27 @@ use atrund_microvm::qemu::{vhost_device_vsock_args, Accel, QemuVm};
 
 use crate::cgroup::{CgroupLimits, CgroupManager};
 use crate::guest::{self, FileSpec, GuestLimits, Start};
-use crate::guest_image::{cached_initramfs, CachedImage, GuestPieces};
+use crate::guest_image::{cached_initramfs, remove_other_images, CachedImage, GuestPieces};
 use crate::hostfs::{self, Needed, DATA_DIR_FIX};
 use crate::init_config::{InitConfig, ProxyForward};
 use crate::process::{self, Join, Launch, VmLaunch};
-use crate::runtime::deno::{deno_args, SHIM};
+use crate::rootfs::runtime_in_root;
 use crate::runtime::seam::check_secret_names;
+use crate::runtime::{Layout, Runtime};
 use crate::vm_launcher::{Program, VmPlan};
-use crate::{sys, DenoBinary, Enforcement, Executor, Instance, InstanceSpec, RunAs, SandboxError};
+use crate::{
+    sys, Enforcement, Executor, Instance, InstanceSpec, RunAs, RuntimeKind, Runtimes, SandboxError,
+};
+
+/// How a start that needs data paths is refused (they are not carried into the guest yet): the
+/// conformance kit recognises the gap by it.
+pub const NO_DATA_PATHS: &str = "the microvm backend does not carry a bundle's data paths";
 
 /// Paths inside the guest.
 const WORK: &str = "/work";
-const GUEST_DENO: &str = "/bin/deno";
+/// The runtime's cache dir (Deno's `DENO_DIR`) and scratch dir in the guest.
+const GUEST_CACHE: &str = "/tmp/deno";
+const GUEST_SCRATCH: &str = "/tmp";
 const GUEST_PROXY_SOCKET: &str = "/run/agent/egress-in.sock";
 /// Files in the instance's host work dir.
 const PLAN: &str = "vm.json";
@@ -136,7 +146,8 @@ pub struct MicroVmConfig {
     pub modules: Vec<PathBuf>,
     pub accel: Accel,
     pub vcpus: u8,
-    pub deno: DenoBinary,
+    /// The runtimes the guests run: one guest image for each.
+    pub runtimes: Runtimes,
     /// The program that runs [`crate::init::main`] and the arguments before its own:
     /// `(at-rund, ["sandbox-init"])` in the daemon. It is the VM's launcher on the host and the
     /// agent in the guest.
@@ -152,7 +163,8 @@ pub struct MicroVmConfig {
 #[derive(Clone)]
 pub struct MicroVmExecutor {
     cfg: MicroVmConfig,
-    image: CachedImage,
+    /// One image per offered runtime, in [`RuntimeKind::ALL`]'s order (Deno's first).
+    images: Vec<(RuntimeKind, CachedImage)>,
     cgroups: Option<Arc<CgroupManager>>,
     egress: Option<Arc<EgressProxy>>,
     nofile_hard: Option<u64>,
@@ -164,14 +176,15 @@ impl std::fmt::Debug for MicroVmExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MicroVmExecutor")
             .field("cfg", &self.cfg)
-            .field("image", &self.image)
+            .field("images", &self.images)
             .field("run_as", &self.run_as)
             .finish_non_exhaustive()
     }
 }
 
 impl MicroVmExecutor {
-    /// Builds (or reuses) the guest image. Blocking: reads the pieces and writes the image.
+    /// Builds (or reuses) a guest image for each offered runtime. Blocking: reads the pieces and
+    /// writes the images.
     /// Instances of a root daemon run as [`RunAs::NOBODY`] until [`Self::with_run_as`].
     pub fn new(cfg: MicroVmConfig) -> Result<Self, SandboxError> {
         if matches!(cfg.vmm, Vmm::Firecracker { .. }) && cfg.accel == Accel::Tcg {
@@ -193,26 +206,36 @@ impl MicroVmExecutor {
                 cfg.kernel.display()
             )));
         }
-        let image = cached_initramfs(
-            &cfg.image_dir,
-            &GuestPieces {
-                agent: cfg.init.0.clone(),
-                deno: cfg.deno.path().to_path_buf(),
-                modules: cfg.modules.clone(),
-            },
-        )?;
-        tracing::info!(
-            image = %image.path.display(),
-            mib = image.bytes / (1024 * 1024),
-            agent_stripped = image.agent_stripped,
-            "microvm guest image ready"
-        );
-        if !image.agent_stripped {
-            tracing::warn!("objcopy is not on PATH: the guest agent keeps its debug sections, so each guest needs more RAM (install binutils)");
+        let mut images = Vec::new();
+        for kind in cfg.runtimes.offered() {
+            let runtime = cfg.runtimes.get(kind)?;
+            let image = cached_initramfs(
+                &cfg.image_dir,
+                &GuestPieces {
+                    agent: cfg.init.0.clone(),
+                    runtime: (runtime.binary().to_path_buf(), runtime_in_root(kind)),
+                    trees: runtime.root_dirs(),
+                    lib_users: runtime.root_libs(),
+                    modules: cfg.modules.clone(),
+                },
+            )?;
+            tracing::info!(
+                runtime = %kind,
+                image = %image.path.display(),
+                mib = image.bytes / (1024 * 1024),
+                agent_stripped = image.agent_stripped,
+                "microvm guest image ready"
+            );
+            if !image.agent_stripped {
+                tracing::warn!("objcopy is not on PATH: the guest agent keeps its debug sections, so each guest needs more RAM (install binutils)");
+            }
+            images.push((kind, image));
         }
+        let keep: Vec<&Path> = images.iter().map(|(_, i)| i.path.as_path()).collect();
+        remove_other_images(&cfg.image_dir, &keep);
         Ok(Self {
             cfg,
-            image,
+            images,
             cgroups: None,
             egress: None,
             nofile_hard: sys::nofile_hard_limit(),
@@ -345,15 +368,29 @@ impl MicroVmExecutor {
         self.cfg.accel
     }
 
-    /// The guest image in use.
+    /// Deno's guest image (the one `auto`'s probe boots; Deno is always offered, so it was
+    /// built first).
     pub fn image(&self) -> &CachedImage {
-        &self.image
+        &self.images[0].1
     }
 
-    /// Guest RAM for an instance of `memory_mib`.
-    fn guest_mib(&self, memory_mib: u64) -> u64 {
-        let image_mib = self.image.bytes.div_ceil(1024 * 1024);
-        memory_mib + 2 * image_mib + GUEST_BASE_MIB
+    /// The guest image of each offered runtime.
+    pub fn images(&self) -> &[(RuntimeKind, CachedImage)] {
+        &self.images
+    }
+
+    /// The guest image of `kind`, when that runtime is offered.
+    fn image_of(&self, kind: RuntimeKind) -> Result<&CachedImage, SandboxError> {
+        self.images
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, i)| i)
+            .ok_or(SandboxError::RuntimeUnavailable(kind))
+    }
+
+    /// Guest RAM for an instance of `memory_mib` booting `image`.
+    fn guest_mib(image: &CachedImage, memory_mib: u64) -> u64 {
+        memory_mib + 2 * image.bytes.div_ceil(1024 * 1024) + GUEST_BASE_MIB
     }
 
     fn vmm_overhead_mib(&self) -> u64 {
@@ -364,7 +401,12 @@ impl MicroVmExecutor {
     }
 
     /// What the VM's processes need of the host as `id`.
-    fn check_reachable(&self, spec: &InstanceSpec, id: RunAs) -> Result<(), SandboxError> {
+    fn check_reachable(
+        &self,
+        spec: &InstanceSpec,
+        image: &CachedImage,
+        id: RunAs,
+    ) -> Result<(), SandboxError> {
         let install = "install it where that user can run it (e.g. /usr/local/bin or /usr/bin)";
         let readable = "make it and the dirs on its way readable by that user";
         let need = Needed::new;
@@ -381,7 +423,7 @@ impl MicroVmExecutor {
                 install,
             ),
             need(&self.cfg.kernel, 0o4, "read the guest kernel", readable),
-            need(&self.image.path, 0o4, "read the guest image", DATA_DIR_FIX),
+            need(&image.path, 0o4, "read the guest image", DATA_DIR_FIX),
         ]);
         needed.extend(hostfs::instance_needs(spec));
         hostfs::check_reachable(&spec.id, id, &needed)
@@ -392,6 +434,8 @@ impl MicroVmExecutor {
     fn plan(
         &self,
         spec: &InstanceSpec,
+        runtime: &dyn Runtime,
+        image: &CachedImage,
         shim: &Path,
         proxy_url: Option<&str>,
     ) -> Result<VmSetup, SandboxError> {
@@ -405,20 +449,25 @@ impl MicroVmExecutor {
             bundle_file: work.join(bundle_name),
             work_dir: WORK.into(),
             data_dir: "/data".into(),
-            deno_dir: "/tmp/deno".into(),
+            deno_dir: GUEST_CACHE.into(),
             ..spec.clone()
         };
         let socket_in = work.join(process::SOCKET_FILE);
-        let shim_in = work.join(SHIM.file);
-        let args = deno_args(&inside, &shim_in, &socket_in, Some(Path::new("/tmp")))?;
-        let mut argv = vec![GUEST_DENO.to_string()];
+        let shim_in = work.join(runtime.shim().file);
+        let args = runtime.args(&Layout {
+            spec: &inside,
+            shim: &shim_in,
+            socket: &socket_in,
+            scratch: Some(Path::new(GUEST_SCRATCH)),
+        })?;
+        let mut argv = vec![runtime_in_root(spec.runtime).to_string()];
         argv.extend(args.into_iter().map(|a| a.to_string_lossy().into_owned()));
         let paths = |xs: &[&str]| xs.iter().map(PathBuf::from).collect::<Vec<_>>();
         let init = InitConfig {
             argv,
             read_only: paths(&["/etc", "/proc", "/dev"]),
             execute: paths(&["/bin", "/lib", "/lib64", "/usr"]),
-            read_write: paths(&[WORK, "/tmp", "/dev/null"]),
+            read_write: paths(&[WORK, GUEST_SCRATCH, "/dev/null"]),
             proxy: proxy_url.map(|_| ProxyForward {
                 port: crate::container::PROXY_PORT,
                 socket: GUEST_PROXY_SOCKET.into(),
@@ -459,7 +508,7 @@ impl MicroVmExecutor {
                 })
                 .collect()
         };
-        let guest_mib = self.guest_mib(spec.memory_mib);
+        let guest_mib = Self::guest_mib(image, spec.memory_mib);
         let guest_mib = u32::try_from(guest_mib).map_err(|_| {
             SandboxError::StartFailed(format!("microvm: {guest_mib} MiB of guest RAM is too much"))
         })?;
@@ -472,7 +521,7 @@ impl MicroVmExecutor {
                 let vm = QemuVm {
                     qemu: qemu.clone(),
                     kernel: self.cfg.kernel.clone(),
-                    initrd: Some(self.image.path.clone()),
+                    initrd: Some(image.path.clone()),
                     root_image: None,
                     memory_mib: guest_mib,
                     vcpus: self.cfg.vcpus,
@@ -495,7 +544,7 @@ impl MicroVmExecutor {
                 let vm = VmConfig {
                     boot_source: BootSource {
                         kernel_image_path: self.cfg.kernel.clone(),
-                        initrd_path: Some(self.image.path.clone()),
+                        initrd_path: Some(image.path.clone()),
                         boot_args: FIRECRACKER_BOOT_ARGS.into(),
                     },
                     drives: Vec::new(),
@@ -542,13 +591,8 @@ impl MicroVmExecutor {
             console,
         };
         let mut env = spec.env.clone();
-        for (k, v) in [
-            ("DENO_DIR", "/tmp/deno"),
-            ("DENO_NO_UPDATE_CHECK", "1"),
-            ("NO_COLOR", "1"),
-            ("HOME", "/tmp"),
-        ] {
-            env.push((k.into(), v.into()));
+        for (k, v) in runtime.env(Path::new(GUEST_CACHE), Some(Path::new(GUEST_SCRATCH))) {
+            env.push((k.into(), v.to_string_lossy().into_owned()));
         }
         if let Some(url) = proxy_url {
             env.push(("HTTP_PROXY".into(), url.into()));
@@ -570,11 +614,16 @@ impl Executor for MicroVmExecutor {
             match row.limit {
                 "memory" => {
                     row.enforced = true;
+                    let beyond: Vec<String> = self
+                        .images
+                        .iter()
+                        .map(|(kind, image)| format!("{kind} {} MiB", Self::guest_mib(image, 0)))
+                        .collect();
                     row.how = format!(
                         "a cgroup inside the guest (memory.max, OOM kills reported by the \
-                         agent); guest RAM is the instance's memory plus {} MiB for the image \
-                         and the guest kernel; the host cgroup holds the VM: {}",
-                        2 * self.image.bytes.div_ceil(1024 * 1024) + GUEST_BASE_MIB,
+                         agent); guest RAM is the instance's memory plus room for its runtime's \
+                         image and the guest kernel ({}); the host cgroup holds the VM: {}",
+                        beyond.join(", "),
                         row.how
                     );
                 }
@@ -621,25 +670,16 @@ impl Executor for MicroVmExecutor {
 
     async fn warm(&self, spec: InstanceSpec) -> Result<Arc<dyn Instance>, SandboxError> {
         let started_at = Instant::now();
-        if spec.runtime != crate::RuntimeKind::Deno {
+        let runtime = self.cfg.runtimes.get(spec.runtime)?;
+        let image = self.image_of(spec.runtime)?;
+        check_secret_names(runtime, &spec.env)?;
+        if !spec.permissions.read.is_empty() || !spec.permissions.write.is_empty() {
             return Err(SandboxError::StartFailed(format!(
-                "the microvm backend's guest image carries Deno only, not runtime {}; run this \
-                 bundle under isolation = \"container\" or \"none\"",
-                spec.runtime
+                "{NO_DATA_PATHS} (manifest read/write) into the guest yet; run this bundle under \
+                 isolation = \"container\""
             )));
         }
-        check_secret_names(
-            &crate::runtime::deno::DenoRuntime::new(self.cfg.deno.clone()),
-            &spec.env,
-        )?;
-        if !spec.permissions.read.is_empty() || !spec.permissions.write.is_empty() {
-            return Err(SandboxError::StartFailed(
-                "the microvm backend does not carry a bundle's data paths (manifest read/write) \
-                 into the guest yet; run this bundle under isolation = \"container\""
-                    .into(),
-            ));
-        }
-        let (socket, shim) = process::work_paths(&spec, SHIM)?;
+        let (socket, shim) = process::work_paths(&spec, runtime.shim())?;
         // The VMM's sockets are the longest names in the work dir.
         let longest = spec
             .work_dir
@@ -650,13 +690,14 @@ impl Executor for MicroVmExecutor {
                 process::MAX_SOCKET_PATH
             )));
         }
-        process::prepare_work_dir(&spec, &socket, &shim, SHIM.source, self.run_as).await?;
+        process::prepare_work_dir(&spec, &socket, &shim, runtime.shim().source, self.run_as)
+            .await?;
         let fail = |e: SandboxError| {
             let _ = std::fs::remove_dir_all(&spec.work_dir);
             e
         };
         if let Some(id) = self.run_as {
-            self.check_reachable(&spec, id).map_err(fail)?;
+            self.check_reachable(&spec, image, id).map_err(fail)?;
         }
 
         let mut keep: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
@@ -679,7 +720,7 @@ impl Executor for MicroVmExecutor {
             proxy_url = Some(f.proxy_url);
         }
         let VmSetup { plan, env, files } = self
-            .plan(&spec, &shim, proxy_url.as_deref())
+            .plan(&spec, runtime, image, &shim, proxy_url.as_deref())
             .map_err(fail)?;
         // Public (0644): the VMM reads them as the instances' uid; they hold no secret value.
         for (name, bytes) in files {
@@ -704,7 +745,7 @@ impl Executor for MicroVmExecutor {
             .stderr(std::process::Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let guest_mib = self.guest_mib(spec.memory_mib);
+        let guest_mib = Self::guest_mib(image, spec.memory_mib);
         process::launch(Launch {
             spec: &spec,
             cmd,

@@ -91,7 +91,9 @@ async fn an_instance_runs_in_a_qemu_microvm() {
         &image,
         &GuestPieces {
             agent: PathBuf::from(env!("CARGO_BIN_EXE_atrund-sandbox-init")),
-            deno: common::deno_path(),
+            runtime: (common::deno_path(), "/bin/deno"),
+            trees: Vec::new(),
+            lib_users: Vec::new(),
             modules,
         },
     )
@@ -609,7 +611,9 @@ async fn firecracker_launch_through_a_stand_in_that_boots_the_same_vm_with_qemu(
         modules: t.modules.clone(),
         accel: atrund_microvm::qemu::Accel::Kvm,
         vcpus: 1,
-        deno: atrund_sandbox::DenoBinary::locate(Some(&common::deno_path())).unwrap(),
+        runtimes: atrund_sandbox::DenoBinary::locate(Some(&common::deno_path()))
+            .unwrap()
+            .into(),
         init: (
             PathBuf::from(env!("CARGO_BIN_EXE_atrund-sandbox-init")),
             vec![],

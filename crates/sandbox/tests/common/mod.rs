@@ -235,7 +235,7 @@ pub fn microvm_executor(root: &Path, t: MicroVmTools, modules: Vec<PathBuf>) -> 
         modules,
         accel: atrund_microvm::qemu::Accel::Tcg,
         vcpus: 1,
-        deno: DenoBinary::locate(Some(&deno_path())).unwrap(),
+        runtimes: DenoBinary::locate(Some(&deno_path())).unwrap().into(),
         init: (
             PathBuf::from(env!("CARGO_BIN_EXE_atrund-sandbox-init")),
             vec![],
