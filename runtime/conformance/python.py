@@ -135,6 +135,79 @@ def _udp():
 
 
 udp = {"method": "GET", "handler": lambda i, ctx: attempt(_udp)}
+
+
+def _libc_call(name, *args):
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    r = getattr(libc, name)(*args)
+    if r < 0:
+        raise OSError(ctypes.get_errno(), f"{name} refused")
+    return f"{name} returned {r}"
+
+
+CLONE_NEWUSER, CLONE_NEWNET, PTRACE_ATTACH = 0x10000000, 0x40000000, 16
+unshare = {"method": "GET", "handler": lambda i, ctx: attempt(lambda: _libc_call("unshare", CLONE_NEWUSER | CLONE_NEWNET))}
+mount = {"method": "GET", "handler": lambda i, ctx: attempt(lambda: _libc_call("mount", b"none", b"/tmp", b"tmpfs", 0, None))}
+ptrace = {"method": "GET", "handler": lambda i, ctx: attempt(lambda: _libc_call("ptrace", PTRACE_ATTACH, os.getppid(), None, None))}
+
+
+def _signal(pid):
+    os.kill(pid, 0)  # signal 0: the check alone, so a leak harms nothing
+    return f"may signal {pid}"
+
+
+signalRunner = {"method": "GET", "handler": lambda i, ctx: attempt(lambda: _signal(int(i["pid"])))}
+readProc = {"method": "GET", "handler": lambda i, ctx: attempt(lambda: open(f"/proc/{int(i['pid'])}/cmdline", "rb").read())}
+
+
+def _listen():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("0.0.0.0", 0))
+        s.listen(1)
+        return f"listening on {s.getsockname()[1]}"
+    finally:
+        s.close()
+
+
+listen = {"method": "GET", "handler": lambda i, ctx: attempt(_listen)}
+
+
+def _fast_open():
+    # TCP Fast Open connects from sendto: no connect() for Landlock or the connect gate to see.
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.settimeout(5)
+        s.sendto(b"kit", socket.MSG_FASTOPEN, ("127.0.0.1", 22))
+        return "sent"
+    finally:
+        s.close()
+
+
+fastOpen = {"method": "GET", "handler": lambda i, ctx: attempt(_fast_open)}
+
+
+def _vsock():
+    # In a microVM the agent listens on vsock 1024 and 1025 for the host, and the host's end of
+    # the egress forward is CID 2 port 3128 (the proxy, which the instance may use anyway): no
+    # other vsock peer may answer the instance. Elsewhere vsock is not there at all.
+    for cid in (1, 2, 3):
+        for port in (22, 1024, 1025):
+            s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+            try:
+                s.settimeout(3)
+                s.connect((cid, port))
+                return f"connected to vsock {cid}:{port}"
+            except OSError as e:
+                last = e
+            finally:
+                s.close()
+    raise last
+
+
+vsock = {"method": "GET", "handler": lambda i, ctx: attempt(_vsock)}
 procEnviron = {"method": "GET", "handler": lambda i, ctx: attempt(lambda: open("/proc/1/environ", "rb").read())}
 
 

@@ -1,9 +1,11 @@
 //! `at-rund runtime-test`: the runtime conformance kit (docs/runtimes.md). It runs a runtime's
 //! kit bundle through the executor the configuration chooses (the same choice, limits and
 //! egress proxy as `serve`), one case at a time, prints one line per case (`PASS` or `FAIL`, with
-//! what came back) and fails when any case failed. A case the backend refuses to set up for a
-//! stated gap (the `microvm` guest does not carry data paths) is a `GAP` line: not a failure, and
-//! not a pass either; it turns into a verdict by itself once the backend can run it.
+//! what came back) and fails when any case failed. A stated gap of the backend is a `GAP` line,
+//! not a failure and not a pass either: a case the backend refuses to set up for a reason it
+//! states (the `microvm` guest does not carry data paths), or an escape the case names as its
+//! backend's known gap (a TCP listen inside a guest whose kernel has no Landlock network rules).
+//! Each turns into a verdict by itself once the backend holds the case.
 //!
 //! The cases: the protocol (ready, input from the query and a JSON body, the rest path, status
 //! and headers, a streamed body, `204` for nothing, unknown endpoints, methods and tasks, a thrown
@@ -89,6 +91,16 @@ struct Case {
     call: Call,
     expect: Expect,
     instance: RunsIn,
+    /// A backend where this case's rule does not hold, and why that is stated rather than a
+    /// failure: there an escape is a `GAP` line with the reason (any other outcome is judged).
+    gap: Option<(&'static str, &'static str)>,
+}
+
+impl Case {
+    fn gap_under(mut self, backend: &'static str, why: &'static str) -> Self {
+        self.gap = Some((backend, why));
+        self
+    }
 }
 
 /// The cases for `runtime`: the shared ones, then the runtime's own.
@@ -114,11 +126,58 @@ fn python_cases() -> Vec<Case> {
         call,
         expect,
         instance,
+        gap: None,
     };
     vec![
         c(
             "ctypes open() of a host file",
             Get("ctypesOpen", "/"),
+            Contained,
+            Shared,
+        ),
+        // What the Deno hostile suite does through FFI, Python does with ctypes and os: the
+        // kernel layer's process and network rules, each against the real interpreter.
+        c(
+            "no new namespace (unshare)",
+            Get("unshare", "/"),
+            Contained,
+            Shared,
+        ),
+        c("no mount", Get("mount", "/"), Contained, Shared),
+        c(
+            "no ptrace of its parent",
+            Get("ptrace", "/"),
+            Contained,
+            Shared,
+        ),
+        c(
+            "the runner is not signalled",
+            Get("signalRunner", "/?pid={runner}"),
+            Contained,
+            Shared,
+        ),
+        c(
+            "the runner's command line is not read",
+            Get("readProc", "/?pid={runner}"),
+            Contained,
+            Shared,
+        ),
+        c(
+            "no TCP port is listened on",
+            Get("listen", "/"),
+            Contained,
+            Shared,
+        )
+        .gap_under("microvm", LISTEN_IN_GUEST),
+        c(
+            "no TCP Fast Open to loopback",
+            Get("fastOpen", "/"),
+            Contained,
+            Shared,
+        ),
+        c(
+            "no vsock peer but the proxy's",
+            Get("vsock", "/"),
             Contained,
             Shared,
         ),
@@ -170,6 +229,7 @@ fn node_cases() -> Vec<Case> {
         call,
         expect,
         instance,
+        gap: None,
     };
     vec![
         c(
@@ -251,6 +311,7 @@ fn shared_cases() -> Vec<Case> {
         call,
         expect,
         instance,
+        gap: None,
     };
     vec![
         c(
@@ -416,6 +477,10 @@ fn shared_cases() -> Vec<Case> {
     ]
 }
 
+/// Why a Python bundle may listen on a TCP port inside a microVM guest (docs/microvm.md).
+const LISTEN_IN_GUEST: &str = "the guest kernel has no Landlock network rules (Linux before 6.7), \
+     so a port opens, inside the instance's own VM, which has no network card";
+
 /// What came back from one case.
 #[derive(Debug)]
 enum Outcome {
@@ -429,8 +494,9 @@ enum Outcome {
 enum Verdict {
     Pass,
     Fail,
-    /// The backend refused to set the case up, for a gap it states (its instance needs data
-    /// paths, which the `microvm` guest does not carry yet).
+    /// A gap the backend states: it refused to set the case up (its instance needs data paths,
+    /// which the `microvm` guest does not carry yet), or the case escaped where it names its
+    /// backend's known gap.
     Gap,
 }
 
@@ -444,8 +510,18 @@ impl Verdict {
     }
 }
 
-/// The verdict on `got` for `expect`, and what to show.
-fn verdict(expect: Expect, got: &Outcome) -> (Verdict, String) {
+/// The verdict on `got` for `case` under the backend named `backend`, and what to show.
+fn verdict(case: &Case, backend: &str, got: &Outcome) -> (Verdict, String) {
+    let expect = case.expect;
+    if let (Some((under, why)), Expect::Contained, Outcome::Answer(200, body)) =
+        (case.gap, expect, got)
+    {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        if under == backend && v.get("leaked").is_some() {
+            let shown: String = body.chars().take(40).collect();
+            return (Verdict::Gap, format!("{shown}: {why}"));
+        }
+    }
     if let Outcome::StartFailed(why) = got {
         if expect != Expect::StartFails && why.contains(atrund_sandbox::MICROVM_NO_DATA_PATHS) {
             return (
@@ -516,7 +592,9 @@ async fn call(inst: &dyn Instance, c: Call) -> Outcome {
     let (endpoint, req) = match c {
         Call::Get(e, uri) => (
             e,
-            http::Request::get(uri).body(atrund_sandbox::empty_body()),
+            // `{runner}`: this process, the runner an instance must not reach.
+            http::Request::get(uri.replace("{runner}", &std::process::id().to_string()))
+                .body(atrund_sandbox::empty_body()),
         ),
         Call::PostJson(e, body) => (
             e,
@@ -593,7 +671,7 @@ pub(crate) async fn run(config_path: Option<&Path>, runtime: &str) -> Result<()>
     }
     if gaps > 0 {
         eprintln!(
-            "runtime-test: {} cases passed; {gaps} could not run under this backend (the GAP lines)",
+            "runtime-test: {} cases passed; {gaps} are gaps this backend states (the GAP lines)",
             rows.len() - gaps
         );
     } else {
@@ -667,7 +745,7 @@ async fn kit(
         .unwrap_or_else(|_| {
             Outcome::Error(format!("no outcome within {} s", CASE_LIMIT.as_secs()))
         });
-        let (v, shown) = verdict(case.expect, &outcome);
+        let (v, shown) = verdict(&case, exec.name(), &outcome);
         match v {
             Verdict::Pass => {}
             Verdict::Fail => failed += 1,
@@ -807,18 +885,62 @@ mod tests {
         assert!(!judge(Expect::Answer(200, ""), &Outcome::StartFailed("x".into())).0);
         // A start refused for the microVM's stated gap is neither a pass nor a failure, but a
         // case that expects a failed start still passes on it, and any other failed start fails.
+        let case = |expect| Case {
+            group: "g",
+            name: "n",
+            call: Call::Get("e", "/"),
+            expect,
+            instance: RunsIn::Shared,
+            gap: None,
+        };
         let gap = Outcome::StartFailed(format!(
             "{} (manifest …)",
             atrund_sandbox::MICROVM_NO_DATA_PATHS
         ));
-        assert_eq!(verdict(Expect::Contained, &gap).0, Verdict::Gap);
-        assert_eq!(verdict(Expect::StartFails, &gap).0, Verdict::Pass);
         assert_eq!(
-            verdict(Expect::Contained, &Outcome::StartFailed("x".into())).0,
+            verdict(&case(Expect::Contained), "microvm", &gap).0,
+            Verdict::Gap
+        );
+        assert_eq!(
+            verdict(&case(Expect::StartFails), "microvm", &gap).0,
+            Verdict::Pass
+        );
+        assert_eq!(
+            verdict(
+                &case(Expect::Contained),
+                "none",
+                &Outcome::StartFailed("x".into())
+            )
+            .0,
             Verdict::Fail
         );
         assert_eq!(
-            verdict(Expect::Contained, &answer(200, r#"{"error":"x"}"#)).0,
+            verdict(
+                &case(Expect::Contained),
+                "none",
+                &answer(200, r#"{"error":"x"}"#)
+            )
+            .0,
+            Verdict::Pass
+        );
+        // A stated gap covers an escape under its backend only; elsewhere the escape fails, and
+        // under it any other wrong outcome still fails.
+        let listen = case(Expect::Contained).gap_under("microvm", "no Landlock net rules");
+        let escaped = answer(200, r#"{"leaked":"listening on 4000"}"#);
+        let (v, shown) = verdict(&listen, "microvm", &escaped);
+        assert_eq!(v, Verdict::Gap);
+        assert!(shown.contains("no Landlock net rules"), "{shown}");
+        assert_eq!(verdict(&listen, "container", &escaped).0, Verdict::Fail);
+        assert_eq!(
+            verdict(&case(Expect::Contained), "microvm", &escaped).0,
+            Verdict::Fail
+        );
+        assert_eq!(
+            verdict(&listen, "microvm", &answer(500, "{}")).0,
+            Verdict::Fail
+        );
+        assert_eq!(
+            verdict(&listen, "microvm", &answer(200, r#"{"error":"errno 13"}"#)).0,
             Verdict::Pass
         );
     }
@@ -847,6 +969,6 @@ mod tests {
         }
         let shared = cases(RuntimeKind::Deno).len();
         assert_eq!(cases(RuntimeKind::Node).len(), shared + 8);
-        assert_eq!(cases(RuntimeKind::Python).len(), shared + 6);
+        assert_eq!(cases(RuntimeKind::Python).len(), shared + 14);
     }
 }
