@@ -177,3 +177,27 @@ export const importHost = {
   method: "GET",
   handler: () => attempt(async () => JSON.stringify(await import("/etc/passwd", { with: { type: "json" } }))),
 };
+// Node's model has no network rules: a TCP listen is the kernel layer's to refuse.
+export const listen = {
+  method: "GET",
+  handler: () => attempt(async () => {
+    const net = await import("node:net");
+    return await new Promise((ok, fail) => {
+      const s = net.createServer();
+      s.on("error", fail);
+      s.listen(0, "0.0.0.0", () => {
+        const { port } = s.address();
+        s.close();
+        ok(`listening on ${port}`);
+      });
+    });
+  }),
+};
+// Signal 0 to the runner's process: the check alone, so a leak harms nothing.
+export const signalRunner = {
+  method: "GET",
+  handler: (input) => attempt(() => {
+    process.kill(Number(input.pid), 0);
+    return `may signal ${input.pid}`;
+  }),
+};

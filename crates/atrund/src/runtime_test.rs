@@ -278,6 +278,19 @@ fn node_cases() -> Vec<Case> {
             Shared,
         ),
         c(
+            "no TCP port is listened on",
+            Get("listen", "/"),
+            Contained,
+            Shared,
+        )
+        .gap_under("microvm", LISTEN_IN_GUEST),
+        c(
+            "the runner is not signalled",
+            Get("signalRunner", "/?pid={runner}"),
+            Contained,
+            Shared,
+        ),
+        c(
             "a NODE_OPTIONS secret is refused",
             Get("echo", "/"),
             StartFails,
@@ -477,7 +490,8 @@ fn shared_cases() -> Vec<Case> {
     ]
 }
 
-/// Why a Python bundle may listen on a TCP port inside a microVM guest (docs/microvm.md).
+/// Why a Python or Node bundle may listen on a TCP port inside a microVM guest
+/// (docs/microvm.md).
 const LISTEN_IN_GUEST: &str = "the guest kernel has no Landlock network rules (Linux before 6.7), \
      so a port opens, inside the instance's own VM, which has no network card";
 
@@ -968,7 +982,7 @@ mod tests {
             }
         }
         let shared = cases(RuntimeKind::Deno).len();
-        assert_eq!(cases(RuntimeKind::Node).len(), shared + 8);
+        assert_eq!(cases(RuntimeKind::Node).len(), shared + 10);
         assert_eq!(cases(RuntimeKind::Python).len(), shared + 14);
     }
 }
