@@ -176,6 +176,10 @@ pub const CONTROL_PORT: u32 = 1024;
 pub const CALLS_PORT: u32 = 1025;
 /// The host's vsock port the guest's egress goes to.
 pub const EGRESS_PORT: u32 = 3128;
+/// The host's vsock port the agent connects to once it listens: the launcher sends its first
+/// `CONNECT` only then. Connecting in earlier, before the guest's vsock driver was up, was seen
+/// to leave a guest that never answered (under load, about one boot in twenty).
+pub const READY_PORT: u32 = 1026;
 /// The host's CID, seen from a guest.
 const HOST_CID: u32 = 2;
 
@@ -358,6 +362,27 @@ fn guest_counters(dir: &Path) -> Counters {
     }
 }
 
+/// Tells the host the agent listens: one connection to the host's [`READY_PORT`], closed at
+/// once. A few tries (the host listens before the VM starts, so a refusal is brief or final);
+/// without it the launcher reports that the agent never said it was ready.
+async fn say_ready() {
+    let ready = Target::Vsock(HOST_CID, READY_PORT);
+    let mut last = None;
+    for _ in 0..20 {
+        match ready.connect().await {
+            Ok(_) => return,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if let Some(e) = last {
+        eprintln!(
+            "sandbox-init guest: cannot tell the host it is ready ({}): {e}",
+            ready.describe()
+        );
+    }
+}
+
 /// Ends the VM (QEMU runs with `-no-reboot` and Firecracker with `reboot=k`, so a reboot is the
 /// VM's exit).
 fn power_off() {
@@ -396,6 +421,9 @@ async fn serve(t: Transport) -> Result<ExitCode, String> {
             Target::Vsock(HOST_CID, EGRESS_PORT),
         ),
     };
+    if vm {
+        say_ready().await;
+    }
 
     let control = control_l
         .accept()

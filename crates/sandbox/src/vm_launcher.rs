@@ -241,9 +241,35 @@ async fn drive(plan: &VmPlan, vm: &mut Vm) -> Result<i32, String> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+    // The agent says it listens by connecting here; only then is a CONNECT sent (see
+    // guest::READY_PORT).
+    let ready_path = atrund_microvm::vsock::guest_port_path(&plan.uds, guest::READY_PORT);
+    let _ = std::fs::remove_file(&ready_path);
+    let ready = tokio::net::UnixListener::bind(&ready_path)
+        .map_err(|e| format!("cannot listen on {}: {e}", ready_path.display()))?;
     vm.vmm = Some(spawn(&plan.vmm, &plan.log)?);
+    loop {
+        let left = deadline.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(format!(
+                "the guest agent did not say it was ready within {} ms of the VM's start",
+                plan.boot_timeout_ms
+            ));
+        }
+        match tokio::time::timeout(left.min(Duration::from_millis(500)), ready.accept()).await {
+            Ok(Ok(_)) => break,
+            Ok(Err(e)) => return Err(format!("{}: {e}", ready_path.display())),
+            Err(_) => {
+                if let Some(Ok(Some(s))) = vm.vmm.as_mut().map(|c| c.try_wait()) {
+                    return Err(format!("the VM ended ({s}) before its agent answered"));
+                }
+            }
+        }
+    }
+    drop(ready);
+    let _ = std::fs::remove_file(&ready_path);
 
-    // Until the guest's agent listens, the VMM closes each connection.
+    // The agent listens now; a CONNECT may still need a retry while the backend catches up.
     let control = loop {
         let left = deadline.saturating_sub(started.elapsed());
         if left.is_zero() {
