@@ -149,7 +149,8 @@ pub fn cached_initramfs(dir: &Path, p: &GuestPieces) -> Result<CachedImage, Sand
             }
             pieces.agent = stripped_agent.clone();
         }
-        let built = build_initramfs(&tmp, &pieces);
+        // The libraries and trees found for the key: the stripped agent loads the same.
+        let built = write_initramfs(&tmp, &pieces, &libs, &tree);
         let _ = std::fs::remove_file(&stripped_agent);
         built.inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
@@ -183,23 +184,34 @@ pub fn remove_other_images(dir: &Path, keep: &[&Path]) {
 
 /// Writes the initramfs for `p` to `out`.
 pub fn build_initramfs(out: &Path, p: &GuestPieces) -> Result<(), SandboxError> {
+    write_initramfs(out, p, &p.libs()?, &p.tree_files()?)
+}
+
+/// Writes the initramfs of `p`, whose libraries and tree files are already found (`ldd` and the
+/// tree walk are the slow part of finding them).
+fn write_initramfs(
+    out: &Path,
+    p: &GuestPieces,
+    libs: &[PathBuf],
+    tree: &[(PathBuf, String)],
+) -> Result<(), SandboxError> {
     let runtime_at = p.runtime.1.trim_start_matches('/').to_string();
     let mut files: Vec<(String, PathBuf, u32)> = vec![
         ("init".into(), p.agent.clone(), 0o755),
         (runtime_at, p.runtime.0.clone(), 0o755),
     ];
-    for (host, inside) in p.tree_files()? {
+    for (host, inside) in tree {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&host)
+        let mode = std::fs::metadata(host)
             .map_err(|e| err(format!("{}: {e}", host.display())))?
             .permissions()
             .mode()
             & 0o755;
-        files.push((inside, host, mode));
+        files.push((inside.clone(), host.clone(), mode));
     }
-    for lib in p.libs()? {
+    for lib in libs {
         let inside = lib.to_string_lossy().trim_start_matches('/').to_string();
-        files.push((inside, lib, 0o755));
+        files.push((inside, lib.clone(), 0o755));
     }
     let mut named = Vec::new();
     for m in &p.modules {
